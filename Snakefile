@@ -1,0 +1,23 @@
+# hklflow: reduction of single-crystal X-ray diffuse scattering, one experiment per run.
+#   snakemake -n                        what would run (dry run)
+#   snakemake --cores N                 run on this machine
+#   snakemake --profile profiles/slurm  run on a SLURM cluster
+# Run it in the experiment directory (or pass --directory): config/config.yaml and the scans
+# table it names are read from there; outputs go to results/, logs to logs/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/calibration.smk"
+include: "workflow/rules/ingest.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

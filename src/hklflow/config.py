@@ -1,0 +1,380 @@
+"""Experiment configuration: config.yaml + scans table -> one validated, resolved object.
+
+Validation happens once, here, with the JSON schemas in hklflow/schemas (also linked from
+workflow/schemas).  Every error names the file, the row (for the table) and the field.
+The Snakefile calls `load_experiment` at parse time, so a bad config stops the run before
+any job; step command lines call it again with the same files and get the same object.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .crystal import Crystal, UnitCell
+from .geometry import DetectorGeometry, Goniometer, ScanAngles
+
+
+class ConfigError(ValueError):
+    """An invalid configuration or scans table; the message names file, row and field."""
+
+
+def _schema(name: str) -> dict:
+    return yaml.safe_load(resources.files("hklflow.schemas").joinpath(name).read_text())
+
+
+def _validator_with_defaults(schema):
+    """A Draft 2020-12 validator that also fills in `default` values (as Snakemake's
+    validate(set_default=True) does)."""
+    base = jsonschema.Draft202012Validator
+    validate_props = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    cls = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return cls(schema)
+
+
+def _field_path(err) -> str:
+    parts = [str(p) for p in err.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _validate(instance: dict, schema: dict, where: str) -> dict:
+    instance = copy.deepcopy(instance)
+    v = _validator_with_defaults(schema)
+    errors = sorted(v.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        e = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}{more}")
+    # a second pass fills defaults of objects that were themselves defaulted
+    for e in v.iter_errors(instance):
+        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}")
+    return instance
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Merge like Snakemake merges several --configfile files: nested dicts updated."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def temperature_label(t: float) -> str:
+    """The label of a temperature in file names and wildcards, e.g. 300 -> '300K'."""
+    return f"{float(t):g}K"
+
+
+# --------------------------------------------------------------------------------------
+# Resolved objects
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalibrationSpec:
+    name: str
+    calibrant: str
+    detector: str
+    wavelength: float  # Angstrom
+    image: str | None
+    dataset: str
+    frame: int
+    poni: str | None
+    start: dict | None
+    refine: tuple[str, ...]
+    max_rings: int | None
+    valid_for: dict
+
+    def start_geometry(self) -> DetectorGeometry:
+        s = self.start
+        return DetectorGeometry(self.detector, s["dist"], s["poni1"], s["poni2"], s["rot1"],
+                                s["rot2"], s["rot3"], self.wavelength)
+
+    def matches(self, scan: "ScanEntry") -> bool:
+        vf = self.valid_for
+        if "samples" in vf and scan.sample not in vf["samples"]:
+            return False
+        if "entries" in vf and scan.entry not in vf["entries"]:
+            return False
+        if "temperatures" in vf:
+            lo, hi = vf["temperatures"]
+            if not lo <= scan.temperature <= hi:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    name: str
+    crystal: Crystal
+    parent_temperature: float
+
+    @property
+    def parent_label(self) -> str:
+        return temperature_label(self.parent_temperature)
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    sample: str
+    temperature: float
+    entry: str
+    data: str
+    dataset: str
+    nframes: int
+    angles: ScanAngles
+    offsets: dict
+    detector_shift: tuple[float, float, float]  # (d_dist, d_poni1, d_poni2) in m
+    monitor: str
+    calibration: str
+    row: int  # 1-based data row in the scans table (header is row 0)
+
+    @property
+    def temperature_label(self) -> str:
+        return temperature_label(self.temperature)
+
+    @property
+    def id(self) -> str:
+        return f"{self.sample}/{self.temperature_label}/{self.entry}"
+
+    @property
+    def is_frame_files(self) -> bool:
+        return not self.data.lower().endswith((".h5", ".hdf5", ".nxs", ".hdf", ".nx5"))
+
+
+@dataclass(frozen=True)
+class Instrument:
+    detector: str
+    wavelength: float
+    polarization_fraction: float
+    goniometer: Goniometer
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    sources: tuple[str, ...]
+    scans_table: str
+    instrument: Instrument
+    calibrations: dict
+    samples: dict
+    scans: tuple
+    reduction: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def scan(self, sample: str, temperature_label: str, entry: str) -> ScanEntry:
+        for s in self.scans:
+            if s.sample == sample and s.temperature_label == temperature_label and s.entry == entry:
+                return s
+        raise KeyError(f"no scan {sample}/{temperature_label}/{entry} in {self.scans_table}")
+
+    def scans_of(self, sample: str, temperature_label: str | None = None) -> list:
+        return [s for s in self.scans if s.sample == sample
+                and (temperature_label is None or s.temperature_label == temperature_label)]
+
+    def temperatures_of(self, sample: str) -> list[str]:
+        seen = []
+        for s in sorted(self.scans_of(sample), key=lambda s: s.temperature):
+            if s.temperature_label not in seen:
+                seen.append(s.temperature_label)
+        return seen
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
+    merged: dict = {}
+    for p in paths:
+        p = Path(p)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+        merged = deep_merge(merged, data)
+    return merged, tuple(str(p) for p in paths)
+
+
+def _coerce(value: str, spec: dict):
+    """Table cells are text; turn them into the type the row schema asks for."""
+    t = spec.get("type")
+    if value is None:
+        return None
+    v = value.strip()
+    if t == "integer":
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if f == int(f) else f
+    if t == "number":
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def read_scans_table(path: str, offset_names, where_base: Path | None = None) -> list[dict]:
+    schema = _schema("scans.schema.yaml")
+    props = schema["properties"]
+    p = Path(path) if where_base is None else where_base / path
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the scans table: {exc.strerror}") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ConfigError(f"{path}: the scans table is empty")
+    reader = csv.DictReader(lines, delimiter="\t")
+    header = reader.fieldnames or []
+    allowed = set(props) | set(offset_names)
+    unknown = [h for h in header if h not in allowed]
+    if unknown:
+        raise ConfigError(f"{path}: unknown column(s) {unknown}; allowed: {sorted(allowed)} "
+                          "(offset columns must be named after instrument.goniometer.offset_axes)")
+    rows = []
+    row_schema = dict(schema)
+    row_schema["properties"] = dict(props, **{n: {"type": "number", "default": 0}
+                                              for n in offset_names})
+    for i, raw in enumerate(reader, start=1):
+        if None in raw:
+            raise ConfigError(f"{path}: row {i}: more cells than columns in the header")
+        cells = {k: _coerce(v, row_schema["properties"].get(k, {}))
+                 for k, v in raw.items() if v is not None and v.strip() != ""}
+        label = f"{path}: row {i}" + (f" ({cells.get('sample')}/{cells.get('temperature')}/"
+                                       f"{cells.get('entry')})" if "entry" in cells else "")
+        rows.append(_validate(cells, row_schema, label))
+    return rows
+
+
+def load_experiment(config_files, *, config: dict | None = None,
+                    base_dir: str | Path | None = None) -> Experiment:
+    """Validate and resolve an experiment.
+
+    config_files: the YAML file(s) (merged in order); config: an already merged dict (as
+    Snakemake's `config`), validated instead of re-reading the files; base_dir: where
+    relative paths (the scans table) are resolved (default: current directory).
+    """
+    if isinstance(config_files, (str, Path)):
+        config_files = [config_files]
+    if config is None:
+        config, sources = read_config_files(config_files)
+    else:
+        sources = tuple(str(p) for p in config_files)
+    where = " + ".join(sources) or "config"
+    cfg = _validate(config, _schema("config.schema.yaml"), where)
+
+    ins = cfg["instrument"]
+    try:
+        gonio = Goniometer(scan_axis=tuple(ins["goniometer"]["scan_axis"]),
+                           scan_sense=int(ins["goniometer"]["scan_sense"]),
+                           offset_axes=tuple(ins["goniometer"]["offset_axes"].items()))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: field 'instrument.goniometer': {exc}") from None
+    try:
+        from .geometry import pyfai_detector
+
+        pyfai_detector(ins["detector"])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: field 'instrument.detector': {exc}") from None
+    instrument = Instrument(ins["detector"], float(ins["wavelength"]),
+                            float(ins["polarization_fraction"]), gonio)
+
+    calibrations = {}
+    for name, c in cfg["calibrations"].items():
+        fld = f"{where}: field 'calibrations.{name}"
+        if not c.get("poni") and not c.get("image"):
+            raise ConfigError(f"{fld}': give either 'image' (to refine) or 'poni' (to import)")
+        if not c.get("poni") and "start" not in c:
+            raise ConfigError(f"{fld}.start': a rough starting geometry is needed to refine "
+                              "from the image (dist, poni1, poni2 in m; rot1..3 in rad)")
+        try:
+            from pyFAI.calibrant import CALIBRANT_FACTORY
+
+            if c["calibrant"] not in CALIBRANT_FACTORY.all:
+                raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
+                                  f"known: {sorted(CALIBRANT_FACTORY.all)}")
+        except ImportError:  # pragma: no cover - pyFAI is a dependency
+            pass
+        calibrations[name] = CalibrationSpec(
+            name=name, calibrant=c["calibrant"], detector=instrument.detector,
+            wavelength=instrument.wavelength, image=c.get("image"), dataset=c["dataset"],
+            frame=int(c["frame"]), poni=c.get("poni"), start=c.get("start"),
+            refine=tuple(c["refine"]), max_rings=c.get("max_rings"), valid_for=c["valid_for"])
+
+    samples = {}
+    for name, s in cfg["samples"].items():
+        try:
+            crystal = Crystal(str(s["space_group"]), UnitCell.from_list(s["cell"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: field 'samples.{name}': {exc}") from None
+        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]))
+
+    table = cfg["scans_table"]
+    offset_names = [n for n, _ in gonio.offset_axes]
+    rows = read_scans_table(table, offset_names, Path(base_dir) if base_dir else None)
+    scans = []
+    seen = {}
+    for i, r in enumerate(rows, start=1):
+        label = f"{table}: row {i}"
+        if r["sample"] not in samples:
+            raise ConfigError(f"{label}: field 'sample': {r['sample']!r} is not a sample of the "
+                              f"config (known: {sorted(samples)})")
+        if r["calibration"] and r["calibration"] not in calibrations:
+            raise ConfigError(f"{label}: field 'calibration': unknown calibration "
+                              f"{r['calibration']!r} (known: {sorted(calibrations)})")
+        if not math.isfinite(r["phi_step"]):
+            raise ConfigError(f"{label}: field 'phi_step': must be a finite number")
+        scan = ScanEntry(
+            sample=r["sample"], temperature=float(r["temperature"]), entry=r["entry"],
+            data=r["data"], dataset=r["dataset"], nframes=int(r["nframes"]),
+            angles=ScanAngles(float(r["phi_start"]), float(r["phi_step"]), int(r["nframes"])),
+            offsets={n: float(r[n]) for n in offset_names},
+            detector_shift=(float(r["det_ddist"]), float(r["det_dponi1"]), float(r["det_dponi2"])),
+            monitor=r["monitor"], calibration="", row=i)
+        key = scan.id
+        if key in seen:
+            raise ConfigError(f"{label}: scan {key} repeats row {seen[key]}")
+        seen[key] = i
+        chosen = r["calibration"] or next(
+            (n for n in reversed(list(calibrations)) if calibrations[n].matches(scan)), "")
+        if not chosen:
+            raise ConfigError(f"{label}: no calibration is valid for scan {key}: widen a "
+                              "calibration's valid_for or name one in the 'calibration' column")
+        scans.append(ScanEntry(**{**scan.__dict__, "calibration": chosen}))
+    for name, smp in samples.items():
+        labels = {s.temperature_label for s in scans if s.sample == name}
+        if not labels:
+            raise ConfigError(f"{table}: sample {name!r} of the config has no scans")
+        if smp.parent_label not in labels:
+            raise ConfigError(f"{where}: field 'samples.{name}.parent.temperature': no scan of "
+                              f"{name} at {smp.parent_label} in {table} (has {sorted(labels)})")
+    return Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
+                      instrument=instrument, calibrations=calibrations, samples=samples,
+                      scans=tuple(scans), reduction=cfg["reduction"], raw=cfg)
+
+
+def scan_detector_geometry(calibrated: DetectorGeometry, scan: ScanEntry) -> DetectorGeometry:
+    """The detector geometry of a scan entry: its calibration moved by the entry's translation."""
+    return calibrated.shifted(*scan.detector_shift)

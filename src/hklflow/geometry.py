@@ -1,0 +1,418 @@
+"""The one geometry of hklflow: lab frame, detector, goniometer, Q and HKL.
+
+Conventions (docs/conventions.md is the long version; nothing else re-derives these):
+
+* Lab frame = pyFAI's (x1, x2, x3), right-handed: L3 along the beam (downstream),
+  L1 vertical up (for pyFAI detector orientation 3), L2 = L3 x L1 horizontal.
+  Lab vectors are numpy arrays ordered (L1, L2, L3).
+* Detector = pyFAI PONI parameters: dist, poni1, poni2 (m), rot1, rot2, rot3 (rad),
+  a pyFAI detector name, and the wavelength.  Wavelengths are in Angstrom everywhere in
+  hklflow (PONI files store metres; conversion happens only at the pyFAI boundary).
+* Pixel coordinates are continuous (row, col) = (slow, fast) with pixel (i, j) covering
+  [i, i+1) x [j, j+1): the centre of pixel (i, j) is (i + 0.5, j + 0.5) (as in DIALS).
+  pyFAI's index d1 of a pixel centre is row - 0.5.
+* 2theta and chi are pyFAI's: chi = atan2(L1, L2) of the scattered direction.
+* Q = k_f - k_i with |k| = 1/lambda (no 2 pi), in 1/Angstrom; |Q| = 1/d.
+* Goniometer: Q_lab = R_off . R_scan(phi) . U . B . h, with R_scan a right-handed rotation
+  by (sense * phi) about the scan axis (a lab vector at zero offsets) and R_off the product
+  of the per-scan offset rotations, outermost first.  So h = (U B)^-1 R_scan^-1 R_off^-1 Q_lab.
+* Frames: frame i covers phi in [phi0 + i*step, phi0 + (i+1)*step); a continuous frame
+  coordinate z maps to phi = phi0 + z*step (centre of frame i: z = i + 0.5).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+BEAM_DIRECTION = np.array([0.0, 0.0, 1.0])  # L3: unit vector of the incident beam
+
+
+# --------------------------------------------------------------------------------------
+# Rotations
+# --------------------------------------------------------------------------------------
+def axis_rotation(axis, angle_rad):
+    """Right-handed rotation matrix by angle_rad about the unit vector axis (Rodrigues).
+
+    angle_rad may be an array: the result then has shape angle.shape + (3, 3).
+    """
+    e = np.asarray(axis, dtype=float)
+    e = e / np.linalg.norm(e)
+    ang = np.asarray(angle_rad, dtype=float)
+    c, s = np.cos(ang)[..., None, None], np.sin(ang)[..., None, None]
+    K = np.array([[0.0, -e[2], e[1]], [e[2], 0.0, -e[0]], [-e[1], e[0], 0.0]])
+    return np.eye(3) * c + s * K + (1.0 - c) * np.outer(e, e)
+
+
+def pyfai_tilt_matrix(rot1, rot2, rot3):
+    """pyFAI's detector rotation matrix: lab = M . (p1 - poni1, p2 - poni2, dist).
+
+    Same formula as pyFAI.geometry.core.Geometry.rotation_matrix (rotations about axes 1, 2
+    left-handed, about axis 3 right-handed, applied in the order 1, 2, 3).
+    """
+    c1, s1 = math.cos(rot1), math.sin(rot1)
+    c2, s2 = math.cos(rot2), math.sin(rot2)
+    c3, s3 = math.cos(rot3), math.sin(rot3)
+    r1 = np.array([[1.0, 0.0, 0.0], [0.0, c1, s1], [0.0, -s1, c1]])
+    r2 = np.array([[c2, 0.0, -s2], [0.0, 1.0, 0.0], [s2, 0.0, c2]])
+    r3 = np.array([[c3, -s3, 0.0], [s3, c3, 0.0], [0.0, 0.0, 1.0]])
+    return r3 @ r2 @ r1
+
+
+# --------------------------------------------------------------------------------------
+# Detector
+# --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def pyfai_detector(name: str):
+    """A pyFAI detector by name (cached; treat as read-only)."""
+    import pyFAI.detectors
+
+    try:
+        return pyFAI.detectors.detector_factory(name)
+    except Exception as exc:  # pyFAI raises RuntimeError/KeyError variants
+        raise ValueError(f"unknown pyFAI detector name {name!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DetectorGeometry:
+    """A flat area detector placed with pyFAI's PONI parameters."""
+
+    detector: str
+    dist: float  # m, sample to point of normal incidence
+    poni1: float  # m, along the slow (row) direction
+    poni2: float  # m, along the fast (column) direction
+    rot1: float = 0.0  # rad
+    rot2: float = 0.0  # rad
+    rot3: float = 0.0  # rad
+    wavelength: float = 1.0  # Angstrom
+
+    # ---- construction / pyFAI boundary -------------------------------------------
+    @classmethod
+    def from_pyfai(cls, ai, detector_name: str | None = None) -> "DetectorGeometry":
+        name = detector_name or ai.detector.name
+        return cls(detector=name, dist=float(ai.dist), poni1=float(ai.poni1), poni2=float(ai.poni2),
+                   rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
+                   wavelength=float(ai.wavelength) * 1e10)
+
+    @classmethod
+    def from_poni_file(cls, path, detector_name: str | None = None) -> "DetectorGeometry":
+        import pyFAI
+
+        ai = pyFAI.load(str(path))
+        if not ai.wavelength:
+            raise ValueError(f"{path}: PONI file has no Wavelength")
+        return cls.from_pyfai(ai, detector_name)
+
+    def to_pyfai(self):
+        """An AzimuthalIntegrator with this geometry (for calibration, checks and plots)."""
+        from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+        return AzimuthalIntegrator(dist=self.dist, poni1=self.poni1, poni2=self.poni2,
+                                   rot1=self.rot1, rot2=self.rot2, rot3=self.rot3,
+                                   detector=pyfai_detector(self.detector),
+                                   wavelength=self.wavelength * 1e-10)
+
+    def write_poni(self, path) -> None:
+        self.to_pyfai().write(str(path))
+
+    def shifted(self, d_dist=0.0, d_poni1=0.0, d_poni2=0.0) -> "DetectorGeometry":
+        """The geometry after a detector translation (along its normal / in its own plane)."""
+        return replace(self, dist=self.dist + d_dist, poni1=self.poni1 + d_poni1,
+                       poni2=self.poni2 + d_poni2)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in
+                ("detector", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength")}
+
+    # ---- detector facts ------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(n) for n in pyfai_detector(self.detector).shape)
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        d = pyfai_detector(self.detector)
+        return float(d.pixel1), float(d.pixel2)
+
+    def detector_mask(self) -> np.ndarray:
+        """Pixels the detector model marks invalid (module gaps), bool (rows, cols)."""
+        m = pyfai_detector(self.detector).mask
+        if m is None:
+            return np.zeros(self.shape, dtype=bool)
+        return np.asarray(m, dtype=bool)
+
+    @property
+    def tilt_matrix(self) -> np.ndarray:
+        return pyfai_tilt_matrix(self.rot1, self.rot2, self.rot3)
+
+    # ---- pixel -> lab ----------------------------------------------------------------
+    def plane_coordinates(self, rows, cols):
+        """(p1, p2) in metres on the detector for continuous pixel coordinates (pyFAI's model)."""
+        det = pyfai_detector(self.detector)
+        rows = np.asarray(rows, dtype=float)
+        cols = np.asarray(cols, dtype=float)
+        p1, p2, p3 = det.calc_cartesian_positions(rows - 0.5, cols - 0.5, center=True,
+                                                  use_cython=False)
+        if p3 is not None and np.any(p3):
+            raise ValueError(f"detector {self.detector!r} is not flat: not supported")
+        return np.asarray(p1, dtype=float), np.asarray(p2, dtype=float)
+
+    def lab_positions(self, rows, cols) -> np.ndarray:
+        """Lab position (m) of continuous pixel coordinates, shape (..., 3)."""
+        p1, p2 = self.plane_coordinates(rows, cols)
+        det = np.stack([p1 - self.poni1, p2 - self.poni2, np.full_like(p1, self.dist)], axis=-1)
+        return det @ self.tilt_matrix.T
+
+    def pixel_grid(self):
+        """Continuous coordinates of every pixel centre: (rows, cols), each of detector shape."""
+        ny, nx = self.shape
+        return np.meshgrid(np.arange(ny) + 0.5, np.arange(nx) + 0.5, indexing="ij")
+
+    def pixel_directions(self) -> np.ndarray:
+        """Unit scattered-beam directions of every pixel centre, shape (rows, cols, 3)."""
+        pos = self.lab_positions(*self.pixel_grid())
+        return pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+
+    def two_theta_chi(self, rows, cols):
+        """pyFAI's 2theta and chi (rad) at continuous pixel coordinates."""
+        pos = self.lab_positions(rows, cols)
+        t1, t2, t3 = pos[..., 0], pos[..., 1], pos[..., 2]
+        return np.arctan2(np.hypot(t1, t2), t3), np.arctan2(t1, t2)
+
+    # ---- lab -> pixel ----------------------------------------------------------------
+    def _plane_to_pixel(self, p1, p2):
+        det = pyfai_detector(self.detector)
+        if getattr(det, "_pixel_corners", None) is not None or getattr(det, "splinefile", None):
+            raise ValueError(f"detector {self.detector!r} has distortion/pixel corners: "
+                             "lab -> pixel is implemented for regular flat pixel grids only")
+        ny, nx = self.shape
+        rows = p1 / det.pixel1
+        cols = p2 / det.pixel2
+        o = int(det.orientation or 3)
+        if o in (1, 2):
+            rows = ny - rows
+        if o in (1, 4):
+            cols = nx - cols
+        return rows, cols
+
+    def pixel_from_direction(self, directions):
+        """Continuous (rows, cols) where rays from the sample along `directions` hit the
+        detector plane; NaN for rays that point away from it.  Points outside the pixel
+        array are returned as they are (check with `on_detector`)."""
+        d = np.asarray(directions, dtype=float)
+        local = d @ self.tilt_matrix  # = (M^T d) row-wise
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(local[..., 2] > 0, self.dist / local[..., 2], np.nan)
+        p1 = local[..., 0] * scale + self.poni1
+        p2 = local[..., 1] * scale + self.poni2
+        return self._plane_to_pixel(p1, p2)
+
+    def on_detector(self, rows, cols, margin: float = 0.0):
+        ny, nx = self.shape
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        return ((rows >= margin) & (rows < ny - margin) & (cols >= margin) & (cols < nx - margin))
+
+    def max_two_theta(self) -> float:
+        ny, nx = self.shape
+        r = np.array([0, 0, ny, ny], dtype=float)
+        c = np.array([0, nx, 0, nx], dtype=float)
+        tth, _ = self.two_theta_chi(r, c)
+        edges_r = np.concatenate([np.linspace(0, ny, 64), np.linspace(0, ny, 64), np.zeros(64), np.full(64, ny)])
+        edges_c = np.concatenate([np.zeros(64), np.full(64, nx), np.linspace(0, nx, 64), np.linspace(0, nx, 64)])
+        tth_e, _ = self.two_theta_chi(edges_r, edges_c)
+        return float(max(tth.max(), tth_e.max()))
+
+
+# --------------------------------------------------------------------------------------
+# Goniometer and scan
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Goniometer:
+    """Scan axis (lab vector at zero offsets) with its sense, and named fixed offset axes.
+
+    offset_axes lists (name, lab axis) outermost first; a scan entry gives an angle (deg)
+    per name.  R_sample(phi) = R_off . R_scan(phi), R_off = R(o1) . R(o2) . ...
+    """
+
+    scan_axis: tuple = (0.0, 1.0, 0.0)
+    scan_sense: int = 1
+    offset_axes: tuple = ()  # ((name, (a1, a2, a3)), ...)
+
+    def __post_init__(self):
+        ax = np.asarray(self.scan_axis, dtype=float)
+        if ax.shape != (3,) or not np.linalg.norm(ax) > 0:
+            raise ValueError(f"goniometer scan_axis must be a non-zero 3-vector, got {self.scan_axis}")
+        if self.scan_sense not in (1, -1):
+            raise ValueError(f"goniometer scan_sense must be +1 or -1, got {self.scan_sense}")
+        object.__setattr__(self, "scan_axis", tuple(float(v) for v in ax / np.linalg.norm(ax)))
+        object.__setattr__(self, "offset_axes", tuple(
+            (str(n), tuple(float(v) for v in np.asarray(a, float) / np.linalg.norm(a)))
+            for n, a in self.offset_axes))
+
+    @property
+    def axis(self) -> np.ndarray:
+        return np.asarray(self.scan_axis)
+
+    def offset_rotation(self, offsets: dict | None = None) -> np.ndarray:
+        offsets = offsets or {}
+        unknown = set(offsets) - {n for n, _ in self.offset_axes}
+        if unknown:
+            raise ValueError(f"goniometer has no offset axis named {sorted(unknown)}; "
+                             f"known: {[n for n, _ in self.offset_axes]}")
+        R = np.eye(3)
+        for name, ax in self.offset_axes:
+            R = R @ axis_rotation(ax, math.radians(float(offsets.get(name, 0.0))))
+        return R
+
+    def scan_rotation(self, phi_deg) -> np.ndarray:
+        return axis_rotation(self.axis, self.scan_sense * np.radians(phi_deg))
+
+    def rotation(self, phi_deg, offsets: dict | None = None) -> np.ndarray:
+        """Sample rotation R_off . R_scan(phi); phi may be an array (-> (..., 3, 3))."""
+        return self.offset_rotation(offsets) @ self.scan_rotation(phi_deg)
+
+    def as_dict(self) -> dict:
+        return {"scan_axis": list(self.scan_axis), "scan_sense": self.scan_sense,
+                "offset_axes": {n: list(a) for n, a in self.offset_axes}}
+
+
+@dataclass(frozen=True)
+class ScanAngles:
+    """Frame -> rotation-angle mapping of one scan entry (degrees)."""
+
+    start: float
+    step: float
+    nframes: int
+
+    def angle(self, z):
+        """Rotation angle (deg) at continuous frame coordinate z (frame i covers [i, i+1))."""
+        return self.start + np.asarray(z, dtype=float) * self.step
+
+    def frame(self, phi_deg):
+        """Continuous frame coordinate of angle phi (deg), unwrapped into the scan's turn."""
+        return (np.asarray(phi_deg, dtype=float) - self.start) / self.step
+
+    def frame_centres(self) -> np.ndarray:
+        return self.angle(np.arange(self.nframes) + 0.5)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.nframes * self.step
+
+
+# --------------------------------------------------------------------------------------
+# Q and HKL
+# --------------------------------------------------------------------------------------
+def q_from_directions(directions, wavelength):
+    """Scattering vector Q = (s_f - s_i)/lambda in 1/Angstrom for unit scattered directions."""
+    return (np.asarray(directions, dtype=float) - BEAM_DIRECTION) / wavelength
+
+
+def hkl_from_q(q_lab, UB, R_sample):
+    """h = (U B)^-1 R_sample^-1 Q_lab for lab vectors (..., 3); R_sample is one (3, 3)
+    rotation or a stack (..., 3, 3) broadcasting with the vectors."""
+    qs = np.einsum("...ji,...j->...i", np.asarray(R_sample), np.asarray(q_lab, dtype=float))
+    return qs @ np.linalg.inv(np.asarray(UB)).T
+
+
+def q_from_hkl(hkl, UB, R_sample):
+    """Q_lab = R_sample U B h (same broadcasting as hkl_from_q)."""
+    q = np.asarray(hkl, dtype=float) @ np.asarray(UB).T
+    return np.einsum("...ij,...j->...i", np.asarray(R_sample), q)
+
+
+def directions_from_q(q_lab, wavelength):
+    """Scattered unit directions for lab Q vectors that satisfy the Ewald condition."""
+    s = np.asarray(q_lab) * wavelength + BEAM_DIRECTION
+    return s / np.linalg.norm(s, axis=-1, keepdims=True)
+
+
+def ewald_angles(hkl, UB, goniometer: Goniometer, offsets: dict | None, wavelength: float):
+    """Scan angles (deg, in (-180, 180]) at which each reflection is in diffraction.
+
+    Returns (phi_a, phi_b), each shape (n,), NaN where the reflection never reaches the
+    Ewald sphere (blind region or beyond 2/lambda).  Solves |s_i + Q|^2 = |s_i|^2 for
+    Q = R_off R_scan(phi) UB h: with p = R_off^T s_i/lambda and q = UB h decomposed about
+    the scan axis e, 2 p.(q_par + cos(a) q_perp + sin(a) e x q_perp) + |q|^2 = 0.
+    """
+    q = np.asarray(hkl, dtype=float) @ np.asarray(UB).T
+    e = goniometer.axis
+    p = goniometer.offset_rotation(offsets).T @ BEAM_DIRECTION / wavelength
+    q_par = np.outer(q @ e, e)
+    q_perp = q - q_par
+    A = q_par @ p
+    Bc = q_perp @ p
+    Cs = np.cross(e, q_perp) @ p
+    D = -0.5 * np.einsum("ij,ij->i", q, q) - A
+    Rr = np.hypot(Bc, Cs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = D / Rr
+        base = np.arctan2(Cs, Bc)
+        delta = np.arccos(np.where(np.abs(ratio) <= 1.0, ratio, np.nan))
+    a1 = base + delta
+    a2 = base - delta
+    sense = goniometer.scan_sense
+
+    def wrap(a):
+        d = np.degrees(a * sense)
+        return (d + 180.0) % 360.0 - 180.0
+
+    return wrap(a1), wrap(a2)
+
+
+def lorentz_zeta(q_lab, wavelength, axis_lab):
+    """DIALS's zeta = m2 . (s1 x s0)/|s1 x s0| for diffracting Q (lab); 1/|zeta| is the
+    rotation Lorentz factor and the stretch of a reflection's width in phi."""
+    s0 = BEAM_DIRECTION / wavelength
+    s1 = s0 + np.asarray(q_lab)
+    c = np.cross(s1, s0)
+    n = np.linalg.norm(c, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (c @ np.asarray(axis_lab)) / n
+
+
+def ub_matrix(U, B):
+    return np.asarray(U) @ np.asarray(B)
+
+
+@dataclass(frozen=True)
+class ScanGeometry:
+    """Everything needed to map a pixel of a frame of one scan entry to (H, K, L)."""
+
+    detector: DetectorGeometry
+    goniometer: Goniometer
+    angles: ScanAngles
+    offsets: dict = field(default_factory=dict)
+
+    def sample_rotation(self, z):
+        return self.goniometer.rotation(self.angles.angle(z), self.offsets)
+
+    def hkl_at(self, rows, cols, z, UB):
+        """HKL at continuous (row, col, frame) coordinates (arrays broadcast together)."""
+        rows, cols, z = np.broadcast_arrays(np.asarray(rows, float), np.asarray(cols, float),
+                                            np.asarray(z, float))
+        pos = self.detector.lab_positions(rows, cols)
+        q = q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True),
+                              self.detector.wavelength)
+        return hkl_from_q(q, UB, self.sample_rotation(z))
+
+    def predict(self, hkl, UB):
+        """Predicted (rows, cols, z, phi_deg) of reflections hkl, two solutions per hkl
+        stacked (2n,), with the hkl repeated; positions NaN where not in diffraction."""
+        hkl = np.asarray(hkl, dtype=float)
+        pa, pb = ewald_angles(hkl, UB, self.goniometer, self.offsets, self.detector.wavelength)
+        phi = np.concatenate([pa, pb])
+        hh = np.concatenate([hkl, hkl])
+        # put each solution into the scan's turn: start <= phi < start + 360 (step > 0)
+        lo = min(self.angles.start, self.angles.end)
+        phi = lo + (phi - lo) % 360.0
+        ok = np.isfinite(phi)
+        q = q_from_hkl(hh, UB, self.goniometer.rotation(np.where(ok, phi, 0.0), self.offsets))
+        dirs = directions_from_q(q, self.detector.wavelength)
+        rows, cols = self.detector.pixel_from_direction(dirs)
+        rows = np.where(ok, rows, np.nan)
+        cols = np.where(ok, cols, np.nan)
+        z = self.angles.frame(phi)
+        return hh, rows, cols, z, phi

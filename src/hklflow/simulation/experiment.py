@@ -1,0 +1,552 @@
+"""Simulated experiments: config, scans table, raw frames and a truth file.
+
+The physics follows hklflow's conventions (geometry.py, crystal.py), which the tests pin to
+pyFAI and cctbx; so the truth here is truth in those conventions.  What is simulated:
+
+* a powder calibrant image at the calibration geometry (simulation/powder.py);
+* per sample, temperature and entry a rotation scan: Bragg spots where the Ewald condition
+  puts them (3D Gaussians in rows, cols and rotation angle, integrated over each pixel and
+  each frame, so partials split correctly), intensities from a symmetric pseudo-random
+  structure-factor model spanning `intensity_decades` decades with a Wilson fall-off,
+  Lorentz and polarization factors; diffuse scattering defined in HKL (satellites at
+  half-integer (h, k) below a transition temperature, thermal diffuse scattering around
+  Bragg nodes); background; Poisson noise; module gaps (-1), hot and dead pixels;
+* the scans' true detector geometry differs slightly from the calibration (`scan_drift`),
+  the cell changes with temperature and the orientation drifts slightly on cooling.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..config import temperature_label
+from ..crystal import Crystal, UnitCell, random_rotation
+from ..geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
+                        lorentz_zeta, q_from_directions)
+from . import frames_kernel
+
+log = logging.getLogger("hklflow.simulate")
+
+RAW_DATASET = "/entry/data/data"
+
+
+@dataclass(frozen=True)
+class SampleModel:
+    name: str
+    space_group: str
+    cell: tuple  # true cell at the parent (first) temperature
+    temperatures: tuple = (300.0, 200.0, 100.0)  # K, first = parent
+    # per kelvin: relative change of a, b, c and change of alpha, beta, gamma in degrees
+    expansion: tuple = (6e-6, 6e-6, 9e-6, 0.0, 0.0, 0.0)
+    orientation_seed: int = 1
+    drift_deg_per_temperature: float = 0.05  # orientation change between temperatures
+    transition_temperature: float = 150.0  # satellites exist below it
+    approx_cell_error: float = 0.01  # config cell = true cell scaled by (1 + this)
+
+    def crystal_at(self, temperature: float) -> Crystal:
+        dT = temperature - self.temperatures[0]
+        p = list(self.cell)
+        for i in range(3):
+            p[i] *= 1.0 + self.expansion[i] * dT
+        for i in range(3, 6):
+            p[i] += self.expansion[i] * dT
+        return Crystal(self.space_group, UnitCell(*p))
+
+    def U_at(self, temperature: float) -> np.ndarray:
+        rng = np.random.default_rng(self.orientation_seed)
+        U0 = random_rotation(rng)
+        axis = rng.normal(size=3)
+        steps = sorted(self.temperatures, reverse=True).index(temperature) \
+            if temperature in self.temperatures else 0
+        return axis_rotation(axis, math.radians(self.drift_deg_per_temperature * steps)) @ U0
+
+
+@dataclass(frozen=True)
+class EntryModel:
+    name: str
+    det_shift: tuple = (0.0, 0.0, 0.0)  # (d_dist, d_poni1, d_poni2) in m, as in the scans table
+    offsets: dict = field(default_factory=dict)  # offset axis name -> deg
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    name: str
+    detector: str
+    wavelength: float  # Angstrom
+    calibration_geometry: tuple  # (dist, poni1, poni2, rot1, rot2, rot3): m, rad
+    rough_start: tuple  # the config's rough calibration start (dist, poni1, poni2) in m
+    scan_drift: tuple  # true scan geometry minus calibration: (dist, poni1, poni2, rot1, rot2, rot3)
+    scan_axis: tuple
+    scan_sense: int
+    offset_axes: dict
+    samples: tuple
+    entries: tuple
+    nframes: int
+    phi_start: float
+    phi_step: float
+    calibrant: str = "CeO2"
+    spot_sigma_px: float = 0.8
+    mosaicity_deg: float = 0.08
+    intensity_decades: float = 5.0
+    bragg_scale: float = 2.0e5  # expected counts of the strongest reflection (before L, P)
+    wilson_b: float = 0.8  # Angstrom^2
+    background: float = 6.0  # counts/pixel/frame at normal incidence
+    air_scatter: float = 4.0  # counts/pixel/frame, decaying with 2 theta
+    satellite_amplitude: float = 4.0  # counts/pixel/frame at the satellite centre, lowest T
+    satellite_sigma_hk: float = 0.06  # r.l.u.
+    satellite_sigma_l: float = 0.25  # r.l.u.
+    tds_amplitude: float = 0.02  # counts scale of the thermal diffuse term at the parent T
+    tds_kappa: float = 0.02  # 1/Angstrom
+    tds_reach: float = 0.12  # r.l.u.: Gaussian envelope of the thermal diffuse term
+    polarization_fraction: float = 0.99
+    hot_pixels: int = 5
+    dead_pixels: int = 5
+    hot_value: int = 1048575
+    seed: int = 20261121
+
+    def calibration(self) -> DetectorGeometry:
+        return DetectorGeometry(self.detector, *self.calibration_geometry, wavelength=self.wavelength)
+
+    def goniometer(self) -> Goniometer:
+        return Goniometer(tuple(self.scan_axis), self.scan_sense, tuple(self.offset_axes.items()))
+
+    def true_scan_geometry(self, entry: EntryModel) -> DetectorGeometry:
+        cal = self.calibration()
+        d = self.scan_drift
+        g = replace(cal, dist=cal.dist + d[0], poni1=cal.poni1 + d[1], poni2=cal.poni2 + d[2],
+                    rot1=cal.rot1 + d[3], rot2=cal.rot2 + d[4], rot3=cal.rot3 + d[5])
+        return g.shifted(*entry.det_shift)
+
+
+def _px(detector: str, rows: float, cols: float) -> tuple[float, float]:
+    """PONI coordinates (m) of a point given in pixels."""
+    from ..geometry import pyfai_detector
+
+    d = pyfai_detector(detector)
+    return rows * float(d.pixel1), cols * float(d.pixel2)
+
+
+def preset(name: str) -> SimulationSpec:
+    """Named simulations: 'demo' (the README's demo experiment) and 'tiny' (tests)."""
+    if name == "demo":
+        det = "PilatusCdTe300k"
+        p1, p2 = _px(det, 305.3, 232.8)
+        pix = _px(det, 1.0, 1.0)[0]
+        return SimulationSpec(
+            name="demo", detector=det, wavelength=0.41328,  # 30 keV
+            calibration_geometry=(0.125, p1, p2, 0.0042, -0.0031, 0.011),
+            rough_start=(0.122, p1 + 4 * pix, p2 - 4 * pix),
+            scan_drift=(2.0e-4, 0.3 * pix, -0.25 * pix, 0.0, 0.0, 0.0),
+            scan_axis=(0.0, 1.0, 0.0), scan_sense=1,
+            offset_axes={"omega": (1.0, 0.0, 0.0), "chi": (0.0, 0.0, 1.0)},
+            samples=(SampleModel("lsco", "I 4/m m m", (3.7801, 3.7801, 13.2305, 90, 90, 90),
+                                 temperatures=(300.0, 200.0, 100.0), orientation_seed=7),),
+            entries=(EntryModel("f1"),
+                     EntryModel("f2", det_shift=(0.0, 10 * pix, 8 * pix)),
+                     EntryModel("f3", det_shift=(0.0, -9 * pix, -10 * pix),
+                                offsets={"omega": -1.5, "chi": 2.0})),
+            nframes=360, phi_start=-90.0, phi_step=0.5,
+            # in frame units like a 0.1 deg-step scan of a crystal with ~0.06 deg mosaicity
+            mosaicity_deg=0.3)
+    if name == "tiny":
+        det = "Pilatus300k"
+        p1, p2 = _px(det, 300.4, 250.6)
+        pix = _px(det, 1.0, 1.0)[0]
+        return SimulationSpec(
+            name="tiny", detector=det, wavelength=0.41328,
+            calibration_geometry=(0.12, p1, p2, 0.003, -0.002, 0.01),
+            rough_start=(0.118, p1 + 3 * pix, p2 - 3 * pix),
+            scan_drift=(1.0e-4, 0.2 * pix, -0.2 * pix, 0.0, 0.0, 0.0),
+            scan_axis=(0.0, 1.0, 0.0), scan_sense=1,
+            offset_axes={"omega": (1.0, 0.0, 0.0), "chi": (0.0, 0.0, 1.0)},
+            samples=(SampleModel("tiny", "I 41/a m d", (5.12, 5.12, 7.43, 90, 90, 90),
+                                 temperatures=(300.0, 100.0), orientation_seed=3),),
+            entries=(EntryModel("f1"),
+                     EntryModel("f2", det_shift=(0.0, 9 * pix, 7 * pix),
+                                offsets={"omega": -1.0, "chi": 1.5})),
+            nframes=60, phi_start=0.0, phi_step=1.0, mosaicity_deg=0.5)
+    raise ValueError(f"unknown simulation preset {name!r} (known: demo, tiny)")
+
+
+# --------------------------------------------------------------------------------------
+# Structure-factor model
+# --------------------------------------------------------------------------------------
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def structure_intensity(crystal: Crystal, hkl: np.ndarray, spec: SimulationSpec) -> np.ndarray:
+    """|F|^2-like intensity, equal for Laue-equivalent reflections, in (0, 1]:
+    log-uniform over `intensity_decades` decades times a Wilson fall-off; 0 if absent."""
+    can = crystal.canonical_hkl(hkl).astype(np.int64) + 512
+    key = (can[:, 0] * 1024 + can[:, 1]) * 1024 + can[:, 2] + np.int64(spec.seed) * (1 << 31)
+    u = (_mix64(key.astype(np.uint64)) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    s2 = 0.25 / crystal.cell.d_spacing(hkl) ** 2  # (sin theta / lambda)^2
+    inten = 10.0 ** (-spec.intensity_decades * u) * np.exp(-2.0 * spec.wilson_b * s2)
+    return np.where(crystal.is_absent(hkl), 0.0, inten)
+
+
+def polarization_factor(tth, chi, fraction):
+    """pyFAI's polarization factor (same formula as AzimuthalIntegrator.polarization)."""
+    return 0.5 * (1.0 + np.cos(tth) ** 2 - fraction * np.cos(2.0 * chi) * np.sin(tth) ** 2)
+
+
+# --------------------------------------------------------------------------------------
+# One scan
+# --------------------------------------------------------------------------------------
+@dataclass
+class ScanTruth:
+    geometry: DetectorGeometry
+    crystal: Crystal
+    U: np.ndarray
+    reflections: dict  # column name -> array
+
+
+def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperature: float,
+                             entry: EntryModel):
+    """Truth reflections of one scan entry (every in-range reflection on the detector)."""
+    geom = spec.true_scan_geometry(entry)
+    crystal = sample.crystal_at(temperature)
+    U = sample.U_at(temperature)
+    UB = U @ crystal.B
+    angles = ScanAngles(spec.phi_start, spec.phi_step, spec.nframes)
+    scan = ScanGeometry(geom, spec.goniometer(), angles, dict(entry.offsets))
+    d_min = spec.wavelength / (2.0 * math.sin(geom.max_two_theta() / 2.0)) * 0.999
+    hkl = crystal.reflections_within(d_min)
+    hh, rows, cols, z, phi = scan.predict(hkl, UB)
+    ny, nx = geom.shape
+    ok = np.isfinite(rows) & geom.on_detector(np.nan_to_num(rows, nan=-1), np.nan_to_num(cols, nan=-1))
+    hh, rows, cols, z, phi = hh[ok], rows[ok], cols[ok], z[ok], phi[ok]
+    R = spec.goniometer().rotation(phi, entry.offsets)
+    q = np.einsum("nij,nj->ni", R, hh @ UB.T)
+    zeta = lorentz_zeta(q, spec.wavelength, spec.goniometer().offset_rotation(entry.offsets)
+                        @ spec.goniometer().axis)
+    sigma_phi = np.clip(spec.mosaicity_deg / np.maximum(np.abs(zeta), 1e-3), spec.mosaicity_deg, 3.0)
+    sigma_z = sigma_phi / abs(spec.phi_step)
+    in_scan = (z + 4 * sigma_z > 0) & (z - 4 * sigma_z < spec.nframes) & (np.abs(zeta) > 0.02)
+    hh, rows, cols, z, phi, zeta, sigma_z = (a[in_scan] for a in (hh, rows, cols, z, phi, zeta, sigma_z))
+    tth, chi = geom.two_theta_chi(rows, cols)
+    inten = structure_intensity(crystal, hh.astype(int), spec)
+    counts = spec.bragg_scale * inten * polarization_factor(tth, chi, spec.polarization_fraction) \
+        / np.abs(zeta)
+    gaps = geom.detector_mask()
+    ri = np.clip(rows.astype(int), 0, ny - 1)
+    ci = np.clip(cols.astype(int), 0, nx - 1)
+    refl = {
+        "h": hh[:, 0].astype(int), "k": hh[:, 1].astype(int), "l": hh[:, 2].astype(int),
+        "row": rows, "col": cols, "frame": z, "phi": phi,
+        "sigma_row": np.full(len(z), spec.spot_sigma_px), "sigma_col": np.full(len(z), spec.spot_sigma_px),
+        "sigma_frame": sigma_z, "counts": counts, "zeta": zeta, "two_theta_deg": np.degrees(tth),
+        "in_gap": gaps[ri, ci],
+    }
+    return ScanTruth(geom, crystal, U, refl), scan
+
+
+def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, entry: EntryModel,
+                truth: ScanTruth, scan: ScanGeometry, write_chunk, defects, chunk_frames=16):
+    """Render all frames of a scan, passing (start, int32 array) chunks to write_chunk."""
+    geom = truth.geometry
+    ny, nx = geom.shape
+    dirs = geom.pixel_directions()
+    q_pix = np.ascontiguousarray(q_from_directions(dirs, spec.wavelength))
+    ai = geom.to_pyfai()
+    solid = np.asarray(ai.solidAngleArray(), dtype=np.float64)
+    pol = np.asarray(ai.polarization(factor=spec.polarization_fraction), dtype=np.float64)
+    tth = np.arccos(np.clip(dirs[..., 2], -1, 1))
+    pixel_scale = np.ascontiguousarray(solid * pol)
+    background = np.ascontiguousarray(spec.background * pixel_scale
+                                      + spec.air_scatter * np.exp(-tth / 0.15) * solid)
+    UB = truth.U @ truth.crystal.B
+    UBinv = np.linalg.inv(UB)
+    R = scan.sample_rotation(np.arange(spec.nframes) + 0.5)
+    M_frames = np.ascontiguousarray(np.einsum("ij,nkj->nik", UBinv, R))
+    T = temperature
+    tc = sample.transition_temperature
+    sat = spec.satellite_amplitude * min(1.0, max(0.0, (tc - T) / (0.5 * tc)))
+    tds = spec.tds_amplitude * T / sample.temperatures[0]
+    diffuse = np.array([sat, spec.satellite_sigma_hk, spec.satellite_sigma_l, tds,
+                        spec.tds_kappa ** 2, spec.tds_reach])
+    # Bragg intensity of every node in a box (absent nodes 0), for the TDS term
+    r = truth.reflections
+    lim = [int(np.max(np.abs(r[c]))) + 2 if len(r[c]) else 2 for c in ("h", "k", "l")]
+    grid = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in lim], indexing="ij"), -1).reshape(-1, 3)
+    nz = np.any(grid != 0, axis=1)
+    table = np.zeros(len(grid))
+    table[nz] = structure_intensity(truth.crystal, grid[nz], spec)
+    table = np.ascontiguousarray(table.reshape([2 * n + 1 for n in lim]))
+    tbl_off = np.array(lim, dtype=np.int64)
+    ptr, index = frames_kernel.frame_spot_lists(spec.nframes, r["frame"], r["sigma_frame"])
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    buf = np.empty((chunk_frames, ny, nx), dtype=np.int32)
+    seed = (zlib.crc32(f"{sample.name}/{T:g}/{entry.name}".encode()) ^ spec.seed) % (2 ** 30)
+    for start in range(0, spec.nframes, chunk_frames):
+        n = min(chunk_frames, spec.nframes - start)
+        out = buf[:n]
+        frames_kernel.render_frames(
+            start, n, q_pix, pixel_scale, background, defects, spec.hot_value, M_frames,
+            np.ascontiguousarray(truth.crystal.B), diffuse, table, tbl_off, ptr, index,
+            f64(r["row"]), f64(r["col"]), f64(r["frame"]), f64(r["sigma_row"]),
+            f64(r["sigma_col"]), f64(r["sigma_frame"]), f64(r["counts"]), seed, out)
+        write_chunk(start, out)
+
+
+def detector_defects(spec: SimulationSpec, geom: DetectorGeometry) -> tuple[np.ndarray, dict]:
+    """uint8 map: 1 module gap, 2 hot pixel, 3 dead pixel (same pixels in every scan)."""
+    rng = np.random.default_rng(spec.seed + 17)
+    m = geom.detector_mask().astype(np.uint8)
+    good = np.flatnonzero(m.ravel() == 0)
+    pick = rng.choice(good, spec.hot_pixels + spec.dead_pixels, replace=False)
+    m.ravel()[pick[:spec.hot_pixels]] = 2
+    m.ravel()[pick[spec.hot_pixels:]] = 3
+    ny, nx = m.shape
+    where = lambda p: [[int(i // nx), int(i % nx)] for i in p]  # noqa: E731
+    return m, {"hot_pixels": where(pick[:spec.hot_pixels]), "dead_pixels": where(pick[spec.hot_pixels:])}
+
+
+# --------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------
+class Hdf5StackWriter:
+    """int32 (frames, rows, cols), one frame per chunk, bitshuffle-LZ4: as detectors write."""
+
+    def __init__(self, path: Path, nframes: int, shape: tuple[int, int]):
+        import h5py
+        import hdf5plugin
+
+        self.tmp = path.with_name(path.name + ".part")
+        self.path = path
+        self.f = h5py.File(self.tmp, "w")
+        grp = self.f.require_group("entry/data")
+        self.f["entry"].attrs["NX_class"] = "NXentry"
+        grp.attrs["NX_class"] = "NXdata"
+        grp.attrs["signal"] = "data"
+        self.dset = grp.create_dataset("data", shape=(nframes,) + tuple(shape), dtype=np.int32,
+                                       chunks=(1,) + tuple(shape),
+                                       **hdf5plugin.Bitshuffle(cname="lz4"))
+
+    def __call__(self, start: int, frames: np.ndarray):
+        self.dset[start:start + len(frames)] = frames
+
+    def close(self):
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+
+class CbfFramesWriter:
+    """One Pilatus miniCBF per frame, with the header lines DIALS's dxtbx needs."""
+
+    def __init__(self, folder: Path, stem: str, spec: SimulationSpec, geom: DetectorGeometry):
+        self.folder, self.stem, self.spec, self.geom = folder, stem, spec, geom
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def header(self, index: int) -> str:
+        g, s = self.geom, self.spec
+        p1, p2 = g.pixel_size
+        ny, _ = g.shape
+        # dxtbx puts pixel (0, 0) at the top left seen from the sample (slow axis -Y); our row
+        # 0 is at the bottom (pyFAI orientation 3), hence slow = ny - row for the beam centre.
+        beam_fast, beam_slow = g.poni2 / p2, ny - g.poni1 / p1
+        return "\n".join([
+            f"# Detector: PILATUS simulated by hklflow ({g.detector})",
+            "# 2026-11-21T00:00:00.000",
+            f"# Pixel_size {p2:.6g} m x {p1:.6g} m",
+            "# Exposure_time 0.1000000 s",
+            "# Exposure_period 0.1000000 s",
+            "# Count_cutoff 1048575 counts",
+            f"# Wavelength {s.wavelength:.5f} A",
+            f"# Detector_distance {g.dist:.5f} m",
+            f"# Beam_xy ({beam_fast:.2f}, {beam_slow:.2f}) pixels",
+            f"# Start_angle {s.phi_start + index * s.phi_step:.4f} deg.",
+            f"# Angle_increment {s.phi_step:.4f} deg.",
+        ])
+
+    def __call__(self, start: int, frames: np.ndarray):
+        import fabio.cbfimage
+
+        for i, fr in enumerate(frames):
+            n = start + i
+            img = fabio.cbfimage.CbfImage(data=fr.astype(np.int32))
+            img.header["_array_data.header_convention"] = "PILATUS_1.2"
+            img.header["_array_data.header_contents"] = self.header(n)
+            img.write(str(self.folder / f"{self.stem}_{n + 1:05d}.cbf"))
+
+    def close(self):
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# The experiment directory
+# --------------------------------------------------------------------------------------
+def experiment_config(spec: SimulationSpec) -> dict:
+    samples = {}
+    for s in spec.samples:
+        approx = UnitCell(*s.cell).scaled(1.0 + s.approx_cell_error)
+        samples[s.name] = {"space_group": s.space_group,
+                           "cell": [round(v, 3) for v in approx.parameters],
+                           "parent": {"temperature": float(s.temperatures[0])}}
+    d, p1, p2 = spec.rough_start
+    return {
+        "experiment": spec.name,
+        "scans_table": "config/scans.tsv",
+        "instrument": {
+            "detector": spec.detector,
+            "wavelength": spec.wavelength,
+            "polarization_fraction": spec.polarization_fraction,
+            "goniometer": {"scan_axis": list(spec.scan_axis), "scan_sense": spec.scan_sense,
+                           "offset_axes": {k: list(v) for k, v in spec.offset_axes.items()}},
+        },
+        "calibrations": {
+            spec.calibrant.lower(): {
+                "image": f"raw/calibration/{spec.calibrant}.h5",
+                "dataset": RAW_DATASET,
+                "calibrant": spec.calibrant,
+                "start": {"dist": round(d, 4), "poni1": round(p1, 5), "poni2": round(p2, 5),
+                          "rot1": 0.0, "rot2": 0.0, "rot3": 0.0},
+            }
+        },
+        "samples": samples,
+    }
+
+
+def scans_table_rows(spec: SimulationSpec, frame_format: str) -> list[dict]:
+    rows = []
+    for s in spec.samples:
+        for T in s.temperatures:
+            for e in spec.entries:
+                tl = temperature_label(T)
+                data = (f"raw/{s.name}/{tl}/{e.name}.h5" if frame_format == "hdf5"
+                        else f"raw/{s.name}/{tl}/{e.name}/{e.name}_*.cbf")
+                row = {"sample": s.name, "temperature": f"{T:g}", "entry": e.name, "data": data,
+                       "nframes": spec.nframes, "phi_start": f"{spec.phi_start:g}",
+                       "phi_step": f"{spec.phi_step:g}",
+                       "det_ddist": f"{e.det_shift[0]:.6g}", "det_dponi1": f"{e.det_shift[1]:.6g}",
+                       "det_dponi2": f"{e.det_shift[2]:.6g}"}
+                for name in spec.offset_axes:
+                    row[name] = f"{e.offsets.get(name, 0.0):g}"
+                rows.append(row)
+    return rows
+
+
+CONFIG_HEADER = """\
+# hklflow experiment configuration: {name}
+# Written by `hklflow simulate` (the same file the demo commits in config/).
+# Every key is documented in workflow/schemas/config.schema.yaml; conventions (lab frame,
+# units, angles) in docs/conventions.md.
+"""
+
+
+def write_config(spec: SimulationSpec, outdir: Path, frame_format: str) -> None:
+    cfgdir = outdir / "config"
+    cfgdir.mkdir(parents=True, exist_ok=True)
+    text = CONFIG_HEADER.format(name=spec.name) + yaml.safe_dump(
+        experiment_config(spec), sort_keys=False, default_flow_style=None, width=100)
+    (cfgdir / "config.yaml").write_text(text)
+    rows = scans_table_rows(spec, frame_format)
+    cols = list(rows[0])
+    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
+    (cfgdir / "scans.tsv").write_text("\n".join(lines) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5") -> dict:
+    """Write config/, raw/ and truth.json of a simulated experiment into outdir."""
+    from .powder import simulate_calibrant_image
+
+    if frame_format not in ("hdf5", "cbf"):
+        raise ValueError(f"frame_format must be 'hdf5' or 'cbf', got {frame_format!r}")
+    outdir = Path(outdir)
+    t0 = time.monotonic()
+    write_config(spec, outdir, frame_format)
+    cal = spec.calibration()
+    rng = np.random.default_rng(spec.seed)
+    powder = simulate_calibrant_image(cal, spec.calibrant, rng,
+                                      polarization_fraction=spec.polarization_fraction)
+    caldir = outdir / "raw" / "calibration"
+    caldir.mkdir(parents=True, exist_ok=True)
+    w = Hdf5StackWriter(caldir / f"{spec.calibrant}.h5", 1, cal.shape)
+    w(0, powder[None].astype(np.int32))
+    w.close()
+    log.info("calibrant image written (%.1f s)", time.monotonic() - t0)
+    defects, defect_truth = detector_defects(spec, cal)
+    truth = {
+        "simulation": _jsonable(asdict(spec)),
+        "conventions": "hklflow docs/conventions.md (Q without 2 pi; Busing-Levy B; lab = pyFAI)",
+        "calibration_geometry": cal.as_dict(),
+        "goniometer": spec.goniometer().as_dict(),
+        "detector_defects": defect_truth,
+        "diffuse_model": {
+            "satellites": {"positions": "(h + 1/2, k + 1/2, l) for integer h, k, l",
+                           "amplitude_at_lowest": spec.satellite_amplitude,
+                           "sigma_hk_rlu": spec.satellite_sigma_hk, "sigma_l_rlu": spec.satellite_sigma_l,
+                           "present_below_K": {s.name: s.transition_temperature for s in spec.samples}},
+            "thermal_diffuse": {"form": "A * I_bragg(nearest node) * |Q|^2 / (|dQ|^2 + kappa^2) * exp(-|dh|^2 / (2 reach^2)), A proportional to T",
+                                "amplitude": spec.tds_amplitude, "kappa_inv_A": spec.tds_kappa,
+                                "reach_rlu": spec.tds_reach},
+            "background": {"level": spec.background, "air_scatter": spec.air_scatter},
+        },
+        "samples": {},
+        "scans": {},
+    }
+    nscan = len(spec.samples) * len(spec.entries) * max(len(s.temperatures) for s in spec.samples)
+    done = 0
+    for sample in spec.samples:
+        truth["samples"][sample.name] = {"space_group": sample.space_group, "temperatures": {}}
+        for T in sample.temperatures:
+            crystal = sample.crystal_at(T)
+            U = sample.U_at(T)
+            truth["samples"][sample.name]["temperatures"][temperature_label(T)] = {
+                "temperature": T, "cell": list(crystal.cell.parameters), "U": U.tolist(),
+                "B": crystal.B.tolist(), "UB": (U @ crystal.B).tolist(),
+                "satellites_present": bool(T < sample.transition_temperature)}
+            for entry in spec.entries:
+                st, scan = predict_scan_reflections(spec, sample, T, entry)
+                tl = temperature_label(T)
+                if frame_format == "hdf5":
+                    path = outdir / "raw" / sample.name / tl / f"{entry.name}.h5"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    writer = Hdf5StackWriter(path, spec.nframes, st.geometry.shape)
+                else:
+                    writer = CbfFramesWriter(outdir / "raw" / sample.name / tl / entry.name,
+                                             entry.name, spec, st.geometry)
+                render_scan(spec, sample, T, entry, st, scan, writer, defects)
+                writer.close()
+                done += 1
+                log.info("scan %s/%s/%s: %d reflections, %d frames (%d/%d, %.1f s)", sample.name,
+                         tl, entry.name, len(st.reflections["h"]), spec.nframes, done, nscan,
+                         time.monotonic() - t0)
+                truth["scans"][f"{sample.name}/{tl}/{entry.name}"] = {
+                    "geometry": st.geometry.as_dict(), "offsets": dict(entry.offsets),
+                    "det_shift": list(entry.det_shift),
+                    "phi_start": spec.phi_start, "phi_step": spec.phi_step, "nframes": spec.nframes,
+                    "reflections": _jsonable(st.reflections)}
+    tmp = outdir / "truth.json.part"
+    tmp.write_text(json.dumps(truth, indent=None, separators=(",", ":")))
+    os.replace(tmp, outdir / "truth.json")
+    log.info("simulation %s written to %s in %.1f s", spec.name, outdir, time.monotonic() - t0)
+    return truth

@@ -1,0 +1,31 @@
+"""Logging for step command lines: messages with time stamps on stderr, which the
+Snakemake rule sends to the rule's log file."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+def setup(name: str, verbose: bool = False) -> logging.Logger:
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", force=True)
+    for noisy in ("pyFAI", "silx", "fabio", "numba", "matplotlib", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger(f"hklflow.{name}")
+
+
+class Progress:
+    """Logs 'done/total' at most every `every` seconds (for long loops)."""
+
+    def __init__(self, log: logging.Logger, what: str, total: int, every: float = 10.0):
+        self.log, self.what, self.total, self.every = log, what, total, every
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or done == self.total:
+            rate = done / max(now - self.t0, 1e-9)
+            self.log.info("%s: %d/%d (%.1f/s)", self.what, done, self.total, rate)
+            self.last = now
