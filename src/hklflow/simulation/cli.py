@@ -31,5 +31,9 @@ def main(argv=None) -> int:
         log.error("%s already holds a simulated experiment (truth.json); use --force to "
                   "overwrite it", args.outdir)
         return 1
-    simulate_experiment(preset(args.preset), args.outdir, args.frame_format)
+    try:
+        simulate_experiment(preset(args.preset), args.outdir, args.frame_format, overwrite=args.force)
+    except FileExistsError as exc:
+        log.error("%s", exc)
+        return 1
     return 0

@@ -450,16 +450,30 @@ CONFIG_HEADER = """\
 """
 
 
-def write_config(spec: SimulationSpec, outdir: Path, frame_format: str) -> None:
-    cfgdir = outdir / "config"
-    cfgdir.mkdir(parents=True, exist_ok=True)
+def config_texts(spec: SimulationSpec, frame_format: str) -> dict[str, str]:
+    """The text of config/config.yaml and config/scans.tsv of a simulated experiment."""
     text = CONFIG_HEADER.format(name=spec.name) + yaml.safe_dump(
         experiment_config(spec), sort_keys=False, default_flow_style=None, width=100)
-    (cfgdir / "config.yaml").write_text(text)
     rows = scans_table_rows(spec, frame_format)
     cols = list(rows[0])
     lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
-    (cfgdir / "scans.tsv").write_text("\n".join(lines) + "\n")
+    return {"config.yaml": text, "scans.tsv": "\n".join(lines) + "\n"}
+
+
+def write_config(spec: SimulationSpec, outdir: Path, frame_format: str, overwrite: bool) -> None:
+    """Write config/; an existing file that differs is kept (and refused) unless overwrite,
+    so a user's edited configuration is never lost."""
+    cfgdir = outdir / "config"
+    texts = config_texts(spec, frame_format)
+    if not overwrite:
+        for name, text in texts.items():
+            f = cfgdir / name
+            if f.exists() and f.read_text() != text:
+                raise FileExistsError(f"{f} exists and differs from the {spec.name!r} simulation's; "
+                                      "simulate into another directory (or overwrite with --force)")
+    cfgdir.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (cfgdir / name).write_text(text)
 
 
 def _jsonable(x):
@@ -474,7 +488,8 @@ def _jsonable(x):
     return x
 
 
-def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5") -> dict:
+def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5",
+                        overwrite: bool = False) -> dict:
     """Write config/, raw/ and truth.json of a simulated experiment into outdir."""
     from .powder import simulate_calibrant_image
 
@@ -482,7 +497,7 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
         raise ValueError(f"frame_format must be 'hdf5' or 'cbf', got {frame_format!r}")
     outdir = Path(outdir)
     t0 = time.monotonic()
-    write_config(spec, outdir, frame_format)
+    write_config(spec, outdir, frame_format, overwrite)
     cal = spec.calibration()
     rng = np.random.default_rng(spec.seed)
     powder = simulate_calibrant_image(cal, spec.calibrant, rng,

@@ -1,0 +1,147 @@
+"""Config and scans table: validated once, errors name the file, the row and the field."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from hklflow.config import ConfigError, load_experiment
+from hklflow.simulation.experiment import config_texts, preset
+
+
+@pytest.fixture
+def experiment_dir(tmp_path):
+    for name, text in config_texts(preset("tiny"), "hdf5").items():
+        (tmp_path / "config").mkdir(exist_ok=True)
+        (tmp_path / "config" / name).write_text(text)
+    return tmp_path
+
+
+def load(d):
+    return load_experiment(d / "config" / "config.yaml", base_dir=d)
+
+
+def edit_config(d, change):
+    p = d / "config" / "config.yaml"
+    cfg = yaml.safe_load(p.read_text())
+    change(cfg)
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def edit_table(d, row, column, value):
+    p = d / "config" / "scans.tsv"
+    lines = p.read_text().splitlines()
+    header = lines[0].split("\t")
+    cells = lines[row].split("\t")
+    cells[header.index(column)] = value
+    lines[row] = "\t".join(cells)
+    p.write_text("\n".join(lines) + "\n")
+
+
+def test_valid_config_resolves_with_defaults(experiment_dir):
+    exp = load(experiment_dir)
+    assert exp.instrument.polarization_fraction == 0.99  # schema default
+    cal = exp.calibrations["ceo2"]
+    assert cal.refine == ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")
+    assert cal.start["rot1"] == 0.0
+    s = exp.scan("tiny", "300K", "f2")
+    assert s.offsets == {"omega": -1.0, "chi": 1.5}
+    assert s.dataset == "/entry/data/data" and s.monitor == ""
+    assert exp.temperatures_of("tiny") == ["100K", "300K"]
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (lambda c: c["instrument"].pop("wavelength"), "instrument", "wavelength"),
+    (lambda c: c["instrument"].__setitem__("wavelength", "short"), "instrument.wavelength", "number"),
+    (lambda c: c["instrument"]["goniometer"].__setitem__("scan_axis", [0, 1]), "instrument.goniometer.scan_axis", "short"),
+    (lambda c: c["instrument"]["goniometer"].__setitem__("scan_axis", [0, 0, 0]), "instrument.goniometer", "non-zero"),
+    (lambda c: c["instrument"].__setitem__("detector", "Pilatus9000"), "instrument.detector", "Pilatus9000"),
+    (lambda c: c["samples"]["tiny"].__setitem__("cell", [5, 5, 7, 90, 90]), "samples.tiny.cell", "short"),
+    (lambda c: c["samples"]["tiny"].__setitem__("cell", [5, 6, 7, 90, 90, 90]), "samples.tiny", "not compatible"),
+    (lambda c: c["samples"]["tiny"].__setitem__("space_group", "P 7"), "samples.tiny", "unknown space group"),
+    (lambda c: c["samples"]["tiny"]["parent"].__setitem__("temperature", 42), "samples.tiny.parent.temperature", "42K"),
+    (lambda c: c["calibrations"]["ceo2"].__setitem__("calibrant", "Unobtainium"), "calibrations.ceo2.calibrant", "Unobtainium"),
+    (lambda c: c["calibrations"]["ceo2"].pop("start"), "calibrations.ceo2.start", "starting geometry"),
+    (lambda c: c["calibrations"]["ceo2"].__setitem__("refine", ["dist", "tilt"]), "calibrations.ceo2.refine.1", "tilt"),
+    (lambda c: c.__setitem__("colour", "blue"), "(top level)", "colour"),
+])
+def test_bad_config_names_file_and_field(experiment_dir, change, field, words):
+    edit_config(experiment_dir, change)
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    msg = str(e.value)
+    assert "config.yaml" in msg
+    assert f"'{field}" in msg, msg
+    assert words in msg, msg
+
+
+@pytest.mark.parametrize("row, column, value, words", [
+    (2, "nframes", "many", "'nframes'"),
+    (2, "nframes", "0", "'nframes'"),
+    (3, "phi_step", "0", "'phi_step'"),
+    (1, "temperature", "-5", "'temperature'"),
+    (4, "sample", "nosuch", "'sample'"),
+    (2, "entry", "f1", "repeats row 1"),
+    (3, "omega", "abc", "'omega'"),
+])
+def test_bad_table_row_names_file_row_and_field(experiment_dir, row, column, value, words):
+    edit_table(experiment_dir, row, column, value)
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    msg = str(e.value)
+    assert "scans.tsv" in msg and f"row {row}" in msg, msg
+    assert words in msg, msg
+
+
+def test_unknown_column_is_named(experiment_dir):
+    p = experiment_dir / "config" / "scans.tsv"
+    p.write_text(p.read_text().replace("chi", "kappa", 1))
+    with pytest.raises(ConfigError, match=r"scans.tsv: unknown column\(s\) \['kappa'\]"):
+        load(experiment_dir)
+
+
+def test_calibration_selection_by_valid_for_and_by_column(experiment_dir):
+    def two_calibrations(c):
+        c["calibrations"]["cold"] = copy.deepcopy(c["calibrations"]["ceo2"])
+        c["calibrations"]["cold"]["valid_for"] = {"temperatures": [0, 150]}
+    edit_config(experiment_dir, two_calibrations)
+    exp = load(experiment_dir)
+    assert exp.scan("tiny", "100K", "f1").calibration == "cold"
+    assert exp.scan("tiny", "300K", "f1").calibration == "ceo2"
+    p = experiment_dir / "config" / "scans.tsv"
+    lines = p.read_text().splitlines()
+    lines = [lines[0] + "\tcalibration"] + [ln + ("\tceo2" if i == 3 else "\t") for i, ln in enumerate(lines[1:], 1)]
+    p.write_text("\n".join(lines) + "\n")
+    exp = load(experiment_dir)
+    assert exp.scan("tiny", "100K", "f1").calibration == "ceo2"  # row 3 names it
+
+
+def test_scan_without_valid_calibration_is_an_error(experiment_dir):
+    edit_config(experiment_dir, lambda c: c["calibrations"]["ceo2"].__setitem__("valid_for", {"entries": ["f1"]}))
+    with pytest.raises(ConfigError, match=r"scans.tsv: row 2: no calibration is valid for scan tiny/300K/f2"):
+        load(experiment_dir)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
+        load_experiment(tmp_path / "nope.yaml")
+    (tmp_path / "c.yaml").write_text("experiment: [unclosed")
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+        load_experiment(tmp_path / "c.yaml")
+
+
+def test_several_config_files_merge_in_order(experiment_dir):
+    extra = experiment_dir / "config" / "override.yaml"
+    extra.write_text("instrument:\n  wavelength: 0.5\n")
+    exp = load_experiment([experiment_dir / "config" / "config.yaml", extra], base_dir=experiment_dir)
+    assert exp.instrument.wavelength == 0.5
+    assert exp.instrument.detector == "Pilatus300k"  # the rest of the section is kept
+
+
+def test_committed_demo_config_is_what_the_simulator_writes():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, text in config_texts(preset("demo"), "hdf5").items():
+        assert (repo / "config" / name).read_text() == text, f"config/{name} is stale: regenerate it"
