@@ -153,7 +153,9 @@ class ScanEntry:
 
     @property
     def is_frame_files(self) -> bool:
-        return not self.data.lower().endswith((".h5", ".hdf5", ".nxs", ".hdf", ".nx5"))
+        from .frames import is_hdf5_path
+
+        return not is_hdf5_path(self.data)
 
 
 @dataclass(frozen=True)

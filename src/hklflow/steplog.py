@@ -11,8 +11,10 @@ def setup(name: str, verbose: bool = False) -> logging.Logger:
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S", force=True)
-    for noisy in ("pyFAI", "silx", "fabio", "numba", "matplotlib", "h5py"):
+    for noisy in ("pyFAI", "fabio", "numba", "matplotlib", "h5py", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # silx warns on every import that pyopencl is missing; hklflow does not use OpenCL
+    logging.getLogger("silx").setLevel(logging.ERROR)
     return logging.getLogger(f"hklflow.{name}")
 
 

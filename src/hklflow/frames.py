@@ -1,0 +1,543 @@
+"""Reading raw detector frames: read-only, streamed, with errors that name file and frame.
+
+Raw frames come in two forms (the ``data`` column of the scans table):
+
+* an HDF5 file holding a (frames, rows, cols) stack (usually bitshuffle-LZ4 compressed,
+  chunked one frame per chunk), or a glob pattern of several such files whose stacks are
+  concatenated in natural order (``data_000001.h5``, ``data_000002.h5``, ...);
+* a glob pattern of single-frame files (Pilatus miniCBF, TIFF, EDF; read with fabio),
+  sorted in natural order (``f_2.cbf`` before ``f_10.cbf``), one frame per file.
+
+Raw data are never modified: HDF5 files are opened with mode ``'r'`` (and ``locking=False``,
+because HDF5 file locking fails on NFS), frame files are only read.
+
+Usage::
+
+    with open_frames("raw/s1/300K/f1.h5", expected_frames=3600) as stack:
+        check_readable(stack)                      # first and last frame decompress
+        for start, block in stack.iter_chunks(64):  # (n, rows, cols) arrays
+            ...
+
+HDF5 ranges are read with ``Dataset.read_direct`` into one preallocated buffer (a chunk
+of one frame is decompressed straight into it); frame files are decoded one by one into the
+buffer.  ``iter_chunks(..., reuse_buffer=True)`` reuses one buffer for the whole pass.
+
+Every failure is a :class:`RawDataError` whose message names the file, the frame (when
+known) and what was expected.  The frames of an ingested scan are opened from its NeXus
+file with :func:`open_scan_frames` (it follows the link that file records).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hdf", ".nx5", ".nx")  # the one list of them
+DEFAULT_DATASET = "/entry/data/data"
+
+log = logging.getLogger(__name__)
+
+
+class RawDataError(RuntimeError):
+    """Raw data missing, unreadable or not as expected; the message names the file, the
+    frame when known, and what was expected."""
+
+
+# --------------------------------------------------------------------------------------
+# Where frames are
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameSource:
+    """Where the frames of one scan live: what an ingested NeXus scan file records.
+
+    kind is "hdf5" (each file holds a (n, rows, cols) stack at `dataset`) or "files"
+    (one frame per file, in the listed order).  files are absolute paths.
+    """
+
+    kind: str
+    files: tuple[str, ...]
+    dataset: str | None
+    frames_per_file: tuple[int, ...]
+    frame_shape: tuple[int, int]
+    dtype: str
+
+    def __post_init__(self):
+        if self.kind not in ("hdf5", "files"):
+            raise ValueError(f"FrameSource kind must be 'hdf5' or 'files', got {self.kind!r}")
+        if len(self.files) != len(self.frames_per_file):
+            raise ValueError("FrameSource: one frame count per file is needed")
+
+    @property
+    def nframes(self) -> int:
+        return int(sum(self.frames_per_file))
+
+
+def is_hdf5_path(path: str) -> bool:
+    return str(path).lower().endswith(HDF5_SUFFIXES)
+
+
+def natural_key(text: str):
+    """Sort key that orders embedded numbers by value: f_2 < f_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
+
+def resolve_files(data: str, base_dir=".") -> list[str]:
+    """The files named by `data` (a path or glob pattern, relative to base_dir), in
+    natural order, as absolute paths; RawDataError when there are none."""
+    pattern = data if os.path.isabs(data) else os.path.join(os.fspath(base_dir), data)
+    if glob.has_magic(data):
+        files = sorted((f for f in glob.glob(pattern) if os.path.isfile(f)), key=natural_key)
+        if not files:
+            raise RawDataError(f"{pattern}: no files match this pattern (raw data missing?)")
+    else:
+        if not os.path.exists(pattern):
+            raise RawDataError(f"{pattern}: raw data file does not exist")
+        if not os.path.isfile(pattern):
+            raise RawDataError(f"{pattern}: not a file (expected an HDF5 file or a glob "
+                               "pattern of frame files)")
+        files = [pattern]
+    return [os.path.abspath(f) for f in files]
+
+
+# --------------------------------------------------------------------------------------
+# The stack
+# --------------------------------------------------------------------------------------
+class FrameStack:
+    """The frames of one scan, read on demand.  Use as a context manager (closes files).
+
+    Attributes: nframes, frame_shape (rows, cols), dtype, files (absolute paths), source
+    (:class:`FrameSource`).
+    """
+
+    def __init__(self, source: FrameSource):
+        self.source = source
+        self.nframes = source.nframes
+        self.frame_shape = tuple(source.frame_shape)
+        self.dtype = np.dtype(source.dtype)
+        self.files = list(source.files)
+        self._offsets = np.concatenate([[0], np.cumsum(source.frames_per_file)]).astype(int)
+
+    # ---- context manager -------------------------------------------------------------
+    def __enter__(self) -> "FrameStack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:  # overridden by stacks that hold open files
+        pass
+
+    def __len__(self) -> int:
+        return self.nframes
+
+    def __repr__(self) -> str:
+        first = self.files[0] if self.files else "?"
+        more = f" (+{len(self.files) - 1} files)" if len(self.files) > 1 else ""
+        return (f"<{type(self).__name__} {first}{more}: {self.nframes} frames of "
+                f"{self.frame_shape[0]}x{self.frame_shape[1]} {self.dtype}>")
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def dataset(self) -> str | None:
+        return self.source.dataset
+
+    # ---- indexing ----------------------------------------------------------------------
+    def locate(self, index: int) -> tuple[str, int]:
+        """(file, index within that file) of frame `index` of the scan."""
+        index = self._normalize(index)
+        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return self.files[k], index - int(self._offsets[k])
+
+    def _normalize(self, index: int) -> int:
+        i = int(index)
+        if i < 0:
+            i += self.nframes
+        if not 0 <= i < self.nframes:
+            raise IndexError(f"frame {index} out of range: the scan has {self.nframes} frames")
+        return i
+
+    def _pieces(self, start: int, stop: int):
+        """(file number, local start, local stop, buffer offset) covering [start, stop)."""
+        k = int(np.searchsorted(self._offsets, start, side="right") - 1)
+        pos = start
+        while pos < stop:
+            lo, hi = int(self._offsets[k]), int(self._offsets[k + 1])
+            end = min(stop, hi)
+            if end > pos:
+                yield k, pos - lo, end - lo, pos - start
+            pos = end
+            k += 1
+
+    # ---- reading -----------------------------------------------------------------------
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames [start, stop) as an array (stop - start, rows, cols) of the stack's dtype
+        (or written into `out`, which must have that shape)."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.nframes:
+            raise IndexError(f"frame range [{start}, {stop}) outside the scan's "
+                             f"{self.nframes} frames")
+        shape = (stop - start,) + self.frame_shape
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous array of shape {shape}, got shape "
+                             f"{out.shape}")
+        for k, a, b, o in self._pieces(start, stop):
+            self._read_piece(k, a, b, out[o:o + (b - a)], int(self._offsets[k]))
+        return out
+
+    def read_frame(self, index: int) -> np.ndarray:
+        i = self._normalize(index)
+        return self.read(i, i + 1)[0]
+
+    def iter_chunks(self, chunk_frames: int, start: int = 0, stop: int | None = None, *,
+                    reuse_buffer: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first frame, frames) blocks of at most chunk_frames frames over
+        [start, stop).  With reuse_buffer=True one buffer is refilled for every block (the
+        caller must not keep a block beyond the next iteration)."""
+        chunk_frames = int(chunk_frames)
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        stop = self.nframes if stop is None else int(stop)
+        buf = None
+        for a in range(int(start), stop, chunk_frames):
+            b = min(a + chunk_frames, stop)
+            if reuse_buffer:
+                if buf is None:
+                    buf = np.empty((min(chunk_frames, stop - a),) + self.frame_shape, self.dtype)
+                yield a, self.read(a, b, out=buf[:b - a])
+            else:
+                yield a, self.read(a, b)
+
+    def read_monitor(self, path: str) -> np.ndarray:
+        """Per-frame monitor values (float64, length nframes) from dataset `path` of the
+        raw HDF5 file(s) (concatenated over files)."""
+        raise RawDataError(f"{self.files[0]}: a monitor dataset ({path}) was given, but the raw "
+                           "data are single-frame files; the monitor must be a dataset in an "
+                           "HDF5 data file")
+
+    def _read_piece(self, k, a, b, out, offset):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _HDF5Stack(FrameStack):
+    def __init__(self, source: FrameSource, handles: list):
+        super().__init__(source)
+        self._handles = handles  # [(h5py.File, Dataset)]
+
+    def close(self) -> None:
+        for f, _ in self._handles:
+            try:
+                f.close()
+            except Exception:  # pragma: no cover - closing a broken file
+                pass
+        self._handles = []
+
+    def _read_piece(self, k, a, b, out, offset):
+        if not self._handles:
+            raise ValueError("the frame stack is closed")
+        _, dset = self._handles[k]
+        try:
+            dset.read_direct(out, np.s_[a:b], np.s_[0:b - a])
+        except Exception as exc:
+            bad, why = a, exc
+            if b - a > 1:  # find the first frame that fails
+                one = np.empty((1,) + self.frame_shape, out.dtype)
+                for i in range(a, b):
+                    try:
+                        dset.read_direct(one, np.s_[i:i + 1], np.s_[0:1])
+                    except Exception as exc_i:
+                        bad, why = i, exc_i
+                        break
+            raise RawDataError(
+                f"{self.files[k]}: frame {offset + bad} (index {bad} of dataset "
+                f"{self.source.dataset} in this file) cannot be read or decompressed: {why} "
+                "(truncated or corrupt file?)") from None
+
+    def read_monitor(self, path: str) -> np.ndarray:
+        parts = []
+        for (f, _), name, n in zip(self._handles, self.files, self.source.frames_per_file):
+            try:
+                obj = f[path]
+            except KeyError:
+                raise RawDataError(f"{name}: monitor dataset {path} not found") from None
+            except Exception as exc:
+                raise RawDataError(f"{name}: monitor dataset {path} cannot be opened: {exc}") from None
+            if not hasattr(obj, "shape") or obj.ndim != 1:
+                raise RawDataError(f"{name}: monitor {path} must be a 1-D dataset with one value "
+                                   f"per frame, got {getattr(obj, 'shape', type(obj).__name__)}")
+            try:
+                values = np.asarray(obj[()], dtype=np.float64)
+            except Exception as exc:
+                raise RawDataError(f"{name}: monitor {path} cannot be read: {exc}") from None
+            parts.append((name, values, n))
+        values = np.concatenate([v for _, v, _ in parts])
+        if values.size != self.nframes:
+            detail = ", ".join(f"{nm}: {v.size} values for {n} frames" for nm, v, n in parts)
+            raise RawDataError(f"{self.files[0]}: monitor {path} has {values.size} values, "
+                               f"expected one per frame ({self.nframes}) [{detail}]")
+        if not np.all(np.isfinite(values)):
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise RawDataError(f"{self.locate(i)[0]}: monitor {path} is not finite at frame {i}")
+        return values
+
+
+class _FabioErrors(logging.Handler):
+    """Collects ERROR records that fabio logs in this thread while reading one file
+    (fabio logs, rather than raises, e.g. a CBF checksum mismatch or a short EDF)."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+def _read_fabio(path: str, frame_index: int | None = None):
+    """(data, nframes) of a single-frame file; RawDataError naming the file on failure."""
+    import fabio
+
+    where = f"{path}" + (f": frame {frame_index}" if frame_index is not None else "")
+    logger = logging.getLogger("fabio")
+    handler = _FabioErrors()
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.ERROR:
+        logger.setLevel(logging.ERROR)
+    logger.addHandler(handler)
+    try:
+        with fabio.open(path) as img:
+            data = img.data
+            nframes = int(getattr(img, "nframes", 1) or 1)
+    except Exception as exc:
+        raise RawDataError(f"{where}: cannot read the frame file: "
+                           f"{type(exc).__name__}: {exc} (truncated or corrupt file?)") from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    if handler.messages:
+        raise RawDataError(f"{where}: the frame file is corrupt or truncated: "
+                           + "; ".join(handler.messages))
+    if data is None:
+        raise RawDataError(f"{where}: no image data in the frame file")
+    return np.asarray(data), nframes
+
+
+class _FileStack(FrameStack):
+    def __init__(self, source: FrameSource, first: np.ndarray | None = None):
+        super().__init__(source)
+        self._cache = {0: first} if first is not None else {}
+
+    def _frame(self, i: int) -> np.ndarray:
+        cached = self._cache.pop(i, None)
+        if cached is not None:
+            return cached
+        path = self.files[i]
+        data, nframes = _read_fabio(path, i)
+        if nframes != 1:
+            raise RawDataError(f"{path}: frame {i}: holds {nframes} frames, expected one frame "
+                               "per file")
+        if data.shape != self.frame_shape:
+            raise RawDataError(f"{path}: frame {i}: shape {data.shape}, expected "
+                               f"{self.frame_shape} like the other frames of the scan "
+                               f"({self.files[0]})")
+        if data.dtype != self.dtype and not np.can_cast(data.dtype, self.dtype, "safe"):
+            raise RawDataError(f"{path}: frame {i}: pixel type {data.dtype}, expected "
+                               f"{self.dtype} like the other frames of the scan ({self.files[0]})")
+        return data
+
+    def _read_piece(self, k, a, b, out, offset):
+        out[0] = self._frame(k)
+
+
+# --------------------------------------------------------------------------------------
+# Opening
+# --------------------------------------------------------------------------------------
+def _open_h5(path: str):
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 filters)
+
+    try:
+        try:
+            return h5py.File(path, "r", locking=False)
+        except TypeError:  # pragma: no cover - h5py without the locking argument
+            return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise RawDataError(f"{path}: raw data file does not exist") from None
+    except Exception as exc:
+        raise RawDataError(f"{path}: cannot open as HDF5 (truncated or corrupt file?): {exc}") from None
+
+
+def _datasets_3d(f, limit: int = 5) -> list[str]:
+    found = []
+
+    def visit(name, obj):
+        if len(found) < limit and getattr(obj, "ndim", 0) == 3:
+            found.append("/" + name)
+
+    try:
+        f.visititems(visit)
+    except Exception:  # pragma: no cover - a broken tree
+        pass
+    return found
+
+
+def _check_virtual_sources(path: str, dset) -> None:
+    """A virtual dataset fills missing sources silently; insist that they exist."""
+    if not getattr(dset, "is_virtual", False):
+        return
+    base = os.path.dirname(path)
+    for vs in dset.virtual_sources():
+        if vs.file_name == ".":
+            continue
+        target = vs.file_name if os.path.isabs(vs.file_name) else os.path.join(base, vs.file_name)
+        if not os.path.exists(target):
+            raise RawDataError(f"{path}: dataset {dset.name} is virtual and its source file "
+                               f"{vs.file_name} does not exist")
+
+
+def _open_hdf5_files(files: Sequence[str], dataset: str):
+    handles = []
+    try:
+        counts, shape, dtype = [], None, None
+        for path in files:
+            f = _open_h5(path)
+            handles.append((f, None))
+            try:
+                dset = f[dataset]
+            except KeyError:
+                hint = _datasets_3d(f)
+                raise RawDataError(f"{path}: dataset {dataset} not found" +
+                                   (f" (3-D datasets in the file: {hint})" if hint else "")) from None
+            except Exception as exc:
+                raise RawDataError(f"{path}: dataset {dataset} cannot be opened (missing "
+                                   f"external file?): {exc}") from None
+            if not hasattr(dset, "shape") or not hasattr(dset, "dtype"):
+                raise RawDataError(f"{path}: {dataset} is a group, expected a 3-D dataset "
+                                   "(frames, rows, cols)")
+            if dset.ndim != 3:
+                raise RawDataError(f"{path}: dataset {dataset} has shape {dset.shape}, expected "
+                                   "a 3-D stack (frames, rows, cols)")
+            if dset.dtype.kind not in "iuf":
+                raise RawDataError(f"{path}: dataset {dataset} has type {dset.dtype}, expected "
+                                   "numbers")
+            _check_virtual_sources(path, dset)
+            handles[-1] = (f, dset)
+            fshape = tuple(int(n) for n in dset.shape[1:])
+            if shape is None:
+                shape, dtype = fshape, dset.dtype
+            elif fshape != shape:
+                raise RawDataError(f"{path}: frames are {fshape}, expected {shape} like "
+                                   f"{files[0]}")
+            counts.append(int(dset.shape[0]))
+        dtype = np.result_type(*[d.dtype for _, d in handles])
+        source = FrameSource("hdf5", tuple(files), dataset, tuple(counts), shape, dtype.str)
+        return _HDF5Stack(source, handles)
+    except BaseException:
+        for f, _ in handles:
+            f.close()
+        raise
+
+
+def _open_frame_files(files: Sequence[str]):
+    first, nframes = _read_fabio(files[0], 0)
+    if first.ndim != 2:
+        raise RawDataError(f"{files[0]}: frame 0: a {first.ndim}-D image, expected a 2-D frame")
+    if nframes != 1:
+        raise RawDataError(f"{files[0]}: frame 0: holds {nframes} frames, expected one frame "
+                           "per file")
+    source = FrameSource("files", tuple(files), None, (1,) * len(files),
+                         tuple(int(n) for n in first.shape), first.dtype.str)
+    return _FileStack(source, first)
+
+
+def _check_count(stack: FrameStack, expected_frames: int | None, what: str) -> None:
+    if expected_frames is not None and stack.nframes != int(expected_frames):
+        unit = "files" if stack.kind == "files" else "frames"
+        stack.close()
+        raise RawDataError(f"{what}: found {stack.nframes} {unit}, expected "
+                           f"{int(expected_frames)} frames")
+
+
+def open_frames(data: str, dataset: str = DEFAULT_DATASET, *, base_dir=".",
+                expected_frames: int | None = None) -> FrameStack:
+    """Open the raw frames named by `data` (relative to base_dir) read-only.
+
+    data: an HDF5 file (or a glob of HDF5 files, stacked in natural order) with the frames
+    at `dataset`, or a glob pattern of single-frame files read with fabio.  With
+    expected_frames, a different frame count is a RawDataError giving both numbers.
+    """
+    data = os.fspath(data)
+    files = resolve_files(data, base_dir)
+    if is_hdf5_path(data):
+        stack = _open_hdf5_files(files, dataset or DEFAULT_DATASET)
+        what = files[0] if len(files) == 1 else f"{data} ({len(files)} HDF5 files)"
+        what += f" dataset {stack.dataset}"
+    else:
+        stack = _open_frame_files(files)
+        what = files[0] if len(files) == 1 else f"{data} ({len(files)} frame files)"
+    _check_count(stack, expected_frames, what)
+    return stack
+
+
+def open_frame_source(source: FrameSource, *, check: bool = True) -> FrameStack:
+    """Open exactly the files a FrameSource lists (e.g. as recorded by ingest); with check,
+    the frame counts and shape must still be what was recorded."""
+    files = list(source.files)
+    for f in files:
+        if not os.path.isfile(f):
+            raise RawDataError(f"{f}: raw data file does not exist (recorded at ingest)")
+    if source.kind == "hdf5":
+        stack = _open_hdf5_files(files, source.dataset or DEFAULT_DATASET)
+    else:
+        stack = _open_frame_files(files)
+    if check:
+        if stack.source.frames_per_file != tuple(source.frames_per_file):
+            for f, n_now, n_then in zip(files, stack.source.frames_per_file,
+                                        source.frames_per_file):
+                if n_now != n_then:
+                    stack.close()
+                    raise RawDataError(f"{f}: has {n_now} frames now, {n_then} when it was "
+                                       "ingested")
+        if tuple(stack.frame_shape) != tuple(source.frame_shape):
+            stack.close()
+            raise RawDataError(f"{files[0]}: frames are {stack.frame_shape} now, "
+                               f"{tuple(source.frame_shape)} when they were ingested")
+    return stack
+
+
+def open_scan_frames(scan_nxs_path) -> FrameStack:
+    """The raw frames of an ingested scan, following the link its NeXus file records."""
+    from .nexus import read_frame_source
+
+    return open_frame_source(read_frame_source(scan_nxs_path))
+
+
+def check_readable(stack: FrameStack, frames: Sequence[int] | str = (0, -1), *,
+                   chunk_frames: int = 16) -> dict:
+    """Read the listed frames (negative indices count from the end), or every frame with
+    frames="all"; RawDataError names the file and frame that fails.  Returns
+    {index: frame} for listed frames ({} for "all")."""
+    if isinstance(frames, str):
+        if frames != "all":
+            raise ValueError(f"frames must be indices or 'all', got {frames!r}")
+        for _ in stack.iter_chunks(chunk_frames, reuse_buffer=True):
+            pass
+        return {}
+    out = {}
+    for i in frames:
+        j = stack._normalize(i)
+        if j not in out:
+            out[j] = stack.read_frame(j)
+    return out

@@ -1,0 +1,251 @@
+"""hklflow.frames: streamed, read-only reading of raw frames, and its errors."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import fabio.cbfimage
+import fabio.tifimage
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+from hklflow.frames import (FrameSource, RawDataError, check_readable, natural_key,
+                            open_frame_source, open_frames)
+
+SHAPE = (31, 23)
+DSET = "/entry/data/data"
+
+
+def write_stack(path, data, dataset=DSET, **extra):
+    with h5py.File(path, "w") as f:
+        f.create_dataset(dataset, data=data, chunks=(1,) + data.shape[1:],
+                         **hdf5plugin.Bitshuffle(cname="lz4"))
+        for k, v in extra.items():
+            f[k] = v
+
+
+def frames(n, shape=SHAPE, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.poisson(4.0, (n,) + shape).astype(np.int32)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest(), os.stat(path).st_mtime_ns
+
+
+def corrupt_chunk(src, dst, frame):
+    """Copy an HDF5 stack, overwriting the start of one frame's compressed chunk."""
+    with h5py.File(src, "r") as f:
+        info = f[DSET].id.get_chunk_info_by_coord((frame, 0, 0))
+    b = bytearray(open(src, "rb").read())
+    b[info.byte_offset:info.byte_offset + 16] = b"\xff" * 16
+    open(dst, "wb").write(bytes(b))
+
+
+@pytest.fixture
+def stack_file(tmp_path):
+    data = frames(20)
+    path = tmp_path / "scan.h5"
+    write_stack(path, data, **{"/entry/instrument/monitor": np.linspace(1.0, 2.0, 20)})
+    return path, data
+
+
+# --------------------------------------------------------------------------------------
+# HDF5
+# --------------------------------------------------------------------------------------
+def test_hdf5_read_and_chunks_equal_written(stack_file):
+    path, data = stack_file
+    before = digest(path)
+    with open_frames(path.name, base_dir=path.parent, expected_frames=20) as st:
+        assert (st.nframes, st.frame_shape, st.dtype) == (20, SHAPE, np.dtype(np.int32))
+        assert st.files == [str(path)] and st.kind == "hdf5" and st.dataset == DSET
+        np.testing.assert_array_equal(st.read(3, 11), data[3:11])
+        np.testing.assert_array_equal(st.read_frame(-1), data[-1])
+        out = np.zeros((4,) + SHAPE, np.int32)
+        assert st.read(5, 9, out=out) is out
+        np.testing.assert_array_equal(out, data[5:9])
+        for reuse in (False, True):
+            starts, blocks = [], []
+            for start, block in st.iter_chunks(7, reuse_buffer=reuse):
+                starts.append(start)
+                blocks.append(block.copy())
+            assert starts == [0, 7, 14]
+            np.testing.assert_array_equal(np.concatenate(blocks), data)
+        got = check_readable(st)
+        assert sorted(got) == [0, 19]
+        np.testing.assert_array_equal(got[19], data[19])
+        check_readable(st, "all")
+        np.testing.assert_allclose(st.read_monitor("/entry/instrument/monitor"),
+                                   np.linspace(1.0, 2.0, 20))
+        with pytest.raises(IndexError):
+            st.read(15, 21)
+    assert digest(path) == before  # read-only: bytes and mtime unchanged
+
+
+def test_hdf5_glob_of_stacks_is_concatenated_in_natural_order(tmp_path):
+    parts = [frames(n, seed=k) for k, n in enumerate((4, 5, 3))]
+    for k, part in enumerate(parts):  # names sort wrongly as text: d_2 < d_10
+        write_stack(tmp_path / f"d_{(2, 10, 11)[k]}.h5", part)
+    data = np.concatenate(parts)
+    with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=12) as st:
+        assert [os.path.basename(f) for f in st.files] == ["d_2.h5", "d_10.h5", "d_11.h5"]
+        assert st.source.frames_per_file == (4, 5, 3)
+        np.testing.assert_array_equal(st.read(0, 12), data)
+        np.testing.assert_array_equal(np.concatenate([b for _, b in st.iter_chunks(5)]), data)
+        assert st.locate(6) == (str(tmp_path / "d_10.h5"), 2)
+
+
+def test_missing_file_and_pattern(tmp_path):
+    with pytest.raises(RawDataError, match="nothere.h5: raw data file does not exist"):
+        open_frames("nothere.h5", base_dir=tmp_path)
+    with pytest.raises(RawDataError, match=r"f_\*\.cbf: no files match"):
+        open_frames("f_*.cbf", base_dir=tmp_path)
+
+
+def test_dataset_missing_or_not_3d(stack_file, tmp_path):
+    path, _ = stack_file
+    with pytest.raises(RawDataError, match=r"scan\.h5: dataset /entry/other not found.*"
+                                           r"/entry/data/data"):
+        open_frames(str(path), "/entry/other")
+    with pytest.raises(RawDataError, match=r"scan\.h5: dataset /entry/instrument/monitor has "
+                                           r"shape \(20,\), expected a 3-D stack"):
+        open_frames(str(path), "/entry/instrument/monitor")
+
+
+def test_frame_count_differs_says_both_numbers(stack_file):
+    path, _ = stack_file
+    with pytest.raises(RawDataError, match=r"scan\.h5.*found 20 frames, expected 25 frames"):
+        open_frames(str(path), expected_frames=25)
+
+
+def test_truncated_hdf5_names_file(stack_file, tmp_path):
+    path, _ = stack_file
+    cut = tmp_path / "cut.h5"
+    b = open(path, "rb").read()
+    open(cut, "wb").write(b[:len(b) - 2000])
+    with pytest.raises(RawDataError, match=r"cut\.h5: cannot open as HDF5.*truncated"):
+        open_frames(str(cut))
+
+
+def test_corrupt_chunk_names_file_and_frame(stack_file, tmp_path):
+    path, data = stack_file
+    bad = tmp_path / "bad.h5"
+    corrupt_chunk(path, bad, 7)
+    with open_frames(str(bad), expected_frames=20) as st:
+        check_readable(st)  # first and last frame are fine
+        np.testing.assert_array_equal(st.read(0, 7), data[:7])
+        with pytest.raises(RawDataError, match=r"bad\.h5: frame 7 .*cannot be read or decompressed"):
+            st.read(4, 12)
+        with pytest.raises(RawDataError, match=r"bad\.h5: frame 7 "):
+            check_readable(st, "all")
+
+
+def test_monitor_errors(stack_file):
+    path, _ = stack_file
+    with open_frames(str(path)) as st:
+        with pytest.raises(RawDataError, match="monitor dataset /nope not found"):
+            st.read_monitor("/nope")
+    short = path.parent / "short.h5"
+    write_stack(short, frames(5), **{"/m": np.ones(4)})
+    with open_frames(str(short)) as st:
+        with pytest.raises(RawDataError, match=r"monitor /m has 4 values, expected one per "
+                                               r"frame \(5\)"):
+            st.read_monitor("/m")
+
+
+def test_virtual_dataset_with_missing_source_is_an_error(tmp_path):
+    write_stack(tmp_path / "part.h5", frames(3))
+    layout = h5py.VirtualLayout(shape=(6,) + SHAPE, dtype=np.int32)
+    layout[0:3] = h5py.VirtualSource("part.h5", DSET, shape=(3,) + SHAPE)
+    layout[3:6] = h5py.VirtualSource("gone.h5", DSET, shape=(3,) + SHAPE)
+    with h5py.File(tmp_path / "master.h5", "w") as f:
+        f.create_virtual_dataset(DSET, layout, fillvalue=-1)
+    with pytest.raises(RawDataError, match=r"master\.h5: .*virtual .*gone\.h5 does not exist"):
+        open_frames("master.h5", base_dir=tmp_path)
+
+
+def test_open_frame_source_detects_changed_raw_data(stack_file):
+    path, data = stack_file
+    with open_frames(str(path)) as st:
+        source = st.source
+    with open_frame_source(source) as st:
+        np.testing.assert_array_equal(st.read(0, 20), data)
+    changed = FrameSource("hdf5", source.files, source.dataset, (25,), SHAPE, "<i4")
+    with pytest.raises(RawDataError, match="has 20 frames now, 25 when it was ingested"):
+        open_frame_source(changed)
+
+
+# --------------------------------------------------------------------------------------
+# Frame files
+# --------------------------------------------------------------------------------------
+def write_cbfs(folder, data, name="f_{}.cbf"):
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, frame in enumerate(data):
+        p = folder / name.format(i + 1)
+        fabio.cbfimage.CbfImage(data=frame).write(str(p))
+        paths.append(p)
+    return paths
+
+
+def test_natural_key():
+    names = ["f_10.cbf", "f_2.cbf", "f_1.cbf", "g_1.cbf"]
+    assert sorted(names, key=natural_key) == ["f_1.cbf", "f_2.cbf", "f_10.cbf", "g_1.cbf"]
+
+
+def test_cbf_frames_natural_order_and_readonly(tmp_path):
+    data = frames(12)
+    paths = write_cbfs(tmp_path / "cbf", data)  # f_1 ... f_12: f_10 sorts after f_9
+    before = [digest(p) for p in paths]
+    with open_frames("cbf/f_*.cbf", base_dir=tmp_path, expected_frames=12) as st:
+        assert st.kind == "files" and st.files == [str(p) for p in paths]
+        assert (st.nframes, st.frame_shape, st.dtype) == (12, SHAPE, np.dtype(np.int32))
+        np.testing.assert_array_equal(np.concatenate([b for _, b in st.iter_chunks(5)]), data)
+        np.testing.assert_array_equal(st.read_frame(9), data[9])
+        check_readable(st, "all")
+        with pytest.raises(RawDataError, match="frame files; the monitor must be a dataset"):
+            st.read_monitor("/m")
+    assert [digest(p) for p in paths] == before
+
+
+def test_cbf_count_differs(tmp_path):
+    write_cbfs(tmp_path / "cbf", frames(4))
+    with pytest.raises(RawDataError, match=r"found 4 files, expected 6 frames"):
+        open_frames("cbf/*.cbf", base_dir=tmp_path, expected_frames=6)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate"])
+def test_corrupt_cbf_names_the_file(tmp_path, damage):
+    data = frames(5)
+    paths = write_cbfs(tmp_path / "cbf", data)
+    b = bytearray(open(paths[3], "rb").read())
+    if damage == "garbage":  # CBF's MD5 catches what byte-offset decoding would not
+        mid = len(b) - 400
+        b[mid:mid + 50] = bytes(range(50))
+    else:
+        b = b[:len(b) // 2]
+    open(paths[3], "wb").write(bytes(b))
+    with open_frames("cbf/*.cbf", base_dir=tmp_path) as st:
+        np.testing.assert_array_equal(st.read(0, 3), data[:3])
+        with pytest.raises(RawDataError, match=r"f_4\.cbf: frame 3: .*(corrupt|truncated)"):
+            st.read(0, 5)
+
+
+def test_inconsistent_frame_shapes(tmp_path):
+    paths = write_cbfs(tmp_path / "cbf", frames(3))
+    fabio.cbfimage.CbfImage(data=frames(1, (30, 23))[0]).write(str(paths[1]))
+    with open_frames("cbf/*.cbf", base_dir=tmp_path) as st:
+        with pytest.raises(RawDataError, match=r"f_2\.cbf: frame 1: shape \(30, 23\), "
+                                               r"expected \(31, 23\)"):
+            check_readable(st, "all")
+
+
+def test_tiff_frames(tmp_path):
+    data = frames(3)
+    for i, fr in enumerate(data):
+        fabio.tifimage.TifImage(data=fr).write(str(tmp_path / f"im{i}.tif"))
+    with open_frames(os.path.join(str(tmp_path), "im*.tif"), expected_frames=3) as st:
+        np.testing.assert_array_equal(st.read(0, 3), data)
+
