@@ -15,6 +15,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/peaks.smk"
 
 
 rule all:

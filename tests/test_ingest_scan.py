@@ -146,7 +146,10 @@ def test_ingest_hdf5_links_frames_and_records_geometry(experiment_dir, monkeypat
         assert not os.path.isabs(link.filename)
         assert f["f1/data"].attrs["signal"] == "data"
         assert f["f1/instrument/detector/distance"][()] == pytest.approx(270.0)
-        assert f["f1/instrument/detector/beam_center_y"][()] == pytest.approx(0.049 / 172e-6)
+        # NeXus beam centre = where the direct beam hits: pyFAI's Fit2D centre (pixels)
+        f2d = rec.geometry.to_pyfai().getFit2D()
+        assert f["f1/instrument/detector/beam_center_y"][()] == pytest.approx(f2d["centerY"], abs=1e-6)
+        assert f["f1/instrument/detector/beam_center_x"][()] == pytest.approx(f2d["centerX"], abs=1e-6)
         np.testing.assert_allclose(f["f1/data/rotation_angle"][()],
                                    -10 + 0.5 * (np.arange(N) + 0.5))
         monkeypatch.chdir("/")  # the HDF5 link resolves relative to the scan file

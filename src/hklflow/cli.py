@@ -10,6 +10,7 @@ COMMANDS = {
     "demo": ("hklflow.demo", "simulate the demo experiment if absent, then run the workflow on it"),
     "calibrate_powder": ("hklflow.steps.calibrate_powder", "refine detector geometry from a calibrant image, or import a PONI"),
     "ingest_scan": ("hklflow.steps.ingest_scan", "build the NeXus file of one scan entry, linking its raw frames"),
+    "find_peaks": ("hklflow.steps.find_peaks", "one streamed pass over a scan: frame statistics and 3D Bragg peaks"),
 }
 
 

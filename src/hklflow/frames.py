@@ -28,6 +28,7 @@ file with :func:`open_scan_frames` (it follows the link that file records).
 """
 from __future__ import annotations
 
+import abc
 import glob
 import logging
 import os
@@ -108,7 +109,7 @@ def resolve_files(data: str, base_dir=".") -> list[str]:
 # --------------------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------------------
-class FrameStack:
+class FrameStack(abc.ABC):
     """The frames of one scan, read on demand.  Use as a context manager (closes files).
 
     Attributes: nframes, frame_shape (rows, cols), dtype, files (absolute paths), source
@@ -225,8 +226,9 @@ class FrameStack:
                            "data are single-frame files; the monitor must be a dataset in an "
                            "HDF5 data file")
 
-    def _read_piece(self, k, a, b, out, offset):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _read_piece(self, k, a, b, out, offset):
+        """Read frames [a, b) of piece k into out[offset:offset + b - a]."""
 
 
 class _HDF5Stack(FrameStack):

@@ -115,7 +115,11 @@ class DetectorGeometry:
                                    wavelength=self.wavelength * 1e-10)
 
     def write_poni(self, path) -> None:
-        self.to_pyfai().write(str(path))
+        """Write a PONI file (a fresh file: pyFAI's Geometry.write appends to an existing one)."""
+        from pyFAI.io.ponifile import PoniFile
+
+        with open(path, "w") as f:
+            PoniFile(self.to_pyfai()).write(f)
 
     def shifted(self, d_dist=0.0, d_poni1=0.0, d_poni2=0.0) -> "DetectorGeometry":
         """The geometry after a detector translation (along its normal / in its own plane)."""
@@ -208,6 +212,18 @@ class DetectorGeometry:
         p1 = local[..., 0] * scale + self.poni1
         p2 = local[..., 1] * scale + self.poni2
         return self._plane_to_pixel(p1, p2)
+
+    def fit2d(self) -> dict:
+        """The geometry in Fit2D's terms (pyFAI's conversion): directDist (mm), centerX/Y
+        (direct beam, pixels), tilt and tiltPlanRotation (deg)."""
+        f = self.to_pyfai().getFit2D()
+        return {k: float(f[k]) for k in ("directDist", "centerX", "centerY", "tilt", "tiltPlanRotation")}
+
+    def direct_beam_pixel(self) -> tuple[float, float]:
+        """Where the direct beam hits the detector plane, continuous (row, col): NeXus's
+        beam_center_y/x (not the PONI, which is where the detector normal hits)."""
+        rows, cols = self.pixel_from_direction(BEAM_DIRECTION)
+        return float(rows), float(cols)
 
     def on_detector(self, rows, cols, margin: float = 0.0):
         ny, nx = self.shape

@@ -18,8 +18,8 @@ Scan file (one per scan entry, ``results/SAMPLE/TLABEL/ENTRY/scan.nxs``), writte
         detector                      NXdetector
            description                pyFAI detector name
            distance                   PONI distance (mm)
-           beam_center_y, beam_center_x   the PONI in continuous pixel coordinates
-                                      (row, col; pixel i spans [i, i+1)), @units pixel
+           beam_center_y, beam_center_x   where the direct beam hits, in continuous pixel
+                                      coordinates (row, col; pixel i spans [i, i+1)), @units pixel
            y_pixel_size, x_pixel_size, pixel_size   (mm)
            dist, poni1, poni2 (m), rot1, rot2, rot3 (rad)   the full pyFAI geometry
            shape                      [rows, cols]
@@ -284,28 +284,20 @@ def _relpath(target: str, start: Path) -> str:
 
 
 def _beam_centre(geometry: DetectorGeometry) -> tuple[float, float]:
-    """The PONI in continuous pixel coordinates (row, col)."""
+    """Where the direct beam hits, continuous pixel coordinates (row, col) (NeXus's
+    beam_center); the PONI itself is stored as poni1/poni2."""
     try:
-        rows, cols = geometry.pixel_from_direction(geometry.tilt_matrix[:, 2])
-        return float(rows), float(cols)
+        return geometry.direct_beam_pixel()
     except ValueError:  # detector with distortion: no simple pixel mapping
         p1, p2 = geometry.pixel_size
         return geometry.poni1 / p1, geometry.poni2 / p2
 
 
-def build_scan_entry(scan, geometry: DetectorGeometry, goniometer: Goniometer, crystal,
-                     calibration: dict, source: FrameSource, provenance: dict, *,
-                     monitor=None, base: Path):
-    """The nexusformat NXentry of a scan file (without the raw-frame link, which
-    write_scan_file adds with h5py).  base: the folder of the file it goes into."""
+def detector_group(geometry: DetectorGeometry):
+    """NXdetector of a detector geometry, the same in scan and calibration files:
+    description (pyFAI name), distance and pixel sizes (mm), beam_center_y/x (direct beam,
+    continuous pixels), dist/poni1/poni2 (m), rot1..3 (rad), shape."""
     nx = _nx()
-    angles: ScanAngles = scan.angles
-    n = int(angles.nframes)
-    if source.nframes != n:
-        raise ValueError(f"scan {scan.id}: the raw data have {source.nframes} frames, the scan "
-                         f"entry says {n}")
-
-    # detector
     p1, p2 = geometry.pixel_size
     bc_row, bc_col = _beam_centre(geometry)
     det = nx.NXdetector()
@@ -321,6 +313,22 @@ def build_scan_entry(scan, geometry: DetectorGeometry, goniometer: Goniometer, c
     for k in ("rot1", "rot2", "rot3"):
         det[k] = nx.NXfield(float(getattr(geometry, k)), units="rad")
     det["shape"] = nx.NXfield(np.asarray(geometry.shape, dtype=np.int64))
+    return det
+
+
+def build_scan_entry(scan, geometry: DetectorGeometry, goniometer: Goniometer, crystal,
+                     calibration: dict, source: FrameSource, provenance: dict, *,
+                     monitor=None, base: Path):
+    """The nexusformat NXentry of a scan file (without the raw-frame link, which
+    write_scan_file adds with h5py).  base: the folder of the file it goes into."""
+    nx = _nx()
+    angles: ScanAngles = scan.angles
+    n = int(angles.nframes)
+    if source.nframes != n:
+        raise ValueError(f"scan {scan.id}: the raw data have {source.nframes} frames, the scan "
+                         f"entry says {n}")
+
+    det = detector_group(geometry)
     det["frame_start"] = nx.NXfield(float(angles.start), units="degree")
     det["translation"] = nx.NXfield(np.asarray(scan.detector_shift, dtype=float), units="m",
                                     long_name="detector shift (d_dist, d_poni1, d_poni2) from "
@@ -544,3 +552,194 @@ def read_scan_file(path, entry: str | None = None) -> ScanRecord:
             geometry=geometry, goniometer=goniometer, angles=angles, offsets=offsets,
             detector_shift=shift, frames=source, monitor=monitor, calibration=calibration,
             provenance=_provenance_from(ent, path, "process"))
+
+
+# --------------------------------------------------------------------------------------
+# Peaks file (rule find_peaks)
+# --------------------------------------------------------------------------------------
+PEAK_UNITS = {"observed_px_x": "pixel", "observed_px_y": "pixel", "observed_frame": "frame",
+              "observed_phi": "degree", "observed_px_x_var": "pixel^2",
+              "observed_px_y_var": "pixel^2", "observed_frame_var": "frame^2",
+              "int_sum": "counts", "int_sum_var": "counts^2", "background_mean": "counts",
+              "max_value": "counts", "polar_angle": "degree", "azimuthal_angle": "degree"}
+
+
+def write_peaks_file(path, scan: "ScanRecord", result, parameters: dict, provenance: dict) -> Path:
+    """Write a peak search (steps/find_peaks.PeakSearchResult) of one scan entry::
+
+      /ENTRY                        NXentry (named as in the scan file), title SAMPLE/TLABEL/ENTRY
+         peaks                      NXreflections-style: one row per peak; observed_px_x (column),
+                                    observed_px_y (row), observed_frame (continuous, pixel and
+                                    frame centres at +0.5), observed_phi (deg), their variances
+                                    (second moments), int_sum, int_sum_var, background_mean,
+                                    max_value, n_pixels, bounding_box [row0, row1, col0, col1,
+                                    frame0, frame1) (half-open), polar_angle (2theta), azimuthal_angle (chi)
+         frame_statistics           NXdata: sum, max, trimmed_sum, n_valid, n_strong, n_annulus
+                                    vs frame_number and rotation_angle; @scan_max, @q_annulus
+         hot_pixels                 [n, 2] rows, cols of pixels found hot
+         parameters                 NXcollection: the peak-search parameters
+         scan_file                  the scan.nxs this was made from
+         process                    NXprocess: provenance
+    """
+    nx = _nx()
+    root = nx.NXroot()
+    ent = nx.NXentry()
+    ent["title"] = nx.NXfield(scan.scan_id)
+    refl = nx.NXgroup(nxclass="NXreflections")
+    for name, values in result.peaks.items():
+        refl[name] = nx.NXfield(np.asarray(values))
+        if name in PEAK_UNITS:
+            refl[name].attrs["units"] = PEAK_UNITS[name]
+    refl.attrs["description"] = ("3D peaks of one streamed pass (dispersion test); pixel "
+                                 "coordinates continuous, centre of pixel i at i + 0.5")
+    ent["peaks"] = refl
+    st = nx.NXdata()
+    nfr = result.nframes
+    st["frame_number"] = nx.NXfield(np.arange(nfr))
+    st["rotation_angle"] = nx.NXfield(scan.angles.frame_centres(), units="degree")
+    for name, values in result.frame_stats.items():
+        st[name] = nx.NXfield(np.asarray(values))
+    st.attrs["signal"] = "trimmed_sum"
+    st.attrs["axes"] = "frame_number"
+    st.attrs["scan_max"] = result.scan_max
+    st.attrs["q_annulus"] = np.asarray(result.q_annulus)
+    ent["frame_statistics"] = st
+    ent["hot_pixels"] = nx.NXfield(np.asarray(result.hot_pixels, dtype=np.int64).reshape(-1, 2))
+    par = nx.NXcollection()
+    for k, v in parameters.items():
+        par[k] = nx.NXfield("none" if v is None else (np.asarray(v) if isinstance(v, (tuple, list)) else v))
+    ent["parameters"] = par
+    ent["scan_file"] = nx.NXfield(str(Path(scan.path).resolve()))
+    write_provenance(ent, provenance)
+    root[scan.entry] = ent
+    root.attrs["default"] = scan.entry
+    return save_atomically(root, path)
+
+
+@dataclass(frozen=True)
+class PeaksRecord:
+    path: str
+    entry: str
+    scan_id: str
+    peaks: dict
+    frame_stats: dict
+    hot_pixels: np.ndarray
+    scan_max: float
+
+
+def read_peaks_file(path, entry: str | None = None) -> PeaksRecord:
+    with h5open(path) as f:
+        ent = _entry_group(f, path, entry)
+        if "peaks" not in ent or "frame_statistics" not in ent:
+            raise NexusFormatError(f"{path}: /{ent.name.strip('/')} has no peaks/frame_statistics: "
+                                   "not a find_peaks output")
+        refl = ent["peaks"]
+        peaks = {k: refl[k][()] for k in refl}
+        st = ent["frame_statistics"]
+        stats = {k: st[k][()] for k in st}
+        return PeaksRecord(str(path), ent.name.strip("/"), _text(ent["title"][()]), peaks, stats,
+                           ent["hot_pixels"][()], float(st.attrs["scan_max"]))
+
+
+# --------------------------------------------------------------------------------------
+# Calibration file (rule calibrate_powder)
+# --------------------------------------------------------------------------------------
+def write_calibration_file(path, result, params, *, source: dict, pattern, provenance: dict) -> None:
+    """calibration.nxs of rule calibrate_powder (result: steps.calibrate_powder.CalibrationResult,
+    params: its CalibrationParams): /calibration (NXentry) with
+
+    instrument/detector     NXdetector as in hklflow scan files: description, distance and
+                            pixel sizes (mm), beam_center_y/x = the direct beam in continuous pixel
+                            coordinates, dist/poni1/poni2 (m), rot1..3 (rad)
+    instrument/monochromator  wavelength (angstrom)
+    process                 NXprocess (nexus.write_provenance: program, version, date, note =
+                            the provenance record as JSON) plus: refined, start, uncertainty
+                            (NXparameters), refined_parameters, residuals (rms in px and
+                            2theta, points, rings), control_points (NXdata), beam_centre
+                            (direct beam and PONI, px), fit2d, source (path, sha256),
+                            parameters (JSON), passes (JSON), notes
+    data                    NXdata: the integrated pattern (two_theta in deg)
+    """
+    from nexusformat.nexus import (NXcollection, NXdata, NXdetector, NXentry, NXfield,
+                                   NXinstrument, NXmonochromator, NXnote, NXparameters, NXroot)
+
+    g = result.geometry
+    units = {"dist": "m", "poni1": "m", "poni2": "m", "rot1": "rad", "rot2": "rad",
+             "rot3": "rad", "wavelength": "angstrom"}
+
+    def parameters(geom: DetectorGeometry):
+        grp = NXparameters()
+        for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"):
+            grp[k] = NXfield(float(getattr(geom, k)), units=units[k])
+        grp["detector"] = NXfield(geom.detector)
+        return grp
+
+    entry = NXentry()
+    entry["title"] = NXfield(f"powder calibration {params.name}")
+    entry["calibrant"] = NXfield(params.calibrant)
+    entry["method"] = NXfield(result.method)
+    bc = {"direct_beam_row": 0.0, "direct_beam_col": 0.0}
+    bc["direct_beam_row"], bc["direct_beam_col"] = g.direct_beam_pixel()
+    p1, p2 = g.pixel_size
+    bc["poni_row"], bc["poni_col"] = g.poni1 / p1, g.poni2 / p2
+    det = detector_group(g)
+    mono = NXmonochromator()
+    mono["wavelength"] = NXfield(g.wavelength, units="angstrom")
+    entry["instrument"] = NXinstrument(detector=det, monochromator=mono)
+
+    proc = write_provenance(entry, provenance, name="process")
+    proc["refined"] = parameters(g)
+    if result.start is not None:
+        proc["start"] = parameters(result.start)
+    proc["refined_parameters"] = NXfield(" ".join(result.refined) or "none (imported)")
+    if result.uncertainties:
+        unc = NXparameters()
+        for k, v in result.uncertainties.items():
+            unc[k] = NXfield(v, units=units[k])
+        proc["uncertainty"] = unc
+    res = NXcollection()
+    res["rms_residual_px"] = NXfield(np.nan if result.rms_px is None else result.rms_px,
+                                     units="pixel")
+    res["rms_residual_2theta"] = NXfield(np.nan if result.rms_tth_deg is None
+                                         else result.rms_tth_deg, units="degree")
+    res["n_points"] = NXfield(int(result.n_points))
+    res["n_rings"] = NXfield(int(len(result.rings)))
+    if result.rings:
+        res["rings"] = NXfield(np.asarray(result.rings, dtype=np.int32))
+    res["n_hot_pixels"] = NXfield(int(result.n_hot))
+    proc["residuals"] = res
+    if len(result.control_points):
+        cp = result.control_points
+        proc["control_points"] = NXdata(
+            NXfield(cp[:, 2].astype(np.int32), name="ring"),
+            title="control points (pyFAI pixel indices: row = d1 + 0.5, col = d2 + 0.5)")
+        proc["control_points"]["d1"] = NXfield(cp[:, 0], units="pixel")
+        proc["control_points"]["d2"] = NXfield(cp[:, 1], units="pixel")
+    proc["beam_centre"] = NXparameters(**{k: NXfield(v, units="pixel") for k, v in bc.items()})
+    proc["fit2d"] = NXparameters(**{k: NXfield(v) for k, v in g.fit2d().items()})
+    proc["source"] = NXnote(type="application/json", data=json.dumps(source, sort_keys=True))
+    proc["source_file"] = NXfield(str(source.get("poni") or source.get("image")))
+    proc["source_sha256"] = NXfield(str(source.get("sha256")))
+    if "image" in source and "poni" not in source:
+        proc["source_dataset"] = NXfield(str(source.get("dataset")))
+        proc["source_frame"] = NXfield(int(source.get("frame", 0)))
+    proc["parameters"] = NXnote(type="application/json",
+                                data=json.dumps(params.as_dict(), sort_keys=True, default=str))
+    if result.passes:
+        proc["passes"] = NXnote(type="application/json",
+                                data=json.dumps(result.passes, default=float))
+    if result.notes:
+        proc["notes"] = NXfield("\n".join(result.notes))
+    if pattern is not None:
+        tth, inten = pattern
+        entry["data"] = NXdata(NXfield(inten, name="intensity"),
+                               NXfield(tth, name="two_theta", units="degree"),
+                               title=f"{params.calibrant} integrated pattern")
+    root = NXroot()
+    root["calibration"] = entry
+    root.attrs["default"] = "calibration"
+
+    def finish(h5):  # written in a temporary folder first: record the final name only
+        h5.attrs["file_name"] = Path(path).name
+
+    save_atomically(root, path, finish=finish)

@@ -64,4 +64,5 @@ def scan_path(scan, name):
 def all_targets():
     targets = [f"results/calibration/{c}/geometry.poni" for c in EXP.calibrations]
     targets += [scan_path(s, "scan.nxs") for s in EXP.scans]
+    targets += [scan_path(s, "peaks.nxs") for s in EXP.scans]
     return targets

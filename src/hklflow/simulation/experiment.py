@@ -247,12 +247,27 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
     gaps = geom.detector_mask()
     ri = np.clip(rows.astype(int), 0, ny - 1)
     ci = np.clip(cols.astype(int), 0, nx - 1)
+    # expected background per pixel and frame under the spot (the render_scan formula), and
+    # I/sigma of a summation over a box of +-2 sigma in rows, cols and frames (>= 1 frame)
+    dirs = geom.lab_positions(rows, cols)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    solid = (dirs @ geom.tilt_matrix)[:, 2] ** 3  # pyFAI's solid angle, 1 at normal incidence
+    bg = (spec.background * polarization_factor(tth, chi, spec.polarization_fraction) * solid
+          + spec.air_scatter * np.exp(-tth / 0.15) * solid)
+    footprint = (4 * spec.spot_sigma_px) ** 2 * np.maximum(1.0, 4 * sigma_z)
+    i_over_sigma = counts / np.sqrt(counts + bg * footprint)
+    # distance (pixels) to the nearest gap or detector edge: spots closer are cut
+    from scipy.ndimage import distance_transform_edt
+
+    edge = np.pad(~gaps, 1, constant_values=False)
+    dist_bad = distance_transform_edt(edge)[1:-1, 1:-1]
     refl = {
         "h": hh[:, 0].astype(int), "k": hh[:, 1].astype(int), "l": hh[:, 2].astype(int),
         "row": rows, "col": cols, "frame": z, "phi": phi,
         "sigma_row": np.full(len(z), spec.spot_sigma_px), "sigma_col": np.full(len(z), spec.spot_sigma_px),
         "sigma_frame": sigma_z, "counts": counts, "zeta": zeta, "two_theta_deg": np.degrees(tth),
-        "in_gap": gaps[ri, ci],
+        "in_gap": gaps[ri, ci], "gap_distance_px": dist_bad[ri, ci],
+        "background": bg, "i_over_sigma": i_over_sigma,
     }
     return ScanTruth(geom, crystal, U, refl), scan
 
