@@ -42,9 +42,11 @@ def test_dry_run_plans_calibration_and_every_scan_entry(tiny_copy):
     counts = job_counts(out)
     assert counts["calibrate_powder"] == 1
     assert counts["ingest_scan"] == 4  # 2 temperatures x 2 entries
+    assert counts["find_peaks"] == 4
     for t in ("100K", "300K"):
         for e in ("f1", "f2"):
             assert f"results/tiny/{t}/{e}/scan.nxs" in out
+            assert f"results/tiny/{t}/{e}/peaks.nxs" in out
     assert not (tiny_copy / "results").exists()
 
 
@@ -65,8 +67,9 @@ def test_rulegraph_draws_calibration_before_ingest(tiny_copy):
     assert r.returncode == 0, r.stderr
     dot = r.stdout
     ids = dict((name, num) for num, name in re.findall(r'(\d+)\[label = "(\w+)"', dot))
-    assert {"all", "calibrate_powder", "ingest_scan"} <= set(ids)
+    assert {"all", "calibrate_powder", "ingest_scan", "find_peaks"} <= set(ids)
     assert f"{ids['calibrate_powder']} -> {ids['ingest_scan']}" in dot
+    assert f"{ids['ingest_scan']} -> {ids['find_peaks']}" in dot
 
 
 def test_invalid_config_stops_before_any_job(tiny_copy):
@@ -89,7 +92,8 @@ def test_command_line_config_overrides_are_refused_with_advice(tiny_copy):
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tiny_copy, tiny_truth):
     from hklflow.geometry import DetectorGeometry
-    from hklflow.nexus import read_scan_file
+    from hklflow.nexus import read_peaks_file
+    from hklflow.simulation.compare import match_peaks
 
     r = snakemake(tiny_copy, "--cores", "2")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -109,6 +113,10 @@ def test_tiny_experiment_end_to_end(tiny_copy, tiny_truth):
             scan = res / "tiny" / t / e / "scan.nxs"
             assert scan.is_file()
             assert (tiny_copy / "logs" / "ingest_scan" / "tiny" / t / f"{e}.log").is_file()
+            peaks = read_peaks_file(res / "tiny" / t / e / "peaks.nxs")
+            m = match_peaks(peaks.peaks, tiny_truth["scans"][f"tiny/{t}/{e}"])
+            assert m.recall > 0.97 and m.unmatched_fraction < 0.03, m.summary()
+            assert (res / "tiny" / t / e / "peaks.png").stat().st_size > 10000
     # a second run has nothing to do (the files are the state)
     r2 = snakemake(tiny_copy, "-n", "--cores", "1")
     assert r2.returncode == 0 and "Nothing to be done" in (r2.stdout + r2.stderr)

@@ -5,7 +5,7 @@ over +-2 sigma boxes) is above a limit and it lies at least `edge_px` pixels fro
 and detector edges and its rotation profile lies inside the scan.  A peak matches a truth
 reflection within `tol_px` pixels and `tol_frames` frames.  A peak whose centroid is farther
 from every reflection still corresponds to one when a reflection lies inside its bounding box
-(+-1 pixel/frame, the reflection's frame clipped to the scan): a spot cut by a module gap or
+(+-2 pixels/frames, the reflection's frame clipped to the scan): a spot cut by a module gap or
 by the end of the scan has a centroid shifted towards what remains of it.
 """
 from __future__ import annotations
@@ -70,8 +70,8 @@ def match_peaks(peaks: dict, truth_scan: dict, *, min_i_over_sigma=10.0, edge_px
     zc = np.clip(tz, 0, nf - 1e-9)
     for k in np.flatnonzero(~ok_p):
         r0, r1, c0, c1, f0, f1 = bb[k]
-        inside = ((r["row"] >= r0 - 1) & (r["row"] <= r1 + 1) & (r["col"] >= c0 - 1)
-                  & (r["col"] <= c1 + 1) & (zc >= f0 - 1) & (zc <= f1 + 1))
+        inside = ((r["row"] >= r0 - 2) & (r["row"] <= r1 + 2) & (r["col"] >= c0 - 2)
+                  & (r["col"] <= c1 + 2) & (zc >= f0 - 2) & (zc <= f1 + 2))
         ok_p[k] = inside.any()
     n_unmatched = int((~ok_p).sum())
     # measurable truth -> peaks assigned to it

@@ -1,0 +1,230 @@
+"""Peak search: the compiled kernel against its numpy reference, the peaks against the truth
+of the simulated experiment, the frame statistics, the outputs and the failure modes."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+
+from hklflow import spotfinding as sf
+from hklflow.frames import open_frames
+from hklflow.geometry import DetectorGeometry, ScanAngles
+from hklflow.nexus import read_peaks_file
+from hklflow.simulation.compare import match_peaks
+from hklflow.steps.find_peaks import PeakSearchParams, main, search
+
+SCANS = ("tiny/300K/f1", "tiny/300K/f2", "tiny/100K/f1", "tiny/100K/f2")
+
+
+def raw_path(exp, scan_id):
+    s, t, e = scan_id.split("/")
+    return exp / "raw" / s / t / f"{e}.h5"
+
+
+def scan_setup(truth, scan_id):
+    t = truth["scans"][scan_id]
+    return DetectorGeometry(**t["geometry"]), ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_experiment, tiny_truth):
+    out = {}
+    for sid in SCANS:
+        g, a = scan_setup(tiny_truth, sid)
+        with open_frames(str(raw_path(tiny_experiment, sid))) as stack:
+            out[sid] = search(stack, g, a, PeakSearchParams())
+    return out
+
+
+def run_kernel(frame, valid, p: PeakSearchParams, trusted_max=2**31 - 1, annulus=None):
+    ny, nx = frame.shape
+    cap = ny * nx
+    rows, cols = np.empty(cap, np.int32), np.empty(cap, np.int32)
+    vals, bg, stats = np.empty(cap), np.empty(cap), np.empty(len(sf.FRAME_STATS))
+    ann = np.zeros((ny, nx), np.uint8) if annulus is None else annulus
+    work = np.zeros((3, nx + p.window[1]), dtype=np.int64)
+    n = sf.strong_pixels_frame(frame, valid.astype(np.uint8), ann, p.window[0] // 2,
+                               p.window[1] // 2, p.sigma_background, p.sigma_strong, p.min_local,
+                               p.global_threshold, float(p.absolute_threshold or 0),
+                               p.method == "absolute", trusted_max, rows, cols, vals, bg, stats, work)
+    strong = np.zeros((ny, nx), bool)
+    strong[rows[:n], cols[:n]] = True
+    return strong, bg[:n], stats
+
+
+@pytest.mark.parametrize("window", [(7, 7), (5, 9), (3, 3)])
+def test_kernel_equals_numpy_reference(tiny_experiment, window):
+    with h5py.File(raw_path(tiny_experiment, "tiny/100K/f2"), "r") as f:
+        frames = f["/entry/data/data"][::7]
+    rng = np.random.default_rng(0)
+    valid = rng.random(frames.shape[1:]) > 0.02  # a user mask with holes
+    p = PeakSearchParams(window=window)
+    total = 0
+    for fr in frames:
+        strong, bg, _ = run_kernel(fr, valid, p, trusted_max=100000)
+        ref, mean = sf.strong_pixels_numpy(fr, valid, window[0] // 2, window[1] // 2,
+                                           trusted_max=100000)
+        total += ref.sum()
+        assert np.array_equal(strong, ref)
+        np.testing.assert_allclose(bg, mean[ref], rtol=1e-12)  # raster order both
+    assert total > 100
+
+
+def test_absolute_threshold_method(tiny_experiment):
+    with h5py.File(raw_path(tiny_experiment, "tiny/300K/f1"), "r") as f:
+        fr = f["/entry/data/data"][5]
+    valid = np.ones(fr.shape, bool)
+    strong, _, _ = run_kernel(fr, valid, PeakSearchParams(method="absolute", absolute_threshold=50))
+    assert np.array_equal(strong, (fr > 50) & (fr < 2**31 - 1))
+
+
+def test_frame_statistics(tiny_experiment, tiny_truth, searched):
+    sid = "tiny/300K/f2"
+    res = searched[sid]
+    with h5py.File(raw_path(tiny_experiment, sid), "r") as f:
+        frames = f["/entry/data/data"][()]
+    hot = np.zeros(frames.shape[1:], bool)
+    hot[tuple(res.hot_pixels.T)] = True
+    g, _ = scan_setup(tiny_truth, sid)
+    usable = ~g.detector_mask() & ~hot
+    for i in (0, 29, 59):
+        fr = frames[i]
+        ok = usable & (fr >= 0)
+        assert res.frame_stats["sum"][i] == fr[ok].sum()
+        assert res.frame_stats["max"][i] == fr[ok].max()
+        assert res.frame_stats["n_valid"][i] == ok.sum()
+    assert res.scan_max == max(frames[:, usable].max(), 0)
+    # the trimmed sum leaves out strong pixels: below the annulus' plain sum, above 90% of it
+    st = res.frame_stats
+    assert np.all(st["trimmed_sum"] > 0) and np.all(st["n_annulus"] > 1000)
+    assert np.all(st["trimmed_sum"] <= st["sum"])
+
+
+def test_peaks_against_truth(tiny_truth, searched):
+    """The issue's bounds, on all scans of the tiny experiment together."""
+    tot = np.zeros(5)
+    for sid, res in searched.items():
+        m = match_peaks(res.peaks, tiny_truth["scans"][sid])
+        print(sid, m.summary())
+        tot += [m.n_truth_measurable, m.n_found_measurable, m.n_peaks, m.n_peaks_unmatched, m.n_split]
+        assert m.median_abs_dxy_px <= 0.1 and m.median_abs_dz_frames <= 0.1
+        assert abs(m.median_dx_px) < 0.03 and abs(m.median_dy_px) < 0.03  # no half-pixel slips
+        assert abs(m.median_dz_frames) < 0.03
+    measurable, found, npeaks, unmatched, split = tot
+    assert measurable > 250
+    assert found / measurable >= 0.99, (found, measurable)
+    assert unmatched / npeaks <= 0.01, (unmatched, npeaks)
+    assert split == 0  # partials across frames are one peak
+
+
+def test_hot_pixels_are_found_and_make_no_peaks(tiny_truth, searched):
+    hot_true = {tuple(rc) for rc in tiny_truth["detector_defects"]["hot_pixels"]}
+    for res in searched.values():
+        found = {tuple(rc) for rc in res.hot_pixels.tolist()}
+        assert hot_true <= found
+        assert len(found) <= len(hot_true) + 2
+        p = res.peaks
+        for r, c in hot_true:
+            near = (np.abs(p["observed_px_y"] - (r + 0.5)) < 1.5) & (np.abs(p["observed_px_x"] - (c + 0.5)) < 1.5)
+            assert not near.any()
+
+
+def test_peak_columns_are_consistent(tiny_truth, searched):
+    res = searched["tiny/300K/f1"]
+    p = res.peaks
+    n = len(p["n_pixels"])
+    assert n > 50 and all(len(v) == n for v in p.values())
+    bb = p["bounding_box"]
+    assert np.all((p["observed_px_y"] >= bb[:, 0]) & (p["observed_px_y"] <= bb[:, 1]))
+    assert np.all((p["observed_px_x"] >= bb[:, 2]) & (p["observed_px_x"] <= bb[:, 3]))
+    assert np.all((p["observed_frame"] >= bb[:, 4]) & (p["observed_frame"] <= bb[:, 5]))
+    assert np.all(p["n_pixels"] >= 3)
+    np.testing.assert_allclose(p["observed_phi"], 0.0 + 1.0 * p["observed_frame"])
+    g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
+    tth, chi = g.two_theta_chi(p["observed_px_y"], p["observed_px_x"])
+    np.testing.assert_allclose(p["polar_angle"], np.degrees(tth))
+    np.testing.assert_allclose(p["azimuthal_angle"], np.degrees(chi))
+    strong = p["int_sum"] > 10 * np.sqrt(p["int_sum_var"])
+    assert strong.sum() > 30
+
+
+def test_assembly_memory_does_not_grow_with_frames():
+    """Peaks are closed as frames pass: the number of slots in use stays bounded."""
+    rng = np.random.default_rng(1)
+    asm = sf.PeakAssembler((64, 64), capacity=64)
+    high = []
+    for f in range(600):
+        k = 40
+        rows = np.sort(rng.integers(0, 64, k)).astype(np.int32)
+        cols = rng.integers(0, 64, k).astype(np.int32)
+        order = np.lexsort((cols, rows))
+        rows, cols = rows[order], cols[order]
+        keep = np.ones(k, bool)
+        keep[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+        rows, cols = rows[keep], cols[keep]
+        asm.add_frame(f, rows, cols, np.full(len(rows), 10.0), np.ones(len(rows)))
+        high.append(asm.next_slot)
+    table = asm.finish()
+    assert len(table) > 1000
+    assert max(high[300:]) <= max(high[:300]) * 1.5  # no growth with the scan length
+
+
+def test_assembly_joins_across_frames_and_neighbours():
+    asm = sf.PeakAssembler((10, 10), capacity=4)
+    one = np.ones(1)
+    asm.add_frame(0, np.array([2], np.int32), np.array([2], np.int32), 5 * one, one)
+    asm.add_frame(1, np.array([2, 2], np.int32), np.array([2, 3], np.int32), 5 * np.ones(2), np.ones(2))
+    asm.add_frame(2, np.array([3], np.int32), np.array([4], np.int32), 5 * one, one)  # diagonal: no
+    asm.add_frame(3, np.array([7], np.int32), np.array([7], np.int32), 5 * one, one)
+    t = asm.finish()
+    npix = sorted(t.acc[:, sf.A_N].tolist())
+    assert npix == [1.0, 1.0, 3.0]  # frame 2's pixel is not at a pixel of frame 1
+
+
+def test_command_line_writes_nexus_and_png(tiny_copy, tiny_truth, monkeypatch):
+    env_dir = tiny_copy
+    monkeypatch.chdir(env_dir)  # steps run in the experiment directory, as under Snakemake
+    # ingest with the true geometry (calibration is tested elsewhere)
+    from hklflow.config import load_experiment
+    from hklflow.steps.ingest_scan import IngestParams, ingest_scan
+
+    g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
+    poni = env_dir / "true.poni"
+    g.write_poni(poni)
+    exp = load_experiment(env_dir / "config" / "config.yaml", base_dir=env_dir)
+    ingest_scan(exp, IngestParams(scan="tiny/300K/f1", poni=str(poni), out=str(env_dir / "scan.nxs"),
+                                  base_dir=str(env_dir)))
+    rc = main(["--config", str(env_dir / "config" / "config.yaml"), "--scan-file",
+               str(env_dir / "scan.nxs"), "--out", str(env_dir / "peaks.nxs"), "--png",
+               str(env_dir / "peaks.png")])
+    assert rc == 0
+    rec = read_peaks_file(env_dir / "peaks.nxs")
+    assert rec.scan_id == "tiny/300K/f1" and rec.entry == "f1"
+    assert len(rec.peaks["observed_px_x"]) > 50
+    assert len(rec.frame_stats["sum"]) == 60 and rec.scan_max > 0
+    assert (env_dir / "peaks.png").stat().st_size > 10000
+    with h5py.File(env_dir / "peaks.nxs", "r") as f:
+        assert f["f1/peaks"].attrs["NX_class"] == "NXreflections"
+        assert f["f1/peaks/observed_px_x"].attrs["units"] == "pixel"
+        record = json.loads(f["f1/process/note/data"][()])
+        assert record["program"] == "hklflow find_peaks"
+
+
+def test_corrupt_frame_fails_naming_file_and_frame_and_leaves_nothing(tiny_copy, tiny_truth, capsys):
+    """A chunk that cannot be decompressed in the middle of the scan."""
+    from hklflow.frames import RawDataError
+
+    raw = raw_path(tiny_copy, "tiny/300K/f1")
+    with h5py.File(raw, "r+") as f:
+        d = f["/entry/data/data"]
+        filt, chunk = d.id.read_direct_chunk((31, 0, 0))
+        d.id.write_direct_chunk((31, 0, 0), b"\x00" * 16 + chunk[16:64], filt)
+    g, a = scan_setup(tiny_truth, "tiny/300K/f1")
+    with pytest.raises(RawDataError) as e:
+        with open_frames(str(raw)) as stack:
+            search(stack, g, a, PeakSearchParams())
+    assert str(raw) in str(e.value) and "31" in str(e.value)
