@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/peaks.smk"
+include: "workflow/rules/orientation.smk"
 
 
 rule all:

@@ -11,6 +11,8 @@ COMMANDS = {
     "calibrate_powder": ("hklflow.steps.calibrate_powder", "refine detector geometry from a calibrant image, or import a PONI"),
     "ingest_scan": ("hklflow.steps.ingest_scan", "build the NeXus file of one scan entry, linking its raw frames"),
     "find_peaks": ("hklflow.steps.find_peaks", "one streamed pass over a scan: frame statistics and 3D Bragg peaks"),
+    "index_parent": ("hklflow.steps.index_parent", "index a sample's parent scan from scratch and refine it"),
+    "refine_scan": ("hklflow.steps.refine_scan", "refine a sample at one temperature, starting from its parent"),
 }
 
 

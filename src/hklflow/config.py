@@ -122,10 +122,23 @@ class SampleSpec:
     name: str
     crystal: Crystal
     parent_temperature: float
+    other_parents: tuple = ()  # ((parent temperature, (low, high)), ...)
 
     @property
     def parent_label(self) -> str:
         return temperature_label(self.parent_temperature)
+
+    @property
+    def parent_labels(self) -> list[str]:
+        return [self.parent_label] + [temperature_label(t) for t, _ in self.other_parents]
+
+    def parent_for(self, temperature: float) -> str:
+        """Label of the parent scan that seeds the scans at this temperature (a parent
+        seeds itself)."""
+        for t, (lo, hi) in self.other_parents:
+            if lo <= temperature <= hi:
+                return temperature_label(t)
+        return self.parent_label
 
 
 @dataclass(frozen=True)
@@ -331,7 +344,10 @@ def load_experiment(config_files, *, config: dict | None = None,
             crystal = Crystal(str(s["space_group"]), UnitCell.from_list(s["cell"]))
         except ValueError as exc:
             raise ConfigError(f"{where}: field 'samples.{name}': {exc}") from None
-        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]))
+        others = tuple((float(o["temperature"]), (float(o["for_temperatures"][0]),
+                                                   float(o["for_temperatures"][1])))
+                       for o in s["other_parents"])
+        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]), others)
 
     table = cfg["scans_table"]
     offset_names = [n for n, _ in gonio.offset_axes]
@@ -372,6 +388,10 @@ def load_experiment(config_files, *, config: dict | None = None,
         if smp.parent_label not in labels:
             raise ConfigError(f"{where}: field 'samples.{name}.parent.temperature': no scan of "
                               f"{name} at {smp.parent_label} in {table} (has {sorted(labels)})")
+        for i, (t, _) in enumerate(smp.other_parents):
+            if temperature_label(t) not in labels:
+                raise ConfigError(f"{where}: field 'samples.{name}.other_parents.{i}.temperature': "
+                                  f"no scan of {name} at {temperature_label(t)} in {table}")
     return Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
                       instrument=instrument, calibrations=calibrations, samples=samples,
                       scans=tuple(scans), reduction=cfg["reduction"], raw=cfg)

@@ -405,6 +405,16 @@ class ScanGeometry:
     def sample_rotation(self, z):
         return self.goniometer.rotation(self.angles.angle(z), self.offsets)
 
+    def sample_q_at(self, rows, cols, z):
+        """Q in the sample frame (scan angle 0, no offsets) at continuous (row, col, frame)
+        coordinates: R(phi)^-1 Q_lab, (..., 3) in 1/Angstrom."""
+        rows, cols, z = np.broadcast_arrays(np.asarray(rows, float), np.asarray(cols, float),
+                                            np.asarray(z, float))
+        pos = self.detector.lab_positions(rows, cols)
+        q = q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True),
+                              self.detector.wavelength)
+        return np.einsum("...ji,...j->...i", self.sample_rotation(z), q)
+
     def hkl_at(self, rows, cols, z, UB):
         """HKL at continuous (row, col, frame) coordinates (arrays broadcast together)."""
         rows, cols, z = np.broadcast_arrays(np.asarray(rows, float), np.asarray(cols, float),

@@ -743,3 +743,139 @@ def write_calibration_file(path, result, params, *, source: dict, pattern, prove
         h5.attrs["file_name"] = Path(path).name
 
     save_atomically(root, path, finish=finish)
+
+
+# --------------------------------------------------------------------------------------
+# Orientation file (rules index_parent and refine_scan)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OrientationRecord:
+    path: str
+    sample: str
+    temperature: str  # label, e.g. 300K
+    space_group: str
+    cell: tuple
+    cell_esd: tuple
+    U: np.ndarray
+    UB: np.ndarray
+    detector: DetectorGeometry  # refined common detector geometry (entries shift from it)
+    offset_corrections: dict  # entry -> {axis: deg}
+    statistics: dict
+    parent: str
+
+    def crystal(self):
+        from .crystal import Crystal, UnitCell
+
+        return Crystal(self.space_group, UnitCell(*self.cell))
+
+
+def write_orientation_file(path, *, sample: str, temperature: str, parent: str, result,
+                           indexing: dict | None, provenance: dict) -> Path:
+    """Orientation of one sample at one temperature (refinement.RefinementResult)::
+
+      /orientation                  NXentry, title SAMPLE/TLABEL
+         sample                     NXsample: name, temperature label, space_group,
+                                    unitcell_a..gamma and unitcell_errors (esd),
+                                    orientation_matrix (U), ub_matrix (UB = U B, 1/Angstrom, no 2 pi)
+         instrument/detector        refined common detector geometry (entries move from it by
+                                    their scans-table translations)
+         instrument/goniometer      offset_corrections: NXcollection entry -> axis -> deg
+         refinement                 NXcollection: rms_px, rms_frames, rms_hkl, fraction_indexed,
+                                    n_used, parameters (JSON: value and esd), parent, indexing
+         peaks                      NXreflections-style: entry, observed x/y/frame, hkl, used,
+                                    residual_x/y/frame (NaN if unused)
+         process                    NXprocess: provenance
+    """
+    nx = _nx()
+    from .crystal import CELL_NAMES
+
+    m = result.model
+    ent = nx.NXentry()
+    ent["title"] = nx.NXfield(f"{sample}/{temperature}")
+    smp = nx.NXsample()
+    smp["name"] = nx.NXfield(sample)
+    smp["temperature_label"] = nx.NXfield(temperature)
+    smp["space_group"] = nx.NXfield(m.crystal.hm)
+    for n, v in zip(CELL_NAMES, m.crystal.cell.parameters):
+        smp[f"unitcell_{n}"] = nx.NXfield(float(v), units="degree" if n in ("alpha", "beta", "gamma") else "angstrom")
+    smp["unitcell_errors"] = nx.NXfield(np.asarray(result.cell_esd, dtype=float))
+    smp["orientation_matrix"] = nx.NXfield(np.asarray(m.U))
+    smp["ub_matrix"] = nx.NXfield(np.asarray(m.UB), units="1/angstrom")
+    ent["sample"] = smp
+    inst = nx.NXinstrument()
+    inst["detector"] = detector_group(m.detector)
+    inst["monochromator"] = nx.NXmonochromator(wavelength=nx.NXfield(m.detector.wavelength, units="angstrom"))
+    gon = nx.NXcollection()
+    oc = nx.NXcollection()
+    for e, axes in m.offset_corrections.items():
+        g = nx.NXcollection()
+        for ax, v in axes.items():
+            g[ax] = nx.NXfield(float(v), units="degree")
+        oc[e] = g
+    gon["offset_corrections"] = oc
+    inst["goniometer"] = gon
+    ent["instrument"] = inst
+    ref = nx.NXcollection()
+    for k in ("rms_px", "rms_frames", "rms_hkl", "fraction_indexed", "n_used", "seconds"):
+        ref[k] = nx.NXfield(float(getattr(result, k)))
+    ref["parent"] = nx.NXfield(parent)
+    ref["parameters"] = nx.NXnote(type="application/json",
+                                  data=json.dumps(result.parameters, sort_keys=True))
+    if indexing:
+        ref["indexing"] = nx.NXnote(type="application/json", data=json.dumps(indexing, default=float))
+    if result.notes:
+        ref["notes"] = nx.NXfield("\n".join(result.notes))
+    ent["refinement"] = ref
+    cols = {"entry": [], "x": [], "y": [], "z": [], "hkl": [], "used": [], "res": []}
+    for e, hkl, used, res in zip(result.entries, result.hkl, result.used, result.residuals):
+        cols["entry"] += [e.name] * len(e.x)
+        cols["x"].append(e.x)
+        cols["y"].append(e.y)
+        cols["z"].append(e.z)
+        cols["hkl"].append(hkl)
+        cols["used"].append(used)
+        cols["res"].append(res)
+    pk = nx.NXgroup(nxclass="NXreflections")
+    pk["entry_name"] = nx.NXfield(np.asarray(cols["entry"], dtype="S"))
+    pk["observed_px_x"] = nx.NXfield(np.concatenate(cols["x"]), units="pixel")
+    pk["observed_px_y"] = nx.NXfield(np.concatenate(cols["y"]), units="pixel")
+    pk["observed_frame"] = nx.NXfield(np.concatenate(cols["z"]), units="frame")
+    hkl = np.concatenate(cols["hkl"])
+    pk["h"], pk["k"], pk["l"] = (nx.NXfield(hkl[:, i]) for i in range(3))
+    pk["used"] = nx.NXfield(np.concatenate(cols["used"]).astype(np.int8))
+    res = np.concatenate(cols["res"])
+    pk["residual_x"] = nx.NXfield(res[:, 0], units="pixel")
+    pk["residual_y"] = nx.NXfield(res[:, 1], units="pixel")
+    pk["residual_frame"] = nx.NXfield(res[:, 2], units="frame")
+    ent["peaks"] = pk
+    write_provenance(ent, provenance)
+    root = nx.NXroot()
+    root["orientation"] = ent
+    root.attrs["default"] = "orientation"
+    return save_atomically(root, path)
+
+
+def read_orientation_file(path) -> OrientationRecord:
+    from .crystal import CELL_NAMES
+
+    with h5open(path) as f:
+        if "orientation" not in f:
+            raise NexusFormatError(f"{path}: no /orientation entry: not an orientation file")
+        ent = f["orientation"]
+        smp = ent["sample"]
+        det = ent["instrument/detector"]
+        geometry = DetectorGeometry(
+            _text(det["description"][()]), *(float(det[k][()]) for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")),
+            wavelength=float(ent["instrument/monochromator/wavelength"][()]))
+        oc = {}
+        if "instrument/goniometer/offset_corrections" in ent:
+            for e, g in ent["instrument/goniometer/offset_corrections"].items():
+                oc[e] = {ax: float(v[()]) for ax, v in g.items()}
+        ref = ent["refinement"]
+        stats = {k: float(ref[k][()]) for k in ("rms_px", "rms_frames", "rms_hkl", "fraction_indexed", "n_used", "seconds")}
+        stats["parameters"] = json.loads(_text(ref["parameters/data"][()]))
+        return OrientationRecord(
+            str(path), _text(smp["name"][()]), _text(smp["temperature_label"][()]),
+            _text(smp["space_group"][()]), tuple(float(smp[f"unitcell_{n}"][()]) for n in CELL_NAMES),
+            tuple(smp["unitcell_errors"][()].tolist()), smp["orientation_matrix"][()],
+            smp["ub_matrix"][()], geometry, oc, stats, _text(ref["parent"][()]))

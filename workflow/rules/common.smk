@@ -65,4 +65,6 @@ def all_targets():
     targets = [f"results/calibration/{c}/geometry.poni" for c in EXP.calibrations]
     targets += [scan_path(s, "scan.nxs") for s in EXP.scans]
     targets += [scan_path(s, "peaks.nxs") for s in EXP.scans]
+    for name in EXP.samples:
+        targets += [f"results/{name}/{t}/orientation.nxs" for t in EXP.temperatures_of(name)]
     return targets

@@ -174,7 +174,21 @@ def preset(name: str) -> SimulationSpec:
                      EntryModel("f2", det_shift=(0.0, 9 * pix, 7 * pix),
                                 offsets={"omega": -1.0, "chi": 1.5})),
             nframes=60, phi_start=0.0, phi_step=1.0, mosaicity_deg=0.5)
-    raise ValueError(f"unknown simulation preset {name!r} (known: demo, tiny)")
+    if name in ("tiny_hexagonal", "tiny_monoclinic"):
+        samples = {
+            # a hexagonal cell (orthogonal-axes shortcuts would get B wrong here)
+            "tiny_hexagonal": SampleModel("hexa", "P 63/m m c", (5.52, 5.52, 8.83, 90, 90, 120),
+                                          temperatures=(300.0, 100.0), orientation_seed=11,
+                                          expansion=(7e-6, 7e-6, 1.1e-5, 0, 0, 0)),
+            # monoclinic, unique axis b, beta changing with temperature
+            "tiny_monoclinic": SampleModel("mono", "C 1 2/c 1", (9.71, 8.87, 5.27, 90, 105.6, 90),
+                                           temperatures=(300.0, 100.0), orientation_seed=5,
+                                           expansion=(6e-6, 8e-6, 1e-5, 0, 1.5e-4, 0)),
+        }
+        # 180 degrees of rotation, as a parent scan covers: cell, distance and tilts separate
+        return replace(preset("tiny"), name=name, samples=(samples[name],), nframes=180)
+    raise ValueError(f"unknown simulation preset {name!r} "
+                     "(known: demo, tiny, tiny_hexagonal, tiny_monoclinic)")
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,593 @@
+"""Indexing from scratch: the orientation U of a crystal of known space group and approximate cell.
+
+Input: observed reciprocal-lattice vectors of strong Bragg peaks in the sample frame at scan
+angle 0 (1/Angstrom, no 2 pi; docs/conventions.md), the space group and an approximate cell.
+Output (`IndexingSolution`): a proper rotation U, the cell from a quick constrained
+least-squares fit, UB = U B, integer hkl per vector, which ones are indexed, and figures of
+merit.
+
+Method: known-cell pair matching (the two-reflection orientation of Busing & Levy 1967, with
+the indices of the two reflections found by matching d-spacings and the interplanar angle).
+Chosen over the cell-free searches (DPS / 1D-FFT, difference-vector methods), which find *a*
+basis and must then be matched to the known cell and setting, because here the cell and space
+group are known: matching uses them directly, is deterministic, needs no grid over directions
+and costs milliseconds, and a centred lattice is handled by using only allowed reflections.
+Steps:
+
+1. Search set: the `max_peaks` strongest vectors (when intensities are given) or else the
+   shortest; seeds: the `n_seeds` shortest of those whose |q| matches some d-spacing (short
+   vectors have the fewest candidate indices and are the least sensitive to an error in the
+   cell; vectors matching none, e.g. low-angle junk, are skipped).
+2. Candidate indices per seed: allowed reflections (not systematically absent) of the
+   approximate cell with |B h| within `length_tolerance` of |q|.  For the first vector of a
+   pair only one representative per orbit of the *setting group* (below) is used: any other
+   choice gives a symmetry-equivalent orientation.
+3. For each seed pair (q1, q2) at least `min_pair_angle_deg` from (anti)parallel, keep the
+   candidate pairs (h1, h2) whose calculated angle matches the observed one within
+   `angle_tolerance_deg`; each gives U by aligning the orthonormal frame built from the
+   bisector and difference of the unit vectors of (B h1, B h2) with that of (q1, q2) (both
+   vectors weigh the same; proper by construction).
+4. Score every candidate U (vectorised) by the number of search vectors indexed within
+   `hkl_tolerance` to an allowed hkl with the approximate cell.
+5. Refine the best few distinct candidates: iterate "assign hkl, fit a free 3x3 UB by linear
+   least squares" on the search set and then on all vectors; split UB into the metric (cell,
+   symmetrised by the crystal-system constraints) and the nearest rotation; candidates whose
+   cell would move by more than `max_cell_change` are rejected.  Pairs are processed in
+   batches (shortest seeds first) and the search stops as soon as a refined candidate indexes
+   `accept_fraction` of all vectors, or after `max_pairs` pairs / `max_candidates` orientations.
+6. The best one is refined with the crystal-system constraints (scipy least_squares on
+   q_obs ~ U B(cell) h with U = exp([r]) U0 parameterised by a rotation vector, so that it stays a
+   rotation, and the free cell parameters from `Crystal.constraints`; soft-l1 loss against the
+   occasional vector indexed by chance), re-assigning hkl between cycles.
+7. Setting: the *setting group* is the group of integer matrices S (acting on column hkl) with
+   det +1 that keep the metric of every cell of the crystal system and the pattern of
+   systematic absences; U B S then fits the data exactly as well as U B.  It contains the
+   rotations of the Laue group (S = R^T for the row-vector operators R of
+   `Crystal.laue_operators`, h' = h R) and, for merohedral Laue groups (e.g. -3 m 1, 4/m, m -3,
+   whose lattice has more symmetry), also lattice operators outside it: positions cannot tell
+   those settings apart (intensities and a model can).  Of the equivalent U B S the one with
+   U closest to the identity (largest trace) is reported, so the choice is consistent.  With the
+   true setting (U_t, B_t) the answer satisfies U B = U_t B_t S and hkl = S^-1 hkl_t (column
+   vectors) for one S of the setting group (`IndexingSolution.equivalent_settings`).
+
+Limits: the cell must be within a few % (lengths) / ~1 deg (angles): it is `length_tolerance`
+and `angle_tolerance_deg` that must cover the error, and pseudo-symmetric cells (two axes equal
+within that tolerance but not by symmetry) can be indexed in a swapped setting unless absences
+tell them apart.  One lattice only (a twin or second grain lowers the fraction; `notes` reports
+a second orientation that indexes many vectors).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .crystal import CellConstraints, Crystal, UnitCell
+
+
+class IndexingError(RuntimeError):
+    """No orientation indexes enough of the observed vectors."""
+
+
+@dataclass(frozen=True)
+class IndexingParams:
+    """Parameters of `index_from_scratch` (validated on construction)."""
+
+    max_peaks: int = 300               # strongest (or shortest) vectors used in the search
+    hkl_tolerance: float = 0.12        # |h - round(h)| per component for "indexed"
+    angle_tolerance_deg: float = 2.0   # observed vs calculated angle of a seed pair
+    length_tolerance: float = 0.04     # relative, |q| against 1/d of the approximate cell
+    min_fraction: float = 0.5          # below this: IndexingError
+    n_seeds: int = 40                  # shortest search vectors used to form pairs
+    min_pair_angle_deg: float = 15.0   # pairs closer to (anti)parallel are skipped
+    max_pairs: int = 2000              # seed pairs tried at most
+    max_candidates: int = 300_000      # candidate orientations scored at most
+    pair_batch: int = 60               # seed pairs per batch (refine/stop check after each)
+    n_refine: int = 3                  # distinct best candidates refined per batch
+    accept_fraction: float = 0.75      # stop searching once a refined candidate indexes this
+    max_cell_change: float = 0.10      # relative length change allowed in refinement
+    refine_cycles: int = 3             # constrained refinement / re-assignment cycles
+
+    def __post_init__(self):
+        ints = ("max_peaks", "n_seeds", "max_pairs", "max_candidates", "pair_batch", "n_refine",
+                "refine_cycles")
+        for name in ints:
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"IndexingParams.{name} must be a positive integer, got {v!r}")
+        if self.n_seeds < 2:
+            raise ValueError(f"IndexingParams.n_seeds must be >= 2, got {self.n_seeds}")
+        checks = {
+            "hkl_tolerance": (0.0, 0.5),
+            "angle_tolerance_deg": (0.0, 30.0),
+            "length_tolerance": (0.0, 0.5),
+            "min_fraction": (0.0, 1.0),
+            "min_pair_angle_deg": (0.0, 90.0),
+            "accept_fraction": (0.0, 1.0),
+            "max_cell_change": (0.0, 1.0),
+        }
+        for name, (lo, hi) in checks.items():
+            v = getattr(self, name)
+            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) \
+                    or not math.isfinite(v) or not lo < v <= hi:
+                raise ValueError(f"IndexingParams.{name} must be in ({lo}, {hi}], got {v!r}")
+
+
+@dataclass
+class IndexingSolution:
+    """Result of `index_from_scratch`.
+
+    U: proper rotation; cell: refined cell (crystal-system constraints kept); UB = U @ cell.B.
+    hkl (n, 3) int: nearest integer indices of every vector (0 0 0 where not finite);
+    indexed (n,) bool: within hkl_tolerance of an allowed (not absent, not 000) reflection.
+    fraction: indexed fraction of all n vectors; rms_hkl: rms of h - round(h) over the indexed
+    vectors and components (the figure of merit with `fraction`); rms_q: rms |q_obs - UB h|
+    (1/Angstrom) over the indexed ones.  equivalent_settings (k, 3, 3) int: the setting group
+    (module docstring); any U B S fits as well, hkl -> S^-1 hkl.
+    """
+
+    U: np.ndarray
+    cell: UnitCell
+    UB: np.ndarray
+    hkl: np.ndarray
+    indexed: np.ndarray
+    fraction: float
+    rms_hkl: float
+    n_candidates_tried: int
+    notes: list[str] = field(default_factory=list)
+    rms_q: float = float("nan")
+    n_pairs_tried: int = 0
+    seconds: float = 0.0
+    equivalent_settings: np.ndarray | None = None
+
+    @property
+    def n_indexed(self) -> int:
+        return int(np.count_nonzero(self.indexed))
+
+
+# --------------------------------------------------------------------------------------
+# Symmetry helpers
+# --------------------------------------------------------------------------------------
+def _generic_cell(cons: CellConstraints, cell: UnitCell) -> UnitCell:
+    """A cell of the same crystal system with no accidental extra metric symmetry."""
+    v = cons.free_values(cell).astype(float)
+    for k, name in enumerate(cons.free):
+        if name in ("a", "b", "c"):
+            v[k] *= 1.0 + 0.0173 * (k + 1)
+        else:
+            v[k] += 0.731 * (k + 1) * (1 if v[k] < 110 else -1)
+    try:
+        return cons.expand(v)
+    except ValueError:
+        return cell
+
+
+_ALL_INT_MATS = None
+
+
+def setting_group(crystal: Crystal) -> np.ndarray:
+    """Integer matrices S (k, 3, 3), det +1, acting on column hkl, that keep the metric of every
+    cell of the crystal's system and its systematic absences (identity first)."""
+    global _ALL_INT_MATS
+    if _ALL_INT_MATS is None:
+        m = np.array(list(itertools.product((-1, 0, 1), repeat=9)), dtype=np.int64).reshape(-1, 3, 3)
+        det = np.rint(np.linalg.det(m)).astype(int)
+        _ALL_INT_MATS = m[det == 1]
+    mats = _ALL_INT_MATS
+    gcell = _generic_cell(crystal.constraints, crystal.constraints.symmetrize(crystal.cell))
+    G = gcell.reciprocal_metric
+    Gs = np.einsum("kji,jl,klm->kim", mats, G, mats)
+    keep = np.all(np.abs(Gs - G) <= 1e-9 * np.abs(G).max(), axis=(1, 2))
+    cand = mats[keep]
+    r = np.arange(-6, 7)
+    grid = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    absent = crystal.is_absent(grid)
+    out = []
+    for S in cand:
+        if np.array_equal(crystal.is_absent(grid @ S.T), absent):
+            out.append(S)
+    out.sort(key=lambda S: (not np.array_equal(S, np.eye(3, dtype=int)), tuple(S.ravel())))
+    return np.array(out, dtype=np.int64)
+
+
+def _orbit_representative(hkl: np.ndarray, ops: np.ndarray) -> np.ndarray:
+    """True where hkl (n, 3) is the lexicographically largest of its orbit {S h}."""
+    eq = np.einsum("kij,nj->kni", ops, hkl)
+    key = (eq[..., 0] * 10007 + eq[..., 1]) * 10007 + eq[..., 2]
+    own = (hkl[:, 0] * 10007 + hkl[:, 1]) * 10007 + hkl[:, 2]
+    return own >= key.max(axis=0)
+
+
+def _canonical(U: np.ndarray, B: np.ndarray, ops: np.ndarray):
+    """The equivalent U B S with the largest trace of U: returns (U', S)."""
+    Binv = np.linalg.inv(B)
+    M = np.einsum("ij,kjl,lm->kim", B, ops.astype(float), Binv)   # B S B^-1
+    UM = np.einsum("ij,kjl->kil", U, M)
+    k = int(np.argmax(np.trace(UM, axis1=1, axis2=2)))
+    return _nearest_rotation(UM[k]), ops[k]
+
+
+def _nearest_rotation(M: np.ndarray) -> np.ndarray:
+    W, _, Vt = np.linalg.svd(M)
+    D = np.eye(3)
+    D[2, 2] = np.sign(np.linalg.det(W @ Vt))
+    return W @ D @ Vt
+
+
+def _equivalent_distance_deg(Ua: np.ndarray, Ub: np.ndarray, B: np.ndarray,
+                             ops: np.ndarray) -> float:
+    """Smallest rotation angle between Ua and the settings Ub B S B^-1."""
+    M = np.einsum("ij,kjl,lm->kim", B, ops.astype(float), np.linalg.inv(B))
+    t = np.einsum("ij,kjl,ml->kim", Ub, M, Ua)  # Ub M Ua^T
+    c = (np.trace(t, axis1=1, axis2=2) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c.max(), -1.0, 1.0))))
+
+
+# --------------------------------------------------------------------------------------
+# Vectorised pieces
+# --------------------------------------------------------------------------------------
+def _frames(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
+    """Orthonormal frames (N, 3, 3) (columns) from the bisector and difference of unit v1, v2."""
+    u1 = v1 / np.linalg.norm(v1, axis=-1, keepdims=True)
+    u2 = v2 / np.linalg.norm(v2, axis=-1, keepdims=True)
+    e1 = u1 + u2
+    e2 = u1 - u2
+    e1 /= np.linalg.norm(e1, axis=-1, keepdims=True)
+    e2 /= np.linalg.norm(e2, axis=-1, keepdims=True)
+    e3 = np.cross(e1, e2)
+    return np.stack([e1, e2, e3], axis=-1)
+
+
+def _rotations_from_pairs(a1, a2, b1, b2) -> np.ndarray:
+    """Proper rotations U (N, 3, 3) taking the pair (a1, a2) onto (b1, b2)."""
+    return _frames(b1, b2) @ np.swapaxes(_frames(a1, a2), -1, -2)
+
+
+class _Allowed:
+    """Lookup of allowed (not absent, not 000) reflections: table near the origin, gemmi
+    beyond."""
+
+    def __init__(self, crystal: Crystal, hmax: np.ndarray):
+        self.crystal = crystal
+        self.hmax = np.asarray(hmax, dtype=np.int64)
+        r = [np.arange(-m, m + 1) for m in self.hmax]
+        grid = np.stack(np.meshgrid(*r, indexing="ij"), -1).reshape(-1, 3)
+        allowed = ~crystal.is_absent(grid)
+        allowed[np.all(grid == 0, axis=1)] = False
+        self.table = allowed.reshape(tuple(2 * self.hmax + 1))
+
+    def __call__(self, hkl: np.ndarray) -> np.ndarray:
+        h = np.asarray(hkl, dtype=np.int64)
+        inside = np.all(np.abs(h) <= self.hmax, axis=-1)
+        out = np.zeros(h.shape[:-1], dtype=bool)
+        hi = h[inside] + self.hmax
+        out[inside] = self.table[hi[:, 0], hi[:, 1], hi[:, 2]]
+        if not inside.all():
+            ho = h[~inside]
+            out[~inside] = ~self.crystal.is_absent(ho) & np.any(ho != 0, axis=-1)
+        return out
+
+
+def _score(Us: np.ndarray, Binv: np.ndarray, q: np.ndarray, allowed: _Allowed,
+           tol: float) -> np.ndarray:
+    """Number of q indexed within tol (to an allowed hkl) by each U B (N,)."""
+    out = np.empty(len(Us), dtype=np.int64)
+    chunk = max(1, int(2_000_000 // max(len(q), 1)))
+    for s in range(0, len(Us), chunk):
+        Ainv = Binv[None] @ np.swapaxes(Us[s:s + chunk], 1, 2)      # (N, 3, 3)
+        h = q[None] @ np.swapaxes(Ainv, 1, 2)                      # (N, M, 3)
+        r = np.rint(h)
+        ok = np.all(np.abs(h - r) < tol, axis=-1)
+        if ok.any():
+            ok[ok] = allowed(r[ok].astype(np.int64))
+        out[s:s + chunk] = ok.sum(axis=1)
+    return out
+
+
+def _assign(q: np.ndarray, UB: np.ndarray, allowed, tol: float):
+    """Nearest hkl (int), fractional residual and indexed mask of each q for UB."""
+    h = q @ np.linalg.inv(UB).T
+    r = np.rint(h)
+    ok = np.all(np.abs(h - r) < tol, axis=-1)
+    hkl = r.astype(np.int64)
+    if ok.any():
+        ok[ok] = allowed(hkl[ok])
+    return hkl, h - r, ok
+
+
+def _cell_from_ub(UB: np.ndarray) -> UnitCell:
+    G = np.linalg.inv(UB.T @ UB)  # direct metric
+    a, b, c = np.sqrt(np.diag(G))
+    al = math.degrees(math.acos(np.clip(G[1, 2] / (b * c), -1, 1)))
+    be = math.degrees(math.acos(np.clip(G[0, 2] / (a * c), -1, 1)))
+    ga = math.degrees(math.acos(np.clip(G[0, 1] / (a * b), -1, 1)))
+    return UnitCell(a, b, c, al, be, ga)
+
+
+def _cell_change(cell: UnitCell, ref: UnitCell) -> float:
+    """Largest relative change of a length (angles counted as rad / 1 rad)."""
+    lengths = max(abs(x / y - 1) for x, y in zip(cell.parameters[:3], ref.parameters[:3]))
+    angles = max(abs(math.radians(x - y)) for x, y in zip(cell.parameters[3:], ref.parameters[3:]))
+    return max(lengths, angles)
+
+
+# --------------------------------------------------------------------------------------
+# Refinement
+# --------------------------------------------------------------------------------------
+def _refine_linear(q_all, search, U, B0, allowed, allowed_all, params, cons, cell0):
+    """Free-UB refinement from one candidate; returns a dict (or None if it fails)."""
+    tol = params.hkl_tolerance
+    UB = U @ B0
+    prev = None
+    for stage, (qq, alw, n_iter) in enumerate(((q_all[search], allowed, 12),
+                                               (q_all, allowed_all, 4))):
+        for _ in range(n_iter):
+            hkl, _, ok = _assign(qq, UB, alw, tol)
+            if ok.sum() < 6:
+                return None
+            H = hkl[ok].astype(float)
+            HtH = H.T @ H  # normal equations: 3 x 3 (dense LAPACK on tall matrices is slow
+            w = np.linalg.eigvalsh(HtH)  # with multithreaded OpenBLAS on a busy machine)
+            if w[0] <= 1e-9 * w[-1]:
+                return None
+            new = np.linalg.solve(HtH, H.T @ qq[ok]).T
+            if not np.isfinite(new).all() or np.linalg.det(new) <= 0:
+                return None
+            UB = new
+            key = (stage, ok.tobytes())
+            if key == prev:
+                break
+            prev = key
+    try:
+        cell = cons.symmetrize(_cell_from_ub(UB))
+    except ValueError:
+        return None
+    change = _cell_change(cell, cell0)
+    U = _nearest_rotation(UB @ np.linalg.inv(cell.B))
+    hkl, _, ok = _assign(q_all, U @ cell.B, allowed_all, tol)
+    return {"U": U, "cell": cell, "n_indexed": int(ok.sum()), "cell_change": change}
+
+
+def _refine_constrained(q, hkl, U0, cell0: UnitCell, cons: CellConstraints):
+    from scipy.optimize import least_squares
+    from scipy.spatial.transform import Rotation
+
+    x0 = np.r_[np.zeros(3), cons.free_values(cell0)]
+    H = hkl.astype(float)
+
+    def ub(x):
+        return Rotation.from_rotvec(x[:3]).as_matrix() @ U0 @ cons.expand(x[3:]).B
+
+    def resid(x):
+        try:
+            UB = ub(x)
+        except ValueError:
+            return np.full(q.size, 1e3)
+        return (H @ UB.T - q).ravel()
+
+    r0 = resid(x0)
+    s = 1.4826 * np.median(np.abs(r0))
+    f_scale = max(3.0 * s, 1e-7)
+    scale = np.r_[np.full(3, 1e-3),
+                  [1e-3 * v if n in ("a", "b", "c") else 0.05 for n, v in zip(cons.free, x0[3:])]]
+    res = least_squares(resid, x0, loss="soft_l1", f_scale=f_scale, x_scale=scale,
+                        method="trf", tr_solver="lsmr", xtol=1e-12, ftol=1e-12, gtol=1e-12,
+                        max_nfev=200)
+    x = res.x
+    return Rotation.from_rotvec(x[:3]).as_matrix() @ U0, cons.expand(x[3:])
+
+
+# --------------------------------------------------------------------------------------
+# Main entry
+# --------------------------------------------------------------------------------------
+def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams = IndexingParams(),
+                       intensities=None) -> IndexingSolution:
+    """Find U (and a quickly refined cell) from sample-frame reciprocal-lattice vectors.
+
+    q_obs (n, 3): 1/Angstrom, no 2 pi, sample frame at scan angle 0; crystal: space group and
+    approximate cell; intensities (n,), optional: then the strongest vectors are searched.
+    Raises IndexingError when no orientation indexes `params.min_fraction` of the vectors.
+    """
+    t0 = time.perf_counter()
+    q = np.asarray(q_obs, dtype=float)
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise ValueError(f"q_obs must have shape (n, 3), got {q.shape}")
+    n = len(q)
+    qn = np.linalg.norm(q, axis=1)
+    good = np.isfinite(q).all(axis=1) & (qn > 0)
+    if good.sum() < 3:
+        raise IndexingError(f"could not index: only {int(good.sum())} usable vectors (need >= 3)")
+    if intensities is not None:
+        inten = np.asarray(intensities, dtype=float).reshape(-1)
+        if inten.shape != (n,):
+            raise ValueError(f"intensities must have shape ({n},), got {inten.shape}")
+        inten = np.where(np.isfinite(inten), inten, -np.inf)
+    q_all = np.where(good[:, None], q, 0.0)
+    gidx = np.nonzero(good)[0]
+
+    cons = crystal.constraints
+    cell0 = cons.symmetrize(crystal.cell)
+    crystal0 = crystal.with_cell(cell0)
+    B0 = cell0.B
+    Binv0 = np.linalg.inv(B0)
+    ops = setting_group(crystal0)
+    laue_proper = [R for R in crystal.laue_operators if round(np.linalg.det(R)) == 1]
+    notes: list[str] = []
+    if len(ops) > len(laue_proper):
+        notes.append(f"merohedral ambiguity: the lattice of {crystal.hm} has {len(ops)} rotations "
+                     f"that keep metric and absences, the Laue group {crystal.laue_group} only "
+                     f"{len(laue_proper)}; positions cannot tell the {len(ops) // len(laue_proper)} "
+                     "settings apart (U closest to identity reported)")
+
+    # search set and seeds
+    if intensities is not None:
+        order = gidx[np.argsort(-inten[gidx], kind="stable")]
+    else:
+        order = gidx[np.argsort(qn[gidx], kind="stable")]
+    search = order[:params.max_peaks]
+    search_by_len = search[np.argsort(qn[search], kind="stable")]
+
+    # reference reflections of the approximate cell, as short as the search vectors
+    tol_l = params.length_tolerance
+    q_ref_max = qn[search].max() * (1 + tol_l) * 1.001
+    refs = crystal0.reflections_within(1.0 / q_ref_max)
+    ref_q = refs @ B0.T
+    ref_len = np.linalg.norm(ref_q, axis=1)
+    # seeds: the shortest search vectors with a candidate index (|q| matches some 1/d)
+    sorted_len = np.sort(ref_len)
+    lo_i = np.searchsorted(sorted_len, qn[search_by_len] * math.exp(-tol_l))
+    hi_i = np.searchsorted(sorted_len, qn[search_by_len] * math.exp(tol_l))
+    seeds = search_by_len[hi_i > lo_i][:params.n_seeds]
+    if len(seeds) < 2:
+        raise IndexingError(
+            f"could not index: {len(seeds)} of the {len(search)} search vectors match a "
+            f"d-spacing of the cell {tuple(round(x, 4) for x in cell0.parameters)} "
+            f"({crystal.hm}) within {100 * tol_l:.0f}% (wrong cell or space group?)")
+    keep_ref = ref_len <= qn[seeds].max() * (1 + tol_l) * 1.001
+    refs, ref_q, ref_len = refs[keep_ref], ref_q[keep_ref], ref_len[keep_ref]
+    ref_u = ref_q / ref_len[:, None]
+    ref_rep = _orbit_representative(refs, ops)
+    cand = []
+    cand_rep = []
+    for s in seeds:
+        m = np.abs(np.log(qn[s] / ref_len)) < tol_l
+        cand.append(np.nonzero(m)[0])
+        cand_rep.append(np.nonzero(m & ref_rep)[0])
+
+    # lookups for absences
+    abc = np.array(cell0.parameters[:3])
+    grow = 1.0 + params.max_cell_change
+    allowed = _Allowed(crystal0, np.ceil(abc * qn[search].max() * grow).astype(int) + 1)
+    hmax_all = np.ceil(abc * qn[gidx].max() * grow).astype(int) + 1
+    allowed_all = _Allowed(crystal0, hmax_all) if np.prod(2 * hmax_all + 1) <= 4_000_000 \
+        else allowed
+    q_search = q_all[search]
+
+    # seed pairs, shortest first
+    su = q_all[seeds] / qn[seeds, None]
+    obs_ang = np.degrees(np.arccos(np.clip(su @ su.T, -1, 1)))
+    lo, hi = params.min_pair_angle_deg, 180.0 - params.min_pair_angle_deg
+    pairs = [(i, j) for j in range(len(seeds)) for i in range(j)
+             if lo <= obs_ang[i, j] <= hi and len(cand_rep[i]) and len(cand[j])]
+    pairs = pairs[:params.max_pairs]
+
+    pool_U = np.zeros((0, 3, 3))
+    pool_s = np.zeros(0, dtype=np.int64)
+    refined: list[dict] = []
+    rejected_cell = []
+    n_tried = 0
+    n_pairs_done = 0
+    tol_a = params.angle_tolerance_deg
+    min_raw = min(6, len(search))
+    for start in range(0, len(pairs), params.pair_batch):
+        batch = pairs[start:start + params.pair_batch]
+        n_pairs_done += len(batch)
+        I, J, A1, A2 = [], [], [], []
+        for i, j in batch:
+            ci, cj = cand_rep[i], cand[j]
+            ang = np.degrees(np.arccos(np.clip(ref_u[ci] @ ref_u[cj].T, -1, 1)))
+            a, b = np.nonzero(np.abs(ang - obs_ang[i, j]) < tol_a)
+            if len(a):
+                I.append(np.full(len(a), i))
+                J.append(np.full(len(a), j))
+                A1.append(ci[a])
+                A2.append(cj[b])
+        if not I:
+            continue
+        I, J, A1, A2 = (np.concatenate(x) for x in (I, J, A1, A2))
+        room = params.max_candidates - n_tried
+        if room <= 0:
+            break
+        I, J, A1, A2 = I[:room], J[:room], A1[:room], A2[:room]
+        Us = _rotations_from_pairs(ref_q[A1], ref_q[A2], q_all[seeds[I]], q_all[seeds[J]])
+        n_tried += len(Us)
+        sc = _score(Us, Binv0, q_search, allowed, params.hkl_tolerance)
+        pool_U = np.concatenate([pool_U, Us])
+        pool_s = np.concatenate([pool_s, sc])
+        keep = np.argsort(-pool_s, kind="stable")[:64]
+        pool_U, pool_s = pool_U[keep], pool_s[keep]
+
+        # refine the best distinct candidates not refined yet
+        n_new = 0
+        for U, s in zip(pool_U, pool_s):
+            if n_new >= params.n_refine or s < min_raw:
+                break
+            if any(_equivalent_distance_deg(U, r["U0"], B0, ops) < 3.0 for r in refined):
+                continue
+            n_new += 1
+            res = _refine_linear(q_all, search, U, B0, allowed, allowed_all, params, cons, cell0)
+            if res is None:
+                refined.append({"U0": U, "n_indexed": 0, "raw": int(s)})
+                continue
+            res["U0"], res["raw"] = U, int(s)
+            if res["cell_change"] > params.max_cell_change:
+                rejected_cell.append(res)
+                res = {"U0": U, "n_indexed": 0, "raw": int(s)}
+            refined.append(res)
+        best_n = max((r["n_indexed"] for r in refined), default=0)
+        if best_n >= params.accept_fraction * n or n_tried >= params.max_candidates:
+            break
+
+    best = max(refined, key=lambda r: r["n_indexed"], default=None)
+    best_fraction = best["n_indexed"] / n if best else 0.0
+
+    def fail(frac, extra=""):
+        msg = (f"could not index: best fraction {frac:.2f} < {params.min_fraction} "
+               f"({n_tried} candidate orientations from {n_pairs_done} seed pairs of "
+               f"{len(seeds)} seeds; {n} vectors; space group {crystal.hm}, cell "
+               f"{tuple(round(x, 4) for x in cell0.parameters)}){extra} "
+               "(wrong space group or cell? a phase transition? too many spurious vectors?)")
+        raise IndexingError(msg)
+
+    if best is None or best_fraction < params.min_fraction:
+        extra = ""
+        if rejected_cell:
+            r = max(rejected_cell, key=lambda r: r["n_indexed"])
+            extra = (f"; a candidate indexing {r['n_indexed'] / n:.2f} needed a cell change of "
+                     f"{100 * r['cell_change']:.0f}% > max_cell_change "
+                     f"{100 * params.max_cell_change:.0f}% (cell {tuple(round(x, 3) for x in r['cell'].parameters)})")
+        fail(best_fraction, extra)
+
+    # constrained refinement with re-assignment
+    U, cell = best["U"], best["cell"]
+    ok = None
+    for _ in range(params.refine_cycles):
+        hkl, _, ok = _assign(q_all, U @ cell.B, allowed_all, params.hkl_tolerance)
+        ok &= good
+        U, cell = _refine_constrained(q_all[ok], hkl[ok], U, cell, cons)
+    change = _cell_change(cell, cell0)
+    if change > params.max_cell_change:
+        fail(0.0, f"; the refined cell {cell.parameters} is {100 * change:.0f}% from the given one")
+
+    U, S = _canonical(U, cell.B, ops)
+    UB = U @ cell.B
+    hkl, frac, ok = _assign(q_all, UB, allowed_all, params.hkl_tolerance)
+    ok &= good
+    hkl[~good] = 0
+    fraction = float(ok.sum()) / n
+    if fraction < params.min_fraction:
+        fail(fraction, " after refinement")
+    rms_hkl = float(np.sqrt(np.mean(frac[ok] ** 2))) if ok.any() else float("nan")
+    rms_q = float(np.sqrt(np.mean(np.sum((hkl[ok] @ UB.T - q_all[ok]) ** 2, axis=1))))
+
+    others = sorted((r for r in refined if r is not best and r["n_indexed"] > 0),
+                    key=lambda r: -r["n_indexed"])
+    for r in others[:1]:
+        if r["n_indexed"] >= 0.2 * n:
+            d = _equivalent_distance_deg(r["U"], U, cell.B, ops)
+            notes.append(f"a second orientation ({d:.1f} deg away) indexes "
+                         f"{r['n_indexed'] / n:.2f} of the vectors: twin, second grain or "
+                         "pseudo-symmetry?")
+    if change > 0.02:
+        notes.append(f"the cell changed by {100 * change:.1f}% from the given one")
+    seconds = time.perf_counter() - t0
+    notes.append(f"{n_tried} candidate orientations from {n_pairs_done} seed pairs "
+                 f"({len(seeds)} seeds, {len(refs)} reference reflections), "
+                 f"{len(refined)} refined, {seconds:.3f} s")
+    return IndexingSolution(U=U, cell=cell, UB=UB, hkl=hkl, indexed=ok, fraction=fraction,
+                            rms_hkl=rms_hkl, n_candidates_tried=n_tried, notes=notes,
+                            rms_q=rms_q, n_pairs_tried=n_pairs_done, seconds=seconds,
+                            equivalent_settings=ops)

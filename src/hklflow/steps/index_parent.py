@@ -1,0 +1,90 @@
+"""Parent orientation (rule index_parent): index a sample's parent scan from scratch.
+
+All entries of the parent temperature are used together: their peaks go to the sample frame
+(scan angle 0, offsets removed), the indexer finds U from the space group and the
+approximate cell alone (indexing.py), and the refinement (refinement.py) then fits cell,
+orientation, detector and goniometer offsets to the observed pixels and frames.  The
+output is the orientation file every child scan of the sample starts from (read-only).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .. import steplog
+
+
+def refinement_params(section: dict):
+    from ..refinement import RefinementParams
+
+    names = {f.name for f in fields(RefinementParams)}
+    return RefinementParams(**{k: v for k, v in section.items() if k in names})
+
+
+def index_parent(entries, common, crystal, refine_params, log):
+    """Index from scratch, then refine; returns (RefinementResult, indexing summary)."""
+    from ..indexing import IndexingParams, index_from_scratch
+    from ..orientation import sample_q
+    from ..refinement import Model, refine
+
+    q = sample_q(entries)
+    log.info("indexing %d peaks of %d entries (space group %s, approximate cell %s)", len(q),
+             len(entries), crystal.hm, crystal.cell.parameters)
+    sol = index_from_scratch(q, crystal, IndexingParams())
+    summary = {"fraction": float(sol.fraction), "rms_hkl": float(sol.rms_hkl),
+               "cell": list(sol.cell.parameters), "n_candidates_tried": int(sol.n_candidates_tried)}
+    log.info("indexed %.1f%% of the peaks; cell %s", 100 * sol.fraction,
+             " ".join(f"{v:.4f}" for v in sol.cell.parameters))
+    model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U, common)
+    return refine(entries, model, refine_params, log), summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hklflow index_parent", description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", required=True, help="experiment config file(s)")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--temperature", required=True, help="temperature label of the parent, e.g. 300K")
+    p.add_argument("--scan-files", nargs="+", required=True, type=Path)
+    p.add_argument("--peaks-files", nargs="+", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--png", required=True, type=Path)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    log = steplog.setup("index_parent")
+    from .. import provenance
+    from ..config import ConfigError, load_experiment
+    from ..indexing import IndexingError
+    from ..nexus import write_orientation_file
+    from ..orientation import load_entries, plot_residuals
+    from ..refinement import RefinementError
+
+    try:
+        exp = load_experiment(args.config)
+        crystal = exp.samples[args.sample].crystal
+        params = refinement_params(exp.reduction["refinement"])
+        entries, common = load_entries(args.scan_files, args.peaks_files)
+        result, summary = index_parent(entries, common, crystal, params, log)
+        prov = provenance.provenance("hklflow index_parent", parameters=params.__dict__,
+                                     inputs=[*args.scan_files, *args.peaks_files, *args.config])
+        label = f"{args.sample}/{args.temperature}"
+        write_orientation_file(args.out, sample=args.sample, temperature=args.temperature,
+                               parent=label, result=result, indexing=summary, provenance=prov)
+        plot_residuals(result, f"{label} (parent, indexed from scratch)", args.png)
+    except (ConfigError, IndexingError, RefinementError, ValueError, OSError) as exc:
+        for f in (args.out, args.png):
+            Path(f).unlink(missing_ok=True)
+        log.error("%s", exc)
+        return 1
+    log.info("parent %s/%s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", args.sample,
+             args.temperature, result.rms_px, result.rms_frames, 100 * result.fraction_indexed,
+             result.model.crystal.cell.parameters)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

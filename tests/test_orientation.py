@@ -1,0 +1,134 @@
+"""Orientation: index a parent from scratch, refine a child from it, against the truth of
+simulated experiments (hexagonal and monoclinic: the cells where a wrong B shows), with the
+issue's bounds.  The detector starts from the calibration as powder rings give it (rot3,
+a rotation about the beam, is invisible to them and set to 0)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hklflow.config import load_experiment
+from hklflow.crystal import rotation_angle_deg
+from hklflow.frames import open_frames
+from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+from hklflow.refinement import EntryPeaks, RefinementError, RefinementParams
+from hklflow.steps.find_peaks import PeakSearchParams, search
+from hklflow.steps.index_parent import index_parent
+from hklflow.steps.refine_scan import refine_from_parent
+
+log = logging.getLogger("test")
+
+
+def entries_at(exp, truth, sample, tl):
+    gon = truth["goniometer"]
+    G = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"], tuple(gon["offset_axes"].items()))
+    cal = replace(DetectorGeometry(**truth["calibration_geometry"]), rot3=0.0)
+    out = []
+    for sid, t in truth["scans"].items():
+        if not sid.startswith(f"{sample}/{tl}/"):
+            continue
+        entry = sid.split("/")[2]
+        angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
+        with open_frames(str(exp / "raw" / sample / tl / f"{entry}.h5")) as st:
+            p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
+        strong = p["int_sum"] > 5 * np.sqrt(np.maximum(p["int_sum_var"], 1))
+        sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
+        out.append(EntryPeaks(entry, sg, tuple(t["det_shift"]), p["observed_px_x"][strong],
+                              p["observed_px_y"][strong], p["observed_frame"][strong]))
+    return out, cal
+
+
+def errors(result, truth, sample, tl):
+    t = truth["samples"][sample]["temperatures"][tl]
+    cell = np.array(result.model.crystal.cell.parameters)
+    true_cell = np.array(t["cell"])
+    geom = DetectorGeometry(**next(v["geometry"] for k, v in truth["scans"].items()
+                                   if k.startswith(f"{sample}/{tl}/") and not any(v["det_shift"])))
+    d = result.model.detector
+    bc = np.subtract(d.direct_beam_pixel(), geom.direct_beam_pixel())
+    # U is defined up to the Laue group: compare through the best symmetry operator
+    best = orientation_error(result.model.UB, np.array(t["UB"]), result.model.crystal)
+    return {"cell_rel": np.abs(cell[:3] / true_cell[:3] - 1).max(),
+            "angle_deg": np.abs(cell[3:] - true_cell[3:]).max(),
+            "orientation_deg": best,
+            "dist_rel": abs(d.dist / geom.dist - 1),
+            "beam_px": float(np.hypot(*bc)),
+            "indexed": result.fraction_indexed, "rms_px": result.rms_px, "rms_frames": result.rms_frames}
+
+
+def orientation_error(UB, UB_true, crystal):
+    """Smallest rotation (deg) between the orientations, over the Laue group's equivalent
+    settings: UB_true R for the operators R acting on hkl."""
+    B = crystal.B
+    out = []
+    for R in crystal.laue_operators:
+        M = UB_true @ R.T.astype(float)  # h' = h R  <=>  column form R^T h
+        Ueq = M @ np.linalg.inv(B)
+        u, _, vt = np.linalg.svd(Ueq)
+        if np.linalg.det(u @ vt) < 0:
+            continue
+        out.append(rotation_angle_deg(UB @ np.linalg.inv(B), u @ vt))
+    return min(out)
+
+
+@pytest.fixture(scope="module", params=["tiny_hexagonal", "tiny_monoclinic"])
+def experiment(request, tmp_path_factory):
+    from hklflow.simulation.experiment import preset, simulate_experiment
+
+    out = tmp_path_factory.mktemp(request.param)
+    simulate_experiment(preset(request.param), out)
+    truth = json.loads((out / "truth.json").read_text())
+    exp = load_experiment(out / "config" / "config.yaml", base_dir=out)
+    return out, truth, exp
+
+
+def test_parent_indexed_from_scratch_and_child_refined_from_it(experiment):
+    out, truth, exp = experiment
+    sample = next(iter(exp.samples))
+    spec = exp.samples[sample]
+    entries, cal = entries_at(out, truth, sample, spec.parent_label)
+    parent, summary = index_parent(entries, cal, spec.crystal, RefinementParams(), log)
+    e = errors(parent, truth, sample, spec.parent_label)
+    print(sample, "parent", {k: f"{v:.2e}" for k, v in e.items()}, summary)
+    assert e["cell_rel"] < 2e-4 and e["angle_deg"] < 0.01
+    assert e["orientation_deg"] < 0.01
+    assert e["indexed"] >= 0.95
+    assert e["dist_rel"] < 5e-4 and e["beam_px"] < 0.1
+    # the child starts from the parent (read-only) and refines its own cell
+    from hklflow.nexus import OrientationRecord
+
+    prec = OrientationRecord("mem", sample, spec.parent_label, parent.model.crystal.hm,
+                             parent.model.crystal.cell.parameters, parent.cell_esd,
+                             parent.model.U, parent.model.UB, parent.model.detector,
+                             parent.model.offset_corrections, {}, f"{sample}/{spec.parent_label}")
+    child_t = [t for t in exp.temperatures_of(sample) if t != spec.parent_label][0]
+    child_entries, _ = entries_at(out, truth, sample, child_t)
+    child = refine_from_parent(child_entries, prec, RefinementParams(), log)
+    c = errors(child, truth, sample, child_t)
+    print(sample, "child", child_t, {k: f"{v:.2e}" for k, v in c.items()})
+    assert c["cell_rel"] < 2e-4 and c["angle_deg"] < 0.01
+    assert c["orientation_deg"] < 0.01 and c["indexed"] >= 0.95
+    # the cell change on cooling is resolved (truth: ~1e-3 relative)
+    true_change = np.array(truth["samples"][sample]["temperatures"][child_t]["cell"][:3]) / \
+        np.array(truth["samples"][sample]["temperatures"][spec.parent_label]["cell"][:3]) - 1
+    found_change = np.array(child.model.crystal.cell.parameters[:3]) / np.array(parent.model.crystal.cell.parameters[:3]) - 1
+    assert np.allclose(found_change, true_change, atol=1.5e-4)
+
+
+def test_child_that_does_not_index_fails_with_advice(experiment):
+    out, truth, exp = experiment
+    sample = next(iter(exp.samples))
+    spec = exp.samples[sample]
+    entries, cal = entries_at(out, truth, sample, spec.parent_label)
+    from hklflow.crystal import UnitCell
+    from hklflow.nexus import OrientationRecord
+
+    wrong = spec.crystal.with_cell(UnitCell(*spec.crystal.cell.parameters).scaled(1.07))
+    rec = OrientationRecord("mem", sample, "x", wrong.hm, wrong.cell.parameters, (0,) * 6,
+                            np.eye(3), wrong.B, cal, {}, {}, f"{sample}/x")
+    with pytest.raises(RefinementError, match="another parent"):
+        refine_from_parent(entries, rec, RefinementParams(), log)
