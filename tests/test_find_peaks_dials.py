@@ -184,6 +184,12 @@ def test_dials_pixel_coordinates_on_a_synthetic_spot(tmp_path):
         assert got == pytest.approx(expect, abs=1e-9), name
         assert p["bounding_box"][0].tolist() == [100, 103, 200, 204, 1, 3], name
         assert p["int_sum"][0] == pytest.approx(12 * 4000), name  # raw counts, no background
+    # a sweep starting at the second file: frames count from the first file given
+    files = sorted(str(f) for f in (tmp_path / "frames").glob("spot_*.cbf"))[1:]
+    d = ds.run_dials_find_spots(files, tmp_path / "dials_sub")
+    assert d["image_range"] == (2, 4) and d["frame_offset"] == 1
+    assert d["peaks"]["observed_frame"][0] == pytest.approx(expect[2] - 1, abs=1e-9)
+    assert d["peaks"]["bounding_box"][0].tolist() == [100, 103, 200, 204, 0, 2]
     with open_frames(pattern) as stack:
         ours = search(stack, g, ScanAngles(0.0, 1.0, 4), PeakSearchParams()).peaks
     assert len(ours["int_sum"]) == 1
@@ -214,17 +220,17 @@ def test_find_peaks_matches_dials(runs, name):
              f"signed median {np.median(c['diff'], axis=0).round(4).tolist()}",
              f"  time: ours search {t_ours:.2f} s, dials.find_spots {t_dials:.2f} s (nproc=1, "
              f"process start included) for {len(runs)} x 60 frames"]
+    def where(p, i):
+        return (f"x {p['observed_px_x'][i]:.1f} y {p['observed_px_y'][i]:.1f} "
+                f"z {p['observed_frame'][i]:.1f}, int {p['int_sum'][i]:.0f}, {p['n_pixels'][i]} px, "
+                f"bbox {p['bounding_box'][i].tolist()}")
+
     for (sid, r), part in zip(runs.items(), c["per_scan"]):
         for i in part["ours_unmatched"]:
-            p = r["ours"].peaks
-            lines.append(f"  {sid}: our strong peak without DIALS partner at x {p['observed_px_x'][i]:.1f} "
-                         f"y {p['observed_px_y'][i]:.1f} z {p['observed_frame'][i]:.1f}, int "
-                         f"{p['int_sum'][i]:.0f}, {p['n_pixels'][i]} px, bbox {p['bounding_box'][i].tolist()}")
+            lines.append(f"  {sid}: our strong peak without DIALS partner at {where(r['ours'].peaks, i)}")
         for i in part["dials_unmatched"]:
-            p = r["dials"][name]["peaks"]
-            lines.append(f"  {sid}: DIALS strong spot without our partner at x {p['observed_px_x'][i]:.1f} "
-                         f"y {p['observed_px_y'][i]:.1f} z {p['observed_frame'][i]:.1f}, int "
-                         f"{p['int_sum'][i]:.0f}")
+            lines.append(f"  {sid}: DIALS strong spot without our partner at "
+                         f"{where(r['dials'][name]['peaks'], i)}")
     print("\n".join(lines))
     assert c["ours_strong"] >= 100 and c["dials_strong"] >= 100
     assert frac_ours >= 0.95

@@ -15,6 +15,7 @@ from hklflow.config import load_experiment
 from hklflow.crystal import rotation_angle_deg
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+from hklflow.orientation import centroid_sigmas
 from hklflow.refinement import EntryPeaks, RefinementError, RefinementParams
 from hklflow.steps.find_peaks import PeakSearchParams, search
 from hklflow.steps.index_parent import index_parent
@@ -37,8 +38,10 @@ def entries_at(exp, truth, sample, tl):
             p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
         strong = p["int_sum"] > 5 * np.sqrt(np.maximum(p["int_sum_var"], 1))
         sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
+        sxy, sz = centroid_sigmas(p)
         out.append(EntryPeaks(entry, sg, tuple(t["det_shift"]), p["observed_px_x"][strong],
-                              p["observed_px_y"][strong], p["observed_frame"][strong]))
+                              p["observed_px_y"][strong], p["observed_frame"][strong],
+                              sxy[strong], sz[strong]))
     return out, cal
 
 

@@ -9,6 +9,18 @@ from .nexus import read_peaks_file, read_scan_file
 from .refinement import EntryPeaks, RefinementResult
 
 
+CENTROID_FLOOR = 0.02  # pixels / frames: centroid error not explained by counting statistics
+
+
+def centroid_sigmas(peaks: dict):
+    """Centroid uncertainties (pixels, frames) of peaks: sqrt(variance / counts) with the
+    pixel/frame quantisation (1/12) in the variance and a floor."""
+    counts = np.maximum(peaks["int_sum"], 1.0)
+    vxy = 0.5 * (peaks["observed_px_x_var"] + peaks["observed_px_y_var"]) + 1.0 / 12
+    vz = peaks["observed_frame_var"] + 1.0 / 12
+    return (np.sqrt(vxy / counts + CENTROID_FLOOR ** 2), np.sqrt(vz / counts + CENTROID_FLOOR ** 2))
+
+
 def load_entries(scan_files, peaks_files, min_i_over_sigma: float = 5.0):
     """EntryPeaks of the entries of one temperature and their common detector geometry
     (the calibration: each entry's scan file holds it moved by the entry's translation).
@@ -33,8 +45,10 @@ def load_entries(scan_files, peaks_files, min_i_over_sigma: float = 5.0):
         p = pk.peaks
         strong = p["int_sum"] > min_i_over_sigma * np.sqrt(np.maximum(p["int_sum_var"], 1.0))
         sg = ScanGeometry(rec.geometry, rec.goniometer, rec.angles, dict(rec.offsets))
+        sxy, sz = centroid_sigmas(p)
         entries.append(EntryPeaks(rec.entry, sg, shift, p["observed_px_x"][strong],
-                                  p["observed_px_y"][strong], p["observed_frame"][strong]))
+                                  p["observed_px_y"][strong], p["observed_frame"][strong],
+                                  sxy[strong], sz[strong]))
     return entries, common
 
 

@@ -12,6 +12,8 @@ residuals (pixels and frames) are minimised by scipy's least_squares over:
   (rot3, a rotation about the beam, cannot be calibrated from powder rings; it shows here);
 * per entry except the first: corrections to its goniometer offset angles.
 
+Residuals are weighted by each peak's centroid uncertainty (spot variance over counts, with a
+floor for what the model leaves out), so strong peaks count for more than faint ones.
 Assignment and fit alternate; peaks with residuals beyond `outlier_sigma` robust standard
 deviations are rejected.  Standard uncertainties come from the Jacobian at the solution.
 """
@@ -68,6 +70,8 @@ class EntryPeaks:
     x: np.ndarray  # column (continuous)
     y: np.ndarray  # row
     z: np.ndarray  # frame
+    sigma_xy: np.ndarray | None = None  # centroid uncertainty (pixels); None: all equal
+    sigma_z: np.ndarray | None = None  # (frames)
 
 
 @dataclass
@@ -210,7 +214,9 @@ class _Packer:
         return Model(crystal, U, det, offs)
 
 
-def _residuals(model: Model, entries, hkls, masks, frame_weight):
+def _residuals(model: Model, entries, hkls, masks, frame_weight, weighted=True):
+    """Predicted minus observed (pixels, pixels, frames) of the assigned peaks, divided by the
+    centroid uncertainties when weighted (the least-squares residuals)."""
     out = []
     UB = model.UB
     for e, hkl, m in zip(entries, hkls, masks):
@@ -220,6 +226,9 @@ def _residuals(model: Model, entries, hkls, masks, frame_weight):
         phi_obs = sg.angles.angle(e.z[m])
         cx, cy, cz = predict(hkl[m], UB, sg, phi_obs)
         r = np.stack([cx - e.x[m], cy - e.y[m], frame_weight * (cz - e.z[m])], axis=1)
+        if weighted and e.sigma_xy is not None:
+            r[:, :2] /= e.sigma_xy[m, None]
+            r[:, 2] /= e.sigma_z[m]
         out.append(np.nan_to_num(r, nan=1e3))
     return np.concatenate(out).ravel() if out else np.zeros(0)
 
@@ -251,7 +260,7 @@ def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
                 "crystal changed (a phase transition?); choose another parent scan for these "
                 "temperatures (samples.<name>.parent in the config)")
         # outlier rejection on the residuals of the current model
-        r = _residuals(model, entries, hkls, masks, params.frame_weight).reshape(-1, 3)
+        r = _residuals(model, entries, hkls, masks, params.frame_weight).reshape(-1, 3)  # normalised
         if len(r):
             dist = np.hypot(np.hypot(r[:, 0], r[:, 1]), r[:, 2])
             mad = 1.4826 * np.median(dist) + 1e-9
@@ -268,10 +277,9 @@ def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
                             x_scale=1.0, max_nfev=200)
         model = packer.model(sol.x)
         rr = sol.fun.reshape(-1, 3)
-        lg.info("cycle %d: %d/%d peaks indexed and used, rms %.3f px, %.3f frames, cell %s",
+        lg.info("cycle %d: %d/%d peaks indexed and used, weighted rms %.2f, cell %s",
                 cycle + 1, int(sum(m.sum() for m in masks)), n_total,
-                math.sqrt(np.mean(rr[:, 0] ** 2 + rr[:, 1] ** 2)),
-                math.sqrt(np.mean(rr[:, 2] ** 2)) / params.frame_weight,
+                math.sqrt(np.mean(rr ** 2)),
                 " ".join(f"{v:.5f}" for v in model.crystal.cell.parameters))
     # uncertainties from the Jacobian at the solution
     J = sol.jac
@@ -304,7 +312,7 @@ def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
     for e, hi, m in zip(entries, *_final_assign(entries, model, params, masks)):
         hkls.append(hi)
         used.append(m)
-    rr = _residuals(model, entries, hkls, used, 1.0).reshape(-1, 3)
+    rr = _residuals(model, entries, hkls, used, 1.0, weighted=False).reshape(-1, 3)
     k = 0
     for e, m in zip(entries, used):
         full = np.full((len(e.x), 3), np.nan)

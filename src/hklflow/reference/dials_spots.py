@@ -7,9 +7,10 @@ small script run by DIALS's own interpreter (the shebang of ``dials.find_spots``
 writes the columns to an ``.npz`` file that numpy reads here.
 
 Coordinates: DIALS's ``xyzobs.px.value`` = (x, y, z) = (fast = column, slow = row, image
-index from 0) with the pixel centre at +0.5 and image i covering z in [i, i+1): hklflow's
-``observed_px_x``, ``observed_px_y``, ``observed_frame`` with no offset (the tests check it
-on a synthetic spot at a known position and against simulated truth).  dxtbx reads a
+number - 1) with the pixel centre at +0.5 and image i covering z in [i, i+1): hklflow's
+``observed_px_x``, ``observed_px_y``, ``observed_frame`` with no offset in x and y, and z
+shifted by the first image number - 1 so that frame 0 is the first file given (the tests
+check it on a synthetic spot at a known position and against simulated truth).  dxtbx reads a
 miniCBF's array with the fast axis along the row of the array, so DIALS's y is our array row
 whatever the detector's orientation in the lab (that mapping matters for indexing, not here).
 
@@ -18,12 +19,16 @@ threshold is ``dispersion_extended`` (hklflow implements classic ``dispersion``)
 centroid and ``intensity.sum.value`` use the raw counts of the strong pixels (no background
 subtracted; hklflow subtracts the local mean); with a miniCBF header without a
 ``Silicon sensor`` / ``CdTe sensor`` line the panel type is SENSOR_UNKNOWN and DIALS picks
-``min_spot_size = 6`` instead of 3 for a pixel-array detector.
+``min_spot_size = 6`` instead of 3 for a pixel-array detector; ``dispersion_extended`` loses
+spots that touch a masked module gap (their strong pixels sit in the row next to it).
+Masks: dxtbx adds the Pilatus module gaps to the panel from the image size, and treats values
+<= -1 and >= Count_cutoff as untrusted (trusted_range (-1, cutoff), both ends excluded).
 """
 from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import re
 import shutil
@@ -128,6 +133,14 @@ def _tail(text: str, n: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-n:])
 
 
+def _head_before_usage(text: str, n: int = 12) -> str:
+    """What a DIALS program said before printing its usage text (e.g. 'Unable to handle the
+    following arguments: ...')."""
+    head = text.split("\nusage:", 1)[0]
+    lines = [s for s in head.splitlines() if not s.startswith(("DIALS (2018)", "DIALS 3"))]
+    return "\n".join(lines[:n]) if lines else _tail(text, n)
+
+
 def _run(cmd: list[str], cwd: Path, log_name: str, timeout: float) -> tuple[str, float]:
     """Run one DIALS command in cwd; its stdout+stderr go to cwd/log_name. Returns (output,
     wall seconds)."""
@@ -169,8 +182,9 @@ def frame_files(frames) -> list[str]:
     return [os.path.abspath(f) for f in files]
 
 
-def dials_template(files: list[str]) -> str | None:
-    """DIALS template (``name_#####.cbf``) when the files are one consecutive numbered run."""
+def dials_template(files: list[str]) -> tuple[str, int, int] | None:
+    """(DIALS template ``name_#####.cbf``, first, last image number) when the files are one
+    consecutive numbered run, else None."""
     m0 = re.match(r"^(.*?)(\d+)(\.[^/]*)$", files[0])
     if not m0:
         return None
@@ -179,7 +193,23 @@ def dials_template(files: list[str]) -> str | None:
     for i, f in enumerate(files):
         if f != f"{prefix}{first + i:0{len(digits)}d}{suffix}":
             return None
-    return f"{prefix}{'#' * len(digits)}{suffix}"
+    return f"{prefix}{'#' * len(digits)}{suffix}", first, first + len(files) - 1
+
+
+def imported_sweep(expt: Path) -> tuple[int, int] | None:
+    """Image range of the one sequence in a dials.import experiment list (JSON; None for a
+    still); DialsError when DIALS made several sequences of the frames."""
+    e = json.loads(Path(expt).read_text())
+    n = len(e.get("experiment", []))
+    scans = e.get("scan", [])
+    if n != 1:
+        ranges = [s.get("image_range") for s in scans]
+        raise DialsError(f"dials.import made {n} experiments of the frames (image ranges {ranges[:5]}"
+                         f"{' ...' if len(ranges) > 5 else ''}): give one consecutive rotation sweep")
+    if not scans:
+        return None
+    a, b = scans[0]["image_range"]
+    return int(a), int(b)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,19 +297,23 @@ def read_reflections(refl: Path, workdir: Path) -> dict:
         return {k.replace("__", "."): z[k] for k in z.files}
 
 
-def peak_columns(raw: dict) -> dict:
+def peak_columns(raw: dict, frame_offset: int = 0) -> dict:
     """DIALS columns -> hklflow's peak-table names (find_peaks.peak_columns).
 
-    bounding_box: hklflow's (row0, row1, col0, col1, frame0, frame1), ends exclusive, from
-    DIALS's bbox (x0, x1, y0, y1, z0, z1), ends exclusive too.  int_sum is DIALS's
-    intensity.sum.value: raw counts of the strong pixels, background NOT subtracted.
+    observed_frame and the bounding box's frames are DIALS's z minus frame_offset (image
+    number of the first frame given, minus 1).  bounding_box: hklflow's (row0, row1, col0,
+    col1, frame0, frame1), ends exclusive, from DIALS's bbox (x0, x1, y0, y1, z0, z1), ends
+    exclusive too.  int_sum is DIALS's intensity.sum.value: raw counts of the strong pixels,
+    background NOT subtracted.
     """
     xyz = np.asarray(raw["xyzobs.px.value"], dtype=float).reshape(-1, 3)
     var = np.asarray(raw.get("xyzobs.px.variance", np.zeros_like(xyz)), dtype=float).reshape(-1, 3)
     n = len(xyz)
-    bb = np.asarray(raw.get("bbox", np.zeros((n, 6))), dtype=np.int64).reshape(-1, 6)
+    bb = np.asarray(raw.get("bbox", np.zeros((n, 6))), dtype=np.int64).reshape(-1, 6).copy()
+    bb[:, 4:6] -= frame_offset
     return {
-        "observed_px_x": xyz[:, 0], "observed_px_y": xyz[:, 1], "observed_frame": xyz[:, 2],
+        "observed_px_x": xyz[:, 0], "observed_px_y": xyz[:, 1],
+        "observed_frame": xyz[:, 2] - frame_offset,
         # DIALS's centroid variances are of the centroid (error), not of the spot's width
         "centroid_px_x_var": var[:, 0], "centroid_px_y_var": var[:, 1],
         "centroid_frame_var": var[:, 2],
@@ -296,17 +330,20 @@ def peak_columns(raw: dict) -> dict:
 # --------------------------------------------------------------------------------------
 def run_dials_find_spots(frames, workdir, nproc: int = 1, extra_phil=(), *,
                          timeout: float = 1800.0) -> dict:
-    """Import `frames` (a list of files or a glob pattern) and run dials.find_spots in workdir.
+    """Import `frames` (a list of files or a glob pattern: one rotation sweep, numbered
+    consecutively when more than one file) and run dials.find_spots in workdir.
 
     extra_phil: further ``name=value`` arguments for dials.find_spots (e.g.
     ``"spotfinder.threshold.algorithm=dispersion"``).  Returns a dict:
 
-    peaks         hklflow-named columns (peak_columns), one row per spot
-    raw           DIALS's columns by their names (shoeboxes left out)
+    peaks         hklflow-named columns (peak_columns), one row per spot; frame 0 = the
+                  first file given
+    raw           DIALS's columns by their names, as DIALS wrote them (shoeboxes left out)
     n_spots       number of spots
     seconds       wall time of dials.find_spots alone (process start included)
     import_seconds, read_seconds
     parameters    spot-finding parameters DIALS used (flattened PHIL names)
+    image_range   DIALS's (first, last) image number; frame_offset = first - 1
     dials_version the version line of the log
     workdir, experiments, reflections, log   paths
     commands      the command lines run
@@ -317,12 +354,22 @@ def run_dials_find_spots(frames, workdir, nproc: int = 1, extra_phil=(), *,
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     files = frame_files(frames)
-    template = dials_template(files) if len(files) > 1 else None
-    imp = ["dials.import", *([f"template={template}"] if template else files),
-           "output.experiments=imported.expt", "output.log=dials.import.log"]
-    _, t_import = _run(imp, workdir, "dials.import.out", timeout)
+    tmpl = dials_template(files) if len(files) > 1 else None
+    src = [f"template={tmpl[0]}", f"image_range={tmpl[1]},{tmpl[2]}"] if tmpl else files
+    imp = ["dials.import", *src, "output.experiments=imported.expt", "output.log=dials.import.log"]
+    (workdir / "imported.expt").unlink(missing_ok=True)
+    out_imp, t_import = _run(imp, workdir, "dials.import.out", timeout)
+    if not (workdir / "imported.expt").is_file():  # e.g. no readable image: usage text, status 0
+        raise DialsError(f"`{' '.join(imp[:3])}{' ...' if len(imp) > 3 else ''}` (in {workdir}) "
+                         f"imported nothing (are these image files dxtbx can read?); see "
+                         f"{workdir / 'dials.import.out'}:\n{_head_before_usage(out_imp)}")
+    # DIALS's z counts images from its scan's first image number (the file's number):
+    # shift it so that frame 0 is the first file given, as in hklflow
+    image_range = imported_sweep(workdir / "imported.expt")
+    offset = image_range[0] - 1 if image_range else 0
     fs = ["dials.find_spots", "imported.expt", f"nproc={int(nproc)}",
           "output.reflections=strong.refl", "output.log=dials.find_spots.log", *extra_phil]
+    (workdir / "strong.refl").unlink(missing_ok=True)
     out, t_find = _run(fs, workdir, "dials.find_spots.out", timeout)
     if not (workdir / "strong.refl").is_file():
         raise DialsError(f"`{' '.join(fs)}` wrote no strong.refl; last lines:\n{_tail(out)}")
@@ -330,15 +377,17 @@ def run_dials_find_spots(frames, workdir, nproc: int = 1, extra_phil=(), *,
     raw = read_reflections(workdir / "strong.refl", workdir)
     t_read = time.monotonic() - t0
     m = re.search(r"^DIALS \d[\w.]*", out, re.M)
-    show_imp = imp if template else imp[:1] + [f"<{len(files)} files>"] + imp[-2:]
+    show_imp = imp if tmpl else imp[:1] + [f"<{len(files)} files>"] + imp[-2:]
     return {
-        "peaks": peak_columns(raw),
+        "peaks": peak_columns(raw, frame_offset=offset),
         "raw": raw,
         "n_spots": int(len(raw.get("xyzobs.px.value", ()))),
         "seconds": t_find,
         "import_seconds": t_import,
         "read_seconds": t_read,
         "parameters": used_parameters(out),
+        "image_range": image_range,
+        "frame_offset": offset,
         "dials_version": m.group(0) if m else "DIALS (version not in log)",
         "workdir": str(workdir),
         "experiments": str(workdir / "imported.expt"),
