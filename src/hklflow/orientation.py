@@ -48,7 +48,7 @@ def load_entries(scan_files, peaks_files, min_i_over_sigma: float = 5.0):
         sxy, sz = centroid_sigmas(p)
         entries.append(EntryPeaks(rec.entry, sg, shift, p["observed_px_x"][strong],
                                   p["observed_px_y"][strong], p["observed_frame"][strong],
-                                  sxy[strong], sz[strong]))
+                                  sxy[strong], sz[strong], p["int_sum"][strong]))
     return entries, common
 
 

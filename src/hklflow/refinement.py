@@ -72,6 +72,7 @@ class EntryPeaks:
     z: np.ndarray  # frame
     sigma_xy: np.ndarray | None = None  # centroid uncertainty (pixels); None: all equal
     sigma_z: np.ndarray | None = None  # (frames)
+    intensity: np.ndarray | None = None  # summed intensities (the indexer starts from strong peaks)
 
 
 @dataclass

@@ -13,6 +13,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from .. import steplog
 
 
@@ -23,7 +25,14 @@ def refinement_params(section: dict):
     return RefinementParams(**{k: v for k, v in section.items() if k in names})
 
 
-def index_parent(entries, common, crystal, refine_params, log):
+def indexing_params(section: dict):
+    from ..indexing import IndexingParams
+
+    names = {f.name for f in fields(IndexingParams)}
+    return IndexingParams(**{k: v for k, v in section.items() if k in names})
+
+
+def index_parent(entries, common, crystal, refine_params, log, index_params=None):
     """Index from scratch, then refine; returns (RefinementResult, indexing summary)."""
     from ..indexing import IndexingParams, index_from_scratch
     from ..orientation import sample_q
@@ -32,11 +41,17 @@ def index_parent(entries, common, crystal, refine_params, log):
     q = sample_q(entries)
     log.info("indexing %d peaks of %d entries (space group %s, approximate cell %s)", len(q),
              len(entries), crystal.hm, crystal.cell.parameters)
-    sol = index_from_scratch(q, crystal, IndexingParams())
+    intensities = (np.concatenate([e.intensity for e in entries])
+                   if all(e.intensity is not None for e in entries) else None)
+    sol = index_from_scratch(q, crystal, index_params or IndexingParams(), intensities)
     summary = {"fraction": float(sol.fraction), "rms_hkl": float(sol.rms_hkl),
-               "cell": list(sol.cell.parameters), "n_candidates_tried": int(sol.n_candidates_tried)}
-    log.info("indexed %.1f%% of the peaks; cell %s", 100 * sol.fraction,
+               "rms_q": float(sol.rms_q), "seconds": float(sol.seconds),
+               "cell": list(sol.cell.parameters), "n_candidates_tried": int(sol.n_candidates_tried),
+               "notes": list(sol.notes)}
+    log.info("indexed %.1f%% of the peaks in %.2f s; cell %s", 100 * sol.fraction, sol.seconds,
              " ".join(f"{v:.4f}" for v in sol.cell.parameters))
+    for note in sol.notes:
+        log.warning("indexing: %s", note)
     model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U, common)
     return refine(entries, model, refine_params, log), summary
 
@@ -68,7 +83,8 @@ def main(argv=None) -> int:
         crystal = exp.samples[args.sample].crystal
         params = refinement_params(exp.reduction["refinement"])
         entries, common = load_entries(args.scan_files, args.peaks_files)
-        result, summary = index_parent(entries, common, crystal, params, log)
+        result, summary = index_parent(entries, common, crystal, params, log,
+                                       indexing_params(exp.reduction["indexing"]))
         prov = provenance.provenance("hklflow index_parent", parameters=params.__dict__,
                                      inputs=[*args.scan_files, *args.peaks_files, *args.config])
         label = f"{args.sample}/{args.temperature}"
