@@ -43,6 +43,7 @@ def test_dry_run_plans_calibration_and_every_scan_entry(tiny_copy):
     assert counts["calibrate_powder"] == 1
     assert counts["ingest_scan"] == 4  # 2 temperatures x 2 entries
     assert counts["find_peaks"] == 4
+    assert counts["index_parent"] == 1 and counts["refine_scan"] == 2
     for t in ("100K", "300K"):
         for e in ("f1", "f2"):
             assert f"results/tiny/{t}/{e}/scan.nxs" in out
@@ -70,6 +71,8 @@ def test_rulegraph_draws_calibration_before_ingest(tiny_copy):
     assert {"all", "calibrate_powder", "ingest_scan", "find_peaks"} <= set(ids)
     assert f"{ids['calibrate_powder']} -> {ids['ingest_scan']}" in dot
     assert f"{ids['ingest_scan']} -> {ids['find_peaks']}" in dot
+    assert f"{ids['find_peaks']} -> {ids['index_parent']}" in dot
+    assert f"{ids['index_parent']} -> {ids['refine_scan']}" in dot  # the parent seeds the children
 
 
 def test_invalid_config_stops_before_any_job(tiny_copy):
@@ -95,8 +98,15 @@ def test_tiny_experiment_end_to_end(tiny_copy, tiny_truth):
     from hklflow.nexus import read_peaks_file
     from hklflow.simulation.compare import match_peaks
 
+    import hashlib
+
+    raw = sorted(p for p in (tiny_copy / "raw").rglob("*") if p.is_file())
+    before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in raw}
     r = snakemake(tiny_copy, "--cores", "2")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    # raw data are opened read-only and never modified
+    after = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in raw}
+    assert after == before and len(raw) >= 5
     res = tiny_copy / "results"
     poni = res / "calibration" / "ceo2" / "geometry.poni"
     for f in (poni, res / "calibration" / "ceo2" / "calibration.nxs",
@@ -117,6 +127,17 @@ def test_tiny_experiment_end_to_end(tiny_copy, tiny_truth):
             m = match_peaks(peaks.peaks, tiny_truth["scans"][f"tiny/{t}/{e}"])
             assert m.recall > 0.97 and m.unmatched_fraction < 0.03, m.summary()
             assert (res / "tiny" / t / e / "peaks.png").stat().st_size > 10000
+    # orientation: the parent indexed from scratch, every temperature refined from it
+    from hklflow.nexus import read_orientation_file
+
+    assert (res / "tiny" / "300K" / "parent_orientation.nxs").is_file()
+    for t in ("100K", "300K"):
+        o = read_orientation_file(res / "tiny" / t / "orientation.nxs")
+        assert o.parent == "tiny/300K"
+        assert o.statistics["fraction_indexed"] > 0.95 and o.statistics["rms_px"] < 0.3
+        true_cell = np.array(tiny_truth["samples"]["tiny"]["temperatures"][t]["cell"][:3])
+        assert np.abs(np.array(o.cell[:3]) / true_cell - 1).max() < 1e-3
+        assert (res / "tiny" / t / "orientation.png").stat().st_size > 10000
     # a second run has nothing to do (the files are the state)
     r2 = snakemake(tiny_copy, "-n", "--cores", "1")
     assert r2.returncode == 0 and "Nothing to be done" in (r2.stdout + r2.stderr)
