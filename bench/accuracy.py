@@ -17,21 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from hklflow.config import load_experiment
-from hklflow.crystal import rotation_angle_deg
 from hklflow.geometry import DetectorGeometry
 from hklflow.nexus import read_orientation_file, read_peaks_file
-from hklflow.simulation.compare import match_peaks
-
-
-def orientation_error(UB, UB_true, crystal) -> float:
-    """Smallest rotation (deg) between UB and the Laue-equivalent settings of UB_true."""
-    B = crystal.B
-    best = 180.0
-    for R in crystal.laue_operators:
-        u, _, vt = np.linalg.svd(UB_true @ R.T.astype(float) @ np.linalg.inv(B))
-        if np.linalg.det(u @ vt) > 0:
-            best = min(best, rotation_angle_deg(UB @ np.linalg.inv(B), u @ vt))
-    return best
+from hklflow.simulation.compare import match_peaks, orientation_error
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hklflow.config import load_experiment
-from hklflow.crystal import rotation_angle_deg
+from hklflow.simulation.compare import orientation_error
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.orientation import centroid_sigmas
@@ -61,21 +61,6 @@ def errors(result, truth, sample, tl):
             "dist_rel": abs(d.dist / geom.dist - 1),
             "beam_px": float(np.hypot(*bc)),
             "indexed": result.fraction_indexed, "rms_px": result.rms_px, "rms_frames": result.rms_frames}
-
-
-def orientation_error(UB, UB_true, crystal):
-    """Smallest rotation (deg) between the orientations, over the Laue group's equivalent
-    settings: UB_true R for the operators R acting on hkl."""
-    B = crystal.B
-    out = []
-    for R in crystal.laue_operators:
-        M = UB_true @ R.T.astype(float)  # h' = h R  <=>  column form R^T h
-        Ueq = M @ np.linalg.inv(B)
-        u, _, vt = np.linalg.svd(Ueq)
-        if np.linalg.det(u @ vt) < 0:
-            continue
-        out.append(rotation_angle_deg(UB @ np.linalg.inv(B), u @ vt))
-    return min(out)
 
 
 @pytest.fixture(scope="module", params=["tiny_hexagonal", "tiny_monoclinic"])

@@ -88,3 +88,18 @@ def match_peaks(peaks: dict, truth_scan: dict, *, min_i_over_sigma=10.0, edge_px
     return PeakMatch(int(measurable.sum()), int(found.sum()), n_peaks, n_unmatched, int(split.sum()),
                      float(np.median(dx)), float(np.median(dy)), float(np.median(dz)),
                      float(np.median(np.hypot(dx, dy))), float(np.median(np.abs(dz))))
+
+
+def orientation_error(UB, UB_true, crystal) -> float:
+    """Smallest rotation (deg) between the orientation of UB and the Laue-equivalent settings
+    of UB_true (UB_true R^T for the operators R acting on hkl rows, h' = h R)."""
+    from ..crystal import rotation_angle_deg
+
+    B = crystal.B
+    Binv = np.linalg.inv(B)
+    best = 180.0
+    for R in crystal.laue_operators:
+        u, _, vt = np.linalg.svd(np.asarray(UB_true) @ R.T.astype(float) @ Binv)
+        if np.linalg.det(u @ vt) > 0:  # proper settings only: U is a rotation
+            best = min(best, rotation_angle_deg(np.asarray(UB) @ Binv, u @ vt))
+    return best
