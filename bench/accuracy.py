@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             st = r.statistics
             print(f"orientation {name}/{tl} (from {r.parent}): cell {np.abs(cell[:3] / tc[:3] - 1).max():.1e} rel "
                   f"(esd {max(np.array(r.cell_esd[:3]) / cell[:3]):.1e}), angles {np.abs(cell[3:] - tc[3:]).max():.4f} deg, "
-                  f"orientation {orientation_error(r.UB, np.array(t['UB']), r.crystal()):.4f} deg, distance "
+                  f"orientation {orientation_error(r.UB, np.array(t['UB']), np.array(t['B']), r.crystal().laue_operators):.4f} deg, distance "
                   f"{r.detector.dist / geom.dist - 1:+.1e} rel, beam centre {np.hypot(*bc):.3f} px, rot3 "
                   f"{np.degrees(r.detector.rot3 - geom.rot3):+.4f} deg, indexed {st['fraction_indexed']:.1%}, "
                   f"rms {st['rms_px']:.3f} px {st['rms_frames']:.3f} frames {st['rms_hkl']:.4f} hkl, "

@@ -54,7 +54,8 @@ def errors(result, truth, sample, tl):
     d = result.model.detector
     bc = np.subtract(d.direct_beam_pixel(), geom.direct_beam_pixel())
     # U is defined up to the Laue group: compare through the best symmetry operator
-    best = orientation_error(result.model.UB, np.array(t["UB"]), result.model.crystal)
+    true_B = np.array(t["B"])
+    best = orientation_error(result.model.UB, np.array(t["UB"]), true_B, result.model.crystal.laue_operators)
     return {"cell_rel": np.abs(cell[:3] / true_cell[:3] - 1).max(),
             "angle_deg": np.abs(cell[3:] - true_cell[3:]).max(),
             "orientation_deg": best,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROGRAMS = ("dials.import", "dials.find_spots")
+PROGRAMS = ("dials.import", "dials.find_spots", "dials.index", "dials.refine")
 
 _READ_REFL = r'''
 import sys

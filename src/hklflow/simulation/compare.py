@@ -90,16 +90,24 @@ def match_peaks(peaks: dict, truth_scan: dict, *, min_i_over_sigma=10.0, edge_px
                      float(np.median(np.hypot(dx, dy))), float(np.median(np.abs(dz))))
 
 
-def orientation_error(UB, UB_true, crystal) -> float:
-    """Smallest rotation (deg) between the orientation of UB and the Laue-equivalent settings
-    of UB_true (UB_true R^T for the operators R acting on hkl rows, h' = h R)."""
-    from ..crystal import rotation_angle_deg
+def _nearest_rotation(M):
+    u, _, vt = np.linalg.svd(M)
+    return u @ vt
 
-    B = crystal.B
-    Binv = np.linalg.inv(B)
+
+def orientation_error(UB, UB_true, B, laue_operators) -> float:
+    """Smallest rotation (deg) between the orientations of UB and UB_true over the Laue
+    group's equivalent settings (UB_true R^T for the operators R acting on hkl rows, h' = h R).
+    Both are made rotations with the same B (the true cell's; the cells differ by ~1e-4) and a
+    polar decomposition; the angle comes from the Frobenius distance, which keeps precision
+    below 1e-6 deg where the arccos of a trace does not."""
+    Binv = np.linalg.inv(np.asarray(B))
+    U = _nearest_rotation(np.asarray(UB) @ Binv)
     best = 180.0
-    for R in crystal.laue_operators:
-        u, _, vt = np.linalg.svd(np.asarray(UB_true) @ R.T.astype(float) @ Binv)
-        if np.linalg.det(u @ vt) > 0:  # proper settings only: U is a rotation
-            best = min(best, rotation_angle_deg(np.asarray(UB) @ Binv, u @ vt))
+    for R in laue_operators:
+        Ut = _nearest_rotation(np.asarray(UB_true) @ np.asarray(R).T.astype(float) @ Binv)
+        if np.linalg.det(Ut) < 0:
+            continue  # improper settings: U is a rotation
+        d = np.linalg.norm(U - Ut) / (2 * np.sqrt(2))
+        best = min(best, float(np.degrees(2 * np.arcsin(min(d, 1.0)))))
     return best
