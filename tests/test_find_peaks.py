@@ -228,3 +228,48 @@ def test_corrupt_frame_fails_naming_file_and_frame_and_leaves_nothing(tiny_copy,
         with open_frames(str(raw)) as stack:
             search(stack, g, a, PeakSearchParams())
     assert str(raw) in str(e.value) and "31" in str(e.value)
+
+
+def _ingest_true(env_dir, truth, scan_id="tiny/300K/f1"):
+    from hklflow.config import load_experiment
+    from hklflow.steps.ingest_scan import IngestParams, ingest_scan
+
+    g, _ = scan_setup(truth, scan_id)
+    g.write_poni(env_dir / "true.poni")
+    exp = load_experiment(env_dir / "config" / "config.yaml", base_dir=env_dir)
+    ingest_scan(exp, IngestParams(scan=scan_id, poni=str(env_dir / "true.poni"),
+                                  out=str(env_dir / "scan.nxs"), base_dir=str(env_dir)))
+
+
+def test_command_line_failure_names_file_and_frame_and_leaves_no_output(tiny_copy, tiny_truth,
+                                                                      monkeypatch, capsys):
+    monkeypatch.chdir(tiny_copy)
+    _ingest_true(tiny_copy, tiny_truth)
+    raw = raw_path(tiny_copy, "tiny/300K/f1")
+    with h5py.File(raw, "r+") as f:  # damage frame 44 after ingest's cheap first/last check
+        d = f["/entry/data/data"]
+        filt, chunk = d.id.read_direct_chunk((44, 0, 0))
+        d.id.write_direct_chunk((44, 0, 0), b"\x00" * 16 + chunk[16:64], filt)
+    (tiny_copy / "peaks.nxs").write_text("stale output of an earlier run")
+    rc = main(["--config", "config/config.yaml", "--scan-file", "scan.nxs",
+               "--out", "peaks.nxs", "--png", "peaks.png"])
+    assert rc == 1
+    assert not (tiny_copy / "peaks.nxs").exists() and not (tiny_copy / "peaks.png").exists()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln]
+    assert err and "f1.h5" in err[-1] and "44" in err[-1], err
+
+
+def test_user_mask_file_keeps_peaks_out(tiny_experiment, tiny_truth, tmp_path, searched):
+    import fabio.tifimage
+
+    sid = "tiny/300K/f1"
+    g, a = scan_setup(tiny_truth, sid)
+    mask = np.zeros(g.shape, np.uint8)
+    mask[:, :240] = 1  # the left half of the detector
+    fabio.tifimage.TifImage(data=mask).write(str(tmp_path / "mask.tif"))
+    with open_frames(str(raw_path(tiny_experiment, sid))) as stack:
+        res = search(stack, g, a, PeakSearchParams(mask_file=str(tmp_path / "mask.tif")))
+    x = res.peaks["observed_px_x"]
+    assert len(x) > 20 and np.all(x > 240)
+    unmasked = searched[sid].peaks["observed_px_x"]
+    assert np.sum(unmasked > 243) - 3 <= len(x) <= np.sum(unmasked > 239)
