@@ -1,28 +1,31 @@
 #!/usr/bin/env python
 """Benchmark of hklflow's peak search on a Pilatus CdTe 2M scan (1679 x 1475 pixels).
 
-    python bench/find_peaks.py [--frames 200] [--workdir bench/.data] [--skip-dials]
-                               [--repeats 3] [--numpy-frames 20] [--json FILE]
+    python bench/find_peaks.py [--frames 200] [--workdir bench/.data] [--sample demo|dense]
+                               [--skip-dials] [--skip-memory] [--repeats 3]
+                               [--numpy-frames 20] [--json FILE]
 
-Measured in one run, on this machine, one core per measurement:
+Measured in one run, on this machine, one core per measurement (NUMBA_NUM_THREADS=1):
 
 1. bare read + decompress (open_frames(...).iter_chunks(16, reuse_buffer=True), from the
    page cache: the file is read once before timing);
-2. hklflow's search() end to end (reading and decompression included; NUMBA_NUM_THREADS=1),
-   and its parts: the strong_pixels_frame kernel alone and the PeakAssembler alone (frames
-   already in memory), and the hot-pixel probe;
+2. hklflow's search() end to end (reading and decompression included), and its parts: the
+   strong_pixels_frame kernel alone and the PeakAssembler alone (frames already in memory),
+   the hot-pixel probe, search() on an 8-frame scan (fixed costs);
 3. a plain numpy/scipy version of the same detection (strong_pixels_numpy per frame,
-   scipy.ndimage.label in 3D, scipy.ndimage centroids/sums), on a subset of frames;
+   scipy.ndimage.label in 3D with the assembler's connectivity, scipy.ndimage centroids and
+   sums), on a subset of frames;
 4. DIALS dials.find_spots nproc=1 on the same frames written as Pilatus miniCBF (the CBF
-   conversion and dials.import are not timed; find_spots' time includes CBF decompression
-   and its process start);
-5. peak memory (max RSS) of the search in a subprocess, for N and 4N frames (the 4N-frame
+   conversion and dials.import are not timed; find_spots' time includes its process
+   start-up and CBF decompression);
+5. peak memory (VmHWM) of search() in a fresh process, for N and 4N frames (the 4N-frame
    file is the N-frame file's compressed chunks copied 4 times);
 6. extrapolation to a 3650-frame scan.
 
-The simulated scan is written once into the work directory and reused.  Every timing is
-repeated (--repeats, default 3) and the best is reported with the spread, because the
-machine is shared and noisy.
+The simulated scan is written once into the work directory and reused.  The machine is
+shared and noisy: every timing is repeated (--repeats, default 3; the rounds of 1-2 are
+interleaved), the best wall time is reported with the spread, the CPU time of that run and
+the cores other processes used meanwhile.  See bench/README.md.
 
 This file also runs itself as a child process (first argument `_simulate` or `_search`);
 those modes are internal.
@@ -149,9 +152,7 @@ def scan_geometry(spec):
 
 
 def _spec_key(spec) -> str:
-    from hklflow.simulation.experiment import _jsonable
-
-    return json.dumps({"version": SIM_VERSION, "spec": _jsonable(asdict(spec))}, sort_keys=True)
+    return json.dumps({"version": SIM_VERSION, "spec": asdict(spec)}, sort_keys=True, default=str)
 
 
 def data_paths(workdir: Path, nframes: int, sample: str) -> dict:
@@ -264,14 +265,66 @@ def file_mb(path: Path) -> float:
 # --------------------------------------------------------------------------------------
 # Timing helpers
 # --------------------------------------------------------------------------------------
-def timing(values: list[float]) -> dict:
-    v = sorted(values)
-    return {"best_s": v[0], "worst_s": v[-1], "median_s": v[len(v) // 2], "runs_s": values,
-            "spread_pct": 100.0 * (v[-1] - v[0]) / v[0] if v[0] > 0 else 0.0}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes of the machine have used (from /proc/stat), steal included."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / _TICK
+
+
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class Meter:
+    """Wall time, CPU time of this process and its finished children, and the load that
+    other processes put on the machine meanwhile (in cores: a shared machine's noise)."""
+
+    def __enter__(self):
+        self.m0, self.ch0 = machine_busy_s(), children_cpu_s()
+        self.c0, self.w0 = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0 + children_cpu_s() - self.ch0
+        busy = machine_busy_s() - self.m0
+        self.others = max(0.0, busy - self.cpu) / self.wall if self.wall > 0 else 0.0
+        return False
+
+    def run(self) -> dict:
+        return {"wall_s": self.wall, "cpu_s": self.cpu, "others_cores": self.others}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Best wall time (the number reported), spread, and the CPU time and the other
+    processes' load of that best run."""
+    walls = [r["wall_s"] for r in runs]
+    k = int(np.argmin(walls))
+    best = walls[k]
+    return {"best_s": best, "worst_s": max(walls), "spread_pct": 100.0 * (max(walls) - best) / best
+            if best > 0 else 0.0, "cpu_s_of_best": runs[k]["cpu_s"],
+            "best_cpu_s": min(r["cpu_s"] for r in runs),
+            "others_cores_of_best": runs[k]["others_cores"],
+            "others_cores_max": max(r["others_cores"] for r in runs), "runs": runs}
 
 
 def mpix(npix: float, seconds: float) -> float:
-    return npix / seconds / 1e6 if seconds > 0 else float("nan")
+    return npix / seconds / 1e6 if seconds and seconds > 0 else float("nan")
+
+
+def add_rates(t: dict, npix: float) -> dict:
+    t["mpix_per_s"] = mpix(npix, t["best_s"])
+    t["mpix_per_cpu_s"] = mpix(npix, t["best_cpu_s"])
+    return t
 
 
 def quiet_logger() -> logging.Logger:
@@ -280,50 +333,36 @@ def quiet_logger() -> logging.Logger:
     return lg
 
 
+def _trusted_max(dtype) -> int:
+    """search()'s default trusted_max (params.trusted_max None)."""
+    return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 2**62
+
+
 # --------------------------------------------------------------------------------------
 # 1. read + decompress
 # --------------------------------------------------------------------------------------
-def time_read(path: Path, repeats: int) -> dict:
+def read_once(path: Path, chunk: int = 16) -> dict:
     from hklflow.frames import open_frames
 
-    runs = []
-    for _ in range(repeats):
-        with open_frames(str(path)) as st:
-            t0 = time.perf_counter()
-            for _start, _chunk in st.iter_chunks(16, reuse_buffer=True):
+    with open_frames(str(path)) as st:
+        with Meter() as m:
+            for _start, _chunk in st.iter_chunks(chunk, reuse_buffer=True):
                 pass
-            runs.append(time.perf_counter() - t0)
-    return timing(runs)
+    return m.run()
 
 
 # --------------------------------------------------------------------------------------
 # 2. hklflow: search end to end, and its parts
 # --------------------------------------------------------------------------------------
-def run_search(path: Path, geometry, angles, params):
+def search_once(path: Path, geometry, angles, params):
     from hklflow.frames import open_frames
     from hklflow.steps.find_peaks import search
 
     with open_frames(str(path)) as st:
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        res = search(st, geometry, angles, params, quiet_logger())
-        wall = time.perf_counter() - t0
-        cpu = time.process_time() - c0
-    return res, wall, cpu
-
-
-def time_search(path: Path, geometry, angles, params, repeats: int) -> dict:
-    runs, cpus, res = [], [], None
-    for _ in range(repeats):
-        res, wall, cpu = run_search(path, geometry, angles, params)
-        runs.append(wall)
-        cpus.append(cpu)
-    t = timing(runs)
-    t["cpu_over_wall_best"] = cpus[runs.index(min(runs))] / min(runs)
-    t["peaks"] = int(len(res.peaks["n_pixels"]))
-    t["strong_pixels"] = int(res.strong_pixels)
-    t["hot_pixels"] = int(len(res.hot_pixels))
-    return t
+        with Meter() as m:
+            res = search(st, geometry, replace(angles, nframes=st.nframes), params,
+                         quiet_logger())
+    return m.run(), res
 
 
 def search_masks(geometry, params):
@@ -334,58 +373,74 @@ def search_masks(geometry, params):
     return usable, annulus
 
 
-def time_parts(path: Path, geometry, params, repeats: int) -> dict:
-    """strong_pixels_frame alone and PeakAssembler alone, over frames already read (only
-    the calls are timed), and the hot-pixel probe search() runs before its pass."""
+class KernelCaller:
+    """strong_pixels_frame with search()'s parameters and buffers (public kernel only)."""
+
+    def __init__(self, shape, params, trusted_max, capacity=None):
+        from hklflow import spotfinding as sf
+
+        ny, nx = shape
+        self.sf, self.p, self.tmax = sf, params, int(trusted_max)
+        self.hr, self.hc = params.window[0] // 2, params.window[1] // 2
+        cap = capacity or max(4096, ny * nx // 200)
+        self.bufs = [np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap),
+                     np.empty(cap)]
+        self.stats = np.zeros(len(sf.FRAME_STATS))
+        self.work = np.zeros((3, nx + 2 * self.hc + 1), dtype=np.int64)
+
+    def __call__(self, frame, u8, annulus) -> int:
+        p = self.p
+        while True:
+            n = self.sf.strong_pixels_frame(
+                frame, u8, annulus, self.hr, self.hc, p.sigma_background, p.sigma_strong,
+                p.min_local, p.global_threshold, float(p.absolute_threshold or 0.0),
+                p.method == "absolute", self.tmax, *self.bufs, self.stats, self.work)
+            if n >= 0:
+                return n
+            self.bufs = [np.empty(2 * len(b), b.dtype) for b in self.bufs]
+
+
+def parts_once(path: Path, geometry, params) -> dict:
+    """strong_pixels_frame alone and PeakAssembler alone over the frames (read 16 at a
+    time; only the calls are timed, wall and thread CPU), and the hot-pixel probe that
+    search() runs before its pass (20 frames read at once + kernel)."""
     from hklflow import spotfinding as sf
     from hklflow.frames import open_frames
     from hklflow.steps.find_peaks import find_hot_pixels
 
     usable, annulus = search_masks(geometry, params)
     u8 = usable.astype(np.uint8)
-    ny, nx = usable.shape
-    half_r, half_c = params.window[0] // 2, params.window[1] // 2
-    k_runs, a_runs, p_runs, strong = [], [], [], 0
-    for _ in range(repeats):
-        with open_frames(str(path)) as st:
-            tmax = int(np.iinfo(st.dtype).max) if np.issubdtype(st.dtype, np.integer) else 2**62
-            cap = max(4096, ny * nx // 200)
-            bufs = [np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap), np.empty(cap)]
-            stats = np.zeros(len(sf.FRAME_STATS))
-            work = np.zeros((3, nx + 2 * half_c + 1), dtype=np.int64)
-            asm = sf.PeakAssembler((ny, nx))
-            tk = ta = 0.0
-            strong = 0
+    with open_frames(str(path)) as st:
+        tmax = _trusted_max(st.dtype)
+        kernel = KernelCaller(usable.shape, params, tmax)
+        asm = sf.PeakAssembler(usable.shape)
+        kw = kc = aw = ac = 0.0
+        strong = 0
+        clock, tclock = time.perf_counter, time.thread_time
+        with Meter() as loop:
             for start, chunk in st.iter_chunks(params.chunk_frames, reuse_buffer=True):
                 for i, fr in enumerate(chunk):
-                    t0 = time.perf_counter()
-                    while True:
-                        n = sf.strong_pixels_frame(
-                            fr, u8, annulus, half_r, half_c, params.sigma_background,
-                            params.sigma_strong, params.min_local, params.global_threshold,
-                            float(params.absolute_threshold or 0.0), params.method == "absolute",
-                            tmax, bufs[0], bufs[1], bufs[2], bufs[3], stats, work)
-                        if n >= 0:
-                            break
-                        bufs = [np.empty(2 * len(b), b.dtype) for b in bufs]
-                    t1 = time.perf_counter()
-                    rows, cols, vals, bg = (b[:n].copy() for b in bufs)
-                    t2 = time.perf_counter()
+                    w0, c0 = clock(), tclock()
+                    n = kernel(fr, u8, annulus)
+                    w1, c1 = clock(), tclock()
+                    rows, cols, vals, bg = (b[:n].copy() for b in kernel.bufs)
+                    w2, c2 = clock(), tclock()
                     asm.add_frame(start + i, rows, cols, vals, bg)
-                    t3 = time.perf_counter()
-                    tk += t1 - t0
-                    ta += t3 - t2
+                    w3, c3 = clock(), tclock()
+                    kw += w1 - w0
+                    kc += c1 - c0
+                    aw += w3 - w2
+                    ac += c3 - c2
                     strong += n
-            t0 = time.perf_counter()
+            w0, c0 = clock(), tclock()
             table = asm.finish()
-            ta += time.perf_counter() - t0
-            k_runs.append(tk)
-            a_runs.append(ta)
-            t0 = time.perf_counter()
+            aw += clock() - w0
+            ac += tclock() - c0
+        with Meter() as probe:
             find_hot_pixels(st, usable, annulus, params, tmax)
-            p_runs.append(time.perf_counter() - t0)
-    return {"kernel": timing(k_runs), "assembler": timing(a_runs), "hot_probe": timing(p_runs),
-            "strong_pixels_no_hot_mask": int(strong), "peaks_before_filters": int(len(table))}
+    return {"kernel": {"wall_s": kw, "cpu_s": kc, "others_cores": loop.others},
+            "assembler": {"wall_s": aw, "cpu_s": ac, "others_cores": loop.others},
+            "hot_probe": probe.run(), "strong": strong, "peaks_before_filters": len(table)}
 
 
 # --------------------------------------------------------------------------------------
@@ -401,8 +456,9 @@ def numpy_structure() -> np.ndarray:
 
 
 def numpy_peaks(frames: np.ndarray, first: int, valid: np.ndarray, params, trusted_max: int):
-    """Peaks of a block of frames with numpy + scipy.ndimage: strong maps, 3D labels,
-    first-moment centroids (background-subtracted weights, like the assembler), sums."""
+    """Peaks of a block of frames with numpy + scipy.ndimage: strong maps
+    (strong_pixels_numpy), 3D labels, first-moment centroids with background-subtracted
+    weights (as the assembler), summed intensity; size filter as search()."""
     from scipy import ndimage
 
     from hklflow import spotfinding as sf
@@ -417,66 +473,50 @@ def numpy_peaks(frames: np.ndarray, first: int, valid: np.ndarray, params, trust
             params.min_local, params.global_threshold, trusted_max)
     labels, n = ndimage.label(strong, structure=numpy_structure())
     idx = np.arange(1, n + 1)
-    w = np.where(strong, np.maximum(frames - np.nan_to_num(mean), 0.0), 0.0)
+    mean = np.nan_to_num(mean)
+    w = np.where(strong, np.maximum(frames - mean, 0.0), 0.0)
     com = np.asarray(ndimage.center_of_mass(w, labels, idx)).reshape(-1, 3)
     npix = ndimage.sum_labels(strong, labels, idx)
     raw = ndimage.sum_labels(frames, labels, idx)
-    bg = ndimage.sum_labels(np.nan_to_num(mean), labels, idx)
+    bg = ndimage.sum_labels(mean, labels, idx)
     keep = (npix >= params.min_spot_size) & (npix <= params.max_spot_size)
-    # centroid convention of hklflow: pixel centre at +0.5, frame index offset
-    cz, cy, cx = (com[keep] + 0.5).T
+    cz, cy, cx = (com[keep] + 0.5).T  # hklflow's convention: pixel centre at +0.5
     return {"frame": cz + first, "row": cy, "col": cx, "n_pixels": npix[keep],
             "int_sum": raw[keep] - bg[keep]}, int(strong.sum())
 
 
-def time_numpy(path: Path, geometry, params, nsub: int, repeats: int) -> dict:
-    """numpy version over the first nsub frames, labelled in blocks of chunk_frames
-    (peaks crossing a block boundary are not joined: a join step is not counted, so this
-    is slightly optimistic for numpy).  Reading is included in the time."""
+def numpy_once(path: Path, geometry, params, nsub: int):
+    """numpy version over the first nsub frames, reading included, labelled in blocks of
+    chunk_frames frames (peaks crossing a block boundary are not joined; that join is not
+    counted, so this is slightly optimistic for numpy)."""
     from hklflow.frames import open_frames
 
     usable, _ = search_masks(geometry, params)
-    runs, npeaks, nstrong = [], 0, 0
-    for _ in range(repeats):
-        with open_frames(str(path)) as st:
-            nsub_eff = min(nsub, st.nframes)
-            tmax = int(np.iinfo(st.dtype).max) if np.issubdtype(st.dtype, np.integer) else 2**62
-            t0 = time.perf_counter()
-            npeaks = nstrong = 0
-            for start, chunk in st.iter_chunks(params.chunk_frames, 0, nsub_eff,
-                                               reuse_buffer=True):
+    with open_frames(str(path)) as st:
+        nsub = min(nsub, st.nframes)
+        tmax = _trusted_max(st.dtype)
+        npeaks = nstrong = 0
+        with Meter() as m:
+            for start, chunk in st.iter_chunks(params.chunk_frames, 0, nsub, reuse_buffer=True):
                 peaks, ns = numpy_peaks(chunk, start, usable, params, tmax)
                 npeaks += len(peaks["n_pixels"])
                 nstrong += ns
-            runs.append(time.perf_counter() - t0)
-    t = timing(runs)
-    t.update(frames=nsub_eff, peaks=npeaks, strong_pixels=nstrong)
-    return t
+    return m.run(), nsub, npeaks, nstrong
 
 
 def kernel_strong_count(path: Path, geometry, params, nsub: int) -> int:
-    """Strong pixels of the compiled kernel on the numpy subset (same masks): the two
-    must decide alike."""
-    from hklflow import spotfinding as sf
+    """Strong pixels of the compiled kernel on the numpy subset, same masks (they must
+    decide alike)."""
     from hklflow.frames import open_frames
 
     usable, annulus = search_masks(geometry, params)
     u8 = usable.astype(np.uint8)
-    ny, nx = usable.shape
-    hr, hc = params.window[0] // 2, params.window[1] // 2
     total = 0
     with open_frames(str(path)) as st:
-        tmax = int(np.iinfo(st.dtype).max)
-        cap = ny * nx
-        bufs = [np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap), np.empty(cap)]
-        stats = np.zeros(len(sf.FRAME_STATS))
-        work = np.zeros((3, nx + 2 * hc + 1), dtype=np.int64)
+        kernel = KernelCaller(usable.shape, params, _trusted_max(st.dtype))
         for _s, chunk in st.iter_chunks(params.chunk_frames, 0, min(nsub, st.nframes)):
             for fr in chunk:
-                total += sf.strong_pixels_frame(
-                    fr, u8, annulus, hr, hc, params.sigma_background, params.sigma_strong,
-                    params.min_local, params.global_threshold, 0.0, False, tmax, *bufs, stats,
-                    work)
+                total += kernel(fr, u8, annulus)
     return total
 
 
@@ -484,6 +524,7 @@ def kernel_strong_count(path: Path, geometry, params, nsub: int) -> int:
 # 4. DIALS
 # --------------------------------------------------------------------------------------
 def dials_env() -> dict:
+    """The environment for DIALS's command lines: system Python, not this venv."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
     venv_bin = str(Path(sys.executable).parent)
@@ -498,9 +539,18 @@ def dials_missing() -> str | None:
                if shutil.which(p, path=dials_env()["PATH"]) is None]
     if missing:
         return (f"DIALS not found ({', '.join(missing)} not on PATH). On Debian 12: "
-                "`apt-get install python3-dials` (DIALS 3.12; it runs under the system Python). "
-                "Or run with --skip-dials.")
+                "`apt-get install python3-dials` (DIALS 3.12, runs under the system Python), "
+                "or run with --skip-dials.")
     return None
+
+
+def dials_version() -> str:
+    try:
+        p = subprocess.run(["dials.version"], env=dials_env(), capture_output=True, text=True,
+                           timeout=120)
+        return p.stdout.splitlines()[0].strip() if p.stdout else "?"
+    except Exception:  # noqa: BLE001 - only a label
+        return "?"
 
 
 def ensure_cbf(paths: dict, spec, geometry, nframes: int) -> float | None:
@@ -525,101 +575,102 @@ def ensure_cbf(paths: dict, spec, geometry, nframes: int) -> float | None:
     return time.monotonic() - t0
 
 
-def _run_dials(args: list[str], cwd: Path, logname: str) -> tuple[float, float, str]:
-    """Run a DIALS command; (wall s, cpu s of the child, stdout)."""
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(args, cwd=cwd, env=dials_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+def dials_once(args: list[str], cwd: Path, logname: str) -> tuple[dict, str]:
+    """Run a DIALS command line; (its Meter run, stdout)."""
+    with Meter() as m:
+        proc = subprocess.run(args, cwd=cwd, env=dials_env(), capture_output=True, text=True)
     (cwd / logname).write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise RuntimeError(f"{' '.join(args[:1])} failed (exit {proc.returncode}); log "
+        raise RuntimeError(f"{args[0]} failed (exit {proc.returncode}); output in "
                            f"{cwd / logname}:\n{tail}")
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, proc.stdout
+    return m.run(), proc.stdout
 
 
-def time_dials(paths: dict, nframes: int, repeats: int, algorithms: list[str]) -> dict:
+def cbf_read_once(paths: dict) -> dict:
+    """Bare read of the miniCBF files with fabio (for scale: DIALS reads them with dxtbx)."""
+    import fabio
+
+    files = sorted(paths["cbf"].glob("bench_*.cbf"))
+    with Meter() as m:
+        for f in files:
+            with fabio.open(str(f)) as img:
+                _ = img.data
+    return m.run()
+
+
+def measure_dials(paths: dict, nframes: int, repeats: int, algorithms: list[str]) -> dict:
     wd = paths["dials"]
     wd.mkdir(parents=True, exist_ok=True)
-    expt = wd / "imported.expt"
-    if not expt.exists():
+    if not (wd / "imported.expt").exists():
         say("dials.import (not timed) ...")
-        _run_dials(["dials.import", f"template={paths['cbf'] / 'bench_#####.cbf'}",
+        dials_once(["dials.import", f"template={paths['cbf'] / 'bench_#####.cbf'}",
                     "output.experiments=imported.expt"], wd, "dials.import.out")
-    out = {"version": dials_version(), "import": str(expt), "algorithms": {}}
-    for algo in algorithms:
-        runs, cpus, spots = [], [], None
-        for i in range(repeats):
-            say(f"dials.find_spots nproc=1 threshold.algorithm={algo} (run {i + 1}/{repeats}) ...")
+    out = {"version": dials_version(), "experiments": str(wd / "imported.expt"),
+           "algorithms": {}}
+    runs = {a: [] for a in algorithms}
+    ones = {a: [] for a in algorithms}
+    spots = {}
+    for i in range(repeats):
+        for algo in algorithms:
+            say(f"   dials.find_spots nproc=1 threshold.algorithm={algo} (run {i + 1}/{repeats}) ...")
             refl = f"strong_{algo}.refl"
-            wall, cpu, stdout = _run_dials(
+            (wd / refl).unlink(missing_ok=True)
+            run, stdout = dials_once(
                 ["dials.find_spots", "imported.expt", "nproc=1",
                  f"spotfinder.threshold.algorithm={algo}", f"output.reflections={refl}",
                  f"output.log=dials.find_spots_{algo}.log"], wd, f"find_spots_{algo}_{i}.out")
             if not (wd / refl).exists():
                 raise RuntimeError(f"dials.find_spots wrote no {wd / refl}")
             m = re.findall(r"Saved (\d+) reflections", stdout)
-            spots = int(m[-1]) if m else None
-            runs.append(wall)
-            cpus.append(cpu)
-        # fixed cost: the same command on one image (process start, imports, setup)
-        fixed = []
-        for i in range(repeats):
-            wall, _cpu, _ = _run_dials(
+            spots[algo] = int(m[-1]) if m else None
+            runs[algo].append(run)
+            # the fixed cost: the same command on one image (process start, imports, setup)
+            one, _ = dials_once(
                 ["dials.find_spots", "imported.expt", "nproc=1", "scan_range=1,1",
                  f"spotfinder.threshold.algorithm={algo}", "output.reflections=one_image.refl",
                  "output.log=dials.find_spots_one.log"], wd, f"find_spots_one_{algo}_{i}.out")
-            fixed.append(wall)
-        t = timing(runs)
-        t["cpu_over_wall_best"] = cpus[runs.index(min(runs))] / min(runs)
-        t["spots"] = spots
-        t["one_image"] = timing(fixed)
+            ones[algo].append(one)
+    for algo in algorithms:
+        t = summarize(runs[algo])
+        t["spots"] = spots[algo]
+        t["one_image"] = summarize(ones[algo])
         out["algorithms"][algo] = t
     return out
-
-
-def dials_version() -> str:
-    try:
-        p = subprocess.run(["dials.version"], env=dials_env(), capture_output=True, text=True,
-                           timeout=120)
-        return p.stdout.splitlines()[0].strip() if p.stdout else "?"
-    except Exception:  # noqa: BLE001 - only a label
-        return "?"
 
 
 # --------------------------------------------------------------------------------------
 # 5. memory (child process)
 # --------------------------------------------------------------------------------------
-def _vmrss_kb() -> int:
+def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
 def search_child(h5: str, nframes_spec: int, sample: str) -> None:
-    """(child process) search one file; print a JSON line with the memory high-water marks."""
+    """(child process) search one file; print a JSON line with the peak RSS.
+
+    The peak is VmHWM of /proc/self/status (this process's address space since exec), not
+    getrusage's ru_maxrss: Linux carries the parent's high-water mark over fork + exec into
+    the child's ru_maxrss (and into the parent's RUSAGE_CHILDREN), so those report the
+    benchmark process's size, not the search's."""
     from hklflow.frames import open_frames
-    from hklflow.geometry import ScanAngles
     from hklflow.steps.find_peaks import PeakSearchParams, search
 
     spec = scan_spec(nframes_spec, sample)
-    geometry, _ = scan_geometry(spec)
+    geometry, angles = scan_geometry(spec)
     params = PeakSearchParams()
     with open_frames(h5) as st:
-        angles = ScanAngles(spec.phi_start, spec.phi_step, st.nframes)
-        rss0 = _vmrss_kb()
-        max0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss0, hwm0 = _status_kb("VmRSS"), _status_kb("VmHWM")
         t0 = time.perf_counter()
-        res = search(st, geometry, angles, params, quiet_logger())
+        res = search(st, geometry, replace(angles, nframes=st.nframes), params, quiet_logger())
         wall = time.perf_counter() - t0
         nf = st.nframes
     print(json.dumps({"frames": nf, "seconds": wall, "peaks": int(len(res.peaks["n_pixels"])),
-                      "rss_before_search_kb": rss0, "maxrss_before_search_kb": max0,
-                      "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                      "rss_before_search_kb": rss0, "peak_rss_before_search_kb": hwm0,
+                      "peak_rss_kb": _status_kb("VmHWM")}))
 
 
 def measure_memory(paths: dict, nframes: int, sample: str) -> dict:
@@ -638,8 +689,18 @@ def measure_memory(paths: dict, nframes: int, sample: str) -> dict:
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
-def fmt_t(t: dict) -> str:
-    return f"{t['best_s']:8.2f} s (spread {t['spread_pct']:4.0f}%)"
+W = 112
+
+
+def row(label: str, t: dict | None = None, rates: bool = True) -> str:
+    if t is None:
+        return label
+    s = f"{label:50.50s} {t['best_s']:8.2f} {t['spread_pct']:5.0f}% {t['cpu_s_of_best']:8.2f}"
+    if rates:
+        s += f" {t['mpix_per_s']:9.1f} {t['mpix_per_cpu_s']:9.1f}"
+    else:
+        s += " " * 20
+    return s + f" {t['others_cores_of_best']:6.2f}"
 
 
 def verdict(value, goal) -> str:
@@ -649,93 +710,103 @@ def verdict(value, goal) -> str:
 
 
 def report(r: dict) -> str:
-    m = r["machine"]
-    d = r["data"]
+    m, d = r["machine"], r["data"]
     npx = d["frames"] * d["pixels_per_frame"]
     L = []
     add = L.append
-    add("=" * 96)
-    add("hklflow peak-search benchmark")
+    add("=" * W)
+    add("hklflow peak-search benchmark (bench/find_peaks.py)")
     add(f"machine: {m['cpu_model']}, {m['cores_online']} cores online ({m['cores_usable']} usable), "
-        f"{m['memory']}, load average at start {m['load_average_at_start']}")
-    add(f"         python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, "
-        f"scipy {m['scipy']}, h5py {m['h5py']}; NUMBA_NUM_THREADS={m['numba_num_threads']}")
-    add(f"         {m['note']} ({r['repeats']} runs each; 'spread' = (worst - best) / best)")
+        f"{m['memory']}; load average {m['load_average_at_start']} at start, "
+        f"{m['load_average_at_end']} at end")
+    add(f"         python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, scipy {m['scipy']}, "
+        f"h5py {m['h5py']}; NUMBA_NUM_THREADS={m['numba_num_threads']}")
+    add(f"         shared and noisy: each timing run {r['repeats']} times (interleaved), the best "
+        "wall time reported; 'spread' = (worst - best) / best;")
+    add("         'others' = cores used by other processes during that best run (from /proc/stat)")
     add(f"data:    {d['frames']} frames of {DETECTOR} {d['shape'][0]}x{d['shape'][1]} int32 "
         f"({npx / 1e6:.0f} Mpixel), bitshuffle-LZ4 HDF5, one frame per chunk, "
         f"{d['file_mb']:.0f} MB ({d['file_mb'] / d['frames']:.2f} MB/frame)")
-    add(f"         {d['path']}; 0.1 deg/frame, mosaicity {d['mosaicity_deg']} deg, "
-        f"{d['reflections']} simulated reflections")
-    add(f"         crystal '{d['sample']}': {d['space_group']}, cell "
-        f"{' '.join(f'{v:g}' for v in d['cell'])}; the file is read once before timing "
-        "(so reads come from the page cache)")
-    add("-" * 96)
-    add(f"{'measurement':58s} {'time (best)':>24s} {'Mpix/s/core':>11s}")
-    rd = r["read"]
-    add(f"{'1. read + decompress (iter_chunks(16), page cache)':58s} {fmt_t(rd)} "
-        f"{rd['mpix_per_s']:11.1f}")
+    add(f"         {d['path']}")
+    add(f"         0.1 deg/frame, mosaicity {d['mosaicity_deg']} deg; crystal '{d['sample']}' "
+        f"{d['space_group']} {' '.join(f'{v:g}' for v in d['cell'])}: {d['reflections']} "
+        "simulated reflections")
+    add("         the file is read once before timing: reads come from the page cache")
+    add("-" * W)
+    add(f"{'measurement':50s} {'wall s':>8s} {'spread':>6s} {'cpu s':>8s} {'Mpix/s':>9s} "
+        f"{'Mpix/cpu-s':>9s} {'others':>6s}")
+    add(row("1. read + decompress (iter_chunks(16), cached)", r["read"]))
     s = r["search"]
-    add(f"{'2. hklflow search() end to end (read included)':58s} {fmt_t(s)} "
-        f"{s['mpix_per_s']:11.1f}")
-    add(f"{'     cpu/wall of that run (1.00 = one core)':58s} {s['cpu_over_wall_best']:24.2f}")
+    add(row("2. hklflow search() end to end, read included", s))
     p = r["parts"]
-    add(f"{'   strong_pixels_frame kernel alone (frames in memory)':58s} {fmt_t(p['kernel'])} "
-        f"{p['kernel']['mpix_per_s']:11.1f}")
-    add(f"{'   PeakAssembler alone (add_frame + finish)':58s} {fmt_t(p['assembler'])} "
-        f"{p['assembler']['mpix_per_s']:11.1f}")
-    add(f"{'   hot-pixel probe (first 20 frames read + kernel)':58s} {fmt_t(p['hot_probe'])}")
-    b = r["breakdown_s"]
-    add(f"   where search()'s {s['best_s']:.2f} s go (best runs): read {b['read']:.2f}, kernel "
-        f"{b['kernel']:.2f}, assembler {b['assembler']:.2f}, hot probe {b['hot_probe']:.2f}, "
-        f"rest {b['rest']:.2f} (setup, masks, per-frame bookkeeping, max projection)")
+    add(row("   strong_pixels_frame kernel alone (in memory)", p["kernel"]))
+    add(row("   PeakAssembler alone (add_frame + finish)", p["assembler"]))
+    add(row("   hot-pixel probe (20 frames read + kernel)", p["hot_probe"], rates=False))
+    add(row("   search() on an 8-frame scan (fixed costs)", s["eight_frame_scan"], rates=False))
+    b = r["breakdown_cpu_s"]
+    add(f"   search()'s {b['search']:.2f} cpu-s (best run) = read {b['read']:.2f} + kernel "
+        f"{b['kernel']:.2f} + assembler {b['assembler']:.2f} + hot probe {b['hot_probe']:.2f} + "
+        f"rest {b['rest']:.2f}")
+    add("     (rest: masks and Q map, per-frame copies, strong counts, max projection, peak table)")
     add(f"   {s['peaks']} peaks from {s['strong_pixels']} strong pixels "
-        f"({100 * s['strong_pixels'] / npx:.3f}% of pixels), {s['hot_pixels']} hot pixels")
+        f"({1e6 * s['strong_pixels'] / npx:.1f} per Mpixel), {s['hot_pixels']} hot pixels")
     nu = r.get("numpy")
     if nu:
-        add(f"{'3. numpy/scipy version (read included), ' + str(nu['frames']) + ' frames':58s} "
-            f"{fmt_t(nu)} {nu['mpix_per_s']:11.1f}")
-        add(f"   per frame {nu['best_s'] / nu['frames']:.3f} s (hklflow {s['best_s'] / d['frames']:.4f} s)"
-            f"; extrapolated to {d['frames']} frames {nu['extrapolated_s']:.1f} s; "
-            f"hklflow/numpy = {r['ratios']['hklflow_over_numpy']:.1f}x")
-        add(f"   same strong pixels as the kernel on these frames: {nu['strong_pixels']} vs "
-            f"{nu['kernel_strong_pixels']} ({'identical' if nu['strong_pixels'] == nu['kernel_strong_pixels'] else 'DIFFERENT'}); "
-            f"{nu['peaks']} peaks (blocks of {r['params']['chunk_frames']} frames, not joined across blocks)")
+        add(row(f"3. numpy/scipy version, {nu['frames']} frames, read incl.", nu))
+        add(f"   per frame {nu['best_s'] / nu['frames']:.3f} s vs hklflow "
+            f"{s['best_s'] / d['frames']:.4f} s; hklflow/numpy = "
+            f"{r['ratios']['hklflow_over_numpy']:.1f}x (wall), "
+            f"{r['ratios']['hklflow_over_numpy_cpu']:.1f}x (cpu)")
+        same = "identical" if nu["strong_pixels"] == nu["kernel_strong_pixels"] else "DIFFERENT"
+        add(f"   strong pixels numpy {nu['strong_pixels']} vs kernel {nu['kernel_strong_pixels']} "
+            f"({same}); {nu['peaks']} peaks (labelled in blocks of {r['params']['chunk_frames']} "
+            "frames, not joined across blocks)")
     else:
-        add("3. numpy/scipy version: skipped")
+        add("3. numpy/scipy version: skipped (--numpy-frames 0)")
     dl = r.get("dials")
     if dl and "error" not in dl:
-        add(f"4. DIALS {dl['version']}, dials.find_spots nproc=1 on the miniCBF frames "
-            "(time includes process start and CBF decompression)")
+        add(f"4. {dl['version']}: dials.find_spots nproc=1 on the miniCBF files (from "
+            "imported.expt to strong.refl;")
+        add("   includes process start-up, CBF decompression, shoebox writing; CBF conversion "
+            "and dials.import not timed)")
+        if dl.get("cbf_read"):
+            add(row("   (bare fabio read of the CBF files, for scale)", dl["cbf_read"]))
         for algo, t in dl["algorithms"].items():
-            tag = " (DIALS default)" if algo == "dispersion_extended" else " (hklflow's test)"
-            add(f"{'   threshold.algorithm=' + algo + tag:58s} {fmt_t(t)} {t['mpix_per_s']:11.1f}")
-            add(f"     {t['spots']} spots; cpu/wall {t['cpu_over_wall_best']:.2f}; one image "
-                f"(start-up + 1 frame) {t['one_image']['best_s']:.2f} s; "
-                f"hklflow/DIALS = {t['hklflow_over_dials']:.1f}x")
-    elif dl and "error" in dl:
+            tag = "DIALS default" if algo == "dispersion_extended" else (
+                "hklflow's test" if algo == "dispersion" else algo)
+            add(row(f"   threshold.algorithm={algo} ({tag})", t))
+            add(f"     {t['spots']} spots; one image (start-up) {t['one_image']['best_s']:.2f} s; "
+                f"hklflow/DIALS = {t['hklflow_over_dials']:.1f}x (wall), "
+                f"{t['hklflow_over_dials_cpu']:.1f}x (cpu)")
+    elif dl:
         add(f"4. DIALS: not measured: {dl['error']}")
     else:
         add("4. DIALS: skipped (--skip-dials)")
     mem = r.get("memory")
     if mem:
-        parts = [f"{k} frames: max RSS {v['maxrss_kb'] / 1024:.0f} MiB "
-                 f"(before search {v['rss_before_search_kb'] / 1024:.0f} MiB; {v['seconds']:.1f} s)"
-                 for k, v in mem["runs"].items()]
-        add(f"5. peak memory of search() in a subprocess: {'; '.join(parts)}")
+        add("5. peak memory (VmHWM) of search() alone in a fresh process:")
+        for k, v in mem["runs"].items():
+            add(f"   {int(k):5d} frames: peak RSS {v['peak_rss_kb'] / 1024:6.0f} MiB (process "
+                f"before the search {v['rss_before_search_kb'] / 1024:.0f} MiB); {v['seconds']:.1f} s, "
+                f"{v['peaks']} peaks")
         add(f"   growth from {mem['frames'][0]} to {mem['frames'][1]} frames: "
             f"{mem['growth_mib']:+.0f} MiB")
-    ex = r["extrapolation"]
-    add(f"6. extrapolated to a {SCAN_FRAMES_FULL}-frame 2M scan (one core; measured time x "
-        f"{SCAN_FRAMES_FULL}/{d['frames']}; fixed+per-frame where given):")
-    for k, v in ex.items():
-        add(f"   {k:56s} {v:9.0f} s  ({v / 60:5.1f} min)")
-    add("-" * 96)
-    add("goals (from the issue)                                     measured        goal    ")
-    g = r["goals"]
-    for name, (val, goal, unit) in g.items():
-        vs = "n/a" if val is None else f"{val:.1f}{unit}"
-        add(f"   {name:55s} {vs:>10s}  >= {goal:g}{unit:2s}  {verdict(val, goal)}")
-    add("=" * 96)
+    else:
+        add("5. memory: skipped (--skip-memory)")
+    add(f"{f'6. extrapolated to a {SCAN_FRAMES_FULL}-frame 2M scan, one core:':65s} "
+        f"{'from wall time':>21s} {'from cpu time':>21s}")
+    for k, v in r["extrapolation"].items():
+        add(f"   {k:62.62s} {v['wall_s']:7.0f} s ({v['wall_s'] / 60:5.1f} min) "
+            f"{v['cpu_s']:7.0f} s ({v['cpu_s'] / 60:5.1f} min)")
+    add("-" * W)
+    add(f"{'goals (from the issue)':58s} {'measured':>10s} {'goal':>8s}")
+    for name, g in r["goals"].items():
+        val = g["value"]
+        vs = "n/a" if val is None else f"{val:.1f}{g['unit']}"
+        extra = "" if g.get("cpu_value") is None else f"  (cpu-based {g['cpu_value']:.1f}{g['unit']})"
+        add(f"   {name:55s} {vs:>10s} {'>= ' + format(g['goal'], 'g') + g['unit']:>8s}  "
+            f"{verdict(val, g['goal'])}{extra}")
+    add("=" * W)
     return "\n".join(L)
 
 
@@ -757,8 +828,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--numpy-frames", type=int, default=20,
                    help="frames for the numpy version (default 20; 0 skips it)")
     p.add_argument("--dials-algorithms", default="dispersion,dispersion_extended",
-                   help="comma-separated DIALS threshold algorithms to time (default "
-                        "dispersion,dispersion_extended); the first is the one of the ratio")
+                   help="comma-separated DIALS threshold algorithms (default "
+                        "dispersion,dispersion_extended); the first one gives the goal's ratio")
     p.add_argument("--json", type=Path, help="write the results as JSON here (else to stdout)")
     return p
 
@@ -766,11 +837,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.frames < 20:
-        say("--frames must be at least 20 (the search probes 20 frames for hot pixels)")
+        say("--frames must be at least 20 (search() probes 20 frames for hot pixels)")
         return 2
     repeats = max(1, args.repeats)
     workdir = args.workdir.resolve()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("silx").setLevel(logging.ERROR)
     from hklflow.steps.find_peaks import PeakSearchParams
 
     r: dict = {"machine": machine_info(), "repeats": repeats}
@@ -787,44 +859,54 @@ def main(argv=None) -> int:
                  "mosaicity_deg": spec.mosaicity_deg, "phi_step_deg": spec.phi_step,
                  "reflections": nref, "simulation_s": sim_s, "sample": args.sample,
                  "space_group": spec.samples[0].space_group, "cell": list(spec.samples[0].cell)}
-    r["params"] = {k: v for k, v in asdict(params).items()}
+    r["params"] = asdict(params)
     npx = args.frames * ny * nx
 
-    # page cache + numba compilation (the warm-up search compiles or loads every kernel)
     say("reading the file once (page cache) and warming up the compiled kernels ...")
-    time_read(paths["h5"], 1)
-    run_search(paths["warmup"], geometry, replace(angles, nframes=8), params)
+    read_once(paths["h5"])
+    search_once(paths["warmup"], geometry, angles, params)
 
-    say("1. read + decompress ...")
-    r["read"] = time_read(paths["h5"], repeats)
-    r["read"]["mpix_per_s"] = mpix(npx, r["read"]["best_s"])
+    say(f"1-2. read, search(), kernel and assembler alone: {repeats} interleaved rounds ...")
+    reads, searches, eights = [], [], []
+    parts = {"kernel": [], "assembler": [], "hot_probe": []}
+    res = extra = None
+    for i in range(repeats):
+        reads.append(read_once(paths["h5"]))
+        run, res = search_once(paths["h5"], geometry, angles, params)
+        searches.append(run)
+        eights.append(search_once(paths["warmup"], geometry, angles, params)[0])
+        extra = parts_once(paths["h5"], geometry, params)
+        for k in parts:
+            parts[k].append(extra[k])
+        say(f"   round {i + 1}: read {reads[-1]['wall_s']:.2f} s, search {run['wall_s']:.2f} s, "
+            f"kernel {extra['kernel']['wall_s']:.2f} s")
+    r["read"] = add_rates(summarize(reads), npx)
+    s = add_rates(summarize(searches), npx)
+    s.update(peaks=int(len(res.peaks["n_pixels"])), strong_pixels=int(res.strong_pixels),
+             hot_pixels=int(len(res.hot_pixels)), eight_frame_scan=summarize(eights))
+    r["search"] = s
+    r["parts"] = {k: add_rates(summarize(v), npx) for k, v in parts.items()}
+    r["parts"]["strong_pixels_no_hot_mask"] = extra["strong"]
+    b = {"search": s["best_cpu_s"], "read": r["read"]["best_cpu_s"]}
+    for k in parts:
+        b[k] = r["parts"][k]["best_cpu_s"]
+    b["rest"] = b["search"] - sum(v for k, v in b.items() if k != "search")
+    r["breakdown_cpu_s"] = b
 
-    say("2. hklflow search() end to end ...")
-    r["search"] = time_search(paths["h5"], geometry, angles, params, repeats)
-    r["search"]["mpix_per_s"] = mpix(npx, r["search"]["best_s"])
-    fixed = timing([run_search(paths["warmup"], geometry, replace(angles, nframes=8), params)[1]
-                    for _ in range(repeats)])
-    r["search"]["eight_frame_scan"] = fixed
-    say("   kernel and assembler alone ...")
-    parts = time_parts(paths["h5"], geometry, params, repeats)
-    for k in ("kernel", "assembler"):
-        parts[k]["mpix_per_s"] = mpix(npx, parts[k]["best_s"])
-    r["parts"] = parts
-    b = {"read": r["read"]["best_s"], "kernel": parts["kernel"]["best_s"],
-         "assembler": parts["assembler"]["best_s"], "hot_probe": parts["hot_probe"]["best_s"]}
-    b["rest"] = r["search"]["best_s"] - sum(b.values())
-    r["breakdown_s"] = b
-
-    ratios = {}
+    ratios: dict = {}
     if args.numpy_frames > 0:
-        say(f"3. numpy/scipy version on {min(args.numpy_frames, args.frames)} frames ...")
-        nu = time_numpy(paths["h5"], geometry, params, args.numpy_frames, repeats)
-        nu["mpix_per_s"] = mpix(nu["frames"] * ny * nx, nu["best_s"])
-        nu["extrapolated_s"] = nu["best_s"] / nu["frames"] * args.frames
-        nu["kernel_strong_pixels"] = kernel_strong_count(paths["h5"], geometry, params,
-                                                         args.numpy_frames)
+        nsub = min(args.numpy_frames, args.frames)
+        say(f"3. numpy/scipy version on {nsub} frames, {repeats} runs ...")
+        runs = []
+        for _ in range(repeats):
+            run, nsub, npk, nst = numpy_once(paths["h5"], geometry, params, nsub)
+            runs.append(run)
+        nu = add_rates(summarize(runs), nsub * ny * nx)
+        nu.update(frames=nsub, peaks=npk, strong_pixels=nst,
+                  kernel_strong_pixels=kernel_strong_count(paths["h5"], geometry, params, nsub))
         r["numpy"] = nu
-        ratios["hklflow_over_numpy"] = r["search"]["mpix_per_s"] / nu["mpix_per_s"]
+        ratios["hklflow_over_numpy"] = s["mpix_per_s"] / nu["mpix_per_s"]
+        ratios["hklflow_over_numpy_cpu"] = s["mpix_per_cpu_s"] / nu["mpix_per_cpu_s"]
 
     if not args.skip_dials:
         why = dials_missing()
@@ -835,58 +917,71 @@ def main(argv=None) -> int:
             try:
                 cbf_s = ensure_cbf(paths, spec, geometry, args.frames)
                 algos = [a.strip() for a in args.dials_algorithms.split(",") if a.strip()]
-                dl = time_dials(paths, args.frames, repeats, algos)
+                say(f"4. DIALS find_spots ({', '.join(algos)}), {repeats} runs each ...")
+                dl = measure_dials(paths, args.frames, repeats, algos)
                 dl["cbf_conversion_s"] = cbf_s
+                dl["cbf_read"] = add_rates(summarize([cbf_read_once(paths)]), npx)
                 for t in dl["algorithms"].values():
-                    t["mpix_per_s"] = mpix(npx, t["best_s"])
-                    t["hklflow_over_dials"] = r["search"]["mpix_per_s"] / t["mpix_per_s"]
+                    add_rates(t, npx)
+                    t["hklflow_over_dials"] = s["mpix_per_s"] / t["mpix_per_s"]
+                    t["hklflow_over_dials_cpu"] = s["mpix_per_cpu_s"] / t["mpix_per_cpu_s"]
                 r["dials"] = dl
-                ratios["hklflow_over_dials"] = dl["algorithms"][algos[0]]["hklflow_over_dials"]
-                ratios["dials_algorithm_of_ratio"] = algos[0]
-            except Exception as exc:  # noqa: BLE001 - report and go on
+                first = dl["algorithms"][algos[0]]
+                ratios.update(hklflow_over_dials=first["hklflow_over_dials"],
+                              hklflow_over_dials_cpu=first["hklflow_over_dials_cpu"],
+                              dials_algorithm_of_ratio=algos[0])
+            except Exception as exc:  # noqa: BLE001 - report it and go on
                 say(f"4. DIALS failed: {exc}")
                 r["dials"] = {"error": str(exc)}
     r["ratios"] = ratios
 
     if not args.skip_memory:
-        say(f"5. memory: search() in subprocesses on {args.frames} and {4 * args.frames} frames ...")
+        say(f"5. memory: search() in fresh processes on {args.frames} and {4 * args.frames} "
+            "frames ...")
         runs = measure_memory(paths, args.frames, args.sample)
         keys = sorted(runs, key=int)
         r["memory"] = {"runs": runs, "frames": [int(k) for k in keys],
-                       "growth_mib": (runs[keys[-1]]["maxrss_kb"] - runs[keys[0]]["maxrss_kb"]) / 1024}
+                       "growth_mib": (runs[keys[-1]]["peak_rss_kb"]
+                                      - runs[keys[0]]["peak_rss_kb"]) / 1024}
 
-    # 6. extrapolation
-    scale = SCAN_FRAMES_FULL / args.frames
-    ex = {"read + decompress alone": r["read"]["best_s"] * scale,
-          "hklflow search(), linear": r["search"]["best_s"] * scale}
-    f8 = r["search"]["eight_frame_scan"]["best_s"]
-    per = (r["search"]["best_s"] - f8) / (args.frames - 8)
-    ex["hklflow search(), fixed (8-frame scan) + per frame"] = f8 + per * (SCAN_FRAMES_FULL - 8)
-    if "memory" in r and len(r["memory"]["runs"]) == 2:
-        (n1, a), (n2, bb) = sorted(((int(k), v["seconds"]) for k, v in r["memory"]["runs"].items()))
-        ex[f"hklflow search(), line through the {n1}/{n2}-frame subprocess runs"] = \
-            a + (bb - a) / (n2 - n1) * (SCAN_FRAMES_FULL - n1)
+    # 6. extrapolation, from the best wall time and from the best CPU time
+    n = args.frames
+    full = SCAN_FRAMES_FULL
+
+    def both(f):
+        return {"wall_s": f("best_s"), "cpu_s": f("best_cpu_s")}
+
+    ex = {"read + decompress alone (x 3650/N)": both(lambda k: r["read"][k] * full / n),
+          "hklflow search() (x 3650/N)": both(lambda k: s[k] * full / n),
+          "hklflow search() (8-frame scan + per frame x 3642)": both(
+              lambda k: s["eight_frame_scan"][k]
+              + (s[k] - s["eight_frame_scan"][k]) / (n - 8) * (full - 8))}
     if "numpy" in r:
-        ex["numpy/scipy version, linear"] = r["numpy"]["best_s"] / r["numpy"]["frames"] * SCAN_FRAMES_FULL
+        ex["numpy/scipy version (per frame x 3650)"] = both(
+            lambda k: r["numpy"][k] / r["numpy"]["frames"] * full)
     if r.get("dials") and "algorithms" in r["dials"]:
         for algo, t in r["dials"]["algorithms"].items():
-            ex[f"DIALS find_spots {algo}, linear"] = t["best_s"] * scale
-            one = t["one_image"]["best_s"]
-            ex[f"DIALS find_spots {algo}, fixed (1 image) + per frame"] = \
-                one + (t["best_s"] - one) / (args.frames - 1) * (SCAN_FRAMES_FULL - 1)
+            ex[f"DIALS find_spots {algo} (x 3650/N)"] = both(lambda k, t=t: t[k] * full / n)
+            ex[f"DIALS find_spots {algo} (1-image run + per frame x 3649)"] = both(
+                lambda k, t=t: t["one_image"][k]
+                + (t[k] - t["one_image"][k]) / (n - 1) * (full - 1))
     r["extrapolation"] = ex
 
     r["goals"] = {
-        "hklflow end to end, Mpixel/s per core": (r["search"]["mpix_per_s"],
-                                                   GOALS["end_to_end_mpix_per_core"], ""),
-        "hklflow / numpy (Mpixel/s ratio)": (ratios.get("hklflow_over_numpy"),
-                                             GOALS["speedup_vs_numpy"], "x"),
-        f"hklflow / DIALS per core ({ratios.get('dials_algorithm_of_ratio', 'not run')})":
-            (ratios.get("hklflow_over_dials"), GOALS["speedup_vs_dials"], "x"),
+        "hklflow end to end, Mpixel/s per core": {
+            "value": s["mpix_per_s"], "cpu_value": s["mpix_per_cpu_s"],
+            "goal": GOALS["end_to_end_mpix_per_core"], "unit": ""},
+        "hklflow / numpy version": {
+            "value": ratios.get("hklflow_over_numpy"),
+            "cpu_value": ratios.get("hklflow_over_numpy_cpu"),
+            "goal": GOALS["speedup_vs_numpy"], "unit": "x"},
+        f"hklflow / DIALS per core ({ratios.get('dials_algorithm_of_ratio', 'not run')})": {
+            "value": ratios.get("hklflow_over_dials"),
+            "cpu_value": ratios.get("hklflow_over_dials_cpu"),
+            "goal": GOALS["speedup_vs_dials"], "unit": "x"},
     }
     r["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = report(r)
-    print(text, flush=True)
+    print(report(r), flush=True)
     js = json.dumps(r, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     if args.json:
         args.json.write_text(js + "\n")

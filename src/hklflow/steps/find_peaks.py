@@ -157,19 +157,21 @@ def _trusted_max(params: PeakSearchParams, dtype) -> int:
 
 
 def find_hot_pixels(stack, usable, annulus, params, trusted_max, nprobe=HOT_PROBE_FRAMES):
-    """Pixels strong in >= 80% of the first frames (a Bragg peak does not stay on one pixel
-    that long; a hot pixel does), to be masked before the pass."""
+    """Pixels that stand out in EVERY one of the first frames: the dispersion test run once on
+    the per-pixel minimum over them (a Bragg peak does not stay on one pixel that long, so
+    its minimum is background; a hot pixel's is not).  Masked before the pass."""
     n = min(nprobe, stack.nframes)
     if n < 5:
         return np.zeros(usable.shape, dtype=bool)
+    low = None
+    for _, chunk in stack.iter_chunks(min(params.chunk_frames, n), stop=n, reuse_buffer=True):
+        m = chunk.min(axis=0)
+        low = m if low is None else np.minimum(low, m, out=low)
     det = _FrameDetector(usable.shape, params, trusted_max)
-    count = np.zeros(usable.shape, dtype=np.int32)
-    frames = stack.read(0, n)
-    u8 = usable.astype(np.uint8)
-    for fr in frames:
-        k = det(fr, u8, annulus)
-        count[det.rows[:k], det.cols[:k]] += 1
-    return count >= 0.8 * n
+    k = det(np.ascontiguousarray(low), usable.astype(np.uint8), annulus)
+    hot = np.zeros(usable.shape, dtype=bool)
+    hot[det.rows[:k], det.cols[:k]] = True
+    return hot
 
 
 def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
