@@ -81,21 +81,13 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
         ra = r + half_r  # row entering the window
         rd = r - half_r - 1  # row leaving it
         if ra < ny:
-            # clean the entering row once; the frame statistics come from this pass too
             xa = ring_x[ra % wr]
             ua = ring_u[ra % wr]
             for c in range(nx):
                 v = np.int64(frame[ra, c])
                 u = np.int64((valid[ra, c] != 0) & (v >= 0) & (v < tmax))
-                x = v * u
                 ua[c] = u
-                xa[c] = x
-                a = np.int64(annulus[ra, c])
-                n_valid += u
-                s_sum += x
-                s_max = max(s_max, x)
-                s_trim += x * a
-                n_ann += u * a
+                xa[c] = v * u
         if ra < ny and rd >= 0:
             xa = ring_x[ra % wr]
             ua = ring_u[ra % wr]
@@ -136,6 +128,10 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
             bq += col_q[cin]
             if ur[c]:
                 x = xr[c]
+                n_valid += 1
+                s_sum += x
+                if x > s_max:
+                    s_max = x
                 strong = False
                 if use_absolute:
                     strong = x > absolute_threshold
@@ -155,9 +151,9 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
                         out_vals[count] = x
                         out_bg[count] = bs / bn
                     count += 1
-                    if annulus[r, c]:  # the trimmed sum leaves strong pixels out
-                        s_trim -= x
-                        n_ann -= 1
+                elif annulus[r, c]:
+                    s_trim += x
+                    n_ann += 1
             bn -= col_n[c]
             bs -= col_s[c]
             bq -= col_q[c]
