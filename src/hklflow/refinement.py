@@ -105,7 +105,7 @@ class RefinementResult:
     rms_hkl: float
     fraction_indexed: float
     n_used: int
-    parameters: dict  # name -> (value, standard uncertainty)
+    parameters: dict  # name -> (refined value, standard uncertainty); U.r*: rotation esd (rad)
     cell_esd: tuple
     seconds: float
     residuals: list  # per entry: (n, 3) dx, dy, dz of the used peaks (NaN elsewhere)
@@ -259,12 +259,13 @@ def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
                 f"only {frac:.0%} of {n_total} peaks index with the starting orientation and cell "
                 f"(need {params.min_fraction:.0%}): the space group or cell may be wrong, or the "
                 "crystal changed (a phase transition?); choose another parent scan for these "
-                "temperatures (samples.<name>.parent in the config)")
+                "temperatures (samples.<name>.parent or other_parents in the config)")
         # outlier rejection on the residuals of the current model
         r = _residuals(model, entries, hkls, masks, params.frame_weight).reshape(-1, 3)  # normalised
         if len(r):
             dist = np.hypot(np.hypot(r[:, 0], r[:, 1]), r[:, 2])
             mad = 1.4826 * np.median(dist) + 1e-9
+            # (+ 0.5: a floor, so that a very tight fit does not reject good peaks)
             keep = dist < params.outlier_sigma * mad + 0.5
             k = 0
             for i, m in enumerate(masks):
@@ -292,8 +293,19 @@ def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
     except np.linalg.LinAlgError:
         esd = np.full(len(sol.x), np.nan)
         notes.append("singular normal matrix: uncertainties unavailable")
+    # refined values (absolute; for U.r* the rotation at the solution, 0 by construction) and esds
     values = {}
-    for name, val, e_ in zip(packer.names, sol.x * packer.scale, esd):
+    for name, e_ in zip(packer.names, esd):
+        kind, _, rest = name.partition(".")
+        if kind == "cell":
+            val = getattr(model.crystal.cell, rest)
+        elif kind == "detector":
+            val = getattr(model.detector, rest)
+        elif kind == "offset":
+            ename, ax = rest.rsplit(".", 1)
+            val = model.offset_corrections.get(ename, {}).get(ax, 0.0)
+        else:
+            val = 0.0
         values[name] = (float(val), float(e_))
     free = packer.constraints.free
     cell_esd = [0.0] * 6
