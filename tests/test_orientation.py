@@ -121,3 +121,44 @@ def test_child_that_does_not_index_fails_with_advice(experiment):
                             np.eye(3), wrong.B, cal, {}, {}, f"{sample}/x")
     with pytest.raises(RefinementError, match="another parent"):
         refine_from_parent(entries, rec, RefinementParams(), log)
+
+
+def test_parent_on_a_large_detector_started_without_rot3():
+    """Regression: on a 2M detector the calibration's rot3 = 0 (powder cannot see it; true
+    0.63 deg) rotates the pattern by several pixels and the first indexing settled on another
+    setting of a monoclinic lattice.  index_parent must end in the true setting with the
+    true cell (it indexes again with the refined detector)."""
+    from hklflow.crystal import UnitCell
+    from hklflow.geometry import pyfai_detector
+    from hklflow.simulation.experiment import EntryModel, predict_scan_reflections, preset
+
+    det = pyfai_detector("PilatusCdTe2M")
+    ny, nx = (int(n) for n in det.shape)
+    p1, p2 = (ny / 2 + 0.3) * float(det.pixel1), (nx / 2 - 0.4) * float(det.pixel2)
+    base = preset("demo")
+    sample = replace(base.samples[0], name="mono", space_group="P 1 21/c 1",
+                     cell=(9.0, 9.4, 20.0, 90, 101.5, 90), temperatures=(300.0,))
+    spec = replace(base, detector="PilatusCdTe2M", calibration_geometry=(0.3, p1, p2, 0.0042, -0.0031, 0.011),
+                   scan_drift=(0.0,) * 6, samples=(sample,), entries=(EntryModel("f1"),),
+                   nframes=1800, phi_start=0.0, phi_step=0.2, mosaicity_deg=0.05)
+    st, scan = predict_scan_reflections(spec, sample, 300.0, spec.entries[0])
+    r = st.reflections
+    ok = (~r["in_gap"]) & (r["gap_distance_px"] >= 2) & (r["frame"] > 0) & (r["frame"] < 1800)
+    rng = np.random.default_rng(3)
+    n = int(ok.sum())
+    x, y = r["col"][ok] + rng.normal(0, 0.1, n), r["row"][ok] + rng.normal(0, 0.1, n)
+    z = r["frame"][ok] + rng.normal(0, 0.05, n)
+    start = replace(st.geometry, rot3=0.0)
+    sg = ScanGeometry(start, scan.goniometer, scan.angles, dict(scan.offsets))
+    entries = [EntryPeaks("f1", sg, (0.0, 0.0, 0.0), x, y, z, np.full(n, 0.1), np.full(n, 0.05),
+                          r["counts"][ok])]
+    approx = st.crystal.with_cell(UnitCell(*st.crystal.cell.parameters).scaled(1.01))
+    result, summary = index_parent(entries, start, approx, RefinementParams(), log)
+    cell = np.array(result.model.crystal.cell.parameters)
+    true = np.array(st.crystal.cell.parameters)
+    assert n > 3000
+    assert np.abs(cell[:3] / true[:3] - 1).max() < 1e-4 and abs(cell[4] - true[4]) < 0.01, (cell, summary)
+    assert orientation_error(result.model.UB, st.U @ st.crystal.B, st.crystal.B,
+                             st.crystal.laue_operators) < 0.01
+    assert result.n_absent <= 3 and result.fraction_indexed > 0.99
+    assert abs(result.model.detector.rot3 - st.geometry.rot3) < 1e-4

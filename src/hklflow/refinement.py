@@ -109,6 +109,7 @@ class RefinementResult:
     cell_esd: tuple
     seconds: float
     residuals: list  # per entry: (n, 3) dx, dy, dz of the used peaks (NaN elsewhere)
+    n_absent: int = 0  # peaks on integer hkl that the space group forbids (a wrong setting?)
     notes: list = field(default_factory=list)
 
 
@@ -338,13 +339,26 @@ def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
     hd = np.concatenate(hkl_dev) if hkl_dev else np.zeros((0, 3))
     n_used = int(sum(m.sum() for m in used))
     frac_indexed = sum(int(assign(e, model, params.hkl_tolerance)[1].sum()) for e in entries) / n_total
+    # peaks that sit on integer hkl forbidden by the space group: a few are noise, more mean
+    # the lattice is in the wrong setting (or the space group is wrong)
+    n_absent = 0
+    for e in entries:
+        _, _, h = assign(e, model, params.hkl_tolerance)
+        hi = np.rint(h).astype(np.int64)
+        near = np.all(np.abs(h - hi) < params.hkl_tolerance, axis=1) & np.any(hi != 0, axis=1)
+        n_absent += int((near & model.crystal.is_absent(hi)).sum())
+    if n_absent > max(3, 0.005 * n_total):
+        notes.append(f"{n_absent} of {n_total} peaks sit on systematically absent hkl: the lattice "
+                     f"may be in another setting, or the space group {model.crystal.hm} is wrong")
+        lg.warning("%s", notes[-1])
     return RefinementResult(
         model=model, entries=entries, hkl=hkls, used=used,
         rms_px=float(np.sqrt(np.mean(rr[:, 0] ** 2 + rr[:, 1] ** 2))) if len(rr) else float("nan"),
         rms_frames=float(np.sqrt(np.mean(rr[:, 2] ** 2))) if len(rr) else float("nan"),
         rms_hkl=float(np.sqrt(np.mean(np.sum(hd ** 2, axis=1)))) if len(hd) else float("nan"),
         fraction_indexed=frac_indexed, n_used=n_used, parameters=values,
-        cell_esd=tuple(cell_esd), seconds=time.monotonic() - t0, residuals=resid, notes=notes)
+        cell_esd=tuple(cell_esd), seconds=time.monotonic() - t0, residuals=resid,
+        n_absent=n_absent, notes=notes)
 
 
 def _final_assign(entries, model, params, masks):

@@ -32,28 +32,60 @@ def indexing_params(section: dict):
     return IndexingParams(**{k: v for k, v in section.items() if k in names})
 
 
-def index_parent(entries, common, crystal, refine_params, log, index_params=None):
-    """Index from scratch, then refine; returns (RefinementResult, indexing summary)."""
+def _index(entries, crystal, index_params, log):
     from ..indexing import IndexingParams, index_from_scratch
     from ..orientation import sample_q
-    from ..refinement import Model, refine
 
     q = sample_q(entries)
-    log.info("indexing %d peaks of %d entries (space group %s, approximate cell %s)", len(q),
-             len(entries), crystal.hm, crystal.cell.parameters)
     intensities = (np.concatenate([e.intensity for e in entries])
                    if all(e.intensity is not None for e in entries) else None)
     sol = index_from_scratch(q, crystal, index_params or IndexingParams(), intensities)
-    summary = {"fraction": float(sol.fraction), "rms_hkl": float(sol.rms_hkl),
-               "rms_q": float(sol.rms_q), "seconds": float(sol.seconds),
-               "cell": list(sol.cell.parameters), "n_candidates_tried": int(sol.n_candidates_tried),
-               "notes": list(sol.notes)}
-    log.info("indexed %.1f%% of the peaks in %.2f s; cell %s", 100 * sol.fraction, sol.seconds,
-             " ".join(f"{v:.4f}" for v in sol.cell.parameters))
+    log.info("indexed %.1f%% of %d peaks in %.2f s; cell %s", 100 * sol.fraction, len(q),
+             sol.seconds, " ".join(f"{v:.4f}" for v in sol.cell.parameters))
     for note in sol.notes:
         log.warning("indexing: %s", note)
-    model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U, common)
-    return refine(entries, model, refine_params, log), summary
+    return sol
+
+
+def index_parent(entries, common, crystal, refine_params, log, index_params=None):
+    """Index from scratch, refine, then index again with the refined geometry and refine
+    once more (keeping the better of the two).  The second pass matters on large detectors:
+    the calibration cannot know rot3 (a rotation about the beam), and a pattern rotated by a
+    few pixels can make the first indexing settle on another setting of the lattice; after
+    the first refinement the detector is right.  Returns (RefinementResult, summary)."""
+    from dataclasses import replace
+
+    from ..refinement import Model, refine
+
+    log.info("indexing %d entries from scratch (space group %s, approximate cell %s)",
+             len(entries), crystal.hm, crystal.cell.parameters)
+    passes = []
+    geometry_entries = entries
+    model_det, offsets = common, {}
+    best = None
+    for npass in (1, 2):
+        sol = _index(geometry_entries, crystal, index_params, log)
+        model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U,
+                      model_det, offsets)
+        result = refine(entries, model, refine_params, log)
+        passes.append({"pass": npass, "indexing_fraction": float(sol.fraction),
+                       "rms_hkl": float(sol.rms_hkl), "rms_q": float(sol.rms_q),
+                       "seconds": float(sol.seconds), "cell": list(sol.cell.parameters),
+                       "n_candidates_tried": int(sol.n_candidates_tried), "notes": list(sol.notes),
+                       "refined_fraction": result.fraction_indexed, "n_absent": result.n_absent})
+        key = (sol.fraction, result.fraction_indexed, -result.n_absent)
+        if best is None or key > best[0]:
+            best = (key, result, npass)
+        if sol.fraction > 0.98 and result.n_absent == 0:
+            break  # nothing to gain from another pass
+        # index again on Q from the refined detector and offsets
+        model_det, offsets = result.model.detector, dict(result.model.offset_corrections)
+        geometry_entries = [replace(e, scan=result.model.entry_geometry(e)) for e in entries]
+    _, result, kept = best
+    log.info("kept indexing pass %d of %d", kept, len(passes))
+    summary = {k: v for k, v in passes[kept - 1].items() if k != "pass"}
+    summary["fraction"] = summary.pop("indexing_fraction")
+    return result, dict(summary, kept_pass=kept, passes=passes)
 
 
 def parser() -> argparse.ArgumentParser:
