@@ -90,14 +90,21 @@ def index_parent(entries, common, crystal, refine_params, log, index_params=None
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hklflow index_parent", description=__doc__.splitlines()[0])
+    add_orientation_arguments(p)
+    return p
+
+
+def add_orientation_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments index_parent and refine_scan share: one sample at one temperature."""
     p.add_argument("--config", action="append", required=True, help="experiment config file(s)")
     p.add_argument("--sample", required=True)
-    p.add_argument("--temperature", required=True, help="temperature label of the parent, e.g. 300K")
-    p.add_argument("--scan-files", nargs="+", required=True, type=Path)
-    p.add_argument("--peaks-files", nargs="+", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--png", required=True, type=Path)
-    return p
+    p.add_argument("--temperature", required=True, help="temperature label, e.g. 300K")
+    p.add_argument("--scan-files", nargs="+", required=True, type=Path,
+                   help="scan.nxs of every entry at this temperature")
+    p.add_argument("--peaks-files", nargs="+", required=True, type=Path,
+                   help="peaks.nxs of the same entries, in the same order")
+    p.add_argument("--out", required=True, type=Path, help="orientation file to write")
+    p.add_argument("--png", required=True, type=Path, help="residual picture to write")
 
 
 def main(argv=None) -> int:

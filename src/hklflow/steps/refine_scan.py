@@ -23,14 +23,10 @@ def refine_from_parent(entries, parent, params, log):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hklflow refine_scan", description=__doc__.splitlines()[0])
-    p.add_argument("--config", action="append", required=True, help="experiment config file(s)")
-    p.add_argument("--sample", required=True)
-    p.add_argument("--temperature", required=True, help="temperature label, e.g. 100K")
-    p.add_argument("--parent", required=True, type=Path, help="the parent's orientation file")
-    p.add_argument("--scan-files", nargs="+", required=True, type=Path)
-    p.add_argument("--peaks-files", nargs="+", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--png", required=True, type=Path)
+    from .index_parent import add_orientation_arguments
+
+    add_orientation_arguments(p)
+    p.add_argument("--parent", required=True, type=Path, help="the parent's orientation file (read only)")
     return p
 
 
