@@ -660,7 +660,7 @@ def write_calibration_file(path, result, params, *, source: dict, pattern, prove
                             parameters (JSON), passes (JSON), notes
     data                    NXdata: the integrated pattern (two_theta in deg)
     """
-    from nexusformat.nexus import (NXcollection, NXdata, NXdetector, NXentry, NXfield,
+    from nexusformat.nexus import (NXcollection, NXdata, NXentry, NXfield,
                                    NXinstrument, NXmonochromator, NXnote, NXparameters, NXroot)
 
     g = result.geometry

@@ -31,3 +31,13 @@ class Progress:
             rate = done / max(now - self.t0, 1e-9)
             self.log.info("%s: %d/%d (%.1f/s)", self.what, done, self.total, rate)
             self.last = now
+
+
+def fail(log: logging.Logger, error, outputs) -> int:
+    """A step failed: remove its outputs (nothing may look complete), log why, exit code 1."""
+    from pathlib import Path
+
+    for f in outputs:
+        Path(f).unlink(missing_ok=True)
+    log.error("%s", error)
+    return 1

@@ -330,10 +330,7 @@ def main(argv=None) -> int:
         write_peaks_file(args.out, rec, result, params.__dict__, prov)
         plot(result, f"{rec.scan_id}: peak search", args.png)
     except (ConfigError, RawDataError, ValueError, OSError) as exc:
-        for f in (args.out, args.png):
-            Path(f).unlink(missing_ok=True)
-        log.error("%s", exc)
-        return 1
+        return steplog.fail(log, exc, (args.out, args.png))
     log.info("wrote %s and %s", args.out, args.png)
     return 0
 

@@ -131,10 +131,7 @@ def main(argv=None) -> int:
                                parent=label, result=result, indexing=summary, provenance=prov)
         plot_residuals(result, f"{label} (parent, indexed from scratch)", args.png)
     except (ConfigError, IndexingError, RefinementError, ValueError, OSError) as exc:
-        for f in (args.out, args.png):
-            Path(f).unlink(missing_ok=True)
-        log.error("%s", exc)
-        return 1
+        return steplog.fail(log, exc, (args.out, args.png))
     log.info("parent %s/%s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", args.sample,
              args.temperature, result.rms_px, result.rms_frames, 100 * result.fraction_indexed,
              result.model.crystal.cell.parameters)

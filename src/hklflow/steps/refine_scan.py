@@ -58,10 +58,7 @@ def main(argv=None) -> int:
                                parent=parent.parent, result=result, indexing=None, provenance=prov)
         plot_residuals(result, f"{label} (refined from {parent.parent})", args.png)
     except (ConfigError, RefinementError, ValueError, OSError) as exc:
-        for f in (args.out, args.png):
-            Path(f).unlink(missing_ok=True)
-        log.error("%s", exc)
-        return 1
+        return steplog.fail(log, exc, (args.out, args.png))
     log.info("%s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", label, result.rms_px,
              result.rms_frames, 100 * result.fraction_indexed, result.model.crystal.cell.parameters)
     return 0
