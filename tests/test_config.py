@@ -145,3 +145,15 @@ def test_committed_demo_config_is_what_the_simulator_writes():
     repo = Path(__file__).resolve().parents[1]
     for name, text in config_texts(preset("demo"), "hdf5").items():
         assert (repo / "config" / name).read_text() == text, f"config/{name} is stale: regenerate it"
+
+
+def test_other_parents_by_temperature_range(experiment_dir):
+    edit_config(experiment_dir, lambda c: c["samples"]["tiny"].__setitem__(
+        "other_parents", [{"temperature": 100, "for_temperatures": [0, 150]}]))
+    spec = load(experiment_dir).samples["tiny"]
+    assert spec.parent_for(300.0) == "300K" and spec.parent_for(120.0) == "100K"
+    assert spec.parent_labels == ["300K", "100K"]
+    edit_config(experiment_dir, lambda c: c["samples"]["tiny"].__setitem__(
+        "other_parents", [{"temperature": 42, "for_temperatures": [0, 150]}]))
+    with pytest.raises(ConfigError, match=r"'samples.tiny.other_parents.0.temperature': no scan of tiny at 42K"):
+        load(experiment_dir)

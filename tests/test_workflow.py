@@ -152,3 +152,19 @@ def test_tiny_experiment_end_to_end(tiny_copy, tiny_truth):
     # a second run has nothing to do (the files are the state)
     r2 = snakemake(tiny_copy, "-n", "--cores", "1")
     assert r2.returncode == 0 and "Nothing to be done" in (r2.stdout + r2.stderr)
+
+
+def test_other_parents_change_the_dag(tiny_copy):
+    """A sample with a second parent below a transition: the 100 K refinement starts from
+    the 100 K parent, indexed from scratch too."""
+    import yaml
+
+    p = tiny_copy / "config" / "config.yaml"
+    cfg = yaml.safe_load(p.read_text())
+    cfg["samples"]["tiny"]["other_parents"] = [{"temperature": 100, "for_temperatures": [0, 150]}]
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = snakemake(tiny_copy, "-n", "--cores", "1", "results/tiny/100K/orientation.nxs")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "results/tiny/100K/parent_orientation.nxs" in out
+    assert "results/tiny/300K/parent_orientation.nxs" not in out
