@@ -28,7 +28,6 @@ def main(argv=None) -> int:
     truth = json.loads((exp_dir / "truth.json").read_text())
     exp = load_experiment(exp_dir / "config" / "config.yaml", base_dir=exp_dir)
     res = exp_dir / "results"
-    px = None
 
     print(f"== {exp_dir} ({exp.name})")
     for name in exp.calibrations:
@@ -37,7 +36,6 @@ def main(argv=None) -> int:
             continue
         g = DetectorGeometry.from_poni_file(poni, exp.instrument.detector)
         t = DetectorGeometry(**truth["calibration_geometry"])
-        px = g.pixel_size[0]
         db = np.subtract(g.direct_beam_pixel(), t.direct_beam_pixel())
         print(f"calibration {name}: distance {g.dist / t.dist - 1:+.2e} rel, direct beam "
               f"({db[0]:+.3f}, {db[1]:+.3f}) px, rot1 {np.degrees(g.rot1 - t.rot1):+.4f} deg, "

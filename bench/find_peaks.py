@@ -45,7 +45,6 @@ if _MODE != "_simulate":
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -86,37 +85,13 @@ def say(msg: str) -> None:
 # Machine
 # --------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
     import h5py
     import numba
-    import scipy
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = os.cpu_count()
-    return {
-        "cpu_model": model, "cores_online": os.cpu_count(), "cores_usable": affinity,
-        "memory": mem, "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-        "scipy": scipy.__version__, "h5py": h5py.__version__,
-        "numba_num_threads": os.environ.get("NUMBA_NUM_THREADS"),
-        "note": "shared, noisy machine: every timing repeated, best reported with the spread",
-    }
+    from common import machine_info as base
+
+    return base(numba=numba.__version__, h5py=h5py.__version__,
+                numba_num_threads=os.environ.get("NUMBA_NUM_THREADS"))
 
 
 # --------------------------------------------------------------------------------------

@@ -788,12 +788,9 @@ def main(argv=None) -> int:
                           "python": platform.python_version(), "numpy": np.__version__,
                           "nx_versions": cases[0]["versions"] if cases else {}},
               "repeats": args.repeats, "cases": cases}
-    print(table(report))
-    text = json.dumps(report, indent=1, default=float)
-    if args.json:
-        args.json.write_text(text)
-    else:
-        print(text)
+    from common import emit
+
+    emit(report, table(report), args.json)
     return 0
 
 

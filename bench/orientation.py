@@ -55,10 +55,8 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
              "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = _THREADS
 
-import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -77,32 +75,9 @@ START = {"rotation_deg": 0.2, "cell_rel": 0.005, "dist_rel": 0.003}
 # Machine
 # --------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
-    import scipy
+    from common import machine_info as base
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = os.cpu_count()
-    return {"cpu_model": model, "cores_online": os.cpu_count(), "cores_usable": affinity,
-            "memory": mem, "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "threads": _THREADS,
-            "note": "shared, noisy machine: every timing repeated, best reported with the spread"}
+    return base(threads=_THREADS)
 
 
 def timed(fn, repeats: int):
@@ -368,12 +343,9 @@ def main(argv=None) -> int:
                   f"{1e3 * g.rot3:.1f} mrad)"),
         "cases": cases,
     }
-    print(table(report))
-    text = json.dumps(report, indent=1, default=float)
-    if args.json:
-        args.json.write_text(text)
-    else:
-        print(text)
+    from common import emit
+
+    emit(report, table(report), args.json)
     return 0
 
 

@@ -3,7 +3,6 @@ of the simulated experiment, the frame statistics, the outputs and the failure m
 from __future__ import annotations
 
 import json
-import shutil
 
 import h5py
 import hdf5plugin  # noqa: F401

@@ -15,7 +15,7 @@ from hklflow.config import load_experiment
 from hklflow.simulation.compare import orientation_error
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
-from hklflow.orientation import centroid_sigmas
+from hklflow.orientation import entry_peaks
 from hklflow.refinement import EntryPeaks, RefinementError, RefinementParams
 from hklflow.steps.find_peaks import PeakSearchParams, search
 from hklflow.steps.index_parent import index_parent
@@ -36,12 +36,8 @@ def entries_at(exp, truth, sample, tl):
         angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
         with open_frames(str(exp / "raw" / sample / tl / f"{entry}.h5")) as st:
             p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
-        strong = p["int_sum"] > 5 * np.sqrt(np.maximum(p["int_sum_var"], 1))
         sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
-        sxy, sz = centroid_sigmas(p)
-        out.append(EntryPeaks(entry, sg, tuple(t["det_shift"]), p["observed_px_x"][strong],
-                              p["observed_px_y"][strong], p["observed_frame"][strong],
-                              sxy[strong], sz[strong]))
+        out.append(entry_peaks(entry, sg, t["det_shift"], p))
     return out, cal
 
 

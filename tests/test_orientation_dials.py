@@ -139,8 +139,7 @@ def cbf_entries(out, truth, sample, tl):
     entries_at does on the HDF5 frames), the common detector start and search seconds."""
     from hklflow.frames import open_frames
     from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
-    from hklflow.orientation import centroid_sigmas
-    from hklflow.refinement import EntryPeaks
+    from hklflow.orientation import entry_peaks
     from hklflow.steps.find_peaks import PeakSearchParams, search
 
     gon = truth["goniometer"]
@@ -157,12 +156,8 @@ def cbf_entries(out, truth, sample, tl):
                          expected_frames=t["nframes"]) as st:
             p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
         seconds[entry] = time.monotonic() - t0
-        strong = p["int_sum"] > 5 * np.sqrt(np.maximum(p["int_sum_var"], 1))
         sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
-        sxy, sz = centroid_sigmas(p)
-        entries.append(EntryPeaks(entry, sg, tuple(t["det_shift"]), p["observed_px_x"][strong],
-                                  p["observed_px_y"][strong], p["observed_frame"][strong],
-                                  sxy[strong], sz[strong]))
+        entries.append(entry_peaks(entry, sg, t["det_shift"], p))
     return entries, cal, seconds
 
 

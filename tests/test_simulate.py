@@ -2,7 +2,6 @@
 conventions (which test_geometry/test_crystal pin to pyFAI and cctbx)."""
 from __future__ import annotations
 
-import json
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle filter)

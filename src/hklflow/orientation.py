@@ -42,14 +42,19 @@ def load_entries(scan_files, peaks_files, min_i_over_sigma: float = 5.0):
                               common.rot3], [base.dist, base.poni1, base.poni2, base.rot1,
                                              base.rot2, base.rot3], atol=1e-9):
             raise ValueError(f"{sf}: its entries do not share one calibration; refine them separately")
-        p = pk.peaks
-        strong = p["int_sum"] > min_i_over_sigma * np.sqrt(np.maximum(p["int_sum_var"], 1.0))
         sg = ScanGeometry(rec.geometry, rec.goniometer, rec.angles, dict(rec.offsets))
-        sxy, sz = centroid_sigmas(p)
-        entries.append(EntryPeaks(rec.entry, sg, shift, p["observed_px_x"][strong],
-                                  p["observed_px_y"][strong], p["observed_frame"][strong],
-                                  sxy[strong], sz[strong], p["int_sum"][strong]))
+        entries.append(entry_peaks(rec.entry, sg, shift, pk.peaks, min_i_over_sigma))
     return entries, common
+
+
+def entry_peaks(name, scan: ScanGeometry, shift, peaks: dict, min_i_over_sigma: float = 5.0):
+    """EntryPeaks of one entry from a peak table (find_peaks columns): the peaks above
+    min_i_over_sigma with their centroid uncertainties and intensities."""
+    strong = peaks["int_sum"] > min_i_over_sigma * np.sqrt(np.maximum(peaks["int_sum_var"], 1.0))
+    sxy, sz = centroid_sigmas(peaks)
+    return EntryPeaks(name, scan, tuple(shift), peaks["observed_px_x"][strong],
+                      peaks["observed_px_y"][strong], peaks["observed_frame"][strong],
+                      sxy[strong], sz[strong], peaks["int_sum"][strong])
 
 
 def sample_q(entries) -> np.ndarray:
