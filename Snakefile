@@ -13,13 +13,16 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/peaks.smk"
 include: "workflow/rules/orientation.smk"
+include: "workflow/rules/transform.smk"
 
 
 rule all:
     input:
         all_targets(),
+        transform_targets(),
     default_target: True

@@ -13,6 +13,12 @@ COMMANDS = {
     "find_peaks": ("hklflow.steps.find_peaks", "one streamed pass over a scan: frame statistics and 3D Bragg peaks"),
     "index_parent": ("hklflow.steps.index_parent", "index a sample's parent scan from scratch and refine it"),
     "refine_scan": ("hklflow.steps.refine_scan", "refine a sample at one temperature, starting from its parent"),
+    "define_grid": ("hklflow.steps.define_grid", "the (H, K, L) grid of a sample, from the config or the cell and Q range"),
+    "mask_scan": ("hklflow.steps.mask_scan", "pixel mask and 3D Bragg-peak mask of a scan entry"),
+    "transform": ("hklflow.steps.transform", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
+    "sum_volumes": ("hklflow.steps.sum_volumes", "add volumes (frame chunks of an entry, or entries of a temperature)"),
+    "symmetrize": ("hklflow.steps.symmetrize", "symmetrise a merged volume by the Laue group"),
+    "temperature_series": ("hklflow.steps.temperature_series", "one slice of a sample's volume at every temperature"),
 }
 
 

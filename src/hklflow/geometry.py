@@ -75,6 +75,19 @@ def pyfai_detector(name: str):
         raise ValueError(f"unknown pyFAI detector name {name!r}: {exc}") from None
 
 
+def detector_shape(name: str) -> tuple[int, int]:
+    """(rows, cols) of a pyFAI detector, from a table made from pyFAI (data/detector_shapes.json,
+    checked against pyFAI by the tests) so that parsing the Snakefile need not import pyFAI."""
+    import json
+    from importlib import resources
+
+    table = json.loads(resources.files("hklflow").joinpath("data/detector_shapes.json").read_text())
+    shape = table["shapes"].get(name.lower())
+    if shape is None:
+        shape = pyfai_detector(name).shape
+    return int(shape[0]), int(shape[1])
+
+
 @dataclass(frozen=True)
 class DetectorGeometry:
     """A flat area detector placed with pyFAI's PONI parameters."""

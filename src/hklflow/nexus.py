@@ -577,6 +577,7 @@ def write_peaks_file(path, scan: "ScanRecord", result, parameters: dict, provena
          frame_statistics           NXdata: sum, max, trimmed_sum, n_valid, n_strong, n_annulus
                                     vs frame_number and rotation_angle; @scan_max, @q_annulus
          hot_pixels                 [n, 2] rows, cols of pixels found hot
+         max_projection             [rows, cols] maximum of every pixel over the scan (-1: not used)
          parameters                 NXcollection: the peak-search parameters
          scan_file                  the scan.nxs this was made from
          process                    NXprocess: provenance
@@ -605,6 +606,9 @@ def write_peaks_file(path, scan: "ScanRecord", result, parameters: dict, provena
     st.attrs["q_annulus"] = np.asarray(result.q_annulus)
     ent["frame_statistics"] = st
     ent["hot_pixels"] = nx.NXfield(np.asarray(result.hot_pixels, dtype=np.int64).reshape(-1, 2))
+    # per-pixel maximum over the scan (-1 where not used): the mask step finds dead pixels in it
+    ent["max_projection"] = nx.NXfield(np.asarray(result.max_projection, dtype=np.float32),
+                                       compression="gzip", units="counts")
     par = nx.NXcollection()
     for k, v in parameters.items():
         par[k] = nx.NXfield("none" if v is None else (np.asarray(v) if isinstance(v, (tuple, list)) else v))
@@ -625,6 +629,7 @@ class PeaksRecord:
     frame_stats: dict
     hot_pixels: np.ndarray
     scan_max: float
+    max_projection: np.ndarray | None = None  # absent in files from before it was written
 
 
 def read_peaks_file(path, entry: str | None = None) -> PeaksRecord:
@@ -638,7 +643,8 @@ def read_peaks_file(path, entry: str | None = None) -> PeaksRecord:
         st = ent["frame_statistics"]
         stats = {k: st[k][()] for k in st}
         return PeaksRecord(str(path), ent.name.strip("/"), _text(ent["title"][()]), peaks, stats,
-                           ent["hot_pixels"][()], float(st.attrs["scan_max"]))
+                           ent["hot_pixels"][()], float(st.attrs["scan_max"]),
+                           ent["max_projection"][()] if "max_projection" in ent else None)
 
 
 # --------------------------------------------------------------------------------------

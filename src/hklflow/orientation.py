@@ -90,3 +90,20 @@ def plot_residuals(result: RefinementResult, title: str, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def refined_scan_geometry(scan_record, orientation) -> tuple[ScanGeometry, np.ndarray]:
+    """The refined geometry of one scan entry and the UB of its sample at its temperature:
+    the orientation file's common detector moved by the entry's scans-table translation,
+    the table's offset angles plus the refined offset corrections of the entry.
+
+    scan_record: nexus.ScanRecord (scan.nxs); orientation: nexus.OrientationRecord."""
+    rec, ori = scan_record, orientation
+    if rec.sample != ori.sample:
+        raise ValueError(f"{ori.path} is the orientation of sample {ori.sample!r}, "
+                         f"not of {rec.sample!r} ({rec.path})")
+    offsets = dict(rec.offsets)
+    for axis, v in ori.offset_corrections.get(rec.entry, {}).items():
+        offsets[axis] = offsets.get(axis, 0.0) + v
+    scan = ScanGeometry(ori.detector.shifted(*rec.detector_shift), rec.goniometer, rec.angles, offsets)
+    return scan, np.asarray(ori.UB, dtype=float)

@@ -12,6 +12,10 @@ rule calibrate_powder:
         "logs/calibrate_powder/{calibration}.log",
     benchmark:
         "benchmarks/calibrate_powder/{calibration}.tsv"
+    threads: rule_threads("calibrate_powder")
+    resources:
+        mem_mb=rule_mem_mb("calibrate_powder"),
+        runtime=rule_runtime("calibrate_powder"),
     shell:
         "{HKLFLOW} calibrate_powder {CONFIG_ARGS} --calibration {wildcards.calibration}"
         " --out-dir results/calibration/{wildcards.calibration} > {log} 2>&1"

@@ -10,6 +10,10 @@ rule ingest_scan:
         "logs/ingest_scan/{sample}/{temperature}/{entry}.log",
     benchmark:
         "benchmarks/ingest_scan/{sample}/{temperature}/{entry}.tsv"
+    threads: rule_threads("ingest_scan")
+    resources:
+        mem_mb=rule_mem_mb("ingest_scan"),
+        runtime=rule_runtime("ingest_scan"),
     shell:
         "{HKLFLOW} ingest_scan {CONFIG_ARGS}"
         " --scan {wildcards.sample}/{wildcards.temperature}/{wildcards.entry}"

@@ -23,6 +23,10 @@ rule index_parent:
         "logs/index_parent/{sample}/{temperature}.log",
     benchmark:
         "benchmarks/index_parent/{sample}/{temperature}.tsv"
+    threads: rule_threads("index_parent")
+    resources:
+        mem_mb=rule_mem_mb("index_parent"),
+        runtime=rule_runtime("index_parent"),
     shell:
         "{HKLFLOW} index_parent {CONFIG_ARGS} --sample {wildcards.sample}"
         " --temperature {wildcards.temperature} --scan-files {input.scans}"
@@ -44,6 +48,10 @@ rule refine_scan:
         "logs/refine_scan/{sample}/{temperature}.log",
     benchmark:
         "benchmarks/refine_scan/{sample}/{temperature}.tsv"
+    threads: rule_threads("refine_scan")
+    resources:
+        mem_mb=rule_mem_mb("refine_scan"),
+        runtime=rule_runtime("refine_scan"),
     shell:
         "{HKLFLOW} refine_scan {CONFIG_ARGS} --sample {wildcards.sample}"
         " --temperature {wildcards.temperature} --parent {input.parent}"

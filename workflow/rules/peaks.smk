@@ -11,6 +11,10 @@ rule find_peaks:
         "logs/find_peaks/{sample}/{temperature}/{entry}.log",
     benchmark:
         "benchmarks/find_peaks/{sample}/{temperature}/{entry}.tsv"
+    threads: rule_threads("find_peaks")
+    resources:
+        mem_mb=rule_mem_mb("find_peaks"),
+        runtime=rule_runtime("find_peaks"),
     shell:
         "{HKLFLOW} find_peaks {CONFIG_ARGS} --scan-file {input.scan}"
         " --out {output.peaks} --png {output.png} > {log} 2>&1"

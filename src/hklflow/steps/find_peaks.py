@@ -319,7 +319,10 @@ def main(argv=None) -> int:
 
     try:
         exp = load_experiment(args.config)
-        params = PeakSearchParams.from_config(exp.reduction["find_peaks"])
+        # the user mask file is shared with the mask step: it lives in reduction.mask
+        params = PeakSearchParams.from_config({**exp.reduction["find_peaks"],
+                                               "mask_file": exp.reduction["mask"]["mask_file"],
+                                               "mask_dataset": exp.reduction["mask"]["mask_dataset"]})
         rec = read_scan_file(args.scan_file)
         log.info("scan %s: %d frames of %s, %s", rec.scan_id, rec.nframes, rec.geometry.shape,
                  params)

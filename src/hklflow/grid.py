@@ -1,0 +1,168 @@
+"""The regular (H, K, L) grid of transforms and merges.
+
+Voxel centres of an axis are start + i * step, i = 0 .. n-1 (r.l.u.).  Volumes are stored in
+NXRefine's order, array[l, k, h] (H varies fastest).  A derived grid is symmetric about 0
+with step 1/m, so integer hkl fall on voxel centres and every Laue operator of the sample
+(integer matrices in hkl) maps voxel centres onto voxel centres when h and k share limits
+and steps (they do for every cell with a = b, which the symmetries that mix h and k need).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+AXES = ("h", "k", "l")
+
+
+@dataclass(frozen=True)
+class Axis:
+    start: float
+    step: float
+    n: int
+
+    def __post_init__(self):
+        if not (self.step > 0 and self.n >= 1 and math.isfinite(self.start)):
+            raise ValueError(f"grid axis needs step > 0 and n >= 1, got {self}")
+
+    @property
+    def stop(self) -> float:
+        return self.start + (self.n - 1) * self.step
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.start + self.step * np.arange(self.n)
+
+    @classmethod
+    def from_limits(cls, start: float, stop: float, step: float, where: str = "") -> "Axis":
+        if step <= 0 or stop < start:
+            raise ValueError(f"{where}: [start, stop, step] needs stop >= start and step > 0, "
+                             f"got [{start}, {stop}, {step}]")
+        n = int(math.floor((stop - start) / step + 1e-6)) + 1
+        return cls(float(start), float(step), n)
+
+    def index(self, value) -> np.ndarray:
+        """Voxel index (rounded) of values; out-of-range values give indices < 0 or >= n."""
+        return np.floor((np.asarray(value, float) - self.start) / self.step + 0.5).astype(np.int64)
+
+    def as_list(self) -> list:
+        return [self.start, self.stop, self.step]
+
+
+@dataclass(frozen=True)
+class Grid:
+    h: Axis
+    k: Axis
+    l: Axis  # noqa: E741
+
+    @property
+    def axes(self) -> tuple[Axis, Axis, Axis]:
+        return (self.h, self.k, self.l)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (nl, nk, nh)."""
+        return (self.l.n, self.k.n, self.h.n)
+
+    @property
+    def size(self) -> int:
+        return self.h.n * self.k.n * self.l.n
+
+    def index(self, hkl) -> np.ndarray:
+        """Voxel indices (..., 3) as (ih, ik, il) of hkl (..., 3)."""
+        hkl = np.asarray(hkl, float)
+        return np.stack([ax.index(hkl[..., i]) for i, ax in enumerate(self.axes)], axis=-1)
+
+    def contains(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        return np.all((idx >= 0) & (idx < np.array([self.h.n, self.k.n, self.l.n])), axis=-1)
+
+    def slice_index(self, axis: str, value: float) -> int:
+        """Index of the voxel plane nearest value along axis (h, k or l); ValueError outside."""
+        ax = getattr(self, axis)
+        i = int(ax.index(value))
+        if not 0 <= i < ax.n:
+            raise ValueError(f"{axis} = {value} is outside the grid ({ax.start:g} .. {ax.stop:g})")
+        return i
+
+    def as_dict(self) -> dict:
+        return {a: {"start": ax.start, "stop": ax.stop, "step": ax.step, "n": ax.n}
+                for a, ax in zip(AXES, self.axes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Grid":
+        return cls(*(Axis(float(d[a]["start"]), float(d[a]["step"]), int(d[a]["n"])) for a in AXES))
+
+    def same_as(self, other: "Grid", rtol: float = 1e-9) -> bool:
+        return all(a.n == b.n and math.isclose(a.start, b.start, rel_tol=rtol, abs_tol=1e-9)
+                   and math.isclose(a.step, b.step, rel_tol=rtol) for a, b in zip(self.axes, other.axes))
+
+    def describe(self) -> str:
+        return " x ".join(f"{a.upper()} {ax.start:g}..{ax.stop:g} step {ax.step:.5g} ({ax.n})"
+                          for a, ax in zip(AXES, self.axes)) + f" = {self.size:,} voxels"
+
+
+def default_grid(cell, q_max: float, q_pixel: float, max_voxels: int,
+                 given: dict | None = None) -> tuple[Grid, dict]:
+    """The grid for a sample: axes given as [start, stop, step] are kept; the others span
+    +-ceil(q_max |a_i|) with step 1/m_i, m_i the smallest integer making a step no larger
+    than one pixel's Q size (q_pixel |a_i|), then coarsened together until the grid holds at
+    most max_voxels.  cell: UnitCell; q_max, q_pixel in 1/Angstrom (no 2 pi).
+    Returns the grid and a dict saying how each axis was chosen."""
+    given = given or {}
+    lengths = cell.parameters[:3]  # |a_i|: h = Q . a_i, so |h| <= |Q| |a_i|
+    limits, m = {}, {}
+    for a, length in zip(AXES, lengths):
+        if a in given:
+            continue
+        limits[a] = max(1, math.ceil(q_max * length - 1e-9))
+        m[a] = max(1, math.ceil(1.0 / (q_pixel * length)))
+    fixed = 1
+    axes = {}
+    for a in AXES:
+        if a in given:
+            axes[a] = Axis.from_limits(*given[a], where=f"reduction.transform.grid.{a}")
+            fixed *= axes[a].n
+    def count(mm):
+        return fixed * math.prod(2 * limits[a] * mm[a] + 1 for a in m)
+    coarsened = 1.0
+    while m and count(m) > max_voxels:
+        f = (count(m) / max_voxels) ** (1.0 / len(m))
+        new = {a: max(1, math.floor(v / f)) for a, v in m.items()}
+        if new == m:
+            new = {a: max(1, v - 1) for a, v in m.items()}
+            if new == m:
+                break
+        coarsened *= f
+        m = new
+    for a in m:
+        n = limits[a]
+        axes[a] = Axis(-float(n), 1.0 / m[a], 2 * n * m[a] + 1)
+    how = {a: ("given in the config" if a in given else
+               f"+-{limits[a]} (Qmax {q_max:.4f}/A x |{a}| {lengths[AXES.index(a)]:.4f} A), step 1/{m[a]} "
+               f"(one pixel = {q_pixel * lengths[AXES.index(a)]:.4f} r.l.u.)") for a in AXES}
+    if coarsened > 1.0:
+        how["coarsened"] = f"steps coarsened to stay within max_voxels = {max_voxels:,}"
+    return Grid(axes["h"], axes["k"], axes["l"]), how
+
+
+def save_grid(path, grid: Grid, info: dict) -> None:
+    """grid.json: the grid and how it was chosen, with provenance (written atomically)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"grid": grid.as_dict(), **info}, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def load_grid(path) -> Grid:
+    try:
+        d = json.loads(Path(path).read_text())
+        return Grid.from_dict(d["grid"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a grid file of define_grid ({exc})") from None

@@ -1,0 +1,187 @@
+"""Reciprocal-space volumes on an (H, K, L) grid: the files of the transform and merge rules.
+
+A volume is two additive arrays on the grid, array[l, k, h] (NXRefine's order):
+signal_sum (summed corrected intensity) and weight_sum (summed pixel weights), so volumes
+of frame chunks, entries and Laue-equivalent positions add exactly; the intensity users
+look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
+
+  /entry                        NXentry, @default = KIND; title SAMPLE/TLABEL[/ENTRY]
+     KIND                       NXdata (transform, masked_transform, ...), @signal = data,
+                                @axes = [Ql, Qk, Qh], @weights = data_weights
+        data                    float32 [l, k, h]: signal_sum / weight_sum, NaN where unmeasured
+        data_weights            float32: weight_sum
+        signal_sum              float32: summed corrected intensity
+        Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
+     sample                     NXsample: name, space_group, unit_cell, ub_matrix (if known)
+     notes                      NXnote (JSON): what was summed (frames, entries, corrections)
+     process                    NXprocess: provenance
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .grid import AXES, Axis, Grid
+
+KINDS = ("transform", "masked_transform")
+
+
+@dataclass
+class Volume:
+    grid: Grid
+    signal: np.ndarray  # [l, k, h] summed corrected intensity
+    weight: np.ndarray  # [l, k, h] summed weight
+    kind: str = "transform"
+    title: str = ""
+    sample: dict = field(default_factory=dict)  # name, space_group, unit_cell, ub_matrix
+    notes: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.signal.shape != self.grid.shape or self.weight.shape != self.grid.shape:
+            raise ValueError(f"volume arrays {self.signal.shape}/{self.weight.shape} do not match "
+                             f"the grid {self.grid.shape}")
+
+    def intensity(self) -> np.ndarray:
+        """signal / weight, NaN where nothing was measured."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.weight > 0, self.signal / self.weight, np.nan).astype(np.float32)
+
+    def measured_fraction(self, region: np.ndarray | None = None) -> float:
+        w = self.weight if region is None else self.weight[region]
+        return float(np.count_nonzero(w > 0)) / max(w.size, 1)
+
+
+def _compression():
+    import hdf5plugin
+
+    return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+
+
+def _chunks(shape):
+    return tuple(min(n, c) for n, c in zip(shape, (8, 64, 64)))
+
+
+def reciprocal_lengths(cell) -> tuple[float, float, float]:
+    """|a*|, |b*|, |c*| in 1/Angstrom (no 2 pi) of a UnitCell or parameter list."""
+    from .crystal import UnitCell
+
+    c = cell if isinstance(cell, UnitCell) else UnitCell(*cell)
+    return tuple(float(v) for v in c.reciprocal_parameters[:3])
+
+
+def write_volume(path, vol: Volume, provenance: dict) -> Path:
+    """Write a volume (atomically: a temporary file renamed when complete)."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    comp = _compression()
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.attrs["default"] = "entry"
+            f.attrs["file_name"] = str(path.resolve())
+            ent = f.create_group("entry")
+            ent.attrs["NX_class"] = "NXentry"
+            ent.attrs["default"] = vol.kind
+            ent["title"] = vol.title
+            d = ent.create_group(vol.kind)
+            d.attrs["NX_class"] = "NXdata"
+            d.attrs["signal"] = "data"
+            d.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+            d.attrs["weights"] = "data_weights"
+            for i, name in enumerate(("Ql", "Qk", "Qh")):
+                d.attrs[f"{name}_indices"] = i
+            chunks = _chunks(vol.grid.shape)
+            d.create_dataset("data", data=vol.intensity(), chunks=chunks, **comp)
+            d.create_dataset("data_weights", data=vol.weight.astype(np.float32, copy=False),
+                             chunks=chunks, **comp)
+            d.create_dataset("signal_sum", data=vol.signal.astype(np.float32, copy=False),
+                             chunks=chunks, **comp)
+            d["data"].attrs["long_name"] = "intensity (corrected counts per pixel weight)"
+            scale = (reciprocal_lengths(vol.sample["unit_cell"]) if "unit_cell" in vol.sample
+                     else (None,) * 3)
+            for a, ax, s in zip(AXES, vol.grid.axes, scale):
+                q = d.create_dataset(f"Q{a}", data=ax.values)
+                q.attrs["units"] = "rlu"
+                q.attrs["long_name"] = a.upper()
+                q.attrs["step"] = ax.step
+                if s is not None:
+                    q.attrs["scaling_factor"] = s
+            smp = ent.create_group("sample")
+            smp.attrs["NX_class"] = "NXsample"
+            for k, v in vol.sample.items():
+                smp[k] = np.asarray(v) if not isinstance(v, str) else v
+            note = ent.create_group("notes")
+            note.attrs["NX_class"] = "NXnote"
+            note["type"] = "application/json"
+            note["data"] = json.dumps(vol.notes, sort_keys=True, default=str)
+            proc = ent.create_group("process")
+            proc.attrs["NX_class"] = "NXprocess"
+            proc["program"] = provenance.get("program", "hklflow")
+            proc["version"] = provenance.get("software", {}).get("hklflow", "")
+            proc["date"] = provenance.get("time", "")
+            proc["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _text(v):
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _find_kind(ent, path):
+    for k in ent:
+        if ent[k].attrs.get("NX_class") in ("NXdata", b"NXdata") and "signal_sum" in ent[k]:
+            return k
+    raise ValueError(f"{path}: /entry holds no volume (NXdata with signal_sum): not a transform "
+                     "or merge output")
+
+
+def read_grid_of(path) -> tuple[Grid, str]:
+    """The grid and kind of a volume file, without reading its arrays."""
+    from .nexus import h5open
+
+    with h5open(path) as f:
+        ent = f["entry"]
+        kind = _find_kind(ent, path)
+        d = ent[kind]
+        axes = []
+        for a in AXES:
+            v = d[f"Q{a}"][()]
+            step = float(d[f"Q{a}"].attrs.get("step", v[1] - v[0] if len(v) > 1 else 1.0))
+            axes.append(Axis(float(v[0]), step, len(v)))
+        return Grid(*axes), kind
+
+
+def read_volume(path, region: tuple | None = None) -> Volume:
+    """Read a volume file (all of it, or region = (l-slice, k-slice, h-slice) of the arrays,
+    in which case the grid returned is still the whole grid and arrays are the region)."""
+    from .nexus import h5open
+
+    path = os.fspath(path)
+    grid, kind = read_grid_of(path)
+    with h5open(path) as f:
+        ent = f["entry"]
+        d = ent[kind]
+        sel = region if region is not None else ()
+        signal = d["signal_sum"][sel]
+        weight = d["data_weights"][sel]
+        sample = {k: (_text(v[()]) if v.dtype.kind in "SOU" else v[()]) for k, v in ent["sample"].items()} \
+            if "sample" in ent else {}
+        notes = json.loads(_text(ent["notes/data"][()])) if "notes" in ent else {}
+        title = _text(ent["title"][()]) if "title" in ent else ""
+    if region is not None:
+        v = Volume.__new__(Volume)
+        v.grid, v.signal, v.weight, v.kind, v.title, v.sample, v.notes = (
+            grid, signal, weight, kind, title, sample, notes)
+        return v
+    return Volume(grid, signal, weight, kind, title, sample, notes)
