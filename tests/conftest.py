@@ -31,3 +31,33 @@ def tiny_copy(tiny_experiment, tmp_path) -> Path:
     dst = tmp_path / "experiment"
     shutil.copytree(tiny_experiment, dst)
     return dst
+
+
+def run_snakemake(workdir: Path, *args, timeout=900):
+    """snakemake on an experiment directory with the repository's Snakefile."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), *args]
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_experiment, tmp_path_factory):
+    """The tiny experiment reduced end to end by Snakemake once per session (every rule):
+    (experiment directory, completed process, raw-file hashes before, after)."""
+    import hashlib
+
+    dst = tmp_path_factory.mktemp("tiny_run") / "experiment"
+    shutil.copytree(tiny_experiment, dst)
+    raw = sorted(p for p in (dst / "raw").rglob("*") if p.is_file())
+
+    def hashes():
+        return {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in raw}
+
+    before = hashes()
+    r = run_snakemake(dst, "--cores", "2")
+    return dst, r, before, hashes()

@@ -112,6 +112,8 @@ class SimulationSpec:
     dead_pixels: int = 5
     hot_value: int = 1048575
     seed: int = 20261121
+    # a quick-look grid bound written into the experiment's config (None: the default 401^3)
+    transform_max_voxels: int | None = None
 
     def calibration(self) -> DetectorGeometry:
         return DetectorGeometry(self.detector, *self.calibration_geometry, wavelength=self.wavelength)
@@ -156,7 +158,9 @@ def preset(name: str) -> SimulationSpec:
                                 offsets={"omega": -1.5, "chi": 2.0})),
             nframes=360, phi_start=-90.0, phi_step=0.5,
             # in frame units like a 0.1 deg-step scan of a crystal with ~0.06 deg mosaicity
-            mosaicity_deg=0.3)
+            mosaicity_deg=0.3,
+            # a 300k detector and 9 scans: a 201^3 grid (0.065 GB per job) is the quick look
+            transform_max_voxels=201 ** 3)
     if name == "tiny":
         det = "Pilatus300k"
         p1, p2 = _px(det, 300.4, 250.6)
@@ -173,7 +177,8 @@ def preset(name: str) -> SimulationSpec:
             entries=(EntryModel("f1"),
                      EntryModel("f2", det_shift=(0.0, 9 * pix, 7 * pix),
                                 offsets={"omega": -1.0, "chi": 1.5})),
-            nframes=60, phi_start=0.0, phi_step=1.0, mosaicity_deg=0.5)
+            nframes=60, phi_start=0.0, phi_step=1.0, mosaicity_deg=0.5,
+            transform_max_voxels=121 ** 3)
     if name in ("tiny_hexagonal", "tiny_monoclinic"):
         samples = {
             # a hexagonal cell (orthogonal-axes shortcuts would get B wrong here)
@@ -449,6 +454,8 @@ def experiment_config(spec: SimulationSpec) -> dict:
             }
         },
         "samples": samples,
+        **({"reduction": {"transform": {"max_voxels": spec.transform_max_voxels}}}
+           if spec.transform_max_voxels else {}),
     }
 
 

@@ -1,0 +1,261 @@
+"""Benchmark of the (H, K, L) transform (issue 5), on a simulated PilatusCdTe2M scan.
+
+    python bench/transform.py [--frames 200] [--kernel-frames 32] [--json out.json]
+
+Prints, measured in one run on this machine:
+  1. kernel throughput (Mpixel/s per core) from decompressed frames in memory to a
+     >= 400^3 grid: hklflow's compiled kernel (bricked grid, and the plain [l, k, h] layout
+     for comparison) next to plain numpy implementations of the same mapping and binning;
+  2. end to end per scan entry: read + decompress (bitshuffle-LZ4 HDF5) + transform, one
+     process, then two processes at once on half the frames each (as two Snakemake jobs on
+     two cores): the scaling from 1 to 2 cores;
+  3. memory: peak RSS of a transform job, and the figures for a full 1679 x 1475 x 3650-frame
+     scan on an 801^3 grid, with the number of jobs the default config splits it into.
+The scan (200 frames, ~0.5 GB) is simulated once into bench/.data (shared with
+bench/find_peaks.py).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import emit, machine_info  # noqa: E402
+from find_peaks import DETECTOR, ensure_scan, scan_geometry  # noqa: E402
+
+WORKDIR = HERE / ".data"
+
+
+def setup(nframes: int, max_voxels: int):
+    """Geometry, UB, pixel table and the default grid (from hklflow's own rules) of the
+    simulated 2M scan."""
+    from hklflow.crystal import UnitCell
+    from hklflow.geometry import ScanGeometry
+    from hklflow.grid import default_grid
+    from hklflow.transform import pixel_table
+
+    paths, spec, _ = ensure_scan(WORKDIR, nframes, "demo")
+    geom, angles = scan_geometry(spec)
+    sample = spec.samples[0]
+    crystal = sample.crystal_at(sample.temperatures[0])
+    UB = sample.U_at(sample.temperatures[0]) @ crystal.B
+    scan = ScanGeometry(geom, spec.goniometer(), angles, {})
+    table = pixel_table(geom, geom.detector_mask(), polarization_fraction=spec.polarization_fraction)
+    q_max = 2 * math.sin(geom.max_two_theta() / 2) / geom.wavelength
+    q_pixel = min(geom.pixel_size) / (geom.dist * geom.wavelength)
+    grid, _ = default_grid(UnitCell(*crystal.cell.parameters), q_max, q_pixel, max_voxels)
+    return paths["h5"], scan, UB, table, grid
+
+
+def best_of(fn, repeats: int) -> tuple[float, list]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), times
+
+
+def numpy_bincount(frames, table, M, scale, trusted_max, grid):
+    """Plain numpy, second flavour: per frame, np.bincount over the span of flat indices
+    the frame touches (often faster than np.add.at)."""
+    signal = np.zeros(grid.size)
+    weight = np.zeros(grid.size)
+    origin = np.array([ax.start for ax in grid.axes])
+    inv = np.array([1.0 / ax.step for ax in grid.axes])
+    dims = np.array([grid.h.n, grid.k.n, grid.l.n])
+    q = table.q.astype(np.float64)
+    for f in range(frames.shape[0]):
+        v = frames[f].reshape(-1)[table.index].astype(np.float64)
+        idx = np.floor((q @ M[f, 0].T - origin) * inv + 0.5).astype(np.int64)
+        good = (v >= 0) & (v < trusted_max) & np.all((idx >= 0) & (idx < dims), axis=1)
+        flat = (idx[good, 2] * dims[1] + idx[good, 1]) * dims[0] + idx[good, 0]
+        lo, hi = flat.min(), flat.max() + 1
+        signal[lo:hi] += np.bincount(flat - lo, v[good] * table.corr[good] * scale[f], hi - lo)
+        weight[lo:hi] += np.bincount(flat - lo, None, hi - lo)
+    return signal, weight
+
+
+def kernel_section(path, scan, UB, table, grid, nframes: int, repeats: int) -> dict:
+    from hklflow.frames import open_frames
+    from hklflow.transform import Transformer, frame_matrices, numpy_transform
+
+    with open_frames(str(path)) as st:
+        frames = st.read(0, nframes)
+        trusted = float(np.iinfo(frames.dtype).max)
+    M = frame_matrices(scan, UB, 0, nframes, 1)
+    ones = np.ones(nframes)
+    npx = nframes * len(table)
+    Transformer(grid, table, trusted).add(frames[:1], M[:1], ones[:1])  # compile
+    out = {"frames": nframes, "pixels_per_frame": len(table), "grid": grid.describe()}
+    for name, bits in (("hklflow_bricked", 3), ("hklflow_plain_layout", 0)):
+        # allocation + zeroing of the grid is part of a job, not of the kernel: time add only
+        times = []
+        for _ in range(repeats):
+            tr = Transformer(grid, table, trusted, brick_bits=bits)
+            t = time.perf_counter()
+            tr.add(frames, M, ones)
+            times.append(time.perf_counter() - t)
+        out[name] = {"best_s": min(times), "times_s": times, "mpix_per_s": npx / min(times) / 1e6}
+    # numpy on fewer frames (it is slow); same per-frame work
+    nf_np = max(1, min(4, nframes))
+    npx_np = nf_np * len(table)
+    t_at, _ = best_of(lambda: numpy_transform(frames[:nf_np], table, M[:nf_np], ones, trusted, grid), 2)
+    t_bc, _ = best_of(lambda: numpy_bincount(frames[:nf_np], table, M[:nf_np], ones, trusted, grid), 2)
+    out["numpy_add_at"] = {"frames": nf_np, "best_s": t_at, "mpix_per_s": npx_np / t_at / 1e6}
+    out["numpy_bincount"] = {"frames": nf_np, "best_s": t_bc, "mpix_per_s": npx_np / t_bc / 1e6}
+    base = max(out["numpy_add_at"]["mpix_per_s"], out["numpy_bincount"]["mpix_per_s"])
+    out["speedup_vs_best_numpy"] = out["hklflow_bricked"]["mpix_per_s"] / base
+    out["bricked_vs_plain_layout"] = (out["hklflow_bricked"]["mpix_per_s"]
+                                      / out["hklflow_plain_layout"]["mpix_per_s"])
+    # the kernel and numpy agree (same frames)
+    s_np, w_np = numpy_transform(frames[:nf_np], table, M[:nf_np], ones, trusted, grid)
+    tr = Transformer(grid, table, trusted)
+    tr.add(frames[:nf_np], M[:nf_np], ones[:nf_np])
+    s_k, w_k = tr.acc.arrays()
+    out["agreement"] = {"weights_equal": bool(np.array_equal(w_k, w_np)),
+                        "signal_max_rel_diff": float(np.abs(s_k - s_np).max() / max(np.abs(s_np).max(), 1e-30))}
+    return out
+
+
+def _e2e_worker(args):
+    """One transform job: open the file, read+decompress+transform frames [a, b)."""
+    path, a, b, nframes_total, max_voxels, conn = args
+    from hklflow.frames import open_frames
+    from hklflow.transform import Transformer, transform_frames
+
+    _, scan, UB, table, grid = setup(nframes_total, max_voxels)
+    with open_frames(str(path)) as st:
+        trusted = float(np.iinfo(st.dtype).max)
+        from hklflow.grid import Axis, Grid
+        small = Grid(Axis(0, 1, 8), Axis(0, 1, 8), Axis(0, 1, 8))  # compile on a small grid
+        Transformer(small, table, trusted).add(st.read(a, a + 1), np.zeros((1, 1, 3, 3)), np.ones(1))
+        tr = Transformer(grid, table, trusted)
+        conn.send("ready")
+        conn.recv()  # start together
+        t = time.perf_counter()
+        c0 = time.process_time()
+        k = transform_frames(st, scan, UB, tr, a, b, 1, np.ones(b - a), 16)
+        wall = time.perf_counter() - t
+        cpu = time.process_time() - c0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.send({"frames": b - a, "wall_s": wall, "cpu_s": cpu, "kernel_s": k,
+               "pixel_frames": (b - a) * len(table), "peak_rss_mb": rss,
+               "grid_mb": tr.acc.nbytes / 1e6})
+
+
+def run_jobs(path, ranges, nframes_total, max_voxels) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for a, b in ranges:
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_e2e_worker, args=((path, a, b, nframes_total, max_voxels, child),))
+        p.start()
+        pipes.append(parent)
+        procs.append(p)
+    for c in pipes:
+        assert c.recv() == "ready"
+    t = time.perf_counter()
+    for c in pipes:
+        c.send("go")
+    res = [c.recv() for c in pipes]
+    wall = time.perf_counter() - t
+    for p in procs:
+        p.join()
+    for r in res:
+        r["together_wall_s"] = wall
+    return res
+
+
+def e2e_section(path, nframes, max_voxels, repeats) -> dict:
+    out = {}
+    one = min((run_jobs(path, [(0, nframes)], nframes, max_voxels) for _ in range(repeats)),
+              key=lambda r: r[0]["wall_s"])
+    px = one[0]["pixel_frames"]
+    out["one_job"] = {**one[0], "mpix_per_s": px / one[0]["wall_s"] / 1e6}
+    half = nframes // 2
+    two = min((run_jobs(path, [(0, half), (half, nframes)], nframes, max_voxels)
+               for _ in range(repeats)), key=lambda r: max(x["wall_s"] for x in r))
+    wall2 = max(r["wall_s"] for r in two)
+    px2 = sum(r["pixel_frames"] for r in two)
+    out["two_jobs"] = {"jobs": two, "wall_s": wall2, "mpix_per_s": px2 / wall2 / 1e6}
+    out["scaling_1_to_2_cores"] = out["two_jobs"]["mpix_per_s"] / out["one_job"]["mpix_per_s"]
+    return out
+
+
+def memory_section(e2e: dict, grid) -> dict:
+    from hklflow.geometry import detector_shape
+
+    rows, cols = detector_shape(DETECTOR)
+    npix = rows * cols
+    one = e2e["one_job"]
+    fixed_mb = one["peak_rss_mb"] - one["grid_mb"]
+    grid801 = 801 ** 3 * 8 / 1e6
+    schema_default = 2_000_000_000  # reduction.transform.pixel_frames_per_job
+    frames_per_job = max(1, schema_default // npix)
+    jobs = math.ceil(3650 / frames_per_job)
+    return {
+        "measured_peak_rss_mb": one["peak_rss_mb"], "measured_grid_mb": one["grid_mb"],
+        "measured_rest_mb": fixed_mb,
+        "full_scan": {"detector": f"{DETECTOR} {rows}x{cols}", "frames": 3650,
+                      "grid": "801^3", "grid_mb": grid801,
+                      "job_peak_mb_estimate": grid801 + fixed_mb,
+                      "default_frames_per_job": frames_per_job, "default_jobs": jobs,
+                      "note": "rest = frames double buffer (2 x 16 frames), pixel table, Python; "
+                              "it does not grow with the frames of a job"},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=200, help="frames of the simulated scan")
+    p.add_argument("--kernel-frames", type=int, default=32, help="frames held in memory for the kernel timing")
+    p.add_argument("--max-voxels", type=int, default=401 ** 3, help="grid size bound (default 401^3)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    path, scan, UB, table, grid = setup(args.frames, args.max_voxels)
+    report = {"machine": machine_info()}
+    report["kernel"] = kernel_section(path, scan, UB, table, grid, args.kernel_frames, args.repeats)
+    report["end_to_end"] = e2e_section(path, args.frames, args.max_voxels, max(1, args.repeats - 1))
+    report["memory"] = memory_section(report["end_to_end"], grid)
+    k, e, m = report["kernel"], report["end_to_end"], report["memory"]
+    lines = [
+        f"transform benchmark: {DETECTOR}, {k['pixels_per_frame']} usable pixels/frame; grid {k['grid']}",
+        f"kernel (frames in memory, {k['frames']} frames, best of {args.repeats}):",
+        f"  hklflow bricked grid     {k['hklflow_bricked']['mpix_per_s']:8.1f} Mpixel/s per core",
+        f"  hklflow plain layout     {k['hklflow_plain_layout']['mpix_per_s']:8.1f} Mpixel/s per core"
+        f"   (bricked / plain = {k['bricked_vs_plain_layout']:.2f})",
+        f"  numpy np.add.at          {k['numpy_add_at']['mpix_per_s']:8.2f} Mpixel/s",
+        f"  numpy np.bincount        {k['numpy_bincount']['mpix_per_s']:8.2f} Mpixel/s",
+        f"  kernel / best numpy      {k['speedup_vs_best_numpy']:8.1f} x   (goal >= 20)",
+        f"  agreement: weights equal {k['agreement']['weights_equal']}, signal max rel diff "
+        f"{k['agreement']['signal_max_rel_diff']:.1e}",
+        f"end to end (read + decompress + transform, {args.frames} frames):",
+        f"  1 job on 1 core          {e['one_job']['mpix_per_s']:8.1f} Mpixel/s   (goal >= 25; "
+        f"CPU {e['one_job']['cpu_s']:.1f} s for {e['one_job']['wall_s']:.1f} s wall)",
+        f"  2 jobs on 2 cores        {e['two_jobs']['mpix_per_s']:8.1f} Mpixel/s   (scaling "
+        f"{e['scaling_1_to_2_cores']:.2f}x)",
+        f"  full 2M scan, 3650 frames, one core at this rate: "
+        f"{3650 * 1679 * 1475 / e['one_job']['mpix_per_s'] / 1e6 / 60:.1f} min (goal < 6)",
+        "memory:",
+        f"  this job: peak RSS {m['measured_peak_rss_mb']:.0f} MB (grid {m['measured_grid_mb']:.0f} MB)",
+        f"  full scan on 801^3: grid {m['full_scan']['grid_mb']:.0f} MB, job ~"
+        f"{m['full_scan']['job_peak_mb_estimate']:.0f} MB; default split: "
+        f"{m['full_scan']['default_jobs']} jobs of <= {m['full_scan']['default_frames_per_job']} frames",
+    ]
+    emit(report, "\n".join(lines), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The (H, K, L) transform: grid rules, the compiled kernel against plain numpy and against
+the geometry's own pixel -> hkl mapping (pinned to pyFAI and cctbx in test_geometry), total
+intensity conservation, independence of the frame chunking, the punch, sub-steps."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hklflow.crystal import Crystal, UnitCell
+from hklflow.frames import open_frames
+from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+from hklflow.grid import Axis, Grid, default_grid
+from hklflow.transform import (Transformer, allowed_table, auto_subdivide, frame_matrices,
+                               numpy_transform, pixel_table, transform_frames)
+
+SCAN = "tiny/100K/f2"
+
+
+def truth_scan(truth, scan_id=SCAN):
+    t = truth["scans"][scan_id]
+    s, tl, _ = scan_id.split("/")
+    samp = truth["samples"][s]["temperatures"][tl]
+    gon = truth["goniometer"]
+    goniometer = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"],
+                            tuple((k, tuple(v)) for k, v in gon["offset_axes"].items()))
+    scan = ScanGeometry(DetectorGeometry(**t["geometry"]), goniometer,
+                        ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), dict(t["offsets"]))
+    crystal = Crystal(truth["samples"][s]["space_group"], UnitCell(*samp["cell"]))
+    return scan, np.array(samp["UB"]), crystal
+
+
+def raw(exp, scan_id=SCAN):
+    s, t, e = scan_id.split("/")
+    return exp / "raw" / s / t / f"{e}.h5"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_experiment, tiny_truth):
+    scan, UB, crystal = truth_scan(tiny_truth)
+    table = pixel_table(scan.detector, scan.detector.detector_mask(), polarization_fraction=0.99)
+    grid = Grid(Axis(-4, 0.05, 161), Axis(-4, 0.05, 161), Axis(-6, 0.1, 121))
+    with open_frames(str(raw(tiny_experiment))) as st:
+        frames = st.read(0, st.nframes)
+    return scan, UB, crystal, table, grid, frames
+
+
+# ---- grid --------------------------------------------------------------------------------
+def test_default_grid_puts_integers_on_voxel_centres_and_respects_the_bound():
+    cell = UnitCell(5.52, 5.52, 8.83, 90, 90, 120)
+    grid, how = default_grid(cell, q_max=1.2, q_pixel=0.004, max_voxels=201 ** 3)
+    assert grid.size <= 201 ** 3
+    for ax, length in zip(grid.axes, cell.parameters[:3]):
+        assert ax.start == -ax.stop and ax.start == -math.ceil(1.2 * length)
+        m = round(1 / ax.step)
+        assert abs(1 / ax.step - m) < 1e-9  # step 1/m: integer hkl are voxel centres
+        assert ax.values[ax.index(1.0)] == pytest.approx(1.0)
+    assert grid.h == grid.k  # a = b: the hexagonal operators map the grid onto itself
+    assert "coarsened" in how
+    fine, how = default_grid(cell, q_max=0.3, q_pixel=0.004, max_voxels=10 ** 9)
+    assert "coarsened" not in how
+    assert fine.h.step <= 0.004 * 5.52 + 1e-12  # no coarser than one pixel
+    kept, _ = default_grid(cell, 1.2, 0.004, 10 ** 6, given={"l": [-2, 2, 0.5]})
+    assert (kept.l.start, kept.l.stop, kept.l.step, kept.l.n) == (-2, 2, 0.5, 9)
+
+
+def test_grid_index_and_slices():
+    g = Grid(Axis(-1, 0.25, 9), Axis(0, 0.5, 3), Axis(-2, 1, 5))
+    assert g.shape == (5, 3, 9)
+    assert g.index([[0.1, 0.4, -2.4]]).tolist() == [[4, 1, 0]]
+    assert g.slice_index("l", 0) == 2
+    with pytest.raises(ValueError, match="outside the grid"):
+        g.slice_index("h", 3)
+
+
+# ---- kernel --------------------------------------------------------------------------------
+def test_kernel_equals_numpy_reference(setup):
+    scan, UB, crystal, table, grid, frames = setup
+    fr = frames[10:16]
+    M = frame_matrices(scan, UB, 10, 16, 2)
+    scale = np.linspace(0.8, 1.3, 6)  # a monitor
+    rng = np.random.default_rng(1)
+    bragg = (rng.random((6, fr[0].size)) < 0.05).astype(np.uint8)
+    tr = Transformer(grid, table, 2 ** 31 - 1)
+    tr.add(fr, M, scale, bragg)
+    s, w = tr.acc.arrays()
+    s_ref, w_ref = numpy_transform(fr, table, M, scale, 2 ** 31 - 1, grid, bragg=bragg)
+    assert np.array_equal(w, w_ref)
+    assert np.count_nonzero(w) > 1000
+    np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
+    # the plain layout gives the same volume
+    tr0 = Transformer(grid, table, 2 ** 31 - 1, brick_bits=0)
+    tr0.add(fr, M, scale, bragg)
+    s0, w0 = tr0.acc.arrays()
+    assert np.array_equal(w0, w) and np.allclose(s0, s, rtol=1e-6)
+
+
+def test_each_pixel_lands_in_the_voxel_of_its_hkl(setup):
+    """Independent path: ScanGeometry.hkl_at at pixel and frame centres (pinned to pyFAI and
+    cctbx by test_geometry) and Grid.index."""
+    scan, UB, crystal, table, grid, frames = setup
+    rng = np.random.default_rng(7)
+    ny, nx = scan.detector.shape
+    pick = rng.choice(table.index, 300, replace=False)
+    for f in (0, 31, 59):
+        frame = np.zeros((1, ny, nx), np.int32)
+        frame.reshape(1, -1)[0, pick] = np.arange(1, 301)
+        tr = Transformer(grid, table, 2 ** 31 - 1)
+        tr.add(frame, frame_matrices(scan, UB, f, f + 1, 1), np.ones(1))
+        s, w = tr.acc.arrays()
+        hkl = scan.hkl_at(pick // nx + 0.5, pick % nx + 0.5, f + 0.5, UB)
+        idx = grid.index(hkl)
+        inside = grid.contains(idx)
+        assert inside.sum() > 100
+        # every inside pixel's value is found in its voxel (summed with others sharing it)
+        expect = np.zeros(grid.shape)
+        corr = dict(zip(table.index.tolist(), table.corr.tolist()))
+        for p, (ih, ik, il), ok, v in zip(pick, idx, inside, np.arange(1, 301)):
+            if ok:
+                expect[il, ik, ih] += v * corr[int(p)]
+        np.testing.assert_allclose(s, expect, rtol=1e-6)
+        # zeros are measurements too: every usable pixel on the grid adds weight 1
+        every = grid.contains(grid.index(scan.hkl_at(table.index // nx + 0.5,
+                                                     table.index % nx + 0.5, f + 0.5, UB)))
+        assert w.sum() == every.sum()
+
+
+def test_total_intensity_is_conserved(setup):
+    scan, UB, crystal, table, grid, frames = setup
+    first, stop = 0, 60
+    tr = Transformer(grid, table, 2 ** 31 - 1)
+    M = frame_matrices(scan, UB, first, stop, 1)
+    tr.add(frames[first:stop], M, np.ones(stop - first))
+    s, w = tr.acc.arrays()
+    # independently: every unmasked valid pixel whose hkl (hkl_at) falls on the grid
+    ny, nx = scan.detector.shape
+    rows, cols = table.index // nx + 0.5, table.index % nx + 0.5
+    total = 0.0
+    count = 0
+    for f in range(first, stop, 7):
+        hkl = scan.hkl_at(rows, cols, f + 0.5, UB)
+        on = grid.contains(grid.index(hkl))
+        v = frames[f].reshape(-1)[table.index].astype(float)
+        ok = on & (v >= 0)
+        total += float(np.sum(v[ok] * table.corr[ok].astype(float)))
+        count += int(ok.sum())
+    tr7 = Transformer(grid, table, 2 ** 31 - 1)
+    sel = np.arange(first, stop, 7)
+    tr7.add(frames[sel], M[sel - first], np.ones(len(sel)))
+    s7, w7 = tr7.acc.arrays()
+    assert float(w7.sum()) == count
+    assert float(s7.astype(np.float64).sum()) == pytest.approx(total, rel=2e-6)
+    assert float(w.sum()) > 0 and np.isfinite(s).all()
+
+
+def test_result_does_not_depend_on_the_frame_chunking(setup, tiny_experiment):
+    scan, UB, crystal, table, grid, frames = setup
+    with open_frames(str(raw(tiny_experiment))) as st:
+        whole = Transformer(grid, table, 2 ** 31 - 1)
+        transform_frames(st, scan, UB, whole, 0, 60, 2, np.ones(60), chunk_frames=16)
+        parts = []
+        for a, b in ((0, 13), (13, 37), (37, 60)):
+            tr = Transformer(grid, table, 2 ** 31 - 1)
+            transform_frames(st, scan, UB, tr, a, b, 2, np.ones(b - a), chunk_frames=5)
+            parts.append(tr.acc.arrays())
+    s, w = whole.acc.arrays()
+    s_sum = sum(p[0].astype(np.float64) for p in parts)
+    w_sum = sum(p[1].astype(np.float64) for p in parts)
+    assert np.array_equal(w, w_sum)
+    np.testing.assert_allclose(s, s_sum, rtol=1e-5, atol=1e-3)
+
+
+def test_punch_removes_allowed_nodes_only(setup):
+    scan, UB, crystal, table, grid, frames = setup
+    M = frame_matrices(scan, UB, 0, 60, 1)
+    r = 0.15
+    tr = Transformer(grid, table, 2 ** 31 - 1, crystal=crystal, hkl_radius=r)
+    tr.add(frames, M, np.ones(60))
+    plain = Transformer(grid, table, 2 ** 31 - 1)
+    plain.add(frames, M, np.ones(60))
+    w, w0 = tr.acc.arrays()[1], plain.acc.arrays()[1]
+    hh, kk, ll = np.meshgrid(grid.h.values, grid.k.values, grid.l.values, indexing="ij")
+    hkl = np.stack([hh, kk, ll], -1).transpose(2, 1, 0, 3)  # [l, k, h, 3]
+    node = np.round(hkl)
+    d = np.linalg.norm(hkl - node, axis=-1)
+    allowed = ~crystal.is_absent(node.reshape(-1, 3).astype(int)).reshape(d.shape)
+    half_diagonal = 0.5 * math.sqrt(grid.h.step ** 2 + grid.k.step ** 2 + grid.l.step ** 2)
+    core = d < r - half_diagonal  # every point of these voxels is inside the radius
+    assert w0[core & allowed].sum() > 0
+    assert w[core & allowed].sum() == 0
+    # absent nodes (I 41/a m d has many) keep their data, and far from nodes nothing changes
+    assert w[core & ~allowed].sum() == w0[core & ~allowed].sum() > 0
+    far = d > r + half_diagonal
+    assert np.array_equal(w[far], w0[far])
+
+
+def test_allowed_table_matches_the_crystal(setup):
+    scan, UB, crystal, table, grid, frames = setup
+    t, off = allowed_table(crystal, grid)
+    hkl = np.array([[2, 0, 0], [1, 1, 0], [0, 0, 4], [2, 2, 0], [1, 0, 1]])
+    got = [bool(t[tuple(x - off)]) for x in hkl]
+    assert got == (~crystal.is_absent(hkl)).tolist()
+
+
+def test_auto_subdivide_follows_the_rotation_step(setup):
+    scan, UB, crystal, table, grid, frames = setup
+    n1, move1 = auto_subdivide(scan, table, grid, crystal.cell.parameters[:3])
+    fine = Grid(Axis(-4, 0.01, 801), Axis(-4, 0.01, 801), Axis(-6, 0.01, 1201))
+    n2, move2 = auto_subdivide(scan, table, fine, crystal.cell.parameters[:3])
+    a, _, c = crystal.cell.parameters[:3]
+    # the axis with the most voxels per r.l.u. length decides: h (a / 0.05) then l (c / 0.01)
+    assert move2 / move1 == pytest.approx((c / 0.01) / (a / 0.05), rel=1e-9)
+    assert n2 > n1 >= 1 and n2 == min(16, math.ceil(move2 / 0.5))
+
+
+def test_subdivision_conserves_intensity_and_spreads_it(setup):
+    scan, UB, crystal, table, grid, frames = setup
+    out = {}
+    for n in (1, 4):
+        tr = Transformer(grid, table, 2 ** 31 - 1)
+        tr.add(frames[20:24], frame_matrices(scan, UB, 20, 24, n), np.ones(4))
+        out[n] = tr.acc.arrays()
+    (s1, w1), (s4, w4) = out[1], out[4]
+    assert float(s4.astype(float).sum()) == pytest.approx(float(s1.astype(float).sum()), rel=1e-3)
+    assert float(w4.sum()) == pytest.approx(float(w1.sum()), rel=1e-3)
+    assert np.count_nonzero(w4) > np.count_nonzero(w1)  # sub-steps fill voxels a frame skips
