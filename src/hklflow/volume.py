@@ -185,3 +185,150 @@ def read_volume(path, region: tuple | None = None) -> Volume:
             grid, signal, weight, kind, title, sample, notes)
         return v
     return Volume(grid, signal, weight, kind, title, sample, notes)
+
+
+# --------------------------------------------------------------------------------------
+# Slab by slab along L (sum_volumes, symmetrize): volumes larger than memory allows twice
+# --------------------------------------------------------------------------------------
+def slab_planes(grid: Grid, bytes_per_array: float = 64e6, multiple: int = 8) -> int:
+    """L planes per slab so that one float32 array of a slab holds about bytes_per_array
+    (a multiple of the L chunk size, 8; at least 8, at most 64)."""
+    per_plane = 4 * grid.k.n * grid.h.n
+    n = int(bytes_per_array // per_plane) // multiple * multiple
+    return max(multiple, min(64, n))
+
+
+def read_volume_header(path) -> Volume:
+    """Grid, kind, title, sample and notes of a volume file; signal and weight are empty
+    (0 planes) arrays."""
+    return read_volume(path, region=(slice(0, 0), slice(None), slice(None)))
+
+
+class VolumeWriter:
+    """Write a volume in write_volume's layout, slab by slab along L, so that a volume is
+    never held whole (the intensity, signal/weight, is computed per slab).  Atomic like
+    write_volume: a temporary file renamed on a clean exit of the `with` block, removed on
+    an exception or when some L plane was never written.  `notes` may be set (replaced)
+    until the block ends::
+
+        with VolumeWriter(path, grid, kind, title, sample, notes, provenance) as w:
+            for l0 in range(0, grid.l.n, planes):
+                w.write(l0, signal_slab, weight_slab)   # [planes, k, h], any float dtype
+            w.notes["measured_fraction"] = ...
+    """
+
+    def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
+                 sample: dict | None = None, notes: dict | None = None,
+                 provenance: dict | None = None):
+        self.path = Path(path)
+        self.grid, self.kind, self.title = grid, kind, title
+        self.sample = dict(sample or {})
+        self.notes = dict(notes or {})
+        self.provenance = dict(provenance or {})
+        self._written = np.zeros(grid.l.n, dtype=bool)
+        self._f = None
+        self._tmp = None
+
+    def __enter__(self) -> "VolumeWriter":
+        import h5py
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            self._f = f = h5py.File(self._tmp, "w", locking=False)
+            f.attrs["default"] = "entry"
+            f.attrs["file_name"] = str(self.path.resolve())
+            ent = f.create_group("entry")
+            ent.attrs["NX_class"] = "NXentry"
+            ent.attrs["default"] = self.kind
+            ent["title"] = self.title
+            d = ent.create_group(self.kind)
+            d.attrs["NX_class"] = "NXdata"
+            d.attrs["signal"] = "data"
+            d.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+            d.attrs["weights"] = "data_weights"
+            for i, name in enumerate(("Ql", "Qk", "Qh")):
+                d.attrs[f"{name}_indices"] = i
+            shape, chunks, comp = self.grid.shape, _chunks(self.grid.shape), _compression()
+            d.create_dataset("data", shape=shape, dtype=np.float32, chunks=chunks,
+                             fillvalue=np.nan, **comp)
+            d.create_dataset("data_weights", shape=shape, dtype=np.float32, chunks=chunks,
+                             fillvalue=0.0, **comp)
+            d.create_dataset("signal_sum", shape=shape, dtype=np.float32, chunks=chunks,
+                             fillvalue=0.0, **comp)
+            d["data"].attrs["long_name"] = "intensity (corrected counts per pixel weight)"
+            scale = (reciprocal_lengths(self.sample["unit_cell"]) if "unit_cell" in self.sample
+                     else (None,) * 3)
+            for a, ax, s in zip(AXES, self.grid.axes, scale):
+                q = d.create_dataset(f"Q{a}", data=ax.values)
+                q.attrs["units"] = "rlu"
+                q.attrs["long_name"] = a.upper()
+                q.attrs["step"] = ax.step
+                if s is not None:
+                    q.attrs["scaling_factor"] = s
+            smp = ent.create_group("sample")
+            smp.attrs["NX_class"] = "NXsample"
+            for k, v in self.sample.items():
+                smp[k] = np.asarray(v) if not isinstance(v, str) else v
+            proc = ent.create_group("process")
+            proc.attrs["NX_class"] = "NXprocess"
+            prov = self.provenance
+            proc["program"] = prov.get("program", "hklflow")
+            proc["version"] = prov.get("software", {}).get("hklflow", "")
+            proc["date"] = prov.get("time", "")
+            proc["provenance"] = json.dumps(prov, sort_keys=True, default=str)
+            self._data = d
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def write(self, l0: int, signal: np.ndarray, weight: np.ndarray) -> None:
+        """Store planes [l0, l0 + len(signal)) (arrays [planes, k, h]; stored float32)."""
+        n = signal.shape[0]
+        if signal.shape != weight.shape or signal.shape[1:] != self.grid.shape[1:] \
+                or not 0 <= l0 <= l0 + n <= self.grid.l.n:
+            raise ValueError(f"slab {signal.shape}/{weight.shape} at L plane {l0} does not fit "
+                             f"the grid {self.grid.shape}")
+        s32 = np.asarray(signal, dtype=np.float32)
+        w32 = np.asarray(weight, dtype=np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inten = np.divide(s32, w32, out=np.full(s32.shape, np.nan, np.float32),
+                              where=w32 > 0)
+        d = self._data
+        d["signal_sum"][l0:l0 + n] = s32
+        d["data_weights"][l0:l0 + n] = w32
+        d["data"][l0:l0 + n] = inten
+        self._written[l0:l0 + n] = True
+
+    def _abort(self):
+        if self._f is not None:
+            try:
+                self._f.close()
+            except Exception:  # pragma: no cover - closing a broken file
+                pass
+            self._f = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._abort()
+            return False
+        try:
+            missing = np.flatnonzero(~self._written)
+            if len(missing):
+                raise ValueError(f"{self.path}: L planes {missing[0]}..{missing[-1]} "
+                                 f"({len(missing)}) were never written")
+            ent = self._f["entry"]
+            note = ent.create_group("notes")
+            note.attrs["NX_class"] = "NXnote"
+            note["type"] = "application/json"
+            note["data"] = json.dumps(self.notes, sort_keys=True, default=str)
+            self._f.close()
+            self._f = None
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self._abort()
+            raise
+        return False

@@ -1,0 +1,243 @@
+"""Pictures of planes of reciprocal-space volumes (sum_chunks, merge_entries, symmetrize,
+temperature_series).
+
+A slice fixes one index ({l: 0} is the plane l = 0, drawn with H across and K up); it is
+drawn as an image of the intensity signal/weight on a log colour scale, grey where nothing
+was measured, with its axes in r.l.u. and to scale in Cartesian reciprocal space: the two
+in-plane axes are drawn with their true lengths |a*|, |b*|, ... and the true angle between
+them (from the reciprocal metric of the cell), so a hexagonal HK0 plane shows its 120 deg
+(60 deg between a* and b*) and the grid lines follow constant H and constant K.  Without a
+cell the axes are orthogonal with 1 r.l.u. the same length on both, and the picture says so.
+
+Only the plane is read from a volume file (volume.read_volume with a region).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .grid import AXES, Grid
+
+log_ = logging.getLogger("hklflow.slices")
+
+
+@dataclass
+class Slice:
+    axis: str            # the fixed index: h, k or l
+    value: float         # as asked
+    plane: float         # the voxel plane drawn (nearest centre)
+    u: str               # horizontal index
+    v: str               # the other in-plane index
+    data: np.ndarray     # intensity [v, u], NaN where unmeasured
+    u_edges: tuple[float, float]  # outer voxel edges (r.l.u.)
+    v_edges: tuple[float, float]
+
+    @property
+    def label(self) -> str:
+        lab = f"{self.axis} = {self.value:g}"
+        if not math.isclose(self.plane, self.value, abs_tol=1e-9):
+            lab += f" (plane {self.axis} = {self.plane:.4g})"
+        return lab
+
+    def describe(self) -> str:
+        fixed = {self.axis: f"{self.plane:g}"}
+        return "(" + " ".join(fixed.get(a, a.upper()) for a in AXES) + ")"
+
+
+def parse_slice(spec) -> tuple[str, float]:
+    """{l: 0} (or ('l', 0), or 'l=0') -> ('l', 0.0)."""
+    if isinstance(spec, dict):
+        if len(spec) != 1:
+            raise ValueError(f"a slice fixes exactly one index, got {spec}")
+        (axis, value), = spec.items()
+    elif isinstance(spec, str):
+        m = re.fullmatch(r"\s*([hkl])\s*=\s*(\S+)\s*", spec)
+        if not m:
+            raise ValueError(f"slice {spec!r}: expected e.g. 'l=0'")
+        axis, value = m.groups()
+    else:
+        axis, value = spec
+    axis = str(axis).lower()
+    if axis not in AXES:
+        raise ValueError(f"slice {spec}: the index must be h, k or l")
+    return axis, float(value)
+
+
+def _region(grid: Grid, axis: str, i: int):
+    j = AXES.index(axis)  # array order is [l, k, h]
+    reg = [slice(None)] * 3
+    reg[2 - j] = slice(i, i + 1)
+    return tuple(reg)
+
+
+def read_slice(volume_or_path, spec) -> Slice:
+    """The plane of a Volume (in memory) or volume file (only the plane is read) nearest the
+    slice spec; ValueError when the value is outside the grid."""
+    from .volume import Volume, read_grid_of, read_volume
+
+    axis, value = parse_slice(spec)
+    if isinstance(volume_or_path, Volume):
+        vol = volume_or_path
+        grid = vol.grid
+        i = grid.slice_index(axis, value)
+        reg = _region(grid, axis, i)
+        signal, weight = vol.signal[reg], vol.weight[reg]
+    else:
+        grid, _ = read_grid_of(volume_or_path)
+        i = grid.slice_index(axis, value)
+        reg = _region(grid, axis, i)
+        part = read_volume(volume_or_path, region=reg)
+        signal, weight = part.signal, part.weight
+    j = AXES.index(axis)
+    plane = np.squeeze(np.asarray(signal, np.float64), axis=2 - j)
+    wplane = np.squeeze(np.asarray(weight, np.float64), axis=2 - j)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        data = np.where(wplane > 0, plane / np.where(wplane > 0, wplane, 1.0), np.nan)
+    u, v = [a for a in AXES if a != axis]  # arrays [l, k, h] minus one axis: rows v, cols u
+    ax_u, ax_v = getattr(grid, u), getattr(grid, v)
+    return Slice(axis, value, float(getattr(grid, axis).values[i]), u, v, data,
+                 (ax_u.start - ax_u.step / 2, ax_u.stop + ax_u.step / 2),
+                 (ax_v.start - ax_v.step / 2, ax_v.stop + ax_v.step / 2))
+
+
+def cell_of(volume_or_path, cell=None):
+    """The UnitCell to draw with: the one given, else the volume's sample unit_cell, else None."""
+    from .crystal import UnitCell
+    from .volume import Volume, read_volume_header
+
+    if cell is not None:
+        return cell if isinstance(cell, UnitCell) else UnitCell.from_list(cell)
+    smp = volume_or_path.sample if isinstance(volume_or_path, Volume) \
+        else read_volume_header(volume_or_path).sample
+    uc = smp.get("unit_cell") if smp else None
+    if uc is None:
+        return None
+    try:
+        return UnitCell.from_list(np.asarray(uc, float).ravel()[:6])
+    except ValueError:
+        return None
+
+
+def plane_matrix(cell, u: str, v: str) -> np.ndarray:
+    """2x2 M with (x, y) = M @ (u, v): Cartesian position (1/Angstrom, no 2 pi) of the point
+    u a_u* + v a_v* in the plane, a_u* along x.  Identity (r.l.u. both ways) without a cell."""
+    if cell is None:
+        return np.eye(2)
+    g = cell.reciprocal_metric
+    i, j = AXES.index(u), AXES.index(v)
+    au, av = math.sqrt(g[i, i]), math.sqrt(g[j, j])
+    cos = g[i, j] / (au * av)
+    sin = math.sqrt(max(0.0, 1.0 - cos * cos))
+    return np.array([[au, av * cos], [0.0, av * sin]])
+
+
+def color_limits(arrays, lo_percentile: float = 1.0, hi_percentile: float = 99.9,
+                 dynamic_range: float = 1e5) -> tuple[float, float]:
+    """Log colour limits from the positive finite values of the arrays (a common scale)."""
+    vals = [a[np.isfinite(a) & (a > 0)] for a in arrays]
+    vals = np.concatenate(vals) if vals else np.empty(0)
+    if vals.size == 0:
+        return 1e-3, 1.0
+    if vals.size > 2_000_000:
+        vals = vals[:: vals.size // 2_000_000 + 1]
+    vmin, vmax = np.percentile(vals, [lo_percentile, hi_percentile])
+    vmax = max(float(vmax), 1e-30)
+    vmin = min(max(float(vmin), vmax / dynamic_range), vmax / 10)
+    return vmin, vmax
+
+
+def _cmap():
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    # grey: unmeasured; zero or negative intensity: the lowest colour, not grey
+    return cmap.with_extremes(bad="0.6", under=cmap(0.0))
+
+
+def draw_slice(fig, spec, sl: Slice, cell, norm, title: str | None = None):
+    """Draw a Slice in the subplot position spec (e.g. (2, 2, 1)) of fig, to scale in
+    Cartesian reciprocal space with grid lines along its r.l.u. axes; returns (ax, image)."""
+    from matplotlib.transforms import Affine2D
+    from mpl_toolkits.axisartist import Axes as AAAxes
+    from mpl_toolkits.axisartist.grid_finder import MaxNLocator
+    from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinear
+
+    M = plane_matrix(cell, sl.u, sl.v)
+    aff = Affine2D(np.array([[M[0, 0], M[0, 1], 0.0], [M[1, 0], M[1, 1], 0.0], [0, 0, 1]]))
+    helper = GridHelperCurveLinear(aff, grid_locator1=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]),
+                                   grid_locator2=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+    ax = fig.add_subplot(*spec, axes_class=AAAxes, grid_helper=helper)
+    data = np.where(np.isfinite(sl.data), np.maximum(sl.data, norm.vmin * 0.5), np.nan)
+    im = ax.imshow(np.ma.masked_invalid(data), origin="lower", cmap=_cmap(), norm=norm,
+                   extent=(*sl.u_edges, *sl.v_edges), interpolation="nearest",
+                   transform=aff + ax.transData)
+    corners = np.array([[sl.u_edges[a], sl.v_edges[b]] for a in (0, 1) for b in (0, 1)]) @ M.T
+    ax.set_xlim(corners[:, 0].min(), corners[:, 0].max())
+    ax.set_ylim(corners[:, 1].min(), corners[:, 1].max())
+    ax.set_aspect("equal")
+    ax.set_facecolor("white")
+    ax.grid(True, color="w", lw=0.3, alpha=0.5)
+    ax.axis["bottom"].label.set_text(f"{sl.u.upper()} (r.l.u.)")
+    ax.axis["left"].label.set_text(f"{sl.v.upper()} (r.l.u.)")
+    for side in ("top", "right"):
+        ax.axis[side].major_ticklabels.set_visible(False)
+    for side in ("bottom", "left"):
+        ax.axis[side].major_ticklabels.set_fontsize(8)
+    ax.set_title(title if title is not None else f"{sl.describe()}: {sl.label}", fontsize=10)
+    return ax, im
+
+
+def _angle_note(cell, u, v) -> str:
+    if cell is None:
+        return "no cell: orthogonal axes, 1 r.l.u. equal lengths"
+    M = plane_matrix(cell, u, v)
+    ang = math.degrees(math.atan2(M[1, 1], M[0, 1]))
+    return f"{u}* ^ {v}* = {ang:.1f} deg, to scale"
+
+
+def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -> list[str]:
+    """PNG of the slices (list of {h|k|l: value}) of a Volume or volume file.  Slices outside
+    the grid are left out with a warning; returns the labels of the slices drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    log = log or log_
+    cell = cell_of(volume_or_path, cell)
+    drawn = []
+    for spec in slices:
+        try:
+            drawn.append(read_slice(volume_or_path, spec))
+        except ValueError as exc:
+            log.warning("slice %s left out of %s: %s", spec, Path(path).name, exc)
+    n = max(len(drawn), 1)
+    ncol = min(n, 2) if n <= 4 else 3
+    nrow = math.ceil(n / ncol)
+    fig = plt.figure(figsize=(6.2 * ncol, 5.4 * nrow))
+    for i, sl in enumerate(drawn):
+        vmin, vmax = color_limits([sl.data])
+        norm = LogNorm(vmin=vmin, vmax=vmax)
+        measured = np.isfinite(sl.data)
+        ax, im = draw_slice(fig, (nrow, ncol, i + 1), sl, cell, norm,
+                            f"{sl.describe()}: {sl.label}\n{measured.mean():.0%} measured; "
+                            f"{_angle_note(cell, sl.u, sl.v)}")
+        fig.colorbar(im, ax=ax, extend="both", shrink=0.85, label="intensity (log)")
+    if not drawn:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no slice inside the grid:\n" + ", ".join(str(s) for s in slices),
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    fig.subplots_adjust(wspace=0.35, hspace=0.35)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [sl.label for sl in drawn]

@@ -1,0 +1,250 @@
+"""Symmetrisation of reciprocal-space volumes by the Laue group, in integer voxel indices.
+
+The symmetrised volume at h is the sum over the Laue operators R of the volume at h R
+(operators act on Miller indices as row vectors, h' = h R, docs/conventions.md), for signal
+and weight alike, so the intensity signal/weight is the weighted mean over the equivalent
+positions that were measured, and gaps are filled from their equivalents.  Positions whose
+equivalent lies outside the grid get nothing from it.
+
+Voxel centres are hkl_j = start_j + i_j step_j (i = (ih, ik, il)), so with R an integer
+matrix the equivalent of voxel i is the voxel
+
+    i'_j = sum_m i_m R_mj (step_m / step_j) + (sum_m start_m R_mj - start_j) / step_j,
+
+an exact voxel centre for every voxel when step_m = step_j wherever R_mj != 0 (m != j) and
+the offset is an integer: checked for every operator (index_maps), with an error naming
+the grid axes (config keys reduction.transform.grid.h/k/l) to change.  The operators are
+used as they are (hexagonal and trigonal groups with their 3- and 6-fold operators mixing
+h and k, cubic ones mixing all three axes), never replaced by an orthogonal subgroup.
+
+The kernel (numba) loops over output tiles of 16^3 voxels and, per tile, over the operators,
+so that the source voxels an operator reads stay in cache; sums are float64 per voxel and
+stored float32.  The input volume is held whole (float32 signal and weight: 8 bytes per
+voxel, 4.1 GB for 801^3); the output is made and written slab by slab along L.
+"""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+
+import numba
+import numpy as np
+
+from .grid import AXES, Grid
+
+TILE = 16
+
+
+class GridSymmetryError(ValueError):
+    """The grid is not mapped onto itself voxel by voxel by the Laue operators."""
+
+
+def operator_hkl(R) -> str:
+    """The operator as the image of (h, k, l), e.g. 'k,-h-k,l' for h' = h R."""
+    R = np.asarray(R, dtype=int)
+    out = []
+    for j in range(3):
+        terms = ""
+        for m, name in enumerate(AXES):
+            c = int(R[m, j])
+            if c == 0:
+                continue
+            sign = "-" if c < 0 else ("+" if terms else "")
+            terms += sign + (f"{abs(c)}" if abs(c) != 1 else "") + name
+        out.append(terms or "0")
+    return ",".join(out)
+
+
+def _is_integer(x: float, tol: float = 1e-4) -> bool:
+    return abs(x - round(x)) <= tol
+
+
+def index_maps(grid: Grid, operators, group: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Integer index maps of the operators on the grid: A (n, 3, 3) and c (n, 3), int64,
+    such that voxel i = (ih, ik, il) takes its equivalent from voxel i A + c.
+
+    Raises GridSymmetryError, listing every axis to change, when some operator does not
+    map voxel centres onto voxel centres."""
+    ops = np.asarray(operators)
+    if ops.ndim != 3 or ops.shape[1:] != (3, 3) or not np.array_equal(ops, np.round(ops)):
+        raise ValueError(f"operators must be integer 3x3 matrices, got shape {ops.shape}")
+    ops = np.round(ops).astype(np.int64)
+    start = np.array([ax.start for ax in grid.axes])
+    step = np.array([ax.step for ax in grid.axes])
+    A = np.zeros_like(ops)
+    c = np.zeros((len(ops), 3), dtype=np.int64)
+    problems: dict[str, str] = {}
+    where = "reduction.transform.grid"
+    for n, R in enumerate(ops):
+        name = operator_hkl(R)
+        for j in range(3):
+            for m in range(3):
+                if R[m, j] == 0:
+                    continue
+                ratio = step[m] / step[j]
+                if m != j and not math.isclose(ratio, 1.0, rel_tol=1e-6):
+                    a, b = sorted((AXES[m], AXES[j]))
+                    problems[f"step {a}{b}"] = (
+                        f"the operator (h,k,l) -> ({name}) maps {AXES[m].upper()} onto "
+                        f"{AXES[j].upper()}, but their steps differ ({step[m]:g} and "
+                        f"{step[j]:g}): give {where}.{a} and {where}.{b} the same step "
+                        f"(and the same limits, so that no equivalent falls outside)")
+                A[n, m, j] = R[m, j]
+            off = (float(np.dot(start, R[:, j])) - start[j]) / step[j]
+            if _is_integer(off):
+                c[n, j] = int(round(off))
+            else:
+                ax = AXES[j]
+                others = [AXES[m] for m in range(3) if R[m, j] != 0 and m != j]
+                lim = _nice_limit(grid.axes[j])
+                problems.setdefault(f"start {ax}", (
+                    f"the operator (h,k,l) -> ({name}) puts the images of voxel centres "
+                    f"between the voxel centres of {ax.upper()} (start {start[j]:g}, step "
+                    f"{step[j]:g}: offset {off:.4g} voxels): make {where}.{ax} symmetric about "
+                    f"0 with 0 on a voxel centre, e.g. [-{lim}, {lim}, {step[j]:g}]"
+                    + (", with the same start and step as "
+                       + " and ".join(f"{where}.{x}" for x in others) if others else "")))
+    if problems:
+        raise GridSymmetryError(
+            f"the grid ({grid.describe()}) is not compatible with the Laue group"
+            f"{' ' + group if group else ''} (its operators must map voxel centres onto "
+            "voxel centres): " + "; ".join(problems.values()))
+    return A, c
+
+
+def _nice_limit(ax) -> str:
+    """A limit of the axis, rounded up to a whole number of steps (for messages)."""
+    lim = max(abs(ax.start), abs(ax.stop))
+    n = math.ceil(lim / ax.step - 1e-6)
+    return f"{float(Fraction(n * ax.step).limit_denominator(1000)):g}"
+
+
+@numba.njit(inline="always")
+def _valid_range(b, a, n, lo, hi):
+    """Narrow [lo, hi) to the i for which 0 <= b + a i < n (integers)."""
+    if a == 0:
+        if b < 0 or b >= n:
+            return lo, lo
+        return lo, hi
+    if a > 0:
+        lo = max(lo, -(b // a))
+        hi = min(hi, (n - 1 - b) // a + 1)
+    else:
+        lo = max(lo, -((n - 1 - b) // -a))
+        hi = min(hi, b // -a + 1)
+    return lo, max(lo, hi)
+
+
+@numba.njit(parallel=True, cache=True)
+def _symmetrize_kernel(signal, weight, A, c, l0, l1, out_s, out_w, tile):
+    """out[l - l0, k, h] = sum over operators of input at (h, k, l) A + c (in bounds);
+    returns the number of (voxel, operator) pairs whose equivalent is inside the grid."""
+    nl, nk, nh = signal.shape
+    sig = signal.reshape(-1)
+    wt = weight.reshape(-1)
+    nops = A.shape[0]
+    ntl = (l1 - l0 + tile - 1) // tile
+    ntk = (nk + tile - 1) // tile
+    nth = (nh + tile - 1) // tile
+    inside = np.zeros(ntl * ntk * nth, dtype=np.int64)
+    for t in numba.prange(ntl * ntk * nth):
+        tl = t // (ntk * nth)
+        tk = (t // nth) % ntk
+        th = t % nth
+        la = l0 + tl * tile
+        lb = min(la + tile, l1)
+        ka = tk * tile
+        kb = min(ka + tile, nk)
+        ha = th * tile
+        hb = min(ha + tile, nh)
+        acc_s = np.zeros((lb - la, kb - ka, hb - ha), dtype=np.float64)
+        acc_w = np.zeros((lb - la, kb - ka, hb - ha), dtype=np.float64)
+        count = 0
+        for o in range(nops):
+            # source flat index = base + ih * stride along a row of the output
+            stride = A[o, 0, 0] + A[o, 0, 1] * nh + A[o, 0, 2] * nh * nk
+            for il in range(la, lb):
+                for ik in range(ka, kb):
+                    bh = A[o, 1, 0] * ik + A[o, 2, 0] * il + c[o, 0]
+                    bk = A[o, 1, 1] * ik + A[o, 2, 1] * il + c[o, 1]
+                    bl = A[o, 1, 2] * ik + A[o, 2, 2] * il + c[o, 2]
+                    lo, hi = _valid_range(bh, A[o, 0, 0], nh, ha, hb)
+                    lo, hi = _valid_range(bk, A[o, 0, 1], nk, lo, hi)
+                    lo, hi = _valid_range(bl, A[o, 0, 2], nl, lo, hi)
+                    if hi <= lo:
+                        continue
+                    base = (bl * nk + bk) * nh + bh
+                    for ih in range(lo, hi):
+                        f = base + ih * stride
+                        acc_s[il - la, ik - ka, ih - ha] += sig[f]
+                        acc_w[il - la, ik - ka, ih - ha] += wt[f]
+                    count += hi - lo
+        out_s[la - l0:lb - l0, ka:kb, ha:hb] = acc_s
+        out_w[la - l0:lb - l0, ka:kb, ha:hb] = acc_w
+        inside[t] = count
+    return inside.sum()
+
+
+_THREADS_SET = False
+
+
+def _get_kernel():
+    global _THREADS_SET
+    if not _THREADS_SET:
+        try:  # numba's default is every core of the machine, not those this job may use
+            numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
+                                             len(os.sched_getaffinity(0)))))
+        except (AttributeError, ValueError):  # pragma: no cover - no sched_getaffinity
+            pass
+        _THREADS_SET = True
+    return _symmetrize_kernel
+
+
+def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Planes [l0, l1) of the symmetrised signal and weight (float32 [l1-l0, k, h]) of whole
+    input arrays [l, k, h]; maps = index_maps(...).  Also returns how many (voxel, operator)
+    pairs of the slab found their equivalent inside the grid."""
+    A, c = maps
+    signal = np.ascontiguousarray(signal, dtype=np.float32)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    if signal.shape != weight.shape or signal.ndim != 3:
+        raise ValueError(f"signal {signal.shape} and weight {weight.shape} must be equal 3-D arrays")
+    if not 0 <= l0 < l1 <= signal.shape[0]:
+        raise ValueError(f"L planes [{l0}, {l1}) outside the volume's {signal.shape[0]} planes")
+    shape = (l1 - l0,) + signal.shape[1:]
+    out_s = np.empty(shape, dtype=np.float32)
+    out_w = np.empty(shape, dtype=np.float32)
+    inside = _get_kernel()(signal, weight, np.ascontiguousarray(A, dtype=np.int64),
+                           np.ascontiguousarray(c, dtype=np.int64), int(l0), int(l1),
+                           out_s, out_w, TILE)
+    return out_s, out_w, int(inside)
+
+
+def symmetrize_arrays(signal: np.ndarray, weight: np.ndarray, grid: Grid, operators,
+                      group: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The whole symmetrised signal and weight (float32) of arrays [l, k, h] on grid."""
+    maps = index_maps(grid, operators, group)
+    s, w, _ = symmetrize_slab(signal, weight, maps, 0, grid.l.n)
+    return s, w
+
+
+def symmetrize_volume(vol, crystal):
+    """A Volume symmetrised by the Laue group of crystal (hklflow.crystal.Crystal)."""
+    from .volume import Volume
+
+    ops = crystal.laue_operators
+    s, w = symmetrize_arrays(vol.signal, vol.weight, vol.grid, ops, crystal.laue_group)
+    notes = {"symmetrized": symmetry_notes(crystal), "input": {"title": vol.title, "notes": vol.notes}}
+    return Volume(vol.grid, s, w, vol.kind, f"{vol.title} symmetrized ({crystal.laue_group})",
+                  dict(vol.sample), notes)
+
+
+def symmetry_notes(crystal) -> dict:
+    ops = crystal.laue_operators
+    return {"space_group": crystal.hm, "laue_group": crystal.laue_group,
+            "operators": len(ops), "operators_hkl": [operator_hkl(R) for R in ops],
+            "how": "signal and weight summed over the equivalent voxels h R of every voxel h "
+                   "(equivalents outside the grid contribute nothing); intensity = sum signal "
+                   "/ sum weight"}
