@@ -225,3 +225,37 @@ def test_subdivision_conserves_intensity_and_spreads_it(setup):
     assert float(s4.astype(float).sum()) == pytest.approx(float(s1.astype(float).sum()), rel=1e-3)
     assert float(w4.sum()) == pytest.approx(float(w1.sum()), rel=1e-3)
     assert np.count_nonzero(w4) > np.count_nonzero(w1)  # sub-steps fill voxels a frame skips
+
+
+def test_bricked_slabs_equal_the_whole_array():
+    from hklflow.transform import BrickedGrid
+
+    g = Grid(Axis(0, 1, 13), Axis(0, 1, 21), Axis(0, 1, 37))  # not multiples of the brick
+    b = BrickedGrid(g)
+    rng = np.random.default_rng(3)
+    b.signal[:] = rng.random(b.signal.size)
+    b.weight[:] = rng.random(b.weight.size)
+    s, w = b.arrays()
+    assert s.shape == g.shape
+    for l0 in range(0, 37, 8):
+        a, c = b.slab(l0, min(l0 + 8, 37))
+        assert np.array_equal(a, s[l0:l0 + 8]) and np.array_equal(c, w[l0:l0 + 8])
+    with pytest.raises(ValueError, match="multiple of the brick"):
+        b.slab(3, 8)
+
+
+def test_monitor_normalisation_and_frame_ranges():
+    from hklflow.steps.transform import frame_scale, parse_frames
+
+    mon = np.array([100.0, 200.0, 50.0, 100.0])
+    s, ref = frame_scale(mon, None, 1, 4)
+    assert ref == 100.0 and s.tolist() == [0.5, 2.0, 1.0]  # median reference
+    s, ref = frame_scale(mon, 1000.0, 0, 2)
+    assert s.tolist() == [10.0, 5.0]
+    assert frame_scale(None, None, 0, 3)[0].tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="monitor is <= 0"):
+        frame_scale(np.array([1.0, 0.0]), None, 0, 2)
+    assert parse_frames("10:20", 60) == (10, 20) and parse_frames(None, 60) == (0, 60)
+    for bad in ("20:10", "0:61", "x"):
+        with pytest.raises(ValueError, match="--frames"):
+            parse_frames(bad, 60)

@@ -133,6 +133,21 @@ class BrickedGrid:
         """(signal, weight) as [l, k, h] arrays."""
         return self.unbrick(self.signal), self.unbrick(self.weight)
 
+    def slab(self, l0: int, l1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(signal, weight) of L planes [l0, l1) as [l, k, h] arrays, l0 a multiple of the
+        brick size (so a volume is written without a second full-size copy)."""
+        b = self.brick
+        if l0 % b:
+            raise ValueError(f"slab start {l0} is not a multiple of the brick size {b}")
+        bl, bk, bh = (int(v) for v in self.nbricks)
+        b0, b1 = l0 // b, -(-l1 // b)
+        out = []
+        for flat in (self.signal, self.weight):
+            a = flat.reshape(bl, bk, bh, b, b, b)[b0:b1].transpose(0, 3, 1, 4, 2, 5)
+            a = a.reshape((b1 - b0) * b, bk * b, bh * b)
+            out.append(np.ascontiguousarray(a[:l1 - l0, :self.grid.k.n, :self.grid.h.n]))
+        return out[0], out[1]
+
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, pix_index, q, corr, M, scale, trusted_max, bragg, use_bragg,

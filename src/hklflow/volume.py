@@ -75,63 +75,13 @@ def reciprocal_lengths(cell) -> tuple[float, float, float]:
 
 
 def write_volume(path, vol: Volume, provenance: dict) -> Path:
-    """Write a volume (atomically: a temporary file renamed when complete)."""
-    import h5py
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    comp = _compression()
-    try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.attrs["default"] = "entry"
-            f.attrs["file_name"] = str(path.resolve())
-            ent = f.create_group("entry")
-            ent.attrs["NX_class"] = "NXentry"
-            ent.attrs["default"] = vol.kind
-            ent["title"] = vol.title
-            d = ent.create_group(vol.kind)
-            d.attrs["NX_class"] = "NXdata"
-            d.attrs["signal"] = "data"
-            d.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
-            d.attrs["weights"] = "data_weights"
-            for i, name in enumerate(("Ql", "Qk", "Qh")):
-                d.attrs[f"{name}_indices"] = i
-            chunks = _chunks(vol.grid.shape)
-            d.create_dataset("data", data=vol.intensity(), chunks=chunks, **comp)
-            d.create_dataset("data_weights", data=vol.weight.astype(np.float32, copy=False),
-                             chunks=chunks, **comp)
-            d.create_dataset("signal_sum", data=vol.signal.astype(np.float32, copy=False),
-                             chunks=chunks, **comp)
-            d["data"].attrs["long_name"] = "intensity (corrected counts per pixel weight)"
-            scale = (reciprocal_lengths(vol.sample["unit_cell"]) if "unit_cell" in vol.sample
-                     else (None,) * 3)
-            for a, ax, s in zip(AXES, vol.grid.axes, scale):
-                q = d.create_dataset(f"Q{a}", data=ax.values)
-                q.attrs["units"] = "rlu"
-                q.attrs["long_name"] = a.upper()
-                q.attrs["step"] = ax.step
-                if s is not None:
-                    q.attrs["scaling_factor"] = s
-            smp = ent.create_group("sample")
-            smp.attrs["NX_class"] = "NXsample"
-            for k, v in vol.sample.items():
-                smp[k] = np.asarray(v) if not isinstance(v, str) else v
-            note = ent.create_group("notes")
-            note.attrs["NX_class"] = "NXnote"
-            note["type"] = "application/json"
-            note["data"] = json.dumps(vol.notes, sort_keys=True, default=str)
-            proc = ent.create_group("process")
-            proc.attrs["NX_class"] = "NXprocess"
-            proc["program"] = provenance.get("program", "hklflow")
-            proc["version"] = provenance.get("software", {}).get("hklflow", "")
-            proc["date"] = provenance.get("time", "")
-            proc["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write a volume (atomically: a temporary file renamed when complete), slab by slab so
+    that no full-size temporary is made."""
+    with VolumeWriter(path, vol.grid, vol.kind, vol.title, vol.sample, vol.notes, provenance) as w:
+        step = slab_planes(vol.grid)
+        for l0 in range(0, vol.grid.l.n, step):
+            w.write(l0, vol.signal[l0:l0 + step], vol.weight[l0:l0 + step])
+    return Path(path)
 
 
 def _text(v):

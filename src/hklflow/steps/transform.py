@@ -67,7 +67,7 @@ def run(args, log) -> dict:
     from ..nexus import read_orientation_file, read_scan_file
     from ..orientation import refined_scan_geometry
     from ..transform import Transformer, auto_subdivide, pixel_table, transform_frames
-    from ..volume import Volume, write_volume
+    from ..volume import VolumeWriter, slab_planes
     from .find_peaks import PeakSearchParams, _trusted_max
 
     t0 = time.monotonic()
@@ -105,7 +105,6 @@ def run(args, log) -> dict:
         t_kernel = transform_frames(stack, scan, UB, tr, first, stop, nsub, scale,
                                     int(cfg["chunk_frames"]), mask if masked else None,
                                     progress.update)
-    signal, weight = tr.acc.arrays()
     seconds = time.monotonic() - t0
     pixel_frames = (stop - first) * len(table)
     notes = {"scan": rec.scan_id, "kind": args.kind, "frames": [first, stop], "subdivide": nsub,
@@ -118,14 +117,22 @@ def run(args, log) -> dict:
     sample = {"name": rec.sample, "temperature_label": ori.temperature,
               "space_group": crystal.hm, "unit_cell": np.asarray(crystal.cell.parameters),
               "ub_matrix": np.asarray(UB)}
-    vol = Volume(grid, signal, weight, args.kind, f"{rec.scan_id} frames {first}-{stop}", sample, notes)
     prov = provenance.provenance(f"hklflow transform ({args.kind})",
                                  parameters={**cfg, "mask": exp.reduction["mask"]},
                                  inputs=[args.scan_file, args.orientation, args.grid, args.mask, *args.config])
-    write_volume(args.out, vol, prov)
+    measured = 0
+    # written slab by slab from the bricked grid: no second full-size copy in memory
+    with VolumeWriter(args.out, grid, args.kind, f"{rec.scan_id} frames {first}-{stop}",
+                      sample, notes, prov) as w:
+        step = slab_planes(grid, multiple=tr.acc.brick)
+        for l0 in range(0, grid.l.n, step):
+            sig, wt = tr.acc.slab(l0, min(l0 + step, grid.l.n))
+            measured += int(np.count_nonzero(wt))
+            w.write(l0, sig, wt)
+        w.notes["measured_voxels"] = measured
     log.info("%d pixel-frames on the grid of %d usable (x %d sub-steps) in %.1f s (kernel %.1f s: "
              "%.1f Mpixel/s); measured voxels %d", tr.pixel_frames, pixel_frames, nsub, seconds,
-             t_kernel, pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6, int(np.count_nonzero(weight)))
+             t_kernel, pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6, measured)
     return notes
 
 
