@@ -6,7 +6,12 @@ Run after the workflow (e.g. `hklflow demo`).  Prints, for the outputs the workf
 calibration errors (distance, direct-beam position, tilts), peak search recall / unmatched
 peaks / centroid errors per scan (simulation/compare.py), and orientation errors per
 temperature (cell, angles, orientation up to the Laue group, detector distance, beam
-centre, fraction indexed, RMS residuals).
+centre, fraction indexed, RMS residuals); and the reciprocal-space volumes per temperature
+(simulation/compare.py, volumes_against_truth): the strong truth reflections (I/sigma > 10)
+found at their integer (H, K, L) in the merged volume (fraction within half a voxel, RMS and
+worst offsets), the significance of the systematically absent nodes, the satellite contrast
+against the model (present below the transition temperature only) and the unmeasured-voxel
+fraction in the detector's Q range, merged versus each single entry.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 from hklflow.config import load_experiment
 from hklflow.geometry import DetectorGeometry
 from hklflow.nexus import read_orientation_file, read_peaks_file
-from hklflow.simulation.compare import match_peaks, orientation_error
+from hklflow.simulation.compare import match_peaks, orientation_error, volumes_against_truth
 
 
 def main(argv=None) -> int:
@@ -77,6 +82,15 @@ def main(argv=None) -> int:
                   f"{np.degrees(r.detector.rot3 - geom.rot3):+.4f} deg, indexed {st['fraction_indexed']:.1%}, "
                   f"rms {st['rms_px']:.3f} px {st['rms_frames']:.3f} frames {st['rms_hkl']:.4f} hkl, "
                   f"{int(st['n_used'])} peaks, {st['seconds']:.1f} s")
+
+    for name in exp.samples:
+        for tl in exp.temperatures_of(name):
+            if not (res / name / tl / "transform.nxs").exists():
+                continue
+            try:
+                print(volumes_against_truth(res, truth, name, tl).summary())
+            except ValueError as exc:  # the volume's orientation is not the truth's
+                print(f"volumes {name}/{tl}: {exc}")
     return 0
 
 

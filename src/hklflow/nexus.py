@@ -86,8 +86,10 @@ def _nx():
 
 
 def h5open(path, mode: str = "r"):
-    """h5py.File with HDF5 file locking off (it fails on NFS) where h5py allows it."""
+    """h5py.File with HDF5 file locking off (it fails on NFS) where h5py allows it, and the
+    compression filters of hdf5plugin registered (detector data, volumes)."""
     import h5py
+    import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/... with HDF5)
 
     try:
         return h5py.File(os.fspath(path), mode, locking=False)
