@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# CI stage: reduce a simulated experiment once locally and once through a real SLURM cluster,
+# check that every job went through SLURM, and that both runs wrote the same outputs.
+#
+#   bash .ci/slurm/run_stage.sh            (from .ci/run, after the tests; needs root and apt)
+#
+#   1. install   Debian's slurm-wlm + munge, the Snakemake SLURM plugin (.ci/slurm/install.sh)
+#   2. cluster   munged, slurmctld, slurmd on loopback, PIDs recorded (.ci/slurm/start.sh)
+#   3. simulate  `hklflow simulate WORK/local --preset tiny`; WORK/slurm gets a copy of config/
+#                and hard links to the same raw/ files
+#   4. local     snakemake --profile profiles/default          in WORK/local
+#   5. SLURM     snakemake --profile profiles/slurm            in WORK/slurm
+#   6. jobs      every job of 5 is a SLURM job that COMPLETED (sacct --completion, squeue)
+#   7. compare   every file under results/ of 4 and 5 (.ci/slurm/compare_outputs.py)
+# The cluster is stopped by its recorded PIDs from a trap, whatever happens; every step is
+# bounded by a timeout.  Settings (environment):
+#   HKLFLOW_SLURM_PRESET   simulation preset (default tiny; `demo` is the README's demo:
+#                          ~2x the jobs and ~10x the data, too slow for CI on 2 cores)
+#   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
+#                          removed after a success unless HKLFLOW_SLURM_KEEP=1)
+#   HKLFLOW_SLURM_LOCAL_TIMEOUT, HKLFLOW_SLURM_RUN_TIMEOUT  seconds for the local and the
+#                          SLURM snakemake run (default 600 and 900)
+# Worst case, every step timing out: about an hour; .ci/run bounds the whole stage as well
+# (SIGTERM to this script stops the running step and the cluster at once).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$REPO"
+HERE=$REPO/.ci/slurm
+PRESET=${HKLFLOW_SLURM_PRESET:-tiny}
+WORK=${HKLFLOW_SLURM_WORK:-/tmp/hklflow-slurm-ci}
+LOCAL_TIMEOUT=${HKLFLOW_SLURM_LOCAL_TIMEOUT:-600}
+RUN_TIMEOUT=${HKLFLOW_SLURM_RUN_TIMEOUT:-900}
+PY=$REPO/.venv/bin/python
+CLUSTER=$WORK/cluster
+
+# the command lines under test: the README's, plus (SLURM) what suits a CI cluster without
+# an accounting database: status from squeue (finished jobs stay there for MinJobAge=600 s),
+# first status check after 2 s instead of 40 s, checks every 2 s, SLURM logs kept as evidence
+LOCAL_ARGS=(--profile "$REPO/profiles/default")
+SLURM_ARGS=(--profile "$REPO/profiles/slurm"
+            --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2
+            --seconds-between-status-checks 2 --slurm-keep-successful-logs)
+
+now() { date +%s; }
+say() { echo "== $(date -u +%FT%TZ) slurm stage: $*"; }
+declare -a TIMES=()
+timed() {  # timed LABEL START
+    local s=$(( $(now) - $2 ))
+    TIMES+=("$1 ${s}s")
+    say "$1 took ${s} s"
+}
+T_STAGE=$(now)
+exec 3>&1 4>&2    # the stage's own output, for the trap (a step's output goes to its log)
+
+# Long steps run in the background while this script waits for them: bash runs a trap at
+# once during `wait` (not before a foreground child ends), so a SIGTERM from an outer timeout
+# stops the step (its `timeout` passes the signal on) and the cluster without delay.
+CHILD=""
+step() {
+    local rc=0
+    "$@" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+
+# the trap stops the running step and the cluster, whatever ends this script
+OK=0
+cleanup() {
+    local rc=$?
+    set +e
+    trap '' INT TERM          # finish the cleanup whatever arrives now
+    exec 1>&3 2>&4
+    if [ -n "$CHILD" ] && kill -0 "$CHILD" 2>/dev/null; then
+        # SIGINT, once, to the command under `timeout` (which would pass it on twice: to
+        # the command and to its process group): snakemake takes it as Ctrl-C and scancels
+        # its jobs (on SIGTERM it would wait for the running ones).  Then TERM, KILL.
+        local inner sig
+        inner=$(pgrep -P "$CHILD" | head -n 1)
+        say "stopping the running step (pid ${inner:-$CHILD})"
+        kill -INT "${inner:-$CHILD}" 2>/dev/null
+        for sig in TERM KILL; do
+            for _ in $(seq 60); do kill -0 "$CHILD" 2>/dev/null || break 2; sleep 0.5; done
+            kill -"$sig" "$CHILD" 2>/dev/null
+        done
+    fi
+    if [ -f "$CLUSTER/pids" ]; then
+        say "stopping the cluster"
+        if [ "$OK" -ne 1 ] && [ -f "$CLUSTER/log/slurmctld.log" ]; then
+            echo "--- last lines of slurmctld.log"; tail -n 15 "$CLUSTER/log/slurmctld.log"
+            echo "--- last lines of slurmd.log"; tail -n 15 "$CLUSTER/log/slurmd.log"
+        fi
+        timeout -k 5 120 bash "$HERE/stop.sh" "$CLUSTER"
+    fi
+    if [ "$OK" -eq 1 ] && [ "${HKLFLOW_SLURM_KEEP:-0}" != 1 ]; then
+        rm -rf "$WORK"
+    elif [ "$OK" -ne 1 ]; then
+        echo "slurm stage: FAILED; its files are in $WORK" >&2
+    fi
+    return $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- 1. install ------------------------------------------------------------------------------
+t=$(now)
+rc=0
+step timeout -k 10 900 bash "$HERE/install.sh" || rc=$?
+if [ "$rc" -eq 2 ]; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "slurm stage: cannot install SLURM on this CI machine (see above)" >&2
+        exit 1
+    fi
+    echo "WARNING: SLURM stage skipped: cannot install slurm-wlm/munge here (needs root and apt-get)" >&2
+    OK=1
+    exit 0
+fi
+[ "$rc" -eq 0 ] || { echo "slurm stage: install failed (exit $rc)" >&2; exit "$rc"; }
+timed install "$t"
+
+# the profile tests, now that the plugin is installed (they skip without it)
+step timeout -k 10 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_slurm_profile.py
+
+# --- 2. cluster --------------------------------------------------------------------------------
+if [ -f "$CLUSTER/pids" ]; then
+    bash "$HERE/stop.sh" "$CLUSTER"          # a cluster left over by an interrupted run
+fi
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+t=$(now)
+timeout -k 10 120 bash "$HERE/start.sh" "$CLUSTER"
+# shellcheck disable=SC1091
+. "$CLUSTER/env"
+timed "cluster start" "$t"
+
+# --- 3. simulate ---------------------------------------------------------------------------------
+t=$(now)
+step timeout -k 10 300 "$PY" -m hklflow simulate "$WORK/local" --preset "$PRESET" >"$WORK/simulate.log" 2>&1 \
+    || { tail -n 30 "$WORK/simulate.log"; exit 1; }
+mkdir -p "$WORK/slurm"
+cp -a "$WORK/local/config" "$WORK/slurm/config"
+cp -al "$WORK/local/raw" "$WORK/slurm/raw" 2>/dev/null || cp -a "$WORK/local/raw" "$WORK/slurm/raw"
+timed "simulate ($PRESET)" "$t"
+
+run_snakemake() {  # run_snakemake NAME TIMEOUT ARGS...   (in WORK/NAME, log WORK/NAME.log)
+    local name=$1 limit=$2; shift 2
+    local rc=0
+    step timeout -k 10 "$limit" "$PY" -m snakemake --snakefile "$REPO/Snakefile" \
+        --directory "$WORK/$name" "$@" >"$WORK/$name.log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        [ "$rc" -eq 124 ] && echo "slurm stage: the $name run timed out after $limit s" >&2
+        echo "--- last lines of $WORK/$name.log"; tail -n 60 "$WORK/$name.log"
+        echo "slurm stage: the $name run failed (exit $rc)" >&2
+        exit 1
+    fi
+    grep -E "^[0-9]+ of [0-9]+ steps" "$WORK/$name.log" | tail -n 1 || true
+}
+
+# --- 4. local run ------------------------------------------------------------------------------
+t=$(now)
+say "local run: snakemake ${LOCAL_ARGS[*]}"
+run_snakemake local "$LOCAL_TIMEOUT" "${LOCAL_ARGS[@]}"
+timed "local run" "$t"
+
+# --- 5. SLURM run ------------------------------------------------------------------------------
+t=$(now)
+say "SLURM run: snakemake ${SLURM_ARGS[*]}"
+run_snakemake slurm "$RUN_TIMEOUT" "${SLURM_ARGS[@]}"
+timed "SLURM run" "$t"
+
+# --- 6. the jobs went through SLURM ----------------------------------------------------------
+t=$(now)
+step timeout -k 10 120 "$PY" "$HERE/check_slurm_jobs.py" "$WORK/slurm.log" --local-log "$WORK/local.log"
+
+# --- 7. same outputs ----------------------------------------------------------------------------
+step timeout -k 10 300 "$PY" "$HERE/compare_outputs.py" "$WORK/local" "$WORK/slurm" --quiet
+timed "checks and comparison" "$t"
+
+OK=1
+say "passed in $(( $(now) - T_STAGE )) s (${TIMES[*]})"

@@ -1,0 +1,69 @@
+"""The SLURM profile (profiles/slurm), without a SLURM cluster: it parses, it selects the SLURM
+executor even though profiles/default is picked up as the workflow profile, and a dry run
+plans every job with the resources sbatch gets.  A real cluster run is in .ci/slurm/."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake
+
+pytest.importorskip("snakemake_executor_plugin_slurm",
+                    reason="snakemake-executor-plugin-slurm not installed (pip install -e '.[slurm]')")
+
+PROFILE = REPO / "profiles" / "slurm"
+
+
+def test_profile_is_commented_line_by_line():
+    text = (PROFILE / "config.yaml").read_text()
+    settings = yaml.safe_load(text)
+    assert settings["executor"] == "slurm"
+    assert settings["rerun-incomplete"] is True
+    assert settings["latency-wait"] >= 30            # shared file systems
+    assert settings["retries"] >= 1
+    assert "HDF5_USE_FILE_LOCKING" in settings["envvars"]
+    assert "attempt" in str(settings["default-resources"]["mem_mb"])
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^[A-Za-z][\w-]*:", line):       # a top-level setting
+            assert i > 0 and lines[i - 1].lstrip().startswith("#"), \
+                f"profiles/slurm/config.yaml line {i + 1} ({line!r}) has no comment above it"
+
+
+def test_profile_selects_the_slurm_executor(tmp_path):
+    """Snakemake also loads profiles/default (next to the Snakefile) as the *workflow* profile,
+    whose keys override --profile's: it must not set the executor (or latency-wait)."""
+    code = ("import sys; from snakemake.cli import parse_args; "
+            "_, a = parse_args(sys.argv[1:]); print('EXECUTOR', a.executor); "
+            "print('LATENCY', a.latency_wait); print('ENVVARS', sorted(a.envvars))")
+    r = subprocess.run([sys.executable, "-c", code, "--snakefile", str(REPO / "Snakefile"),
+                        "--profile", str(PROFILE), "-n"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "EXECUTOR slurm" in r.stdout, (
+        "snakemake --profile profiles/slurm would not use the SLURM executor: " + r.stdout + r.stderr)
+    settings = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert f"LATENCY {settings['latency-wait']}" in r.stdout
+    assert "HDF5_USE_FILE_LOCKING" in r.stdout
+
+
+def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
+    r = run_snakemake(tiny_copy, "--profile", str(PROFILE), "-n", timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, re.M)
+    assert blocks, out[-3000:]
+    rules = {name for name, _ in blocks}
+    assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_scan"} <= rules
+    for name, body in blocks:
+        res = re.search(r"resources: (.*)", body)
+        assert res, f"rule {name} planned without resources"
+        mem = re.search(r"\bmem_mb=(\d+)", res.group(1))
+        runtime = re.search(r"\bruntime=(\d+)", res.group(1))
+        # what the plugin turns into sbatch --mem and --time
+        assert mem and int(mem.group(1)) > 0, f"{name}: {res.group(1)}"
+        assert runtime and int(runtime.group(1)) > 0, f"{name}: {res.group(1)}"
