@@ -448,3 +448,21 @@ def test_lorentz_zeta_equatorial_is_one():
     dirs = np.stack([np.sin(tth), np.zeros(3), np.cos(tth)], axis=1)  # plane contains axis
     np.testing.assert_allclose(lorentz_zeta(q_from_directions(dirs, lam), lam, axis), 0.0,
                                atol=1e-14)
+
+
+def test_pyfai_tables_agree_with_pyfai():
+    """The detector shapes and calibrant names the Snakefile uses without importing pyFAI."""
+    import pyFAI.detectors
+    from pyFAI.calibrant import CALIBRANT_FACTORY
+
+    from hklflow.geometry import detector_shape, known_calibrants, pyfai_tables
+
+    table = pyfai_tables()
+    assert len(table["shapes"]) > 100
+    for name, shape in table["shapes"].items():
+        assert tuple(pyFAI.detectors.ALL_DETECTORS[name]().shape) == tuple(shape), name
+    assert set(table["calibrants"]) <= set(CALIBRANT_FACTORY.all)
+    assert detector_shape("PilatusCdTe2M") == (1679, 1475)
+    assert "CeO2" in known_calibrants() and "LaB6" in known_calibrants("LaB6")
+    with pytest.raises(ValueError, match="unknown pyFAI detector"):
+        detector_shape("NoSuchDetector9000")

@@ -256,6 +256,7 @@ def test_monitor_normalisation_and_frame_ranges():
     with pytest.raises(ValueError, match="monitor is <= 0"):
         frame_scale(np.array([1.0, 0.0]), None, 0, 2)
     assert parse_frames("10:20", 60) == (10, 20) and parse_frames(None, 60) == (0, 60)
+    assert parse_frames("00010-00020", 60) == (10, 20)  # as in the job's file name
     for bad in ("20:10", "0:61", "x"):
         with pytest.raises(ValueError, match="--frames"):
             parse_frames(bad, 60)

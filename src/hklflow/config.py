@@ -51,9 +51,9 @@ def _field_path(err) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
-def _validate(instance: dict, schema: dict, where: str) -> dict:
+def _validate(instance: dict, schema: dict, where: str, validator=None) -> dict:
     instance = copy.deepcopy(instance)
-    v = _validator_with_defaults(schema)
+    v = validator if validator is not None else _validator_with_defaults(schema)
     errors = sorted(v.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         e = errors[0]
@@ -272,6 +272,7 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
     row_schema = dict(schema)
     row_schema["properties"] = dict(props, **{n: {"type": "number", "default": 0}
                                               for n in offset_names})
+    validator = _validator_with_defaults(row_schema)  # built once: large tables parse fast
     for i, raw in enumerate(reader, start=1):
         if None in raw:
             raise ConfigError(f"{path}: row {i}: more cells than columns in the header")
@@ -279,7 +280,7 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
                  for k, v in raw.items() if v is not None and v.strip() != ""}
         label = f"{path}: row {i}" + (f" ({cells.get('sample')}/{cells.get('temperature')}/"
                                        f"{cells.get('entry')})" if "entry" in cells else "")
-        rows.append(_validate(cells, row_schema, label))
+        rows.append(_validate(cells, row_schema, label, validator))
     return rows
 
 
@@ -308,9 +309,9 @@ def load_experiment(config_files, *, config: dict | None = None,
     except ValueError as exc:
         raise ConfigError(f"{where}: field 'instrument.goniometer': {exc}") from None
     try:
-        from .geometry import pyfai_detector
+        from .geometry import detector_shape
 
-        pyfai_detector(ins["detector"])
+        detector_shape(ins["detector"])  # a table made from pyFAI; pyFAI itself for other names
     except ValueError as exc:
         raise ConfigError(f"{where}: field 'instrument.detector': {exc}") from None
     instrument = Instrument(ins["detector"], float(ins["wavelength"]),
@@ -324,14 +325,11 @@ def load_experiment(config_files, *, config: dict | None = None,
         if not c.get("poni") and "start" not in c:
             raise ConfigError(f"{fld}.start': a rough starting geometry is needed to refine "
                               "from the image (dist, poni1, poni2 in m; rot1..3 in rad)")
-        try:
-            from pyFAI.calibrant import CALIBRANT_FACTORY
+        from .geometry import known_calibrants
 
-            if c["calibrant"] not in CALIBRANT_FACTORY.all:
-                raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
-                                  f"known: {sorted(CALIBRANT_FACTORY.all)}")
-        except ImportError:  # pragma: no cover - pyFAI is a dependency
-            pass
+        if c["calibrant"] not in known_calibrants(c["calibrant"]):
+            raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
+                              f"known: {sorted(known_calibrants())}")
         calibrations[name] = CalibrationSpec(
             name=name, calibrant=c["calibrant"], detector=instrument.detector,
             wavelength=instrument.wavelength, image=c.get("image"), dataset=c["dataset"],

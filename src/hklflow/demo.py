@@ -51,4 +51,17 @@ def main(argv=None) -> int:
            "--cores", str(args.cores)] + extra
     log.info("running: %s", " ".join(cmd))
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
-    return subprocess.call(cmd, env=env)
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0 and locked(exp):
+        log.error("the experiment directory %s is locked by another Snakemake run: let that run "
+                  "finish (or stop it), then run `hklflow demo` again.  If no other run is going "
+                  "on (one was killed, or the machine went down), remove the stale lock with "
+                  "`hklflow demo --dir %s -- --unlock` and run `hklflow demo` again: it resumes "
+                  "where the killed run stopped.", exp, exp)
+    return rc
+
+
+def locked(exp: Path) -> bool:
+    """Whether a Snakemake run holds (or a killed one left) the lock of an experiment."""
+    locks = exp / ".snakemake" / "locks"
+    return locks.is_dir() and any(locks.iterdir())

@@ -75,14 +75,30 @@ def pyfai_detector(name: str):
         raise ValueError(f"unknown pyFAI detector name {name!r}: {exc}") from None
 
 
-def detector_shape(name: str) -> tuple[int, int]:
-    """(rows, cols) of a pyFAI detector, from a table made from pyFAI (data/detector_shapes.json,
-    checked against pyFAI by the tests) so that parsing the Snakefile need not import pyFAI."""
+@functools.lru_cache(maxsize=1)
+def pyfai_tables() -> dict:
+    """Detector shapes and calibrant names made from pyFAI (data/detector_shapes.json, checked
+    against pyFAI by the tests), so that parsing the Snakefile (every cluster job does)
+    need not import pyFAI (~1.2 s)."""
     import json
     from importlib import resources
 
-    table = json.loads(resources.files("hklflow").joinpath("data/detector_shapes.json").read_text())
-    shape = table["shapes"].get(name.lower())
+    return json.loads(resources.files("hklflow").joinpath("data/detector_shapes.json").read_text())
+
+
+def known_calibrants(name: str | None = None) -> set:
+    """pyFAI's calibrant names (from the table; pyFAI itself when `name` is not in it)."""
+    names = set(pyfai_tables()["calibrants"])
+    if name is not None and name not in names:
+        from pyFAI.calibrant import CALIBRANT_FACTORY
+
+        names = set(CALIBRANT_FACTORY.all)
+    return names
+
+
+def detector_shape(name: str) -> tuple[int, int]:
+    """(rows, cols) of a pyFAI detector (from the table; pyFAI itself for other names)."""
+    shape = pyfai_tables()["shapes"].get(name.lower())
     if shape is None:
         shape = pyfai_detector(name).shape
     return int(shape[0]), int(shape[1])

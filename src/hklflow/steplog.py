@@ -7,7 +7,19 @@ import sys
 import time
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def setup(name: str, verbose: bool = False) -> logging.Logger:
+    """Logging to stderr, and SIGTERM (a batch system's time limit, snakemake stopping)
+    turned into SystemExit so that the step's cleanup runs: temporary files of atomic
+    writes are removed and no output that looks complete is left."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S", force=True)

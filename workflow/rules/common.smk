@@ -9,7 +9,11 @@ from snakemake.exceptions import WorkflowError
 
 from hklflow.config import ConfigError, load_experiment, read_config_files
 
-CONFIG_FILES = [str(p) for p in workflow.configfiles]
+# the Snakefile's configfile first, then --configfile ones in order (later ones win), as
+# Snakemake merges them; workflow.configfiles lists the command-line ones first
+_CLI_CONFIG_FILES = [str(p) for p in workflow.config_settings.configfiles]
+CONFIG_FILES = [str(p) for p in workflow.configfiles
+                if str(p) not in _CLI_CONFIG_FILES] + _CLI_CONFIG_FILES
 try:
     _on_disk, _ = read_config_files(CONFIG_FILES)
     if _on_disk != config:

@@ -24,11 +24,6 @@ def transform_parts(wildcards):
             f"{wildcards.kind}_parts/{a:05d}-{b:05d}.nxs" for a, b in transform_frame_ranges(EXP, scan)]
 
 
-def frame_range(wildcards):
-    a, b = wildcards.frames.split("-")
-    return f"{int(a)}:{int(b)}"
-
-
 def entry_volumes(wildcards):
     return [scan_path(s, f"{wildcards.kind}.nxs")
             for s in EXP.scans_of(wildcards.sample, wildcards.temperature)]
@@ -93,8 +88,6 @@ rule transform_chunk:
         mask="results/{sample}/{temperature}/{entry}/mask.nxs",
     output:
         temp("results/{sample}/{temperature}/{entry}/{kind}_parts/{frames}.nxs"),
-    params:
-        frames=frame_range,
     log:
         "logs/transform_chunk/{sample}/{temperature}/{entry}/{kind}_{frames}.log",
     benchmark:
@@ -106,7 +99,7 @@ rule transform_chunk:
     shell:
         "{HKLFLOW} transform {CONFIG_ARGS} --scan-file {input.scan}"
         " --orientation {input.orientation} --grid {input.grid} --mask {input.mask}"
-        " --kind {wildcards.kind} --frames {params.frames} --out {output} > {log} 2>&1"
+        " --kind {wildcards.kind} --frames {wildcards.frames} --out {output} > {log} 2>&1"
 
 
 rule sum_chunks:

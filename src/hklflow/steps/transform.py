@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True, type=Path, help="grid.json of the sample")
     p.add_argument("--mask", required=True, type=Path, help="mask.nxs of the entry")
     p.add_argument("--kind", required=True, choices=["transform", "masked_transform"])
-    p.add_argument("--frames", default=None, help="first:stop frame range (default all)")
+    p.add_argument("--frames", default=None, help="frame range FIRST:STOP or FIRST-STOP, stop excluded (default all)")
     p.add_argument("--out", required=True, type=Path, help="volume file to write")
     return p
 
@@ -50,9 +50,9 @@ def parse_frames(text: str | None, nframes: int) -> tuple[int, int]:
     if text is None:
         return 0, nframes
     try:
-        a, b = (int(v) for v in text.split(":"))
+        a, b = (int(v) for v in text.replace("-", ":").split(":"))
     except ValueError:
-        raise ValueError(f"--frames must be FIRST:STOP, got {text!r}") from None
+        raise ValueError(f"--frames must be FIRST:STOP (or FIRST-STOP), got {text!r}") from None
     if not 0 <= a < b <= nframes:
         raise ValueError(f"--frames {text} is outside the scan's {nframes} frames")
     return a, b

@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""How long Snakemake takes to plan a large experiment (a dry run, `snakemake -n`).
+
+    python bench/dryrun.py [--samples 3] [--temperatures 30] [--entries 3] [--frames 3650]
+                           [--frames-per-job 640] [--detector PilatusCdTe2M]
+                           [--max-voxels N] [--workdir DIR] [--repeats 3] [--quiet]
+                           [--keep] [--json FILE]
+    python bench/dryrun.py --resources [--frames-per-job 0] [--max-voxels 513922401] ...
+
+Every cluster job parses the Snakefile again, so parsing may read the config and the scans
+table and nothing else, and planning thousands of jobs must take seconds.  This script
+writes an experiment of the requested size into a temporary directory (or --workdir):
+
+* config/config.yaml: the demo's instrument with the given detector (default a Pilatus
+  CdTe 2M, 1679 x 1475 pixels), one CeO2 calibration, `--samples` tetragonal samples whose
+  parent is the highest temperature, transform split into jobs of `--frames-per-job`
+  frames (0: the config's default split), both kinds (transform, masked_transform) and
+  symmetrisation (the defaults);
+* config/scans.tsv: samples x temperatures x entries rows of `--frames` frames of 0.1 deg;
+* raw files: empty files at every raw path (a dry run reads no data, but Snakemake needs
+  the inputs of the jobs it plans to exist); nothing else.
+
+Then it times `snakemake -s <repo>/Snakefile --directory DIR -n --cores 16` (`--repeats`
+times, each a new process; `--quiet` adds `--quiet rules`) and prints the number of jobs
+(from Snakemake's job table), the best and worst wall times, the CPU time of the best run
+(what the wall time is on an idle machine; the machine these run on is shared, so the load
+average at start and end is printed too), and the time hklflow's own parse-time code takes
+(reading and validating the config and the scans table, cutting the transform jobs).  The
+figures include starting Python and importing Snakemake and hklflow (about 2 s of CPU).
+
+Defaults: 3 samples x 30 temperatures x 3 entries = 270 scan entries of 3650 frames, 6
+transform jobs per entry and kind (640 frames each): 3240 transform jobs and 5054 jobs in
+all.  `--frames-per-job 500` gives 8 per entry and kind, 6134 jobs; `--frames-per-job 0`
+the default split (5 per entry and kind for a 2M detector), 4514 jobs.
+
+`--resources` plans nothing: it prints the threads, memory (MB) and run time (minutes) that
+workflow/rules/resources.smk gives one job of every rule of the generated experiment, for
+the first attempt and the third (retries), e.g. with `--frames-per-job 0` (the default
+split) and `--max-voxels 513922401` (801^3).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import machine_info  # noqa: E402
+
+CONFIG = """\
+# hklflow benchmark experiment written by bench/dryrun.py (raw files are empty stand-ins)
+experiment: dryrun
+scans_table: config/scans.tsv
+instrument:
+  detector: {detector}
+  wavelength: 0.41328
+  polarization_fraction: 0.99
+  goniometer:
+    scan_axis: [0.0, 1.0, 0.0]
+    scan_sense: 1
+    offset_axes:
+      omega: [1.0, 0.0, 0.0]
+      chi: [0.0, 0.0, 1.0]
+calibrations:
+  ceo2:
+    image: raw/calibration/CeO2.h5
+    dataset: /entry/data/data
+    calibrant: CeO2
+    start: {{dist: 0.3, poni1: 0.145, poni2: 0.127, rot1: 0.0, rot2: 0.0, rot3: 0.0}}
+samples:
+{samples}
+reduction:
+  transform:
+    frames_per_job: {frames_per_job}
+    max_voxels: {max_voxels}
+"""
+
+SAMPLE = """\
+  s{i}:
+    space_group: I 4/m m m
+    cell: [3.818, 3.818, 13.363, 90, 90, 90]
+    parent: {{temperature: {parent}}}
+"""
+
+
+def temperatures(n: int) -> list[int]:
+    """n temperatures from 300 K down in 10 K steps (distinct labels, parent first)."""
+    return [300 - 10 * i for i in range(n)]
+
+
+def write_experiment(d: Path, samples: int, ntemps: int, entries: int, frames: int,
+                     frames_per_job: int, detector: str, max_voxels: int = 401 ** 3) -> int:
+    """Config, scans table and empty raw files; returns the number of scan entries."""
+    (d / "config").mkdir(parents=True, exist_ok=True)
+    temps = temperatures(ntemps)
+    (d / "config" / "config.yaml").write_text(CONFIG.format(
+        detector=detector, frames_per_job=frames_per_job or "null", max_voxels=max_voxels,
+        samples="".join(SAMPLE.format(i=i, parent=float(temps[0])) for i in range(samples))))
+    rows = ["sample\ttemperature\tentry\tdata\tnframes\tphi_start\tphi_step\tomega\tchi"]
+    raw = [d / "raw" / "calibration" / "CeO2.h5"]
+    for i in range(samples):
+        for t in temps:
+            for e in range(1, entries + 1):
+                path = f"raw/s{i}/{t}K/f{e}.h5"
+                rows.append(f"s{i}\t{t}\tf{e}\t{path}\t{frames}\t0\t0.1\t{-1.0 * (e - 1)}\t{1.5 * (e - 1)}")
+                raw.append(d / path)
+    (d / "config" / "scans.tsv").write_text("\n".join(rows) + "\n")
+    for p in raw:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+    return len(rows) - 1
+
+
+def job_counts(output: str) -> dict:
+    counts = {}
+    table = output[output.index("Job stats:"):]
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def dry_run(d: Path, quiet: bool = False) -> tuple[float, float, str, int]:
+    """One `snakemake -n`: (wall seconds, CPU seconds of the process, output, exit status)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(d),
+           "-n", "--cores", "16"] + (["--quiet", "rules"] if quiet else [])
+    c0 = os.times()
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    c1 = os.times()
+    cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    return wall, cpu, r.stdout + r.stderr, r.returncode
+
+
+def parse_only(d: Path) -> float:
+    """Seconds to import hklflow and run the Snakefile's parse-time code (common.smk) alone:
+    load_experiment on the config and the scans table, and the job lists."""
+    code = (
+        "import time, sys; t0 = time.perf_counter()\n"
+        "from hklflow.config import load_experiment\n"
+        "from hklflow.jobs import transform_frame_ranges\n"
+        "t1 = time.perf_counter()\n"
+        f"exp = load_experiment({str(d / 'config' / 'config.yaml')!r}, base_dir={str(d)!r})\n"
+        "n = sum(len(transform_frame_ranges(exp, s)) for s in exp.scans)\n"
+        "print(time.perf_counter() - t1)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+class _Wildcards(dict):
+    """Enough of Snakemake's Wildcards for resources.smk: attributes and keys()."""
+
+    __getattr__ = dict.__getitem__
+
+
+RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry of the table)
+    "calibrate_powder": lambda s, r: {"calibration": s.calibration},
+    "ingest_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
+    "find_peaks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
+    "index_parent": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "refine_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "define_grid": lambda s, r: {"sample": s.sample},
+    "mask_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
+    "transform_chunk": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
+                                     "entry": s.entry, "kind": "transform",
+                                     "frames": f"{r[0][0]:05d}-{r[0][1]:05d}"},
+    "sum_chunks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
+                                "entry": s.entry, "kind": "transform"},
+    "merge_entries": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
+    "symmetrize": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
+    "temperature_series": lambda s, r: {"sample": s.sample, "kind": "transform"},
+}
+
+
+def resource_table(d: Path, attempts=(1, 3)) -> list[dict]:
+    """What workflow/rules/resources.smk asks for one job of every rule of the experiment
+    in d (resources.smk is plain Python: run here with the experiment as EXP)."""
+    from hklflow.config import load_experiment
+    from hklflow.jobs import transform_frame_ranges
+
+    exp = load_experiment(d / "config" / "config.yaml", base_dir=d)
+    smk = REPO / "workflow" / "rules" / "resources.smk"
+    ns = {"EXP": exp, "__name__": "resources_smk"}
+    exec(compile(smk.read_text(), str(smk), "exec"), ns)
+    scan = exp.scans[0]
+    ranges = transform_frame_ranges(exp, scan)
+    rows = []
+    for rule, make in RULE_WILDCARDS.items():
+        w = _Wildcards(make(scan, ranges))
+        row = {"rule": rule, "threads": ns["rule_threads"](rule)}
+        for a in attempts:
+            row[f"mem_mb@{a}"] = ns["rule_mem_mb"](rule)(w, a)
+            row[f"runtime_min@{a}"] = ns["rule_runtime"](rule)(w, a)
+        if rule == "transform_chunk":
+            row["note"] = (f"{len(ranges)} jobs of {ranges[0][1] - ranges[0][0]} frames, "
+                           f"{ns['transform_substeps'](scan)} sub-steps per frame")
+        rows.append(row)
+    return rows
+
+
+def print_resources(d: Path, args) -> int:
+    from hklflow.jobs import grid_voxels_bound
+    from hklflow.config import load_experiment
+
+    exp = load_experiment(d / "config" / "config.yaml", base_dir=d)
+    rows = resource_table(d)
+    print(f"resources of one job per rule: {args.detector}, {args.frames} frames of "
+          f"{exp.scans[0].angles.step} deg, grid of at most {grid_voxels_bound(exp):,} voxels")
+    print(f"  {'rule':<20}{'threads':>8}{'mem_mb':>9}{'min':>6}   {'mem_mb@3':>9}{'min@3':>7}")
+    for r in rows:
+        print(f"  {r['rule']:<20}{r['threads']:>8}{r['mem_mb@1']:>9}{r['runtime_min@1']:>6}   "
+              f"{r['mem_mb@3']:>9}{r['runtime_min@3']:>7}  {r.get('note', '')}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--temperatures", type=int, default=30)
+    p.add_argument("--entries", type=int, default=3)
+    p.add_argument("--frames", type=int, default=3650)
+    p.add_argument("--frames-per-job", type=int, default=640,
+                   help="frames per transform job (0: the default, from pixel_frames_per_job)")
+    p.add_argument("--detector", default="PilatusCdTe2M")
+    p.add_argument("--max-voxels", type=int, default=401 ** 3, help="grid size bound (default 401^3)")
+    p.add_argument("--resources", action="store_true",
+                   help="print the resources of one job per rule instead of timing a dry run")
+    p.add_argument("--workdir", type=Path, help="experiment directory (default: a temporary one)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="keep the temporary experiment")
+    p.add_argument("--quiet", action="store_true",
+                   help="time `snakemake -n --quiet rules` (no per-job listing) instead")
+    p.add_argument("--json", type=Path, help="write the report here as JSON")
+    args = p.parse_args(argv)
+
+    tmp = None
+    if args.workdir:
+        d = args.workdir.resolve()
+        if (d / "results").exists():
+            p.error(f"{d} has results/: use an empty or benchmark-only directory")
+    else:
+        tmp = d = Path(tempfile.mkdtemp(prefix="hklflow-dryrun-"))
+    try:
+        n_entries = write_experiment(d, args.samples, args.temperatures, args.entries,
+                                     args.frames, args.frames_per_job, args.detector,
+                                     args.max_voxels)
+        if args.resources:
+            return print_resources(d, args)
+        info = machine_info()
+        parse_s = parse_only(d)
+        times, cpus, counts = [], [], {}
+        for i in range(args.repeats):
+            s, cpu, out, rc = dry_run(d, args.quiet)
+            if rc != 0:
+                print(out[-4000:], file=sys.stderr)
+                print(f"dry run failed (exit status {rc})", file=sys.stderr)
+                return 1
+            times.append(s)
+            cpus.append(cpu)
+            counts = job_counts(out)
+        load_end = [round(x, 2) for x in os.getloadavg()]
+        total = counts.get("total", sum(v for k, v in counts.items() if k != "total"))
+        report = {
+            "experiment": {"samples": args.samples, "temperatures": args.temperatures,
+                           "entries": args.entries, "scan_entries": n_entries,
+                           "frames": args.frames, "frames_per_job": args.frames_per_job,
+                           "detector": args.detector},
+            "jobs": total, "jobs_per_rule": counts,
+            "command": "snakemake -s Snakefile --directory DIR -n --cores 16"
+                       + (" --quiet rules" if args.quiet else ""),
+            "dry_run_s": {"best": round(min(times), 2), "worst": round(max(times), 2),
+                          "all": [round(t, 2) for t in times]},
+            "dry_run_cpu_s": {"best": round(min(cpus), 2), "all": [round(t, 2) for t in cpus]},
+            "parse_experiment_s": round(parse_s, 3),
+            "machine": {**info, "load_average_at_end": load_end},
+        }
+        width = max(len(k) for k in counts) if counts else 10
+        lines = [f"dry run of {args.samples} samples x {args.temperatures} temperatures x "
+                 f"{args.entries} entries ({n_entries} scan entries, {args.frames} frames, "
+                 f"{args.frames_per_job} frames per transform job, {args.detector})", ""]
+        lines += [f"  {k:<{width}} {v:>6}" for k, v in counts.items()]
+        lines += ["", f"jobs: {total}",
+                  f"snakemake -n: best {min(times):.2f} s, worst {max(times):.2f} s over "
+                  f"{len(times)} runs (includes interpreter start and imports); CPU time "
+                  f"best {min(cpus):.2f} s",
+                  f"reading config + scans table and cutting transform jobs: {parse_s:.3f} s",
+                  f"load average: start {info['load_average_at_start']}, end {load_end} "
+                  f"({info['cores_usable']} usable cores)"]
+        print("\n".join(lines))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return 0
+    finally:
+        if tmp is not None and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp is not None:
+            print(f"experiment kept in {tmp}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
