@@ -113,14 +113,16 @@ class BrickedGrid:
         self.nbricks = np.array([-(-int(n) // b) for n in (grid.l.n, grid.k.n, grid.h.n)],
                                 dtype=np.int64)  # (l, k, h)
         size = int(np.prod(self.nbricks)) * b ** 3
-        self.signal = np.zeros(size, dtype=np.float32)
-        self.weight = np.zeros(size, dtype=np.float32)
+        # signal and weight of a voxel side by side: one cache line per pixel added
+        self.pairs = np.zeros(2 * size, dtype=np.float32)
+        self.signal = self.pairs[0::2]
+        self.weight = self.pairs[1::2]
         self.origin = np.array([ax.start for ax in grid.axes])
         self.inv_step = np.array([1.0 / ax.step for ax in grid.axes])
 
     @property
     def nbytes(self) -> int:
-        return self.signal.nbytes + self.weight.nbytes
+        return self.pairs.nbytes
 
     def unbrick(self, flat: np.ndarray) -> np.ndarray:
         bl, bk, bh = (int(v) for v in self.nbricks)
@@ -151,12 +153,12 @@ class BrickedGrid:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, pix_index, q, corr, M, scale, trusted_max, bragg, use_bragg,
-                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, bits, signal,
-                weight):
+                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, bits, pairs):
     """frames (nf, npix_total) any numeric dtype; M (nf, nsub, 3, 3); scale (nf,);
     bragg (nf, npix_total) uint8 (1 = masked) used when use_bragg; allowed (a, b, c) uint8
     table of allowed nodes from allowed_off (hkl of its [0, 0, 0]), punch radius^2 hkl_r2
-    (r.l.u.^2, 0 = off).  Adds into the bricked signal/weight; returns pixel-frames added."""
+    (r.l.u.^2, 0 = off).  Adds into the bricked (signal, weight) pairs; returns pixel-frames
+    added."""
     nf = frames.shape[0]
     nsub = M.shape[1]
     npix = pix_index.shape[0]
@@ -215,8 +217,8 @@ def _accumulate(frames, pix_index, q, corr, M, scale, trusted_max, bragg, use_br
                 brick = ((il >> bits) * nbk + (ik >> bits)) * nbh + (ih >> bits)
                 idx = ((brick << bits3) + ((il & low) << bits2) + ((ik & low) << bits)
                        + (ih & low))
-                signal[idx] += v * corr[p] * s
-                weight[idx] += w
+                pairs[2 * idx] += v * corr[p] * s
+                pairs[2 * idx + 1] += w
                 added += 1
     return added
 
@@ -259,7 +261,7 @@ class Transformer:
                         np.asarray(scale, np.float64), self.trusted_max, bragg, use_bragg,
                         self.allowed, self.allowed_off, self.hkl_r2, self.acc.origin,
                         self.acc.inv_step, self.acc.dims, self.acc.nbricks, self.acc.bits,
-                        self.acc.signal, self.acc.weight)
+                        self.acc.pairs)
         self.pixel_frames += n
         return n
 
