@@ -14,7 +14,8 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
         Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
      sample                     NXsample: name, space_group, unit_cell, ub_matrix (if known)
      notes                      NXnote (JSON): what was summed (frames, entries, corrections)
-     process                    NXprocess: provenance
+     process                    NXprocess: program, version, date, note (JSON provenance record,
+                                as nexus.write_provenance writes it)
 """
 from __future__ import annotations
 
@@ -226,7 +227,11 @@ class VolumeWriter:
             proc["program"] = prov.get("program", "hklflow")
             proc["version"] = prov.get("software", {}).get("hklflow", "")
             proc["date"] = prov.get("time", "")
-            proc["provenance"] = json.dumps(prov, sort_keys=True, default=str)
+            note = proc.create_group("note")  # as nexus.write_provenance: read_provenance reads it
+            note.attrs["NX_class"] = "NXnote"
+            note["type"] = "application/json"
+            note["description"] = "hklflow provenance record"
+            note["data"] = json.dumps(prov, indent=1, sort_keys=True, default=str)
             self._data = d
         except BaseException:
             self._abort()
