@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import machine_info  # noqa: E402
+
+from hklflow.jobs import snakemake_job_counts as job_counts  # noqa: E402
 
 CONFIG = """\
 # hklflow benchmark experiment written by bench/dryrun.py (raw files are empty stand-ins)
@@ -118,17 +119,6 @@ def write_experiment(d: Path, samples: int, ntemps: int, entries: int, frames: i
         p.parent.mkdir(parents=True, exist_ok=True)
         p.touch()
     return len(rows) - 1
-
-
-def job_counts(output: str) -> dict:
-    counts = {}
-    table = output[output.index("Job stats:"):]
-    for line in table.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def dry_run(d: Path, quiet: bool = False) -> tuple[float, float, str, int]:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hklflow.jobs import snakemake_job_counts as job_counts
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
@@ -21,18 +23,6 @@ def snakemake(workdir: Path, *args, timeout=600):
            str(workdir), *args]
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def job_counts(output: str) -> dict:
-    """The 'Job stats' table of a Snakemake run or dry run."""
-    counts = {}
-    table = output[output.index("Job stats:"):]
-    for line in table.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_dry_run_plans_calibration_and_every_scan_entry(tiny_copy):

@@ -35,3 +35,17 @@ def grid_voxels_bound(exp) -> int:
     if all(a in given for a in "hkl"):
         return math.prod(int(math.floor((b - a) / s + 1e-6)) + 1 for a, b, s in given.values())
     return int(cfg["max_voxels"])
+
+
+def snakemake_job_counts(output: str) -> dict:
+    """rule -> jobs, from the 'Job stats' table Snakemake prints for a run or dry run."""
+    import re
+
+    counts = {}
+    table = output[output.index("Job stats:"):]
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
