@@ -260,3 +260,58 @@ def test_monitor_normalisation_and_frame_ranges():
     for bad in ("20:10", "0:61", "x"):
         with pytest.raises(ValueError, match="--frames"):
             parse_frames(bad, 60)
+
+
+@pytest.mark.slow
+def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
+    """A scan whose odd frames were counted with twice the flux (monitor 2, frames x 2) gives
+    the same volume as the original scan (monitor 1 everywhere) once normalised: the scans
+    table's monitor column -> ingest -> scan.nxs -> transform."""
+    import shutil
+    import subprocess
+    import sys
+
+    import h5py
+    import hdf5plugin
+
+    from hklflow.volume import read_volume
+
+    d = tiny_run[0]
+    assert tiny_run[1].returncode == 0
+    exp = tmp_path / "exp"
+    shutil.copytree(d / "config", exp / "config")
+    with h5py.File(d / "raw/tiny/300K/f1.h5", "r") as f:
+        frames = f["/entry/data/data"][()]
+    monitor = np.where(np.arange(len(frames)) % 2 == 1, 2.0, 1.0)
+    boosted = np.where(frames >= 0, frames * monitor[:, None, None].astype(np.int32), frames)
+    (exp / "raw").mkdir()
+    for name, data, mon in (("plain.h5", frames, np.ones(len(frames))), ("boosted.h5", boosted, monitor)):
+        with h5py.File(exp / "raw" / name, "w") as f:
+            f.create_dataset("/entry/data/data", data=data, chunks=(1,) + data.shape[1:],
+                             **hdf5plugin.Bitshuffle(cname="lz4"))
+            f["/entry/monitor"] = mon
+    table = (exp / "config/scans.tsv").read_text().splitlines()
+    header = table[0].split("\t") + ["monitor"]
+    row = dict(zip(table[0].split("\t"), next(r for r in table[1:] if r.startswith("tiny\t300\tf1")).split("\t")))
+    out = {}
+    for name in ("plain", "boosted"):
+        row.update(data=f"raw/{name}.h5", monitor="/entry/monitor")
+        (exp / "config/scans.tsv").write_text("\t".join(header) + "\n"
+                                              + "\t".join(str(row.get(h, "")) for h in header) + "\n")
+        run = lambda *a: subprocess.run([sys.executable, "-m", "hklflow", *a, "--config",  # noqa: E731
+                                         "config/config.yaml"], cwd=exp, capture_output=True, text=True)
+        r = run("ingest_scan", "--scan", "tiny/300K/f1", "--poni",
+                str(d / "results/calibration/ceo2/geometry.poni"), "--out", f"{name}.nxs")
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = run("transform", "--scan-file", f"{name}.nxs", "--orientation",
+                str(d / "results/tiny/300K/orientation.nxs"), "--grid", str(d / "results/tiny/grid.json"),
+                "--mask", str(d / "results/tiny/300K/f1/mask.nxs"), "--kind", "transform",
+                "--frames", "0:20", "--out", f"{name}_volume.nxs")
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[name] = read_volume(exp / f"{name}_volume.nxs")
+    p, b = out["plain"], out["boosted"]
+    assert np.array_equal(p.weight, b.weight) and p.weight.sum() > 0
+    # plain: monitor 1 everywhere (reference = median 1); boosted: reference 1.5, frames
+    # with monitor 2 doubled: every frame's corrected intensity is 1.5 x the plain one
+    assert b.notes["monitor_reference"] == 1.5 and p.notes["monitor_reference"] == 1.0
+    np.testing.assert_allclose(b.signal, 1.5 * p.signal, rtol=1e-5, atol=1e-3)
