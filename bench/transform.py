@@ -127,6 +127,18 @@ def kernel_section(path, scan, UB, table, grid, nframes: int, repeats: int) -> d
     return out
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started its program (VmHWM: unlike
+    getrusage's ru_maxrss it does not carry over the parent's pages from before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _e2e_worker(args):
     """One transform job: open the file, read+decompress+transform frames [a, b)."""
     path, a, b, nframes_total, max_voxels, conn = args
@@ -147,7 +159,7 @@ def _e2e_worker(args):
         k = transform_frames(st, scan, UB, tr, a, b, 1, np.ones(b - a), 16)
         wall = time.perf_counter() - t
         cpu = time.process_time() - c0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     conn.send({"frames": b - a, "wall_s": wall, "cpu_s": cpu, "kernel_s": k,
                "pixel_frames": (b - a) * len(table), "peak_rss_mb": rss,
                "grid_mb": tr.acc.nbytes / 1e6})
@@ -202,7 +214,8 @@ def memory_section(e2e: dict, grid) -> dict:
     grid801 = 801 ** 3 * 8 / 1e6
     schema_default = 2_000_000_000  # reduction.transform.pixel_frames_per_job
     frames_per_job = max(1, schema_default // npix)
-    jobs = math.ceil(3650 / frames_per_job)
+    jobs = math.ceil(3650 / frames_per_job)  # hklflow.jobs.transform_frame_ranges: equal parts
+    frames_per_job = math.ceil(3650 / jobs)
     return {
         "measured_peak_rss_mb": one["peak_rss_mb"], "measured_grid_mb": one["grid_mb"],
         "measured_rest_mb": fixed_mb,
@@ -251,7 +264,7 @@ def main(argv=None) -> int:
         f"  this job: peak RSS {m['measured_peak_rss_mb']:.0f} MB (grid {m['measured_grid_mb']:.0f} MB)",
         f"  full scan on 801^3: grid {m['full_scan']['grid_mb']:.0f} MB, job ~"
         f"{m['full_scan']['job_peak_mb_estimate']:.0f} MB; default split: "
-        f"{m['full_scan']['default_jobs']} jobs of <= {m['full_scan']['default_frames_per_job']} frames",
+        f"{m['full_scan']['default_jobs']} jobs of {m['full_scan']['default_frames_per_job']} frames",
     ]
     emit(report, "\n".join(lines), args.json)
     return 0
