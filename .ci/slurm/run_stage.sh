@@ -6,7 +6,7 @@
 #
 #   1. install   Debian's slurm-wlm + munge, the Snakemake SLURM plugin (.ci/slurm/install.sh)
 #   2. cluster   munged, slurmctld, slurmd on loopback, PIDs recorded (.ci/slurm/start.sh)
-#   3. simulate  `hklflow simulate WORK/local --preset tiny`; WORK/slurm gets a copy of config/
+#   3. simulate  `hklflow simulate WORK/local --preset PRESET` (demo by default); WORK/slurm gets a copy of config/
 #                and hard links to the same raw/ files
 #   4. local     snakemake --profile profiles/default          in WORK/local
 #   5. SLURM     snakemake --profile profiles/slurm            in WORK/slurm
@@ -14,22 +14,22 @@
 #   7. compare   every file under results/ of 4 and 5 (.ci/slurm/compare_outputs.py)
 # The cluster is stopped by its recorded PIDs from a trap, whatever happens; every step is
 # bounded by a timeout.  Settings (environment):
-#   HKLFLOW_SLURM_PRESET   simulation preset (default tiny; `demo` is the README's demo:
-#                          ~2x the jobs and ~10x the data, too slow for CI on 2 cores)
+#   HKLFLOW_SLURM_PRESET   simulation preset (default demo, the README's demo experiment:
+#                          84 jobs, ~10 min for the stage on 2 cores; `tiny`: 43 jobs, ~5 min)
 #   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
 #                          removed after a success unless HKLFLOW_SLURM_KEEP=1)
 #   HKLFLOW_SLURM_LOCAL_TIMEOUT, HKLFLOW_SLURM_RUN_TIMEOUT  seconds for the local and the
-#                          SLURM snakemake run (default 600 and 900)
+#                          SLURM snakemake run (default 1200 and 1800)
 # Worst case, every step timing out: about an hour; .ci/run bounds the whole stage as well
 # (SIGTERM to this script stops the running step and the cluster at once).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 HERE=$REPO/.ci/slurm
-PRESET=${HKLFLOW_SLURM_PRESET:-tiny}
+PRESET=${HKLFLOW_SLURM_PRESET:-demo}
 WORK=${HKLFLOW_SLURM_WORK:-/tmp/hklflow-slurm-ci}
-LOCAL_TIMEOUT=${HKLFLOW_SLURM_LOCAL_TIMEOUT:-600}
-RUN_TIMEOUT=${HKLFLOW_SLURM_RUN_TIMEOUT:-900}
+LOCAL_TIMEOUT=${HKLFLOW_SLURM_LOCAL_TIMEOUT:-1200}
+RUN_TIMEOUT=${HKLFLOW_SLURM_RUN_TIMEOUT:-1800}
 PY=$REPO/.venv/bin/python
 CLUSTER=$WORK/cluster
 
