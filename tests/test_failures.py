@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake as snakemake
 
 SNAKEFILE = REPO / "Snakefile"
 ENV = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
@@ -41,10 +41,6 @@ TIMEOUT = 1500  # s, for one end-to-end run on a busy 2-core machine
 def snakemake_cmd(workdir: Path, *args) -> list[str]:
     return [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory",
             str(workdir), *args]
-
-
-def snakemake(workdir: Path, *args, timeout=900) -> subprocess.CompletedProcess:
-    return run_snakemake(workdir, *args, timeout=timeout)
 
 
 def edit_config(d: Path, change) -> None:

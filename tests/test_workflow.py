@@ -2,27 +2,15 @@
 tiny simulated experiment end to end."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hklflow.jobs import snakemake_job_counts as job_counts
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
-
-
-def snakemake(workdir: Path, *args, timeout=600):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory",
-           str(workdir), *args]
-    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+from conftest import REPO, run_snakemake as snakemake
 
 
 def test_dry_run_plans_calibration_and_every_scan_entry(tiny_copy):

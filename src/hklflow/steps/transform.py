@@ -107,8 +107,9 @@ def run(args, log) -> dict:
                                     progress.update)
     seconds = time.monotonic() - t0
     pixel_frames = (stop - first) * len(table)
+    added = tr.pixel_frames  # a sum over the grid: once
     notes = {"scan": rec.scan_id, "kind": args.kind, "frames": [first, stop], "subdivide": nsub,
-             "usable_pixels": len(table), "pixel_frames_added": int(tr.pixel_frames),
+             "usable_pixels": len(table), "pixel_frames_added": added,
              "pixel_frames_usable": int(pixel_frames), "solid_angle": cfg["solid_angle"],
              "polarization": cfg["polarization"],
              "polarization_fraction": exp.instrument.polarization_fraction,
@@ -131,7 +132,7 @@ def run(args, log) -> dict:
             w.write(l0, sig, wt)
         w.notes["measured_voxels"] = measured
     log.info("%d pixel-frames on the grid of %d usable (x %d sub-steps) in %.1f s (kernel %.1f s: "
-             "%.1f Mpixel/s); measured voxels %d", tr.pixel_frames, pixel_frames, nsub, seconds,
+             "%.1f Mpixel/s); measured voxels %d", added, pixel_frames, nsub, seconds,
              t_kernel, pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6, measured)
     return notes
 
