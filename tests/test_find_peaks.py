@@ -45,17 +45,16 @@ def run_kernel(frame, valid, p: PeakSearchParams, trusted_max=2**31 - 1, annulus
     rows, cols = np.empty(cap, np.int32), np.empty(cap, np.int32)
     vals, bg, stats = np.empty(cap), np.empty(cap), np.empty(len(sf.FRAME_STATS))
     ann = np.zeros((ny, nx), np.uint8) if annulus is None else annulus
-    work = np.zeros((3, nx + p.window[1]), dtype=np.int64)
     n = sf.strong_pixels_frame(frame, valid.astype(np.uint8), ann, p.window[0] // 2,
                                p.window[1] // 2, p.sigma_background, p.sigma_strong, p.min_local,
                                p.global_threshold, float(p.absolute_threshold or 0),
-                               p.method == "absolute", trusted_max, rows, cols, vals, bg, stats, work)
+                               p.method == "absolute", trusted_max, rows, cols, vals, bg, stats)
     strong = np.zeros((ny, nx), bool)
     strong[rows[:n], cols[:n]] = True
     return strong, bg[:n], stats
 
 
-@pytest.mark.parametrize("window", [(7, 7), (5, 9), (3, 3)])
+@pytest.mark.parametrize("window", [(7, 7), (5, 9), (3, 3), (3, 17)])
 def test_kernel_equals_numpy_reference(tiny_experiment, window):
     with h5py.File(raw_path(tiny_experiment, "tiny/100K/f2"), "r") as f:
         frames = f["/entry/data/data"][::7]
@@ -71,6 +70,26 @@ def test_kernel_equals_numpy_reference(tiny_experiment, window):
         assert np.array_equal(strong, ref)
         np.testing.assert_allclose(bg, mean[ref], rtol=1e-12)  # raster order both
     assert total > 100
+
+
+def test_kernel_stays_exact_after_huge_counts():
+    """Counts whose squares are not exact in float64 (> 3.6e7 for 7 window rows) must not
+    leave rounding behind in the sliding column sums: on a low background below 40 such
+    counts, decisions equal the exact (int64) reference.  (Without the kernel's recompute
+    after a huge count leaves the window, 2 pixels below row 50 differ.)"""
+    rng = np.random.default_rng(3)
+    frame = rng.poisson(1.5, (160, 120)).astype(np.int32)
+    yy, xx = np.mgrid[:160, :120]
+    frame += (60 * np.exp(-((yy - 120) ** 2 + (xx - 60) ** 2) / 4)).astype(np.int32)  # a spot
+    huge = rng.integers(1_000_000_000, 2_100_000_000, 40)
+    frame[rng.integers(0, 40, 40), rng.integers(0, 120, 40)] = huge
+    valid = np.ones(frame.shape, bool)
+    strong, bg, stats = run_kernel(frame, valid, PeakSearchParams())
+    ref, mean = sf.strong_pixels_numpy(frame, valid)
+    assert ref[115:125, 55:65].sum() >= 5 and ref[:40].sum() >= 30
+    assert np.array_equal(strong, ref)
+    np.testing.assert_allclose(bg, mean[ref], rtol=1e-12)
+    assert stats[1] == huge.max() and stats[0] == frame.astype(np.int64).sum()
 
 
 def test_absolute_threshold_method(tiny_experiment):

@@ -10,10 +10,13 @@ strong when
     x > global_threshold.
 The 'absolute' method marks x > absolute_threshold instead.
 
-`strong_pixels_frame` does one frame in one pass: box sums slide down columns and along rows
-(O(1) per pixel whatever the window), the tests are rearranged to avoid divisions, and the
-frame statistics (sum, max, trimmed sum in a Q annulus) come from the same loop.  Sums are
-float64: exact for integer counts below 2^53 summed over a window.
+`strong_pixels_frame` does one frame in one pass: column sums slide down the frame, window
+sums along a row are added up in a loop compiled for the window's width, the tests are
+rearranged to avoid divisions and square roots and run branch-free (vectorised), and the
+frame statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  Counts
+and sums are exact; sums of squares are exact float64 integers for counts below
+sqrt(2^53 / window rows) (3.6e7 for 7 rows) and recomputed once a larger count has left
+the window, so rounding never accumulates.
 `PeakAssembler` joins strong pixels into 3D peaks while frames stream by: pixels touching
 in the frame (8-connected) or at the same pixel in consecutive frames belong to one peak;
 a peak is finished (and its slot recycled) when a frame adds nothing to it, so memory is
@@ -21,6 +24,7 @@ bounded by the peaks open at once, not by the length of the scan.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -34,41 +38,34 @@ FRAME_STATS = ("sum", "max", "trimmed_sum", "n_valid", "n_strong", "n_annulus")
 
 
 @numba.njit(cache=True, nogil=True)
-def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
-                        global_threshold, absolute_threshold, use_absolute, trusted_max,
-                        out_rows, out_cols, out_vals, out_bg, stats, work):
-    """Detect strong pixels of one frame.
-
-    frame (ny, nx) integer counts; valid (ny, nx) uint8 (1 = usable); annulus (ny, nx) uint8
-    (1 = in the Q annulus of the trimmed sum).  A pixel is also unusable in this frame when
-    its value is negative (Pilatus marks gaps -1) or >= trusted_max (overloaded).  Strong
-    pixels are written to out_* (raster order) with the local mean in out_bg; returns their
-    count, or -1 if out_* is too small.  stats (6,) float64 receives FRAME_STATS.
-    work: int64 scratch of shape (3, nx + 2 * half_c + 1).
-
-    Window sums slide down the columns (one pass adds the row entering the window and drops
-    the row leaving it), then along the row; integer sums are exact.  Rows are cleaned once
-    (value x usable, usable) into a small ring, so the column updates are branch-free.
-    """
+def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
+                   global_threshold, absolute_threshold, use_absolute, trusted_max,
+                   out_rows, out_cols, out_vals, out_bg, stats):
+    """strong_pixels_frame's body; half_c is a compile-time constant when called through
+    _strong_pixels_fixed (the window sum along a row is then unrolled and vectorised)."""
     ny, nx = frame.shape
     pad = half_c
-    col_n = work[0]
-    col_s = work[1]
-    col_q = work[2]
-    for c in range(col_n.shape[0]):
-        col_n[c] = 0
-        col_s[c] = 0
-        col_q[c] = 0
+    w = 2 * half_c + 1
+    ncol = nx + 2 * pad
+    # column sums over the window's rows (padded by half_c zeros on both sides); counts and
+    # sums are exact in float64; squares are while (2 half_r + 1) x^2 < 2^53
+    col_n = np.zeros(ncol, dtype=np.int32)
+    col_s = np.zeros(ncol)
+    col_q = np.zeros(ncol)
+    big = math.sqrt(2.0 ** 53 / (2 * half_r + 1))
     # ring of cleaned rows: value where usable else 0, and the usable flag; each pixel is
     # tested once, when its row enters the window
     wr = 2 * half_r + 2
-    ring_x = np.zeros((wr, nx), dtype=np.int64)
-    ring_u = np.zeros((wr, nx), dtype=np.int64)
-    nmax = (2 * half_r + 1) * (2 * half_c + 1)
-    disp_thr = np.empty(nmax + 1)
-    for n in range(nmax + 1):
-        disp_thr[n] = 1.0 + sigma_b * math.sqrt(2.0 / (n - 1)) if n > 1 else 1e300
+    ring_x = np.zeros((wr, nx), dtype=np.int32)
+    ring_u = np.zeros((wr, nx), dtype=np.int32)
+    ring_big = np.zeros(wr, dtype=np.bool_)
+    flag = np.zeros(nx, dtype=np.uint8)
     ss2 = sigma_s * sigma_s
+    sb2x2 = 2.0 * sigma_b * sigma_b
+    n_min = max(float(min_local), 2.0)
+    gthr = float(global_threshold)
+    athr = float(absolute_threshold)
+    tmax = min(trusted_max, 2 ** 31 - 1)  # values are held as int32
     s_sum = 0
     s_max = 0
     s_trim = 0
@@ -76,87 +73,128 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
     n_ann = 0
     count = 0
     cap = out_rows.shape[0]
-    tmax = trusted_max
     for r in range(-half_r, ny):
         ra = r + half_r  # row entering the window
         rd = r - half_r - 1  # row leaving it
         if ra < ny:
             xa = ring_x[ra % wr]
             ua = ring_u[ra % wr]
+            fr = frame[ra]
+            vr = valid[ra]
+            an = annulus[ra]
+            row_sum = 0
+            row_max = np.int32(0)
+            row_n = 0
+            ann_sum = 0
+            ann_n = 0
             for c in range(nx):
-                v = np.int64(frame[ra, c])
-                u = np.int64((valid[ra, c] != 0) & (v >= 0) & (v < tmax))
+                v = fr[c]
+                ok = (vr[c] != 0) & (v >= 0) & (v < tmax)
+                x = np.int32(v) if ok else np.int32(0)
+                u = np.int32(1) if ok else np.int32(0)
+                xa[c] = x
                 ua[c] = u
-                xa[c] = v * u
-        if ra < ny and rd >= 0:
-            xa = ring_x[ra % wr]
-            ua = ring_u[ra % wr]
-            xd = ring_x[rd % wr]
-            ud = ring_u[rd % wr]
-            for c in range(nx):
-                col_n[c + pad] += ua[c] - ud[c]
-                col_s[c + pad] += xa[c] - xd[c]
-                col_q[c + pad] += xa[c] * xa[c] - xd[c] * xd[c]
-        elif ra < ny:
-            for c in range(nx):
-                col_n[c + pad] += ua[c]
-                col_s[c + pad] += xa[c]
-                col_q[c + pad] += xa[c] * xa[c]
+                row_sum += np.int64(x)
+                row_max = max(row_max, x)
+                row_n += u
+                in_ann = an[c] != 0
+                ann_sum += np.int64(x) if in_ann else np.int64(0)
+                ann_n += u if in_ann else 0
+            s_sum += row_sum
+            s_max = max(s_max, np.int64(row_max))
+            n_valid += row_n
+            s_trim += ann_sum
+            n_ann += ann_n
+            ring_big[ra % wr] = row_max >= big
+            if rd >= 0:
+                xd = ring_x[rd % wr]
+                ud = ring_u[rd % wr]
+                for c in range(nx):
+                    fa = float(xa[c])
+                    fd = float(xd[c])
+                    col_n[c + pad] += ua[c] - ud[c]
+                    col_s[c + pad] += fa - fd
+                    col_q[c + pad] += fa * fa - fd * fd
+            else:
+                for c in range(nx):
+                    fa = float(xa[c])
+                    col_n[c + pad] += ua[c]
+                    col_s[c + pad] += fa
+                    col_q[c + pad] += fa * fa
         elif rd >= 0:
             xd = ring_x[rd % wr]
             ud = ring_u[rd % wr]
             for c in range(nx):
+                fd = float(xd[c])
                 col_n[c + pad] -= ud[c]
-                col_s[c + pad] -= xd[c]
-                col_q[c + pad] -= xd[c] * xd[c]
+                col_s[c + pad] -= fd
+                col_q[c + pad] -= fd * fd
+        if rd >= 0 and ring_big[rd % wr]:
+            # a value whose square is not exact in float64 left the window: recompute the
+            # column sums from the rows now in it, so that rounding cannot accumulate
+            ring_big[rd % wr] = False
+            col_n[:] = 0
+            col_s[:] = 0.0
+            col_q[:] = 0.0
+            for rr in range(rd + 1, min(ra, ny - 1) + 1):
+                xk = ring_x[rr % wr]
+                uk = ring_u[rr % wr]
+                for c in range(nx):
+                    fa = float(xk[c])
+                    col_n[c + pad] += uk[c]
+                    col_s[c + pad] += fa
+                    col_q[c + pad] += fa * fa
         if r < 0:
             continue
-        # slide along the row: the window of pixel c covers padded columns [c, c + 2 pad]
-        bn = 0
-        bs = 0
-        bq = 0
-        for c in range(2 * pad):
-            bn += col_n[c]
-            bs += col_s[c]
-            bq += col_q[c]
         xr = ring_x[r % wr]
         ur = ring_u[r % wr]
-        for c in range(nx):
-            cin = c + 2 * pad
-            bn += col_n[cin]
-            bs += col_s[cin]
-            bq += col_q[cin]
-            if ur[c]:
-                x = xr[c]
-                n_valid += 1
-                s_sum += x
-                if x > s_max:
-                    s_max = x
-                strong = False
-                if use_absolute:
-                    strong = x > absolute_threshold
-                else:
-                    # x > m + sigma_s sqrt(m)  <=>  x n - s > 0 and (x n - s)^2 > sigma_s^2 s n
-                    d = x * bn - bs
-                    if d > 0 and bs > 0 and bn >= min_local and bn > 1 and x > global_threshold:
-                        fd = float(d)
-                        if fd * fd > ss2 * float(bs) * bn:
-                            # dispersion v/m > thr  <=>  n s2 - s^2 > thr (n - 1) s
-                            strong = (float(bn) * bq - float(bs) * bs
-                                      > disp_thr[bn] * (bn - 1) * float(bs))
-                if strong:
+        n_row = 0
+        if use_absolute:
+            for c in range(nx):
+                f = (ur[c] != 0) & (float(xr[c]) > athr)
+                flag[c] = f
+                n_row += f
+        else:
+            # branch-free, so that the loop is vectorised:
+            # x > m + sigma_s sqrt(m)  <=>  d = x n - s > 0 and d^2 > sigma_s^2 s n;
+            # v/m > 1 + sigma_b sqrt(2/(n-1))  <=>  e = n q - s^2 - (n-1) s > 0 and
+            #                                        e^2 > 2 sigma_b^2 (n-1) s^2
+            for c in range(nx):
+                n = 0
+                s = 0.0
+                q = 0.0
+                for j in range(w):
+                    n += col_n[c + j]
+                    s += col_s[c + j]
+                    q += col_q[c + j]
+                fn = float(n)
+                x = float(xr[c])
+                d = x * fn - s
+                e = fn * q - s * s - (fn - 1.0) * s
+                f = ((ur[c] != 0) & (d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
+                     & (d * d > ss2 * s * fn)
+                     & (e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s))
+                flag[c] = f
+                n_row += f
+        if n_row:
+            an = annulus[r]
+            for c in range(nx):
+                if flag[c]:
+                    x = xr[c]
                     if count < cap:
+                        n = 0
+                        s = 0.0
+                        for j in range(w):
+                            n += col_n[c + j]
+                            s += col_s[c + j]
                         out_rows[count] = r
                         out_cols[count] = c
                         out_vals[count] = x
-                        out_bg[count] = bs / bn
+                        out_bg[count] = s / n
                     count += 1
-                elif annulus[r, c]:
-                    s_trim += x
-                    n_ann += 1
-            bn -= col_n[c]
-            bs -= col_s[c]
-            bq -= col_q[c]
+                    if an[c]:  # strong pixels are left out of the trimmed sum
+                        s_trim -= x
+                        n_ann -= 1
     stats[0] = s_sum
     stats[1] = s_max
     stats[2] = s_trim
@@ -166,13 +204,64 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
     return count if count <= cap else -1
 
 
+@numba.njit(cache=True, nogil=True)
+def _strong_pixels_fixed(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
+                         global_threshold, absolute_threshold, use_absolute, trusted_max,
+                         out_rows, out_cols, out_vals, out_bg, stats):
+    numba.literally(half_c)
+    return _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
+                          global_threshold, absolute_threshold, use_absolute, trusted_max,
+                          out_rows, out_cols, out_vals, out_bg, stats)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_for_width(half_c: int):
+    """_strong_pixels compiled for one window half-width (cached on disk by numba, per
+    width: only the widths in use are compiled)."""
+    half_c = int(half_c)
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(frame, valid, annulus, half_r, sigma_b, sigma_s, min_local, global_threshold,
+               absolute_threshold, use_absolute, trusted_max, out_rows, out_cols, out_vals,
+               out_bg, stats):
+        return _strong_pixels_fixed(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
+                                    min_local, global_threshold, absolute_threshold,
+                                    use_absolute, trusted_max, out_rows, out_cols, out_vals,
+                                    out_bg, stats)
+
+    return kernel
+
+
+def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
+                        global_threshold, absolute_threshold, use_absolute, trusted_max,
+                        out_rows, out_cols, out_vals, out_bg, stats):
+    """Detect strong pixels of one frame.
+
+    frame (ny, nx) counts; valid (ny, nx) uint8 (1 = usable); annulus (ny, nx) uint8 (1 = in
+    the Q annulus of the trimmed sum).  A pixel is also unusable in this frame when its value
+    is negative (Pilatus marks gaps -1) or >= trusted_max (overloaded; values are held as
+    int32, so trusted_max is at most 2^31 - 1).  Strong pixels are written to out_* (raster
+    order) with the local mean in out_bg; returns their count, or -1 if out_* is too small.
+    stats (6,) float64 receives FRAME_STATS.  The kernel is compiled for the window's width.
+    """
+    return _kernel_for_width(half_c)(
+        frame, valid, annulus, int(half_r), float(sigma_b), float(sigma_s), int(min_local),
+        float(global_threshold), float(absolute_threshold), bool(use_absolute),
+        int(trusted_max), out_rows, out_cols, out_vals, out_bg, stats)
+
+
 def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3.0, min_local=2,
                         global_threshold=0.0, trusted_max=2**31 - 1):
     """Plain numpy reference of the dispersion test (summed-area tables); returns the
-    boolean strong map and the local mean.  Same decisions as the kernel."""
+    boolean strong map and the local mean.  Same decisions as the kernel.  Integer frames
+    are summed in int64 (exact, whatever the counts: the kernel's guard against rounding
+    is checked against this)."""
     x = frame.astype(np.float64)
-    m = valid.astype(bool) & (frame >= 0) & (frame < trusted_max)
-    xv = np.where(m, x, 0.0)
+    m = valid.astype(bool) & (frame >= 0) & (frame < min(trusted_max, 2**31 - 1))
+    if np.issubdtype(frame.dtype, np.integer):
+        xv = np.where(m, frame, 0).astype(np.int64)
+    else:
+        xv = np.where(m, x, 0.0)
 
     def box(a):
         sat = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
@@ -183,9 +272,9 @@ def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3
         c1 = np.clip(np.arange(nx) + half_c + 1, 0, nx)
         return (sat[r1][:, c1] - sat[r0][:, c1] - sat[r1][:, c0] + sat[r0][:, c0])
 
-    n = box(m.astype(np.float64))
-    s = box(xv)
-    q = box(xv * xv)
+    n = box(m.astype(np.int64)).astype(np.float64)
+    s = box(xv).astype(np.float64)
+    q = box(xv * xv).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / n
         var = (q - s * s / n) / (n - 1)

@@ -127,7 +127,6 @@ class _FrameDetector:
         self.p = params
         self.trusted_max = int(trusted_max)
         self.half_r, self.half_c = params.window[0] // 2, params.window[1] // 2
-        self.work = np.zeros((3, nx + 2 * self.half_c + 1), dtype=np.int64)
         self.stats = np.zeros(len(sf.FRAME_STATS))
         self._alloc(max(4096, ny * nx // 200))
 
@@ -144,7 +143,7 @@ class _FrameDetector:
                 frame, usable, annulus, self.half_r, self.half_c, p.sigma_background,
                 p.sigma_strong, p.min_local, p.global_threshold,
                 float(p.absolute_threshold or 0.0), p.method == "absolute", self.trusted_max,
-                self.rows, self.cols, self.vals, self.bg, self.stats, self.work)
+                self.rows, self.cols, self.vals, self.bg, self.stats)
             if n >= 0:
                 return n
             self._alloc(2 * len(self.rows))
@@ -156,17 +155,14 @@ def _trusted_max(params: PeakSearchParams, dtype) -> int:
     return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 2**62
 
 
-def find_hot_pixels(stack, usable, annulus, params, trusted_max, nprobe=HOT_PROBE_FRAMES):
-    """Pixels that stand out in EVERY one of the first frames: the dispersion test run once on
-    the per-pixel minimum over them (a Bragg peak does not stay on one pixel that long, so
-    its minimum is background; a hot pixel's is not).  Masked before the pass."""
-    n = min(nprobe, stack.nframes)
-    if n < 5:
+def hot_pixels_in(frames, usable, annulus, params, trusted_max):
+    """Pixels that stand out in EVERY one of `frames` (the first frames of the scan): the
+    dispersion test run once on the per-pixel minimum over them (a Bragg peak does not stay
+    on one pixel that long, so its minimum is background; a hot pixel's is not).  Masked
+    before the pass.  Fewer than 5 frames tell nothing: no pixel is called hot."""
+    if len(frames) < 5:
         return np.zeros(usable.shape, dtype=bool)
-    low = None
-    for _, chunk in stack.iter_chunks(min(params.chunk_frames, n), stop=n, reuse_buffer=True):
-        m = chunk.min(axis=0)
-        low = m if low is None else np.minimum(low, m, out=low)
+    low = frames.min(axis=0)
     det = _FrameDetector(usable.shape, params, trusted_max)
     k = det(np.ascontiguousarray(low), usable.astype(np.uint8), annulus)
     hot = np.zeros(usable.shape, dtype=bool)
@@ -187,7 +183,14 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     trusted_max = _trusted_max(params, stack.dtype)
     usable = usable_pixels(geometry, params)
     annulus, q_ann = annulus_map(geometry, usable, params.q_annulus)
-    hot_early = find_hot_pixels(stack, usable, annulus, params, trusted_max)
+    # the first frames are read once: they find the hot pixels, then start the pass; one
+    # buffer holds them and then every later block of chunk_frames frames
+    nf = stack.nframes
+    nprobe = min(HOT_PROBE_FRAMES, nf)
+    step = params.chunk_frames
+    buf = np.empty((max(nprobe, min(step, nf)),) + tuple(shape), dtype=stack.dtype)
+    first = stack.read(0, nprobe, out=buf[:nprobe])
+    hot_early = hot_pixels_in(first, usable, annulus, params, trusted_max)
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
@@ -195,13 +198,19 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     u8 = usable.astype(np.uint8)
     det = _FrameDetector(shape, params, trusted_max)
     asm = sf.PeakAssembler(shape)
-    nf = stack.nframes
     stats = np.zeros((nf, len(sf.FRAME_STATS)))
     strong_count = np.zeros(shape, dtype=np.int32)
     maxproj = np.full(shape, -1, dtype=np.int64)
     progress = steplog.Progress(log, "frames searched", nf)
     total_strong = 0
-    for start, chunk in stack.iter_chunks(params.chunk_frames, reuse_buffer=True):
+
+    def blocks():
+        yield 0, first
+        for a in range(nprobe, nf, step):
+            b = min(a + step, nf)
+            yield a, stack.read(a, b, out=buf[:b - a])
+
+    for start, chunk in blocks():
         for i, fr in enumerate(chunk):
             f = start + i
             k = det(fr, u8, annulus)
