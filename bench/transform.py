@@ -16,15 +16,23 @@ bench/find_peaks.py).
 """
 from __future__ import annotations
 
-import argparse
-import math
-import multiprocessing as mp
-import resource
-import sys
-import time
-from pathlib import Path
+import os
 
-import numpy as np
+# one core per measurement: numpy's BLAS (the matrix product of the numpy versions) and
+# numba must not start thread pools; set before numpy is imported (OpenBLAS reads it at load)
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
