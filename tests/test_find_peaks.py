@@ -72,6 +72,24 @@ def test_kernel_equals_numpy_reference(tiny_experiment, window):
     assert total > 100
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int64])
+def test_kernel_same_decisions_for_every_integer_type(tiny_experiment, dtype):
+    """Detectors write uint16, uint32 or int32 frames: the same counts give the same strong
+    pixels, local means and frame statistics whatever the type (the gap marker -1 becomes
+    the type's maximum, which is not trusted)."""
+    with h5py.File(raw_path(tiny_experiment, "tiny/100K/f2"), "r") as f:
+        fr = np.minimum(f["/entry/data/data"][10], 60000)  # counts every type holds
+    valid = np.ones(fr.shape, bool)
+    p = PeakSearchParams()
+    ref_strong, ref_bg, ref_stats = run_kernel(fr, valid, p)
+    other = fr.astype(dtype)
+    tmax = int(np.iinfo(dtype).max) if dtype != np.int64 else 2**31 - 1
+    strong, bg, stats = run_kernel(other, valid, p, trusted_max=tmax)
+    assert ref_strong.sum() > 10
+    assert np.array_equal(strong, ref_strong)
+    assert np.array_equal(bg, ref_bg) and np.array_equal(stats, ref_stats)
+
+
 def test_kernel_stays_exact_after_huge_counts():
     """Counts whose squares are not exact in float64 (> 3.6e7 for 7 window rows) must not
     leave rounding behind in the sliding column sums: on a low background below 40 such
