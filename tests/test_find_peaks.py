@@ -90,6 +90,24 @@ def test_kernel_same_decisions_for_every_integer_type(tiny_experiment, dtype):
     assert np.array_equal(bg, ref_bg) and np.array_equal(stats, ref_stats)
 
 
+def test_kernel_rounds_float_frames_to_counts(tiny_experiment):
+    """Float frames (corrected data) are rounded to the nearest count, not truncated: counts
+    minus 0.4 as float32 decide like the counts; NaN pixels are unusable."""
+    with h5py.File(raw_path(tiny_experiment, "tiny/100K/f2"), "r") as f:
+        fr = f["/entry/data/data"][10]
+    valid = np.ones(fr.shape, bool)
+    p = PeakSearchParams()
+    ref_strong, ref_bg, ref_stats = run_kernel(fr, valid, p)
+    strong, bg, stats = run_kernel(fr.astype(np.float32) - 0.4, valid, p)
+    assert ref_strong.sum() > 10
+    assert np.array_equal(strong, ref_strong) and np.array_equal(stats, ref_stats)
+    holes = fr.astype(np.float64)
+    holes[::50, ::50] = np.nan
+    _, _, stats = run_kernel(holes, valid, p)
+    usable = (fr >= 0) & (fr < 2**31 - 1)
+    assert stats[3] == usable.sum() - usable[::50, ::50].sum()
+
+
 def test_kernel_stays_exact_after_huge_counts():
     """Counts whose squares are not exact in float64 (> 3.6e7 for 7 window rows) must not
     leave rounding behind in the sliding column sums: on a low background below 40 such

@@ -243,7 +243,10 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
     int32, so trusted_max is at most 2^31 - 1).  Strong pixels are written to out_* (raster
     order) with the local mean in out_bg; returns their count, or -1 if out_* is too small.
     stats (6,) float64 receives FRAME_STATS.  The kernel is compiled for the window's width.
+    Float frames (corrected data) are rounded to the nearest count first; NaN is unusable.
     """
+    if not np.issubdtype(frame.dtype, np.integer):
+        frame = np.rint(frame)
     return _kernel_for_width(half_c)(
         frame, valid, annulus, int(half_r), float(sigma_b), float(sigma_s), int(min_local),
         float(global_threshold), float(absolute_threshold), bool(use_absolute),
@@ -255,7 +258,9 @@ def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3
     """Plain numpy reference of the dispersion test (summed-area tables); returns the
     boolean strong map and the local mean.  Same decisions as the kernel.  Integer frames
     are summed in int64 (exact, whatever the counts: the kernel's guard against rounding
-    is checked against this)."""
+    is checked against this); float frames are rounded to counts, as by the kernel."""
+    if not np.issubdtype(frame.dtype, np.integer):
+        frame = np.rint(frame)
     x = frame.astype(np.float64)
     m = valid.astype(bool) & (frame >= 0) & (frame < min(trusted_max, 2**31 - 1))
     if np.issubdtype(frame.dtype, np.integer):
