@@ -108,6 +108,30 @@ def test_kernel_rounds_float_frames_to_counts(tiny_experiment):
     assert stats[3] == usable.sum() - usable[::50, ::50].sum()
 
 
+def test_search_of_a_float_scan_equals_the_integer_scan(tiny_experiment, tiny_truth, searched,
+                                                       tmp_path):
+    """A scan stored as float32 (corrected data) gives the same peaks, frame statistics and
+    scan maximum as the same counts stored as integers (it used to stop at the maximum
+    projection)."""
+    sid = "tiny/100K/f2"
+    with h5py.File(raw_path(tiny_experiment, sid), "r") as f:
+        data = f["/entry/data/data"][()]
+    path = tmp_path / "float.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = data.astype(np.float32)
+    g, a = scan_setup(tiny_truth, sid)
+    with open_frames(str(path)) as stack:
+        assert stack.dtype == np.float32
+        res = search(stack, g, a, PeakSearchParams())
+    ref = searched[sid]
+    assert len(ref.peaks["n_pixels"]) > 10
+    for name, col in ref.peaks.items():
+        np.testing.assert_array_equal(res.peaks[name], col, err_msg=name)
+    for name, col in ref.frame_stats.items():
+        np.testing.assert_array_equal(res.frame_stats[name], col, err_msg=name)
+    np.testing.assert_array_equal(res.max_projection, ref.max_projection)
+
+
 def test_kernel_stays_exact_after_huge_counts():
     """Counts whose squares are not exact in float64 (> 3.6e7 for 7 window rows) must not
     leave rounding behind in the sliding column sums: on a low background below 40 such

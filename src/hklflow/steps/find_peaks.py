@@ -200,7 +200,8 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     asm = sf.PeakAssembler(shape)
     stats = np.zeros((nf, len(sf.FRAME_STATS)))
     strong_count = np.zeros(shape, dtype=np.int32)
-    maxproj = np.full(shape, -1, dtype=np.int64)
+    integer = np.issubdtype(stack.dtype, np.integer)
+    maxproj = np.full(shape, -1, dtype=np.int64 if integer else np.float64)
     progress = steplog.Progress(log, "frames searched", nf)
     total_strong = 0
 
@@ -219,7 +220,9 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
             strong_count[rows, cols] += 1
             asm.add_frame(f, rows, cols, det.vals[:k].copy(), det.bg[:k].copy())
             total_strong += k
-        np.maximum(maxproj, chunk.max(axis=0), out=maxproj)
+        # float frames: NaN (unusable) pixels do not hide the maximum
+        np.fmax(maxproj, chunk.max(axis=0) if integer else np.fmax.reduce(chunk, axis=0),
+                out=maxproj)
         progress.update(start + len(chunk))
     table = asm.finish()
     hot_late = strong_count > max(5, params.hot_pixel_fraction * nf)
