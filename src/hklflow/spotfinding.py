@@ -37,6 +37,16 @@ import numpy as np
 FRAME_STATS = ("sum", "max", "trimmed_sum", "n_valid", "n_strong", "n_annulus")
 
 
+@numba.njit(nogil=True, inline="always")
+def _add_row(col_n, col_s, col_q, x, u, pad, sign):
+    """Column sums += sign x (one cleaned row of the ring)."""
+    for c in range(x.shape[0]):
+        f = float(x[c])
+        col_n[c + pad] += sign * u[c]
+        col_s[c + pad] += sign * f
+        col_q[c + pad] += sign * (f * f)
+
+
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
                    global_threshold, absolute_threshold, use_absolute, trusted_max,
@@ -116,19 +126,9 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
                     col_s[c + pad] += fa - fd
                     col_q[c + pad] += fa * fa - fd * fd
             else:
-                for c in range(nx):
-                    fa = float(xa[c])
-                    col_n[c + pad] += ua[c]
-                    col_s[c + pad] += fa
-                    col_q[c + pad] += fa * fa
+                _add_row(col_n, col_s, col_q, xa, ua, pad, 1)
         elif rd >= 0:
-            xd = ring_x[rd % wr]
-            ud = ring_u[rd % wr]
-            for c in range(nx):
-                fd = float(xd[c])
-                col_n[c + pad] -= ud[c]
-                col_s[c + pad] -= fd
-                col_q[c + pad] -= fd * fd
+            _add_row(col_n, col_s, col_q, ring_x[rd % wr], ring_u[rd % wr], pad, -1)
         if rd >= 0 and ring_big[rd % wr]:
             # a value whose square is not exact in float64 left the window: recompute the
             # column sums from the rows now in it, so that rounding cannot accumulate
@@ -137,13 +137,7 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
             col_s[:] = 0.0
             col_q[:] = 0.0
             for rr in range(rd + 1, min(ra, ny - 1) + 1):
-                xk = ring_x[rr % wr]
-                uk = ring_u[rr % wr]
-                for c in range(nx):
-                    fa = float(xk[c])
-                    col_n[c + pad] += uk[c]
-                    col_s[c + pad] += fa
-                    col_q[c + pad] += fa * fa
+                _add_row(col_n, col_s, col_q, ring_x[rr % wr], ring_u[rr % wr], pad, 1)
         if r < 0:
             continue
         xr = ring_x[r % wr]
