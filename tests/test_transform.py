@@ -91,6 +91,91 @@ def test_kernel_equals_numpy_reference(setup):
     np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
 
 
+def _table_from_q(q, corr=None):
+    """A PixelTable of a 1-row detector whose pixels have the given lab Q (n, 3)."""
+    from hklflow.transform import PixelTable
+
+    q = np.asarray(q, np.float32)
+    n = len(q)
+    corr = np.ones(n, np.float32) if corr is None else np.asarray(corr, np.float32)
+    return PixelTable(q[:, 0].copy(), q[:, 1].copy(), q[:, 2].copy(), corr,
+                      np.arange(n, dtype=np.int64), (1, n))
+
+
+def test_kernel_decides_pixels_next_to_voxel_faces_in_float64():
+    """The kernel computes coordinates in float32 and decides again in float64 the pixels
+    closer to a voxel face than float32 rounding can resolve: pixels placed a few float32
+    steps either side of faces, and on them, must land exactly where float64 puts them (the
+    numpy reference), none lost and none doubled."""
+    rng = np.random.default_rng(11)
+    grid = Grid(Axis(-2.0, 0.02, 201), Axis(-1.5, 0.03, 101), Axis(-3.0, 0.1, 61))
+    n = 60000
+    faces = []
+    for ax in grid.axes:  # a face between voxels i-1 and i lies at start + (i - 1/2) step
+        i = rng.integers(0, ax.n + 1, n)
+        face = np.float32(ax.start + (i - 0.5) * ax.step)
+        faces.append(face)
+    q = np.stack(faces, -1)  # M = identity below: hkl = Q
+    ulps = rng.integers(-40, 41, (n, 3))
+    q = q + ulps * np.spacing(np.abs(q)).astype(np.float32)
+    table = _table_from_q(q)
+    M = np.eye(3)[None, None]
+    frame = rng.integers(1, 50, (1, 1, n)).astype(np.int32)
+    tr = Transformer(grid, table, 2 ** 31 - 1)
+    tr.add(frame, M, np.ones(1))
+    s, w = tr.acc.arrays()
+    s_ref, w_ref = numpy_transform(frame, table, M, np.ones(1), 2 ** 31 - 1, grid)
+    assert np.array_equal(w, w_ref)
+    assert 0.5 * n < w.sum() < n  # some pixels fall off the grid's outer faces
+    np.testing.assert_allclose(s, s_ref, rtol=2e-6)
+    # the float32 path alone gets a few percent of these wrong: the test has teeth
+    x32 = (q - np.array([ax.start for ax in grid.axes], np.float32)) \
+        / np.array([ax.step for ax in grid.axes], np.float32) + np.float32(0.5)
+    x64 = (q.astype(np.float64) - [ax.start for ax in grid.axes]) \
+        / [ax.step for ax in grid.axes] + 0.5
+    assert np.mean(np.any(np.floor(x32) != np.floor(x64), axis=1)) > 0.01
+
+
+def test_trusted_values_and_frame_types():
+    """Values v with 0 <= v < trusted_max are used, in every frame type; NaN never."""
+    from hklflow.transform import largest_trusted_value
+
+    assert largest_trusted_value(1000, np.uint16) == 999
+    assert largest_trusted_value(1000.5, np.int32) == 1000
+    assert largest_trusted_value(2 ** 40, np.uint16) == 65535
+    assert largest_trusted_value(2 ** 31 - 1, np.int32) == 2 ** 31 - 2
+    t32 = largest_trusted_value(1000, np.float32)
+    assert t32.dtype == np.float32 and t32 < 1000 and np.nextafter(t32, np.float32(2000)) == 1000
+    grid = Grid(Axis(0, 1, 8), Axis(0, 1, 8), Axis(0, 1, 8))
+    values = [0, 1, 999, 1000, 1001, 3]
+    table = _table_from_q([[1, 2, 3]] * len(values))
+    for dtype in (np.uint16, np.int32, np.uint32, np.int64, np.float32, np.float64):
+        frame = np.array(values, dtype).reshape(1, 1, -1)
+        tr = Transformer(grid, table, 1000)
+        tr.add(frame, np.eye(3)[None, None], np.ones(1))
+        s, w = tr.acc.arrays()
+        assert w[3, 2, 1] == 4 and s[3, 2, 1] == 0 + 1 + 999 + 3, dtype
+    frame = np.array([[[1.0, np.nan, 2.0, -1.0, np.inf, 5.0]]], np.float32)
+    tr = Transformer(grid, table, 1000)
+    tr.add(frame, np.eye(3)[None, None], np.ones(1))
+    s, w = tr.acc.arrays()
+    assert w[3, 2, 1] == 3 and s[3, 2, 1] == 8
+    s_ref, w_ref = numpy_transform(frame, table, np.eye(3)[None, None], np.ones(1), 1000, grid)
+    assert np.array_equal(w, w_ref) and np.array_equal(s, s_ref)
+    with pytest.raises(ValueError, match="trusted maximum"):
+        Transformer(grid, table, 0)
+    with pytest.raises(ValueError, match="do not match the pixel table"):
+        Transformer(grid, table, 1000).add(np.zeros((1, 1, 5)), np.eye(3)[None, None], np.ones(1))
+
+
+def test_a_grid_beyond_the_kernel_index_range_is_refused():
+    from hklflow.transform import BrickedGrid
+
+    huge = Grid(Axis(-8, 0.01, 1601), Axis(-8, 0.01, 1601), Axis(-8, 0.01, 1601))
+    with pytest.raises(ValueError, match="reduction.transform.grid"):
+        BrickedGrid(huge)
+
+
 def test_each_pixel_lands_in_the_voxel_of_its_hkl(setup):
     """Independent path: ScanGeometry.hkl_at at pixel and frame centres (pinned to pyFAI and
     cctbx by test_geometry) and Grid.index."""

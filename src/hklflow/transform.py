@@ -12,9 +12,10 @@ signal over the grid is the summed corrected intensity of the pixels that fall o
 The compiled kernel accumulates into a bricked grid (8 x 8 x 8 voxel bricks, signal and
 weight of a voxel side by side): consecutive detector pixels land in nearby voxels, which
 then share cache lines and pages whatever the direction in which a detector row crosses the
-grid (on the benchmark machine a plain [l, k, h] layout measured the same, the pairing of
-signal and weight gained ~5%, a constant brick size ~20%, a kernel without the Bragg-mask and
-punch tests when they are off ~15%).
+grid.  It streams the frame and the per-pixel tables block by block: a vectorised pass
+computes voxel coordinates in float32 for 8 pixels at a time, the ~0.2% of pixels within the
+float32 rounding bound of a voxel face are decided again in float64 (so every decision equals
+the float64 one), and a scatter adds the block (see the comment above `_accumulate`).
 `numpy_transform` is the same mapping and binning in plain numpy (the benchmark's baseline
 and the tests' reference).
 """
@@ -30,6 +31,11 @@ from .geometry import DetectorGeometry, ScanGeometry, q_from_directions
 from .grid import Grid
 
 BRICK_BITS = 3  # bricks of 8^3 voxels (2 KiB of float32)
+BLOCK = 4096
+DUMP_SLOTS = 16
+FIXUP_CHUNK = 64  # pass 2 looks into a chunk only when it holds a flagged pixel
+MAX_GRID_VOXELS = 2 ** 31 - 1 - DUMP_SLOTS  # int32 voxel index
+UNIT_ROUNDOFF32 = 2.0 ** -24
 
 
 # --------------------------------------------------------------------------------------
@@ -37,15 +43,35 @@ BRICK_BITS = 3  # bricks of 8^3 voxels (2 KiB of float32)
 # --------------------------------------------------------------------------------------
 @dataclass
 class PixelTable:
-    """The usable pixels of a scan entry: flat detector index, lab Q and correction."""
+    """Lab Q and correction of every detector pixel, one array per component over the whole
+    detector (the kernel streams them next to the frame: no gather); unusable pixels have
+    Q = NaN and correction 0.  ``index`` lists the usable pixels."""
 
-    index: np.ndarray  # int64 (n,) flat pixel index (row * cols + col)
-    q: np.ndarray  # float32 (n, 3) lab Q, 1/Angstrom (no 2 pi)
-    corr: np.ndarray  # float32 (n,) multiplier: 1 / (solid angle x polarization)
+    qx: np.ndarray  # float32 (rows * cols,) lab Q, 1/Angstrom (no 2 pi); NaN = unusable
+    qy: np.ndarray
+    qz: np.ndarray
+    corr_all: np.ndarray  # float32 (rows * cols,) multiplier 1 / (solid angle x polarization)
+    index: np.ndarray  # int64 (n,) flat index (row * cols + col) of the usable pixels
     shape: tuple
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def q(self) -> np.ndarray:
+        """float32 (n, 3) lab Q of the usable pixels."""
+        return np.stack([self.qx[self.index], self.qy[self.index], self.qz[self.index]], -1)
+
+    @property
+    def corr(self) -> np.ndarray:
+        """float32 (n,) correction of the usable pixels."""
+        return self.corr_all[self.index]
+
+    @property
+    def q_max(self) -> np.ndarray:
+        """float64 (3,) largest |Q| per component over the usable pixels."""
+        return np.array([float(np.abs(a[self.index]).max()) if len(self.index) else 0.0
+                         for a in (self.qx, self.qy, self.qz)])
 
 
 def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle: bool = True,
@@ -60,17 +86,16 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
     use = ~np.asarray(excluded, bool) & np.isfinite(corr) & (corr > 0)
     index = np.flatnonzero(use.ravel()).astype(np.int64)
     ny, nx = geometry.shape
-    q = np.empty((len(index), 3), dtype=np.float32)
-    done = 0
+    q = np.full((3, ny * nx), np.nan, dtype=np.float32)
     for r0 in range(0, ny, 64):  # blocks of rows: temporaries stay small on large detectors
         r1 = min(r0 + 64, ny)
         sel = index[(index >= r0 * nx) & (index < r1 * nx)]
         pos = geometry.lab_positions(sel // nx + 0.5, sel % nx + 0.5)
-        q[done:done + len(sel)] = q_from_directions(
-            pos / np.linalg.norm(pos, axis=-1, keepdims=True), geometry.wavelength)
-        done += len(sel)
-    return PixelTable(index, q, np.ascontiguousarray(corr.ravel()[index], dtype=np.float32),
-                      geometry.shape)
+        q[:, sel] = q_from_directions(
+            pos / np.linalg.norm(pos, axis=-1, keepdims=True), geometry.wavelength).T
+    corr_all = np.zeros(ny * nx, dtype=np.float32)
+    corr_all[index] = corr.ravel()[index]
+    return PixelTable(q[0], q[1], q[2], corr_all, index, geometry.shape)
 
 
 def frame_matrices(scan: ScanGeometry, UB: np.ndarray, first: int, stop: int,
@@ -113,10 +138,16 @@ class BrickedGrid:
         self.nbricks = np.array([-(-int(n) // b) for n in (grid.l.n, grid.k.n, grid.h.n)],
                                 dtype=np.int64)  # (l, k, h)
         size = int(np.prod(self.nbricks)) * b ** 3
-        # signal and weight of a voxel side by side: one cache line per pixel added
-        self.pairs = np.zeros(2 * size, dtype=np.float32)
-        self.signal = self.pairs[0::2]
-        self.weight = self.pairs[1::2]
+        if size > MAX_GRID_VOXELS:
+            raise ValueError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
+                             f"the transform indexes at most {MAX_GRID_VOXELS}: choose coarser "
+                             "steps or narrower limits (reduction.transform.grid)")
+        self.size = size
+        # signal and weight of a voxel side by side: one cache line per pixel added; then
+        # the kernel's dump slots
+        self.pairs = np.zeros(2 * (size + DUMP_SLOTS), dtype=np.float32)
+        self.signal = self.pairs[0:2 * size:2]
+        self.weight = self.pairs[1:2 * size:2]
         self.origin = np.array([ax.start for ax in grid.axes])
         self.inv_step = np.array([1.0 / ax.step for ax in grid.axes])
 
@@ -151,82 +182,206 @@ class BrickedGrid:
         return out[0], out[1]
 
 
+# The kernel works through the detector in blocks of BLOCK pixels, in three passes per block:
+#  1. a branch-free loop that LLVM vectorises (8 pixels per AVX2 instruction): voxel
+#     coordinates in float32, the voxel's bricked index (int32) or a dump slot, and the value;
+#  2. the few pixels whose float32 coordinate lies within the float32 rounding bound of a voxel
+#     face are decided again in float64 (so decisions equal a float64 evaluation exactly);
+#  3. the scatter, in four interleaved streams a quarter block apart: consecutive pixels often
+#     hit the same voxel, and interleaving keeps those read-modify-writes from waiting on
+#     each other.
+# Unusable pixels, pixels off the grid, untrusted and Bragg-masked values go to DUMP_SLOTS
+# slots after the grid (spread so that a run of them is no dependency chain either).
+
+
+@numba.njit(inline="always")
+def _exact_index(qx, qy, qz, a00, a01, a02, a10, a11, a12, a20, a21, a22, o0, o1, o2,
+                 dims, nbk, nbh, dump):
+    """Bricked voxel index of a pixel from float64 coordinates (dump when off the grid)."""
+    q0 = np.float64(qx)
+    q1 = np.float64(qy)
+    q2 = np.float64(qz)
+    x = a00 * q0 + a01 * q1 + a02 * q2 + o0
+    y = a10 * q0 + a11 * q1 + a12 * q2 + o1
+    z = a20 * q0 + a21 * q1 + a22 * q2 + o2
+    if x >= 0.0 and y >= 0.0 and z >= 0.0:
+        ih = int(x)
+        ik = int(y)
+        il = int(z)
+        if ih < dims[0] and ik < dims[1] and il < dims[2]:
+            brick = ((il >> BRICK_BITS) * nbk + (ik >> BRICK_BITS)) * nbh + (ih >> BRICK_BITS)
+            low = (1 << BRICK_BITS) - 1
+            return np.int32((brick << (3 * BRICK_BITS)) + ((il & low) << (2 * BRICK_BITS))
+                            + ((ik & low) << BRICK_BITS) + (ih & low))
+    return dump
+
+
+@numba.njit(inline="always")
+def _punched(qx, qy, qz, m, allowed, allowed_off, hkl_r2):
+    """True when the pixel's (h, k, l) lies within sqrt(hkl_r2) of an allowed node."""
+    q0 = np.float64(qx)
+    q1 = np.float64(qy)
+    q2 = np.float64(qz)
+    h = m[0, 0] * q0 + m[0, 1] * q1 + m[0, 2] * q2
+    k = m[1, 0] * q0 + m[1, 1] * q1 + m[1, 2] * q2
+    l = m[2, 0] * q0 + m[2, 1] * q1 + m[2, 2] * q2  # noqa: E741
+    nh = math.floor(h + 0.5)
+    nk = math.floor(k + 0.5)
+    nl = math.floor(l + 0.5)
+    if (h - nh) ** 2 + (k - nk) ** 2 + (l - nl) ** 2 > hkl_r2:
+        return False
+    a = int(nh) - allowed_off[0]
+    b = int(nk) - allowed_off[1]
+    c = int(nl) - allowed_off[2]
+    return (0 <= a < allowed.shape[0] and 0 <= b < allowed.shape[1]
+            and 0 <= c < allowed.shape[2] and allowed[a, b, c] != 0)
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _accumulate(frames, pix_index, q, corr, M, scale, trusted_max, bragg, allowed,
-                allowed_off, hkl_r2, origin, inv_step, dims, nbricks, pairs):
-    """frames (nf, npix_total) any numeric dtype; M (nf, nsub, 3, 3); scale (nf,);
-    bragg (nf, npix_total) uint8 (1 = masked) or None; allowed (a, b, c) uint8 table of
-    allowed nodes from allowed_off (hkl of its [0, 0, 0]) for the punch of radius^2 hkl_r2
-    (r.l.u.^2), or None.  None arguments compile to a kernel without those tests (~15%
-    faster).  Adds into the bricked (signal, weight) pairs.  The brick size is a
-    compile-time constant (a variable shift costs ~20%)."""
+def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, pairs, size):
+    """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
+    (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
+    the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
+    uint8 (1 = masked) or None; allowed (a, b, c) uint8 table of allowed nodes from
+    allowed_off (hkl of its [0, 0, 0]) for the punch of radius^2 hkl_r2 (r.l.u.^2), or None
+    (None arguments compile to a kernel without those tests); q_max: largest |Q| per
+    component (bounds the float32 rounding).  Adds into the bricked (signal, weight) pairs
+    of ``size`` voxels followed by DUMP_SLOTS dump slots."""
     nf = frames.shape[0]
     nsub = M.shape[1]
-    npix = pix_index.shape[0]
+    npix = frames.shape[1]
     w = 1.0 / nsub
-    nh, nk, nl = dims[0], dims[1], dims[2]
+    w32 = np.float32(w)
     nbk, nbh = nbricks[1], nbricks[2]
+    fnh, fnk, fnl = np.float32(dims[0]), np.float32(dims[1]), np.float32(dims[2])
+    fnbk, fnbh = np.float32(nbk), np.float32(nbh)
+    zero = np.float32(0.0)
+    half = np.float32(0.5)
+    brick_side = np.float32(1 << BRICK_BITS)
+    inv_brick_side = np.float32(1.0 / (1 << BRICK_BITS))
+    row_stride = np.float32(1 << (2 * BRICK_BITS))
     sh, sk, sl = inv_step[0], inv_step[1], inv_step[2]
     # voxel coordinate + 1/2 = A q + o with A = diag(1/step) M, o = 1/2 - origin / step
     o0 = 0.5 - origin[0] * sh
     o1 = 0.5 - origin[1] * sk
     o2 = 0.5 - origin[2] * sl
-    bits = BRICK_BITS
-    bits2 = 2 * BRICK_BITS
-    bits3 = 3 * BRICK_BITS
-    low = (1 << BRICK_BITS) - 1
+    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
+    idx = np.empty(BLOCK, np.int32)
+    val = np.empty(BLOCK, np.float32)
+    quarter = BLOCK // 4
     for f in range(nf):
-        s = scale[f] * w
+        s32 = np.float32(scale[f] * w)
         frame = frames[f]
         for j in range(nsub):
             m = M[f, j]
-            m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
-            m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
-            m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
-            a00, a01, a02 = m00 * sh, m01 * sh, m02 * sh
-            a10, a11, a12 = m10 * sk, m11 * sk, m12 * sk
-            a20, a21, a22 = m20 * sl, m21 * sl, m22 * sl
-            for p in range(npix):
-                ip = pix_index[p]
-                v = frame[ip]
-                if v < 0 or v >= trusted_max:
-                    continue
+            a00, a01, a02 = m[0, 0] * sh, m[0, 1] * sh, m[0, 2] * sh
+            a10, a11, a12 = m[1, 0] * sk, m[1, 1] * sk, m[1, 2] * sk
+            a20, a21, a22 = m[2, 0] * sl, m[2, 1] * sl, m[2, 2] * sl
+            # |x32 - x64| <= 5 u (sum_j |a_ij| max|q_j| + |o_i|) (coefficients, products,
+            # sums rounded to float32); 16 u leaves a margin > 3
+            e0 = 16.0 * UNIT_ROUNDOFF32 * (abs(a00) * q_max[0] + abs(a01) * q_max[1]
+                                           + abs(a02) * q_max[2] + abs(o0))
+            e1 = 16.0 * UNIT_ROUNDOFF32 * (abs(a10) * q_max[0] + abs(a11) * q_max[1]
+                                           + abs(a12) * q_max[2] + abs(o1))
+            e2 = 16.0 * UNIT_ROUNDOFF32 * (abs(a20) * q_max[0] + abs(a21) * q_max[1]
+                                           + abs(a22) * q_max[2] + abs(o2))
+            # flagged: closer than e to an integer, i.e. |frac - 1/2| > 1/2 - e
+            t0, t1, t2 = np.float32(0.5 - e0), np.float32(0.5 - e1), np.float32(0.5 - e2)
+            b00, b01, b02 = np.float32(a00), np.float32(a01), np.float32(a02)
+            b10, b11, b12 = np.float32(a10), np.float32(a11), np.float32(a12)
+            b20, b21, b22 = np.float32(a20), np.float32(a21), np.float32(a22)
+            c0, c1, c2 = np.float32(o0), np.float32(o1), np.float32(o2)
+            for p0 in range(0, npix, BLOCK):
+                n = min(BLOCK, npix - p0)
+                vb = frame[p0:p0 + n]
+                xb = qx[p0:p0 + n]
+                yb = qy[p0:p0 + n]
+                zb = qz[p0:p0 + n]
+                cb = corr[p0:p0 + n]
                 if bragg is not None:
-                    if bragg[f, ip] != 0:
+                    bb = bragg[f][p0:p0 + n]
+                # pass 1 (vectorised): no branches, no gathers
+                for i in range(n):
+                    v = vb[i]
+                    use = (v >= 0) & (v <= value_max)
+                    if bragg is not None:
+                        use = use & (bb[i] == 0)
+                    q0 = xb[i]
+                    q1 = yb[i]
+                    q2 = zb[i]
+                    x = b00 * q0 + b01 * q1 + b02 * q2 + c0
+                    y = b10 * q0 + b11 * q1 + b12 * q2 + c1
+                    z = b20 * q0 + b21 * q1 + b22 * q2 + c2
+                    fx = np.floor(x)
+                    fy = np.floor(y)
+                    fz = np.floor(z)
+                    near = ((abs(x - fx - half) > t0) | (abs(y - fy - half) > t1)
+                            | (abs(z - fz - half) > t2))
+                    inside = ((x >= zero) & (x < fnh) & (y >= zero) & (y < fnk)
+                              & (z >= zero) & (z < fnl))
+                    # brick and offset in float32: exact integers (< 2^24 bricks)
+                    bh = np.floor(fx * inv_brick_side)
+                    bk = np.floor(fy * inv_brick_side)
+                    bl = np.floor(fz * inv_brick_side)
+                    brick = (bl * fnbk + bk) * fnbh + bh
+                    offset = ((fz - brick_side * bl) * row_stride
+                              + (fy - brick_side * bk) * brick_side + (fx - brick_side * bh))
+                    k = (np.int32(brick) << (3 * BRICK_BITS)) + np.int32(offset)
+                    k = k if use & inside else dump[i]
+                    idx[i] = -1 if use & near else k
+                    val[i] = np.float32(v) * cb[i] * s32
+                # pass 2: float64 decisions for the flagged pixels (~0.2%)
+                for r0 in range(0, n, FIXUP_CHUNK):
+                    r1 = min(r0 + FIXUP_CHUNK, n)
+                    sign = 0
+                    for i in range(r0, r1):
+                        sign |= idx[i]
+                    if sign >= 0:
                         continue
-                q0 = q[p, 0]
-                q1 = q[p, 1]
-                q2 = q[p, 2]
-                x = a00 * q0 + a01 * q1 + a02 * q2 + o0
-                y = a10 * q0 + a11 * q1 + a12 * q2 + o1
-                z = a20 * q0 + a21 * q1 + a22 * q2 + o2
-                if x < 0.0 or y < 0.0 or z < 0.0:
-                    continue
-                ih = int(x)
-                ik = int(y)
-                il = int(z)
-                if ih >= nh or ik >= nk or il >= nl:
-                    continue
+                    for i in range(r0, r1):
+                        if idx[i] < 0:
+                            idx[i] = _exact_index(xb[i], yb[i], zb[i], a00, a01, a02, a10,
+                                                  a11, a12, a20, a21, a22, o0, o1, o2, dims,
+                                                  nbk, nbh, dump[i])
                 if allowed is not None:
-                    h = m00 * q0 + m01 * q1 + m02 * q2
-                    k = m10 * q0 + m11 * q1 + m12 * q2
-                    l = m20 * q0 + m21 * q1 + m22 * q2  # noqa: E741
-                    nh_ = math.floor(h + 0.5)
-                    nk_ = math.floor(k + 0.5)
-                    nl_ = math.floor(l + 0.5)
-                    d2 = (h - nh_) ** 2 + (k - nk_) ** 2 + (l - nl_) ** 2
-                    if d2 <= hkl_r2:
-                        a = int(nh_) - allowed_off[0]
-                        b = int(nk_) - allowed_off[1]
-                        c = int(nl_) - allowed_off[2]
-                        if (0 <= a < allowed.shape[0] and 0 <= b < allowed.shape[1]
-                                and 0 <= c < allowed.shape[2] and allowed[a, b, c] != 0):
-                            continue
-                brick = ((il >> bits) * nbk + (ik >> bits)) * nbh + (ih >> bits)
-                idx = ((brick << bits3) + ((il & low) << bits2) + ((ik & low) << bits)
-                       + (ih & low))
-                pairs[2 * idx] += v * corr[p] * s
-                pairs[2 * idx + 1] += w
+                    for i in range(n):
+                        if idx[i] < size and _punched(xb[i], yb[i], zb[i], m, allowed,
+                                                      allowed_off, hkl_r2):
+                            idx[i] = dump[i]
+                # pass 3: scatter
+                if n == BLOCK:
+                    for i in range(quarter):
+                        k0 = np.uint32(idx[i])
+                        k1 = np.uint32(idx[i + quarter])
+                        k2 = np.uint32(idx[i + 2 * quarter])
+                        k3 = np.uint32(idx[i + 3 * quarter])
+                        pairs[2 * k0] += val[i]
+                        pairs[2 * k0 + 1] += w32
+                        pairs[2 * k1] += val[i + quarter]
+                        pairs[2 * k1 + 1] += w32
+                        pairs[2 * k2] += val[i + 2 * quarter]
+                        pairs[2 * k2 + 1] += w32
+                        pairs[2 * k3] += val[i + 3 * quarter]
+                        pairs[2 * k3 + 1] += w32
+                else:
+                    for i in range(n):
+                        k0 = np.uint32(idx[i])
+                        pairs[2 * k0] += val[i]
+                        pairs[2 * k0 + 1] += w32
+
+
+def largest_trusted_value(trusted_max: float, dtype):
+    """The largest value v of the frames' number type with v < trusted_max, in that type (the
+    kernel compares without converting each pixel)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return dtype.type(min(max(math.ceil(trusted_max) - 1, info.min), info.max))
+    if np.issubdtype(dtype, np.floating):
+        t = dtype.type(trusted_max)
+        return np.nextafter(t, dtype.type(-np.inf)) if t >= trusted_max else t
+    raise ValueError(f"frames of type {dtype} cannot be transformed (integer or float expected)")
 
 
 def allowed_table(crystal, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -246,8 +401,11 @@ class Transformer:
 
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
                  crystal=None, hkl_radius: float = 0.0):
+        if not trusted_max > 0:
+            raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
         self.acc = BrickedGrid(grid)
         self.table = table
+        self.q_max = table.q_max
         self.trusted_max = float(trusted_max)
         self.hkl_r2 = float(hkl_radius) ** 2
         if self.hkl_r2 > 0:
@@ -261,13 +419,14 @@ class Transformer:
         scale and optional Bragg mask (nf, rows * cols) uint8."""
         nf = frames.shape[0]
         flat = frames.reshape(nf, -1)
-        # the trusted maximum in the frames' own number type: no conversion per pixel
-        trusted = (np.int64(min(self.trusted_max, 2 ** 62)) if np.issubdtype(flat.dtype, np.integer)
-                   else np.float64(self.trusted_max))
-        _accumulate(flat, self.table.index, self.table.q, self.table.corr, M,
-                    np.asarray(scale, np.float64), trusted, bragg, self.allowed,
-                    self.allowed_off, self.hkl_r2, self.acc.origin, self.acc.inv_step,
-                    self.acc.dims, self.acc.nbricks, self.acc.pairs)
+        if flat.shape[1] != self.table.qx.shape[0]:
+            raise ValueError(f"frames of {frames.shape[1:]} pixels do not match the pixel table "
+                             f"of the detector {self.table.shape}")
+        _accumulate(flat, self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+                    np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
+                    bragg, self.allowed, self.allowed_off, self.hkl_r2, self.acc.origin,
+                    self.acc.inv_step, self.acc.dims, self.acc.nbricks, self.q_max,
+                    self.acc.pairs, self.acc.size)
 
     @property
     def pixel_frames(self) -> int:
