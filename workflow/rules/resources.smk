@@ -46,8 +46,9 @@
 #     57M-voxel grid (476 MB) 1005 MB (bench/transform.py's setup, 48 frames);
 #   * run times are generous on purpose (SLURM kills a job at its limit): a fixed 10 minutes
 #     (start, imports, compilation caches, writing) plus the work at rates several times
-#     slower than measured on one core (peak search ~80-100 Mpixel/s, transform ~35
-#     Mpixel/s per rotation sub-step; bench/find_peaks.py, bench/transform.py).
+#     slower than measured on one core, reading included (peak search ~140 Mpixel/s,
+#     transform ~180 Mpixel/s per rotation sub-step; bench/find_peaks.py, bench/transform.py;
+#     a shared cluster node can be far slower than this benchmark machine).
 import math
 
 from hklflow.geometry import detector_shape
