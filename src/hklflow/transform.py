@@ -217,6 +217,15 @@ def _exact_index(qx, qy, qz, a00, a01, a02, a10, a11, a12, a20, a21, a22, o0, o1
 
 
 @numba.njit(inline="always")
+def _any_negative(buf, start, stop):
+    """True when buf[start:stop] (int32) holds a negative value (vectorised: OR of signs)."""
+    sign = 0
+    for i in range(start, stop):
+        sign |= buf[i]
+    return sign < 0
+
+
+@numba.njit(inline="always")
 def _punched(qx, qy, qz, m, allowed, allowed_off, hkl_r2):
     """True when the pixel's (h, k, l) lies within sqrt(hkl_r2) of an allowed node."""
     q0 = np.float64(qx)
@@ -269,15 +278,19 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
+    punch = np.zeros(BLOCK, np.int32)
     quarter = BLOCK // 4
     for f in range(nf):
         s32 = np.float32(scale[f] * w)
         frame = frames[f]
         for j in range(nsub):
             m = M[f, j]
-            a00, a01, a02 = m[0, 0] * sh, m[0, 1] * sh, m[0, 2] * sh
-            a10, a11, a12 = m[1, 0] * sk, m[1, 1] * sk, m[1, 2] * sk
-            a20, a21, a22 = m[2, 0] * sl, m[2, 1] * sl, m[2, 2] * sl
+            m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+            m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+            m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
+            a00, a01, a02 = m00 * sh, m01 * sh, m02 * sh
+            a10, a11, a12 = m10 * sk, m11 * sk, m12 * sk
+            a20, a21, a22 = m20 * sl, m21 * sl, m22 * sl
             # |x32 - x64| <= 5 u (sum_j |a_ij| max|q_j| + |o_i|) (coefficients, products,
             # sums rounded to float32); 16 u leaves a margin > 3
             e0 = 16.0 * UNIT_ROUNDOFF32 * (abs(a00) * q_max[0] + abs(a01) * q_max[1]
@@ -334,10 +347,7 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
                 # pass 2: float64 decisions for the flagged pixels (~0.2%)
                 for r0 in range(0, n, FIXUP_CHUNK):
                     r1 = min(r0 + FIXUP_CHUNK, n)
-                    sign = 0
-                    for i in range(r0, r1):
-                        sign |= idx[i]
-                    if sign >= 0:
+                    if not _any_negative(idx, r0, r1):
                         continue
                     for i in range(r0, r1):
                         if idx[i] < 0:
@@ -345,10 +355,28 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
                                                   a11, a12, a20, a21, a22, o0, o1, o2, dims,
                                                   nbk, nbh, dump[i])
                 if allowed is not None:
+                    # the punch: a vectorised pass flags the pixels on the grid within the
+                    # radius of some node; only those look up whether the node is allowed
                     for i in range(n):
-                        if idx[i] < size and _punched(xb[i], yb[i], zb[i], m, allowed,
-                                                      allowed_off, hkl_r2):
-                            idx[i] = dump[i]
+                        q0 = np.float64(xb[i])
+                        q1 = np.float64(yb[i])
+                        q2 = np.float64(zb[i])
+                        dh = m00 * q0 + m01 * q1 + m02 * q2
+                        dk = m10 * q0 + m11 * q1 + m12 * q2
+                        dl = m20 * q0 + m21 * q1 + m22 * q2
+                        dh = dh - np.floor(dh + 0.5)
+                        dk = dk - np.floor(dk + 0.5)
+                        dl = dl - np.floor(dl + 0.5)
+                        close = (dh * dh + dk * dk + dl * dl <= hkl_r2) & (idx[i] < size)
+                        punch[i] = -1 if close else 0
+                    for r0 in range(0, n, FIXUP_CHUNK):
+                        r1 = min(r0 + FIXUP_CHUNK, n)
+                        if not _any_negative(punch, r0, r1):
+                            continue
+                        for i in range(r0, r1):
+                            if punch[i] < 0 and _punched(xb[i], yb[i], zb[i], m, allowed,
+                                                         allowed_off, hkl_r2):
+                                idx[i] = dump[i]
                 # pass 3: scatter
                 if n == BLOCK:
                     for i in range(quarter):

@@ -47,8 +47,8 @@
 #   * run times are generous on purpose (SLURM kills a job at its limit): a fixed 10 minutes
 #     (start, imports, compilation caches, writing) plus the work at rates several times
 #     slower than measured on one core, reading included (peak search ~140 Mpixel/s,
-#     transform ~180 Mpixel/s per rotation sub-step; bench/find_peaks.py, bench/transform.py;
-#     a shared cluster node can be far slower than this benchmark machine).
+#     transform ~140 Mpixel/s per rotation sub-step on a 71 M-voxel grid; bench/find_peaks.py,
+#     bench/transform.py; a shared cluster node can be far slower than that machine).
 import math
 
 from hklflow.geometry import detector_shape
