@@ -97,6 +97,41 @@ def test_hdf5_glob_of_stacks_is_concatenated_in_natural_order(tmp_path):
         assert st.locate(6) == (str(tmp_path / "d_10.h5"), 2)
 
 
+def test_big_endian_frames_are_read_in_native_byte_order(tmp_path, monkeypatch):
+    """The compiled kernels take native numbers only: a big-endian dataset (as some
+    writers produce) is converted on reading, values unchanged."""
+    data = frames(6)
+    write_stack(tmp_path / "be.h5", data.astype(">i4"))
+    with h5py.File(tmp_path / "be.h5", "r") as f:
+        assert f[DSET].dtype == np.dtype(">i4")
+    with open_frames("be.h5", base_dir=tmp_path) as st:
+        assert st.dtype == np.dtype("int32") and st.dtype.isnative
+        got = st.read(0, 6)
+        assert got.dtype.isnative
+        np.testing.assert_array_equal(got, data)
+        assert st.read_frame(3).dtype.isnative
+    # one frame per file: a reader that hands over big-endian numbers is converted too
+    import hklflow.frames as hf
+
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"be_{i:04d}.tif"))
+        fabio.tifimage.TifImage(data=data[i].astype(np.uint16)).write(paths[-1])
+    read = hf._read_fabio
+
+    def big_endian(path, frame_index=None):
+        d, n = read(path, frame_index)
+        return d.astype(d.dtype.newbyteorder(">")), n
+
+    monkeypatch.setattr(hf, "_read_fabio", big_endian)
+    with open_frames(str(tmp_path / "be_*.tif")) as st:
+        assert st.source.dtype == ">u2"  # recorded as found
+        assert st.dtype == np.dtype("uint16") and st.dtype.isnative
+        got = st.read(0, 2)
+        assert got.dtype.isnative
+        np.testing.assert_array_equal(got, data[:2])
+
+
 def test_missing_file_and_pattern(tmp_path):
     with pytest.raises(RawDataError, match="nothere.h5: raw data file does not exist"):
         open_frames("nothere.h5", base_dir=tmp_path)

@@ -120,7 +120,9 @@ class FrameStack(abc.ABC):
         self.source = source
         self.nframes = source.nframes
         self.frame_shape = tuple(source.frame_shape)
-        self.dtype = np.dtype(source.dtype)
+        # native byte order: frames are read (converted) into native buffers, which the
+        # compiled kernels require
+        self.dtype = np.dtype(source.dtype).newbyteorder("=")
         self.files = list(source.files)
         self._offsets = np.concatenate([[0], np.cumsum(source.frames_per_file)]).astype(int)
 
