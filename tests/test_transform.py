@@ -136,8 +136,9 @@ def test_kernel_decides_pixels_next_to_voxel_faces_in_float64():
     assert np.mean(np.any(np.floor(x32) != np.floor(x64), axis=1)) > 0.01
 
 
-def test_trusted_values_and_frame_types():
-    """Values v with 0 <= v < trusted_max are used, in every frame type; NaN never."""
+def test_trusted_values_frame_types_and_pixels_far_off_the_grid():
+    """Values v with 0 <= v < trusted_max are used, in every frame type; NaN never; pixels
+    far off the grid are dropped without harm."""
     from hklflow.transform import largest_trusted_value
 
     assert largest_trusted_value(1000, np.uint16) == 999
@@ -162,6 +163,14 @@ def test_trusted_values_and_frame_types():
     assert w[3, 2, 1] == 3 and s[3, 2, 1] == 8
     s_ref, w_ref = numpy_transform(frame, table, np.eye(3)[None, None], np.ones(1), 1000, grid)
     assert np.array_equal(w, w_ref) and np.array_equal(s, s_ref)
+    # coordinates far beyond any grid (float32 has no fraction there, so all are decided in
+    # float64) and infinite ones are dropped, the rest counted once
+    far = _table_from_q([[1, 2, 3], [1e20, 2, 3], [-1e25, 2, 3], [1, 3e30, 3], [np.inf, 2, 3],
+                         [1, 2, 3]])
+    tr = Transformer(grid, far, 1000)
+    tr.add(np.full((1, 1, 6), 7, np.int32), np.eye(3)[None, None], np.ones(1))
+    s, w = tr.acc.arrays()
+    assert w.sum() == 2 and w[3, 2, 1] == 2 and s[3, 2, 1] == 14
     with pytest.raises(ValueError, match="trusted maximum"):
         Transformer(grid, table, 0)
     with pytest.raises(ValueError, match="do not match the pixel table"):

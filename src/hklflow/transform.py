@@ -204,15 +204,15 @@ def _exact_index(qx, qy, qz, a00, a01, a02, a10, a11, a12, a20, a21, a22, o0, o1
     x = a00 * q0 + a01 * q1 + a02 * q2 + o0
     y = a10 * q0 + a11 * q1 + a12 * q2 + o1
     z = a20 * q0 + a21 * q1 + a22 * q2 + o2
-    if x >= 0.0 and y >= 0.0 and z >= 0.0:
+    # compared as floats before any conversion: int() of a huge value would wrap
+    if 0.0 <= x < dims[0] and 0.0 <= y < dims[1] and 0.0 <= z < dims[2]:
         ih = int(x)
         ik = int(y)
         il = int(z)
-        if ih < dims[0] and ik < dims[1] and il < dims[2]:
-            brick = ((il >> BRICK_BITS) * nbk + (ik >> BRICK_BITS)) * nbh + (ih >> BRICK_BITS)
-            low = (1 << BRICK_BITS) - 1
-            return np.int32((brick << (3 * BRICK_BITS)) + ((il & low) << (2 * BRICK_BITS))
-                            + ((ik & low) << BRICK_BITS) + (ih & low))
+        brick = ((il >> BRICK_BITS) * nbk + (ik >> BRICK_BITS)) * nbh + (ih >> BRICK_BITS)
+        low = (1 << BRICK_BITS) - 1
+        return np.int32((brick << (3 * BRICK_BITS)) + ((il & low) << (2 * BRICK_BITS))
+                        + ((ik & low) << BRICK_BITS) + (ih & low))
     return dump
 
 
