@@ -217,6 +217,15 @@ def _exact_index(qx, qy, qz, a00, a01, a02, a10, a11, a12, a20, a21, a22, o0, o1
 
 
 @numba.njit(inline="always")
+def _rounding_bound(a0, a1, a2, o, q_max):
+    """Bound on |x32 - x64| for x = a0 q0 + a1 q1 + a2 q2 + o evaluated in float32
+    (coefficients, products and sums rounded): 5 u (sum_j |a_j| max|q_j| + |o|) to first
+    order; 16 u leaves a margin > 3."""
+    return 16.0 * UNIT_ROUNDOFF32 * (abs(a0) * q_max[0] + abs(a1) * q_max[1]
+                                     + abs(a2) * q_max[2] + abs(o))
+
+
+@numba.njit(inline="always")
 def _any_negative(buf, start, stop):
     """True when buf[start:stop] (int32) holds a negative value (vectorised: OR of signs)."""
     sign = 0
@@ -291,16 +300,11 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
             a00, a01, a02 = m00 * sh, m01 * sh, m02 * sh
             a10, a11, a12 = m10 * sk, m11 * sk, m12 * sk
             a20, a21, a22 = m20 * sl, m21 * sl, m22 * sl
-            # |x32 - x64| <= 5 u (sum_j |a_ij| max|q_j| + |o_i|) (coefficients, products,
-            # sums rounded to float32); 16 u leaves a margin > 3
-            e0 = 16.0 * UNIT_ROUNDOFF32 * (abs(a00) * q_max[0] + abs(a01) * q_max[1]
-                                           + abs(a02) * q_max[2] + abs(o0))
-            e1 = 16.0 * UNIT_ROUNDOFF32 * (abs(a10) * q_max[0] + abs(a11) * q_max[1]
-                                           + abs(a12) * q_max[2] + abs(o1))
-            e2 = 16.0 * UNIT_ROUNDOFF32 * (abs(a20) * q_max[0] + abs(a21) * q_max[1]
-                                           + abs(a22) * q_max[2] + abs(o2))
-            # flagged: closer than e to an integer, i.e. |frac - 1/2| > 1/2 - e
-            t0, t1, t2 = np.float32(0.5 - e0), np.float32(0.5 - e1), np.float32(0.5 - e2)
+            # flagged: closer than the float32 rounding bound to an integer, i.e.
+            # |frac - 1/2| > 1/2 - bound
+            t0 = np.float32(0.5 - _rounding_bound(a00, a01, a02, o0, q_max))
+            t1 = np.float32(0.5 - _rounding_bound(a10, a11, a12, o1, q_max))
+            t2 = np.float32(0.5 - _rounding_bound(a20, a21, a22, o2, q_max))
             b00, b01, b02 = np.float32(a00), np.float32(a01), np.float32(a02)
             b10, b11, b12 = np.float32(a10), np.float32(a11), np.float32(a12)
             b20, b21, b22 = np.float32(a20), np.float32(a21), np.float32(a22)
