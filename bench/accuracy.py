@@ -23,7 +23,8 @@ import numpy as np
 
 from hklflow.config import load_experiment
 from hklflow.geometry import DetectorGeometry
-from hklflow.nexus import read_orientation_file, read_peaks_file
+from hklflow.files.orientation import read_orientation_file
+from hklflow.files.peaks import read_peaks_file
 from hklflow.simulation.compare import match_peaks, orientation_error, volumes_against_truth
 
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
         poni = res / "calibration" / name / "geometry.poni"
         if not poni.exists():
             continue
-        g = DetectorGeometry.from_poni_file(poni, exp.instrument.detector)
+        g = DetectorGeometry.from_poni_file(poni, exp.instrument.detector.name)
         t = DetectorGeometry(**truth["calibration_geometry"])
         db = np.subtract(g.direct_beam_pixel(), t.direct_beam_pixel())
         print(f"calibration {name}: distance {g.dist / t.dist - 1:+.2e} rel, direct beam "

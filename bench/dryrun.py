@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import machine_info  # noqa: E402
-
-from hklflow.jobs import snakemake_job_counts as job_counts  # noqa: E402
 
 CONFIG = """\
 # hklflow benchmark experiment written by bench/dryrun.py (raw files are empty stand-ins)
@@ -91,6 +90,19 @@ SAMPLE = """\
     cell: [3.818, 3.818, 13.363, 90, 90, 90]
     parent: {{temperature: {parent}}}
 """
+
+
+def job_counts(output: str) -> dict:
+    """rule -> jobs, from the 'Job stats' table Snakemake prints for a run or dry run (a
+    copy of tests/conftest.py's job_counts)."""
+    counts = {}
+    table = output[output.index("Job stats:"):]
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
 
 
 def temperatures(n: int) -> list[int]:
@@ -160,12 +172,12 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
     "ingest_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
     "find_peaks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
     "index_parent": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
-    "refine_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "refine_temperature": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
     "define_grid": lambda s, r: {"sample": s.sample},
     "mask_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
-    "transform_chunk": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
-                                     "entry": s.entry, "kind": "transform",
-                                     "frames": f"{r[0][0]:05d}-{r[0][1]:05d}"},
+    "transform_frames": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
+                                      "entry": s.entry, "kind": "transform",
+                                      "frames": f"{r[0][0]:05d}-{r[0][1]:05d}"},
     "sum_chunks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
                                 "entry": s.entry, "kind": "transform"},
     "merge_entries": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
@@ -176,7 +188,8 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
 
 def resource_table(d: Path, attempts=(1, 3)) -> list[dict]:
     """What workflow/rules/resources.smk asks for one job of every rule of the experiment
-    in d (resources.smk is plain Python: run here with the experiment as EXP)."""
+    in d (resources.smk is plain Python: run here with the experiment as EXP; its RESOURCES
+    maps each rule to its threads and its mem_mb and runtime functions)."""
     from hklflow.config import load_experiment
     from hklflow.jobs import transform_frame_ranges
 
@@ -186,14 +199,20 @@ def resource_table(d: Path, attempts=(1, 3)) -> list[dict]:
     exec(compile(smk.read_text(), str(smk), "exec"), ns)
     scan = exp.scans[0]
     ranges = transform_frame_ranges(exp, scan)
+    resources = ns["RESOURCES"]
+    missing = sorted(set(resources) - set(RULE_WILDCARDS))
+    if missing:
+        raise SystemExit(f"{smk} has rules bench/dryrun.py does not know how to name a job "
+                         f"of: {missing} (add them to RULE_WILDCARDS)")
     rows = []
     for rule, make in RULE_WILDCARDS.items():
         w = _Wildcards(make(scan, ranges))
-        row = {"rule": rule, "threads": ns["rule_threads"](rule)}
+        res = resources[rule]
+        row = {"rule": rule, "threads": res.threads}
         for a in attempts:
-            row[f"mem_mb@{a}"] = ns["rule_mem_mb"](rule)(w, a)
-            row[f"runtime_min@{a}"] = ns["rule_runtime"](rule)(w, a)
-        if rule == "transform_chunk":
+            row[f"mem_mb@{a}"] = res.mem_mb(w, a)
+            row[f"runtime_min@{a}"] = res.runtime(w, a)
+        if rule == "transform_frames":
             row["note"] = (f"{len(ranges)} jobs of {ranges[0][1] - ranges[0][0]} frames, "
                            f"{ns['transform_substeps'](scan)} sub-steps per frame")
         rows.append(row)

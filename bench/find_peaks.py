@@ -309,9 +309,17 @@ def quiet_logger() -> logging.Logger:
     return lg
 
 
+def detector_params():
+    """The detector's parameters search() takes: no trusted maximum given (the frames'
+    dtype maximum), no user mask."""
+    from hklflow.params import DetectorParams
+
+    return DetectorParams.defaults(name=DETECTOR)
+
+
 def _trusted_max(dtype) -> int:
-    """search()'s default trusted_max (params.trusted_max None)."""
-    return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 2**62
+    """search()'s trusted_max (detector.trusted_max None: the dtype's maximum)."""
+    return detector_params().trusted_max_for(dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -332,19 +340,22 @@ def read_once(path: Path, chunk: int = 16) -> dict:
 # --------------------------------------------------------------------------------------
 def search_once(path: Path, geometry, angles, params):
     from hklflow.frames import open_frames
-    from hklflow.steps.find_peaks import search
+    from hklflow.spotfinding import search
 
+    detector = detector_params()
     with open_frames(str(path)) as st:
         with Meter() as m:
-            res = search(st, geometry, replace(angles, nframes=st.nframes), params,
+            res = search(st, geometry, replace(angles, nframes=st.nframes), params, detector,
                          quiet_logger())
     return m.run(), res
 
 
 def search_masks(geometry, params):
-    from hklflow.steps.find_peaks import annulus_map, usable_pixels
+    from hklflow.masking import user_mask
+    from hklflow.spotfinding import annulus_map
 
-    usable = usable_pixels(geometry, params)
+    # as search(): detector gaps and the user mask (none here) are not usable
+    usable = ~(geometry.detector_mask() | user_mask(detector_params(), geometry.shape))
     annulus, _ = annulus_map(geometry, usable, params.q_annulus)
     return usable, annulus
 
@@ -382,7 +393,7 @@ def parts_once(path: Path, geometry, params) -> dict:
     pass: the probe's own cost is their minimum + one kernel call)."""
     from hklflow import spotfinding as sf
     from hklflow.frames import open_frames
-    from hklflow.steps.find_peaks import HOT_PROBE_FRAMES, hot_pixels_in
+    from hklflow.spotfinding import HOT_PROBE_FRAMES, hot_pixels_in
 
     usable, annulus = search_masks(geometry, params)
     u8 = usable.astype(np.uint8)
@@ -634,15 +645,18 @@ def search_child(h5: str, nframes_spec: int, sample: str) -> None:
     the child's ru_maxrss (and into the parent's RUSAGE_CHILDREN), so those report the
     benchmark process's size, not the search's."""
     from hklflow.frames import open_frames
-    from hklflow.steps.find_peaks import PeakSearchParams, search
+    from hklflow.params import PeakSearchParams
+    from hklflow.spotfinding import search
 
     spec = scan_spec(nframes_spec, sample)
     geometry, angles = scan_geometry(spec)
-    params = PeakSearchParams()
+    params = PeakSearchParams.defaults()
+    detector = detector_params()
     with open_frames(h5) as st:
         rss0, hwm0 = _status_kb("VmRSS"), _status_kb("VmHWM")
         t0 = time.perf_counter()
-        res = search(st, geometry, replace(angles, nframes=st.nframes), params, quiet_logger())
+        res = search(st, geometry, replace(angles, nframes=st.nframes), params, detector,
+                     quiet_logger())
         wall = time.perf_counter() - t0
         nf = st.nframes
     print(json.dumps({"frames": nf, "seconds": wall, "peaks": int(len(res.peaks["n_pixels"])),
@@ -820,7 +834,7 @@ def main(argv=None) -> int:
     workdir = args.workdir.resolve()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("silx").setLevel(logging.ERROR)
-    from hklflow.steps.find_peaks import PeakSearchParams
+    from hklflow.params import PeakSearchParams
 
     r: dict = {"machine": machine_info(), "repeats": repeats}
     say(f"machine: {r['machine']['cpu_model']}, {r['machine']['cores_online']} cores; "
@@ -829,7 +843,7 @@ def main(argv=None) -> int:
     ensure_copies(paths, args.frames)
     geometry, angles = scan_geometry(spec)
     ny, nx = geometry.shape
-    params = PeakSearchParams()
+    params = PeakSearchParams.defaults()
     nref = len(np.load(paths["truth"])["h"]) if paths["truth"].exists() else None
     r["data"] = {"path": str(paths["h5"]), "frames": args.frames, "shape": [ny, nx],
                  "pixels_per_frame": ny * nx, "file_mb": file_mb(paths["h5"]),
@@ -837,6 +851,7 @@ def main(argv=None) -> int:
                  "reflections": nref, "simulation_s": sim_s, "sample": args.sample,
                  "space_group": spec.samples[0].space_group, "cell": list(spec.samples[0].cell)}
     r["params"] = asdict(params)
+    r["detector_params"] = asdict(detector_params())
     npx = args.frames * ny * nx
 
     say("reading the file once (page cache) and warming up the compiled kernels ...")

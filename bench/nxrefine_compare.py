@@ -25,14 +25,14 @@ What is compared, per simulated experiment (`preset("tiny_hexagonal")`, P 6_3/m 
 `preset("tiny_monoclinic")`, C 1 2/c 1; parent temperature, entry f1 only: NXRefine refines
 one entry, i.e. one rotation scan, at a time):
 
-* peaks: hklflow's own peak search (steps.find_peaks.search) on the rendered frames, the
+* peaks: hklflow's own peak search (spotfinding.search) on the rendered frames, the
   strong ones (I > 5 sigma), the same list for both programs;
 * start (the same information for both): the config's approximate cell (true x 1.01), the
   calibration geometry with rot3 = 0 (as index_parent gets it; the scan's true geometry also
   differs from the calibration by the simulated drift: +0.1 mm distance, 0.2 px), and the
   true U rotated by 0.2 deg;
-* hklflow: refinement.refine from that start (cell, U, detector), and steps.index_parent
-  from scratch (its indexer does not use the start U);
+* hklflow: refinement.refine from that start (cell, U, detector), and
+  orientation.index_parent from scratch (its indexer does not use the start U);
 * NXRefine (its NXRefine class, nxrefine/nxrefine.py), fed the same geometry expressed in
   its own parameters (detector_orientation, yaw/pitch/roll, distance, beam centre xc/yc,
   pixel size, phi, phi_step; the table prints the largest difference between its Gvec and
@@ -293,12 +293,14 @@ def experiment(name: str, workdir: Path):
     if not peaks_file.exists():
         from hklflow.frames import open_frames
         from hklflow.geometry import DetectorGeometry, ScanAngles
-        from hklflow.steps.find_peaks import PeakSearchParams, search
+        from hklflow.params import DetectorParams, PeakSearchParams
+        from hklflow.spotfinding import search
 
         sample, tl, entry = sid.split("/")
         angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
         with open_frames(str(out / "raw" / sample / tl / f"{entry}.h5")) as st:
-            p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
+            p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams.defaults(),
+                       DetectorParams.defaults(name=spec.detector)).peaks
         np.savez(peaks_file, **{k: np.asarray(v) for k, v in p.items()})
     p = dict(np.load(peaks_file))
     return spec, truth, sid, p
@@ -307,7 +309,7 @@ def experiment(name: str, workdir: Path):
 def build(spec, truth, sid, p):
     """EntryPeaks of f1 with the start geometry; truth objects."""
     from hklflow.crystal import Crystal, UnitCell
-    from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+    from hklflow.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
     from hklflow.orientation import centroid_sigmas
     from hklflow.refinement import EntryPeaks
     from hklflow.simulation.experiment import experiment_config
@@ -320,11 +322,11 @@ def build(spec, truth, sid, p):
     cal = replace(DetectorGeometry(**truth["calibration_geometry"]), rot3=0.0)
     angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
     strong = p["int_sum"] > 5 * np.sqrt(np.maximum(p["int_sum_var"], 1))
-    sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
+    setup = EntrySetup(sid.split("/")[2], cal, tuple(t["det_shift"]), G, angles,
+                       dict(t["offsets"]))
     sxy, sz = centroid_sigmas(p)
-    entry = EntryPeaks(sid.split("/")[2], sg, tuple(t["det_shift"]), p["observed_px_x"][strong],
-                       p["observed_px_y"][strong], p["observed_frame"][strong], sxy[strong],
-                       sz[strong], p["int_sum"][strong])
+    entry = EntryPeaks(setup, p["observed_px_x"][strong], p["observed_px_y"][strong],
+                       p["observed_frame"][strong], sxy[strong], sz[strong], p["int_sum"][strong])
     cfg = experiment_config(spec)["samples"][sample.name]
     approx = Crystal(cfg["space_group"], UnitCell(*cfg["cell"]))
     tt = truth["samples"][sample.name]["temperatures"][tl]
@@ -463,11 +465,18 @@ def two_reflections(entry, truth_t, q_start):
     raise RuntimeError("no second reflection")
 
 
+def with_detector(entry, det, **changes):
+    """The entry (EntryPeaks) seen with detector geometry `det` as it is (no shift), with
+    other fields changed."""
+    return replace(entry, setup=replace(entry.setup, calibration=det, shift=(0.0, 0.0, 0.0)),
+                   **changes)
+
+
 def run_preset(name, workdir, repeats, py, tmp, detector_run=False, diagnostics=False):
     from hklflow.geometry import axis_rotation as _axrot
-    from hklflow.orientation import sample_q
-    from hklflow.refinement import Model, RefinementParams, refine
-    from hklflow.steps.index_parent import index_parent
+    from hklflow.orientation import index_parent, sample_q
+    from hklflow.params import IndexingParams, RefinementParams
+    from hklflow.refinement import Model, refine
 
     spec, truth, sid, p = experiment(name, workdir)
     entry, cal, approx, true_crystal, U_true, true_geom, t = build(spec, truth, sid, p)
@@ -484,24 +493,27 @@ def run_preset(name, workdir, repeats, py, tmp, detector_run=False, diagnostics=
     # ---- hklflow ----
     quiet = logging.getLogger("bench.quiet")
     quiet.setLevel(logging.ERROR)
-    res, wall, spread = timed(lambda: refine([entry], model0, RefinementParams(), quiet), repeats)
+    res, wall, spread = timed(lambda: refine([entry], model0, RefinementParams.defaults(), quiet),
+                              repeats)
     rows.append(hklflow_row("hklflow refine", res, wall, spread, true_crystal, U_true, true_geom,
                             entry, truth))
-    out, wall, spread = timed(lambda: index_parent([entry], cal, approx, RefinementParams(),
-                                                   quiet), repeats)
+    # index_parent starts from the entries' calibration (cal, rot3 = 0)
+    out, wall, spread = timed(lambda: index_parent([entry], approx, RefinementParams.defaults(),
+                                                   IndexingParams.defaults(), quiet), repeats)
     res = out if isinstance(out, Exception) else out[0]
     rows.append(hklflow_row("hklflow index_parent", res, wall, spread, true_crystal, U_true,
                             true_geom, entry, truth))
     # ---- NXRefine ----
-    g_start = nx_geometry(entry.scan.detector)
+    scan0 = entry.setup.geometry()  # the start geometry: calibration moved by the shift
+    g_start = nx_geometry(scan0.detector)
     g_true = nx_geometry(true_geom)
     q_start = sample_q([entry])
-    q_true = sample_q([replace(entry, scan=replace(entry.scan, detector=true_geom))])
+    q_true = sample_q([with_detector(entry, true_geom)])
 
     def base(g, q, x=entry.x, y=entry.y, z=entry.z, inten=entry.intensity):
         return {"cell": list(approx.cell.parameters), "space_group": approx.hm,
-                "wavelength": cal.wavelength, **g, "phi": entry.scan.angles.start,
-                "phi_step": entry.scan.angles.step, "x": list(x), "y": list(y),
+                "wavelength": cal.wavelength, **g, "phi": scan0.angles.start,
+                "phi_step": scan0.angles.step, "x": list(x), "y": list(y),
                 "z": list(z), "intensity": list(inten),
                 "hkl_tolerance": HKL_TOLERANCE_NX, "polar_max": 90.0,
                 "check": {"idx": list(range(len(q))), "q": (q @ T_NX.T).tolist()},
@@ -523,7 +535,7 @@ def run_preset(name, workdir, repeats, py, tmp, detector_run=False, diagnostics=
         sel = np.random.default_rng(3).choice(len(truth_xyz), min(400, len(truth_xyz)),
                                               replace=False)
         tx, ty, tz = truth_xyz[sel, 0], truth_xyz[sel, 1], truth_xyz[sel, 2]
-        ent_t = replace(entry, scan=replace(entry.scan, detector=true_geom), x=tx, y=ty, z=tz)
+        ent_t = with_detector(entry, true_geom, x=tx, y=ty, z=tz)
         qt = sample_q([ent_t])
         bt = base(g_true, qt, tx.tolist(), ty.tolist(), tz.tolist(), [1.0] * len(tx))
         runs.append(dict(bt, name="NX exact peaks, U true", sequence="auto",
@@ -579,7 +591,7 @@ def hklflow_row(name, res, wall, spread, true_crystal, U_true, true_geom, entry,
     m = res.model
     e = ub_errors(m.UB, m.crystal.cell.parameters, true_crystal, U_true)
     xyz, h_true = truth
-    h_model = m.entry_geometry(entry).hkl_at(xyz[:, 1], xyz[:, 0], xyz[:, 2], m.UB)
+    h_model = m.entry_geometry(entry).hkl_at(xyz[:, 1], xyz[:, 0], xyz[:, 2])
     e["map_rms"] = map_error(h_model, h_true, true_crystal)
     e["dist_rel"] = abs(m.detector.dist / true_geom.dist - 1)
     e["beam_px"] = float(np.hypot(*np.subtract(m.detector.direct_beam_pixel(),

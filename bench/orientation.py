@@ -27,8 +27,8 @@ Measured, for the full peak list (~1.9 x 10^4 peaks) and a random subset (--smal
 2. `indexing.index_from_scratch(...)` on the same peaks' sample-frame Q computed with the
    start geometry, with the start (approximate) cell and the peaks' simulated intensities
    ("index"), and once more with the true rot3 in that geometry ("index*");
-3. (full case) `steps.index_parent(...)`, i.e. index_from_scratch + refine, from the start
-   geometry and cell, as the rule runs it ("idx+ref");
+3. (full case) `orientation.index_parent(...)`, i.e. index_from_scratch + refine, from the
+   start geometry and cell, as the rule index_parent runs it ("idx+ref");
 4. errors versus the truth: largest relative cell-length error, largest cell-angle error,
    orientation (deg, over the Laue group's equivalent settings), relative distance error,
    beam-centre error (pixels), rot3 error (mrad); and which setting of the lattice an
@@ -143,12 +143,14 @@ def start_model(spec, st, rng):
 
 
 def entries_for(scan, model, x, y, z, counts, idx):
-    from hklflow.geometry import ScanGeometry
+    """One entry, measured with the model's detector as its calibration (no shift)."""
+    from hklflow.geometry import EntrySetup
     from hklflow.refinement import EntryPeaks
 
-    sg = ScanGeometry(model.detector, scan.goniometer, scan.angles, dict(scan.offsets))
+    setup = EntrySetup("f1", model.detector, (0.0, 0.0, 0.0), scan.goniometer, scan.angles,
+                       dict(scan.offsets))
     n = len(idx)
-    return [EntryPeaks("f1", sg, (0.0, 0.0, 0.0), x[idx], y[idx], z[idx],
+    return [EntryPeaks(setup, x[idx], y[idx], z[idx],
                        np.full(n, NOISE_PX), np.full(n, NOISE_FRAMES), counts[idx])]
 
 
@@ -191,12 +193,14 @@ def errors(crystal, UB, detector, st):
 # --------------------------------------------------------------------------------------
 def run_case(label, spec, st, scan, model0, x, y, z, counts, idx, repeats, log,
              with_index_parent=False):
-    from hklflow.indexing import IndexingParams, index_from_scratch
+    from hklflow.indexing import index_from_scratch
     from hklflow.orientation import sample_q
-    from hklflow.refinement import RefinementParams, _residuals, assign, refine
+    from hklflow.params import IndexingParams, RefinementParams
+    from hklflow.refinement import _residuals, assign, refine
 
     entries = entries_for(scan, model0, x, y, z, counts, idx)
-    params = RefinementParams()
+    params = RefinementParams.defaults()
+    index_params = IndexingParams.defaults()
     log.info("%s: %d peaks, refine (best of %d)", label, len(idx), repeats)
     res, wall, spread, cpu = timed(lambda: refine(entries, model0, params), repeats)
     # cost of one residual evaluation at the solution (the unit of least_squares' work)
@@ -213,7 +217,7 @@ def run_case(label, spec, st, scan, model0, x, y, z, counts, idx, repeats, log,
         q = sample_q(ents)
         log.info("%s: index_from_scratch, %s (best of %d)", label, key, repeats)
         sol, iwall, ispread, icpu = timed(
-            lambda: index_from_scratch(q, model0.crystal, IndexingParams(), counts[idx]), repeats)
+            lambda: index_from_scratch(q, model0.crystal, index_params, counts[idx]), repeats)
         e_idx = errors(model0.crystal.with_cell(model0.crystal.constraints.symmetrize(sol.cell)),
                        sol.UB, None, st)
         idx_rows[key] = {"best_s": iwall, "spread": ispread, "cpu_s": icpu,
@@ -222,13 +226,13 @@ def run_case(label, spec, st, scan, model0, x, y, z, counts, idx, repeats, log,
                          "cell": list(sol.cell.parameters), "setting": setting(sol.UB, st)}
     out = {}
     if with_index_parent:
-        from hklflow.steps.index_parent import index_parent
+        from hklflow.orientation import index_parent
 
         log.info("%s: index_parent (index_from_scratch + refine, best of %d)", label, repeats)
         quiet = logging.getLogger("bench.quiet")
         quiet.setLevel(logging.ERROR)
         (pres, summary), pwall, pspread, pcpu = timed(
-            lambda: index_parent(entries, model0.detector, model0.crystal, params, quiet), repeats)
+            lambda: index_parent(entries, model0.crystal, params, index_params, quiet), repeats)
         out["index_parent"] = {
             "best_s": pwall, "spread": pspread, "cpu_s": pcpu, "n_used": pres.n_used,
             "fraction_indexed": pres.fraction_indexed, "rms_px": pres.rms_px,
@@ -291,8 +295,8 @@ def table(report) -> str:
               "index: indexing.index_from_scratch on sample-frame Q of the start geometry "
               "(rot3 = 0), start cell",
               "index*: the same with the true rot3 (the rest of the start geometry unchanged)",
-              "idx+ref: steps.index_parent (index_from_scratch + refine) from the start "
-              "geometry and cell, as the rule runs"]
+              "idx+ref: orientation.index_parent (index_from_scratch + refine) from the "
+              "start geometry and cell, as the rule index_parent runs"]
     lines.append("")
     big = report["cases"][0]
     lines.append(f"goal (issue): refinement of 10^4 peaks in seconds -> "

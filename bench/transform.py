@@ -1,6 +1,7 @@
 """Benchmark of the (H, K, L) transform (issue 5), on a simulated PilatusCdTe2M scan.
 
-    python bench/transform.py [--frames 200] [--kernel-frames 32] [--json out.json]
+    python bench/transform.py [--frames 200] [--kernel-frames 32] [--workdir bench/.data]
+                              [--json out.json]
 
 Prints, measured in one run on this machine:
   1. kernel throughput (Mpixel/s per core) from decompressed frames in memory to a
@@ -11,7 +12,7 @@ Prints, measured in one run on this machine:
      two cores): the scaling from 1 to 2 cores;
   3. memory: peak RSS of a transform job, and the figures for a full 1679 x 1475 x 3650-frame
      scan on an 801^3 grid, with the number of jobs the default config splits it into.
-The scan (200 frames, ~0.5 GB) is simulated once into bench/.data (shared with
+The scan (200 frames, ~0.5 GB) is simulated once into bench/.data, or --workdir (shared with
 bench/find_peaks.py).
 """
 from __future__ import annotations
@@ -43,25 +44,25 @@ from find_peaks import DETECTOR, ensure_scan, scan_geometry  # noqa: E402
 WORKDIR = HERE / ".data"
 
 
-def setup(nframes: int, max_voxels: int):
-    """Geometry, UB, pixel table and the default grid (from hklflow's own rules) of the
-    simulated 2M scan."""
+def setup(workdir: Path, nframes: int, max_voxels: int):
+    """Geometry (with UB), pixel table and the default grid (from hklflow's own rules) of
+    the simulated 2M scan."""
     from hklflow.crystal import UnitCell
     from hklflow.geometry import ScanGeometry
     from hklflow.grid import default_grid
     from hklflow.transform import pixel_table
 
-    paths, spec, _ = ensure_scan(WORKDIR, nframes, "demo")
+    paths, spec, _ = ensure_scan(workdir, nframes, "demo")
     geom, angles = scan_geometry(spec)
     sample = spec.samples[0]
     crystal = sample.crystal_at(sample.temperatures[0])
     UB = sample.U_at(sample.temperatures[0]) @ crystal.B
-    scan = ScanGeometry(geom, spec.goniometer(), angles, {})
+    scan = ScanGeometry(geom, spec.goniometer(), angles, {}, UB=UB)
     table = pixel_table(geom, geom.detector_mask(), polarization_fraction=spec.polarization_fraction)
     q_max = 2 * math.sin(geom.max_two_theta() / 2) / geom.wavelength
     q_pixel = min(geom.pixel_size) / (geom.dist * geom.wavelength)
     grid, _ = default_grid(UnitCell(*crystal.cell.parameters), q_max, q_pixel, max_voxels)
-    return paths["h5"], scan, UB, table, grid
+    return paths["h5"], scan, table, grid
 
 
 def best_of(fn, repeats: int) -> tuple[float, list]:
@@ -115,14 +116,14 @@ def numpy_add_at_float32(frames, table, M, scale, trusted_max, grid):
     return signal, weight
 
 
-def kernel_section(path, scan, UB, table, grid, nframes: int, repeats: int) -> dict:
+def kernel_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
     from hklflow.frames import open_frames
     from hklflow.transform import Transformer, frame_matrices, numpy_transform
 
     with open_frames(str(path)) as st:
         frames = st.read(0, nframes)
         trusted = float(np.iinfo(frames.dtype).max)
-    M = frame_matrices(scan, UB, 0, nframes, 1)
+    M = frame_matrices(scan, 0, nframes, 1)
     ones = np.ones(nframes)
     npx = nframes * len(table)
     Transformer(grid, table, trusted).add(frames[:1], M[:1], ones[:1])  # compile
@@ -173,13 +174,13 @@ def peak_rss_mb() -> float:
 def _e2e_worker(args):
     """One transform job on one core (its reader thread included, as a job given one core
     by a scheduler): open the file, read+decompress+transform frames [a, b)."""
-    path, a, b, nframes_total, max_voxels, cpu, conn = args
+    path, workdir, a, b, nframes_total, max_voxels, cpu, conn = args
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
     from hklflow.frames import open_frames
     from hklflow.transform import Transformer, transform_frames
 
-    _, scan, UB, table, grid = setup(nframes_total, max_voxels)
+    _, scan, table, grid = setup(workdir, nframes_total, max_voxels)
     with open_frames(str(path)) as st:
         trusted = float(np.iinfo(st.dtype).max)
         from hklflow.grid import Axis, Grid
@@ -190,7 +191,7 @@ def _e2e_worker(args):
         conn.recv()  # start together
         t = time.perf_counter()
         c0 = time.process_time()
-        k = transform_frames(st, scan, UB, tr, a, b, 1, np.ones(b - a), 16)
+        k = transform_frames(st, scan, tr, a, b, 1, np.ones(b - a), 16)
         wall = time.perf_counter() - t
         cpu = time.process_time() - c0
     rss = peak_rss_mb()
@@ -199,13 +200,14 @@ def _e2e_worker(args):
                "grid_mb": tr.acc.nbytes / 1e6})
 
 
-def run_jobs(path, ranges, nframes_total, max_voxels) -> list[dict]:
+def run_jobs(path, workdir, ranges, nframes_total, max_voxels) -> list[dict]:
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0, 1]
     for i, (a, b) in enumerate(ranges):
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_e2e_worker, args=((path, a, b, nframes_total, max_voxels, cpus[i % len(cpus)], child),))
+        p = ctx.Process(target=_e2e_worker, args=((path, workdir, a, b, nframes_total, max_voxels,
+                                                      cpus[i % len(cpus)], child),))
         p.start()
         pipes.append(parent)
         procs.append(p)
@@ -223,14 +225,15 @@ def run_jobs(path, ranges, nframes_total, max_voxels) -> list[dict]:
     return res
 
 
-def e2e_section(path, nframes, max_voxels, repeats) -> dict:
+def e2e_section(path, workdir, nframes, max_voxels, repeats) -> dict:
     out = {}
-    one = min((run_jobs(path, [(0, nframes)], nframes, max_voxels) for _ in range(repeats)),
+    one = min((run_jobs(path, workdir, [(0, nframes)], nframes, max_voxels)
+               for _ in range(repeats)),
               key=lambda r: r[0]["wall_s"])
     px = one[0]["pixel_frames"]
     out["one_job"] = {**one[0], "mpix_per_s": px / one[0]["wall_s"] / 1e6}
     half = nframes // 2
-    two = min((run_jobs(path, [(0, half), (half, nframes)], nframes, max_voxels)
+    two = min((run_jobs(path, workdir, [(0, half), (half, nframes)], nframes, max_voxels)
                for _ in range(repeats)), key=lambda r: max(x["wall_s"] for x in r))
     wall2 = max(r["wall_s"] for r in two)
     px2 = sum(r["pixel_frames"] for r in two)
@@ -271,12 +274,17 @@ def main(argv=None) -> int:
                    help="bound of the derived grid (default 420^3: for the demo crystal "
                         "433 x 433 x 381 voxels, at least the 400^3 the issue asks for)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=WORKDIR,
+                   help="where the simulated scan lives (default bench/.data, shared with "
+                        "bench/find_peaks.py)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    path, scan, UB, table, grid = setup(args.frames, args.max_voxels)
+    workdir = args.workdir.resolve()
+    path, scan, table, grid = setup(workdir, args.frames, args.max_voxels)
     report = {"machine": machine_info()}
-    report["kernel"] = kernel_section(path, scan, UB, table, grid, args.kernel_frames, args.repeats)
-    report["end_to_end"] = e2e_section(path, args.frames, args.max_voxels, max(1, args.repeats - 1))
+    report["kernel"] = kernel_section(path, scan, table, grid, args.kernel_frames, args.repeats)
+    report["end_to_end"] = e2e_section(path, workdir, args.frames, args.max_voxels,
+                                       max(1, args.repeats - 1))
     report["memory"] = memory_section(report["end_to_end"], grid)
     k, e, m = report["kernel"], report["end_to_end"], report["memory"]
     lines = [

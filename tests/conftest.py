@@ -1,8 +1,14 @@
-"""Shared fixtures: one tiny simulated experiment per test session (seconds to make)."""
+"""Shared fixtures: one tiny simulated experiment per test session (seconds to make), reduced
+end to end by Snakemake once (`tiny_run`); step tests run one step command on its outputs
+with the settings the Snakefile would pass (`step_settings`)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,14 +41,40 @@ def tiny_copy(tiny_experiment, tmp_path) -> Path:
 
 def run_snakemake(workdir: Path, *args, timeout=900):
     """snakemake on an experiment directory with the repository's Snakefile."""
-    import os
-    import subprocess
-    import sys
-
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), *args]
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def job_counts(output: str) -> dict:
+    """rule -> jobs, from the 'Job stats' table Snakemake prints for a run or dry run."""
+    counts = {}
+    table = output[output.index("Job stats:"):]
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def planned_jobs(output: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run plans ('rule X:' blocks of its output)."""
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            rule = m.group(1)
+            continue
+        m = re.match(r"^wildcards: (.*)$", line.strip())
+        if m and rule:
+            jobs.add((rule, m.group(1)))
+            rule = None
+        elif line.strip().startswith("jobid:") and rule == "all":
+            jobs.add((rule, ""))
+            rule = None
+    return jobs
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +93,75 @@ def tiny_run(tiny_experiment, tmp_path_factory):
     before = hashes()
     r = run_snakemake(dst, "--cores", "2")
     return dst, r, before, hashes()
+
+
+def step_settings(experiment: Path, rule: str, *args, config: str = "config/config.yaml") -> str:
+    """The settings JSON the Snakefile passes to a job of `rule` in an experiment directory
+    (hklflow.jobs.JobSettings; args: the job's wildcards)."""
+    from hklflow.config import load_experiment
+    from hklflow.jobs import JobSettings
+
+    exp = load_experiment(experiment / config, base_dir=experiment)
+    settings = JobSettings(exp)
+    if rule == "define_grid":
+        return settings.define_grid(*args, lambda name: str(
+            experiment / "results" / "calibration" / name / "geometry.poni"))
+    return getattr(settings, rule)(*args)
+
+
+def run_step(experiment: Path, rule: str, *argv, cwd: Path | None = None):
+    """Run a step command (`hklflow RULE ...`) in a subprocess, in the experiment directory."""
+    cmd = [sys.executable, "-m", "hklflow", rule, *map(str, argv)]
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
+                          cwd=cwd or experiment)
+
+
+def ingest_with(experiment: Path, scan_id: str, geometry, out: Path) -> Path:
+    """Ingest one scan entry of an experiment with a given calibration geometry (e.g. the
+    simulation's truth) instead of calibrate_powder's: the ingest_scan step as the rule runs
+    it, with its settings, in the experiment directory."""
+    from contextlib import chdir
+
+    from hklflow.files.calibration import write_version_file
+    from hklflow.steps import ingest_scan
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    poni = out.with_name("given.poni")
+    geometry.write_poni(poni)
+    version = write_version_file(out.with_name("given.version.json"), "given", "v000", poni)
+    settings = step_settings(experiment, "ingest_scan", *scan_id.split("/"))
+    with chdir(experiment):
+        rc = ingest_scan.main(["--settings", settings, "--poni", str(poni), "--version",
+                               str(version), "--out", str(out)])
+    assert rc == 0, f"ingest of {scan_id} failed"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_300k(tiny_experiment, tiny_truth, tmp_path_factory) -> Path:
+    """A copy of the tiny experiment whose 300 K entries f1, f2 went through the first steps
+    (their commands, with the settings the Snakefile passes): ingested with the simulation's
+    true calibration, peaks found, indexed from scratch (results/tiny/300K/orientation.nxs).
+    What the mask and transform steps start from."""
+    from contextlib import chdir
+
+    from hklflow.geometry import DetectorGeometry
+    from hklflow.steps import find_peaks, index_parent
+
+    root = tmp_path_factory.mktemp("tiny_300k") / "experiment"
+    shutil.copytree(tiny_experiment, root)
+    d = root / "results" / "tiny" / "300K"
+    true = DetectorGeometry(**tiny_truth["scans"]["tiny/300K/f1"]["geometry"])
+    with chdir(root):
+        for e in ("f1", "f2"):
+            ingest_with(root, f"tiny/300K/{e}", true, d / e / "scan.nxs")
+            assert find_peaks.main(["--settings", step_settings(root, "find_peaks"),
+                                    "--scan", f"{d}/{e}/scan.nxs", "--out", f"{d}/{e}/peaks.nxs",
+                                    "--png", f"{d}/{e}/peaks.png"]) == 0
+        assert index_parent.main(["--settings", step_settings(root, "index_parent", "tiny"),
+                                  "--scans", f"{d}/f1/scan.nxs", f"{d}/f2/scan.nxs",
+                                  "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
+                                  "--out", f"{d}/orientation.nxs", "--png", f"{d}/orientation.png"]) == 0
+    return root

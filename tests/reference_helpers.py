@@ -1,6 +1,6 @@
 """Helpers for tests that compare hklflow with independent references.
 
-cctbx runs in a separate process (see hklflow.reference.cctbx_reference: it cannot share
+cctbx runs in a separate process (see reference/cctbx_reference.py: it cannot share
 a process with scipy), one JSON request in, one JSON answer out.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 class ReferenceError(RuntimeError):
@@ -15,8 +16,8 @@ class ReferenceError(RuntimeError):
 
 
 def cctbx_answer(request: dict) -> dict:
-    """Run ``python -m hklflow.reference.cctbx_reference`` on `request`, return its answer."""
-    cmd = [sys.executable, "-m", "hklflow.reference.cctbx_reference"]
+    """Run reference/cctbx_reference.py on `request` in a process of its own; its answer."""
+    cmd = [sys.executable, str(Path(__file__).with_name("reference") / "cctbx_reference.py")]
     try:
         proc = subprocess.run(cmd, input=json.dumps(request), capture_output=True, text=True,
                               timeout=120, check=True)

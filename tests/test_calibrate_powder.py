@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -13,16 +14,19 @@ import numpy as np
 import pytest
 
 from hklflow import provenance
-from hklflow.nexus import read_provenance
+from hklflow.calibration import refine_geometry, ring_two_theta
+from hklflow.config import load_experiment
+from hklflow.errors import CalibrationError, ConfigError, ImageReadError
+from hklflow.files.h5 import read_provenance
+from hklflow.frames import read_image
 from hklflow.geometry import DetectorGeometry
-from hklflow.imageio import ImageReadError, read_image
+from hklflow.jobs import JobSettings
+from hklflow.params import CalibrationParams
 from hklflow.simulation.powder import simulate_calibrant_image
 from hklflow.steps import calibrate_powder as cp
-from hklflow.steps.calibrate_powder import (CalibrationError, CalibrationParams,
-                                            beam_centre, refine_geometry)
 
 PX = 172e-6  # Pilatus pixel (m)
-OUTPUTS = ("geometry.poni", "calibration.nxs", "calibration.png")
+OUTPUTS = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
 
 # The issue's accuracy bounds (start 3 % off in distance, 10 px off in beam centre, tilts 0)
 MAX_DIST_REL = 1e-3
@@ -91,8 +95,26 @@ def start_dict(g: DetectorGeometry) -> dict:
     return {"dist": g.dist, "poni1": g.poni1, "poni2": g.poni2}
 
 
+def params(**kw) -> CalibrationParams:
+    """CalibrationParams of a Pilatus 300k CeO2 calibration at 0.6 A (kw: any field; start
+    may be a DetectorGeometry)."""
+    if isinstance(kw.get("start"), DetectorGeometry):
+        g = kw["start"]
+        kw["start"] = {k: getattr(g, k) for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")}
+    base = dict(name="c", calibrant="CeO2", image="x.cbf", dataset="/entry/data/data", frame=0,
+                poni=None, start=None, refine=("dist", "poni1", "poni2", "rot1", "rot2", "rot3"),
+                max_rings=None, detector="Pilatus300k", wavelength=0.6, polarization_fraction=0.99)
+    return CalibrationParams(**{**base, **kw})
+
+
 def run_main(config, name, out_dir):
-    return cp.main(["--config", str(config), "--calibration", name, "--out-dir", str(out_dir)])
+    """The step as the rule runs it: settings from the config, the four outputs in out_dir."""
+    exp = load_experiment(config)
+    return cp.main(["--settings", JobSettings(exp).calibrate_powder(name),
+                    *(f"--{k}={out_dir / f}" for k, f in (("poni", "geometry.poni"),
+                                                        ("nexus", "calibration.nxs"),
+                                                        ("png", "calibration.png"),
+                                                        ("version", "version.json")))])
 
 
 def assert_no_top_level_outputs(out_dir: Path):
@@ -118,7 +140,7 @@ def test_simulated_image_rings_gaps_hot_pixels_and_determinism(image_300k):
     res = ai.integrate1d(img.astype(np.float32), 3000, unit="2th_deg",
                          mask=(img < 0) | (img >= 100_000), method=("no", "histogram", "cython"))
     x, y = np.asarray(res.radial), np.asarray(res.intensity)
-    rings = np.degrees(cp.ring_two_theta("CeO2", 0.6))
+    rings = np.degrees(ring_two_theta("CeO2", 0.6))
     rings = rings[(rings > x.min() + 0.2) & (rings < x.max() - 0.2)]
     assert len(rings) >= 4
     for t in rings:
@@ -144,8 +166,8 @@ def test_rot3_does_not_change_two_theta():
     g0 = DetectorGeometry(**{**TRUE_300K.as_dict(), "rot3": 0.0})
     b = g0.to_pyfai().center_array(g0.shape, unit="2th_rad", scale=False)
     assert np.max(np.abs(a - b)) < 1e-12
-    assert beam_centre(TRUE_300K)["direct_beam_row"] == pytest.approx(
-        beam_centre(g0)["direct_beam_row"], abs=1e-9)
+    assert TRUE_300K.beam_centre()["direct_beam_row"] == pytest.approx(
+        g0.beam_centre()["direct_beam_row"], abs=1e-9)
 
 
 # --------------------------------------------------------------------------------------
@@ -153,14 +175,13 @@ def test_rot3_does_not_change_two_theta():
 # --------------------------------------------------------------------------------------
 def test_refinement_accuracy_from_a_rough_start(image_1m, record_property):
     start = off_start(TRUE_1M)
-    params = CalibrationParams(name="acc", calibrant="CeO2", detector="Pilatus1M",
-                               wavelength=TRUE_1M.wavelength, image="simulated", start=start)
     t0 = time.perf_counter()
-    res = refine_geometry(image_1m, params)
+    res = refine_geometry(image_1m, params(name="acc", detector="Pilatus1M", image="simulated",
+                                           wavelength=TRUE_1M.wavelength, start=start))
     dt = time.perf_counter() - t0
     g, t = res.geometry, TRUE_1M
     p1, p2 = g.pixel_size
-    bc_g, bc_t, bc_s = beam_centre(g), beam_centre(t), beam_centre(start)
+    bc_g, bc_t, bc_s = g.beam_centre(), t.beam_centre(), start.beam_centre()
     f_g, f_t = g.fit2d(), t.fit2d()
     err = {
         "dist_rel": (g.dist - t.dist) / t.dist,
@@ -220,9 +241,12 @@ def test_main_refines_writes_outputs_and_versions(tmp_path, image_300k):
     out = tmp_path / "results" / "calibration" / "ceo2"
     assert run_main(config, "ceo2", out) == 0
 
-    for f in OUTPUTS:
+    for f in OUTPUTS[:3]:
         assert (out / f).stat().st_size > 0
         assert (out / f).read_bytes() == (out / "versions" / "v001" / f).read_bytes()
+    version = json.loads((out / "version.json").read_text())
+    assert version["calibration"] == "ceo2" and version["version"] == "v001"
+    assert version["poni_sha256"] == provenance.file_digest(out / "geometry.poni")
     assert (out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ai = pyFAI.load(str(out / "geometry.poni"))
     assert ai.wavelength == pytest.approx(0.6e-10)
@@ -235,10 +259,8 @@ def test_main_refines_writes_outputs_and_versions(tmp_path, image_300k):
     digest = provenance.file_digest(image)
     assert v1["source"] == {"image": str(image), "dataset": "/entry/data/data", "frame": 1,
                             "sha256": digest}
-    assert v1["valid_for"] == {"selector": {"temperatures": [200, 400]},
-                               "scans": ["S1/300K/f1", "S1/300K/f2"]}
-    assert v1["parameters"]["start"] == calibrations["ceo2"]["start"] | {"rot1": 0, "rot2": 0,
-                                                                         "rot3": 0}
+    assert v1["settings"]["start"] == calibrations["ceo2"]["start"] | {"rot1": 0, "rot2": 0,
+                                                                       "rot3": 0}
     assert v1["residuals"]["rms_px"] < 0.2 and v1["residuals"]["n_rings"] >= 4
     assert v1["geometry"]["dist"] == pytest.approx(ai.dist, rel=1e-12)
 
@@ -267,7 +289,7 @@ def test_main_refines_writes_outputs_and_versions(tmp_path, image_300k):
     index = json.loads((out / "index.json").read_text())
     assert [v["version"] for v in index["versions"]] == ["v001"]
     assert (out / "versions" / "v001" / "calibration.nxs").stat().st_mtime_ns == mtime
-    for f in OUTPUTS:
+    for f in OUTPUTS[:3]:
         assert (out / f).read_bytes() == (out / "versions" / "v001" / f).read_bytes()
 
     # a new image: v002, and the top-level files follow it
@@ -278,8 +300,9 @@ def test_main_refines_writes_outputs_and_versions(tmp_path, image_300k):
     assert index["current"] == "v002"
     assert [v["version"] for v in index["versions"]] == ["v001", "v002"]
     assert index["versions"][1]["source"]["sha256"] == provenance.file_digest(image) != digest
-    for f in OUTPUTS:
+    for f in OUTPUTS[:3]:
         assert (out / f).read_bytes() == (out / "versions" / "v002" / f).read_bytes()
+    assert json.loads((out / "version.json").read_text())["version"] == "v002"
     assert (out / "versions" / "v001" / "calibration.nxs").stat().st_mtime_ns == mtime
 
 
@@ -299,7 +322,6 @@ def test_poni_import(tmp_path, image_300k):
     v1 = index["versions"][0]
     assert v1["method"] == "imported"
     assert v1["source"] == {"poni": str(poni), "sha256": provenance.file_digest(poni)}
-    assert v1["valid_for"]["scans"] == ["S1/300K/f1", "S1/300K/f2", "S1/100K/f1"]
     assert (out / "calibration.png").stat().st_size > 0
     # rerun: same version; a changed PONI: a new version
     assert run_main(config, "imp", out) == 0
@@ -311,19 +333,20 @@ def test_poni_import(tmp_path, image_300k):
     assert pyFAI.load(str(out / "geometry.poni")).dist == pytest.approx(TRUE_300K.dist + 0.001)
 
 
-def test_poni_for_another_detector_is_refused(tmp_path):
+def test_poni_for_another_detector_is_refused(tmp_path, capsys):
     poni = tmp_path / "other.poni"
     DetectorGeometry("Pilatus1M", 0.2, 0.05, 0.05, wavelength=0.6).write_poni(poni)
     config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2"}})
-    with pytest.raises(CalibrationError, match="other.poni.*Pilatus300k"):
-        run_main(config, "imp", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    assert run_main(config, "imp", tmp_path / "out") == 1
+    assert "calibrate_powder failed: calibrations.imp: PONI file" in capsys.readouterr().err
     assert_no_top_level_outputs(tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------
 # failures: clear errors, no partial outputs
 # --------------------------------------------------------------------------------------
-def test_failures_name_the_image_and_leave_no_outputs(tmp_path, image_300k):
+def test_failures_name_the_image_and_leave_no_outputs(tmp_path, image_300k, capsys):
     good = write_h5(tmp_path / "good.h5", [image_300k])
     corrupt = tmp_path / "corrupt.cbf"
     corrupt.write_bytes(b"###CBF: not really\n" + bytes(range(256)) * 50)
@@ -344,15 +367,19 @@ def test_failures_name_the_image_and_leave_no_outputs(tmp_path, image_300k):
     TRUE_300K.write_poni(tmp_path / "ok.poni")
     out = tmp_path / "out"
     for name, (_, pattern) in cases.items():
-        with pytest.raises(CalibrationError, match=pattern):
-            run_main(config, name, out / name)
+        (out / name).mkdir(parents=True)
+        capsys.readouterr()
+        assert run_main(config, name, out / name) == 1
+        err = capsys.readouterr().err
+        assert re.search(pattern, err) and f"calibrations.{name}" in err, (name, err)
         assert_no_top_level_outputs(out / name)
     # a failure after a success: the stale top-level files go, the versions stay
+    (out / "ok").mkdir()
     assert run_main(config, "ok", out / "ok") == 0
     config2 = write_experiment(tmp_path, {"ok": {"image": str(corrupt), "calibrant": "CeO2",
                                                  "start": start}})
-    with pytest.raises(CalibrationError, match="corrupt.cbf"):
-        run_main(config2, "ok", out / "ok")
+    assert run_main(config2, "ok", out / "ok") == 1
+    assert "corrupt.cbf" in capsys.readouterr().err
     assert_no_top_level_outputs(out / "ok")
     assert (out / "ok" / "versions" / "v001" / "geometry.poni").is_file()
     assert json.loads((out / "ok" / "index.json").read_text())["current"] == "v001"
@@ -361,36 +388,29 @@ def test_failures_name_the_image_and_leave_no_outputs(tmp_path, image_300k):
 def test_image_without_rings_fails_clearly(tmp_path):
     noise = np.random.default_rng(1).poisson(20, TRUE_300K.shape).astype(np.int32)
     noise[TRUE_300K.detector_mask()] = -1
-    params = CalibrationParams(name="noise", calibrant="CeO2", detector="Pilatus300k",
-                               wavelength=0.6, image="noise.h5", start=off_start(TRUE_300K),
-                               max_passes=4)
     with pytest.raises(CalibrationError, match="noise.h5"):
-        refine_geometry(noise, params, source="noise.h5")
+        refine_geometry(noise, params(name="noise", image="noise.h5", start=off_start(TRUE_300K),
+                                      max_passes=4), source="noise.h5")
 
 
 def test_params_are_validated():
-    base = dict(name="c", calibrant="CeO2", detector="Pilatus300k", wavelength=0.6,
-                image="x.cbf", start=off_start(TRUE_300K))
-    CalibrationParams(**base)
-    for bad, match in [({"refine": ("dist", "tilt")}, "cannot refine"),
-                       ({"calibrant": "Unobtainium"}, "calibrant"),
-                       ({"start": None}, "start geometry"),
-                       ({"image": None}, "image"),
-                       ({"max_rings": 0}, "max_rings"),
-                       ({"wavelength": -1.0}, "wavelength"),
-                       ({"refine": ("rot3",)}, "nothing to refine")]:
-        with pytest.raises(ValueError, match=match):
-            CalibrationParams(**{**base, **bad})
+    params(start=off_start(TRUE_300K))
+    for bad, match in [({"refine": ("dist", "tilt")}, r"calibrations\.c\.refine: expected a list of"),
+                       ({"start": None}, r"calibrations\.c\.start: expected a rough starting geometry"),
+                       ({"image": None}, "give an image"),
+                       ({"max_rings": 0}, r"calibrations\.c\.max_rings"),
+                       ({"wavelength": -1.0}, r"instrument\.wavelength"),
+                       ({"refine": ("rot3",)}, "at least one parameter powder rings can see")]:
+        with pytest.raises(ConfigError, match=match):
+            params(**{"start": off_start(TRUE_300K), **bad})
 
 
 def test_fixed_parameters_stay_fixed(image_300k):
     # the distance is right and fixed; the beam centre and tilts are refined
     start = DetectorGeometry("Pilatus300k", TRUE_300K.dist, TRUE_300K.poni1 + 5 * PX,
                              TRUE_300K.poni2 - 5 * PX, 0.0, 0.0, 0.0, 0.6)
-    params = CalibrationParams(name="fix", calibrant="CeO2", detector="Pilatus300k",
-                               wavelength=0.6, image="x", start=start,
-                               refine=("poni1", "poni2", "rot1", "rot2"))
-    res = refine_geometry(image_300k, params)
+    res = refine_geometry(image_300k, params(name="fix", image="x", start=start,
+                                             refine=("poni1", "poni2", "rot1", "rot2")))
     assert res.geometry.dist == start.dist and res.geometry.wavelength == 0.6
     assert res.refined == ("poni1", "poni2", "rot1", "rot2")
     assert abs(res.geometry.poni1 - TRUE_300K.poni1) < 0.5 * PX

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from hklflow.config import ConfigError, load_experiment
+from hklflow.params import CalibrationParams, DetectorParams
 from hklflow.simulation.experiment import config_texts, preset
 
 
@@ -42,9 +43,10 @@ def edit_table(d, row, column, value):
 def test_valid_config_resolves_with_defaults(experiment_dir):
     exp = load(experiment_dir)
     assert exp.instrument.polarization_fraction == 0.99  # schema default
-    cal = exp.calibrations["ceo2"]
+    cal = CalibrationParams.for_calibration(exp.raw, "ceo2")
     assert cal.refine == ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")
     assert cal.start["rot1"] == 0.0
+    assert exp.instrument.detector == DetectorParams("Pilatus300k", None, None, "/entry/mask")
     s = exp.scan("tiny", "300K", "f2")
     assert s.offsets == {"omega": -1.0, "chi": 1.5}
     assert s.dataset == "/entry/data/data" and s.monitor == ""
@@ -56,7 +58,8 @@ def test_valid_config_resolves_with_defaults(experiment_dir):
     (lambda c: c["instrument"].__setitem__("wavelength", "short"), "instrument.wavelength", "number"),
     (lambda c: c["instrument"]["goniometer"].__setitem__("scan_axis", [0, 1]), "instrument.goniometer.scan_axis", "short"),
     (lambda c: c["instrument"]["goniometer"].__setitem__("scan_axis", [0, 0, 0]), "instrument.goniometer", "non-zero"),
-    (lambda c: c["instrument"].__setitem__("detector", "Pilatus9000"), "instrument.detector", "Pilatus9000"),
+    (lambda c: c["instrument"].__setitem__("detector", "Pilatus9000"), "instrument.detector.name", "Pilatus9000"),
+    (lambda c: c["instrument"].__setitem__("detector", {"name": "Pilatus300k", "trusted": 5}), "instrument.detector", "trusted"),
     (lambda c: c["samples"]["tiny"].__setitem__("cell", [5, 5, 7, 90, 90]), "samples.tiny.cell", "short"),
     (lambda c: c["samples"]["tiny"].__setitem__("cell", [5, 6, 7, 90, 90, 90]), "samples.tiny", "not compatible"),
     (lambda c: c["samples"]["tiny"].__setitem__("space_group", "P 7"), "samples.tiny", "unknown space group"),
@@ -136,7 +139,7 @@ def test_several_config_files_merge_in_order(experiment_dir):
     extra.write_text("instrument:\n  wavelength: 0.5\n")
     exp = load_experiment([experiment_dir / "config" / "config.yaml", extra], base_dir=experiment_dir)
     assert exp.instrument.wavelength == 0.5
-    assert exp.instrument.detector == "Pilatus300k"  # the rest of the section is kept
+    assert exp.instrument.detector.name == "Pilatus300k"  # the rest of the section is kept
 
 
 def test_committed_demo_config_is_what_the_simulator_writes():
@@ -152,8 +155,26 @@ def test_other_parents_by_temperature_range(experiment_dir):
         "other_parents", [{"temperature": 100, "for_temperatures": [0, 150]}]))
     spec = load(experiment_dir).samples["tiny"]
     assert spec.parent_for(300.0) == "300K" and spec.parent_for(120.0) == "100K"
-    assert spec.parent_labels == ["300K", "100K"]
     edit_config(experiment_dir, lambda c: c["samples"]["tiny"].__setitem__(
         "other_parents", [{"temperature": 42, "for_temperatures": [0, 150]}]))
     with pytest.raises(ConfigError, match=r"'samples.tiny.other_parents.0.temperature': no scan of tiny at 42K"):
+        load(experiment_dir)
+
+
+def test_moved_keys_are_taken_from_their_old_place_with_a_warning(experiment_dir):
+    """trusted_max and the user mask are facts of the detector (instrument.detector); a
+    config that still has them in reduction.find_peaks / reduction.mask keeps working."""
+    edit_config(experiment_dir, lambda c: c.setdefault("reduction", {}).update(
+        find_peaks={"trusted_max": 1000000}, mask={"mask_file": "m.tif", "radius_px": 2.0}))
+    exp = load(experiment_dir)
+    assert exp.instrument.detector == DetectorParams("Pilatus300k", 1000000, "m.tif", "/entry/mask")
+    assert exp.reduction["mask"]["radius_px"] == 2.0 and "mask_file" not in exp.reduction["mask"]
+    assert len(exp.warnings) == 2
+    assert "'reduction.find_peaks.trusted_max' has moved to 'instrument.detector.trusted_max'" \
+        in exp.warnings[0]
+    # both places, different values: refused, naming both
+    edit_config(experiment_dir, lambda c: c["instrument"].__setitem__(
+        "detector", {"name": "Pilatus300k", "trusted_max": 5}))
+    with pytest.raises(ConfigError, match="'reduction.find_peaks.trusted_max' has moved to "
+                                          "'instrument.detector.trusted_max'; both are given"):
         load(experiment_dir)

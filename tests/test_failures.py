@@ -162,13 +162,14 @@ def test_invalid_config_or_table_stops_before_any_job(config_only, case, change,
 
 
 def test_missing_raw_file_stops_before_any_job_naming_it(tiny_copy):
-    """A data path of the scans table that does not exist: Snakemake's missing-input check
-    refuses the whole run (nothing starts), naming the file and the scan entry."""
+    """A data path of the scans table that does not exist: the whole run is refused before
+    any job starts, naming the table, row, field, file and scan entry."""
     (tiny_copy / "raw" / "tiny" / "100K" / "f2.h5").unlink()
     r = snakemake(tiny_copy, "--cores", "1")
     out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert "raw/tiny/100K/f2.h5" in out and "entry=f2" in out and "temperature=100K" in out, out[-2000:]
+    assert "config/scans.tsv: row 4 (tiny/100K/f2): field 'data': no file matches " \
+           "'raw/tiny/100K/f2.h5'" in out, out[-2000:]
     assert not (tiny_copy / "results").exists() and not (tiny_copy / "logs").exists()
 
 
@@ -314,8 +315,8 @@ def kill_group(proc: subprocess.Popen, sig) -> None:
 
 
 def transform_jobs_started(d: Path, since: float):
-    """True once a transform_chunk job has written to its log after `since` (a job runs)."""
-    logs = d / "logs" / "transform_chunk"
+    """True once a transform_frames job has written to its log after `since` (a job runs)."""
+    logs = d / "logs" / "transform_frames"
 
     def ready():
         return logs.is_dir() and any(p.stat().st_mtime > since and p.stat().st_size > 0

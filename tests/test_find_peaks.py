@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 
 from hklflow import spotfinding as sf
+from hklflow.errors import RawDataError
+from hklflow.files.peaks import read_peaks_file
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, ScanAngles
-from hklflow.nexus import read_peaks_file
+from hklflow.params import DetectorParams, PeakSearchParams
 from hklflow.simulation.compare import match_peaks
-from hklflow.steps.find_peaks import PeakSearchParams, main, search
+from hklflow.spotfinding import search
+from hklflow.steps.find_peaks import main
+
+from conftest import ingest_with, step_settings
 
 SCANS = ("tiny/300K/f1", "tiny/300K/f2", "tiny/100K/f1", "tiny/100K/f2")
+
+
+def detector(g: DetectorGeometry, **kw) -> DetectorParams:
+    return DetectorParams.defaults(name=g.detector, **kw)
 
 
 def raw_path(exp, scan_id):
@@ -35,7 +44,7 @@ def searched(tiny_experiment, tiny_truth):
     for sid in SCANS:
         g, a = scan_setup(tiny_truth, sid)
         with open_frames(str(raw_path(tiny_experiment, sid))) as stack:
-            out[sid] = search(stack, g, a, PeakSearchParams())
+            out[sid] = search(stack, g, a, PeakSearchParams.defaults(), detector(g))
     return out
 
 
@@ -60,7 +69,7 @@ def test_kernel_equals_numpy_reference(tiny_experiment, window):
         frames = f["/entry/data/data"][::7]
     rng = np.random.default_rng(0)
     valid = rng.random(frames.shape[1:]) > 0.02  # a user mask with holes
-    p = PeakSearchParams(window=window)
+    p = PeakSearchParams.defaults(window=window)
     total = 0
     for fr in frames:
         strong, bg, _ = run_kernel(fr, valid, p, trusted_max=100000)
@@ -80,7 +89,7 @@ def test_kernel_same_decisions_for_every_integer_type(tiny_experiment, dtype):
     with h5py.File(raw_path(tiny_experiment, "tiny/100K/f2"), "r") as f:
         fr = np.minimum(f["/entry/data/data"][10], 60000)  # counts every type holds
     valid = np.ones(fr.shape, bool)
-    p = PeakSearchParams()
+    p = PeakSearchParams.defaults()
     ref_strong, ref_bg, ref_stats = run_kernel(fr, valid, p)
     other = fr.astype(dtype)
     tmax = int(np.iinfo(dtype).max) if dtype != np.int64 else 2**31 - 1
@@ -96,7 +105,7 @@ def test_kernel_rounds_float_frames_to_counts(tiny_experiment):
     with h5py.File(raw_path(tiny_experiment, "tiny/100K/f2"), "r") as f:
         fr = f["/entry/data/data"][10]
     valid = np.ones(fr.shape, bool)
-    p = PeakSearchParams()
+    p = PeakSearchParams.defaults()
     ref_strong, ref_bg, ref_stats = run_kernel(fr, valid, p)
     strong, bg, stats = run_kernel(fr.astype(np.float32) - 0.4, valid, p)
     assert ref_strong.sum() > 10
@@ -122,7 +131,7 @@ def test_search_of_a_float_scan_equals_the_integer_scan(tiny_experiment, tiny_tr
     g, a = scan_setup(tiny_truth, sid)
     with open_frames(str(path)) as stack:
         assert stack.dtype == np.float32
-        res = search(stack, g, a, PeakSearchParams())
+        res = search(stack, g, a, PeakSearchParams.defaults(), detector(g))
     ref = searched[sid]
     assert len(ref.peaks["n_pixels"]) > 10
     for name, col in ref.peaks.items():
@@ -144,7 +153,7 @@ def test_kernel_stays_exact_after_huge_counts():
     huge = rng.integers(1_000_000_000, 2_100_000_000, 40)
     frame[rng.integers(0, 40, 40), rng.integers(0, 120, 40)] = huge
     valid = np.ones(frame.shape, bool)
-    strong, bg, stats = run_kernel(frame, valid, PeakSearchParams())
+    strong, bg, stats = run_kernel(frame, valid, PeakSearchParams.defaults())
     ref, mean = sf.strong_pixels_numpy(frame, valid)
     assert ref[115:125, 55:65].sum() >= 5 and ref[:40].sum() >= 30
     assert np.array_equal(strong, ref)
@@ -156,7 +165,7 @@ def test_absolute_threshold_method(tiny_experiment):
     with h5py.File(raw_path(tiny_experiment, "tiny/300K/f1"), "r") as f:
         fr = f["/entry/data/data"][5]
     valid = np.ones(fr.shape, bool)
-    strong, _, _ = run_kernel(fr, valid, PeakSearchParams(method="absolute", absolute_threshold=50))
+    strong, _, _ = run_kernel(fr, valid, PeakSearchParams.defaults(method="absolute", absolute_threshold=50))
     assert np.array_equal(strong, (fr > 50) & (fr < 2**31 - 1))
 
 
@@ -267,18 +276,10 @@ def test_command_line_writes_nexus_and_png(tiny_copy, tiny_truth, monkeypatch):
     env_dir = tiny_copy
     monkeypatch.chdir(env_dir)  # steps run in the experiment directory, as under Snakemake
     # ingest with the true geometry (calibration is tested elsewhere)
-    from hklflow.config import load_experiment
-    from hklflow.steps.ingest_scan import IngestParams, ingest_scan
-
     g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
-    poni = env_dir / "true.poni"
-    g.write_poni(poni)
-    exp = load_experiment(env_dir / "config" / "config.yaml", base_dir=env_dir)
-    ingest_scan(exp, IngestParams(scan="tiny/300K/f1", poni=str(poni), out=str(env_dir / "scan.nxs"),
-                                  base_dir=str(env_dir)))
-    rc = main(["--config", str(env_dir / "config" / "config.yaml"), "--scan-file",
-               str(env_dir / "scan.nxs"), "--out", str(env_dir / "peaks.nxs"), "--png",
-               str(env_dir / "peaks.png")])
+    ingest_with(env_dir, "tiny/300K/f1", g, env_dir / "scan.nxs")
+    rc = main(["--settings", step_settings(env_dir, "find_peaks"), "--scan", "scan.nxs",
+               "--out", "peaks.nxs", "--png", "peaks.png"])
     assert rc == 0
     rec = read_peaks_file(env_dir / "peaks.nxs")
     assert rec.scan_id == "tiny/300K/f1" and rec.entry == "f1"
@@ -294,8 +295,6 @@ def test_command_line_writes_nexus_and_png(tiny_copy, tiny_truth, monkeypatch):
 
 def test_corrupt_frame_fails_naming_file_and_frame_and_leaves_nothing(tiny_copy, tiny_truth, capsys):
     """A chunk that cannot be decompressed in the middle of the scan."""
-    from hklflow.frames import RawDataError
-
     raw = raw_path(tiny_copy, "tiny/300K/f1")
     with h5py.File(raw, "r+") as f:
         d = f["/entry/data/data"]
@@ -304,32 +303,22 @@ def test_corrupt_frame_fails_naming_file_and_frame_and_leaves_nothing(tiny_copy,
     g, a = scan_setup(tiny_truth, "tiny/300K/f1")
     with pytest.raises(RawDataError) as e:
         with open_frames(str(raw)) as stack:
-            search(stack, g, a, PeakSearchParams())
+            search(stack, g, a, PeakSearchParams.defaults(), detector(g))
     assert str(raw) in str(e.value) and "31" in str(e.value)
-
-
-def _ingest_true(env_dir, truth, scan_id="tiny/300K/f1"):
-    from hklflow.config import load_experiment
-    from hklflow.steps.ingest_scan import IngestParams, ingest_scan
-
-    g, _ = scan_setup(truth, scan_id)
-    g.write_poni(env_dir / "true.poni")
-    exp = load_experiment(env_dir / "config" / "config.yaml", base_dir=env_dir)
-    ingest_scan(exp, IngestParams(scan=scan_id, poni=str(env_dir / "true.poni"),
-                                  out=str(env_dir / "scan.nxs"), base_dir=str(env_dir)))
 
 
 def test_command_line_failure_names_file_and_frame_and_leaves_no_output(tiny_copy, tiny_truth,
                                                                       monkeypatch, capsys):
     monkeypatch.chdir(tiny_copy)
-    _ingest_true(tiny_copy, tiny_truth)
+    ingest_with(tiny_copy, "tiny/300K/f1", scan_setup(tiny_truth, "tiny/300K/f1")[0],
+                tiny_copy / "scan.nxs")
     raw = raw_path(tiny_copy, "tiny/300K/f1")
     with h5py.File(raw, "r+") as f:  # damage frame 44 after ingest's cheap first/last check
         d = f["/entry/data/data"]
         filt, chunk = d.id.read_direct_chunk((44, 0, 0))
         d.id.write_direct_chunk((44, 0, 0), b"\x00" * 16 + chunk[16:64], filt)
     (tiny_copy / "peaks.nxs").write_text("stale output of an earlier run")
-    rc = main(["--config", "config/config.yaml", "--scan-file", "scan.nxs",
+    rc = main(["--settings", step_settings(tiny_copy, "find_peaks"), "--scan", "scan.nxs",
                "--out", "peaks.nxs", "--png", "peaks.png"])
     assert rc == 1
     assert not (tiny_copy / "peaks.nxs").exists() and not (tiny_copy / "peaks.png").exists()
@@ -346,7 +335,8 @@ def test_user_mask_file_keeps_peaks_out(tiny_experiment, tiny_truth, tmp_path, s
     mask[:, :240] = 1  # the left half of the detector
     fabio.tifimage.TifImage(data=mask).write(str(tmp_path / "mask.tif"))
     with open_frames(str(raw_path(tiny_experiment, sid))) as stack:
-        res = search(stack, g, a, PeakSearchParams(mask_file=str(tmp_path / "mask.tif")))
+        res = search(stack, g, a, PeakSearchParams.defaults(),
+                     detector(g, mask_file=str(tmp_path / "mask.tif")))
     x = res.peaks["observed_px_x"]
     assert len(x) > 20 and np.all(x > 240)
     unmasked = searched[sid].peaks["observed_px_x"]

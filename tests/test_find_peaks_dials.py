@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from hklflow.reference import dials_spots as ds
+from reference import dials_spots as ds
 
 _why = ds.dials_available()
 if _why:
@@ -30,7 +30,8 @@ from hklflow.frames import open_frames  # noqa: E402
 from hklflow.geometry import DetectorGeometry, ScanAngles  # noqa: E402
 from hklflow.simulation.compare import match_peaks  # noqa: E402
 from hklflow.simulation.experiment import CbfFramesWriter, preset, simulate_experiment  # noqa: E402
-from hklflow.steps.find_peaks import PeakSearchParams, search  # noqa: E402
+from hklflow.params import DetectorParams, PeakSearchParams  # noqa: E402
+from hklflow.spotfinding import search  # noqa: E402
 
 STRONG = 1000.0  # counts: "strong" peaks for the one-to-one comparison
 ALGORITHMS = {"dispersion_extended (DIALS default)": (),
@@ -61,7 +62,7 @@ def runs(cbf_experiment, tmp_path_factory):
         g = DetectorGeometry(**t["geometry"])
         angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
         with open_frames(pattern, expected_frames=t["nframes"]) as stack:
-            ours = search(stack, g, angles, PeakSearchParams())
+            ours = search(stack, g, angles, PeakSearchParams.defaults(), DetectorParams.defaults(name=g.detector))
         dials = {name: ds.run_dials_find_spots(pattern, work / sid.replace("/", "_") / str(i),
                                                nproc=1, extra_phil=extra)
                  for i, (name, extra) in enumerate(ALGORITHMS.items())}
@@ -191,7 +192,8 @@ def test_dials_pixel_coordinates_on_a_synthetic_spot(tmp_path):
     assert d["peaks"]["observed_frame"][0] == pytest.approx(expect[2] - 1, abs=1e-9)
     assert d["peaks"]["bounding_box"][0].tolist() == [100, 103, 200, 204, 0, 2]
     with open_frames(pattern) as stack:
-        ours = search(stack, g, ScanAngles(0.0, 1.0, 4), PeakSearchParams()).peaks
+        ours = search(stack, g, ScanAngles(0.0, 1.0, 4), PeakSearchParams.defaults(),
+                      DetectorParams.defaults(name=g.detector)).peaks
     assert len(ours["int_sum"]) == 1
     assert tuple(float(ours[c][0]) for c in XYZ) == pytest.approx(expect, abs=1e-9)
     assert ours["bounding_box"][0].tolist() == [100, 103, 200, 204, 1, 3]

@@ -11,8 +11,9 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from hklflow.frames import (FrameSource, RawDataError, check_readable, natural_key,
-                            open_frame_source, open_frames)
+from hklflow.errors import RawDataError
+from hklflow.frames import FrameSource, check_readable, open_frame_source, open_frames
+from hklflow.rawfiles import natural_key
 
 SHAPE = (31, 23)
 DSET = "/entry/data/data"
@@ -119,8 +120,8 @@ def test_big_endian_frames_are_read_in_native_byte_order(tmp_path, monkeypatch):
         fabio.tifimage.TifImage(data=data[i].astype(np.uint16)).write(paths[-1])
     read = hf._read_fabio
 
-    def big_endian(path, frame_index=None):
-        d, n = read(path, frame_index)
+    def big_endian(path, *args, **kw):
+        d, n = read(path, *args, **kw)
         return d.astype(d.dtype.newbyteorder(">")), n
 
     monkeypatch.setattr(hf, "_read_fabio", big_endian)

@@ -345,7 +345,7 @@ def _scan_setup():
     det = DetectorGeometry("Pilatus300k", dist=0.12, poni1=0.05, poni2=0.045, rot1=0.07,
                            rot2=-0.11, rot3=0.15, wavelength=0.71)
     scan = ScanGeometry(det, _gonio(), ScanAngles(start=-50.0, step=0.2, nframes=1800),
-                        offsets={"kappa": 17.0, "omega": -8.0})
+                        offsets={"kappa": 17.0, "omega": -8.0}, UB=UB)
     return rng, cell, UB, scan
 
 
@@ -356,7 +356,7 @@ def test_pixel_hkl_pixel_roundtrip():
     rows = rng.uniform(0, ny, n)
     cols = rng.uniform(0, nx, n)
     z = rng.uniform(0, scan.angles.nframes, n)
-    hkl = scan.hkl_at(rows, cols, z, UB)
+    hkl = scan.hkl_at(rows, cols, z)
     assert hkl.shape == (n, 3)
     lam = scan.detector.wavelength
     back_r, back_c = np.empty(n), np.empty(n)
@@ -368,8 +368,8 @@ def test_pixel_hkl_pixel_roundtrip():
         back_r[i], back_c[i] = scan.detector.pixel_from_direction(directions_from_q(q, lam))
     assert np.abs(back_r - rows).max() < 1e-6 and np.abs(back_c - cols).max() < 1e-6
     # hkl_at broadcasts: one frame for many pixels equals the pixel-by-pixel answer
-    h1 = scan.hkl_at(rows[:10], cols[:10], 3.5, UB)
-    h2 = np.array([scan.hkl_at(rows[i], cols[i], 3.5, UB) for i in range(10)])
+    h1 = scan.hkl_at(rows[:10], cols[:10], 3.5)
+    h2 = np.array([scan.hkl_at(rows[i], cols[i], 3.5) for i in range(10)])
     np.testing.assert_allclose(h1, h2, atol=1e-12)
     # and |B h| = |Q| = 2 sin(theta)/lambda at that pixel
     tth, _ = scan.detector.two_theta_chi(rows, cols)
@@ -382,14 +382,14 @@ def test_predict_lands_on_the_predicted_hkl():
     hkl = Crystal("P -1", cell).reflections_within(1.2)
     n = len(hkl)
     assert n > 500
-    hh, rows, cols, z, phi = scan.predict(hkl, UB)
+    hh, rows, cols, z, phi = scan.predict(hkl)
     assert hh.shape == (2 * n, 3) and rows.shape == cols.shape == z.shape == phi.shape == (2 * n,)
     np.testing.assert_array_equal(hh[:n], hkl)
     np.testing.assert_array_equal(hh[n:], hkl)
     on = np.isfinite(rows) & scan.detector.on_detector(np.nan_to_num(rows, nan=-1.0),
                                                         np.nan_to_num(cols, nan=-1.0))
     assert on.sum() > 100, on.sum()
-    got = scan.hkl_at(rows[on], cols[on], z[on], UB)
+    got = scan.hkl_at(rows[on], cols[on], z[on])
     err = np.abs(got - hh[on]).max()
     assert err < 1e-6, err
     # z and phi agree, and phi lies in the scan's turn

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from hklflow.crystal import Crystal, UnitCell, random_rotation, rotation_angle_deg
-from hklflow.indexing import (IndexingError, IndexingParams, IndexingSolution,
-                              index_from_scratch, setting_group)
+from hklflow.errors import ConfigError, IndexingError
+from hklflow.indexing import IndexingSolution, index_from_scratch, setting_group
+from hklflow.params import IndexingParams
 
 LAMBDA = 0.4
 
@@ -347,12 +348,12 @@ def test_non_finite_rows_are_not_indexed():
     {"max_pairs": 2.5}, {"max_cell_change": 0}, {"refine_cycles": True},
 ])
 def test_params_are_validated(kw):
-    with pytest.raises(ValueError, match="IndexingParams"):
-        IndexingParams(**kw)
+    with pytest.raises(ConfigError, match=r"reduction\.indexing\.|IndexingParams\."):
+        IndexingParams.defaults(**kw)
 
 
 def test_params_frozen_and_defaults():
-    p = IndexingParams()
+    p = IndexingParams.defaults()
     assert (p.max_peaks, p.hkl_tolerance, p.angle_tolerance_deg, p.length_tolerance,
             p.min_fraction) == (300, 0.12, 2.0, 0.04, 0.5)
     with pytest.raises(Exception):

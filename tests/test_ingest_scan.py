@@ -3,7 +3,6 @@ sample; bad raw data end with a clear message, a non-zero status and no output."
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -16,11 +15,17 @@ import numpy as np
 import pytest
 import yaml
 
-from hklflow.config import load_experiment, scan_detector_geometry
-from hklflow.frames import RawDataError, open_frames, open_scan_frames
+from hklflow.config import load_experiment
+from hklflow.errors import RawDataError
+from hklflow.files.calibration import write_version_file
+from hklflow.files.h5 import read_provenance
+from hklflow.files.scan import read_scan_file
+from hklflow.frames import open_frame_source, open_frames
 from hklflow.geometry import DetectorGeometry
-from hklflow.nexus import read_frame_source, read_provenance, read_scan_file
+from hklflow.rawfiles import fingerprint
 from hklflow.steps import ingest_scan as step
+
+from conftest import step_settings
 
 DET = "Pilatus300k"
 SHAPE = (619, 487)
@@ -85,22 +90,26 @@ def experiment_dir(tmp_path_factory):
     victim.write_bytes(bytes(vb))
 
     CALIBRATION.write_poni(root / "config/geometry.poni")
+    write_version_file(root / "config/version.json", "cal1", "v007", root / "config/geometry.poni")
+    # two offset axes, not in alphabetical order: their order (outermost first) must survive
     cfg = {"experiment": "ingest-test", "scans_table": "config/scans.tsv",
            "instrument": {"detector": DET, "wavelength": 0.71,
                           "goniometer": {"scan_axis": [0, 1, 0], "scan_sense": -1,
-                                         "offset_axes": {"chi": [0, 0, 1]}}},
+                                         "offset_axes": {"omega": [1, 0, 0], "chi": [0, 0, 1]}}},
            "calibrations": {"cal1": {"calibrant": "CeO2", "poni": "config/geometry.poni"}},
            "samples": {"s1": {"space_group": "P 21/c", "cell": [5.1, 6.2, 7.3, 90, 101.5, 90],
                               "parent": {"temperature": 300}}}}
-    (root / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (root / "config/scans.tsv").write_text(TABLE)
     return root, data
 
 
-def run(root, entry, out=None, extra=()):
+def run(root, entry, out=None, extra=(), settings=None):
+    """The step as the rule runs it, in the experiment directory."""
     out = out or f"results/s1/300K/{entry}/scan.nxs"
-    argv = ["--config", "config/config.yaml", "--scan", f"s1/300K/{entry}",
-            "--poni", "config/geometry.poni", "--out", out, *extra]
+    settings = settings or step_settings(root, "ingest_scan", "s1", "300K", entry)
+    argv = ["--settings", settings, "--poni", "config/geometry.poni", "--version",
+            "config/version.json", "--out", out, *extra]
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -121,33 +130,36 @@ def test_ingest_hdf5_links_frames_and_records_geometry(experiment_dir, monkeypat
     rec = read_scan_file(out)
     exp = load_experiment([root / "config/config.yaml"], base_dir=root)
     scan = exp.scan("s1", "300K", "f1")
-    expected = scan_detector_geometry(
-        DetectorGeometry.from_poni_file(root / "config/geometry.poni", detector_name=DET), scan)
-    assert rec.geometry == expected
-    assert rec.geometry.dist == pytest.approx(0.27) and rec.geometry.poni1 == pytest.approx(0.049)
-    assert rec.detector_shift == (0.02, -0.003, 0.0)
+    # scan.nxs holds the calibration as accepted and the entry's shift, not a shifted detector
+    calibration = DetectorGeometry.from_poni_file(root / "config/geometry.poni", DET)
+    assert rec.setup.calibration == calibration
+    assert rec.setup.shift == (0.02, -0.003, 0.0)
+    entry = rec.geometry()
+    assert entry.detector == calibration.shifted(0.02, -0.003, 0.0)
+    assert entry.detector.dist == pytest.approx(0.27) and entry.detector.poni1 == pytest.approx(0.049)
     assert rec.entry == "f1" and rec.scan_id == "s1/300K/f1" and rec.sample == "s1"
     assert rec.angles == scan.angles and rec.nframes == N
-    assert rec.offsets == {"chi": 15.0}
-    assert rec.goniometer == exp.instrument.goniometer
+    assert rec.setup.offsets == {"omega": 0.0, "chi": 15.0}
+    assert rec.setup.goniometer == exp.instrument.goniometer
+    assert [n for n, _ in rec.setup.goniometer.offset_axes] == ["omega", "chi"]
     assert rec.temperature == 300.0
-    assert rec.cell == (5.1, 6.2, 7.3, 90.0, 101.5, 90.0)
-    assert rec.crystal().hm == exp.samples["s1"].crystal.hm
     np.testing.assert_allclose(rec.monitor, np.linspace(1e5, 1.1e5, N))
-    assert rec.calibration["name"] == "cal1"
+    assert rec.calibration["name"] == "cal1" and rec.calibration["version"] == "v007"
     assert rec.calibration["poni"] == (root / "config/geometry.poni").read_text()
     assert rec.provenance["program"] == "hklflow ingest_scan"
-    assert rec.provenance["parameters"]["scan"] == "s1/300K/f1"
-    assert read_provenance(out)["parameters"]["nframes"] == N
+    assert rec.provenance["parameters"]["scan"]["nframes"] == N
+    assert read_provenance(out)["parameters"]["scan"]["entry"] == "f1"
+    # a fingerprint of the raw file, as ingest saw it
+    assert rec.frames.fingerprints == (fingerprint(raw),)
 
     with h5py.File(out, "r") as f:  # NeXus layout and the link itself
         link = f["f1/data"].get("data", getlink=True)
         assert isinstance(link, h5py.ExternalLink) and link.path == DSET
         assert not os.path.isabs(link.filename)
         assert f["f1/data"].attrs["signal"] == "data"
-        assert f["f1/instrument/detector/distance"][()] == pytest.approx(270.0)
+        assert f["f1/instrument/detector/distance"][()] == pytest.approx(250.0)  # calibration
         # NeXus beam centre = where the direct beam hits: pyFAI's Fit2D centre (pixels)
-        f2d = rec.geometry.to_pyfai().getFit2D()
+        f2d = calibration.to_pyfai().getFit2D()
         assert f["f1/instrument/detector/beam_center_y"][()] == pytest.approx(f2d["centerY"], abs=1e-6)
         assert f["f1/instrument/detector/beam_center_x"][()] == pytest.approx(f2d["centerX"], abs=1e-6)
         np.testing.assert_allclose(f["f1/data/rotation_angle"][()],
@@ -155,7 +167,7 @@ def test_ingest_hdf5_links_frames_and_records_geometry(experiment_dir, monkeypat
         monkeypatch.chdir("/")  # the HDF5 link resolves relative to the scan file
         np.testing.assert_array_equal(f["f1/data/data"][5], data[5])
 
-    with open_scan_frames(out) as st:  # the link resolves to the same frames
+    with open_frame_source(rec.frames) as st:  # the link resolves to the same frames
         assert st.files == [str(raw)]
         np.testing.assert_array_equal(np.concatenate([b for _, b in st.iter_chunks(8)]), data)
     assert sha(raw) == before
@@ -170,11 +182,14 @@ def test_ingested_scan_survives_moving_the_experiment(experiment_dir, tmp_path):
     shutil.copytree(root / "raw", moved / "raw", ignore=shutil.ignore_patterns("cbf", "bad*"))
     (moved / "results/moved").mkdir()
     shutil.copy(out, moved / "results/moved/scan.nxs")
-    src = read_frame_source(moved / "results/moved/scan.nxs")
+    src = read_scan_file(moved / "results/moved/scan.nxs").frames
     assert src.files == (str(moved / "raw/s1_300K_f1.h5"),)
+    with open_frame_source(src) as st:  # a copy (new mtime, same content) is the same data
+        np.testing.assert_array_equal(st.read(0, 2), data[:2])
     (tmp_path / "elsewhere").mkdir()  # link broken: the recorded absolute path is used
     shutil.copy(out, tmp_path / "elsewhere/scan.nxs")
-    assert read_frame_source(tmp_path / "elsewhere/scan.nxs").files == (str(root / "raw/s1_300K_f1.h5"),)
+    assert read_scan_file(tmp_path / "elsewhere/scan.nxs").frames.files == \
+        (str(root / "raw/s1_300K_f1.h5"),)
 
 
 def test_ingest_cbf_records_file_list(experiment_dir):
@@ -189,9 +204,9 @@ def test_ingest_cbf_records_file_list(experiment_dir):
     with h5py.File(out, "r") as f:
         assert "data" not in f["f2/data"]
         assert f["f2/data/raw_files"][0].decode() == "../../../../raw/cbf/s1_f2_1.cbf"
-    with open_scan_frames(out) as st:
+    with open_frame_source(rec.frames) as st:
         np.testing.assert_array_equal(st.read(0, 6), data[:6])
-    assert rec.monitor is None and rec.offsets == {"chi": 0.0}
+    assert rec.monitor is None and rec.setup.offsets == {"omega": 0.0, "chi": 0.0}
     assert [sha(p) for p in files] == before
 
 
@@ -213,7 +228,7 @@ def test_bad_raw_data_fails_cleanly(experiment_dir, capsys, entry, message):
     assert not out.exists()
     assert list(out.parent.iterdir()) == []  # no temporary file either
     err = capsys.readouterr().err
-    assert f"ingest_scan s1/300K/{entry} failed" in err
+    assert "ingest_scan failed" in err
     assert re.search(message, err), err
 
 
@@ -223,47 +238,67 @@ def test_default_check_reads_only_first_and_last_frame(experiment_dir, capsys):
     root, _ = experiment_dir
     rc, out = run(root, "f5")
     assert rc == 0
-    with open_scan_frames(out) as st:
+    with open_frame_source(read_scan_file(out).frames) as st:
         with pytest.raises(RawDataError, match=r"s1_f5_4\.cbf: frame 3"):
             st.read(0, 6)
 
 
 def test_usage_errors(experiment_dir, capsys):
     root, _ = experiment_dir
-    rc, out = run(root, "nope", out="results/usage/scan.nxs")
+    rc, out = run(root, "f1", out="results/usage/scan.nxs", settings="{not json")
     assert rc == 1 and not out.exists()
-    assert "no scan s1/300K/nope" in capsys.readouterr().err
+    assert "--settings: not valid JSON" in capsys.readouterr().err
+    rc, out = run(root, "f1", out="results/usage/scan.nxs", settings='{"scan": {"sample": "s1"}}')
+    assert rc == 1 and not out.exists()
+    assert "--settings scan: not a scans-table row" in capsys.readouterr().err
     rc, out = run(root, "f1", out="results/usage/scan.nxs",
                   extra=["--poni", "config/missing.poni"])
     assert rc == 1 and not out.exists()
     assert "missing.poni: PONI file does not exist" in capsys.readouterr().err
-    assert step.main(["--config", "c.yaml", "--scan", "bad", "--poni", "p", "--out", "o"]) == 2
 
 
-def test_calibration_version_from_index(tmp_path):
-    d = tmp_path / "calibration/cal1"
-    (d / "versions/v002").mkdir(parents=True)
-    poni = d / "geometry.poni"
-    CALIBRATION.write_poni(poni)
-    digest = step.file_digest(poni)
-    assert step.calibration_version(poni, digest) == digest  # no index: the content digest
-    index = {"current": "v002", "versions": [
-        {"version": "v001", "files": {"geometry.poni": "sha256:other"}},
-        {"version": "v002", "files": {"geometry.poni": digest}}]}
-    (d / "index.json").write_text(json.dumps(index))
-    assert step.calibration_version(poni, digest) == "v002"
-    copy = d / "versions/v002/geometry.poni"
-    copy.write_bytes(poni.read_bytes())
-    assert step.calibration_version(copy, digest) == "v002"
+def test_calibration_version_must_describe_the_poni(experiment_dir, tmp_path, capsys):
+    """version.json (calibrate_powder) names the version of exactly this geometry.poni."""
+    root, _ = experiment_dir
+    other = tmp_path / "other.poni"
+    CALIBRATION.shifted(0.001).write_poni(other)
+    write_version_file(tmp_path / "version.json", "cal1", "v008", other)
+    rc, out = run(root, "f1", out="results/version/scan.nxs",
+                  extra=["--version", str(tmp_path / "version.json")])
+    assert rc == 1 and not out.exists()
+    assert "describes another geometry.poni than config/geometry.poni" in capsys.readouterr().err
 
 
-def test_params_validation():
-    p = step.IngestParams(scan="s1/300K/f1", poni="a.poni", out="o.nxs", check_frames=[0, -1])
-    assert p.scan_key == ("s1", "300K", "f1") and p.check_frames == (0, -1)
-    with pytest.raises(ValueError, match="SAMPLE/TLABEL/ENTRY"):
-        step.IngestParams(scan="s1/f1", poni="a", out="b")
-    with pytest.raises(ValueError, match="'all'"):
-        step.IngestParams(scan="s1/300K/f1", poni="a", out="b", check_frames="some")
+def test_raw_file_changed_after_ingest_is_caught_by_later_steps(experiment_dir, tmp_path):
+    """A raw file replaced by other data with its old size and modification time kept (rsync
+    -a, cp -p): every step that reads frames stops, naming the file and saying to ingest
+    again; the same bytes under a new mtime (a copied experiment) are fine."""
+    root, data = experiment_dir
+    exp = tmp_path / "exp"
+    shutil.copytree(root, exp, ignore=shutil.ignore_patterns("results"))
+    raw = exp / "raw/s1_300K_f1.h5"
+    rc, out = run(exp, "f1")
+    assert rc == 0
+    rec = read_scan_file(out)
+    st = os.stat(raw)
+    other = data.copy()
+    other[7] += 1  # other data: another file, written over the raw file, old mtime kept
+    write_stack(tmp_path / "other.h5", other, **{"/entry/instrument/monitor": np.linspace(1e5, 1.1e5, N)})
+    same_size = bytearray(raw.read_bytes())  # and one of the same size: bytes of the last
+    same_size[-100:-90] = bytes(10)          # chunk changed in place
+    for replacement in (tmp_path / "other.h5", bytes(same_size)):
+        if isinstance(replacement, bytes):
+            raw.write_bytes(replacement)
+            assert os.path.getsize(raw) == st.st_size
+        else:
+            shutil.copyfile(replacement, raw)
+        os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with pytest.raises(RawDataError, match=r"s1_300K_f1\.h5: changed since the scan was "
+                                               r"ingested.*run ingest_scan for this scan again"):
+            open_frame_source(rec.frames)
+    shutil.copyfile(root / "raw/s1_300K_f1.h5", raw)  # the original bytes, a new mtime
+    with open_frame_source(rec.frames) as stack:
+        np.testing.assert_array_equal(stack.read(0, N), data)
 
 
 def test_open_frames_of_table_row_matches_ingest(experiment_dir):
@@ -286,5 +321,5 @@ def test_ingest_several_hdf5_files_as_virtual_dataset(experiment_dir, monkeypatc
     with h5py.File(out, "r") as f:
         assert f["f8/data/data"].is_virtual
         np.testing.assert_array_equal(f["f8/data/data"][6:10], data[6:10])
-    with open_scan_frames(out) as st:
+    with open_frame_source(rec.frames) as st:
         np.testing.assert_array_equal(st.read(0, 20), data)

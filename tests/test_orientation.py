@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from hklflow.config import load_experiment
-from hklflow.simulation.compare import orientation_error
+from hklflow.crystal import UnitCell
+from hklflow.errors import RefinementError
+from hklflow.files.orientation import OrientationRecord
 from hklflow.frames import open_frames
-from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
-from hklflow.orientation import entry_peaks
-from hklflow.refinement import EntryPeaks, RefinementError, RefinementParams
-from hklflow.steps.find_peaks import PeakSearchParams, search
-from hklflow.steps.index_parent import index_parent
-from hklflow.steps.refine_scan import refine_from_parent
+from hklflow.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
+from hklflow.orientation import entry_peaks, index_parent, refine_from_parent
+from hklflow.params import DetectorParams, IndexingParams, PeakSearchParams, RefinementParams
+from hklflow.refinement import EntryPeaks
+from hklflow.simulation.compare import orientation_error
+from hklflow.spotfinding import search
 
 log = logging.getLogger("test")
 
@@ -34,10 +36,12 @@ def entries_at(exp, truth, sample, tl):
             continue
         entry = sid.split("/")[2]
         angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
+        g = DetectorGeometry(**t["geometry"])
         with open_frames(str(exp / "raw" / sample / tl / f"{entry}.h5")) as st:
-            p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
-        sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
-        out.append(entry_peaks(entry, sg, t["det_shift"], p))
+            p = search(st, g, angles, PeakSearchParams.defaults(),
+                       DetectorParams.defaults(name=g.detector)).peaks
+        out.append(entry_peaks(EntrySetup(entry, cal, tuple(t["det_shift"]), G, angles,
+                                          t["offsets"]), p))
     return out, cal
 
 
@@ -76,7 +80,8 @@ def test_parent_indexed_from_scratch_and_child_refined_from_it(experiment):
     sample = next(iter(exp.samples))
     spec = exp.samples[sample]
     entries, cal = entries_at(out, truth, sample, spec.parent_label)
-    parent, summary = index_parent(entries, cal, spec.crystal, RefinementParams(), log)
+    parent, summary = index_parent(entries, spec.crystal, RefinementParams.defaults(),
+                                   IndexingParams.defaults(), log)
     e = errors(parent, truth, sample, spec.parent_label)
     print(sample, "parent", {k: f"{v:.2e}" for k, v in e.items()}, summary)
     assert e["cell_rel"] < 2e-4 and e["angle_deg"] < 0.01
@@ -84,15 +89,13 @@ def test_parent_indexed_from_scratch_and_child_refined_from_it(experiment):
     assert e["indexed"] >= 0.95
     assert e["dist_rel"] < 5e-4 and e["beam_px"] < 0.1
     # the child starts from the parent (read-only) and refines its own cell
-    from hklflow.nexus import OrientationRecord
-
     prec = OrientationRecord("mem", sample, spec.parent_label, parent.model.crystal.hm,
                              parent.model.crystal.cell.parameters, parent.cell_esd,
                              parent.model.U, parent.model.UB, parent.model.detector,
                              parent.model.offset_corrections, {}, f"{sample}/{spec.parent_label}")
     child_t = [t for t in exp.temperatures_of(sample) if t != spec.parent_label][0]
     child_entries, _ = entries_at(out, truth, sample, child_t)
-    child = refine_from_parent(child_entries, prec, RefinementParams(), log)
+    child = refine_from_parent(child_entries, prec, RefinementParams.defaults(), log)
     c = errors(child, truth, sample, child_t)
     print(sample, "child", child_t, {k: f"{v:.2e}" for k, v in c.items()})
     assert c["cell_rel"] < 2e-4 and c["angle_deg"] < 0.01
@@ -109,14 +112,11 @@ def test_child_that_does_not_index_fails_with_advice(experiment):
     sample = next(iter(exp.samples))
     spec = exp.samples[sample]
     entries, cal = entries_at(out, truth, sample, spec.parent_label)
-    from hklflow.crystal import UnitCell
-    from hklflow.nexus import OrientationRecord
-
     wrong = spec.crystal.with_cell(UnitCell(*spec.crystal.cell.parameters).scaled(1.07))
     rec = OrientationRecord("mem", sample, "x", wrong.hm, wrong.cell.parameters, (0,) * 6,
                             np.eye(3), wrong.B, cal, {}, {}, f"{sample}/x")
     with pytest.raises(RefinementError, match="another parent"):
-        refine_from_parent(entries, rec, RefinementParams(), log)
+        refine_from_parent(entries, rec, RefinementParams.defaults(), log)
 
 
 def test_parent_on_a_large_detector_started_without_rot3():
@@ -124,7 +124,6 @@ def test_parent_on_a_large_detector_started_without_rot3():
     0.63 deg) rotates the pattern by several pixels and the first indexing settled on another
     setting of a monoclinic lattice.  index_parent must end in the true setting with the
     true cell (it indexes again with the refined detector)."""
-    from hklflow.crystal import UnitCell
     from hklflow.geometry import pyfai_detector
     from hklflow.simulation.experiment import EntryModel, predict_scan_reflections, preset
 
@@ -145,11 +144,12 @@ def test_parent_on_a_large_detector_started_without_rot3():
     x, y = r["col"][ok] + rng.normal(0, 0.1, n), r["row"][ok] + rng.normal(0, 0.1, n)
     z = r["frame"][ok] + rng.normal(0, 0.05, n)
     start = replace(st.geometry, rot3=0.0)
-    sg = ScanGeometry(start, scan.goniometer, scan.angles, dict(scan.offsets))
-    entries = [EntryPeaks("f1", sg, (0.0, 0.0, 0.0), x, y, z, np.full(n, 0.1), np.full(n, 0.05),
-                          r["counts"][ok])]
+    setup = EntrySetup("f1", start, (0.0, 0.0, 0.0), scan.goniometer, scan.angles,
+                       dict(scan.offsets))
+    entries = [EntryPeaks(setup, x, y, z, np.full(n, 0.1), np.full(n, 0.05), r["counts"][ok])]
     approx = st.crystal.with_cell(UnitCell(*st.crystal.cell.parameters).scaled(1.01))
-    result, summary = index_parent(entries, start, approx, RefinementParams(), log)
+    result, summary = index_parent(entries, approx, RefinementParams.defaults(),
+                                   IndexingParams.defaults(), log)
     cell = np.array(result.model.crystal.cell.parameters)
     true = np.array(st.crystal.cell.parameters)
     assert n > 3000

@@ -30,7 +30,7 @@ import pytest
 
 from hklflow.simulation.compare import orientation_error
 
-from hklflow.reference import dials_index as di
+from reference import dials_index as di
 
 log = logging.getLogger("test")
 
@@ -138,9 +138,10 @@ def cbf_entries(out, truth, sample, tl):
     """hklflow's peak search on each entry's CBF frames -> EntryPeaks (as test_orientation's
     entries_at does on the HDF5 frames), the common detector start and search seconds."""
     from hklflow.frames import open_frames
-    from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+    from hklflow.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
     from hklflow.orientation import entry_peaks
-    from hklflow.steps.find_peaks import PeakSearchParams, search
+    from hklflow.params import DetectorParams, PeakSearchParams
+    from hklflow.spotfinding import search
 
     gon = truth["goniometer"]
     G = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"], tuple(gon["offset_axes"].items()))
@@ -154,19 +155,21 @@ def cbf_entries(out, truth, sample, tl):
         t0 = time.monotonic()
         with open_frames(str(out / "raw" / sample / tl / entry / f"{entry}_*.cbf"),
                          expected_frames=t["nframes"]) as st:
-            p = search(st, DetectorGeometry(**t["geometry"]), angles, PeakSearchParams()).peaks
+            g = DetectorGeometry(**t["geometry"])
+            p = search(st, g, angles, PeakSearchParams.defaults(),
+                       DetectorParams.defaults(name=g.detector)).peaks
         seconds[entry] = time.monotonic() - t0
-        sg = ScanGeometry(cal.shifted(*t["det_shift"]), G, angles, t["offsets"])
-        entries.append(entry_peaks(entry, sg, t["det_shift"], p))
+        entries.append(entry_peaks(EntrySetup(entry, cal, tuple(t["det_shift"]), G, angles,
+                                              t["offsets"]), p))
     return entries, cal, seconds
 
 
 def run_hklflow(entries, cal, crystal):
-    from hklflow.refinement import RefinementParams
-    from hklflow.steps.index_parent import index_parent
+    from hklflow.orientation import index_parent
+    from hklflow.params import IndexingParams, RefinementParams
 
     t0 = time.monotonic()
-    r, _ = index_parent(entries, cal, crystal, RefinementParams(), log)
+    r, _ = index_parent(entries, crystal, RefinementParams.defaults(), IndexingParams.defaults(), log)
     return {"cell": tuple(r.model.crystal.cell.parameters), "cell_esd": tuple(r.cell_esd),
             "UB": r.model.UB, "n_peaks": int(sum(len(e.x) for e in entries)), "n_used": r.n_used,
             "fraction_indexed": r.fraction_indexed, "rms_px": r.rms_px,
@@ -262,9 +265,9 @@ def test_dials_and_hklflow_cells_agree(comparisons, name):
     ag1 = agreement(d["cell"], d["cell_esd"], h1["cell"], h1["cell_esd"], free)
     ag2 = agreement(d["cell"], d["cell_esd"], h2["cell"], h2["cell_esd"], free)
     names = [di.CELL_NAMES[i] for i in free]
-    lines += [f"  |DIALS - hklflow f1| / combined esd:    "
+    lines += ["  |DIALS - hklflow f1| / combined esd:    "
               + " ".join(f"{n} {ag1[i]:.2f}" for n, i in zip(names, free)),
-              f"  |DIALS - hklflow f1+f2| / combined esd: "
+              "  |DIALS - hklflow f1+f2| / combined esd: "
               + " ".join(f"{n} {ag2[i]:.2f}" for n, i in zip(names, free)),
               f"  DIALS: {d['n_strong']} spots, {d['n_indexed']} indexed ({d['n_unindexed']} not), "
               f"{d['n_refined']} used by dials.refine (MCD outliers out), {d['n_parameters']} "
@@ -277,7 +280,7 @@ def test_dials_and_hklflow_cells_agree(comparisons, name):
         lines.append(f"  {label}: {h['n_peaks']} strong peaks, indexed {h['fraction_indexed']:.3f}, "
                      f"{h['n_used']} used, {h['n_parameters']} parameters; rms {h['rms_px']:.4f} px, "
                      f"{h['rms_frames']:.4f} frames; index_parent {h['seconds']:.2f} s")
-    lines.append(f"  hklflow peak search on the CBF frames: "
+    lines.append("  hklflow peak search on the CBF frames: "
                  + ", ".join(f"{k} {v:.1f} s" for k, v in c["search_seconds"].items())
                  + f"; simulation {c['simulate_seconds']:.1f} s")
     # orientation: DIALS's A (dxtbx lab, mirrored) mapped back to hklflow's lab

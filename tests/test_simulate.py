@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hklflow.config import load_experiment
+from hklflow.rawfiles import is_hdf5_path
 from hklflow.crystal import Crystal, UnitCell, rotation_angle_deg
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.simulation.experiment import preset, simulate_experiment, structure_intensity
@@ -20,12 +21,13 @@ def frames_of(exp, scan_id):
         return f["/entry/data/data"][()]
 
 
-def scan_geometry(truth, scan_id):
+def scan_geometry(truth, scan_id, UB=None):
     t = truth["scans"][scan_id]
     g = DetectorGeometry(**t["geometry"])
     gon = truth["goniometer"]
     gonio = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"], tuple(gon["offset_axes"].items()))
-    return ScanGeometry(g, gonio, ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), t["offsets"])
+    return ScanGeometry(g, gonio, ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), t["offsets"],
+                        None if UB is None else np.asarray(UB))
 
 
 def box_measure(frames, row, col, z, sz, half=3):
@@ -136,8 +138,8 @@ def test_absent_reflections_leave_no_spot(tiny_experiment, tiny_truth):
     crystal = Crystal("P 1", UnitCell(*t["cell"]))
     allhkl = crystal.reflections_within(0.9)
     absent = allhkl[np.array([ops.is_systematically_absent(list(map(int, h))) for h in allhkl])]
-    sg = scan_geometry(tiny_truth, scan_id)
-    hh, rows, cols, z, _ = sg.predict(absent, np.asarray(t["UB"]))
+    sg = scan_geometry(tiny_truth, scan_id, t["UB"])
+    hh, rows, cols, z, _ = sg.predict(absent)
     frames = frames_of(tiny_experiment, scan_id)
     ny, nx = sg.detector.shape
     ok = (np.isfinite(rows) & (rows > 8) & (rows < ny - 8) & (cols > 8) & (cols < nx - 8)
@@ -190,11 +192,11 @@ def test_temperature_dependence_and_diffuse_satellites(tiny_experiment, tiny_tru
     for tl, t in (("300K", hot), ("100K", cold)):
         scan_id = f"tiny/{tl}/f1"
         frames = frames_of(tiny_experiment, scan_id).astype(float)
-        sg = scan_geometry(tiny_truth, scan_id)
+        sg = scan_geometry(tiny_truth, scan_id, t["UB"])
         rows, cols = sg.detector.pixel_grid()
         near, far = [], []
         for f in range(0, frames.shape[0], 4):
-            hkl = sg.hkl_at(rows, cols, f + 0.5, np.asarray(t["UB"]))
+            hkl = sg.hkl_at(rows, cols, f + 0.5)
             dsat = np.hypot(hkl[..., 0] - np.floor(hkl[..., 0]) - 0.5, hkl[..., 1] - np.floor(hkl[..., 1]) - 0.5)
             dnode = np.abs(hkl - np.round(hkl)).max(axis=-1)
             good = (frames[f] >= 0) & (frames[f] < 1e5) & (dnode > 0.3)
@@ -225,7 +227,7 @@ def test_cbf_frames_equal_the_hdf5_frames_and_carry_pilatus_headers(tiny_experim
     table = (tmp_path / "config" / "scans.tsv").read_text()
     assert "raw/tiny/300K/f2/f2_*.cbf" in table
     exp = load_experiment(tmp_path / "config" / "config.yaml", base_dir=tmp_path)
-    assert all(s.is_frame_files for s in exp.scans)
+    assert not any(is_hdf5_path(s.data) for s in exp.scans)
 
 
 def test_truth_lists_every_true_parameter(tiny_truth):

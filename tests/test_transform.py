@@ -26,7 +26,8 @@ def truth_scan(truth, scan_id=SCAN):
     goniometer = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"],
                             tuple((k, tuple(v)) for k, v in gon["offset_axes"].items()))
     scan = ScanGeometry(DetectorGeometry(**t["geometry"]), goniometer,
-                        ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), dict(t["offsets"]))
+                        ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), dict(t["offsets"]),
+                        np.array(samp["UB"]))
     crystal = Crystal(truth["samples"][s]["space_group"], UnitCell(*samp["cell"]))
     return scan, np.array(samp["UB"]), crystal
 
@@ -78,7 +79,7 @@ def test_grid_index_and_slices():
 def test_kernel_equals_numpy_reference(setup):
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[10:16]
-    M = frame_matrices(scan, UB, 10, 16, 2)
+    M = frame_matrices(scan, 10, 16, 2)
     scale = np.linspace(0.8, 1.3, 6)  # a monitor
     rng = np.random.default_rng(1)
     bragg = (rng.random((6, fr[0].size)) < 0.05).astype(np.uint8)
@@ -196,9 +197,9 @@ def test_each_pixel_lands_in_the_voxel_of_its_hkl(setup):
         frame = np.zeros((1, ny, nx), np.int32)
         frame.reshape(1, -1)[0, pick] = np.arange(1, 301)
         tr = Transformer(grid, table, 2 ** 31 - 1)
-        tr.add(frame, frame_matrices(scan, UB, f, f + 1, 1), np.ones(1))
+        tr.add(frame, frame_matrices(scan, f, f + 1, 1), np.ones(1))
         s, w = tr.acc.arrays()
-        hkl = scan.hkl_at(pick // nx + 0.5, pick % nx + 0.5, f + 0.5, UB)
+        hkl = scan.hkl_at(pick // nx + 0.5, pick % nx + 0.5, f + 0.5)
         idx = grid.index(hkl)
         inside = grid.contains(idx)
         assert inside.sum() > 100
@@ -211,7 +212,7 @@ def test_each_pixel_lands_in_the_voxel_of_its_hkl(setup):
         np.testing.assert_allclose(s, expect, rtol=1e-6)
         # zeros are measurements too: every usable pixel on the grid adds weight 1
         every = grid.contains(grid.index(scan.hkl_at(table.index // nx + 0.5,
-                                                     table.index % nx + 0.5, f + 0.5, UB)))
+                                                     table.index % nx + 0.5, f + 0.5)))
         assert w.sum() == every.sum()
 
 
@@ -219,7 +220,7 @@ def test_total_intensity_is_conserved(setup):
     scan, UB, crystal, table, grid, frames = setup
     first, stop = 0, 60
     tr = Transformer(grid, table, 2 ** 31 - 1)
-    M = frame_matrices(scan, UB, first, stop, 1)
+    M = frame_matrices(scan, first, stop, 1)
     tr.add(frames[first:stop], M, np.ones(stop - first))
     s, w = tr.acc.arrays()
     # independently: every unmasked valid pixel whose hkl (hkl_at) falls on the grid
@@ -228,7 +229,7 @@ def test_total_intensity_is_conserved(setup):
     total = 0.0
     count = 0
     for f in range(first, stop, 7):
-        hkl = scan.hkl_at(rows, cols, f + 0.5, UB)
+        hkl = scan.hkl_at(rows, cols, f + 0.5)
         on = grid.contains(grid.index(hkl))
         v = frames[f].reshape(-1)[table.index].astype(float)
         ok = on & (v >= 0)
@@ -247,11 +248,11 @@ def test_result_does_not_depend_on_the_frame_chunking(setup, tiny_experiment):
     scan, UB, crystal, table, grid, frames = setup
     with open_frames(str(raw(tiny_experiment))) as st:
         whole = Transformer(grid, table, 2 ** 31 - 1)
-        transform_frames(st, scan, UB, whole, 0, 60, 2, np.ones(60), chunk_frames=16)
+        transform_frames(st, scan, whole, 0, 60, 2, np.ones(60), chunk_frames=16)
         parts = []
         for a, b in ((0, 13), (13, 37), (37, 60)):
             tr = Transformer(grid, table, 2 ** 31 - 1)
-            transform_frames(st, scan, UB, tr, a, b, 2, np.ones(b - a), chunk_frames=5)
+            transform_frames(st, scan, tr, a, b, 2, np.ones(b - a), chunk_frames=5)
             parts.append(tr.acc.arrays())
     s, w = whole.acc.arrays()
     s_sum = sum(p[0].astype(np.float64) for p in parts)
@@ -262,7 +263,7 @@ def test_result_does_not_depend_on_the_frame_chunking(setup, tiny_experiment):
 
 def test_punch_removes_allowed_nodes_only(setup):
     scan, UB, crystal, table, grid, frames = setup
-    M = frame_matrices(scan, UB, 0, 60, 1)
+    M = frame_matrices(scan, 0, 60, 1)
     r = 0.15
     tr = Transformer(grid, table, 2 ** 31 - 1, crystal=crystal, hkl_radius=r)
     tr.add(frames, M, np.ones(60))
@@ -308,7 +309,7 @@ def test_subdivision_conserves_intensity_and_spreads_it(setup):
     out = {}
     for n in (1, 4):
         tr = Transformer(grid, table, 2 ** 31 - 1)
-        tr.add(frames[20:24], frame_matrices(scan, UB, 20, 24, n), np.ones(4))
+        tr.add(frames[20:24], frame_matrices(scan, 20, 24, n), np.ones(4))
         out[n] = tr.acc.arrays()
     (s1, w1), (s4, w4) = out[1], out[4]
     assert float(s4.astype(float).sum()) == pytest.approx(float(s1.astype(float).sum()), rel=1e-3)
@@ -331,76 +332,3 @@ def test_bricked_slabs_equal_the_whole_array():
         assert np.array_equal(a, s[l0:l0 + 8]) and np.array_equal(c, w[l0:l0 + 8])
     with pytest.raises(ValueError, match="multiple of the brick"):
         b.slab(3, 8)
-
-
-def test_monitor_normalisation_and_frame_ranges():
-    from hklflow.steps.transform import frame_scale, parse_frames
-
-    mon = np.array([100.0, 200.0, 50.0, 100.0])
-    s, ref = frame_scale(mon, None, 1, 4)
-    assert ref == 100.0 and s.tolist() == [0.5, 2.0, 1.0]  # median reference
-    s, ref = frame_scale(mon, 1000.0, 0, 2)
-    assert s.tolist() == [10.0, 5.0]
-    assert frame_scale(None, None, 0, 3)[0].tolist() == [1, 1, 1]
-    with pytest.raises(ValueError, match="monitor is <= 0"):
-        frame_scale(np.array([1.0, 0.0]), None, 0, 2)
-    assert parse_frames("10:20", 60) == (10, 20) and parse_frames(None, 60) == (0, 60)
-    assert parse_frames("00010-00020", 60) == (10, 20)  # as in the job's file name
-    for bad in ("20:10", "0:61", "x"):
-        with pytest.raises(ValueError, match="--frames"):
-            parse_frames(bad, 60)
-
-
-@pytest.mark.slow
-def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
-    """A scan whose odd frames were counted with twice the flux (monitor 2, frames x 2) gives
-    the same volume as the original scan (monitor 1 everywhere) once normalised: the scans
-    table's monitor column -> ingest -> scan.nxs -> transform."""
-    import shutil
-    import subprocess
-    import sys
-
-    import h5py
-    import hdf5plugin
-
-    from hklflow.volume import read_volume
-
-    d = tiny_run[0]
-    assert tiny_run[1].returncode == 0
-    exp = tmp_path / "exp"
-    shutil.copytree(d / "config", exp / "config")
-    with h5py.File(d / "raw/tiny/300K/f1.h5", "r") as f:
-        frames = f["/entry/data/data"][()]
-    monitor = np.where(np.arange(len(frames)) % 2 == 1, 2.0, 1.0)
-    boosted = np.where(frames >= 0, frames * monitor[:, None, None].astype(np.int32), frames)
-    (exp / "raw").mkdir()
-    for name, data, mon in (("plain.h5", frames, np.ones(len(frames))), ("boosted.h5", boosted, monitor)):
-        with h5py.File(exp / "raw" / name, "w") as f:
-            f.create_dataset("/entry/data/data", data=data, chunks=(1,) + data.shape[1:],
-                             **hdf5plugin.Bitshuffle(cname="lz4"))
-            f["/entry/monitor"] = mon
-    table = (exp / "config/scans.tsv").read_text().splitlines()
-    header = table[0].split("\t") + ["monitor"]
-    row = dict(zip(table[0].split("\t"), next(r for r in table[1:] if r.startswith("tiny\t300\tf1")).split("\t")))
-    out = {}
-    for name in ("plain", "boosted"):
-        row.update(data=f"raw/{name}.h5", monitor="/entry/monitor")
-        (exp / "config/scans.tsv").write_text("\t".join(header) + "\n"
-                                              + "\t".join(str(row.get(h, "")) for h in header) + "\n")
-        run = lambda *a: subprocess.run([sys.executable, "-m", "hklflow", *a, "--config",  # noqa: E731
-                                         "config/config.yaml"], cwd=exp, capture_output=True, text=True)
-        r = run("ingest_scan", "--scan", "tiny/300K/f1", "--poni",
-                str(d / "results/calibration/ceo2/geometry.poni"), "--out", f"{name}.nxs")
-        assert r.returncode == 0, r.stderr[-2000:]
-        r = run("transform", "--scan-file", f"{name}.nxs", "--orientation",
-                str(d / "results/tiny/300K/orientation.nxs"), "--grid", str(d / "results/tiny/grid.json"),
-                "--mask", str(d / "results/tiny/300K/f1/mask.nxs"), "--kind", "transform",
-                "--frames", "0:20", "--out", f"{name}_volume.nxs")
-        assert r.returncode == 0, r.stderr[-2000:]
-        out[name] = read_volume(exp / f"{name}_volume.nxs")
-    p, b = out["plain"], out["boosted"]
-    assert np.array_equal(p.weight, b.weight) and p.weight.sum() > 0
-    # plain: monitor 1 everywhere (reference = median 1); boosted: reference 1.5, frames
-    # with monitor 2 doubled: every frame's corrected intensity is 1.5 x the plain one
-    assert b.notes["monitor_reference"] == 1.5 and p.notes["monitor_reference"] == 1.0
-    np.testing.assert_allclose(b.signal, 1.5 * p.signal, rtol=1e-5, atol=1e-3)

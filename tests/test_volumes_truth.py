@@ -26,7 +26,7 @@ import pytest
 from hklflow.crystal import Crystal, UnitCell
 from hklflow.grid import Axis, Grid
 from hklflow.simulation import compare as C
-from hklflow.volume import Volume
+from hklflow.files.volume import Volume
 
 SAMPLE = "tiny"
 TEMPERATURES = ("300K", "100K")
@@ -118,7 +118,7 @@ def test_merged_signal_is_the_sum_of_entries_and_entries_of_their_parts(tiny_run
     in its notes: the chunks themselves are temporary)."""
     import hdf5plugin  # noqa: F401
 
-    from hklflow.volume import read_volume
+    from hklflow.files.volume import read_volume
 
     base = tiny_run[0] / "results" / SAMPLE / tl
     merged = read_volume(base / "transform.nxs")

@@ -4,21 +4,27 @@ from __future__ import annotations
 import importlib
 import sys
 
-# subcommand -> module with main(argv); a Snakemake rule of the same name runs it
+# command -> (module:function(argv), what it does).  The workflow's rules run the step
+# commands; a rule, its command, its module hklflow/steps/<name>.py and its test
+# tests/test_<name>.py share one name (docs/map.md).
 COMMANDS = {
-    "simulate": ("hklflow.simulation.cli", "write a simulated experiment (config, scans table, raw data, truth)"),
-    "demo": ("hklflow.demo", "simulate the demo experiment if absent, then run the workflow on it"),
-    "calibrate_powder": ("hklflow.steps.calibrate_powder", "refine detector geometry from a calibrant image, or import a PONI"),
-    "ingest_scan": ("hklflow.steps.ingest_scan", "build the NeXus file of one scan entry, linking its raw frames"),
-    "find_peaks": ("hklflow.steps.find_peaks", "one streamed pass over a scan: frame statistics and 3D Bragg peaks"),
-    "index_parent": ("hklflow.steps.index_parent", "index a sample's parent scan from scratch and refine it"),
-    "refine_scan": ("hklflow.steps.refine_scan", "refine a sample at one temperature, starting from its parent"),
-    "define_grid": ("hklflow.steps.define_grid", "the (H, K, L) grid of a sample, from the config or the cell and Q range"),
-    "mask_scan": ("hklflow.steps.mask_scan", "pixel mask and 3D Bragg-peak mask of a scan entry"),
-    "transform": ("hklflow.steps.transform", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
-    "sum_volumes": ("hklflow.steps.sum_volumes", "add volumes (frame chunks of an entry, or entries of a temperature)"),
-    "symmetrize": ("hklflow.steps.symmetrize", "symmetrise a merged volume by the Laue group"),
-    "temperature_series": ("hklflow.steps.temperature_series", "one slice of a sample's volume at every temperature"),
+    "calibrate_powder": ("hklflow.steps.calibrate_powder:main", "refine the detector geometry from a calibrant image, or import a PONI"),
+    "ingest_scan": ("hklflow.steps.ingest_scan:main", "build the NeXus file of one scan entry, linking its raw frames"),
+    "find_peaks": ("hklflow.steps.find_peaks:main", "one streamed pass over a scan: frame statistics and 3D Bragg peaks"),
+    "index_parent": ("hklflow.steps.index_parent:main", "index a sample's parent scan from scratch and refine it"),
+    "refine_temperature": ("hklflow.steps.refine_temperature:main", "refine a sample at one temperature, starting from its parent"),
+    "define_grid": ("hklflow.steps.define_grid:main", "the (H, K, L) grid of a sample, from the config or the cell and Q range"),
+    "mask_scan": ("hklflow.steps.mask_scan:main", "pixel mask and 3D Bragg-peak mask of a scan entry"),
+    "transform_frames": ("hklflow.steps.transform_frames:main", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
+    "sum_chunks": ("hklflow.steps.sum_chunks:main", "the volume of a scan entry: the sum of its frame chunks"),
+    "merge_entries": ("hklflow.steps.merge_entries:main", "the volume of a sample at one temperature: its entries merged"),
+    "symmetrize": ("hklflow.steps.symmetrize:main", "symmetrise a merged volume by the Laue group"),
+    "temperature_series": ("hklflow.steps.temperature_series:main", "one slice of a sample's volume at every temperature"),
+    # not rules:
+    "simulate": ("hklflow.simulation.cli:main", "write a simulated experiment (config, scans table, raw data, truth)"),
+    "demo": ("hklflow.demo:main", "simulate the demo experiment if absent, then reduce it"),
+    "run": ("hklflow.demo:run_main", "reduce an experiment directory with the installed workflow (snakemake)"),
+    "workflow-path": ("hklflow.demo:workflow_path_main", "print the path of the installed workflow's Snakefile"),
 }
 
 
@@ -34,12 +40,12 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
-    name = argv[0].replace("-", "_")
+    name = argv[0] if argv[0] in COMMANDS else argv[0].replace("-", "_")
     if name not in COMMANDS:
         print(f"hklflow: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(argv[1:]) or 0)
+    module, function = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

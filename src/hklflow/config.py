@@ -1,9 +1,13 @@
 """Experiment configuration: config.yaml + scans table -> one validated, resolved object.
 
-Validation happens once, here, with the JSON schemas in hklflow/schemas (also linked from
-workflow/schemas).  Every error names the file, the row (for the table) and the field.
-The Snakefile calls `load_experiment` at parse time, so a bad config stops the run before
-any job; step command lines call it again with the same files and get the same object.
+Validation happens once, here, when the Snakefile is parsed, with the JSON schemas in
+hklflow/schemas (linked from workflow/schemas): a bad config stops the run before any job,
+and every error names the file, the row (for the table) and the field.  Steps never read
+the config: each job receives the settings it uses through its rule's ``params:``
+(:mod:`hklflow.params`).
+
+Keys that moved keep working: :data:`MOVED_KEYS` are moved to their new place, with a
+warning naming both.
 """
 from __future__ import annotations
 
@@ -11,69 +15,21 @@ import copy
 import csv
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from .crystal import Crystal, UnitCell
-from .geometry import DetectorGeometry, Goniometer, ScanAngles
+from .errors import ConfigError
+from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
+from .params import DetectorParams, schema, validator_with_defaults
 
-
-class ConfigError(ValueError):
-    """An invalid configuration or scans table; the message names file, row and field."""
-
-
-def _schema(name: str) -> dict:
-    return yaml.safe_load(resources.files("hklflow.schemas").joinpath(name).read_text())
-
-
-def _validator_with_defaults(schema):
-    """A Draft 2020-12 validator that also fills in `default` values (as Snakemake's
-    validate(set_default=True) does)."""
-    base = jsonschema.Draft202012Validator
-    validate_props = base.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for prop, sub in properties.items():
-                if "default" in sub and prop not in instance:
-                    instance[prop] = copy.deepcopy(sub["default"])
-        yield from validate_props(validator, properties, instance, schema)
-
-    cls = jsonschema.validators.extend(base, {"properties": set_defaults})
-    return cls(schema)
-
-
-def _field_path(err) -> str:
-    parts = [str(p) for p in err.absolute_path]
-    return ".".join(parts) if parts else "(top level)"
-
-
-def _validate(instance: dict, schema: dict, where: str, validator=None) -> dict:
-    instance = copy.deepcopy(instance)
-    v = validator if validator is not None else _validator_with_defaults(schema)
-    errors = sorted(v.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        e = errors[0]
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}{more}")
-    # a second pass fills defaults of objects that were themselves defaulted
-    for e in v.iter_errors(instance):
-        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}")
-    return instance
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-    """Merge like Snakemake merges several --configfile files: nested dicts updated."""
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+# old place -> new place (dotted config paths)
+MOVED_KEYS = {
+    "reduction.find_peaks.trusted_max": "instrument.detector.trusted_max",
+    "reduction.mask.mask_file": "instrument.detector.mask_file",
+    "reduction.mask.mask_dataset": "instrument.detector.mask_dataset",
+}
 
 
 def temperature_label(t: float) -> str:
@@ -86,25 +42,15 @@ def temperature_label(t: float) -> str:
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CalibrationSpec:
+    """Where a calibration comes from and which scans it is valid for (the rest of its
+    settings: params.CalibrationParams)."""
+
     name: str
-    calibrant: str
-    detector: str
-    wavelength: float  # Angstrom
     image: str | None
-    dataset: str
-    frame: int
     poni: str | None
-    start: dict | None
-    refine: tuple[str, ...]
-    max_rings: int | None
     valid_for: dict
 
-    def start_geometry(self) -> DetectorGeometry:
-        s = self.start
-        return DetectorGeometry(self.detector, s["dist"], s["poni1"], s["poni2"], s["rot1"],
-                                s["rot2"], s["rot3"], self.wavelength)
-
-    def matches(self, scan: "ScanEntry") -> bool:
+    def matches(self, scan: "ScanRow") -> bool:
         vf = self.valid_for
         if "samples" in vf and scan.sample not in vf["samples"]:
             return False
@@ -128,10 +74,6 @@ class SampleSpec:
     def parent_label(self) -> str:
         return temperature_label(self.parent_temperature)
 
-    @property
-    def parent_labels(self) -> list[str]:
-        return [self.parent_label] + [temperature_label(t) for t, _ in self.other_parents]
-
     def parent_for(self, temperature: float) -> str:
         """Label of the parent scan that seeds the scans at this temperature (a parent
         seeds itself)."""
@@ -140,9 +82,16 @@ class SampleSpec:
                 return temperature_label(t)
         return self.parent_label
 
+    def settings(self) -> dict:
+        """What the orientation and grid jobs use of the sample: space group and cell."""
+        return {"name": self.name, "space_group": self.crystal.hm,
+                "cell": list(self.crystal.cell.parameters)}
+
 
 @dataclass(frozen=True)
-class ScanEntry:
+class ScanRow:
+    """One row of the scans table: one rotation scan entry of a sample at a temperature."""
+
     sample: str
     temperature: float
     entry: str
@@ -154,7 +103,7 @@ class ScanEntry:
     detector_shift: tuple[float, float, float]  # (d_dist, d_poni1, d_poni2) in m
     monitor: str
     calibration: str
-    row: int  # 1-based data row in the scans table (header is row 0)
+    row: int = 0  # 1-based data row in the scans table (messages only; not a setting)
 
     @property
     def temperature_label(self) -> str:
@@ -164,16 +113,31 @@ class ScanEntry:
     def id(self) -> str:
         return f"{self.sample}/{self.temperature_label}/{self.entry}"
 
-    @property
-    def is_frame_files(self) -> bool:
-        from .frames import is_hdf5_path
+    def settings(self) -> dict:
+        """The row as a job receives it (ingest_scan): every field but the row number."""
+        return {"sample": self.sample, "temperature": self.temperature, "entry": self.entry,
+                "data": self.data, "dataset": self.dataset, "nframes": self.nframes,
+                "phi_start": self.angles.start, "phi_step": self.angles.step,
+                "offsets": dict(self.offsets), "detector_shift": list(self.detector_shift),
+                "monitor": self.monitor, "calibration": self.calibration}
 
-        return not is_hdf5_path(self.data)
+    @classmethod
+    def from_settings(cls, s: dict) -> "ScanRow":
+        try:
+            return cls(sample=s["sample"], temperature=float(s["temperature"]), entry=s["entry"],
+                       data=s["data"], dataset=s["dataset"], nframes=int(s["nframes"]),
+                       angles=ScanAngles(float(s["phi_start"]), float(s["phi_step"]),
+                                         int(s["nframes"])),
+                       offsets={k: float(v) for k, v in s["offsets"].items()},
+                       detector_shift=tuple(float(v) for v in s["detector_shift"]),
+                       monitor=s["monitor"], calibration=s["calibration"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--settings scan: not a scans-table row: {exc!r}") from None
 
 
 @dataclass(frozen=True)
 class Instrument:
-    detector: str
+    detector: DetectorParams
     wavelength: float
     polarization_fraction: float
     goniometer: Goniometer
@@ -189,9 +153,10 @@ class Experiment:
     samples: dict
     scans: tuple
     reduction: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict, repr=False)
+    raw: dict = field(default_factory=dict, repr=False)  # the validated config, defaults filled
+    warnings: tuple = ()
 
-    def scan(self, sample: str, temperature_label: str, entry: str) -> ScanEntry:
+    def scan(self, sample: str, temperature_label: str, entry: str) -> ScanRow:
         for s in self.scans:
             if s.sample == sample and s.temperature_label == temperature_label and s.entry == entry:
                 return s
@@ -210,8 +175,38 @@ class Experiment:
 
 
 # --------------------------------------------------------------------------------------
-# Loading
+# Reading and validating
 # --------------------------------------------------------------------------------------
+def _field_path(err) -> str:
+    parts = [str(p) for p in err.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _validate(instance: dict, schema_: dict, where: str, validator=None) -> dict:
+    instance = copy.deepcopy(instance)
+    v = validator if validator is not None else validator_with_defaults(schema_)
+    errors = sorted(v.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        e = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}{more}")
+    # a second pass fills defaults of objects that were themselves defaulted
+    for e in v.iter_errors(instance):
+        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}")
+    return instance
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Merge like Snakemake merges several --configfile files: nested dicts updated."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
     merged: dict = {}
     for p in paths:
@@ -228,6 +223,38 @@ def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
             raise ConfigError(f"{p}: expected a mapping of keys at the top level")
         merged = deep_merge(merged, data)
     return merged, tuple(str(p) for p in paths)
+
+
+def migrate(cfg: dict, where: str) -> tuple[dict, list[str]]:
+    """Move keys of :data:`MOVED_KEYS` to their new place; the detector's string shorthand
+    becomes {name: ...}.  Returns the new config and a warning per key moved."""
+    cfg = copy.deepcopy(cfg)
+    ins = cfg.get("instrument")
+    if isinstance(ins, dict) and isinstance(ins.get("detector"), str):
+        ins["detector"] = {"name": ins["detector"]}
+    warnings = []
+    for old, new in MOVED_KEYS.items():
+        *old_parents, old_key = old.split(".")
+        node = cfg
+        for part in old_parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_key not in node:
+            continue
+        value = node.pop(old_key)
+        *new_parents, new_key = new.split(".")
+        target = cfg
+        for part in new_parents:
+            if not isinstance(target.get(part), dict):
+                raise ConfigError(f"{where}: field '{old}' has moved to '{new}', but "
+                                  f"'{'.'.join(new_parents)}' is not a mapping")
+            target = target[part]
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{where}: field '{old}' has moved to '{new}'; both are given, "
+                              "with different values: keep the new one")
+        target[new_key] = value
+        warnings.append(f"{where}: field '{old}' has moved to '{new}' (used from there; "
+                        "please move it)")
+    return cfg, warnings
 
 
 def _coerce(value: str, spec: dict):
@@ -251,8 +278,7 @@ def _coerce(value: str, spec: dict):
 
 
 def read_scans_table(path: str, offset_names, where_base: Path | None = None) -> list[dict]:
-    schema = _schema("scans.schema.yaml")
-    props = schema["properties"]
+    props = schema("scans.schema.yaml")["properties"]
     p = Path(path) if where_base is None else where_base / path
     try:
         text = p.read_text()
@@ -269,10 +295,10 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
         raise ConfigError(f"{path}: unknown column(s) {unknown}; allowed: {sorted(allowed)} "
                           "(offset columns must be named after instrument.goniometer.offset_axes)")
     rows = []
-    row_schema = dict(schema)
+    row_schema = dict(schema("scans.schema.yaml"))
     row_schema["properties"] = dict(props, **{n: {"type": "number", "default": 0}
                                               for n in offset_names})
-    validator = _validator_with_defaults(row_schema)  # built once: large tables parse fast
+    validator = validator_with_defaults(row_schema)  # built once: large tables parse fast
     for i, raw in enumerate(reader, start=1):
         if None in raw:
             raise ConfigError(f"{path}: row {i}: more cells than columns in the header")
@@ -282,6 +308,102 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
                                        f"{cells.get('entry')})" if "entry" in cells else "")
         rows.append(_validate(cells, row_schema, label, validator))
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# Resolving
+# --------------------------------------------------------------------------------------
+def _instrument(cfg: dict, where: str) -> Instrument:
+    ins = cfg["instrument"]
+    try:
+        gonio = Goniometer(scan_axis=tuple(ins["goniometer"]["scan_axis"]),
+                           scan_sense=int(ins["goniometer"]["scan_sense"]),
+                           offset_axes=tuple(ins["goniometer"]["offset_axes"].items()))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: field 'instrument.goniometer': {exc}") from None
+    detector = DetectorParams.from_config(cfg)
+    try:
+        detector_shape(detector.name)  # a table made from pyFAI; pyFAI itself for other names
+    except ValueError as exc:
+        raise ConfigError(f"{where}: field 'instrument.detector.name': {exc}") from None
+    return Instrument(detector, float(ins["wavelength"]), float(ins["polarization_fraction"]),
+                      gonio)
+
+
+def _calibrations(cfg: dict, where: str) -> dict:
+    calibrations = {}
+    for name, c in cfg["calibrations"].items():
+        fld = f"{where}: field 'calibrations.{name}"
+        if not c.get("poni") and not c.get("image"):
+            raise ConfigError(f"{fld}': give either 'image' (to refine) or 'poni' (to import)")
+        if not c.get("poni") and "start" not in c:
+            raise ConfigError(f"{fld}.start': a rough starting geometry is needed to refine "
+                              "from the image (dist, poni1, poni2 in m; rot1..3 in rad)")
+        if c["calibrant"] not in known_calibrants(c["calibrant"]):
+            raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
+                              f"known: {sorted(known_calibrants())}")
+        calibrations[name] = CalibrationSpec(name, c.get("image"), c.get("poni"), c["valid_for"])
+    return calibrations
+
+
+def _samples(cfg: dict, where: str) -> dict:
+    samples = {}
+    for name, s in cfg["samples"].items():
+        try:
+            crystal = Crystal(str(s["space_group"]), UnitCell.from_list(s["cell"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: field 'samples.{name}': {exc}") from None
+        others = tuple((float(o["temperature"]), (float(o["for_temperatures"][0]),
+                                                   float(o["for_temperatures"][1])))
+                       for o in s["other_parents"])
+        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]), others)
+    return samples
+
+
+def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
+           offset_names: list[str]) -> tuple:
+    scans, seen = [], {}
+    for i, r in enumerate(rows, start=1):
+        label = f"{table}: row {i}"
+        if r["sample"] not in samples:
+            raise ConfigError(f"{label}: field 'sample': {r['sample']!r} is not a sample of the "
+                              f"config (known: {sorted(samples)})")
+        if r["calibration"] and r["calibration"] not in calibrations:
+            raise ConfigError(f"{label}: field 'calibration': unknown calibration "
+                              f"{r['calibration']!r} (known: {sorted(calibrations)})")
+        if not math.isfinite(r["phi_step"]):
+            raise ConfigError(f"{label}: field 'phi_step': must be a finite number")
+        scan = ScanRow(
+            sample=r["sample"], temperature=float(r["temperature"]), entry=r["entry"],
+            data=r["data"], dataset=r["dataset"], nframes=int(r["nframes"]),
+            angles=ScanAngles(float(r["phi_start"]), float(r["phi_step"]), int(r["nframes"])),
+            offsets={n: float(r[n]) for n in offset_names},
+            detector_shift=(float(r["det_ddist"]), float(r["det_dponi1"]), float(r["det_dponi2"])),
+            monitor=r["monitor"], calibration="", row=i)
+        if scan.id in seen:
+            raise ConfigError(f"{label}: scan {scan.id} repeats row {seen[scan.id]}")
+        seen[scan.id] = i
+        chosen = r["calibration"] or next(
+            (n for n in reversed(list(calibrations)) if calibrations[n].matches(scan)), "")
+        if not chosen:
+            raise ConfigError(f"{label}: no calibration is valid for scan {scan.id}: widen a "
+                              "calibration's valid_for or name one in the 'calibration' column")
+        scans.append(ScanRow(**{**scan.__dict__, "calibration": chosen}))
+    return tuple(scans)
+
+
+def _check_parents(samples: dict, scans, table: str, where: str) -> None:
+    for name, smp in samples.items():
+        labels = {s.temperature_label for s in scans if s.sample == name}
+        if not labels:
+            raise ConfigError(f"{table}: sample {name!r} of the config has no scans")
+        if smp.parent_label not in labels:
+            raise ConfigError(f"{where}: field 'samples.{name}.parent.temperature': no scan of "
+                              f"{name} at {smp.parent_label} in {table} (has {sorted(labels)})")
+        for i, (t, _) in enumerate(smp.other_parents):
+            if temperature_label(t) not in labels:
+                raise ConfigError(f"{where}: field 'samples.{name}.other_parents.{i}.temperature': "
+                                  f"no scan of {name} at {temperature_label(t)} in {table}")
 
 
 def load_experiment(config_files, *, config: dict | None = None,
@@ -299,102 +421,17 @@ def load_experiment(config_files, *, config: dict | None = None,
     else:
         sources = tuple(str(p) for p in config_files)
     where = " + ".join(sources) or "config"
-    cfg = _validate(config, _schema("config.schema.yaml"), where)
-
-    ins = cfg["instrument"]
-    try:
-        gonio = Goniometer(scan_axis=tuple(ins["goniometer"]["scan_axis"]),
-                           scan_sense=int(ins["goniometer"]["scan_sense"]),
-                           offset_axes=tuple(ins["goniometer"]["offset_axes"].items()))
-    except ValueError as exc:
-        raise ConfigError(f"{where}: field 'instrument.goniometer': {exc}") from None
-    try:
-        from .geometry import detector_shape
-
-        detector_shape(ins["detector"])  # a table made from pyFAI; pyFAI itself for other names
-    except ValueError as exc:
-        raise ConfigError(f"{where}: field 'instrument.detector': {exc}") from None
-    instrument = Instrument(ins["detector"], float(ins["wavelength"]),
-                            float(ins["polarization_fraction"]), gonio)
-
-    calibrations = {}
-    for name, c in cfg["calibrations"].items():
-        fld = f"{where}: field 'calibrations.{name}"
-        if not c.get("poni") and not c.get("image"):
-            raise ConfigError(f"{fld}': give either 'image' (to refine) or 'poni' (to import)")
-        if not c.get("poni") and "start" not in c:
-            raise ConfigError(f"{fld}.start': a rough starting geometry is needed to refine "
-                              "from the image (dist, poni1, poni2 in m; rot1..3 in rad)")
-        from .geometry import known_calibrants
-
-        if c["calibrant"] not in known_calibrants(c["calibrant"]):
-            raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
-                              f"known: {sorted(known_calibrants())}")
-        calibrations[name] = CalibrationSpec(
-            name=name, calibrant=c["calibrant"], detector=instrument.detector,
-            wavelength=instrument.wavelength, image=c.get("image"), dataset=c["dataset"],
-            frame=int(c["frame"]), poni=c.get("poni"), start=c.get("start"),
-            refine=tuple(c["refine"]), max_rings=c.get("max_rings"), valid_for=c["valid_for"])
-
-    samples = {}
-    for name, s in cfg["samples"].items():
-        try:
-            crystal = Crystal(str(s["space_group"]), UnitCell.from_list(s["cell"]))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: field 'samples.{name}': {exc}") from None
-        others = tuple((float(o["temperature"]), (float(o["for_temperatures"][0]),
-                                                   float(o["for_temperatures"][1])))
-                       for o in s["other_parents"])
-        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]), others)
-
+    config, warnings = migrate(config, where)
+    cfg = _validate(config, schema(), where)
+    instrument = _instrument(cfg, where)
+    calibrations = _calibrations(cfg, where)
+    samples = _samples(cfg, where)
     table = cfg["scans_table"]
-    offset_names = [n for n, _ in gonio.offset_axes]
+    offset_names = [n for n, _ in instrument.goniometer.offset_axes]
     rows = read_scans_table(table, offset_names, Path(base_dir) if base_dir else None)
-    scans = []
-    seen = {}
-    for i, r in enumerate(rows, start=1):
-        label = f"{table}: row {i}"
-        if r["sample"] not in samples:
-            raise ConfigError(f"{label}: field 'sample': {r['sample']!r} is not a sample of the "
-                              f"config (known: {sorted(samples)})")
-        if r["calibration"] and r["calibration"] not in calibrations:
-            raise ConfigError(f"{label}: field 'calibration': unknown calibration "
-                              f"{r['calibration']!r} (known: {sorted(calibrations)})")
-        if not math.isfinite(r["phi_step"]):
-            raise ConfigError(f"{label}: field 'phi_step': must be a finite number")
-        scan = ScanEntry(
-            sample=r["sample"], temperature=float(r["temperature"]), entry=r["entry"],
-            data=r["data"], dataset=r["dataset"], nframes=int(r["nframes"]),
-            angles=ScanAngles(float(r["phi_start"]), float(r["phi_step"]), int(r["nframes"])),
-            offsets={n: float(r[n]) for n in offset_names},
-            detector_shift=(float(r["det_ddist"]), float(r["det_dponi1"]), float(r["det_dponi2"])),
-            monitor=r["monitor"], calibration="", row=i)
-        key = scan.id
-        if key in seen:
-            raise ConfigError(f"{label}: scan {key} repeats row {seen[key]}")
-        seen[key] = i
-        chosen = r["calibration"] or next(
-            (n for n in reversed(list(calibrations)) if calibrations[n].matches(scan)), "")
-        if not chosen:
-            raise ConfigError(f"{label}: no calibration is valid for scan {key}: widen a "
-                              "calibration's valid_for or name one in the 'calibration' column")
-        scans.append(ScanEntry(**{**scan.__dict__, "calibration": chosen}))
-    for name, smp in samples.items():
-        labels = {s.temperature_label for s in scans if s.sample == name}
-        if not labels:
-            raise ConfigError(f"{table}: sample {name!r} of the config has no scans")
-        if smp.parent_label not in labels:
-            raise ConfigError(f"{where}: field 'samples.{name}.parent.temperature': no scan of "
-                              f"{name} at {smp.parent_label} in {table} (has {sorted(labels)})")
-        for i, (t, _) in enumerate(smp.other_parents):
-            if temperature_label(t) not in labels:
-                raise ConfigError(f"{where}: field 'samples.{name}.other_parents.{i}.temperature': "
-                                  f"no scan of {name} at {temperature_label(t)} in {table}")
+    scans = _scans(rows, table, samples, calibrations, offset_names)
+    _check_parents(samples, scans, table, where)
     return Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
                       instrument=instrument, calibrations=calibrations, samples=samples,
-                      scans=tuple(scans), reduction=cfg["reduction"], raw=cfg)
-
-
-def scan_detector_geometry(calibrated: DetectorGeometry, scan: ScanEntry) -> DetectorGeometry:
-    """The detector geometry of a scan entry: its calibration moved by the entry's translation."""
-    return calibrated.shifted(*scan.detector_shift)
+                      scans=scans, reduction=cfg["reduction"], raw=cfg,
+                      warnings=tuple(warnings))

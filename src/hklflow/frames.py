@@ -23,8 +23,12 @@ of one frame is decompressed straight into it); frame files are decoded one by o
 buffer.  ``iter_chunks(..., reuse_buffer=True)`` reuses one buffer for the whole pass.
 
 Every failure is a :class:`RawDataError` whose message names the file, the frame (when
-known) and what was expected.  The frames of an ingested scan are opened from its NeXus
-file with :func:`open_scan_frames` (it follows the link that file records).
+known) and what was expected.  The frames of an ingested scan are opened with
+:func:`open_frame_source` from the :class:`FrameSource` its scan file records, which also
+checks that the files are still the ones ingest saw (hklflow.rawfiles fingerprints).
+
+Single images (a calibrant image, a user mask) are read with :func:`read_image`, through
+the same HDF5 and fabio readers.
 """
 from __future__ import annotations
 
@@ -32,22 +36,21 @@ import abc
 import glob
 import logging
 import os
-import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator, Sequence
 
+import h5py
 import numpy as np
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hdf", ".nx5", ".nx")  # the one list of them
+from .errors import ImageReadError, RawDataError
+from .files.h5 import open_h5
+from .rawfiles import changed_files, fingerprint, is_hdf5_path, matching_files
+
 DEFAULT_DATASET = "/entry/data/data"
 
 log = logging.getLogger(__name__)
-
-
-class RawDataError(RuntimeError):
-    """Raw data missing, unreadable or not as expected; the message names the file, the
-    frame when known, and what was expected."""
 
 
 # --------------------------------------------------------------------------------------
@@ -58,7 +61,8 @@ class FrameSource:
     """Where the frames of one scan live: what an ingested NeXus scan file records.
 
     kind is "hdf5" (each file holds a (n, rows, cols) stack at `dataset`) or "files"
-    (one frame per file, in the listed order).  files are absolute paths.
+    (one frame per file, in the listed order).  files are absolute paths.  fingerprints:
+    one hklflow.rawfiles.fingerprint per file as ingest saw it (empty: not recorded).
     """
 
     kind: str
@@ -67,43 +71,38 @@ class FrameSource:
     frames_per_file: tuple[int, ...]
     frame_shape: tuple[int, int]
     dtype: str
+    fingerprints: tuple = ()
 
     def __post_init__(self):
         if self.kind not in ("hdf5", "files"):
             raise ValueError(f"FrameSource kind must be 'hdf5' or 'files', got {self.kind!r}")
         if len(self.files) != len(self.frames_per_file):
             raise ValueError("FrameSource: one frame count per file is needed")
+        if self.fingerprints and len(self.fingerprints) != len(self.files):
+            raise ValueError("FrameSource: one fingerprint per file is needed")
 
     @property
     def nframes(self) -> int:
         return int(sum(self.frames_per_file))
 
 
-def is_hdf5_path(path: str) -> bool:
-    return str(path).lower().endswith(HDF5_SUFFIXES)
-
-
-def natural_key(text: str):
-    """Sort key that orders embedded numbers by value: f_2 < f_10."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
-
-
 def resolve_files(data: str, base_dir=".") -> list[str]:
     """The files named by `data` (a path or glob pattern, relative to base_dir), in
     natural order, as absolute paths; RawDataError when there are none."""
-    pattern = data if os.path.isabs(data) else os.path.join(os.fspath(base_dir), data)
-    if glob.has_magic(data):
-        files = sorted((f for f in glob.glob(pattern) if os.path.isfile(f)), key=natural_key)
-        if not files:
+    files = matching_files(data, base_dir)
+    if not files:
+        pattern = data if os.path.isabs(data) else os.path.join(os.fspath(base_dir), data)
+        if is_glob(data):
             raise RawDataError(f"{pattern}: no files match this pattern (raw data missing?)")
-    else:
         if not os.path.exists(pattern):
             raise RawDataError(f"{pattern}: raw data file does not exist")
-        if not os.path.isfile(pattern):
-            raise RawDataError(f"{pattern}: not a file (expected an HDF5 file or a glob "
-                               "pattern of frame files)")
-        files = [pattern]
+        raise RawDataError(f"{pattern}: not a file (expected an HDF5 file or a glob "
+                           "pattern of frame files)")
     return [os.path.abspath(f) for f in files]
+
+
+def is_glob(data: str) -> bool:
+    return glob.has_magic(data)
 
 
 # --------------------------------------------------------------------------------------
@@ -309,11 +308,14 @@ class _FabioErrors(logging.Handler):
             self.messages.append(record.getMessage())
 
 
-def _read_fabio(path: str, frame_index: int | None = None):
-    """(data, nframes) of a single-frame file; RawDataError naming the file on failure."""
+def _read_fabio(path: str, frame: int = 0, where: str | None = None,
+                error=RawDataError) -> tuple[np.ndarray, int]:
+    """(frame `frame` of a fabio image file, the file's frame count); `error` (naming the
+    file, or `where`) on failure, also when fabio only logs the problem."""
     import fabio
 
-    where = f"{path}" + (f": frame {frame_index}" if frame_index is not None else "")
+    where = where or str(path)
+    what = "frame file" if error is RawDataError else "image file"
     logger = logging.getLogger("fabio")
     handler = _FabioErrors()
     old_level = logger.level
@@ -321,21 +323,27 @@ def _read_fabio(path: str, frame_index: int | None = None):
         logger.setLevel(logging.ERROR)
     logger.addHandler(handler)
     try:
-        with fabio.open(path) as img:
-            data = img.data
+        with fabio.open(str(path)) as img:
             nframes = int(getattr(img, "nframes", 1) or 1)
+            if frame >= nframes:
+                raise error(f"{where}: frame {frame} out of range: the file has {nframes} "
+                            "frame(s)")
+            data = img.data if frame == 0 else img.getframe(frame).data
+            data = None if data is None else np.array(data)  # own the memory
+    except RawDataError:
+        raise
     except Exception as exc:
-        raise RawDataError(f"{where}: cannot read the frame file: "
-                           f"{type(exc).__name__}: {exc} (truncated or corrupt file?)") from None
+        raise error(f"{where}: not a readable {what} (TIFF/CBF/EDF/... via fabio; "
+                    f"truncated, corrupt or unknown format?): {type(exc).__name__}: {exc}") from None
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     if handler.messages:
-        raise RawDataError(f"{where}: the frame file is corrupt or truncated: "
-                           + "; ".join(handler.messages))
+        raise error(f"{where}: the {what} is corrupt or truncated: "
+                    + "; ".join(handler.messages))
     if data is None:
-        raise RawDataError(f"{where}: no image data in the frame file")
-    return np.asarray(data), nframes
+        raise error(f"{where}: no image data in the {what}")
+    return data, nframes
 
 
 class _FileStack(FrameStack):
@@ -348,7 +356,7 @@ class _FileStack(FrameStack):
         if cached is not None:
             return cached
         path = self.files[i]
-        data, nframes = _read_fabio(path, i)
+        data, nframes = _read_fabio(path, where=f"{path}: frame {i}")
         if nframes != 1:
             raise RawDataError(f"{path}: frame {i}: holds {nframes} frames, expected one frame "
                                "per file")
@@ -368,19 +376,14 @@ class _FileStack(FrameStack):
 # --------------------------------------------------------------------------------------
 # Opening
 # --------------------------------------------------------------------------------------
-def _open_h5(path: str):
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 filters)
-
+def _open_h5(path: str, error=RawDataError) -> h5py.File:
     try:
-        try:
-            return h5py.File(path, "r", locking=False)
-        except TypeError:  # pragma: no cover - h5py without the locking argument
-            return h5py.File(path, "r")
+        return open_h5(path)
     except FileNotFoundError:
-        raise RawDataError(f"{path}: raw data file does not exist") from None
+        what = "raw data file" if error is RawDataError else "file"
+        raise error(f"{path}: {what} does not exist") from None
     except Exception as exc:
-        raise RawDataError(f"{path}: cannot open as HDF5 (truncated or corrupt file?): {exc}") from None
+        raise error(f"{path}: cannot open as HDF5 (truncated or corrupt file?): {exc}") from None
 
 
 def _datasets_3d(f, limit: int = 5) -> list[str]:
@@ -455,7 +458,7 @@ def _open_hdf5_files(files: Sequence[str], dataset: str):
 
 
 def _open_frame_files(files: Sequence[str]):
-    first, nframes = _read_fabio(files[0], 0)
+    first, nframes = _read_fabio(files[0], where=f"{files[0]}: frame 0")
     if first.ndim != 2:
         raise RawDataError(f"{files[0]}: frame 0: a {first.ndim}-D image, expected a 2-D frame")
     if nframes != 1:
@@ -496,12 +499,23 @@ def open_frames(data: str, dataset: str = DEFAULT_DATASET, *, base_dir=".",
 
 
 def open_frame_source(source: FrameSource, *, check: bool = True) -> FrameStack:
-    """Open exactly the files a FrameSource lists (e.g. as recorded by ingest); with check,
-    the frame counts and shape must still be what was recorded."""
+    """Open exactly the files a FrameSource lists (as recorded by ingest).  With check, the
+    files must still be what ingest saw: the same size and sampled content (fingerprints),
+    frame counts and frame shape; else RawDataError naming the file and saying to ingest
+    the scan again."""
     files = list(source.files)
     for f in files:
         if not os.path.isfile(f):
             raise RawDataError(f"{f}: raw data file does not exist (recorded at ingest)")
+    if check and source.fingerprints:
+        changed = changed_files(files, source.fingerprints)
+        if changed:
+            more = f" and {len(changed) - 1} more file(s)" if len(changed) > 1 else ""
+            raise RawDataError(
+                f"{changed[0]}{more}: changed since the scan was ingested (size or content "
+                "differ from what ingest recorded, whatever the modification time says): run "
+                "ingest_scan for this scan again (snakemake --forcerun ingest_scan, or delete its "
+                "scan.nxs) so that every result is made from the data as they are now")
     if source.kind == "hdf5":
         stack = _open_hdf5_files(files, source.dataset or DEFAULT_DATASET)
     else:
@@ -521,13 +535,6 @@ def open_frame_source(source: FrameSource, *, check: bool = True) -> FrameStack:
     return stack
 
 
-def open_scan_frames(scan_nxs_path) -> FrameStack:
-    """The raw frames of an ingested scan, following the link its NeXus file records."""
-    from .nexus import read_frame_source
-
-    return open_frame_source(read_frame_source(scan_nxs_path))
-
-
 def check_readable(stack: FrameStack, frames: Sequence[int] | str = (0, -1), *,
                    chunk_frames: int = 16) -> dict:
     """Read the listed frames (negative indices count from the end), or every frame with
@@ -545,3 +552,107 @@ def check_readable(stack: FrameStack, frames: Sequence[int] | str = (0, -1), *,
         if j not in out:
             out[j] = stack.read_frame(j)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Single images (calibrant image, user mask)
+# --------------------------------------------------------------------------------------
+def _as_image(data, where: str) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        raise ImageReadError(f"{where}: expected a 2D image, got an array of shape {arr.shape}")
+    if arr.size == 0:
+        raise ImageReadError(f"{where}: the image is empty (shape {arr.shape})")
+    return arr
+
+
+def _read_hdf5_image(path: Path, dataset: str, frame: int) -> np.ndarray:
+    where = f"{path}::{dataset}"
+    with _open_h5(str(path), ImageReadError) as f:
+        try:
+            obj = f.get(dataset)
+        except Exception as exc:  # broken links, bad path syntax
+            raise ImageReadError(f"{where}: cannot resolve the dataset path: {exc}") from None
+        if obj is None:
+            raise ImageReadError(f"{path}: no dataset {dataset!r} in the file (top-level "
+                                 f"entries: {sorted(f.keys())}); set 'dataset' to the image's path")
+        if not isinstance(obj, h5py.Dataset):
+            raise ImageReadError(f"{where}: is a group, not a dataset; expected the path of "
+                                 f"a 2D image or a 3D (frames, rows, cols) stack "
+                                 f"(members: {sorted(obj.keys())[:10]})")
+        shape = obj.shape
+        if len(shape) not in (2, 3):
+            raise ImageReadError(f"{where}: expected a 2D image or a 3D (frames, rows, cols) "
+                                 f"stack, got a dataset of shape {shape}")
+        count = shape[0] if len(shape) == 3 else 1
+        if frame >= count:
+            raise ImageReadError(f"{where}: frame {frame} out of range: the stack has "
+                                 f"{count} frame(s) (shape {shape})")
+        try:
+            data = obj[frame] if len(shape) == 3 else obj[()]
+        except Exception as exc:  # decompression failure, truncated chunks, missing filter
+            raise ImageReadError(f"{where}: cannot read frame {frame} (corrupt data or "
+                                 f"missing compression filter?): {exc}") from None
+    return _as_image(data, f"{where} frame {frame}")
+
+
+def read_image(path, dataset: str = DEFAULT_DATASET, frame: int = 0) -> np.ndarray:
+    """One 2D image (rows, cols) from a TIFF/CBF/EDF file (fabio) or an HDF5 file (h5py).
+
+    HDF5 files are recognised by their suffix or signature; `dataset` is the path of the
+    image inside (a 2D dataset, or a 3D (frames, rows, cols) stack of which `frame` is
+    taken).  For fabio formats holding several frames, `frame` selects one.  The dtype of
+    the file is kept (Pilatus images are int32, gaps and bad pixels negative).  Every
+    failure is an ImageReadError naming the file (and dataset and frame).
+    """
+    p = Path(path)
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or frame < 0:
+        raise ImageReadError(f"frame must be a non-negative integer, got {frame!r}")
+    if not p.exists():
+        raise ImageReadError(f"{p}: no such image file")
+    if not p.is_file():
+        raise ImageReadError(f"{p}: not a regular file (expected an image file)")
+    if is_hdf5_path(p) or h5py.is_hdf5(p):
+        return _read_hdf5_image(p, dataset, int(frame))
+    data, _ = _read_fabio(str(p), int(frame), error=ImageReadError)
+    return _as_image(data, f"{p} frame {frame}")
+
+
+# --------------------------------------------------------------------------------------
+# Ingest: what the raw frames of a scan are
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RawScan:
+    """What inspecting the raw frames of a scan found: where they are (with the fingerprint
+    of every file) and the monitor."""
+
+    source: FrameSource
+    monitor: np.ndarray | None
+
+
+def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
+                     monitor: str = "", base_dir=".", check_frames=(0, -1),
+                     chunk_frames: int = 16, log=None) -> RawScan:
+    """Open a scan's raw frames read-only and check them: frame count = nframes, frame shape
+    = the detector's, the listed frames (or "all") readable, the monitor one value per
+    frame; fingerprint every file (hklflow.rawfiles)."""
+    log = log or logging.getLogger(__name__)
+    with open_frames(data, dataset, base_dir=base_dir, expected_frames=nframes) as stack:
+        log.info("raw data: %r", stack)
+        if tuple(stack.frame_shape) != tuple(detector_shape):
+            raise RawDataError(f"{stack.files[0]}: frames are {stack.frame_shape[0]}x"
+                               f"{stack.frame_shape[1]} (rows x cols), but the detector has "
+                               f"{detector_shape[0]}x{detector_shape[1]} pixels")
+        check_readable(stack, check_frames, chunk_frames=chunk_frames)
+        checked = check_frames if isinstance(check_frames, str) else tuple(
+            sorted({i % stack.nframes for i in check_frames}))
+        log.info("frames %s read back fine", checked)
+        values = None
+        if monitor:
+            values = stack.read_monitor(monitor)
+            bad = int(np.count_nonzero(values <= 0))
+            if bad:
+                log.warning("monitor %s is <= 0 on %d of %d frames", monitor, bad, values.size)
+        source = stack.source
+    prints = tuple(fingerprint(f) for f in source.files)
+    return RawScan(replace(source, fingerprints=prints), values)

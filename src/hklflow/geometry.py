@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -129,6 +130,8 @@ class DetectorGeometry:
     def from_poni_file(cls, path, detector_name: str | None = None) -> "DetectorGeometry":
         import pyFAI
 
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: PONI file does not exist")
         ai = pyFAI.load(str(path))
         if not ai.wavelength:
             raise ValueError(f"{path}: PONI file has no Wavelength")
@@ -162,7 +165,7 @@ class DetectorGeometry:
     # ---- detector facts ------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(int(n) for n in pyfai_detector(self.detector).shape)
+        return detector_shape(self.detector)
 
     @property
     def pixel_size(self) -> tuple[float, float]:
@@ -207,6 +210,13 @@ class DetectorGeometry:
         """Unit scattered-beam directions of every pixel centre, shape (rows, cols, 3)."""
         pos = self.lab_positions(*self.pixel_grid())
         return pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+
+    def lab_q(self, rows, cols) -> np.ndarray:
+        """Lab Q (1/Angstrom, no 2 pi) of continuous pixel coordinates, shape (..., 3): the
+        one pixel -> Q of hklflow (every consumer gets Q from here)."""
+        pos = self.lab_positions(rows, cols)
+        return q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True),
+                                 self.wavelength)
 
     def two_theta_chi(self, rows, cols):
         """pyFAI's 2theta and chi (rad) at continuous pixel coordinates."""
@@ -254,6 +264,17 @@ class DetectorGeometry:
         rows, cols = self.pixel_from_direction(BEAM_DIRECTION)
         return float(rows), float(cols)
 
+    def beam_centre(self) -> dict:
+        """Where the direct beam and the detector normal (the PONI) hit the detector, in
+        continuous pixel coordinates (NeXus's beam_center is the direct beam)."""
+        p1, p2 = self.pixel_size
+        try:
+            row, col = self.direct_beam_pixel()
+        except ValueError:  # detector with distortion: no simple pixel mapping
+            row, col = self.poni1 / p1, self.poni2 / p2
+        return {"direct_beam_row": float(row), "direct_beam_col": float(col),
+                "poni_row": self.poni1 / p1, "poni_col": self.poni2 / p2}
+
     def on_detector(self, rows, cols, margin: float = 0.0):
         ny, nx = self.shape
         rows, cols = np.asarray(rows), np.asarray(cols)
@@ -268,6 +289,18 @@ class DetectorGeometry:
         edges_c = np.concatenate([np.zeros(64), np.full(64, nx), np.linspace(0, nx, 64), np.linspace(0, nx, 64)])
         tth_e, _ = self.two_theta_chi(edges_r, edges_c)
         return float(max(tth.max(), tth_e.max()))
+
+    def q_max(self) -> float:
+        """Largest |Q| (1/Angstrom) on the detector."""
+        return 2.0 * math.sin(self.max_two_theta() / 2.0) / self.wavelength
+
+    def d_min(self) -> float:
+        """Smallest d-spacing (Angstrom) on the detector."""
+        return 1.0 / self.q_max()
+
+    def q_pixel(self) -> float:
+        """|Q| size of one pixel at normal incidence (1/Angstrom): pixel / (dist x lambda)."""
+        return min(self.pixel_size) / (self.dist * self.wavelength)
 
 
 # --------------------------------------------------------------------------------------
@@ -321,6 +354,17 @@ class Goniometer:
     def as_dict(self) -> dict:
         return {"scan_axis": list(self.scan_axis), "scan_sense": self.scan_sense,
                 "offset_axes": {n: list(a) for n, a in self.offset_axes}}
+
+    def settings(self) -> dict:
+        """As a job receives it: the offset axes as an ordered list of [name, axis] (a JSON
+        object with sorted keys would lose their order, outermost first)."""
+        return {"scan_axis": list(self.scan_axis), "scan_sense": self.scan_sense,
+                "offset_axes": [[n, list(a)] for n, a in self.offset_axes]}
+
+    @classmethod
+    def from_settings(cls, d: dict) -> "Goniometer":
+        return cls(scan_axis=tuple(d["scan_axis"]), scan_sense=int(d["scan_sense"]),
+                   offset_axes=tuple((n, tuple(a)) for n, a in d["offset_axes"]))
 
 
 @dataclass(frozen=True)
@@ -424,12 +468,26 @@ def ub_matrix(U, B):
 
 @dataclass(frozen=True)
 class ScanGeometry:
-    """Everything needed to map a pixel of a frame of one scan entry to (H, K, L)."""
+    """Everything needed to map a pixel of a frame of one scan entry to Q and (H, K, L): the
+    entry's detector (already moved by its shift), goniometer, scan angles, offset angles
+    (refined corrections included) and, once the crystal is oriented, UB.  Build it with
+    :meth:`EntrySetup.geometry`, the one place an entry's geometry is put together."""
 
     detector: DetectorGeometry
     goniometer: Goniometer
     angles: ScanAngles
     offsets: dict = field(default_factory=dict)
+    UB: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def axis_lab(self) -> np.ndarray:
+        """The scan axis in the lab frame with the entry's offset rotations applied."""
+        return self.goniometer.offset_rotation(self.offsets) @ self.goniometer.axis
+
+    def _ub(self) -> np.ndarray:
+        if self.UB is None:
+            raise ValueError("this scan geometry has no orientation (UB): give one")
+        return np.asarray(self.UB, dtype=float)
 
     def sample_rotation(self, z):
         return self.goniometer.rotation(self.angles.angle(z), self.offsets)
@@ -439,23 +497,17 @@ class ScanGeometry:
         coordinates: R(phi)^-1 Q_lab, (..., 3) in 1/Angstrom."""
         rows, cols, z = np.broadcast_arrays(np.asarray(rows, float), np.asarray(cols, float),
                                             np.asarray(z, float))
-        pos = self.detector.lab_positions(rows, cols)
-        q = q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True),
-                              self.detector.wavelength)
+        q = self.detector.lab_q(rows, cols)
         return np.einsum("...ji,...j->...i", self.sample_rotation(z), q)
 
-    def hkl_at(self, rows, cols, z, UB):
+    def hkl_at(self, rows, cols, z):
         """HKL at continuous (row, col, frame) coordinates (arrays broadcast together)."""
-        rows, cols, z = np.broadcast_arrays(np.asarray(rows, float), np.asarray(cols, float),
-                                            np.asarray(z, float))
-        pos = self.detector.lab_positions(rows, cols)
-        q = q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True),
-                              self.detector.wavelength)
-        return hkl_from_q(q, UB, self.sample_rotation(z))
+        return self.sample_q_at(rows, cols, z) @ np.linalg.inv(self._ub()).T
 
-    def predict(self, hkl, UB):
+    def predict(self, hkl):
         """Predicted (rows, cols, z, phi_deg) of reflections hkl, two solutions per hkl
         stacked (2n,), with the hkl repeated; positions NaN where not in diffraction."""
+        UB = self._ub()
         hkl = np.asarray(hkl, dtype=float)
         pa, pb = ewald_angles(hkl, UB, self.goniometer, self.offsets, self.detector.wavelength)
         phi = np.concatenate([pa, pb])
@@ -471,3 +523,34 @@ class ScanGeometry:
         cols = np.where(ok, cols, np.nan)
         z = self.angles.frame(phi)
         return hh, rows, cols, z, phi
+
+
+@dataclass(frozen=True)
+class EntrySetup:
+    """How one scan entry was measured, as ingest records it in scan.nxs: the accepted
+    calibration (the detector geometry the entry's shift is measured from), the entry's
+    detector shift (d_dist, d_poni1, d_poni2 in m), goniometer, scan angles and offset
+    angles (deg)."""
+
+    name: str
+    calibration: DetectorGeometry
+    shift: tuple
+    goniometer: Goniometer
+    angles: ScanAngles
+    offsets: dict = field(default_factory=dict)
+
+    def geometry(self, orientation=None) -> ScanGeometry:
+        """The entry's geometry: the detector moved by the entry's shift, the offsets.
+
+        With an orientation (an orientation record, or the refinement's model: anything
+        with ``detector``, ``offset_corrections`` {entry: {axis: deg}} and ``UB``), its
+        refined common detector replaces the calibration, its offset corrections of this
+        entry are added, and its UB orients the crystal."""
+        if orientation is None:
+            return ScanGeometry(self.calibration.shifted(*self.shift), self.goniometer,
+                                self.angles, dict(self.offsets))
+        offsets = dict(self.offsets)
+        for axis, v in orientation.offset_corrections.get(self.name, {}).items():
+            offsets[axis] = offsets.get(axis, 0.0) + float(v)
+        return ScanGeometry(orientation.detector.shifted(*self.shift), self.goniometer,
+                            self.angles, offsets, np.asarray(orientation.UB, dtype=float))

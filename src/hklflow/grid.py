@@ -8,12 +8,12 @@ and steps (they do for every cell with a = b, which the symmetries that mix h an
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from .errors import GridError
 
 AXES = ("h", "k", "l")
 
@@ -26,7 +26,7 @@ class Axis:
 
     def __post_init__(self):
         if not (self.step > 0 and self.n >= 1 and math.isfinite(self.start)):
-            raise ValueError(f"grid axis needs step > 0 and n >= 1, got {self}")
+            raise GridError(f"grid axis needs step > 0 and n >= 1, got {self}")
 
     @property
     def stop(self) -> float:
@@ -39,7 +39,7 @@ class Axis:
     @classmethod
     def from_limits(cls, start: float, stop: float, step: float, where: str = "") -> "Axis":
         if step <= 0 or stop < start:
-            raise ValueError(f"{where}: [start, stop, step] needs stop >= start and step > 0, "
+            raise GridError(f"{where}: [start, stop, step] needs stop >= start and step > 0, "
                              f"got [{start}, {stop}, {step}]")
         n = int(math.floor((stop - start) / step + 1e-6)) + 1
         return cls(float(start), float(step), n)
@@ -47,9 +47,6 @@ class Axis:
     def index(self, value) -> np.ndarray:
         """Voxel index (rounded) of values; out-of-range values give indices < 0 or >= n."""
         return np.floor((np.asarray(value, float) - self.start) / self.step + 0.5).astype(np.int64)
-
-    def as_list(self) -> list:
-        return [self.start, self.stop, self.step]
 
 
 @dataclass(frozen=True)
@@ -81,11 +78,11 @@ class Grid:
         return np.all((idx >= 0) & (idx < np.array([self.h.n, self.k.n, self.l.n])), axis=-1)
 
     def slice_index(self, axis: str, value: float) -> int:
-        """Index of the voxel plane nearest value along axis (h, k or l); ValueError outside."""
+        """Index of the voxel plane nearest value along axis (h, k or l); GridError outside."""
         ax = getattr(self, axis)
         i = int(ax.index(value))
         if not 0 <= i < ax.n:
-            raise ValueError(f"{axis} = {value} is outside the grid ({ax.start:g} .. {ax.stop:g})")
+            raise GridError(f"{axis} = {value} is outside the grid ({ax.start:g} .. {ax.stop:g})")
         return i
 
     def as_dict(self) -> dict:
@@ -149,20 +146,8 @@ def default_grid(cell, q_max: float, q_pixel: float, max_voxels: int,
     return Grid(axes["h"], axes["k"], axes["l"]), how
 
 
-def save_grid(path, grid: Grid, info: dict) -> None:
-    """grid.json: the grid and how it was chosen, with provenance (written atomically)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"grid": grid.as_dict(), **info}, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def load_grid(path) -> Grid:
-    try:
-        d = json.loads(Path(path).read_text())
-        return Grid.from_dict(d["grid"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a grid file of define_grid ({exc})") from None
+def q_range(detectors) -> tuple[float, float]:
+    """The largest |Q| any of the detector geometries reaches and the smallest Q size of one
+    of their pixels (1/Angstrom, no 2 pi): the limits and finest step a grid needs."""
+    detectors = list(detectors)
+    return max(g.q_max() for g in detectors), min(g.q_pixel() for g in detectors)

@@ -56,12 +56,8 @@ Steps:
    true setting (U_t, B_t) the answer satisfies U B = U_t B_t S and hkl = S^-1 hkl_t (column
    vectors) for one S of the setting group (`IndexingSolution.equivalent_settings`).
 
-Costs (200-5000 vectors, the cases of tests/test_indexing.py, a busy 2-core machine):
-0.03-0.1 s per call (plus 0.4-1 s of scipy imports in the first call of a process); 27 000
-vectors of a 40 x 50 x 60 A cell 0.5-0.8 s; a failure (wrong cell) tries every seed pair in
-< 1 s.  Dense LAPACK on tall matrices is avoided (normal equations, LSMR trust-region
-solver): multithreaded OpenBLAS made a 12000 x 9 SVD take 0.15 s instead of 2 ms on a busy
-2-core machine.
+Dense LAPACK on tall matrices is avoided (normal equations, LSMR trust-region solver):
+multithreaded OpenBLAS is slow on tall, thin matrices (bench/README.md gives the costs).
 
 Limits: the cell must be within a few % (lengths) / ~1 deg (angles): it is `length_tolerance`
 and `angle_tolerance_deg` that must cover the error.  A pseudo-symmetric lattice whose
@@ -81,54 +77,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .crystal import CellConstraints, Crystal, UnitCell
-
-
-class IndexingError(RuntimeError):
-    """No orientation indexes enough of the observed vectors."""
-
-
-@dataclass(frozen=True)
-class IndexingParams:
-    """Parameters of `index_from_scratch` (validated on construction)."""
-
-    max_peaks: int = 300               # strongest (or shortest) vectors used in the search
-    hkl_tolerance: float = 0.12        # |h - round(h)| per component for "indexed"
-    angle_tolerance_deg: float = 2.0   # observed vs calculated angle of a seed pair
-    length_tolerance: float = 0.04     # relative, |q| against 1/d of the approximate cell
-    min_fraction: float = 0.5          # below this: IndexingError
-    n_seeds: int = 40                  # shortest search vectors used to form pairs
-    min_pair_angle_deg: float = 15.0   # pairs closer to (anti)parallel are skipped
-    max_pairs: int = 2000              # seed pairs tried at most
-    max_candidates: int = 300_000      # candidate orientations scored at most
-    pair_batch: int = 60               # seed pairs per batch (refine/stop check after each)
-    n_refine: int = 3                  # distinct best candidates refined per batch
-    accept_fraction: float = 0.75      # stop searching once a refined candidate indexes this
-    max_cell_change: float = 0.10      # relative length change allowed in refinement
-    refine_cycles: int = 3             # constrained refinement / re-assignment cycles
-
-    def __post_init__(self):
-        ints = ("max_peaks", "n_seeds", "max_pairs", "max_candidates", "pair_batch", "n_refine",
-                "refine_cycles")
-        for name in ints:
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"IndexingParams.{name} must be a positive integer, got {v!r}")
-        if self.n_seeds < 2:
-            raise ValueError(f"IndexingParams.n_seeds must be >= 2, got {self.n_seeds}")
-        checks = {
-            "hkl_tolerance": (0.0, 0.5),
-            "angle_tolerance_deg": (0.0, 30.0),
-            "length_tolerance": (0.0, 0.5),
-            "min_fraction": (0.0, 1.0),
-            "min_pair_angle_deg": (0.0, 90.0),
-            "accept_fraction": (0.0, 1.0),
-            "max_cell_change": (0.0, 1.0),
-        }
-        for name, (lo, hi) in checks.items():
-            v = getattr(self, name)
-            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) \
-                    or not math.isfinite(v) or not lo < v <= hi:
-                raise ValueError(f"IndexingParams.{name} must be in ({lo}, {hi}], got {v!r}")
+from .errors import IndexingError
+from .params import IndexingParams
 
 
 @dataclass
@@ -467,7 +417,7 @@ def _refine_constrained(q, hkl, U0, cell0: UnitCell, cons: CellConstraints):
 # --------------------------------------------------------------------------------------
 # Main entry
 # --------------------------------------------------------------------------------------
-def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams = IndexingParams(),
+def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = None,
                        intensities=None) -> IndexingSolution:
     """Find U (and a quickly refined cell) from sample-frame reciprocal-lattice vectors.
 
@@ -476,6 +426,7 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams = Indexin
     Raises IndexingError when no orientation indexes `params.min_fraction` of the vectors.
     """
     t0 = time.perf_counter()
+    params = params or IndexingParams.defaults()
     q = np.asarray(q_obs, dtype=float)
     if q.ndim != 2 or q.shape[1] != 3:
         raise ValueError(f"q_obs must have shape (n, 3), got {q.shape}")

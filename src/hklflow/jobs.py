@@ -1,14 +1,18 @@
-"""How the work of an experiment is cut into jobs, from the config and scans table alone
-(the Snakefile calls these at parse time, so nothing here reads data files)."""
+"""How the work of an experiment is cut into jobs, and what settings each job receives,
+from the config and scans table alone (the Snakefile calls these at parse time, so nothing
+here reads data files)."""
 from __future__ import annotations
 
 import math
 
 from .geometry import detector_shape
+from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams,
+                     PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
+                     TransformParams, settings_json)
 
 
 def scan_pixels(exp) -> int:
-    rows, cols = detector_shape(exp.instrument.detector)
+    rows, cols = detector_shape(exp.instrument.detector.name)
     return rows * cols
 
 
@@ -37,15 +41,72 @@ def grid_voxels_bound(exp) -> int:
     return int(cfg["max_voxels"])
 
 
-def snakemake_job_counts(output: str) -> dict:
-    """rule -> jobs, from the 'Job stats' table Snakemake prints for a run or dry run."""
-    import re
+class JobSettings:
+    """What every rule's jobs receive through ``params: settings``: the resolved settings
+    each step uses (hklflow.params declares which config keys), as one JSON text per job.
+    A setting that changes changes the text of exactly the jobs that use it, and Snakemake
+    reruns them and what depends on them.  The Snakefile and the tests use this one map."""
 
-    counts = {}
-    table = output[output.index("Job stats:"):]
-    for line in table.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
+    def __init__(self, exp):
+        self.exp = exp
+        cfg = exp.raw
+        self.detector = exp.instrument.detector
+        self._peaks = PeakSearchParams.from_config(cfg)
+        self._indexing = IndexingParams.from_config(cfg)
+        self._refinement = RefinementParams.from_config(cfg)
+        self._mask = MaskParams.from_config(cfg)
+        self._grid = GridParams.from_config(cfg)
+        self._transform = TransformParams.from_config(cfg)
+        self._pictures = SliceParams.from_config(cfg)
+        self._series = SeriesParams.from_config(cfg)
+
+    def calibrate_powder(self, calibration: str) -> str:
+        return settings_json({"calibration": CalibrationParams.for_calibration(self.exp.raw,
+                                                                               calibration)})
+
+    def ingest_scan(self, sample: str, temperature_label: str, entry: str) -> str:
+        scan = self.exp.scan(sample, temperature_label, entry)
+        return settings_json({"scan": scan.settings(), "detector_name": self.detector.name,
+                              "goniometer": self.exp.instrument.goniometer.settings()})
+
+    def find_peaks(self) -> str:
+        return settings_json({"find_peaks": self._peaks, "detector": self.detector})
+
+    def index_parent(self, sample: str) -> str:
+        return settings_json({"indexing": self._indexing, "refinement": self._refinement,
+                              "sample": self.exp.samples[sample].settings()})
+
+    def refine_temperature(self) -> str:
+        return settings_json({"refinement": self._refinement})
+
+    def define_grid(self, sample: str, poni_of) -> str:
+        """poni_of(calibration name) -> its geometry.poni.  The sample's cell and every
+        detector position of its scans (a calibration and a shift) decide the grid."""
+        positions = sorted({(s.calibration, s.detector_shift) for s in self.exp.scans_of(sample)})
+        return settings_json({"grid": self._grid, "sample": self.exp.samples[sample].settings(),
+                              "detector": self.detector.name,
+                              "detectors": [{"poni": poni_of(c), "shift": list(shift)}
+                                            for c, shift in positions]})
+
+    def mask_scan(self) -> str:
+        return settings_json({"mask": self._mask, "detector": self.detector})
+
+    def transform_frames(self) -> str:
+        return settings_json({"transform": self._transform, "detector": self.detector})
+
+    def sum_chunks(self) -> str:
+        # the frame chunks are temporary: once they are gone, the transform jobs' settings
+        # can only be checked through the job that sums them
+        return settings_json({"pictures": self._pictures, "transform": self._transform,
+                              "detector": self.detector})
+
+    def merge_entries(self) -> str:
+        return settings_json({"pictures": self._pictures})
+
+    def symmetrize(self, sample: str) -> str:
+        return settings_json({"pictures": self._pictures,
+                              "sample": self.exp.samples[sample].settings()})
+
+    def temperature_series(self, sample: str) -> str:
+        return settings_json({"series": self._series, "sample": self.exp.samples[sample].settings(),
+                              "temperatures": self.exp.temperatures_of(sample)})

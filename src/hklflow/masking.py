@@ -8,7 +8,7 @@ reading 0 in every frame is out of the question: with m the median of the scan m
 its 48 neighbours and lambda the count rate at which half of the pixels reach m in the N
 frames, P(all zero) = exp(-lambda N) must be below 0.01 / (usable pixels), see
 :func:`dead_pixels`; a pixel whose values are negative throughout the scan, as detectors
-flag bad pixels, is dead too) and the user's mask file (``reduction.mask.mask_file``: any image fabio reads, or HDF5/NeXus; non-zero
+flag bad pixels, is dead too) and the user's mask file (``instrument.detector.mask_file``: any image fabio reads, or HDF5/NeXus; non-zero
 = masked). The **Bragg mask**, used by the ``masked_transform`` only, is a table of
 ellipsoids in (row, col, frame), never a dense copy of the scan: one around every peak the
 peak search found (its bounding box, grown by ``radius_px`` and ``radius_frames``) and one
@@ -51,11 +51,17 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import pdtr
+
+from .errors import ImageReadError, InputMismatchError
+from .frames import read_image
+from .geometry import lorentz_zeta
+from .params import DetectorParams, MaskParams
 
 log = logging.getLogger("hklflow.masking")
 
@@ -73,42 +79,6 @@ MIN_RADIUS = 0.875  # > sqrt(3)/2: the pixel-frame containing a region's centre 
 DEAD_WINDOW = 7  # neighbourhood (pixels, square) of the dead-pixel test
 DEAD_FALSE_POSITIVES = 0.01  # expected live pixels wrongly called dead, per detector and scan
 REGION_COLUMNS = ("row", "col", "frame", "radius_row", "radius_col", "radius_frame")
-MASK_FILE_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------
-# Parameters
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MaskParams:
-    """reduction.mask of the config (see the schema for every key)."""
-
-    mask_file: str | None = None
-    mask_dataset: str = "/entry/mask"
-    dead_pixels: bool = True
-    found_peaks: bool = True
-    predicted_peaks: bool = True
-    radius_px: float = 3.0
-    radius_frames: float = 1.5
-    hkl_radius: float = 0.0
-    max_lorentz_stretch: float = 10.0
-
-    def __post_init__(self):
-        for name in ("radius_px", "radius_frames", "hkl_radius"):
-            v = float(getattr(self, name))
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"mask.{name} must be a number >= 0, got {getattr(self, name)!r}")
-            object.__setattr__(self, name, v)
-        if not 0 <= self.hkl_radius <= 0.5:
-            raise ValueError(f"mask.hkl_radius must be within [0, 0.5] r.l.u., got {self.hkl_radius}")
-        if not float(self.max_lorentz_stretch) >= 1:
-            raise ValueError(f"mask.max_lorentz_stretch must be >= 1, got {self.max_lorentz_stretch}")
-        object.__setattr__(self, "max_lorentz_stretch", float(self.max_lorentz_stretch))
-
-    @classmethod
-    def from_config(cls, section: dict) -> "MaskParams":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
 
 
 # --------------------------------------------------------------------------------------
@@ -274,14 +244,24 @@ class ScanMask:
 # --------------------------------------------------------------------------------------
 # Pixel mask
 # --------------------------------------------------------------------------------------
+def user_mask(detector: DetectorParams, shape) -> np.ndarray:
+    """bool (rows, cols), True = not used: the user's mask file (instrument.detector.
+    mask_file: any image fabio reads, or HDF5/NeXus; non-zero = masked), all False
+    without one."""
+    if not detector.mask_file:
+        return np.zeros(tuple(shape), dtype=bool)
+    m = np.asarray(read_image(detector.mask_file, dataset=detector.mask_dataset)) != 0
+    if m.shape != tuple(shape):
+        raise ImageReadError(f"{detector.mask_file}: mask shape {m.shape} differs from the "
+                             f"detector's {tuple(shape)} (instrument.detector.mask_file)")
+    return m
+
+
 def poisson_rate_at_median_max(m, nframes: int) -> np.ndarray:
     """The count rate (per frame) at which the scan maximum of a Poisson pixel over nframes
     frames reaches m with probability 1/2: P(max >= m) = 1 - F(m-1; rate)^nframes = 1/2.
     The median of the maxima grows with the rate, so a neighbourhood whose median maximum
     is m counts at least about this rate.  0 for m < 1."""
-    from scipy.optimize import brentq
-    from scipy.special import pdtr
-
     m = np.asarray(m, dtype=float)
     out = np.zeros(m.shape)
     target = 0.5 ** (1.0 / max(int(nframes), 1))
@@ -380,33 +360,30 @@ def found_regions(bounding_box, radius_px: float, radius_frames: float) -> np.nd
     return np.ascontiguousarray(np.hstack([centre, radii]))
 
 
-def predicted_regions(scan, UB, crystal, shape, radius_px: float, radius_frames: float,
+def predicted_regions(scan, crystal, shape, radius_px: float, radius_frames: float,
                       max_lorentz_stretch: float = 10.0, d_min: float | None = None):
     """Ellipsoids around every allowed reflection predicted in the scan entry.
 
-    scan: geometry.ScanGeometry (refined); UB: (3, 3); crystal: crystal.Crystal (its
-    allowed reflections with d >= d_min, default the detector's corner).  Returns
-    (regions (n, 6), hkl (n, 3) int, zeta (n,)).  Semi-axes: radius_px, radius_px,
+    scan: geometry.ScanGeometry (refined, with UB); crystal: crystal.Crystal (its allowed
+    reflections with d >= d_min, default the detector's corner).  Returns (regions (n, 6),
+    hkl (n, 3) int, zeta (n,)).  Semi-axes: radius_px, radius_px,
     radius_frames * min(1/|zeta|, max_lorentz_stretch), each at least MIN_RADIUS.  Kept:
     regions overlapping the detector and frames [0, nframes); a reflection is also tried one
     turn (360 deg) before and after."""
-    from .geometry import lorentz_zeta
-
     geom = scan.detector
     ny, nx = shape
     nframes = scan.angles.nframes
     if d_min is None:
-        d_min = geom.wavelength / (2.0 * math.sin(geom.max_two_theta() / 2.0)) * 0.999
+        d_min = geom.d_min() * 0.999
     hkl = crystal.reflections_within(d_min)
     if len(hkl) == 0:
         return np.zeros((0, 6)), np.zeros((0, 3), np.int64), np.zeros(0)
-    hh, rows, cols, z, phi = scan.predict(hkl, UB)
+    hh, rows, cols, z, phi = scan.predict(hkl)
     ok = np.isfinite(rows) & np.isfinite(cols) & np.isfinite(z)
     hh, rows, cols, z, phi = hh[ok], rows[ok], cols[ok], z[ok], phi[ok]
     R = scan.goniometer.rotation(phi, scan.offsets)
-    q = np.einsum("nij,nj->ni", R, hh @ np.asarray(UB).T)
-    axis = scan.goniometer.offset_rotation(scan.offsets) @ scan.goniometer.axis
-    zeta = lorentz_zeta(q, geom.wavelength, axis)
+    q = np.einsum("nij,nj->ni", R, hh @ np.asarray(scan.UB).T)
+    zeta = lorentz_zeta(q, geom.wavelength, scan.axis_lab)
     with np.errstate(divide="ignore", invalid="ignore"):
         stretch = np.minimum(1.0 / np.abs(zeta), max_lorentz_stretch)
     stretch = np.where(np.isfinite(stretch), stretch, max_lorentz_stretch)
@@ -441,31 +418,21 @@ class MaskResult:
 
 
 def build_mask(scan_record, peaks_record, orientation_record, params: MaskParams,
-               log: logging.Logger | None = None) -> MaskResult:
-    """The masks of one scan entry from its scan, peaks and orientation records (nexus.*)."""
-    from .config import temperature_label
-    from .orientation import refined_scan_geometry
-
+               detector: DetectorParams, log: logging.Logger | None = None) -> MaskResult:
+    """The masks of one scan entry from its scan, peaks and orientation records
+    (files.scan.ScanRecord, files.peaks.PeaksRecord, files.orientation.OrientationRecord,
+    which may be None without predicted peaks); detector: the user mask."""
     log = log or globals()["log"]
     t0 = time.monotonic()
     rec, pk, ori = scan_record, peaks_record, orientation_record
     if pk.scan_id != rec.scan_id:
-        raise ValueError(f"{pk.path} holds peaks of {pk.scan_id}, not of {rec.scan_id} ({rec.path})")
-    if ori is not None and ori.temperature != temperature_label(rec.temperature):
-        raise ValueError(f"{ori.path} is the orientation of {ori.sample}/{ori.temperature}, "
-                         f"not of {rec.scan_id} ({rec.path})")
-    geom = rec.geometry
-    shape = geom.shape
+        raise InputMismatchError(f"{pk.path} holds peaks of {pk.scan_id}, not of {rec.scan_id} "
+                                 f"({rec.path})")
+    scan = rec.geometry(ori) if ori is not None else None
+    shape = rec.detector_shape
     nframes = rec.nframes
-    gaps = geom.detector_mask()
-    user = None
-    if params.mask_file:
-        from .steps.find_peaks import user_mask
-
-        user = user_mask(params.mask_file, params.mask_dataset, shape)
-    if params.dead_pixels and pk.max_projection is None:
-        log.warning("%s has no max_projection (written by an older find_peaks): dead pixels "
-                    "are not looked for; run find_peaks again to find them", pk.path)
+    gaps = rec.setup.calibration.detector_mask()
+    user = user_mask(detector, shape)
     reasons, dead_details = pixel_reasons(gaps, pk.hot_pixels, pk.max_projection, user, nframes,
                                           params.dead_pixels)
     stats = {f"pixels_{name}": int(np.count_nonzero(reasons & bit)) for name, bit in REASONS.items()}
@@ -480,9 +447,6 @@ def build_mask(scan_record, peaks_record, orientation_record, params: MaskParams
 
     regions, cols = [], {k: [] for k in ("h", "k", "l", "source", "peak_index", "zeta")}
     n_found = n_pred = 0
-    scan = UB = None
-    if ori is not None:
-        scan, UB = refined_scan_geometry(rec, ori)
     if params.found_peaks:
         p = pk.peaks
         bb = np.asarray(p.get("bounding_box", np.zeros((0, 6))), dtype=np.int64).reshape(-1, 6)
@@ -490,7 +454,7 @@ def build_mask(scan_record, peaks_record, orientation_record, params: MaskParams
         n_found = len(reg)
         regions.append(reg)
         if scan is not None and n_found:
-            hkl = scan.hkl_at(p["observed_px_y"], p["observed_px_x"], p["observed_frame"], UB)
+            hkl = scan.hkl_at(p["observed_px_y"], p["observed_px_x"], p["observed_frame"])
         else:
             hkl = np.full((n_found, 3), np.nan)
         for i, c in enumerate("hkl"):
@@ -500,8 +464,8 @@ def build_mask(scan_record, peaks_record, orientation_record, params: MaskParams
         cols["zeta"].append(np.full(n_found, np.nan))
     if params.predicted_peaks:
         if ori is None:
-            raise ValueError("predicted_peaks needs the orientation file")
-        reg, hkl, zeta = predicted_regions(scan, UB, ori.crystal(), shape, params.radius_px,
+            raise InputMismatchError("predicted_peaks needs the orientation file")
+        reg, hkl, zeta = predicted_regions(scan, ori.crystal(), shape, params.radius_px,
                                            params.radius_frames, params.max_lorentz_stretch)
         n_pred = len(reg)
         regions.append(reg)
@@ -530,222 +494,3 @@ def build_mask(scan_record, peaks_record, orientation_record, params: MaskParams
              100 * stats["bragg_fraction"], 100 * (per_frame.max() / max(usable, 1) if len(per_frame) else 0),
              100 * stats["masked_fraction"])
     return MaskResult(mask, reasons, table, stats, pk.max_projection, per_frame, per_pixel)
-
-
-# --------------------------------------------------------------------------------------
-# Mask file
-# --------------------------------------------------------------------------------------
-def write_mask_file(path, result: MaskResult, *, entry: str, title: str, parameters: dict,
-                    provenance: dict, sources: dict | None = None) -> Path:
-    """Write the masks of one scan entry (atomically: temporary file, then rename)::
-
-      /ENTRY                        NXentry (named as in the scan file), title SAMPLE/TLABEL/ENTRY,
-                                    @hklflow_mask_file_version
-         instrument/detector        NXdetector
-            pixel_mask              int32 (rows, cols), NeXus bits: 1 gap, 2 dead, 8 hot
-                                    (over-responding), 256 user mask; 0 = used (gzip)
-         bragg_regions              NXreflections-style, one row per ellipsoid (continuous
-                                    coordinates, pixel/frame centres at +0.5): row, col, frame,
-                                    radius_row, radius_col, radius_frame; h, k, l (predicted:
-                                    the reflection; found: the fractional hkl of the peak's
-                                    centroid with the refined UB, NaN without it), source
-                                    (1 found, 2 predicted), peak_index (row of the peaks file,
-                                    -1), zeta (predicted, NaN for found);
-                                    @hkl_radius (r.l.u., 0 = off), @nframes, @shape
-         masked_per_frame           NXdata: usable pixels inside a region, per frame
-         parameters                 NXcollection: the reduction.mask settings and constants
-         statistics                 NXcollection: pixel counts per reason, regions, fractions
-         scan_file, peaks_file, orientation_file   the inputs
-         process                    NXprocess: provenance
-    """
-    import nexusformat.nexus as nx
-
-    from .nexus import save_atomically, write_provenance
-
-    m = result.mask
-    root = nx.NXroot()
-    ent = nx.NXentry()
-    ent["title"] = nx.NXfield(title)
-    det = nx.NXdetector()
-    det["pixel_mask"] = nx.NXfield(np.asarray(result.reasons, dtype=np.int32), compression="gzip",
-                                   compression_opts=4, chunks=True)
-    det["pixel_mask"].attrs["bits"] = "1 gap, 2 dead, 8 hot (over-responding), 256 user mask; 0 = used"
-    ent["instrument"] = nx.NXinstrument(detector=det)
-    refl = nx.NXgroup(nxclass="NXreflections")
-    n = len(m.regions)
-    for name, values in result.table.items():
-        arr = np.asarray(values)
-        refl[name] = nx.NXfield(arr, compression="gzip", chunks=True) if n else nx.NXfield(arr)
-    for name in ("row", "col", "radius_row", "radius_col"):
-        refl[name].attrs["units"] = "pixel"
-    for name in ("frame", "radius_frame"):
-        refl[name].attrs["units"] = "frame"
-    refl.attrs["hkl_radius"] = float(m.hkl_radius)
-    refl.attrs["nframes"] = int(m.nframes)
-    refl.attrs["shape"] = np.asarray(m.shape, dtype=np.int64)
-    refl.attrs["description"] = (
-        "ellipsoids of the Bragg mask: a pixel of a frame is masked when "
-        "((r+.5-row)/radius_row)^2 + ((c+.5-col)/radius_col)^2 + ((f+.5-frame)/radius_frame)^2 <= 1; "
-        "source 1 = found peak, 2 = predicted reflection")
-    ent["bragg_regions"] = refl
-    if result.masked_per_frame is not None:
-        ent["masked_per_frame"] = nx.NXdata(
-            nx.NXfield(np.asarray(result.masked_per_frame, dtype=np.int64), name="pixels"),
-            nx.NXfield(np.arange(m.nframes), name="frame_number"),
-            title="usable pixels inside a Bragg region, per frame")
-    par = nx.NXcollection()
-    for k, v in {**parameters, "min_radius": MIN_RADIUS, "dead_window": DEAD_WINDOW,
-                 "dead_false_positives": DEAD_FALSE_POSITIVES}.items():
-        par[k] = nx.NXfield("none" if v is None else v)
-    ent["parameters"] = par
-    st = nx.NXcollection()
-    for k, v in result.statistics.items():
-        st[k] = nx.NXfield(v)
-    ent["statistics"] = st
-    for k, v in (sources or {}).items():
-        ent[k] = nx.NXfield(str(Path(v).resolve()))
-    write_provenance(ent, provenance)
-    ent.attrs["hklflow_mask_file_version"] = MASK_FILE_VERSION
-    root[entry] = ent
-    root.attrs["default"] = entry
-    return save_atomically(root, path)
-
-
-def _mask_entry(f, path):
-    from .nexus import NexusFormatError
-
-    name = f.attrs.get("default", "")
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    if not name:
-        entries = [k for k, v in f.items() if "bragg_regions" in v]
-        if len(entries) != 1:
-            raise NexusFormatError(f"{path}: expected one mask entry, found {entries}")
-        name = entries[0]
-    if name not in f or "bragg_regions" not in f[name] or "instrument/detector/pixel_mask" not in f[name]:
-        raise NexusFormatError(f"{path}: /{name} has no instrument/detector/pixel_mask and "
-                               "bragg_regions: not a mask_scan output")
-    return f[name]
-
-
-def read_mask_file(path) -> ScanMask:
-    """The ScanMask of a mask file (write_mask_file)."""
-    from .nexus import h5open
-
-    with h5open(path) as f:
-        ent = _mask_entry(f, path)
-        reasons = ent["instrument/detector/pixel_mask"][()]
-        g = ent["bragg_regions"]
-        regions = np.column_stack([g[c][()] for c in REGION_COLUMNS]) if len(g["row"]) \
-            else np.zeros((0, 6))
-        return ScanMask(reasons != 0, regions, float(g.attrs["hkl_radius"]), int(g.attrs["nframes"]))
-
-
-def read_mask_details(path) -> dict:
-    """Everything else in a mask file: pixel_mask bits, region columns, statistics."""
-    from .nexus import h5open
-
-    with h5open(path) as f:
-        ent = _mask_entry(f, path)
-        return {"pixel_mask": ent["instrument/detector/pixel_mask"][()],
-                "regions": {k: v[()] for k, v in ent["bragg_regions"].items()},
-                "statistics": {k: v[()] for k, v in ent["statistics"].items()},
-                "parameters": {k: v[()] for k, v in ent["parameters"].items()}}
-
-
-# --------------------------------------------------------------------------------------
-# Picture
-# --------------------------------------------------------------------------------------
-REASON_COLOURS = {GAP: (0.55, 0.55, 0.55), DEAD: (0.1, 0.3, 1.0), HOT: (1.0, 0.1, 0.1),
-                  USER: (1.0, 0.7, 0.0)}
-
-
-def _blocks(a: np.ndarray, s: int, ufunc, fill) -> np.ndarray:
-    """a reduced over s x s blocks by ufunc (padded with fill)."""
-    if s == 1:
-        return a
-    r, c = a.shape
-    p = np.full((s * math.ceil(r / s), s * math.ceil(c / s)), fill, dtype=a.dtype)
-    p[:r, :c] = a
-    return ufunc.reduce(ufunc.reduce(p.reshape(p.shape[0] // s, s, p.shape[1] // s, s), axis=3), axis=1)
-
-
-def plot_mask(result: MaskResult, title: str, path, max_ellipses: int = 3000) -> None:
-    """Left: the pixel mask (colours by reason) over the scan's maximum projection (log),
-    with the Bragg regions projected on the detector as ellipses (when there are at most
-    max_ellipses of them); middle: the Bragg mask seen along the frames (in how many frames
-    each pixel is inside a region); right: the usable pixels inside a region per frame."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import EllipseCollection
-    from matplotlib.colors import LogNorm
-    from matplotlib.patches import Patch
-
-    m, st = result.mask, result.statistics
-    rows, cols = m.shape
-    fig, ax = plt.subplots(1, 3, figsize=(19, 6.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
-    # images larger than the picture are reduced by blocks (maximum, union of mask bits)
-    s = max(1, math.ceil(max(rows, cols) / 800))
-    extent = (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
-    if result.max_projection is not None:
-        mp = _blocks(np.asarray(result.max_projection, dtype=np.float32), s, np.maximum, -1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            img = np.log10(np.where(mp > 0, mp, np.float32(np.nan)))
-        ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
-        del img, mp
-    reasons = _blocks(np.asarray(result.reasons), s, np.bitwise_or, 0)
-    rgba = np.zeros(reasons.shape + (4,), np.uint8)
-    for bit, colour in REASON_COLOURS.items():  # later reasons drawn over earlier ones
-        sel = (reasons & bit) != 0
-        rgba[sel, :3] = np.round(255 * np.asarray(colour)).astype(np.uint8)
-        rgba[sel, 3] = 217
-    ax[0].imshow(rgba, origin="lower", interpolation="nearest", extent=extent)
-    # hot and dead pixels are single pixels: circle them so they can be seen
-    for bit in (DEAD, HOT):
-        rc = np.argwhere((result.reasons & bit) != 0)
-        if 0 < len(rc) <= 5000:
-            ax[0].scatter(rc[:, 1], rc[:, 0], s=30, facecolors="none",
-                          edgecolors=[REASON_COLOURS[bit]], linewidths=0.8)
-    t = result.table
-    drawn = len(m.regions) <= max_ellipses
-    for src, colour in ((PREDICTED, "tab:green"), (FOUND, "tab:purple")):
-        sel = np.asarray(t["source"]) == src
-        if drawn and sel.any():
-            ax[0].add_collection(EllipseCollection(
-                2 * t["radius_col"][sel], 2 * t["radius_row"][sel], np.zeros(sel.sum()), units="xy",
-                offsets=np.column_stack([t["col"][sel] - 0.5, t["row"][sel] - 0.5]),
-                offset_transform=ax[0].transData, facecolors="none", edgecolors=colour,
-                linewidths=0.5))
-    ax[0].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
-              ylabel="row (pixel)", title="pixel mask over the scan maximum (log)"
-              + (", Bragg regions projected" if drawn else f"; {len(m.regions)} regions: see middle"))
-    handles = [Patch(color=REASON_COLOURS[b], label=f"{n} ({st[f'pixels_{n}']})")
-               for n, b in REASONS.items()]
-    if drawn:
-        handles += [Patch(facecolor="none", edgecolor="tab:purple", label="found peak"),
-                    Patch(facecolor="none", edgecolor="tab:green", label="predicted reflection")]
-    ax[0].legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
-    if result.masked_per_pixel is not None:
-        pp = _blocks(np.asarray(result.masked_per_pixel), s, np.maximum, 0).astype(np.float32)
-        pp[pp == 0] = np.nan
-        im = ax[1].imshow(pp, origin="lower", interpolation="nearest", extent=extent, cmap="viridis",
-                          norm=LogNorm(vmin=1, vmax=max(float(np.nanmax(pp)) if np.isfinite(pp).any() else 1, 2)))
-        fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.02, label="frames")
-        ax[1].imshow(np.where((reasons & GAP)[..., None] != 0, rgba, 0), origin="lower",
-                     interpolation="nearest", extent=extent)
-    ax[1].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
-              title=f"Bragg mask: frames in which a pixel is masked ({st['regions_found']} found, "
-                    f"{st['regions_predicted']} predicted)")
-    usable = max(int(np.count_nonzero(result.reasons == 0)), 1)
-    if result.masked_per_frame is not None and len(result.masked_per_frame):
-        ax[2].plot(np.arange(m.nframes) + 0.5, 100 * result.masked_per_frame / usable, lw=0.8)
-    ax[2].set(xlabel="frame", ylabel="usable pixels inside a Bragg region (%)",
-              title="Bragg mask per frame")
-    fig.suptitle(f"{title}: gaps {st['pixels_gap']}, hot {st['pixels_hot']}, dead {st['pixels_dead']}, "
-                 f"user {st['pixels_user']} pixels; regions {st['regions_found']} found, "
-                 f"{st['regions_predicted']} predicted: {100 * st['bragg_fraction']:.3f}% of the usable "
-                 f"pixel-frames; hkl_radius {m.hkl_radius:g} r.l.u. (applied by the transform)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

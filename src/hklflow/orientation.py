@@ -1,15 +1,19 @@
-"""Shared pieces of the orientation steps (index_parent, refine_scan): peaks of a sample at
-one temperature as refinement input, and the residual picture."""
+"""Orientation of a sample at one temperature (rules index_parent and refine_temperature):
+the peaks of its entries as refinement input, the parent indexed from scratch, a child
+refined from its parent.  No file I/O here: the steps read the records and pass them in."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
-from .geometry import ScanGeometry
-from .nexus import read_peaks_file, read_scan_file
-from .refinement import EntryPeaks, RefinementResult
-
+from .errors import InputMismatchError, RefinementError
+from .indexing import index_from_scratch
+from .params import IndexingParams, RefinementParams
+from .refinement import EntryPeaks, Model, RefinementResult, refine
 
 CENTROID_FLOOR = 0.02  # pixels / frames: centroid error not explained by counting statistics
+MIN_I_OVER_SIGMA = 5.0  # weaker peaks are left out of indexing and refinement
 
 
 def centroid_sigmas(peaks: dict):
@@ -21,89 +25,102 @@ def centroid_sigmas(peaks: dict):
     return (np.sqrt(vxy / counts + CENTROID_FLOOR ** 2), np.sqrt(vz / counts + CENTROID_FLOOR ** 2))
 
 
-def load_entries(scan_files, peaks_files, min_i_over_sigma: float = 5.0):
-    """EntryPeaks of the entries of one temperature and their common detector geometry
-    (the calibration: each entry's scan file holds it moved by the entry's translation).
-
-    Peaks weaker than min_i_over_sigma (summed intensity over its Poisson error) are left out.
-    """
-    entries = []
-    common = None
-    for sf, pf in zip(scan_files, peaks_files):
-        rec = read_scan_file(sf)
-        pk = read_peaks_file(pf)
-        if pk.scan_id != rec.scan_id:
-            raise ValueError(f"{pf} holds peaks of {pk.scan_id}, not of {rec.scan_id} ({sf})")
-        shift = tuple(float(v) for v in rec.detector_shift)
-        base = rec.geometry.shifted(*(-v for v in shift))
-        if common is None:
-            common = base
-        elif not np.allclose([common.dist, common.poni1, common.poni2, common.rot1, common.rot2,
-                              common.rot3], [base.dist, base.poni1, base.poni2, base.rot1,
-                                             base.rot2, base.rot3], atol=1e-9):
-            raise ValueError(f"{sf}: its entries do not share one calibration; refine them separately")
-        sg = ScanGeometry(rec.geometry, rec.goniometer, rec.angles, dict(rec.offsets))
-        entries.append(entry_peaks(rec.entry, sg, shift, pk.peaks, min_i_over_sigma))
-    return entries, common
-
-
-def entry_peaks(name, scan: ScanGeometry, shift, peaks: dict, min_i_over_sigma: float = 5.0):
-    """EntryPeaks of one entry from a peak table (find_peaks columns): the peaks above
-    min_i_over_sigma with their centroid uncertainties and intensities."""
+def entry_peaks(setup, peaks: dict, min_i_over_sigma: float = MIN_I_OVER_SIGMA) -> EntryPeaks:
+    """EntryPeaks of one entry (geometry.EntrySetup) from its peak table (find_peaks
+    columns): the peaks above min_i_over_sigma with centroid uncertainties and intensities."""
     strong = peaks["int_sum"] > min_i_over_sigma * np.sqrt(np.maximum(peaks["int_sum_var"], 1.0))
     sxy, sz = centroid_sigmas(peaks)
-    return EntryPeaks(name, scan, tuple(shift), peaks["observed_px_x"][strong],
-                      peaks["observed_px_y"][strong], peaks["observed_frame"][strong],
-                      sxy[strong], sz[strong], peaks["int_sum"][strong])
+    return EntryPeaks(setup, peaks["observed_px_x"][strong], peaks["observed_px_y"][strong],
+                      peaks["observed_frame"][strong], sxy[strong], sz[strong],
+                      peaks["int_sum"][strong])
 
 
-def sample_q(entries) -> np.ndarray:
-    """Sample-frame Q (1/Angstrom) of every peak of the entries, concatenated."""
-    return np.concatenate([e.scan.sample_q_at(e.y, e.x, e.z) for e in entries])
+def temperature_entries(scans, peaks) -> list[EntryPeaks]:
+    """EntryPeaks of the entries of one sample at one temperature, from their scan and
+    peaks records (files.scan.ScanRecord, files.peaks.PeaksRecord), which must belong
+    together and share one calibration."""
+    entries = []
+    for rec, pk in zip(scans, peaks):
+        if pk.scan_id != rec.scan_id:
+            raise InputMismatchError(f"{pk.path} holds peaks of {pk.scan_id}, not of "
+                                     f"{rec.scan_id} ({rec.path})")
+        if (rec.sample, rec.temperature_label) != (scans[0].sample, scans[0].temperature_label):
+            raise InputMismatchError(f"{rec.path} is a scan of {rec.sample}/"
+                                     f"{rec.temperature_label}, {scans[0].path} of "
+                                     f"{scans[0].sample}/{scans[0].temperature_label}")
+        if rec.setup.calibration != scans[0].setup.calibration:
+            raise InputMismatchError(f"{rec.path}: its calibration differs from that of "
+                                     f"{scans[0].path}: the entries of one temperature are "
+                                     "refined together from one calibration")
+        entries.append(entry_peaks(rec.setup, pk.peaks))
+    return entries
 
 
-def plot_residuals(result: RefinementResult, title: str, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(16, 5))
-    for e, res, used in zip(result.entries, result.residuals, result.used):
-        ax[0].scatter(e.x[used], e.y[used], c=np.hypot(res[used, 0], res[used, 1]), s=6,
-                      cmap="viridis", vmin=0, vmax=max(3 * result.rms_px, 0.1))
-        ax[1].scatter(e.z[used], res[used, 2], s=4, label=e.name)
-        ax[2].scatter(res[used, 0], res[used, 1], s=4, label=e.name)
-    ax[0].set(title=f"|residual| on the detector (colour, 0-{3 * result.rms_px:.2f} px)",
-              xlabel="column (pixel)", ylabel="row (pixel)", aspect="equal")
-    ax[1].axhline(0, color="k", lw=0.5)
-    ax[1].set(title=f"frame residual vs frame (rms {result.rms_frames:.3f})", xlabel="frame",
-              ylabel="predicted - observed (frames)")
-    ax[1].legend(fontsize=8, markerscale=3)
-    ax[2].axhline(0, color="k", lw=0.5)
-    ax[2].axvline(0, color="k", lw=0.5)
-    ax[2].set(title=f"pixel residuals (rms {result.rms_px:.3f} px)", xlabel="dx (pixel)",
-              ylabel="dy (pixel)", aspect="equal")
-    c = result.model.crystal.cell
-    fig.suptitle(f"{title}: {result.n_used} peaks, {result.fraction_indexed:.1%} indexed; cell "
-                 + " ".join(f"{v:.5f}" for v in c.parameters))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def sample_q(entries, model: Model | None = None) -> np.ndarray:
+    """Sample-frame Q (1/Angstrom) of every peak of the entries (with the model's refined
+    detector and offsets if given), concatenated."""
+    return np.concatenate([e.setup.geometry(model).sample_q_at(e.y, e.x, e.z) for e in entries])
 
 
-def refined_scan_geometry(scan_record, orientation) -> tuple[ScanGeometry, np.ndarray]:
-    """The refined geometry of one scan entry and the UB of its sample at its temperature:
-    the orientation file's common detector moved by the entry's scans-table translation,
-    the table's offset angles plus the refined offset corrections of the entry.
+def _index(entries, model, crystal, params: IndexingParams, log):
+    q = sample_q(entries, model)
+    intensities = (np.concatenate([e.intensity for e in entries])
+                   if all(e.intensity is not None for e in entries) else None)
+    sol = index_from_scratch(q, crystal, params, intensities)
+    log.info("indexed %.1f%% of %d peaks in %.2f s; cell %s", 100 * sol.fraction, len(q),
+             sol.seconds, " ".join(f"{v:.4f}" for v in sol.cell.parameters))
+    for note in sol.notes:
+        log.warning("indexing: %s", note)
+    return sol
 
-    scan_record: nexus.ScanRecord (scan.nxs); orientation: nexus.OrientationRecord."""
-    rec, ori = scan_record, orientation
-    if rec.sample != ori.sample:
-        raise ValueError(f"{ori.path} is the orientation of sample {ori.sample!r}, "
-                         f"not of {rec.sample!r} ({rec.path})")
-    offsets = dict(rec.offsets)
-    for axis, v in ori.offset_corrections.get(rec.entry, {}).items():
-        offsets[axis] = offsets.get(axis, 0.0) + v
-    scan = ScanGeometry(ori.detector.shifted(*rec.detector_shift), rec.goniometer, rec.angles, offsets)
-    return scan, np.asarray(ori.UB, dtype=float)
+
+def index_parent(entries, crystal, refine_params: RefinementParams,
+                 index_params: IndexingParams, log=None) -> tuple[RefinementResult, dict]:
+    """Index the parent's entries from scratch (the approximate cell of `crystal`), refine,
+    then index again with the refined geometry and refine once more (keeping the better of
+    the two).  The second pass matters on large detectors: the calibration cannot know
+    rot3 (a rotation about the beam), and a pattern rotated by a few pixels can make the
+    first indexing settle on another setting of the lattice; after the first refinement
+    the detector is right.  Returns (RefinementResult, summary of the passes)."""
+    log = log or logging.getLogger("hklflow.orientation")
+    log.info("indexing %d entries from scratch (space group %s, approximate cell %s)",
+             len(entries), crystal.hm, crystal.cell.parameters)
+    passes, best = [], None
+    model_det, offsets, refined = entries[0].setup.calibration, {}, None
+    for npass in (1, 2):
+        sol = _index(entries, refined, crystal, index_params, log)
+        model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U,
+                      model_det, offsets)
+        result = refine(entries, model, refine_params, log)
+        passes.append({"pass": npass, "indexing_fraction": float(sol.fraction),
+                       "rms_hkl": float(sol.rms_hkl), "rms_q": float(sol.rms_q),
+                       "seconds": float(sol.seconds), "cell": list(sol.cell.parameters),
+                       "n_candidates_tried": int(sol.n_candidates_tried), "notes": list(sol.notes),
+                       "refined_fraction": result.fraction_indexed, "n_absent": result.n_absent})
+        key = (sol.fraction, result.fraction_indexed, -result.n_absent)
+        if best is None or key > best[0]:
+            best = (key, result, npass)
+        if sol.fraction > 0.98 and result.n_absent == 0:
+            break  # nothing to gain from another pass
+        # index again on Q from the refined detector and offsets
+        refined = result.model
+        model_det, offsets = refined.detector, dict(refined.offset_corrections)
+    _, result, kept = best
+    log.info("kept indexing pass %d of %d", kept, len(passes))
+    summary = {k: v for k, v in passes[kept - 1].items() if k != "pass"}
+    summary["fraction"] = summary.pop("indexing_fraction")
+    return result, dict(summary, kept_pass=kept, passes=passes)
+
+
+def refine_from_parent(entries, parent, params: RefinementParams, log=None,
+                       label: str = "this temperature") -> RefinementResult:
+    """Refine a temperature's entries (`label`, e.g. SAMPLE/100K) starting from its
+    parent's orientation record (read only): cell, U, detector and offset corrections
+    start from the parent's."""
+    model = Model(parent.crystal(), parent.U, parent.detector,
+                  {e: dict(a) for e, a in parent.offset_corrections.items()})
+    try:
+        return refine(entries, model, params, log)
+    except RefinementError as exc:
+        raise RefinementError(f"{label} does not refine from its parent {parent.parent} "
+                              f"({parent.path}): {exc}") from None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import platform
 import socket
@@ -52,7 +51,3 @@ def provenance(program: str, parameters: dict | None = None, inputs=(), argv=Non
         "working_directory": os.getcwd(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def provenance_json(*args, **kwargs) -> str:
-    return json.dumps(provenance(*args, **kwargs), indent=1, sort_keys=True, default=str)

@@ -26,47 +26,25 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from scipy.optimize import least_squares
+
 from .crystal import CELL_NAMES, Crystal
-from .geometry import (DetectorGeometry, ScanGeometry, axis_rotation, directions_from_q,
-                       ewald_angles)
+from .errors import RefinementError
+from .geometry import (DetectorGeometry, EntrySetup, ScanGeometry, axis_rotation,
+                       directions_from_q, ewald_angles)
+from .params import RefinementParams
 
 log = logging.getLogger("hklflow.refinement")
 
 DETECTOR_PARAMETERS = ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")
 
 
-class RefinementError(RuntimeError):
-    """The peaks do not fit the model (too few indexed, diverging fit)."""
-
-
-@dataclass(frozen=True)
-class RefinementParams:
-    hkl_tolerance: float = 0.15  # max |h - round(h)| per index for an assignment
-    outlier_sigma: float = 6.0  # rejection threshold in robust standard deviations
-    cycles: int = 4  # assignment / fit cycles
-    refine_cell: bool = True
-    refine_orientation: bool = True
-    refine_detector: bool = True
-    refine_offsets: bool = True
-    min_peaks_for_detector: int = 50  # detector parameters only with at least this many peaks
-    min_fraction: float = 0.5  # fail when fewer of the peaks can be indexed
-    frame_weight: float = 1.0  # residual weight of one frame relative to one pixel
-
-    def __post_init__(self):
-        if not 0 < self.hkl_tolerance < 0.5:
-            raise ValueError("refinement.hkl_tolerance must be in (0, 0.5)")
-        if self.cycles < 1:
-            raise ValueError("refinement.cycles must be >= 1")
-
-
 @dataclass
 class EntryPeaks:
-    """Observed peaks of one scan entry: its scan geometry (goniometer, angles, offsets; the
-    detector is the model's common one moved by `shift`) and the peak centroids."""
+    """Observed peaks of one scan entry and how the entry was measured (its EntrySetup: the
+    detector is the model's common one moved by the entry's shift)."""
 
-    name: str
-    scan: ScanGeometry
-    shift: tuple  # (d_dist, d_poni1, d_poni2) of this entry from the common detector geometry
+    setup: EntrySetup
     x: np.ndarray  # column (continuous)
     y: np.ndarray  # row
     z: np.ndarray  # frame
@@ -74,24 +52,28 @@ class EntryPeaks:
     sigma_z: np.ndarray | None = None  # (frames)
     intensity: np.ndarray | None = None  # summed intensities (the indexer starts from strong peaks)
 
+    @property
+    def name(self) -> str:
+        return self.setup.name
+
 
 @dataclass
 class Model:
+    """The refined quantities: crystal (cell), U, the common detector geometry the entries
+    shift from, and offset corrections per entry ({entry: {axis: deg}}); it has what
+    EntrySetup.geometry needs of an orientation."""
+
     crystal: Crystal
     U: np.ndarray
-    detector: DetectorGeometry  # the common (calibration) geometry the entries shift from
-    offset_corrections: dict = field(default_factory=dict)  # entry -> {axis: deg}
+    detector: DetectorGeometry
+    offset_corrections: dict = field(default_factory=dict)
 
     @property
     def UB(self) -> np.ndarray:
         return self.U @ self.crystal.B
 
     def entry_geometry(self, entry: EntryPeaks) -> ScanGeometry:
-        """The entry's scan geometry with the model's detector and offset corrections."""
-        offs = dict(entry.scan.offsets)
-        for k, v in self.offset_corrections.get(entry.name, {}).items():
-            offs[k] = offs.get(k, 0.0) + v
-        return replace(entry.scan, detector=self.detector.shifted(*entry.shift), offsets=offs)
+        return entry.setup.geometry(self)
 
 
 @dataclass
@@ -116,8 +98,9 @@ class RefinementResult:
 # --------------------------------------------------------------------------------------
 # Prediction
 # --------------------------------------------------------------------------------------
-def predict(hkl, UB, scan: ScanGeometry, phi_obs):
+def predict(hkl, scan: ScanGeometry, phi_obs):
     """Predicted (col, row, frame) of reflections hkl: the Ewald solution nearest phi_obs."""
+    UB = scan.UB
     pa, pb = ewald_angles(hkl, UB, scan.goniometer, scan.offsets, scan.detector.wavelength)
 
     def near(p):  # the copy of angle p (mod 360) nearest the observed angle
@@ -136,7 +119,7 @@ def predict(hkl, UB, scan: ScanGeometry, phi_obs):
 def assign(entry: EntryPeaks, model: Model, tolerance: float):
     """Nearest integer hkl of every observed peak and whether it is acceptable."""
     sg = model.entry_geometry(entry)
-    h = sg.hkl_at(entry.y, entry.x, entry.z, model.UB)
+    h = sg.hkl_at(entry.y, entry.x, entry.z)
     hi = np.rint(h).astype(np.int64)
     ok = np.all(np.abs(h - hi) < tolerance, axis=1) & np.any(hi != 0, axis=1)
     ok &= ~model.crystal.is_absent(hi)
@@ -165,7 +148,7 @@ class _Packer:
         self.offset_names = []
         if params.refine_offsets:
             for e in entries[1:]:
-                for ax in e.scan.offsets:
+                for ax in e.setup.offsets:
                     self.offset_names.append((e.name, ax))
                     self.names.append(f"offset.{e.name}.{ax}")
         # scales make the parameters comparable (a step of 1 ~ a shift of ~1 pixel)
@@ -220,13 +203,12 @@ def _residuals(model: Model, entries, hkls, masks, frame_weight, weighted=True):
     """Predicted minus observed (pixels, pixels, frames) of the assigned peaks, divided by the
     centroid uncertainties when weighted (the least-squares residuals)."""
     out = []
-    UB = model.UB
     for e, hkl, m in zip(entries, hkls, masks):
         if not m.any():
             continue
         sg = model.entry_geometry(e)
         phi_obs = sg.angles.angle(e.z[m])
-        cx, cy, cz = predict(hkl[m], UB, sg, phi_obs)
+        cx, cy, cz = predict(hkl[m], sg, phi_obs)
         r = np.stack([cx - e.x[m], cy - e.y[m], frame_weight * (cz - e.z[m])], axis=1)
         if weighted and e.sigma_xy is not None:
             r[:, :2] /= e.sigma_xy[m, None]
@@ -235,11 +217,10 @@ def _residuals(model: Model, entries, hkls, masks, frame_weight, weighted=True):
     return np.concatenate(out).ravel() if out else np.zeros(0)
 
 
-def refine(entries, model: Model, params: RefinementParams = RefinementParams(),
+def refine(entries, model: Model, params: RefinementParams | None = None,
            log_=None) -> RefinementResult:
     """Alternate assignment and least squares; see the module docstring."""
-    from scipy.optimize import least_squares
-
+    params = params or RefinementParams.defaults()
     lg = log_ or log
     t0 = time.monotonic()
     n_total = sum(len(e.x) for e in entries)

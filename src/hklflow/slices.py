@@ -1,5 +1,5 @@
-"""Pictures of planes of reciprocal-space volumes (sum_chunks, merge_entries, symmetrize,
-temperature_series).
+"""Planes of reciprocal-space volumes, as the pictures draw them (pictures.plot_slices,
+pictures.plot_series).
 
 A slice fixes one index ({l: 0} is the plane l = 0, drawn with H across and K up); it is
 drawn as an image of the intensity signal/weight on a log colour scale, grey where nothing
@@ -9,21 +9,20 @@ them (from the reciprocal metric of the cell), so a hexagonal HK0 plane shows it
 (60 deg between a* and b*) and the grid lines follow constant H and constant K.  Without a
 cell the axes are orthogonal with 1 r.l.u. the same length on both, and the picture says so.
 
-Only the plane is read from a volume file (volume.read_volume with a region).
+Only the plane is read from a volume file (files.volume.read_volume with a region).
 """
 from __future__ import annotations
 
-import logging
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .crystal import UnitCell
+from .errors import ConfigError
+from .files.volume import Volume, read_grid_of, read_volume, read_volume_header
 from .grid import AXES, Grid
-
-log_ = logging.getLogger("hklflow.slices")
 
 
 @dataclass
@@ -53,18 +52,18 @@ def parse_slice(spec) -> tuple[str, float]:
     """{l: 0} (or ('l', 0), or 'l=0') -> ('l', 0.0)."""
     if isinstance(spec, dict):
         if len(spec) != 1:
-            raise ValueError(f"a slice fixes exactly one index, got {spec}")
+            raise ConfigError(f"a slice fixes exactly one index, got {spec}")
         (axis, value), = spec.items()
     elif isinstance(spec, str):
         m = re.fullmatch(r"\s*([hkl])\s*=\s*(\S+)\s*", spec)
         if not m:
-            raise ValueError(f"slice {spec!r}: expected e.g. 'l=0'")
+            raise ConfigError(f"slice {spec!r}: expected e.g. 'l=0'")
         axis, value = m.groups()
     else:
         axis, value = spec
     axis = str(axis).lower()
     if axis not in AXES:
-        raise ValueError(f"slice {spec}: the index must be h, k or l")
+        raise ConfigError(f"slice {spec}: the index must be h, k or l")
     return axis, float(value)
 
 
@@ -77,9 +76,7 @@ def _region(grid: Grid, axis: str, i: int):
 
 def read_slice(volume_or_path, spec) -> Slice:
     """The plane of a Volume (in memory) or volume file (only the plane is read) nearest the
-    slice spec; ValueError when the value is outside the grid."""
-    from .volume import Volume, read_grid_of, read_volume
-
+    slice spec; GridError when the value is outside the grid."""
     axis, value = parse_slice(spec)
     if isinstance(volume_or_path, Volume):
         vol = volume_or_path
@@ -107,9 +104,6 @@ def read_slice(volume_or_path, spec) -> Slice:
 
 def cell_of(volume_or_path, cell=None):
     """The UnitCell to draw with: the one given, else the volume's sample unit_cell, else None."""
-    from .crystal import UnitCell
-    from .volume import Volume, read_volume_header
-
     if cell is not None:
         return cell if isinstance(cell, UnitCell) else UnitCell.from_list(cell)
     smp = volume_or_path.sample if isinstance(volume_or_path, Volume) \
@@ -149,95 +143,3 @@ def color_limits(arrays, lo_percentile: float = 1.0, hi_percentile: float = 99.9
     vmax = max(float(vmax), 1e-30)
     vmin = min(max(float(vmin), vmax / dynamic_range), vmax / 10)
     return vmin, vmax
-
-
-def _cmap():
-    import matplotlib
-
-    cmap = matplotlib.colormaps["viridis"]
-    # grey: unmeasured; zero or negative intensity: the lowest colour, not grey
-    return cmap.with_extremes(bad="0.6", under=cmap(0.0))
-
-
-def draw_slice(fig, spec, sl: Slice, cell, norm, title: str | None = None):
-    """Draw a Slice in the subplot position spec (e.g. (2, 2, 1)) of fig, to scale in
-    Cartesian reciprocal space with grid lines along its r.l.u. axes; returns (ax, image)."""
-    from matplotlib.transforms import Affine2D
-    from mpl_toolkits.axisartist import Axes as AAAxes
-    from mpl_toolkits.axisartist.grid_finder import MaxNLocator
-    from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinear
-
-    M = plane_matrix(cell, sl.u, sl.v)
-    aff = Affine2D(np.array([[M[0, 0], M[0, 1], 0.0], [M[1, 0], M[1, 1], 0.0], [0, 0, 1]]))
-    helper = GridHelperCurveLinear(aff, grid_locator1=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]),
-                                   grid_locator2=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
-    ax = fig.add_subplot(*spec, axes_class=AAAxes, grid_helper=helper)
-    data = np.where(np.isfinite(sl.data), np.maximum(sl.data, norm.vmin * 0.5), np.nan)
-    im = ax.imshow(np.ma.masked_invalid(data), origin="lower", cmap=_cmap(), norm=norm,
-                   extent=(*sl.u_edges, *sl.v_edges), interpolation="nearest",
-                   transform=aff + ax.transData)
-    corners = np.array([[sl.u_edges[a], sl.v_edges[b]] for a in (0, 1) for b in (0, 1)]) @ M.T
-    ax.set_xlim(corners[:, 0].min(), corners[:, 0].max())
-    ax.set_ylim(corners[:, 1].min(), corners[:, 1].max())
-    ax.set_aspect("equal")
-    ax.set_facecolor("white")
-    ax.grid(True, color="w", lw=0.3, alpha=0.5)
-    ax.axis["bottom"].label.set_text(f"{sl.u.upper()} (r.l.u.)")
-    ax.axis["left"].label.set_text(f"{sl.v.upper()} (r.l.u.)")
-    for side in ("top", "right"):
-        ax.axis[side].major_ticklabels.set_visible(False)
-    for side in ("bottom", "left"):
-        ax.axis[side].major_ticklabels.set_fontsize(8)
-    ax.set_title(title if title is not None else f"{sl.describe()}: {sl.label}", fontsize=10)
-    return ax, im
-
-
-def _angle_note(cell, u, v) -> str:
-    if cell is None:
-        return "no cell: orthogonal axes, 1 r.l.u. equal lengths"
-    M = plane_matrix(cell, u, v)
-    ang = math.degrees(math.atan2(M[1, 1], M[0, 1]))
-    return f"{u}* ^ {v}* = {ang:.1f} deg, to scale"
-
-
-def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -> list[str]:
-    """PNG of the slices (list of {h|k|l: value}) of a Volume or volume file.  Slices outside
-    the grid are left out with a warning; returns the labels of the slices drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    log = log or log_
-    cell = cell_of(volume_or_path, cell)
-    drawn = []
-    for spec in slices:
-        try:
-            drawn.append(read_slice(volume_or_path, spec))
-        except ValueError as exc:
-            log.warning("slice %s left out of %s: %s", spec, Path(path).name, exc)
-    n = max(len(drawn), 1)
-    ncol = min(n, 2) if n <= 4 else 3
-    nrow = math.ceil(n / ncol)
-    fig = plt.figure(figsize=(6.2 * ncol, 5.4 * nrow))
-    for i, sl in enumerate(drawn):
-        vmin, vmax = color_limits([sl.data])
-        norm = LogNorm(vmin=vmin, vmax=vmax)
-        measured = np.isfinite(sl.data)
-        ax, im = draw_slice(fig, (nrow, ncol, i + 1), sl, cell, norm,
-                            f"{sl.describe()}: {sl.label}\n{measured.mean():.0%} measured; "
-                            f"{_angle_note(cell, sl.u, sl.v)}")
-        fig.colorbar(im, ax=ax, extend="both", shrink=0.85, label="intensity (log)")
-    if not drawn:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no slice inside the grid:\n" + ", ".join(str(s) for s in slices),
-                ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-    fig.suptitle(title)
-    fig.subplots_adjust(wspace=0.35, hspace=0.35)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [sl.label for sl in drawn]

@@ -21,15 +21,32 @@ the window, so rounding never accumulates.
 in the frame (8-connected) or at the same pixel in consecutive frames belong to one peak;
 a peak is finished (and its slot recycled) when a frame adds nothing to it, so memory is
 bounded by the peaks open at once, not by the length of the scan.
+
+`search` is the peak search of a scan entry (rule find_peaks): per frame the total sum,
+maximum and a trimmed sum inside a Q annulus (strong pixels left out: a transmission and
+normalisation diagnostic robust to Bragg peaks); per scan the 3D Bragg peaks with
+first-moment centroids (x = column, y = row, frame; continuous, pixel centre at +0.5),
+widths, summed intensity and its error, pixel count, rotation angle, 2theta and chi.
+Pixels not used: detector gaps (pyFAI model), negative values (gaps as Pilatus writes
+them), values at or above the trusted maximum, the user mask, and hot pixels found from
+the data (strong in every one of the first frames: masked from the start; strong in more
+than hot_pixel_fraction of all frames: reported for the mask step).
 """
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
+
+from . import steplog
+from .geometry import DetectorGeometry, ScanAngles
+from .masking import user_mask
+from .params import DetectorParams, PeakSearchParams
 
 # --------------------------------------------------------------------------------------
 # Per-frame detection
@@ -518,3 +535,185 @@ class PeakAssembler:
         if not self.done_acc:
             return PeakTable(np.zeros((0, N_ACC)), np.zeros((0, N_BOX), dtype=np.int64))
         return PeakTable(np.concatenate(self.done_acc), np.concatenate(self.done_box))
+
+
+# --------------------------------------------------------------------------------------
+# The peak search of a scan entry (rule find_peaks): one streamed pass over its frames
+# --------------------------------------------------------------------------------------
+HOT_PROBE_FRAMES = 20  # frames looked at to find hot pixels before the pass
+
+
+@dataclass
+class PeakSearchResult:
+    peaks: dict  # column -> array (one row per peak)
+    frame_stats: dict  # name -> array (one value per frame)
+    hot_pixels: np.ndarray  # (n, 2) rows, cols
+    max_projection: np.ndarray  # per-pixel maximum over the scan (for the picture)
+    q_annulus: tuple
+    nframes: int
+    seconds: float
+    strong_pixels: int = 0
+    notes: list = field(default_factory=list)
+
+    @property
+    def scan_max(self) -> float:
+        return float(self.frame_stats["max"].max()) if self.nframes else 0.0
+
+
+def annulus_map(geometry: DetectorGeometry, usable: np.ndarray, q_annulus) -> tuple[np.ndarray, tuple]:
+    """uint8 map of the usable pixels inside the Q annulus of the trimmed sum (default the
+    middle fifth of the detector's Q range) and the annulus (low, high) in 1/Angstrom."""
+    q = np.linalg.norm(geometry.lab_q(*geometry.pixel_grid()), axis=-1)
+    if q_annulus is None:
+        qmax = float(q[usable].max()) if usable.any() else float(q.max())
+        q_annulus = (0.4 * qmax, 0.6 * qmax)
+    lo, hi = q_annulus
+    return ((q >= lo) & (q < hi) & usable).astype(np.uint8), (float(lo), float(hi))
+
+
+class _FrameDetector:
+    """The compiled per-frame detector with its buffers."""
+
+    def __init__(self, shape, params: PeakSearchParams, trusted_max: int):
+        ny, nx = shape
+        self.p = params
+        self.trusted_max = int(trusted_max)
+        self.half_r, self.half_c = params.window[0] // 2, params.window[1] // 2
+        self.stats = np.zeros(len(FRAME_STATS))
+        self._alloc(max(4096, ny * nx // 200))
+
+    def _alloc(self, cap):
+        self.rows = np.empty(cap, dtype=np.int32)
+        self.cols = np.empty(cap, dtype=np.int32)
+        self.vals = np.empty(cap)
+        self.bg = np.empty(cap)
+
+    def __call__(self, frame, usable, annulus):
+        p = self.p
+        while True:
+            n = strong_pixels_frame(
+                frame, usable, annulus, self.half_r, self.half_c, p.sigma_background,
+                p.sigma_strong, p.min_local, p.global_threshold,
+                float(p.absolute_threshold or 0.0), p.method == "absolute", self.trusted_max,
+                self.rows, self.cols, self.vals, self.bg, self.stats)
+            if n >= 0:
+                return n
+            self._alloc(2 * len(self.rows))
+
+
+def hot_pixels_in(frames, usable, annulus, params, trusted_max):
+    """Pixels that stand out in EVERY one of `frames` (the first frames of the scan): the
+    dispersion test run once on the per-pixel minimum over them (a Bragg peak does not stay
+    on one pixel that long, so its minimum is background; a hot pixel's is not).  Masked
+    before the pass.  Fewer than 5 frames tell nothing: no pixel is called hot."""
+    if len(frames) < 5:
+        return np.zeros(usable.shape, dtype=bool)
+    low = frames.min(axis=0)
+    det = _FrameDetector(usable.shape, params, trusted_max)
+    k = det(np.ascontiguousarray(low), usable.astype(np.uint8), annulus)
+    hot = np.zeros(usable.shape, dtype=bool)
+    hot[det.rows[:k], det.cols[:k]] = True
+    return hot
+
+
+def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
+           detector: DetectorParams, log=None) -> PeakSearchResult:
+    """Run the peak search over every frame of `stack` (a frames.FrameStack); detector:
+    the trusted maximum and the user mask."""
+    log = log or logging.getLogger("hklflow.spotfinding")
+    t0 = time.monotonic()
+    shape = stack.frame_shape
+    if tuple(shape) != tuple(geometry.shape):
+        raise ValueError(f"frames are {shape} pixels but the detector {geometry.detector} is {geometry.shape}")
+    trusted_max = detector.trusted_max_for(stack.dtype)
+    usable = ~(geometry.detector_mask() | user_mask(detector, geometry.shape))
+    annulus, q_ann = annulus_map(geometry, usable, params.q_annulus)
+    # the first frames are read once: they find the hot pixels, then start the pass; one
+    # buffer holds them and then every later block of chunk_frames frames
+    nf = stack.nframes
+    nprobe = min(HOT_PROBE_FRAMES, nf)
+    step = params.chunk_frames
+    buf = np.empty((max(nprobe, min(step, nf)),) + tuple(shape), dtype=stack.dtype)
+    first = stack.read(0, nprobe, out=buf[:nprobe])
+    hot_early = hot_pixels_in(first, usable, annulus, params, trusted_max)
+    if hot_early.any():
+        log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
+    usable &= ~hot_early
+    annulus &= usable.astype(np.uint8)
+    u8 = usable.astype(np.uint8)
+    det = _FrameDetector(shape, params, trusted_max)
+    asm = PeakAssembler(shape)
+    stats = np.zeros((nf, len(FRAME_STATS)))
+    strong_count = np.zeros(shape, dtype=np.int32)
+    integer = np.issubdtype(stack.dtype, np.integer)
+    maxproj = np.full(shape, -1, dtype=np.int64 if integer else np.float64)
+    progress = steplog.Progress(log, "frames searched", nf)
+    total_strong = 0
+
+    def blocks():
+        yield 0, first
+        for a in range(nprobe, nf, step):
+            b = min(a + step, nf)
+            yield a, stack.read(a, b, out=buf[:b - a])
+
+    for start, chunk in blocks():
+        for i, fr in enumerate(chunk):
+            f = start + i
+            k = det(fr, u8, annulus)
+            stats[f] = det.stats
+            rows, cols = det.rows[:k].copy(), det.cols[:k].copy()
+            strong_count[rows, cols] += 1
+            asm.add_frame(f, rows, cols, det.vals[:k].copy(), det.bg[:k].copy())
+            total_strong += k
+        # float frames: NaN (unusable) pixels do not hide the maximum
+        np.fmax(maxproj, chunk.max(axis=0) if integer else np.fmax.reduce(chunk, axis=0),
+                out=maxproj)
+        progress.update(start + len(chunk))
+    table = asm.finish()
+    hot_late = strong_count > max(5, params.hot_pixel_fraction * nf)
+    hot = hot_early | hot_late
+    peaks = peak_columns(table, geometry, angles)
+    keep = (peaks["n_pixels"] >= params.min_spot_size) & (peaks["n_pixels"] <= params.max_spot_size)
+    # a peak that is a single hot pixel is no peak
+    r0, c0 = peaks["bounding_box"][:, 0], peaks["bounding_box"][:, 2]
+    single = (peaks["bounding_box"][:, 1] == r0) & (peaks["bounding_box"][:, 3] == c0)
+    keep &= ~(single & hot[r0, c0])
+    peaks = {k: v[keep] for k, v in peaks.items()}
+    seconds = time.monotonic() - t0
+    log.info("%d peaks from %d strong pixels in %d frames; %.1f s, %.1f Mpixel/s",
+             len(peaks["n_pixels"]), total_strong, nf, seconds,
+             nf * shape[0] * shape[1] / max(seconds, 1e-9) / 1e6)
+    frame_stats = {name: stats[:, i] for i, name in enumerate(FRAME_STATS)}
+    hot_rc = np.argwhere(hot)
+    return PeakSearchResult(peaks, frame_stats, hot_rc, np.where(usable, maxproj, -1), q_ann, nf,
+                            seconds, total_strong)
+
+
+def peak_columns(table: PeakTable, geometry: DetectorGeometry, angles: ScanAngles) -> dict:
+    """Peak table -> named columns (centroids, variances, intensity, angles)."""
+    a, b = table.acc, table.box
+    n = a[:, A_N]
+    w = a[:, A_W]
+    ok = w > 0
+    ws = np.where(ok, w, 1.0)
+    # with no weight left after background subtraction, fall back to the box centre
+    cx = np.where(ok, a[:, A_WX] / ws, (b[:, B_C0] + b[:, B_C1] + 1) / 2.0)
+    cy = np.where(ok, a[:, A_WY] / ws, (b[:, B_R0] + b[:, B_R1] + 1) / 2.0)
+    cz = np.where(ok, a[:, A_WZ] / ws, (b[:, B_F0] + b[:, B_F1] + 1) / 2.0)
+    var = lambda s2, c: np.where(ok, np.clip(a[:, s2] / ws - c * c, 0, None), 0.0)  # noqa: E731
+    intensity = a[:, A_RAW] - a[:, A_BG]
+    tth, chi = geometry.two_theta_chi(cy, cx) if len(cy) else (np.zeros(0), np.zeros(0))
+    return {
+        "observed_px_x": cx, "observed_px_y": cy, "observed_frame": cz,
+        "observed_phi": angles.angle(cz),
+        "observed_px_x_var": var(A_WXX, cx), "observed_px_y_var": var(A_WYY, cy),
+        "observed_frame_var": var(A_WZZ, cz),
+        "int_sum": intensity, "int_sum_var": a[:, A_RAW],
+        "background_mean": np.where(n > 0, a[:, A_BG] / np.maximum(n, 1), 0.0),
+        "max_value": a[:, A_MAX], "n_pixels": n.astype(np.int64),
+        "bounding_box": np.stack([b[:, B_R0], b[:, B_R1] + 1, b[:, B_C0], b[:, B_C1] + 1,
+                                  b[:, B_F0], b[:, B_F1] + 1], axis=1).astype(np.int64),
+        "polar_angle": np.degrees(tth), "azimuthal_angle": np.degrees(chi),
+    }
+
+

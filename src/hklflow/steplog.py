@@ -1,9 +1,11 @@
-"""Logging for step command lines: messages with time stamps on stderr, which the
-Snakemake rule sends to the rule's log file."""
+"""Logging of the step commands: messages with time stamps on stderr, which the Snakemake
+rule sends to the rule's log file; progress of long loops."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 
 
@@ -15,9 +17,6 @@ def setup(name: str, verbose: bool = False) -> logging.Logger:
     """Logging to stderr, and SIGTERM (a batch system's time limit, snakemake stopping)
     turned into SystemExit so that the step's cleanup runs: temporary files of atomic
     writes are removed and no output that looks complete is left."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
@@ -43,13 +42,3 @@ class Progress:
             rate = done / max(now - self.t0, 1e-9)
             self.log.info("%s: %d/%d (%.1f/s)", self.what, done, self.total, rate)
             self.last = now
-
-
-def fail(log: logging.Logger, error, outputs) -> int:
-    """A step failed: remove its outputs (nothing may look complete), log why, exit code 1."""
-    from pathlib import Path
-
-    for f in outputs:
-        Path(f).unlink(missing_ok=True)
-    log.error("%s", error)
-    return 1

@@ -31,12 +31,13 @@ from fractions import Fraction
 import numba
 import numpy as np
 
+from .errors import GridError
 from .grid import AXES, Grid
 
 TILE = 16
 
 
-class GridSymmetryError(ValueError):
+class GridSymmetryError(GridError):
     """The grid is not mapped onto itself voxel by voxel by the Laue operators."""
 
 
@@ -228,17 +229,6 @@ def symmetrize_arrays(signal: np.ndarray, weight: np.ndarray, grid: Grid, operat
     maps = index_maps(grid, operators, group)
     s, w, _ = symmetrize_slab(signal, weight, maps, 0, grid.l.n)
     return s, w
-
-
-def symmetrize_volume(vol, crystal):
-    """A Volume symmetrised by the Laue group of crystal (hklflow.crystal.Crystal)."""
-    from .volume import Volume
-
-    ops = crystal.laue_operators
-    s, w = symmetrize_arrays(vol.signal, vol.weight, vol.grid, ops, crystal.laue_group)
-    notes = {"symmetrized": symmetry_notes(crystal), "input": {"title": vol.title, "notes": vol.notes}}
-    return Volume(vol.grid, s, w, vol.kind, f"{vol.title} symmetrized ({crystal.laue_group})",
-                  dict(vol.sample), notes)
 
 
 def symmetry_notes(crystal) -> dict:

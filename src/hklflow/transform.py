@@ -21,14 +21,20 @@ and the tests' reference).
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from .geometry import DetectorGeometry, ScanGeometry, q_from_directions
+from . import steplog
+from .errors import GridError, InputMismatchError, RawDataError
+from .geometry import DetectorGeometry, ScanGeometry
 from .grid import Grid
+from .params import TransformParams
 
 BRICK_BITS = 3  # bricks of 8^3 voxels (2 KiB of float32)
 BLOCK = 4096
@@ -90,21 +96,18 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
     for r0 in range(0, ny, 64):  # blocks of rows: temporaries stay small on large detectors
         r1 = min(r0 + 64, ny)
         sel = index[(index >= r0 * nx) & (index < r1 * nx)]
-        pos = geometry.lab_positions(sel // nx + 0.5, sel % nx + 0.5)
-        q[:, sel] = q_from_directions(
-            pos / np.linalg.norm(pos, axis=-1, keepdims=True), geometry.wavelength).T
+        q[:, sel] = geometry.lab_q(sel // nx + 0.5, sel % nx + 0.5).T
     corr_all = np.zeros(ny * nx, dtype=np.float32)
     corr_all[index] = corr.ravel()[index]
     return PixelTable(q[0], q[1], q[2], corr_all, index, geometry.shape)
 
 
-def frame_matrices(scan: ScanGeometry, UB: np.ndarray, first: int, stop: int,
-                   subdivide: int) -> np.ndarray:
+def frame_matrices(scan: ScanGeometry, first: int, stop: int, subdivide: int) -> np.ndarray:
     """(stop-first, subdivide, 3, 3): (UB)^-1 R^-1 at the centre of each rotation sub-step
     (frame f, sub-step j at continuous frame coordinate f + (j + 0.5) / subdivide)."""
     z = (np.arange(first, stop)[:, None] + (np.arange(subdivide)[None, :] + 0.5) / subdivide)
     R = scan.sample_rotation(z.ravel())  # (n, 3, 3) sample -> lab
-    M = np.einsum("ij,nkj->nik", np.linalg.inv(UB), R)  # (UB)^-1 R^T
+    M = np.einsum("ij,nkj->nik", np.linalg.inv(scan.UB), R)  # (UB)^-1 R^T
     return np.ascontiguousarray(M.reshape(stop - first, subdivide, 3, 3))
 
 
@@ -115,7 +118,7 @@ def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengt
     A pixel's sample-frame Q moves by |Q_perp| dphi per frame (Q_perp: the part of lab Q
     perpendicular to the rotation axis); index i = Q . a_i moves by at most |a_i| times that.
     Returns (sub-steps, largest move per frame in voxels)."""
-    axis = scan.goniometer.offset_rotation(scan.offsets) @ scan.goniometer.axis
+    axis = scan.axis_lab
     q = table.q.astype(np.float64)
     q_perp = np.sqrt(np.maximum(np.einsum("ij,ij->i", q, q) - (q @ axis) ** 2, 0.0)).max() \
         if len(q) else 0.0
@@ -139,7 +142,7 @@ class BrickedGrid:
                                 dtype=np.int64)  # (l, k, h)
         size = int(np.prod(self.nbricks)) * b ** 3
         if size > MAX_GRID_VOXELS:
-            raise ValueError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
+            raise GridError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
                              f"the transform indexes at most {MAX_GRID_VOXELS}: choose coarser "
                              "steps or narrower limits (reduction.transform.grid)")
         self.size = size
@@ -466,16 +469,13 @@ class Transformer:
         return int(round(float(np.sum(self.acc.weight, dtype=np.float64))))
 
 
-def transform_frames(stack, scan: ScanGeometry, UB, transformer: Transformer, first: int,
+def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first: int,
                      stop: int, subdivide: int, scale, chunk_frames: int = 16, mask=None,
                      progress=None) -> float:
     """Read frames [first, stop) of a FrameStack in chunks (a second thread reads and
     decompresses the next chunk while the kernel adds this one) and add them; with mask
     (masking.ScanMask) its Bragg regions are left out.  scale: per-frame multipliers for
     frames first..stop.  Returns the seconds spent in the kernel (and mask painting)."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
     bufs = [np.empty((chunk,) + tuple(stack.frame_shape), stack.dtype) for _ in range(2)]
@@ -495,7 +495,7 @@ def transform_frames(stack, scan: ScanGeometry, UB, transformer: Transformer, fi
             if i + 1 < len(starts):
                 pending = pool.submit(read, i + 1)
             b = a + len(frames)
-            M = frame_matrices(scan, UB, a, b, subdivide)
+            M = frame_matrices(scan, a, b, subdivide)
             t = time.perf_counter()
             if mask is not None:
                 bragg[:b - a] = 0
@@ -506,6 +506,65 @@ def transform_frames(stack, scan: ScanGeometry, UB, transformer: Transformer, fi
             if progress is not None:
                 progress(b - first)
     return t_kernel
+
+
+def frame_scale(monitor, reference, first: int, stop: int) -> tuple[np.ndarray, float | None]:
+    """Per-frame multipliers monitor_reference / monitor (1 without a monitor); the
+    reference defaults to the scan's median monitor."""
+    if monitor is None:
+        return np.ones(stop - first), None
+    monitor = np.asarray(monitor, dtype=np.float64)
+    ref = float(reference) if reference else float(np.median(monitor))
+    part = monitor[first:stop]
+    bad = ~(part > 0) | ~np.isfinite(part)
+    if bad.any():
+        raise RawDataError(f"monitor is <= 0 or not finite at frames "
+                           f"{(np.flatnonzero(bad) + first)[:10].tolist()}")
+    return ref / part, ref
+
+
+def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kind: str, first: int,
+                   stop: int, params: TransformParams, trusted_max: float, crystal, monitor=None,
+                   log=None) -> tuple[Transformer, dict]:
+    """Transform frames [first, stop) of a scan entry (rule transform_frames): its refined
+    geometry (with UB), the sample's grid, its masks (masking.ScanMask: the pixel mask for
+    both kinds, the Bragg regions and the hkl punch for the masked_transform).  Returns the
+    filled Transformer and notes on what was added."""
+    log = log or logging.getLogger("hklflow.transform")
+    if mask.pixels.shape != scan.detector.shape:
+        raise InputMismatchError(f"the pixel mask {mask.pixels.shape} does not match the "
+                                 f"detector {scan.detector.shape}")
+    table = pixel_table(scan.detector, mask.pixels, solid_angle=params.solid_angle,
+                        polarization=params.polarization,
+                        polarization_fraction=params.polarization_fraction)
+    nsub_auto, move = auto_subdivide(scan, table, grid, crystal.cell.parameters[:3])
+    nsub = nsub_auto if params.subdivide == "auto" else int(params.subdivide)
+    log.info("frames %d-%d (%s): %d usable pixels of %d; %s", first, stop, kind, len(table),
+             int(np.prod(scan.detector.shape)), grid.describe())
+    log.info("rotation sub-steps per frame: %d (%s; a pixel moves up to %.2f voxels per frame)",
+             nsub, "auto" if params.subdivide == "auto" else "config", move)
+    scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop)
+    masked = kind == "masked_transform"
+    hkl_radius = mask.hkl_radius if masked else 0.0
+    tr = Transformer(grid, table, trusted_max, crystal=crystal, hkl_radius=hkl_radius)
+    log.info("grid in memory: %.2f GB (signal + weight, float32)", tr.acc.nbytes / 1e9)
+    progress = steplog.Progress(log, "frames transformed", stop - first)
+    t0 = time.monotonic()
+    t_kernel = transform_frames(stack, scan, tr, first, stop, nsub, scale, params.chunk_frames,
+                                mask if masked else None, progress.update)
+    pixel_frames = (stop - first) * len(table)
+    added = tr.pixel_frames  # a sum over the grid: once
+    log.info("%d pixel-frames on the grid of %d usable (x %d sub-steps) in %.1f s (kernel "
+             "%.1f s: %.1f Mpixel/s)", added, pixel_frames, nsub, time.monotonic() - t0,
+             t_kernel, pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6)
+    notes = {"kind": kind, "frames": [first, stop], "subdivide": nsub,
+             "usable_pixels": len(table), "pixel_frames_added": added,
+             "pixel_frames_usable": int(pixel_frames), "solid_angle": params.solid_angle,
+             "polarization": params.polarization,
+             "polarization_fraction": params.polarization_fraction,
+             "monitor_reference": monitor_ref, "hkl_radius": hkl_radius,
+             "kernel_seconds": t_kernel}
+    return tr, notes
 
 
 # --------------------------------------------------------------------------------------

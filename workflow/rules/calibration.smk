@@ -1,21 +1,27 @@
 rule calibrate_powder:
     """Refine the detector geometry from a calibrant image (or import a PONI file); every
-    accepted calibration is kept as a version with an index of the scans it is valid for."""
+    accepted calibration is archived as a version (version.json says which one this is)."""
     input:
-        calibration_input,
+        calibration_sources,
     output:
         poni="results/calibration/{calibration}/geometry.poni",
         nexus="results/calibration/{calibration}/calibration.nxs",
         png=report("results/calibration/{calibration}/calibration.png", category="Calibration",
                    caption="../report/calibration.rst"),
+        version="results/calibration/{calibration}/version.json",
+    params:
+        settings=lambda w: SETTINGS.calibrate_powder(w.calibration),
     log:
         "logs/calibrate_powder/{calibration}.log",
     benchmark:
         "benchmarks/calibrate_powder/{calibration}.tsv"
-    threads: rule_threads("calibrate_powder")
+    threads: RESOURCES["calibrate_powder"].threads
     resources:
-        mem_mb=rule_mem_mb("calibrate_powder"),
-        runtime=rule_runtime("calibrate_powder"),
+        mem_mb=RESOURCES["calibrate_powder"].mem_mb,
+        runtime=RESOURCES["calibrate_powder"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} calibrate_powder {CONFIG_ARGS} --calibration {wildcards.calibration}"
-        " --out-dir results/calibration/{wildcards.calibration} > {log} 2>&1"
+        "hklflow calibrate_powder --settings {params.settings:q} --poni {output.poni:q}"
+        " --nexus {output.nexus:q} --png {output.png:q} --version {output.version:q}"
+        " > {log:q} 2>&1"

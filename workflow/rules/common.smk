@@ -1,13 +1,18 @@
-# The experiment (config + scans table), validated once at parse time, and the functions that
-# map wildcards to files.  Parsing reads two small text files and nothing else, because every
-# cluster job parses the Snakefile again.
+# The experiment (config + scans table), validated once at parse time; the settings every
+# job receives (params); the functions that map wildcards to files.  Parsing reads the two
+# small text files and lists the raw files, and nothing else, because every cluster job
+# parses the Snakefile again.
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+import hklflow
 from hklflow.config import ConfigError, load_experiment, read_config_files
+from hklflow.jobs import JobSettings, transform_frame_ranges
+from hklflow.rawfiles import matching_files
 
 # the Snakefile's configfile first, then --configfile ones in order (later ones win), as
 # Snakemake merges them; workflow.configfiles lists the command-line ones first
@@ -24,14 +29,29 @@ try:
     EXP = load_experiment(CONFIG_FILES, config=config)
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
+for _warning in EXP.warnings:
+    print(f"hklflow: {_warning}", file=sys.stderr)
 
 # HDF5 file locking fails on NFS/GPFS; no two hklflow jobs write one file.  Set here because
 # every job (local or on a cluster node) parses this file and inherits the environment.
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+# the step commands (`hklflow ...`) are those installed with the interpreter running
+# Snakemake, unless a rule's conda environment (--software-deployment-method conda) puts its
+# own first
+os.environ.update(PATH=os.pathsep.join([sysconfig.get_path("scripts"), os.path.dirname(sys.executable),
+                                        os.environ.get("PATH", "")]))
+# where envs/hklflow.post-deploy.sh installs hklflow from into a conda environment: this
+# source checkout, or (a workflow installed with the wheel) the same version from an index
+_SOURCE = Path(workflow.basedir).resolve()
+os.environ.setdefault("HKLFLOW_DIST", str(_SOURCE) if (_SOURCE / "pyproject.toml").is_file()
+                      else f"hklflow=={hklflow.__version__}")
 
-# how rules call the step command lines: the interpreter running Snakemake has hklflow
-HKLFLOW = f"{sys.executable} -m hklflow"
-CONFIG_ARGS = " ".join(f"--config {p}" for p in CONFIG_FILES)
+CONDA_ENV = "../../envs/hklflow.yaml"
+DETECTOR = EXP.instrument.detector
+# what each job receives through params: settings (hklflow.jobs.JobSettings)
+SETTINGS = JobSettings(EXP)
+TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
+SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
 
 
 wildcard_constraints:
@@ -39,36 +59,94 @@ wildcard_constraints:
     sample="[A-Za-z0-9_.-]+",
     temperature=r"[0-9.]+K",
     entry="[A-Za-z0-9_-]+",
+    kind="transform|masked_transform",
+    frames=r"[0-9]+-[0-9]+",
 
 
-def scan_of(wildcards):
-    return EXP.scan(wildcards.sample, wildcards.temperature, wildcards.entry)
-
-
-def calibration_input(wildcards):
-    spec = EXP.calibrations[wildcards.calibration]
-    return [spec.poni] if spec.poni else [spec.image]
-
-
-def calibration_poni(wildcards):
-    return f"results/calibration/{scan_of(wildcards).calibration}/geometry.poni"
-
-
-def raw_data_input(wildcards):
-    """The raw HDF5 file, or the folder holding a scan's frame files (not every file: a
-    3650-frame scan would mean 3650 stat calls per job at parse time)."""
-    scan = scan_of(wildcards)
-    return str(Path(scan.data).parent) if scan.is_frame_files else scan.data
+# --------------------------------------------------------------------------------------
+# The experiment by wildcards
+# --------------------------------------------------------------------------------------
+def scan_of(w):
+    return EXP.scan(w.sample, w.temperature, w.entry)
 
 
 def scan_path(scan, name):
     return f"results/{scan.sample}/{scan.temperature_label}/{scan.entry}/{name}"
 
 
+def calibration_path(name, file):
+    return f"results/calibration/{name}/{file}"
+
+
+def entries_files(w, name):
+    """A file of every entry of the wildcards' sample and temperature."""
+    return [scan_path(s, name) for s in EXP.scans_of(w.sample, w.temperature)]
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+def calibration_sources(w):
+    spec = EXP.calibrations[w.calibration]
+    return [p for p in (spec.poni, spec.image) if p]
+
+
+def raw_files(w):
+    """Every raw file of a scan entry (each HDF5 file, each frame file of a pattern)."""
+    scan = scan_of(w)
+    files = matching_files(scan.data)
+    if not files:
+        raise WorkflowError(f"{EXP.scans_table}: row {scan.row} ({scan.id}): field 'data': "
+                            f"no file matches {scan.data!r} (relative to the experiment "
+                            f"directory {os.getcwd()})")
+    return files
+
+
+def scan_calibration(w, file):
+    return calibration_path(scan_of(w).calibration, file)
+
+
+def user_mask(w):
+    return [DETECTOR.mask_file] if DETECTOR.mask_file else []
+
+
+def calibration_poni(name):
+    return calibration_path(name, "geometry.poni")
+
+
+def parent_orientation(w):
+    first = EXP.scans_of(w.sample, w.temperature)[0]
+    parent = EXP.samples[w.sample].parent_for(first.temperature)
+    return f"results/{w.sample}/{parent}/parent_orientation.nxs"
+
+
+def sample_ponis(w):
+    return sorted({calibration_poni(s.calibration) for s in EXP.scans_of(w.sample)})
+
+
+def transform_parts(w):
+    return [f"results/{w.sample}/{w.temperature}/{w.entry}/{w.kind}_parts/{a:05d}-{b:05d}.nxs"
+            for a, b in transform_frame_ranges(EXP, scan_of(w))]
+
+
+def merged_volumes(w):
+    return [f"results/{w.sample}/{t}/{w.kind}.nxs" for t in EXP.temperatures_of(w.sample)]
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
 def all_targets():
-    targets = [f"results/calibration/{c}/geometry.poni" for c in EXP.calibrations]
-    targets += [scan_path(s, "scan.nxs") for s in EXP.scans]
-    targets += [scan_path(s, "peaks.nxs") for s in EXP.scans]
+    targets = [calibration_path(c, "geometry.poni") for c in EXP.calibrations]
+    for s in EXP.scans:
+        targets += [scan_path(s, "scan.nxs"), scan_path(s, "peaks.nxs")]
     for name in EXP.samples:
-        targets += [f"results/{name}/{t}/orientation.nxs" for t in EXP.temperatures_of(name)]
+        temperatures = EXP.temperatures_of(name)
+        targets += [f"results/{name}/{t}/orientation.nxs" for t in temperatures]
+        for kind in TRANSFORM_KINDS:
+            for t in temperatures:
+                targets.append(f"results/{name}/{t}/{kind}.nxs")
+                if SYMMETRIZE:
+                    targets.append(f"results/{name}/{t}/{kind}_symmetrized.nxs")
+            targets.append(f"results/{name}/{kind}_temperature_series.png")
     return targets

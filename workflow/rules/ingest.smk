@@ -1,20 +1,24 @@
 rule ingest_scan:
-    """Build the NeXus file of one scan entry: link (never copy) the raw frames, record
-    angles, temperature, monitor and the geometry of the calibration valid for the scan."""
+    """Build the NeXus file of one scan entry: link (never copy) the raw frames, fingerprint
+    them, record angles, temperature, monitor and the calibration valid for the scan."""
     input:
-        raw=raw_data_input,
-        poni=calibration_poni,
+        raw=raw_files,
+        poni=lambda w: scan_calibration(w, "geometry.poni"),
+        version=lambda w: scan_calibration(w, "version.json"),
     output:
-        "results/{sample}/{temperature}/{entry}/scan.nxs",
+        scan="results/{sample}/{temperature}/{entry}/scan.nxs",
+    params:
+        settings=lambda w: SETTINGS.ingest_scan(w.sample, w.temperature, w.entry),
     log:
         "logs/ingest_scan/{sample}/{temperature}/{entry}.log",
     benchmark:
         "benchmarks/ingest_scan/{sample}/{temperature}/{entry}.tsv"
-    threads: rule_threads("ingest_scan")
+    threads: RESOURCES["ingest_scan"].threads
     resources:
-        mem_mb=rule_mem_mb("ingest_scan"),
-        runtime=rule_runtime("ingest_scan"),
+        mem_mb=RESOURCES["ingest_scan"].mem_mb,
+        runtime=RESOURCES["ingest_scan"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} ingest_scan {CONFIG_ARGS}"
-        " --scan {wildcards.sample}/{wildcards.temperature}/{wildcards.entry}"
-        " --poni {input.poni} --out {output} > {log} 2>&1"
+        "hklflow ingest_scan --settings {params.settings:q} --poni {input.poni:q}"
+        " --version {input.version:q} --out {output.scan:q} > {log:q} 2>&1"

@@ -1,17 +1,6 @@
-def entries_files(wildcards, name, temperature=None):
-    t = temperature or wildcards.temperature
-    return [scan_path(s, name) for s in EXP.scans_of(wildcards.sample, t)]
-
-
-def parent_orientation(wildcards):
-    parent = EXP.samples[wildcards.sample].parent_for(
-        EXP.scans_of(wildcards.sample, wildcards.temperature)[0].temperature)
-    return f"results/{wildcards.sample}/{parent}/parent_orientation.nxs"
-
-
 rule index_parent:
     """Index the parent scan of a sample from scratch (all its entries) and refine it: the
-    orientation every child scan of the sample starts from."""
+    orientation every other temperature of the sample starts from."""
     input:
         scans=lambda w: entries_files(w, "scan.nxs"),
         peaks=lambda w: entries_files(w, "peaks.nxs"),
@@ -19,21 +8,24 @@ rule index_parent:
         orientation="results/{sample}/{temperature}/parent_orientation.nxs",
         png=report("results/{sample}/{temperature}/parent_orientation.png", category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
+    params:
+        settings=lambda w: SETTINGS.index_parent(w.sample),
     log:
         "logs/index_parent/{sample}/{temperature}.log",
     benchmark:
         "benchmarks/index_parent/{sample}/{temperature}.tsv"
-    threads: rule_threads("index_parent")
+    threads: RESOURCES["index_parent"].threads
     resources:
-        mem_mb=rule_mem_mb("index_parent"),
-        runtime=rule_runtime("index_parent"),
+        mem_mb=RESOURCES["index_parent"].mem_mb,
+        runtime=RESOURCES["index_parent"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} index_parent {CONFIG_ARGS} --sample {wildcards.sample}"
-        " --temperature {wildcards.temperature} --scan-files {input.scans}"
-        " --peaks-files {input.peaks} --out {output.orientation} --png {output.png} > {log} 2>&1"
+        "hklflow index_parent --settings {params.settings:q} --scans {input.scans:q}"
+        " --peaks {input.peaks:q} --out {output.orientation:q} --png {output.png:q} > {log:q} 2>&1"
 
 
-rule refine_scan:
+rule refine_temperature:
     """Refine cell, orientation, detector and offsets of a sample at one temperature, starting
     from its parent's orientation (read-only)."""
     input:
@@ -44,16 +36,19 @@ rule refine_scan:
         orientation="results/{sample}/{temperature}/orientation.nxs",
         png=report("results/{sample}/{temperature}/orientation.png", category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
+    params:
+        settings=SETTINGS.refine_temperature(),
     log:
-        "logs/refine_scan/{sample}/{temperature}.log",
+        "logs/refine_temperature/{sample}/{temperature}.log",
     benchmark:
-        "benchmarks/refine_scan/{sample}/{temperature}.tsv"
-    threads: rule_threads("refine_scan")
+        "benchmarks/refine_temperature/{sample}/{temperature}.tsv"
+    threads: RESOURCES["refine_temperature"].threads
     resources:
-        mem_mb=rule_mem_mb("refine_scan"),
-        runtime=rule_runtime("refine_scan"),
+        mem_mb=RESOURCES["refine_temperature"].mem_mb,
+        runtime=RESOURCES["refine_temperature"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} refine_scan {CONFIG_ARGS} --sample {wildcards.sample}"
-        " --temperature {wildcards.temperature} --parent {input.parent}"
-        " --scan-files {input.scans} --peaks-files {input.peaks}"
-        " --out {output.orientation} --png {output.png} > {log} 2>&1"
+        "hklflow refine_temperature --settings {params.settings:q} --parent {input.parent:q}"
+        " --scans {input.scans:q} --peaks {input.peaks:q} --out {output.orientation:q}"
+        " --png {output.png:q} > {log:q} 2>&1"

@@ -2,19 +2,24 @@ rule find_peaks:
     """One streamed pass over every frame of a scan entry: per-frame statistics and the 3D
     Bragg peaks (dispersion test), with a picture."""
     input:
-        scan="results/{sample}/{temperature}/{entry}/scan.nxs",
+        scan=rules.ingest_scan.output.scan,
+        user_mask=user_mask,
     output:
         peaks="results/{sample}/{temperature}/{entry}/peaks.nxs",
         png=report("results/{sample}/{temperature}/{entry}/peaks.png", category="Peak search",
                    subcategory="{sample} {temperature}", caption="../report/peaks.rst"),
+    params:
+        settings=SETTINGS.find_peaks(),
     log:
         "logs/find_peaks/{sample}/{temperature}/{entry}.log",
     benchmark:
         "benchmarks/find_peaks/{sample}/{temperature}/{entry}.tsv"
-    threads: rule_threads("find_peaks")
+    threads: RESOURCES["find_peaks"].threads
     resources:
-        mem_mb=rule_mem_mb("find_peaks"),
-        runtime=rule_runtime("find_peaks"),
+        mem_mb=RESOURCES["find_peaks"].mem_mb,
+        runtime=RESOURCES["find_peaks"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} find_peaks {CONFIG_ARGS} --scan-file {input.scan}"
-        " --out {output.peaks} --png {output.png} > {log} 2>&1"
+        "hklflow find_peaks --settings {params.settings:q} --scan {input.scan:q}"
+        " --out {output.peaks:q} --png {output.png:q} > {log:q} 2>&1"

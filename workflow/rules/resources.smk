@@ -5,50 +5,23 @@
 # opened.  On a retry (profiles/slurm: retries) memory grows by half and run time doubles
 # per attempt, so a job killed for memory or time is resubmitted with more.
 #
-# What one job asks for, first attempt (third attempt: memory x2, run time x4), for a Pilatus
-# CdTe 2M (1679 x 1475 px) scan of 3650 frames of 0.1 deg (the default split: 5 transform jobs
-# of 730 frames, 4 rotation sub-steps per frame), 3 entries, on a grid of at most 401^3 / 801^3
-# voxels (reduction.transform.max_voxels, or the grid given in the config):
-#   rule                mem_mb 401^3 / 801^3     runtime (min) 401^3 / 801^3
-#   calibrate_powder    1591                     20
-#   ingest_scan          880                     10
-#   find_peaks          1532                     18      (~2 min of work on one core)
-#   index_parent        2000                     30
-#   refine_scan         2000                     20
-#   define_grid         1048                     10
-#   mask_scan           1098                     11
-#   transform_chunk     2288 / 6333              23 / 28 (~4 min of work on one core)
-#   sum_chunks          1184                     15 / 45 (5 inputs)
-#   merge_entries       1184                     13 / 33 (3 entries)
-#   symmetrize          1700 / 5296              15 / 49
-#   temperature_series  1006                     10
-# A small scan (Pilatus 300k, 360 frames): find_peaks 714 MB / 11 min, transform_chunk
-# 1653 MB / 12 min (the 401^3 grid bound dominates).  `python bench/dryrun.py --resources`
-# prints this table for any detector, scan and grid size.
-#
-# How the figures are made (measure again with benchmarks/<rule>/*.tsv, column max_rss, and
-# bench/transform.py when a step changes how it holds its data):
+# How the figures are made (measured figures and the table for a 2M detector:
+# bench/README.md, "Resources"; `python bench/dryrun.py --resources` prints it for any
+# detector, scan and grid):
 #   * every step is one Python process with numpy, scipy, h5py, pyFAI and numba loaded:
 #     BASE_MB;
-#   * frames are int32 in memory (FRAME_MB each); find_peaks and transform read
+#   * frames are int32 in memory (one frame: _FRAME_MB); find_peaks and transform read
 #     chunk_frames at a time, double-buffered (the next chunk is read while one is worked on);
 #   * a transform job holds signal and weight of the whole grid in float32 (8 bytes/voxel,
-#     bricks of 8^3 voxels, each axis padded to a multiple of 8: TRANSFORM_VOXEL_BYTES = 9)
+#     bricks of 8^3 voxels, each axis padded to a multiple of 8: TRANSFORM_VOXEL_BYTES)
 #     and writes it slab by slab; its pixel table (lab Q and corrections) peaks at ~140
 #     bytes/pixel while pyFAI computes it;
-#   * sum_volumes (sum_chunks, merge_entries) works slab by slab along L (hklflow.volume
-#     .slab_planes: ~64 MB per float32 array, at least 8 L planes), whatever the grid size;
-#     symmetrize holds its input volume whole (8 bytes/voxel) plus slabs;
-#   * measured (benchmarks/, max_rss): light steps 160-220 MB (so BASE_MB leaves room);
-#     tiny experiment (Pilatus 300k, 58.8M-voxel grid) find_peaks 349 MB, mask_scan 345 MB,
-#     transform_chunk 823 MB, sum_chunks 446 MB, symmetrize 880 MB; on a 2M detector: peak
-#     search 504 MB at 200 and at 800 frames (bench/find_peaks.py), a transform job on a
-#     57M-voxel grid (476 MB) 1005 MB (bench/transform.py's setup, 48 frames);
+#   * sums (sum_chunks, merge_entries) work slab by slab along L (~64 MB per float32 array
+#     of a slab, at least 8 L planes), whatever the grid size; symmetrize holds its input
+#     volume whole (8 bytes/voxel) plus slabs;
 #   * run times are generous on purpose (SLURM kills a job at its limit): a fixed 10 minutes
 #     (start, imports, compilation caches, writing) plus the work at rates several times
-#     slower than measured on one core, reading included (peak search ~140 Mpixel/s,
-#     transform ~140 Mpixel/s per rotation sub-step on a 71 M-voxel grid; bench/find_peaks.py,
-#     bench/transform.py; a shared cluster node can be far slower than that machine).
+#     slower than measured on one core (a shared cluster node can be far slower).
 import math
 
 from hklflow.geometry import detector_shape
@@ -83,7 +56,7 @@ for (_sample, _tlabel, _entry) in _SCANS:
 
 
 def _half_diagonal_px():
-    rows, cols = detector_shape(EXP.instrument.detector)
+    rows, cols = detector_shape(EXP.instrument.detector.name)
     return math.hypot(rows, cols) / 2
 
 
@@ -102,84 +75,73 @@ def transform_substeps(scan):
 
 
 def _frames(wildcards):
-    """Frames of the job: of its frame range (transform_chunk) or of its scan entry."""
+    """Frames of the job: of its frame range (transform_frames) or of its scan entry."""
     if "frames" in wildcards.keys():
         a, b = wildcards.frames.split("-")
         return int(b) - int(a)
     return _SCANS[(wildcards.sample, wildcards.temperature, wildcards.entry)].nframes
 
 
-def _mem_mb(name, wildcards):
-    if name == "calibrate_powder":  # pyFAI geometry arrays and integrators of one image
-        return BASE_MB + 100 * _FRAME_MB
-    if name == "ingest_scan":  # a few frames read back
-        return BASE_MB + 200 + 8 * _FRAME_MB
-    if name == "find_peaks":  # double-buffered chunks, kernel work arrays, per-pixel maps
-        return BASE_MB + (4 * _PEAK_CHUNK + 30) * _FRAME_MB
-    if name in ("index_parent", "refine_scan"):  # peak tables, least squares, figures
-        return BASE_MB + 1400
-    if name == "define_grid":
-        return BASE_MB + 200 + 25 * _FRAME_MB
-    if name == "mask_scan":  # per-pixel maps and the Bragg region table
-        return BASE_MB + 200 + 30 * _FRAME_MB
-    if name == "transform_chunk":  # pixel table, frames (double buffer + Bragg paint), grid
-        return (BASE_MB + 40 * _FRAME_MB + (2 * _TRANSFORM_CHUNK + 1) * _FRAME_MB
-                + TRANSFORM_VOXEL_BYTES * _VOXELS / 1e6 + 6 * _SLAB_MB)
-    if name in ("sum_chunks", "merge_entries"):  # float64 sums + one input + output, per slab
-        return BASE_MB + 200 + 6 * _SLAB_MB
-    if name == "symmetrize":  # the input whole + slabs
-        return BASE_MB + 200 + _GRID_MB + 6 * _SLAB_MB
-    if name == "temperature_series":  # one plane per temperature, a figure
-        return BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(wildcards.sample, ()))
-    raise KeyError(f"no memory model for rule {name}")
+class RuleResources:
+    """The threads, memory and run-time model of one rule (functions of the wildcards, and
+    of the attempt for memory and run time)."""
+
+    def __init__(self, mem_mb, minutes, threads=1):
+        self._mem_mb, self._minutes, self.threads = mem_mb, minutes, threads
+
+    def mem_mb(self, wildcards, attempt):
+        return int(math.ceil(self._mem_mb(wildcards) * (1.0 + 0.5 * (attempt - 1))))
+
+    def runtime(self, wildcards, attempt):
+        return int(math.ceil(self._minutes(wildcards) * 2 ** (attempt - 1)))
 
 
-def _minutes(name, wildcards):
-    fixed = 10
-    if name == "calibrate_powder":
-        return fixed + 5 + 2 * _PIXELS / 1e6
-    if name in ("ingest_scan", "define_grid"):
-        return fixed
-    if name == "find_peaks":
-        return fixed + _frames(wildcards) * _PIXELS / RATE_PEAKS / 60
-    if name == "index_parent":
-        return fixed + 20
-    if name == "refine_scan":
-        return fixed + 10
-    if name == "mask_scan":  # predicted peaks and painting per frame
-        return fixed + _frames(wildcards) * _PIXELS / (10 * RATE_PEAKS) / 60
-    if name == "transform_chunk":
-        scan = _SCANS[(wildcards.sample, wildcards.temperature, wildcards.entry)]
-        work = _frames(wildcards) * _PIXELS * transform_substeps(scan) / RATE_TRANSFORM
-        return fixed + work / 60 + _VOXELS / RATE_VOLUME / 60
-    if name == "sum_chunks":  # read every input, write one
-        key = (wildcards.sample, wildcards.temperature, wildcards.entry)
-        return fixed + (_CHUNKS[key] + 1) * _VOXELS / RATE_VOLUME / 60
-    if name == "merge_entries":
-        n = _ENTRIES[(wildcards.sample, wildcards.temperature)]
-        return fixed + (n + 1) * _VOXELS / RATE_VOLUME / 60
-    if name == "symmetrize":
-        return (fixed + 2 * _VOXELS / RATE_VOLUME / 60
-                + _VOXELS * MAX_LAUE_OPERATORS / RATE_SYMMETRY / 60)
-    if name == "temperature_series":
-        return fixed
-    raise KeyError(f"no run time model for rule {name}")
+_FIXED_MINUTES = 10
 
 
-def rule_threads(name):
-    """Every step is one process on one core: a scan is spread over jobs, not threads."""
-    return 1
+def _transform_minutes(w):
+    scan = _SCANS[(w.sample, w.temperature, w.entry)]
+    work = _frames(w) * _PIXELS * transform_substeps(scan) / RATE_TRANSFORM
+    return _FIXED_MINUTES + work / 60 + _VOXELS / RATE_VOLUME / 60
 
 
-def rule_mem_mb(name):
-    def mem_mb(wildcards, attempt):
-        return int(math.ceil(_mem_mb(name, wildcards) * (1.0 + 0.5 * (attempt - 1))))
-
-    return mem_mb
-
-
-def rule_runtime(name):
-    def runtime(wildcards, attempt):
-        return int(math.ceil(_minutes(name, wildcards) * 2 ** (attempt - 1)))
-
-    return runtime
+RESOURCES = {
+    # pyFAI geometry arrays and integrators of one image
+    "calibrate_powder": RuleResources(lambda w: BASE_MB + 100 * _FRAME_MB,
+                                  lambda w: _FIXED_MINUTES + 5 + 2 * _PIXELS / 1e6),
+    # a few frames read back, every raw file fingerprinted
+    "ingest_scan": RuleResources(lambda w: BASE_MB + 200 + 8 * _FRAME_MB, lambda w: _FIXED_MINUTES),
+    # double-buffered chunks, kernel work arrays, per-pixel maps
+    "find_peaks": RuleResources(lambda w: BASE_MB + (4 * _PEAK_CHUNK + 30) * _FRAME_MB,
+                            lambda w: _FIXED_MINUTES + _frames(w) * _PIXELS / RATE_PEAKS / 60),
+    # peak tables, least squares, figures
+    "index_parent": RuleResources(lambda w: BASE_MB + 1400, lambda w: _FIXED_MINUTES + 20),
+    "refine_temperature": RuleResources(lambda w: BASE_MB + 1400, lambda w: _FIXED_MINUTES + 10),
+    "define_grid": RuleResources(lambda w: BASE_MB + 200 + 25 * _FRAME_MB, lambda w: _FIXED_MINUTES),
+    # per-pixel maps and the Bragg region table; predicted peaks and painting per frame
+    "mask_scan": RuleResources(lambda w: BASE_MB + 200 + 30 * _FRAME_MB,
+                           lambda w: _FIXED_MINUTES + _frames(w) * _PIXELS / (10 * RATE_PEAKS) / 60),
+    # pixel table, frames (double buffer + Bragg paint), the grid
+    "transform_frames": RuleResources(
+        lambda w: (BASE_MB + 40 * _FRAME_MB + (2 * _TRANSFORM_CHUNK + 1) * _FRAME_MB
+                   + TRANSFORM_VOXEL_BYTES * _VOXELS / 1e6 + 6 * _SLAB_MB),
+        _transform_minutes),
+    # float64 sums + one input + output, per slab; read every input, write one
+    "sum_chunks": RuleResources(
+        lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
+        lambda w: _FIXED_MINUTES + (_CHUNKS[(w.sample, w.temperature, w.entry)] + 1)
+        * _VOXELS / RATE_VOLUME / 60),
+    "merge_entries": RuleResources(
+        lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
+        lambda w: _FIXED_MINUTES + (_ENTRIES[(w.sample, w.temperature)] + 1)
+        * _VOXELS / RATE_VOLUME / 60),
+    # the input whole + slabs
+    "symmetrize": RuleResources(
+        lambda w: BASE_MB + 200 + _GRID_MB + 6 * _SLAB_MB,
+        lambda w: (_FIXED_MINUTES + 2 * _VOXELS / RATE_VOLUME / 60
+                   + _VOXELS * MAX_LAUE_OPERATORS / RATE_SYMMETRY / 60)),
+    # one plane per temperature, a figure
+    "temperature_series": RuleResources(
+        lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),
+        lambda w: _FIXED_MINUTES),
+}

@@ -1,105 +1,88 @@
-# Masks, transform to (H, K, L), sums of frame chunks, merge of entries, symmetrisation and
-# the temperature series.  Transform jobs cover frame ranges of a scan (hklflow.jobs), so a
-# cluster spreads one scan over many nodes; the ranges come from the config and the scans
-# table only.
-from hklflow.jobs import transform_frame_ranges
-
-TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
-SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
-
-
-wildcard_constraints:
-    kind="transform|masked_transform",
-    frames=r"[0-9]+-[0-9]+",
-
-
-def calibration_ponis_of_sample(wildcards):
-    return sorted({f"results/calibration/{s.calibration}/geometry.poni"
-                   for s in EXP.scans_of(wildcards.sample)})
-
-
-def transform_parts(wildcards):
-    scan = scan_of(wildcards)
-    return [f"results/{wildcards.sample}/{wildcards.temperature}/{wildcards.entry}/"
-            f"{wildcards.kind}_parts/{a:05d}-{b:05d}.nxs" for a, b in transform_frame_ranges(EXP, scan)]
-
-
-def entry_volumes(wildcards):
-    return [scan_path(s, f"{wildcards.kind}.nxs")
-            for s in EXP.scans_of(wildcards.sample, wildcards.temperature)]
-
-
-def merged_volumes_of_sample(wildcards):
-    return [f"results/{wildcards.sample}/{t}/{wildcards.kind}.nxs"
-            for t in EXP.temperatures_of(wildcards.sample)]
+# The sample's grid, masks, transform to (H, K, L) in frame-range jobs (hklflow.jobs: a
+# cluster spreads one scan over many nodes), sums of the frame chunks, merge of the entries,
+# symmetrisation and the temperature series.
 
 
 rule define_grid:
     """The (H, K, L) grid of a sample (shared by every temperature and entry, so volumes add
     and compare): from the config, or derived from the cell and the detector's Q range."""
     input:
-        calibration_ponis_of_sample,
+        sample_ponis,
     output:
-        "results/{sample}/grid.json",
+        grid="results/{sample}/grid.json",
+    params:
+        settings=lambda w: SETTINGS.define_grid(w.sample, calibration_poni),
     log:
         "logs/define_grid/{sample}.log",
     benchmark:
         "benchmarks/define_grid/{sample}.tsv"
-    threads: rule_threads("define_grid")
+    threads: RESOURCES["define_grid"].threads
     resources:
-        mem_mb=rule_mem_mb("define_grid"),
-        runtime=rule_runtime("define_grid"),
+        mem_mb=RESOURCES["define_grid"].mem_mb,
+        runtime=RESOURCES["define_grid"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} define_grid {CONFIG_ARGS} --sample {wildcards.sample} --poni {input}"
-        " --out {output} > {log} 2>&1"
+        "hklflow define_grid --settings {params.settings:q} --out {output.grid:q} > {log:q} 2>&1"
 
 
 rule mask_scan:
     """Pixel mask (gaps, hot and dead pixels, user mask) and the 3D Bragg mask (regions
     around found and predicted peaks, as a table) of a scan entry, with a picture."""
     input:
-        scan="results/{sample}/{temperature}/{entry}/scan.nxs",
-        peaks="results/{sample}/{temperature}/{entry}/peaks.nxs",
-        orientation="results/{sample}/{temperature}/orientation.nxs",
+        scan=rules.ingest_scan.output.scan,
+        peaks=rules.find_peaks.output.peaks,
+        orientation=rules.refine_temperature.output.orientation,
+        user_mask=user_mask,
     output:
         mask="results/{sample}/{temperature}/{entry}/mask.nxs",
         png=report("results/{sample}/{temperature}/{entry}/mask.png", category="Masks",
                    subcategory="{sample} {temperature}", caption="../report/mask.rst"),
+    params:
+        settings=SETTINGS.mask_scan(),
     log:
         "logs/mask_scan/{sample}/{temperature}/{entry}.log",
     benchmark:
         "benchmarks/mask_scan/{sample}/{temperature}/{entry}.tsv"
-    threads: rule_threads("mask_scan")
+    threads: RESOURCES["mask_scan"].threads
     resources:
-        mem_mb=rule_mem_mb("mask_scan"),
-        runtime=rule_runtime("mask_scan"),
+        mem_mb=RESOURCES["mask_scan"].mem_mb,
+        runtime=RESOURCES["mask_scan"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} mask_scan {CONFIG_ARGS} --scan-file {input.scan} --peaks-file {input.peaks}"
-        " --orientation {input.orientation} --out {output.mask} --png {output.png} > {log} 2>&1"
+        "hklflow mask_scan --settings {params.settings:q} --scan {input.scan:q}"
+        " --peaks {input.peaks:q} --orientation {input.orientation:q} --out {output.mask:q}"
+        " --png {output.png:q} > {log:q} 2>&1"
 
 
-rule transform_chunk:
+rule transform_frames:
     """Map every unmasked pixel of frames [first, stop) of a scan entry to (H, K, L) and
     accumulate corrected intensity and weight on the sample's grid."""
     input:
-        scan="results/{sample}/{temperature}/{entry}/scan.nxs",
-        orientation="results/{sample}/{temperature}/orientation.nxs",
-        grid="results/{sample}/grid.json",
-        mask="results/{sample}/{temperature}/{entry}/mask.nxs",
+        scan=rules.ingest_scan.output.scan,
+        orientation=rules.refine_temperature.output.orientation,
+        grid=rules.define_grid.output.grid,
+        mask=rules.mask_scan.output.mask,
     output:
-        temp("results/{sample}/{temperature}/{entry}/{kind}_parts/{frames}.nxs"),
+        volume=temp("results/{sample}/{temperature}/{entry}/{kind}_parts/{frames}.nxs"),
+    params:
+        settings=SETTINGS.transform_frames(),
     log:
-        "logs/transform_chunk/{sample}/{temperature}/{entry}/{kind}_{frames}.log",
+        "logs/transform_frames/{sample}/{temperature}/{entry}/{kind}_{frames}.log",
     benchmark:
-        "benchmarks/transform_chunk/{sample}/{temperature}/{entry}/{kind}_{frames}.tsv"
-    threads: rule_threads("transform_chunk")
+        "benchmarks/transform_frames/{sample}/{temperature}/{entry}/{kind}_{frames}.tsv"
+    threads: RESOURCES["transform_frames"].threads
     resources:
-        mem_mb=rule_mem_mb("transform_chunk"),
-        runtime=rule_runtime("transform_chunk"),
+        mem_mb=RESOURCES["transform_frames"].mem_mb,
+        runtime=RESOURCES["transform_frames"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} transform {CONFIG_ARGS} --scan-file {input.scan}"
-        " --orientation {input.orientation} --grid {input.grid} --mask {input.mask}"
-        " --kind {wildcards.kind} --frames {wildcards.frames} --out {output} > {log} 2>&1"
+        "hklflow transform_frames --settings {params.settings:q} --scan {input.scan:q}"
+        " --orientation {input.orientation:q} --grid {input.grid:q} --mask {input.mask:q}"
+        " --kind {wildcards.kind:q} --frames {wildcards.frames:q} --out {output.volume:q}"
+        " > {log:q} 2>&1"
 
 
 rule sum_chunks:
@@ -110,93 +93,97 @@ rule sum_chunks:
         volume="results/{sample}/{temperature}/{entry}/{kind}.nxs",
         png=report("results/{sample}/{temperature}/{entry}/{kind}.png", category="Volumes",
                    subcategory="{sample} {temperature}", caption="../report/volume.rst"),
+    params:
+        settings=SETTINGS.sum_chunks(),
+        title="{sample}/{temperature}/{entry}",
     log:
         "logs/sum_chunks/{sample}/{temperature}/{entry}/{kind}.log",
     benchmark:
         "benchmarks/sum_chunks/{sample}/{temperature}/{entry}/{kind}.tsv"
-    threads: rule_threads("sum_chunks")
+    threads: RESOURCES["sum_chunks"].threads
     resources:
-        mem_mb=rule_mem_mb("sum_chunks"),
-        runtime=rule_runtime("sum_chunks"),
+        mem_mb=RESOURCES["sum_chunks"].mem_mb,
+        runtime=RESOURCES["sum_chunks"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} sum_volumes {CONFIG_ARGS}"
-        " --title {wildcards.sample}/{wildcards.temperature}/{wildcards.entry}"
-        " --inputs {input} --out {output.volume} --png {output.png} > {log} 2>&1"
+        "hklflow sum_chunks --settings {params.settings:q} --title {params.title:q}"
+        " --inputs {input:q} --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
 
 
 rule merge_entries:
     """The volume of a sample at one temperature: signal and weight of its entries summed,
     then divided, so the gaps of one entry are filled by the others."""
     input:
-        entry_volumes,
+        lambda w: entries_files(w, f"{w.kind}.nxs"),
     output:
         volume="results/{sample}/{temperature}/{kind}.nxs",
         png=report("results/{sample}/{temperature}/{kind}.png", category="Merged volumes",
                    subcategory="{sample}", caption="../report/volume.rst"),
+    params:
+        settings=SETTINGS.merge_entries(),
+        title="{sample}/{temperature}",
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
     benchmark:
         "benchmarks/merge_entries/{sample}/{temperature}/{kind}.tsv"
-    threads: rule_threads("merge_entries")
+    threads: RESOURCES["merge_entries"].threads
     resources:
-        mem_mb=rule_mem_mb("merge_entries"),
-        runtime=rule_runtime("merge_entries"),
+        mem_mb=RESOURCES["merge_entries"].mem_mb,
+        runtime=RESOURCES["merge_entries"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} sum_volumes {CONFIG_ARGS}"
-        " --title {wildcards.sample}/{wildcards.temperature}"
-        " --inputs {input} --out {output.volume} --png {output.png} > {log} 2>&1"
+        "hklflow merge_entries --settings {params.settings:q} --title {params.title:q}"
+        " --inputs {input:q} --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
 
 
 rule symmetrize:
     """The merged volume symmetrised by the Laue group: signal and weight summed over the
     equivalent positions of every voxel, then divided."""
     input:
-        "results/{sample}/{temperature}/{kind}.nxs",
+        volume=rules.merge_entries.output.volume,
     output:
         volume="results/{sample}/{temperature}/{kind}_symmetrized.nxs",
         png=report("results/{sample}/{temperature}/{kind}_symmetrized.png",
                    category="Merged volumes", subcategory="{sample}",
                    caption="../report/volume.rst"),
+    params:
+        settings=lambda w: SETTINGS.symmetrize(w.sample),
     log:
         "logs/symmetrize/{sample}/{temperature}/{kind}.log",
     benchmark:
         "benchmarks/symmetrize/{sample}/{temperature}/{kind}.tsv"
-    threads: rule_threads("symmetrize")
+    threads: RESOURCES["symmetrize"].threads
     resources:
-        mem_mb=rule_mem_mb("symmetrize"),
-        runtime=rule_runtime("symmetrize"),
+        mem_mb=RESOURCES["symmetrize"].mem_mb,
+        runtime=RESOURCES["symmetrize"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} symmetrize {CONFIG_ARGS} --sample {wildcards.sample} --input {input}"
-        " --out {output.volume} --png {output.png} > {log} 2>&1"
+        "hklflow symmetrize --settings {params.settings:q} --input {input.volume:q}"
+        " --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
 
 
 rule temperature_series:
     """One slice of a sample's merged volume at every temperature, side by side."""
     input:
-        merged_volumes_of_sample,
+        merged_volumes,
     output:
-        report("results/{sample}/{kind}_temperature_series.png", category="Temperature series",
-               caption="../report/temperature_series.rst"),
+        png=report("results/{sample}/{kind}_temperature_series.png",
+                   category="Temperature series", caption="../report/temperature_series.rst"),
+    params:
+        settings=lambda w: SETTINGS.temperature_series(w.sample),
     log:
         "logs/temperature_series/{sample}/{kind}.log",
     benchmark:
         "benchmarks/temperature_series/{sample}/{kind}.tsv"
-    threads: rule_threads("temperature_series")
+    threads: RESOURCES["temperature_series"].threads
     resources:
-        mem_mb=rule_mem_mb("temperature_series"),
-        runtime=rule_runtime("temperature_series"),
+        mem_mb=RESOURCES["temperature_series"].mem_mb,
+        runtime=RESOURCES["temperature_series"].runtime,
+    conda:
+        CONDA_ENV
     shell:
-        "{HKLFLOW} temperature_series {CONFIG_ARGS} --sample {wildcards.sample}"
-        " --inputs {input} --png {output} > {log} 2>&1"
-
-
-def transform_targets():
-    targets = []
-    for name in EXP.samples:
-        for kind in TRANSFORM_KINDS:
-            for t in EXP.temperatures_of(name):
-                targets.append(f"results/{name}/{t}/{kind}.nxs")
-                if SYMMETRIZE:
-                    targets.append(f"results/{name}/{t}/{kind}_symmetrized.nxs")
-            targets.append(f"results/{name}/{kind}_temperature_series.png")
-    return targets
+        "hklflow temperature_series --settings {params.settings:q} --inputs {input:q}"
+        " --png {output.png:q} > {log:q} 2>&1"

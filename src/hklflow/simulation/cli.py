@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .. import steplog
+from .experiment import preset, simulate_experiment
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,8 +26,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     log = steplog.setup("simulate")
-    from .experiment import preset, simulate_experiment
-
     if (args.outdir / "truth.json").exists() and not args.force:
         log.error("%s already holds a simulated experiment (truth.json); use --force to "
                   "overwrite it", args.outdir)

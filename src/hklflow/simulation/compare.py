@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..crystal import Crystal, UnitCell
+from ..files.volume import read_volume
+from ..geometry import DetectorGeometry
+
 
 @dataclass
 class PeakMatch:
@@ -117,7 +121,7 @@ def orientation_error(UB, UB_true, B, laue_operators) -> float:
 # --------------------------------------------------------------------------------------
 # Reciprocal-space volumes against the truth (issue 5)
 #
-# Volumes are read with hklflow.volume.read_volume: arrays [l, k, h], intensity = signal /
+# Volumes are read with hklflow.files.volume.read_volume: arrays [l, k, h], intensity = signal /
 # weight (corrected counts per pixel-frame), weight 0 = unmeasured.  Voxel indices below are
 # (ih, ik, il).  The noise of a voxel is estimated from its surroundings: Poisson counts give
 # var(I) ~ c I / w (c the mean correction, w the voxel's weight), so (I - bg) sqrt(w) has a
@@ -508,8 +512,6 @@ def diffuse_contrast(volume, predicted: float = 0.0, profile: int = 2) -> Diffus
 def q_shell_region(grid, cell, q_min: float, q_max: float) -> np.ndarray:
     """bool [l, k, h]: voxels whose |Q| = |B hkl| (1/Angstrom, no 2 pi; B of cell, a
     UnitCell or parameter list) lies in [q_min, q_max]."""
-    from ..crystal import UnitCell
-
     B = (cell if isinstance(cell, UnitCell) else UnitCell(*cell)).B
     h, k, l = (ax.values for ax in grid.axes)  # noqa: E741
     q2 = np.zeros(grid.shape)
@@ -523,8 +525,6 @@ def q_shell_region(grid, cell, q_min: float, q_max: float) -> np.ndarray:
 def detector_q_range(truth: dict, sample: str, temperature: str) -> tuple[float, float]:
     """(Q min, Q max) in 1/Angstrom that the detector reaches in the scans of one sample and
     temperature label (the truth geometries, every pixel centre, gaps included)."""
-    from ..geometry import DetectorGeometry
-
     lo, hi = np.inf, 0.0
     for key, scan in truth["scans"].items():
         s, t, _ = key.split("/")
@@ -591,9 +591,6 @@ def volumes_against_truth(results, truth: dict, sample: str, temperature: str, *
     compare them with the truth (temperature: a label such as 100K)."""
     import hdf5plugin  # noqa: F401  (registers the volumes' compression filter)
     from pathlib import Path
-
-    from ..crystal import Crystal, UnitCell
-    from ..volume import read_volume
 
     base = Path(results) / sample / temperature
     vol = read_volume(base / "transform.nxs")

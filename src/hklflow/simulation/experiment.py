@@ -31,8 +31,10 @@ import yaml
 from ..config import temperature_label
 from ..crystal import Crystal, UnitCell, random_rotation
 from ..geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
+                        pyfai_detector,
                         lorentz_zeta, q_from_directions)
 from . import frames_kernel
+from .powder import simulate_calibrant_image
 
 log = logging.getLogger("hklflow.simulate")
 
@@ -131,8 +133,6 @@ class SimulationSpec:
 
 def _px(detector: str, rows: float, cols: float) -> tuple[float, float]:
     """PONI coordinates (m) of a point given in pixels."""
-    from ..geometry import pyfai_detector
-
     d = pyfai_detector(detector)
     return rows * float(d.pixel1), cols * float(d.pixel2)
 
@@ -244,10 +244,10 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
     U = sample.U_at(temperature)
     UB = U @ crystal.B
     angles = ScanAngles(spec.phi_start, spec.phi_step, spec.nframes)
-    scan = ScanGeometry(geom, spec.goniometer(), angles, dict(entry.offsets))
+    scan = ScanGeometry(geom, spec.goniometer(), angles, dict(entry.offsets), UB)
     d_min = spec.wavelength / (2.0 * math.sin(geom.max_two_theta() / 2.0)) * 0.999
     hkl = crystal.reflections_within(d_min)
-    hh, rows, cols, z, phi = scan.predict(hkl, UB)
+    hh, rows, cols, z, phi = scan.predict(hkl)
     ny, nx = geom.shape
     ok = np.isfinite(rows) & geom.on_detector(np.nan_to_num(rows, nan=-1), np.nan_to_num(cols, nan=-1))
     hh, rows, cols, z, phi = hh[ok], rows[ok], cols[ok], z[ok], phi[ok]
@@ -527,8 +527,6 @@ def _jsonable(x):
 def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5",
                         overwrite: bool = False) -> dict:
     """Write config/, raw/ and truth.json of a simulated experiment into outdir."""
-    from .powder import simulate_calibrant_image
-
     if frame_format not in ("hdf5", "cbf"):
         raise ValueError(f"frame_format must be 'hdf5' or 'cbf', got {frame_format!r}")
     outdir = Path(outdir)

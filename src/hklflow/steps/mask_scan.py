@@ -1,68 +1,49 @@
-"""Masks of a scan entry (rule mask_scan): pixel mask and 3D Bragg-peak regions.
-
-The pixel mask (module gaps from the pyFAI detector model, hot pixels from the peak search,
-dead pixels found in the scan's maximum projection, the user mask file) and the Bragg mask
-(ellipsoids in row, col, frame around every found peak and every allowed reflection
-predicted with the refined orientation, as a table) go to one NeXus file; the masked
-transform paints the regions of the frames it works on (hklflow.masking).
-"""
+"""Step mask_scan: the masks of a scan entry (hklflow.masking) - the pixel mask (module gaps,
+hot and dead pixels, the user mask) and the 3D Bragg mask (ellipsoids in row, col, frame
+around every found peak and every allowed reflection predicted with the refined
+orientation, as a table), with a picture."""
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+from ..files.mask import write_mask_file
+from ..files.orientation import read_orientation_file
+from ..files.peaks import read_peaks_file
+from ..files.scan import read_scan_file
+from ..masking import build_mask
+from ..params import DetectorParams, MaskParams, settings_part
+from ..pictures import plot_mask
+from ..provenance import provenance
+from ._run import StepParser, run_step
 
-from .. import steplog
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hklflow mask_scan", description=__doc__.splitlines()[0])
-    p.add_argument("--config", action="append", required=True, help="experiment config file(s)")
-    p.add_argument("--scan-file", required=True, type=Path, help="the scan entry's scan.nxs (ingest)")
-    p.add_argument("--peaks-file", required=True, type=Path, help="its peaks.nxs (find_peaks)")
-    p.add_argument("--orientation", required=True, type=Path,
-                   help="orientation.nxs of its sample and temperature (refine_scan)")
-    p.add_argument("--out", required=True, type=Path, help="mask NeXus file to write")
-    p.add_argument("--png", required=True, type=Path, help="picture to write")
+def parser() -> StepParser:
+    p = StepParser("mask_scan", __doc__)
+    p.add_settings()
+    p.add_input("--scan", "the scan entry's scan.nxs (ingest_scan)")
+    p.add_input("--peaks", "its peaks.nxs (find_peaks)")
+    p.add_input("--orientation", "orientation.nxs of its sample and temperature (refine_temperature)")
+    p.add_output("--out", "mask file to write")
+    p.add_output("--png", "picture to write")
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    log = steplog.setup("mask_scan")
-    from .. import provenance
-    from ..config import ConfigError, load_experiment
-    from ..masking import MaskParams, build_mask, plot_mask, write_mask_file
-    from ..nexus import read_orientation_file, read_peaks_file, read_scan_file
-
-    try:
-        exp = load_experiment(args.config)
-        params = MaskParams.from_config(exp.reduction["mask"])
-        rec = read_scan_file(args.scan_file)
-        peaks = read_peaks_file(args.peaks_file)
-        ori = read_orientation_file(args.orientation)
-        log.info("scan %s: %d frames of %s, %d peaks; %s", rec.scan_id, rec.nframes,
-                 rec.geometry.shape, len(peaks.peaks.get("n_pixels", ())), params)
-        result = build_mask(rec, peaks, ori, params, log)
-        inputs = [args.scan_file, args.peaks_file, args.orientation, *args.config]
-        if params.mask_file:
-            inputs.append(params.mask_file)
-        prov = provenance.provenance("hklflow mask_scan", parameters=params.__dict__, inputs=inputs)
-        write_mask_file(args.out, result, entry=rec.entry, title=rec.scan_id,
-                        parameters=params.__dict__, provenance=prov,
-                        sources={"scan_file": args.scan_file, "peaks_file": args.peaks_file,
-                                 "orientation_file": args.orientation})
-        plot_mask(result, f"{rec.scan_id}: masks", args.png)
-    except (ConfigError, ValueError, OSError, KeyError) as exc:
-        msg = f"missing {exc.args[0]}" if isinstance(exc, KeyError) and exc.args else exc
-        return steplog.fail(log, msg, (args.out, args.png))
-    except BaseException:  # anything unexpected: no output either, and the traceback
-        for f in (args.out, args.png):
-            Path(f).unlink(missing_ok=True)
-        raise
+def run(args, log) -> None:
+    params = settings_part(args.settings, MaskParams)
+    detector = settings_part(args.settings, DetectorParams)
+    rec = read_scan_file(args.scan)
+    peaks = read_peaks_file(args.peaks)
+    log.info("scan %s: %d frames of %s, %d peaks; %s", rec.scan_id, rec.nframes,
+             rec.detector_shape, len(peaks.peaks.get("n_pixels", ())), params)
+    result = build_mask(rec, peaks, read_orientation_file(args.orientation), params, detector, log)
+    inputs = [args.scan, args.peaks, args.orientation] + \
+        ([detector.mask_file] if detector.mask_file else [])
+    write_mask_file(args.out, result, entry=rec.entry, title=rec.scan_id,
+                    parameters=args.settings,
+                    provenance=provenance("hklflow mask_scan", args.settings, inputs=inputs),
+                    sources={"scan_file": args.scan, "peaks_file": args.peaks,
+                             "orientation_file": args.orientation})
+    plot_mask(result, f"{rec.scan_id}: masks", args.png)
     log.info("wrote %s and %s", args.out, args.png)
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv=None) -> int:
+    return run_step(parser(), run, argv)

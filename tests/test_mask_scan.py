@@ -7,11 +7,9 @@ index_parent) once per module in a copy of the tiny experiment."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -19,11 +17,18 @@ import numpy as np
 import pytest
 
 from hklflow import masking
-from hklflow.masking import (DEAD, FOUND, GAP, HOT, MIN_RADIUS, PREDICTED, USER, MaskParams,
-                             ScanMask, build_mask, found_regions, read_mask_details,
-                             read_mask_file, write_mask_file)
-from hklflow.nexus import read_orientation_file, read_peaks_file, read_scan_file
+from hklflow.files.mask import read_mask_details, read_mask_file, write_mask_file
+from hklflow.files.orientation import read_orientation_file
+from hklflow.files.peaks import read_peaks_file
+from hklflow.files.scan import read_scan_file
+from hklflow.masking import (DEAD, FOUND, GAP, HOT, MIN_RADIUS, PREDICTED, USER, ScanMask,
+                             build_mask, found_regions)
+from hklflow.params import DetectorParams, MaskParams
 from hklflow.steps import mask_scan
+
+from conftest import step_settings
+
+DETECTOR = DetectorParams.defaults(name="Pilatus300k")
 
 ENTRIES = ("f1", "f2")
 T = "300K"
@@ -41,41 +46,21 @@ def cwd(path):
 
 def run_mask_scan(entry="f1", config="config/config.yaml", out=None, png=None, orientation=None,
                   peaks=None):
+    """mask_scan's command line as the rule runs it (in the experiment directory)."""
     d = f"results/tiny/{T}/{entry}"
-    return mask_scan.main(["--config", config, "--scan-file", f"{d}/scan.nxs",
-                           "--peaks-file", peaks or f"{d}/peaks.nxs",
+    return mask_scan.main(["--settings", step_settings(Path("."), "mask_scan", config=config),
+                           "--scan", f"{d}/scan.nxs", "--peaks", peaks or f"{d}/peaks.nxs",
                            "--orientation", orientation or f"results/tiny/{T}/orientation.nxs",
                            "--out", out or f"{d}/mask.nxs", "--png", png or f"{d}/mask.png"])
 
 
 @pytest.fixture(scope="module")
-def reduced(tiny_experiment, tiny_truth, tmp_path_factory):
-    """A copy of the tiny experiment with scan, peaks and orientation files of 300K (made by
-    the steps) and the mask files of both entries (made by mask_scan's command line)."""
-    from hklflow.config import load_experiment
-    from hklflow.geometry import DetectorGeometry
-    from hklflow.steps import find_peaks, index_parent
-    from hklflow.steps.ingest_scan import IngestParams, ingest_scan
-
-    root = tmp_path_factory.mktemp("mask") / "experiment"
-    shutil.copytree(tiny_experiment, root)
-    with cwd(root):
-        DetectorGeometry(**tiny_truth["scans"][f"tiny/{T}/f1"]["geometry"]).write_poni("true.poni")
-        exp = load_experiment("config/config.yaml")
-        for e in ENTRIES:
-            d = Path(f"results/tiny/{T}/{e}")
-            ingest_scan(exp, IngestParams(scan=f"tiny/{T}/{e}", poni="true.poni", out=d / "scan.nxs"))
-            assert find_peaks.main(["--config", "config/config.yaml", "--scan-file", str(d / "scan.nxs"),
-                                    "--out", str(d / "peaks.nxs"), "--png", str(d / "peaks.png")]) == 0
-        d = f"results/tiny/{T}"
-        assert index_parent.main(
-            ["--config", "config/config.yaml", "--sample", "tiny", "--temperature", T,
-             "--scan-files", *(f"{d}/{e}/scan.nxs" for e in ENTRIES),
-             "--peaks-files", *(f"{d}/{e}/peaks.nxs" for e in ENTRIES),
-             "--out", f"{d}/orientation.nxs", "--png", f"{d}/orientation.png"]) == 0
+def reduced(tiny_300k):
+    """The 300 K entries of the tiny experiment with their mask files (mask_scan's command line)."""
+    with cwd(tiny_300k):
         for e in ENTRIES:
             assert run_mask_scan(e) == 0
-    return root
+    return tiny_300k
 
 
 def entry_dir(root, entry):
@@ -118,7 +103,7 @@ def test_pixel_mask_has_gaps_hot_and_dead_pixels_and_little_else(reduced, tiny_t
     details = read_mask_details(entry_dir(reduced, entry) / "mask.nxs")
     bits = details["pixel_mask"]
     rec = read_scan_file(entry_dir(reduced, entry) / "scan.nxs")
-    gaps = rec.geometry.detector_mask()
+    gaps = rec.setup.calibration.detector_mask()
     assert gaps.sum() > 10000
     np.testing.assert_array_equal((bits & GAP) != 0, gaps)
     defects = tiny_truth["detector_defects"]
@@ -161,7 +146,8 @@ def test_every_strong_reflection_is_masked_and_little_else(reduced, tiny_truth, 
 
 def test_found_peaks_boxes_are_inside_their_regions(reduced):
     scan, peaks, ori = records(reduced, "f1")
-    res = build_mask(scan, peaks, ori, MaskParams(predicted_peaks=False, radius_px=0, radius_frames=0))
+    res = build_mask(scan, peaks, ori, MaskParams.defaults(predicted_peaks=False, radius_px=0,
+                                                    radius_frames=0), DETECTOR)
     vol = painted(res.mask)
     bb = peaks.peaks["bounding_box"]
     assert len(bb) > 50 and (res.table["source"] == FOUND).all()
@@ -174,7 +160,7 @@ def test_found_peaks_boxes_are_inside_their_regions(reduced):
 
 def test_predicted_regions_alone_cover_the_strong_reflections(reduced, tiny_truth):
     scan, peaks, ori = records(reduced, "f2")  # the entry with offsets and a detector shift
-    res = build_mask(scan, peaks, ori, MaskParams(found_peaks=False))
+    res = build_mask(scan, peaks, ori, MaskParams.defaults(found_peaks=False), DETECTOR)
     t = res.table
     assert (t["source"] == PREDICTED).all() and len(t["row"]) > 100
     hkl = np.column_stack([t[k] for k in "hkl"])
@@ -223,14 +209,6 @@ def test_dead_pixel_rule():
     low = np.ones((9, 9), np.float32)
     low[4, 4] = 0
     assert not masking.dead_pixels(low, np.zeros(low.shape, bool), nframes=20)[0].any()
-
-
-def test_old_peaks_file_without_max_projection_skips_dead_pixels(reduced, caplog):
-    scan, peaks, ori = records(reduced, "f1")
-    with caplog.at_level(logging.WARNING):
-        res = build_mask(scan, replace(peaks, max_projection=None), ori, MaskParams())
-    assert "max_projection" in caplog.text
-    assert res.statistics["pixels_dead"] == 0 and res.statistics["pixels_hot"] >= 5
 
 
 # --------------------------------------------------------------------------------------
@@ -367,8 +345,8 @@ def test_user_mask_file_and_hkl_radius_from_the_config(reduced):
     m = np.zeros((619, 487), np.uint8)
     m[100:140, 200:260] = 1  # a beamstop shadow, say
     fabio.tifimage.TifImage(data=m).write(str(reduced / "user_mask.tif"))
-    cfg.setdefault("reduction", {}).setdefault("mask", {}).update(mask_file="user_mask.tif",
-                                                                  hkl_radius=0.1)
+    cfg["instrument"]["detector"] = {"name": "Pilatus300k", "mask_file": "user_mask.tif"}
+    cfg.setdefault("reduction", {}).setdefault("mask", {}).update(hkl_radius=0.1)
     (reduced / "config" / "user.yaml").write_text(yaml.safe_dump(cfg))
     with cwd(reduced):
         assert run_mask_scan("f1", config="config/user.yaml", out="user_mask.nxs", png="user_mask.png") == 0

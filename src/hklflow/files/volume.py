@@ -15,22 +15,23 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
      sample                     NXsample: name, space_group, unit_cell, ub_matrix (if known)
      notes                      NXnote (JSON): what was summed (frames, entries, corrections)
      process                    NXprocess: program, version, date, note (JSON provenance record,
-                                as nexus.write_provenance writes it)
+                                files.h5.write_provenance_h5)
 """
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+import hdf5plugin
 import numpy as np
 
-from .grid import AXES, Axis, Grid
-
-KINDS = ("transform", "masked_transform")
-
+from ..crystal import UnitCell
+from ..errors import FileFormatError
+from ..grid import AXES, Axis, Grid
+from .h5 import atomic_path, open_h5, text, write_provenance_h5
 
 @dataclass
 class Volume:
@@ -58,8 +59,6 @@ class Volume:
 
 
 def _compression():
-    import hdf5plugin
-
     return dict(hdf5plugin.Bitshuffle(cname="lz4"))
 
 
@@ -69,8 +68,6 @@ def _chunks(shape):
 
 def reciprocal_lengths(cell) -> tuple[float, float, float]:
     """|a*|, |b*|, |c*| in 1/Angstrom (no 2 pi) of a UnitCell or parameter list."""
-    from .crystal import UnitCell
-
     c = cell if isinstance(cell, UnitCell) else UnitCell(*cell)
     return tuple(float(v) for v in c.reciprocal_parameters[:3])
 
@@ -85,24 +82,24 @@ def write_volume(path, vol: Volume, provenance: dict) -> Path:
     return Path(path)
 
 
-def _text(v):
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _find_kind(ent, path):
     for k in ent:
         if ent[k].attrs.get("NX_class") in ("NXdata", b"NXdata") and "signal_sum" in ent[k]:
             return k
-    raise ValueError(f"{path}: /entry holds no volume (NXdata with signal_sum): not a transform "
-                     "or merge output")
+    raise FileFormatError(f"{path}: /entry holds no volume (NXdata with signal_sum): not a "
+                          "transform or merge output")
+
+
+def _entry(f, path):
+    if "entry" not in f:
+        raise FileFormatError(f"{path}: no /entry: not a volume file")
+    return f["entry"]
 
 
 def read_grid_of(path) -> tuple[Grid, str]:
     """The grid and kind of a volume file, without reading its arrays."""
-    from .nexus import h5open
-
-    with h5open(path) as f:
-        ent = f["entry"]
+    with open_h5(path) as f:
+        ent = _entry(f, path)
         kind = _find_kind(ent, path)
         d = ent[kind]
         axes = []
@@ -116,20 +113,18 @@ def read_grid_of(path) -> tuple[Grid, str]:
 def read_volume(path, region: tuple | None = None) -> Volume:
     """Read a volume file (all of it, or region = (l-slice, k-slice, h-slice) of the arrays,
     in which case the grid returned is still the whole grid and arrays are the region)."""
-    from .nexus import h5open
-
     path = os.fspath(path)
     grid, kind = read_grid_of(path)
-    with h5open(path) as f:
-        ent = f["entry"]
+    with open_h5(path) as f:
+        ent = _entry(f, path)
         d = ent[kind]
         sel = region if region is not None else ()
         signal = d["signal_sum"][sel]
         weight = d["data_weights"][sel]
-        sample = {k: (_text(v[()]) if v.dtype.kind in "SOU" else v[()]) for k, v in ent["sample"].items()} \
+        sample = {k: (text(v[()]) if v.dtype.kind in "SOU" else v[()]) for k, v in ent["sample"].items()} \
             if "sample" in ent else {}
-        notes = json.loads(_text(ent["notes/data"][()])) if "notes" in ent else {}
-        title = _text(ent["title"][()]) if "title" in ent else ""
+        notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
+        title = text(ent["title"][()]) if "title" in ent else ""
     if region is not None:
         v = Volume.__new__(Volume)
         v.grid, v.signal, v.weight, v.kind, v.title, v.sample, v.notes = (
@@ -139,7 +134,7 @@ def read_volume(path, region: tuple | None = None) -> Volume:
 
 
 # --------------------------------------------------------------------------------------
-# Slab by slab along L (sum_volumes, symmetrize): volumes larger than memory allows twice
+# Slab by slab along L (merging: sums and symmetrisation): volumes larger than memory allows twice
 # --------------------------------------------------------------------------------------
 def slab_planes(grid: Grid, bytes_per_array: float = 64e6, multiple: int = 8) -> int:
     """L planes per slab so that one float32 array of a slab holds about bytes_per_array
@@ -178,15 +173,12 @@ class VolumeWriter:
         self.provenance = dict(provenance or {})
         self._written = np.zeros(grid.l.n, dtype=bool)
         self._f = None
-        self._tmp = None
 
     def __enter__(self) -> "VolumeWriter":
-        import h5py
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
         try:
-            self._f = f = h5py.File(self._tmp, "w", locking=False)
+            self._f = f = open_h5(tmp, "w")
             f.attrs["default"] = "entry"
             f.attrs["file_name"] = str(self.path.resolve())
             ent = f.create_group("entry")
@@ -221,20 +213,11 @@ class VolumeWriter:
             smp.attrs["NX_class"] = "NXsample"
             for k, v in self.sample.items():
                 smp[k] = np.asarray(v) if not isinstance(v, str) else v
-            proc = ent.create_group("process")
-            proc.attrs["NX_class"] = "NXprocess"
-            prov = self.provenance
-            proc["program"] = prov.get("program", "hklflow")
-            proc["version"] = prov.get("software", {}).get("hklflow", "")
-            proc["date"] = prov.get("time", "")
-            note = proc.create_group("note")  # as nexus.write_provenance: read_provenance reads it
-            note.attrs["NX_class"] = "NXnote"
-            note["type"] = "application/json"
-            note["description"] = "hklflow provenance record"
-            note["data"] = json.dumps(prov, indent=1, sort_keys=True, default=str)
+            write_provenance_h5(ent, self.provenance)
             self._data = d
-        except BaseException:
-            self._abort()
+        except BaseException as exc:
+            self._close()
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
@@ -256,34 +239,29 @@ class VolumeWriter:
         d["data"][l0:l0 + n] = inten
         self._written[l0:l0 + n] = True
 
-    def _abort(self):
+    def _close(self):
         if self._f is not None:
             try:
                 self._f.close()
             except Exception:  # pragma: no cover - closing a broken file
                 pass
             self._f = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self._abort()
-            return False
         try:
-            missing = np.flatnonzero(~self._written)
-            if len(missing):
-                raise ValueError(f"{self.path}: L planes {missing[0]}..{missing[-1]} "
-                                 f"({len(missing)}) were never written")
-            ent = self._f["entry"]
-            note = ent.create_group("notes")
-            note.attrs["NX_class"] = "NXnote"
-            note["type"] = "application/json"
-            note["data"] = json.dumps(self.notes, sort_keys=True, default=str)
-            self._f.close()
-            self._f = None
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            self._abort()
+            if exc_type is None:
+                missing = np.flatnonzero(~self._written)
+                if len(missing):
+                    raise ValueError(f"{self.path}: L planes {missing[0]}..{missing[-1]} "
+                                     f"({len(missing)}) were never written")
+                note = self._f["entry"].create_group("notes")
+                note.attrs["NX_class"] = "NXnote"
+                note["type"] = "application/json"
+                note["data"] = json.dumps(self.notes, sort_keys=True, default=str)
+        except BaseException as err:
+            self._close()
+            self._atomic.__exit__(type(err), err, err.__traceback__)
             raise
+        self._close()
+        self._atomic.__exit__(exc_type, exc, tb)  # renames on success, removes on error
         return False

@@ -1,4 +1,4 @@
-"""cctbx answers for the tests: run as ``python -m hklflow.reference.cctbx_reference``.
+"""cctbx answers for the tests: run as ``python tests/reference/cctbx_reference.py``.
 
 cctbx-base cannot share a process with scipy (``import scipy.linalg`` then ``from cctbx
 import sgtbx`` segfaults; the other order breaks scipy's LAPACK), so the tests run this

@@ -1,0 +1,217 @@
+"""The files of rule calibrate_powder, in ``results/calibration/NAME/``:
+
+* ``geometry.poni``    the accepted detector geometry (pyFAI PONI);
+* ``calibration.nxs``  its record (below);
+* ``calibration.png``  its picture;
+* ``version.json``     which version of the calibration this is: {calibration, version,
+  poni_sha256, created}.  It is a declared output of calibrate_powder and an input of
+  every ingest_scan that uses the calibration, which records the version in scan.nxs;
+* ``versions/vNNN/``   every accepted calibration (the four files above), and
+  ``index.json`` listing them with their source, settings, geometry and residuals.  An
+  archive that only calibrate_powder writes and no step reads: a calibration whose source
+  (image or PONI, by sha256) and settings equal an earlier version's reuses that version.
+
+``calibration.nxs``::
+
+  /calibration              NXentry: title, calibrant, method (refined | imported)
+     instrument/detector    NXdetector (files.h5.detector_group)
+     instrument/monochromator   wavelength (angstrom)
+     process                NXprocess: provenance, plus refined, start, uncertainty
+                            (NXparameters), refined_parameters, residuals (rms in px and 2theta,
+                            points, rings), control_points (NXdata), beam_centre (direct beam and
+                            PONI, px), fit2d, source (path, sha256), parameters (JSON),
+                            passes (JSON), notes
+     data                   NXdata: the integrated pattern (two_theta in deg)
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CalibrationError, FileFormatError
+from ..geometry import DetectorGeometry
+from ..provenance import file_digest
+from .h5 import detector_group, provenance_group, write_json_atomically, write_nexus_atomically
+
+OUTPUT_FILES = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
+INDEX = "index.json"
+UNITS = {"dist": "m", "poni1": "m", "poni2": "m", "rot1": "rad", "rot2": "rad", "rot3": "rad",
+         "wavelength": "angstrom"}
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------
+# calibration.nxs
+# --------------------------------------------------------------------------------------
+def _parameters(geom: DetectorGeometry):
+    from nexusformat.nexus import NXfield, NXparameters
+
+    grp = NXparameters()
+    for k in UNITS:
+        grp[k] = NXfield(float(getattr(geom, k)), units=UNITS[k])
+    grp["detector"] = NXfield(geom.detector)
+    return grp
+
+
+def write_calibration_file(path, result, params, *, source: dict, pattern, provenance: dict) -> Path:
+    """calibration.nxs (layout in the module docstring) of a calibration.CalibrationResult
+    made with params.CalibrationParams `params`."""
+    from nexusformat.nexus import (NXcollection, NXdata, NXentry, NXfield, NXinstrument,
+                                   NXmonochromator, NXnote, NXparameters, NXroot)
+
+    g = result.geometry
+    entry = NXentry()
+    entry["title"] = NXfield(f"powder calibration {params.name}")
+    entry["calibrant"] = NXfield(params.calibrant)
+    entry["method"] = NXfield(result.method)
+    entry["instrument"] = NXinstrument(detector=detector_group(g), monochromator=NXmonochromator(
+        wavelength=NXfield(g.wavelength, units="angstrom")))
+    proc = provenance_group(provenance)
+    proc["refined"] = _parameters(g)
+    if result.start is not None:
+        proc["start"] = _parameters(result.start)
+    proc["refined_parameters"] = NXfield(" ".join(result.refined) or "none (imported)")
+    if result.uncertainties:
+        proc["uncertainty"] = NXparameters(**{k: NXfield(v, units=UNITS[k])
+                                              for k, v in result.uncertainties.items()})
+    res = NXcollection()
+    res["rms_residual_px"] = NXfield(np.nan if result.rms_px is None else result.rms_px,
+                                     units="pixel")
+    res["rms_residual_2theta"] = NXfield(np.nan if result.rms_tth_deg is None
+                                         else result.rms_tth_deg, units="degree")
+    res["n_points"] = NXfield(int(result.n_points))
+    res["n_rings"] = NXfield(int(len(result.rings)))
+    if result.rings:
+        res["rings"] = NXfield(np.asarray(result.rings, dtype=np.int32))
+    res["n_hot_pixels"] = NXfield(int(result.n_hot))
+    proc["residuals"] = res
+    if len(result.control_points):
+        cp = result.control_points
+        proc["control_points"] = NXdata(
+            NXfield(cp[:, 2].astype(np.int32), name="ring"),
+            title="control points (pyFAI pixel indices: row = d1 + 0.5, col = d2 + 0.5)")
+        proc["control_points"]["d1"] = NXfield(cp[:, 0], units="pixel")
+        proc["control_points"]["d2"] = NXfield(cp[:, 1], units="pixel")
+    proc["beam_centre"] = NXparameters(**{k: NXfield(v, units="pixel")
+                                          for k, v in g.beam_centre().items()})
+    proc["fit2d"] = NXparameters(**{k: NXfield(v) for k, v in g.fit2d().items()})
+    proc["source"] = NXnote(type="application/json", data=json.dumps(source, sort_keys=True))
+    proc["source_file"] = NXfield(str(source.get("poni") or source.get("image")))
+    proc["source_sha256"] = NXfield(str(source.get("sha256")))
+    if "image" in source and "poni" not in source:
+        proc["source_dataset"] = NXfield(str(source.get("dataset")))
+        proc["source_frame"] = NXfield(int(source.get("frame", 0)))
+    proc["parameters"] = NXnote(type="application/json",
+                                data=json.dumps(params.as_dict(), sort_keys=True, default=str))
+    if result.passes:
+        proc["passes"] = NXnote(type="application/json",
+                                data=json.dumps(result.passes, default=float))
+    if result.notes:
+        proc["notes"] = NXfield("\n".join(result.notes))
+    entry["process"] = proc
+    if pattern is not None:
+        tth, inten = pattern
+        entry["data"] = NXdata(NXfield(inten, name="intensity"),
+                               NXfield(tth, name="two_theta", units="degree"),
+                               title=f"{params.calibrant} integrated pattern")
+    root = NXroot()
+    root["calibration"] = entry
+    root.attrs["default"] = "calibration"
+    # written in a temporary folder first: record the final name only
+    return write_nexus_atomically(root, path,
+                                  finish=lambda h5: h5.attrs.__setitem__("file_name", Path(path).name))
+
+
+# --------------------------------------------------------------------------------------
+# version.json
+# --------------------------------------------------------------------------------------
+def write_version_file(path, name: str, version: str, poni: Path) -> Path:
+    return write_json_atomically(path, {"calibration": name, "version": version,
+                                        "poni_sha256": file_digest(poni), "created": _utc_now()})
+
+
+def read_version_file(path, poni) -> str:
+    """The version of the calibration whose geometry.poni is `poni`, from its version.json
+    (FileFormatError when the two do not belong together)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        version, digest = str(data["version"]), str(data["poni_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FileFormatError(f"{path}: not a calibration version file of calibrate_powder "
+                              f"({exc})") from None
+    if file_digest(poni) != digest:
+        raise FileFormatError(f"{path} describes another geometry.poni than {poni} (its sha256 "
+                              "differs): run calibrate_powder again")
+    return version
+
+
+# --------------------------------------------------------------------------------------
+# The archive of accepted versions
+# --------------------------------------------------------------------------------------
+def version_key(source: dict, settings: dict) -> str:
+    """What identifies a calibration: the source (paths and sha256 digests) and settings."""
+    blob = json.dumps({"source": source, "settings": settings}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CalibrationArchive:
+    """versions/vNNN/ and index.json in a calibration's output folder."""
+
+    def __init__(self, out_dir, name: str):
+        self.out_dir, self.name = Path(out_dir), name
+        self.versions_dir = self.out_dir / "versions"
+        p = self.out_dir / INDEX
+        if not p.exists():
+            self.index = {"calibration": name, "current": None, "versions": []}
+            return
+        try:
+            self.index = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(f"{p}: cannot read the version index: {exc}") from None
+        if not isinstance(self.index, dict) or not isinstance(self.index.get("versions"), list):
+            raise CalibrationError(f"{p}: not a calibration version index")
+
+    def find(self, key: str) -> dict | None:
+        """The archived version made from the same source and settings (all files present)."""
+        return next((v for v in self.index["versions"] if v.get("key") == key
+                     and all((self.versions_dir / v["version"] / f).is_file()
+                             for f in OUTPUT_FILES[:3])), None)
+
+    def files_of(self, version: str) -> Path:
+        return self.versions_dir / version
+
+    def next_version(self) -> str:
+        used = {v.get("version") for v in self.index["versions"]}
+        if self.versions_dir.is_dir():
+            used |= {p.name for p in self.versions_dir.iterdir()}
+        n = 1
+        while f"v{n:03d}" in used:
+            n += 1
+        return f"v{n:03d}"
+
+    def add(self, version: str, files: dict, record: dict) -> dict:
+        """Archive files {name: path} as `version` with its index record."""
+        tmp = self.versions_dir / f".{version}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        digests = {}
+        for name, p in files.items():
+            shutil.copy2(p, tmp / name)
+            digests[name] = file_digest(p)
+        tmp.rename(self.versions_dir / version)
+        entry = {"version": version, "created": _utc_now(), **record, "files": digests}
+        self.index["versions"].append(entry)
+        return entry
+
+    def set_current(self, version: str) -> None:
+        self.index["calibration"] = self.name
+        self.index["current"] = version
+        write_json_atomically(self.out_dir / INDEX, self.index)

@@ -1,0 +1,144 @@
+"""Volumes added and symmetrised, slab by slab along L (rules sum_chunks, merge_entries,
+symmetrize), so that memory stays bounded whatever the grid: the frame chunks of a scan
+entry into its volume, the entries of a temperature into the merged volume (signal and
+weight added voxel by voxel, so the gaps of one entry are filled by the others and overlaps
+are weighted means), and the merged volume symmetrised by the Laue group (signal and weight
+of every voxel summed over its equivalents h R, then divided).
+
+Sums read the inputs slab by slab (about 64 MB per float32 array of a slab), add in float64
+and store float32, so an 801^3 grid (2 x 2 GB per input) is summed in a few hundred MB.
+Symmetrisation holds its input whole (8 bytes per voxel: 4.1 GB for 801^3) plus one
+output slab.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import steplog, symmetry
+from .errors import FileFormatError, InputMismatchError
+from .files.volume import VolumeWriter, read_volume, read_volume_header, slab_planes
+
+
+def check_inputs(paths) -> tuple:
+    """Grid, kind and header (read_volume_header) of every input; InputMismatchError naming the
+    file that is missing, unreadable, on another grid or of another kind."""
+    if not paths:
+        raise InputMismatchError("no input volumes")
+    headers = []
+    for p in paths:
+        try:
+            headers.append(read_volume_header(p))
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputMismatchError(f"{p}: cannot read this volume: {exc}") from None
+    first = headers[0]
+    for p, h in zip(paths[1:], headers[1:]):
+        if not h.grid.same_as(first.grid):
+            raise InputMismatchError(f"{p}: its grid differs from that of {paths[0]} (volumes add only "
+                             f"on the same grid): {h.grid.describe()} here, "
+                             f"{first.grid.describe()} there")
+        if h.kind != first.kind:
+            raise InputMismatchError(f"{p}: a {h.kind} volume cannot be added to the {first.kind} "
+                             f"volume {paths[0]}")
+        name, name0 = h.sample.get("name"), first.sample.get("name")
+        if name and name0 and name != name0:
+            raise InputMismatchError(f"{p}: a volume of sample {name!r}, but {paths[0]} is of "
+                             f"sample {name0!r}")
+    return first.grid, first.kind, headers
+
+
+def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = None,
+                log=None) -> dict:
+    """Write the sum of the volume files `paths` to `out` (atomically); returns its notes."""
+    paths = [str(p) for p in paths]
+    grid, kind, headers = check_inputs(paths)
+    planes = planes or slab_planes(grid)
+    nl = grid.l.n
+    measured = np.zeros(len(paths), dtype=np.int64)
+    total_w = np.zeros(len(paths))
+    total_s = np.zeros(len(paths))
+    measured_out = 0
+    progress = steplog.Progress(log, f"summing {len(paths)} volumes, L planes", nl) if log else None
+    notes = {
+        "operation": "sum of signal_sum and weight_sum, voxel by voxel (intensity = summed "
+                     "signal / summed weight)",
+        "inputs": [{"path": p, "title": h.title, "notes": h.notes} for p, h in zip(paths, headers)],
+    }
+    sample = dict(headers[0].sample)
+    with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w:
+        for l0 in range(0, nl, planes):
+            l1 = min(nl, l0 + planes)
+            region = (slice(l0, l1), slice(None), slice(None))
+            acc_s = np.zeros((l1 - l0,) + grid.shape[1:], dtype=np.float64)
+            acc_w = np.zeros_like(acc_s)
+            for i, p in enumerate(paths):
+                try:
+                    part = read_volume(p, region=region)
+                except (OSError, KeyError, ValueError) as exc:
+                    raise InputMismatchError(f"{p}: cannot read L planes {l0}..{l1 - 1}: {exc}") from None
+                acc_s += part.signal
+                acc_w += part.weight
+                measured[i] += np.count_nonzero(part.weight > 0)
+                total_w[i] += float(np.sum(part.weight, dtype=np.float64))
+                total_s[i] += float(np.sum(part.signal, dtype=np.float64))
+                del part
+            measured_out += np.count_nonzero(acc_w > 0)
+            w.write(l0, acc_s, acc_w)
+            del acc_s, acc_w
+            if progress:
+                progress.update(l1)
+        for i, item in enumerate(notes["inputs"]):
+            item.update(measured_fraction=measured[i] / grid.size, weight_sum=total_w[i],
+                        signal_sum=total_s[i])
+        notes["measured_fraction"] = measured_out / grid.size
+        notes["weight_sum"] = float(total_w.sum())
+        notes["signal_sum"] = float(total_s.sum())
+        w.notes = notes
+    if log:
+        for item in notes["inputs"]:
+            log.info("%s: %.1f%% of the grid measured", item["path"],
+                     100 * item["measured_fraction"])
+        log.info("%s: %d volumes summed, %.1f%% of the grid measured", title, len(paths),
+                 100 * notes["measured_fraction"])
+    return notes
+
+
+
+def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = None,
+                    log=None) -> dict:
+    """Write the symmetrised volume of the volume file `path` to `out`; returns its notes."""
+    try:
+        vol = read_volume(path)
+    except (OSError, KeyError) as exc:
+        raise FileFormatError(f"{path}: cannot read this volume: {exc}") from None
+    grid = vol.grid
+    ops = crystal.laue_operators
+    maps = symmetry.index_maps(grid, ops, f"{crystal.laue_group} (space group {crystal.hm})")
+    sg = vol.sample.get("space_group")
+    if sg and log and str(sg).replace(" ", "") != crystal.hm.replace(" ", ""):
+        log.warning("%s was made with space group %s; symmetrising by the config's %s", path,
+                    sg, crystal.hm)
+    planes = planes or slab_planes(grid)
+    notes = {"symmetrized": symmetry.symmetry_notes(crystal), "input": str(path),
+             "input_title": vol.title, "input_notes": vol.notes}
+    inside = measured = measured_before = 0
+    progress = steplog.Progress(log, f"symmetrising by {len(ops)} operators, L planes",
+                                grid.l.n) if log else None
+    title = f"{vol.title} symmetrized ({crystal.laue_group})"
+    sample = dict(vol.sample)
+    with VolumeWriter(out, grid, vol.kind, title, sample, notes, provenance) as w:
+        for l0 in range(0, grid.l.n, planes):
+            l1 = min(grid.l.n, l0 + planes)
+            s, wt, n_in = symmetry.symmetrize_slab(vol.signal, vol.weight, maps, l0, l1)
+            inside += n_in
+            measured += int(np.count_nonzero(wt > 0))
+            measured_before += int(np.count_nonzero(vol.weight[l0:l1] > 0))
+            w.write(l0, s, wt)
+            if progress:
+                progress.update(l1)
+        notes["symmetrized"]["equivalents_inside_grid"] = inside / (grid.size * len(ops))
+        notes["measured_fraction_before"] = measured_before / grid.size
+        notes["measured_fraction"] = measured / grid.size
+        w.notes = notes
+    return notes
+
+

@@ -1,0 +1,397 @@
+"""Every picture hklflow draws (one PNG per output that users would rather look at than
+read).  Matplotlib is imported when a picture is drawn, with the Agg backend (no screen)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .calibration import describe, ring_two_theta
+from .errors import GridError
+from .files.volume import read_volume_header
+from .masking import DEAD, FOUND, GAP, HOT, PREDICTED, REASONS, USER
+from .slices import cell_of, color_limits, plane_matrix, read_slice
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --------------------------------------------------------------------------------------
+# Calibration (calibrate_powder)
+# --------------------------------------------------------------------------------------
+def plot_calibration(path, result, params, image,
+                     pattern, *, title: str) -> None:
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    g = result.geometry
+    ai = g.to_pyfai()
+    rings_deg = np.degrees(ring_two_theta(params.calibrant, g.wavelength))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(14, 6.5),
+                                   gridspec_kw={"width_ratios": [1, 1.25]})
+    ny, nx = g.shape
+    if image is not None:
+        shown = np.asarray(image, dtype=float)
+        if result.bad_pixels is not None:
+            shown = np.where(result.bad_pixels, np.nan, shown)
+        shown = np.where(shown > 0, shown, np.nan)
+        finite = shown[np.isfinite(shown)]
+        vmin, vmax = (np.percentile(finite, [1, 99.9]) if finite.size else (1, 10))
+        im = ax0.imshow(shown, origin="upper", cmap="viridis", interpolation="nearest",
+                        norm=LogNorm(vmin=max(vmin, 0.5), vmax=max(vmax, vmin * 10, 1)))
+        fig.colorbar(im, ax=ax0, fraction=0.046, pad=0.02, label="counts")
+    else:
+        ax0.imshow(g.detector_mask(), origin="upper", cmap="Greys", alpha=0.3)
+    # predicted rings of the refined geometry: contours of pixel 2theta (every 2nd pixel)
+    step = 2
+    tth = np.degrees(np.asarray(ai.center_array(g.shape, unit="2th_rad", scale=False)))
+    sub = tth[::step, ::step]
+    levels = rings_deg[(rings_deg > sub.min()) & (rings_deg < sub.max())]
+    if levels.size:
+        yy, xx = np.mgrid[0:ny:step, 0:nx:step]
+        ax0.contour(xx + 0.5, yy + 0.5, sub, levels=np.sort(levels), colors="red",
+                    linewidths=0.5, alpha=0.8)
+    if len(result.control_points):
+        cp = result.control_points
+        ax0.scatter(cp[:, 1] + 0.5, cp[:, 0] + 0.5, s=2, c=cp[:, 2], cmap="tab20",
+                    marker=".", linewidths=0)
+    bc = g.beam_centre()
+    ax0.plot([bc["direct_beam_col"]], [bc["direct_beam_row"]], "w+", ms=12)
+    ax0.set_xlim(0, nx)
+    ax0.set_ylim(ny, 0)
+    ax0.set_xlabel("column (fast) / px")
+    ax0.set_ylabel("row (slow) / px")
+    ax0.set_title("image (log), predicted rings (red), control points" if image is not None
+                  else "detector gaps (grey), predicted rings (red)")
+
+    if pattern is not None:
+        x, y = pattern
+        ax1.plot(x, y, lw=0.8, color="k")
+        ymax = np.nanmax(y) if np.isfinite(y).any() else 1
+        ax1.set_ylabel("mean intensity (polarization & solid-angle corrected)")
+        ax1.set_xlim(x.min(), x.max())
+    else:
+        ymax = 1
+        ax1.set_xlim(0, float(np.degrees(g.max_two_theta())))
+        ax1.text(0.5, 0.5, "no image: ring positions only", transform=ax1.transAxes,
+                 ha="center")
+    lo, hi = ax1.get_xlim()
+    for t in rings_deg[(rings_deg >= lo) & (rings_deg <= hi)]:
+        ax1.axvline(t, color="red", lw=0.6, alpha=0.6, zorder=0)
+    ax1.set_xlabel("2theta / deg")
+    ax1.set_title(f"{params.calibrant} rings (red) at {g.wavelength:.5f} A")
+    ax1.set_ylim(bottom=0, top=1.05 * ymax)
+    res = (f"rms {result.rms_px:.3f} px, {result.n_points} points on {len(result.rings)} rings"
+           if result.rms_px is not None else "imported PONI")
+    fig.suptitle(f"{title}\n{describe(g)}; {res}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Peak search (find_peaks)
+# --------------------------------------------------------------------------------------
+def plot_peaks(result, title: str, path) -> None:
+    plt = _pyplot()
+
+    p = result.peaks
+    fig, ax = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.1, 1, 1.2]})
+    img = np.where(result.max_projection > 0, result.max_projection, np.nan).astype(float)
+    ax[0].imshow(np.log10(img), origin="lower", cmap="gray_r", interpolation="nearest")
+    ax[0].scatter(p["observed_px_x"] - 0.5, p["observed_px_y"] - 0.5, s=14, facecolors="none",
+                  edgecolors="tab:red", linewidths=0.6)
+    ax[0].set(title=f"{len(p['n_pixels'])} peaks on the maximum over frames (log)",
+              xlabel="column (pixel)", ylabel="row (pixel)")
+    pos = p["int_sum"][p["int_sum"] > 0]
+    if len(pos):
+        ax[1].hist(np.log10(pos), bins=50, color="tab:blue")
+    ax[1].set(title="peak intensities", xlabel="log10 summed intensity (counts)", ylabel="peaks")
+    fr = np.arange(result.nframes)
+    st = result.frame_stats
+    ax[2].plot(fr, st["sum"] / max(st["sum"].max(), 1), label="sum (scaled)")
+    ax[2].plot(fr, st["trimmed_sum"] / max(st["trimmed_sum"].max(), 1),
+               label=f"trimmed sum, Q {result.q_annulus[0]:.2f}-{result.q_annulus[1]:.2f} 1/Å (scaled)")
+    ax2 = ax[2].twinx()
+    ax2.plot(fr, st["n_strong"], color="tab:red", lw=0.6, label="strong pixels")
+    ax2.set_ylabel("strong pixels per frame", color="tab:red")
+    ax[2].set(title="per-frame statistics", xlabel="frame", ylabel="relative")
+    ax[2].legend(loc="lower left", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Orientation (index_parent, refine_temperature)
+# --------------------------------------------------------------------------------------
+def plot_residuals(result, title: str, path) -> None:
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 5))
+    for e, res, used in zip(result.entries, result.residuals, result.used):
+        ax[0].scatter(e.x[used], e.y[used], c=np.hypot(res[used, 0], res[used, 1]), s=6,
+                      cmap="viridis", vmin=0, vmax=max(3 * result.rms_px, 0.1))
+        ax[1].scatter(e.z[used], res[used, 2], s=4, label=e.name)
+        ax[2].scatter(res[used, 0], res[used, 1], s=4, label=e.name)
+    ax[0].set(title=f"|residual| on the detector (colour, 0-{3 * result.rms_px:.2f} px)",
+              xlabel="column (pixel)", ylabel="row (pixel)", aspect="equal")
+    ax[1].axhline(0, color="k", lw=0.5)
+    ax[1].set(title=f"frame residual vs frame (rms {result.rms_frames:.3f})", xlabel="frame",
+              ylabel="predicted - observed (frames)")
+    ax[1].legend(fontsize=8, markerscale=3)
+    ax[2].axhline(0, color="k", lw=0.5)
+    ax[2].axvline(0, color="k", lw=0.5)
+    ax[2].set(title=f"pixel residuals (rms {result.rms_px:.3f} px)", xlabel="dx (pixel)",
+              ylabel="dy (pixel)", aspect="equal")
+    c = result.model.crystal.cell
+    fig.suptitle(f"{title}: {result.n_used} peaks, {result.fraction_indexed:.1%} indexed; cell "
+                 + " ".join(f"{v:.5f}" for v in c.parameters))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Masks (mask_scan)
+# --------------------------------------------------------------------------------------
+REASON_COLOURS = {GAP: (0.55, 0.55, 0.55), DEAD: (0.1, 0.3, 1.0), HOT: (1.0, 0.1, 0.1),
+                  USER: (1.0, 0.7, 0.0)}
+
+
+def _blocks(a: np.ndarray, s: int, ufunc, fill) -> np.ndarray:
+    """a reduced over s x s blocks by ufunc (padded with fill)."""
+    if s == 1:
+        return a
+    r, c = a.shape
+    p = np.full((s * math.ceil(r / s), s * math.ceil(c / s)), fill, dtype=a.dtype)
+    p[:r, :c] = a
+    return ufunc.reduce(ufunc.reduce(p.reshape(p.shape[0] // s, s, p.shape[1] // s, s), axis=3), axis=1)
+
+
+def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
+    """Left: the pixel mask (colours by reason) over the scan's maximum projection (log),
+    with the Bragg regions projected on the detector as ellipses (when there are at most
+    max_ellipses of them); middle: the Bragg mask seen along the frames (in how many frames
+    each pixel is inside a region); right: the usable pixels inside a region per frame."""
+    plt = _pyplot()
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Patch
+
+    m, st = result.mask, result.statistics
+    rows, cols = m.shape
+    fig, ax = plt.subplots(1, 3, figsize=(19, 6.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    # images larger than the picture are reduced by blocks (maximum, union of mask bits)
+    s = max(1, math.ceil(max(rows, cols) / 800))
+    extent = (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
+    if result.max_projection is not None:
+        mp = _blocks(np.asarray(result.max_projection, dtype=np.float32), s, np.maximum, -1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            img = np.log10(np.where(mp > 0, mp, np.float32(np.nan)))
+        ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
+        del img, mp
+    reasons = _blocks(np.asarray(result.reasons), s, np.bitwise_or, 0)
+    rgba = np.zeros(reasons.shape + (4,), np.uint8)
+    for bit, colour in REASON_COLOURS.items():  # later reasons drawn over earlier ones
+        sel = (reasons & bit) != 0
+        rgba[sel, :3] = np.round(255 * np.asarray(colour)).astype(np.uint8)
+        rgba[sel, 3] = 217
+    ax[0].imshow(rgba, origin="lower", interpolation="nearest", extent=extent)
+    # hot and dead pixels are single pixels: circle them so they can be seen
+    for bit in (DEAD, HOT):
+        rc = np.argwhere((result.reasons & bit) != 0)
+        if 0 < len(rc) <= 5000:
+            ax[0].scatter(rc[:, 1], rc[:, 0], s=30, facecolors="none",
+                          edgecolors=[REASON_COLOURS[bit]], linewidths=0.8)
+    t = result.table
+    drawn = len(m.regions) <= max_ellipses
+    for src, colour in ((PREDICTED, "tab:green"), (FOUND, "tab:purple")):
+        sel = np.asarray(t["source"]) == src
+        if drawn and sel.any():
+            ax[0].add_collection(EllipseCollection(
+                2 * t["radius_col"][sel], 2 * t["radius_row"][sel], np.zeros(sel.sum()), units="xy",
+                offsets=np.column_stack([t["col"][sel] - 0.5, t["row"][sel] - 0.5]),
+                offset_transform=ax[0].transData, facecolors="none", edgecolors=colour,
+                linewidths=0.5))
+    ax[0].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
+              ylabel="row (pixel)", title="pixel mask over the scan maximum (log)"
+              + (", Bragg regions projected" if drawn else f"; {len(m.regions)} regions: see middle"))
+    handles = [Patch(color=REASON_COLOURS[b], label=f"{n} ({st[f'pixels_{n}']})")
+               for n, b in REASONS.items()]
+    if drawn:
+        handles += [Patch(facecolor="none", edgecolor="tab:purple", label="found peak"),
+                    Patch(facecolor="none", edgecolor="tab:green", label="predicted reflection")]
+    ax[0].legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
+    if result.masked_per_pixel is not None:
+        pp = _blocks(np.asarray(result.masked_per_pixel), s, np.maximum, 0).astype(np.float32)
+        pp[pp == 0] = np.nan
+        im = ax[1].imshow(pp, origin="lower", interpolation="nearest", extent=extent, cmap="viridis",
+                          norm=LogNorm(vmin=1, vmax=max(float(np.nanmax(pp)) if np.isfinite(pp).any() else 1, 2)))
+        fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.02, label="frames")
+        ax[1].imshow(np.where((reasons & GAP)[..., None] != 0, rgba, 0), origin="lower",
+                     interpolation="nearest", extent=extent)
+    ax[1].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
+              title=f"Bragg mask: frames in which a pixel is masked ({st['regions_found']} found, "
+                    f"{st['regions_predicted']} predicted)")
+    usable = max(int(np.count_nonzero(result.reasons == 0)), 1)
+    if result.masked_per_frame is not None and len(result.masked_per_frame):
+        ax[2].plot(np.arange(m.nframes) + 0.5, 100 * result.masked_per_frame / usable, lw=0.8)
+    ax[2].set(xlabel="frame", ylabel="usable pixels inside a Bragg region (%)",
+              title="Bragg mask per frame")
+    fig.suptitle(f"{title}: gaps {st['pixels_gap']}, hot {st['pixels_hot']}, dead {st['pixels_dead']}, "
+                 f"user {st['pixels_user']} pixels; regions {st['regions_found']} found, "
+                 f"{st['regions_predicted']} predicted: {100 * st['bragg_fraction']:.3f}% of the usable "
+                 f"pixel-frames; hkl_radius {m.hkl_radius:g} r.l.u. (applied by the transform)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Slices of volumes (sum_chunks, merge_entries, symmetrize, temperature_series)
+# --------------------------------------------------------------------------------------
+def _cmap():
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    # grey: unmeasured; zero or negative intensity: the lowest colour, not grey
+    return cmap.with_extremes(bad="0.6", under=cmap(0.0))
+
+
+def draw_slice(fig, spec, sl, cell, norm, title: str | None = None):
+    """Draw a Slice in the subplot position spec (e.g. (2, 2, 1)) of fig, to scale in
+    Cartesian reciprocal space with grid lines along its r.l.u. axes; returns (ax, image)."""
+    from matplotlib.transforms import Affine2D
+    from mpl_toolkits.axisartist import Axes as AAAxes
+    from mpl_toolkits.axisartist.grid_finder import MaxNLocator
+    from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinear
+
+    M = plane_matrix(cell, sl.u, sl.v)
+    aff = Affine2D(np.array([[M[0, 0], M[0, 1], 0.0], [M[1, 0], M[1, 1], 0.0], [0, 0, 1]]))
+    helper = GridHelperCurveLinear(aff, grid_locator1=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]),
+                                   grid_locator2=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+    ax = fig.add_subplot(*spec, axes_class=AAAxes, grid_helper=helper)
+    data = np.where(np.isfinite(sl.data), np.maximum(sl.data, norm.vmin * 0.5), np.nan)
+    im = ax.imshow(np.ma.masked_invalid(data), origin="lower", cmap=_cmap(), norm=norm,
+                   extent=(*sl.u_edges, *sl.v_edges), interpolation="nearest",
+                   transform=aff + ax.transData)
+    corners = np.array([[sl.u_edges[a], sl.v_edges[b]] for a in (0, 1) for b in (0, 1)]) @ M.T
+    ax.set_xlim(corners[:, 0].min(), corners[:, 0].max())
+    ax.set_ylim(corners[:, 1].min(), corners[:, 1].max())
+    ax.set_aspect("equal")
+    ax.set_facecolor("white")
+    ax.grid(True, color="w", lw=0.3, alpha=0.5)
+    ax.axis["bottom"].label.set_text(f"{sl.u.upper()} (r.l.u.)")
+    ax.axis["left"].label.set_text(f"{sl.v.upper()} (r.l.u.)")
+    for side in ("top", "right"):
+        ax.axis[side].major_ticklabels.set_visible(False)
+    for side in ("bottom", "left"):
+        ax.axis[side].major_ticklabels.set_fontsize(8)
+    ax.set_title(title if title is not None else f"{sl.describe()}: {sl.label}", fontsize=10)
+    return ax, im
+
+
+def _angle_note(cell, u, v) -> str:
+    if cell is None:
+        return "no cell: orthogonal axes, 1 r.l.u. equal lengths"
+    M = plane_matrix(cell, u, v)
+    ang = math.degrees(math.atan2(M[1, 1], M[0, 1]))
+    return f"{u}* ^ {v}* = {ang:.1f} deg, to scale"
+
+
+def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -> list[str]:
+    """PNG of the slices (list of {h|k|l: value}) of a Volume or volume file.  Slices outside
+    the grid are left out with a warning; returns the labels of the slices drawn."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    cell = cell_of(volume_or_path, cell)
+    drawn = []
+    for spec in slices:
+        try:
+            drawn.append(read_slice(volume_or_path, spec))
+        except GridError as exc:
+            if log:
+                log.warning("slice %s left out of %s: %s", spec, Path(path).name, exc)
+    n = max(len(drawn), 1)
+    ncol = min(n, 2) if n <= 4 else 3
+    nrow = math.ceil(n / ncol)
+    fig = plt.figure(figsize=(6.2 * ncol, 5.4 * nrow))
+    for i, sl in enumerate(drawn):
+        vmin, vmax = color_limits([sl.data])
+        norm = LogNorm(vmin=vmin, vmax=vmax)
+        measured = np.isfinite(sl.data)
+        ax, im = draw_slice(fig, (nrow, ncol, i + 1), sl, cell, norm,
+                            f"{sl.describe()}: {sl.label}\n{measured.mean():.0%} measured; "
+                            f"{_angle_note(cell, sl.u, sl.v)}")
+        fig.colorbar(im, ax=ax, extend="both", shrink=0.85, label="intensity (log)")
+    if not drawn:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no slice inside the grid:\n" + ", ".join(str(s) for s in slices),
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    fig.subplots_adjust(wspace=0.35, hspace=0.35)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [sl.label for sl in drawn]
+
+
+def plot_series(volumes, spec, png, title: str, cell=None, log=None) -> list[str]:
+    """PNG of the slice `spec` ({h|k|l: value}) of every volume file, side by side on one
+    colour scale; volumes: [(temperature label, path)] in the order drawn.  Returns the
+    labels drawn."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    panels, kinds = [], []
+    for label, p in volumes:
+        head = read_volume_header(p)
+        try:
+            sl = read_slice(p, spec)
+        except GridError as exc:
+            if log:
+                log.warning("%s: slice %s left out: %s", p, spec, exc)
+            sl = None
+        panels.append((label, p, sl))
+        if head.kind not in kinds:
+            kinds.append(head.kind)
+    drawn = [sl.data for _, _, sl in panels if sl is not None]
+    vmin, vmax = color_limits(drawn)
+    norm = LogNorm(vmin=vmin, vmax=vmax)
+    n = max(len(panels), 1)
+    ncol = min(n, 4)
+    nrow = math.ceil(n / ncol)
+    fig = plt.figure(figsize=(5.0 * ncol + 1.2, 4.8 * nrow))
+    im, axes = None, []
+    for i, (label, p, sl) in enumerate(panels):
+        if sl is None:
+            ax = fig.add_subplot(nrow, ncol, i + 1)
+            ax.text(0.5, 0.5, f"{label}\n{spec} is outside the grid", ha="center",
+                    va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        ax, im = draw_slice(fig, (nrow, ncol, i + 1), sl, cell, norm,
+                            f"{label.replace('K', ' K') if label.endswith('K') else label}"
+                            f" ({np.isfinite(sl.data).mean():.0%} measured)")
+        axes.append(ax)
+    if im is not None:
+        fig.colorbar(im, ax=axes, extend="both", shrink=0.8, label="intensity (log, common scale)")
+    first = next((sl for _, _, sl in panels if sl is not None), None)
+    fig.suptitle(f"{title} {'/'.join(kinds)}: {first.describe() + ', ' + first.label if first else spec}")
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [label for label, _, sl in panels if sl is not None]

@@ -1,0 +1,71 @@
+"""Where the raw files of a scan are, and whether they are still what ingest saw.
+
+Light on purpose (no h5py): the Snakefile uses it at parse time to list every raw file of
+every scan as an input of its ingest job.
+
+A raw file's fingerprint is its size, its mtime and the sha256 of FINGERPRINT_BLOCKS blocks
+of FINGERPRINT_BLOCK bytes spread evenly over it (first and last included; the whole file
+when it is smaller).  Ingest records it; every later step that reads frames checks size and
+sampled hash (:func:`changed_files`), so a file replaced with its old mtime kept (``rsync
+-a``, ``cp -p``) is caught without reading it whole.  A different mtime alone (a copied
+experiment) is not a change.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hdf", ".nx5", ".nx")  # the one list of them
+FINGERPRINT_BLOCKS = 8
+FINGERPRINT_BLOCK = 4096
+
+
+def is_hdf5_path(path) -> bool:
+    return str(path).lower().endswith(HDF5_SUFFIXES)
+
+
+def natural_key(text: str):
+    """Sort key that orders embedded numbers by value: f_2 < f_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
+
+def matching_files(data: str, base_dir=".") -> list[str]:
+    """The files `data` names (a path or a glob pattern, relative to base_dir), in natural
+    order, as given (relative stays relative); [] when there are none."""
+    pattern = os.path.normpath(os.path.join(os.fspath(base_dir), data))
+    if glob.has_magic(data):
+        return sorted((f for f in glob.glob(pattern) if os.path.isfile(f)), key=natural_key)
+    return [pattern] if os.path.isfile(pattern) else []
+
+
+def fingerprint(path) -> dict:
+    """{size, mtime_ns, sampled_sha256} of a file (module docstring)."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= FINGERPRINT_BLOCKS * FINGERPRINT_BLOCK:
+            h.update(f.read())
+        else:
+            last = st.st_size - FINGERPRINT_BLOCK
+            for i in range(FINGERPRINT_BLOCKS):
+                f.seek(last * i // (FINGERPRINT_BLOCKS - 1))
+                h.update(f.read(FINGERPRINT_BLOCK))
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
+            "sampled_sha256": h.hexdigest()}
+
+
+def changed_files(files, recorded) -> list[str]:
+    """The files whose size or sampled content differ from their recorded fingerprints (a
+    missing file counts as changed)."""
+    changed = []
+    for path, then in zip(files, recorded):
+        try:
+            now = fingerprint(path)
+        except OSError:
+            changed.append(path)
+            continue
+        if now["size"] != then["size"] or now["sampled_sha256"] != then["sampled_sha256"]:
+            changed.append(path)
+    return changed

@@ -1,0 +1,107 @@
+"""The one way a step command runs (hklflow's counterpart of DIALS's error decorator)::
+
+    def parser() -> StepParser:
+        p = StepParser("find_peaks", __doc__)
+        p.add_settings()
+        p.add_input("--scan", "the scan entry's scan.nxs (ingest_scan)")
+        p.add_output("--out", "peaks file to write")
+        return p
+
+    def run(args, log) -> None:
+        ...  # read inputs -> one domain call -> write outputs -> picture
+
+    def main(argv=None) -> int:
+        return run_step(parser(), run, argv)
+
+:func:`run_step` parses the arguments, logs to stderr (the rule sends it to its log file),
+turns SIGTERM (a batch system's time limit, Snakemake stopping) into SystemExit so that
+cleanup runs, calls ``run``, and on any failure removes the outputs declared with
+``add_output`` (a stale or half-written file must not look complete).  An
+:class:`~hklflow.errors.HklflowError` or OSError ends with one line naming the file or
+field and exit status 1; anything else is a bug and is logged with its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .. import steplog
+from ..errors import HklflowError
+from ..params import read_settings
+
+
+class StepParser(argparse.ArgumentParser):
+    """An argument parser that knows which arguments are the step's outputs."""
+
+    def __init__(self, name: str, doc: str | None):
+        super().__init__(prog=f"hklflow {name}", description=(doc or "").split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.step = name
+        self.outputs: list[str] = []
+
+    def add_settings(self) -> None:
+        self.add_argument("--settings", required=True, metavar="JSON",
+                          help="the settings of this job as JSON (what the rule's params "
+                               "pass: the resolved config sections the step uses)")
+
+    def add_input(self, flag: str, help: str, **kw) -> None:
+        self.add_argument(flag, required=kw.pop("required", True), type=Path, help=help, **kw)
+
+    def add_temperature_entries(self) -> None:
+        """The inputs and outputs of the orientation steps: every entry of one sample at
+        one temperature."""
+        self.add_input("--scans", "scan.nxs of every entry at this temperature", nargs="+")
+        self.add_input("--peaks", "peaks.nxs of the same entries, in the same order", nargs="+")
+        self.add_output("--out", "orientation file to write")
+        self.add_output("--png", "residual picture to write")
+
+    def add_output(self, flag: str, help: str, **kw) -> None:
+        action = self.add_argument(flag, required=kw.pop("required", True), type=Path,
+                                   help=f"{help} (output)", **kw)
+        self.outputs.append(action.dest)
+
+
+def _outputs(parser: StepParser, args) -> list[Path]:
+    out = []
+    for dest in parser.outputs:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        out += list(value) if isinstance(value, (list, tuple)) else [value]
+    return out
+
+
+def _remove(paths, log: logging.Logger) -> None:
+    for p in paths:
+        try:
+            Path(p).unlink()
+            log.info("removed %s", p)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # pragma: no cover - a read-only folder
+            log.warning("could not remove %s: %s", p, exc)
+
+
+def run_step(parser: StepParser, run, argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    log = steplog.setup(parser.step)
+    try:
+        if isinstance(getattr(args, "settings", None), str):
+            args.settings = read_settings(args.settings)
+        run(args, log)
+    except (HklflowError, OSError) as exc:
+        _remove(_outputs(parser, args), log)
+        log.error("%s failed: %s", parser.step, exc)
+        return 1
+    except Exception as exc:
+        _remove(_outputs(parser, args), log)
+        log.exception("%s failed unexpectedly (a bug: please report it with this log): %s: %s",
+                      parser.step, type(exc).__name__, exc)
+        return 1
+    except BaseException:  # SIGTERM (SystemExit), Ctrl-C: no output may look complete
+        _remove(_outputs(parser, args), log)
+        raise
+    return 0

@@ -1,0 +1,46 @@
+"""Step refine_temperature: cell, orientation, detector and goniometer offsets of a sample
+at one temperature refined on the peaks of its entries, starting from its parent's
+orientation (read only; hklflow.orientation.refine_from_parent).  A temperature whose
+peaks do not index from the parent (a phase transition, a wrong space group) fails with a
+message saying so rather than writing a bad orientation."""
+from __future__ import annotations
+
+from ..files.orientation import read_orientation_file, write_orientation_file
+from ..files.peaks import read_peaks_file
+from ..files.scan import read_scan_file
+from ..orientation import refine_from_parent, temperature_entries
+from ..params import RefinementParams, settings_part
+from ..pictures import plot_residuals
+from ..provenance import provenance
+from ._run import StepParser, run_step
+
+
+def parser() -> StepParser:
+    p = StepParser("refine_temperature", __doc__)
+    p.add_settings()
+    p.add_input("--parent", "the parent's orientation file (index_parent; read only)")
+    p.add_temperature_entries()
+    return p
+
+
+def run(args, log) -> None:
+    parent = read_orientation_file(args.parent)
+    scans = [read_scan_file(f) for f in args.scans]
+    entries = temperature_entries(scans, [read_peaks_file(f) for f in args.peaks])
+    label = f"{scans[0].sample}/{scans[0].temperature_label}"
+    log.info("%s: %d peaks in %d entries, starting from the parent %s", label,
+             sum(len(e.x) for e in entries), len(entries), parent.parent)
+    result = refine_from_parent(entries, parent, settings_part(args.settings, RefinementParams),
+                                log, label)
+    write_orientation_file(args.out, sample=scans[0].sample,
+                           temperature_label=scans[0].temperature_label, parent=parent.parent,
+                           result=result, indexing=None,
+                           provenance=provenance("hklflow refine_temperature", args.settings,
+                                                 inputs=[args.parent, *args.scans, *args.peaks]))
+    plot_residuals(result, f"{label} (refined from {parent.parent})", args.png)
+    log.info("%s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", label, result.rms_px,
+             result.rms_frames, 100 * result.fraction_indexed, result.model.crystal.cell.parameters)
+
+
+def main(argv=None) -> int:
+    return run_step(parser(), run, argv)

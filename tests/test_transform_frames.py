@@ -1,0 +1,80 @@
+"""Step transform_frames: a frame range of a scan entry onto the sample's grid, from the
+files of the earlier steps, with the settings the Snakefile passes."""
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+from hklflow.errors import ConfigError, RawDataError
+from hklflow.files.volume import read_volume
+from hklflow.steps.transform_frames import parse_frames
+from hklflow.transform import frame_scale
+
+from conftest import run_step, step_settings
+
+
+def test_monitor_normalisation_and_frame_ranges():
+    mon = np.array([100.0, 200.0, 50.0, 100.0])
+    s, ref = frame_scale(mon, None, 1, 4)
+    assert ref == 100.0 and s.tolist() == [0.5, 2.0, 1.0]  # median reference
+    s, ref = frame_scale(mon, 1000.0, 0, 2)
+    assert s.tolist() == [10.0, 5.0]
+    assert frame_scale(None, None, 0, 3)[0].tolist() == [1, 1, 1]
+    with pytest.raises(RawDataError, match="monitor is <= 0"):
+        frame_scale(np.array([1.0, 0.0]), None, 0, 2)
+    assert parse_frames("10:20", 60) == (10, 20) and parse_frames(None, 60) == (0, 60)
+    assert parse_frames("00010-00020", 60) == (10, 20)  # as in the job's file name
+    for bad in ("20:10", "0:61", "x"):
+        with pytest.raises(ConfigError, match="--frames"):
+            parse_frames(bad, 60)
+
+
+@pytest.mark.slow
+def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
+    """A scan whose odd frames were counted with twice the flux (monitor 2, frames x 2) gives
+    the same volume as the original scan (monitor 1 everywhere) once normalised: the scans
+    table's monitor column -> ingest -> scan.nxs -> transform."""
+    d = tiny_run[0]
+    assert tiny_run[1].returncode == 0
+    exp = tmp_path / "exp"
+    shutil.copytree(d / "config", exp / "config")
+    with h5py.File(d / "raw/tiny/300K/f1.h5", "r") as f:
+        frames = f["/entry/data/data"][()]
+    monitor = np.where(np.arange(len(frames)) % 2 == 1, 2.0, 1.0)
+    boosted = np.where(frames >= 0, frames * monitor[:, None, None].astype(np.int32), frames)
+    (exp / "raw").mkdir()
+    for name, data, mon in (("plain.h5", frames, np.ones(len(frames))), ("boosted.h5", boosted, monitor)):
+        with h5py.File(exp / "raw" / name, "w") as f:
+            f.create_dataset("/entry/data/data", data=data, chunks=(1,) + data.shape[1:],
+                             **hdf5plugin.Bitshuffle(cname="lz4"))
+            f["/entry/monitor"] = mon
+    table = (exp / "config/scans.tsv").read_text().splitlines()
+    header = table[0].split("\t") + ["monitor"]
+    row = dict(zip(table[0].split("\t"), next(r for r in table[1:] if r.startswith("tiny\t300\tf1")).split("\t")))
+    res = d / "results"
+    out = {}
+    for name in ("plain", "boosted"):
+        row.update(data=f"raw/{name}.h5", monitor="/entry/monitor")
+        (exp / "config/scans.tsv").write_text("\t".join(header) + "\n"
+                                              + "\t".join(str(row.get(h, "")) for h in header) + "\n")
+        r = run_step(exp, "ingest_scan", "--settings",
+                     step_settings(exp, "ingest_scan", "tiny", "300K", "f1"),
+                     "--poni", res / "calibration/ceo2/geometry.poni",
+                     "--version", res / "calibration/ceo2/version.json", "--out", f"{name}.nxs")
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = run_step(exp, "transform_frames", "--settings", step_settings(exp, "transform_frames"),
+                     "--scan", f"{name}.nxs", "--orientation", res / "tiny/300K/orientation.nxs",
+                     "--grid", res / "tiny/grid.json", "--mask", res / "tiny/300K/f1/mask.nxs",
+                     "--kind", "transform", "--frames", "0:20", "--out", f"{name}_volume.nxs")
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[name] = read_volume(exp / f"{name}_volume.nxs")
+    p, b = out["plain"], out["boosted"]
+    assert np.array_equal(p.weight, b.weight) and p.weight.sum() > 0
+    # plain: monitor 1 everywhere (reference = median 1); boosted: reference 1.5, frames
+    # with monitor 2 doubled: every frame's corrected intensity is 1.5 x the plain one
+    assert b.notes["monitor_reference"] == 1.5 and p.notes["monitor_reference"] == 1.0
+    np.testing.assert_allclose(b.signal, 1.5 * p.signal, rtol=1e-5, atol=1e-3)

@@ -1,0 +1,92 @@
+"""Shared helpers of the volume tests (sum_chunks, merge_entries, symmetrize,
+temperature_series, files.volume): random volumes on small grids, a minimal experiment."""
+from __future__ import annotations
+
+import numpy as np
+
+from hklflow.files.volume import Volume, write_volume
+from hklflow.grid import Axis, Grid
+
+HEX = (4.5, 4.5, 7.0, 90.0, 90.0, 120.0)
+TETRA = (3.8, 3.8, 13.4, 90.0, 90.0, 90.0)
+# symbol (same for gemmi and cctbx) -> a compatible cell
+GROUPS = {
+    "P 6/m m m": HEX,
+    "P 63/m m c": HEX,
+    "P 6/m": HEX,
+    "R -3 m:H": HEX,
+    "P -3 1 m": HEX,
+    "P -3": HEX,
+    "R -3 m:R": (6.0, 6.0, 6.0, 75.0, 75.0, 75.0),
+    "I 4/m m m": TETRA,
+    "C 1 2/c 1": (7.1, 9.3, 11.2, 90.0, 103.4, 90.0),
+    "P m m m": (5.3, 7.9, 11.4, 90.0, 90.0, 90.0),
+    "F m -3 m": (5.0, 5.0, 5.0, 90.0, 90.0, 90.0),
+}
+
+
+def sample(symbol="I 4/m m m", cell=TETRA, name="xtal"):
+    return {"name": name, "space_group": symbol, "unit_cell": np.array(cell, float)}
+
+
+def random_volume(grid, seed, kind="transform", title="t", sample_=None, gap=0.3):
+    rng = np.random.default_rng(seed)
+    weight = rng.uniform(0.5, 4.0, grid.shape).astype(np.float32)
+    weight[rng.random(grid.shape) < gap] = 0.0
+    signal = (rng.uniform(0.5, 1000.0, grid.shape) * weight).astype(np.float32)
+    return Volume(grid, signal, weight, kind, title, sample_ if sample_ is not None else sample())
+
+
+def small_grid(n=(13, 11, 21), step=(0.25, 0.25, 0.5)):
+    """h, k, l axes symmetric about 0 (n odd), array shape (nl, nk, nh)."""
+    return Grid(*(Axis(-(m - 1) / 2 * s, s, m) for m, s in zip(n, step)))
+
+
+def write_inputs(folder, grid, n, **kw):
+    paths = []
+    for i in range(n):
+        p = folder / f"in{i}.nxs"
+        write_volume(p, random_volume(grid, 10 + i, title=f"part{i}", **kw), {"program": "test"})
+        paths.append(p)
+    return paths
+
+
+def make_experiment(root):
+    """A minimal experiment directory (config + scans table): a tetragonal sample 'tetra'
+    and a hexagonal one 'hexa', each at 100, 200 and 300 K."""
+    cfg = root / "config"
+    cfg.mkdir()
+    rows = ["sample\ttemperature\tentry\tdata\tnframes\tphi_start\tphi_step"]
+    for s in ("tetra", "hexa"):
+        for t in (100, 200, 300):
+            rows.append(f"{s}\t{t}\tf1\traw/{s}_{t}.h5\t10\t0\t0.5")
+    (cfg / "scans.tsv").write_text("\n".join(rows) + "\n")
+    (cfg / "config.yaml").write_text(f"""
+experiment: volumes-test
+scans_table: config/scans.tsv
+instrument:
+  detector: PilatusCdTe300k
+  wavelength: 0.41328
+  goniometer: {{scan_axis: [0.0, 1.0, 0.0], scan_sense: 1}}
+calibrations:
+  ceo2:
+    image: raw/CeO2.h5
+    calibrant: CeO2
+    start: {{dist: 0.12, poni1: 0.05, poni2: 0.04, rot1: 0.0, rot2: 0.0, rot3: 0.0}}
+samples:
+  tetra: {{space_group: I 4/m m m, cell: {list(TETRA)}, parent: {{temperature: 300}}}}
+  hexa: {{space_group: P 6/m m m, cell: {list(HEX)}, parent: {{temperature: 300}}}}
+reduction:
+  transform:
+    slices: [{{l: 0}}, {{k: 0}}, {{h: 0.5}}, {{l: 99}}]
+  merge:
+    series_slice: {{l: 0.5}}
+""")
+    return root
+
+
+def run(step, args):
+    """A step's main() in this process (the current directory is the experiment)."""
+    import importlib
+
+    return importlib.import_module(f"hklflow.steps.{step}").main([str(a) for a in args])
