@@ -431,3 +431,10 @@ def test_installed_wheel_reduces_an_experiment_with_awkward_paths(tiny_experimen
                         str(exp / "config/config.yaml"), str(extra)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stderr[-2000:]
+
+
+def test_snakemake_lint_finds_nothing(tiny_copy):
+    """Every rule: settings through params, files through input/output, a log, a conda
+    environment; no variables from outside the rule in a shell command."""
+    r = snakemake(tiny_copy, "--lint")
+    assert "Lints for" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]

@@ -92,17 +92,13 @@ def resolve_files(data: str, base_dir=".") -> list[str]:
     files = matching_files(data, base_dir)
     if not files:
         pattern = data if os.path.isabs(data) else os.path.join(os.fspath(base_dir), data)
-        if is_glob(data):
+        if glob.has_magic(data):
             raise RawDataError(f"{pattern}: no files match this pattern (raw data missing?)")
         if not os.path.exists(pattern):
             raise RawDataError(f"{pattern}: raw data file does not exist")
         raise RawDataError(f"{pattern}: not a file (expected an HDF5 file or a glob "
                            "pattern of frame files)")
     return [os.path.abspath(f) for f in files]
-
-
-def is_glob(data: str) -> bool:
-    return glob.has_magic(data)
 
 
 # --------------------------------------------------------------------------------------

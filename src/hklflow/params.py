@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Any, ClassVar
 
 import jsonschema
+import numpy as np
 import yaml
 
 from .errors import ConfigError
@@ -252,8 +253,6 @@ class DetectorParams(Params):
     def trusted_max_for(self, dtype) -> int:
         """Values at or above this are overloaded: the config's, else the frames' dtype
         maximum (float frames: no limit but 2^62)."""
-        import numpy as np
-
         if self.trusted_max is not None:
             return int(self.trusted_max)
         return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 2 ** 62

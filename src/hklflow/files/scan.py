@@ -103,12 +103,11 @@ class ScanRecord:
     def geometry(self, orientation=None) -> ScanGeometry:
         """The entry's geometry (geometry.EntrySetup.geometry); an orientation record must
         be of this entry's sample and temperature."""
-        if orientation is not None and getattr(orientation, "path", None) is not None:
-            if (orientation.sample, orientation.temperature_label) != \
-                    (self.sample, self.temperature_label):
-                raise InputMismatchError(
-                    f"{orientation.path} is the orientation of {orientation.sample}/"
-                    f"{orientation.temperature_label}, not of {self.scan_id} ({self.path})")
+        if orientation is not None and (orientation.sample, orientation.temperature_label) != \
+                (self.sample, self.temperature_label):
+            raise InputMismatchError(
+                f"{orientation.path} is the orientation of {orientation.sample}/"
+                f"{orientation.temperature_label}, not of {self.scan_id} ({self.path})")
         return self.setup.geometry(orientation)
 
 

@@ -5,6 +5,7 @@ peaks do not index from the parent (a phase transition, a wrong space group) fai
 message saying so rather than writing a bad orientation."""
 from __future__ import annotations
 
+from ..errors import InputMismatchError
 from ..files.orientation import read_orientation_file, write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
@@ -28,6 +29,9 @@ def run(args, log) -> None:
     scans = [read_scan_file(f) for f in args.scans]
     entries = temperature_entries(scans, [read_peaks_file(f) for f in args.peaks])
     label = f"{scans[0].sample}/{scans[0].temperature_label}"
+    if parent.sample != scans[0].sample:
+        raise InputMismatchError(f"{args.parent} is the orientation of sample {parent.sample!r}, "
+                                 f"not of {scans[0].sample!r} ({args.scans[0]})")
     log.info("%s: %d peaks in %d entries, starting from the parent %s", label,
              sum(len(e.x) for e in entries), len(entries), parent.parent)
     result = refine_from_parent(entries, parent, settings_part(args.settings, RefinementParams),
