@@ -58,7 +58,7 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, re.M)
     assert blocks, out[-3000:]
     rules = {name for name, _ in blocks}
-    assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_scan"} <= rules
+    assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature"} <= rules
     for name, body in blocks:
         res = re.search(r"resources: (.*)", body)
         assert res, f"rule {name} planned without resources"
