@@ -176,7 +176,7 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
     "define_grid": lambda s, r: {"sample": s.sample},
     "mask_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
     "transform_frames": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
-                                      "entry": s.entry, "kind": "transform",
+                                      "entry": s.entry,
                                       "frames": f"{r[0][0]:05d}-{r[0][1]:05d}"},
     "sum_chunks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
                                 "entry": s.entry, "kind": "transform"},

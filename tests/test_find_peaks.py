@@ -141,6 +141,25 @@ def test_search_of_a_float_scan_equals_the_integer_scan(tiny_experiment, tiny_tr
     np.testing.assert_array_equal(res.max_projection, ref.max_projection)
 
 
+@pytest.mark.parametrize("threads,chunk", [(2, 4), (3, 7)])
+def test_threads_give_the_same_search(tiny_experiment, tiny_truth, searched, threads, chunk):
+    """Frames searched by several threads at once, in chunks of any size, are assembled in
+    frame order: the peaks, frame statistics, hot pixels and maximum equal one thread's."""
+    sid = "tiny/300K/f1"
+    g, a = scan_setup(tiny_truth, sid)
+    with open_frames(str(raw_path(tiny_experiment, sid))) as stack:
+        res = search(stack, g, a, PeakSearchParams.defaults(chunk_frames=chunk), detector(g),
+                     threads=threads)
+    ref = searched[sid]
+    assert len(ref.peaks["n_pixels"]) > 10
+    for name, col in ref.peaks.items():
+        np.testing.assert_array_equal(res.peaks[name], col, err_msg=name)
+    for name, col in ref.frame_stats.items():
+        np.testing.assert_array_equal(res.frame_stats[name], col, err_msg=name)
+    np.testing.assert_array_equal(res.max_projection, ref.max_projection)
+    np.testing.assert_array_equal(res.hot_pixels, ref.hot_pixels)
+
+
 def test_kernel_stays_exact_after_huge_counts():
     """Counts whose squares are not exact in float64 (> 3.6e7 for 7 window rows) must not
     leave rounding behind in the sliding column sums: on a low background below 40 such

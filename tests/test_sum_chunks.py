@@ -105,3 +105,66 @@ def test_sum_corrupt_or_missing_input_leaves_nothing(experiment, capsys):
         assert rc == 1, (bad, err)
         assert f"{bad}: cannot read" in err, err
         assert sorted(p.name for p in (experiment / "out").iterdir()) == [], bad
+
+
+def _complete_part(folder, grid, name="part.nxs", intensity=True):
+    """A transform part as transform_frames writes it: its sums in its notes."""
+    from hklflow.files.volume import VolumeWriter
+
+    v = random_volume(grid, 21, title="f1 frames 0-60")
+    with VolumeWriter(folder / name, grid, v.kind, v.title, v.sample, {"scan": "f1"},
+                      {"program": "transform"}, intensity=intensity) as w:
+        w.write(0, v.signal, v.weight)
+        w.notes.update(measured_fraction=w.measured / grid.size, weight_sum=w.weight_sum,
+                       signal_sum=w.signal_sum)
+    return folder / name, v
+
+
+def test_one_complete_chunk_is_moved_not_rewritten(experiment):
+    grid = small_grid()
+    part, v = _complete_part(experiment, grid)
+    inode = part.stat().st_ino
+    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                            "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
+                            "--png", "out/f1.png"])
+    assert rc == 0
+    out = experiment / "out/f1.nxs"
+    assert not part.exists() and out.stat().st_ino == inode  # a rename
+    got = read_volume(out)
+    assert np.array_equal(got.signal, v.signal) and np.array_equal(got.weight, v.weight)
+    assert got.title == "tetra/300K/f1" and got.notes["adopted"] is True
+    assert got.notes["inputs"][0]["notes"]["scan"] == "f1"
+    assert got.notes["weight_sum"] == pytest.approx(float(v.weight.sum(dtype=np.float64)))
+    assert got.notes["measured_fraction"] == pytest.approx(np.mean(v.weight > 0))
+    assert (experiment / "out/f1.png").stat().st_size > 10_000
+
+
+def test_a_failed_move_gives_the_part_back(experiment, monkeypatch):
+    from hklflow.files import volume
+
+    grid = small_grid()
+    part, v = _complete_part(experiment, grid)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(volume, "write_provenance_h5", broken)
+    with pytest.raises(OSError, match="disk full"):
+        volume.adopt_volume(part, experiment / "out/f1.nxs", "t", {}, {})
+    assert part.exists() and not (experiment / "out/f1.nxs").exists()
+    assert np.array_equal(read_volume(part).signal, v.signal)  # summed again on the next run
+    assert list((experiment / "out").iterdir()) == []
+
+
+def test_parts_without_intensity_are_summed(experiment):
+    """Parts of a multi-chunk entry carry no intensity array (only sums read them); one
+    such part is summed into a complete volume, not moved."""
+    grid = small_grid()
+    part, v = _complete_part(experiment, grid, intensity=False)
+    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                            "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
+                            "--png", "out/f1.png"])
+    assert rc == 0 and part.exists()
+    got = read_volume(experiment / "out/f1.nxs")
+    assert np.array_equal(got.weight, v.weight) and "adopted" not in got.notes
+    np.testing.assert_array_equal(got.intensity()[v.weight > 0],
+                                  (v.signal / np.where(v.weight > 0, v.weight, 1))[v.weight > 0])

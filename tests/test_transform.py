@@ -83,13 +83,61 @@ def test_kernel_equals_numpy_reference(setup):
     scale = np.linspace(0.8, 1.3, 6)  # a monitor
     rng = np.random.default_rng(1)
     bragg = (rng.random((6, fr[0].size)) < 0.05).astype(np.uint8)
-    tr = Transformer(grid, table, 2 ** 31 - 1)
+    tr = Transformer(grid, table, 2 ** 31 - 1, kinds=("masked_transform",))
     tr.add(fr, M, scale, bragg)
     s, w = tr.acc.arrays()
     s_ref, w_ref = numpy_transform(fr, table, M, scale, 2 ** 31 - 1, grid, bragg=bragg)
     assert np.array_equal(w, w_ref)
     assert np.count_nonzero(w) > 1000
     np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
+
+
+def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup):
+    """One read of the frames makes both volumes: each equals the volume of a pass of its
+    own exactly (the masked pixels add 0 to the masked pair)."""
+    scan, UB, crystal, table, grid, frames = setup
+    fr = frames[0:40]
+    M = frame_matrices(scan, 0, 40, 3)
+    scale = np.linspace(0.9, 1.2, 40)
+    rng = np.random.default_rng(7)
+    bragg = (rng.random((40, fr[0].size)) < 0.1).astype(np.uint8)
+    both = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
+                       crystal=crystal, hkl_radius=0.1)
+    both.add(fr, M, scale, bragg)
+    for kind in ("transform", "masked_transform"):
+        alone = Transformer(grid, table, 2 ** 31 - 1, kinds=(kind,), crystal=crystal,
+                            hkl_radius=0.1)
+        alone.add(fr, M, scale, bragg)
+        s, w = both.slab(0, grid.l.n, kind)
+        s1, w1 = alone.slab(0, grid.l.n, kind)
+        assert np.array_equal(w, w1) and np.array_equal(s, s1)
+        assert both.pixel_frames(kind) == alone.pixel_frames(kind)
+    assert both.pixel_frames("masked_transform") < 0.95 * both.pixel_frames("transform")
+    with pytest.raises(ValueError, match="Bragg mask"):
+        both.add(fr, M, scale)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_the_sums_of_one_thread_bit_for_bit(setup, threads):
+    """The threaded pipeline (bands computed by any thread, each kind's scatter in unit
+    order) adds exactly what one thread adds, for one kind and for both."""
+    scan, UB, crystal, table, grid, frames = setup
+    fr = frames[0:24]
+    M = frame_matrices(scan, 0, 24, 2)
+    rng = np.random.default_rng(5)
+    bragg = (rng.random((24, fr[0].size)) < 0.1).astype(np.uint8)
+    for kinds in (("transform",), ("masked_transform",), ("transform", "masked_transform")):
+        out = []
+        for n in (1, threads):
+            tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, crystal=crystal,
+                             hkl_radius=0.1, threads=n)
+            tr.add(fr[:10], M[:10], np.ones(10), bragg[:10])
+            tr.add(fr[10:], M[10:], np.linspace(1, 2, 14), bragg[10:])
+            tr.close()
+            out.append([tr.slab(0, grid.l.n, k) for k in kinds])
+        assert np.count_nonzero(out[0][0][1]) > 1000
+        for (s1, w1), (s2, w2) in zip(*out):
+            assert np.array_equal(s1, s2) and np.array_equal(w1, w2)
 
 
 def _table_from_q(q, corr=None):
@@ -265,8 +313,9 @@ def test_punch_removes_allowed_nodes_only(setup):
     scan, UB, crystal, table, grid, frames = setup
     M = frame_matrices(scan, 0, 60, 1)
     r = 0.15
-    tr = Transformer(grid, table, 2 ** 31 - 1, crystal=crystal, hkl_radius=r)
-    tr.add(frames, M, np.ones(60))
+    tr = Transformer(grid, table, 2 ** 31 - 1, kinds=("masked_transform",), crystal=crystal,
+                     hkl_radius=r)
+    tr.add(frames, M, np.ones(60), np.zeros((60, frames[0].size), np.uint8))
     plain = Transformer(grid, table, 2 ** 31 - 1)
     plain.add(frames, M, np.ones(60))
     w, w0 = tr.acc.arrays()[1], plain.acc.arrays()[1]
@@ -323,8 +372,8 @@ def test_bricked_slabs_equal_the_whole_array():
     g = Grid(Axis(0, 1, 13), Axis(0, 1, 21), Axis(0, 1, 37))  # not multiples of the brick
     b = BrickedGrid(g)
     rng = np.random.default_rng(3)
-    b.signal[:] = rng.random(b.signal.size)
-    b.weight[:] = rng.random(b.weight.size)
+    b.signals[0][:] = rng.random(b.size)
+    b.weights[0][:] = rng.random(b.size)
     s, w = b.arrays()
     assert s.shape == g.shape
     for l0 in range(0, 37, 8):

@@ -2,6 +2,7 @@
 files of the earlier steps, with the settings the Snakefile passes."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -66,10 +67,13 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
                      "--poni", res / "calibration/ceo2/geometry.poni",
                      "--version", res / "calibration/ceo2/version.json", "--out", f"{name}.nxs")
         assert r.returncode == 0, r.stderr[-2000:]
-        r = run_step(exp, "transform_frames", "--settings", step_settings(exp, "transform_frames"),
+        settings = json.loads(step_settings(exp, "transform_frames"))
+        settings["transform"]["kinds"] = ["transform"]  # one kind: one --out
+        settings = json.dumps(settings)
+        r = run_step(exp, "transform_frames", "--settings", settings,
                      "--scan", f"{name}.nxs", "--orientation", res / "tiny/300K/orientation.nxs",
                      "--grid", res / "tiny/grid.json", "--mask", res / "tiny/300K/f1/mask.nxs",
-                     "--kind", "transform", "--frames", "0:20", "--out", f"{name}_volume.nxs")
+                     "--frames", "0:20", "--out", f"{name}_volume.nxs")
         assert r.returncode == 0, r.stderr[-2000:]
         out[name] = read_volume(exp / f"{name}_volume.nxs")
     p, b = out["plain"], out["boosted"]

@@ -198,8 +198,8 @@ KINDS = ("transform", "masked_transform")
 def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibration=False,
                ingest=(), peaks=()):
     """The (rule, wildcards) set of the tiny experiment's jobs downstream of a change:
-    every job of the listed temperatures from the masks on (both kinds, one transform
-    chunk per entry), the temperature series, and the listed earlier jobs."""
+    every job of the listed temperatures from the masks on (one transform chunk per
+    entry making both kinds), the temperature series, and the listed earlier jobs."""
     jobs = {("all", "")}
     w = lambda **kw: ", ".join(f"{k}={v}" for k, v in kw.items())  # noqa: E731
     if calibration:
@@ -223,9 +223,9 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
                 continue
             if parent or ingest or peaks or not grid:
                 jobs.add(("mask_scan", w(sample="tiny", temperature=t, entry=e)))
+            jobs.add(("transform_frames", w(sample="tiny", temperature=t, entry=e,
+                                            frames="00000-00060")))
             for kind in KINDS:
-                jobs.add(("transform_frames", w(sample="tiny", temperature=t, entry=e, kind=kind,
-                                                frames="00000-00060")))
                 jobs.add(("sum_chunks", w(sample="tiny", temperature=t, entry=e, kind=kind)))
     for kind in KINDS:
         jobs.add(("temperature_series", w(sample="tiny", kind=kind)))

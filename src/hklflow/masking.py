@@ -55,8 +55,6 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import pdtr
 
 from .errors import ImageReadError, InputMismatchError
 from .frames import read_image
@@ -262,6 +260,9 @@ def poisson_rate_at_median_max(m, nframes: int) -> np.ndarray:
     frames reaches m with probability 1/2: P(max >= m) = 1 - F(m-1; rate)^nframes = 1/2.
     The median of the maxima grows with the rate, so a neighbourhood whose median maximum
     is m counts at least about this rate.  0 for m < 1."""
+    from scipy.optimize import brentq  # here: every step reading a mask imports this module
+    from scipy.special import pdtr
+
     m = np.asarray(m, dtype=float)
     out = np.zeros(m.shape)
     target = 0.5 ** (1.0 / max(int(nframes), 1))

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import steplog, symmetry
+from . import steplog
 from .errors import FileFormatError, InputMismatchError
-from .files.volume import VolumeWriter, read_volume, read_volume_header, slab_planes
+from .files.volume import (VolumeWriter, adopt_volume, has_intensity, read_volume,
+                           read_volume_header, slab_planes)
 
 
 def check_inputs(paths) -> tuple:
@@ -47,8 +48,10 @@ def check_inputs(paths) -> tuple:
 
 
 def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = None,
-                log=None) -> dict:
-    """Write the sum of the volume files `paths` to `out` (atomically); returns its notes."""
+                log=None, move_single: bool = False) -> dict:
+    """Write the sum of the volume files `paths` to `out` (atomically); returns its notes.
+    move_single: a single complete input (a temporary file nobody else reads) is moved to
+    `out` with a new header instead of being rewritten."""
     paths = [str(p) for p in paths]
     grid, kind, headers = check_inputs(paths)
     planes = planes or slab_planes(grid)
@@ -63,6 +66,17 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
                      "signal / summed weight)",
         "inputs": [{"path": p, "title": h.title, "notes": h.notes} for p, h in zip(paths, headers)],
     }
+    sums = ("measured_fraction", "weight_sum", "signal_sum")
+    if move_single and len(paths) == 1 and all(k in headers[0].notes for k in sums) \
+            and has_intensity(paths[0]):
+        # the sum of one complete volume is that volume: renamed, not rewritten
+        notes["inputs"][0].update({k: headers[0].notes[k] for k in sums})
+        notes.update({k: headers[0].notes[k] for k in sums}, adopted=True)
+        adopt_volume(paths[0], out, title, notes, provenance)
+        if log:
+            log.info("%s: one complete volume, moved to %s (nothing to add)", paths[0], out)
+            log.info("%s: %.1f%% of the grid measured", title, 100 * notes["measured_fraction"])
+        return notes
     sample = dict(headers[0].sample)
     with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w:
         for l0 in range(0, nl, planes):
@@ -106,6 +120,8 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
 def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = None,
                     log=None) -> dict:
     """Write the symmetrised volume of the volume file `path` to `out`; returns its notes."""
+    from . import symmetry  # numba: not for the sums
+
     try:
         vol = read_volume(path)
     except (OSError, KeyError) as exc:

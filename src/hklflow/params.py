@@ -407,6 +407,7 @@ class TransformParams(Params):
     SECTION: ClassVar[str] = "reduction.transform"
     NAME: ClassVar[str] = "transform"
 
+    kinds: tuple  # volumes made in one pass: transform and/or masked_transform
     subdivide: int | str
     solid_angle: bool
     polarization: bool
@@ -419,6 +420,9 @@ class TransformParams(Params):
                                                 and 1 <= self.subdivide <= 64),
                    "subdivide", "'auto' or an integer in [1, 64]")
         self.check(int(self.chunk_frames) >= 1, "chunk_frames", "an integer >= 1")
+        self.check(len(self.kinds) >= 1 and set(self.kinds) <= {"transform", "masked_transform"}
+                   and len(set(self.kinds)) == len(self.kinds), "kinds",
+                   "a list of transform and/or masked_transform")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -580,6 +582,7 @@ class _FrameDetector:
         self.trusted_max = int(trusted_max)
         self.half_r, self.half_c = params.window[0] // 2, params.window[1] // 2
         self.stats = np.zeros(len(FRAME_STATS))
+        self.maxproj = None  # the search's per-pixel maximum over the frames this one saw
         self._alloc(max(4096, ny * nx // 200))
 
     def _alloc(self, cap):
@@ -616,10 +619,23 @@ def hot_pixels_in(frames, usable, annulus, params, trusted_max):
     return hot
 
 
+class _Detection:
+    """What the detector found in one frame (copies: the detector's buffers are reused)."""
+
+    __slots__ = ("rows", "cols", "vals", "bg", "stats")
+
+    def __init__(self, det: _FrameDetector, k: int):
+        self.rows, self.cols = det.rows[:k].copy(), det.cols[:k].copy()
+        self.vals, self.bg = det.vals[:k].copy(), det.bg[:k].copy()
+        self.stats = det.stats.copy()
+
+
 def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
-           detector: DetectorParams, log=None) -> PeakSearchResult:
+           detector: DetectorParams, log=None, threads: int = 1) -> PeakSearchResult:
     """Run the peak search over every frame of `stack` (a frames.FrameStack); detector:
-    the trusted maximum and the user mask."""
+    the trusted maximum and the user mask.  A second thread reads and decompresses the next
+    chunk of frames while this one is searched; threads > 1 search that many frames at once
+    (the peaks are assembled in frame order, so the result does not depend on threads)."""
     log = log or logging.getLogger("hklflow.spotfinding")
     t0 = time.monotonic()
     shape = stack.frame_shape
@@ -628,20 +644,20 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     trusted_max = detector.trusted_max_for(stack.dtype)
     usable = ~(geometry.detector_mask() | user_mask(detector, geometry.shape))
     annulus, q_ann = annulus_map(geometry, usable, params.q_annulus)
-    # the first frames are read once: they find the hot pixels, then start the pass; one
-    # buffer holds them and then every later block of chunk_frames frames
+    # the first frames find the hot pixels, then start the pass
     nf = stack.nframes
     nprobe = min(HOT_PROBE_FRAMES, nf)
-    step = params.chunk_frames
-    buf = np.empty((max(nprobe, min(step, nf)),) + tuple(shape), dtype=stack.dtype)
-    first = stack.read(0, nprobe, out=buf[:nprobe])
+    step = max(int(params.chunk_frames), int(threads))
+    first = stack.read(0, nprobe)
     hot_early = hot_pixels_in(first, usable, annulus, params, trusted_max)
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
     annulus &= usable.astype(np.uint8)
     u8 = usable.astype(np.uint8)
-    det = _FrameDetector(shape, params, trusted_max)
+    free_detectors = queue.SimpleQueue()
+    for _ in range(max(1, int(threads))):
+        free_detectors.put(_FrameDetector(shape, params, trusted_max))
     asm = PeakAssembler(shape)
     stats = np.zeros((nf, len(FRAME_STATS)))
     strong_count = np.zeros(shape, dtype=np.int32)
@@ -649,26 +665,59 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     maxproj = np.full(shape, -1, dtype=np.int64 if integer else np.float64)
     progress = steplog.Progress(log, "frames searched", nf)
     total_strong = 0
+    starts = [0] + list(range(nprobe, nf, step))
+    # three buffers: one being read, one being searched, one whose results are assembled
+    bufs = [np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype) for _ in range(3)]
 
-    def blocks():
-        yield 0, first
-        for a in range(nprobe, nf, step):
-            b = min(a + step, nf)
-            yield a, stack.read(a, b, out=buf[:b - a])
+    def read(i):
+        if i == 0:
+            return first
+        a, b = starts[i], min(starts[i] + step, nf)
+        return stack.read(a, b, out=bufs[i % 3][:b - a])
 
-    for start, chunk in blocks():
-        for i, fr in enumerate(chunk):
-            f = start + i
-            k = det(fr, u8, annulus)
-            stats[f] = det.stats
-            rows, cols = det.rows[:k].copy(), det.cols[:k].copy()
-            strong_count[rows, cols] += 1
-            asm.add_frame(f, rows, cols, det.vals[:k].copy(), det.bg[:k].copy())
-            total_strong += k
-        # float frames: NaN (unusable) pixels do not hide the maximum
-        np.fmax(maxproj, chunk.max(axis=0) if integer else np.fmax.reduce(chunk, axis=0),
-                out=maxproj)
-        progress.update(start + len(chunk))
+    maxprojs = []  # one per detector: each thread keeps the maximum of its frames
+
+    def detect(frame):
+        det = free_detectors.get()
+        try:
+            if det.maxproj is None:
+                det.maxproj = np.full(shape, -1, dtype=maxproj.dtype)
+                maxprojs.append(det.maxproj)
+            # float frames: NaN (unusable) pixels do not hide the maximum
+            np.fmax(det.maxproj, frame, out=det.maxproj)
+            return _Detection(det, det(frame, u8, annulus))
+        finally:
+            free_detectors.put(det)
+
+    def assemble(start, found):
+        nonlocal total_strong
+        for f, d in enumerate(found, start):
+            d = d.result() if threads > 1 else d
+            stats[f] = d.stats
+            strong_count[d.rows, d.cols] += 1
+            asm.add_frame(f, d.rows, d.cols, d.vals, d.bg)
+            total_strong += len(d.rows)
+        progress.update(start + len(found))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+            ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="peaks") as workers:
+        reads = {i: reader.submit(read, i) for i in range(min(2, len(starts)))}
+        previous = None
+        for i, start in enumerate(starts):
+            chunk = reads.pop(i).result()
+            if threads > 1:  # searched while the previous chunk is assembled
+                found = [workers.submit(detect, fr) for fr in chunk]
+            else:
+                found = [detect(fr) for fr in chunk]
+            if previous is not None:
+                assemble(*previous)  # its buffer is free from here: read into it
+            if i + 2 < len(starts):
+                reads[i + 2] = reader.submit(read, i + 2)
+            previous = (start, found)
+        if previous is not None:
+            assemble(*previous)
+    for m in maxprojs:
+        np.fmax(maxproj, m, out=maxproj)
     table = asm.finish()
     hot_late = strong_count > max(5, params.hot_pixel_fraction * nf)
     hot = hot_early | hot_late
@@ -680,8 +729,8 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     keep &= ~(single & hot[r0, c0])
     peaks = {k: v[keep] for k, v in peaks.items()}
     seconds = time.monotonic() - t0
-    log.info("%d peaks from %d strong pixels in %d frames; %.1f s, %.1f Mpixel/s",
-             len(peaks["n_pixels"]), total_strong, nf, seconds,
+    log.info("%d peaks from %d strong pixels in %d frames; %.1f s on %d thread(s), "
+             "%.1f Mpixel/s", len(peaks["n_pixels"]), total_strong, nf, seconds, threads,
              nf * shape[0] * shape[1] / max(seconds, 1e-9) / 1e6)
     frame_stats = {name: stats[:, i] for i, name in enumerate(FRAME_STATS)}
     hot_rc = np.argwhere(hot)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,9 +132,12 @@ def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengt
 # Bricked accumulator
 # --------------------------------------------------------------------------------------
 class BrickedGrid:
-    """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32)."""
+    """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
+    or two kinds of volume, one array per kind (so kinds are added by different threads
+    without sharing cache lines), signal and weight of a voxel side by side: one cache line
+    per pixel added."""
 
-    def __init__(self, grid: Grid):
+    def __init__(self, grid: Grid, nkinds: int = 1):
         self.grid = grid
         b = 1 << BRICK_BITS
         self.brick = b
@@ -143,20 +147,21 @@ class BrickedGrid:
         size = int(np.prod(self.nbricks)) * b ** 3
         if size > MAX_GRID_VOXELS:
             raise GridError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
-                             f"the transform indexes at most {MAX_GRID_VOXELS}: choose coarser "
-                             "steps or narrower limits (reduction.transform.grid)")
+                            f"the transform indexes at most {MAX_GRID_VOXELS}: choose coarser "
+                            "steps or narrower limits (reduction.transform.grid)")
         self.size = size
-        # signal and weight of a voxel side by side: one cache line per pixel added; then
-        # the kernel's dump slots
-        self.pairs = np.zeros(2 * (size + DUMP_SLOTS), dtype=np.float32)
-        self.signal = self.pairs[0:2 * size:2]
-        self.weight = self.pairs[1:2 * size:2]
+        self.nkinds = int(nkinds)
+        # per kind: (signal, weight) per voxel, then the kernel's dump slots
+        self.cells = [np.zeros(2 * (size + DUMP_SLOTS), dtype=np.float32)
+                      for _ in range(self.nkinds)]
+        self.signals = [c[0:2 * size:2] for c in self.cells]
+        self.weights = [c[1:2 * size:2] for c in self.cells]
         self.origin = np.array([ax.start for ax in grid.axes])
         self.inv_step = np.array([1.0 / ax.step for ax in grid.axes])
 
     @property
     def nbytes(self) -> int:
-        return self.pairs.nbytes
+        return sum(c.nbytes for c in self.cells)
 
     def unbrick(self, flat: np.ndarray) -> np.ndarray:
         bl, bk, bh = (int(v) for v in self.nbricks)
@@ -165,20 +170,20 @@ class BrickedGrid:
         a = a.reshape(bl * b, bk * b, bh * b)
         return np.ascontiguousarray(a[:self.grid.l.n, :self.grid.k.n, :self.grid.h.n])
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(signal, weight) as [l, k, h] arrays."""
-        return self.unbrick(self.signal), self.unbrick(self.weight)
+    def arrays(self, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(signal, weight) of a kind as [l, k, h] arrays."""
+        return self.unbrick(self.signals[kind]), self.unbrick(self.weights[kind])
 
-    def slab(self, l0: int, l1: int) -> tuple[np.ndarray, np.ndarray]:
-        """(signal, weight) of L planes [l0, l1) as [l, k, h] arrays, l0 a multiple of the
-        brick size (so a volume is written without a second full-size copy)."""
+    def slab(self, l0: int, l1: int, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(signal, weight) of a kind on L planes [l0, l1) as [l, k, h] arrays, l0 a multiple
+        of the brick size (so a volume is written without a second full-size copy)."""
         b = self.brick
         if l0 % b:
             raise ValueError(f"slab start {l0} is not a multiple of the brick size {b}")
         bl, bk, bh = (int(v) for v in self.nbricks)
         b0, b1 = l0 // b, -(-l1 // b)
         out = []
-        for flat in (self.signal, self.weight):
+        for flat in (self.signals[kind], self.weights[kind]):
             a = flat.reshape(bl, bk, bh, b, b, b)[b0:b1].transpose(0, 3, 1, 4, 2, 5)
             a = a.reshape((b1 - b0) * b, bk * b, bh * b)
             out.append(np.ascontiguousarray(a[:l1 - l0, :self.grid.k.n, :self.grid.h.n]))
@@ -193,6 +198,9 @@ class BrickedGrid:
 #  3. the scatter, in four interleaved streams a quarter block apart: consecutive pixels often
 #     hit the same voxel, and interleaving keeps those read-modify-writes from waiting on
 #     each other.
+# Work units are (block, frame, sub-step), frames innermost: a block's pixels move less than
+# a voxel from one frame to the next, so the voxels they add to and their Q table stay in
+# the core's cache for the frames of a chunk instead of being fetched from memory per frame.
 # Unusable pixels, pixels off the grid, untrusted and Bragg-masked values go to DUMP_SLOTS
 # slots after the grid (spread so that a run of them is no dependency chain either).
 
@@ -259,21 +267,21 @@ def _punched(qx, qy, qz, m, allowed, allowed_off, hkl_r2):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, pairs, size):
-    """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
-    (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
-    the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
-    uint8 (1 = masked) or None; allowed (a, b, c) uint8 table of allowed nodes from
-    allowed_off (hkl of its [0, 0, 0]) for the punch of radius^2 hkl_r2 (r.l.u.^2), or None
-    (None arguments compile to a kernel without those tests); q_max: largest |Q| per
-    component (bounds the float32 rounding).  Adds into the bricked (signal, weight) pairs
-    of ``size`` voxels followed by DUMP_SLOTS dump slots."""
-    nf = frames.shape[0]
+def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                   allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                   idx, val, keep, punch):
+    """Passes 1 and 2 (and the punch) of work unit u: block u % nblocks of rotation sub-step
+    (u // nblocks) % nsub of frame u // (nblocks * nsub).  Writes the bricked voxel index
+    (or a dump slot) and value of each of its pixels into idx, val (and keep, two kinds);
+    returns the number of pixels n.  Arguments as _accumulate's."""
     nsub = M.shape[1]
     npix = frames.shape[1]
-    w = 1.0 / nsub
-    w32 = np.float32(w)
+    nf = frames.shape[0]
+    f = (u // nsub) % nf
+    j = u % nsub
+    p0 = (u // (nsub * nf)) * BLOCK
+    n = min(BLOCK, npix - p0)
+    s32 = np.float32(scale[f] / nsub)
     nbk, nbh = nbricks[1], nbricks[2]
     fnh, fnk, fnl = np.float32(dims[0]), np.float32(dims[1]), np.float32(dims[2])
     fnbk, fnbh = np.float32(nbk), np.float32(nbh)
@@ -287,123 +295,218 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     o0 = 0.5 - origin[0] * sh
     o1 = 0.5 - origin[1] * sk
     o2 = 0.5 - origin[2] * sl
+    m = M[f, j]
+    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+    m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
+    a00, a01, a02 = m00 * sh, m01 * sh, m02 * sh
+    a10, a11, a12 = m10 * sk, m11 * sk, m12 * sk
+    a20, a21, a22 = m20 * sl, m21 * sl, m22 * sl
+    # flagged: closer than the float32 rounding bound to an integer, i.e.
+    # |frac - 1/2| > 1/2 - bound
+    t0 = np.float32(0.5 - _rounding_bound(a00, a01, a02, o0, q_max))
+    t1 = np.float32(0.5 - _rounding_bound(a10, a11, a12, o1, q_max))
+    t2 = np.float32(0.5 - _rounding_bound(a20, a21, a22, o2, q_max))
+    b00, b01, b02 = np.float32(a00), np.float32(a01), np.float32(a02)
+    b10, b11, b12 = np.float32(a10), np.float32(a11), np.float32(a12)
+    b20, b21, b22 = np.float32(a20), np.float32(a21), np.float32(a22)
+    c0, c1, c2 = np.float32(o0), np.float32(o1), np.float32(o2)
+    vb = frames[f, p0:p0 + n]
+    xb = qx[p0:p0 + n]
+    yb = qy[p0:p0 + n]
+    zb = qz[p0:p0 + n]
+    cb = corr[p0:p0 + n]
+    if bragg is not None:
+        bb = bragg[f, p0:p0 + n]
+    # pass 1 (vectorised): no branches, no gathers
+    for i in range(n):
+        v = vb[i]
+        use = (v >= 0) & (v <= value_max)
+        if bragg is not None:
+            if keep is None:
+                use = use & (bb[i] == 0)
+            else:
+                keep[i] = np.float32(1.0) if bb[i] == 0 else np.float32(0.0)
+        q0 = xb[i]
+        q1 = yb[i]
+        q2 = zb[i]
+        x = b00 * q0 + b01 * q1 + b02 * q2 + c0
+        y = b10 * q0 + b11 * q1 + b12 * q2 + c1
+        z = b20 * q0 + b21 * q1 + b22 * q2 + c2
+        fx = np.floor(x)
+        fy = np.floor(y)
+        fz = np.floor(z)
+        near = ((abs(x - fx - half) > t0) | (abs(y - fy - half) > t1)
+                | (abs(z - fz - half) > t2))
+        inside = ((x >= zero) & (x < fnh) & (y >= zero) & (y < fnk)
+                  & (z >= zero) & (z < fnl))
+        # brick and offset in float32: exact integers (< 2^24 bricks)
+        bh = np.floor(fx * inv_brick_side)
+        bk = np.floor(fy * inv_brick_side)
+        bl = np.floor(fz * inv_brick_side)
+        brick = (bl * fnbk + bk) * fnbh + bh
+        offset = ((fz - brick_side * bl) * row_stride
+                  + (fy - brick_side * bk) * brick_side + (fx - brick_side * bh))
+        k = (np.int32(brick) << (3 * BRICK_BITS)) + np.int32(offset)
+        k = k if use & inside else dump[i]
+        idx[i] = -1 if use & near else k
+        val[i] = np.float32(v) * cb[i] * s32
+    # pass 2: float64 decisions for the flagged pixels (~0.2%)
+    for r0 in range(0, n, FIXUP_CHUNK):
+        r1 = min(r0 + FIXUP_CHUNK, n)
+        if not _any_negative(idx, r0, r1):
+            continue
+        for i in range(r0, r1):
+            if idx[i] < 0:
+                idx[i] = _exact_index(xb[i], yb[i], zb[i], a00, a01, a02, a10,
+                                      a11, a12, a20, a21, a22, o0, o1, o2, dims,
+                                      nbk, nbh, dump[i])
+    if allowed is not None:
+        # the punch: a vectorised pass flags the pixels on the grid within the
+        # radius of some node; only those look up whether the node is allowed
+        for i in range(n):
+            q0 = np.float64(xb[i])
+            q1 = np.float64(yb[i])
+            q2 = np.float64(zb[i])
+            dh = m00 * q0 + m01 * q1 + m02 * q2
+            dk = m10 * q0 + m11 * q1 + m12 * q2
+            dl = m20 * q0 + m21 * q1 + m22 * q2
+            dh = dh - np.floor(dh + 0.5)
+            dk = dk - np.floor(dk + 0.5)
+            dl = dl - np.floor(dl + 0.5)
+            close = (dh * dh + dk * dk + dl * dl <= hkl_r2) & (idx[i] < size)
+            punch[i] = -1 if close else 0
+        for r0 in range(0, n, FIXUP_CHUNK):
+            r1 = min(r0 + FIXUP_CHUNK, n)
+            if not _any_negative(punch, r0, r1):
+                continue
+            for i in range(r0, r1):
+                if punch[i] < 0 and _punched(xb[i], yb[i], zb[i], m, allowed,
+                                             allowed_off, hkl_r2):
+                    if keep is None:
+                        idx[i] = dump[i]
+                    else:
+                        keep[i] = np.float32(0.0)
+    return n
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_block(idx, val, keep, n, w32, cells):
+    """Pass 3: add the n (index, value) pairs of a block to one kind's cells; with keep
+    (the masked kind of a two-kind pass) value and weight times keep (1, or 0 for a Bragg-
+    masked or punched pixel: adding 0 leaves a float32 sum unchanged bit for bit).  A full
+    block goes in four interleaved streams a quarter apart."""
+    quarter = BLOCK // 4
+    if n == BLOCK:
+        for i in range(quarter):
+            k0 = np.uint32(idx[i])
+            k1 = np.uint32(idx[i + quarter])
+            k2 = np.uint32(idx[i + 2 * quarter])
+            k3 = np.uint32(idx[i + 3 * quarter])
+            if keep is None:
+                cells[2 * k0] += val[i]
+                cells[2 * k0 + 1] += w32
+                cells[2 * k1] += val[i + quarter]
+                cells[2 * k1 + 1] += w32
+                cells[2 * k2] += val[i + 2 * quarter]
+                cells[2 * k2 + 1] += w32
+                cells[2 * k3] += val[i + 3 * quarter]
+                cells[2 * k3 + 1] += w32
+            else:
+                cells[2 * k0] += val[i] * keep[i]
+                cells[2 * k0 + 1] += w32 * keep[i]
+                cells[2 * k1] += val[i + quarter] * keep[i + quarter]
+                cells[2 * k1 + 1] += w32 * keep[i + quarter]
+                cells[2 * k2] += val[i + 2 * quarter] * keep[i + 2 * quarter]
+                cells[2 * k2 + 1] += w32 * keep[i + 2 * quarter]
+                cells[2 * k3] += val[i + 3 * quarter] * keep[i + 3 * quarter]
+                cells[2 * k3 + 1] += w32 * keep[i + 3 * quarter]
+    else:
+        for i in range(n):
+            k0 = np.uint32(idx[i])
+            if keep is None:
+                cells[2 * k0] += val[i]
+                cells[2 * k0 + 1] += w32
+            else:
+                cells[2 * k0] += val[i] * keep[i]
+                cells[2 * k0 + 1] += w32 * keep[i]
+
+
+def work_units(frames, M) -> int:
+    """Blocks of BLOCK pixels x rotation sub-steps x frames: the kernel's units of work."""
+    return frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, cells1):
+    """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
+    (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
+    the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
+    uint8 (1 = masked) or None; allowed (a, b, c) uint8 table of allowed nodes from
+    allowed_off (hkl of its [0, 0, 0]) for the punch of radius^2 hkl_r2 (r.l.u.^2), or None
+    (None arguments compile to a kernel without those tests); q_max: largest |Q| per
+    component (bounds the float32 rounding).  Adds into the bricked cells of ``size`` voxels
+    followed by DUMP_SLOTS dump slots, block by block (compute, then scatter).
+
+    cells1 None: one kind, (signal, weight) per voxel in cells; Bragg-masked and punched
+    pixels go to the dump.  cells1 given: two kinds, every usable pixel adds to cells, and
+    those neither Bragg-masked nor punched to cells1 as well: each holds exactly what a pass
+    of its own would."""
+    w32 = np.float32(1.0 / M.shape[1])
     dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
-    quarter = BLOCK // 4
-    for f in range(nf):
-        s32 = np.float32(scale[f] * w)
-        frame = frames[f]
-        for j in range(nsub):
-            m = M[f, j]
-            m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
-            m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
-            m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
-            a00, a01, a02 = m00 * sh, m01 * sh, m02 * sh
-            a10, a11, a12 = m10 * sk, m11 * sk, m12 * sk
-            a20, a21, a22 = m20 * sl, m21 * sl, m22 * sl
-            # flagged: closer than the float32 rounding bound to an integer, i.e.
-            # |frac - 1/2| > 1/2 - bound
-            t0 = np.float32(0.5 - _rounding_bound(a00, a01, a02, o0, q_max))
-            t1 = np.float32(0.5 - _rounding_bound(a10, a11, a12, o1, q_max))
-            t2 = np.float32(0.5 - _rounding_bound(a20, a21, a22, o2, q_max))
-            b00, b01, b02 = np.float32(a00), np.float32(a01), np.float32(a02)
-            b10, b11, b12 = np.float32(a10), np.float32(a11), np.float32(a12)
-            b20, b21, b22 = np.float32(a20), np.float32(a21), np.float32(a22)
-            c0, c1, c2 = np.float32(o0), np.float32(o1), np.float32(o2)
-            for p0 in range(0, npix, BLOCK):
-                n = min(BLOCK, npix - p0)
-                vb = frame[p0:p0 + n]
-                xb = qx[p0:p0 + n]
-                yb = qy[p0:p0 + n]
-                zb = qz[p0:p0 + n]
-                cb = corr[p0:p0 + n]
-                if bragg is not None:
-                    bb = bragg[f][p0:p0 + n]
-                # pass 1 (vectorised): no branches, no gathers
-                for i in range(n):
-                    v = vb[i]
-                    use = (v >= 0) & (v <= value_max)
-                    if bragg is not None:
-                        use = use & (bb[i] == 0)
-                    q0 = xb[i]
-                    q1 = yb[i]
-                    q2 = zb[i]
-                    x = b00 * q0 + b01 * q1 + b02 * q2 + c0
-                    y = b10 * q0 + b11 * q1 + b12 * q2 + c1
-                    z = b20 * q0 + b21 * q1 + b22 * q2 + c2
-                    fx = np.floor(x)
-                    fy = np.floor(y)
-                    fz = np.floor(z)
-                    near = ((abs(x - fx - half) > t0) | (abs(y - fy - half) > t1)
-                            | (abs(z - fz - half) > t2))
-                    inside = ((x >= zero) & (x < fnh) & (y >= zero) & (y < fnk)
-                              & (z >= zero) & (z < fnl))
-                    # brick and offset in float32: exact integers (< 2^24 bricks)
-                    bh = np.floor(fx * inv_brick_side)
-                    bk = np.floor(fy * inv_brick_side)
-                    bl = np.floor(fz * inv_brick_side)
-                    brick = (bl * fnbk + bk) * fnbh + bh
-                    offset = ((fz - brick_side * bl) * row_stride
-                              + (fy - brick_side * bk) * brick_side + (fx - brick_side * bh))
-                    k = (np.int32(brick) << (3 * BRICK_BITS)) + np.int32(offset)
-                    k = k if use & inside else dump[i]
-                    idx[i] = -1 if use & near else k
-                    val[i] = np.float32(v) * cb[i] * s32
-                # pass 2: float64 decisions for the flagged pixels (~0.2%)
-                for r0 in range(0, n, FIXUP_CHUNK):
-                    r1 = min(r0 + FIXUP_CHUNK, n)
-                    if not _any_negative(idx, r0, r1):
-                        continue
-                    for i in range(r0, r1):
-                        if idx[i] < 0:
-                            idx[i] = _exact_index(xb[i], yb[i], zb[i], a00, a01, a02, a10,
-                                                  a11, a12, a20, a21, a22, o0, o1, o2, dims,
-                                                  nbk, nbh, dump[i])
-                if allowed is not None:
-                    # the punch: a vectorised pass flags the pixels on the grid within the
-                    # radius of some node; only those look up whether the node is allowed
-                    for i in range(n):
-                        q0 = np.float64(xb[i])
-                        q1 = np.float64(yb[i])
-                        q2 = np.float64(zb[i])
-                        dh = m00 * q0 + m01 * q1 + m02 * q2
-                        dk = m10 * q0 + m11 * q1 + m12 * q2
-                        dl = m20 * q0 + m21 * q1 + m22 * q2
-                        dh = dh - np.floor(dh + 0.5)
-                        dk = dk - np.floor(dk + 0.5)
-                        dl = dl - np.floor(dl + 0.5)
-                        close = (dh * dh + dk * dk + dl * dl <= hkl_r2) & (idx[i] < size)
-                        punch[i] = -1 if close else 0
-                    for r0 in range(0, n, FIXUP_CHUNK):
-                        r1 = min(r0 + FIXUP_CHUNK, n)
-                        if not _any_negative(punch, r0, r1):
-                            continue
-                        for i in range(r0, r1):
-                            if punch[i] < 0 and _punched(xb[i], yb[i], zb[i], m, allowed,
-                                                         allowed_off, hkl_r2):
-                                idx[i] = dump[i]
-                # pass 3: scatter
-                if n == BLOCK:
-                    for i in range(quarter):
-                        k0 = np.uint32(idx[i])
-                        k1 = np.uint32(idx[i + quarter])
-                        k2 = np.uint32(idx[i + 2 * quarter])
-                        k3 = np.uint32(idx[i + 3 * quarter])
-                        pairs[2 * k0] += val[i]
-                        pairs[2 * k0 + 1] += w32
-                        pairs[2 * k1] += val[i + quarter]
-                        pairs[2 * k1 + 1] += w32
-                        pairs[2 * k2] += val[i + 2 * quarter]
-                        pairs[2 * k2 + 1] += w32
-                        pairs[2 * k3] += val[i + 3 * quarter]
-                        pairs[2 * k3 + 1] += w32
-                else:
-                    for i in range(n):
-                        k0 = np.uint32(idx[i])
-                        pairs[2 * k0] += val[i]
-                        pairs[2 * k0 + 1] += w32
+    keep = np.ones(BLOCK, np.float32)
+    nunits = frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
+    for u in range(nunits):
+        if cells1 is None:
+            n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
+                               allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                               q_max, size, dump, idx, val, None, punch)
+            _scatter_block(idx, val, None, n, w32, cells)
+        else:
+            n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
+                               allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                               q_max, size, dump, idx, val, keep, punch)
+            _scatter_block(idx, val, None, n, w32, cells)
+            _scatter_block(idx, val, keep, n, w32, cells1)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _compute_band(u0, u1, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                  allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, idx, val,
+                  keep, counts):
+    """Passes 1 and 2 of work units [u0, u1) (a band) into band buffers of BLOCK entries
+    per unit (two kinds: keep too, else None), the pixels per unit into counts."""
+    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
+    punch = np.zeros(BLOCK, np.int32)
+    for u in range(u0, u1):
+        o = (u - u0) * BLOCK
+        if keep is None:
+            counts[u - u0] = _compute_block(
+                u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump, idx[o:o + BLOCK],
+                val[o:o + BLOCK], None, punch)
+        else:
+            counts[u - u0] = _compute_block(
+                u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump, idx[o:o + BLOCK],
+                val[o:o + BLOCK], keep[o:o + BLOCK], punch)
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_band(nunits, idx, val, keep, counts, w32, cells):
+    """Pass 3 of the units a _compute_band filled, in unit order, into one kind's cells
+    (keep: the masked kind of a two-kind pass, else None)."""
+    for v in range(nunits):
+        o = v * BLOCK
+        if keep is None:
+            _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], None, counts[v], w32, cells)
+        else:
+            _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], counts[v],
+                           w32, cells)
 
 
 def largest_trusted_value(trusted_max: float, dtype):
@@ -431,54 +534,178 @@ def allowed_table(crystal, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
             np.array(lo, dtype=np.int64))
 
 
+KINDS = ("transform", "masked_transform")
+
+
+BAND_UNITS = 64  # work units (blocks) per band of the threaded pipeline: 256 Ki pixels
+BANDS_IN_FLIGHT = 8  # band buffers: computed bands wait here for their scatters (~24 MB)
+
+
+class _BandPipeline:
+    """The kernel on several threads, with the sums of one thread bit for bit.  Bands of
+    BAND_UNITS work units are computed (passes 1-2) by any thread, in any order; each kind
+    adds the bands (pass 3) one at a time in unit order, the kinds at once (their arrays
+    differ).  A free thread takes a scatter whose band is ready, else the next compute.
+    Scatters of one kind are serial: the speed-up is at most (compute + scatters) / one
+    kind's scatter."""
+
+    def __init__(self, threads: int, nkinds: int):
+        self.threads = int(threads)
+        self.nkinds = int(nkinds)
+        n = BAND_UNITS * BLOCK
+        self.buffers = [(np.empty(n, np.int32), np.empty(n, np.float32),
+                         np.empty(n, np.float32) if nkinds == 2 else None,
+                         np.zeros(BAND_UNITS, np.int64)) for _ in range(BANDS_IN_FLIGHT)]
+        self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="transform")
+
+    def run(self, nunits: int, compute, scatter) -> None:
+        """compute(u0, u1, buffer) and scatter(nunits, buffer, kind) over the bands."""
+        nb = -(-nunits // BAND_UNITS)
+        kinds = range(self.nkinds)
+        cond = threading.Condition()
+        next_scatter = [0] * self.nkinds  # per kind: the next band it adds
+        busy = [False] * self.nkinds
+        done = [False] * nb
+        st = {"next_compute": 0, "error": None}
+
+        def take():
+            while True:
+                if st["error"] is not None or min(next_scatter) == nb:
+                    return None
+                for k in kinds:
+                    i = next_scatter[k]
+                    if not busy[k] and i < nb and done[i]:
+                        busy[k] = True
+                        return "scatter", i, k
+                c = st["next_compute"]
+                if c < nb and c < min(next_scatter) + BANDS_IN_FLIGHT:
+                    st["next_compute"] = c + 1
+                    return "compute", c, -1
+                cond.wait()
+
+        def work():
+            try:
+                while True:
+                    with cond:
+                        task = take()
+                    if task is None:
+                        return
+                    what, i, k = task
+                    buf = self.buffers[i % BANDS_IN_FLIGHT]
+                    u0 = i * BAND_UNITS
+                    u1 = min(nunits, u0 + BAND_UNITS)
+                    if what == "compute":
+                        compute(u0, u1, buf)
+                    else:
+                        scatter(u1 - u0, buf, k)
+                    with cond:
+                        if what == "compute":
+                            done[i] = True
+                        else:
+                            busy[k] = False
+                            next_scatter[k] = i + 1
+                        cond.notify_all()
+            except BaseException as exc:  # stop every thread, raise in the caller
+                with cond:
+                    st["error"] = st["error"] or exc
+                    cond.notify_all()
+
+        helpers = [self.pool.submit(work) for _ in range(self.threads - 1)]
+        work()
+        for h in helpers:
+            h.result()
+        if st["error"] is not None:
+            raise st["error"]
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+
 class Transformer:
-    """Accumulates frames of one scan entry onto a grid (one job's state)."""
+    """Accumulates frames of one scan entry onto a grid (one job's state), for the kinds of
+    volume asked: 'transform' (every usable pixel) and/or 'masked_transform' (the Bragg
+    regions and, with hkl_radius > 0, the punch left out), both from one pass.  threads > 1
+    runs the kernel as a pipeline on that many threads (_BandPipeline); the sums are the
+    same bit for bit whatever the number of threads."""
 
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
-                 crystal=None, hkl_radius: float = 0.0):
+                 kinds=("transform",), crystal=None, hkl_radius: float = 0.0,
+                 threads: int = 1):
         if not trusted_max > 0:
             raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
-        self.acc = BrickedGrid(grid)
+        self.kinds = tuple(k for k in KINDS if k in kinds)
+        if not self.kinds or len(self.kinds) != len(tuple(kinds)):
+            raise ValueError(f"kinds must be some of {KINDS}, got {kinds}")
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.masked = "masked_transform" in self.kinds
+        self.acc = BrickedGrid(grid, len(self.kinds))
         self.table = table
         self.q_max = table.q_max
         self.trusted_max = float(trusted_max)
-        self.hkl_r2 = float(hkl_radius) ** 2
+        self.hkl_r2 = float(hkl_radius) ** 2 if self.masked else 0.0
         if self.hkl_r2 > 0:
             self.allowed, self.allowed_off = allowed_table(crystal, grid)
         else:
             self.allowed, self.allowed_off = None, np.zeros(3, np.int64)
+        self.threads = int(threads)
+        self._pipeline = _BandPipeline(threads, len(self.kinds)) if threads > 1 else None
 
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
             bragg: np.ndarray | None = None) -> None:
         """Add frames (nf, rows, cols) with their matrices M (nf, nsub, 3, 3), per-frame
-        scale and optional Bragg mask (nf, rows * cols) uint8."""
+        scale and the Bragg mask (nf, rows * cols) uint8 (for the masked transform)."""
         nf = frames.shape[0]
         flat = frames.reshape(nf, -1)
         if flat.shape[1] != self.table.qx.shape[0]:
             raise ValueError(f"frames of {frames.shape[1:]} pixels do not match the pixel table "
                              f"of the detector {self.table.shape}")
-        _accumulate(flat, self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
-                    np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
-                    bragg, self.allowed, self.allowed_off, self.hkl_r2, self.acc.origin,
-                    self.acc.inv_step, self.acc.dims, self.acc.nbricks, self.q_max,
-                    self.acc.pairs, self.acc.size)
+        if self.masked and bragg is None:
+            raise ValueError("the masked transform needs the Bragg mask of the frames")
+        acc = self.acc
+        args = (flat, self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+                np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
+                bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
+                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max)
+        cells = acc.cells
+        if self._pipeline is None:
+            _accumulate(*args, acc.size, cells[0], cells[1] if len(cells) == 2 else None)
+            return
+        w32 = np.float32(1.0 / M.shape[1])
 
-    @property
-    def pixel_frames(self) -> int:
-        """Pixel-frames added so far (the summed weight: 1 per pixel-frame)."""
-        return int(round(float(np.sum(self.acc.weight, dtype=np.float64))))
+        def scatter(n, b, kind):
+            _scatter_band(n, b[0], b[1], b[2] if kind == 1 else None, b[3], w32, cells[kind])
+        self._pipeline.run(work_units(flat, M),
+                           lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b), scatter)
+
+    def close(self) -> None:
+        """Stop the helper threads (threads > 1)."""
+        if self._pipeline is not None:
+            self._pipeline.close()
+
+    def slab(self, l0: int, l1: int, kind: str = "transform") -> tuple[np.ndarray, np.ndarray]:
+        return self.acc.slab(l0, l1, self.kinds.index(kind))
+
+    def pixel_frames(self, kind: str = "transform") -> int:
+        """Pixel-frames added so far to a kind (its summed weight: 1 per pixel-frame)."""
+        w = self.acc.weights[self.kinds.index(kind)]
+        return int(round(float(np.sum(w, dtype=np.float64))))
 
 
 def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first: int,
                      stop: int, subdivide: int, scale, chunk_frames: int = 16, mask=None,
                      progress=None) -> float:
     """Read frames [first, stop) of a FrameStack in chunks (a second thread reads and
-    decompresses the next chunk while the kernel adds this one) and add them; with mask
-    (masking.ScanMask) its Bragg regions are left out.  scale: per-frame multipliers for
-    frames first..stop.  Returns the seconds spent in the kernel (and mask painting)."""
+    decompresses the next chunk while the kernel adds this one) and add them; the masked
+    transform leaves out the Bragg regions of mask (masking.ScanMask).  scale: per-frame
+    multipliers for frames first..stop.  Returns the seconds spent in the kernel (and mask
+    painting)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
     bufs = [np.empty((chunk,) + tuple(stack.frame_shape), stack.dtype) for _ in range(2)]
+    if transformer.masked and mask is None:
+        raise ValueError("the masked transform needs the scan's mask")
+    mask = mask if transformer.masked else None
     bragg = np.zeros((chunk, npix), np.uint8) if mask is not None else None
     starts = list(range(first, stop, chunk))
 
@@ -523,13 +750,15 @@ def frame_scale(monitor, reference, first: int, stop: int) -> tuple[np.ndarray, 
     return ref / part, ref
 
 
-def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kind: str, first: int,
+def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: int,
                    stop: int, params: TransformParams, trusted_max: float, crystal, monitor=None,
-                   log=None) -> tuple[Transformer, dict]:
-    """Transform frames [first, stop) of a scan entry (rule transform_frames): its refined
-    geometry (with UB), the sample's grid, its masks (masking.ScanMask: the pixel mask for
-    both kinds, the Bragg regions and the hkl punch for the masked_transform).  Returns the
-    filled Transformer and notes on what was added."""
+                   log=None, threads: int = 1) -> tuple[Transformer, dict]:
+    """Transform frames [first, stop) of a scan entry (rule transform_frames) into the kinds
+    of volume asked, all from one read of the frames: its refined geometry (with UB), the
+    sample's grid, its masks (masking.ScanMask: the pixel mask for every kind, the Bragg
+    regions and the hkl punch for the masked_transform).  Returns the filled Transformer and
+    notes on what was added, per kind.  threads: the kernel's threads (the sums do not
+    depend on them)."""
     log = log or logging.getLogger("hklflow.transform")
     if mask.pixels.shape != scan.detector.shape:
         raise InputMismatchError(f"the pixel mask {mask.pixels.shape} does not match the "
@@ -539,31 +768,41 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kind: str, first
                         polarization_fraction=params.polarization_fraction)
     nsub_auto, move = auto_subdivide(scan, table, grid, crystal.cell.parameters[:3])
     nsub = nsub_auto if params.subdivide == "auto" else int(params.subdivide)
-    log.info("frames %d-%d (%s): %d usable pixels of %d; %s", first, stop, kind, len(table),
-             int(np.prod(scan.detector.shape)), grid.describe())
+    kinds = tuple(kinds)
+    log.info("frames %d-%d (%s): %d usable pixels of %d; %s", first, stop, " and ".join(kinds),
+             len(table), int(np.prod(scan.detector.shape)), grid.describe())
     log.info("rotation sub-steps per frame: %d (%s; a pixel moves up to %.2f voxels per frame)",
              nsub, "auto" if params.subdivide == "auto" else "config", move)
     scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop)
-    masked = kind == "masked_transform"
-    hkl_radius = mask.hkl_radius if masked else 0.0
-    tr = Transformer(grid, table, trusted_max, crystal=crystal, hkl_radius=hkl_radius)
-    log.info("grid in memory: %.2f GB (signal + weight, float32)", tr.acc.nbytes / 1e9)
+    hkl_radius = mask.hkl_radius if "masked_transform" in kinds else 0.0
+    tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
+                     hkl_radius=hkl_radius, threads=threads)
+    log.info("grid in memory: %.2f GB (signal + weight of %d kind(s), float32)",
+             tr.acc.nbytes / 1e9, len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)
     t0 = time.monotonic()
-    t_kernel = transform_frames(stack, scan, tr, first, stop, nsub, scale, params.chunk_frames,
-                                mask if masked else None, progress.update)
+    try:
+        t_kernel = transform_frames(stack, scan, tr, first, stop, nsub, scale,
+                                    params.chunk_frames, mask, progress.update)
+    finally:
+        tr.close()
     pixel_frames = (stop - first) * len(table)
-    added = tr.pixel_frames  # a sum over the grid: once
-    log.info("%d pixel-frames on the grid of %d usable (x %d sub-steps) in %.1f s (kernel "
-             "%.1f s: %.1f Mpixel/s)", added, pixel_frames, nsub, time.monotonic() - t0,
-             t_kernel, pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6)
-    notes = {"kind": kind, "frames": [first, stop], "subdivide": nsub,
-             "usable_pixels": len(table), "pixel_frames_added": added,
-             "pixel_frames_usable": int(pixel_frames), "solid_angle": params.solid_angle,
-             "polarization": params.polarization,
-             "polarization_fraction": params.polarization_fraction,
-             "monitor_reference": monitor_ref, "hkl_radius": hkl_radius,
-             "kernel_seconds": t_kernel}
+    notes = {}
+    for kind in tr.kinds:
+        added = tr.pixel_frames(kind)  # a sum over the grid: once
+        log.info("%s: %d pixel-frames on the grid of %d usable (x %d sub-steps)", kind, added,
+                 pixel_frames, nsub)
+        notes[kind] = {"kind": kind, "frames": [first, stop], "subdivide": nsub,
+                       "usable_pixels": len(table), "pixel_frames_added": added,
+                       "pixel_frames_usable": int(pixel_frames),
+                       "solid_angle": params.solid_angle, "polarization": params.polarization,
+                       "polarization_fraction": params.polarization_fraction,
+                       "monitor_reference": monitor_ref,
+                       "hkl_radius": hkl_radius if kind == "masked_transform" else 0.0,
+                       "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel}
+    log.info("%d frames in %.1f s (kernel %.1f s on %d thread(s): %.1f Mpixel/s for %d "
+             "kind(s))", stop - first, time.monotonic() - t0, t_kernel, tr.threads,
+             pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))
     return tr, notes
 
 

@@ -21,5 +21,6 @@ rule find_peaks:
     conda:
         CONDA_ENV
     shell:
-        "hklflow find_peaks --settings {params.settings:q} --scan {input.scan:q}"
+        "hklflow find_peaks --settings {params.settings:q} --threads {threads}"
+        " --scan {input.scan:q}"
         " --out {output.peaks:q} --png {output.png:q} > {log:q} 2>&1"

@@ -12,9 +12,9 @@
 #     BASE_MB;
 #   * frames are int32 in memory (one frame: _FRAME_MB); find_peaks and transform read
 #     chunk_frames at a time, double-buffered (the next chunk is read while one is worked on);
-#   * a transform job holds signal and weight of the whole grid in float32 (8 bytes/voxel,
-#     bricks of 8^3 voxels, each axis padded to a multiple of 8: TRANSFORM_VOXEL_BYTES)
-#     and writes it slab by slab; its pixel table (lab Q and corrections) peaks at ~140
+#   * a transform job holds signal and weight of the whole grid in float32 for every kind
+#     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
+#     of 8: TRANSFORM_VOXEL_BYTES) and writes them slab by slab; its pixel table (lab Q and corrections) peaks at ~140
 #     bytes/pixel while pyFAI computes it;
 #   * sums (sum_chunks, merge_entries) work slab by slab along L (~64 MB per float32 array
 #     of a slab, at least 8 L planes), whatever the grid size; symmetrize holds its input
@@ -44,6 +44,7 @@ _SLAB_MB = max(64.0, 8 * _PLANE_MB)  # one float32 slab (volume.slab_planes)
 _PEAK_CHUNK = int(EXP.reduction["find_peaks"]["chunk_frames"])
 _TRANSFORM = EXP.reduction["transform"]
 _TRANSFORM_CHUNK = int(_TRANSFORM["chunk_frames"])
+_TRANSFORM_KINDS = len(_TRANSFORM["kinds"])
 
 # per-scan figures, looked up by wildcards (dicts: a DAG of thousands of jobs asks often)
 _SCANS = {(s.sample, s.temperature_label, s.entry): s for s in EXP.scans}
@@ -102,7 +103,7 @@ _FIXED_MINUTES = 10
 def _transform_minutes(w):
     scan = _SCANS[(w.sample, w.temperature, w.entry)]
     work = _frames(w) * _PIXELS * transform_substeps(scan) / RATE_TRANSFORM
-    return _FIXED_MINUTES + work / 60 + _VOXELS / RATE_VOLUME / 60
+    return _FIXED_MINUTES + work / 60 + _TRANSFORM_KINDS * _VOXELS / RATE_VOLUME / 60
 
 
 RESOURCES = {
@@ -124,7 +125,7 @@ RESOURCES = {
     # pixel table, frames (double buffer + Bragg paint), the grid
     "transform_frames": RuleResources(
         lambda w: (BASE_MB + 40 * _FRAME_MB + (2 * _TRANSFORM_CHUNK + 1) * _FRAME_MB
-                   + TRANSFORM_VOXEL_BYTES * _VOXELS / 1e6 + 6 * _SLAB_MB),
+                   + _TRANSFORM_KINDS * TRANSFORM_VOXEL_BYTES * _VOXELS / 1e6 + 6 * _SLAB_MB),
         _transform_minutes),
     # float64 sums + one input + output, per slab; read every input, write one
     "sum_chunks": RuleResources(

@@ -58,20 +58,22 @@ rule mask_scan:
 
 rule transform_frames:
     """Map every unmasked pixel of frames [first, stop) of a scan entry to (H, K, L) and
-    accumulate corrected intensity and weight on the sample's grid."""
+    accumulate corrected intensity and weight on the sample's grid: every kind of volume
+    from one read of the frames."""
     input:
         scan=rules.ingest_scan.output.scan,
         orientation=rules.refine_temperature.output.orientation,
         grid=rules.define_grid.output.grid,
         mask=rules.mask_scan.output.mask,
     output:
-        volume=temp("results/{sample}/{temperature}/{entry}/{kind}_parts/{frames}.nxs"),
+        volumes=temp(expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}_parts/"
+                            "{{frames}}.nxs", kind=TRANSFORM_KINDS)),
     params:
         settings=SETTINGS.transform_frames(),
     log:
-        "logs/transform_frames/{sample}/{temperature}/{entry}/{kind}_{frames}.log",
+        "logs/transform_frames/{sample}/{temperature}/{entry}/{frames}.log",
     benchmark:
-        "benchmarks/transform_frames/{sample}/{temperature}/{entry}/{kind}_{frames}.tsv"
+        "benchmarks/transform_frames/{sample}/{temperature}/{entry}/{frames}.tsv"
     threads: RESOURCES["transform_frames"].threads
     resources:
         mem_mb=RESOURCES["transform_frames"].mem_mb,
@@ -79,10 +81,10 @@ rule transform_frames:
     conda:
         CONDA_ENV
     shell:
-        "hklflow transform_frames --settings {params.settings:q} --scan {input.scan:q}"
+        "hklflow transform_frames --settings {params.settings:q} --threads {threads}"
+        " --scan {input.scan:q}"
         " --orientation {input.orientation:q} --grid {input.grid:q} --mask {input.mask:q}"
-        " --kind {wildcards.kind:q} --frames {wildcards.frames:q} --out {output.volume:q}"
-        " > {log:q} 2>&1"
+        " --frames {wildcards.frames:q} --out {output.volumes:q} > {log:q} 2>&1"
 
 
 rule sum_chunks:

@@ -9,6 +9,8 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
      KIND                       NXdata (transform, masked_transform, ...), @signal = data,
                                 @axes = [Ql, Qk, Qh], @weights = data_weights
         data                    float32 [l, k, h]: signal_sum / weight_sum, NaN where unmeasured
+                                (left out of the temporary parts of a transform that only
+                                sums read: there @signal = signal_sum)
         data_weights            float32: weight_sum
         signal_sum              float32: summed corrected intensity
         Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
@@ -150,6 +152,51 @@ def read_volume_header(path) -> Volume:
     return read_volume(path, region=(slice(0, 0), slice(None), slice(None)))
 
 
+def _write_notes(entry, notes: dict) -> None:
+    if "notes" in entry:
+        del entry["notes"]
+    note = entry.create_group("notes")
+    note.attrs["NX_class"] = "NXnote"
+    note["type"] = "application/json"
+    note["data"] = json.dumps(notes, sort_keys=True, default=str)
+
+
+def has_intensity(path) -> bool:
+    """Whether a volume file holds the intensity array `data` (complete volumes do; the
+    temporary parts of a transform may not)."""
+    with open_h5(path) as f:
+        ent = _entry(f, path)
+        return "data" in ent[_find_kind(ent, path)]
+
+
+def adopt_volume(src, out, title: str, notes: dict, provenance: dict) -> Path:
+    """Make the complete volume file `src` the volume `out` without copying its arrays: it
+    is moved (a rename: both on one file system), its title, notes and provenance replaced,
+    then renamed to `out`.  On any failure it is moved back to `src`, so nothing is lost."""
+    src, out = Path(src), Path(out)
+    if not has_intensity(src):
+        raise FileFormatError(f"{src}: a part without its intensity array cannot become a "
+                              "complete volume (sum it instead)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.adopt.tmp"
+    os.replace(src, tmp)
+    try:
+        with h5py.File(tmp, "r+") as f:
+            f.attrs["file_name"] = str(out.resolve())
+            ent = f["entry"]
+            del ent["title"]
+            ent["title"] = title
+            _write_notes(ent, notes)
+            if "process" in ent:
+                del ent["process"]
+            write_provenance_h5(ent, provenance)
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(tmp, src)
+        raise
+    return out
+
+
 class VolumeWriter:
     """Write a volume in write_volume's layout, slab by slab along L, so that a volume is
     never held whole (the intensity, signal/weight, is computed per slab).  Atomic like
@@ -160,17 +207,25 @@ class VolumeWriter:
         with VolumeWriter(path, grid, kind, title, sample, notes, provenance) as w:
             for l0 in range(0, grid.l.n, planes):
                 w.write(l0, signal_slab, weight_slab)   # [planes, k, h], any float dtype
-            w.notes["measured_fraction"] = ...
+            w.notes["measured_fraction"] = w.measured / grid.size
+
+    The writer counts what it stores: measured (voxels with weight > 0), weight_sum and
+    signal_sum (float64 sums of the stored float32 values).  intensity=False leaves out the
+    `data` array (signal / weight): for parts that only a sum reads.
     """
 
     def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
                  sample: dict | None = None, notes: dict | None = None,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, intensity: bool = True):
         self.path = Path(path)
         self.grid, self.kind, self.title = grid, kind, title
         self.sample = dict(sample or {})
         self.notes = dict(notes or {})
         self.provenance = dict(provenance or {})
+        self.intensity = bool(intensity)
+        self.measured = 0
+        self.weight_sum = 0.0
+        self.signal_sum = 0.0
         self._written = np.zeros(grid.l.n, dtype=bool)
         self._f = None
 
@@ -187,19 +242,20 @@ class VolumeWriter:
             ent["title"] = self.title
             d = ent.create_group(self.kind)
             d.attrs["NX_class"] = "NXdata"
-            d.attrs["signal"] = "data"
+            d.attrs["signal"] = "data" if self.intensity else "signal_sum"
             d.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
             d.attrs["weights"] = "data_weights"
             for i, name in enumerate(("Ql", "Qk", "Qh")):
                 d.attrs[f"{name}_indices"] = i
             shape, chunks, comp = self.grid.shape, _chunks(self.grid.shape), _compression()
-            d.create_dataset("data", shape=shape, dtype=np.float32, chunks=chunks,
-                             fillvalue=np.nan, **comp)
+            if self.intensity:
+                d.create_dataset("data", shape=shape, dtype=np.float32, chunks=chunks,
+                                 fillvalue=np.nan, **comp)
+                d["data"].attrs["long_name"] = "intensity (corrected counts per pixel weight)"
             d.create_dataset("data_weights", shape=shape, dtype=np.float32, chunks=chunks,
                              fillvalue=0.0, **comp)
             d.create_dataset("signal_sum", shape=shape, dtype=np.float32, chunks=chunks,
                              fillvalue=0.0, **comp)
-            d["data"].attrs["long_name"] = "intensity (corrected counts per pixel weight)"
             scale = (reciprocal_lengths(self.sample["unit_cell"]) if "unit_cell" in self.sample
                      else (None,) * 3)
             for a, ax, s in zip(AXES, self.grid.axes, scale):
@@ -230,13 +286,17 @@ class VolumeWriter:
                              f"the grid {self.grid.shape}")
         s32 = np.asarray(signal, dtype=np.float32)
         w32 = np.asarray(weight, dtype=np.float32)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            inten = np.divide(s32, w32, out=np.full(s32.shape, np.nan, np.float32),
-                              where=w32 > 0)
         d = self._data
         d["signal_sum"][l0:l0 + n] = s32
         d["data_weights"][l0:l0 + n] = w32
-        d["data"][l0:l0 + n] = inten
+        if self.intensity:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                inten = np.divide(s32, w32, out=np.full(s32.shape, np.nan, np.float32),
+                                  where=w32 > 0)
+            d["data"][l0:l0 + n] = inten
+        self.measured += int(np.count_nonzero(w32 > 0))
+        self.weight_sum += float(np.sum(w32, dtype=np.float64))
+        self.signal_sum += float(np.sum(s32, dtype=np.float64))
         self._written[l0:l0 + n] = True
 
     def _close(self):
@@ -254,10 +314,7 @@ class VolumeWriter:
                 if len(missing):
                     raise ValueError(f"{self.path}: L planes {missing[0]}..{missing[-1]} "
                                      f"({len(missing)}) were never written")
-                note = self._f["entry"].create_group("notes")
-                note.attrs["NX_class"] = "NXnote"
-                note["type"] = "application/json"
-                note["data"] = json.dumps(self.notes, sort_keys=True, default=str)
+                _write_notes(self._f["entry"], self.notes)
         except BaseException as err:
             self._close()
             self._atomic.__exit__(type(err), err, err.__traceback__)

@@ -46,6 +46,18 @@ class StepParser(argparse.ArgumentParser):
                           help="the settings of this job as JSON (what the rule's params "
                                "pass: the resolved config sections the step uses)")
 
+    def add_threads(self) -> None:
+        """--threads: the cores the job may use (the rule's threads); results do not depend
+        on it, so it is no setting."""
+        def positive(text):
+            n = int(text)
+            if n < 1:
+                raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+            return n
+        self.add_argument("--threads", type=positive, default=1,
+                          help="threads to use (the rule's threads; default 1); the "
+                               "results are the same for any number")
+
     def add_input(self, flag: str, help: str, **kw) -> None:
         self.add_argument(flag, required=kw.pop("required", True), type=Path, help=help, **kw)
 

@@ -15,6 +15,7 @@ from ._run import StepParser, run_step
 def parser() -> StepParser:
     p = StepParser("find_peaks", __doc__)
     p.add_settings()
+    p.add_threads()
     p.add_input("--scan", "the scan entry's scan.nxs (ingest_scan)")
     p.add_output("--out", "peaks file to write")
     p.add_output("--png", "picture to write")
@@ -28,7 +29,8 @@ def run(args, log) -> None:
     geometry = rec.geometry().detector
     log.info("scan %s: %d frames of %s; %s", rec.scan_id, rec.nframes, geometry.shape, params)
     with open_frame_source(rec.frames) as stack:
-        result = search(stack, geometry, rec.angles, params, detector, log)
+        result = search(stack, geometry, rec.angles, params, detector, log,
+                        threads=args.threads)
     inputs = [args.scan] + ([detector.mask_file] if detector.mask_file else [])
     write_peaks_file(args.out, rec, result, args.settings,
                      provenance("hklflow find_peaks", args.settings, inputs=inputs))

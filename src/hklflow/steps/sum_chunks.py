@@ -1,5 +1,7 @@
 """Step sum_chunks: the volume of one scan entry, the sum of the volumes of its frame
-chunks (hklflow.merging.sum_volumes), with slice pictures."""
+chunks (hklflow.merging.sum_volumes), with slice pictures.  The chunks are temporary files
+of the transform: an entry transformed in one chunk has its volume moved into place (a
+rename and a new header), not rewritten."""
 from __future__ import annotations
 
 from ..merging import sum_volumes
@@ -21,7 +23,7 @@ def parser() -> StepParser:
 
 def run(args, log) -> None:
     prov = provenance("hklflow sum_chunks", args.settings, inputs=args.inputs)
-    sum_volumes(args.inputs, args.out, args.title, prov, log=log)
+    sum_volumes(args.inputs, args.out, args.title, prov, log=log, move_single=True)
     plot_slices(args.out, settings_part(args.settings, SliceParams).slices, args.png,
                 f"{args.title} ({len(args.inputs)} volumes summed)", log=log)
 

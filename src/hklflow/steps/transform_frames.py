@@ -1,6 +1,7 @@
 """Step transform_frames: frames [first, stop) of a scan entry mapped to the sample's
 (H, K, L) grid, corrected intensity and weight of every unmasked pixel summed per voxel
-(hklflow.transform.transform_scan).
+(hklflow.transform.transform_scan), for every kind of volume in reduction.transform.kinds
+from one read of the frames.
 
 The refined geometry (orientation file: cell, U, detector, offset corrections) maps pixels
 to (h, k, l); the pixel mask leaves out gaps, hot, dead and user-masked pixels; the masked
@@ -43,14 +44,15 @@ def parse_frames(text: str | None, nframes: int) -> tuple[int, int]:
 def parser() -> StepParser:
     p = StepParser("transform_frames", __doc__)
     p.add_settings()
+    p.add_threads()
     p.add_input("--scan", "the entry's scan.nxs")
     p.add_input("--orientation", "orientation.nxs of the sample at this temperature")
     p.add_input("--grid", "grid.json of the sample")
     p.add_input("--mask", "mask.nxs of the entry")
-    p.add_argument("--kind", required=True, choices=["transform", "masked_transform"])
     p.add_argument("--frames", default=None, help="frame range FIRST-STOP, stop excluded "
                                                   "(default all)")
-    p.add_output("--out", "volume file to write")
+    p.add_output("--out", "volume file to write per kind, in the order of "
+                          "reduction.transform.kinds", nargs="+")
     return p
 
 
@@ -65,26 +67,31 @@ def run(args, log) -> None:
     first, stop = parse_frames(args.frames, rec.nframes)
     crystal = ori.crystal()
     log.info("%s: %s", rec.scan_id, params)
+    kinds = tuple(params.kinds)
+    if len(args.out) != len(kinds):
+        raise ConfigError(f"--out: {len(args.out)} file(s) given for the {len(kinds)} kinds "
+                          f"of volume of the settings ({', '.join(kinds)})")
     with open_frame_source(rec.frames) as stack:
-        tr, notes = transform_scan(stack, scan, grid, read_mask_file(args.mask), args.kind, first,
+        tr, notes = transform_scan(stack, scan, grid, read_mask_file(args.mask), kinds, first,
                                    stop, params, detector.trusted_max_for(stack.dtype), crystal,
-                                   rec.monitor, log)
-    notes = {"scan": rec.scan_id, **notes, "seconds": time.monotonic() - t0}
+                                   rec.monitor, log, threads=args.threads)
     sample = {"name": rec.sample, "temperature_label": ori.temperature_label,
               "space_group": crystal.hm, "unit_cell": np.asarray(crystal.cell.parameters),
               "ub_matrix": np.asarray(scan.UB)}
-    prov = provenance(f"hklflow transform_frames ({args.kind})", args.settings,
+    prov = provenance("hklflow transform_frames", args.settings,
                       inputs=[args.scan, args.orientation, args.grid, args.mask])
-    measured = 0
-    with VolumeWriter(args.out, grid, args.kind, f"{rec.scan_id} frames {first}-{stop}",
-                      sample, notes, prov) as w:
-        step = slab_planes(grid, multiple=tr.acc.brick)
-        for l0 in range(0, grid.l.n, step):
-            sig, wt = tr.acc.slab(l0, min(l0 + step, grid.l.n))
-            measured += int(np.count_nonzero(wt))
-            w.write(l0, sig, wt)
-        w.notes["measured_voxels"] = measured
-    log.info("wrote %s: %d measured voxels", args.out, measured)
+    seconds = time.monotonic() - t0
+    whole = (first, stop) == (0, rec.nframes)  # the entry's volume as it is: complete
+    for kind, out in zip(kinds, args.out):
+        with VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
+                          {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
+                          intensity=whole) as w:
+            step = slab_planes(grid, multiple=tr.acc.brick)
+            for l0 in range(0, grid.l.n, step):
+                w.write(l0, *tr.slab(l0, min(l0 + step, grid.l.n), kind))
+            w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
+                           weight_sum=w.weight_sum, signal_sum=w.signal_sum)
+        log.info("wrote %s (%s): %d measured voxels", out, kind, w.measured)
 
 
 def main(argv=None) -> int:
