@@ -1,42 +1,41 @@
 #!/usr/bin/env python
-"""How long Snakemake takes to plan a large experiment (a dry run, `snakemake -n`).
+"""How long Snakemake takes to plan large experiments (a dry run, `snakemake -n`).
 
-    python bench/dryrun.py [--samples 3] [--temperatures 30] [--entries 3] [--frames 3650]
-                           [--frames-per-job 640] [--detector PilatusCdTe2M]
-                           [--max-voxels N] [--workdir DIR] [--repeats 3] [--quiet]
-                           [--keep] [--json FILE]
-    python bench/dryrun.py --resources [--frames-per-job 0] [--max-voxels 513922401] ...
+    python bench/dryrun.py [--sizes 3x30x3,10x60x3] [--frames 3650] [--frames-per-job 0]
+                           [--detector PilatusCdTe2M] [--max-voxels N] [--workdir DIR]
+                           [--repeats 3] [--quiet] [--keep] [--json FILE]
+    python bench/dryrun.py --resources [--max-voxels 513922401] ...
 
 Every cluster job parses the Snakefile again, so parsing may read the config and the scans
-table and nothing else, and planning thousands of jobs must take seconds.  This script
-writes an experiment of the requested size into a temporary directory (or --workdir):
+table and nothing else, and planning thousands of jobs must take seconds.  For every size
+(samples x temperatures x entries) this script writes an experiment into a temporary
+directory (or --workdir):
 
 * config/config.yaml: the demo's instrument with the given detector (default a Pilatus
-  CdTe 2M, 1679 x 1475 pixels), one CeO2 calibration, `--samples` tetragonal samples whose
-  parent is the highest temperature, transform split into jobs of `--frames-per-job`
-  frames (0: the config's default split), both kinds (transform, masked_transform) and
-  symmetrisation (the defaults);
+  CdTe 2M, 1679 x 1475 pixels), one CeO2 calibration, tetragonal samples whose parent is
+  the highest temperature, the transform split by `--frames-per-job` (0, the default: the
+  config's default, one job per 2M x 3650-frame entry), both kinds (transform,
+  masked_transform, made by the same job) and symmetrisation (the defaults);
 * config/scans.tsv: samples x temperatures x entries rows of `--frames` frames of 0.1 deg;
 * raw files: empty files at every raw path (a dry run reads no data, but Snakemake needs
   the inputs of the jobs it plans to exist); nothing else.
 
 Then it times `snakemake -s <repo>/Snakefile --directory DIR -n --cores 16` (`--repeats`
-times, each a new process; `--quiet` adds `--quiet rules`) and prints the number of jobs
-(from Snakemake's job table), the best and worst wall times, the CPU time of the best run
-(what the wall time is on an idle machine; the machine these run on is shared, so the load
+times per size, each a new process; `--quiet` adds `--quiet rules`) and prints the jobs
+per rule (from Snakemake's job table), the best and worst wall times, the CPU time of the
+best run (what the wall time is on an idle machine; the machine is shared, so the load
 average at start and end is printed too), and the time hklflow's own parse-time code takes
 (reading and validating the config and the scans table, cutting the transform jobs).  The
 figures include starting Python and importing Snakemake and hklflow (about 2 s of CPU).
 
-Defaults: 3 samples x 30 temperatures x 3 entries = 270 scan entries of 3650 frames, 6
-transform jobs per entry and kind (640 frames each): 3240 transform jobs and 5054 jobs in
-all.  `--frames-per-job 500` gives 8 per entry and kind, 6134 jobs; `--frames-per-job 0`
-the default split (5 per entry and kind for a 2M detector), 4514 jobs.
+Defaults: 3 x 30 x 3 = 270 scan entries (the experiment that made 5054 jobs when every
+entry had 6 transform jobs per kind, each kind its own job: 2081 jobs now) and 10 x 60 x 3 =
+1800 entries (about 14000 jobs; 20000 with two transform jobs per entry).  `--frames-per-job
+640` cuts every entry into 6 transform jobs.
 
 `--resources` plans nothing: it prints the threads, memory (MB) and run time (minutes) that
-workflow/rules/resources.smk gives one job of every rule of the generated experiment, for
-the first attempt and the third (retries), e.g. with `--frames-per-job 0` (the default
-split) and `--max-voxels 513922401` (801^3).
+workflow/rules/resources.smk gives one job of every rule of the first size's experiment,
+for the first attempt and the third (retries), e.g. with `--max-voxels 513922401` (801^3).
 """
 from __future__ import annotations
 
@@ -106,8 +105,12 @@ def job_counts(output: str) -> dict:
 
 
 def temperatures(n: int) -> list[int]:
-    """n temperatures from 300 K down in 10 K steps (distinct labels, parent first)."""
-    return [300 - 10 * i for i in range(n)]
+    """n temperatures from 300 K down in steps of 10 K (5 K beyond 30 temperatures, 2 K
+    beyond 60): distinct labels, parent first, all above 0 K."""
+    step = 10 if n <= 30 else 5 if n <= 60 else 2
+    if 300 - step * (n - 1) <= 0:
+        raise SystemExit(f"{n} temperatures do not fit between 300 K and 0 K")
+    return [300 - step * i for i in range(n)]
 
 
 def write_experiment(d: Path, samples: int, ntemps: int, entries: int, frames: int,
@@ -236,21 +239,58 @@ def print_resources(d: Path, args) -> int:
     return 0
 
 
+def parse_size(text: str) -> tuple[int, int, int]:
+    try:
+        a, b, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size is SAMPLESxTEMPERATURESxENTRIES, got {text!r}")
+    return a, b, c
+
+
+def time_size(d: Path, size, args) -> dict:
+    """Write the experiment of one size into d and time its dry runs."""
+    samples, ntemps, entries = size
+    n_entries = write_experiment(d, samples, ntemps, entries, args.frames, args.frames_per_job,
+                                 args.detector, args.max_voxels)
+    parse_s = parse_only(d)
+    times, cpus, counts = [], [], {}
+    for _ in range(args.repeats):
+        s, cpu, out, rc = dry_run(d, args.quiet)
+        if rc != 0:
+            print(out[-4000:], file=sys.stderr)
+            raise SystemExit(f"dry run failed (exit status {rc})")
+        times.append(s)
+        cpus.append(cpu)
+        counts = job_counts(out)
+    total = counts.get("total", sum(v for k, v in counts.items() if k != "total"))
+    return {"experiment": {"samples": samples, "temperatures": ntemps, "entries": entries,
+                           "scan_entries": n_entries, "frames": args.frames,
+                           "frames_per_job": args.frames_per_job, "detector": args.detector},
+            "jobs": total, "jobs_per_rule": counts,
+            "dry_run_s": {"best": round(min(times), 2), "worst": round(max(times), 2),
+                          "all": [round(t, 2) for t in times]},
+            "dry_run_cpu_s": {"best": round(min(cpus), 2), "all": [round(t, 2) for t in cpus]},
+            "parse_experiment_s": round(parse_s, 3)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=3)
-    p.add_argument("--temperatures", type=int, default=30)
-    p.add_argument("--entries", type=int, default=3)
+    p.add_argument("--sizes", type=lambda t: [parse_size(x) for x in t.split(",")],
+                   default=[(3, 30, 3), (10, 60, 3)],
+                   help="experiments to plan, SAMPLESxTEMPERATURESxENTRIES, comma-separated "
+                        "(default 3x30x3,10x60x3)")
     p.add_argument("--frames", type=int, default=3650)
-    p.add_argument("--frames-per-job", type=int, default=640,
-                   help="frames per transform job (0: the default, from pixel_frames_per_job)")
+    p.add_argument("--frames-per-job", type=int, default=0,
+                   help="frames per transform job (0, the default: the config's default split)")
     p.add_argument("--detector", default="PilatusCdTe2M")
     p.add_argument("--max-voxels", type=int, default=401 ** 3, help="grid size bound (default 401^3)")
     p.add_argument("--resources", action="store_true",
-                   help="print the resources of one job per rule instead of timing a dry run")
-    p.add_argument("--workdir", type=Path, help="experiment directory (default: a temporary one)")
+                   help="print the resources of one job per rule (of the first size) instead "
+                        "of timing dry runs")
+    p.add_argument("--workdir", type=Path, help="folder for the experiments (default: a "
+                                                 "temporary one)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--keep", action="store_true", help="keep the temporary experiment")
+    p.add_argument("--keep", action="store_true", help="keep the temporary experiments")
     p.add_argument("--quiet", action="store_true",
                    help="time `snakemake -n --quiet rules` (no per-job listing) instead")
     p.add_argument("--json", type=Path, help="write the report here as JSON")
@@ -258,57 +298,47 @@ def main(argv=None) -> int:
 
     tmp = None
     if args.workdir:
-        d = args.workdir.resolve()
-        if (d / "results").exists():
-            p.error(f"{d} has results/: use an empty or benchmark-only directory")
+        root = args.workdir.resolve()
+        if any((root / f"{a}x{b}x{c}" / "results").exists() for a, b, c in args.sizes):
+            p.error(f"{root} has results/: use an empty or benchmark-only directory")
     else:
-        tmp = d = Path(tempfile.mkdtemp(prefix="hklflow-dryrun-"))
+        tmp = root = Path(tempfile.mkdtemp(prefix="hklflow-dryrun-"))
     try:
-        n_entries = write_experiment(d, args.samples, args.temperatures, args.entries,
-                                     args.frames, args.frames_per_job, args.detector,
-                                     args.max_voxels)
         if args.resources:
+            d = root / "{}x{}x{}".format(*args.sizes[0])
+            a, b, c = args.sizes[0]
+            write_experiment(d, a, b, c, args.frames, args.frames_per_job, args.detector,
+                             args.max_voxels)
             return print_resources(d, args)
         info = machine_info()
-        parse_s = parse_only(d)
-        times, cpus, counts = [], [], {}
-        for i in range(args.repeats):
-            s, cpu, out, rc = dry_run(d, args.quiet)
-            if rc != 0:
-                print(out[-4000:], file=sys.stderr)
-                print(f"dry run failed (exit status {rc})", file=sys.stderr)
-                return 1
-            times.append(s)
-            cpus.append(cpu)
-            counts = job_counts(out)
+        results = [time_size(root / "{}x{}x{}".format(*size), size, args)
+                   for size in args.sizes]
         load_end = [round(x, 2) for x in os.getloadavg()]
-        total = counts.get("total", sum(v for k, v in counts.items() if k != "total"))
-        report = {
-            "experiment": {"samples": args.samples, "temperatures": args.temperatures,
-                           "entries": args.entries, "scan_entries": n_entries,
-                           "frames": args.frames, "frames_per_job": args.frames_per_job,
-                           "detector": args.detector},
-            "jobs": total, "jobs_per_rule": counts,
-            "command": "snakemake -s Snakefile --directory DIR -n --cores 16"
-                       + (" --quiet rules" if args.quiet else ""),
-            "dry_run_s": {"best": round(min(times), 2), "worst": round(max(times), 2),
-                          "all": [round(t, 2) for t in times]},
-            "dry_run_cpu_s": {"best": round(min(cpus), 2), "all": [round(t, 2) for t in cpus]},
-            "parse_experiment_s": round(parse_s, 3),
-            "machine": {**info, "load_average_at_end": load_end},
-        }
-        width = max(len(k) for k in counts) if counts else 10
-        lines = [f"dry run of {args.samples} samples x {args.temperatures} temperatures x "
-                 f"{args.entries} entries ({n_entries} scan entries, {args.frames} frames, "
-                 f"{args.frames_per_job} frames per transform job, {args.detector})", ""]
-        lines += [f"  {k:<{width}} {v:>6}" for k, v in counts.items()]
-        lines += ["", f"jobs: {total}",
-                  f"snakemake -n: best {min(times):.2f} s, worst {max(times):.2f} s over "
-                  f"{len(times)} runs (includes interpreter start and imports); CPU time "
-                  f"best {min(cpus):.2f} s",
-                  f"reading config + scans table and cutting transform jobs: {parse_s:.3f} s",
-                  f"load average: start {info['load_average_at_start']}, end {load_end} "
-                  f"({info['cores_usable']} usable cores)"]
+        report = {"command": "snakemake -s Snakefile --directory DIR -n --cores 16"
+                             + (" --quiet rules" if args.quiet else ""),
+                  "sizes": results, "machine": {**info, "load_average_at_end": load_end}}
+        lines = [f"dry runs ({args.frames} frames per entry, "
+                 f"{args.frames_per_job or 'the default'} frames per transform job, "
+                 f"{args.detector}; best of {args.repeats}, each a new process: interpreter "
+                 "start and imports included)", ""]
+        rules = list(results[-1]["jobs_per_rule"])
+        names = ["{samples}x{temperatures}x{entries}".format(**r["experiment"]) for r in results]
+        head = f"  {'rule':<20}" + "".join(f"{n:>12}" for n in names)
+        lines.append(head)
+        for rule in rules:
+            lines.append(f"  {rule:<20}" + "".join(f"{r['jobs_per_rule'].get(rule, 0):>12}"
+                                                   for r in results))
+        lines.append("")
+        for r in results:
+            e = r["experiment"]
+            lines.append(
+                f"{e['samples']} samples x {e['temperatures']} temperatures x {e['entries']} "
+                f"entries ({e['scan_entries']} scan entries): {r['jobs']} jobs, snakemake -n "
+                f"best {r['dry_run_s']['best']:.2f} s (worst {r['dry_run_s']['worst']:.2f}; CPU "
+                f"{r['dry_run_cpu_s']['best']:.2f} s), reading config + scans table "
+                f"{r['parse_experiment_s']:.3f} s")
+        lines.append(f"load average: start {info['load_average_at_start']}, end {load_end} "
+                     f"({info['cores_usable']} usable cores)")
         print("\n".join(lines))
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
@@ -317,7 +347,7 @@ def main(argv=None) -> int:
         if tmp is not None and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp is not None:
-            print(f"experiment kept in {tmp}")
+            print(f"experiments kept in {tmp}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import copy_chunks  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DETECTOR = "PilatusCdTe2M"
 DATASET = "/entry/data/data"
@@ -193,37 +196,6 @@ def ensure_scan(workdir: Path, nframes: int, sample: str) -> tuple[dict, object,
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "_simulate", str(workdir),
                     str(nframes), sample], check=True, env=env)
     return paths, spec, time.monotonic() - t0
-
-
-def _filters(dset) -> list:
-    pl = dset.id.get_create_plist()
-    return [pl.get_filter(i)[:3] for i in range(pl.get_nfilters())]
-
-
-def copy_chunks(src: Path, dst: Path, nframes_out: int) -> None:
-    """A stack of nframes_out frames made of src's compressed chunks, cycled (no
-    decompression): one frame per chunk, bitshuffle-LZ4 like Hdf5StackWriter; the filter
-    pipeline is checked equal to src's."""
-    import h5py
-    import hdf5plugin
-
-    tmp = dst.with_name(dst.name + ".part")
-    with h5py.File(src, "r") as fi, h5py.File(tmp, "w") as fo:
-        d = fi[DATASET]
-        n, ny, nx = d.shape
-        if d.chunks != (1, ny, nx):
-            raise RuntimeError(f"{src}: expected one frame per chunk, got chunks {d.chunks}")
-        out = fo.create_dataset(DATASET, shape=(nframes_out, ny, nx), dtype=d.dtype,
-                                chunks=(1, ny, nx), **hdf5plugin.Bitshuffle(cname="lz4"))
-        if _filters(out) != _filters(d):
-            raise RuntimeError(f"{src}: filters {_filters(d)} differ from bitshuffle-LZ4's "
-                               f"{_filters(out)}; cannot copy chunks")
-        for i in range(nframes_out):
-            mask, chunk = d.id.read_direct_chunk((i % n, 0, 0))
-            out.id.write_direct_chunk((i, 0, 0), chunk, mask)
-        if not np.array_equal(out[nframes_out - 1], d[(nframes_out - 1) % n]):
-            raise RuntimeError(f"{dst}: copied chunks do not decompress to the source frames")
-    os.replace(tmp, dst)
 
 
 def ensure_copies(paths: dict, nframes: int) -> None:

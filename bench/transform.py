@@ -249,9 +249,11 @@ def memory_section(e2e: dict, grid) -> dict:
     npix = rows * cols
     one = e2e["one_job"]
     fixed_mb = one["peak_rss_mb"] - one["grid_mb"]
-    grid801 = 801 ** 3 * 8 / 1e6
-    schema_default = 2_000_000_000  # reduction.transform.pixel_frames_per_job
-    frames_per_job = max(1, schema_default // npix)
+    grid801 = 801 ** 3 * 8 / 1e6  # one kind; the job making both kinds holds two
+    from hklflow.params import schema_default
+
+    per_job = schema_default("reduction.transform.pixel_frames_per_job")
+    frames_per_job = max(1, int(per_job // npix))
     jobs = math.ceil(3650 / frames_per_job)  # hklflow.jobs.transform_frame_ranges: equal parts
     frames_per_job = math.ceil(3650 / jobs)
     return {
@@ -260,6 +262,7 @@ def memory_section(e2e: dict, grid) -> dict:
         "full_scan": {"detector": f"{DETECTOR} {rows}x{cols}", "frames": 3650,
                       "grid": "801^3", "grid_mb": grid801,
                       "job_peak_mb_estimate": grid801 + fixed_mb,
+                      "job_peak_mb_estimate_both_kinds": 2 * grid801 + fixed_mb,
                       "default_frames_per_job": frames_per_job, "default_jobs": jobs,
                       "note": "rest = frames double buffer (2 x 16 frames), pixel table, Python; "
                               "it does not grow with the frames of a job"},
@@ -307,8 +310,9 @@ def main(argv=None) -> int:
         f"{3650 * 1679 * 1475 / e['one_job']['mpix_per_s'] / 1e6 / 60:.1f} min (goal < 6)",
         "memory:",
         f"  this job: peak RSS {m['measured_peak_rss_mb']:.0f} MB (grid {m['measured_grid_mb']:.0f} MB)",
-        f"  full scan on 801^3: grid {m['full_scan']['grid_mb']:.0f} MB, job ~"
-        f"{m['full_scan']['job_peak_mb_estimate']:.0f} MB; default split: "
+        f"  full scan on 801^3: grid {m['full_scan']['grid_mb']:.0f} MB per kind, job ~"
+        f"{m['full_scan']['job_peak_mb_estimate']:.0f} MB (both kinds in one pass: "
+        f"~{m['full_scan']['job_peak_mb_estimate_both_kinds']:.0f} MB); default split: "
         f"{m['full_scan']['default_jobs']} jobs of {m['full_scan']['default_frames_per_job']} frames",
     ]
     emit(report, "\n".join(lines), args.json)

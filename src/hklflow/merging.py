@@ -7,8 +7,9 @@ of every voxel summed over its equivalents h R, then divided).
 
 Sums read the inputs slab by slab (about 64 MB per float32 array of a slab), add in float64
 and store float32, so an 801^3 grid (2 x 2 GB per input) is summed in a few hundred MB.
-Symmetrisation holds its input whole (8 bytes per voxel: 4.1 GB for 801^3) plus one
-output slab.
+Symmetrisation works slab by slab too (an output slab from the input slab and its mirror
+image) for every Laue group but the cubic and rhombohedral ones, which hold the input whole
+(8 bytes per voxel: 4.1 GB for 801^3).
 """
 from __future__ import annotations
 
@@ -119,35 +120,61 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
 
 def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = None,
                     log=None) -> dict:
-    """Write the symmetrised volume of the volume file `path` to `out`; returns its notes."""
+    """Write the symmetrised volume of the volume file `path` to `out`; returns its notes.
+    Slab by slab when the Laue group maps L planes onto L planes (symmetry.l_separable):
+    each output slab reads only the input planes it needs; otherwise the input is read
+    whole."""
     from . import symmetry  # numba: not for the sums
 
     try:
-        vol = read_volume(path)
-    except (OSError, KeyError) as exc:
+        head = read_volume_header(path)
+    except (OSError, KeyError, ValueError) as exc:
         raise FileFormatError(f"{path}: cannot read this volume: {exc}") from None
-    grid = vol.grid
+    grid = head.grid
+    nl = grid.l.n
     ops = crystal.laue_operators
     maps = symmetry.index_maps(grid, ops, f"{crystal.laue_group} (space group {crystal.hm})")
-    sg = vol.sample.get("space_group")
+    sg = head.sample.get("space_group")
     if sg and log and str(sg).replace(" ", "") != crystal.hm.replace(" ", ""):
         log.warning("%s was made with space group %s; symmetrising by the config's %s", path,
                     sg, crystal.hm)
+    by_slab = symmetry.l_separable(maps)
+    whole = None
+    if not by_slab:
+        if log:
+            log.info("%s mixes L with H or K: the input is read whole (%.1f GB)",
+                     crystal.laue_group, 8 * grid.size / 1e9)
+        whole = _read(path, None)
     planes = planes or slab_planes(grid)
     notes = {"symmetrized": symmetry.symmetry_notes(crystal), "input": str(path),
-             "input_title": vol.title, "input_notes": vol.notes}
+             "input_title": head.title, "input_notes": head.notes,
+             "slab_by_slab": by_slab}
     inside = measured = measured_before = 0
     progress = steplog.Progress(log, f"symmetrising by {len(ops)} operators, L planes",
-                                grid.l.n) if log else None
-    title = f"{vol.title} symmetrized ({crystal.laue_group})"
-    sample = dict(vol.sample)
-    with VolumeWriter(out, grid, vol.kind, title, sample, notes, provenance) as w:
-        for l0 in range(0, grid.l.n, planes):
-            l1 = min(grid.l.n, l0 + planes)
-            s, wt, n_in = symmetry.symmetrize_slab(vol.signal, vol.weight, maps, l0, l1)
+                                nl) if log else None
+    title = f"{head.title} symmetrized ({crystal.laue_group})"
+    identity = next(o for o in range(len(ops)) if np.array_equal(maps[0][o], np.eye(3)))
+    with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance) as w:
+        for l0 in range(0, nl, planes):
+            l1 = min(nl, l0 + planes)
+            if by_slab:
+                spans = symmetry.source_planes(maps, l0, l1, nl)
+                parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]
+                src_s = np.concatenate([p.signal for p in parts]) if len(parts) > 1 \
+                    else parts[0].signal
+                src_w = np.concatenate([p.weight for p in parts]) if len(parts) > 1 \
+                    else parts[0].weight
+                del parts
+                rows = symmetry.source_rows(maps, spans, l0, l1)
+            else:
+                src_s, src_w = whole.signal, whole.weight
+                rows = np.zeros(len(ops), np.int64)
+            s, wt, n_in = symmetry.symmetrize_slab(src_s, src_w, maps, l0, l1, nl, rows)
+            r = rows[identity]
+            measured_before += int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
+            del src_s, src_w
             inside += n_in
             measured += int(np.count_nonzero(wt > 0))
-            measured_before += int(np.count_nonzero(vol.weight[l0:l1] > 0))
             w.write(l0, s, wt)
             if progress:
                 progress.update(l1)
@@ -158,3 +185,8 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     return notes
 
 
+def _read(path, region):
+    try:
+        return read_volume(path, region=region)
+    except (OSError, KeyError, ValueError) as exc:
+        raise FileFormatError(f"{path}: cannot read this volume: {exc}") from None

@@ -680,8 +680,8 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     def detect(frame):
         det = free_detectors.get()
         try:
-            if det.maxproj is None:
-                det.maxproj = np.full(shape, -1, dtype=maxproj.dtype)
+            if det.maxproj is None:  # in the frames' own type: no conversion per frame
+                det.maxproj = frame.copy()
                 maxprojs.append(det.maxproj)
             # float frames: NaN (unusable) pixels do not hide the maximum
             np.fmax(det.maxproj, frame, out=det.maxproj)

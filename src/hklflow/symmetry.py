@@ -17,10 +17,13 @@ the grid axes (config keys reduction.transform.grid.h/k/l) to change.  The opera
 used as they are (hexagonal and trigonal groups with their 3- and 6-fold operators mixing
 h and k, cubic ones mixing all three axes), never replaced by an orthogonal subgroup.
 
-The kernel (numba) loops over output tiles of 16^3 voxels and, per tile, over the operators,
-so that the source voxels an operator reads stay in cache; sums are float64 per voxel and
-stored float32.  The input volume is held whole (float32 signal and weight: 8 bytes per
-voxel, 4.1 GB for 801^3); the output is made and written slab by slab along L.
+The kernel (numba, on the job's cores) loops over output tiles of 16^3 voxels and, per tile,
+over the operators, so that the source voxels an operator reads stay in cache; sums are
+float64 per voxel and stored float32.  When every operator maps L planes onto L planes
+(l' = +-l: every Laue group but the cubic and rhombohedral ones, l_separable) a volume is
+symmetrised slab by slab along L, each output slab from the input planes it reaches (itself
+and its mirror image), so memory stays at a few slabs whatever the grid; otherwise the
+input is held whole (float32 signal and weight: 8 bytes per voxel, 4.1 GB for 801^3).
 """
 from __future__ import annotations
 
@@ -138,10 +141,12 @@ def _valid_range(b, a, n, lo, hi):
 
 
 @numba.njit(parallel=True, cache=True)
-def _symmetrize_kernel(signal, weight, A, c, l0, l1, out_s, out_w, tile):
-    """out[l - l0, k, h] = sum over operators of input at (h, k, l) A + c (in bounds);
-    returns the number of (voxel, operator) pairs whose equivalent is inside the grid."""
-    nl, nk, nh = signal.shape
+def _symmetrize_kernel(signal, weight, A, c, l0, l1, out_s, out_w, tile, nl, src_row):
+    """out[l - l0, k, h] = sum over operators of the input at (h, k, l) A + c (inside the
+    grid of nl L planes); returns the number of (voxel, operator) pairs whose equivalent is
+    inside the grid.  signal and weight hold the source planes the operators reach: grid
+    plane L of operator o is their row L - src_row[o] (whole volumes: src_row = 0)."""
+    nk, nh = signal.shape[1], signal.shape[2]
     sig = signal.reshape(-1)
     wt = weight.reshape(-1)
     nops = A.shape[0]
@@ -175,7 +180,7 @@ def _symmetrize_kernel(signal, weight, A, c, l0, l1, out_s, out_w, tile):
                     lo, hi = _valid_range(bl, A[o, 0, 2], nl, lo, hi)
                     if hi <= lo:
                         continue
-                    base = (bl * nk + bk) * nh + bh
+                    base = ((bl - src_row[o]) * nk + bk) * nh + bh
                     for ih in range(lo, hi):
                         f = base + ih * stride
                         acc_s[il - la, ik - ka, ih - ha] += sig[f]
@@ -202,25 +207,79 @@ def _get_kernel():
     return _symmetrize_kernel
 
 
-def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: int
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Planes [l0, l1) of the symmetrised signal and weight (float32 [l1-l0, k, h]) of whole
-    input arrays [l, k, h]; maps = index_maps(...).  Also returns how many (voxel, operator)
+def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: int,
+                    nl: int | None = None, src_row=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Planes [l0, l1) of the symmetrised signal and weight (float32 [l1-l0, k, h]) from
+    input arrays [l, k, h]: the whole volume, or (nl: the grid's L planes; src_row: per
+    operator, the grid plane of the arrays' row 0) the source planes the operators reach
+    (source_planes).  maps = index_maps(...).  Also returns how many (voxel, operator)
     pairs of the slab found their equivalent inside the grid."""
     A, c = maps
     signal = np.ascontiguousarray(signal, dtype=np.float32)
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     if signal.shape != weight.shape or signal.ndim != 3:
         raise ValueError(f"signal {signal.shape} and weight {weight.shape} must be equal 3-D arrays")
-    if not 0 <= l0 < l1 <= signal.shape[0]:
-        raise ValueError(f"L planes [{l0}, {l1}) outside the volume's {signal.shape[0]} planes")
+    nl = signal.shape[0] if nl is None else int(nl)
+    if not 0 <= l0 < l1 <= nl:
+        raise ValueError(f"L planes [{l0}, {l1}) outside the volume's {nl} planes")
+    src_row = np.zeros(len(A), np.int64) if src_row is None else np.asarray(src_row, np.int64)
     shape = (l1 - l0,) + signal.shape[1:]
     out_s = np.empty(shape, dtype=np.float32)
     out_w = np.empty(shape, dtype=np.float32)
     inside = _get_kernel()(signal, weight, np.ascontiguousarray(A, dtype=np.int64),
                            np.ascontiguousarray(c, dtype=np.int64), int(l0), int(l1),
-                           out_s, out_w, TILE)
+                           out_s, out_w, TILE, nl, src_row)
     return out_s, out_w, int(inside)
+
+
+def l_separable(maps) -> bool:
+    """True when every operator maps L planes onto L planes (l' = +-l + const, h' and k'
+    free of l): then a slab of L planes needs only itself and its mirror image, and a
+    volume is symmetrised slab by slab (all but the cubic and rhombohedral groups)."""
+    A, _ = maps
+    A = np.asarray(A)
+    return bool(np.all(A[:, 0, 2] == 0) and np.all(A[:, 1, 2] == 0)
+                and np.all(A[:, 2, 0] == 0) and np.all(A[:, 2, 1] == 0)
+                and np.all(np.abs(A[:, 2, 2]) == 1))
+
+
+def source_planes(maps, l0: int, l1: int, nl: int) -> list[tuple[int, int]]:
+    """The grid's L-plane intervals [a, b) the operators read for output planes [l0, l1)
+    (l_separable maps: [l0, l1) itself and its mirror), clipped to the grid, merged."""
+    A, c = maps
+    spans = set()
+    for o in range(len(A)):
+        ends = (A[o, 2, 2] * l0 + c[o, 2], A[o, 2, 2] * (l1 - 1) + c[o, 2])
+        a, b = max(0, int(min(ends))), min(nl, int(max(ends)) + 1)
+        if a < b:
+            spans.add((a, b))
+    merged = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def source_rows(maps, spans, l0: int, l1: int) -> np.ndarray:
+    """Per operator, the grid plane that row 0 of the stacked spans stands for (so that
+    grid plane L is row L - src_row): the span holding that operator's images."""
+    A, c = maps
+    starts, rows, row = [], [], 0
+    for a, b in spans:
+        starts.append((a, b, row))
+        row += b - a
+    out = np.zeros(len(A), np.int64)
+    for o in range(len(A)):
+        first = A[o, 2, 2] * l0 + c[o, 2]
+        last = A[o, 2, 2] * (l1 - 1) + c[o, 2]
+        lo = max(min(first, last), 0)
+        for a, b, r in starts:
+            if a <= lo < b:
+                out[o] = a - r
+                break
+    return out
 
 
 def symmetrize_arrays(signal: np.ndarray, weight: np.ndarray, grid: Grid, operators,

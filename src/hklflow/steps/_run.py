@@ -18,13 +18,16 @@ turns SIGTERM (a batch system's time limit, Snakemake stopping) into SystemExit 
 cleanup runs, calls ``run``, and on any failure removes the outputs declared with
 ``add_output`` (a stale or half-written file must not look complete).  An
 :class:`~hklflow.errors.HklflowError` or OSError ends with one line naming the file or
-field and exit status 1; anything else is a bug and is logged with its traceback.
+field and exit status 1; anything else is a bug and is logged with its traceback.  A step
+that succeeds ends its log with a `resources:` line (CPU, start, wall, peak memory).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
+import time
 from pathlib import Path
 
 from .. import steplog
@@ -96,7 +99,24 @@ def _remove(paths, log: logging.Logger) -> None:
             log.warning("could not remove %s: %s", p, exc)
 
 
+def _cpu_s(who) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def log_resources(log: logging.Logger, cpu_at_start: float, t0: float) -> None:
+    """One line with what the step used (the jobs' own timings, which bench/pipeline.py
+    reads): CPU seconds of the process (every thread; start = interpreter and imports
+    before the step ran) and of its child processes, wall seconds of the step, peak
+    resident memory."""
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("resources: cpu_s=%.2f start_cpu_s=%.2f children_cpu_s=%.2f wall_s=%.2f "
+             "peak_rss_mb=%.0f", _cpu_s(resource.RUSAGE_SELF), cpu_at_start,
+             _cpu_s(resource.RUSAGE_CHILDREN), time.monotonic() - t0, peak_mb)
+
+
 def run_step(parser: StepParser, run, argv=None) -> int:
+    cpu_at_start, t0 = _cpu_s(resource.RUSAGE_SELF), time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     log = steplog.setup(parser.step)
@@ -104,6 +124,7 @@ def run_step(parser: StepParser, run, argv=None) -> int:
         if isinstance(getattr(args, "settings", None), str):
             args.settings = read_settings(args.settings)
         run(args, log)
+        log_resources(log, cpu_at_start, t0)
     except (HklflowError, OSError) as exc:
         _remove(_outputs(parser, args), log)
         log.error("%s failed: %s", parser.step, exc)

@@ -1,0 +1,414 @@
+"""Whole-pipeline benchmark (issue 15): the real workflow through Snakemake on simulated
+Pilatus CdTe 2M scans, costed rule by rule from the jobs' own benchmark files.
+
+    python bench/pipeline.py [--frames 400] [--small-frames 100] [--fine-voxels 160000000]
+                             [--cores 2] [--workdir bench/.data] [--json out.json]
+
+One sample at one temperature, three entries (offsets and detector shifts as in the demo)
+of --frames frames at 0.1 deg, the demo's crystal (LSCO, I4/mmm), the default grid (derived,
+at most 401^3 voxels).  The workflow runs from scratch three times: on the first
+--small-frames frames of every entry (prefix copies of the compressed chunks, no
+decompression), on all --frames, and on the first frames again with a finer grid
+(--fine-voxels).  Every job's CPU time comes from its own log (the `resources:` line every
+step ends with: CPU of every thread, the share of the start, peak memory).  Per rule it is
+split into a fixed cost, a cost per frame and a cost per voxel of the grid (non-negative
+least squares over the jobs of the three runs).  That model
+gives the CPU time a 3650-frame 2M entry costs on an 801^3 grid, with the jobs the default
+config cuts it into, the rules of a temperature (orientation, merge, symmetrisation,
+series) shared by its entries, and each grid job's peak memory on 801^3 (fitted the same
+way).
+
+Prints, measured in one run:
+  1. per rule: jobs, CPU-s of each run, fixed CPU-s per job, CPU-ms per frame, CPU-ns per
+     voxel, peak memory (measured, and on 801^3), and the CPU-s per full entry;
+  2. the headline: whole-pipeline Mpixel/s per core (the pixels of an entry divided by the
+     CPU time of every job that entry needs), at the run's size and extrapolated, next to
+     the bare read + decompress of the same frames measured in this run;
+  3. where every second of a full entry goes.
+The scans are simulated once into --workdir (about 40 s per 100 frames of 2M) and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import copy_chunks, emit, machine_info  # noqa: E402
+
+DETECTOR = "PilatusCdTe2M"
+DATASET = "/entry/data/data"
+FULL_FRAMES = 3650
+FULL_GRID = 801 ** 3
+GOAL_MPIX_PER_CORE = 100.0
+SIM_VERSION = 1
+# rules of one scan entry (costs grow with its frames), rules of one temperature (shared by
+# its entries), rules done once per sample or calibration
+ENTRY_RULES = ("ingest_scan", "find_peaks", "mask_scan", "transform_frames", "sum_chunks")
+TEMPERATURE_RULES = ("index_parent", "refine_temperature", "merge_entries", "symmetrize",
+                     "temperature_series", "define_grid", "calibrate_powder")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# The experiments
+# --------------------------------------------------------------------------------------
+def spec_of(nframes: int):
+    """Three 0.1 deg-step entries on a Pilatus CdTe 2M at 0.3 m, beam near the middle, of
+    the demo's crystal at one temperature; entries shifted and tilted as in the demo."""
+    from hklflow.geometry import pyfai_detector
+    from hklflow.simulation.experiment import EntryModel, preset
+
+    det = pyfai_detector(DETECTOR)
+    ny, nx = (int(n) for n in det.shape)
+    pix1, pix2 = float(det.pixel1), float(det.pixel2)
+    p1, p2 = (ny / 2 + 0.3) * pix1, (nx / 2 - 0.4) * pix2
+    base = preset("demo")
+    return replace(
+        base, name="bench_pipeline_2m", detector=DETECTOR,
+        calibration_geometry=(0.3, p1, p2, 0.0042, -0.0031, 0.011),
+        rough_start=(0.298, p1 + 4 * pix1, p2 - 4 * pix2),
+        samples=(replace(base.samples[0], temperatures=(300.0,)),),
+        entries=(EntryModel("f1"),
+                 EntryModel("f2", det_shift=(0.0, 10 * pix1, 8 * pix2), offsets={"omega": 1.0}),
+                 EntryModel("f3", det_shift=(0.0, -9 * pix1, -10 * pix2),
+                            offsets={"omega": -1.5, "chi": 2.0})),
+        nframes=int(nframes), phi_start=-90.0, phi_step=0.1, mosaicity_deg=0.05,
+        transform_max_voxels=None)
+
+
+def _key(spec) -> str:
+    return json.dumps({"version": SIM_VERSION, "spec": asdict(spec)}, sort_keys=True,
+                      default=str)
+
+
+def ensure_experiment(workdir: Path, nframes: int) -> Path:
+    """The simulated experiment of nframes per entry (made once, then reused)."""
+    from hklflow.simulation.experiment import simulate_experiment
+
+    spec = spec_of(nframes)
+    d = workdir / f"pipeline_2m_{nframes}f"
+    key = d / "bench.spec.json"
+    if key.exists() and key.read_text() == _key(spec) and (d / "truth.json").exists():
+        say(f"reusing the simulated experiment {d}")
+        return d
+    shutil.rmtree(d, ignore_errors=True)
+    say(f"simulating 3 entries x {nframes} frames of {DETECTOR} into {d} (once) ...")
+    t0 = time.monotonic()
+    simulate_experiment(spec, d, "hdf5")
+    key.write_text(_key(spec))
+    say(f"  done in {time.monotonic() - t0:.0f} s")
+    return d
+
+
+def finer_grid_experiment(src: Path, max_voxels: int) -> Path:
+    """Experiment src (its config, its raw files linked) with a grid of up to max_voxels."""
+    import yaml
+
+    d = src.with_name(f"{src.name}_grid{max_voxels}")
+    shutil.rmtree(d / "config", ignore_errors=True)
+    shutil.copytree(src / "config", d / "config")
+    if not (d / "raw").exists():
+        (d / "raw").symlink_to((src / "raw").resolve(), target_is_directory=True)
+    cfg_path = d / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.setdefault("reduction", {}).setdefault("transform", {})["max_voxels"] = int(max_voxels)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return d
+
+
+def prefix_experiment(src: Path, nframes: int) -> Path:
+    """A copy of experiment src whose entries hold only their first nframes frames (the
+    compressed chunks copied as they are) and whose scans table says so."""
+    d = src.with_name(f"{src.name}_first{nframes}")
+    key = d / "bench.source.json"
+    want = json.dumps({"source": (src / "bench.spec.json").read_text(), "frames": nframes})
+    if key.exists() and key.read_text() == want:
+        return d
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(src / "config", d / "config")
+    shutil.copytree(src / "raw" / "calibration", d / "raw" / "calibration")
+    table = d / "config" / "scans.tsv"
+    rows = list(csv.DictReader(table.open(), delimiter="\t"))
+    for row in rows:
+        out = d / row["data"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        copy_chunks(src / row["data"], out, nframes)  # the first nframes chunks, checked
+        row["nframes"] = str(nframes)
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    key.write_text(want)
+    return d
+
+
+# --------------------------------------------------------------------------------------
+# Runs and their benchmark files
+# --------------------------------------------------------------------------------------
+def run_workflow(d: Path, cores: int) -> float:
+    """The workflow from scratch in experiment d; its wall time."""
+    for sub in ("results", "logs", "benchmarks", ".snakemake"):
+        shutil.rmtree(d / sub, ignore_errors=True)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(d),
+           "--cores", str(cores), "--quiet", "rules"]
+    say(f"running the workflow in {d} ({cores} cores) ...")
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"snakemake failed in {d}:\n{(r.stdout + r.stderr)[-4000:]}")
+    say(f"  {wall:.0f} s")
+    return wall
+
+
+RESOURCES_LINE = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
+                            r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+)")
+
+
+def job_records(d: Path) -> list[dict]:
+    """Every job's own timing: the `resources:` line its step logs last (CPU seconds of
+    every thread and child process, the start's share, peak memory); Snakemake's
+    benchmark file gives the job's wall time (its CPU figure samples the process every
+    0.5 s, then every 30 s, and misses the end)."""
+    out = []
+    for tsv in sorted((d / "benchmarks").rglob("*.tsv")):
+        rule = tsv.relative_to(d / "benchmarks").parts[0]
+        job = str(tsv.relative_to(d / "benchmarks" / rule))[:-4]
+        row = next(csv.DictReader(tsv.open(), delimiter="\t"))
+        log = d / "logs" / rule / f"{job}.log"
+        found = RESOURCES_LINE.findall(log.read_text()) if log.exists() else []
+        if not found:
+            raise SystemExit(f"{log}: no 'resources:' line (did the step finish?)")
+        cpu, start, children, _wall, peak = (float(v) for v in found[-1])
+        out.append({"rule": rule, "job": job, "cpu_s": cpu + children, "start_cpu_s": start,
+                    "wall_s": float(row["s"]), "max_rss_mb": peak,
+                    "snakemake_benchmark_cpu_s": float(row["cpu_time"])})
+    return out
+
+
+def frames_of_job(rec: dict, nframes: int, entries: int) -> int:
+    """Frames a job works on: its frame range (transform), its entry, or every entry of the
+    temperature (orientation rules); 0 for rules that see no frames."""
+    if rec["rule"] == "transform_frames":
+        a, b = Path(rec["job"]).name.split("-")
+        return int(b) - int(a)
+    if rec["rule"] in ("ingest_scan", "find_peaks", "mask_scan", "sum_chunks"):
+        return nframes
+    if rec["rule"] in ("index_parent", "refine_temperature"):
+        return nframes * entries
+    return 0
+
+
+def bare_read(d: Path) -> dict:
+    """CPU time of reading + decompressing every frame of the experiment's entries (one
+    thread, chunks of 16 frames into one buffer: what the steps' readers do)."""
+    from hklflow.frames import open_frames
+
+    pixels = 0
+    c0 = time.process_time()
+    for row in csv.DictReader((d / "config" / "scans.tsv").open(), delimiter="\t"):
+        with open_frames(str(d / row["data"])) as st:
+            for _start, chunk in st.iter_chunks(16, reuse_buffer=True):
+                pixels += chunk.size
+    cpu = time.process_time() - c0
+    return {"pixels": pixels, "cpu_s": cpu, "mpix_per_cpu_s": pixels / cpu / 1e6}
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+def fit_rule(points: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """(fixed CPU-s per job, CPU-s per frame, CPU-s per voxel of the grid) by non-negative
+    least squares over (frames, voxels, cpu) points of the jobs of every run; a column that
+    does not vary is left out (its cost counts as fixed)."""
+    from scipy.optimize import nnls
+
+    x = np.array(points, float)
+    cols = [np.ones(len(x))]
+    used = []
+    for j in (0, 1):
+        if len(set(x[:, j].tolist())) > 1:
+            scale = x[:, j].max()
+            cols.append(x[:, j] / scale)
+            used.append((j, scale))
+    coef, _ = nnls(np.stack(cols, axis=1), x[:, 2])
+    out = [float(coef[0]), 0.0, 0.0]
+    for (j, scale), c in zip(used, coef[1:]):
+        out[1 + j] = float(c) / scale
+    return out[0], out[1], out[2]
+
+
+def grid_voxels(d: Path, sample: str) -> int:
+    from hklflow.files.grid import read_grid_file
+
+    return int(read_grid_file(d / "results" / sample / "grid.json").size)
+
+
+def model(runs: dict, starts: dict, entries: int, pixels: int, frames_per_job: int) -> dict:
+    """Per rule: the fit, and the CPU seconds one full entry costs (3650 frames, 801^3
+    grid, the default jobs), the rules of a temperature shared by its entries."""
+    rules = sorted({r["rule"] for run in runs.values() for r in run["jobs"]})
+    transform_jobs = math.ceil(FULL_FRAMES / frames_per_job)
+    out = {}
+    for rule in rules:
+        pts = [(frames_of_job(r, run["frames"], entries), run["voxels"], r["cpu_s"])
+               for run in runs.values() for r in run["jobs"] if r["rule"] == rule]
+        fixed, per_frame, per_voxel = fit_rule(pts)
+        mem = fit_rule([(0, run["voxels"], r["max_rss_mb"]) for run in runs.values()
+                        for r in run["jobs"] if r["rule"] == rule])
+        jobs = {name: [r for r in run["jobs"] if r["rule"] == rule] for name, run in runs.items()}
+        per_job_full = fixed + per_voxel * FULL_GRID
+        if rule == "transform_frames":
+            per_entry_jobs = transform_jobs
+            full = transform_jobs * per_job_full + per_frame * FULL_FRAMES
+        elif rule in ENTRY_RULES:  # sum_chunks: one per kind (one chunk: a rename)
+            per_entry_jobs = len(jobs["large"]) / entries
+            full = per_entry_jobs * (per_job_full + per_frame * FULL_FRAMES)
+        else:  # shared by the entries of a temperature
+            per_entry_jobs = len(jobs["large"]) / entries
+            frames = FULL_FRAMES * entries if rule in ("index_parent", "refine_temperature") else 0
+            full = per_entry_jobs * per_job_full + per_frame * frames / entries
+        out[rule] = {**{f"jobs_{k}": len(v) for k, v in jobs.items()},
+                     **{f"cpu_s_{k}": sum(r["cpu_s"] for r in v) for k, v in jobs.items()},
+                     "fixed_s_per_job": fixed, "start_s": starts.get(rule, 0.0),
+                     "ms_per_frame": 1e3 * per_frame, "ns_per_voxel": 1e9 * per_voxel,
+                     "max_rss_mb": max((r["max_rss_mb"] for v in jobs.values() for r in v),
+                                       default=0.0),
+                     "max_rss_mb_at_801": mem[0] + mem[2] * FULL_GRID,
+                     "full_entry_jobs": per_entry_jobs, "full_entry_cpu_s": full,
+                     "full_entry_parts_s": {"fixed": per_entry_jobs * fixed,
+                                            "frames": full - per_entry_jobs * per_job_full,
+                                            "grid": per_entry_jobs * per_voxel * FULL_GRID}}
+    total = sum(v["full_entry_cpu_s"] for v in out.values())
+    return {"rules": out, "full_entry_cpu_s": total,
+            "full_entry_mpix": FULL_FRAMES * pixels / 1e6,
+            "full_mpix_per_core": FULL_FRAMES * pixels / total / 1e6,
+            "transform_jobs_per_full_entry": transform_jobs,
+            "parts_s": {k: sum(v["full_entry_parts_s"][k] for v in out.values())
+                        for k in ("fixed", "frames", "grid")}}
+
+
+# --------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=400, help="frames per entry (large run)")
+    p.add_argument("--small-frames", type=int, default=100,
+                   help="frames per entry of the small runs (prefix of the same scans)")
+    p.add_argument("--fine-voxels", type=int, default=160_000_000,
+                   help="max_voxels of the third run's grid (the first two: the default)")
+    p.add_argument("--cores", type=int, default=2, help="snakemake --cores")
+    p.add_argument("--workdir", type=Path, default=HERE / ".data")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if not 0 < args.small_frames < args.frames:
+        p.error("--small-frames must be below --frames")
+    from hklflow.geometry import detector_shape
+    from hklflow.params import schema_default
+
+    rows, cols = detector_shape(DETECTOR)
+    pixels = rows * cols
+    large_dir = ensure_experiment(args.workdir, args.frames)
+    small_dir = prefix_experiment(large_dir, args.small_frames)
+    fine_dir = finer_grid_experiment(small_dir, args.fine_voxels)
+    entries = 3
+    runs = {}
+    for name, d, n in (("small", small_dir, args.small_frames), ("large", large_dir, args.frames),
+                       ("fine", fine_dir, args.small_frames)):
+        wall = run_workflow(d, args.cores)
+        runs[name] = {"dir": str(d), "frames": n, "wall_s": wall,
+                      "voxels": grid_voxels(d, "lsco"), "jobs": job_records(d)}
+    say("measuring the bare read ...")
+    starts = {}  # CPU of the interpreter and the step's imports, mean over its jobs
+    for r in (r for run in runs.values() for r in run["jobs"]):
+        starts.setdefault(r["rule"], []).append(r["start_cpu_s"])
+    starts = {k: float(np.mean(v)) for k, v in starts.items()}
+    read = bare_read(large_dir)
+    frames_per_job = max(1, int(schema_default("reduction.transform.pixel_frames_per_job")
+                                // pixels))
+    m = model(runs, starts, entries, pixels, frames_per_job)
+    run_cpu = sum(r["cpu_s"] for r in runs["large"]["jobs"])
+    run_mpix = entries * args.frames * pixels / 1e6
+    report = {
+        "machine": machine_info(),
+        "experiment": {"detector": f"{DETECTOR} {rows}x{cols}", "entries": entries,
+                       "frames": {k: v["frames"] for k, v in runs.items()},
+                       "grid_voxels": {k: v["voxels"] for k, v in runs.items()},
+                       "cores": args.cores},
+        "runs": {k: {kk: vv for kk, vv in v.items() if kk != "jobs"} for k, v in runs.items()},
+        "jobs": {k: v["jobs"] for k, v in runs.items()},
+        "start_cpu_s": starts,
+        "bare_read": read,
+        "model": m,
+        "at_run_size": {"cpu_s": run_cpu, "mpix": run_mpix,
+                        "mpix_per_core": run_mpix / run_cpu},
+        "goal_mpix_per_core": GOAL_MPIX_PER_CORE,
+    }
+    emit(report, table(report), args.json)
+    return 0
+
+
+def table(rep: dict) -> str:
+    m, e, runs = rep["model"], rep["experiment"], rep["runs"]
+    lines = [
+        f"whole pipeline: {e['detector']}, one temperature, {e['entries']} entries; three runs "
+        "from scratch (snakemake --cores " + str(e["cores"]) + "): "
+        + ", ".join(f"{k} = {v['frames']} frames x {v['voxels']:,} voxels ({v['wall_s']:.0f} s)"
+                    for k, v in runs.items()),
+        "",
+        f"{'rule':<19}{'jobs':>5}{'CPU-s':>7}{'CPU-s':>7}{'CPU-s':>7}{'fixed':>7}{'start':>6}"
+        f"{'ms per':>7}{'ns per':>7}{'peak':>6}{'peak':>6} | {'one full entry':>15}",
+        f"{'':<19}{'':>5}{'small':>7}{'large':>7}{'fine':>7}{'s/job':>7}{'s':>6}"
+        f"{'frame':>7}{'voxel':>7}{'GB':>6}{'801^3':>6} | {'jobs':>5}{'CPU-s':>7}{'share':>7}",
+    ]
+    total = m["full_entry_cpu_s"]
+    order = [r for r in ENTRY_RULES + TEMPERATURE_RULES if r in m["rules"]]
+    for rule in order:
+        v = m["rules"][rule]
+        lines.append(
+            f"{rule:<19}{v['jobs_large']:>5}{v['cpu_s_small']:>7.1f}{v['cpu_s_large']:>7.1f}"
+            f"{v['cpu_s_fine']:>7.1f}{v['fixed_s_per_job']:>7.2f}{v['start_s']:>6.2f}"
+            f"{v['ms_per_frame']:>7.2f}{v['ns_per_voxel']:>7.1f}{v['max_rss_mb'] / 1e3:>6.1f}"
+            f"{v['max_rss_mb_at_801'] / 1e3:>6.1f} | {v['full_entry_jobs']:>5.2f}"
+            f"{v['full_entry_cpu_s']:>7.1f}{100 * v['full_entry_cpu_s'] / total:>6.1f}%")
+    read = rep["bare_read"]
+    run = rep["at_run_size"]
+    parts = m["parts_s"]
+    lines += [
+        "",
+        f"bare read + decompress of the same frames: {read['mpix_per_cpu_s']:.0f} Mpixel/s per "
+        f"core ({read['pixels'] / 1e6:.0f} Mpixel in {read['cpu_s']:.1f} CPU-s)",
+        f"whole pipeline, large run as it ran: {run['mpix_per_core']:.0f} Mpixel/s per core "
+        f"({run['cpu_s']:.0f} CPU-s for {run['mpix']:.0f} Mpixel; "
+        f"{run['mpix_per_core'] / read['mpix_per_cpu_s']:.2f} x the bare read)",
+        f"whole pipeline, one 2M entry of {FULL_FRAMES} frames on an 801^3 grid (the fit above; "
+        f"{m['transform_jobs_per_full_entry']} transform job(s) per entry): {total:.0f} CPU-s "
+        f"-> {m['full_mpix_per_core']:.0f} Mpixel/s per core (goal >= "
+        f"{rep['goal_mpix_per_core']:.0f}; {m['full_mpix_per_core'] / read['mpix_per_cpu_s']:.2f}"
+        " x the bare read; two reads would be 0.50 x)",
+        f"  where it goes: {parts['frames']:.0f} s per frame work, {parts['grid']:.0f} s grid "
+        f"work (801^3), {parts['fixed']:.0f} s fixed per job (start, imports, detector "
+        f"models, pictures); the frames' two reads alone: "
+        f"{2 * m['full_entry_mpix'] / read['mpix_per_cpu_s']:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
