@@ -252,6 +252,16 @@ class Crystal:
                     mats.append(M)
         return np.array(mats)
 
+    @cached_property
+    def laue_keeps_l_planes(self) -> bool:
+        """True when every Laue operator maps L planes onto L planes (l' = +-l, h' and k'
+        free of l): all Laue groups but the cubic and rhombohedral ones.  Symmetrisation
+        then works slab by slab (hklflow.symmetry.l_separable)."""
+        R = self.laue_operators
+        return bool(np.all(R[:, 0, 2] == 0) and np.all(R[:, 1, 2] == 0)
+                    and np.all(R[:, 2, 0] == 0) and np.all(R[:, 2, 1] == 0)
+                    and np.all(np.abs(R[:, 2, 2]) == 1))
+
     def canonical_hkl(self, hkl) -> np.ndarray:
         """A representative of each reflection's Laue-equivalence class (the same for all
         symmetry-equivalent indices): the lexicographically largest equivalent."""

@@ -60,7 +60,6 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     measured = np.zeros(len(paths), dtype=np.int64)
     total_w = np.zeros(len(paths))
     total_s = np.zeros(len(paths))
-    measured_out = 0
     progress = steplog.Progress(log, f"summing {len(paths)} volumes, L planes", nl) if log else None
     notes = {
         "operation": "sum of signal_sum and weight_sum, voxel by voxel (intensity = summed "
@@ -78,6 +77,8 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
             log.info("%s: one complete volume, moved to %s (nothing to add)", paths[0], out)
             log.info("%s: %.1f%% of the grid measured", title, 100 * notes["measured_fraction"])
         return notes
+    # an input whose notes hold its sums (what VolumeWriter counted) is not counted again
+    known = [all(k in h.notes for k in sums) for h in headers]
     sample = dict(headers[0].sample)
     with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w:
         for l0 in range(0, nl, planes):
@@ -92,19 +93,23 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
                     raise InputMismatchError(f"{p}: cannot read L planes {l0}..{l1 - 1}: {exc}") from None
                 acc_s += part.signal
                 acc_w += part.weight
-                measured[i] += np.count_nonzero(part.weight > 0)
-                total_w[i] += float(np.sum(part.weight, dtype=np.float64))
-                total_s[i] += float(np.sum(part.signal, dtype=np.float64))
+                if not known[i]:
+                    measured[i] += np.count_nonzero(part.weight > 0)
+                    total_w[i] += float(np.sum(part.weight, dtype=np.float64))
+                    total_s[i] += float(np.sum(part.signal, dtype=np.float64))
                 del part
-            measured_out += np.count_nonzero(acc_w > 0)
             w.write(l0, acc_s, acc_w)
             del acc_s, acc_w
             if progress:
                 progress.update(l1)
         for i, item in enumerate(notes["inputs"]):
-            item.update(measured_fraction=measured[i] / grid.size, weight_sum=total_w[i],
-                        signal_sum=total_s[i])
-        notes["measured_fraction"] = measured_out / grid.size
+            if known[i]:
+                total_w[i], total_s[i] = headers[i].notes["weight_sum"], headers[i].notes["signal_sum"]
+                item.update({k: headers[i].notes[k] for k in sums})
+            else:
+                item.update(measured_fraction=measured[i] / grid.size, weight_sum=total_w[i],
+                            signal_sum=total_s[i])
+        notes["measured_fraction"] = w.measured / grid.size
         notes["weight_sum"] = float(total_w.sum())
         notes["signal_sum"] = float(total_s.sum())
         w.notes = notes

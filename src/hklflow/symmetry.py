@@ -234,10 +234,9 @@ def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: i
 
 def l_separable(maps) -> bool:
     """True when every operator maps L planes onto L planes (l' = +-l + const, h' and k'
-    free of l): then a slab of L planes needs only itself and its mirror image, and a
-    volume is symmetrised slab by slab (all but the cubic and rhombohedral groups)."""
-    A, _ = maps
-    A = np.asarray(A)
+    free of l; Crystal.laue_keeps_l_planes): then a slab of L planes needs only itself and
+    its mirror image, and a volume is symmetrised slab by slab."""
+    A = np.asarray(maps[0])
     return bool(np.all(A[:, 0, 2] == 0) and np.all(A[:, 1, 2] == 0)
                 and np.all(A[:, 2, 0] == 0) and np.all(A[:, 2, 1] == 0)
                 and np.all(np.abs(A[:, 2, 2]) == 1))

@@ -788,13 +788,9 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
         tr.close()
     pixel_frames = (stop - first) * len(table)
     notes = {}
-    for kind in tr.kinds:
-        added = tr.pixel_frames(kind)  # a sum over the grid: once
-        log.info("%s: %d pixel-frames on the grid of %d usable (x %d sub-steps)", kind, added,
-                 pixel_frames, nsub)
+    for kind in tr.kinds:  # (pixel_frames_added: the writer's sum of the weights)
         notes[kind] = {"kind": kind, "frames": [first, stop], "subdivide": nsub,
-                       "usable_pixels": len(table), "pixel_frames_added": added,
-                       "pixel_frames_usable": int(pixel_frames),
+                       "usable_pixels": len(table), "pixel_frames_usable": int(pixel_frames),
                        "solid_angle": params.solid_angle, "polarization": params.polarization,
                        "polarization_fraction": params.polarization_fraction,
                        "monitor_reference": monitor_ref,

@@ -16,9 +16,9 @@
 #     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
 #     of 8: TRANSFORM_VOXEL_BYTES) and writes them slab by slab; its pixel table (lab Q and corrections) peaks at ~140
 #     bytes/pixel while pyFAI computes it;
-#   * sums (sum_chunks, merge_entries) work slab by slab along L (~64 MB per float32 array
-#     of a slab, at least 8 L planes), whatever the grid size; symmetrize holds its input
-#     volume whole (8 bytes/voxel) plus slabs;
+#   * sums (sum_chunks, merge_entries) and symmetrize work slab by slab along L (~64 MB per
+#     float32 array of a slab, at least 8 L planes), whatever the grid size; symmetrize holds
+#     its input volume whole (8 bytes/voxel) for cubic and rhombohedral Laue groups;
 #   * run times are generous on purpose (SLURM kills a job at its limit): a fixed 10 minutes
 #     (start, imports, compilation caches, writing) plus the work at rates several times
 #     slower than measured on one core (a shared cluster node can be far slower).
@@ -136,9 +136,11 @@ RESOURCES = {
         lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
         lambda w: _FIXED_MINUTES + (_ENTRIES[(w.sample, w.temperature)] + 1)
         * _VOXELS / RATE_VOLUME / 60),
-    # the input whole + slabs
+    # slab by slab (an output slab, its input slab and the mirror one, float64 tiles);
+    # cubic and rhombohedral Laue groups hold the input whole
     "symmetrize": RuleResources(
-        lambda w: BASE_MB + 200 + _GRID_MB + 6 * _SLAB_MB,
+        lambda w: BASE_MB + 200 + (10 * _SLAB_MB if EXP.samples[w.sample].crystal.laue_keeps_l_planes
+                                   else _GRID_MB + 6 * _SLAB_MB),
         lambda w: (_FIXED_MINUTES + 2 * _VOXELS / RATE_VOLUME / 60
                    + _VOXELS * MAX_LAUE_OPERATORS / RATE_SYMMETRY / 60)),
     # one plane per temperature, a figure

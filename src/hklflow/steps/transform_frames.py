@@ -89,9 +89,13 @@ def run(args, log) -> None:
             step = slab_planes(grid, multiple=tr.acc.brick)
             for l0 in range(0, grid.l.n, step):
                 w.write(l0, *tr.slab(l0, min(l0 + step, grid.l.n), kind))
+            # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
-                           weight_sum=w.weight_sum, signal_sum=w.signal_sum)
-        log.info("wrote %s (%s): %d measured voxels", out, kind, w.measured)
+                           weight_sum=w.weight_sum, signal_sum=w.signal_sum,
+                           pixel_frames_added=int(round(w.weight_sum)))
+        log.info("wrote %s (%s): %d pixel-frames of %d usable on the grid, %d measured voxels",
+                 out, kind, int(round(w.weight_sum)), notes[kind]["pixel_frames_usable"],
+                 w.measured)
 
 
 def main(argv=None) -> int:
