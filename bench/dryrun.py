@@ -182,7 +182,7 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
                                       "entry": s.entry,
                                       "frames": f"{r[0][0]:05d}-{r[0][1]:05d}"},
     "sum_chunks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
-                                "entry": s.entry, "kind": "transform"},
+                                "entry": s.entry},
     "merge_entries": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
     "symmetrize": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
     "temperature_series": lambda s, r: {"sample": s.sample, "kind": "transform"},

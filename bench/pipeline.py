@@ -278,7 +278,7 @@ def model(runs: dict, starts: dict, entries: int, pixels: int, frames_per_job: i
         if rule == "transform_frames":
             per_entry_jobs = transform_jobs
             full = transform_jobs * per_job_full + per_frame * FULL_FRAMES
-        elif rule in ENTRY_RULES:  # sum_chunks: one per kind (one chunk: a rename)
+        elif rule in ENTRY_RULES:  # (sum_chunks with one chunk: renames)
             per_entry_jobs = len(jobs["large"]) / entries
             full = per_entry_jobs * (per_job_full + per_frame * FULL_FRAMES)
         else:  # shared by the entries of a temperature

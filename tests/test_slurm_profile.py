@@ -55,11 +55,18 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     r = run_snakemake(tiny_copy, "--profile", str(PROFILE), "-n", timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout + r.stderr
-    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, re.M)
+    # a job's block, or (indented) a block of a group job's member
+    blocks = re.findall(r"^( *)rule (\w+):\n((?:\1    .*\n)+)", out, re.M)
     assert blocks, out[-3000:]
-    rules = {name for name, _ in blocks}
-    assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature"} <= rules
-    for name, body in blocks:
+    rules = {name for _, name, _ in blocks}
+    assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature",
+            "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
+            "temperature_series"} <= rules
+    # the short jobs that follow each other ride in one SLURM job (profiles/slurm: groups)
+    groups = re.findall(r"Group job (\w+) ", out)
+    assert {"entry_peaks": 4, "entry_volume": 4, "merged_volume": 4} == {
+        g: groups.count(g) for g in set(groups)}, groups
+    for _, name, body in blocks:
         res = re.search(r"resources: (.*)", body)
         assert res, f"rule {name} planned without resources"
         mem = re.search(r"\bmem_mb=(\d+)", res.group(1))

@@ -63,6 +63,42 @@ def test_sum_chunks_command(experiment):
                                rtol=1e-6)
 
 
+def test_every_kind_of_an_entry_in_one_command(experiment, capsys):
+    """The transform makes both kinds in one job; one sum_chunks job sums each kind's chunks
+    into its own file (inputs kind by kind, as many per output)."""
+    grid = small_grid()
+    kinds = ("transform", "masked_transform")
+    parts = {}
+    for j, kind in enumerate(kinds):
+        parts[kind] = []
+        for i in range(2):
+            p = experiment / f"{kind}_parts" / f"{i}.nxs"
+            p.parent.mkdir(exist_ok=True)
+            write_volume(p, random_volume(grid, 20 + 10 * j + i, kind=kind), {"program": "test"})
+            parts[kind].append(p)
+    settings = step_settings(experiment, "sum_chunks")
+    rc = run("sum_chunks", ["--settings", settings, "--title", "tetra/300K/f1",
+                            "--inputs", *parts["transform"], *parts["masked_transform"],
+                            "--out", "out/transform.nxs", "out/masked_transform.nxs",
+                            "--png", "out/transform.png", "out/masked_transform.png"])
+    assert rc == 0
+    for kind in kinds:
+        v = read_volume(experiment / "out" / f"{kind}.nxs")
+        assert v.kind == kind
+        np.testing.assert_allclose(v.weight, sum(read_volume(p).weight.astype(float)
+                                                 for p in parts[kind]), rtol=1e-6)
+        assert (experiment / "out" / f"{kind}.png").stat().st_size > 10_000
+    # inputs that cannot be shared out evenly are refused before anything is written
+    capsys.readouterr()
+    rc = run("sum_chunks", ["--settings", settings, "--title", "x",
+                            "--inputs", *parts["transform"], parts["masked_transform"][0],
+                            "--out", "bad/transform.nxs", "bad/masked_transform.nxs",
+                            "--png", "bad/transform.png", "bad/masked_transform.png"])
+    assert rc == 1
+    assert "3 inputs, 2 outputs" in capsys.readouterr().err
+    assert not (experiment / "bad").exists() or not any((experiment / "bad").iterdir())
+
+
 def test_sum_refuses_other_grid_kind_or_sample(experiment, capsys):
     grid = small_grid()
     good = write_inputs(experiment, grid, 2)

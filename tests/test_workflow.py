@@ -225,8 +225,7 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
                 jobs.add(("mask_scan", w(sample="tiny", temperature=t, entry=e)))
             jobs.add(("transform_frames", w(sample="tiny", temperature=t, entry=e,
                                             frames="00000-00060")))
-            for kind in KINDS:
-                jobs.add(("sum_chunks", w(sample="tiny", temperature=t, entry=e, kind=kind)))
+            jobs.add(("sum_chunks", w(sample="tiny", temperature=t, entry=e)))
     for kind in KINDS:
         jobs.add(("temperature_series", w(sample="tiny", kind=kind)))
     return jobs

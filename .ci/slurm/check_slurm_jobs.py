@@ -5,16 +5,19 @@
 
 Snakemake's side (its log of the run through `--profile profiles/slurm`): the jobs it
 planned (the job-stats table, per rule), the ones it ran locally ("localrule ..."), each
-"Job N has been submitted with SLURM jobid M" and its rule and wildcards.
+"Job N has been submitted with SLURM jobid M (log: FILE)" - N a job number, or the id of a
+group job (several rules in one SLURM job, profiles/slurm `groups:`).
 The cluster's side: `sacct --completion` (slurmctld's job-completion log; no accounting
 database needed) lists the jobs of the run (their SLURM job name is the plugin's run id)
-with state, exit code, node and times; `squeue --states=all` adds the plugin's job comment
-(rule and wildcards) while the jobs are younger than MinJobAge.
+with state, exit code, node and times; each SLURM job's own log (kept with
+--slurm-keep-successful-logs) names the rules and wildcards of the Snakemake jobs that ran
+inside it and says each finished.
 
-Fails unless: every planned job but the local rules (`all`, which runs nothing) was
-submitted; every submission is in the completion log, COMPLETED with exit code 0:0, on a
-node of the cluster; the cluster ran no other job of that run; and, with --local-log, the
-(rule, wildcards) of the SLURM run are exactly those of the local run.  Prints the list.
+Fails unless: every planned job but the local rules (`all`, which runs nothing) ran inside
+a SLURM job (its rule block and its "Finished" line in that job's log); every submission is
+in the completion log, COMPLETED with exit code 0:0, on a node of the cluster; the cluster
+ran no other job of that run; and, with --local-log, the (rule, wildcards) of the SLURM run
+are exactly those of the local run.  Prints the list.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 RUN_ID = re.compile(r"^SLURM run ID: (\S+)", re.M)
-SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.?$", re.M)
+SUBMITTED = re.compile(r"^Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.?$", re.M)
+FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", re.M)
 RULE_HEAD = re.compile(r"^(local)?rule (\w+):$")
 
 
@@ -47,12 +51,19 @@ def job_stats(text: str) -> Counter:
     return out
 
 
-def rule_blocks(text: str) -> dict:
-    """Snakemake jobid -> (rule, wildcards, local?) from the 'rule X:' blocks of a log."""
-    jobs, cur = {}, None
+def rule_list(text: str) -> list[tuple[int, str, str, bool]]:
+    """(jobid, rule, wildcards, local?) of every unindented 'rule X:' / 'localrule X:' block
+    of a Snakemake log, in order (one log may hold several runs, each numbering from 0)."""
+    jobs, cur = [], None
+
+    def close():
+        if cur is not None and "jobid" in cur:
+            jobs.append((cur["jobid"], cur["rule"], cur["wildcards"], cur["local"]))
+
     for line in text.splitlines():
         m = RULE_HEAD.match(line)
         if m:
+            close()
             cur = {"rule": m.group(2), "local": bool(m.group(1)), "wildcards": ""}
             continue
         if cur is None:
@@ -63,12 +74,25 @@ def rule_blocks(text: str) -> dict:
         elif s.startswith("wildcards:"):
             cur["wildcards"] = s.split(":", 1)[1].strip()
         elif not line.startswith("    "):
-            if "jobid" in cur:
-                jobs[cur["jobid"]] = (cur["rule"], cur["wildcards"], cur["local"])
+            close()
             cur = None
-    if cur is not None and "jobid" in cur:
-        jobs[cur["jobid"]] = (cur["rule"], cur["wildcards"], cur["local"])
+    close()
     return jobs
+
+
+def rule_blocks(text: str) -> dict:
+    """Snakemake jobid -> (rule, wildcards, local?) from the 'rule X:' blocks of a log."""
+    return {j: (r, w, local) for j, r, w, local in rule_list(text)}
+
+
+def jobs_of_slurm_log(path: Path) -> list[tuple[str, str, bool]]:
+    """(rule, wildcards, finished?) of every Snakemake job that ran inside one SLURM job,
+    from that job's log: the job step's own 'rule X:' blocks (the inner run on the node
+    prints 'localrule X:' and is not counted twice) and their 'Finished jobid' lines."""
+    text = path.read_text(errors="replace")
+    done = {(int(j), r) for j, r in FINISHED.findall(text)}
+    return [(rule, wildcards, (jobid, rule) in done)
+            for jobid, rule, wildcards, local in rule_list(text) if not local]
 
 
 def run(cmd: list[str]) -> str:
@@ -94,7 +118,7 @@ def main(argv=None) -> int:
     run_id = m.group(1)
     planned = job_stats(text)
     blocks = rule_blocks(text)
-    subs = [(int(a), b, c) for a, b, c in SUBMITTED.findall(text)]
+    subs = SUBMITTED.findall(text)  # (Snakemake job number or group id, SLURM id, log)
 
     ran_local = Counter(rule for rule, _, local in blocks.values() if local)
     for rule, n in sorted(ran_local.items()):
@@ -118,19 +142,35 @@ def main(argv=None) -> int:
         pass
     nodes = set(run(["sinfo", "-h", "-N", "-o", "%N"]).split())
 
-    rows, submitted = [], Counter()
+    rows, submitted, got = [], Counter(), Counter()
     for sm_id, slurm_id, log in subs:
-        rule, wildcards, _ = blocks.get(sm_id, ("?", "", False))
-        submitted[rule] += 1
         c = comp.get(slurm_id)
         if c is None:
-            problems.append(f"SLURM job {slurm_id} ({rule} {wildcards}) is not in the completion log")
+            problems.append(f"SLURM job {slurm_id} (Snakemake job {sm_id}) is not in the completion log")
             c = {"state": "?", "exit": "?", "node": "?", "start": "", "end": "", "elapsed": ""}
         elif c["state"] != "COMPLETED" or c["exit"] != "0:0":
-            problems.append(f"SLURM job {slurm_id} ({rule} {wildcards}): {c['state']} exit {c['exit']}")
+            problems.append(f"SLURM job {slurm_id} (Snakemake job {sm_id}): {c['state']} exit {c['exit']}")
         elif c["node"] not in nodes:
             problems.append(f"SLURM job {slurm_id} ran on {c['node']!r}, not a node of this cluster")
-        rows.append((int(slurm_id), rule, wildcards, c, comments.get(slurm_id, "")))
+        log = Path(log)
+        if not log.is_file():
+            problems.append(f"SLURM job {slurm_id}: its log {log} is missing (run with "
+                            "--slurm-keep-successful-logs)")
+            continue
+        members = jobs_of_slurm_log(log)
+        if not members:
+            problems.append(f"SLURM job {slurm_id}: its log {log} shows no Snakemake job")
+        if sm_id.isdigit():  # one job (a group job has an id of letters and digits)
+            rule = blocks.get(int(sm_id), ("?",))[0]
+            if [m[0] for m in members] != [rule]:
+                problems.append(f"SLURM job {slurm_id} was submitted for {rule} (Snakemake job "
+                                f"{sm_id}) but its log shows {[m[0] for m in members]}")
+        for rule, wildcards, finished in members:
+            submitted[rule] += 1
+            got[(rule, wildcards)] += 1
+            if not finished:
+                problems.append(f"SLURM job {slurm_id}: {rule} {wildcards} did not finish")
+            rows.append((int(slurm_id), rule, wildcards, c, comments.get(slurm_id, "")))
     extra = set(comp) - {s for _, s, _ in subs}
     if extra:
         problems.append(f"the cluster ran job(s) of this run that Snakemake did not report: {sorted(extra)}")
@@ -139,22 +179,25 @@ def main(argv=None) -> int:
         if rule in local_ok:
             continue
         if submitted[rule] < n:
-            problems.append(f"rule {rule}: {n} job(s) planned, {submitted[rule]} submitted to SLURM")
+            problems.append(f"rule {rule}: {n} job(s) planned, {submitted[rule]} ran in SLURM jobs")
     if not subs:
         problems.append("no job was submitted to SLURM")
+    for (r, w), n in sorted(got.items()):
+        if n > 1:
+            problems.append(f"{r} {w} ran {n} times")
 
     if args.local_log:
         lblocks = rule_blocks(args.local_log.read_text(errors="replace"))
         want = Counter((r, w) for r, w, _ in lblocks.values() if r not in local_ok)
-        got = Counter((r, w) for r, w, _ in (blocks[i] for i, _, _ in subs if i in blocks))
         if set(want) != set(got):
             for r, w in sorted(set(want) - set(got)):
                 problems.append(f"ran locally but not through SLURM: {r} {w}")
             for r, w in sorted(set(got) - set(want)):
                 problems.append(f"ran through SLURM but not locally: {r} {w}")
 
-    print(f"== SLURM run {run_id}: {len(subs)} jobs submitted, {len(comp)} in the cluster's "
-          f"completion log (sacct --completion)")
+    print(f"== SLURM run {run_id}: {len(subs)} SLURM jobs submitted ({sum(got.values())} "
+          f"Snakemake jobs in them), {len(comp)} in the cluster's completion log "
+          "(sacct --completion)")
     print(f"   {'jobid':>6}  {'rule':<20} {'state':<10} {'exit':<5} {'node':<5} {'start':<19}  "
           f"{'elapsed':<8}  wildcards")
     for jid, rule, wildcards, c, _comment in sorted(rows):

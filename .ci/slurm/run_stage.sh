@@ -10,12 +10,13 @@
 #                and hard links to the same raw/ files
 #   4. local     snakemake --profile profiles/default          in WORK/local
 #   5. SLURM     snakemake --profile profiles/slurm            in WORK/slurm
-#   6. jobs      every job of 5 is a SLURM job that COMPLETED (sacct --completion, squeue)
+#   6. jobs      every job of 5 ran inside a SLURM job that COMPLETED (sacct --completion;
+#                the SLURM job's own log names the jobs it ran, groups included)
 #   7. compare   every file under results/ of 4 and 5 (.ci/slurm/compare_outputs.py)
 # The cluster is stopped by its recorded PIDs from a trap, whatever happens; every step is
 # bounded by a timeout.  Settings (environment):
 #   HKLFLOW_SLURM_PRESET   simulation preset (default demo, the README's demo experiment:
-#                          84 jobs, ~10 min for the stage on 2 cores; `tiny`: 43 jobs, ~5 min)
+#                          65 jobs; `tiny`: 35 jobs, ~4 min for the stage on 2 cores)
 #   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
 #                          removed after a success unless HKLFLOW_SLURM_KEEP=1)
 #   HKLFLOW_SLURM_LOCAL_TIMEOUT, HKLFLOW_SLURM_RUN_TIMEOUT  seconds for the local and the

@@ -125,8 +125,10 @@ def sample_ponis(w):
 
 
 def transform_parts(w):
-    return [f"results/{w.sample}/{w.temperature}/{w.entry}/{w.kind}_parts/{a:05d}-{b:05d}.nxs"
-            for a, b in transform_frame_ranges(EXP, scan_of(w))]
+    """The transform jobs' volumes of a scan entry, every kind's chunks in a row."""
+    ranges = transform_frame_ranges(EXP, scan_of(w))
+    return [f"results/{w.sample}/{w.temperature}/{w.entry}/{kind}_parts/{a:05d}-{b:05d}.nxs"
+            for kind in TRANSFORM_KINDS for a, b in ranges]
 
 
 def merged_volumes(w):

@@ -127,11 +127,11 @@ RESOURCES = {
         lambda w: (BASE_MB + 40 * _FRAME_MB + (2 * _TRANSFORM_CHUNK + 1) * _FRAME_MB
                    + _TRANSFORM_KINDS * TRANSFORM_VOXEL_BYTES * _VOXELS / 1e6 + 6 * _SLAB_MB),
         _transform_minutes),
-    # float64 sums + one input + output, per slab; read every input, write one
+    # float64 sums + one input + output, per slab; every kind: read every input, write one
     "sum_chunks": RuleResources(
         lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
-        lambda w: _FIXED_MINUTES + (_CHUNKS[(w.sample, w.temperature, w.entry)] + 1)
-        * _VOXELS / RATE_VOLUME / 60),
+        lambda w: _FIXED_MINUTES + _TRANSFORM_KINDS
+        * (_CHUNKS[(w.sample, w.temperature, w.entry)] + 1) * _VOXELS / RATE_VOLUME / 60),
     "merge_entries": RuleResources(
         lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
         lambda w: _FIXED_MINUTES + (_ENTRIES[(w.sample, w.temperature)] + 1)

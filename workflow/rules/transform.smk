@@ -88,20 +88,24 @@ rule transform_frames:
 
 
 rule sum_chunks:
-    """The volume of one scan entry: the sum of its frame chunks, with slice pictures."""
+    """The volumes of one scan entry (every kind): the sum of its frame chunks, with slice
+    pictures."""
     input:
         transform_parts,
     output:
-        volume="results/{sample}/{temperature}/{entry}/{kind}.nxs",
-        png=report("results/{sample}/{temperature}/{entry}/{kind}.png", category="Volumes",
-                   subcategory="{sample} {temperature}", caption="../report/volume.rst"),
+        volumes=expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}.nxs",
+                       kind=TRANSFORM_KINDS),
+        pngs=report(expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}.png",
+                           kind=TRANSFORM_KINDS),
+                    category="Volumes", subcategory="{sample} {temperature}",
+                    caption="../report/volume.rst"),
     params:
         settings=SETTINGS.sum_chunks(),
         title="{sample}/{temperature}/{entry}",
     log:
-        "logs/sum_chunks/{sample}/{temperature}/{entry}/{kind}.log",
+        "logs/sum_chunks/{sample}/{temperature}/{entry}.log",
     benchmark:
-        "benchmarks/sum_chunks/{sample}/{temperature}/{entry}/{kind}.tsv"
+        "benchmarks/sum_chunks/{sample}/{temperature}/{entry}.tsv"
     threads: RESOURCES["sum_chunks"].threads
     resources:
         mem_mb=RESOURCES["sum_chunks"].mem_mb,
@@ -110,7 +114,7 @@ rule sum_chunks:
         CONDA_ENV
     shell:
         "hklflow sum_chunks --settings {params.settings:q} --title {params.title:q}"
-        " --inputs {input:q} --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
+        " --inputs {input:q} --out {output.volumes:q} --png {output.pngs:q} > {log:q} 2>&1"
 
 
 rule merge_entries:

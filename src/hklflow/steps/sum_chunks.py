@@ -1,12 +1,13 @@
-"""Step sum_chunks: the volume of one scan entry, the sum of the volumes of its frame
-chunks (hklflow.merging.sum_volumes), with slice pictures.  The chunks are temporary files
-of the transform: an entry transformed in one chunk has its volume moved into place (a
-rename and a new header), not rewritten."""
+"""Step sum_chunks: the volumes of one scan entry, each kind (transform, masked_transform)
+the sum of the volumes of its frame chunks (hklflow.merging.sum_volumes), with slice
+pictures.  The chunks are temporary files of the transform: an entry transformed in one
+chunk has its volumes moved into place (a rename and a new header), not rewritten."""
 from __future__ import annotations
 
 from ..merging import sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
+from ..errors import InputMismatchError
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -15,17 +16,25 @@ def parser() -> StepParser:
     p = StepParser("sum_chunks", __doc__)
     p.add_settings()
     p.add_argument("--title", required=True, help="title of the sum, e.g. SAMPLE/300K/f1")
-    p.add_input("--inputs", "volumes to add", nargs="+")
-    p.add_output("--out", "volume file to write")
-    p.add_output("--png", "slice picture to write")
+    p.add_input("--inputs", "volumes to add, the chunks of the first output's kind first, "
+                "then those of the next (as many per output)", nargs="+")
+    p.add_output("--out", "volume file to write, one per kind", nargs="+")
+    p.add_output("--png", "slice picture to write, one per output", nargs="+")
     return p
 
 
 def run(args, log) -> None:
-    prov = provenance("hklflow sum_chunks", args.settings, inputs=args.inputs)
-    sum_volumes(args.inputs, args.out, args.title, prov, log=log, move_single=True)
-    plot_slices(args.out, settings_part(args.settings, SliceParams).slices, args.png,
-                f"{args.title} ({len(args.inputs)} volumes summed)", log=log)
+    n, rest = divmod(len(args.inputs), len(args.out))
+    if rest or len(args.png) != len(args.out):
+        raise InputMismatchError(f"{len(args.inputs)} inputs, {len(args.out)} outputs and "
+                         f"{len(args.png)} pictures: expected as many inputs per output and "
+                         "one picture per output")
+    slices = settings_part(args.settings, SliceParams).slices
+    for i, (out, png) in enumerate(zip(args.out, args.png)):
+        inputs = args.inputs[i * n:(i + 1) * n]
+        prov = provenance("hklflow sum_chunks", args.settings, inputs=inputs)
+        sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
+        plot_slices(out, slices, png, f"{args.title} ({n} volumes summed)", log=log)
 
 
 def main(argv=None) -> int:
