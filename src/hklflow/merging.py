@@ -150,7 +150,9 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
             log.info("%s mixes L with H or K: the input is read whole (%.1f GB)",
                      crystal.laue_group, 8 * grid.size / 1e9)
         whole = _read(path, None)
-    planes = planes or slab_planes(grid)
+    # slab by slab, slabs of one L chunk (8 planes): the slab and its mirror stay close in
+    # cache (measured 20% less CPU than 64 MB slabs on a 553 x 553 x 495 grid)
+    planes = planes or (8 if by_slab else slab_planes(grid))
     notes = {"symmetrized": symmetry.symmetry_notes(crystal), "input": str(path),
              "input_title": head.title, "input_notes": head.notes,
              "slab_by_slab": by_slab}
