@@ -29,9 +29,9 @@ average at start and end is printed too), and the time hklflow's own parse-time 
 figures include starting Python and importing Snakemake and hklflow (about 2 s of CPU).
 
 Defaults: 3 x 30 x 3 = 270 scan entries (the experiment that made 5054 jobs when every
-entry had 6 transform jobs per kind, each kind its own job: 2081 jobs now) and 10 x 60 x 3 =
-1800 entries (about 14000 jobs; 20000 with two transform jobs per entry).  `--frames-per-job
-640` cuts every entry into 6 transform jobs.
+entry had 6 transform jobs per kind and a sum per kind: 1814 jobs now) and 10 x 60 x 3 =
+1800 entries (12042 jobs; 21042 with `--frames-per-job 640`, six transform jobs per
+entry).
 
 `--resources` plans nothing: it prints the threads, memory (MB) and run time (minutes) that
 workflow/rules/resources.smk gives one job of every rule of the first size's experiment,
