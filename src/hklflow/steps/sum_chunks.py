@@ -4,10 +4,10 @@ pictures.  The chunks are temporary files of the transform: an entry transformed
 chunk has its volumes moved into place (a rename and a new header), not rewritten."""
 from __future__ import annotations
 
+from ..errors import InputMismatchError
 from ..merging import sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
-from ..errors import InputMismatchError
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -27,8 +27,8 @@ def run(args, log) -> None:
     n, rest = divmod(len(args.inputs), len(args.out))
     if rest or len(args.png) != len(args.out):
         raise InputMismatchError(f"{len(args.inputs)} inputs, {len(args.out)} outputs and "
-                         f"{len(args.png)} pictures: expected as many inputs per output and "
-                         "one picture per output")
+                                 f"{len(args.png)} pictures: expected as many inputs per "
+                                 "output and one picture per output")
     slices = settings_part(args.settings, SliceParams).slices
     for i, (out, png) in enumerate(zip(args.out, args.png)):
         inputs = args.inputs[i * n:(i + 1) * n]
