@@ -1,6 +1,7 @@
 """Powder calibration: simulated calibrant images, image reading, the calibrate_powder step."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -217,6 +218,7 @@ def test_refinement_accuracy_from_a_rough_start(image_1m, record_property):
     assert any("rot3" in n for n in res.notes)
     assert err["max_2theta_deg"] < 0.002
     assert res.rms_px < 0.2 and len(res.rings) >= 10
+    assert res.rms_px < CalibrationParams.DEFAULT_MAX_RMS_PX / 2  # well inside the bound
     assert set(res.uncertainties) == {"dist", "poni1", "poni2", "rot1", "rot2"}
     # the error is consistent with the reported uncertainty (5 sigma, generous)
     assert abs(g.dist - t.dist) < 5 * res.uncertainties["dist"] + 1e-6
@@ -400,7 +402,13 @@ def test_params_are_validated():
                        ({"image": None}, "give an image"),
                        ({"max_rings": 0}, r"calibrations\.c\.max_rings"),
                        ({"wavelength": -1.0}, r"instrument\.wavelength"),
-                       ({"refine": ("rot3",)}, "at least one parameter powder rings can see")]:
+                       ({"refine": ("rot3",)}, "at least one parameter powder rings can see"),
+                       ({"max_rms_px": 0.0}, r"calibrations\.c\.max_rms_px: expected an RMS"),
+                       ({"orientation": 5}, r"instrument\.detector\.orientation: expected pyFAI"),
+                       ({"poni_mismatch": {"orientation": "use_poni"}},
+                        r"calibrations\.c\.poni_mismatch: expected a mapping"),
+                       ({"poni_mismatch": {"distance": "use_poni"}},
+                        r"calibrations\.c\.poni_mismatch: expected a mapping")]:
         with pytest.raises(ConfigError, match=match):
             params(**{"start": off_start(TRUE_300K), **bad})
 
@@ -457,3 +465,135 @@ def test_read_image_formats(tmp_path):
     with pytest.raises(ImageReadError, match=r"bad\.edf: not a readable image file"):
         read_image(bad)
     assert issubclass(ImageReadError, ValueError)
+
+
+# --------------------------------------------------------------------------------------
+# issue 13: a wrong wavelength, PONI files that disagree with the config, empty images
+# --------------------------------------------------------------------------------------
+def test_rms_bound_is_a_fraction_of_a_pixel():
+    # the RMS radial error of points known only to their pixel: uniform over a unit square,
+    # projected on any direction (checked by sampling, not by the formula under test)
+    pts = np.random.default_rng(0).uniform(-0.5, 0.5, (200_000, 2))
+    angle = np.random.default_rng(1).uniform(0, 2 * np.pi, 200_000)
+    radial = pts[:, 0] * np.cos(angle) + pts[:, 1] * np.sin(angle)
+    assert CalibrationParams.DEFAULT_MAX_RMS_PX == pytest.approx(np.sqrt(np.mean(radial ** 2)),
+                                                                 rel=0.01)
+    assert params(start=off_start(TRUE_300K)).rms_bound_px == CalibrationParams.DEFAULT_MAX_RMS_PX
+    assert params(start=off_start(TRUE_300K), max_rms_px=0.7).rms_bound_px == 0.7
+
+
+def test_a_wrong_wavelength_is_refused(image_300k):
+    """10 % off: the refinement absorbs most of it into the distance (135 mm for 150 mm),
+    but the rings no longer fit one geometry; the default bound refuses it, naming the image."""
+    wrong = params(name="ceo2", image="ceo2_300k.h5", wavelength=TRUE_300K.wavelength * 1.1,
+                   start=off_start(TRUE_300K))
+    with pytest.raises(CalibrationError) as err:
+        refine_geometry(image_300k, wrong, source="ceo2_300k.h5")
+    msg = str(err.value)
+    assert msg.startswith("calibrations.ceo2 from ceo2_300k.h5: RMS residual of the control points")
+    assert "exceeds 0.289 px (calibrations.ceo2.max_rms_px;" in msg
+    assert msg.endswith("wrong wavelength, distance or detector?")
+    # what the bound stops: with it raised (calibrations.NAME.max_rms_px) the same image is
+    # accepted with a distance several % off
+    res = refine_geometry(image_300k, dataclasses.replace(wrong, max_rms_px=1.0))
+    assert CalibrationParams.DEFAULT_MAX_RMS_PX < res.rms_px < 1.0
+    assert res.geometry.dist < 0.95 * TRUE_300K.dist
+
+
+@pytest.mark.parametrize("fill,message", [(np.nan, "no finite pixel values"), (0, "no counts")])
+def test_images_without_counts_fail_clearly(tmp_path, capsys, fill, message):
+    image = np.full(TRUE_300K.shape, fill, dtype=np.float32)
+    image[TRUE_300K.detector_mask()] = -1  # the gaps as a Pilatus writes them
+    with pytest.raises(CalibrationError, match=rf"calibrations\.c from empty\.h5: {message} in "
+                                               r"the image"):
+        refine_geometry(image, params(image="empty.h5", start=off_start(TRUE_300K)),
+                        source="empty.h5")
+    # the step: one line naming the image, no outputs
+    path = write_h5(tmp_path / "empty.h5", [image])
+    config = write_experiment(tmp_path, {"ceo2": {"image": str(path), "calibrant": "CeO2",
+                                                  "start": start_dict(off_start(TRUE_300K))}})
+    (tmp_path / "out").mkdir()
+    capsys.readouterr()
+    assert run_main(config, "ceo2", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"calibrate_powder failed: calibrations.ceo2 from {path}: {message} in the image" in err
+    assert "zero-size array" not in err
+    assert_no_top_level_outputs(tmp_path / "out")
+
+
+def test_poni_wavelength_disagreeing_with_the_config(tmp_path, capsys):
+    import pyFAI
+
+    poni = tmp_path / "beamline.poni"
+    dataclasses.replace(TRUE_300K, wavelength=0.6 * 3.7).write_poni(poni)
+    config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2"}})
+    (tmp_path / "out").mkdir()
+    assert run_main(config, "imp", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert (f"calibrate_powder failed: calibrations.imp: PONI file {poni} disagrees with the config: "
+            "wavelength 2.220000 A in the PONI file, 0.600000 A in instrument.wavelength; correct "
+            "the wrong one, or say which wins with calibrations.imp.poni_mismatch: "
+            "{wavelength: use_poni} (or use_config)") in err
+    assert_no_top_level_outputs(tmp_path / "out")
+    # the config says which wins
+    for rule, expected in (("use_poni", 2.22), ("use_config", 0.6)):
+        config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2",
+                                                     "poni_mismatch": {"wavelength": rule}}})
+        out = tmp_path / rule
+        assert run_main(config, "imp", out) == 0, rule
+        ai = pyFAI.load(str(out / "geometry.poni"))
+        assert ai.wavelength == pytest.approx(expected * 1e-10, rel=1e-12)
+        assert ai.dist == pytest.approx(TRUE_300K.dist, rel=1e-12)  # the PONI's geometry
+        notes = json.loads((out / "index.json").read_text())["versions"][0]["notes"]
+        assert any(f"calibrations.imp.poni_mismatch.wavelength: {rule}" in n for n in notes)
+
+
+def test_poni_orientation_disagreeing_with_the_config(tmp_path, capsys):
+    import pyFAI
+    from nexusformat.nexus import nxload
+
+    poni = tmp_path / "o2.poni"
+    o2 = dataclasses.replace(TRUE_300K, orientation=2)
+    o2.write_poni(poni)
+    assert '"orientation": 2' in poni.read_text()
+    # the config key missing (pyFAI's default 3): refused, naming the file, both values, the key
+    config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2"}})
+    (tmp_path / "out").mkdir()
+    assert run_main(config, "imp", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert (f"calibrations.imp: PONI file {poni} disagrees with the config: detector orientation "
+            "2 in the PONI file, 3 in instrument.detector.orientation; set "
+            "instrument.detector.orientation to how the detector lays out its frames") in err
+    assert "calibrations.imp.poni_mismatch: {orientation: use_config}" in err
+    assert_no_top_level_outputs(tmp_path / "out")
+    # the key set: imported as it is, the orientation kept in every file that records it
+    config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2"}},
+                              detector={"name": "Pilatus300k", "orientation": 2})
+    out = tmp_path / "o2"
+    assert run_main(config, "imp", out) == 0
+    assert int(pyFAI.load(str(out / "geometry.poni")).detector.orientation) == 2
+    back = DetectorGeometry.from_poni_file(out / "geometry.poni", "Pilatus300k", 2)
+    assert back.orientation == 2 and back.dist == pytest.approx(o2.dist, rel=1e-12)
+    assert int(nxload(str(out / "calibration.nxs"))["calibration/instrument/detector/orientation"]) == 2
+    # the config says its orientation wins: distance and PONI kept, pixels mapped its way
+    config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2",
+                                                 "poni_mismatch": {"orientation": "use_config"}}})
+    out = tmp_path / "config_wins"
+    assert run_main(config, "imp", out) == 0
+    g = DetectorGeometry.from_poni_file(out / "geometry.poni", "Pilatus300k")
+    assert g == dataclasses.replace(o2, orientation=3)
+    # a PONI without a recorded orientation is pyFAI's default 3: says so when refused
+    old = tmp_path / "old.poni"
+    old.write_text("Detector: Pilatus300k\nDistance: 0.15\nPoni1: 0.05\nPoni2: 0.04\nRot1: 0\n"
+                   "Rot2: 0\nRot3: 0\nWavelength: 6e-11\n")
+    config = write_experiment(tmp_path, {"imp": {"poni": str(old), "calibrant": "CeO2"}},
+                              detector={"name": "Pilatus300k", "orientation": 2})
+    capsys.readouterr()
+    assert run_main(config, "imp", tmp_path / "old_out") == 1
+    assert ("detector orientation 3 (none recorded: pyFAI's default) in the PONI file, 2 in "
+            "instrument.detector.orientation") in capsys.readouterr().err
+    # only the config's orientation can win (it is how every frame is laid out)
+    config = write_experiment(tmp_path, {"imp": {"poni": str(poni), "calibrant": "CeO2",
+                                                 "poni_mismatch": {"orientation": "use_poni"}}})
+    with pytest.raises(ConfigError, match=r"calibrations\.imp\.poni_mismatch\.orientation"):
+        load_experiment(config)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import yaml
 
@@ -178,3 +179,35 @@ def test_moved_keys_are_taken_from_their_old_place_with_a_warning(experiment_dir
     with pytest.raises(ConfigError, match="'reduction.find_peaks.trusted_max' has moved to "
                                           "'instrument.detector.trusted_max'; both are given"):
         load(experiment_dir)
+
+
+def test_scans_table_detector_translations_move_spots_as_documented(experiment_dir):
+    """docs/conventions.md (Detector): det_ddist > 0 moves the detector away from the sample
+    along its normal; det_dponi1/2 > 0 move it by MINUS that along its axis 1/2 (lab L1 up,
+    L2, at zero tilts), so a spot fixed in the lab moves by +d/pixel along that axis (rows /
+    columns with orientation 3).  Signs pinned from the table's cells to lab and pixels."""
+    from hklflow.geometry import DetectorGeometry
+
+    calib = DetectorGeometry("Pilatus300k", 0.12, 0.04, 0.03, wavelength=0.5)  # zero tilts
+    pixel = 172e-6
+    edit_table(experiment_dir, 2, "det_ddist", "0.01")
+    edit_table(experiment_dir, 2, "det_dponi1", str(3 * pixel))
+    edit_table(experiment_dir, 2, "det_dponi2", str(-2 * pixel))
+    row = load(experiment_dir).scan("tiny", "300K", "f2")
+    assert row.detector_shift == (0.01, 3 * pixel, -2 * pixel)
+    moved = calib.shifted(*row.detector_shift)
+    # the detector itself: pixel (100, 200) sits 1 cm further downstream, 3 pixels lower
+    # (-L1) and 2 pixels further along +L2 than before
+    before, after = calib.lab_positions(np.array([100.5]), np.array([200.5]))[0], \
+        moved.lab_positions(np.array([100.5]), np.array([200.5]))[0]
+    np.testing.assert_allclose(after - before, [-3 * pixel, 2 * pixel, 0.01], atol=1e-12)
+    # a direction fixed in the lab: in-plane shifts move its spot by +3 rows and -2 columns
+    d = np.array([[0.05, 0.08, 1.0]])
+    r0, c0 = calib.pixel_from_direction(d)
+    inplane = calib.shifted(0.0, *row.detector_shift[1:])
+    r1, c1 = inplane.pixel_from_direction(d)
+    np.testing.assert_allclose([r1[0] - r0[0], c1[0] - c0[0]], [3.0, -2.0], atol=1e-9)
+    # further away: the spot moves outward from the point of normal incidence
+    r2, c2 = calib.shifted(0.01).pixel_from_direction(d)
+    poni_rc = np.array([calib.poni1, calib.poni2]) / pixel
+    assert np.hypot(r2[0] - poni_rc[0], c2[0] - poni_rc[1]) > np.hypot(r0[0] - poni_rc[0], c0[0] - poni_rc[1])

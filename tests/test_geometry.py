@@ -6,10 +6,11 @@ calls ai.tth / ai.chi / ai.qFunction / ai.calc_pos_zyx take integer pixel indice
 (d1 = row index, d2 = column index) and return float64; in hklflow's continuous pixel
 coordinates the centre of pixel (i, j) is (i + 0.5, j + 0.5).
 
-Detector orientations other than 3: DetectorGeometry takes a detector *name*, and every
-pyFAI detector in the registry has orientation 3, so the orientation tests monkeypatch
-``hklflow.geometry.pyfai_detector`` to return a ``pyFAI.detectors.Detector(pixel1,
-pixel2, max_shape, orientation=o)`` (non-square pixels, non-square array) and compare with
+Detector orientations other than 3: DetectorGeometry takes a detector name and an
+orientation (pyFAI's 1..4).  Real detectors are compared with pyFAI's
+``detector_factory(name, config={"orientation": o})``; for non-square pixels and a
+non-square array, the tests monkeypatch ``hklflow.geometry.pyfai_detector`` to return a
+``pyFAI.detectors.Detector(pixel1, pixel2, max_shape, orientation=o)`` and compare with
 pyFAI built on that same detector object.
 """
 from __future__ import annotations
@@ -80,11 +81,12 @@ def _custom_detector(orientation):
 def custom_detector(monkeypatch):
     """Install a pyFAI detector with a given orientation under the name 'custom'."""
     def install(orientation):
-        det = _custom_detector(orientation)
-        assert int(det.orientation) == orientation
+        dets = {o: _custom_detector(o) for o in (1, 2, 3, 4)}
+        assert int(dets[orientation].orientation) == orientation
+        # the geometry must ask for its own orientation: a wrong one maps pixels elsewhere
         monkeypatch.setattr(geometry, "pyfai_detector",
-                            lambda name: det if name == "custom" else pytest.fail(name))
-        return det
+                            lambda name, o=3: dets[o] if name == "custom" else pytest.fail(name))
+        return dets[orientation]
     return install
 
 
@@ -144,7 +146,7 @@ def test_other_detector_orientations_match_pyfai(custom_detector, orientation):
     rng = np.random.default_rng(10 + orientation)
     for p in _random_poni(rng, det, 3):
         ai = _pyfai_ai(det, p)
-        geo = DetectorGeometry("custom", **p)
+        geo = DetectorGeometry("custom", **p, orientation=orientation)
         assert geo.shape == (300, 420) and geo.pixel_size == (1.5e-4, 1.1e-4)
         tth, chi = geo.two_theta_chi(d1 + 0.5, d2 + 0.5)
         assert np.abs(tth - ai.tth(d1, d2)).max() < 1e-9
@@ -164,7 +166,7 @@ def test_pixel_corners_follow_pyfai(custom_detector, orientation):
     (center=False), with its orientation handling, are the plane coordinates there."""
     det = custom_detector(orientation)
     ny, nx = det.shape
-    geo = DetectorGeometry("custom", dist=0.2, poni1=0.02, poni2=0.03)
+    geo = DetectorGeometry("custom", dist=0.2, poni1=0.02, poni2=0.03, orientation=orientation)
     r, c = np.meshgrid(np.arange(ny + 1, dtype=float), np.arange(nx + 1, dtype=float),
                        indexing="ij")
     p1, p2 = geo.plane_coordinates(r, c)
@@ -182,7 +184,7 @@ def test_pixel_from_direction_roundtrip_continuous(custom_detector, orientation)
     custom_detector(orientation)
     rng = np.random.default_rng(20 + orientation)
     geo = DetectorGeometry("custom", dist=0.15, poni1=0.021, poni2=0.017, rot1=0.12,
-                           rot2=-0.08, rot3=0.19, wavelength=0.8)
+                           rot2=-0.08, rot3=0.19, wavelength=0.8, orientation=orientation)
     rows = rng.uniform(-20, 320, 2000)  # also off the array: plane coordinates are linear
     cols = rng.uniform(-20, 440, 2000)
     pos = geo.lab_positions(rows, cols)
@@ -233,6 +235,90 @@ def test_pyfai_boundary_roundtrip(tmp_path):
     for k, v in geo.as_dict().items():
         if k != "detector":
             assert getattr(back, k) == pytest.approx(v, rel=1e-12, abs=1e-15), k
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 4])
+def test_registry_detector_orientation_matches_pyfai(orientation):
+    """A real detector laid out with another orientation: pixel -> lab, 2theta, chi on every
+    pixel against pyFAI's own detector of that orientation, and lab -> pixel back."""
+    det = pyFAI.detectors.detector_factory("Pilatus300k", config={"orientation": orientation})
+    assert int(det.orientation) == orientation
+    d1, d2 = _index_grid(det.shape)
+    for p in _random_poni(np.random.default_rng(30 + orientation), det, 2):
+        ai = _pyfai_ai(det, p)
+        geo = DetectorGeometry("Pilatus300k", **p, orientation=orientation)
+        t3, t1, t2 = ai.calc_pos_zyx(d1=d1, d2=d2)
+        ref = np.stack([t1, t2, t3], axis=-1)
+        np.testing.assert_allclose(geo.lab_positions(d1 + 0.5, d2 + 0.5), ref, rtol=0, atol=1e-12)
+        tth, chi = geo.two_theta_chi(d1 + 0.5, d2 + 0.5)
+        assert np.abs(tth - ai.tth(d1, d2)).max() < 1e-9
+        assert np.abs(_wrap(chi - ai.chi(d1, d2))).max() < 1e-9
+        rows, cols = geo.pixel_from_direction(ref)
+        assert np.abs(rows - (d1 + 0.5)).max() < 1e-8 and np.abs(cols - (d2 + 0.5)).max() < 1e-8
+        # the integrator the geometry hands to pyFAI has the orientation too
+        own = geo.to_pyfai()
+        assert int(own.detector.orientation) == orientation
+        assert np.abs(own.tth(d1, d2) - ai.tth(d1, d2)).max() < 1e-9
+        # and the orientation matters: laid out as orientation 3, the pixels land elsewhere
+        as_3 = DetectorGeometry("Pilatus300k", **p).lab_positions(d1 + 0.5, d2 + 0.5)
+        assert np.abs(as_3 - ref).max() > 100 * det.pixel1
+
+
+def test_orientation_is_validated():
+    for bad in (0, 5, 2.5, True, "top", None):
+        with pytest.raises(ValueError, match="orientation must be one of pyFAI's"):
+            DetectorGeometry("Pilatus300k", 0.2, 0.05, 0.04, orientation=bad)
+    assert DetectorGeometry("Pilatus300k", 0.2, 0.05, 0.04, orientation=np.int32(2)).orientation == 2
+
+
+def test_orientation_in_poni_files(tmp_path):
+    import pyFAI
+
+    from hklflow.errors import InputMismatchError
+
+    geo = DetectorGeometry("Pilatus300k", 0.2, 0.05, 0.04, 0.01, -0.02, 0.03, 0.7, orientation=2)
+    path = tmp_path / "o2.poni"
+    geo.write_poni(path)
+    assert '"orientation": 2' in path.read_text()  # Detector_config
+    assert int(pyFAI.load(str(path)).detector.orientation) == 2  # pyFAI reads it back
+    back = DetectorGeometry.from_poni_file(path, "Pilatus300k")
+    assert back.orientation == 2
+    assert DetectorGeometry.from_poni_file(path, "Pilatus300k", 2) == back
+    with pytest.raises(InputMismatchError, match=r"o2\.poni: PONI file has detector orientation 2, "
+                                                 r"instrument\.detector\.orientation is 3"):
+        DetectorGeometry.from_poni_file(path, "Pilatus300k", 3)
+    # a PONI file of an older pyFAI records no orientation: pyFAI's default 3
+    old = tmp_path / "old.poni"
+    old.write_text("Detector: Pilatus300k\nDistance: 0.2\nPoni1: 0.05\nPoni2: 0.04\nRot1: 0\n"
+                   "Rot2: 0\nRot3: 0\nWavelength: 7e-11\n")
+    assert DetectorGeometry.from_poni_file(old, "Pilatus300k").orientation == 3
+
+
+def test_orientation_in_the_nexus_detector_group(tmp_path):
+    import h5py
+    import nexusformat.nexus as nx
+
+    from hklflow.errors import FileFormatError
+    from hklflow.files.h5 import detector_group, read_detector_group
+
+    geo = DetectorGeometry("Pilatus300k", 0.2, 0.05, 0.04, 0.01, -0.02, 0.03, 0.7, orientation=4)
+    root = nx.NXroot()
+    root["entry"] = nx.NXentry()
+    root["entry/detector"] = detector_group(geo)
+    root.save(str(tmp_path / "d.nxs"), "w")
+    with h5py.File(tmp_path / "d.nxs", "a") as f:
+        det = f["entry/detector"]
+        assert det["orientation"][()] == 4 and det["orientation"].attrs["value"] == "BottomLeft"
+        assert read_detector_group(det, 0.7, "d.nxs") == geo
+        # NeXus beam centre: where the direct beam hits, in this orientation's array coordinates
+        row, col = geo.direct_beam_pixel()
+        assert det["beam_center_y"][()] == pytest.approx(row)
+        assert det["beam_center_x"][()] == pytest.approx(col)
+        del det["orientation"]  # a file written before hklflow recorded it
+        assert read_detector_group(det, 0.7, "d.nxs").orientation == 3
+        det["orientation"] = 7
+        with pytest.raises(FileFormatError, match=r"d\.nxs: /entry/detector: detector orientation"):
+            read_detector_group(det, 0.7, "d.nxs")
 
 
 # --------------------------------------------------------------------------------------

@@ -309,6 +309,25 @@ def test_result_does_not_depend_on_the_frame_chunking(setup, tiny_experiment):
     np.testing.assert_allclose(s, s_sum, rtol=1e-5, atol=1e-3)
 
 
+def test_frames_left_out_add_nothing(setup, tiny_experiment):
+    """Frames whose monitor is bad (scale NaN, bad_monitor_frames: leave_out) add neither
+    signal nor weight: the volume equals the sum of the frame ranges around them."""
+    scan, UB, crystal, table, grid, frames = setup
+    scale = np.ones(60)
+    scale[[5, 17, 18, 19, 20]] = np.nan  # one frame alone; a run across a chunk boundary
+    with open_frames(str(raw(tiny_experiment))) as st:
+        holed = Transformer(grid, table, 2 ** 31 - 1)
+        transform_frames(st, scan, holed, 0, 60, 2, scale, chunk_frames=16)
+        parts = []
+        for a, b in ((0, 5), (6, 17), (21, 60)):
+            tr = Transformer(grid, table, 2 ** 31 - 1)
+            transform_frames(st, scan, tr, a, b, 2, np.ones(b - a), chunk_frames=16)
+            parts.append(tr.acc.arrays())
+    s, w = holed.acc.arrays()
+    assert np.array_equal(w, sum(p[1].astype(np.float64) for p in parts)) and w.sum() > 0
+    np.testing.assert_allclose(s, sum(p[0].astype(np.float64) for p in parts), rtol=1e-5, atol=1e-3)
+
+
 def test_punch_removes_allowed_nodes_only(setup):
     scan, UB, crystal, table, grid, frames = setup
     M = frame_matrices(scan, 0, 60, 1)

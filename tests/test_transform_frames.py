@@ -25,8 +25,16 @@ def test_monitor_normalisation_and_frame_ranges():
     s, ref = frame_scale(mon, 1000.0, 0, 2)
     assert s.tolist() == [10.0, 5.0]
     assert frame_scale(None, None, 0, 3)[0].tolist() == [1, 1, 1]
-    with pytest.raises(RawDataError, match="monitor is <= 0"):
-        frame_scale(np.array([1.0, 0.0]), None, 0, 2)
+    # a bad monitor value: the job stops naming the raw file of the frame and the way out
+    bad = np.array([100.0, 0.0, np.nan, 300.0])
+    with pytest.raises(RawDataError, match=r"raw/f1\.h5: the monitor is <= 0 or not finite at 2 "
+                                           r"frame\(s\) \[1, 2\].*bad_monitor_frames: leave_out"):
+        frame_scale(bad, None, 0, 4, "fail", lambda i: "raw/f1.h5")
+    # or they are left out (NaN) and the reference is the median of the good ones
+    s, ref = frame_scale(bad, None, 1, 4, "leave_out", lambda i: "raw/f1.h5")
+    assert ref == 200.0 and np.isnan(s[:2]).all() and s[2] == 200.0 / 300.0
+    with pytest.raises(RawDataError, match="raw/f1.h5: the monitor is <= 0 or not finite on every frame"):
+        frame_scale(np.zeros(3), None, 0, 3, "leave_out", lambda i: "raw/f1.h5")
     assert parse_frames("10:20", 60) == (10, 20) and parse_frames(None, 60) == (0, 60)
     assert parse_frames("00010-00020", 60) == (10, 20)  # as in the job's file name
     for bad in ("20:10", "0:61", "x"):

@@ -22,7 +22,15 @@ Refinement (no GUI), from the config's rough start geometry:
    In each pass, points further than `outlier_sigma` robust sigmas from their ring are
    dropped and the refinement repeated.
 
-Module gaps (negative pixels, the detector model's mask) and hot pixels are masked.
+Module gaps (negative pixels, the detector model's mask) and hot pixels are masked; an
+image without a finite value or without a count outside the gaps is refused.
+
+The accepted geometry must put the rings where the control points are: an RMS radial
+residual above `params.rms_bound_px` (calibrations.NAME.max_rms_px; by default
+1/sqrt(12) px, the RMS error of knowing each point only to the pixel it lies in) is a
+failure: one geometry does not fit the rings (a wrong wavelength, distance or detector).
+The pixels are laid out with the detector orientation of the config
+(instrument.detector.orientation, pyFAI's convention).
 
 rot3 (pyFAI's rotation about the incident beam, applied last) leaves every pixel's 2theta
 unchanged, so powder rings cannot determine it: it stays at its start value even when
@@ -57,7 +65,8 @@ def start_geometry(params: CalibrationParams) -> DetectorGeometry:
     """The rough start geometry of the config (rot1..3 default 0)."""
     s = params.start
     return DetectorGeometry(params.detector, s["dist"], s["poni1"], s["poni2"], s.get("rot1", 0.0),
-                            s.get("rot2", 0.0), s.get("rot3", 0.0), params.wavelength)
+                            s.get("rot2", 0.0), s.get("rot3", 0.0), params.wavelength,
+                            orientation=params.orientation)
 
 
 def describe(g: DetectorGeometry) -> str:
@@ -146,25 +155,25 @@ def _calibrant(name: str, wavelength: float):
 
 
 @functools.lru_cache(maxsize=8)
-def _pyfai_geometry(detector: str):
+def _pyfai_geometry(detector: str, orientation: int):
     """A bare pyFAI Geometry of the detector, for tth(d1, d2, param) (no integrator set-up)."""
     from pyFAI.geometry import Geometry
 
-    return Geometry(detector=pyfai_detector(detector))
+    return Geometry(detector=pyfai_detector(detector, orientation))
 
 
 def _rings_on_detector(g: DetectorGeometry, calibrant: str, bad: np.ndarray) -> list[int]:
     """Indices of the calibrant rings that cross unmasked pixels for geometry g."""
     d1, d2 = np.nonzero(~bad[::2, ::2])  # every 2nd pixel is plenty for the 2theta range
-    tth = _pyfai_geometry(g.detector).tth(2.0 * d1, 2.0 * d2, [g.dist, g.poni1, g.poni2,
-                                                              g.rot1, g.rot2, g.rot3])
+    tth = _pyfai_geometry(g.detector, g.orientation).tth(
+        2.0 * d1, 2.0 * d2, [g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3])
     lo, hi = float(tth.min()), float(tth.max())
     return [i for i, t in enumerate(ring_two_theta(calibrant, g.wavelength)) if lo < t < hi]
 
 
 def _tth_at(g: DetectorGeometry, points: np.ndarray):
     """2theta (rad) at control points (d1, d2, ring) and its radial gradient (rad / px)."""
-    geo = _pyfai_geometry(g.detector)
+    geo = _pyfai_geometry(g.detector, g.orientation)
     param = [g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3]
     d1, d2 = points[:, 0], points[:, 1]
     h = 0.5
@@ -340,6 +349,18 @@ def coarse_align(image: np.ndarray, bad: np.ndarray, g: DetectorGeometry, calibr
     return out, info
 
 
+def _check_has_counts(image: np.ndarray, gaps: np.ndarray, where: str) -> None:
+    """CalibrationError for an image with nothing to calibrate on: no finite value, or no
+    count, outside the detector's gaps."""
+    finite = np.isfinite(image) & ~gaps
+    if not finite.any():
+        raise CalibrationError(f"{where}: no finite pixel values in the image (NaN or "
+                               "infinite everywhere outside the detector's gaps)")
+    if not (image[finite] > 0).any():
+        raise CalibrationError(f"{where}: no counts in the image (every pixel outside the "
+                               "detector's gaps reads 0 or less): is it the calibrant exposure?")
+
+
 def _check_sane(g: DetectorGeometry, start: DetectorGeometry, where: str, npass: int) -> None:
     vals = [g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3, g.wavelength]
     ny, nx = g.shape
@@ -366,9 +387,10 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
                     source: str = "image") -> CalibrationResult:
     """Refine the detector geometry from a calibrant powder image (the pure function).
 
-    image: 2D array of detector shape; params.start is the rough start.  `source` names the
-    image in messages.  Raises CalibrationError on failure (too few control points,
-    divergence, residual above params.max_rms_px).
+    image: 2D array of detector shape (laid out with params.orientation); params.start is
+    the rough start.  `source` names the image in messages.  Raises CalibrationError on
+    failure (an image without finite values or counts, too few control points, divergence,
+    an RMS residual above params.rms_bound_px).
     """
     import pyFAI.detectors
     from pyFAI.goniometer import SingleGeometry
@@ -381,11 +403,14 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
     if image.ndim != 2 or tuple(image.shape) != start.shape:
         raise CalibrationError(f"{where}: image shape {image.shape} does not match the "
                                f"detector {params.detector} {start.shape}")
+    _check_has_counts(image, start.detector_mask(), where)
     bad, n_hot = find_bad_pixels(image, start.detector_mask(), params.hot_pixel_factor)
     log.info("%s: %d masked pixels (%d hot)", source, int(bad.sum()), n_hot)
     clean = np.where(bad, 0.0, image).astype(np.float32)
 
-    det = pyFAI.detectors.detector_factory(params.detector)  # a private copy: own mask
+    # a private copy (own mask), laid out like the image
+    det = pyFAI.detectors.detector_factory(params.detector,
+                                           config={"orientation": params.orientation})
     det.mask = bad.astype(np.int8)
 
     free_all = params.free
@@ -494,10 +519,13 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
     rms_px = float(np.sqrt(np.mean(r_px ** 2)))
     rms_tth = float(np.degrees(np.sqrt(np.mean(r_tth ** 2))))
     rings = tuple(sorted({int(r) for r in points[:, 2]}))
-    if not rms_px <= params.max_rms_px:
-        raise CalibrationError(f"{where}: RMS residual of the control points {rms_px:.3f} px "
-                               f"exceeds {params.max_rms_px} px ({len(points)} points on rings "
-                               f"{list(rings)}): wrong calibrant, wavelength or detector?")
+    bound = params.rms_bound_px
+    if not rms_px <= bound:
+        raise CalibrationError(
+            f"{where}: RMS residual of the control points {rms_px:.3f} px exceeds "
+            f"{bound:.3f} px ({params.where('max_rms_px')}; {len(points)} points on rings "
+            f"{list(rings)}; {describe(g)}): the {params.calibrant} rings do not fit one "
+            "geometry: wrong wavelength, distance or detector?")
     unc = _uncertainties(g, params.calibrant, points, free_all)
     log.info("refined: %s; rms %.4f px = %.6f deg 2theta, %d points on %d rings; "
              "uncertainties %s", describe(g), rms_px, rms_tth, len(points), len(rings),
@@ -508,8 +536,21 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
                              passes=passes, bad_pixels=bad, n_hot=n_hot, notes=notes)
 
 
+WAVELENGTH_RTOL = 1e-4  # a PONI wavelength further than this from the config's disagrees
+
+
+def _records_orientation(path: Path) -> bool:
+    """Whether a PONI file's Detector_config names an orientation (PONI version >= 2.1;
+    without one, pyFAI's default 3 applies)."""
+    return any(line.startswith("Detector_config") and "orientation" in line
+               for line in path.read_text(errors="replace").splitlines())
+
+
 def import_poni(params: CalibrationParams) -> CalibrationResult:
-    """The geometry of the PONI file params.poni (checked against the configured detector)."""
+    """The geometry of the PONI file params.poni, checked against the config: the detector
+    (shape and pixels), the wavelength and the detector orientation.  A wavelength or
+    orientation that disagrees is a CalibrationError naming both values, unless
+    params.poni_mismatch says which wins (calibrations.NAME.poni_mismatch)."""
     import pyFAI
 
     path = Path(params.poni)
@@ -534,11 +575,36 @@ def import_poni(params: CalibrationParams) -> CalibrationResult:
             f"(shape {d.shape}, pixels {d.pixel1:g} x {d.pixel2:g} m), not the configured "
             f"{params.detector} (shape {want.shape}, pixels {want.pixel1:g} x {want.pixel2:g} m)")
     g = DetectorGeometry.from_pyfai(ai, params.detector)
-    if not math.isclose(g.wavelength, params.wavelength, rel_tol=1e-4):
-        msg = (f"PONI wavelength {g.wavelength:.6f} A differs from the configured "
-               f"{params.wavelength:.6f} A: the PONI's is used")
-        log.warning(msg)
-        notes.append(msg)
+    where = f"calibrations.{params.name}: PONI file {path}"
+    choice = params.where("poni_mismatch")
+    if not math.isclose(g.wavelength, params.wavelength, rel_tol=WAVELENGTH_RTOL):
+        rule = params.poni_mismatch.get("wavelength")
+        values = (f"wavelength {g.wavelength:.6f} A in the PONI file, {params.wavelength:.6f} A "
+                  "in instrument.wavelength")
+        if rule is None:
+            raise CalibrationError(f"{where} disagrees with the config: {values}; correct the "
+                                   f"wrong one, or say which wins with {choice}: "
+                                   "{wavelength: use_poni} (or use_config)")
+        if rule == "use_config":
+            g = dataclasses.replace(g, wavelength=params.wavelength)
+        notes.append(f"{values}: {'the PONI' if rule == 'use_poni' else 'the config'}'s is used "
+                     f"({choice}.wavelength: {rule})")
+    if g.orientation != params.orientation:
+        rule = params.poni_mismatch.get("orientation")
+        recorded = ("" if _records_orientation(path)
+                    else " (none recorded: pyFAI's default)")
+        values = (f"detector orientation {g.orientation}{recorded} in the PONI file, "
+                  f"{params.orientation} in instrument.detector.orientation")
+        if rule is None:
+            raise CalibrationError(
+                f"{where} disagrees with the config: {values}; set "
+                "instrument.detector.orientation to how the detector lays out its frames "
+                "(docs/conventions.md), or, if the PONI's orientation is wrong, say so with "
+                f"{choice}: {{orientation: use_config}}")
+        g = dataclasses.replace(g, orientation=params.orientation)  # dist, PONI: physical
+        notes.append(f"{values}: the config's is used ({choice}.orientation: {rule})")
+    for note in notes:
+        log.warning("%s: %s", path, note)
     log.info("imported %s: %s", path, describe(g))
     return CalibrationResult(method="imported", geometry=g, notes=notes)
 

@@ -22,7 +22,9 @@ import yaml
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
-from .params import DetectorParams, schema, validator_with_defaults
+from .jobs import check_job_counts
+from .params import (STEP_PARAMS, CalibrationParams, DetectorParams, schema,
+                     validator_with_defaults)
 
 # old place -> new place (dotted config paths)
 MOVED_KEYS = {
@@ -30,6 +32,14 @@ MOVED_KEYS = {
     "reduction.mask.mask_file": "instrument.detector.mask_file",
     "reduction.mask.mask_dataset": "instrument.detector.mask_dataset",
 }
+
+
+# sample, calibration and entry names become folder names and command-line arguments:
+# no '.' or '..', no leading '-' (an option to every step), bounded length (schemas hold the
+# patterns; these are for messages)
+NAME_PATTERNS = {"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$": "letters, digits, '_', '.' and '-'",
+                 "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$": "letters, digits, '_' and '-'"}
+MAX_SCAN_TURNS = 10  # a rotation scan longer than this (nframes x |phi_step|) is a typo
 
 
 def temperature_label(t: float) -> str:
@@ -182,6 +192,37 @@ def _field_path(err) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(str(value))} characters)"
+
+
+def _message(err) -> str:
+    """jsonschema's message, in the user's terms where it would quote a regular expression."""
+    pattern = err.schema.get("pattern") if isinstance(err.schema, dict) else None
+    what = "the name" if "propertyNames" in err.schema_path else "value"
+    if err.validator == "pattern" and pattern in NAME_PATTERNS:
+        return (f"{what} {_shown(err.instance)} is not valid: expected {NAME_PATTERNS[pattern]}, "
+                "starting with a letter or digit, at most 64 characters")
+    if err.validator == "not" and err.schema.get("not") == {"const": "calibration"}:
+        return f"the name {err.instance!r} is reserved (results/calibration holds the calibrations)"
+    return err.message
+
+
+def non_finite_fields(instance, path: str = "") -> list[str]:
+    """Dotted paths of the NaN and infinite numbers in a config or row (JSON Schema's
+    'number' accepts them; no setting means them)."""
+    if isinstance(instance, float):
+        return [] if math.isfinite(instance) else [path or "(top level)"]
+    if isinstance(instance, dict):
+        items = instance.items()
+    elif isinstance(instance, (list, tuple)):
+        items = enumerate(instance)
+    else:
+        return []
+    return [p for k, v in items for p in non_finite_fields(v, f"{path}.{k}" if path else str(k))]
+
+
 def _validate(instance: dict, schema_: dict, where: str, validator=None) -> dict:
     instance = copy.deepcopy(instance)
     v = validator if validator is not None else validator_with_defaults(schema_)
@@ -189,11 +230,37 @@ def _validate(instance: dict, schema_: dict, where: str, validator=None) -> dict
     if errors:
         e = errors[0]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}{more}")
+        raise ConfigError(f"{where}: field '{_field_path(e)}': {_message(e)}{more}")
     # a second pass fills defaults of objects that were themselves defaulted
     for e in v.iter_errors(instance):
-        raise ConfigError(f"{where}: field '{_field_path(e)}': {e.message}")
+        raise ConfigError(f"{where}: field '{_field_path(e)}': {_message(e)}")
+    bad = non_finite_fields(instance)
+    if bad:
+        raise ConfigError(f"{where}: field '{bad[0]}': {instance_value(instance, bad[0])!r} is "
+                          "not a finite number (an empty or missing value?)")
     return instance
+
+
+def instance_value(instance, dotted: str):
+    for part in dotted.split("."):
+        instance = instance[int(part)] if isinstance(instance, list) else instance[part]
+    return instance
+
+
+def _names_as_text(cfg: dict) -> dict:
+    """YAML reads `1234:` as a number; sample and calibration names are text (the scans
+    table's cells are)."""
+    cfg = copy.deepcopy(cfg)
+    for section in ("samples", "calibrations"):
+        if isinstance(cfg.get(section), dict):
+            cfg[section] = {str(k): v for k, v in cfg[section].items()}
+    for c in (cfg.get("calibrations") or {}).values():
+        vf = c.get("valid_for") if isinstance(c, dict) else None
+        if isinstance(vf, dict):
+            for key in ("samples", "entries"):
+                if isinstance(vf.get(key), list):
+                    vf[key] = [str(x) for x in vf[key]]
+    return cfg
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -268,7 +335,7 @@ def _coerce(value: str, spec: dict):
             f = float(v)
         except ValueError:
             return v
-        return int(f) if f == int(f) else f
+        return int(f) if math.isfinite(f) and f == int(f) else f
     if t == "number":
         try:
             return float(v)
@@ -287,6 +354,10 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(f"{path}: the scans table is empty")
+    if "\t" not in lines[0]:
+        raise ConfigError(f"{path}: the header line has no tab: the scans table is tab-separated "
+                          "(one tab between columns, not spaces), with at least the columns "
+                          + " ".join(schema("scans.schema.yaml")["required"]))
     reader = csv.DictReader(lines, delimiter="\t")
     header = reader.fieldnames or []
     allowed = set(props) | set(offset_names)
@@ -339,6 +410,10 @@ def _calibrations(cfg: dict, where: str) -> dict:
         if not c.get("poni") and "start" not in c:
             raise ConfigError(f"{fld}.start': a rough starting geometry is needed to refine "
                               "from the image (dist, poni1, poni2 in m; rot1..3 in rad)")
+        lo_hi = c["valid_for"].get("temperatures")
+        if lo_hi and lo_hi[0] > lo_hi[1]:
+            raise ConfigError(f"{fld}.valid_for.temperatures': {lo_hi}: expected [low, high] "
+                              "with low <= high (K)")
         if c["calibrant"] not in known_calibrants(c["calibrant"]):
             raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
                               f"known: {sorted(known_calibrants())}")
@@ -353,6 +428,12 @@ def _samples(cfg: dict, where: str) -> dict:
             crystal = Crystal(str(s["space_group"]), UnitCell.from_list(s["cell"]))
         except ValueError as exc:
             raise ConfigError(f"{where}: field 'samples.{name}': {exc}") from None
+        for i, o in enumerate(s["other_parents"]):
+            lo, hi = o["for_temperatures"]
+            if lo > hi:
+                raise ConfigError(f"{where}: field 'samples.{name}.other_parents.{i}."
+                                  f"for_temperatures': [{lo}, {hi}]: expected [low, high] with "
+                                  "low <= high (K)")
         others = tuple((float(o["temperature"]), (float(o["for_temperatures"][0]),
                                                    float(o["for_temperatures"][1])))
                        for o in s["other_parents"])
@@ -371,8 +452,17 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
         if r["calibration"] and r["calibration"] not in calibrations:
             raise ConfigError(f"{label}: field 'calibration': unknown calibration "
                               f"{r['calibration']!r} (known: {sorted(calibrations)})")
-        if not math.isfinite(r["phi_step"]):
-            raise ConfigError(f"{label}: field 'phi_step': must be a finite number")
+        t_label = temperature_label(r["temperature"])
+        if float(t_label[:-1]) != float(r["temperature"]):
+            raise ConfigError(f"{label}: field 'temperature': {r['temperature']!r} has more "
+                              f"digits than its folder name {t_label} keeps: round it to at "
+                              "most 6 significant digits")
+        turns = r["nframes"] * abs(r["phi_step"]) / 360.0
+        if turns > MAX_SCAN_TURNS:
+            raise ConfigError(f"{label}: field 'nframes': {r['nframes']} frames of "
+                              f"{r['phi_step']} deg make {turns:.3g} turns: expected a scan of at "
+                              f"most {MAX_SCAN_TURNS} turns (nframes x |phi_step| <= "
+                              f"{360 * MAX_SCAN_TURNS} deg; a typo?)")
         scan = ScanRow(
             sample=r["sample"], temperature=float(r["temperature"]), entry=r["entry"],
             data=r["data"], dataset=r["dataset"], nframes=int(r["nframes"]),
@@ -406,6 +496,19 @@ def _check_parents(samples: dict, scans, table: str, where: str) -> None:
                                   f"no scan of {name} at {temperature_label(t)} in {table}")
 
 
+def _check_step_settings(cfg: dict, where: str) -> None:
+    """Every step's settings built once now, so that what a step would refuse (an even
+    peak-search window, a reversed grid) stops the run before any job."""
+    try:
+        for cls in STEP_PARAMS:
+            cls.from_config(cfg)
+        for name in cfg["calibrations"]:
+            CalibrationParams.for_calibration(cfg, name)
+    except ConfigError as exc:
+        field_, _, what = str(exc).partition(": ")
+        raise ConfigError(f"{where}: field '{field_}': {what}") from None
+
+
 def load_experiment(config_files, *, config: dict | None = None,
                     base_dir: str | Path | None = None) -> Experiment:
     """Validate and resolve an experiment.
@@ -422,7 +525,7 @@ def load_experiment(config_files, *, config: dict | None = None,
         sources = tuple(str(p) for p in config_files)
     where = " + ".join(sources) or "config"
     config, warnings = migrate(config, where)
-    cfg = _validate(config, schema(), where)
+    cfg = _validate(_names_as_text(config), schema(), where)
     instrument = _instrument(cfg, where)
     calibrations = _calibrations(cfg, where)
     samples = _samples(cfg, where)
@@ -431,7 +534,10 @@ def load_experiment(config_files, *, config: dict | None = None,
     rows = read_scans_table(table, offset_names, Path(base_dir) if base_dir else None)
     scans = _scans(rows, table, samples, calibrations, offset_names)
     _check_parents(samples, scans, table, where)
-    return Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
-                      instrument=instrument, calibrations=calibrations, samples=samples,
-                      scans=scans, reduction=cfg["reduction"], raw=cfg,
-                      warnings=tuple(warnings))
+    _check_step_settings(cfg, where)
+    exp = Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
+                     instrument=instrument, calibrations=calibrations, samples=samples,
+                     scans=scans, reduction=cfg["reduction"], raw=cfg,
+                     warnings=tuple(warnings))
+    check_job_counts(exp)
+    return exp

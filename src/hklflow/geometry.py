@@ -3,11 +3,13 @@
 Conventions (docs/conventions.md is the long version; nothing else re-derives these):
 
 * Lab frame = pyFAI's (x1, x2, x3), right-handed: L3 along the beam (downstream),
-  L1 vertical up (for pyFAI detector orientation 3), L2 = L3 x L1 horizontal.
+  L1 vertical up, L2 = L3 x L1 horizontal.
   Lab vectors are numpy arrays ordered (L1, L2, L3).
 * Detector = pyFAI PONI parameters: dist, poni1, poni2 (m), rot1, rot2, rot3 (rad),
-  a pyFAI detector name, and the wavelength.  Wavelengths are in Angstrom everywhere in
-  hklflow (PONI files store metres; conversion happens only at the pyFAI boundary).
+  a pyFAI detector name, its orientation (pyFAI's 1..4, default 3: where the array's
+  pixel (0, 0) lies, instrument.detector.orientation) and the wavelength.  Wavelengths are
+  in Angstrom everywhere in hklflow (PONI files store metres; conversion happens only at
+  the pyFAI boundary).
 * Pixel coordinates are continuous (row, col) = (slow, fast) with pixel (i, j) covering
   [i, i+1) x [j, j+1): the centre of pixel (i, j) is (i + 0.5, j + 0.5) (as in DIALS).
   pyFAI's index d1 of a pixel centre is row - 0.5.
@@ -27,6 +29,8 @@ import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from .errors import FileFormatError, InputMismatchError
 
 BEAM_DIRECTION = np.array([0.0, 0.0, 1.0])  # L3: unit vector of the incident beam
 
@@ -65,13 +69,33 @@ def pyfai_tilt_matrix(rot1, rot2, rot3):
 # --------------------------------------------------------------------------------------
 # Detector
 # --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
-def pyfai_detector(name: str):
-    """A pyFAI detector by name (cached; treat as read-only)."""
+ORIENTATIONS = (1, 2, 3, 4)  # pyFAI's detector orientations (3 = pyFAI's default)
+DEFAULT_ORIENTATION = 3
+
+
+def check_orientation(orientation) -> int:
+    """The orientation as an int, or ValueError when it is not one of pyFAI's 1..4."""
+    try:
+        o = int(orientation)
+    except (TypeError, ValueError):
+        o = None
+    if o not in ORIENTATIONS or o != orientation or isinstance(orientation, bool):
+        raise ValueError(f"detector orientation must be one of pyFAI's {list(ORIENTATIONS)} "
+                         f"(docs/conventions.md), got {orientation!r}")
+    return o
+
+
+def pyfai_detector(name: str, orientation: int = DEFAULT_ORIENTATION):
+    """A pyFAI detector by name with the given orientation (cached; treat as read-only)."""
+    return _pyfai_detector(name, check_orientation(orientation))
+
+
+@functools.lru_cache(maxsize=32)
+def _pyfai_detector(name: str, orientation: int):
     import pyFAI.detectors
 
     try:
-        return pyFAI.detectors.detector_factory(name)
+        return pyFAI.detectors.detector_factory(name, config={"orientation": orientation})
     except Exception as exc:  # pyFAI raises RuntimeError/KeyError variants
         raise ValueError(f"unknown pyFAI detector name {name!r}: {exc}") from None
 
@@ -117,25 +141,41 @@ class DetectorGeometry:
     rot2: float = 0.0  # rad
     rot3: float = 0.0  # rad
     wavelength: float = 1.0  # Angstrom
+    # pyFAI's detector orientation 1..4: how array rows/columns lie in the detector plane
+    # (docs/conventions.md); dist, poni and tilts are physical, whatever the orientation
+    orientation: int = DEFAULT_ORIENTATION
+
+    def __post_init__(self):
+        object.__setattr__(self, "orientation", check_orientation(self.orientation))
 
     # ---- construction / pyFAI boundary -------------------------------------------
     @classmethod
     def from_pyfai(cls, ai, detector_name: str | None = None) -> "DetectorGeometry":
+        """The geometry of a pyFAI Geometry/AzimuthalIntegrator, orientation included."""
         name = detector_name or ai.detector.name
         return cls(detector=name, dist=float(ai.dist), poni1=float(ai.poni1), poni2=float(ai.poni2),
                    rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
-                   wavelength=float(ai.wavelength) * 1e10)
+                   wavelength=float(ai.wavelength) * 1e10,
+                   orientation=int(ai.detector.orientation or DEFAULT_ORIENTATION))
 
     @classmethod
-    def from_poni_file(cls, path, detector_name: str | None = None) -> "DetectorGeometry":
+    def from_poni_file(cls, path, detector_name: str | None = None,
+                       orientation: int | None = None) -> "DetectorGeometry":
+        """The geometry of a PONI file (its Detector_config orientation; 3 when it has
+        none).  With `orientation` (the config's), a PONI with another one is refused."""
         import pyFAI
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: PONI file does not exist")
         ai = pyFAI.load(str(path))
         if not ai.wavelength:
-            raise ValueError(f"{path}: PONI file has no Wavelength")
-        return cls.from_pyfai(ai, detector_name)
+            raise FileFormatError(f"{path}: PONI file has no Wavelength")
+        g = cls.from_pyfai(ai, detector_name)
+        if orientation is not None and g.orientation != check_orientation(orientation):
+            raise InputMismatchError(f"{path}: PONI file has detector orientation {g.orientation}, "
+                             f"instrument.detector.orientation is {int(orientation)}: run "
+                             "calibrate_powder again (or correct the config)")
+        return g
 
     def to_pyfai(self):
         """An AzimuthalIntegrator with this geometry (for calibration, checks and plots)."""
@@ -143,11 +183,12 @@ class DetectorGeometry:
 
         return AzimuthalIntegrator(dist=self.dist, poni1=self.poni1, poni2=self.poni2,
                                    rot1=self.rot1, rot2=self.rot2, rot3=self.rot3,
-                                   detector=pyfai_detector(self.detector),
+                                   detector=self.pyfai_detector(),
                                    wavelength=self.wavelength * 1e-10)
 
     def write_poni(self, path) -> None:
-        """Write a PONI file (a fresh file: pyFAI's Geometry.write appends to an existing one)."""
+        """Write a PONI file (a fresh file: pyFAI's Geometry.write appends to an existing one);
+        its Detector_config records the orientation."""
         from pyFAI.io.ponifile import PoniFile
 
         with open(path, "w") as f:
@@ -160,21 +201,26 @@ class DetectorGeometry:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("detector", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength")}
+                ("detector", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength",
+                 "orientation")}
 
     # ---- detector facts ------------------------------------------------------------
+    def pyfai_detector(self):
+        """The pyFAI detector of this geometry, with its orientation (cached, read-only)."""
+        return pyfai_detector(self.detector, self.orientation)
+
     @property
     def shape(self) -> tuple[int, int]:
         return detector_shape(self.detector)
 
     @property
     def pixel_size(self) -> tuple[float, float]:
-        d = pyfai_detector(self.detector)
+        d = self.pyfai_detector()
         return float(d.pixel1), float(d.pixel2)
 
     def detector_mask(self) -> np.ndarray:
         """Pixels the detector model marks invalid (module gaps), bool (rows, cols)."""
-        m = pyfai_detector(self.detector).mask
+        m = self.pyfai_detector().mask
         if m is None:
             return np.zeros(self.shape, dtype=bool)
         return np.asarray(m, dtype=bool)
@@ -185,8 +231,9 @@ class DetectorGeometry:
 
     # ---- pixel -> lab ----------------------------------------------------------------
     def plane_coordinates(self, rows, cols):
-        """(p1, p2) in metres on the detector for continuous pixel coordinates (pyFAI's model)."""
-        det = pyfai_detector(self.detector)
+        """(p1, p2) in metres on the detector for continuous pixel coordinates (pyFAI's model,
+        which applies the orientation)."""
+        det = self.pyfai_detector()
         rows = np.asarray(rows, dtype=float)
         cols = np.asarray(cols, dtype=float)
         p1, p2, p3 = det.calc_cartesian_positions(rows - 0.5, cols - 0.5, center=True,
@@ -226,14 +273,14 @@ class DetectorGeometry:
 
     # ---- lab -> pixel ----------------------------------------------------------------
     def _plane_to_pixel(self, p1, p2):
-        det = pyfai_detector(self.detector)
+        det = self.pyfai_detector()
         if getattr(det, "_pixel_corners", None) is not None or getattr(det, "splinefile", None):
             raise ValueError(f"detector {self.detector!r} has distortion/pixel corners: "
                              "lab -> pixel is implemented for regular flat pixel grids only")
         ny, nx = self.shape
         rows = p1 / det.pixel1
         cols = p2 / det.pixel2
-        o = int(det.orientation or 3)
+        o = self.orientation  # the inverse of pyFAI's _reorder_indexes_from_orientation
         if o in (1, 2):
             rows = ny - rows
         if o in (1, 4):
@@ -270,10 +317,11 @@ class DetectorGeometry:
         p1, p2 = self.pixel_size
         try:
             row, col = self.direct_beam_pixel()
+            poni_row, poni_col = self._plane_to_pixel(self.poni1, self.poni2)
         except ValueError:  # detector with distortion: no simple pixel mapping
-            row, col = self.poni1 / p1, self.poni2 / p2
+            row, col = poni_row, poni_col = self.poni1 / p1, self.poni2 / p2
         return {"direct_beam_row": float(row), "direct_beam_col": float(col),
-                "poni_row": self.poni1 / p1, "poni_col": self.poni2 / p2}
+                "poni_row": float(poni_row), "poni_col": float(poni_col)}
 
     def on_detector(self, rows, cols, margin: float = 0.0):
         ny, nx = self.shape
@@ -285,8 +333,10 @@ class DetectorGeometry:
         r = np.array([0, 0, ny, ny], dtype=float)
         c = np.array([0, nx, 0, nx], dtype=float)
         tth, _ = self.two_theta_chi(r, c)
-        edges_r = np.concatenate([np.linspace(0, ny, 64), np.linspace(0, ny, 64), np.zeros(64), np.full(64, ny)])
-        edges_c = np.concatenate([np.zeros(64), np.full(64, nx), np.linspace(0, nx, 64), np.linspace(0, nx, 64)])
+        edges_r = np.concatenate([np.linspace(0, ny, 64), np.linspace(0, ny, 64), np.zeros(64),
+                                  np.full(64, ny)])
+        edges_c = np.concatenate([np.zeros(64), np.full(64, nx), np.linspace(0, nx, 64),
+                                  np.linspace(0, nx, 64)])
         tth_e, _ = self.two_theta_chi(edges_r, edges_c)
         return float(max(tth.max(), tth_e.max()))
 

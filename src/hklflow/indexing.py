@@ -80,6 +80,9 @@ from .crystal import CellConstraints, Crystal, UnitCell
 from .errors import IndexingError
 from .params import IndexingParams
 
+# what an IndexingError suggests when nothing else is known (diagnosis.py may name a setting)
+NO_FIT_HINT = "(wrong space group or cell? a phase transition? too many spurious vectors?)"
+
 
 @dataclass
 class IndexingSolution:
@@ -485,7 +488,7 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = 
         raise IndexingError(
             f"could not index: {len(seeds)} of the {len(search)} search vectors match a "
             f"d-spacing of the cell {tuple(round(x, 4) for x in cell0.parameters)} "
-            f"({crystal.hm}) within {100 * tol_l:.0f}% (wrong cell or space group?)")
+            f"({crystal.hm}) within {100 * tol_l:.0f}% {NO_FIT_HINT}")
     keep_ref = ref_len <= qn[seeds].max() * (1 + tol_l) * 1.001
     refs, ref_q, ref_len = refs[keep_ref], ref_q[keep_ref], ref_len[keep_ref]
     ref_u = ref_q / ref_len[:, None]
@@ -525,24 +528,24 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = 
     for start in range(0, len(pairs), params.pair_batch):
         batch = pairs[start:start + params.pair_batch]
         n_pairs_done += len(batch)
-        I, J, A1, A2 = [], [], [], []
+        S1, S2, A1, A2 = [], [], [], []
         for i, j in batch:
             ci, cj = cand_rep[i], cand[j]
             ang = np.degrees(np.arccos(np.clip(ref_u[ci] @ ref_u[cj].T, -1, 1)))
             a, b = np.nonzero(np.abs(ang - obs_ang[i, j]) < tol_a)
             if len(a):
-                I.append(np.full(len(a), i))
-                J.append(np.full(len(a), j))
+                S1.append(np.full(len(a), i))
+                S2.append(np.full(len(a), j))
                 A1.append(ci[a])
                 A2.append(cj[b])
-        if not I:
+        if not S1:
             continue
-        I, J, A1, A2 = (np.concatenate(x) for x in (I, J, A1, A2))
+        S1, S2, A1, A2 = (np.concatenate(x) for x in (S1, S2, A1, A2))
         room = params.max_candidates - n_tried
         if room <= 0:
             break
-        I, J, A1, A2 = I[:room], J[:room], A1[:room], A2[:room]
-        Us = _rotations_from_pairs(ref_q[A1], ref_q[A2], q_all[seeds[I]], q_all[seeds[J]])
+        S1, S2, A1, A2 = S1[:room], S2[:room], A1[:room], A2[:room]
+        Us = _rotations_from_pairs(ref_q[A1], ref_q[A2], q_all[seeds[S1]], q_all[seeds[S2]])
         n_tried += len(Us)
         sc = _score(Us, Binv0, q_search, allowed, params.hkl_tolerance)
         pool_U = np.concatenate([pool_U, Us])
@@ -612,8 +615,7 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = 
         msg = (f"could not index: best fraction {frac:.2f} < {params.min_fraction} "
                f"({n_tried} candidate orientations from {n_pairs_done} seed pairs of "
                f"{len(seeds)} seeds; {n} vectors; space group {crystal.hm}, cell "
-               f"{tuple(round(x, 4) for x in cell0.parameters)}){extra} "
-               "(wrong space group or cell? a phase transition? too many spurious vectors?)")
+               f"{tuple(round(x, 4) for x in cell0.parameters)}){extra} {NO_FIT_HINT}")
         raise IndexingError(msg)
 
     if best is None or best_fraction < params.min_fraction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from .errors import ConfigError
 from .geometry import detector_shape
 from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
@@ -23,22 +24,51 @@ def frames_per_transform_job(exp) -> int:
     return max(1, int(cfg["pixel_frames_per_job"] // scan_pixels(exp)))
 
 
+def transform_jobs(exp, scan) -> int:
+    """How many transform jobs a scan entry is cut into."""
+    return max(1, math.ceil(scan.nframes / frames_per_transform_job(exp)))
+
+
 def transform_frame_ranges(exp, scan) -> list[tuple[int, int]]:
     """[(first, stop)) frame ranges of the transform jobs of a scan entry: the scan split into
     the fewest jobs of at most frames_per_transform_job frames, as equal as possible."""
-    n = scan.nframes
-    njobs = max(1, math.ceil(n / frames_per_transform_job(exp)))
+    n, njobs = scan.nframes, transform_jobs(exp, scan)
     bounds = [round(i * n / njobs) for i in range(njobs + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+# Snakemake plans ~400 jobs/s here (bench/dryrun.py): past these, a plan takes minutes and
+# gigabytes - a typo in nframes or frames_per_job, not an experiment
+MAX_TRANSFORM_JOBS_PER_ENTRY = 1000
+MAX_TRANSFORM_JOBS = 50_000
+
+
+def check_job_counts(exp) -> None:
+    """ConfigError, before any planning, when the transform would be cut into more jobs
+    than Snakemake can plan in reasonable time."""
+    why = ("reduction.transform.frames_per_job" if exp.reduction["transform"]["frames_per_job"]
+           else "reduction.transform.pixel_frames_per_job")
+    total = 0
+    for scan in exp.scans:
+        n = transform_jobs(exp, scan)
+        if n > MAX_TRANSFORM_JOBS_PER_ENTRY:
+            raise ConfigError(
+                f"{exp.scans_table}: row {scan.row} ({scan.id}): field 'nframes': "
+                f"{scan.nframes} frames at {frames_per_transform_job(exp)} per job ({why}) make "
+                f"{n} transform jobs: expected at most {MAX_TRANSFORM_JOBS_PER_ENTRY} per entry "
+                f"(check nframes; or raise {why})")
+        total += n
+    if total > MAX_TRANSFORM_JOBS:
+        raise ConfigError(f"{' + '.join(exp.sources)}: field '{why}': the experiment would make "
+                          f"{total} transform jobs: expected at most {MAX_TRANSFORM_JOBS} (raise {why})")
+
+
 def grid_voxels_bound(exp) -> int:
     """Most voxels a grid of this experiment can have (the given axes times the derived bound)."""
-    cfg = exp.reduction["transform"]
-    given = cfg["grid"]
-    if all(a in given for a in "hkl"):
-        return math.prod(int(math.floor((b - a) / s + 1e-6)) + 1 for a, b, s in given.values())
-    return int(cfg["max_voxels"])
+    grid = GridParams.from_config(exp.raw)
+    if all(a in grid.grid for a in "hkl"):
+        return math.prod(grid.axis_points(a) for a in "hkl")
+    return int(grid.max_voxels)
 
 
 class JobSettings:
@@ -67,6 +97,7 @@ class JobSettings:
     def ingest_scan(self, sample: str, temperature_label: str, entry: str) -> str:
         scan = self.exp.scan(sample, temperature_label, entry)
         return settings_json({"scan": scan.settings(), "detector_name": self.detector.name,
+                              "detector_orientation": self.detector.orientation,
                               "goniometer": self.exp.instrument.goniometer.settings()})
 
     def find_peaks(self) -> str:
@@ -85,6 +116,7 @@ class JobSettings:
         positions = sorted({(s.calibration, s.detector_shift) for s in self.exp.scans_of(sample)})
         return settings_json({"grid": self._grid, "sample": self.exp.samples[sample].settings(),
                               "detector": self.detector.name,
+                              "detector_orientation": self.detector.orientation,
                               "detectors": [{"poni": poni_of(c), "shift": list(shift)}
                                             for c, shift in positions]})
 

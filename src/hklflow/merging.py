@@ -48,11 +48,32 @@ def check_inputs(paths) -> tuple:
     return first.grid, first.kind, headers
 
 
+def entries_to_merge(paths, unusable: dict, log=None) -> tuple[list, dict]:
+    """The entry volumes to merge - those whose entry (the last part of the volume's title
+    SAMPLE/TLABEL/ENTRY) is not in `unusable` (entry -> why) - and the entries left out
+    (entry -> why); InputMismatchError when none is left."""
+    keep, left_out = [], {}
+    for p in paths:
+        entry = read_volume_header(p).title.split("/")[-1]
+        if entry in unusable:
+            left_out[entry] = unusable[entry]
+            if log:
+                log.warning("%s left out of the merge: no usable signal in entry %s (%s)", p,
+                            entry, unusable[entry])
+        else:
+            keep.append(p)
+    if not keep:
+        raise InputMismatchError(f"every entry of {paths[0]}'s temperature is without usable "
+                                 "signal: nothing to merge")
+    return keep, left_out
+
+
 def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = None,
-                log=None, move_single: bool = False) -> dict:
+                log=None, move_single: bool = False, left_out: dict | None = None) -> dict:
     """Write the sum of the volume files `paths` to `out` (atomically); returns its notes.
     move_single: a single complete input (a temporary file nobody else reads) is moved to
-    `out` with a new header instead of being rewritten."""
+    `out` with a new header instead of being rewritten.  left_out: entries not summed and
+    why (recorded in the notes)."""
     paths = [str(p) for p in paths]
     grid, kind, headers = check_inputs(paths)
     planes = planes or slab_planes(grid)
@@ -66,6 +87,8 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
                      "signal / summed weight)",
         "inputs": [{"path": p, "title": h.title, "notes": h.notes} for p, h in zip(paths, headers)],
     }
+    if left_out:
+        notes["left_out"] = dict(left_out)
     sums = ("measured_fraction", "weight_sum", "signal_sum")
     if move_single and len(paths) == 1 and all(k in headers[0].notes for k in sums) \
             and has_intensity(paths[0]):

@@ -7,7 +7,8 @@ import logging
 
 import numpy as np
 
-from .errors import InputMismatchError, RefinementError
+from .diagnosis import diagnose_indexing_failure, explain_indexing_failure
+from .errors import IndexingError, InputMismatchError, RawDataError, RefinementError
 from .indexing import index_from_scratch
 from .params import IndexingParams, RefinementParams
 from .refinement import EntryPeaks, Model, RefinementResult, refine
@@ -81,14 +82,22 @@ def index_parent(entries, crystal, refine_params: RefinementParams,
     the two).  The second pass matters on large detectors: the calibration cannot know
     rot3 (a rotation about the beam), and a pattern rotated by a few pixels can make the
     first indexing settle on another setting of the lattice; after the first refinement
-    the detector is right.  Returns (RefinementResult, summary of the passes)."""
+    the detector is right.  When the first indexing fails, the error names the instrument
+    setting with which the peaks would index, if one does (hklflow.diagnosis).  Returns
+    (RefinementResult, summary of the passes)."""
     log = log or logging.getLogger("hklflow.orientation")
     log.info("indexing %d entries from scratch (space group %s, approximate cell %s)",
              len(entries), crystal.hm, crystal.cell.parameters)
     passes, best = [], None
     model_det, offsets, refined = entries[0].setup.calibration, {}, None
     for npass in (1, 2):
-        sol = _index(entries, refined, crystal, index_params, log)
+        try:
+            sol = _index(entries, refined, crystal, index_params, log)
+        except IndexingError as exc:
+            if npass > 1:
+                raise
+            # with the configured setup: name the instrument setting that fits, if one does
+            raise explain_indexing_failure(exc, entries, crystal, index_params, log) from None
         model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U,
                       model_det, offsets)
         result = refine(entries, model, refine_params, log)
@@ -122,5 +131,49 @@ def refine_from_parent(entries, parent, params: RefinementParams, log=None,
     try:
         return refine(entries, model, params, log)
     except RefinementError as exc:
+        # the parent indexed with the same instrument settings: one that fits here points
+        # at this temperature's own rows of the scans table as much as at the config
+        verdict = diagnose_indexing_failure(entries, parent.crystal(), IndexingParams.defaults(),
+                                            log)
+        found = (f" [from scratch with the parent's cell, its peaks: {verdict}; or this "
+                 "temperature's rows of the scans table]" if verdict else "")
         raise RefinementError(f"{label} does not refine from its parent {parent.parent} "
-                              f"({parent.path}): {exc}") from None
+                              f"({parent.path}): {exc}{found}") from None
+
+
+def unusable_entries(peaks, result: RefinementResult, min_peaks: int) -> dict:
+    """Entry -> why it has no usable signal: no counts in any frame (find_peaks' frame
+    statistics of its peaks record), or fewer than min_peaks of its peaks indexed by the
+    refinement (a background-only scan, another crystal).  Merged with full weight, such
+    an entry would dilute the volume of its temperature."""
+    reasons = {}
+    for pk, entry, used in zip(peaks, result.entries, result.used):
+        stats = pk.frame_stats
+        if float(np.sum(stats["n_valid"])) == 0:
+            reasons[entry.name] = ("no valid pixel value in any frame (all NaN, negative or "
+                                   "overloaded)")
+        elif float(np.sum(stats["sum"])) == 0:
+            reasons[entry.name] = "no counts in any frame (shutter closed? beam off?)"
+        elif int(np.count_nonzero(used)) < min_peaks:
+            reasons[entry.name] = (f"{int(np.count_nonzero(used))} of its "
+                                   f"{len(pk.peaks['observed_px_x'])} peaks index, fewer than "
+                                   f"reduction.refinement.min_peaks_per_entry ({min_peaks}): "
+                                   "a background-only scan? another crystal?")
+    return reasons
+
+
+def check_entries_usable(scans, peaks, result: RefinementResult, params: RefinementParams,
+                         log) -> dict:
+    """The entries without usable signal (unusable_entries): with unusable_entries 'fail'
+    a RawDataError naming each one's raw file; with 'leave_out' a warning each, and the
+    map, which the orientation file records for the merge."""
+    reasons = unusable_entries(peaks, result, params.min_peaks_per_entry)
+    named = [f"{rec.frames.files[0]} ({rec.scan_id}): {reasons[rec.entry]}"
+             for rec in scans if rec.entry in reasons]
+    if named and (params.unusable_entries != "leave_out" or len(reasons) == len(scans)):
+        raise RawDataError("no usable signal in " + "; ".join(named) + (
+            "; set reduction.merge.unusable_entries: leave_out to merge the other entries "
+            "without it" if len(reasons) < len(scans) else ""))
+    for text in named:
+        log.warning("left out of the merge: %s", text)
+    return reasons

@@ -249,6 +249,12 @@ class DetectorParams(Params):
     trusted_max: int | None
     mask_file: str | None
     mask_dataset: str
+    # pyFAI's 1..4 (docs/conventions.md); a field so that a change reruns the jobs given it
+    orientation: int = 3
+
+    def __post_init__(self):
+        self.check(self.orientation in (1, 2, 3, 4) and not isinstance(self.orientation, bool),
+                   "orientation", "pyFAI's detector orientation 1, 2, 3 or 4")
 
     def trusted_max_for(self, dtype) -> int:
         """Values at or above this are overloaded: the config's, else the frames' dtype
@@ -347,6 +353,8 @@ class RefinementParams(Params):
     min_peaks_for_detector: int  # detector parameters only with at least this many peaks
     refine_offsets: bool
     min_fraction: float  # fail when fewer of the peaks can be indexed
+    min_peaks_per_entry: int  # an entry with fewer indexed peaks has no usable signal
+    unusable_entries: str = from_config_at("reduction.merge.unusable_entries")  # fail | leave_out
     refine_cell: bool = knob(True)
     refine_orientation: bool = knob(True)
     frame_weight: float = knob(1.0)  # residual weight of one frame relative to one pixel
@@ -354,6 +362,8 @@ class RefinementParams(Params):
     def __post_init__(self):
         self.check(0 < self.hkl_tolerance < 0.5, "hkl_tolerance", "a number in (0, 0.5)")
         self.check(self.cycles >= 1, "cycles", "an integer >= 1")
+        self.check(self.unusable_entries in ("fail", "leave_out"), "unusable_entries",
+                   "'fail' or 'leave_out'")
 
 
 @dataclass(frozen=True)
@@ -393,8 +403,24 @@ class GridParams(Params):
     max_voxels: int
 
     def __post_init__(self):
-        object.__setattr__(self, "grid", {a: tuple(float(x) for x in v)
-                                          for a, v in dict(self.grid).items()})
+        grid = {a: tuple(float(x) for x in v) for a, v in dict(self.grid).items()}
+        object.__setattr__(self, "grid", grid)
+        for axis, (start, stop, step) in grid.items():
+            where = f"{self.where('grid')}.{axis}"
+            if not all(map(math.isfinite, (start, stop, step))) or step <= 0 or stop < start:
+                raise ConfigError(f"{where}: expected [start, stop, step] with start <= stop and "
+                                  f"step > 0 (r.l.u.), got {[start, stop, step]}")
+        voxels = math.prod(self.axis_points(a) for a in grid)
+        if voxels > self.max_voxels:
+            raise ConfigError(f"{self.where('grid')}: {voxels:.3g} voxels, more than "
+                              f"{self.where('max_voxels')} ({self.max_voxels}): expected coarser "
+                              "steps or smaller ranges (a transform job holds ~16 bytes per "
+                              "voxel), or raise max_voxels where the nodes have the memory")
+
+    def axis_points(self, axis: str) -> int:
+        """Voxel centres of a given axis: start, start + step, ... <= stop."""
+        start, stop, step = self.grid[axis]
+        return int(math.floor((stop - start) / step + 1e-6)) + 1
 
     def settings(self) -> dict:
         return {"grid": {a: list(v) for a, v in self.grid.items()}, "max_voxels": self.max_voxels}
@@ -412,6 +438,7 @@ class TransformParams(Params):
     solid_angle: bool
     polarization: bool
     monitor_reference: float | None
+    bad_monitor_frames: str  # fail | leave_out
     chunk_frames: int
     polarization_fraction: float = from_config_at("instrument.polarization_fraction")
 
@@ -420,6 +447,8 @@ class TransformParams(Params):
                                                 and 1 <= self.subdivide <= 64),
                    "subdivide", "'auto' or an integer in [1, 64]")
         self.check(int(self.chunk_frames) >= 1, "chunk_frames", "an integer >= 1")
+        self.check(self.bad_monitor_frames in ("fail", "leave_out"), "bad_monitor_frames",
+                   "'fail' or 'leave_out'")
         self.check(len(self.kinds) >= 1 and set(self.kinds) <= {"transform", "masked_transform"}
                    and len(set(self.kinds)) == len(self.kinds), "kinds",
                    "a list of transform and/or masked_transform")
@@ -459,7 +488,6 @@ class CalibrationParams(Params):
     max_passes: extraction + refinement passes before giving up on convergence.
     tolerance_px: converged when a pass moves the predicted rings by less than this.
     outlier_sigma: drop points further than this many robust sigmas from their ring.
-    max_rms_px: reject a calibration whose RMS control-point residual exceeds this.
     min_points, min_rings: fewer control points / rings than this is a failure.
     hot_pixel_factor: a pixel brighter than factor x (max of its 8 neighbours) + 100 is hot.
     seed: seed of numpy's global generator during pyFAI's point picking (reproducible).
@@ -470,6 +498,14 @@ class CalibrationParams(Params):
     NAME: ClassVar[str] = "calibration"
     REFINABLE: ClassVar[tuple] = ("dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength")
     POWDER_BLIND: ClassVar[tuple] = ("rot3",)  # a rotation about the beam leaves 2theta unchanged
+    # The RMS radial residual (px) of control points known only to the pixel they lie in: a
+    # point uniform over a unit pixel has variance 1/12 along any direction.  Worse than
+    # that, the rings do not fit one geometry (schema: calibrations.NAME.max_rms_px).
+    DEFAULT_MAX_RMS_PX: ClassVar[float] = 1.0 / math.sqrt(12.0)
+    # what poni_mismatch may say per fact (the orientation is how the frames are laid out:
+    # the same for every scan, so only the config's can win)
+    PONI_MISMATCH: ClassVar[dict] = {"wavelength": ("use_poni", "use_config"),
+                                     "orientation": ("use_config",)}
 
     name: str
     calibrant: str
@@ -483,12 +519,15 @@ class CalibrationParams(Params):
     detector: str = from_config_at("instrument.detector.name")
     wavelength: float = from_config_at("instrument.wavelength")  # Angstrom
     polarization_fraction: float = from_config_at("instrument.polarization_fraction")
+    orientation: int = from_config_at("instrument.detector.orientation", default=3)
+    # which wins where an imported PONI disagrees with the config: {fact: use_poni|use_config}
+    poni_mismatch: dict = field(default_factory=dict)
+    max_rms_px: float | None = None  # None: DEFAULT_MAX_RMS_PX
     first_rings: int = knob(3)
     pts_per_deg: float = knob(1.0)
     max_passes: int = knob(12)
     tolerance_px: float = knob(0.05)
     outlier_sigma: float = knob(5.0)
-    max_rms_px: float = knob(1.0)
     min_points: int = knob(30)
     min_rings: int = knob(2)
     hot_pixel_factor: float = knob(5.0)
@@ -535,6 +574,18 @@ class CalibrationParams(Params):
         self.check(not bad, "refine", f"a list of {list(self.REFINABLE)}")
         self.check(self.max_rings is None or self.max_rings >= 1, "max_rings", "an integer >= 1")
         self.check(self.frame >= 0, "frame", "an integer >= 0")
+        self.check(self.orientation in (1, 2, 3, 4) and not isinstance(self.orientation, bool),
+                   "orientation", "pyFAI's detector orientation 1, 2, 3 or 4")
+        self.check(self.max_rms_px is None or (_finite(self.max_rms_px) and self.max_rms_px > 0),
+                   "max_rms_px", "an RMS residual > 0 (pixels), or null for the default")
+        self.check(isinstance(self.poni_mismatch, dict) and all(
+            v in self.PONI_MISMATCH.get(k, ()) for k, v in self.poni_mismatch.items()),
+            "poni_mismatch", f"a mapping of {self.PONI_MISMATCH}")
+
+    @property
+    def rms_bound_px(self) -> float:
+        """Largest accepted RMS radial residual of the control points (pixels)."""
+        return self.DEFAULT_MAX_RMS_PX if self.max_rms_px is None else float(self.max_rms_px)
 
     @property
     def free(self) -> tuple:
@@ -544,3 +595,8 @@ class CalibrationParams(Params):
     def as_dict(self) -> dict:
         """Every field (knobs included), JSON-able: recorded in calibration.nxs."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+# the parameters built from the config as a whole (CalibrationParams: one per calibration)
+STEP_PARAMS = (DetectorParams, PeakSearchParams, IndexingParams, RefinementParams, MaskParams,
+               GridParams, TransformParams, SliceParams, SeriesParams)

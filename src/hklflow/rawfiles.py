@@ -40,6 +40,29 @@ def matching_files(data: str, base_dir=".") -> list[str]:
     return [pattern] if os.path.isfile(pattern) else []
 
 
+class RawFileOwners:
+    """Which scan entry each raw file (HDF5: file and dataset) belongs to, so that one file
+    given to two entries is refused when the plan is made (it would be reduced twice and
+    merged with double weight).  HDF5 files are compared by their real path (few, and often
+    reached through links); frame files by their normalised absolute path (millions of
+    them: no link resolution)."""
+
+    def __init__(self):
+        self._owner: dict = {}
+
+    def claim(self, scan_id: str, files, dataset: str = "") -> None:
+        """Record `files` as scan_id's; ValueError naming both entries when one already
+        belongs to another."""
+        for f in files:
+            key = ((os.path.realpath(f), dataset) if is_hdf5_path(f)
+                   else (os.path.abspath(f), ""))
+            owner = self._owner.setdefault(key, scan_id)
+            if owner != scan_id:
+                what = f"{f} (dataset {dataset})" if is_hdf5_path(f) else f
+                raise ValueError(f"{what} is also the data of {owner}: every raw file belongs "
+                                 "to one scan entry")
+
+
 def fingerprint(path) -> dict:
     """{size, mtime_ns, sampled_sha256} of a file (module docstring)."""
     st = os.stat(path)

@@ -265,7 +265,7 @@ def source_rows(maps, spans, l0: int, l1: int) -> np.ndarray:
     """Per operator, the grid plane that row 0 of the stacked spans stands for (so that
     grid plane L is row L - src_row): the span holding that operator's images."""
     A, c = maps
-    starts, rows, row = [], [], 0
+    starts, row = [], 0
     for a, b in spans:
         starts.append((a, b, row))
         row += b - a

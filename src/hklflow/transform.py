@@ -727,27 +727,44 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             if mask is not None:
                 bragg[:b - a] = 0
                 mask.paint(a, b, bragg[:b - a])
-            transformer.add(frames, M, scale[a - first:b - first],
-                            bragg[:b - a] if mask is not None else None)
+            s = scale[a - first:b - first]
+            if np.isnan(s).any():  # frames left out (their monitor is bad)
+                keep = ~np.isnan(s)
+                if keep.any():
+                    transformer.add(frames[keep], M[keep], s[keep],
+                                    bragg[:b - a][keep] if mask is not None else None)
+            else:
+                transformer.add(frames, M, s, bragg[:b - a] if mask is not None else None)
             t_kernel += time.perf_counter() - t
             if progress is not None:
                 progress(b - first)
     return t_kernel
 
 
-def frame_scale(monitor, reference, first: int, stop: int) -> tuple[np.ndarray, float | None]:
+def frame_scale(monitor, reference, first: int, stop: int, bad_frames: str = "fail",
+                file_of=None) -> tuple[np.ndarray, float | None]:
     """Per-frame multipliers monitor_reference / monitor (1 without a monitor); the
-    reference defaults to the scan's median monitor."""
+    reference defaults to the scan's median good monitor.  Frames whose monitor is <= 0 or
+    not finite stop the job (bad_frames 'fail': RawDataError naming the file, by
+    file_of(frame)) or get NaN, which transform_frames leaves out ('leave_out')."""
     if monitor is None:
         return np.ones(stop - first), None
     monitor = np.asarray(monitor, dtype=np.float64)
-    ref = float(reference) if reference else float(np.median(monitor))
+    good = np.isfinite(monitor) & (monitor > 0)
+    if not good.any():
+        raise RawDataError(f"{file_of(0) if file_of else 'the scan'}: the monitor is <= 0 or "
+                           "not finite on every frame")
+    ref = float(reference) if reference else float(np.median(monitor[good]))
     part = monitor[first:stop]
-    bad = ~(part > 0) | ~np.isfinite(part)
-    if bad.any():
-        raise RawDataError(f"monitor is <= 0 or not finite at frames "
-                           f"{(np.flatnonzero(bad) + first)[:10].tolist()}")
-    return ref / part, ref
+    bad = np.flatnonzero(~good[first:stop]) + first
+    if bad.size and bad_frames != "leave_out":
+        where = file_of(int(bad[0])) if file_of else "the scan"
+        raise RawDataError(f"{where}: the monitor is <= 0 or not finite at {bad.size} frame(s) "
+                           f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''} (a beam dump? "
+                           "a monitor glitch?): set reduction.transform.bad_monitor_frames: "
+                           "leave_out to reduce the scan without them")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(good[first:stop], ref / part, np.nan), ref
 
 
 def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: int,
@@ -773,7 +790,12 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
              len(table), int(np.prod(scan.detector.shape)), grid.describe())
     log.info("rotation sub-steps per frame: %d (%s; a pixel moves up to %.2f voxels per frame)",
              nsub, "auto" if params.subdivide == "auto" else "config", move)
-    scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop)
+    scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop,
+                                     params.bad_monitor_frames, lambda i: stack.locate(i)[0])
+    left_out = (np.flatnonzero(np.isnan(scale)) + first).tolist()
+    if left_out:
+        log.warning("%d frame(s) left out, their monitor is <= 0 or not finite: %s",
+                    len(left_out), left_out[:20])
     hkl_radius = mask.hkl_radius if "masked_transform" in kinds else 0.0
     tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
                      hkl_radius=hkl_radius, threads=threads)
@@ -793,7 +815,7 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                        "usable_pixels": len(table), "pixel_frames_usable": int(pixel_frames),
                        "solid_angle": params.solid_angle, "polarization": params.polarization,
                        "polarization_fraction": params.polarization_fraction,
-                       "monitor_reference": monitor_ref,
+                       "monitor_reference": monitor_ref, "frames_left_out": left_out,
                        "hkl_radius": hkl_radius if kind == "masked_transform" else 0.0,
                        "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel}
     log.info("%d frames in %.1f s (kernel %.1f s on %d thread(s): %.1f Mpixel/s for %d "

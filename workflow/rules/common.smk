@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 import hklflow
 from hklflow.config import ConfigError, load_experiment, read_config_files
 from hklflow.jobs import JobSettings, transform_frame_ranges
-from hklflow.rawfiles import matching_files
+from hklflow.rawfiles import RawFileOwners, is_hdf5_path, matching_files
 
 # the Snakefile's configfile first, then --configfile ones in order (later ones win), as
 # Snakemake merges them; workflow.configfiles lists the command-line ones first
@@ -91,14 +91,26 @@ def calibration_sources(w):
     return [p for p in (spec.poni, spec.image) if p]
 
 
+_RAW_FILE_OWNERS = RawFileOwners()
+
+
 def raw_files(w):
-    """Every raw file of a scan entry (each HDF5 file, each frame file of a pattern)."""
+    """Every raw file of a scan entry (each HDF5 file, each frame file of a pattern); each
+    may belong to one entry only."""
     scan = scan_of(w)
     files = matching_files(scan.data)
+    where = f"{EXP.scans_table}: row {scan.row} ({scan.id}): field 'data'"
     if not files:
-        raise WorkflowError(f"{EXP.scans_table}: row {scan.row} ({scan.id}): field 'data': "
-                            f"no file matches {scan.data!r} (relative to the experiment "
+        raise WorkflowError(f"{where}: no file matches {scan.data!r} (relative to the experiment "
                             f"directory {os.getcwd()})")
+    hdf5 = is_hdf5_path(files[0])
+    if not hdf5 and len(files) < scan.nframes:
+        raise WorkflowError(f"{where}: {scan.data!r} matches {len(files)} frame files, the row's "
+                            f"nframes says {scan.nframes}")
+    try:
+        _RAW_FILE_OWNERS.claim(scan.id, files, scan.dataset if hdf5 else "")
+    except ValueError as exc:
+        raise WorkflowError(f"{where}: {exc}") from None
     return files
 
 

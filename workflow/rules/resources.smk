@@ -25,7 +25,7 @@
 import math
 
 from hklflow.geometry import detector_shape
-from hklflow.jobs import grid_voxels_bound, scan_pixels, transform_frame_ranges
+from hklflow.jobs import grid_voxels_bound, scan_pixels, transform_jobs
 
 BASE_MB = 600
 TRANSFORM_VOXEL_BYTES = 9
@@ -48,7 +48,7 @@ _TRANSFORM_KINDS = len(_TRANSFORM["kinds"])
 
 # per-scan figures, looked up by wildcards (dicts: a DAG of thousands of jobs asks often)
 _SCANS = {(s.sample, s.temperature_label, s.entry): s for s in EXP.scans}
-_CHUNKS = {k: len(transform_frame_ranges(EXP, s)) for k, s in _SCANS.items()}
+_CHUNKS = {k: transform_jobs(EXP, s) for k, s in _SCANS.items()}
 _ENTRIES = {}
 _TEMPERATURES = {}
 for (_sample, _tlabel, _entry) in _SCANS:

@@ -119,9 +119,11 @@ rule sum_chunks:
 
 rule merge_entries:
     """The volume of a sample at one temperature: signal and weight of its entries summed,
-    then divided, so the gaps of one entry are filled by the others."""
+    then divided, so the gaps of one entry are filled by the others (entries without usable
+    signal left out when the orientation step says so)."""
     input:
-        lambda w: entries_files(w, f"{w.kind}.nxs"),
+        volumes=lambda w: entries_files(w, f"{w.kind}.nxs"),
+        orientation="results/{sample}/{temperature}/orientation.nxs",
     output:
         volume="results/{sample}/{temperature}/{kind}.nxs",
         png=report("results/{sample}/{temperature}/{kind}.png", category="Merged volumes",
@@ -141,7 +143,8 @@ rule merge_entries:
         CONDA_ENV
     shell:
         "hklflow merge_entries --settings {params.settings:q} --title {params.title:q}"
-        " --inputs {input:q} --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
+        " --inputs {input.volumes:q} --orientation {input.orientation:q}"
+        " --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
 
 
 rule symmetrize:

@@ -216,7 +216,8 @@ PONI_FIELDS = ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")
 def detector_group(geometry):
     """NXdetector of a geometry.DetectorGeometry: description (pyFAI name), distance and
     pixel sizes (mm), beam_center_y/x (where the direct beam hits, continuous pixels),
-    dist/poni1/poni2 (m), rot1..3 (rad), shape."""
+    dist/poni1/poni2 (m), rot1..3 (rad), shape, orientation (pyFAI's 1..4, as pyFAI's own
+    NeXus detector group writes it)."""
     import nexusformat.nexus as nx
 
     p1, p2 = geometry.pixel_size
@@ -232,14 +233,27 @@ def detector_group(geometry):
     for k in PONI_FIELDS:
         det[k] = nx.NXfield(float(getattr(geometry, k)), units="rad" if k.startswith("rot") else "m")
     det["shape"] = nx.NXfield(np.asarray(geometry.shape, dtype=np.int64))
+    det["orientation"] = nx.NXfield(np.int32(geometry.orientation), attrs={
+        "value": ORIENTATION_NAMES[geometry.orientation],
+        "doc": "pyFAI detector orientation 1..4: where pixel (0, 0) lies (hklflow "
+               "docs/conventions.md)"})
     return det
 
 
+# pyFAI's names of its detector orientations (pyFAI.detectors.orientation.Orientation)
+ORIENTATION_NAMES = {1: "TopLeft", 2: "TopRight", 3: "BottomRight", 4: "BottomLeft"}
+
+
 def read_detector_group(det: h5py.Group, wavelength: float, path):
-    """The DetectorGeometry of a group written by detector_group (and a wavelength)."""
-    return DetectorGeometry(text(get(det, "description", path)),
-                            *(float(get(det, k, path)) for k in PONI_FIELDS),
-                            wavelength=float(wavelength))
+    """The DetectorGeometry of a group written by detector_group (and a wavelength); a group
+    without an orientation (written before hklflow recorded it) has pyFAI's default 3."""
+    orientation = int(det["orientation"][()]) if "orientation" in det else 3
+    try:
+        return DetectorGeometry(text(get(det, "description", path)),
+                                *(float(get(det, k, path)) for k in PONI_FIELDS),
+                                wavelength=float(wavelength), orientation=orientation)
+    except ValueError as exc:  # an orientation pyFAI does not know
+        raise FileFormatError(f"{path}: {det.name}: {exc}") from None
 
 
 def read_collection(grp: h5py.Group) -> dict:

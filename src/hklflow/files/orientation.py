@@ -11,7 +11,8 @@ refine_temperature): ``results/SAMPLE/TLABEL/parent_orientation.nxs`` and ``orie
      instrument/goniometer      offset_corrections: NXcollection entry -> axis -> deg
      refinement                 NXcollection: rms_px, rms_frames, rms_hkl, fraction_indexed,
                                 n_used, seconds, parameters (JSON: value and esd), parent,
-                                indexing (JSON, parents only), notes
+                                indexing (JSON, parents only), notes, unusable_entries
+                                (JSON entry -> why; entries the merge leaves out)
      peaks                      NXreflections-style: entry_name, observed x/y/frame, hkl, used,
                                 residual_x/y/frame (NaN if unused)
      process                    NXprocess: provenance
@@ -22,7 +23,7 @@ An :class:`OrientationRecord` has what geometry.EntrySetup.geometry needs of an 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class OrientationRecord:
     offset_corrections: dict  # entry -> {axis: deg}
     statistics: dict
     parent: str  # SAMPLE/TLABEL of the parent it was refined from
+    unusable_entries: dict = field(default_factory=dict)  # entry -> why: left out of the merge
 
     def crystal(self) -> Crystal:
         return Crystal(self.space_group, UnitCell(*self.cell))
@@ -83,7 +85,8 @@ def _peaks_group(result):
 
 
 def write_orientation_file(path, *, sample: str, temperature_label: str, parent: str, result,
-                           indexing: dict | None, provenance: dict) -> Path:
+                           indexing: dict | None, provenance: dict,
+                           unusable_entries: dict | None = None) -> Path:
     """Write a refinement.RefinementResult (layout in the module docstring), atomically."""
     import nexusformat.nexus as nx
 
@@ -123,6 +126,9 @@ def write_orientation_file(path, *, sample: str, temperature_label: str, parent:
         ref["indexing"] = nx.NXnote(type="application/json", data=json.dumps(indexing, default=float))
     if result.notes:
         ref["notes"] = nx.NXfield("\n".join(result.notes))
+    if unusable_entries:
+        ref["unusable_entries"] = nx.NXnote(type="application/json",
+                                            data=json.dumps(unusable_entries, sort_keys=True))
     ent["refinement"] = ref
     ent["peaks"] = _peaks_group(result)
     ent["process"] = provenance_group(provenance)
@@ -153,5 +159,7 @@ def read_orientation_file(path) -> OrientationRecord:
             text(get(smp, "space_group", path)),
             tuple(float(get(smp, f"unitcell_{n}", path)) for n in CELL_NAMES),
             tuple(get(smp, "unitcell_errors", path).tolist()), get(smp, "orientation_matrix", path),
-            get(smp, "ub_matrix", path), detector, oc, stats, text(get(ref, "parent", path)))
+            get(smp, "ub_matrix", path), detector, oc, stats, text(get(ref, "parent", path)),
+            json.loads(text(get(ref, "unusable_entries/data", path)))
+            if "unusable_entries" in ref else {})
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from .. import steplog
@@ -18,6 +19,9 @@ def parser() -> argparse.ArgumentParser:
                    help="which simulation (default: demo, the README's demo experiment)")
     p.add_argument("--format", dest="frame_format", default="hdf5", choices=["hdf5", "cbf"],
                    help="raw frames as compressed HDF5 stacks (default) or Pilatus miniCBF files")
+    p.add_argument("--detector-orientation", type=int, choices=[1, 2, 3, 4], default=None,
+                   help="lay the frames out with this pyFAI detector orientation (default: the "
+                        "preset's, 3); written to instrument.detector.orientation")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing experiment in OUTDIR (raw data are replaced)")
     return p
@@ -31,7 +35,10 @@ def main(argv=None) -> int:
                   "overwrite it", args.outdir)
         return 1
     try:
-        simulate_experiment(preset(args.preset), args.outdir, args.frame_format, overwrite=args.force)
+        spec = preset(args.preset)
+        if args.detector_orientation is not None:
+            spec = replace(spec, detector_orientation=args.detector_orientation)
+        simulate_experiment(spec, args.outdir, args.frame_format, overwrite=args.force)
     except FileExistsError as exc:
         log.error("%s", exc)
         return 1

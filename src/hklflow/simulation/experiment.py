@@ -96,6 +96,8 @@ class SimulationSpec:
     phi_start: float
     phi_step: float
     calibrant: str = "CeO2"
+    # pyFAI's detector orientation of the frames (instrument.detector.orientation)
+    detector_orientation: int = 3
     spot_sigma_px: float = 0.8
     mosaicity_deg: float = 0.08
     intensity_decades: float = 5.0
@@ -118,7 +120,8 @@ class SimulationSpec:
     transform_max_voxels: int | None = None
 
     def calibration(self) -> DetectorGeometry:
-        return DetectorGeometry(self.detector, *self.calibration_geometry, wavelength=self.wavelength)
+        return DetectorGeometry(self.detector, *self.calibration_geometry, wavelength=self.wavelength,
+                                orientation=self.detector_orientation)
 
     def goniometer(self) -> Goniometer:
         return Goniometer(tuple(self.scan_axis), self.scan_sense, tuple(self.offset_axes.items()))
@@ -392,8 +395,10 @@ class CbfFramesWriter:
         g, s = self.geom, self.spec
         p1, p2 = g.pixel_size
         ny, _ = g.shape
-        # dxtbx puts pixel (0, 0) at the top left seen from the sample (slow axis -Y); our row
-        # 0 is at the bottom (pyFAI orientation 3), hence slow = ny - row for the beam centre.
+        # dxtbx puts pixel (0, 0) at the top left seen from the sample (slow axis -Y), and
+        # poni1 is measured from the bottom edge whatever the orientation, hence slow =
+        # ny - poni1/p1 (frames of orientation 2 are laid out as dxtbx reads them; those of
+        # orientation 3 look mirrored to it: docs/conventions.md).
         beam_fast, beam_slow = g.poni2 / p2, ny - g.poni1 / p1
         return "\n".join([
             f"# Detector: PILATUS simulated by hklflow ({g.detector})",
@@ -434,11 +439,13 @@ def experiment_config(spec: SimulationSpec) -> dict:
                            "cell": [round(v, 3) for v in approx.parameters],
                            "parent": {"temperature": float(s.temperatures[0])}}
     d, p1, p2 = spec.rough_start
+    detector = spec.detector if spec.detector_orientation == 3 else {
+        "name": spec.detector, "orientation": spec.detector_orientation}
     return {
         "experiment": spec.name,
         "scans_table": "config/scans.tsv",
         "instrument": {
-            "detector": spec.detector,
+            "detector": detector,
             "wavelength": spec.wavelength,
             "polarization_fraction": spec.polarization_fraction,
             "goniometer": {"scan_axis": list(spec.scan_axis), "scan_sense": spec.scan_sense,
@@ -554,7 +561,8 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
                            "amplitude_at_lowest": spec.satellite_amplitude,
                            "sigma_hk_rlu": spec.satellite_sigma_hk, "sigma_l_rlu": spec.satellite_sigma_l,
                            "present_below_K": {s.name: s.transition_temperature for s in spec.samples}},
-            "thermal_diffuse": {"form": "A * I_bragg(nearest node) * |Q|^2 / (|dQ|^2 + kappa^2) * exp(-|dh|^2 / (2 reach^2)), A proportional to T",
+            "thermal_diffuse": {"form": "A * I_bragg(nearest node) * |Q|^2 / (|dQ|^2 + kappa^2)"
+                                        " * exp(-|dh|^2 / (2 reach^2)), A proportional to T",
                                 "amplitude": spec.tds_amplitude, "kappa_inv_A": spec.tds_kappa,
                                 "reach_rlu": spec.tds_reach},
             "background": {"level": spec.background, "air_scatter": spec.air_scatter},

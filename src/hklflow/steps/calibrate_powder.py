@@ -83,7 +83,7 @@ def run(args, log) -> None:
         log.info("new calibration version %s", version)
     write_version_file(args.version, params.name, version, args.poni)
     archive.set_current(version)
-    g = DetectorGeometry.from_poni_file(args.poni, params.detector)
+    g = DetectorGeometry.from_poni_file(args.poni, params.detector, params.orientation)
     log.info("%s: version %s (%s)", params.name, version, cal.describe(g))
 
 

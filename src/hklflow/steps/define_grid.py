@@ -27,7 +27,8 @@ def run(args, log) -> None:
     s = args.settings
     params = settings_part(s, GridParams)
     cell = UnitCell.from_list(s["sample"]["cell"])
-    detectors = [DetectorGeometry.from_poni_file(d["poni"], s["detector"]).shifted(*d["shift"])
+    detectors = [DetectorGeometry.from_poni_file(d["poni"], s["detector"],
+                                                 s["detector_orientation"]).shifted(*d["shift"])
                  for d in s["detectors"]]
     q_max, q_pixel = q_range(detectors)
     grid, how = default_grid(cell, q_max, q_pixel, params.max_voxels, params.grid)

@@ -7,7 +7,7 @@ from ..crystal import Crystal, UnitCell
 from ..files.orientation import write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
-from ..orientation import index_parent, temperature_entries
+from ..orientation import check_entries_usable, index_parent, temperature_entries
 from ..params import IndexingParams, RefinementParams, settings_part
 from ..pictures import plot_residuals
 from ..provenance import provenance
@@ -25,13 +25,16 @@ def run(args, log) -> None:
     sample = args.settings["sample"]
     crystal = Crystal(sample["space_group"], UnitCell.from_list(sample["cell"]))
     scans = [read_scan_file(f) for f in args.scans]
-    entries = temperature_entries(scans, [read_peaks_file(f) for f in args.peaks])
+    peaks = [read_peaks_file(f) for f in args.peaks]
+    entries = temperature_entries(scans, peaks)
     label = f"{scans[0].sample}/{scans[0].temperature_label}"
-    result, summary = index_parent(entries, crystal, settings_part(args.settings, RefinementParams),
+    refinement = settings_part(args.settings, RefinementParams)
+    result, summary = index_parent(entries, crystal, refinement,
                                    settings_part(args.settings, IndexingParams), log)
+    unusable = check_entries_usable(scans, peaks, result, refinement, log)
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=label,
-                           result=result, indexing=summary,
+                           result=result, indexing=summary, unusable_entries=unusable,
                            provenance=provenance("hklflow index_parent", args.settings,
                                                  inputs=[*args.scans, *args.peaks]))
     plot_residuals(result, f"{label} (parent, indexed from scratch)", args.png)

@@ -44,7 +44,8 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     row = ScanRow.from_settings(args.settings.get("scan"))
     goniometer = Goniometer.from_settings(args.settings["goniometer"])
-    calibration = DetectorGeometry.from_poni_file(args.poni, args.settings["detector_name"])
+    calibration = DetectorGeometry.from_poni_file(args.poni, args.settings["detector_name"],
+                                                  args.settings["detector_orientation"])
     log.info("scan %s: %s, %d frames, phi %g + %g/frame, detector shift %s m", row.id,
              row.data, row.nframes, row.angles.start, row.angles.step, row.detector_shift)
     raw = inspect_raw_scan(row.data, row.dataset, row.nframes, calibration.shape,

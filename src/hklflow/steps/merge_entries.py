@@ -1,9 +1,12 @@
 """Step merge_entries: the volume of a sample at one temperature - signal and weight of the
 volumes of its entries summed voxel by voxel (hklflow.merging.sum_volumes), so the gaps of
-one entry are filled by the others - with slice pictures."""
+one entry are filled by the others - with slice pictures.  Entries that the orientation
+step found without usable signal (reduction.merge.unusable_entries: leave_out) are left out,
+and the log, the volume's notes and the picture say so."""
 from __future__ import annotations
 
-from ..merging import sum_volumes
+from ..files.orientation import read_orientation_file
+from ..merging import entries_to_merge, sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
 from ..provenance import provenance
@@ -15,16 +18,24 @@ def parser() -> StepParser:
     p.add_settings()
     p.add_argument("--title", required=True, help="title of the sum, e.g. SAMPLE/300K/f1")
     p.add_input("--inputs", "volumes to add", nargs="+")
+    p.add_input("--orientation", "orientation.nxs of the temperature: its unusable entries are "
+                                 "left out", required=False)
     p.add_output("--out", "volume file to write")
     p.add_output("--png", "slice picture to write")
     return p
 
 
 def run(args, log) -> None:
-    prov = provenance("hklflow merge_entries", args.settings, inputs=args.inputs)
-    sum_volumes(args.inputs, args.out, args.title, prov, log=log)
+    unusable = read_orientation_file(args.orientation).unusable_entries if args.orientation else {}
+    inputs, left_out = entries_to_merge(args.inputs, unusable, log)
+    prov = provenance("hklflow merge_entries", args.settings,
+                      inputs=args.inputs + ([args.orientation] if args.orientation else []))
+    sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out)
+    what = f"{len(inputs)} volumes summed"
+    if left_out:
+        what += "; left out: " + ", ".join(f"{e} ({why.split(' (')[0]})" for e, why in left_out.items())
     plot_slices(args.out, settings_part(args.settings, SliceParams).slices, args.png,
-                f"{args.title} ({len(args.inputs)} volumes summed)", log=log)
+                f"{args.title} ({what})", log=log)
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ from ..errors import InputMismatchError
 from ..files.orientation import read_orientation_file, write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
-from ..orientation import refine_from_parent, temperature_entries
+from ..orientation import check_entries_usable, refine_from_parent, temperature_entries
 from ..params import RefinementParams, settings_part
 from ..pictures import plot_residuals
 from ..provenance import provenance
@@ -27,18 +27,20 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     parent = read_orientation_file(args.parent)
     scans = [read_scan_file(f) for f in args.scans]
-    entries = temperature_entries(scans, [read_peaks_file(f) for f in args.peaks])
+    peaks = [read_peaks_file(f) for f in args.peaks]
+    entries = temperature_entries(scans, peaks)
     label = f"{scans[0].sample}/{scans[0].temperature_label}"
     if parent.sample != scans[0].sample:
         raise InputMismatchError(f"{args.parent} is the orientation of sample {parent.sample!r}, "
                                  f"not of {scans[0].sample!r} ({args.scans[0]})")
     log.info("%s: %d peaks in %d entries, starting from the parent %s", label,
              sum(len(e.x) for e in entries), len(entries), parent.parent)
-    result = refine_from_parent(entries, parent, settings_part(args.settings, RefinementParams),
-                                log, label)
+    params = settings_part(args.settings, RefinementParams)
+    result = refine_from_parent(entries, parent, params, log, label)
+    unusable = check_entries_usable(scans, peaks, result, params, log)
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=parent.parent,
-                           result=result, indexing=None,
+                           result=result, indexing=None, unusable_entries=unusable,
                            provenance=provenance("hklflow refine_temperature", args.settings,
                                                  inputs=[args.parent, *args.scans, *args.peaks]))
     plot_residuals(result, f"{label} (refined from {parent.parent})", args.png)

@@ -1,0 +1,304 @@
+"""Bad input never becomes a wrong volume (issue 13): what a careless or unlucky user can
+write in the config and scans table is refused when the Snakefile is parsed - before any
+job, naming the file, the row and the field and what was expected - and every case here
+is a row of the table in docs/bad-inputs.md, which says what the user sees
+(test_every_case_is_in_the_docs_table keeps the two together).
+
+The failures that only the data can show (an entry without signal, a bad monitor, a wrong
+wavelength, a failed indexing) are tested with the steps that find them; their rows of the
+docs table name those tests."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hklflow.config import ConfigError, load_experiment
+from hklflow.rawfiles import RawFileOwners
+from hklflow.simulation.experiment import config_texts, preset
+
+from conftest import REPO, run_snakemake
+
+DOCS_TABLE = REPO / "docs" / "bad-inputs.md"
+
+
+@pytest.fixture
+def experiment_dir(tmp_path):
+    for name, text in config_texts(preset("tiny"), "hdf5").items():
+        (tmp_path / "config").mkdir(exist_ok=True)
+        (tmp_path / "config" / name).write_text(text)
+    return tmp_path
+
+
+def edit_config(d: Path, change) -> None:
+    p = d / "config" / "config.yaml"
+    cfg = yaml.safe_load(p.read_text())
+    change(cfg)
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def edit_cell(d: Path, row: int, column: str, value: str) -> None:
+    p = d / "config" / "scans.tsv"
+    lines = p.read_text().splitlines()
+    header = lines[0].split("\t")
+    cells = lines[row].split("\t")
+    cells[header.index(column)] = value
+    lines[row] = "\t".join(cells)
+    p.write_text("\n".join(lines) + "\n")
+
+
+def rename_sample(d: Path, name) -> None:
+    edit_config(d, lambda c: c["samples"].__setitem__(name, c["samples"].pop("tiny")))
+    p = d / "config" / "scans.tsv"
+    p.write_text(re.sub(r"(?m)^tiny\t", f"{name}\t", p.read_text()))
+
+
+def rename_calibration(d: Path, name) -> None:
+    edit_config(d, lambda c: c["calibrations"].__setitem__(name, c["calibrations"].pop("ceo2")))
+
+
+def set_reduction(section: str, key: str, value):
+    return lambda c: c.setdefault("reduction", {}).setdefault(section, {}).__setitem__(key, value)
+
+
+# id -> (change, words the message must hold: file, row, field, what was expected)
+CONFIG_CASES = {
+    # non-finite numbers (a missing value that pandas wrote as nan)
+    "table-nan": (lambda d: edit_cell(d, 1, "phi_start", "nan"),
+                  ["scans.tsv: row 1", "field 'phi_start'", "nan is not a finite number"]),
+    "table-inf": (lambda d: edit_cell(d, 2, "det_ddist", "inf"),
+                  ["scans.tsv: row 2", "field 'det_ddist'", "inf is not a finite number"]),
+    "table-nan-integer": (lambda d: edit_cell(d, 2, "nframes", "nan"),
+                          ["scans.tsv: row 2", "field 'nframes'", "not of type 'integer'"]),
+    "config-nan": (lambda d: edit_config(d, lambda c: c["instrument"].__setitem__("wavelength", float("nan"))),
+                   ["config.yaml", "field 'instrument.wavelength'", "nan is not a finite number"]),
+    # temperatures name folders
+    "temperature-tiny": (lambda d: edit_cell(d, 3, "temperature", "1e-5"),
+                         ["scans.tsv: row 3", "field 'temperature'", "less than the minimum of 0.001"]),
+    "temperature-huge": (lambda d: edit_cell(d, 3, "temperature", "1234567"),
+                         ["scans.tsv: row 3", "field 'temperature'", "greater than the maximum of 10000"]),
+    "temperature-digits": (lambda d: edit_cell(d, 3, "temperature", "100.0000001"),
+                           ["scans.tsv: row 3", "field 'temperature'", "folder name 100K", "6 significant digits"]),
+    # sizes that would exhaust the machine
+    "nframes-typo": (lambda d: edit_cell(d, 1, "nframes", "1e12"),
+                     ["scans.tsv: row 1", "field 'nframes'", "at most 10 turns"]),
+    "transform-jobs": (lambda d: (edit_config(d, set_reduction("transform", "frames_per_job", 1)),
+                                  edit_cell(d, 1, "phi_step", "0.05"), edit_cell(d, 1, "nframes", "3600")),
+                       ["scans.tsv: row 1", "field 'nframes'", "3600 transform jobs",
+                        "at most 1000 per entry", "reduction.transform.frames_per_job"]),
+    "grid-huge": (lambda d: edit_config(d, set_reduction("transform", "grid", {
+        "h": [-1000, 1000, 0.001], "k": [-5, 5, 0.1], "l": [-5, 5, 0.1]})),
+                  ["config.yaml", "field 'reduction.transform.grid'", "2.04e+10 voxels, more than "
+                   "reduction.transform.max_voxels (1771561)"]),
+    "grid-step-zero": (lambda d: edit_config(d, set_reduction("transform", "grid", {"h": [-5, 5, 0]})),
+                       ["config.yaml", "field 'reduction.transform.grid.h'", "step > 0"]),
+    "grid-reversed": (lambda d: edit_config(d, set_reduction("transform", "grid", {"l": [5, -5, 0.1]})),
+                      ["config.yaml", "field 'reduction.transform.grid.l'", "start <= stop"]),
+    # names become folders and command-line arguments
+    "sample-dotdot": (lambda d: rename_sample(d, ".."),
+                      ["config.yaml", "field 'samples'", "the name '..' is not valid",
+                       "starting with a letter or digit"]),
+    "sample-dot": (lambda d: rename_sample(d, "."), ["field 'samples'", "the name '.' is not valid"]),
+    "sample-calibration": (lambda d: rename_sample(d, "calibration"),
+                           ["field 'samples'", "the name 'calibration' is reserved"]),
+    "sample-option": (lambda d: rename_sample(d, "-h"), ["field 'samples'", "the name '-h' is not valid"]),
+    "sample-long": (lambda d: rename_sample(d, "x" * 260),
+                    ["field 'samples'", "(260 characters) is not valid", "at most 64 characters"]),
+    "entry-dotdot": (lambda d: edit_cell(d, 1, "entry", ".."),
+                     ["scans.tsv: row 1", "field 'entry'", "value '..' is not valid"]),
+    "calibration-space": (lambda d: rename_calibration(d, "ce o2"),
+                          ["config.yaml", "field 'calibrations'", "the name 'ce o2' is not valid"]),
+    "calibration-slash": (lambda d: rename_calibration(d, "ce/o2"),
+                          ["field 'calibrations'", "the name 'ce/o2' is not valid"]),
+    "calibration-empty": (lambda d: rename_calibration(d, ""),
+                          ["field 'calibrations'", "the name '' is not valid"]),
+    # ranges and settings a step would refuse later
+    "valid-for-reversed": (lambda d: edit_config(d, lambda c: c["calibrations"]["ceo2"].__setitem__(
+        "valid_for", {"temperatures": [400, 0]})),
+                           ["config.yaml", "field 'calibrations.ceo2.valid_for.temperatures'", "low <= high"]),
+    "other-parents-reversed": (lambda d: edit_config(d, lambda c: c["samples"]["tiny"].__setitem__(
+        "other_parents", [{"temperature": 100, "for_temperatures": [150, 0]}])),
+                               ["field 'samples.tiny.other_parents.0.for_temperatures'", "low <= high"]),
+    "window-even": (lambda d: edit_config(d, set_reduction("find_peaks", "window", [4, 4])),
+                    ["config.yaml", "field 'reduction.find_peaks.window'", "two odd integers"]),
+    "table-spaces": (lambda d: (d / "config/scans.tsv").write_text(
+        (d / "config/scans.tsv").read_text().replace("\t", "    ")),
+                     ["scans.tsv", "the header line has no tab", "tab-separated"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config_is_refused_at_parse_time_naming_file_row_and_field(experiment_dir, case):
+    change, words = CONFIG_CASES[case]
+    change(experiment_dir)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_experiment(experiment_dir / "config" / "config.yaml", base_dir=experiment_dir)
+    assert time.perf_counter() - t0 < 5.0, "a refusal is immediate, whatever the bad value"
+    for w in words:
+        assert w in str(e.value), (case, w, str(e.value))
+
+
+def test_numeric_names_in_yaml_are_names(experiment_dir):
+    """`1234:` in YAML is a number; the scans table's cell is text: both mean sample '1234'."""
+    rename_sample(experiment_dir, 1234)
+    exp = load_experiment(experiment_dir / "config" / "config.yaml", base_dir=experiment_dir)
+    assert list(exp.samples) == ["1234"] and exp.scans[0].id == "1234/300K/f1"
+
+
+def test_the_same_raw_file_cannot_belong_to_two_entries(tmp_path):
+    h5 = tmp_path / "scan.h5"
+    h5.write_bytes(b"")
+    (tmp_path / "link.h5").symlink_to(h5)
+    owners = RawFileOwners()
+    owners.claim("s/300K/f1", [str(h5)], "/entry/data/data")
+    owners.claim("s/300K/f1", [str(h5)], "/entry/data/data")  # the same entry again: fine
+    owners.claim("s/300K/f2", [str(h5)], "/entry/other")  # another dataset of the file: fine
+    with pytest.raises(ValueError, match=r"link\.h5 \(dataset /entry/data/data\) is also the data of s/300K/f1"):
+        owners.claim("s/300K/f3", [str(tmp_path / "link.h5")], "/entry/data/data")
+    frames = [str(tmp_path / f"f_{i:03d}.cbf") for i in range(3)]
+    owners.claim("s/100K/f1", frames)
+    with pytest.raises(ValueError, match=r"f_002\.cbf is also the data of s/100K/f1"):
+        owners.claim("s/100K/f2", frames[2:] + [str(tmp_path / "f_003.cbf")])
+
+
+@pytest.mark.slow
+def test_snakemake_refuses_before_any_job(tiny_copy):
+    """Through snakemake: a raw file given to two entries stops the plan naming both, and a
+    typo of nframes (1e12, which used to make the dry run grow to 23 GB) is refused in
+    seconds."""
+    table = tiny_copy / "config" / "scans.tsv"
+    original = table.read_text()
+    edit_cell(tiny_copy, 2, "data", "raw/tiny/300K/f1.h5")
+    r = run_snakemake(tiny_copy, "-n", "--cores", "1")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "scans.tsv: row 2 (tiny/300K/f2): field 'data': raw/tiny/300K/f1.h5 (dataset " \
+           "/entry/data/data) is also the data of tiny/300K/f1" in out, out[-2000:]
+    table.write_text(original)
+    edit_cell(tiny_copy, 1, "nframes", "1e12")
+    t0 = time.perf_counter()
+    r = run_snakemake(tiny_copy, "-n", "--cores", "1", timeout=120)
+    seconds = time.perf_counter() - t0
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "field 'nframes'" in out and "invalid configuration" in out, out[-2000:]
+    assert seconds < 30, seconds
+    assert not (tiny_copy / "results").exists()
+
+
+def test_every_case_is_in_the_docs_table():
+    """docs/bad-inputs.md has a row per case of this file (its id in the first column) with
+    the words the test asserts, so the table says what the user really sees."""
+    text = DOCS_TABLE.read_text()
+    rows = {m.group(1): line for line in text.splitlines()
+            if (m := re.match(r"^\| `([a-z0-9-]+)` \|", line))}
+    missing = sorted(set(CONFIG_CASES) - set(rows))
+    assert not missing, f"{DOCS_TABLE}: no row for {missing}"
+    for case, (_, words) in CONFIG_CASES.items():
+        shown = rows[case].replace("\\|", "|")
+        assert any(w in shown for w in words[1:] or words), (case, words, rows[case])
+
+
+# --------------------------------------------------------------------------------------
+# An entry without usable signal (a closed shutter, a background-only scan)
+# --------------------------------------------------------------------------------------
+def _peaks_record(n_valid, total, n_peaks):
+    import numpy as np
+    from types import SimpleNamespace
+
+    return SimpleNamespace(frame_stats={"n_valid": np.full(4, n_valid), "sum": np.full(4, total)},
+                           peaks={"observed_px_x": np.zeros(n_peaks)})
+
+
+def test_entries_without_usable_signal_are_named():
+    import logging
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hklflow.errors import RawDataError
+    from hklflow.orientation import check_entries_usable, unusable_entries
+    from hklflow.params import RefinementParams
+
+    names = ["f1", "f2", "f3", "f4"]
+    peaks = [_peaks_record(100, 5000.0, 40), _peaks_record(0, 0.0, 0), _peaks_record(100, 0.0, 0),
+             _peaks_record(100, 900.0, 12)]
+    used = [np.ones(40, bool), np.zeros(0, bool), np.zeros(0, bool), np.arange(12) < 2]
+    result = SimpleNamespace(entries=[SimpleNamespace(name=n) for n in names], used=used)
+    reasons = unusable_entries(peaks, result, min_peaks=5)
+    assert sorted(reasons) == ["f2", "f3", "f4"]
+    assert reasons["f2"].startswith("no valid pixel value in any frame")
+    assert reasons["f3"].startswith("no counts in any frame (shutter closed?")
+    assert reasons["f4"].startswith("2 of its 12 peaks index, fewer than "
+                                    "reduction.refinement.min_peaks_per_entry (5)")
+    scans = [SimpleNamespace(entry=n, scan_id=f"s/100K/{n}", frames=SimpleNamespace(files=[f"raw/{n}.h5"]))
+             for n in names]
+    log = logging.getLogger("test")
+    with pytest.raises(RawDataError, match=r"no usable signal in raw/f2\.h5 \(s/100K/f2\): no valid.*"
+                                           r"raw/f3\.h5 .*unusable_entries: leave_out"):
+        check_entries_usable(scans, peaks, result, RefinementParams.defaults(min_peaks_per_entry=5), log)
+    left = check_entries_usable(scans, peaks, result,
+                                RefinementParams.defaults(unusable_entries="leave_out"), log)
+    assert left == reasons
+    with pytest.raises(RawDataError, match="no usable signal"):  # nothing would be left to merge
+        check_entries_usable(scans[1:3], peaks[1:3], SimpleNamespace(entries=result.entries[1:3], used=used[1:3]),
+                             RefinementParams.defaults(unusable_entries="leave_out"), log)
+
+
+@pytest.mark.slow
+def test_entry_with_a_closed_shutter_fails_or_is_left_out_of_the_merge(tiny_copy):
+    """The tiny experiment with the frames of 100 K f2 all zero: the 100 K orientation step
+    fails naming the raw file; with unusable_entries: leave_out the merged 100 K volume is
+    f1's alone (it was f1 and f2 averaged with the zeros: half the intensity), and the log,
+    notes and picture say so."""
+    import h5py
+    import hdf5plugin  # noqa: F401
+    import numpy as np
+
+    from hklflow.files.volume import read_volume
+
+    raw = tiny_copy / "raw/tiny/100K/f2.h5"
+    with h5py.File(raw, "a") as f:
+        d = f["/entry/data/data"]
+        d[...] = np.minimum(d[()], 0)  # no counts; the detector's gaps (-1) kept
+    target = ["results/tiny/100K/transform.nxs", "--cores", "2", "--keep-going"]
+    r = run_snakemake(tiny_copy, *target, timeout=1500)
+    assert r.returncode != 0
+    log = (tiny_copy / "logs/refine_temperature/tiny/100K.log").read_text()
+    assert "no usable signal in " in log and "raw/tiny/100K/f2.h5 (tiny/100K/f2): no counts in any " \
+        "frame (shutter closed? beam off?); set reduction.merge.unusable_entries: leave_out" in log
+    assert not (tiny_copy / "results/tiny/100K/orientation.nxs").exists()
+    edit_config(tiny_copy, set_reduction("merge", "unusable_entries", "leave_out"))
+    r = run_snakemake(tiny_copy, *target, timeout=1500)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    merged = read_volume(tiny_copy / "results/tiny/100K/transform.nxs")
+    f1 = read_volume(tiny_copy / "results/tiny/100K/f1/transform.nxs")
+    assert np.array_equal(merged.weight, f1.weight) and merged.weight.sum() > 0
+    np.testing.assert_allclose(merged.signal, f1.signal, rtol=1e-6)
+    assert merged.notes["left_out"] == {"f2": "no counts in any frame (shutter closed? beam off?)"}
+    assert "WARNING" in (tiny_copy / "logs/merge_entries/tiny/100K/transform.log").read_text()
+    assert (tiny_copy / "results/tiny/100K/transform.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_an_hdf5_glob_is_every_file_it_matches(tiny_copy):
+    """`data` as a glob of HDF5 files (a stack written in parts): the plan takes every part
+    as an input of the entry's ingest (the pattern itself is no file)."""
+    import h5py
+    import hdf5plugin
+
+    with h5py.File(tiny_copy / "raw/tiny/300K/f1.h5", "r") as f:
+        frames = f["/entry/data/data"][()]
+    for i, (a, b) in enumerate(((0, 30), (30, 60))):
+        with h5py.File(tiny_copy / f"raw/tiny/300K/f1_part{i}.h5", "w") as g:
+            g.create_dataset("/entry/data/data", data=frames[a:b], chunks=(1,) + frames.shape[1:],
+                             **hdf5plugin.Bitshuffle(cname="lz4"))
+    edit_cell(tiny_copy, 1, "data", "raw/tiny/300K/f1_part*.h5")
+    r = run_snakemake(tiny_copy, "-n", "--cores", "1", "results/tiny/300K/f1/scan.nxs")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    inputs = [ln.split(": ", 1)[1].split(", ") for ln in out.splitlines() if ln.startswith("    input: ")]
+    assert any({"raw/tiny/300K/f1_part0.h5", "raw/tiny/300K/f1_part1.h5"} <= set(i) for i in inputs), inputs
