@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hklflow.config import ConfigError, load_experiment
 from hklflow.rawfiles import RawFileOwners
 from hklflow.simulation.experiment import config_texts, preset
 
 from conftest import REPO, run_snakemake
+from test_config import edit_config, edit_table as edit_cell
 
 DOCS_TABLE = REPO / "docs" / "bad-inputs.md"
 
@@ -31,23 +31,6 @@ def experiment_dir(tmp_path):
         (tmp_path / "config").mkdir(exist_ok=True)
         (tmp_path / "config" / name).write_text(text)
     return tmp_path
-
-
-def edit_config(d: Path, change) -> None:
-    p = d / "config" / "config.yaml"
-    cfg = yaml.safe_load(p.read_text())
-    change(cfg)
-    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-
-def edit_cell(d: Path, row: int, column: str, value: str) -> None:
-    p = d / "config" / "scans.tsv"
-    lines = p.read_text().splitlines()
-    header = lines[0].split("\t")
-    cells = lines[row].split("\t")
-    cells[header.index(column)] = value
-    lines[row] = "\t".join(cells)
-    p.write_text("\n".join(lines) + "\n")
 
 
 def rename_sample(d: Path, name) -> None:
