@@ -21,6 +21,8 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/peaks.smk"
 include: "workflow/rules/orientation.smk"
 include: "workflow/rules/transform.smk"
+include: "workflow/rules/pdf.smk"
+include: "workflow/rules/nxrefine.smk"
 
 
 rule all:

@@ -11,7 +11,10 @@ centre, fraction indexed, RMS residuals); and the reciprocal-space volumes per t
 found at their integer (H, K, L) in the merged volume (fraction within half a voxel, RMS and
 worst offsets), the significance of the systematically absent nodes, the satellite contrast
 against the model (present below the transition temperature only) and the unmeasured-voxel
-fraction in the detector's Q range, merged versus each single entry.
+fraction in the detector's Q range, merged versus each single entry; and the 3D-DeltaPDF at
+the lattice vectors |u|, |v| <= 3, |w| <= 1 against the satellites' analytic DeltaPDF (signs,
+amplitude, residual; at temperatures without satellites its size against its noise and
+against the total PDF's lattice peaks: simulation/compare.py, pdf_against_truth).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from hklflow.config import load_experiment
 from hklflow.geometry import DetectorGeometry
 from hklflow.files.orientation import read_orientation_file
 from hklflow.files.peaks import read_peaks_file
-from hklflow.simulation.compare import match_peaks, orientation_error, volumes_against_truth
+from hklflow.simulation.compare import (match_peaks, orientation_error, pdf_against_truth,
+                                        volumes_against_truth)
 
 
 def main(argv=None) -> int:
@@ -92,6 +96,8 @@ def main(argv=None) -> int:
                 print(volumes_against_truth(res, truth, name, tl).summary())
             except ValueError as exc:  # the volume's orientation is not the truth's
                 print(f"volumes {name}/{tl}: {exc}")
+            if (res / name / tl / "pdf.nxs").exists() and (res / name / tl / "total_pdf.nxs").exists():
+                print(f"pdf {name}/{tl} {pdf_against_truth(res, truth, name, tl).summary()}")
     return 0
 
 

@@ -90,9 +90,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 NXREFINE = "nxrefine==0.1.1"
 NX_DEPS = ["numpy", "scipy", "gemmi", "h5py", "nexusformat==2.0.3", "scikit-image", "lmfit"]
-# hklflow lab (L1 up, L2 horizontal, L3 along the beam) -> NXRefine lab (x along the beam,
-# z the phi axis): v_nx = T v = (v3, v1, v2); our scan axis L2 becomes NXRefine's z
-T_NX = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 HKL_TOLERANCE_NX = 0.05  # NXRefine's default (nxsettings.py), 1/A
 B_REFLECTIONS = {
     "P 63/m m c": [(1, 0, 0), (0, 1, 0), (1, -1, 0), (1, 1, 0), (0, 0, 2), (1, 0, 1), (1, 1, 2),
@@ -233,6 +230,12 @@ import math  # noqa: E402
 import platform  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
+# hklflow's geometry in NXRefine's parameters: one mapping, shared with the wrapper files
+# (rule nxrefine_wrapper); imported here, after the driver, which runs without hklflow
+from hklflow.nxrefine import T_NX  # noqa: E402
+from hklflow.nxrefine import bimat as nx_bimat  # noqa: E402  (checked against the real one in b_table)
+from hklflow.nxrefine import detector_parameters as nx_geometry  # noqa: E402
+
 log = logging.getLogger("bench")
 
 
@@ -333,47 +336,6 @@ def build(spec, truth, sid, p):
     true_crystal = Crystal(cfg["space_group"], UnitCell(*tt["cell"]))
     true_geom = DetectorGeometry(**t["geometry"])
     return entry, cal, approx, true_crystal, np.array(tt["U"]), true_geom, t
-
-
-# --------------------------------------------------------------------------------------
-# Geometry in NXRefine's terms
-# --------------------------------------------------------------------------------------
-def _rot(axis: int, deg: float) -> np.ndarray:
-    """NXRefine's rotmat (right-handed about lab axis 1, 2, 3)."""
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    if axis == 1:
-        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-    if axis == 2:
-        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def nx_geometry(det) -> dict:
-    """NXRefine parameters reproducing a flat hklflow DetectorGeometry with x = column,
-    y = row: pixel (x, y) -> lab  inv(Dmat) ps inv(Omat) (x - xc, y - yc, 0) + (distance, 0, 0)
-    with inv(Dmat) = R1(roll) R2(pitch) R3(yaw) and Omat a signed permutation."""
-    P0 = det.lab_positions(0.0, 0.0) * 1e3  # mm
-    ec = det.lab_positions(0.0, 1.0) * 1e3 - P0
-    er = det.lab_positions(1.0, 0.0) * 1e3 - P0
-    ps = float(np.linalg.norm(ec))
-    if abs(np.linalg.norm(er) - ps) > 1e-9 * ps or abs(ec @ er) > 1e-9 * ps * ps:
-        raise ValueError("needs square pixels on a flat detector")
-    w1, w2 = T_NX @ ec / ps, T_NX @ er / ps
-    W = np.stack([w1, w2, np.cross(w1, w2)], axis=1)  # = inv(Dmat) inv(Omat)
-    O = np.rint(W.T)  # Dmat ~ 1: Omat ~ W^-1 = W^T
-    R = W @ O  # = inv(Dmat) = R1(roll) R2(pitch) R3(yaw)
-    pitch = math.degrees(math.asin(R[0, 2]))
-    roll = math.degrees(math.atan2(-R[1, 2], R[2, 2]))
-    yaw = math.degrees(math.atan2(-R[0, 1], R[0, 0]))
-    assert np.allclose(_rot(1, roll) @ _rot(2, pitch) @ _rot(3, yaw), R, atol=1e-12)
-    orient = " ".join(("+" if O[i, j] > 0 else "-") + "xyz"[j]
-                      for i in range(3) for j in range(3) if O[i, j])
-    # beam intercept: (distance, 0, 0) = T P0 + xc T ec + yc T er
-    M = np.stack([np.array([1.0, 0, 0]), -T_NX @ ec, -T_NX @ er], axis=1)
-    dist, xc, yc = np.linalg.solve(M, T_NX @ P0)
-    return {"distance": float(dist), "xc": float(xc), "yc": float(yc), "yaw": yaw,
-            "pitch": pitch, "roll": roll, "detector_orientation": orient, "pixel_size": ps,
-            "shape": [int(n) for n in det.shape]}
 
 
 # --------------------------------------------------------------------------------------
@@ -601,17 +563,6 @@ def hklflow_row(name, res, wall, spread, true_crystal, U_true, true_geom, entry,
             "cell": list(m.crystal.cell.parameters),
             "note": (f"{res.n_used}/{sum(len(x.x) for x in res.entries)} peaks used, rms "
                      f"{res.rms_px:.3f} px / {res.rms_frames:.3f} fr")}
-
-
-def nx_bimat(cell) -> np.ndarray:
-    """NXRefine.Bimat (nxrefine/nxrefine.py), the same formula; checked against the real one
-    (the driver's) in b_table."""
-    a, b, c = cell[:3]
-    al, be, ga = (math.radians(v) for v in cell[3:])
-    B23 = c * (math.cos(al) - math.cos(be) * math.cos(ga)) / math.sin(ga)
-    B33 = math.sqrt(c ** 2 - (c * math.cos(be)) ** 2 - B23 ** 2)
-    return np.array([[a, b * math.cos(ga), c * math.cos(be)], [0, b * math.sin(ga), B23],
-                     [0, 0, B33]])
 
 
 NX_FREE = {"hexagonal": ("a", "c"), "monoclinic": ("a", "b", "c", "beta")}

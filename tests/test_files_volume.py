@@ -6,7 +6,7 @@ import pytest
 
 from hklflow.files.volume import VolumeWriter, write_volume
 
-from volume_helpers import random_volume, sample, small_grid
+from volume_helpers import HEX, random_volume, sample, small_grid
 
 
 def test_volume_writer_same_file_as_write_volume(tmp_path):
@@ -54,3 +54,143 @@ def test_volume_writer_leaves_nothing_on_error(tmp_path):
         with VolumeWriter(tmp_path / "c.nxs", grid):
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------
+# NeXpy and NXRefine open every volume as their own (issue 14)
+# --------------------------------------------------------------------------------------
+def _hex_sample(temperature=123.0):
+    return dict(sample("P 6/m m m", HEX, name="hexa"), temperature=temperature,
+                temperature_label="123K")
+
+
+def _check_opens_in_nexpy(path, signal="data", temperature=123.0):
+    """What NeXpy plots on opening `path` (nexusformat's plottable_data: the @default chain)
+    and the NXRefine sample fields, for the hexagonal sample of _hex_sample."""
+    from nexusformat.nexus import nxload
+
+    root = nxload(str(path))
+    d = root.plottable_data
+    assert d is not None and d.nxpath == "/entry/transform"
+    assert d.nxsignal.nxname == signal
+    assert [a.nxname for a in d.nxaxes] == ["Ql", "Qk", "Qh"]
+    assert [a.attrs["long_name"] for a in d.nxaxes] == ["L", "K", "H"]
+    # |a*| = |b*| = 2 / (sqrt(3) a), |c*| = 1 / c: the aspect NeXpy draws
+    assert np.allclose([a.attrs["scaling_factor"] for a in d.nxaxes],
+                       [1 / 7.0, 2 / (np.sqrt(3) * 4.5), 2 / (np.sqrt(3) * 4.5)])
+    assert d.nxweights is not None and d.nxweights.nxname == "data_weights"
+    assert d.nxweights.shape == d.nxsignal.shape
+    # (gamma*, beta*, alpha*) of a hexagonal cell: gamma* = 60 deg, so H-K planes are skewed
+    assert np.allclose(d.nxangles, [60.0, 90.0, 90.0])
+    smp = root["entry/sample"]
+    got = {k: smp[k].nxvalue for k in ("unitcell_a", "unitcell_b", "unitcell_c", "unitcell_alpha",
+                                       "unitcell_beta", "unitcell_gamma")}
+    assert got == pytest.approx({"unitcell_a": 4.5, "unitcell_b": 4.5, "unitcell_c": 7.0,
+                                 "unitcell_alpha": 90.0, "unitcell_beta": 90.0,
+                                 "unitcell_gamma": 120.0})
+    assert smp["unitcell_a"].attrs["units"] == "angstrom"
+    assert smp["unitcell_gamma"].attrs["units"] == "degree"
+    assert smp["laue_group"].nxvalue == "6/mmm"
+    assert smp["space_group"].nxvalue == "P 6/m m m"
+    assert smp["temperature"].nxvalue == pytest.approx(temperature)
+    assert smp["temperature"].attrs["units"] == "K"
+    assert smp["name"].nxvalue == "hexa"
+
+
+def _hex_grid():
+    return small_grid(n=(13, 13, 9), step=(0.25, 0.25, 0.5))
+
+
+def test_every_writer_path_makes_a_volume_nexpy_plots(tmp_path):
+    """write_volume, a transform part without intensity, a sum of volumes (merge_entries), a
+    single complete volume adopted (sum_chunks of one chunk) and a symmetrisation."""
+    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.merging import sum_volumes, symmetrize_file
+
+    grid = _hex_grid()
+    vol = random_volume(grid, 3, title="hexa/123K/f1", sample_=_hex_sample())
+    a = write_volume(tmp_path / "a.nxs", vol, {"program": "test"})
+    _check_opens_in_nexpy(a)
+    # a part only sums read: its signal is signal_sum, weighted by data_weights (the
+    # signal's @weights) into the intensity
+    with VolumeWriter(tmp_path / "part.nxs", grid, "transform", "part", _hex_sample(), {},
+                      {"program": "test"}, intensity=False) as w:
+        w.write(0, vol.signal, vol.weight)
+    _check_opens_in_nexpy(tmp_path / "part.nxs", signal="signal_sum")
+    b = write_volume(tmp_path / "b.nxs", random_volume(grid, 4, sample_=_hex_sample()),
+                     {"program": "test"})
+    sum_volumes([a, b], tmp_path / "sum.nxs", "hexa/123K", {"program": "test"})
+    _check_opens_in_nexpy(tmp_path / "sum.nxs")
+    with VolumeWriter(tmp_path / "one.nxs", grid, "transform", "one", _hex_sample(),
+                      {"measured_fraction": 0.5, "weight_sum": 1.0, "signal_sum": 1.0},
+                      {"program": "test"}) as w:
+        w.write(0, vol.signal, vol.weight)
+    notes = sum_volumes([tmp_path / "one.nxs"], tmp_path / "adopted.nxs", "hexa/123K/f1",
+                        {"program": "test"}, move_single=True)
+    assert notes.get("adopted") and not (tmp_path / "one.nxs").exists()
+    _check_opens_in_nexpy(tmp_path / "adopted.nxs")
+    symmetrize_file(tmp_path / "sum.nxs", tmp_path / "symm.nxs",
+                    Crystal("P 6/m m m", UnitCell(*HEX)), {"program": "test"})
+    _check_opens_in_nexpy(tmp_path / "symm.nxs")
+
+
+def test_volumes_written_before_the_nxrefine_fields_still_read_and_sum(tmp_path):
+    import h5py
+
+    from hklflow.files.volume import read_volume
+    from hklflow.merging import sum_volumes
+
+    grid = _hex_grid()
+    vol = random_volume(grid, 5, sample_=sample("P 6/m m m", HEX, name="hexa"))
+    old = write_volume(tmp_path / "old.nxs", vol, {"program": "test"})
+    with h5py.File(old, "r+") as f:  # the layout before: no angles, NXRefine fields, @weights
+        d = f["entry/transform"]
+        del d.attrs["angles"]
+        del d["signal_sum"].attrs["weights"]
+        for k in list(f["entry/sample"]):
+            if k not in ("name", "space_group", "unit_cell"):
+                del f["entry/sample"][k]
+    back = read_volume(old)
+    assert np.array_equal(back.signal, vol.signal) and np.array_equal(back.weight, vol.weight)
+    assert set(back.sample) == {"name", "space_group", "unit_cell"}
+    sum_volumes([old, old], tmp_path / "sum.nxs", "hexa/123K", {"program": "test"})
+    summed = read_volume(tmp_path / "sum.nxs")
+    assert np.allclose(summed.weight, 2 * vol.weight)
+    # the sum gets the new fields from the old file's cell; no temperature was known
+    assert summed.sample["laue_group"] == "6/mmm" and "temperature" not in summed.sample
+    assert summed.sample["unitcell_gamma"] == pytest.approx(120.0)
+
+
+@pytest.mark.slow
+def test_tiny_run_volumes_carry_the_scan_temperature_and_the_refined_cell(tiny_run):
+    """The scan file's temperature and the orientation's refined cell reach the volume of
+    every entry, the merged and the symmetrised volumes (through transform_frames' sample
+    group, passed on by sum_chunks, merge_entries and symmetrize)."""
+    from nexusformat.nexus import nxload
+
+    from hklflow.files.orientation import read_orientation_file
+    from hklflow.files.scan import read_scan_file
+
+    d, r, _, _ = tiny_run
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    for t in ("100K", "300K"):
+        base = d / "results" / "tiny" / t
+        ori = read_orientation_file(base / "orientation.nxs")
+        temperature = read_scan_file(base / "f1" / "scan.nxs").temperature
+        assert f"{temperature:g}K" == t
+        gstar, bstar, astar = ori.crystal().cell.reciprocal_parameters[5:2:-1]
+        for kind in ("transform", "masked_transform"):
+            for path in (base / "f1" / f"{kind}.nxs", base / "f2" / f"{kind}.nxs",
+                         base / f"{kind}.nxs", base / f"{kind}_symmetrized.nxs"):
+                root = nxload(str(path))
+                data = root.plottable_data
+                assert data.nxpath == f"/entry/{kind}", path
+                assert [a.nxname for a in data.nxaxes] == ["Ql", "Qk", "Qh"]
+                assert data.nxweights.nxname == "data_weights"
+                assert np.allclose(data.nxangles, [gstar, bstar, astar])
+                smp = root["entry/sample"]
+                assert smp["temperature"].nxvalue == temperature, path
+                assert smp["temperature"].attrs["units"] == "K"
+                assert [smp[f"unitcell_{n}"].nxvalue for n in ("a", "b", "c", "alpha", "beta",
+                                                               "gamma")] == pytest.approx(ori.cell)
+                assert smp["laue_group"].nxvalue == "4/mmm"  # I 41/a m d

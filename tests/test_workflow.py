@@ -135,8 +135,14 @@ def test_tiny_experiment_end_to_end(tiny_run, tiny_truth):
                 assert (res / "tiny" / t / f"{kind}{suffix}.png").stat().st_size > 10000
         assert (res / "tiny" / f"{kind}_temperature_series.png").stat().st_size > 10000
     assert (res / "tiny" / "grid.json").is_file()
+    for t in ("100K", "300K"):
+        for name in ("total_pdf", "pdf"):
+            assert (res / "tiny" / t / f"{name}.nxs").is_file()
+            assert (res / "tiny" / t / f"{name}.png").stat().st_size > 10000
+    assert (res / "tiny" / "pdf_temperature_series.png").stat().st_size > 10000
     for rule in ("define_grid", "mask_scan", "transform_frames", "sum_chunks", "merge_entries",
-                 "symmetrize", "temperature_series"):
+                 "symmetrize", "temperature_series", "total_pdf", "delta_pdf",
+                 "pdf_temperature_series"):
         assert any((tiny_copy / "logs" / rule).rglob("*.log")), rule
         assert any((tiny_copy / "benchmarks" / rule).rglob("*.tsv")), rule
     # a second run has nothing to do (the files are the state)
@@ -228,6 +234,23 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
             jobs.add(("sum_chunks", w(sample="tiny", temperature=t, entry=e)))
     for kind in KINDS:
         jobs.add(("temperature_series", w(sample="tiny", kind=kind)))
+    for t in temperatures:
+        jobs.add(("total_pdf", w(sample="tiny", temperature=t)))
+        jobs.add(("delta_pdf", w(sample="tiny", temperature=t, pdf="pdf")))
+    if temperatures:
+        jobs.add(("pdf_temperature_series", w(sample="tiny")))
+    return jobs
+
+
+def _pdf_jobs(total=True, delta=True):
+    """The PDF jobs of the tiny experiment (a change to reduction.pdf)."""
+    w = lambda **kw: ", ".join(f"{k}={v}" for k, v in kw.items())  # noqa: E731
+    jobs = {("all", ""), ("pdf_temperature_series", w(sample="tiny"))} if delta else {("all", "")}
+    for t in ("300K", "100K"):
+        if total:
+            jobs.add(("total_pdf", w(sample="tiny", temperature=t)))
+        if delta:
+            jobs.add(("delta_pdf", w(sample="tiny", temperature=t, pdf="pdf")))
     return jobs
 
 
@@ -302,6 +325,16 @@ RERUN_CASES = {
         lambda d: _edit_yaml(d, lambda c: c["samples"]["tiny"].update(
             cell=[5.18, 5.18, 7.51, 90, 90, 90])),
         _jobs_from(("300K", "100K"), grid=True, parent=True)),
+    # the hole radius of the DeltaPDF: the DeltaPDFs and their series; not the total PDFs
+    "reduction.pdf.radius": (
+        lambda d: _edit_yaml(d, lambda c: c.setdefault("reduction", {}).setdefault(
+            "pdf", {}).update(radius=0.25)),
+        _pdf_jobs(total=False)),
+    # the taper: both PDFs of every temperature
+    "reduction.pdf.q_max": (
+        lambda d: _edit_yaml(d, lambda c: c.setdefault("reduction", {}).setdefault(
+            "pdf", {}).update(q_max=5.0)),
+        _pdf_jobs()),
     # a calibration's start geometry: the calibration, hence everything
     "calibrations.ceo2.start": (
         lambda d: _edit_yaml(d, lambda c: c["calibrations"]["ceo2"]["start"].update(dist=0.119)),

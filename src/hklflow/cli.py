@@ -20,6 +20,10 @@ COMMANDS = {
     "merge_entries": ("hklflow.steps.merge_entries:main", "the volume of a sample at one temperature: its entries merged"),
     "symmetrize": ("hklflow.steps.symmetrize:main", "symmetrise a merged volume by the Laue group"),
     "temperature_series": ("hklflow.steps.temperature_series:main", "one slice of a sample's volume at every temperature"),
+    "nxrefine_wrapper": ("hklflow.steps.nxrefine_wrapper:main", "NXRefine's wrapper file of a sample at one temperature, linking hklflow's results"),
+    "total_pdf": ("hklflow.steps.total_pdf:main", "the total PDF of a sample at one temperature (tapered FFT of its volume)"),
+    "delta_pdf": ("hklflow.steps.delta_pdf:main", "the 3D-DeltaPDF: reflections punched and filled, then tapered FFT"),
+    "pdf_temperature_series": ("hklflow.steps.pdf_temperature_series:main", "one plane of a sample's DeltaPDF at every temperature"),
     # not rules:
     "simulate": ("hklflow.simulation.cli:main", "write a simulated experiment (config, scans table, raw data, truth)"),
     "demo": ("hklflow.demo:main", "simulate the demo experiment if absent, then reduce it"),

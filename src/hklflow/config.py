@@ -504,6 +504,12 @@ def _check_step_settings(cfg: dict, where: str) -> None:
             cls.from_config(cfg)
         for name in cfg["calibrations"]:
             CalibrationParams.for_calibration(cfg, name)
+        kinds = cfg["reduction"]["transform"]["kinds"]
+        missing = [k for k in cfg["reduction"]["pdf"]["delta_pdf_of"] if k not in kinds]
+        if missing and cfg["reduction"]["pdf"]["enabled"]:
+            raise ConfigError(f"reduction.pdf.delta_pdf_of: expected kinds among "
+                              f"reduction.transform.kinds {list(kinds)}, got {missing} "
+                              "(a DeltaPDF needs its volume)")
     except ConfigError as exc:
         field_, _, what = str(exc).partition(": ")
         raise ConfigError(f"{where}: field '{field_}': {what}") from None

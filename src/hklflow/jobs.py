@@ -7,7 +7,7 @@ import math
 
 from .errors import ConfigError
 from .geometry import detector_shape
-from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams,
+from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
                      TransformParams, settings_json)
 
@@ -89,6 +89,7 @@ class JobSettings:
         self._transform = TransformParams.from_config(cfg)
         self._pictures = SliceParams.from_config(cfg)
         self._series = SeriesParams.from_config(cfg)
+        self._pdf = PDFParams.from_config(cfg)
 
     def calibrate_powder(self, calibration: str) -> str:
         return settings_json({"calibration": CalibrationParams.for_calibration(self.exp.raw,
@@ -141,4 +142,23 @@ class JobSettings:
 
     def temperature_series(self, sample: str) -> str:
         return settings_json({"series": self._series, "sample": self.exp.samples[sample].settings(),
+                              "temperatures": self.exp.temperatures_of(sample)})
+
+    def nxrefine_wrapper(self, sample: str) -> str:
+        # the kinds say which volume is which among the job's inputs
+        return settings_json({"sample": self.exp.samples[sample].settings(),
+                              "kinds": list(self._transform.kinds)})
+
+    def total_pdf(self, sample: str) -> str:
+        # only what the total PDF uses: a changed hole radius leaves it alone
+        return settings_json({"q_max": self._pdf.q_max, "subtract_mean": self._pdf.subtract_mean,
+                              "slices": self._pdf.settings()["slices"],
+                              "sample": self.exp.samples[sample].settings()})
+
+    def delta_pdf(self, sample: str) -> str:
+        return settings_json({"pdf": self._pdf, "sample": self.exp.samples[sample].settings()})
+
+    def pdf_temperature_series(self, sample: str) -> str:
+        return settings_json({"slice": self._pdf.settings()["slices"][0],
+                              "sample": self.exp.samples[sample].settings(),
                               "temperatures": self.exp.temperatures_of(sample)})

@@ -479,6 +479,46 @@ class SeriesParams(Params):
 
 
 @dataclass(frozen=True)
+class PDFParams(Params):
+    """What the PDF steps use of reduction.pdf (rules total_pdf, delta_pdf,
+    pdf_temperature_series)."""
+
+    SECTION: ClassVar[str] = "reduction.pdf"
+    NAME: ClassVar[str] = "pdf"
+
+    radius: float
+    radius_units: str  # inverse_angstrom | rlu
+    extra_positions: tuple  # ((h, k, l), ...)
+    fill_order: int
+    fill_eps: float
+    q_max: float | None
+    subtract_mean: bool
+    slices: tuple  # ({x|y|z: value}, ...)
+
+    def __post_init__(self):
+        self.check(_finite(self.radius) and self.radius > 0, "radius", "a number > 0")
+        self.check(self.radius_units in ("inverse_angstrom", "rlu"), "radius_units",
+                   "'inverse_angstrom' or 'rlu'")
+        self.check(isinstance(self.fill_order, int) and 1 <= self.fill_order <= 3, "fill_order",
+                   "1, 2 or 3")
+        self.check(_finite(self.fill_eps) and self.fill_eps >= 0, "fill_eps", "a number >= 0")
+        self.check(self.q_max is None or (_finite(self.q_max) and self.q_max > 0), "q_max",
+                   "a number > 0 (1/Angstrom) or null")
+        positions = tuple(tuple(float(x) for x in p) for p in self.extra_positions)
+        self.check(all(len(p) == 3 and all(map(math.isfinite, p)) for p in positions),
+                   "extra_positions", "a list of [h, k, l] positions")
+        object.__setattr__(self, "extra_positions", positions)
+        object.__setattr__(self, "radius", float(self.radius))
+        object.__setattr__(self, "fill_eps", float(self.fill_eps))
+
+    def settings(self) -> dict:
+        out = super().settings()
+        out["extra_positions"] = [list(p) for p in self.extra_positions]
+        out["slices"] = [dict(s) for s in self.slices]
+        return out
+
+
+@dataclass(frozen=True)
 class CalibrationParams(Params):
     """One calibration (calibrations.NAME of the config; rule calibrate_powder) and the
     algorithm's knobs (defaults suit Pilatus-class detectors):
@@ -599,4 +639,4 @@ class CalibrationParams(Params):
 
 # the parameters built from the config as a whole (CalibrationParams: one per calibration)
 STEP_PARAMS = (DetectorParams, PeakSearchParams, IndexingParams, RefinementParams, MaskParams,
-               GridParams, TransformParams, SliceParams, SeriesParams)
+               GridParams, TransformParams, SliceParams, SeriesParams, PDFParams)

@@ -52,6 +52,17 @@ DETECTOR = EXP.instrument.detector
 SETTINGS = JobSettings(EXP)
 TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
 SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
+NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
+_PDF = EXP.reduction["pdf"]
+PDF_ENABLED = bool(_PDF["enabled"])
+# pdf.nxs: the DeltaPDF of masked_transform (of transform when that is the only kind);
+# transform_pdf.nxs: the unmasked transform's own, when listed as well
+PDF_FILE_KIND = {"pdf": "masked_transform" if "masked_transform" in _PDF["delta_pdf_of"]
+                 else "transform"}
+if PDF_FILE_KIND["pdf"] == "masked_transform" and "transform" in _PDF["delta_pdf_of"]:
+    PDF_FILE_KIND["transform_pdf"] = "transform"
+# the total PDF: the volume with its Bragg peaks (transform) when it is made
+TOTAL_PDF_KIND = "transform" if "transform" in TRANSFORM_KINDS else "masked_transform"
 
 
 wildcard_constraints:
@@ -147,6 +158,36 @@ def merged_volumes(w):
     return [f"results/{w.sample}/{t}/{w.kind}.nxs" for t in EXP.temperatures_of(w.sample)]
 
 
+def pdf_input(kind):
+    """The volume a PDF is made from: the symmetrised one (the merged one without
+    symmetrisation) of a kind."""
+    name = f"{kind}_symmetrized" if SYMMETRIZE else kind
+    return f"results/{{sample}}/{{temperature}}/{name}.nxs"
+
+
+def _pdf_name(kind, what):
+    """NXRefine's name of a PDF of a volume kind (its masked_* for masked_transform)."""
+    return ("masked_" if kind == "masked_transform" else "") + what
+
+
+def nxrefine_pdf_links(w):
+    """NXRefine's name -> the PDF file of the wildcards' sample and temperature: the files
+    reduction.pdf makes (pdf.smk), none when it is off."""
+    if not PDF_ENABLED:
+        return {}
+    base = f"results/{w.sample}/{w.temperature}"
+    links = {_pdf_name(TOTAL_PDF_KIND, "total_pdf"): f"{base}/total_pdf.nxs"}
+    links.update({_pdf_name(kind, "pdf"): f"{base}/{name}.nxs"
+                  for name, kind in PDF_FILE_KIND.items()})
+    return links
+
+
+def entry_volumes(w):
+    """Every entry's volumes at the wildcards' temperature: per entry, every kind."""
+    return [scan_path(s, f"{kind}.nxs") for s in EXP.scans_of(w.sample, w.temperature)
+            for kind in TRANSFORM_KINDS]
+
+
 # --------------------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------------------
@@ -163,4 +204,11 @@ def all_targets():
                 if SYMMETRIZE:
                     targets.append(f"results/{name}/{t}/{kind}_symmetrized.nxs")
             targets.append(f"results/{name}/{kind}_temperature_series.png")
+        if PDF_ENABLED:
+            for t in temperatures:
+                targets += [f"results/{name}/{t}/total_pdf.nxs"]
+                targets += [f"results/{name}/{t}/{f}.nxs" for f in PDF_FILE_KIND]
+            targets.append(f"results/{name}/pdf_temperature_series.png")
+        if NXREFINE_WRAPPER:
+            targets += [f"results/{name}/nxrefine/{name}_{t}.nxs" for t in temperatures]
     return targets

@@ -33,6 +33,9 @@ RATE_PEAKS = 20e6  # pixel-frames per second per core (find_peaks, read included
 RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform, read included)
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
 RATE_SYMMETRY = 15e6  # voxels x operators per second (symmetrize)
+RATE_PDF = 2e6  # voxels per second (read, taper, FFT, write)
+PDF_VOXEL_BYTES = 32
+DELTA_PDF_VOXEL_BYTES = 44
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
 _PIXELS = scan_pixels(EXP)
@@ -147,4 +150,16 @@ RESOURCES = {
     "temperature_series": RuleResources(
         lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),
         lambda w: _FIXED_MINUTES),
+    # the volume whole (signal, weight, intensity), the taper, the FFT's input, half spectrum
+    # and output (bench/pdf.py); the FFT uses its threads (scipy.fft workers)
+    "total_pdf": RuleResources(lambda w: BASE_MB + 400 + PDF_VOXEL_BYTES * _VOXELS / 1e6,
+                               lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60, threads=2),
+    # and the punched and filled volumes, the hole map and the sparse solves of a batch
+    "delta_pdf": RuleResources(lambda w: BASE_MB + 1000 + DELTA_PDF_VOXEL_BYTES * _VOXELS / 1e6,
+                               lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60, threads=2),
+    # the first plane of each temperature's PDF (each file read whole)
+    "pdf_temperature_series": RuleResources(lambda w: BASE_MB + 400 + 4 * _VOXELS / 1e6,
+                                            lambda w: _FIXED_MINUTES),
+    # parameters, peak tables and grid axes copied; every array is linked, none read
+    "nxrefine_wrapper": RuleResources(lambda w: BASE_MB + 200, lambda w: _FIXED_MINUTES),
 }

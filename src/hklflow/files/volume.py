@@ -7,17 +7,28 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
 
   /entry                        NXentry, @default = KIND; title SAMPLE/TLABEL[/ENTRY]
      KIND                       NXdata (transform, masked_transform, ...), @signal = data,
-                                @axes = [Ql, Qk, Qh], @weights = data_weights
+                                @axes = [Ql, Qk, Qh], @weights = data_weights,
+                                @angles = (gamma*, beta*, alpha*) (deg, as NXRefine writes
+                                them: NeXpy draws non-orthogonal lattices skewed)
         data                    float32 [l, k, h]: signal_sum / weight_sum, NaN where unmeasured
                                 (left out of the temporary parts of a transform that only
                                 sums read: there @signal = signal_sum)
         data_weights            float32: weight_sum
-        signal_sum              float32: summed corrected intensity
+        signal_sum              float32: summed corrected intensity, @weights = data_weights
         Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
-     sample                     NXsample: name, space_group, unit_cell, ub_matrix (if known)
+     sample                     NXsample: name, temperature_label, space_group, unit_cell,
+                                ub_matrix (if known), and NXRefine's fields (hklflow.nxrefine.
+                                sample_fields): unitcell_a..gamma, laue_group, unit_cell_group,
+                                lattice_centring, temperature (K)
      notes                      NXnote (JSON): what was summed (frames, entries, corrections)
      process                    NXprocess: program, version, date, note (JSON provenance record,
                                 files.h5.write_provenance_h5)
+
+NeXpy opens it as it is: the @default chain leads to KIND, whose axes carry long_name and
+scaling_factor.  nexusformat's NXdata.nxweights finds data_weights by its name
+(<signal>_weights), not by the group's @weights; its "weighted" view divides the signal by
+it, which is right for signal_sum (the sum) and divides `data` (already the intensity) a
+second time.
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ import numpy as np
 from ..crystal import UnitCell
 from ..errors import FileFormatError
 from ..grid import AXES, Axis, Grid
+from ..nxrefine import sample_fields, transform_angles
 from .h5 import atomic_path, open_h5, text, write_provenance_h5
 
 @dataclass
@@ -66,6 +78,10 @@ def _compression():
 
 def _chunks(shape):
     return tuple(min(n, c) for n, c in zip(shape, (8, 64, 64)))
+
+
+def _text_or_none(value):
+    return None if value is None else text(value)
 
 
 def reciprocal_lengths(cell) -> tuple[float, float, float]:
@@ -197,6 +213,22 @@ def adopt_volume(src, out, title: str, notes: dict, provenance: dict) -> Path:
     return out
 
 
+def write_sample_group(entry, sample: dict, cell) -> None:
+    """/entry/sample (NXsample): hklflow's sample dict and NXRefine's names beside it,
+    derived again on every write (a sum or a symmetrisation passes the sample it read on)."""
+    smp = entry.create_group("sample")
+    smp.attrs["NX_class"] = "NXsample"
+    fields = {**sample, **sample_fields(_text_or_none(sample.get("space_group")), cell,
+                                        sample.get("temperature"))}
+    for k, v in fields.items():
+        smp[k] = np.asarray(v) if not isinstance(v, str) else v
+    for k in fields:
+        if k.startswith("unitcell_"):
+            smp[k].attrs["units"] = "degree" if k[9:] in ("alpha", "beta", "gamma") else "angstrom"
+    if "temperature" in fields:
+        smp["temperature"].attrs["units"] = "K"
+
+
 class VolumeWriter:
     """Write a volume in write_volume's layout, slab by slab along L, so that a volume is
     never held whole (the intensity, signal/weight, is computed per slab).  Atomic like
@@ -256,8 +288,11 @@ class VolumeWriter:
                              fillvalue=0.0, **comp)
             d.create_dataset("signal_sum", shape=shape, dtype=np.float32, chunks=chunks,
                              fillvalue=0.0, **comp)
-            scale = (reciprocal_lengths(self.sample["unit_cell"]) if "unit_cell" in self.sample
-                     else (None,) * 3)
+            d["signal_sum"].attrs["weights"] = "data_weights"  # signal_sum / weights = intensity
+            cell = self.sample.get("unit_cell")
+            scale = reciprocal_lengths(cell) if cell is not None else (None,) * 3
+            if cell is not None:
+                d.attrs["angles"] = np.asarray(transform_angles(cell))
             for a, ax, s in zip(AXES, self.grid.axes, scale):
                 q = d.create_dataset(f"Q{a}", data=ax.values)
                 q.attrs["units"] = "rlu"
@@ -265,10 +300,7 @@ class VolumeWriter:
                 q.attrs["step"] = ax.step
                 if s is not None:
                     q.attrs["scaling_factor"] = s
-            smp = ent.create_group("sample")
-            smp.attrs["NX_class"] = "NXsample"
-            for k, v in self.sample.items():
-                smp[k] = np.asarray(v) if not isinstance(v, str) else v
+            write_sample_group(ent, self.sample, cell)
             write_provenance_h5(ent, self.provenance)
             self._data = d
         except BaseException as exc:

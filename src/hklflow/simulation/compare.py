@@ -18,6 +18,7 @@ import numpy as np
 from ..crystal import Crystal, UnitCell
 from ..files.volume import read_volume
 from ..geometry import DetectorGeometry
+from ..grid import Axis
 
 
 @dataclass
@@ -615,3 +616,136 @@ def volumes_against_truth(results, truth: dict, sample: str, temperature: str, *
             entries[e] = unmeasured_fraction(read_volume(base / e / "transform.nxs"), region)
     return VolumeTruth(sample, temperature, M, bragg, absent, diffuse, kind, q_range, merged,
                        entries)
+
+
+# --------------------------------------------------------------------------------------
+# The 3D-DeltaPDF of the simulation's diffuse model
+# --------------------------------------------------------------------------------------
+def satellite_delta_pdf(truth: dict, sample: str, temperature: float, steps, vectors,
+                        taper_mean: float) -> np.ndarray:
+    """The DeltaPDF the simulation's satellites give at lattice vectors (u, v, w) (n, 3),
+    derived analytically in NXRefine's normalisation (FFT / N).
+
+    The satellites are Gaussians of amplitude A (corrected intensity, satellite_model's
+    amplitude), widths s_hk, s_hk, s_l (r.l.u.) at every (n + 1/2, m + 1/2, l): a lattice
+    sum shifted by s = (1/2, 1/2, 0).  Its Fourier transform is nonzero only at lattice
+    vectors R, with exp(2 pi i s.R) = (-1)^(u+v) times the transform of one Gaussian,
+    A (2 pi)^(3/2) s_hk^2 s_l exp(-2 pi^2 (s_hk^2 (u^2 + v^2) + s_l^2 w^2)).  A discrete FFT
+    over the grid divided by its N averages over the box: the lattice sum weighted by the
+    taper (and by which voxels hold data) gives taper_mean, the mean of taper x measured
+    over the transformed box.  A voxel holds the mean over its extent (pixels binned), which
+    multiplies the transform by sinc(step r) per axis (steps = h, k, l steps in r.l.u.)."""
+    sim = truth["simulation"]
+    tc = truth["diffuse_model"]["satellites"]["present_below_K"][sample]
+    amp = sim["satellite_amplitude"] * min(1.0, max(0.0, (tc - temperature) / (0.5 * tc)))
+    s_hk, s_l = sim["satellite_sigma_hk"], sim["satellite_sigma_l"]
+    r = np.asarray(vectors, float).reshape(-1, 3)
+    sign = np.where((np.rint(r[:, 0] + r[:, 1]).astype(int) % 2) == 0, 1.0, -1.0)
+    gauss = np.exp(-2 * math.pi ** 2 * (s_hk ** 2 * (r[:, 0] ** 2 + r[:, 1] ** 2)
+                                        + s_l ** 2 * r[:, 2] ** 2))
+    binning = np.prod(np.sinc(r * np.asarray(steps, float)[None, :]), axis=1)
+    return (sign * amp * (2 * math.pi) ** 1.5 * s_hk ** 2 * s_l * gauss * binning
+            * float(taper_mean))
+
+
+def _pdf_at(pdf, r) -> float:
+    """The PDF at the grid point nearest lattice coordinates r = (x, y, z)."""
+    i = int(np.argmin(np.abs(pdf.x - r[0])))
+    j = int(np.argmin(np.abs(pdf.y - r[1])))
+    k = int(np.argmin(np.abs(pdf.z - r[2])))
+    return float(pdf.values[k, j, i])
+
+
+def pdf_peak(pdf, r) -> float:
+    """The PDF at r less its local baseline, the mean at r +- 1/2 along x and along y: the
+    sharp peaks at lattice vectors stand on a smooth background (the transform of the data's
+    low-Q hole and of what is left of the background at large scales)."""
+    base = np.mean([_pdf_at(pdf, (r[0] + dx, r[1] + dy, r[2]))
+                    for dx, dy in ((0.5, 0.0), (-0.5, 0.0), (0.0, 0.5), (0.0, -0.5))])
+    return _pdf_at(pdf, r) - float(base)
+
+
+def pdf_noise(pdf, reach: float = 4.0) -> float:
+    """Standard deviation of the PDF at points at least 0.3 lattice units (each coordinate)
+    from every lattice vector, within `reach` and beyond 2 lattice units from the origin."""
+    frac = lambda a: np.abs(a - np.rint(a))  # noqa: E731
+    fz, fy, fx = np.meshgrid(frac(pdf.z), frac(pdf.y), frac(pdf.x), indexing="ij")
+    Z, Y, X = np.meshgrid(pdf.z, pdf.y, pdf.x, indexing="ij")
+    sel = ((fx > 0.3) & (fy > 0.3) & (fz > 0.3) & (X ** 2 + Y ** 2 + Z ** 2 > 4)
+           & (np.abs(X) < reach) & (np.abs(Y) < reach) & (np.abs(Z) < reach))
+    return float(pdf.values[sel].std())
+
+
+@dataclass
+class PDFTruth:
+    """The 3D-DeltaPDF of one temperature of a reduced simulation against the analytic one."""
+
+    temperature: str
+    vectors: np.ndarray  # lattice vectors compared (n, 3)
+    measured: np.ndarray  # DeltaPDF peaks (pdf_peak) at them
+    expected: np.ndarray  # satellite_delta_pdf at them
+    total: np.ndarray  # total-PDF peaks at them
+    noise: float  # pdf_noise of the DeltaPDF
+
+    @property
+    def significant(self) -> np.ndarray:
+        return np.abs(self.expected) > 5 * self.noise
+
+    @property
+    def signs_agree(self) -> float:
+        s = self.significant
+        return float(np.mean(np.sign(self.measured[s]) == np.sign(self.expected[s]))) if s.any() \
+            else float("nan")
+
+    @property
+    def scale(self) -> float:
+        """Least-squares factor measured ~ scale x expected (1 = the analytic amplitude)."""
+        ee = float((self.expected ** 2).sum())
+        return float((self.expected * self.measured).sum() / ee) if ee > 0 else float("nan")
+
+    @property
+    def residual(self) -> float:
+        """rms(measured - expected) / max |expected| (or / the noise without satellites)."""
+        ref = np.abs(self.expected).max()
+        return float(np.sqrt(np.mean((self.measured - self.expected) ** 2)) / (ref or self.noise))
+
+    def summary(self) -> str:
+        return (f"DeltaPDF {self.temperature}: {len(self.vectors)} lattice vectors, "
+                f"{int(self.significant.sum())} with satellite DeltaPDF > 5 noise, signs agree "
+                f"{self.signs_agree:.3f}, amplitude / analytic {self.scale:.3f}, rms residual "
+                f"{self.residual:.3f} of the largest; max |DeltaPDF| / noise "
+                f"{np.abs(self.measured).max() / self.noise:.1f}; total-PDF lattice peaks: "
+                f"median {np.median(self.total):.3g} (all > 0: {bool(np.all(self.total > 0))}), "
+                f"max |DeltaPDF| / median total peak "
+                f"{np.abs(self.measured).max() / np.median(self.total):.3f}")
+
+
+def pdf_against_truth(results, truth: dict, sample: str, temperature: str,
+                      reach=(3, 3, 1)) -> PDFTruth:
+    """results/SAMPLE/T/pdf.nxs and total_pdf.nxs at the lattice vectors |u|, |v| <= reach[0],
+    reach[1], |w| <= reach[2] against the satellites' analytic DeltaPDF."""
+    from pathlib import Path
+
+    from ..files.h5 import open_h5
+    from ..files.pdf import read_pdf
+    from ..grid import Grid
+    from ..pdf import fft_crop, tukey_taper
+
+    base = Path(results) / sample / temperature
+    delta, total = read_pdf(base / "pdf.nxs"), read_pdf(base / "total_pdf.nxs")
+    with open_h5(base / "pdf.nxs") as f:
+        g = f["entry/filled_data"]
+        filled = g["data"][()]
+        axes = [g[f"Q{a}"] for a in "hkl"]
+        grid = Grid(*(Axis(float(ax[0]), float(ax.attrs["step"]), len(ax)) for ax in axes))
+    taper = tukey_taper(grid, delta.cell, delta.notes["q_max"])
+    sh, sk, sl = fft_crop(grid)
+    taper_mean = float((taper * np.isfinite(filled))[sl, sk, sh].mean())
+    vectors = np.array([(u, v, w) for u in range(-reach[0], reach[0] + 1)
+                        for v in range(-reach[1], reach[1] + 1)
+                        for w in range(-reach[2], reach[2] + 1) if (u, v, w) != (0, 0, 0)], float)
+    t = truth["samples"][sample]["temperatures"][temperature]["temperature"]
+    expected = satellite_delta_pdf(truth, sample, t, [ax.step for ax in grid.axes], vectors,
+                                   taper_mean)
+    return PDFTruth(temperature, vectors, np.array([pdf_peak(delta, r) for r in vectors]),
+                    expected, np.array([pdf_peak(total, r) for r in vectors]), pdf_noise(delta))

@@ -75,9 +75,11 @@ def run(args, log) -> None:
         tr, notes = transform_scan(stack, scan, grid, read_mask_file(args.mask), kinds, first,
                                    stop, params, detector.trusted_max_for(stack.dtype), crystal,
                                    rec.monitor, log, threads=args.threads)
+    # the scan file's temperature (K) reaches every sum and symmetrisation through this
+    # sample group: NXRefine and NeXpy read /entry/sample/temperature
     sample = {"name": rec.sample, "temperature_label": ori.temperature_label,
-              "space_group": crystal.hm, "unit_cell": np.asarray(crystal.cell.parameters),
-              "ub_matrix": np.asarray(scan.UB)}
+              "temperature": rec.temperature, "space_group": crystal.hm,
+              "unit_cell": np.asarray(crystal.cell.parameters), "ub_matrix": np.asarray(scan.UB)}
     prov = provenance("hklflow transform_frames", args.settings,
                       inputs=[args.scan, args.orientation, args.grid, args.mask])
     seconds = time.monotonic() - t0

@@ -1,0 +1,504 @@
+"""The 3D-DeltaPDF as NXRefine computes it (nxreduce.py: hole_mask, punch_and_fill, fft_taper,
+total_pdf, delta_pdf), on a volume array[l, k, h] of a regular grid (hklflow.grid) whose
+unmeasured voxels are NaN:
+
+* punch: every Bragg reflection (and any extra position) is cut out of the volume, the voxels
+  within `radius` of it (an ellipsoid in voxels);
+* fill: the holes are filled by Laplace (harmonic) interpolation from the measured voxels
+  around them, or by Matern interpolation, (L + eps^2 I)^m u = 0 (NXRefine uses the Julia
+  package LaplaceInterpolation.jl, matern_3d_grid, default m = 1, eps = 0: pure Laplace);
+  here scipy.sparse assembles the systems of many holes into one block-diagonal matrix,
+  solved batch by batch with SuperLU;
+* taper: a spherical Tukey window in |Q|, flat to q_max/2, zero from q_max;
+* FFT: NXRefine's real(fftshift(fftn(fftshift(data[:-1, :-1, :-1])))) / N, float32.
+
+Q is in 1/Angstrom in the 2 pi convention (|Q| = 2 pi / d), as in NXRefine.  |Q| of a point
+h (r.l.u.) is 2 pi sqrt(h G* h) with G* the reciprocal metric, right for every cell;
+NXRefine sums the squares of h a*, k b*, l c*, which is right for orthogonal cells only.
+
+Differences from NXRefine, on purpose:
+
+* the hole is the set of voxel centres within `radius` of the position in |Q| (tilted for
+  non-orthogonal cells), not NXRefine's axis-aligned ellipsoid of rint(radius / voxel)
+  voxels per axis;
+* the fill region of a position also takes the unmeasured voxels within twice the radius (a
+  detector-space Bragg mask leaves NaN holes larger than the punch), and regions that
+  touch are solved together; NXRefine fills one cube per reflection and adds the fills of
+  overlapping cubes;
+* NaN voxels never serve as data: links to them are dropped (graph Laplacian); NXRefine's
+  volumes hold 0 there;
+* the fill is not symmetrised afterwards: the input is symmetric and every equivalent
+  reflection is punched, so the fill is symmetric wherever the operators map the 7-point
+  stencil onto itself (all but the 3- and 6-fold axes, which NXRefine leaves unsymmetrised
+  too);
+* the taper is 0 beyond q_max (NXRefine puts taper.min() there, a tiny positive number).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import cg, splu
+
+from .errors import GridError
+
+OUTCOMES = ("filled", "off_grid", "edge", "no_data", "solver_failed")
+FILLED, OFF_GRID, EDGE, NO_DATA, SOLVER_FAILED = range(len(OUTCOMES))
+# a position whose fill region merges with others takes the worst outcome among them, in
+# this order: filled < edge < no_data < solver_failed (off_grid positions have no region)
+
+UNITS = ("inverse_angstrom", "rlu")
+ORDERS = (1, 2, 3)
+DEFAULT_BATCH_UNKNOWNS = 250_000  # SuperLU's factors of a batch of 0.2 1/A holes: ~130 MB
+# regions above this size go to conjugate gradients: SuperLU's factors of a 3D region grow
+# as unknowns^(4/3) and its time faster still.  Measured (bench/pdf.py, the demo crystal,
+# 0.2 1/A holes): the two are even at ~500-1000 voxels per hole; at 3,760 (the 801^3 grid)
+# SuperLU takes 0.15 s per hole, CG 0.013 s; a merged 64,000-voxel region gives 44 million
+# LU entries (0.5 GB)
+DIRECT_MAX_UNKNOWNS = 1000
+_CG_RTOL = 1e-12  # relative residual: solution errors ~1e-9 relative for well-shaped regions
+_CG_MAX_ITERATIONS = 20_000
+_CANDIDATES_PER_CHUNK = 2_000_000  # voxel-position pairs tested at once while punching
+_TIE = 1e-9  # relative: voxels at exactly the radius count in despite rounding
+
+
+def q_metric(cell, units: str = "inverse_angstrom") -> np.ndarray:
+    """M with |Q|^2 = d M d for a displacement d in r.l.u.: (2 pi)^2 G* for 1/Angstrom,
+    the identity for r.l.u. (Euclidean distance in h, k, l)."""
+    if units == "inverse_angstrom":
+        return (2 * math.pi) ** 2 * np.asarray(cell.reciprocal_metric, float)
+    if units == "rlu":
+        return np.eye(3)
+    raise ValueError(f"radius units must be one of {UNITS}, got {units!r}")
+
+
+def reflections_to_punch(crystal, grid, q_max: float) -> np.ndarray:
+    """(n, 3) int: every allowed reflection (space-group absences are not punched: they carry
+    diffuse-only information; 000 is not punched) with |Q| <= q_max (1/Angstrom, 2 pi
+    convention) whose position lies inside the grid's h, k, l limits."""
+    if not (q_max > 0 and math.isfinite(q_max)):
+        raise ValueError(f"q_max must be a positive number (1/Angstrom), got {q_max}")
+    hkl = crystal.reflections_within(2 * math.pi / q_max)
+    q2 = np.einsum("ni,ij,nj->n", hkl, q_metric(crystal.cell), hkl)
+    keep = q2 <= q_max * q_max * (1 + _TIE)
+    for j, ax in enumerate(grid.axes):
+        tol = 1e-6 * ax.step
+        keep &= (hkl[:, j] >= ax.start - tol) & (hkl[:, j] <= ax.stop + tol)
+    return np.ascontiguousarray(hkl[keep], dtype=np.int64)
+
+
+@dataclass
+class FillResult:
+    # [l, k, h] arrays in the input's float dtype (float32 from the workflow's volumes)
+    filled: np.ndarray  # every hole filled (voxels unmeasured and not filled stay NaN)
+    punched: np.ndarray  # the input with the hole voxels set to NaN
+    hole: np.ndarray  # bool [l, k, h]: voxels that were punched (filled or not)
+    positions: np.ndarray  # (n, 3) float hkl that were asked for
+    outcome: np.ndarray  # (n,) int8, index into OUTCOMES, one per position
+    unknowns: int  # voxels solved for
+    batches: int  # sparse solves made
+    seconds: float
+
+    @property
+    def counts(self) -> dict[str, int]:
+        n = np.bincount(self.outcome.astype(np.int64), minlength=len(OUTCOMES))
+        return {name: int(n[i]) for i, name in enumerate(OUTCOMES)}
+
+
+# --------------------------------------------------------------------------------------
+# Voxel neighbourhoods in flat indices of an [l, k, h] array
+# --------------------------------------------------------------------------------------
+def _neighbours(flat: np.ndarray, shape) -> np.ndarray:
+    """Flat indices (6, n) of the face neighbours +h, -h, +k, -k, +l, -l; -1 beyond the grid."""
+    nl, nk, nh = shape
+    il, rest = np.divmod(flat, nk * nh)
+    ik, ih = np.divmod(rest, nh)
+    out = np.full((6, flat.size), -1, dtype=np.int64)
+    for row, (coord, n, stride) in enumerate(((ih, nh, 1), (ik, nk, nh), (il, nl, nk * nh))):
+        up, down = coord < n - 1, coord > 0
+        out[2 * row, up] = flat[up] + stride
+        out[2 * row + 1, down] = flat[down] - stride
+    return out
+
+
+def _find(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of each query in sorted_keys (unique), -1 where absent; negative queries are absent."""
+    if sorted_keys.size == 0:
+        return np.full(query.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, query), sorted_keys.size - 1)
+    return np.where((sorted_keys[pos] == query) & (query >= 0), pos, -1)
+
+
+def _usable(flat: np.ndarray, region: np.ndarray, values_flat: np.ndarray) -> np.ndarray:
+    """Whether voxels (flat, -1 = beyond the grid) hold data a fill may lean on: inside the
+    grid, outside every fill region (holes are in them), finite."""
+    inside = flat >= 0
+    safe = np.where(inside, flat, 0)
+    return inside & (_find(region, flat) < 0) & np.isfinite(values_flat[safe])
+
+
+# --------------------------------------------------------------------------------------
+# Punch
+# --------------------------------------------------------------------------------------
+def _punch_geometry(positions, grid, metric, radius, values_flat):
+    """The voxels of each position's hole and the unmeasured voxels within twice the radius.
+
+    Returns (pair_position, pair_voxel) of the holes, the flat indices of the unmeasured
+    voxels near some position, on_grid (n,) and edge (n,) flags."""
+    shape = grid.shape
+    n = len(positions)
+    steps = np.array([ax.step for ax in grid.axes])
+    starts = np.array([ax.start for ax in grid.axes])
+    dims = np.array([ax.n for ax in grid.axes])
+    centre = grid.index(positions) if n else np.zeros((0, 3), np.int64)
+    on_grid = grid.contains(centre) if n else np.zeros(0, bool)
+    edge = np.zeros(n, dtype=bool)
+    # the ellipsoid d M d <= (2r)^2 reaches 2r sqrt((M^-1)_jj) r.l.u. along axis j
+    # (2r |a_j| / 2 pi for 1/Angstrom): the half-widths in voxels of the box to test
+    reach = 2 * radius * np.sqrt(np.diag(np.linalg.inv(metric))) / steps
+    half = np.ceil(reach).astype(np.int64) + 1
+    offsets = np.stack(np.meshgrid(*[np.arange(-w, w + 1) for w in half], indexing="ij"),
+                       axis=-1).reshape(-1, 3)
+    # |Q|^2 of (centre + o) - p = q(o) + 2 f M o + q(f), f = centre - p (r.l.u.)
+    o_rlu = offsets * steps
+    q_off = np.einsum("bi,ij,bj->b", o_rlu, metric, o_rlu)
+    w_off = o_rlu @ metric
+    r2_hole, r2_fill = radius * radius * (1 + _TIE), 4 * radius * radius * (1 + _TIE)
+    strides = np.array([1, shape[2], shape[1] * shape[2]], dtype=np.int64)
+    hole_pos, hole_vox, extra_vox = [], [], []
+    todo = np.flatnonzero(on_grid)
+    chunk = max(1, _CANDIDATES_PER_CHUNK // len(offsets))
+    for c0 in range(0, len(todo), chunk):
+        which = todo[c0:c0 + chunk]
+        f = starts + centre[which] * steps - positions[which]
+        d2 = q_off[None, :] + 2.0 * (f @ w_off.T) + np.einsum("pi,ij,pj->p", f, metric, f)[:, None]
+        idx = centre[which][:, None, :] + offsets[None, :, :]
+        inside = np.all((idx >= 0) & (idx < dims), axis=-1)
+        flat = idx @ strides
+        in_hole = d2 <= r2_hole
+        edge[which] = np.any(in_hole & ~inside, axis=1)
+        punch = in_hole & inside
+        # a radius below half a step leaves a hole without voxel: punch the nearest one
+        empty = ~punch.any(axis=1)
+        punch[empty, np.flatnonzero(~np.any(offsets, axis=1))[0]] = True
+        p, b = np.nonzero(punch)
+        hole_pos.append(which[p])
+        hole_vox.append(flat[p, b])
+        near = (d2 <= r2_fill) & inside & ~punch
+        cand = flat[near]
+        extra_vox.append(np.unique(cand[np.isnan(values_flat[cand])]))
+    if hole_pos:
+        hole_pos, hole_vox = np.concatenate(hole_pos), np.concatenate(hole_vox)
+        extra_vox = np.unique(np.concatenate(extra_vox))
+    else:
+        hole_pos = hole_vox = extra_vox = np.zeros(0, np.int64)
+    return hole_pos, hole_vox, extra_vox, on_grid, edge
+
+
+# --------------------------------------------------------------------------------------
+# Fill
+# --------------------------------------------------------------------------------------
+def _components(region: np.ndarray, shape) -> tuple[int, np.ndarray]:
+    """Connected components (face neighbours) of the region voxels (sorted flat indices)."""
+    n = region.size
+    if n == 0:
+        return 0, np.zeros(0, np.int64)
+    j = _find(region, _neighbours(region, shape)[0::2])  # +h, +k, +l: links are undirected
+    rows = np.broadcast_to(np.arange(n), j.shape)[j >= 0]
+    adjacency = sp.coo_matrix((np.ones(rows.size, np.int8), (rows, j[j >= 0])), shape=(n, n))
+    count, labels = connected_components(adjacency, directed=False)
+    return count, labels.astype(np.int64)
+
+
+def _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order, eps):
+    """The system of the unknowns of some components: S u = rhs with S the rows and columns
+    of the unknowns in (L + eps^2 I)^m and rhs = -(those rows, known columns) v.
+
+    L is the graph Laplacian, per component, on its domain: its unknowns plus the usable
+    voxels within m face steps (through usable voxels) of them, which is all the rows of
+    the unknowns in (L + eps^2 I)^m can reach; so the result is that on NXRefine's cube
+    (the hole's box grown by the hole radius) whenever that margin is >= m voxels.  A
+    voxel near two components is a domain voxel of each, separately."""
+    size = math.prod(shape)
+    unknown_keys = unknown_comp * size + unknown_flat  # sorted: components then voxels
+    known_keys = np.zeros(0, np.int64)
+    frontier_flat, frontier_comp = unknown_flat, unknown_comp
+    for _ in range(order):
+        nb = _neighbours(frontier_flat, shape)
+        comp = np.broadcast_to(frontier_comp, nb.shape)
+        ok = _usable(nb, region, values_flat)
+        keys = np.setdiff1d(np.unique(comp[ok] * size + nb[ok]), known_keys, assume_unique=True)
+        known_keys = np.union1d(known_keys, keys)
+        frontier_comp, frontier_flat = np.divmod(keys, size)
+    nodes = np.concatenate([unknown_keys, known_keys])
+    n_unknown, n_nodes = unknown_keys.size, nodes.size
+    by_key = np.argsort(nodes, kind="stable")
+    node_comp, node_flat = np.divmod(nodes, size)
+    nb = _neighbours(node_flat, shape)
+    nb_keys = np.where(nb >= 0, node_comp * size + nb, -1)
+    j = _find(nodes[by_key], nb_keys)
+    linked = j >= 0
+    rows = np.broadcast_to(np.arange(n_nodes), nb.shape)[linked]
+    cols = by_key[j[linked]]
+    degree = linked.sum(axis=0).astype(np.float64)
+    L = sp.csr_matrix((np.full(rows.size, -1.0), (rows, cols)), shape=(n_nodes, n_nodes))
+    A = (L + sp.diags(degree + eps * eps)).tocsr()
+    power = A[:n_unknown]  # rows of the unknowns in A^m
+    for _ in range(order - 1):
+        power = power @ A
+    power = power.tocsc()
+    S = power[:, :n_unknown]
+    known_values = values_flat[node_flat[n_unknown:]].astype(np.float64)
+    rhs = -(power[:, n_unknown:] @ known_values)
+    return S.tocsc(), rhs
+
+
+def _solve(S, rhs) -> np.ndarray | None:
+    """SuperLU solve, None if singular.  Every S here is symmetric, so the minimum-degree
+    ordering of S^T + S suits it: a third fewer factor entries than the default COLAMD
+    on the demo's holes, and no slower."""
+    try:
+        lu = splu(S, permc_spec="MMD_AT_PLUS_A")
+    except RuntimeError:  # "Factor is exactly singular"
+        return None
+    return lu.solve(rhs)
+
+
+def _solve_iteratively(S, rhs) -> np.ndarray | None:
+    """Conjugate gradients (S is symmetric positive definite) with a Jacobi preconditioner,
+    for large regions: memory linear in the unknowns.  None if it does not converge."""
+    S = S.tocsr()
+    x, info = cg(S, rhs, rtol=_CG_RTOL, atol=0.0, maxiter=_CG_MAX_ITERATIONS,
+                 M=sp.diags(1.0 / S.diagonal()))
+    return x if info == 0 else None
+
+
+def _check_fill_args(values, grid, positions, radius, units, order, eps, max_batch_unknowns):
+    if values.shape != grid.shape:
+        raise ValueError(f"the volume has shape {values.shape}, the grid {grid.shape} ([l, k, h])")
+    if positions.ndim != 2 or positions.shape[1] != 3 or not np.all(np.isfinite(positions)):
+        raise ValueError(f"positions must be finite (n, 3) hkl, got shape {positions.shape}")
+    if not (radius > 0 and math.isfinite(radius)):
+        raise ValueError(f"the punch radius must be a positive number, got {radius}")
+    if units not in UNITS:
+        raise ValueError(f"radius units must be one of {UNITS}, got {units!r}")
+    if isinstance(order, bool) or order not in ORDERS:
+        raise ValueError(f"the fill order m must be one of {ORDERS} (1: Laplace, 2: Matern), got {order!r}")
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"the Matern eps must be a finite number >= 0, got {eps}")
+    if not max_batch_unknowns >= 1:
+        raise ValueError(f"max_batch_unknowns must be >= 1, got {max_batch_unknowns}")
+
+
+def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
+                   units: str = "inverse_angstrom", order: int = 1, eps: float = 0.0,
+                   max_batch_unknowns: int = DEFAULT_BATCH_UNKNOWNS, log=None,
+                   max_direct_unknowns: int = DIRECT_MAX_UNKNOWNS) -> FillResult:
+    """Punch a hole around every position (float hkl) and fill it from the data around it.
+
+    The hole of a position: the voxels whose centres lie within `radius` of it (units
+    'inverse_angstrom': |Q| with the cell's metric, 2 pi convention; 'rlu': Euclidean in
+    h, k, l), at least the voxel nearest to it along each axis.  Its fill region: the hole
+    plus the unmeasured (NaN) voxels within twice the radius; regions that overlap or touch
+    are solved together.  The fill is the discrete solution of (L + eps^2 I)^m u = 0 over the
+    region in voxel-index space (7-point stencil, unit spacing, as NXRefine's matern_3d_grid),
+    with the measured voxels outside every region as known values; links to voxels without
+    data (NaN, beyond the grid) are dropped.  m = 1, eps = 0 (the default, NXRefine's) is
+    harmonic interpolation.
+
+    Outcome per position (OUTCOMES): off_grid (its nearest voxel is outside the grid:
+    nothing punched), edge (its hole crosses the grid boundary: filled from inside),
+    no_data (no measured voxel borders its region: left NaN), solver_failed (singular
+    system or non-finite solution: left NaN, logged), filled.  A position takes the worst
+    outcome of the regions of its hole voxels, so positions of a merged region share it.
+
+    The systems of many regions are solved as one block-diagonal sparse matrix per batch of
+    at most max_batch_unknowns unknowns (a larger region is a batch of its own): by SuperLU
+    for regions of up to max_direct_unknowns voxels, by conjugate gradients (to a relative
+    residual of 1e-12, memory linear in the unknowns) for larger ones, where it is faster."""
+    t0 = time.perf_counter()
+    log = log or logging.getLogger(__name__)
+    values = np.ascontiguousarray(intensity)
+    dtype = values.dtype if values.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    positions = np.array(positions, dtype=np.float64).reshape(-1, 3)
+    _check_fill_args(values, grid, positions, radius, units, order, eps, max_batch_unknowns)
+    if not max_direct_unknowns >= 0:
+        raise ValueError(f"max_direct_unknowns must be >= 0, got {max_direct_unknowns}")
+    shape = grid.shape
+    values_flat = values.reshape(-1)
+    metric = q_metric(cell, units)
+
+    hole_pos, hole_vox, extra_vox, on_grid, edge = _punch_geometry(
+        positions, grid, metric, radius, values_flat)
+    holes = np.unique(hole_vox)
+    region = np.union1d(holes, extra_vox)
+    punched = values.astype(dtype, copy=True)
+    punched.reshape(-1)[holes] = np.nan
+    hole = np.zeros(shape, dtype=bool)
+    hole.reshape(-1)[holes] = True
+
+    count, comp = _components(region, shape)
+    # a region with no usable neighbour has nothing to fill from
+    usable_links = _usable(_neighbours(region, shape), region, values_flat).sum(axis=0)
+    has_data = np.bincount(comp, weights=usable_links, minlength=count) > 0
+    comp_outcome = np.where(has_data, FILLED, NO_DATA).astype(np.int8)
+
+    filled = punched.copy()
+    filled_flat = filled.reshape(-1)
+    by_comp = np.argsort(comp, kind="stable")  # region voxels grouped by component
+    sizes = np.bincount(comp, minlength=count)
+    comp_start = np.concatenate([[0], np.cumsum(sizes)])
+    batches = unknowns = 0
+    for members, iterative in _batches(np.flatnonzero(has_data), sizes, max_batch_unknowns,
+                                       max_direct_unknowns):
+        rows = np.concatenate([by_comp[comp_start[c]:comp_start[c + 1]] for c in members])
+        solved = _fill_batch(region[rows], comp[rows], region, values_flat, shape, order, eps, dtype,
+                             iterative)
+        batches += solved.batches
+        unknowns += rows.size
+        comp_outcome[members[solved.failed]] = SOLVER_FAILED
+        ok = ~np.isin(comp[rows], members[solved.failed])
+        filled_flat[region[rows][ok]] = solved.values[ok]
+        if iterative and solved.failed.size:
+            log.warning("%d fill region(s) of up to %d voxels not solved: conjugate gradients did "
+                        "not converge (a smaller radius keeps holes from merging into large regions)",
+                        solved.failed.size, sizes[members[solved.failed]].max())
+
+    # outcomes: edge marks the whole region of an edge position; worst outcome per position
+    pair_comp = comp[_find(region, hole_vox)]
+    np.maximum.at(comp_outcome, pair_comp[edge[hole_pos]], EDGE)
+    outcome = np.full(len(positions), FILLED, dtype=np.int8)
+    np.maximum.at(outcome, hole_pos, comp_outcome[pair_comp])
+    outcome[~on_grid] = OFF_GRID
+    result = FillResult(filled, punched, hole, positions, outcome, int(unknowns), int(batches),
+                        time.perf_counter() - t0)
+    failed = np.flatnonzero(outcome == SOLVER_FAILED)
+    if failed.size:
+        log.warning("punch and fill: the fill failed (singular system or non-finite solution) "
+                    "for %d position(s), left NaN: %s", failed.size,
+                    ", ".join(str(tuple(np.round(positions[i], 4))) for i in failed[:10]))
+    log.info("punch and fill: %d positions, %d hole voxels, %d unknowns in %d solve(s), %.1f s: %s",
+             len(positions), holes.size, unknowns, batches, result.seconds,
+             ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    return result
+
+
+def _batches(components, sizes, max_batch_unknowns, max_direct_unknowns):
+    """(component ids, iterative) per solve: the regions of up to max_direct_unknowns voxels
+    (for SuperLU), then the larger ones (for conjugate gradients), each kind greedily grouped
+    into batches of at most max_batch_unknowns unknowns (a larger region alone); a loop per
+    batch, not per voxel."""
+    large = sizes[components] > max_direct_unknowns
+    for iterative, group in ((False, components[~large]), (True, components[large])):
+        b0 = 0
+        while b0 < len(group):
+            total, b1 = 0, b0
+            while b1 < len(group) and (b1 == b0 or total + sizes[group[b1]] <= max_batch_unknowns):
+                total += sizes[group[b1]]
+                b1 += 1
+            yield group[b0:b1], iterative
+            b0 = b1
+
+
+@dataclass
+class _BatchFill:
+    values: np.ndarray  # solution per unknown (NaN where failed), in the volume's dtype
+    failed: np.ndarray  # indices (into the batch's components) whose solve failed
+    batches: int
+
+
+def _fill_batch(unknown_flat, unknown_comp, region, values_flat, shape, order, eps, dtype,
+                iterative=False):
+    """Solve the components of a batch together; if that fails, each alone, so that one bad
+    component does not spoil the others."""
+    members, local = np.unique(unknown_comp, return_inverse=True)
+    S, rhs = _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order, eps)
+    u = _solve_iteratively(S, rhs) if iterative else _solve(S, rhs)
+    solves = 1
+    if u is None:
+        u = np.full(rhs.size, np.nan)
+        for c in range(members.size):  # only after a failure
+            rows = np.flatnonzero(local == c)
+            part = _solve(S[rows][:, rows], rhs[rows])
+            solves += 1
+            if part is not None:
+                u[rows] = part
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = u.astype(dtype)
+    bad = np.bincount(local, weights=~np.isfinite(out), minlength=members.size) > 0
+    return _BatchFill(out, np.flatnonzero(bad), solves)
+
+
+# --------------------------------------------------------------------------------------
+# Taper and FFT
+# --------------------------------------------------------------------------------------
+def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
+    """NXRefine's spherical Tukey taper, float32 [l, k, h]: with R = 2|Q|/q_max, 1 for R <= 1,
+    0.5 (1 - cos pi R) for 1 < R < 2, 0 for R >= 2 (NXRefine: taper.min(), a tiny number).
+    |Q| with the cell's metric (2 pi convention); computed plane by plane along L."""
+    if not (q_max > 0 and math.isfinite(q_max)):
+        raise ValueError(f"q_max must be a positive number (1/Angstrom), got {q_max}")
+    g = q_metric(cell)
+    h, k = grid.h.values[None, :], grid.k.values[:, None]
+    q2_hk = g[0, 0] * h * h + g[1, 1] * k * k + 2 * g[0, 1] * h * k
+    linear_in_l = 2 * (g[0, 2] * h + g[1, 2] * k)
+    out = np.empty(grid.shape, dtype=np.float32)
+    for il, lv in enumerate(grid.l.values):
+        r = 2.0 * np.sqrt(np.maximum(q2_hk + lv * linear_in_l + g[2, 2] * lv * lv, 0.0)) / q_max
+        out[il] = np.where(r <= 1.0, 1.0, np.where(r < 2.0, 0.5 * (1.0 - np.cos(np.pi * r)), 0.0))
+    return out
+
+
+def fft_crop(grid) -> list[slice]:
+    """Per axis (h, k, l) the index range [i0 - m, i0 + m) with i0 the voxel at 0 and
+    m = min(i0, n - 1 - i0): NXRefine's data[:-1, :-1, :-1] on a grid symmetric about 0."""
+    out = []
+    for name, ax in zip(("h", "k", "l"), grid.axes):
+        i0 = int(round(-ax.start / ax.step))
+        if not (0 <= i0 < ax.n and abs(ax.start + i0 * ax.step) <= 1e-6 * ax.step):
+            raise GridError(f"the PDF needs a voxel at {name} = 0, but the {name} axis "
+                            f"({ax.start:g} .. {ax.stop:g}, step {ax.step:g}) has none: make "
+                            f"reduction.transform.grid.{name} symmetric about 0 with 0 on a voxel")
+        m = min(i0, ax.n - 1 - i0)
+        if m < 1:
+            raise GridError(f"the PDF needs voxels on both sides of {name} = 0, but the {name} "
+                            f"axis ({ax.start:g} .. {ax.stop:g}) ends at 0")
+        out.append(slice(i0 - m, i0 + m))
+    return out
+
+
+def pdf_fft(values, grid, workers: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(pdf float32 [z, y, x], (x, y, z) axes in lattice units): NXRefine's
+    real(fftshift(fftn(fftshift(data)))) / N on the volume cropped symmetric about 0
+    (fft_crop), NaN as 0, in float32.
+
+    Computed as rfftn of the real input (half the memory of fftn's complex output): the real
+    part of the transform of real data is even, F(-k) = conj F(k), so the other half of
+    the x frequencies is the mirror image.  x = fftshift(fftfreq(nx, step_h)), y from k,
+    z from l."""
+    sh, sk, sl = fft_crop(grid)
+    # fftshift of the cropped volume, as float32 with NaN -> 0, in one copy
+    data = scipy.fft.fftshift(np.asarray(values)[sl, sk, sh].astype(np.float32, copy=False))
+    np.copyto(data, 0.0, where=np.isnan(data))
+    nz, ny, nx = data.shape
+    half = scipy.fft.rfftn(data, workers=workers)  # (nz, ny, nx/2 + 1) complex64
+    del data
+    real = half.real
+    out = np.empty((nz, ny, nx), dtype=np.float32)
+    cx = nx // 2
+    y_pos = (np.arange(ny) - ny // 2) % ny  # row of frequency y - ny/2
+    y_neg = (ny // 2 - np.arange(ny)) % ny  # row of its negative
+    for z in range(nz):  # plane by plane: no volume-sized temporaries
+        out[z, :, cx:] = real[(z - nz // 2) % nz][y_pos, :cx]
+        out[z, :, :cx] = real[(nz // 2 - z) % nz][y_neg, cx:0:-1]
+    del half, real
+    out *= 1.0 / out.size  # in float32, as NXRefine
+    axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
+                 for s, ax in zip((sh, sk, sl), grid.axes))
+    return out, axes

@@ -1,0 +1,189 @@
+"""The total PDF and the 3D-DeltaPDF of a merged (symmetrised) volume: the domain calls of the
+steps total_pdf and delta_pdf.  The array algorithms (punch, fill, taper, FFT) are in
+hklflow.pdf; here the volume's Q range decides the taper and which reflections are punched.
+
+Q is in 1/Angstrom in the 2 pi convention (|Q| = 2 pi / d), as in NXRefine.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import pdf as pdf_algorithms
+from .crystal import Crystal
+from .files.pdf import PDF
+from .files.volume import Volume
+from .grid import Grid
+
+
+def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
+    """|Q|^2 (1/Angstrom^2, 2 pi convention) of the voxel centres of L planes [l0, l1)."""
+    g = (2 * math.pi) ** 2 * cell.reciprocal_metric
+    h = grid.h.values[None, None, :]
+    k = grid.k.values[None, :, None]
+    ll = grid.l.values[l0:l1, None, None]
+    return (g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * ll * ll
+            + 2 * (g[0, 1] * h * k + g[0, 2] * h * ll + g[1, 2] * k * ll))
+
+
+COMPLETE_SHELL = 0.9  # a shell of |Q| at least this measured counts as covered
+
+
+def coverage_by_shell(grid: Grid, cell, measured: np.ndarray, planes: int = 16):
+    """Measured fraction of the voxels in spherical shells of |Q| (1/Angstrom, 2 pi
+    convention) one voxel thick: (shell outer edges, fraction measured, voxels per shell)."""
+    lengths = cell.reciprocal_parameters[:3]
+    width = 2 * math.pi * min(ax.step * s for ax, s in zip(grid.axes, lengths))
+    corner = math.sqrt(float(max(q_squared_planes(grid, cell, i, i + 1).max()
+                                 for i in (0, grid.l.n - 1))))
+    nbins = int(math.ceil(corner / width)) + 1
+    total = np.zeros(nbins, np.int64)
+    seen = np.zeros(nbins, np.int64)
+    for l0 in range(0, grid.l.n, planes):
+        l1 = min(l0 + planes, grid.l.n)
+        shell = np.minimum((np.sqrt(q_squared_planes(grid, cell, l0, l1)) / width).astype(np.int64),
+                           nbins - 1)
+        total += np.bincount(shell.ravel(), minlength=nbins)
+        seen += np.bincount(shell[measured[l0:l1]].ravel(), minlength=nbins)
+    return width * np.arange(1, nbins + 1), seen / np.maximum(total, 1), total
+
+
+def measured_reach(grid: Grid, cell, measured: np.ndarray) -> tuple[float, float]:
+    """(the largest |Q| of a measured voxel: the detector's reach in this volume; the |Q|
+    up to which the data are complete: where, going out from the best-measured shell, the
+    first shell less than COMPLETE_SHELL measured begins)."""
+    edges, fraction, total = coverage_by_shell(grid, cell, measured)
+    has = np.flatnonzero(fraction > 0)
+    if not len(has):
+        return 0.0, 0.0
+    reach = float(edges[has[-1]])
+    best = int(np.argmax(np.where(total > 0, fraction, -1)))
+    short = np.flatnonzero((fraction[best:] < COMPLETE_SHELL) & (total[best:] > 0))
+    complete = float(edges[best + short[0] - 1]) if len(short) and best + short[0] > 0 \
+        else reach
+    return reach, complete
+
+
+def inscribed_q(grid: Grid, cell) -> float:
+    """|Q| of the largest sphere about Q = 0 inside the grid: the plane h = H lies 2 pi H / a
+    from the origin, whatever the cell's angles."""
+    lengths = cell.parameters[:3]
+    return min(2 * math.pi * min(abs(ax.start), abs(ax.stop)) / length
+               for ax, length in zip(grid.axes, lengths))
+
+
+def taper_q_max(grid: Grid, cell, measured: np.ndarray, q_max: float | None) -> dict:
+    """The q_max of the taper - the config's, or where the data stop being complete (within
+    the grid) - and where it came from, as notes."""
+    reach, complete = measured_reach(grid, cell, measured)
+    inside = inscribed_q(grid, cell)
+    if q_max is None:
+        chosen = min(complete, inside)
+        source = (f"measured shells >= {COMPLETE_SHELL:.0%} complete" if complete <= inside
+                  else "largest sphere inside the grid")
+    else:
+        chosen, source = float(q_max), "config (reduction.pdf.q_max)"
+    return {"q_max": chosen, "q_max_source": source, "q_reach": reach, "q_complete": complete,
+            "q_inside_grid": inside}
+
+
+def unmeasured_within(grid: Grid, cell, measured: np.ndarray, q: float, planes: int = 16) -> float:
+    """Fraction of the voxels with |Q| <= q that are not measured (they enter the FFT as 0)."""
+    inside = unmeasured = 0
+    for l0 in range(0, grid.l.n, planes):
+        l1 = min(l0 + planes, grid.l.n)
+        sphere = q_squared_planes(grid, cell, l0, l1) <= q * q
+        inside += int(sphere.sum())
+        unmeasured += int((sphere & ~measured[l0:l1]).sum())
+    return unmeasured / max(inside, 1)
+
+
+def _fft(values: np.ndarray, volume: Volume, cell, q_max: float, kind: str, title: str,
+         notes: dict, workers: int, subtract_mean: bool) -> PDF:
+    taper = pdf_algorithms.tukey_taper(volume.grid, cell, q_max)
+    if subtract_mean:
+        # a constant transforms to the origin peak and the taper's rings around it (which
+        # reach the nearest lattice vectors of a short axis); unmeasured voxels then count as
+        # the mean instead of 0
+        inside = np.isfinite(values) & (taper > 0)
+        mean = float(values[inside].mean(dtype=np.float64)) if inside.any() else 0.0
+        del inside
+        values -= np.float32(mean)
+        notes["mean_subtracted"] = mean
+    np.multiply(values, taper, out=values)  # NaN (unmeasured) stays NaN: pdf_fft makes it 0
+    del taper
+    t0 = time.monotonic()
+    out, (x, y, z) = pdf_algorithms.pdf_fft(values, volume.grid, workers=workers)
+    notes["fft_seconds"] = time.monotonic() - t0
+    notes["fft_shape"] = list(out.shape)
+    return PDF(out, x, y, z, cell, kind, title, notes)
+
+
+def total_pdf(volume: Volume, cell, q_max: float | None, title: str, workers: int = 1,
+              subtract_mean: bool = True) -> PDF:
+    """The total PDF: FFT of the tapered volume as measured (unmeasured voxels as 0, after
+    the mean is subtracted when subtract_mean)."""
+    measured = volume.weight > 0
+    notes = taper_q_max(volume.grid, cell, measured, q_max)
+    q = notes["q_max"]
+    notes["unmeasured_within_q_max"] = unmeasured_within(volume.grid, cell, measured, q)
+    del measured
+    return _fft(volume.intensity(), volume, cell, q, "total_pdf", title, notes, workers,
+                subtract_mean)
+
+
+def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
+    """Every allowed reflection within the measured reach and the grid, then the extra
+    positions with all their Laue-equivalent positions (n, 3) float."""
+    refl = pdf_algorithms.reflections_to_punch(crystal, grid, q_reach).astype(np.float64)
+    if len(extra):
+        ops = crystal.laue_operators
+        more = np.einsum("ni,kij->knj", np.asarray(extra, float).reshape(-1, 3), ops).reshape(-1, 3)
+        more = np.unique(np.round(more, 9), axis=0)
+        refl = np.concatenate([refl, more]) if len(refl) else more
+    return refl
+
+
+def nearest_reflection_spacing(crystal: Crystal) -> float:
+    """|Q| (1/Angstrom, 2 pi convention) between the two nearest allowed reflections: the
+    shortest allowed reciprocal-lattice vector."""
+    d_max = max(crystal.cell.parameters[:3])
+    refl = crystal.reflections_within(d_max / 2.01)
+    return float(2 * math.pi / crystal.cell.d_spacing(refl).max())
+
+
+def delta_pdf(volume: Volume, crystal: Crystal, params, title: str, workers: int = 1,
+              log=None):
+    """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
+    params.extra_positions) punched and filled (hklflow.pdf.punch_and_fill), then tapered
+    and transformed.  Returns (PDF, FillResult)."""
+    cell = crystal.cell
+    reach, _ = measured_reach(volume.grid, cell, volume.weight > 0)
+    positions = punch_positions(crystal, volume.grid, reach, params.extra_positions)
+    spacing = nearest_reflection_spacing(crystal)
+    diameter = 2 * params.radius * (1.0 if params.radius_units == "inverse_angstrom"
+                                     else 2 * math.pi * min(cell.reciprocal_parameters[:3]))
+    if log and diameter >= spacing:
+        log.warning("the holes (%.3f 1/A across) are wider than the distance between the nearest "
+                    "reflections (%.3f 1/A): they merge and little diffuse scattering is left; "
+                    "lower reduction.pdf.radius", diameter, spacing)
+    if log:
+        log.info("punching %d positions (radius %g %s), fill order %d, eps %g", len(positions),
+                 params.radius, params.radius_units, params.fill_order, params.fill_eps)
+    fill = pdf_algorithms.punch_and_fill(volume.intensity(), volume.grid, cell, positions,
+                                         radius=params.radius, units=params.radius_units,
+                                         order=params.fill_order, eps=params.fill_eps, log=log)
+    measured = np.isfinite(fill.filled)  # the fill completes regions the Bragg mask left empty
+    notes = taper_q_max(volume.grid, cell, measured, params.q_max)
+    q = notes["q_max"]
+    notes.update(outcomes=fill.counts, positions=len(positions), radius=params.radius,
+                 radius_units=params.radius_units, fill_order=params.fill_order,
+                 fill_eps=params.fill_eps, fill_seconds=fill.seconds, fill_unknowns=fill.unknowns,
+                 fill_batches=fill.batches, extra_positions=[list(p) for p in params.extra_positions],
+                 unmeasured_within_q_max=unmeasured_within(volume.grid, cell, measured, q))
+    del measured
+    pdf = _fft(fill.filled.copy(), volume, cell, q, "pdf", title, notes, workers,
+               params.subtract_mean)
+    return pdf, fill

@@ -1,0 +1,65 @@
+"""Step delta_pdf: the 3D-DeltaPDF of a sample at one temperature - every allowed Bragg
+reflection of its symmetrised volume punched out and the hole filled by Laplace (or Matern)
+interpolation, then tapered and Fourier transformed (hklflow.pdf_volume.delta_pdf) - with
+the punched and filled volumes, the outcome of every reflection, and pictures of its planes."""
+from __future__ import annotations
+
+from ..crystal import Crystal, UnitCell
+from ..files.pdf import write_pdf
+from ..files.volume import read_volume
+from ..params import PDFParams, settings_part
+from ..pdf import OUTCOMES
+from ..pdf_volume import delta_pdf
+from ..pictures import plot_pdf
+from ..provenance import provenance
+from ..slices import cell_of
+from ._run import StepParser, run_step
+
+
+def parser() -> StepParser:
+    p = StepParser("delta_pdf", __doc__)
+    p.add_settings()
+    p.add_threads()
+    p.add_input("--input", "the symmetrised (or merged) volume")
+    p.add_output("--out", "pdf.nxs to write")
+    p.add_output("--png", "picture to write")
+    return p
+
+
+def run(args, log) -> None:
+    s = args.settings
+    params = settings_part(s, PDFParams)
+    volume = read_volume(args.input)
+    cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
+    crystal = Crystal(s["sample"]["space_group"], cell)
+    title = f"{volume.title}: 3D-DeltaPDF"
+    pdf, fill = delta_pdf(volume, crystal, params, title, workers=args.threads, log=log)
+    pdf.notes["input"] = str(args.input)
+    counts = fill.counts
+    log.info("%s: %d positions punched: %s; %d voxels solved in %d batches, %.1f s",
+             args.input, len(fill.positions), ", ".join(f"{k} {v}" for k, v in counts.items()),
+             fill.unknowns, fill.batches, fill.seconds)
+    for name in ("no_data", "solver_failed"):
+        if counts.get(name):
+            log.warning("%d reflections %s: their holes stay empty (0 in the transform)",
+                        counts[name], name.replace("_", " "))
+    log.info("taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of the "
+             "voxels inside q_max unmeasured after the fill (0 in the transform); FFT %.1f s",
+             pdf.notes["q_max"], pdf.notes["q_max_source"], pdf.notes["q_reach"],
+             pdf.notes["q_inside_grid"], 100 * pdf.notes["unmeasured_within_q_max"],
+             pdf.notes["fft_seconds"])
+    punched = fill.punched
+    filled = fill.filled
+    del fill.punched, fill.filled
+    write_pdf(args.out, pdf, dict(volume.sample),
+              provenance("hklflow delta_pdf", s, inputs=[args.input]), grid=volume.grid,
+              filled=filled, punched=punched, positions=fill.positions, outcome=fill.outcome,
+              outcome_names=OUTCOMES)
+    plot_pdf(pdf, params.slices, args.png,
+             f"{title}\n{len(fill.positions)} reflections: "
+             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
+             + f"; taper zero at {pdf.notes['q_max']:.2f} 1/A", log=log)
+
+
+def main(argv=None) -> int:
+    return run_step(parser(), run, argv)

@@ -1,0 +1,33 @@
+"""Step pdf_temperature_series: one plane of a sample's 3D-DeltaPDF at every temperature, side
+by side on one colour scale symmetric about 0 (the first of reduction.pdf.slices)."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..files.pdf import read_pdf
+from ..pictures import plot_pdf_series
+from ._run import StepParser, run_step
+
+
+def parser() -> StepParser:
+    p = StepParser("pdf_temperature_series", __doc__)
+    p.add_settings()
+    p.add_input("--inputs", "pdf.nxs of every temperature, in the order of the settings' "
+                            "temperatures", nargs="+")
+    p.add_output("--png", "picture to write")
+    return p
+
+
+def run(args, log) -> None:
+    s = args.settings
+    labels = list(s["temperatures"])
+    if len(labels) != len(args.inputs):
+        raise ConfigError(f"--settings temperatures: {len(labels)} labels for "
+                          f"{len(args.inputs)} PDF files")
+    drawn = plot_pdf_series([(t, read_pdf(p)) for t, p in zip(labels, args.inputs)], s["slice"],
+                            args.png, f"{s['sample']['name']} 3D-DeltaPDF", log=log)
+    log.info("%s: plane %s at %d temperatures (%s) -> %s", s["sample"]["name"], s["slice"],
+             len(drawn), ", ".join(drawn), args.png)
+
+
+def main(argv=None) -> int:
+    return run_step(parser(), run, argv)

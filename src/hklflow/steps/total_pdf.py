@@ -1,0 +1,47 @@
+"""Step total_pdf: the total PDF of a sample at one temperature - the Fourier transform of
+its symmetrised volume as measured (Bragg peaks included), tapered by a spherical Tukey
+window in |Q| (hklflow.pdf_volume.total_pdf) - with pictures of its planes."""
+from __future__ import annotations
+
+from ..crystal import UnitCell
+from ..files.pdf import write_pdf
+from ..files.volume import read_volume
+from ..pdf_volume import total_pdf
+from ..pictures import plot_pdf
+from ..provenance import provenance
+from ..slices import cell_of
+from ._run import StepParser, run_step
+
+
+def parser() -> StepParser:
+    p = StepParser("total_pdf", __doc__)
+    p.add_settings()
+    p.add_threads()
+    p.add_input("--input", "the symmetrised (or merged) volume")
+    p.add_output("--out", "total_pdf.nxs to write")
+    p.add_output("--png", "picture to write")
+    return p
+
+
+def run(args, log) -> None:
+    s = args.settings
+    volume = read_volume(args.input)
+    cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
+    title = f"{volume.title}: total PDF"
+    pdf = total_pdf(volume, cell, s["q_max"], title, workers=args.threads,
+                    subtract_mean=bool(s["subtract_mean"]))
+    pdf.notes["input"] = str(args.input)
+    log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
+             "the voxels inside q_max unmeasured (0 in the transform); FFT %s in %.1f s",
+             args.input, pdf.notes["q_max"], pdf.notes["q_max_source"], pdf.notes["q_reach"],
+             pdf.notes["q_inside_grid"], 100 * pdf.notes["unmeasured_within_q_max"],
+             "x".join(map(str, pdf.values.shape)), pdf.notes["fft_seconds"])
+    write_pdf(args.out, pdf, dict(volume.sample),
+              provenance("hklflow total_pdf", s, inputs=[args.input]))
+    plot_pdf(pdf, s["slices"], args.png,
+             f"{title} (taper flat to {pdf.notes['q_max'] / 2:.2f}, zero at "
+             f"{pdf.notes['q_max']:.2f} 1/A)", log=log)
+
+
+def main(argv=None) -> int:
+    return run_step(parser(), run, argv)

@@ -1,0 +1,256 @@
+"""Step nxrefine_wrapper and hklflow.nxrefine: NXRefine's wrapper file of the tiny
+experiment (reduced end to end once per session, conftest.tiny_run), opened the way NeXpy
+opens it (nexusformat's plottable_data) and by NXRefine itself (its NXRefine class, from
+the throw-away venv of bench/nxrefine_compare.py, which must then read hklflow's cell,
+wavelength, detector and UB and map hklflow's peaks to hklflow's (h, k, l))."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hklflow.geometry import Goniometer, ScanAngles, ScanGeometry
+from hklflow.nxrefine import LAUE_GROUPS, T_NX, goniometer_parameters, laue_group, rotmat
+
+from conftest import REPO, job_counts, run_snakemake, run_step, step_settings
+
+SAMPLE = "tiny"
+NX_PYTHON = REPO / "bench" / ".nxrefine-venv" / "bin" / "python"
+
+
+# --------------------------------------------------------------------------------------
+# The mapping, without NXRefine
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("axis,sense", [((0, 1, 0), 1), ((0, 1, 0), -1), ((0, -1, 0), 1),
+                                        ((1, 0, 0), 1), ((0.1, 0.9, -0.3), -1),
+                                        ((0, 0, 1), 1)])
+def test_goniometer_parameters_reproduce_every_sample_rotation(axis, sense):
+    """NXRefine's Gmat(phi_start + phi_step z) P^T T equals T R_off R_scan(phi(z)) for any
+    scan axis, sense and offsets: what lets its UBmat be hklflow's UB."""
+    gon = Goniometer(axis, sense, (("omega", (1.0, 0.0, 0.0)), ("chi", (0.0, 0.0, 1.0)),
+                                   ("kappa", (0.3, 0.5, 0.8))))
+    offsets = {"omega": -7.5, "chi": 12.0, "kappa": 3.25}
+    scan = ScanGeometry(None, gon, ScanAngles(-20.0, 0.7, 100), offsets)
+    p, P = goniometer_parameters(scan)
+    assert np.allclose(P.T @ P, np.eye(3)) and np.linalg.det(P) > 0
+    for z in (0.0, 17.25, 99.5):
+        ours = T_NX @ gon.rotation(scan.angles.angle(z), offsets)
+        nx = (rotmat(2, p["theta"]) @ rotmat(3, p["omega"]) @ rotmat(1, p["chi"])
+              @ rotmat(3, p["phi"] + p["phi_step"] * z)) @ P.T @ T_NX
+        assert np.allclose(ours, nx, atol=1e-12), z
+
+
+def test_every_space_group_has_one_of_nxrefines_laue_groups():
+    import gemmi
+
+    names = {laue_group(sg.xhm()) for sg in gemmi.spacegroup_table()}
+    assert names == set(LAUE_GROUPS)
+    assert laue_group("P 63/m m c") == "6/mmm" and laue_group("C 1 2/c 1") == "2/m"
+    assert laue_group("R -3 m:H") == "-3m" and laue_group("F d -3 m") == "m-3m"
+
+
+@pytest.mark.slow
+def test_raw_frames_are_linked_where_hdf5_can_link_them(tiny_run):
+    """One HDF5 stack: its file; several: the scan file's virtual dataset; single-frame
+    files (CBF, TIFF): nothing, and a note says why."""
+    from hklflow.files.scan import read_scan_file
+    from hklflow.steps.nxrefine_wrapper import _raw_link
+
+    rec = read_scan_file(tiny_run[0] / "results" / SAMPLE / "300K" / "f1" / "scan.nxs")
+    notes = {}
+    assert _raw_link(rec, notes) == (rec.frames.files[0], rec.frames.dataset or "/entry/data/data")
+    assert rec.frames.files[0].endswith("raw/tiny/300K/f1.h5")
+    two = replace(rec, frames=replace(rec.frames, files=("a.h5", "b.h5"), frames_per_file=(30, 30),
+                                      fingerprints=()))
+    assert _raw_link(two, notes) == (rec.path, "/f1/data/data")
+    assert notes == {}
+    cbf = replace(rec, frames=replace(rec.frames, kind="files", files=("x_0001.cbf",) * 60,
+                                      frames_per_file=(1,) * 60, fingerprints=()))
+    assert _raw_link(cbf, notes) is None
+    assert "x_0001.cbf" in notes["raw_frames_not_linked"]["f1"]
+
+
+# --------------------------------------------------------------------------------------
+# The wrapper of the tiny experiment
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wrappers(tiny_run, tmp_path_factory):
+    """The step run on the tiny experiment's results at both temperatures (the command line
+    the rule gives it), written outside the shared experiment: {TLABEL: wrapper path}."""
+    d, r, _, _ = tiny_run
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    out = tmp_path_factory.mktemp("nxrefine") / SAMPLE / "nxrefine"
+    settings = step_settings(d, "nxrefine_wrapper", SAMPLE)
+    kinds = json.loads(settings)["kinds"]
+    paths = {}
+    for t in ("100K", "300K"):
+        b = f"results/{SAMPLE}/{t}"
+        es = ("f1", "f2")
+        p = run_step(d, "nxrefine_wrapper", "--settings", settings,
+                     "--orientation", f"{b}/orientation.nxs",
+                     "--scans", *[f"{b}/{e}/scan.nxs" for e in es],
+                     "--peaks", *[f"{b}/{e}/peaks.nxs" for e in es],
+                     "--entry-volumes", *[f"{b}/{e}/{k}.nxs" for e in es for k in kinds],
+                     "--merged", *[f"{b}/{k}.nxs" for k in kinds],
+                     "--symmetrized", *[f"{b}/{k}_symmetrized.nxs" for k in kinds],
+                     "--out", out / f"{SAMPLE}_{t}.nxs")
+        assert p.returncode == 0, p.stderr[-3000:]
+        paths[t] = out / f"{SAMPLE}_{t}.nxs"
+    return d, paths
+
+
+@pytest.mark.slow
+def test_wrapper_opens_in_nexpy_with_its_links_resolved(wrappers):
+    import h5py
+    from nexusformat.nexus import NXlinkgroup, nxload
+
+    from hklflow.files.orientation import read_orientation_file
+
+    d, paths = wrappers
+    for t, path in paths.items():
+        base = d / "results" / SAMPLE / t
+        root = nxload(str(path))
+        data = root.plottable_data
+        assert data.nxpath == "/entry/transform"
+        assert [a.nxname for a in data.nxaxes] == ["Ql", "Qk", "Qh"]
+        with h5py.File(base / "transform.nxs", "r") as f:
+            merged = f["entry/transform/data"][()]
+            qh = f["entry/transform/Qh"][()]
+        # the external link resolves (relative to the wrapper) to the merged volume itself
+        assert np.array_equal(data.nxsignal.nxdata, merged, equal_nan=True)
+        assert np.array_equal(data["Qh"].nxdata, qh)
+        assert np.allclose(data.nxangles, [90.0, 90.0, 90.0])  # tetragonal
+        for name in ("masked_transform", "symm_transform", "symm_masked_transform"):
+            assert root["entry"][name].nxsignal.shape == merged.shape
+        ori = read_orientation_file(base / "orientation.nxs")
+        smp = root["entry/sample"]
+        assert [smp[f"unitcell_{n}"].nxvalue for n in ("a", "b", "c", "alpha", "beta", "gamma")] \
+            == pytest.approx(ori.cell)
+        assert smp["laue_group"].nxvalue == "4/mmm" and smp["temperature"].nxvalue == float(t[:-1])
+        for e in ("f1", "f2"):
+            ent = root[e]
+            assert isinstance(ent["sample"], NXlinkgroup)
+            assert ent["sample/unitcell_c"].nxvalue == pytest.approx(ori.cell[2])
+            # NXRefine's per-rotation transform: v (signal_sum) weighted by n (data_weights)
+            tr = ent["transform"]
+            assert tr.nxweights.nxname == "weights"
+            with h5py.File(base / e / "transform.nxs", "r") as f:
+                assert np.array_equal(tr.nxsignal.nxdata, f["entry/transform/signal_sum"][()])
+                assert np.array_equal(tr.nxweights.nxdata, f["entry/transform/data_weights"][()])
+            raw = ent["data/data"]
+            with h5py.File(d / "raw" / SAMPLE / t / f"{e}.h5", "r") as f:
+                assert raw.shape == f["entry/data/data"].shape
+                assert np.array_equal(raw[7].nxdata, f["entry/data/data"][7])
+            assert ent.plottable_data.nxpath == f"/{e}/data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NX_PYTHON.exists(), reason=(
+    "NXRefine's throw-away venv is missing: build it with `python bench/nxrefine_compare.py "
+    "--help` for what it installs, then `.venv/bin/python -c \"import sys; "
+    "sys.path.insert(0, 'bench'); from pathlib import Path; import nxrefine_compare as n; "
+    "n.ensure_venv(Path('bench/.nxrefine-venv'), False)\"` (about a minute, from PyPI)"))
+def test_nxrefine_reads_hklflows_geometry_and_indexes_its_peaks_the_same(wrappers):
+    from hklflow.files.orientation import read_orientation_file
+    from hklflow.files.peaks import read_peaks_file
+    from hklflow.files.scan import read_scan_file
+
+    d, paths = wrappers
+    for t, path in paths.items():
+        p = subprocess.run([str(NX_PYTHON), "-c", NX_DRIVER, str(path), "f1", "f2"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        nx = json.loads(p.stdout)
+        base = d / "results" / SAMPLE / t
+        ori = read_orientation_file(base / "orientation.nxs")
+        for e in ("f1", "f2"):
+            got = nx[e]
+            rec = read_scan_file(base / e / "scan.nxs")
+            scan = rec.geometry(ori)
+            det = scan.detector
+            assert got["cell"] == pytest.approx(ori.cell, rel=1e-12)
+            assert got["space_group"] == ori.crystal().hm and got["laue_group"] == "4/mmm"
+            assert got["wavelength"] == pytest.approx(det.wavelength, rel=1e-12)
+            # pyFAI's Fit2D conversion: sample to the beam's intercept (mm), where it hits
+            assert got["distance"] == pytest.approx(det.fit2d()["directDist"], rel=1e-9)
+            row, col = det.direct_beam_pixel()
+            assert (got["xc"], got["yc"]) == pytest.approx((col, row), abs=1e-6)
+            assert np.allclose(got["UBmat"], T_NX @ ori.UB, atol=1e-12)
+            # the tiny goniometer's omega turns about L1 (NXRefine's y: its theta), chi about
+            # the beam (its x: its chi); the orientation's corrections are added
+            offsets = scan.offsets
+            assert got["theta"] == pytest.approx(offsets.get("omega", 0.0), abs=1e-9)
+            assert got["chi"] == pytest.approx(offsets.get("chi", 0.0), abs=1e-9)
+            assert got["omega"] == pytest.approx(0.0, abs=1e-9)
+            assert got["n_Qh"] > 0  # its transform grid, from the linked entry volume
+            pk = read_peaks_file(base / e / "peaks.nxs").peaks
+            ours = scan.hkl_at(pk["observed_px_y"], pk["observed_px_x"], pk["observed_frame"])
+            theirs = np.array(got["hkl"])
+            assert theirs.shape == ours.shape and len(ours) > 50
+            # (measured: 5e-13; the brief asks 0.01)
+            assert np.abs(theirs - ours).max() < 1e-6, np.abs(theirs - ours).max()
+            # and most peaks are Bragg peaks: near integers in both
+            assert np.mean(np.abs(ours - np.round(ours)).max(axis=1) < 0.1) > 0.9
+
+
+# Runs in NXRefine's venv (nexusformat 2.0.3): what NXRefine(root[ENTRY]) reads
+NX_DRIVER = r"""
+import json, sys
+import numpy as np
+from nexusformat.nexus import nxload
+from nxrefine.nxrefine import NXRefine
+
+root = nxload(sys.argv[1])
+out = {}
+for name in sys.argv[2:]:
+    r = NXRefine(root[name])
+    out[name] = {
+        "cell": [float(v) for v in r.lattice_parameters], "space_group": str(r.space_group),
+        "laue_group": str(r.laue_group), "wavelength": float(r.wavelength),
+        "distance": float(r.distance), "xc": float(r.xc), "yc": float(r.yc),
+        "UBmat": np.asarray(r.UBmat).tolist(), "chi": float(r.chi), "omega": float(r.omega),
+        "theta": float(r.theta), "n_Qh": len(r.Qh),
+        "hkl": [[float(v) for v in r.get_hkl(x, y, z)] for x, y, z in zip(r.xp, r.yp, r.zp)]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_the_rule_makes_the_wrapper_when_the_config_asks(tiny_run, tmp_path):
+    """output.nxrefine_wrapper: true adds one wrapper per temperature to the targets; on a
+    reduced experiment only those jobs run, and NXReduce's path rules find sample, label and
+    scan in their paths."""
+    import h5py
+    from nexusformat.nexus import nxload
+
+    from hklflow.config import load_experiment
+
+    d, r, _, _ = tiny_run
+    assert r.returncode == 0
+    exp = tmp_path / "experiment"
+    shutil.copytree(d, exp, symlinks=True)
+    cfg = exp / "config" / "config.yaml"
+    cfg.write_text(cfg.read_text() + "\noutput: {nxrefine_wrapper: true}\n")
+    p = run_snakemake(exp, "--cores", "2")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert job_counts(p.stdout + p.stderr) == {"nxrefine_wrapper": 2, "all": 1, "total": 3}
+    pdf_on = load_experiment(cfg, base_dir=exp).reduction["pdf"]["enabled"]
+    for t in ("100K", "300K"):
+        w = exp / "results" / SAMPLE / "nxrefine" / f"{SAMPLE}_{t}.nxs"
+        sample, label, scan = w.parent.parent.name, w.parent.name, w.stem.replace(SAMPLE + "_", "")
+        assert (sample, label, scan) == (SAMPLE, "nxrefine", t)
+        assert (exp / "logs" / "nxrefine_wrapper" / SAMPLE / f"{t}.log").is_file()
+        root = nxload(str(w))
+        assert root.plottable_data.nxpath == "/entry/transform"
+        assert sorted(k for k in root if k.startswith("f")) == ["f1", "f2"]
+        # the PDFs reduction.pdf makes, under NXRefine's names: total_pdf of the transform,
+        # masked_pdf the DeltaPDF of the masked transform (pdf.nxs by default)
+        links = {"total_pdf": "total_pdf.nxs", "masked_pdf": "pdf.nxs"} if pdf_on else {}
+        assert {k for k in root["entry"] if k.endswith("pdf")} == set(links)
+        for name, f in links.items():
+            with h5py.File(exp / "results" / SAMPLE / t / f, "r") as h:
+                assert np.array_equal(root["entry"][name].nxsignal.nxdata, h["entry/pdf/pdf"][()])

@@ -1,0 +1,444 @@
+"""hklflow.pdf: punch-and-fill, Tukey taper and FFT of the 3D-DeltaPDF.
+
+The fill is checked against exact answers (a discrete harmonic function is its own
+Laplace fill) and against dense solves the tests build voxel by voxel; the punch against
+brute-force |Q| of every voxel (with the Busing-Levy B, a code path apart from the metric);
+the FFT against an analytic transform and against NXRefine's own expression (plain fftn).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+from scipy import ndimage
+
+from hklflow import pdf
+from hklflow.crystal import Crystal, UnitCell
+from hklflow.grid import Axis, Grid
+
+# both solvers of punch_and_fill: SuperLU (regions up to max_direct_unknowns) and conjugate gradients
+SOLVERS = pytest.mark.parametrize("max_direct", [10 ** 9, 0], ids=["superlu", "cg"])
+FACES = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+
+
+def voxel_indices(grid):
+    """(il, ik, ih) index arrays of the volume."""
+    return np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij")
+
+
+def voxel_hkl(grid):
+    il, ik, ih = voxel_indices(grid)
+    return np.stack([grid.h.values[ih], grid.k.values[ik], grid.l.values[il]], axis=-1)
+
+
+def q_squared(cell, d, units="inverse_angstrom"):
+    """|Q|^2 of displacements d (..., 3) in r.l.u. from Busing-Levy B (2 pi convention)."""
+    if units == "rlu":
+        return np.sum(d * d, axis=-1)
+    q = 2 * math.pi * d @ cell.B.T
+    return np.sum(q * q, axis=-1)
+
+
+def brute_hole(grid, cell, position, radius, units="inverse_angstrom", factor=1.0):
+    r = factor * radius
+    return q_squared(cell, voxel_hkl(grid) - np.asarray(position, float), units) <= r * r * (1 + 1e-9)
+
+
+def fill_region(grid, cell, values, positions, radius, units="inverse_angstrom"):
+    """Every position's hole plus the NaN voxels within twice the radius."""
+    region = np.zeros(grid.shape, bool)
+    for p in positions:
+        region |= brute_hole(grid, cell, p, radius, units)
+        region |= brute_hole(grid, cell, p, radius, units, factor=2.0) & np.isnan(values)
+    return region
+
+
+def neighbours(grid, v):
+    """Face neighbours (il, ik, ih) of voxel v inside the grid."""
+    for dh, dk, dl in FACES:
+        w = (v[0] + dl, v[1] + dk, v[2] + dh)
+        if all(0 <= w[i] < grid.shape[i] for i in range(3)):
+            yield w
+
+
+# --------------------------------------------------------------------------------------
+# Fill: exact answers
+# --------------------------------------------------------------------------------------
+@SOLVERS
+def test_fill_reproduces_a_discrete_harmonic_function(max_direct):
+    # unequal steps (so holes are ellipsoids in voxels), an orthorhombic cell
+    grid = Grid(Axis(-1.5, 0.05, 61), Axis(-2.0, 0.1, 41), Axis(-3.0, 0.2, 31))
+    cell = UnitCell(4.0, 5.0, 7.0)
+    il, ik, ih = voxel_indices(grid)
+    i, j, k = ih.astype(float), ik.astype(float), il.astype(float)
+    f = 3 + 2 * i - j + 0.5 * k + i * j - j * k + i * i - k * k
+    inner = f[1:-1, 1:-1, 1:-1]
+    lap = sum(np.roll(f, s, axis=a)[1:-1, 1:-1, 1:-1] for a in range(3) for s in (1, -1)) - 6 * inner
+    assert np.abs(lap).max() == 0.0  # harmonic in the 7-point stencil
+    positions = np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 1.0], [-0.5, 1.0, -1.2], [0.6, 0.9, 1.6]])
+    values = f.copy()
+    # unmeasured voxels within twice the radius of the third position: filled with its hole
+    c = grid.index(positions[2])
+    values[c[2] + 3, c[1] - 2:c[1] + 2, c[0] + 1] = np.nan
+    values[c[2], c[1], c[0] - 5] = np.nan
+    radius = 0.35
+    region = fill_region(grid, cell, values, positions, radius)
+    assert np.isnan(values[region & ~brute_hole(grid, cell, positions[2], radius)]).sum() == 5
+    result = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_direct_unknowns=max_direct)
+    assert result.counts == {"filled": 4, "off_grid": 0, "edge": 0, "no_data": 0, "solver_failed": 0}
+    assert np.array_equal(np.isnan(result.filled), np.zeros(grid.shape, bool))
+    err = np.abs(result.filled - f)[region].max() / np.abs(f).max()
+    assert err < 1e-9
+    assert np.array_equal(result.filled[~region], values[~region])  # data outside untouched
+    assert result.unknowns == region.sum()
+
+
+@SOLVERS
+def test_fill_at_the_grid_edge_is_exact_for_a_function_flat_across_it(max_direct):
+    # links beyond the grid are dropped (zero normal difference), so the fill is exact for
+    # a harmonic function with f(l = -1) = f(l = 0): k (k + 1) is symmetric about -1/2
+    grid = Grid(Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41), Axis(0.0, 0.125, 33))
+    cell = UnitCell(5.0, 5.0, 8.0)
+    il, ik, ih = voxel_indices(grid)
+    i, j, k = ih.astype(float), ik.astype(float), il.astype(float)
+    f = 3 + 2 * i - j + i * j - i * i + k * (k + 1)
+    positions = np.array([[0.0, 0.0, 0.0], [0.5, -0.5, 2.0]])
+    result = pdf.punch_and_fill(f, grid, cell, positions, radius=0.3, max_direct_unknowns=max_direct)
+    assert result.counts["edge"] == 1 and result.counts["filled"] == 1
+    assert pdf.OUTCOMES[result.outcome[0]] == "edge"
+    region = fill_region(grid, cell, f, positions, 0.3)
+    assert region[0].any()  # the hole reaches the l = 0 plane
+    assert np.abs(result.filled - f)[region].max() / np.abs(f).max() < 1e-9
+
+
+# --------------------------------------------------------------------------------------
+# Fill: against dense solves built voxel by voxel
+# --------------------------------------------------------------------------------------
+def dense_laplace_fill(values, region):
+    """Dirichlet problem of the 7-point graph Laplacian over region: links to voxels with
+    NaN or beyond the grid dropped, known neighbours on the right-hand side."""
+    grid_shape = values.shape
+    unknowns = [tuple(v) for v in np.argwhere(region)]
+    index = {v: n for n, v in enumerate(unknowns)}
+    A = np.zeros((len(unknowns), len(unknowns)))
+    b = np.zeros(len(unknowns))
+    grid = Grid(Axis(0, 1, grid_shape[2]), Axis(0, 1, grid_shape[1]), Axis(0, 1, grid_shape[0]))
+    for n, v in enumerate(unknowns):
+        for w in neighbours(grid, v):
+            if w in index:
+                A[n, n] += 1
+                A[n, index[w]] -= 1
+            elif np.isfinite(values[w]):
+                A[n, n] += 1
+                b[n] += values[w]
+    out = values.copy()
+    out[region] = np.nan
+    u = np.linalg.solve(A, b)
+    for n, v in enumerate(unknowns):
+        out[v] = u[n]
+    return out
+
+
+def dense_matern_fill(values, region, margins, order, eps):
+    """(L + eps^2)^m on each region component's domain: the component plus the usable
+    voxels (finite, outside every region) of its bounding box grown by `margins` voxels
+    (h, k, l), L its graph Laplacian; the component's rows solved with the rest known."""
+    out = values.copy()
+    out[region] = np.nan
+    labels, count = ndimage.label(region)
+    nl, nk, nh = values.shape
+    for c in range(1, count + 1):
+        comp = np.argwhere(labels == c)
+        lo = np.maximum(comp.min(axis=0) - margins[::-1], 0)
+        hi = np.minimum(comp.max(axis=0) + margins[::-1], [nl - 1, nk - 1, nh - 1])
+        domain = []
+        for v in np.ndindex(*(hi - lo + 1)):
+            v = tuple(np.array(v) + lo)
+            if labels[v] == c or (not region[v] and np.isfinite(values[v])):
+                domain.append(v)
+        index = {v: n for n, v in enumerate(domain)}
+        L = np.zeros((len(domain), len(domain)))
+        grid = Grid(Axis(0, 1, nh), Axis(0, 1, nk), Axis(0, 1, nl))
+        for n, v in enumerate(domain):
+            for w in neighbours(grid, v):
+                if w in index:
+                    L[n, n] += 1
+                    L[n, index[w]] -= 1
+        A = np.linalg.matrix_power(L + eps * eps * np.eye(len(domain)), order)
+        unknown = np.array([labels[v] == c for v in domain])
+        known_values = np.array([values[v] for v in domain])[~unknown]
+        u = np.linalg.solve(A[np.ix_(unknown, unknown)], -A[np.ix_(unknown, ~unknown)] @ known_values)
+        for n, v in enumerate(d for d, x in zip(domain, unknown) if x):
+            out[v] = u[n]
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    """Random data on a small monoclinic grid with NaNs; two holes that overlap, one apart
+    with NaN voxels near it."""
+    grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.1, 0.1, 23), Axis(-1.2, 0.1, 25))
+    cell = UnitCell(5.0, 5.5, 6.0, 90.0, 100.0, 90.0)
+    rng = np.random.default_rng(11)
+    values = rng.random(grid.shape)
+    values[rng.random(grid.shape) < 0.03] = np.nan
+    positions = np.array([[0.0, 0.0, 0.0], [0.12, 0.08, 0.1], [0.5, -0.5, 0.6]])
+    return grid, cell, values, positions, 0.3
+
+
+@SOLVERS
+def test_laplace_fill_equals_a_dense_solve(small_problem, max_direct):
+    grid, cell, values, positions, radius = small_problem
+    result = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_direct_unknowns=max_direct)
+    assert result.counts["filled"] == 3
+    region = fill_region(grid, cell, values, positions, radius)
+    assert ndimage.label(region)[1] >= 2  # the overlapping holes merge, the third is apart
+    expected = dense_laplace_fill(values, region)
+    assert np.array_equal(np.isnan(result.filled), np.isnan(expected))
+    assert np.nanmax(np.abs(result.filled - expected)) < 1e-10
+    assert result.unknowns == region.sum() and result.batches == 1
+
+
+DENSE_MATERN: dict = {}
+
+
+@pytest.mark.parametrize("order,eps", [(2, 0.0), (2, 0.4), (1, 0.7), (3, 0.2)])
+@SOLVERS
+def test_matern_fill_equals_a_dense_solve(small_problem, order, eps, max_direct):
+    grid, cell, values, positions, radius = small_problem
+    result = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, order=order, eps=eps,
+                                max_direct_unknowns=max_direct)
+    region = fill_region(grid, cell, values, positions, radius)
+    # NXRefine's margin: the hole radius in voxels per axis (r |a_j| / (2 pi step_j))
+    margins = np.array([math.ceil(radius * length / (2 * math.pi * ax.step))
+                        for length, ax in zip(cell.parameters[:3], grid.axes)])
+    assert margins.min() >= order  # the module's m-step domain equals this box then
+    key = (order, eps)  # the dense solve is the slow part: once for both solvers
+    if key not in DENSE_MATERN:
+        DENSE_MATERN[key] = dense_matern_fill(values, region, margins, order, eps)
+    expected = DENSE_MATERN[key]
+    assert np.array_equal(np.isnan(result.filled), np.isnan(expected))
+    assert np.nanmax(np.abs(result.filled - expected)) < 1e-10
+
+
+@SOLVERS
+def test_batches_give_the_same_fill(small_problem, max_direct):
+    grid, cell, values, positions, radius = small_problem
+    one = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_direct_unknowns=max_direct)
+    many = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_batch_unknowns=1,
+                              max_direct_unknowns=max_direct)
+    components = ndimage.label(fill_region(grid, cell, values, positions, radius))[1]
+    assert one.batches == 1 and many.batches == components >= 2  # regions are never split
+    np.testing.assert_allclose(many.filled, one.filled, rtol=0, atol=1e-12)
+    assert np.array_equal(many.outcome, one.outcome)
+
+
+def test_float32_in_float32_out(small_problem):
+    grid, cell, values, positions, radius = small_problem
+    result = pdf.punch_and_fill(values.astype(np.float32), grid, cell, positions, radius=radius)
+    assert result.filled.dtype == np.float32 and result.punched.dtype == np.float32
+    expected = dense_laplace_fill(values.astype(np.float32).astype(np.float64),
+                                  fill_region(grid, cell, values, positions, radius))
+    assert np.nanmax(np.abs(result.filled - expected)) < 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# Punch geometry and the reflections punched
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell,units,radius", [
+    (UnitCell(4.0, 4.0, 6.5, 90, 90, 120), "inverse_angstrom", 0.45),
+    (UnitCell(5.0, 6.0, 7.0, 90, 107, 90), "inverse_angstrom", 0.4),
+    (UnitCell(5.0, 6.0, 7.0, 90, 107, 90), "rlu", 0.23),
+])
+def test_punched_voxels_are_those_within_the_radius(cell, units, radius):
+    grid = Grid(Axis(-1.0, 0.05, 41), Axis(-1.0, 0.1, 21), Axis(-1.5, 0.125, 25))
+    values = np.ones(grid.shape)
+    for position in ([0.0, 0.0, 0.0], [0.31, -0.27, 0.4], [-0.5, 0.5, -0.55]):
+        result = pdf.punch_and_fill(values, grid, cell, [position], radius=radius, units=units)
+        expected = brute_hole(grid, cell, position, radius, units)
+        assert expected.sum() > 10
+        assert np.array_equal(result.hole, expected), position
+        assert np.array_equal(np.isnan(result.punched), expected)
+        assert result.counts["filled"] == 1
+
+
+def test_a_radius_below_half_a_step_punches_the_nearest_voxel():
+    grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21))
+    position = [0.33, -0.52, 0.07]
+    result = pdf.punch_and_fill(np.ones(grid.shape), grid, UnitCell(4, 4, 4), [position], radius=0.001)
+    ih, ik, il = grid.index(position)
+    assert result.hole.sum() == 1 and result.hole[il, ik, ih]
+    assert grid.h.values[ih] == pytest.approx(0.3) and grid.k.values[ik] == pytest.approx(-0.5)
+    assert result.filled[il, ik, ih] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("symbol,cell", [
+    ("I 41/a m d", UnitCell(5.0, 5.0, 9.0)),
+    ("P 63/m m c", UnitCell(4.0, 4.0, 6.5, 90, 90, 120)),
+])
+def test_reflections_to_punch_leave_out_absences(symbol, cell):
+    crystal = Crystal(symbol, cell)
+    grid = Grid(Axis(-3.0, 0.1, 61), Axis(-2.0, 0.1, 41), Axis(-4.0, 0.1, 81))
+    q_max = 5.5
+    got = pdf.reflections_to_punch(crystal, grid, q_max)
+    hkl = np.stack(np.meshgrid(np.arange(-3, 4), np.arange(-2, 3), np.arange(-4, 5), indexing="ij"),
+                   axis=-1).reshape(-1, 3)  # every hkl inside the grid's limits
+    hkl = hkl[np.any(hkl != 0, axis=1) & (np.sqrt(q_squared(cell, hkl)) <= q_max)]
+    absent = crystal.is_absent(hkl)
+    assert absent.sum() > 10  # the test means something
+    assert {tuple(x) for x in got} == {tuple(x) for x in hkl[~absent]}
+    assert not crystal.is_absent(got).any()
+    assert got.dtype.kind == "i" and got.shape[1] == 3
+    if symbol == "P 63/m m c":
+        assert (0, 0, 2) in {tuple(x) for x in got} and (0, 0, 1) not in {tuple(x) for x in got}
+
+
+# --------------------------------------------------------------------------------------
+# Outcomes
+# --------------------------------------------------------------------------------------
+def test_outcomes():
+    grid = Grid(Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41))
+    cell = UnitCell(5.0, 5.0, 5.0)
+    hkl = voxel_hkl(grid)
+    values = 1.0 + 0.1 * hkl[..., 0]
+    # a ball of unmeasured voxels well beyond twice the radius around (1, 1, 1)
+    values[q_squared(cell, hkl - [1.0, 1.0, 1.0]) <= 1.2 ** 2] = np.nan
+    positions = np.array([
+        [0.0, 0.0, 0.0],     # filled
+        [2.5, 0.0, 0.0],     # off_grid
+        [0.0, 2.0, 0.0],     # edge
+        [1.0, 1.0, 1.0],     # no_data
+        [0.0, -1.9, 0.0],    # edge, its hole crosses k = -2.05
+        [0.0, -1.75, 0.06],  # filled alone, but merged with the one above: edge
+    ])
+    result = pdf.punch_and_fill(values, grid, cell, positions, radius=0.3)
+    names = [pdf.OUTCOMES[o] for o in result.outcome]
+    assert names == ["filled", "off_grid", "edge", "no_data", "edge", "edge"]
+    assert result.counts == {"filled": 1, "off_grid": 1, "edge": 3, "no_data": 1, "solver_failed": 0}
+    assert sum(result.counts.values()) == len(positions)
+    assert np.isnan(result.filled[brute_hole(grid, cell, positions[3], 0.3)]).all()
+    assert np.isfinite(result.filled[brute_hole(grid, cell, positions[2], 0.3)]).all()
+    assert not result.hole[:, :, -1].any()  # nothing punched for the off-grid position
+
+
+@SOLVERS
+def test_a_non_finite_solution_is_solver_failed(caplog, max_direct):
+    # Matern fills overshoot (no maximum principle): from +-3e38 data the fill of one hole
+    # passes float32's largest number, the other hole's is fine
+    grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21))
+    il, ik, ih = voxel_indices(grid)
+    values = np.where((il + ik + ih) % 2 == 0, 3.0e38, -3.0e38).astype(np.float32)
+    values[:, :, :10] = 1.0
+    positions = [[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]
+    with caplog.at_level(logging.WARNING):
+        result = pdf.punch_and_fill(values, grid, UnitCell(4, 4, 4), positions, radius=0.2, order=2,
+                                    max_direct_unknowns=max_direct,
+                                    log=logging.getLogger("test_pdf"))
+    assert [pdf.OUTCOMES[o] for o in result.outcome] == ["solver_failed", "filled"]
+    assert np.isnan(result.filled[result.hole & (ih >= 10)]).all()
+    assert np.isfinite(result.filled[result.hole & (ih < 10)]).all()
+    assert "fill failed" in caplog.text
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"order": 4}, "order"), ({"order": 0}, "order"), ({"eps": -0.1}, "eps"),
+    ({"units": "degree"}, "units"), ({"radius": 0.0}, "radius"),
+])
+def test_bad_arguments(kwargs, message):
+    grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21))
+    with pytest.raises(ValueError, match=message):
+        pdf.punch_and_fill(np.ones(grid.shape), grid, UnitCell(4, 4, 4), [[0, 0, 0]], **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Taper and FFT
+# --------------------------------------------------------------------------------------
+def test_taper_values_and_monotonic():
+    cell = UnitCell(2 * math.pi, 2 * math.pi, 2 * math.pi)  # |Q| = |hkl| in 1/Angstrom
+    grid = Grid(Axis(-5.0, 0.25, 41), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.5, 5))
+    taper = pdf.tukey_taper(grid, cell, q_max=4.0)  # R = |Q| / 2
+    assert taper.dtype == np.float32 and taper.shape == grid.shape
+    il, ik = 2, 4  # l = 0, k = 0
+    at = {h: taper[il, ik, grid.h.index(h)] for h in (0.0, 2.0, 2.5, 3.0, 4.0, 5.0)}
+    assert at[0.0] == 1.0 and at[2.0] == 1.0  # R = 0, 1
+    assert at[2.5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)), abs=1e-7)  # R = 1.25
+    assert at[3.0] == pytest.approx(0.5, abs=1e-7)  # R = 1.5
+    assert at[4.0] == 0.0 and at[5.0] == 0.0  # R = 2 and beyond
+    q = np.sqrt(q_squared(cell, voxel_hkl(grid))).ravel()
+    order = np.argsort(q, kind="stable")
+    assert np.all(np.diff(taper.ravel()[order].astype(np.float64)) <= 1e-7)
+
+
+def test_taper_uses_the_metric_of_a_hexagonal_cell():
+    cell = UnitCell(4.0, 4.0, 6.5, 90, 90, 120)
+    grid = Grid(Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41), Axis(-2.0, 0.25, 17))
+    q_max = 4.0
+    r = 2 * np.sqrt(q_squared(cell, voxel_hkl(grid))) / q_max
+    expected = np.where(r <= 1, 1.0, np.where(r < 2, 0.5 * (1 - np.cos(np.pi * r)), 0.0))
+    assert np.abs(pdf.tukey_taper(grid, cell, q_max) - expected).max() < 1e-6
+    assert ((r > 1) & (r < 2)).sum() > 1000
+
+
+def test_fft_of_a_cosine():
+    grid = Grid(Axis(-2.0, 0.25, 17), Axis(-1.5, 0.25, 13), Axis(-2.5, 0.5, 11))
+    x0, y0, z0 = 0.5, -2 / 3, 0.4  # points of the PDF axes: multiples of 1 / (n step)
+    hkl = voxel_hkl(grid)
+    phase = 2 * np.pi * (hkl[..., 0] * x0 + hkl[..., 1] * y0 + hkl[..., 2] * z0)
+    values = (2.0 + 3.0 * np.cos(phase)).astype(np.float32)
+    out, (x, y, z) = pdf.pdf_fft(values, grid)
+    assert out.shape == (10, 12, 16) and out.dtype == np.float32
+    np.testing.assert_allclose(x, np.fft.fftshift(np.fft.fftfreq(16, 0.25)))
+    np.testing.assert_allclose(z, np.fft.fftshift(np.fft.fftfreq(10, 0.5)))
+    expected = np.zeros(out.shape)
+    at = {(0.0, 0.0, 0.0): 2.0, (x0, y0, z0): 1.5, (-x0, -y0, -z0): 1.5}
+    for (px, py, pz), v in at.items():
+        expected[np.argmin(abs(z - pz)), np.argmin(abs(y - py)), np.argmin(abs(x - px))] = v
+    assert (expected > 0).sum() == 3
+    assert np.abs(out - expected).max() < 1e-6
+
+
+def nxrefine_fft(values):
+    """NXRefine's total_pdf / delta_pdf expression, with NaN as 0 (its data hold 0 there)."""
+    data = np.nan_to_num(values.astype(np.float32))
+    fft = np.real(scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.fftshift(data[:-1, :-1, :-1]))))
+    fft *= 1.0 / np.prod(fft.shape)
+    return fft
+
+
+def test_fft_equals_nxrefines_plain_fftn():
+    grid = Grid(Axis(-2.0, 0.125, 33), Axis(-1.5, 0.125, 25), Axis(-3.0, 0.25, 25))
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=grid.shape).astype(np.float32)
+    values[rng.random(grid.shape) < 0.05] = np.nan
+    out, _ = pdf.pdf_fft(values, grid, workers=2)
+    expected = nxrefine_fft(values)
+    assert out.shape == expected.shape == (24, 24, 32)
+    exact = np.real(np.fft.fftshift(np.fft.fftn(np.fft.fftshift(
+        np.nan_to_num(values.astype(np.float64))[:-1, :-1, :-1])))) / expected.size
+    scale = np.abs(exact).max()
+    assert np.abs(out - expected).max() < 1e-6 * scale  # float32 rounding
+    assert np.abs(out - exact).max() < 1e-6 * scale
+    assert np.abs(expected - exact).max() < 1e-6 * scale
+
+
+def test_fft_crops_an_asymmetric_grid_about_zero():
+    grid = Grid(Axis(-1.0, 0.25, 17), Axis(-3.0, 0.5, 9), Axis(-0.5, 0.25, 7))
+    values = np.random.default_rng(2).random(grid.shape).astype(np.float32)
+    out, (x, y, z) = pdf.pdf_fft(values, grid)
+    # zero at index 4 (h), 6 (k), 2 (l): ranges [0, 8), [4, 8), [0, 4)
+    assert out.shape == (4, 4, 8)
+    assert np.abs(out - nxrefine_fft(values[:5, 4:9, :9])).max() < 1e-6
+    np.testing.assert_allclose(y, np.fft.fftshift(np.fft.fftfreq(4, 0.5)))
+
+
+def test_fft_needs_a_voxel_at_zero():
+    grid = Grid(Axis(-1.1, 0.25, 9), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.25, 9))
+    with pytest.raises(ValueError, match="h = 0"):
+        pdf.pdf_fft(np.ones(grid.shape, np.float32), grid)
+    grid = Grid(Axis(-1.0, 0.25, 9), Axis(0.0, 0.25, 9), Axis(-1.0, 0.25, 9))
+    with pytest.raises(ValueError, match="both sides of k = 0"):
+        pdf.pdf_fft(np.ones(grid.shape, np.float32), grid)
+

@@ -1,0 +1,115 @@
+"""Step total_pdf (and pdf_temperature_series): the total PDF of a volume - tapered FFT of
+the data as measured - against the analytic transform of a lattice of Gaussian peaks, the
+taper's q_max (config or the data's complete shells), and the pictures."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hklflow.crystal import UnitCell
+from hklflow.files.pdf import read_pdf
+from hklflow.files.volume import Volume, write_volume
+from hklflow.pdf import fft_crop, tukey_taper
+from hklflow.simulation.compare import pdf_peak
+
+from conftest import step_settings
+from volume_helpers import TETRA, make_experiment, run, sample, small_grid
+
+SIGMA = 0.15  # r.l.u.: the Gaussian peaks of the synthetic volume
+AMP = 50.0
+
+
+def lattice_volume(grid, title="tetra/100K", missing_beyond=None):
+    """Gaussians of amplitude AMP and width SIGMA at every integer (h, k, l) plus 3 of
+    background; unmeasured (weight 0) beyond |Q| = missing_beyond (1/A, 2 pi convention)."""
+    h, k, ll = np.meshgrid(grid.h.values, grid.k.values, grid.l.values, indexing="xy")
+    h, k, ll = (np.moveaxis(a, 2, 0) for a in (h, k, ll))  # [l, k, h]
+    d2 = (h - np.rint(h)) ** 2 + (k - np.rint(k)) ** 2 + (ll - np.rint(ll)) ** 2
+    inten = (3.0 + AMP * np.exp(-0.5 * d2 / SIGMA ** 2)).astype(np.float32)
+    weight = np.ones(grid.shape, np.float32)
+    if missing_beyond is not None:
+        g = (2 * math.pi) ** 2 * UnitCell(*TETRA).reciprocal_metric
+        q2 = g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * ll * ll
+        weight[q2 > missing_beyond ** 2] = 0.0
+    return Volume(grid, inten * weight, weight, "transform", title,
+                  sample("I 4/m m m", TETRA, "tetra") | {"temperature_label": title.split("/")[1]})
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_experiment(tmp_path)
+
+
+def _set_q_max(exp, q_max):
+    import yaml
+
+    p = exp / "config" / "config.yaml"
+    cfg = yaml.safe_load(p.read_text())
+    cfg.setdefault("reduction", {})["pdf"] = {"q_max": q_max}
+    p.write_text(yaml.safe_dump(cfg))
+
+
+def test_total_pdf_of_a_gaussian_lattice_is_the_analytic_transform(experiment):
+    """Peaks exp(-|q - G|^2 / 2 s^2) at every node G transform to
+    AMP (2 pi)^(3/2) s^3 exp(-2 pi^2 s^2 |R|^2) x mean(taper) at every lattice vector R
+    (NXRefine's normalisation, FFT / N); the file carries the lattice axes NeXpy draws."""
+    # a taper flat far beyond one node spacing (2.7 r.l.u. along a*), inside the grid
+    grid = small_grid(n=(129, 129, 161), step=(0.125, 0.125, 0.25))
+    write_volume(experiment / "in.nxs", lattice_volume(grid), {})
+    _set_q_max(experiment, 9.0)
+    settings = step_settings(experiment, "total_pdf", "tetra")
+    assert run("total_pdf", ["--settings", settings, "--input", "in.nxs", "--out", "out/total_pdf.nxs",
+                             "--png", "out/total_pdf.png"]) == 0
+    pdf = read_pdf(experiment / "out" / "total_pdf.nxs")
+    assert pdf.notes["q_max"] == 9.0 and pdf.notes["q_max_source"].startswith("config")
+    assert pdf.values.shape == (160, 128, 128)
+    assert pdf.cell.parameters == pytest.approx(TETRA)
+    sh, sk, sl = fft_crop(grid)
+    mean_taper = tukey_taper(grid, pdf.cell, 9.0)[sl, sk, sh].mean()
+    # sampled every step, a peak's transform repeats every 1/step (aliases: 3% along l here)
+    periods = np.array([1 / ax.step for ax in grid.axes])
+    images = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)])
+    for r in [(1, 0, 0), (1, 1, 0), (0, 0, 1), (2, 1, 1)]:
+        at = np.asarray(r, float) + images * periods
+        expected = (AMP * (2 * math.pi) ** 1.5 * SIGMA ** 3 * mean_taper
+                    * np.exp(-2 * math.pi ** 2 * SIGMA ** 2 * (at ** 2).sum(axis=1)).sum())
+        assert pdf_peak(pdf, r) == pytest.approx(expected, rel=0.01), r
+    assert (experiment / "out" / "total_pdf.png").stat().st_size > 10_000
+
+
+def test_the_default_taper_stops_where_the_data_thin_out(experiment):
+    """Without q_max in the config the taper reaches zero where the shells of |Q| stop
+    being complete: here the data end at 4.0 1/A, inside a grid that reaches further."""
+    grid = small_grid(n=(73, 73, 97), step=(0.125, 0.125, 0.25))
+    write_volume(experiment / "in.nxs", lattice_volume(grid, missing_beyond=4.0), {})
+    settings = step_settings(experiment, "total_pdf", "tetra")
+    assert run("total_pdf", ["--settings", settings, "--input", "in.nxs", "--out", "t.nxs",
+                             "--png", "t.png"]) == 0
+    notes = read_pdf(experiment / "t.nxs").notes
+    assert notes["q_inside_grid"] > 4.5
+    assert notes["q_max"] == pytest.approx(4.0, abs=0.2)
+    assert notes["q_max_source"].startswith("measured shells")
+    assert notes["unmeasured_within_q_max"] < 0.01
+
+
+def test_pdf_temperature_series(experiment):
+    """One plane of the DeltaPDF of every temperature on one picture."""
+    grid = small_grid(n=(41, 41, 21), step=(0.2, 0.2, 0.4))
+    paths = []
+    for t in ("100K", "200K", "300K"):
+        write_volume(experiment / f"{t}.nxs", lattice_volume(grid, f"tetra/{t}"), {})
+        out = experiment / "results" / "tetra" / t / "pdf.nxs"
+        assert run("delta_pdf", ["--settings", step_settings(experiment, "delta_pdf", "tetra"),
+                                 "--input", f"{t}.nxs", "--out", out, "--png", out.with_suffix(".png")]) == 0
+        paths.append(out)
+    settings = step_settings(experiment, "pdf_temperature_series", "tetra")
+    assert run("pdf_temperature_series", ["--settings", settings, "--inputs", *paths,
+                                          "--png", "series.png"]) == 0
+    assert (experiment / "series.png").stat().st_size > 10_000
+    # the temperatures and files must pair up
+    assert run("pdf_temperature_series", ["--settings", settings, "--inputs", *paths[:2],
+                                          "--png", "series2.png"]) == 1
+    assert not (experiment / "series2.png").exists()

@@ -1,0 +1,40 @@
+# NXRefine's wrapper file of every sample at every temperature (output.nxrefine_wrapper):
+# results/SAMPLE/nxrefine/SAMPLE_TLABEL.nxs, where NXRefine's NXReduce finds sample
+# (two folders up), label ('nxrefine') and scan (TLABEL) from the path.  It links the
+# results (volumes, PDFs, raw frames), so it is made after them and copies no array.
+
+
+rule nxrefine_wrapper:
+    """NXRefine's wrapper file of a sample at one temperature: the sample, each entry's
+    geometry in NXRefine's parameters, its peaks, and links to the raw frames, the volumes
+    and the PDFs, so NeXpy and NXRefine open hklflow's results as their own."""
+    input:
+        orientation=rules.refine_temperature.output.orientation,
+        scans=lambda w: entries_files(w, "scan.nxs"),
+        peaks=lambda w: entries_files(w, "peaks.nxs"),
+        entry_volumes=entry_volumes,
+        merged=expand("results/{{sample}}/{{temperature}}/{kind}.nxs", kind=TRANSFORM_KINDS),
+        symmetrized=expand("results/{{sample}}/{{temperature}}/{kind}_symmetrized.nxs",
+                           kind=TRANSFORM_KINDS) if SYMMETRIZE else [],
+        pdf=lambda w: list(nxrefine_pdf_links(w).values()),
+    output:
+        wrapper="results/{sample}/nxrefine/{sample}_{temperature}.nxs",
+    params:
+        settings=lambda w: SETTINGS.nxrefine_wrapper(w.sample),
+        pdf=lambda w: [f"{n}={p}" for n, p in nxrefine_pdf_links(w).items()],
+        symmetrized=lambda w, input: ["--symmetrized", *input.symmetrized] if SYMMETRIZE else [],
+    log:
+        "logs/nxrefine_wrapper/{sample}/{temperature}.log",
+    benchmark:
+        "benchmarks/nxrefine_wrapper/{sample}/{temperature}.tsv"
+    threads: RESOURCES["nxrefine_wrapper"].threads
+    resources:
+        mem_mb=RESOURCES["nxrefine_wrapper"].mem_mb,
+        runtime=RESOURCES["nxrefine_wrapper"].runtime,
+    conda:
+        CONDA_ENV
+    shell:
+        "hklflow nxrefine_wrapper --settings {params.settings:q}"
+        " --orientation {input.orientation:q} --scans {input.scans:q} --peaks {input.peaks:q}"
+        " --entry-volumes {input.entry_volumes:q} --merged {input.merged:q}"
+        " {params.symmetrized:q} --pdf {params.pdf:q} --out {output.wrapper:q} > {log:q} 2>&1"
