@@ -149,8 +149,11 @@ def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> n
 def nearest_reflection_spacing(crystal: Crystal) -> float:
     """|Q| (1/Angstrom, 2 pi convention) between the two nearest allowed reflections: the
     shortest allowed reciprocal-lattice vector."""
-    d_max = max(crystal.cell.parameters[:3])
-    refl = crystal.reflections_within(d_max / 2.01)
+    d_min = max(crystal.cell.parameters[:3]) / 2.01
+    refl = crystal.reflections_within(d_min)
+    while not len(refl):  # screw axes and centring can forbid every long-d reflection
+        d_min /= 2
+        refl = crystal.reflections_within(d_min)
     return float(2 * math.pi / crystal.cell.d_spacing(refl).max())
 
 
