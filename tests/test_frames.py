@@ -36,12 +36,14 @@ def digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest(), os.stat(path).st_mtime_ns
 
 
-def corrupt_chunk(src, dst, frame):
-    """Copy an HDF5 stack, overwriting the start of one frame's compressed chunk."""
+def corrupt_chunk(src, dst, frame, at=0):
+    """Copy an HDF5 stack, overwriting 16 bytes from byte `at` of one frame's compressed
+    chunk (0: its header)."""
     with h5py.File(src, "r") as f:
         info = f[DSET].id.get_chunk_info_by_coord((frame, 0, 0))
+    at += info.byte_offset
     b = bytearray(open(src, "rb").read())
-    b[info.byte_offset:info.byte_offset + 16] = b"\xff" * 16
+    b[at:at + 16] = b"\xff" * 16
     open(dst, "wb").write(bytes(b))
 
 
@@ -176,6 +178,119 @@ def test_corrupt_chunk_names_file_and_frame(stack_file, tmp_path):
             st.read(4, 12)
         with pytest.raises(RawDataError, match=r"bad\.h5: frame 7 "):
             check_readable(st, "all")
+
+
+def h5py_frames(paths):
+    """The frames of the stacks as h5py itself reads them."""
+    parts = []
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            parts.append(f[DSET][()])
+    return np.concatenate(parts)
+
+
+def typed_frames(n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(10.0, 3.0, (n,) + SHAPE).astype(dtype)
+    return rng.poisson(40.0, (n,) + SHAPE).astype(dtype)
+
+
+@pytest.mark.parametrize("frames_per_chunk", [1, 3])
+@pytest.mark.parametrize("dtype", ["int32", "uint16", "float32"])
+def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype,
+                                                                 frames_per_chunk):
+    """Chunks of whole frames compressed with bitshuffle-LZ4 are read raw and decompressed
+    with the bitshuffle package: the same numbers as through HDF5's filter."""
+    for k, n in enumerate((7, 5)):  # 7 frames: a last chunk of 3 holds one frame
+        with h5py.File(tmp_path / f"d_{k}.h5", "w") as f:
+            f.create_dataset(DSET, data=typed_frames(n, dtype, k),
+                             chunks=(frames_per_chunk,) + SHAPE,
+                             **hdf5plugin.Bitshuffle(cname="lz4"))
+    data = h5py_frames([tmp_path / "d_0.h5", tmp_path / "d_1.h5"])
+    with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=12) as st:
+        assert st.dtype == np.dtype(dtype)
+        for i in (0, 4, 6, 7, 11):
+            got = st.read_frame(i)
+            assert got.dtype == data.dtype
+            np.testing.assert_array_equal(got, data[i])
+        np.testing.assert_array_equal(st.read(5, 9), data[5:9])  # across the two files
+        np.testing.assert_array_equal(st.read(0, 12), data)
+        blocks = [b.copy() for _, b in st.iter_chunks(4, reuse_buffer=True)]
+        np.testing.assert_array_equal(np.concatenate(blocks), data)
+        assert st.frames_from_raw_chunks == 5 + 4 + 12 + 12  # every frame read took it
+        other = np.empty(data.shape, "int32" if dtype == "float32" else "float32")
+        np.testing.assert_array_equal(st.read(0, 12, out=other), data.astype(other.dtype))
+        assert st.frames_from_raw_chunks == 33  # HDF5 converts into another type
+
+
+def test_unwritten_chunks_are_read_as_fill_value(tmp_path):
+    with h5py.File(tmp_path / "sparse.h5", "w") as f:
+        d = f.create_dataset(DSET, shape=(5,) + SHAPE, dtype=np.int32, chunks=(1,) + SHAPE,
+                             fillvalue=-7, **hdf5plugin.Bitshuffle(cname="lz4"))
+        d[1] = frames(1)[0]
+        d[3] = frames(1, seed=1)[0]
+    data = h5py_frames([tmp_path / "sparse.h5"])
+    assert (data[[0, 2, 4]] == -7).all()
+    with open_frames("sparse.h5", base_dir=tmp_path) as st:
+        np.testing.assert_array_equal(st.read(0, 5), data)
+        assert st.frames_from_raw_chunks == 2
+
+
+@pytest.mark.parametrize("layout", [
+    "gzip", "uncompressed", "bitshuffle without lz4", "bitshuffle zstd", "half-frame chunks",
+    "lz4 and fletcher32", "big-endian", "virtual dataset", "bitshuffle package missing"])
+def test_other_layouts_are_read_through_hdf5(tmp_path, monkeypatch, layout):
+    data = frames(6)
+    options = {
+        "gzip": dict(chunks=(1,) + SHAPE, compression="gzip"),
+        "uncompressed": dict(),
+        "bitshuffle without lz4": dict(chunks=(1,) + SHAPE, **hdf5plugin.Bitshuffle(cname="none")),
+        "bitshuffle zstd": dict(chunks=(1,) + SHAPE, **hdf5plugin.Bitshuffle(cname="zstd")),
+        "half-frame chunks": dict(chunks=(1, SHAPE[0] // 2 + 1, SHAPE[1]),
+                                  **hdf5plugin.Bitshuffle(cname="lz4")),
+        "lz4 and fletcher32": dict(chunks=(1,) + SHAPE, fletcher32=True,
+                                   **hdf5plugin.Bitshuffle(cname="lz4")),
+    }.get(layout, dict(chunks=(1,) + SHAPE, **hdf5plugin.Bitshuffle(cname="lz4")))
+    if layout == "virtual dataset":  # of a bitshuffle-LZ4 stack
+        write_stack(tmp_path / "part.h5", data)
+        vds = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
+        vds[:] = h5py.VirtualSource("part.h5", DSET, shape=data.shape)
+        with h5py.File(tmp_path / "s.h5", "w") as f:
+            f.create_virtual_dataset(DSET, vds)
+    else:
+        with h5py.File(tmp_path / "s.h5", "w") as f:
+            f.create_dataset(DSET, data=data.astype(">i4") if layout == "big-endian" else data,
+                             **options)
+    if layout == "bitshuffle package missing":
+        import hklflow.frames as hf
+
+        monkeypatch.setattr(hf, "_bshuf_decompress_lz4", None)
+    with open_frames("s.h5", base_dir=tmp_path) as st:
+        np.testing.assert_array_equal(st.read(0, 6), data)
+        np.testing.assert_array_equal(st.read(2, 4), data[2:4])
+        assert st.frames_from_raw_chunks == 0
+
+
+@pytest.mark.parametrize("where", ["header", "lz4 stream"])
+def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where):
+    """A damaged chunk on the fast path: the frame is read again through HDF5, whose error
+    names the file and the frame number in the whole scan.  (The LZ4 stream is damaged at
+    its first token, after the 12-byte chunk header and the 4-byte block size: bytes
+    damaged inside literals decode to wrong numbers without error, in HDF5's filter too.)"""
+    parts = [frames(5, seed=0), frames(6, seed=1)]
+    write_stack(tmp_path / "d_1.h5", parts[0])
+    write_stack(tmp_path / "good.h5", parts[1])
+    corrupt_chunk(tmp_path / "good.h5", tmp_path / "d_2.h5", 3, at=0 if where == "header" else 16)
+    with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=11) as st:
+        np.testing.assert_array_equal(st.read(2, 8), np.concatenate(parts)[2:8])
+        assert st.frames_from_raw_chunks == 6
+        with pytest.raises(RawDataError, match=r"d_2\.h5: frame 8 \(index 3 of dataset "
+                                               r"/entry/data/data in this file\) cannot be read "
+                                               r"or decompressed"):
+            st.read(4, 11)
+        with pytest.raises(RawDataError, match=r"d_2\.h5: frame 8 "):
+            st.read_frame(8)
 
 
 def test_monitor_errors(stack_file):

@@ -195,3 +195,59 @@ def test_file_symmetrised_slab_by_slab_equals_the_whole(tmp_path, symbol, grid):
         np.testing.assert_array_equal(out.signal, s)
         np.testing.assert_array_equal(out.weight, w)
         assert notes["measured_fraction_before"] == pytest.approx(np.mean(vol.weight > 0))
+
+
+CELLS = {**GROUPS, "P 4/m": TETRA, "P -1": (5.1, 6.2, 7.3, 80.0, 85.0, 95.0)}
+
+
+@pytest.mark.parametrize("symbol", ["I 4/m m m", "P m m m", "P 4/m", "C 1 2/c 1", "P -1",
+                                    "F m -3 m", "P 6/m m m", "R -3 m:R"])
+def test_transversal_chain_gives_every_operator_once(symbol):
+    """Every operator of the group is exactly one product t_n ... t_1 of the chain's
+    transversals, with fewer reads than operators."""
+    from itertools import product
+
+    from hklflow.symmetry import transversal_chain
+
+    ops = Crystal(symbol, UnitCell(*CELLS[symbol])).laue_operators
+    chain = transversal_chain(ops)
+    products = []
+    for ts in product(*chain):
+        g = np.eye(3, dtype=int)
+        for t in ts[::-1]:  # t_n ... t_1
+            g = g @ t
+        products.append(tuple(g.ravel()))
+    assert sorted(products) == sorted(tuple(R.ravel()) for R in ops)
+    reads = sum(len(t) for t in chain)
+    assert reads <= len(ops) and (len(ops) < 16 or reads <= len(ops) / 2)
+
+
+@pytest.mark.parametrize("symbol,grid,planned", [
+    ("I 4/m m m", Grid(Axis(-2.0, 0.25, 17), Axis(-2.0, 0.25, 17), Axis(-3.0, 0.25, 25)), True),
+    ("P 4/m", Grid(Axis(-1.5, 0.5, 7), Axis(-1.5, 0.5, 7), Axis(-2.0, 0.5, 9)), True),
+    ("P m m m", Grid(Axis(-2.0, 0.25, 17), Axis(-1.0, 0.1, 21), Axis(-3.0, 0.5, 13)), True),
+    ("C 1 2/c 1", Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.2, 11)), True),
+    ("P -1", Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.2, 11)), True),
+    # an L range not symmetric about 0, H and K of different lengths: the gather kernel
+    ("I 4/m m m", Grid(Axis(-2.0, 0.25, 17), Axis(-2.0, 0.25, 17), Axis(-3.0, 0.25, 21)), False),
+    ("P 4/m", Grid(Axis(-1.5, 0.5, 7), Axis(-2.5, 0.5, 11), Axis(-2.0, 0.5, 9)), False),
+    ("P 6/m m m", Grid(Axis(-3.0, 0.25, 25), Axis(-3.0, 0.25, 25), Axis(-2.0, 0.25, 17)), False),
+    ("F m -3 m", Grid(Axis(-2.0, 0.5, 9), Axis(-2.0, 0.5, 9), Axis(-2.0, 0.5, 9)), False),
+])
+def test_flips_equal_the_gather_kernel(symbol, grid, planned):
+    """Where every operator maps the grid onto itself by flips and transposes, the
+    symmetrisation by array views gives what the gather kernel gives (float64 sums in
+    another order: equal to float32 rounding); elsewhere the gather kernel is used."""
+    from hklflow.symmetry import flip_plan, index_maps, symmetrize_flips, symmetrize_slab
+
+    ops = Crystal(symbol, UnitCell(*CELLS[symbol])).laue_operators
+    plan = flip_plan(grid, ops)
+    assert (plan is not None) == planned
+    if plan is None:
+        return
+    vol = random_volume(grid, 5, gap=0.3)
+    s, w = symmetrize_flips(plan, vol.signal, vol.weight, vol.signal[::-1], vol.weight[::-1])
+    s0, w0, inside = symmetrize_slab(vol.signal, vol.weight, index_maps(grid, ops), 0, grid.l.n)
+    assert inside == grid.size * len(ops)
+    np.testing.assert_allclose(s, s0, rtol=3e-7)
+    np.testing.assert_allclose(w, w0, rtol=3e-7)

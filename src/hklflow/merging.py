@@ -8,8 +8,9 @@ of every voxel summed over its equivalents h R, then divided).
 Sums read the inputs slab by slab (about 64 MB per float32 array of a slab), add in float64
 and store float32, so an 801^3 grid (2 x 2 GB per input) is summed in a few hundred MB.
 Symmetrisation works slab by slab too (an output slab from the input slab and its mirror
-image) for every Laue group but the cubic and rhombohedral ones, which hold the input whole
-(8 bytes per voxel: 4.1 GB for 801^3).
+image; by flips and transposes where the grid allows, symmetry.FlipPlan) for every Laue
+group but the cubic and rhombohedral ones, which hold the input whole (8 bytes per voxel:
+4.1 GB for 801^3).
 """
 from __future__ import annotations
 
@@ -167,6 +168,7 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
         log.warning("%s was made with space group %s; symmetrising by the config's %s", path,
                     sg, crystal.hm)
     by_slab = symmetry.l_separable(maps)
+    plan = symmetry.flip_plan(grid, ops)
     whole = None
     if not by_slab:
         if log:
@@ -178,7 +180,8 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     planes = planes or (8 if by_slab else slab_planes(grid))
     notes = {"symmetrized": symmetry.symmetry_notes(crystal), "input": str(path),
              "input_title": head.title, "input_notes": head.notes,
-             "slab_by_slab": by_slab}
+             "slab_by_slab": by_slab,
+             "method": "flips and transposes" if plan else "gather"}
     inside = measured = measured_before = 0
     progress = steplog.Progress(log, f"symmetrising by {len(ops)} operators, L planes",
                                 nl) if log else None
@@ -187,23 +190,34 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance) as w:
         for l0 in range(0, nl, planes):
             l1 = min(nl, l0 + planes)
-            if by_slab:
-                spans = symmetry.source_planes(maps, l0, l1, nl)
-                parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]
-                src_s = np.concatenate([p.signal for p in parts]) if len(parts) > 1 \
-                    else parts[0].signal
-                src_w = np.concatenate([p.weight for p in parts]) if len(parts) > 1 \
-                    else parts[0].weight
-                del parts
-                rows = symmetry.source_rows(maps, spans, l0, l1)
+            if plan is not None:  # flips and transposes of the slab and its mirror
+                here = _read(path, (slice(l0, l1), slice(None), slice(None)))
+                there = _read(path, (slice(nl - l1, nl - l0), slice(None), slice(None))) \
+                    if plan.mirror else None
+                s, wt = symmetry.symmetrize_flips(
+                    plan, here.signal, here.weight, there.signal[::-1] if there else None,
+                    there.weight[::-1] if there else None)
+                measured_before += int(np.count_nonzero(here.weight > 0))
+                inside += s.size * len(ops)  # the grid is mapped onto itself
+                del here, there
             else:
-                src_s, src_w = whole.signal, whole.weight
-                rows = np.zeros(len(ops), np.int64)
-            s, wt, n_in = symmetry.symmetrize_slab(src_s, src_w, maps, l0, l1, nl, rows)
-            r = rows[identity]
-            measured_before += int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
-            del src_s, src_w
-            inside += n_in
+                if by_slab:
+                    spans = symmetry.source_planes(maps, l0, l1, nl)
+                    parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]
+                    src_s = np.concatenate([p.signal for p in parts]) if len(parts) > 1 \
+                        else parts[0].signal
+                    src_w = np.concatenate([p.weight for p in parts]) if len(parts) > 1 \
+                        else parts[0].weight
+                    del parts
+                    rows = symmetry.source_rows(maps, spans, l0, l1)
+                else:
+                    src_s, src_w = whole.signal, whole.weight
+                    rows = np.zeros(len(ops), np.int64)
+                s, wt, n_in = symmetry.symmetrize_slab(src_s, src_w, maps, l0, l1, nl, rows)
+                r = rows[identity]
+                measured_before += int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
+                del src_s, src_w
+                inside += n_in
             measured += int(np.count_nonzero(wt > 0))
             w.write(l0, s, wt)
             if progress:

@@ -451,7 +451,10 @@ def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
     out = np.empty(grid.shape, dtype=np.float32)
     for il, lv in enumerate(grid.l.values):
         r = 2.0 * np.sqrt(np.maximum(q2_hk + lv * linear_in_l + g[2, 2] * lv * lv, 0.0)) / q_max
-        out[il] = np.where(r <= 1.0, 1.0, np.where(r < 2.0, 0.5 * (1.0 - np.cos(np.pi * r)), 0.0))
+        plane = np.where(r <= 1.0, 1.0, 0.0)
+        edge = (r > 1.0) & (r < 2.0)  # the cosine only where it is needed
+        plane[edge] = 0.5 * (1.0 - np.cos(np.pi * r[edge]))
+        out[il] = plane
     return out
 
 
