@@ -25,6 +25,9 @@ include: "workflow/rules/pdf.smk"
 include: "workflow/rules/nxrefine.smk"
 
 
+record_known_parameters(workflow.rules)
+
+
 rule all:
     input:
         all_targets(),

@@ -186,6 +186,10 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
     "merge_entries": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
     "symmetrize": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "kind": "transform"},
     "temperature_series": lambda s, r: {"sample": s.sample, "kind": "transform"},
+    "total_pdf": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "delta_pdf": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "pdf": "pdf"},
+    "pdf_temperature_series": lambda s, r: {"sample": s.sample},
+    "nxrefine_wrapper": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
 }
 
 
@@ -230,9 +234,9 @@ def print_resources(d: Path, args) -> int:
     rows = resource_table(d)
     print(f"resources of one job per rule: {args.detector}, {args.frames} frames of "
           f"{exp.scans[0].angles.step} deg, grid of at most {grid_voxels_bound(exp):,} voxels")
-    print(f"  {'rule':<20}{'threads':>8}{'mem_mb':>9}{'min':>6}   {'mem_mb@3':>9}{'min@3':>7}")
+    print(f"  {'rule':<24}{'threads':>8}{'mem_mb':>9}{'min':>6}   {'mem_mb@3':>9}{'min@3':>7}")
     for r in rows:
-        print(f"  {r['rule']:<20}{r['threads']:>8}{r['mem_mb@1']:>9}{r['runtime_min@1']:>6}   "
+        print(f"  {r['rule']:<24}{r['threads']:>8}{r['mem_mb@1']:>9}{r['runtime_min@1']:>6}   "
               f"{r['mem_mb@3']:>9}{r['runtime_min@3']:>7}  {r.get('note', '')}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

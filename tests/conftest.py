@@ -16,6 +16,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def detector_facts_cache(tmp_path_factory):
+    """The detector facts (hklflow.geometry.detector_facts) of this session's processes,
+    steps and Snakemake runs included, in a folder of the session: the user's cache is
+    neither read nor written."""
+    folder = tmp_path_factory.mktemp("detector-facts")
+    before = os.environ.get("HKLFLOW_CACHE_DIR")
+    os.environ["HKLFLOW_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("HKLFLOW_CACHE_DIR", None)
+    else:
+        os.environ["HKLFLOW_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_experiment(tmp_path_factory) -> Path:
     """A simulated 'tiny' experiment directory (read-only for tests: copy before changing)."""

@@ -86,6 +86,10 @@ def custom_detector(monkeypatch):
         # the geometry must ask for its own orientation: a wrong one maps pixels elsewhere
         monkeypatch.setattr(geometry, "pyfai_detector",
                             lambda name, o=3: dets[o] if name == "custom" else pytest.fail(name))
+        # its facts made from that detector (never from or into the cache of named detectors)
+        monkeypatch.setattr(geometry, "detector_facts",
+                            lambda name, o=3: geometry.DetectorFacts.from_pyfai(dets[o], name, o)
+                            if name == "custom" else pytest.fail(name))
         return dets[orientation]
     return install
 
@@ -552,3 +556,97 @@ def test_pyfai_tables_agree_with_pyfai():
     assert "CeO2" in known_calibrants() and "LaB6" in known_calibrants("LaB6")
     with pytest.raises(ValueError, match="unknown pyFAI detector"):
         detector_shape("NoSuchDetector9000")
+
+
+# --------------------------------------------------------------------------------------
+# Detector facts: pyFAI's detector answers, kept in a cache file
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def facts_cache(tmp_path, monkeypatch):
+    """An empty cache folder for the detector facts, and no facts kept in this process."""
+    monkeypatch.setenv(geometry.DETECTOR_CACHE_ENV, str(tmp_path))
+    geometry._named_detector_facts.cache_clear()
+    yield tmp_path
+    geometry._named_detector_facts.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["Pilatus300k", "PilatusCdTe2M", "Eiger2 4M"])
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4])
+def test_detector_facts_are_pyfai_s_made_and_read_back(facts_cache, name, orientation):
+    det = pyFAI.detectors.detector_factory(name, config={"orientation": orientation})
+    made = geometry.detector_facts(name, orientation)
+    assert len(list(facts_cache.iterdir())) == 1  # written once
+    geometry._named_detector_facts.cache_clear()
+    read = geometry.detector_facts(name, orientation)  # from the file
+    rng = np.random.default_rng(orientation)
+    rows = rng.uniform(-3, det.shape[0] + 3, 5000)  # continuous, beyond the edges too
+    cols = rng.uniform(-3, det.shape[1] + 3, 5000)
+    r1, r2, _ = det.calc_cartesian_positions(rows - 0.5, cols - 0.5, center=True, use_cython=False)
+    for f in (made, read):
+        assert f.regular and f.shape == det.shape
+        assert (f.pixel1, f.pixel2) == (det.pixel1, det.pixel2)
+        assert np.array_equal(f.mask, np.asarray(det.mask, bool))
+        p1, p2 = f.plane_positions(rows, cols)
+        assert np.abs(p1 - r1).max() < 1e-12 and np.abs(p2 - r2).max() < 1e-12
+    g = DetectorGeometry(name, dist=0.3, poni1=0.05, poni2=0.04, orientation=orientation)
+    p1, p2 = g.plane_coordinates(rows, cols)
+    assert np.abs(p1 - r1).max() < 1e-12 and np.abs(p2 - r2).max() < 1e-12
+    assert np.array_equal(g.detector_mask(), np.asarray(det.mask, bool))
+
+
+def test_detector_with_pixel_corners_keeps_pyfai_positions(facts_cache):
+    """A detector whose pixels are not a regular grid (Xpad S540 flat: modules at offsets)
+    gets its positions from pyFAI every time, and no pixel <- lab mapping."""
+    name = "Xpad S540 flat"
+    det = pyFAI.detectors.detector_factory(name)
+    facts = geometry.detector_facts(name, 3)
+    assert not facts.regular
+    g = DetectorGeometry(name, dist=0.3, poni1=0.05, poni2=0.04)
+    rows, cols = np.array([[10.5, 500.5]]), np.array([[20.5, 300.5]])  # pyFAI wants 2D here
+    r1, r2, _ = det.calc_cartesian_positions(rows - 0.5, cols - 0.5, center=True, use_cython=False)
+    p1, p2 = g.plane_coordinates(rows, cols)
+    assert np.allclose(p1, r1, rtol=0, atol=1e-12) and np.allclose(p2, r2, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="regular flat pixel grids"):
+        g.pixel_from_direction(np.array([0.1, 0.1, 1.0]))
+
+
+def test_a_damaged_facts_file_is_made_again(facts_cache):
+    name = "Pilatus300k"
+    geometry.detector_facts(name, 3)
+    (path,) = facts_cache.iterdir()
+    path.write_bytes(b"not an npz file")
+    geometry._named_detector_facts.cache_clear()
+    facts = geometry.detector_facts(name, 3)
+    det = pyFAI.detectors.detector_factory(name)
+    assert facts.regular and np.array_equal(facts.mask, np.asarray(det.mask, bool))
+    assert path.read_bytes()[:2] == b"PK"  # rewritten (an npz is a zip)
+
+
+def test_an_unwritable_cache_still_gives_the_facts(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv(geometry.DETECTOR_CACHE_ENV, str(blocker / "cache"))
+    geometry._named_detector_facts.cache_clear()
+    try:
+        facts = geometry.detector_facts("Pilatus300k", 3)
+    finally:
+        geometry._named_detector_facts.cache_clear()
+    assert facts.regular and facts.shape == (619, 487)
+
+
+def test_steps_read_the_facts_without_importing_pyfai(facts_cache):
+    """The point of the cache: with the facts made, a new process gets the detector's
+    mask, pixel sizes and pixel positions without importing pyFAI's detectors (~1.5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hklflow.geometry import DetectorGeometry; "
+            "g = DetectorGeometry('PilatusCdTe2M', dist=0.3, poni1=0.1, poni2=0.1); "
+            "m = g.detector_mask(); q = g.lab_q(10.5, 20.5); s = g.pixel_size; "
+            "print(int(m.sum()), 'pyFAI.detectors' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert runs[0].stdout.split() == ["211405", "True"]  # made from pyFAI
+    assert runs[1].stdout.split() == ["211405", "False"]  # read from the cache

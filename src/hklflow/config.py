@@ -166,22 +166,41 @@ class Experiment:
     raw: dict = field(default_factory=dict, repr=False)  # the validated config, defaults filled
     warnings: tuple = ()
 
-    def scan(self, sample: str, temperature_label: str, entry: str) -> ScanRow:
+    def __post_init__(self):
+        # the lookups below by sample, temperature label and entry, indexed once: planning
+        # asks them for every job (thousands), and a scan over the table each time made the
+        # plan quadratic in the number of scan entries
+        by_id, of_sample, of_temperature = {}, {}, {}
         for s in self.scans:
-            if s.sample == sample and s.temperature_label == temperature_label and s.entry == entry:
-                return s
-        raise KeyError(f"no scan {sample}/{temperature_label}/{entry} in {self.scans_table}")
+            label = s.temperature_label
+            by_id.setdefault((s.sample, label, s.entry), s)
+            of_sample.setdefault(s.sample, []).append(s)
+            of_temperature.setdefault((s.sample, label), []).append(s)
+        temperatures = {}
+        for name, scans in of_sample.items():
+            seen = temperatures[name] = []
+            for s in sorted(scans, key=lambda s: s.temperature):
+                if s.temperature_label not in seen:
+                    seen.append(s.temperature_label)
+        object.__setattr__(self, "_scan_index", by_id)
+        object.__setattr__(self, "_scans_of_sample", of_sample)
+        object.__setattr__(self, "_scans_of_temperature", of_temperature)
+        object.__setattr__(self, "_temperatures", temperatures)
+
+    def scan(self, sample: str, temperature_label: str, entry: str) -> ScanRow:
+        try:
+            return self._scan_index[(sample, temperature_label, entry)]
+        except KeyError:
+            raise KeyError(f"no scan {sample}/{temperature_label}/{entry} in "
+                           f"{self.scans_table}") from None
 
     def scans_of(self, sample: str, temperature_label: str | None = None) -> list:
-        return [s for s in self.scans if s.sample == sample
-                and (temperature_label is None or s.temperature_label == temperature_label)]
+        if temperature_label is None:
+            return list(self._scans_of_sample.get(sample, ()))
+        return list(self._scans_of_temperature.get((sample, temperature_label), ()))
 
     def temperatures_of(self, sample: str) -> list[str]:
-        seen = []
-        for s in sorted(self.scans_of(sample), key=lambda s: s.temperature):
-            if s.temperature_label not in seen:
-                seen.append(s.temperature_label)
-        return seen
+        return list(self._temperatures.get(sample, ()))
 
 
 # --------------------------------------------------------------------------------------

@@ -100,6 +100,132 @@ def _pyfai_detector(name: str, orientation: int):
         raise ValueError(f"unknown pyFAI detector name {name!r}: {exc}") from None
 
 
+# --------------------------------------------------------------------------------------
+# Detector facts: what the steps ask of a pyFAI detector, cached on disk
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectorFacts:
+    """What the steps need of a pyFAI detector with an orientation: shape, pixel sizes (m),
+    the detector's own mask (module gaps) and whether its pixels form a regular flat grid.
+    For a regular grid the position of continuous pixel coordinate (row, col) in the
+    detector plane is pixel1 * row (ny - row for orientations 1, 2) and pixel2 * col
+    (nx - col for orientations 1, 4): pyFAI's calc_cartesian_positions, checked on every
+    pixel when the facts are made.  Otherwise positions come from pyFAI itself."""
+
+    name: str
+    orientation: int
+    shape: tuple
+    pixel1: float
+    pixel2: float
+    mask: np.ndarray | None = field(repr=False, compare=False)  # bool (rows, cols), True = gap
+    regular: bool = False
+
+    @classmethod
+    def from_pyfai(cls, det, name: str, orientation: int) -> "DetectorFacts":
+        shape = tuple(int(n) for n in det.shape)
+        mask = None if det.mask is None else np.asarray(det.mask, dtype=bool)
+        facts = cls(name, int(orientation), shape, float(det.pixel1), float(det.pixel2), mask)
+        regular = (getattr(det, "_pixel_corners", None) is None
+                   and not getattr(det, "splinefile", None))
+        if regular:  # the formula must give pyFAI's positions on every pixel centre
+            rows, cols = np.meshgrid(np.arange(shape[0]) + 0.5, np.arange(shape[1]) + 0.5,
+                                     indexing="ij")
+            p1, p2, p3 = det.calc_cartesian_positions(rows - 0.5, cols - 0.5, center=True,
+                                                      use_cython=False)
+            q1, q2 = replace(facts, regular=True).plane_positions(rows, cols)
+            tol = 1e-9 * max(facts.pixel1, facts.pixel2)
+            regular = (p3 is None or not np.any(p3)) and bool(
+                np.abs(np.asarray(p1) - q1).max() <= tol and np.abs(np.asarray(p2) - q2).max() <= tol)
+        return replace(facts, regular=regular)
+
+    def plane_positions(self, rows, cols):
+        """(p1, p2) in metres of continuous pixel coordinates (regular grids only)."""
+        if not self.regular:
+            raise ValueError(f"detector {self.name!r}: pixel positions only from pyFAI")
+        rows = np.asarray(rows, dtype=float)
+        cols = np.asarray(cols, dtype=float)
+        ny, nx = self.shape
+        if self.orientation in (1, 2):
+            rows = ny - rows
+        if self.orientation in (1, 4):
+            cols = nx - cols
+        return rows * self.pixel1, cols * self.pixel2
+
+
+DETECTOR_CACHE_ENV = "HKLFLOW_CACHE_DIR"
+
+
+def _cache_dir() -> str:
+    """Where made detector facts are kept: $HKLFLOW_CACHE_DIR, else $XDG_CACHE_HOME/hklflow,
+    else ~/.cache/hklflow."""
+    if os.environ.get(DETECTOR_CACHE_ENV):
+        return os.environ[DETECTOR_CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hklflow")
+
+
+def _facts_path(name: str, orientation: int) -> str:
+    from importlib.metadata import version
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    # pyFAI's version in the name: another pyFAI makes its own facts
+    return os.path.join(_cache_dir(), f"detector-{safe}-o{orientation}-pyFAI{version('pyFAI')}.npz")
+
+
+def _read_facts(path: str, name: str, orientation: int) -> "DetectorFacts | None":
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["name"]) != name or int(z["orientation"]) != orientation:
+                return None
+            shape = tuple(int(n) for n in z["shape"])
+            mask = (np.unpackbits(z["mask_bits"], count=shape[0] * shape[1]).astype(bool)
+                    .reshape(shape) if bool(z["has_mask"]) else None)
+            return DetectorFacts(name, orientation, shape, float(z["pixel1"]), float(z["pixel2"]),
+                                 mask, bool(z["regular"]))
+    except (OSError, ValueError, KeyError, EOFError):  # absent, unreadable, another layout
+        return None
+
+
+def _write_facts(path: str, facts: DetectorFacts) -> None:
+    """Written to a temporary file and renamed (jobs may make the same facts at once); a
+    cache that cannot be written is left alone (the facts are made again next time)."""
+    import tempfile
+
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, name=facts.name, orientation=facts.orientation,
+                         shape=np.array(facts.shape), pixel1=facts.pixel1, pixel2=facts.pixel2,
+                         has_mask=facts.mask is not None, regular=facts.regular,
+                         mask_bits=np.packbits(facts.mask.ravel()) if facts.mask is not None
+                         else np.zeros(0, np.uint8))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass
+
+
+@functools.lru_cache(maxsize=32)
+def _named_detector_facts(name: str, orientation: int) -> DetectorFacts:
+    path = _facts_path(name, orientation)
+    facts = _read_facts(path, name, orientation)
+    if facts is None:
+        facts = DetectorFacts.from_pyfai(_pyfai_detector(name, orientation), name, orientation)
+        _write_facts(path, facts)
+    return facts
+
+
+def detector_facts(name: str, orientation: int = DEFAULT_ORIENTATION) -> DetectorFacts:
+    """The facts of a pyFAI detector (cached; treat as read-only).  Made from pyFAI once per
+    pyFAI version and kept in the cache folder (_cache_dir): importing pyFAI's detectors
+    costs every job about 1.5 s, the file a few milliseconds."""
+    return _named_detector_facts(name, check_orientation(orientation))
+
+
 @functools.lru_cache(maxsize=1)
 def pyfai_tables() -> dict:
     """Detector shapes and calibrant names made from pyFAI (data/detector_shapes.json, checked
@@ -209,21 +335,25 @@ class DetectorGeometry:
         """The pyFAI detector of this geometry, with its orientation (cached, read-only)."""
         return pyfai_detector(self.detector, self.orientation)
 
+    def detector_facts(self) -> DetectorFacts:
+        """Shape, pixel sizes, gaps and pixel positions of the detector (detector_facts)."""
+        return detector_facts(self.detector, self.orientation)
+
     @property
     def shape(self) -> tuple[int, int]:
         return detector_shape(self.detector)
 
     @property
     def pixel_size(self) -> tuple[float, float]:
-        d = self.pyfai_detector()
-        return float(d.pixel1), float(d.pixel2)
+        d = self.detector_facts()
+        return d.pixel1, d.pixel2
 
     def detector_mask(self) -> np.ndarray:
         """Pixels the detector model marks invalid (module gaps), bool (rows, cols)."""
-        m = self.pyfai_detector().mask
+        m = self.detector_facts().mask
         if m is None:
             return np.zeros(self.shape, dtype=bool)
-        return np.asarray(m, dtype=bool)
+        return m.copy()
 
     @property
     def tilt_matrix(self) -> np.ndarray:
@@ -233,6 +363,9 @@ class DetectorGeometry:
     def plane_coordinates(self, rows, cols):
         """(p1, p2) in metres on the detector for continuous pixel coordinates (pyFAI's model,
         which applies the orientation)."""
+        facts = self.detector_facts()
+        if facts.regular:
+            return facts.plane_positions(rows, cols)
         det = self.pyfai_detector()
         rows = np.asarray(rows, dtype=float)
         cols = np.asarray(cols, dtype=float)
@@ -273,8 +406,8 @@ class DetectorGeometry:
 
     # ---- lab -> pixel ----------------------------------------------------------------
     def _plane_to_pixel(self, p1, p2):
-        det = self.pyfai_detector()
-        if getattr(det, "_pixel_corners", None) is not None or getattr(det, "splinefile", None):
+        det = self.detector_facts()
+        if not det.regular:
             raise ValueError(f"detector {self.detector!r} has distortion/pixel corners: "
                              "lab -> pixel is implemented for regular flat pixel grids only")
         ny, nx = self.shape

@@ -3,6 +3,8 @@ from the config and scans table alone (the Snakefile calls these at parse time, 
 here reads data files)."""
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 from .errors import ConfigError
@@ -71,6 +73,34 @@ def grid_voxels_bound(exp) -> int:
     return int(grid.max_voxels)
 
 
+def known_parameters(func):
+    """func, with its parameters recorded where Snakemake looks before it asks
+    inspect.signature (snakemake.common.get_function_params: the `_overwrite_params`
+    attribute).  Snakemake asks for the parameters of every input, params and resource
+    function two or three times for every job it plans (with Resource.evaluate, see
+    common.smk, a tenth of the time of a plan of 20,000 jobs); here they are found once.
+    They are the same parameters, and a Snakemake without that look-up ignores the
+    attribute."""
+    func._overwrite_params = inspect.signature(func).parameters
+    return func
+
+
+def _made_once(method):
+    """A JobSettings method whose text is made once per arguments (a sample's, a
+    calibration's) and then reused: a plan asks for it once per job, thousands of times, and
+    the experiment does not change."""
+
+    @functools.wraps(method)
+    def text(self, *args):
+        key = (method.__name__, *args)
+        made = self._texts.get(key)
+        if made is None:
+            made = self._texts[key] = method(self, *args)
+        return made
+
+    return text
+
+
 class JobSettings:
     """What every rule's jobs receive through ``params: settings``: the resolved settings
     each step uses (hklflow.params declares which config keys), as one JSON text per job.
@@ -79,6 +109,7 @@ class JobSettings:
 
     def __init__(self, exp):
         self.exp = exp
+        self._texts = {}  # (method, args) -> text (_made_once)
         cfg = exp.raw
         self.detector = exp.instrument.detector
         self._peaks = PeakSearchParams.from_config(cfg)
@@ -91,6 +122,7 @@ class JobSettings:
         self._series = SeriesParams.from_config(cfg)
         self._pdf = PDFParams.from_config(cfg)
 
+    @_made_once
     def calibrate_powder(self, calibration: str) -> str:
         return settings_json({"calibration": CalibrationParams.for_calibration(self.exp.raw,
                                                                                calibration)})
@@ -104,6 +136,7 @@ class JobSettings:
     def find_peaks(self) -> str:
         return settings_json({"find_peaks": self._peaks, "detector": self.detector})
 
+    @_made_once
     def index_parent(self, sample: str) -> str:
         return settings_json({"indexing": self._indexing, "refinement": self._refinement,
                               "sample": self.exp.samples[sample].settings()})
@@ -111,6 +144,7 @@ class JobSettings:
     def refine_temperature(self) -> str:
         return settings_json({"refinement": self._refinement})
 
+    @_made_once
     def define_grid(self, sample: str, poni_of) -> str:
         """poni_of(calibration name) -> its geometry.poni.  The sample's cell and every
         detector position of its scans (a calibration and a shift) decide the grid."""
@@ -136,28 +170,34 @@ class JobSettings:
     def merge_entries(self) -> str:
         return settings_json({"pictures": self._pictures})
 
+    @_made_once
     def symmetrize(self, sample: str) -> str:
         return settings_json({"pictures": self._pictures,
                               "sample": self.exp.samples[sample].settings()})
 
+    @_made_once
     def temperature_series(self, sample: str) -> str:
         return settings_json({"series": self._series, "sample": self.exp.samples[sample].settings(),
                               "temperatures": self.exp.temperatures_of(sample)})
 
+    @_made_once
     def nxrefine_wrapper(self, sample: str) -> str:
         # the kinds say which volume is which among the job's inputs
         return settings_json({"sample": self.exp.samples[sample].settings(),
                               "kinds": list(self._transform.kinds)})
 
+    @_made_once
     def total_pdf(self, sample: str) -> str:
         # only what the total PDF uses: a changed hole radius leaves it alone
         return settings_json({"q_max": self._pdf.q_max, "subtract_mean": self._pdf.subtract_mean,
                               "slices": self._pdf.settings()["slices"],
                               "sample": self.exp.samples[sample].settings()})
 
+    @_made_once
     def delta_pdf(self, sample: str) -> str:
         return settings_json({"pdf": self._pdf, "sample": self.exp.samples[sample].settings()})
 
+    @_made_once
     def pdf_temperature_series(self, sample: str) -> str:
         return settings_json({"slice": self._pdf.settings()["slices"][0],
                               "sample": self.exp.samples[sample].settings(),

@@ -2,17 +2,51 @@
 # job receives (params); the functions that map wildcards to files.  Parsing reads the two
 # small text files and lists the raw files, and nothing else, because every cluster job
 # parses the Snakefile again.
+import atexit
+import gc
+import inspect
 import os
 import sys
 import sysconfig
+import types
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 import hklflow
 from hklflow.config import ConfigError, load_experiment, read_config_files
-from hklflow.jobs import JobSettings, transform_frame_ranges
+from hklflow.jobs import JobSettings, known_parameters, transform_frame_ranges
 from hklflow.rawfiles import RawFileOwners, is_hdf5_path, matching_files
+
+# Planning makes millions of objects that live until the plan is made (jobs, their files and
+# wildcards) and almost no cyclic garbage, and Python's full collections, each a walk over all
+# of them, took a sixth of the time of a plan of 20,000 jobs: full collections only after 100
+# times as many young ones (the young generations are collected as before)
+_GC_THRESHOLDS = gc.get_threshold()
+gc.set_threshold(*_GC_THRESHOLDS[:2], max(_GC_THRESHOLDS[2], 1000))
+
+
+def _no_last_collection():
+    """After a dry run, which writes nothing, the plan's objects are left to the end of the
+    process instead of a last collection over all of them (3 s after 20,000 jobs)."""
+    if getattr(workflow, "dryrun", False):
+        gc.freeze()
+
+
+atexit.register(_no_last_collection)
+
+# Snakemake evaluates every resource of every job it plans through Resource.evaluate, and
+# asks inspect.signature for that method's parameters twice each time (four resources per
+# job: most of the signatures a plan asks for): record them once, as known_parameters does
+# for the workflow's own functions (the bound method's parameters, which are what it asks
+# for; a Snakemake that has no such method or look-up is left as it is)
+try:
+    from snakemake.resources import Resource as _Resource
+
+    _Resource.evaluate._overwrite_params = inspect.signature(
+        types.MethodType(_Resource.evaluate, object())).parameters
+except (ImportError, AttributeError, TypeError, ValueError):
+    pass
 
 # the Snakefile's configfile first, then --configfile ones in order (later ones win), as
 # Snakemake merges them; workflow.configfiles lists the command-line ones first
@@ -186,6 +220,15 @@ def entry_volumes(w):
     """Every entry's volumes at the wildcards' temperature: per entry, every kind."""
     return [scan_path(s, f"{kind}.nxs") for s in EXP.scans_of(w.sample, w.temperature)
             for kind in TRANSFORM_KINDS]
+
+
+def record_known_parameters(rules):
+    """known_parameters for every input and params function of the rules (the Snakefile
+    calls it once they are all defined): Snakemake asks for their parameters for every job."""
+    for each in rules:
+        for item in (*each.input, *each.params):
+            if isinstance(item, types.FunctionType) and not hasattr(item, "_overwrite_params"):
+                known_parameters(item)
 
 
 # --------------------------------------------------------------------------------------

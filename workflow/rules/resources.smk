@@ -25,7 +25,7 @@
 import math
 
 from hklflow.geometry import detector_shape
-from hklflow.jobs import grid_voxels_bound, scan_pixels, transform_jobs
+from hklflow.jobs import grid_voxels_bound, known_parameters, scan_pixels, transform_jobs
 
 BASE_MB = 600
 TRANSFORM_VOXEL_BYTES = 9
@@ -88,16 +88,21 @@ def _frames(wildcards):
 
 class RuleResources:
     """The threads, memory and run-time model of one rule (functions of the wildcards, and
-    of the attempt for memory and run time)."""
+    of the attempt for memory and run time: mem_mb(wildcards, attempt), runtime(wildcards,
+    attempt), plain functions with known_parameters)."""
 
     def __init__(self, mem_mb, minutes, threads=1):
         self._mem_mb, self._minutes, self.threads = mem_mb, minutes, threads
 
-    def mem_mb(self, wildcards, attempt):
-        return int(math.ceil(self._mem_mb(wildcards) * (1.0 + 0.5 * (attempt - 1))))
+        @known_parameters
+        def mem_mb(wildcards, attempt):
+            return int(math.ceil(self._mem_mb(wildcards) * (1.0 + 0.5 * (attempt - 1))))
 
-    def runtime(self, wildcards, attempt):
-        return int(math.ceil(self._minutes(wildcards) * 2 ** (attempt - 1)))
+        @known_parameters
+        def runtime(wildcards, attempt):
+            return int(math.ceil(self._minutes(wildcards) * 2 ** (attempt - 1)))
+
+        self.mem_mb, self.runtime = mem_mb, runtime
 
 
 _FIXED_MINUTES = 10
