@@ -16,7 +16,7 @@
 # The cluster is stopped by its recorded PIDs from a trap, whatever happens; every step is
 # bounded by a timeout.  Settings (environment):
 #   HKLFLOW_SLURM_PRESET   simulation preset (default demo, the README's demo experiment:
-#                          65 jobs; `tiny`: 35 jobs, ~4 min for the stage on 2 cores)
+#                          73 jobs; `tiny`: 41 jobs, ~5-6 min for the stage on 2 cores)
 #   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
 #                          removed after a success unless HKLFLOW_SLURM_KEEP=1)
 #   HKLFLOW_SLURM_LOCAL_TIMEOUT, HKLFLOW_SLURM_RUN_TIMEOUT  seconds for the local and the
