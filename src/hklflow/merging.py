@@ -182,7 +182,7 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
              "input_title": head.title, "input_notes": head.notes,
              "slab_by_slab": by_slab,
              "method": "flips and transposes" if plan else "gather"}
-    inside = measured = measured_before = 0
+    inside = measured_before = 0
     progress = steplog.Progress(log, f"symmetrising by {len(ops)} operators, L planes",
                                 nl) if log else None
     title = f"{head.title} symmetrized ({crystal.laue_group})"
@@ -190,43 +190,54 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance) as w:
         for l0 in range(0, nl, planes):
             l1 = min(nl, l0 + planes)
-            if plan is not None:  # flips and transposes of the slab and its mirror
-                here = _read(path, (slice(l0, l1), slice(None), slice(None)))
-                there = _read(path, (slice(nl - l1, nl - l0), slice(None), slice(None))) \
-                    if plan.mirror else None
-                s, wt = symmetry.symmetrize_flips(
-                    plan, here.signal, here.weight, there.signal[::-1] if there else None,
-                    there.weight[::-1] if there else None)
-                measured_before += int(np.count_nonzero(here.weight > 0))
-                inside += s.size * len(ops)  # the grid is mapped onto itself
-                del here, there
+            if plan is not None:
+                s, wt, n_in, n_before = _flip_slab(path, plan, len(ops), l0, l1, nl)
             else:
-                if by_slab:
-                    spans = symmetry.source_planes(maps, l0, l1, nl)
-                    parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]
-                    src_s = np.concatenate([p.signal for p in parts]) if len(parts) > 1 \
-                        else parts[0].signal
-                    src_w = np.concatenate([p.weight for p in parts]) if len(parts) > 1 \
-                        else parts[0].weight
-                    del parts
-                    rows = symmetry.source_rows(maps, spans, l0, l1)
-                else:
-                    src_s, src_w = whole.signal, whole.weight
-                    rows = np.zeros(len(ops), np.int64)
-                s, wt, n_in = symmetry.symmetrize_slab(src_s, src_w, maps, l0, l1, nl, rows)
-                r = rows[identity]
-                measured_before += int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
-                del src_s, src_w
-                inside += n_in
-            measured += int(np.count_nonzero(wt > 0))
+                s, wt, n_in, n_before = _gather_slab(path, whole, maps, identity, l0, l1, nl)
+            inside += n_in
+            measured_before += n_before
             w.write(l0, s, wt)
             if progress:
                 progress.update(l1)
         notes["symmetrized"]["equivalents_inside_grid"] = inside / (grid.size * len(ops))
         notes["measured_fraction_before"] = measured_before / grid.size
-        notes["measured_fraction"] = measured / grid.size
+        notes["measured_fraction"] = w.measured / grid.size  # counted by the writer
         w.notes = notes
     return notes
+
+
+def _flip_slab(path, plan, n_ops, l0, l1, nl):
+    """Planes [l0, l1) symmetrised by flips and transposes of the slab and its mirror
+    (symmetry.FlipPlan): signal, weight, equivalents inside the grid, measured input voxels."""
+    from . import symmetry
+
+    here = _read(path, (slice(l0, l1), slice(None), slice(None)))
+    there = _read(path, (slice(nl - l1, nl - l0), slice(None), slice(None))) \
+        if plan.mirror else None
+    s, wt = symmetry.symmetrize_flips(plan, here.signal, here.weight,
+                                      there.signal[::-1] if there else None,
+                                      there.weight[::-1] if there else None)
+    # the grid is mapped onto itself: every equivalent is inside
+    return s, wt, s.size * n_ops, int(np.count_nonzero(here.weight > 0))
+
+
+def _gather_slab(path, whole, maps, identity, l0, l1, nl):
+    """Planes [l0, l1) symmetrised by the gather kernel, from the input planes they need
+    (or the whole input): signal, weight, equivalents inside the grid, measured input voxels."""
+    from . import symmetry
+
+    if whole is None:
+        spans = symmetry.source_planes(maps, l0, l1, nl)
+        parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]
+        src_s = np.concatenate([p.signal for p in parts]) if len(parts) > 1 else parts[0].signal
+        src_w = np.concatenate([p.weight for p in parts]) if len(parts) > 1 else parts[0].weight
+        rows = symmetry.source_rows(maps, spans, l0, l1)
+    else:
+        src_s, src_w = whole.signal, whole.weight
+        rows = np.zeros(len(maps[0]), np.int64)
+    s, wt, n_in = symmetry.symmetrize_slab(src_s, src_w, maps, l0, l1, nl, rows)
+    r = rows[identity]
+    return s, wt, n_in, int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
 
 
 def _read(path, region):
