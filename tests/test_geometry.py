@@ -650,3 +650,70 @@ def test_steps_read_the_facts_without_importing_pyfai(facts_cache):
         assert r.returncode == 0, r.stderr
     assert runs[0].stdout.split() == ["211405", "True"]  # made from pyFAI
     assert runs[1].stdout.split() == ["211405", "False"]  # read from the cache
+
+
+def test_transform_set_up_without_importing_pyfai(facts_cache, tmp_path):
+    """ingest_scan, define_grid and transform_frames read the calibration's PONI and make
+    the pixel table (Q, solid angle, polarization) without importing pyFAI at all."""
+    import subprocess
+    import sys
+
+    poni = tmp_path / "g.poni"
+    DetectorGeometry("Pilatus300k", dist=0.2, poni1=0.03, poni2=0.04, rot1=0.02,
+                     wavelength=0.7).write_poni(poni)
+    geometry.detector_facts("Pilatus300k", 3)  # made here, read in the new process
+    code = ("import sys; from hklflow.geometry import DetectorGeometry; "
+            "from hklflow.transform import pixel_table; "
+            f"g = DetectorGeometry.from_poni_file({str(poni)!r}, 'Pilatus300k', 3); "
+            "t = pixel_table(g, g.detector_mask()); "
+            "print(len(t), g.dist, any(m.startswith('pyFAI') for m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(619 * 487 - int(
+        geometry.detector_facts("Pilatus300k", 3).mask.sum())), "0.2", "False"]
+
+
+@pytest.mark.parametrize("detector, orientation", [("Pilatus300k", 3), ("Eiger1M", 1),
+                                                   ("PilatusCdTe2M", 2), ("Pilatus100k", 4)])
+def test_written_poni_reads_as_pyfai_reads_it(tmp_path, detector, orientation):
+    """A PONI that pyFAI's PoniFile wrote is read without pyFAI, to the same geometry
+    (every float equal) as pyFAI.load gives."""
+    import pyFAI
+
+    g = DetectorGeometry(detector, dist=0.2345678912345, poni1=0.0312345678, poni2=-0.0123456789,
+                         rot1=0.0123456789, rot2=-0.0234567891, rot3=1.2345678912,
+                         wavelength=0.7123456789, orientation=orientation)
+    path = tmp_path / "g.poni"
+    g.write_poni(path)
+    assert geometry._written_poni(path) is not None  # the fast path is taken
+    fast = DetectorGeometry.from_poni_file(path, detector, orientation)
+    ref = DetectorGeometry.from_pyfai(pyFAI.load(str(path)), detector)
+    assert fast == ref
+    np.testing.assert_allclose([fast.dist, fast.rot3, fast.wavelength],
+                               [g.dist, g.rot3, g.wavelength], rtol=1e-12)
+
+
+def test_other_ponis_are_read_by_pyfai(tmp_path):
+    """PONI files not in PoniFile's own form (version 1, repeated entries, a spline, no
+    wavelength) go to pyFAI.load, which reads them (or refuses them) as before."""
+    v1 = tmp_path / "v1.poni"
+    v1.write_text("PixelSize1: 0.000172\nPixelSize2: 0.000172\nDistance: 0.25\nPoni1: 0.02\n"
+                  "Poni2: 0.03\nRot1: 0.01\nRot2: 0\nRot3: 0\nWavelength: 7e-11\n")
+    assert geometry._written_poni(v1) is None
+    g = DetectorGeometry.from_poni_file(v1, "Pilatus300k")
+    assert (g.dist, g.poni1, g.poni2, g.rot1) == (0.25, 0.02, 0.03, 0.01)
+    assert g.wavelength == pytest.approx(0.7, rel=1e-12) and g.orientation == 3
+    DetectorGeometry("Pilatus300k", 0.2, 0.01, 0.02, wavelength=0.6).write_poni(tmp_path / "a.poni")
+    text = (tmp_path / "a.poni").read_text()
+    twice = tmp_path / "twice.poni"
+    twice.write_text(text + text.replace("Distance: 0.2", "Distance: 0.3"))
+    assert geometry._written_poni(twice) is None
+    assert DetectorGeometry.from_poni_file(twice, "Pilatus300k").dist == pytest.approx(0.3)
+    spline = tmp_path / "spline.poni"
+    spline.write_text(text.replace('{"pixel1"', '{"splineFile": "x.spline", "pixel1"'))
+    assert geometry._written_poni(spline) is None
+    no_wl = tmp_path / "nowl.poni"
+    no_wl.write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("Wavelength")))
+    assert geometry._written_poni(no_wl) is None
+    with pytest.raises(geometry.FileFormatError, match="no Wavelength"):
+        DetectorGeometry.from_poni_file(no_wl, "Pilatus300k")

@@ -24,6 +24,7 @@ Conventions (docs/conventions.md is the long version; nothing else re-derives th
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -247,6 +248,46 @@ def known_calibrants(name: str | None = None) -> set:
     return names
 
 
+_PONI_NUMBERS = {"distance": "dist", "poni1": "poni1", "poni2": "poni2", "rot1": "rot1",
+                 "rot2": "rot2", "rot3": "rot3", "wavelength": "wavelength"}
+
+
+def _written_poni(path) -> dict | None:
+    """DetectorGeometry fields (all but the detector name) of a PONI file in the form
+    pyFAI's PoniFile writes (what calibrate_powder writes): poni_version 2 or 2.1, each key
+    once, a Detector_config of at most pixel sizes and orientation, a wavelength.  None for
+    any other file, which pyFAI.load then reads (older versions, splines, repeated entries,
+    custom detectors)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.strip() for ln in f]
+    except (OSError, UnicodeDecodeError):
+        return None
+    fields = {}
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition(":")
+        key = key.strip().lower()
+        if not sep or key in fields:
+            return None
+        fields[key] = value.strip()
+    if fields.get("poni_version") not in ("2", "2.1") \
+            or set(fields) != {"poni_version", "detector", "detector_config", *_PONI_NUMBERS}:
+        return None
+    try:
+        config = json.loads(fields["detector_config"])
+        numbers = {ours: float(fields[key]) for key, ours in _PONI_NUMBERS.items()}
+    except ValueError:
+        return None
+    if not isinstance(config, dict) or not set(config) <= {"pixel1", "pixel2", "orientation"} \
+            or not numbers["wavelength"] > 0:
+        return None
+    numbers["wavelength"] *= 1e10  # m -> Angstrom
+    numbers["orientation"] = int(config.get("orientation") or DEFAULT_ORIENTATION)
+    return numbers
+
+
 def detector_shape(name: str) -> tuple[int, int]:
     """(rows, cols) of a pyFAI detector (from the table; pyFAI itself for other names)."""
     shape = pyfai_tables()["shapes"].get(name.lower())
@@ -289,14 +330,18 @@ class DetectorGeometry:
                        orientation: int | None = None) -> "DetectorGeometry":
         """The geometry of a PONI file (its Detector_config orientation; 3 when it has
         none).  With `orientation` (the config's), a PONI with another one is refused."""
-        import pyFAI
-
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: PONI file does not exist")
-        ai = pyFAI.load(str(path))
-        if not ai.wavelength:
-            raise FileFormatError(f"{path}: PONI file has no Wavelength")
-        g = cls.from_pyfai(ai, detector_name)
+        written = _written_poni(path) if detector_name else None
+        if written is not None:  # as pyFAI wrote it: read without importing pyFAI (1.5 s)
+            g = cls(detector=detector_name, **written)
+        else:
+            import pyFAI
+
+            ai = pyFAI.load(str(path))
+            if not ai.wavelength:
+                raise FileFormatError(f"{path}: PONI file has no Wavelength")
+            g = cls.from_pyfai(ai, detector_name)
         if orientation is not None and g.orientation != check_orientation(orientation):
             raise InputMismatchError(f"{path}: PONI file has detector orientation {g.orientation}, "
                              f"instrument.detector.orientation is {int(orientation)}: run "
@@ -397,6 +442,22 @@ class DetectorGeometry:
         pos = self.lab_positions(rows, cols)
         return q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True),
                                  self.wavelength)
+
+    def solid_angle(self, rows, cols) -> np.ndarray:
+        """Solid angle of pixels relative to one at the PONI, cos^3 of the incidence angle:
+        pyFAI's solidAngleArray (absolute=False) of a flat detector, whose normal is the
+        tilted L3 axis at the distance dist, so cos(incidence) = dist / |sample -> pixel|."""
+        p1, p2 = self.plane_coordinates(rows, cols)
+        cos_incidence = self.dist / np.sqrt((p1 - self.poni1) ** 2 + (p2 - self.poni2) ** 2
+                                            + self.dist ** 2)
+        return cos_incidence ** 3
+
+    def polarization(self, rows, cols, fraction: float) -> np.ndarray:
+        """pyFAI's polarization factor (AzimuthalIntegrator.polarization, axis offset 0) for
+        a polarization fraction (Ih - Iv) / (Ih + Iv), from pyFAI's 2theta and chi."""
+        tth, chi = self.two_theta_chi(rows, cols)
+        cos2 = np.cos(tth) ** 2
+        return 0.5 * (1.0 + cos2 - fraction * np.cos(2.0 * chi) * (1.0 - cos2))
 
     def two_theta_chi(self, rows, cols):
         """pyFAI's 2theta and chi (rad) at continuous pixel coordinates."""
