@@ -102,9 +102,9 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
             if polarization:
                 corr /= geometry.polarization(rows, cols, polarization_fraction).astype(np.float32)
         good = np.isfinite(corr) & (corr > 0)
-        sel, corr = sel[good], corr[good]
-        corr_all[sel] = corr
-        q[:, sel] = geometry.lab_q(sel // nx + 0.5, sel % nx + 0.5).T
+        sel = sel[good]
+        corr_all[sel] = corr[good]
+        q[:, sel] = geometry.lab_q(rows[good], cols[good]).T
     index = np.flatnonzero(corr_all > 0).astype(np.int64)
     return PixelTable(q[0], q[1], q[2], corr_all, index, geometry.shape)
 
