@@ -114,6 +114,23 @@ class FillResult:
 # --------------------------------------------------------------------------------------
 # Voxel neighbourhoods in flat indices of an [l, k, h] array
 # --------------------------------------------------------------------------------------
+def _unique(keys: np.ndarray) -> np.ndarray:
+    """np.unique of 1-D integer keys, by sorting: numpy 2.4's np.unique hashes them, which
+    took 14x as long for millions of voxel keys (9M int64: 8.7 s against 0.64 s)."""
+    keys = np.sort(keys)
+    if keys.size < 2:
+        return keys
+    first = np.empty(keys.size, dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.union1d of integer keys (sorted, unique), by sorting (_unique)."""
+    return _unique(np.concatenate([a, b]))
+
+
 def _neighbours(flat: np.ndarray, shape) -> np.ndarray:
     """Flat indices (6, n) of the face neighbours +h, -h, +k, -k, +l, -l; -1 beyond the grid."""
     nl, nk, nh = shape
@@ -192,10 +209,10 @@ def _punch_geometry(positions, grid, metric, radius, values_flat):
         hole_vox.append(flat[p, b])
         near = (d2 <= r2_fill) & inside & ~punch
         cand = flat[near]
-        extra_vox.append(np.unique(cand[np.isnan(values_flat[cand])]))
+        extra_vox.append(_unique(cand[np.isnan(values_flat[cand])]))
     if hole_pos:
         hole_pos, hole_vox = np.concatenate(hole_pos), np.concatenate(hole_vox)
-        extra_vox = np.unique(np.concatenate(extra_vox))
+        extra_vox = _unique(np.concatenate(extra_vox))
     else:
         hole_pos = hole_vox = extra_vox = np.zeros(0, np.int64)
     return hole_pos, hole_vox, extra_vox, on_grid, edge
@@ -233,8 +250,8 @@ def _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order,
         nb = _neighbours(frontier_flat, shape)
         comp = np.broadcast_to(frontier_comp, nb.shape)
         ok = _usable(nb, region, values_flat)
-        keys = np.setdiff1d(np.unique(comp[ok] * size + nb[ok]), known_keys, assume_unique=True)
-        known_keys = np.union1d(known_keys, keys)
+        keys = np.setdiff1d(_unique(comp[ok] * size + nb[ok]), known_keys, assume_unique=True)
+        known_keys = _union(known_keys, keys)
         frontier_comp, frontier_flat = np.divmod(keys, size)
     nodes = np.concatenate([unknown_keys, known_keys])
     n_unknown, n_nodes = unknown_keys.size, nodes.size
@@ -336,8 +353,8 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
 
     hole_pos, hole_vox, extra_vox, on_grid, edge = _punch_geometry(
         positions, grid, metric, radius, values_flat)
-    holes = np.unique(hole_vox)
-    region = np.union1d(holes, extra_vox)
+    holes = _unique(hole_vox)
+    region = _union(holes, extra_vox)
     punched = values.astype(dtype, copy=True)
     punched.reshape(-1)[holes] = np.nan
     hole = np.zeros(shape, dtype=bool)
@@ -417,7 +434,8 @@ def _fill_batch(unknown_flat, unknown_comp, region, values_flat, shape, order, e
                 iterative=False):
     """Solve the components of a batch together; if that fails, each alone, so that one bad
     component does not spoil the others."""
-    members, local = np.unique(unknown_comp, return_inverse=True)
+    members = _unique(unknown_comp)
+    local = np.searchsorted(members, unknown_comp)  # np.unique's return_inverse
     S, rhs = _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order, eps)
     u = _solve_iteratively(S, rhs) if iterative else _solve(S, rhs)
     solves = 1
