@@ -35,7 +35,6 @@ input is held whole (float32 signal and weight: 8 bytes per voxel, 4.1 GB for 80
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -200,21 +199,6 @@ def _symmetrize_kernel(signal, weight, A, c, l0, l1, out_s, out_w, tile, nl, src
     return inside.sum()
 
 
-_THREADS_SET = False
-
-
-def _get_kernel():
-    global _THREADS_SET
-    if not _THREADS_SET:
-        try:  # numba's default is every core of the machine, not those this job may use
-            numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
-                                             len(os.sched_getaffinity(0)))))
-        except (AttributeError, ValueError):  # pragma: no cover - no sched_getaffinity
-            pass
-        _THREADS_SET = True
-    return _symmetrize_kernel
-
-
 def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: int,
                     nl: int | None = None, src_row=None) -> tuple[np.ndarray, np.ndarray, int]:
     """Planes [l0, l1) of the symmetrised signal and weight (float32 [l1-l0, k, h]) from
@@ -234,7 +218,7 @@ def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: i
     shape = (l1 - l0,) + signal.shape[1:]
     out_s = np.empty(shape, dtype=np.float32)
     out_w = np.empty(shape, dtype=np.float32)
-    inside = _get_kernel()(signal, weight, np.ascontiguousarray(A, dtype=np.int64),
+    inside = _symmetrize_kernel(signal, weight, np.ascontiguousarray(A, dtype=np.int64),
                            np.ascontiguousarray(c, dtype=np.int64), int(l0), int(l1),
                            out_s, out_w, TILE, nl, src_row)
     return out_s, out_w, int(inside)

@@ -159,12 +159,13 @@ RESOURCES = {
         lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),
         lambda w: _FIXED_MINUTES),
     # the volume whole (signal, weight, intensity), the taper, the FFT's input, half spectrum
-    # and output (bench/pdf.py); the FFT uses its threads (scipy.fft workers)
+    # and output (bench/pdf.py).  One thread: only the FFT (scipy.fft workers) and the fill's
+    # BLAS use more, and two threads made a 151M-voxel job 1.14-1.29x faster, not 1.6x
     "total_pdf": RuleResources(lambda w: BASE_MB + 400 + PDF_VOXEL_BYTES * _VOXELS / 1e6,
-                               lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60, threads=2),
+                               lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60),
     # and the punched and filled volumes, the hole map and the sparse solves of a batch
     "delta_pdf": RuleResources(lambda w: BASE_MB + 1000 + DELTA_PDF_VOXEL_BYTES * _VOXELS / 1e6,
-                               lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60, threads=2),
+                               lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60),
     # the first plane of each temperature's PDF (each file read whole)
     "pdf_temperature_series": RuleResources(lambda w: BASE_MB + 400 + 4 * _VOXELS / 1e6,
                                             lambda w: _FIXED_MINUTES),
