@@ -219,8 +219,8 @@ def symmetrize_slab(signal: np.ndarray, weight: np.ndarray, maps, l0: int, l1: i
     out_s = np.empty(shape, dtype=np.float32)
     out_w = np.empty(shape, dtype=np.float32)
     inside = _symmetrize_kernel(signal, weight, np.ascontiguousarray(A, dtype=np.int64),
-                           np.ascontiguousarray(c, dtype=np.int64), int(l0), int(l1),
-                           out_s, out_w, TILE, nl, src_row)
+                                np.ascontiguousarray(c, dtype=np.int64), int(l0), int(l1),
+                                out_s, out_w, TILE, nl, src_row)
     return out_s, out_w, int(inside)
 
 
