@@ -19,14 +19,9 @@ from .files.volume import Volume
 from .grid import Grid
 
 
-def _q_metric_2pi(cell) -> np.ndarray:
-    """The reciprocal metric times (2 pi)^2: |Q|^2 = hkl . g . hkl (1/Angstrom^2)."""
-    return (2 * math.pi) ** 2 * cell.reciprocal_metric
-
-
 def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
     """|Q|^2 (1/Angstrom^2, 2 pi convention) of the voxel centres of L planes [l0, l1)."""
-    g = _q_metric_2pi(cell)
+    g = pdf_algorithms.q_metric(cell)
     h = grid.h.values[None, None, :]
     k = grid.k.values[None, :, None]
     ll = grid.l.values[l0:l1, None, None]
@@ -84,8 +79,8 @@ def coverage_by_shell(grid: Grid, cell, measured: np.ndarray):
     nbins = int(math.ceil(corner / width)) + 1
     total = np.zeros(nbins, np.int64)
     seen = np.zeros(nbins, np.int64)
-    _shell_counts(_q_metric_2pi(cell), grid.h.values, grid.k.values, grid.l.values, width,
-                  np.ascontiguousarray(measured, dtype=bool), total, seen)
+    _shell_counts(pdf_algorithms.q_metric(cell), grid.h.values, grid.k.values, grid.l.values,
+                  width, np.ascontiguousarray(measured, dtype=bool), total, seen)
     return width * np.arange(1, nbins + 1), seen / np.maximum(total, 1), total
 
 
@@ -130,8 +125,8 @@ def taper_q_max(grid: Grid, cell, measured: np.ndarray, q_max: float | None) -> 
 
 def unmeasured_within(grid: Grid, cell, measured: np.ndarray, q: float) -> float:
     """Fraction of the voxels with |Q| <= q that are not measured (they enter the FFT as 0)."""
-    inside, unmeasured = _sphere_counts(_q_metric_2pi(cell), grid.h.values, grid.k.values,
-                                        grid.l.values, q * q,
+    inside, unmeasured = _sphere_counts(pdf_algorithms.q_metric(cell), grid.h.values,
+                                        grid.k.values, grid.l.values, q * q,
                                         np.ascontiguousarray(measured, dtype=bool))
     return unmeasured / max(inside, 1)
 
