@@ -1,6 +1,7 @@
 """The SLURM profile (profiles/slurm), without a SLURM cluster: it parses, it selects the SLURM
-executor even though profiles/default is picked up as the workflow profile, and a dry run
-plans every job with the resources sbatch gets.  A real cluster run is in .ci/slurm/."""
+executor (hklflow-slurm, tests/test_slurm_executor.py) even though profiles/default is picked
+up as the workflow profile, and a dry run plans every job with the resources sbatch gets.  A
+real cluster run is in .ci/slurm/."""
 from __future__ import annotations
 
 import re
@@ -21,8 +22,9 @@ PROFILE = REPO / "profiles" / "slurm"
 def test_profile_is_commented_line_by_line():
     text = (PROFILE / "config.yaml").read_text()
     settings = yaml.safe_load(text)
-    assert settings["executor"] == "slurm"
+    assert settings["executor"] == "hklflow-slurm"
     assert settings["rerun-incomplete"] is True
+    assert settings["hklflow-slurm-max-seconds-between-status-checks"] <= 60   # a finished job seen soon
     assert settings["latency-wait"] >= 30            # shared file systems
     assert settings["retries"] >= 1
     assert "HDF5_USE_FILE_LOCKING" in settings["envvars"]
@@ -44,7 +46,7 @@ def test_profile_selects_the_slurm_executor(tmp_path):
                         "--profile", str(PROFILE), "-n"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "EXECUTOR slurm" in r.stdout, (
+    assert "EXECUTOR hklflow-slurm" in r.stdout, (
         "snakemake --profile profiles/slurm would not use the SLURM executor: " + r.stdout + r.stderr)
     settings = yaml.safe_load((PROFILE / "config.yaml").read_text())
     assert f"LATENCY {settings['latency-wait']}" in r.stdout

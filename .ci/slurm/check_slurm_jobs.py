@@ -10,8 +10,8 @@ group job (several rules in one SLURM job, profiles/slurm `groups:`).
 The cluster's side: `sacct --completion` (slurmctld's job-completion log; no accounting
 database needed) lists the jobs of the run (their SLURM job name is the plugin's run id)
 with state, exit code, node and times; each SLURM job's own log (kept with
---slurm-keep-successful-logs) names the rules and wildcards of the Snakemake jobs that ran
-inside it and says each finished.
+--hklflow-slurm-keep-successful-logs) names the rules and wildcards of the Snakemake jobs that
+ran inside it and says each finished.
 
 Fails unless: every planned job but the local rules (`all`, which runs nothing) ran inside
 a SLURM job (its rule block and its "Finished" line in that job's log); every submission is
@@ -87,12 +87,15 @@ def rule_blocks(text: str) -> dict:
 
 def jobs_of_slurm_log(path: Path) -> list[tuple[str, str, bool]]:
     """(rule, wildcards, finished?) of every Snakemake job that ran inside one SLURM job,
-    from that job's log: the job step's own 'rule X:' blocks (the inner run on the node
-    prints 'localrule X:' and is not counted twice) and their 'Finished jobid' lines."""
+    from that job's log: the 'rule X:' / 'localrule X:' blocks of the job's Snakemake and
+    their 'Finished jobid' lines.  hklflow-slurm's job runs its rules itself ('localrule');
+    the stock plugin's job step prints 'rule X:' and starts one more Snakemake per rule
+    under srun, whose 'localrule X:' is the same job and is not counted twice."""
     text = path.read_text(errors="replace")
     done = {(int(j), r) for j, r in FINISHED.findall(text)}
-    return [(rule, wildcards, (jobid, rule) in done)
-            for jobid, rule, wildcards, local in rule_list(text) if not local]
+    blocks = rule_list(text)
+    outer = [b for b in blocks if not b[3]] or blocks
+    return [(rule, wildcards, (jobid, rule) in done) for jobid, rule, wildcards, _ in outer]
 
 
 def run(cmd: list[str]) -> str:
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
         log = Path(log)
         if not log.is_file():
             problems.append(f"SLURM job {slurm_id}: its log {log} is missing (run with "
-                            "--slurm-keep-successful-logs)")
+                            "--hklflow-slurm-keep-successful-logs)")
             continue
         members = jobs_of_slurm_log(log)
         if not members:

@@ -16,7 +16,7 @@
 # The cluster is stopped by its recorded PIDs from a trap, whatever happens; every step is
 # bounded by a timeout.  Settings (environment):
 #   HKLFLOW_SLURM_PRESET   simulation preset (default demo, the README's demo experiment:
-#                          73 jobs; `tiny`: 41 jobs, ~5-6 min for the stage on 2 cores)
+#                          73 jobs; `tiny`: 41 jobs, ~3 min for the stage on 2 cores)
 #   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
 #                          removed after a success unless HKLFLOW_SLURM_KEEP=1)
 #   HKLFLOW_SLURM_LOCAL_TIMEOUT, HKLFLOW_SLURM_RUN_TIMEOUT  seconds for the local and the
@@ -36,11 +36,13 @@ CLUSTER=$WORK/cluster
 
 # the command lines under test: the README's, plus (SLURM) what suits a CI cluster without
 # an accounting database: status from squeue (finished jobs stay there for MinJobAge=600 s),
-# first status check after 2 s instead of 40 s, checks every 2 s, SLURM logs kept as evidence
+# status checks every 2 s instead of 10-30 s (jobs of seconds on one idle node), SLURM logs
+# kept as evidence
 LOCAL_ARGS=(--profile "$REPO/profiles/default")
 SLURM_ARGS=(--profile "$REPO/profiles/slurm"
-            --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2
-            --seconds-between-status-checks 2 --slurm-keep-successful-logs)
+            --hklflow-slurm-status-command squeue --hklflow-slurm-init-seconds-before-status-checks 2
+            --hklflow-slurm-max-seconds-between-status-checks 2 --seconds-between-status-checks 2
+            --hklflow-slurm-keep-successful-logs)
 
 now() { date +%s; }
 say() { echo "== $(date -u +%FT%TZ) slurm stage: $*"; }
@@ -120,8 +122,8 @@ fi
 [ "$rc" -eq 0 ] || { echo "slurm stage: install failed (exit $rc)" >&2; exit "$rc"; }
 timed install "$t"
 
-# the profile tests, now that the plugin is installed (they skip without it)
-step timeout -k 10 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_slurm_profile.py
+# the profile and executor tests, now that the plugin is installed (they skip without it)
+step timeout -k 10 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_slurm_profile.py tests/test_slurm_executor.py
 
 # --- 2. cluster --------------------------------------------------------------------------------
 if [ -f "$CLUSTER/pids" ]; then
