@@ -11,7 +11,8 @@
 # (.ci/slurm/install.sh).  Accounting: none (no slurmdbd/database); every finished job is
 # recorded by slurmctld in DIR/jobcomp.txt (JobCompType=jobcomp/filetxt, readable with
 # `sacct --completion`), and MinJobAge keeps finished jobs in squeue for 10 minutes, so the
-# Snakemake SLURM plugin can poll with `--hklflow-slurm-status-command squeue`.
+# profile's executor (hklflow-slurm, the Snakemake SLURM plugin's subclass) can poll with
+# `--hklflow-slurm-status-command squeue`.
 # Every wait is bounded; on any failure the daemons already started are stopped.
 set -euo pipefail
 
