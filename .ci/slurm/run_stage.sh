@@ -49,6 +49,7 @@ say() { echo "== $(date -u +%FT%TZ) slurm stage: $*"; }
 declare -a TIMES=()
 timed() {  # timed LABEL START
     local s=$(( $(now) - $2 ))
+    TIMED_S=$s
     TIMES+=("$1 ${s}s")
     say "$1 took ${s} s"
 }
@@ -166,12 +167,14 @@ t=$(now)
 say "local run: snakemake ${LOCAL_ARGS[*]}"
 run_snakemake local "$LOCAL_TIMEOUT" "${LOCAL_ARGS[@]}"
 timed "local run" "$t"
+LOCAL_S=$TIMED_S
 
 # --- 5. SLURM run ------------------------------------------------------------------------------
 t=$(now)
 say "SLURM run: snakemake ${SLURM_ARGS[*]}"
 run_snakemake slurm "$RUN_TIMEOUT" "${SLURM_ARGS[@]}"
 timed "SLURM run" "$t"
+SLURM_S=$TIMED_S
 
 # --- 6. the jobs went through SLURM ----------------------------------------------------------
 t=$(now)
@@ -183,3 +186,5 @@ timed "checks and comparison" "$t"
 
 OK=1
 say "passed in $(( $(now) - T_STAGE )) s (${TIMES[*]})"
+# issue 15's figure: the SLURM run against the local one (wall seconds of the two snakemake runs)
+say "SLURM run / local run: $(awk -v a="$SLURM_S" -v b="$LOCAL_S" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }')x"
