@@ -103,8 +103,7 @@ if _slurm is not None:
             async for job in super().check_active_jobs(active_jobs):
                 yield job
             cap = self.workflow.executor_settings.max_seconds_between_status_checks
-            wait = self.next_seconds_between_status_checks
-            if cap is not None and wait is not None and wait > cap:
+            if cap is not None and self.next_seconds_between_status_checks > cap:
                 self.next_seconds_between_status_checks = cap
 else:
     common_settings = CommonSettings(non_local_exec=True, implies_no_shared_fs=False,
