@@ -27,6 +27,8 @@ def test_profile_is_commented_line_by_line():
     assert settings["hklflow-slurm-max-seconds-between-status-checks"] <= 60   # a finished job seen soon
     assert settings["latency-wait"] >= 30            # shared file systems
     assert settings["retries"] >= 1
+    # a group job asks for the CPUs of the rules it runs at once, never more than this
+    assert isinstance(settings["cores"], int) and 1 <= settings["cores"] <= 64
     assert "HDF5_USE_FILE_LOCKING" in settings["envvars"]
     assert "attempt" in str(settings["default-resources"]["mem_mb"])
     lines = text.splitlines()
@@ -64,9 +66,10 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature",
             "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
             "temperature_series"} <= rules
-    # the short jobs that follow each other ride in one SLURM job (profiles/slurm: groups)
+    # the short jobs that follow each other ride in one SLURM job (profiles/slurm: groups):
+    # per entry (4), per sample (1: its temperatures' orientations), per temperature (2)
     groups = re.findall(r"Group job (\w+) ", out)
-    assert {"entry_peaks": 4, "entry_volume": 4, "merged_volume": 4} == {
+    assert {"entry_peaks": 4, "orientation": 1, "temperature_volume": 2} == {
         g: groups.count(g) for g in set(groups)}, groups
     for _, name, body in blocks:
         res = re.search(r"resources: (.*)", body)

@@ -37,12 +37,13 @@ CLUSTER=$WORK/cluster
 # the command lines under test: the README's, plus (SLURM) what suits a CI cluster without
 # an accounting database: status from squeue (finished jobs stay there for MinJobAge=600 s),
 # status checks every 2 s instead of 10-30 s (jobs of seconds on one idle node), SLURM logs
-# kept as evidence
+# kept as evidence, and group jobs of at most the CPUs of its one node (--cores; start.sh gives
+# the node the CPUs of this machine)
 LOCAL_ARGS=(--profile "$REPO/profiles/default")
 SLURM_ARGS=(--profile "$REPO/profiles/slurm"
             --hklflow-slurm-status-command squeue --hklflow-slurm-init-seconds-before-status-checks 2
             --hklflow-slurm-max-seconds-between-status-checks 2 --seconds-between-status-checks 2
-            --hklflow-slurm-keep-successful-logs)
+            --hklflow-slurm-keep-successful-logs --cores "$(nproc)")
 
 now() { date +%s; }
 say() { echo "== $(date -u +%FT%TZ) slurm stage: $*"; }
