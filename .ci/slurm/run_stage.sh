@@ -37,7 +37,7 @@ CLUSTER=$WORK/cluster
 # the command lines under test: the README's, plus (SLURM) what suits a CI cluster without
 # an accounting database: status from squeue (finished jobs stay there for MinJobAge=600 s),
 # status checks every 2 s instead of 10-30 s (jobs of seconds on one idle node), SLURM logs
-# kept as evidence, and group jobs of at most the CPUs of its one node (--cores; start.sh gives
+# kept as evidence, and group jobs of at most the CPUs of the cluster's one node (--cores; start.sh gives
 # the node the CPUs of this machine)
 LOCAL_ARGS=(--profile "$REPO/profiles/default")
 SLURM_ARGS=(--profile "$REPO/profiles/slurm"
