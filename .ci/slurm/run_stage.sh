@@ -37,13 +37,13 @@ CLUSTER=$WORK/cluster
 # the command lines under test: the README's, plus (SLURM) what suits a CI cluster without
 # an accounting database: status from squeue (finished jobs stay there for MinJobAge=600 s),
 # status checks every 2 s instead of 10-30 s (jobs of seconds on one idle node), SLURM logs
-# kept as evidence, and group jobs of at most the CPUs of the cluster's one node (--cores; start.sh gives
-# the node the CPUs of this machine)
+# kept as evidence; once the cluster is up, --cores: group jobs of at most the CPUs of its
+# one node
 LOCAL_ARGS=(--profile "$REPO/profiles/default")
 SLURM_ARGS=(--profile "$REPO/profiles/slurm"
             --hklflow-slurm-status-command squeue --hklflow-slurm-init-seconds-before-status-checks 2
             --hklflow-slurm-max-seconds-between-status-checks 2 --seconds-between-status-checks 2
-            --hklflow-slurm-keep-successful-logs --cores "$(nproc)")
+            --hklflow-slurm-keep-successful-logs)
 
 now() { date +%s; }
 say() { echo "== $(date -u +%FT%TZ) slurm stage: $*"; }
@@ -139,6 +139,7 @@ timeout -k 10 120 bash "$HERE/start.sh" "$CLUSTER"
 # shellcheck disable=SC1091
 . "$CLUSTER/env"
 timed "cluster start" "$t"
+SLURM_ARGS+=(--cores "$(sinfo -h -o %c | head -n 1)")
 
 # --- 3. simulate ---------------------------------------------------------------------------------
 t=$(now)
