@@ -67,9 +67,10 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
             "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
             "temperature_series"} <= rules
     # the short jobs that follow each other ride in one SLURM job (profiles/slurm: groups):
-    # per entry (4), per sample (1: its temperatures' orientations), per temperature (2)
+    # per calibration (1: with its samples' grids), per entry (4), per sample (1: its
+    # temperatures' orientations), per temperature (2)
     groups = re.findall(r"Group job (\w+) ", out)
-    assert {"entry_peaks": 4, "orientation": 1, "temperature_volume": 2} == {
+    assert {"calibration": 1, "entry_peaks": 4, "orientation": 1, "temperature_volume": 2} == {
         g: groups.count(g) for g in set(groups)}, groups
     for _, name, body in blocks:
         res = re.search(r"resources: (.*)", body)

@@ -40,6 +40,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.fft
 import scipy.sparse as sp
@@ -152,12 +153,12 @@ def _find(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.where((sorted_keys[pos] == query) & (query >= 0), pos, -1)
 
 
-def _usable(flat: np.ndarray, region: np.ndarray, values_flat: np.ndarray) -> np.ndarray:
+def _usable(flat: np.ndarray, in_region: np.ndarray, values_flat: np.ndarray) -> np.ndarray:
     """Whether voxels (flat, -1 = beyond the grid) hold data a fill may lean on: inside the
-    grid, outside every fill region (holes are in them), finite."""
+    grid, outside every fill region (holes are in them; in_region: bool per voxel), finite."""
     inside = flat >= 0
     safe = np.where(inside, flat, 0)
-    return inside & (_find(region, flat) < 0) & np.isfinite(values_flat[safe])
+    return inside & ~in_region[safe] & np.isfinite(values_flat[safe])
 
 
 # --------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def _components(region: np.ndarray, shape) -> tuple[int, np.ndarray]:
     return count, labels.astype(np.int64)
 
 
-def _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order, eps):
+def _batch_system(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps):
     """The system of the unknowns of some components: S u = rhs with S the rows and columns
     of the unknowns in (L + eps^2 I)^m and rhs = -(those rows, known columns) v.
 
@@ -249,7 +250,7 @@ def _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order,
     for _ in range(order):
         nb = _neighbours(frontier_flat, shape)
         comp = np.broadcast_to(frontier_comp, nb.shape)
-        ok = _usable(nb, region, values_flat)
+        ok = _usable(nb, in_region, values_flat)
         keys = np.setdiff1d(_unique(comp[ok] * size + nb[ok]), known_keys, assume_unique=True)
         known_keys = _union(known_keys, keys)
         frontier_comp, frontier_flat = np.divmod(keys, size)
@@ -362,7 +363,9 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
 
     count, comp = _components(region, shape)
     # a region with no usable neighbour has nothing to fill from
-    usable_links = _usable(_neighbours(region, shape), region, values_flat).sum(axis=0)
+    in_region = np.zeros(values_flat.size, dtype=bool)  # a lookup: 1 byte per voxel
+    in_region[region] = True
+    usable_links = _usable(_neighbours(region, shape), in_region, values_flat).sum(axis=0)
     has_data = np.bincount(comp, weights=usable_links, minlength=count) > 0
     comp_outcome = np.where(has_data, FILLED, NO_DATA).astype(np.int8)
 
@@ -375,7 +378,7 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     for members, iterative in _batches(np.flatnonzero(has_data), sizes, max_batch_unknowns,
                                        max_direct_unknowns):
         rows = np.concatenate([by_comp[comp_start[c]:comp_start[c + 1]] for c in members])
-        solved = _fill_batch(region[rows], comp[rows], region, values_flat, shape, order, eps, dtype,
+        solved = _fill_batch(region[rows], comp[rows], in_region, values_flat, shape, order, eps, dtype,
                              iterative)
         batches += solved.batches
         unknowns += rows.size
@@ -430,13 +433,13 @@ class _BatchFill:
     batches: int
 
 
-def _fill_batch(unknown_flat, unknown_comp, region, values_flat, shape, order, eps, dtype,
+def _fill_batch(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps, dtype,
                 iterative=False):
     """Solve the components of a batch together; if that fails, each alone, so that one bad
     component does not spoil the others."""
     members = _unique(unknown_comp)
     local = np.searchsorted(members, unknown_comp)  # np.unique's return_inverse
-    S, rhs = _batch_system(unknown_flat, unknown_comp, region, values_flat, shape, order, eps)
+    S, rhs = _batch_system(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps)
     u = _solve_iteratively(S, rhs) if iterative else _solve(S, rhs)
     solves = 1
     if u is None:
@@ -456,24 +459,113 @@ def _fill_batch(unknown_flat, unknown_comp, region, values_flat, shape, order, e
 # --------------------------------------------------------------------------------------
 # Taper and FFT
 # --------------------------------------------------------------------------------------
+def _check_q_max(q_max):
+    if not (q_max > 0 and math.isfinite(q_max)):
+        raise ValueError(f"q_max must be a positive number (1/Angstrom), got {q_max}")
+
+
+@numba.njit(inline="always")
+def _taper_of(q2, lo, hi, q_max):
+    """The Tukey taper (float64) at |Q|^2 = q2: R = 2|Q|/q_max.  Well inside R = 1 (q2 < lo)
+    or beyond R = 2 (q2 > hi) it is known without the square root."""
+    if q2 < lo:
+        return 1.0
+    if q2 > hi:
+        return 0.0
+    r = 2.0 * math.sqrt(max(q2, 0.0)) / q_max
+    if r <= 1.0:
+        return 1.0
+    if r < 2.0:
+        return 0.5 * (1.0 - math.cos(math.pi * r))
+    return 0.0
+
+
+@numba.njit(inline="always")
+def _q2_row(g, h, k, lv, out):
+    """|Q|^2 of the voxels of one row along h, summed in this order (no FMA: the float64
+    values of numpy's plane-by-plane taper): (g00 h h + g11 k k + 2 g01 h k)
+    + l 2 (g02 h + g12 k) + g22 l l."""
+    kk = g[1, 1] * k * k
+    g12k = g[1, 2] * k
+    ll2 = g[2, 2] * lv * lv
+    two_g01 = 2 * g[0, 1]
+    for c in range(h.size):
+        hc = h[c]
+        out[c] = (g[0, 0] * hc * hc + kk + two_g01 * hc * k) + lv * (2 * (g[0, 2] * hc + g12k)) + ll2
+
+
+def _taper_bounds(q_max):
+    return 0.25 * q_max * q_max * (1.0 - 1e-9), q_max * q_max * (1.0 + 1e-9)
+
+
+@numba.njit(cache=True, nogil=True)
+def _taper_volume(g, h, k, ll, q_max, lo, hi, out):
+    q2 = np.empty(h.size)
+    for a in range(ll.size):
+        for b in range(k.size):
+            _q2_row(g, h, k[b], ll[a], q2)
+            for c in range(h.size):
+                out[a, b, c] = np.float32(_taper_of(q2[c], lo, hi, q_max))
+
+
+@numba.njit(cache=True, nogil=True)
+def _tapered_mean(g, h, k, ll, q_max, lo, hi, values):
+    """Mean (float64) of the finite voxels where the float32 taper is above 0, and their
+    count."""
+    q2 = np.empty(h.size)
+    total = 0.0
+    count = 0
+    for a in range(ll.size):
+        for b in range(k.size):
+            _q2_row(g, h, k[b], ll[a], q2)
+            for c in range(h.size):
+                v = values[a, b, c]
+                if math.isfinite(v) and np.float32(_taper_of(q2[c], lo, hi, q_max)) > 0:
+                    total += v
+                    count += 1
+    return total / max(count, 1), count
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_taper(g, h, k, ll, q_max, lo, hi, values, mean):
+    """values = (values - mean) * taper in float32 (the difference rounded, then the
+    product), as numpy's in-place subtract and multiply; NaN stays NaN."""
+    q2 = np.empty(h.size)
+    for a in range(ll.size):
+        for b in range(k.size):
+            _q2_row(g, h, k[b], ll[a], q2)
+            for c in range(h.size):
+                values[a, b, c] = (values[a, b, c] - mean) * np.float32(_taper_of(q2[c], lo, hi, q_max))
+
+
 def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
     """NXRefine's spherical Tukey taper, float32 [l, k, h]: with R = 2|Q|/q_max, 1 for R <= 1,
     0.5 (1 - cos pi R) for 1 < R < 2, 0 for R >= 2 (NXRefine: taper.min(), a tiny number).
-    |Q| with the cell's metric (2 pi convention); computed plane by plane along L."""
-    if not (q_max > 0 and math.isfinite(q_max)):
-        raise ValueError(f"q_max must be a positive number (1/Angstrom), got {q_max}")
-    g = q_metric(cell)
-    h, k = grid.h.values[None, :], grid.k.values[:, None]
-    q2_hk = g[0, 0] * h * h + g[1, 1] * k * k + 2 * g[0, 1] * h * k
-    linear_in_l = 2 * (g[0, 2] * h + g[1, 2] * k)
+    |Q| with the cell's metric (2 pi convention)."""
+    _check_q_max(q_max)
     out = np.empty(grid.shape, dtype=np.float32)
-    for il, lv in enumerate(grid.l.values):
-        r = 2.0 * np.sqrt(np.maximum(q2_hk + lv * linear_in_l + g[2, 2] * lv * lv, 0.0)) / q_max
-        plane = np.where(r <= 1.0, 1.0, 0.0)
-        edge = (r > 1.0) & (r < 2.0)  # the cosine only where it is needed
-        plane[edge] = 0.5 * (1.0 - np.cos(np.pi * r[edge]))
-        out[il] = plane
+    _taper_volume(q_metric(cell), grid.h.values, grid.k.values, grid.l.values, float(q_max),
+                  *_taper_bounds(q_max), out)
     return out
+
+
+def taper_in_place(values: np.ndarray, grid, cell, q_max: float,
+                   subtract_mean: bool) -> float | None:
+    """values (float32 [l, k, h]) times tukey_taper, in place, without a taper volume; with
+    subtract_mean, first minus the mean of the finite voxels where the taper is above 0
+    (returned; None without).  NaN stays NaN."""
+    _check_q_max(q_max)
+    if values.dtype != np.float32 or values.shape != grid.shape or not values.flags.c_contiguous:
+        raise ValueError(f"taper_in_place needs a C-contiguous float32 array of the grid's shape "
+                         f"{grid.shape}, got {values.dtype} {values.shape}")
+    args = (q_metric(cell), grid.h.values, grid.k.values, grid.l.values, float(q_max),
+            *_taper_bounds(q_max))
+    mean = None
+    if subtract_mean:
+        mean, count = _tapered_mean(*args, values)
+        mean = float(mean) if count else 0.0
+    _apply_taper(*args, values, np.float32(mean or 0.0))
+    return mean
 
 
 def fft_crop(grid) -> list[slice]:
@@ -494,6 +586,43 @@ def fft_crop(grid) -> list[slice]:
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _shifted_copy(src, out):
+    """out = fftshift(src) as float32, NaN as 0, in one pass (each row in two runs, no
+    modulo in the inner loop)."""
+    nz, ny, nx = src.shape
+    sx = nx // 2
+    for a in range(nz):
+        za = (a + nz // 2) % nz
+        for b in range(ny):
+            row = out[za, (b + ny // 2) % ny]
+            for c in range(nx - sx):
+                v = np.float32(src[a, b, c])
+                row[c + sx] = v if v == v else np.float32(0.0)
+            for c in range(nx - sx, nx):
+                v = np.float32(src[a, b, c])
+                row[c - (nx - sx)] = v if v == v else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unfold_real(half, out, scale):
+    """out = fftshift of the real part of the full transform whose x >= 0 half is `half`
+    (rfftn's output), times scale: frequency (z, y, x) of out is (z - nz/2, y - ny/2,
+    x - nx/2); the negative x are the mirror image (-z, -y, -x) of the positive ones."""
+    nz, ny, nx = out.shape
+    cx = nx // 2
+    for z in range(nz):
+        zp = (z - nz // 2) % nz
+        zn = (nz // 2 - z) % nz
+        for y in range(ny):
+            yp = (y - ny // 2) % ny
+            yn = (ny // 2 - y) % ny
+            for x in range(cx, nx):
+                out[z, y, x] = half[zp, yp, x - cx].real * scale
+            for x in range(cx):
+                out[z, y, x] = half[zn, yn, cx - x].real * scale
+
+
 def pdf_fft(values, grid, workers: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(pdf float32 [z, y, x], (x, y, z) axes in lattice units): NXRefine's
     real(fftshift(fftn(fftshift(data)))) / N on the volume cropped symmetric about 0
@@ -505,21 +634,15 @@ def pdf_fft(values, grid, workers: int = 1) -> tuple[np.ndarray, tuple[np.ndarra
     z from l."""
     sh, sk, sl = fft_crop(grid)
     # fftshift of the cropped volume, as float32 with NaN -> 0, in one copy
-    data = scipy.fft.fftshift(np.asarray(values)[sl, sk, sh].astype(np.float32, copy=False))
-    np.copyto(data, 0.0, where=np.isnan(data))
+    crop = np.asarray(values)[sl, sk, sh]
+    data = np.empty(crop.shape, np.float32)
+    _shifted_copy(crop, data)
     nz, ny, nx = data.shape
     half = scipy.fft.rfftn(data, workers=workers)  # (nz, ny, nx/2 + 1) complex64
     del data
-    real = half.real
     out = np.empty((nz, ny, nx), dtype=np.float32)
-    cx = nx // 2
-    y_pos = (np.arange(ny) - ny // 2) % ny  # row of frequency y - ny/2
-    y_neg = (ny // 2 - np.arange(ny)) % ny  # row of its negative
-    for z in range(nz):  # plane by plane: no volume-sized temporaries
-        out[z, :, cx:] = real[(z - nz // 2) % nz][y_pos, :cx]
-        out[z, :, :cx] = real[(nz // 2 - z) % nz][y_neg, cx:0:-1]
-    del half, real
-    out *= 1.0 / out.size  # in float32, as NXRefine
+    _unfold_real(half, out, np.float32(1.0 / out.size))  # / N in float32, as NXRefine
+    del half
     axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
                  for s, ax in zip((sh, sk, sl), grid.axes))
     return out, axes

@@ -30,10 +30,17 @@ def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
 
 
 @numba.njit(inline="always")
-def _q_squared(g, h, k, ll):
-    # q_squared_planes' expression, term for term (no FMA: the same float64 result)
-    return (g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * ll * ll
-            + 2 * (g[0, 1] * h * k + g[0, 2] * h * ll + g[1, 2] * k * ll))
+def _q2_row(g, h, k, ll, out):
+    """|Q|^2 of one row along h: q_squared_planes' sum, term for term (no FMA: the same
+    float64 values), with the terms that do not depend on h taken out of the loop (a loop
+    simple enough to vectorise)."""
+    kk = g[1, 1] * k * k
+    l2 = g[2, 2] * ll * ll
+    kl = g[1, 2] * k * ll
+    g00, g01, g02 = g[0, 0], g[0, 1], g[0, 2]
+    for c in range(h.size):
+        hc = h[c]
+        out[c] = g00 * hc * hc + kk + l2 + 2 * (g01 * hc * k + g02 * hc * ll + kl)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -41,11 +48,14 @@ def _shell_counts(g, h, k, ll, width, measured, total, seen):
     """Voxels per shell of |Q| (width wide; the last shell takes all beyond) and the measured
     ones, in one pass: numpy's planes of |Q|^2, sqrt and two bincounts took ~13 ns/voxel."""
     last = total.size - 1
+    q = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
+            _q2_row(g, h, k[b], ll[a], q)
             for c in range(h.size):
-                shell = min(int(math.sqrt(max(_q_squared(g, h[c], k[b], ll[a]), 0.0)) / width),
-                            last)
+                q[c] = math.sqrt(max(q[c], 0.0))
+            for c in range(h.size):
+                shell = min(int(q[c] / width), last)
                 total[shell] += 1
                 if measured[a, b, c]:
                     seen[shell] += 1
@@ -56,10 +66,12 @@ def _sphere_counts(g, h, k, ll, q2_max, measured):
     """(voxels with |Q|^2 <= q2_max, those of them not measured)."""
     inside = 0
     unmeasured = 0
+    q2 = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
+            _q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
-                if _q_squared(g, h[c], k[b], ll[a]) <= q2_max:
+                if q2[c] <= q2_max:
                     inside += 1
                     if not measured[a, b, c]:
                         unmeasured += 1
@@ -133,18 +145,12 @@ def unmeasured_within(grid: Grid, cell, measured: np.ndarray, q: float) -> float
 
 def _fft(values: np.ndarray, volume: Volume, cell, q_max: float, kind: str, title: str,
          notes: dict, workers: int, subtract_mean: bool) -> PDF:
-    taper = pdf_algorithms.tukey_taper(volume.grid, cell, q_max)
+    # a constant transforms to the origin peak and the taper's rings around it (which reach
+    # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
+    # the mean instead of 0.  NaN (unmeasured) stays NaN: pdf_fft makes it 0
+    mean = pdf_algorithms.taper_in_place(values, volume.grid, cell, q_max, subtract_mean)
     if subtract_mean:
-        # a constant transforms to the origin peak and the taper's rings around it (which
-        # reach the nearest lattice vectors of a short axis); unmeasured voxels then count as
-        # the mean instead of 0
-        inside = np.isfinite(values) & (taper > 0)
-        mean = float(values[inside].mean(dtype=np.float64)) if inside.any() else 0.0
-        del inside
-        values -= np.float32(mean)
         notes["mean_subtracted"] = mean
-    np.multiply(values, taper, out=values)  # NaN (unmeasured) stays NaN: pdf_fft makes it 0
-    del taper
     t0 = time.monotonic()
     out, (x, y, z) = pdf_algorithms.pdf_fft(values, volume.grid, workers=workers)
     notes["fft_seconds"] = time.monotonic() - t0
