@@ -148,6 +148,7 @@ def _fft(values: np.ndarray, volume: Volume, cell, q_max: float, kind: str, titl
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
     # the mean instead of 0.  NaN (unmeasured) stays NaN: pdf_fft makes it 0
+    values = np.ascontiguousarray(values, dtype=np.float32)  # what taper_in_place needs (no copy here)
     mean = pdf_algorithms.taper_in_place(values, volume.grid, cell, q_max, subtract_mean)
     if subtract_mean:
         notes["mean_subtracted"] = mean
