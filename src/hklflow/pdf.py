@@ -481,17 +481,17 @@ def _taper_of(q2, lo, hi, q_max):
 
 
 @numba.njit(inline="always")
-def _q2_row(g, h, k, lv, out):
-    """|Q|^2 of the voxels of one row along h, summed in this order (no FMA: the float64
-    values of numpy's plane-by-plane taper): (g00 h h + g11 k k + 2 g01 h k)
-    + l 2 (g02 h + g12 k) + g22 l l."""
+def q2_row(g, h, k, ll, out):
+    """|Q|^2 (metric g: q_metric) of the voxels of one row along h at (k, l): g00 h h + g11 k k
+    + g22 l l + 2 (g01 h k + g02 h l + g12 k l), summed in that order (no FMA), with the terms
+    that do not depend on h taken out of the loop (a loop simple enough to vectorise)."""
     kk = g[1, 1] * k * k
-    g12k = g[1, 2] * k
-    ll2 = g[2, 2] * lv * lv
-    two_g01 = 2 * g[0, 1]
+    l2 = g[2, 2] * ll * ll
+    kl = g[1, 2] * k * ll
+    g00, g01, g02 = g[0, 0], g[0, 1], g[0, 2]
     for c in range(h.size):
         hc = h[c]
-        out[c] = (g[0, 0] * hc * hc + kk + two_g01 * hc * k) + lv * (2 * (g[0, 2] * hc + g12k)) + ll2
+        out[c] = g00 * hc * hc + kk + l2 + 2 * (g01 * hc * k + g02 * hc * ll + kl)
 
 
 def _taper_bounds(q_max):
@@ -503,7 +503,7 @@ def _taper_volume(g, h, k, ll, q_max, lo, hi, out):
     q2 = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
-            _q2_row(g, h, k[b], ll[a], q2)
+            q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
                 out[a, b, c] = np.float32(_taper_of(q2[c], lo, hi, q_max))
 
@@ -517,7 +517,7 @@ def _tapered_mean(g, h, k, ll, q_max, lo, hi, values):
     count = 0
     for a in range(ll.size):
         for b in range(k.size):
-            _q2_row(g, h, k[b], ll[a], q2)
+            q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
                 v = values[a, b, c]
                 if math.isfinite(v) and np.float32(_taper_of(q2[c], lo, hi, q_max)) > 0:
@@ -533,7 +533,7 @@ def _apply_taper(g, h, k, ll, q_max, lo, hi, values, mean):
     q2 = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
-            _q2_row(g, h, k[b], ll[a], q2)
+            q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
                 values[a, b, c] = (values[a, b, c] - mean) * np.float32(_taper_of(q2[c], lo, hi, q_max))
 

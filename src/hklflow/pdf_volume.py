@@ -29,20 +29,6 @@ def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
             + 2 * (g[0, 1] * h * k + g[0, 2] * h * ll + g[1, 2] * k * ll))
 
 
-@numba.njit(inline="always")
-def _q2_row(g, h, k, ll, out):
-    """|Q|^2 of one row along h: q_squared_planes' sum, term for term (no FMA: the same
-    float64 values), with the terms that do not depend on h taken out of the loop (a loop
-    simple enough to vectorise)."""
-    kk = g[1, 1] * k * k
-    l2 = g[2, 2] * ll * ll
-    kl = g[1, 2] * k * ll
-    g00, g01, g02 = g[0, 0], g[0, 1], g[0, 2]
-    for c in range(h.size):
-        hc = h[c]
-        out[c] = g00 * hc * hc + kk + l2 + 2 * (g01 * hc * k + g02 * hc * ll + kl)
-
-
 @numba.njit(cache=True, nogil=True)
 def _shell_counts(g, h, k, ll, width, measured, total, seen):
     """Voxels per shell of |Q| (width wide; the last shell takes all beyond) and the measured
@@ -51,7 +37,7 @@ def _shell_counts(g, h, k, ll, width, measured, total, seen):
     q = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
-            _q2_row(g, h, k[b], ll[a], q)
+            pdf_algorithms.q2_row(g, h, k[b], ll[a], q)
             for c in range(h.size):
                 q[c] = math.sqrt(max(q[c], 0.0))
             for c in range(h.size):
@@ -69,7 +55,7 @@ def _sphere_counts(g, h, k, ll, q2_max, measured):
     q2 = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
-            _q2_row(g, h, k[b], ll[a], q2)
+            pdf_algorithms.q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
                 if q2[c] <= q2_max:
                     inside += 1
