@@ -24,7 +24,8 @@ Prints, measured in one run:
   2. the headline: whole-pipeline Mpixel/s per core (the pixels of an entry divided by the
      CPU time of every job that entry needs), at the run's size and extrapolated, next to
      the bare read + decompress of the same frames measured in this run;
-  3. where every second of a full entry goes.
+  3. where every second of a full entry goes, and what filling fresh memory costs on this
+     machine (a virtual machine's host page faults can make it 20x a bare node's).
 The scans are simulated once into --workdir (about 40 s per 100 frames of 2M) and reused.
 """
 from __future__ import annotations
@@ -234,6 +235,34 @@ def bare_read(d: Path) -> dict:
     return {"pixels": pixels, "cpu_s": cpu, "mpix_per_cpu_s": pixels / cpu / 1e6}
 
 
+_FRESH_MEMORY = """
+import resource, numpy as np
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c = cpu(); a = np.ones(1 << 28, np.float32); first = cpu() - c
+del a
+c = cpu(); a = np.ones(1 << 28, np.float32); again = cpu() - c
+print(first, again)
+"""
+
+
+def fresh_memory(repeats: int = 3, pause_s: float = 5.0) -> dict:
+    """CPU seconds per GB a new process pays to fill memory it has not used before (its
+    first GB: page faults, and on a virtual machine the host's, once the guest has given
+    freed memory back: a process that starts right after another freed its memory pays
+    about the second figure), against a second GB in the same process (pages the kernel
+    hands back at once): median of `repeats` processes, pause_s apart."""
+    first, again = [], []
+    for _ in range(repeats):
+        time.sleep(pause_s)
+        out = subprocess.run([sys.executable, "-c", _FRESH_MEMORY], capture_output=True,
+                             text=True, check=True).stdout.split()
+        first.append(float(out[0]) * 1e9 / (4 << 28))
+        again.append(float(out[1]) * 1e9 / (4 << 28))
+    return {"first_gb_cpu_s": float(np.median(first)), "again_gb_cpu_s": float(np.median(again))}
+
+
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
@@ -346,6 +375,7 @@ def main(argv=None) -> int:
         starts.setdefault(r["rule"], []).append(r["start_cpu_s"])
     starts = {k: float(np.mean(v)) for k, v in starts.items()}
     read = bare_read(large_dir)
+    fresh = fresh_memory()
     frames_per_job = max(1, int(schema_default("reduction.transform.pixel_frames_per_job")
                                 // pixels))
     m = model(runs, starts, entries, pixels, frames_per_job)
@@ -361,6 +391,7 @@ def main(argv=None) -> int:
         "jobs": {k: v["jobs"] for k, v in runs.items()},
         "start_cpu_s": starts,
         "bare_read": read,
+        "fresh_memory": fresh,
         "model": m,
         "at_run_size": {"cpu_s": run_cpu, "mpix": run_mpix,
                         "mpix_per_core": run_mpix / run_cpu},
@@ -397,6 +428,9 @@ def table(rep: dict) -> str:
     read = rep["bare_read"]
     run = rep["at_run_size"]
     parts = m["parts_s"]
+    fresh = rep["fresh_memory"]
+    touched = sum(v["full_entry_jobs"] * v["max_rss_mb_at_801"] / 1e3
+                  for v in m["rules"].values())
     lines += [
         "",
         f"bare read + decompress of the same frames: {read['mpix_per_cpu_s']:.0f} Mpixel/s per "
@@ -417,6 +451,11 @@ def table(rep: dict) -> str:
         f"work (801^3), {parts['fixed']:.0f} s fixed per job (start, imports, detector "
         f"models, pictures); the frames' two reads alone: "
         f"{2 * m['full_entry_mpix'] / read['mpix_per_cpu_s']:.0f} s",
+        f"  fresh memory on this machine: a new process fills its first GB in "
+        f"{fresh['first_gb_cpu_s']:.2f} CPU-s, a GB it used before in "
+        f"{fresh['again_gb_cpu_s']:.2f} (page faults; on a virtual machine the host's too); "
+        f"the jobs of a full entry touch about {touched:.0f} GB (their peaks on 801^3): up to "
+        f"{touched * fresh['first_gb_cpu_s']:.0f} CPU-s of the total",
     ]
     return "\n".join(lines)
 

@@ -14,12 +14,15 @@ group but the cubic and rhombohedral ones, which hold the input whole (8 bytes p
 """
 from __future__ import annotations
 
+import contextlib
+
+import numba
 import numpy as np
 
 from . import steplog
 from .errors import FileFormatError, InputMismatchError
-from .files.volume import (VolumeWriter, adopt_volume, has_intensity, read_volume,
-                           read_volume_header, slab_planes)
+from .files.volume import (VolumeReader, VolumeWriter, adopt_volume, has_intensity,
+                           read_volume, read_volume_header, slab_planes)
 
 
 def check_inputs(paths) -> tuple:
@@ -104,26 +107,26 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     # an input whose notes hold its sums (what VolumeWriter counted) is not counted again
     known = [all(k in h.notes for k in sums) for h in headers]
     sample = dict(headers[0].sample)
-    with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w:
+    slab = (min(planes, nl),) + grid.shape[1:]
+    part = (np.empty(slab, np.float32), np.empty(slab, np.float32))
+    acc_s, acc_w = np.empty(slab), np.empty(slab)  # float64: the sum is rounded once
+    with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w, \
+            contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(_reader(p)) for p in paths]
         for l0 in range(0, nl, planes):
             l1 = min(nl, l0 + planes)
-            region = (slice(l0, l1), slice(None), slice(None))
-            acc_s = np.zeros((l1 - l0,) + grid.shape[1:], dtype=np.float64)
-            acc_w = np.zeros_like(acc_s)
-            for i, p in enumerate(paths):
+            for i, r in enumerate(readers):
                 try:
-                    part = read_volume(p, region=region)
+                    s32, w32 = r.read(l0, l1, out=part)
                 except (OSError, KeyError, ValueError) as exc:
-                    raise InputMismatchError(f"{p}: cannot read L planes {l0}..{l1 - 1}: {exc}") from None
-                acc_s += part.signal
-                acc_w += part.weight
-                if not known[i]:
-                    measured[i] += np.count_nonzero(part.weight > 0)
-                    total_w[i] += float(np.sum(part.weight, dtype=np.float64))
-                    total_s[i] += float(np.sum(part.signal, dtype=np.float64))
-                del part
-            w.write(l0, acc_s, acc_w)
-            del acc_s, acc_w
+                    raise InputMismatchError(f"{r.path}: cannot read L planes {l0}..{l1 - 1}: "
+                                             f"{exc}") from None
+                m, sw, ss = _add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], s32, w32, i == 0,
+                                      not known[i])
+                measured[i] += m
+                total_w[i] += sw
+                total_s[i] += ss
+            w.write(l0, acc_s[:l1 - l0], acc_w[:l1 - l0])
             if progress:
                 progress.update(l1)
         for i, item in enumerate(notes["inputs"]):
@@ -145,6 +148,40 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
                  100 * notes["measured_fraction"])
     return notes
 
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_slab(acc_s, acc_w, signal, weight, first, count):
+    """acc_s += signal, acc_w += weight (float32 into float64; set on the first input), in
+    one pass; when count, also the input's measured voxels and its weight and signal sums."""
+    a_s = acc_s.reshape(-1)
+    a_w = acc_w.reshape(-1)
+    s = signal.reshape(-1)
+    w = weight.reshape(-1)
+    measured = 0
+    weight_sum = 0.0
+    signal_sum = 0.0
+    for i in range(s.size):
+        si = np.float64(s[i])
+        wi = np.float64(w[i])
+        if first:
+            a_s[i] = 0.0 + si
+            a_w[i] = 0.0 + wi
+        else:
+            a_s[i] += si
+            a_w[i] += wi
+        if count:
+            measured += wi > 0
+            weight_sum += wi
+            signal_sum += si
+    return measured, weight_sum, signal_sum
+
+
+def _reader(path, error=InputMismatchError) -> VolumeReader:
+    try:
+        return VolumeReader(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise error(f"{path}: cannot read this volume: {exc}") from None
 
 
 def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = None,
@@ -187,11 +224,14 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
                                 nl) if log else None
     title = f"{head.title} symmetrized ({crystal.laue_group})"
     identity = next(o for o in range(len(ops)) if np.array_equal(maps[0][o], np.eye(3)))
-    with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance) as w:
+    slab = (min(planes, nl),) + grid.shape[1:]
+    buffers = [np.empty(slab, np.float32) for _ in range(4)] if plan is not None else None
+    with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance) as w, \
+            _reader(path, FileFormatError) as reader:
         for l0 in range(0, nl, planes):
             l1 = min(nl, l0 + planes)
             if plan is not None:
-                s, wt, n_in, n_before = _flip_slab(path, plan, len(ops), l0, l1, nl)
+                s, wt, n_in, n_before = _flip_slab(reader, buffers, plan, len(ops), l0, l1, nl)
             else:
                 s, wt, n_in, n_before = _gather_slab(path, whole, maps, identity, l0, l1, nl)
             inside += n_in
@@ -206,19 +246,22 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     return notes
 
 
-def _flip_slab(path, plan, n_ops, l0, l1, nl):
+def _flip_slab(reader, buffers, plan, n_ops, l0, l1, nl):
     """Planes [l0, l1) symmetrised by flips and transposes of the slab and its mirror
-    (symmetry.FlipPlan): signal, weight, equivalents inside the grid, measured input voxels."""
+    (symmetry.FlipPlan), read into `buffers` (four float32 slabs): signal, weight,
+    equivalents inside the grid, measured input voxels."""
     from . import symmetry
 
-    here = _read(path, (slice(l0, l1), slice(None), slice(None)))
-    there = _read(path, (slice(nl - l1, nl - l0), slice(None), slice(None))) \
-        if plan.mirror else None
-    s, wt = symmetry.symmetrize_flips(plan, here.signal, here.weight,
-                                      there.signal[::-1] if there else None,
-                                      there.weight[::-1] if there else None)
+    try:
+        signal, weight = reader.read(l0, l1, out=buffers[:2])
+        there = reader.read(nl - l1, nl - l0, out=buffers[2:]) if plan.mirror else None
+    except (OSError, KeyError, ValueError) as exc:
+        raise FileFormatError(f"{reader.path}: cannot read this volume: {exc}") from None
+    s, wt = symmetry.symmetrize_flips(plan, signal, weight,
+                                      there[0][::-1] if there else None,
+                                      there[1][::-1] if there else None)
     # the grid is mapped onto itself: every equivalent is inside
-    return s, wt, s.size * n_ops, int(np.count_nonzero(here.weight > 0))
+    return s, wt, s.size * n_ops, int(np.count_nonzero(weight > 0))
 
 
 def _gather_slab(path, whole, maps, identity, l0, l1, nl):

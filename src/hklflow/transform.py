@@ -180,13 +180,20 @@ class BrickedGrid:
         """(signal, weight) of a kind as [l, k, h] arrays."""
         return self.unbrick(self.signals[kind]), self.unbrick(self.weights[kind])
 
-    def slab(self, l0: int, l1: int, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def slab(self, l0: int, l1: int, kind: int = 0, out: tuple | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
         """(signal, weight) of a kind on L planes [l0, l1) as [l, k, h] arrays, in one pass
-        over the bricks (no full-size temporary)."""
+        over the bricks (no full-size temporary); into the first planes of `out` (two float32
+        C-order arrays [>= l1 - l0, k, h], reused from slab to slab) when given."""
         if not 0 <= l0 <= l1 <= self.grid.l.n:
             raise ValueError(f"slab [{l0}, {l1}) is outside the grid's {self.grid.l.n} L planes")
         shape = (l1 - l0, self.grid.k.n, self.grid.h.n)
-        signal, weight = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        if out is None:
+            signal, weight = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        else:
+            signal, weight = (o[:l1 - l0] for o in out)
+            if signal.shape != shape or weight.shape != shape:
+                raise ValueError(f"slab buffers {signal.shape}/{weight.shape} do not hold {shape}")
         _unbrick_slab(self.cells[kind], l0, self.nbricks, self.brick, signal, weight)
         return signal, weight
 
@@ -704,8 +711,9 @@ class Transformer:
         if self._pipeline is not None:
             self._pipeline.close()
 
-    def slab(self, l0: int, l1: int, kind: str = "transform") -> tuple[np.ndarray, np.ndarray]:
-        return self.acc.slab(l0, l1, self.kinds.index(kind))
+    def slab(self, l0: int, l1: int, kind: str = "transform", out: tuple | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        return self.acc.slab(l0, l1, self.kinds.index(kind), out)
 
     def pixel_frames(self, kind: str = "transform") -> int:
         """Pixel-frames added so far to a kind (its summed weight: 1 per pixel-frame)."""

@@ -84,13 +84,14 @@ def run(args, log) -> None:
                       inputs=[args.scan, args.orientation, args.grid, args.mask])
     seconds = time.monotonic() - t0
     whole = (first, stop) == (0, rec.nframes)  # the entry's volume as it is: complete
+    step = slab_planes(grid, multiple=tr.acc.brick)
+    slab = [np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
     for kind, out in zip(kinds, args.out):
         with VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
                           {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
                           intensity=whole) as w:
-            step = slab_planes(grid, multiple=tr.acc.brick)
             for l0 in range(0, grid.l.n, step):
-                w.write(l0, *tr.slab(l0, min(l0 + step, grid.l.n), kind))
+                w.write(l0, *tr.slab(l0, min(l0 + step, grid.l.n), kind, out=slab))
             # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
                            weight_sum=w.weight_sum, signal_sum=w.signal_sum,
