@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hklflow.files.volume import VolumeWriter, write_volume
+from hklflow.files.volume import (VolumeReader, VolumeWriter, read_intensity,
+                                  read_volume, write_volume)
 
 from volume_helpers import HEX, random_volume, sample, small_grid
 
@@ -54,6 +55,39 @@ def test_volume_writer_leaves_nothing_on_error(tmp_path):
         with VolumeWriter(tmp_path / "c.nxs", grid):
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_fills_the_callers_buffers_with_the_stored_planes(tmp_path):
+    grid = small_grid()
+    vol = random_volume(grid, 1)
+    write_volume(tmp_path / "a.nxs", vol, {})
+    buf = (np.full((8,) + grid.shape[1:], -1, np.float32),
+           np.full((8,) + grid.shape[1:], -1, np.float32))
+    with VolumeReader(tmp_path / "a.nxs") as r:
+        assert r.grid == grid and r.kind == vol.kind
+        for l0 in range(0, grid.l.n, 8):  # 21 planes: 8, 8, 5
+            l1 = min(l0 + 8, grid.l.n)
+            s, w = r.read(l0, l1, out=buf)
+            assert s.base is buf[0] and w.base is buf[1] and len(s) == l1 - l0
+            assert np.array_equal(s, vol.signal[l0:l1].astype(np.float32))
+            assert np.array_equal(w, vol.weight[l0:l1].astype(np.float32))
+        with pytest.raises(ValueError, match="outside"):
+            r.read(20, 22)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_read_intensity_is_signal_over_weight_stored_or_not(tmp_path, stored):
+    grid = small_grid()
+    vol = random_volume(grid, 1)
+    vol.weight[:3] = 0  # unmeasured planes: NaN
+    with VolumeWriter(tmp_path / "a.nxs", grid, vol.kind, intensity=stored) as w:
+        w.write(0, vol.signal, vol.weight)
+    head, intensity = read_intensity(tmp_path / "a.nxs")
+    assert head.grid == grid and head.signal.size == 0
+    expected = read_volume(tmp_path / "a.nxs").intensity()
+    assert np.isnan(expected[:3]).all() and np.isfinite(expected[3:]).any()
+    assert intensity.dtype == np.float32
+    assert np.array_equal(intensity, expected, equal_nan=True)
 
 
 # --------------------------------------------------------------------------------------

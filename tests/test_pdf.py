@@ -236,6 +236,21 @@ def test_batches_give_the_same_fill(small_problem, max_direct):
     assert np.array_equal(many.outcome, one.outcome)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_punching_into_the_input_gives_the_same_fill(small_problem, dtype):
+    grid, cell, values, positions, radius = small_problem
+    values = values.astype(dtype)
+    copied = pdf.punch_and_fill(values, grid, cell, positions, radius=radius)
+    mine = values.copy()
+    own = pdf.punch_and_fill(mine, grid, cell, positions, radius=radius, overwrite_input=True)
+    assert own.punched is mine  # no copy made
+    assert np.array_equal(own.punched, copied.punched, equal_nan=True)
+    assert np.array_equal(own.filled, copied.filled, equal_nan=True)
+    assert np.array_equal(own.outcome, copied.outcome)
+    assert np.array_equal(values, values.astype(dtype), equal_nan=True)  # the default copies
+    assert np.isnan(mine).sum() > np.isnan(values).sum()
+
+
 def test_float32_in_float32_out(small_problem):
     grid, cell, values, positions, radius = small_problem
     result = pdf.punch_and_fill(values.astype(np.float32), grid, cell, positions, radius=radius)

@@ -317,8 +317,11 @@ def _check_fill_args(values, grid, positions, radius, units, order, eps, max_bat
 def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
                    units: str = "inverse_angstrom", order: int = 1, eps: float = 0.0,
                    max_batch_unknowns: int = DEFAULT_BATCH_UNKNOWNS, log=None,
-                   max_direct_unknowns: int = DIRECT_MAX_UNKNOWNS) -> FillResult:
+                   max_direct_unknowns: int = DIRECT_MAX_UNKNOWNS,
+                   overwrite_input: bool = False) -> FillResult:
     """Punch a hole around every position (float hkl) and fill it from the data around it.
+    overwrite_input: the holes are punched into `intensity` itself (float32 or float64, C
+    order; it becomes the result's `punched`) instead of a copy of it.
 
     The hole of a position: the voxels whose centres lie within `radius` of it (units
     'inverse_angstrom': |Q| with the cell's metric, 2 pi convention; 'rlu': Euclidean in
@@ -356,7 +359,10 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
         positions, grid, metric, radius, values_flat)
     holes = _unique(hole_vox)
     region = _union(holes, extra_vox)
-    punched = values.astype(dtype, copy=True)
+    # (the known values of the fill lie outside every region, so the holes may be punched
+    # into values itself: it is not read inside the regions)
+    own = overwrite_input and values is intensity and values.dtype == dtype
+    punched = values if own else values.astype(dtype, copy=True)
     punched.reshape(-1)[holes] = np.nan
     hole = np.zeros(shape, dtype=bool)
     hole.reshape(-1)[holes] = True

@@ -15,7 +15,6 @@ import numpy as np
 from . import pdf as pdf_algorithms
 from .crystal import Crystal
 from .files.pdf import PDF
-from .files.volume import Volume
 from .grid import Grid
 
 
@@ -129,33 +128,33 @@ def unmeasured_within(grid: Grid, cell, measured: np.ndarray, q: float) -> float
     return unmeasured / max(inside, 1)
 
 
-def _fft(values: np.ndarray, volume: Volume, cell, q_max: float, kind: str, title: str,
+def _fft(values: np.ndarray, grid: Grid, cell, q_max: float, kind: str, title: str,
          notes: dict, workers: int, subtract_mean: bool) -> PDF:
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
     # the mean instead of 0.  NaN (unmeasured) stays NaN: pdf_fft makes it 0
     values = np.ascontiguousarray(values, dtype=np.float32)  # what taper_in_place needs (no copy here)
-    mean = pdf_algorithms.taper_in_place(values, volume.grid, cell, q_max, subtract_mean)
+    mean = pdf_algorithms.taper_in_place(values, grid, cell, q_max, subtract_mean)
     if subtract_mean:
         notes["mean_subtracted"] = mean
     t0 = time.monotonic()
-    out, (x, y, z) = pdf_algorithms.pdf_fft(values, volume.grid, workers=workers)
+    out, (x, y, z) = pdf_algorithms.pdf_fft(values, grid, workers=workers)
     notes["fft_seconds"] = time.monotonic() - t0
     notes["fft_shape"] = list(out.shape)
     return PDF(out, x, y, z, cell, kind, title, notes)
 
 
-def total_pdf(volume: Volume, cell, q_max: float | None, title: str, workers: int = 1,
-              subtract_mean: bool = True) -> PDF:
-    """The total PDF: FFT of the tapered volume as measured (unmeasured voxels as 0, after
-    the mean is subtracted when subtract_mean)."""
-    measured = volume.weight > 0
-    notes = taper_q_max(volume.grid, cell, measured, q_max)
+def total_pdf(intensity: np.ndarray, grid: Grid, cell, q_max: float | None, title: str,
+              workers: int = 1, subtract_mean: bool = True) -> PDF:
+    """The total PDF of a volume's intensity (float32 [l, k, h] on grid, NaN where
+    unmeasured; tapered and Fourier transformed in place): FFT of the tapered volume as
+    measured (unmeasured voxels as 0, after the mean is subtracted when subtract_mean)."""
+    measured = ~np.isnan(intensity)
+    notes = taper_q_max(grid, cell, measured, q_max)
     q = notes["q_max"]
-    notes["unmeasured_within_q_max"] = unmeasured_within(volume.grid, cell, measured, q)
+    notes["unmeasured_within_q_max"] = unmeasured_within(grid, cell, measured, q)
     del measured
-    return _fft(volume.intensity(), volume, cell, q, "total_pdf", title, notes, workers,
-                subtract_mean)
+    return _fft(intensity, grid, cell, q, "total_pdf", title, notes, workers, subtract_mean)
 
 
 def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
@@ -181,14 +180,15 @@ def nearest_reflection_spacing(crystal: Crystal) -> float:
     return float(2 * math.pi / crystal.cell.d_spacing(refl).max())
 
 
-def delta_pdf(volume: Volume, crystal: Crystal, params, title: str, workers: int = 1,
-              log=None):
-    """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
+def delta_pdf(intensity: np.ndarray, grid: Grid, crystal: Crystal, params, title: str,
+              workers: int = 1, log=None):
+    """The 3D-DeltaPDF of a volume's intensity (float32 [l, k, h] on grid, NaN where
+    unmeasured; the holes are punched into it): every allowed reflection inside the measured reach (and
     params.extra_positions) punched and filled (hklflow.pdf.punch_and_fill), then tapered
     and transformed.  Returns (PDF, FillResult)."""
     cell = crystal.cell
-    reach, _ = measured_reach(volume.grid, cell, volume.weight > 0)
-    positions = punch_positions(crystal, volume.grid, reach, params.extra_positions)
+    reach, _ = measured_reach(grid, cell, ~np.isnan(intensity))
+    positions = punch_positions(crystal, grid, reach, params.extra_positions)
     spacing = nearest_reflection_spacing(crystal)
     diameter = 2 * params.radius * (1.0 if params.radius_units == "inverse_angstrom"
                                      else 2 * math.pi * min(cell.reciprocal_parameters[:3]))
@@ -199,18 +199,19 @@ def delta_pdf(volume: Volume, crystal: Crystal, params, title: str, workers: int
     if log:
         log.info("punching %d positions (radius %g %s), fill order %d, eps %g", len(positions),
                  params.radius, params.radius_units, params.fill_order, params.fill_eps)
-    fill = pdf_algorithms.punch_and_fill(volume.intensity(), volume.grid, cell, positions,
+    fill = pdf_algorithms.punch_and_fill(intensity, grid, cell, positions,
                                          radius=params.radius, units=params.radius_units,
-                                         order=params.fill_order, eps=params.fill_eps, log=log)
+                                         order=params.fill_order, eps=params.fill_eps, log=log,
+                                         overwrite_input=True)
     measured = np.isfinite(fill.filled)  # the fill completes regions the Bragg mask left empty
-    notes = taper_q_max(volume.grid, cell, measured, params.q_max)
+    notes = taper_q_max(grid, cell, measured, params.q_max)
     q = notes["q_max"]
     notes.update(outcomes=fill.counts, positions=len(positions), radius=params.radius,
                  radius_units=params.radius_units, fill_order=params.fill_order,
                  fill_eps=params.fill_eps, fill_seconds=fill.seconds, fill_unknowns=fill.unknowns,
                  fill_batches=fill.batches, extra_positions=[list(p) for p in params.extra_positions],
-                 unmeasured_within_q_max=unmeasured_within(volume.grid, cell, measured, q))
+                 unmeasured_within_q_max=unmeasured_within(grid, cell, measured, q))
     del measured
-    pdf = _fft(fill.filled.copy(), volume, cell, q, "pdf", title, notes, workers,
+    pdf = _fft(fill.filled.copy(), grid, cell, q, "pdf", title, notes, workers,
                params.subtract_mean)
     return pdf, fill

@@ -213,6 +213,30 @@ class VolumeReader:
         return False
 
 
+def read_intensity(path) -> tuple[Volume, np.ndarray]:
+    """The header of a volume file (read_volume_header) and its intensity, float32 [l, k, h]
+    (signal / weight, NaN where unmeasured): the stored `data` array when the file has one
+    (one array read instead of two, and no division), else from signal and weight slab by
+    slab."""
+    head = read_volume_header(path)
+    grid = head.grid
+    out = np.empty(grid.shape, np.float32)
+    with open_h5(path) as f:
+        d = _entry(f, os.fspath(path))[head.kind]
+        if "data" in d:
+            d["data"].read_direct(out)
+            return head, out
+    planes = slab_planes(grid)
+    with VolumeReader(path) as r:
+        buf = (np.empty((planes,) + grid.shape[1:], np.float32),
+               np.empty((planes,) + grid.shape[1:], np.float32))
+        for l0 in range(0, grid.l.n, planes):
+            l1 = min(l0 + planes, grid.l.n)
+            signal, weight = r.read(l0, l1, out=buf)
+            _slab_sums(signal, weight, out[l0:l1], True)
+    return head, out
+
+
 def read_volume_header(path) -> Volume:
     """Grid, kind, title, sample and notes of a volume file; signal and weight are empty
     (0 planes) arrays."""

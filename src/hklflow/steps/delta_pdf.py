@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..crystal import Crystal, UnitCell
 from ..files.pdf import write_pdf
-from ..files.volume import read_volume
+from ..files.volume import read_intensity
 from ..params import PDFParams, settings_part
 from ..pdf import OUTCOMES
 from ..pdf_volume import delta_pdf
@@ -29,11 +29,13 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     s = args.settings
     params = settings_part(s, PDFParams)
-    volume = read_volume(args.input)
+    volume, intensity = read_intensity(args.input)
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     crystal = Crystal(s["sample"]["space_group"], cell)
     title = f"{volume.title}: 3D-DeltaPDF"
-    pdf, fill = delta_pdf(volume, crystal, params, title, workers=args.threads, log=log)
+    pdf, fill = delta_pdf(intensity, volume.grid, crystal, params, title, workers=args.threads,
+                          log=log)
+    del intensity
     pdf.notes["input"] = str(args.input)
     counts = fill.counts
     log.info("%s: %d positions punched: %s; %d voxels solved in %d batches, %.1f s",
