@@ -226,19 +226,30 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     identity = next(o for o in range(len(ops)) if np.array_equal(maps[0][o], np.eye(3)))
     slab = (min(planes, nl),) + grid.shape[1:]
     buffers = [np.empty(slab, np.float32) for _ in range(4)] if plan is not None else None
-    with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance) as w, \
+    pairs = plan is not None and plan.mirror is not None
+    # a slab and its mirror slab together (each read once); the mirror slabs' writes are not
+    # aligned with the L chunks, so the writer keeps two slabs of chunks in its cache
+    with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance,
+                      cache_planes=2 * planes if pairs else 0) as w, \
             _reader(path, FileFormatError) as reader:
-        for l0 in range(0, nl, planes):
-            l1 = min(nl, l0 + planes)
-            if plan is not None:
+        done = 0
+        for l0, l1, m0, m1 in _slabs(nl, planes, pairs):
+            if pairs and m0 != l0:
+                out_l, out_m, n_in, n_before = _flip_pair(reader, buffers, plan, len(ops), l0,
+                                                          l1, m0, m1)
+                w.write(l0, *out_l)
+                w.write(m0, *out_m)
+            elif plan is not None:
                 s, wt, n_in, n_before = _flip_slab(reader, buffers, plan, len(ops), l0, l1, nl)
+                w.write(l0, s, wt)
             else:
                 s, wt, n_in, n_before = _gather_slab(path, whole, maps, identity, l0, l1, nl)
+                w.write(l0, s, wt)
             inside += n_in
             measured_before += n_before
-            w.write(l0, s, wt)
+            done += (l1 - l0) + (m1 - m0 if m0 != l0 else 0)
             if progress:
-                progress.update(l1)
+                progress.update(done)
         notes["symmetrized"]["equivalents_inside_grid"] = inside / (grid.size * len(ops))
         notes["measured_fraction_before"] = measured_before / grid.size
         notes["measured_fraction"] = w.measured / grid.size  # counted by the writer
@@ -262,6 +273,37 @@ def _flip_slab(reader, buffers, plan, n_ops, l0, l1, nl):
                                       there[1][::-1] if there else None)
     # the grid is mapped onto itself: every equivalent is inside
     return s, wt, s.size * n_ops, int(np.count_nonzero(weight > 0))
+
+
+def _slabs(nl: int, planes: int, pairs: bool):
+    """(l0, l1, m0, m1) of the slabs to write: with pairs, slabs [l0, l1) of the lower half
+    with their mirror slabs [m0, m1) = [nl - l1, nl - l0), then the middle plane of an odd nl
+    (its own mirror: m0 = l0); else every slab in order (m0 = l0, m1 = l1)."""
+    if not pairs:
+        return [(l0, min(nl, l0 + planes), l0, min(nl, l0 + planes)) for l0 in range(0, nl, planes)]
+    half = nl // 2
+    out = [(l0, min(half, l0 + planes), nl - min(half, l0 + planes), nl - l0)
+           for l0 in range(0, half, planes)]
+    if nl % 2:
+        out.append((half, half + 1, half, half + 1))
+    return out
+
+
+def _flip_pair(reader, buffers, plan, n_ops, l0, l1, m0, m1):
+    """Planes [l0, l1) and their mirror planes [m0, m1) symmetrised together
+    (symmetry.symmetrize_flip_pair): both outputs, equivalents inside the grid, measured
+    input voxels of both."""
+    from . import symmetry
+
+    try:
+        signal, weight = reader.read(l0, l1, out=buffers[:2])
+        m_signal, m_weight = reader.read(m0, m1, out=buffers[2:])
+    except (OSError, KeyError, ValueError) as exc:
+        raise FileFormatError(f"{reader.path}: cannot read this volume: {exc}") from None
+    out_l, out_m = symmetry.symmetrize_flip_pair(plan, signal, weight, m_signal, m_weight)
+    n_in = (out_l[0].size + out_m[0].size) * n_ops  # the grid is mapped onto itself
+    measured = int(np.count_nonzero(weight > 0)) + int(np.count_nonzero(m_weight > 0))
+    return out_l, out_m, n_in, measured
 
 
 def _gather_slab(path, whole, maps, identity, l0, l1, nl):

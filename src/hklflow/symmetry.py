@@ -424,6 +424,25 @@ def symmetrize_flips(plan: FlipPlan, signal, weight, mirror_signal=None, mirror_
     return out_s, out_w
 
 
+def symmetrize_flip_pair(plan: FlipPlan, a_signal, a_weight, b_signal, b_weight):
+    """symmetrize_flips of a slab and of its mirror slab at once (plan.mirror set): planes
+    [l0, l1) (a_...) and [nl - l1, nl - l0) (b_..., in their own order, so plane p of a and
+    plane n-1-p of b are mirror images).  Each plane's in-plane sum is made once and serves
+    both outputs, and each input plane is read once.  Returns ((signal, weight) of a,
+    (signal, weight) of b), float32, equal to symmetrize_flips of each bit for bit."""
+    n = np.shape(a_signal)[0]
+    out_a = (np.empty(np.shape(a_signal), np.float32), np.empty(np.shape(a_weight), np.float32))
+    out_b = (np.empty(np.shape(b_signal), np.float32), np.empty(np.shape(b_weight), np.float32))
+    for k, (xa, xb) in enumerate(((a_signal, b_signal), (a_weight, b_weight))):
+        for p in range(n):
+            q = n - 1 - p
+            pa = _in_plane_sum(plan, np.array(xa[p:p + 1], dtype=np.float64))
+            pb = _in_plane_sum(plan, np.array(xb[q:q + 1], dtype=np.float64))
+            out_a[k][p] = (pa + _view(pb, plan.mirror))[0]
+            out_b[k][q] = (pb + _view(pa, plan.mirror))[0]
+    return out_a, out_b
+
+
 def symmetrize_arrays(signal: np.ndarray, weight: np.ndarray, grid: Grid, operators,
                       group: str = "") -> tuple[np.ndarray, np.ndarray]:
     """The whole symmetrised signal and weight (float32) of arrays [l, k, h] on grid."""

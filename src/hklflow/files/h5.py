@@ -32,9 +32,10 @@ from ..geometry import DetectorGeometry
 # --------------------------------------------------------------------------------------
 # Opening
 # --------------------------------------------------------------------------------------
-def open_h5(path, mode: str = "r") -> h5py.File:
-    """h5py.File with HDF5 file locking off and the compression filters registered."""
-    return h5py.File(os.fspath(path), mode, locking=False)
+def open_h5(path, mode: str = "r", **kwargs) -> h5py.File:
+    """h5py.File with HDF5 file locking off and the compression filters registered (kwargs:
+    h5py.File's, e.g. the chunk cache rdcc_nbytes)."""
+    return h5py.File(os.fspath(path), mode, locking=False, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)

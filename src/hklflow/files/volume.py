@@ -365,15 +365,19 @@ class VolumeWriter:
                 w.write(l0, signal_slab, weight_slab)   # [planes, k, h], any float dtype
             w.notes["measured_fraction"] = w.measured / grid.size
 
-    The writer counts what it stores: measured (voxels with weight > 0), weight_sum and
+    Slabs may come in any order; cache_planes > 0 keeps that many L planes of chunks (and
+    one more chunk row) in HDF5's chunk cache, so that slabs not aligned with the L chunks
+    (8 planes) do not compress a chunk twice.  The writer counts what it stores: measured (voxels with weight > 0), weight_sum and
     signal_sum (float64 sums of the stored float32 values).  intensity=False leaves out the
     `data` array (signal / weight): for parts that only a sum reads.
     """
 
     def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
                  sample: dict | None = None, notes: dict | None = None,
-                 provenance: dict | None = None, intensity: bool = True):
+                 provenance: dict | None = None, intensity: bool = True,
+                 cache_planes: int = 0):
         self.path = Path(path)
+        self.cache_planes = int(cache_planes)
         self.grid, self.kind, self.title = grid, kind, title
         self.sample = dict(sample or {})
         self.notes = dict(notes or {})
@@ -390,7 +394,7 @@ class VolumeWriter:
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         try:
-            self._f = f = open_h5(tmp, "w")
+            self._f = f = open_h5(tmp, "w", **self._chunk_cache())
             f.attrs["default"] = "entry"
             f.attrs["file_name"] = str(self.path.resolve())
             ent = f.create_group("entry")
@@ -461,6 +465,20 @@ class VolumeWriter:
         self.weight_sum += float(weight_sum)
         self.signal_sum += float(signal_sum)
         self._written[l0:l0 + n] = True
+
+    def _chunk_cache(self) -> dict:
+        """h5py.File's chunk cache settings (per array) that hold the chunks of cache_planes
+        L planes and one more row of chunks: slabs written out of step with the L chunks then
+        complete their chunks in the cache, and each chunk is compressed and written once.
+        HDF5's default (1 MB) otherwise (slabs written in order, aligned with the chunks)."""
+        if self.cache_planes <= 0:
+            return {}
+        c = _chunks(self.grid.shape)
+        rows = -(-self.cache_planes // c[0]) + 1
+        per_row = -(-self.grid.k.n // c[1]) * -(-self.grid.h.n // c[2])
+        chunks = rows * per_row
+        return {"rdcc_nbytes": chunks * 4 * int(np.prod(c)), "rdcc_nslots": 10 * chunks + 1,
+                "rdcc_w0": 1.0}
 
     def _buffer(self, name: str, shape) -> np.ndarray:
         """A float32 array of `shape` for this writer's own use, kept from slab to slab (the
