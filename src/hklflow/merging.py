@@ -7,8 +7,8 @@ of every voxel summed over its equivalents h R, then divided).
 
 Sums read the inputs slab by slab (about 64 MB per float32 array of a slab), add in float64
 and store float32, so an 801^3 grid (2 x 2 GB per input) is summed in a few hundred MB.
-Symmetrisation works slab by slab too (an output slab from the input slab and its mirror
-image; by flips and transposes where the grid allows, symmetry.FlipPlan) for every Laue
+Symmetrisation works slab by slab too (a slab and its mirror image read and written
+together; by flips and transposes where the grid allows, symmetry.FlipPlan) for every Laue
 group but the cubic and rhombohedral ones, which hold the input whole (8 bytes per voxel:
 4.1 GB for 801^3).
 """

@@ -183,9 +183,9 @@ def nearest_reflection_spacing(crystal: Crystal) -> float:
 def delta_pdf(intensity: np.ndarray, grid: Grid, crystal: Crystal, params, title: str,
               workers: int = 1, log=None):
     """The 3D-DeltaPDF of a volume's intensity (float32 [l, k, h] on grid, NaN where
-    unmeasured; the holes are punched into it): every allowed reflection inside the measured reach (and
-    params.extra_positions) punched and filled (hklflow.pdf.punch_and_fill), then tapered
-    and transformed.  Returns (PDF, FillResult)."""
+    unmeasured; the holes are punched into it): every allowed reflection inside the
+    measured reach (and params.extra_positions) punched and filled
+    (hklflow.pdf.punch_and_fill), then tapered and transformed.  Returns (PDF, FillResult)."""
     cell = crystal.cell
     reach, _ = measured_reach(grid, cell, ~np.isnan(intensity))
     positions = punch_positions(crystal, grid, reach, params.extra_positions)

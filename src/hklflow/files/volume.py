@@ -367,9 +367,10 @@ class VolumeWriter:
 
     Slabs may come in any order; cache_planes > 0 keeps that many L planes of chunks (and
     one more chunk row) in HDF5's chunk cache, so that slabs not aligned with the L chunks
-    (8 planes) do not compress a chunk twice.  The writer counts what it stores: measured (voxels with weight > 0), weight_sum and
-    signal_sum (float64 sums of the stored float32 values).  intensity=False leaves out the
-    `data` array (signal / weight): for parts that only a sum reads.
+    (8 planes) do not compress a chunk twice.  The writer counts what it stores: measured
+    (voxels with weight > 0), weight_sum and signal_sum (float64 sums of the stored float32
+    values).  intensity=False leaves out the `data` array (signal / weight): for parts that
+    only a sum reads.  A float64 slab (a sum's) is rounded, counted and divided in one pass.
     """
 
     def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
