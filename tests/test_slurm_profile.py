@@ -4,6 +4,7 @@ up as the workflow profile, and a dry run plans every job with the resources sba
 real cluster run is in .ci/slurm/."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -65,12 +66,20 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     rules = {name for _, name, _ in blocks}
     assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature",
             "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
-            "temperature_series"} <= rules
+            "delta_pdf", "temperature_series", "pdf_temperature_series"} <= rules
+    # the pictures of a sample's temperature series run in this Snakemake, nothing else does
+    # (what the CI's check of a SLURM run allows to run outside SLURM)
+    spec = importlib.util.spec_from_file_location("check_slurm_jobs",
+                                                  REPO / ".ci" / "slurm" / "check_slurm_jobs.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    assert checker.declared_local_rules() == {"temperature_series", "pdf_temperature_series"}
     # the short jobs that follow each other ride in one SLURM job (profiles/slurm: groups):
-    # per calibration (1: with its samples' grids), per entry (4), per sample (1: its
-    # temperatures' orientations), per temperature (2)
+    # per calibration (1: with its samples' grids); per entry (2, the 100K entries), except
+    # the entries of the parent temperature (300K), which go together with index_parent
+    # (1); per temperature (2: refine_temperature and the volumes)
     groups = re.findall(r"Group job (\w+) ", out)
-    assert {"calibration": 1, "entry_peaks": 4, "orientation": 1, "temperature_volume": 2} == {
+    assert {"calibration": 1, "entry_peaks": 3, "temperature_volume": 2} == {
         g: groups.count(g) for g in set(groups)}, groups
     for _, name, body in blocks:
         res = re.search(r"resources: (.*)", body)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hklflow.crystal import UnitCell
-from hklflow.files.pdf import read_pdf
+from hklflow.files.pdf import PDF, read_pdf, read_pdf_plane, write_pdf
 from hklflow.files.volume import Volume, write_volume
 from hklflow.pdf import fft_crop, tukey_taper
 from hklflow.simulation.compare import pdf_peak
@@ -113,3 +113,23 @@ def test_pdf_temperature_series(experiment):
     assert run("pdf_temperature_series", ["--settings", settings, "--inputs", *paths[:2],
                                           "--png", "series2.png"]) == 1
     assert not (experiment / "series2.png").exists()
+
+
+def test_pdf_plane_read_alone_is_the_plane_of_the_whole(tmp_path):
+    """read_pdf_plane (what the series reads) gives PDF.plane of the whole file, every axis;
+    a plane outside the PDF is refused the same way."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(9, 12, 14)).astype(np.float32)
+    x, y, z = np.linspace(-3, 3, 14), np.linspace(-2, 2, 12), np.linspace(-4, 4, 9)
+    pdf = PDF(values, x, y, z, UnitCell(3.8, 3.8, 13.2, 90, 90, 90))
+    write_pdf(tmp_path / "p.nxs", pdf, {"name": "tetra"}, {"program": "test"})
+    whole = read_pdf(tmp_path / "p.nxs")
+    for axis, value in (("x", 0.9), ("y", -2.0), ("z", 4.0), ("z", -1.1)):
+        cell, plane = read_pdf_plane(tmp_path / "p.nxs", axis, value)
+        expect = whole.plane(axis, value)
+        assert cell.parameters == whole.cell.parameters
+        assert plane[3] == expect[3]
+        for got, want in zip(plane[:3], expect[:3]):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="outside the PDF"):
+        read_pdf_plane(tmp_path / "p.nxs", "z", 5.0)

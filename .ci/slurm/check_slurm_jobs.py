@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that every job of a Snakemake run went through SLURM, from both sides.
 
-    check_slurm_jobs.py SLURM_RUN_LOG [--local-log LOCAL_RUN_LOG] [--local-rules all]
+    check_slurm_jobs.py SLURM_RUN_LOG [--local-log LOCAL_RUN_LOG] [--local-rules all,...]
 
 Snakemake's side (its log of the run through `--profile profiles/slurm`): the jobs it
 planned (the job-stats table, per rule), the ones it ran locally ("localrule ..."), each
@@ -13,8 +13,10 @@ with state, exit code, node and times; each SLURM job's own log (kept with
 --hklflow-slurm-keep-successful-logs) names the rules and wildcards of the Snakemake jobs that
 ran inside it and says each finished.
 
-Fails unless: every planned job but the local rules (`all`, which runs nothing) ran inside
-a SLURM job (its rule block and its "Finished" line in that job's log); every submission is
+Fails unless: every planned job but the local rules (`all`, which runs nothing, and the
+rules the workflow declares `localrule: True`) ran inside a SLURM job (its rule block and its
+"Finished" line in that job's log), and every job of a local rule finished in the
+submitting Snakemake; every submission is
 in the completion log, COMPLETED with exit code 0:0, on a node of the cluster; the cluster
 ran no other job of that run; and, with --local-log, the (rule, wildcards) of the SLURM run
 are exactly those of the local run.  Prints the list.
@@ -32,6 +34,23 @@ RUN_ID = re.compile(r"^SLURM run ID: (\S+)", re.M)
 SUBMITTED = re.compile(r"^Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.?$", re.M)
 FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", re.M)
 RULE_HEAD = re.compile(r"^(local)?rule (\w+):$")
+RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+
+
+def declared_local_rules(rules_dir: Path = RULES_DIR) -> set[str]:
+    """The rules of the workflow's .smk files that declare `localrule: True` (Snakemake runs
+    them itself, also with a cluster executor)."""
+    out, name = set(), None
+    for path in sorted(Path(rules_dir).glob("*.smk")):
+        for line in path.read_text().splitlines():
+            m = re.match(r"(?:rule|checkpoint) (\w+):", line)
+            if m:
+                name = m.group(1)
+            elif line and not line[0].isspace():
+                name = None
+            elif name and re.match(r"\s+localrule:\s*True\b", line):
+                out.add(name)
+    return out
 
 
 def job_stats(text: str) -> Counter:
@@ -106,10 +125,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slurm_log", type=Path, help="Snakemake's log of the run through SLURM")
     ap.add_argument("--local-log", type=Path, help="Snakemake's log of the local run, to compare job sets")
-    ap.add_argument("--local-rules", default="all",
-                    help="comma-separated rules allowed to run on the submitting host (default: all)")
+    ap.add_argument("--local-rules",
+                    help="comma-separated rules that run on the submitting host (default: all "
+                         "and the workflow's `localrule: True` rules)")
     args = ap.parse_args(argv)
-    local_ok = {r for r in args.local_rules.split(",") if r}
+    local_ok = ({r for r in args.local_rules.split(",") if r} if args.local_rules is not None
+                else {"all"} | declared_local_rules())
     problems = []
 
     text = args.slurm_log.read_text(errors="replace")
@@ -127,6 +148,9 @@ def main(argv=None) -> int:
     for rule, n in sorted(ran_local.items()):
         if rule not in local_ok:
             problems.append(f"{n} job(s) of rule {rule} ran on the submitting host, not through SLURM")
+    finished = {(int(j), r) for j, r in FINISHED.findall(text)}
+    done_local = Counter(rule for j, (rule, _, local) in blocks.items()
+                         if local and (j, rule) in finished)
 
     # the cluster's record of this run
     comp = {}
@@ -180,6 +204,9 @@ def main(argv=None) -> int:
 
     for rule, n in sorted(planned.items()):
         if rule in local_ok:
+            if rule != "all" and done_local[rule] < n:
+                problems.append(f"rule {rule}: {n} job(s) planned, {done_local[rule]} finished "
+                                "on the submitting host")
             continue
         if submitted[rule] < n:
             problems.append(f"rule {rule}: {n} job(s) planned, {submitted[rule]} ran in SLURM jobs")
@@ -192,6 +219,10 @@ def main(argv=None) -> int:
     if args.local_log:
         lblocks = rule_blocks(args.local_log.read_text(errors="replace"))
         want = Counter((r, w) for r, w, _ in lblocks.values() if r not in local_ok)
+        want_local = {(r, w) for r, w, _ in lblocks.values() if r in local_ok}
+        got_local = {(r, w) for r, w, local in blocks.values() if local and r in local_ok}
+        for r, w in sorted(want_local ^ got_local):
+            problems.append(f"local rule {r} {w} ran in only one of the two runs")
         if set(want) != set(got):
             for r, w in sorted(set(want) - set(got)):
                 problems.append(f"ran locally but not through SLURM: {r} {w}")

@@ -19,6 +19,7 @@
 #                          73 jobs; `tiny`: 41 jobs, ~3 min for the stage on 2 cores)
 #   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
 #                          removed after a success unless HKLFLOW_SLURM_KEEP=1)
+#   HKLFLOW_SLURM_CHECK_SECONDS  seconds between status checks of the SLURM run (default 1)
 #   HKLFLOW_SLURM_LOCAL_TIMEOUT, HKLFLOW_SLURM_RUN_TIMEOUT  seconds for the local and the
 #                          SLURM snakemake run (default 1200 and 1800)
 # Worst case, every step timing out: about an hour; .ci/run bounds the whole stage as well
@@ -31,18 +32,21 @@ PRESET=${HKLFLOW_SLURM_PRESET:-demo}
 WORK=${HKLFLOW_SLURM_WORK:-/tmp/hklflow-slurm-ci}
 LOCAL_TIMEOUT=${HKLFLOW_SLURM_LOCAL_TIMEOUT:-1200}
 RUN_TIMEOUT=${HKLFLOW_SLURM_RUN_TIMEOUT:-1800}
+CHECK_SECONDS=${HKLFLOW_SLURM_CHECK_SECONDS:-1}
 PY=$REPO/.venv/bin/python
 CLUSTER=$WORK/cluster
 
 # the command lines under test: the README's, plus (SLURM) what suits a CI cluster without
 # an accounting database: status from squeue (finished jobs stay there for MinJobAge=600 s),
-# status checks every 2 s instead of 10-30 s (jobs of seconds on one idle node), SLURM logs
+# status checks every second (HKLFLOW_SLURM_CHECK_SECONDS) instead of every 10-30 s (jobs of
+# seconds on one idle node; one squeue call each), SLURM logs
 # kept as evidence; once the cluster is up, --cores: group jobs of at most the CPUs of its
 # one node
 LOCAL_ARGS=(--profile "$REPO/profiles/default")
 SLURM_ARGS=(--profile "$REPO/profiles/slurm"
-            --hklflow-slurm-status-command squeue --hklflow-slurm-init-seconds-before-status-checks 2
-            --hklflow-slurm-max-seconds-between-status-checks 2 --seconds-between-status-checks 2
+            --hklflow-slurm-status-command squeue --hklflow-slurm-init-seconds-before-status-checks "$CHECK_SECONDS"
+            --hklflow-slurm-max-seconds-between-status-checks "$CHECK_SECONDS"
+            --seconds-between-status-checks "$CHECK_SECONDS"
             --hklflow-slurm-keep-successful-logs)
 
 now() { date +%s; }

@@ -9,6 +9,7 @@ import numpy as np
 
 from .calibration import describe, ring_two_theta
 from .errors import GridError
+from .files.pdf import read_pdf_plane
 from .files.volume import read_volume_header
 from .slices import cell_of, color_limits, plane_matrix, read_slice
 
@@ -499,36 +500,38 @@ def plot_pdf(pdf, slices, path, title: str, log=None) -> list[str]:
     return drawn
 
 
-def plot_pdf_series(pdfs, spec, png, title: str, log=None) -> list[str]:
+def plot_pdf_series(pdf_files, spec, png, title: str, log=None) -> list[str]:
     """PNG of the plane `spec` ({x|y|z: value}) of the PDF of every temperature, side by side
-    on one colour scale symmetric about 0; pdfs: [(temperature label, PDF)]."""
+    on one colour scale symmetric about 0; pdf_files: [(temperature label, pdf.nxs)], each
+    file's plane read alone (files.pdf.read_pdf_plane)."""
     plt = _pyplot()
     (axis, value), = dict(spec).items()
     u, v = _other_axes(axis)
     panels = []
-    for label, pdf in pdfs:
+    for label, path in pdf_files:
         try:
-            panels.append((label, pdf, *pdf.plane(axis, float(value))))
+            cell, plane = read_pdf_plane(path, axis, float(value))
+            panels.append((label, cell, *plane))
         except ValueError as exc:
             if log:
                 log.warning("%s: plane %s left out: %s", label, spec, exc)
-            panels.append((label, pdf, None, None, None, None))
+            panels.append((label, None, None, None, None, None))
     shown = [p for p in panels if p[2] is not None]
     vmax = symmetric_limit([p[2] for p in shown],
-                           [_origin_mask(p[3], p[4], u, v, p[5], p[1].cell) for p in shown])
+                           [_origin_mask(p[3], p[4], u, v, p[5], p[1]) for p in shown])
     n = max(len(panels), 1)
     ncol = min(n, 4)
     nrow = math.ceil(n / ncol)
     fig = plt.figure(figsize=(5.0 * ncol + 1.2, 4.8 * nrow))
     axes, im = [], None
-    for i, (label, pdf, plane, uu, vv, w) in enumerate(panels):
+    for i, (label, cell, plane, uu, vv, w) in enumerate(panels):
         if plane is None:
             ax = fig.add_subplot(nrow, ncol, i + 1)
             ax.text(0.5, 0.5, f"{label}\n{spec} is outside the PDF", ha="center", va="center",
                     transform=ax.transAxes)
             ax.set_axis_off()
             continue
-        ax, im = _draw_pdf_plane(fig, (nrow, ncol, i + 1), plane, uu, vv, u, v, pdf.cell, vmax,
+        ax, im = _draw_pdf_plane(fig, (nrow, ncol, i + 1), plane, uu, vv, u, v, cell, vmax,
                                  label.replace("K", " K") if label.endswith("K") else label)
         axes.append(ax)
     if im is not None:

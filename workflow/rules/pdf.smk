@@ -58,6 +58,9 @@ rule delta_pdf:
 
 rule pdf_temperature_series:
     """One plane of the sample's DeltaPDF (pdf.nxs) at every temperature."""
+    # a picture from one plane of each PDF (read alone): runs in the submitting Snakemake on
+    # a cluster, as temperature_series
+    localrule: True
     input:
         lambda w: [f"results/{w.sample}/{t}/pdf.nxs" for t in EXP.temperatures_of(w.sample)],
     output:

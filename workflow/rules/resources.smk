@@ -166,9 +166,10 @@ RESOURCES = {
     # and the punched and filled volumes, the hole map and the sparse solves of a batch
     "delta_pdf": RuleResources(lambda w: BASE_MB + 1000 + DELTA_PDF_VOXEL_BYTES * _VOXELS / 1e6,
                                lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60),
-    # the first plane of each temperature's PDF (each file read whole)
-    "pdf_temperature_series": RuleResources(lambda w: BASE_MB + 400 + 4 * _VOXELS / 1e6,
-                                            lambda w: _FIXED_MINUTES),
+    # one plane of each temperature's PDF, read alone (as temperature_series)
+    "pdf_temperature_series": RuleResources(
+        lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),
+        lambda w: _FIXED_MINUTES),
     # parameters, peak tables and grid axes copied; every array is linked, none read
     "nxrefine_wrapper": RuleResources(lambda w: BASE_MB + 200, lambda w: _FIXED_MINUTES),
 }

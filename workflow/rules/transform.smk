@@ -176,6 +176,9 @@ rule symmetrize:
 
 rule temperature_series:
     """One slice of a sample's merged volume at every temperature, side by side."""
+    # a picture from one plane of each volume (read alone): on a cluster it runs in the
+    # submitting Snakemake, not as a SLURM job of its own (one wave of queue wait less)
+    localrule: True
     input:
         merged_volumes,
     output:

@@ -51,18 +51,23 @@ class PDF:
     def plane(self, axis: str, value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """The plane of the PDF nearest `axis` = value (axis x, y or z): (array [v, u] with u,
         v the other two axes in order x, y, z; u values; v values; the value of the plane)."""
-        axes = {"x": self.x, "y": self.y, "z": self.z}
-        if axis not in axes:
-            raise ValueError(f"PDF slice axis must be x, y or z, got {axis!r}")
-        coord = axes[axis]
-        i = int(np.argmin(np.abs(coord - value)))
-        if abs(coord[i] - value) > 0.5 * abs(coord[1] - coord[0]) + 1e-9:
-            raise ValueError(f"{axis} = {value} is outside the PDF ({coord[0]:g} .. {coord[-1]:g})")
-        if axis == "z":
-            return self.values[i], self.x, self.y, float(coord[i])
-        if axis == "y":
-            return self.values[:, i, :], self.x, self.z, float(coord[i])
-        return self.values[:, :, i], self.y, self.z, float(coord[i])
+        return _plane(self.values, {"x": self.x, "y": self.y, "z": self.z}, axis, value)
+
+
+def _plane(values, coords: dict, axis: str, value: float):
+    """PDF.plane of values (an array or an h5py dataset [z, y, x]: only the plane is read)."""
+    if axis not in coords:
+        raise ValueError(f"PDF slice axis must be x, y or z, got {axis!r}")
+    coord = coords[axis]
+    i = int(np.argmin(np.abs(coord - value)))
+    if abs(coord[i] - value) > 0.5 * abs(coord[1] - coord[0]) + 1e-9:
+        raise ValueError(f"{axis} = {value} is outside the PDF ({coord[0]:g} .. {coord[-1]:g})")
+    x, y, z = coords["x"], coords["y"], coords["z"]
+    if axis == "z":
+        return values[i], x, y, float(coord[i])
+    if axis == "y":
+        return values[:, i, :], x, z, float(coord[i])
+    return values[:, :, i], y, z, float(coord[i])
 
 
 def _axis(group, name, values, scale, label):
@@ -139,19 +144,34 @@ def write_pdf(path, pdf: PDF, sample: dict, provenance: dict, *, grid: Grid | No
     return Path(path)
 
 
+def _pdf_group(f, path):
+    """(the PDF's NXdata group, its x, y, z coordinates, its cell) of an open PDF file."""
+    try:
+        g = f["entry"]["pdf"]
+        coords = {n: g[n][()] for n in "xyz"}
+        a, b, c = (float(g[n].attrs["scaling_factor"]) for n in "xyz")
+        angles = [float(v) for v in g.attrs["angles"]]
+        g["pdf"]
+    except KeyError as exc:
+        raise FileFormatError(f"{path}: not a PDF file of hklflow (no {exc})") from None
+    return g, coords, UnitCell(a, b, c, *angles)
+
+
 def read_pdf(path) -> PDF:
     """The PDF of a file written by write_pdf."""
     with open_h5(path) as f:
-        try:
-            ent = f["entry"]
-            g = ent["pdf"]
-            values = g["pdf"][()]
-            x, y, z = g["x"][()], g["y"][()], g["z"][()]
-            a, b, c = (float(g[n].attrs["scaling_factor"]) for n in "xyz")
-            angles = [float(v) for v in g.attrs["angles"]]
-            notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
-            title = text(ent["title"][()]) if "title" in ent else ""
-            kind = "pdf" if "filled_data" in ent else "total_pdf"
-        except KeyError as exc:
-            raise FileFormatError(f"{path}: not a PDF file of hklflow (no {exc})") from None
-    return PDF(values, x, y, z, UnitCell(a, b, c, *angles), kind, title, notes)
+        g, coords, cell = _pdf_group(f, path)
+        ent = f["entry"]
+        values = g["pdf"][()]
+        notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
+        title = text(ent["title"][()]) if "title" in ent else ""
+        kind = "pdf" if "filled_data" in ent else "total_pdf"
+    return PDF(values, coords["x"], coords["y"], coords["z"], cell, kind, title, notes)
+
+
+def read_pdf_plane(path, axis: str, value: float):
+    """(cell, PDF.plane(axis, value)) of a PDF file, reading that plane alone: a series of
+    many temperatures holds one plane of each, not each whole PDF."""
+    with open_h5(path) as f:
+        g, coords, cell = _pdf_group(f, path)
+        return cell, _plane(g["pdf"], coords, axis, float(value))

@@ -3,7 +3,6 @@ by side on one colour scale symmetric about 0 (the first of reduction.pdf.slices
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..files.pdf import read_pdf
 from ..pictures import plot_pdf_series
 from ._run import StepParser, run_step
 
@@ -23,7 +22,7 @@ def run(args, log) -> None:
     if len(labels) != len(args.inputs):
         raise ConfigError(f"--settings temperatures: {len(labels)} labels for "
                           f"{len(args.inputs)} PDF files")
-    drawn = plot_pdf_series([(t, read_pdf(p)) for t, p in zip(labels, args.inputs)], s["slice"],
+    drawn = plot_pdf_series(list(zip(labels, args.inputs)), s["slice"],
                             args.png, f"{s['sample']['name']} 3D-DeltaPDF", log=log)
     log.info("%s: plane %s at %d temperatures (%s) -> %s", s["sample"]["name"], s["slice"],
              len(drawn), ", ".join(drawn), args.png)
