@@ -120,7 +120,8 @@ def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup):
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_give_the_sums_of_one_thread_bit_for_bit(setup, threads):
     """The threaded pipeline (bands computed by any thread, each kind's scatter in unit
-    order) adds exactly what one thread adds, for one kind and for both."""
+    order) adds exactly what one thread adds, for one kind and for both (one thread: both
+    kinds of a voxel in one cache line, BrickedGrid paired; threads: an array per kind)."""
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:24]
     M = frame_matrices(scan, 0, 24, 2)
@@ -385,21 +386,28 @@ def test_subdivision_conserves_intensity_and_spreads_it(setup):
     assert np.count_nonzero(w4) > np.count_nonzero(w1)  # sub-steps fill voxels a frame skips
 
 
-def test_bricked_slabs_equal_the_whole_array():
+@pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
+def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
     from hklflow.transform import BrickedGrid
 
     g = Grid(Axis(0, 1, 13), Axis(0, 1, 21), Axis(0, 1, 37))  # not multiples of the brick
-    b = BrickedGrid(g)
+    b = BrickedGrid(g, nkinds, paired=paired)
     rng = np.random.default_rng(3)
-    b.signals[0][:] = rng.random(b.size)
-    b.weights[0][:] = rng.random(b.size)
-    s, w = b.arrays()
-    assert s.shape == g.shape
-    for l0 in range(0, 37, 8):
-        a, c = b.slab(l0, min(l0 + 8, 37))
-        assert np.array_equal(a, s[l0:l0 + 8]) and np.array_equal(c, w[l0:l0 + 8])
+    for kind in range(nkinds):
+        b.signals[kind][:] = rng.random(b.size)
+        b.weights[kind][:] = rng.random(b.size)
+    whole = [b.arrays(kind) for kind in range(nkinds)]
+    for kind, (s, w) in enumerate(whole):
+        assert s.shape == g.shape
+        for l0 in range(0, 37, 8):
+            a, c = b.slab(l0, min(l0 + 8, 37), kind)
+            assert np.array_equal(a, s[l0:l0 + 8]) and np.array_equal(c, w[l0:l0 + 8])
+    if nkinds == 2:  # the kinds are held apart
+        assert not np.array_equal(whole[0][0], whole[1][0])
+        assert not np.array_equal(whole[0][1], whole[1][1])
+    assert b.nbytes == nkinds * 8 * (b.size + 16)
     a, c = b.slab(3, 30)  # a start inside a brick
-    assert np.array_equal(a, s[3:30]) and np.array_equal(c, w[3:30])
+    assert np.array_equal(a, whole[0][0][3:30]) and np.array_equal(c, whole[0][1][3:30])
     with pytest.raises(ValueError, match="outside the grid"):
         b.slab(30, 38)
 

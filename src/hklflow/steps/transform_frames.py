@@ -11,6 +11,7 @@ volume is written slab by slab from the bricked grid (no second full-size copy).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -85,17 +86,25 @@ def run(args, log) -> None:
     seconds = time.monotonic() - t0
     whole = (first, stop) == (0, rec.nframes)  # the entry's volume as it is: complete
     step = slab_planes(grid, multiple=tr.acc.brick)
-    slab = [np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
-    for kind, out in zip(kinds, args.out):
-        with VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
-                          {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
-                          intensity=whole) as w:
-            for l0 in range(0, grid.l.n, step):
-                w.write(l0, *tr.slab(l0, min(l0 + step, grid.l.n), kind, out=slab))
+    slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
+             for _ in kinds]
+    # the kinds' files side by side, slab by slab: one pass over the grid gives every kind's
+    # slab (transform.BrickedGrid.slabs)
+    with contextlib.ExitStack() as files:
+        writers = [files.enter_context(
+            VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
+                         {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
+                         intensity=whole)) for kind, out in zip(kinds, args.out)]
+        for l0 in range(0, grid.l.n, step):
+            for w, (signal, weight) in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n),
+                                                             out=slabs)):
+                w.write(l0, signal, weight)
+        for w in writers:
             # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
                            weight_sum=w.weight_sum, signal_sum=w.signal_sum,
                            pixel_frames_added=int(round(w.weight_sum)))
+    for kind, out, w in zip(kinds, args.out, writers):
         log.info("wrote %s (%s): %d pixel-frames of %d usable on the grid, %d measured voxels",
                  out, kind, int(round(w.weight_sum)), notes[kind]["pixel_frames_usable"],
                  w.measured)
