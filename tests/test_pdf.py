@@ -482,3 +482,25 @@ def test_shell_and_sphere_counts_equal_numpy():
         sphere = q2 <= q * q
         expect = (sphere & ~measured).sum() / max(sphere.sum(), 1)
         assert unmeasured_within(grid, cell, measured, q) == expect
+
+
+@pytest.mark.parametrize("shape, fraction", [((5, 6, 7), 0.5), ((9, 4, 3), 0.3), ((7, 11, 13), 0.6),
+                                             ((1, 1, 40), 0.5), ((3, 1, 1), 1.0)])
+def test_components_equal_scipys_connected_components(shape, fraction):
+    """The union-find labels of the fill regions are scipy's connected components of the
+    face-neighbour graph, numbered alike (by first voxel), on random regions whose voxels
+    touch the ends of rows and planes (no link may wrap around)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(int(np.prod(shape) * 10 * fraction))
+    for _ in range(20):
+        region = np.flatnonzero(rng.random(np.prod(shape)) < fraction).astype(np.int64)
+        count, labels = pdf._components(region, shape)
+        n = region.size
+        j = pdf._find(region, pdf._neighbours(region, shape)[0::2])
+        rows = np.broadcast_to(np.arange(n), j.shape)[j >= 0]
+        adjacency = sp.coo_matrix((np.ones(rows.size), (rows, j[j >= 0])), shape=(n, n))
+        want_count, want = connected_components(adjacency, directed=False)
+        assert count == want_count and np.array_equal(labels, want)
+    assert pdf._components(np.zeros(0, np.int64), shape)[0] == 0

@@ -44,7 +44,6 @@ import numba
 import numpy as np
 import scipy.fft
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import cg, splu
 
 from .errors import GridError
@@ -223,15 +222,63 @@ def _punch_geometry(positions, grid, metric, radius, values_flat):
 # Fill
 # --------------------------------------------------------------------------------------
 def _components(region: np.ndarray, shape) -> tuple[int, np.ndarray]:
-    """Connected components (face neighbours) of the region voxels (sorted flat indices)."""
+    """Connected components (face neighbours) of the region voxels (sorted unique flat
+    indices): (count, label per voxel), components numbered in the order of their first
+    voxel, as scipy.sparse.csgraph.connected_components numbers them."""
+    nl, nk, nh = shape
+    return _label_components(np.ascontiguousarray(region, dtype=np.int64), nk, nh)
+
+
+@numba.njit(cache=True, nogil=True)
+def _root(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]  # path halving
+        a = parent[a]
+    return a
+
+
+@numba.njit(cache=True, nogil=True)
+def _join(parent, a, b):
+    """Join the sets of a and b under the smaller of their roots."""
+    a, b = _root(parent, a), _root(parent, b)
+    if a != b:
+        parent[max(a, b)] = min(a, b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_components(region, nk, nh):
+    """Union-find over the +h, +k, +l links of sorted flat indices: the +h neighbour is the
+    next voxel or none; the +k and +l ones are found by pointers that only move forward
+    (the region is sorted), so the pass is linear.  A root is the smallest index of its
+    set, hence labels in order of first voxel.  (scipy's connected_components of the
+    adjacency took 2.0 s for 2.5 million voxels, most of it building the matrix.)"""
     n = region.size
-    if n == 0:
-        return 0, np.zeros(0, np.int64)
-    j = _find(region, _neighbours(region, shape)[0::2])  # +h, +k, +l: links are undirected
-    rows = np.broadcast_to(np.arange(n), j.shape)[j >= 0]
-    adjacency = sp.coo_matrix((np.ones(rows.size, np.int8), (rows, j[j >= 0])), shape=(n, n))
-    count, labels = connected_components(adjacency, directed=False)
-    return count, labels.astype(np.int64)
+    parent = np.arange(n)
+    jk = 0
+    jl = 0
+    for i in range(n):
+        f = region[i]
+        if f % nh != nh - 1 and i + 1 < n and region[i + 1] == f + 1:
+            _join(parent, i, i + 1)
+        if (f // nh) % nk != nk - 1:
+            while jk < n and region[jk] < f + nh:
+                jk += 1
+            if jk < n and region[jk] == f + nh:
+                _join(parent, i, jk)
+        while jl < n and region[jl] < f + nk * nh:  # beyond the last plane: no region voxel
+            jl += 1
+        if jl < n and region[jl] == f + nk * nh:
+            _join(parent, i, jl)
+    labels = np.empty(n, np.int64)
+    count = 0
+    for i in range(n):
+        r = _root(parent, i)
+        if r == i:
+            labels[i] = count
+            count += 1
+        else:
+            labels[i] = labels[r]  # r < i: labelled already
+    return count, labels
 
 
 def _batch_system(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps):
@@ -381,7 +428,11 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     sizes = np.bincount(comp, minlength=count)
     comp_start = np.concatenate([[0], np.cumsum(sizes)])
     batches = unknowns = 0
-    for members, iterative in _batches(np.flatnonzero(has_data), sizes, max_batch_unknowns,
+    # regions of like size together: conjugate gradients iterate until a batch's largest
+    # region converges (sorted: the fill 10.5-11.0 -> 9.2-10.2 s on a 151M-voxel volume)
+    with_data = np.flatnonzero(has_data)
+    with_data = with_data[np.argsort(sizes[with_data], kind="stable")]
+    for members, iterative in _batches(with_data, sizes, max_batch_unknowns,
                                        max_direct_unknowns):
         rows = np.concatenate([by_comp[comp_start[c]:comp_start[c + 1]] for c in members])
         solved = _fill_batch(region[rows], comp[rows], in_region, values_flat, shape, order, eps, dtype,
