@@ -397,6 +397,30 @@ def test_taper_uses_the_metric_of_a_hexagonal_cell():
     assert ((r > 1) & (r < 2)).sum() > 1000
 
 
+def test_taper_in_the_fft_copy_equals_tapering_the_volume():
+    """pdf_fft(taper=...) gives, bit for bit, the FFT of (values - mean) * tukey_taper in
+    float32 (what the steps computed before, in place), leaves values as they are, and the
+    mean is that of the finite voxels inside the taper; an asymmetric, NaN-holed, hexagonal
+    volume."""
+    cell = UnitCell(4.0, 4.0, 6.5, 90, 90, 120)
+    grid = Grid(Axis(-2.0, 0.1, 43), Axis(-1.5, 0.1, 33), Axis(-2.0, 0.25, 19))
+    rng = np.random.default_rng(8)
+    values = rng.normal(5.0, 1.0, grid.shape).astype(np.float32)
+    values[rng.random(grid.shape) < 0.2] = np.nan
+    before = values.copy()
+    q_max = 3.0
+    taper = pdf.tukey_taper(grid, cell, q_max)
+    inside = np.isfinite(values) & (taper > 0)
+    mean = pdf.tapered_mean(values, grid, cell, q_max)
+    assert mean == pytest.approx(values[inside].astype(np.float64).mean(), rel=1e-12)
+    want, axes = pdf.pdf_fft((values - np.float32(mean)) * taper, grid)
+    got, axes2 = pdf.pdf_fft(values, grid, taper=(cell, q_max, mean))
+    assert np.array_equal(got, want) and all(np.array_equal(a, b) for a, b in zip(axes, axes2))
+    assert np.array_equal(values, before, equal_nan=True)
+    with pytest.raises(ValueError, match="float32"):
+        pdf.pdf_fft(values.astype(np.float64), grid, taper=(cell, q_max, mean))
+
+
 def test_fft_of_a_cosine():
     grid = Grid(Axis(-2.0, 0.25, 17), Axis(-1.5, 0.25, 13), Axis(-2.5, 0.5, 11))
     x0, y0, z0 = 0.5, -2 / 3, 0.4  # points of the PDF axes: multiples of 1 / (n step)

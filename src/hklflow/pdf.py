@@ -583,18 +583,6 @@ def _tapered_mean(g, h, k, ll, q_max, lo, hi, values):
     return total / max(count, 1), count
 
 
-@numba.njit(cache=True, nogil=True)
-def _apply_taper(g, h, k, ll, q_max, lo, hi, values, mean):
-    """values = (values - mean) * taper in float32 (the difference rounded, then the
-    product), as numpy's in-place subtract and multiply; NaN stays NaN."""
-    q2 = np.empty(h.size)
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                values[a, b, c] = (values[a, b, c] - mean) * np.float32(_taper_of(q2[c], lo, hi, q_max))
-
-
 def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
     """NXRefine's spherical Tukey taper, float32 [l, k, h]: with R = 2|Q|/q_max, 1 for R <= 1,
     0.5 (1 - cos pi R) for 1 < R < 2, 0 for R >= 2 (NXRefine: taper.min(), a tiny number).
@@ -606,23 +594,17 @@ def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
     return out
 
 
-def taper_in_place(values: np.ndarray, grid, cell, q_max: float,
-                   subtract_mean: bool) -> float | None:
-    """values (float32 [l, k, h]) times tukey_taper, in place, without a taper volume; with
-    subtract_mean, first minus the mean of the finite voxels where the taper is above 0
-    (returned; None without).  NaN stays NaN."""
+def tapered_mean(values: np.ndarray, grid, cell, q_max: float) -> float:
+    """Mean (float64) of the finite voxels of values (float32 [l, k, h] on grid) where
+    tukey_taper is above 0; 0 when there is none: what pdf_fft subtracts first with
+    subtract_mean."""
     _check_q_max(q_max)
     if values.dtype != np.float32 or values.shape != grid.shape or not values.flags.c_contiguous:
-        raise ValueError(f"taper_in_place needs a C-contiguous float32 array of the grid's shape "
+        raise ValueError(f"tapered_mean needs a C-contiguous float32 array of the grid's shape "
                          f"{grid.shape}, got {values.dtype} {values.shape}")
-    args = (q_metric(cell), grid.h.values, grid.k.values, grid.l.values, float(q_max),
-            *_taper_bounds(q_max))
-    mean = None
-    if subtract_mean:
-        mean, count = _tapered_mean(*args, values)
-        mean = float(mean) if count else 0.0
-    _apply_taper(*args, values, np.float32(mean or 0.0))
-    return mean
+    mean, count = _tapered_mean(q_metric(cell), grid.h.values, grid.k.values, grid.l.values,
+                                float(q_max), *_taper_bounds(q_max), values)
+    return float(mean) if count else 0.0
 
 
 def fft_crop(grid) -> list[slice]:
@@ -662,6 +644,30 @@ def _shifted_copy(src, out):
 
 
 @numba.njit(cache=True, nogil=True)
+def _tapered_shifted_copy(src, out, g, h, k, ll, q_max, lo, hi, mean):
+    """_shifted_copy of (src - mean) * tukey_taper (float32: the difference rounded, then
+    the product, as numpy's in-place subtract and multiply would); h, k, ll: the voxel
+    coordinates of src.  The volume itself is left as it is (no tapered copy of it)."""
+    nz, ny, nx = src.shape
+    sx = nx // 2
+    q2 = np.empty(nx)
+    t = np.empty(nx, np.float32)
+    for a in range(nz):
+        za = (a + nz // 2) % nz
+        for b in range(ny):
+            row = out[za, (b + ny // 2) % ny]
+            q2_row(g, h, k[b], ll[a], q2)
+            for c in range(nx):
+                t[c] = np.float32(_taper_of(q2[c], lo, hi, q_max))
+            for c in range(nx - sx):
+                v = (src[a, b, c] - mean) * t[c]
+                row[c + sx] = v if v == v else np.float32(0.0)
+            for c in range(nx - sx, nx):
+                v = (src[a, b, c] - mean) * t[c]
+                row[c - (nx - sx)] = v if v == v else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
 def _unfold_real(half, out, scale):
     """out = fftshift of the real part of the full transform whose x >= 0 half is `half`
     (rfftn's output), times scale: frequency (z, y, x) of out is (z - nz/2, y - ny/2,
@@ -680,10 +686,13 @@ def _unfold_real(half, out, scale):
                 out[z, y, x] = half[zn, yn, cx - x].real * scale
 
 
-def pdf_fft(values, grid, workers: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pdf_fft(values, grid, workers: int = 1, taper=None
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(pdf float32 [z, y, x], (x, y, z) axes in lattice units): NXRefine's
     real(fftshift(fftn(fftshift(data)))) / N on the volume cropped symmetric about 0
-    (fft_crop), NaN as 0, in float32.
+    (fft_crop), NaN as 0, in float32.  taper (cell, q_max, mean): data is (values - mean)
+    * tukey_taper(grid, cell, q_max) in float32, made in the copy the FFT needs anyway
+    (values float32 [l, k, h], left unchanged).
 
     Computed as rfftn of the real input (half the memory of fftn's complex output): the real
     part of the transform of real data is even, F(-k) = conj F(k), so the other half of
@@ -693,7 +702,16 @@ def pdf_fft(values, grid, workers: int = 1) -> tuple[np.ndarray, tuple[np.ndarra
     # fftshift of the cropped volume, as float32 with NaN -> 0, in one copy
     crop = np.asarray(values)[sl, sk, sh]
     data = np.empty(crop.shape, np.float32)
-    _shifted_copy(crop, data)
+    if taper is None:
+        _shifted_copy(crop, data)
+    else:
+        cell, q_max, mean = taper
+        _check_q_max(q_max)
+        if crop.dtype != np.float32:
+            raise ValueError(f"a tapered PDF needs float32 values, got {crop.dtype}")
+        _tapered_shifted_copy(crop, data, q_metric(cell), grid.h.values[sh], grid.k.values[sk],
+                              grid.l.values[sl], float(q_max), *_taper_bounds(q_max),
+                              np.float32(mean))
     nz, ny, nx = data.shape
     half = scipy.fft.rfftn(data, workers=workers)  # (nz, ny, nx/2 + 1) complex64
     del data

@@ -132,13 +132,15 @@ def _fft(values: np.ndarray, grid: Grid, cell, q_max: float, kind: str, title: s
          notes: dict, workers: int, subtract_mean: bool) -> PDF:
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
-    # the mean instead of 0.  NaN (unmeasured) stays NaN: pdf_fft makes it 0
-    values = np.ascontiguousarray(values, dtype=np.float32)  # what taper_in_place needs (no copy here)
-    mean = pdf_algorithms.taper_in_place(values, grid, cell, q_max, subtract_mean)
+    # the mean instead of 0.  NaN (unmeasured) stays NaN: pdf_fft makes it 0.  The taper is
+    # applied in the FFT's own copy of the volume: values are left as they are
+    values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
+    mean = pdf_algorithms.tapered_mean(values, grid, cell, q_max) if subtract_mean else 0.0
     if subtract_mean:
         notes["mean_subtracted"] = mean
     t0 = time.monotonic()
-    out, (x, y, z) = pdf_algorithms.pdf_fft(values, grid, workers=workers)
+    out, (x, y, z) = pdf_algorithms.pdf_fft(values, grid, workers=workers,
+                                            taper=(cell, q_max, mean))
     notes["fft_seconds"] = time.monotonic() - t0
     notes["fft_shape"] = list(out.shape)
     return PDF(out, x, y, z, cell, kind, title, notes)
@@ -147,8 +149,8 @@ def _fft(values: np.ndarray, grid: Grid, cell, q_max: float, kind: str, title: s
 def total_pdf(intensity: np.ndarray, grid: Grid, cell, q_max: float | None, title: str,
               workers: int = 1, subtract_mean: bool = True) -> PDF:
     """The total PDF of a volume's intensity (float32 [l, k, h] on grid, NaN where
-    unmeasured; tapered and Fourier transformed in place): FFT of the tapered volume as
-    measured (unmeasured voxels as 0, after the mean is subtracted when subtract_mean)."""
+    unmeasured; left unchanged): FFT of the tapered volume as measured (unmeasured voxels
+    as 0, after the mean is subtracted when subtract_mean)."""
     measured = ~np.isnan(intensity)
     notes = taper_q_max(grid, cell, measured, q_max)
     q = notes["q_max"]
@@ -212,6 +214,5 @@ def delta_pdf(intensity: np.ndarray, grid: Grid, crystal: Crystal, params, title
                  fill_batches=fill.batches, extra_positions=[list(p) for p in params.extra_positions],
                  unmeasured_within_q_max=unmeasured_within(grid, cell, measured, q))
     del measured
-    pdf = _fft(fill.filled.copy(), grid, cell, q, "pdf", title, notes, workers,
-               params.subtract_mean)
+    pdf = _fft(fill.filled, grid, cell, q, "pdf", title, notes, workers, params.subtract_mean)
     return pdf, fill

@@ -30,7 +30,7 @@ def run(args, log) -> None:
     title = f"{volume.title}: total PDF"
     pdf = total_pdf(intensity, volume.grid, cell, s["q_max"], title, workers=args.threads,
                     subtract_mean=bool(s["subtract_mean"]))
-    del intensity  # (tapered in place)
+    del intensity
     pdf.notes["input"] = str(args.input)
     log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
              "the voxels inside q_max unmeasured (0 in the transform); FFT %s in %.1f s",
