@@ -496,7 +496,8 @@ def _scatter_block(idx, val, keep, n, w32, cells):
 def _scatter_pair(idx, val, keep, n, w32, cells):
     """Pass 3 of a two-kind pass into paired cells (BrickedGrid paired: both kinds of a voxel
     in one cache line): every pixel adds to the first kind, value and weight times keep to
-    the second; the same sums, in the same order, as _scatter_block into two arrays."""
+    the second; the same sums, in the same order, as _scatter_block into two arrays, whose
+    four interleaved streams it keeps, written out the same way."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
