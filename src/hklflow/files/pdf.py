@@ -144,25 +144,25 @@ def write_pdf(path, pdf: PDF, sample: dict, provenance: dict, *, grid: Grid | No
     return Path(path)
 
 
-def _pdf_group(f, path):
-    """(the PDF's NXdata group, its x, y, z coordinates, its cell) of an open PDF file."""
+def _pdf_dataset(f, path):
+    """(the PDF dataset, unread; its x, y, z coordinates; its cell) of an open PDF file."""
     try:
         g = f["entry"]["pdf"]
         coords = {n: g[n][()] for n in "xyz"}
         a, b, c = (float(g[n].attrs["scaling_factor"]) for n in "xyz")
         angles = [float(v) for v in g.attrs["angles"]]
-        g["pdf"]
+        dataset = g["pdf"]
     except KeyError as exc:
         raise FileFormatError(f"{path}: not a PDF file of hklflow (no {exc})") from None
-    return g, coords, UnitCell(a, b, c, *angles)
+    return dataset, coords, UnitCell(a, b, c, *angles)
 
 
 def read_pdf(path) -> PDF:
     """The PDF of a file written by write_pdf."""
     with open_h5(path) as f:
-        g, coords, cell = _pdf_group(f, path)
+        dataset, coords, cell = _pdf_dataset(f, path)
         ent = f["entry"]
-        values = g["pdf"][()]
+        values = dataset[()]
         notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
         title = text(ent["title"][()]) if "title" in ent else ""
         kind = "pdf" if "filled_data" in ent else "total_pdf"
@@ -173,5 +173,5 @@ def read_pdf_plane(path, axis: str, value: float):
     """(cell, PDF.plane(axis, value)) of a PDF file, reading that plane alone: a series of
     many temperatures holds one plane of each, not each whole PDF."""
     with open_h5(path) as f:
-        g, coords, cell = _pdf_group(f, path)
-        return cell, _plane(g["pdf"], coords, axis, float(value))
+        dataset, coords, cell = _pdf_dataset(f, path)
+        return cell, _plane(dataset, coords, axis, float(value))
