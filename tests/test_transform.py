@@ -4,6 +4,7 @@ intensity conservation, independence of the frame chunking, the punch, sub-steps
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -410,6 +411,37 @@ def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
     assert np.array_equal(a, whole[0][0][3:30]) and np.array_equal(c, whole[0][1][3:30])
     with pytest.raises(ValueError, match="outside the grid"):
         b.slab(30, 38)
+
+
+def _anon_huge_kb(a: np.ndarray) -> int:
+    """AnonHugePages (kB) of this process's mappings that overlap the memory of `a` (numpy's
+    madvise splits an array's mapping at its 2 MiB-aligned part)."""
+    lo, hi = a.ctypes.data, a.ctypes.data + a.nbytes
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and ":" not in first:  # a mapping's header line
+            start, stop = (int(v, 16) for v in first.split("-"))
+            inside = start < hi and lo < stop
+        elif inside and first == "AnonHugePages:":
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux page flags")
+def test_grid_memory_is_zeroed_and_mapped_in_small_pages():
+    from hklflow.transform import BrickedGrid, zeros_in_small_pages
+
+    a = zeros_in_small_pages(3 << 20, np.float32)  # 12 MiB: numpy would ask for huge pages
+    assert a.dtype == np.float32 and a.shape == (3 << 20,) and a.flags.writeable
+    assert not a.any()
+    a[::1024] = 1.0  # touch every page
+    assert a.sum() == 3 << 10
+    assert _anon_huge_kb(a) == 0
+    b = BrickedGrid(Grid(Axis(0, 1, 200), Axis(0, 1, 200), Axis(0, 1, 64)), 2, paired=True)
+    b.cells[0][::1024] = 1.0
+    assert _anon_huge_kb(b.cells[0]) == 0
+    assert b.cells[0].sum() == len(range(0, b.cells[0].size, 1024))
 
 
 @pytest.mark.parametrize("detector, orientation, rots", [

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,25 @@ def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengt
 # --------------------------------------------------------------------------------------
 # Bricked accumulator
 # --------------------------------------------------------------------------------------
+def zeros_in_small_pages(n: int, dtype) -> np.ndarray:
+    """A zeroed array of n elements whose memory the OS maps in 4 KiB pages as they are first
+    written (an anonymous mapping with MADV_NOHUGEPAGE; np.zeros where that is not offered).
+
+    numpy asks Linux for 2 MiB pages on large arrays.  A grid is touched sparsely (a scan
+    reaches about half the bricks of its 801^3 grid), and each touched brick then costs a
+    whole 2 MiB page, zeroed on first touch: a 3600-frame full rotation onto 801^3 held
+    6.26 GB instead of 4.11 GB and took 36.8 instead of 30.4 CPU-s on a 2-core VM, where a
+    fresh 2 MiB page costs ~2 s per GB against ~0.6 for 4 KiB pages; on memory already
+    touched, 4 KiB pages were not slower (27.7 against 26.3 CPU-s)."""
+    dtype = np.dtype(dtype)
+    nbytes = max(int(n) * dtype.itemsize, 1)
+    if not (hasattr(mmap, "MADV_NOHUGEPAGE") and hasattr(mmap, "MAP_ANONYMOUS")):
+        return np.zeros(int(n), dtype)  # pragma: no cover - not Linux
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype, count=int(n))  # the array holds the mapping
+
+
 class BrickedGrid:
     """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
     or two kinds of volume, signal and weight of a voxel side by side: one cache line per
@@ -165,7 +185,7 @@ class BrickedGrid:
         # per kind (or per pair of kinds): (signal, weight) per voxel, then the kernel's dump
         # slots; kind k's signal and weight are at offset[k] and offset[k] + 1, every stride
         self.stride = 4 if self.paired else 2
-        self.cells = [np.zeros(self.stride * (size + DUMP_SLOTS), dtype=np.float32)
+        self.cells = [zeros_in_small_pages(self.stride * (size + DUMP_SLOTS), np.float32)
                       for _ in range(1 if self.paired else self.nkinds)]
         self._where = [(0, 0), (0, 2)] if self.paired else [(k, 0) for k in range(self.nkinds)]
         end = self.stride * size
