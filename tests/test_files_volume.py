@@ -228,3 +228,47 @@ def test_tiny_run_volumes_carry_the_scan_temperature_and_the_refined_cell(tiny_r
                 assert [smp[f"unitcell_{n}"].nxvalue for n in ("a", "b", "c", "alpha", "beta",
                                                                "gamma")] == pytest.approx(ori.cell)
                 assert smp["laue_group"].nxvalue == "4/mmm"  # I 41/a m d
+
+
+def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_path, monkeypatch):
+    import h5py
+
+    from hklflow.files import volume
+
+    grid = small_grid(n=(150, 70, 21))  # [21, 70, 150]: edge chunks in every direction
+    vol = random_volume(grid, 5)
+    signal, weight = vol.signal, vol.weight
+    signal[8:16, :64, 64:128] = 0.0  # one whole chunk unmeasured (NaN intensity)
+    weight[8:16, :64, 64:128] = 0.0
+    signal[16:, 64:, 128:] = 0.0  # an edge chunk: unmeasured but one voxel
+    weight[16:, 64:, 128:] = 0.0
+    weight[20, 69, 149], signal[20, 69, 149] = 1.0, 3.0
+    signal[0, 0, 0] = -0.0  # not the fill value bit for bit: kept as -0.0
+
+    def write(path, slabs):
+        with VolumeWriter(path, grid, "transform", "t", sample()) as w:
+            for l0, l1 in slabs:
+                w.write(l0, signal[l0:l1], weight[l0:l1])
+
+    slabs = [(0, 16), (16, 21)]
+    write(tmp_path / "raw.nxs", slabs)
+    write(tmp_path / "odd.nxs", [(0, 5), (5, 16), (16, 21)])  # not whole chunks: HDF5 writes
+    monkeypatch.setattr(volume._ChunkWriter, "available", property(lambda self: False))
+    write(tmp_path / "hdf5.nxs", slabs)
+
+    with h5py.File(tmp_path / "raw.nxs") as a, h5py.File(tmp_path / "hdf5.nxs") as b, \
+            h5py.File(tmp_path / "odd.nxs") as c:
+        for name in ("data", "data_weights", "signal_sum"):
+            x, y, z = (f["entry/transform"][name] for f in (a, b, c))
+            assert x.compression_opts == y.compression_opts
+            assert x[()].tobytes() == y[()].tobytes() == z[()].tobytes(), name
+            stored = {x.id.get_chunk_info(i).chunk_offset for i in range(x.id.get_num_chunks())}
+            assert x.id.get_num_chunks() == y.id.get_num_chunks() - 1  # the empty one
+            assert (8, 0, 64) not in stored and (16, 64, 128) in stored
+            for offset in stored:  # the bytes HDF5's bitshuffle filter writes
+                assert x.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
+        d = a["entry/transform"]
+        assert np.isnan(d["data"][8:16, :64, 64:128]).all()
+        assert not d["data_weights"][8:16, :64, 64:128].any()
+        assert np.signbit(d["signal_sum"][0, 0, 0])
+    assert read_volume(tmp_path / "raw.nxs").signal.tobytes() == signal.tobytes()

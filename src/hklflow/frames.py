@@ -41,7 +41,6 @@ the same HDF5 and fabio readers.
 from __future__ import annotations
 
 import abc
-import ctypes
 import glob
 import logging
 import os
@@ -56,7 +55,7 @@ import h5py
 import numpy as np
 
 from .errors import ImageReadError, RawDataError
-from .files.h5 import open_h5
+from .files.h5 import bitshuffle_function, open_h5
 from .rawfiles import changed_files, fingerprint, is_hdf5_path, matching_files
 
 DEFAULT_DATASET = "/entry/data/data"
@@ -66,40 +65,8 @@ BITSHUFFLE_LZ4 = 2  # its codec value for LZ4
 log = logging.getLogger(__name__)
 
 
-def _load_bshuf_decompress_lz4():
-    """bitshuffle's C function bshuf_decompress_lz4 (its C API, in the bitshuffle package's
-    compiled module), run on one thread; None without it.  It decompresses into the caller's
-    buffer: the Python bitshuffle.decompress_lz4 returns a new array, and with that copy
-    reading was no faster than HDF5's filter.  ctypes releases the GIL during the call."""
-    try:
-        import bitshuffle.ext
-        lib = ctypes.CDLL(bitshuffle.ext.__file__)
-        decompress = lib.bshuf_decompress_lz4
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - HDF5 reads instead
-        return None
-    # (in, out, elements, element size, block size in elements) -> bytes of `in` consumed
-    decompress.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
-                           ctypes.c_size_t]
-    decompress.restype = ctypes.c_int64  # negative: an error code
-    try:  # the OpenMP of bitshuffle's build (found through its module's dependencies)
-        get_threads, set_threads = lib.omp_get_max_threads, lib.omp_set_num_threads
-    except AttributeError:  # pragma: no cover - built without OpenMP: one thread anyway
-        return decompress
-
-    def decompress_one_thread(*args):
-        # OpenMP over all cores competes with the threads that process the frames, and
-        # stalls badly when a core is busy; the setting is per thread: put it back
-        threads = get_threads()
-        set_threads(1)
-        try:
-            return decompress(*args)
-        finally:
-            set_threads(threads)
-
-    return decompress_one_thread
-
-
-_bshuf_decompress_lz4 = _load_bshuf_decompress_lz4()
+# (in, out, elements, element size, block size in elements) -> bytes of `in` consumed
+_bshuf_decompress_lz4 = bitshuffle_function("bshuf_decompress_lz4")
 
 
 # --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ and the provenance record.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
@@ -54,6 +55,51 @@ def _nxfile_class():
             return super().open(**kwargs)
 
     return _NXFileNoLocking
+
+
+@functools.lru_cache(maxsize=None)
+def bitshuffle_function(name: str):
+    """A C function of the bitshuffle package's compiled module (its C API), run on one
+    thread; None without it.  bshuf_decompress_lz4 / bshuf_compress_lz4 (in, out, elements,
+    element size, block size in elements, 0: the default) -> bytes consumed / written, < 0 an
+    error: they work in the caller's buffers, where the Python functions return new arrays
+    (and with that copy, reading frames was no faster than HDF5's filter).  ctypes releases
+    the GIL during the call."""
+    try:
+        import bitshuffle.ext
+        lib = ctypes.CDLL(bitshuffle.ext.__file__)
+        function = getattr(lib, name)
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - HDF5's filter instead
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                         ctypes.c_size_t]
+    function.restype = ctypes.c_int64
+    try:  # the OpenMP of bitshuffle's build (found through its module's dependencies)
+        get_threads, set_threads = lib.omp_get_max_threads, lib.omp_set_num_threads
+    except AttributeError:  # pragma: no cover - built without OpenMP: one thread anyway
+        return function
+
+    def one_thread(*args):
+        # OpenMP over all cores competes with the threads that process the frames, and
+        # stalls badly when a core is busy; the setting is per thread: put it back
+        threads = get_threads()
+        set_threads(1)
+        try:
+            return function(*args)
+        finally:
+            set_threads(threads)
+
+    return one_thread
+
+
+@functools.lru_cache(maxsize=None)
+def bitshuffle_block_elements(itemsize: int) -> int:
+    """The block size (elements) bitshuffle's HDF5 filter uses by default for this item size
+    (what hdf5plugin.Bitshuffle() asks for)."""
+    import bitshuffle.ext
+    lib = ctypes.CDLL(bitshuffle.ext.__file__)
+    lib.bshuf_default_block_size.restype = ctypes.c_size_t
+    return int(lib.bshuf_default_block_size(ctypes.c_size_t(itemsize)))
 
 
 # --------------------------------------------------------------------------------------

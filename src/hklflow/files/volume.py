@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,8 @@ from ..crystal import UnitCell
 from ..errors import FileFormatError
 from ..grid import AXES, Axis, Grid
 from ..nxrefine import sample_fields, transform_angles
-from .h5 import atomic_path, open_h5, text, write_provenance_h5
+from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function, open_h5,
+                 text, write_provenance_h5)
 
 @dataclass
 class Volume:
@@ -82,6 +84,86 @@ def _compression():
 
 def _chunks(shape):
     return tuple(min(n, c) for n, c in zip(shape, (8, 64, 64)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _stored_chunks(slab, chunk, fill, corners):
+    """The (k, h) corners (into `corners`) of the chunks of an L slab ([planes, k, h] as
+    uint32 bits) that hold a value other than `fill` bit for bit; returns how many.  A
+    chunk of fill values alone is not stored: HDF5 gives its fill value back for it."""
+    nl, nk, nh = slab.shape
+    _, ck, ch = chunk
+    n = 0
+    for k0 in range(0, nk, ck):
+        for h0 in range(0, nh, ch):
+            k1 = min(k0 + ck, nk)
+            h1 = min(h0 + ch, nh)
+            empty = True
+            for i in range(nl):
+                for j in range(k0, k1):
+                    row = slab[i, j, h0:h1]
+                    differ = np.uint32(0)
+                    for m in range(row.shape[0]):  # from 0 and no early exit: vectorised
+                        differ |= row[m] ^ fill
+                    if differ != 0:
+                        empty = False
+                        break
+                if not empty:
+                    break
+            if not empty:
+                corners[n, 0] = k0
+                corners[n, 1] = h0
+                n += 1
+    return n
+
+
+class _ChunkWriter:
+    """Writes float32 slabs of whole L chunks of bitshuffle-LZ4 datasets as raw chunks: the
+    chunks that hold data are compressed here by bitshuffle's C function (the bytes HDF5's
+    filter writes: same header, same default block size) and chunks of the fill value alone
+    are not written.  HDF5's write path compresses every chunk, an empty one too, and copies
+    each through its filter pipeline: ~1.5 ns per voxel more for empty chunks, ~0.5 for full
+    ones."""
+
+    def __init__(self, chunks):
+        self.chunks = tuple(int(c) for c in chunks)
+        self.compress = bitshuffle_function("bshuf_compress_lz4")
+        nvox = int(np.prod(self.chunks))
+        self.nvox = nvox
+        self.header = struct.pack(">QI", 4 * nvox, 4 * bitshuffle_block_elements(4))
+        # header + compressed blocks: well above bitshuffle-LZ4's bound (~1.01 x + 20 B/block)
+        self.out = np.empty(12 + 6 * nvox + 4096, np.uint8)
+        self.out[:12] = np.frombuffer(self.header, np.uint8)
+        self.chunk = np.empty(self.chunks, np.float32)  # one chunk, contiguous
+        self.corners = np.empty((0, 2), np.int64)
+
+    @property
+    def available(self) -> bool:
+        return self.compress is not None
+
+    def write(self, dset: h5py.Dataset, l0: int, slab: np.ndarray, fill: float) -> None:
+        cl, ck, ch = self.chunks
+        per_slab = -(-slab.shape[1] // ck) * -(-slab.shape[2] // ch)
+        if self.corners.shape[0] < per_slab:
+            self.corners = np.empty((per_slab, 2), np.int64)
+        chunk = self.chunk
+        for p0 in range(0, slab.shape[0], cl):
+            part = slab[p0:p0 + cl]
+            n = _stored_chunks(part.view(np.uint32), self.chunks, np.float32(fill).view(np.uint32),
+                               self.corners)
+            for k0, h0 in self.corners[:n].tolist():
+                piece = part[:, k0:k0 + ck, h0:h0 + ch]
+                if piece.shape == chunk.shape:
+                    np.copyto(chunk, piece)  # numpy's strided copy: numba's took 5x longer
+                else:  # an edge chunk: HDF5 stores it whole
+                    chunk.fill(fill)
+                    chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
+                size = self.compress(chunk.ctypes.data, self.out.ctypes.data + 12, self.nvox, 4,
+                                     0)
+                if size < 0:  # pragma: no cover - bitshuffle's own failure
+                    raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a "
+                                  f"chunk of {dset.name} failed (error {size})")
+                dset.id.write_direct_chunk((l0 + p0, k0, h0), self.out[:12 + size])
 
 
 def _text_or_none(value):
@@ -352,6 +434,9 @@ class VolumeWriter:
     (voxels with weight > 0), weight_sum and signal_sum (float64 sums of the stored float32
     values).  intensity=False leaves out the `data` array (signal / weight): for parts that
     only a sum reads.  A float64 slab (a sum's) is rounded, counted and divided in one pass.
+    Slabs of whole L chunks are stored as raw chunks (_ChunkWriter), and a chunk that holds
+    only the fill value (0; NaN for data) is not stored at all: HDF5 reads it back as that
+    value, and a scan's volume leaves about half of its grid unmeasured.
     """
 
     def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
@@ -370,6 +455,7 @@ class VolumeWriter:
         self.signal_sum = 0.0
         self._written = np.zeros(grid.l.n, dtype=bool)
         self._buffers: dict[str, np.ndarray] = {}
+        self._chunk_writer = _ChunkWriter(_chunks(grid.shape))
         self._f = None
 
     def __enter__(self) -> "VolumeWriter":
@@ -439,11 +525,16 @@ class VolumeWriter:
             w32 = np.ascontiguousarray(weight, dtype=np.float32)
             measured, weight_sum, signal_sum = _slab_sums(s32, w32, inten, self.intensity,
                                                           s32, w32, False)
-        d = self._data
-        d["signal_sum"].write_direct(s32, dest_sel=np.s_[l0:l0 + n])
-        d["data_weights"].write_direct(w32, dest_sel=np.s_[l0:l0 + n])
+        arrays = [("signal_sum", s32, 0.0), ("data_weights", w32, 0.0)]
         if self.intensity:
-            d["data"].write_direct(inten, dest_sel=np.s_[l0:l0 + n])
+            arrays.append(("data", inten, np.nan))
+        cl = self._chunk_writer.chunks[0]
+        whole_chunks = l0 % cl == 0 and (n % cl == 0 or l0 + n == self.grid.l.n)
+        for name, values, fill in arrays:
+            if whole_chunks and self._chunk_writer.available:
+                self._chunk_writer.write(self._data[name], l0, values, fill)
+            else:
+                self._data[name].write_direct(values, dest_sel=np.s_[l0:l0 + n])
         self.measured += int(measured)
         self.weight_sum += float(weight_sum)
         self.signal_sum += float(signal_sum)
