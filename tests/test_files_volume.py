@@ -252,7 +252,7 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
 
     slabs = [(0, 16), (16, 21)]
     write(tmp_path / "raw.nxs", slabs)
-    write(tmp_path / "odd.nxs", [(0, 5), (5, 16), (16, 21)])  # not whole chunks: HDF5 writes
+    write(tmp_path / "odd.nxs", [(5, 16), (16, 21), (0, 5)])  # rows of chunks completed later
     monkeypatch.setattr(volume._ChunkWriter, "available", property(lambda self: False))
     write(tmp_path / "hdf5.nxs", slabs)
 
@@ -267,6 +267,8 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
             assert (8, 0, 64) not in stored and (16, 64, 128) in stored
             for offset in stored:  # the bytes HDF5's bitshuffle filter writes
                 assert x.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
+                assert z.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
+            assert z.id.get_num_chunks() == x.id.get_num_chunks()
         d = a["entry/transform"]
         assert np.isnan(d["data"][8:16, :64, 64:128]).all()
         assert not d["data_weights"][8:16, :64, 64:128].any()

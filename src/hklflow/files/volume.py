@@ -428,15 +428,16 @@ class VolumeWriter:
                 w.write(l0, signal_slab, weight_slab)   # [planes, k, h], any float dtype
             w.notes["measured_fraction"] = w.measured / grid.size
 
-    Slabs may come in any order; cache_planes > 0 keeps that many L planes of chunks (and
-    one more chunk row) in HDF5's chunk cache, so that slabs not aligned with the L chunks
-    (8 planes) do not compress a chunk twice.  The writer counts what it stores: measured
+    Slabs may come in any order, aligned with the L chunks (8 planes) or not; without
+    bitshuffle's C library HDF5's filter writes them, and cache_planes > 0 then keeps that
+    many L planes of chunks (and one more chunk row) in HDF5's chunk cache, so that
+    unaligned slabs do not compress a chunk twice.  The writer counts what it stores: measured
     (voxels with weight > 0), weight_sum and signal_sum (float64 sums of the stored float32
     values).  intensity=False leaves out the `data` array (signal / weight): for parts that
     only a sum reads.  A float64 slab (a sum's) is rounded, counted and divided in one pass.
-    Slabs of whole L chunks are stored as raw chunks (_ChunkWriter), and a chunk that holds
-    only the fill value (0; NaN for data) is not stored at all: HDF5 reads it back as that
-    value, and a scan's volume leaves about half of its grid unmeasured.
+    Rows of L chunks are stored as raw chunks once all their planes arrived (_ChunkWriter),
+    and a chunk that holds only the fill value (0; NaN for data) is not stored at all: HDF5
+    reads it back as that value (most chunks of a scan's volume hold nothing measured).
     """
 
     def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
@@ -456,6 +457,8 @@ class VolumeWriter:
         self._written = np.zeros(grid.l.n, dtype=bool)
         self._buffers: dict[str, np.ndarray] = {}
         self._chunk_writer = _ChunkWriter(_chunks(grid.shape))
+        self._partial_rows: dict[int, dict] = {}  # first plane -> buffers of a chunk row
+        self._free_rows: list[dict] = []
         self._f = None
 
     def __enter__(self) -> "VolumeWriter":
@@ -528,17 +531,56 @@ class VolumeWriter:
         arrays = [("signal_sum", s32, 0.0), ("data_weights", w32, 0.0)]
         if self.intensity:
             arrays.append(("data", inten, np.nan))
-        cl = self._chunk_writer.chunks[0]
-        whole_chunks = l0 % cl == 0 and (n % cl == 0 or l0 + n == self.grid.l.n)
-        for name, values, fill in arrays:
-            if whole_chunks and self._chunk_writer.available:
-                self._chunk_writer.write(self._data[name], l0, values, fill)
-            else:
+        if self._chunk_writer.available:
+            self._store_chunk_rows(l0, n, arrays)
+        else:  # HDF5's filter (its chunk cache completes chunks of unaligned slabs)
+            for name, values, _ in arrays:
                 self._data[name].write_direct(values, dest_sel=np.s_[l0:l0 + n])
         self.measured += int(measured)
         self.weight_sum += float(weight_sum)
         self.signal_sum += float(signal_sum)
         self._written[l0:l0 + n] = True
+
+    def _store_chunk_rows(self, l0: int, n: int, arrays) -> None:
+        """Planes [l0, l0 + n) of each (name, values, fill) through the chunk writer, one row
+        of L chunks at a time: a row the slab covers whole is stored at once, the planes of a
+        row it covers in part wait in a buffer until the row is complete (slabs not aligned
+        with the chunks: symmetrize's mirror slabs)."""
+        cl = self._chunk_writer.chunks[0]
+        nl = self.grid.l.n
+        lo = l0
+        while lo < l0 + n:
+            r0 = lo - lo % cl
+            r1 = min(r0 + cl, nl)
+            hi = min(r1, l0 + n)
+            if (lo, hi) == (r0, r1):
+                rows = {name: values[lo - l0:hi - l0] for name, values, _ in arrays}
+            else:
+                row = self._partial_rows.get(r0)
+                if row is None:
+                    row = self._partial_rows[r0] = self._row_buffers(r1 - r0, arrays)
+                for name, values, _ in arrays:
+                    row["planes"][name][lo - r0:hi - r0] = values[lo - l0:hi - l0]
+                row["filled"][lo - r0:hi - r0] = True
+                rows = row["planes"] if row["filled"].all() else None
+            if rows is not None:
+                for name, _, fill in arrays:
+                    self._chunk_writer.write(self._data[name], r0, rows[name], fill)
+                if (lo, hi) != (r0, r1):
+                    self._free_rows.append(self._partial_rows.pop(r0))
+            lo = hi
+
+    def _row_buffers(self, planes: int, arrays) -> dict:
+        """Buffers of one row of L chunks (planes of every array) and which planes arrived;
+        reused once a row is stored (fresh memory costs its page faults)."""
+        for i, row in enumerate(self._free_rows):
+            if len(row["filled"]) == planes:
+                row = self._free_rows.pop(i)
+                row["filled"][:] = False
+                return row
+        shape = (planes,) + self.grid.shape[1:]
+        return {"planes": {name: np.empty(shape, np.float32) for name, _, _ in arrays},
+                "filled": np.zeros(planes, bool)}
 
     def _chunk_cache(self) -> dict:
         """h5py.File's chunk cache settings (per array) that hold the chunks of cache_planes
@@ -565,6 +607,8 @@ class VolumeWriter:
 
     def _close(self):
         self._buffers.clear()
+        self._partial_rows.clear()
+        self._free_rows.clear()
         if self._f is not None:
             try:
                 self._f.close()
