@@ -1,0 +1,244 @@
+"""Full-rotation check of bench/pipeline.py's extrapolation: the grid work of one temperature
+at true size, on volumes as full as a 360-degree scan makes them.
+
+    python bench/full_rotation.py [--workdir bench/.data] [--frames 200] [--points 801]
+                                  [--json out.json]
+
+bench/pipeline.py measures on 40-degree scans, whose volumes are 5-17% measured, and scales
+the per-voxel costs to 801^3.  Writing, reading and compressing cost more where the data
+fill the chunks, and the transform's grid is touched over a wider region, so this script
+measures those steps where the data are as a full rotation leaves them.  It needs the
+large run of bench/pipeline.py (its scan, orientation, mask and settings):
+
+1. --frames frames of entry f2 are read into memory and added to a grid of --points^3
+   voxels (the pipeline bench's grid limits, finer steps), both kinds at once, at start
+   angles 360/N degrees apart so that the frames cover a whole turn (a simulated 3650-frame
+   scan would take an hour to render); CPU per frame, the grid's resident memory, and a
+   read + decompress of the frames from the page cache;
+2. the two volumes are written as the transform step writes them (CPU), copied as the
+   volumes of entries f1, f2, f3;
+3. the workflow's own commands for merge_entries (both kinds), symmetrize (both kinds),
+   total_pdf and delta_pdf run on them (read from `snakemake -n -p` in the large run):
+   each job's CPU and peak memory from its log.
+
+It prints the table and what one entry costs at 3650 frames from these figures (the frame
+work of the transform at the measured CPU per frame plus a bare read of the frames, the
+write, the temperature's steps shared by three entries); the other rules (peak search,
+mask, sums, orientation, calibration) are as bench/pipeline.py fits them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import emit, machine_info  # noqa: E402
+
+TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
+RESOURCES_LINE = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
+                            r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+)")
+FULL_FRAMES = 3650
+ENTRIES = 3
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def rss_gb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def workflow_commands(large: Path) -> dict[str, list[str]]:
+    """The shell commands of the temperature rules, as the workflow runs them in `large`."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(large),
+           "-n", "-p", "--forcerun", *TEMPERATURE_RULES, "--until", "total_pdf", "delta_pdf"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    found: dict[str, list[str]] = {rule: [] for rule in TEMPERATURE_RULES}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Shell command: "):
+            line = line[len("Shell command: "):]
+        words = line.split()
+        if len(words) > 1 and words[0] == "hklflow" and words[1] in found:
+            found[words[1]].append(line)
+    missing = [rule for rule, cmds in found.items() if not cmds]
+    if missing:
+        raise SystemExit(f"no command for {missing} in the dry run of {large}: run "
+                         "bench/pipeline.py first")
+    return found
+
+
+def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> dict:
+    """Steps 1 and 2: entry f2's frames added at start angles covering 360 degrees, on a
+    points^3 grid with the large run's limits; its two volumes written for f1, f2, f3."""
+    from hklflow.files.grid import read_grid_file
+    from hklflow.files.mask import read_mask_file
+    from hklflow.files.orientation import read_orientation_file
+    from hklflow.files.scan import read_scan_file
+    from hklflow.files.volume import VolumeWriter, read_volume_header, slab_planes
+    from hklflow.frames import open_frame_source
+    from hklflow.grid import Axis, Grid
+    from hklflow.transform import Transformer, frame_matrices, pixel_table
+
+    temp = next((large / "results").glob("*/*/f2")).parent
+    rec = read_scan_file(temp / "f2" / "scan.nxs")
+    ori = read_orientation_file(temp / "orientation.nxs")
+    scan = rec.geometry(ori)
+    mask = read_mask_file(temp / "f2" / "mask.nxs")
+    coarse = read_grid_file(next((large / "results").glob("*/grid.json")))
+    grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (points - 1), points)
+                  for ax in coarse.axes))
+    frames = min(frames, rec.nframes)
+    with open_frame_source(rec.frames) as stack:
+        block = stack.read(0, frames)  # into the page cache, as bench/pipeline.py's bare read
+        c = cpu()
+        stack.read(0, frames, out=block)
+        read_cpu = cpu() - c
+    table = pixel_table(scan.detector, mask.pixels)
+    kinds = ("transform", "masked_transform")
+    tr = Transformer(grid, table, 1e9, kinds=kinds, crystal=ori.crystal(),
+                     hkl_radius=mask.hkl_radius, threads=1)
+    bragg = np.zeros((frames, block[0].size), np.uint8)
+    turn = frames * abs(scan.angles.step)
+    turns = int(np.ceil(360.0 / turn - 1e-9))
+    say(f"adding {frames} frames at {turns} start angles {turn:g} deg apart onto "
+        f"{grid.describe()} ...")
+    c = cpu()
+    for t in range(turns):
+        angles = dataclasses.replace(scan.angles, start=scan.angles.start + t * turn)
+        shifted = dataclasses.replace(scan, angles=angles)
+        for a in range(0, frames, 16):
+            b = min(a + 16, frames)
+            tr.add(block[a:b], frame_matrices(shifted, a, b, 1), np.ones(b - a), bragg[a:b])
+    add_cpu = cpu() - c
+    grid_gb = rss_gb()
+    heads = {k: read_volume_header(temp / "f1" / f"{k}.nxs") for k in kinds}
+    rel = temp.relative_to(large)
+    (out / rel / "f1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(temp / "orientation.nxs", out / rel / "orientation.nxs")
+    step = slab_planes(grid, multiple=tr.acc.brick)
+    bufs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
+            for _ in kinds]
+    say("writing the two volumes ...")
+    c = cpu()
+    with contextlib.ExitStack() as files:
+        writers = [files.enter_context(VolumeWriter(
+            out / rel / "f1" / f"{k}.nxs", grid, k, heads[k].title, dict(heads[k].sample),
+            dict(heads[k].notes), {"program": "bench/full_rotation.py"})) for k in kinds]
+        for l0 in range(0, grid.l.n, step):
+            for w, (s, wt) in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n), out=bufs)):
+                w.write(l0, s, wt)
+    write_cpu = cpu() - c
+    for entry in ("f2", "f3"):
+        (out / rel / entry).mkdir(exist_ok=True)
+        for k in kinds:
+            shutil.copy(out / rel / "f1" / f"{k}.nxs", out / rel / entry / f"{k}.nxs")
+    pixel_frames = turns * frames
+    return {"grid": list(grid.shape), "voxels": grid.size, "frames_added": pixel_frames,
+            "turns": turns, "usable_pixels": len(table),
+            "add_cpu_s": add_cpu, "add_ms_per_frame": add_cpu / pixel_frames * 1e3,
+            "grid_resident_gb": grid_gb, "grid_allocated_gb": tr.acc.nbytes / 1e9,
+            "read_ms_per_frame": read_cpu / frames * 1e3,
+            "write_cpu_s": write_cpu, "measured_fraction": writers[0].measured / grid.size,
+            "volume_file_gb": (out / rel / "f1" / "transform.nxs").stat().st_size / 1e9}
+
+
+def run_temperature_steps(commands: dict[str, list[str]], out: Path) -> list[dict]:
+    jobs = []
+    # the `hklflow` of this interpreter's environment
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for rule in TEMPERATURE_RULES:
+        for command in commands[rule]:
+            log = Path(shlex.split(re.search(r" > (\S+) 2>&1$", command).group(1))[0])
+            (out / log).parent.mkdir(parents=True, exist_ok=True)
+            say(f"{rule} ...")
+            r = subprocess.run(command, shell=True, cwd=out, env=env)
+            text = (out / log).read_text() if (out / log).exists() else ""
+            found = RESOURCES_LINE.findall(text)
+            if r.returncode != 0 or not found:
+                raise SystemExit(f"{rule} failed in {out}:\n{text[-3000:]}")
+            cpu_s, start, children, wall, peak = (float(v) for v in found[-1])
+            jobs.append({"rule": rule, "log": str(log), "cpu_s": cpu_s + children,
+                         "start_cpu_s": start, "wall_s": wall, "peak_gb": peak / 1e3})
+    return jobs
+
+
+def report(rep: dict) -> str:
+    v = rep["volumes"]
+    lines = [f"full rotation on {' x '.join(map(str, v['grid']))} = {v['voxels']:,} voxels: "
+             f"{v['frames_added']} frames of 2M added ({v['turns']} start angles), "
+             f"{v['measured_fraction']:.1%} of the grid measured, volume file "
+             f"{v['volume_file_gb']:.2f} GB",
+             f"  transform, both kinds: {v['add_ms_per_frame']:.2f} CPU-ms per frame from "
+             f"memory (fresh grid), reading {v['read_ms_per_frame']:.2f}; grid resident "
+             f"{v['grid_resident_gb']:.2f} GB of {v['grid_allocated_gb']:.2f} allocated",
+             f"  writing the two volumes: {v['write_cpu_s']:.1f} CPU-s", "",
+             f"{'job':<44} {'CPU-s':>7} {'peak GB':>8}"]
+    for j in rep["jobs"]:
+        lines.append(f"{j['rule'] + ' ' + Path(j['log']).stem:<44} {j['cpu_s']:7.1f} "
+                     f"{j['peak_gb']:8.2f}")
+    e = rep["per_entry"]
+    lines += ["", f"one entry of {FULL_FRAMES} frames, grid work of this size: transform "
+              f"{e['transform_cpu_s']:.1f} CPU-s (frames {e['transform_frames_cpu_s']:.1f}, "
+              f"write {v['write_cpu_s']:.1f}), temperature steps "
+              f"{e['temperature_cpu_s']:.1f} per temperature = {e['temperature_per_entry_cpu_s']:.1f}"
+              f" per entry of {ENTRIES}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, default=HERE / ".data")
+    p.add_argument("--frames", type=int, default=200, help="frames of f2 added per turn")
+    p.add_argument("--points", type=int, default=801, help="grid points per axis")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    large = args.workdir / "pipeline_2m_400f"
+    if not (large / "results").is_dir():
+        raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
+    out = args.workdir / f"full_rotation_{args.points}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    commands = workflow_commands(large)
+    t0 = time.monotonic()
+    volumes = full_rotation_volumes(large, out, args.frames, args.points)
+    jobs = run_temperature_steps(commands, out)
+    frames_cpu = FULL_FRAMES * (volumes["add_ms_per_frame"] + volumes["read_ms_per_frame"]) / 1e3
+    temperature = sum(j["cpu_s"] for j in jobs)
+    rep = {"machine": machine_info(), "volumes": volumes, "jobs": jobs,
+           "per_entry": {"transform_frames_cpu_s": frames_cpu,
+                         "transform_cpu_s": frames_cpu + volumes["write_cpu_s"],
+                         "temperature_cpu_s": temperature,
+                         "temperature_per_entry_cpu_s": temperature / ENTRIES},
+           "wall_s": time.monotonic() - t0}
+    emit(rep, report(rep), args.json)
+    shutil.rmtree(out, ignore_errors=True)  # ~6 GB of volumes
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
