@@ -16,6 +16,9 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
         data_weights            float32: weight_sum
         signal_sum              float32: summed corrected intensity, @weights = data_weights
         Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
+                                (the three arrays: chunks of 8 x 64 x 64, bitshuffle-LZ4; a
+                                chunk with nothing measured is not stored, HDF5 reads its
+                                fill value: NaN for data, 0 for the others)
      sample                     NXsample: name, temperature_label, space_group, unit_cell,
                                 ub_matrix (if known), and NXRefine's fields (hklflow.nxrefine.
                                 sample_fields): unitcell_a..gamma, laue_group, unit_cell_group,
