@@ -125,20 +125,22 @@ class _ChunkWriter:
     chunks that hold data are compressed here by bitshuffle's C function (the bytes HDF5's
     filter writes: same header, same default block size) and chunks of the fill value alone
     are not written.  HDF5's write path compresses every chunk, an empty one too, and copies
-    each through its filter pipeline: ~1.5 ns per voxel more for empty chunks, ~0.5 for full
-    ones."""
+    each through its filter pipeline: writing both kinds of an entry rotated through 360
+    degrees onto 801^3 (71% of the chunks empty) took 7.5-12.9 CPU-s against 10.1-16.6."""
 
     def __init__(self, chunks):
         self.chunks = tuple(int(c) for c in chunks)
         self.compress = bitshuffle_function("bshuf_compress_lz4")
-        nvox = int(np.prod(self.chunks))
-        self.nvox = nvox
-        self.header = struct.pack(">QI", 4 * nvox, 4 * bitshuffle_block_elements(4))
-        # header + compressed blocks: well above bitshuffle-LZ4's bound (~1.01 x + 20 B/block)
-        self.out = np.empty(12 + 6 * nvox + 4096, np.uint8)
-        self.out[:12] = np.frombuffer(self.header, np.uint8)
+        self.nvox = nvox = int(np.prod(self.chunks))
         self.chunk = np.empty(self.chunks, np.float32)  # one chunk, contiguous
         self.corners = np.empty((0, 2), np.int64)
+        if self.compress is None:  # pragma: no cover - HDF5's filter writes instead
+            return
+        # header (uncompressed bytes, block bytes; big-endian) + compressed blocks: room well
+        # above bitshuffle-LZ4's bound (~1.01 x + 20 bytes per block)
+        self.out = np.empty(12 + 6 * nvox + 4096, np.uint8)
+        self.out[:12] = np.frombuffer(struct.pack(">QI", 4 * nvox,
+                                                  4 * bitshuffle_block_elements(4)), np.uint8)
 
     @property
     def available(self) -> bool:
