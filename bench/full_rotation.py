@@ -210,6 +210,34 @@ def report(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def measure(workdir: Path, frames: int = 200, points: int = 801) -> dict:
+    """Steps 1-3 on the large run of bench/pipeline.py in `workdir`; the report (no
+    machine); the volumes are removed afterwards (~6 GB)."""
+    large = workdir / "pipeline_2m_400f"
+    if not (large / "results").is_dir():
+        raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
+    out = workdir / f"full_rotation_{points}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        commands = workflow_commands(large)
+        t0 = time.monotonic()
+        volumes = full_rotation_volumes(large, out, frames, points)
+        jobs = run_temperature_steps(commands, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    frames_cpu = FULL_FRAMES * (volumes["add_ms_per_frame"] + volumes["read_ms_per_frame"]) / 1e3
+    temperature = sum(j["cpu_s"] for j in jobs)
+    per_rule = {rule: sum(j["cpu_s"] for j in jobs if j["rule"] == rule)
+                for rule in TEMPERATURE_RULES}
+    return {"volumes": volumes, "jobs": jobs, "temperature_cpu_s_per_rule": per_rule,
+            "per_entry": {"transform_frames_cpu_s": frames_cpu,
+                          "transform_cpu_s": frames_cpu + volumes["write_cpu_s"],
+                          "temperature_cpu_s": temperature,
+                          "temperature_per_entry_cpu_s": temperature / ENTRIES},
+            "wall_s": time.monotonic() - t0}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=HERE / ".data")
@@ -217,26 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=801, help="grid points per axis")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    large = args.workdir / "pipeline_2m_400f"
-    if not (large / "results").is_dir():
-        raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
-    out = args.workdir / f"full_rotation_{args.points}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    commands = workflow_commands(large)
-    t0 = time.monotonic()
-    volumes = full_rotation_volumes(large, out, args.frames, args.points)
-    jobs = run_temperature_steps(commands, out)
-    frames_cpu = FULL_FRAMES * (volumes["add_ms_per_frame"] + volumes["read_ms_per_frame"]) / 1e3
-    temperature = sum(j["cpu_s"] for j in jobs)
-    rep = {"machine": machine_info(), "volumes": volumes, "jobs": jobs,
-           "per_entry": {"transform_frames_cpu_s": frames_cpu,
-                         "transform_cpu_s": frames_cpu + volumes["write_cpu_s"],
-                         "temperature_cpu_s": temperature,
-                         "temperature_per_entry_cpu_s": temperature / ENTRIES},
-           "wall_s": time.monotonic() - t0}
+    rep = {"machine": machine_info(), **measure(args.workdir, args.frames, args.points)}
     emit(rep, report(rep), args.json)
-    shutil.rmtree(out, ignore_errors=True)  # ~6 GB of volumes
     return 0
 
 

@@ -3,7 +3,7 @@ Pilatus CdTe 2M scans, costed rule by rule from the jobs' own benchmark files.
 
     python bench/pipeline.py [--frames 400] [--small-frames 100] [--fine-voxels 160000000]
                              [--cores 2] [--repeats 2] [--workdir bench/.data]
-                             [--json out.json]
+                             [--no-full-rotation] [--json out.json]
 
 One sample at one temperature, three entries (offsets and detector shifts as in the demo)
 of --frames frames at 0.1 deg, the demo's crystal (LSCO, I4/mmm), the default grid (derived,
@@ -29,7 +29,11 @@ Prints, measured in one run:
      CPU time of every job that entry needs), at the run's size and extrapolated, next to
      the bare read + decompress of the same frames measured in this run;
   3. where every second of a full entry goes, and what filling fresh memory costs on this
-     machine (a virtual machine's host page faults can make it 20x a bare node's).
+     machine (a virtual machine's host page faults can make it 20x a bare node's);
+  4. the headline again with the grid work measured on full volumes at 801^3 by
+     bench/full_rotation.py (this bench's 40-degree scans leave its volumes 5-17% measured,
+     and a chunk with nothing measured costs almost nothing to write); --no-full-rotation
+     leaves it out.
 The scans are simulated once into --workdir (about 40 s per 100 frames of 2M) and reused.
 """
 from __future__ import annotations
@@ -352,6 +356,23 @@ def model(runs: dict, starts: dict, entries: int, pixels: int, frames_per_job: i
                         for k in ("fixed", "frames", "grid")}}
 
 
+def with_full_volumes(m: dict, measured: dict, entries: int, pixels: int) -> dict:
+    """The full entry with the grid work measured on full volumes (bench/full_rotation.py)
+    in place of the fits on the sparse ones: the transform from its CPU per frame on a fresh
+    801^3 grid, a read of the frames and the write of its two volumes (plus the fitted fixed
+    cost per job); merge, symmetrisation and PDFs as they ran there, shared by the entries."""
+    rules = m["rules"]
+    v = measured["volumes"]
+    jobs = m["transform_jobs_per_full_entry"]
+    cpu = {"transform_frames": jobs * (rules["transform_frames"]["fixed_s_per_job"]
+                                       + v["write_cpu_s"])
+           + FULL_FRAMES * (v["add_ms_per_frame"] + v["read_ms_per_frame"]) / 1e3}
+    cpu.update({rule: s / entries for rule, s in measured["temperature_cpu_s_per_rule"].items()})
+    total = m["full_entry_cpu_s"] + sum(c - rules[r]["full_entry_cpu_s"] for r, c in cpu.items())
+    return {"measured": measured, "full_entry_cpu_s_per_rule": cpu, "full_entry_cpu_s": total,
+            "full_mpix_per_core": FULL_FRAMES * pixels / total / 1e6}
+
+
 # --------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -366,6 +387,9 @@ def main(argv=None) -> int:
                         "shared or virtual machine a job's first touches of memory can cost "
                         "more than its work: see the fresh memory line)")
     p.add_argument("--workdir", type=Path, default=HERE / ".data")
+    p.add_argument("--no-full-rotation", action="store_true",
+                   help="leave out bench/full_rotation.py's measurement of the grid work on "
+                        "full volumes at 801^3 (~5 min, ~9 GB of memory) and its headline")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not 0 < args.small_frames < args.frames:
@@ -402,6 +426,12 @@ def main(argv=None) -> int:
     frames_per_job = max(1, int(schema_default("reduction.transform.pixel_frames_per_job")
                                 // pixels))
     m = model(runs, starts, entries, pixels, frames_per_job)
+    full = None
+    if not args.no_full_rotation:
+        import full_rotation
+
+        say("measuring the grid work on full volumes at 801^3 (bench/full_rotation.py) ...")
+        full = with_full_volumes(m, full_rotation.measure(args.workdir), entries, pixels)
     run_cpu = sum(r["cpu_s"] for r in runs["large"]["jobs"])
     run_mpix = entries * args.frames * pixels / 1e6
     report = {
@@ -419,6 +449,7 @@ def main(argv=None) -> int:
         "at_run_size": {"cpu_s": run_cpu, "mpix": run_mpix,
                         "mpix_per_core": run_mpix / run_cpu},
         "goal_mpix_per_core": GOAL_MPIX_PER_CORE,
+        "full_volumes": full,
     }
     emit(report, table(report), args.json)
     return 0
@@ -481,6 +512,19 @@ def table(rep: dict) -> str:
         f"the jobs of a full entry touch about {touched:.0f} GB (their peaks on 801^3): up to "
         f"{touched * fresh['first_gb_cpu_s']:.0f} CPU-s of the total",
     ]
+    full = rep.get("full_volumes")
+    if full:
+        v = full["measured"]["volumes"]
+        lines += [
+            f"whole pipeline with the grid work measured on full volumes at 801^3 "
+            f"(bench/full_rotation.py: {v['measured_fraction']:.0%} of the grid measured, "
+            f"{v['add_ms_per_frame']:.2f} ms per frame on a fresh grid): "
+            f"{full['full_entry_cpu_s']:.0f} CPU-s -> {full['full_mpix_per_core']:.0f} "
+            f"Mpixel/s per core",
+            "  " + ", ".join(f"{r} {c:.1f}" for r, c in full["full_entry_cpu_s_per_rule"].items())
+            + " CPU-s per entry (the fit above: "
+            + ", ".join(f"{m['rules'][r]['full_entry_cpu_s']:.1f}"
+                        for r in full["full_entry_cpu_s_per_rule"]) + ")"]
     return "\n".join(lines)
 
 
