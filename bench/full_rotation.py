@@ -133,6 +133,8 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
         shifted = dataclasses.replace(scan, angles=angles)
         for a in range(0, frames, 16):
             b = min(a + 16, frames)
+            bragg[a:b] = 0  # as transform_frames does: the Bragg regions painted per chunk
+            mask.paint(a, b, bragg[a:b])
             tr.add(block[a:b], frame_matrices(shifted, a, b, 1), np.ones(b - a), bragg[a:b])
     add_cpu = cpu() - c
     grid_gb = rss_gb()
