@@ -1,8 +1,8 @@
 """Full-rotation check of bench/pipeline.py's extrapolation: the grid work of one temperature
 at true size, on volumes as full as a 360-degree scan makes them.
 
-    python bench/full_rotation.py [--workdir bench/.data] [--frames 200] [--points 801]
-                                  [--json out.json]
+    python bench/full_rotation.py [--large-run bench/.data/pipeline_2m_400f] [--frames 200]
+                                  [--points 801] [--json out.json]
 
 bench/pipeline.py measures on 40-degree scans, whose volumes are 5-17% measured, and scales
 the per-voxel costs to 801^3.  Writing, reading and compressing cost more where the data
@@ -212,13 +212,12 @@ def report(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def measure(workdir: Path, frames: int = 200, points: int = 801) -> dict:
-    """Steps 1-3 on the large run of bench/pipeline.py in `workdir`; the report (no
-    machine); the volumes are removed afterwards (~6 GB)."""
-    large = workdir / "pipeline_2m_400f"
+def measure(large: Path, frames: int = 200, points: int = 801) -> dict:
+    """Steps 1-3 on `large`, the large run of bench/pipeline.py; the report (no machine);
+    the volumes (~6 GB, next to it) are removed afterwards."""
     if not (large / "results").is_dir():
         raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
-    out = workdir / f"full_rotation_{points}"
+    out = large.parent / f"full_rotation_{points}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     try:
@@ -242,12 +241,13 @@ def measure(workdir: Path, frames: int = 200, points: int = 801) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", type=Path, default=HERE / ".data")
+    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
+                   help="the large run of bench/pipeline.py (its experiment folder)")
     p.add_argument("--frames", type=int, default=200, help="frames of f2 added per turn")
     p.add_argument("--points", type=int, default=801, help="grid points per axis")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    rep = {"machine": machine_info(), **measure(args.workdir, args.frames, args.points)}
+    rep = {"machine": machine_info(), **measure(args.large_run, args.frames, args.points)}
     emit(rep, report(rep), args.json)
     return 0
 

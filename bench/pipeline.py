@@ -431,7 +431,7 @@ def main(argv=None) -> int:
         import full_rotation
 
         say("measuring the grid work on full volumes at 801^3 (bench/full_rotation.py) ...")
-        full = with_full_volumes(m, full_rotation.measure(args.workdir), entries, pixels)
+        full = with_full_volumes(m, full_rotation.measure(large_dir), entries, pixels)
     run_cpu = sum(r["cpu_s"] for r in runs["large"]["jobs"])
     run_mpix = entries * args.frames * pixels / 1e6
     report = {
