@@ -48,16 +48,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import emit, machine_info  # noqa: E402
+from pipeline import FULL_FRAMES, RESOURCES_LINE, say  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
-RESOURCES_LINE = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
-                            r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+)")
-FULL_FRAMES = 3650
-ENTRIES = 3
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+ENTRIES = 3  # the entries of pipeline.py's temperature
 
 
 def cpu() -> float:

@@ -57,19 +57,27 @@ def _nxfile_class():
     return _NXFileNoLocking
 
 
-@functools.lru_cache(maxsize=None)
-def bitshuffle_function(name: str):
-    """A C function of the bitshuffle package's compiled module (its C API), run on one
-    thread; None without it.  bshuf_decompress_lz4 / bshuf_compress_lz4 (in, out, elements,
-    element size, block size in elements, 0: the default) -> bytes consumed / written, < 0 an
-    error: they work in the caller's buffers, where the Python functions return new arrays
-    (and with that copy, reading frames was no faster than HDF5's filter).  ctypes releases
-    the GIL during the call."""
+@functools.lru_cache(maxsize=1)
+def _bitshuffle_library():
+    """The bitshuffle package's compiled module as a C library (its C API); None without it."""
     try:
         import bitshuffle.ext
-        lib = ctypes.CDLL(bitshuffle.ext.__file__)
-        function = getattr(lib, name)
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - HDF5's filter instead
+        return ctypes.CDLL(bitshuffle.ext.__file__)
+    except (ImportError, OSError):  # pragma: no cover - HDF5's filter instead
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def bitshuffle_function(name: str):
+    """A C function of the bitshuffle library, run on one thread; None without it.
+    bshuf_decompress_lz4 / bshuf_compress_lz4 (in, out, elements, element size, block size
+    in elements, 0: the default) -> bytes consumed / written, < 0 an error: they work in the
+    caller's buffers, where the Python functions return new arrays (and with that copy,
+    reading frames was no faster than HDF5's filter).  ctypes releases the GIL during the
+    call."""
+    lib = _bitshuffle_library()
+    function = getattr(lib, name, None) if lib is not None else None
+    if function is None:  # pragma: no cover - HDF5's filter instead
         return None
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
                          ctypes.c_size_t]
@@ -96,8 +104,7 @@ def bitshuffle_function(name: str):
 def bitshuffle_block_elements(itemsize: int) -> int:
     """The block size (elements) bitshuffle's HDF5 filter uses by default for this item size
     (what hdf5plugin.Bitshuffle() asks for)."""
-    import bitshuffle.ext
-    lib = ctypes.CDLL(bitshuffle.ext.__file__)
+    lib = _bitshuffle_library()
     lib.bshuf_default_block_size.restype = ctypes.c_size_t
     return int(lib.bshuf_default_block_size(ctypes.c_size_t(itemsize)))
 
