@@ -206,9 +206,10 @@ def report(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def measure(large: Path, frames: int = 200, points: int = 801) -> dict:
+def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = False) -> dict:
     """Steps 1-3 on `large`, the large run of bench/pipeline.py; the report (no machine);
-    the volumes (~6 GB, next to it) are removed afterwards."""
+    the volumes and outputs (~12 GB, next to it in full_rotation_POINTS) are removed
+    afterwards unless keep."""
     if not (large / "results").is_dir():
         raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
     out = large.parent / f"full_rotation_{points}"
@@ -220,7 +221,8 @@ def measure(large: Path, frames: int = 200, points: int = 801) -> dict:
         volumes = full_rotation_volumes(large, out, frames, points)
         jobs = run_temperature_steps(commands, out)
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     frames_cpu = FULL_FRAMES * (volumes["add_ms_per_frame"] + volumes["read_ms_per_frame"]) / 1e3
     temperature = sum(j["cpu_s"] for j in jobs)
     per_rule = {rule: sum(j["cpu_s"] for j in jobs if j["rule"] == rule)
@@ -239,9 +241,13 @@ def main(argv=None) -> int:
                    help="the large run of bench/pipeline.py (its experiment folder)")
     p.add_argument("--frames", type=int, default=200, help="frames of f2 added per turn")
     p.add_argument("--points", type=int, default=801, help="grid points per axis")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the volumes and the steps' outputs (~12 GB, in "
+                        "full_rotation_POINTS next to the large run) to compare runs")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    rep = {"machine": machine_info(), **measure(args.large_run, args.frames, args.points)}
+    rep = {"machine": machine_info(),
+           **measure(args.large_run, args.frames, args.points, args.keep)}
     emit(rep, report(rep), args.json)
     return 0
 

@@ -126,3 +126,59 @@ def test_settings_carry_what_the_step_uses(tmp_path, monkeypatch):
                                  "fill_eps", "q_max", "subtract_mean", "slices"}
     total = json.loads(step_settings(exp, "total_pdf", "tetra"))
     assert set(total) == {"q_max", "subtract_mean", "slices", "sample"}
+
+
+def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_path):
+    """Given the volume file and a place to store the filled volume (the step's output),
+    delta_pdf drops the filled volume and reads it back into the spectrum's memory: the same
+    PDF, notes and filled and punched volumes as from the array, bit for bit, with about one
+    volume's memory at its peak once filled (the filled volume and the spectrum together
+    would be two)."""
+    import tracemalloc
+
+    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.files.pdf import PDFWriter
+    from hklflow.files.volume import read_intensity
+    from hklflow.params import PDFParams
+    from hklflow.pdf_volume import delta_pdf
+
+    from test_total_pdf import lattice_volume
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
+    crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
+    params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
+                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, slices=())
+    _, intensity = read_intensity(tmp_path / "in.nxs")
+    want, want_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
+
+    def run_from_file(name):
+        def store(fill):  # the memory from here on: the filled volume, then the FFT's
+            planes = out.write_volumes(grid, crystal.cell, fill.filled, fill.region)
+            tracemalloc.reset_peak()
+            return planes
+
+        with PDFWriter(tmp_path / name) as out:
+            pdf, fill = delta_pdf(tmp_path / "in.nxs", grid, crystal, params, "t",
+                                  store_filled=store)
+            out.write_pdf(pdf, {}, {"program": "test"})
+        return pdf, fill
+
+    tracemalloc.start()
+    run_from_file("warm.nxs")  # compiled kernels loaded
+    got, fill = run_from_file("pdf.nxs")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fill.filled is None
+    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    assert {k: v for k, v in got.notes.items() if not k.endswith("seconds")} == \
+        {k: v for k, v in want.notes.items() if not k.endswith("seconds")}
+    stored = read_pdf(tmp_path / "pdf.nxs")
+    assert np.array_equal(stored.values, np.asarray(want.values))
+    import h5py
+    with h5py.File(tmp_path / "pdf.nxs") as f:
+        assert np.array_equal(f["entry/filled_data/data"][()], want_fill.filled, equal_nan=True)
+        assert np.array_equal(f["entry/punched_data/data"][()], want_fill.punched, equal_nan=True)
+    # the volume (or the spectrum), a few planes (10% each here) and the hole indices: 1.4x
+    # measured; the volume and the spectrum together would be over 2x
+    assert peak < 1.6 * intensity.nbytes + fill.region.nbytes + fill.holes.nbytes

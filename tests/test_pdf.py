@@ -243,12 +243,17 @@ def test_punching_into_the_input_gives_the_same_fill(small_problem, dtype):
     copied = pdf.punch_and_fill(values, grid, cell, positions, radius=radius)
     mine = values.copy()
     own = pdf.punch_and_fill(mine, grid, cell, positions, radius=radius, overwrite_input=True)
-    assert own.punched is mine  # no copy made
+    assert own.filled is mine  # no copy made
     assert np.array_equal(own.punched, copied.punched, equal_nan=True)
     assert np.array_equal(own.filled, copied.filled, equal_nan=True)
     assert np.array_equal(own.outcome, copied.outcome)
     assert np.array_equal(values, values.astype(dtype), equal_nan=True)  # the default copies
-    assert np.isnan(mine).sum() > np.isnan(values).sum()
+    assert not np.array_equal(mine, values, equal_nan=True)
+    # punched: the input with its holes NaN, nothing else changed
+    hole = own.hole
+    assert hole.sum() == own.holes.size > 0 and np.isnan(own.punched[hole]).all()
+    kept = ~hole
+    assert np.array_equal(own.punched[kept], values[kept], equal_nan=True)
 
 
 def test_float32_in_float32_out(small_problem):
@@ -419,6 +424,48 @@ def test_taper_in_the_fft_copy_equals_tapering_the_volume():
     assert np.array_equal(values, before, equal_nan=True)
     with pytest.raises(ValueError, match="float32"):
         pdf.pdf_fft(values.astype(np.float64), grid, taper=(cell, q_max, mean))
+
+
+def test_spectrum_pdf_is_rfftns_result_bit_for_bit_in_half_the_memory():
+    """pdf_spectrum transforms in the memory of its own half spectrum; its PDF equals, bit
+    for bit, scipy's rfftn of the tapered fftshifted copy unfolded by numpy (what pdf_fft
+    computed before), every part read alone equals that part of the whole, and the memory
+    it allocates is about the half spectrum (a separate input copy would double it)."""
+    import tracemalloc
+
+    cell = UnitCell(4.0, 4.5, 6.5, 90, 100, 90)
+    grid = Grid(Axis(-2.0, 0.1, 41), Axis(-1.6, 0.1, 35), Axis(-4.0, 0.1, 81))
+    rng = np.random.default_rng(11)
+    values = rng.normal(5.0, 1.0, grid.shape).astype(np.float32)
+    values[rng.random(grid.shape) < 0.1] = np.nan
+    q_max = 4.0
+    mean = pdf.tapered_mean(values, grid, cell, q_max)
+    sh, sk, sl = pdf.fft_crop(grid)
+    tapered = (values - np.float32(mean)) * pdf.tukey_taper(grid, cell, q_max)
+    data = np.fft.fftshift(np.nan_to_num(tapered[sl, sk, sh]))
+    nz, ny, nx = data.shape
+    half = scipy.fft.rfftn(data)
+    real = np.empty(data.shape, np.float32)
+    real[:, :, :nx // 2] = half.real[:, :, :nx // 2]
+    # the negative x frequencies, the Nyquist one included, from the mirror image
+    mirror = half.real[(-np.arange(nz)) % nz][:, (-np.arange(ny)) % ny]
+    real[:, :, nx // 2:] = mirror[:, :, nx - np.arange(nx // 2, nx)]
+    want = np.fft.fftshift(real) * np.float32(1.0 / real.size)
+
+    pdf.pdf_spectrum(values, grid, taper=(cell, q_max, mean))  # compiled kernels loaded
+    tracemalloc.start()
+    spectrum, _ = pdf.pdf_spectrum(values, grid, taper=(cell, q_max, mean))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert spectrum.shape == want.shape == (80, 32, 40)
+    assert peak < 1.25 * spectrum.half.nbytes  # the half spectrum and a few planes
+    assert np.array_equal(np.asarray(spectrum), want)
+    for key in [5, -1, (slice(None), 7), (slice(None), slice(None), 0), (slice(None), -3, 19),
+                (slice(10, 30), slice(2, 5), slice(15, 33)), (3, 4, 5), (slice(70, 200),),
+                (slice(None, None, 2),), (np.array([1, 3]),)]:
+        assert np.array_equal(spectrum[key], want[key]), key
+    with pytest.raises(IndexError):
+        spectrum[80]
 
 
 def test_fft_of_a_cosine():

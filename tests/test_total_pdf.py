@@ -133,3 +133,30 @@ def test_pdf_plane_read_alone_is_the_plane_of_the_whole(tmp_path):
             np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="outside the PDF"):
         read_pdf_plane(tmp_path / "p.nxs", "z", 5.0)
+
+
+def test_total_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_path):
+    """Given the volume file, total_pdf reads the intensity for the taper's statistics,
+    drops it and reads it again plane by plane into the spectrum's memory: the same PDF
+    and notes as from the array, bit for bit, with about one volume's memory at its peak
+    (the array and the spectrum together would be two)."""
+    import tracemalloc
+
+    from hklflow.files.volume import read_intensity
+    from hklflow.pdf_volume import total_pdf
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    vol = lattice_volume(grid, missing_beyond=12.0)
+    write_volume(tmp_path / "in.nxs", vol, {})
+    cell = UnitCell(*TETRA)
+    _, intensity = read_intensity(tmp_path / "in.nxs")
+    want = total_pdf(intensity, grid, cell, None, "t")
+    total_pdf(tmp_path / "in.nxs", grid, cell, None, "t")  # compiled kernels loaded
+    tracemalloc.start()
+    got = total_pdf(tmp_path / "in.nxs", grid, cell, None, "t")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    assert {k: v for k, v in got.notes.items() if k != "fft_seconds"} == \
+        {k: v for k, v in want.notes.items() if k != "fft_seconds"}
+    assert peak < 1.5 * intensity.nbytes  # the volume and its measured mask

@@ -95,15 +95,30 @@ def reflections_to_punch(crystal, grid, q_max: float) -> np.ndarray:
 
 @dataclass
 class FillResult:
-    # [l, k, h] arrays in the input's float dtype (float32 from the workflow's volumes)
-    filled: np.ndarray  # every hole filled (voxels unmeasured and not filled stay NaN)
-    punched: np.ndarray  # the input with the hole voxels set to NaN
-    hole: np.ndarray  # bool [l, k, h]: voxels that were punched (filled or not)
+    filled: np.ndarray  # [l, k, h], the input's float dtype: every hole filled (voxels
+    #                     unmeasured and not filled stay NaN)
+    region: np.ndarray  # sorted flat indices of the voxels filled or left NaN: the holes and
+    #                     the unmeasured voxels around them (NaN in the input)
+    holes: np.ndarray  # sorted flat indices of the voxels punched (filled or not)
     positions: np.ndarray  # (n, 3) float hkl that were asked for
     outcome: np.ndarray  # (n,) int8, index into OUTCOMES, one per position
     unknowns: int  # voxels solved for
     batches: int  # sparse solves made
     seconds: float
+
+    @property
+    def punched(self) -> np.ndarray:
+        """The input with the holes NaN (a new array): filled with its region NaN."""
+        out = self.filled.copy()
+        out.reshape(-1)[self.region] = np.nan
+        return out
+
+    @property
+    def hole(self) -> np.ndarray:
+        """bool [l, k, h]: the voxels punched (a new array)."""
+        out = np.zeros(self.filled.shape, dtype=bool)
+        out.reshape(-1)[self.holes] = True
+        return out
 
     @property
     def counts(self) -> dict[str, int]:
@@ -367,8 +382,8 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
                    max_direct_unknowns: int = DIRECT_MAX_UNKNOWNS,
                    overwrite_input: bool = False) -> FillResult:
     """Punch a hole around every position (float hkl) and fill it from the data around it.
-    overwrite_input: the holes are punched into `intensity` itself (float32 or float64, C
-    order; it becomes the result's `punched`) instead of a copy of it.
+    overwrite_input: the holes are punched and filled in `intensity` itself (float32 or
+    float64, C order; it becomes the result's `filled`) instead of a copy of it.
 
     The hole of a position: the voxels whose centres lie within `radius` of it (units
     'inverse_angstrom': |Q| with the cell's metric, 2 pi convention; 'rlu': Euclidean in
@@ -407,12 +422,11 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     holes = _unique(hole_vox)
     region = _union(holes, extra_vox)
     # (the known values of the fill lie outside every region, so the holes may be punched
-    # into values itself: it is not read inside the regions)
+    # and filled in values itself: it is not read inside the regions)
     own = overwrite_input and values is intensity and values.dtype == dtype
-    punched = values if own else values.astype(dtype, copy=True)
-    punched.reshape(-1)[holes] = np.nan
-    hole = np.zeros(shape, dtype=bool)
-    hole.reshape(-1)[holes] = True
+    filled = values if own else values.astype(dtype, copy=True)
+    filled_flat = filled.reshape(-1)
+    filled_flat[holes] = np.nan
 
     count, comp = _components(region, shape)
     # a region with no usable neighbour has nothing to fill from
@@ -422,8 +436,6 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     has_data = np.bincount(comp, weights=usable_links, minlength=count) > 0
     comp_outcome = np.where(has_data, FILLED, NO_DATA).astype(np.int8)
 
-    filled = punched.copy()
-    filled_flat = filled.reshape(-1)
     by_comp = np.argsort(comp, kind="stable")  # region voxels grouped by component
     sizes = np.bincount(comp, minlength=count)
     comp_start = np.concatenate([[0], np.cumsum(sizes)])
@@ -453,7 +465,7 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     outcome = np.full(len(positions), FILLED, dtype=np.int8)
     np.maximum.at(outcome, hole_pos, comp_outcome[pair_comp])
     outcome[~on_grid] = OFF_GRID
-    result = FillResult(filled, punched, hole, positions, outcome, int(unknowns), int(batches),
+    result = FillResult(filled, region, holes, positions, outcome, int(unknowns), int(batches),
                         time.perf_counter() - t0)
     failed = np.flatnonzero(outcome == SOLVER_FAILED)
     if failed.size:
@@ -626,13 +638,15 @@ def fft_crop(grid) -> list[slice]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _shifted_copy(src, out):
+def _shifted_copy(src, out, a0):
     """out = fftshift(src) as float32, NaN as 0, in one pass (each row in two runs, no
-    modulo in the inner loop)."""
-    nz, ny, nx = src.shape
+    modulo in the inner loop); src: planes a0.. of the volume out has room for (its rows
+    may be longer: the first nx are written)."""
+    ny, nx = src.shape[1], src.shape[2]
+    nz = out.shape[0]
     sx = nx // 2
-    for a in range(nz):
-        za = (a + nz // 2) % nz
+    for a in range(src.shape[0]):
+        za = (a0 + a + nz // 2) % nz
         for b in range(ny):
             row = out[za, (b + ny // 2) % ny]
             for c in range(nx - sx):
@@ -644,16 +658,17 @@ def _shifted_copy(src, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _tapered_shifted_copy(src, out, g, h, k, ll, q_max, lo, hi, mean):
+def _tapered_shifted_copy(src, out, a0, g, h, k, ll, q_max, lo, hi, mean):
     """_shifted_copy of (src - mean) * tukey_taper (float32: the difference rounded, then
     the product, as numpy's in-place subtract and multiply would); h, k, ll: the voxel
     coordinates of src.  The volume itself is left as it is (no tapered copy of it)."""
-    nz, ny, nx = src.shape
+    ny, nx = src.shape[1], src.shape[2]
+    nz = out.shape[0]
     sx = nx // 2
     q2 = np.empty(nx)
     t = np.empty(nx, np.float32)
-    for a in range(nz):
-        za = (a + nz // 2) % nz
+    for a in range(src.shape[0]):
+        za = (a0 + a + nz // 2) % nz
         for b in range(ny):
             row = out[za, (b + ny // 2) % ny]
             q2_row(g, h, k[b], ll[a], q2)
@@ -668,22 +683,129 @@ def _tapered_shifted_copy(src, out, g, h, k, ll, q_max, lo, hi, mean):
 
 
 @numba.njit(cache=True, nogil=True)
-def _unfold_real(half, out, scale):
-    """out = fftshift of the real part of the full transform whose x >= 0 half is `half`
-    (rfftn's output), times scale: frequency (z, y, x) of out is (z - nz/2, y - ny/2,
-    x - nx/2); the negative x are the mirror image (-z, -y, -x) of the positive ones."""
-    nz, ny, nx = out.shape
+def _unfold_box(half, nx, scale, z0, y0, x0, out):
+    """out[a, b, c] = the PDF at (z0 + a, y0 + b, x0 + c): fftshift of the real part of the
+    full transform whose x >= 0 half is `half` (rfftn's output, of a real input nx long in
+    x), times scale.  Frequency (z, y, x) of the PDF is (z - nz/2, y - ny/2, x - nx/2); the
+    negative x are the mirror image (-z, -y, -x) of the positive ones."""
+    nz, ny = half.shape[0], half.shape[1]
     cx = nx // 2
-    for z in range(nz):
+    w = out.shape[2]
+    split = min(max(cx - x0, 0), w)  # out[..., :split] has x < cx
+    for a in range(out.shape[0]):
+        z = z0 + a
         zp = (z - nz // 2) % nz
         zn = (nz // 2 - z) % nz
-        for y in range(ny):
-            yp = (y - ny // 2) % ny
-            yn = (ny // 2 - y) % ny
-            for x in range(cx, nx):
-                out[z, y, x] = half[zp, yp, x - cx].real * scale
-            for x in range(cx):
-                out[z, y, x] = half[zn, yn, cx - x].real * scale
+        for b in range(out.shape[1]):
+            y = y0 + b
+            row = out[a, b]
+            negative = half[zn, (ny // 2 - y) % ny]
+            positive = half[zp, (y - ny // 2) % ny]
+            for c in range(split):
+                row[c] = negative[cx - x0 - c].real * scale
+            for c in range(split, w):
+                row[c] = positive[x0 + c - cx].real * scale
+
+
+SPECTRUM_PLANES = 8  # z planes per call of the first (real-to-complex) transform
+
+
+class SpectrumPDF:
+    """A PDF [z, y, x] (float32) held as the half spectrum rfftn computes (complex64, x
+    frequencies >= 0: the size of the PDF itself).  Its values are computed where they are
+    read, so the whole PDF is never a second array in memory: indexing with integers and
+    unit-step slices (a plane, a slab, a voxel) computes that part alone; np.asarray (or
+    any other index) unfolds it all."""
+
+    def __init__(self, half: np.ndarray, nx: int):
+        self.half = half
+        self.shape = (half.shape[0], half.shape[1], int(nx))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+        self.size = int(np.prod(self.shape))
+        self.scale = np.float32(1.0 / self.size)  # / N in float32, as NXRefine
+
+    def _box(self, key):
+        """([start, stop) per axis, the axes given an integer), or None when the key is
+        not integers and unit-step slices."""
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3:
+            return None
+        box, dropped = [], []
+        for axis, (k, n) in enumerate(zip(key + (slice(None),) * (3 - len(key)), self.shape)):
+            if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for axis {axis} with size {n}")
+                box.append((i, i + 1))
+                dropped.append(axis)
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    return None
+                box.append((start, max(start, stop)))
+            else:
+                return None
+        return box, dropped
+
+    def __getitem__(self, key):
+        found = self._box(key)
+        if found is None:
+            return np.asarray(self)[key]
+        box, dropped = found
+        out = np.empty(tuple(b - a for a, b in box), np.float32)
+        _unfold_box(self.half, self.shape[2], self.scale, box[0][0], box[1][0], box[2][0], out)
+        return out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in dropped))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+COPY_PLANES = 8  # L planes read at a time when the volume comes plane by plane
+
+
+def pdf_spectrum(values, grid, workers: int = 1, taper=None
+                 ) -> tuple[SpectrumPDF, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """pdf_fft's PDF as a SpectrumPDF, in half the memory: the (tapered) volume is copied,
+    fftshifted, into the memory of its own half spectrum (rows padded to 2 (nx/2 + 1)
+    floats, the in-place layout of FFTW) and transformed there: along x real to complex, a
+    few planes at a time, then along z and y in place.  Those are rfftn's operations in
+    rfftn's order: the same numbers, bit for bit.  values: float32 [l, k, h] on grid, or a
+    function (l0, l1) -> its planes [l0, l1) (e.g. read from the volume file, so the
+    volume and the spectrum are never in memory together)."""
+    sh, sk, sl = fft_crop(grid)
+    nz, ny, nx = (s.stop - s.start for s in (sl, sk, sh))
+    if taper is not None:
+        cell, q_max, mean = taper
+        _check_q_max(q_max)
+        g, bounds = q_metric(cell), _taper_bounds(q_max)
+    half = np.empty((nz, ny, nx // 2 + 1), np.complex64)
+    padded = half.view(np.float32)  # [z, y, 2 (nx // 2 + 1)]: a row's first nx are the input
+    slabs = ([(sl.start, np.asarray(values)[sl])] if not callable(values) else
+             ((l0, values(l0, min(l0 + COPY_PLANES, sl.stop)))
+              for l0 in range(sl.start, sl.stop, COPY_PLANES)))
+    for l0, planes in slabs:
+        src = planes[:, sk, sh]
+        if taper is None:
+            _shifted_copy(src, padded, l0 - sl.start)
+            continue
+        if src.dtype != np.float32:
+            raise ValueError(f"a tapered PDF needs float32 values, got {src.dtype}")
+        _tapered_shifted_copy(src, padded, l0 - sl.start, g, grid.h.values[sh],
+                              grid.k.values[sk], grid.l.values[l0:l0 + src.shape[0]],
+                              float(q_max), *bounds, np.float32(mean))
+    for z0 in range(0, nz, SPECTRUM_PLANES):
+        z1 = min(z0 + SPECTRUM_PLANES, nz)
+        # rfft reads these planes' rows into an array of its own before they are overwritten
+        half[z0:z1] = scipy.fft.rfft(padded[z0:z1, :, :nx], axis=-1, workers=workers)
+    done = scipy.fft.fftn(half, axes=(0, 1), overwrite_x=True, workers=workers)
+    if not np.shares_memory(done, half):  # (scipy transforms complex64 in place)
+        half[...] = done
+    del done
+    axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
+                 for s, ax in zip((sh, sk, sl), grid.axes))
+    return SpectrumPDF(half, nx), axes
 
 
 def pdf_fft(values, grid, workers: int = 1, taper=None
@@ -694,30 +816,9 @@ def pdf_fft(values, grid, workers: int = 1, taper=None
     * tukey_taper(grid, cell, q_max) in float32, made in the copy the FFT needs anyway
     (values float32 [l, k, h], left unchanged).
 
-    Computed as rfftn of the real input (half the memory of fftn's complex output): the real
-    part of the transform of real data is even, F(-k) = conj F(k), so the other half of
-    the x frequencies is the mirror image.  x = fftshift(fftfreq(nx, step_h)), y from k,
-    z from l."""
-    sh, sk, sl = fft_crop(grid)
-    # fftshift of the cropped volume, as float32 with NaN -> 0, in one copy
-    crop = np.asarray(values)[sl, sk, sh]
-    data = np.empty(crop.shape, np.float32)
-    if taper is None:
-        _shifted_copy(crop, data)
-    else:
-        cell, q_max, mean = taper
-        _check_q_max(q_max)
-        if crop.dtype != np.float32:
-            raise ValueError(f"a tapered PDF needs float32 values, got {crop.dtype}")
-        _tapered_shifted_copy(crop, data, q_metric(cell), grid.h.values[sh], grid.k.values[sk],
-                              grid.l.values[sl], float(q_max), *_taper_bounds(q_max),
-                              np.float32(mean))
-    nz, ny, nx = data.shape
-    half = scipy.fft.rfftn(data, workers=workers)  # (nz, ny, nx/2 + 1) complex64
-    del data
-    out = np.empty((nz, ny, nx), dtype=np.float32)
-    _unfold_real(half, out, np.float32(1.0 / out.size))  # / N in float32, as NXRefine
-    del half
-    axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
-                 for s, ax in zip((sh, sk, sl), grid.axes))
-    return out, axes
+    Computed as rfftn of the real input (pdf_spectrum; half the memory of fftn's complex
+    output): the real part of the transform of real data is even, F(-k) = conj F(k), so
+    the other half of the x frequencies is the mirror image.  x = fftshift(fftfreq(nx,
+    step_h)), y from k, z from l."""
+    spectrum, axes = pdf_spectrum(values, grid, workers, taper)
+    return np.asarray(spectrum), axes

@@ -14,8 +14,16 @@ import numpy as np
 
 from . import pdf as pdf_algorithms
 from .crystal import Crystal
+from .errors import GridError
 from .files.pdf import PDF
+from .files.volume import VolumeReader, read_intensity
 from .grid import Grid
+
+
+def measured_voxels(intensity: np.ndarray) -> np.ndarray:
+    """bool [l, k, h]: not NaN (one array made: ~np.isnan makes two)."""
+    measured = np.isnan(intensity)
+    return np.logical_not(measured, out=measured)
 
 
 def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
@@ -128,35 +136,55 @@ def unmeasured_within(grid: Grid, cell, measured: np.ndarray, q: float) -> float
     return unmeasured / max(inside, 1)
 
 
-def _fft(values: np.ndarray, grid: Grid, cell, q_max: float, kind: str, title: str,
-         notes: dict, workers: int, subtract_mean: bool) -> PDF:
+def _subtracted_mean(values: np.ndarray, grid: Grid, cell, q_max: float, notes: dict,
+                     subtract_mean: bool) -> float:
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
-    # the mean instead of 0.  NaN (unmeasured) stays NaN: pdf_fft makes it 0.  The taper is
-    # applied in the FFT's own copy of the volume: values are left as they are
+    # the mean instead of 0.  NaN (unmeasured) stays NaN: the FFT's copy makes it 0
+    if not subtract_mean:
+        return 0.0
     values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
-    mean = pdf_algorithms.tapered_mean(values, grid, cell, q_max) if subtract_mean else 0.0
-    if subtract_mean:
-        notes["mean_subtracted"] = mean
+    notes["mean_subtracted"] = pdf_algorithms.tapered_mean(values, grid, cell, q_max)
+    return notes["mean_subtracted"]
+
+
+def _fft(source, grid: Grid, cell, q_max: float, mean: float, kind: str, title: str,
+         notes: dict, workers: int) -> PDF:
+    """The PDF of source (float32 [l, k, h], or a function (l0, l1) -> its planes), tapered
+    in the FFT's own copy (source is left as it is), in the memory of its half spectrum:
+    its values are computed as they are written."""
     t0 = time.monotonic()
-    out, (x, y, z) = pdf_algorithms.pdf_fft(values, grid, workers=workers,
-                                            taper=(cell, q_max, mean))
+    out, (x, y, z) = pdf_algorithms.pdf_spectrum(source, grid, workers=workers,
+                                                 taper=(cell, q_max, mean))
     notes["fft_seconds"] = time.monotonic() - t0
     notes["fft_shape"] = list(out.shape)
     return PDF(out, x, y, z, cell, kind, title, notes)
 
 
-def total_pdf(intensity: np.ndarray, grid: Grid, cell, q_max: float | None, title: str,
+def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
               workers: int = 1, subtract_mean: bool = True) -> PDF:
-    """The total PDF of a volume's intensity (float32 [l, k, h] on grid, NaN where
-    unmeasured; left unchanged): FFT of the tapered volume as measured (unmeasured voxels
-    as 0, after the mean is subtracted when subtract_mean)."""
-    measured = ~np.isnan(intensity)
+    """The total PDF of a volume: FFT of the tapered volume as measured (unmeasured voxels
+    as 0, after the mean is subtracted when subtract_mean).  volume: its intensity (float32
+    [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, whose intensity
+    is read whole for the taper's statistics, then dropped and read again plane by plane
+    into the FFT's memory, so that the two are never held at once (2 GB less at 801^3)."""
+    from_file = not isinstance(volume, np.ndarray)
+    intensity = read_intensity(volume)[1] if from_file else volume
+    measured = measured_voxels(intensity)
     notes = taper_q_max(grid, cell, measured, q_max)
     q = notes["q_max"]
     notes["unmeasured_within_q_max"] = unmeasured_within(grid, cell, measured, q)
     del measured
-    return _fft(intensity, grid, cell, q, "total_pdf", title, notes, workers, subtract_mean)
+    mean = _subtracted_mean(intensity, grid, cell, q, notes, subtract_mean)
+    if not from_file:
+        return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers)
+    del intensity  # (its memory is the spectrum's, the moment it is freed: no new pages)
+    with VolumeReader(volume) as reader:
+        if not reader.grid.same_as(grid):
+            raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
+                            f"{grid.describe()}")
+        return _fft(reader.read_intensity, grid, cell, q, mean, "total_pdf", title, notes,
+                    workers)
 
 
 def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
@@ -182,14 +210,21 @@ def nearest_reflection_spacing(crystal: Crystal) -> float:
     return float(2 * math.pi / crystal.cell.d_spacing(refl).max())
 
 
-def delta_pdf(intensity: np.ndarray, grid: Grid, crystal: Crystal, params, title: str,
-              workers: int = 1, log=None):
-    """The 3D-DeltaPDF of a volume's intensity (float32 [l, k, h] on grid, NaN where
-    unmeasured; the holes are punched into it): every allowed reflection inside the
-    measured reach (and params.extra_positions) punched and filled
-    (hklflow.pdf.punch_and_fill), then tapered and transformed.  Returns (PDF, FillResult)."""
+def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers: int = 1,
+              log=None, store_filled=None):
+    """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
+    params.extra_positions) punched and filled (hklflow.pdf.punch_and_fill), then tapered
+    and transformed.  Returns (PDF, FillResult).  volume: its intensity (float32 [l, k, h]
+    on grid, NaN where unmeasured; punched and filled in place), or its file (read whole).
+
+    store_filled(fill) -> a function (l0, l1) -> planes of fill.filled, read back (the step
+    writes the filled volume into its output first): given with a file, the filled volume
+    is dropped (fill.filled None) before the FFT takes its memory, so the two are never
+    held at once (2 GB less at 801^3)."""
+    from_file = not isinstance(volume, np.ndarray)
+    intensity = read_intensity(volume)[1] if from_file else volume
     cell = crystal.cell
-    reach, _ = measured_reach(grid, cell, ~np.isnan(intensity))
+    reach, _ = measured_reach(grid, cell, measured_voxels(intensity))
     positions = punch_positions(crystal, grid, reach, params.extra_positions)
     spacing = nearest_reflection_spacing(crystal)
     diameter = 2 * params.radius * (1.0 if params.radius_units == "inverse_angstrom"
@@ -214,5 +249,12 @@ def delta_pdf(intensity: np.ndarray, grid: Grid, crystal: Crystal, params, title
                  fill_batches=fill.batches, extra_positions=[list(p) for p in params.extra_positions],
                  unmeasured_within_q_max=unmeasured_within(grid, cell, measured, q))
     del measured
-    pdf = _fft(fill.filled, grid, cell, q, "pdf", title, notes, workers, params.subtract_mean)
+    mean = _subtracted_mean(fill.filled, grid, cell, q, notes, params.subtract_mean)
+    source = fill.filled
+    if store_filled is not None:
+        source = store_filled(fill)
+        if from_file:
+            del intensity
+            fill.filled = None  # (its memory is the spectrum's, the moment it is freed)
+    pdf = _fft(source, grid, cell, q, mean, "pdf", title, notes, workers)
     return pdf, fill

@@ -36,8 +36,8 @@ RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
 RATE_SYMMETRY = 15e6  # voxels x operators per second (symmetrize)
 RATE_PDF = 2e6  # voxels per second (read, taper, FFT, write)
-PDF_VOXEL_BYTES = 32
-DELTA_PDF_VOXEL_BYTES = 44
+PDF_VOXEL_BYTES = 8  # measured 5.4 at 801^3 (the volume, its mask; then the spectrum)
+DELTA_PDF_VOXEL_BYTES = 16  # measured 6.7 at 801^3 (and the holes' sparse systems)
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
 _PIXELS = scan_pixels(EXP)
@@ -158,12 +158,14 @@ RESOURCES = {
     "temperature_series": RuleResources(
         lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),
         lambda w: _FIXED_MINUTES),
-    # the volume whole (signal, weight, intensity), the taper, the FFT's input, half spectrum
-    # and output (bench/pdf.py).  One thread: only the FFT (scipy.fft workers) and the fill's
-    # BLAS use more, and two threads made a 151M-voxel job 1.14-1.29x faster, not 1.6x
+    # the intensity whole with its measured mask, then (the volume dropped) the half
+    # spectrum, which the FFT's input and the PDF share (bench/full_rotation.py: 2.8 GB at
+    # 801^3).  One thread: only the FFT (scipy.fft workers) and the fill's BLAS use more,
+    # and two threads made a 151M-voxel job 1.14-1.29x faster, not 1.6x
     "total_pdf": RuleResources(lambda w: BASE_MB + 400 + PDF_VOXEL_BYTES * _VOXELS / 1e6,
                                lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60),
-    # and the punched and filled volumes, the hole map and the sparse solves of a batch
+    # and the fill's lookups and sparse solves of a batch (3.5 GB at 801^3); the filled
+    # volume is written and dropped before the spectrum is made
     "delta_pdf": RuleResources(lambda w: BASE_MB + 1000 + DELTA_PDF_VOXEL_BYTES * _VOXELS / 1e6,
                                lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60),
     # one plane of each temperature's PDF, read alone (as temperature_series)

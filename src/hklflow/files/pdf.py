@@ -19,6 +19,7 @@ as their own::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ COMPRESSION = dict(hdf5plugin.Bitshuffle(cname="lz4"))
 
 @dataclass
 class PDF:
-    values: np.ndarray  # float32 [z, y, x]
+    values: np.ndarray  # float32 [z, y, x] (or hklflow.pdf.SpectrumPDF, read as needed)
     x: np.ndarray  # lattice units along a
     y: np.ndarray
     z: np.ndarray
@@ -77,8 +78,26 @@ def _axis(group, name, values, scale, label):
     d.attrs["scaling_factor"] = float(scale)
 
 
-def _volume_group(entry, name, values, grid: Grid, cell: UnitCell, long_name: str):
-    """An NXdata of a volume on the input's (H, K, L) grid, as NeXpy plots transforms."""
+WRITE_PLANES = 8  # planes per write: the chunks' height, so every write fills whole chunks
+
+
+def _write_by_planes(dataset, values, nan_at=None) -> None:
+    """dataset[...] = values (an array or a SpectrumPDF, read WRITE_PLANES planes at a time:
+    never a whole copy), with the voxels at the sorted flat indices nan_at set to NaN."""
+    plane = int(np.prod(dataset.shape[1:]))
+    for z0 in range(0, dataset.shape[0], WRITE_PLANES):
+        z1 = min(z0 + WRITE_PLANES, dataset.shape[0])
+        slab = np.array(values[z0:z1], dtype=np.float32)
+        if nan_at is not None:
+            a, b = np.searchsorted(nan_at, (z0 * plane, z1 * plane))
+            slab.reshape(-1)[nan_at[a:b] - z0 * plane] = np.nan
+        dataset[z0:z1] = slab
+
+
+def _volume_group(entry, name, values, grid: Grid, cell: UnitCell, long_name: str,
+                  nan_at=None):
+    """An NXdata of a volume on the input's (H, K, L) grid, as NeXpy plots transforms (the
+    voxels at the sorted flat indices nan_at NaN)."""
     g = entry.create_group(name)
     g.attrs["NX_class"] = "NXdata"
     g.attrs["signal"] = "data"
@@ -87,7 +106,9 @@ def _volume_group(entry, name, values, grid: Grid, cell: UnitCell, long_name: st
     for i, ax in enumerate(("Ql", "Qk", "Qh")):
         g.attrs[f"{ax}_indices"] = i
     chunks = tuple(min(n, c) for n, c in zip(values.shape, (8, 64, 64)))
-    d = g.create_dataset("data", data=np.asarray(values, np.float32), chunks=chunks, **COMPRESSION)
+    d = g.create_dataset("data", shape=values.shape, dtype=np.float32, chunks=chunks,
+                         **COMPRESSION)
+    _write_by_planes(d, values, nan_at)
     d.attrs["long_name"] = long_name
     for a, ax, s in zip("hkl", grid.axes, reciprocal_lengths(cell)):
         q = g.create_dataset(f"Q{a}", data=ax.values)
@@ -97,15 +118,50 @@ def _volume_group(entry, name, values, grid: Grid, cell: UnitCell, long_name: st
         q.attrs["scaling_factor"] = s
 
 
-def write_pdf(path, pdf: PDF, sample: dict, provenance: dict, *, grid: Grid | None = None,
-              filled=None, punched=None, positions=None, outcome=None, outcome_names=()) -> Path:
-    """Write a PDF file atomically (a temporary file renamed when complete)."""
-    with atomic_path(path) as tmp, open_h5(tmp, "w") as f:
-        f.attrs["default"] = "entry"
-        f.attrs["file_name"] = str(Path(path).resolve())
-        ent = f.create_group("entry")
-        ent.attrs["NX_class"] = "NXentry"
-        ent.attrs["default"] = "pdf"
+class PDFWriter:
+    """A PDF file written in stages, atomically (a temporary file, renamed over the path
+    when the `with` block ends without an exception, removed otherwise)::
+
+        with PDFWriter(path) as w:
+            planes = w.write_volumes(grid, cell, filled, punched_at)  # 3D-DeltaPDF only
+            ...  # (the filled volume dropped; its planes read back through `planes`)
+            w.write_pdf(pdf, sample, provenance, positions=..., outcome=..., outcome_names=...)
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "PDFWriter":
+        with self._stack as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self.file = stack.enter_context(open_h5(tmp, "w"))
+            self.file.attrs["default"] = "entry"
+            self.file.attrs["file_name"] = str(self.path.resolve())
+            self.entry = self.file.create_group("entry")
+            self.entry.attrs["NX_class"] = "NXentry"
+            self.entry.attrs["default"] = "pdf"
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self._stack.__exit__(*exc)
+
+    def write_volumes(self, grid: Grid, cell: UnitCell, filled, punched_at):
+        """The 3D-DeltaPDF's filled volume and its punched one (filled with the voxels at
+        the sorted flat indices punched_at NaN: hklflow.pdf.FillResult's region); returns a
+        function (l0, l1) -> planes [l0, l1) of the filled volume, read back from the file."""
+        _volume_group(self.entry, "filled_data", filled, grid, cell,
+                      "intensity, reflections punched and filled")
+        _volume_group(self.entry, "punched_data", filled, grid, cell,
+                      "intensity, reflections punched (NaN)", nan_at=punched_at)
+        dataset = self.entry["filled_data/data"]
+        return lambda l0, l1: dataset[l0:l1]
+
+    def write_pdf(self, pdf: PDF, sample: dict, provenance: dict, *, positions=None,
+                  outcome=None, outcome_names=()) -> None:
+        """The PDF, the punched positions and their outcomes, sample, notes, provenance."""
+        ent = self.entry
         ent["title"] = pdf.title
         g = ent.create_group("pdf")
         g.attrs["NX_class"] = "NXdata"
@@ -115,18 +171,14 @@ def write_pdf(path, pdf: PDF, sample: dict, provenance: dict, *, grid: Grid | No
             g.attrs[f"{ax}_indices"] = i
         g.attrs["angles"] = np.array(pdf.cell.parameters[3:], np.float64)
         chunks = tuple(min(n, c) for n, c in zip(pdf.values.shape, (8, 64, 64)))
-        d = g.create_dataset("pdf", data=np.asarray(pdf.values, np.float32), chunks=chunks,
+        d = g.create_dataset("pdf", shape=pdf.values.shape, dtype=np.float32, chunks=chunks,
                              **COMPRESSION)
+        _write_by_planes(d, pdf.values)
         d.attrs["long_name"] = "3D-DeltaPDF" if pdf.kind == "pdf" else "total PDF"
         a, b, c = pdf.cell.parameters[:3]
         _axis(g, "x", pdf.x, a, "x (a)")
         _axis(g, "y", pdf.y, b, "y (b)")
         _axis(g, "z", pdf.z, c, "z (c)")
-        if filled is not None:
-            _volume_group(ent, "filled_data", filled, grid, pdf.cell,
-                          "intensity, reflections punched and filled")
-            _volume_group(ent, "punched_data", punched, grid, pdf.cell,
-                          "intensity, reflections punched (NaN)")
         if positions is not None:
             r = ent.create_group("reflections")
             r.attrs["NX_class"] = "NXreflections"
@@ -134,13 +186,26 @@ def write_pdf(path, pdf: PDF, sample: dict, provenance: dict, *, grid: Grid | No
             for i, name in enumerate("hkl"):
                 r[name] = pos[:, i]
             r["outcome"] = np.asarray(outcome, np.int8)
-            r["outcome"].attrs["outcomes"] = np.array(list(outcome_names), dtype=h5py.string_dtype())
+            r["outcome"].attrs["outcomes"] = np.array(list(outcome_names),
+                                                      dtype=h5py.string_dtype())
         write_sample_group(ent, sample, pdf.cell)
         note = ent.create_group("notes")
         note.attrs["NX_class"] = "NXnote"
         note["type"] = "application/json"
         note["data"] = json.dumps(pdf.notes, sort_keys=True, default=str)
         write_provenance_h5(ent, provenance)
+
+
+def write_pdf(path, pdf: PDF, sample: dict, provenance: dict, *, grid: Grid | None = None,
+              filled=None, punched_at=None, positions=None, outcome=None,
+              outcome_names=()) -> Path:
+    """Write a PDF file atomically in one go (PDFWriter): with `filled`, the 3D-DeltaPDF's
+    filled and punched volumes too."""
+    with PDFWriter(path) as w:
+        if filled is not None:
+            w.write_volumes(grid, pdf.cell, filled, punched_at)
+        w.write_pdf(pdf, sample, provenance, positions=positions, outcome=outcome,
+                    outcome_names=outcome_names)
     return Path(path)
 
 

@@ -269,9 +269,11 @@ class VolumeReader:
         try:
             d = _entry(self._f, self.path)[self.kind]
             self._signal, self._weight = d["signal_sum"], d["data_weights"]
+            self._intensity = d["data"] if "data" in d else None
         except BaseException:
             self._f.close()
             raise
+        self._buffers = None
 
     def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(signal_sum, weight_sum) float32 of planes [l0, l1): views of the first planes of
@@ -288,6 +290,28 @@ class VolumeReader:
             if n:
                 dset.read_direct(view, np.s_[l0:l1], np.s_[0:n])
         return views
+
+    def read_intensity(self, l0: int, l1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The intensity (signal / weight, NaN where unmeasured) float32 of planes [l0, l1),
+        into the first planes of `out` when given: the stored `data` array when the file
+        has one (one array read, no division), else from signal and weight."""
+        n = l1 - l0
+        if out is None:
+            out = np.empty((n,) + self.grid.shape[1:], np.float32)
+        view = out[:n]
+        if self._intensity is not None:
+            if not 0 <= l0 <= l1 <= self.grid.l.n:
+                raise ValueError(f"{self.path}: L planes [{l0}, {l1}) are outside the grid's "
+                                 f"{self.grid.l.n}")
+            if n:
+                self._intensity.read_direct(view, np.s_[l0:l1], np.s_[0:n])
+            return view
+        if self._buffers is None or self._buffers[0].shape[0] < n:
+            self._buffers = tuple(np.empty((n,) + self.grid.shape[1:], np.float32)
+                                  for _ in range(2))
+        signal, weight = self.read(l0, l1, out=self._buffers)
+        _slab_sums(signal, weight, view, True, signal, weight, False)
+        return view
 
     def close(self) -> None:
         self._f.close()
@@ -308,19 +332,11 @@ def read_intensity(path) -> tuple[Volume, np.ndarray]:
     head = read_volume_header(path)
     grid = head.grid
     out = np.empty(grid.shape, np.float32)
-    with open_h5(path) as f:
-        d = _entry(f, os.fspath(path))[head.kind]
-        if "data" in d:
-            d["data"].read_direct(out)
-            return head, out
-    planes = slab_planes(grid)
     with VolumeReader(path) as r:
-        buf = (np.empty((planes,) + grid.shape[1:], np.float32),
-               np.empty((planes,) + grid.shape[1:], np.float32))
+        planes = grid.l.n if r._intensity is not None else slab_planes(grid)
         for l0 in range(0, grid.l.n, planes):
             l1 = min(l0 + planes, grid.l.n)
-            signal, weight = r.read(l0, l1, out=buf)
-            _slab_sums(signal, weight, out[l0:l1], True, signal, weight, False)
+            r.read_intensity(l0, l1, out[l0:l1])
     return head, out
 
 

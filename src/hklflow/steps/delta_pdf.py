@@ -5,8 +5,8 @@ the punched and filled volumes, the outcome of every reflection, and pictures of
 from __future__ import annotations
 
 from ..crystal import Crystal, UnitCell
-from ..files.pdf import write_pdf
-from ..files.volume import read_intensity
+from ..files.pdf import PDFWriter
+from ..files.volume import read_volume_header
 from ..params import PDFParams, settings_part
 from ..pdf import OUTCOMES
 from ..pdf_volume import delta_pdf
@@ -29,34 +29,35 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     s = args.settings
     params = settings_part(s, PDFParams)
-    volume, intensity = read_intensity(args.input)
+    volume = read_volume_header(args.input)
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     crystal = Crystal(s["sample"]["space_group"], cell)
     title = f"{volume.title}: 3D-DeltaPDF"
-    pdf, fill = delta_pdf(intensity, volume.grid, crystal, params, title, workers=args.threads,
-                          log=log)
-    del intensity
-    pdf.notes["input"] = str(args.input)
-    counts = fill.counts
-    log.info("%s: %d positions punched: %s; %d voxels solved in %d batches, %.1f s",
-             args.input, len(fill.positions), ", ".join(f"{k} {v}" for k, v in counts.items()),
-             fill.unknowns, fill.batches, fill.seconds)
-    for name in ("no_data", "solver_failed"):
-        if counts.get(name):
-            log.warning("%d reflections %s: their holes stay empty (0 in the transform)",
-                        counts[name], name.replace("_", " "))
-    log.info("taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of the "
-             "voxels inside q_max unmeasured after the fill (0 in the transform); FFT %.1f s",
-             pdf.notes["q_max"], pdf.notes["q_max_source"], pdf.notes["q_reach"],
-             pdf.notes["q_inside_grid"], 100 * pdf.notes["unmeasured_within_q_max"],
-             pdf.notes["fft_seconds"])
-    punched = fill.punched
-    filled = fill.filled
-    del fill.punched, fill.filled
-    write_pdf(args.out, pdf, dict(volume.sample),
-              provenance("hklflow delta_pdf", s, inputs=[args.input]), grid=volume.grid,
-              filled=filled, punched=punched, positions=fill.positions, outcome=fill.outcome,
-              outcome_names=OUTCOMES)
+    with PDFWriter(args.out) as out:
+        # the filled and punched volumes go into the file first: the FFT reads the filled
+        # one back, so it and the spectrum are never in memory together
+        pdf, fill = delta_pdf(args.input, volume.grid, crystal, params, title,
+                              workers=args.threads, log=log,
+                              store_filled=lambda f: out.write_volumes(volume.grid, cell,
+                                                                       f.filled, f.region))
+        pdf.notes["input"] = str(args.input)
+        counts = fill.counts
+        log.info("%s: %d positions punched: %s; %d voxels solved in %d batches, %.1f s",
+                 args.input, len(fill.positions),
+                 ", ".join(f"{k} {v}" for k, v in counts.items()), fill.unknowns,
+                 fill.batches, fill.seconds)
+        for name in ("no_data", "solver_failed"):
+            if counts.get(name):
+                log.warning("%d reflections %s: their holes stay empty (0 in the transform)",
+                            counts[name], name.replace("_", " "))
+        log.info("taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
+                 "the voxels inside q_max unmeasured after the fill (0 in the transform); "
+                 "FFT %.1f s", pdf.notes["q_max"], pdf.notes["q_max_source"],
+                 pdf.notes["q_reach"], pdf.notes["q_inside_grid"],
+                 100 * pdf.notes["unmeasured_within_q_max"], pdf.notes["fft_seconds"])
+        out.write_pdf(pdf, dict(volume.sample),
+                      provenance("hklflow delta_pdf", s, inputs=[args.input]),
+                      positions=fill.positions, outcome=fill.outcome, outcome_names=OUTCOMES)
     plot_pdf(pdf, params.slices, args.png,
              f"{title}\n{len(fill.positions)} reflections: "
              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)

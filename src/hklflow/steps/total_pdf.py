@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..crystal import UnitCell
 from ..files.pdf import write_pdf
-from ..files.volume import read_intensity
+from ..files.volume import read_volume_header
 from ..pdf_volume import total_pdf
 from ..pictures import plot_pdf
 from ..provenance import provenance
@@ -25,12 +25,11 @@ def parser() -> StepParser:
 
 def run(args, log) -> None:
     s = args.settings
-    volume, intensity = read_intensity(args.input)
+    volume = read_volume_header(args.input)
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     title = f"{volume.title}: total PDF"
-    pdf = total_pdf(intensity, volume.grid, cell, s["q_max"], title, workers=args.threads,
+    pdf = total_pdf(args.input, volume.grid, cell, s["q_max"], title, workers=args.threads,
                     subtract_mean=bool(s["subtract_mean"]))
-    del intensity
     pdf.notes["input"] = str(args.input)
     log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
              "the voxels inside q_max unmeasured (0 in the transform); FFT %s in %.1f s",
