@@ -157,6 +157,24 @@ def zeros_in_small_pages(n: int, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype, count=int(n))  # the array holds the mapping
 
 
+def written_pages(address: int, nbytes: int) -> np.ndarray | None:
+    """bool per memory page of the bytes [address, address + nbytes) of this process: False
+    for a page never written (an anonymous page not yet mapped reads as zeros), True for
+    one in memory or swapped out; from /proc/self/pagemap (bits 63 and 62 of each page's
+    entry, readable without privileges).  None where that cannot be read."""
+    page = mmap.PAGESIZE
+    first, last = address // page, (address + max(nbytes, 1) - 1) // page
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(8 * first)
+            raw = f.read(8 * (last - first + 1))
+    except OSError:  # pragma: no cover - not Linux, or /proc hidden
+        return None
+    if len(raw) != 8 * (last - first + 1):  # pragma: no cover
+        return None
+    return (np.frombuffer(raw, np.uint64) >> np.uint64(62)) != 0
+
+
 class BrickedGrid:
     """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
     or two kinds of volume, signal and weight of a voxel side by side: one cache line per
@@ -220,15 +238,37 @@ class BrickedGrid:
             raise ValueError(f"slab buffers {signal.shape}/{weight.shape} do not hold {shape}")
         return signal, weight
 
+    def written_bricks(self, cells: np.ndarray, l0: int, l1: int) -> tuple[int, np.ndarray]:
+        """(the first brick, uint8 per brick from it) of the bricks of L planes [l0, l1) in
+        `cells`: 0 for a brick none of whose memory pages was ever written (all zeros: read,
+        each of its untouched pages would cost a page fault to map the zero page), else 1
+        (all 1 when the pages cannot be looked up)."""
+        per_row = int(self.nbricks[1] * self.nbricks[2])
+        first = l0 // self.brick * per_row
+        stop = (-(-l1 // self.brick)) * per_row if l1 > l0 else first
+        size = self.stride * self.brick ** 3 * cells.itemsize  # bytes per brick
+        start = cells.ctypes.data + first * size
+        pages = written_pages(start, (stop - first) * size) if stop > first else None
+        if pages is None:
+            return first, np.ones(stop - first, np.uint8)
+        page = mmap.PAGESIZE
+        ends = start + size * np.arange(stop - first + 1, dtype=np.int64)  # brick bounds
+        p0 = ends[:-1] // page - start // page  # first and last page of each brick
+        p1 = (ends[1:] - 1) // page - start // page
+        written = np.concatenate([[0], np.cumsum(pages, dtype=np.int64)])
+        return first, (written[p1 + 1] > written[p0]).astype(np.uint8)
+
     def slab(self, l0: int, l1: int, kind: int = 0, out: tuple | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
         """(signal, weight) of a kind on L planes [l0, l1) as [l, k, h] arrays, in one pass
-        over the bricks (no full-size temporary); into the first planes of `out` (two float32
-        C-order arrays [>= l1 - l0, k, h], reused from slab to slab) when given."""
+        over the bricks (no full-size temporary; bricks never written are zeros, not read);
+        into the first planes of `out` (two float32 C-order arrays [>= l1 - l0, k, h],
+        reused from slab to slab) when given."""
         signal, weight = self._slab_arrays(l0, l1, out)
         c, offset = self._where[kind]
-        _unbrick_slab(self.cells[c], offset, self.stride, l0, self.nbricks, self.brick, signal,
-                      weight, None, None)
+        first, written = self.written_bricks(self.cells[c], l0, l1)
+        _unbrick_slab(self.cells[c], offset, self.stride, l0, self.nbricks, self.brick,
+                      first, written, signal, weight, None, None)
         return signal, weight
 
     def slabs(self, l0: int, l1: int, out: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -239,28 +279,40 @@ class BrickedGrid:
         if not self.paired:
             return [self.slab(l0, l1, kind, o) for kind, o in enumerate(out)]
         arrays = [self._slab_arrays(l0, l1, o) for o in out]
-        _unbrick_slab(self.cells[0], 0, self.stride, l0, self.nbricks, self.brick,
-                      *arrays[0], *arrays[1])
+        first, written = self.written_bricks(self.cells[0], l0, l1)
+        _unbrick_slab(self.cells[0], 0, self.stride, l0, self.nbricks, self.brick, first,
+                      written, *arrays[0], *arrays[1])
         return arrays
 
 
 @numba.njit(cache=True, nogil=True)
-def _unbrick_slab(cells, offset, stride, l0, nbricks, b, signal, weight, signal1, weight1):
+def _unbrick_slab(cells, offset, stride, l0, nbricks, b, first, written, signal, weight,
+                  signal1, weight1):
     """signal[l, k, h], weight[l, k, h] of L planes l0.. from the bricked cells (brick
     (L, K, H), then voxel (l, k, h) inside it; a voxel's cells `stride` apart, its signal
     at `offset` and its weight next to it); with signal1, weight1 (paired cells) the
-    second kind's, from the next two cells, in the same pass."""
+    second kind's, from the next two cells, in the same pass.  written[brick - first]: 0
+    for a brick never written (zeros, not read)."""
     nl, nk, nh = signal.shape
     bk, bh = nbricks[1], nbricks[2]
     b3 = b * b * b
+    zero = np.float32(0.0)
     for i in range(nl):
         L, il = divmod(l0 + i, b)
         for k in range(nk):
             K, ik = divmod(k, b)
             row = (L * bk + K) * bh * b3 + (il * b + ik) * b
             for H in range(bh):
-                j0 = stride * (row + H * b3) + offset
                 h0 = H * b
+                if written[(L * bk + K) * bh + H - first] == 0:
+                    for ih in range(min(b, nh - h0)):
+                        signal[i, k, h0 + ih] = zero
+                        weight[i, k, h0 + ih] = zero
+                        if signal1 is not None:
+                            signal1[i, k, h0 + ih] = zero
+                            weight1[i, k, h0 + ih] = zero
+                    continue
+                j0 = stride * (row + H * b3) + offset
                 for ih in range(min(b, nh - h0)):
                     j = j0 + stride * ih
                     signal[i, k, h0 + ih] = cells[j]
