@@ -69,7 +69,7 @@ def _add_row(col_n, col_s, col_q, x, u, pad, sign):
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
                    global_threshold, absolute_threshold, use_absolute, trusted_max,
-                   out_rows, out_cols, out_vals, out_bg, stats):
+                   out_rows, out_cols, out_vals, out_bg, stats, maxproj):
     """strong_pixels_frame's body; half_c is a compile-time constant when called through
     _strong_pixels_fixed (the window sum along a row is then unrolled and vectorised)."""
     ny, nx = frame.shape
@@ -116,6 +116,10 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
             row_n = 0
             ann_sum = 0
             ann_n = 0
+            if maxproj is not None:  # (compiled away without it)
+                mp = maxproj[ra]
+                for c in range(nx):
+                    mp[c] = max(mp[c], fr[c])
             for c in range(nx):
                 v = fr[c]
                 ok = (vr[c] != 0) & (v >= 0) & (v < tmax)
@@ -220,11 +224,11 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels_fixed(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
                          global_threshold, absolute_threshold, use_absolute, trusted_max,
-                         out_rows, out_cols, out_vals, out_bg, stats):
+                         out_rows, out_cols, out_vals, out_bg, stats, maxproj):
     numba.literally(half_c)
     return _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
                           global_threshold, absolute_threshold, use_absolute, trusted_max,
-                          out_rows, out_cols, out_vals, out_bg, stats)
+                          out_rows, out_cols, out_vals, out_bg, stats, maxproj)
 
 
 @functools.lru_cache(maxsize=None)
@@ -236,18 +240,18 @@ def _kernel_for_width(half_c: int):
     @numba.njit(cache=True, nogil=True)
     def kernel(frame, valid, annulus, half_r, sigma_b, sigma_s, min_local, global_threshold,
                absolute_threshold, use_absolute, trusted_max, out_rows, out_cols, out_vals,
-               out_bg, stats):
+               out_bg, stats, maxproj):
         return _strong_pixels_fixed(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
                                     min_local, global_threshold, absolute_threshold,
                                     use_absolute, trusted_max, out_rows, out_cols, out_vals,
-                                    out_bg, stats)
+                                    out_bg, stats, maxproj)
 
     return kernel
 
 
 def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_local,
                         global_threshold, absolute_threshold, use_absolute, trusted_max,
-                        out_rows, out_cols, out_vals, out_bg, stats):
+                        out_rows, out_cols, out_vals, out_bg, stats, maxproj=None):
     """Detect strong pixels of one frame.
 
     frame (ny, nx) counts; valid (ny, nx) uint8 (1 = usable); annulus (ny, nx) uint8 (1 = in
@@ -257,13 +261,20 @@ def strong_pixels_frame(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s,
     order) with the local mean in out_bg; returns their count, or -1 if out_* is too small.
     stats (6,) float64 receives FRAME_STATS.  The kernel is compiled for the window's width.
     Float frames (corrected data) are rounded to the nearest count first; NaN is unusable.
+    maxproj (integer frames): an array of the frame's shape and type raised to the frame's
+    values in the same pass (the scan's maximum; float frames take np.fmax, NaN aside).
     """
     if not np.issubdtype(frame.dtype, np.integer):
+        if maxproj is not None:
+            raise ValueError("the kernel keeps the maximum of integer frames only")
         frame = np.rint(frame)
+    elif maxproj is not None and (maxproj.dtype != frame.dtype or maxproj.shape != frame.shape):
+        raise ValueError(f"maximum {maxproj.dtype} {maxproj.shape} for a frame "
+                         f"{frame.dtype} {frame.shape}")
     return _kernel_for_width(half_c)(
         frame, valid, annulus, int(half_r), float(sigma_b), float(sigma_s), int(min_local),
         float(global_threshold), float(absolute_threshold), bool(use_absolute),
-        int(trusted_max), out_rows, out_cols, out_vals, out_bg, stats)
+        int(trusted_max), out_rows, out_cols, out_vals, out_bg, stats, maxproj)
 
 
 def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3.0, min_local=2,
@@ -591,17 +602,18 @@ class _FrameDetector:
         self.vals = np.empty(cap)
         self.bg = np.empty(cap)
 
-    def __call__(self, frame, usable, annulus):
+    def __call__(self, frame, usable, annulus, maxproj=None):
         p = self.p
         while True:
             n = strong_pixels_frame(
                 frame, usable, annulus, self.half_r, self.half_c, p.sigma_background,
                 p.sigma_strong, p.min_local, p.global_threshold,
                 float(p.absolute_threshold or 0.0), p.method == "absolute", self.trusted_max,
-                self.rows, self.cols, self.vals, self.bg, self.stats)
+                self.rows, self.cols, self.vals, self.bg, self.stats, maxproj)
             if n >= 0:
                 return n
             self._alloc(2 * len(self.rows))
+            maxproj = None  # (raised already: the frame is searched again)
 
 
 def hot_pixels_in(frames, usable, annulus, params, trusted_max):
@@ -680,12 +692,15 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     def detect(frame):
         det = free_detectors.get()
         try:
+            raise_max = None
             if det.maxproj is None:  # in the frames' own type: no conversion per frame
                 det.maxproj = frame.copy()
                 maxprojs.append(det.maxproj)
-            # float frames: NaN (unusable) pixels do not hide the maximum
-            np.fmax(det.maxproj, frame, out=det.maxproj)
-            return _Detection(det, det(frame, u8, annulus))
+            elif integer:  # by the kernel, in its pass over the frame
+                raise_max = det.maxproj
+            else:  # float frames: NaN (unusable) pixels do not hide the maximum
+                np.fmax(det.maxproj, frame, out=det.maxproj)
+            return _Detection(det, det(frame, u8, annulus, raise_max))
         finally:
             free_detectors.put(det)
 
