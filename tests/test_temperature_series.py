@@ -70,3 +70,39 @@ def test_temperature_series(experiment, capsys):
     rc = run("temperature_series", ["--settings", settings, "--inputs", paths[0], "bad.nxs",
                                     paths[2], "--png", "out/s2.png"])
     assert rc == 1 and not (experiment / "out/s2.png").exists()
+
+
+@pytest.mark.parametrize("note_at", [0.5, 0.98])
+def test_pictures_cropped_from_one_draw_match_savefigs_tight_box(tmp_path, note_at):
+    """_save_tight cuts the image drawn once to the box savefig(bbox_inches="tight") draws
+    again into: the same size to a pixel on each side (rounded out), the content in the
+    same place; a note drawn beyond the figure's right edge (0.98) makes it savefig's own
+    picture, canvas grown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from hklflow.pictures import _save_tight
+
+    fig = plt.figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(np.arange(400.0).reshape(20, 20))
+    ax.set_title("a title")
+    fig.suptitle("a suptitle")
+    fig.text(note_at, 0.02, "a note near the bottom", ha="left")
+    fig.savefig(tmp_path / "two_draws.png", dpi=100, bbox_inches="tight")
+    _save_tight(fig, tmp_path / "one_draw.png", 100)
+    plt.close(fig)
+    want = np.asarray(Image.open(tmp_path / "two_draws.png").convert("RGB")).astype(int)
+    got = np.asarray(Image.open(tmp_path / "one_draw.png").convert("RGB")).astype(int)
+    if note_at > 0.9:
+        assert want.shape[1] > 600 and np.array_equal(got, want)  # grown beyond 6 in
+        return
+    assert 0 <= got.shape[0] - want.shape[0] <= 2 and 0 <= got.shape[1] - want.shape[1] <= 2
+
+    def content(a):  # the box of what is not white
+        rows, cols = np.nonzero((a < 250).any(-1))
+        return rows.max() - rows.min(), cols.max() - cols.min()
+    assert np.abs(np.subtract(content(got), content(want))).max() <= 1
