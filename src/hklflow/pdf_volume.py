@@ -218,9 +218,9 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     on grid, NaN where unmeasured; punched and filled in place), or its file (read whole).
 
     store_filled(fill) -> a function (l0, l1) -> planes of fill.filled, read back (the step
-    writes the filled volume into its output first): given with a file, the filled volume
-    is dropped (fill.filled None) before the FFT takes its memory, so the two are never
-    held at once (2 GB less at 801^3)."""
+    writes the filled volume into its output first): with a file, the filled volume is
+    then dropped (fill.filled None) before the FFT takes its memory and read back, so the
+    two are never held at once (2 GB less at 801^3)."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume)[1] if from_file else volume
     cell = crystal.cell
@@ -252,9 +252,10 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     mean = _subtracted_mean(fill.filled, grid, cell, q, notes, params.subtract_mean)
     source = fill.filled
     if store_filled is not None:
-        source = store_filled(fill)
-        if from_file:
+        stored = store_filled(fill)
+        if from_file:  # (the caller's array stays: then reading it back would gain nothing)
             del intensity
             fill.filled = None  # (its memory is the spectrum's, the moment it is freed)
+            source = stored
     pdf = _fft(source, grid, cell, q, mean, "pdf", title, notes, workers)
     return pdf, fill

@@ -291,6 +291,11 @@ class VolumeReader:
                 dset.read_direct(view, np.s_[l0:l1], np.s_[0:n])
         return views
 
+    @property
+    def stores_intensity(self) -> bool:
+        """Whether the file holds the intensity `data` (a transform's parts do not)."""
+        return self._intensity is not None
+
     def read_intensity(self, l0: int, l1: int, out: np.ndarray | None = None) -> np.ndarray:
         """The intensity (signal / weight, NaN where unmeasured) float32 of planes [l0, l1),
         into the first planes of `out` when given: the stored `data` array when the file
@@ -333,7 +338,7 @@ def read_intensity(path) -> tuple[Volume, np.ndarray]:
     grid = head.grid
     out = np.empty(grid.shape, np.float32)
     with VolumeReader(path) as r:
-        planes = grid.l.n if r._intensity is not None else slab_planes(grid)
+        planes = grid.l.n if r.stores_intensity else slab_planes(grid)
         for l0 in range(0, grid.l.n, planes):
             l1 = min(l0 + planes, grid.l.n)
             r.read_intensity(l0, l1, out[l0:l1])
