@@ -472,13 +472,20 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch
                               hit[(hit >= per_row) & (hit < 3 * per_row)])
     want = [(g.unbrick(s), g.unbrick(w)) for s, w in zip(g.signals, g.weights)]
     assert sum(int(np.count_nonzero(s)) + int(np.count_nonzero(w)) for s, w in want) > 0
-    for pages in ("read", "unreadable"):
+    for pages in ("read", "unreadable", "all absent"):
         if pages == "unreadable":
             monkeypatch.setattr(tr, "written_pages", lambda address, nbytes: None)
+        if pages == "all absent":  # a sandbox's page table: found out, not believed
+            monkeypatch.undo()
+            monkeypatch.setattr(tr, "_pagemap", lambda address, nbytes: np.zeros(
+                -(-nbytes // 4096), bool))
+            tr._pagemap_tells_written.cache_clear()
+            assert tr.written_pages(g.cells[0].ctypes.data, 4096) is None
         got = g.slabs(5, 30)
         for (s, w), (gs, gw) in zip(want, got):
             assert np.array_equal(gs, s[5:30]) and np.array_equal(gw, w[5:30])
         assert np.array_equal(g.slab(0, 43, kind=1)[1], want[1][1])
+    tr._pagemap_tells_written.cache_clear()
 
 
 @pytest.mark.parametrize("detector, orientation, rots", [

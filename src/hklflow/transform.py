@@ -21,6 +21,7 @@ and the tests' reference).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import mmap
@@ -157,11 +158,7 @@ def zeros_in_small_pages(n: int, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype, count=int(n))  # the array holds the mapping
 
 
-def written_pages(address: int, nbytes: int) -> np.ndarray | None:
-    """bool per memory page of the bytes [address, address + nbytes) of this process: False
-    for a page never written (an anonymous page not yet mapped reads as zeros), True for
-    one in memory or swapped out; from /proc/self/pagemap (bits 63 and 62 of each page's
-    entry, readable without privileges).  None where that cannot be read."""
+def _pagemap(address: int, nbytes: int) -> np.ndarray | None:
     page = mmap.PAGESIZE
     first, last = address // page, (address + max(nbytes, 1) - 1) // page
     try:
@@ -173,6 +170,32 @@ def written_pages(address: int, nbytes: int) -> np.ndarray | None:
     if len(raw) != 8 * (last - first + 1):  # pragma: no cover
         return None
     return (np.frombuffer(raw, np.uint64) >> np.uint64(62)) != 0
+
+
+@functools.lru_cache(maxsize=1)
+def _pagemap_tells_written() -> bool:
+    """Whether /proc/self/pagemap tells a written page from one never touched here (a
+    sandbox could show every page absent: then a grid would read as zeros)."""
+    if not hasattr(mmap, "MAP_ANONYMOUS"):  # pragma: no cover - not Linux
+        return False
+    probe = mmap.mmap(-1, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        probe[0] = 1
+        view = np.frombuffer(probe, np.uint8)
+        pages = _pagemap(view.ctypes.data, view.nbytes)
+        del view
+        return pages is not None and pages.tolist() == [True, False]
+    finally:
+        probe.close()
+
+
+def written_pages(address: int, nbytes: int) -> np.ndarray | None:
+    """bool per memory page of the bytes [address, address + nbytes) of this process: False
+    for a page never written (an anonymous page not yet mapped reads as zeros), True for
+    one in memory or swapped out; from /proc/self/pagemap (bits 63 and 62 of each page's
+    entry, readable without privileges).  None where that cannot be read or does not tell
+    (checked once on a page written and one not)."""
+    return _pagemap(address, nbytes) if _pagemap_tells_written() else None
 
 
 class BrickedGrid:
