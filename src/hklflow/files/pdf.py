@@ -87,9 +87,10 @@ def _write_by_planes(dataset, values, nan_at=None) -> None:
     plane = int(np.prod(dataset.shape[1:]))
     for z0 in range(0, dataset.shape[0], WRITE_PLANES):
         z1 = min(z0 + WRITE_PLANES, dataset.shape[0])
-        slab = np.array(values[z0:z1], dtype=np.float32)
+        slab = np.asarray(values[z0:z1], dtype=np.float32)  # (an array's planes: a view)
         if nan_at is not None:
             a, b = np.searchsorted(nan_at, (z0 * plane, z1 * plane))
+            slab = slab.copy()
             slab.reshape(-1)[nan_at[a:b] - z0 * plane] = np.nan
         dataset[z0:z1] = slab
 
