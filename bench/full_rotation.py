@@ -93,9 +93,10 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
-    from hklflow.files.volume import VolumeWriter, read_volume_header, slab_planes
+    from hklflow.files.volume import VolumeWriter, read_volume_header
     from hklflow.frames import open_frame_source
     from hklflow.grid import Axis, Grid
+    from hklflow.steps.transform_frames import write_volumes
     from hklflow.transform import Transformer, frame_matrices, pixel_table
 
     temp = next((large / "results").glob("*/*/f2")).parent
@@ -136,18 +137,13 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     rel = temp.relative_to(large)
     (out / rel / "f1").mkdir(parents=True, exist_ok=True)
     shutil.copy(temp / "orientation.nxs", out / rel / "orientation.nxs")
-    step = slab_planes(grid, multiple=tr.acc.brick)
-    bufs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
-            for _ in kinds]
     say("writing the two volumes ...")
     c = cpu()
     with contextlib.ExitStack() as files:
         writers = [files.enter_context(VolumeWriter(
             out / rel / "f1" / f"{k}.nxs", grid, k, heads[k].title, dict(heads[k].sample),
             dict(heads[k].notes), {"program": "bench/full_rotation.py"})) for k in kinds]
-        for l0 in range(0, grid.l.n, step):
-            for w, (s, wt) in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n), out=bufs)):
-                w.write(l0, s, wt)
+        write_volumes(tr, writers)  # the step's own write
     write_cpu = cpu() - c
     for entry in ("f2", "f3"):
         (out / rel / entry).mkdir(exist_ok=True)

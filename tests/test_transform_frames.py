@@ -90,3 +90,103 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
     # with monitor 2 doubled: every frame's corrected intensity is 1.5 x the plain one
     assert b.notes["monitor_reference"] == 1.5 and p.notes["monitor_reference"] == 1.0
     np.testing.assert_allclose(b.signal, 1.5 * p.signal, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("whole", [True, False])
+def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
+        tmp_path, nkinds, paired, whole):
+    """write_volumes stores each chunk straight from the bricks: the files hold the same
+    stored chunks, byte for byte, as the slab path (BrickedGrid.slabs into VolumeWriter.
+    write), and the same counts; chunks of unwritten bricks, of written zeros, edge chunks
+    on every axis, a -0.0 signal, a signal of 0 with a weight, writers in another order than
+    the grid's kinds; and without bitshuffle's library, HDF5's filter writes the same
+    values."""
+    import types
+
+    from hklflow.files.volume import VolumeWriter
+    from hklflow.grid import Axis, Grid
+    from hklflow.steps.transform_frames import write_volumes
+    from hklflow.transform import KINDS, BrickedGrid
+
+    grid = Grid(Axis(0, 1, 150), Axis(0, 1, 70), Axis(0, 1, 21))  # chunks 8 x 64 x 64
+    kinds = KINDS[:nkinds]
+
+    def made():
+        g = BrickedGrid(grid, nkinds, paired=paired)
+        rng = np.random.default_rng(5)
+        # chunk rows 0 and 1 anywhere; in the last (an edge row) the corner chunk alone
+        l, k, h = (np.concatenate([rng.integers(0, a, 400), rng.integers(b, n, 10)])
+                   for a, b, n in zip((16, 70, 150), (16, 64, 128), grid.shape))
+        for kind in range(nkinds):
+            s, w = g.signals[kind], g.weights[kind]
+            flat = _bricked_index(g, l, k, h)
+            w[flat] = rng.integers(1, 4, flat.size) * (0.5 + kind)
+            s[flat] = rng.random(flat.size) * 100
+            s[flat[:5]] = 0.0  # a signal of 0 with a weight
+            s[flat[5]] = -0.0
+            w[flat[6]] = 0.0  # and a signal without one
+        # a written brick of zeros alone (its chunk is not stored), far from the others
+        g.cells[0][: g.stride * 8] = 0.0
+        return g
+
+    def files(name, reverse=False):
+        order = kinds[::-1] if reverse else kinds
+        return [VolumeWriter(tmp_path / name / f"{kind}.nxs", grid, kind, intensity=whole)
+                for kind in order]
+
+    g = made()
+    tr = types.SimpleNamespace(acc=g, kinds=kinds, slabs=g.slabs)
+    writers = files("chunks", reverse=True)
+    for w in writers:
+        w.__enter__()
+    write_volumes(tr, writers)
+    for w in writers:
+        w.__exit__(None, None, None)
+    slab_writers = files("slabs")
+    for w in slab_writers:
+        w.__enter__()
+    for l0 in range(0, 21, 5):  # slabs out of step with the chunks
+        for w, (s, wt) in zip(slab_writers, g.slabs(l0, min(l0 + 5, 21))):
+            w.write(l0, s, wt)
+    for w in slab_writers:
+        w.__exit__(None, None, None)
+    filter_writers = files("filter")
+    for w in filter_writers:
+        w.__enter__()
+        w._chunk_writer.compress = None  # no bitshuffle library: HDF5's filter
+    write_volumes(tr, filter_writers)
+    for w in filter_writers:
+        w.__exit__(None, None, None)
+    counts = {}
+    for w, v in zip(writers[::-1], slab_writers):
+        assert w.kind == v.kind
+        assert (w.measured, w.weight_sum) == (v.measured, v.weight_sum) and w.measured > 0
+        assert w.signal_sum == pytest.approx(v.signal_sum, rel=1e-12)
+        counts[w.kind] = w.weight_sum
+    if nkinds == 2:
+        assert counts["transform"] != counts["masked_transform"]  # each file its own kind
+    names = ["signal_sum", "data_weights"] + (["data"] if whole else [])
+    for kind in kinds:
+        with h5py.File(tmp_path / "chunks" / f"{kind}.nxs") as x, \
+                h5py.File(tmp_path / "slabs" / f"{kind}.nxs") as y, \
+                h5py.File(tmp_path / "filter" / f"{kind}.nxs") as z:
+            assert ("data" in x[f"entry/{kind}"]) == whole
+            for name in names:
+                a, b = x[f"entry/{kind}/{name}"], y[f"entry/{kind}/{name}"]
+                stored = {a.id.get_chunk_info(i).chunk_offset for i in range(a.id.get_num_chunks())}
+                assert stored == {b.id.get_chunk_info(i).chunk_offset
+                                  for i in range(b.id.get_num_chunks())}
+                assert len(stored) == 13  # of 18: five of the last row empty
+                for offset in stored:
+                    assert a.id.read_direct_chunk(offset) == b.id.read_direct_chunk(offset)
+                assert np.array_equal(a[()].view(np.uint32), z[f"entry/{kind}/{name}"][()]
+                                      .view(np.uint32))
+
+
+def _bricked_index(g, l, k, h):
+    """The cell of voxels (l, k, h) in a BrickedGrid's signal and weight views."""
+    b = g.brick
+    bk, bh = int(g.nbricks[1]), int(g.nbricks[2])
+    brick = ((l // b) * bk + k // b) * bh + h // b
+    return brick * b ** 3 + ((l % b) * b + k % b) * b + h % b

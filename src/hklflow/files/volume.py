@@ -163,12 +163,16 @@ class _ChunkWriter:
                 else:  # an edge chunk: HDF5 stores it whole
                     chunk.fill(fill)
                     chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
-                size = self.compress(chunk.ctypes.data, self.out.ctypes.data + 12, self.nvox, 4,
-                                     0)
-                if size < 0:  # pragma: no cover - bitshuffle's own failure
-                    raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a "
-                                  f"chunk of {dset.name} failed (error {size})")
-                dset.id.write_direct_chunk((l0 + p0, k0, h0), self.out[:12 + size])
+                self.store(dset, (l0 + p0, k0, h0), chunk)
+
+    def store(self, dset: h5py.Dataset, corner: tuple, chunk: np.ndarray) -> None:
+        """Compress one whole chunk (float32, C order, the chunk's shape) and store it at
+        its corner (the chunk's first voxel)."""
+        size = self.compress(chunk.ctypes.data, self.out.ctypes.data + 12, self.nvox, 4, 0)
+        if size < 0:  # pragma: no cover - bitshuffle's own failure
+            raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a chunk of "
+                          f"{dset.name} failed (error {size})")
+        dset.id.write_direct_chunk(corner, self.out[:12 + size])
 
 
 def _text_or_none(value):
@@ -528,7 +532,10 @@ class VolumeWriter:
                     q.attrs["scaling_factor"] = s
             write_sample_group(ent, self.sample, cell)
             write_provenance_h5(ent, self.provenance)
-            self._data = d
+            # the arrays' handles, looked up once (an h5py lookup costs ~40 us: per chunk, a
+            # tenth of a volume's write)
+            self._data = {name: d[name] for name in ("data", "data_weights", "signal_sum")
+                          if name in d}
         except BaseException as exc:
             self._close()
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -566,6 +573,43 @@ class VolumeWriter:
         self.weight_sum += float(weight_sum)
         self.signal_sum += float(signal_sum)
         self._written[l0:l0 + n] = True
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """The (l, k, h) shape of the arrays' chunks."""
+        return self._chunk_writer.chunks
+
+    @property
+    def writes_raw_chunks(self) -> bool:
+        """Whether write_chunk can be used (bitshuffle's C library found)."""
+        return self._chunk_writer.available
+
+    def write_chunk(self, l0: int, k0: int, h0: int, signal: np.ndarray, weight: np.ndarray,
+                    intensity: np.ndarray | None, stored: int, counts: tuple) -> None:
+        """Store one chunk given whole (float32 [chunks], the fill value beyond the grid;
+        intensity None when the writer has none): only the arrays flagged in stored (1
+        signal, 2 weight, 4 intensity), the others holding their fill value alone.  counts:
+        (measured voxels, weight sum, signal sum) of the chunk.  A chunk that no call gives
+        holds fill values alone; mark_written tells when a row of chunks is complete."""
+        corner = (l0, k0, h0)
+        if signal.shape != self.chunks or weight.shape != self.chunks \
+                or any(c % n for c, n in zip(corner, self.chunks)):
+            raise ValueError(f"chunk {signal.shape}/{weight.shape} at {corner} is not a chunk "
+                             f"{self.chunks} of the grid {self.grid.shape}")
+        arrays = [("signal_sum", signal, 1), ("data_weights", weight, 2)]
+        if self.intensity:
+            arrays.append(("data", intensity, 4))
+        for name, chunk, bit in arrays:
+            if stored & bit:
+                self._chunk_writer.store(self._data[name], corner, chunk)
+        self.measured += int(counts[0])
+        self.weight_sum += float(counts[1])
+        self.signal_sum += float(counts[2])
+
+    def mark_written(self, l0: int, l1: int) -> None:
+        """Planes [l0, l1) are complete: every chunk of theirs holding a value other than the
+        fill was given to write_chunk."""
+        self._written[l0:l1] = True
 
     def _store_chunk_rows(self, l0: int, n: int, arrays) -> None:
         """Planes [l0, l0 + n) of each (name, values, fill) through the chunk writer, one row
@@ -632,6 +676,7 @@ class VolumeWriter:
         return buf[:n].reshape(shape)
 
     def _close(self):
+        self._data = {}
         self._buffers.clear()
         self._partial_rows.clear()
         self._free_rows.clear()

@@ -25,7 +25,7 @@ from ..files.volume import VolumeWriter, slab_planes
 from ..frames import open_frame_source
 from ..params import DetectorParams, TransformParams, settings_part
 from ..provenance import provenance
-from ..transform import transform_scan
+from ..transform import Transformer, transform_scan
 from ._run import StepParser, run_step
 
 
@@ -57,6 +57,34 @@ def parser() -> StepParser:
     return p
 
 
+def write_volumes(tr: Transformer, writers: list[VolumeWriter]) -> None:
+    """The transformer's grid into the writers (one per kind of tr.kinds), every kind
+    from one pass over the bricks: straight into the files' chunks (the chunks holding no
+    written brick skipped unread: most of a scan's grid), else, without bitshuffle's C
+    library, slab by slab through HDF5's filter."""
+    grid = tr.acc.grid
+    by_kind = {w.kind: w for w in writers}
+    if sorted(by_kind) != sorted(tr.kinds):
+        raise ValueError(f"writers of {sorted(by_kind)} for a transform of {list(tr.kinds)}")
+    writers = [by_kind[kind] for kind in tr.kinds]  # the grid's order, not the config's
+    if all(w.writes_raw_chunks for w in writers):
+        with_intensity = writers[0].intensity
+        for l0, l1, chunks in tr.acc.chunk_rows(writers[0].chunks, with_intensity):
+            for k0, h0, kinds in chunks:
+                for w, chunk in zip(writers, kinds):
+                    w.write_chunk(l0, k0, h0, *chunk)
+            for w in writers:
+                w.mark_written(l0, l1)
+        return
+    step = slab_planes(grid, multiple=tr.acc.brick)  # pragma: no cover - HDF5's filter
+    slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
+             for _ in writers]
+    for l0 in range(0, grid.l.n, step):
+        for w, (signal, weight) in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n),
+                                                         out=slabs)):
+            w.write(l0, signal, weight)
+
+
 def run(args, log) -> None:
     t0 = time.monotonic()
     params = settings_part(args.settings, TransformParams)
@@ -85,20 +113,12 @@ def run(args, log) -> None:
                       inputs=[args.scan, args.orientation, args.grid, args.mask])
     seconds = time.monotonic() - t0
     whole = (first, stop) == (0, rec.nframes)  # the entry's volume as it is: complete
-    step = slab_planes(grid, multiple=tr.acc.brick)
-    slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
-             for _ in kinds]
-    # the kinds' files side by side, slab by slab: one pass over the grid gives every kind's
-    # slab (transform.BrickedGrid.slabs)
     with contextlib.ExitStack() as files:
         writers = [files.enter_context(
             VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
                          {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
                          intensity=whole)) for kind, out in zip(kinds, args.out)]
-        for l0 in range(0, grid.l.n, step):
-            for w, (signal, weight) in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n),
-                                                             out=slabs)):
-                w.write(l0, signal, weight)
+        write_volumes(tr, writers)
         for w in writers:
             # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
