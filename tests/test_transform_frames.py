@@ -90,6 +90,18 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
     # with monitor 2 doubled: every frame's corrected intensity is 1.5 x the plain one
     assert b.notes["monitor_reference"] == 1.5 and p.notes["monitor_reference"] == 1.0
     np.testing.assert_allclose(b.signal, 1.5 * p.signal, rtol=1e-5, atol=1e-3)
+    # both kinds, listed in the other order than the grid holds them: each file its own kind
+    settings = json.loads(step_settings(exp, "transform_frames"))
+    settings["transform"]["kinds"] = ["masked_transform", "transform"]
+    r = run_step(exp, "transform_frames", "--settings", json.dumps(settings),
+                 "--scan", "plain.nxs", "--orientation", res / "tiny/300K/orientation.nxs",
+                 "--grid", res / "tiny/grid.json", "--mask", res / "tiny/300K/f1/mask.nxs",
+                 "--frames", "0:20", "--out", "masked.nxs", "unmasked.nxs")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t, m = read_volume(exp / "unmasked.nxs"), read_volume(exp / "masked.nxs")
+    assert (t.kind, m.kind) == ("transform", "masked_transform")
+    assert np.array_equal(t.weight, p.weight) and np.array_equal(t.signal, p.signal)
+    assert m.weight.sum() < t.weight.sum()  # the Bragg regions left out
 
 
 @pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
