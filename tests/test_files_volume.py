@@ -274,3 +274,49 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
         assert not d["data_weights"][8:16, :64, 64:128].any()
         assert np.signbit(d["signal_sum"][0, 0, 0])
     assert read_volume(tmp_path / "raw.nxs").signal.tobytes() == signal.tobytes()
+
+
+def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path):
+    """VolumeReader reads the arrays from their raw chunks (bitshuffle's C function, the
+    fill value where a chunk is not stored): the same bits as HDF5's filter, for slabs in
+    and out of step with the chunks and edge chunks on every axis; a chunk stored without
+    its filter goes through HDF5; a damaged chunk fails with HDF5's error."""
+    import h5py
+
+    from hklflow.files import volume as files_volume
+    from hklflow.grid import Axis, Grid
+
+    grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))
+    rng = np.random.default_rng(11)
+    signal = np.zeros(grid.shape, np.float32)
+    weight = np.zeros(grid.shape, np.float32)
+    region = (slice(3, 19), slice(10, 70), slice(64, 140))  # chunks stored and not, edges
+    weight[region] = rng.integers(0, 3, weight[region].shape)
+    signal[region] = weight[region] * rng.random(weight[region].shape)
+    path = tmp_path / "v.nxs"
+    with VolumeWriter(path, grid) as w:
+        w.write(0, signal, weight)
+    with h5py.File(path, "r+") as f:  # one chunk of the signal stored unfiltered
+        d = f["entry/transform/signal_sum"]
+        assert d.id.get_num_chunks() < 3 * 2 * 3  # some chunks are not stored
+        d.id.write_direct_chunk((8, 64, 128), np.ascontiguousarray(
+            np.pad(signal[8:16, 64:70, 128:140], ((0, 0), (0, 58), (0, 52)))).tobytes(),
+            filter_mask=1)
+    with h5py.File(path) as f:
+        want = {name: f[f"entry/transform/{name}"][()] for name in ("signal_sum", "data_weights",
+                                                                     "data")}
+    assert np.array_equal(want["signal_sum"], signal)
+    with VolumeReader(path) as r:
+        for l0, l1 in ((0, 8), (8, 21), (5, 13), (13, 14), (0, 21)):
+            s, w_ = r.read(l0, l1)
+            assert np.array_equal(s.view(np.uint32), want["signal_sum"][l0:l1].view(np.uint32))
+            assert np.array_equal(w_.view(np.uint32), want["data_weights"][l0:l1].view(np.uint32))
+            i = r.read_intensity(l0, l1)
+            assert np.array_equal(i.view(np.uint32), want["data"][l0:l1].view(np.uint32))
+        assert all(isinstance(c, files_volume._ChunkReader) for c in r._chunk_readers.values())
+    with h5py.File(path, "r+") as f:  # a damaged chunk
+        d = f["entry/transform/data_weights"]
+        corner = d.id.get_chunk_info(0).chunk_offset
+        d.id.write_direct_chunk(corner, b"\x00" * 12 + b"\x07" * 40)
+    with VolumeReader(path) as r, pytest.raises(OSError):
+        r.read(0, 21)

@@ -55,12 +55,10 @@ import h5py
 import numpy as np
 
 from .errors import ImageReadError, RawDataError
-from .files.h5 import bitshuffle_function, open_h5
+from .files.h5 import bitshuffle_function, bitshuffle_lz4_only, open_h5
 from .rawfiles import changed_files, fingerprint, is_hdf5_path, matching_files
 
 DEFAULT_DATASET = "/entry/data/data"
-BITSHUFFLE_FILTER = 32008  # HDF5 filter id; cd_values: major, minor, item size, block, codec
-BITSHUFFLE_LZ4 = 2  # its codec value for LZ4
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +249,8 @@ def _bitshuffle_lz4_chunk_frames(dset, dtype: np.dtype) -> int:
     `dtype`, which is native); 0 when it must be read through HDF5."""
     if (_bshuf_decompress_lz4 is None or dset.is_virtual or dset.chunks is None
             or dset.dtype != dtype or tuple(dset.chunks[1:]) != tuple(dset.shape[1:])
-            or not hasattr(dset.id, "get_chunk_info_by_coord")):  # HDF5 >= 1.10.5
-        return 0
-    plist = dset.id.get_create_plist()
-    if plist.get_nfilters() != 1:
-        return 0
-    code, _, values, _ = plist.get_filter(0)
-    if (code != BITSHUFFLE_FILTER or len(values) < 5 or values[2] != dtype.itemsize
-            or values[4] != BITSHUFFLE_LZ4):
+            or not hasattr(dset.id, "get_chunk_info_by_coord")  # HDF5 >= 1.10.5
+            or not bitshuffle_lz4_only(dset)):
         return 0
     return int(dset.chunks[0])
 

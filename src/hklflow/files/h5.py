@@ -100,6 +100,23 @@ def bitshuffle_function(name: str):
     return one_thread
 
 
+BITSHUFFLE_FILTER = 32008  # HDF5 filter id; cd_values: major, minor, item size, block, codec
+BITSHUFFLE_LZ4 = 2  # its codec value for LZ4
+
+
+def bitshuffle_lz4_only(dset) -> bool:
+    """Whether bitshuffle-LZ4 of the dataset's own item size is its one filter: its raw
+    chunks are then bitshuffle_function's to decompress."""
+    if dset.chunks is None or dset.is_virtual:
+        return False
+    plist = dset.id.get_create_plist()
+    if plist.get_nfilters() != 1:
+        return False
+    code, _, values, _ = plist.get_filter(0)
+    return (code == BITSHUFFLE_FILTER and len(values) >= 5
+            and values[2] == dset.dtype.itemsize and values[4] == BITSHUFFLE_LZ4)
+
+
 @functools.lru_cache(maxsize=None)
 def bitshuffle_block_elements(itemsize: int) -> int:
     """The block size (elements) bitshuffle's HDF5 filter uses by default for this item size

@@ -33,7 +33,7 @@ from ..errors import FileFormatError
 from ..grid import Grid
 from ..nxrefine import transform_angles
 from .h5 import atomic_path, open_h5, text, write_provenance_h5
-from .volume import reciprocal_lengths, write_sample_group
+from .volume import _ChunkWriter, reciprocal_lengths, write_sample_group
 
 COMPRESSION = dict(hdf5plugin.Bitshuffle(cname="lz4"))
 
@@ -83,8 +83,13 @@ WRITE_PLANES = 8  # planes per write: the chunks' height, so every write fills w
 
 def _write_by_planes(dataset, values, nan_at=None) -> None:
     """dataset[...] = values (an array or a SpectrumPDF, read WRITE_PLANES planes at a time:
-    never a whole copy), with the voxels at the sorted flat indices nan_at set to NaN."""
+    never a whole copy), with the voxels at the sorted flat indices nan_at set to NaN.  The
+    chunks are compressed here and stored raw (a chunk of the dataset's fill value alone is
+    not stored: HDF5 reads it back as that value) where bitshuffle's library is found: a
+    total PDF at 801^3 took 5.4 CPU-s through HDF5's filter."""
     plane = int(np.prod(dataset.shape[1:]))
+    raw = _ChunkWriter(dataset.chunks)
+    fill = np.float32(dataset.fillvalue)
     for z0 in range(0, dataset.shape[0], WRITE_PLANES):
         z1 = min(z0 + WRITE_PLANES, dataset.shape[0])
         slab = np.asarray(values[z0:z1], dtype=np.float32)  # (an array's planes: a view)
@@ -92,7 +97,10 @@ def _write_by_planes(dataset, values, nan_at=None) -> None:
             a, b = np.searchsorted(nan_at, (z0 * plane, z1 * plane))
             slab = slab.copy()
             slab.reshape(-1)[nan_at[a:b] - z0 * plane] = np.nan
-        dataset[z0:z1] = slab
+        if raw.available:
+            raw.write(dataset, z0, slab, fill)
+        else:  # HDF5's filter
+            dataset[z0:z1] = slab
 
 
 def _volume_group(entry, name, values, grid: Grid, cell: UnitCell, long_name: str,
@@ -107,8 +115,9 @@ def _volume_group(entry, name, values, grid: Grid, cell: UnitCell, long_name: st
     for i, ax in enumerate(("Ql", "Qk", "Qh")):
         g.attrs[f"{ax}_indices"] = i
     chunks = tuple(min(n, c) for n, c in zip(values.shape, (8, 64, 64)))
+    # NaN where unmeasured: NaN is the fill value, so chunks with nothing measured are not stored
     d = g.create_dataset("data", shape=values.shape, dtype=np.float32, chunks=chunks,
-                         **COMPRESSION)
+                         fillvalue=np.nan, **COMPRESSION)
     _write_by_planes(d, values, nan_at)
     d.attrs["long_name"] = long_name
     for a, ax, s in zip("hkl", grid.axes, reciprocal_lengths(cell)):

@@ -50,8 +50,8 @@ from ..crystal import UnitCell
 from ..errors import FileFormatError
 from ..grid import AXES, Axis, Grid
 from ..nxrefine import sample_fields, transform_angles
-from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function, open_h5,
-                 text, write_provenance_h5)
+from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function,
+                 bitshuffle_lz4_only, open_h5, text, write_provenance_h5)
 
 @dataclass
 class Volume:
@@ -175,6 +175,67 @@ class _ChunkWriter:
         dset.id.write_direct_chunk(corner, self.out[:12 + size])
 
 
+class _ChunkReader:
+    """Reads L planes of a float32 bitshuffle-LZ4 dataset from its raw chunks: the stored
+    chunks are decompressed here by bitshuffle's C function, the others hold the fill value
+    (most chunks of a scan's volume are not stored).  An 801^3 array of a full rotation,
+    slab by slab: 0.30-0.32 CPU-s, through HDF5's filter 0.43-0.47.  A chunk that is not
+    plainly bitshuffle-LZ4 (a filter skipped, damaged) is read through HDF5, which names
+    what is wrong.  open() gives None where the dataset cannot be read this way."""
+
+    decompress = staticmethod(bitshuffle_function("bshuf_decompress_lz4"))
+
+    @classmethod
+    def open(cls, dset: h5py.Dataset) -> "_ChunkReader | None":
+        if (cls.decompress is None or dset.dtype != np.float32 or dset.ndim != 3
+                or not hasattr(dset.id, "chunk_iter") or not bitshuffle_lz4_only(dset)):
+            return None
+        return cls(dset)
+
+    def __init__(self, dset: h5py.Dataset):
+        self.dset = dset
+        self.chunks = tuple(int(c) for c in dset.chunks)
+        self.fill = np.float32(dset.fillvalue)
+        self.rows: dict[int, list] = {}  # first L plane of a row of chunks -> its stored chunks
+        dset.id.chunk_iter(lambda info: self.rows.setdefault(info.chunk_offset[0], []).append(
+            (info.chunk_offset, info.size, info.filter_mask)))
+        largest = max((c[1] for row in self.rows.values() for c in row), default=0)
+        self.raw = np.empty(max(largest, 12), np.uint8)
+        self.chunk = np.empty(self.chunks, np.float32)
+
+    def read(self, l0: int, l1: int, out: np.ndarray) -> None:
+        """Planes [l0, l1) into out ([l1 - l0, k, h] float32)."""
+        cl, ck, ch = self.chunks
+        out[...] = self.fill
+        for r0 in range(l0 - l0 % cl, l1, cl):
+            lo, hi = max(l0, r0), min(l1, r0 + cl)
+            for corner, size, skipped in self.rows.get(r0, ()):
+                _, k0, h0 = corner
+                dest = out[lo - l0:hi - l0, k0:k0 + ck, h0:h0 + ch]
+                if skipped or not self._decompress(corner, size):
+                    k1, h1 = k0 + dest.shape[1], h0 + dest.shape[2]
+                    self.dset.read_direct(out, np.s_[lo:hi, k0:k1, h0:h1],
+                                          np.s_[lo - l0:hi - l0, k0:k1, h0:h1])
+                    continue
+                dest[...] = self.chunk[lo - r0:hi - r0, :dest.shape[1], :dest.shape[2]]
+
+    def _decompress(self, corner, size) -> bool:
+        raw = self.raw[:size]
+        try:
+            self.dset.id.read_direct_chunk(corner, out=raw)
+        except Exception:
+            return False
+        if size < 12:
+            return False
+        # chunk header: uncompressed bytes (uint64), block size in bytes (uint32), big-endian
+        nbytes, block_bytes = struct.unpack(">QI", raw[:12].tobytes())
+        if nbytes != self.chunk.nbytes:
+            return False
+        consumed = self.decompress(raw.ctypes.data + 12, self.chunk.ctypes.data,
+                                   self.chunk.size, 4, block_bytes // 4)
+        return consumed == size - 12
+
+
 def _text_or_none(value):
     return None if value is None else text(value)
 
@@ -278,6 +339,17 @@ class VolumeReader:
             self._f.close()
             raise
         self._buffers = None
+        self._chunk_readers: dict[str, _ChunkReader | None] = {}
+
+    def _read(self, dset: h5py.Dataset, l0: int, l1: int, out: np.ndarray) -> None:
+        """Planes [l0, l1) of an array into out: from its raw chunks where it can be."""
+        if dset.name not in self._chunk_readers:
+            self._chunk_readers[dset.name] = _ChunkReader.open(dset)
+        reader = self._chunk_readers[dset.name]
+        if reader is None:
+            dset.read_direct(out, np.s_[l0:l1], np.s_[0:l1 - l0])
+        else:
+            reader.read(l0, l1, out)
 
     def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(signal_sum, weight_sum) float32 of planes [l0, l1): views of the first planes of
@@ -292,7 +364,7 @@ class VolumeReader:
         views = tuple(o[:n] for o in out)
         for dset, view in zip((self._signal, self._weight), views):
             if n:
-                dset.read_direct(view, np.s_[l0:l1], np.s_[0:n])
+                self._read(dset, l0, l1, view)
         return views
 
     @property
@@ -313,7 +385,7 @@ class VolumeReader:
                 raise ValueError(f"{self.path}: L planes [{l0}, {l1}) are outside the grid's "
                                  f"{self.grid.l.n}")
             if n:
-                self._intensity.read_direct(view, np.s_[l0:l1], np.s_[0:n])
+                self._read(self._intensity, l0, l1, view)
             return view
         if self._buffers is None or self._buffers[0].shape[0] < n:
             self._buffers = tuple(np.empty((n,) + self.grid.shape[1:], np.float32)
