@@ -392,6 +392,22 @@ def test_taper_values_and_monotonic():
     assert np.all(np.diff(taper.ravel()[order].astype(np.float64)) <= 1e-7)
 
 
+def test_the_tapered_mean_tells_where_the_taper_is_above_zero_without_its_cosine():
+    """_taper_above_zero (the mean's test) equals np.float32(taper) > 0 everywhere, through
+    R = 2 - TAPER_SURE, where it starts computing the cosine, and up to R = 2, where the
+    float32 taper reaches 0."""
+    q_max = 3.7
+    lo, hi = pdf._taper_bounds(q_max)
+    r = np.concatenate([np.linspace(0, 2.2, 20001),
+                        2 - pdf.TAPER_SURE + np.linspace(-1e-6, 1e-6, 2001),
+                        2 - np.geomspace(1e-2, 1e-12, 4001), np.nextafter(2.0, 0) - np.arange(50) * 2e-16])
+    q2 = (r * q_max / 2) ** 2
+    want = [np.float32(pdf._taper_of(v, lo, hi, q_max)) > 0 for v in q2]
+    got = [pdf._taper_above_zero(v, lo, hi, q_max) for v in q2]
+    assert got == want
+    assert not all(want) and sum(want) > len(want) / 2
+
+
 def test_taper_uses_the_metric_of_a_hexagonal_cell():
     cell = UnitCell(4.0, 4.0, 6.5, 90, 90, 120)
     grid = Grid(Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41), Axis(-2.0, 0.25, 17))
@@ -532,7 +548,7 @@ def test_fft_needs_a_voxel_at_zero():
 
 def test_shell_and_sphere_counts_equal_numpy():
     """coverage_by_shell and unmeasured_within count in one compiled pass; on a triclinic
-    cell and a random measured mask their counts equal numpy's planes of |Q|^2 exactly
+    cell and random unmeasured (NaN, inf) voxels their counts equal numpy's planes of |Q|^2 exactly
     (the same float64 expression, term for term)."""
     from hklflow.pdf_volume import coverage_by_shell, q_squared_planes, unmeasured_within
 
@@ -540,8 +556,10 @@ def test_shell_and_sphere_counts_equal_numpy():
     grid = Grid(Axis(-3.0, 0.05, 121), Axis(-2.5, 0.05, 101), Axis(-2.0, 0.1, 41))
     rng = np.random.default_rng(7)
     measured = rng.random(grid.shape) < 0.6
+    values = np.where(measured, rng.random(grid.shape), np.nan).astype(np.float32)
+    values[~measured & (rng.random(grid.shape) < 0.1)] = np.inf  # not finite: not measured
     q2 = q_squared_planes(grid, cell, 0, grid.l.n)
-    edges, fraction, total = coverage_by_shell(grid, cell, measured)
+    edges, fraction, total = coverage_by_shell(grid, cell, values)
     width = edges[0]
     shell = np.minimum((np.sqrt(q2) / width).astype(np.int64), total.size - 1)
     expect_total = np.bincount(shell.ravel(), minlength=total.size)
@@ -552,7 +570,7 @@ def test_shell_and_sphere_counts_equal_numpy():
     for q in (0.5, 2.0, 1e3):
         sphere = q2 <= q * q
         expect = (sphere & ~measured).sum() / max(sphere.sum(), 1)
-        assert unmeasured_within(grid, cell, measured, q) == expect
+        assert unmeasured_within(grid, cell, values, q) == expect
 
 
 @pytest.mark.parametrize("shape, fraction", [((5, 6, 7), 0.5), ((9, 4, 3), 0.3), ((7, 11, 13), 0.6),

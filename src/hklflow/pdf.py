@@ -577,6 +577,25 @@ def _taper_volume(g, h, k, ll, q_max, lo, hi, out):
                 out[a, b, c] = np.float32(_taper_of(q2[c], lo, hi, q_max))
 
 
+# below R = 2 - TAPER_SURE the float32 taper is certainly above 0 (0.5 (1 - cos pi R) >=
+# 2.4e-6 there): its cosine is computed only in the last sliver before R = 2
+TAPER_SURE = 1e-3
+
+
+@numba.njit(inline="always")
+def _taper_above_zero(q2, lo, hi, q_max):
+    """np.float32(_taper_of(q2, ...)) > 0, without the cosine but next to R = 2 (in
+    _tapered_mean it took 1.2 of 1.7 CPU-s at 801^3)."""
+    if q2 < lo:
+        return True
+    if q2 > hi:
+        return False
+    r = 2.0 * math.sqrt(max(q2, 0.0)) / q_max
+    if r < 2.0 - TAPER_SURE:
+        return True
+    return np.float32(_taper_of(q2, lo, hi, q_max)) > 0
+
+
 @numba.njit(cache=True, nogil=True)
 def _tapered_mean(g, h, k, ll, q_max, lo, hi, values):
     """Mean (float64) of the finite voxels where the float32 taper is above 0, and their
@@ -589,7 +608,7 @@ def _tapered_mean(g, h, k, ll, q_max, lo, hi, values):
             q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
                 v = values[a, b, c]
-                if math.isfinite(v) and np.float32(_taper_of(q2[c], lo, hi, q_max)) > 0:
+                if math.isfinite(v) and _taper_above_zero(q2[c], lo, hi, q_max):
                     total += v
                     count += 1
     return total / max(count, 1), count
