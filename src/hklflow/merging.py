@@ -21,8 +21,8 @@ import numpy as np
 
 from . import steplog
 from .errors import FileFormatError, InputMismatchError
-from .files.volume import (VolumeReader, VolumeWriter, adopt_volume, has_intensity,
-                           read_volume, read_volume_header, slab_planes)
+from .files.volume import (VolumeReader, VolumeWriter, _slab_sums, adopt_volume,
+                           has_intensity, read_volume, read_volume_header, slab_planes)
 
 
 def check_inputs(paths) -> tuple:
@@ -107,28 +107,16 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     # an input whose notes hold its sums (what VolumeWriter counted) is not counted again
     known = [all(k in h.notes for k in sums) for h in headers]
     sample = dict(headers[0].sample)
-    slab = (min(planes, nl),) + grid.shape[1:]
-    part = (np.empty(slab, np.float32), np.empty(slab, np.float32))
-    acc_s, acc_w = np.empty(slab), np.empty(slab)  # float64: the sum is rounded once
+    counted = (measured, total_w, total_s)
     with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w, \
             contextlib.ExitStack() as stack:
         readers = [stack.enter_context(_reader(p)) for p in paths]
-        for l0 in range(0, nl, planes):
-            l1 = min(nl, l0 + planes)
-            for i, r in enumerate(readers):
-                try:
-                    s32, w32 = r.read(l0, l1, out=part)
-                except (OSError, KeyError, ValueError) as exc:
-                    raise InputMismatchError(f"{r.path}: cannot read L planes {l0}..{l1 - 1}: "
-                                             f"{exc}") from None
-                m, sw, ss = _add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], s32, w32, i == 0,
-                                      not known[i])
-                measured[i] += m
-                total_w[i] += sw
-                total_s[i] += ss
-            w.write(l0, acc_s[:l1 - l0], acc_w[:l1 - l0])
-            if progress:
-                progress.update(l1)
+        corners = [r.stored_chunks() for r in readers]
+        if w.writes_raw_chunks and all(c is not None and r.chunks == w.chunks
+                                       for r, c in zip(readers, corners)):
+            _sum_by_chunks(readers, w, sorted(set().union(*corners)), known, counted, progress)
+        else:
+            _sum_by_slabs(readers, w, planes, known, counted, progress)
         for i, item in enumerate(notes["inputs"]):
             if known[i]:
                 total_w[i], total_s[i] = headers[i].notes["weight_sum"], headers[i].notes["signal_sum"]
@@ -148,6 +136,61 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
                  100 * notes["measured_fraction"])
     return notes
 
+
+
+def _read_error(reader, where: str, exc) -> InputMismatchError:
+    return InputMismatchError(f"{reader.path}: cannot read {where}: {exc}")
+
+
+def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progress) -> None:
+    """The inputs' sum into w, slab by slab: float64 sums rounded once; counted: (measured,
+    weight, signal) per input, added to where not known."""
+    nl = w.grid.l.n
+    slab = (min(planes, nl),) + w.grid.shape[1:]
+    part = (np.empty(slab, np.float32), np.empty(slab, np.float32))
+    acc_s, acc_w = np.empty(slab), np.empty(slab)  # float64: the sum is rounded once
+    for l0 in range(0, nl, planes):
+        l1 = min(nl, l0 + planes)
+        for i, r in enumerate(readers):
+            try:
+                s32, w32 = r.read(l0, l1, out=part)
+            except (OSError, KeyError, ValueError) as exc:
+                raise _read_error(r, f"L planes {l0}..{l1 - 1}", exc) from None
+            counts = _add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], s32, w32, i == 0, not known[i])
+            for total, c in zip(counted, counts):
+                total[i] += c
+        w.write(l0, acc_s[:l1 - l0], acc_w[:l1 - l0])
+        if progress:
+            progress.update(l1)
+
+
+def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) -> None:
+    """_sum_by_slabs chunk by chunk, only the chunks some input stores (the others hold
+    nothing in any input: most of a temperature's grid), each read, added and stored whole
+    (the same float64 sums in the same order: the same chunks stored)."""
+    shape = w.chunks
+    part = (np.empty(shape, np.float32), np.empty(shape, np.float32))
+    acc_s, acc_w = np.empty(shape), np.empty(shape)
+    signal, weight, intensity = (np.empty(shape, np.float32) for _ in range(3))
+    rows: dict[int, list] = {}
+    for corner in corners:
+        rows.setdefault(corner[0], []).append(corner)
+    nl, cl = w.grid.l.n, shape[0]
+    for l0 in range(0, nl, cl):
+        for corner in rows.get(l0, ()):
+            for i, r in enumerate(readers):
+                try:
+                    s32, w32 = r.read_chunk(corner, out=part)
+                except (OSError, KeyError, ValueError) as exc:
+                    raise _read_error(r, f"the chunk at (l, k, h) = {corner}", exc) from None
+                counts = _add_slab(acc_s, acc_w, s32, w32, i == 0, not known[i])
+                for total, c in zip(counted, counts):
+                    total[i] += c
+            counts = _slab_sums(acc_s, acc_w, intensity, True, signal, weight, True)
+            w.write_chunk(*corner, signal, weight, intensity, counts)
+        w.mark_written(l0, min(l0 + cl, nl))
+        if progress:
+            progress.update(min(l0 + cl, nl))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -311,23 +311,16 @@ class BrickedGrid:
         """The grid as the chunks of a volume file (chunk: (cl, ck, ch) voxels, whole bricks
         or the grid's extent), row of L chunks by row, read once from the bricks with no
         slab in between.  Yields (l0, l1, chunks) per row: its L planes and an iterator of
-        (k0, h0, per kind (signal, weight, intensity or None, stored, counts)) over the
-        chunks of the row that hold a written brick (the others hold nothing: zeros, and NaN
-        intensity).  The arrays are float32 [cl, ck, ch], the fill value (0; NaN for the
-        intensity) beyond the grid, as HDF5 stores a chunk; stored: 1 | 2 | 4 when signal,
-        weight, intensity hold a value other than the fill bit for bit; counts: (measured
-        voxels, float64 sums of weight and signal).  Arrays are reused: valid until the next
-        chunk."""
+        (k0, h0, per kind (signal, weight, intensity or None)) over the chunks of the row
+        that hold a written brick (the others hold nothing: zeros, and NaN intensity).  The
+        arrays are float32 [cl, ck, ch], the fill value (0; NaN for the intensity) beyond the
+        grid, as HDF5 stores a chunk; reused: valid until the next chunk."""
         cl, ck, ch = (int(c) for c in chunk)
         nl, nk, nh = self.grid.shape
         b = self.brick
         if any(c % b and c != n for c, n in zip((cl, ck, ch), (nl, nk, nh))):
             raise ValueError(f"chunks {chunk} are not whole bricks of {b}^3 voxels")
-        # (signal, weight, intensity) x kind x chunk, and their bits
-        arrays = np.empty((3, self.nkinds, cl, ck, ch), np.float32)
-        bits = arrays.view(np.uint32).reshape(3, self.nkinds, -1)
-        stored = np.zeros(self.nkinds, np.int64)
-        counts = np.zeros((self.nkinds, 3))
+        arrays = np.empty((3, self.nkinds, cl, ck, ch), np.float32)  # signal, weight, intensity
         k_starts = np.arange(0, nk, ck) // b  # the first brick of each chunk along k and h
         h_starts = np.arange(0, nh, ch) // b
         for l0 in range(0, nl, cl):
@@ -338,10 +331,9 @@ class BrickedGrid:
                 touched |= flags.reshape(-1, *self.nbricks[1:]).any(axis=0)
             hit = np.logical_or.reduceat(np.logical_or.reduceat(touched, k_starts, axis=0),
                                          h_starts, axis=1)
-            yield l0, l1, self._gather_row(l0, hit, (ck, ch), written, intensity, arrays,
-                                           bits, stored, counts)
+            yield l0, l1, self._gather_row(l0, hit, (ck, ch), written, intensity, arrays)
 
-    def _gather_row(self, l0, hit, chunk, written, intensity, arrays, bits, stored, counts):
+    def _gather_row(self, l0, hit, chunk, written, intensity, arrays):
         signal, weight, inten = arrays
         # paired cells: both kinds in one call; else a call per kind's own cells
         groups = [slice(0, 2)] if self.paired else [slice(c, c + 1) for c in range(self.nkinds)]
@@ -350,47 +342,20 @@ class BrickedGrid:
             for cells, (first, flags), kinds in zip(self.cells, written, groups):
                 _gather_chunk(cells, self.stride, kinds.stop - kinds.start, l0, k0, h0,
                               self.grid.shape, self.nbricks, self.brick, first, flags,
-                              intensity, signal[kinds], weight[kinds], inten[kinds],
-                              bits[:, kinds], stored[kinds], counts[kinds])
-            yield k0, h0, [(signal[kind], weight[kind], inten[kind] if intensity else None,
-                            int(stored[kind]), tuple(counts[kind].tolist()))
+                              intensity, signal[kinds], weight[kinds], inten[kinds])
+            yield k0, h0, [(signal[kind], weight[kind], inten[kind] if intensity else None)
                            for kind in range(self.nkinds)]
-
-@numba.njit(inline="always")
-def _any_bits(bits, fill):
-    """Whether a uint32 array holds a value other than `fill` (vectorised: an OR, no exit)."""
-    differ = np.uint32(0)
-    for m in range(bits.shape[0]):
-        differ |= bits[m] ^ fill
-    return differ != 0
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _chunk_sums(signal, weight):
-    """(voxels with weight > 0, float64 sums of weight and of signal) of a chunk, summed in
-    any order (vectorised: the weights' sum is exact whatever the order, multiples of
-    1 / sub-steps; the signal's may differ in its last bits)."""
-    measured = 0
-    weight_sum = 0.0
-    signal_sum = 0.0
-    for m in range(signal.shape[0]):
-        measured += weight[m] > np.float32(0.0)
-        weight_sum += np.float64(weight[m])
-        signal_sum += np.float64(signal[m])
-    return measured, weight_sum, signal_sum
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_chunk(cells, stride, nkinds, l0, k0, h0, shape, nbricks, b, first,
-                  written, with_intensity, signal, weight, intensity, bits, stored, counts):
+def _gather_chunk(cells, stride, nkinds, l0, k0, h0, shape, nbricks, b, first, written,
+                  with_intensity, signal, weight, intensity):
     """One chunk (L planes l0.., k0.., h0.., signal's shape[1:] [cl, ck, ch]) of nkinds
     kinds (a voxel's cells `stride` apart, kind j's signal and weight at 2 j and 2 j + 1:
     paired cells give both kinds from one read) from the bricked cells (brick (L, K, H),
     then voxel (l, k, h) inside it) into signal[j], weight[j] and, with_intensity,
-    intensity[j] = signal / weight, NaN where the weight is 0; the fill value
-    beyond the grid.  Per kind: stored[j] = 1 | 2 | 4 for the arrays that hold a value other
-    than their fill bit for bit (`bits`: the three as uint32 [3, nkinds, voxels]), counts[j]
-    = (measured voxels, weight sum, signal sum)."""
+    intensity[j] = signal / weight, NaN where the weight is 0; the fill value beyond the
+    grid."""
     cl, ck, ch = signal.shape[1], signal.shape[2], signal.shape[3]
     nl, nk, nh = shape
     bk, bh = nbricks[1], nbricks[2]
@@ -441,13 +406,6 @@ def _gather_chunk(cells, stride, nkinds, l0, k0, h0, shape, nbricks, b, first,
                                 weight[1, i, kk, h - h0] = w
                                 if with_intensity:
                                     intensity[1, i, kk, h - h0] = s / w if w > zero else nan
-    nan_bits = np.uint32(0x7FC00000)  # np.float32(np.nan): HDF5's fill for the intensity
-    for j in range(nkinds):
-        stored[j] = ((1 if _any_bits(bits[0, j], np.uint32(0)) else 0)
-                     | (2 if _any_bits(bits[1, j], np.uint32(0)) else 0)
-                     | (4 if with_intensity and _any_bits(bits[2, j], nan_bits) else 0))
-        counts[j, 0], counts[j, 1], counts[j, 2] = _chunk_sums(signal[j].reshape(-1),
-                                                              weight[j].reshape(-1))
 
 
 @numba.njit(cache=True, nogil=True)

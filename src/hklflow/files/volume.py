@@ -176,12 +176,12 @@ class _ChunkWriter:
 
 
 class _ChunkReader:
-    """Reads L planes of a float32 bitshuffle-LZ4 dataset from its raw chunks: the stored
-    chunks are decompressed here by bitshuffle's C function, the others hold the fill value
-    (most chunks of a scan's volume are not stored).  An 801^3 array of a full rotation,
-    slab by slab: 0.30-0.32 CPU-s, through HDF5's filter 0.43-0.47.  A chunk that is not
-    plainly bitshuffle-LZ4 (a filter skipped, damaged) is read through HDF5, which names
-    what is wrong.  open() gives None where the dataset cannot be read this way."""
+    """Reads a float32 bitshuffle-LZ4 dataset from its raw chunks: the stored chunks are
+    decompressed here by bitshuffle's C function, the others hold the fill value (most
+    chunks of a scan's volume are not stored).  An 801^3 array of a full rotation, slab by
+    slab: 0.30-0.32 CPU-s, through HDF5's filter 0.43-0.47.  A chunk that is not plainly
+    bitshuffle-LZ4 (a filter skipped, damaged) is read through HDF5, which names what is
+    wrong.  open() gives None where the dataset cannot be read this way."""
 
     decompress = staticmethod(bitshuffle_function("bshuf_decompress_lz4"))
 
@@ -196,10 +196,13 @@ class _ChunkReader:
         self.dset = dset
         self.chunks = tuple(int(c) for c in dset.chunks)
         self.fill = np.float32(dset.fillvalue)
-        self.rows: dict[int, list] = {}  # first L plane of a row of chunks -> its stored chunks
-        dset.id.chunk_iter(lambda info: self.rows.setdefault(info.chunk_offset[0], []).append(
-            (info.chunk_offset, info.size, info.filter_mask)))
-        largest = max((c[1] for row in self.rows.values() for c in row), default=0)
+        self.stored: dict[tuple, tuple] = {}  # corner -> (bytes, filters skipped)
+        dset.id.chunk_iter(lambda info: self.stored.__setitem__(
+            tuple(info.chunk_offset), (info.size, info.filter_mask)))
+        self.rows: dict[int, list] = {}  # first L plane of a row of chunks -> stored corners
+        for corner in sorted(self.stored):
+            self.rows.setdefault(corner[0], []).append(corner)
+        largest = max((size for size, _ in self.stored.values()), default=0)
         self.raw = np.empty(max(largest, 12), np.uint8)
         self.chunk = np.empty(self.chunks, np.float32)
 
@@ -209,17 +212,32 @@ class _ChunkReader:
         out[...] = self.fill
         for r0 in range(l0 - l0 % cl, l1, cl):
             lo, hi = max(l0, r0), min(l1, r0 + cl)
-            for corner, size, skipped in self.rows.get(r0, ()):
+            for corner in self.rows.get(r0, ()):
+                self.read_chunk(corner, self.chunk)
                 _, k0, h0 = corner
                 dest = out[lo - l0:hi - l0, k0:k0 + ck, h0:h0 + ch]
-                if skipped or not self._decompress(corner, size):
-                    k1, h1 = k0 + dest.shape[1], h0 + dest.shape[2]
-                    self.dset.read_direct(out, np.s_[lo:hi, k0:k1, h0:h1],
-                                          np.s_[lo - l0:hi - l0, k0:k1, h0:h1])
-                    continue
                 dest[...] = self.chunk[lo - r0:hi - r0, :dest.shape[1], :dest.shape[2]]
 
-    def _decompress(self, corner, size) -> bool:
+    def read_chunk(self, corner: tuple, out: np.ndarray) -> None:
+        """The chunk at `corner` whole into out (float32, C order, the chunk's shape): the
+        fill value where it is not stored and beyond the dataset's extent."""
+        info = self.stored.get(corner)
+        if info is None:
+            out[...] = self.fill
+            return
+        region = tuple(slice(c, min(c + n, s))
+                       for c, n, s in zip(corner, self.chunks, self.dset.shape))
+        inside = tuple(slice(0, r.stop - r.start) for r in region)
+        size, skipped = info
+        if skipped or not self._decompress(corner, size, out):
+            out[...] = self.fill
+            self.dset.read_direct(out, region, inside)
+        elif any(r.stop - r.start < n for r, n in zip(region, self.chunks)):
+            edge = out.copy()  # an edge chunk: what lies beyond the extent is not data
+            out[...] = self.fill
+            out[inside] = edge[inside]
+
+    def _decompress(self, corner, size, out) -> bool:
         raw = self.raw[:size]
         try:
             self.dset.id.read_direct_chunk(corner, out=raw)
@@ -229,10 +247,10 @@ class _ChunkReader:
             return False
         # chunk header: uncompressed bytes (uint64), block size in bytes (uint32), big-endian
         nbytes, block_bytes = struct.unpack(">QI", raw[:12].tobytes())
-        if nbytes != self.chunk.nbytes:
+        if nbytes != out.nbytes:
             return False
-        consumed = self.decompress(raw.ctypes.data + 12, self.chunk.ctypes.data,
-                                   self.chunk.size, 4, block_bytes // 4)
+        consumed = self.decompress(raw.ctypes.data + 12, out.ctypes.data, out.size, 4,
+                                   block_bytes // 4)
         return consumed == size - 12
 
 
@@ -341,15 +359,38 @@ class VolumeReader:
         self._buffers = None
         self._chunk_readers: dict[str, _ChunkReader | None] = {}
 
-    def _read(self, dset: h5py.Dataset, l0: int, l1: int, out: np.ndarray) -> None:
-        """Planes [l0, l1) of an array into out: from its raw chunks where it can be."""
+    def _chunk_reader(self, dset: h5py.Dataset) -> _ChunkReader | None:
         if dset.name not in self._chunk_readers:
             self._chunk_readers[dset.name] = _ChunkReader.open(dset)
-        reader = self._chunk_readers[dset.name]
+        return self._chunk_readers[dset.name]
+
+    def _read(self, dset: h5py.Dataset, l0: int, l1: int, out: np.ndarray) -> None:
+        """Planes [l0, l1) of an array into out: from its raw chunks where it can be."""
+        reader = self._chunk_reader(dset)
         if reader is None:
             dset.read_direct(out, np.s_[l0:l1], np.s_[0:l1 - l0])
         else:
             reader.read(l0, l1, out)
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        return tuple(int(c) for c in self._signal.chunks)
+
+    def stored_chunks(self) -> list | None:
+        """The corners (l, k, h) of the chunks stored in signal_sum or data_weights, sorted
+        (elsewhere both hold 0 alone); None when they are not read from their raw chunks."""
+        readers = [self._chunk_reader(d) for d in (self._signal, self._weight)]
+        if any(r is None for r in readers) or readers[0].chunks != readers[1].chunks:
+            return None
+        return sorted(set(readers[0].stored) | set(readers[1].stored))
+
+    def read_chunk(self, corner: tuple, out: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """(signal_sum, weight_sum) of the chunk at `corner` whole, into out (two float32
+        arrays of the chunks' shape): 0 where not stored and beyond the grid; only when
+        stored_chunks() is not None."""
+        for dset, o in zip((self._signal, self._weight), out):
+            self._chunk_readers[dset.name].read_chunk(tuple(corner), o)
+        return out
 
     def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(signal_sum, weight_sum) float32 of planes [l0, l1): views of the first planes of
@@ -518,6 +559,38 @@ def _slab_sums(signal, weight, intensity, with_intensity, signal32, weight32, st
     return measured, weight_sum, signal_sum
 
 
+@numba.njit(cache=True, nogil=True)
+def _chunk_stored(signal_bits, weight_bits, intensity_bits, with_intensity):
+    """1 | 2 | 4 for those of a chunk's signal, weight and intensity (uint32 views) that
+    hold a value other than their fill (0, 0, NaN) bit for bit: the ones to store."""
+    nan = np.uint32(0x7FC00000)  # np.float32(np.nan): HDF5's fill for the intensity
+    s = np.uint32(0)
+    w = np.uint32(0)
+    i = np.uint32(0)
+    for m in range(signal_bits.size):  # from 0 and no early exit: vectorised
+        s |= signal_bits[m]
+        w |= weight_bits[m]
+    if with_intensity:
+        for m in range(intensity_bits.size):
+            i |= intensity_bits[m] ^ nan
+    return (1 if s else 0) | (2 if w else 0) | (4 if i else 0)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _chunk_counts(signal, weight):
+    """(voxels with weight > 0, float64 sums of weight and of signal) of a chunk, summed in
+    any order (vectorised: the weights' sum is exact in any order, multiples of 1 / sub-
+    steps; the signal's may differ in its last bits)."""
+    measured = 0
+    weight_sum = 0.0
+    signal_sum = 0.0
+    for m in range(signal.size):
+        measured += weight[m] > np.float32(0.0)
+        weight_sum += np.float64(weight[m])
+        signal_sum += np.float64(signal[m])
+    return measured, weight_sum, signal_sum
+
+
 class VolumeWriter:
     """Write a volume in write_volume's layout, slab by slab along L, so that a volume is
     never held whole (the intensity, signal/weight, is computed per slab).  Atomic like
@@ -657,23 +730,30 @@ class VolumeWriter:
         return self._chunk_writer.available
 
     def write_chunk(self, l0: int, k0: int, h0: int, signal: np.ndarray, weight: np.ndarray,
-                    intensity: np.ndarray | None, stored: int, counts: tuple) -> None:
-        """Store one chunk given whole (float32 [chunks], the fill value beyond the grid;
-        intensity None when the writer has none): only the arrays flagged in stored (1
-        signal, 2 weight, 4 intensity), the others holding their fill value alone.  counts:
-        (measured voxels, weight sum, signal sum) of the chunk.  A chunk that no call gives
-        holds fill values alone; mark_written tells when a row of chunks is complete."""
+                    intensity: np.ndarray | None, counts: tuple | None = None) -> None:
+        """Store one chunk given whole (float32 C-order [chunks], the fill value beyond the
+        grid; intensity None when the writer has none): of its arrays, those holding a
+        value other than their fill (0; NaN for the intensity) bit for bit.  counts:
+        (measured voxels, weight sum, signal sum) of the chunk, counted here when None.  A
+        chunk that no call gives holds fill values alone; mark_written tells when a row of
+        chunks is complete."""
         corner = (l0, k0, h0)
         if signal.shape != self.chunks or weight.shape != self.chunks \
                 or any(c % n for c, n in zip(corner, self.chunks)):
             raise ValueError(f"chunk {signal.shape}/{weight.shape} at {corner} is not a chunk "
                              f"{self.chunks} of the grid {self.grid.shape}")
+        inten = intensity if self.intensity else signal  # (not looked at without intensity)
+        stored = _chunk_stored(signal.reshape(-1).view(np.uint32),
+                               weight.reshape(-1).view(np.uint32),
+                               inten.reshape(-1).view(np.uint32), self.intensity)
         arrays = [("signal_sum", signal, 1), ("data_weights", weight, 2)]
         if self.intensity:
             arrays.append(("data", intensity, 4))
         for name, chunk, bit in arrays:
             if stored & bit:
                 self._chunk_writer.store(self._data[name], corner, chunk)
+        if counts is None:
+            counts = _chunk_counts(signal.reshape(-1), weight.reshape(-1))
         self.measured += int(counts[0])
         self.weight_sum += float(counts[1])
         self.signal_sum += float(counts[2])

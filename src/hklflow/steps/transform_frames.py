@@ -76,7 +76,7 @@ def write_volumes(tr: Transformer, writers: list[VolumeWriter]) -> None:
             for w in writers:
                 w.mark_written(l0, l1)
         return
-    step = slab_planes(grid, multiple=tr.acc.brick)  # pragma: no cover - HDF5's filter
+    step = slab_planes(grid, multiple=tr.acc.brick)  # without the library: HDF5's filter
     slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
              for _ in writers]
     for l0 in range(0, grid.l.n, step):
