@@ -386,10 +386,15 @@ class VolumeReader:
 
     def read_chunk(self, corner: tuple, out: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(signal_sum, weight_sum) of the chunk at `corner` whole, into out (two float32
-        arrays of the chunks' shape): 0 where not stored and beyond the grid; only when
-        stored_chunks() is not None."""
+        C-order arrays of the chunks' shape): 0 where not stored and beyond the grid; only
+        when stored_chunks() is not None."""
         for dset, o in zip((self._signal, self._weight), out):
-            self._chunk_readers[dset.name].read_chunk(tuple(corner), o)
+            reader = self._chunk_reader(dset)
+            if reader is None or o.shape != reader.chunks or o.dtype != np.float32 \
+                    or not o.flags.c_contiguous:
+                raise ValueError(f"{self.path}: {dset.name} cannot be read chunk by chunk into "
+                                 f"{o.dtype} {o.shape} (float32 C-order {self.chunks} expected)")
+            reader.read_chunk(tuple(corner), o)
         return out
 
     def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -738,10 +743,14 @@ class VolumeWriter:
         chunk that no call gives holds fill values alone; mark_written tells when a row of
         chunks is complete."""
         corner = (l0, k0, h0)
-        if signal.shape != self.chunks or weight.shape != self.chunks \
+        given = [signal, weight] + ([intensity] if self.intensity else [])
+        if any(a is None or a.shape != self.chunks or a.dtype != np.float32
+               or not a.flags.c_contiguous for a in given) \
                 or any(c % n for c, n in zip(corner, self.chunks)):
-            raise ValueError(f"chunk {signal.shape}/{weight.shape} at {corner} is not a chunk "
-                             f"{self.chunks} of the grid {self.grid.shape}")
+            names = "signal, weight" + (", intensity" if self.intensity else "")
+            raise ValueError(f"chunk at {corner}: expected {names} as float32 C-order arrays "
+                             f"of the chunks' shape {self.chunks}, at a chunk's corner of the "
+                             f"grid {self.grid.shape}")
         inten = intensity if self.intensity else signal  # (not looked at without intensity)
         stored = _chunk_stored(signal.reshape(-1).view(np.uint32),
                                weight.reshape(-1).view(np.uint32),
