@@ -44,7 +44,6 @@ import abc
 import glob
 import logging
 import os
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -55,7 +54,7 @@ import h5py
 import numpy as np
 
 from .errors import ImageReadError, RawDataError
-from .files.h5 import bitshuffle_function, bitshuffle_lz4_only, open_h5
+from .files.h5 import bitshuffle_function, bitshuffle_lz4_only, decompress_chunk, open_h5
 from .rawfiles import changed_files, fingerprint, is_hdf5_path, matching_files
 
 DEFAULT_DATASET = "/entry/data/data"
@@ -327,32 +326,13 @@ class _HDF5Stack(FrameStack):
             raw = self._raw.buffer = np.empty(max(size, 1), np.uint8)
         whole = (lo, hi) == (first, first + n)  # decompressed straight into out
         frames = out[lo - a:hi - a] if whole else np.empty((n,) + self.frame_shape, out.dtype)
-        if size and self._decompress_chunk(dset, first, raw[:size], frames):
+        if size and decompress_chunk(dset, (first, 0, 0), raw[:size], frames):
             if not whole:
                 out[lo - a:hi - a] = frames[lo - first:hi - first]
             return hi - lo
         # HDF5 reads it: the fill value of a chunk not written, a damaged one's error
         dset.read_direct(out, np.s_[lo:hi], np.s_[lo - a:hi - a])
         return 0
-
-    @staticmethod
-    def _decompress_chunk(dset, first, raw, frames) -> bool:
-        """Read the chunk starting at frame `first` into `raw` (its size) and decompress it
-        into `frames` (C-contiguous); False when it is not plainly bitshuffle-LZ4 of that
-        size (filter skipped, damaged)."""
-        try:
-            skipped_filters, _ = dset.id.read_direct_chunk((first, 0, 0), out=raw)
-        except Exception:
-            return False
-        if skipped_filters or raw.size < 12:
-            return False
-        # chunk header: uncompressed bytes (uint64), block size in bytes (uint32), big-endian
-        nbytes, block_bytes = struct.unpack(">QI", raw[:12].tobytes())
-        if nbytes != frames.nbytes:
-            return False
-        consumed = _bshuf_decompress_lz4(raw.ctypes.data + 12, frames.ctypes.data, frames.size,
-                                         frames.itemsize, block_bytes // frames.itemsize)
-        return consumed == raw.size - 12
 
     def read_monitor(self, path: str) -> np.ndarray:
         parts = []

@@ -17,6 +17,7 @@ import ctypes
 import functools
 import json
 import os
+import struct
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -115,6 +116,29 @@ def bitshuffle_lz4_only(dset) -> bool:
     code, _, values, _ = plist.get_filter(0)
     return (code == BITSHUFFLE_FILTER and len(values) >= 5
             and values[2] == dset.dtype.itemsize and values[4] == BITSHUFFLE_LZ4)
+
+
+def decompress_chunk(dset, corner, raw, out) -> bool:
+    """Read the raw chunk of `dset` at `corner` into `raw` (uint8, its stored size) and
+    decompress it into `out` (C-contiguous, the chunk's uncompressed size) with bitshuffle's
+    C function; False when it is not plainly bitshuffle-LZ4 of that size (a filter skipped,
+    damaged, unreadable) or the library is missing: then HDF5 must read it."""
+    decompress = bitshuffle_function("bshuf_decompress_lz4")
+    if decompress is None:  # pragma: no cover - HDF5's filter instead
+        return False
+    try:
+        skipped_filters, _ = dset.id.read_direct_chunk(corner, out=raw)
+    except Exception:
+        return False
+    if skipped_filters or raw.size < 12:
+        return False
+    # chunk header: uncompressed bytes (uint64), block size in bytes (uint32), big-endian
+    nbytes, block_bytes = struct.unpack(">QI", raw[:12].tobytes())
+    if nbytes != out.nbytes:
+        return False
+    consumed = decompress(raw.ctypes.data + 12, out.ctypes.data, out.size, out.itemsize,
+                          block_bytes // out.itemsize)
+    return consumed == raw.size - 12
 
 
 @functools.lru_cache(maxsize=None)

@@ -51,7 +51,7 @@ from ..errors import FileFormatError
 from ..grid import AXES, Axis, Grid
 from ..nxrefine import sample_fields, transform_angles
 from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function,
-                 bitshuffle_lz4_only, open_h5, text, write_provenance_h5)
+                 bitshuffle_lz4_only, decompress_chunk, open_h5, text, write_provenance_h5)
 
 @dataclass
 class Volume:
@@ -183,11 +183,10 @@ class _ChunkReader:
     bitshuffle-LZ4 (a filter skipped, damaged) is read through HDF5, which names what is
     wrong.  open() gives None where the dataset cannot be read this way."""
 
-    decompress = staticmethod(bitshuffle_function("bshuf_decompress_lz4"))
-
     @classmethod
     def open(cls, dset: h5py.Dataset) -> "_ChunkReader | None":
-        if (cls.decompress is None or dset.dtype != np.float32 or dset.ndim != 3
+        if (bitshuffle_function("bshuf_decompress_lz4") is None or dset.dtype != np.float32
+                or dset.ndim != 3
                 or not hasattr(dset.id, "chunk_iter") or not bitshuffle_lz4_only(dset)):
             return None
         return cls(dset)
@@ -227,31 +226,17 @@ class _ChunkReader:
             return
         region = tuple(slice(c, min(c + n, s))
                        for c, n, s in zip(corner, self.chunks, self.dset.shape))
-        inside = tuple(slice(0, r.stop - r.start) for r in region)
         size, skipped = info
-        if skipped or not self._decompress(corner, size, out):
+        if skipped or not decompress_chunk(self.dset, corner, self.raw[:size], out):
             out[...] = self.fill
+            inside = tuple(slice(0, r.stop - r.start) for r in region)
             self.dset.read_direct(out, region, inside)
-        elif any(r.stop - r.start < n for r, n in zip(region, self.chunks)):
-            edge = out.copy()  # an edge chunk: what lies beyond the extent is not data
-            out[...] = self.fill
-            out[inside] = edge[inside]
-
-    def _decompress(self, corner, size, out) -> bool:
-        raw = self.raw[:size]
-        try:
-            self.dset.id.read_direct_chunk(corner, out=raw)
-        except Exception:
-            return False
-        if size < 12:
-            return False
-        # chunk header: uncompressed bytes (uint64), block size in bytes (uint32), big-endian
-        nbytes, block_bytes = struct.unpack(">QI", raw[:12].tobytes())
-        if nbytes != out.nbytes:
-            return False
-        consumed = self.decompress(raw.ctypes.data + 12, out.ctypes.data, out.size, 4,
-                                   block_bytes // 4)
-        return consumed == size - 12
+            return
+        for axis, r in enumerate(region):  # an edge chunk: beyond the extent is not data
+            if r.stop - r.start < self.chunks[axis]:
+                beyond = [slice(None)] * 3
+                beyond[axis] = slice(r.stop - r.start, None)
+                out[tuple(beyond)] = self.fill
 
 
 def _text_or_none(value):
