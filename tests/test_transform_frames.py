@@ -107,13 +107,14 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
 @pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
 @pytest.mark.parametrize("whole", [True, False])
 def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
-        tmp_path, nkinds, paired, whole):
+        tmp_path, monkeypatch, nkinds, paired, whole):
     """write_volumes stores each chunk straight from the bricks: the files hold the same
     stored chunks, byte for byte, as the slab path (BrickedGrid.slabs into VolumeWriter.
     write), and the same counts; chunks of unwritten bricks, of written zeros, edge chunks
     on every axis, a -0.0 signal, a signal of 0 with a weight, writers in another order than
-    the grid's kinds; and without bitshuffle's library, HDF5's filter writes the same
-    values."""
+    the grid's kinds, chunks alike in both kinds (compressed once) and chunks that differ
+    in one voxel or in the sign of a zero alone; and without bitshuffle's library, HDF5's
+    filter writes the same values."""
     import types
 
     from hklflow.files.volume import VolumeWriter
@@ -138,6 +139,17 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
             s[flat[:5]] = 0.0  # a signal of 0 with a weight
             s[flat[5]] = -0.0
             w[flat[6]] = 0.0  # and a signal without one
+        if nkinds == 2:
+            # both kinds alike in chunk row 0 (compressed once, stored twice) but for a
+            # weight in its first chunk and a -0.0 against a 0.0 in its second (equal floats)
+            ll, kk, hh = (a.ravel() for a in np.meshgrid(np.arange(8), np.arange(70),
+                                                        np.arange(150), indexing="ij"))
+            row = _bricked_index(g, ll, kk, hh)
+            g.signals[1][row] = g.signals[0][row]
+            g.weights[1][row] = g.weights[0][row]
+            g.weights[1][_bricked_index(g, 1, 2, 3)] += 1.0
+            g.signals[0][_bricked_index(g, 2, 3, 70)] = -0.0
+            g.signals[1][_bricked_index(g, 2, 3, 70)] = 0.0
         # a written brick of zeros alone (its chunk is not stored), far from the others
         g.cells[0][: g.stride * 8] = 0.0
         return g
@@ -149,6 +161,12 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
 
     g = made()
     tr = types.SimpleNamespace(acc=g, kinds=kinds, slabs=g.slabs)
+    twins, write_chunk = [], VolumeWriter.write_chunk
+
+    def spy(self, *args, twin=None, **kwargs):
+        twins.append(twin is not None)
+        return write_chunk(self, *args, twin=twin, **kwargs)
+    monkeypatch.setattr(VolumeWriter, "write_chunk", spy)
     writers = files("chunks", reverse=True)
     for w in writers:
         w.__enter__()
@@ -178,6 +196,8 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
         counts[w.kind] = w.weight_sum
     if nkinds == 2:
         assert counts["transform"] != counts["masked_transform"]  # each file its own kind
+        # row 0: 4 of its 6 chunks alike, compressed once
+        assert twins.count(True) == 4 and twins.count(False) == 2 * 9
     names = ["signal_sum", "data_weights"] + (["data"] if whole else [])
     for kind in kinds:
         with h5py.File(tmp_path / "chunks" / f"{kind}.nxs") as x, \

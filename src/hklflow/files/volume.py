@@ -165,14 +165,17 @@ class _ChunkWriter:
                     chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
                 self.store(dset, (l0 + p0, k0, h0), chunk)
 
-    def store(self, dset: h5py.Dataset, corner: tuple, chunk: np.ndarray) -> None:
+    def store(self, dset: h5py.Dataset, corner: tuple, chunk: np.ndarray,
+              twin: h5py.Dataset | None = None) -> None:
         """Compress one whole chunk (float32, C order, the chunk's shape) and store it at
-        its corner (the chunk's first voxel)."""
+        its corner (the chunk's first voxel), the same bytes in `twin` too when given."""
         size = self.compress(chunk.ctypes.data, self.out.ctypes.data + 12, self.nvox, 4, 0)
         if size < 0:  # pragma: no cover - bitshuffle's own failure
             raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a chunk of "
                           f"{dset.name} failed (error {size})")
         dset.id.write_direct_chunk(corner, self.out[:12 + size])
+        if twin is not None:
+            twin.id.write_direct_chunk(corner, self.out[:12 + size])
 
 
 class _ChunkReader:
@@ -566,6 +569,23 @@ def _chunk_stored(signal_bits, weight_bits, intensity_bits, with_intensity):
     return (1 if s else 0) | (2 if w else 0) | (4 if i else 0)
 
 
+@numba.njit(cache=True, nogil=True)
+def _same_bits(a, b):
+    """Whether two uint32 arrays of one size hold the same bits (vectorised: no exit)."""
+    differ = np.uint32(0)
+    for m in range(a.size):
+        differ |= a[m] ^ b[m]
+    return differ == 0
+
+
+def same_chunk(a: tuple, b: tuple) -> bool:
+    """Whether chunks a and b (signal, weight, intensity or None, as write_chunk takes them:
+    float32 C order) hold the same bits, the intensity (signal / weight) aside."""
+    return all(x.shape == y.shape and _same_bits(x.reshape(-1).view(np.uint32),
+                                                 y.reshape(-1).view(np.uint32))
+               for x, y in zip(a[:2], b[:2]))
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _chunk_counts(signal, weight):
     """(voxels with weight > 0, float64 sums of weight and of signal) of a chunk, summed in
@@ -720,14 +740,21 @@ class VolumeWriter:
         return self._chunk_writer.available
 
     def write_chunk(self, l0: int, k0: int, h0: int, signal: np.ndarray, weight: np.ndarray,
-                    intensity: np.ndarray | None, counts: tuple | None = None) -> None:
+                    intensity: np.ndarray | None, counts: tuple | None = None,
+                    twin: "VolumeWriter | None" = None) -> None:
         """Store one chunk given whole (float32 C-order [chunks], the fill value beyond the
         grid; intensity None when the writer has none): of its arrays, those holding a
         value other than their fill (0; NaN for the intensity) bit for bit.  counts:
         (measured voxels, weight sum, signal sum) of the chunk, counted here when None.  A
         chunk that no call gives holds fill values alone; mark_written tells when a row of
-        chunks is complete."""
+        chunks is complete.  twin: a writer of the same grid and arrays whose chunk here is
+        this one bit for bit (same_chunk): it gets the bytes compressed once (the two kinds
+        of a transform differ in the chunks of the Bragg regions alone)."""
         corner = (l0, k0, h0)
+        if twin is not None and (twin.grid.shape != self.grid.shape
+                                 or twin.intensity != self.intensity):
+            raise ValueError(f"{twin.path}: a twin of {self.path} must hold the same arrays of "
+                             f"the same grid {self.grid.shape}")
         given = [signal, weight] + ([intensity] if self.intensity else [])
         if any(a is None or a.shape != self.chunks or a.dtype != np.float32
                or not a.flags.c_contiguous for a in given) \
@@ -745,12 +772,14 @@ class VolumeWriter:
             arrays.append(("data", intensity, 4))
         for name, chunk, bit in arrays:
             if stored & bit:
-                self._chunk_writer.store(self._data[name], corner, chunk)
+                self._chunk_writer.store(self._data[name], corner, chunk,
+                                         twin._data[name] if twin is not None else None)
         if counts is None:
             counts = _chunk_counts(signal.reshape(-1), weight.reshape(-1))
-        self.measured += int(counts[0])
-        self.weight_sum += float(counts[1])
-        self.signal_sum += float(counts[2])
+        for w in (self,) if twin is None else (self, twin):
+            w.measured += int(counts[0])
+            w.weight_sum += float(counts[1])
+            w.signal_sum += float(counts[2])
 
     def mark_written(self, l0: int, l1: int) -> None:
         """Planes [l0, l1) are complete: every chunk of theirs holding a value other than the

@@ -21,7 +21,7 @@ from ..files.grid import read_grid_file
 from ..files.mask import read_mask_file
 from ..files.orientation import read_orientation_file
 from ..files.scan import read_scan_file
-from ..files.volume import VolumeWriter, slab_planes
+from ..files.volume import VolumeWriter, same_chunk, slab_planes
 from ..frames import open_frame_source
 from ..params import DetectorParams, TransformParams, settings_part
 from ..provenance import provenance
@@ -71,6 +71,9 @@ def write_volumes(tr: Transformer, writers: list[VolumeWriter]) -> None:
         with_intensity = writers[0].intensity
         for l0, l1, chunks in tr.acc.chunk_rows(writers[0].chunks, with_intensity):
             for k0, h0, kinds in chunks:
+                if len(kinds) == 2 and same_chunk(*kinds):  # outside the Bragg regions
+                    writers[0].write_chunk(l0, k0, h0, *kinds[0], twin=writers[1])
+                    continue
                 for w, chunk in zip(writers, kinds):
                     w.write_chunk(l0, k0, h0, *chunk)
             for w in writers:
