@@ -3,6 +3,9 @@ loops on its --threads (1 without the option), not on every core, and puts the s
 back after."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numba
 import pytest
 import scipy.sparse.linalg  # noqa: F401 - scipy's OpenBLAS loaded, as in delta_pdf
@@ -45,3 +48,24 @@ def test_step_given_two_threads_runs_blas_and_numba_on_two():
     seen = []
     assert run_step(*_probe(True, seen), ["--threads", "2"]) == 0
     assert seen == [([min(2, n) for n in before[0]], 2)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_step_reuses_the_memory_it_freed_without_page_faults():
+    """After keep_freed_memory (run_step calls it), an array made after a volume-sized one
+    was freed takes the same pages: (nearly) no page faults where glibc's default mapping
+    faults in every page again.  Each in a process of its own (it changes malloc)."""
+    probe = ("import resource, sys, numpy as np\n"
+             "from hklflow.steps._run import keep_freed_memory\n"
+             "kept = keep_freed_memory() if sys.argv[1] == 'keep' else None\n"
+             "a = np.ones(50_000_000, np.float32); del a\n"
+             "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+             "b = np.ones(50_000_000, np.float32)\n"
+             "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n")
+    out = {mode: subprocess.run([sys.executable, "-c", probe, mode], capture_output=True,
+                                text=True, check=True).stdout.split()
+           for mode in ("keep", "default")}
+    assert out["keep"][0] == "True"
+    faults = {mode: int(v[1]) for mode, v in out.items()}
+    assert faults["default"] >= 50  # 200 MB in 4 KiB or 2 MiB pages
+    assert faults["keep"] <= faults["default"] // 10
