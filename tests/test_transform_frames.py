@@ -164,13 +164,17 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     twins, write_chunk = [], VolumeWriter.write_chunk
 
     def spy(self, *args, twin=None, **kwargs):
-        twins.append(twin is not None)
-        return write_chunk(self, *args, twin=twin, **kwargs)
+        write_chunk(self, *args, twin=twin, **kwargs)
+        twins.append(twin is not None)  # (a chunk written)
     monkeypatch.setattr(VolumeWriter, "write_chunk", spy)
     writers = files("chunks", reverse=True)
     for w in writers:
         w.__enter__()
     write_volumes(tr, writers)
+    l0, _, row = next(g.chunk_rows(writers[0].chunks, whole))
+    k0, h0, chunk = next(row)
+    with pytest.raises(ValueError, match="another file"):  # nothing written twice
+        writers[0].write_chunk(l0, k0, h0, *chunk[0], twin=writers[0])
     for w in writers:
         w.__exit__(None, None, None)
     slab_writers = files("slabs")

@@ -580,10 +580,11 @@ def _same_bits(a, b):
 
 def same_chunk(a: tuple, b: tuple) -> bool:
     """Whether chunks a and b (signal, weight, intensity or None, as write_chunk takes them:
-    float32 C order) hold the same bits, the intensity (signal / weight) aside."""
-    return all(x.shape == y.shape and _same_bits(x.reshape(-1).view(np.uint32),
-                                                 y.reshape(-1).view(np.uint32))
-               for x, y in zip(a[:2], b[:2]))
+    float32 C order) hold the same bits."""
+    return len(a) == len(b) and all(
+        x is y or (x is not None and y is not None and x.shape == y.shape
+                   and _same_bits(x.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32)))
+        for x, y in zip(a, b))
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -751,10 +752,10 @@ class VolumeWriter:
         this one bit for bit (same_chunk): it gets the bytes compressed once (the two kinds
         of a transform differ in the chunks of the Bragg regions alone)."""
         corner = (l0, k0, h0)
-        if twin is not None and (twin.grid.shape != self.grid.shape
+        if twin is not None and (twin is self or twin.grid.shape != self.grid.shape
                                  or twin.intensity != self.intensity):
-            raise ValueError(f"{twin.path}: a twin of {self.path} must hold the same arrays of "
-                             f"the same grid {self.grid.shape}")
+            raise ValueError(f"{twin.path}: a twin of {self.path} must be another file of the "
+                             f"same arrays on the same grid {self.grid.shape}")
         given = [signal, weight] + ([intensity] if self.intensity else [])
         if any(a is None or a.shape != self.chunks or a.dtype != np.float32
                or not a.flags.c_contiguous for a in given) \
