@@ -253,3 +253,9 @@ def test_flips_equal_the_gather_kernel(symbol, grid, planned):
     assert inside == grid.size * len(ops)
     np.testing.assert_allclose(s, s0, rtol=3e-7)
     np.testing.assert_allclose(w, w0, rtol=3e-7)
+    # float64 arrays of the same values: the same sums, and the arrays left as they were
+    # (a group with no operator keeping L but the identity, -1, once summed into them)
+    signal, weight = vol.signal.astype(np.float64), vol.weight.astype(np.float64)
+    s64, w64 = symmetrize_flips(plan, signal, weight, signal[::-1], weight[::-1])
+    assert np.array_equal(signal, vol.signal) and np.array_equal(weight, vol.weight)
+    assert np.array_equal(s64, s) and np.array_equal(w64, w)

@@ -416,7 +416,9 @@ def symmetrize_flips(plan: FlipPlan, signal, weight, mirror_signal=None, mirror_
     out_w = np.empty(np.shape(weight), np.float32)
     for x, m, out in ((signal, mirror_signal, out_s), (weight, mirror_weight, out_w)):
         for p in range(out.shape[0]):
-            s = _in_plane_sum(plan, np.asarray(x[p:p + 1], dtype=np.float64))
+            # a copy (float64 input too): with no operator keeping L but the identity (-1),
+            # the in-plane sum is the plane itself, and the mirror is added into it
+            s = _in_plane_sum(plan, np.array(x[p:p + 1], dtype=np.float64))
             if plan.mirror is not None:
                 s += _view(_in_plane_sum(plan, np.asarray(m[p:p + 1], dtype=np.float64)),
                            plan.mirror)
