@@ -28,6 +28,12 @@ include: "workflow/rules/nxrefine.smk"
 record_known_parameters(workflow.rules)
 
 
+onstart:
+    # Snakemake's SIGTERM handler on a thread of its own (it deadlocked when the signal came
+    # while jobs were being scheduled: hklflow.workflow_hooks)
+    defer_sigterm_handler()
+
+
 rule all:
     input:
         all_targets(),

@@ -17,6 +17,7 @@ import hklflow
 from hklflow.config import ConfigError, load_experiment, read_config_files
 from hklflow.jobs import JobSettings, known_parameters, transform_frame_ranges
 from hklflow.rawfiles import RawFileOwners, is_hdf5_path, matching_files
+from hklflow.workflow_hooks import defer_sigterm_handler
 
 # Planning makes millions of objects that live until the plan is made (jobs, their files and
 # wildcards) and almost no cyclic garbage, and Python's full collections, each a walk over all
