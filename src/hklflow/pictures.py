@@ -46,6 +46,21 @@ def _save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     matplotlib.image.imsave(path, image, format="png", dpi=dpi)
 
 
+def _margins(fig, wspace: float, hspace: float = 0.2) -> None:
+    """Room around and between the panels of a row of plots, drawn once (fig.tight_layout
+    measures every label with a draw of its own: 0.2 s a picture); the margins in inches are
+    wide enough for the labels and are cut off again by _save_tight."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=1.0 / width, right=1 - 0.9 / width, bottom=0.75 / height,
+                        top=1 - 0.75 / height, wspace=wspace, hspace=hspace)
+
+
+def _reduction(rows: int, cols: int, pixels: int = 800) -> int:
+    """Block size that brings a detector image to at most `pixels` a side: a picture shows
+    no more, and matplotlib resamples a 2M image in 0.2 s."""
+    return max(1, math.ceil(max(rows, cols) / pixels))
+
+
 # --------------------------------------------------------------------------------------
 # Calibration (calibrate_powder)
 # --------------------------------------------------------------------------------------
@@ -127,8 +142,8 @@ def plot_peaks(result, title: str, path) -> None:
 
     p = result.peaks
     fig, ax = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.1, 1, 1.2]})
-    img = np.where(result.max_projection > 0, result.max_projection, np.nan).astype(float)
-    ax[0].imshow(np.log10(img), origin="lower", cmap="gray_r", interpolation="nearest")
+    img, extent = _reduced_log_image(result.max_projection)
+    ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
     ax[0].scatter(p["observed_px_x"] - 0.5, p["observed_px_y"] - 0.5, s=14, facecolors="none",
                   edgecolors="tab:red", linewidths=0.6)
     ax[0].set(title=f"{len(p['n_pixels'])} peaks on the maximum over frames (log)",
@@ -148,8 +163,8 @@ def plot_peaks(result, title: str, path) -> None:
     ax[2].set(title="per-frame statistics", xlabel="frame", ylabel="relative")
     ax[2].legend(loc="lower left", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _margins(fig, wspace=0.25)
+    _save_tight(fig, path, 90)
     plt.close(fig)
 
 
@@ -196,6 +211,18 @@ def _blocks(a: np.ndarray, s: int, ufunc, fill) -> np.ndarray:
     return ufunc.reduce(ufunc.reduce(p.reshape(p.shape[0] // s, s, p.shape[1] // s, s), axis=3), axis=1)
 
 
+def _reduced_log_image(image) -> tuple[np.ndarray, tuple]:
+    """log10 of a detector image reduced by blocks (their maximum, so that single bright
+    pixels stay visible), NaN where nothing is positive; with its extent in pixels."""
+    a = np.asarray(image, dtype=np.float32)
+    rows, cols = a.shape
+    s = _reduction(rows, cols)
+    mp = _blocks(a, s, np.maximum, np.float32(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = np.log10(np.where(mp > 0, mp, np.float32(np.nan)))
+    return img, (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
+
+
 def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
     """Left: the pixel mask (colours by reason) over the scan's maximum projection (log),
     with the Bragg regions projected on the detector as ellipses (when there are at most
@@ -214,14 +241,12 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
     rows, cols = m.shape
     fig, ax = plt.subplots(1, 3, figsize=(19, 6.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
     # images larger than the picture are reduced by blocks (maximum, union of mask bits)
-    s = max(1, math.ceil(max(rows, cols) / 800))
+    s = _reduction(rows, cols)
     extent = (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
     if result.max_projection is not None:
-        mp = _blocks(np.asarray(result.max_projection, dtype=np.float32), s, np.maximum, -1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            img = np.log10(np.where(mp > 0, mp, np.float32(np.nan)))
+        img, _ = _reduced_log_image(result.max_projection)
         ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
-        del img, mp
+        del img
     reasons = _blocks(np.asarray(result.reasons), s, np.bitwise_or, 0)
     rgba = np.zeros(reasons.shape + (4,), np.uint8)
     for bit, colour in REASON_COLOURS.items():  # later reasons drawn over earlier ones
@@ -259,7 +284,7 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
         pp[pp == 0] = np.nan
         im = ax[1].imshow(pp, origin="lower", interpolation="nearest", extent=extent, cmap="viridis",
                           norm=LogNorm(vmin=1, vmax=max(float(np.nanmax(pp)) if np.isfinite(pp).any() else 1, 2)))
-        fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.02, label="frames")
+        _plain_log_ticks(fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.02, label="frames"))
         ax[1].imshow(np.where((reasons & GAP)[..., None] != 0, rgba, 0), origin="lower",
                      interpolation="nearest", extent=extent)
     ax[1].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
@@ -274,8 +299,8 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
                  f"user {st['pixels_user']} pixels; regions {st['regions_found']} found, "
                  f"{st['regions_predicted']} predicted: {100 * st['bragg_fraction']:.3f}% of the usable "
                  f"pixel-frames; hkl_radius {m.hkl_radius:g} r.l.u. (applied by the transform)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _margins(fig, wspace=0.3)
+    _save_tight(fig, path, 80)
     plt.close(fig)
 
 
