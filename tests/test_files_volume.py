@@ -320,3 +320,49 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path):
         d.id.write_direct_chunk(corner, b"\x00" * 12 + b"\x07" * 40)
     with VolumeReader(path) as r, pytest.raises(OSError):
         r.read(0, 21)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+@pytest.mark.parametrize("raw_chunks", [True, False])
+def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, stored, raw_chunks):
+    """VolumeReader.read_plane (the slice pictures): every H, K and L plane, edges of the
+    chunks and of the grid included, equals the stored intensity bit for bit (NaN where a
+    chunk is not stored), or signal / weight where the file has no intensity; from the raw
+    chunks, or through HDF5 where they cannot be read so."""
+    import h5py
+
+    from hklflow.files import volume as files_volume
+    from hklflow.grid import Axis, Grid
+
+    if not raw_chunks:
+        monkeypatch.setattr(files_volume._ChunkReader, "open", classmethod(lambda cls, d: None))
+    grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))
+    rng = np.random.default_rng(5)
+    signal = np.zeros(grid.shape, np.float32)
+    weight = np.zeros(grid.shape, np.float32)
+    region = (slice(3, 19), slice(10, 70), slice(64, 140))  # chunks stored and not, edges
+    weight[region] = rng.integers(0, 3, weight[region].shape)
+    signal[region] = weight[region] * rng.random(weight[region].shape)
+    path = tmp_path / "v.nxs"
+    with VolumeWriter(path, grid, intensity=stored) as w:
+        w.write(0, signal, weight)
+    with h5py.File(path) as f:
+        d = f["entry/transform"]
+        if stored:
+            want = d["data"][()]
+        else:
+            s, wt = d["signal_sum"][()].astype(np.float64), d["data_weights"][()]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                want = np.where(wt > 0, s / np.where(wt > 0, wt, 1), np.nan).astype(np.float32)
+    assert np.isnan(want).any() and np.isfinite(want).any()
+    with VolumeReader(path) as r:
+        for axis, j in (("l", 0), ("k", 1), ("h", 2)):
+            for index in range(grid.shape[j]):
+                plane = r.read_plane(axis, index)
+                expected = np.take(want, index, axis=j)
+                assert plane.dtype == np.float32 and plane.shape == expected.shape
+                assert np.array_equal(plane, expected, equal_nan=True), (axis, index)
+        used = [c for c in r._chunk_readers.values() if c is not None]
+        assert bool(used) == raw_chunks
+        with pytest.raises(ValueError, match="outside"):
+            r.read_plane("k", 70)

@@ -9,7 +9,8 @@ them (from the reciprocal metric of the cell), so a hexagonal HK0 plane shows it
 (60 deg between a* and b*) and the grid lines follow constant H and constant K.  Without a
 cell the axes are orthogonal with 1 r.l.u. the same length on both, and the picture says so.
 
-Only the plane is read from a volume file (files.volume.read_volume with a region).
+Only the plane is read from a volume file (files.volume.VolumeReader.read_plane: its stored
+intensity, through the chunks that hold the plane).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from .crystal import UnitCell
 from .errors import ConfigError
-from .files.volume import Volume, read_grid_of, read_volume, read_volume_header
+from .files.volume import Volume, VolumeReader, read_volume_header
 from .grid import AXES, Grid
 
 
@@ -84,17 +85,16 @@ def read_slice(volume_or_path, spec) -> Slice:
         i = grid.slice_index(axis, value)
         reg = _region(grid, axis, i)
         signal, weight = vol.signal[reg], vol.weight[reg]
+        j = AXES.index(axis)
+        plane = np.squeeze(np.asarray(signal, np.float64), axis=2 - j)
+        wplane = np.squeeze(np.asarray(weight, np.float64), axis=2 - j)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            data = np.where(wplane > 0, plane / np.where(wplane > 0, wplane, 1.0), np.nan)
     else:
-        grid, _ = read_grid_of(volume_or_path)
-        i = grid.slice_index(axis, value)
-        reg = _region(grid, axis, i)
-        part = read_volume(volume_or_path, region=reg)
-        signal, weight = part.signal, part.weight
-    j = AXES.index(axis)
-    plane = np.squeeze(np.asarray(signal, np.float64), axis=2 - j)
-    wplane = np.squeeze(np.asarray(weight, np.float64), axis=2 - j)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        data = np.where(wplane > 0, plane / np.where(wplane > 0, wplane, 1.0), np.nan)
+        with VolumeReader(volume_or_path) as reader:
+            grid = reader.grid
+            i = grid.slice_index(axis, value)
+            data = reader.read_plane(axis, i).astype(np.float64)
     u, v = [a for a in AXES if a != axis]  # arrays [l, k, h] minus one axis: rows v, cols u
     ax_u, ax_v = getattr(grid, u), getattr(grid, v)
     return Slice(axis, value, float(getattr(grid, axis).values[i]), u, v, data,

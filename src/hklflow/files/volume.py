@@ -428,6 +428,48 @@ class VolumeReader:
         _slab_sums(signal, weight, view, True, signal, weight, False)
         return view
 
+    def read_plane(self, axis: str, index: int) -> np.ndarray:
+        """The intensity (NaN where unmeasured) float32 of one plane, the array [l, k, h]
+        without `axis` ('h', 'k' or 'l') at `index`.  An H or K plane crosses a chunk per
+        (L, other axis) pair: only the stored ones are decompressed (through the stored
+        `data` array when the file has one), none of the planes beside it are kept."""
+        j = 2 - AXES.index(axis)  # array order is [l, k, h]
+        if not 0 <= index < self.grid.shape[j]:
+            raise ValueError(f"{self.path}: {axis} plane {index} is outside the grid's "
+                             f"{self.grid.shape[j]}")
+        if j == 0:
+            return self.read_intensity(index, index + 1)[0]
+        arrays = (self._intensity,) if self._intensity is not None else (self._signal, self._weight)
+        readers = [self._chunk_reader(d) for d in arrays]
+        region = [slice(None)] * 3
+        region[j] = slice(index, index + 1)
+        if any(r is None for r in readers):
+            planes = [np.squeeze(d[tuple(region)], axis=j) for d in arrays]
+        else:
+            planes = [self._plane_from_chunks(r, j, index) for r in readers]
+        if len(planes) == 1:
+            return planes[0]
+        signal, weight = planes
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(weight > 0, signal / np.where(weight > 0, weight, 1), np.nan
+                            ).astype(np.float32)
+
+    @staticmethod
+    def _plane_from_chunks(reader: "_ChunkReader", j: int, index: int) -> np.ndarray:
+        shape = [n for i, n in enumerate(reader.dset.shape) if i != j]
+        out = np.full(shape, reader.fill, np.float32)
+        first = index - index % reader.chunks[j]  # the chunks' corner along the plane's axis
+        chunk = np.empty(reader.chunks, np.float32)
+        for corner in reader.stored:
+            if corner[j] != first:
+                continue
+            reader.read_chunk(corner, chunk)
+            a, b = (c for i, c in enumerate(corner) if i != j)
+            part = np.take(chunk, index - first, axis=j)
+            dest = out[a:a + part.shape[0], b:b + part.shape[1]]
+            dest[...] = part[:dest.shape[0], :dest.shape[1]]
+        return out
+
     def close(self) -> None:
         self._f.close()
 
