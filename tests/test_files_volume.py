@@ -276,6 +276,23 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
     assert read_volume(tmp_path / "raw.nxs").signal.tobytes() == signal.tobytes()
 
 
+def _partly_stored_volume(path, seed, **writer_options):
+    """A 140 x 70 x 21 volume (chunks 64 x 64 x 8) measured in a box that leaves chunks
+    unstored and reaches the grid's edge chunks on every axis: (path, signal, grid)."""
+    from hklflow.grid import Axis, Grid
+
+    grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))
+    rng = np.random.default_rng(seed)
+    signal = np.zeros(grid.shape, np.float32)
+    weight = np.zeros(grid.shape, np.float32)
+    region = (slice(3, 19), slice(10, 70), slice(64, 140))
+    weight[region] = rng.integers(0, 3, weight[region].shape)
+    signal[region] = weight[region] * rng.random(weight[region].shape)
+    with VolumeWriter(path, grid, **writer_options) as w:
+        w.write(0, signal, weight)
+    return path, signal, grid
+
+
 def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path):
     """VolumeReader reads the arrays from their raw chunks (bitshuffle's C function, the
     fill value where a chunk is not stored): the same bits as HDF5's filter, for slabs in
@@ -284,18 +301,8 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path):
     import h5py
 
     from hklflow.files import volume as files_volume
-    from hklflow.grid import Axis, Grid
 
-    grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))
-    rng = np.random.default_rng(11)
-    signal = np.zeros(grid.shape, np.float32)
-    weight = np.zeros(grid.shape, np.float32)
-    region = (slice(3, 19), slice(10, 70), slice(64, 140))  # chunks stored and not, edges
-    weight[region] = rng.integers(0, 3, weight[region].shape)
-    signal[region] = weight[region] * rng.random(weight[region].shape)
-    path = tmp_path / "v.nxs"
-    with VolumeWriter(path, grid) as w:
-        w.write(0, signal, weight)
+    path, signal, _ = _partly_stored_volume(tmp_path / "v.nxs", seed=11)
     with h5py.File(path, "r+") as f:  # one chunk of the signal stored unfiltered
         d = f["entry/transform/signal_sum"]
         assert d.id.get_num_chunks() < 3 * 2 * 3  # some chunks are not stored
@@ -332,20 +339,10 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
     import h5py
 
     from hklflow.files import volume as files_volume
-    from hklflow.grid import Axis, Grid
 
     if not raw_chunks:
         monkeypatch.setattr(files_volume._ChunkReader, "open", classmethod(lambda cls, d: None))
-    grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))
-    rng = np.random.default_rng(5)
-    signal = np.zeros(grid.shape, np.float32)
-    weight = np.zeros(grid.shape, np.float32)
-    region = (slice(3, 19), slice(10, 70), slice(64, 140))  # chunks stored and not, edges
-    weight[region] = rng.integers(0, 3, weight[region].shape)
-    signal[region] = weight[region] * rng.random(weight[region].shape)
-    path = tmp_path / "v.nxs"
-    with VolumeWriter(path, grid, intensity=stored) as w:
-        w.write(0, signal, weight)
+    path, _, grid = _partly_stored_volume(tmp_path / "v.nxs", seed=5, intensity=stored)
     with h5py.File(path) as f:
         d = f["entry/transform"]
         if stored:

@@ -430,9 +430,9 @@ class VolumeReader:
 
     def read_plane(self, axis: str, index: int) -> np.ndarray:
         """The intensity (NaN where unmeasured) float32 of one plane, the array [l, k, h]
-        without `axis` ('h', 'k' or 'l') at `index`.  An H or K plane crosses a chunk per
-        (L, other axis) pair: only the stored ones are decompressed (through the stored
-        `data` array when the file has one), none of the planes beside it are kept."""
+        without `axis` ('h', 'k' or 'l') at `index`: the stored `data` array when the file
+        has one, else signal / weight.  An H or K plane runs through one row of chunks:
+        only the stored ones are decompressed (whole, the plane copied out of each)."""
         j = 2 - AXES.index(axis)  # array order is [l, k, h]
         if not 0 <= index < self.grid.shape[j]:
             raise ValueError(f"{self.path}: {axis} plane {index} is outside the grid's "
