@@ -449,10 +449,10 @@ class VolumeReader:
             planes = [self._plane_from_chunks(r, j, index) for r in readers]
         if len(planes) == 1:
             return planes[0]
-        signal, weight = planes
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(weight > 0, signal / np.where(weight > 0, weight, 1), np.nan
-                            ).astype(np.float32)
+        signal, weight = (np.ascontiguousarray(p, np.float32) for p in planes)
+        out = np.empty_like(signal)
+        _slab_sums(signal, weight, out, True, signal, weight, False)  # as read_intensity
+        return out
 
     @staticmethod
     def _plane_from_chunks(reader: "_ChunkReader", j: int, index: int) -> np.ndarray:
