@@ -69,3 +69,38 @@ def test_a_step_reuses_the_memory_it_freed_without_page_faults():
     faults = {mode: int(v[1]) for mode, v in out.items()}
     assert faults["default"] >= 50  # 200 MB in 4 KiB or 2 MiB pages
     assert faults["keep"] <= faults["default"] // 10
+
+
+def test_a_command_process_runs_its_step_with_the_imports_frozen_out_of_gc(tmp_path):
+    """`hklflow COMMAND` (its own process): the step module is imported with the garbage
+    collector off, then runs with it on and the objects of its imports frozen (left out of
+    every collection); called in-process with argv, main changes nothing of gc."""
+    probe = tmp_path / "gc_probe.py"
+    probe.write_text("import gc\n"
+                     "import numpy\n"
+                     "SEEN = gc.isenabled()\n"
+                     "TRACKED = len(gc.get_objects())\n"
+                     "def main(argv):\n"
+                     "    print('import', SEEN, 'run', gc.isenabled(),\n"
+                     "          gc.get_freeze_count() >= 0.9 * TRACKED, gc.get_freeze_count(), TRACKED)\n"
+                     "    return 3\n")
+    code = ("import gc, sys\n"
+            "import hklflow.cli as cli\n"
+            "cli.COMMANDS['gc_probe'] = ('gc_probe:main', 'prints what gc was doing')\n"
+            "if sys.argv[1] == 'process':\n"
+            "    sys.argv = ['hklflow', 'gc_probe']\n"
+            "    sys.exit(cli.main())\n"
+            "rc = cli.main(['gc_probe'])\n"
+            "print('after', gc.isenabled(), gc.get_freeze_count())\n"
+            "sys.exit(rc)\n")
+    for how in ("process", "in_process"):
+        r = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True,
+                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+                           timeout=300)
+        assert r.returncode == 3, r.stderr
+        words = r.stdout.split()
+        if how == "process":  # every object of the imports frozen
+            assert words[:5] == ["import", "False", "run", "True", "True"]
+        else:
+            assert words[:6] == ["import", "True", "run", "True", "False", "0"]
+            assert words[7:] == ["after", "True", "0"]
