@@ -148,15 +148,26 @@ def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _neighbours(flat: np.ndarray, shape) -> np.ndarray:
     """Flat indices (6, n) of the face neighbours +h, -h, +k, -k, +l, -l; -1 beyond the grid."""
-    nl, nk, nh = shape
-    il, rest = np.divmod(flat, nk * nh)
-    ik, ih = np.divmod(rest, nh)
-    out = np.full((6, flat.size), -1, dtype=np.int64)
-    for row, (coord, n, stride) in enumerate(((ih, nh, 1), (ik, nk, nh), (il, nl, nk * nh))):
-        up, down = coord < n - 1, coord > 0
-        out[2 * row, up] = flat[up] + stride
-        out[2 * row + 1, down] = flat[down] - stride
+    flat = np.ascontiguousarray(flat, dtype=np.int64).reshape(-1)
+    out = np.empty((6, flat.size), dtype=np.int64)
+    _neighbours_kernel(flat, *(int(n) for n in shape), out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _neighbours_kernel(flat, nl, nk, nh, out):
+    plane = nk * nh
+    for i in range(flat.size):
+        f = flat[i]
+        il = f // plane
+        ik = (f - il * plane) // nh
+        ih = f - il * plane - ik * nh
+        out[0, i] = f + 1 if ih < nh - 1 else -1
+        out[1, i] = f - 1 if ih > 0 else -1
+        out[2, i] = f + nh if ik < nk - 1 else -1
+        out[3, i] = f - nh if ik > 0 else -1
+        out[4, i] = f + plane if il < nl - 1 else -1
+        out[5, i] = f - plane if il > 0 else -1
 
 
 def _find(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -170,9 +181,17 @@ def _find(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
 def _usable(flat: np.ndarray, in_region: np.ndarray, values_flat: np.ndarray) -> np.ndarray:
     """Whether voxels (flat, -1 = beyond the grid) hold data a fill may lean on: inside the
     grid, outside every fill region (holes are in them; in_region: bool per voxel), finite."""
-    inside = flat >= 0
-    safe = np.where(inside, flat, 0)
-    return inside & ~in_region[safe] & np.isfinite(values_flat[safe])
+    flat = np.ascontiguousarray(flat, dtype=np.int64)
+    out = np.empty(flat.shape, dtype=bool)
+    _usable_kernel(flat.reshape(-1), in_region, values_flat, out.reshape(-1))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _usable_kernel(flat, in_region, values, out):
+    for i in range(flat.size):
+        f = flat[i]
+        out[i] = f >= 0 and not in_region[f] and np.isfinite(values[f])
 
 
 # --------------------------------------------------------------------------------------
@@ -209,28 +228,78 @@ def _punch_geometry(positions, grid, metric, radius, values_flat):
     for c0 in range(0, len(todo), chunk):
         which = todo[c0:c0 + chunk]
         f = starts + centre[which] * steps - positions[which]
-        d2 = q_off[None, :] + 2.0 * (f @ w_off.T) + np.einsum("pi,ij,pj->p", f, metric, f)[:, None]
-        idx = centre[which][:, None, :] + offsets[None, :, :]
-        inside = np.all((idx >= 0) & (idx < dims), axis=-1)
-        flat = idx @ strides
-        in_hole = d2 <= r2_hole
-        edge[which] = np.any(in_hole & ~inside, axis=1)
-        punch = in_hole & inside
-        # a radius below half a step leaves a hole without voxel: punch the nearest one
-        empty = ~punch.any(axis=1)
-        punch[empty, np.flatnonzero(~np.any(offsets, axis=1))[0]] = True
-        p, b = np.nonzero(punch)
-        hole_pos.append(which[p])
-        hole_vox.append(flat[p, b])
-        near = (d2 <= r2_fill) & inside & ~punch
-        cand = flat[near]
-        extra_vox.append(_unique(cand[np.isnan(values_flat[cand])]))
+        # d2 = q_off + 2 f M o + f M f of every (position, offset), as numpy evaluates it
+        # (the products by BLAS); the kernel adds the terms in that order
+        pos, vox, near = _punch_pairs(f @ w_off.T, np.einsum("pi,ij,pj->p", f, metric, f),
+                                      q_off, centre[which], offsets, dims, strides, r2_hole,
+                                      r2_fill, values_flat, edge, which)
+        hole_pos.append(which[pos])
+        hole_vox.append(vox)
+        extra_vox.append(_unique(near))
     if hole_pos:
         hole_pos, hole_vox = np.concatenate(hole_pos), np.concatenate(hole_vox)
         extra_vox = _unique(np.concatenate(extra_vox))
     else:
         hole_pos = hole_vox = extra_vox = np.zeros(0, np.int64)
     return hole_pos, hole_vox, extra_vox, on_grid, edge
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown(a, n):
+    b = np.empty(2 * a.size, a.dtype)
+    b[:n] = a[:n]
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _punch_pairs(fw, fmf, q_off, centre, offsets, dims, strides, r2_hole, r2_fill, values,
+                 edge, which):
+    """The (position, offset) pairs of a chunk of positions, with d2 = (q_off[b] + 2 fw[p, b])
+    + fmf[p] (|Q|^2 from voxel centre + offset b to position p): the hole voxels (d2 <=
+    r2_hole, on the grid; the nearest voxel, the centre, when none is) as row p and
+    flat index, in order of p then b; the unmeasured (NaN) voxels of the fill ring (r2_hole <
+    d2 <= r2_fill, duplicates kept); edge[which[p]] set where a hole voxel is off the grid."""
+    npos, nb = fw.shape
+    hole_p = np.empty(4096, np.int64)
+    hole_v = np.empty(4096, np.int64)
+    near = np.empty(4096, np.int64)
+    n_hole = n_near = 0
+    for p in range(npos):
+        first = n_hole
+        for b in range(nb):
+            d2 = q_off[b] + 2.0 * fw[p, b] + fmf[p]
+            if d2 > r2_fill:
+                continue
+            i0 = centre[p, 0] + offsets[b, 0]
+            i1 = centre[p, 1] + offsets[b, 1]
+            i2 = centre[p, 2] + offsets[b, 2]
+            inside = 0 <= i0 < dims[0] and 0 <= i1 < dims[1] and 0 <= i2 < dims[2]
+            if d2 <= r2_hole and not inside:
+                edge[which[p]] = True
+            if not inside:
+                continue
+            flat = i0 * strides[0] + i1 * strides[1] + i2 * strides[2]
+            if d2 <= r2_hole:
+                if n_hole == hole_p.size:
+                    hole_p = _grown(hole_p, n_hole)
+                    hole_v = _grown(hole_v, n_hole)
+                hole_p[n_hole] = p
+                hole_v[n_hole] = flat
+                n_hole += 1
+            elif np.isnan(values[flat]):
+                if n_near == near.size:
+                    near = _grown(near, n_near)
+                near[n_near] = flat
+                n_near += 1
+        if n_hole == first:  # a radius below half a step: the nearest voxel
+            if n_hole == hole_p.size:
+                hole_p = _grown(hole_p, n_hole)
+                hole_v = _grown(hole_v, n_hole)
+            hole_p[n_hole] = p
+            hole_v[n_hole] = (centre[p, 0] * strides[0] + centre[p, 1] * strides[1]
+                              + centre[p, 2] * strides[2])
+            n_hole += 1
+    return hole_p[:n_hole].copy(), hole_v[:n_hole].copy(), near[:n_near].copy()
 
 
 # --------------------------------------------------------------------------------------
