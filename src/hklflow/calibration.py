@@ -408,8 +408,8 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
     failure (an image without finite values or counts, too few control points, divergence,
     an RMS residual above params.rms_bound_px).
     """
-    import pyFAI.detectors
-    import pyFAI.goniometer  # noqa: F401 - imported before its objects are frozen
+    import pyFAI.detectors  # noqa: F401 - pyFAI's modules imported before the freeze
+    import pyFAI.goniometer  # noqa: F401
 
     with _gc_skips_objects_made_so_far():
         return _refine_geometry(image, params, source)
