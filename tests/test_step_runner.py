@@ -1,6 +1,7 @@
 """hklflow.steps._run.run_step: a step runs its BLAS/OpenMP libraries and numba's parallel
 loops on its --threads (1 without the option), not on every core, and puts the settings
-back after."""
+back after; it keeps the memory it frees.  hklflow.cli.main: a command's process imports
+its step without garbage collection and freezes what the imports made."""
 from __future__ import annotations
 
 import subprocess
