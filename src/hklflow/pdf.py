@@ -251,6 +251,17 @@ def _grown(a, n):
     return b
 
 
+@numba.njit(inline="always")
+def _add_hole_pair(hole_p, hole_v, n, p, flat):
+    """(position p, voxel flat) appended as pair n, the arrays grown when full."""
+    if n == hole_p.size:
+        hole_p = _grown(hole_p, n)
+        hole_v = _grown(hole_v, n)
+    hole_p[n] = p
+    hole_v[n] = flat
+    return hole_p, hole_v
+
+
 @numba.njit(cache=True, nogil=True)
 def _punch_pairs(fw, fmf, q_off, centre, offsets, dims, strides, r2_hole, r2_fill, values,
                  edge, which):
@@ -280,11 +291,7 @@ def _punch_pairs(fw, fmf, q_off, centre, offsets, dims, strides, r2_hole, r2_fil
                 continue
             flat = i0 * strides[0] + i1 * strides[1] + i2 * strides[2]
             if d2 <= r2_hole:
-                if n_hole == hole_p.size:
-                    hole_p = _grown(hole_p, n_hole)
-                    hole_v = _grown(hole_v, n_hole)
-                hole_p[n_hole] = p
-                hole_v[n_hole] = flat
+                hole_p, hole_v = _add_hole_pair(hole_p, hole_v, n_hole, p, flat)
                 n_hole += 1
             elif np.isnan(values[flat]):
                 if n_near == near.size:
@@ -292,12 +299,9 @@ def _punch_pairs(fw, fmf, q_off, centre, offsets, dims, strides, r2_hole, r2_fil
                 near[n_near] = flat
                 n_near += 1
         if n_hole == first:  # a radius below half a step: the nearest voxel
-            if n_hole == hole_p.size:
-                hole_p = _grown(hole_p, n_hole)
-                hole_v = _grown(hole_v, n_hole)
-            hole_p[n_hole] = p
-            hole_v[n_hole] = (centre[p, 0] * strides[0] + centre[p, 1] * strides[1]
-                              + centre[p, 2] * strides[2])
+            nearest = (centre[p, 0] * strides[0] + centre[p, 1] * strides[1]
+                       + centre[p, 2] * strides[2])
+            hole_p, hole_v = _add_hole_pair(hole_p, hole_v, n_hole, p, nearest)
             n_hole += 1
     return hole_p[:n_hole].copy(), hole_v[:n_hole].copy(), near[:n_near].copy()
 

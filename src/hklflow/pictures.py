@@ -61,6 +61,11 @@ def _reduction(rows: int, cols: int, pixels: int = 800) -> int:
     return max(1, math.ceil(max(rows, cols) / pixels))
 
 
+def _block_extent(rows: int, cols: int, s: int) -> tuple:
+    """imshow's extent, in detector pixels, of an image reduced by blocks of s (_blocks)."""
+    return (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
+
+
 # --------------------------------------------------------------------------------------
 # Calibration (calibrate_powder)
 # --------------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ def _reduced_log_image(image) -> tuple[np.ndarray, tuple]:
     mp = _blocks(a, s, np.maximum, np.float32(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         img = np.log10(np.where(mp > 0, mp, np.float32(np.nan)))
-    return img, (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
+    return img, _block_extent(rows, cols, s)
 
 
 def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
@@ -242,7 +247,7 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(19, 6.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
     # images larger than the picture are reduced by blocks (maximum, union of mask bits)
     s = _reduction(rows, cols)
-    extent = (-0.5, s * math.ceil(cols / s) - 0.5, -0.5, s * math.ceil(rows / s) - 0.5)
+    extent = _block_extent(rows, cols, s)
     if result.max_projection is not None:
         img, _ = _reduced_log_image(result.max_projection)
         ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
