@@ -67,20 +67,34 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature",
             "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
             "delta_pdf", "temperature_series", "pdf_temperature_series"} <= rules
-    # the pictures of a sample's temperature series run in this Snakemake, nothing else does
-    # (what the CI's check of a SLURM run allows to run outside SLURM)
+    # the calibration, the grid and the pictures of a sample's temperature series run in
+    # this Snakemake, nothing else does (what the CI's check of a SLURM run allows to run
+    # outside SLURM)
     spec = importlib.util.spec_from_file_location("check_slurm_jobs",
                                                   REPO / ".ci" / "slurm" / "check_slurm_jobs.py")
     checker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(checker)
-    assert checker.declared_local_rules() == {"temperature_series", "pdf_temperature_series"}
-    # the short jobs that follow each other ride in one SLURM job (profiles/slurm: groups):
-    # per calibration (1: with its samples' grids); per entry (2, the 100K entries), except
-    # the entries of the parent temperature (300K), which go together with index_parent
-    # (1); per temperature (2: refine_temperature and the volumes)
-    groups = re.findall(r"Group job (\w+) ", out)
-    assert {"calibration": 1, "entry_peaks": 3, "temperature_volume": 2} == {
+    assert checker.declared_local_rules() == {"calibrate_powder", "define_grid",
+                                              "temperature_series", "pdf_temperature_series"}
+    # the jobs that follow each other ride in one SLURM job (profiles/slurm: groups, and the
+    # workflow's peaks_group): the parent temperature's (300K) entries' peak searches with
+    # index_parent (1); per temperature (2) its refinement and volumes, with the peak
+    # searches of its entries at any temperature but the parent's
+    # a group job's block: from its head to the next group's head or top-level rule
+    heads = re.findall(r"Group job (\w+) .*\n((?:(?!.*Group job |(?:local)?rule ).*\n)*)", out)
+    groups = [g for g, _ in heads]
+    assert {"parent_orientation": 1, "temperature_volume": 2} == {
         g: groups.count(g) for g in set(groups)}, groups
+    members = {g: [] for g in groups}
+    for g, body in heads:
+        members[g].append(re.findall(r"^    rule (\w+):", body, re.M))
+    (parent,) = members["parent_orientation"]
+    assert sorted(parent) == ["find_peaks", "find_peaks", "index_parent", "ingest_scan",
+                              "ingest_scan"], parent
+    peaks_in_volume_jobs = sorted(m.count("find_peaks") for m in members["temperature_volume"])
+    assert peaks_in_volume_jobs == [0, 2], members["temperature_volume"]
+    for m in members["temperature_volume"]:
+        assert m.count("ingest_scan") == m.count("find_peaks") and "refine_temperature" in m, m
     for _, name, body in blocks:
         res = re.search(r"resources: (.*)", body)
         assert res, f"rule {name} planned without resources"

@@ -1,6 +1,9 @@
 rule calibrate_powder:
     """Refine the detector geometry from a calibrant image (or import a PONI file); every
     accepted calibration is archived as a version (version.json says which one this is)."""
+    # one image, seconds: on a cluster the submitting Snakemake runs it at once (no wave of
+    # queue wait before every peak search; a wrong calibration fails in front of the user)
+    localrule: True
     input:
         calibration_sources,
     output:

@@ -172,10 +172,24 @@ def calibration_poni(name):
     return calibration_path(name, "geometry.poni")
 
 
-def parent_orientation(w):
+def parent_temperature(w):
+    """Label of the parent temperature whose orientation seeds this temperature's."""
     first = EXP.scans_of(w.sample, w.temperature)[0]
-    parent = EXP.samples[w.sample].parent_for(first.temperature)
-    return f"results/{w.sample}/{parent}/parent_orientation.nxs"
+    return EXP.samples[w.sample].parent_for(first.temperature)
+
+
+def parent_orientation(w):
+    return f"results/{w.sample}/{parent_temperature(w)}/parent_orientation.nxs"
+
+
+def peaks_group(w):
+    """Cluster group of an entry's ingest and peak search: the group of the job that reads
+    its peaks, index_parent's at a parent temperature and refine_temperature's at any other
+    (profiles/slurm: one SLURM job per temperature, no wave of per-entry jobs); none where
+    that job has none (a local run: no `groups` given)."""
+    groups = workflow.group_settings.overwrite_groups if workflow.group_settings else {}
+    reader = "index_parent" if parent_temperature(w) == w.temperature else "refine_temperature"
+    return groups.get(reader)
 
 
 def sample_ponis(w):

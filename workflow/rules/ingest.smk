@@ -1,6 +1,8 @@
 rule ingest_scan:
     """Build the NeXus file of one scan entry: link (never copy) the raw frames, fingerprint
     them, record angles, temperature, monitor and the calibration valid for the scan."""
+    # on a cluster, in the job that reads the peaks (index_parent or refine_temperature)
+    group: peaks_group
     input:
         raw=raw_files,
         poni=lambda w: scan_calibration(w, "geometry.poni"),

@@ -1,6 +1,8 @@
 rule find_peaks:
     """One streamed pass over every frame of a scan entry: per-frame statistics and the 3D
     Bragg peaks (dispersion test), with a picture."""
+    # on a cluster, in the job that reads the peaks (index_parent or refine_temperature)
+    group: peaks_group
     input:
         scan=rules.ingest_scan.output.scan,
         user_mask=user_mask,

@@ -6,6 +6,8 @@
 rule define_grid:
     """The (H, K, L) grid of a sample (shared by every temperature and entry, so volumes add
     and compare): from the config, or derived from the cell and the detector's Q range."""
+    # a fraction of a second, right after the calibration: run by the submitting Snakemake
+    localrule: True
     input:
         sample_ponis,
     output:
