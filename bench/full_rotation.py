@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import emit, machine_info  # noqa: E402
+from common import byte_compile_hklflow, emit, machine_info  # noqa: E402
 from pipeline import FULL_FRAMES, RESOURCES_LINE, say  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
@@ -242,6 +242,7 @@ def main(argv=None) -> int:
                         "full_rotation_POINTS next to the large run) to compare runs")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    byte_compile_hklflow()  # the steps start as an installed hklflow's do
     rep = {"machine": machine_info(),
            **measure(args.large_run, args.frames, args.points, args.keep)}
     emit(rep, report(rep), args.json)

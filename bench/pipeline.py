@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import copy_chunks, emit, machine_info  # noqa: E402
+from common import byte_compile_hklflow, copy_chunks, emit, machine_info  # noqa: E402
 
 DETECTOR = "PilatusCdTe2M"
 DATASET = "/entry/data/data"
@@ -405,6 +405,7 @@ def main(argv=None) -> int:
     small_dir = prefix_experiment(large_dir, args.small_frames)
     fine_dir = finer_grid_experiment(small_dir, args.fine_voxels)
     entries = 3
+    byte_compile_hklflow()  # the jobs start as an installed hklflow's do
     runs = {}
     for _ in range(args.repeats):
         for name, d, n in (("small", small_dir, args.small_frames),
