@@ -79,8 +79,8 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     # the jobs that follow each other ride in one SLURM job (profiles/slurm: groups, and the
     # workflow's peaks_group): the parent temperature's (300K) entries' peak searches with
     # index_parent (1); per temperature (2) its refinement and volumes, with the peak
-    # searches of its entries at any temperature but the parent's
-    # a group job's block: from its head to the next group's head or top-level rule
+    # searches of its entries at any temperature but the parent's (a group job's block: from
+    # its head to the next group's head or top-level rule)
     heads = re.findall(r"Group job (\w+) .*\n((?:(?!.*Group job |(?:local)?rule ).*\n)*)", out)
     groups = [g for g, _ in heads]
     assert {"parent_orientation": 1, "temperature_volume": 2} == {

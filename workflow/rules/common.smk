@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import apply_wildcards
 
 import hklflow
 from hklflow.config import ConfigError, load_experiment, read_config_files
@@ -189,7 +190,9 @@ def peaks_group(w):
     that job has none (a local run: no `groups` given)."""
     groups = workflow.group_settings.overwrite_groups if workflow.group_settings else {}
     reader = "index_parent" if parent_temperature(w) == w.temperature else "refine_temperature"
-    return groups.get(reader)
+    group = groups.get(reader)
+    # a name with wildcards (e.g. temperature_{temperature}) as the reader's job expands it
+    return apply_wildcards(group, w) if group else None
 
 
 def sample_ponis(w):
