@@ -42,7 +42,7 @@ def byte_compile_hklflow() -> int:
     """Write current .pyc files for hklflow's modules, as an install does, so that the jobs
     a benchmark times do not compile changed sources at every start: with
     PYTHONDONTWRITEBYTECODE set (some development shells), an editable install's changed
-    modules are otherwise compiled again by every job (0.05-0.2 CPU-s each, measured).
+    modules are otherwise compiled again by every job (0.02-0.2 CPU-s a job, measured).
     py_compile writes them whatever sys.dont_write_bytecode says.  Returns the modules
     (re)written."""
     import compileall
