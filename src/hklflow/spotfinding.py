@@ -118,10 +118,15 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
             ann_n = 0
             if maxproj is not None:  # (compiled away without it)
                 mp = maxproj[ra]
-                for c in range(nx):
-                    mp[c] = max(mp[c], fr[c])
+            # one loop over the row: the maximum, the cleaning, the statistics and the
+            # column sums' update (the row leaving the window out, this one in)
+            leaving = rd >= 0
+            xd = ring_x[rd % wr]
+            ud = ring_u[rd % wr]
             for c in range(nx):
                 v = fr[c]
+                if maxproj is not None:
+                    mp[c] = max(mp[c], v)
                 ok = (vr[c] != 0) & (v >= 0) & (v < tmax)
                 x = np.int32(v) if ok else np.int32(0)
                 u = np.int32(1) if ok else np.int32(0)
@@ -133,22 +138,19 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
                 in_ann = an[c] != 0
                 ann_sum += np.int64(x) if in_ann else np.int64(0)
                 ann_n += u if in_ann else 0
+                if leaving:
+                    fa = float(x)
+                    fd = float(xd[c])
+                    col_n[c + pad] += u - ud[c]
+                    col_s[c + pad] += fa - fd
+                    col_q[c + pad] += fa * fa - fd * fd
             s_sum += row_sum
             s_max = max(s_max, np.int64(row_max))
             n_valid += row_n
             s_trim += ann_sum
             n_ann += ann_n
             ring_big[ra % wr] = row_max >= big
-            if rd >= 0:
-                xd = ring_x[rd % wr]
-                ud = ring_u[rd % wr]
-                for c in range(nx):
-                    fa = float(xa[c])
-                    fd = float(xd[c])
-                    col_n[c + pad] += ua[c] - ud[c]
-                    col_s[c + pad] += fa - fd
-                    col_q[c + pad] += fa * fa - fd * fd
-            else:
+            if not leaving:
                 _add_row(col_n, col_s, col_q, xa, ua, pad, 1)
         elif rd >= 0:
             _add_row(col_n, col_s, col_q, ring_x[rd % wr], ring_u[rd % wr], pad, -1)
