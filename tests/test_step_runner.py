@@ -1,7 +1,8 @@
 """hklflow.steps._run.run_step: a step runs its BLAS/OpenMP libraries and numba's parallel
 loops on its --threads (1 without the option), not on every core, and puts the settings
 back after; it keeps the memory it frees.  hklflow.cli.main: a command's process imports
-its step without garbage collection and freezes what the imports made."""
+its step without garbage collection and freezes what the imports made, and a step's process
+ends without the interpreter's teardown once its HDF5 files are closed."""
 from __future__ import annotations
 
 import subprocess
@@ -105,3 +106,50 @@ def test_a_command_process_runs_its_step_with_the_imports_frozen_out_of_gc(tmp_p
         else:
             assert words[:6] == ["import", "True", "run", "True", "False", "0"]
             assert words[7:] == ["after", "True", "0"]
+
+
+def test_a_step_process_ends_without_teardown_only_once_its_hdf5_files_are_closed(tmp_path):
+    """`hklflow STEP` (its own process) ends at once when the step returns (no exit handlers,
+    no teardown), with its status, its log and its buffered output written; while an HDF5
+    object is still open it exits normally, which closes the file complete.  A command that
+    is not a step, and main called in-process, return as before."""
+    probe = tmp_path / "h5_probe.py"
+    probe.write_text("import atexit, logging, sys\n"
+                     "import h5py, numpy\n"
+                     "KEEP = []\n"
+                     "def main(argv):\n"
+                     "    atexit.register(lambda: print('teardown', flush=True))\n"
+                     "    f = h5py.File(argv[1], 'w')\n"
+                     "    f['data'] = numpy.arange(1000.0)\n"
+                     "    if argv[0] == 'left_open':\n"
+                     "        KEEP.append(f)  # written, not closed: the normal exit closes it\n"
+                     "    else:\n"
+                     "        f.close()\n"
+                     "    logging.getLogger('probe').warning('logged')\n"
+                     "    sys.stdout.write('written ')  # a pipe: buffered, not yet flushed\n"
+                     "    return 4\n")
+    code = ("import sys\n"
+            "import hklflow.cli as cli\n"
+            "cli.COMMANDS['h5_probe'] = ('h5_probe:main', 'writes an HDF5 file')\n"
+            "if sys.argv[1] != 'not_a_step':\n"
+            "    cli.STEPS = cli.STEPS | {'h5_probe'}\n"
+            "if sys.argv[1] == 'in_process':\n"
+            "    print('returned', cli.main(['h5_probe', 'closed', sys.argv[2]]))\n"
+            "    sys.exit(0)\n"
+            "sys.argv = ['hklflow', 'h5_probe', sys.argv[1], sys.argv[2]]\n"
+            "sys.exit(cli.main())\n")
+    import h5py
+    import numpy as np
+
+    expected = {"closed": (4, "written"), "left_open": (4, "written teardown"),
+                "not_a_step": (4, "written teardown"),
+                "in_process": (0, "written returned 4 teardown")}
+    for how, (status, out) in expected.items():
+        path = tmp_path / f"{how}.h5"
+        r = subprocess.run([sys.executable, "-c", code, how, str(path)], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=300,
+                           env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+        assert (r.returncode, " ".join(r.stdout.split())) == (status, out), (how, r.stderr)
+        assert "logged" in r.stderr
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(f["data"][()], np.arange(1000.0))
