@@ -8,7 +8,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import h5py
 import numba
+import numpy as np
 import pytest
 import scipy.sparse.linalg  # noqa: F401 - scipy's OpenBLAS loaded, as in delta_pdf
 from threadpoolctl import threadpool_info
@@ -138,9 +140,6 @@ def test_a_step_process_ends_without_teardown_only_once_its_hdf5_files_are_close
             "    sys.exit(0)\n"
             "sys.argv = ['hklflow', 'h5_probe', sys.argv[1], sys.argv[2]]\n"
             "sys.exit(cli.main())\n")
-    import h5py
-    import numpy as np
-
     expected = {"closed": (4, "written"), "left_open": (4, "written teardown"),
                 "not_a_step": (4, "written teardown"),
                 "in_process": (0, "written returned 4 teardown")}

@@ -27,7 +27,7 @@ COMMANDS = {
     "total_pdf": ("hklflow.steps.total_pdf:main", "the total PDF of a sample at one temperature (tapered FFT of its volume)"),
     "delta_pdf": ("hklflow.steps.delta_pdf:main", "the 3D-DeltaPDF: reflections punched and filled, then tapered FFT"),
     "pdf_temperature_series": ("hklflow.steps.pdf_temperature_series:main", "one plane of a sample's DeltaPDF at every temperature"),
-    # not rules (STEPS ends above):
+    # not rules:
     "simulate": ("hklflow.simulation.cli:main", "write a simulated experiment (config, scans table, raw data, truth)"),
     "demo": ("hklflow.demo:main", "simulate the demo experiment if absent, then reduce it"),
     "run": ("hklflow.demo:run_main", "reduce an experiment directory with the installed workflow (snakemake)"),
@@ -35,7 +35,9 @@ COMMANDS = {
 }
 
 
-STEPS = frozenset(list(COMMANDS)[:list(COMMANDS).index("simulate")])  # the workflow's rules
+# the commands of the workflow's rules: hklflow/steps/<name>.py
+STEPS = frozenset(name for name, (target, _) in COMMANDS.items()
+                  if target.startswith("hklflow.steps."))
 
 
 def usage() -> str:
