@@ -193,7 +193,7 @@ def report(rep: dict) -> str:
              f"  transform, both kinds: {v['add_ms_per_frame']:.2f} CPU-ms per frame from "
              f"memory (fresh grid), reading {v['read_ms_per_frame']:.2f}; grid in memory "
              f"{v['grid_resident_gb']:.2f} GB of {v['grid_allocated_gb']:.2f} allocated (its "
-             f"pages written; the process {v.get('process_rss_gb', float('nan')):.2f} GB with "
+             f"pages written; the process {v['process_rss_gb']:.2f} GB with "
              "the frames and their Bragg paint)",
              f"  writing the two volumes: {v['write_cpu_s']:.1f} CPU-s", "",
              f"{'job':<44} {'CPU-s':>7} {'peak GB':>8}"]
