@@ -114,6 +114,27 @@ def test_fill_at_the_grid_edge_is_exact_for_a_function_flat_across_it(max_direct
     assert np.abs(result.filled - f)[region].max() / np.abs(f).max() < 1e-9
 
 
+def test_a_weak_region_is_filled_as_accurately_as_a_strong_one_of_the_same_batch():
+    # one batch, two regions a million times apart in intensity, the weak one the larger (its
+    # unmeasured surroundings join it) and so the slower to converge: each region's solve
+    # stops on its own residual, so the weak one is exact to its own scale too (solved as one
+    # system to a residual relative to the whole batch's, it was off by 3e-5 of its scale)
+    grid = Grid(Axis(-3.0, 0.1, 61), Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41))
+    cell = UnitCell(5.0, 5.0, 5.0)
+    il, ik, ih = voxel_indices(grid)
+    i, j, k = ih.astype(float), ik.astype(float), il.astype(float)
+    f = 50 + 2 * i - j + 0.5 * k + i * j - j * k + i * i - k * k  # discrete harmonic, > 0
+    values = np.where(ih < 30, 1e6 * f, 1e-3 * f)  # each region's neighbourhood on one side
+    positions = np.array([[-1.5, 0.0, 0.0], [1.5, 0.0, 0.0]])
+    values[brute_hole(grid, cell, positions[1], 0.5, factor=1.9)] = np.nan
+    result = pdf.punch_and_fill(values, grid, cell, positions, radius=0.5, max_direct_unknowns=0)
+    assert result.counts["filled"] == 2 and result.batches == 1
+    truth = np.where(ih < 30, 1e6 * f, 1e-3 * f)
+    for position in positions:
+        region = fill_region(grid, cell, values, [position], 0.5)
+        assert np.abs(result.filled - truth)[region].max() / np.abs(truth[region]).max() < 1e-9
+
+
 # --------------------------------------------------------------------------------------
 # Fill: against dense solves built voxel by voxel
 # --------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ unmeasured voxels are NaN:
 * fill: the holes are filled by Laplace (harmonic) interpolation from the measured voxels
   around them, or by Matern interpolation, (L + eps^2 I)^m u = 0 (NXRefine uses the Julia
   package LaplaceInterpolation.jl, matern_3d_grid, default m = 1, eps = 0: pure Laplace);
-  here scipy.sparse assembles the systems of many holes into one block-diagonal matrix,
-  solved batch by batch with SuperLU;
+  here scipy.sparse assembles the systems of many holes into one block-diagonal matrix per
+  batch, and conjugate gradients solve each hole's block to its own tolerance;
 * taper: a spherical Tukey window in |Q|, flat to q_max/2, zero from q_max;
 * FFT: NXRefine's real(fftshift(fftn(fftshift(data[:-1, :-1, :-1])))) / N, float32.
 
@@ -44,7 +44,7 @@ import numba
 import numpy as np
 import scipy.fft
 import scipy.sparse as sp
-from scipy.sparse.linalg import cg, splu
+from scipy.sparse.linalg import splu
 
 from .errors import GridError
 
@@ -56,12 +56,12 @@ FILLED, OFF_GRID, EDGE, NO_DATA, SOLVER_FAILED = range(len(OUTCOMES))
 UNITS = ("inverse_angstrom", "rlu")
 ORDERS = (1, 2, 3)
 DEFAULT_BATCH_UNKNOWNS = 250_000  # SuperLU's factors of a batch of 0.2 1/A holes: ~130 MB
-# regions above this size go to conjugate gradients: SuperLU's factors of a 3D region grow
-# as unknowns^(4/3) and its time faster still.  Measured (bench/pdf.py, the demo crystal,
-# 0.2 1/A holes): the two are even at ~500-1000 voxels per hole; at 3,760 (the 801^3 grid)
-# SuperLU takes 0.15 s per hole, CG 0.013 s; a merged 64,000-voxel region gives 44 million
-# LU entries (0.5 GB)
-DIRECT_MAX_UNKNOWNS = 1000
+# regions up to this size go to SuperLU, larger ones to conjugate gradients.  Solved region
+# by region, CG is the faster at every size measured: on the pipeline benchmark's volumes
+# the batches of regions of up to 1000 voxels took 1.3 s with SuperLU, 0.14 s with CG, and
+# SuperLU's factors grow as unknowns^(4/3) (a merged 64,000-voxel region: 44 million entries,
+# 0.5 GB).  SuperLU stays the independent check of the CG solution (tests).
+DIRECT_MAX_UNKNOWNS = 0
 _CG_RTOL = 1e-12  # relative residual: solution errors ~1e-9 relative for well-shaped regions
 _CG_MAX_ITERATIONS = 20_000
 _CANDIDATES_PER_CHUNK = 2_000_000  # voxel-position pairs tested at once while punching
@@ -423,13 +423,85 @@ def _solve(S, rhs) -> np.ndarray | None:
     return lu.solve(rhs)
 
 
-def _solve_iteratively(S, rhs) -> np.ndarray | None:
-    """Conjugate gradients (S is symmetric positive definite) with a Jacobi preconditioner,
-    for large regions: memory linear in the unknowns.  None if it does not converge."""
+def _solve_iteratively(S, rhs, local) -> np.ndarray:
+    """Conjugate gradients on each region of a batch alone (local: the region of every
+    unknown, each region's unknowns contiguous); NaN in the regions that did not converge."""
     S = S.tocsr()
-    x, info = cg(S, rhs, rtol=_CG_RTOL, atol=0.0, maxiter=_CG_MAX_ITERATIONS,
-                 M=sp.diags(1.0 / S.diagonal()))
-    return x if info == 0 else None
+    change = np.flatnonzero(local[1:] != local[:-1]) + 1
+    starts = np.concatenate([[0], change, [local.size]]).astype(np.int64)
+    x = np.empty(rhs.size)
+    iterations = _conjugate_gradients(S.indptr, S.indices, S.data, rhs, starts, _CG_RTOL,
+                                      _CG_MAX_ITERATIONS, x)
+    for c in np.flatnonzero(iterations < 0):
+        x[starts[c]:starts[c + 1]] = np.nan
+    return x
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conjugate_gradients(indptr, indices, data, rhs, starts, rtol, max_iterations, x):
+    """x: the solution of S x = rhs by conjugate gradients with a Jacobi preconditioner, block
+    by block: S (CSR, symmetric positive definite) holds the regions of a batch, which share
+    no links, in the diagonal blocks [starts[c], starts[c + 1]).  Each block iterates until
+    its own residual is below rtol times the norm of its own right-hand side: a small region
+    stops early, and a region of weak intensity is solved as accurately as a strong one
+    (scipy's cg on the whole batch iterated every region as long as the slowest, and to a
+    residual relative to the batch's).  Returns the iterations per block, -1 where it did not
+    converge (limit reached, breakdown, non-finite numbers)."""
+    n = rhs.size
+    dinv = np.zeros(n)
+    for i in range(n):
+        for k in range(indptr[i], indptr[i + 1]):
+            if indices[k] == i and data[k] > 0.0:
+                dinv[i] = 1.0 / data[k]
+    r = np.empty(n)
+    z = np.empty(n)
+    p = np.empty(n)
+    q = np.empty(n)
+    iterations = np.zeros(starts.size - 1, np.int64)
+    for c in range(starts.size - 1):
+        a0 = starts[c]
+        a1 = starts[c + 1]
+        rr = 0.0
+        rz = 0.0
+        for i in range(a0, a1):
+            x[i] = 0.0
+            r[i] = rhs[i]
+            z[i] = r[i] * dinv[i]
+            p[i] = z[i]
+            rr += r[i] * r[i]
+            rz += r[i] * z[i]
+        limit = rtol * rtol * rr
+        it = 0
+        while not rr <= limit:  # (NaN goes in, and fails)
+            pq = 0.0
+            k0 = np.int64(indptr[a0])
+            for i in range(a0, a1):
+                k1 = np.int64(indptr[i + 1])
+                s = 0.0
+                for k in range(k0, k1):  # (unsigned: no test for negative indices, 1.4x)
+                    s += data[k] * p[np.uint64(indices[k])]
+                k0 = k1
+                q[i] = s
+                pq += p[i] * s
+            if it == max_iterations or not (pq > 0.0 and rz > 0.0) or not math.isfinite(rr):
+                it = -1
+                break
+            alpha = rz / pq
+            rr = 0.0
+            rz_next = 0.0
+            for i in range(a0, a1):
+                x[i] += alpha * p[i]
+                r[i] -= alpha * q[i]
+                z[i] = r[i] * dinv[i]
+                rr += r[i] * r[i]
+                rz_next += r[i] * z[i]
+            beta = rz_next / rz
+            rz = rz_next
+            for i in range(a0, a1):
+                p[i] = z[i] + beta * p[i]
+            it += 1
+        iterations[c] = it
+    return iterations
 
 
 def _check_fill_args(values, grid, positions, radius, units, order, eps, max_batch_unknowns):
@@ -474,10 +546,11 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     system or non-finite solution: left NaN, logged), filled.  A position takes the worst
     outcome of the regions of its hole voxels, so positions of a merged region share it.
 
-    The systems of many regions are solved as one block-diagonal sparse matrix per batch of
-    at most max_batch_unknowns unknowns (a larger region is a batch of its own): by SuperLU
-    for regions of up to max_direct_unknowns voxels, by conjugate gradients (to a relative
-    residual of 1e-12, memory linear in the unknowns) for larger ones, where it is faster."""
+    The systems of many regions are assembled as one block-diagonal sparse matrix per batch
+    of at most max_batch_unknowns unknowns (a larger region is a batch of its own), and
+    solved by conjugate gradients region by region (each to a relative residual of 1e-12 of
+    its own, memory linear in the unknowns), or by SuperLU for regions of up to
+    max_direct_unknowns voxels (default none)."""
     t0 = time.perf_counter()
     log = log or logging.getLogger(__name__)
     values = np.ascontiguousarray(intensity)
@@ -513,10 +586,7 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     sizes = np.bincount(comp, minlength=count)
     comp_start = np.concatenate([[0], np.cumsum(sizes)])
     batches = unknowns = 0
-    # regions of like size together: conjugate gradients iterate until a batch's largest
-    # region converges (sorted: the fill 10.5-11.0 -> 9.2-10.2 s on a 151M-voxel volume)
     with_data = np.flatnonzero(has_data)
-    with_data = with_data[np.argsort(sizes[with_data], kind="stable")]
     for members, iterative in _batches(with_data, sizes, max_batch_unknowns,
                                        max_direct_unknowns):
         rows = np.concatenate([by_comp[comp_start[c]:comp_start[c + 1]] for c in members])
@@ -577,14 +647,15 @@ class _BatchFill:
 
 def _fill_batch(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps, dtype,
                 iterative=False):
-    """Solve the components of a batch together; if that fails, each alone, so that one bad
-    component does not spoil the others."""
+    """Solve the components of a batch: by conjugate gradients each alone (iterative), or by
+    SuperLU together and, if that fails, each alone, so that one bad component does not
+    spoil the others."""
     members = _unique(unknown_comp)
     local = np.searchsorted(members, unknown_comp)  # np.unique's return_inverse
     S, rhs = _batch_system(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps)
-    u = _solve_iteratively(S, rhs) if iterative else _solve(S, rhs)
+    u = _solve_iteratively(S, rhs, local) if iterative else _solve(S, rhs)
     solves = 1
-    if u is None:
+    if u is None:  # SuperLU only
         u = np.full(rhs.size, np.nan)
         for c in range(members.size):  # only after a failure
             rows = np.flatnonzero(local == c)
