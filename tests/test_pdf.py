@@ -547,6 +547,64 @@ def test_fft_equals_nxrefines_plain_fftn():
     assert np.abs(expected - exact).max() < 1e-6 * scale
 
 
+def even_volume(grid_shape, rng):
+    """A random volume even about the voxel at the centre of each axis (odd lengths)."""
+    values = rng.random(grid_shape).astype(np.float64)
+    for axis in range(3):
+        values = values + np.flip(values, axis=axis)
+    values[rng.random(grid_shape) < 0.05] = np.nan
+    for axis in range(3):  # NaN at the mirror images too
+        values = values + np.flip(values, axis=axis) * 0
+    return values.astype(np.float32)
+
+
+@pytest.mark.parametrize("tapered", [False, True], ids=["plain", "tapered"])
+def test_the_pdf_of_a_volume_even_along_each_axis_is_the_cosine_transform_of_its_octant(tapered):
+    # the volume even about 0 inside the crop, other values beyond it (an asymmetric grid:
+    # 3 more voxels at +h, 2 more L planes at -l), NaN voxels, a taper and a mean
+    rng = np.random.default_rng(7)
+    grid = Grid(Axis(-2.0, 0.1, 44), Axis(-3.0, 0.1, 61), Axis(-4.5, 0.25, 35))
+    values = (100 * rng.random(grid.shape)).astype(np.float32)
+    values[2:, :, :41] = even_volume((33, 61, 41), rng)
+    cell = UnitCell(4.0, 5.0, 7.0)
+    taper = (cell, 3.0, np.float32(0.7)) if tapered else None
+    spectrum, axes = pdf.pdf_spectrum(values, grid, taper=taper)
+    cosine, cosine_axes = pdf.pdf_spectrum(values, grid, taper=taper, even=True)
+    assert isinstance(cosine, pdf.CosinePDF) and cosine.octant.shape == (17, 31, 21)
+    assert cosine.shape == spectrum.shape == (32, 60, 40)
+    for a, b in zip(axes, cosine_axes):
+        assert np.array_equal(a, b)
+    sh, sk, sl = pdf.fft_crop(grid)
+    data = values.astype(np.float64) if taper is None else \
+        (values - np.float32(0.7)) * pdf.tukey_taper(grid, cell, 3.0)
+    data = np.nan_to_num(data.astype(np.float64)[sl, sk, sh])
+    exact = np.real(scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.fftshift(data)))) / data.size
+    whole = np.asarray(cosine)
+    scale = np.abs(exact).max()
+    assert np.abs(whole - exact).max() < 2e-7 * scale  # float32 rounding, as the FFT's:
+    assert np.abs(np.asarray(spectrum) - exact).max() < 2e-7 * scale
+    # its parts computed alone are those of the whole
+    assert np.array_equal(cosine[5], whole[5])
+    assert np.array_equal(cosine[3:9, 50:60, 0:7], whole[3:9, 50:60, 0:7])
+    assert cosine[31, 0, 39] == whole[31, 0, 39]
+
+
+def test_only_a_volume_symmetrised_with_the_three_axis_mirrors_counts_as_even():
+    from hklflow.pdf_volume import even_along_axes
+    from hklflow.symmetry import symmetry_notes
+
+    def notes(space_group, cell):
+        return {"symmetrized": symmetry_notes(Crystal(space_group, UnitCell.from_list(cell)))}
+
+    assert even_along_axes(notes("I 4/m m m", [3.8, 3.8, 13.3, 90, 90, 90]))
+    assert even_along_axes(notes("P m m m", [3.0, 4.0, 5.0, 90, 90, 90]))
+    assert even_along_axes(notes("F m -3 m", [5.0, 5.0, 5.0, 90, 90, 90]))
+    assert not even_along_axes(notes("P 4/m", [3.8, 3.8, 13.3, 90, 90, 90]))
+    assert not even_along_axes(notes("P 1 2/m 1", [3.0, 4.0, 5.0, 90, 100, 90]))
+    assert not even_along_axes(notes("P 6/m m m", [3.0, 3.0, 5.0, 90, 90, 120]))
+    assert not even_along_axes({})  # merged, not symmetrised
+
+
 def test_fft_crops_an_asymmetric_grid_about_zero():
     grid = Grid(Axis(-1.0, 0.25, 17), Axis(-3.0, 0.5, 9), Axis(-0.5, 0.25, 7))
     values = np.random.default_rng(2).random(grid.shape).astype(np.float32)

@@ -873,16 +873,14 @@ def _unfold_box(half, nx, scale, z0, y0, x0, out):
 SPECTRUM_PLANES = 8  # z planes per call of the first (real-to-complex) transform
 
 
-class SpectrumPDF:
-    """A PDF [z, y, x] (float32) held as the half spectrum rfftn computes (complex64, x
-    frequencies >= 0: the size of the PDF itself).  Its values are computed where they are
-    read, so the whole PDF is never a second array in memory: indexing with integers and
-    unit-step slices (a plane, a slab, a voxel) computes that part alone; np.asarray (or
-    any other index) unfolds it all."""
+class _ComputedPDF:
+    """A PDF [z, y, x] (float32) whose values are computed where they are read, so that the
+    whole PDF is never a second array in memory: indexing with integers and unit-step slices
+    (a plane, a slab, a voxel) computes that part alone; np.asarray (or any other index)
+    computes it all.  Subclasses fill a box: _compute(z0, y0, x0, out)."""
 
-    def __init__(self, half: np.ndarray, nx: int):
-        self.half = half
-        self.shape = (half.shape[0], half.shape[1], int(nx))
+    def __init__(self, shape):
+        self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(np.float32)
         self.ndim = 3
         self.size = int(np.prod(self.shape))
@@ -917,7 +915,7 @@ class SpectrumPDF:
             return np.asarray(self)[key]
         box, dropped = found
         out = np.empty(tuple(b - a for a, b in box), np.float32)
-        _unfold_box(self.half, self.shape[2], self.scale, box[0][0], box[1][0], box[2][0], out)
+        self._compute(box[0][0], box[1][0], box[2][0], out)
         return out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in dropped))
 
     def __array__(self, dtype=None, copy=None):
@@ -925,18 +923,148 @@ class SpectrumPDF:
         return out if dtype is None else out.astype(dtype)
 
 
+class SpectrumPDF(_ComputedPDF):
+    """A PDF held as the half spectrum rfftn computes (complex64, x frequencies >= 0: the
+    size of the PDF itself)."""
+
+    def __init__(self, half: np.ndarray, nx: int):
+        super().__init__((half.shape[0], half.shape[1], nx))
+        self.half = half
+
+    def _compute(self, z0, y0, x0, out):
+        _unfold_box(self.half, self.shape[2], self.scale, z0, y0, x0, out)
+
+
+class CosinePDF(_ComputedPDF):
+    """A PDF even along each axis, held as its octant of frequencies >= 0 (float32
+    [nz/2 + 1, ny/2 + 1, nx/2 + 1], an eighth of the PDF's size)."""
+
+    def __init__(self, octant: np.ndarray, shape):
+        super().__init__(shape)
+        self.octant = octant
+
+    def _compute(self, z0, y0, x0, out):
+        _unfold_octant(self.octant, self.scale, z0 - self.shape[0] // 2,
+                       y0 - self.shape[1] // 2, x0 - self.shape[2] // 2, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unfold_octant(octant, scale, z0, y0, x0, out):
+    """out[a, b, c] = octant[|z0 + a|, |y0 + b|, |x0 + c|] * scale (z0, y0, x0: frequencies)."""
+    for a in range(out.shape[0]):
+        plane = octant[abs(z0 + a)]
+        for b in range(out.shape[1]):
+            row = plane[abs(y0 + b)]
+            for c in range(out.shape[2]):
+                out[a, b, c] = row[abs(x0 + c)] * scale
+
+
+@numba.njit(inline="always")
+def _images(o, m, i0):
+    """The voxel indices along an axis whose offsets from 0 are +-o and which the crop
+    keeps (-m <= d < m): (first, second, how many)."""
+    if o == 0:
+        return i0, i0, 1
+    if o == m:
+        return i0 - m, i0 - m, 1
+    return i0 + o, i0 - o, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_planes(up, down, o0, i0, m, g, h, k, ll, q_max, lo, hi, mean, tapered, octant):
+    """octant[oz, oy, ox] for oz in [o0, o0 + len(up)): the mean of the volume's voxels at
+    offsets (+-oz, +-oy, +-ox) from Q = 0 that the crop keeps (_images), each as the FFT's
+    copy makes it (float32 (v - mean) * taper when tapered, NaN as 0), summed in float64.
+    up[j]: the plane at offset +(o0 + j) (at -m for oz = m), down[j]: the plane at -(o0 + j);
+    i0: the voxel at 0 along (l, k, h); ll: the l of the planes up.  The metric of a volume
+    even along each axis is orthogonal: one taper value serves all the images."""
+    mz, my, mx = m[0], m[1], m[2]
+    q2 = np.empty(mx + 1)
+    t = np.ones(mx + 1, np.float32)
+    hp = h[i0[2]:i0[2] + mx + 1]
+    for a in range(up.shape[0]):
+        oz = o0 + a
+        nz = 2 if 0 < oz < mz else 1
+        for oy in range(my + 1):
+            y1, y2, ny = _images(oy, my, i0[1])
+            if tapered:
+                q2_row(g, hp, k[y1], ll[a], q2)
+                for ox in range(mx + 1):
+                    t[ox] = np.float32(_taper_of(q2[ox], lo, hi, q_max))
+            out = octant[oz, oy]
+            for ox in range(mx + 1):
+                if tapered and t[ox] == 0:
+                    out[ox] = 0.0
+                    continue
+                x1, x2, nx = _images(ox, mx, i0[2])
+                total = 0.0
+                for iz in range(nz):
+                    plane = up[a] if iz == 0 else down[a]
+                    for iy in range(ny):
+                        row = plane[y1 if iy == 0 else y2]
+                        for ix in range(nx):
+                            w = row[x1 if ix == 0 else x2]
+                            v = (w - mean) * t[ox] if tapered else np.float32(w)
+                            if v == v:
+                                total += v
+                out[ox] = total / (nz * ny * nx)
+
+
+def _cosine_octant(values, grid, workers, taper):
+    """The octant of pdf_spectrum's PDF for a volume even along each axis: the volume's
+    mirror images averaged (for such a volume, themselves to rounding) into one octant of
+    voxels 0 <= d <= m from Q = 0 along each axis (d = m: the plane the crop keeps, -m),
+    then transformed by a type-1 discrete cosine transform along each axis, which is the
+    transform of the even sequence of period 2 m: a real FFT of the whole cropped volume's
+    values, in an eighth of the data.  Each plane is read once (a plane and its mirror
+    plane together)."""
+    crop = fft_crop(grid)  # (h, k, l)
+    m = np.array([(s.stop - s.start) // 2 for s in crop[::-1]], np.int64)  # (z, y, x)
+    i0 = np.array([s.start + (s.stop - s.start) // 2 for s in crop[::-1]], np.int64)
+    octant = np.empty(tuple(m + 1), np.float32)
+    if taper is not None:
+        cell, q_max, mean = taper
+        _check_q_max(q_max)
+        g, (lo, hi) = q_metric(cell), _taper_bounds(q_max)
+    else:
+        g, q_max, lo, hi, mean = np.eye(3), 1.0, 0.0, 0.0, 0.0
+    read = values if callable(values) else (lambda a, b: np.asarray(values)[a:b])
+    for o0 in range(0, m[0] + 1, COPY_PLANES):
+        o1 = min(o0 + COPY_PLANES, m[0] + 1)
+        up = read(i0[0] + o0, min(i0[0] + o1, i0[0] + m[0]))  # (+m is cropped away)
+        down = read(i0[0] - o1 + 1, i0[0] - o0 + 1)[::-1]  # down[j]: plane -(o0 + j)
+        if up.shape[0] < o1 - o0:  # the last block: +m itself is not read
+            up = np.concatenate([up, down[up.shape[0]:]])
+        if taper is not None and up.dtype != np.float32:
+            raise ValueError(f"a tapered PDF needs float32 values, got {up.dtype}")
+        _fold_planes(np.ascontiguousarray(up), np.ascontiguousarray(down), o0, i0, m, g,
+                     grid.h.values, grid.k.values, grid.l.values[i0[0] + o0:i0[0] + o1],
+                     float(q_max), lo, hi, np.float32(mean), taper is not None, octant)
+    octant = scipy.fft.dctn(octant, type=1, workers=workers, overwrite_x=True)
+    return octant, tuple(int(2 * n) for n in m)
+
+
 COPY_PLANES = 8  # L planes read at a time when the volume comes plane by plane
 
 
-def pdf_spectrum(values, grid, workers: int = 1, taper=None
-                 ) -> tuple[SpectrumPDF, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pdf_spectrum(values, grid, workers: int = 1, taper=None, even: bool = False
+                 ) -> tuple[_ComputedPDF, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """pdf_fft's PDF as a SpectrumPDF, in half the memory: the (tapered) volume is copied,
     fftshifted, into the memory of its own half spectrum (rows padded to 2 (nx/2 + 1)
     floats, the in-place layout of FFTW) and transformed there: along x real to complex, a
     few planes at a time, then along z and y in place.  Those are rfftn's operations in
     rfftn's order: the same numbers, bit for bit.  values: float32 [l, k, h] on grid, or a
     function (l0, l1) -> its planes [l0, l1) (e.g. read from the volume file, so the
-    volume and the spectrum are never in memory together)."""
+    volume and the spectrum are never in memory together).
+
+    even: the volume is even along each axis (symmetrised by a Laue group with the mirrors
+    -h,k,l, h,-k,l and h,k,-l): its PDF is real and even too, and comes from an octant of
+    it by cosine transforms (a CosinePDF, an eighth of the memory and of the work)."""
+    axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
+                 for s, ax in zip(fft_crop(grid), grid.axes))
+    if even:
+        octant, shape = _cosine_octant(values, grid, workers, taper)
+        return CosinePDF(octant, shape), axes
     sh, sk, sl = fft_crop(grid)
     nz, ny, nx = (s.stop - s.start for s in (sl, sk, sh))
     if taper is not None:
@@ -966,8 +1094,6 @@ def pdf_spectrum(values, grid, workers: int = 1, taper=None
     if not np.shares_memory(done, half):  # (scipy transforms complex64 in place)
         half[...] = done
     del done
-    axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
-                 for s, ax in zip((sh, sk, sl), grid.axes))
     return SpectrumPDF(half, nx), axes
 
 

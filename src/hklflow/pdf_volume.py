@@ -145,26 +145,41 @@ def _subtracted_mean(values: np.ndarray, grid: Grid, cell, q_max: float, notes: 
     return notes["mean_subtracted"]
 
 
+MIRRORS = ("-h,k,l", "h,-k,l", "h,k,-l")
+
+
+def even_along_axes(volume_notes: dict) -> bool:
+    """Whether a volume was symmetrised (its notes, hklflow.merging.symmetrize_file) by a
+    Laue group with the three axis mirrors (every orthorhombic, tetragonal 4/mmm and cubic
+    group): then it is even along each axis, and so is its PDF."""
+    operators = volume_notes.get("symmetrized", {}).get("operators_hkl", ())
+    return set(MIRRORS) <= set(operators)
+
+
 def _fft(source, grid: Grid, cell, q_max: float, mean: float, kind: str, title: str,
-         notes: dict, workers: int) -> PDF:
+         notes: dict, workers: int, even: bool) -> PDF:
     """The PDF of source (float32 [l, k, h], or a function (l0, l1) -> its planes), tapered
-    in the FFT's own copy (source is left as it is), in the memory of its half spectrum:
-    its values are computed as they are written."""
+    in the FFT's own copy (source is left as it is), in the memory of its half spectrum, or
+    of its octant when the volume is even along each axis (pdf_spectrum): its values are
+    computed as they are written."""
     t0 = time.monotonic()
     out, (x, y, z) = pdf_algorithms.pdf_spectrum(source, grid, workers=workers,
-                                                 taper=(cell, q_max, mean))
+                                                 taper=(cell, q_max, mean), even=even)
     notes["fft_seconds"] = time.monotonic() - t0
+    notes["fft"] = ("cosine transforms of the octant (the volume is even along each axis)"
+                    if even else "real-to-complex FFT")
     notes["fft_shape"] = list(out.shape)
     return PDF(out, x, y, z, cell, kind, title, notes)
 
 
 def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
-              workers: int = 1, subtract_mean: bool = True) -> PDF:
+              workers: int = 1, subtract_mean: bool = True, even: bool = False) -> PDF:
     """The total PDF of a volume: FFT of the tapered volume as measured (unmeasured voxels
     as 0, after the mean is subtracted when subtract_mean).  volume: its intensity (float32
     [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, whose intensity
     is read whole for the taper's statistics, then dropped and read again plane by plane
-    into the FFT's memory, so that the two are never held at once (2 GB less at 801^3)."""
+    into the FFT's memory, so that the two are never held at once (2 GB less at 801^3).
+    even: the volume is even along each axis (even_along_axes of its notes)."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume)[1] if from_file else volume
     notes = taper_q_max(grid, cell, intensity, q_max)
@@ -172,14 +187,14 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     notes["unmeasured_within_q_max"] = unmeasured_within(grid, cell, intensity, q)
     mean = _subtracted_mean(intensity, grid, cell, q, notes, subtract_mean)
     if not from_file:
-        return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers)
+        return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers, even)
     del intensity  # (its memory is the spectrum's, the moment it is freed: no new pages)
     with VolumeReader(volume) as reader:
         if not reader.grid.same_as(grid):
             raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
                             f"{grid.describe()}")
         return _fft(reader.read_intensity, grid, cell, q, mean, "total_pdf", title, notes,
-                    workers)
+                    workers, even)
 
 
 def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
@@ -206,7 +221,7 @@ def nearest_reflection_spacing(crystal: Crystal) -> float:
 
 
 def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers: int = 1,
-              log=None, store_filled=None):
+              log=None, store_filled=None, even: bool = False):
     """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
     params.extra_positions) punched and filled (hklflow.pdf.punch_and_fill), then tapered
     and transformed.  Returns (PDF, FillResult).  volume: its intensity (float32 [l, k, h]
@@ -215,7 +230,8 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     store_filled(fill) -> a function (l0, l1) -> planes of fill.filled, read back (the step
     writes the filled volume into its output first): with a file, the filled volume is
     then dropped (fill.filled None) before the FFT takes its memory and read back, so the
-    two are never held at once (2 GB less at 801^3)."""
+    two are never held at once (2 GB less at 801^3).  even: the volume is even along each
+    axis (even_along_axes of its notes; the punch and the fill keep it so)."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume)[1] if from_file else volume
     cell = crystal.cell
@@ -251,5 +267,5 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
             del intensity
             fill.filled = None  # (its memory is the spectrum's, the moment it is freed)
             source = stored
-    pdf = _fft(source, grid, cell, q, mean, "pdf", title, notes, workers)
+    pdf = _fft(source, grid, cell, q, mean, "pdf", title, notes, workers, even)
     return pdf, fill

@@ -9,7 +9,7 @@ from ..files.pdf import PDFWriter
 from ..files.volume import read_volume_header
 from ..params import PDFParams, settings_part
 from ..pdf import OUTCOMES
-from ..pdf_volume import delta_pdf
+from ..pdf_volume import delta_pdf, even_along_axes
 from ..pictures import plot_pdf
 from ..provenance import provenance
 from ..slices import cell_of
@@ -37,7 +37,7 @@ def run(args, log) -> None:
         # the filled and punched volumes go into the file first: the FFT reads the filled
         # one back, so it and the spectrum are never in memory together
         pdf, fill = delta_pdf(args.input, volume.grid, crystal, params, title,
-                              workers=args.threads, log=log,
+                              workers=args.threads, log=log, even=even_along_axes(volume.notes),
                               store_filled=lambda f: out.write_volumes(volume.grid, cell,
                                                                        f.filled, f.region))
         pdf.notes["input"] = str(args.input)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..crystal import UnitCell
 from ..files.pdf import write_pdf
 from ..files.volume import read_volume_header
-from ..pdf_volume import total_pdf
+from ..pdf_volume import even_along_axes, total_pdf
 from ..pictures import plot_pdf
 from ..provenance import provenance
 from ..slices import cell_of
@@ -29,7 +29,7 @@ def run(args, log) -> None:
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     title = f"{volume.title}: total PDF"
     pdf = total_pdf(args.input, volume.grid, cell, s["q_max"], title, workers=args.threads,
-                    subtract_mean=bool(s["subtract_mean"]))
+                    subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes))
     pdf.notes["input"] = str(args.input)
     log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
              "the voxels inside q_max unmeasured (0 in the transform); FFT %s in %.1f s",
