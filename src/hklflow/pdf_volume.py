@@ -179,14 +179,15 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, whose intensity
     is read whole for the taper's statistics, then dropped and read again plane by plane
     into the FFT's memory, so that the two are never held at once (2 GB less at 801^3).
-    even: the volume is even along each axis (even_along_axes of its notes)."""
+    even: the volume is even along each axis (even_along_axes of its notes); then the
+    transform's octant is an eighth of the volume, and the volume is read once."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume)[1] if from_file else volume
     notes = taper_q_max(grid, cell, intensity, q_max)
     q = notes["q_max"]
     notes["unmeasured_within_q_max"] = unmeasured_within(grid, cell, intensity, q)
     mean = _subtracted_mean(intensity, grid, cell, q, notes, subtract_mean)
-    if not from_file:
+    if not from_file or even:
         return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers, even)
     del intensity  # (its memory is the spectrum's, the moment it is freed: no new pages)
     with VolumeReader(volume) as reader:
@@ -231,7 +232,8 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     writes the filled volume into its output first): with a file, the filled volume is
     then dropped (fill.filled None) before the FFT takes its memory and read back, so the
     two are never held at once (2 GB less at 801^3).  even: the volume is even along each
-    axis (even_along_axes of its notes; the punch and the fill keep it so)."""
+    axis (even_along_axes of its notes; the punch and the fill keep it so): its transform's
+    octant is an eighth of it, and the filled volume stays in memory for it."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume)[1] if from_file else volume
     cell = crystal.cell
@@ -263,7 +265,9 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     source = fill.filled
     if store_filled is not None:
         stored = store_filled(fill)
-        if from_file:  # (the caller's array stays: then reading it back would gain nothing)
+        # (the caller's array stays: then reading it back would gain nothing; an even
+        # volume's octant is an eighth of it: it stays too, and is not read back)
+        if from_file and not even:
             del intensity
             fill.filled = None  # (its memory is the spectrum's, the moment it is freed)
             source = stored
