@@ -40,7 +40,7 @@ COMPRESSION = dict(hdf5plugin.Bitshuffle(cname="lz4"))
 
 @dataclass
 class PDF:
-    values: np.ndarray  # float32 [z, y, x] (or hklflow.pdf.SpectrumPDF, read as needed)
+    values: np.ndarray  # float32 [z, y, x] (or a SpectrumPDF or CosinePDF, computed as read)
     x: np.ndarray  # lattice units along a
     y: np.ndarray
     z: np.ndarray
@@ -82,7 +82,7 @@ WRITE_PLANES = 8  # planes per write: the chunks' height, so every write fills w
 
 
 def _write_by_planes(dataset, values, nan_at=None) -> None:
-    """dataset[...] = values (an array or a SpectrumPDF, read WRITE_PLANES planes at a time:
+    """dataset[...] = values (an array or a computed PDF, read WRITE_PLANES planes at a time:
     never a whole copy), with the voxels at the sorted flat indices nan_at set to NaN.  The
     chunks are compressed here and stored raw (a chunk of the dataset's fill value alone is
     not stored: HDF5 reads it back as that value) where bitshuffle's library is found: a

@@ -52,9 +52,10 @@ def run(args, log) -> None:
                             counts[name], name.replace("_", " "))
         log.info("taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
                  "the voxels inside q_max unmeasured after the fill (0 in the transform); "
-                 "FFT %.1f s", pdf.notes["q_max"], pdf.notes["q_max_source"],
+                 "%s in %.1f s", pdf.notes["q_max"], pdf.notes["q_max_source"],
                  pdf.notes["q_reach"], pdf.notes["q_inside_grid"],
-                 100 * pdf.notes["unmeasured_within_q_max"], pdf.notes["fft_seconds"])
+                 100 * pdf.notes["unmeasured_within_q_max"], pdf.notes["fft"],
+                 pdf.notes["fft_seconds"])
         out.write_pdf(pdf, dict(volume.sample),
                       provenance("hklflow delta_pdf", s, inputs=[args.input]),
                       positions=fill.positions, outcome=fill.outcome, outcome_names=OUTCOMES)

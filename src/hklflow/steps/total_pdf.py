@@ -32,10 +32,10 @@ def run(args, log) -> None:
                     subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes))
     pdf.notes["input"] = str(args.input)
     log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
-             "the voxels inside q_max unmeasured (0 in the transform); FFT %s in %.1f s",
+             "the voxels inside q_max unmeasured (0 in the transform); %s, %s, in %.1f s",
              args.input, pdf.notes["q_max"], pdf.notes["q_max_source"], pdf.notes["q_reach"],
              pdf.notes["q_inside_grid"], 100 * pdf.notes["unmeasured_within_q_max"],
-             "x".join(map(str, pdf.values.shape)), pdf.notes["fft_seconds"])
+             pdf.notes["fft"], "x".join(map(str, pdf.values.shape)), pdf.notes["fft_seconds"])
     write_pdf(args.out, pdf, dict(volume.sample),
               provenance("hklflow total_pdf", s, inputs=[args.input]))
     plot_pdf(pdf, s["slices"], args.png,
