@@ -160,3 +160,32 @@ def test_total_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_p
     assert {k: v for k, v in got.notes.items() if k != "fft_seconds"} == \
         {k: v for k, v in want.notes.items() if k != "fft_seconds"}
     assert peak < 1.5 * intensity.nbytes  # the volume and its measured mask
+
+
+def test_an_even_volume_s_total_pdf_is_read_once_and_equals_the_fft_s(tmp_path):
+    """A volume even along each axis (a tetragonal lattice of peaks on a grid symmetric
+    about 0): its total PDF from the octant's cosine transforms, from the file read once
+    (the volume and the octant, an eighth of it, together), equals that of the array bit
+    for bit and the FFT's to float32 rounding."""
+    import tracemalloc
+
+    from hklflow.files.volume import read_intensity
+    from hklflow.pdf_volume import total_pdf
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
+    cell = UnitCell(*TETRA)
+    _, intensity = read_intensity(tmp_path / "in.nxs")
+    assert np.array_equal(intensity, intensity[::-1, ::-1, ::-1], equal_nan=True)
+    fft = total_pdf(intensity, grid, cell, None, "t")
+    want = total_pdf(intensity, grid, cell, None, "t", even=True)
+    total_pdf(tmp_path / "in.nxs", grid, cell, None, "t", even=True)  # compiled kernels loaded
+    tracemalloc.start()
+    got = total_pdf(tmp_path / "in.nxs", grid, cell, None, "t", even=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got.notes["fft"].startswith("cosine") and fft.notes["fft"].endswith("FFT")
+    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    values, expected = np.asarray(got.values), np.asarray(fft.values)
+    assert np.abs(values - expected).max() < 2e-7 * np.abs(expected).max()
+    assert peak < 1.5 * intensity.nbytes  # the volume, its measured mask, the octant
