@@ -196,17 +196,16 @@ def fft_section(vol, crystal, grid, q_reach, repeats) -> dict:
     ours, _ = pdf.pdf_fft(tapered, grid)
     out["max_abs_diff_vs_plain_fftn_over_max"] = float(np.abs(ours - plain).max() / np.abs(plain).max())
     out["shape"] = list(ours.shape)
-    del ours, plain
-    out["fft_allocated_mb"] = traced_peak_mb(lambda: pdf.pdf_fft(tapered, grid))
+    del ours
     # the volume is even along each axis (4/mmm, a grid symmetric about 0): the octant's
     # cosine transforms, as the steps do for volumes symmetrised with the axis mirrors
     even = lambda: np.asarray(pdf.pdf_spectrum(tapered, grid, even=True)[0])  # noqa: E731
     best, _, cosine = best_of(even, repeats)
     out["cosine_seconds_workers_1"] = best
-    plain = nxrefine_plain_fft(tapered)
     out["cosine_max_abs_diff_vs_plain_fftn_over_max"] = float(np.abs(cosine - plain).max()
                                                               / np.abs(plain).max())
     del cosine, plain
+    out["fft_allocated_mb"] = traced_peak_mb(lambda: pdf.pdf_fft(tapered, grid))
     out["cosine_allocated_mb"] = traced_peak_mb(
         lambda: pdf.pdf_spectrum(tapered, grid, even=True)[0])
     out["nxrefine_plain_fftn_allocated_mb"] = traced_peak_mb(lambda: nxrefine_plain_fft(tapered))

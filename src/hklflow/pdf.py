@@ -1010,15 +1010,14 @@ def _fold_planes(up, down, o0, i0, m, g, h, k, ll, q_max, lo, hi, mean, tapered,
                 out[ox] = total / (nz * ny * nx)
 
 
-def _cosine_octant(values, grid, workers, taper):
+def _cosine_octant(values, grid, crop, workers, taper):
     """The octant of pdf_spectrum's PDF for a volume even along each axis: the volume's
     mirror images averaged (for such a volume, themselves to rounding) into one octant of
     voxels 0 <= d <= m from Q = 0 along each axis (d = m: the plane the crop keeps, -m),
     then transformed by a type-1 discrete cosine transform along each axis, which is the
     transform of the even sequence of period 2 m: a real FFT of the whole cropped volume's
     values, in an eighth of the data.  Each plane is read once (a plane and its mirror
-    plane together)."""
-    crop = fft_crop(grid)  # (h, k, l)
+    plane together).  crop: fft_crop(grid), (h, k, l)."""
     m = np.array([(s.stop - s.start) // 2 for s in crop[::-1]], np.int64)  # (z, y, x)
     i0 = np.array([s.start + (s.stop - s.start) // 2 for s in crop[::-1]], np.int64)
     octant = np.empty(tuple(m + 1), np.float32)
@@ -1060,12 +1059,13 @@ def pdf_spectrum(values, grid, workers: int = 1, taper=None, even: bool = False
     even: the volume is even along each axis (symmetrised by a Laue group with the mirrors
     -h,k,l, h,-k,l and h,k,-l): its PDF is real and even too, and comes from an octant of
     it by cosine transforms (a CosinePDF, an eighth of the memory and of the work)."""
+    crop = fft_crop(grid)
     axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
-                 for s, ax in zip(fft_crop(grid), grid.axes))
+                 for s, ax in zip(crop, grid.axes))
     if even:
-        octant, shape = _cosine_octant(values, grid, workers, taper)
+        octant, shape = _cosine_octant(values, grid, crop, workers, taper)
         return CosinePDF(octant, shape), axes
-    sh, sk, sl = fft_crop(grid)
+    sh, sk, sl = crop
     nz, ny, nx = (s.stop - s.start for s in (sl, sk, sh))
     if taper is not None:
         cell, q_max, mean = taper
