@@ -32,6 +32,9 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from . import steplog
 from .errors import GridError, InputMismatchError, RawDataError
@@ -494,10 +497,13 @@ def _rounding_bound(a0, a1, a2, o, q_max):
 
 @numba.njit(inline="always")
 def _any_negative(buf, start, stop):
-    """True when buf[start:stop] (int32) holds a negative value (vectorised: OR of signs)."""
-    sign = 0
-    for i in range(start, stop):
-        sign |= buf[i]
+    """True when buf[start:stop] (int32) holds a negative value (vectorised: OR of signs;
+    over a slice, whose indices numba knows are not negative: indexing buf from `start`
+    would check each index for wraparound, and the loop would stay scalar, 7x slower)."""
+    part = buf[start:stop]
+    sign = np.int32(0)
+    for i in range(part.shape[0]):
+        sign |= part[i]
     return sign < 0
 
 
@@ -646,12 +652,43 @@ def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allo
     return n
 
 
+@intrinsic
+def _add_to_cells(typingctx, cells, k, values):
+    """cells[n k:n k + n] += values (a tuple of n float32) as one n-float vector load, add
+    and store: LLVM does not merge the scalar additions of a voxel's neighbouring cells
+    itself.  Each element is the same float32 sum as a scalar +=."""
+    if not (isinstance(cells, types.Array) and cells.dtype == types.float32
+            and isinstance(k, types.Integer) and isinstance(values, types.UniTuple)
+            and values.dtype == types.float32 and values.count in (2, 4)):
+        return None
+    n = values.count
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i64 = ir.IntType(64)
+        vector = ir.VectorType(ir.FloatType(), n)
+        k = args[1]
+        if k.type.width < 64:
+            k = builder.sext(k, i64) if signature.args[1].signed else builder.zext(k, i64)
+        at = builder.bitcast(builder.gep(data, [builder.mul(k, ir.Constant(i64, n))]),
+                             vector.as_pointer())
+        add = ir.Constant(vector, ir.Undefined)
+        for i in range(n):
+            add = builder.insert_element(add, builder.extract_value(args[2], i),
+                                         ir.Constant(ir.IntType(32), i))
+        builder.store(builder.fadd(builder.load(at, align=4), add), at, align=4)
+        return context.get_dummy_value()
+
+    return types.void(cells, k, values), codegen
+
+
 @numba.njit(nogil=True, cache=True)
 def _scatter_block(idx, val, keep, n, w32, cells):
     """Pass 3: add the n (index, value) pairs of a block to one kind's cells; with keep
     (the masked kind of a two-kind pass) value and weight times keep (1, or 0 for a Bragg-
     masked or punched pixel: adding 0 leaves a float32 sum unchanged bit for bit).  A full
-    block goes in four interleaved streams a quarter apart."""
+    block goes in four interleaved streams a quarter apart; a voxel's signal and weight in
+    one vector addition."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
@@ -660,32 +697,24 @@ def _scatter_block(idx, val, keep, n, w32, cells):
             k2 = np.uint32(idx[i + 2 * quarter])
             k3 = np.uint32(idx[i + 3 * quarter])
             if keep is None:
-                cells[2 * k0] += val[i]
-                cells[2 * k0 + 1] += w32
-                cells[2 * k1] += val[i + quarter]
-                cells[2 * k1 + 1] += w32
-                cells[2 * k2] += val[i + 2 * quarter]
-                cells[2 * k2 + 1] += w32
-                cells[2 * k3] += val[i + 3 * quarter]
-                cells[2 * k3 + 1] += w32
+                _add_to_cells(cells, k0, (val[i], w32))
+                _add_to_cells(cells, k1, (val[i + quarter], w32))
+                _add_to_cells(cells, k2, (val[i + 2 * quarter], w32))
+                _add_to_cells(cells, k3, (val[i + 3 * quarter], w32))
             else:
-                cells[2 * k0] += val[i] * keep[i]
-                cells[2 * k0 + 1] += w32 * keep[i]
-                cells[2 * k1] += val[i + quarter] * keep[i + quarter]
-                cells[2 * k1 + 1] += w32 * keep[i + quarter]
-                cells[2 * k2] += val[i + 2 * quarter] * keep[i + 2 * quarter]
-                cells[2 * k2 + 1] += w32 * keep[i + 2 * quarter]
-                cells[2 * k3] += val[i + 3 * quarter] * keep[i + 3 * quarter]
-                cells[2 * k3 + 1] += w32 * keep[i + 3 * quarter]
+                e0, e1 = keep[i], keep[i + quarter]
+                e2, e3 = keep[i + 2 * quarter], keep[i + 3 * quarter]
+                _add_to_cells(cells, k0, (val[i] * e0, w32 * e0))
+                _add_to_cells(cells, k1, (val[i + quarter] * e1, w32 * e1))
+                _add_to_cells(cells, k2, (val[i + 2 * quarter] * e2, w32 * e2))
+                _add_to_cells(cells, k3, (val[i + 3 * quarter] * e3, w32 * e3))
     else:
         for i in range(n):
             k0 = np.uint32(idx[i])
             if keep is None:
-                cells[2 * k0] += val[i]
-                cells[2 * k0 + 1] += w32
+                _add_to_cells(cells, k0, (val[i], w32))
             else:
-                cells[2 * k0] += val[i] * keep[i]
-                cells[2 * k0 + 1] += w32 * keep[i]
+                _add_to_cells(cells, k0, (val[i] * keep[i], w32 * keep[i]))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -693,7 +722,7 @@ def _scatter_pair(idx, val, keep, n, w32, cells):
     """Pass 3 of a two-kind pass into paired cells (BrickedGrid paired: both kinds of a voxel
     in one cache line): every pixel adds to the first kind, value and weight times keep to
     the second; the same sums, in the same order, as _scatter_block into two arrays, whose
-    four interleaved streams it keeps, written out the same way."""
+    four interleaved streams it keeps, a voxel's four cells in one vector addition."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
@@ -705,31 +734,15 @@ def _scatter_pair(idx, val, keep, n, w32, cells):
             v1, e1 = val[i + quarter], keep[i + quarter]
             v2, e2 = val[i + 2 * quarter], keep[i + 2 * quarter]
             v3, e3 = val[i + 3 * quarter], keep[i + 3 * quarter]
-            cells[4 * k0] += v0
-            cells[4 * k0 + 1] += w32
-            cells[4 * k0 + 2] += v0 * e0
-            cells[4 * k0 + 3] += w32 * e0
-            cells[4 * k1] += v1
-            cells[4 * k1 + 1] += w32
-            cells[4 * k1 + 2] += v1 * e1
-            cells[4 * k1 + 3] += w32 * e1
-            cells[4 * k2] += v2
-            cells[4 * k2 + 1] += w32
-            cells[4 * k2 + 2] += v2 * e2
-            cells[4 * k2 + 3] += w32 * e2
-            cells[4 * k3] += v3
-            cells[4 * k3 + 1] += w32
-            cells[4 * k3 + 2] += v3 * e3
-            cells[4 * k3 + 3] += w32 * e3
+            _add_to_cells(cells, k0, (v0, w32, v0 * e0, w32 * e0))
+            _add_to_cells(cells, k1, (v1, w32, v1 * e1, w32 * e1))
+            _add_to_cells(cells, k2, (v2, w32, v2 * e2, w32 * e2))
+            _add_to_cells(cells, k3, (v3, w32, v3 * e3, w32 * e3))
     else:
         for i in range(n):
-            k = np.uint32(idx[i])
             v = val[i]
             e = keep[i]
-            cells[4 * k] += v
-            cells[4 * k + 1] += w32
-            cells[4 * k + 2] += v * e
-            cells[4 * k + 3] += w32 * e
+            _add_to_cells(cells, np.uint32(idx[i]), (v, w32, v * e, w32 * e))
 
 
 def work_units(frames, M) -> int:
