@@ -15,7 +15,8 @@ then share cache lines and pages whatever the direction in which a detector row 
 grid.  It streams the frame and the per-pixel tables block by block: a vectorised pass
 computes voxel coordinates in float32 for 8 pixels at a time, the ~0.2% of pixels within the
 float32 rounding bound of a voxel face are decided again in float64 (so every decision equals
-the float64 one), and a scatter adds the block (see the comment above `_accumulate`).
+the float64 one), and a scatter adds the block, a voxel's cells in one vector addition
+(see the comment above `_accumulate`).
 `numpy_transform` is the same mapping and binning in plain numpy (the benchmark's baseline
 and the tests' reference).
 """
@@ -456,7 +457,8 @@ def _unbrick_slab(cells, offset, stride, l0, nbricks, b, first, written, signal,
 #     face are decided again in float64 (so decisions equal a float64 evaluation exactly);
 #  3. the scatter, in four interleaved streams a quarter block apart: consecutive pixels often
 #     hit the same voxel, and interleaving keeps those read-modify-writes from waiting on
-#     each other.
+#     each other; a voxel's cells (signal and weight, of one or both kinds) side by side are
+#     added as one vector (_add_to_cells).
 # Work units are (block, frame, sub-step), frames innermost: a block's pixels move less than
 # a voxel from one frame to the next, so the voxels they add to and their Q table stay in
 # the core's cache for the frames of a chunk instead of being fetched from memory per frame.
