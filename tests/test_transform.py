@@ -522,3 +522,35 @@ def test_pixel_corrections_equal_pyfai(detector, orientation, rots):
     # each factor alone
     only_sa = pixel_table(g, excluded, polarization=False).corr_all.reshape(g.shape)
     np.testing.assert_allclose(only_sa[use], 1.0 / ai.solidAngleArray()[use], rtol=3e-7)
+
+
+def test_a_voxels_cells_are_added_as_one_vector_exactly_as_one_by_one():
+    """_add_to_cells (the scatter's vector addition, a numba intrinsic) gives each cell the
+    float32 sum that adding its values one by one, in the same order, gives: repeated
+    voxels included, for the 2 cells of one kind and the 4 of two."""
+    import numba
+
+    from hklflow.transform import _add_to_cells
+
+    @numba.njit
+    def add_pairs(cells, idx, a, b):
+        for i in range(idx.size):
+            _add_to_cells(cells, np.uint32(idx[i]), (a[i], b[i]))
+
+    @numba.njit
+    def add_quads(cells, idx, a, b):
+        for i in range(idx.size):
+            _add_to_cells(cells, idx[i], (a[i], b[i], a[i] * b[i], b[i] - a[i]))
+
+    rng = np.random.default_rng(5)
+    idx = rng.integers(0, 7, 4000).astype(np.int32)  # many repeats, in any order
+    a = rng.normal(0, 1e3, idx.size).astype(np.float32)
+    b = rng.random(idx.size).astype(np.float32)
+    for width, add, values in ((2, add_pairs, (a, b)), (4, add_quads, (a, b, a * b, b - a))):
+        cells = np.zeros(7 * width + 3, np.float32)
+        add(cells, idx, a, b)
+        expect = np.zeros(7 * width + 3, np.float32)
+        for j, v in enumerate(values):
+            np.add.at(expect, width * idx.astype(np.int64) + j, v)  # one by one, in order
+        assert np.array_equal(cells, expect)
+        assert not cells[7 * width:].any()  # nothing beyond the last voxel's cells
