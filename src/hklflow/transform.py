@@ -672,13 +672,16 @@ def _add_to_cells(typingctx, cells, k, values):
         k = args[1]
         if k.type.width < 64:
             k = builder.sext(k, i64) if signature.args[1].signed else builder.zext(k, i64)
-        at = builder.bitcast(builder.gep(data, [builder.mul(k, ir.Constant(i64, n))]),
-                             vector.as_pointer())
+        # element and vector types named at each access: right with typed pointers (numba
+        # today) and with LLVM's opaque ones
+        first = builder.gep(data, [builder.mul(k, ir.Constant(i64, n))],
+                            source_etype=ir.FloatType())
+        at = builder.bitcast(first, vector.as_pointer())
         add = ir.Constant(vector, ir.Undefined)
         for i in range(n):
             add = builder.insert_element(add, builder.extract_value(args[2], i),
                                          ir.Constant(ir.IntType(32), i))
-        builder.store(builder.fadd(builder.load(at, align=4), add), at, align=4)
+        builder.store(builder.fadd(builder.load(at, align=4, typ=vector), add), at, align=4)
         return context.get_dummy_value()
 
     return types.void(cells, k, values), codegen
