@@ -656,10 +656,12 @@ def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allo
 
 @intrinsic
 def _add_to_cells(typingctx, cells, k, values):
-    """cells[n k:n k + n] += values (a tuple of n float32) as one n-float vector load, add
-    and store: LLVM does not merge the scalar additions of a voxel's neighbouring cells
-    itself.  Each element is the same float32 sum as a scalar +=."""
+    """cells[n k:n k + n] += values (a tuple of n float32: the n cells of voxel k side by
+    side) as one n-float vector load, add and store: LLVM does not merge the scalar additions
+    of a voxel's neighbouring cells itself.  Each element is the same float32 sum as a scalar
+    +=.  cells: a contiguous 1-D float32 array (its data pointer is indexed directly)."""
     if not (isinstance(cells, types.Array) and cells.dtype == types.float32
+            and cells.ndim == 1 and cells.layout == "C"
             and isinstance(k, types.Integer) and isinstance(values, types.UniTuple)
             and values.dtype == types.float32 and values.count in (2, 4)):
         return None
