@@ -55,7 +55,9 @@ FILLED, OFF_GRID, EDGE, NO_DATA, SOLVER_FAILED = range(len(OUTCOMES))
 
 UNITS = ("inverse_angstrom", "rlu")
 ORDERS = (1, 2, 3)
-DEFAULT_BATCH_UNKNOWNS = 250_000  # SuperLU's factors of a batch of 0.2 1/A holes: ~130 MB
+# unknowns per batch: bounds the memory of a batch's assembled system (and, for SuperLU,
+# of its factors: ~130 MB for a batch of 0.2 1/A holes)
+DEFAULT_BATCH_UNKNOWNS = 250_000
 # regions up to this size go to SuperLU, larger ones to conjugate gradients.  Solved region
 # by region, CG is the faster at every size measured: on the pipeline benchmark's volumes
 # the batches of regions of up to 1000 voxels took 1.3 s with SuperLU, 0.14 s with CG, and
