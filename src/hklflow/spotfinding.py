@@ -57,11 +57,12 @@ FRAME_STATS = ("sum", "max", "trimmed_sum", "n_valid", "n_strong", "n_annulus")
 
 
 @numba.njit(nogil=True, inline="always")
-def _add_row(col_n, col_s, col_q, x, u, pad, sign):
-    """Column sums += sign x (one cleaned row of the ring)."""
+def _add_row(col_n, col_s, col_q, x, pad, sign):
+    """Column sums += sign x (one cleaned row of the ring: -1 = unusable, counts 0)."""
     for c in range(x.shape[0]):
-        f = float(x[c])
-        col_n[c + pad] += sign * u[c]
+        u = np.int32(1) if x[c] >= 0 else np.int32(0)
+        f = float(max(x[c], 0))
+        col_n[c + pad] += sign * u
         col_s[c + pad] += sign * f
         col_q[c + pad] += sign * (f * f)
 
@@ -82,11 +83,11 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
     col_s = np.zeros(ncol)
     col_q = np.zeros(ncol)
     big = math.sqrt(2.0 ** 53 / (2 * half_r + 1))
-    # ring of cleaned rows: value where usable else 0, and the usable flag; each pixel is
-    # tested once, when its row enters the window
+    # ring of cleaned rows: the value where usable, else -1 (one array read and written
+    # per pixel instead of a value and a flag); each pixel is tested once, when its row
+    # enters the window
     wr = 2 * half_r + 2
     ring_x = np.zeros((wr, nx), dtype=np.int32)
-    ring_u = np.zeros((wr, nx), dtype=np.int32)
     ring_big = np.zeros(wr, dtype=np.bool_)
     flag = np.zeros(nx, dtype=np.uint8)
     ss2 = sigma_s * sigma_s
@@ -107,7 +108,6 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
         rd = r - half_r - 1  # row leaving it
         if ra < ny:
             xa = ring_x[ra % wr]
-            ua = ring_u[ra % wr]
             fr = frame[ra]
             vr = valid[ra]
             an = annulus[ra]
@@ -122,7 +122,6 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
             # column sums' update (the row leaving the window out, this one in)
             leaving = rd >= 0
             xd = ring_x[rd % wr]
-            ud = ring_u[rd % wr]
             for c in range(nx):
                 v = fr[c]
                 if maxproj is not None:
@@ -130,8 +129,7 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
                 ok = (vr[c] != 0) & (v >= 0) & (v < tmax)
                 x = np.int32(v) if ok else np.int32(0)
                 u = np.int32(1) if ok else np.int32(0)
-                xa[c] = x
-                ua[c] = u
+                xa[c] = x if ok else np.int32(-1)
                 row_sum += np.int64(x)
                 row_max = max(row_max, x)
                 row_n += u
@@ -140,8 +138,8 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
                 ann_n += u if in_ann else 0
                 if leaving:
                     fa = float(x)
-                    fd = float(xd[c])
-                    col_n[c + pad] += u - ud[c]
+                    fd = float(max(xd[c], 0))
+                    col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
                     col_s[c + pad] += fa - fd
                     col_q[c + pad] += fa * fa - fd * fd
             s_sum += row_sum
@@ -151,9 +149,9 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
             n_ann += ann_n
             ring_big[ra % wr] = row_max >= big
             if not leaving:
-                _add_row(col_n, col_s, col_q, xa, ua, pad, 1)
+                _add_row(col_n, col_s, col_q, xa, pad, 1)
         elif rd >= 0:
-            _add_row(col_n, col_s, col_q, ring_x[rd % wr], ring_u[rd % wr], pad, -1)
+            _add_row(col_n, col_s, col_q, ring_x[rd % wr], pad, -1)
         if rd >= 0 and ring_big[rd % wr]:
             # a value whose square is not exact in float64 left the window: recompute the
             # column sums from the rows now in it, so that rounding cannot accumulate
@@ -162,15 +160,14 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
             col_s[:] = 0.0
             col_q[:] = 0.0
             for rr in range(rd + 1, min(ra, ny - 1) + 1):
-                _add_row(col_n, col_s, col_q, ring_x[rr % wr], ring_u[rr % wr], pad, 1)
+                _add_row(col_n, col_s, col_q, ring_x[rr % wr], pad, 1)
         if r < 0:
             continue
         xr = ring_x[r % wr]
-        ur = ring_u[r % wr]
         n_row = 0
         if use_absolute:
             for c in range(nx):
-                f = (ur[c] != 0) & (float(xr[c]) > athr)
+                f = (xr[c] >= 0) & (float(xr[c]) > athr)
                 flag[c] = f
                 n_row += f
         else:
@@ -190,7 +187,7 @@ def _strong_pixels(frame, valid, annulus, half_r, half_c, sigma_b, sigma_s, min_
                 x = float(xr[c])
                 d = x * fn - s
                 e = fn * q - s * s - (fn - 1.0) * s
-                f = ((ur[c] != 0) & (d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
+                f = ((xr[c] >= 0) & (d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
                      & (d * d > ss2 * s * fn)
                      & (e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s))
                 flag[c] = f
