@@ -346,11 +346,11 @@ class KernelCaller:
                      np.empty(cap)]
         self.stats = np.zeros(len(sf.FRAME_STATS))
 
-    def __call__(self, frame, u8, annulus) -> int:
+    def __call__(self, frame, flags) -> int:
         p = self.p
         while True:
             n = self.sf.strong_pixels_frame(
-                frame, u8, annulus, self.hr, self.hc, p.sigma_background, p.sigma_strong,
+                frame, flags, self.hr, self.hc, p.sigma_background, p.sigma_strong,
                 p.min_local, p.global_threshold, float(p.absolute_threshold or 0.0),
                 p.method == "absolute", self.tmax, *self.bufs, self.stats)
             if n >= 0:
@@ -368,7 +368,7 @@ def parts_once(path: Path, geometry, params) -> dict:
     from hklflow.spotfinding import HOT_PROBE_FRAMES, hot_pixels_in
 
     usable, annulus = search_masks(geometry, params)
-    u8 = usable.astype(np.uint8)
+    flags = sf.pixel_flags(usable, annulus)
     with open_frames(str(path)) as st:
         tmax = _trusted_max(st.dtype)
         kernel = KernelCaller(usable.shape, params, tmax)
@@ -380,7 +380,7 @@ def parts_once(path: Path, geometry, params) -> dict:
             for start, chunk in st.iter_chunks(params.chunk_frames, reuse_buffer=True):
                 for i, fr in enumerate(chunk):
                     w0, c0 = clock(), tclock()
-                    n = kernel(fr, u8, annulus)
+                    n = kernel(fr, flags)
                     w1, c1 = clock(), tclock()
                     rows, cols, vals, bg = (b[:n].copy() for b in kernel.bufs)
                     w2, c2 = clock(), tclock()
@@ -467,16 +467,17 @@ def numpy_once(path: Path, geometry, params, nsub: int):
 def kernel_strong_count(path: Path, geometry, params, nsub: int) -> int:
     """Strong pixels of the compiled kernel on the numpy subset, same masks (they must
     decide alike)."""
+    from hklflow import spotfinding as sf
     from hklflow.frames import open_frames
 
     usable, annulus = search_masks(geometry, params)
-    u8 = usable.astype(np.uint8)
+    flags = sf.pixel_flags(usable, annulus)
     total = 0
     with open_frames(str(path)) as st:
         kernel = KernelCaller(usable.shape, params, _trusted_max(st.dtype))
         for _s, chunk in st.iter_chunks(params.chunk_frames, 0, min(nsub, st.nframes)):
             for fr in chunk:
-                total += kernel(fr, u8, annulus)
+                total += kernel(fr, flags)
     return total
 
 

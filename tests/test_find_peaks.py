@@ -53,8 +53,7 @@ def run_kernel(frame, valid, p: PeakSearchParams, trusted_max=2**31 - 1, annulus
     cap = ny * nx
     rows, cols = np.empty(cap, np.int32), np.empty(cap, np.int32)
     vals, bg, stats = np.empty(cap), np.empty(cap), np.empty(len(sf.FRAME_STATS))
-    ann = np.zeros((ny, nx), np.uint8) if annulus is None else annulus
-    n = sf.strong_pixels_frame(frame, valid.astype(np.uint8), ann, p.window[0] // 2,
+    n = sf.strong_pixels_frame(frame, sf.pixel_flags(valid, annulus), p.window[0] // 2,
                                p.window[1] // 2, p.sigma_background, p.sigma_strong, p.min_local,
                                p.global_threshold, float(p.absolute_threshold or 0),
                                p.method == "absolute", trusted_max, rows, cols, vals, bg, stats)
