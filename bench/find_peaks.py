@@ -332,6 +332,12 @@ def search_masks(geometry, params):
     return usable, annulus
 
 
+def chunk_frames(stack, params) -> int:
+    """Frames per chunk as search() reads them (reduction.find_peaks.chunk_frames; 'auto':
+    about PEAK_CHUNK_BYTES of frames)."""
+    return params.frames_per_chunk(stack.dtype.itemsize * int(np.prod(stack.frame_shape)))
+
+
 class KernelCaller:
     """strong_pixels_frame with search()'s parameters and buffers (public kernel only)."""
 
@@ -377,7 +383,7 @@ def parts_once(path: Path, geometry, params) -> dict:
         strong = 0
         clock, tclock = time.perf_counter, time.thread_time
         with Meter() as loop:
-            for start, chunk in st.iter_chunks(params.chunk_frames, reuse_buffer=True):
+            for start, chunk in st.iter_chunks(chunk_frames(st, params), reuse_buffer=True):
                 for i, fr in enumerate(chunk):
                     w0, c0 = clock(), tclock()
                     n = kernel(fr, flags)
@@ -457,7 +463,7 @@ def numpy_once(path: Path, geometry, params, nsub: int):
         tmax = _trusted_max(st.dtype)
         npeaks = nstrong = 0
         with Meter() as m:
-            for start, chunk in st.iter_chunks(params.chunk_frames, 0, nsub, reuse_buffer=True):
+            for start, chunk in st.iter_chunks(chunk_frames(st, params), 0, nsub, reuse_buffer=True):
                 peaks, ns = numpy_peaks(chunk, start, usable, params, tmax)
                 npeaks += len(peaks["n_pixels"])
                 nstrong += ns
@@ -475,7 +481,7 @@ def kernel_strong_count(path: Path, geometry, params, nsub: int) -> int:
     total = 0
     with open_frames(str(path)) as st:
         kernel = KernelCaller(usable.shape, params, _trusted_max(st.dtype))
-        for _s, chunk in st.iter_chunks(params.chunk_frames, 0, min(nsub, st.nframes)):
+        for _s, chunk in st.iter_chunks(chunk_frames(st, params), 0, min(nsub, st.nframes)):
             for fr in chunk:
                 total += kernel(fr, flags)
     return total
@@ -723,8 +729,8 @@ def report(r: dict) -> str:
             f"{r['ratios']['hklflow_over_numpy_cpu']:.1f}x (cpu)")
         same = "identical" if nu["strong_pixels"] == nu["kernel_strong_pixels"] else "DIFFERENT"
         add(f"   strong pixels numpy {nu['strong_pixels']} vs kernel {nu['kernel_strong_pixels']} "
-            f"({same}); {nu['peaks']} peaks (labelled in blocks of {r['params']['chunk_frames']} "
-            "frames, not joined across blocks)")
+            f"({same}); {nu['peaks']} peaks (labelled chunk by chunk, chunks of the peak "
+            "search's reduction.find_peaks.chunk_frames, not joined across chunks)")
     else:
         add("3. numpy/scipy version: skipped (--numpy-frames 0)")
     dl = r.get("dials")
