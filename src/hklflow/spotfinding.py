@@ -56,8 +56,7 @@ from .params import DetectorParams, PeakSearchParams
 FRAME_STATS = ("sum", "max", "trimmed_sum", "n_valid", "n_strong", "n_annulus")
 # bits of the kernel's per-pixel flags (pixel_flags): one byte per pixel read with the frame
 USABLE, IN_ANNULUS = 1, 2
-
-
+# address space left unused on either side of an isolated_empty array
 ISOLATION_BYTES = 1 << 21
 
 
@@ -66,9 +65,9 @@ def isolated_empty(shape, dtype) -> np.ndarray:
     use on either side (never touched, so no memory), so that no other array lies right
     against it.  The kernel streams the frame, its pixel flags and the max projection side
     by side; when two of them lay back to back in memory (within 64 KB, either order) it
-    ran at 12 instead of 5 ms per 2M frame on this AMD EPYC machine (measured: 1 MB apart
-    and more, any order, 5.0-5.3 ms), and search()'s max projection was allocated right
-    after a buffer of frames."""
+    ran at 12 instead of 5 ms per 2M frame on the AMD EPYC machines hklflow is developed on
+    (measured: 64 KB apart and more, any order, 5.0-5.7 ms), and search()'s max projection
+    used to be allocated right after a buffer of frames."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + 2 * ISOLATION_BYTES + 4096, np.uint8)
@@ -285,14 +284,15 @@ def strong_pixels_frame(frame, flags, half_r, half_c, sigma_b, sigma_s, min_loca
     """Detect strong pixels of one frame.
 
     frame (ny, nx) counts; flags (ny, nx) uint8, pixel_flags(usable, annulus): USABLE, and
-    IN_ANNULUS for the Q annulus of the trimmed sum.  A pixel is also unusable in this frame when its value
-    is negative (Pilatus marks gaps -1) or >= trusted_max (overloaded; values are held as
-    int32, so trusted_max is at most 2^31 - 1).  Strong pixels are written to out_* (raster
-    order) with the local mean in out_bg; returns their count, or -1 if out_* is too small.
-    stats (6,) float64 receives FRAME_STATS.  The kernel is compiled for the window's width.
-    Float frames (corrected data) are rounded to the nearest count first; NaN is unusable.
-    maxproj (integer frames): an array of the frame's shape and type raised to the frame's
-    values in the same pass (the scan's maximum; float frames take np.fmax, NaN aside).
+    IN_ANNULUS for the Q annulus of the trimmed sum.  A pixel is also unusable in this frame
+    when its value is negative (Pilatus marks gaps -1) or >= trusted_max (overloaded; values
+    are held as int32, so trusted_max is at most 2^31 - 1).  Strong pixels are written to
+    out_* (raster order) with the local mean in out_bg; returns their count, or -1 if out_*
+    is too small.  stats (6,) float64 receives FRAME_STATS.  The kernel is compiled for the
+    window's width.  Float frames (corrected data) are rounded to the nearest count first;
+    NaN is unusable.  maxproj (integer frames): an array of the frame's shape and type
+    raised to the frame's values in the same pass (the scan's maximum; float frames take
+    np.fmax, NaN aside).
     """
     if not np.issubdtype(frame.dtype, np.integer):
         if maxproj is not None:
