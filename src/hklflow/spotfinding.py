@@ -64,10 +64,10 @@ def isolated_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array with ISOLATION_BYTES of address space it does not
     use on either side (never touched, so no memory), so that no other array lies right
     against it.  The kernel streams the frame, its pixel flags and the max projection side
-    by side; when two of them lay back to back in memory (within 64 KB, either order) it
-    ran at 12 instead of 5 ms per 2M frame on the AMD EPYC machines hklflow is developed on
-    (measured: 64 KB apart and more, any order, 5.0-5.7 ms), and search()'s max projection
-    used to be allocated right after a buffer of frames."""
+    by side; when two of them lay back to back in memory (16 KB apart or less, either
+    order) it ran at 12 instead of 5 ms per 2M frame on the AMD EPYC machines hklflow is
+    developed on (measured: 64 KB apart and more, any order, 5.0-5.7 ms), and search()'s max
+    projection used to be allocated right after a buffer of frames."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + 2 * ISOLATION_BYTES + 4096, np.uint8)
