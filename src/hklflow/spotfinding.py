@@ -698,8 +698,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
-    annulus &= usable.astype(np.uint8)
-    flags = pixel_flags(usable, annulus)
+    flags = pixel_flags(usable, annulus)  # (the kernel counts the annulus where usable only)
     free_detectors = queue.SimpleQueue()
     for _ in range(max(1, int(threads))):
         free_detectors.put(_FrameDetector(shape, params, trusted_max))
