@@ -652,6 +652,30 @@ def test_shell_and_sphere_counts_equal_numpy():
         assert unmeasured_within(grid, cell, values, q) == expect
 
 
+@pytest.mark.parametrize("where", ["random", "one voxel", "corner", "none"])
+def test_farthest_shell_edge_is_measured_reach(where):
+    """delta_pdf's reach from the largest measured |Q|^2 alone equals measured_reach's (from
+    the shell counts), bit for bit: measured voxels at random, a single one inside, one in
+    the grid's farthest corner (the last shell), none (0)."""
+    from hklflow.pdf_volume import farthest_shell_edge, measured_reach, q_squared_planes
+
+    cell = UnitCell(5.1, 6.3, 7.7, 81.0, 97.0, 104.0)
+    grid = Grid(Axis(-3.0, 0.05, 121), Axis(-2.5, 0.05, 101), Axis(-2.0, 0.1, 41))
+    rng = np.random.default_rng(11)
+    values = np.full(grid.shape, np.nan, np.float32)
+    q2 = q_squared_planes(grid, cell, 0, grid.l.n)
+    if where == "random":
+        values[rng.random(grid.shape) < 0.2 * (q2 < 0.6 * q2.max())] = 1.0
+        values[0, 0, 0] = np.inf  # not finite: not measured
+    elif where == "one voxel":
+        values[20, 50, 60] = 3.0
+    elif where == "corner":
+        values.reshape(-1)[np.argmax(q2)] = 2.0
+    reach = farthest_shell_edge(grid, cell, values)
+    assert reach == measured_reach(grid, cell, values)[0]
+    assert (reach > 0) == (where != "none")
+
+
 @pytest.mark.parametrize("shape, fraction", [((5, 6, 7), 0.5), ((9, 4, 3), 0.3), ((7, 11, 13), 0.6),
                                              ((1, 1, 40), 0.5), ((3, 1, 1), 1.0)])
 def test_components_equal_scipys_connected_components(shape, fraction):

@@ -66,18 +66,38 @@ def _sphere_counts(g, h, k, ll, q2_max, values):
     return inside, unmeasured
 
 
+@numba.njit(cache=True, nogil=True)
+def _largest_measured_q2(g, h, k, ll, values):
+    """The largest |Q|^2 of a measured (finite) voxel, -1 when none is."""
+    largest = -1.0
+    q2 = np.empty(h.size)
+    for a in range(ll.size):
+        for b in range(k.size):
+            pdf_algorithms.q2_row(g, h, k[b], ll[a], q2)
+            for c in range(h.size):
+                if math.isfinite(values[a, b, c]) and q2[c] > largest:
+                    largest = q2[c]
+    return largest
+
+
 COMPLETE_SHELL = 0.9  # a shell of |Q| at least this measured counts as covered
+
+
+def _shells(grid: Grid, cell) -> tuple[float, int]:
+    """(width, count) of the spherical shells of |Q| one voxel thick that cover the grid (the
+    last takes all beyond)."""
+    lengths = cell.reciprocal_parameters[:3]
+    width = 2 * math.pi * min(ax.step * s for ax, s in zip(grid.axes, lengths))
+    corner = math.sqrt(float(max(q_squared_planes(grid, cell, i, i + 1).max()
+                                 for i in (0, grid.l.n - 1))))
+    return width, int(math.ceil(corner / width)) + 1
 
 
 def coverage_by_shell(grid: Grid, cell, values: np.ndarray):
     """Measured fraction of the voxels in spherical shells of |Q| (1/Angstrom, 2 pi
     convention) one voxel thick: (shell outer edges, fraction measured, voxels per shell).
     values: the volume [l, k, h], NaN (not finite) where unmeasured."""
-    lengths = cell.reciprocal_parameters[:3]
-    width = 2 * math.pi * min(ax.step * s for ax, s in zip(grid.axes, lengths))
-    corner = math.sqrt(float(max(q_squared_planes(grid, cell, i, i + 1).max()
-                                 for i in (0, grid.l.n - 1))))
-    nbins = int(math.ceil(corner / width)) + 1
+    width, nbins = _shells(grid, cell)
     total = np.zeros(nbins, np.int64)
     seen = np.zeros(nbins, np.int64)
     _shell_counts(pdf_algorithms.q_metric(cell), grid.h.values, grid.k.values, grid.l.values,
@@ -99,6 +119,20 @@ def measured_reach(grid: Grid, cell, values: np.ndarray) -> tuple[float, float]:
     complete = float(edges[best + short[0] - 1]) if len(short) and best + short[0] > 0 \
         else reach
     return reach, complete
+
+
+def farthest_shell_edge(grid: Grid, cell, values: np.ndarray) -> float:
+    """measured_reach's first figure alone (the outer edge of the shell of the farthest
+    measured voxel; 0 when none is), equal to it, from the largest |Q|^2 of a measured voxel:
+    a shell's index grows with |Q|.  A pass with no shell counts (at 801^3: ~0.3 CPU-s
+    against 1.3)."""
+    width, nbins = _shells(grid, cell)
+    q2 = _largest_measured_q2(pdf_algorithms.q_metric(cell), grid.h.values, grid.k.values,
+                              grid.l.values, np.ascontiguousarray(values))
+    if q2 < 0:
+        return 0.0
+    shell = min(int(math.sqrt(max(q2, 0.0)) / width), nbins - 1)  # as _shell_counts
+    return float(width * (shell + 1))
 
 
 def inscribed_q(grid: Grid, cell) -> float:
@@ -237,7 +271,8 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume)[1] if from_file else volume
     cell = crystal.cell
-    reach, _ = measured_reach(grid, cell, intensity)
+    # the reach alone here: the shells' coverage is counted after the fill (for the taper)
+    reach = farthest_shell_edge(grid, cell, intensity)
     positions = punch_positions(crystal, grid, reach, params.extra_positions)
     spacing = nearest_reflection_spacing(crystal)
     diameter = 2 * params.radius * (1.0 if params.radius_units == "inverse_angstrom"
