@@ -301,6 +301,7 @@ def read_once(path: Path, chunk: int = 16) -> dict:
     from hklflow.frames import open_frames
 
     with open_frames(str(path)) as st:
+        st.compiled_decompression = True  # as the step
         with Meter() as m:
             for _start, _chunk in st.iter_chunks(chunk, reuse_buffer=True):
                 pass
@@ -316,6 +317,7 @@ def search_once(path: Path, geometry, angles, params):
 
     detector = detector_params()
     with open_frames(str(path)) as st:
+        st.compiled_decompression = True  # as the step
         with Meter() as m:
             res = search(st, geometry, replace(angles, nframes=st.nframes), params, detector,
                          quiet_logger())
@@ -632,6 +634,7 @@ def search_child(h5: str, nframes_spec: int, sample: str) -> None:
     params = PeakSearchParams.defaults()
     detector = detector_params()
     with open_frames(h5) as st:
+        st.compiled_decompression = True  # as the step
         rss0, hwm0 = _status_kb("VmRSS"), _status_kb("VmHWM")
         t0 = time.perf_counter()
         res = search(st, geometry, replace(angles, nframes=st.nframes), params, detector,

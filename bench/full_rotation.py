@@ -109,7 +109,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (points - 1), points)
                   for ax in coarse.axes))
     frames = min(frames, rec.nframes)
-    with open_frame_source(rec.frames) as stack:
+    with open_frame_source(rec.frames, compiled_decompression=True) as stack:  # as the step
         block = stack.read(0, frames)  # into the page cache, as bench/pipeline.py's bare read
         c = cpu()
         stack.read(0, frames, out=block)

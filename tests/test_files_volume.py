@@ -293,11 +293,13 @@ def _partly_stored_volume(path, seed, **writer_options):
     return path, signal, grid
 
 
-def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path):
-    """VolumeReader reads the arrays from their raw chunks (bitshuffle's C function, the
-    fill value where a chunk is not stored): the same bits as HDF5's filter, for slabs in
-    and out of step with the chunks and edge chunks on every axis; a chunk stored without
-    its filter goes through HDF5; a damaged chunk fails with HDF5's error."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, compiled):
+    """VolumeReader reads the arrays from their raw chunks (bitshuffle's C function or, with
+    compiled_decompression, the compiled loop over its blocks; the fill value where a chunk
+    is not stored): the same bits as HDF5's filter, for slabs in and out of step with the
+    chunks and edge chunks on every axis; a chunk stored without its filter goes through
+    HDF5; a damaged chunk fails with HDF5's error."""
     import h5py
 
     from hklflow.files import volume as files_volume
@@ -313,19 +315,20 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path):
         want = {name: f[f"entry/transform/{name}"][()] for name in ("signal_sum", "data_weights",
                                                                      "data")}
     assert np.array_equal(want["signal_sum"], signal)
-    with VolumeReader(path) as r:
+    with VolumeReader(path, compiled_decompression=compiled) as r:
         for l0, l1 in ((0, 8), (8, 21), (5, 13), (13, 14), (0, 21)):
             s, w_ = r.read(l0, l1)
             assert np.array_equal(s.view(np.uint32), want["signal_sum"][l0:l1].view(np.uint32))
             assert np.array_equal(w_.view(np.uint32), want["data_weights"][l0:l1].view(np.uint32))
             i = r.read_intensity(l0, l1)
             assert np.array_equal(i.view(np.uint32), want["data"][l0:l1].view(np.uint32))
-        assert all(isinstance(c, files_volume._ChunkReader) for c in r._chunk_readers.values())
+        assert all(isinstance(c, files_volume._ChunkReader) and c.compiled == compiled
+                   for c in r._chunk_readers.values())
     with h5py.File(path, "r+") as f:  # a damaged chunk
         d = f["entry/transform/data_weights"]
         corner = d.id.get_chunk_info(0).chunk_offset
         d.id.write_direct_chunk(corner, b"\x00" * 12 + b"\x07" * 40)
-    with VolumeReader(path) as r, pytest.raises(OSError):
+    with VolumeReader(path, compiled_decompression=compiled) as r, pytest.raises(OSError):
         r.read(0, 21)
 
 
@@ -341,7 +344,7 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
     from hklflow.files import volume as files_volume
 
     if not raw_chunks:
-        monkeypatch.setattr(files_volume._ChunkReader, "open", classmethod(lambda cls, d: None))
+        monkeypatch.setattr(files_volume._ChunkReader, "open", classmethod(lambda cls, d, compiled=False: None))
     path, _, grid = _partly_stored_volume(tmp_path / "v.nxs", seed=5, intensity=stored)
     with h5py.File(path) as f:
         d = f["entry/transform"]

@@ -199,11 +199,13 @@ def typed_frames(n, dtype, seed):
 @pytest.mark.parametrize("read_threads", [1, 3])
 @pytest.mark.parametrize("frames_per_chunk", [1, 3])
 @pytest.mark.parametrize("dtype", ["int32", "uint16", "float32"])
-def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype,
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype, compiled,
                                                                  frames_per_chunk, read_threads):
     """Chunks of whole frames compressed with bitshuffle-LZ4 are read raw and decompressed
-    with the bitshuffle package: the same numbers as through HDF5's filter, also with several
-    chunks decompressed at once."""
+    with the bitshuffle package (by its own function or by the compiled loop over its
+    blocks): the same numbers as through HDF5's filter, also with several chunks
+    decompressed at once."""
     for k, n in enumerate((7, 5)):  # 7 frames: a last chunk of 3 holds one frame
         with h5py.File(tmp_path / f"d_{k}.h5", "w") as f:
             f.create_dataset(DSET, data=typed_frames(n, dtype, k),
@@ -212,6 +214,7 @@ def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype,
     data = h5py_frames([tmp_path / "d_0.h5", tmp_path / "d_1.h5"])
     with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=12) as st:
         st.read_threads = read_threads
+        st.compiled_decompression = compiled
         assert st.dtype == np.dtype(dtype)
         for i in (0, 4, 6, 7, 11):
             got = st.read_frame(i)
@@ -280,7 +283,8 @@ def test_other_layouts_are_read_through_hdf5(tmp_path, monkeypatch, layout):
 
 @pytest.mark.parametrize("read_threads", [1, 2])
 @pytest.mark.parametrize("where", ["header", "lz4 stream"])
-def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where, read_threads):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where, read_threads, compiled):
     """A damaged chunk on the fast path: the frame is read again through HDF5, whose error
     names the file and the frame number in the whole scan.  (The LZ4 stream is damaged at
     its first token, after the 12-byte chunk header and the 4-byte block size: bytes
@@ -291,6 +295,7 @@ def test_corrupt_raw_chunk_names_file_and_frame(tmp_path, where, read_threads):
     corrupt_chunk(tmp_path / "good.h5", tmp_path / "d_2.h5", 3, at=0 if where == "header" else 16)
     with open_frames("d_*.h5", base_dir=tmp_path, expected_frames=11) as st:
         st.read_threads = read_threads
+        st.compiled_decompression = compiled
         np.testing.assert_array_equal(st.read(2, 8), np.concatenate(parts)[2:8])
         assert st.frames_from_raw_chunks == 6
         with pytest.raises(RawDataError, match=r"d_2\.h5: frame 8 \(index 3 of dataset "
@@ -331,6 +336,11 @@ def test_open_frame_source_detects_changed_raw_data(stack_file):
         source = st.source
     with open_frame_source(source) as st:
         np.testing.assert_array_equal(st.read(0, 20), data)
+        assert (st.read_threads, st.compiled_decompression) == (1, False)
+    with open_frame_source(source, read_threads=2, compiled_decompression=True) as st:
+        assert (st.read_threads, st.compiled_decompression) == (2, True)
+        np.testing.assert_array_equal(st.read(0, 20), data)
+        assert st.frames_from_raw_chunks == 20
     changed = FrameSource("hdf5", source.files, source.dataset, (25,), SHAPE, "<i4")
     with pytest.raises(RawDataError, match="has 20 frames now, 25 when it was ingested"):
         open_frame_source(changed)

@@ -22,7 +22,10 @@ HDF5 ranges are read into one preallocated buffer.  The usual detector layout (c
 whole frames, bitshuffle-LZ4 the only filter, native numbers) is read as raw chunks and
 decompressed straight into the buffer by the ``bitshuffle`` package's C function: 1.4x
 faster than HDF5's filter pipeline (which allocates, decompresses and copies), and reading
-frames bounds the throughput of peak search and transform.  ``read_threads`` (the job's
+frames bounds the throughput of peak search and transform.  With
+``compiled_decompression`` (the steps that stream every frame) a compiled loop calls that
+package's functions block by block instead (files.bitshuffle_lz4): 2.07-2.22 instead of
+2.46-2.69 CPU-ms per 2M frame.  ``read_threads`` (the job's
 threads) decompress that many chunks at once: on one thread, decompressing costs about as
 much CPU as the peak search itself and would be the pass's bottleneck.  Any other layout,
 and any chunk that is not plainly bitshuffle-LZ4 (not written: fill value; damaged), is
@@ -134,6 +137,9 @@ class FrameStack(abc.ABC):
         self.files = list(source.files)
         self._offsets = np.concatenate([[0], np.cumsum(source.frames_per_file)]).astype(int)
         self.read_threads = 1  # chunks decompressed at once (HDF5 raw-chunk reads)
+        # raw chunks decompressed by the compiled block loop (files.h5.decompress_chunk):
+        # for the steps that stream every frame and load numba for their kernels anyway
+        self.compiled_decompression = False
 
     # ---- context manager -------------------------------------------------------------
     def __enter__(self) -> "FrameStack":
@@ -326,7 +332,8 @@ class _HDF5Stack(FrameStack):
             raw = self._raw.buffer = np.empty(max(size, 1), np.uint8)
         whole = (lo, hi) == (first, first + n)  # decompressed straight into out
         frames = out[lo - a:hi - a] if whole else np.empty((n,) + self.frame_shape, out.dtype)
-        if size and decompress_chunk(dset, (first, 0, 0), raw[:size], frames):
+        if size and decompress_chunk(dset, (first, 0, 0), raw[:size], frames,
+                                     compiled=self.compiled_decompression):
             if not whole:
                 out[lo - a:hi - a] = frames[lo - first:hi - first]
             return hi - lo
@@ -566,12 +573,13 @@ def open_frames(data: str, dataset: str = DEFAULT_DATASET, *, base_dir=".",
     return stack
 
 
-def open_frame_source(source: FrameSource, *, check: bool = True,
-                      read_threads: int = 1) -> FrameStack:
+def open_frame_source(source: FrameSource, *, check: bool = True, read_threads: int = 1,
+                      compiled_decompression: bool = False) -> FrameStack:
     """Open exactly the files a FrameSource lists (as recorded by ingest).  With check, the
     files must still be what ingest saw: the same size and sampled content (fingerprints),
     frame counts and frame shape; else RawDataError naming the file and saying to ingest
-    the scan again.  read_threads: chunks decompressed at once (FrameStack.read_threads)."""
+    the scan again.  read_threads: chunks decompressed at once (FrameStack.read_threads);
+    compiled_decompression: FrameStack.compiled_decompression."""
     files = list(source.files)
     for f in files:
         if not os.path.isfile(f):
@@ -602,6 +610,7 @@ def open_frame_source(source: FrameSource, *, check: bool = True,
             raise RawDataError(f"{files[0]}: frames are {stack.frame_shape} now, "
                                f"{tuple(source.frame_shape)} when they were ingested")
     stack.read_threads = max(1, int(read_threads))
+    stack.compiled_decompression = bool(compiled_decompression)
     return stack
 
 

@@ -222,7 +222,7 @@ def _add_slab(acc_s, acc_w, signal, weight, first, count):
 
 def _reader(path, error=InputMismatchError) -> VolumeReader:
     try:
-        return VolumeReader(path)
+        return VolumeReader(path, compiled_decompression=True)  # (kernels compiled anyway)
     except (OSError, KeyError, ValueError) as exc:
         raise error(f"{path}: cannot read this volume: {exc}") from None
 

@@ -216,7 +216,7 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     even: the volume is even along each axis (even_along_axes of its notes); then the
     transform's octant is an eighth of the volume, and the volume is read once."""
     from_file = not isinstance(volume, np.ndarray)
-    intensity = read_intensity(volume)[1] if from_file else volume
+    intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     notes = taper_q_max(grid, cell, intensity, q_max)
     q = notes["q_max"]
     notes["unmeasured_within_q_max"] = unmeasured_within(grid, cell, intensity, q)
@@ -224,7 +224,7 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     if not from_file or even:
         return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers, even)
     del intensity  # (its memory is the spectrum's, the moment it is freed: no new pages)
-    with VolumeReader(volume) as reader:
+    with VolumeReader(volume, compiled_decompression=True) as reader:
         if not reader.grid.same_as(grid):
             raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
                             f"{grid.describe()}")
@@ -269,7 +269,7 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     axis (even_along_axes of its notes; the punch and the fill keep it so): its transform's
     octant is an eighth of it, and the filled volume stays in memory for it."""
     from_file = not isinstance(volume, np.ndarray)
-    intensity = read_intensity(volume)[1] if from_file else volume
+    intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     cell = crystal.cell
     # the reach alone here: the shells' coverage is counted after the fill (for the taper)
     reach = farthest_shell_edge(grid, cell, intensity)

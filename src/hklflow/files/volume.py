@@ -187,15 +187,16 @@ class _ChunkReader:
     wrong.  open() gives None where the dataset cannot be read this way."""
 
     @classmethod
-    def open(cls, dset: h5py.Dataset) -> "_ChunkReader | None":
+    def open(cls, dset: h5py.Dataset, compiled: bool = False) -> "_ChunkReader | None":
         if (bitshuffle_function("bshuf_decompress_lz4") is None or dset.dtype != np.float32
                 or dset.ndim != 3
                 or not hasattr(dset.id, "chunk_iter") or not bitshuffle_lz4_only(dset)):
             return None
-        return cls(dset)
+        return cls(dset, compiled)
 
-    def __init__(self, dset: h5py.Dataset):
+    def __init__(self, dset: h5py.Dataset, compiled: bool = False):
         self.dset = dset
+        self.compiled = compiled  # decompress_chunk's
         self.chunks = tuple(int(c) for c in dset.chunks)
         self.fill = np.float32(dset.fillvalue)
         self.stored: dict[tuple, tuple] = {}  # corner -> (bytes, filters skipped)
@@ -230,7 +231,8 @@ class _ChunkReader:
         region = tuple(slice(c, min(c + n, s))
                        for c, n, s in zip(corner, self.chunks, self.dset.shape))
         size, skipped = info
-        if skipped or not decompress_chunk(self.dset, corner, self.raw[:size], out):
+        if skipped or not decompress_chunk(self.dset, corner, self.raw[:size], out,
+                                           compiled=self.compiled):
             out[...] = self.fill
             inside = tuple(slice(0, r.stop - r.start) for r in region)
             self.dset.read_direct(out, region, inside)
@@ -333,8 +335,11 @@ class VolumeReader:
                 signal, weight = r.read(l0, l0 + planes, out=(signal_buf, weight_buf))
     """
 
-    def __init__(self, path):
+    def __init__(self, path, compiled_decompression: bool = False):
         self.path = os.fspath(path)
+        # raw chunks decompressed by the compiled block loop (files.h5.decompress_chunk):
+        # for the steps that read whole volumes and run compiled kernels anyway
+        self.compiled_decompression = compiled_decompression
         self.grid, self.kind = read_grid_of(self.path)
         self._f = open_h5(self.path)
         try:
@@ -349,7 +354,7 @@ class VolumeReader:
 
     def _chunk_reader(self, dset: h5py.Dataset) -> _ChunkReader | None:
         if dset.name not in self._chunk_readers:
-            self._chunk_readers[dset.name] = _ChunkReader.open(dset)
+            self._chunk_readers[dset.name] = _ChunkReader.open(dset, self.compiled_decompression)
         return self._chunk_readers[dset.name]
 
     def _read(self, dset: h5py.Dataset, l0: int, l1: int, out: np.ndarray) -> None:
@@ -481,15 +486,15 @@ class VolumeReader:
         return False
 
 
-def read_intensity(path) -> tuple[Volume, np.ndarray]:
+def read_intensity(path, compiled_decompression: bool = False) -> tuple[Volume, np.ndarray]:
     """The header of a volume file (read_volume_header) and its intensity, float32 [l, k, h]
     (signal / weight, NaN where unmeasured): the stored `data` array when the file has one
     (one array read instead of two, and no division), else from signal and weight slab by
-    slab."""
+    slab.  compiled_decompression: VolumeReader's."""
     head = read_volume_header(path)
     grid = head.grid
     out = np.empty(grid.shape, np.float32)
-    with VolumeReader(path) as r:
+    with VolumeReader(path, compiled_decompression) as r:
         planes = grid.l.n if r.stores_intensity else slab_planes(grid)
         for l0 in range(0, grid.l.n, planes):
             l1 = min(l0 + planes, grid.l.n)

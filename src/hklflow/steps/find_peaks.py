@@ -28,7 +28,8 @@ def run(args, log) -> None:
     rec = read_scan_file(args.scan)
     geometry = rec.geometry().detector
     log.info("scan %s: %d frames of %s; %s", rec.scan_id, rec.nframes, geometry.shape, params)
-    with open_frame_source(rec.frames, read_threads=args.threads) as stack:
+    with open_frame_source(rec.frames, read_threads=args.threads,
+                           compiled_decompression=True) as stack:
         result = search(stack, geometry, rec.angles, params, detector, log,
                         threads=args.threads)
     inputs = [args.scan] + ([detector.mask_file] if detector.mask_file else [])

@@ -103,7 +103,8 @@ def run(args, log) -> None:
     if len(args.out) != len(kinds):
         raise ConfigError(f"--out: {len(args.out)} file(s) given for the {len(kinds)} kinds "
                           f"of volume of the settings ({', '.join(kinds)})")
-    with open_frame_source(rec.frames, read_threads=args.threads) as stack:
+    with open_frame_source(rec.frames, read_threads=args.threads,
+                           compiled_decompression=True) as stack:
         tr, notes = transform_scan(stack, scan, grid, read_mask_file(args.mask), kinds, first,
                                    stop, params, detector.trusted_max_for(stack.dtype), crystal,
                                    rec.monitor, log, threads=args.threads)
