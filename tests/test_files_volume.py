@@ -344,7 +344,8 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
     from hklflow.files import volume as files_volume
 
     if not raw_chunks:
-        monkeypatch.setattr(files_volume._ChunkReader, "open", classmethod(lambda cls, d, compiled=False: None))
+        monkeypatch.setattr(files_volume._ChunkReader, "open",
+                            classmethod(lambda cls, d, compiled=False: None))
     path, _, grid = _partly_stored_volume(tmp_path / "v.nxs", seed=5, intensity=stored)
     with h5py.File(path) as f:
         d = f["entry/transform"]

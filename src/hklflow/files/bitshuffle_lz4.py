@@ -36,10 +36,12 @@ def _register(lib) -> None:
 _register(bitshuffle_library())
 
 # (pointers as integers: the same registers in the x86-64 and AArch64 calling conventions)
-_lz4_decompress_safe = types.ExternalFunction(
-    "hklflow_lz4_decompress_safe", types.int32(types.uintp, types.uintp, types.int32, types.int32))
-_untrans_bit_elem = types.ExternalFunction(
-    "hklflow_bshuf_untrans_bit_elem", types.int64(types.uintp, types.uintp, types.uintp, types.uintp))
+_lz4_decompress_safe = types.ExternalFunction(  # (source, destination, its size, capacity)
+    "hklflow_lz4_decompress_safe",
+    types.int32(types.uintp, types.uintp, types.int32, types.int32))
+_untrans_bit_elem = types.ExternalFunction(  # (in, out, elements, element size)
+    "hklflow_bshuf_untrans_bit_elem",
+    types.int64(types.uintp, types.uintp, types.uintp, types.uintp))
 
 BLOCKED_MULT = 8  # bitshuffle's blocks hold a multiple of 8 elements
 
