@@ -1,11 +1,16 @@
 """hklflow.files.bitshuffle_lz4: the compiled block loop against the bitshuffle package."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import bitshuffle
 import numpy as np
 import pytest
 
-from hklflow.files.bitshuffle_lz4 import decompress
+from hklflow.files.bitshuffle_lz4 import OWN_UNTRANSPOSE, decompress
 
 
 def stream_of(data: np.ndarray, block: int) -> np.ndarray:
@@ -13,24 +18,82 @@ def stream_of(data: np.ndarray, block: int) -> np.ndarray:
     return np.frombuffer(bitshuffle.compress_lz4(data.ravel(), block), np.uint8).copy()
 
 
-@pytest.mark.parametrize("dtype, n, block", [
-    ("int32", 2048 * 3, 2048), ("int32", 2048 * 3 + 713, 2048), ("uint16", 5003, 4096),
-    ("float32", 7, 2048), ("float64", 1000, 256), ("int32", 3, 2048), ("uint8", 99999, 8192)])
-def test_equals_bitshuffles_own_decompression(dtype, n, block):
-    """Whole blocks, a shorter last block, the last n % 8 elements stored as they are, fewer
-    elements than one multiple of 8: the numbers bitshuffle.decompress_lz4 gives, and the
-    whole stream used."""
-    rng = np.random.default_rng(n)
+CASES = [("int32", 2048 * 3, 2048), ("int32", 2048 * 3 + 713, 2048), ("uint16", 5003, 4096),
+         ("float32", 7, 2048), ("float64", 1000, 256), ("int32", 3, 2048),
+         ("uint8", 99999, 8192), ("int64", 640 + 24, 128), ("int16", 4096 + 136, 4096),
+         ("int32", 2048 + 8, 2048)]
+
+
+def random_values(dtype, n: int, seed: int) -> np.ndarray:
+    """Counts and zeros, some negative, some using every bit (all 8 x itemsize bit rows)."""
+    rng = np.random.default_rng(seed)
     data = (rng.poisson(30.0, n) * rng.integers(0, 3, n)).astype(dtype)
+    wild = rng.integers(0, 256, n * data.itemsize, dtype=np.uint8).view(data.dtype)
+    pick = rng.random(n) < 0.2
+    data[pick] = wild[pick]
+    if np.issubdtype(data.dtype, np.floating):
+        data[~np.isfinite(data)] = 0
+    return data
+
+
+@pytest.mark.parametrize("own_untranspose", [False, True])
+@pytest.mark.parametrize("dtype, n, block", CASES)
+def test_equals_bitshuffles_own_decompression(dtype, n, block, own_untranspose):
+    """Whole blocks, a shorter last block (a multiple of 64 elements or not: ours or
+    bitshuffle's untranspose), the last n % 8 elements stored as they are, fewer elements
+    than one multiple of 8, item sizes 1 to 8: the numbers bitshuffle.decompress_lz4 gives,
+    and the whole stream used, with either bit-untranspose."""
+    data = random_values(dtype, n, n)
     stream = stream_of(data, block)
     out = np.full(data.nbytes, 0xAB, np.uint8)
-    assert decompress(stream, out, data.itemsize, block) == stream.size
+    assert decompress(stream, out, data.itemsize, block, own_untranspose) == stream.size
     expect = bitshuffle.decompress_lz4(stream, data.shape, data.dtype, block)
     np.testing.assert_array_equal(out.view(dtype), expect)
     np.testing.assert_array_equal(out.view(dtype), data)
 
 
-def test_damaged_streams_are_refused_without_reading_past_them():
+def test_own_untranspose_is_used_where_the_cpu_has_gfni():
+    """The choice follows the CPU numba compiles for: GFNI with AVX-512 (checked here against
+    /proc/cpuinfo where Linux has one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo")
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        pytest.skip("numba's target set by the environment")
+    assert OWN_UNTRANSPOSE == {"gfni", "avx512f", "avx512bw"}.issubset(flags)
+
+
+def test_own_untranspose_without_gfni(tmp_path):
+    """Compiled for a CPU without GFNI (x86-64-v3: AVX2), our untranspose transposes the bit
+    matrices with shifts and masks: the same bytes (a process of its own, numba's target and
+    cache set before it loads)."""
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 targets only")
+    script = textwrap.dedent("""
+        import numpy as np, bitshuffle
+        from hklflow.files import bitshuffle_lz4 as b
+        assert not b.OWN_UNTRANSPOSE
+        for dtype in ("int32", "uint16", "uint8", "float64"):
+            rng = np.random.default_rng(7)
+            data = rng.integers(0, 256, 4096 * 8 + 8 * 19, np.uint8).view(dtype)
+            stream = np.frombuffer(bitshuffle.compress_lz4(data, 1024), np.uint8).copy()
+            out = np.empty(data.nbytes, np.uint8)
+            assert b.decompress(stream, out, data.itemsize, 1024, True) == stream.size
+            assert np.array_equal(out, data.view(np.uint8)), dtype
+        print("same bytes")
+    """)
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64-v3", NUMBA_CPU_FEATURES="",
+               NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "same bytes" in run.stdout
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_damaged_streams_are_refused_without_reading_past_them(own):
     """Cut anywhere, or with a block's size field made too large, too small or zero, the
     stream is refused (< 0) or, where the damage leaves it decodable, not used whole: never
     a read or write past the arrays (the scratch and the output are exact-sized)."""
@@ -39,15 +102,15 @@ def test_damaged_streams_are_refused_without_reading_past_them():
     stream = stream_of(data, 2048)
     out = np.empty(data.nbytes, np.uint8)
     for cut in list(range(0, 40)) + list(range(40, stream.size, 97)) + [stream.size - 1]:
-        assert decompress(stream[:cut].copy(), out, 4, 2048) < 0, cut
+        assert decompress(stream[:cut].copy(), out, 4, 2048, own) < 0, cut
     first = int.from_bytes(stream[:4].tobytes(), "big")
     for size in (first + 1, first - 1, 0, 2 ** 31 + 5, 2 ** 32 - 1):
         bad = stream.copy()
         bad[:4] = np.frombuffer(size.to_bytes(4, "big"), np.uint8)
-        assert decompress(bad, out, 4, 2048) != stream.size, size
-    assert decompress(stream, out, 4, 2047) == -81  # not a multiple of 8 elements
-    assert decompress(stream, out, 4, 2 ** 29) < 0  # a damaged header's block size
-    assert decompress(stream, out[:-1], 4, 2048) == -81  # not whole elements
-    assert decompress(stream, np.empty(2 * out.size, np.uint8)[::2], 4, 2048) == -81
-    assert decompress(stream, out, 4, 2048) == stream.size  # the stream itself is sound
+        assert decompress(bad, out, 4, 2048, own) != stream.size, size
+    assert decompress(stream, out, 4, 2047, own) == -81  # not a multiple of 8 elements
+    assert decompress(stream, out, 4, 2 ** 29, own) < 0  # a damaged header's block size
+    assert decompress(stream, out[:-1], 4, 2048, own) == -81  # not whole elements
+    assert decompress(stream, np.empty(2 * out.size, np.uint8)[::2], 4, 2048, own) == -81
+    assert decompress(stream, out, 4, 2048, own) == stream.size  # the stream itself is sound
     np.testing.assert_array_equal(out.view(np.int32), data)

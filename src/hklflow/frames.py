@@ -24,10 +24,10 @@ decompressed straight into the buffer by the ``bitshuffle`` package's C function
 faster than HDF5's filter pipeline (which allocates, decompresses and copies), and reading
 frames bounds the throughput of peak search and transform.  With
 ``compiled_decompression`` (the steps that stream every frame) a compiled loop calls that
-package's functions block by block instead (files.bitshuffle_lz4): 2.07-2.22 instead of
-2.46-2.69 CPU-ms per 2M frame.  ``read_threads`` (the job's
-threads) decompress that many chunks at once: on one thread, decompressing costs about as
-much CPU as the peak search itself and would be the pass's bottleneck.  Any other layout,
+package's LZ4 function block by block instead, with our own bit-untranspose where the CPU
+has GFNI (files.bitshuffle_lz4): 0.94-0.97 instead of 2.46-2.69 CPU-ms per 2M frame.
+``read_threads`` (the job's threads) decompress that many chunks at once: on one thread,
+decompressing would be the pass's bottleneck.  Any other layout,
 and any chunk that is not plainly bitshuffle-LZ4 (not written: fill value; damaged), is
 read with ``Dataset.read_direct``, which gives the same numbers (and the error).  Frame
 files are decoded one by one into the buffer.  ``iter_chunks(..., reuse_buffer=True)``

@@ -1,12 +1,21 @@
-"""Bitshuffle-LZ4 chunks decompressed block by block in a compiled loop that calls the
-bitshuffle package's own C functions (LZ4_decompress_safe, bshuf_untrans_bit_elem).
+"""Bitshuffle-LZ4 chunks decompressed block by block in a compiled loop: bitshuffle's own
+LZ4_decompress_safe per block, then the bit-untranspose, on CPUs with GFNI and AVX-512
+(x86-64 since Ice Lake and Zen 4) by our own code, elsewhere by bitshuffle's
+bshuf_untrans_bit_elem.
 
 bshuf_decompress_lz4 runs the same two functions per block, but through an OpenMP loop
 (dynamic schedule, a lock per block) even on one thread: a 2M frame (1209 blocks of 8 KB)
-read and decompressed in 2.46-2.69 CPU-ms with it, 2.07-2.22 here (bench frames, four
-alternating passes of 400).  The stream (after the 12-byte HDF5 chunk header): per
-block of `block` elements (the last one shorter, a multiple of 8), its compressed size
-(uint32, big-endian) and its LZ4 block; then the last elements % 8 elements as they are.
+read and decompressed in 2.46-2.69 CPU-ms with it, 2.07-2.22 here with bitshuffle's
+untranspose (bench frames, four alternating passes of 400).  That untranspose (AVX2; the
+AVX-512 one is a stub in the PyPI wheel) is ~1.6 ms of it; ours with GFNI ~0.45, one
+GF2P8AFFINEQB transposing eight 8x8 bit matrices: 0.94-0.97 CPU-ms per frame read and
+decompressed, against 2.05-2.09 (the same 400 frames, alternating).
+
+The stream (after the 12-byte HDF5 chunk header): per block of `block` elements (the last
+one shorter, a multiple of 8), its compressed size (uint32, big-endian) and its LZ4 block;
+then the last elements % 8 elements as they are.  A block of n elements of S bytes,
+bit-transposed, is 8 S rows of n / 8 bytes: bit e % 8 of byte e // 8 of row 8 b + i is bit
+i of byte b of element e.
 
 Used by files.h5.decompress_chunk(compiled=True), which the steps that stream whole scans
 or volumes ask for (their kernels load numba anyway; loading it for a few chunks would cost
@@ -18,7 +27,10 @@ import ctypes
 import llvmlite.binding as llvm
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .h5 import bitshuffle_library
 
@@ -46,11 +58,127 @@ _untrans_bit_elem = types.ExternalFunction(  # (in, out, elements, element size)
 BLOCKED_MULT = 8  # bitshuffle's blocks hold a multiple of 8 elements
 
 
+ROW_GROUP = 64  # elements per step of our untranspose: 8 bytes of each row
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+
+
+def _target_features(context=None) -> set[str]:
+    """The CPU features numba compiles for (host's, or NUMBA_CPU_FEATURES)."""
+    if context is None:
+        from numba.core.registry import cpu_target
+        context = cpu_target.target_context
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+def _has_gfni(context=None) -> bool:
+    return {"gfni", "avx512f", "avx512bw"} <= _target_features(context)
+
+
+def _transpose_bits_8x8(builder, x):
+    """Each uint64 of x (<8 x i64>) as an 8x8 bit matrix, byte = row, transposed: bit j of
+    byte i goes to bit i of byte j (Hacker's Delight, 7.3)."""
+    def splat(v):
+        return ir.Constant(x.type, [v] * 8)
+    for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC),
+                        (28, 0x00000000F0F0F0F0)):
+        t = builder.and_(builder.xor(x, builder.lshr(x, splat(shift))), splat(mask))
+        x = builder.xor(builder.xor(x, t), builder.shl(t, splat(shift)))
+    return x
+
+
+def _untranspose_group(itemsize: int):
+    """An intrinsic: elements e0 .. e0 + 63 of a bit-transposed block (src: its first byte,
+    rows of rowbytes) into dst (the block's output, elements of itemsize bytes).  Per byte
+    plane: row bytes e0 / 8 .. + 7 of its eight rows gathered as 8 x 8 bytes, transposed to
+    one bit matrix per 8 elements (a byte shuffle) and each matrix bit-transposed
+    (GF2P8AFFINEQB with the unit vectors; shifts and masks on CPUs without it); then the
+    planes' bytes interleaved into elements (one shuffle), one 64 x itemsize byte store."""
+    @intrinsic
+    def untranspose_group(typingctx, src, dst, rowbytes, e0):
+        sig = types.void(types.uintp, types.uintp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            src, dst, rowbytes, e0 = args
+            gfni = _has_gfni(context)
+            v64 = ir.VectorType(_I8, 64)
+            # matrix m (elements 8 m .. 8 m + 7) gets row i's byte m as its byte i; reversed
+            # (7 - i) for GF2P8AFFINEQB, which takes the matrix's rows from the top byte
+            order = [0] * 64
+            for i in range(8):
+                for m in range(8):
+                    order[m * 8 + (7 - i if gfni else i)] = i * 8 + m
+            order = ir.Constant(ir.VectorType(_I32, 64), order)
+            if gfni:
+                affine = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(v64, [v64, v64, _I8]),
+                    "llvm.x86.vgf2p8affineqb.512")
+                units = ir.Constant(v64, [1 << (j % 8) for j in range(64)])
+            column = builder.lshr(e0, ir.Constant(_I64, 3))
+            planes = []
+            for b in range(itemsize):
+                rows = ir.Constant(ir.VectorType(_I64, 8), ir.Undefined)
+                for i in range(8):
+                    at = builder.add(builder.mul(ir.Constant(_I64, 8 * b + i), rowbytes), column)
+                    word = builder.load(builder.inttoptr(builder.add(src, at), _I64.as_pointer()),
+                                        align=1, typ=_I64)
+                    rows = builder.insert_element(rows, word, ir.Constant(_I32, i))
+                matrices = builder.shuffle_vector(builder.bitcast(rows, v64),
+                                                  ir.Constant(v64, ir.Undefined), order)
+                if gfni:
+                    planes.append(builder.call(affine, [units, matrices, ir.Constant(_I8, 0)]))
+                else:
+                    planes.append(builder.bitcast(_transpose_bits_8x8(
+                        builder, builder.bitcast(matrices, ir.VectorType(_I64, 8))), v64))
+            while len(planes) > 1:  # concatenated: plane b's byte e at 64 b + e
+                n = planes[0].type.count
+                both = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
+                planes = [builder.shuffle_vector(planes[k], planes[k + 1], both)
+                          for k in range(0, len(planes), 2)]
+            data = planes[0]
+            if itemsize > 1:  # element e's byte b
+                data = builder.shuffle_vector(
+                    data, ir.Constant(data.type, ir.Undefined),
+                    ir.Constant(ir.VectorType(_I32, 64 * itemsize),
+                                [b * 64 + e for e in range(64) for b in range(itemsize)]))
+            at = builder.add(dst, builder.mul(e0, ir.Constant(_I64, itemsize)))
+            builder.store(data, builder.inttoptr(at, data.type.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return untranspose_group
+
+
+_untranspose_2 = _untranspose_group(2)
+_untranspose_4 = _untranspose_group(4)
+
+OWN_UNTRANSPOSE = _has_gfni()  # ours where it is the faster one; bitshuffle's elsewhere
+
+
 @numba.njit(cache=True, nogil=True)
-def decompress(stream, out, itemsize, block):
+def _untranspose(src, dst, n, itemsize):
+    """Block of n elements (a multiple of ROW_GROUP) of itemsize 2 or 4 bytes (detectors'
+    16- and 32-bit counts, float32 volumes) from address src into dst; False (nothing done)
+    for other sizes (bitshuffle's then)."""
+    rowbytes = n // 8
+    if itemsize == 4:
+        for e0 in range(0, n, ROW_GROUP):
+            _untranspose_4(src, dst, rowbytes, e0)
+    elif itemsize == 2:
+        for e0 in range(0, n, ROW_GROUP):
+            _untranspose_2(src, dst, rowbytes, e0)
+    else:
+        return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def decompress(stream, out, itemsize, block, own_untranspose):
     """Decompress the bitshuffle-LZ4 stream (uint8, the chunk after its 12-byte header) into
     out (uint8, C order, the uncompressed bytes) with blocks of `block` elements of itemsize
-    bytes.  Returns the bytes of stream used (all of it for a sound chunk), < 0 when it is
+    bytes; own_untranspose: our bit-untranspose (OWN_UNTRANSPOSE: where it is the faster)
+    for blocks of a multiple of ROW_GROUP elements, else bitshuffle's.  Returns the bytes of stream used (all of it for a sound chunk), < 0 when it is
     damaged (bshuf_decompress_lz4's meaning); never reads or writes past either array."""
     if itemsize <= 0 or block <= 0 or block % BLOCKED_MULT or out.size % itemsize:
         return -81
@@ -82,9 +210,12 @@ def decompress(stream, out, itemsize, block):
                                    np.int32(packed), np.int32(nbytes))
         if got != nbytes:
             return -91
-        err = _untrans_bit_elem(scratch.ctypes.data, out.ctypes.data + done, size, itemsize)
-        if err < 0:
-            return err
+        if not (own_untranspose and size % ROW_GROUP == 0
+                and _untranspose(scratch.ctypes.data, out.ctypes.data + done, size, itemsize)):
+            err = _untrans_bit_elem(scratch.ctypes.data, out.ctypes.data + done, size,
+                                    itemsize)
+            if err < 0:
+                return err
         pos += packed
         done += nbytes
     left = out.size - done  # the elements after the last whole multiple of 8, as they are

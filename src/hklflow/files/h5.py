@@ -121,9 +121,9 @@ def bitshuffle_lz4_only(dset) -> bool:
 def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
     """Read the raw chunk of `dset` at `corner` into `raw` (uint8, its stored size) and
     decompress it into `out` (C-contiguous, the chunk's uncompressed size) with bitshuffle's
-    C function, or with compiled, files.bitshuffle_lz4's loop over its blocks (~15% less
-    CPU; it loads numba, ~0.7 s in a process that had not: for callers that stream whole
-    scans or volumes and run compiled kernels anyway); False when it is not plainly
+    C function, or with compiled, files.bitshuffle_lz4's loop over its blocks (15% less
+    CPU, less than half with GFNI; it loads numba, ~0.7 s in a process that had not: for
+    callers that stream whole scans or volumes and run compiled kernels anyway); False when it is not plainly
     bitshuffle-LZ4 of that size (a filter skipped, damaged, unreadable) or the library is
     missing: then HDF5 must read it."""
     decompress = bitshuffle_function("bshuf_decompress_lz4")
@@ -141,8 +141,9 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
         return False
     block = block_bytes // out.itemsize or bitshuffle_block_elements(out.itemsize)
     if compiled:
-        from .bitshuffle_lz4 import decompress as loop
-        consumed = loop(raw[12:], out.reshape(-1).view(np.uint8), out.itemsize, block)
+        from .bitshuffle_lz4 import OWN_UNTRANSPOSE, decompress as loop
+        consumed = loop(raw[12:], out.reshape(-1).view(np.uint8), out.itemsize, block,
+                        OWN_UNTRANSPOSE)
     else:
         consumed = decompress(raw.ctypes.data + 12, out.ctypes.data, out.size, out.itemsize,
                               block)
