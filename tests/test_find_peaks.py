@@ -421,3 +421,22 @@ def test_user_mask_file_keeps_peaks_out(tiny_experiment, tiny_truth, tmp_path, s
     assert len(x) > 20 and np.all(x > 240)
     unmasked = searched[sid].peaks["observed_px_x"]
     assert np.sum(unmasked > 243) - 3 <= len(x) <= np.sum(unmasked > 239)
+
+
+def test_frames_minimum_reads_a_chunk_at_a_time(tmp_path):
+    """The hot-pixel probe's per-pixel minimum of the first frames, read into one chunk's
+    buffer (fewer frames than the probe, and not a divisor of it): numpy's minimum over all
+    of them, whatever the chunk; negative (gap) values included."""
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(6.0, (20, 30, 40)).astype(np.int32)
+    frames[:, 3, :] = -1
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames, chunks=(1, 30, 40),
+                         **hdf5plugin.Bitshuffle())
+    with open_frames(str(path)) as stack:
+        for chunk in (1, 3, 7, 20):
+            buffer = np.full((chunk, 30, 40), 99, np.int32)
+            for stop in (1, 5, 20):
+                low = sf.frames_minimum(stack, stop, buffer)
+                np.testing.assert_array_equal(low, frames[:stop].min(axis=0))

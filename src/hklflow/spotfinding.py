@@ -609,7 +609,12 @@ class PeakSearchResult:
 def annulus_map(geometry: DetectorGeometry, usable: np.ndarray, q_annulus) -> tuple[np.ndarray, tuple]:
     """uint8 map of the usable pixels inside the Q annulus of the trimmed sum (default the
     middle fifth of the detector's Q range) and the annulus (low, high) in 1/Angstrom."""
-    q = np.linalg.norm(geometry.lab_q(*geometry.pixel_grid()), axis=-1)
+    ny, nx = geometry.shape
+    q = np.empty((ny, nx))
+    cols = np.arange(nx) + 0.5
+    for r0 in range(0, ny, 64):  # blocks of rows: the (rows, cols, 3) temporaries stay small
+        rows, cc = np.meshgrid(np.arange(r0, min(r0 + 64, ny)) + 0.5, cols, indexing="ij")
+        q[r0:r0 + len(rows)] = np.linalg.norm(geometry.lab_q(rows, cc), axis=-1)
     if q_annulus is None:
         qmax = float(q[usable].max()) if usable.any() else float(q.max())
         q_annulus = (0.4 * qmax, 0.6 * qmax)
@@ -649,14 +654,25 @@ class _FrameDetector:
             maxproj = None  # (raised already: the frame is searched again)
 
 
-def hot_pixels_in(frames, usable, annulus, params, trusted_max):
-    """Pixels that stand out in EVERY one of `frames` (the first frames of the scan): the
-    dispersion test run once on the per-pixel minimum over them (a Bragg peak does not stay
-    on one pixel that long, so its minimum is background; a hot pixel's is not).  Masked
-    before the pass.  Fewer than 5 frames tell nothing: no pixel is called hot."""
-    if len(frames) < 5:
+def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
+    """Per-pixel minimum of frames [0, stop) of a FrameStack, read into `buffer` (frames
+    of the stack's shape and type) as many at a time as it holds: memory of one chunk, not
+    of every frame (20 frames of a 16M detector would be 1.3 GB)."""
+    low = None
+    for a in range(0, stop, len(buffer)):
+        chunk = stack.read(a, min(a + len(buffer), stop), out=buffer[:min(len(buffer), stop - a)])
+        low = chunk.min(axis=0) if low is None else np.minimum(low, chunk.min(axis=0), out=low)
+    return low
+
+
+def hot_pixels_in(low, nframes: int, usable, annulus, params, trusted_max):
+    """Pixels that stand out in EVERY one of `nframes` frames (the first frames of the
+    scan), from `low`, their per-pixel minimum (frames_minimum): the dispersion test run
+    once on it (a Bragg peak does not stay on one pixel that long, so its minimum is
+    background; a hot pixel's is not).  Masked before the pass.  Fewer than 5 frames tell
+    nothing: no pixel is called hot."""
+    if nframes < 5:
         return np.zeros(usable.shape, dtype=bool)
-    low = frames.min(axis=0)
     det = _FrameDetector(usable.shape, params, trusted_max)
     k = det(np.ascontiguousarray(low), pixel_flags(usable, annulus))
     hot = np.zeros(usable.shape, dtype=bool)
@@ -689,12 +705,15 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     trusted_max = detector.trusted_max_for(stack.dtype)
     usable = ~(geometry.detector_mask() | user_mask(detector, geometry.shape))
     annulus, q_ann = annulus_map(geometry, usable, params.q_annulus)
-    # the first frames find the hot pixels, then start the pass
     nf = stack.nframes
-    nprobe = min(HOT_PROBE_FRAMES, nf)
     step = params.frames_per_chunk(stack.dtype.itemsize * shape[0] * shape[1], threads)
-    first = stack.read(0, nprobe)
-    hot_early = hot_pixels_in(first, usable, annulus, params, trusted_max)
+    # three buffers: one being read, one being searched, one whose results are assembled
+    bufs = [np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype) for _ in range(3)]
+    # the minimum of the first frames finds the hot pixels, then the pass reads them again
+    # (~1 ms a 2M frame, against holding them all)
+    nprobe = min(HOT_PROBE_FRAMES, nf)
+    hot_early = hot_pixels_in(frames_minimum(stack, nprobe, bufs[0]), nprobe, usable, annulus,
+                              params, trusted_max)
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
@@ -709,13 +728,9 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     maxproj = np.full(shape, -1, dtype=np.int64 if integer else np.float64)
     progress = steplog.Progress(log, "frames searched", nf)
     total_strong = 0
-    starts = [0] + list(range(nprobe, nf, step))
-    # three buffers: one being read, one being searched, one whose results are assembled
-    bufs = [np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype) for _ in range(3)]
+    starts = list(range(0, nf, step))
 
     def read(i):
-        if i == 0:
-            return first
         a, b = starts[i], min(starts[i] + step, nf)
         return stack.read(a, b, out=bufs[i % 3][:b - a])
 
