@@ -246,6 +246,28 @@ def test_paint_equals_numpy_reference(seed):
         mask.paint(0, 2, np.zeros((2, shape[0] * shape[1]), np.int32))
 
 
+def test_painting_zero_clears_a_reused_buffer():
+    """The transform's buffer, reused chunk after chunk: painting the last chunk's frames
+    with 0 leaves it all zeros (overlapping regions too), and the next chunk's paint equals
+    a paint into a fresh buffer."""
+    rng = np.random.default_rng(11)
+    shape, nframes = (37, 53), 23
+    regions = random_regions(rng, 80, shape, nframes)
+    mask = ScanMask(np.zeros(shape, bool), regions, 0.0, nframes)
+    buffer = np.zeros((5, shape[0] * shape[1]), np.uint8)
+    painted = None
+    for a in range(0, nframes, 5):
+        b = min(a + 5, nframes)
+        if painted is not None:
+            mask.paint(*painted, buffer[:painted[1] - painted[0]], value=0)
+            assert not buffer.any()
+        mask.paint(a, b, buffer[:b - a])
+        painted = (a, b)
+        np.testing.assert_array_equal(buffer[:b - a].reshape(b - a, *shape),
+                                      reference_paint(regions, a, b, shape))
+    assert painted == (20, 23)
+
+
 def test_zero_radii_still_mask_the_centre_pixel_and_frame():
     rng = np.random.default_rng(7)
     shape, nframes = (30, 40), 12

@@ -208,11 +208,13 @@ class ScanMask:
             self._index = _frame_index(self.regions, max(self.nframes, 0))
         return self._index
 
-    def paint(self, first: int, stop: int, out: np.ndarray) -> None:
+    def paint(self, first: int, stop: int, out: np.ndarray, value: int = 1) -> None:
         """out: uint8 array (stop-first, rows*cols), zeroed by the caller; set out[f-first, r*cols+c] = 1
         for every pixel whose centre (r+0.5, c+0.5) at frame centre f+0.5 lies inside any region
         (ellipsoid test ((r+.5-rc)/ar)^2+((c+.5-cc)/ac)^2+((f+.5-fc)/af)^2 <= 1).
-        A (stop-first, rows, cols) C-contiguous array is accepted too."""
+        A (stop-first, rows, cols) C-contiguous array is accepted too.  value=0 sets those
+        pixels back to 0: a buffer painted for these frames is all zeros again (without
+        zeroing all of it)."""
         first, stop = int(first), int(stop)
         if not 0 <= first <= stop <= self.nframes:
             raise ValueError(f"frames [{first}, {stop}) are outside the scan's 0..{self.nframes}")
@@ -225,7 +227,8 @@ class ScanMask:
             raise ValueError(f"paint: out has shape {out.shape}, expected {(stop - first, rows * cols)}")
         if stop > first and len(self.regions):
             ptr, idx = self.frame_index()
-            _paint(self.regions, ptr, idx, first, stop, rows, cols, out, -1, 1, np.zeros(0, np.int32))
+            _paint(self.regions, ptr, idx, first, stop, rows, cols, out, -1, int(value),
+                   np.zeros(0, np.int32))
 
     def masked_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Where the Bragg mask adds to the pixel mask: (per frame the usable pixels inside a

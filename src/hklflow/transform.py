@@ -1044,6 +1044,7 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
         raise ValueError("the masked transform needs the scan's mask")
     mask = mask if transformer.masked else None
     bragg = np.zeros((chunk, npix), np.uint8) if mask is not None else None
+    painted = None  # the frames whose Bragg regions are painted in `bragg`
     starts = list(range(first, stop, chunk))
 
     def read(i):
@@ -1061,9 +1062,11 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             b = a + len(frames)
             M = frame_matrices(scan, a, b, subdivide)
             t = time.perf_counter()
-            if mask is not None:
-                bragg[:b - a] = 0
+            if mask is not None:  # the last chunk's regions cleared, not the whole buffer
+                if painted is not None:
+                    mask.paint(*painted, bragg[:painted[1] - painted[0]], value=0)
                 mask.paint(a, b, bragg[:b - a])
+                painted = (a, b)
             s = scale[a - first:b - first]
             if np.isnan(s).any():  # frames left out (their monitor is bad)
                 keep = ~np.isnan(s)
