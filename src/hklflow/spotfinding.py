@@ -657,10 +657,11 @@ class _FrameDetector:
 def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
     """Per-pixel minimum of frames [0, stop) of a FrameStack, read into `buffer` (frames
     of the stack's shape and type) as many at a time as it holds: memory of one chunk, not
-    of every frame (20 frames of a 16M detector would be 1.3 GB)."""
+    of every frame (20 frames of a 16M detector would be 1.3 GB).  None for no frames."""
     low = None
-    for a in range(0, stop, len(buffer)):
-        chunk = stack.read(a, min(a + len(buffer), stop), out=buffer[:min(len(buffer), stop - a)])
+    for a in range(0, stop, max(len(buffer), 1)):
+        b = min(a + len(buffer), stop)
+        chunk = stack.read(a, b, out=buffer[:b - a])
         low = chunk.min(axis=0) if low is None else np.minimum(low, chunk.min(axis=0), out=low)
     return low
 

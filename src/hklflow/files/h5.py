@@ -123,9 +123,9 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
     decompress it into `out` (C-contiguous, the chunk's uncompressed size) with bitshuffle's
     C function, or with compiled, files.bitshuffle_lz4's loop over its blocks (15% less
     CPU, less than half with GFNI; it loads numba, ~0.7 s in a process that had not: for
-    callers that stream whole scans or volumes and run compiled kernels anyway); False when it is not plainly
-    bitshuffle-LZ4 of that size (a filter skipped, damaged, unreadable) or the library is
-    missing: then HDF5 must read it."""
+    callers that stream whole scans or volumes and run compiled kernels anyway); False
+    when it is not plainly bitshuffle-LZ4 of that size (a filter skipped, damaged,
+    unreadable) or the library is missing: then HDF5 must read it."""
     decompress = bitshuffle_function("bshuf_decompress_lz4")
     if decompress is None:  # pragma: no cover - HDF5's filter instead
         return False
