@@ -178,8 +178,9 @@ def decompress(stream, out, itemsize, block, own_untranspose):
     """Decompress the bitshuffle-LZ4 stream (uint8, the chunk after its 12-byte header) into
     out (uint8, C order, the uncompressed bytes) with blocks of `block` elements of itemsize
     bytes; own_untranspose: our bit-untranspose (OWN_UNTRANSPOSE: where it is the faster)
-    for blocks of a multiple of ROW_GROUP elements, else bitshuffle's.  Returns the bytes of stream used (all of it for a sound chunk), < 0 when it is
-    damaged (bshuf_decompress_lz4's meaning); never reads or writes past either array."""
+    for blocks of a multiple of ROW_GROUP elements, else bitshuffle's.  Returns the bytes of
+    stream used (all of it for a sound chunk), < 0 when it is damaged
+    (bshuf_decompress_lz4's meaning); never reads or writes past either array."""
     if itemsize <= 0 or block <= 0 or block % BLOCKED_MULT or out.size % itemsize:
         return -81
     if not (stream.flags.c_contiguous and out.flags.c_contiguous):  # (raw pointers below)
