@@ -418,3 +418,32 @@ def test_tiff_frames(tmp_path):
     with open_frames(os.path.join(str(tmp_path), "im*.tif"), expected_frames=3) as st:
         np.testing.assert_array_equal(st.read(0, 3), data)
 
+
+
+def test_frame_reader_of_one_thread_reads_in_the_callers_thread_when_asked():
+    """A step of one thread reads each chunk itself, when it asks for it (the chunk is then
+    still in the processor's cache); from READ_AHEAD_THREADS threads a thread of its own
+    reads ahead.  Either way an error comes out of result()."""
+    import threading
+
+    from hklflow.frames import READ_AHEAD_THREADS, frame_reader
+
+    calls = []
+
+    def read(i):
+        calls.append((i, threading.current_thread()))
+        if i < 0:
+            raise OSError("damaged chunk")
+        return i * 10
+
+    with frame_reader(1) as reader:
+        pending = reader.submit(read, 3)
+        assert calls == []  # not read yet
+        assert pending.result() == 30 and pending.result() == 30
+        assert calls == [(3, threading.current_thread())]
+        with pytest.raises(OSError, match="damaged chunk"):
+            reader.submit(read, -1).result()
+    calls.clear()
+    with frame_reader(READ_AHEAD_THREADS) as reader:
+        assert reader.submit(read, 2).result() == 20
+    assert calls[0][1] is not threading.current_thread()

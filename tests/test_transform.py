@@ -120,9 +120,9 @@ def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup):
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_give_the_sums_of_one_thread_bit_for_bit(setup, threads):
-    """The threaded pipeline (bands computed by any thread, each kind's scatter in unit
-    order) adds exactly what one thread adds, for one kind and for both (one thread: both
-    kinds of a voxel in one cache line, BrickedGrid paired; threads: an array per kind)."""
+    """The threaded pipeline (bands computed by any thread, added in unit order) adds
+    exactly what one thread adds, for one kind and for both (both kinds of a voxel in one
+    cache line, BrickedGrid paired)."""
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:24]
     M = frame_matrices(scan, 0, 24, 2)

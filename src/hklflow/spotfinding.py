@@ -46,6 +46,7 @@ import numba
 import numpy as np
 
 from . import steplog
+from .frames import READ_AHEAD_THREADS, frame_reader
 from .geometry import DetectorGeometry, ScanAngles
 from .masking import user_mask
 from .params import DetectorParams, PeakSearchParams
@@ -695,9 +696,10 @@ class _Detection:
 def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
            detector: DetectorParams, log=None, threads: int = 1) -> PeakSearchResult:
     """Run the peak search over every frame of `stack` (a frames.FrameStack); detector:
-    the trusted maximum and the user mask.  A second thread reads and decompresses the next
-    chunk of frames while this one is searched; threads > 1 search that many frames at once
-    (the peaks are assembled in frame order, so the result does not depend on threads)."""
+    the trusted maximum and the user mask.  threads > 1 search that many frames at once
+    while a thread of their own reads and decompresses the next chunk (frames.frame_reader;
+    one thread reads each chunk itself when it comes to it); the peaks are assembled in
+    frame order, so the result does not depend on threads."""
     log = log or logging.getLogger("hklflow.spotfinding")
     t0 = time.monotonic()
     shape = stack.frame_shape
@@ -708,8 +710,10 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     annulus, q_ann = annulus_map(geometry, usable, params.q_annulus)
     nf = stack.nframes
     step = params.frames_per_chunk(stack.dtype.itemsize * shape[0] * shape[1], threads)
-    # three buffers: one being read, one being searched, one whose results are assembled
-    bufs = [np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype) for _ in range(3)]
+    # read ahead: three buffers (one being read, one searched, one whose results are
+    # assembled); else one, read again for each chunk (still in the processor's cache)
+    nbufs = 3 if threads >= READ_AHEAD_THREADS else 1
+    bufs = [np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype) for _ in range(nbufs)]
     # the minimum of the first frames finds the hot pixels, then the pass reads them again
     # (~1 ms a 2M frame, against holding them all)
     nprobe = min(HOT_PROBE_FRAMES, nf)
@@ -733,7 +737,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
 
     def read(i):
         a, b = starts[i], min(starts[i] + step, nf)
-        return stack.read(a, b, out=bufs[i % 3][:b - a])
+        return stack.read(a, b, out=bufs[i % nbufs][:b - a])
 
     maxprojs = []  # one per detector: each thread keeps the maximum of its frames
 
@@ -763,7 +767,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
             total_strong += len(d.rows)
         progress.update(start + len(found))
 
-    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+    with frame_reader(threads) as reader, \
             ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="peaks") as workers:
         reads = {i: reader.submit(read, i) for i in range(min(2, len(starts)))}
         previous = None

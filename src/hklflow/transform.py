@@ -39,6 +39,7 @@ from numba.extending import intrinsic
 
 from . import steplog
 from .errors import GridError, InputMismatchError, RawDataError
+from .frames import READ_AHEAD_THREADS, frame_reader
 from .geometry import DetectorGeometry, ScanGeometry
 from .grid import Grid
 from .params import TransformParams
@@ -824,13 +825,17 @@ def _compute_band(u0, u1, frames, qx, qy, qz, corr, M, scale, value_max, bragg, 
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_band(nunits, idx, val, keep, counts, w32, cells):
+def _scatter_band(nunits, idx, val, keep, counts, w32, cells, paired=False):
     """Pass 3 of the units a _compute_band filled, in unit order, into one kind's cells
-    (keep: the masked kind of a two-kind pass, else None)."""
+    (keep: the masked kind of a two-kind pass, else None), or with paired into the paired
+    cells of both kinds (keep given)."""
     for v in range(nunits):
         o = v * BLOCK
         if keep is None:
             _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], None, counts[v], w32, cells)
+        elif paired:
+            _scatter_pair(idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], counts[v],
+                          w32, cells)
         else:
             _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], counts[v],
                            w32, cells)
@@ -870,15 +875,15 @@ BANDS_IN_FLIGHT = 8  # band buffers: computed bands wait here for their scatters
 
 class _BandPipeline:
     """The kernel on several threads, with the sums of one thread bit for bit.  Bands of
-    BAND_UNITS work units are computed (passes 1-2) by any thread, in any order; each kind
-    adds the bands (pass 3) one at a time in unit order, the kinds at once (their arrays
-    differ).  A free thread takes a scatter whose band is ready, else the next compute.
-    Scatters of one kind are serial: the speed-up is at most (compute + scatters) / one
-    kind's scatter."""
+    BAND_UNITS work units are computed (passes 1-2) by any thread, in any order; each of
+    `streams` cell arrays (a kind's, or the paired cells of both) adds the bands (pass 3)
+    one at a time in unit order, the arrays at once.  A free thread takes a scatter whose
+    band is ready, else the next compute.  Scatters into one array are serial: the
+    speed-up is at most (compute + scatters) / one array's scatter."""
 
-    def __init__(self, threads: int, nkinds: int):
+    def __init__(self, threads: int, nkinds: int, streams: int | None = None):
         self.threads = int(threads)
-        self.nkinds = int(nkinds)
+        self.nkinds = int(streams if streams is not None else nkinds)  # scatter streams
         n = BAND_UNITS * BLOCK
         self.buffers = [(np.empty(n, np.int32), np.empty(n, np.float32),
                          np.empty(n, np.float32) if nkinds == 2 else None,
@@ -966,10 +971,9 @@ class Transformer:
         if int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.masked = "masked_transform" in self.kinds
-        # one thread adds both kinds of a pixel at once (paired cells); threads add kinds
-        # side by side (an array each)
-        self.acc = BrickedGrid(grid, len(self.kinds),
-                               paired=len(self.kinds) == 2 and int(threads) == 1)
+        # both kinds of a pixel added at once (paired cells: one cache line), also on
+        # several threads (they compute bands side by side, one adds them)
+        self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2)
         self.table = table
         self.q_max = table.q_max
         self.trusted_max = float(trusted_max)
@@ -979,7 +983,8 @@ class Transformer:
         else:
             self.allowed, self.allowed_off = None, np.zeros(3, np.int64)
         self.threads = int(threads)
-        self._pipeline = _BandPipeline(threads, len(self.kinds)) if threads > 1 else None
+        self._pipeline = (_BandPipeline(threads, len(self.kinds), len(self.acc.cells))
+                          if threads > 1 else None)
 
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
             bragg: np.ndarray | None = None) -> None:
@@ -1005,7 +1010,11 @@ class Transformer:
         w32 = np.float32(1.0 / M.shape[1])
 
         def scatter(n, b, kind):
-            _scatter_band(n, b[0], b[1], b[2] if kind == 1 else None, b[3], w32, cells[kind])
+            if acc.paired:
+                _scatter_band(n, b[0], b[1], b[2], b[3], w32, cells[0], True)
+            else:
+                _scatter_band(n, b[0], b[1], b[2] if kind == 1 else None, b[3], w32,
+                              cells[kind])
         self._pipeline.run(work_units(flat, M),
                            lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b), scatter)
 
@@ -1032,14 +1041,16 @@ class Transformer:
 def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first: int,
                      stop: int, subdivide: int, scale, chunk_frames: int = 16, mask=None,
                      progress=None) -> float:
-    """Read frames [first, stop) of a FrameStack in chunks (a second thread reads and
-    decompresses the next chunk while the kernel adds this one) and add them; the masked
+    """Read frames [first, stop) of a FrameStack in chunks and add them, the next chunk
+    read ahead or not as frames.frame_reader does for the transformer's threads; the masked
     transform leaves out the Bragg regions of mask (masking.ScanMask).  scale: per-frame
     multipliers for frames first..stop.  Returns the seconds spent in the kernel (and mask
     painting)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
-    bufs = [np.empty((chunk,) + tuple(stack.frame_shape), stack.dtype) for _ in range(2)]
+    # read ahead: one buffer being read while the other is added; else one
+    nbufs = 2 if transformer.threads >= READ_AHEAD_THREADS else 1
+    bufs = [np.empty((chunk,) + tuple(stack.frame_shape), stack.dtype) for _ in range(nbufs)]
     if transformer.masked and mask is None:
         raise ValueError("the masked transform needs the scan's mask")
     mask = mask if transformer.masked else None
@@ -1050,10 +1061,10 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
     def read(i):
         a = starts[i]
         b = min(a + chunk, stop)
-        return a, stack.read(a, b, out=bufs[i % 2][:b - a])
+        return a, stack.read(a, b, out=bufs[i % nbufs][:b - a])
 
     t_kernel = 0.0
-    with ThreadPoolExecutor(1) as pool:
+    with frame_reader(transformer.threads) as pool:
         pending = pool.submit(read, 0)
         for i in range(len(starts)):
             a, frames = pending.result()
