@@ -9,8 +9,9 @@ taken from `snakemake -n -p --forcerun`, outputs go to a temporary folder), alte
   --threads 1 pinned to one core   what a `threads: 1` job gets when Snakemake runs another
                                    job on the other core (the comparison the goal is about);
   --threads 2 pinned to two cores  a `threads: 2` job;
-  --threads 1 pinned to two cores  for reference: the step's reader thread then has a core
-                                   of its own (a job given one core does not).
+  --threads 1 pinned to two cores  for reference: a one-thread job on an idle machine (it
+                                   reads its frames itself since fd72d4b; before, its
+                                   reader thread had the second core).
 Prints per step the best wall time of each, the speed-up of 2 threads over 1 (goal >= 1.6
 on 2 cores), the CPU time and the peak memory (the `resources:` line every step logs last),
 the same for the pass over the frames alone (read + search / transform, from the step's

@@ -173,8 +173,8 @@ def peak_rss_mb() -> float:
 
 
 def _e2e_worker(args):
-    """One transform job on one core (its reader thread included, as a job given one core
-    by a scheduler): open the file, read+decompress+transform frames [a, b)."""
+    """One transform job on one core (as a job given one core by a scheduler): open the
+    file, read+decompress+transform frames [a, b)."""
     path, workdir, a, b, nframes_total, max_voxels, cpu, conn = args
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
