@@ -183,10 +183,13 @@ def _e2e_worker(args):
 
     _, scan, table, grid = setup(workdir, nframes_total, max_voxels)
     with open_frames(str(path)) as st:
+        st.compiled_decompression = True  # as the step: frames added as stored where they can
         trusted = float(np.iinfo(st.dtype).max)
         from hklflow.grid import Axis, Grid
         small = Grid(Axis(0, 1, 8), Axis(0, 1, 8), Axis(0, 1, 8))  # compile on a small grid
-        Transformer(small, table, trusted).add(st.read(a, a + 1), np.zeros((1, 1, 3, 3)), np.ones(1))
+        warm, stored = Transformer(small, table, trusted), st.read_compressed(a, a + 1)
+        if stored is None or not warm.add_compressed(stored, np.zeros((1, 1, 3, 3)), np.ones(1)):
+            warm.add(st.read(a, a + 1), np.zeros((1, 1, 3, 3)), np.ones(1))
         tr = Transformer(grid, table, trusted)
         conn.send("ready")
         conn.recv()  # start together

@@ -114,3 +114,40 @@ def test_damaged_streams_are_refused_without_reading_past_them(own):
     assert decompress(stream, np.empty(2 * out.size, np.uint8)[::2], 4, 2048, own) == -81
     assert decompress(stream, out, 4, 2048, own) == stream.size  # the stream itself is sound
     np.testing.assert_array_equal(out.view(np.int32), data)
+
+
+@pytest.mark.parametrize("dtype, n, block", [c for c in CASES if c[0] in ("int32", "uint16",
+                                                                           "int16")])
+@pytest.mark.parametrize("own_untranspose", [True, False])
+def test_elements_of_a_chunk_block_by_block(dtype, n, block, own_untranspose):
+    """block_positions finds every block of chunks side by side in one stream, and
+    decompress_elements gives any whole-block range of a chunk (the short last block and the
+    last elements % 8, stored as they are, included), as the whole chunk decompressed."""
+    from hklflow.files.bitshuffle_lz4 import block_count, block_positions, decompress_elements
+
+    chunks = [random_values(dtype, n, seed) for seed in (1, 2, 3)]
+    streams = [stream_of(c, block) for c in chunks]
+    stops = np.cumsum([s.size for s in streams]).astype(np.int64) + 5
+    starts = stops - np.array([s.size for s in streams])
+    stream = np.concatenate([np.zeros(5, np.uint8)] + streams)  # (not at 0: offsets used)
+    positions = np.empty((3, block_count(n, block) + 1), np.int64)
+    assert block_positions(stream, starts, stops, n, chunks[0].itemsize, block, positions) == 0
+    scratch = np.empty(block * chunks[0].itemsize, np.uint8)
+    span = 2 * block
+    for i, data in enumerate(chunks):
+        for first in range(0, n, span):
+            out = np.zeros(min(span, n - first), data.dtype)
+            assert decompress_elements(stream, positions[i], n, data.itemsize, block, first,
+                                       out.size, out.view(np.uint8), scratch,
+                                       own_untranspose and OWN_UNTRANSPOSE) == 0
+            assert np.array_equal(out, data[first:first + out.size])
+    # a range that does not start or end on a block boundary is refused
+    if n > block + 8:
+        out = np.zeros(8, chunks[0].dtype)
+        assert decompress_elements(stream, positions[0], n, out.itemsize, block, 8, 8,
+                                   out.view(np.uint8), scratch, False) == -81
+    # a block size that does not add up, a chunk cut short: the chunk's number, from -1
+    for bad_stops, first_bad in ((stops - np.array([0, 1, 0]), 1),
+                                 (stops + np.array([0, 0, 3]), 2)):
+        assert block_positions(stream, starts, bad_stops, n, chunks[0].itemsize, block,
+                               positions) == -1 - first_bad

@@ -447,3 +447,44 @@ def test_frame_reader_of_one_thread_reads_in_the_callers_thread_when_asked():
     with frame_reader(READ_AHEAD_THREADS) as reader:
         assert reader.submit(read, 2).result() == 20
     assert calls[0][1] is not threading.current_thread()
+
+
+def test_frames_as_stored_only_where_each_is_a_bitshuffle_lz4_chunk(tmp_path):
+    """read_compressed gives the frames' own bitshuffle-LZ4 chunks (decompressed: the frames
+    read) where every frame is a chunk of its own and the steps' compiled decompression is
+    asked for, across files; None otherwise (then the frames are read)."""
+    from hklflow.files.bitshuffle_lz4 import block_count, block_positions, decompress_elements
+    from hklflow.frames import open_frames
+
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(4, (6, 30, 41)).astype(np.int32)
+    layouts = {"a.h5": ((1, 30, 41), hdf5plugin.Bitshuffle(cname="lz4")),
+               "b.h5": ((1, 30, 41), hdf5plugin.Bitshuffle(cname="lz4")),
+               "two.h5": ((2, 30, 41), hdf5plugin.Bitshuffle(cname="lz4")),
+               "gzip.h5": ((1, 30, 41), {"compression": "gzip"})}
+    for name, (chunks, filters) in layouts.items():
+        with h5py.File(tmp_path / name, "w") as f:
+            part = frames[:3] if name in ("a.h5", "b.h5") else frames
+            f.create_dataset("/entry/data/data", data=part + (name == "b.h5"), chunks=chunks,
+                             **filters)
+    expected = np.concatenate([frames[:3], frames[:3] + 1])
+    with open_frames(str(tmp_path / "[ab].h5")) as st:
+        assert st.read_compressed(1, 5) is None  # not asked for
+        st.compiled_decompression = True
+        stored = st.read_compressed(1, 5)
+        assert len(stored) == 4 and stored.first == 1 and stored.elements == 30 * 41
+        assert [os.path.basename(f) for f in stored.files] == ["a.h5", "a.h5", "b.h5", "b.h5"]
+        positions = np.empty((4, block_count(stored.elements, stored.block) + 1), np.int64)
+        assert block_positions(stored.stream, stored.starts, stored.stops, stored.elements, 4,
+                               stored.block, positions) == 0
+        scratch = np.empty(stored.block * 4, np.uint8)
+        for i in range(4):
+            out = np.empty(stored.elements, np.int32)
+            assert decompress_elements(stored.stream, positions[i], stored.elements, 4,
+                                       stored.block, 0, stored.elements, out.view(np.uint8),
+                                       scratch, False) == 0
+            assert np.array_equal(out.reshape(30, 41), expected[1 + i])
+    for name in ("two.h5", "gzip.h5"):
+        with open_frames(str(tmp_path / name)) as st:
+            st.compiled_decompression = True
+            assert st.read_compressed(0, 4) is None

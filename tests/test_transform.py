@@ -330,6 +330,65 @@ def test_frames_left_out_add_nothing(setup, tiny_experiment):
     np.testing.assert_allclose(s, sum(p[0].astype(np.float64) for p in parts), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("nelems", [0, 512])
+def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path, nelems):
+    """A job of one thread adds bitshuffle-LZ4 frames block by block as they are stored
+    (FrameStack.read_compressed, Transformer.add_compressed: each block of pixels
+    decompressed just before it is added): the same cells bit for bit as the frames read,
+    for both kinds and one, with sub-steps, frames left out, any bitshuffle block (the
+    detector's 619 x 487 pixels end in a short block and 5 elements stored as they are);
+    a damaged chunk stops the job naming the file and the frame."""
+    import h5py
+    import hdf5plugin
+
+    from hklflow.errors import RawDataError
+
+    scan, UB, crystal, table, grid, frames = setup
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames[:24], chunks=(1,) + frames.shape[1:],
+                         **hdf5plugin.Bitshuffle(nelems=nelems, cname="lz4"))
+    rng = np.random.default_rng(3)
+    bragg_all = (rng.random((24, frames[0].size)) < 0.05).astype(np.uint8)
+
+    class Mask:  # masking.ScanMask's paint: the Bragg regions of frames [a, b)
+        hkl_radius = 0.1
+
+        def paint(self, a, b, out, value=1):
+            out[:] = bragg_all[a:b] if value else 0
+
+    scale = np.linspace(1, 2, 24)
+    scale[[3, 9]] = np.nan
+    for kinds in (("transform", "masked_transform"), ("masked_transform",)):
+        cells = []
+        for stored in (False, True):
+            with open_frames(str(path)) as st:
+                st.compiled_decompression = stored
+                tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, crystal=crystal,
+                                 hkl_radius=0.1)
+                as_stored = []
+                add_compressed = tr.add_compressed
+                tr.add_compressed = lambda *a: as_stored.append(add_compressed(*a)) or as_stored[-1]
+                transform_frames(st, scan, tr, 0, 24, 2, scale, chunk_frames=8, mask=Mask())
+            # (the chunks with frames left out are read and added as usual)
+            assert as_stored == ([True] if stored else [])
+            cells.append([c.copy() for c in tr.acc.cells])
+        assert np.count_nonzero(cells[0][0]) > 1000
+        assert all(np.array_equal(a, b) for a, b in zip(*cells))
+    intact = h5py.File(path, "r")["/entry/data/data"].id.read_direct_chunk((13, 0, 0))[1]
+    for damaged in (intact[:12] + bytes([intact[12] ^ 0xFF]) + intact[13:],  # a block's size
+                    intact[:16] + bytes([intact[16] ^ 0xFF]) + intact[17:],  # its LZ4 data
+                    intact[:len(intact) // 2]):  # truncated
+        with h5py.File(path, "r+") as f:
+            f["/entry/data/data"].id.write_direct_chunk((13, 0, 0), damaged)
+        with open_frames(str(path)) as st:
+            st.compiled_decompression = True
+            tr = Transformer(grid, table, 2 ** 31 - 1)
+            with pytest.raises(RawDataError, match=r"f\.h5: frame 13 of the scan cannot be "
+                                                   "decompressed"):
+                transform_frames(st, scan, tr, 0, 24, 2, np.ones(24), chunk_frames=8)
+
+
 def test_punch_removes_allowed_nodes_only(setup):
     scan, UB, crystal, table, grid, frames = setup
     M = frame_matrices(scan, 0, 60, 1)

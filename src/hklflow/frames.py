@@ -57,7 +57,8 @@ import h5py
 import numpy as np
 
 from .errors import ImageReadError, RawDataError
-from .files.h5 import bitshuffle_function, bitshuffle_lz4_only, decompress_chunk, open_h5
+from .files.h5 import (bitshuffle_block_elements, bitshuffle_function, bitshuffle_lz4_only,
+                       decompress_chunk, open_h5)
 from .rawfiles import changed_files, fingerprint, is_hdf5_path, matching_files
 
 DEFAULT_DATASET = "/entry/data/data"
@@ -170,6 +171,27 @@ def resolve_files(data: str, base_dir=".") -> list[str]:
 # --------------------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------------------
+@dataclass
+class CompressedFrames:
+    """Frames as their bitshuffle-LZ4 chunks (one frame each), for a kernel that decompresses
+    each block of pixels just before it works on them (transform.Transformer.add_compressed):
+    chunk i (its stream, after the 12-byte HDF5 header) is stream[starts[i]:stops[i]], of
+    `elements` elements of `dtype` in blocks of `block` elements.  first: the scan's index of
+    the first frame; files: the file of each frame (for errors)."""
+
+    stream: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    elements: int
+    block: int
+    dtype: np.dtype
+    first: int
+    files: list
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
 class FrameStack(abc.ABC):
     """The frames of one scan, read on demand.  Use as a context manager (closes files).
 
@@ -262,6 +284,11 @@ class FrameStack(abc.ABC):
         for k, a, b, o in self._pieces(start, stop):
             self._read_piece(k, a, b, out[o:o + (b - a)], int(self._offsets[k]))
         return out
+
+    def read_compressed(self, start: int, stop: int) -> CompressedFrames | None:
+        """Frames [start, stop) as they are stored, bitshuffle-LZ4 compressed; None where
+        they are not stored so (then read them)."""
+        return None
 
     def read_frame(self, index: int) -> np.ndarray:
         i = self._normalize(index)
@@ -390,6 +417,49 @@ class _HDF5Stack(FrameStack):
         # HDF5 reads it: the fill value of a chunk not written, a damaged one's error
         dset.read_direct(out, np.s_[lo:hi], np.s_[lo - a:hi - a])
         return 0
+
+    def read_compressed(self, start: int, stop: int) -> CompressedFrames | None:
+        """Frames [start, stop) as their raw chunks, read into one reused buffer: where every
+        frame is a chunk of its own, stored bitshuffle-LZ4 alone in the same blocks (the
+        steps' compiled decompression asked for), else None."""
+        start, stop = int(start), int(stop)
+        if not (self.compiled_decompression and 0 <= start < stop <= self.nframes):
+            return None
+        chunks = []  # (dataset, index in its file, file)
+        for k, a, b, _ in self._pieces(start, stop):
+            if self._raw_chunk_frames[k] != 1:
+                return None
+            chunks += [(self._handles[k][1], i, self.files[k]) for i in range(a, b)]
+        try:
+            sizes = [d.id.get_chunk_info_by_coord((i, 0, 0)).size for d, i, _ in chunks]
+        except Exception:
+            return None
+        if min(sizes) <= 12:  # a chunk not written (the fill value): HDF5 reads it
+            return None
+        ends = np.cumsum(sizes)
+        buf = getattr(self._raw, "stream", None)
+        if buf is None or buf.size < ends[-1]:  # reused: a new one would cost page faults
+            buf = self._raw.stream = np.empty(int(ends[-1] * 1.25), np.uint8)
+        elements = int(np.prod(self.frame_shape))
+        blocks = set()
+        for (d, i, _), end, size in zip(chunks, ends, sizes):
+            piece = buf[end - size:end]
+            try:
+                skipped, _ = d.id.read_direct_chunk((i, 0, 0), out=piece)
+            except Exception:
+                return None
+            nbytes = int.from_bytes(piece[:8].tobytes(), "big")
+            block_bytes = int.from_bytes(piece[8:12].tobytes(), "big")
+            if skipped or nbytes != elements * self.dtype.itemsize:
+                return None
+            blocks.add(block_bytes // self.dtype.itemsize
+                       or bitshuffle_block_elements(self.dtype.itemsize))
+        if len(blocks) != 1:
+            return None
+        starts = (ends - np.asarray(sizes) + 12).astype(np.int64)
+        self.frames_from_raw_chunks += len(chunks)
+        return CompressedFrames(buf[:ends[-1]], starts, ends.astype(np.int64), elements,
+                                blocks.pop(), self.dtype, start, [f for _, _, f in chunks])
 
     def read_monitor(self, path: str) -> np.ndarray:
         parts = []

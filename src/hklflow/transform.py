@@ -39,7 +39,9 @@ from numba.extending import intrinsic
 
 from . import steplog
 from .errors import GridError, InputMismatchError, RawDataError
-from .frames import READ_AHEAD_THREADS, frame_reader
+from .files.bitshuffle_lz4 import (OWN_UNTRANSPOSE, block_count, block_positions,
+                                   decompress_elements)
+from .frames import READ_AHEAD_THREADS, CompressedFrames, frame_reader
 from .geometry import DetectorGeometry, ScanGeometry
 from .grid import Grid
 from .params import TransformParams
@@ -531,21 +533,35 @@ def _punched(qx, qy, qz, m, allowed, allowed_off, hkl_r2):
             and 0 <= c < allowed.shape[2] and allowed[a, b, c] != 0)
 
 
+@numba.njit(inline="always")
+def _unit(u, nf, nsub, npix):
+    """(frame, rotation sub-step, first pixel, pixels) of work unit u: the frames of a block
+    of pixels one after the other, block after block."""
+    f = (u // nsub) % nf
+    p0 = (u // (nsub * nf)) * BLOCK
+    return f, u % nsub, p0, min(BLOCK, npix - p0)
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
                    allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
                    idx, val, keep, punch):
-    """Passes 1 and 2 (and the punch) of work unit u: block u % nblocks of rotation sub-step
-    (u // nblocks) % nsub of frame u // (nblocks * nsub).  Writes the bricked voxel index
+    """Passes 1 and 2 (and the punch) of work unit u (_unit): writes the bricked voxel index
     (or a dump slot) and value of each of its pixels into idx, val (and keep, two kinds);
     returns the number of pixels n.  Arguments as _accumulate's."""
+    f, j, p0, n = _unit(u, frames.shape[0], M.shape[1], frames.shape[1])
+    return _compute_values(f, j, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
+                           value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
+                           dims, nbricks, q_max, size, dump, idx, val, keep, punch)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                    allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                    idx, val, keep, punch):
+    """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f, rotation
+    sub-step j."""
     nsub = M.shape[1]
-    npix = frames.shape[1]
-    nf = frames.shape[0]
-    f = (u // nsub) % nf
-    j = u % nsub
-    p0 = (u // (nsub * nf)) * BLOCK
-    n = min(BLOCK, npix - p0)
     s32 = np.float32(scale[f] / nsub)
     nbk, nbh = nbricks[1], nbricks[2]
     fnh, fnk, fnl = np.float32(dims[0]), np.float32(dims[1]), np.float32(dims[2])
@@ -576,7 +592,6 @@ def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allo
     b10, b11, b12 = np.float32(a10), np.float32(a11), np.float32(a12)
     b20, b21, b22 = np.float32(a20), np.float32(a21), np.float32(a22)
     c0, c1, c2 = np.float32(o0), np.float32(o1), np.float32(o2)
-    vb = frames[f, p0:p0 + n]
     xb = qx[p0:p0 + n]
     yb = qy[p0:p0 + n]
     zb = qz[p0:p0 + n]
@@ -803,6 +818,47 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
+                       qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                       hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
+                       paired=False):
+    """_accumulate (one kind, or two in paired cells) with the frames given as their
+    bitshuffle-LZ4 chunks (frames.CompressedFrames; positions: their block_positions):
+    each block of pixels of a frame is decompressed into `values` (BLOCK elements of the
+    frames' type) just before it is worked on, so the frames are never written to memory
+    whole and read back.  The same sums as _accumulate on the frames decompressed.
+    Returns 0, or -1 - f when a block of chunk f is damaged (nothing added from it on)."""
+    nf = positions.shape[0]
+    nsub = M.shape[1]
+    w32 = np.float32(1.0 / nsub)
+    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
+    idx = np.empty(BLOCK, np.int32)
+    val = np.empty(BLOCK, np.float32)
+    punch = np.zeros(BLOCK, np.int32)
+    keep = np.ones(BLOCK, np.float32)
+    raw = values.view(np.uint8)
+    nunits = nf * nsub * ((elements + BLOCK - 1) // BLOCK)
+    for u in range(nunits):
+        f, j, p0, n = _unit(u, nf, nsub, elements)
+        if j == 0 and decompress_elements(stream, positions[f], elements, values.itemsize,
+                                          block, p0, n, raw, scratch, own_untranspose) < 0:
+            return -1 - f
+        if paired:
+            n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
+                                value_max, bragg, allowed, allowed_off, hkl_r2, origin,
+                                inv_step, dims, nbricks, q_max, size, dump, idx, val, keep,
+                                punch)
+            _scatter_pair(idx, val, keep, n, w32, cells)
+        else:
+            n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
+                                value_max, bragg, allowed, allowed_off, hkl_r2, origin,
+                                inv_step, dims, nbricks, q_max, size, dump, idx, val, None,
+                                punch)
+            _scatter_block(idx, val, None, n, w32, cells)
+    return 0
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _compute_band(u0, u1, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
                   allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, idx, val,
                   keep, counts):
@@ -1018,6 +1074,41 @@ class Transformer:
         self._pipeline.run(work_units(flat, M),
                            lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b), scatter)
 
+    def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
+                       bragg: np.ndarray | None = None) -> bool:
+        """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
+        each block of pixels decompressed just before it is added: the same sums, without
+        writing the frames to memory whole and reading them back.  False (nothing added)
+        where it does not apply: several threads, a compression block that does not divide
+        the kernel's blocks, no compiled untranspose for the type; then add() the frames
+        read."""
+        itemsize = frames.dtype.itemsize
+        if (self._pipeline is not None or BLOCK % frames.block or frames.block % 8
+                or itemsize not in (2, 4) or frames.elements != self.table.qx.shape[0]):
+            return False
+        if self.masked and bragg is None:
+            raise ValueError("the masked transform needs the Bragg mask of the frames")
+        positions = np.empty((len(frames), block_count(frames.elements, frames.block) + 1),
+                             np.int64)
+        status = block_positions(frames.stream, frames.starts, frames.stops, frames.elements,
+                                 itemsize, frames.block, positions)
+        if status == 0:
+            acc = self.acc
+            status = _accumulate_stream(
+                frames.stream, positions, frames.elements, frames.block, OWN_UNTRANSPOSE,
+                np.empty(BLOCK, frames.dtype), np.empty(frames.block * itemsize, np.uint8),
+                self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+                np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, frames.dtype),
+                bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
+                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
+                acc.cells[0], acc.paired)
+        if status < 0:  # (the grid holds part of the chunk: the step fails, writes nothing)
+            i = -1 - status
+            raise RawDataError(f"{frames.files[i]}: frame {frames.first + i} of the scan cannot "
+                               "be decompressed (a damaged bitshuffle-LZ4 chunk: truncated or "
+                               "corrupt file?)")
+        return True
+
     def close(self) -> None:
         """Stop the helper threads (threads > 1)."""
         if self._pipeline is not None:
@@ -1061,6 +1152,10 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
     def read(i):
         a = starts[i]
         b = min(a + chunk, stop)
+        if nbufs == 1:  # added as they are read: as stored, where they are compressed
+            stored = stack.read_compressed(a, b)
+            if stored is not None:
+                return a, stored
         return a, stack.read(a, b, out=bufs[i % nbufs][:b - a])
 
     t_kernel = 0.0
@@ -1079,13 +1174,20 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                 mask.paint(a, b, bragg[:b - a])
                 painted = (a, b)
             s = scale[a - first:b - first]
-            if np.isnan(s).any():  # frames left out (their monitor is bad)
+            chunk_bragg = bragg[:b - a] if mask is not None else None
+            stored = isinstance(frames, CompressedFrames)
+            if stored and not (not np.isnan(s).any()
+                               and transformer.add_compressed(frames, M, s, chunk_bragg)):
+                frames, stored = stack.read(a, b, out=bufs[0][:b - a]), False  # as usual
+            if stored:
+                pass  # added
+            elif np.isnan(s).any():  # frames left out (their monitor is bad)
                 keep = ~np.isnan(s)
                 if keep.any():
                     transformer.add(frames[keep], M[keep], s[keep],
-                                    bragg[:b - a][keep] if mask is not None else None)
+                                    chunk_bragg[keep] if mask is not None else None)
             else:
-                transformer.add(frames, M, s, bragg[:b - a] if mask is not None else None)
+                transformer.add(frames, M, s, chunk_bragg)
             t_kernel += time.perf_counter() - t
             if progress is not None:
                 progress(b - first)

@@ -224,3 +224,78 @@ def decompress(stream, out, itemsize, block, own_untranspose):
         return -1
     out[done:] = stream[pos:pos + left]
     return pos + left
+
+
+@numba.njit(cache=True, nogil=True)
+def block_positions(stream, starts, stops, elements, itemsize, block, out):
+    """Where each block of each chunk of a stream lies: the chunks (streams after their
+    12-byte headers, every one of `elements` elements of itemsize bytes in blocks of `block`
+    elements) one after the other in `stream`, chunk i in [starts[i], stops[i]).  Writes
+    the position of block j's size field of chunk i into out[i, j] and that of its last
+    elements (% 8, as they are) into out[i, nblocks] (out: (chunks, nblocks + 1) int64,
+    nblocks = block_count(elements, block)).  Returns -1 - i for the first chunk whose block
+    sizes do not add up to its length (damaged), else 0.  The blocks themselves are not
+    read: decompress_elements finds a damaged one."""
+    nblocks = out.shape[1] - 1
+    left = (elements % block) % BLOCKED_MULT
+    for i in range(starts.size):
+        pos = starts[i]
+        stop = stops[i]
+        for j in range(nblocks):
+            if pos + 4 > stop:
+                return -1 - i
+            packed = ((np.int64(stream[pos]) << 24) | (np.int64(stream[pos + 1]) << 16)
+                      | (np.int64(stream[pos + 2]) << 8) | np.int64(stream[pos + 3]))
+            out[i, j] = pos
+            pos += 4 + packed
+            if pos > stop:
+                return -1 - i
+        out[i, nblocks] = pos
+        if pos + left * itemsize != stop:
+            return -1 - i
+    return 0
+
+
+def block_count(elements: int, block: int) -> int:
+    """Blocks of a chunk of `elements` elements in blocks of `block` (the last one shorter,
+    a multiple of 8 elements; none for fewer than 8 left)."""
+    full, last = divmod(elements, block)
+    return full + (1 if last >= BLOCKED_MULT else 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def decompress_elements(stream, positions, elements, itemsize, block, first, n, out,
+                        scratch, own_untranspose):
+    """Elements [first, first + n) of one chunk into out (uint8, n * itemsize bytes) from
+    `stream` and the chunk's row of block_positions; first a multiple of `block`, and
+    first + n a multiple of it or the chunk's end (whole blocks); scratch: uint8 of
+    block * itemsize bytes.  Returns 0, or < 0 when a block is damaged
+    (bshuf_decompress_lz4's meaning) or the range is not whole blocks (-81)."""
+    nblocks = positions.size - 1
+    full = elements // block
+    raw_from = full * block + (elements - full * block) // BLOCKED_MULT * BLOCKED_MULT
+    stop = min(first + n, elements)
+    if first % block or (stop % block and stop != elements):
+        return -81
+    e = first
+    while e < stop:
+        if e >= raw_from:  # the last elements % 8, stored as they are
+            src = positions[nblocks] + (e - raw_from) * itemsize
+            out[(e - first) * itemsize:(stop - first) * itemsize] = \
+                stream[src:src + (stop - e) * itemsize]
+            return 0
+        j = e // block
+        size = block if j < full else raw_from - full * block
+        pos = positions[j]
+        nbytes = size * itemsize
+        got = _lz4_decompress_safe(stream.ctypes.data + pos + 4, scratch.ctypes.data,
+                                   np.int32(positions[j + 1] - pos - 4), np.int32(nbytes))
+        if got != nbytes:
+            return -91
+        dst = out.ctypes.data + (e - first) * itemsize
+        if not (own_untranspose and size % ROW_GROUP == 0
+                and _untranspose(scratch.ctypes.data, dst, size, itemsize)):
+            if _untrans_bit_elem(scratch.ctypes.data, dst, size, itemsize) < 0:
+                return -91
+        e += size
+    return 0
