@@ -488,3 +488,28 @@ def test_frames_as_stored_only_where_each_is_a_bitshuffle_lz4_chunk(tmp_path):
         with open_frames(str(tmp_path / name)) as st:
             st.compiled_decompression = True
             assert st.read_compressed(0, 4) is None
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_cut_or_corrupt_chunk_is_an_error_naming_file_and_frame(tmp_path, compiled):
+    """A bitshuffle-LZ4 chunk cut short or with a flipped byte: a RawDataError naming the
+    file and the frame, from either decompression (bitshuffle's function, and HDF5's filter
+    after it, would read past a cut chunk's end and crash the process)."""
+    from hklflow.frames import open_frames
+
+    frames = np.random.default_rng(1).poisson(5, (3, 61, 47)).astype(np.int32)
+    for damage in ("cut", "flip"):
+        path = tmp_path / f"{damage}.h5"
+        with h5py.File(path, "w") as f:
+            d = f.create_dataset("/entry/data/data", data=frames, chunks=(1, 61, 47),
+                                 **hdf5plugin.Bitshuffle(cname="lz4"))
+            chunk = d.id.read_direct_chunk((1, 0, 0))[1]
+            chunk = chunk[:len(chunk) // 2] if damage == "cut" else \
+                chunk[:16] + bytes([chunk[16] ^ 0xFF]) + chunk[17:]
+            d.id.write_direct_chunk((1, 0, 0), chunk)
+        with open_frames(str(path)) as st:
+            st.compiled_decompression = compiled
+            assert np.array_equal(st.read(0, 1)[0], frames[0])
+            with pytest.raises(RawDataError, match=rf"{damage}\.h5: frame 1 .*cannot be read or "
+                                                   r"decompressed: .*chunk at \(1, 0, 0\).*damaged"):
+                st.read(0, 3)

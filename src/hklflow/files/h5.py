@@ -124,8 +124,10 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
     C function, or with compiled, files.bitshuffle_lz4's loop over its blocks (15% less
     CPU, less than half with GFNI; it loads numba, ~0.7 s in a process that had not: for
     callers that stream whole scans or volumes and run compiled kernels anyway); False
-    when it is not plainly bitshuffle-LZ4 of that size (a filter skipped, damaged,
-    unreadable) or the library is missing: then HDF5 must read it."""
+    when it is not plainly bitshuffle-LZ4 of that size (a filter skipped, unreadable) or
+    the library is missing: then HDF5 must read it.  A damaged chunk (its blocks do not add
+    up or do not decode) is a FileFormatError naming the file and the chunk: HDF5's filter
+    would read past the end of a truncated one and crash the process."""
     decompress = bitshuffle_function("bshuf_decompress_lz4")
     if decompress is None:  # pragma: no cover - HDF5's filter instead
         return False
@@ -140,14 +142,40 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
     if nbytes != out.nbytes or not out.flags.c_contiguous:
         return False
     block = block_bytes // out.itemsize or bitshuffle_block_elements(out.itemsize)
+    damaged = FileFormatError(f"{dset.file.filename}: the chunk at {tuple(corner)} of {dset.name} "
+                              "is damaged (its bitshuffle-LZ4 blocks do not add up to its "
+                              f"{raw.size} bytes or do not decode: truncated or corrupt file?)")
     if compiled:
         from .bitshuffle_lz4 import OWN_UNTRANSPOSE, decompress as loop
         consumed = loop(raw[12:], out.reshape(-1).view(np.uint8), out.itemsize, block,
                         OWN_UNTRANSPOSE)
-    else:
+    elif block % 8 == 0:
+        # bitshuffle's function trusts the block sizes: past the end of a cut chunk it
+        # reads on (a segmentation fault, in HDF5's filter too), hence the check first
+        if not _blocks_fit(raw, out.size, out.itemsize, block):
+            raise damaged
         consumed = decompress(raw.ctypes.data + 12, out.ctypes.data, out.size, out.itemsize,
                               block)
+    else:
+        return False
+    if consumed < 0:  # (HDF5's filter would read it the same way, or crash)
+        raise damaged
     return consumed == raw.size - 12
+
+
+def _blocks_fit(raw: np.ndarray, elements: int, itemsize: int, block: int) -> bool:
+    """Whether the block sizes of a bitshuffle-LZ4 chunk (raw, its 12-byte header
+    included) add up to its length: bshuf_decompress_lz4 trusts them and reads past the end
+    of a truncated chunk (a segmentation fault, not an error)."""
+    full, last = divmod(elements, block)
+    sizes = [block] * full + ([last - last % 8] if last >= 8 else [])
+    data = raw.tobytes()
+    pos = 12
+    for _ in sizes:
+        if pos + 4 > len(data):
+            return False
+        pos += 4 + int.from_bytes(data[pos:pos + 4], "big")
+    return pos + (elements - sum(sizes)) * itemsize == len(data)
 
 
 @functools.lru_cache(maxsize=None)
