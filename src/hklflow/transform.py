@@ -939,7 +939,7 @@ class _BandPipeline:
 
     def __init__(self, threads: int, nkinds: int, streams: int | None = None):
         self.threads = int(threads)
-        self.nkinds = int(streams if streams is not None else nkinds)  # scatter streams
+        self.streams = int(streams if streams is not None else nkinds)
         n = BAND_UNITS * BLOCK
         self.buffers = [(np.empty(n, np.int32), np.empty(n, np.float32),
                          np.empty(n, np.float32) if nkinds == 2 else None,
@@ -949,10 +949,10 @@ class _BandPipeline:
     def run(self, nunits: int, compute, scatter) -> None:
         """compute(u0, u1, buffer) and scatter(nunits, buffer, kind) over the bands."""
         nb = -(-nunits // BAND_UNITS)
-        kinds = range(self.nkinds)
+        kinds = range(self.streams)
         cond = threading.Condition()
-        next_scatter = [0] * self.nkinds  # per kind: the next band it adds
-        busy = [False] * self.nkinds
+        next_scatter = [0] * self.streams  # per kind: the next band it adds
+        busy = [False] * self.streams
         done = [False] * nb
         st = {"next_compute": 0, "error": None}
 
@@ -1098,7 +1098,8 @@ class Transformer:
                 frames.stream, positions, frames.elements, frames.block, OWN_UNTRANSPOSE,
                 np.empty(BLOCK, frames.dtype), np.empty(frames.block * itemsize, np.uint8),
                 self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
-                np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, frames.dtype),
+                np.asarray(scale, np.float64),
+                largest_trusted_value(self.trusted_max, frames.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
                 acc.cells[0], acc.paired)
@@ -1175,12 +1176,14 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                 painted = (a, b)
             s = scale[a - first:b - first]
             chunk_bragg = bragg[:b - a] if mask is not None else None
-            stored = isinstance(frames, CompressedFrames)
-            if stored and not (not np.isnan(s).any()
-                               and transformer.add_compressed(frames, M, s, chunk_bragg)):
-                frames, stored = stack.read(a, b, out=bufs[0][:b - a]), False  # as usual
-            if stored:
-                pass  # added
+            added = False
+            if isinstance(frames, CompressedFrames):
+                added = (not np.isnan(s).any()
+                         and transformer.add_compressed(frames, M, s, chunk_bragg))
+                if not added:  # (frames left out, blocks the kernel cannot take): read them
+                    frames = stack.read(a, b, out=bufs[0][:b - a])
+            if added:
+                pass
             elif np.isnan(s).any():  # frames left out (their monitor is bad)
                 keep = ~np.isnan(s)
                 if keep.any():

@@ -142,9 +142,6 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
     if nbytes != out.nbytes or not out.flags.c_contiguous:
         return False
     block = block_bytes // out.itemsize or bitshuffle_block_elements(out.itemsize)
-    damaged = FileFormatError(f"{dset.file.filename}: the chunk at {tuple(corner)} of {dset.name} "
-                              "is damaged (its bitshuffle-LZ4 blocks do not add up to its "
-                              f"{raw.size} bytes or do not decode: truncated or corrupt file?)")
     if compiled:
         from .bitshuffle_lz4 import OWN_UNTRANSPOSE, decompress as loop
         consumed = loop(raw[12:], out.reshape(-1).view(np.uint8), out.itemsize, block,
@@ -153,14 +150,20 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
         # bitshuffle's function trusts the block sizes: past the end of a cut chunk it
         # reads on (a segmentation fault, in HDF5's filter too), hence the check first
         if not _blocks_fit(raw, out.size, out.itemsize, block):
-            raise damaged
+            raise _damaged(dset, corner, raw.size)
         consumed = decompress(raw.ctypes.data + 12, out.ctypes.data, out.size, out.itemsize,
                               block)
     else:
         return False
     if consumed < 0:  # (HDF5's filter would read it the same way, or crash)
-        raise damaged
+        raise _damaged(dset, corner, raw.size)
     return consumed == raw.size - 12
+
+
+def _damaged(dset, corner, nbytes: int) -> FileFormatError:
+    return FileFormatError(f"{dset.file.filename}: the chunk at {tuple(corner)} of {dset.name} "
+                           "is damaged (its bitshuffle-LZ4 blocks do not add up to its "
+                           f"{nbytes} bytes or do not decode: truncated or corrupt file?)")
 
 
 def _blocks_fit(raw: np.ndarray, elements: int, itemsize: int, block: int) -> bool:
