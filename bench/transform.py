@@ -268,8 +268,10 @@ def memory_section(e2e: dict, grid) -> dict:
                       "job_peak_mb_estimate": grid801 + fixed_mb,
                       "job_peak_mb_estimate_both_kinds": 2 * grid801 + fixed_mb,
                       "default_frames_per_job": frames_per_job, "default_jobs": jobs,
-                      "note": "rest = frames double buffer (2 x 16 frames), pixel table, Python; "
-                              "it does not grow with the frames of a job"},
+                      "note": "rest = peak RSS - the grid as allocated: the frames (one "
+                              "thread: a chunk as stored; more: 2 x 16 frames), pixel table, "
+                              "Python, less the grid pages the scan never reached (a short "
+                              "scan: rest < 0); it does not grow with the frames of a job"},
     }
 
 
