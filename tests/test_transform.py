@@ -332,12 +332,12 @@ def test_frames_left_out_add_nothing(setup, tiny_experiment):
 
 @pytest.mark.parametrize("nelems", [0, 512])
 def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path, nelems):
-    """A job of one thread adds bitshuffle-LZ4 frames block by block as they are stored
+    """The transform adds bitshuffle-LZ4 frames block by block as they are stored
     (FrameStack.read_compressed, Transformer.add_compressed: each block of pixels
     decompressed just before it is added): the same cells bit for bit as the frames read,
-    for both kinds and one, with sub-steps, frames left out, any bitshuffle block (the
-    detector's 619 x 487 pixels end in a short block and 5 elements stored as they are);
-    a damaged chunk stops the job naming the file and the frame."""
+    for both kinds and one, on one thread and two, with sub-steps, frames left out, any
+    bitshuffle block (the detector's 619 x 487 pixels end in a short block and 5 elements
+    stored as they are); a damaged chunk stops the job naming the file and the frame."""
     import h5py
     import hdf5plugin
 
@@ -361,32 +361,36 @@ def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path
     scale[[3, 9]] = np.nan
     for kinds in (("transform", "masked_transform"), ("masked_transform",)):
         cells = []
-        for stored in (False, True):
+        for stored, threads in ((False, 1), (True, 1), (True, 2)):
             with open_frames(str(path)) as st:
                 st.compiled_decompression = stored
                 tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, crystal=crystal,
-                                 hkl_radius=0.1)
+                                 hkl_radius=0.1, threads=threads)
                 as_stored = []
                 add_compressed = tr.add_compressed
                 tr.add_compressed = lambda *a: as_stored.append(add_compressed(*a)) or as_stored[-1]
                 transform_frames(st, scan, tr, 0, 24, 2, scale, chunk_frames=8, mask=Mask())
+                tr.close()
             # (the chunks with frames left out are read and added as usual)
             assert as_stored == ([True] if stored else [])
             cells.append([c.copy() for c in tr.acc.cells])
         assert np.count_nonzero(cells[0][0]) > 1000
-        assert all(np.array_equal(a, b) for a, b in zip(*cells))
+        for other in cells[1:]:
+            assert all(np.array_equal(a, b) for a, b in zip(cells[0], other))
     intact = h5py.File(path, "r")["/entry/data/data"].id.read_direct_chunk((13, 0, 0))[1]
     for damaged in (intact[:12] + bytes([intact[12] ^ 0xFF]) + intact[13:],  # a block's size
                     intact[:16] + bytes([intact[16] ^ 0xFF]) + intact[17:],  # its LZ4 data
                     intact[:len(intact) // 2]):  # truncated
         with h5py.File(path, "r+") as f:
             f["/entry/data/data"].id.write_direct_chunk((13, 0, 0), damaged)
-        with open_frames(str(path)) as st:
-            st.compiled_decompression = True
-            tr = Transformer(grid, table, 2 ** 31 - 1)
-            with pytest.raises(RawDataError, match=r"f\.h5: frame 13 of the scan cannot be "
-                                                   "decompressed"):
-                transform_frames(st, scan, tr, 0, 24, 2, np.ones(24), chunk_frames=8)
+        for threads in (1, 2):
+            with open_frames(str(path)) as st:
+                st.compiled_decompression = True
+                tr = Transformer(grid, table, 2 ** 31 - 1, threads=threads)
+                with pytest.raises(RawDataError, match=r"f\.h5: frame 13 of the scan cannot "
+                                                       "be decompressed"):
+                    transform_frames(st, scan, tr, 0, 24, 2, np.ones(24), chunk_frames=8)
+                tr.close()
 
 
 def test_punch_removes_allowed_nodes_only(setup):

@@ -880,6 +880,38 @@ def _compute_band(u0, u1, frames, qx, qy, qz, corr, M, scale, value_max, bragg, 
                 val[o:o + BLOCK], keep[o:o + BLOCK], punch)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _compute_band_stream(u0, u1, stream, positions, elements, block, own_untranspose, values,
+                         scratch, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                         allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size,
+                         idx, val, keep, counts):
+    """_compute_band with the frames as stored (as _accumulate_stream: each block of
+    pixels decompressed into `values` just before it is worked on, by the thread computing
+    the band).  Returns 0, or -1 - f when a block of chunk f is damaged."""
+    nf = positions.shape[0]
+    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
+    punch = np.zeros(BLOCK, np.int32)
+    raw = values.view(np.uint8)
+    for u in range(u0, u1):
+        f, j, p0, n = _unit(u, nf, M.shape[1], elements)
+        if (j == 0 or u == u0) and decompress_elements(
+                stream, positions[f], elements, values.itemsize, block, p0, n, raw, scratch,
+                own_untranspose) < 0:
+            return -1 - f
+        o = (u - u0) * BLOCK
+        if keep is None:
+            counts[u - u0] = _compute_values(
+                f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                idx[o:o + BLOCK], val[o:o + BLOCK], None, punch)
+        else:
+            counts[u - u0] = _compute_values(
+                f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], punch)
+    return 0
+
+
 @numba.njit(nogil=True, cache=True)
 def _scatter_band(nunits, idx, val, keep, counts, w32, cells, paired=False):
     """Pass 3 of the units a _compute_band filled, in unit order, into one kind's cells
@@ -1063,28 +1095,33 @@ class Transformer:
             _accumulate(*args, acc.size, cells[0], cells[1] if len(cells) == 2 else None,
                         acc.paired)
             return
-        w32 = np.float32(1.0 / M.shape[1])
+        self._pipeline.run(work_units(flat, M),
+                           lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b),
+                           self._scatter_bands(M))
+
+    def _scatter_bands(self, M):
+        """The pipeline's scatter(n, band buffers, kind) into this grid's cells."""
+        acc, w32 = self.acc, np.float32(1.0 / M.shape[1])
 
         def scatter(n, b, kind):
             if acc.paired:
-                _scatter_band(n, b[0], b[1], b[2], b[3], w32, cells[0], True)
+                _scatter_band(n, b[0], b[1], b[2], b[3], w32, acc.cells[0], True)
             else:
                 _scatter_band(n, b[0], b[1], b[2] if kind == 1 else None, b[3], w32,
-                              cells[kind])
-        self._pipeline.run(work_units(flat, M),
-                           lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b), scatter)
+                              acc.cells[kind])
+        return scatter
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                        bragg: np.ndarray | None = None) -> bool:
         """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
         each block of pixels decompressed just before it is added: the same sums, without
-        writing the frames to memory whole and reading them back.  False (nothing added)
-        where it does not apply: several threads, a compression block that does not divide
-        the kernel's blocks, no compiled untranspose for the type; then add() the frames
-        read."""
+        writing the frames to memory whole and reading them back (on several threads, each
+        band decompressed by the thread that computes it).  False (nothing added) where it
+        does not apply: a compression block that does not divide the kernel's blocks, no
+        compiled untranspose for the type; then add() the frames read."""
         itemsize = frames.dtype.itemsize
-        if (self._pipeline is not None or BLOCK % frames.block or frames.block % 8
-                or itemsize not in (2, 4) or frames.elements != self.table.qx.shape[0]):
+        if (BLOCK % frames.block or frames.block % 8 or itemsize not in (2, 4)
+                or frames.elements != self.table.qx.shape[0]):
             return False
         if self.masked and bragg is None:
             raise ValueError("the masked transform needs the Bragg mask of the frames")
@@ -1092,22 +1129,37 @@ class Transformer:
                              np.int64)
         status = block_positions(frames.stream, frames.starts, frames.stops, frames.elements,
                                  itemsize, frames.block, positions)
-        if status == 0:
-            acc = self.acc
-            status = _accumulate_stream(
-                frames.stream, positions, frames.elements, frames.block, OWN_UNTRANSPOSE,
-                np.empty(BLOCK, frames.dtype), np.empty(frames.block * itemsize, np.uint8),
-                self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+        acc = self.acc
+        stored = (frames.stream, positions, frames.elements, frames.block, OWN_UNTRANSPOSE)
+        args = (self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
                 np.asarray(scale, np.float64),
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
-                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.cells[0], acc.paired)
-        if status < 0:  # (the grid holds part of the chunk: the step fails, writes nothing)
+                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size)
+
+        def buffers():  # a block of values and a block of decompressed bytes
+            return np.empty(BLOCK, frames.dtype), np.empty(frames.block * itemsize, np.uint8)
+
+        def damaged(status):  # (the grid holds part of the chunk: the step fails)
             i = -1 - status
-            raise RawDataError(f"{frames.files[i]}: frame {frames.first + i} of the scan cannot "
-                               "be decompressed (a damaged bitshuffle-LZ4 chunk: truncated or "
-                               "corrupt file?)")
+            return RawDataError(f"{frames.files[i]}: frame {frames.first + i} of the scan "
+                                "cannot be decompressed (a damaged bitshuffle-LZ4 chunk: "
+                                "truncated or corrupt file?)")
+
+        if status < 0:
+            raise damaged(status)
+        if self._pipeline is None:
+            status = _accumulate_stream(*stored, *buffers(), *args, acc.cells[0], acc.paired)
+            if status < 0:
+                raise damaged(status)
+            return True
+
+        def compute(u0, u1, b):
+            status = _compute_band_stream(u0, u1, *stored, *buffers(), *args, *b)
+            if status < 0:
+                raise damaged(status)
+        nunits = len(frames) * M.shape[1] * ((frames.elements + BLOCK - 1) // BLOCK)
+        self._pipeline.run(nunits, compute, self._scatter_bands(M))
         return True
 
     def close(self) -> None:
@@ -1140,27 +1192,30 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
     painting)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
-    # read ahead: one buffer being read while the other is added; else one
-    nbufs = 2 if transformer.threads >= READ_AHEAD_THREADS else 1
-    bufs = [np.empty((chunk,) + tuple(stack.frame_shape), stack.dtype) for _ in range(nbufs)]
     if transformer.masked and mask is None:
         raise ValueError("the masked transform needs the scan's mask")
     mask = mask if transformer.masked else None
     bragg = np.zeros((chunk, npix), np.uint8) if mask is not None else None
     painted = None  # the frames whose Bragg regions are painted in `bragg`
     starts = list(range(first, stop, chunk))
+    # frames as stored (compressed) are read by this thread, each chunk when it comes to
+    # it (a read without decompressing); others ahead on a thread of their own with threads
+    stored_first = stack.read_compressed(first, min(first + chunk, stop)) if starts else None
+    reader_threads = 1 if stored_first is not None else transformer.threads
+    # read ahead: one buffer being read while the other is added; else one
+    nbufs = 2 if reader_threads >= READ_AHEAD_THREADS else 1
+    bufs = [np.empty((chunk,) + tuple(stack.frame_shape), stack.dtype) for _ in range(nbufs)]
 
     def read(i):
         a = starts[i]
         b = min(a + chunk, stop)
-        if nbufs == 1:  # added as they are read: as stored, where they are compressed
-            stored = stack.read_compressed(a, b)
-            if stored is not None:
-                return a, stored
+        stored = stored_first if i == 0 else stack.read_compressed(a, b) if nbufs == 1 else None
+        if stored is not None:
+            return a, stored
         return a, stack.read(a, b, out=bufs[i % nbufs][:b - a])
 
     t_kernel = 0.0
-    with frame_reader(transformer.threads) as pool:
+    with frame_reader(reader_threads) as pool:
         pending = pool.submit(read, 0)
         for i in range(len(starts)):
             a, frames = pending.result()
