@@ -1185,11 +1185,12 @@ class Transformer:
 def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first: int,
                      stop: int, subdivide: int, scale, chunk_frames: int = 16, mask=None,
                      progress=None) -> float:
-    """Read frames [first, stop) of a FrameStack in chunks and add them, the next chunk
-    read ahead or not as frames.frame_reader does for the transformer's threads; the masked
-    transform leaves out the Bragg regions of mask (masking.ScanMask).  scale: per-frame
-    multipliers for frames first..stop.  Returns the seconds spent in the kernel (and mask
-    painting)."""
+    """Read frames [first, stop) of a FrameStack in chunks and add them: as stored where the
+    stack gives them so (Transformer.add_compressed, each chunk read by this thread), else
+    decompressed, the next chunk read ahead as frames.frame_reader does for the
+    transformer's threads; the masked transform leaves out the Bragg regions of mask
+    (masking.ScanMask).  scale: per-frame multipliers for frames first..stop.  Returns the
+    seconds spent in the kernel (and mask painting)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
     if transformer.masked and mask is None:
