@@ -209,10 +209,10 @@ def written_pages(address: int, nbytes: int) -> np.ndarray | None:
 class BrickedGrid:
     """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
     or two kinds of volume, signal and weight of a voxel side by side: one cache line per
-    pixel added.  Two kinds: one array per kind (so kinds are added by different threads
-    without sharing cache lines), or with `paired` one array holding both kinds of a voxel
-    side by side (signal, weight, masked signal, masked weight: one thread adds a pixel to
-    both in one cache line; 1.6 ms a 2M frame less than two arrays)."""
+    pixel added.  Two kinds: with `paired` (as Transformer holds them) one array holding both
+    kinds of a voxel side by side (signal, weight, masked signal, masked weight: a pixel
+    added to both in one cache line; 1.6 ms a 2M frame less than two arrays), else one array
+    per kind."""
 
     def __init__(self, grid: Grid, nkinds: int = 1, paired: bool = False):
         self.grid = grid
@@ -706,46 +706,31 @@ def _add_to_cells(typingctx, cells, k, values):
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_block(idx, val, keep, n, w32, cells):
-    """Pass 3: add the n (index, value) pairs of a block to one kind's cells; with keep
-    (the masked kind of a two-kind pass) value and weight times keep (1, or 0 for a Bragg-
-    masked or punched pixel: adding 0 leaves a float32 sum unchanged bit for bit).  A full
+def _scatter_block(idx, val, n, w32, cells):
+    """Pass 3 of a one-kind pass: add the n (index, value) pairs of a block to the kind's
+    cells (Bragg-masked and punched pixels of a masked_transform went to the dump).  A full
     block goes in four interleaved streams a quarter apart; a voxel's signal and weight in
     one vector addition."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
-            k0 = np.uint32(idx[i])
-            k1 = np.uint32(idx[i + quarter])
-            k2 = np.uint32(idx[i + 2 * quarter])
-            k3 = np.uint32(idx[i + 3 * quarter])
-            if keep is None:
-                _add_to_cells(cells, k0, (val[i], w32))
-                _add_to_cells(cells, k1, (val[i + quarter], w32))
-                _add_to_cells(cells, k2, (val[i + 2 * quarter], w32))
-                _add_to_cells(cells, k3, (val[i + 3 * quarter], w32))
-            else:
-                e0, e1 = keep[i], keep[i + quarter]
-                e2, e3 = keep[i + 2 * quarter], keep[i + 3 * quarter]
-                _add_to_cells(cells, k0, (val[i] * e0, w32 * e0))
-                _add_to_cells(cells, k1, (val[i + quarter] * e1, w32 * e1))
-                _add_to_cells(cells, k2, (val[i + 2 * quarter] * e2, w32 * e2))
-                _add_to_cells(cells, k3, (val[i + 3 * quarter] * e3, w32 * e3))
+            _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
+            _add_to_cells(cells, np.uint32(idx[i + quarter]), (val[i + quarter], w32))
+            _add_to_cells(cells, np.uint32(idx[i + 2 * quarter]), (val[i + 2 * quarter], w32))
+            _add_to_cells(cells, np.uint32(idx[i + 3 * quarter]), (val[i + 3 * quarter], w32))
     else:
         for i in range(n):
-            k0 = np.uint32(idx[i])
-            if keep is None:
-                _add_to_cells(cells, k0, (val[i], w32))
-            else:
-                _add_to_cells(cells, k0, (val[i] * keep[i], w32 * keep[i]))
+            _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
 
 
 @numba.njit(nogil=True, cache=True)
 def _scatter_pair(idx, val, keep, n, w32, cells):
     """Pass 3 of a two-kind pass into paired cells (BrickedGrid paired: both kinds of a voxel
-    in one cache line): every pixel adds to the first kind, value and weight times keep to
-    the second; the same sums, in the same order, as _scatter_block into two arrays, whose
-    four interleaved streams it keeps, a voxel's four cells in one vector addition."""
+    in one cache line): every pixel adds to the first kind, value and weight times keep (1,
+    or 0 for a Bragg-masked or punched pixel: adding 0 leaves a float32 sum unchanged bit
+    for bit) to the second, so each kind holds exactly what a pass of its own would.  A full
+    block goes in four interleaved streams a quarter apart, a voxel's four cells in one
+    vector addition."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
@@ -775,8 +760,7 @@ def work_units(frames, M) -> int:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, cells1,
-                paired=False):
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, paired=False):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
@@ -786,11 +770,9 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     component (bounds the float32 rounding).  Adds into the bricked cells of ``size`` voxels
     followed by DUMP_SLOTS dump slots, block by block (compute, then scatter).
 
-    cells1 None: one kind, (signal, weight) per voxel in cells; Bragg-masked and punched
-    pixels go to the dump.  cells1 given: two kinds, every usable pixel adds to cells, and
-    those neither Bragg-masked nor punched to cells1 as well: each holds exactly what a pass
-    of its own would.  paired: two kinds in the paired cells (BrickedGrid paired), the same
-    sums as cells and cells1 (cells1 None)."""
+    One kind: (signal, weight) per voxel in cells; Bragg-masked and punched pixels go to
+    the dump.  paired: two kinds in the paired cells (BrickedGrid paired), every usable
+    pixel added to the first, those neither Bragg-masked nor punched to the second too."""
     w32 = np.float32(1.0 / M.shape[1])
     dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
     idx = np.empty(BLOCK, np.int32)
@@ -804,17 +786,11 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
                                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
                                q_max, size, dump, idx, val, keep, punch)
             _scatter_pair(idx, val, keep, n, w32, cells)
-        elif cells1 is None:
-            n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
-                               allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                               q_max, size, dump, idx, val, None, punch)
-            _scatter_block(idx, val, None, n, w32, cells)
         else:
             n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                               q_max, size, dump, idx, val, keep, punch)
-            _scatter_block(idx, val, None, n, w32, cells)
-            _scatter_block(idx, val, keep, n, w32, cells1)
+                               q_max, size, dump, idx, val, None, punch)
+            _scatter_block(idx, val, n, w32, cells)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -854,7 +830,7 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
                                 value_max, bragg, allowed, allowed_off, hkl_r2, origin,
                                 inv_step, dims, nbricks, q_max, size, dump, idx, val, None,
                                 punch)
-            _scatter_block(idx, val, None, n, w32, cells)
+            _scatter_block(idx, val, n, w32, cells)
     return 0
 
 
@@ -913,20 +889,16 @@ def _compute_band_stream(u0, u1, stream, positions, elements, block, own_untrans
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_band(nunits, idx, val, keep, counts, w32, cells, paired=False):
-    """Pass 3 of the units a _compute_band filled, in unit order, into one kind's cells
-    (keep: the masked kind of a two-kind pass, else None), or with paired into the paired
-    cells of both kinds (keep given)."""
+def _scatter_band(nunits, idx, val, keep, counts, w32, cells):
+    """Pass 3 of the units a _compute_band filled, in unit order: into one kind's cells
+    (keep None), or into the paired cells of both kinds."""
     for v in range(nunits):
         o = v * BLOCK
         if keep is None:
-            _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], None, counts[v], w32, cells)
-        elif paired:
+            _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], counts[v], w32, cells)
+        else:
             _scatter_pair(idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], counts[v],
                           w32, cells)
-        else:
-            _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], counts[v],
-                           w32, cells)
 
 
 def largest_trusted_value(trusted_max: float, dtype):
@@ -1090,10 +1062,8 @@ class Transformer:
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max)
-        cells = acc.cells
         if self._pipeline is None:
-            _accumulate(*args, acc.size, cells[0], cells[1] if len(cells) == 2 else None,
-                        acc.paired)
+            _accumulate(*args, acc.size, acc.cells[0], acc.paired)
             return
         self._pipeline.run(work_units(flat, M),
                            lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b),
@@ -1103,12 +1073,8 @@ class Transformer:
         """The pipeline's scatter(n, band buffers, kind) into this grid's cells."""
         acc, w32 = self.acc, np.float32(1.0 / M.shape[1])
 
-        def scatter(n, b, kind):
-            if acc.paired:
-                _scatter_band(n, b[0], b[1], b[2], b[3], w32, acc.cells[0], True)
-            else:
-                _scatter_band(n, b[0], b[1], b[2] if kind == 1 else None, b[3], w32,
-                              acc.cells[kind])
+        def scatter(n, b, stream):  # (one stream: one kind's cells, or both kinds paired)
+            _scatter_band(n, b[0], b[1], b[2], b[3], w32, acc.cells[stream])
         return scatter
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,

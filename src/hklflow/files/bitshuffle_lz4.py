@@ -173,6 +173,19 @@ def _untranspose(src, dst, n, itemsize):
     return True
 
 
+@numba.njit(inline="always")
+def _decompress_block(src, packed, scratch, dst, size, itemsize, own_untranspose):
+    """One block: its packed LZ4 bytes at address src into scratch, untransposed into
+    address dst (size elements of itemsize bytes).  0, or < 0 when it does not decode."""
+    nbytes = size * itemsize
+    if _lz4_decompress_safe(src, scratch.ctypes.data, np.int32(packed), np.int32(nbytes)) != nbytes:
+        return -91
+    if own_untranspose and size % ROW_GROUP == 0 and _untranspose(scratch.ctypes.data, dst,
+                                                                  size, itemsize):
+        return 0
+    return min(_untrans_bit_elem(scratch.ctypes.data, dst, size, itemsize), 0)
+
+
 @numba.njit(cache=True, nogil=True)
 def decompress(stream, out, itemsize, block, own_untranspose):
     """Decompress the bitshuffle-LZ4 stream (uint8, the chunk after its 12-byte header) into
@@ -207,16 +220,10 @@ def decompress(stream, out, itemsize, block, own_untranspose):
         pos += 4
         if packed > n - pos or packed > 2147483647:
             return -1
-        got = _lz4_decompress_safe(stream.ctypes.data + pos, scratch.ctypes.data,
-                                   np.int32(packed), np.int32(nbytes))
-        if got != nbytes:
-            return -91
-        if not (own_untranspose and size % ROW_GROUP == 0
-                and _untranspose(scratch.ctypes.data, out.ctypes.data + done, size, itemsize)):
-            err = _untrans_bit_elem(scratch.ctypes.data, out.ctypes.data + done, size,
-                                    itemsize)
-            if err < 0:
-                return err
+        err = _decompress_block(stream.ctypes.data + pos, packed, scratch,
+                                out.ctypes.data + done, size, itemsize, own_untranspose)
+        if err < 0:
+            return err
         pos += packed
         done += nbytes
     left = out.size - done  # the elements after the last whole multiple of 8, as they are
@@ -287,15 +294,10 @@ def decompress_elements(stream, positions, elements, itemsize, block, first, n, 
         j = e // block
         size = block if j < full else raw_from - full * block
         pos = positions[j]
-        nbytes = size * itemsize
-        got = _lz4_decompress_safe(stream.ctypes.data + pos + 4, scratch.ctypes.data,
-                                   np.int32(positions[j + 1] - pos - 4), np.int32(nbytes))
-        if got != nbytes:
-            return -91
-        dst = out.ctypes.data + (e - first) * itemsize
-        if not (own_untranspose and size % ROW_GROUP == 0
-                and _untranspose(scratch.ctypes.data, dst, size, itemsize)):
-            if _untrans_bit_elem(scratch.ctypes.data, dst, size, itemsize) < 0:
-                return -91
+        err = _decompress_block(stream.ctypes.data + pos + 4, positions[j + 1] - pos - 4,
+                                scratch, out.ctypes.data + (e - first) * itemsize, size,
+                                itemsize, own_untranspose)
+        if err < 0:
+            return err
         e += size
     return 0
