@@ -44,7 +44,8 @@ RESOURCES = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) children
 GOAL = 1.6
 # the pass over the frames (read + work), from the steps' own log lines: fixed costs
 # (imports, detector model, writing, pictures) are apart
-PASS = {"find_peaks": re.compile(r"strong pixels in (\d+) frames; ([\d.]+) s on"),
+PASS = {"find_peaks": re.compile(r"strong pixels in (\d+) frames; [\d.]+ s on \d+ thread\(s\) "
+                                r"\(the pass over the frames ([\d.]+) s\)"),
         "transform_frames": re.compile(r"(\d+) frames in ([\d.]+) s \(kernel")}
 # (label, --threads, which of the two cores): the runs compared
 RUNS = (("1 thread, 1 core", 1, "first"), ("2 threads, 2 cores", 2, "both"),

@@ -545,6 +545,7 @@ class _FileStack(FrameStack):
     def __init__(self, source: FrameSource, first: np.ndarray | None = None):
         super().__init__(source)
         self._cache = {0: first} if first is not None else {}
+        self._one_at_a_time = threading.Lock()  # (fabio's logger is shared: _read_fabio)
 
     def _frame(self, i: int) -> np.ndarray:
         cached = self._cache.pop(i, None)
@@ -565,7 +566,8 @@ class _FileStack(FrameStack):
         return data
 
     def _read_piece(self, k, a, b, out, offset):
-        out[0] = self._frame(k)
+        with self._one_at_a_time:  # (threads of a step may read frames side by side)
+            out[0] = self._frame(k)
 
 
 # --------------------------------------------------------------------------------------

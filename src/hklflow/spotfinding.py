@@ -46,7 +46,6 @@ import numba
 import numpy as np
 
 from . import steplog
-from .frames import READ_AHEAD_THREADS, frame_reader
 from .geometry import DetectorGeometry, ScanAngles
 from .masking import user_mask
 from .params import DetectorParams, PeakSearchParams
@@ -633,6 +632,7 @@ class _FrameDetector:
         self.half_r, self.half_c = params.window[0] // 2, params.window[1] // 2
         self.stats = np.zeros(len(FRAME_STATS))
         self.maxproj = None  # the search's per-pixel maximum over the frames this one saw
+        self.frame = None  # a frame's buffer (a search of several threads: each reads)
         self._alloc(max(4096, ny * nx // 200))
 
     def _alloc(self, cap):
@@ -696,10 +696,10 @@ class _Detection:
 def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
            detector: DetectorParams, log=None, threads: int = 1) -> PeakSearchResult:
     """Run the peak search over every frame of `stack` (a frames.FrameStack); detector:
-    the trusted maximum and the user mask.  threads > 1 search that many frames at once
-    while a thread of their own reads and decompresses the next chunk (frames.frame_reader;
-    one thread reads each chunk itself when it comes to it); the peaks are assembled in
-    frame order, so the result does not depend on threads."""
+    the trusted maximum and the user mask.  threads > 1 search that many frames at once,
+    each thread reading (and decompressing) the frame it searches; one thread reads each
+    chunk itself when it comes to it.  The peaks are assembled in frame order, so the
+    result does not depend on threads."""
     log = log or logging.getLogger("hklflow.spotfinding")
     t0 = time.monotonic()
     shape = stack.frame_shape
@@ -710,15 +710,15 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     annulus, q_ann = annulus_map(geometry, usable, params.q_annulus)
     nf = stack.nframes
     step = params.frames_per_chunk(stack.dtype.itemsize * shape[0] * shape[1], threads)
-    # read ahead: three buffers (one being read, one searched, one whose results are
-    # assembled); else one, read again for each chunk (still in the processor's cache)
-    nbufs = 3 if threads >= READ_AHEAD_THREADS else 1
-    bufs = [np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype) for _ in range(nbufs)]
+    # one buffer of a chunk (several threads: each reads its frame into a buffer of its own)
+    buf = np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype)
     # the minimum of the first frames finds the hot pixels, then the pass reads them again
     # (~1 ms a 2M frame, against holding them all)
     nprobe = min(HOT_PROBE_FRAMES, nf)
-    hot_early = hot_pixels_in(frames_minimum(stack, nprobe, bufs[0]), nprobe, usable, annulus,
+    hot_early = hot_pixels_in(frames_minimum(stack, nprobe, buf), nprobe, usable, annulus,
                               params, trusted_max)
+    if threads > 1:  # (the pass reads each frame into its thread's buffer)
+        del buf
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
@@ -735,15 +735,16 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     total_strong = 0
     starts = list(range(0, nf, step))
 
-    def read(i):
-        a, b = starts[i], min(starts[i] + step, nf)
-        return stack.read(a, b, out=bufs[i % nbufs][:b - a])
-
     maxprojs = []  # one per detector: each thread keeps the maximum of its frames
 
     def detect(frame):
+        """Search a frame (threads > 1: its index, the frame read here)."""
         det = free_detectors.get()
         try:
+            if threads > 1:  # (reads are decompressed side by side, h5py's calls are brief)
+                if det.frame is None:
+                    det.frame = np.empty((1,) + tuple(shape), dtype=stack.dtype)
+                frame = stack.read(frame, frame + 1, out=det.frame)[0]
             raise_max = None
             if det.maxproj is None:  # in the frames' own type: no conversion per frame
                 det.maxproj = isolated_empty(frame.shape, frame.dtype)
@@ -767,23 +768,21 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
             total_strong += len(d.rows)
         progress.update(start + len(found))
 
-    with frame_reader(threads) as reader, \
-            ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="peaks") as workers:
-        reads = {i: reader.submit(read, i) for i in range(min(2, len(starts)))}
+    t_pass = time.monotonic()  # (before it: masks, |Q| map, hot pixels, compiled code loaded)
+    with ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="peaks") as workers:
         previous = None
-        for i, start in enumerate(starts):
-            chunk = reads.pop(i).result()
-            if threads > 1:  # searched while the previous chunk is assembled
-                found = [workers.submit(detect, fr) for fr in chunk]
+        for start in starts:
+            stop = min(start + step, nf)
+            if threads > 1:  # read and searched while the previous chunk is assembled
+                found = [workers.submit(detect, f) for f in range(start, stop)]
             else:
-                found = [detect(fr) for fr in chunk]
+                found = [detect(fr) for fr in stack.read(start, stop, out=buf[:stop - start])]
             if previous is not None:
-                assemble(*previous)  # its buffer is free from here: read into it
-            if i + 2 < len(starts):
-                reads[i + 2] = reader.submit(read, i + 2)
+                assemble(*previous)
             previous = (start, found)
         if previous is not None:
             assemble(*previous)
+    pass_seconds = time.monotonic() - t_pass
     for m in maxprojs:
         np.fmax(maxproj, m, out=maxproj)
     table = asm.finish()
@@ -797,9 +796,9 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     keep &= ~(single & hot[r0, c0])
     peaks = {k: v[keep] for k, v in peaks.items()}
     seconds = time.monotonic() - t0
-    log.info("%d peaks from %d strong pixels in %d frames; %.1f s on %d thread(s), "
-             "%.1f Mpixel/s", len(peaks["n_pixels"]), total_strong, nf, seconds, threads,
-             nf * shape[0] * shape[1] / max(seconds, 1e-9) / 1e6)
+    log.info("%d peaks from %d strong pixels in %d frames; %.1f s on %d thread(s) (the pass "
+             "over the frames %.1f s), %.1f Mpixel/s", len(peaks["n_pixels"]), total_strong, nf,
+             seconds, threads, pass_seconds, nf * shape[0] * shape[1] / max(seconds, 1e-9) / 1e6)
     frame_stats = {name: stats[:, i] for i, name in enumerate(FRAME_STATS)}
     hot_rc = np.argwhere(hot)
     return PeakSearchResult(peaks, frame_stats, hot_rc, np.where(usable, maxproj, -1), q_ann, nf,

@@ -1280,6 +1280,8 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     log.info("grid in memory: %.2f GB (signal + weight of %d kind(s), float32)",
              tr.acc.nbytes / 1e9, len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)
+    if mask is not None and tr.masked:
+        mask.frame_index()  # (its compiled code loaded before the pass over the frames)
     t0 = time.monotonic()
     try:
         t_kernel = transform_frames(stack, scan, tr, first, stop, nsub, scale,
