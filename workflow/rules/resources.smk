@@ -11,8 +11,9 @@
 #   * every step is one Python process with numpy, scipy, h5py, pyFAI and numba loaded:
 #     BASE_MB;
 #   * frames are int32 in memory (one frame: _FRAME_MB); find_peaks and transform read
-#     chunk_frames at a time into one buffer (find_peaks with two threads or more: one frame
-#     per thread, each reading the frame it searches; counted here as three chunks);
+#     chunk_frames at a time into one buffer; with two threads or more the transform reads
+#     frames it cannot take as stored a chunk ahead (two buffers) and each find_peaks
+#     thread the frame it searches (one frame each); counted here as four and two chunks;
 #   * a transform job holds signal and weight of the whole grid in float32 for every kind
 #     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
 #     of 8: TRANSFORM_VOXEL_BYTES) and writes them slab by slab; its pixel table (lab Q and corrections) peaks at ~140
