@@ -737,14 +737,15 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
 
     maxprojs = []  # one per detector: each thread keeps the maximum of its frames
 
-    def detect(frame):
-        """Search a frame (threads > 1: its index, the frame read here)."""
+    def detect(f, frame=None):
+        """Search frame f: `frame` as read, else read here into the detector's buffer (with
+        threads, side by side: h5py's calls are brief, the decompression is not)."""
         det = free_detectors.get()
         try:
-            if threads > 1:  # (reads are decompressed side by side, h5py's calls are brief)
+            if frame is None:
                 if det.frame is None:
                     det.frame = np.empty((1,) + tuple(shape), dtype=stack.dtype)
-                frame = stack.read(frame, frame + 1, out=det.frame)[0]
+                frame = stack.read(f, f + 1, out=det.frame)[0]
             raise_max = None
             if det.maxproj is None:  # in the frames' own type: no conversion per frame
                 det.maxproj = isolated_empty(frame.shape, frame.dtype)
@@ -776,7 +777,8 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
             if threads > 1:  # read and searched while the previous chunk is assembled
                 found = [workers.submit(detect, f) for f in range(start, stop)]
             else:
-                found = [detect(fr) for fr in stack.read(start, stop, out=buf[:stop - start])]
+                found = [detect(f, fr) for f, fr in
+                         enumerate(stack.read(start, stop, out=buf[:stop - start]), start)]
             if previous is not None:
                 assemble(*previous)
             previous = (start, found)
