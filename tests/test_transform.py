@@ -120,26 +120,102 @@ def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup):
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_give_the_sums_of_one_thread_bit_for_bit(setup, threads):
-    """The threaded pipeline (bands computed by any thread, added in unit order) adds
-    exactly what one thread adds, for one kind and for both (both kinds of a voxel in one
-    cache line, BrickedGrid paired)."""
+    """Threads sharing the grid out by shells of a quantity that does not change as the
+    crystal turns (ThreadShares: each voxel added to by one thread, in one thread's order)
+    add exactly what one thread adds, for one kind and for both (both kinds of a voxel in
+    one cache line, BrickedGrid paired), whichever quantity the geometry picks: the scan
+    axis across the detector's rows (|Q x axis|), along them (Q.axis), or not given
+    (|Q|)."""
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:24]
-    M = frame_matrices(scan, 0, 24, 2)
     rng = np.random.default_rng(5)
     bragg = (rng.random((24, fr[0].size)) < 0.1).astype(np.uint8)
-    for kinds in (("transform",), ("masked_transform",), ("transform", "masked_transform")):
-        out = []
-        for n in (1, threads):
-            tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, crystal=crystal,
-                             hkl_radius=0.1, threads=n)
-            tr.add(fr[:10], M[:10], np.ones(10), bragg[:10])
-            tr.add(fr[10:], M[10:], np.linspace(1, 2, 14), bragg[10:])
-            tr.close()
-            out.append([tr.slab(0, grid.l.n, k) for k in kinds])
-        assert np.count_nonzero(out[0][0][1]) > 1000
-        for (s1, w1), (s2, w2) in zip(*out):
-            assert np.array_equal(s1, s2) and np.array_equal(w1, w2)
+    picked = set()
+    for axis in ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0), None):
+        turned = ScanGeometry(scan.detector, Goniometer(axis or (0.0, 1.0, 0.0)),
+                              ScanAngles(10.0, 1.5, 24), {}, UB)
+        M = frame_matrices(turned, 0, 24, 2)
+        for kinds in (("transform",), ("masked_transform",), ("transform", "masked_transform")):
+            out = []
+            for n in (1, threads):
+                tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, crystal=crystal,
+                                 hkl_radius=0.1, threads=n, scan_axis=axis)
+                tr.add(fr[:10], M[:10], np.ones(10), bragg[:10])
+                tr.add(fr[10:], M[10:], np.linspace(1, 2, 14), bragg[10:])
+                tr.close()
+                out.append([tr.slab(0, grid.l.n, k) for k in kinds])
+            assert tr.shares.threads == threads
+            picked.add(tr.shares.quantity)
+            assert np.count_nonzero(out[0][0][1]) > 1000
+            for (s1, w1), (s2, w2) in zip(*out):
+                assert np.array_equal(s1, s2) and np.array_equal(w1, w2)
+    assert picked == {"|Q|", "Q.axis", "|Q x axis|"}
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("axis", [None, (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)])
+def test_thread_shares_cover_every_pixel_and_split_the_work_evenly(setup, threads, axis):
+    """Every usable pixel is computed by the thread that owns the voxel it lands in (the
+    shell of the voxel's centre), on every frame of a full turn (checked against the numpy
+    mapping of the pixels to voxels); each thread computes the pixels of its shell
+    (1/threads of them) and those within `reach` of it; the runs lie inside their blocks;
+    the blocks a thread adds unchecked hold none of another thread's voxels."""
+    from hklflow.transform import BLOCK, BrickedGrid, ThreadShares
+
+    scan, UB, crystal, table, grid, frames = setup
+    acc = BrickedGrid(grid)
+    full = ScanGeometry(scan.detector, Goniometer(axis or (0.0, 1.0, 0.0)),
+                        ScanAngles(0.0, 360.0 / 40, 40), {}, UB)  # a full turn
+    M = frame_matrices(full, 0, 40, 1)
+    shares = ThreadShares(table, acc, M[0, 0], threads, axis)
+    assert shares.fits(M) and not shares.fits(M * 1.001)
+    npix = table.qx.size
+    computes = np.zeros((threads, npix), bool)
+    unchecked = np.zeros((threads, npix), bool)
+    for me, (block_runs, starts, stops, _, who, _, shared) in enumerate(shares.shares):
+        assert who == me and len(block_runs) == len(shared) + 1 == -(-npix // BLOCK) + 1
+        assert np.all((0 <= starts) & (starts < stops) & (stops <= BLOCK))
+        for b in range(len(block_runs) - 1):
+            for r in range(block_runs[b], block_runs[b + 1]):
+                computes[me, b * BLOCK + starts[r]:b * BLOCK + stops[r]] = True
+            if block_runs[b + 1] > block_runs[b] and not shared[b]:
+                unchecked[me, b * BLOCK:(b + 1) * BLOCK] = True
+    usable = table.index
+    q = table.q.astype(np.float64)
+    a = np.asarray(axis or (0, 0, 1), float)
+    value = {"|Q|": np.linalg.norm(q, axis=1), "Q.axis": q @ a,
+             "|Q x axis|": np.linalg.norm(np.cross(q, a), axis=1)}[shares.quantity]
+    edges = np.concatenate([[-np.inf], shares.cuts, [np.inf]])
+    for me in range(threads):
+        shell = (value >= edges[me]) & (value < edges[me + 1])
+        assert abs(shell.mean() - 1 / threads) < 1e-3
+        near = (value >= edges[me] - shares.reach) & (value < edges[me + 1] + shares.reach)
+        assert np.array_equal(computes[me, usable], near)
+    assert 0 <= sum(shares.computed) - 1 < 0.1 * threads
+    assert shares.quantity in shares.describe()
+    origin = np.array([ax.start for ax in grid.axes])
+    step = np.array([ax.step for ax in grid.axes])
+    dims = np.array([grid.h.n, grid.k.n, grid.l.n])
+    landed = mixed = 0
+    for f in range(40):
+        idx = np.floor((q @ M[f, 0].T - origin) / step + 0.5).astype(np.int64)
+        on = np.all((idx >= 0) & (idx < dims), axis=1)
+        # the owner of a voxel: the shell of its centre
+        centre = origin + idx[on] * step
+        owner = np.searchsorted(shares.cuts, shares.value(*centre.T), side="right")
+        assert np.all(computes[owner, usable[on]])
+        for me in range(threads):  # (a block added unchecked: only its owner's voxels)
+            assert np.all(owner[unchecked[me, usable[on]]] == me)
+        # the kernel's tables agree: a brick's owner, or its voxel's across a cut
+        brick = idx[on] >> 3
+        brick = (brick[:, 2] * acc.nbricks[1] + brick[:, 1]) * acc.nbricks[2] + brick[:, 0]
+        o = shares.owner[brick]
+        voxel = (idx[on, 2] & 7) * 64 + (idx[on, 1] & 7) * 8 + (idx[on, 0] & 7)
+        tables = np.where(o >= 0, o, shares.voxel_owner[np.maximum(-1 - o, 0) * 512 + voxel])
+        assert np.array_equal(tables, owner)
+        mixed += np.count_nonzero(o < 0)
+        landed += on.sum()
+    assert landed > 0.5 * 40 * len(usable) and mixed > 0
 
 
 def _table_from_q(q, corr=None):
@@ -333,7 +409,7 @@ def test_frames_left_out_add_nothing(setup, tiny_experiment):
 @pytest.mark.parametrize("nelems", [0, 512])
 def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path, nelems):
     """The transform adds bitshuffle-LZ4 frames block by block as they are stored
-    (FrameStack.read_compressed, Transformer.add_compressed: each block of pixels
+    (FrameStack.read_compressed, Transformer.submit_compressed: each block of pixels
     decompressed just before it is added): the same cells bit for bit as the frames read,
     for both kinds and one, on one thread and two, with sub-steps, frames left out, any
     bitshuffle block (the detector's 619 x 487 pixels end in a short block and 5 elements
@@ -367,13 +443,14 @@ def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path
                 tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, crystal=crystal,
                                  hkl_radius=0.1, threads=threads)
                 as_stored = []
-                add_compressed = tr.add_compressed
-                tr.add_compressed = lambda *a: as_stored.append(add_compressed(*a)) or as_stored[-1]
+                submit = tr.submit_compressed
+                tr.submit_compressed = lambda *a: as_stored.append(submit(*a)) or as_stored[-1]
                 transform_frames(st, scan, tr, 0, 24, 2, scale, chunk_frames=8, mask=Mask())
                 tr.close()
             # (the chunks with frames left out are read and added as usual)
-            assert as_stored == ([True] if stored else [])
-            cells.append([c.copy() for c in tr.acc.cells])
+            assert [r is not False for r in as_stored] == ([True] if stored else [])
+            # (the grid, not the dump slots after it: threads leave those out)
+            cells.append([c[:tr.acc.stride * tr.acc.size].copy() for c in tr.acc.cells])
         assert np.count_nonzero(cells[0][0]) > 1000
         for other in cells[1:]:
             assert all(np.array_equal(a, b) for a, b in zip(cells[0], other))
@@ -452,7 +529,7 @@ def test_subdivision_conserves_intensity_and_spreads_it(setup):
 
 @pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
 def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
-    from hklflow.transform import BrickedGrid
+    from hklflow.transform import DUMP_SLOTS, DUMP_THREADS, BrickedGrid
 
     g = Grid(Axis(0, 1, 13), Axis(0, 1, 21), Axis(0, 1, 37))  # not multiples of the brick
     b = BrickedGrid(g, nkinds, paired=paired)
@@ -469,7 +546,7 @@ def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
     if nkinds == 2:  # the kinds are held apart
         assert not np.array_equal(whole[0][0], whole[1][0])
         assert not np.array_equal(whole[0][1], whole[1][1])
-    assert b.nbytes == nkinds * 8 * (b.size + 16)
+    assert b.nbytes == nkinds * 8 * (b.size + DUMP_SLOTS * DUMP_THREADS)  # (+ the dumps)
     a, c = b.slab(3, 30)  # a start inside a brick
     assert np.array_equal(a, whole[0][0][3:30]) and np.array_equal(c, whole[0][1][3:30])
     with pytest.raises(ValueError, match="outside the grid"):

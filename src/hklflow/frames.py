@@ -285,9 +285,11 @@ class FrameStack(abc.ABC):
             self._read_piece(k, a, b, out[o:o + (b - a)], int(self._offsets[k]))
         return out
 
-    def read_compressed(self, start: int, stop: int) -> CompressedFrames | None:
-        """Frames [start, stop) as they are stored, bitshuffle-LZ4 compressed; None where
-        they are not stored so (then read them)."""
+    def read_compressed(self, start: int, stop: int, holder=None) -> CompressedFrames | None:
+        """Frames [start, stop) as they are stored, bitshuffle-LZ4 compressed, into the
+        buffer `holder.stream` (grown as needed; the stack's own for this thread when no
+        holder is given: valid until its next read); None where they are not stored so
+        (then read them)."""
         return None
 
     def read_frame(self, index: int) -> np.ndarray:
@@ -418,10 +420,10 @@ class _HDF5Stack(FrameStack):
         dset.read_direct(out, np.s_[lo:hi], np.s_[lo - a:hi - a])
         return 0
 
-    def read_compressed(self, start: int, stop: int) -> CompressedFrames | None:
-        """Frames [start, stop) as their raw chunks, read into one reused buffer: where every
-        frame is a chunk of its own, stored bitshuffle-LZ4 alone in the same blocks (the
-        steps' compiled decompression asked for), else None."""
+    def read_compressed(self, start: int, stop: int, holder=None) -> CompressedFrames | None:
+        """Frames [start, stop) as their raw chunks, read into a reused buffer (holder.stream,
+        or this thread's own): where every frame is a chunk of its own, stored bitshuffle-LZ4
+        alone in the same blocks (the steps' compiled decompression asked for), else None."""
         start, stop = int(start), int(stop)
         if not (self.compiled_decompression and 0 <= start < stop <= self.nframes):
             return None
@@ -437,9 +439,10 @@ class _HDF5Stack(FrameStack):
         if min(sizes) <= 12:  # a chunk not written (the fill value): HDF5 reads it
             return None
         ends = np.cumsum(sizes)
-        buf = getattr(self._raw, "stream", None)
+        holder = self._raw if holder is None else holder
+        buf = getattr(holder, "stream", None)
         if buf is None or buf.size < ends[-1]:  # reused: a new one would cost page faults
-            buf = self._raw.stream = np.empty(int(ends[-1] * 1.25), np.uint8)
+            buf = holder.stream = np.empty(int(ends[-1] * 1.25), np.uint8)
         elements = int(np.prod(self.frame_shape))
         blocks = set()
         for (d, i, _), end, size in zip(chunks, ends, sizes):

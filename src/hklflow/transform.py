@@ -22,13 +22,13 @@ and the tests' reference).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
 import mmap
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -48,9 +48,10 @@ from .params import TransformParams
 
 BRICK_BITS = 3  # bricks of 8^3 voxels (2 KiB of float32)
 BLOCK = 4096
-DUMP_SLOTS = 16
+DUMP_SLOTS = 16  # per thread (ThreadShares), for DUMP_THREADS threads
+DUMP_THREADS = 16
 FIXUP_CHUNK = 64  # pass 2 looks into a chunk only when it holds a flagged pixel
-MAX_GRID_VOXELS = 2 ** 31 - 1 - DUMP_SLOTS  # int32 voxel index
+MAX_GRID_VOXELS = 2 ** 31 - 1 - DUMP_SLOTS * DUMP_THREADS  # int32 voxel index
 UNIT_ROUNDOFF32 = 2.0 ** -24
 
 
@@ -234,7 +235,8 @@ class BrickedGrid:
         # per kind (or per pair of kinds): (signal, weight) per voxel, then the kernel's dump
         # slots; kind k's signal and weight are at offset[k] and offset[k] + 1, every stride
         self.stride = 4 if self.paired else 2
-        self.cells = [zeros_in_small_pages(self.stride * (size + DUMP_SLOTS), np.float32)
+        self.cells = [zeros_in_small_pages(self.stride * (size + DUMP_SLOTS * DUMP_THREADS),
+                                           np.float32)
                       for _ in range(1 if self.paired else self.nkinds)]
         self._where = [(0, 0), (0, 2)] if self.paired else [(k, 0) for k in range(self.nkinds)]
         end = self.stride * size
@@ -758,9 +760,75 @@ def work_units(frames, M) -> int:
     return frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
 
 
+@numba.njit(nogil=True, cache=True)
+def _scatter_owned(idx, val, keep, n, w32, cells, size, share):
+    """Pass 3 of a thread's share (ThreadShares): what _scatter_block (keep None) or
+    _scatter_pair would add, in the same order, of the pixels whose voxel this thread owns;
+    the rest (other threads' voxels, the dump, pixels not computed: index >= size) left
+    out."""
+    owner, me, voxel_owner = share[3], share[4], share[5]
+    low = (1 << (3 * BRICK_BITS)) - 1
+    quarter = BLOCK // 4
+    streams = 4 if n == BLOCK else 1
+    step = quarter if n == BLOCK else n
+    for i in range(step):
+        for s in range(streams):
+            e = i + s * step
+            k = idx[e]
+            if k < size:
+                o = owner[k >> (3 * BRICK_BITS)]  # (< 0: a brick across a cut)
+                if o == me or (o < 0 and voxel_owner[((-1 - o) << (3 * BRICK_BITS))
+                                                     + (k & low)] == me):
+                    if keep is None:
+                        _add_to_cells(cells, np.uint32(k), (val[e], w32))
+                    else:
+                        v = val[e]
+                        m = keep[e]
+                        _add_to_cells(cells, np.uint32(k), (v, w32, v * m, w32 * m))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
+                   bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
+                   size, dump, idx, val, keep, punch):
+    """Passes 1-2 of the runs [r0, r1) of a thread's share (pixels [starts[r], stops[r]) of
+    the unit's block); the other pixels of the unit get index `size` (added by no one)."""
+    starts, stops = share[1], share[2]
+    idx[:n] = np.int32(size)
+    for r in range(r0, r1):
+        a = starts[r]
+        c = stops[r]
+        if keep is None:
+            _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
+                            value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
+                            dims, nbricks, q_max, size, dump[a:c], idx[a:c], val[a:c], None,
+                            punch[a:c])
+        else:
+            _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
+                            value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
+                            dims, nbricks, q_max, size, dump[a:c], idx[a:c], val[a:c],
+                            keep[a:c], punch[a:c])
+
+
+@numba.njit(inline="always")
+def _dump_slots(size, share):
+    """The dump slots of the pixels of a block (a thread's own with a share)."""
+    first = size if share is None else size + DUMP_SLOTS * (share[4] % DUMP_THREADS)
+    return (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(first)
+
+
+@numba.njit(inline="always")
+def _share_of_block(share, b):
+    """(runs r0, r1 of block b in the share, whether the block is mixed: not one run of
+    pixels whose voxels are all this thread's)."""
+    block_runs, shared = share[0], share[6]
+    return block_runs[b], block_runs[b + 1], shared[b] != 0
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, paired=False):
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, paired=False,
+                share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
@@ -768,19 +836,42 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     allowed_off (hkl of its [0, 0, 0]) for the punch of radius^2 hkl_r2 (r.l.u.^2), or None
     (None arguments compile to a kernel without those tests); q_max: largest |Q| per
     component (bounds the float32 rounding).  Adds into the bricked cells of ``size`` voxels
-    followed by DUMP_SLOTS dump slots, block by block (compute, then scatter).
+    followed by the dump slots, block by block (compute, then scatter).
 
     One kind: (signal, weight) per voxel in cells; Bragg-masked and punched pixels go to
     the dump.  paired: two kinds in the paired cells (BrickedGrid paired), every usable
-    pixel added to the first, those neither Bragg-masked nor punched to the second too."""
+    pixel added to the first, those neither Bragg-masked nor punched to the second too.
+    share: one thread's part of the work (ThreadShares.shares[thread]), or None for all of
+    it."""
     w32 = np.float32(1.0 / M.shape[1])
-    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
+    dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
     keep = np.ones(BLOCK, np.float32)
-    nunits = frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
+    nf, npix = frames.shape
+    nsub = M.shape[1]
+    nunits = nf * nsub * ((npix + BLOCK - 1) // BLOCK)
     for u in range(nunits):
+        f, j, p0, n = _unit(u, nf, nsub, npix)
+        if share is not None:
+            r0, r1, mixed = _share_of_block(share, p0 // BLOCK)
+            if r0 == r1:
+                continue
+            if mixed:
+                if paired:
+                    _compute_share(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy,
+                                   qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                                   hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                                   idx, val, keep, punch)
+                    _scatter_owned(idx, val, keep, n, w32, cells, size, share)
+                else:
+                    _compute_share(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy,
+                                   qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
+                                   hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                                   idx, val, None, punch)
+                    _scatter_owned(idx, val, None, n, w32, cells, size, share)
+                continue
         if paired:
             n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
@@ -797,17 +888,19 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
 def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                        qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
                        hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
-                       paired=False):
-    """_accumulate (one kind, or two in paired cells) with the frames given as their
-    bitshuffle-LZ4 chunks (frames.CompressedFrames; positions: their block_positions):
-    each block of pixels of a frame is decompressed into `values` (BLOCK elements of the
-    frames' type) just before it is worked on, so the frames are never written to memory
-    whole and read back.  The same sums as _accumulate on the frames decompressed.
-    Returns 0, or -1 - f when a block of chunk f is damaged (nothing added from it on)."""
+                       paired=False, share=None):
+    """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
+    with the frames given as their bitshuffle-LZ4 chunks (frames.CompressedFrames;
+    positions: their block_positions): each block of pixels of a frame is decompressed
+    into `values` (BLOCK elements of the frames' type) just before it is worked on, so the
+    frames are never written to memory whole and read back (a thread's share: the part of
+    the block that holds its runs).  The same sums as _accumulate on the frames
+    decompressed.  Returns 0, or -1 - f when a block of chunk f is damaged (nothing added
+    from it on)."""
     nf = positions.shape[0]
     nsub = M.shape[1]
     w32 = np.float32(1.0 / nsub)
-    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
+    dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
@@ -816,10 +909,34 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
     nunits = nf * nsub * ((elements + BLOCK - 1) // BLOCK)
     for u in range(nunits):
         f, j, p0, n = _unit(u, nf, nsub, elements)
+        mixed = False
+        a = 0  # the pixels of the block to decompress: [a, c)
+        c = n
+        if share is not None:
+            r0, r1, mixed = _share_of_block(share, p0 // BLOCK)
+            if r0 == r1:
+                continue
+            if mixed:  # the part of the block that holds the runs, in whole blocks
+                a = share[1][r0] // block * block
+                c = min(-(-share[2][r1 - 1] // block) * block, n)
         if j == 0 and decompress_elements(stream, positions[f], elements, values.itemsize,
-                                          block, p0, n, raw, scratch, own_untranspose) < 0:
+                                          block, p0 + a, c - a, raw[a * values.itemsize:],
+                                          scratch, own_untranspose) < 0:
             return -1 - f
-        if paired:
+        if mixed:
+            if paired:
+                _compute_share(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
+                               scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
+                               inv_step, dims, nbricks, q_max, size, dump, idx, val, keep,
+                               punch)
+                _scatter_owned(idx, val, keep, n, w32, cells, size, share)
+            else:
+                _compute_share(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
+                               scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
+                               inv_step, dims, nbricks, q_max, size, dump, idx, val, None,
+                               punch)
+                _scatter_owned(idx, val, None, n, w32, cells, size, share)
+        elif paired:
             n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                                 value_max, bragg, allowed, allowed_off, hkl_r2, origin,
                                 inv_step, dims, nbricks, q_max, size, dump, idx, val, keep,
@@ -832,73 +949,6 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
                                 punch)
             _scatter_block(idx, val, n, w32, cells)
     return 0
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _compute_band(u0, u1, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                  allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, idx, val,
-                  keep, counts):
-    """Passes 1 and 2 of work units [u0, u1) (a band) into band buffers of BLOCK entries
-    per unit (two kinds: keep too, else None), the pixels per unit into counts."""
-    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
-    punch = np.zeros(BLOCK, np.int32)
-    for u in range(u0, u1):
-        o = (u - u0) * BLOCK
-        if keep is None:
-            counts[u - u0] = _compute_block(
-                u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump, idx[o:o + BLOCK],
-                val[o:o + BLOCK], None, punch)
-        else:
-            counts[u - u0] = _compute_block(
-                u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump, idx[o:o + BLOCK],
-                val[o:o + BLOCK], keep[o:o + BLOCK], punch)
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _compute_band_stream(u0, u1, stream, positions, elements, block, own_untranspose, values,
-                         scratch, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                         allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size,
-                         idx, val, keep, counts):
-    """_compute_band with the frames as stored (as _accumulate_stream: each block of
-    pixels decompressed into `values` just before it is worked on, by the thread computing
-    the band).  Returns 0, or -1 - f when a block of chunk f is damaged."""
-    nf = positions.shape[0]
-    dump = (np.arange(BLOCK) & (DUMP_SLOTS - 1)).astype(np.int32) + np.int32(size)
-    punch = np.zeros(BLOCK, np.int32)
-    raw = values.view(np.uint8)
-    for u in range(u0, u1):
-        f, j, p0, n = _unit(u, nf, M.shape[1], elements)
-        if (j == 0 or u == u0) and decompress_elements(
-                stream, positions[f], elements, values.itemsize, block, p0, n, raw, scratch,
-                own_untranspose) < 0:
-            return -1 - f
-        o = (u - u0) * BLOCK
-        if keep is None:
-            counts[u - u0] = _compute_values(
-                f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                idx[o:o + BLOCK], val[o:o + BLOCK], None, punch)
-        else:
-            counts[u - u0] = _compute_values(
-                f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], punch)
-    return 0
-
-
-@numba.njit(nogil=True, cache=True)
-def _scatter_band(nunits, idx, val, keep, counts, w32, cells):
-    """Pass 3 of the units a _compute_band filled, in unit order: into one kind's cells
-    (keep None), or into the paired cells of both kinds."""
-    for v in range(nunits):
-        o = v * BLOCK
-        if keep is None:
-            _scatter_block(idx[o:o + BLOCK], val[o:o + BLOCK], counts[v], w32, cells)
-        else:
-            _scatter_pair(idx[o:o + BLOCK], val[o:o + BLOCK], keep[o:o + BLOCK], counts[v],
-                          w32, cells)
 
 
 def largest_trusted_value(trusted_max: float, dtype):
@@ -929,100 +979,199 @@ def allowed_table(crystal, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
 KINDS = ("transform", "masked_transform")
 
 
-BAND_UNITS = 64  # work units (blocks) per band of the threaded pipeline: 256 Ki pixels
-BANDS_IN_FLIGHT = 8  # band buffers: computed bands wait here for their scatters (~24 MB)
+class ThreadShares:
+    """How the kernel's threads share the work with the sums of one thread bit for bit.
 
+    Each voxel of the grid belongs to one thread, by a quantity of its centre's Q that does
+    not change as the crystal turns: |Q|, or, with the scan axis a, Q.a or |Q x a| (the
+    one whose shells cut the fewest of the detector's blocks of pixels).  Thread i owns the
+    voxels whose centre lies in the i-th shell (cuts at quantiles over the usable pixels:
+    equal numbers of pixels).  A pixel of value v lands, on every frame, in a voxel whose
+    centre's value lies within `reach` (the most the quantity changes from a voxel's centre
+    to its corners) of v: thread i computes the pixels within `reach` of its shell (the
+    few near a cut are computed by both neighbours) and adds only to its own voxels.  A
+    voxel is then added to by one thread only, in the order of one thread, and the threads
+    need no locks and no hand-over of pixels; they meet once per call (a chunk of frames).
 
-class _BandPipeline:
-    """The kernel on several threads, with the sums of one thread bit for bit.  Bands of
-    BAND_UNITS work units are computed (passes 1-2) by any thread, in any order; each of
-    `streams` cell arrays (a kind's, or the paired cells of both) adds the bands (pass 3)
-    one at a time in unit order, the arrays at once.  A free thread takes a scatter whose
-    band is ready, else the next compute.  Scatters into one array are serial: the
-    speed-up is at most (compute + scatters) / one array's scatter."""
+    `owner` says per brick which thread owns all of its voxels, or, -1 - i for the i-th
+    brick across a cut, that voxel_owner[512 i:512 (i + 1)] holds the owners of its voxels.
+    A thread's pixels are runs of consecutive pixels inside each BLOCK of the detector
+    (unusable pixels join the runs around them: they go to the dump), so that it reads,
+    decompresses and computes only the blocks and the parts of blocks it needs; a block
+    all of whose pixels are its own, far enough from a cut, it adds with no checks."""
 
-    def __init__(self, threads: int, nkinds: int, streams: int | None = None):
+    def __init__(self, table: PixelTable, acc: BrickedGrid, M: np.ndarray, threads: int,
+                 axis=None):
         self.threads = int(threads)
-        self.streams = int(streams if streams is not None else nkinds)
-        n = BAND_UNITS * BLOCK
-        self.buffers = [(np.empty(n, np.int32), np.empty(n, np.float32),
-                         np.empty(n, np.float32) if nkinds == 2 else None,
-                         np.zeros(BAND_UNITS, np.int64)) for _ in range(BANDS_IN_FLIGHT)]
-        self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="transform")
+        if not 1 <= self.threads <= 255:
+            raise ValueError(f"threads must be 1 to 255, got {threads}")
+        inverse = np.linalg.inv(np.asarray(M, np.float64))  # Q_lab = inverse hkl
+        self.metric = np.ascontiguousarray(inverse.T @ inverse)
+        used = table.index  # (the usable pixels)
+        q = [np.asarray(c[used], np.float64) for c in (table.qx, table.qy, table.qz)]
+        q2 = q[0] ** 2 + q[1] ** 2 + q[2] ** 2
+        # (name, how it is read off an hkl: ("norm", metric) or ("linear", g), its value per
+        # usable pixel); the axis's only where an axis is given
+        candidates = [("|Q|", ("norm", self.metric), lambda: np.sqrt(q2))]
+        a = g = None
+        if axis is not None and self.threads > 1:
+            a = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+            g = inverse.T @ a  # Q.a = g . hkl
+            along = q[0] * a[0] + q[1] * a[1] + q[2] * a[2]
+            candidates += [("Q.axis", ("linear", g), lambda: along),
+                           ("|Q x axis|", ("norm", self.metric - np.outer(g, g)),
+                            lambda: np.sqrt(np.maximum(q2 - along ** 2, 0.0)))]
+        del q
+        # rounding: the values and the voxel decisions are float64 of the same float32 table
+        self.slack = 1e-9 * (1.0 + float(np.sqrt(q2.max(initial=0.0))))
+        nblocks = -(-table.qx.size // BLOCK)
+        best = None
+        for name, form, values in candidates:
+            value = values()
+            plan = self._plan(value, used // BLOCK, nblocks, form, acc)
+            if best is None or plan["cost"] < best["cost"]:
+                best = dict(plan, name=name, form=form, value=value)
+        self.quantity, self.form = best["name"], best["form"]
+        self.axis, self.g = (a, g) if self.quantity != "|Q|" else (None, None)
+        self.cuts, self.reach = best["cuts"], best["reach"]
+        self.computed, self.blocks = best["computed"], best["blocks"]
+        b = acc.brick
+        self.owner, self.voxel_owner = self._owners(
+            acc, self._reach([(b - 1) / 2.0 * ax.step for ax in acc.grid.axes]) + self.slack)
+        self.mixed_bricks = self.voxel_owner.size / (b ** 3 * max(self.owner.size, 1))
+        unusable = table.corr_all <= 0
+        edges = np.concatenate([[-np.inf], self.cuts, [np.inf]])
+        value = best["value"]
+        self.shares = []  # per thread: what _accumulate's `share` takes
+        for me, shared in enumerate(best["shared"]):
+            mine = np.zeros(table.qx.size, bool)
+            mine[used] = (value >= edges[me] - self.reach) & (value < edges[me + 1] + self.reach)
+            self.shares.append(self._runs(mine, unusable, nblocks)
+                               + (self.owner, me, self.voxel_owner, shared))
 
-    def run(self, nunits: int, compute, scatter) -> None:
-        """compute(u0, u1, buffer) and scatter(nunits, buffer, kind) over the bands."""
-        nb = -(-nunits // BAND_UNITS)
-        kinds = range(self.streams)
-        cond = threading.Condition()
-        next_scatter = [0] * self.streams  # per kind: the next band it adds
-        busy = [False] * self.streams
-        done = [False] * nb
-        st = {"next_compute": 0, "error": None}
+    def _reach(self, half, form=None) -> float:
+        """The most the quantity changes from a box's centre to its corners (half its sides
+        in hkl)."""
+        kind, m = form or self.form
+        if kind == "linear":
+            return float(np.abs(m) @ np.asarray(half))
+        corners = np.array([[sh * half[0], sk * half[1], sl * half[2]]
+                            for sh in (-1, 1) for sk in (-1, 1) for sl in (-1, 1)])
+        return float(np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", corners, m, corners),
+                                         0.0)).max())
 
-        def take():
-            while True:
-                if st["error"] is not None or min(next_scatter) == nb:
-                    return None
-                for k in kinds:
-                    i = next_scatter[k]
-                    if not busy[k] and i < nb and done[i]:
-                        busy[k] = True
-                        return "scatter", i, k
-                c = st["next_compute"]
-                if c < nb and c < min(next_scatter) + BANDS_IN_FLIGHT:
-                    st["next_compute"] = c + 1
-                    return "compute", c, -1
-                cond.wait()
+    def value(self, h, k, l) -> np.ndarray:  # noqa: E741
+        """The quantity the grid is shared by, at (h, k, l) (arrays that broadcast)."""
+        kind, m = self.form
+        if kind == "linear":
+            return m[0] * h + m[1] * k + m[2] * l
+        v2 = (m[0, 0] * h * h + m[1, 1] * k * k + m[2, 2] * l * l
+              + 2.0 * (m[0, 1] * h * k + m[0, 2] * h * l + m[1, 2] * k * l))
+        return np.sqrt(np.maximum(v2, 0.0))
 
-        def work():
-            try:
-                while True:
-                    with cond:
-                        task = take()
-                    if task is None:
-                        return
-                    what, i, k = task
-                    buf = self.buffers[i % BANDS_IN_FLIGHT]
-                    u0 = i * BAND_UNITS
-                    u1 = min(nunits, u0 + BAND_UNITS)
-                    if what == "compute":
-                        compute(u0, u1, buf)
-                    else:
-                        scatter(u1 - u0, buf, k)
-                    with cond:
-                        if what == "compute":
-                            done[i] = True
-                        else:
-                            busy[k] = False
-                            next_scatter[k] = i + 1
-                        cond.notify_all()
-            except BaseException as exc:  # stop every thread, raise in the caller
-                with cond:
-                    st["error"] = st["error"] or exc
-                    cond.notify_all()
+    def _plan(self, value, block, nblocks, form, acc: BrickedGrid) -> dict:
+        """Cuts and reach for one quantity (value and block per usable pixel), and what it
+        costs: the blocks each thread touches, the shared ones (some pixel not surely its
+        own: their voxels checked) counted twice."""
+        cuts = (np.quantile(value, np.arange(1, self.threads) / self.threads)
+                if value.size else np.zeros(self.threads - 1))
+        reach = self._reach([ax.step / 2.0 for ax in acc.grid.axes], form) + self.slack
+        edges = np.concatenate([[-np.inf], cuts, [np.inf]])
+        computed, blocks, shared_blocks = [], [], []
+        for me in range(self.threads):
+            mine = (value >= edges[me] - reach) & (value < edges[me + 1] + reach)
+            sure = (value >= edges[me] + reach) & (value < edges[me + 1] - reach)
+            touched = np.bincount(block[mine], minlength=nblocks) > 0
+            shared = (np.bincount(block[~sure], minlength=nblocks) > 0).astype(np.uint8)
+            computed.append(float(mine.mean()) if value.size else 0.0)
+            blocks.append((int(touched.sum()), int((touched & (shared != 0)).sum())))
+            shared_blocks.append(shared)
+        return dict(cuts=cuts, reach=reach, computed=computed, blocks=blocks,
+                    shared=shared_blocks, cost=sum(t + s for t, s in blocks))
 
-        helpers = [self.pool.submit(work) for _ in range(self.threads - 1)]
-        work()
-        for h in helpers:
-            h.result()
-        if st["error"] is not None:
-            raise st["error"]
+    def _owners(self, acc: BrickedGrid, brick_reach: float):
+        """(owner per brick, the voxels' owners of the bricks across a cut): a brick whose
+        voxel centres (all within brick_reach of its centre) lie in one shell is that
+        thread's; the i-th other one gets -1 - i, its voxels' owners [l, k, h] at
+        voxel_owner[512 i:512 (i + 1)]."""
+        b = acc.brick
+        nbl, nbk, nbh = (int(v) for v in acc.nbricks)
+        h, k, l = (ax.start + (b * np.arange(nb) + (b - 1) / 2.0) * ax.step  # noqa: E741
+                   for ax, nb in zip(acc.grid.axes, (nbh, nbk, nbl)))
+        centre = self.value(h[None, None, :], k[None, :, None], l[:, None, None]).reshape(-1)
+        low = np.searchsorted(self.cuts, centre - brick_reach, side="right")
+        owner = np.where(low == np.searchsorted(self.cuts, centre + brick_reach, side="right"),
+                         low, -1).astype(np.int32)
+        mixed = np.flatnonzero(owner < 0)
+        owner[mixed] = -1 - np.arange(mixed.size, dtype=np.int32)
+        voxel_owner = np.empty((mixed.size, b, b, b), np.uint8)
+        bl, rest = np.divmod(mixed, nbk * nbh)
+        bk, bh = np.divmod(rest, nbh)
+        inside = np.arange(b)
+        for i in range(0, mixed.size, 1024):
+            part = slice(i, i + 1024)
+            h, k, l = (ax.start + (b * bx[part, None] + inside) * ax.step  # noqa: E741
+                       for ax, bx in zip(acc.grid.axes, (bh, bk, bl)))
+            v = self.value(h[:, None, None, :], k[:, None, :, None], l[:, :, None, None])
+            voxel_owner[part] = np.searchsorted(self.cuts, v, side="right")
+        return owner, voxel_owner.reshape(-1)
 
-    def close(self):
-        self.pool.shutdown(wait=True)
+    def describe(self) -> str:
+        return (f"{self.threads} threads share the grid by shells of {self.quantity} (cuts "
+                f"{', '.join(f'{c:.4f}' for c in self.cuts)} 1/A), each computing "
+                f"{', '.join(f'{100 * c:.1f}' for c in self.computed)}% of the pixels "
+                f"({100 * (sum(self.computed) - 1):.1f}% computed twice, within "
+                f"{self.reach:.4f} 1/A of a cut) and checking the voxels of "
+                f"{', '.join(str(s) for _, s in self.blocks)} of their "
+                f"{', '.join(str(t) for t, _ in self.blocks)} blocks of pixels")
+
+    @staticmethod
+    def _runs(mine, unusable, nblocks):
+        """(block_runs, starts, stops): the runs of pixels a thread computes, block by block
+        (block b's runs are block_runs[b]:block_runs[b + 1], pixels [start, stop) of the
+        block): the runs of its pixels and the unusable pixels between them, those holding
+        one of its pixels at least."""
+        npix = mine.size
+        take = np.zeros(nblocks * BLOCK, np.int8)
+        take[:npix] = mine | unusable
+        pad = np.zeros((nblocks, BLOCK + 2), np.int8)  # a 0 either side of every block
+        pad[:, 1:-1] = take.reshape(nblocks, BLOCK)
+        edge = np.diff(pad, axis=1)
+        rows, starts = np.nonzero(edge == 1)
+        _, stops = np.nonzero(edge == -1)
+        mine_before = np.zeros(npix + 1, np.int64)  # (runs end at npix at most)
+        np.cumsum(mine, out=mine_before[1:])
+        base = rows * BLOCK
+        keep = mine_before[base + stops] > mine_before[base + starts]
+        rows, starts, stops = rows[keep], starts[keep], stops[keep]
+        block_runs = np.zeros(nblocks + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=nblocks), out=block_runs[1:])
+        return block_runs, starts.astype(np.int64), stops.astype(np.int64)
+
+    def fits(self, M: np.ndarray) -> bool:
+        """Whether frame matrices M (..., 3, 3) keep the quantity these shares were made for
+        (a turn of the same crystal about the scan axis: the one guarantee of the split)."""
+        inv = np.linalg.inv(np.asarray(M, np.float64).reshape(-1, 3, 3))
+        metric = np.einsum("nki,nkj->nij", inv, inv)
+        tol = 1e-12 * np.abs(self.metric).max()
+        if np.abs(metric - self.metric).max() > tol:
+            return False
+        if self.axis is None:
+            return True
+        g = np.einsum("nki,k->ni", inv, self.axis)  # Q.axis = g . hkl, the same on every frame
+        return bool(np.abs(g - self.g).max() <= 1e-12 * np.abs(self.g).max() + 1e-300)
 
 
 class Transformer:
     """Accumulates frames of one scan entry onto a grid (one job's state), for the kinds of
     volume asked: 'transform' (every usable pixel) and/or 'masked_transform' (the Bragg
     regions and, with hkl_radius > 0, the punch left out), both from one pass.  threads > 1
-    runs the kernel as a pipeline on that many threads (_BandPipeline); the sums are the
-    same bit for bit whatever the number of threads."""
+    shares the grid out between that many threads by |Q| shells (ThreadShares); the sums
+    are the same bit for bit whatever the number of threads."""
 
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
                  kinds=("transform",), crystal=None, hkl_radius: float = 0.0,
-                 threads: int = 1):
+                 threads: int = 1, scan_axis=None):
         if not trusted_max > 0:
             raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
         self.kinds = tuple(k for k in KINDS if k in kinds)
@@ -1031,8 +1180,7 @@ class Transformer:
         if int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.masked = "masked_transform" in self.kinds
-        # both kinds of a pixel added at once (paired cells: one cache line), also on
-        # several threads (they compute bands side by side, one adds them)
+        # both kinds of a pixel added at once (paired cells: one cache line)
         self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2)
         self.table = table
         self.q_max = table.q_max
@@ -1043,8 +1191,55 @@ class Transformer:
         else:
             self.allowed, self.allowed_off = None, np.zeros(3, np.int64)
         self.threads = int(threads)
-        self._pipeline = (_BandPipeline(threads, len(self.kinds), len(self.acc.cells))
-                          if threads > 1 else None)
+        self.scan_axis = scan_axis  # (lab) lets threads share the grid by Q.axis too
+        self.shares = None  # ThreadShares, made from the first frames' matrices
+        # a worker per share: each adds its share of one call after its share of the calls
+        # before; the shares side by side (no two touch the same voxel)
+        self._workers = [ThreadPoolExecutor(1, thread_name_prefix=f"transform{i}")
+                         for i in range(self.threads)] if self.threads > 1 else []
+        self._outstanding: list[Future] = []
+
+    def _shares_for(self, M) -> ThreadShares | None:
+        """The threads' shares for frames of matrices M; None: one thread does them (one
+        thread asked, or matrices that are not turns of the crystal the shares were made
+        for; never seen, but the split would then be unsafe)."""
+        if not self._workers:
+            return None
+        if self.shares is None:
+            self.shares = ThreadShares(self.table, self.acc, M.reshape(-1, 3, 3)[0],
+                                       self.threads, self.scan_axis)
+        return self.shares if self.shares.fits(M) else None
+
+    def share_out(self, M) -> None:
+        """Make the threads' shares (threads > 1) from the frame matrices M of the first
+        frames now (a fixed cost of the job, ~0.5 s for a 2M detector), not at the first
+        add."""
+        self._shares_for(np.asarray(M))
+
+    def _submit(self, kernel, shares: ThreadShares | None) -> list[Future]:
+        """kernel(share) of every thread's share on its worker; kernel(None) (the whole
+        work) in this thread, once the calls before it are done."""
+        if shares is not None:
+            futures = [w.submit(kernel, share) for w, share in zip(self._workers, shares.shares)]
+            self._outstanding = [f for f in self._outstanding if not f.done()] + futures
+            return futures
+        self.wait()
+        done = Future()
+        done.set_result(kernel(None))
+        return [done]
+
+    @staticmethod
+    def _finish(futures: list[Future]) -> None:
+        """Wait for every future (they use the caller's buffers), then raise the first
+        error."""
+        concurrent.futures.wait(futures)
+        for f in futures:
+            f.result()
+
+    def wait(self) -> None:
+        """Wait until every call submitted has been added (raises the first error)."""
+        outstanding, self._outstanding = self._outstanding, []
+        self._finish(outstanding)
 
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
             bragg: np.ndarray | None = None) -> None:
@@ -1061,30 +1256,30 @@ class Transformer:
         args = (flat, self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
-                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max)
-        if self._pipeline is None:
-            _accumulate(*args, acc.size, acc.cells[0], acc.paired)
-            return
-        self._pipeline.run(work_units(flat, M),
-                           lambda u0, u1, b: _compute_band(u0, u1, *args, acc.size, *b),
-                           self._scatter_bands(M))
-
-    def _scatter_bands(self, M):
-        """The pipeline's scatter(n, band buffers, kind) into this grid's cells."""
-        acc, w32 = self.acc, np.float32(1.0 / M.shape[1])
-
-        def scatter(n, b, stream):  # (one stream: one kind's cells, or both kinds paired)
-            _scatter_band(n, b[0], b[1], b[2], b[3], w32, acc.cells[stream])
-        return scatter
+                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
+                acc.cells[0], acc.paired)
+        self._finish(self._submit(lambda share: _accumulate(*args, share),
+                                  self._shares_for(M)))
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                        bragg: np.ndarray | None = None) -> bool:
         """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
         each block of pixels decompressed just before it is added: the same sums, without
         writing the frames to memory whole and reading them back (on several threads, each
-        band decompressed by the thread that computes it).  False (nothing added) where it
+        decompresses the parts of blocks it computes).  False (nothing added) where it
         does not apply: a compression block that does not divide the kernel's blocks, no
         compiled untranspose for the type; then add() the frames read."""
+        pending = self.submit_compressed(frames, M, scale, bragg)
+        if pending is False:
+            return False
+        self._finish(pending)
+        return True
+
+    def submit_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
+                          bragg: np.ndarray | None = None) -> list[Future] | bool:
+        """add_compressed() without waiting for the threads' shares (threads > 1): returns
+        their futures (the frames' buffer and the Bragg mask must stay as they are until
+        they are done), or False where it does not apply (nothing added)."""
         itemsize = frames.dtype.itemsize
         if (BLOCK % frames.block or frames.block % 8 or itemsize not in (2, 4)
                 or frames.elements != self.table.qx.shape[0]):
@@ -1093,18 +1288,6 @@ class Transformer:
             raise ValueError("the masked transform needs the Bragg mask of the frames")
         positions = np.empty((len(frames), block_count(frames.elements, frames.block) + 1),
                              np.int64)
-        status = block_positions(frames.stream, frames.starts, frames.stops, frames.elements,
-                                 itemsize, frames.block, positions)
-        acc = self.acc
-        stored = (frames.stream, positions, frames.elements, frames.block, OWN_UNTRANSPOSE)
-        args = (self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
-                np.asarray(scale, np.float64),
-                largest_trusted_value(self.trusted_max, frames.dtype),
-                bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
-                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size)
-
-        def buffers():  # a block of values and a block of decompressed bytes
-            return np.empty(BLOCK, frames.dtype), np.empty(frames.block * itemsize, np.uint8)
 
         def damaged(status):  # (the grid holds part of the chunk: the step fails)
             i = -1 - status
@@ -1112,26 +1295,33 @@ class Transformer:
                                 "cannot be decompressed (a damaged bitshuffle-LZ4 chunk: "
                                 "truncated or corrupt file?)")
 
+        status = block_positions(frames.stream, frames.starts, frames.stops, frames.elements,
+                                 itemsize, frames.block, positions)
         if status < 0:
             raise damaged(status)
-        if self._pipeline is None:
-            status = _accumulate_stream(*stored, *buffers(), *args, acc.cells[0], acc.paired)
-            if status < 0:
-                raise damaged(status)
-            return True
+        acc = self.acc
+        stored = (frames.stream, positions, frames.elements, frames.block, OWN_UNTRANSPOSE)
+        args = (self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+                np.asarray(scale, np.float64),
+                largest_trusted_value(self.trusted_max, frames.dtype),
+                bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
+                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
+                acc.cells[0], acc.paired)
 
-        def compute(u0, u1, b):
-            status = _compute_band_stream(u0, u1, *stored, *buffers(), *args, *b)
+        def kernel(share):  # (each thread a block of values and of decompressed bytes)
+            status = _accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
+                                        np.empty(frames.block * itemsize, np.uint8), *args,
+                                        share)
             if status < 0:
                 raise damaged(status)
-        nunits = len(frames) * M.shape[1] * ((frames.elements + BLOCK - 1) // BLOCK)
-        self._pipeline.run(nunits, compute, self._scatter_bands(M))
-        return True
+        return self._submit(kernel, self._shares_for(M))
 
     def close(self) -> None:
-        """Stop the helper threads (threads > 1)."""
-        if self._pipeline is not None:
-            self._pipeline.close()
+        """Stop the worker threads (threads > 1) once what was submitted is done (its errors
+        are raised by wait() or by the calls that waited for it, not here)."""
+        for w in self._workers:
+            w.shutdown(wait=True)
+        self._outstanding = []
 
     def slab(self, l0: int, l1: int, kind: str = "transform", out: tuple | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -1148,26 +1338,44 @@ class Transformer:
         return int(round(float(np.sum(w, dtype=np.float64))))
 
 
+IN_FLIGHT = 3  # chunks of stored frames the threads add at once (their bytes and Bragg masks)
+
+
+class _ChunkSlot:
+    """The buffers of a chunk in flight: its stored frames (`stream`, read_compressed's
+    holder), its Bragg mask and which frames' regions that mask holds."""
+
+    def __init__(self, bragg: np.ndarray | None):
+        self.stream = None
+        self.bragg = bragg
+        self.painted = None
+        self.pending: list[Future] = []
+        self.done = None  # the frames added once pending is done (for progress)
+
+
 def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first: int,
                      stop: int, subdivide: int, scale, chunk_frames: int = 16, mask=None,
                      progress=None) -> float:
     """Read frames [first, stop) of a FrameStack in chunks and add them: as stored where the
-    stack gives them so (Transformer.add_compressed, each chunk read by this thread), else
-    decompressed, the next chunk read ahead as frames.frame_reader does for the
+    stack gives them so (Transformer.add_compressed, each chunk read by this thread; with
+    threads, up to IN_FLIGHT chunks added at once while this thread reads and paints the
+    next), else decompressed, the next chunk read ahead as frames.frame_reader does for the
     transformer's threads; the masked transform leaves out the Bragg regions of mask
     (masking.ScanMask).  scale: per-frame multipliers for frames first..stop.  Returns the
-    seconds spent in the kernel (and mask painting)."""
+    seconds spent in the kernel (and mask painting; with threads, the pass's)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
     if transformer.masked and mask is None:
         raise ValueError("the masked transform needs the scan's mask")
     mask = mask if transformer.masked else None
-    bragg = np.zeros((chunk, npix), np.uint8) if mask is not None else None
-    painted = None  # the frames whose Bragg regions are painted in `bragg`
+    nslots = IN_FLIGHT if transformer.threads > 1 else 1
+    slots = [_ChunkSlot(np.zeros((chunk, npix), np.uint8) if mask is not None else None)
+             for _ in range(nslots)]
     starts = list(range(first, stop, chunk))
     # frames as stored (compressed) are read by this thread, each chunk when it comes to
     # it (a read without decompressing); others ahead on a thread of their own with threads
-    stored_first = stack.read_compressed(first, min(first + chunk, stop)) if starts else None
+    stored_first = (stack.read_compressed(first, min(first + chunk, stop), slots[0])
+                    if starts else None)
     reader_threads = 1 if stored_first is not None else transformer.threads
     # read ahead: one buffer being read while the other is added; else one
     nbufs = 2 if reader_threads >= READ_AHEAD_THREADS else 1
@@ -1176,46 +1384,65 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
     def read(i):
         a = starts[i]
         b = min(a + chunk, stop)
-        stored = stored_first if i == 0 else stack.read_compressed(a, b) if nbufs == 1 else None
+        stored = (stored_first if i == 0 else stack.read_compressed(a, b, slots[i % nslots])
+                  if nbufs == 1 else None)
         if stored is not None:
             return a, stored
         return a, stack.read(a, b, out=bufs[i % nbufs][:b - a])
 
+    def finish(slot):  # (its chunk added: its buffers free again)
+        transformer._finish(slot.pending)
+        slot.pending = []
+        if slot.done is not None and progress is not None:
+            progress(slot.done)
+        slot.done = None
+
     t_kernel = 0.0
+    t_pass = time.perf_counter()
     with frame_reader(reader_threads) as pool:
         pending = pool.submit(read, 0)
         for i in range(len(starts)):
+            slot = slots[i % nslots]
+            finish(slot)  # (the chunk IN_FLIGHT before this one)
             a, frames = pending.result()
             if i + 1 < len(starts):
                 pending = pool.submit(read, i + 1)
             b = a + len(frames)
             M = frame_matrices(scan, a, b, subdivide)
             t = time.perf_counter()
-            if mask is not None:  # the last chunk's regions cleared, not the whole buffer
-                if painted is not None:
-                    mask.paint(*painted, bragg[:painted[1] - painted[0]], value=0)
-                mask.paint(a, b, bragg[:b - a])
-                painted = (a, b)
+            bragg = None
+            if mask is not None:  # the regions painted last in this buffer cleared
+                if slot.painted is not None:
+                    mask.paint(*slot.painted, slot.bragg[:slot.painted[1] - slot.painted[0]],
+                               value=0)
+                mask.paint(a, b, slot.bragg[:b - a])
+                slot.painted = (a, b)
+                bragg = slot.bragg[:b - a]
             s = scale[a - first:b - first]
-            chunk_bragg = bragg[:b - a] if mask is not None else None
             added = False
             if isinstance(frames, CompressedFrames):
-                added = (not np.isnan(s).any()
-                         and transformer.add_compressed(frames, M, s, chunk_bragg))
-                if not added:  # (frames left out, blocks the kernel cannot take): read them
+                if not np.isnan(s).any():
+                    added = transformer.submit_compressed(frames, M, s, bragg)
+                if added is False:  # (frames left out, blocks the kernel cannot take)
                     frames = stack.read(a, b, out=bufs[0][:b - a])
-            if added:
+                else:
+                    slot.pending, slot.done = added, b - first
+            if added is not False:
                 pass
             elif np.isnan(s).any():  # frames left out (their monitor is bad)
                 keep = ~np.isnan(s)
                 if keep.any():
                     transformer.add(frames[keep], M[keep], s[keep],
-                                    chunk_bragg[keep] if mask is not None else None)
+                                    bragg[keep] if mask is not None else None)
             else:
-                transformer.add(frames, M, s, chunk_bragg)
+                transformer.add(frames, M, s, bragg)
             t_kernel += time.perf_counter() - t
-            if progress is not None:
+            if slot.done is None and progress is not None:
                 progress(b - first)
+    for slot in slots:
+        finish(slot)
+    if transformer.threads > 1:
+        return time.perf_counter() - t_pass
     return t_kernel
 
 
@@ -1276,12 +1503,15 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                     len(left_out), left_out[:20])
     hkl_radius = mask.hkl_radius if "masked_transform" in kinds else 0.0
     tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
-                     hkl_radius=hkl_radius, threads=threads)
+                     hkl_radius=hkl_radius, threads=threads, scan_axis=scan.axis_lab)
     log.info("grid in memory: %.2f GB (signal + weight of %d kind(s), float32)",
              tr.acc.nbytes / 1e9, len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)
     if mask is not None and tr.masked:
         mask.frame_index()  # (its compiled code loaded before the pass over the frames)
+    if threads > 1:
+        tr.share_out(frame_matrices(scan, first, first + 1, nsub))
+        log.info("%s", tr.shares.describe())
     t0 = time.monotonic()
     try:
         t_kernel = transform_frames(stack, scan, tr, first, stop, nsub, scale,

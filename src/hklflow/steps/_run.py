@@ -146,10 +146,13 @@ def keep_freed_memory() -> bool:
 
 @contextlib.contextmanager
 def threads_limited(threads: int):
-    """BLAS/OpenMP (threadpoolctl) and numba's parallel loops, when loaded, on `threads`
-    threads inside the block; their settings put back after."""
+    """OpenMP (threadpoolctl) and numba's parallel loops, when loaded, on `threads` threads
+    inside the block, BLAS on one; their settings put back after.  hklflow's matrix
+    products are small or tall and skinny, where OpenBLAS's threads cost more than they
+    give: they spin after every call (a 2M transform job on two threads spent 0.8-1.0
+    CPU-s in them, most of it while its pixel table was computed)."""
     numba = sys.modules.get("numba")
-    with threadpool_limits(limits=threads):
+    with threadpool_limits(limits={"openmp": threads, "blas": 1}):
         if numba is None:
             yield
             return
