@@ -16,7 +16,9 @@ grid.  It streams the frame and the per-pixel tables block by block: a vectorise
 computes voxel coordinates in float32 for 8 pixels at a time, the ~0.2% of pixels within the
 float32 rounding bound of a voxel face are decided again in float64 (so every decision equals
 the float64 one), and a scatter adds the block, a voxel's cells in one vector addition
-(see the comment above `_accumulate`).
+(see the comment above `_accumulate`).  Several threads share the grid out by shells of
+a quantity the crystal's turn leaves unchanged (ThreadShares): each adds only to its own
+voxels, in the order of one thread, so the sums do not depend on the threads.
 `numpy_transform` is the same mapping and binning in plain numpy (the benchmark's baseline
 and the tests' reference).
 """

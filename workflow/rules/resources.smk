@@ -12,8 +12,10 @@
 #     BASE_MB;
 #   * frames are int32 in memory (one frame: _FRAME_MB); find_peaks and transform read
 #     chunk_frames at a time into one buffer; with two threads or more the transform reads
-#     frames it cannot take as stored a chunk ahead (two buffers) and each find_peaks
-#     thread the frame it searches (one frame each); counted here as four and two chunks;
+#     frames it cannot take as stored a chunk ahead (two buffers) or holds three chunks of
+#     stored frames (a third of a frame each) with their Bragg masks (a quarter), and each
+#     find_peaks thread the frame it searches (one frame each); counted here as four and
+#     two chunks;
 #   * a transform job holds signal and weight of the whole grid in float32 for every kind
 #     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
 #     of 8: TRANSFORM_VOXEL_BYTES) and writes them slab by slab; its pixel table (lab Q and corrections) peaks at ~140
