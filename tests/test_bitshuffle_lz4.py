@@ -52,9 +52,9 @@ def test_equals_bitshuffles_own_decompression(dtype, n, block, own_untranspose):
     np.testing.assert_array_equal(out.view(dtype), data)
 
 
-def test_own_untranspose_is_used_where_the_cpu_has_gfni():
-    """The choice follows the CPU numba compiles for: GFNI with AVX-512 (checked here against
-    /proc/cpuinfo where Linux has one)."""
+def test_own_untranspose_is_used_where_the_cpu_has_avx2():
+    """The choice follows the CPU numba compiles for: AVX2, or GFNI with AVX-512 (checked
+    here against /proc/cpuinfo where Linux has one)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next(line for line in f if line.startswith("flags")).split()
@@ -62,19 +62,20 @@ def test_own_untranspose_is_used_where_the_cpu_has_gfni():
         pytest.skip("no /proc/cpuinfo")
     if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
         pytest.skip("numba's target set by the environment")
-    assert OWN_UNTRANSPOSE == {"gfni", "avx512f", "avx512bw"}.issubset(flags)
+    assert OWN_UNTRANSPOSE == ("avx2" in flags
+                               or {"gfni", "avx512f", "avx512bw"}.issubset(flags))
 
 
 def test_own_untranspose_without_gfni(tmp_path):
-    """Compiled for a CPU without GFNI (x86-64-v3: AVX2), our untranspose transposes the bit
-    matrices with shifts and masks: the same bytes (a process of its own, numba's target and
-    cache set before it loads)."""
+    """Compiled for a CPU without GFNI (x86-64-v3: AVX2), our untranspose, used there,
+    transposes the bit matrices with shifts and masks: the same bytes (a process of its own,
+    numba's target and cache set before it loads)."""
     if os.uname().machine not in ("x86_64", "AMD64"):
         pytest.skip("x86-64 targets only")
     script = textwrap.dedent("""
         import numpy as np, bitshuffle
         from hklflow.files import bitshuffle_lz4 as b
-        assert not b.OWN_UNTRANSPOSE
+        assert b.OWN_UNTRANSPOSE and not b._has_gfni()
         for dtype in ("int32", "uint16", "uint8", "float64"):
             rng = np.random.default_rng(7)
             data = rng.integers(0, 256, 4096 * 8 + 8 * 19, np.uint8).view(dtype)
@@ -84,7 +85,10 @@ def test_own_untranspose_without_gfni(tmp_path):
             assert np.array_equal(out, data.view(np.uint8)), dtype
         print("same bytes")
     """)
-    env = dict(os.environ, NUMBA_CPU_NAME="x86-64-v3", NUMBA_CPU_FEATURES="",
+    # x86-64-v3's features named (numba tells the kernels the features it is given)
+    v3 = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
+          "+movbe,+popcnt,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64-v3", NUMBA_CPU_FEATURES=v3,
                NUMBA_CACHE_DIR=str(tmp_path))
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)

@@ -1,7 +1,7 @@
 """Bitshuffle-LZ4 chunks decompressed block by block in a compiled loop: bitshuffle's own
-LZ4_decompress_safe per block, then the bit-untranspose, on CPUs with GFNI and AVX-512
-(x86-64 since Ice Lake and Zen 4) by our own code, elsewhere by bitshuffle's
-bshuf_untrans_bit_elem.
+LZ4_decompress_safe per block, then the bit-untranspose, on CPUs with AVX2 (x86-64 since
+Haswell and Zen) by our own code (with GFNI and AVX-512, since Ice Lake and Zen 4, one
+instruction per eight bit matrices), elsewhere by bitshuffle's bshuf_untrans_bit_elem.
 
 bshuf_decompress_lz4 runs the same two functions per block, but through an OpenMP loop
 (dynamic schedule, a lock per block) even on one thread: a 2M frame (1209 blocks of 8 KB)
@@ -9,7 +9,10 @@ read and decompressed in 2.46-2.69 CPU-ms with it, 2.07-2.22 here with bitshuffl
 untranspose (bench frames, four alternating passes of 400).  That untranspose (AVX2; the
 AVX-512 one is a stub in the PyPI wheel) is ~1.6 ms of it; ours with GFNI ~0.45, one
 GF2P8AFFINEQB transposing eight 8x8 bit matrices: 0.94-0.97 CPU-ms per frame read and
-decompressed, against 2.05-2.09 (the same 400 frames, alternating).
+decompressed, against 2.05-2.09 (the same 400 frames, alternating).  Without GFNI (an AMD
+EPYC with AVX2 alone) ours, with shifts and masks, is still the faster: 16 of those frames
+decompressed in 2.26-3.38 against 2.85-4.31 CPU-ms each (four alternating rounds on a noisy
+VM, ours faster in every one by 0.5-0.9 ms); 16-bit Poisson counts 1.7-1.8 against 2.9-3.0.
 
 The stream (after the 12-byte HDF5 chunk header): per block of `block` elements (the last
 one shorter, a multiple of 8), its compressed size (uint32, big-endian) and its LZ4 block;
@@ -153,7 +156,8 @@ def _untranspose_group(itemsize: int):
 _untranspose_2 = _untranspose_group(2)
 _untranspose_4 = _untranspose_group(4)
 
-OWN_UNTRANSPOSE = _has_gfni()  # ours where it is the faster one; bitshuffle's elsewhere
+# ours where it was measured the faster one; bitshuffle's elsewhere
+OWN_UNTRANSPOSE = _has_gfni() or "avx2" in _target_features()
 
 
 @numba.njit(cache=True, nogil=True)
