@@ -148,8 +148,9 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             ann_n = 0
             if maxproj is not None:  # (compiled away without it)
                 mp = maxproj[ra]
-            # one loop over the row: the maximum, the cleaning, the statistics and the
-            # column sums' update (the row leaving the window out, this one in)
+            # one loop over the row: the maximum, the cleaning and the statistics; then the
+            # column sums' update (the row leaving the window out, this one in) in a loop of
+            # its own: the two in one loop took 1.3x as long (AMD EPYC, AVX2)
             leaving = rd >= 0
             xd = ring_x[rd % wr]
             for c in range(nx):
@@ -166,10 +167,14 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 in_ann = (pf[c] & IN_ANNULUS) != 0
                 ann_sum += np.int64(x) if in_ann else np.int64(0)
                 ann_n += u if in_ann else 0
-                if leaving:
-                    fa = float(x)
-                    fd = float(max(xd[c], 0))
-                    col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
+            if leaving:
+                for c in range(nx):
+                    a = xa[c]
+                    d = xd[c]
+                    fa = float(max(a, np.int32(0)))
+                    fd = float(max(d, np.int32(0)))
+                    col_n[c + pad] += ((np.int32(1) if a >= 0 else np.int32(0))
+                                       - (np.int32(1) if d >= 0 else np.int32(0)))
                     col_s[c + pad] += fa - fd
                     col_q[c + pad] += fa * fa - fd * fd
             s_sum += row_sum
