@@ -3,6 +3,9 @@ of the simulated experiment, the frame statistics, the outputs and the failure m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import h5py
 import hdf5plugin  # noqa: F401
@@ -14,6 +17,7 @@ from hklflow.errors import ConfigError, RawDataError
 from hklflow.files.peaks import read_peaks_file
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, ScanAngles
+from hklflow.numba_target import has_avx512
 from hklflow.params import DetectorParams, PeakSearchParams
 from hklflow.simulation.compare import match_peaks
 from hklflow.spotfinding import search
@@ -201,6 +205,55 @@ def test_kernel_stays_exact_after_huge_counts():
     assert np.array_equal(strong, ref)
     np.testing.assert_allclose(bg, mean[ref], rtol=1e-12)
     assert stats[1] == huge.max() and stats[0] == frame.astype(np.int64).sum()
+
+
+KERNEL_FORMS_SCRIPT = """
+import hashlib, sys
+import numpy as np
+from hklflow import spotfinding as sf
+rng = np.random.default_rng(11)
+h = hashlib.sha256()
+for k in range(6):
+    frame = rng.poisson(3.0 + 40 * k, (130, 157)).astype(np.int32)
+    yy, xx = np.mgrid[:130, :157]
+    frame += (300 * np.exp(-((yy - 20 * k - 10) ** 2 + (xx - 70) ** 2) / 5)).astype(np.int32)
+    frame[rng.integers(0, 130, 30), rng.integers(0, 157, 30)] = -1
+    frame[rng.integers(0, 130, 5), rng.integers(0, 157, 5)] = rng.integers(10**9, 2 * 10**9, 5)
+    flags = sf.pixel_flags(rng.random(frame.shape) > 0.03, yy > 60)
+    for half_r, half_c, absolute in ((3, 3, False), (1, 8, False), (3, 3, True)):
+        cap = frame.size
+        out = [np.zeros(cap, np.int32), np.zeros(cap, np.int32), np.zeros(cap), np.zeros(cap)]
+        stats, maxproj = np.zeros(6), np.zeros_like(frame)
+        n = sf.strong_pixels_frame(frame, flags, half_r, half_c, 6.0, 3.0, 2, 0, 50.0, absolute,
+                                   2**31 - 1, *out, stats, maxproj)
+        for a in out + [stats, maxproj]:
+            h.update(np.ascontiguousarray(a[:n] if a.ndim == 1 and a.size == cap else a).tobytes())
+        assert n > 0
+print(sf.ONE_ROW_LOOP, h.hexdigest())
+"""
+
+
+def test_kernel_forms_for_avx512_and_avx2_decide_alike(tmp_path):
+    """The kernel updates its column sums in the row's loop where numba compiles for
+    AVX-512 and in a loop of their own elsewhere (the faster form of each): compiled for
+    x86-64-v3 (AVX2) in a process of its own, it gives the same strong pixels, means,
+    statistics and maximum as here, byte for byte."""
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 targets only")
+    v3 = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
+          "+movbe,+popcnt,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")
+    runs = []
+    for env in ({}, dict(NUMBA_CPU_NAME="x86-64-v3", NUMBA_CPU_FEATURES=v3,
+                         NUMBA_CACHE_DIR=str(tmp_path))):
+        run = subprocess.run([sys.executable, "-c", KERNEL_FORMS_SCRIPT],
+                             env=dict(os.environ, **env), capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs.append(run.stdout.split())
+    here, avx2 = runs
+    assert avx2[0] == "False" and here[0] == str(sf.ONE_ROW_LOOP)
+    assert here[0] == str(has_avx512())
+    assert here[1] == avx2[1]
 
 
 def test_pixel_flags_are_one_isolated_byte_per_pixel():

@@ -35,6 +35,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..numba_target import target_features
 from .h5 import bitshuffle_library
 
 _NAMES = {"hklflow_lz4_decompress_safe": "LZ4_decompress_safe",
@@ -65,17 +66,8 @@ ROW_GROUP = 64  # elements per step of our untranspose: 8 bytes of each row
 _I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
 
-def _target_features(context=None) -> set[str]:
-    """The CPU features numba compiles for (host's, or NUMBA_CPU_FEATURES)."""
-    if context is None:
-        from numba.core.registry import cpu_target
-        context = cpu_target.target_context
-    features = getattr(context.codegen(), "_tm_features", "") or ""
-    return {f[1:] for f in features.split(",") if f.startswith("+")}
-
-
 def _has_gfni(context=None) -> bool:
-    return {"gfni", "avx512f", "avx512bw"} <= _target_features(context)
+    return {"gfni", "avx512f", "avx512bw"} <= target_features(context)
 
 
 def _transpose_bits_8x8(builder, x):
@@ -157,7 +149,7 @@ _untranspose_2 = _untranspose_group(2)
 _untranspose_4 = _untranspose_group(4)
 
 # ours where it was measured the faster one; bitshuffle's elsewhere
-OWN_UNTRANSPOSE = _has_gfni() or "avx2" in _target_features()
+OWN_UNTRANSPOSE = _has_gfni() or "avx2" in target_features()
 
 
 @numba.njit(cache=True, nogil=True)
