@@ -113,6 +113,38 @@ def test_a_command_process_runs_its_step_with_the_imports_frozen_out_of_gc(tmp_p
             assert words[7:] == ["after", "True", "0"]
 
 
+def test_a_step_process_starts_no_blas_threads(tmp_path):
+    """`hklflow STEP` (its own process) tells OpenBLAS one thread before numpy loads: no
+    worker threads spinning after the imports (0.1 CPU-s each), the process's only thread
+    its own; a command that is not a step (demo, run) leaves the environment alone."""
+    probe = tmp_path / "blas_probe.py"
+    probe.write_text("import os\n"
+                     "import numpy, scipy.linalg\n"
+                     "from threadpoolctl import threadpool_info\n"
+                     "def main(argv):\n"
+                     "    blas = {i['num_threads'] for i in threadpool_info()\n"
+                     "            if i['user_api'] == 'blas'}\n"
+                     "    print(sorted(blas), len(os.listdir('/proc/self/task')),\n"
+                     "          os.environ.get('OPENBLAS_NUM_THREADS'), flush=True)\n"
+                     "    return 0\n")
+    code = ("import sys\n"
+            "import hklflow.cli as cli\n"
+            "cli.COMMANDS['blas_probe'] = ('blas_probe:main', 'how many BLAS threads')\n"
+            "if sys.argv[1] == 'step':\n"
+            "    cli.STEPS = cli.STEPS | {'blas_probe'}\n"
+            "sys.argv = ['hklflow', 'blas_probe']\n"
+            "sys.exit(cli.main())\n")
+    out = {}
+    for how in ("step", "command"):
+        r = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True,
+                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        out[how] = r.stdout.split()
+    assert out["step"] == ["[1]", "1", "1"]
+    assert out["command"][-1] == "None"
+
+
 def test_a_step_process_ends_without_teardown_only_once_its_hdf5_files_are_closed(tmp_path):
     """`hklflow STEP` (its own process) ends at once when the step returns (no exit handlers,
     no teardown), with its status, its log and its buffered output written; while an HDF5

@@ -65,6 +65,13 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"hklflow: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if own_process and name in STEPS:
+        # A step runs BLAS on one thread (steps/_run.threads_limited), and OpenBLAS's
+        # worker threads, started when numpy and scipy load, spin ~0.1 CPU-s each before
+        # they sleep: 0.2 CPU-s of every job on 2 cores, more with more cores.  Told before
+        # numpy loads, OpenBLAS (and MKL) start none.
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
     module, function = COMMANDS[name][0].split(":")
     command = getattr(importlib.import_module(module), function)
     if own_process:
