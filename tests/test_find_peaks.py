@@ -256,6 +256,51 @@ def test_kernel_forms_for_avx512_and_avx2_decide_alike(tmp_path):
     assert here[1] == avx2[1]
 
 
+def exact_first_test_and_dispersion(frame, half):
+    """Strong pixels for sigma_strong 3, sigma_background 0, min_local 2 in exact integer
+    arithmetic (Python ints): d = x n - s > 0, d^2 > 9 s n, and n q - s^2 - (n - 1) s > 0."""
+    ny, nx = frame.shape
+    out = np.zeros(frame.shape, bool)
+    v = frame.astype(object)
+    for r in range(ny):
+        for c in range(nx):
+            win = v[max(r - half, 0):r + half + 1, max(c - half, 0):c + half + 1]
+            n, s, q, x = win.size, int(win.sum()), int((win * win).sum()), int(v[r, c])
+            d = x * n - s
+            out[r, c] = d > 0 and s > 0 and d * d > 9 * s * n and n * q - s * s - (n - 1) * s > 0
+    return out
+
+
+def test_kernel_decides_exact_ties_of_the_strong_test_exactly():
+    """The first test runs in int32 and float32 lanes with a margin, the pixels it lets
+    through are tested again in float64: at exact ties of x > m + 3 sqrt(m) (d^2 = 9 s n,
+    float32 cannot tell them from one count more or less) the decisions are those of exact
+    integer arithmetic.  With x = k^2 + 3k and the 48 neighbours summing to 48 x - 147 k a
+    7 x 7 window ties exactly; the tiles hold the tie and one count more or less at the
+    centre or in a neighbour."""
+    rng = np.random.default_rng(5)
+    tiles = []
+    ks = [60, 100] + sorted(rng.integers(1000, 6000, 22).tolist())  # x up to 3.6e7
+    for k in ks:
+        x = k * k + 3 * k
+        s48 = 48 * x - 147 * k
+        for dx, ds in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
+            tile = rng.integers(-x // 20, x // 20, (7, 7)) + s48 // 48  # variance >> mean
+            tile[3, 3] = 0
+            tile[0, 0] += s48 + ds - tile.sum()
+            tile[3, 3] = x + dx
+            tiles.append(tile)
+    frame = np.block([[tiles[i * 5 + j] for j in range(5)]
+                      for i in range(len(ks))]).astype(np.int32)
+    valid = np.ones(frame.shape, bool)
+    p = PeakSearchParams.defaults(sigma_background=0.0)
+    strong, _, _ = run_kernel(frame, valid, p)
+    exact = exact_first_test_and_dispersion(frame, 3)
+    centres = exact[3::7, 3::7]
+    assert centres.tolist() == [[False, True, False, False, True]] * len(ks)  # ties decided
+    assert np.array_equal(strong, exact)
+
+
 def test_pixel_flags_are_one_isolated_byte_per_pixel():
     """The kernel reads one uint8 per pixel for the usable mask and the Q annulus, in an
     array with ISOLATION_BYTES of its buffer unused on either side (the kernel ran at 12

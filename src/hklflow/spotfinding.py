@@ -13,7 +13,8 @@ The 'absolute' method marks x > absolute_threshold instead.
 `strong_pixels_frame` does one frame in one pass: column sums slide down the frame, window
 sums along a row are added up in a loop compiled for the window's width, the tests are
 rearranged to avoid divisions and square roots, the pixel's own test runs branch-free
-(vectorised) over the row and the few pixels that pass it get the dispersion test, and the
+(vectorised) over the row, in int32 and float32 lanes with a margin while the window's
+counts allow, and the few pixels that pass it get both tests exactly in float64, and the
 frame statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  Counts
 and sums are exact; sums of squares are exact float64 integers for counts below
 sqrt(2^53 / window rows) (3.6e7 for 7 rows) and recomputed once a larger count has left
@@ -93,13 +94,15 @@ def pixel_flags(usable, annulus=None) -> np.ndarray:
 
 
 @numba.njit(nogil=True, inline="always")
-def _add_row(col_n, col_s, col_q, x, pad, sign):
+def _add_row(col_n, col_s, col_i, col_q, x, pad, sign):
     """Column sums += sign x (one cleaned row of the ring: -1 = unusable, counts 0)."""
     for c in range(x.shape[0]):
         u = np.int32(1) if x[c] >= 0 else np.int32(0)
-        f = float(max(x[c], 0))
+        v = max(x[c], np.int32(0))
+        f = float(v)
         col_n[c + pad] += sign * u
         col_s[c + pad] += sign * f
+        col_i[c + pad] = np.int32(col_i[c + pad] + sign * v)
         col_q[c + pad] += sign * (f * f)
 
 
@@ -119,6 +122,13 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     col_s = np.zeros(ncol)
     col_q = np.zeros(ncol)
     big = math.sqrt(2.0 ** 53 / (2 * half_r + 1))
+    # the sums again in int32 (wrapping: exact again once the rows they overflowed with
+    # have left), for the first test in 32-bit lanes while the window's values are below
+    # `wide`, where a window's sum and x n fit in int32
+    col_i = np.zeros(ncol, dtype=np.int32)
+    wide = (2 ** 31 - 1) // (w * (2 * half_r + 1) + 1)
+    ring_wide = np.zeros(2 * half_r + 2, dtype=np.bool_)
+    n_wide = 0
     # ring of cleaned rows: the value where usable, else -1 (one array read and written
     # per pixel instead of a value and a flag); each pixel is tested once, when its row
     # enters the window
@@ -130,6 +140,9 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     sb2x2 = 2.0 * sigma_b * sigma_b
     n_min = max(float(min_local), 2.0)
     gthr = float(global_threshold)
+    n_min_i = np.int32(math.ceil(n_min))
+    gthr_i = np.int32(min(max(math.floor(gthr), -1.0), 2.0 ** 31 - 1))
+    ss2_lo = np.float32(ss2 * (1.0 - 2.0 ** -16))  # float32's errors inside the margin
     athr = float(absolute_threshold)
     tmax = min(trusted_max, 2 ** 31 - 1)  # values are held as int32
     s_sum = 0
@@ -174,20 +187,25 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 ann_sum += np.int64(x) if in_ann else np.int64(0)
                 ann_n += u if in_ann else 0
                 if ONE_ROW_LOOP and leaving:
+                    vd = max(xd[c], np.int32(0))
                     fa = float(x)
-                    fd = float(max(xd[c], np.int32(0)))
+                    fd = float(vd)
                     col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
                     col_s[c + pad] += fa - fd
+                    col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
                     col_q[c + pad] += fa * fa - fd * fd
             if not ONE_ROW_LOOP and leaving:
                 for c in range(nx):
                     a = xa[c]
                     d = xd[c]
-                    fa = float(max(a, np.int32(0)))
-                    fd = float(max(d, np.int32(0)))
+                    va = max(a, np.int32(0))
+                    vd = max(d, np.int32(0))
+                    fa = float(va)
+                    fd = float(vd)
                     col_n[c + pad] += ((np.int32(1) if a >= 0 else np.int32(0))
                                        - (np.int32(1) if d >= 0 else np.int32(0)))
                     col_s[c + pad] += fa - fd
+                    col_i[c + pad] = np.int32(col_i[c + pad] + va - vd)
                     col_q[c + pad] += fa * fa - fd * fd
             s_sum += row_sum
             s_max = max(s_max, np.int64(row_max))
@@ -195,10 +213,15 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             s_trim += ann_sum
             n_ann += ann_n
             ring_big[ra % wr] = row_max >= big
+            ring_wide[ra % wr] = row_max >= wide
+            n_wide += row_max >= wide
             if not leaving:
-                _add_row(col_n, col_s, col_q, xa, pad, 1)
+                _add_row(col_n, col_s, col_i, col_q, xa, pad, 1)
         elif rd >= 0:
-            _add_row(col_n, col_s, col_q, ring_x[rd % wr], pad, -1)
+            _add_row(col_n, col_s, col_i, col_q, ring_x[rd % wr], pad, -1)
+        if rd >= 0 and ring_wide[rd % wr]:
+            ring_wide[rd % wr] = False
+            n_wide -= 1
         if rd >= 0 and ring_big[rd % wr]:
             # a value whose square is not exact in float64 left the window: recompute the
             # column sums from the rows now in it, so that rounding cannot accumulate
@@ -206,8 +229,9 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             col_n[:] = 0
             col_s[:] = 0.0
             col_q[:] = 0.0
+            col_i[:] = 0
             for rr in range(rd + 1, min(ra, ny - 1) + 1):
-                _add_row(col_n, col_s, col_q, ring_x[rr % wr], pad, 1)
+                _add_row(col_n, col_s, col_i, col_q, ring_x[rr % wr], pad, 1)
         if r < 0:
             continue
         xr = ring_x[r % wr]
@@ -215,6 +239,22 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
         if use_absolute:
             for c in range(nx):
                 f = (xr[c] >= 0) & (float(xr[c]) > athr)
+                flag[c] = f
+                n_row += f
+        elif n_wide == 0:
+            # the first test below in int32 and float32 (twice the lanes of float64), with
+            # a margin that lets through every pixel the float64 test passes
+            for c in range(nx):
+                n = np.int32(0)
+                s = np.int32(0)
+                for j in range(w):
+                    n = np.int32(n + col_n[c + j])
+                    s = np.int32(s + col_i[c + j])
+                xi = xr[c]
+                d = np.int32(xi * n - s)
+                fd = np.float32(d)
+                f = ((xi > gthr_i) & (xi >= 0) & (d > 0) & (s > 0) & (n >= n_min_i)
+                     & (fd * fd > ss2_lo * np.float32(s) * np.float32(n)))
                 flag[c] = f
                 n_row += f
         else:
@@ -246,11 +286,16 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                         s += col_s[c + j]
                         q += col_q[c + j]
                     if not use_absolute:
+                        # the first test exactly, then
                         # v/m > 1 + sigma_b sqrt(2/(n-1))  <=>  e = n q - s^2 - (n-1) s > 0
                         #                                    and e^2 > 2 sigma_b^2 (n-1) s^2
                         fn = float(n)
+                        x = float(xr[c])
+                        d = x * fn - s
                         e = fn * q - s * s - (fn - 1.0) * s
-                        if not ((e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
+                        if not ((d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
+                                & (d * d > ss2 * s * fn)
+                                & (e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
                             continue
                     x = xr[c]
                     if count < cap:
