@@ -238,24 +238,31 @@ def block_positions(stream, starts, stops, elements, itemsize, block, out):
     elements (% 8, as they are) into out[i, nblocks] (out: (chunks, nblocks + 1) int64,
     nblocks = block_count(elements, block)).  Returns -1 - i for the first chunk whose block
     sizes do not add up to its length (damaged), else 0.  The blocks themselves are not
-    read: decompress_elements finds a damaged one."""
+    read: decompress_elements finds a damaged one.  The chunks are walked side by side,
+    block j of every chunk before block j + 1: each walk waits for its size fields to come
+    from memory one after the other, and side by side the waits overlap."""
     nblocks = out.shape[1] - 1
     left = (elements % block) % BLOCKED_MULT
-    for i in range(starts.size):
-        pos = starts[i]
-        stop = stops[i]
-        for j in range(nblocks):
-            if pos + 4 > stop:
-                return -1 - i
-            packed = ((np.int64(stream[pos]) << 24) | (np.int64(stream[pos + 1]) << 16)
-                      | (np.int64(stream[pos + 2]) << 8) | np.int64(stream[pos + 3]))
-            out[i, j] = pos
-            pos += 4 + packed
-            if pos > stop:
-                return -1 - i
-        out[i, nblocks] = pos
-        if pos + left * itemsize != stop:
+    nchunks = starts.size
+    pos = np.empty(nchunks, np.int64)
+    damaged = np.zeros(nchunks, np.bool_)
+    for i in range(nchunks):
+        pos[i] = starts[i]
+    for j in range(nblocks):
+        for i in range(nchunks):
+            p = pos[i]
+            if damaged[i] or p + 4 > stops[i]:
+                damaged[i] = True
+                continue
+            packed = ((np.int64(stream[p]) << 24) | (np.int64(stream[p + 1]) << 16)
+                      | (np.int64(stream[p + 2]) << 8) | np.int64(stream[p + 3]))
+            out[i, j] = p
+            pos[i] = p + 4 + packed
+            damaged[i] = pos[i] > stops[i]
+    for i in range(nchunks):
+        if damaged[i] or pos[i] + left * itemsize != stops[i]:
             return -1 - i
+        out[i, nblocks] = pos[i]
     return 0
 
 
