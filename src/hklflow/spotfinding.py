@@ -865,7 +865,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     peaks = {k: v[keep] for k, v in peaks.items()}
     seconds = time.monotonic() - t0
     log.info("%d peaks from %d strong pixels in %d frames; %.1f s on %d thread(s) (the pass "
-             "over the frames %.1f s), %.1f Mpixel/s", len(peaks["n_pixels"]), total_strong, nf,
+             "over the frames %.2f s), %.1f Mpixel/s", len(peaks["n_pixels"]), total_strong, nf,
              seconds, threads, pass_seconds, nf * shape[0] * shape[1] / max(seconds, 1e-9) / 1e6)
     frame_stats = {name: stats[:, i] for i, name in enumerate(FRAME_STATS)}
     hot_rc = np.argwhere(hot)

@@ -1530,7 +1530,7 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                        "monitor_reference": monitor_ref, "frames_left_out": left_out,
                        "hkl_radius": hkl_radius if kind == "masked_transform" else 0.0,
                        "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel}
-    log.info("%d frames in %.1f s (kernel %.1f s on %d thread(s): %.1f Mpixel/s for %d "
+    log.info("%d frames in %.2f s (kernel %.2f s on %d thread(s): %.1f Mpixel/s for %d "
              "kind(s))", stop - first, time.monotonic() - t0, t_kernel, tr.threads,
              pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))
     return tr, notes
