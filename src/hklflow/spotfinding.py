@@ -141,7 +141,12 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     n_min = max(float(min_local), 2.0)
     gthr = float(global_threshold)
     n_min_i = np.int32(math.ceil(n_min))
-    gthr_i = np.int32(min(max(math.floor(gthr), -1.0), 2.0 ** 31 - 1))
+    if gthr >= 2.0 ** 31 - 1:  # x > gthr <=> x > floor(gthr) for counts x >= 0
+        gthr_i = np.int32(2 ** 31 - 1)
+    elif gthr >= -1.0:
+        gthr_i = np.int32(math.floor(gthr))
+    else:  # (NaN too: its pixels let through here fail the exact test)
+        gthr_i = np.int32(-1)
     ss2_lo = np.float32(ss2 * (1.0 - 2.0 ** -16))  # float32's errors inside the margin
     athr = float(absolute_threshold)
     tmax = min(trusted_max, 2 ** 31 - 1)  # values are held as int32
