@@ -11,11 +11,11 @@ strong when
 The 'absolute' method marks x > absolute_threshold instead.
 
 `strong_pixels_frame` does one frame in one pass: column sums slide down the frame, window
-sums along a row are added up in a loop compiled for the window's width, the tests are
-rearranged to avoid divisions and square roots, the pixel's own test runs branch-free
+sums along a row are added up in a loop compiled for the window's width, and the frame
+statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  The tests are
+rearranged to avoid divisions and square roots; the pixel's own test runs branch-free
 (vectorised) over the row, in int32 and float32 lanes with a margin while the window's
-counts allow, and the few pixels that pass it get both tests exactly in float64, and the
-frame statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  Counts
+counts allow, and the few pixels that pass it get both tests exactly in float64.  Counts
 and sums are exact; sums of squares are exact float64 integers for counts below
 sqrt(2^53 / window rows) (3.6e7 for 7 rows) and recomputed once a larger count has left
 the window, so rounding never accumulates.
