@@ -812,6 +812,25 @@ def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, v
                             keep[a:c], punch[a:c])
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _add_mixed_block(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
+                     bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                     q_max, size, dump, idx, val, keep, punch, w32, cells, paired):
+    """A block some of whose pixels may land in other threads' voxels: its runs computed
+    (_compute_share), only this thread's voxels added (_scatter_owned); both kinds in the
+    paired cells, or one."""
+    if paired:
+        _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
+                       bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                       q_max, size, dump, idx, val, keep, punch)
+        _scatter_owned(idx, val, keep, n, w32, cells, size, share)
+    else:
+        _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
+                       bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                       q_max, size, dump, idx, val, None, punch)
+        _scatter_owned(idx, val, None, n, w32, cells, size, share)
+
+
 @numba.njit(inline="always")
 def _dump_slots(size, share):
     """The dump slots of the pixels of a block (a thread's own with a share)."""
@@ -861,18 +880,10 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
             if r0 == r1:
                 continue
             if mixed:
-                if paired:
-                    _compute_share(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy,
-                                   qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                                   hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                                   idx, val, keep, punch)
-                    _scatter_owned(idx, val, keep, n, w32, cells, size, share)
-                else:
-                    _compute_share(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy,
-                                   qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                                   hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                                   idx, val, None, punch)
-                    _scatter_owned(idx, val, None, n, w32, cells, size, share)
+                _add_mixed_block(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy, qz,
+                                 corr, M, scale, value_max, bragg, allowed, allowed_off,
+                                 hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
+                                 idx, val, keep, punch, w32, cells, paired)
                 continue
         if paired:
             n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
@@ -926,18 +937,10 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
                                           scratch, own_untranspose) < 0:
             return -1 - f
         if mixed:
-            if paired:
-                _compute_share(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
-                               scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                               inv_step, dims, nbricks, q_max, size, dump, idx, val, keep,
-                               punch)
-                _scatter_owned(idx, val, keep, n, w32, cells, size, share)
-            else:
-                _compute_share(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
-                               scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                               inv_step, dims, nbricks, q_max, size, dump, idx, val, None,
-                               punch)
-                _scatter_owned(idx, val, None, n, w32, cells, size, share)
+            _add_mixed_block(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
+                             scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
+                             inv_step, dims, nbricks, q_max, size, dump, idx, val, keep, punch,
+                             w32, cells, paired)
         elif paired:
             n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                                 value_max, bragg, allowed, allowed_off, hkl_r2, origin,
@@ -1429,14 +1432,12 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                     frames = stack.read(a, b, out=bufs[0][:b - a])
                 else:
                     slot.pending, slot.done = added, b - first
-            if added is not False:
-                pass
-            elif np.isnan(s).any():  # frames left out (their monitor is bad)
+            if added is False and np.isnan(s).any():  # frames left out (a bad monitor)
                 keep = ~np.isnan(s)
                 if keep.any():
                     transformer.add(frames[keep], M[keep], s[keep],
                                     bragg[keep] if mask is not None else None)
-            else:
+            elif added is False:
                 transformer.add(frames, M, s, bragg)
             t_kernel += time.perf_counter() - t
             if slot.done is None and progress is not None:
