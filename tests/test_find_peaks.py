@@ -188,16 +188,17 @@ def test_chunk_frames_auto_holds_about_24_mb_of_frames():
 
 
 def test_kernel_stays_exact_after_huge_counts():
-    """Counts whose squares are not exact in float64 (> 3.6e7 for 7 window rows) must not
-    leave rounding behind in the sliding column sums: on a low background below 40 such
-    counts, decisions equal the exact (int64) reference.  (Without the kernel's recompute
-    after a huge count leaves the window, 2 pixels below row 50 differ.)"""
+    """Counts too large for the int32 window sums (> 4.3e7 for a 7 x 7 window) switch the
+    first test to float64 column sums while they are in the window, and back once they
+    have left: on a low background below 40 such counts, decisions and local means equal
+    the exact (int64) reference, near the huge counts and below them."""
     rng = np.random.default_rng(3)
     frame = rng.poisson(1.5, (160, 120)).astype(np.int32)
     yy, xx = np.mgrid[:160, :120]
     frame += (60 * np.exp(-((yy - 120) ** 2 + (xx - 60) ** 2) / 4)).astype(np.int32)  # a spot
-    huge = rng.integers(1_000_000_000, 2_100_000_000, 40)
-    frame[rng.integers(0, 40, 40), rng.integers(0, 120, 40)] = huge
+    huge = rng.integers(1_000_000_000, 2_100_000_000, 46)
+    frame[rng.integers(0, 40, 40), rng.integers(0, 120, 40)] = huge[:40]  # from the start
+    frame[rng.integers(80, 90, 6), rng.integers(0, 120, 6)] = huge[40:]  # and midway
     valid = np.ones(frame.shape, bool)
     strong, bg, stats = run_kernel(frame, valid, PeakSearchParams.defaults())
     ref, mean = sf.strong_pixels_numpy(frame, valid)

@@ -10,15 +10,15 @@ strong when
     x > global_threshold.
 The 'absolute' method marks x > absolute_threshold instead.
 
-`strong_pixels_frame` does one frame in one pass: column sums slide down the frame, window
-sums along a row are added up in a loop compiled for the window's width, and the frame
-statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  The tests are
-rearranged to avoid divisions and square roots; the pixel's own test runs branch-free
-(vectorised) over the row, in int32 and float32 lanes with a margin while the window's
-counts allow, and the few pixels that pass it get both tests exactly in float64.  Counts
-and sums are exact; sums of squares are exact float64 integers for counts below
-sqrt(2^53 / window rows) (3.6e7 for 7 rows) and recomputed once a larger count has left
-the window, so rounding never accumulates.
+`strong_pixels_frame` does one frame in one pass: column counts and sums slide down the
+frame, window sums along a row are added up in a loop compiled for the window's width, and
+the frame statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  The
+tests are rearranged to avoid divisions and square roots; the pixel's own test runs
+branch-free (vectorised) over the row, in int32 and float32 lanes with a margin while the
+window's counts allow (float64 sums, exact, slide only while a larger count is in the
+window), and the few pixels that pass it (a few per thousand) get both tests exactly in
+float64, their window's sum of squares added up from the rows held (exact integers below
+1.3e7 counts for a 7 x 7 window).
 `PeakAssembler` joins strong pixels into 3D peaks while frames stream by: pixels touching
 in the frame (8-connected) or at the same pixel in consecutive frames belong to one peak;
 a peak is finished (and its slot recycled) when a frame adds nothing to it, so memory is
@@ -94,16 +94,50 @@ def pixel_flags(usable, annulus=None) -> np.ndarray:
 
 
 @numba.njit(nogil=True, inline="always")
-def _add_row(col_n, col_s, col_i, col_q, x, pad, sign):
-    """Column sums += sign x (one cleaned row of the ring: -1 = unusable, counts 0)."""
+def _add_row(col_n, col_i, x, pad, sign):
+    """Column counts and int32 sums += sign x (one cleaned row of the ring: -1 = unusable,
+    counts 0)."""
     for c in range(x.shape[0]):
         u = np.int32(1) if x[c] >= 0 else np.int32(0)
         v = max(x[c], np.int32(0))
-        f = float(v)
         col_n[c + pad] += sign * u
-        col_s[c + pad] += sign * f
         col_i[c + pad] = np.int32(col_i[c + pad] + sign * v)
-        col_q[c + pad] += sign * (f * f)
+
+
+@numba.njit(nogil=True, inline="always")
+def _add_row_float(col_s, x, pad, sign):
+    """Column sums in float64 += sign x (exact: sums of counts below 2^31)."""
+    for c in range(x.shape[0]):
+        col_s[c + pad] += sign * float(max(x[c], np.int32(0)))
+
+
+@numba.njit(nogil=True, inline="always")
+def _window_squares(ring_x, ring_rows, nrows, c, half_c, nx, exact):
+    """Sum of the squares of the usable values in ring_x's rows ring_rows[:nrows], columns
+    c - half_c..c + half_c: in int64 when `exact` (every value below `wide`: no overflow),
+    else in float64 (squares of values above 9.5e7 rounded).  (Indexed, not sliced: a
+    slice of an array costs two atomic reference counts.)"""
+    c0 = max(c - half_c, 0)
+    c1 = min(c + half_c, nx - 1)
+    if exact:
+        qi = np.int64(0)
+        if c1 - c0 == 2 * half_c:  # the whole width: a loop of fixed length, unrolled
+            for i in range(nrows):
+                for j in range(2 * half_c + 1):
+                    v = np.int64(max(ring_x[ring_rows[i], c0 + j], np.int32(0)))
+                    qi += v * v
+        else:
+            for i in range(nrows):
+                for cc in range(c0, c1 + 1):
+                    v = np.int64(max(ring_x[ring_rows[i], cc], np.int32(0)))
+                    qi += v * v
+        return float(qi)
+    q = 0.0
+    for i in range(nrows):
+        for cc in range(c0, c1 + 1):
+            f = float(max(ring_x[ring_rows[i], cc], np.int32(0)))
+            q += f * f
+    return q
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,26 +150,30 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     pad = half_c
     w = 2 * half_c + 1
     ncol = nx + 2 * pad
-    # column sums over the window's rows (padded by half_c zeros on both sides); counts and
-    # sums are exact in float64; squares are while (2 half_r + 1) x^2 < 2^53
-    col_n = np.zeros(ncol, dtype=np.int32)
-    col_s = np.zeros(ncol)
-    col_q = np.zeros(ncol)
-    big = math.sqrt(2.0 ** 53 / (2 * half_r + 1))
-    # the sums again in int32 (wrapping: exact again once the rows they overflowed with
+    # column counts and sums over the window's rows (padded by half_c zeros on both
+    # sides), the sums in int32 (wrapping: exact again once the rows they overflowed with
     # have left), for the first test in 32-bit lanes while the window's values are below
     # `wide`, where a window's sum and x n fit in int32
+    col_n = np.zeros(ncol, dtype=np.int32)
     col_i = np.zeros(ncol, dtype=np.int32)
     wide = (2 ** 31 - 1) // (w * (2 * half_r + 1) + 1)
     ring_wide = np.zeros(2 * half_r + 2, dtype=np.bool_)
     n_wide = 0
+    # the sums again in float64 (exact) only while a row with a value >= wide is in the
+    # window, for the first test in float64 there
+    col_s = np.zeros(ncol)
+    float_live = False
     # ring of cleaned rows: the value where usable, else -1 (one array read and written
     # per pixel instead of a value and a flag); each pixel is tested once, when its row
-    # enters the window
+    # enters the window; the few pixels that pass the first test take their window's sum
+    # of squares from the ring (ring_rows: the ring's rows in the window)
     wr = 2 * half_r + 2
     ring_x = np.zeros((wr, nx), dtype=np.int32)
-    ring_big = np.zeros(wr, dtype=np.bool_)
-    flag = np.zeros(nx, dtype=np.uint8)
+    ring_rows = np.zeros(wr, dtype=np.int64)
+    # the first test's outcome per pixel of the row, looked at 8 at a time below (most
+    # are 0; the bytes past nx stay 0)
+    flag = np.zeros(8 * ((nx + 7) // 8), dtype=np.uint8)
+    flag_words = flag.view(np.uint64)
     ss2 = sigma_s * sigma_s
     sb2x2 = 2.0 * sigma_b * sigma_b
     n_min = max(float(min_local), 2.0)
@@ -174,7 +212,7 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             # one loop over the row: the maximum, the cleaning, the statistics and (with
             # AVX-512) the column sums' update, the row leaving the window out, this one
             # in; without AVX-512 that update has a loop of its own (the same sums: the one
-            # loop took 1.1-1.3x as long there, the two loops 1.07x as long with AVX-512)
+            # loop took 1.1-1.2x as long there, the two loops 1.0-1.04x with AVX-512)
             leaving = rd >= 0
             xd = ring_x[rd % wr]
             for c in range(nx):
@@ -193,50 +231,45 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 ann_n += u if in_ann else 0
                 if ONE_ROW_LOOP and leaving:
                     vd = max(xd[c], np.int32(0))
-                    fa = float(x)
-                    fd = float(vd)
                     col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
-                    col_s[c + pad] += fa - fd
                     col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
-                    col_q[c + pad] += fa * fa - fd * fd
             if not ONE_ROW_LOOP and leaving:
                 for c in range(nx):
                     a = xa[c]
                     d = xd[c]
-                    va = max(a, np.int32(0))
-                    vd = max(d, np.int32(0))
-                    fa = float(va)
-                    fd = float(vd)
                     col_n[c + pad] += ((np.int32(1) if a >= 0 else np.int32(0))
                                        - (np.int32(1) if d >= 0 else np.int32(0)))
-                    col_s[c + pad] += fa - fd
-                    col_i[c + pad] = np.int32(col_i[c + pad] + va - vd)
-                    col_q[c + pad] += fa * fa - fd * fd
+                    col_i[c + pad] = np.int32(col_i[c + pad] + max(a, np.int32(0))
+                                              - max(d, np.int32(0)))
+            if float_live and leaving:
+                for c in range(nx):
+                    col_s[c + pad] += (float(max(xa[c], np.int32(0)))
+                                       - float(max(xd[c], np.int32(0))))
             s_sum += row_sum
             s_max = max(s_max, np.int64(row_max))
             n_valid += row_n
             s_trim += ann_sum
             n_ann += ann_n
-            ring_big[ra % wr] = row_max >= big
             ring_wide[ra % wr] = row_max >= wide
             n_wide += row_max >= wide
             if not leaving:
-                _add_row(col_n, col_s, col_i, col_q, xa, pad, 1)
+                _add_row(col_n, col_i, xa, pad, 1)
+                if float_live:
+                    _add_row_float(col_s, xa, pad, 1)
         elif rd >= 0:
-            _add_row(col_n, col_s, col_i, col_q, ring_x[rd % wr], pad, -1)
+            _add_row(col_n, col_i, ring_x[rd % wr], pad, -1)
+            if float_live:
+                _add_row_float(col_s, ring_x[rd % wr], pad, -1)
         if rd >= 0 and ring_wide[rd % wr]:
             ring_wide[rd % wr] = False
             n_wide -= 1
-        if rd >= 0 and ring_big[rd % wr]:
-            # a value whose square is not exact in float64 left the window: recompute the
-            # column sums from the rows now in it, so that rounding cannot accumulate
-            ring_big[rd % wr] = False
-            col_n[:] = 0
+        if n_wide == 0:
+            float_live = False
+        elif not float_live:  # a wide row came in: the float sums of the rows in the window
             col_s[:] = 0.0
-            col_q[:] = 0.0
-            col_i[:] = 0
-            for rr in range(rd + 1, min(ra, ny - 1) + 1):
-                _add_row(col_n, col_s, col_i, col_q, ring_x[rr % wr], pad, 1)
+            for rr in range(max(rd + 1, 0), min(ra, ny - 1) + 1):
+                _add_row_float(col_s, ring_x[rr % wr], pad, 1)
+            float_live = True
         if r < 0:
             continue
         xr = ring_x[r % wr]
@@ -246,7 +279,7 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 f = (xr[c] >= 0) & (float(xr[c]) > athr)
                 flag[c] = f
                 n_row += f
-        elif n_wide == 0:
+        elif not float_live:
             # the first test below in int32 and float32 (twice the lanes of float64), with
             # a margin that lets through every pixel the float64 test passes
             for c in range(nx):
@@ -281,15 +314,26 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 n_row += f
         if n_row:
             pf = flags[r]
-            for c in range(nx):
-                if flag[c]:
+            nrows = 0
+            for rr in range(max(r - half_r, 0), min(r + half_r, ny - 1) + 1):
+                ring_rows[nrows] = rr % wr
+                nrows += 1
+            for word in range(flag_words.shape[0]):  # (8 flags at a time: most are 0)
+                if flag_words[word] == 0:
+                    continue
+                for c in range(8 * word, min(8 * word + 8, nx)):
+                    if not flag[c]:
+                        continue
                     n = 0
-                    s = 0.0
-                    q = 0.0
+                    s_i = np.int32(0)  # exact while no wide row is in the window
                     for j in range(w):
                         n += col_n[c + j]
-                        s += col_s[c + j]
-                        q += col_q[c + j]
+                        s_i = np.int32(s_i + col_i[c + j])
+                    s = float(s_i)
+                    if float_live:
+                        s = 0.0
+                        for j in range(w):
+                            s += col_s[c + j]
                     if not use_absolute:
                         # the first test exactly, then
                         # v/m > 1 + sigma_b sqrt(2/(n-1))  <=>  e = n q - s^2 - (n-1) s > 0
@@ -297,10 +341,13 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                         fn = float(n)
                         x = float(xr[c])
                         d = x * fn - s
-                        e = fn * q - s * s - (fn - 1.0) * s
                         if not ((d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
-                                & (d * d > ss2 * s * fn)
-                                & (e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
+                                & (d * d > ss2 * s * fn)):
+                            continue
+                        q = _window_squares(ring_x, ring_rows, nrows, c, half_c, nx,
+                                           not float_live)
+                        e = fn * q - s * s - (fn - 1.0) * s
+                        if not ((e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
                             continue
                     x = xr[c]
                     if count < cap:
