@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import steplog
 from .geometry import DetectorGeometry, ScanAngles
@@ -319,11 +320,10 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 ring_rows[nrows] = rr % wr
                 nrows += 1
             for word in range(flag_words.shape[0]):  # (8 flags at a time: most are 0)
-                if flag_words[word] == 0:
-                    continue
-                for c in range(8 * word, min(8 * word + 8, nx)):
-                    if not flag[c]:
-                        continue
+                bits = flag_words[word]
+                while bits:  # each flag a 0 or 1 byte: the set bits are the pixels
+                    c = 8 * word + trailing_zeros(bits) // 8
+                    bits &= bits - np.uint64(1)
                     n = 0
                     s_i = np.int32(0)  # exact while no wide row is in the window
                     for j in range(w):
