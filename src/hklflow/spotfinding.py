@@ -10,15 +10,16 @@ strong when
     x > global_threshold.
 The 'absolute' method marks x > absolute_threshold instead.
 
-`strong_pixels_frame` does one frame in one pass: column counts and sums slide down the
-frame, window sums along a row are added up in a loop compiled for the window's width, and
-the frame statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  The
-tests are rearranged to avoid divisions and square roots; the pixel's own test runs
-branch-free (vectorised) over the row, in int32 and float32 lanes with a margin while the
-window's counts allow (float64 sums, exact, slide only while a larger count is in the
-window), and the few pixels that pass it (a few per thousand) get both tests exactly in
-float64, their window's sum of squares added up from the rows held (exact integers below
-1.3e7 counts for a 7 x 7 window).
+`strong_pixels_frame` does one frame in one pass: column counts, sums and sums of squares
+slide down the frame in int32 (wrapping: a window's sum is exact while it fits), window
+sums along a row are added up in a loop compiled for the window's width, and the frame
+statistics (sum, max, trimmed sum in a Q annulus) come from the same pass.  The tests are
+rearranged to avoid divisions and square roots; the pixel's own test runs branch-free
+(vectorised) over the row, in int32 and float32 lanes with a margin while the window's
+counts allow (float64 sums, exact, slide only while a larger count is in the window), and
+the few pixels that pass it (a few per thousand) get both tests exactly in float64.  Their
+window's sum of squares comes from the int32 column sums while its counts are below 6621
+(7 x 7), else it is added up from the rows held (exact integers below 1.3e7 counts).
 `PeakAssembler` joins strong pixels into 3D peaks while frames stream by: pixels touching
 in the frame (8-connected) or at the same pixel in consecutive frames belong to one peak;
 a peak is finished (and its slot recycled) when a frame adds nothing to it, so memory is
@@ -95,14 +96,15 @@ def pixel_flags(usable, annulus=None) -> np.ndarray:
 
 
 @numba.njit(nogil=True, inline="always")
-def _add_row(col_n, col_i, x, pad, sign):
-    """Column counts and int32 sums += sign x (one cleaned row of the ring: -1 = unusable,
-    counts 0)."""
+def _add_row(col_n, col_i, col_q, x, pad, sign):
+    """Column counts, int32 sums and int32 sums of squares += sign x (one cleaned row of the
+    ring: -1 = unusable, counts 0)."""
     for c in range(x.shape[0]):
         u = np.int32(1) if x[c] >= 0 else np.int32(0)
         v = max(x[c], np.int32(0))
         col_n[c + pad] += sign * u
         col_i[c + pad] = np.int32(col_i[c + pad] + sign * v)
+        col_q[c + pad] = np.int32(col_q[c + pad] + sign * v * v)
 
 
 @numba.njit(nogil=True, inline="always")
@@ -160,14 +162,27 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     wide = (2 ** 31 - 1) // (w * (2 * half_r + 1) + 1)
     ring_wide = np.zeros(2 * half_r + 2, dtype=np.bool_)
     n_wide = 0
+    # sums of squares the same way (wrapping int32), exact while the window's values are
+    # below `narrow_sq` (6621 for 7 x 7); else a candidate adds its squares up from the ring
+    col_q = np.zeros(ncol, dtype=np.int32)
+    sq_max = (2 ** 31 - 1) // (w * (2 * half_r + 1))  # largest square a window may hold
+    root = int(math.sqrt(sq_max))
+    while root * root > sq_max:
+        root -= 1
+    while (root + 1) * (root + 1) <= sq_max:
+        root += 1
+    narrow_sq = np.int32(root + 1)
+    ring_sq = np.zeros(2 * half_r + 2, dtype=np.bool_)
+    n_sq = 0
     # the sums again in float64 (exact) only while a row with a value >= wide is in the
     # window, for the first test in float64 there
     col_s = np.zeros(ncol)
     float_live = False
     # ring of cleaned rows: the value where usable, else -1 (one array read and written
     # per pixel instead of a value and a flag); each pixel is tested once, when its row
-    # enters the window; the few pixels that pass the first test take their window's sum
-    # of squares from the ring (ring_rows: the ring's rows in the window)
+    # enters the window; a pixel that passes the first test while a count >= narrow_sq is
+    # in its window adds its window's squares up from the ring (ring_rows: the ring's rows
+    # in the window)
     wr = 2 * half_r + 2
     ring_x = np.zeros((wr, nx), dtype=np.int32)
     ring_rows = np.zeros(wr, dtype=np.int64)
@@ -234,14 +249,17 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                     vd = max(xd[c], np.int32(0))
                     col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
                     col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
+                    col_q[c + pad] = np.int32(col_q[c + pad] + x * x - vd * vd)
             if not ONE_ROW_LOOP and leaving:
                 for c in range(nx):
                     a = xa[c]
                     d = xd[c]
                     col_n[c + pad] += ((np.int32(1) if a >= 0 else np.int32(0))
                                        - (np.int32(1) if d >= 0 else np.int32(0)))
-                    col_i[c + pad] = np.int32(col_i[c + pad] + max(a, np.int32(0))
-                                              - max(d, np.int32(0)))
+                    va = max(a, np.int32(0))
+                    vd = max(d, np.int32(0))
+                    col_i[c + pad] = np.int32(col_i[c + pad] + va - vd)
+                    col_q[c + pad] = np.int32(col_q[c + pad] + va * va - vd * vd)
             if float_live and leaving:
                 for c in range(nx):
                     col_s[c + pad] += (float(max(xa[c], np.int32(0)))
@@ -253,17 +271,22 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             n_ann += ann_n
             ring_wide[ra % wr] = row_max >= wide
             n_wide += row_max >= wide
+            ring_sq[ra % wr] = row_max >= narrow_sq
+            n_sq += row_max >= narrow_sq
             if not leaving:
-                _add_row(col_n, col_i, xa, pad, 1)
+                _add_row(col_n, col_i, col_q, xa, pad, 1)
                 if float_live:
                     _add_row_float(col_s, xa, pad, 1)
         elif rd >= 0:
-            _add_row(col_n, col_i, ring_x[rd % wr], pad, -1)
+            _add_row(col_n, col_i, col_q, ring_x[rd % wr], pad, -1)
             if float_live:
                 _add_row_float(col_s, ring_x[rd % wr], pad, -1)
         if rd >= 0 and ring_wide[rd % wr]:
             ring_wide[rd % wr] = False
             n_wide -= 1
+        if rd >= 0 and ring_sq[rd % wr]:
+            ring_sq[rd % wr] = False
+            n_sq -= 1
         if n_wide == 0:
             float_live = False
         elif not float_live:  # a wide row came in: the float sums of the rows in the window
@@ -344,8 +367,14 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                         if not ((d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
                                 & (d * d > ss2 * s * fn)):
                             continue
-                        q = _window_squares(ring_x, ring_rows, nrows, c, half_c, nx,
-                                           not float_live)
+                        if n_sq == 0:
+                            q_i = np.int32(0)
+                            for j in range(w):
+                                q_i = np.int32(q_i + col_q[c + j])
+                            q = float(q_i)
+                        else:
+                            q = _window_squares(ring_x, ring_rows, nrows, c, half_c, nx,
+                                               not float_live)
                         e = fn * q - s * s - (fn - 1.0) * s
                         if not ((e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
                             continue
