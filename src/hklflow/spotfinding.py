@@ -344,7 +344,7 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                 nrows += 1
             for word in range(flag_words.shape[0]):  # (8 flags at a time: most are 0)
                 bits = flag_words[word]
-                while bits:  # each flag a 0 or 1 byte: the set bits are the pixels
+                while bits:  # flags are 0 or 1 bytes, byte i bit 8i (little-endian)
                     c = 8 * word + trailing_zeros(bits) // 8
                     bits &= bits - np.uint64(1)
                     n = 0
