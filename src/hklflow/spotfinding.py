@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import steplog
 from .geometry import DetectorGeometry, ScanAngles
@@ -64,6 +63,15 @@ USABLE, IN_ANNULUS = 1, 2
 # the kernel's row update in one loop where numba compiles for AVX-512, in two elsewhere
 # (the faster of the two there; a compile-time constant of the kernel)
 ONE_ROW_LOOP = has_avx512()
+try:  # numba's intrinsic (LLVM's cttz; numba's math.gcd uses it)
+    from numba.cpython.unsafe.numbers import trailing_zeros
+except ImportError:  # pragma: no cover - a numba that moved it
+    @numba.njit(nogil=True, inline="always")
+    def trailing_zeros(x):
+        n = 0
+        while ((x >> np.uint64(n)) & np.uint64(1)) == 0:  # (x != 0)
+            n += 1
+        return n
 # address space left unused on either side of an isolated_empty array
 ISOLATION_BYTES = 1 << 21
 
