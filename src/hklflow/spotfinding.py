@@ -132,16 +132,10 @@ def _window_squares(ring_x, ring_rows, nrows, c, half_c, nx, exact):
     c1 = min(c + half_c, nx - 1)
     if exact:
         qi = np.int64(0)
-        if c1 - c0 == 2 * half_c:  # the whole width: a loop of fixed length, unrolled
-            for i in range(nrows):
-                for j in range(2 * half_c + 1):
-                    v = np.int64(max(ring_x[ring_rows[i], c0 + j], np.int32(0)))
-                    qi += v * v
-        else:
-            for i in range(nrows):
-                for cc in range(c0, c1 + 1):
-                    v = np.int64(max(ring_x[ring_rows[i], cc], np.int32(0)))
-                    qi += v * v
+        for i in range(nrows):
+            for cc in range(c0, c1 + 1):
+                v = np.int64(max(ring_x[ring_rows[i], cc], np.int32(0)))
+                qi += v * v
         return float(qi)
     q = 0.0
     for i in range(nrows):
@@ -168,8 +162,7 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     col_n = np.zeros(ncol, dtype=np.int32)
     col_i = np.zeros(ncol, dtype=np.int32)
     wide = (2 ** 31 - 1) // (w * (2 * half_r + 1) + 1)
-    ring_wide = np.zeros(2 * half_r + 2, dtype=np.bool_)
-    n_wide = 0
+    n_wide = 0  # rows in the window with a value >= wide
     # sums of squares the same way (wrapping int32), exact while the window's values are
     # below `narrow_sq` (6621 for 7 x 7); else a candidate adds its squares up from the ring
     col_q = np.zeros(ncol, dtype=np.int32)
@@ -180,8 +173,7 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     while (root + 1) * (root + 1) <= sq_max:
         root += 1
     narrow_sq = np.int32(root + 1)
-    ring_sq = np.zeros(2 * half_r + 2, dtype=np.bool_)
-    n_sq = 0
+    n_sq = 0  # rows in the window with a value >= narrow_sq
     # the sums again in float64 (exact) only while a row with a value >= wide is in the
     # window, for the first test in float64 there
     col_s = np.zeros(ncol)
@@ -193,6 +185,7 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
     # in the window)
     wr = 2 * half_r + 2
     ring_x = np.zeros((wr, nx), dtype=np.int32)
+    ring_max = np.zeros(wr, dtype=np.int32)  # each ring row's largest value
     ring_rows = np.zeros(wr, dtype=np.int64)
     # the first test's outcome per pixel of the row, looked at 8 at a time below (most
     # are 0; the bytes past nx stay 0)
@@ -277,9 +270,8 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             n_valid += row_n
             s_trim += ann_sum
             n_ann += ann_n
-            ring_wide[ra % wr] = row_max >= wide
+            ring_max[ra % wr] = row_max
             n_wide += row_max >= wide
-            ring_sq[ra % wr] = row_max >= narrow_sq
             n_sq += row_max >= narrow_sq
             if not leaving:
                 _add_row(col_n, col_i, col_q, xa, pad, 1)
@@ -289,12 +281,9 @@ def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
             _add_row(col_n, col_i, col_q, ring_x[rd % wr], pad, -1)
             if float_live:
                 _add_row_float(col_s, ring_x[rd % wr], pad, -1)
-        if rd >= 0 and ring_wide[rd % wr]:
-            ring_wide[rd % wr] = False
-            n_wide -= 1
-        if rd >= 0 and ring_sq[rd % wr]:
-            ring_sq[rd % wr] = False
-            n_sq -= 1
+        if rd >= 0:
+            n_wide -= ring_max[rd % wr] >= wide
+            n_sq -= ring_max[rd % wr] >= narrow_sq
         if n_wide == 0:
             float_live = False
         elif not float_live:  # a wide row came in: the float sums of the rows in the window

@@ -1432,13 +1432,13 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                     frames = stack.read(a, b, out=bufs[0][:b - a])
                 else:
                     slot.pending, slot.done = added, b - first
-            if added is False and np.isnan(s).any():  # frames left out (a bad monitor)
-                keep = ~np.isnan(s)
-                if keep.any():
+            if added is False:  # from the frames read
+                keep = ~np.isnan(s)  # (frames left out: a bad monitor)
+                if keep.all():
+                    transformer.add(frames, M, s, bragg)
+                elif keep.any():
                     transformer.add(frames[keep], M[keep], s[keep],
                                     bragg[keep] if mask is not None else None)
-            elif added is False:
-                transformer.add(frames, M, s, bragg)
             t_kernel += time.perf_counter() - t
             if slot.done is None and progress is not None:
                 progress(b - first)
