@@ -93,27 +93,45 @@ def test_kernel_equals_numpy_reference(setup):
     np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
 
 
-def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup):
+@pytest.mark.parametrize("bragg_fraction, hkl_radius", [(0.1, 0.1), (0.002, 0.0)])
+def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup, bragg_fraction,
+                                                             hkl_radius):
     """One read of the frames makes both volumes: each equals the volume of a pass of its
-    own exactly (the masked pixels add 0 to the masked pair)."""
+    own exactly (the masked pixels add 0 to the masked kind), whether a brick's kinds were
+    split apart at its first pixel or after the first half of the frames added to both
+    (sparse Bragg regions from frame 20 on, no punch), or never."""
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:40]
     M = frame_matrices(scan, 0, 40, 3)
     scale = np.linspace(0.9, 1.2, 40)
     rng = np.random.default_rng(7)
-    bragg = (rng.random((40, fr[0].size)) < 0.1).astype(np.uint8)
+    bragg = (rng.random((40, fr[0].size)) < bragg_fraction).astype(np.uint8)
+    if bragg_fraction < 0.01:
+        bragg[:20] = 0
     both = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
-                       crystal=crystal, hkl_radius=0.1)
-    both.add(fr, M, scale, bragg)
+                       crystal=crystal, hkl_radius=hkl_radius)
+    both.add(fr[:20], M[:20], scale[:20], bragg[:20])
+    split_early = both.acc.split[:both.acc.size // 512].copy()
+    written_early = both.acc.weights[0].reshape(-1, 512).any(axis=1)
+    both.add(fr[20:], M[20:], scale[20:], bragg[20:])
+    split = both.acc.split[:both.acc.size // 512] != 0
+    written = both.acc.weights[0].reshape(-1, 512).any(axis=1)
+    if bragg_fraction < 0.01:  # bricks split after holding pixels of both kinds; others not
+        assert not split_early.any()
+        assert (split & written_early).sum() > 10 and (written & ~split).sum() > 10
+    else:
+        assert split[written].mean() > 0.9
     for kind in ("transform", "masked_transform"):
         alone = Transformer(grid, table, 2 ** 31 - 1, kinds=(kind,), crystal=crystal,
-                            hkl_radius=0.1)
-        alone.add(fr, M, scale, bragg)
+                            hkl_radius=hkl_radius)
+        for part in (slice(0, 20), slice(20, 40)):  # (the same chunks: the same order)
+            alone.add(fr[part], M[part], scale[part], bragg[part])
         s, w = both.slab(0, grid.l.n, kind)
         s1, w1 = alone.slab(0, grid.l.n, kind)
         assert np.array_equal(w, w1) and np.array_equal(s, s1)
         assert both.pixel_frames(kind) == alone.pixel_frames(kind)
-    assert both.pixel_frames("masked_transform") < 0.95 * both.pixel_frames("transform")
+    assert both.pixel_frames("masked_transform") < (1 - bragg_fraction / 2) * both.pixel_frames(
+        "transform")
     with pytest.raises(ValueError, match="Bragg mask"):
         both.add(fr, M, scale)
 
@@ -129,7 +147,10 @@ def test_threads_give_the_sums_of_one_thread_bit_for_bit(setup, threads):
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:24]
     rng = np.random.default_rng(5)
+    # Bragg regions everywhere, then (frames 10 on) in 0.5% of the pixels: paired cells
+    # split bricks as threads add (a brick across a cut split before)
     bragg = (rng.random((24, fr[0].size)) < 0.1).astype(np.uint8)
+    bragg[10:] &= (rng.random((14, fr[0].size)) < 0.05).astype(np.uint8)
     picked = set()
     for axis in ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0), None):
         turned = ScanGeometry(scan.detector, Goniometer(axis or (0.0, 1.0, 0.0)),
@@ -449,8 +470,9 @@ def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path
                 tr.close()
             # (the chunks with frames left out are read and added as usual)
             assert [r is not False for r in as_stored] == ([True] if stored else [])
-            # (the grid, not the dump slots after it: threads leave those out)
-            cells.append([c[:tr.acc.stride * tr.acc.size].copy() for c in tr.acc.cells])
+            # every kind's signal and weight on the grid (not the dump slots after it:
+            # threads leave those out; paired cells split their bricks as they go)
+            cells.append([x.copy() for kind in range(tr.acc.nkinds) for x in tr.acc.flat(kind)])
         assert np.count_nonzero(cells[0][0]) > 1000
         for other in cells[1:]:
             assert all(np.array_equal(a, b) for a, b in zip(cells[0], other))
@@ -529,6 +551,8 @@ def test_subdivision_conserves_intensity_and_spreads_it(setup):
 
 @pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
 def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
+    """Slabs (one kind, or every kind in one pass) equal the whole arrays; paired cells give
+    the second kind from cells[1] in the bricks marked split, from cells[0] elsewhere."""
     from hklflow.transform import DUMP_SLOTS, DUMP_THREADS, BrickedGrid
 
     g = Grid(Axis(0, 1, 13), Axis(0, 1, 21), Axis(0, 1, 37))  # not multiples of the brick
@@ -537,11 +561,24 @@ def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
     for kind in range(nkinds):
         b.signals[kind][:] = rng.random(b.size)
         b.weights[kind][:] = rng.random(b.size)
+    nb = b.size // b.brick ** 3
+    expected = [(b.signals[k].copy(), b.weights[k].copy()) for k in range(nkinds)]
+    if paired:
+        split = rng.random(nb) < 0.5
+        b.split[:nb] = split
+        own = np.repeat(split, b.brick ** 3)
+        expected[1] = tuple(np.where(own, x1, x0) for x0, x1 in zip(expected[0], expected[1]))
+        assert 0 < split.sum() < nb
     whole = [b.arrays(kind) for kind in range(nkinds)]
     for kind, (s, w) in enumerate(whole):
         assert s.shape == g.shape
+        assert np.array_equal(s, b.unbrick(expected[kind][0]))
+        assert np.array_equal(w, b.unbrick(expected[kind][1]))
         for l0 in range(0, 37, 8):
             a, c = b.slab(l0, min(l0 + 8, 37), kind)
+            assert np.array_equal(a, s[l0:l0 + 8]) and np.array_equal(c, w[l0:l0 + 8])
+    for l0 in range(0, 37, 8):
+        for (a, c), (s, w) in zip(b.slabs(l0, min(l0 + 8, 37)), whole):
             assert np.array_equal(a, s[l0:l0 + 8]) and np.array_equal(c, w[l0:l0 + 8])
     if nkinds == 2:  # the kinds are held apart
         assert not np.array_equal(whole[0][0], whole[1][0])
@@ -603,6 +640,8 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch
         for cells in g.cells:
             for brick in hit:  # one voxel of the brick (its last page, when it has two)
                 cells[brick * per + per - 1 - rng.integers(g.stride)] = rng.random() + 0.5
+        if paired:  # (the second kind of those bricks in cells[1])
+            g.split[hit] = 1
         return g, hit
 
     g, hit = made()
@@ -618,7 +657,7 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch
                               hit[(hit >= per_row) & (hit < 3 * per_row)])
     got = [[a.copy() for a in pair] for pair in g.slabs(5, 30)]  # bricks skipped
     twin = made()[0]
-    want = [(twin.unbrick(s), twin.unbrick(w)) for s, w in zip(twin.signals, twin.weights)]
+    want = [twin.arrays(kind) for kind in range(2)]
     assert sum(int(np.count_nonzero(s)) + int(np.count_nonzero(w)) for s, w in want) > 0
     for pages in ("read", "unreadable", "all absent"):
         if pages == "unreadable":

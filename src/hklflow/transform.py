@@ -212,10 +212,17 @@ def written_pages(address: int, nbytes: int) -> np.ndarray | None:
 class BrickedGrid:
     """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
     or two kinds of volume, signal and weight of a voxel side by side: one cache line per
-    pixel added.  Two kinds: with `paired` (as Transformer holds them) one array holding both
-    kinds of a voxel side by side (signal, weight, masked signal, masked weight: a pixel
-    added to both in one cache line; 1.6 ms a 2M frame less than two arrays), else one array
-    per kind."""
+    pixel added.  One array per kind, or with `paired` (two kinds, as Transformer holds
+    them) shared cells: `cells[0]` holds the first kind (every pixel) and, for a brick none
+    of whose voxels has yet been reached by a pixel the second kind leaves out, the second
+    kind too (the same additions in the same order: equal bit for bit); the first such
+    pixel splits the brick (`split`, uint8 per brick) by copying its cells into
+    `cells[1]`, which from then on holds the second kind of that brick.  Bragg regions
+    reach few bricks (14 of 116272 on 32 frames of the pipeline bench's entry), so a grid
+    takes about 8 bytes per voxel, not 16: 3600 2M frames of a full turn onto 801^3 held
+    0.99 GB of grid instead of 1.94 (the process 3.69 GB at its peak instead of 4.65), in
+    the same CPU time within noise (15.3-15.7 against 14.2-16.2 ms per frame), as both kinds
+    of a voxel side by side in one array did."""
 
     def __init__(self, grid: Grid, nkinds: int = 1, paired: bool = False):
         self.grid = grid
@@ -234,22 +241,36 @@ class BrickedGrid:
         self.paired = bool(paired)
         if self.paired and self.nkinds != 2:
             raise ValueError(f"paired cells hold two kinds, not {self.nkinds}")
-        # per kind (or per pair of kinds): (signal, weight) per voxel, then the kernel's dump
-        # slots; kind k's signal and weight are at offset[k] and offset[k] + 1, every stride
-        self.stride = 4 if self.paired else 2
+        # per kind: (signal, weight) per voxel, then the kernel's dump slots
+        self.stride = 2
         self.cells = [zeros_in_small_pages(self.stride * (size + DUMP_SLOTS * DUMP_THREADS),
-                                           np.float32)
-                      for _ in range(1 if self.paired else self.nkinds)]
-        self._where = [(0, 0), (0, 2)] if self.paired else [(k, 0) for k in range(self.nkinds)]
+                                           np.float32) for _ in range(self.nkinds)]
+        # paired: per brick, 1 where cells[1] holds the second kind; the dump slots' bricks
+        # are split from the start (both kinds add there, as two arrays would)
+        nsplit = -(-(size + DUMP_SLOTS * DUMP_THREADS) // b ** 3)
+        self.split = np.zeros(nsplit if self.paired else 0, np.uint8)
+        self.split[size // b ** 3:] = 1
         end = self.stride * size
-        self.signals = [self.cells[c][o:end:self.stride] for c, o in self._where]
-        self.weights = [self.cells[c][o + 1:end:self.stride] for c, o in self._where]
+        self.signals = [c[0:end:self.stride] for c in self.cells]
+        self.weights = [c[1:end:self.stride] for c in self.cells]
         self.origin = np.array([ax.start for ax in grid.axes])
         self.inv_step = np.array([1.0 / ax.step for ax in grid.axes])
 
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.cells)
+
+    def split_bricks(self, bricks: np.ndarray) -> None:
+        """Split the given bricks now (paired; no pixel added yet, or none reaching them since
+        their cells were last equal): their second kind's cells are copied from cells[0]."""
+        if not self.paired:
+            return
+        bricks = np.asarray(bricks, np.int64)
+        todo = bricks[self.split[bricks] == 0]
+        n = self.stride * self.brick ** 3
+        for brick in todo.tolist():
+            self.cells[1][brick * n:(brick + 1) * n] = self.cells[0][brick * n:(brick + 1) * n]
+        self.split[todo] = 1
 
     def unbrick(self, flat: np.ndarray) -> np.ndarray:
         bl, bk, bh = (int(v) for v in self.nbricks)
@@ -258,9 +279,22 @@ class BrickedGrid:
         a = a.reshape(bl * b, bk * b, bh * b)
         return np.ascontiguousarray(a[:self.grid.l.n, :self.grid.k.n, :self.grid.h.n])
 
+    def flat(self, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(signal, weight) of a kind in brick order (kind 1 of paired cells: a copy, from
+        cells[0] where a brick is not split)."""
+        if not (self.paired and kind == 1):
+            return self.signals[kind], self.weights[kind]
+        b3 = self.brick ** 3
+        nb = self.size // b3
+        own = (self.split[:nb] != 0)[:, None]
+        return tuple(np.where(own, x1.reshape(nb, b3), x0.reshape(nb, b3)).reshape(-1)
+                     for x0, x1 in ((self.signals[0], self.signals[1]),
+                                    (self.weights[0], self.weights[1])))
+
     def arrays(self, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(signal, weight) of a kind as [l, k, h] arrays."""
-        return self.unbrick(self.signals[kind]), self.unbrick(self.weights[kind])
+        signal, weight = self.flat(kind)
+        return self.unbrick(signal), self.unbrick(weight)
 
     def _slab_arrays(self, l0: int, l1: int, out: tuple | None) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= l0 <= l1 <= self.grid.l.n:
@@ -293,6 +327,13 @@ class BrickedGrid:
         written = np.concatenate([[0], np.cumsum(pages, dtype=np.int64)])
         return first, (written[p1 + 1] > written[p0]).astype(np.uint8)
 
+    def _second(self, kind: int = 1):
+        """What the unbricking kernels take for a kind's cells beside cells[0]: paired cells'
+        second kind (cells[1], split), else (cells[0], no split)."""
+        if self.paired and kind == 1:
+            return self.cells[1], self.split
+        return self.cells[0], self.split[:0]
+
     def slab(self, l0: int, l1: int, kind: int = 0, out: tuple | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
         """(signal, weight) of a kind on L planes [l0, l1) as [l, k, h] arrays, in one pass
@@ -300,22 +341,22 @@ class BrickedGrid:
         into the first planes of `out` (two float32 C-order arrays [>= l1 - l0, k, h],
         reused from slab to slab) when given."""
         signal, weight = self._slab_arrays(l0, l1, out)
-        c, offset = self._where[kind]
+        # (paired cells' second kind: cells[1] holds data only in bricks where cells[0] does)
+        c = 0 if self.paired else kind
         first, written = self.written_bricks(self.cells[c], l0, l1)
-        _unbrick_slab(self.cells[c], offset, self.stride, l0, self.nbricks, self.brick,
-                      first, written, signal, weight, None, None)
+        _unbrick_slab(self.cells[c], *self._second(kind), l0, self.nbricks, self.brick, first,
+                      written, signal, weight, None, None)
         return signal, weight
 
     def slabs(self, l0: int, l1: int, out: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """slab() of every kind, [(signal, weight)] in kind order; paired cells in one pass
-        over them (a kind's slab alone would read the other kind's cache lines too).  out:
-        a pair of buffers per kind, as slab()'s."""
+        over them.  out: a pair of buffers per kind, as slab()'s."""
         out = out if out is not None else [None] * self.nkinds
         if not self.paired:
             return [self.slab(l0, l1, kind, o) for kind, o in enumerate(out)]
         arrays = [self._slab_arrays(l0, l1, o) for o in out]
         first, written = self.written_bricks(self.cells[0], l0, l1)
-        _unbrick_slab(self.cells[0], 0, self.stride, l0, self.nbricks, self.brick, first,
+        _unbrick_slab(self.cells[0], *self._second(), l0, self.nbricks, self.brick, first,
                       written, *arrays[0], *arrays[1])
         return arrays
 
@@ -335,9 +376,11 @@ class BrickedGrid:
         arrays = np.empty((3, self.nkinds, cl, ck, ch), np.float32)  # signal, weight, intensity
         k_starts = np.arange(0, nk, ck) // b  # the first brick of each chunk along k and h
         h_starts = np.arange(0, nh, ch) // b
+        # (paired cells: cells[1] holds data only in bricks where cells[0] does)
+        own = self.cells[:1] if self.paired else self.cells
         for l0 in range(0, nl, cl):
             l1 = min(l0 + cl, nl)
-            written = [self.written_bricks(cells, l0, l1) for cells in self.cells]
+            written = [self.written_bricks(cells, l0, l1) for cells in own]
             touched = np.zeros(self.nbricks[1:], bool)  # a brick of the row written (any array)
             for _, flags in written:
                 touched |= flags.reshape(-1, *self.nbricks[1:]).any(axis=0)
@@ -348,11 +391,14 @@ class BrickedGrid:
     def _gather_row(self, l0, hit, chunk, written, intensity, arrays):
         signal, weight, inten = arrays
         # paired cells: both kinds in one call; else a call per kind's own cells
-        groups = [slice(0, 2)] if self.paired else [slice(c, c + 1) for c in range(self.nkinds)]
+        if self.paired:
+            calls = [(self.cells[0], *self._second(), slice(0, 2))]
+        else:
+            calls = [(c, c, self.split, slice(i, i + 1)) for i, c in enumerate(self.cells)]
         for row, col in zip(*np.nonzero(hit)):
             k0, h0 = int(row) * chunk[0], int(col) * chunk[1]
-            for cells, (first, flags), kinds in zip(self.cells, written, groups):
-                _gather_chunk(cells, self.stride, kinds.stop - kinds.start, l0, k0, h0,
+            for (cells, second, split, kinds), (first, flags) in zip(calls, written):
+                _gather_chunk(cells, second, split, kinds.stop - kinds.start, l0, k0, h0,
                               self.grid.shape, self.nbricks, self.brick, first, flags,
                               intensity, signal[kinds], weight[kinds], inten[kinds])
             yield k0, h0, [(signal[kind], weight[kind], inten[kind] if intensity else None)
@@ -360,14 +406,14 @@ class BrickedGrid:
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_chunk(cells, stride, nkinds, l0, k0, h0, shape, nbricks, b, first, written,
-                  with_intensity, signal, weight, intensity):
+def _gather_chunk(cells, second, split, nkinds, l0, k0, h0, shape, nbricks, b, first,
+                  written, with_intensity, signal, weight, intensity):
     """One chunk (L planes l0.., k0.., h0.., signal's shape[1:] [cl, ck, ch]) of nkinds
-    kinds (a voxel's cells `stride` apart, kind j's signal and weight at 2 j and 2 j + 1:
-    paired cells give both kinds from one read) from the bricked cells (brick (L, K, H),
-    then voxel (l, k, h) inside it) into signal[j], weight[j] and, with_intensity,
+    kinds from the bricked cells (brick (L, K, H), then voxel (l, k, h) inside it; a
+    voxel's signal and weight side by side) into signal[j], weight[j] and, with_intensity,
     intensity[j] = signal / weight, NaN where the weight is 0; the fill value beyond the
-    grid."""
+    grid.  Two kinds (paired cells): the second from `second` in the bricks `split` marks,
+    else from `cells` too."""
     cl, ck, ch = signal.shape[1], signal.shape[2], signal.shape[3]
     nl, nk, nh = shape
     bk, bh = nbricks[1], nbricks[2]
@@ -379,7 +425,6 @@ def _gather_chunk(cells, stride, nkinds, l0, k0, h0, shape, nbricks, b, first, w
         signal[:nkinds] = zero
         weight[:nkinds] = zero
         intensity[:nkinds] = nan
-    two = nkinds == 2
     # brick by brick in memory order (a brick's cells are contiguous, and so are the bricks
     # along h): in the chunk's order, row by row through 8 bricks, it took a fifth longer
     for L in range(l0 // b, (l0 + nli + b - 1) // b):
@@ -398,36 +443,33 @@ def _gather_chunk(cells, stride, nkinds, l0, k0, h0, shape, nbricks, b, first, w
                                     weight[j, l - l0, k - k0, h - h0] = zero
                                     intensity[j, l - l0, k - k0, h - h0] = nan
                     continue
-                for l in range(la, lb):
-                    for k in range(ka, kb):
-                        # cell of voxel (l, k, h): stride * its index in the bricks
-                        c0 = stride * (brick * b3 + ((l - L * b) * b + k - K * b) * b - H * b)
-                        i, kk = l - l0, k - k0
-                        for h in range(ha, hb):
-                            c = c0 + stride * h
-                            s = cells[c]
-                            w = cells[c + 1]
-                            signal[0, i, kk, h - h0] = s
-                            weight[0, i, kk, h - h0] = w
-                            if with_intensity:
-                                intensity[0, i, kk, h - h0] = s / w if w > zero else nan
-                            if two:
-                                s = cells[c + 2]
-                                w = cells[c + 3]
-                                signal[1, i, kk, h - h0] = s
-                                weight[1, i, kk, h - h0] = w
+                for j in range(nkinds):
+                    src = cells
+                    if j == 1 and split[brick] != 0:  # (j == 1: paired cells)
+                        src = second
+                    for l in range(la, lb):
+                        for k in range(ka, kb):
+                            # cells of voxel (l, k, h): 2 x its index in the bricks
+                            c0 = 2 * (brick * b3 + ((l - L * b) * b + k - K * b) * b - H * b)
+                            i, kk = l - l0, k - k0
+                            for h in range(ha, hb):
+                                c = c0 + 2 * h
+                                s = src[c]
+                                w = src[c + 1]
+                                signal[j, i, kk, h - h0] = s
+                                weight[j, i, kk, h - h0] = w
                                 if with_intensity:
-                                    intensity[1, i, kk, h - h0] = s / w if w > zero else nan
+                                    intensity[j, i, kk, h - h0] = s / w if w > zero else nan
 
 
 @numba.njit(cache=True, nogil=True)
-def _unbrick_slab(cells, offset, stride, l0, nbricks, b, first, written, signal, weight,
+def _unbrick_slab(cells, second, split, l0, nbricks, b, first, written, signal, weight,
                   signal1, weight1):
     """signal[l, k, h], weight[l, k, h] of L planes l0.. from the bricked cells (brick
-    (L, K, H), then voxel (l, k, h) inside it; a voxel's cells `stride` apart, its signal
-    at `offset` and its weight next to it); with signal1, weight1 (paired cells) the
-    second kind's, from the next two cells, in the same pass.  written[brick - first]: 0
-    for a brick never written (zeros, not read)."""
+    (L, K, H), then voxel (l, k, h) inside it; a voxel's signal and weight side by side);
+    with a split table (paired cells' second kind), with signal1, weight1 the second kind's
+    too, in the same pass, else the second kind's alone; a split brick's second kind from
+    `second`.  written[brick - first]: 0 for a brick never written (zeros, not read)."""
     nl, nk, nh = signal.shape
     bk, bh = nbricks[1], nbricks[2]
     b3 = b * b * b
@@ -439,7 +481,8 @@ def _unbrick_slab(cells, offset, stride, l0, nbricks, b, first, written, signal,
             row = (L * bk + K) * bh * b3 + (il * b + ik) * b
             for H in range(bh):
                 h0 = H * b
-                if written[(L * bk + K) * bh + H - first] == 0:
+                brick = (L * bk + K) * bh + H
+                if written[brick - first] == 0:
                     for ih in range(min(b, nh - h0)):
                         signal[i, k, h0 + ih] = zero
                         weight[i, k, h0 + ih] = zero
@@ -447,14 +490,20 @@ def _unbrick_slab(cells, offset, stride, l0, nbricks, b, first, written, signal,
                             signal1[i, k, h0 + ih] = zero
                             weight1[i, k, h0 + ih] = zero
                     continue
-                j0 = stride * (row + H * b3) + offset
+                j0 = 2 * (row + H * b3)
+                src0 = cells  # the first array's kind
+                src1 = cells  # paired: the second kind's
+                if split.size > 0 and split[brick] != 0:
+                    src1 = second
+                    if signal1 is None:
+                        src0 = second
                 for ih in range(min(b, nh - h0)):
-                    j = j0 + stride * ih
-                    signal[i, k, h0 + ih] = cells[j]
-                    weight[i, k, h0 + ih] = cells[j + 1]
+                    j = j0 + 2 * ih
+                    signal[i, k, h0 + ih] = src0[j]
+                    weight[i, k, h0 + ih] = src0[j + 1]
                     if signal1 is not None:
-                        signal1[i, k, h0 + ih] = cells[j + 2]
-                        weight1[i, k, h0 + ih] = cells[j + 3]
+                        signal1[i, k, h0 + ih] = src1[j]
+                        weight1[i, k, h0 + ih] = src1[j + 1]
 
 
 # The kernel works through the detector in blocks of BLOCK pixels, in three passes per block:
@@ -464,8 +513,10 @@ def _unbrick_slab(cells, offset, stride, l0, nbricks, b, first, written, signal,
 #     face are decided again in float64 (so decisions equal a float64 evaluation exactly);
 #  3. the scatter, in four interleaved streams a quarter block apart: consecutive pixels often
 #     hit the same voxel, and interleaving keeps those read-modify-writes from waiting on
-#     each other; a voxel's cells (signal and weight, of one or both kinds) side by side are
-#     added as one vector (_add_to_cells).
+#     each other; a voxel's signal and weight side by side are added as one vector
+#     (_add_to_cells); with two kinds, to the second kind's array too where the voxel's
+#     brick is split (BrickedGrid paired), the bricks a block's left-out pixels land in
+#     split first (_split_for).
 # Work units are (block, frame, sub-step), frames innermost: a block's pixels move less than
 # a voxel from one frame to the next, so the voxels they add to and their Q table stay in
 # the core's cache for the frames of a chunk instead of being fetched from memory per frame.
@@ -514,6 +565,17 @@ def _any_negative(buf, start, stop):
     for i in range(part.shape[0]):
         sign |= part[i]
     return sign < 0
+
+
+@numba.njit(inline="always")
+def _any_zero(buf, start, stop):
+    """True when buf[start:stop] (float32) holds a 0 (vectorised, as _any_negative: a
+    minimum of floats would stay scalar, and took 1.5-2 ms a 2M frame)."""
+    part = buf[start:stop]
+    zero = np.int32(0)
+    for i in range(part.shape[0]):
+        zero |= np.int32(part[i] == np.float32(0.0))
+    return zero != 0
 
 
 @numba.njit(inline="always")
@@ -728,13 +790,49 @@ def _scatter_block(idx, val, n, w32, cells):
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_pair(idx, val, keep, n, w32, cells):
-    """Pass 3 of a two-kind pass into paired cells (BrickedGrid paired: both kinds of a voxel
-    in one cache line): every pixel adds to the first kind, value and weight times keep (1,
-    or 0 for a Bragg-masked or punched pixel: adding 0 leaves a float32 sum unchanged bit
-    for bit) to the second, so each kind holds exactly what a pass of its own would.  A full
-    block goes in four interleaved streams a quarter apart, a voxel's four cells in one
-    vector addition."""
+def _split_brick(cells, second, split, brick):
+    """Split a brick (BrickedGrid paired): its cells copied into `second`, which holds the
+    second kind of the brick from now on.  (Called before a block's scatter, _split_for:
+    a split inside the scatter loop, inlined or called, made the loop three times slower.)"""
+    n = 2 << (3 * BRICK_BITS)
+    second[brick * n:(brick + 1) * n] = cells[brick * n:(brick + 1) * n]
+    split[brick] = 1
+
+
+@numba.njit(inline="always")
+def _split_for(idx, keep, n, cells, second, split):
+    """Split the bricks of the pixels of a block that the second kind leaves out (keep 0),
+    before any of the block is added: from then on their pixels add to both arrays."""
+    for r0 in range(0, n, FIXUP_CHUNK):
+        r1 = min(r0 + FIXUP_CHUNK, n)
+        if _any_zero(keep, r0, r1):
+            for i in range(r0, r1):
+                if keep[i] == np.float32(0.0):
+                    brick = np.int64(np.uint32(idx[i]) >> (3 * BRICK_BITS))
+                    if split[brick] == 0:
+                        _split_brick(cells, second, split, brick)
+
+
+@numba.njit(inline="always")
+def _add_pair(cells, second, split, k, v, w32, e):
+    """Pixel value v (weight w32) into both kinds of voxel k of paired cells, times e (1, or
+    0 for a pixel the second kind leaves out) into the second: into cells[0] alone while
+    its brick is not split (its second kind is cells[0]'s, bit for bit; a pixel left out
+    lands only in a split brick: _split_for), else into `second` too."""
+    _add_to_cells(cells, k, (v, w32))
+    if split[k >> (3 * BRICK_BITS)] != 0:
+        _add_to_cells(second, k, (v * e, w32 * e))
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_pair(idx, val, keep, n, w32, cells, second, split):
+    """Pass 3 of a two-kind pass into paired cells (BrickedGrid paired): every pixel adds to
+    the first kind, value and weight times keep (1, or 0 for a Bragg-masked or punched
+    pixel: adding 0 leaves a float32 sum unchanged bit for bit) to the second (_add_pair),
+    so each kind holds exactly what a pass of its own would.  The bricks of the block's
+    left-out pixels are split first; a full block then goes in four interleaved streams a
+    quarter apart, the second kind added only where a brick is split."""
+    _split_for(idx, keep, n, cells, second, split)
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
@@ -742,19 +840,31 @@ def _scatter_pair(idx, val, keep, n, w32, cells):
             k1 = np.uint32(idx[i + quarter])
             k2 = np.uint32(idx[i + 2 * quarter])
             k3 = np.uint32(idx[i + 3 * quarter])
-            v0, e0 = val[i], keep[i]
-            v1, e1 = val[i + quarter], keep[i + quarter]
-            v2, e2 = val[i + 2 * quarter], keep[i + 2 * quarter]
-            v3, e3 = val[i + 3 * quarter], keep[i + 3 * quarter]
-            _add_to_cells(cells, k0, (v0, w32, v0 * e0, w32 * e0))
-            _add_to_cells(cells, k1, (v1, w32, v1 * e1, w32 * e1))
-            _add_to_cells(cells, k2, (v2, w32, v2 * e2, w32 * e2))
-            _add_to_cells(cells, k3, (v3, w32, v3 * e3, w32 * e3))
+            v0, v1, v2, v3 = val[i], val[i + quarter], val[i + 2 * quarter], val[i + 3 * quarter]
+            s0 = split[k0 >> (3 * BRICK_BITS)]
+            s1 = split[k1 >> (3 * BRICK_BITS)]
+            s2 = split[k2 >> (3 * BRICK_BITS)]
+            s3 = split[k3 >> (3 * BRICK_BITS)]
+            _add_to_cells(cells, k0, (v0, w32))
+            _add_to_cells(cells, k1, (v1, w32))
+            _add_to_cells(cells, k2, (v2, w32))
+            _add_to_cells(cells, k3, (v3, w32))
+            if (s0 | s1 | s2 | s3) != 0:  # (rare: a split brick)
+                if s0 != 0:
+                    e = keep[i]
+                    _add_to_cells(second, k0, (v0 * e, w32 * e))
+                if s1 != 0:
+                    e = keep[i + quarter]
+                    _add_to_cells(second, k1, (v1 * e, w32 * e))
+                if s2 != 0:
+                    e = keep[i + 2 * quarter]
+                    _add_to_cells(second, k2, (v2 * e, w32 * e))
+                if s3 != 0:
+                    e = keep[i + 3 * quarter]
+                    _add_to_cells(second, k3, (v3 * e, w32 * e))
     else:
         for i in range(n):
-            v = val[i]
-            e = keep[i]
-            _add_to_cells(cells, np.uint32(idx[i]), (v, w32, v * e, w32 * e))
+            _add_pair(cells, second, split, np.uint32(idx[i]), val[i], w32, keep[i])
 
 
 def work_units(frames, M) -> int:
@@ -763,13 +873,20 @@ def work_units(frames, M) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_owned(idx, val, keep, n, w32, cells, size, share):
+def _scatter_owned(idx, val, keep, n, w32, cells, second, split, size, share):
     """Pass 3 of a thread's share (ThreadShares): what _scatter_block (keep None) or
     _scatter_pair would add, in the same order, of the pixels whose voxel this thread owns;
     the rest (other threads' voxels, the dump, pixels not computed: index >= size) left
     out."""
     owner, me, voxel_owner = share[3], share[4], share[5]
     low = (1 << (3 * BRICK_BITS)) - 1
+    if keep is not None:  # (a brick across a cut was split before any thread added to it)
+        for e in range(n):
+            k = idx[e]
+            if keep[e] == np.float32(0.0) and k < size:
+                brick = np.int64(k >> (3 * BRICK_BITS))
+                if owner[brick] == me and split[brick] == 0:
+                    _split_brick(cells, second, split, brick)
     quarter = BLOCK // 4
     streams = 4 if n == BLOCK else 1
     step = quarter if n == BLOCK else n
@@ -784,9 +901,7 @@ def _scatter_owned(idx, val, keep, n, w32, cells, size, share):
                     if keep is None:
                         _add_to_cells(cells, np.uint32(k), (val[e], w32))
                     else:
-                        v = val[e]
-                        m = keep[e]
-                        _add_to_cells(cells, np.uint32(k), (v, w32, v * m, w32 * m))
+                        _add_pair(cells, second, split, np.uint32(k), val[e], w32, keep[e])
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -815,7 +930,8 @@ def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, v
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _add_mixed_block(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
                      bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                     q_max, size, dump, idx, val, keep, punch, w32, cells, paired):
+                     q_max, size, dump, idx, val, keep, punch, w32, cells, second, split,
+                     paired):
     """A block some of whose pixels may land in other threads' voxels: its runs computed
     (_compute_share), only this thread's voxels added (_scatter_owned); both kinds in the
     paired cells, or one."""
@@ -823,12 +939,12 @@ def _add_mixed_block(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
         _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
                        bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
                        q_max, size, dump, idx, val, keep, punch)
-        _scatter_owned(idx, val, keep, n, w32, cells, size, share)
+        _scatter_owned(idx, val, keep, n, w32, cells, second, split, size, share)
     else:
         _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
                        bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
                        q_max, size, dump, idx, val, None, punch)
-        _scatter_owned(idx, val, None, n, w32, cells, size, share)
+        _scatter_owned(idx, val, None, n, w32, cells, second, split, size, share)
 
 
 @numba.njit(inline="always")
@@ -848,8 +964,8 @@ def _share_of_block(share, b):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, paired=False,
-                share=None):
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second, split,
+                paired=False, share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
@@ -860,10 +976,10 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     followed by the dump slots, block by block (compute, then scatter).
 
     One kind: (signal, weight) per voxel in cells; Bragg-masked and punched pixels go to
-    the dump.  paired: two kinds in the paired cells (BrickedGrid paired), every usable
-    pixel added to the first, those neither Bragg-masked nor punched to the second too.
-    share: one thread's part of the work (ThreadShares.shares[thread]), or None for all of
-    it."""
+    the dump.  paired: two kinds in the paired cells (BrickedGrid paired: cells, second,
+    split), every usable pixel added to the first, those neither Bragg-masked nor punched
+    to the second too (one kind: second and split unused).  share: one thread's part of
+    the work (ThreadShares.shares[thread]), or None for all of it."""
     w32 = np.float32(1.0 / M.shape[1])
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
@@ -883,13 +999,13 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
                 _add_mixed_block(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy, qz,
                                  corr, M, scale, value_max, bragg, allowed, allowed_off,
                                  hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                                 idx, val, keep, punch, w32, cells, paired)
+                                 idx, val, keep, punch, w32, cells, second, split, paired)
                 continue
         if paired:
             n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
                                q_max, size, dump, idx, val, keep, punch)
-            _scatter_pair(idx, val, keep, n, w32, cells)
+            _scatter_pair(idx, val, keep, n, w32, cells, second, split)
         else:
             n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                                allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
@@ -900,8 +1016,8 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                        qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                       hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
-                       paired=False, share=None):
+                       hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
+                       split, paired=False, share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (frames.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
@@ -940,13 +1056,13 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
             _add_mixed_block(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
                              scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
                              inv_step, dims, nbricks, q_max, size, dump, idx, val, keep, punch,
-                             w32, cells, paired)
+                             w32, cells, second, split, paired)
         elif paired:
             n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                                 value_max, bragg, allowed, allowed_off, hkl_r2, origin,
                                 inv_step, dims, nbricks, q_max, size, dump, idx, val, keep,
                                 punch)
-            _scatter_pair(idx, val, keep, n, w32, cells)
+            _scatter_pair(idx, val, keep, n, w32, cells, second, split)
         else:
             n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                                 value_max, bragg, allowed, allowed_off, hkl_r2, origin,
@@ -1213,6 +1329,9 @@ class Transformer:
         if self.shares is None:
             self.shares = ThreadShares(self.table, self.acc, M.reshape(-1, 3, 3)[0],
                                        self.threads, self.scan_axis)
+            # a brick only one thread adds to is split by that thread as it goes; one
+            # across a cut now, before any thread adds to it
+            self.acc.split_bricks(np.flatnonzero(self.shares.owner < 0))
         return self.shares if self.shares.fits(M) else None
 
     def share_out(self, M) -> None:
@@ -1262,7 +1381,7 @@ class Transformer:
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.cells[0], acc.paired)
+                acc.cells[0], acc.cells[-1], acc.split, acc.paired)
         self._finish(self._submit(lambda share: _accumulate(*args, share),
                                   self._shares_for(M)))
 
@@ -1311,7 +1430,7 @@ class Transformer:
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.cells[0], acc.paired)
+                acc.cells[0], acc.cells[-1], acc.split, acc.paired)
 
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = _accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
@@ -1339,7 +1458,7 @@ class Transformer:
 
     def pixel_frames(self, kind: str = "transform") -> int:
         """Pixel-frames added so far to a kind (its summed weight: 1 per pixel-frame)."""
-        w = self.acc.weights[self.kinds.index(kind)]
+        w = self.acc.flat(self.kinds.index(kind))[1]
         return int(round(float(np.sum(w, dtype=np.float64))))
 
 
