@@ -1458,8 +1458,16 @@ class Transformer:
 
     def pixel_frames(self, kind: str = "transform") -> int:
         """Pixel-frames added so far to a kind (its summed weight: 1 per pixel-frame)."""
-        w = self.acc.flat(self.kinds.index(kind))[1]
-        return int(round(float(np.sum(w, dtype=np.float64))))
+        acc, kind = self.acc, self.kinds.index(kind)
+
+        def per_brick(weights):  # (summed brick by brick: no copy of the grid)
+            return np.sum(weights.reshape(-1, acc.brick ** 3), axis=1, dtype=np.float64)
+        if acc.paired and kind == 1:  # (cells[0] where a brick is not split)
+            split = acc.split[:acc.size // acc.brick ** 3] != 0
+            w = per_brick(acc.weights[1])[split].sum() + per_brick(acc.weights[0])[~split].sum()
+        else:
+            w = per_brick(acc.weights[kind]).sum()
+        return int(round(float(w)))
 
 
 IN_FLIGHT = 3  # chunks of stored frames the threads add at once (their bytes and Bragg masks)
