@@ -269,7 +269,9 @@ class BrickedGrid:
         todo = bricks[self.split[bricks] == 0]
         n = self.stride * self.brick ** 3
         for brick in todo.tolist():
-            self.cells[1][brick * n:(brick + 1) * n] = self.cells[0][brick * n:(brick + 1) * n]
+            cells = self.cells[0][brick * n:(brick + 1) * n]
+            if cells.view(np.uint32).any():  # (all +0.0: cells[1]'s pages left unwritten)
+                self.cells[1][brick * n:(brick + 1) * n] = cells
         self.split[todo] = 1
 
     def unbrick(self, flat: np.ndarray) -> np.ndarray:
