@@ -261,8 +261,9 @@ class BrickedGrid:
         return sum(c.nbytes for c in self.cells)
 
     def split_bricks(self, bricks: np.ndarray) -> None:
-        """Split the given bricks now (paired; no pixel added yet, or none reaching them since
-        their cells were last equal): their second kind's cells are copied from cells[0]."""
+        """Split the given bricks now (paired cells; no thread adding meanwhile): the second
+        kind's cells of each brick not yet split are copied from cells[0], where its kinds
+        are equal."""
         if not self.paired:
             return
         bricks = np.asarray(bricks, np.int64)
