@@ -93,16 +93,17 @@ def test_kernel_equals_numpy_reference(setup):
     np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
 
 
-@pytest.mark.parametrize("bragg_fraction, hkl_radius", [(0.1, 0.1), (0.002, 0.0)])
-def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup, bragg_fraction,
-                                                             hkl_radius):
-    """One read of the frames makes both volumes: each equals the volume of a pass of its
-    own exactly (the masked pixels add 0 to the masked kind), whether a brick's kinds were
-    split apart at its first pixel or after the first half of the frames added to both
-    (sparse Bragg regions from frame 20 on, no punch), or never."""
+@pytest.mark.parametrize("bragg_fraction, hkl_radius, nsub", [(0.1, 0.1, 3), (0.002, 0.0, 2)])
+def test_both_kinds_in_one_pass_equal_two_passes(setup, bragg_fraction, hkl_radius, nsub):
+    """One read of the frames makes both volumes: the masked kind equals a pass of its own
+    bit for bit (it is the grid's first part: the pixels both kinds take, in the same
+    order); the transform, first part + second part (the pixels left out of the masked
+    kind), equals its own pass bit for bit wherever no left-out pixel landed, elsewhere to
+    the float32 rounding of its sum (weights too where sub-steps are not powers of 2:
+    1/3 is not a float32)."""
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:40]
-    M = frame_matrices(scan, 0, 40, 3)
+    M = frame_matrices(scan, 0, 40, nsub)
     scale = np.linspace(0.9, 1.2, 40)
     rng = np.random.default_rng(7)
     bragg = (rng.random((40, fr[0].size)) < bragg_fraction).astype(np.uint8)
@@ -110,26 +111,31 @@ def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup, bragg_fracti
         bragg[:20] = 0
     both = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
                        crystal=crystal, hkl_radius=hkl_radius)
-    both.add(fr[:20], M[:20], scale[:20], bragg[:20])
-    split_early = both.acc.split[:both.acc.size // 512].copy()
-    written_early = both.acc.weights[0].reshape(-1, 512).any(axis=1)
-    both.add(fr[20:], M[20:], scale[20:], bragg[20:])
-    split = both.acc.split[:both.acc.size // 512] != 0
-    written = both.acc.weights[0].reshape(-1, 512).any(axis=1)
-    if bragg_fraction < 0.01:  # bricks split after holding pixels of both kinds; others not
-        assert not split_early.any()
-        assert (split & written_early).sum() > 10 and (written & ~split).sum() > 10
-    else:
-        assert split[written].mean() > 0.9
+    for part in (slice(0, 20), slice(20, 40)):
+        both.add(fr[part], M[part], scale[part], bragg[part])
+    alone = {}
     for kind in ("transform", "masked_transform"):
-        alone = Transformer(grid, table, 2 ** 31 - 1, kinds=(kind,), crystal=crystal,
-                            hkl_radius=hkl_radius)
+        alone[kind] = Transformer(grid, table, 2 ** 31 - 1, kinds=(kind,), crystal=crystal,
+                                  hkl_radius=hkl_radius)
         for part in (slice(0, 20), slice(20, 40)):  # (the same chunks: the same order)
-            alone.add(fr[part], M[part], scale[part], bragg[part])
-        s, w = both.slab(0, grid.l.n, kind)
-        s1, w1 = alone.slab(0, grid.l.n, kind)
-        assert np.array_equal(w, w1) and np.array_equal(s, s1)
-        assert both.pixel_frames(kind) == alone.pixel_frames(kind)
+            alone[kind].add(fr[part], M[part], scale[part], bragg[part])
+    s, w = both.slab(0, grid.l.n, "masked_transform")
+    s1, w1 = alone["masked_transform"].slab(0, grid.l.n, "masked_transform")
+    assert np.array_equal(w, w1) and np.array_equal(s, s1)
+    left = both.acc.unbrick(both.acc.weights[1]) > 0  # voxels a left-out pixel reached
+    assert left.sum() > 100 and (~left & (w1 > 0)).sum() > 100
+    s, w = both.slab(0, grid.l.n, "transform")
+    s1, w1 = alone["transform"].slab(0, grid.l.n, "transform")
+    assert np.array_equal(w[~left], w1[~left]) and np.array_equal(s[~left], s1[~left])
+    if nsub == 2:  # (sums of halves: exact)
+        assert np.array_equal(w, w1)
+    # (two float32 sums of n >= 0 terms: each within n 2^-24 of the exact sum, relatively)
+    bound = 2 * 2.0 ** -24 * (w1[left] * nsub + 1)
+    assert (np.abs(w[left] - w1[left]) <= bound * w1[left]).all()
+    assert (np.abs(s[left] - s1[left]) <= bound * s1[left]).all()
+    assert not np.array_equal(s, both.slab(0, grid.l.n, "masked_transform")[0])
+    for kind in ("transform", "masked_transform"):
+        assert both.pixel_frames(kind) == alone[kind].pixel_frames(kind)
     assert both.pixel_frames("masked_transform") < (1 - bragg_fraction / 2) * both.pixel_frames(
         "transform")
     with pytest.raises(ValueError, match="Bragg mask"):
@@ -140,15 +146,14 @@ def test_both_kinds_in_one_pass_equal_two_passes_bit_for_bit(setup, bragg_fracti
 def test_threads_give_the_sums_of_one_thread_bit_for_bit(setup, threads):
     """Threads sharing the grid out by shells of a quantity that does not change as the
     crystal turns (ThreadShares: each voxel added to by one thread, in one thread's order)
-    add exactly what one thread adds, for one kind and for both (both kinds of a voxel in
-    one cache line, BrickedGrid paired), whichever quantity the geometry picks: the scan
+    add exactly what one thread adds, for one kind and for both (BrickedGrid paired: a
+    left-out pixel in the grid's second part), whichever quantity the geometry picks: the scan
     axis across the detector's rows (|Q x axis|), along them (Q.axis), or not given
     (|Q|)."""
     scan, UB, crystal, table, grid, frames = setup
     fr = frames[0:24]
     rng = np.random.default_rng(5)
-    # Bragg regions everywhere, then (frames 10 on) in 0.5% of the pixels: paired cells
-    # split bricks as threads add (a brick across a cut split before)
+    # Bragg regions everywhere, then (frames 10 on) in 0.5% of the pixels
     bragg = (rng.random((24, fr[0].size)) < 0.1).astype(np.uint8)
     bragg[10:] &= (rng.random((14, fr[0].size)) < 0.05).astype(np.uint8)
     picked = set()
@@ -471,7 +476,7 @@ def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path
             # (the chunks with frames left out are read and added as usual)
             assert [r is not False for r in as_stored] == ([True] if stored else [])
             # every kind's signal and weight on the grid (not the dump slots after it:
-            # threads leave those out; paired cells split their bricks as they go)
+            # threads leave those out)
             cells.append([x.copy() for kind in range(tr.acc.nkinds) for x in tr.acc.flat(kind)])
         assert np.count_nonzero(cells[0][0]) > 1000
         for other in cells[1:]:
@@ -552,23 +557,27 @@ def test_subdivision_conserves_intensity_and_spreads_it(setup):
 @pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])
 def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
     """Slabs (one kind, or every kind in one pass) equal the whole arrays; paired cells give
-    the second kind from cells[1] in the bricks marked split, from cells[0] elsewhere."""
+    the first kind as the sum of the two parts (the second written in some bricks only) and
+    the second kind as the first part."""
     from hklflow.transform import DUMP_SLOTS, DUMP_THREADS, BrickedGrid
 
     g = Grid(Axis(0, 1, 13), Axis(0, 1, 21), Axis(0, 1, 37))  # not multiples of the brick
     b = BrickedGrid(g, nkinds, paired=paired)
     rng = np.random.default_rng(3)
-    for kind in range(nkinds):
-        b.signals[kind][:] = rng.random(b.size)
-        b.weights[kind][:] = rng.random(b.size)
     nb = b.size // b.brick ** 3
+    for part in range(nkinds):
+        if paired and part == 1:  # left-out pixels reach some bricks
+            some = np.flatnonzero(rng.random(nb) < 0.5)
+            assert 0 < some.size < nb
+            for x in (b.signals[1], b.weights[1]):
+                x.reshape(nb, -1)[some] = rng.random((some.size, b.brick ** 3))
+            continue
+        b.signals[part][:] = rng.random(b.size)
+        b.weights[part][:] = rng.random(b.size)
     expected = [(b.signals[k].copy(), b.weights[k].copy()) for k in range(nkinds)]
     if paired:
-        split = rng.random(nb) < 0.5
-        b.split[:nb] = split
-        own = np.repeat(split, b.brick ** 3)
-        expected[1] = tuple(np.where(own, x1, x0) for x0, x1 in zip(expected[0], expected[1]))
-        assert 0 < split.sum() < nb
+        expected = [(expected[0][0] + expected[1][0], expected[0][1] + expected[1][1]),
+                    expected[0]]
     whole = [b.arrays(kind) for kind in range(nkinds)]
     for kind, (s, w) in enumerate(whole):
         assert s.shape == g.shape
@@ -583,7 +592,8 @@ def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
     if nkinds == 2:  # the kinds are held apart
         assert not np.array_equal(whole[0][0], whole[1][0])
         assert not np.array_equal(whole[0][1], whole[1][1])
-    assert b.nbytes == nkinds * 8 * (b.size + DUMP_SLOTS * DUMP_THREADS)  # (+ the dumps)
+    part = b.size + DUMP_SLOTS * DUMP_THREADS  # (+ the dumps; paired: parts of whole bricks)
+    assert b.nbytes == nkinds * 8 * (-(-part // 512) * 512 if paired else part)
     a, c = b.slab(3, 30)  # a start inside a brick
     assert np.array_equal(a, whole[0][0][3:30]) and np.array_equal(c, whole[0][1][3:30])
     with pytest.raises(ValueError, match="outside the grid"):
@@ -624,10 +634,11 @@ def test_grid_memory_is_zeroed_and_mapped_in_small_pages():
 @pytest.mark.parametrize("paired", [True, False])
 def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch):
     """BrickedGrid.written_bricks finds, from the page table, exactly the bricks written to
-    (two 4 KiB pages per paired brick, one otherwise); slabs skip the others (zeros) and
-    equal a plain unbrick of the same grid made twice (reading a page maps it: the reference
-    must not read the grid tested), and so do they when the page table cannot be read or
-    shows every page absent."""
+    (one 4 KiB page per brick and part); slabs skip the others (zeros) and equal a plain
+    unbrick of the same grid made twice (reading a page maps it: the reference must not
+    read the grid tested), and so do they when the page table cannot be read or shows every
+    page absent.  Paired cells: the second part written in some of the first's bricks and
+    in bricks of its own (a voxel only left-out pixels reached)."""
     import hklflow.transform as tr
 
     grid = Grid(Axis(0, 1, 37), Axis(0, 1, 29), Axis(0, 1, 43))  # edge bricks on every axis
@@ -635,20 +646,20 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch
     def made():
         g = tr.BrickedGrid(grid, 2, paired=paired)
         rng = np.random.default_rng(3)
-        hit = np.sort(rng.choice(int(np.prod(g.nbricks)), 40, replace=False))
+        picked = rng.choice(int(np.prod(g.nbricks)), 45, replace=False)
+        hit = np.sort(picked[:40])
+        hits = [hit, np.sort(np.concatenate([hit[::2], picked[40:]])) if paired else hit]
         per = g.stride * g.brick ** 3  # cells per brick
-        for cells in g.cells:
-            for brick in hit:  # one voxel of the brick (its last page, when it has two)
+        for cells, bricks in zip(g.cells, hits):
+            for brick in bricks:  # one voxel of the brick
                 cells[brick * per + per - 1 - rng.integers(g.stride)] = rng.random() + 0.5
-        if paired:  # (the second kind of those bricks in cells[1])
-            g.split[hit] = 1
-        return g, hit
+        return g, hits
 
-    g, hit = made()
+    g, hits = made()
     if tr.written_pages(g.cells[0].ctypes.data, 4096) is None:
         pytest.skip("/proc/self/pagemap cannot be read here")
     per_row = int(g.nbricks[1] * g.nbricks[2])
-    for cells in g.cells:
+    for cells, hit in zip(g.cells, hits):
         first, written = g.written_bricks(cells, 0, grid.l.n)
         assert first == 0 and np.array_equal(np.flatnonzero(written), hit)
         first, written = g.written_bricks(cells, 8, 24)  # L brick rows 1 and 2

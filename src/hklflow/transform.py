@@ -16,9 +16,11 @@ grid.  It streams the frame and the per-pixel tables block by block: a vectorise
 computes voxel coordinates in float32 for 8 pixels at a time, the ~0.2% of pixels within the
 float32 rounding bound of a voxel face are decided again in float64 (so every decision equals
 the float64 one), and a scatter adds the block, a voxel's cells in one vector addition
-(see the comment above `_accumulate`).  Several threads share the grid out by shells of
-a quantity the crystal's turn leaves unchanged (ThreadShares): each adds only to its own
-voxels, in the order of one thread, so the sums do not depend on the threads.
+(see the comment above `_accumulate`).  Both kinds of volume come from one pass, each
+pixel added once: the masked kind's left-out pixels to a second part of the grid, the
+transform being the sum of the parts (BrickedGrid).  Several threads share the grid out by
+shells of a quantity the crystal's turn leaves unchanged (ThreadShares): each adds only to
+its own voxels, in the order of one thread, so the sums do not depend on the threads.
 `numpy_transform` is the same mapping and binning in plain numpy (the benchmark's baseline
 and the tests' reference).
 """
@@ -213,16 +215,14 @@ class BrickedGrid:
     """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
     or two kinds of volume, signal and weight of a voxel side by side: one cache line per
     pixel added.  One array per kind, or with `paired` (two kinds, as Transformer holds
-    them) shared cells: `cells[0]` holds the first kind (every pixel) and, for a brick none
-    of whose voxels has yet been reached by a pixel the second kind leaves out, the second
-    kind too (the same additions in the same order: equal bit for bit); the first such
-    pixel splits the brick (`split`, uint8 per brick) by copying its cells into
-    `cells[1]`, which from then on holds the second kind of that brick.  Bragg regions
-    reach few bricks (14 of 116272 on 32 frames of the pipeline bench's entry), so a grid
-    takes about 8 bytes per voxel, not 16: 3600 2M frames of a full turn onto 801^3 held
-    0.99 GB of grid instead of 1.94 (the process 3.69 GB at its peak instead of 4.65), in
-    the same CPU time within noise (15.3-15.7 against 14.2-16.2 ms per frame), as both kinds
-    of a voxel side by side in one array did."""
+    them) one array of two parts: `cells[0]` takes the pixels both kinds take (the second
+    kind, masked_transform, exactly as a pass of its own adds them) and `cells[1]`, `second`
+    voxels further on, the pixels the second kind leaves out (Bragg regions, punch); the
+    first kind, transform, is their sum, voxel by voxel (one float32 addition where a
+    left-out pixel landed, cells[0] alone elsewhere).  Each pixel is added once, to one
+    part, by the one-kind scatter: the part is chosen with the voxel index, in the
+    vectorised pass.  cells[1]'s memory pages are mapped only where left-out pixels land
+    (bricks: one 4 KiB page each), so a grid takes about 8 bytes per voxel."""
 
     def __init__(self, grid: Grid, nkinds: int = 1, paired: bool = False):
         self.grid = grid
@@ -232,24 +232,33 @@ class BrickedGrid:
         self.nbricks = np.array([-(-int(n) // b) for n in (grid.l.n, grid.k.n, grid.h.n)],
                                 dtype=np.int64)  # (l, k, h)
         size = int(np.prod(self.nbricks)) * b ** 3
-        if size > MAX_GRID_VOXELS:
-            raise GridError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
-                            f"the transform indexes at most {MAX_GRID_VOXELS}: choose coarser "
-                            "steps or narrower limits (reduction.transform.grid)")
-        self.size = size
         self.nkinds = int(nkinds)
         self.paired = bool(paired)
         if self.paired and self.nkinds != 2:
             raise ValueError(f"paired cells hold two kinds, not {self.nkinds}")
-        # per kind: (signal, weight) per voxel, then the kernel's dump slots
+        # per kind (part): (signal, weight) per voxel, then the kernel's dump slots; a
+        # second part starts on a brick (and so a memory page)
+        part = size + DUMP_SLOTS * DUMP_THREADS
+        if self.paired:
+            part = -(-part // b ** 3) * b ** 3
+        most = MAX_GRID_VOXELS if not self.paired else (2 ** 31 - 1) // 2 - b ** 3
+        if size > most:
+            both = " with both kinds from one pass" if self.paired else ""
+            raise GridError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
+                            f"the transform indexes at most {most}{both}: choose coarser "
+                            "steps or narrower limits (reduction.transform.grid)")
+        self.size = size
         self.stride = 2
-        self.cells = [zeros_in_small_pages(self.stride * (size + DUMP_SLOTS * DUMP_THREADS),
-                                           np.float32) for _ in range(self.nkinds)]
-        # paired: per brick, 1 where cells[1] holds the second kind; the dump slots' bricks
-        # are split from the start (both kinds add there, as two arrays would)
-        nsplit = -(-(size + DUMP_SLOTS * DUMP_THREADS) // b ** 3)
-        self.split = np.zeros(nsplit if self.paired else 0, np.uint8)
-        self.split[size // b ** 3:] = 1
+        if self.paired:
+            self.second = part  # the voxel index of cells[1]'s first voxel
+            self.kernel_cells = zeros_in_small_pages(2 * self.stride * part, np.float32)
+            self.cells = [self.kernel_cells[:self.stride * part],
+                          self.kernel_cells[self.stride * part:]]
+        else:
+            self.second = 0
+            self.cells = [zeros_in_small_pages(self.stride * part, np.float32)
+                          for _ in range(self.nkinds)]
+            self.kernel_cells = self.cells[0]
         end = self.stride * size
         self.signals = [c[0:end:self.stride] for c in self.cells]
         self.weights = [c[1:end:self.stride] for c in self.cells]
@@ -260,21 +269,6 @@ class BrickedGrid:
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.cells)
 
-    def split_bricks(self, bricks: np.ndarray) -> None:
-        """Split the given bricks now (paired cells; no thread adding meanwhile): the second
-        kind's cells of each brick not yet split are copied from cells[0], where its kinds
-        are equal."""
-        if not self.paired:
-            return
-        bricks = np.asarray(bricks, np.int64)
-        todo = bricks[self.split[bricks] == 0]
-        n = self.stride * self.brick ** 3
-        for brick in todo.tolist():
-            cells = self.cells[0][brick * n:(brick + 1) * n]
-            if cells.view(np.uint32).any():  # (all +0.0: cells[1]'s pages left unwritten)
-                self.cells[1][brick * n:(brick + 1) * n] = cells
-        self.split[todo] = 1
-
     def unbrick(self, flat: np.ndarray) -> np.ndarray:
         bl, bk, bh = (int(v) for v in self.nbricks)
         b = self.brick
@@ -283,16 +277,13 @@ class BrickedGrid:
         return np.ascontiguousarray(a[:self.grid.l.n, :self.grid.k.n, :self.grid.h.n])
 
     def flat(self, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(signal, weight) of a kind in brick order (kind 1 of paired cells: a copy, from
-        cells[0] where a brick is not split)."""
-        if not (self.paired and kind == 1):
+        """(signal, weight) of a kind in brick order (kind 0 of paired cells: the sum of the
+        two parts, a new array)."""
+        if not self.paired:
             return self.signals[kind], self.weights[kind]
-        b3 = self.brick ** 3
-        nb = self.size // b3
-        own = (self.split[:nb] != 0)[:, None]
-        return tuple(np.where(own, x1.reshape(nb, b3), x0.reshape(nb, b3)).reshape(-1)
-                     for x0, x1 in ((self.signals[0], self.signals[1]),
-                                    (self.weights[0], self.weights[1])))
+        if kind == 1:
+            return self.signals[0], self.weights[0]
+        return self.signals[0] + self.signals[1], self.weights[0] + self.weights[1]
 
     def arrays(self, kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(signal, weight) of a kind as [l, k, h] arrays."""
@@ -330,12 +321,18 @@ class BrickedGrid:
         written = np.concatenate([[0], np.cumsum(pages, dtype=np.int64)])
         return first, (written[p1 + 1] > written[p0]).astype(np.uint8)
 
-    def _second(self, kind: int = 1):
-        """What the unbricking kernels take for a kind's cells beside cells[0]: paired cells'
-        second kind (cells[1], split), else (cells[0], no split)."""
-        if self.paired and kind == 1:
-            return self.cells[1], self.split
-        return self.cells[0], self.split[:0]
+    def _sources(self, kind: int, l0: int, l1: int):
+        """What the unbricking kernels take for a kind on L planes [l0, l1): (cells, extra,
+        first brick, written, extra_written): the kind is cells, plus extra in the bricks
+        extra_written marks (paired cells' first kind: cells[1]; else none)."""
+        if self.paired:
+            first, written = self.written_bricks(self.cells[0], l0, l1)
+            if kind == 0:
+                _, extra = self.written_bricks(self.cells[1], l0, l1)
+                return self.cells[0], self.cells[1], first, written | extra, extra
+            return self.cells[0], self.cells[0], first, written, written[:0]
+        first, written = self.written_bricks(self.cells[kind], l0, l1)
+        return self.cells[kind], self.cells[kind], first, written, written[:0]
 
     def slab(self, l0: int, l1: int, kind: int = 0, out: tuple | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -344,11 +341,8 @@ class BrickedGrid:
         into the first planes of `out` (two float32 C-order arrays [>= l1 - l0, k, h],
         reused from slab to slab) when given."""
         signal, weight = self._slab_arrays(l0, l1, out)
-        # (paired cells' second kind: cells[1] holds data only in bricks where cells[0] does)
-        c = 0 if self.paired else kind
-        first, written = self.written_bricks(self.cells[c], l0, l1)
-        _unbrick_slab(self.cells[c], *self._second(kind), l0, self.nbricks, self.brick, first,
-                      written, signal, weight, None, None)
+        _unbrick_slab(*self._sources(kind, l0, l1), l0, self.nbricks, self.brick, signal,
+                      weight, None, None)
         return signal, weight
 
     def slabs(self, l0: int, l1: int, out: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -358,9 +352,8 @@ class BrickedGrid:
         if not self.paired:
             return [self.slab(l0, l1, kind, o) for kind, o in enumerate(out)]
         arrays = [self._slab_arrays(l0, l1, o) for o in out]
-        first, written = self.written_bricks(self.cells[0], l0, l1)
-        _unbrick_slab(self.cells[0], *self._second(), l0, self.nbricks, self.brick, first,
-                      written, *arrays[0], *arrays[1])
+        _unbrick_slab(*self._sources(0, l0, l1), l0, self.nbricks, self.brick, *arrays[0],
+                      *arrays[1])
         return arrays
 
     def chunk_rows(self, chunk: tuple[int, int, int], intensity: bool = True):
@@ -379,44 +372,42 @@ class BrickedGrid:
         arrays = np.empty((3, self.nkinds, cl, ck, ch), np.float32)  # signal, weight, intensity
         k_starts = np.arange(0, nk, ck) // b  # the first brick of each chunk along k and h
         h_starts = np.arange(0, nh, ch) // b
-        # (paired cells: cells[1] holds data only in bricks where cells[0] does)
-        own = self.cells[:1] if self.paired else self.cells
+        # paired cells: both kinds in one call (the first kind's sources cover both);
+        # else a call per kind's own cells
+        kinds = [(0, slice(0, 2))] if self.paired else [(i, slice(i, i + 1))
+                                                          for i in range(self.nkinds)]
         for l0 in range(0, nl, cl):
             l1 = min(l0 + cl, nl)
-            written = [self.written_bricks(cells, l0, l1) for cells in own]
+            calls = [(self._sources(kind, l0, l1), part) for kind, part in kinds]
             touched = np.zeros(self.nbricks[1:], bool)  # a brick of the row written (any array)
-            for _, flags in written:
+            for (_, _, _, flags, _), _ in calls:
                 touched |= flags.reshape(-1, *self.nbricks[1:]).any(axis=0)
             hit = np.logical_or.reduceat(np.logical_or.reduceat(touched, k_starts, axis=0),
                                          h_starts, axis=1)
-            yield l0, l1, self._gather_row(l0, hit, (ck, ch), written, intensity, arrays)
+            yield l0, l1, self._gather_row(l0, hit, (ck, ch), calls, intensity, arrays)
 
-    def _gather_row(self, l0, hit, chunk, written, intensity, arrays):
+    def _gather_row(self, l0, hit, chunk, calls, intensity, arrays):
         signal, weight, inten = arrays
-        # paired cells: both kinds in one call; else a call per kind's own cells
-        if self.paired:
-            calls = [(self.cells[0], *self._second(), slice(0, 2))]
-        else:
-            calls = [(c, c, self.split, slice(i, i + 1)) for i, c in enumerate(self.cells)]
         for row, col in zip(*np.nonzero(hit)):
             k0, h0 = int(row) * chunk[0], int(col) * chunk[1]
-            for (cells, second, split, kinds), (first, flags) in zip(calls, written):
-                _gather_chunk(cells, second, split, kinds.stop - kinds.start, l0, k0, h0,
-                              self.grid.shape, self.nbricks, self.brick, first, flags,
-                              intensity, signal[kinds], weight[kinds], inten[kinds])
+            for sources, kinds in calls:
+                _gather_chunk(*sources, kinds.stop - kinds.start, l0, k0, h0, self.grid.shape,
+                              self.nbricks, self.brick, intensity, signal[kinds],
+                              weight[kinds], inten[kinds])
             yield k0, h0, [(signal[kind], weight[kind], inten[kind] if intensity else None)
                            for kind in range(self.nkinds)]
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_chunk(cells, second, split, nkinds, l0, k0, h0, shape, nbricks, b, first,
-                  written, with_intensity, signal, weight, intensity):
+def _gather_chunk(cells, extra, first, written, extra_written, nkinds, l0, k0, h0, shape,
+                  nbricks, b, with_intensity, signal, weight, intensity):
     """One chunk (L planes l0.., k0.., h0.., signal's shape[1:] [cl, ck, ch]) of nkinds
     kinds from the bricked cells (brick (L, K, H), then voxel (l, k, h) inside it; a
     voxel's signal and weight side by side) into signal[j], weight[j] and, with_intensity,
     intensity[j] = signal / weight, NaN where the weight is 0; the fill value beyond the
-    grid.  Two kinds (paired cells): the second from `second` in the bricks `split` marks,
-    else from `cells` too."""
+    grid.  signal[0]: cells plus extra in the bricks extra_written marks (paired cells'
+    first kind); signal[1] (two kinds: paired cells' second): cells alone.  written[brick -
+    first]: 0 for a brick never written (zeros, not read)."""
     cl, ck, ch = signal.shape[1], signal.shape[2], signal.shape[3]
     nl, nk, nh = shape
     bk, bh = nbricks[1], nbricks[2]
@@ -446,10 +437,9 @@ def _gather_chunk(cells, second, split, nkinds, l0, k0, h0, shape, nbricks, b, f
                                     weight[j, l - l0, k - k0, h - h0] = zero
                                     intensity[j, l - l0, k - k0, h - h0] = nan
                     continue
+                both = extra_written.size > 0 and extra_written[brick - first] != 0
                 for j in range(nkinds):
-                    src = cells
-                    if j == 1 and split[brick] != 0:  # (j == 1: paired cells)
-                        src = second
+                    add = both and j == 0
                     for l in range(la, lb):
                         for k in range(ka, kb):
                             # cells of voxel (l, k, h): 2 x its index in the bricks
@@ -457,8 +447,11 @@ def _gather_chunk(cells, second, split, nkinds, l0, k0, h0, shape, nbricks, b, f
                             i, kk = l - l0, k - k0
                             for h in range(ha, hb):
                                 c = c0 + 2 * h
-                                s = src[c]
-                                w = src[c + 1]
+                                s = cells[c]
+                                w = cells[c + 1]
+                                if add:
+                                    s += extra[c]
+                                    w += extra[c + 1]
                                 signal[j, i, kk, h - h0] = s
                                 weight[j, i, kk, h - h0] = w
                                 if with_intensity:
@@ -466,13 +459,13 @@ def _gather_chunk(cells, second, split, nkinds, l0, k0, h0, shape, nbricks, b, f
 
 
 @numba.njit(cache=True, nogil=True)
-def _unbrick_slab(cells, second, split, l0, nbricks, b, first, written, signal, weight,
+def _unbrick_slab(cells, extra, first, written, extra_written, l0, nbricks, b, signal, weight,
                   signal1, weight1):
     """signal[l, k, h], weight[l, k, h] of L planes l0.. from the bricked cells (brick
-    (L, K, H), then voxel (l, k, h) inside it; a voxel's signal and weight side by side);
-    with a split table (paired cells' second kind), with signal1, weight1 the second kind's
-    too, in the same pass, else the second kind's alone; a split brick's second kind from
-    `second`.  written[brick - first]: 0 for a brick never written (zeros, not read)."""
+    (L, K, H), then voxel (l, k, h) inside it; a voxel's signal and weight side by side),
+    plus extra in the bricks extra_written marks (paired cells' first kind), and with
+    signal1, weight1 the cells alone too (paired cells' second kind), in the same pass.
+    written[brick - first]: 0 for a brick never written (zeros, not read)."""
     nl, nk, nh = signal.shape
     bk, bh = nbricks[1], nbricks[2]
     b3 = b * b * b
@@ -494,37 +487,37 @@ def _unbrick_slab(cells, second, split, l0, nbricks, b, first, written, signal, 
                             weight1[i, k, h0 + ih] = zero
                     continue
                 j0 = 2 * (row + H * b3)
-                src0 = cells  # the first array's kind
-                src1 = cells  # paired: the second kind's
-                if split.size > 0 and split[brick] != 0:
-                    src1 = second
-                    if signal1 is None:
-                        src0 = second
+                add = extra_written.size > 0 and extra_written[brick - first] != 0
                 for ih in range(min(b, nh - h0)):
                     j = j0 + 2 * ih
-                    signal[i, k, h0 + ih] = src0[j]
-                    weight[i, k, h0 + ih] = src0[j + 1]
+                    s = cells[j]
+                    w = cells[j + 1]
                     if signal1 is not None:
-                        signal1[i, k, h0 + ih] = src1[j]
-                        weight1[i, k, h0 + ih] = src1[j + 1]
+                        signal1[i, k, h0 + ih] = s
+                        weight1[i, k, h0 + ih] = w
+                    if add:
+                        s += extra[j]
+                        w += extra[j + 1]
+                    signal[i, k, h0 + ih] = s
+                    weight[i, k, h0 + ih] = w
 
 
 # The kernel works through the detector in blocks of BLOCK pixels, in three passes per block:
 #  1. a branch-free loop that LLVM vectorises (8 pixels per AVX2 instruction): voxel
 #     coordinates in float32, the voxel's bricked index (int32) or a dump slot, and the value;
+#     with two kinds, a pixel the second leaves out indexes the grid's second part
+#     (BrickedGrid paired: index + `second`);
 #  2. the few pixels whose float32 coordinate lies within the float32 rounding bound of a voxel
 #     face are decided again in float64 (so decisions equal a float64 evaluation exactly);
 #  3. the scatter, in four interleaved streams a quarter block apart: consecutive pixels often
 #     hit the same voxel, and interleaving keeps those read-modify-writes from waiting on
 #     each other; a voxel's signal and weight side by side are added as one vector
-#     (_add_to_cells); with two kinds, to the second kind's array too where the voxel's
-#     brick is split (BrickedGrid paired), the bricks a block's left-out pixels land in
-#     split first (_split_for).
+#     (_add_to_cells); one kind or two alike.
 # Work units are (block, frame, sub-step), frames innermost: a block's pixels move less than
 # a voxel from one frame to the next, so the voxels they add to and their Q table stay in
 # the core's cache for the frames of a chunk instead of being fetched from memory per frame.
-# Unusable pixels, pixels off the grid, untrusted and Bragg-masked values go to DUMP_SLOTS
-# slots after the grid (spread so that a run of them is no dependency chain either).
+# Unusable pixels, pixels off the grid, untrusted values and (one kind) Bragg-masked ones go
+# to DUMP_SLOTS slots after the grid (spread so that a run of them is no dependency chain either).
 
 
 @numba.njit(inline="always")
@@ -571,17 +564,6 @@ def _any_negative(buf, start, stop):
 
 
 @numba.njit(inline="always")
-def _any_zero(buf, start, stop):
-    """True when buf[start:stop] (float32) holds a 0 (vectorised, as _any_negative: a
-    minimum of floats would stay scalar, and took 1.5-2 ms a 2M frame)."""
-    part = buf[start:stop]
-    zero = np.int32(0)
-    for i in range(part.shape[0]):
-        zero |= np.int32(part[i] == np.float32(0.0))
-    return zero != 0
-
-
-@numba.njit(inline="always")
 def _punched(qx, qy, qz, m, allowed, allowed_off, hkl_r2):
     """True when the pixel's (h, k, l) lies within sqrt(hkl_r2) of an allowed node."""
     q0 = np.float64(qx)
@@ -611,35 +593,93 @@ def _unit(u, nf, nsub, npix):
     return f, u % nsub, p0, min(BLOCK, npix - p0)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                   allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                   idx, val, keep, punch):
-    """Passes 1 and 2 (and the punch) of work unit u (_unit): writes the bricked voxel index
-    (or a dump slot) and value of each of its pixels into idx, val (and keep, two kinds);
-    returns the number of pixels n.  Arguments as _accumulate's."""
-    f, j, p0, n = _unit(u, frames.shape[0], M.shape[1], frames.shape[1])
-    return _compute_values(f, j, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
-                           value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
-                           dims, nbricks, q_max, size, dump, idx, val, keep, punch)
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                    allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                    idx, val, keep, punch):
-    """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f, rotation
-    sub-step j."""
-    nsub = M.shape[1]
-    s32 = np.float32(scale[f] / nsub)
-    nbk, nbh = nbricks[1], nbricks[2]
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_max, dims,
+                   nbricks, shift, dump, idx, val):
+    """Pass 1 of _compute_values on pixels [p0, p0 + n) of frame f (values vb): each pixel's
+    bricked voxel index (+ shift for a Bragg-masked pixel with shift > 0; the dump when
+    unusable, off the grid or, shift 0, Bragg-masked), -1 when a coordinate lies within the
+    rounding bound of a voxel face (t: 1/2 - the bound per axis), and its value, from the
+    float32 matrix B (row by row) and offset c.  Multiplies and adds may fuse (`contract`:
+    fewer roundings, so the bound holds; 8% less time with AVX2): the integer arithmetic of
+    the brick stays exact, and the float64 decisions (pass 2, the punch) are in functions
+    of their own, without it."""
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = B
+    c0, c1, c2 = c
+    t0, t1, t2 = t
+    paired = shift > 0
     fnh, fnk, fnl = np.float32(dims[0]), np.float32(dims[1]), np.float32(dims[2])
-    fnbk, fnbh = np.float32(nbk), np.float32(nbh)
+    fnbk, fnbh = np.float32(nbricks[1]), np.float32(nbricks[2])
     zero = np.float32(0.0)
     half = np.float32(0.5)
     brick_side = np.float32(1 << BRICK_BITS)
     inv_brick_side = np.float32(1.0 / (1 << BRICK_BITS))
     row_stride = np.float32(1 << (2 * BRICK_BITS))
+    xb = qx[p0:p0 + n]
+    yb = qy[p0:p0 + n]
+    zb = qz[p0:p0 + n]
+    cb = corr[p0:p0 + n]
+    if bragg is not None:
+        bb = bragg[f, p0:p0 + n]
+    for i in range(n):
+        v = vb[i]
+        use = (v >= 0) & (v <= value_max)
+        if bragg is not None:
+            use = use & ((bb[i] == 0) | paired)
+        q0 = xb[i]
+        q1 = yb[i]
+        q2 = zb[i]
+        x = b00 * q0 + b01 * q1 + b02 * q2 + c0
+        y = b10 * q0 + b11 * q1 + b12 * q2 + c1
+        z = b20 * q0 + b21 * q1 + b22 * q2 + c2
+        fx = np.floor(x)
+        fy = np.floor(y)
+        fz = np.floor(z)
+        near = ((abs(x - fx - half) > t0) | (abs(y - fy - half) > t1)
+                | (abs(z - fz - half) > t2))
+        inside = ((x >= zero) & (x < fnh) & (y >= zero) & (y < fnk)
+                  & (z >= zero) & (z < fnl))
+        # brick and offset in float32: exact integers (< 2^24 bricks)
+        bh = np.floor(fx * inv_brick_side)
+        bk = np.floor(fy * inv_brick_side)
+        bl = np.floor(fz * inv_brick_side)
+        brick = (bl * fnbk + bk) * fnbh + bh
+        offset = ((fz - brick_side * bl) * row_stride
+                  + (fy - brick_side * bk) * brick_side + (fx - brick_side * bh))
+        k = (np.int32(brick) << (3 * BRICK_BITS)) + np.int32(offset)
+        if bragg is not None:
+            k = k + shift if bb[i] != 0 else k
+        k = k if use & inside else dump[i]
+        idx[i] = -1 if use & near else k
+        val[i] = np.float32(v) * cb[i] * s32
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                   allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
+                   dump, idx, val, punch):
+    """Passes 1 and 2 (and the punch) of work unit u (_unit): writes the bricked voxel index
+    (or a dump slot) and value of each of its pixels into idx, val; returns the number of
+    pixels n.  Arguments as _accumulate's."""
+    f, j, p0, n = _unit(u, frames.shape[0], M.shape[1], frames.shape[1])
+    return _compute_values(f, j, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
+                           value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
+                           dims, nbricks, q_max, size, second, dump, idx, val, punch)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                    allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
+                    dump, idx, val, punch):
+    """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f, rotation
+    sub-step j: a pixel left out of the masked kind (Bragg-masked, punched) goes to the dump
+    (second 0: one kind) or to its voxel's index + second (two kinds, BrickedGrid
+    paired)."""
+    nsub = M.shape[1]
+    s32 = np.float32(scale[f] / nsub)
+    nbk, nbh = nbricks[1], nbricks[2]
+    shift = np.int32(second)  # (< 2^31: BrickedGrid)
+    paired = second > 0
     sh, sk, sl = inv_step[0], inv_step[1], inv_step[2]
     # voxel coordinate + 1/2 = A q + o with A = diag(1/step) M, o = 1/2 - origin / step
     o0 = 0.5 - origin[0] * sh
@@ -664,42 +704,12 @@ def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, brag
     xb = qx[p0:p0 + n]
     yb = qy[p0:p0 + n]
     zb = qz[p0:p0 + n]
-    cb = corr[p0:p0 + n]
     if bragg is not None:
         bb = bragg[f, p0:p0 + n]
     # pass 1 (vectorised): no branches, no gathers
-    for i in range(n):
-        v = vb[i]
-        use = (v >= 0) & (v <= value_max)
-        if bragg is not None:
-            if keep is None:
-                use = use & (bb[i] == 0)
-            else:
-                keep[i] = np.float32(1.0) if bb[i] == 0 else np.float32(0.0)
-        q0 = xb[i]
-        q1 = yb[i]
-        q2 = zb[i]
-        x = b00 * q0 + b01 * q1 + b02 * q2 + c0
-        y = b10 * q0 + b11 * q1 + b12 * q2 + c1
-        z = b20 * q0 + b21 * q1 + b22 * q2 + c2
-        fx = np.floor(x)
-        fy = np.floor(y)
-        fz = np.floor(z)
-        near = ((abs(x - fx - half) > t0) | (abs(y - fy - half) > t1)
-                | (abs(z - fz - half) > t2))
-        inside = ((x >= zero) & (x < fnh) & (y >= zero) & (y < fnk)
-                  & (z >= zero) & (z < fnl))
-        # brick and offset in float32: exact integers (< 2^24 bricks)
-        bh = np.floor(fx * inv_brick_side)
-        bk = np.floor(fy * inv_brick_side)
-        bl = np.floor(fz * inv_brick_side)
-        brick = (bl * fnbk + bk) * fnbh + bh
-        offset = ((fz - brick_side * bl) * row_stride
-                  + (fy - brick_side * bk) * brick_side + (fx - brick_side * bh))
-        k = (np.int32(brick) << (3 * BRICK_BITS)) + np.int32(offset)
-        k = k if use & inside else dump[i]
-        idx[i] = -1 if use & near else k
-        val[i] = np.float32(v) * cb[i] * s32
+    _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, (b00, b01, b02, b10, b11, b12, b20,
+                   b21, b22), (c0, c1, c2), (t0, t1, t2), s32, value_max, dims, nbricks,
+                   shift, dump, idx, val)
     # pass 2: float64 decisions for the flagged pixels (~0.2%)
     for r0 in range(0, n, FIXUP_CHUNK):
         r1 = min(r0 + FIXUP_CHUNK, n)
@@ -707,9 +717,12 @@ def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, brag
             continue
         for i in range(r0, r1):
             if idx[i] < 0:
-                idx[i] = _exact_index(xb[i], yb[i], zb[i], a00, a01, a02, a10,
-                                      a11, a12, a20, a21, a22, o0, o1, o2, dims,
-                                      nbk, nbh, dump[i])
+                k = _exact_index(xb[i], yb[i], zb[i], a00, a01, a02, a10, a11, a12, a20, a21,
+                                 a22, o0, o1, o2, dims, nbk, nbh, dump[i])
+                if bragg is not None:
+                    if bb[i] != 0 and k < size:
+                        k += shift
+                idx[i] = k
     if allowed is not None:
         # the punch: a vectorised pass flags the pixels on the grid within the
         # radius of some node; only those look up whether the node is allowed
@@ -732,10 +745,7 @@ def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, brag
             for i in range(r0, r1):
                 if punch[i] < 0 and _punched(xb[i], yb[i], zb[i], m, allowed,
                                              allowed_off, hkl_r2):
-                    if keep is None:
-                        idx[i] = dump[i]
-                    else:
-                        keep[i] = np.float32(0.0)
+                    idx[i] = idx[i] + shift if paired else dump[i]
     return n
 
 
@@ -792,104 +802,19 @@ def _scatter_block(idx, val, n, w32, cells):
             _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
 
 
-@numba.njit(nogil=True, cache=True)
-def _split_brick(cells, second, split, brick):
-    """Split a brick (BrickedGrid paired): its cells copied into `second`, which holds the
-    second kind of the brick from now on.  (Called before a block's scatter, _split_for:
-    a split inside the scatter loop, inlined or called, made the loop three times slower.)"""
-    n = 2 << (3 * BRICK_BITS)
-    second[brick * n:(brick + 1) * n] = cells[brick * n:(brick + 1) * n]
-    split[brick] = 1
-
-
-@numba.njit(inline="always")
-def _split_for(idx, keep, n, cells, second, split):
-    """Split the bricks of the pixels of a block that the second kind leaves out (keep 0),
-    before any of the block is added: from then on their pixels add to both arrays."""
-    for r0 in range(0, n, FIXUP_CHUNK):
-        r1 = min(r0 + FIXUP_CHUNK, n)
-        if _any_zero(keep, r0, r1):
-            for i in range(r0, r1):
-                if keep[i] == np.float32(0.0):
-                    brick = np.int64(np.uint32(idx[i]) >> (3 * BRICK_BITS))
-                    if split[brick] == 0:
-                        _split_brick(cells, second, split, brick)
-
-
-@numba.njit(inline="always")
-def _add_pair(cells, second, split, k, v, w32, e):
-    """Pixel value v (weight w32) into both kinds of voxel k of paired cells, times e (1, or
-    0 for a pixel the second kind leaves out) into the second: into cells[0] alone while
-    its brick is not split (its second kind is cells[0]'s, bit for bit; a pixel left out
-    lands only in a split brick: _split_for), else into `second` too."""
-    _add_to_cells(cells, k, (v, w32))
-    if split[k >> (3 * BRICK_BITS)] != 0:
-        _add_to_cells(second, k, (v * e, w32 * e))
-
-
-@numba.njit(nogil=True, cache=True)
-def _scatter_pair(idx, val, keep, n, w32, cells, second, split):
-    """Pass 3 of a two-kind pass into paired cells (BrickedGrid paired): every pixel adds to
-    the first kind, value and weight times keep (1, or 0 for a Bragg-masked or punched
-    pixel: adding 0 leaves a float32 sum unchanged bit for bit) to the second (_add_pair),
-    so each kind holds exactly what a pass of its own would.  The bricks of the block's
-    left-out pixels are split first; a full block then goes in four interleaved streams a
-    quarter apart, the second kind added only where a brick is split."""
-    _split_for(idx, keep, n, cells, second, split)
-    quarter = BLOCK // 4
-    if n == BLOCK:
-        for i in range(quarter):
-            k0 = np.uint32(idx[i])
-            k1 = np.uint32(idx[i + quarter])
-            k2 = np.uint32(idx[i + 2 * quarter])
-            k3 = np.uint32(idx[i + 3 * quarter])
-            v0, v1, v2, v3 = val[i], val[i + quarter], val[i + 2 * quarter], val[i + 3 * quarter]
-            s0 = split[k0 >> (3 * BRICK_BITS)]
-            s1 = split[k1 >> (3 * BRICK_BITS)]
-            s2 = split[k2 >> (3 * BRICK_BITS)]
-            s3 = split[k3 >> (3 * BRICK_BITS)]
-            _add_to_cells(cells, k0, (v0, w32))
-            _add_to_cells(cells, k1, (v1, w32))
-            _add_to_cells(cells, k2, (v2, w32))
-            _add_to_cells(cells, k3, (v3, w32))
-            if (s0 | s1 | s2 | s3) != 0:  # (rare: a split brick)
-                if s0 != 0:
-                    e = keep[i]
-                    _add_to_cells(second, k0, (v0 * e, w32 * e))
-                if s1 != 0:
-                    e = keep[i + quarter]
-                    _add_to_cells(second, k1, (v1 * e, w32 * e))
-                if s2 != 0:
-                    e = keep[i + 2 * quarter]
-                    _add_to_cells(second, k2, (v2 * e, w32 * e))
-                if s3 != 0:
-                    e = keep[i + 3 * quarter]
-                    _add_to_cells(second, k3, (v3 * e, w32 * e))
-    else:
-        for i in range(n):
-            _add_pair(cells, second, split, np.uint32(idx[i]), val[i], w32, keep[i])
-
-
 def work_units(frames, M) -> int:
     """Blocks of BLOCK pixels x rotation sub-steps x frames: the kernel's units of work."""
     return frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_owned(idx, val, keep, n, w32, cells, second, split, size, share):
-    """Pass 3 of a thread's share (ThreadShares): what _scatter_block (keep None) or
-    _scatter_pair would add, in the same order, of the pixels whose voxel this thread owns;
-    the rest (other threads' voxels, the dump, pixels not computed: index >= size) left
-    out."""
+def _scatter_owned(idx, val, n, w32, cells, size, second, share):
+    """Pass 3 of a thread's share (ThreadShares): what _scatter_block would add, in the same
+    order, of the pixels whose voxel this thread owns (in either part of paired cells:
+    index - second in the second); the rest (other threads' voxels, the dump, pixels not
+    computed: index `size`) left out."""
     owner, me, voxel_owner = share[3], share[4], share[5]
     low = (1 << (3 * BRICK_BITS)) - 1
-    if keep is not None:  # (a brick across a cut was split before any thread added to it)
-        for e in range(n):
-            k = idx[e]
-            if keep[e] == np.float32(0.0) and k < size:
-                brick = np.int64(k >> (3 * BRICK_BITS))
-                if owner[brick] == me and split[brick] == 0:
-                    _split_brick(cells, second, split, brick)
     quarter = BLOCK // 4
     streams = 4 if n == BLOCK else 1
     step = quarter if n == BLOCK else n
@@ -897,20 +822,18 @@ def _scatter_owned(idx, val, keep, n, w32, cells, second, split, size, share):
         for s in range(streams):
             e = i + s * step
             k = idx[e]
-            if k < size:
-                o = owner[k >> (3 * BRICK_BITS)]  # (< 0: a brick across a cut)
+            voxel = k - second if second > 0 and k >= second else k
+            if voxel < size:
+                o = owner[voxel >> (3 * BRICK_BITS)]  # (< 0: a brick across a cut)
                 if o == me or (o < 0 and voxel_owner[((-1 - o) << (3 * BRICK_BITS))
-                                                     + (k & low)] == me):
-                    if keep is None:
-                        _add_to_cells(cells, np.uint32(k), (val[e], w32))
-                    else:
-                        _add_pair(cells, second, split, np.uint32(k), val[e], w32, keep[e])
+                                                     + (voxel & low)] == me):
+                    _add_to_cells(cells, np.uint32(k), (val[e], w32))
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
                    bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
-                   size, dump, idx, val, keep, punch):
+                   size, second, dump, idx, val, punch):
     """Passes 1-2 of the runs [r0, r1) of a thread's share (pixels [starts[r], stops[r]) of
     the unit's block); the other pixels of the unit get index `size` (added by no one)."""
     starts, stops = share[1], share[2]
@@ -918,36 +841,21 @@ def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, v
     for r in range(r0, r1):
         a = starts[r]
         c = stops[r]
-        if keep is None:
-            _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
-                            value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
-                            dims, nbricks, q_max, size, dump[a:c], idx[a:c], val[a:c], None,
-                            punch[a:c])
-        else:
-            _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
-                            value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
-                            dims, nbricks, q_max, size, dump[a:c], idx[a:c], val[a:c],
-                            keep[a:c], punch[a:c])
+        _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale, value_max,
+                        bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                        q_max, size, second, dump[a:c], idx[a:c], val[a:c], punch[a:c])
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _add_mixed_block(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
                      bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                     q_max, size, dump, idx, val, keep, punch, w32, cells, second, split,
-                     paired):
+                     q_max, size, second, dump, idx, val, punch, w32, cells):
     """A block some of whose pixels may land in other threads' voxels: its runs computed
-    (_compute_share), only this thread's voxels added (_scatter_owned); both kinds in the
-    paired cells, or one."""
-    if paired:
-        _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                       bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                       q_max, size, dump, idx, val, keep, punch)
-        _scatter_owned(idx, val, keep, n, w32, cells, second, split, size, share)
-    else:
-        _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                       bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                       q_max, size, dump, idx, val, None, punch)
-        _scatter_owned(idx, val, None, n, w32, cells, second, split, size, share)
+    (_compute_share), only this thread's voxels added (_scatter_owned)."""
+    _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
+                   bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
+                   size, second, dump, idx, val, punch)
+    _scatter_owned(idx, val, n, w32, cells, size, second, share)
 
 
 @numba.njit(inline="always")
@@ -967,8 +875,8 @@ def _share_of_block(share, b):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second, split,
-                paired=False, share=None):
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
+                share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
@@ -978,17 +886,16 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     component (bounds the float32 rounding).  Adds into the bricked cells of ``size`` voxels
     followed by the dump slots, block by block (compute, then scatter).
 
-    One kind: (signal, weight) per voxel in cells; Bragg-masked and punched pixels go to
-    the dump.  paired: two kinds in the paired cells (BrickedGrid paired: cells, second,
-    split), every usable pixel added to the first, those neither Bragg-masked nor punched
-    to the second too (one kind: second and split unused).  share: one thread's part of
-    the work (ThreadShares.shares[thread]), or None for all of it."""
+    second 0, one kind: (signal, weight) per voxel in cells; Bragg-masked and punched
+    pixels go to the dump.  second > 0, two kinds (BrickedGrid paired): those pixels go to
+    the cells' second part, `second` voxels on (transform: both parts; masked_transform: the
+    first).  share: one thread's part of the work (ThreadShares.shares[thread]), or None for
+    all of it."""
     w32 = np.float32(1.0 / M.shape[1])
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
-    keep = np.ones(BLOCK, np.float32)
     nf, npix = frames.shape
     nsub = M.shape[1]
     nunits = nf * nsub * ((npix + BLOCK - 1) // BLOCK)
@@ -1001,26 +908,20 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
             if mixed:
                 _add_mixed_block(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy, qz,
                                  corr, M, scale, value_max, bragg, allowed, allowed_off,
-                                 hkl_r2, origin, inv_step, dims, nbricks, q_max, size, dump,
-                                 idx, val, keep, punch, w32, cells, second, split, paired)
+                                 hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
+                                 dump, idx, val, punch, w32, cells)
                 continue
-        if paired:
-            n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
-                               allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                               q_max, size, dump, idx, val, keep, punch)
-            _scatter_pair(idx, val, keep, n, w32, cells, second, split)
-        else:
-            n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
-                               allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                               q_max, size, dump, idx, val, None, punch)
-            _scatter_block(idx, val, n, w32, cells)
+        n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
+                           allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size,
+                           second, dump, idx, val, punch)
+        _scatter_block(idx, val, n, w32, cells)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                        qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
                        hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
-                       split, paired=False, share=None):
+                       share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (frames.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
@@ -1036,7 +937,6 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
-    keep = np.ones(BLOCK, np.float32)
     raw = values.view(np.uint8)
     nunits = nf * nsub * ((elements + BLOCK - 1) // BLOCK)
     for u in range(nunits):
@@ -1058,18 +958,12 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
         if mixed:
             _add_mixed_block(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
                              scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                             inv_step, dims, nbricks, q_max, size, dump, idx, val, keep, punch,
-                             w32, cells, second, split, paired)
-        elif paired:
-            n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
-                                value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                                inv_step, dims, nbricks, q_max, size, dump, idx, val, keep,
-                                punch)
-            _scatter_pair(idx, val, keep, n, w32, cells, second, split)
+                             inv_step, dims, nbricks, q_max, size, second, dump, idx, val,
+                             punch, w32, cells)
         else:
             n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                                 value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                                inv_step, dims, nbricks, q_max, size, dump, idx, val, None,
+                                inv_step, dims, nbricks, q_max, size, second, dump, idx, val,
                                 punch)
             _scatter_block(idx, val, n, w32, cells)
     return 0
@@ -1304,7 +1198,7 @@ class Transformer:
         if int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.masked = "masked_transform" in self.kinds
-        # both kinds of a pixel added at once (paired cells: one cache line)
+        # both kinds from one pass: each pixel added once, to one part (BrickedGrid paired)
         self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2)
         self.table = table
         self.q_max = table.q_max
@@ -1332,9 +1226,6 @@ class Transformer:
         if self.shares is None:
             self.shares = ThreadShares(self.table, self.acc, M.reshape(-1, 3, 3)[0],
                                        self.threads, self.scan_axis)
-            # a brick only one thread adds to is split by that thread as it goes; one
-            # across a cut now, before any thread adds to it
-            self.acc.split_bricks(np.flatnonzero(self.shares.owner < 0))
         return self.shares if self.shares.fits(M) else None
 
     def share_out(self, M) -> None:
@@ -1384,7 +1275,7 @@ class Transformer:
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.cells[0], acc.cells[-1], acc.split, acc.paired)
+                acc.kernel_cells, acc.second)
         self._finish(self._submit(lambda share: _accumulate(*args, share),
                                   self._shares_for(M)))
 
@@ -1433,7 +1324,7 @@ class Transformer:
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.cells[0], acc.cells[-1], acc.split, acc.paired)
+                acc.kernel_cells, acc.second)
 
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = _accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
@@ -1462,15 +1353,10 @@ class Transformer:
     def pixel_frames(self, kind: str = "transform") -> int:
         """Pixel-frames added so far to a kind (its summed weight: 1 per pixel-frame)."""
         acc, kind = self.acc, self.kinds.index(kind)
-
-        def per_brick(weights):  # (summed brick by brick: no copy of the grid)
-            return np.sum(weights.reshape(-1, acc.brick ** 3), axis=1, dtype=np.float64)
-        if acc.paired and kind == 1:  # (cells[0] where a brick is not split)
-            split = acc.split[:acc.size // acc.brick ** 3] != 0
-            w = per_brick(acc.weights[1])[split].sum() + per_brick(acc.weights[0])[~split].sum()
-        else:
-            w = per_brick(acc.weights[kind]).sum()
-        return int(round(float(w)))
+        # (in float64, part by part: no copy of the grid)
+        parts = ([0, 1] if kind == 0 else [0]) if acc.paired else [kind]
+        w = sum(float(np.sum(acc.weights[part], dtype=np.float64)) for part in parts)
+        return int(round(w))
 
 
 IN_FLIGHT = 3  # chunks of stored frames the threads add at once (their bytes and Bragg masks)

@@ -18,8 +18,9 @@
 #     two chunks;
 #   * a transform job holds signal and weight of the whole grid in float32 for every kind
 #     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
-#     of 8: TRANSFORM_VOXEL_BYTES; the masked kind only in the bricks a Bragg region or the
-#     punch reaches, but all of them can be) and writes them slab by slab; its pixel table
+#     of 8: TRANSFORM_VOXEL_BYTES; the pixels only one kind takes in a second part whose
+#     pages are mapped where a Bragg region or the punch reaches, but all of them can be)
+#     and writes them slab by slab; its pixel table
 #     (lab Q and corrections) peaks at ~140 bytes/pixel while pyFAI computes it;
 #   * sums (sum_chunks, merge_entries) and symmetrize work slab by slab along L (~64 MB per
 #     float32 array of a slab, at least 8 L planes), whatever the grid size; symmetrize holds
