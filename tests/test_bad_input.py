@@ -76,6 +76,11 @@ CONFIG_CASES = {
         "h": [-1000, 1000, 0.001], "k": [-5, 5, 0.1], "l": [-5, 5, 0.1]})),
                   ["config.yaml", "field 'reduction.transform.grid'", "2.04e+10 voxels, more than "
                    "reduction.transform.max_voxels (1771561)"]),
+    "grid-index-range": (lambda d: edit_config(d, lambda c: (
+        set_reduction("transform", "grid", {a: [-11, 11, 0.02] for a in "hkl"})(c),
+        set_reduction("transform", "max_voxels", 2 * 10 ** 9)(c))),
+        ["config.yaml", "field 'reduction.transform.grid'", "1,345,572,864 voxels (padded to bricks of 8^3), more than "
+         "the transform indexes (1,073,741,311, both kinds from one pass: reduction.transform.kinds)"]),
     "grid-step-zero": (lambda d: edit_config(d, set_reduction("transform", "grid", {"h": [-5, 5, 0]})),
                        ["config.yaml", "field 'reduction.transform.grid.h'", "step > 0"]),
     "grid-reversed": (lambda d: edit_config(d, set_reduction("transform", "grid", {"l": [5, -5, 0.1]})),

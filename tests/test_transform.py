@@ -336,6 +336,12 @@ def test_a_grid_beyond_the_kernel_index_range_is_refused():
     huge = Grid(Axis(-8, 0.01, 1601), Axis(-8, 0.01, 1601), Axis(-8, 0.01, 1601))
     with pytest.raises(ValueError, match="reduction.transform.grid"):
         BrickedGrid(huge)
+    # both kinds from one pass index two parts: half as many voxels (1001^3 still fits)
+    both = Grid(Axis(-8, 0.01, 1100), Axis(-8, 0.01, 1100), Axis(-8, 0.01, 1100))
+    BrickedGrid(both)
+    with pytest.raises(ValueError, match="with both kinds from one pass"):
+        BrickedGrid(both, 2, paired=True)
+    assert BrickedGrid(Grid(*[Axis(-10, 0.02, 1001)] * 3), 2, paired=True).second > 1001 ** 3
 
 
 def test_each_pixel_lands_in_the_voxel_of_its_hkl(setup):

@@ -22,7 +22,7 @@ import yaml
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
-from .jobs import check_job_counts
+from .jobs import check_grid_index_range, check_job_counts
 from .params import (STEP_PARAMS, CalibrationParams, DetectorParams, schema,
                      validator_with_defaults)
 
@@ -565,4 +565,5 @@ def load_experiment(config_files, *, config: dict | None = None,
                      scans=scans, reduction=cfg["reduction"], raw=cfg,
                      warnings=tuple(warnings))
     check_job_counts(exp)
+    check_grid_index_range(exp)
     return exp

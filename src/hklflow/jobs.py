@@ -9,6 +9,7 @@ import math
 
 from .errors import ConfigError
 from .geometry import detector_shape
+from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS
 from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
                      TransformParams, settings_json)
@@ -63,6 +64,24 @@ def check_job_counts(exp) -> None:
     if total > MAX_TRANSFORM_JOBS:
         raise ConfigError(f"{' + '.join(exp.sources)}: field '{why}': the experiment would make "
                           f"{total} transform jobs: expected at most {MAX_TRANSFORM_JOBS} (raise {why})")
+
+
+def check_grid_index_range(exp) -> None:
+    """ConfigError when a grid given whole in the config does not fit the transform's voxel
+    index (int32; both kinds from one pass index two parts of the grid): refused now, not
+    in the first transform job (a derived grid stays within max_voxels)."""
+    grid = GridParams.from_config(exp.raw)
+    if not all(a in grid.grid for a in "hkl"):
+        return
+    padded = math.prod(-(-grid.axis_points(a) // 8) * 8 for a in "hkl")  # (bricks of 8^3)
+    both = len(TransformParams.from_config(exp.raw).kinds) == 2
+    most = MAX_TRANSFORM_VOXELS_BOTH_KINDS if both else MAX_TRANSFORM_VOXELS
+    if padded > most:
+        raise ConfigError(
+            f"{' + '.join(exp.sources)}: field {grid.where('grid')!r}: {padded:,} voxels (padded "
+            f"to bricks of 8^3), more than the transform indexes ({most:,}"
+            + (", both kinds from one pass: reduction.transform.kinds" if both else "")
+            + "): expected coarser steps or smaller ranges")
 
 
 def grid_voxels_bound(exp) -> int:

@@ -47,7 +47,7 @@ from .files.bitshuffle_lz4 import (OWN_UNTRANSPOSE, block_count, block_positions
                                    decompress_elements)
 from .frames import READ_AHEAD_THREADS, CompressedFrames, frame_reader
 from .geometry import DetectorGeometry, ScanGeometry
-from .grid import Grid
+from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, Grid
 from .params import TransformParams
 
 BRICK_BITS = 3  # bricks of 8^3 voxels (2 KiB of float32)
@@ -55,7 +55,6 @@ BLOCK = 4096
 DUMP_SLOTS = 16  # per thread (ThreadShares), for DUMP_THREADS threads
 DUMP_THREADS = 16
 FIXUP_CHUNK = 64  # pass 2 looks into a chunk only when it holds a flagged pixel
-MAX_GRID_VOXELS = 2 ** 31 - 1 - DUMP_SLOTS * DUMP_THREADS  # int32 voxel index
 UNIT_ROUNDOFF32 = 2.0 ** -24
 
 
@@ -241,7 +240,7 @@ class BrickedGrid:
         part = size + DUMP_SLOTS * DUMP_THREADS
         if self.paired:
             part = -(-part // b ** 3) * b ** 3
-        most = MAX_GRID_VOXELS if not self.paired else (2 ** 31 - 1) // 2 - b ** 3
+        most = MAX_TRANSFORM_VOXELS_BOTH_KINDS if self.paired else MAX_TRANSFORM_VOXELS
         if size > most:
             both = " with both kinds from one pass" if self.paired else ""
             raise GridError(f"grid {grid.describe()} holds {size} voxels (in bricks of {b}^3); "
