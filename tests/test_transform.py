@@ -336,12 +336,18 @@ def test_a_grid_beyond_the_kernel_index_range_is_refused():
     huge = Grid(Axis(-8, 0.01, 1601), Axis(-8, 0.01, 1601), Axis(-8, 0.01, 1601))
     with pytest.raises(ValueError, match="reduction.transform.grid"):
         BrickedGrid(huge)
-    # both kinds from one pass index two parts: half as many voxels (1001^3 still fits)
+    # both kinds from one pass index two parts: half as many voxels (refused before any
+    # memory is mapped); 1001^3 (padded to 1008^3) still fits, with the second part's last
+    # index (second + size - 1, second = size + the dumps rounded up to a brick) in int32
+    from hklflow.grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS
     both = Grid(Axis(-8, 0.01, 1100), Axis(-8, 0.01, 1100), Axis(-8, 0.01, 1100))
-    BrickedGrid(both)
     with pytest.raises(ValueError, match="with both kinds from one pass"):
         BrickedGrid(both, 2, paired=True)
-    assert BrickedGrid(Grid(*[Axis(-10, 0.02, 1001)] * 3), 2, paired=True).second > 1001 ** 3
+    assert 1100 ** 3 < MAX_TRANSFORM_VOXELS
+    size = 1008 ** 3
+    assert size <= MAX_TRANSFORM_VOXELS_BOTH_KINDS
+    most = MAX_TRANSFORM_VOXELS_BOTH_KINDS // 512 * 512  # (grids are whole bricks)
+    assert 2 * most + 767 <= 2 ** 31 - 1
 
 
 def test_each_pixel_lands_in_the_voxel_of_its_hkl(setup):
