@@ -19,6 +19,7 @@ AXES = ("h", "k", "l")
 # The transform indexes voxels with an int32 (hklflow.transform): a grid, padded to bricks
 # of 8^3 voxels, holds at most this many, and half as many with both kinds of volume from
 # one pass (two parts of the grid; 1001^3 fits, 1024^3 does not)
+TRANSFORM_BRICK = 8  # voxels a side of the transform's bricks (hklflow.transform)
 MAX_TRANSFORM_VOXELS = 2 ** 31 - 1 - 256
 MAX_TRANSFORM_VOXELS_BOTH_KINDS = (2 ** 31 - 1) // 2 - 512
 

@@ -9,7 +9,7 @@ import math
 
 from .errors import ConfigError
 from .geometry import detector_shape
-from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS
+from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK
 from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
                      TransformParams, settings_json)
@@ -73,7 +73,8 @@ def check_grid_index_range(exp) -> None:
     grid = GridParams.from_config(exp.raw)
     if not all(a in grid.grid for a in "hkl"):
         return
-    padded = math.prod(-(-grid.axis_points(a) // 8) * 8 for a in "hkl")  # (bricks of 8^3)
+    b = TRANSFORM_BRICK
+    padded = math.prod(-(-grid.axis_points(a) // b) * b for a in "hkl")  # (whole bricks)
     both = len(TransformParams.from_config(exp.raw).kinds) == 2
     most = MAX_TRANSFORM_VOXELS_BOTH_KINDS if both else MAX_TRANSFORM_VOXELS
     if padded > most:

@@ -47,10 +47,11 @@ from .files.bitshuffle_lz4 import (OWN_UNTRANSPOSE, block_count, block_positions
                                    decompress_elements)
 from .frames import READ_AHEAD_THREADS, CompressedFrames, frame_reader
 from .geometry import DetectorGeometry, ScanGeometry
-from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, Grid
+from .grid import (MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK,
+                   Grid)
 from .params import TransformParams
 
-BRICK_BITS = 3  # bricks of 8^3 voxels (2 KiB of float32)
+BRICK_BITS = TRANSFORM_BRICK.bit_length() - 1  # bricks of 8^3 voxels (2 KiB of float32)
 BLOCK = 4096
 DUMP_SLOTS = 16  # per thread (ThreadShares), for DUMP_THREADS threads
 DUMP_THREADS = 16
