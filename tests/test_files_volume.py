@@ -367,3 +367,30 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
         assert bool(used) == raw_chunks
         with pytest.raises(ValueError, match="outside"):
             r.read_plane("k", 70)
+
+
+def test_reading_headers_and_slices_loads_no_numba(tmp_path):
+    """numba costs a process ~0.3 CPU-s to import and ~0.5 more at its first call: the
+    steps that never sum or write a volume's arrays (pictures of volumes, temperature
+    series, calibration, indexing, a single chunk moved into place) do not import it, nor
+    does reading a header or a slice; writing a volume loads the compiled loops."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "v.nxs"
+    write_volume(path, random_volume(small_grid(), 3), {"program": "test"})
+    steps = ("calibrate_powder", "index_parent", "refine_temperature", "sum_chunks",
+             "merge_entries", "symmetrize", "temperature_series", "pdf_temperature_series")
+    code = ("import sys, numpy as np\n"
+            + "".join(f"import hklflow.steps.{s}\n" for s in steps)
+            + "from hklflow.files.volume import read_volume_header, write_volume, read_volume\n"
+            "from hklflow.slices import read_slice\n"
+            f"p = {str(path)!r}\n"
+            "head = read_volume_header(p)\n"
+            "s = read_slice(p, {'l': 0})\n"
+            "print(head.grid.shape[0], np.isfinite(s.data).any(), 'numba' in sys.modules)\n"
+            "write_volume(p + '.copy', read_volume(p), {'program': 'test'})\n"
+            "print('numba' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["21", "True", "False", "True"]

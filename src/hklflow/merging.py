@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 
-import numba
 import numpy as np
 
 from . import steplog
 from .errors import FileFormatError, InputMismatchError
-from .files.volume import (VolumeReader, VolumeWriter, _slab_sums, adopt_volume,
+from .files.volume import (VolumeReader, VolumeWriter, adopt_volume,
                            has_intensity, read_volume, read_volume_header, slab_planes)
 
 
@@ -145,6 +144,8 @@ def _read_error(reader, where: str, exc) -> InputMismatchError:
 def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progress) -> None:
     """The inputs' sum into w, slab by slab: float64 sums rounded once; counted: (measured,
     weight, signal) per input, added to where not known."""
+    from .files import volume_kernels  # (numba: not for a single volume moved into place)
+
     nl = w.grid.l.n
     slab = (min(planes, nl),) + w.grid.shape[1:]
     part = (np.empty(slab, np.float32), np.empty(slab, np.float32))
@@ -156,7 +157,8 @@ def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progres
                 s32, w32 = r.read(l0, l1, out=part)
             except (OSError, KeyError, ValueError) as exc:
                 raise _read_error(r, f"L planes {l0}..{l1 - 1}", exc) from None
-            counts = _add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], s32, w32, i == 0, not known[i])
+            counts = volume_kernels.add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], s32, w32, i == 0,
+                                             not known[i])
             for total, c in zip(counted, counts):
                 total[i] += c
         w.write(l0, acc_s[:l1 - l0], acc_w[:l1 - l0])
@@ -168,6 +170,8 @@ def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) 
     """_sum_by_slabs chunk by chunk, only the chunks some input stores (the others hold
     nothing in any input: most of a temperature's grid), each read, added and stored whole
     (the same float64 sums in the same order: the same chunks stored)."""
+    from .files import volume_kernels
+
     shape = w.chunks
     part = (np.empty(shape, np.float32), np.empty(shape, np.float32))
     acc_s, acc_w = np.empty(shape), np.empty(shape)
@@ -183,41 +187,14 @@ def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) 
                     s32, w32 = r.read_chunk(corner, out=part)
                 except (OSError, KeyError, ValueError) as exc:
                     raise _read_error(r, f"the chunk at (l, k, h) = {corner}", exc) from None
-                counts = _add_slab(acc_s, acc_w, s32, w32, i == 0, not known[i])
+                counts = volume_kernels.add_slab(acc_s, acc_w, s32, w32, i == 0, not known[i])
                 for total, c in zip(counted, counts):
                     total[i] += c
-            counts = _slab_sums(acc_s, acc_w, intensity, True, signal, weight, True)
+            counts = volume_kernels.slab_sums(acc_s, acc_w, intensity, True, signal, weight, True)
             w.write_chunk(*corner, signal, weight, intensity, counts)
         w.mark_written(l0, min(l0 + cl, nl))
         if progress:
             progress.update(min(l0 + cl, nl))
-
-
-@numba.njit(cache=True, nogil=True)
-def _add_slab(acc_s, acc_w, signal, weight, first, count):
-    """acc_s += signal, acc_w += weight (float32 into float64; set on the first input), in
-    one pass; when count, also the input's measured voxels and its weight and signal sums."""
-    a_s = acc_s.reshape(-1)
-    a_w = acc_w.reshape(-1)
-    s = signal.reshape(-1)
-    w = weight.reshape(-1)
-    measured = 0
-    weight_sum = 0.0
-    signal_sum = 0.0
-    for i in range(s.size):
-        si = np.float64(s[i])
-        wi = np.float64(w[i])
-        if first:
-            a_s[i] = 0.0 + si
-            a_w[i] = 0.0 + wi
-        else:
-            a_s[i] += si
-            a_w[i] += wi
-        if count:
-            measured += wi > 0
-            weight_sum += wi
-            signal_sum += si
-    return measured, weight_sum, signal_sum
 
 
 def _reader(path, error=InputMismatchError) -> VolumeReader:

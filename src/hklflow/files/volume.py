@@ -35,6 +35,7 @@ second time.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -43,7 +44,6 @@ from pathlib import Path
 
 import h5py
 import hdf5plugin
-import numba
 import numpy as np
 
 from ..crystal import UnitCell
@@ -52,6 +52,15 @@ from ..grid import AXES, Axis, Grid
 from ..nxrefine import sample_fields, transform_angles
 from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function,
                  bitshuffle_lz4_only, decompress_chunk, open_h5, text, write_provenance_h5)
+
+@functools.cache
+def _kernels():
+    """hklflow.files.volume_kernels, imported at the first call of one of its loops (it
+    loads numba: the steps that only read headers or slices never call one)."""
+    from . import volume_kernels
+
+    return volume_kernels
+
 
 @dataclass
 class Volume:
@@ -73,7 +82,7 @@ class Volume:
         s = np.ascontiguousarray(self.signal, dtype=np.float32)
         w = np.ascontiguousarray(self.weight, dtype=np.float32)
         out = np.empty(s.shape, np.float32)
-        _slab_sums(s, w, out, True, s, w, False)  # one pass (numpy: six times as long)
+        _kernels().slab_sums(s, w, out, True, s, w, False)  # one pass (numpy: six times as long)
         return out
 
     def measured_fraction(self, region: np.ndarray | None = None) -> float:
@@ -87,37 +96,6 @@ def _compression():
 
 def _chunks(shape):
     return tuple(min(n, c) for n, c in zip(shape, (8, 64, 64)))
-
-
-@numba.njit(cache=True, nogil=True)
-def _stored_chunks(slab, chunk, fill, corners):
-    """The (k, h) corners (into `corners`) of the chunks of an L slab ([planes, k, h] as
-    uint32 bits) that hold a value other than `fill` bit for bit; returns how many.  A
-    chunk of fill values alone is not stored: HDF5 gives its fill value back for it."""
-    nl, nk, nh = slab.shape
-    _, ck, ch = chunk
-    n = 0
-    for k0 in range(0, nk, ck):
-        for h0 in range(0, nh, ch):
-            k1 = min(k0 + ck, nk)
-            h1 = min(h0 + ch, nh)
-            empty = True
-            for i in range(nl):
-                for j in range(k0, k1):
-                    row = slab[i, j, h0:h1]
-                    differ = np.uint32(0)
-                    for m in range(row.shape[0]):  # from 0 and no early exit: vectorised
-                        differ |= row[m] ^ fill
-                    if differ != 0:
-                        empty = False
-                        break
-                if not empty:
-                    break
-            if not empty:
-                corners[n, 0] = k0
-                corners[n, 1] = h0
-                n += 1
-    return n
 
 
 class _ChunkWriter:
@@ -154,7 +132,8 @@ class _ChunkWriter:
         chunk = self.chunk
         for p0 in range(0, slab.shape[0], cl):
             part = slab[p0:p0 + cl]
-            n = _stored_chunks(part.view(np.uint32), self.chunks, np.float32(fill).view(np.uint32),
+            n = _kernels().stored_chunks(part.view(np.uint32), self.chunks,
+                                         np.float32(fill).view(np.uint32),
                                self.corners)
             for k0, h0 in self.corners[:n].tolist():
                 piece = part[:, k0:k0 + ck, h0:h0 + ch]
@@ -430,7 +409,7 @@ class VolumeReader:
             self._buffers = tuple(np.empty((n,) + self.grid.shape[1:], np.float32)
                                   for _ in range(2))
         signal, weight = self.read(l0, l1, out=self._buffers)
-        _slab_sums(signal, weight, view, True, signal, weight, False)
+        _kernels().slab_sums(signal, weight, view, True, signal, weight, False)
         return view
 
     def read_plane(self, axis: str, index: int) -> np.ndarray:
@@ -456,7 +435,7 @@ class VolumeReader:
             return planes[0]
         signal, weight = (np.ascontiguousarray(p, np.float32) for p in planes)
         out = np.empty_like(signal)
-        _slab_sums(signal, weight, out, True, signal, weight, False)  # as read_intensity
+        _kernels().slab_sums(signal, weight, out, True, signal, weight, False)  # as read_intensity
         return out
 
     @staticmethod
@@ -569,84 +548,13 @@ def write_sample_group(entry, sample: dict, cell) -> None:
         smp["temperature"].attrs["units"] = "K"
 
 
-@numba.njit(cache=True, nogil=True)
-def _slab_sums(signal, weight, intensity, with_intensity, signal32, weight32, store):
-    """One pass over a slab (C order): the intensity signal / weight (NaN where the weight
-    is 0) into `intensity` when with_intensity, and the measured voxels, the weight and
-    signal sums (float64) of the values rounded to float32; when store, those float32
-    values into signal32/weight32 too (a float64 sum's slab; for float32 slabs pass them
-    with store False).  1 ns per voxel where numpy's five passes took 6.6."""
-    s = signal.reshape(-1)
-    w = weight.reshape(-1)
-    s32 = signal32.reshape(-1)
-    w32 = weight32.reshape(-1)
-    out = intensity.reshape(-1)
-    nan = np.float32(np.nan)
-    measured = 0
-    weight_sum = 0.0
-    signal_sum = 0.0
-    for i in range(s.size):
-        wi = np.float32(w[i])
-        si = np.float32(s[i])
-        if store:
-            s32[i] = si
-            w32[i] = wi
-        if with_intensity:
-            out[i] = si / wi if wi > 0 else nan
-        measured += wi > 0
-        weight_sum += wi
-        signal_sum += si
-    return measured, weight_sum, signal_sum
-
-
-@numba.njit(cache=True, nogil=True)
-def _chunk_stored(signal_bits, weight_bits, intensity_bits, with_intensity):
-    """1 | 2 | 4 for those of a chunk's signal, weight and intensity (uint32 views) that
-    hold a value other than their fill (0, 0, NaN) bit for bit: the ones to store."""
-    nan = np.uint32(0x7FC00000)  # np.float32(np.nan): HDF5's fill for the intensity
-    s = np.uint32(0)
-    w = np.uint32(0)
-    i = np.uint32(0)
-    for m in range(signal_bits.size):  # from 0 and no early exit: vectorised
-        s |= signal_bits[m]
-        w |= weight_bits[m]
-    if with_intensity:
-        for m in range(intensity_bits.size):
-            i |= intensity_bits[m] ^ nan
-    return (1 if s else 0) | (2 if w else 0) | (4 if i else 0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _same_bits(a, b):
-    """Whether two uint32 arrays of one size hold the same bits (vectorised: no exit)."""
-    differ = np.uint32(0)
-    for m in range(a.size):
-        differ |= a[m] ^ b[m]
-    return differ == 0
-
-
 def same_chunk(a: tuple, b: tuple) -> bool:
     """Whether chunks a and b (signal, weight, intensity or None, as write_chunk takes them:
     float32 C order) hold the same bits."""
     return len(a) == len(b) and all(
         x is y or (x is not None and y is not None and x.shape == y.shape
-                   and _same_bits(x.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32)))
+                   and _kernels().same_bits(x.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32)))
         for x, y in zip(a, b))
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _chunk_counts(signal, weight):
-    """(voxels with weight > 0, float64 sums of weight and of signal) of a chunk, summed in
-    any order (vectorised: the weights' sum is exact in any order, multiples of 1 / sub-
-    steps; the signal's may differ in its last bits)."""
-    measured = 0
-    weight_sum = 0.0
-    signal_sum = 0.0
-    for m in range(signal.size):
-        measured += weight[m] > np.float32(0.0)
-        weight_sum += np.float64(weight[m])
-        signal_sum += np.float64(signal[m])
-    return measured, weight_sum, signal_sum
 
 
 class VolumeWriter:
@@ -756,13 +664,13 @@ class VolumeWriter:
             else np.empty((0,), np.float32)
         if signal.dtype == np.float64 and weight.dtype == np.float64:
             s32, w32 = self._buffer("signal", signal.shape), self._buffer("weight", signal.shape)
-            measured, weight_sum, signal_sum = _slab_sums(
+            measured, weight_sum, signal_sum = _kernels().slab_sums(
                 np.ascontiguousarray(signal), np.ascontiguousarray(weight), inten,
                 self.intensity, s32, w32, True)
         else:
             s32 = np.ascontiguousarray(signal, dtype=np.float32)
             w32 = np.ascontiguousarray(weight, dtype=np.float32)
-            measured, weight_sum, signal_sum = _slab_sums(s32, w32, inten, self.intensity,
+            measured, weight_sum, signal_sum = _kernels().slab_sums(s32, w32, inten, self.intensity,
                                                           s32, w32, False)
         arrays = [("signal_sum", s32, 0.0), ("data_weights", w32, 0.0)]
         if self.intensity:
@@ -812,7 +720,7 @@ class VolumeWriter:
                              f"of the chunks' shape {self.chunks}, at a chunk's corner of the "
                              f"grid {self.grid.shape}")
         inten = intensity if self.intensity else signal  # (not looked at without intensity)
-        stored = _chunk_stored(signal.reshape(-1).view(np.uint32),
+        stored = _kernels().chunk_stored(signal.reshape(-1).view(np.uint32),
                                weight.reshape(-1).view(np.uint32),
                                inten.reshape(-1).view(np.uint32), self.intensity)
         arrays = [("signal_sum", signal, 1), ("data_weights", weight, 2)]
@@ -823,7 +731,7 @@ class VolumeWriter:
                 self._chunk_writer.store(self._data[name], corner, chunk,
                                          twin._data[name] if twin is not None else None)
         if counts is None:
-            counts = _chunk_counts(signal.reshape(-1), weight.reshape(-1))
+            counts = _kernels().chunk_counts(signal.reshape(-1), weight.reshape(-1))
         for w in (self,) if twin is None else (self, twin):
             w.measured += int(counts[0])
             w.weight_sum += float(counts[1])
