@@ -370,20 +370,16 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
 
 
 def test_reading_headers_and_slices_loads_no_numba(tmp_path):
-    """numba costs a process ~0.3 CPU-s to import and ~0.5 more at its first call: the
-    steps that never sum or write a volume's arrays (pictures of volumes, temperature
-    series, calibration, indexing, a single chunk moved into place) do not import it, nor
-    does reading a header or a slice; writing a volume loads the compiled loops."""
+    """numba costs a process ~0.3 CPU-s to import and ~0.5 more at its first call: reading
+    a volume's header or a slice (pictures, temperature series) loads none of it; writing
+    a volume loads the compiled loops (files/volume_kernels.py)."""
     import subprocess
     import sys
 
     path = tmp_path / "v.nxs"
     write_volume(path, random_volume(small_grid(), 3), {"program": "test"})
-    steps = ("calibrate_powder", "index_parent", "refine_temperature", "sum_chunks",
-             "merge_entries", "symmetrize", "temperature_series", "pdf_temperature_series")
     code = ("import sys, numpy as np\n"
-            + "".join(f"import hklflow.steps.{s}\n" for s in steps)
-            + "from hklflow.files.volume import read_volume_header, write_volume, read_volume\n"
+            "from hklflow.files.volume import read_volume_header, write_volume, read_volume\n"
             "from hklflow.slices import read_slice\n"
             f"p = {str(path)!r}\n"
             "head = read_volume_header(p)\n"

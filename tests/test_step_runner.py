@@ -190,3 +190,27 @@ def test_a_step_process_ends_without_teardown_only_once_its_hdf5_files_are_close
         assert "logged" in r.stderr
         with h5py.File(path, "r") as f:
             np.testing.assert_array_equal(f["data"][()], np.arange(1000.0))
+
+
+def test_a_step_imports_no_library_it_does_not_use():
+    """A job's start is the imports of its step: no step imports jsonschema or YAML (the
+    config is validated by the workflow; a step gets its settings as JSON), and numba
+    (~0.3 CPU-s) is imported with the step only where its module compiles kernels; the
+    others load it at their first compiled call, if they make one (merge and symmetrise
+    do; calibration, indexing, pictures of volumes, a chunk moved into place do not)."""
+    light = ("calibrate_powder", "ingest_scan", "define_grid", "index_parent",
+             "refine_temperature", "sum_chunks", "merge_entries", "symmetrize",
+             "temperature_series", "pdf_temperature_series", "nxrefine_wrapper")
+    heavy = ("find_peaks", "mask_scan", "transform_frames", "total_pdf", "delta_pdf")
+    code = ("import importlib, sys\n"
+            "for step in sys.argv[1:]:\n"
+            "    importlib.import_module('hklflow.steps.' + step)\n"
+            "print(*(m in sys.modules for m in ('jsonschema', 'yaml', 'numba')))\n")
+    seen = {}
+    for group in (light, heavy):
+        r = subprocess.run([sys.executable, "-c", code, *group], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        seen[group] = r.stdout.split()
+    assert seen[light] == ["False", "False", "False"]
+    assert seen[heavy][0] == "False" and seen[heavy][2] == "True"

@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
@@ -294,6 +293,8 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
+    import yaml  # (here: the steps import this module for its small helpers, not YAML)
+
     merged: dict = {}
     for p in paths:
         p = Path(p)

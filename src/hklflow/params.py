@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar
 
-import jsonschema
 import numpy as np
-import yaml
 
 from .errors import ConfigError
 
@@ -40,12 +38,16 @@ from .errors import ConfigError
 # --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def schema(name: str = "config.schema.yaml") -> dict:
+    import yaml  # (here: a step's process never reads the schema: 25 ms of its start)
+
     return yaml.safe_load(resources.files("hklflow.schemas").joinpath(name).read_text())
 
 
 def validator_with_defaults(schema_: dict):
     """A Draft 2020-12 validator that also fills in `default` values (as Snakemake's
     validate(set_default=True) does)."""
+    import jsonschema  # (here: ~90 ms to import, and a step's process validates nothing)
+
     base = jsonschema.Draft202012Validator
     validate_props = base.VALIDATORS["properties"]
 
