@@ -141,8 +141,8 @@ def plot_calibration(path, result, params, image,
     res = (f"rms {result.rms_px:.3f} px, {result.n_points} points on {len(result.rings)} rings"
            if result.rms_px is not None else "imported PONI")
     fig.suptitle(f"{title}\n{describe(g)}; {res}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _margins(fig, wspace=0.25)
+    _save_tight(fig, path, 90)
 
 
 # --------------------------------------------------------------------------------------
@@ -201,8 +201,8 @@ def plot_residuals(result, title: str, path) -> None:
     c = result.model.crystal.cell
     fig.suptitle(f"{title}: {result.n_used} peaks, {result.fraction_indexed:.1%} indexed; cell "
                  + " ".join(f"{v:.5f}" for v in c.parameters))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _margins(fig, wspace=0.3)
+    _save_tight(fig, path, 90)
 
 
 # --------------------------------------------------------------------------------------
