@@ -551,9 +551,10 @@ def write_sample_group(entry, sample: dict, cell) -> None:
 def same_chunk(a: tuple, b: tuple) -> bool:
     """Whether chunks a and b (signal, weight, intensity or None, as write_chunk takes them:
     float32 C order) hold the same bits."""
+    same_bits = _kernels().same_bits
     return len(a) == len(b) and all(
         x is y or (x is not None and y is not None and x.shape == y.shape
-                   and _kernels().same_bits(x.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32)))
+                   and same_bits(x.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32)))
         for x, y in zip(a, b))
 
 
