@@ -210,7 +210,7 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     Slab by slab when the Laue group maps L planes onto L planes (symmetry.l_separable):
     each output slab reads only the input planes it needs; otherwise the input is read
     whole."""
-    from . import symmetry  # numba: not for the sums
+    from . import symmetry  # (its kernels: loaded when a volume is symmetrised)
 
     try:
         head = read_volume_header(path)
