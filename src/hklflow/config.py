@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants

@@ -136,7 +136,6 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     return notes
 
 
-
 def _read_error(reader, where: str, exc) -> InputMismatchError:
     return InputMismatchError(f"{reader.path}: cannot read {where}: {exc}")
 

@@ -53,6 +53,7 @@ from ..nxrefine import sample_fields, transform_angles
 from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function,
                  bitshuffle_lz4_only, decompress_chunk, open_h5, text, write_provenance_h5)
 
+
 @functools.cache
 def _kernels():
     """hklflow.files.volume_kernels, imported at the first call of one of its loops (it
@@ -133,8 +134,7 @@ class _ChunkWriter:
         for p0 in range(0, slab.shape[0], cl):
             part = slab[p0:p0 + cl]
             n = _kernels().stored_chunks(part.view(np.uint32), self.chunks,
-                                         np.float32(fill).view(np.uint32),
-                               self.corners)
+                                         np.float32(fill).view(np.uint32), self.corners)
             for k0, h0 in self.corners[:n].tolist():
                 piece = part[:, k0:k0 + ck, h0:h0 + ch]
                 if piece.shape == chunk.shape:
@@ -671,8 +671,8 @@ class VolumeWriter:
         else:
             s32 = np.ascontiguousarray(signal, dtype=np.float32)
             w32 = np.ascontiguousarray(weight, dtype=np.float32)
-            measured, weight_sum, signal_sum = _kernels().slab_sums(s32, w32, inten, self.intensity,
-                                                          s32, w32, False)
+            measured, weight_sum, signal_sum = _kernels().slab_sums(
+                s32, w32, inten, self.intensity, s32, w32, False)
         arrays = [("signal_sum", s32, 0.0), ("data_weights", w32, 0.0)]
         if self.intensity:
             arrays.append(("data", inten, np.nan))
@@ -722,8 +722,8 @@ class VolumeWriter:
                              f"grid {self.grid.shape}")
         inten = intensity if self.intensity else signal  # (not looked at without intensity)
         stored = _kernels().chunk_stored(signal.reshape(-1).view(np.uint32),
-                               weight.reshape(-1).view(np.uint32),
-                               inten.reshape(-1).view(np.uint32), self.intensity)
+                                         weight.reshape(-1).view(np.uint32),
+                                         inten.reshape(-1).view(np.uint32), self.intensity)
         arrays = [("signal_sum", signal, 1), ("data_weights", weight, 2)]
         if self.intensity:
             arrays.append(("data", intensity, 4))
