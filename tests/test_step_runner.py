@@ -193,11 +193,12 @@ def test_a_step_process_ends_without_teardown_only_once_its_hdf5_files_are_close
 
 
 def test_a_step_imports_no_library_it_does_not_use():
-    """A job's start is the imports of its step: no step imports jsonschema or YAML (the
-    config is validated by the workflow; a step gets its settings as JSON), and numba
-    (~0.3 CPU-s) is imported with the step only where its module compiles kernels; the
-    others load it at their first compiled call, if they make one (merge and symmetrise
-    do; calibration, indexing, pictures of volumes, a chunk moved into place do not)."""
+    """A job's start is the imports of its step: no step imports jsonschema, nor YAML but
+    through numba's config (the config is validated by the workflow; a step gets its
+    settings as JSON), and numba (~0.3 CPU-s) is imported with the step only where its
+    module compiles kernels; the others load it at their first compiled call, if they
+    make one (merge and symmetrise do; calibration, indexing, pictures of volumes, a
+    chunk moved into place do not)."""
     light = ("calibrate_powder", "ingest_scan", "define_grid", "index_parent",
              "refine_temperature", "sum_chunks", "merge_entries", "symmetrize",
              "temperature_series", "pdf_temperature_series", "nxrefine_wrapper")
