@@ -369,6 +369,66 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
             r.read_plane("k", 70)
 
 
+@pytest.mark.parametrize("how", ["aligned slabs", "unaligned slabs", "chunks"])
+def test_kept_planes_are_the_planes_the_file_stores(tmp_path, how):
+    """VolumeWriter(keep=...) keeps the slices' planes as it stores them: every kept H, K
+    and L plane (edges of the chunks and of the grid included) equals read_plane of the
+    file it wrote, bit for bit (NaN where no chunk is stored), whether slabs come aligned
+    with the chunks or not, or chunks one by one (the merge's path, which leaves empty
+    chunks out); values outside the grid are not kept (read_slice: GridError, as for the
+    file); the planes count only once the writer ended complete."""
+    from hklflow.errors import GridError
+    from hklflow.slices import kept_planes, read_slice
+
+    path, signal, grid = _partly_stored_volume(tmp_path / "v.nxs", seed=3)
+    with VolumeReader(path) as r:
+        weight = r.read(0, grid.l.n)[1].copy()
+    # (measured: l 3..18, k 10..69, h 64..139; l = 0 and h = 0 lie in unstored chunks)
+    specs = [{"l": 3}, {"l": 8}, {"l": 18}, {"k": 63}, {"k": 64}, {"k": 69}, {"h": 64},
+             {"h": 127}, {"h": 139}, {"l": 0}, {"h": 0}, {"h": 500}]
+    planes = kept_planes(specs)
+    out = tmp_path / "kept.nxs"
+    with VolumeWriter(out, grid, keep=planes) as w:
+        if how == "aligned slabs":
+            for l0 in (0, 8, 16):
+                w.write(l0, signal[l0:l0 + 8], weight[l0:l0 + 8])
+        elif how == "unaligned slabs":
+            for l0, l1 in ((13, 21), (0, 5), (5, 13)):
+                w.write(l0, signal[l0:l1], weight[l0:l1])
+        else:
+            from hklflow.files import volume_kernels
+
+            c = w.chunks
+            for l0 in range(0, grid.l.n, c[0]):
+                for k0 in range(0, grid.k.n, c[1]):
+                    for h0 in range(0, grid.h.n, c[2]):
+                        box = (slice(l0, l0 + c[0]), slice(k0, k0 + c[1]), slice(h0, h0 + c[2]))
+                        s, wt = (np.zeros(c, np.float32) for _ in range(2))
+                        part = signal[box]
+                        s[:part.shape[0], :part.shape[1], :part.shape[2]] = part
+                        wt[:part.shape[0], :part.shape[1], :part.shape[2]] = weight[box]
+                        if not wt.any():
+                            continue  # (as the merge: a chunk no input stores)
+                        inten = np.empty(c, np.float32)
+                        counts = volume_kernels.slab_sums(s, wt, inten, True, s, wt, False)
+                        w.write_chunk(l0, k0, h0, s, wt, inten, counts)
+                w.mark_written(l0, min(l0 + c[0], grid.l.n))
+        assert not planes.complete
+    assert planes.complete and planes.grid is grid
+    with VolumeReader(out) as r:
+        for spec in specs[:-1]:
+            (axis, value), = spec.items()
+            kept = planes.plane(axis, grid.slice_index(axis, value))
+            assert np.isnan(kept).any() and (np.isfinite(kept).any() or spec in specs[-3:])
+            assert np.array_equal(kept, r.read_plane(axis, grid.slice_index(axis, value)),
+                                  equal_nan=True), (how, spec)
+            from_file, from_memory = read_slice(out, spec), read_slice(planes, spec)
+            assert np.array_equal(from_file.data, from_memory.data, equal_nan=True)
+            assert (from_file.label, from_file.u_edges) == (from_memory.label, from_memory.u_edges)
+    with pytest.raises(GridError):
+        read_slice(planes, specs[-1])
+
+
 def test_reading_headers_and_slices_loads_no_numba(tmp_path):
     """numba costs a process ~0.3 CPU-s to import and ~0.5 more at its first call: reading
     a volume's header or a slice (pictures, temperature series) loads none of it; writing

@@ -72,11 +72,13 @@ def entries_to_merge(paths, unusable: dict, log=None) -> tuple[list, dict]:
 
 
 def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = None,
-                log=None, move_single: bool = False, left_out: dict | None = None) -> dict:
+                log=None, move_single: bool = False, left_out: dict | None = None,
+                keep=None) -> dict:
     """Write the sum of the volume files `paths` to `out` (atomically); returns its notes.
     move_single: a single complete input (a temporary file nobody else reads) is moved to
     `out` with a new header instead of being rewritten.  left_out: entries not summed and
-    why (recorded in the notes)."""
+    why (recorded in the notes).  keep: files.volume.KeptPlanes the writer fills (left
+    incomplete when the input is moved)."""
     paths = [str(p) for p in paths]
     grid, kind, headers = check_inputs(paths)
     planes = planes or slab_planes(grid)
@@ -107,7 +109,7 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     known = [all(k in h.notes for k in sums) for h in headers]
     sample = dict(headers[0].sample)
     counted = (measured, total_w, total_s)
-    with VolumeWriter(out, grid, kind, title, sample, notes, provenance) as w, \
+    with VolumeWriter(out, grid, kind, title, sample, notes, provenance, keep=keep) as w, \
             contextlib.ExitStack() as stack:
         readers = [stack.enter_context(_reader(p)) for p in paths]
         corners = [r.stored_chunks() for r in readers]
@@ -204,11 +206,11 @@ def _reader(path, error=InputMismatchError) -> VolumeReader:
 
 
 def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = None,
-                    log=None) -> dict:
+                    log=None, keep=None) -> dict:
     """Write the symmetrised volume of the volume file `path` to `out`; returns its notes.
     Slab by slab when the Laue group maps L planes onto L planes (symmetry.l_separable):
     each output slab reads only the input planes it needs; otherwise the input is read
-    whole."""
+    whole.  keep: files.volume.KeptPlanes the writer fills."""
     from . import symmetry  # (its kernels: loaded when a volume is symmetrised)
 
     try:
@@ -249,7 +251,7 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     # a slab and its mirror slab together (each read once); the mirror slabs' writes are not
     # aligned with the L chunks, so the writer keeps two slabs of chunks in its cache
     with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance,
-                      cache_planes=2 * planes if pairs else 0) as w, \
+                      cache_planes=2 * planes if pairs else 0, keep=keep) as w, \
             _reader(path, FileFormatError) as reader:
         done = 0
         for l0, l1, m0, m1 in _slabs(nl, planes, pairs):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .crystal import UnitCell
 from .errors import ConfigError
-from .files.volume import Volume, VolumeReader, read_volume_header
+from .files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
 from .grid import AXES, Grid
 
 
@@ -75,11 +75,25 @@ def _region(grid: Grid, axis: str, i: int):
     return tuple(reg)
 
 
+def kept_planes(slices) -> KeptPlanes:
+    """KeptPlanes of the slice specs, for a VolumeWriter to fill (keep=): read_slice then
+    takes them from memory; those outside the writer's grid are not kept (read_slice raises
+    GridError for them as for a file)."""
+    return KeptPlanes([parse_slice(spec) for spec in slices])
+
+
 def read_slice(volume_or_path, spec) -> Slice:
-    """The plane of a Volume (in memory) or volume file (only the plane is read) nearest the
-    slice spec; GridError when the value is outside the grid."""
+    """The plane of a Volume (in memory), of KeptPlanes (as a writer stored it) or of a
+    volume file (only the plane is read) nearest the slice spec; GridError when the value is
+    outside the grid."""
     axis, value = parse_slice(spec)
-    if isinstance(volume_or_path, Volume):
+    if isinstance(volume_or_path, KeptPlanes):
+        if volume_or_path.grid is None:
+            raise ValueError("these planes were never given to a VolumeWriter")
+        grid = volume_or_path.grid
+        i = grid.slice_index(axis, value)
+        data = volume_or_path.plane(axis, i).astype(np.float64)
+    elif isinstance(volume_or_path, Volume):
         vol = volume_or_path
         grid = vol.grid
         i = grid.slice_index(axis, value)
@@ -106,7 +120,7 @@ def cell_of(volume_or_path, cell=None):
     """The UnitCell to draw with: the one given, else the volume's sample unit_cell, else None."""
     if cell is not None:
         return cell if isinstance(cell, UnitCell) else UnitCell.from_list(cell)
-    smp = volume_or_path.sample if isinstance(volume_or_path, Volume) \
+    smp = volume_or_path.sample if isinstance(volume_or_path, (Volume, KeptPlanes)) \
         else read_volume_header(volume_or_path).sample
     uc = smp.get("unit_cell") if smp else None
     if uc is None:

@@ -10,6 +10,7 @@ from ..merging import entries_to_merge, sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
 from ..provenance import provenance
+from ..slices import kept_planes
 from ._run import StepParser, run_step
 
 
@@ -30,11 +31,14 @@ def run(args, log) -> None:
     inputs, left_out = entries_to_merge(args.inputs, unusable, log)
     prov = provenance("hklflow merge_entries", args.settings,
                       inputs=args.inputs + ([args.orientation] if args.orientation else []))
-    sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out)
+    slices = settings_part(args.settings, SliceParams).slices
+    # the pictures' planes kept as they are written (not read back from the file)
+    planes = kept_planes(slices)
+    sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out, keep=planes)
     what = f"{len(inputs)} volumes summed"
     if left_out:
         what += "; left out: " + ", ".join(f"{e} ({why.split(' (')[0]})" for e, why in left_out.items())
-    plot_slices(args.out, settings_part(args.settings, SliceParams).slices, args.png,
+    plot_slices(planes if planes.complete else args.out, slices, args.png,
                 f"{args.title} ({what})", log=log)
 
 

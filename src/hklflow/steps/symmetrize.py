@@ -11,7 +11,7 @@ from ..merging import symmetrize_file
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
 from ..provenance import provenance
-from ..slices import cell_of
+from ..slices import cell_of, kept_planes
 from ._run import StepParser, run_step
 
 
@@ -27,10 +27,13 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     sample = args.settings["sample"]
     crystal = Crystal(sample["space_group"], UnitCell.from_list(sample["cell"]))
+    slices = settings_part(args.settings, SliceParams).slices
+    # the pictures' planes kept as they are written (not read back from the file)
+    planes = kept_planes(slices)
     t0 = time.monotonic()
     notes = symmetrize_file(args.input, args.out, crystal,
                             provenance("hklflow symmetrize", args.settings, inputs=[args.input]),
-                            log=log)
+                            log=log, keep=planes)
     sym = notes["symmetrized"]
     log.info("%s: symmetrised by %s (%d operators) in %.1f s; measured %.1f%% -> %.1f%% of "
              "the grid; %.1f%% of the (voxel, operator) equivalents inside the grid (the "
@@ -38,9 +41,9 @@ def run(args, log) -> None:
              sym["laue_group"], sym["operators"], time.monotonic() - t0,
              100 * notes["measured_fraction_before"], 100 * notes["measured_fraction"],
              100 * sym["equivalents_inside_grid"])
-    plot_slices(args.out, settings_part(args.settings, SliceParams).slices, args.png,
+    plot_slices(planes if planes.complete else args.out, slices, args.png,
                 f"{notes['input_title']} symmetrized by {sym['laue_group']} "
-                f"({sym['operators']} operators)", cell=cell_of(args.out) or crystal.cell, log=log)
+                f"({sym['operators']} operators)", cell=cell_of(planes) or crystal.cell, log=log)
 
 
 def main(argv=None) -> int:
