@@ -50,23 +50,6 @@ def _shell_counts(g, h, k, ll, width, values, total, seen):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sphere_counts(g, h, k, ll, q2_max, values):
-    """(voxels with |Q|^2 <= q2_max, those of them not measured: not finite)."""
-    inside = 0
-    unmeasured = 0
-    q2 = np.empty(h.size)
-    for a in range(ll.size):
-        for b in range(k.size):
-            pdf_algorithms.q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                if q2[c] <= q2_max:
-                    inside += 1
-                    if not math.isfinite(values[a, b, c]):
-                        unmeasured += 1
-    return inside, unmeasured
-
-
-@numba.njit(cache=True, nogil=True)
 def _largest_measured_q2(g, h, k, ll, values):
     """The largest |Q|^2 of a measured (finite) voxel, -1 when none is."""
     largest = -1.0
@@ -161,22 +144,25 @@ def taper_q_max(grid: Grid, cell, values: np.ndarray, q_max: float | None) -> di
 def unmeasured_within(grid: Grid, cell, values: np.ndarray, q: float) -> float:
     """Fraction of the voxels with |Q| <= q that are not measured (NaN: they enter the FFT
     as 0)."""
-    inside, unmeasured = _sphere_counts(pdf_algorithms.q_metric(cell), grid.h.values,
-                                        grid.k.values, grid.l.values, q * q,
-                                        np.ascontiguousarray(values))
-    return unmeasured / max(inside, 1)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    taper = q if q > 0 else 1.0  # (the taper's mean, counted in the same pass, is not used)
+    return pdf_algorithms.taper_statistics(values, grid, cell, taper, q)[1]
 
 
-def _subtracted_mean(values: np.ndarray, grid: Grid, cell, q_max: float, notes: dict,
-                     subtract_mean: bool) -> float:
+def _taper_notes(values: np.ndarray, grid: Grid, cell, q_max: float, notes: dict,
+                 subtract_mean: bool) -> float:
+    """notes["unmeasured_within_q_max"], and with subtract_mean notes["mean_subtracted"]
+    (the mean subtracted: returned, else 0), in one pass over the volume."""
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
     # the mean instead of 0.  NaN (unmeasured) stays NaN: the FFT's copy makes it 0
+    values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
+    mean, notes["unmeasured_within_q_max"] = pdf_algorithms.taper_statistics(
+        values, grid, cell, q_max, q_max)
     if not subtract_mean:
         return 0.0
-    values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
-    notes["mean_subtracted"] = pdf_algorithms.tapered_mean(values, grid, cell, q_max)
-    return notes["mean_subtracted"]
+    notes["mean_subtracted"] = mean
+    return mean
 
 
 MIRRORS = ("-h,k,l", "h,-k,l", "h,k,-l")
@@ -219,8 +205,7 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     notes = taper_q_max(grid, cell, intensity, q_max)
     q = notes["q_max"]
-    notes["unmeasured_within_q_max"] = unmeasured_within(grid, cell, intensity, q)
-    mean = _subtracted_mean(intensity, grid, cell, q, notes, subtract_mean)
+    mean = _taper_notes(intensity, grid, cell, q, notes, subtract_mean)
     if not from_file or even:
         return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers, even)
     del intensity  # (its memory is the spectrum's, the moment it is freed: no new pages)
@@ -294,9 +279,9 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     notes.update(outcomes=fill.counts, positions=len(positions), radius=params.radius,
                  radius_units=params.radius_units, fill_order=params.fill_order,
                  fill_eps=params.fill_eps, fill_seconds=fill.seconds, fill_unknowns=fill.unknowns,
-                 fill_batches=fill.batches, extra_positions=[list(p) for p in params.extra_positions],
-                 unmeasured_within_q_max=unmeasured_within(grid, cell, fill.filled, q))
-    mean = _subtracted_mean(fill.filled, grid, cell, q, notes, params.subtract_mean)
+                 fill_batches=fill.batches,
+                 extra_positions=[list(p) for p in params.extra_positions])
+    mean = _taper_notes(fill.filled, grid, cell, q, notes, params.subtract_mean)
     source = fill.filled
     if store_filled is not None:
         stored = store_filled(fill)
