@@ -140,9 +140,15 @@ def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengt
     perpendicular to the rotation axis); index i = Q . a_i moves by at most |a_i| times that.
     Returns (sub-steps, largest move per frame in voxels)."""
     axis = scan.axis_lab
-    q = table.q.astype(np.float64)
-    q_perp = np.sqrt(np.maximum(np.einsum("ij,ij->i", q, q) - (q @ axis) ** 2, 0.0)).max() \
-        if len(q) else 0.0
+    q_perp = 0.0
+    # over the whole detector's components (unusable pixels NaN), block by block: no (n, 3)
+    # gather (~0.35 CPU-s of a 2M job against ~0.05)
+    for a in range(0, table.qx.size, 1 << 18):
+        qx, qy, qz = (c[a:a + (1 << 18)].astype(np.float64) for c in (table.qx, table.qy, table.qz))
+        along = qx * axis[0] + qy * axis[1] + qz * axis[2]
+        perp2 = qx * qx + qy * qy + qz * qz - along * along
+        if np.isfinite(perp2).any():
+            q_perp = max(q_perp, math.sqrt(max(float(np.nanmax(perp2)), 0.0)))
     dphi = math.radians(abs(scan.angles.step))
     move = max(q_perp * dphi * length / ax.step for length, ax in zip(cell_lengths, grid.axes))
     return int(min(max_subdivide, max(1, math.ceil(move / 0.5 - 1e-9)))), float(move)
