@@ -57,6 +57,27 @@ def test_step_given_two_threads_runs_numba_on_two_and_blas_on_one():
     assert _threads() == before
 
 
+def test_a_step_logs_what_it_used_last_with_its_system_share(capsys, tmp_path):
+    """The `resources:` line bench/pipeline.py reads: CPU of the process with its start,
+    of its children, wall time, peak memory, and the system (kernel) share of the CPU,
+    which a step that makes fresh memory and writes a file cannot have at 0."""
+    import re
+
+    def work(args, log):
+        data = np.ones(50_000_000, np.float32)  # 200 MB of fresh pages: page faults
+        (tmp_path / "out.bin").write_bytes(data.tobytes())
+
+    assert run_step(StepParser("probe", "makes memory and writes a file"), work, []) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1].split("INFO: ", 1)[-1]
+    found = re.fullmatch(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
+                         r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+) "
+                         r"system_cpu_s=([\d.]+)", line)
+    assert found, line
+    cpu, start, _children, _wall, peak, system = (float(v) for v in found.groups())
+    assert 0 < system <= cpu and start <= cpu
+    assert peak >= 200
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_a_step_reuses_the_memory_it_freed_without_page_faults():
     """After keep_freed_memory (run_step calls it), an array made after a volume-sized one
