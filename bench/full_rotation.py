@@ -18,13 +18,16 @@ large run of bench/pipeline.py (its scan, orientation, mask and settings):
    frame, the grid's resident memory, and a bare read + decompress of the frames;
 2. the two volumes are written as the transform step writes them (CPU), copied as the
    volumes of entries f1, f2, f3;
-3. the workflow's own commands for merge_entries (both kinds), symmetrize (both kinds),
-   total_pdf and delta_pdf run on them (read from `snakemake -n -p` in the large run):
-   each job's CPU and peak memory from its log.
+3. the workflow's own commands (read from `snakemake -n -p` in the large run) run on
+   them: sum_chunks of entry f1 (its two volumes, copied as the parts of a one-job
+   transform, moved into place, and their pictures drawn), merge_entries (both kinds),
+   symmetrize (both kinds), total_pdf and delta_pdf: each job's CPU, its system share
+   and peak memory from its log.
 
 It prints the table and what one entry costs at 3650 frames from these figures (the frame
-work of the transform at the measured CPU per frame, reading included, the write, the temperature's steps shared by three entries); the other rules (peak search,
-mask, sums, orientation, calibration) are as bench/pipeline.py fits them.
+work of the transform at the measured CPU per frame, reading included, the write,
+sum_chunks, the temperature's steps shared by three entries); the other rules (peak
+search, mask, orientation, calibration) are as bench/pipeline.py fits them.
 """
 from __future__ import annotations
 
@@ -49,15 +52,20 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import byte_compile_hklflow, emit, machine_info  # noqa: E402
-from pipeline import FULL_FRAMES, RESOURCES_LINE, say  # noqa: E402
+from pipeline import FULL_FRAMES, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
+ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
 ENTRIES = 3  # the entries of pipeline.py's temperature
 
 
 def cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def system() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 def rss_gb() -> float:
@@ -70,9 +78,10 @@ def rss_gb() -> float:
 def workflow_commands(large: Path) -> dict[str, list[str]]:
     """The shell commands of the temperature rules, as the workflow runs them in `large`."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(large),
-           "-n", "-p", "--forcerun", *TEMPERATURE_RULES, "--until", "total_pdf", "delta_pdf"]
+           "-n", "-p", "--forcerun", *ENTRY_RULES, *TEMPERATURE_RULES,
+           "--until", "total_pdf", "delta_pdf"]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    found: dict[str, list[str]] = {rule: [] for rule in TEMPERATURE_RULES}
+    found: dict[str, list[str]] = {rule: [] for rule in ENTRY_RULES + TEMPERATURE_RULES}
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Shell command: "):
@@ -123,7 +132,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     turns = int(np.ceil(360.0 / turn - 1e-9))
     say(f"adding {frames} frames at {turns} start angles {turn:g} deg apart onto "
         f"{grid.describe()} ...")
-    c = cpu()
+    c, sys0 = cpu(), system()
     as_stored = True  # as transform_frames adds them: compressed chunks decompressed block
     for t in range(turns):  # by block (read from the page cache), else the frames read
         angles = dataclasses.replace(scan.angles, start=scan.angles.start + t * turn)
@@ -138,7 +147,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
                                                                  bragg[a:b])
             if not as_stored:
                 tr.add(block[a:b], M, np.ones(b - a), bragg[a:b])
-    add_cpu = cpu() - c
+    add_cpu, add_system = cpu() - c, system() - sys0
     stack.close()
     process_gb = rss_gb()  # the frames and their Bragg paint too
     pages = [written_pages(cells.ctypes.data, cells.nbytes) for cells in tr.acc.cells]
@@ -149,13 +158,13 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     (out / rel / "f1").mkdir(parents=True, exist_ok=True)
     shutil.copy(temp / "orientation.nxs", out / rel / "orientation.nxs")
     say("writing the two volumes ...")
-    c = cpu()
+    c, sys0 = cpu(), system()
     with contextlib.ExitStack() as files:
         writers = [files.enter_context(VolumeWriter(
             out / rel / "f1" / f"{k}.nxs", grid, k, heads[k].title, dict(heads[k].sample),
             dict(heads[k].notes), {"program": "bench/full_rotation.py"})) for k in kinds]
         write_volumes(tr, writers)  # the step's own write
-    write_cpu = cpu() - c
+    write_cpu, write_system = cpu() - c, system() - sys0
     for entry in ("f2", "f3"):
         (out / rel / entry).mkdir(exist_ok=True)
         for k in kinds:
@@ -172,16 +181,36 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
             "frame_ms_per_frame": (add_cpu / pixel_frames
                                    + (0 if as_stored else read_cpu / frames)) * 1e3,
             "added_as_stored": as_stored,
-            "write_cpu_s": write_cpu, "measured_fraction": writers[0].measured / grid.size,
+            "frame_system_ms_per_frame": add_system / pixel_frames * 1e3,
+            "write_cpu_s": write_cpu, "write_system_s": write_system,
+            "measured_fraction": writers[0].measured / grid.size,
             "volume_file_gb": (out / rel / "f1" / "transform.nxs").stat().st_size / 1e9}
 
 
-def run_temperature_steps(commands: dict[str, list[str]], out: Path) -> list[dict]:
+def chunk_parts(command: str, out: Path) -> None:
+    """The parts a sum_chunks command sums, made from its entry's volumes in `out` (one
+    part per kind, the whole entry: as the transform of a 3650-frame entry leaves them)."""
+    words = shlex.split(command.split(" > ")[0])
+    i = words.index("--inputs") + 1
+    while i < len(words) and not words[i].startswith("--"):
+        part = out / words[i]
+        kind = part.parent.name.removesuffix("_parts")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(part.parent.parent / f"{kind}.nxs", part)
+        i += 1
+
+
+def run_steps(commands: dict[str, list[str]], out: Path) -> list[dict]:
+    """sum_chunks of entry f1 on its full volumes, then the temperature's steps."""
     jobs = []
     # the `hklflow` of this interpreter's environment
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for rule in TEMPERATURE_RULES:
+    for rule in ENTRY_RULES + TEMPERATURE_RULES:
         for command in commands[rule]:
+            if rule in ENTRY_RULES:
+                if "/f1/" not in command:
+                    continue
+                chunk_parts(command, out)
             log = Path(shlex.split(re.search(r" > (\S+) 2>&1$", command).group(1))[0])
             (out / log).parent.mkdir(parents=True, exist_ok=True)
             say(f"{rule} ...")
@@ -192,6 +221,7 @@ def run_temperature_steps(commands: dict[str, list[str]], out: Path) -> list[dic
                 raise SystemExit(f"{rule} failed in {out}:\n{text[-3000:]}")
             cpu_s, start, children, wall, peak = (float(v) for v in found[-1])
             jobs.append({"rule": rule, "log": str(log), "cpu_s": cpu_s + children,
+                         "system_cpu_s": system_cpu_s(text),
                          "start_cpu_s": start, "wall_s": wall, "peak_gb": peak / 1e3})
     return jobs
 
@@ -209,17 +239,18 @@ def report(rep: dict) -> str:
              f"{v['grid_resident_gb']:.2f} GB of {v['grid_allocated_gb']:.2f} allocated (its "
              f"pages written; the process {v['process_rss_gb']:.2f} GB with "
              "the frames and their Bragg paint)",
-             f"  writing the two volumes: {v['write_cpu_s']:.1f} CPU-s", "",
-             f"{'job':<44} {'CPU-s':>7} {'peak GB':>8}"]
+             f"  writing the two volumes: {v['write_cpu_s']:.1f} CPU-s (system "
+             f"{v['write_system_s']:.1f})", "",
+             f"{'job':<44} {'CPU-s':>7} {'system':>7} {'peak GB':>8}"]
     for j in rep["jobs"]:
         lines.append(f"{j['rule'] + ' ' + Path(j['log']).stem:<44} {j['cpu_s']:7.1f} "
-                     f"{j['peak_gb']:8.2f}")
+                     f"{j['system_cpu_s']:7.1f} {j['peak_gb']:8.2f}")
     e = rep["per_entry"]
     lines += ["", f"one entry of {FULL_FRAMES} frames, grid work of this size: transform "
               f"{e['transform_cpu_s']:.1f} CPU-s (frames {e['transform_frames_cpu_s']:.1f}, "
-              f"write {v['write_cpu_s']:.1f}), temperature steps "
-              f"{e['temperature_cpu_s']:.1f} per temperature = {e['temperature_per_entry_cpu_s']:.1f}"
-              f" per entry of {ENTRIES}"]
+              f"write {v['write_cpu_s']:.1f}), sum_chunks {e['sum_chunks_cpu_s']:.1f} (a move "
+              f"and pictures), temperature steps {e['temperature_cpu_s']:.1f} per temperature "
+              f"= {e['temperature_per_entry_cpu_s']:.1f} per entry of {ENTRIES}"]
     return "\n".join(lines)
 
 
@@ -236,17 +267,25 @@ def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = Fals
         commands = workflow_commands(large)
         t0 = time.monotonic()
         volumes = full_rotation_volumes(large, out, frames, points)
-        jobs = run_temperature_steps(commands, out)
+        jobs = run_steps(commands, out)
     finally:
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
     frames_cpu = FULL_FRAMES * volumes["frame_ms_per_frame"] / 1e3
-    temperature = sum(j["cpu_s"] for j in jobs)
-    per_rule = {rule: sum(j["cpu_s"] for j in jobs if j["rule"] == rule)
-                for rule in TEMPERATURE_RULES}
-    return {"volumes": volumes, "jobs": jobs, "temperature_cpu_s_per_rule": per_rule,
+
+    def per_rule(rules, what):
+        return {rule: sum(j[what] for j in jobs if j["rule"] == rule) for rule in rules}
+
+    temperature = sum(per_rule(TEMPERATURE_RULES, "cpu_s").values())
+    entry = per_rule(ENTRY_RULES, "cpu_s")  # (entry f1's jobs)
+    return {"volumes": volumes, "jobs": jobs,
+            "temperature_cpu_s_per_rule": per_rule(TEMPERATURE_RULES, "cpu_s"),
+            "temperature_system_s_per_rule": per_rule(TEMPERATURE_RULES, "system_cpu_s"),
+            "entry_cpu_s_per_rule": entry,
+            "entry_system_s_per_rule": per_rule(ENTRY_RULES, "system_cpu_s"),
             "per_entry": {"transform_frames_cpu_s": frames_cpu,
                           "transform_cpu_s": frames_cpu + volumes["write_cpu_s"],
+                          "sum_chunks_cpu_s": entry["sum_chunks"],
                           "temperature_cpu_s": temperature,
                           "temperature_per_entry_cpu_s": temperature / ENTRIES},
             "wall_s": time.monotonic() - t0}

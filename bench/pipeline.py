@@ -192,6 +192,14 @@ def run_workflow(d: Path, cores: int) -> float:
 
 RESOURCES_LINE = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
                             r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+)")
+SYSTEM_CPU = re.compile(r"resources: .* system_cpu_s=([\d.]+)")  # (logs since 2026-11-26)
+
+
+def system_cpu_s(log_text: str) -> float:
+    """The system (kernel) share of a job's CPU seconds from its `resources:` line; NaN in
+    a log written before steps logged it."""
+    found = SYSTEM_CPU.findall(log_text)
+    return float(found[-1]) if found else float("nan")
 
 
 def job_records(d: Path) -> list[dict]:
@@ -205,11 +213,13 @@ def job_records(d: Path) -> list[dict]:
         job = str(tsv.relative_to(d / "benchmarks" / rule))[:-4]
         row = next(csv.DictReader(tsv.open(), delimiter="\t"))
         log = d / "logs" / rule / f"{job}.log"
-        found = RESOURCES_LINE.findall(log.read_text()) if log.exists() else []
+        text = log.read_text() if log.exists() else ""
+        found = RESOURCES_LINE.findall(text)
         if not found:
             raise SystemExit(f"{log}: no 'resources:' line (did the step finish?)")
         cpu, start, children, _wall, peak = (float(v) for v in found[-1])
         out.append({"rule": rule, "job": job, "cpu_s": cpu + children, "start_cpu_s": start,
+                    "system_cpu_s": system_cpu_s(text),
                     "wall_s": float(row["s"]), "max_rss_mb": peak,
                     "snakemake_benchmark_cpu_s": float(row["cpu_time"])})
     return out
@@ -329,6 +339,10 @@ def model(runs: dict, starts: dict, entries: int, pixels: int, frames_per_job: i
                         for r in run["jobs"] if r["rule"] == rule])
         jobs = {name: [r for r in run["jobs"] if r["rule"] == rule] for name, run in runs.items()}
         per_job_full = fixed + per_voxel * FULL_GRID
+        # the system share of its CPU, over the jobs of every run (NaN for old logs)
+        cpu_all = sum(r["cpu_s"] for v in jobs.values() for r in v)
+        system_share = (sum(r.get("system_cpu_s", math.nan) for v in jobs.values() for r in v)
+                        / cpu_all if cpu_all > 0 else 0.0)
         if rule == "transform_frames":
             per_entry_jobs = transform_jobs
             full = transform_jobs * per_job_full + per_frame * FULL_FRAMES
@@ -347,12 +361,14 @@ def model(runs: dict, starts: dict, entries: int, pixels: int, frames_per_job: i
                                        default=0.0),
                      "max_rss_mb_at_801": mem[0] + mem[2] * FULL_GRID,
                      "full_entry_jobs": per_entry_jobs, "full_entry_cpu_s": full,
+                     "system_share": system_share,
                      "full_entry_parts_s": {"fixed": per_entry_jobs * fixed,
                                             "frames": full - per_entry_jobs * per_job_full,
                                             "grid": per_entry_jobs * per_voxel * FULL_GRID}}
     total = sum(v["full_entry_cpu_s"] for v in out.values())
     pdf = sum(v["full_entry_cpu_s"] for k, v in out.items() if k in PDF_RULES)
-    return {"rules": out, "full_entry_cpu_s": total,
+    system = sum(v["full_entry_cpu_s"] * v["system_share"] for v in out.values())
+    return {"rules": out, "full_entry_cpu_s": total, "full_entry_system_s": system,
             "full_entry_cpu_s_without_pdf": total - pdf,
             "full_mpix_per_core_without_pdf": FULL_FRAMES * pixels / (total - pdf) / 1e6,
             "full_entry_mpix": FULL_FRAMES * pixels / 1e6,
@@ -367,7 +383,9 @@ def with_full_volumes(m: dict, measured: dict, entries: int, pixels: int) -> dic
     in place of the fits on the sparse ones: the transform from its CPU per frame on a fresh
     801^3 grid (the frames added as the step adds them: as stored, decompressed block by
     block; else plus a read of them) and the write of its two volumes (plus the fitted fixed
-    cost per job); merge, symmetrisation and PDFs as they ran there, shared by the entries."""
+    cost per job); sum_chunks (its volumes moved into place, their pictures) as it ran there
+    for one entry; merge, symmetrisation and PDFs as they ran there, shared by the entries.
+    The system share of each the same way."""
     rules = m["rules"]
     v = measured["volumes"]
     jobs = m["transform_jobs_per_full_entry"]
@@ -375,8 +393,19 @@ def with_full_volumes(m: dict, measured: dict, entries: int, pixels: int) -> dic
                                        + v["write_cpu_s"])
            + FULL_FRAMES * v["frame_ms_per_frame"] / 1e3}
     cpu.update({rule: s / entries for rule, s in measured["temperature_cpu_s_per_rule"].items()})
+    system = {"transform_frames": FULL_FRAMES * v["frame_system_ms_per_frame"] / 1e3
+              + jobs * (v["write_system_s"] + rules["transform_frames"]["fixed_s_per_job"]
+                        * rules["transform_frames"]["system_share"])}
+    system.update({rule: s / entries
+                   for rule, s in measured["temperature_system_s_per_rule"].items()})
+    if "sum_chunks" in measured.get("entry_cpu_s_per_rule", {}):  # one job per entry
+        cpu["sum_chunks"] = measured["entry_cpu_s_per_rule"]["sum_chunks"]
+        system["sum_chunks"] = measured["entry_system_s_per_rule"]["sum_chunks"]
     total = m["full_entry_cpu_s"] + sum(c - rules[r]["full_entry_cpu_s"] for r, c in cpu.items())
+    total_system = m["full_entry_system_s"] + sum(
+        c - rules[r]["full_entry_cpu_s"] * rules[r]["system_share"] for r, c in system.items())
     return {"measured": measured, "full_entry_cpu_s_per_rule": cpu, "full_entry_cpu_s": total,
+            "full_entry_system_s": total_system,
             "full_mpix_per_core": FULL_FRAMES * pixels / total / 1e6}
 
 
@@ -473,9 +502,10 @@ def table(rep: dict) -> str:
                     for k, v in runs.items()),
         "",
         f"{'rule':<19}{'jobs':>5}{'CPU-s':>7}{'CPU-s':>7}{'CPU-s':>7}{'fixed':>7}{'start':>6}"
-        f"{'ms per':>7}{'ns per':>7}{'peak':>6}{'peak':>6} | {'one full entry':>15}",
+        f"{'ms per':>7}{'ns per':>7}{'peak':>6}{'peak':>6}{'sys':>5} | {'one full entry':>15}",
         f"{'':<19}{'':>5}{'small':>7}{'large':>7}{'fine':>7}{'s/job':>7}{'s':>6}"
-        f"{'frame':>7}{'voxel':>7}{'GB':>6}{'801^3':>6} | {'jobs':>5}{'CPU-s':>7}{'share':>7}",
+        f"{'frame':>7}{'voxel':>7}{'GB':>6}{'801^3':>6}{'%':>5} | {'jobs':>5}{'CPU-s':>7}"
+        f"{'share':>7}",
     ]
     total = m["full_entry_cpu_s"]
     order = [r for r in ENTRY_RULES + TEMPERATURE_RULES + PDF_RULES if r in m["rules"]]
@@ -486,7 +516,8 @@ def table(rep: dict) -> str:
             f"{rule:<19}{v['jobs_large']:>5}{v['cpu_s_small']:>7.1f}{v['cpu_s_large']:>7.1f}"
             f"{v['cpu_s_fine']:>7.1f}{v['fixed_s_per_job']:>7.2f}{v['start_s']:>6.2f}"
             f"{v['ms_per_frame']:>7.2f}{v['ns_per_voxel']:>7.1f}{v['max_rss_mb'] / 1e3:>6.1f}"
-            f"{v['max_rss_mb_at_801'] / 1e3:>6.1f} | {v['full_entry_jobs']:>5.2f}"
+            f"{v['max_rss_mb_at_801'] / 1e3:>6.1f}{100 * v.get('system_share', math.nan):>5.0f}"
+            f" | {v['full_entry_jobs']:>5.2f}"
             f"{v['full_entry_cpu_s']:>7.1f}{100 * v['full_entry_cpu_s'] / total:>6.1f}%")
     read = rep["bare_read"]
     run = rep["at_run_size"]
@@ -514,6 +545,7 @@ def table(rep: dict) -> str:
         f"work (801^3), {parts['fixed']:.0f} s fixed per job (start, imports, detector "
         f"models, pictures); the frames' two reads alone: "
         f"{2 * m['full_entry_mpix'] / read['mpix_per_cpu_s']:.0f} s",
+        _system_line(m["full_entry_system_s"], total, m["full_entry_mpix"]),
         f"  fresh memory on this machine: a new process fills its first GB in "
         f"{fresh['first_gb_cpu_s']:.2f} CPU-s, a GB it used before in "
         f"{fresh['again_gb_cpu_s']:.2f} (page faults; on a virtual machine the host's too); "
@@ -529,11 +561,23 @@ def table(rep: dict) -> str:
             f"{v['frame_ms_per_frame']:.2f} ms per frame on a fresh grid, reading included): "
             f"{full['full_entry_cpu_s']:.0f} CPU-s -> {full['full_mpix_per_core']:.0f} "
             f"Mpixel/s per core",
+            _system_line(full["full_entry_system_s"], full["full_entry_cpu_s"],
+                         m["full_entry_mpix"]),
             "  " + ", ".join(f"{r} {c:.1f}" for r, c in full["full_entry_cpu_s_per_rule"].items())
             + " CPU-s per entry (the fit above: "
             + ", ".join(f"{m['rules'][r]['full_entry_cpu_s']:.1f}"
                         for r in full["full_entry_cpu_s_per_rule"]) + ")"]
     return "\n".join(lines)
+
+
+def _system_line(system: float, total: float, mpix: float) -> str:
+    """What of a full entry's CPU the kernel spent (page faults, page cache, file I/O: on a
+    virtual machine the host's faults too), and the user time alone."""
+    if not math.isfinite(system):
+        return "  system time: not in these jobs' logs (written before steps logged it)"
+    return (f"  of which system time (the kernel: page faults, page cache, file I/O) "
+            f"{system:.0f} CPU-s ({system / total:.0%}); the user time alone "
+            f"{total - system:.0f} CPU-s -> {mpix / (total - system):.0f} Mpixel/s per core")
 
 
 if __name__ == "__main__":
