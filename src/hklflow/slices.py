@@ -10,7 +10,9 @@ them (from the reciprocal metric of the cell), so a hexagonal HK0 plane shows it
 cell the axes are orthogonal with 1 r.l.u. the same length on both, and the picture says so.
 
 Only the plane is read from a volume file (files.volume.VolumeReader.read_plane: its stored
-intensity, through the chunks that hold the plane).
+intensity, through the chunks that hold the plane); the steps that write a volume keep the
+planes of their pictures as the writer stores them (kept_planes: files.volume.KeptPlanes)
+and draw from those.
 """
 from __future__ import annotations
 
