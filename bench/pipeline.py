@@ -29,7 +29,9 @@ Prints, measured in one run:
      CPU time of every job that entry needs), at the run's size and extrapolated, next to
      the bare read + decompress of the same frames measured in this run;
   3. where every second of a full entry goes, and what filling fresh memory costs on this
-     machine (a virtual machine's host page faults can make it 20x a bare node's);
+     machine (a virtual machine's host page faults can make it 20x a bare node's); the
+     system (kernel) share of each rule's CPU over its jobs (the steps log it), applied to
+     its extrapolated CPU, and the user time alone;
   4. the headline again with the grid work measured on full volumes at 801^3 by
      bench/full_rotation.py (this bench's 40-degree scans leave its volumes 5-17% measured,
      and a chunk with nothing measured costs almost nothing to write); --no-full-rotation
