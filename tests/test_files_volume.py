@@ -424,6 +424,8 @@ def test_kept_planes_are_the_planes_the_file_stores(tmp_path, how):
                                   equal_nan=True), (how, spec)
             from_file, from_memory = read_slice(out, spec), read_slice(planes, spec)
             assert np.array_equal(from_file.data, from_memory.data, equal_nan=True)
+            # (an open reader, as plot_slices passes for all its slices: the same plane)
+            assert np.array_equal(read_slice(r, spec).data, from_file.data, equal_nan=True)
             assert (from_file.label, from_file.u_edges) == (from_memory.label, from_memory.u_edges)
     with pytest.raises(GridError):
         read_slice(planes, specs[-1])

@@ -3,6 +3,7 @@ read).  Matplotlib's figures are imported when a picture is drawn, with the Agg 
 screen), and drawn without pyplot; only the steps that draw import this module."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 from .calibration import describe, ring_two_theta
 from .errors import GridError
 from .files.pdf import read_pdf_plane
-from .files.volume import read_volume_header
+from .files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
 from .slices import cell_of, color_limits, plane_matrix, read_slice
 
 
@@ -376,18 +377,23 @@ def _angle_note(cell, u, v) -> str:
 
 
 def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -> list[str]:
-    """PNG of the slices (list of {h|k|l: value}) of a Volume or volume file.  Slices outside
-    the grid are left out with a warning; returns the labels of the slices drawn."""
+    """PNG of the slices (list of {h|k|l: value}) of a Volume, KeptPlanes or volume file
+    (opened once for all of them).  Slices outside the grid are left out with a warning;
+    returns the labels of the slices drawn."""
     from matplotlib.colors import LogNorm
 
     cell = cell_of(volume_or_path, cell)
     drawn = []
-    for spec in slices:
-        try:
-            drawn.append(read_slice(volume_or_path, spec))
-        except GridError as exc:
-            if log:
-                log.warning("slice %s left out of %s: %s", spec, Path(path).name, exc)
+    with contextlib.ExitStack() as stack:
+        source = volume_or_path
+        if not isinstance(source, (Volume, KeptPlanes)):  # a file: opened once for every slice
+            source = stack.enter_context(VolumeReader(source))
+        for spec in slices:
+            try:
+                drawn.append(read_slice(source, spec))
+            except GridError as exc:
+                if log:
+                    log.warning("slice %s left out of %s: %s", spec, Path(path).name, exc)
     n = max(len(drawn), 1)
     ncol = min(n, 2) if n <= 4 else 3
     nrow = math.ceil(n / ncol)

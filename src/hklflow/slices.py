@@ -16,6 +16,7 @@ and draw from those.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -86,8 +87,8 @@ def kept_planes(slices) -> KeptPlanes:
 
 def read_slice(volume_or_path, spec) -> Slice:
     """The plane of a Volume (in memory), of KeptPlanes (as a writer stored it) or of a
-    volume file (only the plane is read) nearest the slice spec; GridError when the value is
-    outside the grid."""
+    volume file, given by its path or an open VolumeReader (only the plane is read), nearest
+    the slice spec; GridError when the value is outside the grid."""
     axis, value = parse_slice(spec)
     if isinstance(volume_or_path, KeptPlanes):
         if volume_or_path.grid is None:
@@ -107,7 +108,9 @@ def read_slice(volume_or_path, spec) -> Slice:
         with np.errstate(invalid="ignore", divide="ignore"):
             data = np.where(wplane > 0, plane / np.where(wplane > 0, wplane, 1.0), np.nan)
     else:
-        with VolumeReader(volume_or_path) as reader:
+        with contextlib.ExitStack() as stack:
+            reader = volume_or_path if isinstance(volume_or_path, VolumeReader) \
+                else stack.enter_context(VolumeReader(volume_or_path))
             grid = reader.grid
             i = grid.slice_index(axis, value)
             data = reader.read_plane(axis, i).astype(np.float64)
