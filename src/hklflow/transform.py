@@ -143,8 +143,9 @@ def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengt
     q_perp = 0.0
     # over the whole detector's components (unusable pixels NaN), block by block: no (n, 3)
     # gather (~0.35 CPU-s of a 2M job against ~0.05)
-    for a in range(0, table.qx.size, 1 << 18):
-        qx, qy, qz = (c[a:a + (1 << 18)].astype(np.float64) for c in (table.qx, table.qy, table.qz))
+    block = 1 << 18
+    for a in range(0, table.qx.size, block):
+        qx, qy, qz = (c[a:a + block].astype(np.float64) for c in (table.qx, table.qy, table.qz))
         along = qx * axis[0] + qy * axis[1] + qz * axis[2]
         perp2 = qx * qx + qy * qy + qz * qz - along * along
         if np.isfinite(perp2).any():
