@@ -303,6 +303,7 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, comp
     import h5py
 
     from hklflow.files import volume as files_volume
+    from hklflow.files.h5 import file_descriptor
 
     path, signal, _ = _partly_stored_volume(tmp_path / "v.nxs", seed=11)
     with h5py.File(path, "r+") as f:  # one chunk of the signal stored unfiltered
@@ -322,8 +323,15 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, comp
             assert np.array_equal(w_.view(np.uint32), want["data_weights"][l0:l1].view(np.uint32))
             i = r.read_intensity(l0, l1)
             assert np.array_equal(i.view(np.uint32), want["data"][l0:l1].view(np.uint32))
+        # each chunk read with a pread at chunk_iter's offset (a plain file); HDF5 read the
+        # unfiltered one alone, in the four slabs that reach into planes 8-15
+        readers = {c.dset.name.rsplit("/", 1)[1]: c for c in r._chunk_readers.values()}
         assert all(isinstance(c, files_volume._ChunkReader) and c.compiled == compiled
-                   for c in r._chunk_readers.values())
+                   and c.fd is not None for c in readers.values())
+        assert {name: c.through_hdf5 for name, c in readers.items()} == \
+            {"signal_sum": 4, "data_weights": 0, "data": 0}
+    with h5py.File(path, "r", driver="core") as f:  # in memory: no offsets in a file
+        assert file_descriptor(f["entry/transform/signal_sum"]) is None
     with h5py.File(path, "r+") as f:  # a damaged chunk
         d = f["entry/transform/data_weights"]
         corner = d.id.get_chunk_info(0).chunk_offset

@@ -118,7 +118,18 @@ def bitshuffle_lz4_only(dset) -> bool:
             and values[2] == dset.dtype.itemsize and values[4] == BITSHUFFLE_LZ4)
 
 
-def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
+def file_descriptor(dset) -> int | None:
+    """The descriptor of the file that holds `dset`'s chunks, where HDF5 reads it as a plain
+    file (the sec2 driver): chunk_iter's byte offsets are then offsets in it, a userblock
+    included.  None for other drivers (in memory, split, family files)."""
+    try:
+        return int(dset.file.id.get_vfd_handle()) if dset.file.driver == "sec2" else None
+    except Exception:  # pragma: no cover - a driver without a handle
+        return None
+
+
+def decompress_chunk(dset, corner, raw, out, compiled: bool = False,
+                     location: tuple[int, int] | None = None) -> bool:
     """Read the raw chunk of `dset` at `corner` into `raw` (uint8, its stored size) and
     decompress it into `out` (C-contiguous, the chunk's uncompressed size) with bitshuffle's
     C function, or with compiled, files.bitshuffle_lz4's loop over its blocks (15% less
@@ -127,15 +138,28 @@ def decompress_chunk(dset, corner, raw, out, compiled: bool = False) -> bool:
     when it is not plainly bitshuffle-LZ4 of that size (a filter skipped, unreadable) or
     the library is missing: then HDF5 must read it.  A damaged chunk (its blocks do not add
     up or do not decode) is a FileFormatError naming the file and the chunk: HDF5's filter
-    would read past the end of a truncated one and crash the process."""
+    would read past the end of a truncated one and crash the process.
+
+    location: (file_descriptor(dset), the chunk's byte offset from chunk_iter) of a chunk
+    stored with its filters applied: read with one pread, without HDF5's look-up of the
+    chunk (10-12 instead of 22-43 us a chunk of a volume, from the page cache)."""
     decompress = bitshuffle_function("bshuf_decompress_lz4")
     if decompress is None:  # pragma: no cover - HDF5's filter instead
         return False
-    try:
-        skipped_filters, _ = dset.id.read_direct_chunk(corner, out=raw)
-    except Exception:
-        return False
-    if skipped_filters or raw.size < 12:
+    if location is not None:
+        try:
+            if os.preadv(location[0], [raw], location[1]) != raw.size:
+                return False
+        except OSError:
+            return False
+    else:
+        try:
+            skipped_filters, _ = dset.id.read_direct_chunk(corner, out=raw)
+        except Exception:
+            return False
+        if skipped_filters:
+            return False
+    if raw.size < 12:
         return False
     # chunk header: uncompressed bytes (uint64), block size in bytes (uint32), big-endian
     nbytes, block_bytes = struct.unpack(">QI", raw[:12].tobytes())
