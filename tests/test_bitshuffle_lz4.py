@@ -52,6 +52,65 @@ def test_equals_bitshuffles_own_decompression(dtype, n, block, own_untranspose):
     np.testing.assert_array_equal(out.view(dtype), data)
 
 
+def narrow_blocks(dtype, block: int) -> np.ndarray:
+    """Blocks of `block` small counts with -1 in places (module gaps), one of them at each
+    boundary of the values that 1 and 2 bytes hold, all zeros, all -1 (as the dtype's bit
+    patterns: unsigned ones wrap)."""
+    rng = np.random.default_rng(11)
+    blocks = []
+    for extra in (None, 127, -128, 128, -129, 32767, -32768, 32768, -32769, 2 ** 31 - 1,
+                  "zeros", "ones"):
+        counts = rng.poisson(3.0, block)
+        counts[rng.integers(0, block, 5)] = -1
+        if extra == "zeros":
+            counts[:] = 0
+        elif extra == "ones":
+            counts[:] = -1
+        elif extra is not None:
+            counts[rng.integers(0, block, 3)] = extra
+        blocks.append(counts.astype(np.int64).astype(dtype))
+    return np.concatenate(blocks)
+
+
+def planes_by_value(block: np.ndarray) -> int:
+    """The byte planes a block needs, from its values read as signed integers of its size:
+    1 or 2 where they all fit in int8 or int16, else every one."""
+    signed = block.view(f"i{block.itemsize}").astype(np.int64)
+    for planes in (1, 2):
+        if planes < block.itemsize and np.all(np.abs(signed + 0.5) < 2 ** (8 * planes - 1)):
+            return planes
+    return block.itemsize
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint32", "int16", "uint16", "float32"])
+def test_only_the_byte_planes_a_block_needs_are_transposed(dtype):
+    """Detector counts (small, -1 in the gaps) sign-extended from their lowest byte or two:
+    only those planes are untransposed (one block at each boundary of 1, 2 and all
+    planes, unsigned dtypes holding the same bit patterns); floats need every plane.  The
+    same numbers as the data."""
+    from hklflow.files.bitshuffle_lz4 import _planes_needed
+
+    block = 2048
+    if dtype == "float32":
+        rng = np.random.default_rng(5)
+        data = np.concatenate([rng.random(block) * 2, -rng.random(block), np.zeros(block),
+                               rng.poisson(3.0, block)]).astype(np.float32)
+        planes = [4, 4, 1, 4]  # (all zeros: 0 sign-extended from one byte)
+    else:
+        data = narrow_blocks(dtype, block)
+        planes = [planes_by_value(b) for b in data.reshape(-1, block)]
+        assert {1, data.itemsize} <= set(planes) and (2 in planes or data.itemsize == 2)
+    found = [_planes_needed.py_func(
+        np.frombuffer(bitshuffle.bitshuffle(b), np.uint8).view(np.uint64),
+        block // 64, data.itemsize) for b in data.reshape(-1, block)]
+    assert found == planes
+    for own in (True, False):
+        stream = stream_of(data, block)
+        out = np.full(data.nbytes, 0xAB, np.uint8)
+        assert decompress(stream, out, data.itemsize, block, own) == stream.size
+        np.testing.assert_array_equal(out.view(dtype), data)
+
+
 def test_own_untranspose_is_used_where_the_cpu_has_avx2():
     """The choice follows the CPU numba compiles for: AVX2, or GFNI with AVX-512 (checked
     here against /proc/cpuinfo where Linux has one)."""
@@ -83,6 +142,14 @@ def test_own_untranspose_without_gfni(tmp_path):
             out = np.empty(data.nbytes, np.uint8)
             assert b.decompress(stream, out, data.itemsize, 1024, True) == stream.size
             assert np.array_equal(out, data.view(np.uint8)), dtype
+        for dtype in ("int32", "uint16"):  # blocks needing 1, 2 and all byte planes
+            counts = np.random.default_rng(3).poisson(3.0, (3, 1024))
+            counts[1, 7], counts[2, 9], counts[:, 5] = 300, 70000, -1
+            data = counts.astype(dtype)
+            stream = np.frombuffer(bitshuffle.compress_lz4(data.ravel(), 1024), np.uint8)
+            out = np.empty(data.nbytes, np.uint8)
+            assert b.decompress(stream.copy(), out, data.itemsize, 1024, True) == stream.size
+            assert np.array_equal(out, data.view(np.uint8).ravel()), dtype
         print("same bytes")
     """)
     # x86-64-v3's features named (numba tells the kernels the features it is given)

@@ -13,6 +13,9 @@ decompressed, against 2.05-2.09 (the same 400 frames, alternating).  Without GFN
 EPYC with AVX2 alone) ours, with shifts and masks, is still the faster: 16 of those frames
 decompressed in 2.26-3.38 against 2.85-4.31 CPU-ms each (four alternating rounds on a noisy
 VM, ours faster in every one by 0.5-0.9 ms); 16-bit Poisson counts 1.7-1.8 against 2.9-3.0.
+Only the byte planes a block's counts need are untransposed (_planes_needed): on that
+EPYC, 100 frames of the bench's 2M scan (99.6% of their blocks need one plane) in 1.28-1.89
+CPU-ms each against 1.75-2.61 with all four (six alternating rounds; LZ4 alone 0.54-0.89).
 
 The stream (after the 12-byte HDF5 chunk header): per block of `block` elements (the last
 one shorter, a multiple of 8), its compressed size (uint32, big-endian) and its LZ4 block;
@@ -82,13 +85,20 @@ def _transpose_bits_8x8(builder, x):
     return x
 
 
-def _untranspose_group(itemsize: int):
+def _untranspose_group(itemsize: int, planes: int | None = None):
     """An intrinsic: elements e0 .. e0 + 63 of a bit-transposed block (src: its first byte,
     rows of rowbytes) into dst (the block's output, elements of itemsize bytes).  Per byte
     plane: row bytes e0 / 8 .. + 7 of its eight rows gathered as 8 x 8 bytes, transposed to
     one bit matrix per 8 elements (a byte shuffle) and each matrix bit-transposed
     (GF2P8AFFINEQB with the unit vectors; shifts and masks on CPUs without it); then the
-    planes' bytes interleaved into elements (one shuffle), one 64 x itemsize byte store."""
+    planes' bytes interleaved into elements (one shuffle), one 64 x itemsize byte store.
+
+    planes < itemsize: only the lowest `planes` byte planes are transposed and each element
+    sign-extended from them, for blocks whose higher rows all repeat the row below them
+    (_planes_needed): the same bytes.  A block of 2048 int32 on an AVX2 EPYC: 0.97-1.5 us
+    with all four planes, 0.38-0.49 with one, 0.62-0.81 with two."""
+    planes = itemsize if planes is None else planes
+
     @intrinsic
     def untranspose_group(typingctx, src, dst, rowbytes, e0):
         sig = types.void(types.uintp, types.uintp, types.intp, types.intp)
@@ -110,8 +120,8 @@ def _untranspose_group(itemsize: int):
                     "llvm.x86.vgf2p8affineqb.512")
                 units = ir.Constant(v64, [1 << (j % 8) for j in range(64)])
             column = builder.lshr(e0, ir.Constant(_I64, 3))
-            planes = []
-            for b in range(itemsize):
+            bytes_of = []
+            for b in range(planes):
                 rows = ir.Constant(ir.VectorType(_I64, 8), ir.Undefined)
                 for i in range(8):
                     at = builder.add(builder.mul(ir.Constant(_I64, 8 * b + i), rowbytes), column)
@@ -121,21 +131,25 @@ def _untranspose_group(itemsize: int):
                 matrices = builder.shuffle_vector(builder.bitcast(rows, v64),
                                                   ir.Constant(v64, ir.Undefined), order)
                 if gfni:
-                    planes.append(builder.call(affine, [units, matrices, ir.Constant(_I8, 0)]))
+                    bytes_of.append(builder.call(affine, [units, matrices, ir.Constant(_I8, 0)]))
                 else:
-                    planes.append(builder.bitcast(_transpose_bits_8x8(
+                    bytes_of.append(builder.bitcast(_transpose_bits_8x8(
                         builder, builder.bitcast(matrices, ir.VectorType(_I64, 8))), v64))
-            while len(planes) > 1:  # concatenated: plane b's byte e at 64 b + e
-                n = planes[0].type.count
+            while len(bytes_of) > 1:  # concatenated: plane b's byte e at 64 b + e
+                n = bytes_of[0].type.count
                 both = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
-                planes = [builder.shuffle_vector(planes[k], planes[k + 1], both)
-                          for k in range(0, len(planes), 2)]
-            data = planes[0]
-            if itemsize > 1:  # element e's byte b
+                bytes_of = [builder.shuffle_vector(bytes_of[k], bytes_of[k + 1], both)
+                            for k in range(0, len(bytes_of), 2)]
+            data = bytes_of[0]
+            if planes > 1:  # element e's byte b
                 data = builder.shuffle_vector(
                     data, ir.Constant(data.type, ir.Undefined),
-                    ir.Constant(ir.VectorType(_I32, 64 * itemsize),
-                                [b * 64 + e for e in range(64) for b in range(itemsize)]))
+                    ir.Constant(ir.VectorType(_I32, 64 * planes),
+                                [b * 64 + e for e in range(64) for b in range(planes)]))
+            if planes < itemsize:  # (little-endian: byte b of an element is plane b)
+                data = builder.sext(
+                    builder.bitcast(data, ir.VectorType(ir.IntType(8 * planes), 64)),
+                    ir.VectorType(ir.IntType(8 * itemsize), 64))
             at = builder.add(dst, builder.mul(e0, ir.Constant(_I64, itemsize)))
             builder.store(data, builder.inttoptr(at, data.type.as_pointer()), align=1)
             return context.get_dummy_value()
@@ -147,25 +161,71 @@ def _untranspose_group(itemsize: int):
 
 _untranspose_2 = _untranspose_group(2)
 _untranspose_4 = _untranspose_group(4)
+_untranspose_2_from_1 = _untranspose_group(2, 1)
+_untranspose_4_from_1 = _untranspose_group(4, 1)
+_untranspose_4_from_2 = _untranspose_group(4, 2)
 
 # ours where it was measured the faster one; bitshuffle's elsewhere
 OWN_UNTRANSPOSE = _has_gfni() or "avx2" in target_features()
 
 
+@numba.njit(inline="always")
+def _rows_repeat(words, per_row, first, last):
+    """Whether rows first .. last are all equal: each to the next, in one flat pass with
+    no early exit (two slices: it vectorises whatever per_row is)."""
+    rows = words[first * per_row:last * per_row]
+    next_rows = words[(first + 1) * per_row:(last + 1) * per_row]
+    differ = np.uint64(0)
+    for i in range(rows.size):
+        differ |= rows[i] ^ next_rows[i]
+    return differ == 0
+
+
+@numba.njit(inline="always")
+def _planes_needed(words, per_row, itemsize):
+    """Byte planes (1, 2 or itemsize) that hold a bit-transposed block (words: its bytes as
+    uint64, per_row words a row): fewer where every higher row repeats the row below it,
+    elements that are their lowest bytes sign-extended.  Detector counts mostly are (small
+    counts, -1 in the module gaps), whatever their dtype; float volumes are not, and for
+    values of 2 and more or below 0 the first comparison (the sign and the exponent's top
+    bit) shows it.  ~0.1 us for a block of 2048 int32 that needs one plane."""
+    top = 8 * itemsize - 1
+    if not _rows_repeat(words, per_row, top - 1, top):
+        return itemsize
+    if _rows_repeat(words, per_row, 7, top - 1):
+        return 1
+    if itemsize > 2 and _rows_repeat(words, per_row, 15, top - 1):
+        return 2
+    return itemsize
+
+
 @numba.njit(cache=True, nogil=True)
-def _untranspose(src, dst, n, itemsize):
+def _untranspose(scratch, dst, n, itemsize):
     """Block of n elements (a multiple of ROW_GROUP) of itemsize 2 or 4 bytes (detectors'
-    16- and 32-bit counts, float32 volumes) from address src into dst; False (nothing done)
-    for other sizes (bitshuffle's then)."""
+    16- and 32-bit counts, float32 volumes), bit-transposed in scratch, into address dst;
+    False (nothing done) for other sizes (bitshuffle's then).  Only the byte planes the
+    elements need are transposed (_planes_needed)."""
     rowbytes = n // 8
+    if itemsize not in (2, 4):
+        return False
+    src = scratch.ctypes.data
+    planes = _planes_needed(scratch[:n * itemsize].view(np.uint64), rowbytes // 8, itemsize)
     if itemsize == 4:
+        if planes == 1:
+            for e0 in range(0, n, ROW_GROUP):
+                _untranspose_4_from_1(src, dst, rowbytes, e0)
+        elif planes == 2:
+            for e0 in range(0, n, ROW_GROUP):
+                _untranspose_4_from_2(src, dst, rowbytes, e0)
+        else:
+            for e0 in range(0, n, ROW_GROUP):
+                _untranspose_4(src, dst, rowbytes, e0)
+    elif planes == 1:
         for e0 in range(0, n, ROW_GROUP):
-            _untranspose_4(src, dst, rowbytes, e0)
-    elif itemsize == 2:
+            _untranspose_2_from_1(src, dst, rowbytes, e0)
+    else:
         for e0 in range(0, n, ROW_GROUP):
             _untranspose_2(src, dst, rowbytes, e0)
-    else:
-        return False
     return True
 
 
@@ -176,8 +236,8 @@ def _decompress_block(src, packed, scratch, dst, size, itemsize, own_untranspose
     nbytes = size * itemsize
     if _lz4_decompress_safe(src, scratch.ctypes.data, np.int32(packed), np.int32(nbytes)) != nbytes:
         return -91
-    if own_untranspose and size % ROW_GROUP == 0 and _untranspose(scratch.ctypes.data, dst,
-                                                                  size, itemsize):
+    if own_untranspose and size % ROW_GROUP == 0 and _untranspose(scratch, dst, size,
+                                                                  itemsize):
         return 0
     return min(_untrans_bit_elem(scratch.ctypes.data, dst, size, itemsize), 0)
 
