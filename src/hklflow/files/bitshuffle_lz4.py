@@ -16,6 +16,9 @@ VM, ours faster in every one by 0.5-0.9 ms); 16-bit Poisson counts 1.7-1.8 again
 Only the byte planes a block's counts need are untransposed (_planes_needed): on that
 EPYC, 100 frames of the bench's 2M scan (99.6% of their blocks need one plane) in 1.28-1.89
 CPU-ms each against 1.75-2.61 with all four (six alternating rounds; LZ4 alone 0.54-0.89).
+On a Xeon with GFNI (Sapphire Rapids or later) the tests pass, and 24 frames of the
+pipeline bench took 1.86-2.17 CPU-ms each against 1.89-2.32 with all four planes
+(bench/README.md, cpu_kernels.py): there the LZ4 decoding is most of the time.
 
 The stream (after the 12-byte HDF5 chunk header): per block of `block` elements (the last
 one shorter, a multiple of 8), its compressed size (uint32, big-endian) and its LZ4 block;
