@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import resource
+import shlex
 import shutil
 import sys
 import time
@@ -51,6 +52,8 @@ def cpu() -> float:
 
 
 def pack(out: Path, run: Path, frames: int) -> None:
+    from importlib.metadata import version
+
     from common import copy_chunks
 
     from hklflow.files.scan import read_scan_file
@@ -71,8 +74,7 @@ def pack(out: Path, run: Path, frames: int) -> None:
     shutil.copy(facts, out / "cache" / facts.name)
     metadata = next(p for p in (run / ".snakemake" / "metadata").iterdir()
                     if '"rule": "find_peaks"' in p.read_text())
-    settings = json.loads(json.loads(metadata.read_text())["params"][0][1:-1])
-    from importlib.metadata import version
+    settings = json.loads(shlex.split(json.loads(metadata.read_text())["params"][0])[0])
     (out / "pack.json").write_text(json.dumps(
         {"frames": frames, "from": str(run), "find_peaks_settings": settings,
          "pyFAI": version("pyFAI"), "facts": facts.name}, indent=1))
@@ -81,7 +83,9 @@ def pack(out: Path, run: Path, frames: int) -> None:
 
 def stand_ins(packed: dict, out: Path) -> list[str]:
     """hdf5plugin and pyFAI's version where they are not installed (see the docstring)."""
-    os.environ["HKLFLOW_CACHE_DIR"] = str(out / "cache")
+    from hklflow.geometry import DETECTOR_CACHE_ENV  # (numpy alone)
+
+    os.environ[DETECTOR_CACHE_ENV] = str(out / "cache")
     made = []
     if importlib.util.find_spec("hdf5plugin") is None:
         sys.modules["hdf5plugin"] = types.ModuleType("hdf5plugin")
