@@ -18,7 +18,7 @@ EPYC, 100 frames of the bench's 2M scan (99.6% of their blocks need one plane) i
 CPU-ms each against 1.75-2.61 with all four (six alternating rounds; LZ4 alone 0.54-0.89).
 On a Xeon with GFNI (Sapphire Rapids or later) the tests pass, and 24 frames of the
 pipeline bench took 1.86-2.17 CPU-ms each against 1.89-2.32 with all four planes
-(bench/README.md, cpu_kernels.py): there the LZ4 decoding is most of the time.
+(bench/README.md, cpu_kernels.py): there the untranspose is a small part of the time.
 
 The stream (after the 12-byte HDF5 chunk header): per block of `block` elements (the last
 one shorter, a multiple of 8), its compressed size (uint32, big-endian) and its LZ4 block;
