@@ -38,6 +38,44 @@ def machine_info(**extra) -> dict:
             "scipy": scipy.__version__, **extra, "note": NOISE_NOTE}
 
 
+def cpu() -> float:
+    """CPU seconds of this process so far (user + system)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
+                 read=None) -> bool:
+    """Frames [0, frames) of `stack` added to the Transformer `tr` as transform_frames adds
+    them (chunks of 16, their Bragg regions painted into `bragg`, compressed chunks
+    decompressed block by block), once for each start angle in `starts` (degrees added to
+    the scan's own).  read: the frames read, added instead where they cannot be added as
+    stored (None: that is an error).  Returns whether every chunk was added as stored."""
+    import dataclasses
+
+    from hklflow.transform import frame_matrices
+
+    as_stored = True
+    for start in starts:
+        angles = dataclasses.replace(scan.angles, start=scan.angles.start + start)
+        shifted = dataclasses.replace(scan, angles=angles)
+        for a in range(0, frames, 16):
+            b = min(a + 16, frames)
+            bragg[a:b] = 0
+            mask.paint(a, b, bragg[a:b])
+            M = frame_matrices(shifted, a, b, 1)
+            stored = stack.read_compressed(a, b) if as_stored else None
+            as_stored = stored is not None and tr.add_compressed(stored, M, np.ones(b - a),
+                                                                 bragg[a:b])
+            if not as_stored:
+                if read is None:
+                    raise RuntimeError("the frames cannot be added as stored")
+                tr.add(read[a:b], M, np.ones(b - a), bragg[a:b])
+    return as_stored
+
+
 def byte_compile_hklflow() -> int:
     """Write current .pyc files for hklflow's modules, as an install does, so that the jobs
     a benchmark times do not compile changed sources at every start: with

@@ -33,7 +33,6 @@ import importlib.util
 import json
 import logging
 import os
-import resource
 import shlex
 import shutil
 import sys
@@ -45,16 +44,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from common import add_at_turns, copy_chunks, cpu  # noqa: E402
 
 
 def pack(out: Path, run: Path, frames: int) -> None:
     from importlib.metadata import version
-
-    from common import copy_chunks
 
     from hklflow.files.scan import read_scan_file
     from hklflow.geometry import _facts_path
@@ -101,19 +95,17 @@ def stand_ins(packed: dict, out: Path) -> list[str]:
 def run(out: Path, rounds: int, turns: int) -> dict:
     packed = json.loads((out / "pack.json").read_text())
     made = stand_ins(packed, out)
-    import h5py
     import numba
 
     from hklflow.files import bitshuffle_lz4
     from hklflow.files.grid import read_grid_file
-    from hklflow.files.h5 import bitshuffle_block_elements
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
     from hklflow.frames import open_frame_source
     from hklflow.params import DetectorParams, PeakSearchParams, settings_part
     from hklflow.spotfinding import search
-    from hklflow.transform import Transformer, frame_matrices, pixel_table
+    from hklflow.transform import Transformer, pixel_table
 
     with open("/proc/cpuinfo") as f:
         lines = f.read().splitlines()
@@ -126,17 +118,18 @@ def run(out: Path, rounds: int, turns: int) -> dict:
               "own_untranspose": bool(bitshuffle_lz4.OWN_UNTRANSPOSE)}
     print(json.dumps(report), flush=True)
 
-    # 1. decompression in memory
-    with h5py.File(out / "frames.h5", "r") as f:
-        d = f["/entry/data/data"]
-        n = d.shape[0]
-        raw = [np.frombuffer(d.id.read_direct_chunk((i, 0, 0))[1], np.uint8) for i in range(n)]
-        itemsize = d.dtype.itemsize
-        elements = d.shape[1] * d.shape[2]
-    # (the HDF5 chunk's 12-byte header: uncompressed bytes, then the block's bytes)
-    block = (int.from_bytes(raw[0][8:12].tobytes(), "big") // itemsize
-             or bitshuffle_block_elements(itemsize))
-    chunks = [r[12:].copy() for r in raw]
+    rec = read_scan_file(out / "scan.nxs")
+    n = packed["frames"]
+    source = dataclasses.replace(rec.frames, files=(str((out / "frames.h5").resolve()),),
+                                 frames_per_file=(n,), fingerprints=())
+    stack = open_frame_source(source, compiled_decompression=True)
+
+    # 1. decompression in memory (the chunks as the transform reads them)
+    stored = stack.read_compressed(0, n)
+    if stored is None:
+        raise RuntimeError(f"{out}/frames.h5: not one bitshuffle-LZ4 chunk per frame")
+    chunks = [stored.stream[a:b].copy() for a, b in zip(stored.starts, stored.stops)]
+    itemsize, elements, block = stored.dtype.itemsize, stored.elements, stored.block
     buf = np.empty(elements * itemsize, np.uint8)
     forms = {"steps' untranspose": bitshuffle_lz4.OWN_UNTRANSPOSE, "bitshuffle's": False}
     for own in forms.values():
@@ -155,14 +148,10 @@ def run(out: Path, rounds: int, turns: int) -> dict:
         {k: [round(x, 2) for x in v] for k, v in times.items()}), flush=True)
 
     # 2. the transform, both kinds
-    rec = read_scan_file(out / "scan.nxs")
-    source = dataclasses.replace(rec.frames, files=(str((out / "frames.h5").resolve()),),
-                                 frames_per_file=(n,), fingerprints=())
     ori = read_orientation_file(out / "orientation.nxs")
     scan = rec.geometry(ori)
     mask = read_mask_file(out / "mask.nxs")
     grid = read_grid_file(out / "grid.json")
-    stack = open_frame_source(source, compiled_decompression=True)
     tr = Transformer(grid, pixel_table(scan.detector, mask.pixels), 1e9,
                      kinds=("transform", "masked_transform"), crystal=ori.crystal(),
                      hkl_radius=mask.hkl_radius, threads=1)
@@ -170,17 +159,8 @@ def run(out: Path, rounds: int, turns: int) -> dict:
     turn = n * scan.angles.step
 
     def add(first_turn: int, count: int) -> None:
-        for t in range(first_turn, first_turn + count):
-            angles = dataclasses.replace(scan.angles, start=scan.angles.start + t * turn)
-            shifted = dataclasses.replace(scan, angles=angles)
-            for a in range(0, n, 16):
-                b = min(a + 16, n)
-                bragg[a:b] = 0
-                mask.paint(a, b, bragg[a:b])
-                if not tr.add_compressed(stack.read_compressed(a, b),
-                                         frame_matrices(shifted, a, b, 1), np.ones(b - a),
-                                         bragg[a:b]):
-                    raise RuntimeError("the frames cannot be added as stored")
+        add_at_turns(tr, stack, scan, mask, n, bragg,
+                     [t * turn for t in range(first_turn, first_turn + count)])
 
     t0 = time.monotonic()
     add(0, 1)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import mmap
 import os
 import re
@@ -51,17 +50,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import byte_compile_hklflow, emit, machine_info  # noqa: E402
+from common import add_at_turns, byte_compile_hklflow, cpu, emit, machine_info  # noqa: E402
 from pipeline import FULL_FRAMES, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
 ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
 ENTRIES = 3  # the entries of pipeline.py's temperature
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def system() -> float:
@@ -107,7 +101,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     from hklflow.frames import open_frame_source
     from hklflow.grid import Axis, Grid
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.transform import Transformer, frame_matrices, pixel_table, written_pages
+    from hklflow.transform import Transformer, pixel_table, written_pages
 
     temp = next((large / "results").glob("*/*/f2")).parent
     rec = read_scan_file(temp / "f2" / "scan.nxs")
@@ -133,20 +127,10 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     say(f"adding {frames} frames at {turns} start angles {turn:g} deg apart onto "
         f"{grid.describe()} ...")
     c, sys0 = cpu(), system()
-    as_stored = True  # as transform_frames adds them: compressed chunks decompressed block
-    for t in range(turns):  # by block (read from the page cache), else the frames read
-        angles = dataclasses.replace(scan.angles, start=scan.angles.start + t * turn)
-        shifted = dataclasses.replace(scan, angles=angles)
-        for a in range(0, frames, 16):
-            b = min(a + 16, frames)
-            bragg[a:b] = 0  # as transform_frames does: the Bragg regions painted per chunk
-            mask.paint(a, b, bragg[a:b])
-            M = frame_matrices(shifted, a, b, 1)
-            stored = stack.read_compressed(a, b) if as_stored else None
-            as_stored = stored is not None and tr.add_compressed(stored, M, np.ones(b - a),
-                                                                 bragg[a:b])
-            if not as_stored:
-                tr.add(block[a:b], M, np.ones(b - a), bragg[a:b])
+    # as transform_frames adds them: compressed chunks decompressed block by block (read
+    # from the page cache), else the frames read
+    as_stored = add_at_turns(tr, stack, scan, mask, frames, bragg,
+                             [t * turn for t in range(turns)], read=block)
     add_cpu, add_system = cpu() - c, system() - sys0
     stack.close()
     process_gb = rss_gb()  # the frames and their Bragg paint too
