@@ -169,6 +169,31 @@ def test_threads_give_the_same_search(tiny_experiment, tiny_truth, searched, thr
     np.testing.assert_array_equal(res.hot_pixels, ref.hot_pixels)
 
 
+def test_search_compiles_the_kernel_in_one_form(tiny_experiment, tiny_truth, searched):
+    """A search passes the kernel a maximum to raise with every frame (the first one and the
+    hot-pixel probe too), so that a fresh process compiles one form of it (~9 CPU-s each on
+    a 2-core VM) and not two."""
+    sid = "tiny/300K/f1"
+    t = tiny_truth["scans"][sid]
+    script = (
+        "import json, sys\n"
+        "from hklflow import spotfinding as sf\n"
+        "from hklflow.frames import open_frames\n"
+        "from hklflow.geometry import DetectorGeometry, ScanAngles\n"
+        "from hklflow.params import DetectorParams, PeakSearchParams\n"
+        "t = json.loads(sys.argv[2])\n"
+        "g = DetectorGeometry(**t['geometry'])\n"
+        "a = ScanAngles(t['phi_start'], t['phi_step'], t['nframes'])\n"
+        "p = PeakSearchParams.defaults()\n"
+        "with open_frames(sys.argv[1]) as stack:\n"
+        "    sf.search(stack, g, a, p, DetectorParams.defaults(name=g.detector))\n"
+        "print(len(sf._kernel_for_width(p.window[1] // 2).signatures))\n")
+    run = subprocess.run([sys.executable, "-c", script, str(raw_path(tiny_experiment, sid)),
+                          json.dumps(t)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["1"]
+
+
 def test_chunk_frames_auto_holds_about_24_mb_of_frames():
     """'auto' (the default): whole frames of about 24 MB, at least one, at least the threads;
     a number is taken as it is (at least the threads)."""

@@ -13,8 +13,9 @@ from hklflow.crystal import Crystal, UnitCell
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.grid import Axis, Grid, default_grid
-from hklflow.transform import (Transformer, allowed_table, auto_subdivide, frame_matrices,
-                               numpy_transform, pixel_table, transform_frames)
+from hklflow.transform import (BLOCK, Transformer, allowed_table, auto_subdivide,
+                               frame_matrices, live_blocks, numpy_transform, pixel_table,
+                               transform_frames)
 
 SCAN = "tiny/100K/f2"
 
@@ -507,6 +508,49 @@ def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path
                                                        "be decompressed"):
                     transform_frames(st, scan, tr, 0, 24, 2, np.ones(24), chunk_frames=8)
                 tr.close()
+
+
+def test_blocks_without_a_usable_pixel_are_skipped_and_change_nothing(setup, tmp_path):
+    """Blocks of pixels none of which is usable (a band of rows masked, as the gaps between
+    a Pilatus's rows of modules are) are neither decompressed nor computed: the cells equal
+    those of the kernel made to work every block, bit for bit, frames in memory and as
+    stored, both kinds."""
+    import h5py
+    import hdf5plugin
+
+    scan, UB, crystal, table, grid, frames = setup
+    excluded = scan.detector.detector_mask().copy()
+    excluded[300:360] = True  # 60 rows of 487 pixels in a module: whole blocks of BLOCK
+    banded = pixel_table(scan.detector, excluded, polarization_fraction=0.99)
+    live = live_blocks(banded)
+    first, last = -(-300 * 487 // BLOCK), 360 * 487 // BLOCK  # the blocks inside the band
+    expected = live_blocks(table)  # (the detector's own gaps hold a whole block too)
+    assert expected.size == -(-frames[0].size // BLOCK) and expected[first:last].all()
+    expected[first:last] = 0
+    assert np.array_equal(live, expected)
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames[:16], chunks=(1,) + frames.shape[1:],
+                         **hdf5plugin.Bitshuffle(cname="lz4"))
+    bragg = (np.random.default_rng(4).random((16, frames[0].size)) < 0.05).astype(np.uint8)
+    M = frame_matrices(scan, 0, 16, 2)
+    cells = {}
+    for skip in (True, False):
+        for stored in (False, True):
+            tr = Transformer(grid, banded, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
+                             crystal=crystal, hkl_radius=0.1)
+            if not skip:
+                tr.live = np.ones_like(tr.live)
+            if stored:
+                with open_frames(str(path)) as st:
+                    st.compiled_decompression = True
+                    assert tr.add_compressed(st.read_compressed(0, 16), M, np.ones(16), bragg)
+            else:
+                tr.add(frames[:16], M, np.ones(16), bragg)
+            cells[skip, stored] = [x.copy() for k in range(2) for x in tr.acc.flat(k)]
+    assert np.count_nonzero(cells[True, False][1]) > 1000
+    for key in [(True, True), (False, False), (False, True)]:
+        assert all(np.array_equal(a, b) for a, b in zip(cells[True, False], cells[key]))
 
 
 def test_punch_removes_allowed_nodes_only(setup):

@@ -796,7 +796,17 @@ class _FrameDetector:
             if n >= 0:
                 return n
             self._alloc(2 * len(self.rows))
-            maxproj = None  # (raised already: the frame is searched again)
+            # (maxproj raised already: raising it again changes nothing)
+
+
+def lowest_filled(frame: np.ndarray) -> np.ndarray | None:
+    """For integer frames, an array of the frame's shape and type holding the type's lowest
+    value: a maximum for strong_pixels_frame to raise.  The search passes one with every
+    frame, so the kernel is compiled in that one form (each form costs ~9 CPU-s to compile
+    on a 2-core VM); None for float frames, whose maximum the kernel does not keep."""
+    if not np.issubdtype(frame.dtype, np.integer):
+        return None
+    return np.full(frame.shape, np.iinfo(frame.dtype).min, frame.dtype)
 
 
 def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
@@ -820,7 +830,8 @@ def hot_pixels_in(low, nframes: int, usable, annulus, params, trusted_max):
     if nframes < 5:
         return np.zeros(usable.shape, dtype=bool)
     det = _FrameDetector(usable.shape, params, trusted_max)
-    k = det(np.ascontiguousarray(low), pixel_flags(usable, annulus))
+    low = np.ascontiguousarray(low)
+    k = det(low, pixel_flags(usable, annulus), lowest_filled(low))
     hot = np.zeros(usable.shape, dtype=bool)
     hot[det.rows[:k], det.cols[:k]] = True
     return hot
@@ -890,15 +901,18 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
                 if det.frame is None:
                     det.frame = np.empty((1,) + tuple(shape), dtype=stack.dtype)
                 frame = stack.read(f, f + 1, out=det.frame)[0]
-            raise_max = None
             if det.maxproj is None:  # in the frames' own type: no conversion per frame
                 det.maxproj = isolated_empty(frame.shape, frame.dtype)
-                det.maxproj[...] = frame
+                if integer:  # (raised by the kernel from the first frame on)
+                    det.maxproj.fill(np.iinfo(frame.dtype).min)
+                else:
+                    det.maxproj[...] = frame
                 maxprojs.append(det.maxproj)
-            elif integer:  # by the kernel, in its pass over the frame
-                raise_max = det.maxproj
-            else:  # float frames: NaN (unusable) pixels do not hide the maximum
+            elif not integer:  # float frames: NaN (unusable) pixels do not hide the maximum
                 np.fmax(det.maxproj, frame, out=det.maxproj)
+            # integer frames: raised by the kernel in its pass over the frame (always with a
+            # maximum: the kernel is compiled in that one form)
+            raise_max = det.maxproj if integer else None
             return _Detection(det, det(frame, flags, raise_max))
         finally:
             free_detectors.put(det)

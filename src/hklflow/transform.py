@@ -809,6 +809,16 @@ def _scatter_block(idx, val, n, w32, cells):
             _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
 
 
+def live_blocks(table: PixelTable) -> np.ndarray:
+    """uint8 per BLOCK of the detector's pixels: 0 where none of them is usable (the gaps
+    between a Pilatus's rows of modules hold whole blocks: 6% of a CdTe 2M's), which the
+    kernels skip."""
+    nblocks = (table.corr_all.size + BLOCK - 1) // BLOCK
+    usable = np.zeros(nblocks * BLOCK, bool)
+    usable[:table.corr_all.size] = table.corr_all > 0
+    return usable.reshape(nblocks, BLOCK).any(axis=1).astype(np.uint8)
+
+
 def work_units(frames, M) -> int:
     """Blocks of BLOCK pixels x rotation sub-steps x frames: the kernel's units of work."""
     return frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
@@ -882,7 +892,7 @@ def _share_of_block(share, b):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
+                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second, live,
                 share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
@@ -896,8 +906,9 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     second 0, one kind: (signal, weight) per voxel in cells; Bragg-masked and punched
     pixels go to the dump.  second > 0, two kinds (BrickedGrid paired): those pixels go to
     the cells' second part, `second` voxels on (transform: both parts; masked_transform: the
-    first).  share: one thread's part of the work (ThreadShares.shares[thread]), or None for
-    all of it."""
+    first).  live: uint8 per BLOCK of pixels, 0 where none of them is usable (live_blocks:
+    the block is skipped, its pixels would all go to the dump).  share: one thread's part of
+    the work (ThreadShares.shares[thread]), or None for all of it."""
     w32 = np.float32(1.0 / M.shape[1])
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
@@ -908,6 +919,8 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
     nunits = nf * nsub * ((npix + BLOCK - 1) // BLOCK)
     for u in range(nunits):
         f, j, p0, n = _unit(u, nf, nsub, npix)
+        if live[p0 // BLOCK] == 0:
+            continue
         if share is not None:
             r0, r1, mixed = _share_of_block(share, p0 // BLOCK)
             if r0 == r1:
@@ -928,15 +941,15 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
 def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                        qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
                        hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
-                       share=None):
+                       live, share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (frames.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
     into `values` (BLOCK elements of the frames' type) just before it is worked on, so the
     frames are never written to memory whole and read back (a thread's share: the part of
     the block that holds its runs).  The same sums as _accumulate on the frames
-    decompressed.  Returns 0, or -1 - f when a block of chunk f is damaged (nothing added
-    from it on)."""
+    decompressed (a block of no usable pixel is not decompressed either).  Returns 0, or
+    -1 - f when a block of chunk f is damaged (nothing added from it on)."""
     nf = positions.shape[0]
     nsub = M.shape[1]
     w32 = np.float32(1.0 / nsub)
@@ -948,6 +961,8 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
     nunits = nf * nsub * ((elements + BLOCK - 1) // BLOCK)
     for u in range(nunits):
         f, j, p0, n = _unit(u, nf, nsub, elements)
+        if live[p0 // BLOCK] == 0:
+            continue
         mixed = False
         a = 0  # the pixels of the block to decompress: [a, c)
         c = n
@@ -1209,6 +1224,7 @@ class Transformer:
         self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2)
         self.table = table
         self.q_max = table.q_max
+        self.live = live_blocks(table)
         self.trusted_max = float(trusted_max)
         self.hkl_r2 = float(hkl_radius) ** 2 if self.masked else 0.0
         if self.hkl_r2 > 0:
@@ -1282,7 +1298,7 @@ class Transformer:
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.kernel_cells, acc.second)
+                acc.kernel_cells, acc.second, self.live)
         self._finish(self._submit(lambda share: _accumulate(*args, share),
                                   self._shares_for(M)))
 
@@ -1331,7 +1347,7 @@ class Transformer:
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.kernel_cells, acc.second)
+                acc.kernel_cells, acc.second, self.live)
 
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = _accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
