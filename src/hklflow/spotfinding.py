@@ -801,9 +801,10 @@ class _FrameDetector:
 
 def lowest_filled(frame: np.ndarray) -> np.ndarray | None:
     """For integer frames, an array of the frame's shape and type holding the type's lowest
-    value: a maximum for strong_pixels_frame to raise.  The search passes one with every
-    frame, so the kernel is compiled in that one form (each form costs ~9 CPU-s to compile
-    on a 2-core VM); None for float frames, whose maximum the kernel does not keep."""
+    value: a maximum for strong_pixels_frame to raise where none is wanted (the hot-pixel
+    probe), so that every call of a search has the same form and the kernel is compiled
+    once (each form ~9 CPU-s on a 2-core VM); None for float frames, whose maximum the
+    kernel does not keep."""
     if not np.issubdtype(frame.dtype, np.integer):
         return None
     return np.full(frame.shape, np.iinfo(frame.dtype).min, frame.dtype)
