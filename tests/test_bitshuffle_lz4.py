@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hklflow.files.bitshuffle_lz4 import OWN_UNTRANSPOSE, decompress
+from numba_helpers import compiled_in_fresh_process
 
 
 def stream_of(data: np.ndarray, block: int) -> np.ndarray:
@@ -222,3 +223,31 @@ def test_elements_of_a_chunk_block_by_block(dtype, n, block, own_untranspose):
                                  (stops + np.array([0, 0, 3]), 2)):
         assert block_positions(stream, starts, bad_stops, n, chunks[0].itemsize, block,
                                positions) == -1 - first_bad
+
+
+
+def test_a_cold_compile_has_no_slice_assignment_check(tmp_path):
+    """The kernels copy the bytes stored as they are with a loop, not `a[i:j] = b[k:l]`:
+    numba compiles a slice assignment's shape check with a formatted message, 2-3 CPU-s of
+    every process that compiles (a fresh cache: the first find_peaks and transform_frames
+    jobs after an install)."""
+    compiled = compiled_in_fresh_process("""
+        import bitshuffle
+        import numpy as np
+        from hklflow.files.bitshuffle_lz4 import (block_count, block_positions, decompress,
+                                                  decompress_elements)
+        data = np.arange(2048 + 13, dtype=np.int32)  # the last 5 elements stored as they are
+        stream = np.frombuffer(bitshuffle.compress_lz4(data, 2048), np.uint8).copy()
+        out = np.empty(data.nbytes, np.uint8)
+        assert decompress(stream, out, 4, 2048, True) == stream.size
+        assert np.array_equal(out.view(np.int32), data)
+        positions = np.empty((1, block_count(data.size, 2048) + 1), np.int64)
+        starts, stops = np.array([0]), np.array([stream.size])
+        assert block_positions(stream, starts, stops, data.size, 4, 2048, positions) == 0
+        out[:] = 0
+        assert decompress_elements(stream, positions[0], data.size, 4, 2048, 0, data.size,
+                                   out, np.empty(2048 * 4, np.uint8), True) == 0
+        assert np.array_equal(out.view(np.int32), data)
+    """, tmp_path)
+    assert "decompress" in compiled and "decompress_elements" in compiled
+    assert not [name for name in compiled if "shape_context" in name], compiled

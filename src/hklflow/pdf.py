@@ -249,7 +249,8 @@ def _punch_geometry(positions, grid, metric, radius, values_flat):
 @numba.njit(cache=True, nogil=True)
 def _grown(a, n):
     b = np.empty(2 * a.size, a.dtype)
-    b[:n] = a[:n]
+    for i in range(n):  # a loop, not b[:n] = a[:n]: see bitshuffle_lz4._copy_bytes
+        b[i] = a[i]
     return b
 
 

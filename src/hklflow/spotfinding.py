@@ -145,279 +145,261 @@ def _window_squares(ring_x, ring_rows, nrows, c, half_c, nx, exact):
     return q
 
 
-@numba.njit(cache=True, nogil=True)
-def _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
-                   global_threshold, absolute_threshold, use_absolute, trusted_max,
-                   out_rows, out_cols, out_vals, out_bg, stats, maxproj):
-    """strong_pixels_frame's body; half_c is a compile-time constant when called through
-    _strong_pixels_fixed (the window sum along a row is then unrolled and vectorised)."""
-    ny, nx = frame.shape
-    pad = half_c
-    w = 2 * half_c + 1
-    ncol = nx + 2 * pad
-    # column counts and sums over the window's rows (padded by half_c zeros on both
-    # sides), the sums in int32 (wrapping: exact again once the rows they overflowed with
-    # have left), for the first test in 32-bit lanes while the window's values are below
-    # `wide`, where a window's sum and x n fit in int32
-    col_n = np.zeros(ncol, dtype=np.int32)
-    col_i = np.zeros(ncol, dtype=np.int32)
-    wide = (2 ** 31 - 1) // (w * (2 * half_r + 1) + 1)
-    n_wide = 0  # rows in the window with a value >= wide
-    # sums of squares the same way (wrapping int32), exact while the window's values are
-    # below `narrow_sq` (6621 for 7 x 7); else a candidate adds its squares up from the ring
-    col_q = np.zeros(ncol, dtype=np.int32)
-    sq_max = (2 ** 31 - 1) // (w * (2 * half_r + 1))  # largest square a window may hold
-    root = int(math.sqrt(sq_max))
-    while root * root > sq_max:
-        root -= 1
-    while (root + 1) * (root + 1) <= sq_max:
-        root += 1
-    narrow_sq = np.int32(root + 1)
-    n_sq = 0  # rows in the window with a value >= narrow_sq
-    # the sums again in float64 (exact) only while a row with a value >= wide is in the
-    # window, for the first test in float64 there
-    col_s = np.zeros(ncol)
-    float_live = False
-    # ring of cleaned rows: the value where usable, else -1 (one array read and written
-    # per pixel instead of a value and a flag); each pixel is tested once, when its row
-    # enters the window; a pixel that passes the first test while a count >= narrow_sq is
-    # in its window adds its window's squares up from the ring (ring_rows: the ring's rows
-    # in the window)
-    wr = 2 * half_r + 2
-    ring_x = np.zeros((wr, nx), dtype=np.int32)
-    ring_max = np.zeros(wr, dtype=np.int32)  # each ring row's largest value
-    ring_rows = np.zeros(wr, dtype=np.int64)
-    # the first test's outcome per pixel of the row, looked at 8 at a time below (most
-    # are 0; the bytes past nx stay 0)
-    flag = np.zeros(8 * ((nx + 7) // 8), dtype=np.uint8)
-    flag_words = flag.view(np.uint64)
-    ss2 = sigma_s * sigma_s
-    sb2x2 = 2.0 * sigma_b * sigma_b
-    n_min = max(float(min_local), 2.0)
-    gthr = float(global_threshold)
-    n_min_i = np.int32(math.ceil(n_min))
-    if gthr >= 2.0 ** 31 - 1:  # x > gthr <=> x > floor(gthr) for counts x >= 0
-        gthr_i = np.int32(2 ** 31 - 1)
-    elif gthr >= -1.0:
-        gthr_i = np.int32(math.floor(gthr))
-    else:  # (NaN too: its pixels let through here fail the exact test)
-        gthr_i = np.int32(-1)
-    ss2_lo = np.float32(ss2 * (1.0 - 2.0 ** -16))  # float32's errors inside the margin
-    athr = float(absolute_threshold)
-    tmax = min(trusted_max, 2 ** 31 - 1)  # values are held as int32
-    s_sum = 0
-    s_max = 0
-    s_trim = 0
-    n_valid = 0
-    n_ann = 0
-    count = 0
-    cap = out_rows.shape[0]
-    for r in range(-half_r, ny):
-        ra = r + half_r  # row entering the window
-        rd = r - half_r - 1  # row leaving it
-        if ra < ny:
-            xa = ring_x[ra % wr]
-            fr = frame[ra]
-            pf = flags[ra]
-            row_sum = 0
-            row_max = np.int32(0)
-            row_n = 0
-            ann_sum = 0
-            ann_n = 0
-            if maxproj is not None:  # (compiled away without it)
-                mp = maxproj[ra]
-            # one loop over the row: the maximum, the cleaning, the statistics and (with
-            # AVX-512) the column sums' update, the row leaving the window out, this one
-            # in; without AVX-512 that update has a loop of its own (the same sums: the one
-            # loop took 1.1-1.2x as long there, the two loops 1.0-1.04x with AVX-512)
-            leaving = rd >= 0
-            xd = ring_x[rd % wr]
-            for c in range(nx):
-                v = fr[c]
-                if maxproj is not None:
-                    mp[c] = max(mp[c], v)
-                ok = ((pf[c] & USABLE) != 0) & (v >= 0) & (v < tmax)
-                x = np.int32(v) if ok else np.int32(0)
-                u = np.int32(1) if ok else np.int32(0)
-                xa[c] = x if ok else np.int32(-1)
-                row_sum += np.int64(x)
-                row_max = max(row_max, x)
-                row_n += u
-                in_ann = (pf[c] & IN_ANNULUS) != 0
-                ann_sum += np.int64(x) if in_ann else np.int64(0)
-                ann_n += u if in_ann else 0
-                if ONE_ROW_LOOP and leaving:
-                    vd = max(xd[c], np.int32(0))
-                    col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
-                    col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
-                    col_q[c + pad] = np.int32(col_q[c + pad] + x * x - vd * vd)
-            if not ONE_ROW_LOOP and leaving:
-                for c in range(nx):
-                    a = xa[c]
-                    d = xd[c]
-                    col_n[c + pad] += ((np.int32(1) if a >= 0 else np.int32(0))
-                                       - (np.int32(1) if d >= 0 else np.int32(0)))
-                    va = max(a, np.int32(0))
-                    vd = max(d, np.int32(0))
-                    col_i[c + pad] = np.int32(col_i[c + pad] + va - vd)
-                    col_q[c + pad] = np.int32(col_q[c + pad] + va * va - vd * vd)
-            if float_live and leaving:
-                for c in range(nx):
-                    col_s[c + pad] += (float(max(xa[c], np.int32(0)))
-                                       - float(max(xd[c], np.int32(0))))
-            s_sum += row_sum
-            s_max = max(s_max, np.int64(row_max))
-            n_valid += row_n
-            s_trim += ann_sum
-            n_ann += ann_n
-            ring_max[ra % wr] = row_max
-            n_wide += row_max >= wide
-            n_sq += row_max >= narrow_sq
-            if not leaving:
-                _add_row(col_n, col_i, col_q, xa, pad, 1)
-                if float_live:
-                    _add_row_float(col_s, xa, pad, 1)
-        elif rd >= 0:
-            _add_row(col_n, col_i, col_q, ring_x[rd % wr], pad, -1)
-            if float_live:
-                _add_row_float(col_s, ring_x[rd % wr], pad, -1)
-        if rd >= 0:
-            n_wide -= ring_max[rd % wr] >= wide
-            n_sq -= ring_max[rd % wr] >= narrow_sq
-        if n_wide == 0:
-            float_live = False
-        elif not float_live:  # a wide row came in: the float sums of the rows in the window
-            col_s[:] = 0.0
-            for rr in range(max(rd + 1, 0), min(ra, ny - 1) + 1):
-                _add_row_float(col_s, ring_x[rr % wr], pad, 1)
-            float_live = True
-        if r < 0:
-            continue
-        xr = ring_x[r % wr]
-        n_row = 0
-        if use_absolute:
-            for c in range(nx):
-                f = (xr[c] >= 0) & (float(xr[c]) > athr)
-                flag[c] = f
-                n_row += f
-        elif not float_live:
-            # the first test below in int32 and float32 (twice the lanes of float64), with
-            # a margin that lets through every pixel the float64 test passes
-            for c in range(nx):
-                n = np.int32(0)
-                s = np.int32(0)
-                for j in range(w):
-                    n = np.int32(n + col_n[c + j])
-                    s = np.int32(s + col_i[c + j])
-                xi = xr[c]
-                d = np.int32(xi * n - s)
-                fd = np.float32(d)
-                f = ((xi > gthr_i) & (xi >= 0) & (d > 0) & (s > 0) & (n >= n_min_i)
-                     & (fd * fd > ss2_lo * np.float32(s) * np.float32(n)))
-                flag[c] = f
-                n_row += f
-        else:
-            # branch-free, so that the loop is vectorised:
-            # x > m + sigma_s sqrt(m)  <=>  d = x n - s > 0 and d^2 > sigma_s^2 s n;
-            # the few pixels that pass are tested for dispersion below
-            for c in range(nx):
-                n = 0
-                s = 0.0
-                for j in range(w):
-                    n += col_n[c + j]
-                    s += col_s[c + j]
-                fn = float(n)
-                x = float(xr[c])
-                d = x * fn - s
-                f = ((xr[c] >= 0) & (d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
-                     & (d * d > ss2 * s * fn))
-                flag[c] = f
-                n_row += f
-        if n_row:
-            pf = flags[r]
-            nrows = 0
-            for rr in range(max(r - half_r, 0), min(r + half_r, ny - 1) + 1):
-                ring_rows[nrows] = rr % wr
-                nrows += 1
-            for word in range(flag_words.shape[0]):  # (8 flags at a time: most are 0)
-                bits = flag_words[word]
-                while bits:  # flags are 0 or 1 bytes, byte i bit 8i (little-endian)
-                    c = 8 * word + trailing_zeros(bits) // 8
-                    bits &= bits - np.uint64(1)
-                    n = 0
-                    s_i = np.int32(0)  # exact while no wide row is in the window
-                    for j in range(w):
-                        n += col_n[c + j]
-                        s_i = np.int32(s_i + col_i[c + j])
-                    s = float(s_i)
-                    if float_live:
-                        s = 0.0
-                        for j in range(w):
-                            s += col_s[c + j]
-                    if not use_absolute:
-                        # the first test exactly, then
-                        # v/m > 1 + sigma_b sqrt(2/(n-1))  <=>  e = n q - s^2 - (n-1) s > 0
-                        #                                    and e^2 > 2 sigma_b^2 (n-1) s^2
-                        fn = float(n)
-                        x = float(xr[c])
-                        d = x * fn - s
-                        if not ((d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
-                                & (d * d > ss2 * s * fn)):
-                            continue
-                        if n_sq == 0:
-                            q_i = np.int32(0)
-                            for j in range(w):
-                                q_i = np.int32(q_i + col_q[c + j])
-                            q = float(q_i)
-                        else:
-                            q = _window_squares(ring_x, ring_rows, nrows, c, half_c, nx,
-                                               not float_live)
-                        e = fn * q - s * s - (fn - 1.0) * s
-                        if not ((e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
-                            continue
-                    x = xr[c]
-                    if count < cap:
-                        out_rows[count] = r
-                        out_cols[count] = c
-                        out_vals[count] = x
-                        out_bg[count] = s / n
-                    count += 1
-                    if pf[c] & IN_ANNULUS:  # strong pixels are left out of the trimmed sum
-                        s_trim -= x
-                        n_ann -= 1
-    stats[0] = s_sum
-    stats[1] = s_max
-    stats[2] = s_trim
-    stats[3] = n_valid
-    stats[4] = count
-    stats[5] = n_ann
-    return count if count <= cap else -1
-
-
-@numba.njit(cache=True, nogil=True)
-def _strong_pixels_fixed(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
-                         global_threshold, absolute_threshold, use_absolute, trusted_max,
-                         out_rows, out_cols, out_vals, out_bg, stats, maxproj):
-    numba.literally(half_c)
-    return _strong_pixels(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
-                          global_threshold, absolute_threshold, use_absolute, trusted_max,
-                          out_rows, out_cols, out_vals, out_bg, stats, maxproj)
-
-
 @functools.lru_cache(maxsize=None)
 def _kernel_for_width(half_c: int):
-    """_strong_pixels compiled for one window half-width (cached on disk by numba, per
-    width: only the widths in use are compiled)."""
+    """strong_pixels_frame's kernel for one window half-width: half_c a constant of the
+    closure, so that the window sum along a row is unrolled and vectorised.  Cached on
+    disk by numba per width (the closure's values are part of the cache's key): only the
+    widths in use are compiled.  One function, not a call with numba.literally(half_c):
+    each compiled layer above the kernel optimised its code again, 2 of 7-8 CPU-s of a
+    cold compile, the same code."""
     half_c = int(half_c)
 
     @numba.njit(cache=True, nogil=True)
     def kernel(frame, flags, half_r, sigma_b, sigma_s, min_local, global_threshold,
                absolute_threshold, use_absolute, trusted_max, out_rows, out_cols, out_vals,
                out_bg, stats, maxproj):
-        return _strong_pixels_fixed(frame, flags, half_r, half_c, sigma_b, sigma_s,
-                                    min_local, global_threshold, absolute_threshold,
-                                    use_absolute, trusted_max, out_rows, out_cols, out_vals,
-                                    out_bg, stats, maxproj)
+        ny, nx = frame.shape
+        pad = half_c
+        w = 2 * half_c + 1
+        ncol = nx + 2 * pad
+        # column counts and sums over the window's rows (padded by half_c zeros on both
+        # sides), the sums in int32 (wrapping: exact again once the rows they overflowed with
+        # have left), for the first test in 32-bit lanes while the window's values are below
+        # `wide`, where a window's sum and x n fit in int32
+        col_n = np.zeros(ncol, dtype=np.int32)
+        col_i = np.zeros(ncol, dtype=np.int32)
+        wide = (2 ** 31 - 1) // (w * (2 * half_r + 1) + 1)
+        n_wide = 0  # rows in the window with a value >= wide
+        # sums of squares the same way (wrapping int32), exact while the window's values are
+        # below `narrow_sq` (6621 for 7 x 7); else a candidate adds its squares up from the ring
+        col_q = np.zeros(ncol, dtype=np.int32)
+        sq_max = (2 ** 31 - 1) // (w * (2 * half_r + 1))  # largest square a window may hold
+        root = int(math.sqrt(sq_max))
+        while root * root > sq_max:
+            root -= 1
+        while (root + 1) * (root + 1) <= sq_max:
+            root += 1
+        narrow_sq = np.int32(root + 1)
+        n_sq = 0  # rows in the window with a value >= narrow_sq
+        # the sums again in float64 (exact) only while a row with a value >= wide is in the
+        # window, for the first test in float64 there
+        col_s = np.zeros(ncol)
+        float_live = False
+        # ring of cleaned rows: the value where usable, else -1 (one array read and written
+        # per pixel instead of a value and a flag); each pixel is tested once, when its row
+        # enters the window; a pixel that passes the first test while a count >= narrow_sq is
+        # in its window adds its window's squares up from the ring (ring_rows: the ring's rows
+        # in the window)
+        wr = 2 * half_r + 2
+        ring_x = np.zeros((wr, nx), dtype=np.int32)
+        ring_max = np.zeros(wr, dtype=np.int32)  # each ring row's largest value
+        ring_rows = np.zeros(wr, dtype=np.int64)
+        # the first test's outcome per pixel of the row, looked at 8 at a time below (most
+        # are 0; the bytes past nx stay 0)
+        flag = np.zeros(8 * ((nx + 7) // 8), dtype=np.uint8)
+        flag_words = flag.view(np.uint64)
+        ss2 = sigma_s * sigma_s
+        sb2x2 = 2.0 * sigma_b * sigma_b
+        n_min = max(float(min_local), 2.0)
+        gthr = float(global_threshold)
+        n_min_i = np.int32(math.ceil(n_min))
+        if gthr >= 2.0 ** 31 - 1:  # x > gthr <=> x > floor(gthr) for counts x >= 0
+            gthr_i = np.int32(2 ** 31 - 1)
+        elif gthr >= -1.0:
+            gthr_i = np.int32(math.floor(gthr))
+        else:  # (NaN too: its pixels let through here fail the exact test)
+            gthr_i = np.int32(-1)
+        ss2_lo = np.float32(ss2 * (1.0 - 2.0 ** -16))  # float32's errors inside the margin
+        athr = float(absolute_threshold)
+        tmax = min(trusted_max, 2 ** 31 - 1)  # values are held as int32
+        s_sum = 0
+        s_max = 0
+        s_trim = 0
+        n_valid = 0
+        n_ann = 0
+        count = 0
+        cap = out_rows.shape[0]
+        for r in range(-half_r, ny):
+            ra = r + half_r  # row entering the window
+            rd = r - half_r - 1  # row leaving it
+            if ra < ny:
+                xa = ring_x[ra % wr]
+                fr = frame[ra]
+                pf = flags[ra]
+                row_sum = 0
+                row_max = np.int32(0)
+                row_n = 0
+                ann_sum = 0
+                ann_n = 0
+                if maxproj is not None:  # (compiled away without it)
+                    mp = maxproj[ra]
+                # one loop over the row: the maximum, the cleaning, the statistics and (with
+                # AVX-512) the column sums' update, the row leaving the window out, this one
+                # in; without AVX-512 that update has a loop of its own (the same sums: the one
+                # loop took 1.1-1.2x as long there, the two loops 1.0-1.04x with AVX-512)
+                leaving = rd >= 0
+                xd = ring_x[rd % wr]
+                for c in range(nx):
+                    v = fr[c]
+                    if maxproj is not None:
+                        mp[c] = max(mp[c], v)
+                    ok = ((pf[c] & USABLE) != 0) & (v >= 0) & (v < tmax)
+                    x = np.int32(v) if ok else np.int32(0)
+                    u = np.int32(1) if ok else np.int32(0)
+                    xa[c] = x if ok else np.int32(-1)
+                    row_sum += np.int64(x)
+                    row_max = max(row_max, x)
+                    row_n += u
+                    in_ann = (pf[c] & IN_ANNULUS) != 0
+                    ann_sum += np.int64(x) if in_ann else np.int64(0)
+                    ann_n += u if in_ann else 0
+                    if ONE_ROW_LOOP and leaving:
+                        vd = max(xd[c], np.int32(0))
+                        col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
+                        col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
+                        col_q[c + pad] = np.int32(col_q[c + pad] + x * x - vd * vd)
+                if not ONE_ROW_LOOP and leaving:
+                    for c in range(nx):
+                        a = xa[c]
+                        d = xd[c]
+                        col_n[c + pad] += ((np.int32(1) if a >= 0 else np.int32(0))
+                                           - (np.int32(1) if d >= 0 else np.int32(0)))
+                        va = max(a, np.int32(0))
+                        vd = max(d, np.int32(0))
+                        col_i[c + pad] = np.int32(col_i[c + pad] + va - vd)
+                        col_q[c + pad] = np.int32(col_q[c + pad] + va * va - vd * vd)
+                if float_live and leaving:
+                    for c in range(nx):
+                        col_s[c + pad] += (float(max(xa[c], np.int32(0)))
+                                           - float(max(xd[c], np.int32(0))))
+                s_sum += row_sum
+                s_max = max(s_max, np.int64(row_max))
+                n_valid += row_n
+                s_trim += ann_sum
+                n_ann += ann_n
+                ring_max[ra % wr] = row_max
+                n_wide += row_max >= wide
+                n_sq += row_max >= narrow_sq
+                if not leaving:
+                    _add_row(col_n, col_i, col_q, xa, pad, 1)
+                    if float_live:
+                        _add_row_float(col_s, xa, pad, 1)
+            elif rd >= 0:
+                _add_row(col_n, col_i, col_q, ring_x[rd % wr], pad, -1)
+                if float_live:
+                    _add_row_float(col_s, ring_x[rd % wr], pad, -1)
+            if rd >= 0:
+                n_wide -= ring_max[rd % wr] >= wide
+                n_sq -= ring_max[rd % wr] >= narrow_sq
+            if n_wide == 0:
+                float_live = False
+            elif not float_live:  # a wide row came in: the float sums of the rows in the window
+                col_s[:] = 0.0
+                for rr in range(max(rd + 1, 0), min(ra, ny - 1) + 1):
+                    _add_row_float(col_s, ring_x[rr % wr], pad, 1)
+                float_live = True
+            if r < 0:
+                continue
+            xr = ring_x[r % wr]
+            n_row = 0
+            if use_absolute:
+                for c in range(nx):
+                    f = (xr[c] >= 0) & (float(xr[c]) > athr)
+                    flag[c] = f
+                    n_row += f
+            elif not float_live:
+                # the first test below in int32 and float32 (twice the lanes of float64), with
+                # a margin that lets through every pixel the float64 test passes
+                for c in range(nx):
+                    n = np.int32(0)
+                    s = np.int32(0)
+                    for j in range(w):
+                        n = np.int32(n + col_n[c + j])
+                        s = np.int32(s + col_i[c + j])
+                    xi = xr[c]
+                    d = np.int32(xi * n - s)
+                    fd = np.float32(d)
+                    f = ((xi > gthr_i) & (xi >= 0) & (d > 0) & (s > 0) & (n >= n_min_i)
+                         & (fd * fd > ss2_lo * np.float32(s) * np.float32(n)))
+                    flag[c] = f
+                    n_row += f
+            else:
+                # branch-free, so that the loop is vectorised:
+                # x > m + sigma_s sqrt(m)  <=>  d = x n - s > 0 and d^2 > sigma_s^2 s n;
+                # the few pixels that pass are tested for dispersion below
+                for c in range(nx):
+                    n = 0
+                    s = 0.0
+                    for j in range(w):
+                        n += col_n[c + j]
+                        s += col_s[c + j]
+                    fn = float(n)
+                    x = float(xr[c])
+                    d = x * fn - s
+                    f = ((xr[c] >= 0) & (d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
+                         & (d * d > ss2 * s * fn))
+                    flag[c] = f
+                    n_row += f
+            if n_row:
+                pf = flags[r]
+                nrows = 0
+                for rr in range(max(r - half_r, 0), min(r + half_r, ny - 1) + 1):
+                    ring_rows[nrows] = rr % wr
+                    nrows += 1
+                for word in range(flag_words.shape[0]):  # (8 flags at a time: most are 0)
+                    bits = flag_words[word]
+                    while bits:  # flags are 0 or 1 bytes, byte i bit 8i (little-endian)
+                        c = 8 * word + trailing_zeros(bits) // 8
+                        bits &= bits - np.uint64(1)
+                        n = 0
+                        s_i = np.int32(0)  # exact while no wide row is in the window
+                        for j in range(w):
+                            n += col_n[c + j]
+                            s_i = np.int32(s_i + col_i[c + j])
+                        s = float(s_i)
+                        if float_live:
+                            s = 0.0
+                            for j in range(w):
+                                s += col_s[c + j]
+                        if not use_absolute:
+                            # the first test exactly, then
+                            # v/m > 1 + sigma_b sqrt(2/(n-1))  <=>  e = n q - s^2 - (n-1) s > 0
+                            #                                    and e^2 > 2 sigma_b^2 (n-1) s^2
+                            fn = float(n)
+                            x = float(xr[c])
+                            d = x * fn - s
+                            if not ((d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
+                                    & (d * d > ss2 * s * fn)):
+                                continue
+                            if n_sq == 0:
+                                q_i = np.int32(0)
+                                for j in range(w):
+                                    q_i = np.int32(q_i + col_q[c + j])
+                                q = float(q_i)
+                            else:
+                                q = _window_squares(ring_x, ring_rows, nrows, c, half_c, nx,
+                                                   not float_live)
+                            e = fn * q - s * s - (fn - 1.0) * s
+                            if not ((e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
+                                continue
+                        x = xr[c]
+                        if count < cap:
+                            out_rows[count] = r
+                            out_cols[count] = c
+                            out_vals[count] = x
+                            out_bg[count] = s / n
+                        count += 1
+                        if pf[c] & IN_ANNULUS:  # strong pixels are left out of the trimmed sum
+                            s_trim -= x
+                            n_ann -= 1
+        stats[0] = s_sum
+        stats[1] = s_max
+        stats[2] = s_trim
+        stats[3] = n_valid
+        stats[4] = count
+        stats[5] = n_ann
+        return count if count <= cap else -1
 
     return kernel
 

@@ -241,6 +241,14 @@ def _untranspose(scratch, dst, n, itemsize):
 
 
 @numba.njit(inline="always")
+def _copy_bytes(dst, d0, src, s0, n):
+    """dst[d0:d0 + n] = src[s0:s0 + n] as a loop: numba compiles a slice assignment's
+    shape check with an f-string message, 2-3 s of every cold process's compile time."""
+    for i in range(n):
+        dst[d0 + i] = src[s0 + i]
+
+
+@numba.njit(inline="always")
 def _decompress_block(src, packed, scratch, dst, size, itemsize, own_untranspose):
     """One block: its packed LZ4 bytes at address src into scratch, untransposed into
     address dst (size elements of itemsize bytes).  0, or < 0 when it does not decode."""
@@ -296,7 +304,7 @@ def decompress(stream, out, itemsize, block, own_untranspose):
     left = out.size - done  # the elements after the last whole multiple of 8, as they are
     if left > n - pos:
         return -1
-    out[done:] = stream[pos:pos + left]
+    _copy_bytes(out, done, stream, pos, left)
     return pos + left
 
 
@@ -362,8 +370,7 @@ def decompress_elements(stream, positions, elements, itemsize, block, first, n, 
     while e < stop:
         if e >= raw_from:  # the last elements % 8, stored as they are
             src = positions[nblocks] + (e - raw_from) * itemsize
-            out[(e - first) * itemsize:(stop - first) * itemsize] = \
-                stream[src:src + (stop - e) * itemsize]
+            _copy_bytes(out, (e - first) * itemsize, stream, src, (stop - e) * itemsize)
             return 0
         j = e // block
         size = block if j < full else raw_from - full * block
