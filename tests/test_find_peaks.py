@@ -171,7 +171,7 @@ def test_threads_give_the_same_search(tiny_experiment, tiny_truth, searched, thr
 
 def test_search_compiles_the_kernel_in_one_form(tiny_experiment, tiny_truth, searched):
     """A search passes the kernel a maximum to raise with every frame (the first one and the
-    hot-pixel probe too), so that a fresh process compiles one form of it (~9 CPU-s each on
+    hot-pixel probe too), so that a fresh process compiles one form of it (~5 CPU-s each on
     a 2-core VM) and not two."""
     sid = "tiny/300K/f1"
     t = tiny_truth["scans"][sid]
