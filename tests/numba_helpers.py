@@ -33,3 +33,10 @@ def compiled_in_fresh_process(script: str, cache_dir) -> list[str]:
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout.split()
+
+
+def slice_assignment_checks(compiled: list[str]) -> list[str]:
+    """Of the names compiled_in_fresh_process lists, numba's shape check of an array-to-array
+    slice assignment (`a[i:j] = b[k:l]`; ol_raise_with_shape_context_cpu in numba 0.68),
+    whose formatted error message costs 2-3 CPU-s of a cold process."""
+    return [name for name in compiled if "shape_context" in name]
