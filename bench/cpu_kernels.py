@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_at_turns, copy_chunks, cpu  # noqa: E402
+from common import CHUNK_FRAMES, add_at_turns, copy_chunks, cpu  # noqa: E402
 
 
 def pack(out: Path, run: Path, frames: int) -> None:
@@ -155,7 +155,7 @@ def run(out: Path, rounds: int, turns: int) -> dict:
     tr = Transformer(grid, pixel_table(scan.detector, mask.pixels), 1e9,
                      kinds=("transform", "masked_transform"), crystal=ori.crystal(),
                      hkl_radius=mask.hkl_radius, threads=1)
-    bragg = np.zeros((n, elements), np.uint8)
+    bragg = np.zeros((CHUNK_FRAMES, elements), np.uint8)  # one chunk's, as the step
     turn = n * scan.angles.step
 
     def add(first_turn: int, count: int) -> None:

@@ -50,7 +50,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import add_at_turns, byte_compile_hklflow, cpu, emit, machine_info  # noqa: E402
+from common import (CHUNK_FRAMES, add_at_turns, byte_compile_hklflow, cpu, emit,  # noqa: E402
+                    machine_info)
 from pipeline import FULL_FRAMES, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
@@ -121,7 +122,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     kinds = ("transform", "masked_transform")
     tr = Transformer(grid, table, 1e9, kinds=kinds, crystal=ori.crystal(),
                      hkl_radius=mask.hkl_radius, threads=1)
-    bragg = np.zeros((frames, block[0].size), np.uint8)
+    bragg = np.zeros((CHUNK_FRAMES, block[0].size), np.uint8)  # one chunk's, as the step
     turn = frames * abs(scan.angles.step)
     turns = int(np.ceil(360.0 / turn - 1e-9))
     say(f"adding {frames} frames at {turns} start angles {turn:g} deg apart onto "

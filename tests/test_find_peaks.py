@@ -233,6 +233,44 @@ def test_kernel_stays_exact_after_huge_counts():
     assert stats[1] == huge.max() and stats[0] == frame.astype(np.int64).sum()
 
 
+def test_kernel_decides_exactly_beside_rows_without_a_usable_pixel():
+    """Rows with no usable pixel (the gaps between a Pilatus's rows of modules: 7% of a 2M's
+    rows): the strong pixels, local means, frame statistics and maximum of the usable pixels
+    equal the exact reference, for gaps at the edges, one row wide, wider than the window,
+    and beside counts too large for the int32 sums."""
+    rng = np.random.default_rng(5)
+    frame = rng.poisson(2.0, (150, 110)).astype(np.int32)
+    yy, xx = np.mgrid[:150, :110]
+    for y0, x0 in ((30, 40), (64, 20), (108, 80)):  # spots next to the gaps
+        frame += (80 * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / 4)).astype(np.int32)
+    huge = rng.integers(1_000_000_000, 2_100_000_000, 8)
+    frame[rng.integers(84, 88, 8), rng.integers(0, 110, 8)] = huge  # right above a gap
+    valid = rng.random(frame.shape) > 0.02
+    dead = np.zeros(150, bool)
+    for a, b in ((0, 2), (33, 34), (45, 62), (88, 105), (147, 150)):
+        dead[a:b] = True
+    valid[dead] = False
+    frame[dead] = -1
+    p = PeakSearchParams.defaults()
+    ny, nx = frame.shape
+    rows, cols = np.empty(ny * nx, np.int32), np.empty(ny * nx, np.int32)
+    vals, bg, stats = np.empty(ny * nx), np.empty(ny * nx), np.empty(len(sf.FRAME_STATS))
+    maxproj = np.full(frame.shape, np.iinfo(np.int32).min, np.int32)
+    n = sf.strong_pixels_frame(frame, sf.pixel_flags(valid), 3, 3, p.sigma_background,
+                               p.sigma_strong, p.min_local, p.global_threshold, 0.0, False,
+                               2**31 - 1, rows, cols, vals, bg, stats, maxproj)
+    strong = np.zeros(frame.shape, bool)
+    strong[rows[:n], cols[:n]] = True
+    ref, mean = sf.strong_pixels_numpy(frame, valid)
+    assert ref[~dead].sum() > 20 and not ref[dead].any()
+    assert ref[28:33, 38:43].any() and ref[106:111, 78:83].any()
+    assert np.array_equal(strong, ref)
+    np.testing.assert_allclose(bg[:n], mean[ref], rtol=1e-12)
+    assert stats[0] == frame[valid].astype(np.int64).sum() and stats[1] == frame[valid].max()
+    assert stats[3] == valid.sum() and stats[4] == n
+    assert np.array_equal(maxproj[valid], frame[valid])
+
+
 KERNEL_FORMS_SCRIPT = """
 import hashlib, sys
 import numpy as np
