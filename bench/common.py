@@ -53,31 +53,34 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
                  read=None) -> bool:
     """Frames [0, frames) of `stack` added to the Transformer `tr` as transform_frames adds
     them (chunks of CHUNK_FRAMES, compressed chunks decompressed block by block, each
-    chunk's Bragg regions painted into one chunk's buffer and cleared from it again, not
-    the whole buffer zeroed), once for each start angle in `starts` (degrees added to the
-    scan's own).  bragg: that buffer, uint8 zeros of (CHUNK_FRAMES or more, pixels); zeros
-    again on return.  read: the frames read, added instead where they cannot be added as
-    stored (None: that is an error).  Returns whether every chunk was added as stored."""
+    chunk's Bragg regions painted into one chunk's buffer, with the blocks that hold them,
+    and cleared from it again, not the whole buffer zeroed), once for each start angle in
+    `starts` (degrees added to the scan's own).  bragg: that buffer, uint8 zeros of
+    (CHUNK_FRAMES or more, pixels); zeros again on return.  read: the frames read, added
+    instead where they cannot be added as stored (None: that is an error).  Returns whether
+    every chunk was added as stored."""
     import dataclasses
 
-    from hklflow.transform import frame_matrices
+    from hklflow.transform import BLOCK, frame_matrices
 
     as_stored = True
+    blocks = np.zeros((bragg.shape[0], -(-bragg[0].size // BLOCK)), np.uint8)
     for start in starts:
         angles = dataclasses.replace(scan.angles, start=scan.angles.start + start)
         shifted = dataclasses.replace(scan, angles=angles)
         for a in range(0, frames, CHUNK_FRAMES):
             b = min(a + CHUNK_FRAMES, frames)
             painted = bragg[:b - a]
-            mask.paint(a, b, painted)
+            blocks[:] = 0
+            mask.paint(a, b, painted, blocks=blocks[:b - a], block=BLOCK)
             M = frame_matrices(shifted, a, b, 1)
             stored = stack.read_compressed(a, b) if as_stored else None
             as_stored = stored is not None and tr.add_compressed(stored, M, np.ones(b - a),
-                                                                 painted)
+                                                                 painted, blocks[:b - a])
             if not as_stored:
                 if read is None:
                     raise RuntimeError("the frames cannot be added as stored")
-                tr.add(read[a:b], M, np.ones(b - a), painted)
+                tr.add(read[a:b], M, np.ones(b - a), painted, blocks[:b - a])
             mask.paint(a, b, painted, value=0)
     return as_stored
 

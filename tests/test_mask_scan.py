@@ -246,6 +246,39 @@ def test_paint_equals_numpy_reference(seed):
         mask.paint(0, 2, np.zeros((2, shape[0] * shape[1]), np.int32))
 
 
+@pytest.mark.parametrize("block", [64, 37, 4096])
+def test_paint_marks_the_blocks_that_hold_a_painted_pixel(block):
+    """paint's block summary (for the transform, which skips the Bragg tests of the blocks
+    of a frame that hold no painted pixel): 1 exactly where a run of `block` pixels holds
+    one in that frame (the detector's pixels not a multiple of the block: a short last
+    block), as transform.bragg_block_summary finds it in the painted mask; a summary of the
+    wrong shape or type is refused."""
+    from hklflow.transform import BLOCK, bragg_block_summary
+
+    rng = np.random.default_rng(12)
+    shape, nframes = (37, 53), 23
+    mask = ScanMask(np.zeros(shape, bool), random_regions(rng, 12, shape, nframes), 0.0,
+                    nframes)
+    nblocks = -(-shape[0] * shape[1] // block)
+    for first, stop in ((0, nframes), (5, 17), (22, 23)):
+        out = np.zeros((stop - first, shape[0] * shape[1]), np.uint8)
+        blocks = np.zeros((stop - first, nblocks), np.uint8)
+        mask.paint(first, stop, out, blocks=blocks, block=block)
+        np.testing.assert_array_equal(out.reshape(stop - first, *shape),
+                                      reference_paint(mask.regions, first, stop, shape))
+        padded = np.zeros((stop - first, nblocks * block), np.uint8)
+        padded[:, :out.shape[1]] = out
+        np.testing.assert_array_equal(blocks, padded.reshape(stop - first, nblocks, block)
+                                      .any(axis=2))
+        if block == BLOCK:
+            np.testing.assert_array_equal(blocks, bragg_block_summary(out))
+        assert 0 < blocks.sum() < blocks.size or block == BLOCK
+    out = np.zeros((2, shape[0] * shape[1]), np.uint8)
+    for bad in (np.zeros((2, nblocks + 1), np.uint8), np.zeros((2, nblocks), np.int32)):
+        with pytest.raises(ValueError, match="blocks"):
+            mask.paint(0, 2, out, blocks=bad, block=block)
+
+
 def test_painting_zero_clears_a_reused_buffer():
     """The transform's buffer, reused chunk after chunk: painting the last chunk's frames
     with 0 leaves it all zeros (overlapping regions too), and the next chunk's paint equals

@@ -14,8 +14,8 @@ from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.grid import Axis, Grid, default_grid
 from hklflow.transform import (BLOCK, Transformer, allowed_table, auto_subdivide,
-                               frame_matrices, live_blocks, numpy_transform, pixel_table,
-                               transform_frames)
+                               bragg_block_summary, frame_matrices, live_blocks,
+                               numpy_transform, pixel_table, transform_frames)
 
 SCAN = "tiny/100K/f2"
 
@@ -92,6 +92,50 @@ def test_kernel_equals_numpy_reference(setup):
     assert np.array_equal(w, w_ref)
     assert np.count_nonzero(w) > 1000
     np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
+
+
+def test_blocks_without_a_bragg_pixel_skip_the_tests_and_change_nothing(setup, tmp_path):
+    """Bragg regions are small: the kernels compute the pixels of a block of a frame whose
+    summary (bragg_block_summary, or paint's) says it holds no masked pixel without the
+    Bragg tests.  Both kinds, added from memory and as stored, equal those of a summary
+    that marks every block (the tests everywhere) bit for bit, and the masked kind the
+    numpy reference; a summary of the wrong shape is refused."""
+    import h5py
+    import hdf5plugin
+
+    scan, UB, crystal, table, grid, frames = setup
+    fr = frames[:16]
+    M = frame_matrices(scan, 0, 16, 2)
+    scale = np.linspace(0.9, 1.1, 16)
+    bragg = np.zeros((16, fr[0].size), np.uint8)
+    rows, cols = fr.shape[1:]
+    for f, r, c in ((0, 40, 50), (3, 300, 200), (3, 310, 400), (9, 550, 20), (15, 100, 480)):
+        bragg[f].reshape(rows, cols)[r:r + 9, c:c + 11] = 1  # a few small regions
+    summary = bragg_block_summary(bragg)
+    assert 0 < summary.sum() < 0.05 * summary.size
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=fr, chunks=(1,) + fr.shape[1:],
+                         **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+    cells = {}
+    for stored in (False, True):
+        for name, blocks in (("summary", summary), ("every block", np.ones_like(summary))):
+            tr = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"))
+            if stored:
+                with open_frames(str(path)) as st:
+                    st.compiled_decompression = True
+                    assert tr.add_compressed(st.read_compressed(0, 16), M, scale, bragg, blocks)
+            else:
+                tr.add(fr, M, scale, bragg, blocks)
+            cells[stored, name] = [x.copy() for kind in range(2) for x in tr.acc.flat(kind)]
+    for key, got in cells.items():
+        assert all(np.array_equal(a, b) for a, b in zip(got, cells[False, "every block"])), key
+    s, w = tr.slab(0, grid.l.n, "masked_transform")
+    s_ref, w_ref = numpy_transform(fr, table, M, scale, 2 ** 31 - 1, grid, bragg=bragg)
+    assert np.array_equal(w, w_ref) and np.count_nonzero(w) > 1000
+    np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
+    with pytest.raises(ValueError, match="block summary"):
+        tr.add(fr, M, scale, bragg, summary[:, 1:])
 
 
 @pytest.mark.parametrize("bragg_fraction, hkl_radius, nsub", [(0.1, 0.1, 3), (0.002, 0.0, 2)])
@@ -469,8 +513,10 @@ def test_frames_added_as_stored_give_the_sums_of_the_frames_read(setup, tmp_path
     class Mask:  # masking.ScanMask's paint: the Bragg regions of frames [a, b)
         hkl_radius = 0.1
 
-        def paint(self, a, b, out, value=1):
+        def paint(self, a, b, out, value=1, blocks=None, block=0):
             out[:] = bragg_all[a:b] if value else 0
+            if blocks is not None:
+                blocks[:] = bragg_block_summary(bragg_all[a:b])
 
     scale = np.linspace(1, 2, 24)
     scale[[3, 9]] = np.nan

@@ -111,12 +111,14 @@ def _frame_index(regions, nframes):
 
 
 @numba.njit(cache=True, nogil=True)
-def _paint(regions, ptr, idx, first, stop, rows, cols, out, old, new, counts):
+def _paint(regions, ptr, idx, first, stop, rows, cols, out, old, new, counts, blocks, block):
     """Set out[f - first, r * cols + c] = new for every pixel-frame centre inside a region
     of frames [first, stop) (only where out == old if old >= 0); returns how many changed
-    and adds 1 to counts[r * cols + c] for each (if counts is not empty).
-    Only the bounding box of each region's cross-section is visited."""
+    and adds 1 to counts[r * cols + c] for each (if counts is not empty); sets
+    blocks[f - first, (r * cols + c) // block] = 1 for every such pixel-frame (if blocks is
+    not empty).  Only the bounding box of each region's cross-section is visited."""
     count = counts.shape[0] > 0
+    mark = blocks.shape[0] > 0
     changed = 0
     for f in range(first, stop):
         z = f + 0.5
@@ -150,6 +152,8 @@ def _paint(regions, ptr, idx, first, stop, rows, cols, out, old, new, counts):
                     # the same expression, in the same order, as the documented test
                     if dr2 + dc * dc + tz <= 1.0:
                         k = base + c
+                        if mark:
+                            blocks[o, k // block] = 1
                         if out[o, k] != new and (old < 0 or out[o, k] == old):
                             out[o, k] = new
                             changed += 1
@@ -170,9 +174,11 @@ def _masked_counts(regions, ptr, idx, nframes, rows, cols, pixels):
     per_frame = np.zeros(nframes, np.int64)
     per_pixel = np.zeros(rows * cols, np.int32)
     none = np.zeros(0, np.int32)
+    no_blocks = np.zeros((0, 0), np.uint8)
     for f in range(nframes):
-        per_frame[f] = _paint(regions, ptr, idx, f, f + 1, rows, cols, buf, 0, 2, per_pixel)
-        _paint(regions, ptr, idx, f, f + 1, rows, cols, buf, 2, 0, none)
+        per_frame[f] = _paint(regions, ptr, idx, f, f + 1, rows, cols, buf, 0, 2, per_pixel,
+                              no_blocks, 1)
+        _paint(regions, ptr, idx, f, f + 1, rows, cols, buf, 2, 0, none, no_blocks, 1)
     return per_frame, per_pixel.reshape(rows, cols)
 
 
@@ -208,13 +214,16 @@ class ScanMask:
             self._index = _frame_index(self.regions, max(self.nframes, 0))
         return self._index
 
-    def paint(self, first: int, stop: int, out: np.ndarray, value: int = 1) -> None:
+    def paint(self, first: int, stop: int, out: np.ndarray, value: int = 1,
+              blocks: np.ndarray | None = None, block: int = 0) -> None:
         """out: uint8 array (stop-first, rows*cols), zeroed by the caller; set out[f-first, r*cols+c] = 1
         for every pixel whose centre (r+0.5, c+0.5) at frame centre f+0.5 lies inside any region
         (ellipsoid test ((r+.5-rc)/ar)^2+((c+.5-cc)/ac)^2+((f+.5-fc)/af)^2 <= 1).
         A (stop-first, rows, cols) C-contiguous array is accepted too.  value=0 sets those
         pixels back to 0: a buffer painted for these frames is all zeros again (without
-        zeroing all of it)."""
+        zeroing all of it).  blocks: uint8 (stop-first, ceil(rows*cols / block)), zeroed by the
+        caller: 1 set for each run of `block` pixels (k // block) that holds such a pixel in
+        that frame (the transform skips the Bragg tests of the others)."""
         first, stop = int(first), int(stop)
         if not 0 <= first <= stop <= self.nframes:
             raise ValueError(f"frames [{first}, {stop}) are outside the scan's 0..{self.nframes}")
@@ -225,10 +234,17 @@ class ScanMask:
             out = out.reshape(out.shape[0], rows * cols)
         if out.shape != (stop - first, rows * cols):
             raise ValueError(f"paint: out has shape {out.shape}, expected {(stop - first, rows * cols)}")
+        if blocks is None:
+            blocks, block = np.zeros((0, 0), np.uint8), 1
+        elif (block < 1 or blocks.dtype != np.uint8
+              or blocks.shape != (stop - first, -(-rows * cols // block))):
+            raise ValueError(f"paint: blocks is {blocks.dtype} {blocks.shape} for runs of "
+                             f"{block} pixels, expected uint8 "
+                             f"{(stop - first, -(-rows * cols // max(block, 1)))}")
         if stop > first and len(self.regions):
             ptr, idx = self.frame_index()
             _paint(self.regions, ptr, idx, first, stop, rows, cols, out, -1, int(value),
-                   np.zeros(0, np.int32))
+                   np.zeros(0, np.int32), blocks, int(block))
 
     def masked_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Where the Bragg mask adds to the pixel mask: (per frame the usable pixels inside a

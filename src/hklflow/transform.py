@@ -661,23 +661,33 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
         val[i] = np.float32(v) * cb[i] * s32
 
 
+@numba.njit(nogil=True, cache=True)
+def _holds_bragg(bragg, bragg_blocks, f, b):
+    """Whether block b of frame f holds a Bragg-masked pixel (bragg_blocks[f, b]; never
+    without a Bragg mask)."""
+    if bragg is None:
+        return False
+    return bragg_blocks[f, b] != 0
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                   allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
-                   dump, idx, val, punch):
+def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks,
+                   allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size,
+                   second, dump, idx, val, punch):
     """Passes 1 and 2 (and the punch) of work unit u (_unit): writes the bricked voxel index
     (or a dump slot) and value of each of its pixels into idx, val; returns the number of
     pixels n.  Arguments as _accumulate's."""
     f, j, p0, n = _unit(u, frames.shape[0], M.shape[1], frames.shape[1])
     return _compute_values(f, j, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
-                           value_max, bragg, allowed, allowed_off, hkl_r2, origin, inv_step,
-                           dims, nbricks, q_max, size, second, dump, idx, val, punch)
+                           value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2,
+                           origin, inv_step, dims, nbricks, q_max, size, second, dump, idx,
+                           val, punch)
 
 
 @numba.njit(inline="always", error_model="numpy")
-def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                    allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
-                    dump, idx, val, punch):
+def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg,
+                    bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                    q_max, size, second, dump, idx, val, punch):
     """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f, rotation
     sub-step j: a pixel left out of the masked kind (Bragg-masked, punched) goes to the dump
     (second 0: one kind) or to its voxel's index + second (two kinds, BrickedGrid
@@ -713,10 +723,15 @@ def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, brag
     zb = qz[p0:p0 + n]
     if bragg is not None:
         bb = bragg[f, p0:p0 + n]
-    # pass 1 (vectorised): no branches, no gathers
-    _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, (b00, b01, b02, b10, b11, b12, b20,
-                   b21, b22), (c0, c1, c2), (t0, t1, t2), s32, value_max, dims, nbricks,
-                   shift, dump, idx, val)
+    # pass 1 (vectorised): no branches, no gathers; without the Bragg tests where the block
+    # holds no Bragg pixel in this frame (most: the regions are small)
+    B = (b00, b01, b02, b10, b11, b12, b20, b21, b22)
+    if _holds_bragg(bragg, bragg_blocks, f, p0 // BLOCK):
+        _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, (c0, c1, c2), (t0, t1, t2),
+                       s32, value_max, dims, nbricks, shift, dump, idx, val)
+    else:
+        _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, None, B, (c0, c1, c2), (t0, t1, t2),
+                       s32, value_max, dims, nbricks, shift, dump, idx, val)
     # pass 2: float64 decisions for the flagged pixels (~0.2%)
     for r0 in range(0, n, FIXUP_CHUNK):
         r1 = min(r0 + FIXUP_CHUNK, n)
@@ -819,6 +834,21 @@ def live_blocks(table: PixelTable) -> np.ndarray:
     return usable.reshape(nblocks, BLOCK).any(axis=1).astype(np.uint8)
 
 
+def bragg_block_summary(bragg: np.ndarray) -> np.ndarray:
+    """uint8 (frames, blocks of BLOCK pixels) of a Bragg mask (frames, pixels): 1 where the
+    block holds a masked pixel in that frame (the kernels compute the others without the
+    Bragg tests; masking.ScanMask.paint writes the same summary as it paints)."""
+    nf, npix = bragg.shape
+    nblocks = -(-npix // BLOCK)
+    summary = np.zeros((nf, nblocks), np.uint8)
+    whole = npix // BLOCK
+    if whole:
+        summary[:, :whole] = bragg[:, :whole * BLOCK].reshape(nf, whole, BLOCK).any(axis=2)
+    if whole < nblocks:
+        summary[:, whole] = bragg[:, whole * BLOCK:].any(axis=1)
+    return summary
+
+
 def work_units(frames, M) -> int:
     """Blocks of BLOCK pixels x rotation sub-steps x frames: the kernel's units of work."""
     return frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
@@ -849,8 +879,8 @@ def _scatter_owned(idx, val, n, w32, cells, size, second, share):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                   bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
-                   size, second, dump, idx, val, punch):
+                   bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
+                   nbricks, q_max, size, second, dump, idx, val, punch):
     """Passes 1-2 of the runs [r0, r1) of a thread's share (pixels [starts[r], stops[r]) of
     the unit's block); the other pixels of the unit get index `size` (added by no one)."""
     starts, stops = share[1], share[2]
@@ -859,19 +889,20 @@ def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, v
         a = starts[r]
         c = stops[r]
         _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale, value_max,
-                        bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                        q_max, size, second, dump[a:c], idx[a:c], val[a:c], punch[a:c])
+                        bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step,
+                        dims, nbricks, q_max, size, second, dump[a:c], idx[a:c], val[a:c],
+                        punch[a:c])
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _add_mixed_block(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                     bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                     q_max, size, second, dump, idx, val, punch, w32, cells):
+                     bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
+                     nbricks, q_max, size, second, dump, idx, val, punch, w32, cells):
     """A block some of whose pixels may land in other threads' voxels: its runs computed
     (_compute_share), only this thread's voxels added (_scatter_owned)."""
     _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                   bragg, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
-                   size, second, dump, idx, val, punch)
+                   bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
+                   nbricks, q_max, size, second, dump, idx, val, punch)
     _scatter_owned(idx, val, n, w32, cells, size, second, share)
 
 
@@ -891,13 +922,15 @@ def _share_of_block(share, b):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second, live,
-                share=None):
+def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
+                allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
+                live, share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
-    uint8 (1 = masked) or None; allowed (a, b, c) uint8 table of allowed nodes from
+    uint8 (1 = masked) or None; bragg_blocks (nf, blocks of BLOCK pixels) uint8, 0 where the
+    block has no masked pixel in that frame (its pixels computed without the Bragg tests:
+    bragg_block_summary), or None with bragg; allowed (a, b, c) uint8 table of allowed nodes from
     allowed_off (hkl of its [0, 0, 0]) for the punch of radius^2 hkl_r2 (r.l.u.^2), or None
     (None arguments compile to a kernel without those tests); q_max: largest |Q| per
     component (bounds the float32 rounding).  Adds into the bricked cells of ``size`` voxels
@@ -927,21 +960,21 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed, a
                 continue
             if mixed:
                 _add_mixed_block(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy, qz,
-                                 corr, M, scale, value_max, bragg, allowed, allowed_off,
-                                 hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
-                                 dump, idx, val, punch, w32, cells)
+                                 corr, M, scale, value_max, bragg, bragg_blocks, allowed,
+                                 allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
+                                 size, second, dump, idx, val, punch, w32, cells)
                 continue
-        n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, allowed,
-                           allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size,
-                           second, dump, idx, val, punch)
+        n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
+                           bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
+                           nbricks, q_max, size, second, dump, idx, val, punch)
         _scatter_block(idx, val, n, w32, cells)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
-                       qx, qy, qz, corr, M, scale, value_max, bragg, allowed, allowed_off,
-                       hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
-                       live, share=None):
+                       qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
+                       allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
+                       second, live, share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (frames.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
@@ -979,15 +1012,14 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
             return -1 - f
         if mixed:
             _add_mixed_block(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
-                             scale, value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                             inv_step, dims, nbricks, q_max, size, second, dump, idx, val,
-                             punch, w32, cells)
-        else:
-            n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale,
-                                value_max, bragg, allowed, allowed_off, hkl_r2, origin,
-                                inv_step, dims, nbricks, q_max, size, second, dump, idx, val,
-                                punch)
-            _scatter_block(idx, val, n, w32, cells)
+                             scale, value_max, bragg, bragg_blocks, allowed, allowed_off,
+                             hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second, dump,
+                             idx, val, punch, w32, cells)
+            continue
+        n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale, value_max,
+                            bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step,
+                            dims, nbricks, q_max, size, second, dump, idx, val, punch)
+        _scatter_block(idx, val, n, w32, cells)
     return 0
 
 
@@ -1282,42 +1314,58 @@ class Transformer:
         outstanding, self._outstanding = self._outstanding, []
         self._finish(outstanding)
 
+    def _bragg_args(self, bragg, bragg_blocks, nf: int) -> tuple:
+        """(bragg, its block summary) for the kernels: (None, None) without the masked
+        kind; the summary (bragg_block_summary) made here where none is given."""
+        if not self.masked:
+            return None, None
+        if bragg is None:
+            raise ValueError("the masked transform needs the Bragg mask of the frames")
+        if bragg_blocks is None:
+            bragg_blocks = bragg_block_summary(bragg)
+        expected = (nf, -(-self.table.qx.shape[0] // BLOCK))
+        if bragg_blocks.dtype != np.uint8 or bragg_blocks.shape != expected:
+            raise ValueError(f"Bragg block summary {bragg_blocks.dtype} {bragg_blocks.shape}, "
+                             f"expected uint8 {expected}")
+        return bragg, bragg_blocks
+
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
-            bragg: np.ndarray | None = None) -> None:
+            bragg: np.ndarray | None = None, bragg_blocks: np.ndarray | None = None) -> None:
         """Add frames (nf, rows, cols) with their matrices M (nf, nsub, 3, 3), per-frame
-        scale and the Bragg mask (nf, rows * cols) uint8 (for the masked transform)."""
+        scale and the Bragg mask (nf, rows * cols) uint8 (for the masked transform) with its
+        block summary (bragg_block_summary; made here when not given)."""
         nf = frames.shape[0]
         flat = frames.reshape(nf, -1)
         if flat.shape[1] != self.table.qx.shape[0]:
             raise ValueError(f"frames of {frames.shape[1:]} pixels do not match the pixel table "
                              f"of the detector {self.table.shape}")
-        if self.masked and bragg is None:
-            raise ValueError("the masked transform needs the Bragg mask of the frames")
         acc = self.acc
         args = (flat, self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
-                bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
-                acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.kernel_cells, acc.second, self.live)
+                *self._bragg_args(bragg, bragg_blocks, nf), self.allowed, self.allowed_off,
+                self.hkl_r2, acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max,
+                acc.size, acc.kernel_cells, acc.second, self.live)
         self._finish(self._submit(lambda share: _accumulate(*args, share),
                                   self._shares_for(M)))
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
-                       bragg: np.ndarray | None = None) -> bool:
+                       bragg: np.ndarray | None = None,
+                       bragg_blocks: np.ndarray | None = None) -> bool:
         """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
         each block of pixels decompressed just before it is added: the same sums, without
         writing the frames to memory whole and reading them back (on several threads, each
         decompresses the parts of blocks it computes).  False (nothing added) where it
         does not apply: a compression block that does not divide the kernel's blocks, no
         compiled untranspose for the type; then add() the frames read."""
-        pending = self.submit_compressed(frames, M, scale, bragg)
+        pending = self.submit_compressed(frames, M, scale, bragg, bragg_blocks)
         if pending is False:
             return False
         self._finish(pending)
         return True
 
     def submit_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
-                          bragg: np.ndarray | None = None) -> list[Future] | bool:
+                          bragg: np.ndarray | None = None,
+                          bragg_blocks: np.ndarray | None = None) -> list[Future] | bool:
         """add_compressed() without waiting for the threads' shares (threads > 1): returns
         their futures (the frames' buffer and the Bragg mask must stay as they are until
         they are done), or False where it does not apply (nothing added)."""
@@ -1325,8 +1373,7 @@ class Transformer:
         if (BLOCK % frames.block or frames.block % 8 or itemsize not in (2, 4)
                 or frames.elements != self.table.qx.shape[0]):
             return False
-        if self.masked and bragg is None:
-            raise ValueError("the masked transform needs the Bragg mask of the frames")
+        bragg_args = self._bragg_args(bragg, bragg_blocks, len(frames))
         positions = np.empty((len(frames), block_count(frames.elements, frames.block) + 1),
                              np.int64)
 
@@ -1345,7 +1392,7 @@ class Transformer:
         args = (self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
                 np.asarray(scale, np.float64),
                 largest_trusted_value(self.trusted_max, frames.dtype),
-                bragg if self.masked else None, self.allowed, self.allowed_off, self.hkl_r2,
+                *bragg_args, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
                 acc.kernel_cells, acc.second, self.live)
 
@@ -1387,11 +1434,14 @@ IN_FLIGHT = 3  # chunks of stored frames the threads add at once (their bytes an
 
 class _ChunkSlot:
     """The buffers of a chunk in flight: its stored frames (`stream`, read_compressed's
-    holder), its Bragg mask and which frames' regions that mask holds."""
+    holder), its Bragg mask with the mask's block summary (bragg_block_summary) and which
+    frames' regions that mask holds."""
 
     def __init__(self, bragg: np.ndarray | None):
         self.stream = None
         self.bragg = bragg
+        self.blocks = (np.zeros((bragg.shape[0], -(-bragg.shape[1] // BLOCK)), np.uint8)
+                       if bragg is not None else None)
         self.painted = None
         self.pending: list[Future] = []
         self.done = None  # the frames added once pending is done (for progress)
@@ -1454,19 +1504,20 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             b = a + len(frames)
             M = frame_matrices(scan, a, b, subdivide)
             t = time.perf_counter()
-            bragg = None
+            bragg = blocks = None
             if mask is not None:  # the regions painted last in this buffer cleared
                 if slot.painted is not None:
                     mask.paint(*slot.painted, slot.bragg[:slot.painted[1] - slot.painted[0]],
                                value=0)
-                mask.paint(a, b, slot.bragg[:b - a])
+                slot.blocks[:] = 0
+                mask.paint(a, b, slot.bragg[:b - a], blocks=slot.blocks[:b - a], block=BLOCK)
                 slot.painted = (a, b)
-                bragg = slot.bragg[:b - a]
+                bragg, blocks = slot.bragg[:b - a], slot.blocks[:b - a]
             s = scale[a - first:b - first]
             added = False
             if isinstance(frames, CompressedFrames):
                 if not np.isnan(s).any():
-                    added = transformer.submit_compressed(frames, M, s, bragg)
+                    added = transformer.submit_compressed(frames, M, s, bragg, blocks)
                 if added is False:  # (frames left out, blocks the kernel cannot take)
                     frames = stack.read(a, b, out=bufs[0][:b - a])
                 else:
@@ -1474,10 +1525,11 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             if added is False:  # from the frames read
                 keep = ~np.isnan(s)  # (frames left out: a bad monitor)
                 if keep.all():
-                    transformer.add(frames, M, s, bragg)
+                    transformer.add(frames, M, s, bragg, blocks)
                 elif keep.any():
                     transformer.add(frames[keep], M[keep], s[keep],
-                                    bragg[keep] if mask is not None else None)
+                                    *((bragg[keep], blocks[keep]) if mask is not None
+                                      else (None, None)))
             t_kernel += time.perf_counter() - t
             if slot.done is None and progress is not None:
                 progress(b - first)
