@@ -61,10 +61,10 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
     every chunk was added as stored."""
     import dataclasses
 
-    from hklflow.transform import BLOCK, frame_matrices
+    from hklflow.transform import BLOCK, frame_matrices, pixel_blocks
 
     as_stored = True
-    blocks = np.zeros((bragg.shape[0], -(-bragg[0].size // BLOCK)), np.uint8)
+    blocks = np.zeros((bragg.shape[0], pixel_blocks(bragg[0].size)), np.uint8)
     for start in starts:
         angles = dataclasses.replace(scan.angles, start=scan.angles.start + start)
         shifted = dataclasses.replace(scan, angles=angles)

@@ -824,11 +824,16 @@ def _scatter_block(idx, val, n, w32, cells):
             _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
 
 
+def pixel_blocks(npix: int) -> int:
+    """Blocks of BLOCK pixels of a detector of npix pixels (the last one shorter)."""
+    return -(-int(npix) // BLOCK)
+
+
 def live_blocks(table: PixelTable) -> np.ndarray:
     """uint8 per BLOCK of the detector's pixels: 0 where none of them is usable (the gaps
     between a Pilatus's rows of modules hold whole blocks: 6% of a CdTe 2M's), which the
     kernels skip."""
-    nblocks = (table.corr_all.size + BLOCK - 1) // BLOCK
+    nblocks = pixel_blocks(table.corr_all.size)
     usable = np.zeros(nblocks * BLOCK, bool)
     usable[:table.corr_all.size] = table.corr_all > 0
     return usable.reshape(nblocks, BLOCK).any(axis=1).astype(np.uint8)
@@ -839,7 +844,7 @@ def bragg_block_summary(bragg: np.ndarray) -> np.ndarray:
     block holds a masked pixel in that frame (the kernels compute the others without the
     Bragg tests; masking.ScanMask.paint writes the same summary as it paints)."""
     nf, npix = bragg.shape
-    nblocks = -(-npix // BLOCK)
+    nblocks = pixel_blocks(npix)
     summary = np.zeros((nf, nblocks), np.uint8)
     whole = npix // BLOCK
     if whole:
@@ -1323,7 +1328,7 @@ class Transformer:
             raise ValueError("the masked transform needs the Bragg mask of the frames")
         if bragg_blocks is None:
             bragg_blocks = bragg_block_summary(bragg)
-        expected = (nf, -(-self.table.qx.shape[0] // BLOCK))
+        expected = (nf, pixel_blocks(self.table.qx.shape[0]))
         if bragg_blocks.dtype != np.uint8 or bragg_blocks.shape != expected:
             raise ValueError(f"Bragg block summary {bragg_blocks.dtype} {bragg_blocks.shape}, "
                              f"expected uint8 {expected}")
@@ -1440,7 +1445,7 @@ class _ChunkSlot:
     def __init__(self, bragg: np.ndarray | None):
         self.stream = None
         self.bragg = bragg
-        self.blocks = (np.zeros((bragg.shape[0], -(-bragg.shape[1] // BLOCK)), np.uint8)
+        self.blocks = (np.zeros((bragg.shape[0], pixel_blocks(bragg.shape[1])), np.uint8)
                        if bragg is not None else None)
         self.painted = None
         self.pending: list[Future] = []
