@@ -259,3 +259,62 @@ def test_flips_equal_the_gather_kernel(symbol, grid, planned):
     s64, w64 = symmetrize_flips(plan, signal, weight, signal[::-1], weight[::-1])
     assert np.array_equal(signal, vol.signal) and np.array_equal(weight, vol.weight)
     assert np.array_equal(s64, s) and np.array_equal(w64, w)
+
+
+@pytest.mark.parametrize("symbol,grid", [
+    ("I 4/m m m", Grid(Axis(-2.0, 0.25, 17), Axis(-2.0, 0.25, 17), Axis(-3.0, 0.25, 25))),
+    ("P m m m", Grid(Axis(-2.0, 0.25, 17), Axis(-1.0, 0.1, 21), Axis(-3.0, 0.5, 13))),
+    ("C 1 2/c 1", Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.2, 11))),
+    ("P -1", Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.2, 11))),
+])
+def test_flips_on_the_box_of_the_values_equal_whole_planes(symbol, grid, monkeypatch):
+    """Each plane is summed on the centred box that holds its values other than +0.0 (and
+    its mirror plane's): the same float32 bits as sums over whole planes, -0.0 and NaN near
+    the edges included, for the pair of slabs and for one slab; the box is smaller than
+    the plane where the values are (or the test would not test it)."""
+    from hklflow import symmetry
+
+    ops = Crystal(symbol, UnitCell(*CELLS[symbol])).laue_operators
+    plan = symmetry.flip_plan(grid, ops)
+    vol = random_volume(grid, 5, gap=0.3)
+    signal, weight = vol.signal.copy(), vol.weight.copy()
+    nl, nk, nh = grid.shape
+    # a measured region off centre and narrower than the planes, empty planes at the ends
+    keep = np.zeros(grid.shape, bool)
+    keep[2:nl - 3, 1:nk // 2 + 2, 3:nh - 2] = True
+    signal[~keep] = 0.0
+    weight[~keep] = 0.0
+    signal[4, 1, nh - 3] = -0.0  # a -0.0 at the region's edge, a NaN and a -0.0 outside
+    weight[5, nk - 1, 0] = -0.0
+    signal[6, nk - 1, nh - 1] = np.nan
+    boxes = []
+    box = symmetry._centred_box
+
+    def noting(plan, *planes):
+        found = box(plan, *planes)
+        boxes.append(found)
+        return found
+
+    monkeypatch.setattr(symmetry, "_centred_box", noting)
+    whole = (slice(0, nk), slice(0, nh))
+    args = (signal, weight, signal[::-1], weight[::-1])
+    got = symmetry.symmetrize_flips(plan, *args)
+    half = nl // 2
+    pair = (symmetry.symmetrize_flip_pair(plan, signal[:half], weight[:half],
+                                          signal[nl - half:], weight[nl - half:])
+            if plan.mirror is not None else None)
+    assert any(b is None for b in boxes)  # the empty planes
+    assert any(b is not None and (b[0].stop - b[0].start) * (b[1].stop - b[1].start) < nk * nh
+               for b in boxes)
+    monkeypatch.setattr(symmetry, "_centred_box", lambda plan, *planes: whole)
+    ref = symmetry.symmetrize_flips(plan, *args)
+    for a, b in zip(got, ref):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    if pair is not None:
+        ref_pair = symmetry.symmetrize_flip_pair(plan, signal[:half], weight[:half],
+                                                 signal[nl - half:], weight[nl - half:])
+        for a, b in zip(pair[0] + pair[1], ref_pair[0] + ref_pair[1]):
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+        for k in range(2):  # and the pair is the one slab's planes
+            assert np.array_equal(pair[0][k].view(np.uint32), ref[k][:half].view(np.uint32))
+            assert np.array_equal(pair[1][k].view(np.uint32), ref[k][nl - half:].view(np.uint32))

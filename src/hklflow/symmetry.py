@@ -407,22 +407,95 @@ def _in_plane_sum(plan: FlipPlan, x: np.ndarray) -> np.ndarray:
     return x
 
 
+@numba.njit(cache=True, nogil=True)
+def _support_of_bits(bits):
+    """_support of an array seen as unsigned integers of its size (+0.0: no bit set)."""
+    ny, nx = bits.shape
+    r0, r1, c0, c1 = ny, 0, nx, 0
+    for r in range(ny):
+        row = bits[r]
+        any_bit = row[0]
+        for c in range(1, nx):  # (no early exit: vectorised)
+            any_bit |= row[c]
+        if any_bit == 0:
+            continue
+        first, last = 0, nx - 1
+        while row[first] == 0:
+            first += 1
+        while row[last] == 0:
+            last -= 1
+        r0 = min(r0, r)
+        r1 = r + 1
+        c0 = min(c0, first)
+        c1 = max(c1, last + 1)
+    return r0, r1, c0, c1
+
+
+def _support(x: np.ndarray) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1): rows [r0, r1) and columns [c0, c1) of the 2-d float array x that
+    hold every value other than +0.0 (NaN and -0.0 included: they change a sum); r1 = 0
+    when there is none."""
+    x = np.ascontiguousarray(x)
+    return _support_of_bits(x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.itemsize]))
+
+
+def _swaps_k_and_h(plan: FlipPlan) -> bool:
+    views = [how for reps in plan.in_plane for how in reps]
+    return any(perm[1] != 1 for perm, _ in views + ([plan.mirror] if plan.mirror else []))
+
+
+def _centred_box(plan: FlipPlan, *planes):
+    """(k slice, h slice) of the smallest box centred on the planes (float [k, h], one
+    shape) that holds every value other than +0.0 of each, and so is mapped onto itself by
+    the plan's flips (about the centre) and, where K and H are swapped, square; None when
+    every value is +0.0.  Outside it every sum over the operators is +0.0 (measured regions
+    are a third of a full rotation's planes or less)."""
+    nk, nh = planes[0].shape
+    k0, h0 = nk, nh
+    for x in planes:
+        r0, r1, c0, c1 = _support(x)
+        if r1:
+            k0, h0 = min(k0, r0, nk - r1), min(h0, c0, nh - c1)
+    if k0 == nk:
+        return None
+    if _swaps_k_and_h(plan):  # (then nk == nh: flip_plan)
+        k0 = h0 = min(k0, h0)
+    return slice(k0, nk - k0), slice(h0, nh - h0)
+
+
+def _boxed(plane, box):
+    """The float64 copy [1, k, h] of the box of a plane, for _in_plane_sum."""
+    return np.array(plane[box][None], dtype=np.float64)
+
+
+def _zero_outside(out, box) -> np.ndarray:
+    """out (a plane), +0.0 where the box does not reach; its box, to be written."""
+    if (box[0].stop - box[0].start, box[1].stop - box[1].start) != out.shape:
+        out.fill(0)
+    return out[box]
+
+
 def symmetrize_flips(plan: FlipPlan, signal, weight, mirror_signal=None, mirror_weight=None):
     """Planes [l0, l1) of the symmetrised signal and weight (float32) from those planes of
     the input and (plan.mirror) the planes nl-1-l of each, in the same order (i.e. input
     planes [nl-l1, nl-l0) reversed).  Plane by plane, so that the passes stay in cache
-    (half the time of whole slabs); sums in float64."""
+    (half the time of whole slabs), and within each plane on the centred box of its values
+    (_centred_box; +0.0 outside it, as the sums there are); sums in float64."""
     out_s = np.empty(np.shape(signal), np.float32)
     out_w = np.empty(np.shape(weight), np.float32)
     for x, m, out in ((signal, mirror_signal, out_s), (weight, mirror_weight, out_w)):
         for p in range(out.shape[0]):
+            planes = (x[p],) if plan.mirror is None else (x[p], m[p])
+            box = _centred_box(plan, *planes)
+            if box is None:
+                out[p] = 0
+                continue
             # a copy (float64 input too): with no operator keeping L but the identity (-1),
             # the in-plane sum is the plane itself, and the mirror is added into it
-            s = _in_plane_sum(plan, np.array(x[p:p + 1], dtype=np.float64))
+            s = _in_plane_sum(plan, _boxed(x[p], box))
             if plan.mirror is not None:
-                s += _view(_in_plane_sum(plan, np.asarray(m[p:p + 1], dtype=np.float64)),
-                           plan.mirror)
-            out[p] = s[0]
+                s += _view(_in_plane_sum(plan, _boxed(m[p], box)), plan.mirror)
+            _zero_outside(out[p], box)[...] = s[0]
     return out_s, out_w
 
 
@@ -438,10 +511,15 @@ def symmetrize_flip_pair(plan: FlipPlan, a_signal, a_weight, b_signal, b_weight)
     for k, (xa, xb) in enumerate(((a_signal, b_signal), (a_weight, b_weight))):
         for p in range(n):
             q = n - 1 - p
-            pa = _in_plane_sum(plan, np.array(xa[p:p + 1], dtype=np.float64))
-            pb = _in_plane_sum(plan, np.array(xb[q:q + 1], dtype=np.float64))
-            out_a[k][p] = (pa + _view(pb, plan.mirror))[0]
-            out_b[k][q] = (pb + _view(pa, plan.mirror))[0]
+            box = _centred_box(plan, xa[p], xb[q])
+            if box is None:
+                out_a[k][p] = 0
+                out_b[k][q] = 0
+                continue
+            pa = _in_plane_sum(plan, _boxed(xa[p], box))
+            pb = _in_plane_sum(plan, _boxed(xb[q], box))
+            _zero_outside(out_a[k][p], box)[...] = (pa + _view(pb, plan.mirror))[0]
+            _zero_outside(out_b[k][q], box)[...] = (pb + _view(pa, plan.mirror))[0]
     return out_a, out_b
 
 
