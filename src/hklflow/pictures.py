@@ -32,6 +32,11 @@ def _new_figure(figsize):
     return Figure(figsize=figsize)
 
 
+# zlib level of the PNGs: 1 encodes a picture in half the time of Pillow's default 6 (25-90
+# of 50-145 ms) and the files are within 13% of its size, smaller for some
+PNG = {"compress_level": 1}
+
+
 def _save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     """fig as a PNG at dpi cropped to what is drawn, with a pad_inches margin: what
     savefig(bbox_inches="tight") writes, from one draw instead of two (savefig draws the
@@ -49,10 +54,10 @@ def _save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     x0, x1 = math.floor(box.x0 * dpi), math.ceil(box.x1 * dpi)
     y0, y1 = math.floor(box.y0 * dpi), math.ceil(box.y1 * dpi)
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=pad_inches)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=pad_inches, pil_kwargs=PNG)
         return
     image = np.asarray(canvas.buffer_rgba())[height - y1:height - y0, x0:x1]
-    matplotlib.image.imsave(path, image, format="png", dpi=dpi)
+    matplotlib.image.imsave(path, image, format="png", dpi=dpi, pil_kwargs=PNG)
 
 
 def _margins(fig, wspace: float, hspace: float = 0.2) -> None:
