@@ -83,3 +83,30 @@ def test_pictures_are_written_at_the_fast_zlib_level(tmp_path):
             assert round(im.info["dpi"][0]) == 90
             # (cropped: inside the figure's 3 x 90 pixels; through savefig: wider)
             assert (im.size[0] > 270) == beyond and im.size[0] > 100
+
+
+def test_pdf_planes_are_drawn_to_scale_on_a_skewed_cell(tmp_path):
+    """A PDF plane is an image mapped by the plane's matrix: voxel edges and points inside
+    land where the matrix puts them in Angstrom (a hexagonal cell: x and y at 120 degrees),
+    the axes span the skewed plane's corners, and the values are the plane's."""
+    from hklflow.crystal import UnitCell
+    from hklflow.pictures import _draw_pdf_plane, _new_figure, _real_plane_matrix, _save_tight
+
+    cell = UnitCell(4.0, 4.0, 6.5, 90, 90, 120)
+    uu, vv = np.linspace(-5, 5, 41), np.linspace(-4, 4, 33)
+    plane = np.cos(np.add.outer(vv, uu))
+    fig = _new_figure((6, 5))
+    ax, im = _draw_pdf_plane(fig, (1, 1, 1), plane, uu, vv, "x", "y", cell, 1.0, "hex")
+    M = _real_plane_matrix(cell, "x", "y")
+    assert M[0, 1] < 0  # (the skew)
+    ue, ve = (-5.125, 5.125), (-4.125, 4.125)  # the voxels' edges
+    np.testing.assert_allclose(im.get_extent(), (*ue, *ve))
+    for point in [(ue[0], ve[0]), (ue[1], ve[1]), (2.5, -1.0)]:
+        np.testing.assert_allclose(im.get_transform().transform(point),
+                                   ax.transData.transform(M @ np.array(point)))
+    corners = np.array([[a, b] for a in ue for b in ve]) @ M.T
+    np.testing.assert_allclose(ax.get_xlim(), (corners[:, 0].min(), corners[:, 0].max()))
+    np.testing.assert_allclose(ax.get_ylim(), (corners[:, 1].min(), corners[:, 1].max()))
+    assert np.array_equal(im.get_array(), plane) and im.get_clim() == (-1.0, 1.0)
+    _save_tight(fig, tmp_path / "hex.png", 80)
+    assert (tmp_path / "hex.png").stat().st_size > 1000

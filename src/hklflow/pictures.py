@@ -498,14 +498,22 @@ def symmetric_limit(arrays, exclude_origin=None, percentile: float = 99.5) -> fl
 
 
 def _draw_pdf_plane(fig, spec, plane, uu, vv, u, v, cell, vmax, title):
+    """A PDF plane [v, u] (uu, vv: its voxel centres, lattice units) in the subplot position
+    spec, to scale in Angstrom: an image mapped by the plane's matrix (skewed for
+    non-orthogonal cells), each voxel a cell of its colour (a mesh of 800 x 800 quads drew
+    in 0.6-1 CPU-s what the image draws in a tenth of that)."""
+    from matplotlib.transforms import Affine2D
+
     M = _real_plane_matrix(cell, u, v)
     du, dv = (uu[1] - uu[0]) / 2, (vv[1] - vv[0]) / 2
-    ue, ve = np.append(uu - du, uu[-1] + du), np.append(vv - dv, vv[-1] + dv)
-    U, V = np.meshgrid(ue, ve)
-    X, Y = M[0, 0] * U + M[0, 1] * V, M[1, 1] * V
+    ue, ve = (uu[0] - du, uu[-1] + du), (vv[0] - dv, vv[-1] + dv)
     ax = fig.add_subplot(*spec)
-    im = ax.pcolormesh(X, Y, plane, cmap="RdBu_r", vmin=-vmax, vmax=vmax, shading="flat",
-                       rasterized=True)
+    aff = Affine2D(np.array([[M[0, 0], M[0, 1], 0.0], [M[1, 0], M[1, 1], 0.0], [0, 0, 1]]))
+    im = ax.imshow(plane, origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                   extent=(*ue, *ve), interpolation="nearest", transform=aff + ax.transData)
+    corners = np.array([[a, b] for a in ue for b in ve]) @ M.T
+    ax.set_xlim(corners[:, 0].min(), corners[:, 0].max())
+    ax.set_ylim(corners[:, 1].min(), corners[:, 1].max())
     ax.set_aspect("equal")
     ax.set_xlabel(f"{u} along {'abc'['xyz'.index(u)]} (Angstrom)")
     ax.set_ylabel(f"{v} direction (Angstrom)")
