@@ -856,7 +856,7 @@ def bragg_block_summary(bragg: np.ndarray) -> np.ndarray:
 
 def work_units(frames, M) -> int:
     """Blocks of BLOCK pixels x rotation sub-steps x frames: the kernel's units of work."""
-    return frames.shape[0] * M.shape[1] * ((frames.shape[1] + BLOCK - 1) // BLOCK)
+    return frames.shape[0] * M.shape[1] * pixel_blocks(frames.shape[1])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -1101,7 +1101,7 @@ class ThreadShares:
         del q
         # rounding: the values and the voxel decisions are float64 of the same float32 table
         self.slack = 1e-9 * (1.0 + float(np.sqrt(q2.max(initial=0.0))))
-        nblocks = -(-table.qx.size // BLOCK)
+        nblocks = pixel_blocks(table.qx.size)
         best = None
         for name, form, values in candidates:
             value = values()
