@@ -18,7 +18,7 @@ from hklflow.files.peaks import read_peaks_file
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, ScanAngles
 from hklflow.numba_target import has_avx512
-from hklflow.params import DetectorParams, PeakSearchParams
+from hklflow.params import DetectorParams, PeakSearchParams, largest_trusted_value
 from hklflow.simulation.compare import match_peaks
 from hklflow.spotfinding import search
 from hklflow.steps.find_peaks import main
@@ -100,6 +100,59 @@ def test_kernel_same_decisions_for_every_integer_type(tiny_experiment, dtype):
     assert ref_strong.sum() > 10
     assert np.array_equal(strong, ref_strong)
     assert np.array_equal(bg, ref_bg) and np.array_equal(stats, ref_stats)
+
+
+def test_frame_statistics_stay_exact_on_rows_longer_than_a_sum_segment():
+    """The kernel sums a row's values as int32 sums of their low and high 16 bits over
+    segments of SUM_SEGMENT columns (every lane 32-bit): on rows of 70001 columns (three
+    segments) holding the largest values it may take, low halves 0xFFFF (one column more
+    per segment and the low sum would wrap), the frame's sum, trimmed sum and counts equal
+    the exact int64 ones."""
+    ny, nx = 10, 2 * sf.SUM_SEGMENT + 4465
+    largest = np.int32(0x7FFEFFFF)  # below trusted_max 2^31 - 1, low 16 bits all set
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, largest, (ny, nx)).astype(np.int32)
+    frame[:5] = largest  # rows 0-4: no dispersion in rows 0-1's windows, none strong
+    frame[6, ::3] = -1  # unusable: negative
+    frame[8, 5::7] = 2**31 - 1  # unusable: not below trusted_max
+    valid = rng.random((ny, nx)) > 0.1
+    valid[:2] = True
+    annulus = np.zeros((ny, nx), np.uint8)
+    annulus[:, nx // 3: 2 * nx // 3] = 1
+    annulus[1] = 1
+    strong, _, stats = run_kernel(frame, valid, PeakSearchParams.defaults(), annulus=annulus)
+    usable = valid & (frame >= 0) & (frame < 2**31 - 1)
+    ring = usable & (annulus != 0) & ~strong
+    assert stats[0] == frame[usable].astype(np.int64).sum()
+    assert stats[1] == frame[usable].max() == largest
+    assert stats[2] == frame[ring].astype(np.int64).sum()
+    assert stats[3] == usable.sum() and stats[5] == ring.sum()
+    assert ring[1].all() and usable[0].all()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.uint32, np.float32, np.float64])
+def test_kernel_compares_with_trusted_max_in_the_frames_type(dtype):
+    """The kernel compares values with the largest value of the frames' own type below
+    trusted_max (params.largest_trusted_value: no int64 comparison to halve its lanes): a
+    value one below trusted_max is usable and trusted_max itself is not, for every type; a
+    trusted_max above a narrow type's range leaves its every value usable, and a float
+    type's limit is the largest float below trusted_max, not trusted_max - 1 rounded up."""
+    below32 = largest_trusted_value(2**31 - 1, np.float32)
+    assert below32.dtype == np.float32 and float(below32) == 2**31 - 128
+    tmax = 40000 if dtype == np.uint16 else (2**31 - 1 if np.dtype(dtype).kind == "f"
+                                             else 3_000_000)
+    frame = np.full((12, 16), 5, dtype)
+    frame[3, 4] = tmax - 1
+    frame[8, 9] = tmax
+    if dtype == np.float32:  # tmax - 1 is not a float32: the largest float32 below tmax
+        frame[3, 4] = float(below32)
+    valid = np.ones(frame.shape, bool)
+    _, _, stats = run_kernel(frame, valid, PeakSearchParams.defaults(), trusted_max=tmax)
+    assert stats[3] == frame.size - 1  # n_valid: trusted_max left out
+    assert stats[1] == float(frame[3, 4])
+    if dtype == np.uint16:
+        _, _, stats = run_kernel(frame, valid, PeakSearchParams.defaults(), trusted_max=70000)
+        assert stats[3] == frame.size and stats[1] == tmax
 
 
 def test_kernel_rounds_float_frames_to_counts(tiny_experiment):

@@ -337,7 +337,7 @@ def test_kernel_decides_pixels_next_to_voxel_faces_in_float64():
 def test_trusted_values_frame_types_and_pixels_far_off_the_grid():
     """Values v with 0 <= v < trusted_max are used, in every frame type; NaN never; pixels
     far off the grid are dropped without harm."""
-    from hklflow.transform import largest_trusted_value
+    from hklflow.params import largest_trusted_value
 
     assert largest_trusted_value(1000, np.uint16) == 999
     assert largest_trusted_value(1000.5, np.int32) == 1000

@@ -240,6 +240,20 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def largest_trusted_value(trusted_max: float, dtype):
+    """The largest value v of the frames' number type with v < trusted_max, in that type:
+    the kernels compare each pixel with it in the frames' own type (no conversion per
+    pixel; an int64 comparison would halve the lanes of a loop over int32 values)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return dtype.type(min(max(math.ceil(trusted_max) - 1, info.min), info.max))
+    if np.issubdtype(dtype, np.floating):
+        t = dtype.type(trusted_max)
+        return np.nextafter(t, dtype.type(-np.inf)) if t >= trusted_max else t
+    raise ValueError(f"frames of type {dtype} cannot be reduced (integer or float expected)")
+
+
 @dataclass(frozen=True)
 class DetectorParams(Params):
     """Facts of the detector every step that reads frames uses (instrument.detector)."""

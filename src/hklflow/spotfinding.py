@@ -52,7 +52,7 @@ from . import steplog
 from .geometry import DetectorGeometry, ScanAngles
 from .masking import user_mask
 from .numba_target import has_avx512
-from .params import DetectorParams, PeakSearchParams
+from .params import DetectorParams, PeakSearchParams, largest_trusted_value
 
 # --------------------------------------------------------------------------------------
 # Per-frame detection
@@ -63,6 +63,9 @@ USABLE, IN_ANNULUS = 1, 2
 # the kernel's row update in one loop where numba compiles for AVX-512, in two elsewhere
 # (the faster of the two there; a compile-time constant of the kernel)
 ONE_ROW_LOOP = has_avx512()
+# columns of a row whose values' low (high) 16 bits the kernel sums in int32: 32768 x 65535
+# is below 2^31
+SUM_SEGMENT = 32768
 try:  # numba's intrinsic (LLVM's cttz; numba's math.gcd uses it)
     from numba.cpython.unsafe.numbers import trailing_zeros
 except ImportError:  # pragma: no cover - a numba that moved it
@@ -157,7 +160,7 @@ def _kernel_for_width(half_c: int):
 
     @numba.njit(cache=True, nogil=True)
     def kernel(frame, flags, half_r, sigma_b, sigma_s, min_local, global_threshold,
-               absolute_threshold, use_absolute, trusted_max, out_rows, out_cols, out_vals,
+               absolute_threshold, use_absolute, below_tmax, out_rows, out_cols, out_vals,
                out_bg, stats, maxproj):
         ny, nx = frame.shape
         pad = half_c
@@ -212,7 +215,6 @@ def _kernel_for_width(half_c: int):
             gthr_i = np.int32(-1)
         ss2_lo = np.float32(ss2 * (1.0 - 2.0 ** -16))  # float32's errors inside the margin
         athr = float(absolute_threshold)
-        tmax = min(trusted_max, 2 ** 31 - 1)  # values are held as int32
         s_sum = 0
         s_max = 0
         s_trim = 0
@@ -229,36 +231,52 @@ def _kernel_for_width(half_c: int):
                 pf = flags[ra]
                 row_sum = 0
                 row_max = np.int32(0)
-                row_n = 0
+                row_n = np.int32(0)
                 ann_sum = 0
-                ann_n = 0
+                ann_n = np.int32(0)
                 if maxproj is not None:  # (compiled away without it)
                     mp = maxproj[ra]
                 # one loop over the row: the maximum, the cleaning, the statistics and (with
                 # AVX-512) the column sums' update, the row leaving the window out, this one
                 # in; without AVX-512 that update has a loop of its own (the same sums: the one
-                # loop took 1.1-1.2x as long there, the two loops 1.0-1.04x with AVX-512)
+                # loop took 1.1-1.2x as long there, the two loops 1.0-1.04x with AVX-512).
+                # Every value in it is 32-bit (an int64 would halve its lanes): the sums are
+                # kept as int32 sums of the values' low and high 16 bits, over segments of the
+                # row short enough that they cannot overflow
                 leaving = rd >= 0
                 xd = ring_x[rd % wr]
-                for c in range(nx):
-                    v = fr[c]
-                    if maxproj is not None:
-                        mp[c] = max(mp[c], v)
-                    ok = ((pf[c] & USABLE) != 0) & (v >= 0) & (v < tmax)
-                    x = np.int32(v) if ok else np.int32(0)
-                    u = np.int32(1) if ok else np.int32(0)
-                    xa[c] = x if ok else np.int32(-1)
-                    row_sum += np.int64(x)
-                    row_max = max(row_max, x)
-                    row_n += u
-                    in_ann = (pf[c] & IN_ANNULUS) != 0
-                    ann_sum += np.int64(x) if in_ann else np.int64(0)
-                    ann_n += u if in_ann else 0
-                    if ONE_ROW_LOOP and leaving:
-                        vd = max(xd[c], np.int32(0))
-                        col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
-                        col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
-                        col_q[c + pad] = np.int32(col_q[c + pad] + x * x - vd * vd)
+                for segment in range((nx + SUM_SEGMENT - 1) // SUM_SEGMENT):
+                    c0 = segment * SUM_SEGMENT  # (c0 + j: indices known >= 0, no wraparound)
+                    lo = np.int32(0)
+                    hi = np.int32(0)
+                    ann_lo = np.int32(0)
+                    ann_hi = np.int32(0)
+                    for j in range(min(SUM_SEGMENT, nx - c0)):
+                        c = c0 + j
+                        v = fr[c]
+                        if maxproj is not None:
+                            mp[c] = max(mp[c], v)
+                        ok = ((pf[c] & USABLE) != 0) & (v >= 0) & (v <= below_tmax)
+                        x = np.int32(v) if ok else np.int32(0)
+                        u = np.int32(1) if ok else np.int32(0)
+                        xa[c] = x if ok else np.int32(-1)
+                        x_lo = x & np.int32(0xFFFF)
+                        x_hi = x >> np.int32(16)
+                        lo = np.int32(lo + x_lo)
+                        hi = np.int32(hi + x_hi)
+                        row_max = max(row_max, x)
+                        row_n = np.int32(row_n + u)
+                        in_ann = (pf[c] & IN_ANNULUS) != 0
+                        ann_lo = np.int32(ann_lo + (x_lo if in_ann else np.int32(0)))
+                        ann_hi = np.int32(ann_hi + (x_hi if in_ann else np.int32(0)))
+                        ann_n = np.int32(ann_n + (u if in_ann else np.int32(0)))
+                        if ONE_ROW_LOOP and leaving:
+                            vd = max(xd[c], np.int32(0))
+                            col_n[c + pad] += u - (np.int32(1) if xd[c] >= 0 else np.int32(0))
+                            col_i[c + pad] = np.int32(col_i[c + pad] + x - vd)
+                            col_q[c + pad] = np.int32(col_q[c + pad] + x * x - vd * vd)
+                    row_sum += (np.int64(hi) << 16) + np.int64(lo)
+                    ann_sum += (np.int64(ann_hi) << 16) + np.int64(ann_lo)
                 if not ONE_ROW_LOOP and leaving:
                     for c in range(nx):
                         a = xa[c]
@@ -302,12 +320,12 @@ def _kernel_for_width(half_c: int):
             if r < 0:
                 continue
             xr = ring_x[r % wr]
-            n_row = 0
+            n_row = np.int32(0)  # (int32: an int64 count would halve the test loops' lanes)
             if use_absolute:
                 for c in range(nx):
                     f = (xr[c] >= 0) & (float(xr[c]) > athr)
                     flag[c] = f
-                    n_row += f
+                    n_row = np.int32(n_row + f)
             elif not float_live:
                 # the first test below in int32 and float32 (twice the lanes of float64), with
                 # a margin that lets through every pixel the float64 test passes
@@ -323,7 +341,7 @@ def _kernel_for_width(half_c: int):
                     f = ((xi > gthr_i) & (xi >= 0) & (d > 0) & (s > 0) & (n >= n_min_i)
                          & (fd * fd > ss2_lo * np.float32(s) * np.float32(n)))
                     flag[c] = f
-                    n_row += f
+                    n_row = np.int32(n_row + f)
             else:
                 # branch-free, so that the loop is vectorised:
                 # x > m + sigma_s sqrt(m)  <=>  d = x n - s > 0 and d^2 > sigma_s^2 s n;
@@ -340,7 +358,7 @@ def _kernel_for_width(half_c: int):
                     f = ((xr[c] >= 0) & (d > 0.0) & (s > 0.0) & (fn >= n_min) & (x > gthr)
                          & (d * d > ss2 * s * fn))
                     flag[c] = f
-                    n_row += f
+                    n_row = np.int32(n_row + f)
             if n_row:
                 pf = flags[r]
                 nrows = 0
@@ -412,7 +430,8 @@ def strong_pixels_frame(frame, flags, half_r, half_c, sigma_b, sigma_s, min_loca
     frame (ny, nx) counts; flags (ny, nx) uint8, pixel_flags(usable, annulus): USABLE, and
     IN_ANNULUS for the Q annulus of the trimmed sum.  A pixel is also unusable in this frame
     when its value is negative (Pilatus marks gaps -1) or >= trusted_max (overloaded; values
-    are held as int32, so trusted_max is at most 2^31 - 1).  Strong pixels are written to
+    are held as int32, so trusted_max is at most 2^31 - 1; the kernel compares with the
+    largest trusted value in the frame's type).  Strong pixels are written to
     out_* (raster order) with the local mean in out_bg; returns their count, or -1 if out_*
     is too small.  stats (6,) float64 receives FRAME_STATS.  The kernel is compiled for the
     window's width.  Float frames (corrected data) are rounded to the nearest count first;
@@ -433,7 +452,8 @@ def strong_pixels_frame(frame, flags, half_r, half_c, sigma_b, sigma_s, min_loca
     return _kernel_for_width(half_c)(
         frame, flags, int(half_r), float(sigma_b), float(sigma_s), int(min_local),
         float(global_threshold), float(absolute_threshold), bool(use_absolute),
-        int(trusted_max), out_rows, out_cols, out_vals, out_bg, stats, maxproj)
+        largest_trusted_value(min(int(trusted_max), 2 ** 31 - 1), frame.dtype), out_rows,
+        out_cols, out_vals, out_bg, stats, maxproj)
 
 
 def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3.0, min_local=2,

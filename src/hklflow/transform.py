@@ -49,7 +49,7 @@ from .frames import READ_AHEAD_THREADS, CompressedFrames, frame_reader
 from .geometry import DetectorGeometry, ScanGeometry
 from .grid import (MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK,
                    Grid)
-from .params import TransformParams
+from .params import TransformParams, largest_trusted_value
 
 BRICK_BITS = TRANSFORM_BRICK.bit_length() - 1  # bricks of 8^3 voxels (2 KiB of float32)
 BLOCK = 4096
@@ -1026,19 +1026,6 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
                             dims, nbricks, q_max, size, second, dump, idx, val, punch)
         _scatter_block(idx, val, n, w32, cells)
     return 0
-
-
-def largest_trusted_value(trusted_max: float, dtype):
-    """The largest value v of the frames' number type with v < trusted_max, in that type (the
-    kernel compares without converting each pixel)."""
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return dtype.type(min(max(math.ceil(trusted_max) - 1, info.min), info.max))
-    if np.issubdtype(dtype, np.floating):
-        t = dtype.type(trusted_max)
-        return np.nextafter(t, dtype.type(-np.inf)) if t >= trusted_max else t
-    raise ValueError(f"frames of type {dtype} cannot be transformed (integer or float expected)")
 
 
 def allowed_table(crystal, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
