@@ -110,6 +110,10 @@ CONFIG_CASES = {
     "other-parents-reversed": (lambda d: edit_config(d, lambda c: c["samples"]["tiny"].__setitem__(
         "other_parents", [{"temperature": 100, "for_temperatures": [150, 0]}])),
                                ["field 'samples.tiny.other_parents.0.for_temperatures'", "low <= high"]),
+    "trusted-max-zero": (lambda d: edit_config(d, lambda c: c["instrument"].__setitem__(
+        "detector", {"name": c["instrument"]["detector"], "trusted_max": 0})),
+                         ["config.yaml", "field 'instrument.detector.trusted_max'",
+                          "less than the minimum of 1"]),
     "window-even": (lambda d: edit_config(d, set_reduction("find_peaks", "window", [4, 4])),
                     ["config.yaml", "field 'reduction.find_peaks.window'", "two odd integers"]),
     "table-spaces": (lambda d: (d / "config/scans.tsv").write_text(
