@@ -744,15 +744,17 @@ def _taper_above_zero(q2, lo, hi, q_max):
 
 
 @numba.njit(cache=True, nogil=True)
-def _taper_statistics(g, h, k, ll, q_max, lo, hi, q2_sphere, values):
-    """In one pass over |Q|: the mean (float64) of the finite voxels where the float32 taper
-    is above 0 and their count, and the voxels with |Q|^2 <= q2_sphere and those of them not
-    measured (not finite).  (Two passes took ~1 CPU-s each at 801^3.)"""
+def _taper_statistics(g, h, k, ll, q_max, lo, hi, q2_sphere, values, sums, counts):
+    """In one pass over |Q|, added to what sums and counts hold (so that a volume may come
+    slab by slab, in the order of one pass, with the same float64 sum): sums[0] the sum of
+    the finite voxels where the float32 taper is above 0, counts[0] their number, counts[1]
+    the voxels with |Q|^2 <= q2_sphere and counts[2] those of them not measured (not
+    finite).  (Two passes took ~1 CPU-s each at 801^3.)"""
     q2 = np.empty(h.size)
-    total = 0.0
-    count = 0
-    inside = 0
-    unmeasured = 0
+    total = sums[0]
+    count = counts[0]
+    inside = counts[1]
+    unmeasured = counts[2]
     for a in range(ll.size):
         for b in range(k.size):
             q2_row(g, h, k[b], ll[a], q2)
@@ -765,7 +767,10 @@ def _taper_statistics(g, h, k, ll, q_max, lo, hi, q2_sphere, values):
                 if finite and _taper_above_zero(q2[c], lo, hi, q_max):
                     total += v
                     count += 1
-    return total / max(count, 1), count, inside, unmeasured
+    sums[0] = total
+    counts[0] = count
+    counts[1] = inside
+    counts[2] = unmeasured
 
 
 def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
@@ -779,20 +784,43 @@ def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
     return out
 
 
-def taper_statistics(values: np.ndarray, grid, cell, q_max: float,
+def slab_by_slab(values, grid, planes: int = 8):
+    """(l0, l1, planes [l0, l1) float32 C-contiguous) of a volume on grid: values an array
+    (one slab, the whole), or a function (l0, l1) -> its planes, called for slabs of
+    `planes` L planes (e.g. read from the volume file: no whole array in memory)."""
+    if not callable(values):
+        values = np.asarray(values)
+        if values.shape != grid.shape:
+            raise ValueError(f"a volume of the grid's shape {grid.shape} was expected, got "
+                             f"{values.shape}")
+        yield 0, grid.l.n, values
+        return
+    for l0 in range(0, grid.l.n, planes):
+        l1 = min(l0 + planes, grid.l.n)
+        slab = values(l0, l1)
+        if slab.shape != (l1 - l0,) + grid.shape[1:]:
+            raise ValueError(f"planes [{l0}, {l1}) of the grid's shape {grid.shape} were "
+                             f"expected, got {slab.shape}")
+        yield l0, l1, slab
+
+
+def taper_statistics(values, grid, cell, q_max: float,
                      q_sphere: float = -1.0) -> tuple[float, float]:
     """(tapered_mean of values, the fraction of the voxels with |Q| <= q_sphere that are
     not measured: NaN, or 0 for q_sphere < 0) in one pass; values float32 [l, k, h] on grid,
-    C-contiguous."""
+    C-contiguous, or a function (l0, l1) -> its planes (slab_by_slab: the same figures)."""
     _check_q_max(q_max)
-    if values.dtype != np.float32 or values.shape != grid.shape or not values.flags.c_contiguous:
-        raise ValueError(f"the taper's statistics need a C-contiguous float32 array of the "
-                         f"grid's shape {grid.shape}, got {values.dtype} {values.shape}")
     q2_sphere = q_sphere * q_sphere if q_sphere >= 0 else -1.0
-    mean, count, inside, unmeasured = _taper_statistics(
-        q_metric(cell), grid.h.values, grid.k.values, grid.l.values, float(q_max),
-        *_taper_bounds(q_max), float(q2_sphere), values)
-    return (float(mean) if count else 0.0), unmeasured / max(inside, 1)
+    g, (lo, hi) = q_metric(cell), _taper_bounds(q_max)
+    sums, counts = np.zeros(1), np.zeros(3, np.int64)
+    for l0, l1, slab in slab_by_slab(values, grid):
+        if slab.dtype != np.float32 or not slab.flags.c_contiguous:
+            raise ValueError(f"the taper's statistics need C-contiguous float32 values, got "
+                             f"{slab.dtype}")
+        _taper_statistics(g, grid.h.values, grid.k.values, grid.l.values[l0:l1], float(q_max),
+                          lo, hi, float(q2_sphere), slab, sums, counts)
+    count, inside, unmeasured = (int(c) for c in counts)
+    return (float(sums[0] / count) if count else 0.0), unmeasured / max(inside, 1)
 
 
 def tapered_mean(values: np.ndarray, grid, cell, q_max: float) -> float:

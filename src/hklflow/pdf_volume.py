@@ -76,19 +76,22 @@ def _shells(grid: Grid, cell) -> tuple[float, int]:
     return width, int(math.ceil(corner / width)) + 1
 
 
-def coverage_by_shell(grid: Grid, cell, values: np.ndarray):
+def coverage_by_shell(grid: Grid, cell, values):
     """Measured fraction of the voxels in spherical shells of |Q| (1/Angstrom, 2 pi
     convention) one voxel thick: (shell outer edges, fraction measured, voxels per shell).
-    values: the volume [l, k, h], NaN (not finite) where unmeasured."""
+    values: the volume [l, k, h], NaN (not finite) where unmeasured, or a function (l0, l1)
+    -> its planes (pdf.slab_by_slab)."""
     width, nbins = _shells(grid, cell)
     total = np.zeros(nbins, np.int64)
     seen = np.zeros(nbins, np.int64)
-    _shell_counts(pdf_algorithms.q_metric(cell), grid.h.values, grid.k.values, grid.l.values,
-                  width, np.ascontiguousarray(values), total, seen)
+    g = pdf_algorithms.q_metric(cell)
+    for l0, l1, slab in pdf_algorithms.slab_by_slab(values, grid):
+        _shell_counts(g, grid.h.values, grid.k.values, grid.l.values[l0:l1], width,
+                      np.ascontiguousarray(slab), total, seen)
     return width * np.arange(1, nbins + 1), seen / np.maximum(total, 1), total
 
 
-def measured_reach(grid: Grid, cell, values: np.ndarray) -> tuple[float, float]:
+def measured_reach(grid: Grid, cell, values) -> tuple[float, float]:
     """(the largest |Q| of a measured voxel: the detector's reach in this volume; the |Q|
     up to which the data are complete: where, going out from the best-measured shell, the
     first shell less than COMPLETE_SHELL measured begins)."""
@@ -126,9 +129,10 @@ def inscribed_q(grid: Grid, cell) -> float:
                for ax, length in zip(grid.axes, lengths))
 
 
-def taper_q_max(grid: Grid, cell, values: np.ndarray, q_max: float | None) -> dict:
+def taper_q_max(grid: Grid, cell, values, q_max: float | None) -> dict:
     """The q_max of the taper - the config's, or where the data stop being complete (within
-    the grid; values NaN where unmeasured) - and where it came from, as notes."""
+    the grid; values NaN where unmeasured, an array or a function (l0, l1) -> its planes)
+    - and where it came from, as notes."""
     reach, complete = measured_reach(grid, cell, values)
     inside = inscribed_q(grid, cell)
     if q_max is None:
@@ -149,14 +153,16 @@ def unmeasured_within(grid: Grid, cell, values: np.ndarray, q: float) -> float:
     return pdf_algorithms.taper_statistics(values, grid, cell, taper, q)[1]
 
 
-def _taper_notes(values: np.ndarray, grid: Grid, cell, q_max: float, notes: dict,
+def _taper_notes(values, grid: Grid, cell, q_max: float, notes: dict,
                  subtract_mean: bool) -> float:
     """notes["unmeasured_within_q_max"], and with subtract_mean notes["mean_subtracted"]
-    (the mean subtracted: returned, else 0), in one pass over the volume."""
+    (the mean subtracted: returned, else 0), in one pass over the volume (an array or a
+    function (l0, l1) -> its planes)."""
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
     # the mean instead of 0.  NaN (unmeasured) stays NaN: the FFT's copy makes it 0
-    values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
+    if not callable(values):
+        values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
     mean, notes["unmeasured_within_q_max"] = pdf_algorithms.taper_statistics(
         values, grid, cell, q_max, q_max)
     if not subtract_mean:
@@ -196,25 +202,35 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
               workers: int = 1, subtract_mean: bool = True, even: bool = False) -> PDF:
     """The total PDF of a volume: FFT of the tapered volume as measured (unmeasured voxels
     as 0, after the mean is subtracted when subtract_mean).  volume: its intensity (float32
-    [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, whose intensity
-    is read whole for the taper's statistics, then dropped and read again plane by plane
-    into the FFT's memory, so that the two are never held at once (2 GB less at 801^3).
-    even: the volume is even along each axis (even_along_axes of its notes); then the
-    transform's octant is an eighth of the volume, and the volume is read once."""
-    from_file = not isinstance(volume, np.ndarray)
-    intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
-    notes = taper_q_max(grid, cell, intensity, q_max)
-    q = notes["q_max"]
-    mean = _taper_notes(intensity, grid, cell, q, notes, subtract_mean)
-    if not from_file or even:
-        return _fft(intensity, grid, cell, q, mean, "total_pdf", title, notes, workers, even)
-    del intensity  # (its memory is the spectrum's, the moment it is freed: no new pages)
+    [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, which is read
+    slab by slab, never whole: once for the shells' coverage (the taper's q_max), once for
+    the taper's statistics and once into the FFT's memory (an 801^3 volume: 3 reads of
+    ~1.8 CPU-s each against one of 6-10 into a fresh 2 GB array, most of it page faults;
+    the same PDF and notes bit for bit).  even: the volume is even along each axis
+    (even_along_axes of its notes); then the transform's octant is an eighth of the
+    volume, and the job holds about that at its peak."""
+    if isinstance(volume, np.ndarray):
+        return _total_pdf(volume, grid, cell, q_max, title, workers, subtract_mean, even)
     with VolumeReader(volume, compiled_decompression=True) as reader:
         if not reader.grid.same_as(grid):
             raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
                             f"{grid.describe()}")
-        return _fft(reader.read_intensity, grid, cell, q, mean, "total_pdf", title, notes,
-                    workers, even)
+        slab = np.empty((8,) + grid.shape[1:], np.float32)  # (the statistics' passes)
+        return _total_pdf(lambda l0, l1: reader.read_intensity(l0, l1, slab), grid, cell,
+                          q_max, title, workers, subtract_mean, even,
+                          planes=reader.read_intensity)
+
+
+def _total_pdf(values, grid: Grid, cell, q_max, title, workers, subtract_mean, even,
+               planes=None) -> PDF:
+    """total_pdf of values, an array or a function (l0, l1) -> its planes (a buffer the
+    next call reuses: the statistics' passes); planes: a function (l0, l1) -> new arrays of
+    them for the FFT's copy (which holds two slabs at once), values itself by default."""
+    notes = taper_q_max(grid, cell, values, q_max)
+    q = notes["q_max"]
+    mean = _taper_notes(values, grid, cell, q, notes, subtract_mean)
+    return _fft(values if planes is None else planes, grid, cell, q, mean, "total_pdf", title,
+                notes, workers, even)
 
 
 def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
