@@ -41,7 +41,10 @@ RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
 RATE_SYMMETRY = 15e6  # voxels x operators per second (symmetrize)
 RATE_PDF = 2e6  # voxels per second (read, taper, FFT, write)
-PDF_VOXEL_BYTES = 8  # measured 5.4 at 801^3 (the volume, its mask; then the spectrum)
+# total_pdf: its half spectrum holds 4 bytes a voxel (with the volume read whole before
+# 2026-11-27: 5.4 measured at 801^3); a volume even along each axis only its octant (1.1
+# measured, 0.55 GB at 801^3): which one is not known at parse time (MAX_LAUE_OPERATORS)
+PDF_VOXEL_BYTES = 8
 DELTA_PDF_VOXEL_BYTES = 16  # measured 6.7 at 801^3 (and the holes' sparse systems)
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
