@@ -56,3 +56,37 @@ def test_pdf_volumes_are_stored_as_hdf5_would_without_the_chunks_of_their_fill(
         assert np.isnan(got[punched_at]).all()
         assert np.array_equal(x["entry/pdf/pdf"][()][0, 0, 0:1].view(np.uint32),
                               np.float32([-0.0]).view(np.uint32))
+
+
+def test_filled_and_punched_volumes_written_in_one_pass_equal_two(tmp_path):
+    """write_volumes compresses a chunk of the filled volume without a punched voxel once
+    and stores it in both volumes; the files hold what two separate writes store, chunk for
+    chunk and byte for byte: chunks with holes, without, one punched whole (not stored in
+    the punched volume), one with nothing measured (in neither), edge chunks."""
+    from hklflow.files.pdf import PDFWriter, _write_by_planes
+
+    grid = Grid(Axis(-1, 0.1, 130), Axis(-1, 0.1, 70), Axis(-1, 0.1, 19))  # [l, k, h] 19x70x130
+    cell = UnitCell(3.8, 3.8, 13.2, 90, 90, 90)
+    rng = np.random.default_rng(11)
+    filled = rng.random(grid.shape).astype(np.float32)
+    filled[8:16, :64, :64] = np.nan  # a chunk with nothing measured
+    holes = np.zeros(grid.shape, bool)
+    holes[:8, :64, :64] = True  # a chunk punched whole
+    holes[3, 66, 129] = holes[17, 5, 70] = True  # in edge chunks
+    holes[10, 10:12, 70:90] = True  # inside one chunk
+    punched_at = np.flatnonzero(holes)
+    with PDFWriter(tmp_path / "one.nxs") as w:
+        w.write_volumes(grid, cell, filled, punched_at)
+    with PDFWriter(tmp_path / "two.nxs") as w:
+        w.write_volumes(grid, cell, np.full_like(filled, np.nan), punched_at[:0])
+        for name, nan_at in (("filled_data", None), ("punched_data", punched_at)):
+            _write_by_planes(w.entry[f"{name}/data"], filled, nan_at)
+    expect = filled.copy()
+    expect.reshape(-1)[punched_at] = np.nan
+    with h5py.File(tmp_path / "one.nxs") as x, h5py.File(tmp_path / "two.nxs") as y:
+        for name, want in (("filled_data", filled), ("punched_data", expect)):
+            a, b = x["entry"][f"{name}/data"], y["entry"][f"{name}/data"]
+            assert np.array_equal(a[()], want, equal_nan=True)
+            assert _stored(a) == _stored(b)
+        assert len(_stored(x["entry/filled_data/data"])) == 3 * 2 * 3 - 1
+        assert len(_stored(x["entry/punched_data/data"])) == 3 * 2 * 3 - 2

@@ -145,6 +145,48 @@ class _ChunkWriter:
                     chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
                 self.store(dset, (l0 + p0, k0, h0), chunk)
 
+    def write_twins(self, first: h5py.Dataset, second: h5py.Dataset, l0: int,
+                    slab: np.ndarray, fill: float, holes: np.ndarray) -> None:
+        """write(first, l0, slab, fill) and write(second, ...) of the slab with the voxels
+        at the sorted flat indices `holes` (into slab) NaN, in one pass: a chunk without a
+        hole is compressed once and stored in both; one with holes is stored in second
+        with them NaN (unless that leaves the fill value alone).  fill must be NaN (holes
+        add no chunk: a chunk of fill values alone is not stored in either)."""
+        if not np.isnan(fill):
+            raise ValueError("write_twins needs NaN as the fill value")
+        cl, ck, ch = self.chunks
+        nkc, nhc = -(-slab.shape[1] // ck), -(-slab.shape[2] // ch)
+        if self.corners.shape[0] < nkc * nhc:
+            self.corners = np.empty((nkc * nhc, 2), np.int64)
+        i, j, m = np.unravel_index(np.asarray(holes, np.int64), slab.shape)
+        key = ((i // cl) * nkc + j // ck) * nhc + m // ch  # the hole's chunk in the slab
+        order = np.argsort(key, kind="stable")
+        key, i, j, m = key[order], i[order], j[order], m[order]
+        chunk = self.chunk
+        punched = np.empty_like(chunk)
+        for p0 in range(0, slab.shape[0], cl):
+            part = slab[p0:p0 + cl]
+            n = _kernels().stored_chunks(part.view(np.uint32), self.chunks,
+                                         np.float32(fill).view(np.uint32), self.corners)
+            for k0, h0 in self.corners[:n].tolist():
+                piece = part[:, k0:k0 + ck, h0:h0 + ch]
+                if piece.shape == chunk.shape:
+                    np.copyto(chunk, piece)
+                else:
+                    chunk.fill(fill)
+                    chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
+                corner = (l0 + p0, k0, h0)
+                c = ((p0 // cl) * nkc + k0 // ck) * nhc + h0 // ch
+                a, b = np.searchsorted(key, (c, c + 1))
+                if a == b:  # no hole: the same bytes in both
+                    self.store(first, corner, chunk, twin=second)
+                    continue
+                self.store(first, corner, chunk)
+                np.copyto(punched, chunk)
+                punched[i[a:b] - p0, j[a:b] - k0, m[a:b] - h0] = np.nan
+                if not np.isnan(punched).all():
+                    self.store(second, corner, punched)
+
     def store(self, dset: h5py.Dataset, corner: tuple, chunk: np.ndarray,
               twin: h5py.Dataset | None = None) -> None:
         """Compress one whole chunk (float32, C order, the chunk's shape) and store it at
