@@ -784,7 +784,10 @@ def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
     return out
 
 
-def slab_by_slab(values, grid, planes: int = 8):
+SLAB_PLANES = 8  # L planes per call of a volume given as a function (the chunks' height)
+
+
+def slab_by_slab(values, grid, planes: int = SLAB_PLANES):
     """(l0, l1, planes [l0, l1) float32 C-contiguous) of a volume on grid: values an array
     (one slab, the whole), or a function (l0, l1) -> its planes, called for slabs of
     `planes` L planes (e.g. read from the volume file: no whole array in memory)."""

@@ -215,7 +215,8 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
         if not reader.grid.same_as(grid):
             raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
                             f"{grid.describe()}")
-        slab = np.empty((8,) + grid.shape[1:], np.float32)  # (the statistics' passes)
+        # one buffer for the statistics' passes (slab_by_slab's slabs)
+        slab = np.empty((pdf_algorithms.SLAB_PLANES,) + grid.shape[1:], np.float32)
         return _total_pdf(lambda l0, l1: reader.read_intensity(l0, l1, slab), grid, cell,
                           q_max, title, workers, subtract_mean, even,
                           planes=reader.read_intensity)

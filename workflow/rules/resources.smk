@@ -168,8 +168,8 @@ RESOURCES = {
         lambda w: _FIXED_MINUTES),
     # the input read slab by slab into the half spectrum, which the FFT's input and the PDF
     # share (a volume even along each axis: into its octant, an eighth; bench/pipeline.py:
-    # 0.55 GB at 801^3, 4/mmm).  One thread: only the FFT (scipy.fft workers) and the fill's BLAS use more,
-    # and two threads made a 151M-voxel job 1.14-1.29x faster, not 1.6x
+    # 0.55 GB at 801^3, 4/mmm).  One thread: only the FFT (scipy.fft workers) and the
+    # fill's BLAS use more, and two threads made a 151M-voxel job 1.14-1.29x faster, not 1.6x
     "total_pdf": RuleResources(lambda w: BASE_MB + 400 + PDF_VOXEL_BYTES * _VOXELS / 1e6,
                                lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60),
     # and the fill's lookups and sparse solves of a batch (3.5 GB at 801^3); the filled

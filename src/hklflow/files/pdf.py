@@ -106,9 +106,8 @@ def _write_by_planes(dataset, values, nan_at=None) -> None:
 def _write_twins_by_planes(first, second, values, nan_at) -> None:
     """_write_by_planes(first, values) and _write_by_planes(second, values, nan_at) in one
     pass over values: a chunk without a voxel of nan_at is compressed once and stored in
-    both (at 801^3, a delta_pdf's filled and punched volumes: ~7000 chunks each, a few
-    hundred of them with a hole); each dataset alone where bitshuffle's library is not
-    found."""
+    both (a delta_pdf's filled and punched volumes at 801^3: 7059 chunks stored, 3916 of
+    them with a hole); each dataset alone where bitshuffle's library is not found."""
     raw = _ChunkWriter(first.chunks)
     fill = np.float32(first.fillvalue)
     if (not raw.available or second.chunks != first.chunks or second.shape != first.shape
