@@ -126,7 +126,10 @@ class _ChunkWriter:
     def available(self) -> bool:
         return self.compress is not None
 
-    def write(self, dset: h5py.Dataset, l0: int, slab: np.ndarray, fill: float) -> None:
+    def _stored_chunks(self, slab: np.ndarray, fill: float):
+        """(p0, k0, h0) of each chunk of the slab that holds a value other than fill (in
+        whole L chunks from its plane p0), with the chunk copied whole into self.chunk
+        (an edge chunk padded with fill: HDF5 stores it whole)."""
         cl, ck, ch = self.chunks
         per_slab = -(-slab.shape[1] // ck) * -(-slab.shape[2] // ch)
         if self.corners.shape[0] < per_slab:
@@ -140,10 +143,14 @@ class _ChunkWriter:
                 piece = part[:, k0:k0 + ck, h0:h0 + ch]
                 if piece.shape == chunk.shape:
                     np.copyto(chunk, piece)  # numpy's strided copy: numba's took 5x longer
-                else:  # an edge chunk: HDF5 stores it whole
+                else:
                     chunk.fill(fill)
                     chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
-                self.store(dset, (l0 + p0, k0, h0), chunk)
+                yield p0, k0, h0
+
+    def write(self, dset: h5py.Dataset, l0: int, slab: np.ndarray, fill: float) -> None:
+        for p0, k0, h0 in self._stored_chunks(slab, fill):
+            self.store(dset, (l0 + p0, k0, h0), self.chunk)
 
     def write_twins(self, first: h5py.Dataset, second: h5py.Dataset, l0: int,
                     slab: np.ndarray, fill: float, holes: np.ndarray) -> None:
@@ -156,36 +163,24 @@ class _ChunkWriter:
             raise ValueError("write_twins needs NaN as the fill value")
         cl, ck, ch = self.chunks
         nkc, nhc = -(-slab.shape[1] // ck), -(-slab.shape[2] // ch)
-        if self.corners.shape[0] < nkc * nhc:
-            self.corners = np.empty((nkc * nhc, 2), np.int64)
         i, j, m = np.unravel_index(np.asarray(holes, np.int64), slab.shape)
         key = ((i // cl) * nkc + j // ck) * nhc + m // ch  # the hole's chunk in the slab
         order = np.argsort(key, kind="stable")
         key, i, j, m = key[order], i[order], j[order], m[order]
         chunk = self.chunk
         punched = np.empty_like(chunk)
-        for p0 in range(0, slab.shape[0], cl):
-            part = slab[p0:p0 + cl]
-            n = _kernels().stored_chunks(part.view(np.uint32), self.chunks,
-                                         np.float32(fill).view(np.uint32), self.corners)
-            for k0, h0 in self.corners[:n].tolist():
-                piece = part[:, k0:k0 + ck, h0:h0 + ch]
-                if piece.shape == chunk.shape:
-                    np.copyto(chunk, piece)
-                else:
-                    chunk.fill(fill)
-                    chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
-                corner = (l0 + p0, k0, h0)
-                c = ((p0 // cl) * nkc + k0 // ck) * nhc + h0 // ch
-                a, b = np.searchsorted(key, (c, c + 1))
-                if a == b:  # no hole: the same bytes in both
-                    self.store(first, corner, chunk, twin=second)
-                    continue
-                self.store(first, corner, chunk)
-                np.copyto(punched, chunk)
-                punched[i[a:b] - p0, j[a:b] - k0, m[a:b] - h0] = np.nan
-                if not np.isnan(punched).all():
-                    self.store(second, corner, punched)
+        for p0, k0, h0 in self._stored_chunks(slab, fill):
+            corner = (l0 + p0, k0, h0)
+            c = ((p0 // cl) * nkc + k0 // ck) * nhc + h0 // ch
+            a, b = np.searchsorted(key, (c, c + 1))
+            if a == b:  # no hole: the same bytes in both
+                self.store(first, corner, chunk, twin=second)
+                continue
+            self.store(first, corner, chunk)
+            np.copyto(punched, chunk)
+            punched[i[a:b] - p0, j[a:b] - k0, m[a:b] - h0] = np.nan
+            if not np.isnan(punched).all():
+                self.store(second, corner, punched)
 
     def store(self, dset: h5py.Dataset, corner: tuple, chunk: np.ndarray,
               twin: h5py.Dataset | None = None) -> None:
