@@ -182,3 +182,30 @@ def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_p
     # the volume (or the spectrum), a few planes (10% each here) and the hole indices: 1.4x
     # measured; the volume and the spectrum together would be over 2x
     assert peak < 1.6 * intensity.nbytes + fill.region.nbytes + fill.holes.nbytes
+
+
+def test_an_even_volume_takes_the_same_delta_pdf_from_its_octant():
+    """delta_pdf(even=True): the fill regions outside the octant take their mirror images'
+    values, and the transform is the octant's cosine transform: the same PDF and fill as
+    with every region solved and the whole volume transformed, to float32 rounding."""
+    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.params import PDFParams
+    from hklflow.pdf_volume import delta_pdf
+
+    from test_total_pdf import lattice_volume
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    intensity = lattice_volume(grid, missing_beyond=12.0).intensity()
+    crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
+    params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
+                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, slices=())
+    whole, whole_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
+    octant, octant_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t", even=True)
+    assert whole_fill.mirrored == 0 < 4 * octant_fill.unknowns < octant_fill.mirrored
+    assert octant_fill.unknowns + octant_fill.mirrored == whole_fill.unknowns
+    assert np.array_equal(octant_fill.outcome, whole_fill.outcome)
+    assert octant_fill.counts["filled"] > 100
+    np.testing.assert_allclose(octant_fill.filled, whole_fill.filled, rtol=1e-6)
+    want, got = np.asarray(whole.values), np.asarray(octant.values)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-6 * np.abs(want).max()

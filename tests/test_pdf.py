@@ -562,15 +562,71 @@ def test_fft_equals_nxrefines_plain_fftn():
     assert np.abs(expected - exact).max() < 1e-6 * scale
 
 
-def even_volume(grid_shape, rng):
+def even_volume(grid_shape, rng, nan_fraction=0.05):
     """A random volume even about the voxel at the centre of each axis (odd lengths)."""
     values = rng.random(grid_shape).astype(np.float64)
     for axis in range(3):
         values = values + np.flip(values, axis=axis)
-    values[rng.random(grid_shape) < 0.05] = np.nan
+    values[rng.random(grid_shape) < nan_fraction] = np.nan
     for axis in range(3):  # NaN at the mirror images too
         values = values + np.flip(values, axis=axis) * 0
     return values.astype(np.float32)
+
+
+def with_mirror_images(hkl):
+    """The positions and their images under the three axis mirrors."""
+    signs = np.array([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)])
+    return np.unique((np.asarray(hkl, float)[:, None, :] * signs).reshape(-1, 3), axis=0)
+
+
+# on the planes at 0, across them (holes that merge with their mirror image), near the
+# grid's edge (punched across it) and in the open octants
+EVEN_POSITIONS = with_mirror_images([[0, 0, 0], [0.5, 0, 0], [0, 0.7, 1.0], [0.3, 0.6, 1.0],
+                                     [0.05, 0.45, 0.5], [0.9, 1.45, 1.75], [0.6, -0.3, 0.0]])
+
+
+@pytest.mark.parametrize("order,extra_h", [(1, 0), (2, 0), (1, 3)],
+                         ids=["laplace", "matern", "asymmetric grid"])
+def test_an_even_volume_is_filled_from_its_octant_as_when_every_region_is_solved(order, extra_h):
+    # an even volume with NaN voxels; with extra_h, 3 more voxels at +h that are not even
+    # (the regions that reach them, and their mirror images, solved)
+    rng = np.random.default_rng(5)
+    grid = Grid(Axis(-1.0, 0.1, 21 + extra_h), Axis(-1.5, 0.1, 31), Axis(-2.0, 0.25, 17))
+    values = (100 * rng.random(grid.shape)).astype(np.float32)
+    values[:, :, :21] = even_volume((17, 31, 21), rng, 0.003)
+    cell = UnitCell(5.0, 5.5, 6.0)
+    whole = pdf.punch_and_fill(values, grid, cell, EVEN_POSITIONS, radius=0.2, order=order)
+    octant = pdf.punch_and_fill(values, grid, cell, EVEN_POSITIONS, radius=0.2, order=order,
+                                even=True)
+    assert whole.mirrored == 0 and 0 < octant.unknowns < whole.unknowns / 2
+    assert octant.unknowns + octant.mirrored == whole.unknowns
+    assert np.array_equal(octant.region, whole.region)
+    assert np.array_equal(octant.outcome, whole.outcome)
+    assert octant.counts["edge"] > 0 and octant.counts["filled"] > 0
+    # the same fill: the octant's regions solved alike, the others their images' values
+    np.testing.assert_allclose(octant.filled, whole.filled, rtol=2e-6, atol=0)
+    c = [n // 2 for n in (17, 31, 21)]
+    assert np.array_equal(octant.filled[c[0]:, c[1]:, c[2]:21], whole.filled[c[0]:, c[1]:, c[2]:21],
+                          equal_nan=True)
+    even = octant.filled[:, :, :21]
+    assert np.array_equal(even, even[::-1, ::-1, ::-1], equal_nan=True) == (extra_h == 0)
+
+
+def test_regions_that_are_not_mirror_images_are_all_solved():
+    rng = np.random.default_rng(6)
+    grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.5, 0.1, 31), Axis(-2.0, 0.25, 17))
+    values = even_volume(grid.shape, rng, 0.003)
+    cell = UnitCell(5.0, 5.5, 6.0)
+    lopsided = np.concatenate([EVEN_POSITIONS, [[-0.4, 0.8, 1.25]]])  # its images not punched
+    whole = pdf.punch_and_fill(values, grid, cell, lopsided, radius=0.2)
+    octant = pdf.punch_and_fill(values, grid, cell, lopsided, radius=0.2, even=True)
+    assert octant.mirrored == 0 and octant.unknowns == whole.unknowns
+    assert np.array_equal(octant.filled, whole.filled, equal_nan=True)
+    # no voxel at 0 along an axis: no mirror either
+    shifted = Grid(Axis(-0.95, 0.1, 20), Axis(-1.5, 0.1, 31), Axis(-2.0, 0.25, 17))
+    octant = pdf.punch_and_fill(values[:, :, 1:], shifted, cell, EVEN_POSITIONS, radius=0.2,
+                                even=True)
+    assert octant.mirrored == 0 and octant.unknowns > 0
 
 
 @pytest.mark.parametrize("tapered", [False, True], ids=["plain", "tapered"])

@@ -107,6 +107,7 @@ class FillResult:
     unknowns: int  # voxels solved for
     batches: int  # sparse solves made
     seconds: float
+    mirrored: int = 0  # unknowns given the values of their mirror images (even volumes)
 
     @property
     def punched(self) -> np.ndarray:
@@ -528,10 +529,15 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
                    units: str = "inverse_angstrom", order: int = 1, eps: float = 0.0,
                    max_batch_unknowns: int = DEFAULT_BATCH_UNKNOWNS, log=None,
                    max_direct_unknowns: int = DIRECT_MAX_UNKNOWNS,
-                   overwrite_input: bool = False) -> FillResult:
+                   overwrite_input: bool = False, even: bool = False) -> FillResult:
     """Punch a hole around every position (float hkl) and fill it from the data around it.
     overwrite_input: the holes are punched and filled in `intensity` itself (float32 or
     float64, C order; it becomes the result's `filled`) instead of a copy of it.
+    even: the intensity is even along each axis about 0 (to rounding; its NaN voxels
+    exactly), as a volume symmetrised with the three axis mirrors is: then only the fill
+    regions that reach the octant of h, k, l >= 0 are solved, and every other region takes
+    the values of its mirror image (_mirror_plan; all are solved where the regions are not
+    mirror images of each other).
 
     The hole of a position: the voxels whose centres lie within `radius` of it (units
     'inverse_angstrom': |Q| with the cell's metric, 2 pi convention; 'rlu': Euclidean in
@@ -585,11 +591,13 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     has_data = np.bincount(comp, weights=usable_links, minlength=count) > 0
     comp_outcome = np.where(has_data, FILLED, NO_DATA).astype(np.int8)
 
+    solve, folded, source = _mirror_plan(grid, region, comp, count, in_region, order) \
+        if even else (np.ones(count, bool), None, None)
     by_comp = np.argsort(comp, kind="stable")  # region voxels grouped by component
     sizes = np.bincount(comp, minlength=count)
     comp_start = np.concatenate([[0], np.cumsum(sizes)])
     batches = unknowns = 0
-    with_data = np.flatnonzero(has_data)
+    with_data = np.flatnonzero(has_data & solve)
     for members, iterative in _batches(with_data, sizes, max_batch_unknowns,
                                        max_direct_unknowns):
         rows = np.concatenate([by_comp[comp_start[c]:comp_start[c + 1]] for c in members])
@@ -605,6 +613,13 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
                         "not converge (a smaller radius keeps holes from merging into large regions)",
                         solved.failed.size, sizes[members[solved.failed]].max())
 
+    mirrored = 0
+    if folded is not None:  # the regions not solved: their mirror images' values, outcomes
+        rows = np.flatnonzero(~solve[comp])
+        filled_flat[region[rows]] = filled_flat[folded[rows]]
+        lost = np.flatnonzero(~solve)
+        comp_outcome[lost] = np.maximum(comp_outcome[lost], comp_outcome[source[lost]])
+        mirrored = int(np.count_nonzero(has_data[comp[rows]]))
     # outcomes: edge marks the whole region of an edge position; worst outcome per position
     pair_comp = comp[_find(region, hole_vox)]
     np.maximum.at(comp_outcome, pair_comp[edge[hole_pos]], EDGE)
@@ -612,16 +627,89 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     np.maximum.at(outcome, hole_pos, comp_outcome[pair_comp])
     outcome[~on_grid] = OFF_GRID
     result = FillResult(filled, region, holes, positions, outcome, int(unknowns), int(batches),
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, mirrored)
     failed = np.flatnonzero(outcome == SOLVER_FAILED)
     if failed.size:
         log.warning("punch and fill: the fill failed (singular system or non-finite solution) "
                     "for %d position(s), left NaN: %s", failed.size,
                     ", ".join(str(tuple(np.round(positions[i], 4))) for i in failed[:10]))
-    log.info("punch and fill: %d positions, %d hole voxels, %d unknowns in %d solve(s), %.1f s: %s",
-             len(positions), holes.size, unknowns, batches, result.seconds,
+    log.info("punch and fill: %d positions, %d hole voxels, %d unknowns in %d solve(s)%s, "
+             "%.1f s: %s", len(positions), holes.size, unknowns, batches,
+             f", {mirrored} from their mirror images" if even else "", result.seconds,
              ", ".join(f"{k} {v}" for k, v in result.counts.items()))
     return result
+
+
+def _mirror_plan(grid, region, comp, count, in_region, order):
+    """Which fill regions to solve when the volume is even along each axis about 0, and
+    where the others take their values: (solve: bool per component; folded: per region
+    voxel, the flat index of its mirror image in the octant h, k, l >= 0; source: per
+    component not solved, the component of its image), or (all True, None, None) when the
+    regions are not mirror images of each other.
+
+    A region that lies below 0 along some axes and reaches 0 or above along the others
+    is, reflected in the first, a region that reaches the octant; along each of the others
+    it reaches the plane at 0 (its voxels are face-connected), so it is its own mirror
+    image there.  Its solution at a voxel is then that of the reflected region at the
+    voxel's image in the octant.  That holds where the set of region voxels is mirrored
+    onto itself by each axis mirror, and a region and its image have the same data around
+    them: where the grid is not symmetric about 0, only regions `order` voxels (the reach
+    of the fill's stencil) inside the part of the grid that the mirrors map onto itself
+    are mirrored; the others are solved."""
+    everything = np.ones(count, bool), None, None
+    centre = np.zeros(3, np.int64)
+    box, inner = np.zeros((3, 2), np.int64), np.zeros((3, 2), np.int64)
+    for j, (ax, n) in enumerate(zip(grid.axes[::-1], grid.shape)):  # [l, k, h]
+        c = int(round(-ax.start / ax.step))
+        if not (0 <= c < n and abs(ax.start + c * ax.step) <= 1e-6 * ax.step):
+            return everything  # no voxel at 0: no mirror
+        lo, hi = max(0, 2 * c - (n - 1)), min(n - 1, 2 * c)  # i and 2c - i on the grid
+        centre[j], box[j] = c, (lo, hi)
+        # where the box ends inside the grid on one side, its mirror side (a grid edge
+        # or not) sees other data around it: the regions within `order` of it are solved
+        margin = 0 if (lo, hi) == (0, n - 1) else order
+        inner[j] = (lo + margin, hi - margin)
+    folded = np.empty(region.size, np.int64)
+    must = np.empty(region.size, bool)
+    if not _fold_onto_octant(region, in_region, np.array(grid.shape, np.int64), centre, box,
+                             inner, folded, must):
+        return everything
+    solve = np.zeros(count, bool)
+    solve[comp[must]] = True
+    rows = np.flatnonzero(~solve[comp])
+    # one voxel per region not solved: the regions map onto regions whole
+    lost, first = np.unique(comp[rows], return_index=True)
+    image = _find(region, folded[rows[first]])
+    if (image < 0).any() or not solve[comp[image]].all():  # (not for mirrored regions)
+        return everything
+    source = np.full(count, -1, np.int64)
+    source[lost] = comp[image]
+    return solve, folded, source
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_onto_octant(region, in_region, shape, centre, box, inner, folded, must):
+    """_mirror_plan's pass over the region voxels: folded (each voxel reflected, along each
+    axis where it lies below the centre, onto the octant), must (in the octant, or not
+    `inner`: its region is solved); False where a voxel inside `box` along every axis is not
+    mirrored onto a region voxel by each axis mirror."""
+    nk, nh = shape[1], shape[2]
+    for r in range(region.size):
+        f = region[r]
+        i0, i1, i2 = f // (nk * nh), (f // nh) % nk, f % nh
+        m0, m1, m2 = 2 * centre[0] - i0, 2 * centre[1] - i1, 2 * centre[2] - i2  # mirrors
+        if (box[0, 0] <= i0 <= box[0, 1] and box[1, 0] <= i1 <= box[1, 1]
+                and box[2, 0] <= i2 <= box[2, 1]):
+            if not (in_region[(m0 * nk + i1) * nh + i2] and in_region[(i0 * nk + m1) * nh + i2]
+                    and in_region[(i0 * nk + i1) * nh + m2]):
+                return False
+        in_inner = (inner[0, 0] <= i0 <= inner[0, 1] and inner[1, 0] <= i1 <= inner[1, 1]
+                    and inner[2, 0] <= i2 <= inner[2, 1])
+        in_octant = i0 >= centre[0] and i1 >= centre[1] and i2 >= centre[2]
+        o0, o1, o2 = max(i0, m0), max(i1, m1), max(i2, m2)  # (the one at or above the centre)
+        folded[r] = (o0 * nk + o1) * nh + o2 if in_inner else f
+        must[r] = in_octant or not in_inner
+    return True
 
 
 def _batches(components, sizes, max_batch_unknowns, max_direct_unknowns):

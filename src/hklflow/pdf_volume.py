@@ -289,14 +289,14 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     fill = pdf_algorithms.punch_and_fill(intensity, grid, cell, positions,
                                          radius=params.radius, units=params.radius_units,
                                          order=params.fill_order, eps=params.fill_eps, log=log,
-                                         overwrite_input=True)
+                                         overwrite_input=True, even=even)
     # the fill completes regions the Bragg mask left empty
     notes = taper_q_max(grid, cell, fill.filled, params.q_max)
     q = notes["q_max"]
     notes.update(outcomes=fill.counts, positions=len(positions), radius=params.radius,
                  radius_units=params.radius_units, fill_order=params.fill_order,
                  fill_eps=params.fill_eps, fill_seconds=fill.seconds, fill_unknowns=fill.unknowns,
-                 fill_batches=fill.batches,
+                 fill_mirrored=fill.mirrored, fill_batches=fill.batches,
                  extra_positions=[list(p) for p in params.extra_positions])
     mean = _taper_notes(fill.filled, grid, cell, q, notes, params.subtract_mean)
     source = fill.filled

@@ -42,10 +42,11 @@ def run(args, log) -> None:
                                                                        f.filled, f.region))
         pdf.notes["input"] = str(args.input)
         counts = fill.counts
-        log.info("%s: %d positions punched: %s; %d voxels solved in %d batches, %.1f s",
+        log.info("%s: %d positions punched: %s; %d voxels solved in %d batches%s, %.1f s",
                  args.input, len(fill.positions),
                  ", ".join(f"{k} {v}" for k, v in counts.items()), fill.unknowns,
-                 fill.batches, fill.seconds)
+                 fill.batches, f" ({fill.mirrored} more from their mirror images: the volume "
+                 "is even)" if fill.mirrored else "", fill.seconds)
         for name in ("no_data", "solver_failed"):
             if counts.get(name):
                 log.warning("%d reflections %s: their holes stay empty (0 in the transform)",
