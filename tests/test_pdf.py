@@ -629,6 +629,68 @@ def test_regions_that_are_not_mirror_images_are_all_solved():
     assert octant.mirrored == 0 and octant.unknowns > 0
 
 
+def symmetric_grid(n):
+    """A grid symmetric about 0 with steps of binary fractions: a voxel and its mirror
+    images have the same |Q| to the last bit."""
+    return Grid(*(Axis(-(m - 1) / 2 * s, s, m) for m, s in zip(n, (0.125, 0.125, 0.25))))
+
+
+@pytest.mark.parametrize("n", [(21, 31, 17), (20, 31, 16)], ids=["odd", "even lengths"])
+def test_the_octant_boxes_stand_for_every_voxel_once(n):
+    grid = symmetric_grid(n)
+    covered = np.zeros(grid.shape, int)
+    for bl, bk, bh, times in pdf.octant_boxes(grid):
+        box = np.zeros(grid.shape, int)
+        box[bl, bk, bh] = 1
+        images = sum(np.flip(box, axes) for axes in
+                     [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]) > 0
+        assert images.sum() == times * box.sum()  # (a box and its images do not overlap)
+        covered += images
+    assert (covered == 1).all()
+    # within L planes [l0, l1): the same boxes cut there, their L slices from l0
+    l0, l1 = pdf.octant_start(grid) - 1, pdf.octant_start(grid) + 3
+    cut = [(range(l0 + b[0].start, l0 + b[0].stop), b[1], b[2], b[3])
+           for b in pdf.octant_boxes(grid, l0, l1)]
+    whole = [(range(max(b[0].start, l0), min(b[0].stop, l1)), b[1], b[2], b[3])
+             for b in pdf.octant_boxes(grid)]
+    assert cut == [b for b in whole if len(b[0])] and len(cut) >= 2
+    asymmetric = Grid(Axis(-1.0, 0.125, 20), grid.k, grid.l)
+    assert pdf.octant_boxes(asymmetric) is None
+
+
+@pytest.mark.parametrize("n", [(21, 31, 17), (20, 31, 16)], ids=["odd", "even lengths"])
+def test_an_even_volumes_statistics_from_its_octant_are_those_of_the_whole(n):
+    from hklflow.pdf_volume import coverage_by_shell, farthest_shell_edge
+
+    grid = symmetric_grid(n)
+    values = even_volume(grid.shape, np.random.default_rng(8), 0.02)
+    values[np.abs(grid.l.values) > 1.5] = np.nan  # unmeasured far out along L
+    cell = UnitCell(4.0, 5.0, 7.0)
+
+    def planes(l0, l1):  # as total_pdf reads a file: a buffer that is reused
+        buffer[:l1 - l0] = values[l0:l1]
+        return buffer[:l1 - l0]
+
+    buffer = np.empty((pdf.SLAB_PLANES,) + grid.shape[1:], np.float32)
+    for source in (values, planes):
+        whole = coverage_by_shell(grid, cell, source)
+        octant = coverage_by_shell(grid, cell, source, even=True)
+        for a, b in zip(whole, octant):
+            assert np.array_equal(a, b)
+        mean, unmeasured = pdf.taper_statistics(source, grid, cell, 3.0, 2.5)
+        o_mean, o_unmeasured = pdf.taper_statistics(source, grid, cell, 3.0, 2.5, even=True)
+        assert o_unmeasured == unmeasured > 0
+        assert abs(o_mean - mean) < 1e-12 * abs(mean)
+    assert farthest_shell_edge(grid, cell, values, even=True) == \
+        farthest_shell_edge(grid, cell, values) > 0
+    # a grid not symmetric about 0: the whole is counted
+    lopsided = Grid(Axis(-1.25, 0.125, n[0] + 3), grid.k, grid.l)
+    more = np.concatenate([values, values[:, :, :3]], axis=2)
+    for a, b in zip(coverage_by_shell(lopsided, cell, more),
+                    coverage_by_shell(lopsided, cell, more, even=True)):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("tapered", [False, True], ids=["plain", "tapered"])
 def test_the_pdf_of_a_volume_even_along_each_axis_is_the_cosine_transform_of_its_octant(tapered):
     # the volume even about 0 inside the crop, other values beyond it (an asymmetric grid:

@@ -186,6 +186,14 @@ def test_an_even_volume_s_total_pdf_is_read_slab_by_slab_and_equals_the_fft_s(tm
     tracemalloc.stop()
     assert got.notes["fft"].startswith("cosine") and fft.notes["fft"].endswith("FFT")
     assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    seconds = ("fft_seconds", "fft", "fft_shape")
+    assert {k: v for k, v in got.notes.items() if k not in seconds} == \
+        {k: v for k, v in want.notes.items() if k not in seconds}
+    # its statistics counted in the octant (each voxel for its mirror images too): the
+    # coverage and q_max the whole volume's, the mean to rounding
+    for key in ("q_max", "q_reach", "q_complete", "unmeasured_within_q_max"):
+        assert got.notes[key] == fft.notes[key]
+    assert got.notes["mean_subtracted"] == pytest.approx(fft.notes["mean_subtracted"], rel=1e-12)
     values, expected = np.asarray(got.values), np.asarray(fft.values)
     assert np.abs(values - expected).max() < 2e-7 * np.abs(expected).max()
     # the octant and slabs of 8 of the 81 planes: 0.66 measured (the whole job at 801^3:

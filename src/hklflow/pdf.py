@@ -875,10 +875,11 @@ def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
 SLAB_PLANES = 8  # L planes per call of a volume given as a function (the chunks' height)
 
 
-def slab_by_slab(values, grid, planes: int = SLAB_PLANES):
+def slab_by_slab(values, grid, planes: int = SLAB_PLANES, start: int = 0):
     """(l0, l1, planes [l0, l1) float32 C-contiguous) of a volume on grid: values an array
     (one slab, the whole), or a function (l0, l1) -> its planes, called for slabs of
-    `planes` L planes (e.g. read from the volume file: no whole array in memory)."""
+    `planes` L planes from plane `start` on (e.g. read from the volume file: no whole
+    array in memory)."""
     if not callable(values):
         values = np.asarray(values)
         if values.shape != grid.shape:
@@ -886,7 +887,7 @@ def slab_by_slab(values, grid, planes: int = SLAB_PLANES):
                              f"{values.shape}")
         yield 0, grid.l.n, values
         return
-    for l0 in range(0, grid.l.n, planes):
+    for l0 in range(start, grid.l.n, planes):
         l1 = min(l0 + planes, grid.l.n)
         slab = values(l0, l1)
         if slab.shape != (l1 - l0,) + grid.shape[1:]:
@@ -895,21 +896,72 @@ def slab_by_slab(values, grid, planes: int = SLAB_PLANES):
         yield l0, l1, slab
 
 
+def octant_boxes(grid, l0: int = 0, l1: int | None = None):
+    """The octant of a grid symmetric about 0 along each axis - the voxels at or above its
+    middle, which hold every value of a volume even along each axis - as boxes within L
+    planes [l0, l1): [(l slice (from l0), k slice, h slice, multiplicity)], the
+    multiplicity the voxels each of its voxels stands for (itself and its mirror images: 1
+    along an axis on the plane at 0, else 2).  None when the grid is not symmetric about 0
+    (then its far side has voxels without a mirror image)."""
+    parts = []
+    for ax in grid.axes[::-1]:  # [l, k, h]
+        if abs(ax.start + ax.stop) > 1e-6 * ax.step:
+            return None
+        n, half = ax.n, ax.n // 2
+        parts.append([(half, half + 1, 1), (half + 1, n, 2)] if n % 2 else [(half, n, 2)])
+    l1 = grid.l.n if l1 is None else l1
+    boxes = []
+    for a, b, ml in parts[0]:
+        a, b = max(a, l0), min(b, l1)
+        if a >= b:
+            continue
+        for c, d, mk in parts[1]:
+            for e, f, mh in parts[2]:
+                if c < d and e < f:
+                    boxes.append((slice(a - l0, b - l0), slice(c, d), slice(e, f), ml * mk * mh))
+    return boxes
+
+
+def octant_start(grid) -> int:
+    """The first L plane of octant_boxes' octant."""
+    return grid.l.n // 2
+
+
 def taper_statistics(values, grid, cell, q_max: float,
-                     q_sphere: float = -1.0) -> tuple[float, float]:
+                     q_sphere: float = -1.0, even: bool = False) -> tuple[float, float]:
     """(tapered_mean of values, the fraction of the voxels with |Q| <= q_sphere that are
     not measured: NaN, or 0 for q_sphere < 0) in one pass; values float32 [l, k, h] on grid,
-    C-contiguous, or a function (l0, l1) -> its planes (slab_by_slab: the same figures)."""
+    C-contiguous, or a function (l0, l1) -> its planes (slab_by_slab: the same figures).
+    even: values are even along each axis: on a grid symmetric about 0 they are counted
+    in their octant, each voxel for itself and its mirror images (octant_boxes; the
+    counts the same, the mean to rounding), from half the planes."""
     _check_q_max(q_max)
     q2_sphere = q_sphere * q_sphere if q_sphere >= 0 else -1.0
     g, (lo, hi) = q_metric(cell), _taper_bounds(q_max)
     sums, counts = np.zeros(1), np.zeros(3, np.int64)
-    for l0, l1, slab in slab_by_slab(values, grid):
+    octant = even and octant_boxes(grid) is not None
+    if octant and not callable(values):  # slab by slab as from a file: the same sum
+        array = np.asarray(values)
+        if array.shape != grid.shape:
+            raise ValueError(f"a volume of the grid's shape {grid.shape} was expected, got "
+                             f"{array.shape}")
+        values = lambda l0, l1: array[l0:l1]  # noqa: E731
+    for l0, l1, slab in slab_by_slab(values, grid, start=octant_start(grid) if octant else 0):
         if slab.dtype != np.float32 or not slab.flags.c_contiguous:
             raise ValueError(f"the taper's statistics need C-contiguous float32 values, got "
                              f"{slab.dtype}")
-        _taper_statistics(g, grid.h.values, grid.k.values, grid.l.values[l0:l1], float(q_max),
-                          lo, hi, float(q2_sphere), slab, sums, counts)
+        ll = grid.l.values[l0:l1]
+        if not octant:
+            _taper_statistics(g, grid.h.values, grid.k.values, ll, float(q_max), lo, hi,
+                              float(q2_sphere), slab, sums, counts)
+            continue
+        for bl, bk, bh, times in octant_boxes(grid, l0, l1):
+            part_sums, part_counts = np.zeros(1), np.zeros(3, np.int64)
+            _taper_statistics(g, grid.h.values[bh], grid.k.values[bk], ll[bl], float(q_max),
+                              lo, hi, float(q2_sphere), slab[bl, bk, bh], part_sums,
+                              part_counts)
+            sums += times * part_sums
+            counts += times * part_counts
     count, inside, unmeasured = (int(c) for c in counts)
     return (float(sums[0] / count) if count else 0.0), unmeasured / max(inside, 1)
 

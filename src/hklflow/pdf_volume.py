@@ -76,26 +76,39 @@ def _shells(grid: Grid, cell) -> tuple[float, int]:
     return width, int(math.ceil(corner / width)) + 1
 
 
-def coverage_by_shell(grid: Grid, cell, values):
+def coverage_by_shell(grid: Grid, cell, values, even: bool = False):
     """Measured fraction of the voxels in spherical shells of |Q| (1/Angstrom, 2 pi
     convention) one voxel thick: (shell outer edges, fraction measured, voxels per shell).
     values: the volume [l, k, h], NaN (not finite) where unmeasured, or a function (l0, l1)
-    -> its planes (pdf.slab_by_slab)."""
+    -> its planes (pdf.slab_by_slab).  even: values are even along each axis; on a grid
+    symmetric about 0 only their octant is read and counted, each voxel for itself and its
+    mirror images (pdf.octant_boxes)."""
     width, nbins = _shells(grid, cell)
     total = np.zeros(nbins, np.int64)
     seen = np.zeros(nbins, np.int64)
     g = pdf_algorithms.q_metric(cell)
-    for l0, l1, slab in pdf_algorithms.slab_by_slab(values, grid):
-        _shell_counts(g, grid.h.values, grid.k.values, grid.l.values[l0:l1], width,
-                      np.ascontiguousarray(slab), total, seen)
+    octant = even and pdf_algorithms.octant_boxes(grid) is not None
+    start = pdf_algorithms.octant_start(grid) if octant else 0
+    for l0, l1, slab in pdf_algorithms.slab_by_slab(values, grid, start=start):
+        ll = grid.l.values[l0:l1]
+        if not octant:
+            _shell_counts(g, grid.h.values, grid.k.values, ll, width,
+                          np.ascontiguousarray(slab), total, seen)
+            continue
+        for bl, bk, bh, times in pdf_algorithms.octant_boxes(grid, l0, l1):
+            part_total, part_seen = np.zeros(nbins, np.int64), np.zeros(nbins, np.int64)
+            _shell_counts(g, grid.h.values[bh], grid.k.values[bk], ll[bl], width,
+                          slab[bl, bk, bh], part_total, part_seen)
+            total += times * part_total
+            seen += times * part_seen
     return width * np.arange(1, nbins + 1), seen / np.maximum(total, 1), total
 
 
-def measured_reach(grid: Grid, cell, values) -> tuple[float, float]:
+def measured_reach(grid: Grid, cell, values, even: bool = False) -> tuple[float, float]:
     """(the largest |Q| of a measured voxel: the detector's reach in this volume; the |Q|
     up to which the data are complete: where, going out from the best-measured shell, the
-    first shell less than COMPLETE_SHELL measured begins)."""
-    edges, fraction, total = coverage_by_shell(grid, cell, values)
+    first shell less than COMPLETE_SHELL measured begins).  even: coverage_by_shell's."""
+    edges, fraction, total = coverage_by_shell(grid, cell, values, even)
     has = np.flatnonzero(fraction > 0)
     if not len(has):
         return 0.0, 0.0
@@ -107,14 +120,21 @@ def measured_reach(grid: Grid, cell, values) -> tuple[float, float]:
     return reach, complete
 
 
-def farthest_shell_edge(grid: Grid, cell, values: np.ndarray) -> float:
+def farthest_shell_edge(grid: Grid, cell, values: np.ndarray, even: bool = False) -> float:
     """measured_reach's first figure alone (the outer edge of the shell of the farthest
     measured voxel; 0 when none is), equal to it, from the largest |Q|^2 of a measured voxel:
     a shell's index grows with |Q|.  A pass with no shell counts (at 801^3: ~0.3 CPU-s
-    against 1.3)."""
+    against 1.3).  even: values are even along each axis: their octant alone is searched
+    on a grid symmetric about 0."""
     width, nbins = _shells(grid, cell)
-    q2 = _largest_measured_q2(pdf_algorithms.q_metric(cell), grid.h.values, grid.k.values,
-                              grid.l.values, np.ascontiguousarray(values))
+    g, values = pdf_algorithms.q_metric(cell), np.ascontiguousarray(values)
+    boxes = pdf_algorithms.octant_boxes(grid) if even else None
+    if boxes is None:
+        q2 = _largest_measured_q2(g, grid.h.values, grid.k.values, grid.l.values, values)
+    else:
+        q2 = max(_largest_measured_q2(g, grid.h.values[bh], grid.k.values[bk],
+                                      grid.l.values[bl], values[bl, bk, bh])
+                 for bl, bk, bh, _ in boxes)
     if q2 < 0:
         return 0.0
     shell = min(int(math.sqrt(max(q2, 0.0)) / width), nbins - 1)  # as _shell_counts
@@ -129,11 +149,11 @@ def inscribed_q(grid: Grid, cell) -> float:
                for ax, length in zip(grid.axes, lengths))
 
 
-def taper_q_max(grid: Grid, cell, values, q_max: float | None) -> dict:
+def taper_q_max(grid: Grid, cell, values, q_max: float | None, even: bool = False) -> dict:
     """The q_max of the taper - the config's, or where the data stop being complete (within
-    the grid; values NaN where unmeasured, an array or a function (l0, l1) -> its planes)
-    - and where it came from, as notes."""
-    reach, complete = measured_reach(grid, cell, values)
+    the grid; values NaN where unmeasured, an array or a function (l0, l1) -> its planes;
+    even: coverage_by_shell's) - and where it came from, as notes."""
+    reach, complete = measured_reach(grid, cell, values, even)
     inside = inscribed_q(grid, cell)
     if q_max is None:
         chosen = min(complete, inside)
@@ -154,17 +174,17 @@ def unmeasured_within(grid: Grid, cell, values: np.ndarray, q: float) -> float:
 
 
 def _taper_notes(values, grid: Grid, cell, q_max: float, notes: dict,
-                 subtract_mean: bool) -> float:
+                 subtract_mean: bool, even: bool = False) -> float:
     """notes["unmeasured_within_q_max"], and with subtract_mean notes["mean_subtracted"]
     (the mean subtracted: returned, else 0), in one pass over the volume (an array or a
-    function (l0, l1) -> its planes)."""
+    function (l0, l1) -> its planes; even: pdf.taper_statistics')."""
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
     # the mean instead of 0.  NaN (unmeasured) stays NaN: the FFT's copy makes it 0
     if not callable(values):
         values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
     mean, notes["unmeasured_within_q_max"] = pdf_algorithms.taper_statistics(
-        values, grid, cell, q_max, q_max)
+        values, grid, cell, q_max, q_max, even)
     if not subtract_mean:
         return 0.0
     notes["mean_subtracted"] = mean
@@ -227,9 +247,9 @@ def _total_pdf(values, grid: Grid, cell, q_max, title, workers, subtract_mean, e
     """total_pdf of values, an array or a function (l0, l1) -> its planes (a buffer the
     next call reuses: the statistics' passes); planes: a function (l0, l1) -> new arrays of
     them for the FFT's copy (which holds two slabs at once), values itself by default."""
-    notes = taper_q_max(grid, cell, values, q_max)
+    notes = taper_q_max(grid, cell, values, q_max, even)
     q = notes["q_max"]
-    mean = _taper_notes(values, grid, cell, q, notes, subtract_mean)
+    mean = _taper_notes(values, grid, cell, q, notes, subtract_mean, even)
     return _fft(values if planes is None else planes, grid, cell, q, mean, "total_pdf", title,
                 notes, workers, even)
 
@@ -274,7 +294,7 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     cell = crystal.cell
     # the reach alone here: the shells' coverage is counted after the fill (for the taper)
-    reach = farthest_shell_edge(grid, cell, intensity)
+    reach = farthest_shell_edge(grid, cell, intensity, even)
     positions = punch_positions(crystal, grid, reach, params.extra_positions)
     spacing = nearest_reflection_spacing(crystal)
     diameter = 2 * params.radius * (1.0 if params.radius_units == "inverse_angstrom"
@@ -291,14 +311,14 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
                                          order=params.fill_order, eps=params.fill_eps, log=log,
                                          overwrite_input=True, even=even)
     # the fill completes regions the Bragg mask left empty
-    notes = taper_q_max(grid, cell, fill.filled, params.q_max)
+    notes = taper_q_max(grid, cell, fill.filled, params.q_max, even)
     q = notes["q_max"]
     notes.update(outcomes=fill.counts, positions=len(positions), radius=params.radius,
                  radius_units=params.radius_units, fill_order=params.fill_order,
                  fill_eps=params.fill_eps, fill_seconds=fill.seconds, fill_unknowns=fill.unknowns,
                  fill_mirrored=fill.mirrored, fill_batches=fill.batches,
                  extra_positions=[list(p) for p in params.extra_positions])
-    mean = _taper_notes(fill.filled, grid, cell, q, notes, params.subtract_mean)
+    mean = _taper_notes(fill.filled, grid, cell, q, notes, params.subtract_mean, even)
     source = fill.filled
     if store_filled is not None:
         stored = store_filled(fill)
