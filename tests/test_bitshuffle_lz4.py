@@ -10,7 +10,7 @@ import bitshuffle
 import numpy as np
 import pytest
 
-from hklflow.files.bitshuffle_lz4 import OWN_UNTRANSPOSE, decompress
+from hklflow.files.bitshuffle_lz4 import OWN_UNTRANSPOSE, compress, decompress
 from numba_helpers import compiled_in_fresh_process, slice_assignment_checks
 
 
@@ -51,6 +51,30 @@ def test_equals_bitshuffles_own_decompression(dtype, n, block, own_untranspose):
     expect = bitshuffle.decompress_lz4(stream, data.shape, data.dtype, block)
     np.testing.assert_array_equal(out.view(dtype), expect)
     np.testing.assert_array_equal(out.view(dtype), data)
+
+
+@pytest.mark.parametrize("dtype, n, block", CASES)
+def test_compress_writes_bitshuffles_stream(dtype, n, block):
+    """With acceleration 1, the bytes of bitshuffle.compress_lz4; with more, another stream
+    that bitshuffle and decompress() read back to the same numbers; an output too small
+    for the stream: refused, nothing written past it."""
+    data = random_values(dtype, n, n + 1)
+    raw = data.view(np.uint8)
+    want = stream_of(data, block)
+    out = np.full(want.size + 4096, 0xAB, np.uint8)
+    assert compress(raw, out, data.itemsize, block, 1) == want.size
+    np.testing.assert_array_equal(out[:want.size], want)
+    for acceleration in (4, 100):
+        size = compress(raw, out, data.itemsize, block, acceleration)
+        assert 0 < size <= out.size
+        back = np.empty(data.nbytes, np.uint8)
+        assert decompress(out[:size].copy(), back, data.itemsize, block, False) == size
+        np.testing.assert_array_equal(back.view(dtype), data)
+        np.testing.assert_array_equal(
+            bitshuffle.decompress_lz4(out[:size].copy(), data.shape, data.dtype, block), data)
+    short = np.full(want.size + 16, 0xAB, np.uint8)
+    assert compress(raw, short[:want.size // 2], data.itemsize, block, 1) < 0
+    assert (short[want.size // 2:] == 0xAB).all()
 
 
 def narrow_blocks(dtype, block: int) -> np.ndarray:

@@ -33,6 +33,12 @@ def test_pdf_volumes_are_stored_as_hdf5_would_without_the_chunks_of_their_fill(
     values[:8, :64, 64:128] = 0.0  # a chunk of the PDF's fill value
     values[0, 0, 0] = -0.0  # not the fill bit for bit: its chunk is stored
     pdf = PDF(values, np.arange(130.0), np.arange(70.0), np.arange(11.0), cell)
+    from hklflow.files import bitshuffle_lz4
+
+    write_pdf(tmp_path / "fast.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
+              punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
+              outcome_names=["filled"])  # LZ4's acceleration WRITE_ACCELERATION
+    monkeypatch.setattr(bitshuffle_lz4, "WRITE_ACCELERATION", 1)  # the filter's bytes
     write_pdf(tmp_path / "raw.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
               punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
               outcome_names=["filled"])
@@ -45,10 +51,13 @@ def test_pdf_volumes_are_stored_as_hdf5_would_without_the_chunks_of_their_fill(
     write_pdf(tmp_path / "filter.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
               punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
               outcome_names=["filled"])
-    with h5py.File(tmp_path / "raw.nxs") as x, h5py.File(tmp_path / "filter.nxs") as y:
+    with h5py.File(tmp_path / "raw.nxs") as x, h5py.File(tmp_path / "filter.nxs") as y, \
+            h5py.File(tmp_path / "fast.nxs") as z:
         for name, left_out in (("pdf/pdf", 1), ("filled_data/data", 3), ("punched_data/data", 3)):
             a, b = x["entry"][name], y["entry"][name]
             assert np.array_equal(a[()].view(np.uint32), b[()].view(np.uint32))
+            assert np.array_equal(z["entry"][name][()].view(np.uint32), b[()].view(np.uint32))
+            assert sorted(_stored(z["entry"][name])) == sorted(_stored(a))
             stored, every = _stored(a), _stored(b)
             assert len(every) == 2 * 2 * 3 and len(stored) == len(every) - left_out
             assert all(stored[offset] == every[offset] for offset in stored)

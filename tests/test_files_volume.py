@@ -250,7 +250,11 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
             for l0, l1 in slabs:
                 w.write(l0, signal[l0:l1], weight[l0:l1])
 
+    from hklflow.files import bitshuffle_lz4
+
     slabs = [(0, 16), (16, 21)]
+    write(tmp_path / "fast.nxs", slabs)  # LZ4's acceleration WRITE_ACCELERATION
+    monkeypatch.setattr(bitshuffle_lz4, "WRITE_ACCELERATION", 1)  # HDF5's filter's bytes
     write(tmp_path / "raw.nxs", slabs)
     write(tmp_path / "odd.nxs", [(5, 16), (16, 21), (0, 5)])  # rows of chunks completed later
     monkeypatch.setattr(volume._ChunkWriter, "available", property(lambda self: False))
@@ -269,6 +273,14 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
                 assert x.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
                 assert z.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
             assert z.id.get_num_chunks() == x.id.get_num_chunks()
+        with h5py.File(tmp_path / "fast.nxs") as f:  # other bytes, the same values
+            for name in ("data", "data_weights", "signal_sum"):
+                x, w = a["entry/transform"][name], f["entry/transform"][name]
+                assert w[()].tobytes() == x[()].tobytes(), name
+                assert w.id.get_num_chunks() == x.id.get_num_chunks()
+                sizes = [sum(d.id.get_chunk_info(i).size for i in range(d.id.get_num_chunks()))
+                         for d in (w, x)]
+                assert abs(sizes[0] / sizes[1] - 1) < 0.05
         d = a["entry/transform"]
         assert np.isnan(d["data"][8:16, :64, 64:128]).all()
         assert not d["data_weights"][8:16, :64, 64:128].any()

@@ -102,9 +102,11 @@ def _chunks(shape):
 
 class _ChunkWriter:
     """Writes float32 slabs of whole L chunks of bitshuffle-LZ4 datasets as raw chunks: the
-    chunks that hold data are compressed here by bitshuffle's C function (the bytes HDF5's
-    filter writes: same header, same default block size) and chunks of the fill value alone
-    are not written.  HDF5's write path compresses every chunk, an empty one too, and copies
+    chunks that hold data are compressed here (bitshuffle_lz4.compress: bitshuffle's
+    transpose and LZ4 block by block, the format of HDF5's filter - same header, same
+    default block size - with LZ4's acceleration WRITE_ACCELERATION: 23% less time than
+    bitshuffle's own function, 1.3% more bytes) and chunks of the fill value alone are not
+    written.  HDF5's write path compresses every chunk, an empty one too, and copies
     each through its filter pipeline: writing both kinds of an entry rotated through 360
     degrees onto 801^3 (71% of the chunks empty) took 7.5-13.1 CPU-s against 10.1-16.6."""
 
@@ -119,8 +121,11 @@ class _ChunkWriter:
         # header (uncompressed bytes, block bytes; big-endian) + compressed blocks: room well
         # above bitshuffle-LZ4's bound (~1.01 x + 20 bytes per block)
         self.out = np.empty(12 + 6 * nvox + 4096, np.uint8)
-        self.out[:12] = np.frombuffer(struct.pack(">QI", 4 * nvox,
-                                                  4 * bitshuffle_block_elements(4)), np.uint8)
+        from .bitshuffle_lz4 import WRITE_ACCELERATION, compress  # (numba: loaded here)
+
+        self._compress, self._acceleration = compress, WRITE_ACCELERATION
+        self.block = bitshuffle_block_elements(4)
+        self.out[:12] = np.frombuffer(struct.pack(">QI", 4 * nvox, 4 * self.block), np.uint8)
 
     @property
     def available(self) -> bool:
@@ -186,7 +191,8 @@ class _ChunkWriter:
               twin: h5py.Dataset | None = None) -> None:
         """Compress one whole chunk (float32, C order, the chunk's shape) and store it at
         its corner (the chunk's first voxel), the same bytes in `twin` too when given."""
-        size = self.compress(chunk.ctypes.data, self.out.ctypes.data + 12, self.nvox, 4, 0)
+        size = self._compress(chunk.reshape(-1).view(np.uint8), self.out[12:], 4, self.block,
+                              self._acceleration)
         if size < 0:  # pragma: no cover - bitshuffle's own failure
             raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a chunk of "
                           f"{dset.name} failed (error {size})")
