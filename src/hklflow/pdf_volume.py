@@ -227,8 +227,9 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     the taper's statistics and once into the FFT's memory (an 801^3 volume: 3 reads of
     ~1.8 CPU-s each against one of 6-10 into a fresh 2 GB array, most of it page faults;
     the same PDF and notes bit for bit).  even: the volume is even along each axis
-    (even_along_axes of its notes); then the transform's octant is an eighth of the
-    volume, and the job holds about that at its peak."""
+    (even_along_axes of its notes); then its coverage and taper statistics are counted in
+    its octant (half the planes read for them), the transform's octant is an eighth of
+    the volume, and the job holds about that at its peak."""
     if isinstance(volume, np.ndarray):
         return _total_pdf(volume, grid, cell, q_max, title, workers, subtract_mean, even)
     with VolumeReader(volume, compiled_decompression=True) as reader:
@@ -288,8 +289,10 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     writes the filled volume into its output first): with a file, the filled volume is
     then dropped (fill.filled None) before the FFT takes its memory and read back, so the
     two are never held at once (2 GB less at 801^3).  even: the volume is even along each
-    axis (even_along_axes of its notes; the punch and the fill keep it so): its transform's
-    octant is an eighth of it, and the filled volume stays in memory for it."""
+    axis (even_along_axes of its notes; the punch and the fill keep it so): the fill
+    regions outside its octant take their mirror images' values (pdf.punch_and_fill), its
+    coverage and taper statistics are counted in the octant, its transform's octant is an
+    eighth of it, and the filled volume stays in memory for it."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     cell = crystal.cell
