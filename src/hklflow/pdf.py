@@ -933,8 +933,10 @@ def taper_statistics(values, grid, cell, q_max: float,
     not measured: NaN, or 0 for q_sphere < 0) in one pass; values float32 [l, k, h] on grid,
     C-contiguous, or a function (l0, l1) -> its planes (slab_by_slab: the same figures).
     even: values are even along each axis: on a grid symmetric about 0 they are counted
-    in their octant, each voxel for itself and its mirror images (octant_boxes; the
-    counts the same, the mean to rounding), from half the planes."""
+    in their octant, each voxel for itself and its mirror images (octant_boxes), from half
+    the planes: the counts the same where the grid's values are exact mirror images (else
+    a voxel at the taper's or the sphere's edge and its image may fall apart), the mean
+    to rounding."""
     _check_q_max(q_max)
     q2_sphere = q_sphere * q_sphere if q_sphere >= 0 else -1.0
     g, (lo, hi) = q_metric(cell), _taper_bounds(q_max)
