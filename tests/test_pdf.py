@@ -573,6 +573,17 @@ def even_volume(grid_shape, rng, nan_fraction=0.05):
     return values.astype(np.float32)
 
 
+def test_region_bits_hold_a_bit_per_voxel_set_for_the_regions_voxels():
+    rng = np.random.default_rng(3)
+    region = np.unique(rng.integers(0, 1003, 200))
+    bits = pdf.region_bits(region, 1003)
+    assert bits.dtype == np.uint8 and bits.size == 126
+    want = np.zeros(1003, bool)
+    want[region] = True
+    assert np.array_equal(np.unpackbits(bits, bitorder="little")[:1003].astype(bool), want)
+    assert not np.unpackbits(bits, bitorder="little")[1003:].any()
+
+
 def with_mirror_images(hkl):
     """The positions and their images under the three axis mirrors."""
     signs = np.array([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)])

@@ -181,9 +181,31 @@ def _find(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.where((sorted_keys[pos] == query) & (query >= 0), pos, -1)
 
 
+def region_bits(region: np.ndarray, size: int) -> np.ndarray:
+    """A bit per voxel of a volume of `size` voxels, set for the voxels at the flat indices
+    `region` (uint8, bit f % 8 of byte f // 8): the fill's lookup of its regions, an eighth
+    of a bool per voxel (at 801^3 64 MB of fresh memory instead of 514)."""
+    bits = np.zeros((size + 7) // 8, np.uint8)
+    _set_bits(np.ascontiguousarray(region, dtype=np.int64), bits)
+    return bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_bits(flat, bits):
+    for i in range(flat.size):
+        f = flat[i]
+        bits[f >> 3] |= np.uint8(1 << (f & 7))
+
+
+@numba.njit(inline="always")
+def _bit(bits, f):
+    """region_bits' bit of voxel f."""
+    return ((bits[f >> 3] >> (f & 7)) & 1) != 0
+
+
 def _usable(flat: np.ndarray, in_region: np.ndarray, values_flat: np.ndarray) -> np.ndarray:
     """Whether voxels (flat, -1 = beyond the grid) hold data a fill may lean on: inside the
-    grid, outside every fill region (holes are in them; in_region: bool per voxel), finite."""
+    grid, outside every fill region (holes are in them; in_region: region_bits), finite."""
     flat = np.ascontiguousarray(flat, dtype=np.int64)
     out = np.empty(flat.shape, dtype=bool)
     _usable_kernel(flat.reshape(-1), in_region, values_flat, out.reshape(-1))
@@ -194,7 +216,7 @@ def _usable(flat: np.ndarray, in_region: np.ndarray, values_flat: np.ndarray) ->
 def _usable_kernel(flat, in_region, values, out):
     for i in range(flat.size):
         f = flat[i]
-        out[i] = f >= 0 and not in_region[f] and np.isfinite(values[f])
+        out[i] = f >= 0 and not _bit(in_region, f) and np.isfinite(values[f])
 
 
 # --------------------------------------------------------------------------------------
@@ -585,8 +607,7 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
 
     count, comp = _components(region, shape)
     # a region with no usable neighbour has nothing to fill from
-    in_region = np.zeros(values_flat.size, dtype=bool)  # a lookup: 1 byte per voxel
-    in_region[region] = True
+    in_region = region_bits(region, values_flat.size)  # a lookup: 1 bit per voxel
     usable_links = _usable(_neighbours(region, shape), in_region, values_flat).sum(axis=0)
     has_data = np.bincount(comp, weights=usable_links, minlength=count) > 0
     comp_outcome = np.where(has_data, FILLED, NO_DATA).astype(np.int8)
@@ -700,8 +721,9 @@ def _fold_onto_octant(region, in_region, shape, centre, box, inner, folded, must
         m0, m1, m2 = 2 * centre[0] - i0, 2 * centre[1] - i1, 2 * centre[2] - i2  # mirrors
         if (box[0, 0] <= i0 <= box[0, 1] and box[1, 0] <= i1 <= box[1, 1]
                 and box[2, 0] <= i2 <= box[2, 1]):
-            if not (in_region[(m0 * nk + i1) * nh + i2] and in_region[(i0 * nk + m1) * nh + i2]
-                    and in_region[(i0 * nk + i1) * nh + m2]):
+            if not (_bit(in_region, (m0 * nk + i1) * nh + i2)
+                    and _bit(in_region, (i0 * nk + m1) * nh + i2)
+                    and _bit(in_region, (i0 * nk + i1) * nh + m2)):
                 return False
         in_inner = (inner[0, 0] <= i0 <= inner[0, 1] and inner[1, 0] <= i1 <= inner[1, 1]
                     and inner[2, 0] <= i2 <= inner[2, 1])

@@ -45,7 +45,9 @@ RATE_PDF = 2e6  # voxels per second (read, taper, FFT, write)
 # 2026-11-27: 5.4 measured at 801^3); a volume even along each axis only its octant (1.1
 # measured, 0.55 GB at 801^3): which one is not known at parse time (MAX_LAUE_OPERATORS)
 PDF_VOXEL_BYTES = 8
-DELTA_PDF_VOXEL_BYTES = 16  # measured 6.7 at 801^3 (and the holes' sparse systems)
+# delta_pdf: measured 5.3 a voxel at 801^3 (2.70 GB; 6.1 while its fill's region lookup
+# held a byte a voxel), and the holes' sparse systems on top
+DELTA_PDF_VOXEL_BYTES = 16
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
 _PIXELS = scan_pixels(EXP)
