@@ -270,6 +270,25 @@ def _decompress_block(src, packed, scratch, dst, size, itemsize, own_untranspose
     return min(_untrans_bit_elem(scratch.ctypes.data, dst, size, itemsize), 0)
 
 
+@numba.njit(inline="always")
+def _blocks_of(raw, other, itemsize, block):
+    """The blocks of the elements whose bytes are raw (uint8): (whole blocks, elements of
+    the last, shorter one - a multiple of 8 -, bytes of the largest block), or (-1, 0, 0)
+    for what the block loops refuse: an item size or block size they cannot take, bytes
+    that are not whole elements, raw or other not C-contiguous (raw pointers are used), a
+    block past int32 (a damaged header's block size makes it no larger)."""
+    if itemsize <= 0 or block <= 0 or block % BLOCKED_MULT or raw.size % itemsize:
+        return -1, 0, 0
+    if not (raw.flags.c_contiguous and other.flags.c_contiguous):
+        return -1, 0, 0
+    elements = raw.size // itemsize
+    largest = min(block, elements) * itemsize
+    if largest > 2147483647:
+        return -1, 0, 0
+    full, last = divmod(elements, block)
+    return full, last - last % BLOCKED_MULT, largest
+
+
 @numba.njit(cache=True, nogil=True)
 def decompress(stream, out, itemsize, block, own_untranspose):
     """Decompress the bitshuffle-LZ4 stream (uint8, the chunk after its 12-byte header) into
@@ -278,18 +297,11 @@ def decompress(stream, out, itemsize, block, own_untranspose):
     for blocks of a multiple of ROW_GROUP elements, else bitshuffle's.  Returns the bytes of
     stream used (all of it for a sound chunk), < 0 when it is damaged
     (bshuf_decompress_lz4's meaning); never reads or writes past either array."""
-    if itemsize <= 0 or block <= 0 or block % BLOCKED_MULT or out.size % itemsize:
-        return -81
-    if not (stream.flags.c_contiguous and out.flags.c_contiguous):  # (raw pointers below)
+    full, last, largest = _blocks_of(out, stream, itemsize, block)
+    if full < 0:
         return -81
     n = stream.size
-    elements = out.size // itemsize
-    largest = min(block, elements) * itemsize  # (a damaged header's block size: no larger)
-    if largest > 2147483647:
-        return -81
     scratch = np.empty(largest, np.uint8)
-    full, last = divmod(elements, block)
-    last -= last % BLOCKED_MULT
     pos = 0
     done = 0
     for i in range(full + 1):
@@ -333,17 +345,10 @@ def compress(data, out, itemsize, block, acceleration):
     allocations and a copy per block; larger: faster, a little larger), its size
     (big-endian uint32) and its bytes; then the last elements % 8 elements as they are.
     Returns the bytes written, < 0 when out is too small or a call fails."""
-    if itemsize <= 0 or block <= 0 or block % BLOCKED_MULT or data.size % itemsize:
-        return -81
-    if not (data.flags.c_contiguous and out.flags.c_contiguous):  # (raw pointers below)
-        return -81
-    elements = data.size // itemsize
-    largest = min(block, elements) * itemsize
-    if largest > 2147483647:
+    full, last, largest = _blocks_of(data, out, itemsize, block)
+    if full < 0:
         return -81
     scratch = np.empty(largest, np.uint8)
-    full, last = divmod(elements, block)
-    last -= last % BLOCKED_MULT
     pos = 0
     done = 0
     for i in range(full + 1):
