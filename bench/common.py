@@ -21,6 +21,18 @@ def _first_field(path: str, key: str) -> str | None:
     return None
 
 
+def vector_instructions() -> str:
+    """The widest vector instructions this CPU offers (from /proc/cpuinfo's flags), and the
+    target numba compiles for if NUMBA_CPU_NAME sets another.  Virtual machines of one CPU
+    model may hide AVX-512: runs are compared only where this matches (the kernels' speed
+    on one host hardly depends on it, README of bench/: it is a sign of another host)."""
+    flags = set((_first_field("/proc/cpuinfo", "flags") or "").split())
+    isa = ("AVX-512" if {"avx512f", "avx512bw"} <= flags else "AVX2" if "avx2" in flags
+           else "SSE" if "sse2" in flags else "?")
+    target = os.environ.get("NUMBA_CPU_NAME")
+    return f"{isa} (numba compiles for {target})" if target else isa
+
+
 def machine_info(**extra) -> dict:
     """CPU model, cores, memory, load and library versions (plus `extra` entries)."""
     mem = _first_field("/proc/meminfo", "MemTotal")
@@ -31,6 +43,7 @@ def machine_info(**extra) -> dict:
     import scipy
 
     return {"cpu_model": _first_field("/proc/cpuinfo", "model name") or "?",
+            "vector_instructions": vector_instructions(),
             "cores_online": os.cpu_count(), "cores_usable": usable,
             "memory": f"{int(mem.split()[0]) / 2**20:.1f} GiB" if mem else "?",
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

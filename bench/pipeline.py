@@ -497,6 +497,8 @@ def main(argv=None) -> int:
 def table(rep: dict) -> str:
     m, e, runs = rep["model"], rep["experiment"], rep["runs"]
     lines = [
+        f"machine: {rep['machine']['cpu_model']}, {rep['machine']['cores_usable']} cores, "
+        f"{rep['machine'].get('vector_instructions', '?')}",
         f"whole pipeline: {e['detector']}, one temperature, {e['entries']} entries; three runs "
         f"from scratch, {e.get('repeats', 1)} time(s) each, every job's least CPU (snakemake "
         "--cores " + str(e["cores"]) + "): "

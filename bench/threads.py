@@ -133,7 +133,9 @@ def main(argv=None) -> int:
                              "pass_s": {k: fast[k]["pass_s"] for k in runs}}
     report = {"machine": machine_info(), "experiment": str(d), "goal_speedup": GOAL,
               "steps": results, "load_after": os.getloadavg()}
-    lines = [f"steps on entry f1 of {d.name}, pinned to cores {args.cores}, best of "
+    m = report["machine"]
+    lines = [f"machine: {m['cpu_model']}, {m['cores_usable']} cores, {m['vector_instructions']}",
+             f"steps on entry f1 of {d.name}, pinned to cores {args.cores}, best of "
              f"{args.repeats}; goal >= {GOAL}x with 2 threads on 2 cores over 1 thread on 1 core",
              "", f"{'step':<18}{'run':<20}{'job s':>8}{'pass s':>8}{'CPU-s':>7}{'peak MB':>9}"
              f"{f'job s, {args.full_frames} frames':>22}"]
