@@ -24,8 +24,9 @@ def _first_field(path: str, key: str) -> str | None:
 def vector_instructions() -> str:
     """The widest vector instructions this CPU offers (from /proc/cpuinfo's flags), and the
     target numba compiles for if NUMBA_CPU_NAME sets another.  Virtual machines of one CPU
-    model may hide AVX-512: runs are compared only where this matches (the kernels' speed
-    on one host hardly depends on it, README of bench/: it is a sign of another host)."""
+    model may hide AVX-512; on one host the kernels run as fast in either form
+    (bench/README.md), so a difference here marks another kind of host: compare runs only
+    where this matches."""
     flags = set((_first_field("/proc/cpuinfo", "flags") or "").split())
     isa = ("AVX-512" if {"avx512f", "avx512bw"} <= flags else "AVX2" if "avx2" in flags
            else "SSE" if "sse2" in flags else "?")
