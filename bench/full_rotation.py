@@ -102,7 +102,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     from hklflow.frames import open_frame_source
     from hklflow.grid import Axis, Grid
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.transform import Transformer, pixel_table, written_pages
+    from hklflow.transform import Transformer, pixel_table
 
     temp = next((large / "results").glob("*/*/f2")).parent
     rec = read_scan_file(temp / "f2" / "scan.nxs")
@@ -135,7 +135,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     add_cpu, add_system = cpu() - c, system() - sys0
     stack.close()
     process_gb = rss_gb()  # the frames and their Bragg paint too
-    pages = [written_pages(cells.ctypes.data, cells.nbytes) for cells in tr.acc.cells]
+    pages = [tr.acc.written_pages(part) for part in range(len(tr.acc.cells))]
     grid_gb = (sum(int(p.sum()) for p in pages) * mmap.PAGESIZE / 1e9
                if all(p is not None for p in pages) else float("nan"))
     heads = {k: read_volume_header(temp / "f1" / f"{k}.nxs") for k in kinds}

@@ -709,9 +709,10 @@ def test_bricked_slabs_equal_the_whole_array(nkinds, paired):
         b.slab(30, 38)
 
 
-def _anon_huge_kb(a: np.ndarray) -> int:
-    """AnonHugePages (kB) of this process's mappings that overlap the memory of `a` (numpy's
-    madvise splits an array's mapping at its 2 MiB-aligned part)."""
+def _huge_kb(a: np.ndarray) -> int:
+    """Huge pages (kB: AnonHugePages, ShmemPmdMapped, FilePmdMapped) of this process's
+    mappings that overlap the memory of `a` (numpy's madvise splits an array's mapping at
+    its 2 MiB-aligned part)."""
     lo, hi = a.ctypes.data, a.ctypes.data + a.nbytes
     total, inside = 0, False
     for line in open("/proc/self/smaps"):
@@ -719,41 +720,61 @@ def _anon_huge_kb(a: np.ndarray) -> int:
         if "-" in first and ":" not in first:  # a mapping's header line
             start, stop = (int(v, 16) for v in first.split("-"))
             inside = start < hi and lo < stop
-        elif inside and first == "AnonHugePages:":
+        elif inside and first in ("AnonHugePages:", "ShmemPmdMapped:", "FilePmdMapped:"):
             total += int(line.split()[1])
     return total
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux page flags")
-def test_grid_memory_is_zeroed_and_mapped_in_small_pages():
-    from hklflow.transform import BrickedGrid, zeros_in_small_pages
+@pytest.mark.parametrize("shared", [False, True])
+def test_grid_memory_is_zeroed_mapped_in_small_pages_and_knows_its_touched_pages(shared):
+    """ZeroedPages, private or shared (a memory file): zeros, in 4 KiB pages (numpy would
+    ask for huge pages), and which pages were touched, read or written (the grid's readers
+    skip the pages never touched); a grid's parts alike."""
+    from hklflow.transform import BrickedGrid, ZeroedPages
 
-    a = zeros_in_small_pages(3 << 20, np.float32)  # 12 MiB: numpy would ask for huge pages
+    page = 4096
+    memory = ZeroedPages(3 << 20, np.float32, shared)  # 12 MiB
+    a = memory.array
     assert a.dtype == np.float32 and a.shape == (3 << 20,) and a.flags.writeable
-    assert not a.any()
+    if memory.written_pages(0, a.nbytes) is None:
+        pytest.skip("the touched pages are not known here")
+    assert memory.shared == shared and not memory.written_pages(0, a.nbytes).any()
+    a[5 * 1024] = 2.0  # page 5 written
+    assert float(a[9 * 1024 + 3]) == 0.0  # page 9 read
+    touched = memory.written_pages(0, a.nbytes)
+    assert touched.shape == (a.nbytes // page,) and np.flatnonzero(touched).tolist() == [5, 9]
+    assert memory.written_pages(5 * page + 100, 2 * page).tolist() == [True, False, False]
+    assert np.count_nonzero(a) == 1
     a[::1024] = 1.0  # touch every page
-    assert a.sum() == 3 << 10
-    assert _anon_huge_kb(a) == 0
-    b = BrickedGrid(Grid(Axis(0, 1, 200), Axis(0, 1, 200), Axis(0, 1, 64)), 2, paired=True)
+    assert a.sum() == 3 << 10 and memory.written_pages(0, a.nbytes).all()
+    assert _huge_kb(a) == 0
+    b = BrickedGrid(Grid(Axis(0, 1, 200), Axis(0, 1, 200), Axis(0, 1, 64)), 2, paired=True,
+                    shared=shared)
+    b.cells[1][1024 * 7] = 1.0  # page 7 of the second part
+    assert np.flatnonzero(b.written_pages(1)).tolist() == [7]
+    assert not b.written_pages(0).any()
     b.cells[0][::1024] = 1.0
-    assert _anon_huge_kb(b.cells[0]) == 0
+    assert _huge_kb(b.cells[0]) == 0 and b.written_pages(0).all()
     assert b.cells[0].sum() == len(range(0, b.cells[0].size, 1024))
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("paired", [True, False])
-def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch):
-    """BrickedGrid.written_bricks finds, from the page table, exactly the bricks written to
-    (one 4 KiB page per brick and part); slabs skip the others (zeros) and equal a plain
-    unbrick of the same grid made twice (reading a page maps it: the reference must not
-    read the grid tested), and so do they when the page table cannot be read or shows every
-    page absent.  Paired cells: the second part written in some of the first's bricks and
-    in bricks of its own (a voxel only left-out pixels reached)."""
+def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, shared, monkeypatch):
+    """BrickedGrid.written_bricks finds, from the page table or the grid's memory file,
+    exactly the bricks written to (one 4 KiB page per brick and part); slabs skip the
+    others (zeros) and equal a plain unbrick of the same grid made twice (reading a page
+    maps it: the reference must not read the grid tested), and so do they when the touched
+    pages are not known or every page shows untouched.  Paired cells: the second part
+    written in some of the first's bricks and in bricks of its own (a voxel only left-out
+    pixels reached)."""
     import hklflow.transform as tr
 
     grid = Grid(Axis(0, 1, 37), Axis(0, 1, 29), Axis(0, 1, 43))  # edge bricks on every axis
 
     def made():
-        g = tr.BrickedGrid(grid, 2, paired=paired)
+        g = tr.BrickedGrid(grid, 2, paired=paired, shared=shared)
         rng = np.random.default_rng(3)
         picked = rng.choice(int(np.prod(g.nbricks)), 45, replace=False)
         hit = np.sort(picked[:40])
@@ -765,13 +786,13 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch
         return g, hits
 
     g, hits = made()
-    if tr.written_pages(g.cells[0].ctypes.data, 4096) is None:
-        pytest.skip("/proc/self/pagemap cannot be read here")
+    if g.written_pages(0) is None:
+        pytest.skip("the touched pages are not known here")
     per_row = int(g.nbricks[1] * g.nbricks[2])
-    for cells, hit in zip(g.cells, hits):
-        first, written = g.written_bricks(cells, 0, grid.l.n)
+    for part, hit in enumerate(hits):
+        first, written = g.written_bricks(part, 0, grid.l.n)
         assert first == 0 and np.array_equal(np.flatnonzero(written), hit)
-        first, written = g.written_bricks(cells, 8, 24)  # L brick rows 1 and 2
+        first, written = g.written_bricks(part, 8, 24)  # L brick rows 1 and 2
         assert first == per_row and len(written) == 2 * per_row
         assert np.array_equal(np.flatnonzero(written) + first,
                               hit[(hit >= per_row) & (hit < 3 * per_row)])
@@ -779,21 +800,21 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, monkeypatch
     twin = made()[0]
     want = [twin.arrays(kind) for kind in range(2)]
     assert sum(int(np.count_nonzero(s)) + int(np.count_nonzero(w)) for s, w in want) > 0
-    for pages in ("read", "unreadable", "all absent"):
-        if pages == "unreadable":
-            monkeypatch.setattr(tr, "written_pages", lambda address, nbytes: None)
-        if pages == "all absent":  # a sandbox's page table: found out, not believed
+    for pages in ("known", "unknown", "none touched"):
+        if pages == "unknown":
+            monkeypatch.setattr(tr.ZeroedPages, "written_pages", lambda *args: None)
+        if pages == "none touched":  # a sandbox's page table or file: found out, not believed
             monkeypatch.undo()
-            monkeypatch.setattr(tr, "_pagemap", lambda address, nbytes: np.zeros(
-                -(-nbytes // 4096), bool))
-            tr._pagemap_tells_written.cache_clear()
-            assert tr.written_pages(g.cells[0].ctypes.data, 4096) is None
-        if pages != "read":
+            monkeypatch.setattr(tr.ZeroedPages, "_touched", lambda self, offset, nbytes:
+                                np.zeros(-(-nbytes // 4096), bool))
+            tr._pages_tell_written.cache_clear()
+            assert g.written_pages(0) is None
+        if pages != "known":
             got = g.slabs(5, 30)
         for (s, w), (gs, gw) in zip(want, got):
             assert np.array_equal(gs, s[5:30]) and np.array_equal(gw, w[5:30])
         assert np.array_equal(g.slab(0, 43, kind=1)[1], want[1][1])
-    tr._pagemap_tells_written.cache_clear()
+    tr._pages_tell_written.cache_clear()
 
 
 @pytest.mark.parametrize("detector, orientation, rots", [

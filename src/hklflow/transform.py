@@ -27,11 +27,14 @@ and the tests' reference).
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import functools
 import logging
 import math
 import mmap
+import os
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -172,64 +175,114 @@ def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengt
 # --------------------------------------------------------------------------------------
 # Bricked accumulator
 # --------------------------------------------------------------------------------------
-def zeros_in_small_pages(n: int, dtype) -> np.ndarray:
-    """A zeroed array of n elements whose memory the OS maps in 4 KiB pages as they are first
-    written (an anonymous mapping with MADV_NOHUGEPAGE; np.zeros where that is not offered).
+class ZeroedPages:
+    """A zeroed array of n elements in 4 KiB pages that the OS makes as they are first
+    touched (MADV_NOHUGEPAGE), and which pages were touched (`written_pages`): anonymous
+    memory mapped private, or with `shared` a memory file of its own (Linux memfd, on
+    tmpfs) mapped shared; np.zeros where the OS offers neither (touched pages not known).
 
-    numpy asks Linux for 2 MiB pages on large arrays.  A grid is touched sparsely (a scan
-    reaches about half the bricks of its 801^3 grid), and each touched brick then costs a
-    whole 2 MiB page, zeroed on first touch: a 3600-frame full rotation onto 801^3 (the
-    process, with its frames) held 6.26 GB instead of 4.11 GB, of which the grid's own
-    pages are 1.94 GB, and took 36.8 instead of 30.4 CPU-s on a 2-core VM, where a
-    fresh 2 MiB page costs ~2 s per GB against ~0.6 for 4 KiB pages; on memory already
-    touched, 4 KiB pages were not slower (26.3 CPU-s against 27.7 for 2 MiB pages)."""
-    dtype = np.dtype(dtype)
-    nbytes = max(int(n) * dtype.itemsize, 1)
-    if not (hasattr(mmap, "MADV_NOHUGEPAGE") and hasattr(mmap, "MAP_ANONYMOUS")):
-        return np.zeros(int(n), dtype)  # pragma: no cover - not Linux
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buf, dtype, count=int(n))  # the array holds the mapping
+    Small pages: numpy asks Linux for 2 MiB pages on large arrays.  A grid is touched
+    sparsely (a scan reaches about half the bricks of its 801^3 grid), and each touched
+    brick then costs a whole 2 MiB page, zeroed on first touch: a 3600-frame full rotation
+    onto 801^3 (the process, with its frames) held 6.26 GB instead of 4.11 GB, of which the
+    grid's own pages are 1.94 GB, and took 36.8 instead of 30.4 CPU-s on a 2-core VM, where
+    a fresh 2 MiB page costs ~2 s per GB against ~0.6 for 4 KiB pages; on memory already
+    touched, 4 KiB pages were not slower (26.3 CPU-s against 27.7 for 2 MiB pages).
+
+    Private or shared: the transform's first touch of a page is a read (its += loads
+    before it stores).  Private memory maps the zero page on that read and copies it on
+    the write: two faults, 2.4 us a page (1 GB read then written in 4 KiB pages: 0.60-0.63
+    s of system time).  A memory file makes its page once, on the first touch, but that
+    fault costs 3.7 us (0.93-1.01 s): one thread is better off private.  With two threads, though,
+    each copy of the zero page also flushes the other core's TLB by an interrupt (on a VM,
+    an exit on both sides): the 400-frame two-thread transform's pass 1.34 s private,
+    1.22 s shared.  Reading a page of a memory file allocates it: read only the pages
+    written.  Pages touched: from /proc/self/pagemap (private; bits 63 and 62: in memory or
+    swapped out) or from the file's holes (SEEK_DATA / SEEK_HOLE, which count pages
+    swapped out as data; pagemap does not show a shared page swapped out)."""
+
+    def __init__(self, n: int, dtype, shared: bool = False):
+        dtype = np.dtype(dtype)
+        nbytes = max(int(n) * dtype.itemsize, 1)
+        self.shared = bool(shared) and hasattr(os, "memfd_create")
+        self._fd = None
+        if not (hasattr(mmap, "MADV_NOHUGEPAGE") and hasattr(mmap, "MAP_ANONYMOUS")):
+            self.array = np.zeros(int(n), dtype)  # pragma: no cover - not Linux
+            self._known = False
+            return
+        if self.shared:
+            fd = os.memfd_create("hklflow-grid", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, nbytes)
+                buf = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd = fd
+            weakref.finalize(self, os.close, fd)
+        else:
+            buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+        self._known = True
+        self.array = np.frombuffer(buf, dtype, count=int(n))  # the array holds the mapping
+
+    def written_pages(self, offset: int, nbytes: int) -> np.ndarray | None:
+        """bool per memory page of the array's bytes [offset, offset + nbytes): False for a
+        page never touched (reads as zeros), True for one touched (in memory or swapped
+        out).  None where that is not known (no such memory, or a page table or memory
+        file that does not tell: checked once on a page written and one not)."""
+        if not (self._known and _pages_tell_written(self.shared)):
+            return None
+        return self._touched(offset, nbytes)
+
+    def _touched(self, offset: int, nbytes: int) -> np.ndarray | None:
+        page = mmap.PAGESIZE
+        first, stop = offset // page, -(-(offset + max(nbytes, 1)) // page)
+        if not self.shared:  # (the mapping starts on a page)
+            return _pagemap(self.array.ctypes.data // page + first, stop - first)
+        pages = np.zeros(stop - first, bool)
+        at, end = first * page, stop * page
+        while at < end:
+            try:
+                data = os.lseek(self._fd, at, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data from `at` on
+                    break
+                raise
+            if data >= end:
+                break
+            hole = os.lseek(self._fd, data, os.SEEK_HOLE)
+            pages[data // page - first:-(-min(hole, end) // page) - first] = True
+            at = hole
+        return pages
 
 
-def _pagemap(address: int, nbytes: int) -> np.ndarray | None:
-    page = mmap.PAGESIZE
-    first, last = address // page, (address + max(nbytes, 1) - 1) // page
+def _pagemap(first: int, count: int) -> np.ndarray | None:
+    """bool per page of this process's pages [first, first + count): in memory or swapped
+    out (bits 63 and 62 of /proc/self/pagemap, readable without privileges)."""
     try:
         with open("/proc/self/pagemap", "rb", buffering=0) as f:
             f.seek(8 * first)
-            raw = f.read(8 * (last - first + 1))
+            raw = f.read(8 * count)
     except OSError:  # pragma: no cover - not Linux, or /proc hidden
         return None
-    if len(raw) != 8 * (last - first + 1):  # pragma: no cover
+    if len(raw) != 8 * count:  # pragma: no cover
         return None
     return (np.frombuffer(raw, np.uint64) >> np.uint64(62)) != 0
 
 
-@functools.lru_cache(maxsize=1)
-def _pagemap_tells_written() -> bool:
-    """Whether /proc/self/pagemap tells a written page from one never touched here (a
-    sandbox could show every page absent: then a grid would read as zeros)."""
-    if not hasattr(mmap, "MAP_ANONYMOUS"):  # pragma: no cover - not Linux
-        return False
-    probe = mmap.mmap(-1, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+@functools.lru_cache(maxsize=2)
+def _pages_tell_written(shared: bool) -> bool:
+    """Whether the page table (private memory) or a memory file's holes (shared) tell a
+    page written from one never touched (a sandbox could show every page absent, or none:
+    then a grid would read as zeros)."""
     try:
-        probe[0] = 1
-        view = np.frombuffer(probe, np.uint8)
-        pages = _pagemap(view.ctypes.data, view.nbytes)
-        del view
-        return pages is not None and pages.tolist() == [True, False]
-    finally:
-        probe.close()
-
-
-def written_pages(address: int, nbytes: int) -> np.ndarray | None:
-    """bool per memory page of the bytes [address, address + nbytes) of this process: False
-    for a page never written (an anonymous page not yet mapped reads as zeros), True for
-    one in memory or swapped out; from /proc/self/pagemap (bits 63 and 62 of each page's
-    entry, readable without privileges).  None where that cannot be read or does not tell
-    (checked once on a page written and one not)."""
-    return _pagemap(address, nbytes) if _pagemap_tells_written() else None
+        probe = ZeroedPages(2 * mmap.PAGESIZE, np.uint8, shared)
+        probe.array[0] = 1
+        pages = probe._touched(0, 2 * mmap.PAGESIZE) if probe._known else None
+    except OSError:  # pragma: no cover - no memory files or no SEEK_DATA here
+        return False
+    return pages is not None and pages.tolist() == [True, False]
 
 
 class BrickedGrid:
@@ -243,9 +296,11 @@ class BrickedGrid:
     left-out pixel landed, cells[0] alone elsewhere).  Each pixel is added once, to one
     part, by the one-kind scatter: the part is chosen with the voxel index, in the
     vectorised pass.  cells[1]'s memory pages are mapped only where left-out pixels land
-    (bricks: one 4 KiB page each), so a grid takes about 8 bytes per voxel."""
+    (bricks: one 4 KiB page each), so a grid takes about 8 bytes per voxel.  `shared`:
+    the cells in a memory file (ZeroedPages: for threads adding side by side)."""
 
-    def __init__(self, grid: Grid, nkinds: int = 1, paired: bool = False):
+    def __init__(self, grid: Grid, nkinds: int = 1, paired: bool = False,
+                 shared: bool = False):
         self.grid = grid
         b = 1 << BRICK_BITS
         self.brick = b
@@ -272,13 +327,17 @@ class BrickedGrid:
         self.stride = 2
         if self.paired:
             self.second = part  # the voxel index of cells[1]'s first voxel
-            self.kernel_cells = zeros_in_small_pages(2 * self.stride * part, np.float32)
+            memory = ZeroedPages(2 * self.stride * part, np.float32, shared)
+            self.kernel_cells = memory.array
             self.cells = [self.kernel_cells[:self.stride * part],
                           self.kernel_cells[self.stride * part:]]
+            # (each part's memory and its first byte in it)
+            self._memory = [(memory, 0), (memory, self.cells[0].nbytes)]
         else:
             self.second = 0
-            self.cells = [zeros_in_small_pages(self.stride * part, np.float32)
-                          for _ in range(self.nkinds)]
+            self._memory = [(ZeroedPages(self.stride * part, np.float32, shared), 0)
+                            for _ in range(self.nkinds)]
+            self.cells = [memory.array for memory, _ in self._memory]
             self.kernel_cells = self.cells[0]
         end = self.stride * size
         self.signals = [c[0:end:self.stride] for c in self.cells]
@@ -322,20 +381,29 @@ class BrickedGrid:
             raise ValueError(f"slab buffers {signal.shape}/{weight.shape} do not hold {shape}")
         return signal, weight
 
-    def written_bricks(self, cells: np.ndarray, l0: int, l1: int) -> tuple[int, np.ndarray]:
+    def written_pages(self, part: int, offset: int = 0, nbytes: int | None = None
+                      ) -> np.ndarray | None:
+        """bool per memory page of bytes [offset, offset + nbytes) of cells[part] (all of
+        them by default): ZeroedPages.written_pages."""
+        memory, start = self._memory[part]
+        nbytes = self.cells[part].nbytes - offset if nbytes is None else nbytes
+        return memory.written_pages(start + offset, nbytes)
+
+    def written_bricks(self, part: int, l0: int, l1: int) -> tuple[int, np.ndarray]:
         """(the first brick, uint8 per brick from it) of the bricks of L planes [l0, l1) in
-        `cells`: 0 for a brick none of whose memory pages was ever written (all zeros: read,
-        each of its untouched pages would cost a page fault to map the zero page), else 1
-        (all 1 when the pages cannot be looked up)."""
+        cells[part]: 0 for a brick none of whose memory pages was ever touched (all zeros:
+        read, each of its pages would be allocated), else 1 (all 1 when the pages cannot be
+        looked up)."""
         per_row = int(self.nbricks[1] * self.nbricks[2])
         first = l0 // self.brick * per_row
         stop = (-(-l1 // self.brick)) * per_row if l1 > l0 else first
-        size = self.stride * self.brick ** 3 * cells.itemsize  # bytes per brick
-        start = cells.ctypes.data + first * size
-        pages = written_pages(start, (stop - first) * size) if stop > first else None
+        size = self.stride * self.brick ** 3 * self.cells[part].itemsize  # bytes per brick
+        pages = (self.written_pages(part, first * size, (stop - first) * size)
+                 if stop > first else None)
         if pages is None:
             return first, np.ones(stop - first, np.uint8)
         page = mmap.PAGESIZE
+        start = self._memory[part][1] + first * size  # (in its memory)
         ends = start + size * np.arange(stop - first + 1, dtype=np.int64)  # brick bounds
         p0 = ends[:-1] // page - start // page  # first and last page of each brick
         p1 = (ends[1:] - 1) // page - start // page
@@ -347,12 +415,12 @@ class BrickedGrid:
         first brick, written, extra_written): the kind is cells, plus extra in the bricks
         extra_written marks (paired cells' first kind: cells[1]; else none)."""
         if self.paired:
-            first, written = self.written_bricks(self.cells[0], l0, l1)
+            first, written = self.written_bricks(0, l0, l1)
             if kind == 0:
-                _, extra = self.written_bricks(self.cells[1], l0, l1)
+                _, extra = self.written_bricks(1, l0, l1)
                 return self.cells[0], self.cells[1], first, written | extra, extra
             return self.cells[0], self.cells[0], first, written, written[:0]
-        first, written = self.written_bricks(self.cells[kind], l0, l1)
+        first, written = self.written_bricks(kind, l0, l1)
         return self.cells[kind], self.cells[kind], first, written, written[:0]
 
     def slab(self, l0: int, l1: int, kind: int = 0, out: tuple | None = None
@@ -1330,7 +1398,8 @@ class Transformer:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.masked = "masked_transform" in self.kinds
         # both kinds from one pass: each pixel added once, to one part (BrickedGrid paired)
-        self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2)
+        self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2,
+                               shared=int(threads) > 1)
         self.table = table
         self.q_max = table.q_max
         self.live = live_blocks(table)
