@@ -727,10 +727,14 @@ def _huge_kb(a: np.ndarray) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux page flags")
 @pytest.mark.parametrize("shared", [False, True])
-def test_grid_memory_is_zeroed_mapped_in_small_pages_and_knows_its_touched_pages(shared):
+def test_grid_memory_is_zeroed_mapped_in_small_pages_and_knows_its_touched_pages(
+        shared, monkeypatch):
     """ZeroedPages, private or shared (a memory file): zeros, in 4 KiB pages (numpy would
     ask for huge pages), and which pages were touched, read or written (the grid's readers
-    skip the pages never touched); a grid's parts alike."""
+    skip the pages never touched); a grid's parts alike.  Where no memory file is to be had
+    (a sandbox), shared memory falls back to private."""
+    import os
+
     from hklflow.transform import BrickedGrid, ZeroedPages
 
     page = 4096
@@ -757,6 +761,15 @@ def test_grid_memory_is_zeroed_mapped_in_small_pages_and_knows_its_touched_pages
     b.cells[0][::1024] = 1.0
     assert _huge_kb(b.cells[0]) == 0 and b.written_pages(0).all()
     assert b.cells[0].sum() == len(range(0, b.cells[0].size, 1024))
+
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    fallback = ZeroedPages(4 << 10, np.float32, shared)
+    fallback.array[1024 * 2] = 1.0
+    assert not fallback.shared
+    assert fallback.written_pages(0, 4 * page).tolist() == [False, False, True, False]
 
 
 @pytest.mark.parametrize("shared", [False, True])

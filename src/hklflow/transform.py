@@ -193,9 +193,9 @@ class ZeroedPages:
     before it stores).  Private memory maps the zero page on that read and copies it on
     the write: two faults, 2.4 us a page (1 GB read then written in 4 KiB pages: 0.60-0.63
     s of system time).  A memory file makes its page once, on the first touch, but that
-    fault costs 3.7 us (0.93-1.01 s): one thread is better off private.  With two threads, though,
-    each copy of the zero page also flushes the other core's TLB by an interrupt (on a VM,
-    an exit on both sides): the 400-frame two-thread transform's pass 1.34 s private,
+    fault costs 3.7 us (0.93-1.01 s): one thread is better off private.  With two threads,
+    though, each copy of the zero page also flushes the other core's TLB by an interrupt
+    (on a VM, an exit on both sides): the 400-frame two-thread transform's pass 1.34 s private,
     1.22 s shared.  Reading a page of a memory file allocates it: read only the pages
     written.  Pages touched: from /proc/self/pagemap (private; bits 63 and 62: in memory or
     swapped out) or from the file's holes (SEEK_DATA / SEEK_HOLE, which count pages
@@ -210,21 +210,29 @@ class ZeroedPages:
             self.array = np.zeros(int(n), dtype)  # pragma: no cover - not Linux
             self._known = False
             return
-        if self.shared:
-            fd = os.memfd_create("hklflow-grid", os.MFD_CLOEXEC)
-            try:
-                os.ftruncate(fd, nbytes)
-                buf = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
-            except OSError:
-                os.close(fd)
-                raise
-            self._fd = fd
-            weakref.finalize(self, os.close, fd)
-        else:
+        buf = self._memory_file(nbytes) if self.shared else None
+        if buf is None:  # (private, or no memory file to be had: a sandbox's seccomp)
+            self.shared = False
             buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         buf.madvise(mmap.MADV_NOHUGEPAGE)
         self._known = True
         self.array = np.frombuffer(buf, dtype, count=int(n))  # the array holds the mapping
+
+    def _memory_file(self, nbytes: int) -> mmap.mmap | None:
+        """A new memory file of nbytes (zeros) mapped shared, or None where none is had."""
+        try:
+            fd = os.memfd_create("hklflow-grid", os.MFD_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            os.ftruncate(fd, nbytes)
+            buf = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        weakref.finalize(self, os.close, fd)
+        return buf
 
     def written_pages(self, offset: int, nbytes: int) -> np.ndarray | None:
         """bool per memory page of the array's bytes [offset, offset + nbytes): False for a
