@@ -118,7 +118,8 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     on every axis, a -0.0 signal, a signal of 0 with a weight, writers in another order than
     the grid's kinds, chunks alike in both kinds (compressed once) and chunks that differ
     in one voxel or in the sign of a zero alone; and without bitshuffle's library, HDF5's
-    filter writes the same values."""
+    filter writes the same values.  Rows of chunks written on three threads: the same
+    chunks, byte for byte, and the same totals."""
     import types
 
     from hklflow.files.volume import VolumeWriter
@@ -174,8 +175,9 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     twins, write_chunk = [], VolumeWriter.write_chunk
 
     def spy(self, *args, twin=None, **kwargs):
-        write_chunk(self, *args, twin=twin, **kwargs)
+        counts = write_chunk(self, *args, twin=twin, **kwargs)
         twins.append(twin is not None)  # (a chunk written)
+        return counts
     monkeypatch.setattr(VolumeWriter, "write_chunk", spy)
     writers = files("chunks", reverse=True)
     for w in writers:
@@ -202,11 +204,20 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     write_volumes(tr, filter_writers)
     for w in filter_writers:
         w.__exit__(None, None, None)
+    monkeypatch.setattr(VolumeWriter, "write_chunk", write_chunk)  # (twins counted above)
+    threads_writers = files("threads")  # its rows of chunks on three threads
+    for w in threads_writers:
+        w.__enter__()
+    write_volumes(tr, threads_writers, threads=3)
+    for w in threads_writers:
+        w.__exit__(None, None, None)
     counts = {}
-    for w, v in zip(writers[::-1], slab_writers):
-        assert w.kind == v.kind
+    for w, v, t in zip(writers[::-1], slab_writers, threads_writers):
+        assert w.kind == v.kind == t.kind
         assert (w.measured, w.weight_sum) == (v.measured, v.weight_sum) and w.measured > 0
         assert w.signal_sum == pytest.approx(v.signal_sum, rel=1e-12)
+        assert (t.measured, t.weight_sum, t.signal_sum) == (w.measured, w.weight_sum,
+                                                             w.signal_sum)
         counts[w.kind] = w.weight_sum
     if nkinds == 2:
         assert counts["transform"] != counts["masked_transform"]  # each file its own kind
@@ -217,16 +228,20 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     for kind in kinds:
         with h5py.File(tmp_path / "chunks" / f"{kind}.nxs") as x, \
                 h5py.File(tmp_path / "slabs" / f"{kind}.nxs") as y, \
-                h5py.File(tmp_path / "filter" / f"{kind}.nxs") as z:
+                h5py.File(tmp_path / "filter" / f"{kind}.nxs") as z, \
+                h5py.File(tmp_path / "threads" / f"{kind}.nxs") as t:
             assert ("data" in x[f"entry/{kind}"]) == whole
             for name in names:
                 a, b = x[f"entry/{kind}/{name}"], y[f"entry/{kind}/{name}"]
+                c = t[f"entry/{kind}/{name}"]
                 stored = {a.id.get_chunk_info(i).chunk_offset for i in range(a.id.get_num_chunks())}
-                assert stored == {b.id.get_chunk_info(i).chunk_offset
-                                  for i in range(b.id.get_num_chunks())}
+                for other in (b, c):
+                    assert stored == {other.id.get_chunk_info(i).chunk_offset
+                                      for i in range(other.id.get_num_chunks())}
                 assert len(stored) == 13  # of 18: five of the last row empty
                 for offset in stored:
-                    assert a.id.read_direct_chunk(offset) == b.id.read_direct_chunk(offset)
+                    assert a.id.read_direct_chunk(offset) == b.id.read_direct_chunk(offset) \
+                        == c.id.read_direct_chunk(offset)
                 assert np.array_equal(a[()].view(np.uint32), z[f"entry/{kind}/{name}"][()]
                                       .view(np.uint32))
 

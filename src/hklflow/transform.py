@@ -453,14 +453,16 @@ class BrickedGrid:
                       *arrays[1])
         return arrays
 
-    def chunk_rows(self, chunk: tuple[int, int, int], intensity: bool = True):
+    def chunk_rows(self, chunk: tuple[int, int, int], intensity: bool = True, rows=None):
         """The grid as the chunks of a volume file (chunk: (cl, ck, ch) voxels, whole bricks
         or the grid's extent), row of L chunks by row, read once from the bricks with no
         slab in between.  Yields (l0, l1, chunks) per row: its L planes and an iterator of
         (k0, h0, per kind (signal, weight, intensity or None)) over the chunks of the row
         that hold a written brick (the others hold nothing: zeros, and NaN intensity).  The
         arrays are float32 [cl, ck, ch], the fill value (0; NaN for the intensity) beyond the
-        grid, as HDF5 stores a chunk; reused: valid until the next chunk."""
+        grid, as HDF5 stores a chunk; reused: valid until the next chunk (each call its
+        own: calls on other threads may run side by side).  rows: the rows' first planes
+        (multiples of cl), all by default."""
         cl, ck, ch = (int(c) for c in chunk)
         nl, nk, nh = self.grid.shape
         b = self.brick
@@ -473,7 +475,10 @@ class BrickedGrid:
         # else a call per kind's own cells
         kinds = [(0, slice(0, 2))] if self.paired else [(i, slice(i, i + 1))
                                                           for i in range(self.nkinds)]
-        for l0 in range(0, nl, cl):
+        for l0 in range(0, nl, cl) if rows is None else rows:
+            if l0 % cl or not 0 <= l0 < nl:
+                raise ValueError(f"a row of L chunks starts on a multiple of {cl} below {nl}, "
+                                 f"not {l0}")
             l1 = min(l0 + cl, nl)
             calls = [(self._sources(kind, l0, l1), part) for kind, part in kinds]
             touched = np.zeros(self.nbricks[1:], bool)  # a brick of the row written (any array)

@@ -39,6 +39,7 @@ import functools
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,16 +117,25 @@ class _ChunkWriter:
         self.nvox = nvox = int(np.prod(self.chunks))
         self.chunk = np.empty(self.chunks, np.float32)  # one chunk, contiguous
         self.corners = np.empty((0, 2), np.int64)
+        self._thread = threading.local()  # (store: a buffer per thread)
         if self.compress is None:  # pragma: no cover - HDF5's filter writes instead
             return
-        # header (uncompressed bytes, block bytes; big-endian) + compressed blocks: room well
-        # above bitshuffle-LZ4's bound (~1.01 x + 20 bytes per block)
-        self.out = np.empty(12 + 6 * nvox + 4096, np.uint8)
         from .bitshuffle_lz4 import WRITE_ACCELERATION, compress  # (numba: loaded here)
 
         self._compress, self._acceleration = compress, WRITE_ACCELERATION
         self.block = bitshuffle_block_elements(4)
-        self.out[:12] = np.frombuffer(struct.pack(">QI", 4 * nvox, 4 * self.block), np.uint8)
+        self._header = np.frombuffer(struct.pack(">QI", 4 * nvox, 4 * self.block), np.uint8)
+
+    @property
+    def out(self) -> np.ndarray:
+        """This thread's buffer of a compressed chunk: the header (uncompressed bytes, block
+        bytes; big-endian) + compressed blocks, room well above bitshuffle-LZ4's bound
+        (~1.01 x + 20 bytes per block)."""
+        out = getattr(self._thread, "out", None)
+        if out is None:
+            out = self._thread.out = np.empty(12 + 6 * self.nvox + 4096, np.uint8)
+            out[:12] = self._header
+        return out
 
     @property
     def available(self) -> bool:
@@ -191,14 +201,15 @@ class _ChunkWriter:
               twin: h5py.Dataset | None = None) -> None:
         """Compress one whole chunk (float32, C order, the chunk's shape) and store it at
         its corner (the chunk's first voxel), the same bytes in `twin` too when given."""
-        size = self._compress(chunk.reshape(-1).view(np.uint8), self.out[12:], 4, self.block,
+        out = self.out
+        size = self._compress(chunk.reshape(-1).view(np.uint8), out[12:], 4, self.block,
                               self._acceleration)
         if size < 0:  # pragma: no cover - bitshuffle's own failure
             raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a chunk of "
                           f"{dset.name} failed (error {size})")
-        dset.id.write_direct_chunk(corner, self.out[:12 + size])
+        dset.id.write_direct_chunk(corner, out[:12 + size])
         if twin is not None:
-            twin.id.write_direct_chunk(corner, self.out[:12 + size])
+            twin.id.write_direct_chunk(corner, out[:12 + size])
 
 
 class _ChunkReader:
@@ -809,15 +820,18 @@ class VolumeWriter:
 
     def write_chunk(self, l0: int, k0: int, h0: int, signal: np.ndarray, weight: np.ndarray,
                     intensity: np.ndarray | None, counts: tuple | None = None,
-                    twin: "VolumeWriter | None" = None) -> None:
+                    twin: "VolumeWriter | None" = None, tally: bool = True) -> tuple:
         """Store one chunk given whole (float32 C-order [chunks], the fill value beyond the
         grid; intensity None when the writer has none): of its arrays, those holding a
         value other than their fill (0; NaN for the intensity) bit for bit.  counts:
-        (measured voxels, weight sum, signal sum) of the chunk, counted here when None.  A
-        chunk that no call gives holds fill values alone; mark_written tells when a row of
-        chunks is complete.  twin: a writer of the same grid and arrays whose chunk here is
-        this one bit for bit (same_chunk): it gets the bytes compressed once (the two kinds
-        of a transform differ in the chunks of the Bragg regions alone)."""
+        (measured voxels, weight sum, signal sum) of the chunk, counted here when None;
+        returned, and added to the writer's (and twin's) totals unless tally is False (the
+        caller adds them, with `tally`: chunks stored by several threads, their sums added
+        in one order).  A chunk that no call gives holds fill values alone; mark_written
+        tells when a row of chunks is complete.  twin: a writer of the same grid and arrays
+        whose chunk here is this one bit for bit (same_chunk): it gets the bytes compressed
+        once (the two kinds of a transform differ in the chunks of the Bragg regions
+        alone).  Chunks may be stored from several threads at once (not the same one)."""
         corner = (l0, k0, h0)
         if twin is not None and (twin is self or twin.grid.shape != self.grid.shape
                                  or twin.intensity != self.intensity):
@@ -848,10 +862,16 @@ class VolumeWriter:
                     w.keep.take(l0, k0, h0, intensity)
         if counts is None:
             counts = _kernels().chunk_counts(signal.reshape(-1), weight.reshape(-1))
-        for w in (self,) if twin is None else (self, twin):
-            w.measured += int(counts[0])
-            w.weight_sum += float(counts[1])
-            w.signal_sum += float(counts[2])
+        if tally:
+            for w in (self,) if twin is None else (self, twin):
+                w.tally(counts)
+        return counts
+
+    def tally(self, counts: tuple) -> None:
+        """Add (measured voxels, weight sum, signal sum) of stored data to the totals."""
+        self.measured += int(counts[0])
+        self.weight_sum += float(counts[1])
+        self.signal_sum += float(counts[2])
 
     def mark_written(self, l0: int, l1: int) -> None:
         """Planes [l0, l1) are complete: every chunk of theirs holding a value other than the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -57,27 +58,49 @@ def parser() -> StepParser:
     return p
 
 
-def write_volumes(tr: Transformer, writers: list[VolumeWriter]) -> None:
+def write_volumes(tr: Transformer, writers: list[VolumeWriter], threads: int = 1) -> None:
     """The transformer's grid into the writers (one per kind of tr.kinds), every kind
     from one pass over the bricks: straight into the files' chunks (the chunks holding no
-    written brick skipped unread: most of a scan's grid), else, without bitshuffle's C
-    library, slab by slab through HDF5's filter."""
+    written brick skipped unread: most of a scan's grid), rows of L chunks shared out
+    between `threads` threads (gathering and compressing side by side, HDF5's stores one
+    at a time; the files' data and totals the same whatever the threads), else, without
+    bitshuffle's C library, slab by slab through HDF5's filter."""
     grid = tr.acc.grid
     by_kind = {w.kind: w for w in writers}
     if sorted(by_kind) != sorted(tr.kinds):
         raise ValueError(f"writers of {sorted(by_kind)} for a transform of {list(tr.kinds)}")
     writers = [by_kind[kind] for kind in tr.kinds]  # the grid's order, not the config's
     if all(w.writes_raw_chunks for w in writers):
-        with_intensity = writers[0].intensity
-        for l0, l1, chunks in tr.acc.chunk_rows(writers[0].chunks, with_intensity):
-            for k0, h0, kinds in chunks:
-                if len(kinds) == 2 and same_chunk(*kinds):  # outside the Bragg regions
-                    writers[0].write_chunk(l0, k0, h0, *kinds[0], twin=writers[1])
-                    continue
-                for w, chunk in zip(writers, kinds):
-                    w.write_chunk(l0, k0, h0, *chunk)
-            for w in writers:
-                w.mark_written(l0, l1)
+        cl = writers[0].chunks[0]
+        rows = list(range(0, grid.l.n, cl))
+        threads = max(1, min(int(threads), len(rows)))
+        row_counts = {}  # first plane -> per writer, the row's counts in chunk order
+
+        def write_rows(mine):
+            for l0, l1, chunks in tr.acc.chunk_rows(writers[0].chunks, writers[0].intensity,
+                                                    mine):
+                counts = [np.zeros(3) for _ in writers]
+                for k0, h0, kinds in chunks:
+                    if len(kinds) == 2 and same_chunk(*kinds):  # outside the Bragg regions
+                        c = writers[0].write_chunk(l0, k0, h0, *kinds[0], twin=writers[1],
+                                                   tally=False)
+                        for total in counts:
+                            total += c
+                        continue
+                    for w, chunk, total in zip(writers, kinds, counts):
+                        total += w.write_chunk(l0, k0, h0, *chunk, tally=False)
+                row_counts[l0] = counts
+                for w in writers:
+                    w.mark_written(l0, l1)
+
+        if threads == 1:
+            write_rows(rows)
+        else:  # (every thread's rows spread over the grid: even shares)
+            with ThreadPoolExecutor(threads, thread_name_prefix="write") as pool:
+                list(pool.map(write_rows, [rows[i::threads] for i in range(threads)]))
+        for l0 in rows:  # the totals in one order
+            for w, counts in zip(writers, row_counts[l0]):
+                w.tally(counts)
         return
     step = slab_planes(grid, multiple=tr.acc.brick)  # without the library: HDF5's filter
     slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
@@ -122,7 +145,7 @@ def run(args, log) -> None:
             VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
                          {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
                          intensity=whole)) for kind, out in zip(kinds, args.out)]
-        write_volumes(tr, writers)
+        write_volumes(tr, writers, args.threads)
         for w in writers:
             # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
