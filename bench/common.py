@@ -34,6 +34,12 @@ def vector_instructions() -> str:
     return f"{isa} (numba compiles for {target})" if target else isa
 
 
+def machine_line(machine: dict) -> str:
+    """machine_info's CPU, usable cores and vector instructions, as a report's first line."""
+    return (f"machine: {machine['cpu_model']}, {machine['cores_usable']} cores, "
+            f"{machine.get('vector_instructions', '?')}")
+
+
 def machine_info(**extra) -> dict:
     """CPU model, cores, memory, load and library versions (plus `extra` entries)."""
     mem = _first_field("/proc/meminfo", "MemTotal")

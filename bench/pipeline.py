@@ -58,7 +58,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import byte_compile_hklflow, copy_chunks, emit, machine_info  # noqa: E402
+from common import (byte_compile_hklflow, copy_chunks, emit, machine_info,  # noqa: E402
+                    machine_line)
 
 DETECTOR = "PilatusCdTe2M"
 DATASET = "/entry/data/data"
@@ -497,8 +498,7 @@ def main(argv=None) -> int:
 def table(rep: dict) -> str:
     m, e, runs = rep["model"], rep["experiment"], rep["runs"]
     lines = [
-        f"machine: {rep['machine']['cpu_model']}, {rep['machine']['cores_usable']} cores, "
-        f"{rep['machine'].get('vector_instructions', '?')}",
+        machine_line(rep["machine"]),
         f"whole pipeline: {e['detector']}, one temperature, {e['entries']} entries; three runs "
         f"from scratch, {e.get('repeats', 1)} time(s) each, every job's least CPU (snakemake "
         "--cores " + str(e["cores"]) + "): "

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import emit, machine_info  # noqa: E402
+from common import emit, machine_info, machine_line  # noqa: E402
 
 STEPS = {"find_peaks": "results/lsco/300K/f1/peaks.nxs",
          "transform_frames": "results/lsco/300K/f1/transform.nxs"}
@@ -133,8 +133,7 @@ def main(argv=None) -> int:
                              "pass_s": {k: fast[k]["pass_s"] for k in runs}}
     report = {"machine": machine_info(), "experiment": str(d), "goal_speedup": GOAL,
               "steps": results, "load_after": os.getloadavg()}
-    m = report["machine"]
-    lines = [f"machine: {m['cpu_model']}, {m['cores_usable']} cores, {m['vector_instructions']}",
+    lines = [machine_line(report["machine"]),
              f"steps on entry f1 of {d.name}, pinned to cores {args.cores}, best of "
              f"{args.repeats}; goal >= {GOAL}x with 2 threads on 2 cores over 1 thread on 1 core",
              "", f"{'step':<18}{'run':<20}{'job s':>8}{'pass s':>8}{'CPU-s':>7}{'peak MB':>9}"
