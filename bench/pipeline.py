@@ -34,8 +34,8 @@ Prints, measured in one run:
      its extrapolated CPU, and the user time alone;
   4. the headline again with the grid work measured on full volumes at 801^3 by
      bench/full_rotation.py (this bench's 40-degree scans leave its volumes 5-17% measured,
-     and a chunk with nothing measured costs almost nothing to write); --no-full-rotation
-     leaves it out.
+     and a chunk with nothing measured costs almost nothing to write), also --repeats
+     times over, each figure its least CPU; --no-full-rotation leaves it out.
 The scans are simulated once into --workdir (about 40 s per 100 frames of 2M) and reused.
 """
 from __future__ import annotations
@@ -428,7 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=HERE / ".data")
     p.add_argument("--no-full-rotation", action="store_true",
                    help="leave out bench/full_rotation.py's measurement of the grid work on "
-                        "full volumes at 801^3 (~5 min, ~9 GB of memory) and its headline")
+                        "full volumes at 801^3 (~2.5 min per repeat, ~9 GB of memory) and "
+                        "its headline")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not 0 < args.small_frames < args.frames:
@@ -471,7 +472,8 @@ def main(argv=None) -> int:
         import full_rotation
 
         say("measuring the grid work on full volumes at 801^3 (bench/full_rotation.py) ...")
-        full = with_full_volumes(m, full_rotation.measure(large_dir), entries, pixels)
+        full = with_full_volumes(m, full_rotation.measure(large_dir, repeats=args.repeats),
+                                 entries, pixels)
     run_cpu = sum(r["cpu_s"] for r in runs["large"]["jobs"])
     run_mpix = entries * args.frames * pixels / 1e6
     report = {
