@@ -70,15 +70,15 @@ CHUNK_FRAMES = 16  # reduction.transform.chunk_frames by default (the config sch
 
 
 def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
-                 read=None) -> bool:
+                 read=None, subdivide: int = 1) -> bool:
     """Frames [0, frames) of `stack` added to the Transformer `tr` as transform_frames adds
     them (chunks of CHUNK_FRAMES, compressed chunks decompressed block by block, each
     chunk's Bragg regions painted into one chunk's buffer, with the blocks that hold them,
     and cleared from it again, not the whole buffer zeroed), once for each start angle in
     `starts` (degrees added to the scan's own).  bragg: that buffer, uint8 zeros of
     (CHUNK_FRAMES or more, pixels); zeros again on return.  read: the frames read, added
-    instead where they cannot be added as stored (None: that is an error).  Returns whether
-    every chunk was added as stored."""
+    instead where they cannot be added as stored (None: that is an error).  subdivide:
+    rotation sub-steps per frame.  Returns whether every chunk was added as stored."""
     import dataclasses
 
     from hklflow.transform import BLOCK, frame_matrices, pixel_blocks
@@ -93,7 +93,7 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
             painted = bragg[:b - a]
             blocks[:] = 0
             mask.paint(a, b, painted, blocks=blocks[:b - a], block=BLOCK)
-            M = frame_matrices(shifted, a, b, 1)
+            M = frame_matrices(shifted, a, b, subdivide)
             stored = stack.read_compressed(a, b) if as_stored else None
             as_stored = stored is not None and tr.add_compressed(stored, M, np.ones(b - a),
                                                                  painted, blocks[:b - a])

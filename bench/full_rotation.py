@@ -14,8 +14,9 @@ large run of bench/pipeline.py (its scan, orientation, mask and settings):
    voxels (the pipeline bench's grid limits, finer steps), both kinds at once, at start
    angles 360/N degrees apart so that the frames cover a whole turn (a simulated 3650-frame
    scan would take an hour to render), as transform_frames adds them (their compressed
-   chunks, from the page cache, decompressed block by block as they are added); CPU per
-   frame, the grid's resident memory, and a bare read + decompress of the frames;
+   chunks, from the page cache, decompressed block by block as they are added; the rotation
+   sub-steps per frame its default 'auto' takes on this grid: 2 at 801^3); CPU per frame,
+   the grid's resident memory, and a bare read + decompress of the frames;
 2. the two volumes are written as the transform step writes them (CPU), copied as the
    volumes of entries f1, f2, f3;
 3. the workflow's own commands (read from `snakemake -n -p` in the large run) run on
@@ -102,7 +103,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     from hklflow.frames import open_frame_source
     from hklflow.grid import Axis, Grid
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.transform import Transformer, pixel_table
+    from hklflow.transform import Transformer, auto_subdivide, pixel_table
 
     temp = next((large / "results").glob("*/*/f2")).parent
     rec = read_scan_file(temp / "f2" / "scan.nxs")
@@ -119,6 +120,9 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     stack.read(0, frames, out=block)
     read_cpu = cpu() - c
     table = pixel_table(scan.detector, mask.pixels)
+    # the rotation sub-steps transform_frames takes on this grid (the config's 'auto': no
+    # pixel moves more than half a voxel between them)
+    subdivide, move = auto_subdivide(scan, table, grid, ori.crystal().cell.parameters[:3])
     kinds = ("transform", "masked_transform")
     tr = Transformer(grid, table, 1e9, kinds=kinds, crystal=ori.crystal(),
                      hkl_radius=mask.hkl_radius, threads=1)
@@ -126,12 +130,13 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     turn = frames * abs(scan.angles.step)
     turns = int(np.ceil(360.0 / turn - 1e-9))
     say(f"adding {frames} frames at {turns} start angles {turn:g} deg apart onto "
-        f"{grid.describe()} ...")
+        f"{grid.describe()}, {subdivide} rotation sub-step(s) per frame ...")
     c, sys0 = cpu(), system()
     # as transform_frames adds them: compressed chunks decompressed block by block (read
     # from the page cache), else the frames read
     as_stored = add_at_turns(tr, stack, scan, mask, frames, bragg,
-                             [t * turn for t in range(turns)], read=block)
+                             [t * turn for t in range(turns)], read=block,
+                             subdivide=subdivide)
     add_cpu, add_system = cpu() - c, system() - sys0
     stack.close()
     process_gb = rss_gb()  # the frames and their Bragg paint too
@@ -156,7 +161,8 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
             shutil.copy(out / rel / "f1" / f"{k}.nxs", out / rel / entry / f"{k}.nxs")
     pixel_frames = turns * frames
     return {"grid": list(grid.shape), "voxels": grid.size, "frames_added": pixel_frames,
-            "turns": turns, "usable_pixels": len(table),
+            "turns": turns, "usable_pixels": len(table), "subdivide": subdivide,
+            "move_voxels_per_frame": move,
             "add_cpu_s": add_cpu, "add_ms_per_frame": add_cpu / pixel_frames * 1e3,
             "grid_resident_gb": grid_gb, "grid_allocated_gb": tr.acc.nbytes / 1e9,
             "process_rss_gb": process_gb,
@@ -219,7 +225,9 @@ def report(rep: dict) -> str:
              f"{v['volume_file_gb']:.2f} GB"
              + (f"; each figure the least of {v['repeats']} measurements"
                 if v.get("repeats", 1) > 1 else ""),
-             f"  transform, both kinds: {v['add_ms_per_frame']:.2f} CPU-ms per frame "
+             f"  transform, both kinds, {v.get('subdivide', 1)} rotation sub-step(s) per "
+             f"frame (a pixel moves up to {v.get('move_voxels_per_frame', float('nan')):.2f} "
+             f"voxels per frame): {v['add_ms_per_frame']:.2f} CPU-ms per frame "
              + ("added as stored (decompressed block by block; a bare read "
                 if v["added_as_stored"] else "from memory (a read ")
              + f"{v['read_ms_per_frame']:.2f}; fresh grid); grid in memory "

@@ -205,6 +205,17 @@ def system_cpu_s(log_text: str) -> float:
     return float(found[-1]) if found else float("nan")
 
 
+SUB_STEPS = re.compile(r"rotation sub-steps per frame: (\d+)")
+
+
+def transform_sub_steps(d: Path) -> list[int]:
+    """The rotation sub-steps per frame the transform jobs of the run in `d` took (their
+    logs), each value once."""
+    found = {int(n) for log in (d / "logs" / "transform_frames").rglob("*.log")
+             for n in SUB_STEPS.findall(log.read_text())}
+    return sorted(found)
+
+
 def job_records(d: Path) -> list[dict]:
     """Every job's own timing: the `resources:` line its step logs last (CPU seconds of
     every thread and child process, the start's share, peak memory); Snakemake's
@@ -456,7 +467,8 @@ def main(argv=None) -> int:
                 jobs = least_cpu(runs[name]["jobs"], jobs)
                 wall = min(wall, runs[name]["wall_s"])
             runs[name] = {"dir": str(d), "frames": n, "wall_s": wall,
-                          "voxels": grid_voxels(d, "lsco"), "jobs": jobs}
+                          "voxels": grid_voxels(d, "lsco"), "jobs": jobs,
+                          "sub_steps": transform_sub_steps(d)}
     say("measuring the bare read ...")
     starts = {}  # CPU of the interpreter and the step's imports, mean over its jobs
     for r in (r for run in runs.values() for r in run["jobs"]):
@@ -539,7 +551,8 @@ def table(rep: dict) -> str:
         f"({run['cpu_s']:.0f} CPU-s for {run['mpix']:.0f} Mpixel; "
         f"{run['mpix_per_core'] / read['mpix_per_cpu_s']:.2f} x the bare read)",
         f"whole pipeline, one 2M entry of {FULL_FRAMES} frames on an 801^3 grid (the fit above; "
-        f"{m['transform_jobs_per_full_entry']} transform job(s) per entry): {total:.0f} CPU-s "
+        f"{m['transform_jobs_per_full_entry']} transform job(s) per entry; the runs' "
+        f"transforms took {_sub_steps(rep)} rotation sub-step(s) per frame): {total:.0f} CPU-s "
         f"-> {m['full_mpix_per_core']:.0f} Mpixel/s per core (goal >= "
         f"{rep['goal_mpix_per_core']:.0f}; {m['full_mpix_per_core'] / read['mpix_per_cpu_s']:.2f}"
         " x the bare read; two reads would be 0.50 x)",
@@ -564,7 +577,9 @@ def table(rep: dict) -> str:
         lines += [
             f"whole pipeline with the grid work measured on full volumes at 801^3 "
             f"(bench/full_rotation.py: {v['measured_fraction']:.0%} of the grid measured, "
-            f"{v['frame_ms_per_frame']:.2f} ms per frame on a fresh grid, reading included): "
+            + (f"{v['subdivide']} rotation sub-step(s) per frame as transform_frames takes "
+               "them there, " if "subdivide" in v else "1 rotation sub-step per frame, ")
+            + f"{v['frame_ms_per_frame']:.2f} ms per frame on a fresh grid, reading included): "
             f"{full['full_entry_cpu_s']:.0f} CPU-s -> {full['full_mpix_per_core']:.0f} "
             f"Mpixel/s per core",
             _system_line(full["full_entry_system_s"], full["full_entry_cpu_s"],
@@ -574,6 +589,11 @@ def table(rep: dict) -> str:
             + ", ".join(f"{m['rules'][r]['full_entry_cpu_s']:.1f}"
                         for r in full["full_entry_cpu_s_per_rule"]) + ")"]
     return "\n".join(lines)
+
+
+def _sub_steps(rep: dict) -> str:
+    found = sorted({n for run in rep["runs"].values() for n in run.get("sub_steps", [])})
+    return "/".join(map(str, found)) or "?"
 
 
 def _system_line(system: float, total: float, mpix: float) -> str:
