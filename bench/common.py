@@ -78,10 +78,11 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
     `starts` (degrees added to the scan's own).  bragg: that buffer, uint8 zeros of
     (CHUNK_FRAMES or more, pixels); zeros again on return.  read: the frames read, added
     instead where they cannot be added as stored (None: that is an error).  subdivide:
-    rotation sub-steps per frame.  Returns whether every chunk was added as stored."""
+    rotation sub-steps per frame where `tr` has no sub-steps of its own (SubSteps).  Returns
+    whether every chunk was added as stored."""
     import dataclasses
 
-    from hklflow.transform import BLOCK, frame_matrices, pixel_blocks
+    from hklflow.transform import BLOCK, pixel_blocks
 
     as_stored = True
     blocks = np.zeros((bragg.shape[0], pixel_blocks(bragg[0].size)), np.uint8)
@@ -93,7 +94,7 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
             painted = bragg[:b - a]
             blocks[:] = 0
             mask.paint(a, b, painted, blocks=blocks[:b - a], block=BLOCK)
-            M = frame_matrices(shifted, a, b, subdivide)
+            M = tr.matrices(shifted, a, b, subdivide)
             stored = stack.read_compressed(a, b) if as_stored else None
             as_stored = stored is not None and tr.add_compressed(stored, M, np.ones(b - a),
                                                                  painted, blocks[:b - a])

@@ -103,7 +103,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     from hklflow.frames import open_frame_source
     from hklflow.grid import Axis, Grid
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.transform import Transformer, auto_subdivide, pixel_table
+    from hklflow.transform import SubSteps, Transformer, block_sub_steps, pixel_table
 
     temp = next((large / "results").glob("*/*/f2")).parent
     rec = read_scan_file(temp / "f2" / "scan.nxs")
@@ -120,17 +120,19 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     stack.read(0, frames, out=block)
     read_cpu = cpu() - c
     table = pixel_table(scan.detector, mask.pixels)
-    # the rotation sub-steps transform_frames takes on this grid (the config's 'auto': no
-    # pixel moves more than half a voxel between them)
-    subdivide, move = auto_subdivide(scan, table, grid, ori.crystal().cell.parameters[:3])
+    # the rotation sub-steps transform_frames takes on this grid (the config's 'auto': each
+    # block of pixels enough that none of them moves more than half a voxel between them)
+    steps, move = block_sub_steps(scan, table, grid, ori.crystal().cell.parameters[:3])
+    sub_steps = SubSteps.per_block(steps)
+    subdivide = int(steps.max())
     kinds = ("transform", "masked_transform")
     tr = Transformer(grid, table, 1e9, kinds=kinds, crystal=ori.crystal(),
-                     hkl_radius=mask.hkl_radius, threads=1)
+                     hkl_radius=mask.hkl_radius, threads=1, sub_steps=sub_steps)
     bragg = np.zeros((CHUNK_FRAMES, block[0].size), np.uint8)  # one chunk's, as the step
     turn = frames * abs(scan.angles.step)
     turns = int(np.ceil(360.0 / turn - 1e-9))
     say(f"adding {frames} frames at {turns} start angles {turn:g} deg apart onto "
-        f"{grid.describe()}, {subdivide} rotation sub-step(s) per frame ...")
+        f"{grid.describe()}, rotation sub-steps per frame {sub_steps.describe()} ...")
     c, sys0 = cpu(), system()
     # as transform_frames adds them: compressed chunks decompressed block by block (read
     # from the page cache), else the frames read
@@ -162,7 +164,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     pixel_frames = turns * frames
     return {"grid": list(grid.shape), "voxels": grid.size, "frames_added": pixel_frames,
             "turns": turns, "usable_pixels": len(table), "subdivide": subdivide,
-            "move_voxels_per_frame": move,
+            "sub_steps": sub_steps.describe(), "move_voxels_per_frame": move,
             "add_cpu_s": add_cpu, "add_ms_per_frame": add_cpu / pixel_frames * 1e3,
             "grid_resident_gb": grid_gb, "grid_allocated_gb": tr.acc.nbytes / 1e9,
             "process_rss_gb": process_gb,
@@ -225,9 +227,10 @@ def report(rep: dict) -> str:
              f"{v['volume_file_gb']:.2f} GB"
              + (f"; each figure the least of {v['repeats']} measurements"
                 if v.get("repeats", 1) > 1 else ""),
-             f"  transform, both kinds, {v.get('subdivide', 1)} rotation sub-step(s) per "
-             f"frame (a pixel moves up to {v.get('move_voxels_per_frame', float('nan')):.2f} "
-             f"voxels per frame): {v['add_ms_per_frame']:.2f} CPU-ms per frame "
+             f"  transform, both kinds, rotation sub-steps per frame "
+             f"{v.get('sub_steps', v.get('subdivide', 1))} (a pixel moves up to "
+             f"{v.get('move_voxels_per_frame', float('nan')):.2f} voxels per frame): "
+             f"{v['add_ms_per_frame']:.2f} CPU-ms per frame "
              + ("added as stored (decompressed block by block; a bare read "
                 if v["added_as_stored"] else "from memory (a read ")
              + f"{v['read_ms_per_frame']:.2f}; fresh grid); grid in memory "

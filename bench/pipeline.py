@@ -577,8 +577,9 @@ def table(rep: dict) -> str:
         lines += [
             f"whole pipeline with the grid work measured on full volumes at 801^3 "
             f"(bench/full_rotation.py: {v['measured_fraction']:.0%} of the grid measured, "
-            + (f"{v['subdivide']} rotation sub-step(s) per frame as transform_frames takes "
-               "them there, " if "subdivide" in v else "1 rotation sub-step per frame, ")
+            + ("rotation sub-steps per frame as transform_frames takes them there: "
+               f"{v.get('sub_steps', v.get('subdivide'))}, " if "subdivide" in v
+               else "1 rotation sub-step per frame, ")
             + f"{v['frame_ms_per_frame']:.2f} ms per frame on a fresh grid, reading included): "
             f"{full['full_entry_cpu_s']:.0f} CPU-s -> {full['full_mpix_per_core']:.0f} "
             f"Mpixel/s per core",

@@ -13,9 +13,9 @@ from hklflow.crystal import Crystal, UnitCell
 from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.grid import Axis, Grid, default_grid
-from hklflow.transform import (BLOCK, Transformer, allowed_table, auto_subdivide,
-                               bragg_block_summary, frame_matrices, live_blocks,
-                               numpy_transform, pixel_table, transform_frames)
+from hklflow.transform import (BLOCK, SubSteps, Transformer, allowed_table, auto_subdivide,
+                               block_sub_steps, bragg_block_summary, frame_matrices,
+                               live_blocks, numpy_transform, pixel_table, transform_frames)
 
 SCAN = "tiny/100K/f2"
 
@@ -648,6 +648,82 @@ def test_auto_subdivide_follows_the_rotation_step(setup):
     # the axis with the most voxels per r.l.u. length decides: h (a / 0.05) then l (c / 0.01)
     assert move2 / move1 == pytest.approx((c / 0.01) / (a / 0.05), rel=1e-9)
     assert n2 > n1 >= 1 and n2 == min(16, math.ceil(move2 / 0.5))
+
+
+def test_each_block_takes_the_sub_steps_its_pixels_need(setup):
+    """block_sub_steps: a block's pixels move at most half a voxel between its sub-steps,
+    blocks far from the scan axis need more than those near it, and auto_subdivide (one
+    count for every pixel) is the largest."""
+    scan, UB, crystal, table, grid, frames = setup
+    fine = Grid(Axis(-4, 0.02, 401), Axis(-4, 0.02, 401), Axis(-6, 0.04, 301))
+    steps, move = block_sub_steps(scan, table, fine, crystal.cell.parameters[:3])
+    assert steps.shape == (-(-table.qx.size // BLOCK),) and steps.dtype == np.int32
+    assert (steps.max(), move) == auto_subdivide(scan, table, fine, crystal.cell.parameters[:3])
+    assert 1 <= steps.min() < steps.max() < 16  # the middle moves less than the edge
+    axis = scan.axis_lab
+    q = np.stack([table.qx, table.qy, table.qz]).astype(np.float64)
+    perp = np.sqrt(np.maximum((q * q).sum(0) - (axis @ q) ** 2, 0.0))
+    a, _, c = crystal.cell.parameters[:3]
+    pixel_move = perp * math.radians(abs(scan.angles.step)) * max(a / 0.02, c / 0.04)
+    assert np.nanmax(pixel_move) == pytest.approx(move, rel=1e-9)
+    for b, n in enumerate(steps):  # enough sub-steps, and no more
+        block = pixel_move[b * BLOCK:(b + 1) * BLOCK]
+        worst = np.nanmax(block) if np.isfinite(block).any() else 0.0
+        assert worst / n <= 0.5 + 1e-9 and (n == 1 or worst / (n - 1) > 0.5)
+
+
+def test_blocks_with_their_own_sub_steps_add_what_each_count_adds(setup, tmp_path):
+    """A Transformer whose blocks take 1, 2 or 4 sub-steps (SubSteps) adds to each voxel
+    what the numpy reference adds from each block's pixels with that block's count: the
+    weights exactly (dyadic), the signal to float32 rounding; frames as stored equal frames
+    in memory, and two threads one, bit for bit."""
+    import h5py
+    import hdf5plugin
+
+    scan, UB, crystal, table, grid, frames = setup
+    fr = frames[0:16]
+    nblocks = -(-table.qx.size // BLOCK)
+    plan = SubSteps.per_block(np.array([1, 2, 4])[np.arange(nblocks) % 3])
+    assert plan.counts == (1, 2, 4) and plan.total == 7
+    M = plan.matrices(scan, 0, 16)
+    assert M.shape == (16, 7, 3, 3)
+    assert np.array_equal(M[:, 1:3], frame_matrices(scan, 0, 16, 2))
+    scale = np.linspace(0.9, 1.2, 16)
+    rng = np.random.default_rng(3)
+    bragg = (rng.random((16, fr[0].size)) < 0.01).astype(np.uint8)
+    s_ref, w_ref = np.zeros(grid.shape), np.zeros(grid.shape)
+    block_of_pixel = np.arange(fr[0].size) // BLOCK
+    for count in plan.counts:
+        part = fr.reshape(16, -1).copy()
+        part[:, plan.sub_count[block_of_pixel] != count] = -1  # (unusable: left out)
+        numpy_transform(part.reshape(fr.shape), table, frame_matrices(scan, 0, 16, count),
+                        scale, 2 ** 31 - 1, grid, s_ref, w_ref, bragg=bragg)
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=fr, chunks=(1,) + fr.shape[1:],
+                         **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+    out = []
+    for stored, threads in ((False, 1), (True, 1), (True, 2)):
+        tr = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
+                         crystal=crystal, threads=threads, sub_steps=plan)
+        assert np.array_equal(tr.matrices(scan, 0, 16, 99), M)
+        if stored:
+            with open_frames(str(path)) as st:
+                st.compiled_decompression = True
+                assert tr.add_compressed(st.read_compressed(0, 16), M, scale, bragg)
+        else:
+            tr.add(fr, M, scale, bragg)
+        tr.close()
+        out.append([tr.slab(0, grid.l.n, k) for k in tr.kinds])
+        with pytest.raises(ValueError, match="sub-steps"):
+            tr.add(fr, frame_matrices(scan, 0, 16, 2), scale, bragg)
+    for got in out[1:]:
+        for (s1, w1), (s2, w2) in zip(out[0], got):
+            assert np.array_equal(s1, s2) and np.array_equal(w1, w2)
+    s, w = out[0][1]  # masked_transform: the reference's Bragg mask
+    assert np.array_equal(w, w_ref) and np.count_nonzero(w) > 1000
+    assert set(np.unique(w[w > 0] % 0.25)) == {0.0}  # quarters: the 4-step blocks' weights
+    np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
 
 
 def test_subdivision_conserves_intensity_and_spreads_it(setup):

@@ -149,27 +149,87 @@ def frame_matrices(scan: ScanGeometry, first: int, stop: int, subdivide: int) ->
     return np.ascontiguousarray(M.reshape(stop - first, subdivide, 3, 3))
 
 
-def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengths,
-                   max_subdivide: int = 16) -> tuple[int, float]:
-    """Sub-steps so that no pixel's (h, k, l) moves more than half a voxel between them.
+def block_sub_steps(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengths,
+                    max_subdivide: int = 16) -> tuple[np.ndarray, float]:
+    """Rotation sub-steps of each block of BLOCK pixels (int32 per block), so that none of
+    its pixels' (h, k, l) moves more than half a voxel between them, and the largest move
+    per frame in voxels.
 
     A pixel's sample-frame Q moves by |Q_perp| dphi per frame (Q_perp: the part of lab Q
     perpendicular to the rotation axis); index i = Q . a_i moves by at most |a_i| times that.
-    Returns (sub-steps, largest move per frame in voxels)."""
+    The blocks far from the axis need the most (at 801^3 over the pipeline benchmark's
+    limits, 33 of a 2M detector's 605 blocks need 2, the others 1)."""
     axis = scan.axis_lab
-    q_perp = 0.0
-    # over the whole detector's components (unusable pixels NaN), block by block: no (n, 3)
-    # gather (~0.35 CPU-s of a 2M job against ~0.05)
-    block = 1 << 18
-    for a in range(0, table.qx.size, block):
-        qx, qy, qz = (c[a:a + block].astype(np.float64) for c in (table.qx, table.qy, table.qz))
+    n = table.qx.size
+    perp = np.zeros(pixel_blocks(n))  # the largest |Q_perp| of each block's usable pixels
+    # over the whole detector's components (unusable pixels NaN), a part at a time: no
+    # (n, 3) gather (~0.35 CPU-s of a 2M job against ~0.05)
+    part = 64 * BLOCK
+    for a in range(0, n, part):
+        qx, qy, qz = (c[a:a + part].astype(np.float64) for c in (table.qx, table.qy, table.qz))
         along = qx * axis[0] + qy * axis[1] + qz * axis[2]
         perp2 = qx * qx + qy * qy + qz * qz - along * along
-        if np.isfinite(perp2).any():
-            q_perp = max(q_perp, math.sqrt(max(float(np.nanmax(perp2)), 0.0)))
+        blocks = pixel_blocks(perp2.size)
+        padded = np.zeros(blocks * BLOCK)
+        padded[:perp2.size] = np.where(np.isfinite(perp2), perp2, 0.0)
+        perp[a // BLOCK:a // BLOCK + blocks] = np.sqrt(
+            np.maximum(padded.reshape(blocks, BLOCK).max(axis=1), 0.0))
     dphi = math.radians(abs(scan.angles.step))
-    move = max(q_perp * dphi * length / ax.step for length, ax in zip(cell_lengths, grid.axes))
-    return int(min(max_subdivide, max(1, math.ceil(move / 0.5 - 1e-9)))), float(move)
+    move = perp * dphi * max(length / ax.step for length, ax in zip(cell_lengths, grid.axes))
+    steps = np.clip(np.ceil(move / 0.5 - 1e-9), 1, max_subdivide).astype(np.int32)
+    return steps, float(move.max(initial=0.0))
+
+
+def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengths,
+                   max_subdivide: int = 16) -> tuple[int, float]:
+    """Sub-steps so that no pixel's (h, k, l) moves more than half a voxel between them, the
+    same for every pixel (block_sub_steps' largest), and the largest move per frame in
+    voxels."""
+    steps, move = block_sub_steps(scan, table, grid, cell_lengths, max_subdivide)
+    return int(steps.max(initial=1)), move
+
+
+@dataclass(frozen=True)
+class SubSteps:
+    """The rotation sub-steps of every block of BLOCK pixels: block b adds each frame at
+    the centres of sub_count[b] equal parts of the frame's rotation.  A call's matrices M
+    (nf, T, 3, 3) hold frame_matrices of each distinct count side by side (`matrices`);
+    the sub-steps of block b are M[:, sub_first[b]:sub_first[b] + sub_count[b]]."""
+
+    counts: tuple[int, ...]  # the distinct sub-step counts, in the order M holds them
+    sub_first: np.ndarray  # int32 per block
+    sub_count: np.ndarray  # int32 per block
+
+    @classmethod
+    def per_block(cls, steps) -> "SubSteps":
+        steps = np.asarray(steps, np.int32)
+        counts = tuple(int(c) for c in np.unique(steps))
+        offsets = np.cumsum((0,) + counts[:-1])
+        first = np.zeros_like(steps)
+        for c, o in zip(counts, offsets):
+            first[steps == c] = o
+        return cls(counts, first, steps)
+
+    @classmethod
+    def uniform(cls, nsub: int, blocks: int) -> "SubSteps":
+        return cls((int(nsub),), np.zeros(blocks, np.int32), np.full(blocks, nsub, np.int32))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def matrices(self, scan: ScanGeometry, first: int, stop: int) -> np.ndarray:
+        """(stop - first, T, 3, 3): frame_matrices of each count, side by side."""
+        return np.concatenate([frame_matrices(scan, first, stop, c) for c in self.counts],
+                              axis=1)
+
+    def describe(self) -> str:
+        """E.g. '1 for 572 and 2 for 33 of the 605 blocks of 4096 pixels'."""
+        if len(self.counts) == 1:
+            return f"{self.counts[0]} for every block of {BLOCK} pixels"
+        parts = [f"{c} for {int(np.count_nonzero(self.sub_count == c))}" for c in self.counts]
+        return (f"{', '.join(parts[:-1])} and {parts[-1]} of the {len(self.sub_count)} blocks "
+                f"of {BLOCK} pixels")
 
 
 # --------------------------------------------------------------------------------------
@@ -766,29 +826,28 @@ def _holds_bragg(bragg, bragg_blocks, f, b):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks,
-                   allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size,
-                   second, dump, idx, val, punch):
+def _compute_block(u, steps, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
+                   bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
+                   q_max, size, second, dump, idx, val, punch):
     """Passes 1 and 2 (and the punch) of work unit u (_unit): writes the bricked voxel index
     (or a dump slot) and value of each of its pixels into idx, val; returns the number of
     pixels n.  Arguments as _accumulate's."""
     f, j, p0, n = _unit(u, frames.shape[0], M.shape[1], frames.shape[1])
-    return _compute_values(f, j, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
+    return _compute_values(f, j, steps, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
                            value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2,
                            origin, inv_step, dims, nbricks, q_max, size, second, dump, idx,
                            val, punch)
 
 
 @numba.njit(inline="always", error_model="numpy")
-def _compute_values(f, j, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg,
+def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg,
                     bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
                     q_max, size, second, dump, idx, val, punch):
-    """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f, rotation
-    sub-step j: a pixel left out of the masked kind (Bragg-masked, punched) goes to the dump
-    (second 0: one kind) or to its voxel's index + second (two kinds, BrickedGrid
-    paired)."""
-    nsub = M.shape[1]
-    s32 = np.float32(scale[f] / nsub)
+    """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f at the
+    matrix M[f, j], one of the block's `steps` rotation sub-steps: a pixel left out of the
+    masked kind (Bragg-masked, punched) goes to the dump (second 0: one kind) or to its
+    voxel's index + second (two kinds, BrickedGrid paired)."""
+    s32 = np.float32(scale[f] / steps)
     nbk, nbh = nbricks[1], nbricks[2]
     shift = np.int32(second)  # (< 2^31: BrickedGrid)
     paired = second > 0
@@ -978,9 +1037,9 @@ def _scatter_owned(idx, val, n, w32, cells, size, second, share):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                   bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
-                   nbricks, q_max, size, second, dump, idx, val, punch):
+def _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
+                   value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
+                   inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch):
     """Passes 1-2 of the runs [r0, r1) of a thread's share (pixels [starts[r], stops[r]) of
     the unit's block); the other pixels of the unit get index `size` (added by no one)."""
     starts, stops = share[1], share[2]
@@ -988,21 +1047,22 @@ def _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, v
     for r in range(r0, r1):
         a = starts[r]
         c = stops[r]
-        _compute_values(f, j, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale, value_max,
-                        bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step,
-                        dims, nbricks, q_max, size, second, dump[a:c], idx[a:c], val[a:c],
-                        punch[a:c])
+        _compute_values(f, j, steps, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
+                        value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
+                        inv_step, dims, nbricks, q_max, size, second, dump[a:c], idx[a:c],
+                        val[a:c], punch[a:c])
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _add_mixed_block(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                     bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
-                     nbricks, q_max, size, second, dump, idx, val, punch, w32, cells):
+def _add_mixed_block(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
+                     value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
+                     inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch, w32,
+                     cells):
     """A block some of whose pixels may land in other threads' voxels: its runs computed
     (_compute_share), only this thread's voxels added (_scatter_owned)."""
-    _compute_share(f, j, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale, value_max,
-                   bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
-                   nbricks, q_max, size, second, dump, idx, val, punch)
+    _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
+                   value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
+                   inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch)
     _scatter_owned(idx, val, n, w32, cells, size, second, share)
 
 
@@ -1024,9 +1084,11 @@ def _share_of_block(share, b):
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                 allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
-                live, share=None):
+                live, sub_first, sub_count, share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
-    (PixelTable); M (nf, nsub, 3, 3); scale (nf,); value_max: the largest trusted value in
+    (PixelTable); M (nf, T, 3, 3): the matrices of every rotation sub-step of each frame,
+    block b of pixels taking the sub_count[b] of them from sub_first[b] on (int32 per
+    block: SubSteps); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
     uint8 (1 = masked) or None; bragg_blocks (nf, blocks of BLOCK pixels) uint8, 0 where the
     block has no masked pixel in that frame (its pixels computed without the Bragg tests:
@@ -1042,7 +1104,6 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
     first).  live: uint8 per BLOCK of pixels, 0 where none of them is usable (live_blocks:
     the block is skipped, its pixels would all go to the dump).  share: one thread's part of
     the work (ThreadShares.shares[thread]), or None for all of it."""
-    w32 = np.float32(1.0 / M.shape[1])
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
@@ -1052,19 +1113,22 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
     nunits = nf * nsub * ((npix + BLOCK - 1) // BLOCK)
     for u in range(nunits):
         f, j, p0, n = _unit(u, nf, nsub, npix)
-        if live[p0 // BLOCK] == 0:
+        b = p0 // BLOCK
+        steps = sub_count[b]
+        if live[b] == 0 or j < sub_first[b] or j >= sub_first[b] + steps:
             continue
+        w32 = np.float32(1.0 / steps)
         if share is not None:
             r0, r1, mixed = _share_of_block(share, p0 // BLOCK)
             if r0 == r1:
                 continue
             if mixed:
-                _add_mixed_block(f, j, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx, qy, qz,
-                                 corr, M, scale, value_max, bragg, bragg_blocks, allowed,
+                _add_mixed_block(f, j, steps, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx,
+                                 qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                                  allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
                                  size, second, dump, idx, val, punch, w32, cells)
                 continue
-        n = _compute_block(u, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
+        n = _compute_block(u, steps, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                            bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
                            nbricks, q_max, size, second, dump, idx, val, punch)
         _scatter_block(idx, val, n, w32, cells)
@@ -1074,7 +1138,7 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
 def _accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                        qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                        allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
-                       second, live, share=None):
+                       second, live, sub_first, sub_count, share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (frames.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
@@ -1085,7 +1149,6 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
     -1 - f when a block of chunk f is damaged (nothing added from it on)."""
     nf = positions.shape[0]
     nsub = M.shape[1]
-    w32 = np.float32(1.0 / nsub)
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
@@ -1094,8 +1157,11 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
     nunits = nf * nsub * ((elements + BLOCK - 1) // BLOCK)
     for u in range(nunits):
         f, j, p0, n = _unit(u, nf, nsub, elements)
-        if live[p0 // BLOCK] == 0:
+        b = p0 // BLOCK
+        steps = sub_count[b]
+        if live[b] == 0 or j < sub_first[b] or j >= sub_first[b] + steps:
             continue
+        w32 = np.float32(1.0 / steps)
         mixed = False
         a = 0  # the pixels of the block to decompress: [a, c)
         c = n
@@ -1106,19 +1172,20 @@ def _accumulate_stream(stream, positions, elements, block, own_untranspose, valu
             if mixed:  # the part of the block that holds the runs, in whole blocks
                 a = share[1][r0] // block * block
                 c = min(-(-share[2][r1 - 1] // block) * block, n)
-        if j == 0 and decompress_elements(stream, positions[f], elements, values.itemsize,
-                                          block, p0 + a, c - a, raw[a * values.itemsize:],
-                                          scratch, own_untranspose) < 0:
+        if j == sub_first[b] and decompress_elements(stream, positions[f], elements,
+                                                     values.itemsize, block, p0 + a, c - a,
+                                                     raw[a * values.itemsize:], scratch,
+                                                     own_untranspose) < 0:
             return -1 - f
         if mixed:
-            _add_mixed_block(f, j, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
+            _add_mixed_block(f, j, steps, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
                              scale, value_max, bragg, bragg_blocks, allowed, allowed_off,
                              hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second, dump,
                              idx, val, punch, w32, cells)
             continue
-        n = _compute_values(f, j, p0, n, values[:n], qx, qy, qz, corr, M, scale, value_max,
-                            bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step,
-                            dims, nbricks, q_max, size, second, dump, idx, val, punch)
+        n = _compute_values(f, j, steps, p0, n, values[:n], qx, qy, qz, corr, M, scale,
+                            value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
+                            inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch)
         _scatter_block(idx, val, n, w32, cells)
     return 0
 
@@ -1401,7 +1468,7 @@ class Transformer:
 
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
                  kinds=("transform",), crystal=None, hkl_radius: float = 0.0,
-                 threads: int = 1, scan_axis=None):
+                 threads: int = 1, scan_axis=None, sub_steps: SubSteps | None = None):
         if not trusted_max > 0:
             raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
         self.kinds = tuple(k for k in KINDS if k in kinds)
@@ -1424,12 +1491,33 @@ class Transformer:
             self.allowed, self.allowed_off = None, np.zeros(3, np.int64)
         self.threads = int(threads)
         self.scan_axis = scan_axis  # (lab) lets threads share the grid by Q.axis too
+        # None: every block takes the sub-steps of a call's matrices (M.shape[1])
+        self.sub_steps = sub_steps
+        blocks = pixel_blocks(table.qx.shape[0])
+        if sub_steps is not None and len(sub_steps.sub_count) != blocks:
+            raise ValueError(f"sub-steps of {len(sub_steps.sub_count)} blocks for a detector "
+                             f"of {blocks}")
         self.shares = None  # ThreadShares, made from the first frames' matrices
         # a worker per share: each adds its share of one call after its share of the calls
         # before; the shares side by side (no two touch the same voxel)
         self._workers = [ThreadPoolExecutor(1, thread_name_prefix=f"transform{i}")
                          for i in range(self.threads)] if self.threads > 1 else []
         self._outstanding: list[Future] = []
+
+    def matrices(self, scan: ScanGeometry, first: int, stop: int, subdivide: int) -> np.ndarray:
+        """The matrices of frames [first, stop) for add(): each block's sub-steps where the
+        transformer has them (SubSteps.matrices), else `subdivide` for every block."""
+        if self.sub_steps is not None:
+            return self.sub_steps.matrices(scan, first, stop)
+        return frame_matrices(scan, first, stop, subdivide)
+
+    def _sub_step_plan(self, M) -> tuple[np.ndarray, np.ndarray]:
+        """(sub_first, sub_count) per block for the kernels, for matrices M."""
+        plan = self.sub_steps or SubSteps.uniform(M.shape[1], len(self.live))
+        if M.shape[1] != plan.total:
+            raise ValueError(f"matrices of {M.shape[1]} sub-steps per frame; the blocks' "
+                             f"sub-steps {plan.counts} take {plan.total}")
+        return plan.sub_first, plan.sub_count
 
     def _shares_for(self, M) -> ThreadShares | None:
         """The threads' shares for frames of matrices M; None: one thread does them (one
@@ -1503,7 +1591,7 @@ class Transformer:
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 *self._bragg_args(bragg, bragg_blocks, nf), self.allowed, self.allowed_off,
                 self.hkl_r2, acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max,
-                acc.size, acc.kernel_cells, acc.second, self.live)
+                acc.size, acc.kernel_cells, acc.second, self.live, *self._sub_step_plan(M))
         self._finish(self._submit(lambda share: _accumulate(*args, share),
                                   self._shares_for(M)))
 
@@ -1553,7 +1641,7 @@ class Transformer:
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 *bragg_args, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
-                acc.kernel_cells, acc.second, self.live)
+                acc.kernel_cells, acc.second, self.live, *self._sub_step_plan(M))
 
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = _accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
@@ -1662,7 +1750,7 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             if i + 1 < len(starts):
                 pending = pool.submit(read, i + 1)
             b = a + len(frames)
-            M = frame_matrices(scan, a, b, subdivide)
+            M = transformer.matrices(scan, a, b, subdivide)
             t = time.perf_counter()
             bragg = blocks = None
             if mask is not None:  # the regions painted last in this buffer cleared
@@ -1742,13 +1830,17 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     table = pixel_table(scan.detector, mask.pixels, solid_angle=params.solid_angle,
                         polarization=params.polarization,
                         polarization_fraction=params.polarization_fraction, threads=threads)
-    nsub_auto, move = auto_subdivide(scan, table, grid, crystal.cell.parameters[:3])
-    nsub = nsub_auto if params.subdivide == "auto" else int(params.subdivide)
+    steps, move = block_sub_steps(scan, table, grid, crystal.cell.parameters[:3])
+    if params.subdivide == "auto":  # each block of pixels the sub-steps its pixels need
+        sub_steps = SubSteps.per_block(steps)
+        nsub = int(steps.max(initial=1))
+    else:
+        sub_steps, nsub = None, int(params.subdivide)
     kinds = tuple(kinds)
     log.info("frames %d-%d (%s): %d usable pixels of %d; %s", first, stop, " and ".join(kinds),
              len(table), int(np.prod(scan.detector.shape)), grid.describe())
     log.info("rotation sub-steps per frame: %d (%s; a pixel moves up to %.2f voxels per frame)",
-             nsub, "auto" if params.subdivide == "auto" else "config", move)
+             nsub, f"auto: {sub_steps.describe()}" if sub_steps else "config", move)
     scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop,
                                      params.bad_monitor_frames, lambda i: stack.locate(i)[0])
     left_out = (np.flatnonzero(np.isnan(scale)) + first).tolist()
@@ -1757,14 +1849,15 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                     len(left_out), left_out[:20])
     hkl_radius = mask.hkl_radius if "masked_transform" in kinds else 0.0
     tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
-                     hkl_radius=hkl_radius, threads=threads, scan_axis=scan.axis_lab)
+                     hkl_radius=hkl_radius, threads=threads, scan_axis=scan.axis_lab,
+                     sub_steps=sub_steps)
     log.info("grid in memory: %.2f GB (signal + weight of %d kind(s), float32)",
              tr.acc.nbytes / 1e9, len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)
     if mask is not None and tr.masked:
         mask.frame_index()  # (its compiled code loaded before the pass over the frames)
     if threads > 1:
-        tr.share_out(frame_matrices(scan, first, first + 1, nsub))
+        tr.share_out(tr.matrices(scan, first, first + 1, nsub))
         log.info("%s", tr.shares.describe())
     t0 = time.monotonic()
     try:
@@ -1773,9 +1866,14 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     finally:
         tr.close()
     pixel_frames = (stop - first) * len(table)
+    # blocks of BLOCK pixels by their sub-steps, and the mean over the usable blocks
+    plan = sub_steps or SubSteps.uniform(nsub, len(tr.live))
+    blocks_by_steps = {str(c): int(np.count_nonzero(plan.sub_count == c)) for c in plan.counts}
+    mean_steps = float(plan.sub_count[tr.live != 0].mean()) if tr.live.any() else float(nsub)
     notes = {}
     for kind in tr.kinds:  # (pixel_frames_added: the writer's sum of the weights)
         notes[kind] = {"kind": kind, "frames": [first, stop], "subdivide": nsub,
+                       "subdivide_blocks": blocks_by_steps,
                        "usable_pixels": len(table), "pixel_frames_usable": int(pixel_frames),
                        "solid_angle": params.solid_angle, "polarization": params.polarization,
                        "polarization_fraction": params.polarization_fraction,
@@ -1784,7 +1882,7 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                        "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel}
     log.info("%d frames in %.2f s (kernel %.2f s on %d thread(s): %.1f Mpixel/s for %d "
              "kind(s))", stop - first, time.monotonic() - t0, t_kernel, tr.threads,
-             pixel_frames * nsub / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))
+             pixel_frames * mean_steps / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))
     return tr, notes
 
 
