@@ -552,7 +552,8 @@ def table(rep: dict) -> str:
         f"{run['mpix_per_core'] / read['mpix_per_cpu_s']:.2f} x the bare read)",
         f"whole pipeline, one 2M entry of {FULL_FRAMES} frames on an 801^3 grid (the fit above; "
         f"{m['transform_jobs_per_full_entry']} transform job(s) per entry; the runs' "
-        f"transforms took {_sub_steps(rep)} rotation sub-step(s) per frame): {total:.0f} CPU-s "
+        f"transforms took at most {_sub_steps(rep)} rotation sub-step(s) per frame): "
+        f"{total:.0f} CPU-s "
         f"-> {m['full_mpix_per_core']:.0f} Mpixel/s per core (goal >= "
         f"{rep['goal_mpix_per_core']:.0f}; {m['full_mpix_per_core'] / read['mpix_per_cpu_s']:.2f}"
         " x the bare read; two reads would be 0.50 x)",
