@@ -1,0 +1,102 @@
+"""Rotation sub-steps per block of pixels against one count for every block, on the 801^3 grid
+of bench/full_rotation.py.
+
+    python bench/sub_steps.py [--large-run bench/.data/pipeline_2m_400f] [--points 801]
+                              [--rounds 4]
+
+`subdivide: auto` gives each block of 4096 pixels the sub-steps its own pixels need
+(transform.block_sub_steps: none of them moves more than half a voxel between sub-steps).
+This adds the first 16 frames of entry f2 of bench/pipeline.py's large run, as stored (the
+compressed chunks decompressed block by block, both kinds, one thread, as transform_frames
+adds them), onto a --points^3 grid with the run's limits, with three plans side by side in
+one process, alternating, --rounds rounds of four calls each: every block with the largest
+count (what auto gave before), each block its own, and every block with 1 (the floor).
+Prints the plan and the CPU-ms per frame of each (median and range).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (CHUNK_FRAMES, byte_compile_hklflow, cpu, machine_info,  # noqa: E402
+                    machine_line)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
+                   help="the large run of bench/pipeline.py (its experiment folder)")
+    p.add_argument("--points", type=int, default=801, help="grid points per axis")
+    p.add_argument("--rounds", type=int, default=4)
+    args = p.parse_args(argv)
+    byte_compile_hklflow()
+    from hklflow.files.grid import read_grid_file
+    from hklflow.files.mask import read_mask_file
+    from hklflow.files.orientation import read_orientation_file
+    from hklflow.files.scan import read_scan_file
+    from hklflow.frames import open_frame_source
+    from hklflow.grid import Axis, Grid
+    from hklflow.transform import (BLOCK, SubSteps, Transformer, block_sub_steps,
+                                   pixel_blocks, pixel_table)
+
+    large = args.large_run
+    if not (large / "results").is_dir():
+        raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
+    temp = next((large / "results").glob("*/*/f2")).parent
+    rec = read_scan_file(temp / "f2" / "scan.nxs")
+    ori = read_orientation_file(temp / "orientation.nxs")
+    scan = rec.geometry(ori)
+    mask = read_mask_file(temp / "f2" / "mask.nxs")
+    coarse = read_grid_file(next((large / "results").glob("*/grid.json")))
+    n = args.points
+    grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (n - 1), n) for ax in coarse.axes))
+    table = pixel_table(scan.detector, mask.pixels)
+    steps, move = block_sub_steps(scan, table, grid, ori.crystal().cell.parameters[:3])
+    most = int(steps.max())
+    blocks = len(steps)
+    plans = {f"{most} for every block": SubSteps.uniform(most, blocks),
+             "each block its own": SubSteps.per_block(steps),
+             "1 for every block": SubSteps.uniform(1, blocks)}
+    nf = min(CHUNK_FRAMES, rec.nframes)
+    npix = table.qx.size
+    bragg = np.zeros((nf, npix), np.uint8)
+    painted = np.zeros((nf, pixel_blocks(npix)), np.uint8)
+    mask.paint(0, nf, bragg, blocks=painted, block=BLOCK)
+    stack = open_frame_source(rec.frames, compiled_decompression=True)
+    transformers = {name: Transformer(grid, table, 1e9, kinds=("transform", "masked_transform"),
+                                      crystal=ori.crystal(), hkl_radius=mask.hkl_radius,
+                                      sub_steps=plan) for name, plan in plans.items()}
+
+    def add(name: str) -> float:
+        tr = transformers[name]
+        stored = stack.read_compressed(0, nf)
+        if stored is None:
+            raise SystemExit(f"{rec.frames}: frames not stored as bitshuffle-LZ4 chunks")
+        M = tr.matrices(scan, 0, nf, 1)
+        c = cpu()
+        tr.add_compressed(stored, M, np.ones(nf), bragg, painted)
+        return (cpu() - c) / nf * 1e3
+
+    for name in plans:  # the grids' first touch and the kernels' loading, not timed
+        add(name)
+    times = {name: [] for name in plans}
+    for _ in range(args.rounds):
+        for name in plans:
+            times[name] += [add(name) for _ in range(4)]
+    print(machine_line(machine_info()))
+    print(f"{nf} frames of {large.name}/f2 added as stored onto {grid.describe()}; a pixel "
+          f"moves up to {move:.2f} voxels per frame; auto: "
+          f"{plans['each block its own'].describe()}")
+    for name, t in times.items():
+        print(f"  {name:<22} {np.median(t):6.2f} CPU-ms per frame ({min(t):.2f}-{max(t):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
