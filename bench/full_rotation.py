@@ -120,11 +120,11 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     stack.read(0, frames, out=block)
     read_cpu = cpu() - c
     table = pixel_table(scan.detector, mask.pixels)
-    # the rotation sub-steps transform_frames takes on this grid (the config's 'auto': each
-    # block of pixels enough that none of them moves more than half a voxel between them)
+    # the rotation sub-steps transform_frames takes on this grid (the default 'auto': every
+    # pixel enough that none moves more than half a voxel between them)
     steps, move = block_sub_steps(scan, table, grid, ori.crystal().cell.parameters[:3])
-    sub_steps = SubSteps.per_block(steps)
     subdivide = int(steps.max())
+    sub_steps = SubSteps.uniform(subdivide, len(steps))
     kinds = ("transform", "masked_transform")
     tr = Transformer(grid, table, 1e9, kinds=kinds, crystal=ori.crystal(),
                      hkl_radius=mask.hkl_radius, threads=1, sub_steps=sub_steps)

@@ -4,13 +4,14 @@ of bench/full_rotation.py.
     python bench/sub_steps.py [--large-run bench/.data/pipeline_2m_400f] [--points 801]
                               [--rounds 4]
 
-`subdivide: auto` gives each block of 4096 pixels the sub-steps its own pixels need
-(transform.block_sub_steps: none of them moves more than half a voxel between sub-steps).
+`subdivide: auto_per_block` gives each block of 4096 pixels the sub-steps its own pixels
+need (transform.block_sub_steps: none of them moves more than half a voxel between
+sub-steps); the default `auto` gives every block the largest.
 This adds the first 16 frames of entry f2 of bench/pipeline.py's large run, as stored (the
 compressed chunks decompressed block by block, both kinds, one thread, as transform_frames
 adds them), onto a --points^3 grid with the run's limits, with three plans side by side in
 one process, alternating, --rounds rounds of four calls each: every block with the largest
-count (what auto gave before), each block its own, and every block with 1 (the floor).
+count (auto), each block its own (auto_per_block), and every block with 1 (the floor).
 Prints the plan and the CPU-ms per frame of each (median and range).
 """
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
             times[name] += [add(name) for _ in range(4)]
     print(machine_line(machine_info()))
     print(f"{nf} frames of {large.name}/f2 added as stored onto {grid.describe()}; a pixel "
-          f"moves up to {move:.2f} voxels per frame; auto: "
+          f"moves up to {move:.2f} voxels per frame; auto_per_block: "
           f"{plans['each block its own'].describe()}")
     for name, t in times.items():
         print(f"  {name:<22} {np.median(t):6.2f} CPU-ms per frame ({min(t):.2f}-{max(t):.2f})")

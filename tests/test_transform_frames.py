@@ -106,6 +106,17 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
     bound = 2 * 2.0 ** -24 * (p.weight * t.notes["subdivide"] + 1) * p.signal
     assert (np.abs(t.signal - p.signal) <= bound).all() and p.signal.sum() > 0
     assert m.weight.sum() < t.weight.sum()  # the Bragg regions left out
+    # subdivide auto_per_block: each block of pixels its own sub-steps, the same weight in all
+    settings["transform"].update(kinds=["transform"], subdivide="auto_per_block")
+    r = run_step(exp, "transform_frames", "--settings", json.dumps(settings),
+                 "--scan", "plain.nxs", "--orientation", res / "tiny/300K/orientation.nxs",
+                 "--grid", res / "tiny/grid.json", "--mask", res / "tiny/300K/f1/mask.nxs",
+                 "--frames", "0:20", "--out", "per_block.nxs")
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = read_volume(exp / "per_block.nxs")
+    assert sum(b.notes["subdivide_blocks"].values()) == sum(p.notes["subdivide_blocks"].values())
+    assert max(map(int, b.notes["subdivide_blocks"])) == b.notes["subdivide"]
+    assert b.weight.sum() == pytest.approx(p.weight.sum(), rel=1e-3)
 
 
 @pytest.mark.parametrize("nkinds, paired", [(1, False), (2, False), (2, True)])

@@ -475,9 +475,9 @@ class TransformParams(Params):
     polarization_fraction: float = from_config_at("instrument.polarization_fraction")
 
     def __post_init__(self):
-        self.check(self.subdivide == "auto" or (isinstance(self.subdivide, int)
-                                                and 1 <= self.subdivide <= 64),
-                   "subdivide", "'auto' or an integer in [1, 64]")
+        self.check(self.subdivide in ("auto", "auto_per_block")
+                   or (isinstance(self.subdivide, int) and 1 <= self.subdivide <= 64),
+                   "subdivide", "'auto', 'auto_per_block' or an integer in [1, 64]")
         self.check(int(self.chunk_frames) >= 1, "chunk_frames", "an integer >= 1")
         self.check(self.bad_monitor_frames in ("fail", "leave_out"), "bad_monitor_frames",
                    "'fail' or 'leave_out'")

@@ -82,11 +82,11 @@ _HALF_DIAGONAL_PX = _half_diagonal_px()
 
 def transform_substeps(scan):
     """Rotation sub-steps per frame of a transform job: the config's number, or for 'auto'
-    an estimate of transform.auto_subdivide (half a voxel per sub-step; the job gives each
-    block of pixels as many as its own pixels need, this the most) for a grid whose step is
-    one pixel's Q size and a beam in the middle of the detector; at most 16."""
+    (and 'auto_per_block', whose blocks take at most as many) an estimate of
+    transform.auto_subdivide (half a voxel per sub-step) for a grid whose step is one
+    pixel's Q size and a beam in the middle of the detector; at most 16."""
     sub = _TRANSFORM["subdivide"]
-    if sub != "auto":
+    if sub not in ("auto", "auto_per_block"):
         return int(sub)
     move = _HALF_DIAGONAL_PX * math.radians(abs(scan.angles.step))
     return int(min(16, max(1, math.ceil(move / 0.5))))
