@@ -1831,20 +1831,19 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                         polarization=params.polarization,
                         polarization_fraction=params.polarization_fraction, threads=threads)
     steps, move = block_sub_steps(scan, table, grid, crystal.cell.parameters[:3])
-    sub_steps = None
+    sub_steps, how = None, "config"
     if params.subdivide == "auto_per_block":  # each block the sub-steps its pixels need
         sub_steps = SubSteps.per_block(steps)
-        nsub = int(steps.max(initial=1))
+        nsub, how = int(steps.max(initial=1)), f"auto_per_block: {sub_steps.describe()}"
     elif params.subdivide == "auto":  # every block the most any pixel needs
-        nsub = int(steps.max(initial=1))
+        nsub, how = int(steps.max(initial=1)), "auto"
     else:
         nsub = int(params.subdivide)
     kinds = tuple(kinds)
     log.info("frames %d-%d (%s): %d usable pixels of %d; %s", first, stop, " and ".join(kinds),
              len(table), int(np.prod(scan.detector.shape)), grid.describe())
     log.info("rotation sub-steps per frame: %d (%s; a pixel moves up to %.2f voxels per frame)",
-             nsub, f"auto_per_block: {sub_steps.describe()}" if sub_steps
-             else params.subdivide if params.subdivide == "auto" else "config", move)
+             nsub, how, move)
     scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop,
                                      params.bad_monitor_frames, lambda i: stack.locate(i)[0])
     left_out = (np.flatnonzero(np.isnan(scale)) + first).tolist()
