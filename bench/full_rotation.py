@@ -92,27 +92,37 @@ def workflow_commands(large: Path) -> dict[str, list[str]]:
     return found
 
 
-def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> dict:
-    """Steps 1 and 2: entry f2's frames added at start angles covering 360 degrees, on a
-    points^3 grid with the large run's limits; its two volumes written for f1, f2, f3."""
+def entry_f2(large: Path, points: int):
+    """Entry f2 of the large run of bench/pipeline.py: (its temperature's results folder,
+    scan record, orientation, scan geometry, mask) and a points^3 grid with the run's
+    limits."""
     from hklflow.files.grid import read_grid_file
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
-    from hklflow.files.volume import VolumeWriter, read_volume_header
-    from hklflow.frames import open_frame_source
     from hklflow.grid import Axis, Grid
-    from hklflow.steps.transform_frames import write_volumes
-    from hklflow.transform import SubSteps, Transformer, block_sub_steps, pixel_table
 
+    if not (large / "results").is_dir():
+        raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
     temp = next((large / "results").glob("*/*/f2")).parent
     rec = read_scan_file(temp / "f2" / "scan.nxs")
     ori = read_orientation_file(temp / "orientation.nxs")
-    scan = rec.geometry(ori)
     mask = read_mask_file(temp / "f2" / "mask.nxs")
     coarse = read_grid_file(next((large / "results").glob("*/grid.json")))
     grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (points - 1), points)
                   for ax in coarse.axes))
+    return temp, rec, ori, rec.geometry(ori), mask, grid
+
+
+def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> dict:
+    """Steps 1 and 2: entry f2's frames added at start angles covering 360 degrees, on a
+    points^3 grid with the large run's limits; its two volumes written for f1, f2, f3."""
+    from hklflow.files.volume import VolumeWriter, read_volume_header
+    from hklflow.frames import open_frame_source
+    from hklflow.steps.transform_frames import write_volumes
+    from hklflow.transform import SubSteps, Transformer, block_sub_steps, pixel_table
+
+    temp, rec, ori, scan, mask, grid = entry_f2(large, points)
     frames = min(frames, rec.nframes)
     stack = open_frame_source(rec.frames, compiled_decompression=True)  # as the step
     block = stack.read(0, frames)  # into the page cache, as bench/pipeline.py's bare read

@@ -37,26 +37,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args(argv)
     byte_compile_hklflow()
-    from hklflow.files.grid import read_grid_file
-    from hklflow.files.mask import read_mask_file
-    from hklflow.files.orientation import read_orientation_file
-    from hklflow.files.scan import read_scan_file
+    from full_rotation import entry_f2
     from hklflow.frames import open_frame_source
-    from hklflow.grid import Axis, Grid
     from hklflow.transform import (BLOCK, SubSteps, Transformer, block_sub_steps,
                                    pixel_blocks, pixel_table)
 
     large = args.large_run
-    if not (large / "results").is_dir():
-        raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
-    temp = next((large / "results").glob("*/*/f2")).parent
-    rec = read_scan_file(temp / "f2" / "scan.nxs")
-    ori = read_orientation_file(temp / "orientation.nxs")
-    scan = rec.geometry(ori)
-    mask = read_mask_file(temp / "f2" / "mask.nxs")
-    coarse = read_grid_file(next((large / "results").glob("*/grid.json")))
-    n = args.points
-    grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (n - 1), n) for ax in coarse.axes))
+    _, rec, ori, scan, mask, grid = entry_f2(large, args.points)
     table = pixel_table(scan.detector, mask.pixels)
     steps, move = block_sub_steps(scan, table, grid, ori.crystal().cell.parameters[:3])
     most = int(steps.max())
