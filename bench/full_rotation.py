@@ -2,7 +2,8 @@
 at true size, on volumes as full as a 360-degree scan makes them.
 
     python bench/full_rotation.py [--large-run bench/.data/pipeline_2m_400f] [--frames 200]
-                                  [--points 801] [--json out.json]
+                                  [--points 801] [--subdivide auto|auto_per_block]
+                                  [--json out.json]
 
 bench/pipeline.py measures on 40-degree scans, whose volumes are 5-17% measured, and scales
 the per-voxel costs to 801^3.  Writing, reading and compressing cost more where the data
@@ -15,7 +16,8 @@ large run of bench/pipeline.py (its scan, orientation, mask and settings):
    angles 360/N degrees apart so that the frames cover a whole turn (a simulated 3650-frame
    scan would take an hour to render), as transform_frames adds them (their compressed
    chunks, from the page cache, decompressed block by block as they are added; the rotation
-   sub-steps per frame its default 'auto' takes on this grid: 2 at 801^3); CPU per frame,
+   sub-steps per frame it takes on this grid with --subdivide: its default 'auto' 2 for
+   every block of pixels at 801^3, 'auto_per_block' 1 or 2 per block); CPU per frame,
    the grid's resident memory, and a bare read + decompress of the frames;
 2. the two volumes are written as the transform step writes them (CPU), copied as the
    volumes of entries f1, f2, f3;
@@ -56,6 +58,7 @@ from common import (CHUNK_FRAMES, add_at_turns, byte_compile_hklflow, cpu, emit,
 from pipeline import FULL_FRAMES, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
+PLANS = ("auto", "auto_per_block")  # reduction.transform.subdivide plans measured
 ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
 ENTRIES = 3  # the entries of pipeline.py's temperature
 
@@ -114,9 +117,12 @@ def entry_f2(large: Path, points: int):
     return temp, rec, ori, rec.geometry(ori), mask, grid
 
 
-def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> dict:
+def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
+                          plan: str = "auto") -> dict:
     """Steps 1 and 2: entry f2's frames added at start angles covering 360 degrees, on a
-    points^3 grid with the large run's limits; its two volumes written for f1, f2, f3."""
+    points^3 grid with the large run's limits, with the rotation sub-steps transform_frames
+    takes there under `subdivide: plan` (auto or auto_per_block); its two volumes written for
+    f1, f2, f3."""
     from hklflow.files.volume import VolumeWriter, read_volume_header
     from hklflow.frames import open_frame_source
     from hklflow.steps.transform_frames import write_volumes
@@ -130,11 +136,15 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
     stack.read(0, frames, out=block)
     read_cpu = cpu() - c
     table = pixel_table(scan.detector, mask.pixels)
-    # the rotation sub-steps transform_frames takes on this grid (the default 'auto': every
-    # pixel enough that none moves more than half a voxel between them)
+    # the rotation sub-steps transform_frames takes on this grid (every pixel enough that
+    # none moves more than half a voxel between them: 'auto' the largest count for every
+    # block of pixels, 'auto_per_block' each block its own)
     steps, move = block_sub_steps(scan, table, grid, ori.crystal().cell.parameters[:3])
     subdivide = int(steps.max())
-    sub_steps = SubSteps.uniform(subdivide, len(steps))
+    if plan not in PLANS:
+        raise SystemExit(f"subdivide {plan!r}: expected one of {', '.join(PLANS)}")
+    sub_steps = (SubSteps.per_block(steps) if plan == "auto_per_block"
+                 else SubSteps.uniform(subdivide, len(steps)))
     kinds = ("transform", "masked_transform")
     tr = Transformer(grid, table, 1e9, kinds=kinds, crystal=ori.crystal(),
                      hkl_radius=mask.hkl_radius, threads=1, sub_steps=sub_steps)
@@ -173,7 +183,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int) -> d
             shutil.copy(out / rel / "f1" / f"{k}.nxs", out / rel / entry / f"{k}.nxs")
     pixel_frames = turns * frames
     return {"grid": list(grid.shape), "voxels": grid.size, "frames_added": pixel_frames,
-            "turns": turns, "usable_pixels": len(table), "subdivide": subdivide,
+            "turns": turns, "usable_pixels": len(table), "subdivide": subdivide, "plan": plan,
             "sub_steps": sub_steps.describe(), "move_voxels_per_frame": move,
             "add_cpu_s": add_cpu, "add_ms_per_frame": add_cpu / pixel_frames * 1e3,
             "grid_resident_gb": grid_gb, "grid_allocated_gb": tr.acc.nbytes / 1e9,
@@ -207,7 +217,8 @@ def run_steps(commands: dict[str, list[str]], out: Path) -> list[dict]:
     """sum_chunks of entry f1 on its full volumes, then the temperature's steps."""
     jobs = []
     # the `hklflow` of this interpreter's environment
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = os.environ.get("PATH", "")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{path}"}
     for rule in ENTRY_RULES + TEMPERATURE_RULES:
         for command in commands[rule]:
             if rule in ENTRY_RULES:
@@ -237,8 +248,9 @@ def report(rep: dict) -> str:
              f"{v['volume_file_gb']:.2f} GB"
              + (f"; each figure the least of {v['repeats']} measurements"
                 if v.get("repeats", 1) > 1 else ""),
-             f"  transform, both kinds, rotation sub-steps per frame "
-             f"{v.get('sub_steps', v.get('subdivide', 1))} (a pixel moves up to "
+             f"  transform, both kinds, rotation sub-steps per frame (subdivide: "
+             f"{v.get('plan', 'auto')}) {v.get('sub_steps', v.get('subdivide', 1))} (a pixel "
+             f"moves up to "
              f"{v.get('move_voxels_per_frame', float('nan')):.2f} voxels per frame): "
              f"{v['add_ms_per_frame']:.2f} CPU-ms per frame "
              + ("added as stored (decompressed block by block; a bare read "
@@ -279,7 +291,7 @@ def least_of(runs: list[tuple[dict, list[dict]]]) -> tuple[dict, list[dict]]:
 
 
 def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = False,
-            repeats: int = 1) -> dict:
+            repeats: int = 1, plan: str = "auto") -> dict:
     """Steps 1-3 on `large`, the large run of bench/pipeline.py, `repeats` times, each
     figure the least of them (least_of); the report (no machine).  The volumes and outputs
     (~12 GB, next to it in full_rotation_POINTS) are removed afterwards unless keep (the
@@ -294,7 +306,7 @@ def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = Fals
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         try:
-            runs.append((full_rotation_volumes(large, out, frames, points),
+            runs.append((full_rotation_volumes(large, out, frames, points, plan),
                          run_steps(commands, out)))
         finally:
             if not keep or i < repeats - 1:
@@ -332,11 +344,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="measurements; each figure the least CPU of them (as bench/pipeline.py "
                         "counts its repeated runs)")
+    p.add_argument("--subdivide", choices=PLANS, default="auto",
+                   help="the transform's sub-step plan (reduction.transform.subdivide); the "
+                        "temperature steps run on the volumes it gives")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     byte_compile_hklflow()  # the steps start as an installed hklflow's do
     rep = {"machine": machine_info(),
-           **measure(args.large_run, args.frames, args.points, args.keep, args.repeats)}
+           **measure(args.large_run, args.frames, args.points, args.keep, args.repeats,
+                     args.subdivide)}
     emit(rep, report(rep), args.json)
     return 0
 

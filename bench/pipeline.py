@@ -3,7 +3,8 @@ Pilatus CdTe 2M scans, costed rule by rule from the jobs' own benchmark files.
 
     python bench/pipeline.py [--frames 400] [--small-frames 100] [--fine-voxels 160000000]
                              [--cores 2] [--repeats 2] [--workdir bench/.data]
-                             [--no-full-rotation] [--json out.json]
+                             [--no-full-rotation] [--subdivide auto|auto_per_block]
+                             [--json out.json]
 
 One sample at one temperature, three entries (offsets and detector shifts as in the demo)
 of --frames frames at 0.1 deg, the demo's crystal (LSCO, I4/mmm), the default grid (derived,
@@ -146,6 +147,16 @@ def finer_grid_experiment(src: Path, max_voxels: int) -> Path:
     cfg.setdefault("reduction", {}).setdefault("transform", {})["max_voxels"] = int(max_voxels)
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return d
+
+
+def set_subdivide(d: Path, plan: str) -> None:
+    """reduction.transform.subdivide of experiment d's config set to plan."""
+    import yaml
+
+    cfg_path = d / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.setdefault("reduction", {}).setdefault("transform", {})["subdivide"] = plan
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def prefix_experiment(src: Path, nframes: int) -> Path:
@@ -441,6 +452,11 @@ def main(argv=None) -> int:
                    help="leave out bench/full_rotation.py's measurement of the grid work on "
                         "full volumes at 801^3 (~2.5 min per repeat, ~9 GB of memory) and "
                         "its headline")
+    p.add_argument("--subdivide", choices=("auto", "auto_per_block"), default="auto",
+                   help="the transform's rotation sub-steps (reduction.transform.subdivide) in "
+                        "every run and in the full-rotation measurement (the runs' grids take "
+                        "1 for every block either way; at 801^3 'auto' takes 2 for every "
+                        "block, 'auto_per_block' 1 or 2 per block)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not 0 < args.small_frames < args.frames:
@@ -455,12 +471,15 @@ def main(argv=None) -> int:
     large_dir = ensure_experiment(args.workdir, args.frames)
     small_dir = prefix_experiment(large_dir, args.small_frames)
     fine_dir = finer_grid_experiment(small_dir, args.fine_voxels)
+    for d in (large_dir, small_dir, fine_dir):
+        set_subdivide(d, args.subdivide)
     entries = 3
     byte_compile_hklflow()  # the jobs start as an installed hklflow's do
     runs = {}
     for _ in range(args.repeats):
         for name, d, n in (("small", small_dir, args.small_frames),
-                           ("large", large_dir, args.frames), ("fine", fine_dir, args.small_frames)):
+                           ("large", large_dir, args.frames),
+                           ("fine", fine_dir, args.small_frames)):
             wall = run_workflow(d, args.cores)
             jobs = job_records(d)
             if name in runs:  # every job's least CPU over the repeats (noise only adds)
@@ -484,7 +503,8 @@ def main(argv=None) -> int:
         import full_rotation
 
         say("measuring the grid work on full volumes at 801^3 (bench/full_rotation.py) ...")
-        full = with_full_volumes(m, full_rotation.measure(large_dir, repeats=args.repeats),
+        full = with_full_volumes(m, full_rotation.measure(large_dir, repeats=args.repeats,
+                                                          plan=args.subdivide),
                                  entries, pixels)
     run_cpu = sum(r["cpu_s"] for r in runs["large"]["jobs"])
     run_mpix = entries * args.frames * pixels / 1e6
@@ -493,7 +513,8 @@ def main(argv=None) -> int:
         "experiment": {"detector": f"{DETECTOR} {rows}x{cols}", "entries": entries,
                        "frames": {k: v["frames"] for k, v in runs.items()},
                        "grid_voxels": {k: v["voxels"] for k, v in runs.items()},
-                       "cores": args.cores, "repeats": args.repeats},
+                       "cores": args.cores, "repeats": args.repeats,
+                       "subdivide": args.subdivide},
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "jobs"} for k, v in runs.items()},
         "jobs": {k: v["jobs"] for k, v in runs.items()},
         "start_cpu_s": starts,
@@ -578,7 +599,8 @@ def table(rep: dict) -> str:
         lines += [
             f"whole pipeline with the grid work measured on full volumes at 801^3 "
             f"(bench/full_rotation.py: {v['measured_fraction']:.0%} of the grid measured, "
-            + ("rotation sub-steps per frame as transform_frames takes them there: "
+            + ("rotation sub-steps per frame as transform_frames takes them there with "
+               f"subdivide: {v.get('plan', 'auto')}: "
                f"{v.get('sub_steps', v.get('subdivide'))}, " if "subdivide" in v
                else "1 rotation sub-step per frame, ")
             + f"{v['frame_ms_per_frame']:.2f} ms per frame on a fresh grid, reading included): "
