@@ -22,13 +22,13 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-FIGURES = {  # label: pattern of accuracy.py's output, its groups printed
-    "Bragg": r"volumes lsco/(\d+K) Bragg: .*?within half a voxel ([0-9.]+) .*?RMS offset "
+FIGURES = {  # label: pattern of accuracy.py's lines (sample/temperature first), printed
+    "Bragg": r"volumes (\S+) Bragg: .*?within half a voxel ([0-9.]+) .*?RMS offset "
              r"([0-9.]+) voxels",
-    "satellites": r"volumes lsco/(\d+K) diffuse .*?contrast ([+-][0-9.]+ \+- [0-9.]+) "
-                  r"\(.*?ratio ([0-9.]+)\)",
-    "unmeasured": r"volumes lsco/(\d+K) unmeasured .*?merged ([0-9.]+)",
-    "DeltaPDF": r"pdf lsco/(\d+K) DeltaPDF \d+K: (\d+) lattice vectors, (\d+) with .*?"
+    "satellites": r"volumes (\S+) diffuse .*?contrast ([+-][0-9.]+ \+- [0-9.]+) "
+                  r"\(.*?ratio ([0-9.]+)\)",  # (where the model has satellites: a ratio)
+    "unmeasured": r"volumes (\S+) unmeasured .*?merged ([0-9.]+)",
+    "DeltaPDF": r"pdf (\S+) DeltaPDF \S+: (\d+) lattice vectors, (\d+) with .*?"
                 r"amplitude / analytic ([0-9.]+)",
 }
 
@@ -44,8 +44,6 @@ def figures(text: str) -> list[str]:
     lines = []
     for label, pattern in FIGURES.items():
         for m in re.finditer(pattern, text):
-            if label == "satellites" and m.group(3) == "nan":
-                continue
             lines.append(f"{label} {m.group(1)}: " + ", ".join(m.groups()[1:]))
     return lines
 
