@@ -150,12 +150,14 @@ def finer_grid_experiment(src: Path, max_voxels: int) -> Path:
 
 
 def set_subdivide(d: Path, plan: str) -> None:
-    """reduction.transform.subdivide of experiment d's config set to plan."""
+    """reduction.transform.subdivide of experiment d's config set to plan (auto,
+    auto_per_block, or a count)."""
     import yaml
 
     cfg_path = d / "config" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.setdefault("reduction", {}).setdefault("transform", {})["subdivide"] = plan
+    value = int(plan) if plan.isdigit() else plan
+    cfg.setdefault("reduction", {}).setdefault("transform", {})["subdivide"] = value
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 

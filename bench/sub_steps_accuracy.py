@@ -19,9 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pipeline import set_subdivide  # noqa: E402
+
 FIGURES = {  # label: pattern of accuracy.py's lines (sample/temperature first), printed
     "Bragg": r"volumes (\S+) Bragg: .*?within half a voxel ([0-9.]+) .*?RMS offset "
              r"([0-9.]+) voxels",
@@ -31,13 +33,6 @@ FIGURES = {  # label: pattern of accuracy.py's lines (sample/temperature first),
     "DeltaPDF": r"pdf (\S+) DeltaPDF \S+: (\d+) lattice vectors, (\d+) with .*?"
                 r"amplitude / analytic ([0-9.]+)",
 }
-
-
-def set_subdivide(config: Path, original: str, plan: str) -> None:
-    cfg = yaml.safe_load(original)
-    value = int(plan) if plan.isdigit() else plan
-    cfg.setdefault("reduction", {}).setdefault("transform", {})["subdivide"] = value
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def figures(text: str) -> list[str]:
@@ -59,7 +54,7 @@ def main(argv=None) -> int:
     results = {}
     try:
         for plan in args.plans.split(","):
-            set_subdivide(config, original, plan)
+            set_subdivide(args.demo, plan)
             run = subprocess.run([sys.executable, "-m", "hklflow", "demo", "--dir",
                                   str(args.demo)], capture_output=True, text=True)
             if run.returncode:
