@@ -117,6 +117,24 @@ def entry_f2(large: Path, points: int):
     return temp, rec, ori, rec.geometry(ori), mask, grid
 
 
+def add_entry_f2_arguments(p: argparse.ArgumentParser) -> None:
+    """--large-run and --points, the arguments of entry_f2."""
+    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
+                   help="the large run of bench/pipeline.py (its experiment folder)")
+    p.add_argument("--points", type=int, default=801, help="grid points per axis")
+
+
+def bragg_painted(mask, nframes: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Bragg mask of frames [0, nframes) painted as transform_frames paints a chunk:
+    (uint8 per frame and pixel, uint8 per frame and block of pixels holding some)."""
+    from hklflow.transform import BLOCK, pixel_blocks
+
+    bragg = np.zeros((nframes, pixels), np.uint8)
+    blocks = np.zeros((nframes, pixel_blocks(pixels)), np.uint8)
+    mask.paint(0, nframes, bragg, blocks=blocks, block=BLOCK)
+    return bragg, blocks
+
+
 def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
                           plan: str = "auto") -> dict:
     """Steps 1 and 2: entry f2's frames added at start angles covering 360 degrees, on a
@@ -334,10 +352,8 @@ def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = Fals
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
-                   help="the large run of bench/pipeline.py (its experiment folder)")
+    add_entry_f2_arguments(p)
     p.add_argument("--frames", type=int, default=200, help="frames of f2 added per turn")
-    p.add_argument("--points", type=int, default=801, help="grid points per axis")
     p.add_argument("--keep", action="store_true",
                    help="keep the volumes and the steps' outputs (~12 GB, in "
                         "full_rotation_POINTS next to the large run) to compare runs")

@@ -27,20 +27,17 @@ sys.path.insert(0, str(HERE))
 
 from common import (CHUNK_FRAMES, byte_compile_hklflow, cpu, machine_info,  # noqa: E402
                     machine_line)
+from full_rotation import add_entry_f2_arguments, bragg_painted, entry_f2  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
-                   help="the large run of bench/pipeline.py (its experiment folder)")
-    p.add_argument("--points", type=int, default=801, help="grid points per axis")
+    add_entry_f2_arguments(p)
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args(argv)
     byte_compile_hklflow()
-    from full_rotation import entry_f2
     from hklflow.frames import open_frame_source
-    from hklflow.transform import (BLOCK, SubSteps, Transformer, block_sub_steps,
-                                   pixel_blocks, pixel_table)
+    from hklflow.transform import SubSteps, Transformer, block_sub_steps, pixel_table
 
     large = args.large_run
     _, rec, ori, scan, mask, grid = entry_f2(large, args.points)
@@ -53,9 +50,7 @@ def main(argv=None) -> int:
              "1 for every block": SubSteps.uniform(1, blocks)}
     nf = min(CHUNK_FRAMES, rec.nframes)
     npix = table.qx.size
-    bragg = np.zeros((nf, npix), np.uint8)
-    painted = np.zeros((nf, pixel_blocks(npix)), np.uint8)
-    mask.paint(0, nf, bragg, blocks=painted, block=BLOCK)
+    bragg, painted = bragg_painted(mask, nf, npix)
     stack = open_frame_source(rec.frames, compiled_decompression=True)
     transformers = {name: Transformer(grid, table, 1e9, kinds=("transform", "masked_transform"),
                                       crystal=ori.crystal(), hkl_radius=mask.hkl_radius,

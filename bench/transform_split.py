@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from common import (CHUNK_FRAMES, byte_compile_hklflow, cpu, machine_info,  # noqa: E402
                     machine_line)
+from full_rotation import add_entry_f2_arguments, bragg_painted, entry_f2  # noqa: E402
 from hklflow import transform as T  # noqa: E402
 
 
@@ -100,13 +101,10 @@ def pass_1_hot_ms(table, tr, frames, M, value_max, reps: int = 4000) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
-                   help="the large run of bench/pipeline.py (its experiment folder)")
-    p.add_argument("--points", type=int, default=801, help="grid points per axis")
+    add_entry_f2_arguments(p)
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args(argv)
     byte_compile_hklflow()
-    from full_rotation import entry_f2
     from hklflow.frames import open_frame_source
     from hklflow.params import largest_trusted_value
 
@@ -115,9 +113,7 @@ def main(argv=None) -> int:
     steps, move = T.block_sub_steps(scan, table, grid, ori.crystal().cell.parameters[:3])
     nf = min(CHUNK_FRAMES, rec.nframes)
     npix = table.qx.size
-    bragg = np.zeros((nf, npix), np.uint8)
-    painted = np.zeros((nf, T.pixel_blocks(npix)), np.uint8)
-    mask.paint(0, nf, bragg, blocks=painted, block=T.BLOCK)
+    bragg, painted = bragg_painted(mask, nf, npix)
     frames = open_frame_source(rec.frames).read(0, nf).reshape(nf, -1)
     counts = sorted({1, int(steps.max())})
     runs, hot = {}, {}
