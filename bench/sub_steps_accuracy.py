@@ -2,12 +2,19 @@
 
     hklflow demo --dir DEMO
     python bench/sub_steps_accuracy.py DEMO [--plans auto,1,auto_per_block,4,8]
+                                            [--reference 16]
 
 For each plan, sets `reduction.transform.subdivide` in DEMO/config/config.yaml, reduces
 the demo again (`hklflow demo --dir DEMO`: Snakemake reruns the transform and what follows
 it, nothing else) and runs bench/accuracy.py on it; prints, per plan, the figures of the
 volumes that the sub-steps can move: the Bragg peaks' offsets from their nodes, the
-satellites' contrast, the unmeasured fraction and the 3D-DeltaPDF's amplitude.  The config
+satellites' contrast, the unmeasured fraction and the 3D-DeltaPDF's amplitude.  With
+--reference PLAN (a plan of --plans, e.g. 16: the rotation sampled finely enough that the
+figures no longer move) it also compares each plan's merged volumes (both kinds, every
+temperature) voxel by voxel with that plan's: the relative RMS difference of the intensity
+over the voxels both measure, and the voxels measured by one of the two only (per voxel
+the reference measures).  The frames, their noise and everything before the transform are
+the same for every plan, so these differences are the sampling's alone.  The config
 file is put back as it was afterwards (the results are then those of the last plan: run
 `hklflow demo --dir DEMO` once more for the configured one).  ~40 s per plan on 2 cores.
 """
@@ -15,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -43,17 +54,57 @@ def figures(text: str) -> list[str]:
     return lines
 
 
+MERGED_KINDS = ("transform", "masked_transform")
+
+
+def keep_merged(demo: Path, into: Path) -> None:
+    """Copies of the merged volumes of every sample and temperature (results/S/T/KIND.nxs)
+    into `into`, under the same relative paths."""
+    for kind in MERGED_KINDS:
+        for f in (demo / "results").glob(f"*/*/{kind}.nxs"):
+            dest = into / f.relative_to(demo / "results")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+
+
+def against_reference(plan_dir: Path, ref_dir: Path) -> list[str]:
+    """Per merged volume: the relative RMS difference of the intensity from the reference
+    plan's over the voxels both measured, and the voxels measured by one of them only per
+    voxel measured by the reference."""
+    from hklflow.files.volume import read_intensity
+
+    lines = []
+    for ref in sorted(ref_dir.rglob("*.nxs")):
+        rel = ref.relative_to(ref_dir)
+        _, a = read_intensity(plan_dir / rel)
+        _, b = read_intensity(ref)
+        ma, mb = np.isfinite(a), np.isfinite(b)
+        both = ma & mb
+        da, db = a[both].astype(np.float64), b[both].astype(np.float64)
+        rms = float(np.sqrt(np.sum((da - db) ** 2) / np.sum(db ** 2)))
+        lines.append(f"{rel.with_suffix('')}: intensity RMS difference {rms:.5f} of the "
+                     f"reference's over {int(both.sum())} voxels; measured by one only "
+                     f"{np.count_nonzero(ma ^ mb) / max(int(mb.sum()), 1):.5f}")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("demo", type=Path, help="a demo experiment (hklflow demo --dir DEMO)")
     p.add_argument("--plans", default="auto,1,auto_per_block,4,8",
                    help="subdivide values, comma separated")
+    p.add_argument("--reference", default=None,
+                   help="a plan of --plans whose merged volumes the others are compared with")
     args = p.parse_args(argv)
+    plans = args.plans.split(",")
+    if args.reference is not None and args.reference not in plans:
+        p.error(f"--reference {args.reference} is not one of --plans {args.plans}")
+    kept = Path(tempfile.mkdtemp(prefix="sub_steps_", dir=args.demo))
     config = args.demo / "config" / "config.yaml"
     original = config.read_text()
     results = {}
     try:
-        for plan in args.plans.split(","):
+        for plan in plans:
             set_subdivide(args.demo, plan)
             run = subprocess.run([sys.executable, "-m", "hklflow", "demo", "--dir",
                                   str(args.demo)], capture_output=True, text=True)
@@ -64,8 +115,18 @@ def main(argv=None) -> int:
                                  capture_output=True, text=True, check=True)
             results[plan] = figures(acc.stdout)
             print(f"== subdivide {plan}", *results[plan], sep="\n  ", flush=True)
+            if args.reference is not None:
+                keep_merged(args.demo, kept / plan)
+        if args.reference is not None:
+            print(f"== merged volumes against those of subdivide {args.reference}")
+            for plan in plans:
+                if plan != args.reference:
+                    print(f"subdivide {plan}",
+                          *against_reference(kept / plan, kept / args.reference),
+                          sep="\n  ", flush=True)
     finally:
         config.write_text(original)
+        shutil.rmtree(kept, ignore_errors=True)
     return 0
 
 
