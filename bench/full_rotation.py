@@ -124,14 +124,15 @@ def add_entry_f2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=801, help="grid points per axis")
 
 
-def bragg_painted(mask, nframes: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The Bragg mask of frames [0, nframes) painted as transform_frames paints a chunk:
-    (uint8 per frame and pixel, uint8 per frame and block of pixels holding some)."""
+def bragg_painted(mask, nframes: int, pixels: int, first: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The Bragg mask of frames [first, first + nframes) painted as transform_frames paints
+    a chunk: (uint8 per frame and pixel, uint8 per frame and block of pixels holding some)."""
     from hklflow.transform import BLOCK, pixel_blocks
 
     bragg = np.zeros((nframes, pixels), np.uint8)
     blocks = np.zeros((nframes, pixel_blocks(pixels)), np.uint8)
-    mask.paint(0, nframes, bragg, blocks=blocks, block=BLOCK)
+    mask.paint(first, first + nframes, bragg, blocks=blocks, block=BLOCK)
     return bragg, blocks
 
 
