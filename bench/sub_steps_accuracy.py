@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     plans = args.plans.split(",")
     if args.reference is not None and args.reference not in plans:
         p.error(f"--reference {args.reference} is not one of --plans {args.plans}")
-    kept = Path(tempfile.mkdtemp(prefix="sub_steps_", dir=args.demo))
     config = args.demo / "config" / "config.yaml"
     original = config.read_text()
+    kept = Path(tempfile.mkdtemp(prefix="sub_steps_", dir=args.demo))  # each plan's volumes
     results = {}
     try:
         for plan in plans:
