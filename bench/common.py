@@ -106,6 +106,18 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
     return as_stored
 
 
+def intensity_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sums comparing intensity a with reference b (same shape, NaN where unmeasured), to
+    add up over parts of a volume: [sum of (a - b)^2 and of b^2 over the voxels both
+    measure, voxels measured by one only, voxels b measures].  The relative RMS difference
+    is sqrt(s[0] / s[1]), the share measured by one only s[2] / s[3]."""
+    ma, mb = np.isfinite(a), np.isfinite(b)
+    both = ma & mb
+    da, db = a[both].astype(np.float64), b[both].astype(np.float64)
+    return np.array([np.sum((da - db) ** 2), np.sum(db * db),
+                     np.count_nonzero(ma ^ mb), np.count_nonzero(mb)], dtype=np.float64)
+
+
 def byte_compile_hklflow() -> int:
     """Write current .pyc files for hklflow's modules, as an install does, so that the jobs
     a benchmark times do not compile changed sources at every start: with

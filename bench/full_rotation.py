@@ -55,10 +55,9 @@ sys.path.insert(0, str(HERE))
 
 from common import (CHUNK_FRAMES, add_at_turns, byte_compile_hklflow, cpu, emit,  # noqa: E402
                     machine_info)
-from pipeline import FULL_FRAMES, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
+from pipeline import FULL_FRAMES, PLANS, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
-PLANS = ("auto", "auto_per_block")  # reduction.transform.subdivide plans measured
 ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
 ENTRIES = 3  # the entries of pipeline.py's temperature
 

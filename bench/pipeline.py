@@ -76,6 +76,7 @@ TEMPERATURE_RULES = ("index_parent", "refine_temperature", "merge_entries", "sym
 # the optional PDF stage (reduction.pdf.enabled), shared by the entries of a temperature;
 # counted in the whole pipeline and shown apart (the issue's figure predates it)
 PDF_RULES = ("total_pdf", "delta_pdf", "pdf_temperature_series")
+PLANS = ("auto", "auto_per_block")  # reduction.transform.subdivide plans measured
 
 
 def say(msg: str) -> None:
@@ -454,7 +455,7 @@ def main(argv=None) -> int:
                    help="leave out bench/full_rotation.py's measurement of the grid work on "
                         "full volumes at 801^3 (~2.5 min per repeat, ~9 GB of memory) and "
                         "its headline")
-    p.add_argument("--subdivide", choices=("auto", "auto_per_block"), default="auto",
+    p.add_argument("--subdivide", choices=PLANS, default="auto",
                    help="the transform's rotation sub-steps (reduction.transform.subdivide) in "
                         "every run and in the full-rotation measurement (the runs' grids take "
                         "1 for every block either way; at 801^3 'auto' takes 2 for every "

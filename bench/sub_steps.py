@@ -32,8 +32,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import (CHUNK_FRAMES, byte_compile_hklflow, cpu, machine_info,  # noqa: E402
-                    machine_line)
+from common import (CHUNK_FRAMES, byte_compile_hklflow, cpu,  # noqa: E402
+                    intensity_difference, machine_info, machine_line)
 from full_rotation import add_entry_f2_arguments, bragg_painted, entry_f2  # noqa: E402
 
 
@@ -101,6 +101,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def intensity(signal: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """signal / weight in float64, NaN where nothing was added."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(weight > 0, signal.astype(np.float64) / weight, np.nan)
+
+
 def accuracy(plans: dict, reference: str, grid, table, ori, mask, scan, stack,
              nframes: int) -> dict[str, list[str]]:
     """Frames [0, nframes) added once by each plan onto a fresh grid; per plan other than
@@ -125,18 +131,12 @@ def accuracy(plans: dict, reference: str, grid, table, ori, mask, scan, stack,
     planes = 8
     for l0 in range(0, grid.l.n, planes):
         l1 = min(l0 + planes, grid.l.n)
-        ref = dict(zip(kinds, grids[reference].slabs(l0, l1)))
+        ref = {kind: intensity(*pair) for kind, pair in zip(kinds, grids[reference].slabs(l0, l1))}
         for name in plans:
             if name == reference:
                 continue
-            for kind, (signal, weight) in zip(kinds, grids[name].slabs(l0, l1)):
-                rs, rw = ref[kind]
-                mine, theirs = weight > 0, rw > 0
-                both = mine & theirs
-                a = signal[both].astype(np.float64) / weight[both]
-                b = rs[both].astype(np.float64) / rw[both]
-                sums[name][kind] += (np.sum((a - b) ** 2), np.sum(b * b),
-                                     np.count_nonzero(mine ^ theirs), np.count_nonzero(theirs))
+            for kind, pair in zip(kinds, grids[name].slabs(l0, l1)):
+                sums[name][kind] += intensity_difference(intensity(*pair), ref[kind])
     for tr in grids.values():
         tr.close()
     return {name: [f"{kind} RMS difference {np.sqrt(s[0] / s[1]):.4f}, measured by one only "

@@ -33,6 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import intensity_difference  # noqa: E402
 from pipeline import set_subdivide  # noqa: E402
 
 FIGURES = {  # label: pattern of accuracy.py's lines (sample/temperature first), printed
@@ -76,15 +77,10 @@ def against_reference(plan_dir: Path, ref_dir: Path) -> list[str]:
     lines = []
     for ref in sorted(ref_dir.rglob("*.nxs")):
         rel = ref.relative_to(ref_dir)
-        _, a = read_intensity(plan_dir / rel)
-        _, b = read_intensity(ref)
-        ma, mb = np.isfinite(a), np.isfinite(b)
-        both = ma & mb
-        da, db = a[both].astype(np.float64), b[both].astype(np.float64)
-        rms = float(np.sqrt(np.sum((da - db) ** 2) / np.sum(db ** 2)))
-        lines.append(f"{rel.with_suffix('')}: intensity RMS difference {rms:.5f} of the "
-                     f"reference's over {int(both.sum())} voxels; measured by one only "
-                     f"{np.count_nonzero(ma ^ mb) / max(int(mb.sum()), 1):.5f}")
+        s = intensity_difference(read_intensity(plan_dir / rel)[1], read_intensity(ref)[1])
+        lines.append(f"{rel.with_suffix('')}: intensity RMS difference "
+                     f"{np.sqrt(s[0] / s[1]):.5f} of the reference's; measured by one only "
+                     f"{s[2] / max(s[3], 1):.5f}")
     return lines
 
 
