@@ -18,7 +18,7 @@ import pytest
 
 from hklflow.files.pdf import read_pdf
 from hklflow.files.volume import write_volume
-from hklflow.pdf import OUTCOMES
+from hklflow.pdf.fill import OUTCOMES
 from hklflow.simulation.compare import pdf_against_truth
 
 from conftest import step_settings

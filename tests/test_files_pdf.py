@@ -33,12 +33,12 @@ def test_pdf_volumes_are_stored_as_hdf5_would_without_the_chunks_of_their_fill(
     values[:8, :64, 64:128] = 0.0  # a chunk of the PDF's fill value
     values[0, 0, 0] = -0.0  # not the fill bit for bit: its chunk is stored
     pdf = PDF(values, np.arange(130.0), np.arange(70.0), np.arange(11.0), cell)
-    from hklflow.files import bitshuffle_lz4
+    from hklflow.codec import compiled
 
     write_pdf(tmp_path / "fast.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
               punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
               outcome_names=["filled"])  # LZ4's acceleration WRITE_ACCELERATION
-    monkeypatch.setattr(bitshuffle_lz4, "WRITE_ACCELERATION", 1)  # the filter's bytes
+    monkeypatch.setattr(compiled, "WRITE_ACCELERATION", 1)  # the filter's bytes
     write_pdf(tmp_path / "raw.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
               punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
               outcome_names=["filled"])

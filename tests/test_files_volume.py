@@ -250,29 +250,33 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
             for l0, l1 in slabs:
                 w.write(l0, signal[l0:l1], weight[l0:l1])
 
-    from hklflow.files import bitshuffle_lz4
+    from hklflow.codec import compiled
 
     slabs = [(0, 16), (16, 21)]
+    assert volume.ChunkWriter((8, 64, 64)).codec.name == "compiled"  # (this machine)
     write(tmp_path / "fast.nxs", slabs)  # LZ4's acceleration WRITE_ACCELERATION
-    monkeypatch.setattr(bitshuffle_lz4, "WRITE_ACCELERATION", 1)  # HDF5's filter's bytes
+    monkeypatch.setattr(compiled, "WRITE_ACCELERATION", 1)  # HDF5's filter's bytes
     write(tmp_path / "raw.nxs", slabs)
     write(tmp_path / "odd.nxs", [(5, 16), (16, 21), (0, 5)])  # rows of chunks completed later
-    monkeypatch.setattr(volume._ChunkWriter, "available", property(lambda self: False))
+    monkeypatch.setenv("HKLFLOW_CODEC", "library")  # bitshuffle's public functions
+    write(tmp_path / "library.nxs", slabs)
+    monkeypatch.setattr(volume.ChunkWriter, "available", property(lambda self: False))
     write(tmp_path / "hdf5.nxs", slabs)
 
     with h5py.File(tmp_path / "raw.nxs") as a, h5py.File(tmp_path / "hdf5.nxs") as b, \
-            h5py.File(tmp_path / "odd.nxs") as c:
+            h5py.File(tmp_path / "odd.nxs") as c, h5py.File(tmp_path / "library.nxs") as e:
         for name in ("data", "data_weights", "signal_sum"):
-            x, y, z = (f["entry/transform"][name] for f in (a, b, c))
+            x, y, z, v = (f["entry/transform"][name] for f in (a, b, c, e))
             assert x.compression_opts == y.compression_opts
-            assert x[()].tobytes() == y[()].tobytes() == z[()].tobytes(), name
+            assert x[()].tobytes() == y[()].tobytes() == z[()].tobytes() == v[()].tobytes(), name
             stored = {x.id.get_chunk_info(i).chunk_offset for i in range(x.id.get_num_chunks())}
             assert x.id.get_num_chunks() == y.id.get_num_chunks() - 1  # the empty one
             assert (8, 0, 64) not in stored and (16, 64, 128) in stored
             for offset in stored:  # the bytes HDF5's bitshuffle filter writes
                 assert x.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
                 assert z.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
-            assert z.id.get_num_chunks() == x.id.get_num_chunks()
+                assert v.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
+            assert z.id.get_num_chunks() == v.id.get_num_chunks() == x.id.get_num_chunks()
         with h5py.File(tmp_path / "fast.nxs") as f:  # other bytes, the same values
             for name in ("data", "data_weights", "signal_sum"):
                 x, w = a["entry/transform"][name], f["entry/transform"][name]
@@ -307,15 +311,14 @@ def _partly_stored_volume(path, seed, **writer_options):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, compiled):
-    """VolumeReader reads the arrays from their raw chunks (bitshuffle's C function or, with
-    compiled_decompression, the compiled loop over its blocks; the fill value where a chunk
-    is not stored): the same bits as HDF5's filter, for slabs in and out of step with the
-    chunks and edge chunks on every axis; a chunk stored without its filter goes through
+    """VolumeReader reads the arrays from their raw chunks (the library codec or, with
+    compiled_decompression, the codec chosen: the compiled one here; the fill value where a
+    chunk is not stored): the same bits as HDF5's filter, for slabs in and out of step with
+    the chunks and edge chunks on every axis; a chunk stored without its filter goes through
     HDF5; a damaged chunk fails with HDF5's error."""
     import h5py
 
-    from hklflow.files import volume as files_volume
-    from hklflow.files.h5 import file_descriptor
+    from hklflow.codec import ChunkReader
 
     path, signal, _ = _partly_stored_volume(tmp_path / "v.nxs", seed=11)
     with h5py.File(path, "r+") as f:  # one chunk of the signal stored unfiltered
@@ -335,15 +338,13 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, comp
             assert np.array_equal(w_.view(np.uint32), want["data_weights"][l0:l1].view(np.uint32))
             i = r.read_intensity(l0, l1)
             assert np.array_equal(i.view(np.uint32), want["data"][l0:l1].view(np.uint32))
-        # each chunk read with a pread at chunk_iter's offset (a plain file); HDF5 read the
-        # unfiltered one alone, in the four slabs that reach into planes 8-15
+        # HDF5 read the unfiltered chunk alone, in the four slabs that reach into planes 8-15
         readers = {c.dset.name.rsplit("/", 1)[1]: c for c in r._chunk_readers.values()}
-        assert all(isinstance(c, files_volume._ChunkReader) and c.compiled == compiled
-                   and c.fd is not None for c in readers.values())
+        assert all(isinstance(c, ChunkReader) for c in readers.values())
+        assert {c.codec.name for c in readers.values()} == {
+            "compiled" if compiled else "library"}
         assert {name: c.through_hdf5 for name, c in readers.items()} == \
             {"signal_sum": 4, "data_weights": 0, "data": 0}
-    with h5py.File(path, "r", driver="core") as f:  # in memory: no offsets in a file
-        assert file_descriptor(f["entry/transform/signal_sum"]) is None
     with h5py.File(path, "r+") as f:  # a damaged chunk
         d = f["entry/transform/data_weights"]
         corner = d.id.get_chunk_info(0).chunk_offset
@@ -364,7 +365,7 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
     from hklflow.files import volume as files_volume
 
     if not raw_chunks:
-        monkeypatch.setattr(files_volume._ChunkReader, "open",
+        monkeypatch.setattr(files_volume.ChunkReader, "open",
                             classmethod(lambda cls, d, compiled=False: None))
     path, _, grid = _partly_stored_volume(tmp_path / "v.nxs", seed=5, intensity=stored)
     with h5py.File(path) as f:

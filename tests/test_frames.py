@@ -120,13 +120,13 @@ def test_big_endian_frames_are_read_in_native_byte_order(tmp_path, monkeypatch):
     for i in range(2):
         paths.append(str(tmp_path / f"be_{i:04d}.tif"))
         fabio.tifimage.TifImage(data=data[i].astype(np.uint16)).write(paths[-1])
-    read = hf._read_fabio
+    read = hf.read_fabio
 
     def big_endian(path, *args, **kw):
         d, n = read(path, *args, **kw)
         return d.astype(d.dtype.newbyteorder(">")), n
 
-    monkeypatch.setattr(hf, "_read_fabio", big_endian)
+    monkeypatch.setattr(hf, "read_fabio", big_endian)
     with open_frames(str(tmp_path / "be_*.tif")) as st:
         assert st.source.dtype == ">u2"  # recorded as found
         assert st.dtype == np.dtype("uint16") and st.dtype.isnative
@@ -202,9 +202,9 @@ def typed_frames(n, dtype, seed):
 @pytest.mark.parametrize("compiled", [False, True])
 def test_bitshuffle_lz4_frames_are_decompressed_from_raw_chunks(tmp_path, dtype, compiled,
                                                                  frames_per_chunk, read_threads):
-    """Chunks of whole frames compressed with bitshuffle-LZ4 are read raw and decompressed
-    with the bitshuffle package (by its own function or by the compiled loop over its
-    blocks): the same numbers as through HDF5's filter, also with several chunks
+    """Chunks of whole frames compressed with bitshuffle-LZ4 are read raw and decoded by
+    hklflow.codec (the library codec, or with compiled decompression the codec chosen: the
+    compiled one here): the same numbers as through HDF5's filter, also with several chunks
     decompressed at once."""
     for k, n in enumerate((7, 5)):  # 7 frames: a last chunk of 3 holds one frame
         with h5py.File(tmp_path / f"d_{k}.h5", "w") as f:
@@ -249,7 +249,7 @@ def test_unwritten_chunks_are_read_as_fill_value(tmp_path, read_threads):
 @pytest.mark.parametrize("layout", [
     "gzip", "uncompressed", "bitshuffle without lz4", "bitshuffle zstd", "half-frame chunks",
     "lz4 and fletcher32", "big-endian", "virtual dataset", "bitshuffle package missing"])
-def test_other_layouts_are_read_through_hdf5(tmp_path, monkeypatch, layout):
+def test_other_layouts_are_read_through_hdf5(tmp_path, monkeypatch, request, layout):
     data = frames(6)
     options = {
         "gzip": dict(chunks=(1,) + SHAPE, compression="gzip"),
@@ -271,10 +271,14 @@ def test_other_layouts_are_read_through_hdf5(tmp_path, monkeypatch, layout):
         with h5py.File(tmp_path / "s.h5", "w") as f:
             f.create_dataset(DSET, data=data.astype(">i4") if layout == "big-endian" else data,
                              **options)
-    if layout == "bitshuffle package missing":
-        import hklflow.frames as hf
+    if layout == "bitshuffle package missing":  # (HDF5's filter is hdf5plugin's own)
+        import sys
 
-        monkeypatch.setattr(hf, "_bshuf_decompress_lz4", None)
+        from hklflow.codec import choice
+
+        monkeypatch.setitem(sys.modules, "bitshuffle", None)
+        choice.library_codec.cache_clear()
+        request.addfinalizer(choice.library_codec.cache_clear)
     with open_frames("s.h5", base_dir=tmp_path) as st:
         np.testing.assert_array_equal(st.read(0, 6), data)
         np.testing.assert_array_equal(st.read(2, 4), data[2:4])
@@ -449,11 +453,13 @@ def test_frame_reader_of_one_thread_reads_in_the_callers_thread_when_asked():
     assert calls[0][1] is not threading.current_thread()
 
 
-def test_frames_as_stored_only_where_each_is_a_bitshuffle_lz4_chunk(tmp_path):
+def test_frames_as_stored_only_where_each_is_a_bitshuffle_lz4_chunk(tmp_path, monkeypatch):
     """read_compressed gives the frames' own bitshuffle-LZ4 chunks (decompressed: the frames
     read) where every frame is a chunk of its own and the steps' compiled decompression is
-    asked for, across files; None otherwise (then the frames are read)."""
-    from hklflow.files.bitshuffle_lz4 import block_count, block_positions, decompress_elements
+    asked for, across files; None otherwise (then the frames are read), and None with the
+    library codec (HKLFLOW_CODEC=library: no kernel decodes them block by block)."""
+    from hklflow.codec import block_count, choice
+    from hklflow.codec.compiled import block_positions, decompress_elements
     from hklflow.frames import open_frames
 
     rng = np.random.default_rng(0)
@@ -488,13 +494,20 @@ def test_frames_as_stored_only_where_each_is_a_bitshuffle_lz4_chunk(tmp_path):
         with open_frames(str(tmp_path / name)) as st:
             st.compiled_decompression = True
             assert st.read_compressed(0, 4) is None
+    monkeypatch.setenv("HKLFLOW_CODEC", "library")
+    with open_frames(str(tmp_path / "[ab].h5")) as st:
+        st.compiled_decompression = True
+        assert st.read_compressed(1, 5) is None
+        np.testing.assert_array_equal(st.read(1, 5), expected[1:5])
+        assert st.frames_from_raw_chunks == 4  # read as raw chunks, by the library codec
+    assert choice.active_codec().name == "library"
 
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_a_cut_or_corrupt_chunk_is_an_error_naming_file_and_frame(tmp_path, compiled):
     """A bitshuffle-LZ4 chunk cut short or with a flipped byte: a RawDataError naming the
-    file and the frame, from either decompression (bitshuffle's function, and HDF5's filter
-    after it, would read past a cut chunk's end and crash the process)."""
+    file and the frame, from either codec (bitshuffle's decoder, and HDF5's filter after
+    it, would read past a cut chunk's end and crash the process)."""
     from hklflow.frames import open_frames
 
     frames = np.random.default_rng(1).poisson(5, (3, 61, 47)).astype(np.int32)

@@ -1,7 +1,8 @@
 """hklflow.pdf: punch-and-fill, Tukey taper and FFT of the 3D-DeltaPDF.
 
 The fill is checked against exact answers (a discrete harmonic function is its own
-Laplace fill) and against dense solves the tests build voxel by voxel; the punch against
+Laplace fill) and against dense solves the tests build voxel by voxel, its conjugate
+gradients against SuperLU on the same systems (superlu_reference.py); the punch against
 brute-force |Q| of every voxel (with the Busing-Levy B, a code path apart from the metric);
 the FFT against an analytic transform and against NXRefine's own expression (plain fftn).
 """
@@ -15,13 +16,18 @@ import pytest
 import scipy.fft
 from scipy import ndimage
 
-from hklflow import pdf
 from hklflow.crystal import Crystal, UnitCell
 from hklflow.grid import Axis, Grid
+from hklflow.pdf.fft import CosinePDF, fft_crop, pdf_fft, pdf_spectrum
+from hklflow.pdf.fill import (OUTCOMES, _batch_system, _components, _find, _neighbours,
+                              _solve_iteratively, punch_and_fill, reflections_to_punch,
+                              region_bits)
+from hklflow.pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start
+from hklflow.pdf.taper import (TAPER_SURE, _taper_above_zero, taper_bounds, taper_of,
+                               taper_statistics, tapered_mean, tukey_taper)
 from numba_helpers import compiled_in_fresh_process, slice_assignment_checks
+from superlu_reference import superlu_solve
 
-# both solvers of punch_and_fill: SuperLU (regions up to max_direct_unknowns) and conjugate gradients
-SOLVERS = pytest.mark.parametrize("max_direct", [10 ** 9, 0], ids=["superlu", "cg"])
 FACES = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 
 
@@ -68,8 +74,7 @@ def neighbours(grid, v):
 # --------------------------------------------------------------------------------------
 # Fill: exact answers
 # --------------------------------------------------------------------------------------
-@SOLVERS
-def test_fill_reproduces_a_discrete_harmonic_function(max_direct):
+def test_fill_reproduces_a_discrete_harmonic_function():
     # unequal steps (so holes are ellipsoids in voxels), an orthorhombic cell
     grid = Grid(Axis(-1.5, 0.05, 61), Axis(-2.0, 0.1, 41), Axis(-3.0, 0.2, 31))
     cell = UnitCell(4.0, 5.0, 7.0)
@@ -88,7 +93,7 @@ def test_fill_reproduces_a_discrete_harmonic_function(max_direct):
     radius = 0.35
     region = fill_region(grid, cell, values, positions, radius)
     assert np.isnan(values[region & ~brute_hole(grid, cell, positions[2], radius)]).sum() == 5
-    result = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_direct_unknowns=max_direct)
+    result = punch_and_fill(values, grid, cell, positions, radius=radius)
     assert result.counts == {"filled": 4, "off_grid": 0, "edge": 0, "no_data": 0, "solver_failed": 0}
     assert np.array_equal(np.isnan(result.filled), np.zeros(grid.shape, bool))
     err = np.abs(result.filled - f)[region].max() / np.abs(f).max()
@@ -97,8 +102,7 @@ def test_fill_reproduces_a_discrete_harmonic_function(max_direct):
     assert result.unknowns == region.sum()
 
 
-@SOLVERS
-def test_fill_at_the_grid_edge_is_exact_for_a_function_flat_across_it(max_direct):
+def test_fill_at_the_grid_edge_is_exact_for_a_function_flat_across_it():
     # links beyond the grid are dropped (zero normal difference), so the fill is exact for
     # a harmonic function with f(l = -1) = f(l = 0): k (k + 1) is symmetric about -1/2
     grid = Grid(Axis(-2.0, 0.1, 41), Axis(-2.0, 0.1, 41), Axis(0.0, 0.125, 33))
@@ -107,9 +111,9 @@ def test_fill_at_the_grid_edge_is_exact_for_a_function_flat_across_it(max_direct
     i, j, k = ih.astype(float), ik.astype(float), il.astype(float)
     f = 3 + 2 * i - j + i * j - i * i + k * (k + 1)
     positions = np.array([[0.0, 0.0, 0.0], [0.5, -0.5, 2.0]])
-    result = pdf.punch_and_fill(f, grid, cell, positions, radius=0.3, max_direct_unknowns=max_direct)
+    result = punch_and_fill(f, grid, cell, positions, radius=0.3)
     assert result.counts["edge"] == 1 and result.counts["filled"] == 1
-    assert pdf.OUTCOMES[result.outcome[0]] == "edge"
+    assert OUTCOMES[result.outcome[0]] == "edge"
     region = fill_region(grid, cell, f, positions, 0.3)
     assert region[0].any()  # the hole reaches the l = 0 plane
     assert np.abs(result.filled - f)[region].max() / np.abs(f).max() < 1e-9
@@ -128,7 +132,7 @@ def test_a_weak_region_is_filled_as_accurately_as_a_strong_one_of_the_same_batch
     values = np.where(ih < 30, 1e6 * f, 1e-3 * f)  # each region's neighbourhood on one side
     positions = np.array([[-1.5, 0.0, 0.0], [1.5, 0.0, 0.0]])
     values[brute_hole(grid, cell, positions[1], 0.5, factor=1.9)] = np.nan
-    result = pdf.punch_and_fill(values, grid, cell, positions, radius=0.5, max_direct_unknowns=0)
+    result = punch_and_fill(values, grid, cell, positions, radius=0.5)
     assert result.counts["filled"] == 2 and result.batches == 1
     truth = np.where(ih < 30, 1e6 * f, 1e-3 * f)
     for position in positions:
@@ -211,10 +215,9 @@ def small_problem():
     return grid, cell, values, positions, 0.3
 
 
-@SOLVERS
-def test_laplace_fill_equals_a_dense_solve(small_problem, max_direct):
+def test_laplace_fill_equals_a_dense_solve(small_problem):
     grid, cell, values, positions, radius = small_problem
-    result = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_direct_unknowns=max_direct)
+    result = punch_and_fill(values, grid, cell, positions, radius=radius)
     assert result.counts["filled"] == 3
     region = fill_region(grid, cell, values, positions, radius)
     assert ndimage.label(region)[1] >= 2  # the overlapping holes merge, the third is apart
@@ -228,11 +231,9 @@ DENSE_MATERN: dict = {}
 
 
 @pytest.mark.parametrize("order,eps", [(2, 0.0), (2, 0.4), (1, 0.7), (3, 0.2)])
-@SOLVERS
-def test_matern_fill_equals_a_dense_solve(small_problem, order, eps, max_direct):
+def test_matern_fill_equals_a_dense_solve(small_problem, order, eps):
     grid, cell, values, positions, radius = small_problem
-    result = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, order=order, eps=eps,
-                                max_direct_unknowns=max_direct)
+    result = punch_and_fill(values, grid, cell, positions, radius=radius, order=order, eps=eps)
     region = fill_region(grid, cell, values, positions, radius)
     # NXRefine's margin: the hole radius in voxels per axis (r |a_j| / (2 pi step_j))
     margins = np.array([math.ceil(radius * length / (2 * math.pi * ax.step))
@@ -246,25 +247,41 @@ def test_matern_fill_equals_a_dense_solve(small_problem, order, eps, max_direct)
     assert np.nanmax(np.abs(result.filled - expected)) < 1e-10
 
 
-@SOLVERS
-def test_batches_give_the_same_fill(small_problem, max_direct):
+def test_batches_give_the_same_fill(small_problem):
     grid, cell, values, positions, radius = small_problem
-    one = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_direct_unknowns=max_direct)
-    many = pdf.punch_and_fill(values, grid, cell, positions, radius=radius, max_batch_unknowns=1,
-                              max_direct_unknowns=max_direct)
+    one = punch_and_fill(values, grid, cell, positions, radius=radius)
+    many = punch_and_fill(values, grid, cell, positions, radius=radius, max_batch_unknowns=1)
     components = ndimage.label(fill_region(grid, cell, values, positions, radius))[1]
     assert one.batches == 1 and many.batches == components >= 2  # regions are never split
     np.testing.assert_allclose(many.filled, one.filled, rtol=0, atol=1e-12)
     assert np.array_equal(many.outcome, one.outcome)
 
 
+@pytest.mark.parametrize("order,eps", [(1, 0.0), (2, 0.4), (3, 0.2)])
+def test_conjugate_gradients_equal_superlu_on_the_fill_system(small_problem, order, eps):
+    # the system of every region of the fill, as punch_and_fill assembles it, solved by
+    # conjugate gradients region by region and by SuperLU as a whole
+    grid, cell, values, positions, radius = small_problem
+    result = punch_and_fill(values, grid, cell, positions, radius=radius, order=order, eps=eps)
+    count, comp = _components(result.region, grid.shape)
+    by_comp = np.argsort(comp, kind="stable")  # the unknowns by component, then voxel
+    unknowns, unknown_comp = result.region[by_comp], comp[by_comp]
+    S, rhs = _batch_system(unknowns, unknown_comp, region_bits(result.region, values.size),
+                           values.reshape(-1), grid.shape, order, eps)
+    direct = superlu_solve(S, rhs)
+    iterative = _solve_iteratively(S, rhs, unknown_comp)
+    assert count >= 2 and direct is not None and np.isfinite(iterative).all()
+    assert np.abs(iterative - direct).max() < 1e-10
+    assert np.abs(result.filled.reshape(-1)[unknowns] - direct).max() < 1e-10
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_punching_into_the_input_gives_the_same_fill(small_problem, dtype):
     grid, cell, values, positions, radius = small_problem
     values = values.astype(dtype)
-    copied = pdf.punch_and_fill(values, grid, cell, positions, radius=radius)
+    copied = punch_and_fill(values, grid, cell, positions, radius=radius)
     mine = values.copy()
-    own = pdf.punch_and_fill(mine, grid, cell, positions, radius=radius, overwrite_input=True)
+    own = punch_and_fill(mine, grid, cell, positions, radius=radius, overwrite_input=True)
     assert own.filled is mine  # no copy made
     assert np.array_equal(own.punched, copied.punched, equal_nan=True)
     assert np.array_equal(own.filled, copied.filled, equal_nan=True)
@@ -280,7 +297,7 @@ def test_punching_into_the_input_gives_the_same_fill(small_problem, dtype):
 
 def test_float32_in_float32_out(small_problem):
     grid, cell, values, positions, radius = small_problem
-    result = pdf.punch_and_fill(values.astype(np.float32), grid, cell, positions, radius=radius)
+    result = punch_and_fill(values.astype(np.float32), grid, cell, positions, radius=radius)
     assert result.filled.dtype == np.float32 and result.punched.dtype == np.float32
     expected = dense_laplace_fill(values.astype(np.float32).astype(np.float64),
                                   fill_region(grid, cell, values, positions, radius))
@@ -299,7 +316,7 @@ def test_punched_voxels_are_those_within_the_radius(cell, units, radius):
     grid = Grid(Axis(-1.0, 0.05, 41), Axis(-1.0, 0.1, 21), Axis(-1.5, 0.125, 25))
     values = np.ones(grid.shape)
     for position in ([0.0, 0.0, 0.0], [0.31, -0.27, 0.4], [-0.5, 0.5, -0.55]):
-        result = pdf.punch_and_fill(values, grid, cell, [position], radius=radius, units=units)
+        result = punch_and_fill(values, grid, cell, [position], radius=radius, units=units)
         expected = brute_hole(grid, cell, position, radius, units)
         assert expected.sum() > 10
         assert np.array_equal(result.hole, expected), position
@@ -313,7 +330,7 @@ def test_pair_arrays_grow_keeping_their_pairs_without_a_slice_assignment_check(t
     message, 2.5 CPU-s of the first delta_pdf job after an install."""
     compiled = compiled_in_fresh_process("""
         import numpy as np
-        from hklflow.pdf import _grown
+        from hklflow.pdf.fill import _grown
         grown = _grown(np.arange(5, dtype=np.int64) + 7, 3)
         assert grown.size == 10 and grown.dtype == np.int64 and list(grown[:3]) == [7, 8, 9]
     """, tmp_path)
@@ -324,7 +341,7 @@ def test_pair_arrays_grow_keeping_their_pairs_without_a_slice_assignment_check(t
 def test_a_radius_below_half_a_step_punches_the_nearest_voxel():
     grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21))
     position = [0.33, -0.52, 0.07]
-    result = pdf.punch_and_fill(np.ones(grid.shape), grid, UnitCell(4, 4, 4), [position], radius=0.001)
+    result = punch_and_fill(np.ones(grid.shape), grid, UnitCell(4, 4, 4), [position], radius=0.001)
     ih, ik, il = grid.index(position)
     assert result.hole.sum() == 1 and result.hole[il, ik, ih]
     assert grid.h.values[ih] == pytest.approx(0.3) and grid.k.values[ik] == pytest.approx(-0.5)
@@ -339,7 +356,7 @@ def test_reflections_to_punch_leave_out_absences(symbol, cell):
     crystal = Crystal(symbol, cell)
     grid = Grid(Axis(-3.0, 0.1, 61), Axis(-2.0, 0.1, 41), Axis(-4.0, 0.1, 81))
     q_max = 5.5
-    got = pdf.reflections_to_punch(crystal, grid, q_max)
+    got = reflections_to_punch(crystal, grid, q_max)
     hkl = np.stack(np.meshgrid(np.arange(-3, 4), np.arange(-2, 3), np.arange(-4, 5), indexing="ij"),
                    axis=-1).reshape(-1, 3)  # every hkl inside the grid's limits
     hkl = hkl[np.any(hkl != 0, axis=1) & (np.sqrt(q_squared(cell, hkl)) <= q_max)]
@@ -370,8 +387,8 @@ def test_outcomes():
         [0.0, -1.9, 0.0],    # edge, its hole crosses k = -2.05
         [0.0, -1.75, 0.06],  # filled alone, but merged with the one above: edge
     ])
-    result = pdf.punch_and_fill(values, grid, cell, positions, radius=0.3)
-    names = [pdf.OUTCOMES[o] for o in result.outcome]
+    result = punch_and_fill(values, grid, cell, positions, radius=0.3)
+    names = [OUTCOMES[o] for o in result.outcome]
     assert names == ["filled", "off_grid", "edge", "no_data", "edge", "edge"]
     assert result.counts == {"filled": 1, "off_grid": 1, "edge": 3, "no_data": 1, "solver_failed": 0}
     assert sum(result.counts.values()) == len(positions)
@@ -380,8 +397,7 @@ def test_outcomes():
     assert not result.hole[:, :, -1].any()  # nothing punched for the off-grid position
 
 
-@SOLVERS
-def test_a_non_finite_solution_is_solver_failed(caplog, max_direct):
+def test_a_non_finite_solution_is_solver_failed(caplog):
     # Matern fills overshoot (no maximum principle): from +-3e38 data the fill of one hole
     # passes float32's largest number, the other hole's is fine
     grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21))
@@ -390,10 +406,9 @@ def test_a_non_finite_solution_is_solver_failed(caplog, max_direct):
     values[:, :, :10] = 1.0
     positions = [[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]
     with caplog.at_level(logging.WARNING):
-        result = pdf.punch_and_fill(values, grid, UnitCell(4, 4, 4), positions, radius=0.2, order=2,
-                                    max_direct_unknowns=max_direct,
-                                    log=logging.getLogger("test_pdf"))
-    assert [pdf.OUTCOMES[o] for o in result.outcome] == ["solver_failed", "filled"]
+        result = punch_and_fill(values, grid, UnitCell(4, 4, 4), positions, radius=0.2, order=2,
+                                log=logging.getLogger("test_pdf"))
+    assert [OUTCOMES[o] for o in result.outcome] == ["solver_failed", "filled"]
     assert np.isnan(result.filled[result.hole & (ih >= 10)]).all()
     assert np.isfinite(result.filled[result.hole & (ih < 10)]).all()
     assert "fill failed" in caplog.text
@@ -406,7 +421,7 @@ def test_a_non_finite_solution_is_solver_failed(caplog, max_direct):
 def test_bad_arguments(kwargs, message):
     grid = Grid(Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21), Axis(-1.0, 0.1, 21))
     with pytest.raises(ValueError, match=message):
-        pdf.punch_and_fill(np.ones(grid.shape), grid, UnitCell(4, 4, 4), [[0, 0, 0]], **kwargs)
+        punch_and_fill(np.ones(grid.shape), grid, UnitCell(4, 4, 4), [[0, 0, 0]], **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -415,7 +430,7 @@ def test_bad_arguments(kwargs, message):
 def test_taper_values_and_monotonic():
     cell = UnitCell(2 * math.pi, 2 * math.pi, 2 * math.pi)  # |Q| = |hkl| in 1/Angstrom
     grid = Grid(Axis(-5.0, 0.25, 41), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.5, 5))
-    taper = pdf.tukey_taper(grid, cell, q_max=4.0)  # R = |Q| / 2
+    taper = tukey_taper(grid, cell, q_max=4.0)  # R = |Q| / 2
     assert taper.dtype == np.float32 and taper.shape == grid.shape
     il, ik = 2, 4  # l = 0, k = 0
     at = {h: taper[il, ik, grid.h.index(h)] for h in (0.0, 2.0, 2.5, 3.0, 4.0, 5.0)}
@@ -433,13 +448,13 @@ def test_the_tapered_mean_tells_where_the_taper_is_above_zero_without_its_cosine
     R = 2 - TAPER_SURE, where it starts computing the cosine, and up to R = 2, where the
     float32 taper reaches 0."""
     q_max = 3.7
-    lo, hi = pdf._taper_bounds(q_max)
+    lo, hi = taper_bounds(q_max)
     r = np.concatenate([np.linspace(0, 2.2, 20001),
-                        2 - pdf.TAPER_SURE + np.linspace(-1e-6, 1e-6, 2001),
+                        2 - TAPER_SURE + np.linspace(-1e-6, 1e-6, 2001),
                         2 - np.geomspace(1e-2, 1e-12, 4001), np.nextafter(2.0, 0) - np.arange(50) * 2e-16])
     q2 = (r * q_max / 2) ** 2
-    want = [np.float32(pdf._taper_of(v, lo, hi, q_max)) > 0 for v in q2]
-    got = [pdf._taper_above_zero(v, lo, hi, q_max) for v in q2]
+    want = [np.float32(taper_of(v, lo, hi, q_max)) > 0 for v in q2]
+    got = [_taper_above_zero(v, lo, hi, q_max) for v in q2]
     assert got == want
     assert not all(want) and sum(want) > len(want) / 2
 
@@ -450,7 +465,7 @@ def test_taper_uses_the_metric_of_a_hexagonal_cell():
     q_max = 4.0
     r = 2 * np.sqrt(q_squared(cell, voxel_hkl(grid))) / q_max
     expected = np.where(r <= 1, 1.0, np.where(r < 2, 0.5 * (1 - np.cos(np.pi * r)), 0.0))
-    assert np.abs(pdf.tukey_taper(grid, cell, q_max) - expected).max() < 1e-6
+    assert np.abs(tukey_taper(grid, cell, q_max) - expected).max() < 1e-6
     assert ((r > 1) & (r < 2)).sum() > 1000
 
 
@@ -466,16 +481,16 @@ def test_taper_in_the_fft_copy_equals_tapering_the_volume():
     values[rng.random(grid.shape) < 0.2] = np.nan
     before = values.copy()
     q_max = 3.0
-    taper = pdf.tukey_taper(grid, cell, q_max)
+    taper = tukey_taper(grid, cell, q_max)
     inside = np.isfinite(values) & (taper > 0)
-    mean = pdf.tapered_mean(values, grid, cell, q_max)
+    mean = tapered_mean(values, grid, cell, q_max)
     assert mean == pytest.approx(values[inside].astype(np.float64).mean(), rel=1e-12)
-    want, axes = pdf.pdf_fft((values - np.float32(mean)) * taper, grid)
-    got, axes2 = pdf.pdf_fft(values, grid, taper=(cell, q_max, mean))
+    want, axes = pdf_fft((values - np.float32(mean)) * taper, grid)
+    got, axes2 = pdf_fft(values, grid, taper=(cell, q_max, mean))
     assert np.array_equal(got, want) and all(np.array_equal(a, b) for a, b in zip(axes, axes2))
     assert np.array_equal(values, before, equal_nan=True)
     with pytest.raises(ValueError, match="float32"):
-        pdf.pdf_fft(values.astype(np.float64), grid, taper=(cell, q_max, mean))
+        pdf_fft(values.astype(np.float64), grid, taper=(cell, q_max, mean))
 
 
 def test_spectrum_pdf_is_rfftns_result_bit_for_bit_in_half_the_memory():
@@ -491,9 +506,9 @@ def test_spectrum_pdf_is_rfftns_result_bit_for_bit_in_half_the_memory():
     values = rng.normal(5.0, 1.0, grid.shape).astype(np.float32)
     values[rng.random(grid.shape) < 0.1] = np.nan
     q_max = 4.0
-    mean = pdf.tapered_mean(values, grid, cell, q_max)
-    sh, sk, sl = pdf.fft_crop(grid)
-    tapered = (values - np.float32(mean)) * pdf.tukey_taper(grid, cell, q_max)
+    mean = tapered_mean(values, grid, cell, q_max)
+    sh, sk, sl = fft_crop(grid)
+    tapered = (values - np.float32(mean)) * tukey_taper(grid, cell, q_max)
     data = np.fft.fftshift(np.nan_to_num(tapered[sl, sk, sh]))
     nz, ny, nx = data.shape
     half = scipy.fft.rfftn(data)
@@ -504,9 +519,9 @@ def test_spectrum_pdf_is_rfftns_result_bit_for_bit_in_half_the_memory():
     real[:, :, nx // 2:] = mirror[:, :, nx - np.arange(nx // 2, nx)]
     want = np.fft.fftshift(real) * np.float32(1.0 / real.size)
 
-    pdf.pdf_spectrum(values, grid, taper=(cell, q_max, mean))  # compiled kernels loaded
+    pdf_spectrum(values, grid, taper=(cell, q_max, mean))  # compiled kernels loaded
     tracemalloc.start()
-    spectrum, _ = pdf.pdf_spectrum(values, grid, taper=(cell, q_max, mean))
+    spectrum, _ = pdf_spectrum(values, grid, taper=(cell, q_max, mean))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert spectrum.shape == want.shape == (80, 32, 40)
@@ -526,7 +541,7 @@ def test_fft_of_a_cosine():
     hkl = voxel_hkl(grid)
     phase = 2 * np.pi * (hkl[..., 0] * x0 + hkl[..., 1] * y0 + hkl[..., 2] * z0)
     values = (2.0 + 3.0 * np.cos(phase)).astype(np.float32)
-    out, (x, y, z) = pdf.pdf_fft(values, grid)
+    out, (x, y, z) = pdf_fft(values, grid)
     assert out.shape == (10, 12, 16) and out.dtype == np.float32
     np.testing.assert_allclose(x, np.fft.fftshift(np.fft.fftfreq(16, 0.25)))
     np.testing.assert_allclose(z, np.fft.fftshift(np.fft.fftfreq(10, 0.5)))
@@ -551,7 +566,7 @@ def test_fft_equals_nxrefines_plain_fftn():
     rng = np.random.default_rng(5)
     values = rng.normal(size=grid.shape).astype(np.float32)
     values[rng.random(grid.shape) < 0.05] = np.nan
-    out, _ = pdf.pdf_fft(values, grid, workers=2)
+    out, _ = pdf_fft(values, grid, workers=2)
     expected = nxrefine_fft(values)
     assert out.shape == expected.shape == (24, 24, 32)
     exact = np.real(np.fft.fftshift(np.fft.fftn(np.fft.fftshift(
@@ -576,7 +591,7 @@ def even_volume(grid_shape, rng, nan_fraction=0.05):
 def test_region_bits_hold_a_bit_per_voxel_set_for_the_regions_voxels():
     rng = np.random.default_rng(3)
     region = np.unique(rng.integers(0, 1003, 200))
-    bits = pdf.region_bits(region, 1003)
+    bits = region_bits(region, 1003)
     assert bits.dtype == np.uint8 and bits.size == 126
     want = np.zeros(1003, bool)
     want[region] = True
@@ -606,9 +621,9 @@ def test_an_even_volume_is_filled_from_its_octant_as_when_every_region_is_solved
     values = (100 * rng.random(grid.shape)).astype(np.float32)
     values[:, :, :21] = even_volume((17, 31, 21), rng, 0.003)
     cell = UnitCell(5.0, 5.5, 6.0)
-    whole = pdf.punch_and_fill(values, grid, cell, EVEN_POSITIONS, radius=0.2, order=order)
-    octant = pdf.punch_and_fill(values, grid, cell, EVEN_POSITIONS, radius=0.2, order=order,
-                                even=True)
+    whole = punch_and_fill(values, grid, cell, EVEN_POSITIONS, radius=0.2, order=order)
+    octant = punch_and_fill(values, grid, cell, EVEN_POSITIONS, radius=0.2, order=order,
+                            even=True)
     assert whole.mirrored == 0 and 0 < octant.unknowns < whole.unknowns / 2
     assert octant.unknowns + octant.mirrored == whole.unknowns
     assert np.array_equal(octant.region, whole.region)
@@ -629,14 +644,14 @@ def test_regions_that_are_not_mirror_images_are_all_solved():
     values = even_volume(grid.shape, rng, 0.003)
     cell = UnitCell(5.0, 5.5, 6.0)
     lopsided = np.concatenate([EVEN_POSITIONS, [[-0.4, 0.8, 1.25]]])  # its images not punched
-    whole = pdf.punch_and_fill(values, grid, cell, lopsided, radius=0.2)
-    octant = pdf.punch_and_fill(values, grid, cell, lopsided, radius=0.2, even=True)
+    whole = punch_and_fill(values, grid, cell, lopsided, radius=0.2)
+    octant = punch_and_fill(values, grid, cell, lopsided, radius=0.2, even=True)
     assert octant.mirrored == 0 and octant.unknowns == whole.unknowns
     assert np.array_equal(octant.filled, whole.filled, equal_nan=True)
     # no voxel at 0 along an axis: no mirror either
     shifted = Grid(Axis(-0.95, 0.1, 20), Axis(-1.5, 0.1, 31), Axis(-2.0, 0.25, 17))
-    octant = pdf.punch_and_fill(values[:, :, 1:], shifted, cell, EVEN_POSITIONS, radius=0.2,
-                                even=True)
+    octant = punch_and_fill(values[:, :, 1:], shifted, cell, EVEN_POSITIONS, radius=0.2,
+                            even=True)
     assert octant.mirrored == 0 and octant.unknowns > 0
 
 
@@ -650,7 +665,7 @@ def symmetric_grid(n):
 def test_the_octant_boxes_stand_for_every_voxel_once(n):
     grid = symmetric_grid(n)
     covered = np.zeros(grid.shape, int)
-    for bl, bk, bh, times in pdf.octant_boxes(grid):
+    for bl, bk, bh, times in octant_boxes(grid):
         box = np.zeros(grid.shape, int)
         box[bl, bk, bh] = 1
         images = sum(np.flip(box, axes) for axes in
@@ -659,14 +674,14 @@ def test_the_octant_boxes_stand_for_every_voxel_once(n):
         covered += images
     assert (covered == 1).all()
     # within L planes [l0, l1): the same boxes cut there, their L slices from l0
-    l0, l1 = pdf.octant_start(grid) - 1, pdf.octant_start(grid) + 3
+    l0, l1 = octant_start(grid) - 1, octant_start(grid) + 3
     cut = [(range(l0 + b[0].start, l0 + b[0].stop), b[1], b[2], b[3])
-           for b in pdf.octant_boxes(grid, l0, l1)]
+           for b in octant_boxes(grid, l0, l1)]
     whole = [(range(max(b[0].start, l0), min(b[0].stop, l1)), b[1], b[2], b[3])
-             for b in pdf.octant_boxes(grid)]
+             for b in octant_boxes(grid)]
     assert cut == [b for b in whole if len(b[0])] and len(cut) >= 2
     asymmetric = Grid(Axis(-1.0, 0.125, 20), grid.k, grid.l)
-    assert pdf.octant_boxes(asymmetric) is None
+    assert octant_boxes(asymmetric) is None
 
 
 @pytest.mark.parametrize("n", [(21, 31, 17), (20, 31, 16)], ids=["odd", "even lengths"])
@@ -682,14 +697,14 @@ def test_an_even_volumes_statistics_from_its_octant_are_those_of_the_whole(n):
         buffer[:l1 - l0] = values[l0:l1]
         return buffer[:l1 - l0]
 
-    buffer = np.empty((pdf.SLAB_PLANES,) + grid.shape[1:], np.float32)
+    buffer = np.empty((SLAB_PLANES,) + grid.shape[1:], np.float32)
     for source in (values, planes):
         whole = coverage_by_shell(grid, cell, source)
         octant = coverage_by_shell(grid, cell, source, even=True)
         for a, b in zip(whole, octant):
             assert np.array_equal(a, b)
-        mean, unmeasured = pdf.taper_statistics(source, grid, cell, 3.0, 2.5)
-        o_mean, o_unmeasured = pdf.taper_statistics(source, grid, cell, 3.0, 2.5, even=True)
+        mean, unmeasured = taper_statistics(source, grid, cell, 3.0, 2.5)
+        o_mean, o_unmeasured = taper_statistics(source, grid, cell, 3.0, 2.5, even=True)
         assert o_unmeasured == unmeasured > 0
         assert abs(o_mean - mean) < 1e-12 * abs(mean)
     assert farthest_shell_edge(grid, cell, values, even=True) == \
@@ -712,15 +727,15 @@ def test_the_pdf_of_a_volume_even_along_each_axis_is_the_cosine_transform_of_its
     values[2:, :, :41] = even_volume((33, 61, 41), rng)
     cell = UnitCell(4.0, 5.0, 7.0)
     taper = (cell, 3.0, np.float32(0.7)) if tapered else None
-    spectrum, axes = pdf.pdf_spectrum(values, grid, taper=taper)
-    cosine, cosine_axes = pdf.pdf_spectrum(values, grid, taper=taper, even=True)
-    assert isinstance(cosine, pdf.CosinePDF) and cosine.octant.shape == (17, 31, 21)
+    spectrum, axes = pdf_spectrum(values, grid, taper=taper)
+    cosine, cosine_axes = pdf_spectrum(values, grid, taper=taper, even=True)
+    assert isinstance(cosine, CosinePDF) and cosine.octant.shape == (17, 31, 21)
     assert cosine.shape == spectrum.shape == (32, 60, 40)
     for a, b in zip(axes, cosine_axes):
         assert np.array_equal(a, b)
-    sh, sk, sl = pdf.fft_crop(grid)
+    sh, sk, sl = fft_crop(grid)
     data = values.astype(np.float64) if taper is None else \
-        (values - np.float32(0.7)) * pdf.tukey_taper(grid, cell, 3.0)
+        (values - np.float32(0.7)) * tukey_taper(grid, cell, 3.0)
     data = np.nan_to_num(data.astype(np.float64)[sl, sk, sh])
     exact = np.real(scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.fftshift(data)))) / data.size
     whole = np.asarray(cosine)
@@ -752,7 +767,7 @@ def test_only_a_volume_symmetrised_with_the_three_axis_mirrors_counts_as_even():
 def test_fft_crops_an_asymmetric_grid_about_zero():
     grid = Grid(Axis(-1.0, 0.25, 17), Axis(-3.0, 0.5, 9), Axis(-0.5, 0.25, 7))
     values = np.random.default_rng(2).random(grid.shape).astype(np.float32)
-    out, (x, y, z) = pdf.pdf_fft(values, grid)
+    out, (x, y, z) = pdf_fft(values, grid)
     # zero at index 4 (h), 6 (k), 2 (l): ranges [0, 8), [4, 8), [0, 4)
     assert out.shape == (4, 4, 8)
     assert np.abs(out - nxrefine_fft(values[:5, 4:9, :9])).max() < 1e-6
@@ -762,18 +777,18 @@ def test_fft_crops_an_asymmetric_grid_about_zero():
 def test_fft_needs_a_voxel_at_zero():
     grid = Grid(Axis(-1.1, 0.25, 9), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.25, 9))
     with pytest.raises(ValueError, match="h = 0"):
-        pdf.pdf_fft(np.ones(grid.shape, np.float32), grid)
+        pdf_fft(np.ones(grid.shape, np.float32), grid)
     grid = Grid(Axis(-1.0, 0.25, 9), Axis(0.0, 0.25, 9), Axis(-1.0, 0.25, 9))
     with pytest.raises(ValueError, match="both sides of k = 0"):
-        pdf.pdf_fft(np.ones(grid.shape, np.float32), grid)
+        pdf_fft(np.ones(grid.shape, np.float32), grid)
 
 
 
 def test_shell_and_sphere_counts_equal_numpy():
-    """coverage_by_shell and unmeasured_within count in one compiled pass; on a triclinic
+    """coverage_by_shell and taper_statistics count in one compiled pass; on a triclinic
     cell and random unmeasured (NaN, inf) voxels their counts equal numpy's planes of |Q|^2 exactly
     (the same float64 expression, term for term)."""
-    from hklflow.pdf_volume import coverage_by_shell, q_squared_planes, unmeasured_within
+    from hklflow.pdf_volume import coverage_by_shell, q_squared_planes
 
     cell = UnitCell(5.1, 6.3, 7.7, 81.0, 97.0, 104.0)
     grid = Grid(Axis(-3.0, 0.05, 121), Axis(-2.5, 0.05, 101), Axis(-2.0, 0.1, 41))
@@ -793,7 +808,7 @@ def test_shell_and_sphere_counts_equal_numpy():
     for q in (0.5, 2.0, 1e3):
         sphere = q2 <= q * q
         expect = (sphere & ~measured).sum() / max(sphere.sum(), 1)
-        assert unmeasured_within(grid, cell, values, q) == expect
+        assert taper_statistics(values, grid, cell, q, q)[1] == expect
 
 
 @pytest.mark.parametrize("where", ["random", "one voxel", "corner", "none"])
@@ -832,11 +847,11 @@ def test_components_equal_scipys_connected_components(shape, fraction):
     rng = np.random.default_rng(int(np.prod(shape) * 10 * fraction))
     for _ in range(20):
         region = np.flatnonzero(rng.random(np.prod(shape)) < fraction).astype(np.int64)
-        count, labels = pdf._components(region, shape)
+        count, labels = _components(region, shape)
         n = region.size
-        j = pdf._find(region, pdf._neighbours(region, shape)[0::2])
+        j = _find(region, _neighbours(region, shape)[0::2])
         rows = np.broadcast_to(np.arange(n), j.shape)[j >= 0]
         adjacency = sp.coo_matrix((np.ones(rows.size), (rows, j[j >= 0])), shape=(n, n))
         want_count, want = connected_components(adjacency, directed=False)
         assert count == want_count and np.array_equal(labels, want)
-    assert pdf._components(np.zeros(0, np.int64), shape)[0] == 0
+    assert _components(np.zeros(0, np.int64), shape)[0] == 0

@@ -11,7 +11,8 @@ import pytest
 from hklflow.crystal import UnitCell
 from hklflow.files.pdf import PDF, read_pdf, read_pdf_plane, write_pdf
 from hklflow.files.volume import Volume, write_volume
-from hklflow.pdf import fft_crop, tukey_taper
+from hklflow.pdf.fft import fft_crop
+from hklflow.pdf.taper import tukey_taper
 from hklflow.simulation.compare import pdf_peak
 
 from conftest import step_settings

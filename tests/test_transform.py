@@ -15,7 +15,8 @@ from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeome
 from hklflow.grid import Axis, Grid, default_grid
 from hklflow.transform import (BLOCK, SubSteps, Transformer, allowed_table, auto_subdivide,
                                block_sub_steps, bragg_block_summary, frame_matrices,
-                               live_blocks, numpy_transform, pixel_table, transform_frames)
+                               live_blocks, pixel_table, transform_frames)
+from transform_reference import numpy_transform
 
 SCAN = "tiny/100K/f2"
 
@@ -235,12 +236,11 @@ def test_thread_shares_cover_every_pixel_and_split_the_work_evenly(setup, thread
     pixels, as on a large detector) and those within `reach` of it; the runs lie inside
     their blocks; the blocks a thread adds unchecked hold none of another thread's
     voxels."""
-    from hklflow import transform
-    from hklflow.transform import BLOCK, BrickedGrid, ThreadShares
+    from hklflow.transform import BLOCK, BrickedGrid, ThreadShares, shares as transform_shares
 
     scan, UB, crystal, table, grid, frames = setup
     if sampled:  # (ranked on 1 pixel in 20)
-        monkeypatch.setattr(transform, "RANKING_PIXELS", len(table) // 20)
+        monkeypatch.setattr(transform_shares, "RANKING_PIXELS", len(table) // 20)
     acc = BrickedGrid(grid)
     full = ScanGeometry(scan.detector, Goniometer(axis or (0.0, 1.0, 0.0)),
                         ScanAngles(0.0, 360.0 / 40, 40), {}, UB)  # a full turn
@@ -896,14 +896,14 @@ def test_bricks_never_written_are_known_and_unbrick_as_zeros(paired, shared, mon
             monkeypatch.undo()
             monkeypatch.setattr(tr.ZeroedPages, "_touched", lambda self, offset, nbytes:
                                 np.zeros(-(-nbytes // 4096), bool))
-            tr._pages_tell_written.cache_clear()
+            tr.memory._pages_tell_written.cache_clear()
             assert g.written_pages(0) is None
         if pages != "known":
             got = g.slabs(5, 30)
         for (s, w), (gs, gw) in zip(want, got):
             assert np.array_equal(gs, s[5:30]) and np.array_equal(gw, w[5:30])
         assert np.array_equal(g.slab(0, 43, kind=1)[1], want[1][1])
-    tr._pages_tell_written.cache_clear()
+    tr.memory._pages_tell_written.cache_clear()
 
 
 @pytest.mark.parametrize("detector, orientation, rots", [
@@ -943,7 +943,7 @@ def test_a_voxels_cells_are_added_as_one_vector_exactly_as_one_by_one():
     voxels included, for the 2 cells of one kind and the 4 of two."""
     import numba
 
-    from hklflow.transform import _add_to_cells
+    from hklflow.transform.kernels import _add_to_cells
 
     @numba.njit
     def add_pairs(cells, idx, a, b):

@@ -211,7 +211,7 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     filter_writers = files("filter")
     for w in filter_writers:
         w.__enter__()
-        w._chunk_writer.compress = None  # no bitshuffle library: HDF5's filter
+        w._chunk_writer.codec = None  # no bitshuffle package: HDF5's filter
     write_volumes(tr, filter_writers)
     for w in filter_writers:
         w.__exit__(None, None, None)

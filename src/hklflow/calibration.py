@@ -51,8 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CalibrationError, ImageReadError
-from .frames import read_image
 from .geometry import DetectorGeometry, pyfai_detector
+from .images import read_image
 from .params import CalibrationParams
 
 PARAMETERS = CalibrationParams.REFINABLE
@@ -386,9 +386,8 @@ def _check_sane(g: DetectorGeometry, start: DetectorGeometry, where: str, npass:
 @contextlib.contextmanager
 def _gc_skips_objects_made_so_far():
     """pyFAI's geometries run gc.collect() at every change of a parameter (Geometry.auto_gc,
-    set in their constructors): ~30 full collections in a refinement, each walking every
-    object of the modules imported so far (0.05 s apiece, 1.3 of a 2M calibration's 7
-    CPU-s).  Those objects are moved out of its way for the block (gc.freeze) and back
+    set in their constructors): tens of full collections in a refinement, each walking
+    every object of the modules imported so far, a large part of a calibration's time.  Those objects are moved out of its way for the block (gc.freeze) and back
     after (gc.unfreeze); what the block makes is collected as before."""
     import gc
 

@@ -20,12 +20,12 @@ Usage::
 
 HDF5 ranges are read into one preallocated buffer.  The usual detector layout (chunks of
 whole frames, bitshuffle-LZ4 the only filter, native numbers) is read as raw chunks and
-decompressed straight into the buffer by the ``bitshuffle`` package's C function: 1.4x
-faster than HDF5's filter pipeline (which allocates, decompresses and copies), and reading
-frames bounds the throughput of peak search and transform.  With
-``compiled_decompression`` (the steps that stream every frame) a compiled loop calls that
-package's LZ4 function block by block instead, with our own bit-untranspose where the CPU
-has GFNI (files.bitshuffle_lz4): 0.94-0.97 instead of 2.46-2.69 CPU-ms per 2M frame.
+decoded into the buffer by hklflow.codec, past HDF5's filter pipeline (which allocates,
+decompresses and copies): reading frames bounds the throughput of peak search and
+transform (bench/cpu_kernels.py).  With ``compiled_decompression`` (the steps that stream
+every frame) the codec HKLFLOW_CODEC chooses decodes them (the compiled one where it
+passes its self-test), and read_compressed gives the frames as stored to the kernels that
+decode them block by block; otherwise the library codec does.
 ``read_threads`` (the job's threads) decompress that many chunks at once: on one thread,
 decompressing would be the pass's bottleneck.  Any other layout,
 and any chunk that is not plainly bitshuffle-LZ4 (not written: fill value; damaged), is
@@ -38,8 +38,8 @@ known) and what was expected.  The frames of an ingested scan are opened with
 :func:`open_frame_source` from the :class:`FrameSource` its scan file records, which also
 checks that the files are still the ones ingest saw (hklflow.rawfiles fingerprints).
 
-Single images (a calibrant image, a user mask) are read with :func:`read_image`, through
-the same HDF5 and fabio readers.
+Single images (a calibrant image, a user mask) are read with :func:`read_image`
+(hklflow.images), through the same HDF5 and fabio readers.
 """
 from __future__ import annotations
 
@@ -50,25 +50,26 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from .errors import ImageReadError, RawDataError
-from .files.h5 import (bitshuffle_block_elements, bitshuffle_function, bitshuffle_lz4_only,
-                       decompress_chunk, open_h5)
-from .rawfiles import changed_files, fingerprint, is_hdf5_path, matching_files
+from .codec import (CompressedFrames, bitshuffle_lz4_only, codec_for, read_chunk,
+                    stored_frames)
+from .errors import RawDataError
+from .images import open_hdf5, read_fabio, read_image
+from .rawfiles import (DEFAULT_DATASET, FrameSource, changed_files, fingerprint, is_hdf5_path,
+                       matching_files)
 
-DEFAULT_DATASET = "/entry/data/data"
+__all__ = ["DEFAULT_DATASET", "CompressedFrames", "FrameSource", "FrameStack", "RawScan",
+           "check_readable", "frame_reader", "inspect_raw_scan", "open_frame_source",
+           "open_frames", "read_image", "resolve_files"]
 
 # A step reads its next frames on a thread of its own (while it works on these) from this
 # many threads on; a step of one thread reads each chunk itself when it needs it, still in
-# the processor's cache.  On the 2-core VM, the 400-frame jobs of bench/pipeline.py:
-# transform_frames 4.7-4.8 CPU-s against 5.0-5.2 with a reader thread (wall 4.2-4.3 s
-# against 3.6-3.8: the reader had the core the job was not given), find_peaks 4.3 against
-# 4.6 CPU-s.
+# the processor's cache: less CPU, and a reader thread would take the core the job was not
+# given (bench/pipeline.py).
 READ_AHEAD_THREADS = 2
 
 
@@ -116,43 +117,9 @@ def frame_reader(threads: int):
 log = logging.getLogger(__name__)
 
 
-# (in, out, elements, element size, block size in elements) -> bytes of `in` consumed
-_bshuf_decompress_lz4 = bitshuffle_function("bshuf_decompress_lz4")
-
-
 # --------------------------------------------------------------------------------------
 # Where frames are
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FrameSource:
-    """Where the frames of one scan live: what an ingested NeXus scan file records.
-
-    kind is "hdf5" (each file holds a (n, rows, cols) stack at `dataset`) or "files"
-    (one frame per file, in the listed order).  files are absolute paths.  fingerprints:
-    one hklflow.rawfiles.fingerprint per file as ingest saw it (empty: not recorded).
-    """
-
-    kind: str
-    files: tuple[str, ...]
-    dataset: str | None
-    frames_per_file: tuple[int, ...]
-    frame_shape: tuple[int, int]
-    dtype: str
-    fingerprints: tuple = ()
-
-    def __post_init__(self):
-        if self.kind not in ("hdf5", "files"):
-            raise ValueError(f"FrameSource kind must be 'hdf5' or 'files', got {self.kind!r}")
-        if len(self.files) != len(self.frames_per_file):
-            raise ValueError("FrameSource: one frame count per file is needed")
-        if self.fingerprints and len(self.fingerprints) != len(self.files):
-            raise ValueError("FrameSource: one fingerprint per file is needed")
-
-    @property
-    def nframes(self) -> int:
-        return int(sum(self.frames_per_file))
-
-
 def resolve_files(data: str, base_dir=".") -> list[str]:
     """The files named by `data` (a path or glob pattern, relative to base_dir), in
     natural order, as absolute paths; RawDataError when there are none."""
@@ -171,27 +138,6 @@ def resolve_files(data: str, base_dir=".") -> list[str]:
 # --------------------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------------------
-@dataclass
-class CompressedFrames:
-    """Frames as their bitshuffle-LZ4 chunks (one frame each), for a kernel that decompresses
-    each block of pixels just before it works on them (transform.Transformer.add_compressed):
-    chunk i (its stream, after the 12-byte HDF5 header) is stream[starts[i]:stops[i]], of
-    `elements` elements of `dtype` in blocks of `block` elements.  first: the scan's index of
-    the first frame; files: the file of each frame (for errors)."""
-
-    stream: np.ndarray
-    starts: np.ndarray
-    stops: np.ndarray
-    elements: int
-    block: int
-    dtype: np.dtype
-    first: int
-    files: list
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-
 class FrameStack(abc.ABC):
     """The frames of one scan, read on demand.  Use as a context manager (closes files).
 
@@ -209,8 +155,9 @@ class FrameStack(abc.ABC):
         self.files = list(source.files)
         self._offsets = np.concatenate([[0], np.cumsum(source.frames_per_file)]).astype(int)
         self.read_threads = 1  # chunks decompressed at once (HDF5 raw-chunk reads)
-        # raw chunks decompressed by the compiled block loop (files.h5.decompress_chunk):
-        # for the steps that stream every frame and load numba for their kernels anyway
+        # raw chunks decoded by the codec HKLFLOW_CODEC chooses (codec.codec_for): for the
+        # steps that stream every frame and load numba for their kernels anyway; else the
+        # library codec
         self.compiled_decompression = False
 
     # ---- context manager -------------------------------------------------------------
@@ -327,11 +274,11 @@ class FrameStack(abc.ABC):
         """Read frames [a, b) of piece k into out[offset:offset + b - a]."""
 
 
-def _bitshuffle_lz4_chunk_frames(dset, dtype: np.dtype) -> int:
-    """Frames per chunk when `dset` can be read as raw chunks and decompressed with the
-    bitshuffle package (chunks of whole frames, bitshuffle-LZ4 the only filter, numbers of
-    `dtype`, which is native); 0 when it must be read through HDF5."""
-    if (_bshuf_decompress_lz4 is None or dset.is_virtual or dset.chunks is None
+def _raw_chunk_frames(dset, dtype: np.dtype) -> int:
+    """Frames per chunk when `dset` can be read as raw chunks and decoded by hklflow.codec
+    (chunks of whole frames, bitshuffle-LZ4 the only filter, numbers of `dtype`, which is
+    native); 0 when it must be read through HDF5."""
+    if (dset.is_virtual or dset.chunks is None
             or dset.dtype != dtype or tuple(dset.chunks[1:]) != tuple(dset.shape[1:])
             or not hasattr(dset.id, "get_chunk_info_by_coord")  # HDF5 >= 1.10.5
             or not bitshuffle_lz4_only(dset)):
@@ -343,7 +290,7 @@ class _HDF5Stack(FrameStack):
     def __init__(self, source: FrameSource, handles: list):
         super().__init__(source)
         self._handles = handles  # [(h5py.File, Dataset)]
-        self._raw_chunk_frames = [_bitshuffle_lz4_chunk_frames(d, self.dtype) for _, d in handles]
+        self._raw_chunk_frames = [_raw_chunk_frames(d, self.dtype) for _, d in handles]
         self.frames_from_raw_chunks = 0  # frames the bitshuffle fast path gave (tests, benchmarks)
         self._raw = threading.local()  # each thread's buffer of compressed bytes
         self._pool = None  # (threads, ThreadPoolExecutor) that decompresses chunks
@@ -411,8 +358,9 @@ class _HDF5Stack(FrameStack):
             raw = self._raw.buffer = np.empty(max(size, 1), np.uint8)
         whole = (lo, hi) == (first, first + n)  # decompressed straight into out
         frames = out[lo - a:hi - a] if whole else np.empty((n,) + self.frame_shape, out.dtype)
-        if size and decompress_chunk(dset, (first, 0, 0), raw[:size], frames,
-                                     compiled=self.compiled_decompression):
+        codec = codec_for(self.compiled_decompression)
+        if size and codec is not None and read_chunk(dset, (first, 0, 0), raw[:size], frames,
+                                                     codec):
             if not whole:
                 out[lo - a:hi - a] = frames[lo - first:hi - first]
             return hi - lo
@@ -423,46 +371,24 @@ class _HDF5Stack(FrameStack):
     def read_compressed(self, start: int, stop: int, holder=None) -> CompressedFrames | None:
         """Frames [start, stop) as their raw chunks, read into a reused buffer (holder.stream,
         or this thread's own): where every frame is a chunk of its own, stored bitshuffle-LZ4
-        alone in the same blocks (the steps' compiled decompression asked for), else None."""
+        alone in the same blocks, and the codec chosen decodes block by block inside kernels
+        (the compiled one; the steps' compiled decompression asked for), else None."""
         start, stop = int(start), int(stop)
         if not (self.compiled_decompression and 0 <= start < stop <= self.nframes):
+            return None
+        codec = codec_for(True)
+        if codec is None or not codec.fused:
             return None
         chunks = []  # (dataset, index in its file, file)
         for k, a, b, _ in self._pieces(start, stop):
             if self._raw_chunk_frames[k] != 1:
                 return None
             chunks += [(self._handles[k][1], i, self.files[k]) for i in range(a, b)]
-        try:
-            sizes = [d.id.get_chunk_info_by_coord((i, 0, 0)).size for d, i, _ in chunks]
-        except Exception:
-            return None
-        if min(sizes) <= 12:  # a chunk not written (the fill value): HDF5 reads it
-            return None
-        ends = np.cumsum(sizes)
-        holder = self._raw if holder is None else holder
-        buf = getattr(holder, "stream", None)
-        if buf is None or buf.size < ends[-1]:  # reused: a new one would cost page faults
-            buf = holder.stream = np.empty(int(ends[-1] * 1.25), np.uint8)
-        elements = int(np.prod(self.frame_shape))
-        blocks = set()
-        for (d, i, _), end, size in zip(chunks, ends, sizes):
-            piece = buf[end - size:end]
-            try:
-                skipped, _ = d.id.read_direct_chunk((i, 0, 0), out=piece)
-            except Exception:
-                return None
-            nbytes = int.from_bytes(piece[:8].tobytes(), "big")
-            block_bytes = int.from_bytes(piece[8:12].tobytes(), "big")
-            if skipped or nbytes != elements * self.dtype.itemsize:
-                return None
-            blocks.add(block_bytes // self.dtype.itemsize
-                       or bitshuffle_block_elements(self.dtype.itemsize))
-        if len(blocks) != 1:
-            return None
-        starts = (ends - np.asarray(sizes) + 12).astype(np.int64)
-        self.frames_from_raw_chunks += len(chunks)
-        return CompressedFrames(buf[:ends[-1]], starts, ends.astype(np.int64), elements,
-                                blocks.pop(), self.dtype, start, [f for _, _, f in chunks])
+        stored = stored_frames(chunks, int(np.prod(self.frame_shape)), self.dtype, start,
+                               self._raw if holder is None else holder)
+        if stored is not None:
+            self.frames_from_raw_chunks += len(chunks)
+        return stored
 
     def read_monitor(self, path: str) -> np.ndarray:
         parts = []
@@ -492,70 +418,18 @@ class _HDF5Stack(FrameStack):
         return values
 
 
-class _FabioErrors(logging.Handler):
-    """Collects ERROR records that fabio logs in this thread while reading one file
-    (fabio logs, rather than raises, e.g. a CBF checksum mismatch or a short EDF)."""
-
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.thread = threading.get_ident()
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        if record.thread == self.thread:
-            self.messages.append(record.getMessage())
-
-
-def _read_fabio(path: str, frame: int = 0, where: str | None = None,
-                error=RawDataError) -> tuple[np.ndarray, int]:
-    """(frame `frame` of a fabio image file, the file's frame count); `error` (naming the
-    file, or `where`) on failure, also when fabio only logs the problem."""
-    import fabio
-
-    where = where or str(path)
-    what = "frame file" if error is RawDataError else "image file"
-    logger = logging.getLogger("fabio")
-    handler = _FabioErrors()
-    old_level = logger.level
-    if logger.getEffectiveLevel() > logging.ERROR:
-        logger.setLevel(logging.ERROR)
-    logger.addHandler(handler)
-    try:
-        with fabio.open(str(path)) as img:
-            nframes = int(getattr(img, "nframes", 1) or 1)
-            if frame >= nframes:
-                raise error(f"{where}: frame {frame} out of range: the file has {nframes} "
-                            "frame(s)")
-            data = img.data if frame == 0 else img.getframe(frame).data
-            data = None if data is None else np.array(data)  # own the memory
-    except RawDataError:
-        raise
-    except Exception as exc:
-        raise error(f"{where}: not a readable {what} (TIFF/CBF/EDF/... via fabio; "
-                    f"truncated, corrupt or unknown format?): {type(exc).__name__}: {exc}") from None
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    if handler.messages:
-        raise error(f"{where}: the {what} is corrupt or truncated: "
-                    + "; ".join(handler.messages))
-    if data is None:
-        raise error(f"{where}: no image data in the {what}")
-    return data, nframes
-
-
 class _FileStack(FrameStack):
     def __init__(self, source: FrameSource, first: np.ndarray | None = None):
         super().__init__(source)
         self._cache = {0: first} if first is not None else {}
-        self._one_at_a_time = threading.Lock()  # (fabio's logger is shared: _read_fabio)
+        self._one_at_a_time = threading.Lock()  # (fabio's logger is shared: images.read_fabio)
 
     def _frame(self, i: int) -> np.ndarray:
         cached = self._cache.pop(i, None)
         if cached is not None:
             return cached
         path = self.files[i]
-        data, nframes = _read_fabio(path, where=f"{path}: frame {i}")
+        data, nframes = read_fabio(path, where=f"{path}: frame {i}")
         if nframes != 1:
             raise RawDataError(f"{path}: frame {i}: holds {nframes} frames, expected one frame "
                                "per file")
@@ -576,14 +450,8 @@ class _FileStack(FrameStack):
 # --------------------------------------------------------------------------------------
 # Opening
 # --------------------------------------------------------------------------------------
-def _open_h5(path: str, error=RawDataError) -> h5py.File:
-    try:
-        return open_h5(path)
-    except FileNotFoundError:
-        what = "raw data file" if error is RawDataError else "file"
-        raise error(f"{path}: {what} does not exist") from None
-    except Exception as exc:
-        raise error(f"{path}: cannot open as HDF5 (truncated or corrupt file?): {exc}") from None
+def _open_h5(path: str) -> h5py.File:
+    return open_hdf5(path, RawDataError)
 
 
 def _datasets_3d(f, limit: int = 5) -> list[str]:
@@ -658,7 +526,7 @@ def _open_hdf5_files(files: Sequence[str], dataset: str):
 
 
 def _open_frame_files(files: Sequence[str]):
-    first, nframes = _read_fabio(files[0], where=f"{files[0]}: frame 0")
+    first, nframes = read_fabio(files[0], where=f"{files[0]}: frame 0")
     if first.ndim != 2:
         raise RawDataError(f"{files[0]}: frame 0: a {first.ndim}-D image, expected a 2-D frame")
     if nframes != 1:
@@ -756,70 +624,6 @@ def check_readable(stack: FrameStack, frames: Sequence[int] | str = (0, -1), *,
         if j not in out:
             out[j] = stack.read_frame(j)
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Single images (calibrant image, user mask)
-# --------------------------------------------------------------------------------------
-def _as_image(data, where: str) -> np.ndarray:
-    arr = np.asarray(data)
-    if arr.ndim != 2:
-        raise ImageReadError(f"{where}: expected a 2D image, got an array of shape {arr.shape}")
-    if arr.size == 0:
-        raise ImageReadError(f"{where}: the image is empty (shape {arr.shape})")
-    return arr
-
-
-def _read_hdf5_image(path: Path, dataset: str, frame: int) -> np.ndarray:
-    where = f"{path}::{dataset}"
-    with _open_h5(str(path), ImageReadError) as f:
-        try:
-            obj = f.get(dataset)
-        except Exception as exc:  # broken links, bad path syntax
-            raise ImageReadError(f"{where}: cannot resolve the dataset path: {exc}") from None
-        if obj is None:
-            raise ImageReadError(f"{path}: no dataset {dataset!r} in the file (top-level "
-                                 f"entries: {sorted(f.keys())}); set 'dataset' to the image's path")
-        if not isinstance(obj, h5py.Dataset):
-            raise ImageReadError(f"{where}: is a group, not a dataset; expected the path of "
-                                 f"a 2D image or a 3D (frames, rows, cols) stack "
-                                 f"(members: {sorted(obj.keys())[:10]})")
-        shape = obj.shape
-        if len(shape) not in (2, 3):
-            raise ImageReadError(f"{where}: expected a 2D image or a 3D (frames, rows, cols) "
-                                 f"stack, got a dataset of shape {shape}")
-        count = shape[0] if len(shape) == 3 else 1
-        if frame >= count:
-            raise ImageReadError(f"{where}: frame {frame} out of range: the stack has "
-                                 f"{count} frame(s) (shape {shape})")
-        try:
-            data = obj[frame] if len(shape) == 3 else obj[()]
-        except Exception as exc:  # decompression failure, truncated chunks, missing filter
-            raise ImageReadError(f"{where}: cannot read frame {frame} (corrupt data or "
-                                 f"missing compression filter?): {exc}") from None
-    return _as_image(data, f"{where} frame {frame}")
-
-
-def read_image(path, dataset: str = DEFAULT_DATASET, frame: int = 0) -> np.ndarray:
-    """One 2D image (rows, cols) from a TIFF/CBF/EDF file (fabio) or an HDF5 file (h5py).
-
-    HDF5 files are recognised by their suffix or signature; `dataset` is the path of the
-    image inside (a 2D dataset, or a 3D (frames, rows, cols) stack of which `frame` is
-    taken).  For fabio formats holding several frames, `frame` selects one.  The dtype of
-    the file is kept (Pilatus images are int32, gaps and bad pixels negative).  Every
-    failure is an ImageReadError naming the file (and dataset and frame).
-    """
-    p = Path(path)
-    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or frame < 0:
-        raise ImageReadError(f"frame must be a non-negative integer, got {frame!r}")
-    if not p.exists():
-        raise ImageReadError(f"{p}: no such image file")
-    if not p.is_file():
-        raise ImageReadError(f"{p}: not a regular file (expected an image file)")
-    if is_hdf5_path(p) or h5py.is_hdf5(p):
-        return _read_hdf5_image(p, dataset, int(frame))
-    data, _ = _read_fabio(str(p), int(frame), error=ImageReadError)
-    return _as_image(data, f"{p} frame {frame}")
 
 
 # --------------------------------------------------------------------------------------

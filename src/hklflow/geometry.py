@@ -223,7 +223,7 @@ def _named_detector_facts(name: str, orientation: int) -> DetectorFacts:
 def detector_facts(name: str, orientation: int = DEFAULT_ORIENTATION) -> DetectorFacts:
     """The facts of a pyFAI detector (cached; treat as read-only).  Made from pyFAI once per
     pyFAI version and kept in the cache folder (_cache_dir): importing pyFAI's detectors
-    costs every job about 1.5 s, the file a few milliseconds."""
+    costs every job a second or more, the file a few milliseconds."""
     return _named_detector_facts(name, check_orientation(orientation))
 
 
@@ -231,7 +231,7 @@ def detector_facts(name: str, orientation: int = DEFAULT_ORIENTATION) -> Detecto
 def pyfai_tables() -> dict:
     """Detector shapes and calibrant names made from pyFAI (data/detector_shapes.json, checked
     against pyFAI by the tests), so that parsing the Snakefile (every cluster job does)
-    need not import pyFAI (~1.2 s)."""
+    need not import pyFAI (a second or more)."""
     import json
     from importlib import resources
 
@@ -333,7 +333,7 @@ class DetectorGeometry:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: PONI file does not exist")
         written = _written_poni(path) if detector_name else None
-        if written is not None:  # as pyFAI wrote it: read without importing pyFAI (1.5 s)
+        if written is not None:  # as pyFAI wrote it: read without importing pyFAI (slow)
             g = cls(detector=detector_name, **written)
         else:
             import pyFAI

@@ -418,18 +418,35 @@ def _refine_constrained(q, hkl, U0, cell0: UnitCell, cons: CellConstraints):
 
 
 # --------------------------------------------------------------------------------------
-# Main entry
+# The steps of index_from_scratch
 # --------------------------------------------------------------------------------------
-def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = None,
-                       intensities=None) -> IndexingSolution:
-    """Find U (and a quickly refined cell) from sample-frame reciprocal-lattice vectors.
+@dataclass
+class _Problem:
+    """What the steps read: the vectors, the crystal at its symmetrised starting cell, its
+    setting group and the parameters."""
 
-    q_obs (n, 3): 1/Angstrom, no 2 pi, sample frame at scan angle 0; crystal: space group and
-    approximate cell; intensities (n,), optional: then the strongest vectors are searched.
-    Raises IndexingError when no orientation indexes `params.min_fraction` of the vectors.
-    """
-    t0 = time.perf_counter()
-    params = params or IndexingParams.defaults()
+    params: IndexingParams
+    crystal: Crystal  # as given
+    q_all: np.ndarray  # (n, 3), 0 where not usable
+    qn: np.ndarray  # |q| of the vectors as given
+    good: np.ndarray  # usable: finite and not 0
+    gidx: np.ndarray  # indices of the usable vectors
+    intensities: np.ndarray | None  # -inf where not finite
+    cons: CellConstraints
+    cell0: UnitCell  # the given cell, symmetrised
+    crystal0: Crystal
+    B0: np.ndarray
+    Binv0: np.ndarray
+    ops: np.ndarray  # setting_group
+
+    @property
+    def n(self) -> int:
+        return len(self.q_all)
+
+
+def _problem(q_obs, crystal: Crystal, params: IndexingParams, intensities) -> _Problem:
+    """The vectors checked (ValueError for a wrong shape, IndexingError for fewer than 3
+    usable ones) and the crystal at its symmetrised cell."""
     q = np.asarray(q_obs, dtype=float)
     if q.ndim != 2 or q.shape[1] != 3:
         raise ValueError(f"q_obs must have shape (n, 3), got {q.shape}")
@@ -438,45 +455,66 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = 
     good = np.isfinite(q).all(axis=1) & (qn > 0)
     if good.sum() < 3:
         raise IndexingError(f"could not index: only {int(good.sum())} usable vectors (need >= 3)")
+    inten = None
     if intensities is not None:
         inten = np.asarray(intensities, dtype=float).reshape(-1)
         if inten.shape != (n,):
             raise ValueError(f"intensities must have shape ({n},), got {inten.shape}")
         inten = np.where(np.isfinite(inten), inten, -np.inf)
-    q_all = np.where(good[:, None], q, 0.0)
-    gidx = np.nonzero(good)[0]
-
     cons = crystal.constraints
     cell0 = cons.symmetrize(crystal.cell)
     crystal0 = crystal.with_cell(cell0)
     B0 = cell0.B
-    Binv0 = np.linalg.inv(B0)
-    ops = setting_group(crystal0)
-    laue_proper = [R for R in crystal.laue_operators if round(np.linalg.det(R)) == 1]
-    notes: list[str] = []
-    if len(ops) > len(laue_proper):
-        notes.append(f"merohedral ambiguity: the lattice of {crystal.hm} has {len(ops)} rotations "
-                     f"that keep metric and absences, the Laue group {crystal.laue_group} only "
-                     f"{len(laue_proper)}; positions cannot tell the "
-                     f"{len(ops) // len(laue_proper)} settings apart (U closest to identity "
-                     "reported)")
+    return _Problem(params, crystal, np.where(good[:, None], q, 0.0), qn, good,
+                    np.nonzero(good)[0], inten, cons, cell0, crystal0, B0, np.linalg.inv(B0),
+                    setting_group(crystal0))
 
-    # search set and seeds
-    if intensities is not None:
-        order = gidx[np.argsort(-inten[gidx], kind="stable")]
+
+def _merohedral_notes(p: _Problem) -> list[str]:
+    """A note when the setting group is larger than the Laue group's rotations."""
+    laue_proper = [R for R in p.crystal.laue_operators if round(np.linalg.det(R)) == 1]
+    if len(p.ops) <= len(laue_proper):
+        return []
+    return [f"merohedral ambiguity: the lattice of {p.crystal.hm} has {len(p.ops)} rotations "
+            f"that keep metric and absences, the Laue group {p.crystal.laue_group} only "
+            f"{len(laue_proper)}; positions cannot tell the "
+            f"{len(p.ops) // len(laue_proper)} settings apart (U closest to identity "
+            "reported)"]
+
+
+def _search_set(p: _Problem) -> np.ndarray:
+    """Step 1: the `max_peaks` strongest usable vectors, or the shortest without intensities."""
+    if p.intensities is not None:
+        order = p.gidx[np.argsort(-p.intensities[p.gidx], kind="stable")]
     else:
-        order = gidx[np.argsort(qn[gidx], kind="stable")]
-    search = order[:params.max_peaks]
-    search_by_len = search[np.argsort(qn[search], kind="stable")]
+        order = p.gidx[np.argsort(p.qn[p.gidx], kind="stable")]
+    return order[:p.params.max_peaks]
 
-    # reference reflections of the approximate cell; seeds: the shortest search vectors with a
-    # candidate index (|q| matches some 1/d).  First among the 4 n_seeds shortest, then all.
+
+@dataclass
+class _Seeds:
+    """The seed vectors and the reference reflections their candidate indices point into."""
+
+    seeds: np.ndarray  # indices of the seed vectors, shortest first
+    refs: np.ndarray  # reference reflections (hkl) of the approximate cell
+    ref_q: np.ndarray  # their B h
+    ref_u: np.ndarray  # B h / |B h|
+    cand: list  # per seed: the references whose length matches
+    cand_rep: list  # per seed: those of them that represent their orbit of the setting group
+
+
+def _seeds(p: _Problem, search: np.ndarray) -> _Seeds:
+    """Steps 1-2: the reference reflections of the approximate cell; seeds: the shortest
+    search vectors with a candidate index (|q| matches some 1/d), first among the 4 n_seeds
+    shortest, then among all; the candidate indices of each seed."""
+    qn, params = p.qn, p.params
+    search_by_len = search[np.argsort(qn[search], kind="stable")]
     tol_l = params.length_tolerance
     for q_lim in (qn[search_by_len[min(len(search), 4 * params.n_seeds) - 1]],
                   qn[search_by_len[-1]]):
         q_ref_max = q_lim * (1 + tol_l) * 1.001
-        refs = crystal0.reflections_within(1.0 / q_ref_max)
-        ref_q = refs @ B0.T
+        refs = p.crystal0.reflections_within(1.0 / q_ref_max)
+        ref_q = refs @ p.B0.T
         ref_len = np.linalg.norm(ref_q, axis=1)
         sorted_len = np.sort(ref_len)
         lo_i = np.searchsorted(sorted_len, qn[search_by_len] * math.exp(-tol_l))
@@ -487,185 +525,267 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = 
     if len(seeds) < 2:
         raise IndexingError(
             f"could not index: {len(seeds)} of the {len(search)} search vectors match a "
-            f"d-spacing of the cell {tuple(round(x, 4) for x in cell0.parameters)} "
-            f"({crystal.hm}) within {100 * tol_l:.0f}% {NO_FIT_HINT}")
+            f"d-spacing of the cell {tuple(round(x, 4) for x in p.cell0.parameters)} "
+            f"({p.crystal.hm}) within {100 * tol_l:.0f}% {NO_FIT_HINT}")
     keep_ref = ref_len <= qn[seeds].max() * (1 + tol_l) * 1.001
     refs, ref_q, ref_len = refs[keep_ref], ref_q[keep_ref], ref_len[keep_ref]
     ref_u = ref_q / ref_len[:, None]
-    ref_rep = _orbit_representative(refs, ops)
+    ref_rep = _orbit_representative(refs, p.ops)
     cand = []
     cand_rep = []
     for s in seeds:
         m = np.abs(np.log(qn[s] / ref_len)) < tol_l
         cand.append(np.nonzero(m)[0])
         cand_rep.append(np.nonzero(m & ref_rep)[0])
+    return _Seeds(seeds, refs, ref_q, ref_u, cand, cand_rep)
 
-    # lookups for absences
-    abc = np.array(cell0.parameters[:3])
-    grow = 1.0 + params.max_cell_change
-    allowed = _Allowed(crystal0, np.ceil(abc * qn[search].max() * grow).astype(int) + 1)
-    hmax_all = np.ceil(abc * qn[gidx].max() * grow).astype(int) + 1
-    allowed_all = _Allowed(crystal0, hmax_all) if np.prod(2 * hmax_all + 1) <= 4_000_000 \
+
+def _absence_lookups(p: _Problem, search: np.ndarray) -> tuple[_Allowed, _Allowed]:
+    """Lookups of the allowed reflections within the reach of the search set and of all
+    vectors (the search set's when that table would be too large)."""
+    abc = np.array(p.cell0.parameters[:3])
+    grow = 1.0 + p.params.max_cell_change
+    allowed = _Allowed(p.crystal0, np.ceil(abc * p.qn[search].max() * grow).astype(int) + 1)
+    hmax_all = np.ceil(abc * p.qn[p.gidx].max() * grow).astype(int) + 1
+    allowed_all = _Allowed(p.crystal0, hmax_all) if np.prod(2 * hmax_all + 1) <= 4_000_000 \
         else allowed
-    q_search = q_all[search]
+    return allowed, allowed_all
 
-    # seed pairs, shortest first
-    su = q_all[seeds] / qn[seeds, None]
+
+def _seed_pairs(p: _Problem, s: _Seeds):
+    """Step 3's pairs (i, j) of seeds at least min_pair_angle_deg from (anti)parallel,
+    shortest first, at most max_pairs; and the observed angles between the seeds (deg)."""
+    su = p.q_all[s.seeds] / p.qn[s.seeds, None]
     obs_ang = np.degrees(np.arccos(np.clip(su @ su.T, -1, 1)))
-    lo, hi = params.min_pair_angle_deg, 180.0 - params.min_pair_angle_deg
-    pairs = [(i, j) for j in range(len(seeds)) for i in range(j)
-             if lo <= obs_ang[i, j] <= hi and len(cand_rep[i]) and len(cand[j])]
-    pairs = pairs[:params.max_pairs]
+    lo, hi = p.params.min_pair_angle_deg, 180.0 - p.params.min_pair_angle_deg
+    pairs = [(i, j) for j in range(len(s.seeds)) for i in range(j)
+             if lo <= obs_ang[i, j] <= hi and len(s.cand_rep[i]) and len(s.cand[j])]
+    return pairs[:p.params.max_pairs], obs_ang
 
+
+def _matching_pairs(batch, s: _Seeds, obs_ang, tol_a):
+    """Step 3 for a batch of seed pairs: (seed i, seed j, reference of i, reference of j) of
+    every candidate pair whose calculated angle matches the observed one; None when none."""
+    S1, S2, A1, A2 = [], [], [], []
+    for i, j in batch:
+        ci, cj = s.cand_rep[i], s.cand[j]
+        ang = np.degrees(np.arccos(np.clip(s.ref_u[ci] @ s.ref_u[cj].T, -1, 1)))
+        a, b = np.nonzero(np.abs(ang - obs_ang[i, j]) < tol_a)
+        if len(a):
+            S1.append(np.full(len(a), i))
+            S2.append(np.full(len(a), j))
+            A1.append(ci[a])
+            A2.append(cj[b])
+    if not S1:
+        return None
+    return tuple(np.concatenate(x) for x in (S1, S2, A1, A2))
+
+
+@dataclass
+class _Found:
+    """What the pair search found: every refined candidate (dicts of _refine_linear, with the
+    starting U0 and its raw score), those rejected for their cell change, and the counts."""
+
+    refined: list = field(default_factory=list)
+    rejected_cell: list = field(default_factory=list)
+    n_tried: int = 0
+    n_pairs_done: int = 0
+
+
+def _refine_best_candidates(p: _Problem, pool_U, pool_s, found: _Found, search, allowed,
+                            allowed_all, min_raw):
+    """Step 5: the best distinct candidates of the pool not refined yet, refined."""
+    n_new = 0
+    for U, s in zip(pool_U, pool_s):
+        if n_new >= p.params.n_refine or s < min_raw:
+            break
+        if any(_equivalent_distance_deg(U, r["U0"], p.B0, p.ops) < 3.0 for r in found.refined):
+            continue
+        n_new += 1
+        res = _refine_linear(p.q_all, search, U @ p.B0, allowed, allowed_all, p.params, p.cons,
+                             p.cell0)
+        if res is None:
+            found.refined.append({"U0": U, "n_indexed": 0, "raw": int(s)})
+            continue
+        res["U0"], res["raw"] = U, int(s)
+        if res["cell_change"] > p.params.max_cell_change:
+            found.rejected_cell.append(res)
+            res = {"U0": U, "n_indexed": 0, "raw": int(s)}
+        found.refined.append(res)
+
+
+def _search_orientations(p: _Problem, search, s: _Seeds, allowed, allowed_all) -> _Found:
+    """Steps 3-5, batch by batch of seed pairs: the orientations of the matching candidate
+    pairs, scored; the best refined; until one indexes accept_fraction of the vectors, or
+    max_candidates orientations were tried."""
+    params = p.params
+    pairs, obs_ang = _seed_pairs(p, s)
+    q_search = p.q_all[search]
     pool_U = np.zeros((0, 3, 3))
     pool_s = np.zeros(0, dtype=np.int64)
-    refined: list[dict] = []
-    rejected_cell = []
-    n_tried = 0
-    n_pairs_done = 0
-    tol_a = params.angle_tolerance_deg
+    found = _Found()
     min_raw = min(6, len(search))
     for start in range(0, len(pairs), params.pair_batch):
         batch = pairs[start:start + params.pair_batch]
-        n_pairs_done += len(batch)
-        S1, S2, A1, A2 = [], [], [], []
-        for i, j in batch:
-            ci, cj = cand_rep[i], cand[j]
-            ang = np.degrees(np.arccos(np.clip(ref_u[ci] @ ref_u[cj].T, -1, 1)))
-            a, b = np.nonzero(np.abs(ang - obs_ang[i, j]) < tol_a)
-            if len(a):
-                S1.append(np.full(len(a), i))
-                S2.append(np.full(len(a), j))
-                A1.append(ci[a])
-                A2.append(cj[b])
-        if not S1:
+        found.n_pairs_done += len(batch)
+        matched = _matching_pairs(batch, s, obs_ang, params.angle_tolerance_deg)
+        if matched is None:
             continue
-        S1, S2, A1, A2 = (np.concatenate(x) for x in (S1, S2, A1, A2))
-        room = params.max_candidates - n_tried
+        room = params.max_candidates - found.n_tried
         if room <= 0:
             break
-        S1, S2, A1, A2 = S1[:room], S2[:room], A1[:room], A2[:room]
-        Us = _rotations_from_pairs(ref_q[A1], ref_q[A2], q_all[seeds[S1]], q_all[seeds[S2]])
-        n_tried += len(Us)
-        sc = _score(Us, Binv0, q_search, allowed, params.hkl_tolerance)
+        S1, S2, A1, A2 = (x[:room] for x in matched)
+        Us = _rotations_from_pairs(s.ref_q[A1], s.ref_q[A2], p.q_all[s.seeds[S1]],
+                                   p.q_all[s.seeds[S2]])
+        found.n_tried += len(Us)
+        sc = _score(Us, p.Binv0, q_search, allowed, params.hkl_tolerance)
         pool_U = np.concatenate([pool_U, Us])
         pool_s = np.concatenate([pool_s, sc])
         keep = np.argsort(-pool_s, kind="stable")[:64]
         pool_U, pool_s = pool_U[keep], pool_s[keep]
-
-        # refine the best distinct candidates not refined yet
-        n_new = 0
-        for U, s in zip(pool_U, pool_s):
-            if n_new >= params.n_refine or s < min_raw:
-                break
-            if any(_equivalent_distance_deg(U, r["U0"], B0, ops) < 3.0 for r in refined):
-                continue
-            n_new += 1
-            res = _refine_linear(q_all, search, U @ B0, allowed, allowed_all, params, cons, cell0)
-            if res is None:
-                refined.append({"U0": U, "n_indexed": 0, "raw": int(s)})
-                continue
-            res["U0"], res["raw"] = U, int(s)
-            if res["cell_change"] > params.max_cell_change:
-                rejected_cell.append(res)
-                res = {"U0": U, "n_indexed": 0, "raw": int(s)}
-            refined.append(res)
-        best_n = max((r["n_indexed"] for r in refined), default=0)
-        if best_n >= params.accept_fraction * n or n_tried >= params.max_candidates:
+        _refine_best_candidates(p, pool_U, pool_s, found, search, allowed, allowed_all, min_raw)
+        best_n = max((r["n_indexed"] for r in found.refined), default=0)
+        if best_n >= params.accept_fraction * p.n or found.n_tried >= params.max_candidates:
             break
+    return found
 
-    best = max(refined, key=lambda r: r["n_indexed"], default=None)
-    best_fraction = best["n_indexed"] / n if best else 0.0
 
-    # pseudo-symmetry: settings U B S with S keeping the metric only approximately fit the
-    # same lattice; choose by indexed count (absences) and then by agreement with the cell
-    if best is not None and best_fraction >= params.min_fraction:
-        alts = [best]
-        S_list = _pseudo_settings(crystal0, cell0, ops, 2 * tol_l + math.radians(tol_a))
-        for S in S_list:
-            res = _refine_linear(q_all, search, best["U"] @ best["cell"].B @ S, allowed,
-                                 allowed_all, params, cons, cell0)
-            if res is not None and res["cell_change"] <= params.max_cell_change:
-                res["S"] = S
-                alts.append(res)
-        top = max(r["n_indexed"] for r in alts)
-        tied = [r for r in alts if r["n_indexed"] >= top - max(3, 0.01 * n)]
-        # those whose free fit obeys the crystal-system constraints (misfit at the noise
-        # level of the best one), then the one closest to the given cell
-        m0 = min(r["misfit"] for r in tied)
-        fits = [r for r in tied if r["misfit"] <= 2 * m0 + 3e-4]
-        chosen = min(fits, key=lambda r: r["cell_change"])
-        if len(fits) > 1:
-            notes.append(f"pseudo-symmetry: {len(fits)} settings of the lattice index "
-                         f"{', '.join('%.3f' % (r['n_indexed'] / n) for r in fits)} of the "
-                         "vectors and fit the crystal system; the one closest to the given cell "
-                         "was chosen (check the cell and the space group)")
-        elif len(tied) > 1:
-            worst = min(r["misfit"] for r in tied if not any(r is f for f in fits))
-            notes.append(f"pseudo-symmetry: {len(tied) - 1} other setting(s) of the lattice "
-                         f"index as many vectors but break the {cons.system} metric (misfit "
-                         f">= {worst:.1e} vs {m0:.1e})")
-        if chosen is not best:
-            chosen.setdefault("U0", best["U0"])
-            chosen.setdefault("raw", best["raw"])
-            best = chosen
-        best_fraction = best["n_indexed"] / n
+def _pseudo_symmetric_choice(p: _Problem, best: dict, search, allowed, allowed_all,
+                             notes: list[str]) -> dict:
+    """Step 6: settings U B S with S keeping the metric only approximately fit the same
+    lattice; chosen by indexed count (absences) and then by agreement with the cell."""
+    n, tol_l = p.n, p.params.length_tolerance
+    alts = [best]
+    S_list = _pseudo_settings(p.crystal0, p.cell0, p.ops,
+                              2 * tol_l + math.radians(p.params.angle_tolerance_deg))
+    for S in S_list:
+        res = _refine_linear(p.q_all, search, best["U"] @ best["cell"].B @ S, allowed,
+                             allowed_all, p.params, p.cons, p.cell0)
+        if res is not None and res["cell_change"] <= p.params.max_cell_change:
+            res["S"] = S
+            alts.append(res)
+    top = max(r["n_indexed"] for r in alts)
+    tied = [r for r in alts if r["n_indexed"] >= top - max(3, 0.01 * n)]
+    # those whose free fit obeys the crystal-system constraints (misfit at the noise
+    # level of the best one), then the one closest to the given cell
+    m0 = min(r["misfit"] for r in tied)
+    fits = [r for r in tied if r["misfit"] <= 2 * m0 + 3e-4]
+    chosen = min(fits, key=lambda r: r["cell_change"])
+    if len(fits) > 1:
+        notes.append(f"pseudo-symmetry: {len(fits)} settings of the lattice index "
+                     f"{', '.join('%.3f' % (r['n_indexed'] / n) for r in fits)} of the "
+                     "vectors and fit the crystal system; the one closest to the given cell "
+                     "was chosen (check the cell and the space group)")
+    elif len(tied) > 1:
+        worst = min(r["misfit"] for r in tied if not any(r is f for f in fits))
+        notes.append(f"pseudo-symmetry: {len(tied) - 1} other setting(s) of the lattice "
+                     f"index as many vectors but break the {p.cons.system} metric (misfit "
+                     f">= {worst:.1e} vs {m0:.1e})")
+    if chosen is not best:
+        chosen.setdefault("U0", best["U0"])
+        chosen.setdefault("raw", best["raw"])
+    return chosen
 
-    def fail(frac, extra=""):
-        msg = (f"could not index: best fraction {frac:.2f} < {params.min_fraction} "
-               f"({n_tried} candidate orientations from {n_pairs_done} seed pairs of "
-               f"{len(seeds)} seeds; {n} vectors; space group {crystal.hm}, cell "
-               f"{tuple(round(x, 4) for x in cell0.parameters)}){extra} {NO_FIT_HINT}")
-        raise IndexingError(msg)
 
-    if best is None or best_fraction < params.min_fraction:
-        extra = ""
-        if rejected_cell:
-            r = max(rejected_cell, key=lambda r: r["n_indexed"])
-            cell_r = tuple(round(x, 3) for x in r["cell"].parameters)
-            extra = (f"; a candidate indexing {r['n_indexed'] / n:.2f} needed a cell change of "
-                     f"{100 * r['cell_change']:.0f}% > max_cell_change "
-                     f"{100 * params.max_cell_change:.0f}% (cell {cell_r})")
-        fail(best_fraction, extra)
+def _failure(p: _Problem, s: _Seeds, found: _Found, frac, extra="") -> IndexingError:
+    return IndexingError(
+        f"could not index: best fraction {frac:.2f} < {p.params.min_fraction} "
+        f"({found.n_tried} candidate orientations from {found.n_pairs_done} seed pairs of "
+        f"{len(s.seeds)} seeds; {p.n} vectors; space group {p.crystal.hm}, cell "
+        f"{tuple(round(x, 4) for x in p.cell0.parameters)}){extra} {NO_FIT_HINT}")
 
-    # constrained refinement with re-assignment
+
+def _rejected_cell_hint(p: _Problem, found: _Found) -> str:
+    """The candidate that indexed most but needed too large a cell change, if any."""
+    if not found.rejected_cell:
+        return ""
+    r = max(found.rejected_cell, key=lambda r: r["n_indexed"])
+    cell_r = tuple(round(x, 3) for x in r["cell"].parameters)
+    return (f"; a candidate indexing {r['n_indexed'] / p.n:.2f} needed a cell change of "
+            f"{100 * r['cell_change']:.0f}% > max_cell_change "
+            f"{100 * p.params.max_cell_change:.0f}% (cell {cell_r})")
+
+
+def _refine_with_constraints(p: _Problem, best: dict, allowed_all):
+    """Step 7: the chosen candidate refined with the crystal-system constraints, hkl
+    re-assigned between cycles; (U, cell)."""
     U, cell = best["U"], best["cell"]
-    ok = None
-    for _ in range(params.refine_cycles):
-        hkl, _, ok = _assign(q_all, U @ cell.B, allowed_all, params.hkl_tolerance)
-        ok &= good
-        U, cell = _refine_constrained(q_all[ok], hkl[ok], U, cell, cons)
-    change = _cell_change(cell, cell0)
-    if change > params.max_cell_change:
-        fail(0.0, f"; the refined cell {cell.parameters} is {100 * change:.0f}% from the given one")
+    for _ in range(p.params.refine_cycles):
+        hkl, _, ok = _assign(p.q_all, U @ cell.B, allowed_all, p.params.hkl_tolerance)
+        ok &= p.good
+        U, cell = _refine_constrained(p.q_all[ok], hkl[ok], U, cell, p.cons)
+    return U, cell
 
-    U, _ = _canonical(U, cell.B, ops)
-    UB = U @ cell.B
-    hkl, frac, ok = _assign(q_all, UB, allowed_all, params.hkl_tolerance)
-    ok &= good
-    hkl[~good] = 0
-    fraction = float(ok.sum()) / n
-    if fraction < params.min_fraction:
-        fail(fraction, " after refinement")
-    rms_hkl = float(np.sqrt(np.mean(frac[ok] ** 2))) if ok.any() else float("nan")
-    rms_q = float(np.sqrt(np.mean(np.sum((hkl[ok] @ UB.T - q_all[ok]) ** 2, axis=1))))
 
-    # another lattice (twin, second grain): vectors it indexes that this solution does not
-    others = [(int(np.count_nonzero(r["ok"] & ~ok)), r) for r in refined
+def _second_lattice_notes(p: _Problem, found: _Found, best, ok, U, B) -> list[str]:
+    """Another lattice (twin, second grain): the vectors it indexes that this solution does
+    not, noted when they are at least a tenth of all."""
+    others = [(int(np.count_nonzero(r["ok"] & ~ok)), r) for r in found.refined
               if r is not best and "ok" in r]
     if others:
         n_extra, r = max(others, key=lambda e: e[0])
-        if n_extra >= 0.1 * n:
-            d = _equivalent_distance_deg(r["U"], U, cell.B, ops)
-            notes.append(f"a second orientation ({d:.1f} deg away) indexes {n_extra / n:.2f} of "
-                         "the vectors left unindexed: a twin or a second grain?")
+        if n_extra >= 0.1 * p.n:
+            d = _equivalent_distance_deg(r["U"], U, B, p.ops)
+            return [f"a second orientation ({d:.1f} deg away) indexes {n_extra / p.n:.2f} of "
+                    "the vectors left unindexed: a twin or a second grain?"]
+    return []
+
+
+# --------------------------------------------------------------------------------------
+# Main entry
+# --------------------------------------------------------------------------------------
+def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = None,
+                       intensities=None) -> IndexingSolution:
+    """Find U (and a quickly refined cell) from sample-frame reciprocal-lattice vectors.
+
+    q_obs (n, 3): 1/Angstrom, no 2 pi, sample frame at scan angle 0; crystal: space group and
+    approximate cell; intensities (n,), optional: then the strongest vectors are searched.
+    Raises IndexingError when no orientation indexes `params.min_fraction` of the vectors.
+    The steps are the module docstring's.
+    """
+    t0 = time.perf_counter()
+    params = params or IndexingParams.defaults()
+    p = _problem(q_obs, crystal, params, intensities)
+    n = p.n
+    notes = _merohedral_notes(p)
+    search = _search_set(p)
+    seeds = _seeds(p, search)
+    allowed, allowed_all = _absence_lookups(p, search)
+    found = _search_orientations(p, search, seeds, allowed, allowed_all)
+
+    best = max(found.refined, key=lambda r: r["n_indexed"], default=None)
+    if best is not None and best["n_indexed"] / n >= params.min_fraction:
+        best = _pseudo_symmetric_choice(p, best, search, allowed, allowed_all, notes)
+    best_fraction = best["n_indexed"] / n if best else 0.0
+    if best is None or best_fraction < params.min_fraction:
+        raise _failure(p, seeds, found, best_fraction, _rejected_cell_hint(p, found))
+
+    U, cell = _refine_with_constraints(p, best, allowed_all)
+    change = _cell_change(cell, p.cell0)
+    if change > params.max_cell_change:
+        raise _failure(p, seeds, found, 0.0, f"; the refined cell {cell.parameters} is "
+                       f"{100 * change:.0f}% from the given one")
+
+    # step 8: the setting with U closest to the identity
+    U, _ = _canonical(U, cell.B, p.ops)
+    UB = U @ cell.B
+    hkl, frac, ok = _assign(p.q_all, UB, allowed_all, params.hkl_tolerance)
+    ok &= p.good
+    hkl[~p.good] = 0
+    fraction = float(ok.sum()) / n
+    if fraction < params.min_fraction:
+        raise _failure(p, seeds, found, fraction, " after refinement")
+    rms_hkl = float(np.sqrt(np.mean(frac[ok] ** 2))) if ok.any() else float("nan")
+    rms_q = float(np.sqrt(np.mean(np.sum((hkl[ok] @ UB.T - p.q_all[ok]) ** 2, axis=1))))
+
+    notes += _second_lattice_notes(p, found, best, ok, U, cell.B)
     if change > 0.02:
         notes.append(f"the cell changed by {100 * change:.1f}% from the given one")
     seconds = time.perf_counter() - t0
-    notes.append(f"{n_tried} candidate orientations from {n_pairs_done} seed pairs "
-                 f"({len(seeds)} seeds, {len(refs)} reference reflections), "
-                 f"{len(refined)} refined, {seconds:.3f} s")
+    notes.append(f"{found.n_tried} candidate orientations from {found.n_pairs_done} seed pairs "
+                 f"({len(seeds.seeds)} seeds, {len(seeds.refs)} reference reflections), "
+                 f"{len(found.refined)} refined, {seconds:.3f} s")
     return IndexingSolution(U=U, cell=cell, UB=UB, hkl=hkl, indexed=ok, fraction=fraction,
-                            rms_hkl=rms_hkl, n_candidates_tried=n_tried, notes=notes,
-                            rms_q=rms_q, n_pairs_tried=n_pairs_done, seconds=seconds,
-                            equivalent_settings=ops)
+                            rms_hkl=rms_hkl, n_candidates_tried=found.n_tried, notes=notes,
+                            rms_q=rms_q, n_pairs_tried=found.n_pairs_done, seconds=seconds,
+                            equivalent_settings=p.ops)

@@ -57,8 +57,8 @@ import numba
 import numpy as np
 
 from .errors import ImageReadError, InputMismatchError
-from .frames import read_image
 from .geometry import lorentz_zeta
+from .images import read_image
 from .params import DetectorParams, MaskParams
 
 log = logging.getLogger("hklflow.masking")
@@ -285,7 +285,7 @@ def poisson_rate_at_median_max(m, nframes: int) -> np.ndarray:
     out = np.zeros(m.shape)
     use = m >= 1
     # F(k-1; rate) = Q(k, rate), the regularised upper incomplete gamma function: its inverse
-    # in the rate (scipy.optimize's root finder would cost its 0.2 s import per mask)
+    # in the rate (scipy.optimize's root finder would cost its import per mask)
     k = np.floor(m[use])  # median of integers (or half-integers): the floor is conservative
     out[use] = gammainccinv(k, 0.5 ** (1.0 / max(int(nframes), 1)))
     return out

@@ -14,5 +14,5 @@ def target_features(context=None) -> set[str]:
 
 
 def has_avx512(context=None) -> bool:
-    """AVX-512 with the 64-bit integer and byte forms (every AVX-512 CPU since Skylake-SP)."""
+    """AVX-512 with the 64-bit integer and byte forms (every AVX-512 CPU has them)."""
     return {"avx512f", "avx512dq", "avx512bw"} <= target_features(context)

@@ -1,6 +1,7 @@
 """The total PDF and the 3D-DeltaPDF of a merged (symmetrised) volume: the domain calls of the
 steps total_pdf and delta_pdf.  The array algorithms (punch, fill, taper, FFT) are in
-hklflow.pdf; here the volume's Q range decides the taper and which reflections are punched.
+hklflow.pdf's modules fill, taper and fft; here the volume's Q range decides the taper and
+which reflections are punched.
 
 Q is in 1/Angstrom in the 2 pi convention (|Q| = 2 pi / d), as in NXRefine.
 """
@@ -12,17 +13,20 @@ import time
 import numba
 import numpy as np
 
-from . import pdf as pdf_algorithms
 from .crystal import Crystal
 from .errors import GridError
 from .files.pdf import PDF
 from .files.volume import VolumeReader, read_intensity
 from .grid import Grid
+from .pdf.fft import pdf_spectrum
+from .pdf.fill import punch_and_fill, reflections_to_punch
+from .pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start, q2_row, q_metric, slab_by_slab
+from .pdf.taper import taper_statistics
 
 
 def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
     """|Q|^2 (1/Angstrom^2, 2 pi convention) of the voxel centres of L planes [l0, l1)."""
-    g = pdf_algorithms.q_metric(cell)
+    g = q_metric(cell)
     h = grid.h.values[None, None, :]
     k = grid.k.values[None, :, None]
     ll = grid.l.values[l0:l1, None, None]
@@ -33,13 +37,14 @@ def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
 @numba.njit(cache=True, nogil=True)
 def _shell_counts(g, h, k, ll, width, values, total, seen):
     """Voxels per shell of |Q| (width wide; the last shell takes all beyond) and the measured
-    (finite) ones, in one pass: numpy's planes of |Q|^2, sqrt and two bincounts took ~13 ns
-    per voxel (and a bool array of the measured voxels, 1.3 CPU-s more at 801^3)."""
+    (finite) ones, in one pass: numpy's planes of |Q|^2, sqrt and two bincounts, and a bool
+    array of the measured voxels, cost several times more (bench/full_rotation.py measures
+    the PDF steps)."""
     last = total.size - 1
     q = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
-            pdf_algorithms.q2_row(g, h, k[b], ll[a], q)
+            q2_row(g, h, k[b], ll[a], q)
             for c in range(h.size):
                 q[c] = math.sqrt(max(q[c], 0.0))
             for c in range(h.size):
@@ -56,7 +61,7 @@ def _largest_measured_q2(g, h, k, ll, values):
     q2 = np.empty(h.size)
     for a in range(ll.size):
         for b in range(k.size):
-            pdf_algorithms.q2_row(g, h, k[b], ll[a], q2)
+            q2_row(g, h, k[b], ll[a], q2)
             for c in range(h.size):
                 if math.isfinite(values[a, b, c]) and q2[c] > largest:
                     largest = q2[c]
@@ -80,22 +85,22 @@ def coverage_by_shell(grid: Grid, cell, values, even: bool = False):
     """Measured fraction of the voxels in spherical shells of |Q| (1/Angstrom, 2 pi
     convention) one voxel thick: (shell outer edges, fraction measured, voxels per shell).
     values: the volume [l, k, h], NaN (not finite) where unmeasured, or a function (l0, l1)
-    -> its planes (pdf.slab_by_slab).  even: values are even along each axis; on a grid
+    -> its planes (pdf.q_grid.slab_by_slab).  even: values are even along each axis; on a grid
     symmetric about 0 only their octant is read and counted, each voxel for itself and its
-    mirror images (pdf.octant_boxes)."""
+    mirror images (pdf.q_grid.octant_boxes)."""
     width, nbins = _shells(grid, cell)
     total = np.zeros(nbins, np.int64)
     seen = np.zeros(nbins, np.int64)
-    g = pdf_algorithms.q_metric(cell)
-    octant = even and pdf_algorithms.octant_boxes(grid) is not None
-    start = pdf_algorithms.octant_start(grid) if octant else 0
-    for l0, l1, slab in pdf_algorithms.slab_by_slab(values, grid, start=start):
+    g = q_metric(cell)
+    octant = even and octant_boxes(grid) is not None
+    start = octant_start(grid) if octant else 0
+    for l0, l1, slab in slab_by_slab(values, grid, start=start):
         ll = grid.l.values[l0:l1]
         if not octant:
             _shell_counts(g, grid.h.values, grid.k.values, ll, width,
                           np.ascontiguousarray(slab), total, seen)
             continue
-        for bl, bk, bh, times in pdf_algorithms.octant_boxes(grid, l0, l1):
+        for bl, bk, bh, times in octant_boxes(grid, l0, l1):
             part_total, part_seen = np.zeros(nbins, np.int64), np.zeros(nbins, np.int64)
             _shell_counts(g, grid.h.values[bh], grid.k.values[bk], ll[bl], width,
                           slab[bl, bk, bh], part_total, part_seen)
@@ -123,12 +128,12 @@ def measured_reach(grid: Grid, cell, values, even: bool = False) -> tuple[float,
 def farthest_shell_edge(grid: Grid, cell, values: np.ndarray, even: bool = False) -> float:
     """measured_reach's first figure alone (the outer edge of the shell of the farthest
     measured voxel; 0 when none is), equal to it, from the largest |Q|^2 of a measured voxel:
-    a shell's index grows with |Q|.  A pass with no shell counts (at 801^3: ~0.3 CPU-s
-    against 1.3).  even: values are even along each axis: their octant alone is searched
-    on a grid symmetric about 0."""
+    a shell's index grows with |Q|.  A pass with no shell counts, a fraction of
+    coverage_by_shell's cost.  even: values are even along each axis: their octant alone
+    is searched on a grid symmetric about 0."""
     width, nbins = _shells(grid, cell)
-    g, values = pdf_algorithms.q_metric(cell), np.ascontiguousarray(values)
-    boxes = pdf_algorithms.octant_boxes(grid) if even else None
+    g, values = q_metric(cell), np.ascontiguousarray(values)
+    boxes = octant_boxes(grid) if even else None
     if boxes is None:
         q2 = _largest_measured_q2(g, grid.h.values, grid.k.values, grid.l.values, values)
     else:
@@ -165,25 +170,17 @@ def taper_q_max(grid: Grid, cell, values, q_max: float | None, even: bool = Fals
             "q_inside_grid": inside}
 
 
-def unmeasured_within(grid: Grid, cell, values: np.ndarray, q: float) -> float:
-    """Fraction of the voxels with |Q| <= q that are not measured (NaN: they enter the FFT
-    as 0)."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    taper = q if q > 0 else 1.0  # (the taper's mean, counted in the same pass, is not used)
-    return pdf_algorithms.taper_statistics(values, grid, cell, taper, q)[1]
-
-
 def _taper_notes(values, grid: Grid, cell, q_max: float, notes: dict,
                  subtract_mean: bool, even: bool = False) -> float:
     """notes["unmeasured_within_q_max"], and with subtract_mean notes["mean_subtracted"]
     (the mean subtracted: returned, else 0), in one pass over the volume (an array or a
-    function (l0, l1) -> its planes; even: pdf.taper_statistics')."""
+    function (l0, l1) -> its planes; even: pdf.taper.taper_statistics')."""
     # a constant transforms to the origin peak and the taper's rings around it (which reach
     # the nearest lattice vectors of a short axis): subtracted, unmeasured voxels count as
     # the mean instead of 0.  NaN (unmeasured) stays NaN: the FFT's copy makes it 0
     if not callable(values):
         values = np.ascontiguousarray(values, dtype=np.float32)  # (the steps' arrays: no copy)
-    mean, notes["unmeasured_within_q_max"] = pdf_algorithms.taper_statistics(
+    mean, notes["unmeasured_within_q_max"] = taper_statistics(
         values, grid, cell, q_max, q_max, even)
     if not subtract_mean:
         return 0.0
@@ -209,8 +206,8 @@ def _fft(source, grid: Grid, cell, q_max: float, mean: float, kind: str, title: 
     of its octant when the volume is even along each axis (pdf_spectrum): its values are
     computed as they are written."""
     t0 = time.monotonic()
-    out, (x, y, z) = pdf_algorithms.pdf_spectrum(source, grid, workers=workers,
-                                                 taper=(cell, q_max, mean), even=even)
+    out, (x, y, z) = pdf_spectrum(source, grid, workers=workers, taper=(cell, q_max, mean),
+                                  even=even)
     notes["fft_seconds"] = time.monotonic() - t0
     notes["fft"] = ("cosine transforms of the octant (the volume is even along each axis)"
                     if even else "real-to-complex FFT")
@@ -224,8 +221,8 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     as 0, after the mean is subtracted when subtract_mean).  volume: its intensity (float32
     [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, which is read
     slab by slab, never whole: once for the shells' coverage (the taper's q_max), once for
-    the taper's statistics and once into the FFT's memory (an 801^3 volume: 3 reads of
-    ~1.8 CPU-s each against one of 6-10 into a fresh 2 GB array, most of it page faults;
+    the taper's statistics and once into the FFT's memory (three reads cost less than one
+    into a fresh whole array, most of whose cost is page faults: bench/full_rotation.py;
     the same PDF and notes bit for bit).  even: the volume is even along each axis
     (even_along_axes of its notes); then its coverage and taper statistics are counted in
     its octant (half the planes read for them), the transform's octant is an eighth of
@@ -237,7 +234,7 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
             raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
                             f"{grid.describe()}")
         # one buffer for the statistics' passes (slab_by_slab's slabs)
-        slab = np.empty((pdf_algorithms.SLAB_PLANES,) + grid.shape[1:], np.float32)
+        slab = np.empty((SLAB_PLANES,) + grid.shape[1:], np.float32)
         return _total_pdf(lambda l0, l1: reader.read_intensity(l0, l1, slab), grid, cell,
                           q_max, title, workers, subtract_mean, even,
                           planes=reader.read_intensity)
@@ -258,7 +255,7 @@ def _total_pdf(values, grid: Grid, cell, q_max, title, workers, subtract_mean, e
 def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
     """Every allowed reflection within the measured reach and the grid, then the extra
     positions with all their Laue-equivalent positions (n, 3) float."""
-    refl = pdf_algorithms.reflections_to_punch(crystal, grid, q_reach).astype(np.float64)
+    refl = reflections_to_punch(crystal, grid, q_reach).astype(np.float64)
     if len(extra):
         ops = crystal.laue_operators
         more = np.einsum("ni,kij->knj", np.asarray(extra, float).reshape(-1, 3), ops).reshape(-1, 3)
@@ -281,7 +278,7 @@ def nearest_reflection_spacing(crystal: Crystal) -> float:
 def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers: int = 1,
               log=None, store_filled=None, even: bool = False):
     """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
-    params.extra_positions) punched and filled (hklflow.pdf.punch_and_fill), then tapered
+    params.extra_positions) punched and filled (hklflow.pdf.fill.punch_and_fill), then tapered
     and transformed.  Returns (PDF, FillResult).  volume: its intensity (float32 [l, k, h]
     on grid, NaN where unmeasured; punched and filled in place), or its file (read whole).
 
@@ -290,7 +287,7 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     then dropped (fill.filled None) before the FFT takes its memory and read back, so the
     two are never held at once (2 GB less at 801^3).  even: the volume is even along each
     axis (even_along_axes of its notes; the punch and the fill keep it so): the fill
-    regions outside its octant take their mirror images' values (pdf.punch_and_fill), its
+    regions outside its octant take their mirror images' values (pdf.fill.punch_and_fill), its
     coverage and taper statistics are counted in the octant, its transform's octant is an
     eighth of it, and the filled volume stays in memory for it."""
     from_file = not isinstance(volume, np.ndarray)
@@ -309,10 +306,9 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     if log:
         log.info("punching %d positions (radius %g %s), fill order %d, eps %g", len(positions),
                  params.radius, params.radius_units, params.fill_order, params.fill_eps)
-    fill = pdf_algorithms.punch_and_fill(intensity, grid, cell, positions,
-                                         radius=params.radius, units=params.radius_units,
-                                         order=params.fill_order, eps=params.fill_eps, log=log,
-                                         overwrite_input=True, even=even)
+    fill = punch_and_fill(intensity, grid, cell, positions, radius=params.radius,
+                          units=params.radius_units, order=params.fill_order,
+                          eps=params.fill_eps, log=log, overwrite_input=True, even=even)
     # the fill completes regions the Bragg mask left empty
     notes = taper_q_max(grid, cell, fill.filled, params.q_max, even)
     q = notes["q_max"]

@@ -18,7 +18,7 @@ from .slices import cell_of, color_limits, plane_matrix, read_slice
 
 
 # Each Artist class of matplotlib makes the docstring of its `set` method from the
-# docstrings of all its setters as it is defined (kwdoc): ~0.25 of the 0.5-0.8 CPU-s of
+# docstrings of all its setters as it is defined (kwdoc): about half the time of
 # importing matplotlib's figures, for help text that no step shows.  kwdoc makes only that
 # text (and the property tables interpolated into other docstrings); drawing never calls it.
 matplotlib.artist.kwdoc = lambda artist: ""
@@ -26,14 +26,14 @@ matplotlib.artist.kwdoc = lambda artist: ""
 
 def _new_figure(figsize):
     """A matplotlib figure of its own, outside pyplot: no screen, nothing to close, and no
-    pyplot import (0.14 of 0.49 CPU-s for matplotlib in each drawing job)."""
+    pyplot import (a part of every drawing job's start)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize)
 
 
-# zlib level of the PNGs: 1 encodes a picture in half the time of Pillow's default 6 (25-90
-# of 50-145 ms) and the files are within 13% of its size, smaller for some
+# zlib level of the PNGs: 1 encodes a picture in about half the time of Pillow's default 6,
+# and the files are hardly larger (smaller for some)
 PNG = {"compress_level": 1}
 
 
@@ -41,7 +41,7 @@ def _save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     """fig as a PNG at dpi cropped to what is drawn, with a pad_inches margin: what
     savefig(bbox_inches="tight") writes, from one draw instead of two (savefig draws the
     whole figure once to find the box and again inside it; here the image drawn once is
-    cut to the box, rounded out to whole pixels: 0.08 s of 0.45 for four slices).  When
+    cut to the box, rounded out to whole pixels).  When
     something is drawn beyond the figure's edges, savefig, which grows the canvas for it."""
     import matplotlib.image
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -62,7 +62,7 @@ def _save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
 
 def _margins(fig, wspace: float, hspace: float = 0.2) -> None:
     """Room around and between the panels of a row of plots, drawn once (fig.tight_layout
-    measures every label with a draw of its own: 0.2 s a picture); the margins in inches are
+    measures every label with a draw of its own); the margins in inches are
     wide enough for the labels and are cut off again by _save_tight."""
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=1.0 / width, right=1 - 0.9 / width, bottom=0.75 / height,
@@ -71,7 +71,7 @@ def _margins(fig, wspace: float, hspace: float = 0.2) -> None:
 
 def _reduction(rows: int, cols: int, pixels: int = 800) -> int:
     """Block size that brings a detector image to at most `pixels` a side: a picture shows
-    no more, and matplotlib resamples a 2M image in 0.2 s."""
+    no more, and matplotlib's resampling of a whole 2M image is slow."""
     return max(1, math.ceil(max(rows, cols) / pixels))
 
 
@@ -337,8 +337,8 @@ def draw_slice(fig, spec, sl, cell, norm, title: str | None = None):
 
     M = plane_matrix(cell, sl.u, sl.v)
     aff = Affine2D(np.array([[M[0, 0], M[0, 1], 0.0], [M[1, 0], M[1, 1], 0.0], [0, 0, 1]]))
-    # tick labels as plain text: axisartist's default ones go through mathtext (its parser
-    # 0.1-0.2 CPU-s in each drawing job)
+    # tick labels as plain text: axisartist's default ones go through mathtext, whose parser
+    # is a noticeable part of each drawing job
     helper = GridHelperCurveLinear(aff, grid_locator1=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]),
                                    grid_locator2=MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]),
                                    tick_formatter1=FormatterPrettyPrint(useMathText=False),
@@ -500,8 +500,8 @@ def symmetric_limit(arrays, exclude_origin=None, percentile: float = 99.5) -> fl
 def _draw_pdf_plane(fig, spec, plane, uu, vv, u, v, cell, vmax, title):
     """A PDF plane [v, u] (uu, vv: its voxel centres, lattice units) in the subplot position
     spec, to scale in Angstrom: an image mapped by the plane's matrix (skewed for
-    non-orthogonal cells), each voxel a cell of its colour (a mesh of 800 x 800 quads drew
-    in 0.6-1 CPU-s what the image draws in a tenth of that)."""
+    non-orthogonal cells), each voxel a cell of its colour (a mesh of quads drew the same
+    many times slower)."""
     from matplotlib.transforms import Affine2D
 
     M = _real_plane_matrix(cell, u, v)

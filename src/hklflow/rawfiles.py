@@ -16,10 +16,42 @@ import glob
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hdf", ".nx5", ".nx")  # the one list of them
 FINGERPRINT_BLOCKS = 8
 FINGERPRINT_BLOCK = 4096
+DEFAULT_DATASET = "/entry/data/data"  # where a raw HDF5 file holds its frames
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where the frames of one scan live: what an ingested NeXus scan file records.
+
+    kind is "hdf5" (each file holds a (n, rows, cols) stack at `dataset`) or "files"
+    (one frame per file, in the listed order).  files are absolute paths.  fingerprints:
+    one hklflow.rawfiles.fingerprint per file as ingest saw it (empty: not recorded).
+    """
+
+    kind: str
+    files: tuple[str, ...]
+    dataset: str | None
+    frames_per_file: tuple[int, ...]
+    frame_shape: tuple[int, int]
+    dtype: str
+    fingerprints: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in ("hdf5", "files"):
+            raise ValueError(f"FrameSource kind must be 'hdf5' or 'files', got {self.kind!r}")
+        if len(self.files) != len(self.frames_per_file):
+            raise ValueError("FrameSource: one frame count per file is needed")
+        if self.fingerprints and len(self.fingerprints) != len(self.files):
+            raise ValueError("FrameSource: one fingerprint per file is needed")
+
+    @property
+    def nframes(self) -> int:
+        return int(sum(self.frames_per_file))
 
 
 def is_hdf5_path(path) -> bool:

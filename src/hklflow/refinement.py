@@ -229,32 +229,8 @@ def refine(entries, model: Model, params: RefinementParams | None = None,
     masks = None
     notes = []
     for cycle in range(params.cycles):
-        hkls, masks = [], []
-        for e in entries:
-            hi, ok, _ = assign(e, model, params.hkl_tolerance)
-            hkls.append(hi)
-            masks.append(ok)
-        n_ok = int(sum(m.sum() for m in masks))
-        frac = n_ok / n_total
-        if frac < params.min_fraction:
-            raise RefinementError(
-                f"only {frac:.0%} of {n_total} peaks index with the starting orientation and cell "
-                f"(need {params.min_fraction:.0%}): the space group or cell may be wrong, or the "
-                "crystal changed (a phase transition?); choose another parent scan for these "
-                "temperatures (samples.<name>.parent or other_parents in the config)")
-        # outlier rejection on the residuals of the current model
-        r = _residuals(model, entries, hkls, masks, params.frame_weight).reshape(-1, 3)  # normalised
-        if len(r):
-            dist = np.hypot(np.hypot(r[:, 0], r[:, 1]), r[:, 2])
-            mad = 1.4826 * np.median(dist) + 1e-9
-            # (+ 0.5: a floor, so that a very tight fit does not reject good peaks)
-            keep = dist < params.outlier_sigma * mad + 0.5
-            k = 0
-            for i, m in enumerate(masks):
-                n = int(m.sum())
-                idx = np.flatnonzero(m)
-                m[idx[~keep[k:k + n]]] = False
-                k += n
+        hkls, masks, n_ok = _assign_all(entries, model, params, n_total)
+        _reject_outliers(model, entries, hkls, masks, params)
         packer = _Packer(model, entries, params, int(sum(m.sum() for m in masks)))
         fun = lambda x: _residuals(packer.model(x), entries, hkls, masks, params.frame_weight)  # noqa: E731
         sol = least_squares(fun, packer.x0(), method="lm" if len(packer.x0()) < 3 * n_ok else "trf",
@@ -265,17 +241,80 @@ def refine(entries, model: Model, params: RefinementParams | None = None,
                 cycle + 1, int(sum(m.sum() for m in masks)), n_total,
                 math.sqrt(np.mean(rr ** 2)),
                 " ".join(f"{v:.5f}" for v in model.crystal.cell.parameters))
-    # uncertainties from the Jacobian at the solution
+    values = _refined_values(model, packer, _uncertainties(sol, packer, notes))
+    cell_esd = _cell_esd(model, packer, values)
+    hkls, used, resid, rr, hd = _final_statistics(entries, model, params, masks)
+    n_used = int(sum(m.sum() for m in used))
+    frac_indexed = sum(int(assign(e, model, params.hkl_tolerance)[1].sum()) for e in entries) / n_total
+    n_absent = _absent_peaks(entries, model, params)
+    if n_absent > max(3, 0.005 * n_total):
+        notes.append(f"{n_absent} of {n_total} peaks sit on systematically absent hkl: the lattice "
+                     f"may be in another setting, or the space group {model.crystal.hm} is wrong")
+        lg.warning("%s", notes[-1])
+    return RefinementResult(
+        model=model, entries=entries, hkl=hkls, used=used,
+        rms_px=float(np.sqrt(np.mean(rr[:, 0] ** 2 + rr[:, 1] ** 2))) if len(rr) else float("nan"),
+        rms_frames=float(np.sqrt(np.mean(rr[:, 2] ** 2))) if len(rr) else float("nan"),
+        rms_hkl=float(np.sqrt(np.mean(np.sum(hd ** 2, axis=1)))) if len(hd) else float("nan"),
+        fraction_indexed=frac_indexed, n_used=n_used, parameters=values,
+        cell_esd=tuple(cell_esd), seconds=time.monotonic() - t0, residuals=resid,
+        n_absent=n_absent, notes=notes)
+
+
+def _assign_all(entries, model: Model, params: RefinementParams, n_total: int):
+    """The assignment of every entry's peaks (hkl and acceptable mask per entry) and the
+    number accepted; RefinementError when too few index."""
+    hkls, masks = [], []
+    for e in entries:
+        hi, ok, _ = assign(e, model, params.hkl_tolerance)
+        hkls.append(hi)
+        masks.append(ok)
+    n_ok = int(sum(m.sum() for m in masks))
+    frac = n_ok / n_total
+    if frac < params.min_fraction:
+        raise RefinementError(
+            f"only {frac:.0%} of {n_total} peaks index with the starting orientation and cell "
+            f"(need {params.min_fraction:.0%}): the space group or cell may be wrong, or the "
+            "crystal changed (a phase transition?); choose another parent scan for these "
+            "temperatures (samples.<name>.parent or other_parents in the config)")
+    return hkls, masks, n_ok
+
+
+def _reject_outliers(model: Model, entries, hkls, masks, params: RefinementParams):
+    """Peaks whose residuals under the current model lie beyond outlier_sigma robust
+    standard deviations taken out of masks (in place)."""
+    r = _residuals(model, entries, hkls, masks, params.frame_weight).reshape(-1, 3)  # normalised
+    if not len(r):
+        return
+    dist = np.hypot(np.hypot(r[:, 0], r[:, 1]), r[:, 2])
+    mad = 1.4826 * np.median(dist) + 1e-9
+    # (+ 0.5: a floor, so that a very tight fit does not reject good peaks)
+    keep = dist < params.outlier_sigma * mad + 0.5
+    k = 0
+    for m in masks:
+        n = int(m.sum())
+        idx = np.flatnonzero(m)
+        m[idx[~keep[k:k + n]]] = False
+        k += n
+
+
+def _uncertainties(sol, packer: _Packer, notes: list) -> np.ndarray:
+    """Standard uncertainties of the parameters from the Jacobian at the solution (NaN, and
+    a note, when the normal matrix is singular)."""
     J = sol.jac
     dof = max(len(sol.fun) - len(sol.x), 1)
     s2 = float(sol.fun @ sol.fun) / dof
     try:
         cov = np.linalg.inv(J.T @ J) * s2
-        esd = np.sqrt(np.clip(np.diag(cov), 0, None)) * packer.scale
+        return np.sqrt(np.clip(np.diag(cov), 0, None)) * packer.scale
     except np.linalg.LinAlgError:
-        esd = np.full(len(sol.x), np.nan)
         notes.append("singular normal matrix: uncertainties unavailable")
-    # refined values (absolute; for U.r* the rotation at the solution, 0 by construction) and esds
+        return np.full(len(sol.x), np.nan)
+
+
+def _refined_values(model: Model, packer: _Packer, esd) -> dict:
+    """name -> (refined value, esd): absolute values; for U.r* the rotation at the solution,
+    0 by construction."""
     values = {}
     for name, e_ in zip(packer.names, esd):
         kind, _, rest = name.partition(".")
@@ -289,20 +328,31 @@ def refine(entries, model: Model, params: RefinementParams | None = None,
         else:
             val = 0.0
         values[name] = (float(val), float(e_))
+    return values
+
+
+def _cell_esd(model: Model, packer: _Packer, values: dict) -> list:
+    """The esds of the six cell parameters: the free ones refined, ties (b = a, ...) the esd
+    of the free parameter they equal, 0 for fixed ones."""
     free = packer.constraints.free
     cell_esd = [0.0] * 6
     for n in free:
         key = f"cell.{n}"
         if key in values:
             cell_esd[CELL_NAMES.index(n)] = values[key][1]
-    # ties (b = a, ...) inherit the esd of the free parameter
     cell = model.crystal.cell
     for i, n in enumerate(CELL_NAMES):
         if cell_esd[i] == 0.0 and n not in free:
             for j, m in enumerate(CELL_NAMES):
                 if m in free and abs(cell.parameters[i] - cell.parameters[j]) < 1e-12 and (i < 3) == (j < 3):
                     cell_esd[i] = cell_esd[j]
-    # final statistics
+    return cell_esd
+
+
+def _final_statistics(entries, model: Model, params: RefinementParams, masks):
+    """The final assignment (hkl and used mask per entry), the unweighted residuals per
+    entry (NaN where not used) and of the used peaks together, and the hkl deviations of
+    the used peaks."""
     hkls, used, resid, hkl_dev = [], [], [], []
     for e, hi, m in zip(entries, *_final_assign(entries, model, params, masks)):
         hkls.append(hi)
@@ -318,28 +368,19 @@ def refine(entries, model: Model, params: RefinementParams | None = None,
         _, _, h = assign(e, model, params.hkl_tolerance)
         hkl_dev.append((h - np.rint(h))[m])
     hd = np.concatenate(hkl_dev) if hkl_dev else np.zeros((0, 3))
-    n_used = int(sum(m.sum() for m in used))
-    frac_indexed = sum(int(assign(e, model, params.hkl_tolerance)[1].sum()) for e in entries) / n_total
-    # peaks that sit on integer hkl forbidden by the space group: a few are noise, more mean
-    # the lattice is in the wrong setting (or the space group is wrong)
+    return hkls, used, resid, rr, hd
+
+
+def _absent_peaks(entries, model: Model, params: RefinementParams) -> int:
+    """Peaks that sit on integer hkl forbidden by the space group: a few are noise, more mean
+    the lattice is in the wrong setting (or the space group is wrong)."""
     n_absent = 0
     for e in entries:
         _, _, h = assign(e, model, params.hkl_tolerance)
         hi = np.rint(h).astype(np.int64)
         near = np.all(np.abs(h - hi) < params.hkl_tolerance, axis=1) & np.any(hi != 0, axis=1)
         n_absent += int((near & model.crystal.is_absent(hi)).sum())
-    if n_absent > max(3, 0.005 * n_total):
-        notes.append(f"{n_absent} of {n_total} peaks sit on systematically absent hkl: the lattice "
-                     f"may be in another setting, or the space group {model.crystal.hm} is wrong")
-        lg.warning("%s", notes[-1])
-    return RefinementResult(
-        model=model, entries=entries, hkl=hkls, used=used,
-        rms_px=float(np.sqrt(np.mean(rr[:, 0] ** 2 + rr[:, 1] ** 2))) if len(rr) else float("nan"),
-        rms_frames=float(np.sqrt(np.mean(rr[:, 2] ** 2))) if len(rr) else float("nan"),
-        rms_hkl=float(np.sqrt(np.mean(np.sum(hd ** 2, axis=1)))) if len(hd) else float("nan"),
-        fraction_indexed=frac_indexed, n_used=n_used, parameters=values,
-        cell_esd=tuple(cell_esd), seconds=time.monotonic() - t0, residuals=resid,
-        n_absent=n_absent, notes=notes)
+    return n_absent
 
 
 def _final_assign(entries, model, params, masks):

@@ -83,10 +83,9 @@ def isolated_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array with ISOLATION_BYTES of address space it does not
     use on either side (never touched, so no memory), so that no other array lies right
     against it.  The kernel streams the frame, its pixel flags and the max projection side
-    by side; when two of them lay back to back in memory (16 KB apart or less, either
-    order) it ran at 12 instead of 5 ms per 2M frame on the AMD EPYC machines hklflow is
-    developed on (measured: 64 KB apart and more, any order, 5.0-5.7 ms), and search()'s max
-    projection used to be allocated right after a buffer of frames."""
+    by side; when two of them lay back to back in memory it ran at less than half its
+    speed on some CPUs (bench/find_peaks.py), and search()'s max projection used to be
+    allocated right after a buffer of frames."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + 2 * ISOLATION_BYTES + 4096, np.uint8)
@@ -154,8 +153,8 @@ def _kernel_for_width(half_c: int):
     closure, so that the window sum along a row is unrolled and vectorised.  Cached on
     disk by numba per width (the closure's values are part of the cache's key): only the
     widths in use are compiled.  One function, not a call with numba.literally(half_c):
-    each compiled layer above the kernel optimised its code again, 2 of 7-8 CPU-s of a
-    cold compile, the same code."""
+    each compiled layer above the kernel optimised its code again, a large part of a cold
+    compile, for the same code."""
     half_c = int(half_c)
 
     @numba.njit(cache=True, nogil=True)
@@ -805,7 +804,7 @@ def lowest_filled(frame: np.ndarray) -> np.ndarray | None:
     """For integer frames, an array of the frame's shape and type holding the type's lowest
     value: a maximum for strong_pixels_frame to raise where none is wanted (the hot-pixel
     probe), so that every call of a search has the same form and the kernel is compiled
-    once (each form ~9 CPU-s on a 2-core VM); None for float frames, whose maximum the
+    once (each form costs seconds of compiling); None for float frames, whose maximum the
     kernel does not keep."""
     if not np.issubdtype(frame.dtype, np.integer):
         return None
@@ -815,7 +814,7 @@ def lowest_filled(frame: np.ndarray) -> np.ndarray | None:
 def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
     """Per-pixel minimum of frames [0, stop) of a FrameStack, read into `buffer` (frames
     of the stack's shape and type) as many at a time as it holds: memory of one chunk, not
-    of every frame (20 frames of a 16M detector would be 1.3 GB).  None for no frames."""
+    of every frame (the probe's frames of a 16M detector would take gigabytes).  None for no frames."""
     low = None
     for a in range(0, stop, max(len(buffer), 1)):
         b = min(a + len(buffer), stop)
@@ -871,7 +870,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     # one buffer of a chunk (several threads: each reads its frame into a buffer of its own)
     buf = np.empty((min(step, nf),) + tuple(shape), dtype=stack.dtype)
     # the minimum of the first frames finds the hot pixels, then the pass reads them again
-    # (~1 ms a 2M frame, against holding them all)
+    # (cheaper than holding them all)
     nprobe = min(HOT_PROBE_FRAMES, nf)
     hot_early = hot_pixels_in(frames_minimum(stack, nprobe, buf), nprobe, usable, annulus,
                               params, trusted_max)

@@ -21,8 +21,9 @@ When every operator is a signed permutation of the axes that maps the grid onto 
 grid symmetric about 0, equal where the group swaps axes: all but the trigonal, hexagonal
 and cubic groups, FlipPlan), the sum is taken by adding flipped and transposed copies of
 each L plane along a chain of subgroups (transversal_chain: 2+2+2 reads for the 8
-operators of 4mm instead of 8) plus the mirror plane's sum: memory-bound, ~18 ns per voxel
-for 4/mmm against ~110 ns for the gather kernel below, which does everything else.
+operators of 4mm instead of 8) plus the mirror plane's sum: memory-bound, several times
+faster than the gather kernel below, which does everything else (bench/full_rotation.py
+measures the symmetrize step).
 
 The gather kernel (numba, on the job's cores) loops over output tiles of 16^3 voxels and, per tile,
 over the operators, so that the source voxels an operator reads stay in cache; sums are
@@ -367,8 +368,8 @@ class FlipPlan:
     symmetrising is adding flipped and transposed copies of an L slab, pass by pass along a
     transversal_chain of the operators that keep L (in_plane), and, when some operator
     reverses L (mirror: its flips and transposes of H and K), adding the mirror slab's
-    in-plane sum seen through that operator.  Memory-bound: about 1 ns per voxel and pass
-    instead of the gather kernel's ~10 ns per voxel and operator."""
+    in-plane sum seen through that operator.  Memory-bound, and several times faster per
+    voxel than the gather kernel (bench/full_rotation.py)."""
     in_plane: tuple  # passes: each a tuple of (perm, flips) of axes [l, k, h]
     mirror: tuple | None  # (perm, flips) of an operator reversing L (without its L flip)
     operators: int

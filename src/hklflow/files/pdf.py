@@ -28,12 +28,13 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..codec import ChunkWriter as _ChunkWriter
 from ..crystal import UnitCell
 from ..errors import FileFormatError
 from ..grid import Grid
 from ..nxrefine import transform_angles
 from .h5 import atomic_path, open_h5, text, write_provenance_h5
-from .volume import _ChunkWriter, reciprocal_lengths, write_sample_group
+from .volume import reciprocal_lengths, write_sample_group
 
 COMPRESSION = dict(hdf5plugin.Bitshuffle(cname="lz4"))
 
@@ -85,8 +86,8 @@ def _write_by_planes(dataset, values, nan_at=None) -> None:
     """dataset[...] = values (an array or a computed PDF, read WRITE_PLANES planes at a time:
     never a whole copy), with the voxels at the sorted flat indices nan_at set to NaN.  The
     chunks are compressed here and stored raw (a chunk of the dataset's fill value alone is
-    not stored: HDF5 reads it back as that value) where bitshuffle's library is found: a
-    total PDF at 801^3 took 5.4 CPU-s through HDF5's filter."""
+    not stored: HDF5 reads it back as that value) where bitshuffle's library is found,
+    which costs less than HDF5's filter (bench/full_rotation.py measures the PDF steps)."""
     plane = int(np.prod(dataset.shape[1:]))
     raw = _ChunkWriter(dataset.chunks)
     fill = np.float32(dataset.fillvalue)
@@ -106,8 +107,8 @@ def _write_by_planes(dataset, values, nan_at=None) -> None:
 def _write_twins_by_planes(first, second, values, nan_at) -> None:
     """_write_by_planes(first, values) and _write_by_planes(second, values, nan_at) in one
     pass over values: a chunk without a voxel of nan_at is compressed once and stored in
-    both (a delta_pdf's filled and punched volumes at 801^3: 7059 chunks stored, 3916 of
-    them with a hole); each dataset alone where bitshuffle's library is not found."""
+    both (most of the chunks of a delta_pdf's filled and punched volumes have no hole);
+    each dataset alone where bitshuffle's library is not found."""
     raw = _ChunkWriter(first.chunks)
     fill = np.float32(first.fillvalue)
     if (not raw.available or second.chunks != first.chunks or second.shape != first.shape
@@ -179,8 +180,9 @@ class PDFWriter:
 
     def write_volumes(self, grid: Grid, cell: UnitCell, filled, punched_at):
         """The 3D-DeltaPDF's filled volume and its punched one (filled with the voxels at
-        the sorted flat indices punched_at NaN: hklflow.pdf.FillResult's region); returns a
-        function (l0, l1) -> planes [l0, l1) of the filled volume, read back from the file."""
+        the sorted flat indices punched_at NaN: hklflow.pdf.fill.FillResult's region);
+        returns a function (l0, l1) -> planes [l0, l1) of the filled volume, read back from
+        the file."""
         dataset = _volume_group(self.entry, "filled_data", filled.shape, grid, cell,
                                 "intensity, reflections punched and filled")
         punched = _volume_group(self.entry, "punched_data", filled.shape, grid, cell,

@@ -56,8 +56,8 @@ import numpy as np
 
 from ..config import temperature_label
 from ..errors import FileFormatError, InputMismatchError
-from ..frames import DEFAULT_DATASET, FrameSource
 from ..geometry import EntrySetup, Goniometer, ScanAngles, ScanGeometry
+from ..rawfiles import DEFAULT_DATASET, FrameSource
 from .h5 import (detector_group, entry_group, get, group, open_h5, provenance_group,
                  provenance_of, read_detector_group, string_field, strings, text, text_field,
                  write_nexus_atomically)

@@ -38,8 +38,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import struct
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,13 +45,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..codec import ChunkReader, ChunkWriter
 from ..crystal import UnitCell
 from ..errors import FileFormatError, GridError
 from ..grid import AXES, Axis, Grid
 from ..nxrefine import sample_fields, transform_angles
-from .h5 import (atomic_path, bitshuffle_block_elements, bitshuffle_function,
-                 bitshuffle_lz4_only, decompress_chunk, file_descriptor, open_h5, text,
-                 write_provenance_h5)
+from .h5 import atomic_path, open_h5, text, write_provenance_h5
 
 
 @functools.cache
@@ -85,7 +82,7 @@ class Volume:
         s = np.ascontiguousarray(self.signal, dtype=np.float32)
         w = np.ascontiguousarray(self.weight, dtype=np.float32)
         out = np.empty(s.shape, np.float32)
-        _kernels().slab_sums(s, w, out, True, s, w, False)  # one pass (numpy: six times as long)
+        _kernels().slab_sums(s, w, out, True, s, w, False)  # one pass (numpy: five)
         return out
 
     def measured_fraction(self, region: np.ndarray | None = None) -> float:
@@ -99,190 +96,6 @@ def _compression():
 
 def _chunks(shape):
     return tuple(min(n, c) for n, c in zip(shape, (8, 64, 64)))
-
-
-class _ChunkWriter:
-    """Writes float32 slabs of whole L chunks of bitshuffle-LZ4 datasets as raw chunks: the
-    chunks that hold data are compressed here (bitshuffle_lz4.compress: bitshuffle's
-    transpose and LZ4 block by block, the format of HDF5's filter - same header, same
-    default block size - with LZ4's acceleration WRITE_ACCELERATION: 23% less time than
-    bitshuffle's own function, 1.3% more bytes) and chunks of the fill value alone are not
-    written.  HDF5's write path compresses every chunk, an empty one too, and copies
-    each through its filter pipeline: writing both kinds of an entry rotated through 360
-    degrees onto 801^3 (71% of the chunks empty) took 7.5-13.1 CPU-s against 10.1-16.6."""
-
-    def __init__(self, chunks):
-        self.chunks = tuple(int(c) for c in chunks)
-        self.compress = bitshuffle_function("bshuf_compress_lz4")
-        self.nvox = nvox = int(np.prod(self.chunks))
-        self.chunk = np.empty(self.chunks, np.float32)  # one chunk, contiguous
-        self.corners = np.empty((0, 2), np.int64)
-        self._thread = threading.local()  # (store: a buffer per thread)
-        if self.compress is None:  # pragma: no cover - HDF5's filter writes instead
-            return
-        from .bitshuffle_lz4 import WRITE_ACCELERATION, compress  # (numba: loaded here)
-
-        self._compress, self._acceleration = compress, WRITE_ACCELERATION
-        self.block = bitshuffle_block_elements(4)
-        self._header = np.frombuffer(struct.pack(">QI", 4 * nvox, 4 * self.block), np.uint8)
-
-    @property
-    def out(self) -> np.ndarray:
-        """This thread's buffer of a compressed chunk: the header (uncompressed bytes, block
-        bytes; big-endian) + compressed blocks, room well above bitshuffle-LZ4's bound
-        (~1.01 x + 20 bytes per block)."""
-        out = getattr(self._thread, "out", None)
-        if out is None:
-            out = self._thread.out = np.empty(12 + 6 * self.nvox + 4096, np.uint8)
-            out[:12] = self._header
-        return out
-
-    @property
-    def available(self) -> bool:
-        return self.compress is not None
-
-    def _stored_chunks(self, slab: np.ndarray, fill: float):
-        """(p0, k0, h0) of each chunk of the slab that holds a value other than fill (in
-        whole L chunks from its plane p0), with the chunk copied whole into self.chunk
-        (an edge chunk padded with fill: HDF5 stores it whole)."""
-        cl, ck, ch = self.chunks
-        per_slab = -(-slab.shape[1] // ck) * -(-slab.shape[2] // ch)
-        if self.corners.shape[0] < per_slab:
-            self.corners = np.empty((per_slab, 2), np.int64)
-        chunk = self.chunk
-        for p0 in range(0, slab.shape[0], cl):
-            part = slab[p0:p0 + cl]
-            n = _kernels().stored_chunks(part.view(np.uint32), self.chunks,
-                                         np.float32(fill).view(np.uint32), self.corners)
-            for k0, h0 in self.corners[:n].tolist():
-                piece = part[:, k0:k0 + ck, h0:h0 + ch]
-                if piece.shape == chunk.shape:
-                    np.copyto(chunk, piece)  # numpy's strided copy: numba's took 5x longer
-                else:
-                    chunk.fill(fill)
-                    chunk[:piece.shape[0], :piece.shape[1], :piece.shape[2]] = piece
-                yield p0, k0, h0
-
-    def write(self, dset: h5py.Dataset, l0: int, slab: np.ndarray, fill: float) -> None:
-        for p0, k0, h0 in self._stored_chunks(slab, fill):
-            self.store(dset, (l0 + p0, k0, h0), self.chunk)
-
-    def write_twins(self, first: h5py.Dataset, second: h5py.Dataset, l0: int,
-                    slab: np.ndarray, fill: float, holes: np.ndarray) -> None:
-        """write(first, l0, slab, fill) and write(second, ...) of the slab with the voxels
-        at the sorted flat indices `holes` (into slab) NaN, in one pass: a chunk without a
-        hole is compressed once and stored in both; one with holes is stored in second
-        with them NaN (unless that leaves the fill value alone).  fill must be NaN (holes
-        add no chunk: a chunk of fill values alone is not stored in either)."""
-        if not np.isnan(fill):
-            raise ValueError("write_twins needs NaN as the fill value")
-        cl, ck, ch = self.chunks
-        nkc, nhc = -(-slab.shape[1] // ck), -(-slab.shape[2] // ch)
-        i, j, m = np.unravel_index(np.asarray(holes, np.int64), slab.shape)
-        key = ((i // cl) * nkc + j // ck) * nhc + m // ch  # the hole's chunk in the slab
-        order = np.argsort(key, kind="stable")
-        key, i, j, m = key[order], i[order], j[order], m[order]
-        chunk = self.chunk
-        punched = np.empty_like(chunk)
-        for p0, k0, h0 in self._stored_chunks(slab, fill):
-            corner = (l0 + p0, k0, h0)
-            c = ((p0 // cl) * nkc + k0 // ck) * nhc + h0 // ch
-            a, b = np.searchsorted(key, (c, c + 1))
-            if a == b:  # no hole: the same bytes in both
-                self.store(first, corner, chunk, twin=second)
-                continue
-            self.store(first, corner, chunk)
-            np.copyto(punched, chunk)
-            punched[i[a:b] - p0, j[a:b] - k0, m[a:b] - h0] = np.nan
-            if not np.isnan(punched).all():
-                self.store(second, corner, punched)
-
-    def store(self, dset: h5py.Dataset, corner: tuple, chunk: np.ndarray,
-              twin: h5py.Dataset | None = None) -> None:
-        """Compress one whole chunk (float32, C order, the chunk's shape) and store it at
-        its corner (the chunk's first voxel), the same bytes in `twin` too when given."""
-        out = self.out
-        size = self._compress(chunk.reshape(-1).view(np.uint8), out[12:], 4, self.block,
-                              self._acceleration)
-        if size < 0:  # pragma: no cover - bitshuffle's own failure
-            raise OSError(f"{dset.file.filename}: bitshuffle-LZ4 compression of a chunk of "
-                          f"{dset.name} failed (error {size})")
-        dset.id.write_direct_chunk(corner, out[:12 + size])
-        if twin is not None:
-            twin.id.write_direct_chunk(corner, out[:12 + size])
-
-
-class _ChunkReader:
-    """Reads a float32 bitshuffle-LZ4 dataset from its raw chunks: the stored chunks are
-    decompressed here by bitshuffle's C function, the others hold the fill value (most
-    chunks of a scan's volume are not stored).  An 801^3 array of a full rotation, slab by
-    slab: 0.30-0.32 CPU-s, through HDF5's filter 0.43-0.47.  Each stored chunk is read
-    with one pread at the offset chunk_iter gave (a merged 801^3 volume's signal and weight,
-    9930 chunks: 1.10-1.20 user CPU-s, against 1.27-1.53 through h5py's read_direct_chunk,
-    which looks each chunk up in HDF5's index again).  A chunk that is not plainly
-    bitshuffle-LZ4 (a filter skipped, damaged) is read through HDF5, which names what is
-    wrong.  open() gives None where the dataset cannot be read this way."""
-
-    @classmethod
-    def open(cls, dset: h5py.Dataset, compiled: bool = False) -> "_ChunkReader | None":
-        if (bitshuffle_function("bshuf_decompress_lz4") is None or dset.dtype != np.float32
-                or dset.ndim != 3
-                or not hasattr(dset.id, "chunk_iter") or not bitshuffle_lz4_only(dset)):
-            return None
-        return cls(dset, compiled)
-
-    def __init__(self, dset: h5py.Dataset, compiled: bool = False):
-        self.dset = dset
-        self.compiled = compiled  # decompress_chunk's
-        self.chunks = tuple(int(c) for c in dset.chunks)
-        self.fill = np.float32(dset.fillvalue)
-        self.stored: dict[tuple, tuple] = {}  # corner -> (bytes, filters skipped, offset)
-        dset.id.chunk_iter(lambda info: self.stored.__setitem__(
-            tuple(info.chunk_offset), (info.size, info.filter_mask, info.byte_offset)))
-        self.fd = file_descriptor(dset)  # chunks read with pread where HDF5 reads a plain file
-        self.rows: dict[int, list] = {}  # first L plane of a row of chunks -> stored corners
-        for corner in sorted(self.stored):
-            self.rows.setdefault(corner[0], []).append(corner)
-        largest = max((info[0] for info in self.stored.values()), default=0)
-        self.raw = np.empty(max(largest, 12), np.uint8)
-        self.chunk = np.empty(self.chunks, np.float32)
-        self.through_hdf5 = 0  # stored chunks HDF5 had to read (tests, benchmarks)
-
-    def read(self, l0: int, l1: int, out: np.ndarray) -> None:
-        """Planes [l0, l1) into out ([l1 - l0, k, h] float32)."""
-        cl, ck, ch = self.chunks
-        out[...] = self.fill
-        for r0 in range(l0 - l0 % cl, l1, cl):
-            lo, hi = max(l0, r0), min(l1, r0 + cl)
-            for corner in self.rows.get(r0, ()):
-                self.read_chunk(corner, self.chunk)
-                _, k0, h0 = corner
-                dest = out[lo - l0:hi - l0, k0:k0 + ck, h0:h0 + ch]
-                dest[...] = self.chunk[lo - r0:hi - r0, :dest.shape[1], :dest.shape[2]]
-
-    def read_chunk(self, corner: tuple, out: np.ndarray) -> None:
-        """The chunk at `corner` whole into out (float32, C order, the chunk's shape): the
-        fill value where it is not stored and beyond the dataset's extent."""
-        info = self.stored.get(corner)
-        if info is None:
-            out[...] = self.fill
-            return
-        region = tuple(slice(c, min(c + n, s))
-                       for c, n, s in zip(corner, self.chunks, self.dset.shape))
-        size, skipped, offset = info
-        location = None if self.fd is None else (self.fd, offset)
-        if skipped or not decompress_chunk(self.dset, corner, self.raw[:size], out,
-                                           compiled=self.compiled, location=location):
-            out[...] = self.fill
-            inside = tuple(slice(0, r.stop - r.start) for r in region)
-            self.dset.read_direct(out, region, inside)
-            self.through_hdf5 += 1
-            return
-        for axis, r in enumerate(region):  # an edge chunk: beyond the extent is not data
-            if r.stop - r.start < self.chunks[axis]:
-                beyond = [slice(None)] * 3
-                beyond[axis] = slice(r.stop - r.start, None)
-                out[tuple(beyond)] = self.fill
 
 
 def _text_or_none(value):
@@ -369,7 +182,7 @@ def slab_planes(grid: Grid, bytes_per_array: float = 64e6, multiple: int = 8) ->
 
 class VolumeReader:
     """L planes of one volume file, read slab by slab into arrays the caller may reuse
-    (a fresh 64 MB array per slab costs its page faults again: a quarter of a merge's time)::
+    (a fresh array per slab costs its page faults again, a large part of a merge's time)::
 
         with VolumeReader(path) as r:
             for l0 in range(0, r.grid.l.n, planes):
@@ -378,7 +191,7 @@ class VolumeReader:
 
     def __init__(self, path, compiled_decompression: bool = False):
         self.path = os.fspath(path)
-        # raw chunks decompressed by the compiled block loop (files.h5.decompress_chunk):
+        # raw chunks decoded by the active codec (HKLFLOW_CODEC; else the library codec):
         # for the steps that read whole volumes and run compiled kernels anyway
         self.compiled_decompression = compiled_decompression
         self.grid, self.kind = read_grid_of(self.path)
@@ -391,14 +204,14 @@ class VolumeReader:
             self._f.close()
             raise
         self._buffers = None
-        # by id() of the reader's own dataset objects: dset.name asks HDF5 (~10 us, twice
-        # per chunk read: 0.5 CPU-s of a merge at 801^3)
-        self._chunk_readers: dict[int, _ChunkReader | None] = {}
+        # by id() of the reader's own dataset objects: dset.name asks HDF5, a cost twice
+        # per chunk read
+        self._chunk_readers: dict[int, ChunkReader | None] = {}
 
-    def _chunk_reader(self, dset: h5py.Dataset) -> _ChunkReader | None:
+    def _chunk_reader(self, dset: h5py.Dataset) -> ChunkReader | None:
         key = id(dset)
         if key not in self._chunk_readers:
-            self._chunk_readers[key] = _ChunkReader.open(dset, self.compiled_decompression)
+            self._chunk_readers[key] = ChunkReader.open(dset, self.compiled_decompression)
         return self._chunk_readers[key]
 
     def _read(self, dset: h5py.Dataset, l0: int, l1: int, out: np.ndarray) -> None:
@@ -504,7 +317,7 @@ class VolumeReader:
         return out
 
     @staticmethod
-    def _plane_from_chunks(reader: "_ChunkReader", j: int, index: int) -> np.ndarray:
+    def _plane_from_chunks(reader: "ChunkReader", j: int, index: int) -> np.ndarray:
         shape = [n for i, n in enumerate(reader.dset.shape) if i != j]
         out = np.full(shape, reader.fill, np.float32)
         first = index - index % reader.chunks[j]  # the chunks' corner along the plane's axis
@@ -626,7 +439,7 @@ def same_chunk(a: tuple, b: tuple) -> bool:
 class KeptPlanes:
     """Planes of a volume's intensity kept as a VolumeWriter stores its slabs and chunks:
     the slices its pictures draw, without reading them back from the file it wrote (an H or
-    K plane of an 801^3 volume runs through ~1300 chunks: 0.25-0.35 CPU-s to read).  planes:
+    K plane runs through a whole layer of chunks).  planes:
     (axis, value) pairs, axis 'h', 'k' or 'l' (slices.parse_slice); the writer keeps the
     voxel plane nearest each value inside its grid (bind), as the array [l, k, h] without
     that axis, NaN where nothing was stored: what VolumeReader.read_plane returns.
@@ -684,13 +497,13 @@ class VolumeWriter:
             w.notes["measured_fraction"] = w.measured / grid.size
 
     Slabs may come in any order, aligned with the L chunks (8 planes) or not; without
-    bitshuffle's C library HDF5's filter writes them, and cache_planes > 0 then keeps that
+    the bitshuffle package HDF5's filter writes them, and cache_planes > 0 then keeps that
     many L planes of chunks (and one more chunk row) in HDF5's chunk cache, so that
     unaligned slabs do not compress a chunk twice.  The writer counts what it stores: measured
     (voxels with weight > 0), weight_sum and signal_sum (float64 sums of the stored float32
     values).  intensity=False leaves out the `data` array (signal / weight): for parts that
     only a sum reads.  A float64 slab (a sum's) is rounded, counted and divided in one pass.
-    Rows of L chunks are stored as raw chunks once all their planes arrived (_ChunkWriter),
+    Rows of L chunks are stored as raw chunks once all their planes arrived (ChunkWriter),
     and a chunk that holds only the fill value (0; NaN for data) is not stored at all: HDF5
     reads it back as that value (most chunks of a scan's volume hold nothing measured).
     keep: KeptPlanes of this grid, filled with the intensity as it is stored (with
@@ -718,7 +531,7 @@ class VolumeWriter:
         self.signal_sum = 0.0
         self._written = np.zeros(grid.l.n, dtype=bool)
         self._buffers: dict[str, np.ndarray] = {}
-        self._chunk_writer = _ChunkWriter(_chunks(grid.shape))
+        self._chunk_writer = ChunkWriter(_chunks(grid.shape))
         self._partial_rows: dict[int, dict] = {}  # first plane -> buffers of a chunk row
         self._free_rows: list[dict] = []
         self._f = None
@@ -764,8 +577,8 @@ class VolumeWriter:
                     q.attrs["scaling_factor"] = s
             write_sample_group(ent, self.sample, cell)
             write_provenance_h5(ent, self.provenance)
-            # the arrays' handles, looked up once (an h5py lookup costs ~40 us: per chunk, a
-            # tenth of a volume's write)
+            # the arrays' handles, looked up once (an h5py lookup per chunk would be a
+            # noticeable part of a volume's write)
             self._data = {name: d[name] for name in ("data", "data_weights", "signal_sum")
                           if name in d}
         except BaseException as exc:
@@ -815,7 +628,7 @@ class VolumeWriter:
 
     @property
     def writes_raw_chunks(self) -> bool:
-        """Whether write_chunk can be used (bitshuffle's C library found)."""
+        """Whether write_chunk can be used (the bitshuffle package found)."""
         return self._chunk_writer.available
 
     def write_chunk(self, l0: int, k0: int, h0: int, signal: np.ndarray, weight: np.ndarray,

@@ -729,7 +729,8 @@ def pdf_against_truth(results, truth: dict, sample: str, temperature: str,
     from ..files.h5 import open_h5
     from ..files.pdf import read_pdf
     from ..grid import Grid
-    from ..pdf import fft_crop, tukey_taper
+    from ..pdf.fft import fft_crop
+    from ..pdf.taper import tukey_taper
 
     base = Path(results) / sample / temperature
     delta, total = read_pdf(base / "pdf.nxs"), read_pdf(base / "total_pdf.nxs")

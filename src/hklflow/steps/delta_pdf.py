@@ -8,7 +8,7 @@ from ..crystal import Crystal, UnitCell
 from ..files.pdf import PDFWriter
 from ..files.volume import read_volume_header
 from ..params import PDFParams, settings_part
-from ..pdf import OUTCOMES
+from ..pdf.fill import OUTCOMES
 from ..pdf_volume import delta_pdf, even_along_axes
 from ..pictures import plot_pdf
 from ..provenance import provenance

@@ -1,34 +1,21 @@
-"""Bitshuffle-LZ4 chunks decompressed block by block in a compiled loop: bitshuffle's own
-LZ4_decompress_safe per block, then the bit-untranspose, on CPUs with AVX2 (x86-64 since
-Haswell and Zen) by our own code (with GFNI and AVX-512, since Ice Lake and Zen 4, one
-instruction per eight bit matrices), elsewhere by bitshuffle's bshuf_untrans_bit_elem.
+"""The compiled codec, the optional fast path: bitshuffle-LZ4 chunks decoded block by block
+in a compiled loop, with bitshuffle's own LZ4_decompress_safe per block, then the
+bit-untranspose, on CPUs with AVX2 by our own code (with GFNI and AVX-512, one instruction
+per eight bit matrices), elsewhere by bitshuffle's bshuf_untrans_bit_elem; encoded with
+bshuf_trans_bit_elem and LZ4_compress_fast.  It also decodes single blocks inside other
+compiled kernels (decompress_elements, block_positions: the transform's fused kernel).
 
-bshuf_decompress_lz4 runs the same two functions per block, but through an OpenMP loop
-(dynamic schedule, a lock per block) even on one thread: a 2M frame (1209 blocks of 8 KB)
-read and decompressed in 2.46-2.69 CPU-ms with it, 2.07-2.22 here with bitshuffle's
-untranspose (bench frames, four alternating passes of 400).  That untranspose (AVX2; the
-AVX-512 one is a stub in the PyPI wheel) is ~1.6 ms of it; ours with GFNI ~0.45, one
-GF2P8AFFINEQB transposing eight 8x8 bit matrices: 0.94-0.97 CPU-ms per frame read and
-decompressed, against 2.05-2.09 (the same 400 frames, alternating).  Without GFNI (an AMD
-EPYC with AVX2 alone) ours, with shifts and masks, is still the faster: 16 of those frames
-decompressed in 2.26-3.38 against 2.85-4.31 CPU-ms each (four alternating rounds on a noisy
-VM, ours faster in every one by 0.5-0.9 ms); 16-bit Poisson counts 1.7-1.8 against 2.9-3.0.
-Only the byte planes a block's counts need are untransposed (_planes_needed): on that
-EPYC, 100 frames of the bench's 2M scan (99.6% of their blocks need one plane) in 1.28-1.89
-CPU-ms each against 1.75-2.61 with all four (six alternating rounds; LZ4 alone 0.54-0.89).
-On a Xeon with GFNI (Sapphire Rapids or later) the tests pass, and 24 frames of the
-pipeline bench took 1.86-2.17 CPU-ms each against 1.89-2.32 with all four planes
-(bench/README.md, cpu_kernels.py): there the untranspose is a small part of the time.
+Why: bshuf_decompress_lz4 runs the same two functions per block, but through an OpenMP
+loop (a lock per block) even on one thread, and bitshuffle's untranspose is the larger part
+of a frame's time; ours is faster where measured, and untransposes only the byte planes a
+block's counts need (_planes_needed).  Figures: bench/cpu_kernels.py.
 
-The stream (after the 12-byte HDF5 chunk header): per block of `block` elements (the last
-one shorter, a multiple of 8), its compressed size (uint32, big-endian) and its LZ4 block;
-then the last elements % 8 elements as they are.  A block of n elements of S bytes,
-bit-transposed, is 8 S rows of n / 8 bytes: bit e % 8 of byte e // 8 of row 8 b + i is bit
-i of byte b of element e.
-
-Used by files.h5.decompress_chunk(compiled=True), which the steps that stream whole scans
-or volumes ask for (their kernels load numba anyway; loading it for a few chunks would cost
-more than it saves)."""
+It binds functions that are not the bitshuffle package's public API (C symbols of its
+extension, found by name in it) and emits LLVM intrinsics through numba: a wheel built
+with hidden symbols or an llvmlite that renames an intrinsic breaks it.  So nothing imports
+this module but hklflow.codec's chooser, on first use, and only after it passes a
+self-test against the library codec (self_test) is it used; else the library codec is.
+The stream's layout: hklflow.codec.framing."""
 from __future__ import annotations
 
 import ctypes
@@ -42,7 +29,15 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..numba_target import target_features
-from .h5 import bitshuffle_library
+from .framing import BLOCKED_MULT, block_count
+
+
+def _bitshuffle_library():
+    """The bitshuffle package's compiled module as a C library (where its symbols are)."""
+    import bitshuffle.ext
+
+    return ctypes.CDLL(bitshuffle.ext.__file__)
+
 
 _NAMES = {"hklflow_lz4_decompress_safe": "LZ4_decompress_safe",
           "hklflow_bshuf_untrans_bit_elem": "bshuf_untrans_bit_elem",
@@ -57,7 +52,7 @@ def _register(lib) -> None:
         llvm.add_symbol(alias, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
 
 
-_register(bitshuffle_library())
+_register(_bitshuffle_library())
 
 # (pointers as integers: the same registers in the x86-64 and AArch64 calling conventions)
 _lz4_decompress_safe = types.ExternalFunction(  # (source, destination, its size, capacity)
@@ -73,9 +68,6 @@ _lz4_compress_fast = types.ExternalFunction(  # (source, destination, size, capa
 _trans_bit_elem = types.ExternalFunction(  # (in, out, elements, element size)
     "hklflow_bshuf_trans_bit_elem",
     types.int64(types.uintp, types.uintp, types.uintp, types.uintp))
-
-BLOCKED_MULT = 8  # bitshuffle's blocks hold a multiple of 8 elements
-
 
 ROW_GROUP = 64  # elements per step of our untranspose: 8 bytes of each row
 _I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -107,8 +99,7 @@ def _untranspose_group(itemsize: int, planes: int | None = None):
 
     planes < itemsize: only the lowest `planes` byte planes are transposed and each element
     sign-extended from them, for blocks whose higher rows all repeat the row below them
-    (_planes_needed): the same bytes.  A block of 2048 int32 on an AVX2 EPYC: 0.97-1.5 us
-    with all four planes, 0.38-0.49 with one, 0.62-0.81 with two."""
+    (_planes_needed): the same bytes, in less time (bench/cpu_kernels.py)."""
     planes = itemsize if planes is None else planes
 
     @intrinsic
@@ -213,7 +204,7 @@ def _planes_needed(words, per_row, itemsize):
     elements that are their lowest bytes sign-extended.  Detector counts mostly are (small
     counts, -1 in the module gaps), whatever their dtype; float volumes are not, and for
     values of 2 and more or below 0 the first comparison (the sign and the exponent's top
-    bit) shows it.  ~0.1 us for a block of 2048 int32 that needs one plane."""
+    bit) shows it."""
     top = 8 * itemsize - 1
     if not _rows_repeat(words, per_row, top - 1, top):
         return itemsize
@@ -252,7 +243,8 @@ def _untranspose(scratch, dst, n, itemsize):
 @numba.njit(inline="always")
 def _copy_bytes(dst, d0, src, s0, n):
     """dst[d0:d0 + n] = src[s0:s0 + n] as a loop: numba compiles a slice assignment's
-    shape check with an f-string message, 2-3 s of every cold process's compile time."""
+    shape check with an f-string message, seconds of every cold process's compile time
+    (tests/test_codec.py checks that none is compiled)."""
     for i in range(n):
         dst[d0 + i] = src[s0 + i]
 
@@ -329,10 +321,8 @@ def decompress(stream, out, itemsize, block, own_untranspose):
     return pos + left
 
 
-# LZ4's acceleration for the volumes hklflow writes: float32 chunks of 8 x 64 x 64 of the
-# 801^3 volumes, per chunk with bitshuffle's transpose: bshuf_compress_lz4 120-131 us,
-# compress() 110-112 with acceleration 1 (the same bytes), 93-95 with 4 (1.3% larger),
-# 82-88 with 8 (2.7% larger); PDF chunks (barely compressible) 99-124, 87-109, 78-98, 81-91
+# LZ4's acceleration for the chunks hklflow writes: faster than 1 (bitshuffle's, the same
+# bytes as its filter) for a stream a little larger (bench/cpu_kernels.py)
 WRITE_ACCELERATION = 4
 
 
@@ -415,13 +405,6 @@ def block_positions(stream, starts, stops, elements, itemsize, block, out):
     return 0
 
 
-def block_count(elements: int, block: int) -> int:
-    """Blocks of a chunk of `elements` elements in blocks of `block` (the last one shorter,
-    a multiple of 8 elements; none for fewer than 8 left)."""
-    full, last = divmod(elements, block)
-    return full + (1 if last >= BLOCKED_MULT else 0)
-
-
 @numba.njit(cache=True, nogil=True)
 def decompress_elements(stream, positions, elements, itemsize, block, first, n, out,
                         scratch, own_untranspose):
@@ -452,3 +435,72 @@ def decompress_elements(stream, positions, elements, itemsize, block, first, n, 
             return err
         e += size
     return 0
+
+
+class CompiledCodec:
+    """decode / encode of bitshuffle-LZ4 streams with the compiled loops (the library
+    codec's methods, the same numbers); fused: its decompress_elements and block_positions
+    decode blocks inside other compiled kernels."""
+
+    name = "compiled"
+    fused = True
+
+    @staticmethod
+    def decode(stream: np.ndarray, out: np.ndarray, block: int) -> int:
+        if not out.flags.c_contiguous:
+            return -81
+        return decompress(stream, out.reshape(-1).view(np.uint8), out.itemsize, block,
+                          OWN_UNTRANSPOSE)
+
+    @staticmethod
+    def encode(data: np.ndarray, out: np.ndarray, block: int) -> int:
+        if not data.flags.c_contiguous:
+            return -81
+        return compress(data.reshape(-1).view(np.uint8), out, data.itemsize, block,
+                        WRITE_ACCELERATION)
+
+
+def _self_test_chunks():
+    """(values, block) that exercise what the compiled path does its own way: int32,
+    uint16 and float32; a short last block (not a multiple of ROW_GROUP: bitshuffle's
+    untranspose) and the last elements % 8 stored as they are; blocks whose counts need 1,
+    2 and all 4 byte planes."""
+    rng = np.random.default_rng(67)
+    counts = rng.poisson(3.0, (4, 2048))
+    counts[:, 5] = -1  # module gaps
+    counts[1, 9], counts[2, 11], counts[3, 13] = 300, 70000, -70000  # 2, 4 and 4 planes
+    yield counts.astype(np.int32).ravel(), 2048
+    yield np.concatenate([counts.ravel()[:2048 * 2], counts.ravel()[:136 + 5]]).astype(
+        np.int32), 2048
+    yield (counts.ravel() % 60000).astype(np.uint16)[:4096 + 77], 4096
+    yield (rng.random(2048 * 2 + 64 + 3) * 2 - 0.5).astype(np.float32), 2048
+
+
+def self_test(library) -> str | None:
+    """None when the compiled loops give, bit for bit, what the library codec gives on a
+    few chunks (decode, encode at bitshuffle's acceleration, the fused block decoding);
+    else what differs."""
+    for values, block in _self_test_chunks():
+        stream = np.empty(values.nbytes * 2 + 4096, np.uint8)
+        size = library.encode(values, stream, block)
+        stream = stream[:size].copy()
+        what = f"{values.size} {values.dtype} in blocks of {block}"
+        out = np.full_like(values, 7)
+        if decompress(stream, out.view(np.uint8), values.itemsize, block,
+                      OWN_UNTRANSPOSE) != size or out.tobytes() != values.tobytes():
+            return f"decoding {what} differs from the data"
+        mine = np.empty_like(stream, shape=size + 4096)
+        n = compress(values.view(np.uint8), mine, values.itemsize, block, 1)
+        if n != size or mine[:n].tobytes() != stream.tobytes():
+            return f"encoding {what} differs from bitshuffle.compress_lz4's bytes"
+        positions = np.empty((1, block_count(values.size, block) + 1), np.int64)
+        if block_positions(stream, np.zeros(1, np.int64), np.full(1, size, np.int64),
+                           values.size, values.itemsize, block, positions) != 0:
+            return f"the block positions of {what} do not add up"
+        out[:] = 7
+        scratch = np.empty(block * values.itemsize, np.uint8)
+        if decompress_elements(stream, positions[0], values.size, values.itemsize, block, 0,
+                               values.size, out.view(np.uint8), scratch,
+                               OWN_UNTRANSPOSE) != 0 or out.tobytes() != values.tobytes():
+            return f"decoding {what} block by block differs from the data"
+    return None

@@ -1,38 +1,7 @@
-"""The 3D-DeltaPDF as NXRefine computes it (nxreduce.py: hole_mask, punch_and_fill, fft_taper,
-total_pdf, delta_pdf), on a volume array[l, k, h] of a regular grid (hklflow.grid) whose
-unmeasured voxels are NaN:
-
-* punch: every Bragg reflection (and any extra position) is cut out of the volume, the voxels
-  within `radius` of it (an ellipsoid in voxels);
-* fill: the holes are filled by Laplace (harmonic) interpolation from the measured voxels
-  around them, or by Matern interpolation, (L + eps^2 I)^m u = 0 (NXRefine uses the Julia
-  package LaplaceInterpolation.jl, matern_3d_grid, default m = 1, eps = 0: pure Laplace);
-  here scipy.sparse assembles the systems of many holes into one block-diagonal matrix per
-  batch, and conjugate gradients solve each hole's block to its own tolerance;
-* taper: a spherical Tukey window in |Q|, flat to q_max/2, zero from q_max;
-* FFT: NXRefine's real(fftshift(fftn(fftshift(data[:-1, :-1, :-1])))) / N, float32.
-
-Q is in 1/Angstrom in the 2 pi convention (|Q| = 2 pi / d), as in NXRefine.  |Q| of a point
-h (r.l.u.) is 2 pi sqrt(h G* h) with G* the reciprocal metric, right for every cell;
-NXRefine sums the squares of h a*, k b*, l c*, which is right for orthogonal cells only.
-
-Differences from NXRefine, on purpose:
-
-* the hole is the set of voxel centres within `radius` of the position in |Q| (tilted for
-  non-orthogonal cells), not NXRefine's axis-aligned ellipsoid of rint(radius / voxel)
-  voxels per axis;
-* the fill region of a position also takes the unmeasured voxels within twice the radius (a
-  detector-space Bragg mask leaves NaN holes larger than the punch), and regions that
-  touch are solved together; NXRefine fills one cube per reflection and adds the fills of
-  overlapping cubes;
-* NaN voxels never serve as data: links to them are dropped (graph Laplacian); NXRefine's
-  volumes hold 0 there;
-* the fill is not symmetrised afterwards: the input is symmetric and every equivalent
-  reflection is punched, so the fill is symmetric wherever the operators map the 7-point
-  stencil onto itself (all but the 3- and 6-fold axes, which NXRefine leaves unsymmetrised
-  too);
-* the taper is 0 beyond q_max (NXRefine puts taper.min() there, a tiny positive number).
-"""
+"""Punch and fill (NXRefine's nxreduce.py: hole_mask, punch_and_fill): every Bragg reflection
+(and any extra position) is cut out of a volume array[l, k, h] whose unmeasured voxels are NaN,
+and the holes are filled from the measured voxels around them by Laplace or Matern
+interpolation (hklflow.pdf's docstring tells the method and how it differs from NXRefine's)."""
 from __future__ import annotations
 
 import logging
@@ -42,42 +11,26 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import scipy.fft
 import scipy.sparse as sp
-from scipy.sparse.linalg import splu
 
-from .errors import GridError
+from .q_grid import UNITS, q_metric
 
 OUTCOMES = ("filled", "off_grid", "edge", "no_data", "solver_failed")
 FILLED, OFF_GRID, EDGE, NO_DATA, SOLVER_FAILED = range(len(OUTCOMES))
 # a position whose fill region merges with others takes the worst outcome among them, in
 # this order: filled < edge < no_data < solver_failed (off_grid positions have no region)
 
-UNITS = ("inverse_angstrom", "rlu")
 ORDERS = (1, 2, 3)
-# unknowns per batch: bounds the memory of a batch's assembled system (and, for SuperLU,
-# of its factors: ~130 MB for a batch of 0.2 1/A holes)
+# unknowns per batch: bounds the memory of a batch's assembled system
 DEFAULT_BATCH_UNKNOWNS = 250_000
-# regions up to this size go to SuperLU, larger ones to conjugate gradients.  Solved region
-# by region, CG is the faster at every size measured: on the pipeline benchmark's volumes
-# the batches of regions of up to 1000 voxels took 1.3 s with SuperLU, 0.14 s with CG, and
-# SuperLU's factors grow as unknowns^(4/3) (a merged 64,000-voxel region: 44 million entries,
-# 0.5 GB).  SuperLU stays the independent check of the CG solution (tests).
-DIRECT_MAX_UNKNOWNS = 0
+# conjugate gradients solve the systems region by region, in memory linear in the unknowns:
+# a settled choice over SuperLU, whose factors grow faster and which was the slower at every
+# region size measured (bench/README.md); SuperLU stays the tests' independent check
+# (tests/superlu_reference.py)
 _CG_RTOL = 1e-12  # relative residual: solution errors ~1e-9 relative for well-shaped regions
 _CG_MAX_ITERATIONS = 20_000
 _CANDIDATES_PER_CHUNK = 2_000_000  # voxel-position pairs tested at once while punching
 _TIE = 1e-9  # relative: voxels at exactly the radius count in despite rounding
-
-
-def q_metric(cell, units: str = "inverse_angstrom") -> np.ndarray:
-    """M with |Q|^2 = d M d for a displacement d in r.l.u.: (2 pi)^2 G* for 1/Angstrom,
-    the identity for r.l.u. (Euclidean distance in h, k, l)."""
-    if units == "inverse_angstrom":
-        return (2 * math.pi) ** 2 * np.asarray(cell.reciprocal_metric, float)
-    if units == "rlu":
-        return np.eye(3)
-    raise ValueError(f"radius units must be one of {UNITS}, got {units!r}")
 
 
 def reflections_to_punch(crystal, grid, q_max: float) -> np.ndarray:
@@ -133,8 +86,8 @@ class FillResult:
 # Voxel neighbourhoods in flat indices of an [l, k, h] array
 # --------------------------------------------------------------------------------------
 def _unique(keys: np.ndarray) -> np.ndarray:
-    """np.unique of 1-D integer keys, by sorting: numpy 2.4's np.unique hashes them, which
-    took 14x as long for millions of voxel keys (9M int64: 8.7 s against 0.64 s)."""
+    """np.unique of 1-D integer keys, by sorting: numpy 2.4's np.unique hashes them, which is
+    many times slower for the millions of voxel keys of a fill (bench/pdf.py)."""
     keys = np.sort(keys)
     if keys.size < 2:
         return keys
@@ -272,7 +225,7 @@ def _punch_geometry(positions, grid, metric, radius, values_flat):
 @numba.njit(cache=True, nogil=True)
 def _grown(a, n):
     b = np.empty(2 * a.size, a.dtype)
-    for i in range(n):  # a loop, not b[:n] = a[:n]: see bitshuffle_lz4._copy_bytes
+    for i in range(n):  # a loop, not b[:n] = a[:n]: see codec.compiled._copy_bytes
         b[i] = a[i]
     return b
 
@@ -365,7 +318,7 @@ def _label_components(region, nk, nh):
     next voxel or none; the +k and +l ones are found by pointers that only move forward
     (the region is sorted), so the pass is linear.  A root is the smallest index of its
     set, hence labels in order of first voxel.  (scipy's connected_components of the
-    adjacency took 2.0 s for 2.5 million voxels, most of it building the matrix.)"""
+    adjacency was the slower, most of its time spent building the matrix: bench/pdf.py.)"""
     n = region.size
     parent = np.arange(n)
     jk = 0
@@ -438,17 +391,6 @@ def _batch_system(unknown_flat, unknown_comp, in_region, values_flat, shape, ord
     return S.tocsc(), rhs
 
 
-def _solve(S, rhs) -> np.ndarray | None:
-    """SuperLU solve, None if singular.  Every S here is symmetric, so the minimum-degree
-    ordering of S^T + S suits it: a third fewer factor entries than the default COLAMD
-    on the demo's holes, and no slower."""
-    try:
-        lu = splu(S, permc_spec="MMD_AT_PLUS_A")
-    except RuntimeError:  # "Factor is exactly singular"
-        return None
-    return lu.solve(rhs)
-
-
 def _solve_iteratively(S, rhs, local) -> np.ndarray:
     """Conjugate gradients on each region of a batch alone (local: the region of every
     unknown, each region's unknowns contiguous); NaN in the regions that did not converge."""
@@ -504,7 +446,7 @@ def _conjugate_gradients(indptr, indices, data, rhs, starts, rtol, max_iteration
             for i in range(a0, a1):
                 k1 = np.int64(indptr[i + 1])
                 s = 0.0
-                for k in range(k0, k1):  # (unsigned: no test for negative indices, 1.4x)
+                for k in range(k0, k1):  # (unsigned: no test for negative indices; bench/pdf.py)
                     s += data[k] * p[np.uint64(indices[k])]
                 k0 = k1
                 q[i] = s
@@ -550,7 +492,6 @@ def _check_fill_args(values, grid, positions, radius, units, order, eps, max_bat
 def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
                    units: str = "inverse_angstrom", order: int = 1, eps: float = 0.0,
                    max_batch_unknowns: int = DEFAULT_BATCH_UNKNOWNS, log=None,
-                   max_direct_unknowns: int = DIRECT_MAX_UNKNOWNS,
                    overwrite_input: bool = False, even: bool = False) -> FillResult:
     """Punch a hole around every position (float hkl) and fill it from the data around it.
     overwrite_input: the holes are punched and filled in `intensity` itself (float32 or
@@ -580,16 +521,13 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     The systems of many regions are assembled as one block-diagonal sparse matrix per batch
     of at most max_batch_unknowns unknowns (a larger region is a batch of its own), and
     solved by conjugate gradients region by region (each to a relative residual of 1e-12 of
-    its own, memory linear in the unknowns), or by SuperLU for regions of up to
-    max_direct_unknowns voxels (default none)."""
+    its own, memory linear in the unknowns)."""
     t0 = time.perf_counter()
     log = log or logging.getLogger(__name__)
     values = np.ascontiguousarray(intensity)
     dtype = values.dtype if values.dtype in (np.float32, np.float64) else np.dtype(np.float32)
     positions = np.array(positions, dtype=np.float64).reshape(-1, 3)
     _check_fill_args(values, grid, positions, radius, units, order, eps, max_batch_unknowns)
-    if not max_direct_unknowns >= 0:
-        raise ValueError(f"max_direct_unknowns must be >= 0, got {max_direct_unknowns}")
     shape = grid.shape
     values_flat = values.reshape(-1)
     metric = q_metric(cell, units)
@@ -619,17 +557,15 @@ def punch_and_fill(intensity, grid, cell, positions, radius: float = 0.2,
     comp_start = np.concatenate([[0], np.cumsum(sizes)])
     batches = unknowns = 0
     with_data = np.flatnonzero(has_data & solve)
-    for members, iterative in _batches(with_data, sizes, max_batch_unknowns,
-                                       max_direct_unknowns):
+    for members in _batches(with_data, sizes, max_batch_unknowns):
         rows = np.concatenate([by_comp[comp_start[c]:comp_start[c + 1]] for c in members])
-        solved = _fill_batch(region[rows], comp[rows], in_region, values_flat, shape, order, eps, dtype,
-                             iterative)
-        batches += solved.batches
+        solved = _fill_batch(region[rows], comp[rows], in_region, values_flat, shape, order, eps, dtype)
+        batches += 1
         unknowns += rows.size
         comp_outcome[members[solved.failed]] = SOLVER_FAILED
         ok = ~np.isin(comp[rows], members[solved.failed])
         filled_flat[region[rows][ok]] = solved.values[ok]
-        if iterative and solved.failed.size:
+        if solved.failed.size:
             log.warning("%d fill region(s) of up to %d voxels not solved: conjugate gradients did "
                         "not converge (a smaller radius keeps holes from merging into large regions)",
                         solved.failed.size, sizes[members[solved.failed]].max())
@@ -734,595 +670,34 @@ def _fold_onto_octant(region, in_region, shape, centre, box, inner, folded, must
     return True
 
 
-def _batches(components, sizes, max_batch_unknowns, max_direct_unknowns):
-    """(component ids, iterative) per solve: the regions of up to max_direct_unknowns voxels
-    (for SuperLU), then the larger ones (for conjugate gradients), each kind greedily grouped
-    into batches of at most max_batch_unknowns unknowns (a larger region alone); a loop per
-    batch, not per voxel."""
-    large = sizes[components] > max_direct_unknowns
-    for iterative, group in ((False, components[~large]), (True, components[large])):
-        b0 = 0
-        while b0 < len(group):
-            total, b1 = 0, b0
-            while b1 < len(group) and (b1 == b0 or total + sizes[group[b1]] <= max_batch_unknowns):
-                total += sizes[group[b1]]
-                b1 += 1
-            yield group[b0:b1], iterative
-            b0 = b1
+def _batches(components, sizes, max_batch_unknowns):
+    """Component ids per solve: the regions greedily grouped into batches of at most
+    max_batch_unknowns unknowns (a larger region alone); a loop per batch, not per voxel."""
+    b0 = 0
+    while b0 < len(components):
+        total, b1 = 0, b0
+        while b1 < len(components) and (b1 == b0 or total + sizes[components[b1]]
+                                        <= max_batch_unknowns):
+            total += sizes[components[b1]]
+            b1 += 1
+        yield components[b0:b1]
+        b0 = b1
 
 
 @dataclass
 class _BatchFill:
     values: np.ndarray  # solution per unknown (NaN where failed), in the volume's dtype
     failed: np.ndarray  # indices (into the batch's components) whose solve failed
-    batches: int
 
 
-def _fill_batch(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps, dtype,
-                iterative=False):
-    """Solve the components of a batch: by conjugate gradients each alone (iterative), or by
-    SuperLU together and, if that fails, each alone, so that one bad component does not
-    spoil the others."""
+def _fill_batch(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps, dtype):
+    """Solve the components of a batch, by conjugate gradients each alone, so that one bad
+    component does not spoil the others."""
     members = _unique(unknown_comp)
     local = np.searchsorted(members, unknown_comp)  # np.unique's return_inverse
     S, rhs = _batch_system(unknown_flat, unknown_comp, in_region, values_flat, shape, order, eps)
-    u = _solve_iteratively(S, rhs, local) if iterative else _solve(S, rhs)
-    solves = 1
-    if u is None:  # SuperLU only
-        u = np.full(rhs.size, np.nan)
-        for c in range(members.size):  # only after a failure
-            rows = np.flatnonzero(local == c)
-            part = _solve(S[rows][:, rows], rhs[rows])
-            solves += 1
-            if part is not None:
-                u[rows] = part
+    u = _solve_iteratively(S, rhs, local)
     with np.errstate(over="ignore", invalid="ignore"):
         out = u.astype(dtype)
     bad = np.bincount(local, weights=~np.isfinite(out), minlength=members.size) > 0
-    return _BatchFill(out, np.flatnonzero(bad), solves)
-
-
-# --------------------------------------------------------------------------------------
-# Taper and FFT
-# --------------------------------------------------------------------------------------
-def _check_q_max(q_max):
-    if not (q_max > 0 and math.isfinite(q_max)):
-        raise ValueError(f"q_max must be a positive number (1/Angstrom), got {q_max}")
-
-
-@numba.njit(inline="always")
-def _taper_of(q2, lo, hi, q_max):
-    """The Tukey taper (float64) at |Q|^2 = q2: R = 2|Q|/q_max.  Well inside R = 1 (q2 < lo)
-    or beyond R = 2 (q2 > hi) it is known without the square root."""
-    if q2 < lo:
-        return 1.0
-    if q2 > hi:
-        return 0.0
-    r = 2.0 * math.sqrt(max(q2, 0.0)) / q_max
-    if r <= 1.0:
-        return 1.0
-    if r < 2.0:
-        return 0.5 * (1.0 - math.cos(math.pi * r))
-    return 0.0
-
-
-@numba.njit(inline="always")
-def q2_row(g, h, k, ll, out):
-    """|Q|^2 (metric g: q_metric) of the voxels of one row along h at (k, l): g00 h h + g11 k k
-    + g22 l l + 2 (g01 h k + g02 h l + g12 k l), summed in that order (no FMA), with the terms
-    that do not depend on h taken out of the loop (a loop simple enough to vectorise)."""
-    kk = g[1, 1] * k * k
-    l2 = g[2, 2] * ll * ll
-    kl = g[1, 2] * k * ll
-    g00, g01, g02 = g[0, 0], g[0, 1], g[0, 2]
-    for c in range(h.size):
-        hc = h[c]
-        out[c] = g00 * hc * hc + kk + l2 + 2 * (g01 * hc * k + g02 * hc * ll + kl)
-
-
-def _taper_bounds(q_max):
-    return 0.25 * q_max * q_max * (1.0 - 1e-9), q_max * q_max * (1.0 + 1e-9)
-
-
-@numba.njit(cache=True, nogil=True)
-def _taper_volume(g, h, k, ll, q_max, lo, hi, out):
-    q2 = np.empty(h.size)
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                out[a, b, c] = np.float32(_taper_of(q2[c], lo, hi, q_max))
-
-
-# below R = 2 - TAPER_SURE the float32 taper is certainly above 0 (0.5 (1 - cos pi R) >=
-# 2.4e-6 there): its cosine is computed only in the last sliver before R = 2
-TAPER_SURE = 1e-3
-
-
-@numba.njit(inline="always")
-def _taper_above_zero(q2, lo, hi, q_max):
-    """np.float32(_taper_of(q2, ...)) > 0, without the cosine but next to R = 2 (in
-    _taper_statistics it took 1.2 of 1.7 CPU-s at 801^3)."""
-    if q2 < lo:
-        return True
-    if q2 > hi:
-        return False
-    r = 2.0 * math.sqrt(max(q2, 0.0)) / q_max
-    if r < 2.0 - TAPER_SURE:
-        return True
-    return np.float32(_taper_of(q2, lo, hi, q_max)) > 0
-
-
-@numba.njit(cache=True, nogil=True)
-def _taper_statistics(g, h, k, ll, q_max, lo, hi, q2_sphere, values, sums, counts):
-    """In one pass over |Q|, added to what sums and counts hold (so that a volume may come
-    slab by slab, in the order of one pass, with the same float64 sum): sums[0] the sum of
-    the finite voxels where the float32 taper is above 0, counts[0] their number, counts[1]
-    the voxels with |Q|^2 <= q2_sphere and counts[2] those of them not measured (not
-    finite).  (Two passes took ~1 CPU-s each at 801^3.)"""
-    q2 = np.empty(h.size)
-    total = sums[0]
-    count = counts[0]
-    inside = counts[1]
-    unmeasured = counts[2]
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                v = values[a, b, c]
-                finite = math.isfinite(v)
-                if q2[c] <= q2_sphere:
-                    inside += 1
-                    unmeasured += not finite
-                if finite and _taper_above_zero(q2[c], lo, hi, q_max):
-                    total += v
-                    count += 1
-    sums[0] = total
-    counts[0] = count
-    counts[1] = inside
-    counts[2] = unmeasured
-
-
-def tukey_taper(grid, cell, q_max: float) -> np.ndarray:
-    """NXRefine's spherical Tukey taper, float32 [l, k, h]: with R = 2|Q|/q_max, 1 for R <= 1,
-    0.5 (1 - cos pi R) for 1 < R < 2, 0 for R >= 2 (NXRefine: taper.min(), a tiny number).
-    |Q| with the cell's metric (2 pi convention)."""
-    _check_q_max(q_max)
-    out = np.empty(grid.shape, dtype=np.float32)
-    _taper_volume(q_metric(cell), grid.h.values, grid.k.values, grid.l.values, float(q_max),
-                  *_taper_bounds(q_max), out)
-    return out
-
-
-SLAB_PLANES = 8  # L planes per call of a volume given as a function (the chunks' height)
-
-
-def slab_by_slab(values, grid, planes: int = SLAB_PLANES, start: int = 0):
-    """(l0, l1, planes [l0, l1) float32 C-contiguous) of a volume on grid: values an array
-    (one slab, the whole), or a function (l0, l1) -> its planes, called for slabs of
-    `planes` L planes from plane `start` on (e.g. read from the volume file: no whole
-    array in memory)."""
-    if not callable(values):
-        values = np.asarray(values)
-        if values.shape != grid.shape:
-            raise ValueError(f"a volume of the grid's shape {grid.shape} was expected, got "
-                             f"{values.shape}")
-        yield 0, grid.l.n, values
-        return
-    for l0 in range(start, grid.l.n, planes):
-        l1 = min(l0 + planes, grid.l.n)
-        slab = values(l0, l1)
-        if slab.shape != (l1 - l0,) + grid.shape[1:]:
-            raise ValueError(f"planes [{l0}, {l1}) of the grid's shape {grid.shape} were "
-                             f"expected, got {slab.shape}")
-        yield l0, l1, slab
-
-
-def octant_boxes(grid, l0: int = 0, l1: int | None = None):
-    """The octant of a grid symmetric about 0 along each axis - the voxels at or above its
-    middle, which hold every value of a volume even along each axis - as boxes within L
-    planes [l0, l1): [(l slice (from l0), k slice, h slice, multiplicity)], the
-    multiplicity the voxels each of its voxels stands for (itself and its mirror images: 1
-    along an axis on the plane at 0, else 2).  None when the grid is not symmetric about 0
-    (then its far side has voxels without a mirror image)."""
-    parts = []
-    for ax in grid.axes[::-1]:  # [l, k, h]
-        if abs(ax.start + ax.stop) > 1e-6 * ax.step:
-            return None
-        n, half = ax.n, ax.n // 2
-        parts.append([(half, half + 1, 1), (half + 1, n, 2)] if n % 2 else [(half, n, 2)])
-    l1 = grid.l.n if l1 is None else l1
-    boxes = []
-    for a, b, ml in parts[0]:
-        a, b = max(a, l0), min(b, l1)
-        if a >= b:
-            continue
-        for c, d, mk in parts[1]:
-            for e, f, mh in parts[2]:
-                if c < d and e < f:
-                    boxes.append((slice(a - l0, b - l0), slice(c, d), slice(e, f), ml * mk * mh))
-    return boxes
-
-
-def octant_start(grid) -> int:
-    """The first L plane of octant_boxes' octant."""
-    return grid.l.n // 2
-
-
-def taper_statistics(values, grid, cell, q_max: float,
-                     q_sphere: float = -1.0, even: bool = False) -> tuple[float, float]:
-    """(tapered_mean of values, the fraction of the voxels with |Q| <= q_sphere that are
-    not measured: NaN, or 0 for q_sphere < 0) in one pass; values float32 [l, k, h] on grid,
-    C-contiguous, or a function (l0, l1) -> its planes (slab_by_slab: the same figures).
-    even: values are even along each axis: on a grid symmetric about 0 they are counted
-    in their octant, each voxel for itself and its mirror images (octant_boxes), from half
-    the planes: the counts the same where the grid's values are exact mirror images (else
-    a voxel at the taper's or the sphere's edge and its image may fall apart), the mean
-    to rounding."""
-    _check_q_max(q_max)
-    q2_sphere = q_sphere * q_sphere if q_sphere >= 0 else -1.0
-    g, (lo, hi) = q_metric(cell), _taper_bounds(q_max)
-    sums, counts = np.zeros(1), np.zeros(3, np.int64)
-    octant = even and octant_boxes(grid) is not None
-    if octant and not callable(values):  # slab by slab as from a file: the same sum
-        array = np.asarray(values)
-        if array.shape != grid.shape:
-            raise ValueError(f"a volume of the grid's shape {grid.shape} was expected, got "
-                             f"{array.shape}")
-        values = lambda l0, l1: array[l0:l1]  # noqa: E731
-    for l0, l1, slab in slab_by_slab(values, grid, start=octant_start(grid) if octant else 0):
-        if slab.dtype != np.float32 or not slab.flags.c_contiguous:
-            raise ValueError(f"the taper's statistics need C-contiguous float32 values, got "
-                             f"{slab.dtype}")
-        ll = grid.l.values[l0:l1]
-        if not octant:
-            _taper_statistics(g, grid.h.values, grid.k.values, ll, float(q_max), lo, hi,
-                              float(q2_sphere), slab, sums, counts)
-            continue
-        for bl, bk, bh, times in octant_boxes(grid, l0, l1):
-            part_sums, part_counts = np.zeros(1), np.zeros(3, np.int64)
-            _taper_statistics(g, grid.h.values[bh], grid.k.values[bk], ll[bl], float(q_max),
-                              lo, hi, float(q2_sphere), slab[bl, bk, bh], part_sums,
-                              part_counts)
-            sums += times * part_sums
-            counts += times * part_counts
-    count, inside, unmeasured = (int(c) for c in counts)
-    return (float(sums[0] / count) if count else 0.0), unmeasured / max(inside, 1)
-
-
-def tapered_mean(values: np.ndarray, grid, cell, q_max: float) -> float:
-    """Mean (float64) of the finite voxels of values (float32 [l, k, h] on grid) where
-    tukey_taper is above 0; 0 when there is none: what pdf_fft subtracts first with
-    subtract_mean."""
-    return taper_statistics(values, grid, cell, q_max)[0]
-
-
-def fft_crop(grid) -> list[slice]:
-    """Per axis (h, k, l) the index range [i0 - m, i0 + m) with i0 the voxel at 0 and
-    m = min(i0, n - 1 - i0): NXRefine's data[:-1, :-1, :-1] on a grid symmetric about 0."""
-    out = []
-    for name, ax in zip(("h", "k", "l"), grid.axes):
-        i0 = int(round(-ax.start / ax.step))
-        if not (0 <= i0 < ax.n and abs(ax.start + i0 * ax.step) <= 1e-6 * ax.step):
-            raise GridError(f"the PDF needs a voxel at {name} = 0, but the {name} axis "
-                            f"({ax.start:g} .. {ax.stop:g}, step {ax.step:g}) has none: make "
-                            f"reduction.transform.grid.{name} symmetric about 0 with 0 on a voxel")
-        m = min(i0, ax.n - 1 - i0)
-        if m < 1:
-            raise GridError(f"the PDF needs voxels on both sides of {name} = 0, but the {name} "
-                            f"axis ({ax.start:g} .. {ax.stop:g}) ends at 0")
-        out.append(slice(i0 - m, i0 + m))
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _shifted_copy(src, out, a0):
-    """out = fftshift(src) as float32, NaN as 0, in one pass (each row in two runs, no
-    modulo in the inner loop); src: planes a0.. of the volume out has room for (its rows
-    may be longer: the first nx are written)."""
-    ny, nx = src.shape[1], src.shape[2]
-    nz = out.shape[0]
-    sx = nx // 2
-    for a in range(src.shape[0]):
-        za = (a0 + a + nz // 2) % nz
-        for b in range(ny):
-            row = out[za, (b + ny // 2) % ny]
-            for c in range(nx - sx):
-                v = np.float32(src[a, b, c])
-                row[c + sx] = v if v == v else np.float32(0.0)
-            for c in range(nx - sx, nx):
-                v = np.float32(src[a, b, c])
-                row[c - (nx - sx)] = v if v == v else np.float32(0.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _tapered_shifted_copy(src, out, a0, g, h, k, ll, q_max, lo, hi, mean):
-    """_shifted_copy of (src - mean) * tukey_taper (float32: the difference rounded, then
-    the product, as numpy's in-place subtract and multiply would); h, k, ll: the voxel
-    coordinates of src.  The volume itself is left as it is (no tapered copy of it)."""
-    ny, nx = src.shape[1], src.shape[2]
-    nz = out.shape[0]
-    sx = nx // 2
-    q2 = np.empty(nx)
-    t = np.empty(nx, np.float32)
-    for a in range(src.shape[0]):
-        za = (a0 + a + nz // 2) % nz
-        for b in range(ny):
-            row = out[za, (b + ny // 2) % ny]
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(nx):
-                t[c] = np.float32(_taper_of(q2[c], lo, hi, q_max))
-            for c in range(nx - sx):
-                v = (src[a, b, c] - mean) * t[c]
-                row[c + sx] = v if v == v else np.float32(0.0)
-            for c in range(nx - sx, nx):
-                v = (src[a, b, c] - mean) * t[c]
-                row[c - (nx - sx)] = v if v == v else np.float32(0.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _unfold_box(half, nx, scale, z0, y0, x0, out):
-    """out[a, b, c] = the PDF at (z0 + a, y0 + b, x0 + c): fftshift of the real part of the
-    full transform whose x >= 0 half is `half` (rfftn's output, of a real input nx long in
-    x), times scale.  Frequency (z, y, x) of the PDF is (z - nz/2, y - ny/2, x - nx/2); the
-    negative x are the mirror image (-z, -y, -x) of the positive ones."""
-    nz, ny = half.shape[0], half.shape[1]
-    cx = nx // 2
-    w = out.shape[2]
-    split = min(max(cx - x0, 0), w)  # out[..., :split] has x < cx
-    for a in range(out.shape[0]):
-        z = z0 + a
-        zp = (z - nz // 2) % nz
-        zn = (nz // 2 - z) % nz
-        for b in range(out.shape[1]):
-            y = y0 + b
-            row = out[a, b]
-            negative = half[zn, (ny // 2 - y) % ny]
-            positive = half[zp, (y - ny // 2) % ny]
-            for c in range(split):
-                row[c] = negative[cx - x0 - c].real * scale
-            for c in range(split, w):
-                row[c] = positive[x0 + c - cx].real * scale
-
-
-SPECTRUM_PLANES = 8  # z planes per call of the first (real-to-complex) transform
-
-
-class _ComputedPDF:
-    """A PDF [z, y, x] (float32) whose values are computed where they are read, so that the
-    whole PDF is never a second array in memory: indexing with integers and unit-step slices
-    (a plane, a slab, a voxel) computes that part alone; np.asarray (or any other index)
-    computes it all.  Subclasses fill a box: _compute(z0, y0, x0, out)."""
-
-    def __init__(self, shape):
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(np.float32)
-        self.ndim = 3
-        self.size = int(np.prod(self.shape))
-        self.scale = np.float32(1.0 / self.size)  # / N in float32, as NXRefine
-
-    def _box(self, key):
-        """([start, stop) per axis, the axes given an integer), or None when the key is
-        not integers and unit-step slices."""
-        key = key if isinstance(key, tuple) else (key,)
-        if len(key) > 3:
-            return None
-        box, dropped = [], []
-        for axis, (k, n) in enumerate(zip(key + (slice(None),) * (3 - len(key)), self.shape)):
-            if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
-                i = int(k) + n if k < 0 else int(k)
-                if not 0 <= i < n:
-                    raise IndexError(f"index {k} is out of bounds for axis {axis} with size {n}")
-                box.append((i, i + 1))
-                dropped.append(axis)
-            elif isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    return None
-                box.append((start, max(start, stop)))
-            else:
-                return None
-        return box, dropped
-
-    def __getitem__(self, key):
-        found = self._box(key)
-        if found is None:
-            return np.asarray(self)[key]
-        box, dropped = found
-        out = np.empty(tuple(b - a for a, b in box), np.float32)
-        self._compute(box[0][0], box[1][0], box[2][0], out)
-        return out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in dropped))
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[:, :, :]
-        return out if dtype is None else out.astype(dtype)
-
-
-class SpectrumPDF(_ComputedPDF):
-    """A PDF held as the half spectrum rfftn computes (complex64, x frequencies >= 0: the
-    size of the PDF itself)."""
-
-    def __init__(self, half: np.ndarray, nx: int):
-        super().__init__((half.shape[0], half.shape[1], nx))
-        self.half = half
-
-    def _compute(self, z0, y0, x0, out):
-        _unfold_box(self.half, self.shape[2], self.scale, z0, y0, x0, out)
-
-
-class CosinePDF(_ComputedPDF):
-    """A PDF even along each axis, held as its octant of frequencies >= 0 (float32
-    [nz/2 + 1, ny/2 + 1, nx/2 + 1], an eighth of the PDF's size)."""
-
-    def __init__(self, octant: np.ndarray, shape):
-        super().__init__(shape)
-        self.octant = octant
-
-    def _compute(self, z0, y0, x0, out):
-        _unfold_octant(self.octant, self.scale, z0 - self.shape[0] // 2,
-                       y0 - self.shape[1] // 2, x0 - self.shape[2] // 2, out)
-
-
-@numba.njit(cache=True, nogil=True)
-def _unfold_octant(octant, scale, z0, y0, x0, out):
-    """out[a, b, c] = octant[|z0 + a|, |y0 + b|, |x0 + c|] * scale (z0, y0, x0: frequencies)."""
-    for a in range(out.shape[0]):
-        plane = octant[abs(z0 + a)]
-        for b in range(out.shape[1]):
-            row = plane[abs(y0 + b)]
-            for c in range(out.shape[2]):
-                out[a, b, c] = row[abs(x0 + c)] * scale
-
-
-@numba.njit(inline="always")
-def _images(o, m, i0):
-    """The voxel indices along an axis whose offsets from 0 are +-o and which the crop
-    keeps (-m <= d < m): (first, second, how many)."""
-    if o == 0:
-        return i0, i0, 1
-    if o == m:
-        return i0 - m, i0 - m, 1
-    return i0 + o, i0 - o, 2
-
-
-@numba.njit(cache=True, nogil=True)
-def _fold_planes(up, down, o0, i0, m, g, h, k, ll, q_max, lo, hi, mean, tapered, octant):
-    """octant[oz, oy, ox] for oz in [o0, o0 + len(up)): the mean of the volume's voxels at
-    offsets (+-oz, +-oy, +-ox) from Q = 0 that the crop keeps (_images), each as the FFT's
-    copy makes it (float32 (v - mean) * taper when tapered, NaN as 0), summed in float64.
-    up[j]: the plane at offset +(o0 + j) (at -m for oz = m), down[j]: the plane at -(o0 + j);
-    i0: the voxel at 0 along (l, k, h); ll: the l of the planes up.  The metric of a volume
-    even along each axis is orthogonal: one taper value serves all the images."""
-    mz, my, mx = m[0], m[1], m[2]
-    q2 = np.empty(mx + 1)
-    t = np.ones(mx + 1, np.float32)
-    hp = h[i0[2]:i0[2] + mx + 1]
-    for a in range(up.shape[0]):
-        oz = o0 + a
-        nz = 2 if 0 < oz < mz else 1
-        for oy in range(my + 1):
-            y1, y2, ny = _images(oy, my, i0[1])
-            if tapered:
-                q2_row(g, hp, k[y1], ll[a], q2)
-                for ox in range(mx + 1):
-                    t[ox] = np.float32(_taper_of(q2[ox], lo, hi, q_max))
-            out = octant[oz, oy]
-            for ox in range(mx + 1):
-                if tapered and t[ox] == 0:
-                    out[ox] = 0.0
-                    continue
-                x1, x2, nx = _images(ox, mx, i0[2])
-                total = 0.0
-                for iz in range(nz):
-                    plane = up[a] if iz == 0 else down[a]
-                    for iy in range(ny):
-                        row = plane[y1 if iy == 0 else y2]
-                        for ix in range(nx):
-                            w = row[x1 if ix == 0 else x2]
-                            v = (w - mean) * t[ox] if tapered else np.float32(w)
-                            if v == v:
-                                total += v
-                out[ox] = total / (nz * ny * nx)
-
-
-def _cosine_octant(values, grid, crop, workers, taper):
-    """The octant of pdf_spectrum's PDF for a volume even along each axis: the volume's
-    mirror images averaged (for such a volume, themselves to rounding) into one octant of
-    voxels 0 <= d <= m from Q = 0 along each axis (d = m: the plane the crop keeps, -m),
-    then transformed by a type-1 discrete cosine transform along each axis, which is the
-    transform of the even sequence of period 2 m: a real FFT of the whole cropped volume's
-    values, in an eighth of the data.  Each plane is read once (a plane and its mirror
-    plane together).  crop: fft_crop(grid), (h, k, l)."""
-    m = np.array([(s.stop - s.start) // 2 for s in crop[::-1]], np.int64)  # (z, y, x)
-    i0 = np.array([s.start + (s.stop - s.start) // 2 for s in crop[::-1]], np.int64)
-    octant = np.empty(tuple(m + 1), np.float32)
-    if taper is not None:
-        cell, q_max, mean = taper
-        _check_q_max(q_max)
-        g, (lo, hi) = q_metric(cell), _taper_bounds(q_max)
-    else:
-        g, q_max, lo, hi, mean = np.eye(3), 1.0, 0.0, 0.0, 0.0
-    read = values if callable(values) else (lambda a, b: np.asarray(values)[a:b])
-    for o0 in range(0, m[0] + 1, COPY_PLANES):
-        o1 = min(o0 + COPY_PLANES, m[0] + 1)
-        up = read(i0[0] + o0, min(i0[0] + o1, i0[0] + m[0]))  # (+m is cropped away)
-        down = read(i0[0] - o1 + 1, i0[0] - o0 + 1)[::-1]  # down[j]: plane -(o0 + j)
-        if up.shape[0] < o1 - o0:  # the last block: +m itself is not read
-            up = np.concatenate([up, down[up.shape[0]:]])
-        if taper is not None and up.dtype != np.float32:
-            raise ValueError(f"a tapered PDF needs float32 values, got {up.dtype}")
-        _fold_planes(np.ascontiguousarray(up), np.ascontiguousarray(down), o0, i0, m, g,
-                     grid.h.values, grid.k.values, grid.l.values[i0[0] + o0:i0[0] + o1],
-                     float(q_max), lo, hi, np.float32(mean), taper is not None, octant)
-    octant = scipy.fft.dctn(octant, type=1, workers=workers, overwrite_x=True)
-    return octant, tuple(int(2 * n) for n in m)
-
-
-COPY_PLANES = 8  # L planes read at a time when the volume comes plane by plane
-
-
-def pdf_spectrum(values, grid, workers: int = 1, taper=None, even: bool = False
-                 ) -> tuple[_ComputedPDF, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """pdf_fft's PDF as a SpectrumPDF, in half the memory: the (tapered) volume is copied,
-    fftshifted, into the memory of its own half spectrum (rows padded to 2 (nx/2 + 1)
-    floats, the in-place layout of FFTW) and transformed there: along x real to complex, a
-    few planes at a time, then along z and y in place.  Those are rfftn's operations in
-    rfftn's order: the same numbers, bit for bit.  values: float32 [l, k, h] on grid, or a
-    function (l0, l1) -> its planes [l0, l1) (e.g. read from the volume file, so the
-    volume and the spectrum are never in memory together).
-
-    even: the volume is even along each axis (symmetrised by a Laue group with the mirrors
-    -h,k,l, h,-k,l and h,k,-l): its PDF is real and even too, and comes from an octant of
-    it by cosine transforms (a CosinePDF, an eighth of the memory and of the work)."""
-    crop = fft_crop(grid)
-    axes = tuple(scipy.fft.fftshift(scipy.fft.fftfreq(s.stop - s.start, ax.step))
-                 for s, ax in zip(crop, grid.axes))
-    if even:
-        octant, shape = _cosine_octant(values, grid, crop, workers, taper)
-        return CosinePDF(octant, shape), axes
-    sh, sk, sl = crop
-    nz, ny, nx = (s.stop - s.start for s in (sl, sk, sh))
-    if taper is not None:
-        cell, q_max, mean = taper
-        _check_q_max(q_max)
-        g, bounds = q_metric(cell), _taper_bounds(q_max)
-    half = np.empty((nz, ny, nx // 2 + 1), np.complex64)
-    padded = half.view(np.float32)  # [z, y, 2 (nx // 2 + 1)]: a row's first nx are the input
-    slabs = ([(sl.start, np.asarray(values)[sl])] if not callable(values) else
-             ((l0, values(l0, min(l0 + COPY_PLANES, sl.stop)))
-              for l0 in range(sl.start, sl.stop, COPY_PLANES)))
-    for l0, planes in slabs:
-        src = planes[:, sk, sh]
-        if taper is None:
-            _shifted_copy(src, padded, l0 - sl.start)
-            continue
-        if src.dtype != np.float32:
-            raise ValueError(f"a tapered PDF needs float32 values, got {src.dtype}")
-        _tapered_shifted_copy(src, padded, l0 - sl.start, g, grid.h.values[sh],
-                              grid.k.values[sk], grid.l.values[l0:l0 + src.shape[0]],
-                              float(q_max), *bounds, np.float32(mean))
-    for z0 in range(0, nz, SPECTRUM_PLANES):
-        z1 = min(z0 + SPECTRUM_PLANES, nz)
-        # rfft reads these planes' rows into an array of its own before they are overwritten
-        half[z0:z1] = scipy.fft.rfft(padded[z0:z1, :, :nx], axis=-1, workers=workers)
-    done = scipy.fft.fftn(half, axes=(0, 1), overwrite_x=True, workers=workers)
-    if not np.shares_memory(done, half):  # (scipy transforms complex64 in place)
-        half[...] = done
-    del done
-    return SpectrumPDF(half, nx), axes
-
-
-def pdf_fft(values, grid, workers: int = 1, taper=None
-            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(pdf float32 [z, y, x], (x, y, z) axes in lattice units): NXRefine's
-    real(fftshift(fftn(fftshift(data)))) / N on the volume cropped symmetric about 0
-    (fft_crop), NaN as 0, in float32.  taper (cell, q_max, mean): data is (values - mean)
-    * tukey_taper(grid, cell, q_max) in float32, made in the copy the FFT needs anyway
-    (values float32 [l, k, h], left unchanged).
-
-    Computed as rfftn of the real input (pdf_spectrum; half the memory of fftn's complex
-    output): the real part of the transform of real data is even, F(-k) = conj F(k), so
-    the other half of the x frequencies is the mirror image.  x = fftshift(fftfreq(nx,
-    step_h)), y from k, z from l."""
-    spectrum, axes = pdf_spectrum(values, grid, workers, taper)
-    return np.asarray(spectrum), axes
+    return _BatchFill(out, np.flatnonzero(bad))

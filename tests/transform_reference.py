@@ -1,0 +1,37 @@
+"""The transform's mapping and binning in plain numpy: the tests' reference for the compiled
+kernels (and bench/transform.py's baseline)."""
+from __future__ import annotations
+
+import numpy as np
+
+from hklflow.grid import Grid
+from hklflow.transform import PixelTable
+
+
+def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid,
+                    signal=None, weight=None, bragg=None):
+    """The same mapping and binning in plain numpy, into [l, k, h] float64 arrays (created
+    if not given).  No punch (hkl_radius)."""
+    if signal is None:
+        signal = np.zeros(grid.shape)
+        weight = np.zeros(grid.shape)
+    nsub = M.shape[1]
+    origin = np.array([ax.start for ax in grid.axes])
+    inv_step = np.array([1.0 / ax.step for ax in grid.axes])
+    offset = 0.5 - origin * inv_step
+    dims = np.array([grid.h.n, grid.k.n, grid.l.n])
+    q = table.q.astype(np.float64)
+    sflat, wflat = signal.reshape(-1), weight.reshape(-1)
+    for f in range(frames.shape[0]):
+        v = frames[f].reshape(-1)[table.index].astype(np.float64)
+        ok = (v >= 0) & (v < trusted_max)
+        if bragg is not None:
+            ok &= bragg[f].reshape(-1)[table.index] == 0
+        for j in range(nsub):
+            A = M[f, j] * inv_step[:, None]  # voxel coordinate + 1/2 = A q + offset
+            idx = np.floor(q @ A.T + offset).astype(np.int64)
+            good = ok & np.all((idx >= 0) & (idx < dims), axis=1)
+            flat = (idx[good, 2] * dims[1] + idx[good, 1]) * dims[0] + idx[good, 0]
+            np.add.at(sflat, flat, v[good] * table.corr[good] * scale[f] / nsub)
+            np.add.at(wflat, flat, 1.0 / nsub)
+    return signal, weight
