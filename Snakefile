@@ -5,7 +5,8 @@
 # Run it in the experiment directory (or pass --directory): config/config.yaml and the scans
 # table it names are read from there; outputs go to results/, logs to logs/.  Every job
 # receives the settings it uses through its rule's params (docs/map.md), so a changed
-# setting reruns exactly the jobs that use it, and what depends on them.
+# setting reruns exactly the jobs that use it, and what depends on them.  The settings travel
+# as a file named by their digest (.snakemake/hklflow/settings/), so a command stays short.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -25,13 +26,14 @@ include: "workflow/rules/pdf.smk"
 include: "workflow/rules/nxrefine.smk"
 
 
-record_known_parameters(workflow.rules)
+# Snakemake asks for the parameters of these functions for every job it plans
+snakemake_compat.record_rule_function_parameters(workflow.rules)
 
 
 onstart:
     # Snakemake's SIGTERM handler on a thread of its own (it deadlocked when the signal came
-    # while jobs were being scheduled: hklflow.workflow_hooks)
-    defer_sigterm_handler()
+    # while jobs were being scheduled: hklflow.snakemake_compat)
+    snakemake_compat.defer_sigterm_handler()
 
 
 rule all:

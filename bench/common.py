@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,25 @@ def cpu() -> float:
 
 
 CHUNK_FRAMES = 16  # reduction.transform.chunk_frames by default (the config schema)
+FULL_FRAMES = 3650  # frames of the full 2M entry pipeline.py and full_rotation.py cost
+PLANS = ("auto", "auto_per_block")  # reduction.transform.subdivide plans measured
+
+# the line every step logs last (hklflow/steps/_run.py)
+RESOURCES_LINE = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
+                            r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+)")
+SYSTEM_CPU = re.compile(r"resources: .* system_cpu_s=([\d.]+)")
+
+
+def system_cpu_s(log_text: str) -> float:
+    """The system (kernel) share of a job's CPU seconds from its `resources:` line; NaN in
+    a log written before steps logged it."""
+    found = SYSTEM_CPU.findall(log_text)
+    return float(found[-1]) if found else float("nan")
+
+
+def say(msg: str) -> None:
+    """Progress, on stderr (stdout carries the table and the JSON)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
@@ -104,18 +125,6 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
                 tr.add(read[a:b], M, np.ones(b - a), painted, blocks[:b - a])
             mask.paint(a, b, painted, value=0)
     return as_stored
-
-
-def intensity_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sums comparing intensity a with reference b (same shape, NaN where unmeasured), to
-    add up over parts of a volume: [sum of (a - b)^2 and of b^2 over the voxels both
-    measure, voxels measured by one only, voxels b measures].  The relative RMS difference
-    is sqrt(s[0] / s[1]), the share measured by one only s[2] / s[3]."""
-    ma, mb = np.isfinite(a), np.isfinite(b)
-    both = ma & mb
-    da, db = a[both].astype(np.float64), b[both].astype(np.float64)
-    return np.array([np.sum((da - db) ** 2), np.sum(db * db),
-                     np.count_nonzero(ma ^ mb), np.count_nonzero(mb)], dtype=np.float64)
 
 
 def byte_compile_hklflow() -> int:

@@ -3,7 +3,7 @@
 
     python bench/dryrun.py [--sizes 3x30x3,10x60x3] [--frames 3650] [--frames-per-job 0]
                            [--detector PilatusCdTe2M] [--max-voxels N] [--workdir DIR]
-                           [--repeats 3] [--quiet] [--keep] [--json FILE]
+                           [--repeats 3] [--hooks on,off] [--quiet] [--keep] [--json FILE]
     python bench/dryrun.py --resources [--max-voxels 513922401] ...
 
 Every cluster job parses the Snakefile again, so parsing may read the config and the scans
@@ -21,17 +21,16 @@ directory (or --workdir):
   the inputs of the jobs it plans to exist); nothing else.
 
 Then it times `snakemake -s <repo>/Snakefile --directory DIR -n --cores 16` (`--repeats`
-times per size, each a new process; `--quiet` adds `--quiet rules`) and prints the jobs
-per rule (from Snakemake's job table), the best and worst wall times, the CPU time of the
-best run (what the wall time is on an idle machine; the machine is shared, so the load
-average at start and end is printed too), and the time hklflow's own parse-time code takes
-(reading and validating the config and the scans table, cutting the transform jobs).  The
-figures include starting Python and importing Snakemake and hklflow (about 2 s of CPU).
+times per size, each a new process; `--quiet` adds `--quiet rules`), with hklflow's
+Snakemake hooks on and off (`--hooks`: HKLFLOW_SNAKEMAKE_HOOKS=0, hklflow.snakemake_compat),
+and prints the jobs per rule (from Snakemake's job table), the best and worst wall times,
+the CPU time of the best run (what the wall time is on an idle machine; the machine is
+shared, so the load average at start and end is printed too), and the time hklflow's own
+parse-time code takes (reading and validating the config and the scans table, cutting the
+transform jobs).  The figures include starting Python and importing Snakemake and hklflow.
 
-Defaults: 3 x 30 x 3 = 270 scan entries (the experiment that made 5054 jobs when every
-entry had 6 transform jobs per kind and a sum per kind: 1814 jobs now) and 10 x 60 x 3 =
-1800 entries (12042 jobs; 21042 with `--frames-per-job 640`, six transform jobs per
-entry).
+Defaults: 3 x 30 x 3 = 270 scan entries and 10 x 60 x 3 = 1800 entries (the job counts
+are printed; `--frames-per-job 640` makes six transform jobs per entry).
 
 `--resources` plans nothing: it prints the threads, memory (MB) and run time (minutes) that
 workflow/rules/resources.smk gives one job of every rule of the first size's experiment,
@@ -136,13 +135,15 @@ def write_experiment(d: Path, samples: int, ntemps: int, entries: int, frames: i
     return len(rows) - 1
 
 
-def dry_run(d: Path, quiet: bool = False) -> tuple[float, float, str, int]:
-    """One `snakemake -n`: (wall seconds, CPU seconds of the process, output, exit status)."""
+def dry_run(d: Path, quiet: bool = False, hooks: bool = True) -> tuple[float, float, str, int]:
+    """One `snakemake -n`: (wall seconds, CPU seconds of the process, output, exit status);
+    hooks=False: without hklflow's Snakemake hooks (HKLFLOW_SNAKEMAKE_HOOKS=0)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(d),
            "-n", "--cores", "16"] + (["--quiet", "rules"] if quiet else [])
+    env = dict(os.environ, HKLFLOW_SNAKEMAKE_HOOKS="1" if hooks else "0")
     c0 = os.times()
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     c1 = os.times()
     cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
@@ -257,24 +258,37 @@ def time_size(d: Path, size, args) -> dict:
     n_entries = write_experiment(d, samples, ntemps, entries, args.frames, args.frames_per_job,
                                  args.detector, args.max_voxels)
     parse_s = parse_only(d)
-    times, cpus, counts = [], [], {}
+    times = {mode: [] for mode in args.hooks}
+    cpus = {mode: [] for mode in args.hooks}
+    counts = {}
     for _ in range(args.repeats):
-        s, cpu, out, rc = dry_run(d, args.quiet)
-        if rc != 0:
-            print(out[-4000:], file=sys.stderr)
-            raise SystemExit(f"dry run failed (exit status {rc})")
-        times.append(s)
-        cpus.append(cpu)
-        counts = job_counts(out)
+        for mode in args.hooks:  # alternating, so that a change of load hits both
+            s, cpu, out, rc = dry_run(d, args.quiet, hooks=mode == "on")
+            if rc != 0:
+                print(out[-4000:], file=sys.stderr)
+                raise SystemExit(f"dry run failed (exit status {rc}, hooks {mode})")
+            times[mode].append(s)
+            cpus[mode].append(cpu)
+            counts = job_counts(out)
     total = counts.get("total", sum(v for k, v in counts.items() if k != "total"))
     return {"experiment": {"samples": samples, "temperatures": ntemps, "entries": entries,
                            "scan_entries": n_entries, "frames": args.frames,
                            "frames_per_job": args.frames_per_job, "detector": args.detector},
             "jobs": total, "jobs_per_rule": counts,
-            "dry_run_s": {"best": round(min(times), 2), "worst": round(max(times), 2),
-                          "all": [round(t, 2) for t in times]},
-            "dry_run_cpu_s": {"best": round(min(cpus), 2), "all": [round(t, 2) for t in cpus]},
+            "hooks": {mode: {"dry_run_s": {"best": round(min(times[mode]), 2),
+                                           "worst": round(max(times[mode]), 2),
+                                           "all": [round(t, 2) for t in times[mode]]},
+                             "dry_run_cpu_s": {"best": round(min(cpus[mode]), 2),
+                                               "all": [round(t, 2) for t in cpus[mode]]}}
+                      for mode in args.hooks},
             "parse_experiment_s": round(parse_s, 3)}
+
+
+def parse_hooks(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in ("on", "off") for m in modes):
+        raise argparse.ArgumentTypeError(f"--hooks: on, off or on,off, got {text!r}")
+    return list(dict.fromkeys(modes))
 
 
 def main(argv=None) -> int:
@@ -294,6 +308,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, help="folder for the experiments (default: a "
                                                  "temporary one)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hooks", type=parse_hooks, default=["on", "off"],
+                   help="time with hklflow's Snakemake hooks on, off, or both (default on,off: "
+                        "HKLFLOW_SNAKEMAKE_HOOKS)")
     p.add_argument("--keep", action="store_true", help="keep the temporary experiments")
     p.add_argument("--quiet", action="store_true",
                    help="time `snakemake -n --quiet rules` (no per-job listing) instead")
@@ -337,10 +354,12 @@ def main(argv=None) -> int:
             e = r["experiment"]
             lines.append(
                 f"{e['samples']} samples x {e['temperatures']} temperatures x {e['entries']} "
-                f"entries ({e['scan_entries']} scan entries): {r['jobs']} jobs, snakemake -n "
-                f"best {r['dry_run_s']['best']:.2f} s (worst {r['dry_run_s']['worst']:.2f}; CPU "
-                f"{r['dry_run_cpu_s']['best']:.2f} s), reading config + scans table "
-                f"{r['parse_experiment_s']:.3f} s")
+                f"entries ({e['scan_entries']} scan entries): {r['jobs']} jobs, reading config "
+                f"+ scans table {r['parse_experiment_s']:.3f} s")
+            for mode, h in r["hooks"].items():
+                lines.append(
+                    f"  hooks {mode:<3}: snakemake -n best {h['dry_run_s']['best']:.2f} s "
+                    f"(worst {h['dry_run_s']['worst']:.2f}; CPU {h['dry_run_cpu_s']['best']:.2f} s)")
         lines.append(f"load average: start {info['load_average_at_start']}, end {load_end} "
                      f"({info['cores_usable']} usable cores)")
         print("\n".join(lines))

@@ -53,9 +53,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import (CHUNK_FRAMES, add_at_turns, byte_compile_hklflow, cpu, emit,  # noqa: E402
-                    machine_info)
-from pipeline import FULL_FRAMES, PLANS, RESOURCES_LINE, say, system_cpu_s  # noqa: E402
+from common import (CHUNK_FRAMES, FULL_FRAMES, PLANS, RESOURCES_LINE,  # noqa: E402
+                    add_at_turns, byte_compile_hklflow, cpu, emit, machine_info, say,
+                    system_cpu_s)
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
 ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
@@ -71,6 +71,9 @@ def rss_gb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1e6
     return float("nan")
+
+
+SETTINGS_DIR = Path(".snakemake", "hklflow", "settings")  # (hklflow.jobs.SettingsFiles)
 
 
 def workflow_commands(large: Path) -> dict[str, list[str]]:
@@ -114,25 +117,6 @@ def entry_f2(large: Path, points: int):
     grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (points - 1), points)
                   for ax in coarse.axes))
     return temp, rec, ori, rec.geometry(ori), mask, grid
-
-
-def add_entry_f2_arguments(p: argparse.ArgumentParser) -> None:
-    """--large-run and --points, the arguments of entry_f2."""
-    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
-                   help="the large run of bench/pipeline.py (its experiment folder)")
-    p.add_argument("--points", type=int, default=801, help="grid points per axis")
-
-
-def bragg_painted(mask, nframes: int, pixels: int, first: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The Bragg mask of frames [first, first + nframes) painted as transform_frames paints
-    a chunk: (uint8 per frame and pixel, uint8 per frame and block of pixels holding some)."""
-    from hklflow.transform import BLOCK, pixel_blocks
-
-    bragg = np.zeros((nframes, pixels), np.uint8)
-    blocks = np.zeros((nframes, pixel_blocks(pixels)), np.uint8)
-    mask.paint(first, first + nframes, bragg, blocks=blocks, block=BLOCK)
-    return bragg, blocks
 
 
 def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
@@ -323,6 +307,8 @@ def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = Fals
     for i in range(max(1, repeats)):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+        # the settings files the commands name (written by the dry run in `large`)
+        shutil.copytree(large / SETTINGS_DIR, out / SETTINGS_DIR)
         try:
             runs.append((full_rotation_volumes(large, out, frames, points, plan),
                          run_steps(commands, out)))
@@ -352,7 +338,9 @@ def measure(large: Path, frames: int = 200, points: int = 801, keep: bool = Fals
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_entry_f2_arguments(p)
+    p.add_argument("--large-run", type=Path, default=HERE / ".data" / "pipeline_2m_400f",
+                   help="the large run of bench/pipeline.py (its experiment folder)")
+    p.add_argument("--points", type=int, default=801, help="grid points per axis")
     p.add_argument("--frames", type=int, default=200, help="frames of f2 added per turn")
     p.add_argument("--keep", action="store_true",
                    help="keep the volumes and the steps' outputs (~12 GB, in "

@@ -6,9 +6,8 @@ own code (CHESS QM2's reduction).
                                          [--real-dir DIR | --no-real] [--workers 2]
                                          [--parts pdf symmetry conventions] [--json FILE]
 
-NXRefine is NOT a dependency of hklflow.  As bench/nxrefine_compare.py (whose ensure_venv
-builds the throw-away venv with nxrefine 0.1.1 and numpy, scipy, gemmi, h5py,
-nexusformat 2.0.3, scikit-image, lmfit), this file is also the driver that runs under that
+NXRefine is NOT a dependency of hklflow.  As bench/nxrefine_compare.py (both use the
+throw-away venv of bench/nxrefine_venv.py), this file is also the driver that runs under that
 venv: `<venv>/bin/python bench/nxrefine_pdf_compare.py _driver IN.json OUT.json`; arrays go
 through .npy files next to the JSON.  The driver imports nxrefine.nxreduce with three
 modules it never uses in the methods called here replaced by empty stand-ins (qtpy,
@@ -55,7 +54,9 @@ What is compared:
 
 The script exits 1 when an agreement fails (taper inside q_max > 1e-6; PDF > 1e-5 of its
 maximum; axes; symmetrised intensities with the same operators > 1e-5 relative; hklflow's
-delta not on the full Laue group).  Run time: see bench/README.md.
+delta not on the full Laue group), or when a settled answer moved (SETTLED: the positions
+of each case's delta, what each of NXRefine's Laue group names applies, the taper and FFT
+agreement on the synthetic volume).  Run time: see bench/README.md.
 """
 from __future__ import annotations
 
@@ -266,6 +267,51 @@ log = logging.getLogger("bench")
 TAPER_TOL = 1e-6      # absolute, taper values in [0, 1]: a few float32 ulps
 PDF_TOL = 1e-5        # max |difference| / max |pdf|, both FFTs single precision
 SYMM_TOL = 1e-5       # relative, per voxel: float32 sums of up to 24 terms
+
+# The settled answers (first 2026-11-22; the same on 2026-11-28 with NXRefine 0.1.1,
+# nexusformat 2.0.3): a rerun that differs says NXRefine, its dependencies or hklflow moved.
+SETTLED = {
+    # synthetic volume: the taper identical inside q_max, 0 beyond it; the PDFs within
+    # float32 rounding (2.6e-8 of the maximum)
+    "pdf": {"synthetic": {"taper_inside": 0.0, "hk_beyond_max": 0.0, "fft_rel_below": 1e-7}},
+    # a delta at a general position: (positions with hklflow, order of the Laue group,
+    # positions with NXSymmetry); NXRefine's 6/mmm applies only 2/m along c
+    "symm": {"hexagonal": (24, 24, 4), "monoclinic": (4, 4, 4), "tetragonal": (16, 16, 16),
+             "monoclinic-c (info)": (4, 4, 4)},
+    # NXSymmetry's laue_functions per Laue group name: (terms, distinct positions, order of
+    # the group, every operator in the group)
+    "conventions": {"-1": (2, 2, 2, True), "2/m": (4, 4, 4, True), "mmm": (8, 8, 8, True),
+                    "4/m": (8, 8, 8, True), "4/mmm": (16, 16, 16, True),
+                    "-3": (2, 2, 6, True), "-3m": (2, 2, 12, True), "6/m": (4, 4, 12, True),
+                    "6/mmm": (4, 4, 24, True), "m-3": (4, 3, 24, True),
+                    "m-3m": (64, 48, 48, True)},
+}
+
+
+def settled_moves(report: dict) -> list[str]:
+    """What in `report` differs from SETTLED (the parts it ran)."""
+    moved = []
+    for r in report.get("pdf", []):
+        want = SETTLED["pdf"].get(r["name"])
+        if want is None:
+            continue
+        for key in ("taper_inside", "hk_beyond_max"):
+            if r[key] != want[key]:
+                moved.append(f"pdf {r['name']}: {key} {r[key]:g}, settled {want[key]:g}")
+        fft = (r.get("fft") or {}).get("fft_rel")
+        if fft is None or fft >= want["fft_rel_below"]:
+            moved.append(f"pdf {r['name']}: FFT {fft}, settled below {want['fft_rel_below']:g}")
+    for r in report.get("symm", []):
+        want = SETTLED["symm"].get(r["name"])
+        got = (r["n_hklflow"], r["n_group"], r["n_nx"])
+        if want is not None and got != want:
+            moved.append(f"symmetrisation {r['name']}: delta positions {got}, settled {want}")
+    for r in report.get("conventions", []):
+        want = SETTLED["conventions"].get(r["name"])
+        got = (r["terms"], r["distinct"], r["group_order"], bool(r["subgroup"]))
+        if got != want:
+            moved.append(f"laue_functions {r['name']}: {got}, settled {want}")
+    return moved
 SYMM_CASES = [
     # name, space group, cell, grid (start, step, n) for h, k, l, general position (h, k, l)
     ("hexagonal", "P 63/m m c", (5.52, 5.52, 8.83, 90, 90, 120),
@@ -369,14 +415,15 @@ def pdf_cases(args):
 
 
 def compare_pdf(cases, py, work, workers) -> tuple[list, dict]:
-    from hklflow import pdf as hpdf
+    from hklflow.pdf.fft import pdf_fft
+    from hklflow.pdf.taper import tukey_taper
 
     spec = {"workdir": str(work), "pdf": []}
     hk = {}
     for c in cases:
         grid, cell = c["grid"], c["cell"]
         t0 = time.perf_counter()
-        taper = hpdf.tukey_taper(grid, cell, c["qmax"])
+        taper = tukey_taper(grid, cell, c["qmax"])
         hk[c["name"]] = {"taper": taper, "taper_seconds": time.perf_counter() - t0}
         job = {"name": c["name"], "cell": list(cell.parameters), "axes": grid_axes(grid),
                "qmax": c["qmax"], "workers": workers, "ffts": []}
@@ -426,7 +473,7 @@ def compare_pdf(cases, py, work, workers) -> tuple[list, dict]:
                 t0 = time.perf_counter()
                 try:
                     with np.errstate(invalid="ignore"):
-                        p, ax = hpdf.pdf_fft(arr * taper, grid, workers=workers)
+                        p, ax = pdf_fft(arr * taper, grid, workers=workers)
                 except Exception as exc:  # report what it does with the input
                     return None, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
                 return np.asarray(p), ax, None, time.perf_counter() - t0
@@ -798,11 +845,14 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     sys.path.insert(0, str(HERE))
     from common import emit, machine_info
-    from nxrefine_compare import ensure_venv
+    from nxrefine_venv import VenvError, ensure_venv
 
     report = {"machine": machine_info(), "driver_seconds": {}, "failures": [],
               "python": platform.python_version()}
-    py = ensure_venv(args.venv, False)
+    try:
+        py = ensure_venv(args.venv)
+    except VenvError as e:
+        raise SystemExit(str(e))
     tmp = None
     if args.workdir is None:
         import tempfile
@@ -833,6 +883,7 @@ def main(argv=None) -> int:
         report["driver_seconds"]["conventions"] = sec
     if tmp is not None:
         tmp.cleanup()
+    report["failures"] += [f"moved: {m}" for m in settled_moves(report)]
     report["ok"] = not report["failures"]
     report["seconds"] = time.perf_counter() - t_start
     report["load_end"] = [round(x, 2) for x in os.getloadavg()]

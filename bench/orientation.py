@@ -98,7 +98,7 @@ def timed(fn, repeats: int):
 # --------------------------------------------------------------------------------------
 # The synthetic case
 # --------------------------------------------------------------------------------------
-def spec_and_truth():
+def spec_and_truth(nframes: int = 1800):
     from hklflow.geometry import pyfai_detector
     from hklflow.simulation.experiment import EntryModel, predict_scan_reflections, preset
 
@@ -112,7 +112,7 @@ def spec_and_truth():
     spec = replace(base, name="bench_orientation", detector=DETECTOR,
                    calibration_geometry=(0.3, p1, p2, 0.0042, -0.0031, 0.011),
                    rough_start=(0.298, p1, p2), scan_drift=(0.0,) * 6,
-                   samples=(sample,), entries=(EntryModel("f1"),), nframes=1800,
+                   samples=(sample,), entries=(EntryModel("f1"),), nframes=nframes,
                    phi_start=0.0, phi_step=0.2, mosaicity_deg=0.05)
     st, scan = predict_scan_reflections(spec, sample, 300.0, spec.entries[0])
     return spec, st, scan
@@ -317,6 +317,8 @@ def main(argv=None) -> int:
     p.add_argument("--small", type=int, default=1000, help="size of the second (subset) case; 0: none")
     p.add_argument("--threads", default="1", help="BLAS/numba threads (default 1)")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--frames", type=int, default=1800,
+                   help="frames of 0.2 deg in the scan (default 1800: 360 deg, ~18,500 peaks)")
     p.add_argument("--json", type=Path, help="write the JSON report here (else after the table)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -325,7 +327,7 @@ def main(argv=None) -> int:
     machine = machine_info()
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    spec, st, scan = spec_and_truth()
+    spec, st, scan = spec_and_truth(args.frames)
     x, y, z, counts = make_peaks(st, scan, rng)
     log.info("%d peaks predicted in %.1f s", len(x), time.perf_counter() - t0)
     model0 = start_model(spec, st, rng)

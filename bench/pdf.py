@@ -46,9 +46,12 @@ sys.path.insert(0, str(HERE))
 
 from common import emit, machine_info  # noqa: E402
 
-from hklflow import pdf  # noqa: E402
 from hklflow.crystal import Crystal, UnitCell  # noqa: E402
 from hklflow.grid import Axis, Grid, default_grid  # noqa: E402
+from hklflow.pdf.fft import pdf_fft, pdf_spectrum  # noqa: E402
+from hklflow.pdf.fill import punch_and_fill, reflections_to_punch  # noqa: E402
+from hklflow.pdf.q_grid import q_metric  # noqa: E402
+from hklflow.pdf.taper import tukey_taper  # noqa: E402
 
 DEMO = ("I 4/m m m", UnitCell(3.7801, 3.7801, 13.2305))
 LARGE = ("P m -3 m", UnitCell(20.0, 20.0, 20.0))
@@ -87,7 +90,7 @@ def best_of(fn, repeats: int):
 
 def diffuse(cell, h, k, l):  # noqa: E741
     """The smooth diffuse signal: a broad |Q| envelope with a slow modulation."""
-    g = pdf.q_metric(cell)
+    g = q_metric(cell)
     q2 = (g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * l * l
           + 2 * (g[0, 1] * h * k + g[0, 2] * h * l + g[1, 2] * k * l))
     return 100.0 * np.exp(-q2 / 50.0) * (1.0 + 0.5 * np.cos(np.pi * h) * np.cos(np.pi * k)
@@ -98,7 +101,7 @@ def synthetic_volume(crystal, grid, q_reach: float, reflections) -> np.ndarray:
     """float32 [l, k, h]: diffuse signal + a Bragg spike at each reflection; NaN beyond
     q_reach (1/A, 2 pi), as a detector's reach leaves the corners of the grid unmeasured."""
     cell = crystal.cell
-    g = pdf.q_metric(cell)
+    g = q_metric(cell)
     h, k = grid.h.values[None, :], grid.k.values[:, None]
     vol = np.empty(grid.shape, np.float32)
     for il, lv in enumerate(grid.l.values):
@@ -129,33 +132,27 @@ def fill_error(result, crystal, grid) -> float:
 
 # --------------------------------------------------------------------------------------
 def fill_section(crystal, grid, q_reach, repeats) -> tuple[dict, np.ndarray]:
-    reflections = pdf.reflections_to_punch(crystal, grid, q_reach)
+    reflections = reflections_to_punch(crystal, grid, q_reach)
     note(f"making the volume ({grid.describe()})")
     vol = synthetic_volume(crystal, grid, q_reach, reflections)
     note("punch and fill")
     out = {"grid": grid.describe(), "volume_mb": vol.nbytes / 1e6, "reflections": len(reflections),
            "peak_rss_mb_volume_made": peak_rss_mb()}
     positions = reflections.astype(np.float64)
-    best, times, result = best_of(lambda: pdf.punch_and_fill(vol, grid, crystal.cell, positions,
+    best, times, result = best_of(lambda: punch_and_fill(vol, grid, crystal.cell, positions,
                                                              radius=RADIUS), repeats)
     out["laplace"] = {"seconds": best, "all_seconds": times, "hole_voxels": int(result.hole.sum()),
                       "unknowns": result.unknowns, "batches": result.batches, "outcomes": result.counts,
                       "voxels_per_hole": result.hole.sum() / max(len(reflections), 1),
                       "fill_rel_rms_error": fill_error(result, crystal, grid)}
     out["peak_rss_mb_after_fill"] = peak_rss_mb()
-    note("fill with conjugate gradients only")
-    t = time.perf_counter()
-    cg_only = pdf.punch_and_fill(vol, grid, crystal.cell, positions, radius=RADIUS, max_direct_unknowns=0)
-    out["laplace_cg_only"] = {"seconds": time.perf_counter() - t, "batches": cg_only.batches,
-                              "max_abs_diff_vs_default": float(np.nanmax(np.abs(cg_only.filled
-                                                                                 - result.filled)))}
-    del cg_only, result
+    del result
     note("memory numpy allocates in one fill (tracemalloc)")
     out["laplace"]["allocated_mb"] = traced_peak_mb(
-        lambda: pdf.punch_and_fill(vol, grid, crystal.cell, positions, radius=RADIUS))
+        lambda: punch_and_fill(vol, grid, crystal.cell, positions, radius=RADIUS))
     note("Matern m = 2 fill")
     t = time.perf_counter()
-    m2 = pdf.punch_and_fill(vol, grid, crystal.cell, positions, radius=RADIUS, order=2)
+    m2 = punch_and_fill(vol, grid, crystal.cell, positions, radius=RADIUS, order=2)
     out["matern2"] = {"seconds": time.perf_counter() - t, "unknowns": m2.unknowns,
                       "batches": m2.batches, "outcomes": m2.counts,
                       "fill_rel_rms_error": fill_error(m2, crystal, grid)}
@@ -184,30 +181,30 @@ def traced_peak_mb(fn) -> float:
 def fft_section(vol, crystal, grid, q_reach, repeats) -> dict:
     out = {}
     note("taper and FFT")
-    best, _, taper = best_of(lambda: pdf.tukey_taper(grid, crystal.cell, q_reach), repeats)
+    best, _, taper = best_of(lambda: tukey_taper(grid, crystal.cell, q_reach), repeats)
     out["taper_seconds"] = best
     tapered = vol * taper
     del taper
     for workers in (1, 2):
-        best, times, _ = best_of(lambda: pdf.pdf_fft(tapered, grid, workers=workers), repeats)
+        best, times, _ = best_of(lambda: pdf_fft(tapered, grid, workers=workers), repeats)
         out[f"fft_seconds_workers_{workers}"] = best
     best, _, plain = best_of(lambda: nxrefine_plain_fft(tapered), 1)
     out["nxrefine_plain_fftn_seconds_workers_1"] = best
-    ours, _ = pdf.pdf_fft(tapered, grid)
+    ours, _ = pdf_fft(tapered, grid)
     out["max_abs_diff_vs_plain_fftn_over_max"] = float(np.abs(ours - plain).max() / np.abs(plain).max())
     out["shape"] = list(ours.shape)
     del ours
     # the volume is even along each axis (4/mmm, a grid symmetric about 0): the octant's
     # cosine transforms, as the steps do for volumes symmetrised with the axis mirrors
-    even = lambda: np.asarray(pdf.pdf_spectrum(tapered, grid, even=True)[0])  # noqa: E731
+    even = lambda: np.asarray(pdf_spectrum(tapered, grid, even=True)[0])  # noqa: E731
     best, _, cosine = best_of(even, repeats)
     out["cosine_seconds_workers_1"] = best
     out["cosine_max_abs_diff_vs_plain_fftn_over_max"] = float(np.abs(cosine - plain).max()
                                                               / np.abs(plain).max())
     del cosine, plain
-    out["fft_allocated_mb"] = traced_peak_mb(lambda: pdf.pdf_fft(tapered, grid))
+    out["fft_allocated_mb"] = traced_peak_mb(lambda: pdf_fft(tapered, grid))
     out["cosine_allocated_mb"] = traced_peak_mb(
-        lambda: pdf.pdf_spectrum(tapered, grid, even=True)[0])
+        lambda: pdf_spectrum(tapered, grid, even=True)[0])
     out["nxrefine_plain_fftn_allocated_mb"] = traced_peak_mb(lambda: nxrefine_plain_fft(tapered))
     out["volume_mb"] = tapered.nbytes / 1e6
     out["peak_rss_mb_after_fft"] = peak_rss_mb()
@@ -221,25 +218,21 @@ def sub_grid(grid: Grid, limits) -> Grid:
                   for ax, n in zip(grid.axes, limits)))
 
 
-def scaled_case(name, crystal, full_grid, q_reach, limits, radius, max_direct=pdf.DIRECT_MAX_UNKNOWNS,
-                repeats=1) -> dict:
+def scaled_case(name, crystal, full_grid, q_reach, limits, radius, repeats=1) -> dict:
     """Fill of the reflections at least 1 r.l.u. inside a sub-grid of full_grid's steps,
     extrapolated to all reflections of full_grid by their number."""
     note(f"scaling: {name}, radius {radius}")
     grid = sub_grid(full_grid, limits)
-    refl = pdf.reflections_to_punch(crystal, grid, q_reach)
+    refl = reflections_to_punch(crystal, grid, q_reach)
     inner = refl[np.all(np.abs(refl) <= np.array(limits) - 1, axis=1)]
     vol = synthetic_volume(crystal, grid, q_reach, refl)
-    best, _, r = best_of(lambda: pdf.punch_and_fill(vol, grid, crystal.cell, inner.astype(float),
-                                                    radius=radius, max_direct_unknowns=max_direct),
-                          repeats)
-    n_full = len(pdf.reflections_to_punch(crystal, full_grid, q_reach))
+    best, _, r = best_of(lambda: punch_and_fill(vol, grid, crystal.cell, inner.astype(float),
+                                                radius=radius), repeats)
+    n_full = len(reflections_to_punch(crystal, full_grid, q_reach))
     labels, components = ndimage.label(r.hole)  # fewer than the reflections: holes merged
     sizes = np.bincount(labels.ravel())[1:]
     per = best / len(inner)
-    direct = sizes <= max_direct  # no NaN here: the regions are the hole components
-    solver = "superlu" if direct.all() else ("cg" if not direct.any() else "mixed")
-    return {"case": name, "solver": solver, "full_grid": full_grid.describe(), "sub_grid": grid.describe(),
+    return {"case": name, "full_grid": full_grid.describe(), "sub_grid": grid.describe(),
             "radius": radius,
             "reflections_measured": len(inner), "reflections_full": n_full,
             "voxels_per_hole": r.hole.sum() / len(inner), "unknowns": r.unknowns,
@@ -257,9 +250,7 @@ def scaling_section(q_reach_demo, q_max_nat, q_pixel) -> list[dict]:
     large = Crystal(*LARGE)
     for voxels in (401, 801):
         g, _ = default_grid(demo.cell, q_max_nat, q_pixel, voxels ** 3)
-        for max_direct in (10 ** 9, 0):  # SuperLU only, conjugate gradients only
-            out.append(scaled_case(f"demo cell, {voxels}^3", demo, g, q_reach_demo, (2, 2, 6), RADIUS,
-                                   max_direct))
+        out.append(scaled_case(f"demo cell, {voxels}^3", demo, g, q_reach_demo, (2, 2, 6), RADIUS))
     for voxels in (401, 801):
         g, _ = default_grid(large.cell, q_max_nat, q_pixel, voxels ** 3)
         for radius in (RADIUS, 0.1):
@@ -271,6 +262,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-voxels", type=int, default=401 ** 3)
+    p.add_argument("--smoke", action="store_true",
+                   help="leave out the scaling part (sub-grids up to 801^3)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     q_max_nat, q_pixel = demo_reach()
@@ -282,7 +275,8 @@ def main(argv=None) -> int:
     report["fill"], vol = fill_section(crystal, grid, q_reach, args.repeats)
     report["fft"] = fft_section(vol, crystal, grid, q_reach, max(1, args.repeats - 1))
     del vol
-    report["scaling"] = scaling_section(q_reach, q_max_nat, q_pixel)
+    # (--smoke: the fill, taper and FFT only, for tests/test_bench_smoke.py)
+    report["scaling"] = [] if args.smoke else scaling_section(q_reach, q_max_nat, q_pixel)
     f, t, s = report["fill"], report["fft"], report["scaling"]
     lap, m2 = f["laplace"], f["matern2"]
     lines = [
@@ -293,16 +287,12 @@ def main(argv=None) -> int:
         f"  reflections punched      {f['reflections']}",
         f"  hole voxels              {lap['hole_voxels']:,} ({lap['voxels_per_hole']:.0f} per reflection)",
         f"  unknowns                 {lap['unknowns']:,} in {lap['batches']} solve(s)",
-        f"  Laplace fill             {lap['seconds']:.2f} s ("
-        + (f"SuperLU up to {pdf.DIRECT_MAX_UNKNOWNS} voxels per region, CG above"
-           if pdf.DIRECT_MAX_UNKNOWNS else "conjugate gradients region by region") + "; runs: "
+        f"  Laplace fill             {lap['seconds']:.2f} s (conjugate gradients region by region; runs: "
         + ", ".join(f"{x:.2f}" for x in lap["all_seconds"]) + ")",
         f"  outcomes                 {lap['outcomes']}",
         f"  fill error vs diffuse    {100 * lap['fill_rel_rms_error']:.3f} % rms",
         f"  allocated by numpy       {lap['allocated_mb']:.0f} MB in one fill (tracemalloc; "
-        f"SuperLU's own not counted; input {f['volume_mb']:.0f} MB)",
-        f"  the same, CG only        {f['laplace_cg_only']['seconds']:.2f} s (max |difference| "
-        f"{f['laplace_cg_only']['max_abs_diff_vs_default']:.1e}, data ~100)",
+        f"input {f['volume_mb']:.0f} MB)",
         f"  Matern m = 2 fill        {m2['seconds']:.2f} s, {m2['batches']} solve(s), error "
         f"{100 * m2['fill_rel_rms_error']:.3f} % rms",
         f"taper and FFT ({' x '.join(map(str, t['shape']))} after cropping):",
@@ -319,12 +309,12 @@ def main(argv=None) -> int:
         f"{f['peak_rss_mb_after_fill']:.0f}, after Matern fill {f['peak_rss_mb_after_matern2']:.0f}, "
         f"after FFT {t['peak_rss_mb_after_fft']:.0f}",
         "scaling (fill measured on a sub-grid's interior reflections, extrapolated by the count):",
-        f"  {'case':<20} {'solver':>7} {'radius':>6} {'refl full':>9} {'vox/hole':>8} {'unk/refl':>8} "
+        f"  {'case':<20} {'radius':>6} {'refl full':>9} {'vox/hole':>8} {'unk/refl':>8} "
         f"{'s/refl':>8} {'extrap. s':>9} {'extrap. unknowns':>16} {'volume GB':>9}",
     ]
     for c in s:
         lines.append(
-            f"  {c['case']:<20} {c['solver']:>7} {c['radius']:6.2f} {c['reflections_full']:9d} "
+            f"  {c['case']:<20} {c['radius']:6.2f} {c['reflections_full']:9d} "
             f"{c['voxels_per_hole']:8.0f} {c['unknowns_per_reflection']:8.0f} "
             f"{c['seconds_per_reflection']:8.4f} {c['extrapolated_seconds']:9.1f} "
             f"{c['extrapolated_unknowns']:16,.0f} {c['full_volume_gb']:9.2f}"

@@ -59,12 +59,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import (byte_compile_hklflow, copy_chunks, emit, machine_info,  # noqa: E402
-                    machine_line)
+from common import (FULL_FRAMES, PLANS, RESOURCES_LINE, byte_compile_hklflow,  # noqa: E402
+                    copy_chunks, emit, machine_info, machine_line, say, system_cpu_s)
 
 DETECTOR = "PilatusCdTe2M"
 DATASET = "/entry/data/data"
-FULL_FRAMES = 3650
 FULL_GRID = 801 ** 3
 GOAL_MPIX_PER_CORE = 100.0
 SIM_VERSION = 1
@@ -76,29 +75,24 @@ TEMPERATURE_RULES = ("index_parent", "refine_temperature", "merge_entries", "sym
 # the optional PDF stage (reduction.pdf.enabled), shared by the entries of a temperature;
 # counted in the whole pipeline and shown apart (the issue's figure predates it)
 PDF_RULES = ("total_pdf", "delta_pdf", "pdf_temperature_series")
-PLANS = ("auto", "auto_per_block")  # reduction.transform.subdivide plans measured
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------
 # The experiments
 # --------------------------------------------------------------------------------------
-def spec_of(nframes: int):
-    """Three 0.1 deg-step entries on a Pilatus CdTe 2M at 0.3 m, beam near the middle, of
+def spec_of(nframes: int, detector: str = DETECTOR, phi_step: float = 0.1):
+    """Three phi_step-deg entries on a Pilatus CdTe 2M at 0.3 m, beam near the middle, of
     the demo's crystal at one temperature; entries shifted and tilted as in the demo."""
     from hklflow.geometry import pyfai_detector
     from hklflow.simulation.experiment import EntryModel, preset
 
-    det = pyfai_detector(DETECTOR)
+    det = pyfai_detector(detector)
     ny, nx = (int(n) for n in det.shape)
     pix1, pix2 = float(det.pixel1), float(det.pixel2)
     p1, p2 = (ny / 2 + 0.3) * pix1, (nx / 2 - 0.4) * pix2
     base = preset("demo")
     return replace(
-        base, name="bench_pipeline_2m", detector=DETECTOR,
+        base, name="bench_pipeline_2m", detector=detector,
         calibration_geometry=(0.3, p1, p2, 0.0042, -0.0031, 0.011),
         rough_start=(0.298, p1 + 4 * pix1, p2 - 4 * pix2),
         samples=(replace(base.samples[0], temperatures=(300.0,)),),
@@ -106,7 +100,7 @@ def spec_of(nframes: int):
                  EntryModel("f2", det_shift=(0.0, 10 * pix1, 8 * pix2), offsets={"omega": 1.0}),
                  EntryModel("f3", det_shift=(0.0, -9 * pix1, -10 * pix2),
                             offsets={"omega": -1.5, "chi": 2.0})),
-        nframes=int(nframes), phi_start=-90.0, phi_step=0.1, mosaicity_deg=0.05,
+        nframes=int(nframes), phi_start=-90.0, phi_step=float(phi_step), mosaicity_deg=0.05,
         transform_max_voxels=None)
 
 
@@ -115,18 +109,22 @@ def _key(spec) -> str:
                       default=str)
 
 
-def ensure_experiment(workdir: Path, nframes: int) -> Path:
+def ensure_experiment(workdir: Path, nframes: int, detector: str = DETECTOR,
+                      phi_step: float = 0.1) -> Path:
     """The simulated experiment of nframes per entry (made once, then reused)."""
     from hklflow.simulation.experiment import simulate_experiment
 
-    spec = spec_of(nframes)
-    d = workdir / f"pipeline_2m_{nframes}f"
+    spec = spec_of(nframes, detector, phi_step)
+    d = workdir / (f"pipeline_2m_{nframes}f" if detector == DETECTOR
+                   else f"pipeline_{detector}_{nframes}f")
+    if phi_step != 0.1:
+        d = d.with_name(f"{d.name}_step{phi_step:g}")
     key = d / "bench.spec.json"
     if key.exists() and key.read_text() == _key(spec) and (d / "truth.json").exists():
         say(f"reusing the simulated experiment {d}")
         return d
     shutil.rmtree(d, ignore_errors=True)
-    say(f"simulating 3 entries x {nframes} frames of {DETECTOR} into {d} (once) ...")
+    say(f"simulating 3 entries x {nframes} frames of {detector} into {d} (once) ...")
     t0 = time.monotonic()
     simulate_experiment(spec, d, "hdf5")
     key.write_text(_key(spec))
@@ -205,18 +203,6 @@ def run_workflow(d: Path, cores: int) -> float:
         raise SystemExit(f"snakemake failed in {d}:\n{(r.stdout + r.stderr)[-4000:]}")
     say(f"  {wall:.0f} s")
     return wall
-
-
-RESOURCES_LINE = re.compile(r"resources: cpu_s=([\d.]+) start_cpu_s=([\d.]+) "
-                            r"children_cpu_s=([\d.]+) wall_s=([\d.]+) peak_rss_mb=(\d+)")
-SYSTEM_CPU = re.compile(r"resources: .* system_cpu_s=([\d.]+)")  # (logs since 2026-11-26)
-
-
-def system_cpu_s(log_text: str) -> float:
-    """The system (kernel) share of a job's CPU seconds from its `resources:` line; NaN in
-    a log written before steps logged it."""
-    found = SYSTEM_CPU.findall(log_text)
-    return float(found[-1]) if found else float("nan")
 
 
 SUB_STEPS = re.compile(r"rotation sub-steps per frame: (\d+)")
@@ -460,6 +446,11 @@ def main(argv=None) -> int:
                         "every run and in the full-rotation measurement (the runs' grids take "
                         "1 for every block either way; at 801^3 'auto' takes 2 for every "
                         "block, 'auto_per_block' 1 or 2 per block)")
+    p.add_argument("--detector", default=DETECTOR,
+                   help="pyFAI detector name (a small one, e.g. Pilatus300k, for a smoke run)")
+    p.add_argument("--phi-step", type=float, default=0.1,
+                   help="rotation per frame, deg (default 0.1; coarse steps let a smoke run's few "
+                        "frames index)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not 0 < args.small_frames < args.frames:
@@ -469,9 +460,9 @@ def main(argv=None) -> int:
     from hklflow.geometry import detector_shape
     from hklflow.params import schema_default
 
-    rows, cols = detector_shape(DETECTOR)
+    rows, cols = detector_shape(args.detector)
     pixels = rows * cols
-    large_dir = ensure_experiment(args.workdir, args.frames)
+    large_dir = ensure_experiment(args.workdir, args.frames, args.detector, args.phi_step)
     small_dir = prefix_experiment(large_dir, args.small_frames)
     fine_dir = finer_grid_experiment(small_dir, args.fine_voxels)
     for d in (large_dir, small_dir, fine_dir):
@@ -513,7 +504,7 @@ def main(argv=None) -> int:
     run_mpix = entries * args.frames * pixels / 1e6
     report = {
         "machine": machine_info(),
-        "experiment": {"detector": f"{DETECTOR} {rows}x{cols}", "entries": entries,
+        "experiment": {"detector": f"{args.detector} {rows}x{cols}", "entries": entries,
                        "frames": {k: v["frames"] for k, v in runs.items()},
                        "grid_voxels": {k: v["voxels"] for k, v in runs.items()},
                        "cores": args.cores, "repeats": args.repeats,

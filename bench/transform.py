@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "tests"))  # the plain numpy transform, the baseline
 
 from common import emit, machine_info  # noqa: E402
 from find_peaks import DETECTOR, ensure_scan, scan_geometry  # noqa: E402
@@ -118,7 +119,9 @@ def numpy_add_at_float32(frames, table, M, scale, trusted_max, grid):
 
 def kernel_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
     from hklflow.frames import open_frames
-    from hklflow.transform import Transformer, frame_matrices, numpy_transform
+    from transform_reference import numpy_transform
+
+    from hklflow.transform import Transformer, frame_matrices
 
     with open_frames(str(path)) as st:
         frames = st.read(0, nframes)

@@ -1,13 +1,15 @@
 """Step nxrefine_wrapper and hklflow.nxrefine: NXRefine's wrapper file of the tiny
 experiment (reduced end to end once per session, conftest.tiny_run), opened the way NeXpy
-opens it (nexusformat's plottable_data) and by NXRefine itself (its NXRefine class, from
-the throw-away venv of bench/nxrefine_compare.py, which must then read hklflow's cell,
-wavelength, detector and UB and map hklflow's peaks to hklflow's (h, k, l))."""
+opens it (nexusformat's plottable_data) and by NXRefine itself (its NXRefine class, in the
+throw-away venv of bench/nxrefine_venv.py, made here when missing, which must then read
+hklflow's cell, wavelength, detector and UB and map hklflow's peaks to hklflow's
+(h, k, l))."""
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +21,22 @@ from hklflow.nxrefine import LAUE_GROUPS, T_NX, goniometer_parameters, laue_grou
 from conftest import REPO, job_counts, run_snakemake, run_step, step_settings
 
 SAMPLE = "tiny"
-NX_PYTHON = REPO / "bench" / ".nxrefine-venv" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def nx_python():
+    """The python of NXRefine's throw-away venv (bench/nxrefine_venv.py), made on first use
+    (about a minute, pip from PyPI) and kept for the next session; the cross-check skips,
+    with pip's error as the reason, only where the venv cannot be made."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from nxrefine_venv import VenvError, ensure_venv
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    try:
+        return ensure_venv()
+    except VenvError as e:
+        pytest.skip(f"NXRefine's venv could not be made: {e}")
 
 
 # --------------------------------------------------------------------------------------
@@ -149,19 +166,14 @@ def test_wrapper_opens_in_nexpy_with_its_links_resolved(wrappers):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not NX_PYTHON.exists(), reason=(
-    "NXRefine's throw-away venv is missing: build it with `python bench/nxrefine_compare.py "
-    "--help` for what it installs, then `.venv/bin/python -c \"import sys; "
-    "sys.path.insert(0, 'bench'); from pathlib import Path; import nxrefine_compare as n; "
-    "n.ensure_venv(Path('bench/.nxrefine-venv'), False)\"` (about a minute, from PyPI)"))
-def test_nxrefine_reads_hklflows_geometry_and_indexes_its_peaks_the_same(wrappers):
+def test_nxrefine_reads_hklflows_geometry_and_indexes_its_peaks_the_same(wrappers, nx_python):
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.peaks import read_peaks_file
     from hklflow.files.scan import read_scan_file
 
     d, paths = wrappers
     for t, path in paths.items():
-        p = subprocess.run([str(NX_PYTHON), "-c", NX_DRIVER, str(path), "f1", "f2"],
+        p = subprocess.run([str(nx_python), "-c", NX_DRIVER, str(path), "f1", "f2"],
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         nx = json.loads(p.stdout)

@@ -2,7 +2,8 @@
 loops on its --threads (1 without the option), not on every core, and puts the settings
 back after; it keeps the memory it frees.  hklflow.cli.main: a command's process imports
 its step without garbage collection and freezes what the imports made, and a step's process
-ends without the interpreter's teardown once its HDF5 files are closed."""
+ends without the interpreter's teardown once its HDF5 files are closed.  A step reads its
+settings from the file the workflow wrote, named by their digest, or inline JSON."""
 from __future__ import annotations
 
 import subprocess
@@ -76,6 +77,52 @@ def test_a_step_logs_what_it_used_last_with_its_system_share(capsys, tmp_path):
     cpu, start, _children, _wall, peak, system = (float(v) for v in found.groups())
     assert 0 < system <= cpu and start <= cpu
     assert peak >= 200
+
+
+def _settings_probe(seen: list):
+    parser = StepParser("probe", "records the settings it was given")
+    parser.add_settings()
+    return parser, lambda args, log: seen.append(args.settings)
+
+
+def test_a_step_reads_its_settings_from_the_file_the_workflow_wrote(tmp_path, monkeypatch):
+    """The workflow's commands name a settings file (hklflow.jobs.SettingsFiles); a test or a
+    person may give the same JSON inline: both give the step the same settings."""
+    from hklflow.jobs import SettingsFiles
+
+    text = '{"mask":{"radius_px":3.0},"name":"x"}'
+    monkeypatch.chdir(tmp_path)
+    path = SettingsFiles().path(text)
+    assert path.startswith(".snakemake/hklflow/settings/") and path.endswith(".json")
+    assert SettingsFiles().path(text) == path  # the same text, the same file
+    assert SettingsFiles().path(text.replace("3.0", "4.0")) != path
+    seen = []
+    assert run_step(*_settings_probe(seen), ["--settings-file", path]) == 0
+    assert run_step(*_settings_probe(seen), ["--settings", text]) == 0
+    assert seen == [{"mask": {"radius_px": 3.0}, "name": "x"}] * 2
+
+
+def test_a_settings_file_changed_after_it_was_written_is_refused(tmp_path, monkeypatch, capsys):
+    """Its name is the digest of its text: a file edited by hand no longer says which
+    settings the job ran with, and the step stops with a line that says so."""
+    from hklflow.jobs import SettingsFiles
+
+    monkeypatch.chdir(tmp_path)
+    path = SettingsFiles().path('{"a":1}')
+    (tmp_path / path).write_text('{"a":2}')
+    seen = []
+    assert run_step(*_settings_probe(seen), ["--settings-file", path]) == 1
+    assert seen == []
+    err = capsys.readouterr().err
+    assert "does not match its name" in err and path in err
+
+
+def test_a_step_given_no_settings_or_both_stops_with_usage(capsys):
+    for argv in ([], ["--settings", "{}", "--settings-file", "x.json"]):
+        with pytest.raises(SystemExit) as stop:
+            run_step(*_settings_probe([]), argv)
+        assert stop.value.code == 2
+    assert "--settings" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

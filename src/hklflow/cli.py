@@ -51,11 +51,11 @@ def main(argv=None) -> int:
     """The command line (argv None: sys.argv, this process being the command)."""
     own_process = argv is None
     if own_process:
-        # A step's imports (numpy, h5py, numba, ...) make ~170k objects and no garbage, yet
-        # set off the garbage collector ~400 times, three of them full walks of everything:
-        # 0.1-0.18 CPU-s of every job.  So none while importing, and what the imports made
-        # is kept out of the step's own collections (gc.freeze): it lives as long as the
-        # process anyway.
+        # A step's imports (numpy, h5py, numba, ...) make many objects and no garbage, yet
+        # set off the garbage collector hundreds of times, some of them full walks of
+        # everything: a share of every job's start (bench/pipeline.py's start_cpu_s).  So
+        # none while importing, and what the imports made is kept out of the step's own
+        # collections (gc.freeze): it lives as long as the process anyway.
         gc.disable()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -67,9 +67,9 @@ def main(argv=None) -> int:
         return 2
     if own_process and name in STEPS:
         # A step runs BLAS on one thread (steps/_run.threads_limited), and OpenBLAS's
-        # worker threads, started when numpy and scipy load, spin ~0.1 CPU-s each before
-        # they sleep: 0.2 CPU-s of every job on 2 cores, more with more cores.  Told before
-        # numpy loads, OpenBLAS (and MKL) start none.
+        # worker threads, started when numpy and scipy load, spin before they sleep: CPU
+        # time of every job, more with more cores (bench/pipeline.py's start_cpu_s).  Told
+        # before numpy loads, OpenBLAS (and MKL) start none.
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
     module, function = COMMANDS[name][0].split(":")
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
 
 def exit_without_teardown(status: int) -> None:
     """End a step's process now, its outputs written and closed: the interpreter's teardown
-    (every module and object freed one by one, the libraries' exit handlers) costs a job
-    ~0.1 CPU-s and writes nothing.  Returns instead (the normal exit) while an HDF5 file,
+    (every module and object freed one by one, the libraries' exit handlers) costs every
+    job CPU time and writes nothing.  Returns instead (the normal exit) while an HDF5 file,
     group, dataset or attribute is still open, which that exit closes, and under a profiler
     or tracer (cProfile, coverage), which writes its data at exit."""
     if sys.getprofile() is not None or sys.gettrace() is not None:

@@ -4,15 +4,18 @@ here reads data files)."""
 from __future__ import annotations
 
 import functools
-import inspect
+import json
 import math
+import os
+import tempfile
+from pathlib import Path
 
 from .errors import ConfigError
 from .geometry import detector_shape
 from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK
 from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
-                     TransformParams, settings_json)
+                     TransformParams, settings_digest, settings_json)
 
 
 def scan_pixels(exp) -> int:
@@ -40,8 +43,8 @@ def transform_frame_ranges(exp, scan) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-# Snakemake plans ~400 jobs/s here (bench/dryrun.py): past these, a plan takes minutes and
-# gigabytes - a typo in nframes or frames_per_job, not an experiment
+# past these, Snakemake's plan takes minutes and gigabytes (bench/dryrun.py measures its
+# pace): a typo in nframes or frames_per_job, not an experiment
 MAX_TRANSFORM_JOBS_PER_ENTRY = 1000
 MAX_TRANSFORM_JOBS = 50_000
 
@@ -93,18 +96,6 @@ def grid_voxels_bound(exp) -> int:
     return int(grid.max_voxels)
 
 
-def known_parameters(func):
-    """func, with its parameters recorded where Snakemake looks before it asks
-    inspect.signature (snakemake.common.get_function_params: the `_overwrite_params`
-    attribute).  Snakemake asks for the parameters of every input, params and resource
-    function two or three times for every job it plans (with Resource.evaluate, see
-    common.smk, a tenth of the time of a plan of 20,000 jobs); here they are found once.
-    They are the same parameters, and a Snakemake without that look-up ignores the
-    attribute."""
-    func._overwrite_params = inspect.signature(func).parameters
-    return func
-
-
 def _made_once(method):
     """A JobSettings method whose text is made once per arguments (a sample's, a
     calibration's) and then reused: a plan asks for it once per job, thousands of times, and
@@ -123,9 +114,10 @@ def _made_once(method):
 
 class JobSettings:
     """What every rule's jobs receive through ``params: settings``: the resolved settings
-    each step uses (hklflow.params declares which config keys), as one JSON text per job.
-    A setting that changes changes the text of exactly the jobs that use it, and Snakemake
-    reruns them and what depends on them.  The Snakefile and the tests use this one map."""
+    each step uses (hklflow.params declares which config keys), as one JSON text per job
+    (the workflow passes it as a file: SettingsFiles).  A setting that changes changes the
+    text of exactly the jobs that use it, and Snakemake reruns them and what depends on
+    them.  The Snakefile and the tests use this one map."""
 
     def __init__(self, exp):
         self.exp = exp
@@ -222,3 +214,48 @@ class JobSettings:
         return settings_json({"slice": self._pdf.settings()["slices"][0],
                               "sample": self.exp.samples[sample].settings(),
                               "temperatures": self.exp.temperatures_of(sample)})
+
+
+# where the workflow writes each job's settings, relative to the experiment directory (beside
+# Snakemake's own records of the runs)
+SETTINGS_FOLDER = ".snakemake/hklflow/settings"
+
+
+class SettingsFiles:
+    """Each job's settings (a JobSettings text) as a file named by the digest of its content
+    (the same settings, indented), which the rule's params pass and its command reads
+    (`--settings-file`; hklflow.params.read_settings_file checks the name).
+
+    The path changes exactly when the settings do, so Snakemake's params trigger reruns the
+    same jobs as when the text itself was the param, while a shell command stays short to
+    print and to read (a dry run prints every job's).  A file is written, atomically, the
+    first time its settings are asked for in a process; every process that plans or runs a
+    job (each cluster job parses the Snakefile again) writes the files its jobs need, so no
+    job depends on another process having written them.  A dry run writes them too: the
+    command it prints names a file one can read."""
+
+    def __init__(self, folder: str | os.PathLike = SETTINGS_FOLDER):
+        self.folder = Path(folder)
+        self._paths: dict[str, str] = {}  # text -> path
+
+    def path(self, text: str) -> str:
+        path = self._paths.get(text)
+        if path is None:
+            # indented for a person who opens it (the same settings: keys stay sorted)
+            readable = json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
+            path = str(self.folder / f"{settings_digest(readable)}.json")
+            if not os.path.isfile(path):
+                self._write(path, readable)
+            self._paths[text] = path
+        return path
+
+    def _write(self, path: str, text: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)  # a reader sees the whole file or none
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

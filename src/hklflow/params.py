@@ -11,7 +11,8 @@ The same declaration serves three places, so they cannot drift apart:
 
 * the Snakefile builds each job's ``params:`` from it (:func:`settings_json`): a job
   receives exactly the settings it uses, and Snakemake reruns it when one of them changes;
-* the step command reads them back (:func:`read_settings`) into typed, validated objects;
+* the step command reads them back (:func:`read_settings`, :func:`read_settings_file`) into
+  typed, validated objects;
 * tests and benchmarks take the schema's defaults with ``Cls.defaults(**overrides)``.
 
 This module is imported when the Snakefile is parsed (every cluster job parses it): it
@@ -22,10 +23,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -215,15 +218,36 @@ def settings_json(parts: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def read_settings(text: str) -> dict:
+def settings_digest(text: str) -> str:
+    """The name of the file that holds a job's settings text (hklflow.jobs.SettingsFiles):
+    the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_settings(text: str, where: str = "--settings") -> dict:
     """The JSON of --settings (a step's command line)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--settings: not valid JSON: {exc}") from None
+        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError("--settings: expected a JSON object of settings")
+        raise ConfigError(f"{where}: expected a JSON object of settings")
     return data
+
+
+def read_settings_file(path) -> dict:
+    """The settings in a file the workflow wrote (--settings-file), whose name is the digest
+    of its text: a file changed after it was written (or not written by the workflow) is
+    refused, since its name would no longer say which settings the job ran with."""
+    where = f"--settings-file {path}"
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    digest = settings_digest(text)
+    if Path(path).stem != digest:
+        raise ConfigError(f"{where}: its text does not match its name (its digest is {digest}): "
+                          "the file was changed after the workflow wrote it; delete it and run "
+                          "Snakemake again, which writes it anew")
+    return read_settings(text, where)
 
 
 def settings_part(settings: dict, cls):

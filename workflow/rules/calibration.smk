@@ -13,7 +13,7 @@ rule calibrate_powder:
                    caption="../report/calibration.rst"),
         version="results/calibration/{calibration}/version.json",
     params:
-        settings=lambda w: SETTINGS.calibrate_powder(w.calibration),
+        settings=lambda w: settings_file(SETTINGS.calibrate_powder(w.calibration)),
     log:
         "logs/calibrate_powder/{calibration}.log",
     benchmark:
@@ -25,6 +25,6 @@ rule calibrate_powder:
     conda:
         CONDA_ENV
     shell:
-        "hklflow calibrate_powder --settings {params.settings:q} --poni {output.poni:q}"
+        "hklflow calibrate_powder --settings-file {params.settings:q} --poni {output.poni:q}"
         " --nexus {output.nexus:q} --png {output.png:q} --version {output.version:q}"
         " > {log:q} 2>&1"

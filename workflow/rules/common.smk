@@ -1,58 +1,28 @@
 # The experiment (config + scans table), validated once at parse time; the settings every
 # job receives (params); the functions that map wildcards to files.  Parsing reads the two
 # small text files and lists the raw files, and nothing else, because every cluster job
-# parses the Snakefile again.
-import atexit
-import gc
-import inspect
+# parses the Snakefile again.  Snakemake's internals are reached through
+# hklflow.snakemake_compat only.
 import os
 import sys
 import sysconfig
-import types
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.io import apply_wildcards
 
 import hklflow
+from hklflow import snakemake_compat
 from hklflow.config import ConfigError, load_experiment, read_config_files
-from hklflow.jobs import JobSettings, known_parameters, transform_frame_ranges
+from hklflow.jobs import JobSettings, SettingsFiles, transform_frame_ranges
 from hklflow.rawfiles import RawFileOwners, is_hdf5_path, matching_files
-from hklflow.workflow_hooks import defer_sigterm_handler
 
-# Planning makes millions of objects that live until the plan is made (jobs, their files and
-# wildcards) and almost no cyclic garbage, and Python's full collections, each a walk over all
-# of them, took a sixth of the time of a plan of 20,000 jobs: full collections only after 100
-# times as many young ones (the young generations are collected as before)
-_GC_THRESHOLDS = gc.get_threshold()
-gc.set_threshold(*_GC_THRESHOLDS[:2], max(_GC_THRESHOLDS[2], 1000))
-
-
-def _no_last_collection():
-    """After a dry run, which writes nothing, the plan's objects are left to the end of the
-    process instead of a last collection over all of them (3 s after 20,000 jobs)."""
-    if getattr(workflow, "dryrun", False):
-        gc.freeze()
-
-
-atexit.register(_no_last_collection)
-
-# Snakemake evaluates every resource of every job it plans through Resource.evaluate, and
-# asks inspect.signature for that method's parameters twice each time (four resources per
-# job: most of the signatures a plan asks for): record them once, as known_parameters does
-# for the workflow's own functions (the bound method's parameters, which are what it asks
-# for; a Snakemake that has no such method or look-up is left as it is)
-try:
-    from snakemake.resources import Resource as _Resource
-
-    _Resource.evaluate._overwrite_params = inspect.signature(
-        types.MethodType(_Resource.evaluate, object())).parameters
-except (ImportError, AttributeError, TypeError, ValueError):
-    pass
+snakemake_compat.tune_gc_for_planning(workflow)
+snakemake_compat.record_resource_evaluate_parameters()
 
 # the Snakefile's configfile first, then --configfile ones in order (later ones win), as
 # Snakemake merges them; workflow.configfiles lists the command-line ones first
-_CLI_CONFIG_FILES = [str(p) for p in workflow.config_settings.configfiles]
+_CLI_CONFIG_FILES = snakemake_compat.command_line_configfiles(workflow) or []
 CONFIG_FILES = [str(p) for p in workflow.configfiles
                 if str(p) not in _CLI_CONFIG_FILES] + _CLI_CONFIG_FILES
 try:
@@ -84,8 +54,17 @@ os.environ.setdefault("HKLFLOW_DIST", str(_SOURCE) if (_SOURCE / "pyproject.toml
 
 CONDA_ENV = "../../envs/hklflow.yaml"
 DETECTOR = EXP.instrument.detector
-# what each job receives through params: settings (hklflow.jobs.JobSettings)
+# what each job receives through params: settings, the file of its settings text
+# (hklflow.jobs.JobSettings, SettingsFiles)
 SETTINGS = JobSettings(EXP)
+_SETTINGS_FILES = SettingsFiles()
+
+
+def settings_file(text):
+    """The file holding a job's settings text, named by its digest (written if new): the
+    rules' `params: settings`, which changes exactly when the settings do."""
+    return _SETTINGS_FILES.path(text)
+
 TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
 SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
 NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
@@ -183,12 +162,13 @@ def parent_orientation(w):
     return f"results/{w.sample}/{parent_temperature(w)}/parent_orientation.nxs"
 
 
+@snakemake_compat.known_parameters  # a group function: not among the rules' input and params
 def peaks_group(w):
     """Cluster group of an entry's ingest and peak search: the group of the job that reads
     its peaks, index_parent's at a parent temperature and refine_temperature's at any other
     (profiles/slurm: one SLURM job per temperature, no wave of per-entry jobs); none where
     that job has none (a local run: no `groups` given)."""
-    groups = workflow.group_settings.overwrite_groups if workflow.group_settings else {}
+    groups = snakemake_compat.cluster_groups(workflow)
     reader = "index_parent" if parent_temperature(w) == w.temperature else "refine_temperature"
     group = groups.get(reader)
     # a name with wildcards (e.g. temperature_{temperature}) as the reader's job expands it
@@ -238,15 +218,6 @@ def entry_volumes(w):
     """Every entry's volumes at the wildcards' temperature: per entry, every kind."""
     return [scan_path(s, f"{kind}.nxs") for s in EXP.scans_of(w.sample, w.temperature)
             for kind in TRANSFORM_KINDS]
-
-
-def record_known_parameters(rules):
-    """known_parameters for every input and params function of the rules (the Snakefile
-    calls it once they are all defined): Snakemake asks for their parameters for every job."""
-    for each in rules:
-        for item in (*each.input, *each.params):
-            if isinstance(item, types.FunctionType) and not hasattr(item, "_overwrite_params"):
-                known_parameters(item)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ rule ingest_scan:
     output:
         scan="results/{sample}/{temperature}/{entry}/scan.nxs",
     params:
-        settings=lambda w: SETTINGS.ingest_scan(w.sample, w.temperature, w.entry),
+        settings=lambda w: settings_file(SETTINGS.ingest_scan(w.sample, w.temperature, w.entry)),
     log:
         "logs/ingest_scan/{sample}/{temperature}/{entry}.log",
     benchmark:
@@ -22,5 +22,5 @@ rule ingest_scan:
     conda:
         CONDA_ENV
     shell:
-        "hklflow ingest_scan --settings {params.settings:q} --poni {input.poni:q}"
+        "hklflow ingest_scan --settings-file {params.settings:q} --poni {input.poni:q}"
         " --version {input.version:q} --out {output.scan:q} > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule nxrefine_wrapper:
     output:
         wrapper="results/{sample}/nxrefine/{sample}_{temperature}.nxs",
     params:
-        settings=lambda w: SETTINGS.nxrefine_wrapper(w.sample),
+        settings=lambda w: settings_file(SETTINGS.nxrefine_wrapper(w.sample)),
         pdf=lambda w: [f"{n}={p}" for n, p in nxrefine_pdf_links(w).items()],
         symmetrized=lambda w, input: ["--symmetrized", *input.symmetrized] if SYMMETRIZE else [],
     log:
@@ -34,7 +34,7 @@ rule nxrefine_wrapper:
     conda:
         CONDA_ENV
     shell:
-        "hklflow nxrefine_wrapper --settings {params.settings:q}"
+        "hklflow nxrefine_wrapper --settings-file {params.settings:q}"
         " --orientation {input.orientation:q} --scans {input.scans:q} --peaks {input.peaks:q}"
         " --entry-volumes {input.entry_volumes:q} --merged {input.merged:q}"
         " {params.symmetrized:q} --pdf {params.pdf:q} --out {output.wrapper:q} > {log:q} 2>&1"

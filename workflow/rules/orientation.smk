@@ -9,7 +9,7 @@ rule index_parent:
         png=report("results/{sample}/{temperature}/parent_orientation.png", category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
     params:
-        settings=lambda w: SETTINGS.index_parent(w.sample),
+        settings=lambda w: settings_file(SETTINGS.index_parent(w.sample)),
     log:
         "logs/index_parent/{sample}/{temperature}.log",
     benchmark:
@@ -21,7 +21,7 @@ rule index_parent:
     conda:
         CONDA_ENV
     shell:
-        "hklflow index_parent --settings {params.settings:q} --scans {input.scans:q}"
+        "hklflow index_parent --settings-file {params.settings:q} --scans {input.scans:q}"
         " --peaks {input.peaks:q} --out {output.orientation:q} --png {output.png:q} > {log:q} 2>&1"
 
 
@@ -37,7 +37,7 @@ rule refine_temperature:
         png=report("results/{sample}/{temperature}/orientation.png", category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
     params:
-        settings=SETTINGS.refine_temperature(),
+        settings=settings_file(SETTINGS.refine_temperature()),
     log:
         "logs/refine_temperature/{sample}/{temperature}.log",
     benchmark:
@@ -49,6 +49,6 @@ rule refine_temperature:
     conda:
         CONDA_ENV
     shell:
-        "hklflow refine_temperature --settings {params.settings:q} --parent {input.parent:q}"
+        "hklflow refine_temperature --settings-file {params.settings:q} --parent {input.parent:q}"
         " --scans {input.scans:q} --peaks {input.peaks:q} --out {output.orientation:q}"
         " --png {output.png:q} > {log:q} 2>&1"

@@ -12,7 +12,7 @@ rule total_pdf:
         png=report("results/{sample}/{temperature}/total_pdf.png", category="PDF",
                    subcategory="{sample}", caption="../report/pdf.rst"),
     params:
-        settings=lambda w: SETTINGS.total_pdf(w.sample),
+        settings=lambda w: settings_file(SETTINGS.total_pdf(w.sample)),
     log:
         "logs/total_pdf/{sample}/{temperature}.log",
     benchmark:
@@ -24,7 +24,7 @@ rule total_pdf:
     conda:
         CONDA_ENV
     shell:
-        "hklflow total_pdf --settings {params.settings:q} --threads {threads}"
+        "hklflow total_pdf --settings-file {params.settings:q} --threads {threads}"
         " --input {input.volume:q} --out {output.pdf:q} --png {output.png:q} > {log:q} 2>&1"
 
 
@@ -40,7 +40,7 @@ rule delta_pdf:
     wildcard_constraints:
         pdf="pdf|transform_pdf",
     params:
-        settings=lambda w: SETTINGS.delta_pdf(w.sample),
+        settings=lambda w: settings_file(SETTINGS.delta_pdf(w.sample)),
     log:
         "logs/delta_pdf/{sample}/{temperature}/{pdf}.log",
     benchmark:
@@ -52,7 +52,7 @@ rule delta_pdf:
     conda:
         CONDA_ENV
     shell:
-        "hklflow delta_pdf --settings {params.settings:q} --threads {threads}"
+        "hklflow delta_pdf --settings-file {params.settings:q} --threads {threads}"
         " --input {input.volume:q} --out {output.pdf:q} --png {output.png:q} > {log:q} 2>&1"
 
 
@@ -67,7 +67,7 @@ rule pdf_temperature_series:
         png=report("results/{sample}/pdf_temperature_series.png", category="PDF",
                    caption="../report/pdf_temperature_series.rst"),
     params:
-        settings=lambda w: SETTINGS.pdf_temperature_series(w.sample),
+        settings=lambda w: settings_file(SETTINGS.pdf_temperature_series(w.sample)),
     log:
         "logs/pdf_temperature_series/{sample}.log",
     benchmark:
@@ -79,5 +79,5 @@ rule pdf_temperature_series:
     conda:
         CONDA_ENV
     shell:
-        "hklflow pdf_temperature_series --settings {params.settings:q} --inputs {input:q}"
+        "hklflow pdf_temperature_series --settings-file {params.settings:q} --inputs {input:q}"
         " --png {output.png:q} > {log:q} 2>&1"

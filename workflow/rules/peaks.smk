@@ -11,7 +11,7 @@ rule find_peaks:
         png=report("results/{sample}/{temperature}/{entry}/peaks.png", category="Peak search",
                    subcategory="{sample} {temperature}", caption="../report/peaks.rst"),
     params:
-        settings=SETTINGS.find_peaks(),
+        settings=settings_file(SETTINGS.find_peaks()),
     log:
         "logs/find_peaks/{sample}/{temperature}/{entry}.log",
     benchmark:
@@ -23,6 +23,6 @@ rule find_peaks:
     conda:
         CONDA_ENV
     shell:
-        "hklflow find_peaks --settings {params.settings:q} --threads {threads}"
+        "hklflow find_peaks --settings-file {params.settings:q} --threads {threads}"
         " --scan {input.scan:q}"
         " --out {output.peaks:q} --png {output.png:q} > {log:q} 2>&1"

@@ -31,8 +31,9 @@
 import math
 
 from hklflow.geometry import detector_shape
-from hklflow.jobs import grid_voxels_bound, known_parameters, scan_pixels, transform_jobs
+from hklflow.jobs import grid_voxels_bound, scan_pixels, transform_jobs
 from hklflow.params import PeakSearchParams
+from hklflow.snakemake_compat import known_parameters
 
 BASE_MB = 600
 TRANSFORM_VOXEL_BYTES = 9
@@ -41,12 +42,12 @@ RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
 RATE_SYMMETRY = 15e6  # voxels x operators per second (symmetrize)
 RATE_PDF = 2e6  # voxels per second (read, taper, FFT, write)
-# total_pdf: its half spectrum holds 4 bytes a voxel (with the volume read whole before
-# 2026-11-27: 5.4 measured at 801^3); a volume even along each axis only its octant (1.1
-# measured, 0.55 GB at 801^3): which one is not known at parse time (MAX_LAUE_OPERATORS)
+# total_pdf: its half spectrum holds 4 bytes a voxel, a volume even along each axis only
+# its octant: which one is not known at parse time (MAX_LAUE_OPERATORS); bench/pipeline.py
+# measures the jobs' peak memory
 PDF_VOXEL_BYTES = 8
-# delta_pdf: measured 5.3 a voxel at 801^3 (2.70 GB; 6.1 while its fill's region lookup
-# held a byte a voxel), and the holes' sparse systems on top
+# delta_pdf: the filled volume and its spectrum, and the holes' sparse systems on top
+# (bench/pipeline.py)
 DELTA_PDF_VOXEL_BYTES = 16
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
@@ -170,13 +171,13 @@ RESOURCES = {
         lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),
         lambda w: _FIXED_MINUTES),
     # the input read slab by slab into the half spectrum, which the FFT's input and the PDF
-    # share (a volume even along each axis: into its octant, an eighth; bench/pipeline.py:
-    # 0.55 GB at 801^3, 4/mmm).  One thread: only the FFT (scipy.fft workers) and the
-    # fill's BLAS use more, and two threads made a 151M-voxel job 1.14-1.29x faster, not 1.6x
+    # share (a volume even along each axis: into its octant, an eighth).  One thread: only
+    # the FFT (scipy.fft workers) and the fill's BLAS use more, and a second thread buys far
+    # less than a second core's worth (bench/pipeline.py)
     "total_pdf": RuleResources(lambda w: BASE_MB + 400 + PDF_VOXEL_BYTES * _VOXELS / 1e6,
                                lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60),
-    # and the fill's lookups and sparse solves of a batch (3.5 GB at 801^3); the filled
-    # volume is written and dropped before the spectrum is made
+    # and the fill's lookups and sparse solves of a batch; the filled volume is written and
+    # dropped before the spectrum is made
     "delta_pdf": RuleResources(lambda w: BASE_MB + 1000 + DELTA_PDF_VOXEL_BYTES * _VOXELS / 1e6,
                                lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60),
     # one plane of each temperature's PDF, read alone (as temperature_series)

@@ -13,7 +13,7 @@ rule define_grid:
     output:
         grid="results/{sample}/grid.json",
     params:
-        settings=lambda w: SETTINGS.define_grid(w.sample, calibration_poni),
+        settings=lambda w: settings_file(SETTINGS.define_grid(w.sample, calibration_poni)),
     log:
         "logs/define_grid/{sample}.log",
     benchmark:
@@ -25,7 +25,8 @@ rule define_grid:
     conda:
         CONDA_ENV
     shell:
-        "hklflow define_grid --settings {params.settings:q} --out {output.grid:q} > {log:q} 2>&1"
+        "hklflow define_grid --settings-file {params.settings:q} --out {output.grid:q}"
+        " > {log:q} 2>&1"
 
 
 rule mask_scan:
@@ -41,7 +42,7 @@ rule mask_scan:
         png=report("results/{sample}/{temperature}/{entry}/mask.png", category="Masks",
                    subcategory="{sample} {temperature}", caption="../report/mask.rst"),
     params:
-        settings=SETTINGS.mask_scan(),
+        settings=settings_file(SETTINGS.mask_scan()),
     log:
         "logs/mask_scan/{sample}/{temperature}/{entry}.log",
     benchmark:
@@ -53,7 +54,7 @@ rule mask_scan:
     conda:
         CONDA_ENV
     shell:
-        "hklflow mask_scan --settings {params.settings:q} --scan {input.scan:q}"
+        "hklflow mask_scan --settings-file {params.settings:q} --scan {input.scan:q}"
         " --peaks {input.peaks:q} --orientation {input.orientation:q} --out {output.mask:q}"
         " --png {output.png:q} > {log:q} 2>&1"
 
@@ -71,7 +72,7 @@ rule transform_frames:
         volumes=temp(expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}_parts/"
                             "{{frames}}.nxs", kind=TRANSFORM_KINDS)),
     params:
-        settings=SETTINGS.transform_frames(),
+        settings=settings_file(SETTINGS.transform_frames()),
     log:
         "logs/transform_frames/{sample}/{temperature}/{entry}/{frames}.log",
     benchmark:
@@ -83,7 +84,7 @@ rule transform_frames:
     conda:
         CONDA_ENV
     shell:
-        "hklflow transform_frames --settings {params.settings:q} --threads {threads}"
+        "hklflow transform_frames --settings-file {params.settings:q} --threads {threads}"
         " --scan {input.scan:q}"
         " --orientation {input.orientation:q} --grid {input.grid:q} --mask {input.mask:q}"
         " --frames {wildcards.frames:q} --out {output.volumes:q} > {log:q} 2>&1"
@@ -102,7 +103,7 @@ rule sum_chunks:
                     category="Volumes", subcategory="{sample} {temperature}",
                     caption="../report/volume.rst"),
     params:
-        settings=SETTINGS.sum_chunks(),
+        settings=settings_file(SETTINGS.sum_chunks()),
         title="{sample}/{temperature}/{entry}",
     log:
         "logs/sum_chunks/{sample}/{temperature}/{entry}.log",
@@ -115,7 +116,7 @@ rule sum_chunks:
     conda:
         CONDA_ENV
     shell:
-        "hklflow sum_chunks --settings {params.settings:q} --title {params.title:q}"
+        "hklflow sum_chunks --settings-file {params.settings:q} --title {params.title:q}"
         " --inputs {input:q} --out {output.volumes:q} --png {output.pngs:q} > {log:q} 2>&1"
 
 
@@ -131,7 +132,7 @@ rule merge_entries:
         png=report("results/{sample}/{temperature}/{kind}.png", category="Merged volumes",
                    subcategory="{sample}", caption="../report/volume.rst"),
     params:
-        settings=SETTINGS.merge_entries(),
+        settings=settings_file(SETTINGS.merge_entries()),
         title="{sample}/{temperature}",
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
@@ -144,7 +145,7 @@ rule merge_entries:
     conda:
         CONDA_ENV
     shell:
-        "hklflow merge_entries --settings {params.settings:q} --title {params.title:q}"
+        "hklflow merge_entries --settings-file {params.settings:q} --title {params.title:q}"
         " --inputs {input.volumes:q} --orientation {input.orientation:q}"
         " --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
 
@@ -160,7 +161,7 @@ rule symmetrize:
                    category="Merged volumes", subcategory="{sample}",
                    caption="../report/volume.rst"),
     params:
-        settings=lambda w: SETTINGS.symmetrize(w.sample),
+        settings=lambda w: settings_file(SETTINGS.symmetrize(w.sample)),
     log:
         "logs/symmetrize/{sample}/{temperature}/{kind}.log",
     benchmark:
@@ -172,7 +173,7 @@ rule symmetrize:
     conda:
         CONDA_ENV
     shell:
-        "hklflow symmetrize --settings {params.settings:q} --input {input.volume:q}"
+        "hklflow symmetrize --settings-file {params.settings:q} --input {input.volume:q}"
         " --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
 
 
@@ -187,7 +188,7 @@ rule temperature_series:
         png=report("results/{sample}/{kind}_temperature_series.png",
                    category="Temperature series", caption="../report/temperature_series.rst"),
     params:
-        settings=lambda w: SETTINGS.temperature_series(w.sample),
+        settings=lambda w: settings_file(SETTINGS.temperature_series(w.sample)),
     log:
         "logs/temperature_series/{sample}/{kind}.log",
     benchmark:
@@ -199,5 +200,5 @@ rule temperature_series:
     conda:
         CONDA_ENV
     shell:
-        "hklflow temperature_series --settings {params.settings:q} --inputs {input:q}"
+        "hklflow temperature_series --settings-file {params.settings:q} --inputs {input:q}"
         " --png {output.png:q} > {log:q} 2>&1"

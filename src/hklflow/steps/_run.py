@@ -24,8 +24,12 @@ that succeeds ends its log with a `resources:` line (CPU, start, wall, peak memo
 A step uses the cores its job was given, no more: the BLAS and OpenMP libraries loaded
 (numpy's and scipy's OpenBLAS: the 3D-DeltaPDF's conjugate gradients) and numba's parallel
 loops run on its ``--threads`` (1 without it), not on every core of the node.  OpenBLAS's
-idle threads spin: on 151M voxels they made delta_pdf take 41-47 CPU-s instead of 30-31,
-and 3-7 s longer (README, "Threads").
+idle threads spin, and cost a large volume's delta_pdf CPU time and wall time
+(bench/pipeline.py measures the steps; README, "Threads").
+
+A job's settings come as a file the workflow wrote (``--settings-file``, named by the
+digest of its text: hklflow.jobs.SettingsFiles), or inline as JSON (``--settings``: a
+step run by hand or by a test).
 
 A step keeps the memory it frees for its next arrays (keep_freed_memory): a volume-sized
 array freed and another made then costs no second round of page faults.
@@ -45,7 +49,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import steplog
 from ..errors import HklflowError
-from ..params import read_settings
+from ..params import read_settings, read_settings_file
 
 
 class StepParser(argparse.ArgumentParser):
@@ -58,9 +62,15 @@ class StepParser(argparse.ArgumentParser):
         self.outputs: list[str] = []
 
     def add_settings(self) -> None:
-        self.add_argument("--settings", required=True, metavar="JSON",
-                          help="the settings of this job as JSON (what the rule's params "
-                               "pass: the resolved config sections the step uses)")
+        """The job's settings (the resolved config sections the step uses): the file the
+        rule's params name, or the same JSON given inline."""
+        given = self.add_mutually_exclusive_group(required=True)
+        given.add_argument("--settings-file", type=Path, metavar="PATH",
+                           help="the settings of this job as a JSON file the workflow wrote "
+                                "(what the rule's params pass; its name is the digest of "
+                                "its text)")
+        given.add_argument("--settings", metavar="JSON",
+                           help="the settings of this job as JSON text")
 
     def add_threads(self) -> None:
         """--threads: the cores the job may use (the rule's threads); results do not depend
@@ -134,11 +144,10 @@ def log_resources(log: logging.Logger, cpu_at_start: float, t0: float) -> None:
 def keep_freed_memory() -> bool:
     """Arrays from the process's heap, and the memory they free kept there for the next
     ones (glibc's mallopt; False where it is not there, and nothing changes).  glibc maps
-    every block above 32 MB afresh and unmaps it when freed, so a step that frees a
-    volume-sized array and makes another paid the page faults of all its pages again: on
-    a virtual machine ~1 CPU-s per GB.  At 801^3, alternating (full_rotation.py's volumes):
-    total_pdf 10.4-11.6 against 12.4-13.5 CPU-s, symmetrize 8.2 against 8.5-8.8; the peak
-    memory up to 4% higher (symmetrize 0.60 -> 0.63 GB)."""
+    every large block afresh and unmaps it when freed, so a step that frees a volume-sized
+    array and makes another paid the page faults of all its pages again, which a virtual
+    machine makes dear; the peak memory grows a little (bench/full_rotation.py's volumes
+    measure both)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # pragma: no cover - not glibc
@@ -152,8 +161,8 @@ def threads_limited(threads: int):
     """OpenMP (threadpoolctl) and numba's parallel loops, when loaded, on `threads` threads
     inside the block, BLAS on one; their settings put back after.  hklflow's matrix
     products are small or tall and skinny, where OpenBLAS's threads cost more than they
-    give: they spin after every call (a 2M transform job on two threads spent 0.8-1.0
-    CPU-s in them, most of it while its pixel table was computed)."""
+    give: they spin after every call, above all while a transform job computes its pixel
+    table (bench/pipeline.py measures the jobs' CPU time)."""
     numba = sys.modules.get("numba")
     with threadpool_limits(limits={"openmp": threads, "blas": 1}):
         if numba is None:
@@ -174,7 +183,9 @@ def run_step(parser: StepParser, run, argv=None) -> int:
     log = steplog.setup(parser.step)
     keep_freed_memory()
     try:
-        if isinstance(getattr(args, "settings", None), str):
+        if getattr(args, "settings_file", None) is not None:
+            args.settings = read_settings_file(args.settings_file)
+        elif isinstance(getattr(args, "settings", None), str):
             args.settings = read_settings(args.settings)
         with threads_limited(getattr(args, "threads", 1)):
             run(args, log)
