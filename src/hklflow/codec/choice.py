@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 
+from ..errors import HklflowError
 from .library import LibraryCodec
 
 CODEC_ENV = "HKLFLOW_CODEC"
@@ -23,8 +24,10 @@ log = logging.getLogger("hklflow.codec")
 _choosing = threading.Lock()
 
 
-class CodecUnavailable(RuntimeError):
-    """HKLFLOW_CODEC=compiled where the compiled codec cannot be used."""
+class CodecUnavailable(HklflowError, RuntimeError):
+    """HKLFLOW_CODEC=compiled where the compiled codec cannot be used, or a value of
+    HKLFLOW_CODEC that is none of CHOICES (a step reports it in one line, as any
+    HklflowError)."""
 
 
 def setting() -> str:
