@@ -115,6 +115,10 @@ def test_a_settings_file_changed_after_it_was_written_is_refused(tmp_path, monke
     assert seen == []
     err = capsys.readouterr().err
     assert "does not match its name" in err and path in err
+    (tmp_path / path).unlink()  # a command copied without its file
+    assert run_step(*_settings_probe(seen), ["--settings-file", path]) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and path in err and seen == []
 
 
 def test_a_step_given_no_settings_or_both_stops_with_usage(capsys):

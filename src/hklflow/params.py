@@ -240,8 +240,13 @@ def read_settings_file(path) -> dict:
     of its text: a file changed after it was written (or not written by the workflow) is
     refused, since its name would no longer say which settings the job ran with."""
     where = f"--settings-file {path}"
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file (the workflow writes it when it plans the "
+                          "job: run the job through Snakemake, or copy the file along with "
+                          "the command)") from None
     digest = settings_digest(text)
     if Path(path).stem != digest:
         raise ConfigError(f"{where}: its text does not match its name (its digest is {digest}): "
