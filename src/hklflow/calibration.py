@@ -387,8 +387,9 @@ def _check_sane(g: DetectorGeometry, start: DetectorGeometry, where: str, npass:
 def _gc_skips_objects_made_so_far():
     """pyFAI's geometries run gc.collect() at every change of a parameter (Geometry.auto_gc,
     set in their constructors): tens of full collections in a refinement, each walking
-    every object of the modules imported so far, a large part of a calibration's time.  Those objects are moved out of its way for the block (gc.freeze) and back
-    after (gc.unfreeze); what the block makes is collected as before."""
+    every object of the modules imported so far, a large part of a calibration's time.
+    Those objects are moved out of its way for the block (gc.freeze) and back after
+    (gc.unfreeze); what the block makes is collected as before."""
     import gc
 
     gc.freeze()
@@ -416,13 +417,41 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
 
 def _refine_geometry(image: np.ndarray, params: CalibrationParams, source: str
                      ) -> CalibrationResult:
-    import pyFAI.detectors
-    from pyFAI.goniometer import SingleGeometry
-
+    """The passes of refine_geometry: the image checked and its bad pixels masked, the
+    coarse alignment, the passes of control points and least squares until the rings stop
+    moving, then the residuals' bound and the uncertainties."""
     start = start_geometry(params)
     where = f"calibrations.{params.name} from {source}"
     if start.detector != params.detector:
         start = dataclasses.replace(start, detector=params.detector)
+    image, clean, bad, n_hot, det = _prepared_image(image, params, start, where, source)
+    notes = []
+    if any(p in params.refine for p in POWDER_BLIND):
+        msg = ("rot3 (rotation about the beam) does not change 2theta, so powder rings "
+               f"cannot determine it: kept at its start value {start.rot3:g} rad")
+        log.warning(msg)
+        notes.append(msg)
+    on_det = _rings_on_detector(start, params.calibrant, bad)
+    if not on_det:
+        raise CalibrationError(f"{where}: no {params.calibrant} ring falls on the detector "
+                               f"with the start geometry ({describe(start)})")
+    g, passes = start, []
+    if params.coarse_align:
+        g = _coarse_passes(image, bad, start, params, where, passes)
+        on_det = _rings_on_detector(g, params.calibrant, bad)
+    g, points = _refinement_passes(clean, bad, det, g, start, min(params.first_rings,
+                                                                  len(on_det)),
+                                   params, where, passes)
+    return _refined_result(g, start, points, params, where, passes, bad, n_hot, notes)
+
+
+def _prepared_image(image, params: CalibrationParams, start: DetectorGeometry, where: str,
+                    source: str):
+    """(image, the image with its bad pixels at 0 (float32), the bad pixels, how many are
+    hot, a private pyFAI detector whose mask they are), after checking the image's shape
+    and that it holds counts."""
+    import pyFAI.detectors
+
     image = np.asarray(image)
     if image.ndim != 2 or tuple(image.shape) != start.shape:
         raise CalibrationError(f"{where}: image shape {image.shape} does not match the "
@@ -431,42 +460,41 @@ def _refine_geometry(image: np.ndarray, params: CalibrationParams, source: str
     bad, n_hot = find_bad_pixels(image, start.detector_mask(), params.hot_pixel_factor)
     log.info("%s: %d masked pixels (%d hot)", source, int(bad.sum()), n_hot)
     clean = np.where(bad, 0.0, image).astype(np.float32)
-
     # a private copy (own mask), laid out like the image
     det = pyFAI.detectors.detector_factory(params.detector,
                                            config={"orientation": params.orientation})
     det.mask = bad.astype(np.int8)
+    return image, clean, bad, n_hot, det
 
-    free_all = params.free
-    notes = []
-    if any(p in params.refine for p in POWDER_BLIND):
-        msg = ("rot3 (rotation about the beam) does not change 2theta, so powder rings "
-               f"cannot determine it: kept at its start value {start.rot3:g} rad")
-        log.warning(msg)
-        notes.append(msg)
 
-    on_det = _rings_on_detector(start, params.calibrant, bad)
-    if not on_det:
-        raise CalibrationError(f"{where}: no {params.calibrant} ring falls on the detector "
-                               f"with the start geometry ({describe(start)})")
+def _coarse_passes(image, bad, start: DetectorGeometry, params: CalibrationParams, where: str,
+                   passes: list) -> DetectorGeometry:
+    """Two coarse alignments (the second in a fifth of the search range) of the free
+    distance and PONI; each recorded in passes."""
     g = start
-    passes: list[dict] = []
-    if params.coarse_align:
-        for npass, (sd, sp) in enumerate(((params.search_dist, params.search_px),
-                                          (params.search_dist / 5, params.search_px / 5))):
-            aligned, info = coarse_align(image, bad, g, params.calibrant, search_dist=sd,
-                                         search_px=sp)
-            aligned = dataclasses.replace(
-                g, **{k: getattr(aligned, k) for k in ("dist", "poni1", "poni2")
-                      if k in free_all})
-            _check_sane(aligned, start, where, 0)
-            log.info("coarse alignment %d (%d sectors with rings): distance x %.4f, beam "
-                     "centre moved (%.2f, %.2f) px; %s", npass + 1, info["sectors_used"],
-                     info["scale"], info["shift_row_px"], info["shift_col_px"], describe(aligned))
-            passes.append({"pass": 0, "coarse_alignment": info, "geometry": aligned.as_dict()})
-            g = aligned
-        on_det = _rings_on_detector(g, params.calibrant, bad)
-    n_rings = min(params.first_rings, len(on_det))
+    for npass, (sd, sp) in enumerate(((params.search_dist, params.search_px),
+                                      (params.search_dist / 5, params.search_px / 5))):
+        aligned, info = coarse_align(image, bad, g, params.calibrant, search_dist=sd,
+                                     search_px=sp)
+        aligned = dataclasses.replace(
+            g, **{k: getattr(aligned, k) for k in ("dist", "poni1", "poni2")
+                  if k in params.free})
+        _check_sane(aligned, start, where, 0)
+        log.info("coarse alignment %d (%d sectors with rings): distance x %.4f, beam "
+                 "centre moved (%.2f, %.2f) px; %s", npass + 1, info["sectors_used"],
+                 info["scale"], info["shift_row_px"], info["shift_col_px"], describe(aligned))
+        passes.append({"pass": 0, "coarse_alignment": info, "geometry": aligned.as_dict()})
+        g = aligned
+    return g
+
+
+def _refinement_passes(clean, bad, det, g: DetectorGeometry, start: DetectorGeometry,
+                       n_rings: int, params: CalibrationParams, where: str, passes: list):
+    """Passes of control points on n_rings rings (doubled each pass, up to all on the
+    detector) and a least-squares refinement, until two passes on all rings moved them by
+    less than tolerance_px; (the geometry, its control points).  Each pass recorded in
+    passes."""
+    free_all = params.free
     points = np.zeros((0, 3))
     all_rings_passes = 0
     for npass in range(1, params.max_passes + 1):
@@ -477,49 +505,19 @@ def _refine_geometry(image: np.ndarray, params: CalibrationParams, source: str
         free = [p for p in free_all if p in ("dist", "poni1", "poni2")] if first else free_all
         if not free:
             free = list(free_all)
-        fixed = [p for p in PARAMETERS if p not in free]
-
-        cal = _calibrant(params.calibrant, g.wavelength)
-        sg = SingleGeometry(f"{params.name}-pass{npass}", clean, calibrant=cal, detector=det,
-                            geometry=g.to_pyfai())
-        with _seeded_global_numpy(params.seed + npass):
-            sg.extract_cp(max_rings=n_rings, pts_per_deg=params.pts_per_deg)
-        gr = sg.geometry_refinement
-        pts = np.asarray(gr.data if gr.data is not None else np.zeros((0, 3)), dtype=float)
-        pts = pts.reshape(-1, 3) if pts.size else np.zeros((0, 3))
-        rings = sorted({int(r) for r in pts[:, 2]}) if len(pts) else []
-        if len(pts) < params.min_points or len(rings) < min(params.min_rings, n_rings):
-            raise CalibrationError(
-                f"{where}: too few control points in pass {npass}: {len(pts)} points on "
-                f"{len(rings)} ring(s) (need >= {params.min_points} on >= "
-                f"{min(params.min_rings, n_rings)}); are the {params.calibrant} rings "
-                f"visible, and is the start geometry ({describe(start)}) within a few % / px?")
-
-        def refine_once(data):
-            gr.data = np.ascontiguousarray(data, dtype=np.float64)
-            gr.refine3(fix=fixed)
-            return DetectorGeometry.from_pyfai(gr, params.detector)
-
-        new = refine_once(pts)
-        r_tth, r_px = _residuals(new, params.calibrant, pts)
-        # drop outliers (points picked on a neighbouring ring, noise) and refine again
-        mad = 1.4826 * np.median(np.abs(r_px - np.median(r_px)))
-        keep = np.abs(r_px) <= max(params.outlier_sigma * mad, 0.1)
-        if keep.sum() < len(pts) and keep.sum() >= params.min_points:
-            pts = pts[keep]
-            new = refine_once(pts)
-            r_tth, r_px = _residuals(new, params.calibrant, pts)
-        _check_sane(new, start, where, npass)
+        new, pts, rings, n_outliers = _refinement_pass(clean, det, g, start, n_rings, free,
+                                                       npass, params, where)
         shift = _ring_shift_px(g, new, params.calibrant, pts)
+        r_tth, r_px = _residuals(new, params.calibrant, pts)
         rms_px = float(np.sqrt(np.mean(r_px ** 2)))
         passes.append({"pass": npass, "rings_requested": n_rings, "rings": rings,
-                       "n_points": int(len(pts)), "n_outliers": int((~keep).sum()),
+                       "n_points": int(len(pts)), "n_outliers": n_outliers,
                        "free": list(free), "rms_px": rms_px,
                        "rms_2theta_deg": float(np.degrees(np.sqrt(np.mean(r_tth ** 2)))),
                        "ring_shift_px": shift, "geometry": new.as_dict()})
         log.info("pass %d: %d/%d rings requested, %d used %s, %d points (%d outliers "
                  "dropped), free %s: rms %.3f px, rings moved %.3f px; %s", npass, n_rings,
-                 total, len(rings), rings, len(pts), int((~keep).sum()), ",".join(free),
+                 total, len(rings), rings, len(pts), n_outliers, ",".join(free),
                  rms_px, shift, describe(new))
         g, points = new, pts
         if n_rings >= total and not first:
@@ -538,7 +536,54 @@ def _refine_geometry(image: np.ndarray, params: CalibrationParams, source: str
                                    "geometry close?")
         log.warning("not converged to %.3f px in %d passes (last %.3f px): accepted",
                     params.tolerance_px, params.max_passes, last)
+    return g, points
 
+
+def _refinement_pass(clean, det, g: DetectorGeometry, start: DetectorGeometry, n_rings: int,
+                     free, npass: int, params: CalibrationParams, where: str):
+    """One pass: control points picked on the first n_rings rings (pyFAI's SingleGeometry
+    with g), the free parameters refined, outliers dropped and refined again; (the new
+    geometry, its points, their rings, how many outliers were dropped)."""
+    from pyFAI.goniometer import SingleGeometry
+
+    fixed = [p for p in PARAMETERS if p not in free]
+    cal = _calibrant(params.calibrant, g.wavelength)
+    sg = SingleGeometry(f"{params.name}-pass{npass}", clean, calibrant=cal, detector=det,
+                        geometry=g.to_pyfai())
+    with _seeded_global_numpy(params.seed + npass):
+        sg.extract_cp(max_rings=n_rings, pts_per_deg=params.pts_per_deg)
+    gr = sg.geometry_refinement
+    pts = np.asarray(gr.data if gr.data is not None else np.zeros((0, 3)), dtype=float)
+    pts = pts.reshape(-1, 3) if pts.size else np.zeros((0, 3))
+    rings = sorted({int(r) for r in pts[:, 2]}) if len(pts) else []
+    if len(pts) < params.min_points or len(rings) < min(params.min_rings, n_rings):
+        raise CalibrationError(
+            f"{where}: too few control points in pass {npass}: {len(pts)} points on "
+            f"{len(rings)} ring(s) (need >= {params.min_points} on >= "
+            f"{min(params.min_rings, n_rings)}); are the {params.calibrant} rings "
+            f"visible, and is the start geometry ({describe(start)}) within a few % / px?")
+
+    def refine_once(data):
+        gr.data = np.ascontiguousarray(data, dtype=np.float64)
+        gr.refine3(fix=fixed)
+        return DetectorGeometry.from_pyfai(gr, params.detector)
+
+    new = refine_once(pts)
+    _, r_px = _residuals(new, params.calibrant, pts)
+    # drop outliers (points picked on a neighbouring ring, noise) and refine again
+    mad = 1.4826 * np.median(np.abs(r_px - np.median(r_px)))
+    keep = np.abs(r_px) <= max(params.outlier_sigma * mad, 0.1)
+    if keep.sum() < len(pts) and keep.sum() >= params.min_points:
+        pts = pts[keep]
+        new = refine_once(pts)
+    _check_sane(new, start, where, npass)
+    return new, pts, rings, int((~keep).sum())
+
+
+def _refined_result(g: DetectorGeometry, start: DetectorGeometry, points, params, where: str,
+                    passes: list, bad, n_hot: int, notes: list) -> CalibrationResult:
+    """The result of the passes: refused when its residuals exceed the bound, else with
+    the parameters' uncertainties."""
     r_tth, r_px = _residuals(g, params.calibrant, points)
     rms_px = float(np.sqrt(np.mean(r_px ** 2)))
     rms_tth = float(np.degrees(np.sqrt(np.mean(r_tth ** 2))))
@@ -550,6 +595,7 @@ def _refine_geometry(image: np.ndarray, params: CalibrationParams, source: str
             f"{bound:.3f} px ({params.where('max_rms_px')}; {len(points)} points on rings "
             f"{list(rings)}; {describe(g)}): the {params.calibrant} rings do not fit one "
             "geometry: wrong wavelength, distance or detector?")
+    free_all = params.free
     unc = _uncertainties(g, params.calibrant, points, free_all)
     log.info("refined: %s; rms %.4f px = %.6f deg 2theta, %d points on %d rings; "
              "uncertainties %s", describe(g), rms_px, rms_tth, len(points), len(rings),
