@@ -679,6 +679,61 @@ def table(report) -> str:
     return "\n".join(L)
 
 
+SETTLED = {
+    # the same geometry in NXRefine's parameters: its Gvec equals hklflow's sample-frame Q
+    "geometry_max_dq_below": 1e-9,
+    # NXRefine's Bmat is not Busing-Levy's: Bmat^T Bmat misses G* by this much (relative to
+    # its largest element; per preset), its transpose gives G* to rounding
+    "nx_b_metric_error": {"tiny_hexagonal": 0.25, "tiny_monoclinic": 0.0697},
+    "nx_b_transposed_below": 1e-12,
+    # hklflow's refine and index_parent from the start: errors against the truth below these
+    "hklflow_below": {"cell_rel": 1e-3, "orientation_deg": 0.01, "map_rms": 1e-4},
+    # NXRefine's automatic sequence from the start UB maps the scan's reflections at least
+    # this many times worse than hklflow's refine
+    "nx_auto_ub_map_worse_by": 10.0,
+    # noise-free: with Umat = UB * Bimat fixed (the auto-indexing hand-over) its cell
+    # parametrisation finds the cell; with Umat a rotation (two reflections) it cannot
+    "structural_ub_cell_below": 1e-4, "structural_u_cell_above": 1e-2,
+}
+
+
+def settled_moves(report: dict) -> list[str]:
+    """What in `report` differs from SETTLED (the runs and presets it made)."""
+    moved = []
+    for c in report["cases"]:
+        name = c["preset"]
+        dq = c.get("geometry_check_max_dq")
+        if dq is not None and not dq < SETTLED["geometry_max_dq_below"]:
+            moved.append(f"{name}: NXRefine's Gvec against hklflow's Q {dq:.1e} 1/A")
+        b = c.get("b") or {}
+        want = SETTLED["nx_b_metric_error"].get(name)
+        if want is not None and "metric_err_nx" in b and abs(b["metric_err_nx"] - want) > 1e-3:
+            moved.append(f"{name}: NXRefine's B metric error {b['metric_err_nx']:.4f}, settled "
+                         f"{want}")
+        if b.get("metric_err_nx_transposed", 0.0) >= SETTLED["nx_b_transposed_below"]:
+            moved.append(f"{name}: NXRefine's transposed B metric error "
+                         f"{b['metric_err_nx_transposed']:.1e}")
+        for sf in b.get("structural") or []:
+            if sf is None:
+                continue
+            if sf["path"] == "UB" and not sf["cell_rel"] < SETTLED["structural_ub_cell_below"]:
+                moved.append(f"{name}: noise-free cell with the UB hand-over {sf['cell_rel']:.1e}")
+            if sf["path"] == "U" and not sf["cell_rel"] > SETTLED["structural_u_cell_above"]:
+                moved.append(f"{name}: noise-free cell with a rotation Umat {sf['cell_rel']:.1e}")
+        rows = {r["name"]: r["errors"] for r in c["rows"] if r.get("errors")}
+        for run in ("hklflow refine", "hklflow index_parent"):
+            for key, bound in SETTLED["hklflow_below"].items():
+                if run in rows and not rows[run][key] < bound:
+                    moved.append(f"{name}: {run} {key} {rows[run][key]:.1e}, settled below "
+                                 f"{bound:g}")
+        ours, theirs = rows.get("hklflow refine"), rows.get("NXRefine auto/UB")
+        if ours and theirs and not (theirs["map_rms"]
+                                    >= SETTLED["nx_auto_ub_map_worse_by"] * ours["map_rms"]):
+            moved.append(f"{name}: NXRefine auto/UB map {theirs['map_rms']:.1e} against "
+                         f"hklflow's {ours['map_rms']:.1e}")
+    return moved
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--venv", type=Path, default=HERE / ".nxrefine-venv")
@@ -721,8 +776,11 @@ def main(argv=None) -> int:
               "repeats": args.repeats, "cases": cases}
     from common import emit
 
+    report["settled_moves"] = moved = settled_moves(report)
     emit(report, table(report), args.json)
-    return 0
+    for line in moved:
+        print(f"SETTLED ANSWER MOVED: {line}", file=sys.stderr)
+    return 1 if moved else 0
 
 
 if __name__ == "__main__":

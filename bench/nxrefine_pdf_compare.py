@@ -312,6 +312,8 @@ def settled_moves(report: dict) -> list[str]:
         if got != want:
             moved.append(f"laue_functions {r['name']}: {got}, settled {want}")
     return moved
+
+
 SYMM_CASES = [
     # name, space group, cell, grid (start, step, n) for h, k, l, general position (h, k, l)
     ("hexagonal", "P 63/m m c", (5.52, 5.52, 8.83, 90, 90, 120),
