@@ -7,9 +7,9 @@ import functools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import write_text_atomically
 from .errors import ConfigError
 from .geometry import detector_shape
 from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK
@@ -245,17 +245,6 @@ class SettingsFiles:
             readable = json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
             path = str(self.folder / f"{settings_digest(readable)}.json")
             if not os.path.isfile(path):
-                self._write(path, readable)
+                write_text_atomically(path, readable)  # whole or not at all
             self._paths[text] = path
         return path
-
-    def _write(self, path: str, text: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)  # a reader sees the whole file or none
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -36,7 +36,8 @@ import numpy as np
 from ..errors import CalibrationError, FileFormatError
 from ..geometry import DetectorGeometry
 from ..provenance import file_digest
-from .h5 import detector_group, provenance_group, write_json_atomically, write_nexus_atomically
+from ..atomic import write_json_atomically
+from .h5 import detector_group, provenance_group, write_nexus_atomically
 
 OUTPUT_FILES = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
 INDEX = "index.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import FileFormatError
 from ..grid import Grid
-from .h5 import write_json_atomically
+from ..atomic import write_json_atomically
 
 
 def write_grid_file(path, grid: Grid, info: dict) -> Path:

@@ -12,19 +12,18 @@ and the provenance record.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/... with HDF5)
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..errors import FileFormatError
 from ..geometry import DetectorGeometry
 
@@ -59,32 +58,6 @@ def _nxfile_class():
 # --------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path) -> Iterator[Path]:
-    """Yield a temporary path in the folder of `path`; on a clean exit it is renamed over
-    `path`, on any exception (SIGTERM included, as steps turn it into SystemExit) it is
-    removed and `path` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomically(path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json_atomically(path, data) -> Path:
-    return write_text_atomically(path, json.dumps(data, indent=1, default=str) + "\n")
-
-
 def write_nexus_atomically(root, path, finish: Callable | None = None) -> Path:
     """Write the nexusformat tree `root` (an NXroot) to `path` atomically.
 

@@ -48,7 +48,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .h5 import atomic_path, open_h5, write_provenance_h5
+from ..atomic import atomic_path
+from .h5 import open_h5, write_provenance_h5
 from .volume import read_grid_of
 
 AXES = ("Ql", "Qk", "Qh")  # NXRefine's order: L slowest

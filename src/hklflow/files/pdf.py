@@ -33,7 +33,8 @@ from ..crystal import UnitCell
 from ..errors import FileFormatError
 from ..grid import Grid
 from ..nxrefine import transform_angles
-from .h5 import atomic_path, open_h5, text, write_provenance_h5
+from ..atomic import atomic_path
+from .h5 import open_h5, text, write_provenance_h5
 from .volume import reciprocal_lengths, write_sample_group
 
 COMPRESSION = dict(hdf5plugin.Bitshuffle(cname="lz4"))

@@ -50,7 +50,8 @@ from ..crystal import UnitCell
 from ..errors import FileFormatError, GridError
 from ..grid import AXES, Axis, Grid
 from ..nxrefine import sample_fields, transform_angles
-from .h5 import atomic_path, open_h5, text, write_provenance_h5
+from ..atomic import atomic_path
+from .h5 import open_h5, text, write_provenance_h5
 
 
 @functools.cache
