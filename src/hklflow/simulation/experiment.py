@@ -35,10 +35,10 @@ from ..geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, 
                         lorentz_zeta, q_from_directions)
 from . import frames_kernel
 from .powder import simulate_calibrant_image
+from .writers import RAW_DATASET, CbfFramesWriter, EigerScanWriter, Hdf5StackWriter
 
 log = logging.getLogger("hklflow.simulate")
 
-RAW_DATASET = "/entry/data/data"
 
 
 @dataclass(frozen=True)
@@ -356,79 +356,6 @@ def detector_defects(spec: SimulationSpec, geom: DetectorGeometry) -> tuple[np.n
 
 
 # --------------------------------------------------------------------------------------
-# Writers
-# --------------------------------------------------------------------------------------
-class Hdf5StackWriter:
-    """int32 (frames, rows, cols), one frame per chunk, bitshuffle-LZ4: as detectors write."""
-
-    def __init__(self, path: Path, nframes: int, shape: tuple[int, int]):
-        import h5py
-        import hdf5plugin
-
-        self.tmp = path.with_name(path.name + ".part")
-        self.path = path
-        self.f = h5py.File(self.tmp, "w")
-        grp = self.f.require_group("entry/data")
-        self.f["entry"].attrs["NX_class"] = "NXentry"
-        grp.attrs["NX_class"] = "NXdata"
-        grp.attrs["signal"] = "data"
-        self.dset = grp.create_dataset("data", shape=(nframes,) + tuple(shape), dtype=np.int32,
-                                       chunks=(1,) + tuple(shape),
-                                       **hdf5plugin.Bitshuffle(cname="lz4"))
-
-    def __call__(self, start: int, frames: np.ndarray):
-        self.dset[start:start + len(frames)] = frames
-
-    def close(self):
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-
-class CbfFramesWriter:
-    """One Pilatus miniCBF per frame, with the header lines DIALS's dxtbx needs."""
-
-    def __init__(self, folder: Path, stem: str, spec: SimulationSpec, geom: DetectorGeometry):
-        self.folder, self.stem, self.spec, self.geom = folder, stem, spec, geom
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def header(self, index: int) -> str:
-        g, s = self.geom, self.spec
-        p1, p2 = g.pixel_size
-        ny, _ = g.shape
-        # dxtbx puts pixel (0, 0) at the top left seen from the sample (slow axis -Y), and
-        # poni1 is measured from the bottom edge whatever the orientation, hence slow =
-        # ny - poni1/p1 (frames of orientation 2 are laid out as dxtbx reads them; those of
-        # orientation 3 look mirrored to it: docs/conventions.md).
-        beam_fast, beam_slow = g.poni2 / p2, ny - g.poni1 / p1
-        return "\n".join([
-            f"# Detector: PILATUS simulated by hklflow ({g.detector})",
-            "# 2026-11-21T00:00:00.000",
-            f"# Pixel_size {p2:.6g} m x {p1:.6g} m",
-            "# Exposure_time 0.1000000 s",
-            "# Exposure_period 0.1000000 s",
-            "# Count_cutoff 1048575 counts",
-            f"# Wavelength {s.wavelength:.5f} A",
-            f"# Detector_distance {g.dist:.5f} m",
-            f"# Beam_xy ({beam_fast:.2f}, {beam_slow:.2f}) pixels",
-            f"# Start_angle {s.phi_start + index * s.phi_step:.4f} deg.",
-            f"# Angle_increment {s.phi_step:.4f} deg.",
-        ])
-
-    def __call__(self, start: int, frames: np.ndarray):
-        import fabio.cbfimage
-
-        for i, fr in enumerate(frames):
-            n = start + i
-            img = fabio.cbfimage.CbfImage(data=fr.astype(np.int32))
-            img.header["_array_data.header_convention"] = "PILATUS_1.2"
-            img.header["_array_data.header_contents"] = self.header(n)
-            img.write(str(self.folder / f"{self.stem}_{n + 1:05d}.cbf"))
-
-    def close(self):
-        pass
-
-
-# --------------------------------------------------------------------------------------
 # The experiment directory
 # --------------------------------------------------------------------------------------
 def experiment_config(spec: SimulationSpec) -> dict:
@@ -466,14 +393,27 @@ def experiment_config(spec: SimulationSpec) -> dict:
     }
 
 
+FRAME_FORMATS = ("hdf5", "eiger", "cbf")
+
+
+def scan_data_path(sample: str, temperature_folder: str, entry: str, frame_format: str) -> str:
+    """The scans table's `data` of a scan (relative to the experiment directory)."""
+    folder = f"raw/{sample}/{temperature_folder}"
+    if frame_format == "hdf5":
+        return f"{folder}/{entry}.h5"
+    if frame_format == "eiger":
+        # the master names the scan: hklflow reads the frames from the data files beside it
+        return f"{folder}/{entry}/{entry}_master.h5"
+    return f"{folder}/{entry}/{entry}_*.cbf"
+
+
 def scans_table_rows(spec: SimulationSpec, frame_format: str) -> list[dict]:
     rows = []
     for s in spec.samples:
         for T in s.temperatures:
             for e in spec.entries:
                 tl = temperature_label(T)
-                data = (f"raw/{s.name}/{tl}/{e.name}.h5" if frame_format == "hdf5"
-                        else f"raw/{s.name}/{tl}/{e.name}/{e.name}_*.cbf")
+                data = scan_data_path(s.name, tl, e.name, frame_format)
                 row = {"sample": s.name, "temperature": f"{T:g}", "entry": e.name, "data": data,
                        "nframes": spec.nframes, "phi_start": f"{spec.phi_start:g}",
                        "phi_step": f"{spec.phi_step:g}",
@@ -493,21 +433,29 @@ CONFIG_HEADER = """\
 """
 
 
-def config_texts(spec: SimulationSpec, frame_format: str) -> dict[str, str]:
-    """The text of config/config.yaml and config/scans.tsv of a simulated experiment."""
+def scans_table_line(row: dict) -> str:
+    """One line of config/scans.tsv (newline included): the header is the line of a row's keys."""
+    return "\t".join(str(v) for v in row.values()) + "\n"
+
+
+def config_texts(spec: SimulationSpec, frame_format: str, table_rows: bool = True) -> dict[str, str]:
+    """The text of config/config.yaml and config/scans.tsv of a simulated experiment
+    (table_rows False: the scans table's header line only)."""
     text = CONFIG_HEADER.format(name=spec.name) + yaml.safe_dump(
         experiment_config(spec), sort_keys=False, default_flow_style=None, width=100)
     rows = scans_table_rows(spec, frame_format)
-    cols = list(rows[0])
-    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
-    return {"config.yaml": text, "scans.tsv": "\n".join(lines) + "\n"}
+    lines = [scans_table_line({c: c for c in rows[0]})]
+    if table_rows:
+        lines += [scans_table_line(r) for r in rows]
+    return {"config.yaml": text, "scans.tsv": "".join(lines)}
 
 
-def write_config(spec: SimulationSpec, outdir: Path, frame_format: str, overwrite: bool) -> None:
+def write_config(spec: SimulationSpec, outdir: Path, frame_format: str, overwrite: bool,
+                 table_rows: bool = True) -> None:
     """Write config/; an existing file that differs is kept (and refused) unless overwrite,
     so a user's edited configuration is never lost."""
     cfgdir = outdir / "config"
-    texts = config_texts(spec, frame_format)
+    texts = config_texts(spec, frame_format, table_rows)
     if not overwrite:
         for name, text in texts.items():
             f = cfgdir / name
@@ -531,14 +479,40 @@ def _jsonable(x):
     return x
 
 
+def scan_frames_writer(spec: SimulationSpec, outdir: Path, frame_format: str,
+                       frames_per_file: int = 100):
+    """The writer factory (sample, temperature, entry, true geometry) -> writer that puts a
+    scan's frames where the scans table says, all at once."""
+    def make(sample: SampleModel, T: float, entry: EntryModel, geom: DetectorGeometry):
+        folder = outdir / "raw" / sample.name / temperature_label(T)
+        if frame_format == "hdf5":
+            folder.mkdir(parents=True, exist_ok=True)
+            return Hdf5StackWriter(folder / f"{entry.name}.h5", spec.nframes, geom.shape)
+        if frame_format == "eiger":
+            return EigerScanWriter(folder / entry.name, entry.name, spec, entry, geom,
+                                   detector_defects(spec, geom)[0], frames_per_file, atomic=True)
+        return CbfFramesWriter(folder / entry.name, entry.name, spec, geom)
+    return make
+
+
 def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5",
-                        overwrite: bool = False) -> dict:
-    """Write config/, raw/ and truth.json of a simulated experiment into outdir."""
-    if frame_format not in ("hdf5", "cbf"):
-        raise ValueError(f"frame_format must be 'hdf5' or 'cbf', got {frame_format!r}")
+                        overwrite: bool = False, *, frames_per_file: int = 100,
+                        frames_writer=None, table_rows: bool = True) -> dict:
+    """Write config/, raw/ and truth.json of a simulated experiment into outdir.
+
+    frames_per_file: frames per data file of the 'eiger' format.  frames_writer: a factory
+    (sample, temperature, entry, true geometry) -> writer to send the frames elsewhere (the
+    acquisition mode's cache; default: raw/).  table_rows False writes only the scans
+    table's header (the acquisition mode appends each row when its scan starts).
+    """
+    if frame_format not in FRAME_FORMATS:
+        raise ValueError(f"frame_format must be one of {', '.join(FRAME_FORMATS)}; "
+                         f"got {frame_format!r}")
     outdir = Path(outdir)
     t0 = time.monotonic()
-    write_config(spec, outdir, frame_format, overwrite)
+    write_config(spec, outdir, frame_format, overwrite, table_rows)
+    if frames_writer is None:
+        frames_writer = scan_frames_writer(spec, outdir, frame_format, frames_per_file)
     cal = spec.calibration()
     rng = np.random.default_rng(spec.seed)
     powder = simulate_calibrant_image(cal, spec.calibrant, rng,
@@ -584,13 +558,7 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
             for entry in spec.entries:
                 st, scan = predict_scan_reflections(spec, sample, T, entry)
                 tl = temperature_label(T)
-                if frame_format == "hdf5":
-                    path = outdir / "raw" / sample.name / tl / f"{entry.name}.h5"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    writer = Hdf5StackWriter(path, spec.nframes, st.geometry.shape)
-                else:
-                    writer = CbfFramesWriter(outdir / "raw" / sample.name / tl / entry.name,
-                                             entry.name, spec, st.geometry)
+                writer = frames_writer(sample, T, entry, st.geometry)
                 render_scan(spec, sample, T, entry, st, scan, writer, defects)
                 writer.close()
                 done += 1
