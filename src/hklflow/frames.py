@@ -59,8 +59,8 @@ from .codec import (CompressedFrames, bitshuffle_lz4_only, codec_for, read_chunk
                     stored_frames)
 from .errors import RawDataError
 from .images import open_hdf5, read_fabio, read_image
-from .rawfiles import (DEFAULT_DATASET, FrameSource, changed_files, fingerprint, is_hdf5_path,
-                       matching_files)
+from .rawfiles import (DEFAULT_DATASET, FrameSource, changed_files, fingerprint, is_eiger_master,
+                       is_hdf5_path, matching_files)
 
 __all__ = ["DEFAULT_DATASET", "CompressedFrames", "FrameSource", "FrameStack", "RawScan",
            "check_readable", "frame_reader", "inspect_raw_scan", "open_frame_source",
@@ -124,6 +124,11 @@ def resolve_files(data: str, base_dir=".") -> list[str]:
     """The files named by `data` (a path or glob pattern, relative to base_dir), in
     natural order, as absolute paths; RawDataError when there are none."""
     files = matching_files(data, base_dir)
+    if is_eiger_master(data) and files:
+        files = files[1:]  # the frames are in the data files (the master: metadata, links)
+        if not files:
+            raise RawDataError(f"{os.path.join(os.fspath(base_dir), data)}: an EIGER master file "
+                               "without data files beside it (PREFIX_data_000001.h5, ...)")
     if not files:
         pattern = data if os.path.isabs(data) else os.path.join(os.fspath(base_dir), data)
         if glob.has_magic(data):
@@ -403,7 +408,8 @@ class _HDF5Stack(FrameStack):
                 raise RawDataError(f"{name}: monitor {path} must be a 1-D dataset with one value "
                                    f"per frame, got {getattr(obj, 'shape', type(obj).__name__)}")
             try:
-                values = np.asarray(obj[()], dtype=np.float64)
+                # a scan being collected: the values of the frames taken (more may be there)
+                values = np.asarray(obj[:n] if self.source.growing else obj[()], dtype=np.float64)
             except Exception as exc:
                 raise RawDataError(f"{name}: monitor {path} cannot be read: {exc}") from None
             parts.append((name, values, n))
@@ -450,8 +456,8 @@ class _FileStack(FrameStack):
 # --------------------------------------------------------------------------------------
 # Opening
 # --------------------------------------------------------------------------------------
-def _open_h5(path: str) -> h5py.File:
-    return open_hdf5(path, RawDataError)
+def _open_h5(path: str, swmr: bool = False) -> h5py.File:
+    return open_hdf5(path, RawDataError, swmr=swmr)
 
 
 def _datasets_3d(f, limit: int = 5) -> list[str]:
@@ -482,12 +488,18 @@ def _check_virtual_sources(path: str, dset) -> None:
                                f"{vs.file_name} does not exist")
 
 
-def _open_hdf5_files(files: Sequence[str], dataset: str):
+def _open_hdf5_files(files: Sequence[str], dataset: str, first_frames: int | None = None):
+    """The stack of `files` at `dataset`; with first_frames, a scan still being collected:
+    its files opened as an SWMR reader, in order, until they hold first_frames frames (the
+    files after them, perhaps still being written, are not touched)."""
     handles = []
+    growing = first_frames is not None
     try:
         counts, shape, dtype = [], None, None
         for path in files:
-            f = _open_h5(path)
+            if growing and sum(counts) >= first_frames:
+                break
+            f = _open_h5(path, swmr=growing)
             handles.append((f, None))
             try:
                 dset = f[dataset]
@@ -517,12 +529,27 @@ def _open_hdf5_files(files: Sequence[str], dataset: str):
                                    f"{files[0]}")
             counts.append(int(dset.shape[0]))
         dtype = np.result_type(*[d.dtype for _, d in handles])
-        source = FrameSource("hdf5", tuple(files), dataset, tuple(counts), shape, dtype.str)
+        if growing:
+            counts = _first_frames(counts, first_frames)
+        source = FrameSource("hdf5", tuple(files[:len(counts)]), dataset, tuple(counts), shape,
+                             dtype.str, growing=growing)
         return _HDF5Stack(source, handles)
     except BaseException:
         for f, _ in handles:
             f.close()
         raise
+
+
+def _first_frames(counts: Sequence[int], first_frames: int) -> list[int]:
+    """Frames per file of a scan's first first_frames frames (the files that hold them);
+    as many as there are when the files hold fewer (the caller checks the count)."""
+    kept, total = [], 0
+    for n in counts:
+        if total >= first_frames:
+            break
+        kept.append(min(int(n), first_frames - total))
+        total += kept[-1]
+    return kept
 
 
 def _open_frame_files(files: Sequence[str]):
@@ -538,6 +565,11 @@ def _open_frame_files(files: Sequence[str]):
 
 
 def _check_count(stack: FrameStack, expected_frames: int | None, what: str) -> None:
+    if stack.source.growing and stack.nframes < int(expected_frames):
+        stack.close()
+        raise RawDataError(f"{what}: found {stack.nframes} frames, expected at least "
+                           f"{int(expected_frames)} (the scan is still being collected: "
+                           "frames that had landed are gone, the file truncated or replaced?)")
     if expected_frames is not None and stack.nframes != int(expected_frames):
         unit = "files" if stack.kind == "files" else "frames"
         stack.close()
@@ -546,21 +578,29 @@ def _check_count(stack: FrameStack, expected_frames: int | None, what: str) -> N
 
 
 def open_frames(data: str, dataset: str = DEFAULT_DATASET, *, base_dir=".",
-                expected_frames: int | None = None) -> FrameStack:
+                expected_frames: int | None = None, first_frames: int | None = None) -> FrameStack:
     """Open the raw frames named by `data` (relative to base_dir) read-only.
 
     data: an HDF5 file (or a glob of HDF5 files, stacked in natural order) with the frames
     at `dataset`, or a glob pattern of single-frame files read with fabio.  With
     expected_frames, a different frame count is a RawDataError giving both numbers.
+    first_frames: a scan still being collected, of which the stack holds the first
+    first_frames frames (fewer are a RawDataError); its source is `growing`.
     """
     data = os.fspath(data)
     files = resolve_files(data, base_dir)
+    if first_frames is not None:
+        expected_frames = first_frames
     if is_hdf5_path(data):
-        stack = _open_hdf5_files(files, dataset or DEFAULT_DATASET)
+        stack = _open_hdf5_files(files, dataset or DEFAULT_DATASET, first_frames)
         what = files[0] if len(files) == 1 else f"{data} ({len(files)} HDF5 files)"
         what += f" dataset {stack.dataset}"
     else:
+        if first_frames is not None:
+            files = files[:first_frames]
         stack = _open_frame_files(files)
+        if first_frames is not None:
+            stack.source = replace(stack.source, growing=True)
         what = files[0] if len(files) == 1 else f"{data} ({len(files)} frame files)"
     _check_count(stack, expected_frames, what)
     return stack
@@ -586,6 +626,8 @@ def open_frame_source(source: FrameSource, *, check: bool = True, read_threads: 
                 "differ from what ingest recorded, whatever the modification time says): run "
                 "ingest_scan for this scan again (snakemake --forcerun ingest_scan, or delete its "
                 "scan.nxs) so that every result is made from the data as they are now")
+    if source.growing:
+        return _open_growing_source(source, read_threads, compiled_decompression)
     if source.kind == "hdf5":
         stack = _open_hdf5_files(files, source.dataset or DEFAULT_DATASET)
     else:
@@ -602,6 +644,28 @@ def open_frame_source(source: FrameSource, *, check: bool = True, read_threads: 
             stack.close()
             raise RawDataError(f"{files[0]}: frames are {stack.frame_shape} now, "
                                f"{tuple(source.frame_shape)} when they were ingested")
+    stack.read_threads = max(1, int(read_threads))
+    stack.compiled_decompression = bool(compiled_decompression)
+    return stack
+
+
+def _open_growing_source(source: FrameSource, read_threads: int,
+                         compiled_decompression: bool) -> FrameStack:
+    """The recorded first frames of a scan still being collected: its files hold at least
+    as many frames as ingest saw (more have landed since: not read), of the same shape."""
+    if source.kind == "hdf5":
+        stack = _open_hdf5_files(source.files, source.dataset or DEFAULT_DATASET, source.nframes)
+    else:
+        stack = _open_frame_files(source.files)
+    for f, n_now, n_then in zip(source.files, stack.source.frames_per_file, source.frames_per_file):
+        if n_now < n_then:
+            stack.close()
+            raise RawDataError(f"{f}: has {n_now} frames now, {n_then} when they were ingested "
+                               "(truncated or replaced while the scan was being collected?)")
+    if tuple(stack.frame_shape) != tuple(source.frame_shape):
+        stack.close()
+        raise RawDataError(f"{source.files[0]}: frames are {stack.frame_shape} now, "
+                           f"{tuple(source.frame_shape)} when they were ingested")
     stack.read_threads = max(1, int(read_threads))
     stack.compiled_decompression = bool(compiled_decompression)
     return stack
@@ -640,12 +704,15 @@ class RawScan:
 
 def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
                      monitor: str = "", base_dir=".", check_frames=(0, -1),
-                     chunk_frames: int = 16, log=None) -> RawScan:
+                     chunk_frames: int = 16, in_progress: bool = False, log=None) -> RawScan:
     """Open a scan's raw frames read-only and check them: frame count = nframes, frame shape
     = the detector's, the listed frames (or "all") readable, the monitor one value per
-    frame; fingerprint every file (hklflow.rawfiles)."""
+    frame; fingerprint every file (hklflow.rawfiles).  in_progress: a scan still being
+    collected, of which the first nframes frames are taken (its files, still growing, are
+    not fingerprinted)."""
     log = log or logging.getLogger(__name__)
-    with open_frames(data, dataset, base_dir=base_dir, expected_frames=nframes) as stack:
+    with open_frames(data, dataset, base_dir=base_dir, expected_frames=nframes,
+                     first_frames=nframes if in_progress else None) as stack:
         log.info("raw data: %r", stack)
         if tuple(stack.frame_shape) != tuple(detector_shape):
             raise RawDataError(f"{stack.files[0]}: frames are {stack.frame_shape[0]}x"
@@ -662,5 +729,7 @@ def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
             if bad:
                 log.warning("monitor %s is <= 0 on %d of %d frames", monitor, bad, values.size)
         source = stack.source
+    if source.growing:
+        return RawScan(source, values)
     prints = tuple(fingerprint(f) for f in source.files)
     return RawScan(replace(source, fingerprints=prints), values)

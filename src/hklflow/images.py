@@ -17,10 +17,12 @@ from .files.h5 import open_h5
 from .rawfiles import DEFAULT_DATASET, is_hdf5_path
 
 
-def open_hdf5(path: str, error=RawDataError) -> h5py.File:
-    """files.h5.open_h5 (read-only), with `error` naming the file when it cannot open."""
+def open_hdf5(path: str, error=RawDataError, *, swmr: bool = False) -> h5py.File:
+    """files.h5.open_h5 (read-only), with `error` naming the file when it cannot open.
+    swmr: as a reader of a file a detector may still be writing (SWMR), whose frames so far
+    it then sees consistently (a file that is not being written opens the same)."""
     try:
-        return open_h5(path)
+        return open_h5(path, swmr=True) if swmr else open_h5(path)
     except FileNotFoundError:
         what = "raw data file" if error is RawDataError else "file"
         raise error(f"{path}: {what} does not exist") from None

@@ -31,6 +31,8 @@ class FrameSource:
     kind is "hdf5" (each file holds a (n, rows, cols) stack at `dataset`) or "files"
     (one frame per file, in the listed order).  files are absolute paths.  fingerprints:
     one hklflow.rawfiles.fingerprint per file as ingest saw it (empty: not recorded).
+    growing: the first frames of a scan still being collected (hklflow watch): the files
+    may hold more frames than frames_per_file says, and only those are read.
     """
 
     kind: str
@@ -40,6 +42,7 @@ class FrameSource:
     frame_shape: tuple[int, int]
     dtype: str
     fingerprints: tuple = ()
+    growing: bool = False
 
     def __post_init__(self):
         if self.kind not in ("hdf5", "files"):
@@ -63,12 +66,30 @@ def natural_key(text: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
 
 
+EIGER_MASTER_SUFFIX = "_master.h5"  # DECTRIS: PREFIX_master.h5 beside PREFIX_data_00000N.h5
+
+
+def is_eiger_master(data) -> bool:
+    return str(data).endswith(EIGER_MASTER_SUFFIX)
+
+
+def eiger_data_files(master: str) -> list[str]:
+    """The data files beside an EIGER master file, in order (by DECTRIS's naming: the
+    master links them by these names)."""
+    prefix = master[:-len(EIGER_MASTER_SUFFIX)]
+    return sorted((f for f in glob.glob(glob.escape(prefix) + "_data_[0-9]*.h5")
+                   if os.path.isfile(f)), key=natural_key)
+
+
 def matching_files(data: str, base_dir=".") -> list[str]:
     """The files `data` names (a path or a glob pattern, relative to base_dir), in natural
-    order, as given (relative stays relative); [] when there are none."""
+    order, as given (relative stays relative); [] when there are none.  An EIGER master
+    file names itself and its data files."""
     pattern = os.path.normpath(os.path.join(os.fspath(base_dir), data))
     if glob.has_magic(data):
         return sorted((f for f in glob.glob(pattern) if os.path.isfile(f)), key=natural_key)
+    if is_eiger_master(data) and os.path.isfile(pattern):
+        return [pattern] + eiger_data_files(pattern)
     return [pattern] if os.path.isfile(pattern) else []
 
 

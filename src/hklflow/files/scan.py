@@ -39,6 +39,9 @@ entry's geometry together (geometry.EntrySetup)::
         raw_file_size, raw_file_mtime_ns, raw_file_sampled_sha256
                                       fingerprint of each raw file (hklflow.rawfiles)
         @raw_kind ("hdf5" | "files"), @raw_dataset, @frame_dtype
+        @planned_frames               only while the scan is still being collected (hklflow
+                                      watch): the frames it will have; the file records its
+                                      first n, and no fingerprints (the raw files grow)
      process                          NXprocess: program, version, date,
         note                          NXnote, type application/json: the provenance record
 
@@ -79,6 +82,16 @@ class ScanRecord:
     monitor: np.ndarray | None = field(default=None, repr=False)
     calibration: dict = field(default_factory=dict, repr=False)  # name, version, file, digest, poni
     provenance: dict = field(default_factory=dict, repr=False)
+    planned_frames: int = 0  # frames of the whole scan while it is being collected; 0: complete
+
+    @property
+    def in_progress(self) -> bool:
+        return self.planned_frames > self.nframes
+
+    @property
+    def landed_fraction(self) -> float:
+        """The part of the scan these frames are (1 once it is complete)."""
+        return self.nframes / self.planned_frames if self.in_progress else 1.0
 
     @property
     def entry(self) -> str:
@@ -183,6 +196,8 @@ def _data(row, source: FrameSource, monitor, base: Path):
     data.attrs["raw_kind"] = source.kind
     data.attrs["raw_dataset"] = source.dataset or ""
     data.attrs["frame_dtype"] = np.dtype(source.dtype).str
+    if row.in_progress:
+        data.attrs["planned_frames"] = int(row.planned_frames)
     data.attrs["axes"] = ["frame_number", "y_pixel", "x_pixel"]
     data.attrs["rotation_angle_indices"] = 0
     if source.kind == "hdf5":
@@ -196,7 +211,7 @@ def _link_frames(h5, entry_name: str, source: FrameSource, base: Path) -> None:
         return
     dataset = source.dataset or DEFAULT_DATASET
     where = f"/{entry_name}/data/data"
-    if len(source.files) == 1:
+    if len(source.files) == 1 and not source.growing:  # (growing: the first frames only)
         h5[where] = h5py.ExternalLink(_relpath(source.files[0], base), dataset)
         return
     rows, cols = source.frame_shape
@@ -282,7 +297,8 @@ def _frame_source(ent, path) -> FrameSource:
         for s, m, h in zip(np.atleast_1d(get(data, "raw_file_size", path)),
                            np.atleast_1d(get(data, "raw_file_mtime_ns", path)),
                            strings(get(data, "raw_file_sampled_sha256", path))))
-    return FrameSource(kind, files, dataset, counts, shape, dtype, fingerprints)
+    growing = int(data.attrs.get("planned_frames", 0)) > 0
+    return FrameSource(kind, files, dataset, counts, shape, dtype, fingerprints, growing)
 
 
 def _goniometer(gon, path) -> tuple[Goniometer, dict]:
@@ -324,4 +340,5 @@ def read_scan_file(path, entry: str | None = None) -> ScanRecord:
             monitor=ent["data/monitor"][()] if "monitor" in ent["data"] else None,
             calibration={k[len("calibration_"):]: text(det[k][()]) for k in det
                          if k.startswith("calibration_")},
-            provenance=provenance_of(ent, path))
+            provenance=provenance_of(ent, path),
+            planned_frames=int(ent["data"].attrs.get("planned_frames", 0)))

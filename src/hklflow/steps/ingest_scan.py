@@ -48,8 +48,12 @@ def run(args, log) -> None:
                                                   args.settings["detector_orientation"])
     log.info("scan %s: %s, %d frames, phi %g + %g/frame, detector shift %s m", row.id,
              row.data, row.nframes, row.angles.start, row.angles.step, row.detector_shift)
+    if row.in_progress:
+        log.info("scan %s is being collected: its first %d of %d frames (%.0f%%)", row.id,
+                 row.nframes, row.planned_frames, 100 * row.landed_fraction)
     raw = inspect_raw_scan(row.data, row.dataset, row.nframes, calibration.shape,
-                           monitor=row.monitor, check_frames=args.check_frames, log=log)
+                           monitor=row.monitor, check_frames=args.check_frames,
+                           in_progress=row.in_progress, log=log)
     setup = EntrySetup(row.entry, calibration, row.detector_shift, goniometer, row.angles,
                        row.offsets)
     record = {"name": row.calibration, "version": read_version_file(args.version, args.poni),
