@@ -6,21 +6,24 @@ import shutil
 
 import h5py
 import numpy as np
+import pytest
 
 from hklflow.files.orientation import read_orientation_file
+from hklflow.files.scan import read_scan_file
 from hklflow.steps import refine_temperature
 
 from conftest import step_settings
+from test_preview import in_progress
 
 D = "results/tiny/300K"
 
 
-def run(root, parent, out="refined.nxs", png="refined.png"):
+def run(root, parent, out="refined.nxs", png="refined.png", f2_scan=f"{D}/f2/scan.nxs"):
     return refine_temperature.main(["--settings", step_settings(root, "refine_temperature"),
                                     "--parent", str(parent),
-                                    "--scans", f"{D}/f1/scan.nxs", f"{D}/f2/scan.nxs",
+                                    "--scans", f"{D}/f1/scan.nxs", str(f2_scan),
                                     "--peaks", f"{D}/f1/peaks.nxs", f"{D}/f2/peaks.nxs",
-                                    "--out", out, "--png", png])
+                                    "--out", str(out), "--png", str(png)])
 
 
 def test_the_parent_temperature_refined_from_its_own_parent(tiny_300k, tiny_truth, monkeypatch):
@@ -37,6 +40,10 @@ def test_the_parent_temperature_refined_from_its_own_parent(tiny_300k, tiny_trut
     assert np.abs(np.array(ori.cell[:3]) / np.array(true["cell"][:3]) - 1).max() < 1e-3
     assert ori.statistics["fraction_indexed"] > 0.95
     assert (tiny_300k / "refined.png").stat().st_size > 10_000
+    # made from complete scans: nothing about previews in the file
+    assert not ori.provisional and ori.landed == ()
+    with h5py.File(tiny_300k / "refined.nxs", "r") as f:
+        assert "preview" not in f["orientation/refinement"]
 
 
 def test_a_parent_of_another_sample_is_refused(tiny_300k, capsys, monkeypatch, tmp_path):
@@ -50,3 +57,38 @@ def test_a_parent_of_another_sample_is_refused(tiny_300k, capsys, monkeypatch, t
     err = capsys.readouterr().err
     assert "is the orientation of sample 'not_tiny', not of 'tiny'" in err, err
     assert not (tiny_300k / "bad.nxs").exists() and not (tiny_300k / "bad.png").exists()
+
+
+@pytest.fixture
+def titles(monkeypatch):
+    """The title of every picture drawn, as drawn."""
+    from hklflow import pictures
+
+    drawn, save = [], pictures._save_tight
+
+    def recording(fig, path, *a, **k):
+        drawn.append(fig._suptitle.get_text())
+        return save(fig, path, *a, **k)
+    monkeypatch.setattr(pictures, "_save_tight", recording)
+    return drawn
+
+
+def test_an_orientation_from_a_scan_in_progress_is_provisional(tiny_300k, monkeypatch,
+                                                                tmp_path, titles):
+    """A scan in progress makes the orientation provisional (its file says from what, its
+    picture too); a temperature refined from a provisional parent is provisional too."""
+    monkeypatch.chdir(tiny_300k)
+    n = read_scan_file(tiny_300k / D / "f2/scan.nxs").nframes
+    f2 = in_progress(tiny_300k, tiny_300k / D / "f2/scan.nxs", tmp_path / "scan.nxs", 2 * n)
+    assert run(tiny_300k, tiny_300k / D / "orientation.nxs", out=tmp_path / "preview.nxs",
+               png=tmp_path / "preview.png", f2_scan=f2) == 0
+    ori = read_orientation_file(tmp_path / "preview.nxs")
+    assert ori.provisional and ori.landed == ({"scan": "tiny/300K/f2", "frames": n,
+                                               "planned": 2 * n},)
+    assert titles[-1].endswith("\nprovisional orientation (from f2 50% of its frames)")
+    # complete scans, a provisional parent
+    assert run(tiny_300k, tmp_path / "preview.nxs", out=tmp_path / "child.nxs",
+               png=tmp_path / "child.png") == 0
+    child = read_orientation_file(tmp_path / "child.nxs")
+    assert child.provisional and child.landed == ori.landed
+    assert titles[-1].endswith("\nprovisional orientation (from f2 50% of its frames)")

@@ -204,3 +204,44 @@ def test_parts_without_intensity_are_summed(experiment):
     assert np.array_equal(got.weight, v.weight) and "adopted" not in got.notes
     np.testing.assert_array_equal(got.intensity()[v.weight > 0],
                                   (v.signal / np.where(v.weight > 0, v.weight, 1))[v.weight > 0])
+
+
+@pytest.fixture
+def titles(monkeypatch):
+    """The title of every picture drawn, as drawn."""
+    from hklflow import pictures
+
+    drawn, save = [], pictures._save_tight
+
+    def recording(fig, path, *a, **k):
+        drawn.append(fig._suptitle.get_text())
+        return save(fig, path, *a, **k)
+    monkeypatch.setattr(pictures, "_save_tight", recording)
+    return drawn
+
+
+def test_a_preview_says_how_much_of_its_scan_it_holds(experiment, titles):
+    """Parts of a scan in progress (their notes as transform_frames writes them): the sum's
+    notes keep their record and its picture's title says what fraction it holds; parts of
+    a complete scan add nothing to either."""
+    import json
+
+    grid = small_grid()
+    landed = {"scan": "tetra/300K/f1", "frames": 30, "planned": 90}
+    for name, extra in (("preview", {"landed": landed}), ("complete", {})):
+        paths = []
+        for i in range(2):
+            v = random_volume(grid, 40 + i, sample_=sample())
+            v.notes = {"scan": "tetra/300K/f1", **extra}
+            paths.append(experiment / f"{name}{i}.nxs")
+            write_volume(paths[-1], v, {"program": "test"})
+        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"),
+                                "--title", "tetra/300K/f1", "--inputs", *paths,
+                                "--out", f"out/{name}.nxs", "--png", f"out/{name}.png"])
+        assert rc == 0
+    preview, complete = (read_volume_header(experiment / f"out/{n}.nxs").notes
+                         for n in ("preview", "complete"))
+    assert [i["notes"]["landed"] for i in preview["inputs"]] == [landed, landed]
+    assert titles == ["tetra/300K/f1 (2 volumes summed)\nPREVIEW: f1 33% of its frames",
+                      "tetra/300K/f1 (2 volumes summed)"]
+    assert "landed" not in json.dumps(complete) and "PREVIEW" not in titles[1]

@@ -263,3 +263,50 @@ def _bricked_index(g, l, k, h):
     bk, bh = int(g.nbricks[1]), int(g.nbricks[2])
     brick = ((l // b) * bk + k // b) * bh + h // b
     return brick * b ** 3 + ((l % b) * b + k % b) * b + h % b
+
+
+def test_parts_of_a_scan_in_progress_say_so_and_complete_ones_say_nothing(tiny_300k, tmp_path,
+                                                                         monkeypatch):
+    """The parts of a scan still being collected record in their notes what part of it they
+    hold (hklflow.preview), and the mask's picture says it; a complete scan's parts
+    record nothing about previews."""
+    from hklflow import pictures
+    from hklflow.files.grid import write_grid_file
+    from hklflow.files.scan import read_scan_file
+    from hklflow.files.volume import read_volume_header
+    from hklflow.grid import Axis, Grid
+    from hklflow.steps import mask_scan, transform_frames
+
+    from test_preview import in_progress
+
+    titles, save = [], pictures._save_tight
+
+    def recording(fig, path, *a, **k):
+        titles.append(fig._suptitle.get_text())
+        return save(fig, path, *a, **k)
+    monkeypatch.setattr(pictures, "_save_tight", recording)
+    monkeypatch.chdir(tiny_300k)
+    d = tiny_300k / "results/tiny/300K"
+    n = read_scan_file(d / "f2/scan.nxs").nframes
+    scans = {"complete": d / "f2/scan.nxs",
+             "preview": in_progress(tiny_300k, d / "f2/scan.nxs", tmp_path / "scan.nxs", 4 * n)}
+    write_grid_file(tmp_path / "grid.json", Grid(*(Axis(-4.0, 0.5, 17) for _ in range(3))), {})
+    notes = {}
+    for name, scan in scans.items():
+        inputs = ["--scan", str(scan), "--orientation", str(d / "orientation.nxs")]
+        mask = str(tmp_path / f"{name}_mask.nxs")
+        assert mask_scan.main(["--settings", step_settings(tiny_300k, "mask_scan"), *inputs,
+                               "--peaks", str(d / "f2/peaks.nxs"), "--out", mask,
+                               "--png", str(tmp_path / f"{name}_mask.png")]) == 0
+        out = [str(tmp_path / f"{name}_{kind}.nxs") for kind in ("transform", "masked")]
+        assert transform_frames.main(["--settings", step_settings(tiny_300k, "transform_frames"),
+                                      *inputs, "--grid", str(tmp_path / "grid.json"),
+                                      "--mask", mask, "--frames", "0-4", "--out", *out]) == 0
+        notes[name] = [read_volume_header(p).notes for p in out]
+    assert titles[0].count("PREVIEW") == 0
+    assert titles[1].endswith("\nPREVIEW: f2 25% of its frames")
+    for part in notes["preview"]:
+        assert part["landed"] == {"scan": "tiny/300K/f2", "frames": n, "planned": 4 * n}
+        assert "provisional_orientation" not in part  # the orientation is of complete scans
+    for part in notes["complete"]:
+        assert "landed" not in json.dumps(part) and "provisional" not in json.dumps(part)

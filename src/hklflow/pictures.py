@@ -60,6 +60,12 @@ def _save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     matplotlib.image.imsave(path, image, format="png", dpi=dpi, pil_kwargs=PNG)
 
 
+def _with_preview(title: str, preview: str) -> str:
+    """A title with the preview's label (hklflow.preview.preview_label) as its last line;
+    unchanged without one."""
+    return f"{title}\n{preview}" if preview else title
+
+
 def _margins(fig, wspace: float, hspace: float = 0.2) -> None:
     """Room around and between the panels of a row of plots, drawn once (fig.tight_layout
     measures every label with a draw of its own); the margins in inches are
@@ -154,7 +160,7 @@ def plot_calibration(path, result, params, image,
 # --------------------------------------------------------------------------------------
 # Peak search (find_peaks)
 # --------------------------------------------------------------------------------------
-def plot_peaks(result, title: str, path) -> None:
+def plot_peaks(result, title: str, path, preview: str = "") -> None:
     p = result.peaks
     fig = _new_figure((16, 5.2))
     ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.1, 1, 1.2]})
@@ -178,7 +184,7 @@ def plot_peaks(result, title: str, path) -> None:
     ax2.set_ylabel("strong pixels per frame", color="tab:red")
     ax[2].set(title="per-frame statistics", xlabel="frame", ylabel="relative")
     ax[2].legend(loc="lower left", fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(_with_preview(title, preview))
     _margins(fig, wspace=0.25)
     _save_tight(fig, path, 90)
 
@@ -186,7 +192,7 @@ def plot_peaks(result, title: str, path) -> None:
 # --------------------------------------------------------------------------------------
 # Orientation (index_parent, refine_temperature)
 # --------------------------------------------------------------------------------------
-def plot_residuals(result, title: str, path) -> None:
+def plot_residuals(result, title: str, path, preview: str = "") -> None:
     fig = _new_figure((16, 5))
     ax = fig.subplots(1, 3)
     for e, res, used in zip(result.entries, result.residuals, result.used):
@@ -205,8 +211,9 @@ def plot_residuals(result, title: str, path) -> None:
     ax[2].set(title=f"pixel residuals (rms {result.rms_px:.3f} px)", xlabel="dx (pixel)",
               ylabel="dy (pixel)", aspect="equal")
     c = result.model.crystal.cell
-    fig.suptitle(f"{title}: {result.n_used} peaks, {result.fraction_indexed:.1%} indexed; cell "
-                 + " ".join(f"{v:.5f}" for v in c.parameters))
+    fig.suptitle(_with_preview(f"{title}: {result.n_used} peaks, {result.fraction_indexed:.1%} "
+                               "indexed; cell " + " ".join(f"{v:.5f}" for v in c.parameters),
+                               preview))
     _margins(fig, wspace=0.3)
     _save_tight(fig, path, 90)
 
@@ -236,7 +243,7 @@ def _reduced_log_image(image) -> tuple[np.ndarray, tuple]:
     return img, _block_extent(rows, cols, s)
 
 
-def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
+def plot_mask(result, title: str, path, max_ellipses: int = 3000, preview: str = "") -> None:
     """Left: the pixel mask (colours by reason) over the scan's maximum projection (log),
     with the Bragg regions projected on the detector as ellipses (when there are at most
     max_ellipses of them); middle: the Bragg mask seen along the frames (in how many frames
@@ -308,10 +315,11 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000) -> None:
         ax[2].plot(np.arange(m.nframes) + 0.5, 100 * result.masked_per_frame / usable, lw=0.8)
     ax[2].set(xlabel="frame", ylabel="usable pixels inside a Bragg region (%)",
               title="Bragg mask per frame")
-    fig.suptitle(f"{title}: gaps {st['pixels_gap']}, hot {st['pixels_hot']}, dead {st['pixels_dead']}, "
-                 f"user {st['pixels_user']} pixels; regions {st['regions_found']} found, "
-                 f"{st['regions_predicted']} predicted: {100 * st['bragg_fraction']:.3f}% of the usable "
-                 f"pixel-frames; hkl_radius {m.hkl_radius:g} r.l.u. (applied by the transform)")
+    fig.suptitle(_with_preview(
+        f"{title}: gaps {st['pixels_gap']}, hot {st['pixels_hot']}, dead {st['pixels_dead']}, "
+        f"user {st['pixels_user']} pixels; regions {st['regions_found']} found, "
+        f"{st['regions_predicted']} predicted: {100 * st['bragg_fraction']:.3f}% of the usable "
+        f"pixel-frames; hkl_radius {m.hkl_radius:g} r.l.u. (applied by the transform)", preview))
     _margins(fig, wspace=0.3)
     _save_tight(fig, path, 80)
 
@@ -381,7 +389,8 @@ def _angle_note(cell, u, v) -> str:
     return f"{u}* ^ {v}* = {ang:.1f} deg, to scale"
 
 
-def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -> list[str]:
+def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None,
+                preview: str = "") -> list[str]:
     """PNG of the slices (list of {h|k|l: value}) of a Volume, KeptPlanes or volume file
     (opened once for all of them).  Slices outside the grid are left out with a warning;
     returns the labels of the slices drawn."""
@@ -417,7 +426,7 @@ def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -
         ax.text(0.5, 0.5, "no slice inside the grid:\n" + ", ".join(str(s) for s in slices),
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    fig.suptitle(title)
+    fig.suptitle(_with_preview(title, preview))
     fig.subplots_adjust(wspace=0.35, hspace=0.35)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -425,7 +434,8 @@ def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None) -
     return [sl.label for sl in drawn]
 
 
-def plot_series(volumes, spec, png, title: str, cell=None, log=None) -> list[str]:
+def plot_series(volumes, spec, png, title: str, cell=None, log=None,
+                preview: str = "") -> list[str]:
     """PNG of the slice `spec` ({h|k|l: value}) of every volume file, side by side on one
     colour scale; volumes: [(temperature label, path)] in the order drawn.  Returns the
     labels drawn."""
@@ -466,7 +476,9 @@ def plot_series(volumes, spec, png, title: str, cell=None, log=None) -> list[str
         _plain_log_ticks(fig.colorbar(im, ax=axes, extend="both", shrink=0.8,
                                       label="intensity (log, common scale)"))
     first = next((sl for _, _, sl in panels if sl is not None), None)
-    fig.suptitle(f"{title} {'/'.join(kinds)}: {first.describe() + ', ' + first.label if first else spec}")
+    fig.suptitle(_with_preview(f"{title} {'/'.join(kinds)}: "
+                               f"{first.describe() + ', ' + first.label if first else spec}",
+                               preview))
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     _save_tight(fig, png, 100)
@@ -533,7 +545,7 @@ def _origin_mask(uu, vv, u, v, w_value, cell, radius_angstrom=1.0):
     return X * X + Y * Y + (w_value * w_len) ** 2 < radius_angstrom ** 2
 
 
-def plot_pdf(pdf, slices, path, title: str, log=None) -> list[str]:
+def plot_pdf(pdf, slices, path, title: str, log=None, preview: str = "") -> list[str]:
     """PNG of the planes (list of {x|y|z: value}, lattice units) of a PDF, to scale in
     Angstrom (skewed for non-orthogonal cells), each on a colour scale symmetric about 0
     (red positive, blue negative; the origin peak saturates).  Returns the planes drawn."""
@@ -563,7 +575,7 @@ def plot_pdf(pdf, slices, path, title: str, log=None) -> list[str]:
         ax.text(0.5, 0.5, "no plane inside the PDF:\n" + ", ".join(str(s) for s in slices),
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(_with_preview(title, preview), fontsize=11)
     fig.subplots_adjust(wspace=0.3, hspace=0.35)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -571,7 +583,8 @@ def plot_pdf(pdf, slices, path, title: str, log=None) -> list[str]:
     return drawn
 
 
-def plot_pdf_series(pdf_files, spec, png, title: str, log=None) -> list[str]:
+def plot_pdf_series(pdf_files, spec, png, title: str, log=None,
+                    preview: str = "") -> list[str]:
     """PNG of the plane `spec` ({x|y|z: value}) of the PDF of every temperature, side by side
     on one colour scale symmetric about 0; pdf_files: [(temperature label, pdf.nxs)], each
     file's plane read alone (files.pdf.read_pdf_plane)."""
@@ -606,7 +619,7 @@ def plot_pdf_series(pdf_files, spec, png, title: str, log=None) -> list[str]:
         axes.append(ax)
     if im is not None:
         fig.colorbar(im, ax=axes, extend="both", shrink=0.8, label="DeltaPDF (common scale)")
-    fig.suptitle(f"{title}: {axis} = {value:g}")
+    fig.suptitle(_with_preview(f"{title}: {axis} = {value:g}", preview))
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     _save_tight(fig, png, 90)

@@ -12,7 +12,9 @@ refine_temperature): ``results/SAMPLE/TLABEL/parent_orientation.nxs`` and ``orie
      refinement                 NXcollection: rms_px, rms_frames, rms_hkl, fraction_indexed,
                                 n_used, seconds, parameters (JSON: value and esd), parent,
                                 indexing (JSON, parents only), notes, unusable_entries
-                                (JSON entry -> why; entries the merge leaves out)
+                                (JSON entry -> why; entries the merge leaves out), preview
+                                (JSON {"landed": [records], "provisional": true}; only when
+                                made from scans still being collected, hklflow.preview)
      peaks                      NXreflections-style: entry_name, observed x/y/frame, hkl, used,
                                 residual_x/y/frame (NaN if unused)
      process                    NXprocess: provenance
@@ -52,6 +54,12 @@ class OrientationRecord:
     statistics: dict
     parent: str  # SAMPLE/TLABEL of the parent it was refined from
     unusable_entries: dict = field(default_factory=dict)  # entry -> why: left out of the merge
+    # the scans in progress it was made from (its own or its parent's; hklflow.preview)
+    landed: tuple = ()
+
+    @property
+    def provisional(self) -> bool:
+        return bool(self.landed)
 
     def crystal(self) -> Crystal:
         return Crystal(self.space_group, UnitCell(*self.cell))
@@ -86,8 +94,11 @@ def _peaks_group(result):
 
 def write_orientation_file(path, *, sample: str, temperature_label: str, parent: str, result,
                            indexing: dict | None, provenance: dict,
-                           unusable_entries: dict | None = None) -> Path:
-    """Write a refinement.RefinementResult (layout in the module docstring), atomically."""
+                           unusable_entries: dict | None = None,
+                           landed: list | None = None) -> Path:
+    """Write a refinement.RefinementResult (layout in the module docstring), atomically.
+    landed: the records (hklflow.preview.landed_record) of the scans in progress it was
+    made from; none: nothing about previews is written."""
     import nexusformat.nexus as nx
 
     m = result.model
@@ -129,6 +140,9 @@ def write_orientation_file(path, *, sample: str, temperature_label: str, parent:
     if unusable_entries:
         ref["unusable_entries"] = nx.NXnote(type="application/json",
                                             data=json.dumps(unusable_entries, sort_keys=True))
+    if landed:
+        ref["preview"] = nx.NXnote(type="application/json", data=json.dumps(
+            {"landed": list(landed), "provisional": True}, sort_keys=True))
     ent["refinement"] = ref
     ent["peaks"] = _peaks_group(result)
     ent["process"] = provenance_group(provenance)
@@ -161,5 +175,7 @@ def read_orientation_file(path) -> OrientationRecord:
             tuple(get(smp, "unitcell_errors", path).tolist()), get(smp, "orientation_matrix", path),
             get(smp, "ub_matrix", path), detector, oc, stats, text(get(ref, "parent", path)),
             json.loads(text(get(ref, "unusable_entries/data", path)))
-            if "unusable_entries" in ref else {})
+            if "unusable_entries" in ref else {},
+            tuple(json.loads(text(get(ref, "preview/data", path)))["landed"])
+            if "preview" in ref else ())
 

@@ -267,6 +267,13 @@ def read_pdf(path) -> PDF:
     return PDF(values, coords["x"], coords["y"], coords["z"], cell, kind, title, notes)
 
 
+def read_pdf_notes(path) -> dict:
+    """The notes of a PDF file, without reading its values."""
+    with open_h5(path) as f:
+        ent = f["entry"]
+        return json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
+
+
 def read_pdf_plane(path, axis: str, value: float):
     """(cell, PDF.plane(axis, value)) of a PDF file, reading that plane alone: a series of
     many temperatures holds one plane of each, not each whole PDF."""

@@ -11,6 +11,7 @@ from ..params import PDFParams, settings_part
 from ..pdf.fill import OUTCOMES
 from ..pdf_volume import delta_pdf, even_along_axes
 from ..pictures import plot_pdf
+from ..preview import landed_notes, preview_label
 from ..provenance import provenance
 from ..slices import cell_of
 from ._run import StepParser, run_step
@@ -41,6 +42,7 @@ def run(args, log) -> None:
                               store_filled=lambda f: out.write_volumes(volume.grid, cell,
                                                                        f.filled, f.region))
         pdf.notes["input"] = str(args.input)
+        pdf.notes.update(landed_notes(volume.notes))  # a preview's: for the PDF series
         counts = fill.counts
         log.info("%s: %d positions punched: %s; %d voxels solved in %d batches%s, %.1f s",
                  args.input, len(fill.positions),
@@ -63,7 +65,8 @@ def run(args, log) -> None:
     plot_pdf(pdf, params.slices, args.png,
              f"{title}\n{len(fill.positions)} reflections: "
              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
-             + f"; taper zero at {pdf.notes['q_max']:.2f} 1/A", log=log)
+             + f"; taper zero at {pdf.notes['q_max']:.2f} 1/A", log=log,
+             preview=preview_label(pdf.notes))
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ from ..files.scan import read_scan_file
 from ..frames import open_frame_source
 from ..params import DetectorParams, PeakSearchParams, settings_part
 from ..pictures import plot_peaks
+from ..preview import preview_label
 from ..provenance import provenance
 from ..spotfinding import search
 from ._run import StepParser, run_step
@@ -35,7 +36,7 @@ def run(args, log) -> None:
     inputs = [args.scan] + ([detector.mask_file] if detector.mask_file else [])
     write_peaks_file(args.out, rec, result, args.settings,
                      provenance("hklflow find_peaks", args.settings, inputs=inputs))
-    plot_peaks(result, f"{rec.scan_id}: peak search", args.png)
+    plot_peaks(result, f"{rec.scan_id}: peak search", args.png, preview=preview_label(rec))
     log.info("wrote %s and %s", args.out, args.png)
 
 

@@ -10,6 +10,7 @@ from ..files.scan import read_scan_file
 from ..orientation import check_entries_usable, index_parent, temperature_entries
 from ..params import IndexingParams, RefinementParams, settings_part
 from ..pictures import plot_residuals
+from ..preview import landed_record, merged_records, orientation_label
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -32,12 +33,15 @@ def run(args, log) -> None:
     result, summary = index_parent(entries, crystal, refinement,
                                    settings_part(args.settings, IndexingParams), log)
     unusable = check_entries_usable(scans, peaks, result, refinement, log)
+    landed = merged_records([landed_record(s) for s in scans])  # none: a batch run's file
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=label,
                            result=result, indexing=summary, unusable_entries=unusable,
+                           landed=landed,
                            provenance=provenance("hklflow index_parent", args.settings,
                                                  inputs=[*args.scans, *args.peaks]))
-    plot_residuals(result, f"{label} (parent, indexed from scratch)", args.png)
+    plot_residuals(result, f"{label} (parent, indexed from scratch)", args.png,
+                   preview=orientation_label(landed, of=label))
     log.info("parent %s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", label,
              result.rms_px, result.rms_frames, 100 * result.fraction_indexed,
              result.model.crystal.cell.parameters)

@@ -11,6 +11,7 @@ from ..files.scan import read_scan_file
 from ..masking import build_mask
 from ..params import DetectorParams, MaskParams, settings_part
 from ..pictures import plot_mask
+from ..preview import preview_label, preview_notes
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -33,7 +34,8 @@ def run(args, log) -> None:
     peaks = read_peaks_file(args.peaks)
     log.info("scan %s: %d frames of %s, %d peaks; %s", rec.scan_id, rec.nframes,
              rec.detector_shape, len(peaks.peaks.get("n_pixels", ())), params)
-    result = build_mask(rec, peaks, read_orientation_file(args.orientation), params, detector, log)
+    orientation = read_orientation_file(args.orientation)
+    result = build_mask(rec, peaks, orientation, params, detector, log)
     inputs = [args.scan, args.peaks, args.orientation] + \
         ([detector.mask_file] if detector.mask_file else [])
     write_mask_file(args.out, result, entry=rec.entry, title=rec.scan_id,
@@ -41,7 +43,8 @@ def run(args, log) -> None:
                     provenance=provenance("hklflow mask_scan", args.settings, inputs=inputs),
                     sources={"scan_file": args.scan, "peaks_file": args.peaks,
                              "orientation_file": args.orientation})
-    plot_mask(result, f"{rec.scan_id}: masks", args.png)
+    plot_mask(result, f"{rec.scan_id}: masks", args.png,
+              preview=preview_label(preview_notes(rec, orientation)))
     log.info("wrote %s and %s", args.out, args.png)
 
 

@@ -9,6 +9,7 @@ from ..files.orientation import read_orientation_file
 from ..merging import entries_to_merge, sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
+from ..preview import preview_label
 from ..provenance import provenance
 from ..slices import kept_planes
 from ._run import StepParser, run_step
@@ -34,12 +35,13 @@ def run(args, log) -> None:
     slices = settings_part(args.settings, SliceParams).slices
     # the pictures' planes kept as they are written (not read back from the file)
     planes = kept_planes(slices)
-    sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out, keep=planes)
+    notes = sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out,
+                        keep=planes)
     what = f"{len(inputs)} volumes summed"
     if left_out:
         what += "; left out: " + ", ".join(f"{e} ({why.split(' (')[0]})" for e, why in left_out.items())
     plot_slices(planes if planes.complete else args.out, slices, args.png,
-                f"{args.title} ({what})", log=log)
+                f"{args.title} ({what})", log=log, preview=preview_label(notes))
 
 
 def main(argv=None) -> int:

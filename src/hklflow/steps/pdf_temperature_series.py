@@ -3,7 +3,9 @@ by side on one colour scale symmetric about 0 (the first of reduction.pdf.slices
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..files.pdf import read_pdf_notes
 from ..pictures import plot_pdf_series
+from ..preview import preview_label
 from ._run import StepParser, run_step
 
 
@@ -23,7 +25,8 @@ def run(args, log) -> None:
         raise ConfigError(f"--settings temperatures: {len(labels)} labels for "
                           f"{len(args.inputs)} PDF files")
     drawn = plot_pdf_series(list(zip(labels, args.inputs)), s["slice"],
-                            args.png, f"{s['sample']['name']} 3D-DeltaPDF", log=log)
+                            args.png, f"{s['sample']['name']} 3D-DeltaPDF", log=log,
+                            preview=preview_label([read_pdf_notes(p) for p in args.inputs], full_ids=True))
     log.info("%s: plane %s at %d temperatures (%s) -> %s", s["sample"]["name"], s["slice"],
              len(drawn), ", ".join(drawn), args.png)
 

@@ -12,6 +12,7 @@ from ..files.scan import read_scan_file
 from ..orientation import check_entries_usable, refine_from_parent, temperature_entries
 from ..params import RefinementParams, settings_part
 from ..pictures import plot_residuals
+from ..preview import landed_record, merged_records, orientation_label
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -38,12 +39,16 @@ def run(args, log) -> None:
     params = settings_part(args.settings, RefinementParams)
     result = refine_from_parent(entries, parent, params, log, label)
     unusable = check_entries_usable(scans, peaks, result, params, log)
+    # refined from a provisional parent: provisional too (none: a batch run's file)
+    landed = merged_records([landed_record(s) for s in scans], parent.landed)
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=parent.parent,
                            result=result, indexing=None, unusable_entries=unusable,
+                           landed=landed,
                            provenance=provenance("hklflow refine_temperature", args.settings,
                                                  inputs=[args.parent, *args.scans, *args.peaks]))
-    plot_residuals(result, f"{label} (refined from {parent.parent})", args.png)
+    plot_residuals(result, f"{label} (refined from {parent.parent})", args.png,
+                   preview=orientation_label(landed, of=label))
     log.info("%s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", label, result.rms_px,
              result.rms_frames, 100 * result.fraction_indexed, result.model.crystal.cell.parameters)
 

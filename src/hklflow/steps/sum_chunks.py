@@ -8,6 +8,7 @@ from ..errors import InputMismatchError
 from ..merging import sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
+from ..preview import preview_label
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -33,8 +34,9 @@ def run(args, log) -> None:
     for i, (out, png) in enumerate(zip(args.out, args.png)):
         inputs = args.inputs[i * n:(i + 1) * n]
         prov = provenance("hklflow sum_chunks", args.settings, inputs=inputs)
-        sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
-        plot_slices(out, slices, png, f"{args.title} ({n} volumes summed)", log=log)
+        notes = sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
+        plot_slices(out, slices, png, f"{args.title} ({n} volumes summed)", log=log,
+                    preview=preview_label(notes))
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ from ..crystal import Crystal, UnitCell
 from ..merging import symmetrize_file
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
+from ..preview import preview_label
 from ..provenance import provenance
 from ..slices import cell_of, kept_planes
 from ._run import StepParser, run_step
@@ -43,7 +44,8 @@ def run(args, log) -> None:
              100 * sym["equivalents_inside_grid"])
     plot_slices(planes if planes.complete else args.out, slices, args.png,
                 f"{notes['input_title']} symmetrized by {sym['laue_group']} "
-                f"({sym['operators']} operators)", cell=cell_of(planes) or crystal.cell, log=log)
+                f"({sym['operators']} operators)", cell=cell_of(planes) or crystal.cell, log=log,
+                preview=preview_label(notes))
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from ..crystal import UnitCell
 from ..errors import ConfigError
+from ..files.volume import read_volume_header
 from ..params import SeriesParams, settings_part
 from ..pictures import plot_series
+from ..preview import preview_label
 from ..slices import cell_of
 from ._run import StepParser, run_step
 
@@ -28,8 +30,9 @@ def run(args, log) -> None:
                           f"{len(args.inputs)} input volumes")
     spec = settings_part(s, SeriesParams).series_slice
     cell = cell_of(args.inputs[0]) or UnitCell.from_list(s["sample"]["cell"])
+    preview = preview_label([read_volume_header(p).notes for p in args.inputs], full_ids=True)
     drawn = plot_series(list(zip(labels, args.inputs)), spec, args.png, s["sample"]["name"],
-                        cell=cell, log=log)
+                        cell=cell, log=log, preview=preview)
     log.info("%s: slice %s at %d temperatures (%s) -> %s", s["sample"]["name"], spec,
              len(drawn), ", ".join(drawn), args.png)
 

@@ -8,6 +8,7 @@ from ..files.pdf import write_pdf
 from ..files.volume import read_volume_header
 from ..pdf_volume import even_along_axes, total_pdf
 from ..pictures import plot_pdf
+from ..preview import landed_notes, preview_label
 from ..provenance import provenance
 from ..slices import cell_of
 from ._run import StepParser, run_step
@@ -31,6 +32,7 @@ def run(args, log) -> None:
     pdf = total_pdf(args.input, volume.grid, cell, s["q_max"], title, workers=args.threads,
                     subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes))
     pdf.notes["input"] = str(args.input)
+    pdf.notes.update(landed_notes(volume.notes))  # a preview's: for the PDF series
     log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
              "the voxels inside q_max unmeasured (0 in the transform); %s, %s, in %.1f s",
              args.input, pdf.notes["q_max"], pdf.notes["q_max_source"], pdf.notes["q_reach"],
@@ -40,7 +42,7 @@ def run(args, log) -> None:
               provenance("hklflow total_pdf", s, inputs=[args.input]))
     plot_pdf(pdf, s["slices"], args.png,
              f"{title} (taper flat to {pdf.notes['q_max'] / 2:.2f}, zero at "
-             f"{pdf.notes['q_max']:.2f} 1/A)", log=log)
+             f"{pdf.notes['q_max']:.2f} 1/A)", log=log, preview=preview_label(pdf.notes))
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ from ..files.scan import read_scan_file
 from ..files.volume import VolumeWriter, same_chunk, slab_planes
 from ..frames import open_frame_source
 from ..params import DetectorParams, TransformParams, settings_part
+from ..preview import preview_notes
 from ..provenance import provenance
 from ..transform import Transformer, transform_scan
 from ._run import StepParser, run_step
@@ -143,7 +144,8 @@ def run(args, log) -> None:
     with contextlib.ExitStack() as files:
         writers = [files.enter_context(
             VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
-                         {"scan": rec.scan_id, **notes[kind], "seconds": seconds}, prov,
+                         {"scan": rec.scan_id, **notes[kind], "seconds": seconds,
+                          **preview_notes(rec, ori)}, prov,
                          intensity=whole)) for kind, out in zip(kinds, args.out)]
         write_volumes(tr, writers, args.threads)
         for w in writers:
