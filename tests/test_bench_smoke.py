@@ -18,8 +18,8 @@ BENCH = REPO / "bench"
 RETIRED = {"sub_steps.py", "sub_steps_accuracy.py", "transform_split.py"}
 HELPERS = {"common.py", "nxrefine_venv.py"}  # imported by the scripts, not run alone
 SMOKED = {"accuracy.py", "cpu_kernels.py", "dryrun.py", "find_peaks.py", "full_rotation.py",
-          "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py", "pdf.py",
-          "pipeline.py", "threads.py", "transform.py"}
+          "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
+          "pdf.py", "pipeline.py", "threads.py", "transform.py"}
 
 
 def bench(*args, timeout=900, check_json=None) -> subprocess.CompletedProcess:
@@ -98,6 +98,15 @@ def test_transform(tmp_path):
 def test_dryrun(tmp_path):
     """(bench/dryrun.py's own options: the smallest experiment it makes.)"""
     bench(BENCH / "dryrun.py", "--sizes", "1x2x1", "--repeats", 1, "--workdir", tmp_path)
+
+
+@pytest.mark.slow
+def test_live(tmp_path):
+    """The tiny experiment acquired fast (every scan complete before the first run ends)."""
+    bench(BENCH / "live.py", "--preset", "tiny", "--fps", 200, "--pause", 0, "--workdir",
+          tmp_path, "--json", tmp_path / "live.json", "--png", tmp_path / "live.png",
+          check_json=tmp_path / "live.json")
+    assert (tmp_path / "live.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -191,6 +191,35 @@ step timeout -k 10 120 "$PY" "$HERE/check_slurm_jobs.py" "$WORK/slurm.log" --loc
 step timeout -k 10 300 "$PY" "$HERE/compare_outputs.py" "$WORK/local" "$WORK/slurm" --quiet
 timed "checks and comparison" "$t"
 
+# --- 8. a short acquisition watched through SLURM -------------------------------------------
+# `hklflow simulate --acquire` writes the tiny experiment in real time while `hklflow watch
+# -- <the SLURM arguments>` reduces it as it lands; every run must succeed and the final
+# results be the batch results (a local dry run with the experiment's own table plans nothing)
+t=$(now)
+LIVE=$WORK/live
+"$PY" -m hklflow simulate "$LIVE" --preset tiny --acquire --fps 10 --pause 1 >"$WORK/acquire.log" 2>&1 &
+ACQUIRE=$!
+for _ in $(seq 600); do [ -f "$LIVE/config/config.yaml" ] && break; sleep 0.5; done
+sleep 1
+rc=0
+step timeout -k 10 "$RUN_TIMEOUT" "$PY" -m hklflow watch "$LIVE" --exit-when-idle 5 -- "${SLURM_ARGS[@]}" \
+    >"$WORK/watch.log" 2>&1 || rc=$?
+wait "$ACQUIRE" || { tail -n 20 "$WORK/acquire.log"; echo "slurm stage: the acquisition failed" >&2; exit 1; }
+if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$WORK/watch.log"; echo "slurm stage: hklflow watch failed (exit $rc)" >&2; exit 1
+fi
+grep "hklflow.watch INFO: run " "$WORK/watch.log" || true
+if grep -q '"rc": [^0]' "$LIVE/live/history.jsonl"; then
+    echo "slurm stage: a watched run failed (live/history.jsonl)" >&2; exit 1
+fi
+grep -l "submitted with SLURM jobid\|SLURM jobid" "$LIVE"/live/logs/run-*.log >/dev/null \
+    || { echo "slurm stage: no job of the watched runs went through SLURM" >&2; exit 1; }
+step timeout -k 10 300 "$PY" -m snakemake --snakefile "$REPO/Snakefile" --directory "$LIVE" -n \
+    --cores 1 >"$WORK/live_dryrun.log" 2>&1
+grep -q "Nothing to be done" "$WORK/live_dryrun.log" \
+    || { tail -n 30 "$WORK/live_dryrun.log"; echo "slurm stage: the watched results are not the batch results" >&2; exit 1; }
+timed "watched acquisition" "$t"
+
 OK=1
 say "passed in $(( $(now) - T_STAGE )) s (${TIMES[*]})"
 # issue 15's figure: the SLURM run against the local one (wall seconds of the two snakemake runs)

@@ -32,6 +32,8 @@ COMMANDS = {
     "demo": ("hklflow.demo:main", "simulate the demo experiment if absent, then reduce it"),
     "run": ("hklflow.demo:run_main", "reduce an experiment directory with the installed workflow (snakemake)"),
     "workflow-path": ("hklflow.demo:workflow_path_main", "print the path of the installed workflow's Snakefile"),
+    "watch": ("hklflow.live.watch:main", "reduce an experiment while its scans are being collected (previews, then final results)"),
+    "status": ("hklflow.live.status:main", "where every scan of a watched experiment stands (frames, stage, lag, errors)"),
 }
 
 

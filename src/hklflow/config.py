@@ -40,6 +40,19 @@ NAME_PATTERNS = {"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$": "letters, digits, '_', '.'
 MAX_SCAN_TURNS = 10  # a rotation scan longer than this (nframes x |phi_step|) is a typo
 
 
+# the scans table hklflow watch writes and runs the workflow on: the scans landed so far,
+# each with the frames to reduce now (hklflow.live)
+LIVE_SCANS_TABLE = "live/scans.tsv"
+LIVE_CONFIG = "live/config.yaml"
+
+
+def landed_marker(scan_id: str) -> str:
+    """The file hklflow watch rewrites when more frames of a scan in progress (SAMPLE/TLABEL/
+    ENTRY) have landed: the input of its ingest job in place of the raw files, which change
+    with every frame."""
+    return f"live/landed/{scan_id}.json"
+
+
 def temperature_label(t: float) -> str:
     """The label of a temperature in file names and wildcards, e.g. 300 -> '300K'."""
     return f"{float(t):g}K"
@@ -112,6 +125,17 @@ class ScanRow:
     monitor: str
     calibration: str
     row: int = 0  # 1-based data row in the scans table (messages only; not a setting)
+    # frames of the whole scan while it is still being collected and only its first nframes
+    # are reduced (hklflow watch); 0: complete
+    planned_frames: int = 0
+
+    @property
+    def in_progress(self) -> bool:
+        return self.planned_frames > self.nframes
+
+    @property
+    def landed_fraction(self) -> float:
+        return self.nframes / self.planned_frames if self.in_progress else 1.0
 
     @property
     def temperature_label(self) -> str:
@@ -127,7 +151,10 @@ class ScanRow:
                 "data": self.data, "dataset": self.dataset, "nframes": self.nframes,
                 "phi_start": self.angles.start, "phi_step": self.angles.step,
                 "offsets": dict(self.offsets), "detector_shift": list(self.detector_shift),
-                "monitor": self.monitor, "calibration": self.calibration}
+                "monitor": self.monitor, "calibration": self.calibration,
+                # only while in progress, so that a completed scan's jobs receive exactly what
+                # a batch run's do
+                **({"planned_frames": self.planned_frames} if self.in_progress else {})}
 
     @classmethod
     def from_settings(cls, s: dict) -> "ScanRow":
@@ -138,7 +165,8 @@ class ScanRow:
                                          int(s["nframes"])),
                        offsets={k: float(v) for k, v in s["offsets"].items()},
                        detector_shift=tuple(float(v) for v in s["detector_shift"]),
-                       monitor=s["monitor"], calibration=s["calibration"])
+                       monitor=s["monitor"], calibration=s["calibration"],
+                       planned_frames=int(s.get("planned_frames", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--settings scan: not a scans-table row: {exc!r}") from None
 
@@ -199,6 +227,14 @@ class Experiment:
 
     def temperatures_of(self, sample: str) -> list[str]:
         return list(self._temperatures.get(sample, ()))
+
+    def pdf_temperatures_of(self, sample: str) -> list[str]:
+        """The temperatures whose PDFs are made: all of them, but while the experiment is
+        watched (hklflow watch) only those whose scans are complete (live.preview_pdf: all)."""
+        if self.raw.get("live", {}).get("preview_pdf", False):
+            return self.temperatures_of(sample)
+        return [t for t in self.temperatures_of(sample)
+                if not any(s.in_progress for s in self.scans_of(sample, t))]
 
 
 # --------------------------------------------------------------------------------------
@@ -488,7 +524,12 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
             angles=ScanAngles(float(r["phi_start"]), float(r["phi_step"]), int(r["nframes"])),
             offsets={n: float(r[n]) for n in offset_names},
             detector_shift=(float(r["det_ddist"]), float(r["det_dponi1"]), float(r["det_dponi2"])),
-            monitor=r["monitor"], calibration="", row=i)
+            monitor=r["monitor"], calibration="", row=i,
+            planned_frames=int(r["planned_frames"]))
+        if scan.planned_frames and scan.planned_frames < scan.nframes:
+            raise ConfigError(f"{label}: field 'planned_frames': {scan.planned_frames}, fewer "
+                              f"than the {scan.nframes} frames of nframes: expected the frames "
+                              "the whole scan will have (0 or empty when it is complete)")
         if scan.id in seen:
             raise ConfigError(f"{label}: scan {scan.id} repeats row {seen[scan.id]}")
         seen[scan.id] = i
@@ -504,13 +545,15 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
 def _check_parents(samples: dict, scans, table: str, where: str) -> None:
     for name, smp in samples.items():
         labels = {s.temperature_label for s in scans if s.sample == name}
+        if not labels and table == LIVE_SCANS_TABLE:
+            continue  # hklflow watch: this sample's scans have not begun yet
         if not labels:
             raise ConfigError(f"{table}: sample {name!r} of the config has no scans")
         if smp.parent_label not in labels:
             raise ConfigError(f"{where}: field 'samples.{name}.parent.temperature': no scan of "
                               f"{name} at {smp.parent_label} in {table} (has {sorted(labels)})")
         for i, (t, _) in enumerate(smp.other_parents):
-            if temperature_label(t) not in labels:
+            if temperature_label(t) not in labels and table != LIVE_SCANS_TABLE:
                 raise ConfigError(f"{where}: field 'samples.{name}.other_parents.{i}.temperature': "
                                   f"no scan of {name} at {temperature_label(t)} in {table}")
 
@@ -532,6 +575,27 @@ def _check_step_settings(cfg: dict, where: str) -> None:
     except ConfigError as exc:
         field_, _, what = str(exc).partition(": ")
         raise ConfigError(f"{where}: field '{field_}': {what}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """An experiment's config without its scans table (hklflow watch reads the table as it
+    grows): validated, defaults filled."""
+
+    raw: dict
+    sources: tuple
+    samples: dict  # name -> SampleSpec
+    offset_names: tuple
+
+
+def load_settings(config_files) -> Settings:
+    config, sources = read_config_files(config_files)
+    where = " + ".join(sources) or "config"
+    config, _ = migrate(config, where)
+    cfg = _validate(_names_as_text(config), schema(), where)
+    instrument = _instrument(cfg, where)
+    return Settings(cfg, sources, _samples(cfg, where),
+                    tuple(n for n, _ in instrument.goniometer.offset_axes))
 
 
 def load_experiment(config_files, *, config: dict | None = None,

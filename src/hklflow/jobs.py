@@ -213,7 +213,7 @@ class JobSettings:
     def pdf_temperature_series(self, sample: str) -> str:
         return settings_json({"slice": self._pdf.settings()["slices"][0],
                               "sample": self.exp.samples[sample].settings(),
-                              "temperatures": self.exp.temperatures_of(sample)})
+                              "temperatures": self.exp.pdf_temperatures_of(sample)})
 
 
 # where the workflow writes each job's settings, relative to the experiment directory (beside

@@ -13,7 +13,7 @@ from snakemake.io import apply_wildcards
 
 import hklflow
 from hklflow import snakemake_compat
-from hklflow.config import ConfigError, load_experiment, read_config_files
+from hklflow.config import ConfigError, landed_marker, load_experiment, read_config_files
 from hklflow.jobs import JobSettings, SettingsFiles, transform_frame_ranges
 from hklflow.rawfiles import RawFileOwners, is_hdf5_path, matching_files
 
@@ -124,6 +124,11 @@ def raw_files(w):
     """Every raw file of a scan entry (each HDF5 file, each frame file of a pattern); each
     may belong to one entry only."""
     scan = scan_of(w)
+    if scan.in_progress:
+        # hklflow watch: the raw files grow with every frame; the marker it rewrites when a
+        # block of complete frames has landed stands for them (the complete scan's job reads
+        # the raw files again)
+        return [landed_marker(scan.id)]
     files = matching_files(scan.data)
     where = f"{EXP.scans_table}: row {scan.row} ({scan.id}): field 'data'"
     if not files:
@@ -205,7 +210,7 @@ def _pdf_name(kind, what):
 def nxrefine_pdf_links(w):
     """NXRefine's name -> the PDF file of the wildcards' sample and temperature: the files
     reduction.pdf makes (pdf.smk), none when it is off."""
-    if not PDF_ENABLED:
+    if not PDF_ENABLED or w.temperature not in EXP.pdf_temperatures_of(w.sample):
         return {}
     base = f"results/{w.sample}/{w.temperature}"
     links = {_pdf_name(TOTAL_PDF_KIND, "total_pdf"): f"{base}/total_pdf.nxs"}
@@ -229,6 +234,8 @@ def all_targets():
         targets += [scan_path(s, "scan.nxs"), scan_path(s, "peaks.nxs")]
     for name in EXP.samples:
         temperatures = EXP.temperatures_of(name)
+        if not temperatures:
+            continue  # hklflow watch: the sample's scans have not begun
         targets += [f"results/{name}/{t}/orientation.nxs" for t in temperatures]
         for kind in TRANSFORM_KINDS:
             for t in temperatures:
@@ -236,8 +243,9 @@ def all_targets():
                 if SYMMETRIZE:
                     targets.append(f"results/{name}/{t}/{kind}_symmetrized.nxs")
             targets.append(f"results/{name}/{kind}_temperature_series.png")
-        if PDF_ENABLED:
-            for t in temperatures:
+        pdf_temperatures = EXP.pdf_temperatures_of(name)  # (previews: live.preview_pdf)
+        if PDF_ENABLED and pdf_temperatures:
+            for t in pdf_temperatures:
                 targets += [f"results/{name}/{t}/total_pdf.nxs"]
                 targets += [f"results/{name}/{t}/{f}.nxs" for f in PDF_FILE_KIND]
             targets.append(f"results/{name}/pdf_temperature_series.png")

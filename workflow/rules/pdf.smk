@@ -62,7 +62,7 @@ rule pdf_temperature_series:
     # a cluster, as temperature_series
     localrule: True
     input:
-        lambda w: [f"results/{w.sample}/{t}/pdf.nxs" for t in EXP.temperatures_of(w.sample)],
+        lambda w: [f"results/{w.sample}/{t}/pdf.nxs" for t in EXP.pdf_temperatures_of(w.sample)],
     output:
         png=report("results/{sample}/pdf_temperature_series.png", category="PDF",
                    caption="../report/pdf_temperature_series.rst"),

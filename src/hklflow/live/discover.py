@@ -1,0 +1,468 @@
+"""Scans found by their raw files (config ``live.discover``), so that `hklflow watch` follows
+new scans without anyone editing the scans table.
+
+The pattern is a path relative to the experiment directory with the fields {sample},
+{temperature} and {entry}, e.g. ``raw/{sample}/{temperature}K/{entry}.h5``,
+``raw/{sample}/{temperature}K/{entry}/{entry}_master.h5`` or, for Pilatus CBF files (one
+per frame, ``*`` where the frame number goes),
+``raw/{sample}/{temperature}K/{entry}/{entry}_*.cbf``.  What it names sets the layout
+(hklflow.growing.layout_of).  A scan found becomes a row shaped as
+hklflow.live.table.user_rows's rows, its values taken, field by field:
+
+* from the path: sample, temperature, entry and data (a CBF scan's data keeps the ``*``:
+  the glob of its frame files);
+* from the file where it carries them: an Eiger master's frame count (detectorSpecific
+  nimages x ntrigger), the scan angles and offsets of an Eiger master or HDF5 file's NXmx
+  goniometer (/entry/sample/goniometer/<live.scan_axis_name> and /<offset axis>), a CBF
+  header's Start_angle and Angle_increment;
+* from ``live.scan_defaults`` otherwise (always for the detector shifts, monitor and
+  calibration: a file's absolute detector distance is not a shift from a calibration);
+* from the scans schema's defaults last.
+
+Plain HDF5 and CBF files do not say how many frames are planned, so their frame count
+comes from the config; a scan whose frame count or angles come from nowhere is reported
+(Discovery.not_ready), not guessed.  A file still being written that cannot be read yet is
+neither a row nor a message: it is looked at again at the next call.
+
+Raw files are only read: HDF5 files as SWMR readers (hklflow.growing), CBF files up to the
+end of their header.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import growing
+from ..config import MAX_SCAN_TURNS, _validate, temperature_label
+from ..errors import ConfigError, RawDataError
+from ..params import schema, validator_with_defaults
+from ..rawfiles import natural_key
+
+__all__ = ["Discovery", "DiscoveryPattern", "FIELDS", "discover", "discovered_rows"]
+
+FIELDS = ("sample", "temperature", "entry")
+# where each value of a discovered row came from (Discovery.sources)
+FROM_PATH, FROM_FILE, FROM_CONFIG, FROM_DEFAULT = "path", "file", "config", "default"
+# the row's columns that live.scan_defaults may give (offsets aside)
+DEFAULTED_COLUMNS = ("nframes", "phi_start", "phi_step", "dataset", "det_ddist", "det_dponi1",
+                     "det_dponi2", "monitor", "calibration")
+# without these a scan is not usable: reported, not guessed
+NEEDED_COLUMNS = ("nframes", "phi_start", "phi_step")
+GONIOMETER = "/entry/sample/goniometer"
+EIGER_DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"
+
+_FIELD = re.compile(r"\{([^{}]*)\}")
+_TEMPERATURE = r"[0-9]+(?:\.[0-9]+)?"
+_FRAME_NUMBER = r"[0-9]+"
+_CBF_READ_BLOCK = 16384  # a Pilatus header is a few KiB: one read
+_CBF_START_ANGLE = re.compile(r"^#\s*Start_angle\s+(\S+)\s+deg", re.M | re.I)
+_CBF_ANGLE_INCREMENT = re.compile(r"^#\s*Angle_increment\s+(\S+)\s+deg", re.M | re.I)
+
+
+class _NotYet(Exception):
+    """The file is being written: look again at the next call (no message)."""
+
+
+# --------------------------------------------------------------------------------------
+# The pattern
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiscoveryPattern:
+    """live.discover, parsed.  glob: the pattern with every field (and the CBF frame
+    number) a ``*``; regex: the same with the fields as named groups (a repeated field
+    must be the same text); layout: hdf5, eiger or cbf."""
+
+    text: str
+    layout: str
+    glob: str
+    regex: re.Pattern
+
+    @classmethod
+    def parse(cls, text) -> "DiscoveryPattern":
+        """ConfigError naming live.discover when the pattern is not usable."""
+        where = f"config: field 'live.discover': {text!r}"
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}: expected a path pattern such as "
+                              "raw/{sample}/{temperature}K/{entry}.h5")
+        parts = text.split("/")
+        if text.startswith("/") or os.path.isabs(text) or ".." in parts:
+            raise ConfigError(f"{where}: expected a path relative to the experiment directory, "
+                              "inside it (no leading '/', no '..')")
+        layout = growing.layout_of(text)
+        if layout not in growing.LAYOUTS:
+            raise ConfigError(f"{where}: expected it to name an HDF5 file (.h5), an Eiger master "
+                              "file (..._master.h5) or CBF frame files (..._*.cbf): the layouts "
+                              "a scan being collected is followed in")
+        stars = text.count("*")
+        if layout == "cbf" and (stars != 1 or "*" not in parts[-1]):
+            raise ConfigError(f"{where}: CBF files hold one frame each: expected one '*' in the "
+                              "file name where the frame number goes, e.g. "
+                              "raw/{sample}/{temperature}K/{entry}/{entry}_*.cbf")
+        if layout != "cbf" and stars:
+            raise ConfigError(f"{where}: a scan's {layout} file is one file: expected no '*' "
+                              "(only CBF patterns have one, for the frame number)")
+        name_patterns = schema("scans.schema.yaml")["properties"]
+        field_regex = {"sample": name_patterns["sample"]["pattern"].strip("^$"),
+                       "entry": name_patterns["entry"]["pattern"].strip("^$"),
+                       "temperature": _TEMPERATURE}
+        glob_parts, regex_parts, seen = [], [], set()
+        for i, piece in enumerate(_FIELD.split(text)):
+            if i % 2 == 0:  # literal text between fields
+                if any(c in piece for c in "{}?[]"):
+                    raise ConfigError(f"{where}: expected literal text and the fields "
+                                      "{sample}, {temperature}, {entry} only (no '{', '}', "
+                                      f"'?', '[' or ']' besides): {piece!r}")
+                glob_parts.append(piece)
+                regex_parts.append(re.escape(piece).replace(r"\*", f"(?:{_FRAME_NUMBER})"))
+                continue
+            if piece not in FIELDS:
+                raise ConfigError(f"{where}: unknown field {{{piece}}}: expected "
+                                  "{sample}, {temperature} and {entry}")
+            glob_parts.append("*")
+            regex_parts.append(f"(?P={piece})" if piece in seen
+                               else f"(?P<{piece}>{field_regex[piece]})")
+            seen.add(piece)
+        missing = [f"{{{name}}}" for name in FIELDS if name not in seen]
+        if missing:
+            raise ConfigError(f"{where}: lacks {', '.join(missing)}: expected each of {{sample}}, "
+                              "{temperature} and {entry} at least once (they make the scan's "
+                              "id SAMPLE/TEMPERATUREK/ENTRY)")
+        return cls(text, layout, "".join(glob_parts), re.compile("".join(regex_parts)))
+
+    def match(self, relpath: str) -> dict | None:
+        """The fields of a path relative to the experiment directory ('/'-separated), or
+        None when it does not match."""
+        m = self.regex.fullmatch(relpath)
+        return m.groupdict() if m else None
+
+    def data_of(self, fields: dict) -> str:
+        """The scan's data: the pattern with its fields filled in (a CBF ``*`` kept)."""
+        return _FIELD.sub(lambda m: fields[m.group(1)], self.text)
+
+
+# --------------------------------------------------------------------------------------
+# What the files say
+# --------------------------------------------------------------------------------------
+def _degrees(dset: h5py.Dataset, values: np.ndarray, path: str) -> np.ndarray:
+    units = dset.attrs.get("units", "deg")
+    units = (units.decode() if isinstance(units, bytes) else str(units)).strip().lower()
+    if units in ("deg", "degree", "degrees"):
+        return values
+    if units in ("rad", "radian", "radians"):
+        return np.degrees(values)
+    raise RawDataError(f"{path}: {dset.name} is in {units!r}: expected deg or rad")
+
+
+def _first_values(dset: h5py.Dataset, count: int, path: str, refresh: bool) -> np.ndarray:
+    """The first `count` values of a scalar or 1-d angle dataset (deg); fewer while it grows."""
+    if refresh:  # an SWMR reader sees the writer's latest flush only after this
+        dset.id.refresh()
+    values = np.ravel(dset[()] if dset.ndim == 0 else dset[:count]).astype(np.float64)
+    return _degrees(dset, values, path)
+
+
+def _goniometer_facts(f: h5py.File, path: str, scan_axis: str, offset_names,
+                      refresh: bool) -> dict:
+    """phi_start, phi_step and offsets ({axis: deg}) from an NXmx goniometer group, where
+    it has them; _NotYet while the scan axis holds fewer than two angles (a file growing)."""
+    gonio = f.get(GONIOMETER)
+    if not isinstance(gonio, h5py.Group):
+        return {}
+    facts, offsets = {}, {}
+    for name in offset_names:
+        dset = gonio.get(name)
+        if isinstance(dset, h5py.Dataset):
+            values = _first_values(dset, 1, path, refresh)
+            if not len(values):
+                raise _NotYet
+            offsets[name] = float(values[0])
+    if offsets:
+        facts["offsets"] = offsets
+    angles = gonio.get(scan_axis)
+    if not isinstance(angles, h5py.Dataset):
+        return facts
+    values = _first_values(angles, 2, path, refresh)
+    increment = gonio.get(f"{scan_axis}_increment")
+    if isinstance(increment, h5py.Dataset):
+        step = _first_values(increment, 1, path, refresh)
+        step = float(step[0]) if len(step) else None
+    else:
+        step = float(values[1] - values[0]) if len(values) >= 2 else None
+    if not len(values) or step is None:
+        raise _NotYet  # the first frames' angles are not written yet
+    facts.update(phi_start=float(values[0]), phi_step=step)
+    return facts
+
+
+def _hdf5_facts(path: str, read):
+    """read(the open file); _NotYet while the file is being written (or gone)."""
+    waiting = object()
+
+    def read_or_wait(f):  # growing's reader turns any exception into a RawDataError
+        try:
+            return read(f)
+        except _NotYet:
+            return waiting
+
+    # the observer's own reader of files being written; one attempt: the next call looks again
+    facts, why = growing._read_hdf5(path, read_or_wait, attempts=1, retry_delay=0.0)
+    if facts is None or facts is waiting:
+        raise _NotYet(why)
+    return facts
+
+
+def _eiger_facts(path: str, scan_axis: str, offset_names) -> dict:
+    def read(f):
+        facts = _goniometer_facts(f, path, scan_axis, offset_names, refresh=False)
+        specific = f.get(EIGER_DETECTOR_SPECIFIC)
+        if isinstance(specific, h5py.Group) and "nimages" in specific:
+            triggers = int(specific["ntrigger"][()]) if "ntrigger" in specific else 1
+            facts["nframes"] = int(specific["nimages"][()]) * max(1, triggers)
+        return facts
+
+    return _hdf5_facts(path, read)
+
+
+def _stack_file_facts(path: str, scan_axis: str, offset_names) -> dict:
+    # a file being written says its angles so far, never how many frames are planned
+    return _hdf5_facts(path, lambda f: _goniometer_facts(f, path, scan_axis, offset_names,
+                                                         refresh=True))
+
+
+def _cbf_facts(path: str) -> dict:
+    """phi_start and phi_step from a Pilatus CBF header (Start_angle, Angle_increment)."""
+    header = b""
+    try:
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(_CBF_READ_BLOCK)
+                header += block
+                marker = header.find(growing.CBF_BINARY_MARKER)
+                if marker >= 0:
+                    break
+                if len(header) >= growing.CBF_HEADER_LIMIT:
+                    raise RawDataError(f"{path}: not a CBF frame file: no binary section "
+                                       f"marker in its first {growing.CBF_HEADER_LIMIT} bytes")
+                if not block:
+                    raise _NotYet  # the header is still being written
+    except FileNotFoundError:
+        raise _NotYet from None
+    text = header[:marker].decode("latin-1")
+    facts = {}
+    for key, line in (("phi_start", _CBF_START_ANGLE), ("phi_step", _CBF_ANGLE_INCREMENT)):
+        m = line.search(text)
+        if m:
+            try:
+                facts[key] = float(m.group(1))
+            except ValueError:
+                raise RawDataError(f"{path}: header line {m.group(0)!r}: expected a number of "
+                                   "degrees") from None
+    return facts
+
+
+# --------------------------------------------------------------------------------------
+# Discovering
+# --------------------------------------------------------------------------------------
+@dataclass
+class Discovery:
+    """rows: the new scans, each shaped as hklflow.live.table.user_rows's rows (every
+    scans-schema column, offset columns), in the order of their data paths.
+    sources: scan id -> {column: where its value came from}: "path" (the pattern's fields
+    and data), "file", "config" (live.scan_defaults) or "default" (the scans schema).
+    not_ready: one message per scan found but not usable (naming its file and what to set)."""
+
+    rows: list[dict] = field(default_factory=list)
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
+    not_ready: list[str] = field(default_factory=list)
+
+
+def _row_schema(offset_names) -> dict:
+    # the scans table's row, offset columns included, as config.read_scans_table checks it
+    row_schema = dict(schema("scans.schema.yaml"))
+    row_schema["properties"] = dict(row_schema["properties"],
+                                    **{n: {"type": "number", "default": 0} for n in offset_names})
+    return row_schema
+
+
+def _as_column_type(value, spec: dict):
+    """Numbers as the scans table reads them (float for 'number', int for 'integer')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return value
+    if spec.get("type") == "number":
+        return float(value)
+    if spec.get("type") == "integer" and float(value) == int(value):
+        return int(value)
+    return value
+
+
+def _scan_defaults(live: dict, offset_names) -> dict:
+    defaults = dict(live.get("scan_defaults") or {})
+    unknown = sorted(set(defaults.get("offsets") or {}) - set(offset_names))
+    if unknown:
+        raise ConfigError(f"config: field 'live.scan_defaults.offsets': unknown axis "
+                          f"{', '.join(unknown)}: expected those of instrument.goniometer."
+                          f"offset_axes ({', '.join(offset_names) or 'none'})")
+    return defaults
+
+
+def _found_files(expdir: Path, pattern: DiscoveryPattern, known_ids) -> dict:
+    """scan id -> {data: [files matching the pattern, relative, in natural order]} of the
+    scans not known."""
+    found: dict = {}
+    for path in glob.iglob(os.path.join(glob.escape(str(expdir)), pattern.glob)):
+        rel = Path(os.path.relpath(path, expdir)).as_posix()
+        fields = pattern.match(rel)
+        if fields is None:
+            continue
+        label = temperature_label(float(fields["temperature"]))
+        sid = f"{fields['sample']}/{label}/{fields['entry']}"
+        if sid in known_ids:
+            continue
+        found.setdefault(sid, {}).setdefault(pattern.data_of(fields), []).append(rel)
+    for by_data in found.values():
+        for files in by_data.values():
+            files.sort(key=natural_key)
+    return found
+
+
+def _frames_of_others(data: str, sid: str, found: dict) -> str | None:
+    """A frame file of another scan found that the CBF glob `data` also matches (the batch
+    reader would take it as this scan's), or None."""
+    folder = posixpath.dirname(data)
+    for other, by_data in found.items():
+        for other_data, files in by_data.items():
+            if other != sid and posixpath.dirname(other_data) == folder:
+                # one frame tells: a scan's frame files differ only in their number
+                if fnmatch.fnmatchcase(files[0], data):
+                    return files[0]
+    return None
+
+
+def discover(expdir, live: dict, offset_names, known_ids, samples=None) -> Discovery:
+    """The scans live.discover finds under expdir that are not in known_ids (ids
+    SAMPLE/TLABEL/ENTRY).  live: the config's live section (discover None: nothing is
+    looked for); offset_names: the goniometer's offset axes (their columns); samples: the
+    config's sample names, when given a scan of another sample is reported, not a row.
+    ConfigError for a pattern or scan_defaults that cannot be used."""
+    result = Discovery()
+    if not live.get("discover"):
+        return result
+    expdir = Path(expdir)
+    offset_names = list(offset_names)
+    pattern = DiscoveryPattern.parse(live["discover"])
+    defaults = _scan_defaults(live, offset_names)
+    scan_axis = live.get("scan_axis_name") or "phi"
+    row_schema = _row_schema(offset_names)
+    validator = validator_with_defaults(row_schema)
+    found = _found_files(expdir, pattern, set(known_ids))
+    usable, not_ready = [], []
+    for sid, by_data in found.items():
+        if len(by_data) > 1:  # e.g. 300K and 300.0K: one id, two scans
+            names = sorted(by_data, key=natural_key)
+            not_ready.append((natural_key(names[0]), f"{' and '.join(names)}: both are scan "
+                                                     f"{sid} by live.discover: rename one"))
+            continue
+        (data, files), = by_data.items()
+        if pattern.layout == "cbf":
+            overlap = _frames_of_others(data, sid, found)
+            if overlap:
+                not_ready.append((natural_key(data), (
+                    f"{data}: also matches {overlap}, a frame of another scan: give each "
+                    "entry's frames their own folder (e.g. .../{entry}/{entry}_*.cbf) or names "
+                    "that no other entry's glob matches")))
+                continue
+        try:
+            row, sources = _row(expdir, pattern, sid, data, files, defaults, scan_axis,
+                                offset_names, samples, row_schema["properties"])
+            row = _validate(row, row_schema, f"{data} (scan {sid} found by live.discover)",
+                            validator)
+        except _NotYet:
+            continue
+        except (RawDataError, ConfigError) as exc:
+            not_ready.append((natural_key(data), str(exc)))
+            continue
+        sources.update({c: FROM_DEFAULT for c in row if c not in sources})
+        usable.append((natural_key(data), sid, row, sources))
+    for _, sid, row, sources in sorted(usable, key=lambda u: u[0]):
+        result.rows.append(row)
+        result.sources[sid] = sources
+    result.not_ready = [message for _, message in sorted(not_ready, key=lambda m: m[0])]
+    return result
+
+
+def discovered_rows(expdir, live: dict, offset_names, known_ids,
+                    samples=None) -> tuple[list[dict], list[str]]:
+    """(rows, not-ready messages) of :func:`discover`, for callers that do not need to know
+    where each value came from."""
+    found = discover(expdir, live, offset_names, known_ids, samples)
+    return found.rows, found.not_ready
+
+
+def _row(expdir: Path, pattern: DiscoveryPattern, sid: str, data: str, files: list,
+         defaults: dict, scan_axis: str, offset_names, samples,
+         props: dict) -> tuple[dict, dict]:
+    """The row of one scan found (not validated yet; props: the row schema's columns) and
+    where each value came from; ConfigError/RawDataError saying why it is not usable,
+    _NotYet while its file is being written."""
+    sample, _, entry = sid.split("/")
+    fields = pattern.match(files[0])
+    if samples is not None and sample not in samples:
+        raise ConfigError(f"{data}: sample {sample!r} is not a sample of the config (known: "
+                          f"{', '.join(sorted(samples))}): add it to samples, or move the "
+                          "files out of live.discover's pattern")
+    temperature = float(fields["temperature"])
+    if float(temperature_label(temperature)[:-1]) != temperature:
+        raise ConfigError(f"{data}: temperature {fields['temperature']} has more digits than "
+                          f"its folder name {temperature_label(temperature)} keeps: expected at "
+                          "most 6 significant digits")
+    if pattern.layout == "cbf":
+        first = files[0]
+        facts = _cbf_facts(str(expdir / first))
+        where = f"Start_angle and Angle_increment in the header of {first}"
+    else:
+        path = expdir / data
+        if not path.is_file():
+            raise _NotYet
+        read = _eiger_facts if pattern.layout == "eiger" else _stack_file_facts
+        facts = read(str(path), scan_axis, offset_names)
+        where = f"{GONIOMETER}/{scan_axis} in the file"
+    row = {"sample": sample, "temperature": temperature, "entry": entry, "data": data}
+    sources = dict.fromkeys(row, FROM_PATH)
+    for column in DEFAULTED_COLUMNS:
+        for origin, given in ((FROM_FILE, facts), (FROM_CONFIG, defaults)):
+            if column in given:
+                row[column] = _as_column_type(given[column], props[column])
+                sources[column] = origin
+                break
+    for name in offset_names:
+        for origin, given in ((FROM_FILE, facts.get("offsets") or {}),
+                              (FROM_CONFIG, defaults.get("offsets") or {})):
+            if name in given:
+                row[name] = float(given[name])
+                sources[name] = origin
+                break
+    missing = [c for c in NEEDED_COLUMNS if c not in row]
+    if missing:
+        why = []
+        if "nframes" in missing:
+            why.append("no frame count ("
+                       + ("its master has no detectorSpecific/nimages" if pattern.layout == "eiger"
+                          else f"{pattern.layout} files do not say how many frames are planned")
+                       + ")")
+        if len(missing) > ("nframes" in missing):
+            why.append(f"no scan angles (no {where})")
+        raise ConfigError(f"{data}: {' and '.join(why)}: set "
+                          + " and ".join(f"live.scan_defaults.{c}" for c in missing))
+    turns = row["nframes"] * abs(row["phi_step"]) / 360.0
+    if turns > MAX_SCAN_TURNS:
+        raise ConfigError(f"{data}: {row['nframes']} frames of {row['phi_step']} deg make "
+                          f"{turns:.3g} turns: expected a scan of at most {MAX_SCAN_TURNS} turns")
+    return row, sources

@@ -1,0 +1,79 @@
+"""The files through which the watcher hands the workflow what has landed: the live scans
+table, the config that names it, and one landed marker per scan in progress.  Each is
+rewritten only when its text changes, so that Snakemake sees a new input exactly when a new
+block of frames is to be reduced (``snakemake -n`` between two blocks plans nothing)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import write_text_atomically
+from ..config import (LIVE_CONFIG, LIVE_SCANS_TABLE, landed_marker, read_scans_table,
+                      temperature_label)
+
+# the columns of the live table, in order, before the goniometer's offset axes
+COLUMNS = ("sample", "temperature", "entry", "data", "dataset", "nframes", "planned_frames",
+           "phi_start", "phi_step", "det_ddist", "det_dponi1", "det_dponi2", "monitor",
+           "calibration")
+
+
+def user_rows(expdir: Path, table: str, offset_names) -> list[dict]:
+    """The rows of the experiment's own scans table (validated, defaults filled); [] while
+    it holds its header only (a beamline logger appends a row as each scan starts)."""
+    path = expdir / table
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")] if path.is_file() else []
+    if len(lines) < 2:
+        return []
+    return read_scans_table(table, offset_names, expdir)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return repr(value)  # read back to the same float: the same job settings as batch
+    return str(value)
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text_atomically(path, text)
+    return True
+
+
+def live_table_text(rows: list[dict], offset_names) -> str:
+    """rows: each a scans-table row with nframes the frames to reduce now and
+    planned_frames those of the whole scan (0 once it is complete)."""
+    columns = list(COLUMNS) + list(offset_names)
+    lines = ["# written by hklflow watch: the scans landed so far (do not edit; the "
+             "experiment's own table is its config's scans_table)", "\t".join(columns)]
+    for r in rows:
+        cells = dict(r, planned_frames=r.get("planned_frames") or "")  # empty: complete
+        lines.append("\t".join(_cell(cells.get(c, "")) for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names) -> bool:
+    """Write live/config.yaml, live/scans.tsv and the landed markers (id -> text) of the
+    scans in progress; remove the markers of scans no longer in progress.  True when
+    anything changed."""
+    changed = write_if_changed(expdir / LIVE_CONFIG,
+                               "# written by hklflow watch: the workflow on the scans landed so far\n"
+                               f"scans_table: {LIVE_SCANS_TABLE}\n")
+    changed |= write_if_changed(expdir / LIVE_SCANS_TABLE, live_table_text(rows, offset_names))
+    wanted = set()
+    for r in rows:
+        if r.get("planned_frames"):
+            path = expdir / landed_marker(row_id(r))
+            wanted.add(path)
+            changed |= write_if_changed(path, markers[row_id(r)])
+    landed_dir = expdir / "live" / "landed"
+    if landed_dir.is_dir():
+        for old in landed_dir.rglob("*.json"):
+            if old not in wanted:
+                old.unlink()
+                changed = True
+    return changed
+
+
+def row_id(r: dict) -> str:
+    return f"{r['sample']}/{temperature_label(r['temperature'])}/{r['entry']}"

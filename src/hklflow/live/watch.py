@@ -1,0 +1,495 @@
+"""`hklflow watch EXPDIR [-- SNAKEMAKE ARGS]`: reduce an experiment while it is collected.
+
+A thread looks at the raw files every ``live.poll_seconds`` and records how many complete
+frames each scan has (hklflow.growing) and when each count was first seen.  The main loop
+turns that into the live scans table (hklflow.live.table: a scan enters once
+``live.first_preview_degrees`` have landed, and is taken further every
+``live.preview_every_degrees`` or ``live.preview_every_seconds``) and runs the workflow
+whenever the table changed.  Blocks that land during a run are taken together by the next
+one.  Every scan's frames, stage, lag and last error go to live/state.json,
+results/status.html and `hklflow status`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .. import steplog
+from ..config import LIVE_CONFIG, ConfigError, load_settings
+from ..errors import HklflowError
+from .discover import DiscoveryPattern, discover
+from .state import LiveState, ScanState, append_history
+from .status import write_status
+from .table import row_id, user_rows, write_live_files
+
+READING = "reading the raw files: "  # an error of the watcher's own look (not of a job)
+PID_FILE = "live/watch.pid"
+FINISH_FILE = "live/finish.txt"  # scan ids the user asked to finish as far as they went
+SNAKEMAKE_PID_FILE = "live/snakemake.pid"
+# no run starts while a scan's last frames land within this long (its final results would
+# wait for a whole preview run)
+HOLD_SECONDS = 10.0
+# a failed run is tried again after this long, twice as long after each failure, at most
+# MAX_RETRY_SECONDS (sooner when new frames land)
+RETRY_SECONDS = 30.0
+MAX_RETRY_SECONDS = 600.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process that nobody has reaped yet is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+class Watcher:
+    def __init__(self, expdir: Path, snakemake_args: list[str], log, *, cores: str = "all"):
+        from ..demo import workflow_dir
+
+        self.expdir = expdir.resolve()
+        self.log = log
+        self.snakemake_args = list(snakemake_args)
+        self.cores = cores
+        self.snakefile = workflow_dir() / "Snakefile"
+        self.config_file = self.expdir / "config" / "config.yaml"
+        self.settings = load_settings([str(self.config_file)])
+        self.live = self.settings.raw["live"]
+        self.discover_notes: set[str] = set()
+        if self.live.get("discover"):
+            DiscoveryPattern.parse(self.live["discover"])  # a bad pattern stops us now
+        self.state = LiveState.load(self.expdir)
+        self.lock = threading.Lock()  # the state, between the observer and the loop
+        self.look_lock = threading.Lock()
+        self.stop = threading.Event()
+        self.table_error: str | None = None
+
+    # ---- looking at the raw files (the observer thread) ----------------------------------
+    def look(self) -> None:
+        """New rows of the scans table, and the complete frames of every scan."""
+        # one look at a time: two handles on one growing HDF5 dataset in a process, one of
+        # them refreshed, corrupt HDF5's state (hklflow.growing)
+        with self.look_lock:
+            self._look()
+
+    def _look(self) -> None:
+        from .. import growing
+
+        now = time.time()
+        try:
+            rows = user_rows(self.expdir, self.settings.raw["scans_table"],
+                             self.settings.offset_names)
+            self.table_error = None
+        except ConfigError as exc:  # a row being typed, or a wrong one: shown, retried
+            rows, self.table_error = None, str(exc)
+        with self.lock:
+            for r in rows or ():
+                sid = row_id(r)
+                if sid not in self.state.scans:
+                    self.state.scans[sid] = ScanState(sid, r, int(r["nframes"]), float(r["phi_step"]))
+                    self.log.info("new scan %s: %s, %d frames planned", sid, r["data"], r["nframes"])
+                scan = self.state.scans[sid]  # (a row corrected by the user: taken as it is now)
+                scan.row, scan.planned, scan.phi_step = r, int(r["nframes"]), float(r["phi_step"])
+        if self.live.get("discover") and rows is not None:
+            self._discover()
+        for scan in list(self.state.scans.values()):
+            if scan.problem or scan.landed >= scan.planned:
+                continue
+            data = str(self.expdir / scan.row["data"])
+            previous = growing.Observation.from_dict(scan.observation) if scan.observation else None
+            try:
+                seen = growing.observe(growing.layout_of(scan.row["data"]), data,
+                                       scan.row["dataset"], previous)
+            except HklflowError as exc:
+                with self.lock:
+                    scan.error = f"{READING}{exc}"
+                continue
+            with self.lock:
+                if scan.error and scan.error.startswith(READING):
+                    scan.error = None
+                scan.observation = seen.to_dict()
+                if seen.problem:
+                    scan.problem = seen.problem
+                    self.log.error("%s: %s", scan.id, seen.problem)
+                    continue
+                if seen.complete_frames != scan.landed:
+                    scan.saw(min(seen.complete_frames, scan.planned), now)
+
+    def _discover(self) -> None:
+        """Scans found by their files (live.discover); the table's rows win over them."""
+        with self.lock:
+            known = set(self.state.scans)
+        try:
+            found = discover(self.expdir, self.live, self.settings.offset_names, known,
+                             samples=self.settings.samples)
+        except ConfigError as exc:
+            self.table_error = str(exc)
+            return
+        for note in set(found.not_ready) - self.discover_notes:
+            self.log.warning("%s", note)
+        self.discover_notes = set(found.not_ready)
+        with self.lock:
+            for r in found.rows:
+                sid = row_id(r)
+                self.state.scans[sid] = ScanState(sid, r, int(r["nframes"]), float(r["phi_step"]))
+                from_file = [c for c, src in found.sources[sid].items() if src == "file"]
+                self.log.info("new scan %s found by live.discover: %s, %d frames planned (from "
+                              "the file: %s)", sid, r["data"], r["nframes"],
+                              ", ".join(from_file) or "nothing")
+        if found.not_ready and not self.table_error:
+            self.table_error = "; ".join(found.not_ready)  # on the status screen
+
+    def observe_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.look()
+            except Exception as exc:  # noqa: BLE001 - keep looking; the main loop reports
+                self.log.exception("looking at the raw files failed: %s", exc)
+            self.stop.wait(float(self.live["poll_seconds"]))
+
+    # ---- what to reduce ----------------------------------------------------------------
+    def _finish_requests(self) -> None:
+        path = self.expdir / FINISH_FILE
+        asked = set(path.read_text().split()) if path.is_file() else set()
+        for scan in self.state.scans.values():
+            if scan.id in asked and not scan.finish:
+                scan.finish = True
+                self.log.info("%s: finished as far as it went (%d of %d frames), as asked",
+                              scan.id, scan.landed, scan.planned)
+            if (self.live["finish_stalled"] and not scan.finish
+                    and scan.stalled(time.time(), float(self.live["stall_seconds"]))):
+                scan.finish = True
+                self.log.warning("%s: stalled at %d of %d frames: reduced as far as it went "
+                                 "(live.finish_stalled)", scan.id, scan.landed, scan.planned)
+
+    def frames_to_reduce(self, scan: ScanState, now: float) -> int:
+        """How many of a scan's frames the next run reduces (0: it stays out for now)."""
+        if scan.problem:
+            return 0
+        if scan.complete:
+            return scan.frames_when_complete
+        step = abs(scan.phi_step)
+        first = min(scan.planned, math.ceil(float(self.live["first_preview_degrees"]) / step - 1e-9))
+        if scan.landed < max(1, first):
+            return 0
+        block = max(1, math.ceil(float(self.live["preview_every_degrees"]) / step - 1e-9))
+        new = scan.landed - scan.reduced
+        if (scan.reduced == 0 or new >= block
+                or (new > 0 and now - scan.reduced_at >= float(self.live["preview_every_seconds"]))):
+            return scan.landed
+        return scan.reduced
+
+    def completes_soon(self, now: float) -> bool:
+        """Whether a scan in progress will be complete within HOLD_SECONDS at the pace its
+        frames land: a run started now would make a preview that delays the final results
+        by a whole run."""
+        for scan in self.state.scans.values():
+            if scan.complete or scan.problem or len(scan.landings) < 2:
+                continue
+            (t0, n0), (t1, n1) = scan.landings[-min(len(scan.landings), 10)], scan.landings[-1]
+            if now - t1 > HOLD_SECONDS or t1 <= t0 or n1 <= n0:
+                continue  # not landing now
+            if (scan.planned - scan.landed) / ((n1 - n0) / (t1 - t0)) <= HOLD_SECONDS:
+                return True
+        return False
+
+    def live_rows(self, now: float) -> tuple[list[dict], dict]:
+        """The live table's rows (the experiment's order) and the landed markers' texts."""
+        wanted = {}
+        for scan in self.state.scans.values():
+            n = self.frames_to_reduce(scan, now)
+            if n:
+                wanted[scan.id] = n
+        # a temperature enters once its parent temperature has (the parent seeds it)
+        labels = {(sid.split("/")[0], sid.split("/")[1]) for sid in wanted}
+        rows, markers = [], {}
+        for scan in self.state.scans.values():
+            if scan.id not in wanted:
+                continue
+            sample = self.settings.samples.get(scan.sample)
+            parent = sample.parent_for(float(scan.row["temperature"])) if sample else None
+            if parent and (scan.sample, parent) not in labels:
+                continue
+            n = wanted[scan.id]
+            if n != scan.reduced:
+                scan.reduced, scan.reduced_at = n, now
+            in_progress = not scan.complete
+            rows.append(dict(scan.row, nframes=n, planned_frames=scan.planned if in_progress else 0))
+            if in_progress:
+                markers[scan.id] = (f'{{"scan": "{scan.id}", "frames": {n}, "planned": '
+                                    f'{scan.planned}}}\n')
+        return rows, markers
+
+    # ---- running the workflow ------------------------------------------------------------
+    def unlock_if_stale(self) -> None:
+        """Remove the lock a killed run left; wait first for a run that goes on (one the
+        previous watcher started)."""
+        locks = self.expdir / ".snakemake" / "locks"
+        running = _pid_in(self.expdir / SNAKEMAKE_PID_FILE)
+        if running:
+            self.log.info("waiting for the workflow run the previous watcher started (pid %d)",
+                          running)
+            while _alive(running):
+                time.sleep(1)
+        if locks.is_dir() and any(locks.iterdir()):
+            self.log.info("removing the lock a killed run left")
+            self.run_snakemake(["--unlock"])
+
+    def run_snakemake(self, args: list[str], *, log_file: Path | None = None) -> int:
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(self.snakefile),
+               "--directory", str(self.expdir), "--configfile", str(self.config_file),
+               str(self.expdir / LIVE_CONFIG), *args]
+        out = open(log_file, "w") if log_file else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
+            (self.expdir / SNAKEMAKE_PID_FILE).write_text(f"{proc.pid}\n")
+            try:
+                return proc.wait()
+            except BaseException:
+                proc.send_signal(signal.SIGINT)  # Snakemake stops its jobs and cleans up
+                proc.wait()
+                raise
+        finally:
+            if log_file:
+                out.close()
+            (self.expdir / SNAKEMAKE_PID_FILE).unlink(missing_ok=True)
+
+    def run_workflow(self, rows: list[dict]) -> int:
+        with self.lock:
+            self.state.runs += 1
+            number = self.state.runs
+            start = time.time()
+            self.state.last_run = {"number": number, "start": start, "end": None, "rc": None}
+            self.state.save(self.expdir)  # (a watcher killed now: the next one numbers on)
+            included = {row_id(r): int(r["nframes"]) for r in rows}
+            before = {sid: s.results for sid, s in self.state.scans.items()}
+            was_final = {key for key, scans in self._temperatures().items() if self._final(scans)}
+            first = self.final_targets(was_final)
+        log_file = self.expdir / "live" / "logs" / f"run-{number:04d}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.write_status()
+        # the final results of a temperature just completed before the previews of the next
+        prioritize = ["--prioritize", *first] if first else []
+        rc = self.run_snakemake(["--cores", str(self.cores), "--rerun-incomplete", "--keep-going",
+                                 *prioritize, *self.snakemake_args], log_file=log_file)
+        end = time.time()
+        failed = failed_jobs(log_file.read_text(errors="replace"))
+        with self.lock:
+            self.state.last_run.update(end=end, rc=rc, log=str(log_file.relative_to(self.expdir)))
+            lags, finals = {}, {}
+            for sid, n in included.items():
+                scan = self.state.scans[sid]
+                # a failure that names no scan or temperature (e.g. a sample's grid) is every
+                # scan's
+                errors = [f for f in failed if f["scan"] in ("", sid, "/".join(sid.split("/")[:2]))]
+                scan.error = ("; ".join(f"{f['rule']} failed (log: {f['log']})" for f in errors)
+                              or (f"the workflow failed (log: {log_file.relative_to(self.expdir)})"
+                                  if rc and not failed else None))
+                if not scan.error:
+                    scan.results = n
+                landed = scan.landed_at(n)
+                if landed is not None and n > before.get(sid, 0):  # new frames in this run
+                    lags[sid] = round(end - landed, 2)
+            for key, scans in self._temperatures().items():
+                if key not in was_final and self._final(scans):
+                    last = max(s.landed_at(s.frames_when_complete) or start for s in scans)
+                    finals["/".join(key)] = round(end - last, 2)
+            self.state.save(self.expdir)
+        append_history(self.expdir, {"run": number, "start": start, "end": end, "rc": rc,
+                                     "frames": included, "lag_s": lags, "final_lag_s": finals,
+                                     "failed": failed})
+        self.log.info("run %d: %s in %.1f s (rc %d)%s", number,
+                      ", ".join(f"{sid} {n}" for sid, n in included.items()), end - start, rc,
+                      "".join(f"; {f['rule']} of {f['scan']} failed: {f['log']}" for f in failed))
+        return rc
+
+    def lock_refused(self) -> bool:
+        log = self.expdir / str(self.state.last_run.get("log", ""))
+        return log.is_file() and "Directory cannot be locked" in log.read_text(errors="replace")
+
+    @staticmethod
+    def _final(scans) -> bool:
+        return all(s.complete and s.results == s.frames_when_complete and not s.error
+                   for s in scans)
+
+    def final_targets(self, was_final: set) -> list[str]:
+        """The merged (and symmetrised) volumes of the temperatures whose scans are all
+        complete and not yet final."""
+        cfg = self.settings.raw["reduction"]
+        suffix = "_symmetrized" if cfg["merge"]["symmetrize"] else ""
+        return [f"results/{sample}/{label}/{kind}{suffix}.nxs"
+                for (sample, label), scans in self._temperatures().items()
+                if (sample, label) not in was_final and all(s.complete for s in scans)
+                for kind in cfg["transform"]["kinds"]]
+
+    def _temperatures(self) -> dict:
+        by = {}
+        for s in self.state.scans.values():
+            by.setdefault((s.sample, s.temperature_label), []).append(s)
+        return by
+
+    def write_status(self) -> None:
+        with self.lock:
+            write_status(self.expdir, self.state, self.live, self.table_error)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def idle(self) -> bool:
+        """Every scan known is complete (or has a problem) and in the latest results."""
+        scans = list(self.state.scans.values())
+        return bool(scans) and all(
+            s.problem or (s.complete and s.results == s.frames_when_complete) for s in scans)
+
+    def loop(self, *, once: bool = False, exit_when_idle: float | None = None) -> int:
+        observer = threading.Thread(target=self.observe_forever, name="observer", daemon=True)
+        self.look()
+        observer.start()
+        last_rc, pending, idle_since, retry_at, backoff = 0, True, None, 0.0, RETRY_SECONDS
+        try:
+            while True:
+                self.look()  # the newest frames, not those of the observer's last pass
+                now = time.time()
+                if self.completes_soon(now):
+                    time.sleep(0.5)
+                    continue
+                with self.lock:
+                    self._finish_requests()
+                    rows, markers = self.live_rows(now)
+                    changed = write_live_files(self.expdir, rows, markers,
+                                               self.settings.offset_names) if rows else False
+                    self.state.save(self.expdir)
+                if rows and (changed or pending or (last_rc and now >= retry_at)):
+                    last_rc = self.run_workflow(rows)
+                    pending = False
+                    if last_rc and self.lock_refused():
+                        self.unlock_if_stale()  # a killed run's lock: at once again
+                        pending = True
+                    elif last_rc:  # again later (a file still being copied, a full disk ...)
+                        retry_at, backoff = time.time() + backoff, min(2 * backoff, MAX_RETRY_SECONDS)
+                    else:
+                        backoff = RETRY_SECONDS
+                self.write_status()
+                if once:
+                    return last_rc
+                if exit_when_idle is not None:
+                    if self.idle():
+                        idle_since = idle_since or time.time()
+                        if time.time() - idle_since >= exit_when_idle:
+                            self.log.info("every scan is complete and reduced: done")
+                            return last_rc
+                    else:
+                        idle_since = None
+                time.sleep(min(1.0, float(self.live["poll_seconds"])))
+        finally:
+            self.stop.set()
+            observer.join(timeout=10)
+            with self.lock:
+                self.state.save(self.expdir)
+
+
+_ERROR = re.compile(r"^Error in rule (\S+):")
+_OUTPUT = re.compile(r"^\s*output:\s*results/([^/,\s]+)/([0-9.]+K)/(?:([^/,\s]+)/)?[^/,\s]+[,\s]")
+_LOG = re.compile(r"^\s*log:\s*(\S+)")
+
+
+def failed_jobs(text: str) -> list[dict]:
+    """The failed jobs a Snakemake log reports: rule, what they belong to (SAMPLE/TLABEL/
+    ENTRY, SAMPLE/TLABEL or "", from their first output under results/) and their log."""
+    found, current = [], None
+    for line in text.splitlines():
+        m = _ERROR.match(line)
+        if m:
+            current = {"rule": m.group(1), "scan": "", "log": ""}
+            found.append(current)
+            continue
+        if current is None:
+            continue
+        m = _OUTPUT.match(line + " ")
+        if m and not current["scan"]:
+            current["scan"] = "/".join(g for g in m.groups() if g)
+        m = _LOG.match(line)
+        if m and not current["log"]:
+            current["log"] = m.group(1)
+    return found
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hklflow watch",
+        description="Reduce an experiment while its scans are being collected: follow the "
+                    "scans table (rows appended as scans start) or the scans found by their "
+                    "files (config live.discover), and the raw files, and run the "
+                    "workflow again on every block of complete frames (config: live). "
+                    "Arguments after -- go to snakemake (e.g. -- --profile profiles/slurm).")
+    p.add_argument("expdir", type=Path, help="experiment directory (with config/config.yaml)")
+    p.add_argument("--cores", default="all", help="cores for snakemake (default: all)")
+    p.add_argument("--finish", nargs="+", metavar="SCAN", default=[],
+                   help="reduce these scans (SAMPLE/TLABEL/ENTRY, e.g. lsco/200K/f2) as far as "
+                        "they went, as if complete (an aborted scan); works while another "
+                        "watcher runs")
+    p.add_argument("--once", action="store_true", help="look once, reduce what landed, exit")
+    p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="exit once every scan is complete and reduced and nothing new came for "
+                        "this long (default: watch until interrupted)")
+    return p
+
+
+def main(argv=None) -> int:
+    from ..demo import _split
+
+    argv, extra = _split(argv)
+    args = parser().parse_args(argv)
+    log = steplog.setup("watch")
+    expdir = args.expdir.resolve()
+    if not (expdir / "config" / "config.yaml").is_file():
+        log.error("%s: no config/config.yaml: not an experiment directory", expdir)
+        return 2
+    if args.finish:
+        path = expdir / FINISH_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write("".join(f"{sid}\n" for sid in args.finish))
+        log.info("asked to finish %s as far as they went", ", ".join(args.finish))
+        other = _pid_in(expdir / PID_FILE)
+        if other and other != os.getpid():
+            log.info("the watcher running (pid %d) takes it from here", other)
+            return 0
+    other = _pid_in(expdir / PID_FILE)
+    if other and other != os.getpid():
+        log.error("%s is already watched (pid %d); one watcher per experiment", expdir, other)
+        return 1
+    (expdir / "live").mkdir(exist_ok=True)
+    (expdir / PID_FILE).write_text(f"{os.getpid()}\n")
+    try:
+        watcher = Watcher(expdir, extra, log, cores=args.cores)
+        watcher.unlock_if_stale()
+        return watcher.loop(once=args.once, exit_when_idle=args.exit_when_idle)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.info("stopped; `hklflow watch %s` resumes", args.expdir)
+        return 130
+    finally:
+        (expdir / PID_FILE).unlink(missing_ok=True)
