@@ -59,3 +59,18 @@ def test_the_conda_environment_pins_a_python_the_package_allows():
     version = tuple(int(p) for p in pinned.split("=")[1].split("."))
     lowest = tuple(int(p) for p in re.fullmatch(r">=\s*([\d.]+)", requires).group(1).split("."))
     assert version >= lowest, f"{pinned} but requires-python {requires}"
+
+
+def test_hklflow_version_is_the_package_version(capsys):
+    """`hklflow --version` prints pyproject.toml's version (hklflow.__version__ is kept with it)."""
+    from hklflow.cli import main
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hklflow {project['version']}"
+
+
+def test_the_license_file_is_the_one_pyproject_names():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] == "BSD-3-Clause"
+    assert (REPO / "LICENSE").read_text().startswith("BSD 3-Clause License")

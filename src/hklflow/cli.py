@@ -43,7 +43,8 @@ STEPS = frozenset(name for name, (target, _) in COMMANDS.items()
 
 
 def usage() -> str:
-    lines = ["usage: hklflow COMMAND [ARGS...]   (hklflow COMMAND --help for its arguments)", "",
+    lines = ["usage: hklflow COMMAND [ARGS...]   (hklflow COMMAND --help for its arguments;",
+             "                                     hklflow --version)", "",
              "commands:"]
     lines += [f"  {name:<18} {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines)
@@ -62,6 +63,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"hklflow {__version__}")
         return 0
     name = argv[0] if argv[0] in COMMANDS else argv[0].replace("-", "_")
     if name not in COMMANDS:
