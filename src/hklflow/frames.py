@@ -626,10 +626,10 @@ def open_frame_source(source: FrameSource, *, check: bool = True, read_threads: 
                 "differ from what ingest recorded, whatever the modification time says): run "
                 "ingest_scan for this scan again (snakemake --forcerun ingest_scan, or delete its "
                 "scan.nxs) so that every result is made from the data as they are now")
-    if source.growing:
-        return _open_growing_source(source, read_threads, compiled_decompression)
     if source.kind == "hdf5":
-        stack = _open_hdf5_files(files, source.dataset or DEFAULT_DATASET)
+        # a scan still being collected (growing): the frames ingest took; more may be there
+        stack = _open_hdf5_files(files, source.dataset or DEFAULT_DATASET,
+                                 source.nframes if source.growing else None)
     else:
         stack = _open_frame_files(files)
     if check:
@@ -639,33 +639,13 @@ def open_frame_source(source: FrameSource, *, check: bool = True, read_threads: 
                 if n_now != n_then:
                     stack.close()
                     raise RawDataError(f"{f}: has {n_now} frames now, {n_then} when it was "
-                                       "ingested")
+                                       "ingested" + (" (truncated or replaced while the scan "
+                                                     "was being collected?)" if source.growing
+                                                     else ""))
         if tuple(stack.frame_shape) != tuple(source.frame_shape):
             stack.close()
             raise RawDataError(f"{files[0]}: frames are {stack.frame_shape} now, "
                                f"{tuple(source.frame_shape)} when they were ingested")
-    stack.read_threads = max(1, int(read_threads))
-    stack.compiled_decompression = bool(compiled_decompression)
-    return stack
-
-
-def _open_growing_source(source: FrameSource, read_threads: int,
-                         compiled_decompression: bool) -> FrameStack:
-    """The recorded first frames of a scan still being collected: its files hold at least
-    as many frames as ingest saw (more have landed since: not read), of the same shape."""
-    if source.kind == "hdf5":
-        stack = _open_hdf5_files(source.files, source.dataset or DEFAULT_DATASET, source.nframes)
-    else:
-        stack = _open_frame_files(source.files)
-    for f, n_now, n_then in zip(source.files, stack.source.frames_per_file, source.frames_per_file):
-        if n_now < n_then:
-            stack.close()
-            raise RawDataError(f"{f}: has {n_now} frames now, {n_then} when they were ingested "
-                               "(truncated or replaced while the scan was being collected?)")
-    if tuple(stack.frame_shape) != tuple(source.frame_shape):
-        stack.close()
-        raise RawDataError(f"{source.files[0]}: frames are {stack.frame_shape} now, "
-                           f"{tuple(source.frame_shape)} when they were ingested")
     stack.read_threads = max(1, int(read_threads))
     stack.compiled_decompression = bool(compiled_decompression)
     return stack
