@@ -180,3 +180,17 @@ def tiny_300k(tiny_experiment, tiny_truth, tmp_path_factory) -> Path:
                                   "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
                                   "--out", f"{d}/orientation.nxs", "--png", f"{d}/orientation.png"]) == 0
     return root
+
+
+@pytest.fixture
+def titles(monkeypatch):
+    """The title of every picture drawn, as drawn."""
+    from hklflow import pictures
+
+    drawn, save = [], pictures._save_tight
+
+    def recording(fig, path, *a, **k):
+        drawn.append(fig._suptitle.get_text())
+        return save(fig, path, *a, **k)
+    monkeypatch.setattr(pictures, "_save_tight", recording)
+    return drawn

@@ -6,7 +6,6 @@ import shutil
 
 import h5py
 import numpy as np
-import pytest
 
 from hklflow.files.orientation import read_orientation_file
 from hklflow.files.scan import read_scan_file
@@ -57,20 +56,6 @@ def test_a_parent_of_another_sample_is_refused(tiny_300k, capsys, monkeypatch, t
     err = capsys.readouterr().err
     assert "is the orientation of sample 'not_tiny', not of 'tiny'" in err, err
     assert not (tiny_300k / "bad.nxs").exists() and not (tiny_300k / "bad.png").exists()
-
-
-@pytest.fixture
-def titles(monkeypatch):
-    """The title of every picture drawn, as drawn."""
-    from hklflow import pictures
-
-    drawn, save = [], pictures._save_tight
-
-    def recording(fig, path, *a, **k):
-        drawn.append(fig._suptitle.get_text())
-        return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "_save_tight", recording)
-    return drawn
 
 
 def test_an_orientation_from_a_scan_in_progress_is_provisional(tiny_300k, monkeypatch,

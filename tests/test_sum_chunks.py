@@ -206,20 +206,6 @@ def test_parts_without_intensity_are_summed(experiment):
                                   (v.signal / np.where(v.weight > 0, v.weight, 1))[v.weight > 0])
 
 
-@pytest.fixture
-def titles(monkeypatch):
-    """The title of every picture drawn, as drawn."""
-    from hklflow import pictures
-
-    drawn, save = [], pictures._save_tight
-
-    def recording(fig, path, *a, **k):
-        drawn.append(fig._suptitle.get_text())
-        return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "_save_tight", recording)
-    return drawn
-
-
 def test_a_preview_says_how_much_of_its_scan_it_holds(experiment, titles):
     """Parts of a scan in progress (their notes as transform_frames writes them): the sum's
     notes keep their record and its picture's title says what fraction it holds; parts of
