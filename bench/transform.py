@@ -11,7 +11,10 @@ Prints, measured in one run on this machine:
      process, then two processes at once on half the frames each (as two Snakemake jobs on
      two cores): the scaling from 1 to 2 cores;
   3. memory: peak RSS of a transform job, and the figures for a full 1679 x 1475 x 3650-frame
-     scan on an 801^3 grid, with the number of jobs the default config splits it into.
+     scan on an 801^3 grid, with the number of jobs the default config splits it into;
+  4. the variance (issue 69, reduction.transform.variance): the kernel's CPU per frame and
+     the grid's memory with it against without, both kinds in one pass as the step runs
+     them, alternating in one run (--only variance: this section alone).
 The scan (200 frames, ~0.5 GB) is simulated once into bench/.data, or --workdir (shared with
 bench/find_peaks.py).
 """
@@ -163,6 +166,45 @@ def kernel_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
     return out
 
 
+def variance_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
+    """Both kinds from one pass (a Bragg mask of 1% of the pixels), without and with the
+    variance, alternating: CPU seconds of add() (pages of the grid touched beforehand, as
+    kernel_section) and the grid's bytes."""
+    from hklflow.frames import open_frames
+    from hklflow.transform import Transformer, bragg_block_summary, frame_matrices
+
+    with open_frames(str(path)) as st:
+        frames = st.read(0, nframes)
+        trusted = float(np.iinfo(frames.dtype).max)
+    M = frame_matrices(scan, 0, nframes, 1)
+    ones = np.ones(nframes)
+    bragg = (np.random.default_rng(0).random((nframes, frames[0].size)) < 0.01).astype(np.uint8)
+    blocks = bragg_block_summary(bragg)
+    kinds = ("transform", "masked_transform")
+    times = {False: [], True: []}
+    nbytes = {}
+    for variance in (False, True):  # compile both
+        Transformer(grid, table, trusted, kinds=kinds, gain=1.0 if variance else None).add(
+            frames[:1], M[:1], ones[:1], bragg[:1], blocks[:1])
+    for _ in range(repeats):
+        for variance in (False, True):
+            tr = Transformer(grid, table, trusted, kinds=kinds, gain=1.0 if variance else None)
+            for cells in tr.acc.cells:
+                cells.fill(0.0)
+            c = time.process_time()
+            tr.add(frames, M, ones, bragg, blocks)
+            times[variance].append(time.process_time() - c)
+            nbytes[variance] = tr.acc.nbytes
+            del tr
+    per_frame = {k: min(v) / nframes * 1e3 for k, v in times.items()}
+    return {"frames": nframes, "kinds": list(kinds), "cpu_ms_per_frame_without": per_frame[False],
+            "cpu_ms_per_frame_with": per_frame[True],
+            "cpu_ratio": per_frame[True] / per_frame[False],
+            "cpu_ratios_by_repeat": [b / a for a, b in zip(times[False], times[True])],
+            "grid_mb_without": nbytes[False] / 1e6, "grid_mb_with": nbytes[True] / 1e6,
+            "grid_ratio": nbytes[True] / nbytes[False]}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process since it started its program (VmHWM: unlike
     getrusage's ru_maxrss it does not carry over the parent's pages from before exec)."""
@@ -290,10 +332,24 @@ def main(argv=None) -> int:
                    help="where the simulated scan lives (default bench/.data, shared with "
                         "bench/find_peaks.py)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--only", choices=["variance"], default=None,
+                   help="run one section alone")
     args = p.parse_args(argv)
     workdir = args.workdir.resolve()
     path, scan, table, grid = setup(workdir, args.frames, args.max_voxels)
     report = {"machine": machine_info()}
+    v = report["variance"] = variance_section(path, scan, table, grid, args.kernel_frames,
+                                              args.repeats)
+    variance_lines = [
+        f"variance (both kinds, {v['frames']} frames, best of {args.repeats}, alternating):",
+        f"  kernel CPU per frame     {v['cpu_ms_per_frame_without']:.2f} -> "
+        f"{v['cpu_ms_per_frame_with']:.2f} ms ({v['cpu_ratio']:.2f}x; by repeat "
+        + ", ".join(f"{r:.2f}" for r in v["cpu_ratios_by_repeat"]) + "; goal <= 1.25)",
+        f"  grid memory              {v['grid_mb_without']:.0f} -> {v['grid_mb_with']:.0f} MB "
+        f"({v['grid_ratio']:.2f}x)"]
+    if args.only == "variance":
+        emit(report, "\n".join(variance_lines), args.json)
+        return 0
     report["kernel"] = kernel_section(path, scan, table, grid, args.kernel_frames, args.repeats)
     report["end_to_end"] = e2e_section(path, workdir, args.frames, args.max_voxels,
                                        max(1, args.repeats - 1))
@@ -323,7 +379,7 @@ def main(argv=None) -> int:
         f"{m['full_scan']['job_peak_mb_estimate']:.0f} MB (both kinds in one pass: "
         f"~{m['full_scan']['job_peak_mb_estimate_both_kinds']:.0f} MB); default split: "
         f"{m['full_scan']['default_jobs']} jobs of {m['full_scan']['default_frames_per_job']} frames",
-    ]
+    ] + variance_lines
     emit(report, "\n".join(lines), args.json)
     return 0
 

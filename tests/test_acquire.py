@@ -76,6 +76,10 @@ def test_acquired_experiment_equals_the_plain_one(tiny_experiment, tmp_path, fra
             assert (gonio["omega"][()], gonio["chi"][()]) == (-1.0, 1.5)
 
 
+def geom_shift(truth: dict, scan_id: str) -> tuple:
+    return tuple(truth["scans"][scan_id]["det_shift"])
+
+
 def test_plain_eiger_layout_carries_nxmx_metadata(tiny_experiment, tiny_truth, tmp_path):
     spec = preset("tiny")
     simulate_experiment(spec, tmp_path, "eiger", frames_per_file=25)
@@ -96,14 +100,26 @@ def test_plain_eiger_layout_carries_nxmx_metadata(tiny_experiment, tiny_truth, t
             assert det[name].attrs["units"] == unit, name
         assert f["/entry/instrument/beam/incident_wavelength"][()] == spec.wavelength
         assert f["/entry/instrument/beam/incident_wavelength"].attrs["units"] == "angstrom"
-        assert det["detector_distance"][()] == pytest.approx(geom["dist"])
-        assert det["beam_center_x"][()] * det["x_pixel_size"][()] == pytest.approx(geom["poni2"])
-        assert det["beam_center_y"][()] * det["y_pixel_size"][()] == pytest.approx(geom["poni1"])
+        # NXmx: where the direct beam hits (pixels) and the distance from the sample to it,
+        # of the geometry the beamline knows (the calibration moved by the entry's shift,
+        # not the true one: its drift is for the refinement to find), as pyFAI's Fit2D
+        # conversion gives them (centerX/Y: pixels along poni2/poni1, = columns/rows at
+        # orientation 3); with the tilted detector not the PONI
+        known = spec.calibration().shifted(*geom_shift(tiny_truth, "tiny/300K/f2"))
+        f2d = known.to_pyfai().getFit2D()
+        assert det["detector_distance"][()] == pytest.approx(f2d["directDist"] * 1e-3, abs=1e-12)
+        assert det["beam_center_x"][()] == pytest.approx(f2d["centerX"], abs=1e-9)
+        assert det["beam_center_y"][()] == pytest.approx(f2d["centerY"], abs=1e-9)
+        assert abs(det["beam_center_y"][()] - known.poni1 / known.pixel_size[0]) > 1.0
+        assert abs(det["detector_distance"][()] - geom["dist"]) > 5e-5  # not the truth's
         specific = det["detectorSpecific"]
         assert (specific["nimages"][()], specific["ntrigger"][()]) == (60, 1)
         assert (specific["y_pixels_in_detector"][()], specific["x_pixels_in_detector"][()]) == (619, 487)
         mask = specific["pixel_mask"][()]
         assert mask.dtype == np.uint32 and mask.shape == (619, 487)
+        # NXmx's place for it is the detector group: the same dataset (a hard link)
+        assert det["pixel_mask"].id == specific["pixel_mask"].id
+        assert not det["pixel_mask_applied"][()]
         dead = {tuple(p) for p in tiny_truth["detector_defects"]["dead_pixels"]}
         assert {tuple(p) for p in np.argwhere(mask)} == dead
         gonio = f["/entry/sample/goniometer"]

@@ -432,7 +432,7 @@ def test_kept_planes_are_the_planes_the_file_stores(tmp_path, how):
                             continue  # (as the merge: a chunk no input stores)
                         inten = np.empty(c, np.float32)
                         counts = volume_kernels.slab_sums(s, wt, inten, True, s, wt, False)
-                        w.write_chunk(l0, k0, h0, s, wt, inten, counts)
+                        w.write_chunk(l0, k0, h0, s, wt, inten, counts=counts)
                 w.mark_written(l0, min(l0 + c[0], grid.l.n))
         assert not planes.complete
     assert planes.complete and planes.grid is grid

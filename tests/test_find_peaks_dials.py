@@ -129,12 +129,16 @@ def test_dials_reads_the_cbf_header(runs):
     assert numbers("image_size") == [nx, ny]
     assert numbers("pixel_size") == pytest.approx([p2 * 1e3, g.pixel_size[0] * 1e3])
     assert numbers("trusted_range") == pytest.approx([-1, 1048575], rel=1e-5)  # gaps -1, cutoff
-    # beam centre as the writer put it in Beam_xy (dxtbx: slow axis -Y, pixel (0,0) top left)
-    assert numbers(r"px:") == pytest.approx([g.poni2 / p2, ny - g.poni1 / g.pixel_size[0]], abs=0.006)
+    # beam centre as the writer put it in Beam_xy: the direct beam (dxtbx: slow axis -Y,
+    # pixel (0,0) top left), and the distance to it
+    from hklflow.simulation.writers import beamline_geometry, direct_beam
+
+    distance, row, col = direct_beam(beamline_geometry(preset("tiny"), g))
+    assert numbers(r"px:") == pytest.approx([col, row], abs=0.006)
     assert numbers("oscillation") == pytest.approx([t["phi_start"], t["phi_step"]])
     assert numbers("image range") == [1, t["nframes"]]
     assert float(re.search(r"wavelength:\s*([\d.]+)", text).group(1)) == pytest.approx(g.wavelength, abs=1e-5)
-    assert float(re.search(r"distance:\s*([\d.]+)", text).group(1)) == pytest.approx(g.dist * 1e3, abs=0.01)
+    assert float(re.search(r"distance:\s*([\d.]+)", text).group(1)) == pytest.approx(distance * 1e3, abs=0.01)
     # without a "Silicon sensor" header line the panel type is unknown (no parallax correction)
     # and DIALS's automatic min_spot_size is 6 (3 is for pixel-array detectors)
     assert "SENSOR_UNKNOWN" in text

@@ -2,6 +2,9 @@
 conventions (which test_geometry/test_crystal pin to pyFAI and cctbx)."""
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import replace
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle filter)
@@ -9,10 +12,16 @@ import numpy as np
 import pytest
 
 from hklflow.config import load_experiment
-from hklflow.rawfiles import is_hdf5_path
 from hklflow.crystal import Crystal, UnitCell, rotation_angle_deg
+from hklflow.frames import open_frames
 from hklflow.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
-from hklflow.simulation.experiment import preset, simulate_experiment, structure_intensity
+from hklflow.rawfiles import is_hdf5_path
+from hklflow.simulation import cli
+from hklflow.simulation.experiment import (
+    preset,
+    simulate_experiment,
+    structure_intensity,
+)
 
 
 def frames_of(exp, scan_id):
@@ -243,3 +252,155 @@ def test_truth_lists_every_true_parameter(tiny_truth):
     # the scans' true geometry differs slightly from the calibration (refinement has work)
     cal, g = tiny_truth["calibration_geometry"], tiny_truth["scans"]["tiny/300K/f1"]["geometry"]
     assert 0 < abs(g["dist"] - cal["dist"]) < 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# The noise seed (`simulate --seed N`) and the detector gain (`simulate --gain G`)
+# --------------------------------------------------------------------------------------
+SCAN_IDS = ["tiny/300K/f1", "tiny/300K/f2", "tiny/100K/f1", "tiny/100K/f2"]
+
+
+@pytest.fixture(scope="module")
+def noise_runs(tmp_path_factory) -> dict:
+    """The tiny experiment with noise seeds 1 and 2, and with seed 1 and a gain of 2 (the
+    command line's `--seed 1 --gain 2`)."""
+    runs = {}
+    for name, seed in (("seed1", 1), ("seed2", 2)):
+        runs[name] = tmp_path_factory.mktemp(name)
+        simulate_experiment(replace(preset("tiny"), noise_seed=seed), runs[name])
+    runs["seed1_gain2"] = tmp_path_factory.mktemp("seed1_gain2")
+    assert cli.main([str(runs["seed1_gain2"]), "--preset", "tiny", "--seed", "1",
+                     "--gain", "2"]) == 0
+    return runs
+
+
+def valid_pixels(frames):
+    """Pixels that count photons: not a gap (-1), not a hot pixel (every dead pixel is 0
+    whatever the noise, so they may stay)."""
+    return (frames >= 0) & (frames != preset("tiny").hot_value)
+
+
+def block_sums(x, k, m):
+    """Sums over blocks of k frames x m x m pixels."""
+    nf, ny, nx = x.shape[0] // k * k, x.shape[1] // m * m, x.shape[2] // m * m
+    return x[:nf, :ny, :nx].reshape(nf // k, k, ny // m, m, nx // m, m).sum(axis=(1, 3, 5))
+
+
+def test_noise_seed_changes_the_noise_and_nothing_else(tiny_experiment, noise_runs):
+    ref = tiny_experiment
+    for name in ("seed1", "seed2"):
+        run = noise_runs[name]
+        # the same experiment: truth, config, scans table and calibrant image, byte for byte
+        for f in ("truth.json", "config/config.yaml", "config/scans.tsv"):
+            assert (run / f).read_bytes() == (ref / f).read_bytes(), (name, f)
+        with h5py.File(ref / "raw/calibration/CeO2.h5") as a, \
+                h5py.File(run / "raw/calibration/CeO2.h5") as b:
+            assert np.array_equal(a["/entry/data/data"][()], b["/entry/data/data"][()])
+    for scan_id in SCAN_IDS:
+        a = frames_of(ref, scan_id).astype(np.int64)
+        ok = valid_pixels(a)
+        seeded = [frames_of(noise_runs[n], scan_id).astype(np.int64) for n in ("seed1", "seed2")]
+        for name, b in zip(("seed1", "seed2"), seeded):
+            assert np.array_equal(ok, valid_pixels(b))  # gaps and hot pixels where they were
+            assert np.array_equal(a[~ok], b[~ok])
+            # other noise: independent Poisson counts of mean ~6 agree ~12% of the time
+            same = np.mean(a[ok] == b[ok])
+            assert same < 0.3, (name, scan_id, same)
+            # ... about the same expected counts: every frame's total agrees within Poisson
+            # noise (not the scan's: the default frames' noise is coherent from frame to frame,
+            # frame_noise_states)
+            sa = np.where(ok, a, 0).sum(axis=(1, 2))
+            sb = np.where(ok, b, 0).sum(axis=(1, 2))
+            z = (sa - sb) / np.sqrt(sa + sb)
+            assert np.all(np.abs(z) < 5), (name, scan_id, z)
+        a, b = seeded
+        assert np.mean(a[ok] == b[ok]) < 0.3  # two seeds, two noises ...
+        sa, sb = a[ok].sum(), b[ok].sum()  # ... of the same expected counts, scan by scan
+        assert abs(sa - sb) < 5 * math.sqrt(sa + sb), (scan_id, sa, sb)
+
+
+@pytest.mark.parametrize("scan_id", ["tiny/300K/f1", "tiny/100K/f2"])
+def test_seeded_noise_is_poisson_and_independent_between_pixels_and_frames(noise_runs, scan_id):
+    a = frames_of(noise_runs["seed1"], scan_id).astype(np.int64)
+    b = frames_of(noise_runs["seed2"], scan_id).astype(np.int64)
+    ok = valid_pixels(a)
+    d, t = np.where(ok, a - b, 0), np.where(ok, a + b, 0)
+    # Poisson: the difference of two seeds has variance mean(a) + mean(b), pixel by pixel ...
+    ratio = np.sum(d.astype(float) ** 2) / np.sum(t)
+    assert abs(ratio - 1) < 0.03, ratio
+    # ... and over blocks of frames x pixels (what a voxel gathers): noise correlated between
+    # neighbouring pixels or frames makes this larger (the default streams, one draw apart
+    # from frame to frame, give the default frames 1.13-1.19 over 3 x 3 x 3 and 1.35-1.65
+    # over 5 x 8 x 8)
+    for frames, pixels in ((3, 3), (5, 8)):
+        full = block_sums(ok.astype(np.int64), frames, pixels) == frames * pixels ** 2
+        dd = block_sums(d, frames, pixels)[full].astype(float)
+        ratio = np.sum(dd ** 2) / np.sum(block_sums(t, frames, pixels)[full])
+        assert abs(ratio - 1) < 0.04, (frames, pixels, ratio)
+
+
+def test_gain_multiplies_the_counts_and_only_truth_knows_it(tiny_experiment, noise_runs):
+    one, two = noise_runs["seed1"], noise_runs["seed1_gain2"]
+    other = noise_runs["seed2"]
+    for scan_id in ("tiny/300K/f1", "tiny/100K/f2"):
+        g1 = frames_of(one, scan_id).astype(np.int64)
+        g2 = frames_of(two, scan_id).astype(np.int64)
+        ok = valid_pixels(g1)
+        # the same photons (same noise seed), two counts each; gaps and hot pixels as they were
+        assert np.array_equal(g2[ok], 2 * g1[ok])
+        assert np.all(g2[ok] % 2 == 0)
+        assert np.array_equal(g2[~ok], g1[~ok])
+        # against other noise at gain 1: mean x2, variance x4, so variance = 2 x mean
+        o = frames_of(other, scan_id).astype(np.int64)
+        assert abs(g2[ok].sum() / o[ok].sum() - 2) < 0.01
+        d = g2[ok] - 2 * o[ok]
+        assert abs(np.sum(d.astype(float) ** 2) / np.sum(g2[ok] + 2 * o[ok]) - 2) < 0.06
+    # truth says so; the config does not (a test gives the reduction the wrong gain)
+    truth = json.loads((two / "truth.json").read_text())
+    assert truth["detector_gain"]["counts_per_photon"] == 2.0
+    assert truth["simulation"]["gain"] == 2.0
+    ref = json.loads((tiny_experiment / "truth.json").read_text())
+    assert ref["detector_gain"]["counts_per_photon"] == 1.0
+    for t in (truth, ref):
+        del t["detector_gain"], t["simulation"]["gain"]
+    assert truth == ref
+    for f in ("config/config.yaml", "config/scans.tsv"):
+        assert (two / f).read_bytes() == (tiny_experiment / f).read_bytes()
+
+
+def test_gain_and_seed_are_checked(tmp_path):
+    for bad in ({"gain": 0.0}, {"gain": -1.0}, {"gain": float("nan")}, {"gain": float("inf")},
+                {"noise_seed": -1}, {"noise_seed": 2 ** 64}, {"noise_seed": 1.5}):
+        with pytest.raises(ValueError):
+            simulate_experiment(replace(preset("tiny"), **bad), tmp_path / "bad")
+    # counts an int32 frame cannot hold: refused, never wrapped
+    with pytest.raises(OverflowError, match="int32"):
+        simulate_experiment(replace(preset("tiny"), gain=1e9), tmp_path / "overflow")
+    assert cli.main([str(tmp_path / "overflow_cli"), "--preset", "tiny", "--gain", "1e9"]) == 1
+    assert not (tmp_path / "overflow_cli" / "truth.json").exists()
+    for argv in (["--gain", "0"], ["--gain", "nan"], ["--seed", "-3"]):
+        with pytest.raises(SystemExit):
+            cli.main([str(tmp_path / "cli"), "--preset", "tiny", *argv])
+
+
+def scan_frames(exp, scan_id):
+    """A scan's frames through hklflow's reader of the scans table's `data` (any format)."""
+    cfg = load_experiment(exp / "config" / "config.yaml", base_dir=exp)
+    scan = next(s for s in cfg.scans if s.id == scan_id)
+    with open_frames(scan.data, scan.dataset, base_dir=exp) as stack:
+        return stack.read(0, stack.nframes)
+
+
+# hdf5 without --acquire: the noise_runs fixture
+@pytest.mark.parametrize("frame_format, acquire", [("eiger", True), ("cbf", False)])
+def test_seed_and_gain_in_every_format_and_in_acquisition(noise_runs, tmp_path, frame_format,
+                                                          acquire):
+    out = tmp_path / "exp"
+    argv = [str(out), "--preset", "tiny", "--format", frame_format, "--seed", "1", "--gain", "2"]
+    if acquire:
+        argv += ["--acquire", "--fps", "2000", "--pause", "0"]
+    assert cli.main(argv) == 0
+    expected = noise_runs["seed1_gain2"]
+    assert (out / "truth.json").read_bytes() == (expected / "truth.json").read_bytes()
+    for scan_id in SCAN_IDS:
+        assert np.array_equal(scan_frames(out, scan_id), frames_of(expected, scan_id)), scan_id

@@ -9,9 +9,11 @@ from hklflow.transform import PixelTable
 
 
 def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid,
-                    signal=None, weight=None, bragg=None):
+                    signal=None, weight=None, bragg=None, variance=None, gain=1.0):
     """The same mapping and binning in plain numpy, into [l, k, h] float64 arrays (created
-    if not given).  No punch (hkl_radius)."""
+    if not given).  No punch (hkl_radius).  variance (a float64 [l, k, h] array): also
+    sums each pixel's variance, gain x value x (its multiplier)^2 (Poisson statistics of
+    value / gain photons)."""
     if signal is None:
         signal = np.zeros(grid.shape)
         weight = np.zeros(grid.shape)
@@ -27,6 +29,7 @@ def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid
         ok = (v >= 0) & (v < trusted_max)
         if bragg is not None:
             ok &= bragg[f].reshape(-1)[table.index] == 0
+        voxels = []
         for j in range(nsub):
             A = M[f, j] * inv_step[:, None]  # voxel coordinate + 1/2 = A q + offset
             idx = np.floor(q @ A.T + offset).astype(np.int64)
@@ -34,4 +37,17 @@ def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid
             flat = (idx[good, 2] * dims[1] + idx[good, 1]) * dims[0] + idx[good, 0]
             np.add.at(sflat, flat, v[good] * table.corr[good] * scale[f] / nsub)
             np.add.at(wflat, flat, 1.0 / nsub)
+            voxels.append(np.where(good, (idx[:, 2] * dims[1] + idx[:, 1]) * dims[0]
+                                   + idx[:, 0], -1))
+        if variance is not None:
+            # a pixel's sub-steps are one observation: m of them in a voxel add
+            # (m a / n)^2 g v there; sub-step j adds c_j (a / n)^2 g v, c_j = the pixel's
+            # sub-steps in j's voxel (summed over the voxel's m: m^2)
+            voxels = np.array(voxels)
+            a = table.corr * scale[f] / nsub
+            for j in range(nsub):
+                good = voxels[j] >= 0
+                c = (voxels == voxels[j]).sum(axis=0)
+                np.add.at(variance.reshape(-1), voxels[j][good],
+                          (gain * v * a * a * c)[good])
     return signal, weight

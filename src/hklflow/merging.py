@@ -21,7 +21,8 @@ import numpy as np
 from . import steplog
 from .errors import FileFormatError, InputMismatchError
 from .files.volume import (VolumeReader, VolumeWriter, adopt_volume,
-                           has_intensity, read_volume, read_volume_header, slab_planes)
+                           has_intensity, has_variance, read_volume, read_volume_header,
+                           slab_planes)
 
 
 def check_inputs(paths) -> tuple:
@@ -109,9 +110,16 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     known = [all(k in h.notes for k in sums) for h in headers]
     sample = dict(headers[0].sample)
     counted = (measured, total_w, total_s)
-    with VolumeWriter(out, grid, kind, title, sample, notes, provenance, keep=keep) as w, \
-            contextlib.ExitStack() as stack:
-        readers = [stack.enter_context(_reader(p)) for p in paths]
+    # variances add like the signal (independent counts): summed where every input has one
+    variance = [has_variance(p) for p in paths]
+    if any(variance) and not all(variance) and log:
+        log.warning("%s: no variance_sum (made with reduction.transform.variance false?): "
+                    "the sum carries no uncertainty", paths[variance.index(False)])
+    variance = all(variance)
+    notes["variance"] = variance
+    with VolumeWriter(out, grid, kind, title, sample, notes, provenance, keep=keep,
+                      variance=variance) as w, contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(_reader(p, variance=variance)) for p in paths]
         corners = [r.stored_chunks() for r in readers]
         if w.writes_raw_chunks and all(c is not None and r.chunks == w.chunks
                                        for r, c in zip(readers, corners)):
@@ -149,20 +157,23 @@ def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progres
 
     nl = w.grid.l.n
     slab = (min(planes, nl),) + w.grid.shape[1:]
-    part = (np.empty(slab, np.float32), np.empty(slab, np.float32))
+    part = tuple(np.empty(slab, np.float32) for _ in range(3 if w.variance else 2))
     acc_s, acc_w = np.empty(slab), np.empty(slab)  # float64: the sum is rounded once
+    acc_v = np.empty(slab) if w.variance else None
     for l0 in range(0, nl, planes):
         l1 = min(nl, l0 + planes)
         for i, r in enumerate(readers):
             try:
-                s32, w32 = r.read(l0, l1, out=part)
+                arrays = r.read(l0, l1, out=part)
             except (OSError, KeyError, ValueError) as exc:
                 raise _read_error(r, f"L planes {l0}..{l1 - 1}", exc) from None
-            counts = volume_kernels.add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], s32, w32, i == 0,
-                                             not known[i])
+            counts = volume_kernels.add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], *arrays[:2],
+                                             i == 0, not known[i])
+            _add_variance(acc_v, arrays, l1 - l0, i == 0)
             for total, c in zip(counted, counts):
                 total[i] += c
-        w.write(l0, acc_s[:l1 - l0], acc_w[:l1 - l0])
+        w.write(l0, acc_s[:l1 - l0], acc_w[:l1 - l0],
+                None if acc_v is None else acc_v[:l1 - l0])
         if progress:
             progress.update(l1)
 
@@ -174,8 +185,9 @@ def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) 
     from .files import volume_kernels
 
     shape = w.chunks
-    part = (np.empty(shape, np.float32), np.empty(shape, np.float32))
+    part = tuple(np.empty(shape, np.float32) for _ in range(3 if w.variance else 2))
     acc_s, acc_w = np.empty(shape), np.empty(shape)
+    acc_v = np.empty(shape) if w.variance else None
     signal, weight, intensity = (np.empty(shape, np.float32) for _ in range(3))
     rows: dict[int, list] = {}
     for corner in corners:
@@ -185,22 +197,34 @@ def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) 
         for corner in rows.get(l0, ()):
             for i, r in enumerate(readers):
                 try:
-                    s32, w32 = r.read_chunk(corner, out=part)
+                    arrays = r.read_chunk(corner, out=part)
                 except (OSError, KeyError, ValueError) as exc:
                     raise _read_error(r, f"the chunk at (l, k, h) = {corner}", exc) from None
-                counts = volume_kernels.add_slab(acc_s, acc_w, s32, w32, i == 0, not known[i])
+                counts = volume_kernels.add_slab(acc_s, acc_w, *arrays[:2], i == 0, not known[i])
+                _add_variance(acc_v, arrays, shape[0], i == 0)
                 for total, c in zip(counted, counts):
                     total[i] += c
             counts = volume_kernels.slab_sums(acc_s, acc_w, intensity, True, signal, weight, True)
-            w.write_chunk(*corner, signal, weight, intensity, counts)
+            w.write_chunk(*corner, signal, weight, intensity,
+                          None if acc_v is None else acc_v.astype(np.float32), counts=counts)
         w.mark_written(l0, min(l0 + cl, nl))
         if progress:
             progress.update(min(l0 + cl, nl))
 
 
-def _reader(path, error=InputMismatchError) -> VolumeReader:
-    try:
-        return VolumeReader(path, compiled_decompression=True)  # (kernels compiled anyway)
+def _add_variance(acc, arrays, n: int, first: bool) -> None:
+    """acc[:n] (float64) = or += the variance read (arrays' third), where there is one."""
+    if acc is None:
+        return
+    if first:
+        acc[:n] = arrays[2]
+    else:
+        acc[:n] += arrays[2]
+
+
+def _reader(path, error=InputMismatchError, variance: bool | None = None) -> VolumeReader:
+    try:  # (compiled decompression: kernels compiled anyway)
+        return VolumeReader(path, compiled_decompression=True, variance=variance)
     except (OSError, KeyError, ValueError) as exc:
         raise error(f"{path}: cannot read this volume: {exc}") from None
 
@@ -245,27 +269,35 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
                                 nl) if log else None
     title = f"{head.title} symmetrized ({crystal.laue_group})"
     identity = next(o for o in range(len(ops)) if np.array_equal(maps[0][o], np.eye(3)))
+    variance = has_variance(path)
+    if variance:
+        notes["symmetrized"]["variance"] = (
+            "summed over the equivalents like the signal, times the voxel's stabiliser count "
+            "(operators mapping it onto itself: its counts enter the sum that many times)")
     slab = (min(planes, nl),) + grid.shape[1:]
-    buffers = [np.empty(slab, np.float32) for _ in range(4)] if plan is not None else None
+    buffers = ([np.empty(slab, np.float32) for _ in range(6 if variance else 4)]
+               if plan is not None else None)
     pairs = plan is not None and plan.mirror is not None
     # a slab and its mirror slab together (each read once); the mirror slabs' writes are not
     # aligned with the L chunks, so the writer keeps two slabs of chunks in its cache
     with VolumeWriter(out, grid, head.kind, title, dict(head.sample), notes, provenance,
-                      cache_planes=2 * planes if pairs else 0, keep=keep) as w, \
-            _reader(path, FileFormatError) as reader:
+                      cache_planes=2 * planes if pairs else 0, keep=keep,
+                      variance=variance) as w, \
+            _reader(path, FileFormatError, variance=variance) as reader:
         done = 0
         for l0, l1, m0, m1 in _slabs(nl, planes, pairs):
             if pairs and m0 != l0:
                 out_l, out_m, n_in, n_before = _flip_pair(reader, buffers, plan, len(ops), l0,
                                                           l1, m0, m1)
-                w.write(l0, *out_l)
-                w.write(m0, *out_m)
+                w.write(l0, *_times_stabilizers(out_l, maps, l0, grid.shape))
+                w.write(m0, *_times_stabilizers(out_m, maps, m0, grid.shape))
             elif plan is not None:
-                s, wt, n_in, n_before = _flip_slab(reader, buffers, plan, len(ops), l0, l1, nl)
-                w.write(l0, s, wt)
+                arrays, n_in, n_before = _flip_slab(reader, buffers, plan, len(ops), l0, l1, nl)
+                w.write(l0, *_times_stabilizers(arrays, maps, l0, grid.shape))
             else:
-                s, wt, n_in, n_before = _gather_slab(path, whole, maps, identity, l0, l1, nl)
-                w.write(l0, s, wt)
+                arrays, n_in, n_before = _gather_slab(path, whole, maps, identity, l0, l1, nl,
+                                                      variance)
+                w.write(l0, *_times_stabilizers(arrays, maps, l0, grid.shape))
             inside += n_in
             measured_before += n_before
             done += (l1 - l0) + (m1 - m0 if m0 != l0 else 0)
@@ -278,22 +310,36 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     return notes
 
 
-def _flip_slab(reader, buffers, plan, n_ops, l0, l1, nl):
-    """Planes [l0, l1) symmetrised by flips and transposes of the slab and its mirror
-    (symmetry.FlipPlan), read into `buffers` (four float32 slabs): signal, weight,
-    equivalents inside the grid, measured input voxels."""
+def _times_stabilizers(arrays: tuple, maps, l0: int, shape) -> tuple:
+    """(signal, weight[, variance]) of planes l0.. with the variance (summed over the
+    equivalents) multiplied by each voxel's stabiliser count (symmetry.stabilizer_counts)."""
+    if len(arrays) < 3:
+        return arrays
     from . import symmetry
 
+    counts = symmetry.stabilizer_counts(maps, l0, l0 + arrays[2].shape[0], shape)
+    special = counts > 1
+    arrays[2][special] *= counts[special]
+    return arrays
+
+
+def _flip_slab(reader, buffers, plan, n_ops, l0, l1, nl):
+    """Planes [l0, l1) symmetrised by flips and transposes of the slab and its mirror
+    (symmetry.FlipPlan), read into `buffers` (two or three float32 slabs each): (signal,
+    weight[, variance]), equivalents inside the grid, measured input voxels."""
+    from . import symmetry
+
+    n = 3 if reader.variance else 2
     try:
-        signal, weight = reader.read(l0, l1, out=buffers[:2])
-        there = reader.read(nl - l1, nl - l0, out=buffers[2:]) if plan.mirror else None
+        here = reader.read(l0, l1, out=buffers[:n])
+        there = reader.read(nl - l1, nl - l0, out=buffers[n:2 * n]) if plan.mirror else None
     except (OSError, KeyError, ValueError) as exc:
         raise FileFormatError(f"{reader.path}: cannot read this volume: {exc}") from None
-    s, wt = symmetry.symmetrize_flips(plan, signal, weight,
-                                      there[0][::-1] if there else None,
-                                      there[1][::-1] if there else None)
+    mirror = [x[::-1] for x in there] if there else [None] * n
+    arrays = symmetry.symmetrize_flips(plan, here[0], here[1], mirror[0], mirror[1],
+                                       *((here[2], mirror[2]) if n == 3 else ()))
     # the grid is mapped onto itself: every equivalent is inside
-    return s, wt, s.size * n_ops, int(np.count_nonzero(weight > 0))
+    return arrays, arrays[0].size * n_ops, int(np.count_nonzero(here[1] > 0))
 
 
 def _slabs(nl: int, planes: int, pairs: bool):
@@ -316,34 +362,41 @@ def _flip_pair(reader, buffers, plan, n_ops, l0, l1, m0, m1):
     input voxels of both."""
     from . import symmetry
 
+    n = 3 if reader.variance else 2
     try:
-        signal, weight = reader.read(l0, l1, out=buffers[:2])
-        m_signal, m_weight = reader.read(m0, m1, out=buffers[2:])
+        here = reader.read(l0, l1, out=buffers[:n])
+        there = reader.read(m0, m1, out=buffers[n:2 * n])
     except (OSError, KeyError, ValueError) as exc:
         raise FileFormatError(f"{reader.path}: cannot read this volume: {exc}") from None
-    out_l, out_m = symmetry.symmetrize_flip_pair(plan, signal, weight, m_signal, m_weight)
+    out_l, out_m = symmetry.symmetrize_flip_pair(plan, here[0], here[1], there[0], there[1],
+                                                 *((here[2], there[2]) if n == 3 else ()))
     n_in = (out_l[0].size + out_m[0].size) * n_ops  # the grid is mapped onto itself
-    measured = int(np.count_nonzero(weight > 0)) + int(np.count_nonzero(m_weight > 0))
+    measured = int(np.count_nonzero(here[1] > 0)) + int(np.count_nonzero(there[1] > 0))
     return out_l, out_m, n_in, measured
 
 
-def _gather_slab(path, whole, maps, identity, l0, l1, nl):
+def _gather_slab(path, whole, maps, identity, l0, l1, nl, variance: bool = False):
     """Planes [l0, l1) symmetrised by the gather kernel, from the input planes they need
-    (or the whole input): signal, weight, equivalents inside the grid, measured input voxels."""
+    (or the whole input): (signal, weight[, variance]), equivalents inside the grid,
+    measured input voxels."""
     from . import symmetry
 
     if whole is None:
         spans = symmetry.source_planes(maps, l0, l1, nl)
         parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]
-        src_s = np.concatenate([p.signal for p in parts]) if len(parts) > 1 else parts[0].signal
-        src_w = np.concatenate([p.weight for p in parts]) if len(parts) > 1 else parts[0].weight
         rows = symmetry.source_rows(maps, spans, l0, l1)
     else:
-        src_s, src_w = whole.signal, whole.weight
+        parts = [whole]
         rows = np.zeros(len(maps[0]), np.int64)
+    src_s, src_w, src_v = (np.concatenate(a) if len(a) > 1 else a[0] for a in (
+        [p.signal for p in parts], [p.weight for p in parts],
+        [p.variance for p in parts] if variance else [None]))
     s, wt, n_in = symmetry.symmetrize_slab(src_s, src_w, maps, l0, l1, nl, rows)
+    arrays = (s, wt)
+    if variance:  # (the kernel sums two arrays: the weight again, left unused)
+        arrays += (symmetry.symmetrize_slab(src_v, src_w, maps, l0, l1, nl, rows)[0],)
     r = rows[identity]
-    return s, wt, n_in, int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
+    return arrays, n_in, int(np.count_nonzero(src_w[l0 - r:l1 - r] > 0))
 
 
 def _read(path, region):

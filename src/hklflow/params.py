@@ -501,7 +501,15 @@ class TransformParams(Params):
     monitor_reference: float | None
     bad_monitor_frames: str  # fail | leave_out
     chunk_frames: int
+    variance: bool  # sum each voxel's variance too (gain below)
     polarization_fraction: float = from_config_at("instrument.polarization_fraction")
+    # (here, not in DetectorParams: it changes the transforms alone, not every step)
+    gain: float = from_config_at("instrument.detector.gain")
+
+    @property
+    def variance_gain(self) -> float | None:
+        """The transform's gain (counts per photon), None without the variance."""
+        return float(self.gain) if self.variance else None
 
     def __post_init__(self):
         self.check(self.subdivide in ("auto", "auto_per_block")

@@ -476,15 +476,22 @@ def _zero_outside(out, box) -> np.ndarray:
     return out[box]
 
 
-def symmetrize_flips(plan: FlipPlan, signal, weight, mirror_signal=None, mirror_weight=None):
+def symmetrize_flips(plan: FlipPlan, signal, weight, mirror_signal=None, mirror_weight=None,
+                     variance=None, mirror_variance=None):
     """Planes [l0, l1) of the symmetrised signal and weight (float32) from those planes of
     the input and (plan.mirror) the planes nl-1-l of each, in the same order (i.e. input
     planes [nl-l1, nl-l0) reversed).  Plane by plane, so that the passes stay in cache
     (half the time of whole slabs), and within each plane on the centred box of its values
-    (_centred_box; +0.0 outside it, as the sums there are); sums in float64."""
+    (_centred_box; +0.0 outside it, as the sums there are); sums in float64.  With
+    variance: its sum over the equivalents too, returned third (not yet multiplied by the
+    stabiliser counts: stabilizer_counts)."""
     out_s = np.empty(np.shape(signal), np.float32)
     out_w = np.empty(np.shape(weight), np.float32)
-    for x, m, out in ((signal, mirror_signal, out_s), (weight, mirror_weight, out_w)):
+    work = [(signal, mirror_signal, out_s), (weight, mirror_weight, out_w)]
+    if variance is not None:
+        out_v = np.empty(np.shape(variance), np.float32)
+        work.append((variance, mirror_variance, out_v))
+    for x, m, out in work:
         for p in range(out.shape[0]):
             planes = (x[p],) if plan.mirror is None else (x[p], m[p])
             box = _centred_box(plan, *planes)
@@ -497,19 +504,24 @@ def symmetrize_flips(plan: FlipPlan, signal, weight, mirror_signal=None, mirror_
             if plan.mirror is not None:
                 s += _view(_in_plane_sum(plan, _boxed(m[p], box)), plan.mirror)
             _zero_outside(out[p], box)[...] = s[0]
-    return out_s, out_w
+    return (out_s, out_w) if variance is None else (out_s, out_w, out_v)
 
 
-def symmetrize_flip_pair(plan: FlipPlan, a_signal, a_weight, b_signal, b_weight):
+def symmetrize_flip_pair(plan: FlipPlan, a_signal, a_weight, b_signal, b_weight,
+                         a_variance=None, b_variance=None):
     """symmetrize_flips of a slab and of its mirror slab at once (plan.mirror set): planes
     [l0, l1) (a_...) and [nl - l1, nl - l0) (b_..., in their own order, so plane p of a and
     plane n-1-p of b are mirror images).  Each plane's in-plane sum is made once and serves
     both outputs, and each input plane is read once.  Returns ((signal, weight) of a,
-    (signal, weight) of b), float32, equal to symmetrize_flips of each bit for bit."""
+    (signal, weight) of b), float32, equal to symmetrize_flips of each bit for bit (with
+    the variances: (signal, weight, variance) each)."""
     n = np.shape(a_signal)[0]
-    out_a = (np.empty(np.shape(a_signal), np.float32), np.empty(np.shape(a_weight), np.float32))
-    out_b = (np.empty(np.shape(b_signal), np.float32), np.empty(np.shape(b_weight), np.float32))
-    for k, (xa, xb) in enumerate(((a_signal, b_signal), (a_weight, b_weight))):
+    inputs = [(a_signal, b_signal), (a_weight, b_weight)]
+    if a_variance is not None:
+        inputs.append((a_variance, b_variance))
+    out_a = tuple(np.empty(np.shape(xa), np.float32) for xa, _ in inputs)
+    out_b = tuple(np.empty(np.shape(xb), np.float32) for _, xb in inputs)
+    for k, (xa, xb) in enumerate(inputs):
         for p in range(n):
             q = n - 1 - p
             box = _centred_box(plan, xa[p], xb[q])
@@ -522,6 +534,63 @@ def symmetrize_flip_pair(plan: FlipPlan, a_signal, a_weight, b_signal, b_weight)
             _zero_outside(out_a[k][p], box)[...] = (pa + _view(pb, plan.mirror))[0]
             _zero_outside(out_b[k][q], box)[...] = (pb + _view(pa, plan.mirror))[0]
     return out_a, out_b
+
+
+@numba.njit(cache=True)
+def _stabilizer_counts(A, c, l0, l1, nk, nh, out):
+    """out[l - l0, k, h] = the number of operators o with i A[o] + c[o] = i, i = (h, k, l)."""
+    out[:] = 0
+    for o in range(A.shape[0]):
+        # i (A - I) = -c, column j: sum_m i_m D[m, j] = -c_j; solved for ih where a
+        # column holds it, else every ih of a (k, l) row that satisfies the columns
+        jh = -1
+        for j in range(3):
+            if A[o, 0, j] - (1 if j == 0 else 0) != 0:
+                jh = j
+                break
+        for il in range(l0, l1):
+            for ik in range(nk):
+                if jh < 0:
+                    ok = True
+                    for j in range(3):
+                        d1 = A[o, 1, j] - (1 if j == 1 else 0)
+                        d2 = A[o, 2, j] - (1 if j == 2 else 0)
+                        if ik * d1 + il * d2 + c[o, j] != 0:
+                            ok = False
+                    if ok:
+                        for ih in range(nh):
+                            out[il - l0, ik, ih] += 1
+                    continue
+                d0 = A[o, 0, jh] - (1 if jh == 0 else 0)
+                rest = (ik * (A[o, 1, jh] - (1 if jh == 1 else 0))
+                        + il * (A[o, 2, jh] - (1 if jh == 2 else 0)) + c[o, jh])
+                if rest % d0 != 0:
+                    continue
+                ih = -rest // d0
+                if not 0 <= ih < nh:
+                    continue
+                ok = True
+                for j in range(3):
+                    d = (ih * (A[o, 0, j] - (1 if j == 0 else 0))
+                         + ik * (A[o, 1, j] - (1 if j == 1 else 0))
+                         + il * (A[o, 2, j] - (1 if j == 2 else 0)) + c[o, j])
+                    if d != 0:
+                        ok = False
+                if ok:
+                    out[il - l0, ik, ih] += 1
+
+
+def stabilizer_counts(maps, l0: int, l1: int, shape) -> np.ndarray:
+    """uint8 [l1 - l0, k, h]: per voxel, how many operators map it onto itself (1 for most
+    voxels; more on mirror planes and rotation axes).  The sum over the operators of a
+    voxel's equivalents counts each distinct one that many times, so its variance is
+    that many times the sum of theirs: var(sum_o x(i A_o + c_o)) = s(i) sum_o var(...),
+    for s(i) equal images per distinct equivalent (orbit-stabiliser)."""
+    A, c = maps
+    out = np.empty((l1 - l0, shape[1], shape[2]), np.uint8)
+    _stabilizer_counts(np.ascontiguousarray(A, np.int64), np.ascontiguousarray(c, np.int64),
+                       int(l0), int(l1), int(shape[1]), int(shape[2]), out)
+    return out
 
 
 def symmetrize_arrays(signal: np.ndarray, weight: np.ndarray, grid: Grid, operators,

@@ -14,7 +14,12 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
                                 (left out of the temporary parts of a transform that only
                                 sums read: there @signal = signal_sum)
         data_weights            float32: weight_sum
+        data_errors             float32: sigma of data, sqrt(variance_sum) / weight_sum, NaN
+                                where unmeasured (NeXpy's error bars: <signal>_errors)
         signal_sum              float32: summed corrected intensity, @weights = data_weights
+        variance_sum            float32: the summed variance of signal_sum (additive like
+                                it; data_errors and variance_sum only where the transform
+                                summed variances: reduction.transform.variance)
         Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
                                 (the three arrays: chunks of 8 x 64 x 64, bitshuffle-LZ4; a
                                 chunk with nothing measured is not stored, HDF5 reads its
@@ -72,11 +77,21 @@ class Volume:
     title: str = ""
     sample: dict = field(default_factory=dict)  # name, space_group, unit_cell, ub_matrix
     notes: dict = field(default_factory=dict)
+    variance: np.ndarray | None = None  # [l, k, h] summed variance of signal; None: unknown
 
     def __post_init__(self):
-        if self.signal.shape != self.grid.shape or self.weight.shape != self.grid.shape:
-            raise ValueError(f"volume arrays {self.signal.shape}/{self.weight.shape} do not match "
+        arrays = [self.signal, self.weight] + ([self.variance] if self.variance is not None
+                                               else [])
+        if any(a.shape != self.grid.shape for a in arrays):
+            raise ValueError(f"volume arrays {[a.shape for a in arrays]} do not match "
                              f"the grid {self.grid.shape}")
+
+    def errors(self) -> np.ndarray | None:
+        """sigma of the intensity, sqrt(variance) / weight (NaN where nothing was
+        measured); None without the variance."""
+        if self.variance is None:
+            return None
+        return errors_of(self.variance, self.weight)
 
     def intensity(self) -> np.ndarray:
         """signal / weight, NaN where nothing was measured."""
@@ -89,6 +104,18 @@ class Volume:
     def measured_fraction(self, region: np.ndarray | None = None) -> float:
         w = self.weight if region is None else self.weight[region]
         return float(np.count_nonzero(w > 0)) / max(w.size, 1)
+
+
+def errors_of(variance: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None
+              ) -> np.ndarray:
+    """sigma of signal / weight, sqrt(variance) / weight, float32; NaN where the weight is
+    0 (nothing measured)."""
+    w = np.asarray(weight, np.float32)
+    out = np.empty(w.shape, np.float32) if out is None else out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(np.sqrt(np.asarray(variance, np.float32)), w, out=out)
+    out[~(w > 0)] = np.nan
+    return out
 
 
 def _compression():
@@ -112,10 +139,12 @@ def reciprocal_lengths(cell) -> tuple[float, float, float]:
 def write_volume(path, vol: Volume, provenance: dict) -> Path:
     """Write a volume (atomically: a temporary file renamed when complete), slab by slab so
     that no full-size temporary is made."""
-    with VolumeWriter(path, vol.grid, vol.kind, vol.title, vol.sample, vol.notes, provenance) as w:
+    with VolumeWriter(path, vol.grid, vol.kind, vol.title, vol.sample, vol.notes, provenance,
+                      variance=vol.variance is not None) as w:
         step = slab_planes(vol.grid)
         for l0 in range(0, vol.grid.l.n, step):
-            w.write(l0, vol.signal[l0:l0 + step], vol.weight[l0:l0 + step])
+            w.write(l0, vol.signal[l0:l0 + step], vol.weight[l0:l0 + step],
+                    None if vol.variance is None else vol.variance[l0:l0 + step])
     return Path(path)
 
 
@@ -158,16 +187,17 @@ def read_volume(path, region: tuple | None = None) -> Volume:
         sel = region if region is not None else ()
         signal = d["signal_sum"][sel]
         weight = d["data_weights"][sel]
+        variance = d["variance_sum"][sel] if "variance_sum" in d else None
         sample = {k: (text(v[()]) if v.dtype.kind in "SOU" else v[()]) for k, v in ent["sample"].items()} \
             if "sample" in ent else {}
         notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
         title = text(ent["title"][()]) if "title" in ent else ""
     if region is not None:
         v = Volume.__new__(Volume)
-        v.grid, v.signal, v.weight, v.kind, v.title, v.sample, v.notes = (
-            grid, signal, weight, kind, title, sample, notes)
+        v.grid, v.signal, v.weight, v.kind, v.title, v.sample, v.notes, v.variance = (
+            grid, signal, weight, kind, title, sample, notes, variance)
         return v
-    return Volume(grid, signal, weight, kind, title, sample, notes)
+    return Volume(grid, signal, weight, kind, title, sample, notes, variance)
 
 
 # --------------------------------------------------------------------------------------
@@ -188,9 +218,13 @@ class VolumeReader:
         with VolumeReader(path) as r:
             for l0 in range(0, r.grid.l.n, planes):
                 signal, weight = r.read(l0, l0 + planes, out=(signal_buf, weight_buf))
+
+    variance: read (signal, weight, variance) instead (read, read_chunk; out then holds
+    three arrays): None (the default) where the file has variance_sum, False never; True
+    where the file lacks it is an error.
     """
 
-    def __init__(self, path, compiled_decompression: bool = False):
+    def __init__(self, path, compiled_decompression: bool = False, variance: bool | None = None):
         self.path = os.fspath(path)
         # raw chunks decoded by the active codec (HKLFLOW_CODEC; else the library codec):
         # for the steps that read whole volumes and run compiled kernels anyway
@@ -201,6 +235,14 @@ class VolumeReader:
             d = _entry(self._f, self.path)[self.kind]
             self._signal, self._weight = d["signal_sum"], d["data_weights"]
             self._intensity = d["data"] if "data" in d else None
+            self.has_variance = "variance_sum" in d
+            if variance and not self.has_variance:
+                raise FileFormatError(f"{self.path}: no variance_sum (made with "
+                                      "reduction.transform.variance false, or by an older "
+                                      "hklflow)")
+            self.variance = self.has_variance if variance is None else bool(variance)
+            self._arrays = (self._signal, self._weight) + ((d["variance_sum"],)
+                                                           if self.variance else ())
         except BaseException:
             self._f.close()
             raise
@@ -235,11 +277,13 @@ class VolumeReader:
             return None
         return sorted(set(readers[0].stored) | set(readers[1].stored))
 
-    def read_chunk(self, corner: tuple, out: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """(signal_sum, weight_sum) of the chunk at `corner` whole, into out (two float32
-        C-order arrays of the chunks' shape): 0 where not stored and beyond the grid; only
-        when stored_chunks() is not None."""
-        for dset, o in zip((self._signal, self._weight), out):
+    def read_chunk(self, corner: tuple, out: tuple) -> tuple:
+        """(signal_sum, weight_sum[, variance_sum]) of the chunk at `corner` whole, into out
+        (float32 C-order arrays of the chunks' shape, one per array): 0 where not stored
+        and beyond the grid; only when stored_chunks() is not None."""
+        if len(out) != len(self._arrays):
+            raise ValueError(f"{self.path}: {len(out)} arrays given for {len(self._arrays)}")
+        for dset, o in zip(self._arrays, out):
             reader = self._chunk_reader(dset)
             if reader is None or o.shape != reader.chunks or o.dtype != np.float32 \
                     or not o.flags.c_contiguous:
@@ -248,18 +292,20 @@ class VolumeReader:
             reader.read_chunk(tuple(corner), o)
         return out
 
-    def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(signal_sum, weight_sum) float32 of planes [l0, l1): views of the first planes of
-        `out` (two float32 C-order arrays [>= l1 - l0, k, h]) when given, else new arrays."""
+    def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple:
+        """(signal_sum, weight_sum[, variance_sum]) float32 of planes [l0, l1): views of the
+        first planes of `out` (float32 C-order arrays [>= l1 - l0, k, h], one per array)
+        when given, else new arrays."""
         n = l1 - l0
         if not 0 <= l0 <= l1 <= self.grid.l.n:
             raise ValueError(f"{self.path}: L planes [{l0}, {l1}) are outside the grid's "
                              f"{self.grid.l.n}")
         if out is None:
-            out = (np.empty((n,) + self.grid.shape[1:], np.float32),
-                   np.empty((n,) + self.grid.shape[1:], np.float32))
+            out = tuple(np.empty((n,) + self.grid.shape[1:], np.float32) for _ in self._arrays)
+        if len(out) != len(self._arrays):
+            raise ValueError(f"{self.path}: {len(out)} arrays given for {len(self._arrays)}")
         views = tuple(o[:n] for o in out)
-        for dset, view in zip((self._signal, self._weight), views):
+        for dset, view in zip(self._arrays, views):
             if n:
                 self._read(dset, l0, l1, view)
         return views
@@ -286,8 +332,8 @@ class VolumeReader:
             return view
         if self._buffers is None or self._buffers[0].shape[0] < n:
             self._buffers = tuple(np.empty((n,) + self.grid.shape[1:], np.float32)
-                                  for _ in range(2))
-        signal, weight = self.read(l0, l1, out=self._buffers)
+                                  for _ in self._arrays)
+        signal, weight = self.read(l0, l1, out=self._buffers)[:2]
         _kernels().slab_sums(signal, weight, view, True, signal, weight, False)
         return view
 
@@ -381,6 +427,13 @@ def has_intensity(path) -> bool:
     with open_h5(path) as f:
         ent = _entry(f, path)
         return "data" in ent[_find_kind(ent, path)]
+
+
+def has_variance(path) -> bool:
+    """Whether a volume file holds variance_sum (made with reduction.transform.variance)."""
+    with open_h5(path) as f:
+        ent = _entry(f, path)
+        return "variance_sum" in ent[_find_kind(ent, path)]
 
 
 def adopt_volume(src, out, title: str, notes: dict, provenance: dict) -> Path:
@@ -508,13 +561,15 @@ class VolumeWriter:
     and a chunk that holds only the fill value (0; NaN for data) is not stored at all: HDF5
     reads it back as that value (most chunks of a scan's volume hold nothing measured).
     keep: KeptPlanes of this grid, filled with the intensity as it is stored (with
-    intensity only).
+    intensity only).  variance: the volume carries variance_sum (and, with the intensity,
+    data_errors): every write and write_chunk then gives the variance too.
     """
 
     def __init__(self, path, grid: Grid, kind: str = "transform", title: str = "",
                  sample: dict | None = None, notes: dict | None = None,
                  provenance: dict | None = None, intensity: bool = True,
-                 cache_planes: int = 0, keep: KeptPlanes | None = None):
+                 cache_planes: int = 0, keep: KeptPlanes | None = None,
+                 variance: bool = False):
         if keep is not None:
             if not intensity:
                 raise ValueError(f"{path}: planes are kept of the intensity alone")
@@ -527,6 +582,7 @@ class VolumeWriter:
         self.notes = dict(notes or {})
         self.provenance = dict(provenance or {})
         self.intensity = bool(intensity)
+        self.variance = bool(variance)
         self.measured = 0
         self.weight_sum = 0.0
         self.signal_sum = 0.0
@@ -565,6 +621,15 @@ class VolumeWriter:
             d.create_dataset("signal_sum", shape=shape, dtype=np.float32, chunks=chunks,
                              fillvalue=0.0, **comp)
             d["signal_sum"].attrs["weights"] = "data_weights"  # signal_sum / weights = intensity
+            if self.variance:
+                d.create_dataset("variance_sum", shape=shape, dtype=np.float32, chunks=chunks,
+                                 fillvalue=0.0, **comp)
+                d["variance_sum"].attrs["long_name"] = "summed variance of signal_sum"
+                if self.intensity:  # (NeXpy pairs <signal>_errors with the signal)
+                    d.create_dataset("data_errors", shape=shape, dtype=np.float32,
+                                     chunks=chunks, fillvalue=np.nan, **comp)
+                    d["data_errors"].attrs["long_name"] = (
+                        "standard uncertainty of the intensity (counting statistics)")
             cell = self.sample.get("unit_cell")
             scale = reciprocal_lengths(cell) if cell is not None else (None,) * 3
             if cell is not None:
@@ -580,7 +645,8 @@ class VolumeWriter:
             write_provenance_h5(ent, self.provenance)
             # the arrays' handles, looked up once (an h5py lookup per chunk would be a
             # noticeable part of a volume's write)
-            self._data = {name: d[name] for name in ("data", "data_weights", "signal_sum")
+            self._data = {name: d[name] for name in ("data", "data_weights", "signal_sum",
+                                                     "variance_sum", "data_errors")
                           if name in d}
         except BaseException as exc:
             self._close()
@@ -588,9 +654,19 @@ class VolumeWriter:
             raise
         return self
 
-    def write(self, l0: int, signal: np.ndarray, weight: np.ndarray) -> None:
-        """Store planes [l0, l0 + len(signal)) (arrays [planes, k, h]; stored float32)."""
+    def _check_variance(self, variance, shape, where: str) -> None:
+        if (variance is not None) != self.variance or (variance is not None
+                                                        and variance.shape != shape):
+            raise ValueError(f"{self.path}: {where}: a variance of {shape} expected "
+                             if self.variance else f"{self.path}: {where}: no variance "
+                             "expected (the writer was made without)")
+
+    def write(self, l0: int, signal: np.ndarray, weight: np.ndarray,
+              variance: np.ndarray | None = None) -> None:
+        """Store planes [l0, l0 + len(signal)) (arrays [planes, k, h]; stored float32), with
+        their variance when the writer has one."""
         n = signal.shape[0]
+        self._check_variance(variance, signal.shape, f"slab at L plane {l0}")
         if signal.shape != weight.shape or signal.shape[1:] != self.grid.shape[1:] \
                 or not 0 <= l0 <= l0 + n <= self.grid.l.n:
             raise ValueError(f"slab {signal.shape}/{weight.shape} at L plane {l0} does not fit "
@@ -610,6 +686,13 @@ class VolumeWriter:
         arrays = [("signal_sum", s32, 0.0), ("data_weights", w32, 0.0)]
         if self.intensity:
             arrays.append(("data", inten, np.nan))
+        if self.variance:
+            v32 = self._buffer("variance", signal.shape)
+            v32[...] = variance
+            arrays.append(("variance_sum", v32, 0.0))
+            if self.intensity:
+                arrays.append(("data_errors",
+                               errors_of(v32, w32, self._buffer("errors", signal.shape)), np.nan))
         if self.keep is not None:
             self.keep.take(l0, 0, 0, inten)
         if self._chunk_writer.available:
@@ -633,11 +716,13 @@ class VolumeWriter:
         return self._chunk_writer.available
 
     def write_chunk(self, l0: int, k0: int, h0: int, signal: np.ndarray, weight: np.ndarray,
-                    intensity: np.ndarray | None, counts: tuple | None = None,
-                    twin: "VolumeWriter | None" = None, tally: bool = True) -> tuple:
+                    intensity: np.ndarray | None, variance: np.ndarray | None = None, *,
+                    counts: tuple | None = None, twin: "VolumeWriter | None" = None,
+                    tally: bool = True) -> tuple:
         """Store one chunk given whole (float32 C-order [chunks], the fill value beyond the
-        grid; intensity None when the writer has none): of its arrays, those holding a
-        value other than their fill (0; NaN for the intensity) bit for bit.  counts:
+        grid; intensity None when the writer has none, variance None when it has none):
+        of its arrays, those holding a value other than their fill (0; NaN for the
+        intensity and its errors) bit for bit; the errors where the intensity is stored.  counts:
         (measured voxels, weight sum, signal sum) of the chunk, counted here when None;
         returned, and added to the writer's (and twin's) totals unless tally is False (the
         caller adds them, with `tally`: chunks stored by several threads, their sums added
@@ -648,10 +733,13 @@ class VolumeWriter:
         alone).  Chunks may be stored from several threads at once (not the same one)."""
         corner = (l0, k0, h0)
         if twin is not None and (twin is self or twin.grid.shape != self.grid.shape
-                                 or twin.intensity != self.intensity):
+                                 or twin.intensity != self.intensity
+                                 or twin.variance != self.variance):
             raise ValueError(f"{twin.path}: a twin of {self.path} must be another file of the "
                              f"same arrays on the same grid {self.grid.shape}")
-        given = [signal, weight] + ([intensity] if self.intensity else [])
+        given = ([signal, weight] + ([intensity] if self.intensity else [])
+                 + ([variance] if self.variance else []))
+        self._check_variance(variance, self.chunks, f"chunk at {corner}")
         if any(a is None or a.shape != self.chunks or a.dtype != np.float32
                or not a.flags.c_contiguous for a in given) \
                 or any(c % n for c, n in zip(corner, self.chunks)):
@@ -666,6 +754,12 @@ class VolumeWriter:
         arrays = [("signal_sum", signal, 1), ("data_weights", weight, 2)]
         if self.intensity:
             arrays.append(("data", intensity, 4))
+        if self.variance:
+            if variance.reshape(-1).view(np.uint32).any():
+                stored |= 8
+            arrays.append(("variance_sum", variance, 8))
+            if self.intensity and stored & 4:
+                arrays.append(("data_errors", errors_of(variance, weight), 4))
         for name, chunk, bit in arrays:
             if stored & bit:
                 self._chunk_writer.store(self._data[name], corner, chunk,

@@ -15,14 +15,46 @@ hklflow.live.table.user_rows's rows, its values taken, field by field:
   nimages x ntrigger), the scan angles and offsets of an Eiger master or HDF5 file's NXmx
   goniometer (/entry/sample/goniometer/<live.scan_axis_name> and /<offset axis>), a CBF
   header's Start_angle and Angle_increment;
-* from ``live.scan_defaults`` otherwise (always for the detector shifts, monitor and
-  calibration: a file's absolute detector distance is not a shift from a calibration);
+* from ``live.scan_defaults`` otherwise (always for the monitor and calibration);
 * from the scans schema's defaults last.
+
+The detector shifts (det_ddist, det_dponi1, det_dponi2) take the other precedence:
+
+1. ``live.scan_defaults``, column by column, where it gives them (the config wins: a
+   detector position the user knows better than the files);
+2. else the file's detector position: an Eiger master's or HDF5 file's NXmx
+   /entry/instrument/detector (distance, or DECTRIS's detector_distance; beam_center_x/y
+   in pixels, or a length with x/y_pixel_size), a CBF header's Detector_distance and
+   Beam_xy (fast, slow; Pixel_size).  Both say where the direct beam hits the detector, in
+   pixels of the frames as stored (pixel (i, j) spans [i, i+1) x [j, j+1), whatever
+   instrument.detector.orientation), and the distance from the sample to that point
+   (NXmx: "distance from the sample to the beam center"; imgCIF: "along the beam"), not
+   the PONI and its distance: with a tilted detector they differ.  The shifts are that
+   position minus the calibration's, at the calibration's tilts
+   (:func:`shifts_from_direct_beam`: pyFAI's Fit2D conversion, dist = directDist cos(tilt),
+   poni = centre - directDist sin(tilt) (sin, cos)(tilt plane rotation)), measured from
+   the geometry the row's calibration accepted (results/calibration/NAME/geometry.poni,
+   NAME the row's calibration: live.scan_defaults.calibration, else the last calibration
+   valid for the scan, as config._scans chooses), rounded to 1 nm.  While that result is
+   not made (the watcher starts before the calibration job has run) the scan waits: it is
+   reported (Discovery.not_ready, Discovery.waiting_for: the watcher then runs the
+   workflow for the calibration even before any scan is in its table) and looked at again
+   at the next call.  A file's pixel size must be the detector's;
+3. else the scans schema's default, 0 (files without a detector position: plain HDF5
+   stacks without an NXmx detector group).
+
+A discovered row keeps the shifts it was found with: a calibration accepted again later
+(another version) moves its scans by the difference (Discovery.relative_to names the
+version the shifts were measured from).
 
 Plain HDF5 and CBF files do not say how many frames are planned, so their frame count
 comes from the config; a scan whose frame count or angles come from nowhere is reported
 (Discovery.not_ready), not guessed.  A file still being written that cannot be read yet is
 neither a row nor a message: it is looked at again at the next call.
+
+The master's pixel_mask is not read here: the scans table has no mask column, and a pixel
+mask reaches every scan through instrument.detector.mask_file/mask_dataset (a master and
+/entry/instrument/detector/pixel_mask there work: non-zero is masked).
 
 Raw files are only read: HDF5 files as SWMR readers (hklflow.growing), CBF files up to the
 end of their header.
@@ -41,12 +73,14 @@ import h5py
 import numpy as np
 
 from .. import growing
-from ..config import MAX_SCAN_TURNS, _validate, temperature_label
-from ..errors import ConfigError, RawDataError
-from ..params import schema, validator_with_defaults
+from ..config import MAX_SCAN_TURNS, CalibrationSpec, _validate, temperature_label
+from ..errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
+from ..geometry import BEAM_DIRECTION, DetectorGeometry
+from ..params import DetectorParams, schema, validator_with_defaults
 from ..rawfiles import natural_key
 
-__all__ = ["Discovery", "DiscoveryPattern", "FIELDS", "discover", "discovered_rows"]
+__all__ = ["DirectBeam", "Discovery", "DiscoveryPattern", "FIELDS", "SHIFT_COLUMNS", "discover",
+           "discovered_rows", "shifts_from_direct_beam"]
 
 FIELDS = ("sample", "temperature", "entry")
 # where each value of a discovered row came from (Discovery.sources)
@@ -56,8 +90,16 @@ DEFAULTED_COLUMNS = ("nframes", "phi_start", "phi_step", "dataset", "det_ddist",
                      "det_dponi2", "monitor", "calibration")
 # without these a scan is not usable: reported, not guessed
 NEEDED_COLUMNS = ("nframes", "phi_start", "phi_step")
+# the detector shifts: from the file's detector position where it has one (below)
+SHIFT_COLUMNS = ("det_ddist", "det_dponi1", "det_dponi2")
 GONIOMETER = "/entry/sample/goniometer"
+NXMX_DETECTOR = "/entry/instrument/detector"
 EIGER_DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"
+# calibrate_powder's accepted geometry and its version file (files/calibration.py; the
+# workflow's calibration_path)
+CALIBRATION_FILES = "results/calibration/{name}/"
+SHIFT_DECIMALS = 9  # shifts found from a file are rounded to 1 nm
+PIXEL_SIZE_TOLERANCE = 1e-3  # relative: a file's pixel size must be the detector's
 
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _TEMPERATURE = r"[0-9]+(?:\.[0-9]+)?"
@@ -65,6 +107,15 @@ _FRAME_NUMBER = r"[0-9]+"
 _CBF_READ_BLOCK = 16384  # a Pilatus header is a few KiB: one read
 _CBF_START_ANGLE = re.compile(r"^#\s*Start_angle\s+(\S+)\s+deg", re.M | re.I)
 _CBF_ANGLE_INCREMENT = re.compile(r"^#\s*Angle_increment\s+(\S+)\s+deg", re.M | re.I)
+_HEADER_LINE = re.MULTILINE | re.IGNORECASE
+_CBF_DISTANCE = re.compile(r"^#\s*Detector_distance\s+(\S+)\s+m\b", _HEADER_LINE)
+_CBF_BEAM_XY = re.compile(r"^#\s*Beam_xy\s*\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*pixels?\b",
+                          _HEADER_LINE)
+_CBF_PIXEL_SIZE = re.compile(r"^#\s*Pixel_size\s+(\S+)\s+m\s+x\s+(\S+)\s+m\b", _HEADER_LINE)
+_METRES = {"m": 1.0, "metre": 1.0, "meter": 1.0, "metres": 1.0, "meters": 1.0, "mm": 1e-3,
+           "millimetre": 1e-3, "millimeter": 1e-3, "um": 1e-6, "micron": 1e-6,
+           "microns": 1e-6, "micrometre": 1e-6, "micrometer": 1e-6}
+_PIXELS = ("pixel", "pixels", "px")
 
 
 class _NotYet(Exception):
@@ -202,6 +253,83 @@ def _goniometer_facts(f: h5py.File, path: str, scan_axis: str, offset_names,
     return facts
 
 
+@dataclass(frozen=True)
+class DirectBeam:
+    """Where a file says the incident beam hits the detector: `distance` (m) from the sample
+    to that point, (`row`, `col`) its continuous pixel coordinates on the frames as stored
+    (pixel (i, j) spans [i, i+1) x [j, j+1)), `pixel_size` (m, (slow, fast)) where the file
+    gives it, and `where` (for messages)."""
+
+    distance: float
+    row: float
+    col: float
+    pixel_size: tuple | None
+    where: str
+
+
+def _text(value) -> str:
+    return (value.decode() if isinstance(value, bytes) else str(value)).strip()
+
+
+def _first_number(dset: h5py.Dataset, path: str) -> float:
+    values = np.ravel(dset[()])  # a scalar, or one value per frame (NXmx allows both)
+    try:
+        return float(values[0])
+    except (IndexError, TypeError, ValueError):
+        raise RawDataError(f"{path}: {dset.name}: expected a number") from None
+
+
+def _metres(dset: h5py.Dataset, path: str) -> float:
+    units = _text(dset.attrs.get("units", "m"))  # DECTRIS writes m
+    if units.lower() not in _METRES:
+        raise RawDataError(f"{path}: {dset.name} is in {units!r}: expected m or mm")
+    return _first_number(dset, path) * _METRES[units.lower()]
+
+
+def _nxmx_beam(f: h5py.File, path: str) -> DirectBeam | str | None:
+    """The direct beam of an NXmx detector group (/entry/instrument/detector: distance, or
+    DECTRIS's detector_distance; beam_center_x/y in pixels or a length; x/y_pixel_size),
+    None when it has none, a message when it has only part of it."""
+    det = f.get(NXMX_DETECTOR)
+    if not isinstance(det, h5py.Group):
+        return None
+    distance = next((n for n in ("distance", "detector_distance")
+                     if isinstance(det.get(n), h5py.Dataset)), None)
+    names = {"distance": distance, "beam_center_x": "beam_center_x",
+             "beam_center_y": "beam_center_y"}
+    there = {k: n for k, n in names.items() if n and isinstance(det.get(n), h5py.Dataset)}
+    if not there:
+        return None
+    if len(there) < len(names):
+        missing = [k if k != "distance" else "distance (or detector_distance)"
+                   for k in names if k not in there]
+        return (f"{path}: {NXMX_DETECTOR} gives {', '.join(there.values())} but no "
+                f"{' and '.join(missing)}: its detector position is not complete")
+    pixel_size = None
+    if all(isinstance(det.get(n), h5py.Dataset) for n in ("y_pixel_size", "x_pixel_size")):
+        pixel_size = (_metres(det["y_pixel_size"], path), _metres(det["x_pixel_size"], path))
+    centre = []
+    for name, axis in (("beam_center_y", 0), ("beam_center_x", 1)):
+        dset = det[name]
+        units = _text(dset.attrs.get("units", "pixel"))
+        if units.lower() in _PIXELS:
+            centre.append(_first_number(dset, path))
+        elif units.lower() in _METRES and pixel_size:
+            centre.append(_metres(dset, path) / pixel_size[axis])
+        else:
+            raise RawDataError(f"{path}: {dset.name} is in {units!r}: expected pixels (or a "
+                               "length, with x_pixel_size and y_pixel_size)")
+    return DirectBeam(_metres(det[distance], path), centre[0], centre[1], pixel_size,
+                      f"{NXMX_DETECTOR}/{distance} and beam_center_x/y in the file")
+
+
+def _beam_facts(f: h5py.File, path: str) -> dict:
+    beam = _nxmx_beam(f, path)
+    if beam is None:
+        return {}
+    return {"beam": beam} if isinstance(beam, DirectBeam) else {"beam_error": beam}
+
+
 def _hdf5_facts(path: str, read):
     """read(the open file); _NotYet while the file is being written (or gone)."""
     waiting = object()
@@ -222,6 +350,7 @@ def _hdf5_facts(path: str, read):
 def _eiger_facts(path: str, scan_axis: str, offset_names) -> dict:
     def read(f):
         facts = _goniometer_facts(f, path, scan_axis, offset_names, refresh=False)
+        facts.update(_beam_facts(f, path))
         specific = f.get(EIGER_DETECTOR_SPECIFIC)
         if isinstance(specific, h5py.Group) and "nimages" in specific:
             triggers = int(specific["ntrigger"][()]) if "ntrigger" in specific else 1
@@ -233,12 +362,18 @@ def _eiger_facts(path: str, scan_axis: str, offset_names) -> dict:
 
 def _stack_file_facts(path: str, scan_axis: str, offset_names) -> dict:
     # a file being written says its angles so far, never how many frames are planned
-    return _hdf5_facts(path, lambda f: _goniometer_facts(f, path, scan_axis, offset_names,
-                                                         refresh=True))
+    def read(f):
+        facts = _goniometer_facts(f, path, scan_axis, offset_names, refresh=True)
+        facts.update(_beam_facts(f, path))
+        return facts
+
+    return _hdf5_facts(path, read)
 
 
-def _cbf_facts(path: str) -> dict:
-    """phi_start and phi_step from a Pilatus CBF header (Start_angle, Angle_increment)."""
+def _cbf_facts(path: str, first: str) -> dict:
+    """phi_start and phi_step from a Pilatus CBF header (Start_angle, Angle_increment), and
+    its direct beam (Detector_distance, Beam_xy, Pixel_size); first: the file's name in
+    messages."""
     header = b""
     try:
         with open(path, "rb") as f:
@@ -257,15 +392,148 @@ def _cbf_facts(path: str) -> dict:
         raise _NotYet from None
     text = header[:marker].decode("latin-1")
     facts = {}
+
+    def numbers(m, what):
+        try:
+            return [float(v) for v in m.groups()]
+        except ValueError:
+            raise RawDataError(f"{path}: header line {m.group(0)!r}: expected {what}") from None
+
     for key, line in (("phi_start", _CBF_START_ANGLE), ("phi_step", _CBF_ANGLE_INCREMENT)):
         m = line.search(text)
         if m:
-            try:
-                facts[key] = float(m.group(1))
-            except ValueError:
-                raise RawDataError(f"{path}: header line {m.group(0)!r}: expected a number of "
-                                   "degrees") from None
+            facts[key] = numbers(m, "a number of degrees")[0]
+    distance, beam_xy = _CBF_DISTANCE.search(text), _CBF_BEAM_XY.search(text)
+    if distance and beam_xy:
+        size = _CBF_PIXEL_SIZE.search(text)
+        fast, slow = numbers(size, "pixel sizes in m") if size else (None, None)
+        col, row = numbers(beam_xy, "(fast, slow) in pixels")
+        facts["beam"] = DirectBeam(numbers(distance, "a distance in m")[0], row, col,
+                                   (slow, fast) if size else None,
+                                   f"Detector_distance and Beam_xy in the header of {first}")
+    elif distance or beam_xy:
+        facts["beam_error"] = (f"{first}: its header gives {'Detector_distance' if distance else 'Beam_xy'} "
+                               f"but no {'Beam_xy' if distance else 'Detector_distance'}: its "
+                               "detector position is not complete")
     return facts
+
+
+# --------------------------------------------------------------------------------------
+# The detector shifts from a file's direct beam
+# --------------------------------------------------------------------------------------
+def shifts_from_direct_beam(calibration: DetectorGeometry, distance: float, row: float,
+                            col: float) -> tuple[float, float, float]:
+    """(det_ddist, det_dponi1, det_dponi2), m: the shifts that move the `calibration`'s
+    detector to where the direct beam hits continuous pixel (row, col) of the frames (the
+    orientation applied) at `distance` from the sample, its tilts kept.
+
+    pyFAI's Fit2D conversion at the calibration's tilts (pyFAI.geometry.fit2d.
+    convert_from_Fit2d: dist = directDist cos(tilt), poni1 = centerY pixel1 - directDist
+    sin(tilt) sin(tpr), poni2 = centerX pixel2 - directDist sin(tilt) cos(tpr)), with
+    (sin(tilt) sin(tpr), sin(tilt) cos(tpr), cos(tilt)) = the beam direction in the
+    detector's axes, M^T (0, 0, 1); the inverse of DetectorGeometry.direct_beam_pixel and
+    of the distance |lab position| of that pixel."""
+    b = calibration.tilt_matrix.T @ BEAM_DIRECTION
+    p1, p2 = calibration.plane_coordinates(row, col)
+    return (distance * float(b[2]) - calibration.dist,
+            float(p1) - distance * float(b[0]) - calibration.poni1,
+            float(p2) - distance * float(b[1]) - calibration.poni2)
+
+
+class _Waiting(Exception):
+    """The scan's shifts need a calibration that is not made yet: reported, looked at again."""
+
+    def __init__(self, calibration: str, message: str):
+        super().__init__(message)
+        self.calibration = calibration
+
+
+class _Calibrations:
+    """The config's calibrations, and their accepted geometries, each read once per call."""
+
+    def __init__(self, expdir: Path, config: dict):
+        self.expdir = expdir
+        self.specs = {str(name): CalibrationSpec(str(name), c.get("image"), c.get("poni"),
+                                                 c.get("valid_for") or {})
+                      for name, c in (config.get("calibrations") or {}).items()}
+        detector = DetectorParams.from_config(config)
+        self.detector, self.orientation = detector.name, detector.orientation
+        self.read: dict = {}
+
+    def chosen(self, row: dict, data: str, sid: str) -> str:
+        """The calibration the row's scan uses, as config._scans chooses it: its column
+        (live.scan_defaults.calibration), else the last calibration valid for the scan."""
+        named = row.get("calibration")
+        if named:
+            if named not in self.specs:
+                raise ConfigError(f"{data}: live.scan_defaults.calibration {named!r} is not a "
+                                  f"calibration of the config (known: {sorted(self.specs)})")
+            return named
+        scan = _ScanKey(row["sample"], row["entry"], row["temperature"])
+        for name in reversed(list(self.specs)):
+            if self.specs[name].matches(scan):
+                return name
+        raise ConfigError(f"{data}: no calibration is valid for scan {sid}: widen a "
+                          "calibration's valid_for or set live.scan_defaults.calibration")
+
+    def geometry(self, name: str):
+        """(accepted geometry, version) of calibration `name`; None while calibrate_powder
+        has not made it (or is making it again)."""
+        if name not in self.read:
+            from ..files.calibration import read_version_file
+
+            folder = self.expdir / CALIBRATION_FILES.format(name=name)
+            poni, version = folder / "geometry.poni", folder / "version.json"
+            got = None
+            try:
+                if poni.is_file() and version.is_file():
+                    # the version file names the PONI's sha256: a PONI being written does
+                    # not match it (checked before the PONI is read)
+                    number = read_version_file(version, poni)
+                    got = (DetectorGeometry.from_poni_file(poni, self.detector,
+                                                           self.orientation), number)
+            except (FileFormatError, FileNotFoundError):
+                got = None
+            except InputMismatchError as exc:
+                raise ConfigError(str(exc)) from None
+            self.read[name] = got
+        return self.read[name]
+
+
+@dataclass(frozen=True)
+class _ScanKey:  # what CalibrationSpec.matches asks of a scan
+    sample: str
+    entry: str
+    temperature: float
+
+
+def _file_shifts(beam: DirectBeam, row: dict, data: str, sid: str,
+                 calibrations: _Calibrations | None) -> tuple[dict, str]:
+    """The row's shifts from the file's direct beam, relative to the calibration it uses,
+    and "NAME VERSION" of that calibration; _Waiting while it is not made yet."""
+    set_them = ("set live.scan_defaults.det_ddist, det_dponi1 and det_dponi2 to give the "
+                "shifts yourself")
+    if calibrations is None:
+        raise ConfigError(f"{data}: its detector position ({beam.where}) is a shift from a "
+                          f"calibration, and the config's calibrations were not given: {set_them}")
+    name = calibrations.chosen(row, data, sid)
+    got = calibrations.geometry(name)
+    if got is None:
+        raise _Waiting(name, (
+            f"{data}: waiting for calibration {name} (results/calibration/{name}/geometry.poni "
+            f"is not made yet): the shifts of its detector ({beam.where}) are measured from it; "
+            f"the scan is taken once it is made (or {set_them})"))
+    cal, version = got
+    if beam.pixel_size is not None:
+        for given, known, axis in zip(beam.pixel_size, cal.pixel_size, ("slow", "fast")):
+            if not abs(given - known) <= PIXEL_SIZE_TOLERANCE * known:
+                raise RawDataError(f"{data}: {beam.where}: the {axis} pixel size is "
+                                   f"{given:.6g} m, the detector's ({cal.detector}, "
+                                   f"instrument.detector) {known:.6g} m: its beam centre in "
+                                   "pixels cannot be placed")
+    shifts = shifts_from_direct_beam(cal, beam.distance, beam.row, beam.col)
+    return ({c: round(v, SHIFT_DECIMALS) + 0.0 for c, v in zip(SHIFT_COLUMNS, shifts)},
+            f"{name} {version}")
 
 
 # --------------------------------------------------------------------------------------
@@ -277,11 +545,15 @@ class Discovery:
     scans-schema column, offset columns), in the order of their data paths.
     sources: scan id -> {column: where its value came from}: "path" (the pattern's fields
     and data), "file", "config" (live.scan_defaults) or "default" (the scans schema).
-    not_ready: one message per scan found but not usable (naming its file and what to set)."""
+    not_ready: one message per scan found but not usable (naming its file and what to set).
+    relative_to: scan id -> "CALIBRATION VERSION" the shifts from its file are measured from.
+    waiting_for: the calibrations whose result scans wait for (not made yet)."""
 
     rows: list[dict] = field(default_factory=list)
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     not_ready: list[str] = field(default_factory=list)
+    relative_to: dict[str, str] = field(default_factory=dict)
+    waiting_for: set[str] = field(default_factory=set)
 
 
 def _row_schema(offset_names) -> dict:
@@ -346,16 +618,21 @@ def _frames_of_others(data: str, sid: str, found: dict) -> str | None:
     return None
 
 
-def discover(expdir, live: dict, offset_names, known_ids, samples=None) -> Discovery:
+def discover(expdir, live: dict, offset_names, known_ids, samples=None,
+             config: dict | None = None) -> Discovery:
     """The scans live.discover finds under expdir that are not in known_ids (ids
     SAMPLE/TLABEL/ENTRY).  live: the config's live section (discover None: nothing is
     looked for); offset_names: the goniometer's offset axes (their columns); samples: the
-    config's sample names, when given a scan of another sample is reported, not a row.
+    config's sample names, when given a scan of another sample is reported, not a row;
+    config: the validated config (its calibrations and instrument.detector turn a file's
+    detector position into shifts; without it a scan whose file has one and whose shifts
+    live.scan_defaults does not give is reported).
     ConfigError for a pattern or scan_defaults that cannot be used."""
     result = Discovery()
     if not live.get("discover"):
         return result
     expdir = Path(expdir)
+    calibrations = _Calibrations(expdir, config) if config is not None else None
     offset_names = list(offset_names)
     pattern = DiscoveryPattern.parse(live["discover"])
     defaults = _scan_defaults(live, offset_names)
@@ -380,38 +657,46 @@ def discover(expdir, live: dict, offset_names, known_ids, samples=None) -> Disco
                     "that no other entry's glob matches")))
                 continue
         try:
-            row, sources = _row(expdir, pattern, sid, data, files, defaults, scan_axis,
-                                offset_names, samples, row_schema["properties"])
+            row, sources, basis = _row(expdir, pattern, sid, data, files, defaults, scan_axis,
+                                       offset_names, samples, row_schema["properties"],
+                                       calibrations)
             row = _validate(row, row_schema, f"{data} (scan {sid} found by live.discover)",
                             validator)
         except _NotYet:
+            continue
+        except _Waiting as exc:
+            result.waiting_for.add(exc.calibration)
+            not_ready.append((natural_key(data), str(exc)))
             continue
         except (RawDataError, ConfigError) as exc:
             not_ready.append((natural_key(data), str(exc)))
             continue
         sources.update({c: FROM_DEFAULT for c in row if c not in sources})
-        usable.append((natural_key(data), sid, row, sources))
-    for _, sid, row, sources in sorted(usable, key=lambda u: u[0]):
+        usable.append((natural_key(data), sid, row, sources, basis))
+    for _, sid, row, sources, basis in sorted(usable, key=lambda u: u[0]):
         result.rows.append(row)
         result.sources[sid] = sources
+        if basis:
+            result.relative_to[sid] = basis
     result.not_ready = [message for _, message in sorted(not_ready, key=lambda m: m[0])]
     return result
 
 
-def discovered_rows(expdir, live: dict, offset_names, known_ids,
-                    samples=None) -> tuple[list[dict], list[str]]:
+def discovered_rows(expdir, live: dict, offset_names, known_ids, samples=None,
+                    config: dict | None = None) -> tuple[list[dict], list[str]]:
     """(rows, not-ready messages) of :func:`discover`, for callers that do not need to know
     where each value came from."""
-    found = discover(expdir, live, offset_names, known_ids, samples)
+    found = discover(expdir, live, offset_names, known_ids, samples, config)
     return found.rows, found.not_ready
 
 
 def _row(expdir: Path, pattern: DiscoveryPattern, sid: str, data: str, files: list,
-         defaults: dict, scan_axis: str, offset_names, samples,
-         props: dict) -> tuple[dict, dict]:
-    """The row of one scan found (not validated yet; props: the row schema's columns) and
-    where each value came from; ConfigError/RawDataError saying why it is not usable,
-    _NotYet while its file is being written."""
+         defaults: dict, scan_axis: str, offset_names, samples, props: dict,
+         calibrations: _Calibrations | None) -> tuple[dict, dict, str | None]:
+    """The row of one scan found (not validated yet; props: the row schema's columns),
+    where each value came from and "CALIBRATION VERSION" its shifts from the file are
+    measured from (None: none are); ConfigError/RawDataError saying why it is not usable,
+    _Waiting for a calibration not made yet, _NotYet while its file is being written."""
     sample, _, entry = sid.split("/")
     fields = pattern.match(files[0])
     if samples is not None and sample not in samples:
@@ -425,7 +710,7 @@ def _row(expdir: Path, pattern: DiscoveryPattern, sid: str, data: str, files: li
                           "most 6 significant digits")
     if pattern.layout == "cbf":
         first = files[0]
-        facts = _cbf_facts(str(expdir / first))
+        facts = _cbf_facts(str(expdir / first), first)
         where = f"Start_angle and Angle_increment in the header of {first}"
     else:
         path = expdir / data
@@ -437,6 +722,8 @@ def _row(expdir: Path, pattern: DiscoveryPattern, sid: str, data: str, files: li
     row = {"sample": sample, "temperature": temperature, "entry": entry, "data": data}
     sources = dict.fromkeys(row, FROM_PATH)
     for column in DEFAULTED_COLUMNS:
+        if column in SHIFT_COLUMNS:  # below
+            continue
         for origin, given in ((FROM_FILE, facts), (FROM_CONFIG, defaults)):
             if column in given:
                 row[column] = _as_column_type(given[column], props[column])
@@ -465,4 +752,20 @@ def _row(expdir: Path, pattern: DiscoveryPattern, sid: str, data: str, files: li
     if turns > MAX_SCAN_TURNS:
         raise ConfigError(f"{data}: {row['nframes']} frames of {row['phi_step']} deg make "
                           f"{turns:.3g} turns: expected a scan of at most {MAX_SCAN_TURNS} turns")
-    return row, sources
+    # the shifts: live.scan_defaults's win, then the file's detector position, measured
+    # from the calibration the row uses; none of either: the schema's default (0)
+    for column in SHIFT_COLUMNS:
+        if column in defaults:
+            row[column] = _as_column_type(defaults[column], props[column])
+            sources[column] = FROM_CONFIG
+    wanted = [c for c in SHIFT_COLUMNS if c not in defaults]
+    basis = None
+    if wanted and "beam_error" in facts:
+        raise RawDataError(f"{facts['beam_error']}: set live.scan_defaults."
+                           + ", ".join(wanted))
+    if wanted and "beam" in facts:
+        shifts, basis = _file_shifts(facts["beam"], row, data, sid, calibrations)
+        for column in wanted:
+            row[column] = shifts[column]
+            sources[column] = FROM_FILE
+    return row, sources, basis

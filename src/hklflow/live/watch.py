@@ -77,6 +77,9 @@ class Watcher:
         self.settings = load_settings([str(self.config_file)])
         self.live = self.settings.raw["live"]
         self.discover_notes: set[str] = set()
+        # calibrations whose result discovered scans wait for (their shifts are measured
+        # from it): a run makes them even while no scan is in the live table
+        self.waiting_calibrations: set[str] = set()
         if self.live.get("discover"):
             DiscoveryPattern.parse(self.live["discover"])  # a bad pattern stops us now
         self.state = LiveState.load(self.expdir)
@@ -142,10 +145,11 @@ class Watcher:
             known = set(self.state.scans)
         try:
             found = discover(self.expdir, self.live, self.settings.offset_names, known,
-                             samples=self.settings.samples)
+                             samples=self.settings.samples, config=self.settings.raw)
         except ConfigError as exc:
             self.table_error = str(exc)
             return
+        self.waiting_calibrations = set(found.waiting_for)
         for note in set(found.not_ready) - self.discover_notes:
             self.log.warning("%s", note)
         self.discover_notes = set(found.not_ready)
@@ -154,9 +158,12 @@ class Watcher:
                 sid = row_id(r)
                 self.state.scans[sid] = ScanState(sid, r, int(r["nframes"]), float(r["phi_step"]))
                 from_file = [c for c, src in found.sources[sid].items() if src == "file"]
+                basis = found.relative_to.get(sid)
                 self.log.info("new scan %s found by live.discover: %s, %d frames planned (from "
-                              "the file: %s)", sid, r["data"], r["nframes"],
-                              ", ".join(from_file) or "nothing")
+                              "the file: %s%s)", sid, r["data"], r["nframes"],
+                              ", ".join(from_file) or "nothing",
+                              f"; detector shifts measured from calibration {basis}"
+                              if basis else "")
         if found.not_ready and not self.table_error:
             self.table_error = "; ".join(found.not_ready)  # on the status screen
 
@@ -376,10 +383,14 @@ class Watcher:
                 with self.lock:
                     self._finish_requests()
                     rows, markers = self.live_rows(now)
+                    # no scan to reduce yet, but discovered scans wait for a calibration:
+                    # a run on the empty live table makes the calibrations
+                    calibrating = not rows and bool(self.waiting_calibrations)
                     changed = write_live_files(self.expdir, rows, markers,
-                                               self.settings.offset_names) if rows else False
+                                               self.settings.offset_names) \
+                        if rows or calibrating else False
                     self.state.save(self.expdir)
-                if rows and (changed or pending or (last_rc and now >= retry_at)):
+                if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
                     last_rc = self.run_workflow(rows)
                     pending = False
                     if last_rc and self.lock_refused():

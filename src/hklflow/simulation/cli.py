@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-orientation", type=int, choices=[1, 2, 3, 4], default=None,
                    help="lay the frames out with this pyFAI detector orientation (default: the "
                         "preset's, 3); written to instrument.detector.orientation")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="draw the scans' noise (Poisson counts) from random streams of N (>= 0): "
+                        "the same experiment (config, scans table, truth.json, calibrant image) "
+                        "with other noise in its frames (default: the preset's own noise)")
+    p.add_argument("--gain", type=float, default=1.0, metavar="G",
+                   help="detector gain in counts per photon: the scans' frames hold "
+                        "round(G x Poisson(photons)), so their variance is G x their mean "
+                        "(default: 1, a photon-counting detector); recorded in truth.json, not "
+                        "in the config")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing experiment in OUTDIR (raw data are replaced)")
     acq = p.add_argument_group(
@@ -65,6 +75,10 @@ def main(argv=None) -> int:
     frames_per_file = 100 if args.frames_per_file is None else args.frames_per_file
     if frames_per_file < 1:
         p.error(f"--frames-per-file must be at least 1, got {frames_per_file}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 64:
+        p.error(f"--seed must be a whole number from 0 to 2^64 - 1, got {args.seed}")
+    if not (math.isfinite(args.gain) and args.gain > 0):
+        p.error(f"--gain must be a positive number (counts per photon), got {args.gain:g}")
     log = steplog.setup("simulate")
     if (args.outdir / "truth.json").exists() and not args.force:
         log.error("%s already holds a simulated experiment (truth.json); use --force to "
@@ -74,6 +88,7 @@ def main(argv=None) -> int:
         spec = preset(args.preset)
         if args.detector_orientation is not None:
             spec = replace(spec, detector_orientation=args.detector_orientation)
+        spec = replace(spec, noise_seed=args.seed, gain=args.gain)
         if args.acquire:
             from .acquisition import DEFAULT_PAUSE_S, AcquisitionError, acquire_experiment
 
@@ -88,7 +103,7 @@ def main(argv=None) -> int:
         else:
             simulate_experiment(spec, args.outdir, args.frame_format, overwrite=args.force,
                                 frames_per_file=frames_per_file)
-    except FileExistsError as exc:
+    except (FileExistsError, OverflowError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -10,9 +10,15 @@ pyFAI and cctbx; so the truth here is truth in those conventions.  What is simul
   structure-factor model spanning `intensity_decades` decades with a Wilson fall-off,
   Lorentz and polarization factors; diffuse scattering defined in HKL (satellites at
   half-integer (h, k) below a transition temperature, thermal diffuse scattering around
-  Bragg nodes); background; Poisson noise; module gaps (-1), hot and dead pixels;
+  Bragg nodes); background; Poisson noise times the detector's gain (counts per photon, 1
+  by default); module gaps (-1), hot and dead pixels;
 * the scans' true detector geometry differs slightly from the calibration (`scan_drift`),
   the cell changes with temperature and the orientation drifts slightly on cooling.
+
+Two seeds: `seed` fixes everything structural (structure factors, defects, the calibrant
+image) and, while `noise_seed` is None, the scans' Poisson noise too (the frames every
+reference was made with).  `noise_seed` N draws the scans' noise from other streams: the same
+experiment (config, scans table, truth.json, calibrant image) with other noise in its frames.
 """
 from __future__ import annotations
 
@@ -116,6 +122,12 @@ class SimulationSpec:
     dead_pixels: int = 5
     hot_value: int = 1048575
     seed: int = 20261121
+    # the scans' noise: None, the streams of `seed` (bit for bit the frames of before this
+    # field); N >= 0, streams of N (module docstring).  Not written to truth.json.
+    noise_seed: int | None = None
+    # counts per photon: a pixel holds round(gain * Poisson(expected photons)); truth's counts,
+    # background and diffuse amplitudes are photons.  Not written to the config.
+    gain: float = 1.0
     # a quick-look grid bound written into the experiment's config (None: the default 401^3)
     transform_max_voxels: int | None = None
 
@@ -294,9 +306,50 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
     return ScanTruth(geom, crystal, U, refl), scan
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def frame_noise_states(spec: SimulationSpec, sample: SampleModel, temperature: float,
+                       entry: EntryModel) -> np.ndarray:
+    """The starting state of each frame's random stream (uint64, one per frame of the scan).
+
+    noise_seed None: the states the frames were always made with, from `seed`.  Frame f+1's
+    state there is frame f's after one draw, so the two frames' streams are one draw apart:
+    a frame's noise repeats, a pixel (or a few) later, in the next frame's (noticed when the
+    noise seed was added; kept, so that the default frames stay bit for bit).  noise_seed N:
+    every frame's state is an independent splitmix64 output of (N, scan), so no two streams
+    overlap within any practical length.
+    """
+    key = zlib.crc32(f"{sample.name}/{temperature:g}/{entry.name}".encode())
+    f = np.arange(spec.nframes, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        if spec.noise_seed is None:
+            seed = (key ^ spec.seed) % (2 ** 30)
+            return np.uint64(seed) * np.uint64(0x100000001B3) + f * _GOLDEN
+        base = _mix64(_mix64(np.array([spec.noise_seed], dtype=np.uint64)) ^ np.uint64(key))
+        return _mix64(base + f * _GOLDEN)
+
+
+def check_noise_settings(spec: SimulationSpec) -> None:
+    """ValueError unless gain is a positive finite number and noise_seed None or an integer
+    in [0, 2^64)."""
+    gain = spec.gain
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) \
+            or gain <= 0:
+        raise ValueError(f"the detector gain must be a positive number (counts per photon); "
+                         f"got {gain!r}")
+    n = spec.noise_seed
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                          or not 0 <= int(n) < 2 ** 64):
+        raise ValueError(f"the noise seed must be a whole number from 0 to 2^64 - 1; got {n!r}")
+
+
 def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, entry: EntryModel,
                 truth: ScanTruth, scan: ScanGeometry, write_chunk, defects, chunk_frames=16):
-    """Render all frames of a scan, passing (start, int32 array) chunks to write_chunk."""
+    """Render all frames of a scan, passing (start, int32 array) chunks to write_chunk.
+
+    OverflowError if the gain puts a count at or above 2^31 - 1 (int32 frames cannot hold it,
+    and hklflow's default trusted_max takes that value for an overload)."""
     geom = truth.geometry
     ny, nx = geom.shape
     dirs = geom.pixel_directions()
@@ -330,7 +383,8 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
     ptr, index = frames_kernel.frame_spot_lists(spec.nframes, r["frame"], r["sigma_frame"])
     f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
     buf = np.empty((chunk_frames, ny, nx), dtype=np.int32)
-    seed = (zlib.crc32(f"{sample.name}/{T:g}/{entry.name}".encode()) ^ spec.seed) % (2 ** 30)
+    frame_max = np.zeros(chunk_frames, dtype=np.float64)
+    states = frame_noise_states(spec, sample, T, entry)
     for start in range(0, spec.nframes, chunk_frames):
         n = min(chunk_frames, spec.nframes - start)
         out = buf[:n]
@@ -338,7 +392,14 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
             start, n, q_pix, pixel_scale, background, defects, spec.hot_value, M_frames,
             np.ascontiguousarray(truth.crystal.B), diffuse, table, tbl_off, ptr, index,
             f64(r["row"]), f64(r["col"]), f64(r["frame"]), f64(r["sigma_row"]),
-            f64(r["sigma_col"]), f64(r["sigma_frame"]), f64(r["counts"]), seed, out)
+            f64(r["sigma_col"]), f64(r["sigma_frame"]), f64(r["counts"]), states,
+            float(spec.gain), out, frame_max[:n])
+        if frame_max[:n].max() >= frames_kernel.INT32_MAX:
+            j = int(np.argmax(frame_max[:n]))
+            raise OverflowError(
+                f"scan {sample.name}/{temperature_label(T)}/{entry.name}, frame {start + j}: "
+                f"gain {spec.gain:g} makes a pixel {frame_max[j]:.4g} counts, more than the "
+                f"int32 raw frames hold (below {frames_kernel.INT32_MAX}); use a smaller gain")
         write_chunk(start, out)
 
 
@@ -508,6 +569,7 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
     if frame_format not in FRAME_FORMATS:
         raise ValueError(f"frame_format must be one of {', '.join(FRAME_FORMATS)}; "
                          f"got {frame_format!r}")
+    check_noise_settings(spec)
     outdir = Path(outdir)
     t0 = time.monotonic()
     write_config(spec, outdir, frame_format, overwrite, table_rows)
@@ -523,10 +585,20 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
     w(0, powder[None].astype(np.int32))
     w.close()
     log.info("calibrant image written (%.1f s)", time.monotonic() - t0)
+    if spec.noise_seed is not None or spec.gain != 1.0:
+        log.info("scan frames: noise seed %s, detector gain %g counts per photon",
+                 "default" if spec.noise_seed is None else spec.noise_seed, spec.gain)
     defects, defect_truth = detector_defects(spec, cal)
+    # the same truth whatever the noise seed: it is not a fact of the experiment
+    simulation = {k: v for k, v in asdict(spec).items() if k != "noise_seed"}
     truth = {
-        "simulation": _jsonable(asdict(spec)),
+        "simulation": _jsonable(simulation),
         "conventions": "hklflow docs/conventions.md (Q without 2 pi; Busing-Levy B; lab = pyFAI)",
+        "detector_gain": {
+            "counts_per_photon": spec.gain,
+            "frames": "round(gain * Poisson(expected photons)) in the scans' frames (the "
+                      "calibrant image counts photons); reflections' counts, background and "
+                      "diffuse amplitudes here are expected photons"},
         "calibration_geometry": cal.as_dict(),
         "goniometer": spec.goniometer().as_dict(),
         "detector_defects": defect_truth,

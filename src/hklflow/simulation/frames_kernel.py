@@ -2,9 +2,10 @@
 
 Per frame: expected counts = background + diffuse(HKL of each pixel at the frame centre)
 + Bragg spots (3D Gaussians integrated exactly over each pixel and over the frame's
-rotation interval, so partials split correctly between frames), then Poisson noise.
-Deterministic: every frame draws from its own random stream (seed, frame index), so the
-result does not depend on how frames are shared among threads.
+rotation interval, so partials split correctly between frames), then Poisson noise, times
+the detector's gain (counts per photon).  Deterministic: every frame draws from its own
+random stream (its starting state is given per frame), so the result does not depend on how
+frames are shared among threads.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numba
 import numpy as np
 
 SQRT2 = math.sqrt(2.0)
+INT32_MAX = 2147483647  # the raw frames' number type
 
 
 @numba.njit(cache=True, inline="always")
@@ -117,21 +119,27 @@ def _poisson(state, lam):
 def render_frames(first_frame, nframes, q_pix, pixel_scale, background, gap_mask,
                   hot_value, M_frames, B, diffuse_params, bragg_table, tbl_off,
                   spot_frame_ptr, spot_index, spot_row, spot_col, spot_z, spot_sr, spot_sc,
-                  spot_sz, spot_counts, seed, out):
+                  spot_sz, spot_counts, frame_states, gain, out, frame_max):
     """Render frames [first_frame, first_frame + nframes) into out (nframes, ny, nx) int32.
 
     q_pix (ny, nx, 3): lab Q of every pixel (1/Angstrom); pixel_scale (ny, nx): polarization x
     relative solid angle (multiplies diffuse); background (ny, nx): expected counts;
     gap_mask (ny, nx) uint8: 1 = module gap (written -1), 2 = hot pixel, 3 = dead pixel;
     M_frames (nframes_total, 3, 3): (UB)^-1 R(phi_centre)^-1 per frame;
-    spot_frame_ptr/spot_index: CSR list of the spots touching each frame.
+    spot_frame_ptr/spot_index: CSR list of the spots touching each frame;
+    frame_states (nframes_total,) uint64: the starting state of each frame's random stream;
+    gain: counts per photon, a pixel holds round(gain * Poisson(expected photons));
+    frame_max (nframes,) float64: set to the largest gain * photons of each frame.  A value
+    that int32 cannot hold (>= INT32_MAX) is written as INT32_MAX: the caller checks
+    frame_max and refuses such frames.
     """
     ny, nx = background.shape
     sat_amp, sat_hk, sat_l = diffuse_params[0], diffuse_params[1], diffuse_params[2]
     tds_amp, tds_k2, tds_reach = diffuse_params[3], diffuse_params[4], diffuse_params[5]
     for j in numba.prange(nframes):
         f = first_frame + j
-        state = np.uint64(seed) * np.uint64(0x100000001B3) + np.uint64(f) * np.uint64(0x9E3779B97F4A7C15)
+        state = frame_states[f]
+        vmax = 0.0
         lam = np.empty((ny, nx), dtype=np.float64)
         M = M_frames[f]
         for r in range(ny):
@@ -178,9 +186,14 @@ def render_frames(first_frame, nframes, q_pix, pixel_scale, background, gap_mask
                     v = lam[r, c]
                     if v > 0.0:
                         state, n = _poisson(state, v)
-                        out[j, r, c] = n
+                        counts = n * gain
+                        if gain != 1.0:
+                            counts = math.floor(counts + 0.5)
+                        vmax = max(vmax, counts)
+                        out[j, r, c] = int(counts) if counts < INT32_MAX else INT32_MAX
                     else:
                         out[j, r, c] = 0
+        frame_max[j] = vmax
 
 
 def frame_spot_lists(nframes_total: int, z: np.ndarray, sz: np.ndarray, reach: float = 5.0):

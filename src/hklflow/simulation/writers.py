@@ -6,6 +6,7 @@ an experiment.EntryModel (not imported: experiment.py imports this module)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,32 @@ BLOCKS_PER_SECOND = 10  # SWMR flushes per second of the hdf5 format
 DEFAULT_FRAMES_PER_FILE = 100
 PLAIN_FRAME_TIME_S = 0.1  # the plain mode's exposure (as its CBF headers say)
 DEAD_PIXEL_BIT = 2  # NeXus pixel_mask bit of a dead pixel
+
+
+# --------------------------------------------------------------------------------------
+# The detector position a beamline's metadata records
+# --------------------------------------------------------------------------------------
+def beamline_geometry(spec, geom: DetectorGeometry) -> DetectorGeometry:
+    """The detector geometry a beamline's metadata records for a scan whose true geometry is
+    `geom`: the calibration moved by the entry's detector shift (what the motors say), i.e.
+    `geom` less spec.scan_drift, the small difference between the two that only the
+    refinement finds (a header that knew it would need no refinement)."""
+    d = spec.scan_drift
+    return replace(geom, dist=geom.dist - d[0], poni1=geom.poni1 - d[1], poni2=geom.poni2 - d[2],
+                   rot1=geom.rot1 - d[3], rot2=geom.rot2 - d[4], rot3=geom.rot3 - d[5])
+
+
+def direct_beam(geom: DetectorGeometry) -> tuple[float, float, float]:
+    """(distance in m, row, col) of the direct beam as NXmx masters and Pilatus headers give
+    it: where the incident beam hits the detector, in continuous pixel coordinates of the
+    frames as stored (pixel (i, j) spans [i, i+1) x [j, j+1), whatever the orientation;
+    NXmx beam_center_y/x, Pilatus Beam_xy (col, row)), and the distance from the sample to
+    that point (NXmx detector distance: "distance from the sample to the beam center";
+    imgCIF sample_detector_distance: "along the beam"; pyFAI's Fit2D directDist, which is
+    dist / cos(tilt)).  Not the PONI, which is where the detector normal through the sample
+    meets the detector: the two differ when the detector is tilted."""
+    row, col = geom.direct_beam_pixel()
+    return float(np.linalg.norm(geom.lab_positions(row, col))), row, col
 
 
 # --------------------------------------------------------------------------------------
@@ -55,17 +82,20 @@ class CbfFramesWriter:
 
     def __init__(self, folder: Path, stem: str, spec, geom: DetectorGeometry):
         self.folder, self.stem, self.spec, self.geom = folder, stem, spec, geom
+        # the beamline's geometry (beamline_geometry) as a Pilatus header gives it: Beam_xy
+        # (fast, slow) where the direct beam hits the frame as stored, Detector_distance to
+        # that point (direct_beam).  dxtbx reads frames of orientation 2 as they are laid
+        # out; those of orientation 3 it sees mirrored, and the beam with them
+        # (docs/conventions.md).  More digits than a Pilatus writes (5 for the distance, 2
+        # for the beam): the shifts found from them (hklflow.live.discover) then agree with
+        # the scans table's to a small fraction of a micrometre.
+        self.beam = direct_beam(beamline_geometry(spec, geom))
         folder.mkdir(parents=True, exist_ok=True)
 
     def header(self, index: int) -> str:
         g, s = self.geom, self.spec
         p1, p2 = g.pixel_size
-        ny, _ = g.shape
-        # dxtbx puts pixel (0, 0) at the top left seen from the sample (slow axis -Y), and
-        # poni1 is measured from the bottom edge whatever the orientation, hence slow =
-        # ny - poni1/p1 (frames of orientation 2 are laid out as dxtbx reads them; those of
-        # orientation 3 look mirrored to it: docs/conventions.md).
-        beam_fast, beam_slow = g.poni2 / p2, ny - g.poni1 / p1
+        distance, beam_slow, beam_fast = self.beam
         return "\n".join([
             f"# Detector: PILATUS simulated by hklflow ({g.detector})",
             "# 2026-11-21T00:00:00.000",
@@ -74,8 +104,8 @@ class CbfFramesWriter:
             "# Exposure_period 0.1000000 s",
             "# Count_cutoff 1048575 counts",
             f"# Wavelength {s.wavelength:.5f} A",
-            f"# Detector_distance {g.dist:.5f} m",
-            f"# Beam_xy ({beam_fast:.2f}, {beam_slow:.2f}) pixels",
+            f"# Detector_distance {distance:.8f} m",
+            f"# Beam_xy ({beam_fast:.4f}, {beam_slow:.4f}) pixels",
             f"# Start_angle {s.phi_start + index * s.phi_step:.4f} deg.",
             f"# Angle_increment {s.phi_step:.4f} deg.",
         ])
@@ -214,11 +244,13 @@ class EigerScanWriter:
             det = _group(inst, "detector", "NXdetector")
             p1, p2 = g.pixel_size
             rows, cols = g.shape
-            _field(det, "detector_distance", g.dist, "m")
-            # the PONI of the scan's true geometry in pixels: the beam centre at zero tilts,
-            # not where the (tilted) direct beam hits
-            _field(det, "beam_center_x", g.poni2 / p2, "pixel")
-            _field(det, "beam_center_y", g.poni1 / p1, "pixel")
+            # the beamline's geometry (beamline_geometry), as NXmx gives it (direct_beam):
+            # the direct beam's position on the frames (pixels) and the distance from the
+            # sample to it, not the PONI and its distance (they differ with tilts)
+            distance, beam_row, beam_col = direct_beam(beamline_geometry(s, g))
+            _field(det, "detector_distance", distance, "m")
+            _field(det, "beam_center_x", beam_col, "pixel")
+            _field(det, "beam_center_y", beam_row, "pixel")
             _field(det, "x_pixel_size", p2, "m")
             _field(det, "y_pixel_size", p1, "m")
             _field(det, "count_time", frame_time, "s")
@@ -228,9 +260,11 @@ class EigerScanWriter:
             _field(specific, "ntrigger", 1)
             _field(specific, "x_pixels_in_detector", cols)
             _field(specific, "y_pixels_in_detector", rows)
-            # dead pixels only: hot pixels are for hklflow to find; gaps are -1 in the frames
+            # dead pixels only: hot pixels are for hklflow to find; gaps are -1 in the frames.
+            # Where NXmx puts it, and (the same dataset) where DECTRIS's masters have it
             mask = np.where(defects == 3, DEAD_PIXEL_BIT, 0).astype(np.uint32)
-            _field(specific, "pixel_mask", mask, compression="gzip")
+            specific["pixel_mask"] = _field(det, "pixel_mask", mask, compression="gzip")
+            _field(det, "pixel_mask_applied", False)
             gonio = _group(_group(ent, "sample", "NXsample"), "goniometer", "NXtransformations")
             _field(gonio, "phi", scan_angles(s, 0, n), "deg")
             _field(gonio, "phi_increment", s.phi_step, "deg")

@@ -104,12 +104,11 @@ def write_volumes(tr: Transformer, writers: list[VolumeWriter], threads: int = 1
                 w.tally(counts)
         return
     step = slab_planes(grid, multiple=tr.acc.brick)  # without the library: HDF5's filter
-    slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32) for _ in range(2)]
-             for _ in writers]
+    slabs = [[np.empty((min(step, grid.l.n),) + grid.shape[1:], np.float32)
+              for _ in range(tr.acc.stride)] for _ in writers]
     for l0 in range(0, grid.l.n, step):
-        for w, (signal, weight) in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n),
-                                                         out=slabs)):
-            w.write(l0, signal, weight)
+        for w, arrays in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n), out=slabs)):
+            w.write(l0, *arrays)
 
 
 def run(args, log) -> None:
@@ -146,7 +145,8 @@ def run(args, log) -> None:
             VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
                          {"scan": rec.scan_id, **notes[kind], "seconds": seconds,
                           **preview_notes(rec, ori)}, prov,
-                         intensity=whole)) for kind, out in zip(kinds, args.out)]
+                         intensity=whole, variance=tr.acc.variance))
+            for kind, out in zip(kinds, args.out)]
         write_volumes(tr, writers, args.threads)
         for w in writers:
             # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames

@@ -42,11 +42,15 @@ class Transformer:
     volume asked: 'transform' (every usable pixel) and/or 'masked_transform' (the Bragg
     regions and, with hkl_radius > 0, the punch left out), both from one pass.  threads > 1
     shares the grid out between that many threads by |Q| shells (ThreadShares); the sums
-    are the same bit for bit whatever the number of threads."""
+    are the same bit for bit whatever the number of threads.  gain (counts per photon, > 0)
+    makes each voxel sum the variance of its signal too, from Poisson statistics of the raw
+    values (BrickedGrid's variance); None leaves it out (signal and weight are the same
+    either way, bit for bit)."""
 
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
                  kinds=("transform",), crystal=None, hkl_radius: float = 0.0,
-                 threads: int = 1, scan_axis=None, sub_steps: SubSteps | None = None):
+                 threads: int = 1, scan_axis=None, sub_steps: SubSteps | None = None,
+                 gain: float | None = None):
         if not trusted_max > 0:
             raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
         self.kinds = tuple(k for k in KINDS if k in kinds)
@@ -55,9 +59,12 @@ class Transformer:
         if int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.masked = "masked_transform" in self.kinds
+        if gain is not None and not (np.isfinite(gain) and gain > 0):
+            raise ValueError(f"the detector gain must be a finite number > 0, got {gain}")
+        self.gain = None if gain is None else float(gain)
         # both kinds from one pass: each pixel added once, to one part (BrickedGrid paired)
         self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2,
-                               shared=int(threads) > 1)
+                               shared=int(threads) > 1, variance=gain is not None)
         self.table = table
         self.q_max = table.q_max
         self.live = live_blocks(table)
@@ -112,6 +119,13 @@ class Transformer:
         """Make the threads' shares (threads > 1) from the frame matrices M of the first
         frames now (a fixed cost of the job), not at the first add."""
         self._shares_for(np.asarray(M))
+
+    def _variance_args(self) -> tuple:
+        """The kernels' (gain, var): var a fresh buffer per call (each thread its own), None
+        without the variance."""
+        if self.gain is None:
+            return 0.0, None
+        return self.gain, np.empty(BLOCK, np.float32)
 
     def _submit(self, kernel, shares: ThreadShares | None) -> list[Future]:
         """kernel(share) of every thread's share on its worker; kernel(None) (the whole
@@ -169,8 +183,9 @@ class Transformer:
                 *self._bragg_args(bragg, bragg_blocks, nf), self.allowed, self.allowed_off,
                 self.hkl_r2, acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max,
                 acc.size, acc.kernel_cells, acc.second, self.live, *self._sub_step_plan(M))
-        self._finish(self._submit(lambda share: _accumulate(*args, share),
-                                  self._shares_for(M)))
+        self._finish(self._submit(
+            lambda share: _accumulate(*args, *self._variance_args(), share),
+            self._shares_for(M)))
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                        bragg: np.ndarray | None = None,
@@ -226,7 +241,7 @@ class Transformer:
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = stream.accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
                                               np.empty(frames.block * itemsize, np.uint8),
-                                              *args, share)
+                                              *args, *self._variance_args(), share)
             if status < 0:
                 raise damaged(status)
         return self._submit(kernel, self._shares_for(M))
@@ -239,12 +254,12 @@ class Transformer:
         self._outstanding = []
 
     def slab(self, l0: int, l1: int, kind: str = "transform", out: tuple | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             ) -> tuple:
         return self.acc.slab(l0, l1, self.kinds.index(kind), out)
 
-    def slabs(self, l0: int, l1: int, out: list | None = None
-              ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(signal, weight) of L planes [l0, l1) of every kind, in self.kinds order."""
+    def slabs(self, l0: int, l1: int, out: list | None = None) -> list[tuple]:
+        """(signal, weight[, variance]) of L planes [l0, l1) of every kind, in self.kinds
+        order."""
         return self.acc.slabs(l0, l1, out)
 
     def pixel_frames(self, kind: str = "transform") -> int:
@@ -434,9 +449,9 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     hkl_radius = mask.hkl_radius if "masked_transform" in kinds else 0.0
     tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
                      hkl_radius=hkl_radius, threads=threads, scan_axis=scan.axis_lab,
-                     sub_steps=sub_steps)
-    log.info("grid in memory: %.2f GB (signal + weight of %d kind(s), float32)",
-             tr.acc.nbytes / 1e9, len(tr.kinds))
+                     sub_steps=sub_steps, gain=params.variance_gain)
+    log.info("grid in memory: %.2f GB (signal + weight%s of %d kind(s), float32)",
+             tr.acc.nbytes / 1e9, " + variance" if tr.acc.variance else "", len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)
     if mask is not None and tr.masked:
         mask.frame_index()  # (its compiled code loaded before the pass over the frames)
@@ -463,7 +478,8 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                        "polarization_fraction": params.polarization_fraction,
                        "monitor_reference": monitor_ref, "frames_left_out": left_out,
                        "hkl_radius": hkl_radius if kind == "masked_transform" else 0.0,
-                       "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel}
+                       "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel,
+                       "variance": tr.gain is not None, "gain": params.gain}
     log.info("%d frames in %.2f s (kernel %.2f s on %d thread(s): %.1f Mpixel/s for %d "
              "kind(s))", stop - first, time.monotonic() - t0, t_kernel, tr.threads,
              pixel_frames * mean_steps / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))

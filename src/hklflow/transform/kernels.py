@@ -111,12 +111,14 @@ def _unit(u, nf, nsub, npix):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_max, dims,
-                   nbricks, shift, dump, idx, val):
+                   nbricks, shift, dump, idx, val, var, g32):
     """Pass 1 of _compute_values on pixels [p0, p0 + n) of frame f (values vb): each pixel's
     bricked voxel index (+ shift for a Bragg-masked pixel with shift > 0; the dump when
     unusable, off the grid or, shift 0, Bragg-masked), -1 when a coordinate lies within the
     rounding bound of a voxel face (t: 1/2 - the bound per axis), and its value, from the
-    float32 matrix B (row by row) and offset c.  Multiplies and adds may fuse (`contract`:
+    float32 matrix B (row by row) and offset c; with var (not None) the value's variance
+    too, g32 = s32 x gain: a raw value v of gain x photons counts has variance gain x v, so
+    value = v a (a = corr s32) has gain v a^2 = value x corr x g32.  Multiplies and adds may fuse (`contract`:
     fewer roundings, so the bound holds; less time with AVX2): the integer arithmetic of
     the brick stays exact, and the float64 decisions (pass 2, the punch) are in functions
     of their own, without it."""
@@ -168,6 +170,8 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
         k = k if use & inside else dump[i]
         idx[i] = -1 if use & near else k
         val[i] = np.float32(v) * cb[i] * s32
+        if var is not None:
+            var[i] = val[i] * cb[i] * g32
 
 
 @numba.njit(nogil=True, cache=True)
@@ -182,7 +186,7 @@ def _holds_bragg(bragg, bragg_blocks, f, b):
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _compute_block(u, steps, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                    bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                   q_max, size, second, dump, idx, val, punch):
+                   q_max, size, second, dump, idx, val, var, gain, state, first, punch):
     """Passes 1 and 2 (and the punch) of work unit u (_unit): writes the bricked voxel index
     (or a dump slot) and value of each of its pixels into idx, val; returns the number of
     pixels n.  Arguments as _accumulate's."""
@@ -190,18 +194,24 @@ def _compute_block(u, steps, frames, qx, qy, qz, corr, M, scale, value_max, brag
     return _compute_values(f, j, steps, p0, n, frames[f, p0:p0 + n], qx, qy, qz, corr, M, scale,
                            value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2,
                            origin, inv_step, dims, nbricks, q_max, size, second, dump, idx,
-                           val, punch)
+                           val, (var, gain, state, first), punch)
 
 
 @numba.njit(inline="always", error_model="numpy")
 def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_max, bragg,
                     bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims, nbricks,
-                    q_max, size, second, dump, idx, val, punch):
+                    q_max, size, second, dump, idx, val, variance, punch):
     """_compute_block's work on the values vb of pixels [p0, p0 + n) of frame f at the
     matrix M[f, j], one of the block's `steps` rotation sub-steps: a pixel left out of the
     masked kind (Bragg-masked, punched) goes to the dump (second 0: one kind) or to its
-    voxel's index + second (two kinds, BrickedGrid paired)."""
+    voxel's index + second (two kinds, BrickedGrid paired).  variance: (var, gain, state,
+    first) (one argument: a call of more than 30 is compiled as f(*args), which numba
+    cannot inline): var as _accumulate's, state (2, n) int32 per pixel across the block's
+    sub-steps (its last voxel, how many sub-steps before this one landed there in a row),
+    first: the block's first sub-step of the frame (state reset)."""
+    var, gain, state, first = variance
     s32 = np.float32(scale[f] / steps)
+    g32 = np.float32(scale[f] / steps * gain)
     nbk, nbh = nbricks[1], nbricks[2]
     shift = np.int32(second)  # (< 2^31: BrickedGrid)
     paired = second > 0
@@ -236,10 +246,10 @@ def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_ma
     B = (b00, b01, b02, b10, b11, b12, b20, b21, b22)
     if _holds_bragg(bragg, bragg_blocks, f, p0 // BLOCK):
         _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, (c0, c1, c2), (t0, t1, t2),
-                       s32, value_max, dims, nbricks, shift, dump, idx, val)
+                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32)
     else:
         _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, None, B, (c0, c1, c2), (t0, t1, t2),
-                       s32, value_max, dims, nbricks, shift, dump, idx, val)
+                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32)
     # pass 2: float64 decisions for the flagged pixels (~0.2%)
     for r0 in range(0, n, FIXUP_CHUNK):
         r1 = min(r0 + FIXUP_CHUNK, n)
@@ -276,7 +286,26 @@ def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_ma
                 if punch[i] < 0 and _punched(xb[i], yb[i], zb[i], m, allowed,
                                              allowed_off, hkl_r2):
                     idx[i] = idx[i] + shift if paired else dump[i]
+    _one_observation(idx, var, state, first, n)
     return n
+
+
+@numba.njit(nogil=True, cache=True)
+def _one_observation(idx, var, state, first, n):
+    """A pixel's counts split over sub-steps are one observation: m of its n sub-steps in
+    one voxel give it (m a / n)^2 g v, not m (a / n)^2 g v.  The k-th of a run of sub-steps
+    in a voxel adds (2 k - 1) (a / n)^2 g v (the sum over k: m^2); a pixel moves on through
+    the voxels as the crystal turns, so its sub-steps in a voxel are a run.  state: the
+    pixels' last voxel and run (reset on the block's first sub-step of a frame)."""
+    if var is None:
+        return
+    last, run = state[0], state[1]
+    for i in range(n):
+        k = idx[i]
+        r = np.int32(0) if first or k != last[i] else run[i] + np.int32(1)
+        last[i] = k
+        run[i] = r
+        var[i] *= np.float32(2 * r + 1)
 
 
 @intrinsic
@@ -288,7 +317,7 @@ def _add_to_cells(typingctx, cells, k, values):
     if not (isinstance(cells, types.Array) and cells.dtype == types.float32
             and cells.ndim == 1 and cells.layout == "C"
             and isinstance(k, types.Integer) and isinstance(values, types.UniTuple)
-            and values.dtype == types.float32 and values.count in (2, 4)):
+            and values.dtype == types.float32 and values.count in (2, 3, 4)):
         return None
     n = values.count
 
@@ -314,26 +343,36 @@ def _add_to_cells(typingctx, cells, k, values):
     return types.void(cells, k, values), codegen
 
 
+@numba.njit(inline="always")
+def _add_pixel(cells, k, val, var, i, w32):
+    """A pixel's value and weight (and, with var, its variance) added to voxel k's cells:
+    2 (3) floats a voxel."""
+    if var is None:
+        _add_to_cells(cells, np.uint32(k), (val[i], w32))
+    else:
+        _add_to_cells(cells, np.uint32(k), (val[i], w32, var[i]))
+
+
 @numba.njit(nogil=True, cache=True)
-def _scatter_block(idx, val, n, w32, cells):
+def _scatter_block(idx, val, var, n, w32, cells):
     """Pass 3 of a one-kind pass: add the n (index, value) pairs of a block to the kind's
     cells (Bragg-masked and punched pixels of a masked_transform went to the dump).  A full
-    block goes in four interleaved streams a quarter apart; a voxel's signal and weight in
-    one vector addition."""
+    block goes in four interleaved streams a quarter apart; a voxel's signal and weight (and
+    variance) in one vector addition."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
-            _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
-            _add_to_cells(cells, np.uint32(idx[i + quarter]), (val[i + quarter], w32))
-            _add_to_cells(cells, np.uint32(idx[i + 2 * quarter]), (val[i + 2 * quarter], w32))
-            _add_to_cells(cells, np.uint32(idx[i + 3 * quarter]), (val[i + 3 * quarter], w32))
+            _add_pixel(cells, idx[i], val, var, i, w32)
+            _add_pixel(cells, idx[i + quarter], val, var, i + quarter, w32)
+            _add_pixel(cells, idx[i + 2 * quarter], val, var, i + 2 * quarter, w32)
+            _add_pixel(cells, idx[i + 3 * quarter], val, var, i + 3 * quarter, w32)
     else:
         for i in range(n):
-            _add_to_cells(cells, np.uint32(idx[i]), (val[i], w32))
+            _add_pixel(cells, idx[i], val, var, i, w32)
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_owned(idx, val, n, w32, cells, size, second, share):
+def _scatter_owned(idx, val, var, n, w32, cells, size, second, share):
     """Pass 3 of a thread's share (ThreadShares): what _scatter_block would add, in the same
     order, of the pixels whose voxel this thread owns (in either part of paired cells:
     index - second in the second); the rest (other threads' voxels, the dump, pixels not
@@ -352,13 +391,14 @@ def _scatter_owned(idx, val, n, w32, cells, size, second, share):
                 o = owner[voxel >> (3 * BRICK_BITS)]  # (< 0: a brick across a cut)
                 if o == me or (o < 0 and voxel_owner[((-1 - o) << (3 * BRICK_BITS))
                                                      + (voxel & low)] == me):
-                    _add_to_cells(cells, np.uint32(k), (val[e], w32))
+                    _add_pixel(cells, k, val, var, e, w32)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
                    value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
-                   inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch):
+                   inv_step, dims, nbricks, q_max, size, second, dump, idx, val, var, gain,
+                   state, first, punch):
     """Passes 1-2 of the runs [r0, r1) of a thread's share (pixels [starts[r], stops[r]) of
     the unit's block); the other pixels of the unit get index `size` (added by no one)."""
     starts, stops = share[1], share[2]
@@ -366,23 +406,31 @@ def _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, s
     for r in range(r0, r1):
         a = starts[r]
         c = stops[r]
-        _compute_values(f, j, steps, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
-                        value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
-                        inv_step, dims, nbricks, q_max, size, second, dump[a:c], idx[a:c],
-                        val[a:c], punch[a:c])
+        if var is None:
+            _compute_values(f, j, steps, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
+                            value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2,
+                            origin, inv_step, dims, nbricks, q_max, size, second, dump[a:c],
+                            idx[a:c], val[a:c], (None, gain, state, first), punch[a:c])
+        else:
+            _compute_values(f, j, steps, p0 + a, c - a, vb[a:c], qx, qy, qz, corr, M, scale,
+                            value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2,
+                            origin, inv_step, dims, nbricks, q_max, size, second, dump[a:c],
+                            idx[a:c], val[a:c], (var[a:c], gain, state[:, a:c], first),
+                            punch[a:c])
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _add_mixed_block(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
                      value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
-                     inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch, w32,
-                     cells):
+                     inv_step, dims, nbricks, q_max, size, second, dump, idx, val, var, gain,
+                     state, first, punch, w32, cells):
     """A block some of whose pixels may land in other threads' voxels: its runs computed
     (_compute_share), only this thread's voxels added (_scatter_owned)."""
     _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
                    value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
-                   inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch)
-    _scatter_owned(idx, val, n, w32, cells, size, second, share)
+                   inv_step, dims, nbricks, q_max, size, second, dump, idx, val, var, gain,
+                   state, first, punch)
+    _scatter_owned(idx, val, var, n, w32, cells, size, second, share)
 
 
 @numba.njit(inline="always")
@@ -403,7 +451,7 @@ def _share_of_block(share, b):
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                 allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
-                live, sub_first, sub_count, share=None):
+                live, sub_first, sub_count, gain, var, share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, T, 3, 3): the matrices of every rotation sub-step of each frame,
     block b of pixels taking the sub_count[b] of them from sub_first[b] on (int32 per
@@ -421,12 +469,16 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
     pixels go to the dump.  second > 0, two kinds (BrickedGrid paired): those pixels go to
     the cells' second part, `second` voxels on (transform: both parts; masked_transform: the
     first).  live: uint8 per BLOCK of pixels, 0 where none of them is usable (live_blocks:
-    the block is skipped, its pixels would all go to the dump).  share: one thread's part of
+    the block is skipped, its pixels would all go to the dump).  var: None, or a float32
+    buffer of BLOCK (the calling thread's own): each voxel's third cell then sums the
+    variance of its signal (cells of 3 floats a voxel), from gain (counts per photon) and
+    Poisson statistics of the raw values (_voxel_indices).  share: one thread's part of
     the work (ThreadShares.shares[thread]), or None for all of it."""
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
+    state = np.zeros((2, BLOCK), np.int32)  # (the variance's runs of sub-steps)
     nf, npix = frames.shape
     nsub = M.shape[1]
     nunits = nf * nsub * ((npix + BLOCK - 1) // BLOCK)
@@ -445,9 +497,11 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
                 _add_mixed_block(f, j, steps, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx,
                                  qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                                  allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
-                                 size, second, dump, idx, val, punch, w32, cells)
+                                 size, second, dump, idx, val, var, gain, state,
+                                 j == sub_first[b], punch, w32, cells)
                 continue
         n = _compute_block(u, steps, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                            bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
-                           nbricks, q_max, size, second, dump, idx, val, punch)
-        _scatter_block(idx, val, n, w32, cells)
+                           nbricks, q_max, size, second, dump, idx, val, var, gain, state,
+                           j == sub_first[b], punch)
+        _scatter_block(idx, val, var, n, w32, cells)

@@ -19,7 +19,7 @@ __all__ = ["OWN_UNTRANSPOSE", "accumulate_stream", "block_positions"]
 def accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                       qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                       allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
-                      second, live, sub_first, sub_count, share=None):
+                      second, live, sub_first, sub_count, gain, var, share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (codec.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
@@ -34,6 +34,7 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
     punch = np.zeros(BLOCK, np.int32)
+    state = np.zeros((2, BLOCK), np.int32)  # (the variance's runs of sub-steps)
     raw = values.view(np.uint8)
     nunits = nf * nsub * ((elements + BLOCK - 1) // BLOCK)
     for u in range(nunits):
@@ -62,10 +63,11 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
             _add_mixed_block(f, j, steps, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
                              scale, value_max, bragg, bragg_blocks, allowed, allowed_off,
                              hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second, dump,
-                             idx, val, punch, w32, cells)
+                             idx, val, var, gain, state, j == sub_first[b], punch, w32, cells)
             continue
         n = _compute_values(f, j, steps, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                             value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
-                            inv_step, dims, nbricks, q_max, size, second, dump, idx, val, punch)
-        _scatter_block(idx, val, n, w32, cells)
+                            inv_step, dims, nbricks, q_max, size, second, dump, idx, val,
+                            (var, gain, state, j == sub_first[b]), punch)
+        _scatter_block(idx, val, var, n, w32, cells)
     return 0
