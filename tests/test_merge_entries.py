@@ -21,7 +21,7 @@ def experiment(tmp_path, monkeypatch):
 def test_merge_entries_command_fills_the_gaps_of_one_entry_with_the_others(experiment):
     grid = small_grid()
     entries = write_inputs(experiment, grid, 3, sample_=sample(name="tetra"))
-    rc = run("merge_entries", ["--settings", step_settings(experiment, "merge_entries"),
+    rc = run("merge_entries", ["--settings", step_settings(experiment, "merge_entries", "transform"),
                                "--title", "tetra/300K", "--inputs", *entries,
                                "--out", "out/merged.nxs", "--png", "out/merged.png"])
     assert rc == 0
@@ -89,3 +89,42 @@ def test_sums_by_chunks_store_the_chunks_the_slab_sums_store(tmp_path, monkeypat
             assert 0 < len(corners) < 18 and (16, 64, 0) in corners  # the third's alone
             for corner in corners:
                 assert p.id.read_direct_chunk(corner) == q.id.read_direct_chunk(corner)
+
+
+def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_path, caplog):
+    """merge_entries's statistics (hklflow.statistics) of a merged volume with variance: in
+    its notes, the log and a picture; a sigma understated twice over is flagged; the
+    Bragg nodes left out within reduction.merge.statistics_bragg_radius."""
+    import logging
+    import math
+
+    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.files.volume import Volume, write_volume
+    from hklflow.statistics import statistics_of_arrays
+    from hklflow.steps.merge_entries import write_statistics
+    from volume_helpers import TETRA
+
+    crystal = Crystal("I 4/m m m", UnitCell(*TETRA))
+    grid = small_grid()
+    rng = np.random.default_rng(1)
+    weight = np.full(grid.shape, 2.0, np.float32)
+    true = 100.0 * weight  # a flat intensity: every equivalent the same
+    for gain, flagged in ((1.0, False), (2.0, True)):
+        signal = (true + rng.normal(0, np.sqrt(gain * true))).astype(np.float32)
+        variance = true.astype(np.float32)  # the stated variance: gain 1
+        path = tmp_path / f"gain{gain:g}.nxs"
+        write_volume(path, Volume(grid, signal, weight, "transform", "t", sample(),
+                                  variance=variance), {})
+        with caplog.at_level(logging.INFO):
+            write_statistics(path, crystal, 0.0, tmp_path / f"gain{gain:g}.png", "t", "",
+                             logging.getLogger("t"))
+        stats = read_volume(path).notes["statistics"]
+        want = statistics_of_arrays(grid, crystal, signal, weight, variance)
+        assert stats["flag"] is want.flag is flagged
+        assert (tmp_path / f"gain{gain:g}.png").stat().st_size > 10_000
+    assert "WARNING" in caplog.text and "chi" in caplog.text
+    write_statistics(path, crystal, 2 * math.pi * 0.05, tmp_path / "holes.png", "t", "",
+                     logging.getLogger("t"))
+    stats = read_volume(path).notes["statistics"]
+    assert stats["bragg_exclusion_inverse_angstrom"] == pytest.approx(0.05)
+    assert stats["overall"]["excluded"] > 0

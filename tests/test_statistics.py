@@ -340,12 +340,13 @@ def test_bragg_exclusion_and_shell_limits():
     grid = _grid(21, 21, 15)
     S, W, V = _noisy(_truth(grid), np.random.default_rng(12), gap=0.0)
     H, K, L = _hkl(grid)
-    node = (np.abs(H - np.round(H)) <= 0.26) & (np.abs(K - np.round(K)) <= 0.26) \
-        & (np.abs(L - np.round(L)) <= 0.26)
+    d = np.stack([H - np.round(H), K - np.round(K), L - np.round(L)], -1)
+    r = 0.26 * TETRA.cell.reciprocal_parameters[0]  # (1/A: a sphere in Q about each node)
+    node = np.einsum("...i,ij,...j->...", d, TETRA.B.T @ TETRA.B, d) <= r * r
     S[node] *= 1000  # Bragg nodes: far off their sigma
     raw = statistics_of_arrays(grid, TETRA, S, W, V, shells=3)
     assert raw.overall.chi2_nu > 10 and raw.flag
-    st = statistics_of_arrays(grid, TETRA, S, W, V, shells=3, bragg_exclusion=0.26)
+    st = statistics_of_arrays(grid, TETRA, S, W, V, shells=3, bragg_exclusion=r)
     assert st.overall.excluded == np.count_nonzero(node)
     assert st.overall.measured == grid.size - np.count_nonzero(node)
     assert st.overall.chi2_nu == pytest.approx(1.0, rel=0.1) and not st.flag

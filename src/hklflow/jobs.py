@@ -15,7 +15,7 @@ from .geometry import detector_shape
 from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK
 from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
-                     TransformParams, settings_digest, settings_json)
+                     TransformParams, config_value, settings_digest, settings_json)
 
 
 def scan_pixels(exp) -> int:
@@ -179,8 +179,12 @@ class JobSettings:
         return settings_json({"pictures": self._pictures, "transform": self._transform,
                               "detector": self.detector})
 
-    def merge_entries(self) -> str:
-        return settings_json({"pictures": self._pictures})
+    def merge_entries(self, kind: str) -> str:
+        # the statistics leave out the transform's Bragg nodes (the masked kind has none)
+        radius = (config_value(self.exp.raw, "reduction.merge.statistics_bragg_radius")
+                  if kind == "transform" else 0.0)
+        return settings_json({"pictures": self._pictures,
+                              "statistics": {"bragg_radius": float(radius)}})
 
     @_made_once
     def symmetrize(self, sample: str) -> str:

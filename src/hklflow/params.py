@@ -334,6 +334,8 @@ class PeakSearchParams(Params):
     hot_pixel_fraction: float
     q_annulus: tuple | None
     chunk_frames: int | str
+    # the dispersion test's Poisson statistics (counts per photon)
+    gain: float = from_config_at("instrument.detector.gain")
 
     def __post_init__(self):
         self.check(self.method in ("dispersion", "absolute"), "method", "'dispersion' or 'absolute'")

@@ -5,9 +5,11 @@ threshold 'dispersion'): in a (2k+1) x (2k+1) window of valid pixels with n pixe
 sum of squares s2, mean m = s/n and variance v = (s2 - s^2/n)/(n-1), a pixel of value x is
 strong when
     n >= min_local,
-    v/m > 1 + sigma_background * sqrt(2/(n-1))      (the window is not Poisson background),
-    x > m + sigma_strong * sqrt(m)                     (the pixel stands out of it),
-    x > global_threshold.
+    v/m > g (1 + sigma_background * sqrt(2/(n-1)))  (the window is not Poisson background),
+    x > m + sigma_strong * sqrt(g m)                   (the pixel stands out of it),
+    x > global_threshold,
+with g the detector's gain (counts per photon, instrument.detector.gain: a value of g x
+Poisson photons has variance g x its mean; DIALS's `gain` of the same test).
 The 'absolute' method marks x > absolute_threshold instead.
 
 `strong_pixels_frame` does one frame in one pass: column counts, sums and sums of squares
@@ -158,7 +160,7 @@ def _kernel_for_width(half_c: int):
     half_c = int(half_c)
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(frame, flags, half_r, sigma_b, sigma_s, min_local, global_threshold,
+    def kernel(frame, flags, half_r, sigma_b, sigma_s, gain, min_local, global_threshold,
                absolute_threshold, use_absolute, below_tmax, out_rows, out_cols, out_vals,
                out_bg, stats, maxproj):
         ny, nx = frame.shape
@@ -201,8 +203,8 @@ def _kernel_for_width(half_c: int):
         # are 0; the bytes past nx stay 0)
         flag = np.zeros(8 * ((nx + 7) // 8), dtype=np.uint8)
         flag_words = flag.view(np.uint64)
-        ss2 = sigma_s * sigma_s
-        sb2x2 = 2.0 * sigma_b * sigma_b
+        ss2 = sigma_s * sigma_s * gain
+        sb2x2 = 2.0 * sigma_b * sigma_b * gain * gain
         n_min = max(float(min_local), 2.0)
         gthr = float(global_threshold)
         n_min_i = np.int32(math.ceil(n_min))
@@ -381,8 +383,8 @@ def _kernel_for_width(half_c: int):
                                 s += col_s[c + j]
                         if not use_absolute:
                             # the first test exactly, then
-                            # v/m > 1 + sigma_b sqrt(2/(n-1))  <=>  e = n q - s^2 - (n-1) s > 0
-                            #                                    and e^2 > 2 sigma_b^2 (n-1) s^2
+                            # v/m > g (1 + sigma_b sqrt(2/(n-1)))  <=>  e = n q - s^2 - g (n-1) s
+                            #                         > 0 and e^2 > 2 sigma_b^2 g^2 (n-1) s^2
                             fn = float(n)
                             x = float(xr[c])
                             d = x * fn - s
@@ -397,7 +399,7 @@ def _kernel_for_width(half_c: int):
                             else:
                                 q = _window_squares(ring_x, ring_rows, nrows, c, half_c, nx,
                                                    not float_live)
-                            e = fn * q - s * s - (fn - 1.0) * s
+                            e = fn * q - s * s - gain * (fn - 1.0) * s
                             if not ((e > 0.0) & (e * e > sb2x2 * (fn - 1.0) * s * s)):
                                 continue
                         x = xr[c]
@@ -423,8 +425,8 @@ def _kernel_for_width(half_c: int):
 
 def strong_pixels_frame(frame, flags, half_r, half_c, sigma_b, sigma_s, min_local,
                         global_threshold, absolute_threshold, use_absolute, trusted_max,
-                        out_rows, out_cols, out_vals, out_bg, stats, maxproj=None):
-    """Detect strong pixels of one frame.
+                        out_rows, out_cols, out_vals, out_bg, stats, maxproj=None, gain=1.0):
+    """Detect strong pixels of one frame (gain: counts per photon).
 
     frame (ny, nx) counts; flags (ny, nx) uint8, pixel_flags(usable, annulus): USABLE, and
     IN_ANNULUS for the Q annulus of the trimmed sum.  A pixel is also unusable in this frame
@@ -449,14 +451,14 @@ def strong_pixels_frame(frame, flags, half_r, half_c, sigma_b, sigma_s, min_loca
         raise ValueError(f"pixel flags {flags.dtype} {flags.shape} for a frame {frame.shape} "
                          "(expected uint8 of the frame's shape: pixel_flags)")
     return _kernel_for_width(half_c)(
-        frame, flags, int(half_r), float(sigma_b), float(sigma_s), int(min_local),
+        frame, flags, int(half_r), float(sigma_b), float(sigma_s), float(gain), int(min_local),
         float(global_threshold), float(absolute_threshold), bool(use_absolute),
         largest_trusted_value(min(int(trusted_max), 2 ** 31 - 1), frame.dtype), out_rows,
         out_cols, out_vals, out_bg, stats, maxproj)
 
 
 def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3.0, min_local=2,
-                        global_threshold=0.0, trusted_max=2**31 - 1):
+                        global_threshold=0.0, trusted_max=2**31 - 1, gain=1.0):
     """Plain numpy reference of the dispersion test (summed-area tables); returns the
     boolean strong map and the local mean.  Same decisions as the kernel.  Integer frames
     are summed in int64 (exact, whatever the counts: the kernel's guard against rounding
@@ -485,8 +487,8 @@ def strong_pixels_numpy(frame, valid, half_r=3, half_c=3, sigma_b=6.0, sigma_s=3
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / n
         var = (q - s * s / n) / (n - 1)
-        disp_ok = var / mean > 1.0 + sigma_b * np.sqrt(2.0 / (n - 1))
-        strong_ok = x > mean + sigma_s * np.sqrt(mean)
+        disp_ok = var / mean > gain * (1.0 + sigma_b * np.sqrt(2.0 / (n - 1)))
+        strong_ok = x > mean + sigma_s * np.sqrt(gain * mean)
     strong = m & (n >= min_local) & (n > 1) & (s > 0) & disp_ok & strong_ok & (x > global_threshold)
     return strong, mean
 
@@ -793,7 +795,7 @@ class _FrameDetector:
                 frame, flags, self.half_r, self.half_c, p.sigma_background,
                 p.sigma_strong, p.min_local, p.global_threshold,
                 float(p.absolute_threshold or 0.0), p.method == "absolute", self.trusted_max,
-                self.rows, self.cols, self.vals, self.bg, self.stats, maxproj)
+                self.rows, self.cols, self.vals, self.bg, self.stats, maxproj, gain=p.gain)
             if n >= 0:
                 return n
             self._alloc(2 * len(self.rows))
@@ -850,6 +852,34 @@ class _Detection:
         self.stats = det.stats.copy()
 
 
+# a background whose variance / mean departs from the config's gain by more than this
+# factor is reported: the dispersion test then finds noise (gain too low) or misses peaks
+GAIN_MISMATCH = 1.33
+
+
+def background_dispersion(frame: np.ndarray, usable: np.ndarray, half_r: int, half_c: int,
+                          min_windows: int = 1000) -> float | None:
+    """The median over the frame's windows (2 half_r + 1 by 2 half_c + 1, every pixel
+    usable, some counts) of variance / mean: the detector's gain, counts per photon, where
+    the background is Poisson photons (dials.estimate_gain's estimate); a few Bragg peaks
+    and slow diffuse gradients do not move the median.  None with fewer than min_windows
+    windows (too few counts)."""
+    from scipy.ndimage import uniform_filter
+
+    x = np.where(usable, frame, 0).astype(np.float64)
+    size = (2 * half_r + 1, 2 * half_c + 1)
+    npix = size[0] * size[1]
+    full = uniform_filter(usable.astype(np.float64), size, mode="constant") > 1 - 0.5 / npix
+    s = uniform_filter(x, size, mode="constant") * npix
+    q = uniform_filter(x * x, size, mode="constant") * npix
+    ok = full & (s > 0.5)
+    if np.count_nonzero(ok) < min_windows:
+        return None
+    mean = s[ok] / npix
+    var = (q[ok] - s[ok] * s[ok] / npix) / (npix - 1)
+    return float(np.median(var / mean))
+
+
 def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
            detector: DetectorParams, log=None, threads: int = 1) -> PeakSearchResult:
     """Run the peak search over every frame of `stack` (a frames.FrameStack); detector:
@@ -879,6 +909,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
+    notes = _check_gain(stack, usable, trusted_max, params, log)
     flags = pixel_flags(usable, annulus)  # (the kernel counts the annulus where usable only)
     free_detectors = queue.SimpleQueue()
     for _ in range(max(1, int(threads))):
@@ -964,7 +995,31 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     frame_stats = {name: stats[:, i] for i, name in enumerate(FRAME_STATS)}
     hot_rc = np.argwhere(hot)
     return PeakSearchResult(peaks, frame_stats, hot_rc, np.where(usable, maxproj, -1), q_ann, nf,
-                            seconds, total_strong)
+                            seconds, total_strong, notes)
+
+
+def _check_gain(stack, usable, trusted_max, params: PeakSearchParams, log) -> list:
+    """The background's variance / mean of the scan's middle frame against the config's
+    gain (background_dispersion): logged, and a warning (returned too) when they differ
+    by more than GAIN_MISMATCH either way."""
+    f = stack.nframes // 2
+    frame = stack.read(f, f + 1)[0]
+    ok = usable & (frame >= 0) & (frame < trusted_max)
+    half_r, half_c = params.window[0] // 2, params.window[1] // 2
+    measured = background_dispersion(frame, ok, half_r, half_c)
+    if measured is None:
+        log.info("the background of frame %d holds too few counts to check the gain", f)
+        return []
+    log.info("background of frame %d: variance / mean %.2f (the detector's gain where it is "
+             "Poisson photons; instrument.detector.gain %g)", f, measured, params.gain)
+    if 1 / GAIN_MISMATCH <= measured / params.gain <= GAIN_MISMATCH:
+        return []
+    why = (f"the frames' background has a variance of {measured:.2f} x its mean (frame {f}), "
+           f"but instrument.detector.gain is {params.gain:g}: for a detector that does not "
+           "count photons set the gain (counts per photon); otherwise the peak search finds "
+           "noise (gain too low) or misses peaks, and every volume's uncertainty is off")
+    log.warning("%s", why)
+    return [why]
 
 
 def peak_columns(table: PeakTable, geometry: DetectorGeometry, angles: ScanAngles) -> dict:

@@ -32,8 +32,8 @@ binned once in one pass and the shells are cut from the fine bins at the end (ed
 fewer than min_voxels voxels (I/sigma: voxels with sigma > 0; chi^2/nu: nu; CC1/2: pairs)
 is None, and a shell with fewer than min_voxels measured voxels is marked too_few.
 bragg_exclusion = r > 0 leaves out (from every figure; counted as `excluded`) the voxels
-within r r.l.u. of an integer (h, k, l) along all three axes: the Bragg nodes of a volume
-whose peaks were not masked, whose equivalents differ by far more than their sigma.
+within |Q| distance r (1/Angstrom, no 2 pi) of an integer (h, k, l): the Bragg nodes of a
+volume whose peaks were not masked, whose equivalents differ by far more than their sigma.
 
 **The flag** (defaults): chi^2/nu overall outside [1/1.5, 1.5], or in a shell with
 nu >= 1000 outside [1/2, 2].  With nu in the thousands the statistical scatter of chi^2/nu
@@ -118,10 +118,17 @@ def _fine_bin(x0, x1, x2, G, q3span, nfine):
 
 
 @numba.njit(inline="always")
-def _near_node(x0, x1, x2, r):
-    """Whether hkl lies within r (r.l.u.) of an integer node along all three axes."""
-    return (r > 0.0 and abs(x0 - round(x0)) <= r and abs(x1 - round(x1)) <= r
-            and abs(x2 - round(x2)) <= r)
+def _near_node(x0, x1, x2, r, G):
+    """Whether hkl lies within |Q| distance r (1/Angstrom, no 2 pi) of an integer node (G:
+    the reciprocal metric, |Q|^2 = h G h^T)."""
+    if not r > 0.0:
+        return False
+    d0 = x0 - round(x0)
+    d1 = x1 - round(x1)
+    d2 = x2 - round(x2)
+    q2 = (G[0, 0] * d0 * d0 + G[1, 1] * d1 * d1 + G[2, 2] * d2 * d2
+          + 2.0 * (G[0, 1] * d0 * d1 + G[0, 2] * d0 * d2 + G[1, 2] * d1 * d2))
+    return q2 <= r * r
 
 
 @numba.njit(parallel=True, cache=True)
@@ -130,7 +137,8 @@ def _window_kernel(S, W, V, has_var, rows_plane, row_of, nl, A, c, start, step, 
     """Accumulate the per-voxel figures (do_voxels) and the orbits' chi^2 (do_orbits) of
     the window rows S, W, V [rows, k, h] into acc [parts, _NACC, nfine + 1] (row r into
     part r % parts, the parts in parallel).  Row r holds lattice plane rows_plane[r];
-    row_of[plane] is its row (-1: not in the window); the lattice has nl planes; voxel i maps to i A[o] + c[o] and sits at hkl start + step i.
+    row_of[plane] is its row (-1: not in the window); the lattice has nl planes; voxel i
+    maps to i A[o] + c[o] and sits at hkl start + step i.
     Returns the number of orbit voxels whose plane was not in the window (0)."""
     nrows, nk, nh = S.shape
     nops = A.shape[0]
@@ -151,7 +159,7 @@ def _window_kernel(S, W, V, has_var, rows_plane, row_of, nl, A, c, start, step, 
                     f = _fine_bin(x0, x1, x2, G, q3span, nfine)
                     if do_voxels:
                         a[_VOX, f] += 1.0
-                        if _near_node(x0, x1, x2, bragg):
+                        if _near_node(x0, x1, x2, bragg, G):
                             a[_EXCL, f] += 1.0
                         else:
                             w = np.float64(W[r, ik, ih])
@@ -201,7 +209,7 @@ def _window_kernel(S, W, V, has_var, rows_plane, row_of, nl, A, c, start, step, 
                             missing[part] += 1
                             continue
                         if _near_node(start[0] + step[0] * jh, start[1] + step[1] * jk,
-                                      start[2] + step[2] * jl, bragg):
+                                      start[2] + step[2] * jl, bragg, G):
                             continue
                         w = np.float64(W[rr, jk, jh])
                         s = np.float64(S[rr, jk, jh])
@@ -248,7 +256,7 @@ def _cc_kernel(SA, WA, SB, WB, rows_plane, start, step, G, q3span, nfine, bragg,
                     if not (wa > 0 and wb > 0):
                         continue
                     x0 = start[0] + step[0] * ih
-                    if _near_node(x0, x1, x2, bragg):
+                    if _near_node(x0, x1, x2, bragg, G):
                         continue
                     ia = np.float64(SA[r, ik, ih]) / wa
                     ib = np.float64(SB[r, ik, ih]) / wb
@@ -324,7 +332,7 @@ class VolumeStatistics:
             "beyond_last_shell": {"voxels": self.beyond, "measured": self.beyond_measured},
             "orbit_sample_stride": self.orbit_sample_stride,
             "orbit_sample": self.orbit_sample,
-            "bragg_exclusion_rlu": self.bragg_exclusion,
+            "bragg_exclusion_inverse_angstrom": self.bragg_exclusion,
             "min_voxels": self.min_voxels,
             "flag": self.flag, "flag_reason": self.flag_reason,
             "flag_thresholds": {
@@ -362,7 +370,7 @@ class VolumeStatistics:
                          + ("  (too few voxels)" if r.too_few else ""))
         if self.bragg_exclusion > 0:
             lines.append(f"  {self.overall.excluded} voxels within {self.bragg_exclusion:g} "
-                         "r.l.u. of integer hkl left out")
+                         "1/A (no 2 pi) of integer hkl left out")
         if self.overall.chi2_nu is None and not self.flag:
             lines.append("  chi2/nu of equivalents not computed: " + (
                 "the volume has no variance" if not self.has_variance else
@@ -420,8 +428,8 @@ def volume_statistics(grid: Grid, crystal, read: Reader, halves=None, *, shells:
     q_max: the outer edge of the shells (1/A; default: the last measured voxel's);
     min_voxels: figures from fewer voxels are None; planes: L planes a slab (memory);
     max_sample_voxels, sample_stride: the orbit sample of groups that mix L with H or K
-    (module docstring; sample_stride forces a stride); bragg_exclusion: r.l.u. about
-    integer hkl left out of every figure (0: none).
+    (module docstring; sample_stride forces a stride); bragg_exclusion: |Q| distance
+    (1/A, no 2 pi) about integer hkl left out of every figure (0: none).
     Flag: chi^2/nu overall outside [1/flag_overall, flag_overall] or, in a shell with
     nu >= flag_min_nu, outside [1/flag_shell, flag_shell].
     Raises symmetry.GridSymmetryError when the Laue operators do not map the grid's voxel
@@ -451,7 +459,8 @@ def volume_statistics(grid: Grid, crystal, read: Reader, halves=None, *, shells:
         q3span = float(q_max) ** 3
     else:
         corners = np.array([[a, b, cc] for a in (grid.h.start, grid.h.stop)
-                            for b in (grid.k.start, grid.k.stop) for cc in (grid.l.start, grid.l.stop)])
+                            for b in (grid.k.start, grid.k.stop)
+                            for cc in (grid.l.start, grid.l.stop)])
         q2 = np.einsum("ni,ij,nj->n", corners, G, corners).max()
         q3span = float(q2) ** 1.5 * (1 + 1e-9) or 1.0
     acc = np.zeros((_NACC, NFINE + 1))

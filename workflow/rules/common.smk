@@ -240,6 +240,7 @@ def all_targets():
         for kind in TRANSFORM_KINDS:
             for t in temperatures:
                 targets.append(f"results/{name}/{t}/{kind}.nxs")
+                targets.append(f"results/{name}/{t}/{kind}_statistics.png")
                 if SYMMETRIZE:
                     targets.append(f"results/{name}/{t}/{kind}_symmetrized.nxs")
             targets.append(f"results/{name}/{kind}_temperature_series.png")

@@ -131,8 +131,11 @@ rule merge_entries:
         volume="results/{sample}/{temperature}/{kind}.nxs",
         png=report("results/{sample}/{temperature}/{kind}.png", category="Merged volumes",
                    subcategory="{sample}", caption="../report/volume.rst"),
+        statistics=report("results/{sample}/{temperature}/{kind}_statistics.png",
+                          category="Merged volumes", subcategory="{sample}",
+                          caption="../report/statistics.rst"),
     params:
-        settings=settings_file(SETTINGS.merge_entries()),
+        settings=lambda w: settings_file(SETTINGS.merge_entries(w.kind)),
         title="{sample}/{temperature}",
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
@@ -147,7 +150,8 @@ rule merge_entries:
     shell:
         "hklflow merge_entries --settings-file {params.settings:q} --title {params.title:q}"
         " --inputs {input.volumes:q} --orientation {input.orientation:q}"
-        " --out {output.volume:q} --png {output.png:q} > {log:q} 2>&1"
+        " --out {output.volume:q} --png {output.png:q}"
+        " --statistics-png {output.statistics:q} > {log:q} 2>&1"
 
 
 rule symmetrize:

@@ -421,6 +421,15 @@ def _write_notes(entry, notes: dict) -> None:
     note["data"] = json.dumps(notes, sort_keys=True, default=str)
 
 
+def update_notes(path, extra: dict) -> None:
+    """Add `extra` to a complete volume file's notes (figures made from the file itself, after
+    it was written: merge_entries's statistics)."""
+    with h5py.File(path, "r+") as f:
+        ent = _entry(f, path)
+        notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
+        _write_notes(ent, {**notes, **extra})
+
+
 def has_intensity(path) -> bool:
     """Whether a volume file holds the intensity array `data` (complete volumes do; the
     temporary parts of a transform may not)."""

@@ -2,10 +2,16 @@
 volumes of its entries summed voxel by voxel (hklflow.merging.sum_volumes), so the gaps of
 one entry are filled by the others - with slice pictures.  Entries that the orientation
 step found without usable signal (reduction.merge.unusable_entries: leave_out) are left out,
-and the log, the volume's notes and the picture say so."""
+and the log, the volume's notes and the picture say so.  Whether its uncertainties hold
+(hklflow.statistics: I/sigma and chi^2/nu of symmetry-equivalent voxels in shells of |Q|)
+goes into its notes, the log and a picture of its own."""
 from __future__ import annotations
 
+import math
+
+from ..errors import ConfigError
 from ..files.orientation import read_orientation_file
+from ..files.volume import VolumeReader, update_notes
 from ..merging import entries_to_merge, sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
@@ -24,11 +30,32 @@ def parser() -> StepParser:
                                  "left out", required=False)
     p.add_output("--out", "volume file to write")
     p.add_output("--png", "slice picture to write")
+    p.add_output("--statistics-png", "picture of the uncertainties' statistics (needs "
+                                     "--orientation: the crystal)", required=False)
     return p
 
 
+def write_statistics(path, crystal, bragg_radius: float, png, title: str, preview: str,
+                     log) -> None:
+    """The statistics of the merged volume `path` into its notes, the log and `png`;
+    bragg_radius: |Q| about every node left out (1/A as 2 pi / d:
+    reduction.merge.statistics_bragg_radius)."""
+    from ..statistics import plot_statistics, volume_statistics
+
+    with VolumeReader(path, compiled_decompression=True) as reader:
+        stats = volume_statistics(reader.grid, crystal, reader.read,
+                                  bragg_exclusion=float(bragg_radius) / (2 * math.pi))
+    update_notes(path, {"statistics": stats.to_notes()})
+    for line in stats.log_lines():
+        log.info("%s", line)
+    if stats.flag:
+        log.warning("%s: %s", path, stats.flag_reason)
+    plot_statistics(stats, png, title, preview)
+
+
 def run(args, log) -> None:
-    unusable = read_orientation_file(args.orientation).unusable_entries if args.orientation else {}
+    orientation = read_orientation_file(args.orientation) if args.orientation else None
+    unusable = orientation.unusable_entries if orientation else {}
     inputs, left_out = entries_to_merge(args.inputs, unusable, log)
     prov = provenance("hklflow merge_entries", args.settings,
                       inputs=args.inputs + ([args.orientation] if args.orientation else []))
@@ -39,9 +66,17 @@ def run(args, log) -> None:
                         keep=planes)
     what = f"{len(inputs)} volumes summed"
     if left_out:
-        what += "; left out: " + ", ".join(f"{e} ({why.split(' (')[0]})" for e, why in left_out.items())
+        what += "; left out: " + ", ".join(f"{e} ({why.split(' (')[0]})"
+                                           for e, why in left_out.items())
     plot_slices(planes if planes.complete else args.out, slices, args.png,
                 f"{args.title} ({what})", log=log, preview=preview_label(notes))
+    if args.statistics_png:
+        if orientation is None:
+            raise ConfigError("--statistics-png needs --orientation (the crystal)")
+        write_statistics(args.out, orientation.crystal(),
+                         args.settings["statistics"]["bragg_radius"],
+                         args.statistics_png, args.title,
+                         preview_label(notes), log)
 
 
 def main(argv=None) -> int:
