@@ -11,6 +11,14 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+from snakemake.exceptions import WorkflowError
+from hklflow.config import ConfigError, check_yaml_syntax
+
+try:  # Snakemake's own message for a YAML syntax error names neither the line nor the column
+    check_yaml_syntax(["config/config.yaml"])
+except ConfigError as exc:
+    raise WorkflowError(f"invalid configuration: {exc}") from None
+
 
 configfile: "config/config.yaml"
 
@@ -24,6 +32,7 @@ include: "workflow/rules/orientation.smk"
 include: "workflow/rules/transform.smk"
 include: "workflow/rules/pdf.smk"
 include: "workflow/rules/nxrefine.smk"
+include: "workflow/rules/model_inputs.smk"
 
 
 # Snakemake asks for the parameters of these functions for every job it plans

@@ -10,6 +10,7 @@ docs table name those tests."""
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -116,10 +117,47 @@ CONFIG_CASES = {
                           "less than the minimum of 1"]),
     "window-even": (lambda d: edit_config(d, set_reduction("find_peaks", "window", [4, 4])),
                     ["config.yaml", "field 'reduction.find_peaks.window'", "two odd integers"]),
+    # what the file's text gets wrong: named as such, with every problem and where it is
     "table-spaces": (lambda d: (d / "config/scans.tsv").write_text(
         (d / "config/scans.tsv").read_text().replace("\t", "    ")),
-                     ["scans.tsv", "the header line has no tab", "tab-separated"]),
+                     ["scans.tsv", "header: columns separated by spaces, not tabs",
+                      "tab-separated"]),
+    "row-spaces": (lambda d: replace_line(d / "config/scans.tsv", 2,
+                                          lambda ln: ln.replace("\t", " ")),
+                   ["scans.tsv: row 2: columns separated by spaces, not tabs"]),
+    "yaml-syntax": (lambda d: replace_line(d / "config/config.yaml", 8,
+                                           lambda ln: ln.replace(": ", ": [")),
+                    ["config.yaml: not valid YAML", "line 10, column 24: expected ',' or ']', "
+                     "but got ':' (while parsing a flow sequence at line 9, column 15)"]),
+    "yaml-tab": (lambda d: replace_line(d / "config/config.yaml", 8,
+                                        lambda ln: "\t" + ln.lstrip()),
+                 ["config.yaml: not valid YAML", "line 9, column 1: found a tab that cannot "
+                  "start any token (YAML indents with spaces, not tabs)"]),
+    "several-problems": (lambda d: edit_config(d, lambda c: (
+        c["instrument"].pop("wavelength"),
+        c["instrument"].__setitem__("polarization_fraction", "high"))),
+        ["config.yaml: 2 problems:\n", "field 'instrument': 'wavelength' is a required property",
+         "field 'instrument.polarization_fraction': 'high' is not of type 'number'"]),
+    "many-problems": (lambda d: many_bad_rows(d, 25),
+                      ["scans.tsv: 25 problems:\n", "row 1 (tiny/300.0/e0): field 'phi_start': "
+                       "'x' is not of type 'number'", "\n  ... and 5 more"]),
 }
+
+
+def replace_line(p: Path, index: int, change) -> None:
+    """Line INDEX (from 0) of a file changed."""
+    lines = p.read_text().splitlines()
+    lines[index] = change(lines[index])
+    p.write_text("\n".join(lines) + "\n")
+
+
+def many_bad_rows(d: Path, n: int) -> None:
+    """A scans table of N rows, each with a phi_start that is no number."""
+    p = d / "config" / "scans.tsv"
+    header, row = p.read_text().splitlines()[:2]
+    cells = row.split("\t")
+    rows = ["\t".join([*cells[:2], f"e{i}", *cells[3:5], "x", *cells[6:]]) for i in range(n)]
+    p.write_text("\n".join([header, *rows]) + "\n")
 
 
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
@@ -192,6 +230,89 @@ def test_every_case_is_in_the_docs_table():
     for case, (_, words) in CONFIG_CASES.items():
         shown = rows[case].replace("\\|", "|")
         assert any(w in shown for w in words[1:] or words), (case, words, rows[case])
+
+
+# --------------------------------------------------------------------------------------
+# The command line of hklflow run and hklflow demo
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def snakemake_calls(monkeypatch):
+    """hklflow run/demo with Snakemake replaced: the arguments it would have been given."""
+    import hklflow.demo
+
+    calls = []
+    monkeypatch.setattr(hklflow.demo, "snakemake",
+                        lambda exp, args, log, again: calls.append((exp, list(args))) or 0)
+    return calls
+
+
+def test_snakemake_arguments_before_the_double_dash_are_shown_where_they_go(
+        experiment_dir, snakemake_calls, capsys):
+    """`hklflow run EXP -n` used to get argparse's "unrecognized arguments: -n" and no word
+    of `--`; now the message shows the command line that works.  Every command line that
+    worked still does."""
+    from hklflow import cli
+
+    d = str(experiment_dir)
+    said = "hklflow {}: unrecognized argument(s) {}: Snakemake's arguments go after --, as in: {}"
+    for argv, theirs, again in [
+            (["run", d, "-n"], "-n", ["run", d, "--", "-n"]),
+            (["run", d, "-n", "--cores", "2"], "-n --cores 2",
+             ["run", d, "--", "-n", "--cores", "2"]),
+            (["run", d, "-n", "--", "--cores", "2"], "-n", ["run", d, "--", "-n", "--cores", "2"]),
+            (["run", "--cores", "2", d], "--cores 2", ["run", d, "--", "--cores", "2"]),
+            (["run", d, "results/tiny/300K/transform.nxs"], "results/tiny/300K/transform.nxs",
+             ["run", d, "--", "results/tiny/300K/transform.nxs"]),
+            (["run", "-n"], "-n", ["run", "EXPDIR", "--", "-n"]),
+            (["demo", "--dir", d, "-n"], "-n", ["demo", "--dir", d, "--", "-n"]),
+            (["demo", "--cores=2", "-np"], "-np", ["demo", "--cores=2", "--", "-np"])]:
+        assert cli.main(argv) == 2, argv
+        assert capsys.readouterr().err.strip() == said.format(
+            argv[0], theirs, shlex.join(["hklflow", *again])), argv
+    assert snakemake_calls == []
+    # what worked still works
+    (experiment_dir / "truth.json").write_text("{}")  # (the demo: simulated already)
+    for argv, args in [(["run", d], []),
+                       (["run", d, "--", "-n", "--cores", "2"], ["-n", "--cores", "2"]),
+                       (["demo", "--dir", d], ["--cores", "all"]),
+                       (["demo", "--di", d, "--core", "2", "--", "-n"], ["--cores", "2", "-n"]),
+                       (["demo", f"--dir={d}", "--cores=3"], ["--cores", "3"])]:
+        assert cli.main(argv) == 0, (argv, capsys.readouterr().err)
+        assert snakemake_calls.pop() == (experiment_dir.resolve(), args)
+    for argv in (["run", d, "-h"], ["run", "--help"], ["demo", "-h"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 0 and "usage: hklflow" in capsys.readouterr().out
+
+
+def test_hklflow_run_names_the_yaml_syntax_error_before_snakemake_starts(
+        experiment_dir, snakemake_calls, capsys, monkeypatch):
+    """Snakemake parses the config files itself, before any of hklflow's code, and says only
+    "Config file is not valid JSON or YAML": `hklflow run` checks them first and names the
+    file, line and column (config/config.yaml and every --configfile)."""
+    from hklflow import cli
+
+    monkeypatch.chdir(experiment_dir)
+    extra = experiment_dir / "extra.yaml"
+    extra.write_text("instrument:\n  wavelength: 0.5\n")
+    assert cli.main(["run", ".", "--", "-n", "--configfile", "config/config.yaml",
+                     "extra.yaml"]) == 0
+    CONFIG_CASES["yaml-syntax"][0](experiment_dir)
+    assert cli.main(["run", ".", "--", "-n"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "hklflow run: invalid configuration: ./config/config.yaml: not valid YAML: line 10, "
+        "column 24: expected ',' or ']', but got ':' (while parsing a flow sequence at line 9, "
+        "column 15)")
+    (experiment_dir / "config" / "config.yaml").rename(experiment_dir / "broken.yaml")
+    (experiment_dir / "config" / "config.yaml").write_text(extra.read_text())
+    extra.write_text("instrument:\n\twavelength: 0.5\n")
+    for after in (["--configfile", "config/config.yaml", "extra.yaml"],
+                  ["--configfile=extra.yaml"]):
+        assert cli.main(["run", ".", "--", "-n", *after]) == 1
+        assert capsys.readouterr().err.strip() == (
+            "hklflow run: invalid configuration: extra.yaml: not valid YAML: line 2, column 1: "
+            "found a tab that cannot start any token (YAML indents with spaces, not tabs)")
+    assert len(snakemake_calls) == 1
 
 
 # --------------------------------------------------------------------------------------

@@ -135,6 +135,120 @@ def test_missing_files_are_named(tmp_path):
         load_experiment(tmp_path / "c.yaml")
 
 
+def test_yaml_syntax_error_names_file_line_and_column(experiment_dir):
+    """Snakemake's own message for it is "Config file is not valid JSON or YAML": no line, no
+    column.  Ours: the file, and line and column counted from 1 as an editor does."""
+    from hklflow.config import check_yaml_syntax
+
+    p = experiment_dir / "config" / "config.yaml"
+    lines = p.read_text().splitlines()
+    n = next(i for i, ln in enumerate(lines) if ln.startswith("  wavelength:"))
+    lines[n] = lines[n].replace("wavelength: ", "wavelength: [")  # never closed
+    p.write_text("\n".join(lines) + "\n")
+    column = lines[n + 1].index(":") + 1  # where the parser gives up: the next key's ':'
+    expected = (f"config.yaml: not valid YAML: line {n + 2}, column {column}: expected ',' or "
+                f"']', but got ':' (while parsing a flow sequence at line {n + 1}, column 15)")
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert str(e.value).startswith(str(p))
+    with pytest.raises(ConfigError) as e2:  # what `hklflow run` checks before Snakemake starts
+        check_yaml_syntax([experiment_dir / "nope.yaml", p])
+    assert str(e2.value) == str(e.value)
+    # a tab in the indentation: named as such
+    lines[n] = "\twavelength: 0.5"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"config.yaml: not valid YAML: line {n + 1}, column 1: "
+                                          r"found a tab that cannot start any token \(YAML "
+                                          r"indents with spaces, not tabs\)$"):
+        load(experiment_dir)
+
+
+def test_every_schema_problem_is_listed_one_line_each(experiment_dir):
+    """A missing wavelength used to hide behind the first problem ("(and 1 more
+    problem(s))"): every problem is listed, a line each with its field."""
+    def two_problems(c):
+        c["instrument"].pop("wavelength")
+        c["instrument"]["polarization_fraction"] = "high"
+    edit_config(experiment_dir, two_problems)
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    assert str(e.value).splitlines() == [
+        f"{experiment_dir / 'config' / 'config.yaml'}: 2 problems:",
+        "  field 'instrument': 'wavelength' is a required property",
+        "  field 'instrument.polarization_fraction': 'high' is not of type 'number'"]
+    # a schema problem and a NaN of another field: both; a NaN where an integer is
+    # expected: once
+    edit_config(experiment_dir, lambda c: c["instrument"].__setitem__("wavelength", float("nan")))
+    edit_table(experiment_dir, 2, "nframes", "nan")
+    edit_table(experiment_dir, 3, "phi_start", "nan")
+    edit_table(experiment_dir, 3, "phi_step", "fast")
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    assert str(e.value).splitlines()[1:] == [
+        "  field 'instrument.polarization_fraction': 'high' is not of type 'number'",
+        "  field 'instrument.wavelength': nan is not a finite number (an empty or missing value?)"]
+    edit_config(experiment_dir, lambda c: c["instrument"].update(wavelength=0.5,
+                                                               polarization_fraction=0.99))
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    assert str(e.value).splitlines() == [
+        "config/scans.tsv: 3 problems:",
+        "  row 2 (tiny/300.0/f2): field 'nframes': nan is not of type 'integer'",
+        "  row 3 (tiny/100.0/f1): field 'phi_start': nan is not a finite number (an empty or "
+        "missing value?)",
+        "  row 3 (tiny/100.0/f1): field 'phi_step': 'fast' is not of type 'number'"]
+
+
+def test_many_problems_are_bounded(experiment_dir):
+    p = experiment_dir / "config" / "scans.tsv"
+    header, row = p.read_text().splitlines()[:2]
+    cells = row.split("\t")
+    rows = []
+    for i in range(25):
+        cells[2], cells[5] = f"e{i}", "x"  # entry, phi_start
+        rows.append("\t".join(cells))
+    p.write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "config/scans.tsv: 25 problems:" and len(lines) == 22, lines
+    assert lines[1] == "  row 1 (tiny/300.0/e0): field 'phi_start': 'x' is not of type 'number'"
+    assert lines[20].startswith("  row 20 (") and lines[21] == "  ... and 5 more"
+
+
+def test_spaces_instead_of_tabs_are_named(experiment_dir):
+    """A row typed with spaces used to be reported as "'temperature' is a required
+    property" (the whole line read as the sample's cell)."""
+    p = experiment_dir / "config" / "scans.tsv"
+    good = p.read_text()
+    lines = good.splitlines()
+    lines[2] = lines[2].replace("\t", "  ")
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    assert str(e.value) == "config/scans.tsv: row 2: columns separated by spaces, not tabs"
+    lines[2] = lines[2].replace("  ", "\t", 3)  # some tabs, some spaces
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="^config/scans.tsv: row 2: columns separated by "
+                                          "spaces, not tabs$"):
+        load(experiment_dir)
+    # the header: all of it, or only some of its columns
+    for header in (lines[0].replace("\t", " "), lines[0].replace("\tchi", "   chi")):
+        p.write_text("\n".join([header] + good.splitlines()[1:]) + "\n")
+        with pytest.raises(ConfigError, match="^config/scans.tsv: header: columns separated by "
+                                              "spaces, not tabs: the scans table is tab-separated"):
+            load(experiment_dir)
+    # spaces inside a cell (a file name) are no separators; nor is an empty optional cell
+    p.write_text(good)
+    edit_table(experiment_dir, 1, "data", "raw/my data/f1 scan 2.h5")
+    edit_table(experiment_dir, 2, "chi", "")
+    p.write_text(p.read_text().replace("\t-1\t\n", "\t-1\n"))  # (row 2 without its last cell)
+    exp = load(experiment_dir)
+    assert exp.scan("tiny", "300K", "f1").data == "raw/my data/f1 scan 2.h5"
+    assert exp.scan("tiny", "300K", "f2").offsets["chi"] == 0.0
+
+
 def test_several_config_files_merge_in_order(experiment_dir):
     extra = experiment_dir / "config" / "override.yaml"
     extra.write_text("instrument:\n  wavelength: 0.5\n")

@@ -5,6 +5,7 @@ import gc
 import importlib
 import logging
 import os
+import shlex
 import sys
 
 # command -> (module:function(argv), what it does).  The workflow's rules run the step
@@ -23,6 +24,7 @@ COMMANDS = {
     "merge_entries": ("hklflow.steps.merge_entries:main", "the volume of a sample at one temperature: its entries merged"),
     "symmetrize": ("hklflow.steps.symmetrize:main", "symmetrise a merged volume by the Laue group"),
     "temperature_series": ("hklflow.steps.temperature_series:main", "one slice of a sample's volume at every temperature"),
+    "model_inputs": ("hklflow.steps.model_inputs:main", "the files modelling programs read (Yell, rmc-discord) of a merged or symmetrised volume"),
     "nxrefine_wrapper": ("hklflow.steps.nxrefine_wrapper:main", "NXRefine's wrapper file of a sample at one temperature, linking hklflow's results"),
     "total_pdf": ("hklflow.steps.total_pdf:main", "the total PDF of a sample at one temperature (tapered FFT of its volume)"),
     "delta_pdf": ("hklflow.steps.delta_pdf:main", "the 3D-DeltaPDF: reflections punched and filled, then tapered FFT"),
@@ -40,6 +42,87 @@ COMMANDS = {
 # the commands of the workflow's rules: hklflow/steps/<name>.py
 STEPS = frozenset(name for name, (target, _) in COMMANDS.items()
                   if target.startswith("hklflow.steps."))
+
+
+# the options of the commands that start snakemake (hklflow.demo): name -> whether it takes
+# a value.  Snakemake's own arguments go after `--`.
+_OWN_OPTIONS = {"run": {"-h": False, "--help": False},
+                "demo": {"-h": False, "--help": False, "--dir": True, "--cores": True}}
+
+
+def _own_option(name: str, arg: str) -> str | None:
+    """The option of `hklflow NAME` that ARG is (argparse takes unique prefixes of long
+    options, and --opt=value), else None."""
+    opt = arg.split("=", 1)[0] if arg.startswith("--") else arg
+    matches = [o for o in _OWN_OPTIONS[name]
+               if o == opt or (opt.startswith("--") and len(opt) > 2 and o.startswith(opt))]
+    return matches[0] if len(matches) == 1 else None
+
+
+def misplaced_snakemake_arguments(name: str, args: list[str]) -> str | None:
+    """`hklflow run EXP -n`: arguments before `--` that are not hklflow's (Snakemake's
+    options, or targets) get a message that shows where they go, instead of argparse's
+    'unrecognized arguments'; None when there are none (or help is asked for)."""
+    split = args.index("--") if "--" in args else len(args)
+    before, after = args[:split], args[split + 1:]
+    if any(_own_option(name, a) == o for a in before for o in ("-h", "--help")):
+        return None
+    positional = [a for a in before if not a.startswith("-")]
+    # hklflow run's experiment directory: the first that is one, else the first positional
+    experiment = next((a for a in positional if os.path.isdir(a)),
+                      positional[0] if positional else None) if name == "run" else None
+    own, theirs, i = [], [], 0
+    while i < len(before):
+        a = before[i]
+        option = _own_option(name, a) if a.startswith("-") else None
+        if option is not None:
+            takes_value = _OWN_OPTIONS[name][option] and "=" not in a
+            own += before[i:i + 1 + takes_value]
+            i += 1 + takes_value
+            continue
+        if a == experiment and experiment not in own:
+            own.append(a)
+        else:
+            theirs.append(a)
+        i += 1
+    if not theirs:
+        return None
+    if name == "run" and experiment is None:
+        own.insert(0, "EXPDIR")
+    again = shlex.join(["hklflow", name, *own, "--", *theirs, *after])
+    return (f"unrecognized argument(s) {shlex.join(theirs)}: Snakemake's arguments go after --, "
+            f"as in: {again}")
+
+
+def _run_arguments_problem(name: str, args: list[str]) -> tuple[str, int] | None:
+    """What is wrong with the command line of `hklflow run` or `hklflow demo` that would
+    otherwise reach the user in Snakemake's words, or not at all: arguments of Snakemake's
+    before `--` (status 2), a config file that is not YAML (status 1).  None: nothing."""
+    misplaced = misplaced_snakemake_arguments(name, args)
+    if misplaced:
+        return misplaced, 2
+    if name != "run":
+        return None
+    split = args.index("--") if "--" in args else len(args)
+    positional = [a for a in args[:split] if not a.startswith("-")]
+    if len(positional) != 1:
+        return None  # argparse says what is missing
+    files = [os.path.join(positional[0], "config", "config.yaml")]
+    after, taking = args[split + 1:], False
+    for a in after:  # --configfile FILE [FILE ...] (and --configfiles, --configfile=FILE)
+        if a.startswith("-"):
+            taking = a in ("--configfile", "--configfiles")
+            if a.startswith(("--configfile=", "--configfiles=")):
+                files.append(a.split("=", 1)[1])
+        elif taking:
+            files.append(a)
+    from .config import ConfigError, check_yaml_syntax
+
+    try:
+        check_yaml_syntax(files)
+    except ConfigError as exc:
+        return f"invalid configuration: {exc}", 1
+    return None
 
 
 def usage() -> str:
@@ -80,6 +163,11 @@ def main(argv=None) -> int:
         # before numpy loads, OpenBLAS (and MKL) start none.
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
+    if name in _OWN_OPTIONS:
+        problem = _run_arguments_problem(name, argv[1:])
+        if problem:
+            print(f"hklflow {name}: {problem[0]}", file=sys.stderr)
+            return problem[1]
     module, function = COMMANDS[name][0].split(":")
     command = getattr(importlib.import_module(module), function)
     if own_process:

@@ -21,8 +21,7 @@ from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
 from .jobs import check_grid_index_range, check_job_counts
-from .params import (STEP_PARAMS, CalibrationParams, DetectorParams, schema,
-                     validator_with_defaults)
+from .params import STEP_PARAMS, CalibrationParams, DetectorParams, schema, validator_with_defaults
 
 # old place -> new place (dotted config paths)
 MOVED_KEYS = {
@@ -38,6 +37,7 @@ MOVED_KEYS = {
 NAME_PATTERNS = {"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$": "letters, digits, '_', '.' and '-'",
                  "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$": "letters, digits, '_' and '-'"}
 MAX_SCAN_TURNS = 10  # a rotation scan longer than this (nframes x |phi_step|) is a typo
+MAX_PROBLEMS_SHOWN = 20  # a config or table with more problems: the first ones and a count
 
 
 # the scans table hklflow watch writes and runs the workflow on: the scans landed so far,
@@ -276,21 +276,45 @@ def non_finite_fields(instance, path: str = "") -> list[str]:
     return [p for k, v in items for p in non_finite_fields(v, f"{path}.{k}" if path else str(k))]
 
 
-def _validate(instance: dict, schema_: dict, where: str, validator=None) -> dict:
+def _check(instance: dict, schema_: dict, validator=None) -> tuple[dict, list[str]]:
+    """The instance with the schema's defaults filled, and every problem the schema (and the
+    finite-number rule) finds in it: 'field PATH: what is wrong', in the order of the paths."""
     instance = copy.deepcopy(instance)
     v = validator if validator is not None else validator_with_defaults(schema_)
-    errors = sorted(v.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        e = errors[0]
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{where}: field '{_field_path(e)}': {_message(e)}{more}")
-    # a second pass fills defaults of objects that were themselves defaulted
-    for e in v.iter_errors(instance):
-        raise ConfigError(f"{where}: field '{_field_path(e)}': {_message(e)}")
-    bad = non_finite_fields(instance)
-    if bad:
-        raise ConfigError(f"{where}: field '{bad[0]}': {instance_value(instance, bad[0])!r} is "
-                          "not a finite number (an empty or missing value?)")
+    errors = list(v.iter_errors(instance))
+    if not errors:  # a second pass fills defaults of objects that were themselves defaulted
+        errors = list(v.iter_errors(instance))
+    found = [(list(map(str, e.absolute_path)), _field_path(e), _message(e)) for e in errors]
+    flagged = {path for _, path, _ in found}
+    for path in non_finite_fields(instance):
+        if path not in flagged:  # (a NaN where an integer is expected: said once)
+            found.append((path.split("."), path, f"{instance_value(instance, path)!r} is not a "
+                          "finite number (an empty or missing value?)"))
+    found.sort(key=lambda f: f[0])
+    problems = []
+    for _, path, what in found:
+        line = f"field '{path}': {what}"
+        if line not in problems:
+            problems.append(line)
+    return instance, problems
+
+
+def problems_report(where: str, problems: list[str]) -> str:
+    """One problem: 'WHERE: PROBLEM'; several: 'WHERE: N problems:' and a line each, the
+    first MAX_PROBLEMS_SHOWN of them and how many more."""
+    if len(problems) == 1:
+        return f"{where}: {problems[0]}"
+    shown = [f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        shown.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+    return "\n".join([f"{where}: {len(problems)} problems:", *shown])
+
+
+def _validate(instance: dict, schema_: dict, where: str, validator=None) -> dict:
+    """The instance validated, with its defaults filled; ConfigError listing every problem."""
+    instance, problems = _check(instance, schema_, validator)
+    if problems:
+        raise ConfigError(problems_report(where, problems))
     return instance
 
 
@@ -327,6 +351,39 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def yaml_problem(exc) -> str:
+    """A YAML syntax error in one line: where it is (line and column, counted from 1) and
+    what is wrong there (PyYAML's own text takes four lines and names '<unicode string>')."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(exc).split())
+    if "'\\t'" in problem:
+        problem = (problem.replace("character '\\t'", "a tab")
+                   + " (YAML indents with spaces, not tabs)")
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, at = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and at is not None and (at.line, at.column) != (mark.line, mark.column):
+        text += f" ({context} at line {at.line + 1}, column {at.column + 1})"
+    return text
+
+
+def check_yaml_syntax(paths) -> None:
+    """ConfigError naming the file, line and column of the first YAML syntax error in these
+    config files (those that exist; a missing one is left to whoever reads it).  For the
+    commands that start Snakemake, whose own message for it names neither."""
+    import yaml
+
+    for p in paths:
+        try:
+            text = Path(p).read_text()
+        except OSError:
+            continue
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
+
+
 def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
     import yaml  # (here: the steps import this module for its small helpers, not YAML)
 
@@ -340,7 +397,7 @@ def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of keys at the top level")
         merged = deep_merge(merged, data)
@@ -409,30 +466,50 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(f"{path}: the scans table is empty")
+    required = schema("scans.schema.yaml")["required"]
+    allowed = set(props) | set(offset_names)
+    tab_separated = ("the scans table is tab-separated (one tab between columns, not spaces), "
+                     "with at least the columns " + " ".join(required))
+    # a header whose column names are found between spaces but not between tabs
+    names = [c.split() for c in lines[0].split("\t")]
+    if (any(len(n) > 1 and set(n) <= allowed for n in names)
+            or (not set(required) <= {" ".join(n) for n in names}
+                and set(required) <= set(lines[0].split()))):
+        raise ConfigError(f"{path}: header: columns separated by spaces, not tabs: "
+                          f"{tab_separated}")
     if "\t" not in lines[0]:
-        raise ConfigError(f"{path}: the header line has no tab: the scans table is tab-separated "
-                          "(one tab between columns, not spaces), with at least the columns "
-                          + " ".join(schema("scans.schema.yaml")["required"]))
+        raise ConfigError(f"{path}: the header line has no tab: {tab_separated}")
     reader = csv.DictReader(lines, delimiter="\t")
     header = reader.fieldnames or []
-    allowed = set(props) | set(offset_names)
     unknown = [h for h in header if h not in allowed]
     if unknown:
         raise ConfigError(f"{path}: unknown column(s) {unknown}; allowed: {sorted(allowed)} "
                           "(offset columns must be named after instrument.goniometer.offset_axes)")
-    rows = []
+    # the cells a row needs to reach every required column: a row with fewer between tabs
+    # but enough between spaces was typed (or pasted) with spaces
+    needed = 1 + max(header.index(c) for c in required if c in header) \
+        if any(c in header for c in required) else len(header)
+    rows, problems = [], []
     row_schema = dict(schema("scans.schema.yaml"))
     row_schema["properties"] = dict(props, **{n: {"type": "number", "default": 0}
                                               for n in offset_names})
     validator = validator_with_defaults(row_schema)  # built once: large tables parse fast
-    for i, raw in enumerate(reader, start=1):
+    for i, (raw, line) in enumerate(zip(reader, lines[1:]), start=1):
+        if len(line.split("\t")) < needed <= len(line.split()):
+            problems.append(f"row {i}: columns separated by spaces, not tabs")
+            continue
         if None in raw:
-            raise ConfigError(f"{path}: row {i}: more cells than columns in the header")
+            problems.append(f"row {i}: more cells than columns in the header")
+            continue
         cells = {k: _coerce(v, row_schema["properties"].get(k, {}))
                  for k, v in raw.items() if v is not None and v.strip() != ""}
-        label = f"{path}: row {i}" + (f" ({cells.get('sample')}/{cells.get('temperature')}/"
-                                       f"{cells.get('entry')})" if "entry" in cells else "")
-        rows.append(_validate(cells, row_schema, label, validator))
+        label = f"row {i}" + (f" ({cells.get('sample')}/{cells.get('temperature')}/"
+                              f"{cells.get('entry')})" if "entry" in cells else "")
+        row, found = _check(cells, row_schema, validator)
+        problems += [f"{label}: {p}" for p in found]
+        rows.append(row)
+    if problems:
+        raise ConfigError(problems_report(path, problems))
     return rows
 
 

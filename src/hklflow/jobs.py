@@ -197,6 +197,10 @@ class JobSettings:
                               "temperatures": self.exp.temperatures_of(sample)})
 
     @_made_once
+    def model_inputs(self) -> str:
+        return settings_json({"programs": list(self.exp.raw["output"]["model_inputs"])})
+
+    @_made_once
     def nxrefine_wrapper(self, sample: str) -> str:
         # the kinds say which volume is which among the job's inputs
         return settings_json({"sample": self.exp.samples[sample].settings(),

@@ -68,6 +68,7 @@ def settings_file(text):
 TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
 SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
 NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
+MODEL_INPUTS = list(EXP.raw["output"]["model_inputs"])
 _PDF = EXP.reduction["pdf"]
 PDF_ENABLED = bool(_PDF["enabled"])
 # pdf.nxs: the DeltaPDF of masked_transform (of transform when that is the only kind);
@@ -86,6 +87,7 @@ wildcard_constraints:
     temperature=r"[0-9.]+K",
     entry="[A-Za-z0-9_-]+",
     kind="transform|masked_transform",
+    volume="(masked_)?transform(_symmetrized)?",
     frames=r"[0-9]+-[0-9]+",
 
 
@@ -252,4 +254,20 @@ def all_targets():
             targets.append(f"results/{name}/pdf_temperature_series.png")
         if NXREFINE_WRAPPER:
             targets += [f"results/{name}/nxrefine/{name}_{t}.nxs" for t in temperatures]
+        if MODEL_INPUTS:
+            for t in temperatures:
+                for kind in TRANSFORM_KINDS:
+                    for volume in (kind, f"{kind}_symmetrized") if SYMMETRIZE else (kind,):
+                        targets += model_input_outputs(
+                            f"results/{name}/{t}/model_inputs/{volume}")
     return targets
+
+
+def model_input_outputs(stem: str) -> list:
+    """The files rule model_inputs writes for output.model_inputs, named from `stem`
+    (hklflow.files.model_inputs)."""
+    files = {"rmc_discord": [f"{stem}_rmc_discord.nxs"],
+             "yell": [f"{stem}_yell/{name}" for name in (
+                 "experiment.h5", "weights.h5", "reciprocal_space_multiplier.h5",
+                 "model_grid.txt", "provenance.json")]}
+    return [f for program in MODEL_INPUTS for f in files[program]]

@@ -16,15 +16,16 @@
 #     stored frames (a third of a frame each) with their Bragg masks (a quarter), and each
 #     find_peaks thread the frame it searches (one frame each); counted here as four and
 #     two chunks;
-#   * a transform job holds signal and weight of the whole grid in float32 for every kind
-#     it makes (8 bytes/voxel per kind, bricks of 8^3 voxels, each axis padded to a multiple
-#     of 8: TRANSFORM_VOXEL_BYTES; the pixels only one kind takes in a second part whose
+#   * a transform job holds signal and weight (and, with reduction.transform.variance, the
+#     variance) of the whole grid in float32 for every kind it makes (8 or 12 bytes/voxel per
+#     kind, bricks of 8^3 voxels, each axis padded to a multiple of 8: TRANSFORM_VOXEL_BYTES; the pixels only one kind takes in a second part whose
 #     pages are mapped where a Bragg region or the punch reaches, but all of them can be)
 #     and writes them slab by slab; its pixel table
 #     (lab Q and corrections) peaks at ~140 bytes/pixel while pyFAI computes it;
 #   * sums (sum_chunks, merge_entries) and symmetrize work slab by slab along L (~64 MB per
-#     float32 array of a slab, at least 8 L planes), whatever the grid size; symmetrize holds
-#     its input volume whole (8 bytes/voxel) for cubic and rhombohedral Laue groups;
+#     float32 array of a slab, at least 8 L planes; three arrays with the variance), whatever
+#     the grid size; symmetrize holds its input volume whole (8 or 12 bytes/voxel) for cubic
+#     and rhombohedral Laue groups;
 #   * run times are generous on purpose (SLURM kills a job at its limit): a fixed 10 minutes
 #     (start, imports, compilation caches, writing) plus the work at rates several times
 #     slower than measured on one core (a shared cluster node can be far slower).
@@ -36,7 +37,9 @@ from hklflow.params import PeakSearchParams
 from hklflow.snakemake_compat import known_parameters
 
 BASE_MB = 600
-TRANSFORM_VOXEL_BYTES = 9
+_VARIANCE = bool(EXP.reduction["transform"]["variance"])
+_ARRAYS = 3 if _VARIANCE else 2  # float32 arrays of a volume: signal, weight (, variance)
+TRANSFORM_VOXEL_BYTES = 4.5 * _ARRAYS
 RATE_PEAKS = 20e6  # pixel-frames per second per core (find_peaks, read included)
 RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform, read included)
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
@@ -54,7 +57,7 @@ MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 _PIXELS = scan_pixels(EXP)
 _FRAME_MB = _PIXELS * 4 / 1e6  # one int32 frame
 _VOXELS = grid_voxels_bound(EXP)
-_GRID_MB = _VOXELS * 8 / 1e6  # signal + weight, float32
+_GRID_MB = _VOXELS * 4 * _ARRAYS / 1e6  # signal + weight (+ variance), float32
 _PLANE_MB = 4 * _VOXELS ** (2 / 3) / 1e6  # one float32 L plane of a cubic grid of _VOXELS
 _SLAB_MB = max(64.0, 8 * _PLANE_MB)  # one float32 slab (volume.slab_planes)
 # frames per chunk of the peak search (its "auto": ~24 MB of frames)
@@ -152,18 +155,19 @@ RESOURCES = {
         _transform_minutes),
     # float64 sums + one input + output, per slab; every kind: read every input, write one
     "sum_chunks": RuleResources(
-        lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
+        lambda w: BASE_MB + 200 + 3 * _ARRAYS * _SLAB_MB,
         lambda w: _FIXED_MINUTES + _TRANSFORM_KINDS
         * (_CHUNKS[(w.sample, w.temperature, w.entry)] + 1) * _VOXELS / RATE_VOLUME / 60),
     "merge_entries": RuleResources(
-        lambda w: BASE_MB + 200 + 6 * _SLAB_MB,
+        lambda w: BASE_MB + 200 + 3 * _ARRAYS * _SLAB_MB,
         lambda w: _FIXED_MINUTES + (_ENTRIES[(w.sample, w.temperature)] + 1)
         * _VOXELS / RATE_VOLUME / 60),
     # slab by slab (an output slab, its input slab and the mirror one, float64 tiles);
     # cubic and rhombohedral Laue groups hold the input whole
     "symmetrize": RuleResources(
-        lambda w: BASE_MB + 200 + (10 * _SLAB_MB if EXP.samples[w.sample].crystal.laue_keeps_l_planes
-                                   else _GRID_MB + 6 * _SLAB_MB),
+        lambda w: BASE_MB + 200 + (5 * _ARRAYS * _SLAB_MB
+                                   if EXP.samples[w.sample].crystal.laue_keeps_l_planes
+                                   else _GRID_MB + 3 * _ARRAYS * _SLAB_MB),
         lambda w: (_FIXED_MINUTES + 2 * _VOXELS / RATE_VOLUME / 60
                    + _VOXELS * MAX_LAUE_OPERATORS / RATE_SYMMETRY / 60)),
     # one plane per temperature, a figure
@@ -186,4 +190,7 @@ RESOURCES = {
         lambda w: _FIXED_MINUTES),
     # parameters, peak tables and grid axes copied; every array is linked, none read
     "nxrefine_wrapper": RuleResources(lambda w: BASE_MB + 200, lambda w: _FIXED_MINUTES),
+    # the volume read whole (signal, weight, variance), float64 slabs of the files written
+    "model_inputs": RuleResources(lambda w: BASE_MB + 200 + _GRID_MB + 6 * _SLAB_MB,
+                                  lambda w: _FIXED_MINUTES + 4 * _VOXELS / RATE_VOLUME / 60),
 }

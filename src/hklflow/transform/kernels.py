@@ -286,7 +286,8 @@ def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_ma
                 if punch[i] < 0 and _punched(xb[i], yb[i], zb[i], m, allowed,
                                              allowed_off, hkl_r2):
                     idx[i] = idx[i] + shift if paired else dump[i]
-    _one_observation(idx, var, state, first, n)
+    if steps > 1:  # (one sub-step: every pixel's run is 1)
+        _one_observation(idx, var, state, first, n)
     return n
 
 
