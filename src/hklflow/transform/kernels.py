@@ -301,9 +301,10 @@ def _one_observation(idx, var, state, first, n):
     if var is None:
         return
     last, run = state[0], state[1]
-    for i in range(n):
+    keep = np.int32(0) if first else np.int32(1)
+    for i in range(n):  # (branch-free: vectorised)
         k = idx[i]
-        r = np.int32(0) if first or k != last[i] else run[i] + np.int32(1)
+        r = (run[i] + np.int32(1)) * (np.int32(k == last[i]) * keep)
         last[i] = k
         run[i] = r
         var[i] *= np.float32(2 * r + 1)
