@@ -16,7 +16,7 @@ from conftest import REPO
 BENCH = REPO / "bench"
 # bench scripts retired with a README line (bench/README.md, "Retired")
 RETIRED = {"sub_steps.py", "sub_steps_accuracy.py", "transform_split.py"}
-HELPERS = {"common.py", "nxrefine_venv.py"}  # imported by the scripts, not run alone
+HELPERS = {"common.py", "nxrefine_venv.py", "rmc_discord_venv.py"}  # imported, not run alone
 SMOKED = {"accuracy.py", "cpu_kernels.py", "dryrun.py", "find_peaks.py", "full_rotation.py",
           "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
           "pdf.py", "pipeline.py", "threads.py", "transform.py"}
