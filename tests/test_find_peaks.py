@@ -664,6 +664,8 @@ def test_the_dispersion_test_takes_the_detectors_gain_and_the_search_checks_it(c
     (background_dispersion), and a config that says otherwise is warned about."""
     import logging
 
+    from hklflow.gain import background_dispersion, check_gain
+
     rng = np.random.default_rng(4)
     photons = rng.poisson(6.0, (160, 150))
     photons[30:33, 40:43] += 400  # two peaks
@@ -692,19 +694,19 @@ def test_the_dispersion_test_takes_the_detectors_gain_and_the_search_checks_it(c
         assert right[outside].sum() <= 3  # the noise stays noise
         if gain > 1:  # gain 1 takes the noise for peaks
             assert found[1.0][outside].sum() > 50 * max(1, right[outside].sum())
-        assert sf.background_dispersion(frame, valid, 3, 3) == pytest.approx(gain, rel=0.1)
+        assert background_dispersion(frame, valid, 3, 3) == pytest.approx(gain, rel=0.1)
 
-    class Stack:  # (what _check_gain reads of a FrameStack)
+    class Stack:  # (what check_gain reads of a FrameStack)
         nframes = 3
 
         def read(self, a, b):
             return np.repeat((2 * photons)[None], b - a, axis=0)
 
     with caplog.at_level(logging.INFO):
-        notes = sf._check_gain(Stack(), valid, 2**31 - 1, p, logging.getLogger("t"))
+        notes = check_gain(Stack(), valid, 2**31 - 1, p, logging.getLogger("t"))
     assert len(notes) == 1 and "instrument.detector.gain is 1" in notes[0]
     assert "WARNING" in caplog.text
     import dataclasses
 
-    assert sf._check_gain(Stack(), valid, 2**31 - 1, dataclasses.replace(p, gain=2.0),
+    assert check_gain(Stack(), valid, 2**31 - 1, dataclasses.replace(p, gain=2.0),
                           logging.getLogger("t")) == []

@@ -8,8 +8,7 @@ strong when
     v/m > g (1 + sigma_background * sqrt(2/(n-1)))  (the window is not Poisson background),
     x > m + sigma_strong * sqrt(g m)                   (the pixel stands out of it),
     x > global_threshold,
-with g the detector's gain (counts per photon, instrument.detector.gain: a value of g x
-Poisson photons has variance g x its mean; DIALS's `gain` of the same test).
+g: counts per photon (instrument.detector.gain; DIALS's `gain`; hklflow.gain checks it).
 The 'absolute' method marks x > absolute_threshold instead.
 
 `strong_pixels_frame` does one frame in one pass: column counts, sums and sums of squares
@@ -51,6 +50,7 @@ import numba
 import numpy as np
 
 from . import steplog
+from .gain import check_gain
 from .geometry import DetectorGeometry, ScanAngles
 from .masking import user_mask
 from .numba_target import has_avx512
@@ -852,34 +852,6 @@ class _Detection:
         self.stats = det.stats.copy()
 
 
-# a background whose variance / mean departs from the config's gain by more than this
-# factor is reported: the dispersion test then finds noise (gain too low) or misses peaks
-GAIN_MISMATCH = 1.33
-
-
-def background_dispersion(frame: np.ndarray, usable: np.ndarray, half_r: int, half_c: int,
-                          min_windows: int = 1000) -> float | None:
-    """The median over the frame's windows (2 half_r + 1 by 2 half_c + 1, every pixel
-    usable, some counts) of variance / mean: the detector's gain, counts per photon, where
-    the background is Poisson photons (dials.estimate_gain's estimate); a few Bragg peaks
-    and slow diffuse gradients do not move the median.  None with fewer than min_windows
-    windows (too few counts)."""
-    from scipy.ndimage import uniform_filter
-
-    x = np.where(usable, frame, 0).astype(np.float64)
-    size = (2 * half_r + 1, 2 * half_c + 1)
-    npix = size[0] * size[1]
-    full = uniform_filter(usable.astype(np.float64), size, mode="constant") > 1 - 0.5 / npix
-    s = uniform_filter(x, size, mode="constant") * npix
-    q = uniform_filter(x * x, size, mode="constant") * npix
-    ok = full & (s > 0.5)
-    if np.count_nonzero(ok) < min_windows:
-        return None
-    mean = s[ok] / npix
-    var = (q[ok] - s[ok] * s[ok] / npix) / (npix - 1)
-    return float(np.median(var / mean))
-
-
 def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSearchParams,
            detector: DetectorParams, log=None, threads: int = 1) -> PeakSearchResult:
     """Run the peak search over every frame of `stack` (a frames.FrameStack); detector:
@@ -909,7 +881,7 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     if hot_early.any():
         log.info("hot pixels found in the first frames (masked): %d", int(hot_early.sum()))
     usable &= ~hot_early
-    notes = _check_gain(stack, usable, trusted_max, params, log)
+    notes = check_gain(stack, usable, trusted_max, params, log)
     flags = pixel_flags(usable, annulus)  # (the kernel counts the annulus where usable only)
     free_detectors = queue.SimpleQueue()
     for _ in range(max(1, int(threads))):
@@ -996,30 +968,6 @@ def search(stack, geometry: DetectorGeometry, angles: ScanAngles, params: PeakSe
     hot_rc = np.argwhere(hot)
     return PeakSearchResult(peaks, frame_stats, hot_rc, np.where(usable, maxproj, -1), q_ann, nf,
                             seconds, total_strong, notes)
-
-
-def _check_gain(stack, usable, trusted_max, params: PeakSearchParams, log) -> list:
-    """The background's variance / mean of the scan's middle frame against the config's
-    gain (background_dispersion): logged, and a warning (returned too) when they differ
-    by more than GAIN_MISMATCH either way."""
-    f = stack.nframes // 2
-    frame = stack.read(f, f + 1)[0]
-    ok = usable & (frame >= 0) & (frame < trusted_max)
-    half_r, half_c = params.window[0] // 2, params.window[1] // 2
-    measured = background_dispersion(frame, ok, half_r, half_c)
-    if measured is None:
-        log.info("the background of frame %d holds too few counts to check the gain", f)
-        return []
-    log.info("background of frame %d: variance / mean %.2f (the detector's gain where it is "
-             "Poisson photons; instrument.detector.gain %g)", f, measured, params.gain)
-    if 1 / GAIN_MISMATCH <= measured / params.gain <= GAIN_MISMATCH:
-        return []
-    why = (f"the frames' background has a variance of {measured:.2f} x its mean (frame {f}), "
-           f"but instrument.detector.gain is {params.gain:g}: for a detector that does not "
-           "count photons set the gain (counts per photon); otherwise the peak search finds "
-           "noise (gain too low) or misses peaks, and every volume's uncertainty is off")
-    log.warning("%s", why)
-    return [why]
 
 
 def peak_columns(table: PeakTable, geometry: DetectorGeometry, angles: ScanAngles) -> dict:
