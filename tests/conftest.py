@@ -110,6 +110,23 @@ def tiny_run(tiny_experiment, tmp_path_factory):
     return dst, r, before, hashes()
 
 
+def bench_venv_python(module: str, what: str) -> Path:
+    """The python of a throw-away venv of bench/ (`module`: nxrefine_venv, rmc_discord_venv),
+    made on first use (about a minute, pip from PyPI) and kept; the test skips, with the
+    maker's error as the reason, only where the venv cannot be made."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        maker = importlib.import_module(module)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    try:
+        return maker.ensure_venv()
+    except maker.VenvError as e:
+        pytest.skip(f"{what} could not be made: {e}")
+
+
 def step_settings(experiment: Path, rule: str, *args, config: str = "config/config.yaml") -> str:
     """The settings JSON the Snakefile passes to a job of `rule` in an experiment directory
     (hklflow.jobs.JobSettings; args: the job's wildcards)."""

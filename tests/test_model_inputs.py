@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, bench_venv_python
 
 from hklflow.files import model_inputs as mi
 from hklflow.files.volume import Volume
@@ -261,15 +260,7 @@ def rmc_python():
     """The python of rmc-discord's throw-away venv (bench/rmc_discord_venv.py), made on first
     use (about a minute, pip from PyPI) and kept; the check skips, with the reason, only
     where the venv cannot be made."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        from rmc_discord_venv import VenvError, ensure_venv
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    try:
-        return ensure_venv()
-    except VenvError as e:
-        pytest.skip(f"rmc-discord's venv could not be made: {e}")
+    return bench_venv_python("rmc_discord_venv", "rmc-discord's venv")
 
 
 @pytest.mark.slow

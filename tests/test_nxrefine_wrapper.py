@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from hklflow.geometry import Goniometer, ScanAngles, ScanGeometry
 from hklflow.nxrefine import LAUE_GROUPS, T_NX, goniometer_parameters, laue_group, rotmat
 
-from conftest import REPO, job_counts, run_snakemake, run_step, step_settings
+from conftest import bench_venv_python, job_counts, run_snakemake, run_step, step_settings
 
 SAMPLE = "tiny"
 
@@ -28,15 +27,7 @@ def nx_python():
     """The python of NXRefine's throw-away venv (bench/nxrefine_venv.py), made on first use
     (about a minute, pip from PyPI) and kept for the next session; the cross-check skips,
     with pip's error as the reason, only where the venv cannot be made."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        from nxrefine_venv import VenvError, ensure_venv
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    try:
-        return ensure_venv()
-    except VenvError as e:
-        pytest.skip(f"NXRefine's venv could not be made: {e}")
+    return bench_venv_python("nxrefine_venv", "NXRefine's venv")
 
 
 # --------------------------------------------------------------------------------------
