@@ -15,7 +15,8 @@ the detector's reach.  Prints, measured in one run:
   2. taper and FFT seconds with workers = 1 and 2, and the memory numpy allocates in the
      FFT (tracemalloc) next to NXRefine's plain fftn expression;
   3. peak memory (ru_maxrss) after each part;
-  4. scaling, measured on sub-grids (interior reflections only) and extrapolated by the
+  4. the PDF's sigma (hklflow.pdf.sigma) against the PDF alone, alternating, even and not;
+  5. scaling, measured on sub-grids (interior reflections only) and extrapolated by the
      reflection count: the demo crystal on 401^3 (checks the extrapolation against 1.) and
      801^3 grids, and a 20 A cubic cell (P m -3 m) at the same reach on 401^3 and 801^3
      grids, where the 0.2 1/A holes overlap (a* = 0.31 1/A): there with 0.1 1/A too.
@@ -51,7 +52,9 @@ from hklflow.grid import Axis, Grid, default_grid  # noqa: E402
 from hklflow.pdf.fft import pdf_fft, pdf_spectrum  # noqa: E402
 from hklflow.pdf.fill import punch_and_fill, reflections_to_punch  # noqa: E402
 from hklflow.pdf.q_grid import q_metric  # noqa: E402
+from hklflow.pdf.sigma import pdf_sigma  # noqa: E402
 from hklflow.pdf.taper import tukey_taper  # noqa: E402
+from hklflow.symmetry import index_maps  # noqa: E402
 
 DEMO = ("I 4/m m m", UnitCell(3.7801, 3.7801, 13.2305))
 LARGE = ("P m -3 m", UnitCell(20.0, 20.0, 20.0))
@@ -211,6 +214,34 @@ def fft_section(vol, crystal, grid, q_reach, repeats) -> dict:
     return out
 
 
+def sigma_section(vol, crystal, grid, q_reach, repeats) -> dict:
+    """The PDF's sigma (hklflow.pdf.sigma) against the PDF itself, alternating, both whole
+    (every voxel computed): the volume as its own variance (u), the demo's 4/mmm maps, the
+    mean term; even (octants) and not."""
+    note("sigma of the PDF")
+    maps = index_maps(grid, crystal.laue_operators)[0]
+    finite = np.isfinite(vol)
+    u = np.where(finite, np.abs(vol), np.float32(0)).astype(np.float32)
+    taper = (crystal.cell, q_reach, 0.0)
+    out = {"operators": len(maps)}
+    for even in (True, False):
+        pdf_times, sigma_times = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.asarray(pdf_spectrum(vol, grid, taper=taper, even=even)[0])
+            pdf_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            np.asarray(pdf_sigma(u, finite, finite, grid, crystal.cell, q_reach, maps, True,
+                                 even=even))
+            sigma_times.append(time.perf_counter() - t0)
+        key = "even" if even else "whole"
+        out[f"{key}_pdf_seconds"], out[f"{key}_sigma_seconds"] = min(pdf_times), min(sigma_times)
+        out[f"{key}_sigma_allocated_mb"] = traced_peak_mb(
+            lambda: np.asarray(pdf_sigma(u, finite, finite, grid, crystal.cell, q_reach, maps,
+                                         True, even=even)))
+    return out
+
+
 # --------------------------------------------------------------------------------------
 def sub_grid(grid: Grid, limits) -> Grid:
     """The grid's steps within +-limits (h, k, l)."""
@@ -274,6 +305,7 @@ def main(argv=None) -> int:
               "radius": RADIUS}
     report["fill"], vol = fill_section(crystal, grid, q_reach, args.repeats)
     report["fft"] = fft_section(vol, crystal, grid, q_reach, max(1, args.repeats - 1))
+    report["sigma"] = sigma_section(vol, crystal, grid, q_reach, max(1, args.repeats - 1))
     del vol
     # (--smoke: the fill, taper and FFT only, for tests/test_bench_smoke.py)
     report["scaling"] = [] if args.smoke else scaling_section(q_reach, q_max_nat, q_pixel)
@@ -305,6 +337,14 @@ def main(argv=None) -> int:
         f"  even volume: octant      {t['cosine_seconds_workers_1']:.2f} s with 1 worker (fold and "
         f"cosine transforms, the whole PDF computed), {t['cosine_allocated_mb']:.0f} MB held; "
         f"max |ours - plain fftn| / max = {t['cosine_max_abs_diff_vs_plain_fftn_over_max']:.1e}",
+        f"sigma of the PDF ({report['sigma']['operators']} operators, mean term; best of "
+        f"{max(1, args.repeats - 1)}, alternating with the PDF):",
+        f"  even volume (octants)    {report['sigma']['even_sigma_seconds']:.2f} s against the "
+        f"PDF's {report['sigma']['even_pdf_seconds']:.2f} s, "
+        f"{report['sigma']['even_sigma_allocated_mb']:.0f} MB allocated",
+        f"  whole transform          {report['sigma']['whole_sigma_seconds']:.2f} s against the "
+        f"PDF's {report['sigma']['whole_pdf_seconds']:.2f} s, "
+        f"{report['sigma']['whole_sigma_allocated_mb']:.0f} MB allocated",
         f"peak RSS (MB): volume made {f['peak_rss_mb_volume_made']:.0f}, after Laplace fill "
         f"{f['peak_rss_mb_after_fill']:.0f}, after Matern fill {f['peak_rss_mb_after_matern2']:.0f}, "
         f"after FFT {t['peak_rss_mb_after_fft']:.0f}",

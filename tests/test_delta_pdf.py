@@ -123,9 +123,9 @@ def test_settings_carry_what_the_step_uses(tmp_path, monkeypatch):
     exp = make_experiment(tmp_path)
     delta = json.loads(step_settings(exp, "delta_pdf", "tetra"))
     assert set(delta["pdf"]) == {"radius", "radius_units", "extra_positions", "fill_order",
-                                 "fill_eps", "q_max", "subtract_mean", "slices"}
+                                 "fill_eps", "q_max", "subtract_mean", "errors", "slices"}
     total = json.loads(step_settings(exp, "total_pdf", "tetra"))
-    assert set(total) == {"q_max", "subtract_mean", "slices", "sample"}
+    assert set(total) == {"q_max", "subtract_mean", "errors", "slices", "sample"}
 
 
 def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_path):
@@ -148,7 +148,8 @@ def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_p
     write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
     crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
     params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
-                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, slices=())
+                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, errors=True,
+                       slices=())
     _, intensity = read_intensity(tmp_path / "in.nxs")
     want, want_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
 
@@ -198,7 +199,8 @@ def test_an_even_volume_takes_the_same_delta_pdf_from_its_octant():
     intensity = lattice_volume(grid, missing_beyond=12.0).intensity()
     crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
     params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
-                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, slices=())
+                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, errors=True,
+                       slices=())
     whole, whole_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
     octant, octant_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t", even=True)
     assert whole_fill.mirrored == 0 < 4 * octant_fill.unknowns < octant_fill.mirrored

@@ -165,9 +165,25 @@ def _merged_as_the_workflow_does(exp, truth, reduced, folder) -> dict:
     return out, crystal
 
 
+@pytest.fixture(scope="module")
+def merged_by_seed(tiny_run, two_seeds, gain_two, tmp_path_factory):
+    """name ("seed 1", "seed 2", "gain 2") -> (_merged_as_the_workflow_does's merged files,
+    crystal), each made once for the tests that use it."""
+    made = {}
+    sources = {"seed 1": two_seeds[0], "seed 2": two_seeds[1], "gain 2": gain_two}
+
+    def merged(name):
+        if name not in made:
+            exp, truth = sources[name]
+            folder = tmp_path_factory.mktemp(name.replace(" ", ""))
+            made[name] = _merged_as_the_workflow_does(exp, truth, tiny_run[0], folder)
+        return made[name]
+    return merged
+
+
 @pytest.mark.slow
 def test_chi2_of_equivalents_is_one_where_sigma_holds_and_two_for_an_unstated_gain(
-        tiny_run, two_seeds, gain_two, tmp_path, caplog):
+        merged_by_seed, tmp_path, caplog):
     """(b) chi^2/nu of symmetry-equivalent voxels of the merged masked transform at 300 K
     lies in [0.9, 1.1], overall and in every shell of nu >= 1000 (the transform's overall,
     away from the Bragg nodes, too); (c) data of 2 counts per
@@ -178,12 +194,11 @@ def test_chi2_of_equivalents_is_one_where_sigma_holds_and_two_for_an_unstated_ga
 
     from hklflow.steps.merge_entries import write_statistics
 
-    reduced = tiny_run[0]
-    for name, (exp, truth), low, high in (("gain 1", two_seeds[0], 0.9, 1.1),
-                                          ("gain 2", gain_two, 1.8, 2.2)):
+    for name, source, low, high in (("gain 1", "seed 1", 0.9, 1.1),
+                                    ("gain 2", "gain 2", 1.8, 2.2)):
         folder = tmp_path / name.replace(" ", "")
         folder.mkdir()
-        merged, crystal = _merged_as_the_workflow_does(exp, truth, reduced, folder)
+        merged, crystal = merged_by_seed(source)
         for kind, radius in (("masked_transform", 0.0), ("transform", 0.2)):
             caplog.clear()
             with caplog.at_level(logging.INFO):
@@ -198,3 +213,46 @@ def test_chi2_of_equivalents_is_one_where_sigma_holds_and_two_for_an_unstated_ga
             assert stats["flag"] is (name == "gain 2")
             assert ("WARNING" in caplog.text) is (name == "gain 2")
             assert (folder / f"{kind}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_sigma_of_the_delta_pdf_matches_the_scatter_between_two_seeds(tiny_run, merged_by_seed,
+                                                                      tmp_path):
+    """(d) the 3D-DeltaPDF of the symmetrised masked transform at 300 K (the workflow's
+    settings), once per noise seed: z = (P1 - P2) / sqrt(sigma1^2 + sigma2^2) has an RMS of 1
+    within 10%, at the lattice vectors, next to them and between them (within three of its
+    own standard errors, 1 / sqrt(2 n) for n voxels, where that is wider: the tiny grid's
+    PDF has a few dozen distinct lattice vectors)."""
+    from scipy.ndimage import binary_dilation
+
+    from hklflow.config import load_experiment
+    from hklflow.params import PDFParams
+    from hklflow.pdf_volume import delta_pdf, even_along_axes, volume_noise
+
+    params = PDFParams.from_config(load_experiment(tiny_run[0] / "config/config.yaml",
+                                                   base_dir=tiny_run[0]).raw)
+    pdfs = []
+    for name in ("seed 1", "seed 2"):
+        merged, crystal = merged_by_seed(name)
+        sym = tmp_path / f"{name.replace(' ', '')}.nxs"
+        symmetrize_file(merged["masked_transform"], sym, crystal, {})
+        head = read_volume(sym, region=(slice(0, 0), slice(None), slice(None)))
+        pdf, _ = delta_pdf(sym, head.grid, crystal, params, "t",
+                           even=even_along_axes(head.notes),
+                           noise=volume_noise(sym, head.grid, head.notes))
+        pdfs.append((np.asarray(pdf.values, np.float64), np.asarray(pdf.errors, np.float64)))
+    (p1, s1), (p2, s2) = pdfs
+    z = (p1 - p2) / np.sqrt(s1 ** 2 + s2 ** 2)
+    Z, Y, X = np.meshgrid(pdf.z, pdf.y, pdf.x, indexing="ij")
+    lattice = np.isclose(X, np.round(X)) & np.isclose(Y, np.round(Y)) \
+        & np.isclose(Z, np.round(Z)) & ((X != 0) | (Y != 0) | (Z != 0))
+    origin = (X == 0) & (Y == 0) & (Z == 0)
+    near = binary_dilation(lattice, np.ones((3, 3, 3), bool)) & ~lattice & ~origin
+    between = ~binary_dilation(lattice | origin, np.ones((5, 5, 5), bool))
+    octant = (X >= 0) & (Y >= 0) & (Z >= 0)  # the PDF is even: one voxel of each image
+    for group, where in (("lattice vectors", lattice), ("next to them", near),
+                         ("between", between)):
+        n = int((where & octant).sum())
+        rms = float(np.sqrt(np.mean(z[where & octant] ** 2)))
+        assert n > 20, group
+        assert abs(rms - 1) < max(0.1, 3 / np.sqrt(2 * n)), (group, n, rms)

@@ -210,6 +210,7 @@ class JobSettings:
     def total_pdf(self, sample: str) -> str:
         # only what the total PDF uses: a changed hole radius leaves it alone
         return settings_json({"q_max": self._pdf.q_max, "subtract_mean": self._pdf.subtract_mean,
+                              "errors": self._pdf.errors,
                               "slices": self._pdf.settings()["slices"],
                               "sample": self.exp.samples[sample].settings()})
 

@@ -564,6 +564,7 @@ class PDFParams(Params):
     fill_eps: float
     q_max: float | None
     subtract_mean: bool
+    errors: bool  # sigma of the PDFs (hklflow.pdf.sigma)
     slices: tuple  # ({x|y|z: value}, ...)
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -21,7 +22,9 @@ from .grid import Grid
 from .pdf.fft import pdf_spectrum
 from .pdf.fill import punch_and_fill, reflections_to_punch
 from .pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start, q2_row, q_metric, slab_by_slab
+from .pdf.sigma import IncompatibleGrid, pdf_sigma
 from .pdf.taper import taper_statistics
+from .symmetry import index_maps, operator_of_hkl, stabilizer_counts
 
 
 def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
@@ -215,8 +218,67 @@ def _fft(source, grid: Grid, cell, q_max: float, mean: float, kind: str, title: 
     return PDF(out, x, y, z, cell, kind, title, notes)
 
 
+@dataclass
+class Noise:
+    """A volume's noise for the PDFs' sigma: u float32 [l, k, h] (variance over stabiliser
+    count, 0 where unmeasured; None: the volume has no variance), the measured voxels, the
+    symmetrisation's index maps."""
+    u: np.ndarray
+    measured: np.ndarray
+    maps: np.ndarray
+
+
+def volume_noise(path, grid: Grid, notes: dict) -> Noise:
+    """The noise of a volume file for the PDFs' sigma (hklflow.pdf.sigma); its u is None
+    when the file has no variance_sum.  notes: the volume's (its symmetrisation's operators,
+    if any)."""
+    with VolumeReader(path, compiled_decompression=True) as reader:
+        if not reader.has_variance:
+            return Noise(None, None, None)
+        _, weight, variance = reader.read(0, grid.l.n)
+    measured = weight > 0
+    operators = notes.get("symmetrized", {}).get("operators_hkl")
+    if operators:
+        maps = index_maps(grid, [operator_of_hkl(o) for o in operators])
+        stabilizers = stabilizer_counts(maps, 0, grid.l.n, grid.shape)
+        maps = maps[0]
+    else:
+        maps, stabilizers = np.eye(3, dtype=np.int64)[None], np.uint8(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = np.where(measured, variance / (weight * weight * stabilizers), np.float32(0))
+    return Noise(u.astype(np.float32, copy=False), measured, maps)
+
+
+def _attach_sigma(pdf: PDF, noise: Noise, known, finite, grid: Grid, cell,
+                  subtract_mean: bool, even: bool, workers: int, log) -> None:
+    """pdf.errors = its sigma (hklflow.pdf.sigma), with a note of how; a grid whose
+    transform the operators do not map onto itself leaves it out, with a warning."""
+    if noise.u is None:
+        pdf.notes["errors"] = ("none: the volume has no variance_sum (made with "
+                               "reduction.transform.variance false, or by an older hklflow)")
+        if log:
+            log.info("no sigma for the PDF: %s", pdf.notes["errors"][6:])
+        return
+    t0 = time.monotonic()
+    try:
+        pdf.errors = pdf_sigma(noise.u, known, finite, grid, cell, pdf.notes["q_max"],
+                               noise.maps, subtract_mean, even, workers)
+    except IncompatibleGrid as exc:
+        pdf.notes["errors"] = f"none: {exc}"
+        if log:
+            log.warning("no sigma for the PDF: %s", exc)
+        return
+    pdf.notes["errors"] = ("sigma from the volume's variance through the symmetrisation, "
+                           "taper, mean and FFT in closed form (hklflow.pdf.sigma); filled "
+                           "voxels count as noise-free")
+    pdf.notes["errors_seconds"] = time.monotonic() - t0
+    if log:
+        log.info("sigma of the PDF: %s", pdf.notes["errors"])
+
+
 def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
-              workers: int = 1, subtract_mean: bool = True, even: bool = False) -> PDF:
+              workers: int = 1, subtract_mean: bool = True, even: bool = False,
+              noise: Noise | None = None, log=None) -> PDF:
     """The total PDF of a volume: FFT of the tapered volume as measured (unmeasured voxels
     as 0, after the mean is subtracted when subtract_mean).  volume: its intensity (float32
     [l, k, h] on grid, NaN where unmeasured; left unchanged), or its file, which is read
@@ -226,18 +288,24 @@ def total_pdf(volume, grid: Grid, cell, q_max: float | None, title: str,
     the same PDF and notes bit for bit).  even: the volume is even along each axis
     (even_along_axes of its notes); then its coverage and taper statistics are counted in
     its octant (half the planes read for them), the transform's octant is an eighth of
-    the volume, and the job holds about that at its peak."""
+    the volume, and the job holds about that at its peak.  noise: the volume's
+    (volume_noise): then the PDF's errors are its sigma."""
     if isinstance(volume, np.ndarray):
-        return _total_pdf(volume, grid, cell, q_max, title, workers, subtract_mean, even)
-    with VolumeReader(volume, compiled_decompression=True) as reader:
-        if not reader.grid.same_as(grid):
-            raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
-                            f"{grid.describe()}")
-        # one buffer for the statistics' passes (slab_by_slab's slabs)
-        slab = np.empty((SLAB_PLANES,) + grid.shape[1:], np.float32)
-        return _total_pdf(lambda l0, l1: reader.read_intensity(l0, l1, slab), grid, cell,
-                          q_max, title, workers, subtract_mean, even,
-                          planes=reader.read_intensity)
+        pdf = _total_pdf(volume, grid, cell, q_max, title, workers, subtract_mean, even)
+    else:
+        with VolumeReader(volume, compiled_decompression=True) as reader:
+            if not reader.grid.same_as(grid):
+                raise GridError(f"{volume}: its grid {reader.grid.describe()} is not "
+                                f"{grid.describe()}")
+            # one buffer for the statistics' passes (slab_by_slab's slabs)
+            slab = np.empty((SLAB_PLANES,) + grid.shape[1:], np.float32)
+            pdf = _total_pdf(lambda l0, l1: reader.read_intensity(l0, l1, slab), grid, cell,
+                             q_max, title, workers, subtract_mean, even,
+                             planes=reader.read_intensity)
+    if noise is not None:
+        _attach_sigma(pdf, noise, noise.measured, noise.measured, grid, cell, subtract_mean,
+                      even, workers, log)
+    return pdf
 
 
 def _total_pdf(values, grid: Grid, cell, q_max, title, workers, subtract_mean, even,
@@ -276,7 +344,7 @@ def nearest_reflection_spacing(crystal: Crystal) -> float:
 
 
 def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers: int = 1,
-              log=None, store_filled=None, even: bool = False):
+              log=None, store_filled=None, even: bool = False, noise: Noise | None = None):
     """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
     params.extra_positions) punched and filled (hklflow.pdf.fill.punch_and_fill), then tapered
     and transformed.  Returns (PDF, FillResult).  volume: its intensity (float32 [l, k, h]
@@ -289,7 +357,8 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     axis (even_along_axes of its notes; the punch and the fill keep it so): the fill
     regions outside its octant take their mirror images' values (pdf.fill.punch_and_fill), its
     coverage and taper statistics are counted in the octant, its transform's octant is an
-    eighth of it, and the filled volume stays in memory for it."""
+    eighth of it, and the filled volume stays in memory for it.  noise: the volume's
+    (volume_noise): then the PDF's errors are its sigma, the filled voxels noise-free."""
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     cell = crystal.cell
@@ -309,6 +378,11 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     fill = punch_and_fill(intensity, grid, cell, positions, radius=params.radius,
                           units=params.radius_units, order=params.fill_order,
                           eps=params.fill_eps, log=log, overwrite_input=True, even=even)
+    finite = known = None
+    if noise is not None and noise.u is not None:
+        finite = np.isfinite(fill.filled)
+        known = noise.measured.copy()
+        known.reshape(-1)[fill.region] = False
     # the fill completes regions the Bragg mask left empty
     notes = taper_q_max(grid, cell, fill.filled, params.q_max, even)
     q = notes["q_max"]
@@ -328,4 +402,7 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
             fill.filled = None  # (its memory is the spectrum's, the moment it is freed)
             source = stored
     pdf = _fft(source, grid, cell, q, mean, "pdf", title, notes, workers, even)
+    if noise is not None:
+        _attach_sigma(pdf, noise, known, finite, grid, cell, params.subtract_mean, even,
+                      workers, log)  # (noise without u: a note alone)
     return pdf, fill

@@ -36,6 +36,7 @@ input is held whole (float32 signal and weight: 8 bytes per voxel, 4.1 GB for 80
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -66,6 +67,21 @@ def operator_hkl(R) -> str:
             terms += sign + (f"{abs(c)}" if abs(c) != 1 else "") + name
         out.append(terms or "0")
     return ",".join(out)
+
+
+def operator_of_hkl(text: str) -> np.ndarray:
+    """operator_hkl's inverse: the integer R (h' = h R) of e.g. 'k,-h-k,l'."""
+    parts = text.replace(" ", "").split(",")
+    R = np.zeros((3, 3), np.int64)
+    if len(parts) != 3:
+        raise ValueError(f"an operator needs three components, got {text!r}")
+    for j, part in enumerate(parts):
+        terms = re.findall(r"([+-]?)(\d*)([hkl])", part)
+        if part != "0" and "".join("".join(t) for t in terms) != part:
+            raise ValueError(f"cannot read the operator {text!r} (component {part!r})")
+        for sign, count, name in terms:
+            R[AXES.index(name), j] += (-1 if sign == "-" else 1) * int(count or 1)
+    return R
 
 
 def _is_integer(x: float, tol: float = 1e-4) -> bool:

@@ -52,6 +52,9 @@ PDF_VOXEL_BYTES = 8
 # delta_pdf: the filled volume and its spectrum, and the holes' sparse systems on top
 # (bench/pipeline.py)
 DELTA_PDF_VOXEL_BYTES = 16
+# a volume with a variance: the PDF's sigma (hklflow.pdf.sigma) holds the noise (u and three
+# masks), the taper, W whole and the spectra of T and C (bench/pipeline.py)
+PDF_SIGMA_VOXEL_BYTES = 20 if _VARIANCE and EXP.reduction["pdf"]["errors"] else 0
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
 _PIXELS = scan_pixels(EXP)
@@ -178,12 +181,14 @@ RESOURCES = {
     # share (a volume even along each axis: into its octant, an eighth).  One thread: only
     # the FFT (scipy.fft workers) and the fill's BLAS use more, and a second thread buys far
     # less than a second core's worth (bench/pipeline.py)
-    "total_pdf": RuleResources(lambda w: BASE_MB + 400 + PDF_VOXEL_BYTES * _VOXELS / 1e6,
-                               lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60),
+    "total_pdf": RuleResources(
+        lambda w: BASE_MB + 400 + (PDF_VOXEL_BYTES + PDF_SIGMA_VOXEL_BYTES) * _VOXELS / 1e6,
+        lambda w: _FIXED_MINUTES + _VOXELS / RATE_PDF / 60),
     # and the fill's lookups and sparse solves of a batch; the filled volume is written and
     # dropped before the spectrum is made
-    "delta_pdf": RuleResources(lambda w: BASE_MB + 1000 + DELTA_PDF_VOXEL_BYTES * _VOXELS / 1e6,
-                               lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60),
+    "delta_pdf": RuleResources(
+        lambda w: BASE_MB + 1000 + (DELTA_PDF_VOXEL_BYTES + PDF_SIGMA_VOXEL_BYTES) * _VOXELS / 1e6,
+        lambda w: _FIXED_MINUTES + 3 * _VOXELS / RATE_PDF / 60),
     # one plane of each temperature's PDF, read alone (as temperature_series)
     "pdf_temperature_series": RuleResources(
         lambda w: BASE_MB + 400 + 4 * _PLANE_MB * len(_TEMPERATURES.get(w.sample, ())),

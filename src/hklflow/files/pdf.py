@@ -5,6 +5,8 @@ as their own::
   /entry                  NXentry, @default = pdf; title
      pdf                  NXdata, @signal = pdf, @axes = [z, y, x], @angles = (alpha, beta, gamma)
         pdf               float32 [z, y, x]: the PDF (arbitrary units; NXRefine's normalisation)
+        pdf_errors        float32 [z, y, x]: its sigma (hklflow.pdf.sigma), where the volume
+                          has a variance
         x, y, z           float64 lattice coordinates (fractions of a, b, c), @scaling_factor =
                           a, b, c (Angstrom) so that NeXpy draws them to scale
      filled_data          NXdata (DeltaPDF only): the volume with every hole filled, [l, k, h]
@@ -50,6 +52,7 @@ class PDF:
     kind: str = "pdf"  # pdf (DeltaPDF) or total_pdf
     title: str = ""
     notes: dict = field(default_factory=dict)
+    errors: object = None  # sigma of values, like them (hklflow.pdf.sigma); None: unknown
 
     def plane(self, axis: str, value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """The plane of the PDF nearest `axis` = value (axis x, y or z): (array [v, u] with u,
@@ -208,6 +211,11 @@ class PDFWriter:
                              **COMPRESSION)
         _write_by_planes(d, pdf.values)
         d.attrs["long_name"] = "3D-DeltaPDF" if pdf.kind == "pdf" else "total PDF"
+        if pdf.errors is not None:  # NeXpy pairs <signal>_errors with the signal
+            e = g.create_dataset("pdf_errors", shape=pdf.values.shape, dtype=np.float32,
+                                 chunks=chunks, **COMPRESSION)
+            _write_by_planes(e, pdf.errors)
+            e.attrs["long_name"] = "sigma of " + d.attrs["long_name"]
         a, b, c = pdf.cell.parameters[:3]
         _axis(g, "x", pdf.x, a, "x (a)")
         _axis(g, "y", pdf.y, b, "y (b)")
@@ -261,10 +269,11 @@ def read_pdf(path) -> PDF:
         dataset, coords, cell = _pdf_dataset(f, path)
         ent = f["entry"]
         values = dataset[()]
+        errors = ent["pdf"]["pdf_errors"][()] if "pdf_errors" in ent["pdf"] else None
         notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
         title = text(ent["title"][()]) if "title" in ent else ""
         kind = "pdf" if "filled_data" in ent else "total_pdf"
-    return PDF(values, coords["x"], coords["y"], coords["z"], cell, kind, title, notes)
+    return PDF(values, coords["x"], coords["y"], coords["z"], cell, kind, title, notes, errors)
 
 
 def read_pdf_notes(path) -> dict:

@@ -9,7 +9,7 @@ from ..files.pdf import PDFWriter
 from ..files.volume import read_volume_header
 from ..params import PDFParams, settings_part
 from ..pdf.fill import OUTCOMES
-from ..pdf_volume import delta_pdf, even_along_axes
+from ..pdf_volume import delta_pdf, even_along_axes, volume_noise
 from ..pictures import plot_pdf
 from ..preview import landed_notes, preview_label
 from ..provenance import provenance
@@ -40,7 +40,9 @@ def run(args, log) -> None:
         pdf, fill = delta_pdf(args.input, volume.grid, crystal, params, title,
                               workers=args.threads, log=log, even=even_along_axes(volume.notes),
                               store_filled=lambda f: out.write_volumes(volume.grid, cell,
-                                                                       f.filled, f.region))
+                                                                       f.filled, f.region),
+                              noise=volume_noise(args.input, volume.grid, volume.notes)
+                              if params.errors else None)
         pdf.notes["input"] = str(args.input)
         pdf.notes.update(landed_notes(volume.notes))  # a preview's: for the PDF series
         counts = fill.counts

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..crystal import UnitCell
 from ..files.pdf import write_pdf
 from ..files.volume import read_volume_header
-from ..pdf_volume import even_along_axes, total_pdf
+from ..pdf_volume import even_along_axes, total_pdf, volume_noise
 from ..pictures import plot_pdf
 from ..preview import landed_notes, preview_label
 from ..provenance import provenance
@@ -30,7 +30,9 @@ def run(args, log) -> None:
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     title = f"{volume.title}: total PDF"
     pdf = total_pdf(args.input, volume.grid, cell, s["q_max"], title, workers=args.threads,
-                    subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes))
+                    subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes),
+                    noise=volume_noise(args.input, volume.grid, volume.notes) if s["errors"]
+                    else None, log=log)
     pdf.notes["input"] = str(args.input)
     pdf.notes.update(landed_notes(volume.notes))  # a preview's: for the PDF series
     log.info("%s: taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
