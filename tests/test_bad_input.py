@@ -115,6 +115,11 @@ CONFIG_CASES = {
         "detector", {"name": c["instrument"]["detector"], "trusted_max": 0})),
                          ["config.yaml", "field 'instrument.detector.trusted_max'",
                           "less than the minimum of 1"]),
+    "pdf-radius-huge": (lambda d: edit_config(d, set_reduction("pdf", "radius", 50)),
+                        ["config.yaml", "field 'reduction.pdf.radius'",
+                         "reach past sample tiny's nearest reflections"]),
+    "pdf-radius-two": (lambda d: edit_config(d, set_reduction("pdf", "radius", 2)),
+                       ["config.yaml", "field 'reduction.pdf.radius'", "holes of 2 1/A reach past"]),
     "window-even": (lambda d: edit_config(d, set_reduction("find_peaks", "window", [4, 4])),
                     ["config.yaml", "field 'reduction.find_peaks.window'", "two odd integers"]),
     # what the file's text gets wrong: named as such, with every problem and where it is
@@ -138,6 +143,14 @@ CONFIG_CASES = {
         c["instrument"].__setitem__("polarization_fraction", "high"))),
         ["config.yaml: 2 problems:\n", "field 'instrument': 'wavelength' is a required property",
          "field 'instrument.polarization_fraction': 'high' is not of type 'number'"]),
+    "table-latin1": (lambda d: (d / "config/scans.tsv").write_bytes(
+        (d / "config/scans.tsv").read_bytes().replace(b"f1", b"f\xe9", 1)),
+                     ["scans.tsv: line 2, column", "byte 0xe9 is not UTF-8 text",
+                      "save the table as UTF-8"]),
+    "table-unnamed-value": (lambda d: (replace_line(d / "config/scans.tsv", 0, lambda ln: ln + "\t"),
+                                       replace_line(d / "config/scans.tsv", 1,
+                                                    lambda ln: ln + "\tstray")),
+                            ["scans.tsv: row 1: a value under a column with no name"]),
     "many-problems": (lambda d: many_bad_rows(d, 25),
                       ["scans.tsv: 25 problems:\n", "row 1 (tiny/300.0/e0): field 'phi_start': "
                        "'x' is not of type 'number'", "\n  ... and 5 more"]),
@@ -170,6 +183,22 @@ def test_bad_config_is_refused_at_parse_time_naming_file_row_and_field(experimen
     assert time.perf_counter() - t0 < 5.0, "a refusal is immediate, whatever the bad value"
     for w in words:
         assert w in str(e.value), (case, w, str(e.value))
+
+
+@pytest.mark.parametrize("how", ["utf-8 with a byte-order mark", "utf-16", "trailing tabs"])
+def test_a_table_as_spreadsheets_save_it_reads_as_the_plain_one(experiment_dir, how):
+    """A spreadsheet's UTF-8 with a byte-order mark (it used to be "unknown column(s)
+    ['\\ufeffsample']"), its UTF-16 "Unicode text" (a UnicodeDecodeError without the file),
+    and a tab at the end of every line (an empty column name) read as the plain table."""
+    p = experiment_dir / "config" / "scans.tsv"
+    plain = load_experiment(experiment_dir / "config" / "config.yaml", base_dir=experiment_dir)
+    text = p.read_text()
+    if how == "trailing tabs":
+        p.write_text("".join(line + "\t\n" for line in text.splitlines()))
+    else:
+        p.write_bytes(text.encode("utf-8-sig" if how.startswith("utf-8") else "utf-16"))
+    again = load_experiment(experiment_dir / "config" / "config.yaml", base_dir=experiment_dir)
+    assert again.scans == plain.scans
 
 
 def test_numeric_names_in_yaml_are_names(experiment_dir):

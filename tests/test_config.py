@@ -325,3 +325,29 @@ def test_scans_table_detector_translations_move_spots_as_documented(experiment_d
     r2, c2 = calib.shifted(0.01).pixel_from_direction(d)
     poni_rc = np.array([calib.poni1, calib.poni2]) / pixel
     assert np.hypot(r2[0] - poni_rc[0], c2[0] - poni_rc[1]) > np.hypot(r0[0] - poni_rc[0], c0[0] - poni_rc[1])
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["instrument"].__setitem__("detector", {"name": c["instrument"]["detector"],
+                                                       "orientation": 3.0}),
+    lambda c: c.setdefault("reduction", {}).setdefault("find_peaks", {}).__setitem__(
+        "sigma_strong", 3),
+    lambda c: c.setdefault("reduction", {}).setdefault("transform", {}).__setitem__(
+        "max_voxels", 1771561.0),
+    lambda c: c.setdefault("reduction", {}).setdefault("pdf", {}).__setitem__("radius", 0.2),
+], ids=["orientation 3.0", "sigma_strong 3", "max_voxels 1771561.0", "radius as default"])
+def test_a_value_written_another_way_or_as_its_default_changes_no_setting(experiment_dir,
+                                                                          change):
+    """3 and 3.0, and a value equal to its default, give the same settings to every job
+    (issue 71: they used to rerun 25-41 jobs): the config is canonical once validated."""
+    import json
+
+    from hklflow.jobs import JobSettings
+
+    plain = load(experiment_dir)
+    edit_config(experiment_dir, change)
+    again = load(experiment_dir)
+    assert json.dumps(again.raw, sort_keys=True) == json.dumps(plain.raw, sort_keys=True)
+    before, after = JobSettings(plain), JobSettings(again)
+    for rule in ("delta_pdf", "total_pdf"):
+        assert getattr(before, rule)("tiny") == getattr(after, rule)("tiny")

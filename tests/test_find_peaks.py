@@ -657,6 +657,22 @@ def test_frames_minimum_reads_a_chunk_at_a_time(tmp_path):
                 np.testing.assert_array_equal(low, frames[:stop].min(axis=0))
 
 
+def test_a_nan_frame_does_not_hide_the_hot_pixels(tmp_path):
+    """One NaN frame among the probe's of a float scan (issue 71): the per-pixel minimum
+    passes over it, so the hot pixels stay hot and the search finds them all."""
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(6.0, (20, 30, 40)).astype(np.float32)
+    frames[:, 7, 9] += 5000  # hot in every frame
+    frames[4] = np.nan
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames, chunks=(1, 30, 40))
+    with open_frames(str(path)) as stack:
+        low = sf.frames_minimum(stack, 20, np.empty((3, 30, 40), np.float32))
+    np.testing.assert_array_equal(low, np.nanmin(frames, axis=0))
+    assert low[7, 9] > 5000
+
+
 def test_the_dispersion_test_takes_the_detectors_gain_and_the_search_checks_it(caplog):
     """A detector of g counts per photon: the kernel's test with gain g equals the numpy
     reference's (DIALS's dispersion with its gain), finds the peaks and not the noise that

@@ -79,6 +79,70 @@ def test_a_step_logs_what_it_used_last_with_its_system_share(capsys, tmp_path):
     assert peak >= 200
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_full_disk_is_one_line_naming_the_folder(capsys, tmp_path, wrapped):
+    """No space left (the OS's error, or wrapped by a library as HDF5 does) is one line that
+    names the folder of the step's outputs, not "a bug" with a traceback; the outputs go."""
+    import errno
+
+    def work(args, log):
+        args.out.write_text("half written")
+        full = OSError(errno.ENOSPC, "No space left on device")
+        if not wrapped:
+            raise full
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("Can't write data (file write failed)") from exc
+
+    parser = StepParser("probe", "fills the disk")
+    parser.add_output("--out", "a file")
+    out = tmp_path / "results" / "out.nxs"
+    out.parent.mkdir()
+    assert run_step(parser, work, ["--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"probe failed: no space left on the device holding {out.parent}" in err
+    assert "bug" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_the_next_run_of_a_step_removes_what_a_killed_one_left(tmp_path, capsys):
+    """A write killed by SIGKILL leaves its hidden temporary file (issue 71); the next run of
+    the step that writes that output removes it, and leaves a live writer's alone."""
+    import os
+    import subprocess
+    import sys
+
+    from hklflow.atomic import HOST, atomic_path
+
+    out = tmp_path / "volume.nxs"
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+from hklflow.atomic import atomic_path
+with atomic_path({str(out)!r}) as tmp:
+    tmp.write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""])
+    assert killed.returncode == -9
+    left = list(tmp_path.glob(".volume.nxs.*.tmp"))
+    assert len(left) == 1
+    live = tmp_path / f".volume.nxs.{os.getpid()}@{HOST}.0123456789ab.tmp"
+    live.write_bytes(b"being written")
+    other = tmp_path / ".other.nxs.1@elsewhere.0123456789ab.tmp"
+    other.write_bytes(b"another output's")
+
+    def work(args, log):
+        with atomic_path(args.out) as tmp:
+            tmp.write_bytes(b"whole")
+
+    parser = StepParser("probe", "writes a file")
+    parser.add_output("--out", "a file")
+    assert run_step(parser, work, ["--out", str(out)]) == 0
+    assert not left[0].exists() and live.exists() and other.exists()
+    assert out.read_bytes() == b"whole"
+    assert f"removed {left[0]} (left by a run that was killed)" in capsys.readouterr().err
+
+
 def _settings_probe(seen: list):
     parser = StepParser("probe", "records the settings it was given")
     parser.add_settings()

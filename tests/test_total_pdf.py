@@ -96,6 +96,33 @@ def test_the_default_taper_stops_where_the_data_thin_out(experiment):
     assert notes["unmeasured_within_q_max"] < 0.01
 
 
+def test_a_q_max_too_small_stops_the_step_and_one_beyond_the_grid_is_a_warning(experiment,
+                                                                              capsys):
+    """reduction.pdf.q_max below two voxels of |Q| used to write an all-zero PDF, rc 0
+    (issue 71): now the step stops naming the setting and writes nothing.  One beyond the
+    largest sphere inside the grid (100 where it reaches 4.5) used to be an INFO line: now a
+    warning in the log, the notes and the picture's title."""
+    from hklflow.steps import total_pdf
+
+    grid = small_grid(n=(37, 37, 49), step=(0.25, 0.25, 0.5))
+    write_volume(experiment / "in.nxs", lattice_volume(grid), {})
+    for q_max, rc in ((1.0e-6, 1), (100.0, 0)):
+        _set_q_max(experiment, q_max)
+        settings = step_settings(experiment, "total_pdf", "tetra")
+        got = total_pdf.main(["--settings", settings, "--input", "in.nxs", "--out",
+                              f"{q_max}.nxs", "--png", f"{q_max}.png"])
+        err = capsys.readouterr().err
+        assert got == rc
+        if rc:
+            assert "reduction.pdf.q_max: 1e-06 1/A is less than two voxels" in err
+            assert "bug" not in err
+            assert not (experiment / f"{q_max}.nxs").exists()
+            continue
+        warning = "reduction.pdf.q_max 100 1/A reaches beyond the largest sphere inside the grid"
+        assert f"WARNING: {warning}" in err
+        assert read_pdf(experiment / f"{q_max}.nxs").notes["warnings"][0].startswith(warning)
+
+
 def test_pdf_temperature_series(experiment, monkeypatch):
     """One plane of the DeltaPDF of every temperature on one picture; a temperature whose
     volume is a preview (a scan in progress) makes its PDF and the series say so."""

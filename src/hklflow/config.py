@@ -20,7 +20,7 @@ from pathlib import Path
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
-from .jobs import check_grid_index_range, check_job_counts
+from .jobs import check_grid_index_range, check_job_counts, check_pdf_holes
 from .params import STEP_PARAMS, CalibrationParams, DetectorParams, schema, validator_with_defaults
 
 # old place -> new place (dotted config paths)
@@ -456,11 +456,26 @@ def _coerce(value: str, spec: dict):
     return v
 
 
+def _table_text(data: bytes, path) -> str:
+    """The scans table's text: UTF-8 (a spreadsheet's byte-order mark dropped), or UTF-16
+    with its byte-order mark (a spreadsheet's "Unicode text"); anything else is named."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} "
+                          "is not UTF-8 text: save the table as UTF-8 (a spreadsheet's "
+                          "\"Latin-1\" or \"Windows\" encoding?)") from None
+
+
 def read_scans_table(path: str, offset_names, where_base: Path | None = None) -> list[dict]:
     props = schema("scans.schema.yaml")["properties"]
     p = Path(path) if where_base is None else where_base / path
     try:
-        text = p.read_text()
+        text = _table_text(p.read_bytes(), path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the scans table: {exc.strerror}") from None
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -481,7 +496,7 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
         raise ConfigError(f"{path}: the header line has no tab: {tab_separated}")
     reader = csv.DictReader(lines, delimiter="\t")
     header = reader.fieldnames or []
-    unknown = [h for h in header if h not in allowed]
+    unknown = [h for h in header if h not in allowed and h.strip()]  # (a stray tab: no name)
     if unknown:
         raise ConfigError(f"{path}: unknown column(s) {unknown}; allowed: {sorted(allowed)} "
                           "(offset columns must be named after instrument.goniometer.offset_axes)")
@@ -501,6 +516,12 @@ def read_scans_table(path: str, offset_names, where_base: Path | None = None) ->
         if None in raw:
             problems.append(f"row {i}: more cells than columns in the header")
             continue
+        unnamed = [k for k, v in raw.items() if not k.strip() and v and v.strip()]
+        if unnamed:
+            problems.append(f"row {i}: a value under a column with no name in the header "
+                            "(a stray tab?)")
+            continue
+        raw = {k: v for k, v in raw.items() if k.strip()}
         cells = {k: _coerce(v, row_schema["properties"].get(k, {}))
                  for k, v in raw.items() if v is not None and v.strip() != ""}
         label = f"row {i}" + (f" ({cells.get('sample')}/{cells.get('temperature')}/"
@@ -707,4 +728,5 @@ def load_experiment(config_files, *, config: dict | None = None,
                      warnings=tuple(warnings))
     check_job_counts(exp)
     check_grid_index_range(exp)
+    check_pdf_holes(exp)
     return exp

@@ -283,6 +283,16 @@ class Crystal:
         hkl = hkl[d >= d_min]
         return hkl[~self.is_absent(hkl)]
 
+    def nearest_reflection_spacing(self) -> float:
+        """|Q| (1/Angstrom, 2 pi convention) between the two nearest allowed reflections: the
+        shortest allowed reciprocal-lattice vector."""
+        d_min = max(self.cell.parameters[:3]) / 2.01
+        refl = self.reflections_within(d_min)
+        while not len(refl):  # screw axes and centring can forbid every long-d reflection
+            d_min /= 2
+            refl = self.reflections_within(d_min)
+        return float(2 * math.pi / self.cell.d_spacing(refl).max())
+
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly random proper rotation matrix."""

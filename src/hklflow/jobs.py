@@ -88,6 +88,26 @@ def check_grid_index_range(exp) -> None:
             + "): expected coarser steps or smaller ranges")
 
 
+def check_pdf_holes(exp) -> None:
+    """ConfigError when the 3D-DeltaPDF's holes (reduction.pdf.radius) reach the nearest
+    reflections of a sample: each hole then covers its neighbours' centres, nothing is left
+    to fill it from, and the fill's systems grow with the radius cubed (radius 50 once asked
+    for 18 GB): refused now, not by the OOM killer.  Holes that merely touch are allowed,
+    with delta_pdf's warning (a 20 A cell's reflections are 0.31 1/A apart)."""
+    if not exp.reduction["pdf"]["enabled"]:
+        return
+    pdf = PDFParams.from_config(exp.raw)
+    for name, sample in exp.samples.items():
+        radius = pdf.hole_radius(sample.crystal.cell)
+        spacing = sample.crystal.nearest_reflection_spacing()
+        if radius >= spacing:
+            raise ConfigError(
+                f"{' + '.join(exp.sources)}: field 'reduction.pdf.radius': holes of "
+                f"{radius:.3g} 1/A reach past sample {name}'s nearest reflections, "
+                f"{spacing:.3g} 1/A apart: nothing would be left to fill them from: expected a "
+                f"radius below {spacing:.3g} 1/A (below {spacing / 2:.3g} the holes do not touch)")
+
+
 def grid_voxels_bound(exp) -> int:
     """Most voxels a grid of this experiment can have (the given axes times the derived bound)."""
     grid = GridParams.from_config(exp.raw)

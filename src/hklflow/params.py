@@ -53,6 +53,7 @@ def validator_with_defaults(schema_: dict):
 
     base = jsonschema.Draft202012Validator
     validate_props = base.VALIDATORS["properties"]
+    validate_items = base.VALIDATORS["items"]
 
     def set_defaults(validator, properties, instance, sub_schema):
         if isinstance(instance, dict):
@@ -60,8 +61,39 @@ def validator_with_defaults(schema_: dict):
                 if "default" in sub and prop not in instance:
                     instance[prop] = copy.deepcopy(sub["default"])
         yield from validate_props(validator, properties, instance, sub_schema)
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if prop in instance:
+                    instance[prop] = canonical_number(instance[prop], sub)
 
-    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema_)
+    def canonical_items(validator, items, instance, sub_schema):
+        yield from validate_items(validator, items, instance, sub_schema)
+        if isinstance(instance, list) and isinstance(items, dict):
+            instance[:] = [canonical_number(v, items) for v in instance]
+
+    return jsonschema.validators.extend(
+        base, {"properties": set_defaults, "items": canonical_items})(schema_)
+
+
+def canonical_number(value, sub_schema: dict):
+    """A number as its schema's type has it, so that one value has one form in the settings
+    that reach the jobs (3 and 3.0 must not rerun anything): an integer where the schema says
+    number becomes a float, a float with no fraction where it says integer an int, and a
+    member of an enum the enum's own form."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    for member in sub_schema.get("enum", ()):  # (the enum's own form: 3 for 3.0)
+        if isinstance(member, (int, float)) and not isinstance(member, bool) \
+                and member == value:
+            return member
+    types = sub_schema.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    if isinstance(value, int) and "number" in types and "integer" not in types:
+        return float(value)
+    if isinstance(value, float) and "integer" in types and "number" not in types \
+            and value.is_integer():
+        return int(value)
+    return value
 
 
 def schema_node(path: str) -> dict:
@@ -582,6 +614,13 @@ class PDFParams(Params):
         object.__setattr__(self, "extra_positions", positions)
         object.__setattr__(self, "radius", float(self.radius))
         object.__setattr__(self, "fill_eps", float(self.fill_eps))
+
+    def hole_radius(self, cell) -> float:
+        """The punch's radius in 1/Angstrom (2 pi convention): radius_units 'rlu' scale by
+        the shortest reciprocal axis."""
+        if self.radius_units == "inverse_angstrom":
+            return self.radius
+        return self.radius * 2 * math.pi * min(cell.reciprocal_parameters[:3])
 
     def settings(self) -> dict:
         out = super().settings()

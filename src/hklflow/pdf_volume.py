@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from .crystal import Crystal
-from .errors import GridError
+from .errors import ConfigError, GridError
 from .files.pdf import PDF
 from .files.volume import VolumeReader, read_intensity
 from .grid import Grid
@@ -163,14 +163,35 @@ def taper_q_max(grid: Grid, cell, values, q_max: float | None, even: bool = Fals
     even: coverage_by_shell's) - and where it came from, as notes."""
     reach, complete = measured_reach(grid, cell, values, even)
     inside = inscribed_q(grid, cell)
+    # the taper is flat to q_max / 2: below two voxels' |Q| it keeps Q = 0 alone
+    least = 2 * _shells(grid, cell)[0]
+    warnings = []
     if q_max is None:
         chosen = min(complete, inside)
         source = (f"measured shells >= {COMPLETE_SHELL:.0%} complete" if complete <= inside
                   else "largest sphere inside the grid")
+        if chosen < least:
+            raise ConfigError(
+                f"reduction.pdf.q_max: no shell of |Q| about Q = 0 is {COMPLETE_SHELL:.0%} "
+                f"measured beyond {chosen:.3g} 1/A (less than two voxels, {least:.3g} 1/A; "
+                f"measured up to {reach:.3g}): the taper would keep Q = 0 alone: set "
+                "reduction.pdf.q_max (or smaller holes, reduction.pdf.radius)")
     else:
         chosen, source = float(q_max), "config (reduction.pdf.q_max)"
-    return {"q_max": chosen, "q_max_source": source, "q_reach": reach, "q_complete": complete,
-            "q_inside_grid": inside}
+        if chosen < least:
+            raise ConfigError(
+                f"reduction.pdf.q_max: {chosen:g} 1/A is less than two voxels of this grid "
+                f"({least:.3g} 1/A in |Q|): the taper would keep Q = 0 alone and the PDF would "
+                f"be flat: expected at least {least:.3g}")
+        if chosen > inside * (1 + 1e-6):
+            warnings.append(f"reduction.pdf.q_max {chosen:g} 1/A reaches beyond the largest "
+                            f"sphere inside the grid ({inside:.3g} 1/A): the grid's faces cut "
+                            "the taper and ring in the PDF")
+    notes = {"q_max": chosen, "q_max_source": source, "q_reach": reach, "q_complete": complete,
+             "q_inside_grid": inside}
+    if warnings:
+        notes["warnings"] = warnings
+    return notes
 
 
 def _taper_notes(values, grid: Grid, cell, q_max: float, notes: dict,
@@ -332,17 +353,6 @@ def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> n
     return refl
 
 
-def nearest_reflection_spacing(crystal: Crystal) -> float:
-    """|Q| (1/Angstrom, 2 pi convention) between the two nearest allowed reflections: the
-    shortest allowed reciprocal-lattice vector."""
-    d_min = max(crystal.cell.parameters[:3]) / 2.01
-    refl = crystal.reflections_within(d_min)
-    while not len(refl):  # screw axes and centring can forbid every long-d reflection
-        d_min /= 2
-        refl = crystal.reflections_within(d_min)
-    return float(2 * math.pi / crystal.cell.d_spacing(refl).max())
-
-
 def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers: int = 1,
               log=None, store_filled=None, even: bool = False, noise: Noise | None = None):
     """The 3D-DeltaPDF of a volume: every allowed reflection inside the measured reach (and
@@ -365,13 +375,11 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     # the reach alone here: the shells' coverage is counted after the fill (for the taper)
     reach = farthest_shell_edge(grid, cell, intensity, even)
     positions = punch_positions(crystal, grid, reach, params.extra_positions)
-    spacing = nearest_reflection_spacing(crystal)
-    diameter = 2 * params.radius * (1.0 if params.radius_units == "inverse_angstrom"
-                                     else 2 * math.pi * min(cell.reciprocal_parameters[:3]))
-    if log and diameter >= spacing:
-        log.warning("the holes (%.3f 1/A across) are wider than the distance between the nearest "
-                    "reflections (%.3f 1/A): they merge and little diffuse scattering is left; "
-                    "lower reduction.pdf.radius", diameter, spacing)
+    spacing = crystal.nearest_reflection_spacing()
+    diameter = 2 * params.hole_radius(cell)
+    merged = (f"the holes ({diameter:.3f} 1/A across) are wider than the distance between the "
+              f"nearest reflections ({spacing:.3f} 1/A): they merge and little diffuse "
+              "scattering is left; lower reduction.pdf.radius") if diameter >= spacing else None
     if log:
         log.info("punching %d positions (radius %g %s), fill order %d, eps %g", len(positions),
                  params.radius, params.radius_units, params.fill_order, params.fill_eps)
@@ -386,6 +394,8 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     # the fill completes regions the Bragg mask left empty
     notes = taper_q_max(grid, cell, fill.filled, params.q_max, even)
     q = notes["q_max"]
+    if merged:  # (the step logs the notes' warnings and draws them)
+        notes.setdefault("warnings", []).insert(0, merged)
     notes.update(outcomes=fill.counts, positions=len(positions), radius=params.radius,
                  radius_units=params.radius_units, fill_order=params.fill_order,
                  fill_eps=params.fill_eps, fill_seconds=fill.seconds, fill_unknowns=fill.unknowns,

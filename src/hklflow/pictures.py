@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib.artist
@@ -575,6 +576,8 @@ def plot_pdf(pdf, slices, path, title: str, log=None, preview: str = "") -> list
         ax.text(0.5, 0.5, "no plane inside the PDF:\n" + ", ".join(str(s) for s in slices),
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
+    for warning in pdf.notes.get("warnings", ()):  # (the log and the notes say them too)
+        title += "\n" + textwrap.fill("WARNING: " + warning, 110)
     fig.suptitle(_with_preview(title, preview), fontsize=11)
     fig.subplots_adjust(wspace=0.3, hspace=0.35)
     path = Path(path)

@@ -816,12 +816,15 @@ def lowest_filled(frame: np.ndarray) -> np.ndarray | None:
 def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
     """Per-pixel minimum of frames [0, stop) of a FrameStack, read into `buffer` (frames
     of the stack's shape and type) as many at a time as it holds: memory of one chunk, not
-    of every frame (the probe's frames of a 16M detector would take gigabytes).  None for no frames."""
+    of every frame (the probe's frames of a 16M detector would take gigabytes).  None for no frames.
+    NaN (a float frame's unreadable pixels) is passed over, so that one bad frame does not
+    hide every hot pixel."""
     low = None
+    smaller = np.fmin if buffer.dtype.kind == "f" else np.minimum
     for a in range(0, stop, max(len(buffer), 1)):
         b = min(a + len(buffer), stop)
-        chunk = stack.read(a, b, out=buffer[:b - a])
-        low = chunk.min(axis=0) if low is None else np.minimum(low, chunk.min(axis=0), out=low)
+        chunk = smaller.reduce(stack.read(a, b, out=buffer[:b - a]), axis=0)
+        low = chunk if low is None else smaller(low, chunk, out=low)
     return low
 
 

@@ -39,7 +39,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import logging
+import os
 import resource
 import sys
 import time
@@ -48,6 +50,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from .. import steplog
+from ..atomic import remove_stale_temporaries
 from ..errors import HklflowError
 from ..params import read_settings, read_settings_file
 
@@ -109,6 +112,19 @@ def _outputs(parser: StepParser, args) -> list[Path]:
             continue
         out += list(value) if isinstance(value, (list, tuple)) else [value]
     return out
+
+
+def _disk_full(exc: BaseException, outputs) -> str | None:
+    """'no space left on the device holding <folder>' when exc (or what caused it: HDF5
+    and numpy wrap the OS's error) is a full disk; else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            where = os.path.dirname(os.path.abspath(outputs[0])) if outputs else os.getcwd()
+            return f"no space left on the device holding {where}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _remove(paths, log: logging.Logger) -> None:
@@ -187,15 +203,22 @@ def run_step(parser: StepParser, run, argv=None) -> int:
             args.settings = read_settings_file(args.settings_file)
         elif isinstance(getattr(args, "settings", None), str):
             args.settings = read_settings(args.settings)
+        for output in _outputs(parser, args):
+            for tmp in remove_stale_temporaries(output):
+                log.info("removed %s (left by a run that was killed)", tmp)
         with threads_limited(getattr(args, "threads", 1)):
             run(args, log)
         log_resources(log, cpu_at_start, t0)
     except (HklflowError, OSError) as exc:
         _remove(_outputs(parser, args), log)
-        log.error("%s failed: %s", parser.step, exc)
+        log.error("%s failed: %s", parser.step, _disk_full(exc, _outputs(parser, args)) or exc)
         return 1
     except Exception as exc:
         _remove(_outputs(parser, args), log)
+        full = _disk_full(exc, _outputs(parser, args))
+        if full:
+            log.error("%s failed: %s", parser.step, full)
+            return 1
         log.exception("%s failed unexpectedly (a bug: please report it with this log): %s: %s",
                       parser.step, type(exc).__name__, exc)
         return 1

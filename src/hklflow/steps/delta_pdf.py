@@ -61,6 +61,8 @@ def run(args, log) -> None:
                  pdf.notes["q_reach"], pdf.notes["q_inside_grid"],
                  100 * pdf.notes["unmeasured_within_q_max"], pdf.notes["fft"],
                  pdf.notes["fft_seconds"])
+        for warning in pdf.notes.get("warnings", ()):
+            log.warning("%s", warning)
         out.write_pdf(pdf, dict(volume.sample),
                       provenance("hklflow delta_pdf", s, inputs=[args.input]),
                       positions=fill.positions, outcome=fill.outcome, outcome_names=OUTCOMES)

@@ -40,6 +40,8 @@ def run(args, log) -> None:
              args.input, pdf.notes["q_max"], pdf.notes["q_max_source"], pdf.notes["q_reach"],
              pdf.notes["q_inside_grid"], 100 * pdf.notes["unmeasured_within_q_max"],
              pdf.notes["fft"], "x".join(map(str, pdf.values.shape)), pdf.notes["fft_seconds"])
+    for warning in pdf.notes.get("warnings", ()):
+        log.warning("%s", warning)
     write_pdf(args.out, pdf, dict(volume.sample),
               provenance("hklflow total_pdf", s, inputs=[args.input]))
     plot_pdf(pdf, s["slices"], args.png,
