@@ -94,8 +94,8 @@ def planned_jobs(output: str) -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_experiment, tmp_path_factory):
-    """The tiny experiment reduced end to end by Snakemake once per session (every rule):
-    (experiment directory, completed process, raw-file hashes before, after)."""
+    """The tiny experiment reduced end to end once per session (every rule), by `hklflow
+    run`: (experiment directory, completed process, raw-file hashes before, after)."""
     import hashlib
 
     dst = tmp_path_factory.mktemp("tiny_run") / "experiment"
@@ -106,7 +106,10 @@ def tiny_run(tiny_experiment, tmp_path_factory):
         return {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in raw}
 
     before = hashes()
-    r = run_snakemake(dst, "--cores", "2")
+    # as a user runs it: hklflow run's console (Snakemake's own output in logs/hklflow/)
+    r = subprocess.run([sys.executable, "-m", "hklflow", "run", str(dst), "--", "--cores", "2"],
+                       capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
     return dst, r, before, hashes()
 
 

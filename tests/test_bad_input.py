@@ -271,7 +271,7 @@ def snakemake_calls(monkeypatch):
 
     calls = []
     monkeypatch.setattr(hklflow.demo, "snakemake",
-                        lambda exp, args, log, again: calls.append((exp, list(args))) or 0)
+                        lambda exp, args, log, again, verbose=False: calls.append((exp, list(args))) or 0)
     return calls
 
 

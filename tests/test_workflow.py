@@ -88,6 +88,13 @@ def test_tiny_experiment_end_to_end(tiny_run, tiny_truth):
 
     tiny_copy, r, before, after = tiny_run
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    # hklflow run's console: a line per rule, the summary; on one screen (issue 70)
+    console = (r.stderr + r.stdout).splitlines()
+    assert len(console) <= 40, "\n".join(console)
+    assert "open first:" in console, "\n".join(console)
+    assert any(line == "no warnings" or line.startswith("warnings (") for line in console)
+    assert "40 of 40 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
+    assert len(list((tiny_copy / "logs/hklflow").glob("run-*.log"))) == 1
     # raw data are opened read-only and never modified
     assert after == before and len(before) >= 5
     res = tiny_copy / "results"
@@ -375,6 +382,24 @@ def test_nothing_to_do_after_the_matrix(tiny_run):
     d, r, _, _ = tiny_run
     out = snakemake(d, "-n", "--cores", "1")
     assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_a_missing_calibration_image_stops_the_plan_naming_it(tiny_run):
+    """With the results there, a calibration image moved away used to give "Nothing to be
+    done" (issue 70): the plan stops, naming the config field and the path."""
+    d, r, _, _ = tiny_run
+    image = d / "raw/calibration/CeO2.h5"
+    moved = d / "CeO2.h5.away"
+    image.rename(moved)
+    try:
+        out = snakemake(d, "-n", "--cores", "1")
+    finally:
+        moved.rename(image)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "field 'calibrations.ceo2.image': raw/calibration/CeO2.h5 does not exist" in text, \
+        text[-2000:]
 
 
 def test_every_frame_file_of_a_scan_is_an_input_of_its_ingest(tmp_path):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import steplog
@@ -38,18 +40,77 @@ def workflow_dir() -> Path:
                             f"nor packaged with hklflow ({packaged}): reinstall hklflow")
 
 
-def snakemake(experiment: Path, args, log, again: str) -> int:
+# Snakemake arguments that print something other than jobs running: shown as they are
+PASS_THROUGH = ("-n", "--dry-run", "--dryrun", "--dag", "--rulegraph", "--filegraph", "--list",
+                "-l", "--list-rules", "--summary", "-S", "--detailed-summary", "-D", "--unlock",
+                "--version", "-v", "--help", "-h", "--report", "--lint", "--cleanup-metadata",
+                "--list-changes", "--lc", "--delete-all-output", "--delete-temp-output")
+
+
+def snakemake(experiment: Path, args, log, again: str, verbose: bool = False) -> int:
     """Run snakemake with this installation's workflow in an experiment directory; `again`
-    is the command that runs it again (for the advice on a locked directory)."""
+    is the command that runs it again (for the advice on a locked directory).  Unless
+    verbose (or asked for a dry run, a graph, a list...), its output goes to a log file and
+    the console shows hklflow.console's progress lines and summary."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_dir() / "Snakefile"),
            "--directory", str(experiment), *args]
     log.info("running: %s", " ".join(cmd))
-    rc = subprocess.call(cmd, env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    if verbose or _passes_through(args):
+        rc = subprocess.call(cmd, env=env)
+    else:
+        rc = _compact(cmd, env, experiment, log)
     if rc != 0 and locked(experiment):
         log.error("the experiment directory %s is locked by another Snakemake run: let that run "
                   "finish (or stop it), then run again.  If no other run is going on (one was "
                   "killed, or the machine went down), remove the stale lock with `%s -- --unlock` "
                   "and run again: it resumes where the killed run stopped.", experiment, again)
+    return rc
+
+
+def _passes_through(args) -> bool:
+    """Whether Snakemake is asked for something other than running jobs (a dry run, a
+    graph, a list: PASS_THROUGH, or -n among short options run together, as -np)."""
+    for a in args:
+        name = a.split("=")[0]
+        if name in PASS_THROUGH or (re.fullmatch(r"-[a-zA-Z]{2,}", name) and "n" in name):
+            return True
+    return False
+
+
+def _compact(cmd, env, experiment: Path, log) -> int:
+    """snakemake with its output in logs/hklflow/run-<time>.log, the console showing
+    hklflow.console's lines."""
+    from . import console
+
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    run_log = experiment / "logs" / "hklflow" / f"run-{stamp}.log"
+    run_log.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Snakemake's output: %s (--verbose shows it here instead)",
+             run_log.relative_to(experiment))
+    cold = console.kernel_cache_cold()
+    if cold:
+        log.info(cold)
+    since, progress, tail = time.time(), console.Progress(), []
+    with open(run_log, "w") as out, subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace") as proc:
+        for line in proc.stdout:
+            out.write(line)
+            tail = (tail + [line.rstrip()])[-12:]
+            for shown in progress.feed(line):
+                print(shown, flush=True)
+            if line.startswith("Nothing to be done"):
+                print(line.rstrip(), flush=True)
+        rc = proc.wait()
+    if rc != 0:
+        lines = console.failure_lines(experiment, progress.failures)
+        # (no job failed: the plan itself, e.g. an invalid configuration)
+        for line in lines or [t for t in tail if t.strip()]:
+            print(line, flush=True)
+        print(f"Snakemake's output: {run_log}", flush=True)
+    for line in console.summary(experiment, since, progress if progress.total else None):
+        print(line, flush=True)
     return rc
 
 
@@ -79,6 +140,8 @@ def main(argv=None) -> int:
                    help="experiment directory (default: the repository root in a source "
                         "checkout, whose config/ is the demo's; else ./hklflow-demo)")
     p.add_argument("--cores", default="all", help="cores for snakemake (default: all)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Snakemake's own output instead of the progress lines")
     args = p.parse_args(argv)
     log = steplog.setup("demo")
     exp = args.dir.resolve()
@@ -87,7 +150,8 @@ def main(argv=None) -> int:
 
         log.info("simulating the demo experiment into %s (about a minute on 2 cores)", exp)
         simulate_experiment(preset("demo"), exp)
-    return snakemake(exp, ["--cores", str(args.cores), *extra], log, f"hklflow demo --dir {exp}")
+    return snakemake(exp, ["--cores", str(args.cores), *extra], log, f"hklflow demo --dir {exp}",
+                     args.verbose)
 
 
 def run_main(argv=None) -> int:
@@ -99,6 +163,8 @@ def run_main(argv=None) -> int:
                     "with the workflow of this installation.  Arguments after -- go to "
                     "snakemake (e.g. -- -n, -- --cores 16, -- --profile PROFILE).")
     p.add_argument("experiment", type=Path, help="the experiment directory")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Snakemake's own output instead of the progress lines")
     args = p.parse_args(argv)
     log = steplog.setup("run")
     if not (args.experiment / "config" / "config.yaml").is_file():
@@ -106,7 +172,7 @@ def run_main(argv=None) -> int:
                   args.experiment)
         return 2
     exp = args.experiment.resolve()
-    return snakemake(exp, extra, log, f"hklflow run {exp}")
+    return snakemake(exp, extra, log, f"hklflow run {exp}", args.verbose)
 
 
 def workflow_path_main(argv=None) -> int:

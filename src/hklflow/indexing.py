@@ -782,9 +782,6 @@ def index_from_scratch(q_obs, crystal: Crystal, params: IndexingParams | None = 
     if change > 0.02:
         notes.append(f"the cell changed by {100 * change:.1f}% from the given one")
     seconds = time.perf_counter() - t0
-    notes.append(f"{found.n_tried} candidate orientations from {found.n_pairs_done} seed pairs "
-                 f"({len(seeds.seeds)} seeds, {len(seeds.refs)} reference reflections), "
-                 f"{len(found.refined)} refined, {seconds:.3f} s")
     return IndexingSolution(U=U, cell=cell, UB=UB, hkl=hkl, indexed=ok, fraction=fraction,
                             rms_hkl=rms_hkl, n_candidates_tried=found.n_tried, notes=notes,
                             rms_q=rms_q, n_pairs_tried=found.n_pairs_done, seconds=seconds,

@@ -68,9 +68,10 @@ def _index(entries, model, crystal, params: IndexingParams, log):
     intensities = (np.concatenate([e.intensity for e in entries])
                    if all(e.intensity is not None for e in entries) else None)
     sol = index_from_scratch(q, crystal, params, intensities)
-    log.info("indexed %.1f%% of %d peaks in %.2f s; cell %s", 100 * sol.fraction, len(q),
-             sol.seconds, " ".join(f"{v:.4f}" for v in sol.cell.parameters))
-    for note in sol.notes:
+    log.info("indexed %.1f%% of %d peaks in %.2f s (%d candidate orientations from %d seed "
+             "pairs); cell %s", 100 * sol.fraction, len(q), sol.seconds, sol.n_candidates_tried,
+             sol.n_pairs_tried, " ".join(f"{v:.4f}" for v in sol.cell.parameters))
+    for note in sol.notes:  # (what the user should know: merohedry, pseudo-symmetry, ...)
         log.warning("indexing: %s", note)
     return sol
 

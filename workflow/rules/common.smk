@@ -115,7 +115,14 @@ def entries_files(w, name):
 # Inputs
 # --------------------------------------------------------------------------------------
 def calibration_sources(w):
+    """The calibration's image or PONI file; a missing one stops the plan, naming it (with
+    the calibration's results present, Snakemake would not look for it)."""
     spec = EXP.calibrations[w.calibration]
+    for key, path in (("poni", spec.poni), ("image", spec.image)):
+        if path and not os.path.exists(path):
+            raise WorkflowError(f"{' + '.join(EXP.sources)}: field 'calibrations."
+                                f"{w.calibration}.{key}': {path} does not exist (relative to the "
+                                f"experiment directory {os.getcwd()})")
     return [p for p in (spec.poni, spec.image) if p]
 
 
