@@ -313,3 +313,21 @@ def test_model_inputs_command_writes_the_files_the_workflow_expects(tmp_path, mo
     write_volume(tmp_path / "plain.nxs", plain, {})
     assert main(["--settings", settings, "--volume", "plain.nxs", "--out-dir", "out2",
                  "--stem", "plain"]) != 0
+
+
+def test_yell_gets_the_laue_symmetry_in_its_own_names(vol, written):
+    """model_grid.txt's LaueSymmetry line in Yell's model grammar (Yell's `-3m:H` is -3m1,
+    its `2/m` has the unique axis c); a class Yell lacks is a comment saying so."""
+    from hklflow.files.model_inputs import yell_laue_symmetry
+
+    out, _ = written
+    text = (out / "x_300K_transform_yell" / "model_grid.txt").read_text()
+    expected = yell_laue_symmetry(vol.sample["space_group"])
+    assert f"LaueSymmetry {expected}" in text.splitlines()
+    for group, name in [("I 41/a m d", "4/mmm"), ("P 3 2 1", "-3m:H"), ("P -3 m 1", "-3m:H"),
+                        ("R -3 m:R", "-3m:R"), ("R -3:H", "-3:H"), ("P 1 2/m 1", "2/m:b"),
+                        ("P 1 1 2/m", "2/m"), ("F m -3 m", "m-3m"), ("P 6/m m m", "6/mmm"),
+                        ("P -1", "-1"), ("P m m m", "mmm")]:
+        assert yell_laue_symmetry(group) == name, group
+    for group in ("P -3 1 m", "P 3 1 2", "P 2/m 1 1"):
+        assert yell_laue_symmetry(group) is None, group

@@ -61,7 +61,8 @@ Source: Yell's manual, ``documentation/reference.md`` of github:YellProgram/Yell
   experiment was not measured".
 * Fixed file names, all on one grid. Yell looks for them beside ``model.txt``.
   ``model_grid.txt`` holds the lines for ``model.txt``: ``Cell`` (from the sample; Å and
-  degrees) and ``DiffuseScatteringGrid lower_limits step_sizes number_of_pixels``. The
+  degrees), ``DiffuseScatteringGrid lower_limits step_sizes number_of_pixels`` and
+  ``LaueSymmetry`` (yell_laue_symmetry; a comment where Yell has no name for it). The
   lower limits are the first voxel centres (h, k, l) and the steps are in r.l.u.
 * FFT (``fft_grid=True``): Yell's FFT (its ΔPDF outputs, ``pdf_multiplier.h5``, the
   approximate method) needs an even number of pixels on every axis, with the origin at pixel
@@ -84,6 +85,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json_atomically, write_text_atomically
 from ..crystal import UnitCell
+from ..crystal import space_group as crystal_space_group
 from ..grid import Axis, Grid
 from .h5 import open_h5, write_provenance_h5
 from .volume import Volume
@@ -326,9 +328,41 @@ def _yell_text(volume: Volume, axes, cropped, floor: SigmaFloor) -> str:
     else:
         lines.append("# Cell: unknown (the volume has no unit cell): a b c alpha beta gamma")
     lines.append(yell_grid_line(axes))
-    lines.append("# LaueSymmetry: set it yourself (Yell's names: m-3m m-3 6/mmm 6/m 4/mmm 4/m "
-                 "-3:R -3:H -3m:H -3m:R mmm 2/m 2/m:b -1)")
+    group = volume.sample.get("space_group") if volume.sample else None
+    laue = yell_laue_symmetry(group) if group else None
+    if laue:
+        lines.append(f"LaueSymmetry {laue}")
+    else:
+        lines.append(f"# LaueSymmetry: Yell has none for {group or 'an unknown space group'} "
+                     "(its names: m-3m m-3 6/mmm 6/m 4/mmm 4/m -3:R -3:H -3m:H -3m:R mmm 2/m "
+                     "2/m:b -1)")
     return "\n".join(lines) + "\n"
+
+
+def yell_laue_symmetry(space_group: str) -> str | None:
+    """Yell's name of a space group's Laue class (its model grammar: `2/m` has the unique
+    axis c, `-3m:H` the 2-folds of -3m1, (h, k, l) -> (k, h, -l)), None where Yell has none
+    (unique axis a; -31m)."""
+    import gemmi
+
+    sg = crystal_space_group(space_group)
+    laue = sg.laue_str()
+    if laue in ("m-3m", "m-3", "6/mmm", "6/m", "4/mmm", "4/m", "mmm", "-1"):
+        return laue
+    if laue == "2/m":
+        return {"b": "2/m:b", "c": "2/m"}.get((sg.qualifier or "b").lstrip("-")[:1])
+    rhombohedral = sg.ext == "R"
+    if laue == "-3":
+        return "-3:R" if rhombohedral else "-3:H"
+    if laue == "-3m":
+        if rhombohedral:
+            return "-3m:R"
+        # (its matrix is its own transpose: the same on coordinates and on indices)
+        swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]]) * gemmi.Op.DEN
+        has = any(np.array_equal(sign * np.array(op.rot), swap)
+                  for op in sg.operations() for sign in (1, -1))
+        return "-3m:H" if has else None
+    return None
 
 
 def write_yell(volume: Volume, out_dir, stem: str, *, fft_grid: bool = True,
