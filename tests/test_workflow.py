@@ -495,3 +495,30 @@ def test_snakemake_lint_finds_nothing(tiny_copy):
     environment; no variables from outside the rule in a shell command."""
     r = snakemake(tiny_copy, "--lint")
     assert "Lints for" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_every_output_has_a_default_that_nexusformat_can_plot(tiny_run):
+    """Every NeXus file of the tiny experiment names a plottable default (issue 70:
+    orientation.nxs had none): nexusformat finds it and plots it (a 3D volume's middle
+    plane: nexusformat draws one or two dimensions, NeXpy slices the third itself)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nexusformat.nexus import nxload
+
+    d, r, _, _ = tiny_run
+    files = sorted((d / "results").rglob("*.nxs"))
+    assert len(files) >= 30
+    for path in files:
+        root = nxload(str(path))
+        try:
+            data = root.plottable_data
+            assert data is not None, path
+            if data.nxsignal.ndim == 3:
+                data = data[data.nxsignal.shape[0] // 2]
+            data.plot()
+        finally:
+            root.nxfile.close()
+    orientation = nxload(str(d / "results/tiny/300K/orientation.nxs"))
+    assert orientation.plottable_data.nxsignal.nxname == "residual"

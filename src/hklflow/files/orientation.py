@@ -17,6 +17,8 @@ refine_temperature): ``results/SAMPLE/TLABEL/parent_orientation.nxs`` and ``orie
                                 made from scans still being collected, hklflow.preview)
      peaks                      NXreflections-style: entry_name, observed x/y/frame, hkl, used,
                                 residual_x/y/frame (NaN if unused)
+     residuals                  NXdata, the entry's @default: the used peaks' residual on the
+                                detector (pixels) against their frame, in frame order
      process                    NXprocess: provenance
 
 An :class:`OrientationRecord` has what geometry.EntrySetup.geometry needs of an orientation
@@ -92,6 +94,24 @@ def _peaks_group(result):
     return pk
 
 
+def _residuals_data(peaks):
+    """NXdata of the used peaks' residuals on the detector (pixels) against their frame,
+    in frame order: the file's plottable default."""
+    import nexusformat.nexus as nx
+
+    dx, dy = peaks["residual_x"].nxvalue, peaks["residual_y"].nxvalue
+    frame = peaks["observed_frame"].nxvalue
+    residual = np.hypot(dx, dy)
+    keep = np.isfinite(residual)
+    order = np.argsort(frame[keep], kind="stable")
+    return nx.NXdata(
+        nx.NXfield(residual[keep][order], name="residual", units="pixel",
+                   long_name="refined peak's residual on the detector (pixels)"),
+        [nx.NXfield(frame[keep][order], name="observed_frame", units="frame",
+                    long_name="frame of the peak")],
+        title="residuals of the refined peaks")
+
+
 def write_orientation_file(path, *, sample: str, temperature_label: str, parent: str, result,
                            indexing: dict | None, provenance: dict,
                            unusable_entries: dict | None = None,
@@ -145,6 +165,8 @@ def write_orientation_file(path, *, sample: str, temperature_label: str, parent:
             {"landed": list(landed), "provisional": True}, sort_keys=True))
     ent["refinement"] = ref
     ent["peaks"] = _peaks_group(result)
+    ent["residuals"] = _residuals_data(ent["peaks"])
+    ent.attrs["default"] = "residuals"  # what NeXpy (and nexusformat's plot) draws
     ent["process"] = provenance_group(provenance)
     root = nx.NXroot()
     root["orientation"] = ent
