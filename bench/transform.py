@@ -12,7 +12,8 @@ Prints, measured in one run on this machine:
      two cores): the scaling from 1 to 2 cores;
   3. memory: peak RSS of a transform job, and the figures for a full 1679 x 1475 x 3650-frame
      scan on an 801^3 grid, with the number of jobs the default config splits it into;
-  4. the variance (issue 69, reduction.transform.variance): the kernel's CPU per frame and
+  4. the variance (issue 69, reduction.transform.variance) and the half sets for CC1/2
+     (reduction.transform.half_sets): the kernel's CPU per frame and
      the grid's memory with it against without, both kinds in one pass as the step runs
      them, alternating in one run (--only variance: this section alone).
 The scan (200 frames, ~0.5 GB) is simulated once into bench/.data, or --workdir (shared with
@@ -181,28 +182,40 @@ def variance_section(path, scan, table, grid, nframes: int, repeats: int) -> dic
     bragg = (np.random.default_rng(0).random((nframes, frames[0].size)) < 0.01).astype(np.uint8)
     blocks = bragg_block_summary(bragg)
     kinds = ("transform", "masked_transform")
-    times = {False: [], True: []}
+    numbers = np.arange(nframes)  # (half set A: the first 16 frames of every 32)
+    # (variance, half sets): neither, the variance, both
+    setups = ((False, False), (True, False), (True, True))
+    times = {k: [] for k in setups}
     nbytes = {}
-    for variance in (False, True):  # compile both
-        Transformer(grid, table, trusted, kinds=kinds, gain=1.0 if variance else None).add(
-            frames[:1], M[:1], ones[:1], bragg[:1], blocks[:1])
+
+    def made(variance, half_sets):
+        return Transformer(grid, table, trusted, kinds=kinds, gain=1.0 if variance else None,
+                           half_sets=half_sets)
+    for key in setups:  # compile each
+        made(*key).add(frames[:1], M[:1], ones[:1], bragg[:1], blocks[:1], numbers[:1])
     for _ in range(repeats):
-        for variance in (False, True):
-            tr = Transformer(grid, table, trusted, kinds=kinds, gain=1.0 if variance else None)
-            for cells in tr.acc.cells:
+        for key in setups:
+            tr = made(*key)
+            for cells in tr.acc.cells + (tr._half or []):
                 cells.fill(0.0)
             c = time.process_time()
-            tr.add(frames, M, ones, bragg, blocks)
-            times[variance].append(time.process_time() - c)
-            nbytes[variance] = tr.acc.nbytes
+            tr.add(frames, M, ones, bragg, blocks, numbers)
+            times[key].append(time.process_time() - c)
+            nbytes[key] = tr.acc.nbytes + sum(h.nbytes for h in tr._half or [])
             del tr
     per_frame = {k: min(v) / nframes * 1e3 for k, v in times.items()}
-    return {"frames": nframes, "kinds": list(kinds), "cpu_ms_per_frame_without": per_frame[False],
-            "cpu_ms_per_frame_with": per_frame[True],
-            "cpu_ratio": per_frame[True] / per_frame[False],
-            "cpu_ratios_by_repeat": [b / a for a, b in zip(times[False], times[True])],
-            "grid_mb_without": nbytes[False] / 1e6, "grid_mb_with": nbytes[True] / 1e6,
-            "grid_ratio": nbytes[True] / nbytes[False]}
+    none, var, both = setups
+    return {"frames": nframes, "kinds": list(kinds), "cpu_ms_per_frame_without": per_frame[none],
+            "cpu_ms_per_frame_with": per_frame[var],
+            "cpu_ms_per_frame_with_half_sets": per_frame[both],
+            "cpu_ratio": per_frame[var] / per_frame[none],
+            "cpu_ratio_half_sets": per_frame[both] / per_frame[none],
+            "cpu_ratios_by_repeat": [b / a for a, b in zip(times[none], times[var])],
+            "cpu_ratios_half_sets_by_repeat": [b / a for a, b in zip(times[none], times[both])],
+            "grid_mb_without": nbytes[none] / 1e6, "grid_mb_with": nbytes[var] / 1e6,
+            "grid_mb_with_half_sets": nbytes[both] / 1e6,
+            "grid_ratio": nbytes[var] / nbytes[none],
+            "grid_ratio_half_sets": nbytes[both] / nbytes[none]}
 
 
 def peak_rss_mb() -> float:
@@ -346,7 +359,11 @@ def main(argv=None) -> int:
         f"{v['cpu_ms_per_frame_with']:.2f} ms ({v['cpu_ratio']:.2f}x; by repeat "
         + ", ".join(f"{r:.2f}" for r in v["cpu_ratios_by_repeat"]) + "; goal <= 1.25)",
         f"  grid memory              {v['grid_mb_without']:.0f} -> {v['grid_mb_with']:.0f} MB "
-        f"({v['grid_ratio']:.2f}x)"]
+        f"({v['grid_ratio']:.2f}x)",
+        f"  and half sets (CC1/2)    {v['cpu_ms_per_frame_with_half_sets']:.2f} ms per frame "
+        f"({v['cpu_ratio_half_sets']:.2f}x; by repeat "
+        + ", ".join(f"{r:.2f}" for r in v["cpu_ratios_half_sets_by_repeat"])
+        + f"), {v['grid_mb_with_half_sets']:.0f} MB ({v['grid_ratio_half_sets']:.2f}x)"]
     if args.only == "variance":
         emit(report, "\n".join(variance_lines), args.json)
         return 0

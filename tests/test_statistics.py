@@ -389,3 +389,35 @@ def test_notes_log_and_picture(tmp_path):
     assert st.overall.measured == np.count_nonzero(W > 0) and not st.flag
     plot_statistics(st, tmp_path / "plain.png", "no variance")
 
+
+
+def test_cc_half_of_half_sets_on_their_own_grid():
+    """with_half_sets: two halves = truth + independent noise of known size, on the binned
+    grid: CC1/2 = var(truth) / (var(truth) + var(noise)) in a shell, for pairs measured in
+    both; voxels measured in one half only are left out."""
+    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.statistics import statistics_of_arrays, with_half_sets
+
+    crystal = Crystal("P m m m", UnitCell(5.0, 6.0, 7.0, 90, 90, 90))
+    fine = Grid(Axis(-3.0, 0.25, 25), Axis(-3.0, 0.25, 25), Axis(-3.0, 0.25, 25))
+    rng = np.random.default_rng(4)
+    signal = rng.uniform(1, 2, fine.shape).astype(np.float32)
+    weight = np.ones(fine.shape, np.float32)
+    stats = statistics_of_arrays(fine, crystal, signal, weight, signal * 0.01, shells=3)
+    coarse = Grid(Axis(-2.875, 0.5, 13), Axis(-2.875, 0.5, 13), Axis(-2.875, 0.5, 13))
+    truth = rng.normal(10, 2.0, coarse.shape)  # var 4
+    noise_sd = 2.0  # var 4 per half: CC1/2 = 4 / (4 + 4) = 0.5
+    wa = np.full(coarse.shape, 3.0)
+    wb = np.full(coarse.shape, 5.0)
+    wb[::2] = 0  # half of the planes measured in A alone
+    a = (truth + rng.normal(0, noise_sd, coarse.shape)) * wa
+    b = (truth + rng.normal(0, noise_sd, coarse.shape)) * wb
+    out = with_half_sets(stats, coarse, crystal, (a, wa), (b, wb), "frames in blocks")
+    assert out.has_halves and out.extra["cc_half_split"] == "frames in blocks"
+    # the pairs: voxels measured in both, within the shells (a corner lies beyond them)
+    assert 0.95 * np.count_nonzero(wb > 0) < out.overall.cc_pairs <= np.count_nonzero(wb > 0)
+    assert abs(out.overall.cc_half - 0.5) < 0.05, out.overall.cc_half
+    assert sum(r.cc_pairs for r in out.shells) == out.overall.cc_pairs
+    assert all(r.cc_half is None or abs(r.cc_half - 0.5) < 0.12 for r in out.shells)
+    # the figures of the full grid are kept
+    assert [r.chi2_nu for r in out.shells] == [r.chi2_nu for r in stats.shells]

@@ -522,3 +522,24 @@ def test_every_output_has_a_default_that_nexusformat_can_plot(tiny_run):
             root.nxfile.close()
     orientation = nxload(str(d / "results/tiny/300K/orientation.nxs"))
     assert orientation.plottable_data.nxsignal.nxname == "residual"
+
+
+@pytest.mark.slow
+def test_every_merged_volume_has_cc_half_from_its_half_sets(tiny_run):
+    """Issue 69: every merged volume's statistics hold CC1/2 in every shell with enough
+    pairs, from the transform's half sets (alternating blocks of 16 frames, every entry in
+    both halves), with the split stated."""
+    from hklflow.files.volume import read_half_set, read_volume_header
+
+    d, r, _, _ = tiny_run
+    for t in ("100K", "300K"):
+        for kind in ("transform", "masked_transform"):
+            path = d / "results/tiny" / t / f"{kind}.nxs"
+            stats = read_volume_header(path).notes["statistics"]
+            assert "blocks of 16 frames" in stats["cc_half_split"], stats
+            assert stats["overall"]["cc_pairs"] > 10_000
+            assert 0 < stats["overall"]["cc_half"] <= 1
+            assert any(s["cc_half"] is not None for s in stats["shells"])
+            grid, signal, weight, how = read_half_set(path)
+            assert weight.sum() > 0 and grid.shape == tuple(-(-n // 2) for n in
+                                                            read_volume_header(path).grid.shape)

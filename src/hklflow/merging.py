@@ -21,8 +21,8 @@ import numpy as np
 from . import steplog
 from .errors import FileFormatError, InputMismatchError
 from .files.volume import (VolumeReader, VolumeWriter, adopt_volume,
-                           has_intensity, has_variance, read_volume, read_volume_header,
-                           slab_planes)
+                           has_intensity, has_variance, read_half_set, read_volume,
+                           read_volume_header, slab_planes)
 
 
 def check_inputs(paths) -> tuple:
@@ -136,6 +136,7 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
         notes["measured_fraction"] = w.measured / grid.size
         notes["weight_sum"] = float(total_w.sum())
         notes["signal_sum"] = float(total_s.sum())
+        notes["half_set"] = _sum_half_sets(paths, w, log)
         w.notes = notes
     if log:
         for item in notes["inputs"]:
@@ -144,6 +145,28 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
         log.info("%s: %d volumes summed, %.1f%% of the grid measured", title, len(paths),
                  100 * notes["measured_fraction"])
     return notes
+
+
+def _sum_half_sets(paths, w: VolumeWriter, log) -> bool:
+    """The inputs' half sets A (for CC1/2) summed into w's, where every input has one on the
+    same grid; whether it did."""
+    halves = [read_half_set(p) for p in paths]
+    if any(h is None for h in halves):
+        if log and any(h is not None for h in halves):
+            log.warning("%s: no half set (made with reduction.transform.half_sets false?): "
+                        "the sum has none, and no CC1/2",
+                        paths[[h is None for h in halves].index(True)])
+        return False
+    grid, signal, weight, how = halves[0]
+    signal, weight = signal.astype(np.float64), weight.astype(np.float64)
+    for path, (g, s, wt, _) in zip(paths[1:], halves[1:]):
+        if not g.same_as(grid):
+            raise InputMismatchError(f"{path}: its half set's grid {g.describe()} is not "
+                                     f"{grid.describe()}")
+        signal += s
+        weight += wt
+    w.write_half_set(grid, signal, weight, how)
+    return True
 
 
 def _read_error(reader, where: str, exc) -> InputMismatchError:

@@ -536,6 +536,7 @@ class TransformParams(Params):
     bad_monitor_frames: str  # fail | leave_out
     chunk_frames: int
     variance: bool  # sum each voxel's variance too (gain below)
+    half_sets: bool  # sum half set A too, binned 2 x 2 x 2 (for CC1/2)
     polarization_fraction: float = from_config_at("instrument.polarization_fraction")
     # (here, not in DetectorParams: it changes the transforms alone, not every step)
     gain: float = from_config_at("instrument.detector.gain")

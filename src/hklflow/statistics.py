@@ -82,7 +82,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numba
 import numpy as np
@@ -738,6 +738,74 @@ def _result(state, shells, q_max, min_voxels, laue, nops, stride, sample, flag_o
         bragg_exclusion=float(state.bragg), min_voxels=int(min_voxels),
         flag_overall=float(flag_overall), flag_shell=float(flag_shell),
         flag_min_nu=int(flag_min_nu), flag=flag, flag_reason=reason)
+
+
+def binned_sums(read: Reader, grid: Grid, planes: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(signal, weight) of a volume summed over 2 x 2 x 2 voxels (float64 [ceil(n / 2)]
+    per axis), as the half sets are binned; read(l0, l1): volume_statistics' reader."""
+    shape = tuple(-(-n // 2) for n in grid.shape)
+    out = (np.zeros(shape), np.zeros(shape))
+    for l0 in range(0, grid.l.n, 2 * planes):
+        l1 = min(l0 + 2 * planes, grid.l.n)
+        for total, a in zip(out, read(l0, l1)[:2]):
+            a = np.pad(np.asarray(a, np.float64), [(0, n % 2) for n in a.shape])
+            nl, nk, nh = (n // 2 for n in a.shape)
+            total[l0 // 2:l0 // 2 + nl] += a.reshape(nl, 2, nk, 2, nh, 2).sum(axis=(1, 3, 5))
+    return out
+
+
+def with_half_sets(stats: VolumeStatistics, grid: Grid, crystal, half_a, half_b,
+                   split: str, planes: int = 16) -> VolumeStatistics:
+    """stats with CC1/2 in its shells and overall, from half sets on their own grid (the
+    transform's: binned 2 x 2 x 2, hklflow.transform.driver.half_set_grid): half_a, half_b
+    (signal, weight) arrays [l, k, h]; Pearson's correlation of I_A and I_B over the voxels
+    measured in both (weight > 0), binned by the |Q| of their centres into stats' shells
+    (bragg_exclusion as stats'); split: how the halves were made, for the notes."""
+    B = np.asarray(crystal.B, float)
+    G = B.T @ B
+    rows = list(stats.shells)
+    edges = np.array([r.q_min for r in rows] + [rows[-1].q_max]) if rows else np.zeros(1)
+    sums = np.zeros((len(rows) + 1, 6))  # per shell, and beyond: n, a, b, aa, bb, ab
+    k, h = np.meshgrid(grid.k.values, grid.h.values, indexing="ij")  # [k, h]
+    for l0 in range(0, grid.l.n, planes):
+        l1 = min(l0 + planes, grid.l.n)
+        sa, wa = (np.asarray(x[l0:l1], np.float64) for x in half_a)
+        sb, wb = (np.asarray(x[l0:l1], np.float64) for x in half_b)
+        both = (wa > 0) & (wb > 0)
+        if not both.any():
+            continue
+        ll = grid.l.values[l0:l1, None, None]
+        x = np.stack(np.broadcast_arrays(h[None], k[None], ll), -1)[both]
+        q = np.sqrt(np.einsum("ni,ij,nj->n", x, G, x))
+        keep = np.ones(len(q), bool)
+        if stats.bragg_exclusion > 0:
+            d = x - np.round(x)
+            keep = np.einsum("ni,ij,nj->n", d, G, d) > stats.bragg_exclusion ** 2
+        ia, ib = sa[both] / wa[both], sb[both] / wb[both]
+        keep &= np.isfinite(ia) & np.isfinite(ib)
+        shell = np.searchsorted(edges, q[keep], side="right") - 1
+        shell[(shell < 0) | (shell >= len(rows))] = len(rows)
+        a, b = ia[keep], ib[keep]
+        for j, v in enumerate((np.ones_like(a), a, b, a * a, b * b, a * b)):
+            sums[:, j] += np.bincount(shell, v, len(rows) + 1)
+
+    def cc(t) -> tuple[int, float | None]:
+        n = int(t[0])
+        if n < max(stats.min_voxels, 2):
+            return n, None
+        va, vb = t[3] / n - (t[1] / n) ** 2, t[4] / n - (t[2] / n) ** 2
+        cov = t[5] / n - t[1] * t[2] / n / n
+        return n, (float(cov / math.sqrt(va * vb)) if va > 0 and vb > 0 else None)
+
+    new_rows = []
+    for r, t in zip(rows, sums):
+        n, value = cc(t)
+        new_rows.append(replace(r, cc_pairs=n, cc_half=value))
+    n, value = cc(sums[:len(rows)].sum(axis=0))
+    extra = dict(stats.extra, cc_half_split=split)
+    return replace(stats, shells=tuple(new_rows),
+                   overall=replace(stats.overall, cc_pairs=n, cc_half=value),
+                   has_halves=True, extra=extra)
 
 
 def _flag(rows, overall, flag_overall, flag_shell, flag_min_nu) -> tuple[bool, str]:

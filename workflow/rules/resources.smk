@@ -40,6 +40,9 @@ BASE_MB = 600
 _VARIANCE = bool(EXP.reduction["transform"]["variance"])
 _ARRAYS = 3 if _VARIANCE else 2  # float32 arrays of a volume: signal, weight (, variance)
 TRANSFORM_VOXEL_BYTES = 4.5 * _ARRAYS
+# half set A (CC1/2): signal and weight on the grid binned 2 x 2 x 2, both kinds' parts,
+# one per thread: about 2 bytes a voxel (the default job's threads)
+HALF_SET_VOXEL_BYTES = 2.0 if EXP.reduction["transform"]["half_sets"] else 0.0
 RATE_PEAKS = 20e6  # pixel-frames per second per core (find_peaks, read included)
 RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform, read included)
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
@@ -154,7 +157,8 @@ RESOURCES = {
     # pixel table, frames (double buffer + Bragg paint), the grid
     "transform_frames": RuleResources(
         lambda w: (BASE_MB + 40 * _FRAME_MB + (2 * _TRANSFORM_CHUNK + 1) * _FRAME_MB
-                   + _TRANSFORM_KINDS * TRANSFORM_VOXEL_BYTES * _VOXELS / 1e6 + 6 * _SLAB_MB),
+                   + (_TRANSFORM_KINDS * TRANSFORM_VOXEL_BYTES + HALF_SET_VOXEL_BYTES)
+                   * _VOXELS / 1e6 + 6 * _SLAB_MB),
         _transform_minutes),
     # float64 sums + one input + output, per slab; every kind: read every input, write one
     "sum_chunks": RuleResources(

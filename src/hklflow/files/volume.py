@@ -148,8 +148,15 @@ def write_volume(path, vol: Volume, provenance: dict) -> Path:
     return Path(path)
 
 
+HALF_SET = "half_set_a"  # /entry's group of half set A (write_half_set)
+
+
 def _find_kind(ent, path):
-    for k in ent:
+    """The volume's group: the entry's default, else the first NXdata with signal_sum that
+    is not the half set (HALF_SET)."""
+    default = text(ent.attrs.get("default", ""))
+    candidates = ([default] if default in ent else []) + [k for k in ent if k != HALF_SET]
+    for k in candidates:
         if ent[k].attrs.get("NX_class") in ("NXdata", b"NXdata") and "signal_sum" in ent[k]:
             return k
     raise FileFormatError(f"{path}: /entry holds no volume (NXdata with signal_sum): not a "
@@ -436,6 +443,41 @@ def has_intensity(path) -> bool:
     with open_h5(path) as f:
         ent = _entry(f, path)
         return "data" in ent[_find_kind(ent, path)]
+
+
+def write_half_set(entry: h5py.Group, grid: Grid, signal, weight, how: str) -> None:
+    """/entry/half_set_a: NXdata of half set A's signal_sum and data_weights on its grid
+    (the volume's binned 2 x 2 x 2), `how` the frames it holds."""
+    if HALF_SET in entry:
+        del entry[HALF_SET]
+    g = entry.create_group(HALF_SET)
+    g.attrs["NX_class"] = "NXdata"
+    g.attrs["signal"] = "signal_sum"
+    g.attrs["weights"] = "data_weights"
+    g.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+    g.attrs["how"] = how
+    for name, values in (("signal_sum", signal), ("data_weights", weight)):
+        if values.shape != grid.shape:
+            raise ValueError(f"half set's {name} {values.shape} is not of its grid {grid.shape}")
+        g.create_dataset(name, data=np.asarray(values, np.float32),
+                         chunks=_chunks(grid.shape), **_compression())
+    for i, (a, ax) in enumerate(zip(AXES, grid.axes)):
+        q = g.create_dataset(f"Q{a}", data=ax.values)
+        q.attrs["step"] = ax.step
+        g.attrs[f"Q{a}_indices"] = 2 - i
+
+
+def read_half_set(path) -> tuple[Grid, np.ndarray, np.ndarray, str] | None:
+    """(grid, signal_sum, data_weights, how) of a volume file's half set A; None without."""
+    with open_h5(path) as f:
+        entry = _entry(f, str(path))
+        if HALF_SET not in entry:
+            return None
+        g = entry[HALF_SET]
+        axes = [Axis(float(g[f"Q{a}"][0]), float(g[f"Q{a}"].attrs["step"]), len(g[f"Q{a}"]))
+                for a in AXES]
+        return (Grid(*axes), g["signal_sum"][()], g["data_weights"][()],
+                text(g.attrs.get("how", "")))
 
 
 def has_variance(path) -> bool:
@@ -858,6 +900,12 @@ class VolumeWriter:
         if buf is None or buf.size < n:
             buf = self._buffers[name] = np.empty(n, np.float32)
         return buf[:n].reshape(shape)
+
+    def write_half_set(self, grid: Grid, signal: np.ndarray, weight: np.ndarray,
+                       how: str) -> None:
+        """The half set A of this volume (for CC1/2: hklflow.statistics.with_half_sets) on
+        its own grid: /entry/half_set_a (HALF_SET)."""
+        write_half_set(self._f["entry"], grid, signal, weight, how)
 
     def _close(self):
         self._data = {}

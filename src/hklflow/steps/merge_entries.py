@@ -11,7 +11,7 @@ import math
 
 from ..errors import ConfigError
 from ..files.orientation import read_orientation_file
-from ..files.volume import VolumeReader, update_notes
+from ..files.volume import VolumeReader, read_half_set, update_notes
 from ..merging import entries_to_merge, sum_volumes
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
@@ -40,11 +40,19 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
     """The statistics of the merged volume `path` into its notes, the log and `png`;
     bragg_radius: |Q| about every node left out (1/A as 2 pi / d:
     reduction.merge.statistics_bragg_radius)."""
-    from ..statistics import plot_statistics, volume_statistics
+    from ..statistics import binned_sums, plot_statistics, volume_statistics, with_half_sets
 
+    half = read_half_set(path)
     with VolumeReader(path, compiled_decompression=True) as reader:
         stats = volume_statistics(reader.grid, crystal, reader.read,
                                   bragg_exclusion=float(bragg_radius) / (2 * math.pi))
+        if half is not None:  # CC1/2: half set B is the rest of the volume, binned alike
+            grid, signal_a, weight_a, how = half
+            signal, weight = binned_sums(reader.read, reader.grid)
+            weight_b = weight - weight_a
+            weight_b[weight_b < 1e-4 * weight] = 0  # (float32 rounding, not a measurement)
+            stats = with_half_sets(stats, grid, crystal, (signal_a, weight_a),
+                                   (signal - signal_a, weight_b), how)
     update_notes(path, {"statistics": stats.to_notes()})
     for line in stats.log_lines():
         log.info("%s", line)

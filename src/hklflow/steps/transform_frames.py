@@ -28,6 +28,7 @@ from ..params import DetectorParams, TransformParams, settings_part
 from ..preview import preview_notes
 from ..provenance import provenance
 from ..transform import Transformer, transform_scan
+from ..transform.driver import HALF_SET_HOW, half_set_grid
 from ._run import StepParser, run_step
 
 
@@ -148,6 +149,9 @@ def run(args, log) -> None:
                          intensity=whole, variance=tr.acc.variance))
             for kind, out in zip(kinds, args.out)]
         write_volumes(tr, writers, args.threads)
+        if params.half_sets:
+            for kind, w in zip(kinds, writers):
+                w.write_half_set(half_set_grid(grid), *tr.half_set(kind), HALF_SET_HOW)
         for w in writers:
             # weights are 1 / sub-steps per pixel-frame: their sum counts the pixel-frames
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,

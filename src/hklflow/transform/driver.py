@@ -18,7 +18,7 @@ from ..frames import READ_AHEAD_THREADS, frame_reader
 from ..geometry import ScanGeometry
 from ..grid import Grid
 from ..params import TransformParams, largest_trusted_value
-from .bricks import BrickedGrid
+from .bricks import BRICK_BITS, BrickedGrid
 from .kernels import _accumulate
 from .pixels import (BLOCK, PixelTable, SubSteps, allowed_table, block_sub_steps,
                      bragg_block_summary, frame_matrices, live_blocks, pixel_blocks, pixel_table)
@@ -34,6 +34,26 @@ def _stream():
     return stream
 
 KINDS = ("transform", "masked_transform")
+# half set A, for CC1/2: the frames of the blocks of HALF_SET_FRAMES with an even number,
+# counted from the scan's first frame (half B: the others); on the grid binned 2 x 2 x 2
+HALF_SET_FRAMES = 16
+HALF_SET_HOW = (f"half set A: the frames of the blocks of {HALF_SET_FRAMES} frames of even "
+                "number, counted from each scan's first frame (half set B: the others), on "
+                "the grid binned 2 x 2 x 2")
+
+
+def half_set_frames(frame_numbers: np.ndarray) -> np.ndarray:
+    """uint8 per frame: 1 for the frames of half set A."""
+    return ((np.asarray(frame_numbers) // HALF_SET_FRAMES) % 2 == 0).astype(np.uint8)
+
+
+def half_set_grid(grid: Grid) -> Grid:
+    """The grid of the half sets: 2 x 2 x 2 voxels binned into one (each axis ceil(n / 2)
+    voxels, the first centred between the grid's first two, one step twice the grid's)."""
+    from ..grid import Axis
+
+    return Grid(*(Axis(ax.start + 0.5 * ax.step, 2 * ax.step, -(-ax.n // 2))
+                  for ax in grid.axes))
 
 
 
@@ -50,7 +70,7 @@ class Transformer:
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
                  kinds=("transform",), crystal=None, hkl_radius: float = 0.0,
                  threads: int = 1, scan_axis=None, sub_steps: SubSteps | None = None,
-                 gain: float | None = None):
+                 gain: float | None = None, half_sets: bool = False):
         if not trusted_max > 0:
             raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
         self.kinds = tuple(k for k in KINDS if k in kinds)
@@ -88,6 +108,12 @@ class Transformer:
         self._workers = [ThreadPoolExecutor(1, thread_name_prefix=f"transform{i}")
                          for i in range(self.threads)] if self.threads > 1 else []
         self._outstanding: list[Future] = []
+        # half set A (half_sets): each thread its own cells, (signal, weight) per voxel of
+        # the grid binned 2 x 2 x 2 (kernels.half_set_index), summed by half_set()
+        slots = self.acc.kernel_cells.size // self.acc.stride
+        bricks = -(-slots // (1 << (3 * BRICK_BITS)))
+        self._half = ([np.zeros(2 * bricks * (1 << (3 * (BRICK_BITS - 1))), np.float32)
+                       for _ in range(max(self.threads, 1))] if half_sets else None)
 
     def matrices(self, scan: ScanGeometry, first: int, stop: int, subdivide: int) -> np.ndarray:
         """The matrices of frames [first, stop) for add(): each block's sub-steps where the
@@ -126,6 +152,47 @@ class Transformer:
         if self.gain is None:
             return 0.0, None
         return self.gain, np.empty(BLOCK, np.float32)
+
+    def _half_args(self, frame_numbers, nf: int) -> tuple:
+        """(half flags per frame, a function share -> the kernel's (half, half_frames)) for
+        frames of the scan numbered frame_numbers (half A: HALF_SET_FRAMES-frame blocks of
+        even number); (None, ...) -> (None, None) without half sets."""
+        if self._half is None:
+            return lambda share: (None, None)
+        if frame_numbers is None or len(frame_numbers) != nf:
+            raise ValueError(f"the half sets need the scan's numbers of the {nf} frames added")
+        flags = half_set_frames(np.asarray(frame_numbers))
+        return lambda share: (self._half[0 if share is None else share[4]], flags)
+
+    def half_set(self, kind: str = "transform") -> tuple[np.ndarray, np.ndarray]:
+        """(signal, weight) of half set A of a kind (the frames of half_set_frames) on the
+        grid binned 2 x 2 x 2 (half_set_grid), float32 [l, k, h]."""
+        if self._half is None:
+            raise ValueError("this transformer was made without half sets")
+        self.wait()
+        cells = np.sum(self._half, axis=0, dtype=np.float32) if len(self._half) > 1 \
+            else self._half[0]
+        acc = self.acc
+        size = acc.size // 8
+
+        def part(start):
+            flat = cells[2 * start:2 * (start + size)]
+            return flat[0::2], flat[1::2]
+        parts = [part(0)] + ([part(acc.second // 8)] if acc.paired else [])
+        index = self.kinds.index(kind)
+        if acc.paired:
+            chosen = parts[0] if index == 1 else tuple(a + b for a, b in zip(*parts))
+        else:
+            if index != 0:
+                raise ValueError(f"half sets are held for {self.kinds[0]} alone")
+            chosen = parts[0]
+        bl, bk, bh = (int(v) for v in acc.nbricks)
+        b = 1 << (BRICK_BITS - 1)
+        shape = half_set_grid(acc.grid).shape
+        return tuple(np.ascontiguousarray(
+            a.reshape(bl, bk, bh, b, b, b).transpose(0, 3, 1, 4, 2, 5)
+            .reshape(bl * b, bk * b, bh * b)[:shape[0], :shape[1], :shape[2]])
+            for a in chosen)
 
     def _submit(self, kernel, shares: ThreadShares | None) -> list[Future]:
         """kernel(share) of every thread's share on its worker; kernel(None) (the whole
@@ -168,10 +235,12 @@ class Transformer:
         return bragg, bragg_blocks
 
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
-            bragg: np.ndarray | None = None, bragg_blocks: np.ndarray | None = None) -> None:
+            bragg: np.ndarray | None = None, bragg_blocks: np.ndarray | None = None,
+            frame_numbers=None) -> None:
         """Add frames (nf, rows, cols) with their matrices M (nf, nsub, 3, 3), per-frame
         scale and the Bragg mask (nf, rows * cols) uint8 (for the masked transform) with its
-        block summary (bragg_block_summary; made here when not given)."""
+        block summary (bragg_block_summary; made here when not given); frame_numbers: the
+        frames' numbers in the scan (for the half sets)."""
         nf = frames.shape[0]
         flat = frames.reshape(nf, -1)
         if flat.shape[1] != self.table.qx.shape[0]:
@@ -183,20 +252,21 @@ class Transformer:
                 *self._bragg_args(bragg, bragg_blocks, nf), self.allowed, self.allowed_off,
                 self.hkl_r2, acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max,
                 acc.size, acc.kernel_cells, acc.second, self.live, *self._sub_step_plan(M))
+        half = self._half_args(frame_numbers, nf)
         self._finish(self._submit(
-            lambda share: _accumulate(*args, *self._variance_args(), share),
+            lambda share: _accumulate(*args, *self._variance_args(), *half(share), share),
             self._shares_for(M)))
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                        bragg: np.ndarray | None = None,
-                       bragg_blocks: np.ndarray | None = None) -> bool:
+                       bragg_blocks: np.ndarray | None = None, frame_numbers=None) -> bool:
         """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
         each block of pixels decompressed just before it is added: the same sums, without
         writing the frames to memory whole and reading them back (on several threads, each
         decompresses the parts of blocks it computes).  False (nothing added) where it
         does not apply: a compression block that does not divide the kernel's blocks, no
         compiled untranspose for the type; then add() the frames read."""
-        pending = self.submit_compressed(frames, M, scale, bragg, bragg_blocks)
+        pending = self.submit_compressed(frames, M, scale, bragg, bragg_blocks, frame_numbers)
         if pending is False:
             return False
         self._finish(pending)
@@ -204,7 +274,8 @@ class Transformer:
 
     def submit_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                           bragg: np.ndarray | None = None,
-                          bragg_blocks: np.ndarray | None = None) -> list[Future] | bool:
+                          bragg_blocks: np.ndarray | None = None,
+                          frame_numbers=None) -> list[Future] | bool:
         """add_compressed() without waiting for the threads' shares (threads > 1): returns
         their futures (the frames' buffer and the Bragg mask must stay as they are until
         they are done), or False where it does not apply (nothing added)."""
@@ -238,10 +309,13 @@ class Transformer:
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
                 acc.kernel_cells, acc.second, self.live, *self._sub_step_plan(M))
 
+        half = self._half_args(frame_numbers, len(frames))
+
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = stream.accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
                                               np.empty(frames.block * itemsize, np.uint8),
-                                              *args, *self._variance_args(), share)
+                                              *args, *self._variance_args(), *half(share),
+                                              share)
             if status < 0:
                 raise damaged(status)
         return self._submit(kernel, self._shares_for(M))
@@ -361,7 +435,8 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             added = False
             if isinstance(frames, CompressedFrames):
                 if not np.isnan(s).any():
-                    added = transformer.submit_compressed(frames, M, s, bragg, blocks)
+                    added = transformer.submit_compressed(frames, M, s, bragg, blocks,
+                                                          np.arange(a, b))
                 if added is False:  # (frames left out, blocks the kernel cannot take)
                     frames = stack.read(a, b, out=bufs[0][:b - a])
                 else:
@@ -369,11 +444,11 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
             if added is False:  # from the frames read
                 keep = ~np.isnan(s)  # (frames left out: a bad monitor)
                 if keep.all():
-                    transformer.add(frames, M, s, bragg, blocks)
+                    transformer.add(frames, M, s, bragg, blocks, np.arange(a, b))
                 elif keep.any():
                     transformer.add(frames[keep], M[keep], s[keep],
                                     *((bragg[keep], blocks[keep]) if mask is not None
-                                      else (None, None)))
+                                      else (None, None)), np.arange(a, b)[keep])
             t_kernel += time.perf_counter() - t
             if slot.done is None and progress is not None:
                 progress(b - first)
@@ -449,7 +524,8 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     hkl_radius = mask.hkl_radius if "masked_transform" in kinds else 0.0
     tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
                      hkl_radius=hkl_radius, threads=threads, scan_axis=scan.axis_lab,
-                     sub_steps=sub_steps, gain=params.variance_gain)
+                     sub_steps=sub_steps, gain=params.variance_gain,
+                     half_sets=params.half_sets)
     log.info("grid in memory: %.2f GB (signal + weight%s of %d kind(s), float32)",
              tr.acc.nbytes / 1e9, " + variance" if tr.acc.variance else "", len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)

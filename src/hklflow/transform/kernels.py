@@ -109,6 +109,21 @@ def _unit(u, nf, nsub, npix):
     return f, u % nsub, p0, min(BLOCK, npix - p0)
 
 
+_LOW = (1 << (BRICK_BITS - 1)) - 1
+
+
+@numba.njit(inline="always")
+def half_set_index(k):
+    """The cell of bricked voxel index k in the half sets' grid, the voxels binned 2 x 2 x 2:
+    a brick of 8^3 voxels is a brick of 4^3 there (the dump slots and a paired grid's second
+    part, which start on a brick, map alike: past the grid's own cells)."""
+    k = np.uint32(k)
+    return ((k >> (3 * BRICK_BITS)) << (3 * (BRICK_BITS - 1))
+            | ((k >> (2 * BRICK_BITS + 1)) & _LOW) << (2 * (BRICK_BITS - 1))
+            | ((k >> (BRICK_BITS + 1)) & _LOW) << (BRICK_BITS - 1)
+            | ((k >> 1) & _LOW))
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_max, dims,
                    nbricks, shift, dump, idx, val, var, g32):
@@ -355,12 +370,19 @@ def _add_pixel(cells, k, val, var, i, w32):
         _add_to_cells(cells, np.uint32(k), (val[i], w32, var[i]))
 
 
+@numba.njit(inline="always")
+def _add_half(half, idx, val, i, w32):
+    """Pixel i's value and weight added to its voxel's cell of the half set."""
+    _add_to_cells(half, half_set_index(idx[i]), (val[i], w32))
+
+
 @numba.njit(nogil=True, cache=True)
-def _scatter_block(idx, val, var, n, w32, cells):
+def _scatter_block(idx, val, var, n, w32, cells, half):
     """Pass 3 of a one-kind pass: add the n (index, value) pairs of a block to the kind's
     cells (Bragg-masked and punched pixels of a masked_transform went to the dump).  A full
     block goes in four interleaved streams a quarter apart; a voxel's signal and weight (and
-    variance) in one vector addition."""
+    variance) in one vector addition.  half (None: not this frame's): the half set's cells,
+    (signal, weight) per binned voxel (half_set_index), which take the pixels too."""
     quarter = BLOCK // 4
     if n == BLOCK:
         for i in range(quarter):
@@ -368,13 +390,20 @@ def _scatter_block(idx, val, var, n, w32, cells):
             _add_pixel(cells, idx[i + quarter], val, var, i + quarter, w32)
             _add_pixel(cells, idx[i + 2 * quarter], val, var, i + 2 * quarter, w32)
             _add_pixel(cells, idx[i + 3 * quarter], val, var, i + 3 * quarter, w32)
+            if half is not None:  # (in the same streams: no chain of additions to wait on)
+                _add_half(half, idx, val, i, w32)
+                _add_half(half, idx, val, i + quarter, w32)
+                _add_half(half, idx, val, i + 2 * quarter, w32)
+                _add_half(half, idx, val, i + 3 * quarter, w32)
     else:
         for i in range(n):
             _add_pixel(cells, idx[i], val, var, i, w32)
+            if half is not None:
+                _add_half(half, idx, val, i, w32)
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_owned(idx, val, var, n, w32, cells, size, second, share):
+def _scatter_owned(idx, val, var, n, w32, cells, size, second, share, half):
     """Pass 3 of a thread's share (ThreadShares): what _scatter_block would add, in the same
     order, of the pixels whose voxel this thread owns (in either part of paired cells:
     index - second in the second); the rest (other threads' voxels, the dump, pixels not
@@ -394,6 +423,8 @@ def _scatter_owned(idx, val, var, n, w32, cells, size, second, share):
                 if o == me or (o < 0 and voxel_owner[((-1 - o) << (3 * BRICK_BITS))
                                                      + (voxel & low)] == me):
                     _add_pixel(cells, k, val, var, e, w32)
+                    if half is not None:  # (the calling thread's own half set)
+                        _add_half(half, idx, val, e, w32)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -425,14 +456,14 @@ def _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, s
 def _add_mixed_block(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
                      value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
                      inv_step, dims, nbricks, q_max, size, second, dump, idx, val, var, gain,
-                     state, first, punch, w32, cells):
+                     state, first, punch, w32, cells, half):
     """A block some of whose pixels may land in other threads' voxels: its runs computed
     (_compute_share), only this thread's voxels added (_scatter_owned)."""
     _compute_share(f, j, steps, p0, n, vb, r0, r1, share, qx, qy, qz, corr, M, scale,
                    value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
                    inv_step, dims, nbricks, q_max, size, second, dump, idx, val, var, gain,
                    state, first, punch)
-    _scatter_owned(idx, val, var, n, w32, cells, size, second, share)
+    _scatter_owned(idx, val, var, n, w32, cells, size, second, share, half)
 
 
 @numba.njit(inline="always")
@@ -453,7 +484,7 @@ def _share_of_block(share, b):
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                 allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
-                live, sub_first, sub_count, gain, var, share=None):
+                live, sub_first, sub_count, gain, var, half, half_frames, share=None):
     """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
     (PixelTable); M (nf, T, 3, 3): the matrices of every rotation sub-step of each frame,
     block b of pixels taking the sub_count[b] of them from sub_first[b] on (int32 per
@@ -474,8 +505,10 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
     the block is skipped, its pixels would all go to the dump).  var: None, or a float32
     buffer of BLOCK (the calling thread's own): each voxel's third cell then sums the
     variance of its signal (cells of 3 floats a voxel), from gain (counts per photon) and
-    Poisson statistics of the raw values (_voxel_indices).  share: one thread's part of
-    the work (ThreadShares.shares[thread]), or None for all of it."""
+    Poisson statistics of the raw values (_voxel_indices).  half: None, or the cells of
+    the half set (its signal and weight on the grid binned 2 x 2 x 2: half_set_index; the
+    calling thread's own) that the frames f with half_frames[f] != 0 add to as well.
+    share: one thread's part of the work (ThreadShares.shares[thread]), or None for all."""
     dump = _dump_slots(size, share)
     idx = np.empty(BLOCK, np.int32)
     val = np.empty(BLOCK, np.float32)
@@ -491,19 +524,32 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
         if live[b] == 0 or j < sub_first[b] or j >= sub_first[b] + steps:
             continue
         w32 = np.float32(1.0 / steps)
+        in_half = False
+        if half is not None:
+            in_half = half_frames[f] != 0
         if share is not None:
             r0, r1, mixed = _share_of_block(share, p0 // BLOCK)
             if r0 == r1:
                 continue
             if mixed:
-                _add_mixed_block(f, j, steps, p0, n, frames[f, p0:p0 + n], r0, r1, share, qx,
-                                 qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
-                                 allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max,
-                                 size, second, dump, idx, val, var, gain, state,
-                                 j == sub_first[b], punch, w32, cells)
+                if in_half:
+                    _add_mixed_block(f, j, steps, p0, n, frames[f, p0:p0 + n], r0, r1, share,
+                                     qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks,
+                                     allowed, allowed_off, hkl_r2, origin, inv_step, dims,
+                                     nbricks, q_max, size, second, dump, idx, val, var, gain,
+                                     state, j == sub_first[b], punch, w32, cells, half)
+                else:
+                    _add_mixed_block(f, j, steps, p0, n, frames[f, p0:p0 + n], r0, r1, share,
+                                     qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks,
+                                     allowed, allowed_off, hkl_r2, origin, inv_step, dims,
+                                     nbricks, q_max, size, second, dump, idx, val, var, gain,
+                                     state, j == sub_first[b], punch, w32, cells, None)
                 continue
         n = _compute_block(u, steps, frames, qx, qy, qz, corr, M, scale, value_max, bragg,
                            bragg_blocks, allowed, allowed_off, hkl_r2, origin, inv_step, dims,
                            nbricks, q_max, size, second, dump, idx, val, var, gain, state,
                            j == sub_first[b], punch)
-        _scatter_block(idx, val, var, n, w32, cells)
+        if in_half:
+            _scatter_block(idx, val, var, n, w32, cells, half)
+        else:
+            _scatter_block(idx, val, var, n, w32, cells, None)

@@ -19,7 +19,8 @@ __all__ = ["OWN_UNTRANSPOSE", "accumulate_stream", "block_positions"]
 def accumulate_stream(stream, positions, elements, block, own_untranspose, values, scratch,
                       qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                       allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells,
-                      second, live, sub_first, sub_count, gain, var, share=None):
+                      second, live, sub_first, sub_count, gain, var, half, half_frames,
+                      share=None):
     """_accumulate (one kind, or two in paired cells; all the work or a thread's share)
     with the frames given as their bitshuffle-LZ4 chunks (codec.CompressedFrames;
     positions: their block_positions): each block of pixels of a frame is decompressed
@@ -27,7 +28,8 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
     frames are never written to memory whole and read back (a thread's share: the part of
     the block that holds its runs).  The same sums as _accumulate on the frames
     decompressed (a block of no usable pixel is not decompressed either).  Returns 0, or
-    -1 - f when a block of chunk f is damaged (nothing added from it on)."""
+    -1 - f when a block of chunk f is damaged (nothing added from it on).  half,
+    half_frames: _accumulate's."""
     nf = positions.shape[0]
     nsub = M.shape[1]
     dump = _dump_slots(size, share)
@@ -44,6 +46,9 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
         if live[b] == 0 or j < sub_first[b] or j >= sub_first[b] + steps:
             continue
         w32 = np.float32(1.0 / steps)
+        in_half = False
+        if half is not None:
+            in_half = half_frames[f] != 0
         mixed = False
         a = 0  # the pixels of the block to decompress: [a, c)
         c = n
@@ -60,14 +65,25 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
                                                      own_untranspose) < 0:
             return -1 - f
         if mixed:
-            _add_mixed_block(f, j, steps, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr, M,
-                             scale, value_max, bragg, bragg_blocks, allowed, allowed_off,
-                             hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second, dump,
-                             idx, val, var, gain, state, j == sub_first[b], punch, w32, cells)
+            if in_half:
+                _add_mixed_block(f, j, steps, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr,
+                                 M, scale, value_max, bragg, bragg_blocks, allowed, allowed_off,
+                                 hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
+                                 dump, idx, val, var, gain, state, j == sub_first[b], punch, w32,
+                                 cells, half)
+            else:
+                _add_mixed_block(f, j, steps, p0, n, values[:n], r0, r1, share, qx, qy, qz, corr,
+                                 M, scale, value_max, bragg, bragg_blocks, allowed, allowed_off,
+                                 hkl_r2, origin, inv_step, dims, nbricks, q_max, size, second,
+                                 dump, idx, val, var, gain, state, j == sub_first[b], punch, w32,
+                                 cells, None)
             continue
         n = _compute_values(f, j, steps, p0, n, values[:n], qx, qy, qz, corr, M, scale,
                             value_max, bragg, bragg_blocks, allowed, allowed_off, hkl_r2, origin,
                             inv_step, dims, nbricks, q_max, size, second, dump, idx, val,
                             (var, gain, state, j == sub_first[b]), punch)
-        _scatter_block(idx, val, var, n, w32, cells)
+        if in_half:
+            _scatter_block(idx, val, var, n, w32, cells, half)
+        else:
+            _scatter_block(idx, val, var, n, w32, cells, None)
     return 0
