@@ -814,11 +814,9 @@ def lowest_filled(frame: np.ndarray) -> np.ndarray | None:
 
 
 def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
-    """Per-pixel minimum of frames [0, stop) of a FrameStack, read into `buffer` (frames
-    of the stack's shape and type) as many at a time as it holds: memory of one chunk, not
-    of every frame (the probe's frames of a 16M detector would take gigabytes).  None for no frames.
-    NaN (a float frame's unreadable pixels) is passed over, so that one bad frame does not
-    hide every hot pixel."""
+    """Per-pixel minimum of frames [0, stop) of a FrameStack read into `buffer` (frames of
+    its shape and type) a chunk at a time (a 16M detector's probe frames would take GBs),
+    NaN passed over (one bad float frame must not hide the hot pixels); None for none."""
     low = None
     smaller = np.fmin if buffer.dtype.kind == "f" else np.minimum
     for a in range(0, stop, max(len(buffer), 1)):
