@@ -817,8 +817,7 @@ def frames_minimum(stack, stop: int, buffer: np.ndarray) -> np.ndarray:
     """Per-pixel minimum of frames [0, stop) of a FrameStack read into `buffer` (frames of
     its shape and type) a chunk at a time (a 16M detector's probe frames would take GBs),
     NaN passed over (one bad float frame must not hide the hot pixels); None for none."""
-    low = None
-    smaller = np.fmin if buffer.dtype.kind == "f" else np.minimum
+    low, smaller = None, (np.fmin if buffer.dtype.kind == "f" else np.minimum)
     for a in range(0, stop, max(len(buffer), 1)):
         b = min(a + len(buffer), stop)
         chunk = smaller.reduce(stack.read(a, b, out=buffer[:b - a]), axis=0)
