@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hklflow.transform import Transformer, bragg_block_summary
+from hklflow.transform import Transformer
 from hklflow.transform import transform_frames as add_frames
 from hklflow.transform.driver import HALF_SET_FRAMES, half_set_frames, half_set_grid
+from transform_reference import PaintedMask
 from test_transform import setup  # noqa: F401  (the module's fixture: tiny's f2 frames)
 
 KINDS = ("transform", "masked_transform")
@@ -40,14 +41,6 @@ def test_the_half_set_is_its_frames_transformed_alone_and_binned(setup, tmp_path
     bragg_all = (np.random.default_rng(3).random((first + n, frames[0].size)) < 0.05
                  ).astype(np.uint8)
 
-    class Mask:  # masking.ScanMask's paint
-        hkl_radius = 0.1
-
-        def paint(self, a, b, out, value=1, blocks=None, block=0):
-            out[:] = bragg_all[a:b] if value else 0
-            if blocks is not None:
-                blocks[:] = bragg_block_summary(bragg_all[a:b])
-
     scale = np.linspace(1, 2, n)
     in_a = half_set_frames(np.arange(first, first + n)).astype(bool)
     assert 0 < in_a.sum() < n
@@ -56,14 +49,14 @@ def test_the_half_set_is_its_frames_transformed_alone_and_binned(setup, tmp_path
     with open_frames(str(path)) as st:
         for i in np.flatnonzero(in_a):
             f = first + i
-            add_frames(st, scan, ref, f, f + 1, 2, scale[i:i + 1], mask=Mask())
+            add_frames(st, scan, ref, f, f + 1, 2, scale[i:i + 1], mask=PaintedMask(bragg_all))
     coarse = half_set_grid(grid)
     for stored, threads in ((False, 1), (True, 1), (True, 2)):
         with open_frames(str(path)) as st:
             st.compiled_decompression = stored
             tr = Transformer(grid, table, 2 ** 31 - 1, kinds=KINDS, crystal=crystal,
                              hkl_radius=0.1, threads=threads, half_sets=True)
-            add_frames(st, scan, tr, first, first + n, 2, scale, chunk_frames=8, mask=Mask())
+            add_frames(st, scan, tr, first, first + n, 2, scale, chunk_frames=8, mask=PaintedMask(bragg_all))
             tr.close()
         for kind in KINDS:
             s, w = tr.half_set(kind)

@@ -10,9 +10,9 @@ import pytest
 
 from hklflow.files.volume import VolumeWriter, errors_of, read_volume
 from hklflow.grid import Axis, Grid
-from hklflow.transform import BrickedGrid, Transformer, bragg_block_summary, frame_matrices
+from hklflow.transform import BrickedGrid, Transformer, frame_matrices
 from hklflow.transform import transform_frames as add_frames
-from transform_reference import numpy_transform
+from transform_reference import PaintedMask, numpy_transform
 from test_transform import setup  # noqa: F401  (the module's fixture: tiny's f2 frames)
 
 GAIN = 2.5
@@ -56,14 +56,6 @@ def test_variance_is_the_same_on_threads_and_from_frames_as_stored(setup, tmp_pa
                          **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
     bragg_all = (np.random.default_rng(3).random((16, frames[0].size)) < 0.05).astype(np.uint8)
 
-    class Mask:  # masking.ScanMask's paint
-        hkl_radius = 0.1
-
-        def paint(self, a, b, out, value=1, blocks=None, block=0):
-            out[:] = bragg_all[a:b] if value else 0
-            if blocks is not None:
-                blocks[:] = bragg_block_summary(bragg_all[a:b])
-
     cells = []
     for stored, threads in ((False, 1), (True, 1), (True, 2)):
         with open_frames(str(path)) as st:
@@ -71,7 +63,7 @@ def test_variance_is_the_same_on_threads_and_from_frames_as_stored(setup, tmp_pa
             tr = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
                              crystal=crystal, hkl_radius=0.1, threads=threads, gain=GAIN)
             add_frames(st, scan, tr, 0, 16, 2, np.linspace(1, 2, 16), chunk_frames=8,
-                       mask=Mask())
+                       mask=PaintedMask(bragg_all))
             tr.close()
         cells.append([x.copy() for kind in range(2) for x in tr.acc.flat(kind)])
     assert len(cells[0]) == 6 and np.count_nonzero(cells[0][2]) > 1000
@@ -189,11 +181,12 @@ def test_symmetrised_variance_counts_each_distinct_equivalent_by_its_multiplicit
     or an axis meets some equivalents several times (the same counts), so its variance is
     sum over distinct equivalents y of m(i, y)^2 var(y): brute force over the operators,
     for the flips (tetragonal, orthorhombic) and the gather kernel (hexagonal, cubic)."""
+    from volume_helpers import GROUPS, random_volume, sample
+
     from hklflow.crystal import Crystal, UnitCell
     from hklflow.files.volume import write_volume
     from hklflow.merging import symmetrize_file
     from hklflow.symmetry import index_maps, stabilizer_counts
-    from volume_helpers import GROUPS, random_volume, sample
 
     grid = Grid(Axis(-1.0, 0.25, 9), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.25, 9))
     crystal = Crystal(symbol, UnitCell(*GROUPS[symbol]))

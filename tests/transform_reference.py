@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hklflow.grid import Grid
-from hklflow.transform import PixelTable
+from hklflow.transform import PixelTable, bragg_block_summary
 
 
 def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid,
@@ -51,3 +51,17 @@ def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid
                 np.add.at(variance.reshape(-1), voxels[j][good],
                           (gain * v * a * a * c)[good])
     return signal, weight
+
+
+class PaintedMask:
+    """masking.ScanMask's paint, of a given Bragg mask (frames, pixels) of the whole scan."""
+
+    hkl_radius = 0.1
+
+    def __init__(self, bragg: np.ndarray):
+        self.bragg = bragg
+
+    def paint(self, a, b, out, value=1, blocks=None, block=0):
+        out[:] = self.bragg[a:b] if value else 0
+        if blocks is not None:
+            blocks[:] = bragg_block_summary(self.bragg[a:b])
