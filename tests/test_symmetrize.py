@@ -145,7 +145,7 @@ def test_symmetrize_command(experiment, capsys):
     assert out.notes["symmetrized"]["operators"] == 24
     assert out.notes["input_title"] == "hexa/300K"
     assert out.sample["name"] == "hexa"
-    assert "slice {'l': 99} left out" in err  # outside the grid: a warning, no failure
+    assert "slice {'l': 99.0} left out" in err  # outside the grid: a warning, no failure
     assert (experiment / "out/sym.png").stat().st_size > 10_000
     crystal = Crystal("P 6/m m m", UnitCell(*HEX))
     s, w = symmetrize_arrays(vol.signal, vol.weight, grid, crystal.laue_operators)
