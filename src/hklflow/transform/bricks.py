@@ -16,6 +16,15 @@ DUMP_SLOTS = 16  # per thread (ThreadShares), for DUMP_THREADS threads
 DUMP_THREADS = 16
 
 
+def unbrick(flat: np.ndarray, nbricks, side: int, shape) -> np.ndarray:
+    """[l, k, h] array of `shape` from values in brick order: nbricks (l, k, h) bricks of
+    side^3 values (the grid's, or the half sets' bricks of 4^3 on the binned grid)."""
+    bl, bk, bh = (int(v) for v in nbricks)
+    a = flat.reshape(bl, bk, bh, side, side, side).transpose(0, 3, 1, 4, 2, 5)
+    a = a.reshape(bl * side, bk * side, bh * side)
+    return np.ascontiguousarray(a[:shape[0], :shape[1], :shape[2]])
+
+
 class BrickedGrid:
     """signal and weight of a grid in bricks of 2^BRICK_BITS voxels a side (float32), for one
     or two kinds of volume, signal and weight of a voxel side by side: one cache line per
@@ -89,11 +98,7 @@ class BrickedGrid:
         return sum(c.nbytes for c in self.cells)
 
     def unbrick(self, flat: np.ndarray) -> np.ndarray:
-        bl, bk, bh = (int(v) for v in self.nbricks)
-        b = self.brick
-        a = flat.reshape(bl, bk, bh, b, b, b).transpose(0, 3, 1, 4, 2, 5)
-        a = a.reshape(bl * b, bk * b, bh * b)
-        return np.ascontiguousarray(a[:self.grid.l.n, :self.grid.k.n, :self.grid.h.n])
+        return unbrick(flat, self.nbricks, self.brick, self.grid.shape)
 
     def _parts(self) -> list[list[np.ndarray]]:
         """Per part: its signal, weight (and variance) views in brick order."""

@@ -18,7 +18,7 @@ from ..frames import READ_AHEAD_THREADS, frame_reader
 from ..geometry import ScanGeometry
 from ..grid import Grid
 from ..params import TransformParams, largest_trusted_value
-from .bricks import BRICK_BITS, BrickedGrid
+from .bricks import BRICK_BITS, BrickedGrid, unbrick
 from .kernels import _accumulate
 from .pixels import (BLOCK, PixelTable, SubSteps, allowed_table, block_sub_steps,
                      bragg_block_summary, frame_matrices, live_blocks, pixel_blocks, pixel_table)
@@ -154,9 +154,9 @@ class Transformer:
         return self.gain, np.empty(BLOCK, np.float32)
 
     def _half_args(self, frame_numbers, nf: int) -> tuple:
-        """(half flags per frame, a function share -> the kernel's (half, half_frames)) for
-        frames of the scan numbered frame_numbers (half A: HALF_SET_FRAMES-frame blocks of
-        even number); (None, ...) -> (None, None) without half sets."""
+        """A function share -> the kernel's (half, half_frames) for frames of the scan
+        numbered frame_numbers: the thread's own half-set cells and a flag per frame (half A:
+        half_set_frames); (None, None) without half sets."""
         if self._half is None:
             return lambda share: (None, None)
         if frame_numbers is None or len(frame_numbers) != nf:
@@ -173,7 +173,7 @@ class Transformer:
         cells = np.sum(self._half, axis=0, dtype=np.float32) if len(self._half) > 1 \
             else self._half[0]
         acc = self.acc
-        size = acc.size // 8
+        size = acc.size // 8  # (a brick of 8^3 voxels is one of 4^3 there)
 
         def part(start):
             flat = cells[2 * start:2 * (start + size)]
@@ -186,13 +186,8 @@ class Transformer:
             if index != 0:
                 raise ValueError(f"half sets are held for {self.kinds[0]} alone")
             chosen = parts[0]
-        bl, bk, bh = (int(v) for v in acc.nbricks)
-        b = 1 << (BRICK_BITS - 1)
         shape = half_set_grid(acc.grid).shape
-        return tuple(np.ascontiguousarray(
-            a.reshape(bl, bk, bh, b, b, b).transpose(0, 3, 1, 4, 2, 5)
-            .reshape(bl * b, bk * b, bh * b)[:shape[0], :shape[1], :shape[2]])
-            for a in chosen)
+        return tuple(unbrick(a, acc.nbricks, 1 << (BRICK_BITS - 1), shape) for a in chosen)
 
     def _submit(self, kernel, shares: ThreadShares | None) -> list[Future]:
         """kernel(share) of every thread's share on its worker; kernel(None) (the whole
