@@ -256,7 +256,7 @@ def volume_noise(path, grid: Grid, notes: dict) -> Noise:
     with VolumeReader(path, compiled_decompression=True) as reader:
         if not reader.has_variance:
             return Noise(None, None, None)
-        _, weight, variance = reader.read(0, grid.l.n)
+        weight, variance = reader.read_weight_and_variance()
     measured = weight > 0
     operators = notes.get("symmetrized", {}).get("operators_hkl")
     if operators:
@@ -292,7 +292,8 @@ def _attach_sigma(pdf: PDF, noise: Noise, known, finite, grid: Grid, cell,
     pdf.notes["errors"] = ("sigma from the volume's variance through the symmetrisation, "
                            "taper, mean and FFT in closed form (hklflow.pdf.sigma); filled "
                            "voxels count as noise-free")
-    pdf.notes["errors_seconds"] = time.monotonic() - t0
+    # (its transforms: the gathers run as the file is written)
+    pdf.notes["errors_transforms_seconds"] = time.monotonic() - t0
     if log:
         log.info("sigma of the PDF: %s", pdf.notes["errors"])
 

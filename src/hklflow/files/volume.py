@@ -299,6 +299,20 @@ class VolumeReader:
             reader.read_chunk(tuple(corner), o)
         return out
 
+    def read_weight_and_variance(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight_sum, variance_sum) float32 of the whole volume, without its signal (the
+        PDFs' sigma); only where the file has a variance."""
+        if not self.has_variance:
+            raise FileFormatError(f"{self.path}: no variance_sum")
+        variance = self._arrays[2] if self.variance else self._weight.parent["variance_sum"]
+        out = []
+        for dset in (self._weight, variance):
+            a = np.empty(self.grid.shape, np.float32)
+            if self.grid.l.n:
+                self._read(dset, 0, self.grid.l.n, a)
+            out.append(a)
+        return out[0], out[1]
+
     def read(self, l0: int, l1: int, out: tuple | None = None) -> tuple:
         """(signal_sum, weight_sum[, variance_sum]) float32 of planes [l0, l1): views of the
         first planes of `out` (float32 C-order arrays [>= l1 - l0, k, h], one per array)
