@@ -5,6 +5,7 @@
                            [--detector PilatusCdTe2M] [--max-voxels N] [--workdir DIR]
                            [--repeats 3] [--hooks on,off] [--quiet] [--keep] [--json FILE]
     python bench/dryrun.py --resources [--max-voxels 513922401] ...
+    python bench/dryrun.py --raw-files 20000 [--frames 3650] [--raw-file-kb 64] [--full-mb 1024]
 
 Every cluster job parses the Snakefile again, so parsing may read the config and the scans
 table and nothing else, and planning thousands of jobs must take seconds.  For every size
@@ -32,6 +33,14 @@ transform jobs).  The figures include starting Python and importing Snakemake an
 Defaults: 3 x 30 x 3 = 270 scan entries and 10 x 60 x 3 = 1800 entries (the job counts
 are printed; `--frames-per-job 640` makes six transform jobs per entry).
 
+`--raw-files N` plans nothing either: it times what the plan adds per raw file of an
+ingested entry (hklflow.rawfiles.RawChangeCheck) on N frame files of `--raw-file-kb` KB in
+entries of `--frames` files, against a bare os.stat of each (what Snakemake pays per input
+file anyway), in the three cases: the first plan after ingest, every later plan, and the
+plan after the files were copied (new inodes: each hashed again); and the SHA-256 of every
+byte (`reduction.ingest.fingerprint: full`) of a file of `--full-mb` MB, read from the page
+cache, against the default sampled fingerprint.
+
 `--resources` plans nothing: it prints the threads, memory (MB) and run time (minutes) that
 workflow/rules/resources.smk gives one job of every rule of the first size's experiment,
 for the first attempt and the third (retries), e.g. with `--max-voxels 513922401` (801^3).
@@ -48,6 +57,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -284,6 +295,66 @@ def time_size(d: Path, size, args) -> dict:
             "parse_experiment_s": round(parse_s, 3)}
 
 
+def time_raw_file_checks(root: Path, n: int, frames: int, file_kb: int, full_mb: int) -> int:
+    """--raw-files: the plan's check of ingested entries' raw files, per file (module
+    docstring)."""
+    from hklflow.rawfiles import RawChangeCheck, fingerprint
+
+    rng = np.random.default_rng(0)
+    entries = [[root / f"e{e}" / f"f_{i:05d}.cbf" for i in range(min(frames, n - e * frames))]
+               for e in range((n + frames - 1) // frames)]
+    for files in entries:
+        files[0].parent.mkdir(parents=True)
+        for f in files:
+            f.write_bytes(rng.bytes(file_kb * 1024))
+    recorded = {str(f[0].parent / "scan.nxs"): ([str(x) for x in f], [fingerprint(x) for x in f])
+                for f in entries}
+    for scan_file in recorded:
+        Path(scan_file).write_text("ingested")
+    check = RawChangeCheck(lambda scan_file: recorded[str(scan_file)], folder=root / "state")
+
+    def per_file_us(run) -> float:
+        t = time.perf_counter()
+        for files in entries:
+            run(files)
+        return (time.perf_counter() - t) / n * 1e6
+
+    def plan(files):
+        assert not check.changed(str(files[0].parent), files[0].parent / "scan.nxs", files)
+
+    stat_us = per_file_us(lambda files: [os.stat(f) for f in files])
+    first_us = per_file_us(plan)
+    later_us = min(per_file_us(plan) for _ in range(3))
+    for files in entries:  # a copied experiment: the same bytes, new inodes and times
+        for f in files:
+            shutil.copy2(f, f.with_suffix(".tmp"))
+            os.replace(f.with_suffix(".tmp"), f)
+    copied_us = per_file_us(plan)
+    big = root / "full.bin"
+    with open(big, "wb") as f:
+        for _ in range(full_mb):
+            f.write(rng.bytes(2**20))
+    fingerprint(big, "full")  # into the page cache
+    t = time.perf_counter()
+    fingerprint(big, "full")
+    full_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(100):
+        fingerprint(big)
+    sampled_ms = (time.perf_counter() - t) / 100 * 1e3
+    extrapolated = 1e6 * later_us / 1e6
+    print(f"raw-file checks of the plan, {n} frame files of {file_kb} KB in entries of "
+          f"{frames} ({os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}):\n"
+          f"  os.stat alone (what Snakemake pays per input): {stat_us:.1f} us/file\n"
+          f"  first plan after ingest: {first_us:.1f} us/file\n"
+          f"  every later plan: {later_us:.1f} us/file -> {extrapolated:.1f} s for 10^6 files\n"
+          f"  after a copy (each file hashed again, once): {copied_us:.1f} us/file\n"
+          f"fingerprint of a {full_mb} MB file in the page cache: full (every byte) "
+          f"{full_s:.2f} s = {full_mb / 1024 / full_s:.2f} GB/s, {full_s / full_mb * 1024:.2f} "
+          f"s/GB; sampled {sampled_ms:.3f} ms")
+    return 0
+
+
 def parse_hooks(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes or any(m not in ("on", "off") for m in modes):
@@ -305,6 +376,10 @@ def main(argv=None) -> int:
     p.add_argument("--resources", action="store_true",
                    help="print the resources of one job per rule (of the first size) instead "
                         "of timing dry runs")
+    p.add_argument("--raw-files", type=int, default=0,
+                   help="time the plan's raw-file check on this many frame files instead")
+    p.add_argument("--raw-file-kb", type=int, default=64)
+    p.add_argument("--full-mb", type=int, default=1024)
     p.add_argument("--workdir", type=Path, help="folder for the experiments (default: a "
                                                  "temporary one)")
     p.add_argument("--repeats", type=int, default=3)
@@ -325,6 +400,9 @@ def main(argv=None) -> int:
     else:
         tmp = root = Path(tempfile.mkdtemp(prefix="hklflow-dryrun-"))
     try:
+        if args.raw_files:
+            return time_raw_file_checks(root, args.raw_files, args.frames, args.raw_file_kb,
+                                        args.full_mb)
         if args.resources:
             d = root / "{}x{}x{}".format(*args.sizes[0])
             a, b, c = args.sizes[0]

@@ -86,6 +86,13 @@ CONFIG_CASES = {
                        ["config.yaml", "field 'reduction.transform.grid.h'", "step > 0"]),
     "grid-reversed": (lambda d: edit_config(d, set_reduction("transform", "grid", {"l": [5, -5, 0.1]})),
                       ["config.yaml", "field 'reduction.transform.grid.l'", "start <= stop"]),
+    # (it used to be refused by the symmetrize step, after every transform and merge ran)
+    "grid-not-symmetrisable": (lambda d: edit_config(d, set_reduction("transform", "grid", {
+        "h": [-3, 3, 0.1], "k": [-3, 3, 0.05], "l": [-3, 3, 0.1]})),
+        ["config.yaml", "field 'reduction.transform.grid'", "not compatible with the Laue group "
+         "4/mmm (space group I 41/a m d:1) of sample tiny", "maps H onto K, but their steps "
+         "differ (0.1 and 0.05): give reduction.transform.grid.h and reduction.transform.grid.k "
+         "the same step", "or set reduction.merge.symmetrize: false"]),
     # names become folders and command-line arguments
     "sample-dotdot": (lambda d: rename_sample(d, ".."),
                       ["config.yaml", "field 'samples'", "the name '..' is not valid",
@@ -96,6 +103,10 @@ CONFIG_CASES = {
     "sample-option": (lambda d: rename_sample(d, "-h"), ["field 'samples'", "the name '-h' is not valid"]),
     "sample-long": (lambda d: rename_sample(d, "x" * 260),
                     ["field 'samples'", "(260 characters) is not valid", "at most 64 characters"]),
+    # Snakemake's PeriodicWildcardError: it takes such a value for a runaway recursion
+    "sample-repeats": (lambda d: rename_sample(d, "a" * 64),
+                       ["field 'samples'", "(64 characters) ends in 20 or more repeats",
+                        "PeriodicWildcardError", "expected a name that does not end so"]),
     "entry-dotdot": (lambda d: edit_cell(d, 1, "entry", ".."),
                      ["scans.tsv: row 1", "field 'entry'", "value '..' is not valid"]),
     "calibration-space": (lambda d: rename_calibration(d, "ce o2"),
@@ -115,6 +126,9 @@ CONFIG_CASES = {
         "detector", {"name": c["instrument"]["detector"], "trusted_max": 0})),
                          ["config.yaml", "field 'instrument.detector.trusted_max'",
                           "less than the minimum of 1"]),
+    "chunk-huge": (lambda d: edit_config(d, set_reduction("transform", "chunk_frames", 100000)),
+                   ["config.yaml", "field 'reduction.transform.chunk_frames'",
+                    "100000 frames of the Pilatus300k", "expected at most"]),
     "pdf-radius-huge": (lambda d: edit_config(d, set_reduction("pdf", "radius", 50)),
                         ["config.yaml", "field 'reduction.pdf.radius'",
                          "reach past sample tiny's nearest reflections"]),
@@ -206,6 +220,39 @@ def test_numeric_names_in_yaml_are_names(experiment_dir):
     rename_sample(experiment_dir, 1234)
     exp = load_experiment(experiment_dir / "config" / "config.yaml", base_dir=experiment_dir)
     assert list(exp.samples) == ["1234"] and exp.scans[0].id == "1234/300K/f1"
+
+
+def name_as_written(d: Path, sample: str, calibration: str) -> None:
+    """The sample and the calibration renamed in config.yaml's text as written (yaml.safe_dump
+    would quote '007'), and the sample in the scans table."""
+    p = d / "config" / "config.yaml"
+    p.write_text(p.read_text().replace("\n  tiny:", f"\n  {sample}:")
+                 .replace("\n  ceo2:", f"\n  {calibration}:"))
+    p = d / "config" / "scans.tsv"
+    p.write_text(re.sub(r"(?m)^tiny\t", f"{sample}\t", p.read_text()))
+
+
+@pytest.mark.parametrize("name", ["007", "0x1A", "1.50"])
+def test_yaml_keys_are_the_names_written(experiment_dir, name):
+    """`007:`, `0x1A:` and `1.50:` are numbers to YAML (7, 26, 1.5): as sample and calibration
+    names they are the text written, as in the scans table (it used to be "'007' is not a
+    sample of the config (known: ['7'])").  Values are read as before."""
+    name_as_written(experiment_dir, name, name)
+    exp = load_experiment(experiment_dir / "config" / "config.yaml", base_dir=experiment_dir)
+    assert list(exp.samples) == [name] and list(exp.calibrations) == [name]
+    assert exp.scans[0].id == f"{name}/300K/f1" and exp.scans[0].calibration == name
+    assert exp.instrument.wavelength == 0.41328 and exp.raw["samples"][name]["cell"][2] == 7.504
+
+
+@pytest.mark.slow
+def test_snakemake_plans_names_yaml_reads_as_numbers(tiny_copy):
+    """Through snakemake: `007:` plans as sample '007' (the check that the files give
+    Snakemake's own `config` reads them as Snakemake does)."""
+    name_as_written(tiny_copy, "007", "0x1A")
+    r = run_snakemake(tiny_copy, "-n", "--cores", "1")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    assert "results/007/300K/f1/scan.nxs" in out and "results/calibration/0x1A/" in out
 
 
 def test_the_same_raw_file_cannot_belong_to_two_entries(tmp_path):

@@ -638,6 +638,38 @@ def test_user_mask_file_keeps_peaks_out(tiny_experiment, tiny_truth, tmp_path, s
     assert np.sum(unmasked > 243) - 3 <= len(x) <= np.sum(unmasked > 239)
 
 
+def test_a_mask_file_leaving_no_pixel_is_refused_naming_it(tiny_copy, tiny_truth, monkeypatch,
+                                                           capsys):
+    """A user mask that masks every pixel (all NaN, or no 0 anywhere) used to give "0 peaks"
+    and no word of the mask (issue 71): find_peaks stops on one line naming the mask file,
+    as does every step reading it (masking.user_mask)."""
+    import fabio.tifimage
+    from test_config import edit_config
+
+    from hklflow.errors import ImageReadError
+    from hklflow.masking import user_mask
+
+    g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
+    fabio.tifimage.TifImage(data=np.full(g.shape, np.nan, np.float32)).write(
+        str(tiny_copy / "nan_mask.tif"))
+    with h5py.File(tiny_copy / "ones_mask.h5", "w") as f:
+        f["/entry/mask"] = np.ones(g.shape, np.uint8)
+    with pytest.raises(ImageReadError, match=r"ones_mask\.h5: the mask leaves no pixel \(no "
+                                             r"pixel is 0; non-zero = masked\)"):
+        user_mask(detector(g, mask_file=str(tiny_copy / "ones_mask.h5")), g.shape)
+    monkeypatch.chdir(tiny_copy)
+    edit_config(tiny_copy, lambda c: c["instrument"].__setitem__(
+        "detector", {"name": g.detector, "mask_file": "nan_mask.tif"}))
+    ingest_with(tiny_copy, "tiny/300K/f1", g, tiny_copy / "scan.nxs")
+    rc = main(["--settings", step_settings(tiny_copy, "find_peaks"), "--scan", "scan.nxs",
+               "--out", "peaks.nxs", "--png", "peaks.png"])
+    assert rc == 1 and not (tiny_copy / "peaks.nxs").exists()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln]
+    assert err[-1].endswith(
+        "find_peaks failed: nan_mask.tif: the mask leaves no pixel (NaN everywhere; non-zero = "
+        "masked): expected 0 at the pixels to use (instrument.detector.mask_file)"), err
+
+
 def test_frames_minimum_reads_a_chunk_at_a_time(tmp_path):
     """The hot-pixel probe's per-pixel minimum of the first frames, read into one chunk's
     buffer (fewer frames than the probe, and not a divisor of it): numpy's minimum over all

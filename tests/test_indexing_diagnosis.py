@@ -184,3 +184,111 @@ def test_child_that_does_not_refine_from_its_parent_names_the_setting():
     assert re.search(r"\[from scratch with the parent's cell, its peaks: indexes (9\d|100)% with "
                      r"scan_sense -1: check instrument\.goniometer\.scan_sense; or this "
                      r"temperature's rows of the scans table\]$", msg), msg
+
+
+# --------------------------------------------------------------------------------------
+# An entry whose phi_start in the scans table is off (issue 71: it was "no usable signal ...
+# a background-only scan? another crystal?; set ... leave_out", which would drop good data)
+# --------------------------------------------------------------------------------------
+def phi_start_off(entry: EntryPeaks, by: float) -> EntryPeaks:
+    """The entry as the scans table records it with its phi_start `by` deg off."""
+    angles = entry.setup.angles
+    moved = replace(angles, start=angles.start + by)
+    return replace(entry, setup=replace(entry.setup, angles=moved))
+
+
+def parent_record() -> OrientationRecord:
+    sample = TRUE.samples[0]
+    true = sample.crystal_at(sample.temperatures[0])
+    U = sample.U_at(sample.temperatures[0])
+    return OrientationRecord("parent.nxs", sample.name, "300K", true.hm, true.cell.parameters,
+                             (0.0,) * 6, U, U @ true.B, TRUE.calibration(), {}, {},
+                             f"{sample.name}/300K")
+
+
+def records(entries, label):
+    """The scan and peaks records check_entries_usable reads of the entries (frames with
+    counts: the cause is not a blank scan)."""
+    from types import SimpleNamespace
+
+    scans = [SimpleNamespace(entry=e.name, scan_id=f"{label}/{e.name}", angles=e.setup.angles,
+                             frames=SimpleNamespace(files=[f"raw/{e.name}.h5"])) for e in entries]
+    peaks = [SimpleNamespace(frame_stats={"n_valid": np.ones(3), "sum": np.ones(3)},
+                             peaks={"observed_px_x": e.x}) for e in entries]
+    return scans, peaks
+
+
+@pytest.mark.parametrize("off", [7.0, -9.5, 35.0])
+def test_a_child_entry_with_its_phi_start_off_is_named_not_left_out(off):
+    """The second entry's phi_start off by `off`: its peaks index with phi_start moved back
+    (found by a search over the whole turn), and the message says so, without advising
+    leave_out; with leave_out the entry is left out with the same reason."""
+    from hklflow.errors import RawDataError
+    from hklflow.orientation import check_entries_usable, misplaced_phi_starts
+
+    entries = peaks()
+    entries[1] = phi_start_off(entries[1], off)
+    params = RefinementParams.defaults()
+    result = refine_from_parent(entries, parent_record(), params, log, "hexa/100K")
+    t0 = time.perf_counter()
+    misplaced = misplaced_phi_starts(result, params)
+    assert time.perf_counter() - t0 < 5
+    assert list(misplaced) == ["f2"] and abs(misplaced["f2"][0].offset + off) < 0.1
+    scans, pks = records(entries, "hexa/100K")
+    with pytest.raises(RawDataError) as info:
+        check_entries_usable(scans, pks, result, params, log, misplaced)
+    msg = str(info.value)
+    assert msg.startswith(f"phi_start of hexa/100K/f2 looks off by about {off:+.1f} deg "
+                          "(raw/f2.h5: ")
+    assert msg.endswith(" as given): check the scans table") and "leave_out" not in msg
+    left = check_entries_usable(scans, pks, result,
+                                RefinementParams.defaults(unusable_entries="leave_out"), log,
+                                misplaced)
+    assert left["f2"].startswith(f"phi_start of hexa/100K/f2 looks off by about {off:+.1f} deg")
+
+
+def test_a_parent_entry_with_its_phi_start_off_names_both_entries():
+    """In the parent, indexed from its own two entries, either phi_start may be the one off."""
+    from hklflow.errors import RawDataError
+    from hklflow.orientation import check_entries_usable, misplaced_phi_starts
+
+    entries = peaks()
+    entries[1] = phi_start_off(entries[1], 8.0)
+    params = RefinementParams.defaults()
+    result, _ = index_parent(entries, crystal(), params, IndexingParams.defaults(), log)
+    misplaced = misplaced_phi_starts(result, params, indexed_from_these=True)
+    scans, pks = records(entries, "hexa/300K")
+    with pytest.raises(RawDataError) as info:
+        check_entries_usable(scans, pks, result, params, log, misplaced)
+    msg = str(info.value)
+    assert re.match(r"phi_start of hexa/300K/f(1|2) looks off by about [+-]8\.\d deg, or that of "
+                    r"hexa/300K/f(1|2) by about [+-]8\.\d deg \(raw/f\d\.h5: .*; two entries "
+                    r"cannot tell which\): check the scans table$", msg), msg
+
+
+def test_a_child_with_every_phi_start_off_names_them():
+    """Every entry of a temperature off alike: the refinement from the parent fails, and
+    (from scratch the peaks would index as they are) the message names the phi_starts."""
+    entries = [phi_start_off(e, -12.0) for e in peaks()]
+    with pytest.raises(RefinementError) as info:
+        refine_from_parent(entries, parent_record(), RefinementParams.defaults(), log, "hexa/100K")
+    msg = str(info.value)
+    assert re.search(r"\[phi_start of hexa/100K/f1 looks off by about -12\.0 deg \(\d+ of its "
+                     r"\d+ strongest peaks index with phi_start .*; phi_start of hexa/100K/f2 "
+                     r"looks off by about -12\.0 deg .*: check the scans table \(or the crystal "
+                     r"turned about the scan axis since the parent\)\]$", msg), msg
+
+
+def test_an_entry_of_another_crystal_is_no_phi_start():
+    """Peaks of another orientation (another grain) index with no phi_start: the search
+    names nothing, and the entry stays 'another crystal?'."""
+    from hklflow.orientation import misplaced_phi_starts
+
+    sample = TRUE.samples[0]
+    grain = replace(sample, orientation_seed=sample.orientation_seed + 1)
+    other = peaks(true=replace(TRUE, samples=(grain,)))
+    entries = [peaks()[0], other[1]]
+    params = RefinementParams.defaults()
+    result = refine_from_parent(entries, parent_record(), params, log, "hexa/100K")
+    assert np.count_nonzero(result.used[1]) < params.min_peaks_per_entry
+    assert misplaced_phi_starts(result, params) == {}

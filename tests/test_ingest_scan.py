@@ -208,6 +208,20 @@ def test_ingest_cbf_records_file_list(experiment_dir):
         np.testing.assert_array_equal(st.read(0, 6), data[:6])
     assert rec.monitor is None and rec.setup.offsets == {"omega": 0.0, "chi": 0.0}
     assert [sha(p) for p in files] == before
+    # no frames to link: NeXpy's default is the maximum of those read back (issue 70)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nexusformat.nexus import nxload
+
+    shown = nxload(str(out)).plottable_data
+    assert shown.nxpath == "/f2/frames_read" and shown.nxsignal.shape == data.shape[1:]
+    np.testing.assert_array_equal(shown.nxsignal.nxdata, data[:1].max(axis=0))
+    assert "frame(s) 0 (read back" in shown.nxsignal.attrs["long_name"]
+    shown.plot()
+    rc, out = run(root, "f2")  # the first and last frames read back
+    np.testing.assert_array_equal(nxload(str(out)).plottable_data.nxsignal.nxdata,
+                                  np.maximum(data[0], data[5]))
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -299,6 +313,28 @@ def test_raw_file_changed_after_ingest_is_caught_by_later_steps(experiment_dir, 
     shutil.copyfile(root / "raw/s1_300K_f1.h5", raw)  # the original bytes, a new mtime
     with open_frame_source(rec.frames) as stack:
         np.testing.assert_array_equal(stack.read(0, N), data)
+
+
+def test_the_full_fingerprint_hashes_every_byte_and_the_default_changes_no_settings(
+        experiment_dir):
+    """reduction.ingest.fingerprint: full records the sha256 of every byte beside the sampled
+    one; the default (sampled) leaves the job's settings as they were before the setting
+    existed, so that no result is made again for it."""
+    root, _ = experiment_dir
+    sampled = step_settings(root, "ingest_scan", "s1", "300K", "f1")
+    assert "fingerprint" not in sampled
+    cfg = root / "config/config.yaml"
+    c = yaml.safe_load(cfg.read_text())
+    c.setdefault("reduction", {})["ingest"] = {"fingerprint": "full"}
+    cfg.write_text(yaml.safe_dump(c))
+    full = step_settings(root, "ingest_scan", "s1", "300K", "f1")
+    assert '"fingerprint":"full"' in full
+    rc, out = run(root, "f1", settings=full)
+    assert rc == 0
+    recorded = read_scan_file(out).frames.fingerprints[0]
+    raw = root / "raw/s1_300K_f1.h5"
+    assert recorded["sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    assert recorded == fingerprint(raw, "full")  # ctime and inode too
 
 
 def test_open_frames_of_table_row_matches_ingest(experiment_dir):

@@ -2,6 +2,7 @@
 by the step command with the settings the Snakefile passes."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import h5py
@@ -77,3 +78,54 @@ def test_an_orientation_from_a_scan_in_progress_is_provisional(tiny_300k, monkey
     child = read_orientation_file(tmp_path / "child.nxs")
     assert child.provisional and child.landed == ori.landed
     assert titles[-1].endswith("\nprovisional orientation (from f2 50% of its frames)")
+
+
+def test_a_temperature_whose_entries_are_all_blank_names_their_files(tiny_300k, tiny_copy,
+                                                                     tiny_truth, capsys,
+                                                                     monkeypatch):
+    """Every entry of 100 K blank, with unusable_entries: leave_out (which leaves out some
+    blank entries, not all): it used to be "does not refine from its parent ... no peaks to
+    refine against", pointing at the parent (issue 71); the step names the empty files."""
+    from test_config import edit_config
+    from test_index_parent import blank_entries
+
+    d = blank_entries(tiny_copy, tiny_truth, "100K")
+    edit_config(tiny_copy, lambda c: c.setdefault("reduction", {}).setdefault(
+        "merge", {}).__setitem__("unusable_entries", "leave_out"))
+    monkeypatch.chdir(tiny_copy)
+    rc = refine_temperature.main(["--settings", step_settings(tiny_copy, "refine_temperature"),
+                                  "--parent", str(tiny_300k / D / "orientation.nxs"),
+                                  "--scans", f"{d}/f1/scan.nxs", f"{d}/f2/scan.nxs",
+                                  "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
+                                  "--out", "bad.nxs", "--png", "bad.png"])
+    assert rc == 1 and not (tiny_copy / "bad.nxs").exists()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln][-1]
+    raw = tiny_copy / "raw/tiny/100K"
+    assert err.endswith(
+        f"refine_temperature failed: tiny/100K has no peaks to refine against: {raw}/f1.h5 "
+        f"(tiny/100K/f1): no counts in any frame (shutter closed? beam off?); {raw}/f2.h5 "
+        "(tiny/100K/f2): no peaks in its frames (a background-only scan?)"), err
+
+
+def test_an_entry_with_its_phi_start_off_is_named(tiny_300k, tiny_copy, tiny_truth, capsys,
+                                                  monkeypatch):
+    """100 K f2's phi_start 7 deg off in the scans table: it used to be "no usable signal ...
+    a background-only scan? another crystal?; set ... leave_out", advice that drops a good
+    entry (issue 71); the step says which phi_start looks off, and by how much."""
+    from test_config import edit_table
+    from test_index_parent import searched_entries
+
+    edit_table(tiny_copy, 4, "phi_start", "7")  # row 4: tiny/100K/f2
+    d = searched_entries(tiny_copy, tiny_truth, "100K")
+    monkeypatch.chdir(tiny_copy)
+    rc = refine_temperature.main(["--settings", step_settings(tiny_copy, "refine_temperature"),
+                                  "--parent", str(tiny_300k / D / "orientation.nxs"),
+                                  "--scans", f"{d}/f1/scan.nxs", f"{d}/f2/scan.nxs",
+                                  "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
+                                  "--out", "bad.nxs", "--png", "bad.png"])
+    assert rc == 1 and not (tiny_copy / "bad.nxs").exists()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln][-1]
+    assert re.search(r"refine_temperature failed: phi_start of tiny/100K/f2 looks off by about "
+                     r"\+7\.0 deg \(\S+/raw/tiny/100K/f2\.h5: (\d+) of its \1 strongest peaks "
+                     r"index with phi_start 0\.0, \d with 7 as given\): check the scans table$",
+                     err), err

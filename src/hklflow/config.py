@@ -14,13 +14,15 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
-from .jobs import check_grid_index_range, check_job_counts, check_pdf_holes
+from .jobs import (check_chunk_sizes, check_grid_index_range, check_grid_symmetry_of_samples,
+                   check_job_counts, check_pdf_holes)
 from .params import STEP_PARAMS, CalibrationParams, DetectorParams, schema, validator_with_defaults
 
 # old place -> new place (dotted config paths)
@@ -384,9 +386,37 @@ def check_yaml_syntax(paths) -> None:
             raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
 
 
-def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
+_YAML_TAGS_KEPT_AS_TEXT = frozenset(f"tag:yaml.org,2002:{t}"
+                                    for t in ("int", "float", "bool", "null", "timestamp"))
+
+
+def _keys_as_written_loader():
+    """A YAML loader whose mapping keys are the text the user wrote: `007:` is the name
+    '007' (safe_load reads 7, and '0x1A' as 26, '1.50' as 1.5).  Values are read as
+    safe_load reads them."""
+    import yaml
+
+    class KeysAsWrittenLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)  # (merge keys `<<:` resolved first, as usual)
+                node.value = [(yaml.ScalarNode("tag:yaml.org,2002:str", k.value, k.start_mark,
+                                               k.end_mark, k.style)
+                               if isinstance(k, yaml.ScalarNode)
+                               and k.tag in _YAML_TAGS_KEPT_AS_TEXT else k, v)
+                              for k, v in node.value]
+            return super().construct_mapping(node, deep=deep)
+
+    return KeysAsWrittenLoader
+
+
+def read_config_files(paths, *, keys_as_written: bool = True) -> tuple[dict, tuple[str, ...]]:
+    """The config files merged in order.  Mapping keys are the text written (`007:` is
+    '007'); keys_as_written=False reads them as Snakemake does (`007:` is 7), for comparing
+    with Snakemake's own `config`."""
     import yaml  # (here: the steps import this module for its small helpers, not YAML)
 
+    loader = _keys_as_written_loader() if keys_as_written else yaml.SafeLoader
     merged: dict = {}
     for p in paths:
         p = Path(p)
@@ -395,7 +425,7 @@ def read_config_files(paths) -> tuple[dict, tuple[str, ...]]:
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=loader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
@@ -656,6 +686,36 @@ def _check_parents(samples: dict, scans, table: str, where: str) -> None:
                                   f"no scan of {name} at {temperature_label(t)} in {table}")
 
 
+def names_in_the_plan(exp) -> dict[str, str]:
+    """The names the workflow's wildcards take (samples, calibrations, entries), each with
+    where it is first given, as messages name it."""
+    where = " + ".join(exp.sources)
+    names = {n: f"{where}: field 'samples'" for n in exp.samples}
+    for n in exp.calibrations:
+        names.setdefault(n, f"{where}: field 'calibrations'")
+    for s in exp.scans:
+        names.setdefault(s.entry, f"{exp.scans_table}: row {s.row} ({s.id}): field 'entry'")
+    return names
+
+
+# Snakemake's PeriodicityDetector (min_repeat 20): a wildcard value that ends so is taken for
+# a rule feeding on its own output without end
+_ENDS_IN_20_REPEATS = re.compile(r"(.+)\1{19,}$")
+
+
+def check_names_snakemake_takes(exp) -> None:
+    """ConfigError naming the first name (samples, calibrations, entries) that Snakemake would
+    refuse as a wildcard value (PeriodicWildcardError): one ending in 20 or more repeats of
+    one piece of text, e.g. 'a' * 64."""
+    for name, where in names_in_the_plan(exp).items():
+        if _ENDS_IN_20_REPEATS.search(name):
+            raise ConfigError(
+                f"{where}: the name {_shown(name)} ends in 20 or more repeats of one piece of "
+                "text, which Snakemake refuses in a file name it plans (it takes it for a rule "
+                "feeding on its own output: PeriodicWildcardError): expected a name that does "
+                "not end so")
+
+
 def _check_step_settings(cfg: dict, where: str) -> None:
     """Every step's settings built once now, so that what a step would refuse (an even
     peak-search window, a reversed grid) stops the run before any job."""
@@ -727,6 +787,9 @@ def load_experiment(config_files, *, config: dict | None = None,
                      scans=scans, reduction=cfg["reduction"], raw=cfg,
                      warnings=tuple(warnings))
     check_job_counts(exp)
+    check_chunk_sizes(exp)
     check_grid_index_range(exp)
+    check_grid_symmetry_of_samples(exp)
     check_pdf_holes(exp)
+    check_names_snakemake_takes(exp)
     return exp

@@ -9,6 +9,10 @@ orientation, and a length scale (wavelength or distance: the lattice looks unifo
 or smaller).  Each trial indexes the strongest peaks again with that one change and a bounded
 search, so that all of them take seconds.  The suspects that index are named in the error;
 nothing is corrected: the step still fails and the user fixes the config.
+
+A wrong phi_start in the scans table turns one entry's peaks about the scan axis: they do not
+index with the orientation of the others (or of the parent), and `phi_start_offset` searches
+the whole turn for the offset with which they do.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from .errors import IndexingError
 from .geometry import ORIENTATIONS, DetectorGeometry, EntrySetup
 from .indexing import NO_FIT_HINT, IndexingSolution, index_from_scratch
 from .params import IndexingParams
+from .refinement import assign
 
 TRIAL_PEAKS = 200  # the strongest peaks (the fewest spurious ones) are enough to tell
 TRIAL_MAX_PAIRS = 240  # a bounded search per trial: a right setting indexes in the first batches
@@ -246,3 +251,110 @@ def explain_indexing_failure(exc: IndexingError, entries, crystal: Crystal,
     if NO_FIT_HINT in message:
         return IndexingError(message.replace(NO_FIT_HINT, f"({verdict})"))
     return IndexingError(f"{message} ({verdict})")
+
+
+# --------------------------------------------------------------------------------------
+# Entries whose peaks index with another phi_start
+# --------------------------------------------------------------------------------------
+RATE_PROBE_DEG = 0.1  # a rotation small enough that hkl moves linearly with it
+FINE_STEPS = 8  # around a trial of the search that comes near, steps this much finer
+
+
+@dataclass(frozen=True)
+class PhiStartOffset:
+    """The entries' strongest peaks index with their phi_start moved by `offset` deg:
+    `indexed` of `tried`, against `at_start` with phi_start as the scans table gives it."""
+
+    offset: float
+    indexed: int
+    tried: int
+    at_start: int
+
+
+def _phi_start_moved(entries, offset: float):
+    def moved(e):
+        angles = e.setup.angles
+        return replace(e, setup=replace(e.setup, angles=replace(angles,
+                                                               start=angles.start + offset)))
+
+    return [moved(e) for e in entries]
+
+
+def _indexed(entries, model, tolerance: float) -> int:
+    return sum(int(np.count_nonzero(assign(e, model, tolerance)[1])) for e in entries)
+
+
+def _hkl(entries, model, tolerance: float, offset: float) -> np.ndarray:
+    return np.concatenate([assign(e, model, tolerance)[2]
+                           for e in _phi_start_moved(entries, offset)])
+
+
+def indexed_share(entries, model, tolerance: float) -> float:
+    """The share of the entries' strongest peaks (TRIAL_PEAKS in all) that index in model."""
+    strongest = _strongest(entries, TRIAL_PEAKS)
+    tried = sum(len(e.x) for e in strongest)
+    return _indexed(strongest, model, tolerance) / tried if tried else 0.0
+
+
+def phi_start_step(entries, model, tolerance: float) -> float:
+    """The search's step (deg): a peak whose hkl moves by r per degree of rotation about the
+    scan axis stays within the assignment's `tolerance` for a phi_start error up to
+    tolerance / r, so with steps of tolerance / median(r) the trial nearest the true offset
+    is at most half a step off: within tolerance for every peak moving up to twice as fast
+    as the median one."""
+    moved = _hkl(entries, model, tolerance, RATE_PROBE_DEG) - _hkl(entries, model, tolerance, 0)
+    rate = np.abs(moved).max(axis=1) / RATE_PROBE_DEG
+    # (peaks that hardly move, all near the axis: steps of at most half a turn)
+    return tolerance / max(float(np.median(rate)), tolerance / 180.0)
+
+
+def _least_squares_offset(entries, model, tolerance: float, offset: float) -> float:
+    """The offset that brings the peaks indexed at `offset` nearest their integer hkl (two
+    Gauss-Newton steps on their hkl residuals, the derivative by a probe rotation)."""
+    ok = np.concatenate([assign(e, model, tolerance)[1]
+                         for e in _phi_start_moved(entries, offset)])
+    target = np.rint(_hkl(entries, model, tolerance, offset)[ok])
+    for _ in range(2):
+        h = _hkl(entries, model, tolerance, offset)[ok]
+        slope = (_hkl(entries, model, tolerance, offset + RATE_PROBE_DEG)[ok] - h) / RATE_PROBE_DEG
+        offset -= float(np.sum(slope * (h - target)) / max(np.sum(slope ** 2), 1e-30))
+    return offset
+
+
+def _fine_search(entries, model, tolerance: float, around: float, step: float):
+    """(offset, peaks indexed) of the best of steps of step / FINE_STEPS within a step of
+    `around`, the offset fitted to the peaks indexed there."""
+    fine = around + np.arange(-FINE_STEPS, FINE_STEPS + 1) * (step / FINE_STEPS)
+    counts = np.array([_indexed(_phi_start_moved(entries, d), model, tolerance) for d in fine])
+    best = fine[counts == counts.max()]
+    middle = float(0.5 * (best.min() + best.max()))  # of the offsets indexing most
+    fitted = _least_squares_offset(entries, model, tolerance, middle)
+    indexed = _indexed(_phi_start_moved(entries, fitted), model, tolerance)
+    return (fitted, indexed) if indexed >= counts.max() else (middle, int(counts.max()))
+
+
+def phi_start_offset(entries, model, tolerance: float, min_indexed: int,
+                     min_fraction: float) -> PhiStartOffset | None:
+    """The offset of the entries' phi_start (one for all) with which their strongest peaks
+    index in `model`: a search over a whole turn (a typo can be any angle, and a rotation
+    repeats after 360 deg) in steps of phi_start_step, then finer around the trials that
+    come near.  Of offsets that index (a symmetry axis along the scan axis gives several),
+    the smallest.  None when none indexes at least min_indexed and min_fraction of the
+    peaks tried."""
+    strongest = _strongest(entries, TRIAL_PEAKS)
+    tried = sum(len(e.x) for e in strongest)
+    need = max(min_indexed, math.ceil(min_fraction * tried), 1)
+    if tried < need:
+        return None
+    step = phi_start_step(strongest, model, tolerance)
+    half_turn = math.ceil(180.0 / step)
+    coarse = np.arange(-half_turn, half_turn + 1) * step
+    counts = np.array([_indexed(_phi_start_moved(strongest, d), model, tolerance)
+                       for d in coarse])
+    # the trial nearest the true offset indexes at least the peaks moving slower than the
+    # median one: half of those that index there
+    for near in sorted(coarse[2 * counts >= need], key=abs):
+        offset, indexed = _fine_search(strongest, model, tolerance, float(near), step)
+        if indexed >= need:
+            return PhiStartOffset(offset, indexed, tried, _indexed(strongest, model, tolerance))
+    return None

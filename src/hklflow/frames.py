@@ -676,20 +676,24 @@ def check_readable(stack: FrameStack, frames: Sequence[int] | str = (0, -1), *,
 @dataclass(frozen=True)
 class RawScan:
     """What inspecting the raw frames of a scan found: where they are (with the fingerprint
-    of every file) and the monitor."""
+    of every file), the monitor, and the pixel-wise maximum of the frames read back
+    (frames_read: their numbers), a picture of the scan for files that cannot link frames."""
 
     source: FrameSource
     monitor: np.ndarray | None
+    maximum: np.ndarray | None = None
+    frames_read: tuple = ()
 
 
 def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
                      monitor: str = "", base_dir=".", check_frames=(0, -1),
-                     chunk_frames: int = 16, in_progress: bool = False, log=None) -> RawScan:
+                     chunk_frames: int = 16, in_progress: bool = False,
+                     fingerprint_reach: str = "sampled", log=None) -> RawScan:
     """Open a scan's raw frames read-only and check them: frame count = nframes, frame shape
     = the detector's, the listed frames (or "all") readable, the monitor one value per
-    frame; fingerprint every file (hklflow.rawfiles).  in_progress: a scan still being
-    collected, of which the first nframes frames are taken (its files, still growing, are
-    not fingerprinted)."""
+    frame; fingerprint every file (hklflow.rawfiles, with fingerprint_reach).  in_progress:
+    a scan still being collected, of which the first nframes frames are taken (its files,
+    still growing, are not fingerprinted)."""
     log = log or logging.getLogger(__name__)
     with open_frames(data, dataset, base_dir=base_dir, expected_frames=nframes,
                      first_frames=nframes if in_progress else None) as stack:
@@ -698,7 +702,9 @@ def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
             raise RawDataError(f"{stack.files[0]}: frames are {stack.frame_shape[0]}x"
                                f"{stack.frame_shape[1]} (rows x cols), but the detector has "
                                f"{detector_shape[0]}x{detector_shape[1]} pixels")
-        check_readable(stack, check_frames, chunk_frames=chunk_frames)
+        frames = check_readable(stack, check_frames, chunk_frames=chunk_frames) or {
+            0: stack.read_frame(0)}  # (all of them read: the first stands for them)
+        maximum = np.fmax.reduce(np.stack(list(frames.values())), axis=0)
         checked = check_frames if isinstance(check_frames, str) else tuple(
             sorted({i % stack.nframes for i in check_frames}))
         log.info("frames %s read back fine", checked)
@@ -710,6 +716,9 @@ def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
                 log.warning("monitor %s is <= 0 on %d of %d frames", monitor, bad, values.size)
         source = stack.source
     if source.growing:
-        return RawScan(source, values)
-    prints = tuple(fingerprint(f) for f in source.files)
-    return RawScan(replace(source, fingerprints=prints), values)
+        return RawScan(source, values, maximum, tuple(sorted(frames)))
+    prints = tuple(fingerprint(f, fingerprint_reach) for f in source.files)
+    if fingerprint_reach == "full":
+        log.info("every byte of %d raw file(s) hashed (fingerprint: full): %.3g GB",
+                 len(prints), sum(p["size"] for p in prints) / 1e9)
+    return RawScan(replace(source, fingerprints=prints), values, maximum, tuple(sorted(frames)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -103,9 +104,87 @@ class Grid:
         return all(a.n == b.n and math.isclose(a.start, b.start, rel_tol=rtol, abs_tol=1e-9)
                    and math.isclose(a.step, b.step, rel_tol=rtol) for a, b in zip(self.axes, other.axes))
 
-    def describe(self) -> str:
-        return " x ".join(f"{a.upper()} {ax.start:g}..{ax.stop:g} step {ax.step:.5g} ({ax.n})"
-                          for a, ax in zip(AXES, self.axes)) + f" = {self.size:,} voxels"
+    def describe(self, axes: str = "hkl") -> str:
+        """The axes (all of them: and the voxels) in words."""
+        text = " x ".join(f"{a.upper()} {ax.start:g}..{ax.stop:g} step {ax.step:.5g} ({ax.n})"
+                          for a, ax in zip(AXES, self.axes) if a in axes)
+        return text + f" = {self.size:,} voxels" if set(axes) == set(AXES) else text
+
+
+class GridSymmetryError(GridError):
+    """The grid is not mapped onto itself voxel by voxel by the Laue operators."""
+
+
+def operator_hkl(R) -> str:
+    """The operator as the image of (h, k, l), e.g. 'k,-h-k,l' for h' = h R."""
+    R = np.asarray(R, dtype=int)
+    out = []
+    for j in range(3):
+        terms = ""
+        for m, name in enumerate(AXES):
+            c = int(R[m, j])
+            if c == 0:
+                continue
+            sign = "-" if c < 0 else ("+" if terms else "")
+            terms += sign + (f"{abs(c)}" if abs(c) != 1 else "") + name
+        out.append(terms or "0")
+    return ",".join(out)
+
+
+def _is_integer(x: float, tol: float = 1e-4) -> bool:
+    return abs(x - round(x)) <= tol
+
+
+def _nice_limit(ax) -> str:
+    """A limit of the axis, rounded up to a whole number of steps (for messages)."""
+    lim = max(abs(ax.start), abs(ax.stop))
+    n = math.ceil(lim / ax.step - 1e-6)
+    return f"{float(Fraction(n * ax.step).limit_denominator(1000)):g}"
+
+
+def check_grid_symmetry(grid: Grid, operators, group: str = "", known: str = "hkl") -> None:
+    """GridSymmetryError, listing every axis to change, when some Laue operator (integer R,
+    h' = h R) does not map voxel centres onto voxel centres: the steps of two axes it mixes
+    differ, or it puts an axis' images between its centres (hklflow.symmetry explains the
+    arithmetic).  The symmetrize step and the config's validation ask this one check.
+
+    known: the axes whose limits and steps are the grid's own; a problem that involves another
+    (an axis define_grid derives from the data later) is not raised."""
+    ops = np.round(np.asarray(operators)).astype(np.int64)
+    start = np.array([ax.start for ax in grid.axes])
+    step = np.array([ax.step for ax in grid.axes])
+    problems: dict[str, str] = {}
+    where = "reduction.transform.grid"
+    for R in ops:
+        name = operator_hkl(R)
+        for j in range(3):
+            mixed = [m for m in range(3) if R[m, j] != 0 and m != j]
+            if not {AXES[j], *(AXES[m] for m in mixed)} <= set(known):
+                continue
+            for m in mixed:
+                if not math.isclose(step[m] / step[j], 1.0, rel_tol=1e-6):
+                    a, b = sorted((AXES[m], AXES[j]))
+                    problems[f"step {a}{b}"] = (
+                        f"the operator (h,k,l) -> ({name}) maps {AXES[m].upper()} onto "
+                        f"{AXES[j].upper()}, but their steps differ ({step[m]:g} and "
+                        f"{step[j]:g}): give {where}.{a} and {where}.{b} the same step "
+                        f"(and the same limits, so that no equivalent falls outside)")
+            off = (float(np.dot(start, R[:, j])) - start[j]) / step[j]
+            if not _is_integer(off):
+                ax = AXES[j]
+                lim = _nice_limit(grid.axes[j])
+                problems.setdefault(f"start {ax}", (
+                    f"the operator (h,k,l) -> ({name}) puts the images of voxel centres "
+                    f"between the voxel centres of {ax.upper()} (start {start[j]:g}, step "
+                    f"{step[j]:g}: offset {off:.4g} voxels): make {where}.{ax} symmetric about "
+                    f"0 with 0 on a voxel centre, e.g. [-{lim}, {lim}, {step[j]:g}]"
+                    + (", with the same start and step as "
+                       + " and ".join(f"{where}.{AXES[m]}" for m in mixed) if mixed else "")))
+    if problems:
+        raise GridSymmetryError(
+            f"the grid ({grid.describe(known)}) is not compatible with the Laue group"
+            f"{' ' + group if group else ''} (its operators must map voxel centres onto "
+            "voxel centres): " + "; ".join(problems.values()))
 
 
 def default_grid(cell, q_max: float, q_pixel: float, max_voxels: int,

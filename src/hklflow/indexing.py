@@ -82,6 +82,7 @@ from .params import IndexingParams
 
 # what an IndexingError suggests when nothing else is known (diagnosis.py may name a setting)
 NO_FIT_HINT = "(wrong space group or cell? a phase transition? too many spurious vectors?)"
+MIN_VECTORS = 3  # two seed vectors and one to check their orientation against
 
 
 @dataclass
@@ -453,8 +454,9 @@ def _problem(q_obs, crystal: Crystal, params: IndexingParams, intensities) -> _P
     n = len(q)
     qn = np.linalg.norm(q, axis=1)
     good = np.isfinite(q).all(axis=1) & (qn > 0)
-    if good.sum() < 3:
-        raise IndexingError(f"could not index: only {int(good.sum())} usable vectors (need >= 3)")
+    if good.sum() < MIN_VECTORS:
+        raise IndexingError(f"could not index: only {int(good.sum())} usable vectors "
+                            f"(need >= {MIN_VECTORS})")
     inten = None
     if intensities is not None:
         inten = np.asarray(intensities, dtype=float).reshape(-1)

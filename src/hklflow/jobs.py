@@ -12,7 +12,8 @@ from pathlib import Path
 from .atomic import write_text_atomically
 from .errors import ConfigError
 from .geometry import detector_shape
-from .grid import MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS, TRANSFORM_BRICK
+from .grid import (AXES, MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS,
+                   TRANSFORM_BRICK, Axis, Grid, GridSymmetryError, check_grid_symmetry)
 from .params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
                      PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
                      TransformParams, config_value, settings_digest, settings_json)
@@ -69,6 +70,26 @@ def check_job_counts(exp) -> None:
                           f"{total} transform jobs: expected at most {MAX_TRANSFORM_JOBS} (raise {why})")
 
 
+# frames read at a time are a buffer the job holds two or three times over (resources.smk):
+# a few tens of MB read as fast, and a larger one only takes memory (a typo's: 10^5 frames)
+MAX_CHUNK_BYTES = 2 * 2**30
+
+
+def check_chunk_sizes(exp) -> None:
+    """ConfigError when frames read at a time (reduction.find_peaks/transform.chunk_frames)
+    would make a buffer larger than MAX_CHUNK_BYTES: refused before any job."""
+    frame_bytes = scan_pixels(exp) * 4  # frames are int32 in memory
+    for section in ("find_peaks", "transform"):
+        chunk = exp.reduction[section]["chunk_frames"]
+        if chunk != "auto" and int(chunk) * frame_bytes > MAX_CHUNK_BYTES:
+            raise ConfigError(
+                f"{' + '.join(exp.sources)}: field 'reduction.{section}.chunk_frames': {chunk} "
+                f"frames of the {exp.instrument.detector.name} ({frame_bytes / 1e6:.3g} MB each "
+                f"in memory) make a buffer of {int(chunk) * frame_bytes / 1e9:.3g} GB, held two "
+                f"or three times: expected at most {MAX_CHUNK_BYTES // frame_bytes} frames "
+                f"({MAX_CHUNK_BYTES / 2**30:g} GiB; a few tens of MB read as fast)")
+
+
 def check_grid_index_range(exp) -> None:
     """ConfigError when a grid given whole in the config does not fit the transform's voxel
     index (int32; both kinds from one pass index two parts of the grid): refused now, not
@@ -86,6 +107,27 @@ def check_grid_index_range(exp) -> None:
             f"to bricks of 8^3), more than the transform indexes ({most:,}"
             + (", both kinds from one pass: reduction.transform.kinds" if both else "")
             + "): expected coarser steps or smaller ranges")
+
+
+def check_grid_symmetry_of_samples(exp) -> None:
+    """ConfigError when the symmetrize step would refuse the grid given in the config (some
+    sample's Laue operators do not map voxel centres onto voxel centres): refused now by the
+    step's own check (grid.check_grid_symmetry), not after every transform and merge.  Axes
+    that define_grid derives from the data are left to the step."""
+    given = GridParams.from_config(exp.raw).grid
+    if not exp.reduction["merge"]["symmetrize"] or not given:
+        return
+    unknown = Axis(-1.0, 1.0, 3)  # (stands in for a derived axis: never checked)
+    grid = Grid(*(Axis.from_limits(*given[a]) if a in given else unknown for a in AXES))
+    for name, sample in exp.samples.items():
+        crystal = sample.crystal
+        try:
+            check_grid_symmetry(grid, crystal.laue_operators, f"{crystal.laue_group} (space "
+                                f"group {crystal.hm}) of sample {name}", known="".join(given))
+        except GridSymmetryError as exc:
+            raise ConfigError(f"{' + '.join(exp.sources)}: field 'reduction.transform.grid': "
+                              f"{exc}; or set reduction.merge.symmetrize: false (no "
+                              "symmetrised volumes)") from None
 
 
 def check_pdf_holes(exp) -> None:
@@ -161,9 +203,13 @@ class JobSettings:
 
     def ingest_scan(self, sample: str, temperature_label: str, entry: str) -> str:
         scan = self.exp.scan(sample, temperature_label, entry)
+        reach = self.exp.reduction["ingest"]["fingerprint"]
         return settings_json({"scan": scan.settings(), "detector_name": self.detector.name,
                               "detector_orientation": self.detector.orientation,
-                              "goniometer": self.exp.instrument.goniometer.settings()})
+                              "goniometer": self.exp.instrument.goniometer.settings(),
+                              # only when not the default, so that results made before the
+                              # setting existed are not made again
+                              **({"fingerprint": reach} if reach != "sampled" else {})})
 
     def find_peaks(self) -> str:
         return settings_json({"find_peaks": self._peaks, "detector": self.detector})

@@ -267,10 +267,17 @@ def user_mask(detector: DetectorParams, shape) -> np.ndarray:
     without one."""
     if not detector.mask_file:
         return np.zeros(tuple(shape), dtype=bool)
-    m = np.asarray(read_image(detector.mask_file, dataset=detector.mask_dataset)) != 0
+    image = np.asarray(read_image(detector.mask_file, dataset=detector.mask_dataset))
+    m = image != 0
     if m.shape != tuple(shape):
         raise ImageReadError(f"{detector.mask_file}: mask shape {m.shape} differs from the "
                              f"detector's {tuple(shape)} (instrument.detector.mask_file)")
+    if m.all():  # nothing could ever be measured: stop before every scan reads as empty
+        values = ("NaN everywhere" if np.issubdtype(image.dtype, np.floating)
+                  and np.isnan(image).all() else "no pixel is 0")
+        raise ImageReadError(f"{detector.mask_file}: the mask leaves no pixel ({values}; "
+                             "non-zero = masked): expected 0 at the pixels to use "
+                             "(instrument.detector.mask_file)")
     return m
 
 

@@ -62,8 +62,7 @@ def entries_to_merge(paths, unusable: dict, log=None) -> tuple[list, dict]:
         if entry in unusable:
             left_out[entry] = unusable[entry]
             if log:
-                log.warning("%s left out of the merge: no usable signal in entry %s (%s)", p,
-                            entry, unusable[entry])
+                log.warning("%s left out of the merge: entry %s: %s", p, entry, unusable[entry])
         else:
             keep.append(p)
     if not keep:

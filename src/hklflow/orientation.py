@@ -4,10 +4,17 @@ refined from its parent.  No file I/O here: the steps read the records and pass 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
-from .diagnosis import diagnose_indexing_failure, explain_indexing_failure
+from .diagnosis import (
+    FIT_FRACTION,
+    diagnose_indexing_failure,
+    explain_indexing_failure,
+    indexed_share,
+    phi_start_offset,
+)
 from .errors import IndexingError, InputMismatchError, RawDataError, RefinementError
 from .indexing import index_from_scratch
 from .params import IndexingParams, RefinementParams
@@ -132,14 +139,78 @@ def refine_from_parent(entries, parent, params: RefinementParams, log=None,
     try:
         return refine(entries, model, params, log)
     except RefinementError as exc:
-        # the parent indexed with the same instrument settings: one that fits here points
-        # at this temperature's own rows of the scans table as much as at the config
-        verdict = diagnose_indexing_failure(entries, parent.crystal(), IndexingParams.defaults(),
-                                            log)
-        found = (f" [from scratch with the parent's cell, its peaks: {verdict}; or this "
-                 "temperature's rows of the scans table]" if verdict else "")
+        misplaced = _phi_starts_against(entries, model, params, label)
+        # first: from scratch, entries all turned alike index as they are (and a small cell
+        # change between temperatures would be named as a wrong wavelength)
+        if misplaced:
+            found = f" [{misplaced}]"
+        else:
+            # the parent indexed with the same instrument settings: one that fits here
+            # points at this temperature's own rows of the scans table as much as at the config
+            verdict = diagnose_indexing_failure(entries, parent.crystal(),
+                                                IndexingParams.defaults(), log)
+            found = (f" [from scratch with the parent's cell, its peaks: {verdict}; or this "
+                     "temperature's rows of the scans table]" if verdict else "")
         raise RefinementError(f"{label} does not refine from its parent {parent.parent} "
                               f"({parent.path}): {exc}{found}") from None
+
+
+def _phi_start_found(phi_start: float, off) -> str:
+    """How many of an entry's strongest peaks index with its phi_start moved by a
+    diagnosis.PhiStartOffset."""
+    moved = round(phi_start + off.offset, 1) + 0.0  # (+ 0.0: never "-0.0")
+    return (f"{off.indexed} of its {off.tried} strongest peaks index with phi_start "
+            f"{moved:.1f}, {off.at_start} with {phi_start:g} as given")
+
+
+def _phi_starts_against(entries, model: Model, params: RefinementParams, label: str):
+    """A sentence naming the entries of `label` whose peaks index in `model` (the parent's)
+    once their phi_start moves, or None."""
+    found = [(e, off) for e in entries if len(e.x) and (off := phi_start_offset(
+        [e], model, params.hkl_tolerance, params.min_peaks_per_entry, FIT_FRACTION))]
+    if not found:
+        return None
+    turned = (" (or the crystal turned about the scan axis since the parent)"
+              if len(found) == len(entries) else "")
+    return "; ".join(f"phi_start of {label}/{e.name} looks off by about {-off.offset:+.1f} deg "
+                     f"({_phi_start_found(e.setup.angles.start, off)})"
+                     for e, off in found) + f": check the scans table{turned}"
+
+
+def _blank_frames(pk) -> str | None:
+    """Why an entry's frames hold no signal at all (find_peaks' frame statistics of its
+    peaks record), or None."""
+    stats = pk.frame_stats
+    if float(np.sum(stats["n_valid"])) == 0:
+        return "no valid pixel value in any frame (all NaN, negative or overloaded)"
+    if float(np.sum(stats["sum"])) == 0:
+        return "no counts in any frame (shutter closed? beam off?)"
+    return None
+
+
+def _few_peaks(pk, entry: EntryPeaks) -> str:
+    """Why an entry gives few or no peaks strong enough to index or refine against."""
+    found = len(pk.peaks["observed_px_x"])
+    if (blank := _blank_frames(pk)) is not None:
+        return blank
+    if found == 0:
+        return "no peaks in its frames (a background-only scan?)"
+    return (f"{len(entry.x)} of its {found} peaks above I/sigma {MIN_I_OVER_SIGMA:g}"
+            + (" (a background-only scan?)" if len(entry.x) == 0 else ""))
+
+
+def check_entries_have_peaks(scans, peaks, entries, label: str, needed: int,
+                             purpose: str) -> None:
+    """A RawDataError naming every entry's raw file and why, when the entries of `label`
+    (SAMPLE/TEMPERATURE) hold fewer than `needed` peaks strong enough to `purpose` (e.g.
+    "index the parent from"): the indexer or the refinement would fail naming no file."""
+    total = sum(len(e.x) for e in entries)
+    if total >= needed:
+        return
+    have = "no peaks" if total == 0 else f"only {total} peak(s) (need >= {needed})"
+    raise RawDataError(f"{label} has {have} to {purpose}: " + "; ".join(
+        f"{rec.frames.files[0]} ({rec.scan_id}): {_few_peaks(pk, e)}"
+        for rec, pk, e in zip(scans, peaks, entries)))
 
 
 def unusable_entries(peaks, result: RefinementResult, min_peaks: int) -> dict:
@@ -149,12 +220,8 @@ def unusable_entries(peaks, result: RefinementResult, min_peaks: int) -> dict:
     an entry would dilute the volume of its temperature."""
     reasons = {}
     for pk, entry, used in zip(peaks, result.entries, result.used):
-        stats = pk.frame_stats
-        if float(np.sum(stats["n_valid"])) == 0:
-            reasons[entry.name] = ("no valid pixel value in any frame (all NaN, negative or "
-                                   "overloaded)")
-        elif float(np.sum(stats["sum"])) == 0:
-            reasons[entry.name] = "no counts in any frame (shutter closed? beam off?)"
+        if (blank := _blank_frames(pk)) is not None:
+            reasons[entry.name] = blank
         elif int(np.count_nonzero(used)) < min_peaks:
             reasons[entry.name] = (f"{int(np.count_nonzero(used))} of its "
                                    f"{len(pk.peaks['observed_px_x'])} peaks index, fewer than "
@@ -163,18 +230,68 @@ def unusable_entries(peaks, result: RefinementResult, min_peaks: int) -> dict:
     return reasons
 
 
+def misplaced_phi_starts(result: RefinementResult, params: RefinementParams,
+                         indexed_from_these: bool = False) -> dict:
+    """Entry -> (diagnosis.PhiStartOffset, None or the other entry's name) of the entries
+    with peaks that index too little (unusable_entries) but index with another phi_start,
+    as well as the entries that index do (FIT_FRACTION of their share of the strongest
+    peaks).  indexed_from_these: the orientation came from these entries (the parent), so
+    with one entry that indexes, its phi_start may as well be the one off."""
+    def indexes(used):
+        return int(np.count_nonzero(used)) >= params.min_peaks_per_entry
+
+    fitting = [e for e, used in zip(result.entries, result.used) if indexes(used)]
+    suspects = [e for e, used in zip(result.entries, result.used)
+                if len(e.x) and not indexes(used)]
+    if not fitting or not suspects:
+        return {}
+    share = indexed_share(fitting, result.model, params.hkl_tolerance)
+    other = fitting[0].name if indexed_from_these and len(fitting) == 1 else None
+    found = {}
+    for entry in suspects:
+        # its offset corrections were refined on peaks that did not index: left out
+        model = replace(result.model, offset_corrections={
+            k: v for k, v in result.model.offset_corrections.items() if k != entry.name})
+        offset = phi_start_offset([entry], model, params.hkl_tolerance,
+                                  params.min_peaks_per_entry, FIT_FRACTION * share)
+        if offset is not None:
+            found[entry.name] = (offset, other)
+    return found
+
+
+def _phi_start_text(rec, misplaced, scan_ids) -> str:
+    """What a misplaced phi_start (misplaced_phi_starts) says of scan record `rec`;
+    scan_ids: entry -> scan id."""
+    off, other = misplaced
+    either = (f", or that of {scan_ids[other]} by about {off.offset:+.1f} deg" if other else "")
+    return (f"phi_start of {rec.scan_id} looks off by about {-off.offset:+.1f} deg{either} "
+            f"({rec.frames.files[0]}: {_phi_start_found(rec.angles.start, off)}"
+            + ("; two entries cannot tell which" if other else "") + "): check the scans table")
+
+
 def check_entries_usable(scans, peaks, result: RefinementResult, params: RefinementParams,
-                         log) -> dict:
+                         log, misplaced: dict | None = None) -> dict:
     """The entries without usable signal (unusable_entries): with unusable_entries 'fail'
     a RawDataError naming each one's raw file; with 'leave_out' a warning each, and the
-    map, which the orientation file records for the merge."""
+    map, which the orientation file records for the merge.  misplaced: those whose
+    phi_start looks off (misplaced_phi_starts): named so, without advice to leave them
+    out."""
+    misplaced = misplaced or {}
     reasons = unusable_entries(peaks, result, params.min_peaks_per_entry)
+    scan_ids = {rec.entry: rec.scan_id for rec in scans}
+    for rec in scans:
+        if rec.entry in reasons and rec.entry in misplaced:
+            reasons[rec.entry] = _phi_start_text(rec, misplaced[rec.entry], scan_ids)
     named = [f"{rec.frames.files[0]} ({rec.scan_id}): {reasons[rec.entry]}"
-             for rec in scans if rec.entry in reasons]
-    if named and (params.unusable_entries != "leave_out" or len(reasons) == len(scans)):
-        raise RawDataError("no usable signal in " + "; ".join(named) + (
-            "; set reduction.merge.unusable_entries: leave_out to merge the other entries "
-            "without it" if len(reasons) < len(scans) else ""))
-    for text in named:
+             for rec in scans if rec.entry in reasons and rec.entry not in misplaced]
+    off = [reasons[rec.entry] for rec in scans if rec.entry in reasons and rec.entry in misplaced]
+    if reasons and (params.unusable_entries != "leave_out" or len(reasons) == len(scans)):
+        parts = list(off)
+        if named:
+            parts.append("no usable signal in " + "; ".join(named) + (
+                "; set reduction.merge.unusable_entries: leave_out to merge the other entries "
+                "without it" if len(reasons) < len(scans) else ""))
+        raise RawDataError("; ".join(parts))
+    for text in named + off:
         log.warning("left out of the merge: %s", text)
     return reasons

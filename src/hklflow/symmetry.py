@@ -12,10 +12,11 @@ matrix the equivalent of voxel i is the voxel
     i'_j = sum_m i_m R_mj (step_m / step_j) + (sum_m start_m R_mj - start_j) / step_j,
 
 an exact voxel centre for every voxel when step_m = step_j wherever R_mj != 0 (m != j) and
-the offset is an integer: checked for every operator (index_maps), with an error naming
-the grid axes (config keys reduction.transform.grid.h/k/l) to change.  The operators are
-used as they are (hexagonal and trigonal groups with their 3- and 6-fold operators mixing
-h and k, cubic ones mixing all three axes), never replaced by an orthogonal subgroup.
+the offset is an integer: checked for every operator (grid.check_grid_symmetry, which the
+config's validation asks too), with an error naming the grid axes (config keys
+reduction.transform.grid.h/k/l) to change.  The operators are used as they are (hexagonal
+and trigonal groups with their 3- and 6-fold operators mixing h and k, cubic ones mixing all
+three axes), never replaced by an orthogonal subgroup.
 
 When every operator is a signed permutation of the axes that maps the grid onto itself (a
 grid symmetric about 0, equal where the group swaps axes: all but the trigonal, hexagonal
@@ -35,38 +36,15 @@ input is held whole (float32 signal and weight: 8 bytes per voxel, 4.1 GB for 80
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numba
 import numpy as np
 
-from .errors import GridError
-from .grid import AXES, Grid
+from .grid import AXES, Grid, GridSymmetryError, check_grid_symmetry, operator_hkl  # noqa: F401
 
 TILE = 16
-
-
-class GridSymmetryError(GridError):
-    """The grid is not mapped onto itself voxel by voxel by the Laue operators."""
-
-
-def operator_hkl(R) -> str:
-    """The operator as the image of (h, k, l), e.g. 'k,-h-k,l' for h' = h R."""
-    R = np.asarray(R, dtype=int)
-    out = []
-    for j in range(3):
-        terms = ""
-        for m, name in enumerate(AXES):
-            c = int(R[m, j])
-            if c == 0:
-                continue
-            sign = "-" if c < 0 else ("+" if terms else "")
-            terms += sign + (f"{abs(c)}" if abs(c) != 1 else "") + name
-        out.append(terms or "0")
-    return ",".join(out)
 
 
 def operator_of_hkl(text: str) -> np.ndarray:
@@ -84,10 +62,6 @@ def operator_of_hkl(text: str) -> np.ndarray:
     return R
 
 
-def _is_integer(x: float, tol: float = 1e-4) -> bool:
-    return abs(x - round(x)) <= tol
-
-
 def index_maps(grid: Grid, operators, group: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Integer index maps of the operators on the grid: A (n, 3, 3) and c (n, 3), int64,
     such that voxel i = (ih, ik, il) takes its equivalent from voxel i A + c.
@@ -98,54 +72,12 @@ def index_maps(grid: Grid, operators, group: str = "") -> tuple[np.ndarray, np.n
     if ops.ndim != 3 or ops.shape[1:] != (3, 3) or not np.array_equal(ops, np.round(ops)):
         raise ValueError(f"operators must be integer 3x3 matrices, got shape {ops.shape}")
     ops = np.round(ops).astype(np.int64)
+    check_grid_symmetry(grid, ops, group)
     start = np.array([ax.start for ax in grid.axes])
     step = np.array([ax.step for ax in grid.axes])
-    A = np.zeros_like(ops)
-    c = np.zeros((len(ops), 3), dtype=np.int64)
-    problems: dict[str, str] = {}
-    where = "reduction.transform.grid"
-    for n, R in enumerate(ops):
-        name = operator_hkl(R)
-        for j in range(3):
-            for m in range(3):
-                if R[m, j] == 0:
-                    continue
-                ratio = step[m] / step[j]
-                if m != j and not math.isclose(ratio, 1.0, rel_tol=1e-6):
-                    a, b = sorted((AXES[m], AXES[j]))
-                    problems[f"step {a}{b}"] = (
-                        f"the operator (h,k,l) -> ({name}) maps {AXES[m].upper()} onto "
-                        f"{AXES[j].upper()}, but their steps differ ({step[m]:g} and "
-                        f"{step[j]:g}): give {where}.{a} and {where}.{b} the same step "
-                        f"(and the same limits, so that no equivalent falls outside)")
-                A[n, m, j] = R[m, j]
-            off = (float(np.dot(start, R[:, j])) - start[j]) / step[j]
-            if _is_integer(off):
-                c[n, j] = int(round(off))
-            else:
-                ax = AXES[j]
-                others = [AXES[m] for m in range(3) if R[m, j] != 0 and m != j]
-                lim = _nice_limit(grid.axes[j])
-                problems.setdefault(f"start {ax}", (
-                    f"the operator (h,k,l) -> ({name}) puts the images of voxel centres "
-                    f"between the voxel centres of {ax.upper()} (start {start[j]:g}, step "
-                    f"{step[j]:g}: offset {off:.4g} voxels): make {where}.{ax} symmetric about "
-                    f"0 with 0 on a voxel centre, e.g. [-{lim}, {lim}, {step[j]:g}]"
-                    + (", with the same start and step as "
-                       + " and ".join(f"{where}.{x}" for x in others) if others else "")))
-    if problems:
-        raise GridSymmetryError(
-            f"the grid ({grid.describe()}) is not compatible with the Laue group"
-            f"{' ' + group if group else ''} (its operators must map voxel centres onto "
-            "voxel centres): " + "; ".join(problems.values()))
+    A = ops.copy()
+    c = np.rint((start @ ops - start) / step).astype(np.int64)  # (integers: checked)
     return A, c
-
-
-def _nice_limit(ax) -> str:
-    """A limit of the axis, rounded up to a whole number of steps (for messages)."""
-    lim = max(abs(ax.start), abs(ax.stop))
-    n = math.ceil(lim / ax.step - 1e-6)
-    return f"{float(Fraction(n * ax.step).limit_denominator(1000)):g}"
 
 
 @numba.njit(inline="always")

@@ -15,7 +15,7 @@ import hklflow
 from hklflow import snakemake_compat
 from hklflow.config import ConfigError, landed_marker, load_experiment, read_config_files
 from hklflow.jobs import JobSettings, SettingsFiles, transform_frame_ranges
-from hklflow.rawfiles import RawFileOwners, is_hdf5_path, matching_files
+from hklflow.rawfiles import RawChangeCheck, RawFileOwners, is_hdf5_path, matching_files
 
 snakemake_compat.tune_gc_for_planning(workflow)
 snakemake_compat.record_resource_evaluate_parameters()
@@ -26,13 +26,15 @@ _CLI_CONFIG_FILES = snakemake_compat.command_line_configfiles(workflow) or []
 CONFIG_FILES = [str(p) for p in workflow.configfiles
                 if str(p) not in _CLI_CONFIG_FILES] + _CLI_CONFIG_FILES
 try:
-    _on_disk, _ = read_config_files(CONFIG_FILES)
-    if _on_disk != config:
+    # read as Snakemake reads them (`007:` is 7) to compare; then as written (`007:` is the
+    # name '007') for the experiment
+    _as_snakemake_reads, _ = read_config_files(CONFIG_FILES, keys_as_written=False)
+    if _as_snakemake_reads != config:
         raise WorkflowError(
             "hklflow reads its settings from the config files only, so that every job sees the "
             "same ones: put the values given with --config into a YAML file and pass it with "
             "--configfile instead")
-    EXP = load_experiment(CONFIG_FILES, config=config)
+    EXP = load_experiment(CONFIG_FILES)
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 for _warning in EXP.warnings:
@@ -127,12 +129,32 @@ def calibration_sources(w):
 
 
 _RAW_FILE_OWNERS = RawFileOwners()
+_DELIBERATE_REPEATS = frozenset(EXP.reduction["ingest"]["deliberate_repeats"])
+
+
+def _recorded_raw_files(scan_file):
+    from hklflow.files.scan import read_scan_file  # h5py: only for a scan file new since
+
+    frames = read_scan_file(scan_file).frames
+    return frames.files, frames.fingerprints
+
+
+_RAW_CHANGES = RawChangeCheck(_recorded_raw_files)
+
+
+_RAW_FILES = {}  # scan id -> its raw files: listed, claimed and hashed once per process
 
 
 def raw_files(w):
     """Every raw file of a scan entry (each HDF5 file, each frame file of a pattern); each
-    may belong to one entry only."""
+    may belong to one entry only, and no two entries may hold the same data."""
     scan = scan_of(w)
+    if scan.id not in _RAW_FILES:
+        _RAW_FILES[scan.id] = _list_raw_files(scan)
+    return _RAW_FILES[scan.id]
+
+
+def _list_raw_files(scan):
     if scan.in_progress:
         # hklflow watch: the raw files grow with every frame; the marker it rewrites when a
         # block of complete frames has landed stands for them (the complete scan's job reads
@@ -149,9 +171,29 @@ def raw_files(w):
                             f"nframes says {scan.nframes}")
     try:
         _RAW_FILE_OWNERS.claim(scan.id, files, scan.dataset if hdf5 else "")
+        _RAW_FILE_OWNERS.claim_content(scan.id, files, scan.dataset if hdf5 else "",
+                                       _DELIBERATE_REPEATS)
     except ValueError as exc:
         raise WorkflowError(f"{where}: {exc}") from None
     return files
+
+
+def raw_change(w):
+    """The marker of a change of the entry's raw data since ingest (hklflow.rawfiles), once
+    there has been one: rewritten, so that ingest is planned again, when a raw file holds
+    other content than ingest recorded although its size and modification time are the
+    same (a replaced file, a frame overwritten in place: Snakemake sees neither)."""
+    scan = scan_of(w)
+    if scan.in_progress:
+        return []
+    marker, changed = _RAW_CHANGES.marker_input(scan.id, scan_path(scan, "scan.nxs"),
+                                                raw_files(w))
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        print(f"hklflow: {scan.id}: {changed[0]}{more} changed since ingest (other content, "
+              f"whatever the modification time says): its ingest is planned again",
+              file=sys.stderr)
+    return marker
 
 
 def scan_calibration(w, file):

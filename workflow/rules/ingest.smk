@@ -5,6 +5,7 @@ rule ingest_scan:
     group: peaks_group
     input:
         raw=raw_files,
+        raw_change=raw_change,
         poni=lambda w: scan_calibration(w, "geometry.poni"),
         version=lambda w: scan_calibration(w, "version.json"),
     output:

@@ -32,32 +32,27 @@
 import math
 
 from hklflow.geometry import detector_shape
+from hklflow import memory
 from hklflow.jobs import grid_voxels_bound, scan_pixels, transform_jobs
 from hklflow.params import PeakSearchParams
 from hklflow.snakemake_compat import known_parameters
 
-BASE_MB = 600
+# bytes per voxel of the big arrays: hklflow.memory, which the steps check their room with
+BASE_MB = memory.BASE_MB
 _VARIANCE = bool(EXP.reduction["transform"]["variance"])
 _ARRAYS = 3 if _VARIANCE else 2  # float32 arrays of a volume: signal, weight (, variance)
-TRANSFORM_VOXEL_BYTES = 4.5 * _ARRAYS
-# half set A (CC1/2): signal and weight on the grid binned 2 x 2 x 2, both kinds' parts,
-# one per thread: about 2 bytes a voxel (the default job's threads)
-HALF_SET_VOXEL_BYTES = 2.0 if EXP.reduction["transform"]["half_sets"] else 0.0
+TRANSFORM_VOXEL_BYTES = memory.TRANSFORM_VOXEL_BYTES_PER_ARRAY * _ARRAYS
+HALF_SET_VOXEL_BYTES = (memory.HALF_SET_VOXEL_BYTES if EXP.reduction["transform"]["half_sets"]
+                        else 0.0)
 RATE_PEAKS = 20e6  # pixel-frames per second per core (find_peaks, read included)
 RATE_TRANSFORM = 10e6  # pixel-frames x sub-steps per second per core (transform, read included)
 RATE_VOLUME = 1.5e6  # voxels per second read or written (decompress/compress, sums)
 RATE_SYMMETRY = 15e6  # voxels x operators per second (symmetrize)
 RATE_PDF = 2e6  # voxels per second (read, taper, FFT, write)
-# total_pdf: its half spectrum holds 4 bytes a voxel, a volume even along each axis only
-# its octant: which one is not known at parse time (MAX_LAUE_OPERATORS); bench/pipeline.py
-# measures the jobs' peak memory
-PDF_VOXEL_BYTES = 8
-# delta_pdf: the filled volume and its spectrum, and the holes' sparse systems on top
-# (bench/pipeline.py)
-DELTA_PDF_VOXEL_BYTES = 16
-# a volume with a variance: the PDF's sigma (hklflow.pdf.sigma) holds the noise (u and three
-# masks), the taper, W whole and the spectra of T and C (bench/pipeline.py)
-PDF_SIGMA_VOXEL_BYTES = 20 if _VARIANCE and EXP.reduction["pdf"]["errors"] else 0
+PDF_VOXEL_BYTES = memory.PDF_VOXEL_BYTES
+DELTA_PDF_VOXEL_BYTES = memory.DELTA_PDF_VOXEL_BYTES
+PDF_SIGMA_VOXEL_BYTES = (memory.PDF_SIGMA_VOXEL_BYTES
+                         if _VARIANCE and EXP.reduction["pdf"]["errors"] else 0)
 MAX_LAUE_OPERATORS = 48  # m-3m: the Laue group is not looked up at parse time
 
 _PIXELS = scan_pixels(EXP)

@@ -36,12 +36,16 @@ entry's geometry together (geometry.EntrySetup)::
         raw_files                     raw file paths relative to this file's folder, in
                                       frame order; raw_files_absolute the same, absolute
         frames_per_file               frames in each raw file
-        raw_file_size, raw_file_mtime_ns, raw_file_sampled_sha256
-                                      fingerprint of each raw file (hklflow.rawfiles)
+        raw_file_size, raw_file_mtime_ns, raw_file_ctime_ns, raw_file_inode,
+        raw_file_sampled_sha256       fingerprint of each raw file (hklflow.rawfiles);
+        raw_file_sha256               with reduction.ingest.fingerprint: full
         @raw_kind ("hdf5" | "files"), @raw_dataset, @frame_dtype
         @planned_frames               only while the scan is still being collected (hklflow
                                       watch): the frames it will have; the file records its
                                       first n, and no fingerprints (the raw files grow)
+     frames_read                      NXdata (single-frame files only: the entry's @default):
+                                      maximum, the pixel-wise maximum of the frames read back
+                                      at ingest, on y_pixel, x_pixel
      process                          NXprocess: program, version, date,
         note                          NXnote, type application/json: the provenance record
 
@@ -66,6 +70,10 @@ from .h5 import (detector_group, entry_group, get, group, open_h5, provenance_gr
                  write_nexus_atomically)
 
 SCAN_FILE_VERSION = 2
+# fingerprint keys (hklflow.rawfiles) -> fields of the data group, beside raw_file_size,
+# raw_file_mtime_ns and raw_file_sampled_sha256
+OPTIONAL_FINGERPRINT_FIELDS = {"ctime_ns": "raw_file_ctime_ns", "inode": "raw_file_inode",
+                               "sha256": "raw_file_sha256"}
 _RESERVED_GONIO = {"scan_axis", "scan_sense", "phi_start", "phi_step", "offset_axes"}
 
 
@@ -193,6 +201,11 @@ def _data(row, source: FrameSource, monitor, base: Path):
     data["raw_file_size"] = nx.NXfield(np.asarray([f["size"] for f in fp], dtype=np.int64))
     data["raw_file_mtime_ns"] = nx.NXfield(np.asarray([f["mtime_ns"] for f in fp], dtype=np.int64))
     data["raw_file_sampled_sha256"] = string_field([f["sampled_sha256"] for f in fp])
+    for key, name in OPTIONAL_FINGERPRINT_FIELDS.items():  # those every fingerprint has
+        if fp and all(key in f for f in fp):
+            values = [f[key] for f in fp]
+            data[name] = (string_field(values) if isinstance(values[0], str)
+                          else nx.NXfield(np.asarray(values, dtype=np.int64)))
     data.attrs["raw_kind"] = source.kind
     data.attrs["raw_dataset"] = source.dataset or ""
     data.attrs["frame_dtype"] = np.dtype(source.dtype).str
@@ -225,12 +238,14 @@ def _link_frames(h5, entry_name: str, source: FrameSource, base: Path) -> None:
 
 
 def write_scan_file(path, row, setup: EntrySetup, calibration: dict, source: FrameSource,
-                    provenance: dict, *, monitor=None) -> Path:
+                    provenance: dict, *, monitor=None, maximum=None, frames_read=()) -> Path:
     """Write the scan file of one scan entry (layout in the module docstring), atomically.
 
     row: config.ScanRow; setup: the entry as measured (unshifted calibration, shift, ...);
     calibration: {"name", "version", "file", "digest", "poni"}; source: the raw frames
-    (with fingerprints) - linked, never copied; monitor: per-frame values or None."""
+    (with fingerprints) - linked, never copied; monitor: per-frame values or None;
+    maximum: the pixel-wise maximum of the frames frames_read, the file's default picture
+    where the frames cannot be linked (frame files)."""
     import nexusformat.nexus as nx
 
     path = Path(path)
@@ -248,6 +263,15 @@ def write_scan_file(path, row, setup: EntrySetup, calibration: dict, source: Fra
     smp["temperature"] = nx.NXfield(float(row.temperature), units="K")
     entry["sample"] = smp
     entry["data"] = _data(row, source, monitor, base)
+    if source.kind != "hdf5" and maximum is not None:
+        # NeXpy's default: the frames themselves where they are linked, else this
+        numbers = ", ".join(map(str, frames_read))
+        entry["frames_read"] = nx.NXdata(
+            nx.NXfield(np.asarray(maximum, np.float32), name="maximum",
+                       long_name=f"maximum of frame(s) {numbers} (read back at ingest)"),
+            [entry["data/y_pixel"], entry["data/x_pixel"]],
+            title=f"{row.id}: maximum of frame(s) {numbers}")
+        entry.attrs["default"] = "frames_read"
     entry["process"] = provenance_group(provenance)
     root = nx.NXroot()
     root[row.entry] = entry
@@ -292,11 +316,18 @@ def _frame_source(ent, path) -> FrameSource:
             dataset = sources[0].dset_name
         shape = (int(data["y_pixel"].shape[0]), int(data["x_pixel"].shape[0]))
     files = tuple(_resolve_recorded(r, a, base) for r, a in zip(rel, absolute))
-    fingerprints = tuple(
+    fingerprints = [
         {"size": int(s), "mtime_ns": int(m), "sampled_sha256": h}
         for s, m, h in zip(np.atleast_1d(get(data, "raw_file_size", path)),
                            np.atleast_1d(get(data, "raw_file_mtime_ns", path)),
-                           strings(get(data, "raw_file_sampled_sha256", path))))
+                           strings(get(data, "raw_file_sampled_sha256", path)))]
+    for key, name in OPTIONAL_FINGERPRINT_FIELDS.items():  # not in files of older versions
+        if name in data:
+            values = get(data, name, path)
+            for f, v in zip(fingerprints, strings(values) if key == "sha256"
+                            else np.atleast_1d(values)):
+                f[key] = v if key == "sha256" else int(v)
+    fingerprints = tuple(fingerprints)
     growing = int(data.attrs.get("planned_frames", 0)) > 0
     return FrameSource(kind, files, dataset, counts, shape, dtype, fingerprints, growing)
 

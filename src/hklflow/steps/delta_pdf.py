@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..crystal import Crystal, UnitCell
 from ..files.pdf import PDFWriter
 from ..files.volume import read_volume_header
+from ..memory import check_room, pdf_bytes
 from ..params import PDFParams, settings_part
 from ..pdf.fill import OUTCOMES
 from ..pdf_volume import delta_pdf, even_along_axes, volume_noise
@@ -34,6 +35,9 @@ def run(args, log) -> None:
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     crystal = Crystal(s["sample"]["space_group"], cell)
     title = f"{volume.title}: 3D-DeltaPDF"
+    check_room(pdf_bytes(volume.grid.size, delta=True, sigma=params.errors),
+               f"the 3D-DeltaPDF of {volume.grid.size:,} voxels",
+               "reduction.pdf.errors: false (no sigma), or a coarser grid", log)
     with PDFWriter(args.out) as out:
         # the filled and punched volumes go into the file first: the FFT reads the filled
         # one back, so it and the spectrum are never in memory together

@@ -7,7 +7,14 @@ from ..crystal import Crystal, UnitCell
 from ..files.orientation import write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
-from ..orientation import check_entries_usable, index_parent, temperature_entries
+from ..indexing import MIN_VECTORS
+from ..orientation import (
+    check_entries_have_peaks,
+    check_entries_usable,
+    index_parent,
+    misplaced_phi_starts,
+    temperature_entries,
+)
 from ..params import IndexingParams, RefinementParams, settings_part
 from ..pictures import plot_residuals
 from ..preview import landed_record, merged_records, orientation_label
@@ -29,10 +36,12 @@ def run(args, log) -> None:
     peaks = [read_peaks_file(f) for f in args.peaks]
     entries = temperature_entries(scans, peaks)
     label = f"{scans[0].sample}/{scans[0].temperature_label}"
+    check_entries_have_peaks(scans, peaks, entries, label, MIN_VECTORS, "index the parent from")
     refinement = settings_part(args.settings, RefinementParams)
     result, summary = index_parent(entries, crystal, refinement,
                                    settings_part(args.settings, IndexingParams), log)
-    unusable = check_entries_usable(scans, peaks, result, refinement, log)
+    misplaced = misplaced_phi_starts(result, refinement, indexed_from_these=True)
+    unusable = check_entries_usable(scans, peaks, result, refinement, log, misplaced)
     landed = merged_records([landed_record(s) for s in scans])  # none: a batch run's file
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=label,

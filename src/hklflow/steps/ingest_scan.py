@@ -53,7 +53,8 @@ def run(args, log) -> None:
                  row.nframes, row.planned_frames, 100 * row.landed_fraction)
     raw = inspect_raw_scan(row.data, row.dataset, row.nframes, calibration.shape,
                            monitor=row.monitor, check_frames=args.check_frames,
-                           in_progress=row.in_progress, log=log)
+                           in_progress=row.in_progress,
+                           fingerprint_reach=args.settings.get("fingerprint", "sampled"), log=log)
     setup = EntrySetup(row.entry, calibration, row.detector_shift, goniometer, row.angles,
                        row.offsets)
     record = {"name": row.calibration, "version": read_version_file(args.version, args.poni),
@@ -62,7 +63,8 @@ def run(args, log) -> None:
     src = raw.source
     prov = provenance("hklflow ingest_scan", args.settings,
                       inputs=[args.poni, args.version, *src.files[:8]])
-    write_scan_file(args.out, row, setup, record, src, prov, monitor=raw.monitor)
+    write_scan_file(args.out, row, setup, record, src, prov, monitor=raw.monitor,
+                    maximum=raw.maximum, frames_read=raw.frames_read)
     log.info("wrote %s (frames linked from %s%s; calibration %s %s)", args.out, src.files[0],
              f" and {len(src.files) - 1} more files" if len(src.files) > 1 else "",
              row.calibration, record["version"])

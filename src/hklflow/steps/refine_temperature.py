@@ -9,7 +9,13 @@ from ..errors import InputMismatchError
 from ..files.orientation import read_orientation_file, write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
-from ..orientation import check_entries_usable, refine_from_parent, temperature_entries
+from ..orientation import (
+    check_entries_have_peaks,
+    check_entries_usable,
+    misplaced_phi_starts,
+    refine_from_parent,
+    temperature_entries,
+)
 from ..params import RefinementParams, settings_part
 from ..pictures import plot_residuals
 from ..preview import landed_record, merged_records, orientation_label
@@ -36,9 +42,11 @@ def run(args, log) -> None:
                                  f"not of {scans[0].sample!r} ({args.scans[0]})")
     log.info("%s: %d peaks in %d entries, starting from the parent %s", label,
              sum(len(e.x) for e in entries), len(entries), parent.parent)
+    check_entries_have_peaks(scans, peaks, entries, label, 1, "refine against")
     params = settings_part(args.settings, RefinementParams)
     result = refine_from_parent(entries, parent, params, log, label)
-    unusable = check_entries_usable(scans, peaks, result, params, log)
+    misplaced = misplaced_phi_starts(result, params)
+    unusable = check_entries_usable(scans, peaks, result, params, log, misplaced)
     # refined from a provisional parent: provisional too (none: a batch run's file)
     landed = merged_records([landed_record(s) for s in scans], parent.landed)
     write_orientation_file(args.out, sample=scans[0].sample,

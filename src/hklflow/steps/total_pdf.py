@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..crystal import UnitCell
 from ..files.pdf import write_pdf
 from ..files.volume import read_volume_header
+from ..memory import check_room, pdf_bytes
 from ..pdf_volume import even_along_axes, total_pdf, volume_noise
 from ..pictures import plot_pdf
 from ..preview import landed_notes, preview_label
@@ -29,6 +30,9 @@ def run(args, log) -> None:
     volume = read_volume_header(args.input)
     cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
     title = f"{volume.title}: total PDF"
+    check_room(pdf_bytes(volume.grid.size, delta=False, sigma=bool(s["errors"])),
+               f"the total PDF of {volume.grid.size:,} voxels",
+               "reduction.pdf.errors: false (no sigma), or a coarser grid", log)
     pdf = total_pdf(args.input, volume.grid, cell, s["q_max"], title, workers=args.threads,
                     subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes),
                     noise=volume_noise(args.input, volume.grid, volume.notes) if s["errors"]

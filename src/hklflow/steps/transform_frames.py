@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..files.grid import read_grid_file
+from ..memory import check_room, transform_grid_bytes
 from ..files.mask import read_mask_file
 from ..files.orientation import read_orientation_file
 from ..files.scan import read_scan_file
@@ -127,6 +128,10 @@ def run(args, log) -> None:
     if len(args.out) != len(kinds):
         raise ConfigError(f"--out: {len(args.out)} file(s) given for the {len(kinds)} kinds "
                           f"of volume of the settings ({', '.join(kinds)})")
+    check_room(transform_grid_bytes(grid.shape, len(kinds), params.variance, params.half_sets),
+               f"the grid of {grid.size:,} voxels ({len(kinds)} kind(s))",
+               "coarser reduction.transform.grid steps (or reduction.transform.variance: false)",
+               log)
     with open_frame_source(rec.frames, read_threads=args.threads,
                            compiled_decompression=True) as stack:
         tr, notes = transform_scan(stack, scan, grid, read_mask_file(args.mask), kinds, first,
