@@ -112,8 +112,17 @@ def _check_opens_in_nexpy(path, signal="data", temperature=123.0):
     # |a*| = |b*| = 2 / (sqrt(3) a), |c*| = 1 / c: the aspect NeXpy draws
     assert np.allclose([a.attrs["scaling_factor"] for a in d.nxaxes],
                        [1 / 7.0, 2 / (np.sqrt(3) * 4.5), 2 / (np.sqrt(3) * 4.5)])
-    assert d.nxweights is not None and d.nxweights.nxname == "data_weights"
-    assert d.nxweights.shape == d.nxsignal.shape
+    # NeXpy's views: `data` is the intensity and has no weights to be divided by a second
+    # time; a part's signal_sum (the sum) is the intensity when plotted weighted
+    sums, weights = (d[n].nxdata for n in ("signal_sum", "weight_sum"))
+    measured = weights > 0
+    if signal == "data":
+        assert d.nxweights is None
+        shown = d.nxsignal.nxdata
+    else:
+        assert d.nxweights.nxname == "weight_sum"
+        shown = d.weighted_data().nxsignal.nxdata
+    np.testing.assert_allclose(shown[measured], (sums / weights)[measured], rtol=1e-6)
     # (gamma*, beta*, alpha*) of a hexagonal cell: gamma* = 60 deg, so H-K planes are skewed
     assert np.allclose(d.nxangles, [60.0, 90.0, 90.0])
     smp = root["entry/sample"]
@@ -145,7 +154,7 @@ def test_every_writer_path_makes_a_volume_nexpy_plots(tmp_path):
     vol = random_volume(grid, 3, title="hexa/123K/f1", sample_=_hex_sample())
     a = write_volume(tmp_path / "a.nxs", vol, {"program": "test"})
     _check_opens_in_nexpy(a)
-    # a part only sums read: its signal is signal_sum, weighted by data_weights (the
+    # a part only sums read: its signal is signal_sum, weighted by weight_sum (the
     # signal's @weights) into the intensity
     with VolumeWriter(tmp_path / "part.nxs", grid, "transform", "part", _hex_sample(), {},
                       {"program": "test"}, intensity=False) as w:
@@ -220,7 +229,13 @@ def test_tiny_run_volumes_carry_the_scan_temperature_and_the_refined_cell(tiny_r
                 data = root.plottable_data
                 assert data.nxpath == f"/entry/{kind}", path
                 assert [a.nxname for a in data.nxaxes] == ["Ql", "Qk", "Qh"]
-                assert data.nxweights.nxname == "data_weights"
+                assert data.nxweights is None  # `data` is the intensity already
+                as_sum = nxload(str(path))[f"entry/{kind}"]
+                as_sum.nxsignal = as_sum["signal_sum"]  # NeXpy's signal_sum, weighted
+                assert as_sum.nxweights.nxname == "weight_sum"
+                w = as_sum["weight_sum"].nxdata > 0
+                np.testing.assert_allclose(as_sum.weighted_data().nxsignal.nxdata[w],
+                                           data.nxsignal.nxdata[w], rtol=1e-6)
                 assert np.allclose(data.nxangles, [gstar, bstar, astar])
                 smp = root["entry/sample"]
                 assert smp["temperature"].nxvalue == temperature, path
@@ -265,7 +280,7 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
 
     with h5py.File(tmp_path / "raw.nxs") as a, h5py.File(tmp_path / "hdf5.nxs") as b, \
             h5py.File(tmp_path / "odd.nxs") as c, h5py.File(tmp_path / "library.nxs") as e:
-        for name in ("data", "data_weights", "signal_sum"):
+        for name in ("data", "weight_sum", "signal_sum"):
             x, y, z, v = (f["entry/transform"][name] for f in (a, b, c, e))
             assert x.compression_opts == y.compression_opts
             assert x[()].tobytes() == y[()].tobytes() == z[()].tobytes() == v[()].tobytes(), name
@@ -278,7 +293,7 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
                 assert v.id.read_direct_chunk(offset) == y.id.read_direct_chunk(offset)
             assert z.id.get_num_chunks() == v.id.get_num_chunks() == x.id.get_num_chunks()
         with h5py.File(tmp_path / "fast.nxs") as f:  # other bytes, the same values
-            for name in ("data", "data_weights", "signal_sum"):
+            for name in ("data", "weight_sum", "signal_sum"):
                 x, w = a["entry/transform"][name], f["entry/transform"][name]
                 assert w[()].tobytes() == x[()].tobytes(), name
                 assert w.id.get_num_chunks() == x.id.get_num_chunks()
@@ -287,7 +302,7 @@ def test_chunks_are_written_raw_as_hdf5_would_and_empty_ones_are_left_out(tmp_pa
                 assert abs(sizes[0] / sizes[1] - 1) < 0.05
         d = a["entry/transform"]
         assert np.isnan(d["data"][8:16, :64, 64:128]).all()
-        assert not d["data_weights"][8:16, :64, 64:128].any()
+        assert not d["weight_sum"][8:16, :64, 64:128].any()
         assert np.signbit(d["signal_sum"][0, 0, 0])
     assert read_volume(tmp_path / "raw.nxs").signal.tobytes() == signal.tobytes()
 
@@ -328,14 +343,14 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, comp
             np.pad(signal[8:16, 64:70, 128:140], ((0, 0), (0, 58), (0, 52)))).tobytes(),
             filter_mask=1)
     with h5py.File(path) as f:
-        want = {name: f[f"entry/transform/{name}"][()] for name in ("signal_sum", "data_weights",
+        want = {name: f[f"entry/transform/{name}"][()] for name in ("signal_sum", "weight_sum",
                                                                      "data")}
     assert np.array_equal(want["signal_sum"], signal)
     with VolumeReader(path, compiled_decompression=compiled) as r:
         for l0, l1 in ((0, 8), (8, 21), (5, 13), (13, 14), (0, 21)):
             s, w_ = r.read(l0, l1)
             assert np.array_equal(s.view(np.uint32), want["signal_sum"][l0:l1].view(np.uint32))
-            assert np.array_equal(w_.view(np.uint32), want["data_weights"][l0:l1].view(np.uint32))
+            assert np.array_equal(w_.view(np.uint32), want["weight_sum"][l0:l1].view(np.uint32))
             i = r.read_intensity(l0, l1)
             assert np.array_equal(i.view(np.uint32), want["data"][l0:l1].view(np.uint32))
         # HDF5 read the unfiltered chunk alone, in the four slabs that reach into planes 8-15
@@ -344,9 +359,9 @@ def test_reader_decompresses_the_stored_chunks_as_hdf5_reads_them(tmp_path, comp
         assert {c.codec.name for c in readers.values()} == {
             "compiled" if compiled else "library"}
         assert {name: c.through_hdf5 for name, c in readers.items()} == \
-            {"signal_sum": 4, "data_weights": 0, "data": 0}
+            {"signal_sum": 4, "weight_sum": 0, "data": 0}
     with h5py.File(path, "r+") as f:  # a damaged chunk
-        d = f["entry/transform/data_weights"]
+        d = f["entry/transform/weight_sum"]
         corner = d.id.get_chunk_info(0).chunk_offset
         d.id.write_direct_chunk(corner, b"\x00" * 12 + b"\x07" * 40)
     with VolumeReader(path, compiled_decompression=compiled) as r, pytest.raises(OSError):
@@ -373,7 +388,7 @@ def test_a_plane_is_read_from_the_chunks_that_hold_it(tmp_path, monkeypatch, sto
         if stored:
             want = d["data"][()]
         else:
-            s, wt = d["signal_sum"][()].astype(np.float64), d["data_weights"][()]
+            s, wt = d["signal_sum"][()].astype(np.float64), d["weight_sum"][()]
             with np.errstate(invalid="ignore", divide="ignore"):
                 want = np.where(wt > 0, s / np.where(wt > 0, wt, 1), np.nan).astype(np.float32)
     assert np.isnan(want).any() and np.isfinite(want).any()

@@ -81,7 +81,7 @@ def test_sums_by_chunks_store_the_chunks_the_slab_sums_store(tmp_path, monkeypat
         assert x["measured_fraction"] == y["measured_fraction"]
         assert x["weight_sum"] == y["weight_sum"]
     with h5py.File(tmp_path / "chunks.nxs") as x, h5py.File(tmp_path / "slabs.nxs") as y:
-        for name in ("signal_sum", "data_weights", "data"):
+        for name in ("signal_sum", "weight_sum", "data"):
             p, q = x[f"entry/transform/{name}"], y[f"entry/transform/{name}"]
             corners = [p.id.get_chunk_info(i).chunk_offset for i in range(p.id.get_num_chunks())]
             assert sorted(corners) == sorted(q.id.get_chunk_info(i).chunk_offset

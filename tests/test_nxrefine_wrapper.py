@@ -143,12 +143,12 @@ def test_wrapper_opens_in_nexpy_with_its_links_resolved(wrappers):
             ent = root[e]
             assert isinstance(ent["sample"], NXlinkgroup)
             assert ent["sample/unitcell_c"].nxvalue == pytest.approx(ori.cell[2])
-            # NXRefine's per-rotation transform: v (signal_sum) weighted by n (data_weights)
+            # NXRefine's per-rotation transform: v (signal_sum) weighted by n (weight_sum)
             tr = ent["transform"]
             assert tr.nxweights.nxname == "weights"
             with h5py.File(base / e / "transform.nxs", "r") as f:
                 assert np.array_equal(tr.nxsignal.nxdata, f["entry/transform/signal_sum"][()])
-                assert np.array_equal(tr.nxweights.nxdata, f["entry/transform/data_weights"][()])
+                assert np.array_equal(tr.nxweights.nxdata, f["entry/transform/weight_sum"][()])
             raw = ent["data/data"]
             with h5py.File(d / "raw" / SAMPLE / t / f"{e}.h5", "r") as f:
                 assert raw.shape == f["entry/data/data"].shape

@@ -235,7 +235,7 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
         # row 0: 4 of its 6 chunks alike, compressed once (paired: the corner chunk too)
         alike = 5 if paired else 4
         assert twins.count(True) == alike and twins.count(False) == 2 * 13 - 2 * alike
-    names = ["signal_sum", "data_weights"] + (["data"] if whole else [])
+    names = ["signal_sum", "weight_sum"] + (["data"] if whole else [])
     for kind in kinds:
         with h5py.File(tmp_path / "chunks" / f"{kind}.nxs") as x, \
                 h5py.File(tmp_path / "slabs" / f"{kind}.nxs") as y, \

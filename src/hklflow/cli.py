@@ -30,6 +30,7 @@ COMMANDS = {
     "delta_pdf": ("hklflow.steps.delta_pdf:main", "the 3D-DeltaPDF: reflections punched and filled, then tapered FFT"),
     "pdf_temperature_series": ("hklflow.steps.pdf_temperature_series:main", "one plane of a sample's DeltaPDF at every temperature"),
     # not rules:
+    "init": ("hklflow.init:main", "a commented config and scans table for a new experiment"),
     "simulate": ("hklflow.simulation.cli:main", "write a simulated experiment (config, scans table, raw data, truth)"),
     "demo": ("hklflow.demo:main", "simulate the demo experiment if absent, then reduce it"),
     "run": ("hklflow.demo:run_main", "reduce an experiment directory with the installed workflow (snakemake)"),

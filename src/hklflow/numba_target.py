@@ -1,6 +1,6 @@
 """The CPU numba compiles hklflow's kernels for: where a kernel's fastest form depends on
-the instruction set (measured, see README.md: Peak search, Transform and merge), it asks
-here.  NUMBA_CPU_NAME / NUMBA_CPU_FEATURES change the target (and so the choice)."""
+the instruction set (measured: docs/internals.md, the peak search's and the transform's
+kernels), it asks here.  NUMBA_CPU_NAME / NUMBA_CPU_FEATURES change the target (and so the choice)."""
 from __future__ import annotations
 
 

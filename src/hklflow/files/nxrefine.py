@@ -32,7 +32,7 @@ an HDF5 external link, relative to this file's folder::
                                  polar_angle (2 theta, deg)
      transform, masked_transform NXdata as NXRefine's per-rotation transforms: data ->
                                  the entry's KIND.nxs signal_sum (NXRefine's v), weights ->
-                                 its data_weights (n), axes copied, @angles
+                                 its weight_sum (n), axes copied, @angles
 
 Pixel and frame coordinates (peaks, beam centre) are hklflow's continuous ones (centre of
 pixel or frame i at i + 0.5), with which NXRefine maps every peak to hklflow's (h, k, l)
@@ -160,7 +160,7 @@ def _scan_entry(f, e: WrapperEntry, smp, angles, base: Path) -> None:
         _field(pk, k, np.asarray(v, dtype=float))
     for kind, vol in e.volumes.items():
         _hkl_data(ent, kind, vol, {"data": "/entry/{kind}/signal_sum",
-                                   "weights": "/entry/{kind}/data_weights"}, angles, base)
+                                   "weights": "/entry/{kind}/weight_sum"}, angles, base)
     ent.attrs["default"] = "data" if e.raw is not None else next(iter(e.volumes), "data")
 
 

@@ -7,16 +7,17 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
 
   /entry                        NXentry, @default = KIND; title SAMPLE/TLABEL[/ENTRY]
      KIND                       NXdata (transform, masked_transform, ...), @signal = data,
-                                @axes = [Ql, Qk, Qh], @weights = data_weights,
+                                @axes = [Ql, Qk, Qh],
                                 @angles = (gamma*, beta*, alpha*) (deg, as NXRefine writes
                                 them: NeXpy draws non-orthogonal lattices skewed)
         data                    float32 [l, k, h]: signal_sum / weight_sum, NaN where unmeasured
                                 (left out of the temporary parts of a transform that only
                                 sums read: there @signal = signal_sum)
-        data_weights            float32: weight_sum
+        weight_sum              float32: summed pixel weights (files of hklflow 0.x before
+                                the NeXpy fix: data_weights, still read)
         data_errors             float32: sigma of data, sqrt(variance_sum) / weight_sum, NaN
                                 where unmeasured (NeXpy's error bars: <signal>_errors)
-        signal_sum              float32: summed corrected intensity, @weights = data_weights
+        signal_sum              float32: summed corrected intensity, @weights = weight_sum
         variance_sum            float32: the summed variance of signal_sum (additive like
                                 it; data_errors and variance_sum only where the transform
                                 summed variances: reduction.transform.variance)
@@ -33,10 +34,12 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
                                 files.h5.write_provenance_h5)
 
 NeXpy opens it as it is: the @default chain leads to KIND, whose axes carry long_name and
-scaling_factor.  nexusformat's NXdata.nxweights finds data_weights by its name
-(<signal>_weights), not by the group's @weights; its "weighted" view divides the signal by
-it, which is right for signal_sum (the sum) and divides `data` (already the intensity) a
-second time.
+scaling_factor.  Its "weighted" view divides the signal by the field that nexusformat's
+NXdata.nxweights finds: `<signal>_weights`, the signal's @weights or a field `weights`.
+`data` (already the intensity) has none of them, so both views show the intensity;
+signal_sum (NXRefine's v) has @weights = weight_sum (its n), so plotted weighted it is the
+intensity too.  The NXRefine wrapper links them as `data` and `weights`
+(hklflow.files.nxrefine), NXRefine's own layout.
 """
 from __future__ import annotations
 
@@ -66,6 +69,14 @@ def _kernels():
     from . import volume_kernels
 
     return volume_kernels
+
+
+WEIGHT_SUM = "weight_sum"
+OLD_WEIGHT_SUM = "data_weights"  # hklflow's name before it (NeXpy divided `data` by it)
+
+
+def _weight_sum(group: h5py.Group) -> h5py.Dataset:
+    return group[WEIGHT_SUM] if WEIGHT_SUM in group else group[OLD_WEIGHT_SUM]
 
 
 @dataclass
@@ -193,7 +204,7 @@ def read_volume(path, region: tuple | None = None) -> Volume:
         d = ent[kind]
         sel = region if region is not None else ()
         signal = d["signal_sum"][sel]
-        weight = d["data_weights"][sel]
+        weight = _weight_sum(d)[sel]
         variance = d["variance_sum"][sel] if "variance_sum" in d else None
         sample = {k: (text(v[()]) if v.dtype.kind in "SOU" else v[()]) for k, v in ent["sample"].items()} \
             if "sample" in ent else {}
@@ -240,7 +251,7 @@ class VolumeReader:
         self._f = open_h5(self.path)
         try:
             d = _entry(self._f, self.path)[self.kind]
-            self._signal, self._weight = d["signal_sum"], d["data_weights"]
+            self._signal, self._weight = d["signal_sum"], _weight_sum(d)
             self._intensity = d["data"] if "data" in d else None
             self.has_variance = "variance_sum" in d
             if variance and not self.has_variance:
@@ -277,7 +288,7 @@ class VolumeReader:
         return tuple(int(c) for c in self._signal.chunks)
 
     def stored_chunks(self) -> list | None:
-        """The corners (l, k, h) of the chunks stored in signal_sum or data_weights, sorted
+        """The corners (l, k, h) of the chunks stored in signal_sum or weight_sum, sorted
         (elsewhere both hold 0 alone); None when they are not read from their raw chunks."""
         readers = [self._chunk_reader(d) for d in (self._signal, self._weight)]
         if any(r is None for r in readers) or readers[0].chunks != readers[1].chunks:
@@ -460,21 +471,21 @@ def has_intensity(path) -> bool:
 
 
 def write_half_set(entry: h5py.Group, grid: Grid, signal, weight, how: str) -> None:
-    """/entry/half_set_a: NXdata of half set A's signal_sum and data_weights on its grid
+    """/entry/half_set_a: NXdata of half set A's signal_sum and weight_sum on its grid
     (the volume's binned 2 x 2 x 2), `how` the frames it holds."""
     if HALF_SET in entry:
         del entry[HALF_SET]
     g = entry.create_group(HALF_SET)
     g.attrs["NX_class"] = "NXdata"
     g.attrs["signal"] = "signal_sum"
-    g.attrs["weights"] = "data_weights"
     g.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
     g.attrs["how"] = how
-    for name, values in (("signal_sum", signal), ("data_weights", weight)):
+    for name, values in (("signal_sum", signal), (WEIGHT_SUM, weight)):
         if values.shape != grid.shape:
             raise ValueError(f"half set's {name} {values.shape} is not of its grid {grid.shape}")
         g.create_dataset(name, data=np.asarray(values, np.float32),
                          chunks=_chunks(grid.shape), **_compression())
+    g["signal_sum"].attrs["weights"] = WEIGHT_SUM  # (NeXpy's weighted view: the intensity)
     for i, (a, ax) in enumerate(zip(AXES, grid.axes)):
         q = g.create_dataset(f"Q{a}", data=ax.values)
         q.attrs["step"] = ax.step
@@ -482,7 +493,7 @@ def write_half_set(entry: h5py.Group, grid: Grid, signal, weight, how: str) -> N
 
 
 def read_half_set(path) -> tuple[Grid, np.ndarray, np.ndarray, str] | None:
-    """(grid, signal_sum, data_weights, how) of a volume file's half set A; None without."""
+    """(grid, signal_sum, weight_sum, how) of a volume file's half set A; None without."""
     with open_h5(path) as f:
         entry = _entry(f, str(path))
         if HALF_SET not in entry:
@@ -490,7 +501,7 @@ def read_half_set(path) -> tuple[Grid, np.ndarray, np.ndarray, str] | None:
         g = entry[HALF_SET]
         axes = [Axis(float(g[f"Q{a}"][0]), float(g[f"Q{a}"].attrs["step"]), len(g[f"Q{a}"]))
                 for a in AXES]
-        return (Grid(*axes), g["signal_sum"][()], g["data_weights"][()],
+        return (Grid(*axes), g["signal_sum"][()], _weight_sum(g)[()],
                 text(g.attrs.get("how", "")))
 
 
@@ -673,7 +684,6 @@ class VolumeWriter:
             d.attrs["NX_class"] = "NXdata"
             d.attrs["signal"] = "data" if self.intensity else "signal_sum"
             d.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
-            d.attrs["weights"] = "data_weights"
             for i, name in enumerate(("Ql", "Qk", "Qh")):
                 d.attrs[f"{name}_indices"] = i
             shape, chunks, comp = self.grid.shape, _chunks(self.grid.shape), _compression()
@@ -681,11 +691,14 @@ class VolumeWriter:
                 d.create_dataset("data", shape=shape, dtype=np.float32, chunks=chunks,
                                  fillvalue=np.nan, **comp)
                 d["data"].attrs["long_name"] = "intensity (corrected counts per pixel weight)"
-            d.create_dataset("data_weights", shape=shape, dtype=np.float32, chunks=chunks,
+            d.create_dataset(WEIGHT_SUM, shape=shape, dtype=np.float32, chunks=chunks,
                              fillvalue=0.0, **comp)
+            d[WEIGHT_SUM].attrs["long_name"] = "summed pixel weights"
             d.create_dataset("signal_sum", shape=shape, dtype=np.float32, chunks=chunks,
                              fillvalue=0.0, **comp)
-            d["signal_sum"].attrs["weights"] = "data_weights"  # signal_sum / weights = intensity
+            d["signal_sum"].attrs["weights"] = WEIGHT_SUM  # signal_sum / weights = intensity
+            d["signal_sum"].attrs["long_name"] = ("summed corrected intensity (plotted "
+                                                  "weighted: the intensity)")
             if self.variance:
                 d.create_dataset("variance_sum", shape=shape, dtype=np.float32, chunks=chunks,
                                  fillvalue=0.0, **comp)
@@ -710,7 +723,7 @@ class VolumeWriter:
             write_provenance_h5(ent, self.provenance)
             # the arrays' handles, looked up once (an h5py lookup per chunk would be a
             # noticeable part of a volume's write)
-            self._data = {name: d[name] for name in ("data", "data_weights", "signal_sum",
+            self._data = {name: d[name] for name in ("data", WEIGHT_SUM, "signal_sum",
                                                      "variance_sum", "data_errors")
                           if name in d}
         except BaseException as exc:
@@ -748,7 +761,7 @@ class VolumeWriter:
             w32 = np.ascontiguousarray(weight, dtype=np.float32)
             measured, weight_sum, signal_sum = _kernels().slab_sums(
                 s32, w32, inten, self.intensity, s32, w32, False)
-        arrays = [("signal_sum", s32, 0.0), ("data_weights", w32, 0.0)]
+        arrays = [("signal_sum", s32, 0.0), (WEIGHT_SUM, w32, 0.0)]
         if self.intensity:
             arrays.append(("data", inten, np.nan))
         if self.variance:
@@ -816,7 +829,7 @@ class VolumeWriter:
         stored = _kernels().chunk_stored(signal.reshape(-1).view(np.uint32),
                                          weight.reshape(-1).view(np.uint32),
                                          inten.reshape(-1).view(np.uint32), self.intensity)
-        arrays = [("signal_sum", signal, 1), ("data_weights", weight, 2)]
+        arrays = [("signal_sum", signal, 1), (WEIGHT_SUM, weight, 2)]
         if self.intensity:
             arrays.append(("data", intensity, 4))
         if self.variance:

@@ -25,7 +25,7 @@ A step uses the cores its job was given, no more: the BLAS and OpenMP libraries 
 (numpy's and scipy's OpenBLAS: the 3D-DeltaPDF's conjugate gradients) and numba's parallel
 loops run on its ``--threads`` (1 without it), not on every core of the node.  OpenBLAS's
 idle threads spin, and cost a large volume's delta_pdf CPU time and wall time
-(bench/pipeline.py measures the steps; README, "Threads").
+(bench/pipeline.py measures the steps; docs/internals.md, "Threads").
 
 A job's settings come as a file the workflow wrote (``--settings-file``, named by the
 digest of its text: hklflow.jobs.SettingsFiles), or inline as JSON (``--settings``: a
