@@ -109,3 +109,33 @@ def test_a_transform_whose_grid_would_not_fit_stops_before_it_reads_a_frame(tiny
     assert ("the grid of 4,913 voxels (2 kind(s)) needs about 0.000401 GB, more than this job "
             "may still use: 0.0001 GB (the machine's available memory): give the job more "
             "memory or coarser reduction.transform.grid steps") in err
+
+
+def test_steps_that_hold_a_volume_whole_stop_before_they_read_it(tmp_path, monkeypatch, capsys):
+    """symmetrize by a cubic group (its input held whole) and model_inputs."""
+    import json
+
+    from hklflow.steps import model_inputs, symmetrize
+
+    from volume_helpers import sample
+
+    monkeypatch.chdir(tmp_path)
+    exp = make_experiment(tmp_path)
+    grid = small_grid(n=(13, 13, 13), step=(0.25, 0.25, 0.25))
+    cubic = sample("P m -3 m", (4.0, 4.0, 4.0, 90.0, 90.0, 90.0), "cube")
+    vol = random_volume(grid, 2, sample_=cubic)
+    vol.variance = vol.signal.copy()
+    write_volume(tmp_path / "in.nxs", vol, {})
+    settings = json.loads(step_settings(exp, "symmetrize", "tetra"))
+    settings["sample"].update(space_group="P m -3 m", cell=[4.0, 4.0, 4.0, 90.0, 90.0, 90.0])
+    monkeypatch.setattr(memory, "memory_room", lambda: (1000, "the machine's available memory"))
+    assert symmetrize.main(["--settings", json.dumps(settings), "--input", "in.nxs", "--out",
+                            "sym.nxs", "--png", "sym.png"]) == 1
+    assert not (tmp_path / "sym.nxs").exists()
+    assert (f"symmetrising {grid.size:,} voxels by m-3m (the volume held whole) needs about "
+            in capsys.readouterr().err)
+    assert model_inputs.main(["--settings", step_settings(exp, "model_inputs"), "--volume",
+                              "in.nxs", "--out-dir", "models", "--stem", "in"]) == 1
+    err = capsys.readouterr().err
+    assert f"the model inputs of {grid.size:,} voxels (the volume read whole) needs about " in err
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

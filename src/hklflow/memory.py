@@ -49,6 +49,11 @@ def transform_grid_bytes(shape, kinds: int, variance: bool, half_sets: bool) -> 
     return per_voxel * padded_voxels(shape)
 
 
+def whole_volume_bytes(voxels: int, variance: bool) -> float:
+    """A volume's float32 signal and weight (and variance) held whole."""
+    return 4.0 * (3 if variance else 2) * float(voxels)
+
+
 def pdf_bytes(voxels: int, delta: bool, sigma: bool) -> float:
     """What total_pdf (delta: delta_pdf) holds for a volume of `voxels`, with its sigma."""
     per_voxel = ((DELTA_PDF_VOXEL_BYTES if delta else PDF_VOXEL_BYTES)

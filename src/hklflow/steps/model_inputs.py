@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..files.model_inputs import write_model_inputs
-from ..files.volume import read_volume
+from ..files.volume import has_variance, read_volume, read_volume_header
+from ..memory import check_room, whole_volume_bytes
 from ..provenance import provenance
 from ._run import StepParser, run_step
 
@@ -22,6 +23,10 @@ def parser() -> StepParser:
 
 def run(args, log) -> None:
     programs = args.settings["programs"]
+    size = read_volume_header(args.volume).grid.size
+    check_room(whole_volume_bytes(size, has_variance(args.volume)),
+               f"the model inputs of {size:,} voxels (the volume read whole)",
+               "a coarser reduction.transform.grid", log)
     volume = read_volume(args.volume)
     if volume.variance is None:
         raise ConfigError(f"{args.volume}: no variance_sum: the modelling programs weight by "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 
 from ..crystal import Crystal, UnitCell
+from ..files.volume import has_variance, read_volume_header
+from ..memory import check_room, whole_volume_bytes
 from ..merging import symmetrize_file
 from ..params import SliceParams, settings_part
 from ..pictures import plot_slices
@@ -31,6 +33,11 @@ def run(args, log) -> None:
     slices = settings_part(args.settings, SliceParams).slices
     # the pictures' planes kept as they are written (not read back from the file)
     planes = kept_planes(slices)
+    if not crystal.laue_keeps_l_planes:  # (cubic, rhombohedral: the input is held whole)
+        header = read_volume_header(args.input)
+        check_room(whole_volume_bytes(header.grid.size, has_variance(args.input)),
+                   f"symmetrising {header.grid.size:,} voxels by {crystal.laue_group} (the "
+                   "volume held whole)", "a coarser reduction.transform.grid", log)
     t0 = time.monotonic()
     notes = symmetrize_file(args.input, args.out, crystal,
                             provenance("hklflow symmetrize", args.settings, inputs=[args.input]),
