@@ -88,6 +88,46 @@ def _block_extent(rows: int, cols: int, s: int) -> tuple:
 
 
 # --------------------------------------------------------------------------------------
+# What every detector picture and every log colour bar share
+# --------------------------------------------------------------------------------------
+def _detector_image(ax, image, extent=None, **style):
+    """imshow of a detector image (a frame's array, or one reduced by blocks with its extent
+    in pixels) with row 0 at the bottom, as pyFAI draws detectors: its native layout
+    (orientation 3, docs/conventions.md) and its own views (pyFAI.gui.jupyter, pyFAI-calib2)
+    put the array's origin at the lower left."""
+    return ax.imshow(image, origin="lower", interpolation="nearest", extent=extent, **style)
+
+
+def _detector_axes(ax, shape) -> None:
+    """Axes of a detector picture: the whole detector of shape (rows, columns), pixel i
+    centred at i, row 0 at the bottom (_detector_image), said in the labels."""
+    rows, cols = shape
+    ax.set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), aspect="equal",
+           xlabel="column (pixel)", ylabel="row (pixel, 0 at bottom)")
+
+
+def _log_colorbar(fig, mappable, **colorbar_args):
+    """fig.colorbar of a LogNorm mappable with at least 3 labelled ticks over any range
+    (matplotlib labels only decades, often a single one): decades where 3 fit, else steps of
+    1-2-5, else of 1-9, else linear steps.  Labels are plain numbers: 10^n labels go
+    through mathtext, whose parser costs a third of a second per picture."""
+    from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    low, high = mappable.norm.vmin, mappable.norm.vmax
+    for locator in (LogLocator(), LogLocator(subs=(1, 2, 5)), LogLocator(subs=range(1, 10)),
+                    MaxNLocator()):
+        ticks = locator.tick_values(low, high)
+        if np.count_nonzero((ticks >= low) & (ticks <= high)) >= 3:
+            break
+    # (inf, inf): every tick labelled, not only decades
+    colorbar = fig.colorbar(mappable, ticks=locator,
+                            format=LogFormatter(minor_thresholds=(np.inf, np.inf)),
+                            **colorbar_args)
+    colorbar.minorformatter = NullFormatter()
+    return colorbar
+
+
+# --------------------------------------------------------------------------------------
 # Calibration (calibrate_powder)
 # --------------------------------------------------------------------------------------
 def plot_calibration(path, result, params, image,
@@ -107,11 +147,14 @@ def plot_calibration(path, result, params, image,
         shown = np.where(shown > 0, shown, np.nan)
         finite = shown[np.isfinite(shown)]
         vmin, vmax = (np.percentile(finite, [1, 99.9]) if finite.size else (1, 10))
-        im = ax0.imshow(shown, origin="upper", cmap="viridis", interpolation="nearest",
-                        norm=LogNorm(vmin=max(vmin, 0.5), vmax=max(vmax, vmin * 10, 1)))
-        fig.colorbar(im, ax=ax0, fraction=0.046, pad=0.02, label="counts")
-    else:
-        ax0.imshow(g.detector_mask(), origin="upper", cmap="Greys", alpha=0.3)
+        im = _detector_image(ax0, shown, cmap="viridis",
+                             norm=LogNorm(vmin=max(vmin, 0.5), vmax=max(vmax, vmin * 10, 1)))
+        _log_colorbar(fig, im, ax=ax0, fraction=0.046, pad=0.02, label="counts")
+        ax0.set_title("calibration image (log)")
+    else:  # grey where the detector has gaps, transparent elsewhere: no colour scale
+        _detector_image(ax0, g.detector_mask()[..., None] * np.float32([0.55, 0.55, 0.55, 1]))
+        ax0.set_title("detector gaps (grey)")
+    drawn = []  # legend handles of what is drawn over the detector, and only that
     # predicted rings of the refined geometry: contours of pixel 2theta (every 2nd pixel)
     step = 2
     tth = np.degrees(np.asarray(ai.center_array(g.shape, unit="2th_rad", scale=False)))
@@ -119,20 +162,23 @@ def plot_calibration(path, result, params, image,
     levels = rings_deg[(rings_deg > sub.min()) & (rings_deg < sub.max())]
     if levels.size:
         yy, xx = np.mgrid[0:ny:step, 0:nx:step]
-        ax0.contour(xx + 0.5, yy + 0.5, sub, levels=np.sort(levels), colors="red",
-                    linewidths=0.5, alpha=0.8)
-    if len(result.control_points):
+        rings = ax0.contour(xx, yy, sub, levels=np.sort(levels), colors="red",
+                            linewidths=0.5, alpha=0.8)
+        ring_line = rings.legend_elements()[0][0]
+        ring_line.set_label("predicted rings")
+        drawn.append(ring_line)
+    if len(result.control_points):  # (row, column, ring) with pixel i centred at i, as pyFAI's
         cp = result.control_points
-        ax0.scatter(cp[:, 1] + 0.5, cp[:, 0] + 0.5, s=2, c=cp[:, 2], cmap="tab20",
-                    marker=".", linewidths=0)
-    bc = g.beam_centre()
-    ax0.plot([bc["direct_beam_col"]], [bc["direct_beam_row"]], "w+", ms=12)
-    ax0.set_xlim(0, nx)
-    ax0.set_ylim(ny, 0)
-    ax0.set_xlabel("column (fast) / px")
-    ax0.set_ylabel("row (slow) / px")
-    ax0.set_title("image (log), predicted rings (red), control points" if image is not None
-                  else "detector gaps (grey), predicted rings (red)")
+        drawn.append(ax0.scatter(cp[:, 1], cp[:, 0], s=10, facecolors="none", edgecolors="w",
+                                 linewidths=0.6, label="control points"))
+    beam = g.beam_centre()  # continuous pixels: pixel i spans i to i + 1
+    if g.on_detector(beam["direct_beam_row"], beam["direct_beam_col"]):
+        drawn += ax0.plot([beam["direct_beam_col"] - 0.5], [beam["direct_beam_row"] - 0.5],
+                          "+", color="tab:orange", ms=12, label="direct beam")
+    if drawn:
+        ax0.legend(handles=drawn, loc="upper right", fontsize=8, framealpha=0.8,
+                   facecolor="0.85")
+    _detector_axes(ax0, g.shape)
 
     if pattern is not None:
         x, y = pattern
@@ -165,12 +211,11 @@ def plot_peaks(result, title: str, path, preview: str = "") -> None:
     p = result.peaks
     fig = _new_figure((16, 5.2))
     ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.1, 1, 1.2]})
-    img, extent = _reduced_log_image(result.max_projection)
-    ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
+    _draw_scan_maximum(fig, ax[0], result.max_projection)
     ax[0].scatter(p["observed_px_x"] - 0.5, p["observed_px_y"] - 0.5, s=14, facecolors="none",
                   edgecolors="tab:red", linewidths=0.6)
-    ax[0].set(title=f"{len(p['n_pixels'])} peaks on the maximum over frames (log)",
-              xlabel="column (pixel)", ylabel="row (pixel)")
+    _detector_axes(ax[0], np.shape(result.max_projection))
+    ax[0].set_title(f"{len(p['n_pixels'])} peaks (red)\non the maximum over frames (log)")
     pos = p["int_sum"][p["int_sum"] > 0]
     if len(pos):
         ax[1].hist(np.log10(pos), bins=50, color="tab:blue")
@@ -186,7 +231,7 @@ def plot_peaks(result, title: str, path, preview: str = "") -> None:
     ax[2].set(title="per-frame statistics", xlabel="frame", ylabel="relative")
     ax[2].legend(loc="lower left", fontsize=8)
     fig.suptitle(_with_preview(title, preview))
-    _margins(fig, wspace=0.25)
+    _margins(fig, wspace=0.4)  # (room for the colour bar's label)
     _save_tight(fig, path, 90)
 
 
@@ -197,12 +242,17 @@ def plot_residuals(result, title: str, path, preview: str = "") -> None:
     fig = _new_figure((16, 5))
     ax = fig.subplots(1, 3)
     for e, res, used in zip(result.entries, result.residuals, result.used):
-        ax[0].scatter(e.x[used], e.y[used], c=np.hypot(res[used, 0], res[used, 1]), s=6,
-                      cmap="viridis", vmin=0, vmax=max(3 * result.rms_px, 0.1))
+        # (e.x, e.y: continuous pixels, pixel i spanning i to i + 1)
+        on_detector = ax[0].scatter(e.x[used] - 0.5, e.y[used] - 0.5,
+                                    c=np.hypot(res[used, 0], res[used, 1]), s=6,
+                                    cmap="viridis", vmin=0, vmax=max(3 * result.rms_px, 0.1))
         ax[1].scatter(e.z[used], res[used, 2], s=4, label=e.name)
         ax[2].scatter(res[used, 0], res[used, 1], s=4, label=e.name)
-    ax[0].set(title=f"|residual| on the detector (colour, 0-{3 * result.rms_px:.2f} px)",
-              xlabel="column (pixel)", ylabel="row (pixel)", aspect="equal")
+    if result.entries:
+        fig.colorbar(on_detector, ax=ax[0], fraction=0.046, pad=0.02, extend="max",
+                     label="|pixel residual| (pixel)")
+    _detector_axes(ax[0], result.model.detector.shape)
+    ax[0].set_title("|pixel residual| of the peaks used")
     ax[1].axhline(0, color="k", lw=0.5)
     ax[1].set(title=f"frame residual vs frame (rms {result.rms_frames:.3f})", xlabel="frame",
               ylabel="predicted - observed (frames)")
@@ -215,7 +265,7 @@ def plot_residuals(result, title: str, path, preview: str = "") -> None:
     fig.suptitle(_with_preview(f"{title}: {result.n_used} peaks, {result.fraction_indexed:.1%} "
                                "indexed; cell " + " ".join(f"{v:.5f}" for v in c.parameters),
                                preview))
-    _margins(fig, wspace=0.3)
+    _margins(fig, wspace=0.45)  # (room for the colour bar's label)
     _save_tight(fig, path, 90)
 
 
@@ -232,16 +282,26 @@ def _blocks(a: np.ndarray, s: int, ufunc, fill) -> np.ndarray:
     return ufunc.reduce(ufunc.reduce(p.reshape(p.shape[0] // s, s, p.shape[1] // s, s), axis=3), axis=1)
 
 
-def _reduced_log_image(image) -> tuple[np.ndarray, tuple]:
-    """log10 of a detector image reduced by blocks (their maximum, so that single bright
-    pixels stay visible), NaN where nothing is positive; with its extent in pixels."""
+def _reduced_image(image) -> tuple[np.ndarray, tuple]:
+    """A detector image reduced by blocks (their maximum, so that single bright pixels stay
+    visible), NaN where nothing is positive (off a log scale); with its extent in pixels."""
     a = np.asarray(image, dtype=np.float32)
     rows, cols = a.shape
     s = _reduction(rows, cols)
     mp = _blocks(a, s, np.maximum, np.float32(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        img = np.log10(np.where(mp > 0, mp, np.float32(np.nan)))
-    return img, _block_extent(rows, cols, s)
+    return np.where(mp > 0, mp, np.float32(np.nan)), _block_extent(rows, cols, s)
+
+
+def _draw_scan_maximum(fig, ax, max_projection) -> None:
+    """A scan's maximum over frames of every pixel, in greys on a log scale with its colour
+    bar (nothing where no pixel counts)."""
+    from matplotlib.colors import LogNorm
+
+    image, extent = _reduced_image(max_projection)
+    if np.isfinite(image).any():
+        shown = _detector_image(ax, image, extent, cmap="gray_r", norm=LogNorm())
+        _log_colorbar(fig, shown, ax=ax, fraction=0.046, pad=0.02,
+                      label="maximum over frames (counts)")
 
 
 def plot_mask(result, title: str, path, max_ellipses: int = 3000, preview: str = "") -> None:
@@ -265,16 +325,14 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000, preview: str =
     s = _reduction(rows, cols)
     extent = _block_extent(rows, cols, s)
     if result.max_projection is not None:
-        img, _ = _reduced_log_image(result.max_projection)
-        ax[0].imshow(img, origin="lower", cmap="gray_r", interpolation="nearest", extent=extent)
-        del img
+        _draw_scan_maximum(fig, ax[0], result.max_projection)
     reasons = _blocks(np.asarray(result.reasons), s, np.bitwise_or, 0)
     rgba = np.zeros(reasons.shape + (4,), np.uint8)
     for bit, colour in REASON_COLOURS.items():  # later reasons drawn over earlier ones
         sel = (reasons & bit) != 0
         rgba[sel, :3] = np.round(255 * np.asarray(colour)).astype(np.uint8)
         rgba[sel, 3] = 217
-    ax[0].imshow(rgba, origin="lower", interpolation="nearest", extent=extent)
+    _detector_image(ax[0], rgba, extent)
     # hot and dead pixels are single pixels: circle them so they can be seen
     for bit in (DEAD, HOT):
         rc = np.argwhere((result.reasons & bit) != 0)
@@ -291,9 +349,10 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000, preview: str =
                 offsets=np.column_stack([t["col"][sel] - 0.5, t["row"][sel] - 0.5]),
                 offset_transform=ax[0].transData, facecolors="none", edgecolors=colour,
                 linewidths=0.5))
-    ax[0].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
-              ylabel="row (pixel)", title="pixel mask over the scan maximum (log)"
-              + (", Bragg regions projected" if drawn else f"; {len(m.regions)} regions: see middle"))
+    _detector_axes(ax[0], m.shape)
+    ax[0].set_title("pixel mask" + (" over the scan maximum (log)" if result.max_projection
+                                    is not None else "")
+                    + ("" if drawn else f";\n{len(m.regions)} regions: see middle"))
     handles = [Patch(color=REASON_COLOURS[b], label=f"{n} ({st[f'pixels_{n}']})")
                for n, b in REASONS.items()]
     if drawn:
@@ -303,14 +362,12 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000, preview: str =
     if result.masked_per_pixel is not None:
         pp = _blocks(np.asarray(result.masked_per_pixel), s, np.maximum, 0).astype(np.float32)
         pp[pp == 0] = np.nan
-        im = ax[1].imshow(pp, origin="lower", interpolation="nearest", extent=extent, cmap="viridis",
-                          norm=LogNorm(vmin=1, vmax=max(float(np.nanmax(pp)) if np.isfinite(pp).any() else 1, 2)))
-        _plain_log_ticks(fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.02, label="frames"))
-        ax[1].imshow(np.where((reasons & GAP)[..., None] != 0, rgba, 0), origin="lower",
-                     interpolation="nearest", extent=extent)
-    ax[1].set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5), xlabel="column (pixel)",
-              title=f"Bragg mask: frames in which a pixel is masked ({st['regions_found']} found, "
-                    f"{st['regions_predicted']} predicted)")
+        im = _detector_image(ax[1], pp, extent, cmap="viridis", norm=LogNorm(
+            vmin=1, vmax=max(float(np.nanmax(pp)) if np.isfinite(pp).any() else 1, 2)))
+        _log_colorbar(fig, im, ax=ax[1], fraction=0.046, pad=0.02, label="frames")
+        _detector_image(ax[1], np.where((reasons & GAP)[..., None] != 0, rgba, 0), extent)
+        ax[1].set_title("Bragg mask: frames in which a pixel is masked")
+    _detector_axes(ax[1], m.shape)
     usable = max(int(np.count_nonzero(result.reasons == 0)), 1)
     if result.masked_per_frame is not None and len(result.masked_per_frame):
         ax[2].plot(np.arange(m.nframes) + 0.5, 100 * result.masked_per_frame / usable, lw=0.8)
@@ -373,15 +430,6 @@ def draw_slice(fig, spec, sl, cell, norm, title: str | None = None):
     return ax, im
 
 
-def _plain_log_ticks(colorbar) -> None:
-    """Labels of a log colour bar as plain numbers: the default 10^n labels go through
-    mathtext, whose parser costs a third of a second per picture."""
-    from matplotlib.ticker import LogFormatter, NullFormatter
-
-    colorbar.ax.yaxis.set_major_formatter(LogFormatter())
-    colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
-
-
 def _angle_note(cell, u, v) -> str:
     if cell is None:
         return "no cell: orthogonal axes, 1 r.l.u. equal lengths"
@@ -420,8 +468,7 @@ def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None,
         ax, im = draw_slice(fig, (nrow, ncol, i + 1), sl, cell, norm,
                             f"{sl.describe()}: {sl.label}\n{measured.mean():.0%} measured; "
                             f"{_angle_note(cell, sl.u, sl.v)}")
-        _plain_log_ticks(fig.colorbar(im, ax=ax, extend="both", shrink=0.85,
-                                      label="intensity (log)"))
+        _log_colorbar(fig, im, ax=ax, extend="both", shrink=0.85, label="intensity (log)")
     if not drawn:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no slice inside the grid:\n" + ", ".join(str(s) for s in slices),
@@ -474,8 +521,8 @@ def plot_series(volumes, spec, png, title: str, cell=None, log=None,
                             f" ({np.isfinite(sl.data).mean():.0%} measured)")
         axes.append(ax)
     if im is not None:
-        _plain_log_ticks(fig.colorbar(im, ax=axes, extend="both", shrink=0.8,
-                                      label="intensity (log, common scale)"))
+        _log_colorbar(fig, im, ax=axes, extend="both", shrink=0.8,
+                      label="intensity (log, common scale)")
     first = next((sl for _, _, sl in panels if sl is not None), None)
     fig.suptitle(_with_preview(f"{title} {'/'.join(kinds)}: "
                                f"{first.describe() + ', ' + first.label if first else spec}",
