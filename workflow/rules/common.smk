@@ -133,9 +133,15 @@ _DELIBERATE_REPEATS = frozenset(EXP.reduction["ingest"]["deliberate_repeats"])
 
 
 def _recorded_raw_files(scan_file):
+    """(files, fingerprints) ingest recorded; none from a scan file that cannot be read (its
+    ingest is not complete: Snakemake runs it again, or the step that reads it says why)."""
+    from hklflow.errors import HklflowError
     from hklflow.files.scan import read_scan_file  # h5py: only for a scan file new since
 
-    frames = read_scan_file(scan_file).frames
+    try:
+        frames = read_scan_file(scan_file).frames
+    except (OSError, HklflowError, KeyError, ValueError):
+        return (), ()
     return frames.files, frames.fingerprints
 
 
