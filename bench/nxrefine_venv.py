@@ -6,7 +6,10 @@ NXRefine is not a dependency of hklflow.  `pip install nxrefine` (0.1.1, the onl
 PyPI) pulls nexpy and nexusformat 2.1.0, which no longer defines `NXgoniometer`, so
 `import nxrefine.nxrefine` fails.  The venv therefore gets nxrefine with --no-deps plus what
 its modules used here import, with nexusformat 2.0.3 (lmfit is imported inside NXRefine's
-refinement methods; nxrefine does not declare it).
+refinement methods; nxrefine does not declare it).  NXReduce (nxrefine.nxreduce) also needs
+qtpy with a Qt binding (its class is a QtCore.QObject; PyQt5, the smallest wheel, about
+230 MB), sqlalchemy, psutil and persist-queue, but not nexpy; it runs with
+QT_QPA_PLATFORM=offscreen.
 
     python bench/nxrefine_venv.py [--venv DIR] [--reinstall]   # make it, print its python
 """
@@ -24,8 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_VENV = HERE / ".nxrefine-venv"  # ignored by git (/bench/.nxrefine-venv*)
 NXREFINE = "nxrefine==0.1.1"
-NX_DEPS = ["numpy", "scipy", "gemmi", "h5py", "nexusformat==2.0.3", "scikit-image", "lmfit"]
-IMPORT_CHECK = "import nxrefine.nxrefine, nxrefine.nxsymmetry, lmfit"
+NX_DEPS = ["numpy", "scipy", "gemmi", "h5py", "nexusformat==2.0.3", "scikit-image", "lmfit",
+           "qtpy", "PyQt5", "sqlalchemy", "psutil", "persist-queue"]
+IMPORT_CHECK = "import nxrefine.nxrefine, nxrefine.nxsymmetry, nxrefine.nxreduce, lmfit"
 READY = "hklflow-ready.json"  # written last: a venv without it is half made
 
 

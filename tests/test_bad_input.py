@@ -48,6 +48,35 @@ def set_reduction(section: str, key: str, value):
     return lambda c: c.setdefault("reduction", {}).setdefault(section, {}).__setitem__(key, value)
 
 
+CBF_FRAMES = "raw/tiny/300K/f1/f1_*.cbf"
+
+
+def with_monitor(row: int, monitor: str, data: str | None = None, files: dict | None = None):
+    """A change giving row ROW of the scans table a monitor (the column added), another
+    `data`, and writing FILES (path -> text, or a function writing the path)."""
+    def change(d: Path) -> None:
+        p = d / "config" / "scans.tsv"
+        lines = p.read_text().splitlines()
+        lines = [lines[0] + "\tmonitor"] + [ln + "\t" for ln in lines[1:]]
+        lines[row] += monitor
+        p.write_text("\n".join(lines) + "\n")
+        if data:
+            edit_cell(d, row, "data", data)
+        for name, content in (files or {}).items():
+            (d / name).parent.mkdir(parents=True, exist_ok=True)
+            content(d / name) if callable(content) else (d / name).write_text(content)
+    return change
+
+
+def write_cbf_without_flux(path: Path) -> None:
+    import fabio.cbfimage
+    import numpy as np
+
+    header = "# Exposure_time 0.0990000 s\r\n# Start_angle 0.0000 deg."
+    fabio.cbfimage.CbfImage(data=np.zeros((4, 4), np.int32),
+                            header={"_array_data.header_contents": header}).write(str(path))
+
+
 # id -> (change, words the message must hold: file, row, field, what was expected)
 CONFIG_CASES = {
     # non-finite numbers (a missing value that pandas wrote as nan)
@@ -168,6 +197,40 @@ CONFIG_CASES = {
     "many-problems": (lambda d: many_bad_rows(d, 25),
                       ["scans.tsv: 25 problems:\n", "row 1 (tiny/300.0/e0): field 'phi_start': "
                        "'x' is not of type 'number'", "\n  ... and 5 more"]),
+    # monitors of frame files (a column file, cbf:FIELD) and of HDF5 files (a dataset)
+    "monitor-file-missing": (with_monitor(1, "monitors/f1.txt", data=CBF_FRAMES),
+                             ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                              "monitors/f1.txt does not exist",
+                              "expected a text file of one value per frame"]),
+    "monitor-file-count": (with_monitor(1, "monitors/f1.txt", data=CBF_FRAMES, files={
+        "monitors/f1.txt": "# I0 per frame\n" + "1000\n" * 59}),
+                           ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                            "monitors/f1.txt: 59 values, expected one per frame: the row's "
+                            "nframes is 60"]),
+    "monitor-file-negative": (with_monitor(1, "monitors/f1.txt", data=CBF_FRAMES, files={
+        "monitors/f1.txt": "".join(f"{i} {-1 if i == 3 else 1000}\n" for i in range(1, 61))}),
+                              ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                               "monitors/f1.txt: line 3: -1 is negative"]),
+    "monitor-file-nan": (with_monitor(1, "monitors/f1.txt", data=CBF_FRAMES, files={
+        "monitors/f1.txt": "1000\n" * 6 + "nan\n" + "1000\n" * 53}),
+                         ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                          "monitors/f1.txt: line 7: nan is not a finite number"]),
+    "monitor-cbf-on-hdf5": (with_monitor(1, "cbf:Flux"),
+                            ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                             "'cbf:Flux' reads the header of CBF frame files, but the row's "
+                             "data raw/tiny/300K/f1.h5 are HDF5",
+                             "expected the path of a dataset in the data file"]),
+    "monitor-dataset-on-cbf": (with_monitor(1, "/entry/instrument/monitor", data=CBF_FRAMES),
+                               ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                                "/entry/instrument/monitor does not exist",
+                                "a dataset path is the monitor of rows whose data are HDF5 "
+                                "files"]),
+    "monitor-cbf-no-field": (with_monitor(1, "cbf:Flux", data=CBF_FRAMES, files={
+        "raw/tiny/300K/f1/f1_00001.cbf": write_cbf_without_flux}),
+                             ["scans.tsv: row 1 (tiny/300K/f1)", "field 'monitor'",
+                              "raw/tiny/300K/f1/f1_00001.cbf: no 'Flux' line in its CBF header",
+                              "expected cbf:FIELD with a field of the header (Exposure_time, "
+                              "Start_angle)"]),
 }
 
 

@@ -93,3 +93,94 @@ def test_dry_runs_and_graphs_show_snakemakes_own_output():
         assert _passes_through(args), args
     for args in ([], ["--cores", "2"], ["--profile", "profiles/slurm", "-k"]):
         assert not _passes_through(args), args
+
+
+def test_a_steps_last_progress_line_becomes_the_consoles_text():
+    log = ("2026-11-28 16:53:10 hklflow.transform_frames INFO: grid in memory: 0.03 GB\n"
+           "2026-11-28 16:53:20 hklflow.transform_frames INFO: frames transformed: 600/3650 "
+           "(40.0/s)\n"
+           "2026-11-28 16:53:30 hklflow.transform_frames INFO: frames transformed: 1200/3650 "
+           "(40.0/s)\n"
+           "2026-11-28 16:53:31 hklflow.transform_frames INFO: something else\n")
+    assert console.job_progress_text(log) == "frames transformed 1200/3650, ~0:01:01 left"
+    done = ("2026-11-28 16:54:07 hklflow.merge_entries INFO: summing 2 volumes, L planes: "
+            "121/121 (39.9/s)")
+    assert console.job_progress_text(done) == "summing 2 volumes, L planes 121/121"
+    assert console.job_progress_text("2026-11-28 16:53:10 hklflow.find_peaks INFO: reading\n") == ""
+
+
+RUNNING = """\
+Job stats:
+job                  count
+-----------------  -------
+transform_frames         2
+all                      1
+total                    3
+
+[Sat Nov 28 16:38:08 2026]
+localrule transform_frames:
+    input: results/s/300K/f1/scan.nxs
+    output: results/s/300K/f1/transform_parts/00000-00059.nxs
+    log: logs/transform_frames/s/300K/f1/00000-00059.log
+    jobid: 7
+    wildcards: sample=s, temperature=300K, entry=f1, frames=00000-00059
+Shell command: hklflow transform_frames ...
+
+[Sat Nov 28 16:38:08 2026]
+localrule transform_frames:
+    log: logs/transform_frames/s/300K/f2/00000-00059.log
+    jobid: 8
+"""
+
+
+def _running(tmp_path):
+    progress = console.Progress()
+    for text in RUNNING.splitlines(keepends=True):
+        progress.feed(text)
+    log = tmp_path / "logs/transform_frames/s/300K/f2/00000-00059.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-11-28 16:38:20 hklflow.transform_frames INFO: frames transformed: "
+                   "1200/3650 (40.0/s)\n")
+    return progress
+
+
+def test_a_running_jobs_progress_rewrites_its_rules_line_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setenv("COLUMNS", "200")  # (the line is cut to the terminal's width)
+    progress = _running(tmp_path)
+    assert {k: (j.rule, j.name) for k, j in progress.running.items()} == {
+        "7": ("transform_frames", "s/300K/f1/00000-00059"),
+        "8": ("transform_frames", "s/300K/f2/00000-00059")}
+    out = io.StringIO()
+    screen = console.LiveLine(tmp_path, out, terminal=True)
+    screen.update(progress)
+    screen.update(progress)  # (the same text: not written again)
+    shown = out.getvalue()
+    assert shown == ("\r  transform_frames 0/2: s/300K/f2/00000-00059 frames transformed "
+                     "1200/3650, ~0:01:01 left  [0:00:00, 0 of 2 jobs]\x1b[K")
+    monkeypatch.setenv("COLUMNS", "60")
+    screen.update(progress)
+    assert out.getvalue()[len(shown):] == ("\r  transform_frames 0/2: s/300K/f2/00000-00059 "
+                                           "frames transf\x1b[K")  # 59 characters
+    screen.show("a finished rule's line")  # clears the progress line first
+    assert out.getvalue().endswith("\r\x1b[Ka finished rule's line\n")
+    progress.feed("Finished jobid: 8 (Rule: transform_frames)\n")
+    progress.feed("Error in rule transform_frames:\n")
+    progress.feed("    jobid: 7\n")
+    assert progress.running == {}
+
+
+def test_without_a_terminal_progress_is_a_new_line_at_most_every_few_minutes(tmp_path):
+    import io
+
+    progress = _running(tmp_path)
+    out = io.StringIO()
+    console.LiveLine(tmp_path, out, terminal=False).update(progress)
+    assert out.getvalue() == ""  # (PROGRESS_EVERY_S_WITHOUT_TERMINAL not yet passed)
+    screen = console.LiveLine(tmp_path, out, terminal=False, every=0.0)
+    screen.update(progress)
+    screen.update(progress)  # nothing new to say: no second line
+    assert out.getvalue().count("\n") == 1 and "\r" not in out.getvalue()
+    assert out.getvalue() == ("  transform_frames 0/2: s/300K/f2/00000-00059 frames transformed "
+                              "1200/3650, ~0:01:01 left  [0:00:00, 0 of 2 jobs]\n")

@@ -378,8 +378,9 @@ def test_cbf_frames_natural_order_and_readonly(tmp_path):
         np.testing.assert_array_equal(np.concatenate([b for _, b in st.iter_chunks(5)]), data)
         np.testing.assert_array_equal(st.read_frame(9), data[9])
         check_readable(st, "all")
-        with pytest.raises(RawDataError, match="frame files; the monitor must be a dataset"):
-            st.read_monitor("/m")
+        # frame files: a column file or cbf:FIELD (hklflow.monitors), not a dataset
+        with pytest.raises(RawDataError, match="/m: cannot read the monitor's column file"):
+            st.read_monitor("/m", tmp_path)
     assert [digest(p) for p in paths] == before
 
 

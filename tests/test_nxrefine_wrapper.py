@@ -1,15 +1,19 @@
 """Step nxrefine_wrapper and hklflow.nxrefine: NXRefine's wrapper file of the tiny
 experiment (reduced end to end once per session, conftest.tiny_run), opened the way NeXpy
-opens it (nexusformat's plottable_data) and by NXRefine itself (its NXRefine class, in the
-throw-away venv of bench/nxrefine_venv.py, made here when missing, which must then read
-hklflow's cell, wavelength, detector and UB and map hklflow's peaks to hklflow's
-(h, k, l))."""
+opens it (nexusformat's plottable_data) and by NXRefine itself, in the throw-away venv of
+bench/nxrefine_venv.py, made here when missing: its NXRefine class must read hklflow's cell,
+wavelength, detector and UB and map hklflow's peaks to hklflow's (h, k, l); its NXReduce (Qt
+offscreen) must find the raw frames, pixel mask, monitor weights, frame times, orientation
+and volumes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,6 +65,52 @@ def test_every_space_group_has_one_of_nxrefines_laue_groups():
     assert laue_group("R -3 m:H") == "-3m" and laue_group("F d -3 m") == "m-3m"
 
 
+def test_monitor_weights_are_the_monitor_over_hklflows_norm():
+    """NXRefine's monitor_weight (CCTW adds it to the weight of every pixel of its frame) is
+    monitor / norm, the norm the transform scales frames to: so CCTW's v / n is hklflow's
+    intensity.  Frames hklflow leaves out weigh 0, which CCTW skips."""
+    from hklflow.steps.nxrefine_wrapper import monitor_weights
+
+    monitor = np.array([100.0, 200.0, 0.0, 400.0, np.nan])
+    weights, norm = monitor_weights(monitor, None, 5)
+    assert norm == 200.0  # the median good monitor, as reduction.transform's default
+    assert weights.tolist() == [0.5, 1.0, 0.0, 2.0, 0.0]
+    weights, norm = monitor_weights(monitor, 50.0, 5)
+    assert norm == 50.0 and weights.tolist() == [2.0, 4.0, 0.0, 8.0, 0.0]
+    assert monitor_weights(None, None, 5) == (None, None)  # every frame weighs 1
+
+
+def test_frame_time_is_read_from_the_raw_data_where_recorded(tmp_path):
+    """NXmx frame_time (else count_time) beside an HDF5 stack, a Pilatus CBF header's
+    Exposure_period (else Exposure_time), else NXRefine's default 0.1 s, each saying so."""
+    import h5py
+
+    from hklflow.steps.nxrefine_wrapper import frame_time
+
+    def rec(kind, path, dataset=None):
+        return SimpleNamespace(frames=SimpleNamespace(kind=kind, files=(str(path),),
+                                                      dataset=dataset))
+
+    with h5py.File(tmp_path / "nxmx.h5", "w") as f:
+        f["entry/data/data"] = np.zeros((2, 3, 4))
+        f["entry/instrument/detector/count_time"] = 0.0495
+        f["entry/instrument/detector/frame_time"] = 0.05
+    assert frame_time(rec("hdf5", tmp_path / "nxmx.h5", "/entry/data/data")) == (
+        0.05, f"{tmp_path / 'nxmx.h5'}: /entry/instrument/detector/frame_time")
+    with h5py.File(tmp_path / "bare.h5", "w") as f:
+        f["entry/data/data"] = np.zeros((2, 3, 4))
+    seconds, source = frame_time(rec("hdf5", tmp_path / "bare.h5", "/entry/data/data"))
+    assert seconds == 0.1 and "NXRefine's default" in source
+    cbf = tmp_path / "x_00001.cbf"
+    cbf.write_bytes(b"###CBF: VERSION 1.5\r\n# Exposure_time 0.0990000 s\r\n"
+                    b"# Exposure_period 0.1000000 s\r\n# Flux 2.5e+11\r\n"
+                    b"--CIF-BINARY-FORMAT-SECTION--\r\n")
+    assert frame_time(rec("files", cbf)) == (0.1, f"{cbf}: CBF header Exposure_period")
+    tif = tmp_path / "x_00001.tif"
+    tif.write_bytes(b"II*\x00")
+    assert frame_time(rec("files", tif))[0] == 0.1
+
+
 @pytest.mark.slow
 def test_raw_frames_are_linked_where_hdf5_can_link_them(tiny_run):
     """One HDF5 stack: its file; several: the scan file's virtual dataset; single-frame
@@ -102,6 +152,7 @@ def wrappers(tiny_run, tmp_path_factory):
                      "--orientation", f"{b}/orientation.nxs",
                      "--scans", *[f"{b}/{e}/scan.nxs" for e in es],
                      "--peaks", *[f"{b}/{e}/peaks.nxs" for e in es],
+                     "--masks", *[f"{b}/{e}/mask.nxs" for e in es],
                      "--entry-volumes", *[f"{b}/{e}/{k}.nxs" for e in es for k in kinds],
                      "--merged", *[f"{b}/{k}.nxs" for k in kinds],
                      "--symmetrized", *[f"{b}/{k}_symmetrized.nxs" for k in kinds],
@@ -223,6 +274,107 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
+def test_nxreduce_finds_the_data_mask_orientation_and_volumes(wrappers, nx_python, tmp_path):
+    """NXRefine's NXReduce (Qt offscreen, NXRefine's venv) opens each wrapper as its own:
+    sample, label and scan from the path; the raw frames through the scan directory (where
+    NXRefine would write its transforms, not beside the raw data); hklflow's pixel mask
+    (its maximum count is that of hklflow's unmasked pixels, not a hot pixel's), every frame
+    (first 0, last n - 1), monitor weights and frame times; the orientation; the per-entry
+    and merged volumes, its tasks done."""
+    import h5py
+
+    from hklflow.files.orientation import read_orientation_file
+
+    d, paths = wrappers
+    server = tmp_path / "nxserver"  # NXReduce reads its server settings from here
+    server.mkdir()
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", NX_SERVER=str(server))
+    for t, path in paths.items():
+        p = subprocess.run([str(nx_python), "-c", NXREDUCE_DRIVER, str(path), "f1", "f2"],
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        nx = json.loads(p.stdout.splitlines()[-1])
+        base = d / "results" / SAMPLE / t
+        scan_dir = (path.parent / t).resolve()
+        assert (nx["sample"], nx["label"], nx["scan"]) == (SAMPLE, "nxrefine", t)
+        assert nx["directory"] == str(scan_dir)
+        assert nx["entries"] == ["f1", "f2"] and nx["combined"] == [True, True]
+        assert nx["merged_shape"] == list(h5py.File(base / "transform.nxs", "r")[
+            "entry/transform/data"].shape)
+        assert nx["laue_group"] == "4/mmm"
+        ori = read_orientation_file(base / "orientation.nxs")
+        for e in ("f1", "f2"):
+            got = nx[e]
+            raw_file = Path(got["raw_file"])  # in the scan directory, not raw/
+            assert (raw_file.parent.resolve(), raw_file.name) == (scan_dir, f"{e}.h5")
+            assert got["shape"] == [60, 619, 487] and got["raw_data_exists"]
+            with h5py.File(d / "raw" / SAMPLE / t / f"{e}.h5", "r") as f:
+                assert got["frame_7_sum"] == int(f["entry/data/data"][7].sum())
+            with h5py.File(base / e / "mask.nxs", "r") as f:
+                ours = f[f"{e}/instrument/detector/pixel_mask"][()] != 0
+            assert got["pixel_mask_sum"] == int(ours.sum()) and got["pixel_mask_same"]
+            assert (got["first"], got["last"]) == (0, 59)
+            # its maximum count: hklflow's unmasked pixels in its annulus, not a hot pixel
+            assert got["maximum"] == got["maximum_of_unmasked"] < got["maximum_of_all"]
+            assert got["monitor_weight"] == [1.0] * 60  # the tiny scans have no monitor
+            assert got["frame_time"] == 0.1 and got["frame_times"][-1] == pytest.approx(5.9)
+            cctw = got["cctw_command"]
+            assert f"{e}/instrument/detector/pixel_mask" in cctw
+            assert f"{e}/data/monitor_weight" in cctw
+            output = Path(cctw.split("--output ")[1].split("\\#")[0])
+            assert (output.parent.resolve(), output.name) == (scan_dir, f"{e}_transform.nxs")
+            assert got["oriented"] and np.allclose(got["UBmat"], T_NX @ ori.UB, atol=1e-12)
+            with h5py.File(base / e / "transform.nxs", "r") as f:
+                qh = f["entry/transform/Qh"][()]
+            assert got["Qh"] == pytest.approx([qh[0], qh[1] - qh[0], qh[-1]])
+            assert got["complete"] == {"nxlink": True, "nxfind": True, "nxrefine": True,
+                                       "nxtransform": True, "nxmasked_transform": True,
+                                       "nxmax": False}
+        assert (path.parent.parent.parent / "tasks").is_dir()  # NXReduce's, beside SAMPLE/
+
+
+# Runs in NXRefine's venv with QT_QPA_PLATFORM=offscreen: what NXReduce finds in a wrapper
+NXREDUCE_DRIVER = r"""
+import json, sys
+import numpy as np
+from nexusformat.nexus import nxload
+from nxrefine.nxreduce import NXMultiReduce, NXReduce
+from nxrefine.nxrefine import NXRefine
+
+root = nxload(sys.argv[1])
+multi = NXMultiReduce(directory=NXReduce(root[sys.argv[2]]).directory)
+out = {"entries": multi.entries, "laue_group": multi.refine.laue_group,
+       "combined": [multi.complete("nxcombine"), multi.complete("nxmasked_combine")],
+       "merged_shape": list(multi.entry["transform"].nxsignal.shape)}
+for name in sys.argv[2:]:
+    r = NXReduce(root[name])
+    out.update(sample=r.sample, label=r.label, scan=r.scan, directory=str(r.directory))
+    frames = r.field.nxdata
+    result = r.find_maximum()  # reads the frames first..last with its pixel mask
+    annulus = ~r.transmission_coordinates()
+    r.get_transform_grid()
+    refine = NXRefine(r.entry)
+    out[name] = {
+        "raw_file": str(r.raw_file), "raw_data_exists": bool(r.raw_data_exists()),
+        "shape": list(r.shape), "frame_7_sum": int(frames[7].sum()),
+        "pixel_mask_sum": int(r.entry["instrument/detector/pixel_mask"].nxvalue.sum()),
+        "pixel_mask_same": bool(np.array_equal(
+            r.entry["instrument/detector/pixel_mask"].nxvalue != 0, refine.pixel_mask != 0)),
+        "first": r.first, "last": r.last, "maximum": float(result["maximum"]),
+        "maximum_of_unmasked": float(frames[:, (r.pixel_mask == 0) & annulus].max()),
+        "maximum_of_all": float(frames[:, annulus].max()),
+        "monitor_weight": r.data["monitor_weight"].nxvalue.tolist(),
+        "frame_time": float(refine.frame_time),
+        "frame_times": r.data["frame_time"].nxvalue.tolist(),
+        "cctw_command": refine.cctw_command(), "oriented": bool(r.oriented),
+        "UBmat": np.asarray(refine.UBmat).tolist(), "Qh": [float(v) for v in r.Qh],
+        "complete": {task: bool(r.complete(task)) for task in (
+            "nxlink", "nxfind", "nxrefine", "nxtransform", "nxmasked_transform", "nxmax")}}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
 def test_the_rule_makes_the_wrapper_when_the_config_asks(tiny_run, tmp_path):
     """output.nxrefine_wrapper: true adds one wrapper per temperature to the targets; on a
     reduced experiment only those jobs run, and NXReduce's path rules find sample, label and
@@ -246,6 +398,10 @@ def test_the_rule_makes_the_wrapper_when_the_config_asks(tiny_run, tmp_path):
         w = exp / "results" / SAMPLE / "nxrefine" / f"{SAMPLE}_{t}.nxs"
         sample, label, scan = w.parent.parent.name, w.parent.name, w.stem.replace(SAMPLE + "_", "")
         assert (sample, label, scan) == (SAMPLE, "nxrefine", t)
+        # NXReduce's scan directory: the raw stacks, as symbolic links
+        for e in ("f1", "f2"):
+            raw = w.parent / scan / f"{e}.h5"
+            assert raw.is_symlink() and raw.resolve() == (exp / "raw" / SAMPLE / t / f"{e}.h5")
         assert (exp / "logs" / "nxrefine_wrapper" / SAMPLE / f"{t}.log").is_file()
         root = nxload(str(w))
         assert root.plottable_data.nxpath == "/entry/transform"

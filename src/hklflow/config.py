@@ -23,6 +23,8 @@ from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
 from .jobs import (check_chunk_sizes, check_grid_index_range, check_grid_symmetry_of_samples,
                    check_job_counts, check_pdf_holes)
+from .monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DATASET,
+                       check_one_frame_header, monitor_kind, read_column_file)
 from .params import STEP_PARAMS, CalibrationParams, DetectorParams, schema, validator_with_defaults
 
 # old place -> new place (dotted config paths)
@@ -45,6 +47,9 @@ MAX_PROBLEMS_SHOWN = 20  # a config or table with more problems: the first ones 
 # the scans table hklflow watch writes and runs the workflow on: the scans landed so far,
 # each with the frames to reduce now (hklflow.live)
 LIVE_SCANS_TABLE = "live/scans.tsv"
+# the scans tables hklflow run writes without the rows whose data do not exist yet
+# (hklflow.set_aside), relative to the experiment directory
+SET_ASIDE_DIR = ".snakemake/hklflow/set_aside"
 LIVE_CONFIG = "live/config.yaml"
 
 
@@ -142,6 +147,11 @@ class ScanRow:
     @property
     def temperature_label(self) -> str:
         return temperature_label(self.temperature)
+
+    @property
+    def monitor_file(self) -> str | None:
+        """The column file the monitor is read from (an input of ingest), if it is one."""
+        return self.monitor if monitor_kind(self.data, self.monitor) == COLUMN_FILE else None
 
     @property
     def id(self) -> str:
@@ -501,6 +511,17 @@ def _table_text(data: bytes, path) -> str:
                           "\"Latin-1\" or \"Windows\" encoding?)") from None
 
 
+def scans_table_lines(path: str, where_base: Path | None = None) -> list[str]:
+    """The scans table's header and data lines as read_scans_table numbers them (line i is
+    row i): blank and comment lines left out (hklflow.set_aside copies rows from it)."""
+    p = Path(path) if where_base is None else where_base / path
+    try:
+        text = _table_text(p.read_bytes(), path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the scans table: {exc.strerror}") from None
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def read_scans_table(path: str, offset_names, where_base: Path | None = None) -> list[dict]:
     props = schema("scans.schema.yaml")["properties"]
     p = Path(path) if where_base is None else where_base / path
@@ -624,8 +645,43 @@ def _samples(cfg: dict, where: str) -> dict:
     return samples
 
 
+def _check_monitor(scan: ScanRow, label: str, base_dir: Path) -> None:
+    """A row's monitor, as far as reading the table may check it: its kind fits the row's
+    data, a column file is read whole, the CBF header of one frame file has the field (ingest
+    reads every frame's: millions of files are not read while planning)."""
+    kind = monitor_kind(scan.data, scan.monitor)
+    where = f"{label} ({scan.id}): field 'monitor'"
+    given = scan.monitor
+    if kind == HDF5_DATASET and given.lower().startswith(CBF_HEADER_PREFIX):
+        raise ConfigError(f"{where}: {given!r} reads the header of CBF frame files, but the "
+                          f"row's data {scan.data} are HDF5: expected the path of a dataset "
+                          "in the data file, with one value per frame")
+    if kind == HDF5_DATASET and (base_dir / given).is_file():
+        raise ConfigError(f"{where}: {given} is a file: on a row of HDF5 data the monitor is "
+                          "the path of a dataset in the data file (column files are for rows "
+                          "of frame files: CBF/TIFF/EDF)")
+    if kind == COLUMN_FILE and not (base_dir / given).exists():
+        relative = "" if Path(given).is_absolute() else (
+            f" (relative to the experiment directory {base_dir.resolve()})")
+        raise ConfigError(f"{where}: {given} does not exist{relative}: on a row of frame files "
+                          "(CBF/TIFF/EDF) expected a text file of one value per frame, or "
+                          "cbf:FIELD for a field of the frames' CBF headers, e.g. cbf:Flux (a "
+                          "dataset path is the monitor of rows whose data are HDF5 files)")
+    try:
+        if kind == COLUMN_FILE:
+            read_column_file(base_dir / given, scan.nframes, more_allowed=scan.in_progress,
+                             shown=given)
+        elif kind == CBF_HEADER:
+            check_one_frame_header(scan.data, given, base_dir)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.filename or given}: cannot be read: "
+                          f"{exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
-           offset_names: list[str]) -> tuple:
+           offset_names: list[str], base_dir: Path = Path(".")) -> tuple:
     scans, seen = [], {}
     for i, r in enumerate(rows, start=1):
         label = f"{table}: row {i}"
@@ -658,6 +714,7 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
             raise ConfigError(f"{label}: field 'planned_frames': {scan.planned_frames}, fewer "
                               f"than the {scan.nframes} frames of nframes: expected the frames "
                               "the whole scan will have (0 or empty when it is complete)")
+        _check_monitor(scan, label, base_dir)
         if scan.id in seen:
             raise ConfigError(f"{label}: scan {scan.id} repeats row {seen[scan.id]}")
         seen[scan.id] = i
@@ -671,10 +728,13 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
 
 
 def _check_parents(samples: dict, scans, table: str, where: str) -> None:
+    # hklflow watch's table, or hklflow run's without the rows whose data are not there yet:
+    # a sample's scans may not have begun
+    partial = table == LIVE_SCANS_TABLE or Path(table).as_posix().startswith(SET_ASIDE_DIR)
     for name, smp in samples.items():
         labels = {s.temperature_label for s in scans if s.sample == name}
-        if not labels and table == LIVE_SCANS_TABLE:
-            continue  # hklflow watch: this sample's scans have not begun yet
+        if not labels and partial:
+            continue
         if not labels:
             raise ConfigError(f"{table}: sample {name!r} of the config has no scans")
         if smp.parent_label not in labels:
@@ -779,7 +839,8 @@ def load_experiment(config_files, *, config: dict | None = None,
     table = cfg["scans_table"]
     offset_names = [n for n, _ in instrument.goniometer.offset_axes]
     rows = read_scans_table(table, offset_names, Path(base_dir) if base_dir else None)
-    scans = _scans(rows, table, samples, calibrations, offset_names)
+    scans = _scans(rows, table, samples, calibrations, offset_names,
+                   Path(base_dir) if base_dir else Path("."))
     _check_parents(samples, scans, table, where)
     _check_step_settings(cfg, where)
     exp = Experiment(name=cfg["experiment"], sources=sources, scans_table=table,

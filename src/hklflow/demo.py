@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,16 +94,30 @@ def _compact(cmd, env, experiment: Path, log) -> int:
     if cold:
         log.info(cold)
     since, progress, tail = time.time(), console.Progress(), []
+    screen = console.LiveLine(experiment)
     with open(run_log, "w") as out, subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace") as proc:
-        for line in proc.stdout:
-            out.write(line)
-            tail = (tail + [line.rstrip()])[-12:]
-            for shown in progress.feed(line):
-                print(shown, flush=True)
-            if line.startswith("Nothing to be done"):
-                print(line.rstrip(), flush=True)
+        # read in a thread: Snakemake is silent while its jobs run, and meanwhile the
+        # console shows their progress from their logs
+        lines = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        polled = time.monotonic()
+        try:
+            while (line := _next_line(lines)) is not None:
+                if time.monotonic() - polled >= PROGRESS_POLL_S:
+                    screen.update(progress)
+                    polled = time.monotonic()
+                if not line:
+                    continue
+                out.write(line)
+                tail = (tail + [line.rstrip()])[-12:]
+                for shown in progress.feed(line):
+                    screen.show(shown)
+                if line.startswith("Nothing to be done"):
+                    screen.show(line.rstrip())
+        finally:
+            screen.close()  # (Ctrl-C too: no progress line left under the prompt)
         rc = proc.wait()
     if rc != 0:
         lines = console.failure_lines(experiment, progress.failures)
@@ -112,6 +128,24 @@ def _compact(cmd, env, experiment: Path, log) -> int:
     for line in console.summary(experiment, since, progress if progress.total else None):
         print(line, flush=True)
     return rc
+
+
+PROGRESS_POLL_S = 2.0  # how often the running jobs' logs are read for their progress
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _next_line(lines: queue.Queue) -> str | None:
+    """Snakemake's next line; '' when it printed none for PROGRESS_POLL_S seconds, None at
+    its end."""
+    try:
+        return lines.get(timeout=PROGRESS_POLL_S)
+    except queue.Empty:
+        return ""
 
 
 def locked(exp: Path) -> bool:
@@ -172,6 +206,14 @@ def run_main(argv=None) -> int:
                   args.experiment)
         return 2
     exp = args.experiment.resolve()
+    from .set_aside import snakemake_arguments
+
+    # rows whose data do not exist yet: named and left out, so that the others reduce
+    extra, set_aside, status = snakemake_arguments(exp, extra)
+    for line in set_aside:
+        print(line, flush=True)
+    if status:
+        return status
     return snakemake(exp, extra, log, f"hklflow run {exp}", args.verbose)
 
 

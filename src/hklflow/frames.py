@@ -33,6 +33,9 @@ read with ``Dataset.read_direct``, which gives the same numbers (and the error).
 files are decoded one by one into the buffer.  ``iter_chunks(..., reuse_buffer=True)``
 reuses one buffer for the whole pass.
 
+A scan's monitor is a dataset of its HDF5 files, or for frame files a column file or a
+field of each frame's CBF header (hklflow.monitors).
+
 Every failure is a :class:`RawDataError` whose message names the file, the frame (when
 known) and what was expected.  The frames of an ingested scan are opened with
 :func:`open_frame_source` from the :class:`FrameSource` its scan file records, which also
@@ -59,6 +62,7 @@ from .codec import (CompressedFrames, bitshuffle_lz4_only, codec_for, read_chunk
                     stored_frames)
 from .errors import RawDataError
 from .images import open_hdf5, read_fabio, read_image
+from .monitors import CBF_HEADER, header_field, header_monitor, monitor_kind, read_column_file
 from .rawfiles import (DEFAULT_DATASET, FrameSource, changed_files, fingerprint, is_eiger_master,
                        is_hdf5_path, matching_files)
 
@@ -267,12 +271,12 @@ class FrameStack(abc.ABC):
             else:
                 yield a, self.read(a, b)
 
-    def read_monitor(self, path: str) -> np.ndarray:
-        """Per-frame monitor values (float64, length nframes) from dataset `path` of the
-        raw HDF5 file(s) (concatenated over files)."""
-        raise RawDataError(f"{self.files[0]}: a monitor dataset ({path}) was given, but the raw "
-                           "data are single-frame files; the monitor must be a dataset in an "
-                           "HDF5 data file")
+    @abc.abstractmethod
+    def read_monitor(self, monitor: str, base_dir=".") -> np.ndarray:
+        """Per-frame monitor values (float64, length nframes): of HDF5 files, their dataset
+        `monitor` (concatenated over files); of frame files, the column file `monitor`
+        (relative to base_dir) or each frame's CBF header field (cbf:FIELD,
+        hklflow.monitors)."""
 
     @abc.abstractmethod
     def _read_piece(self, k, a, b, out, offset):
@@ -395,7 +399,8 @@ class _HDF5Stack(FrameStack):
             self.frames_from_raw_chunks += len(chunks)
         return stored
 
-    def read_monitor(self, path: str) -> np.ndarray:
+    def read_monitor(self, monitor: str, base_dir=".") -> np.ndarray:
+        path = monitor  # a dataset of the files (base_dir: for frame files' column files)
         parts = []
         for (f, _), name, n in zip(self._handles, self.files, self.source.frames_per_file):
             try:
@@ -447,6 +452,18 @@ class _FileStack(FrameStack):
             raise RawDataError(f"{path}: frame {i}: pixel type {data.dtype}, expected "
                                f"{self.dtype} like the other frames of the scan ({self.files[0]})")
         return data
+
+    def read_monitor(self, monitor: str, base_dir=".") -> np.ndarray:
+        try:
+            if monitor_kind(self.files[0], monitor) == CBF_HEADER:
+                return header_monitor(self.files, header_field(monitor))
+            return read_column_file(os.path.join(os.fspath(base_dir), monitor), self.nframes,
+                                    more_allowed=self.source.growing, shown=monitor)
+        except ValueError as exc:
+            raise RawDataError(str(exc)) from None
+        except OSError as exc:
+            raise RawDataError(f"{exc.filename or monitor}: the monitor cannot be read: "
+                               f"{exc.strerror or exc}") from None
 
     def _read_piece(self, k, a, b, out, offset):
         with self._one_at_a_time:  # (threads of a step may read frames side by side)
@@ -710,7 +727,7 @@ def inspect_raw_scan(data: str, dataset: str, nframes: int, detector_shape, *,
         log.info("frames %s read back fine", checked)
         values = None
         if monitor:
-            values = stack.read_monitor(monitor)
+            values = stack.read_monitor(monitor, base_dir)
             bad = int(np.count_nonzero(values <= 0))
             if bad:
                 log.warning("monitor %s is <= 0 on %d of %d frames", monitor, bad, values.size)

@@ -268,9 +268,11 @@ class JobSettings:
 
     @_made_once
     def nxrefine_wrapper(self, sample: str) -> str:
-        # the kinds say which volume is which among the job's inputs
+        # the kinds say which volume is which among the job's inputs; the monitor reference
+        # is the norm of NXRefine's monitor weights
         return settings_json({"sample": self.exp.samples[sample].settings(),
-                              "kinds": list(self._transform.kinds)})
+                              "kinds": list(self._transform.kinds),
+                              "monitor_reference": self._transform.monitor_reference})
 
     @_made_once
     def total_pdf(self, sample: str) -> str:

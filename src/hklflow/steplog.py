@@ -30,7 +30,9 @@ def setup(name: str, verbose: bool = False) -> logging.Logger:
 
 
 class Progress:
-    """Logs 'done/total' at most every `every` seconds (for long loops)."""
+    """Logs 'done/total' at most every `every` seconds (for long loops).  The line, "<date>
+    <time> hklflow.<step> INFO: <what>: <done>/<total> (<rate>/s)", is read back from the
+    job's log by `hklflow run`'s console (console.job_progress_text): keep its form."""
 
     def __init__(self, log: logging.Logger, what: str, total: int, every: float = 10.0):
         self.log, self.what, self.total, self.every = log, what, total, every

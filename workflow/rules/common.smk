@@ -202,6 +202,13 @@ def raw_change(w):
     return marker
 
 
+def monitor_file(w):
+    """The entry's monitor column file, where its monitor is one (rows of frame files): an
+    input of its ingest, so that the entry is ingested again when the file changes."""
+    path = scan_of(w).monitor_file
+    return [path] if path else []
+
+
 def scan_calibration(w, file):
     return calibration_path(scan_of(w).calibration, file)
 

@@ -1,7 +1,9 @@
 # NXRefine's wrapper file of every sample at every temperature (output.nxrefine_wrapper):
 # results/SAMPLE/nxrefine/SAMPLE_TLABEL.nxs, where NXRefine's NXReduce finds sample
-# (two folders up), label ('nxrefine') and scan (TLABEL) from the path.  It links the
-# results (volumes, PDFs, raw frames), so it is made after them and copies no array.
+# (two folders up), label ('nxrefine') and scan (TLABEL) from the path, and its scan
+# directory results/SAMPLE/nxrefine/TLABEL/ (ENTRY.h5: links to the raw frames; NXRefine
+# writes its own results there).  It links the results (volumes, PDFs, raw frames), so it
+# is made after them and copies no large array.
 
 
 rule nxrefine_wrapper:
@@ -12,6 +14,7 @@ rule nxrefine_wrapper:
         orientation=rules.refine_temperature.output.orientation,
         scans=lambda w: entries_files(w, "scan.nxs"),
         peaks=lambda w: entries_files(w, "peaks.nxs"),
+        masks=lambda w: entries_files(w, "mask.nxs"),
         entry_volumes=entry_volumes,
         merged=expand("results/{{sample}}/{{temperature}}/{kind}.nxs", kind=TRANSFORM_KINDS),
         symmetrized=expand("results/{{sample}}/{{temperature}}/{kind}_symmetrized.nxs",
@@ -19,6 +22,8 @@ rule nxrefine_wrapper:
         pdf=lambda w: list(nxrefine_pdf_links(w).values()),
     output:
         wrapper="results/{sample}/nxrefine/{sample}_{temperature}.nxs",
+        # (files.nxrefine.scan_directory: the wrapper's stem less 'SAMPLE_')
+        scan_directory=directory("results/{sample}/nxrefine/{temperature}"),
     params:
         settings=lambda w: settings_file(SETTINGS.nxrefine_wrapper(w.sample)),
         pdf=lambda w: [f"{n}={p}" for n, p in nxrefine_pdf_links(w).items()],
@@ -36,5 +41,6 @@ rule nxrefine_wrapper:
     shell:
         "hklflow nxrefine_wrapper --settings-file {params.settings:q}"
         " --orientation {input.orientation:q} --scans {input.scans:q} --peaks {input.peaks:q}"
+        " --masks {input.masks:q}"
         " --entry-volumes {input.entry_volumes:q} --merged {input.merged:q}"
         " {params.symmetrized:q} --pdf {params.pdf:q} --out {output.wrapper:q} > {log:q} 2>&1"

@@ -1,8 +1,9 @@
 """The NXRefine wrapper file of one sample at one temperature (rule nxrefine_wrapper):
 ``results/SAMPLE/nxrefine/SAMPLE_TLABEL.nxs``, NXRefine's "scan file" in its own field
-names, so that NeXpy and NXRefine (nexpy/nxrefine; ``NXRefine(root['f1'])``) open hklflow's
-results as theirs.  It copies only small things (parameters, peaks, axes); every array is
-an HDF5 external link, relative to this file's folder::
+names, so that NeXpy and NXRefine (nexpy/nxrefine; ``NXRefine(root['f1'])``,
+``NXReduce(root['f1'])``) open hklflow's results as theirs.  It copies only small things
+(parameters, peaks, axes, pixel masks, per-frame monitors); every large array is an HDF5
+external link, relative to this file's folder::
 
   /                              @default = entry
   /entry                         NXentry, @default = transform (else the first kind); title
@@ -17,22 +18,43 @@ an HDF5 external link, relative to this file's folder::
      total_pdf, pdf, ...         -> the PDF file's /entry/pdf (a group link), when given
      notes                       NXnote (JSON): what is linked, what could not be
      process                     NXprocess: provenance
+     nxreduce                    NXparameters NXReduce reads: first_frame 0, last_frame
+                                 (hklflow uses every frame), monitor, norm (with a monitor)
+     nxcombine, nxmasked_combine NXprocess: NXReduce's record that the merged volume exists
   /f1, /f2, ...                  NXentry per scan entry (its name)
      sample                      link to /entry/sample (as NXRefine links them)
-     data                        NXdata: data -> the raw frames (one HDF5 stack: its file;
-                                 several: the scan file's virtual dataset; frame files such
-                                 as CBF or TIFF cannot be linked: no data), frame_number,
-                                 y_pixel, x_pixel, @axes [frame_number, y_pixel, x_pixel]
+     data                        NXdata: data -> TLABEL/ENTRY.h5, the raw frames (below;
+                                 frame files such as CBF or TIFF cannot be linked: no data),
+                                 frame_number, y_pixel, x_pixel, frame_time (s, frame
+                                 starts), monitor_weight (NXRefine's CCTW --weights: monitor
+                                 / norm, 0 on frames left out; 1 without a monitor), @axes
+                                 [frame_number, y_pixel, x_pixel]
      instrument/monochromator    wavelength (angstrom)
      instrument/detector         distance (mm), pixel_size (mm), shape, beam_center_x/y,
                                  yaw, pitch, roll (deg), detector_orientation,
-                                 orientation_matrix (NXRefine's Umat)
+                                 orientation_matrix (NXRefine's Umat), frame_time (s, per
+                                 frame, @source), pixel_mask (int8, 1 = pixel not used: the
+                                 entry's mask.nxs pixel mask), pixel_mask_applied (false)
      instrument/goniometer       phi (start, @step), chi, omega, theta (deg)
+     monitor1                    NXmonitor: data (the scan's monitor), frame_number (only
+                                 with a monitor)
      peaks                       NXreflections: x, y, z, intensity, sigx, sigy, sigz,
                                  polar_angle (2 theta, deg)
      transform, masked_transform NXdata as NXRefine's per-rotation transforms: data ->
                                  the entry's KIND.nxs signal_sum (NXRefine's v), weights ->
                                  its weight_sum (n), axes copied, @angles
+     nxlink, nxfind, nxrefine,   NXprocess: NXReduce's records of the tasks hklflow has
+     nxtransform, ...            done (NXReduce.complete looks for them)
+
+NXReduce finds its folders from the wrapper's path: sample (two folders up), label (the
+wrapper's folder, ``nxrefine``), scan (TLABEL) and the scan directory ``TLABEL/`` beside the
+wrapper, where NXRefine keeps the raw stacks and writes what it makes (NXRefine's CCTW
+command puts its files beside the raw stack).  So the scan directory holds ``ENTRY.h5`` per
+entry whose frames HDF5 can link, a relative symbolic link to the raw frames' file (one HDF5
+stack: its file; several: the scan file, whose virtual dataset nexusformat misreads), and
+NXRefine's transforms, if run, land there, never beside the raw data.  (A symbolic link, not
+an HDF5 file with an external link: nexusformat does not follow a link through a second
+file.)  Where the file system has no symbolic links, data/data links the raw file directly.
 
 Pixel and frame coordinates (peaks, beam centre) are hklflow's continuous ones (centre of
 pixel or frame i at i + 0.5), with which NXRefine maps every peak to hklflow's (h, k, l)
@@ -53,6 +75,7 @@ from .h5 import open_h5, write_provenance_h5
 from .volume import read_grid_of
 
 AXES = ("Ql", "Qk", "Qh")  # NXRefine's order: L slowest
+DEFAULT_FRAME_TIME = 0.1  # s: NXRefine's own (NXReduce.link_data) where nothing says more
 _UNITS = {"distance": "mm", "pixel_size": "mm", "beam_center_x": "pixel",
           "beam_center_y": "pixel", "yaw": "degree", "pitch": "degree", "roll": "degree",
           "wavelength": "angstrom", "phi": "degree", "chi": "degree", "omega": "degree",
@@ -71,13 +94,28 @@ class WrapperEntry:
     frame_shape: tuple  # (rows, cols)
     raw: tuple | None  # (file, dataset) of the raw frames to link, or None (cannot)
     volumes: dict = field(default_factory=dict)  # kind -> the entry's volume file
+    pixel_mask: np.ndarray | None = None  # (rows, cols), True = pixel not used
+    monitor: np.ndarray | None = None  # per-frame monitor counts, or None
+    monitor_weight: np.ndarray | None = None  # per frame (None: 1 for every frame)
+    frame_time: float = DEFAULT_FRAME_TIME  # s per frame
+    frame_time_source: str = "NXRefine's default: the raw data record no frame time"
+
+
+def scan_directory(wrapper, sample: str) -> Path:
+    """NXReduce's scan directory of a wrapper file (NXReduce.__init__: the wrapper's folder /
+    its stem less 'SAMPLE_'), where NXRefine keeps the raw stacks and writes its results."""
+    wrapper = Path(wrapper)
+    return wrapper.parent / wrapper.stem.replace(sample + "_", "")
 
 
 def _relative(target, start: Path) -> str:
+    # (the folder resolved, not the file: a link to the scan directory's symbolic link stays
+    # one, so NXRefine sees the raw stack there)
+    target = Path(target).parent.resolve() / Path(target).name
     try:
-        return os.path.relpath(Path(target).resolve(), start)
+        return os.path.relpath(target, start)
     except ValueError:  # another drive (Windows)
-        return str(Path(target).resolve())
+        return str(target)
 
 
 def _field(grp, name, value, **attrs):
@@ -118,6 +156,37 @@ def _hkl_data(parent, name, volume, links: dict, angles, base: Path):
     return d
 
 
+def _task_record(parent, task: str, sequence_index: int, what: str) -> None:
+    """An NXprocess named after an NXReduce task, as NXReduce.record writes it: NXReduce
+    counts the task done when the group is there."""
+    from .. import __version__
+
+    proc = _nxgroup(parent, task, "NXprocess")
+    proc["program"] = task
+    proc["sequence_index"] = sequence_index
+    proc["version"] = f"hklflow v{__version__}"
+    note = _nxgroup(proc, "note", "NXnote")
+    note["type"] = "text/plain"
+    note["data"] = f"done by hklflow: {what}"
+
+
+def _raw_in_scan_directory(e: WrapperEntry, scan_dir: Path, notes: dict):
+    """(file, dataset) for the entry's data/data: the scan directory's ENTRY.h5, a relative
+    symbolic link to the raw frames' file, made here; the raw file itself where no symbolic
+    link can be made (the reason in notes)."""
+    link = scan_dir / f"{e.name}.h5"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    try:
+        os.symlink(_relative(e.raw[0], scan_dir.resolve()), link)
+    except OSError as exc:
+        notes.setdefault("raw_frames_linked_directly", {})[e.name] = (
+            f"no symbolic link {link} ({exc}): NXRefine would write its transform beside "
+            "the raw frames")
+        return e.raw
+    return link, e.raw[1]
+
+
 def _sample(ent, sample: dict):
     smp = _nxgroup(ent, "sample", "NXsample")
     for k, v in sample.items():
@@ -128,18 +197,22 @@ def _sample(ent, sample: dict):
     return smp
 
 
-def _scan_entry(f, e: WrapperEntry, smp, angles, base: Path) -> None:
+def _scan_entry(f, e: WrapperEntry, smp, angles, base: Path, raw) -> None:
     ent = _nxgroup(f, e.name, "NXentry")
     ent["sample"] = smp  # a hard link: NXRefine's per-rotation sample groups are the entry's
     p = e.parameters
     data = _nxgroup(ent, "data", "NXdata")
     rows, cols = e.frame_shape
-    data["frame_number"] = np.arange(e.nframes, dtype=np.int64)
+    frames = np.arange(e.nframes, dtype=np.int64)
+    data["frame_number"] = frames
     data["y_pixel"] = np.arange(rows, dtype=np.int64)
     data["x_pixel"] = np.arange(cols, dtype=np.int64)
     data.attrs["axes"] = np.array(["frame_number", "y_pixel", "x_pixel"], dtype=h5py.string_dtype())
-    if e.raw is not None:
-        data["data"] = h5py.ExternalLink(_relative(e.raw[0], base), e.raw[1])
+    _field(data, "frame_time", e.frame_time * frames, units="s")  # as NXReduce.link_data
+    weight = np.ones(e.nframes) if e.monitor_weight is None else e.monitor_weight
+    _field(data, "monitor_weight", np.asarray(weight, dtype=np.float64), axes="frame_number")
+    if raw is not None:
+        data["data"] = h5py.ExternalLink(_relative(raw[0], base), raw[1])
         data.attrs["signal"] = "data"
     inst = _nxgroup(ent, "instrument", "NXinstrument")
     _field(_nxgroup(inst, "monochromator", "NXmonochromator"), "wavelength", p["wavelength"])
@@ -151,26 +224,48 @@ def _scan_entry(f, e: WrapperEntry, smp, angles, base: Path) -> None:
     _field(det, "shape", np.asarray(p["shape"], dtype=np.int64))
     _field(det, "detector_orientation", p["detector_orientation"])
     _field(det, "orientation_matrix", np.asarray(p["orientation_matrix"], dtype=float))
+    _field(det, "frame_time", float(e.frame_time), units="s", source=e.frame_time_source)
+    if e.pixel_mask is not None:  # NXRefine's convention, CCTW's --mask: nonzero = not used
+        _field(det, "pixel_mask", np.asarray(e.pixel_mask, dtype=np.int8))
+        _field(det, "pixel_mask_applied", False)  # the raw frames are not masked
     gon = _nxgroup(inst, "goniometer", "NXgoniometer")
     _field(gon, "phi", float(p["phi"]), step=float(p["phi_step"]))
     for k in ("chi", "omega", "theta"):
         _field(gon, k, float(p[k]))
+    if e.monitor is not None:
+        mon = _nxgroup(ent, "monitor1", "NXmonitor")  # where NXRefine's beamlines put theirs
+        _field(mon, "data", np.asarray(e.monitor, dtype=np.float64))
+        mon["frame_number"] = frames
+        mon.attrs["signal"] = "data"
+        mon.attrs["axes"] = "frame_number"
     pk = _nxgroup(ent, "peaks", "NXreflections")
     for k, v in e.peaks.items():
         _field(pk, k, np.asarray(v, dtype=float))
     for kind, vol in e.volumes.items():
         _hkl_data(ent, kind, vol, {"data": "/entry/{kind}/signal_sum",
                                    "weights": "/entry/{kind}/weight_sum"}, angles, base)
+    tasks = [("nxlink", "raw frames linked")] if raw is not None else []
+    tasks += [("nxfind", "peaks found (peaks.nxs)"),
+              ("nxrefine", "orientation refined (orientation.nxs)")]
+    tasks += [(f"nx{kind}", f"{kind} made ({Path(vol).name})") for kind, vol in e.volumes.items()]
+    for i, (task, what) in enumerate(tasks, start=1):
+        _task_record(ent, task, i, what)
     ent.attrs["default"] = "data" if e.raw is not None else next(iter(e.volumes), "data")
 
 
 def write_nxrefine_wrapper(path, *, title: str, sample: dict, angles, entries, merged: dict,
-                           symmetrized: dict, pdf: dict, notes: dict, provenance: dict) -> Path:
-    """Write the wrapper (layout in the module docstring), atomically.  merged and
-    symmetrized: kind -> volume file; pdf: NXRefine's name (total_pdf, pdf, ...) -> a PDF
-    file whose /entry/pdf is linked; angles: (gamma*, beta*, alpha*) of the cell."""
+                           symmetrized: dict, pdf: dict, notes: dict, provenance: dict,
+                           monitor_norm: float | None = None) -> Path:
+    """Write the wrapper (layout in the module docstring), atomically, after its scan
+    directory's raw links.  merged and symmetrized: kind -> volume file; pdf: NXRefine's name
+    (total_pdf, pdf, ...) -> a PDF file whose /entry/pdf is linked; angles: (gamma*, beta*,
+    alpha*) of the cell; monitor_norm: the monitor that weighs 1 (None: no monitor)."""
     path = Path(path)
     base = path.parent.resolve()
+    scan_dir = scan_directory(path, sample["name"])
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    raw = {e.name: _raw_in_scan_directory(e, scan_dir, notes) for e in entries
+           if e.raw is not None}
     with atomic_path(path) as tmp:
         with open_h5(tmp, "w") as f:
             f.attrs["NX_class"] = "NXroot"
@@ -191,6 +286,22 @@ def write_nxrefine_wrapper(path, *, title: str, sample: dict, angles, entries, m
             note["type"] = "application/json"
             note["data"] = json.dumps(notes, sort_keys=True, default=str)
             write_provenance_h5(ent, provenance)
+            _nxreduce_parameters(ent, max((e.nframes for e in entries), default=1),
+                                 monitor_norm)
+            for i, kind in enumerate(merged, start=1):
+                _task_record(ent, f"nx{kind.replace('transform', 'combine')}", i,
+                             f"entries merged ({Path(merged[kind]).name})")
             for e in entries:
-                _scan_entry(f, e, smp, angles, base)
+                _scan_entry(f, e, smp, angles, base, raw.get(e.name))
     return path
+
+
+def _nxreduce_parameters(ent, nframes: int, monitor_norm: float | None) -> None:
+    """/entry/nxreduce (NXReduce.get_parameter): hklflow's frames and monitor, so that NXReduce
+    uses them rather than its defaults (frames 10 to n - 10, monitor 'monitor1' / 50000)."""
+    par = _nxgroup(ent, "nxreduce", "NXparameters")
+    par["first_frame"] = 0
+    par["last_frame"] = nframes - 1  # (NXReduce's last frame is included)
+    if monitor_norm is not None:
+        par["monitor"] = "monitor1"
+        par["norm"] = float(monitor_norm)

@@ -2,9 +2,11 @@
 
 Opens the raw frames read-only and checks them against the scans table and the detector
 (frame count, frame shape, first and last frame readable - a cheap truncation check; every
-frame with ``--check-frames all``), reads the monitor if the scan has one, fingerprints
-every raw file, and writes the scan file linking (never copying) the raw frames, with the
-accepted calibration (and its version) and the entry's detector shift.
+frame with ``--check-frames all``), reads the monitor if the scan has one (a dataset of the
+HDF5 files; for frame files a column file or a field of every frame's CBF header:
+hklflow.monitors), fingerprints every raw file, and writes the scan file linking (never
+copying) the raw frames, with the accepted calibration (and its version) and the entry's
+detector shift.
 """
 from __future__ import annotations
 
@@ -62,7 +64,8 @@ def run(args, log) -> None:
               "poni": Path(args.poni).read_text()}
     src = raw.source
     prov = provenance("hklflow ingest_scan", args.settings,
-                      inputs=[args.poni, args.version, *src.files[:8]])
+                      inputs=[args.poni, args.version, *src.files[:8],
+                              *([row.monitor_file] if row.monitor_file else [])])
     write_scan_file(args.out, row, setup, record, src, prov, monitor=raw.monitor,
                     maximum=raw.maximum, frames_read=raw.frames_read)
     log.info("wrote %s (frames linked from %s%s; calibration %s %s)", args.out, src.files[0],

@@ -1,18 +1,22 @@
 """Step nxrefine_wrapper: the NXRefine wrapper file of a sample at one temperature
 (files.nxrefine), so that NeXpy and NXRefine open hklflow's results as their own: the
 sample, every scan entry's geometry in NXRefine's parameters (hklflow.nxrefine: refined
-cell, UB, detector and goniometer offsets of the orientation file), its peaks, and links to
-the raw frames and to every volume (no array is copied).  Made when the config says
+cell, UB, detector and goniometer offsets of the orientation file), its peaks, pixel mask,
+monitor weights and frame time, and links to the raw frames (through NXReduce's scan
+directory) and to every volume (no large array is copied).  Made when the config says
 output.nxrefine_wrapper: true."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 
-from ..errors import ConfigError, InputMismatchError
-from ..files.nxrefine import WrapperEntry, write_nxrefine_wrapper
+from ..errors import ConfigError, FileFormatError, InputMismatchError
+from ..files.h5 import open_h5
+from ..files.nxrefine import DEFAULT_FRAME_TIME, WrapperEntry, write_nxrefine_wrapper
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
+from ..monitors import cbf_header_value
 from ..nxrefine import entry_parameters, sample_fields, transform_angles
 from ..provenance import provenance
 from ._run import StepParser, run_step
@@ -24,6 +28,8 @@ def parser() -> StepParser:
     p.add_input("--orientation", "orientation.nxs of the sample at this temperature")
     p.add_input("--scans", "scan.nxs of every entry at this temperature", nargs="+")
     p.add_input("--peaks", "peaks.nxs of the same entries, in the same order", nargs="+")
+    p.add_input("--masks", "mask.nxs of the same entries, in the same order (their pixel "
+                "masks)", nargs="+")
     p.add_input("--entry-volumes", "every entry's volumes: for each entry (in the order of "
                 "--scans) one per kind, in the order of the settings' kinds", nargs="+")
     p.add_input("--merged", "the merged volume of each kind, in the settings' order", nargs="+")
@@ -32,7 +38,8 @@ def parser() -> StepParser:
     p.add_argument("--pdf", nargs="*", default=[], metavar="NAME=FILE",
                    help="PDF files to link as /entry/NAME (NXRefine's names: total_pdf, pdf, "
                         "masked_total_pdf, masked_pdf); each links the file's /entry/pdf")
-    p.add_output("--out", "wrapper file to write (results/SAMPLE/nxrefine/SAMPLE_TLABEL.nxs)")
+    p.add_output("--out", "wrapper file to write (results/SAMPLE/nxrefine/SAMPLE_TLABEL.nxs; "
+                 "its scan directory, links to the raw stacks, beside it: TLABEL/)")
     return p
 
 
@@ -57,6 +64,60 @@ def _raw_link(rec, notes: dict):
     return rec.path, f"/{rec.entry}/data/data"  # the scan file's virtual dataset of the stacks
 
 
+def frame_time(rec) -> tuple[float, str]:
+    """Seconds per frame of a scan entry and where they come from: the raw HDF5 file's NXmx
+    frame_time (else count_time) in the entry of its frames, or the first frame file's CBF
+    header Exposure_period (else Exposure_time); else NXRefine's default 0.1 s."""
+    src = rec.frames
+    first = src.files[0]
+    if src.kind == "hdf5":
+        top = (src.dataset or "/entry/data/data").strip("/").split("/")[0]
+        try:
+            with open_h5(first) as f:
+                for name in ("frame_time", "count_time"):
+                    d = f.get(f"{top}/instrument/detector/{name}")
+                    if isinstance(d, h5py.Dataset) and d.size == 1 and float(d[()]) > 0:
+                        return float(d[()]), f"{first}: /{top}/instrument/detector/{name}"
+        except (OSError, KeyError, TypeError, ValueError):  # unreadable, a broken link, no number
+            pass
+    else:
+        for name in ("Exposure_period", "Exposure_time"):
+            try:
+                value = cbf_header_value(first, name)
+            except (OSError, ValueError):  # no CBF (TIFF, EDF), or no number there
+                break
+            if value and value > 0:
+                return float(value), f"{first}: CBF header {name}"
+    return DEFAULT_FRAME_TIME, "NXRefine's default: the raw data record no frame time"
+
+
+def monitor_weights(monitor, reference, nframes: int) -> tuple[np.ndarray | None, float | None]:
+    """NXRefine's monitor_weight of an entry (CCTW adds it to the weights of every pixel of a
+    frame): monitor / norm, with hklflow's norm (reduction.transform.monitor_reference, else
+    the median good monitor, as the transform scales frames by norm / monitor); 0 on frames
+    whose monitor is <= 0 or not finite, which hklflow leaves out.  (None, None) without a
+    monitor: every frame weighs 1."""
+    if monitor is None:
+        return None, None
+    # (transform.driver.frame_scale's rule, not imported: it would bring numba into this
+    # light step)
+    monitor = np.asarray(monitor, dtype=np.float64)[:nframes]
+    good = np.isfinite(monitor) & (monitor > 0)
+    norm = float(reference) if reference else float(np.median(monitor[good]))
+    return np.where(good, monitor / norm, 0.0), norm
+
+
+def pixel_mask(path, entry: str) -> np.ndarray:
+    """The pixel mask of a mask file (rule mask_scan) of `entry`: True = pixel not used (any
+    bit: gap, dead, hot, user mask).  Read here, not by files.mask, which brings numba."""
+    with open_h5(path) as f:
+        where = f"{entry}/instrument/detector/pixel_mask"
+        if where not in f:
+            raise FileFormatError(f"{path}: no /{where}: not the mask file of entry {entry} "
+                                  "(give the masks in the order of the scans)")
+        return f[where][()] != 0
+
+
 def run(args, log) -> None:
     kinds = list(args.settings["kinds"])
     name = args.settings["sample"]["name"]
@@ -64,13 +125,14 @@ def run(args, log) -> None:
     scans = [read_scan_file(p) for p in args.scans]
     peaks = [read_peaks_file(p) for p in args.peaks]
     nk, ne = len(kinds), len(scans)
-    if len(peaks) != ne or len(args.entry_volumes) != ne * nk or len(args.merged) != nk \
-            or len(args.symmetrized) not in (0, nk):
+    if len(peaks) != ne or len(args.masks) != ne or len(args.entry_volumes) != ne * nk \
+            or len(args.merged) != nk or len(args.symmetrized) not in (0, nk):
         raise InputMismatchError(
-            f"{ne} scan files, {len(peaks)} peaks files, {len(args.entry_volumes)} entry "
-            f"volumes, {len(args.merged)} merged and {len(args.symmetrized)} symmetrised "
-            f"volumes: expected one peaks file per scan and, for the kinds {kinds}, "
-            f"{ne * nk} entry volumes, {nk} merged and 0 or {nk} symmetrised")
+            f"{ne} scan files, {len(peaks)} peaks files, {len(args.masks)} mask files, "
+            f"{len(args.entry_volumes)} entry volumes, {len(args.merged)} merged and "
+            f"{len(args.symmetrized)} symmetrised volumes: expected one peaks and one mask "
+            f"file per scan and, for the kinds {kinds}, {ne * nk} entry volumes, {nk} merged "
+            f"and 0 or {nk} symmetrised")
     temperatures = {rec.temperature for rec in scans}
     if ori.sample != name or any(rec.sample != name for rec in scans) or len(temperatures) != 1 \
             or scans[0].temperature_label != ori.temperature_label:
@@ -86,34 +148,62 @@ def run(args, log) -> None:
                        "frame coordinates are hklflow's (centre of pixel or frame i at i + 0.5)"}
     if ori.unusable_entries:
         notes["left_out_of_the_merge"] = ori.unusable_entries
-    entries = []
+    entries, norms = [], []
     for i, (rec, pk) in enumerate(zip(scans, peaks)):
         if pk.entry != rec.entry:
             raise InputMismatchError(f"{args.peaks[i]} holds entry {pk.entry}, but "
                                      f"{args.scans[i]} is entry {rec.entry}: give them in one order")
+        mask = pixel_mask(args.masks[i], rec.entry)
+        if mask.shape != tuple(rec.frames.frame_shape):
+            raise InputMismatchError(f"{args.masks[i]}: pixel mask {mask.shape}, but the frames "
+                                     f"of {args.scans[i]} are {rec.frames.frame_shape}: give "
+                                     "the masks in the order of the scans")
         params = entry_parameters(rec.geometry(ori), crystal.cell)
+        weight, norm = monitor_weights(rec.monitor, args.settings.get("monitor_reference"),
+                                       rec.nframes)
+        norms.append(norm)
+        seconds, source = frame_time(rec)
+        notes.setdefault("frame_time", {})[rec.entry] = f"{seconds:g} s ({source})"
         entries.append(WrapperEntry(rec.entry, params, _peaks(pk.peaks), rec.nframes,
                                     rec.frames.frame_shape, _raw_link(rec, notes),
-                                    dict(zip(kinds, args.entry_volumes[i * nk:(i + 1) * nk]))))
+                                    dict(zip(kinds, args.entry_volumes[i * nk:(i + 1) * nk])),
+                                    pixel_mask=mask, monitor=rec.monitor,
+                                    monitor_weight=weight, frame_time=seconds,
+                                    frame_time_source=source))
         log.info("%s: %d peaks; NXRefine distance %.3f mm, beam centre (%.2f, %.2f) px, "
-                 "chi/omega/theta %.3f/%.3f/%.3f deg", rec.scan_id, len(pk.peaks["int_sum"]),
-                 params["distance"], params["xc"], params["yc"], params["chi"], params["omega"],
-                 params["theta"])
+                 "chi/omega/theta %.3f/%.3f/%.3f deg; %d pixels masked; %s; %g s per frame "
+                 "(%s)", rec.scan_id, len(pk.peaks["int_sum"]), params["distance"],
+                 params["xc"], params["yc"], params["chi"], params["omega"], params["theta"],
+                 int(mask.sum()), "no monitor" if norm is None else
+                 f"monitor weights = monitor / {norm:g}", seconds, source)
     sample = {"name": name, "temperature_label": ori.temperature_label,
               **sample_fields(crystal.hm, crystal.cell, scans[0].temperature)}
     title = f"{name}/{ori.temperature_label}"
-    inputs = [args.orientation, *args.scans, *args.peaks, *args.entry_volumes, *args.merged,
-              *args.symmetrized, *pdf.values()]
+    inputs = [args.orientation, *args.scans, *args.peaks, *args.masks, *args.entry_volumes,
+              *args.merged, *args.symmetrized, *pdf.values()]
     write_nxrefine_wrapper(args.out, title=title, sample=sample,
                            angles=transform_angles(crystal.cell), entries=entries,
                            merged=dict(zip(kinds, args.merged)),
                            symmetrized=dict(zip(kinds, args.symmetrized)), pdf=pdf, notes=notes,
                            provenance=provenance("hklflow nxrefine_wrapper", args.settings,
-                                                 inputs=inputs))
+                                                 inputs=inputs),
+                           monitor_norm=_common_norm(norms, log))
     for why in notes.get("raw_frames_not_linked", {}).values():
         log.warning("%s", why)
     log.info("wrote %s: %d entries, kinds %s%s%s", args.out, len(entries), ", ".join(kinds),
              ", symmetrised" if args.symmetrized else "", f", PDF {sorted(pdf)}" if pdf else "")
+
+
+def _common_norm(norms: list, log) -> float | None:
+    """NXReduce's one norm (/entry/nxreduce/norm) for the entries' monitors: theirs when they
+    agree, else their median (each entry's monitor_weight keeps its own)."""
+    known = [n for n in norms if n is not None]
+    if not known:
+        return None
+    if max(known) > min(known) * (1 + 1e-9):
+        log.info("the entries' monitor norms differ (%s): NXReduce's norm is their median; "
+                 "each entry's monitor_weight keeps its own", ", ".join(f"{n:g}" for n in known))
+    return float(np.median(known))
 
 
 def main(argv=None) -> int:
