@@ -52,11 +52,13 @@ from dataclasses import asdict, dataclass, fields
 import h5py
 
 from .errors import RawDataError
+from .files import nxmx
+from .files.cbf_header import CBF_BINARY_MARKER, CbfHeaderUnfinished, NotCbfError, read_cbf_header
 from .files.h5 import open_h5
 from .rawfiles import DEFAULT_DATASET, is_hdf5_path, matching_files, natural_key
 
-__all__ = ["LAYOUTS", "Observation", "TRANSIENT_HDF5_ERRORS", "is_transient_hdf5_error",
-           "layout_of", "observe", "open_hdf5_for_reading"]
+__all__ = ["CBF_BINARY_MARKER", "LAYOUTS", "Observation", "TRANSIENT_HDF5_ERRORS",
+           "is_transient_hdf5_error", "layout_of", "observe", "open_hdf5_for_reading"]
 
 LAYOUTS = ("hdf5", "eiger", "cbf")
 
@@ -82,11 +84,6 @@ TRANSIENT_HDF5_ERRORS = (
 
 DEFAULT_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY = 0.2  # seconds between attempts
-
-CBF_BINARY_MARKER = b"\x0c\x1a\x04\xd5"
-CBF_MIME_BOUNDARY = b"--CIF-BINARY-FORMAT-SECTION--"
-CBF_HEADER_LIMIT = 1 << 20  # a file this long without the binary marker is not a CBF
-_CBF_READ_BLOCK = 8192  # a Pilatus header is a few KiB: one read usually
 
 
 def is_transient_hdf5_error(exc: BaseException) -> bool:
@@ -426,13 +423,7 @@ def _eiger_master(f: h5py.File, master: str):
             raise RawDataError(f"{master}: /entry/data/{name} is not an external link to a "
                                "data file (expected the Eiger layout)")
         targets.append((os.path.normpath(os.path.join(folder, link.filename)), link.path))
-    detector = f.get("/entry/instrument/detector/detectorSpecific")
-    planned = None
-    if isinstance(detector, h5py.Group) and "nimages" in detector:
-        planned = int(detector["nimages"][()])
-        if "ntrigger" in detector:
-            planned *= max(1, int(detector["ntrigger"][()]))
-    return targets, planned
+    return targets, nxmx.eiger_frame_count(f, master)
 
 
 def _eiger_data_file(f: h5py.File, path: str, dataset: str, first_frame: int, frame_shape):
@@ -497,25 +488,13 @@ def _frame_number(path: str) -> int | None:
 
 def _cbf_complete(path: str, size: int, frame_shape) -> bool:
     """Whether the CBF file `path` (of `size` bytes) holds its whole binary section."""
-    header = b""
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CBF_READ_BLOCK)
-            header += block
-            marker = header.find(CBF_BINARY_MARKER)
-            if marker >= 0:
-                break
-            if not block or len(header) >= CBF_HEADER_LIMIT:
-                if len(header) >= CBF_HEADER_LIMIT:
-                    raise RawDataError(f"{path}: not a CBF frame file: no binary section "
-                                       f"marker in its first {CBF_HEADER_LIMIT} bytes")
-                return False  # the header is still being written
-    mime = header[max(0, header.rfind(CBF_MIME_BOUNDARY, 0, marker)):marker]
-    values = {}
-    for line in mime.decode("latin-1").splitlines():
-        key, colon, value = line.partition(":")
-        if colon:
-            values[key.strip().lower()] = value.strip()
+    try:
+        header = read_cbf_header(path)
+    except (NotCbfError, CbfHeaderUnfinished):  # (no ###CBF yet, or the header being written)
+        return False
+    if header.data_start is None:  # (its binary section's MIME header being written)
+        return False
+    values = header.binary
     try:
         binary_size = int(values["x-binary-size"])
     except (KeyError, ValueError):
@@ -527,7 +506,7 @@ def _cbf_complete(path: str, size: int, frame_shape) -> bool:
         if shape != tuple(frame_shape):
             raise RawDataError(f"{path}: frame of {shape[0]} x {shape[1]} pixels (rows x "
                                f"columns); expected {frame_shape[0]} x {frame_shape[1]}")
-    return size >= marker + len(CBF_BINARY_MARKER) + binary_size
+    return size >= header.data_start + binary_size
 
 
 def _observe_cbf(source, known_files, base_dir, frame_shape):

@@ -2,9 +2,9 @@
 
 The config gets every key of the config schema, each under its schema description as a
 comment, with the values known: those given on the command line, those read from a raw
-file (an NXmx master file with h5py, a Pilatus CBF header with fabio), the schema's
-defaults for the rest.  What nothing says (the sample's space group and cell, the
-calibration, ...) is written as a placeholder ``{FILL_IN: what}``: a mapping where the
+file (an NXmx master file or a Pilatus CBF header: hklflow.files.nxmx, files.cbf_header),
+the schema's defaults for the rest.  What nothing says (the sample's space group and cell,
+the calibration, ...) is written as a placeholder ``{FILL_IN: what}``: a mapping where the
 schema wants a number, a text or a list, so that load_experiment refuses the config and
 names every field still to fill in.  The scans table gets a row for the raw file's scan;
 its unknown cells are ``FILL_IN``, which the scans schema refuses as well.
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, HklflowError
+from .files.cbf_header import CbfHeaderError, read_cbf_header
 
 PLACEHOLDER = "FILL_IN"
 CONFIG_FILE = "config/config.yaml"
@@ -34,34 +35,6 @@ SIGNIFICANT_DIGITS = 7  # values read from files: float32's noise dropped (0.1, 
 DEFAULT_SAMPLE = "sample"
 DEFAULT_ENTRY = "f1"
 DEFAULT_CALIBRATION = "powder"  # the calibration's name when the calibrant is not given
-
-NXMX_WAVELENGTH = "/entry/instrument/beam/incident_wavelength"
-NXMX_GONIOMETER = "/entry/sample/goniometer"
-NXMX_DETECTOR = "/entry/instrument/detector"
-NXMX_FRAMES = "/entry/data/data"
-NXMX_TEMPERATURE = "/entry/sample/temperature"
-EIGER_DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"
-# the goniometer group's datasets that describe an axis rather than being one (DECTRIS)
-AXIS_FACT_SUFFIXES = ("_increment", "_end", "_range_average", "_range_total", "_increment_set")
-
-_ANGSTROMS = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "å": 1.0, "nm": 10.0, "m": 1e10}
-_METRES = {"m": 1.0, "metre": 1.0, "meter": 1.0, "mm": 1e-3, "um": 1e-6, "micron": 1e-6}
-_DEGREES = {"deg": 1.0, "degree": 1.0, "degrees": 1.0, "rad": 180.0 / math.pi,
-            "radian": 180.0 / math.pi, "radians": 180.0 / math.pi}
-_KELVIN = {"k": 1.0, "kelvin": 1.0}
-_PIXELS = ("pixel", "pixels", "px")
-
-# Pilatus miniCBF header lines: "# Wavelength 0.7749 A", "# Beam_xy (740.5, 830.2) pixels"
-_CBF_NUMBER = r"([-+0-9.eE]+)"
-_CBF_LINES = {"wavelength": re.compile(rf"^#\s*Wavelength\s+{_CBF_NUMBER}\s*A", re.M | re.I),
-              "phi_start": re.compile(rf"^#\s*Start_angle\s+{_CBF_NUMBER}\s*deg", re.M | re.I),
-              "phi_step": re.compile(rf"^#\s*Angle_increment\s+{_CBF_NUMBER}\s*deg", re.M | re.I),
-              "distance": re.compile(rf"^#\s*Detector_distance\s+{_CBF_NUMBER}\s*m\b",
-                                     re.M | re.I)}
-_CBF_BEAM_XY = re.compile(rf"^#\s*Beam_xy\s*\(\s*{_CBF_NUMBER}\s*,\s*{_CBF_NUMBER}\s*\)\s*pixel",
-                          re.M | re.I)
-_CBF_DETECTOR = re.compile(r"^#\s*Detector:\s*(.+?)\s*$", re.M | re.I)
-
 
 def placeholder(hint: str) -> dict:
     """A value still to fill in: a mapping, which no field of the schemas it stands in takes."""
@@ -99,45 +72,6 @@ class ScanFacts:
     where: dict = field(default_factory=dict)  # fact -> where in the file it was read
 
 
-def _text(value) -> str:
-    return (value.decode() if isinstance(value, bytes) else str(value)).strip()
-
-
-def _dataset(group, name: str):
-    """The dataset at name, or None (absent, another kind of object, a broken link)."""
-    import h5py
-
-    try:
-        obj = group.get(name)
-    except (KeyError, OSError, ValueError):
-        return None
-    return obj if isinstance(obj, h5py.Dataset) else None
-
-
-def _values(dset, path: str):
-    """A dataset's numbers, flattened (a scalar, or one value per frame)."""
-    import numpy as np
-
-    try:
-        return np.ravel(np.asarray(dset[()], dtype=np.float64))
-    except (TypeError, ValueError, OSError):
-        raise ConfigError(f"{path}: {dset.name}: expected numbers") from None
-
-
-def _first(dset, path: str) -> float:
-    values = _values(dset, path)
-    if not len(values) or not math.isfinite(values[0]):
-        raise ConfigError(f"{path}: {dset.name}: expected a finite number")
-    return float(values[0])
-
-
-def _unit_factor(dset, units: dict, default: str, path: str) -> float:
-    unit = _text(dset.attrs.get("units", default)).lower()
-    if unit not in units:
-        raise ConfigError(f"{path}: {dset.name} is in {unit!r}: expected {' or '.join(units)}")
-    return units[unit]
-
-
 def _lab_vector(nexus_vector) -> tuple[float, float, float]:
     """A NeXus (McStas) vector (x horizontal, y up, z along the beam) in the lab frame
     (L1 up, L2 = L3 x L1, L3 along the beam): (y, -x, z), of unit length."""
@@ -149,122 +83,97 @@ def _lab_vector(nexus_vector) -> tuple[float, float, float]:
 def _read_goniometer(f, path: str, wanted: str | None, facts: ScanFacts) -> None:
     """The scan angles of the goniometer axis that turns (or of `wanted`), its lab vector
     and the frame count its angles give."""
-    import h5py
+    from .files import nxmx
 
-    group = f.get(NXMX_GONIOMETER)
-    if not isinstance(group, h5py.Group):
+    if nxmx.group(f, nxmx.GONIOMETER) is None:
         if wanted:
-            raise ConfigError(f"{path}: no {NXMX_GONIOMETER}: no axis {wanted!r} to read")
+            raise ConfigError(f"{path}: no {nxmx.GONIOMETER}: no axis {wanted!r} to read")
         return
-    axes = {}
-    for name in group:
-        dset = _dataset(group, name)
-        if dset is None or name.endswith(AXIS_FACT_SUFFIXES) or dset.dtype.kind not in "iuf":
-            continue
-        degrees = _values(dset, path) * _unit_factor(dset, _DEGREES, "deg", path)
-        increment = _dataset(group, f"{name}_increment")
-        if increment is not None:
-            step = _first(increment, path) * _unit_factor(increment, _DEGREES, "deg", path)
-        else:
-            step = float(degrees[1] - degrees[0]) if len(degrees) > 1 else 0.0
-        if len(degrees):
-            axes[name] = (float(degrees[0]), step, len(degrees), dset)
+    axes = nxmx.goniometer_axes(f, path)
     if wanted and wanted not in axes:
-        raise ConfigError(f"{path}: {NXMX_GONIOMETER} has no axis {wanted!r} "
+        raise ConfigError(f"{path}: {nxmx.GONIOMETER} has no axis {wanted!r} "
                           f"(its axes: {', '.join(sorted(axes)) or 'none'})")
-    turning = [wanted] if wanted else [n for n, (_, step, _, _) in axes.items() if step]
+    turning = [wanted] if wanted else [n for n, axis in axes.items() if axis.step]
     if len(turning) > 1:
-        raise ConfigError(f"{path}: {NXMX_GONIOMETER}: the axes {', '.join(sorted(turning))} "
+        raise ConfigError(f"{path}: {nxmx.GONIOMETER}: the axes {', '.join(sorted(turning))} "
                           "all turn: name the scan axis with --scan-axis-name")
     if not turning:
         return  # no angles: placeholders, or --phi-start and --phi-step
-    name = turning[0]
-    start, step, count, dset = axes[name]
-    facts.scan_axis_name = name
-    facts.phi_start, facts.phi_step = rounded(start), rounded(step)
-    facts.where.update(phi_start=f"{NXMX_GONIOMETER}/{name}",
-                       phi_step=f"{NXMX_GONIOMETER}/{name}"
-                       + ("_increment" if f"{name}_increment" in group else ""))
-    if count > 1:
-        facts.nframes, facts.where["nframes"] = count, f"{NXMX_GONIOMETER}/{name}"
-    vector = dset.attrs.get("vector")
-    if vector is not None and len(vector) == 3 and any(float(v) for v in vector):
-        facts.scan_axis = _lab_vector(vector)
-        facts.where["scan_axis"] = f"{NXMX_GONIOMETER}/{name}@vector"
+    axis = axes[turning[0]]
+    where = f"{nxmx.GONIOMETER}/{axis.name}"
+    facts.scan_axis_name = axis.name
+    facts.phi_start, facts.phi_step = rounded(axis.angles[0]), rounded(axis.step or 0.0)
+    facts.where.update(phi_start=where,
+                       phi_step=where + ("_increment" if axis.from_increment else ""))
+    if len(axis.angles) > 1:
+        facts.nframes, facts.where["nframes"] = len(axis.angles), where
+    if axis.vector is not None:
+        facts.scan_axis = _lab_vector(axis.vector)
+        facts.where["scan_axis"] = f"{where}@vector"
 
 
 def _read_detector(f, path: str, facts: ScanFacts) -> None:
-    """Distance and beam centre (NXmx, DECTRIS's names first), description, frame shape."""
-    import h5py
+    """Distance and beam centre, description, frame shape, DECTRIS's frame count."""
+    from .errors import RawDataError
+    from .files import nxmx
 
-    det = f.get(NXMX_DETECTOR)
-    if not isinstance(det, h5py.Group):
+    det = nxmx.group(f, nxmx.DETECTOR)
+    if det is None:
         return
-    for name in ("detector_distance", "distance"):
-        dset = _dataset(det, name)
-        if dset is not None:
-            facts.distance = rounded(_first(dset, path) * _unit_factor(dset, _METRES, "m", path))
-            facts.where["distance"] = f"{NXMX_DETECTOR}/{name}"
-            break
-    centre = []
-    for name, size_name in (("beam_center_y", "y_pixel_size"), ("beam_center_x", "x_pixel_size")):
-        dset, size = _dataset(det, name), _dataset(det, size_name)
-        unit = _text(dset.attrs.get("units", "pixel")).lower() if dset is not None else ""
-        if unit in _PIXELS:
-            centre.append(_first(dset, path))
-        elif unit in _METRES and size is not None:  # a length: in pixels of that size
-            centre.append(_first(dset, path) * _METRES[unit]
-                          / (_first(size, path) * _unit_factor(size, _METRES, "m", path)))
-    if len(centre) == 2:
-        facts.beam_centre = (centre[0], centre[1])
-        facts.where["beam_centre"] = f"{NXMX_DETECTOR}/beam_center_x/y"
-    description = _dataset(det, "description")
-    if description is not None:
-        facts.detector_description = _text(description[()])
-    specific = f.get(EIGER_DETECTOR_SPECIFIC)
-    if isinstance(specific, h5py.Group):
-        rows, cols = (_dataset(specific, n) for n in ("y_pixels_in_detector",
-                                                      "x_pixels_in_detector"))
-        if rows is not None and cols is not None:
-            facts.frame_shape = (int(_first(rows, path)), int(_first(cols, path)))
-        images = _dataset(specific, "nimages")
-        if images is not None:
-            triggers = _dataset(specific, "ntrigger")
-            facts.nframes = int(_first(images, path)) * (
-                max(1, int(_first(triggers, path))) if triggers is not None else 1)
-            facts.where["nframes"] = f"{EIGER_DETECTOR_SPECIFIC}/nimages x ntrigger"
+    distance = nxmx.detector_distance(det, path)
+    if distance is not None:
+        facts.distance = rounded(distance[0])
+        facts.where["distance"] = f"{nxmx.DETECTOR}/{distance[1]}"
+    try:
+        facts.beam_centre = nxmx.beam_centre(det, path)
+    except RawDataError:  # (a centre that cannot be placed: a placeholder, as none)
+        facts.beam_centre = None
+    if facts.beam_centre is not None:
+        facts.where["beam_centre"] = f"{nxmx.DETECTOR}/beam_center_x/y"
+    facts.detector_description = nxmx.detector_description(f)
+    facts.frame_shape = nxmx.eiger_frame_shape(f, path)
+    nframes = nxmx.eiger_frame_count(f, path)
+    if nframes is not None:
+        facts.nframes = nframes
+        facts.where["nframes"] = f"{nxmx.DETECTOR_SPECIFIC}/nimages x ntrigger"
 
 
 def read_nxmx(path: str, scan_axis_name: str | None = None) -> ScanFacts:
-    """What an NXmx master (or HDF5 frame) file says of its scan, read with h5py read-only:
-    wavelength, the scan axis's angles (--scan-axis-name, else the one axis of
-    /entry/sample/goniometer that turns), frame count, detector distance and beam centre,
-    temperature."""
+    """What an NXmx master (or HDF5 frame) file says of its scan, read with h5py read-only
+    (hklflow.files.nxmx): wavelength, the scan axis's angles (--scan-axis-name, else the one
+    axis of /entry/sample/goniometer that turns), frame count, detector distance and beam
+    centre, temperature."""
     import h5py
+
+    from .errors import RawDataError
+    from .files import nxmx
 
     facts = ScanFacts(source=path, data=path)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read as an HDF5 file: {exc}") from None
-    with f:
-        dset = _dataset(f, NXMX_WAVELENGTH)
-        if dset is not None:
-            facts.wavelength = rounded(_first(dset, path)
-                                       * _unit_factor(dset, _ANGSTROMS, "angstrom", path))
-            facts.where["wavelength"] = NXMX_WAVELENGTH
-        _read_goniometer(f, path, scan_axis_name, facts)
-        _read_detector(f, path, facts)  # (its frame count, DECTRIS's, wins over the angles')
-        frames = _dataset(f, NXMX_FRAMES)
-        if frames is not None and frames.ndim == 3:  # a frame stack in the file itself
-            facts.frame_shape = facts.frame_shape or tuple(int(n) for n in frames.shape[1:])
-            if facts.nframes is None:
-                facts.nframes, facts.where["nframes"] = int(frames.shape[0]), NXMX_FRAMES
-        dset = _dataset(f, NXMX_TEMPERATURE)
-        if dset is not None and _text(dset.attrs.get("units", "K")).lower() in _KELVIN:
-            # (6 digits: the most a temperature's folder name keeps)
-            facts.temperature = float(f"{_first(dset, path):.6g}")
-            facts.where["temperature"] = NXMX_TEMPERATURE
+    try:
+        with f:
+            wavelength = nxmx.wavelength(f, path)
+            if wavelength is not None:
+                facts.wavelength, facts.where["wavelength"] = rounded(wavelength), nxmx.WAVELENGTH
+            _read_goniometer(f, path, scan_axis_name, facts)
+            _read_detector(f, path, facts)  # (its frame count, DECTRIS's, wins over the angles')
+            frames = nxmx.dataset(f, nxmx.FRAMES)
+            if frames is not None and frames.ndim == 3:  # a frame stack in the file itself
+                facts.frame_shape = facts.frame_shape or tuple(int(n) for n in frames.shape[1:])
+                if facts.nframes is None:
+                    facts.nframes, facts.where["nframes"] = int(frames.shape[0]), nxmx.FRAMES
+            temperature = nxmx.temperature(f, path)
+            if temperature is not None:
+                # (6 digits: the most a temperature's folder name keeps)
+                facts.temperature = float(f"{temperature:.6g}")
+                facts.where["temperature"] = nxmx.TEMPERATURE
+    except RawDataError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read as an HDF5 file: {exc}") from None
     return facts
 
 
@@ -282,40 +191,37 @@ def cbf_frame_files(path: str) -> tuple[str, list[str]]:
 
 
 def read_cbf(path: str) -> ScanFacts:
-    """What a Pilatus CBF scan says: the header of its first frame file (read with fabio):
-    Wavelength, Start_angle, Angle_increment, Detector_distance, Beam_xy, the frame shape;
-    its frame count is the number of frame files beside it."""
-    import fabio
-
+    """What a Pilatus CBF scan says: the header of its first frame file (hklflow.files.
+    cbf_header): Wavelength, Start_angle, Angle_increment, Detector_distance, Beam_xy,
+    Detector, the frame shape; its frame count is the number of frame files beside it."""
     pattern, files = cbf_frame_files(path)
     first = files[0]
     try:
-        image = fabio.openheader(first)
-    except Exception as exc:  # fabio raises many kinds
+        header = read_cbf_header(first)
+    except CbfHeaderError as exc:
+        raise ConfigError(f"{first}: cannot be read as a CBF file: {exc.reason}") from None
+    except OSError as exc:
         raise ConfigError(f"{first}: cannot be read as a CBF file: {exc}") from None
-    header = image.header
-    text = _text(header.get("_array_data.header_contents", ""))
     facts = ScanFacts(source=first, data=pattern, nframes=len(files))
     facts.where["nframes"] = f"the files {os.path.basename(pattern)}"
-    for name, line in _CBF_LINES.items():
-        found = line.search(text)
-        if found:
-            try:
-                setattr(facts, name, rounded(float(found.group(1))))
-            except ValueError:
-                raise ConfigError(f"{first}: header line {found.group(0)!r}: expected a "
-                                  "number") from None
-            facts.where[name] = f"the header's {found.group(0).lstrip('# ').split()[0]}"
-    beam = _CBF_BEAM_XY.search(text)
-    if beam:
-        col, row = (float(v) for v in beam.groups())  # (fast, slow)
-        facts.beam_centre, facts.where["beam_centre"] = (row, col), "the header's Beam_xy"
-    detector = _CBF_DETECTOR.search(text)
-    if detector:
-        facts.detector_description = detector.group(1)
     try:
-        facts.frame_shape = (int(header["X-Binary-Size-Second-Dimension"]),
-                             int(header["X-Binary-Size-Fastest-Dimension"]))
+        for name, field in (("wavelength", "Wavelength"), ("phi_start", "Start_angle"),
+                            ("phi_step", "Angle_increment"), ("distance", "Detector_distance")):
+            found = header.quantity(field)
+            if found:
+                (value,), as_written = found
+                setattr(facts, name, rounded(value))
+                facts.where[name] = f"the header's {as_written}"
+        beam = header.quantity("Beam_xy")
+    except CbfHeaderError as exc:
+        raise ConfigError(str(exc)) from None
+    if beam:
+        col, row = beam[0]  # (fast, slow)
+        facts.beam_centre, facts.where["beam_centre"] = (row, col), "the header's Beam_xy"
+    facts.detector_description = header.text_after("Detector")
+    try:
+        facts.frame_shape = (int(header.binary["x-binary-size-second-dimension"]),
+                             int(header.binary["x-binary-size-fastest-dimension"]))
     except (KeyError, ValueError):
         pass
     return facts

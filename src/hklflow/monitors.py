@@ -15,26 +15,20 @@ in scan.nxs as it stores an HDF5 monitor's.
 """
 from __future__ import annotations
 
-import bz2
 import glob
-import gzip
 import math
 import os
 import re
 
 import numpy as np
 
+from .files.cbf_header import CbfHeader, CbfHeaderTooLong, NotCbfError, read_cbf_header
 from .rawfiles import is_hdf5_path
 
 CBF_HEADER_PREFIX = "cbf:"
 # what a row's monitor is (monitor_kind)
 NO_MONITOR, HDF5_DATASET, CBF_HEADER, COLUMN_FILE = "", "dataset", "cbf header", "column file"
 
-CBF_MAGIC = b"###CBF"  # the first bytes of every CBF file (CBFlib, Pilatus, fabio)
-CBF_HEADER_ENDS = (b"--CIF-BINARY-FORMAT-SECTION--", b"\x0c\x1a\x04\xd5")
-CBF_HEADER_LIMIT = 1 << 20  # (as hklflow.growing: longer without a binary section: no CBF)
-_CBF_READ_BLOCK = 8192  # a Pilatus header is 1-2 KiB: one read
-_PILATUS_SEPARATORS = str.maketrans("()#:=,", "      ")  # fabio's PilatusHeader.SPACE_LIKE
 # a column file this much larger than its frames need is some other file (raw data?):
 # refused unread (the table's check reads it at every parse)
 COLUMN_FILE_BYTES_PER_FRAME = 256
@@ -144,66 +138,28 @@ def _monitor_value(cell: str, where: str) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# CBF headers
+# CBF headers (read by hklflow.files.cbf_header)
 # --------------------------------------------------------------------------------------
-def _open_frame_file(path: str):
-    lower = path.lower()
-    return (gzip.open if lower.endswith(".gz") else bz2.open if lower.endswith(".bz2")
-            else open)(path, "rb")
-
-
-def read_cbf_header(path: str, shown: str | None = None) -> list[list[str]]:
-    """The words of each '#' line of a CBF file's header (up to its binary section), split
-    as fabio's PilatusHeader splits them: '# Beam_xy (1231.00, 1263.00) pixels' ->
-    ['Beam_xy', '1231.00', '1263.00', 'pixels']; ValueError naming a file that is no CBF
-    (as `shown`)."""
-    shown = shown or path
-    header = b""
-    with _open_frame_file(path) as f:
-        while True:
-            block = f.read(_CBF_READ_BLOCK)
-            if not header and not block.lstrip().startswith(CBF_MAGIC):
-                raise ValueError(f"{shown}: not a CBF file (it does not start with "
-                                 f"{CBF_MAGIC.decode()}): cbf:FIELD reads the header of CBF "
-                                 "frame files")
-            header += block
-            end = min((i for i in (header.find(e) for e in CBF_HEADER_ENDS) if i >= 0),
-                      default=-1)
-            if end >= 0:
-                header = header[:end]
-                break
-            if not block or len(header) >= CBF_HEADER_LIMIT:
-                raise ValueError(f"{shown}: a CBF file without its binary section (truncated "
-                                 "or corrupt?)")
-    lines = (ln.strip() for ln in header.decode("latin-1").splitlines())
-    return [words for ln in lines if ln.startswith("#")
-            if (words := ln.translate(_PILATUS_SEPARATORS).split())]
+def _header(path: str, shown: str | None = None) -> CbfHeader:
+    """read_cbf_header, its messages saying what cbf:FIELD needs."""
+    try:
+        return read_cbf_header(path, shown)
+    except NotCbfError as exc:
+        raise ValueError(f"{exc}: cbf:FIELD reads the header of CBF frame files") from None
+    except CbfHeaderTooLong:
+        raise ValueError(f"{shown or path}: a CBF file without its binary section (truncated "
+                         "or corrupt?)") from None
 
 
 def cbf_header_value(path: str, field: str, shown: str | None = None) -> float | None:
     """The number on the FIELD line of a CBF file's header (case aside), None without such a
     line; ValueError naming the file (as `shown`) when it is no CBF or the value no number."""
-    for words in read_cbf_header(path, shown):
-        if words[0].lower() == field.lower():
-            try:
-                return float(words[1])
-            except (IndexError, ValueError):
-                raise ValueError(f"{shown or path}: header line '# {' '.join(words)}': expected a "
-                                 f"number after {words[0]}") from None
-    return None
+    return _header(path, shown).number(field)
 
 
 def numeric_header_fields(path: str) -> list[str]:
     """The fields of a CBF header with a number (what cbf:FIELD may name), in its order."""
-    fields = []
-    for words in read_cbf_header(path):
-        try:
-            float(words[1])
-        except (IndexError, ValueError):
-            continue
-        if words[0][0].isalpha():  # (not the time stamp line '# 2012-02-21T16:43:50.328')
-            fields.append(words[0])
-    return fields
+    return _header(path).numeric_fields()
 
 
 def missing_field_message(path: str, field: str, where: str | None = None) -> str:

@@ -75,6 +75,8 @@ import numpy as np
 from .. import growing
 from ..config import MAX_SCAN_TURNS, CalibrationSpec, _validate, temperature_label
 from ..errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
+from ..files import nxmx
+from ..files.cbf_header import CbfHeaderUnfinished, read_cbf_header
 from ..geometry import BEAM_DIRECTION, DetectorGeometry
 from ..params import DetectorParams, schema, validator_with_defaults
 from ..rawfiles import natural_key
@@ -92,9 +94,6 @@ DEFAULTED_COLUMNS = ("nframes", "phi_start", "phi_step", "dataset", "det_ddist",
 NEEDED_COLUMNS = ("nframes", "phi_start", "phi_step")
 # the detector shifts: from the file's detector position where it has one (below)
 SHIFT_COLUMNS = ("det_ddist", "det_dponi1", "det_dponi2")
-GONIOMETER = "/entry/sample/goniometer"
-NXMX_DETECTOR = "/entry/instrument/detector"
-EIGER_DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 # calibrate_powder's accepted geometry and its version file (files/calibration.py; the
 # workflow's calibration_path)
 CALIBRATION_FILES = "results/calibration/{name}/"
@@ -104,18 +103,6 @@ PIXEL_SIZE_TOLERANCE = 1e-3  # relative: a file's pixel size must be the detecto
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _TEMPERATURE = r"[0-9]+(?:\.[0-9]+)?"
 _FRAME_NUMBER = r"[0-9]+"
-_CBF_READ_BLOCK = 16384  # a Pilatus header is a few KiB: one read
-_CBF_START_ANGLE = re.compile(r"^#\s*Start_angle\s+(\S+)\s+deg", re.M | re.I)
-_CBF_ANGLE_INCREMENT = re.compile(r"^#\s*Angle_increment\s+(\S+)\s+deg", re.M | re.I)
-_HEADER_LINE = re.MULTILINE | re.IGNORECASE
-_CBF_DISTANCE = re.compile(r"^#\s*Detector_distance\s+(\S+)\s+m\b", _HEADER_LINE)
-_CBF_BEAM_XY = re.compile(r"^#\s*Beam_xy\s*\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*pixels?\b",
-                          _HEADER_LINE)
-_CBF_PIXEL_SIZE = re.compile(r"^#\s*Pixel_size\s+(\S+)\s+m\s+x\s+(\S+)\s+m\b", _HEADER_LINE)
-_METRES = {"m": 1.0, "metre": 1.0, "meter": 1.0, "metres": 1.0, "meters": 1.0, "mm": 1e-3,
-           "millimetre": 1e-3, "millimeter": 1e-3, "um": 1e-6, "micron": 1e-6,
-           "microns": 1e-6, "micrometre": 1e-6, "micrometer": 1e-6}
-_PIXELS = ("pixel", "pixels", "px")
 
 
 class _NotYet(Exception):
@@ -202,54 +189,28 @@ class DiscoveryPattern:
 # --------------------------------------------------------------------------------------
 # What the files say
 # --------------------------------------------------------------------------------------
-def _degrees(dset: h5py.Dataset, values: np.ndarray, path: str) -> np.ndarray:
-    units = dset.attrs.get("units", "deg")
-    units = (units.decode() if isinstance(units, bytes) else str(units)).strip().lower()
-    if units in ("deg", "degree", "degrees"):
-        return values
-    if units in ("rad", "radian", "radians"):
-        return np.degrees(values)
-    raise RawDataError(f"{path}: {dset.name} is in {units!r}: expected deg or rad")
-
-
-def _first_values(dset: h5py.Dataset, count: int, path: str, refresh: bool) -> np.ndarray:
-    """The first `count` values of a scalar or 1-d angle dataset (deg); fewer while it grows."""
-    if refresh:  # an SWMR reader sees the writer's latest flush only after this
-        dset.id.refresh()
-    values = np.ravel(dset[()] if dset.ndim == 0 else dset[:count]).astype(np.float64)
-    return _degrees(dset, values, path)
-
-
 def _goniometer_facts(f: h5py.File, path: str, scan_axis: str, offset_names,
                       refresh: bool) -> dict:
     """phi_start, phi_step and offsets ({axis: deg}) from an NXmx goniometer group, where
     it has them; _NotYet while the scan axis holds fewer than two angles (a file growing)."""
-    gonio = f.get(GONIOMETER)
-    if not isinstance(gonio, h5py.Group):
+    gonio = nxmx.group(f, nxmx.GONIOMETER)
+    if gonio is None:
         return {}
     facts, offsets = {}, {}
     for name in offset_names:
-        dset = gonio.get(name)
-        if isinstance(dset, h5py.Dataset):
-            values = _first_values(dset, 1, path, refresh)
-            if not len(values):
+        axis = nxmx.goniometer_axis(gonio, name, path, count=1, refresh=refresh)
+        if axis is not None:
+            if not len(axis.angles):
                 raise _NotYet
-            offsets[name] = float(values[0])
+            offsets[name] = float(axis.angles[0])
     if offsets:
         facts["offsets"] = offsets
-    angles = gonio.get(scan_axis)
-    if not isinstance(angles, h5py.Dataset):
+    axis = nxmx.goniometer_axis(gonio, scan_axis, path, count=2, refresh=refresh)
+    if axis is None:
         return facts
-    values = _first_values(angles, 2, path, refresh)
-    increment = gonio.get(f"{scan_axis}_increment")
-    if isinstance(increment, h5py.Dataset):
-        step = _first_values(increment, 1, path, refresh)
-        step = float(step[0]) if len(step) else None
-    else:
-        step = float(values[1] - values[0]) if len(values) >= 2 else None
-    if not len(values) or step is None:
+    if not len(axis.angles) or axis.step is None:
         raise _NotYet  # the first frames' angles are not written yet
-    facts.update(phi_start=float(values[0]), phi_step=step)
+    facts.update(phi_start=float(axis.angles[0]), phi_step=axis.step)
     return facts
 
 
@@ -267,60 +228,28 @@ class DirectBeam:
     where: str
 
 
-def _text(value) -> str:
-    return (value.decode() if isinstance(value, bytes) else str(value)).strip()
-
-
-def _first_number(dset: h5py.Dataset, path: str) -> float:
-    values = np.ravel(dset[()])  # a scalar, or one value per frame (NXmx allows both)
-    try:
-        return float(values[0])
-    except (IndexError, TypeError, ValueError):
-        raise RawDataError(f"{path}: {dset.name}: expected a number") from None
-
-
-def _metres(dset: h5py.Dataset, path: str) -> float:
-    units = _text(dset.attrs.get("units", "m"))  # DECTRIS writes m
-    if units.lower() not in _METRES:
-        raise RawDataError(f"{path}: {dset.name} is in {units!r}: expected m or mm")
-    return _first_number(dset, path) * _METRES[units.lower()]
-
-
 def _nxmx_beam(f: h5py.File, path: str) -> DirectBeam | str | None:
     """The direct beam of an NXmx detector group (/entry/instrument/detector: distance, or
     DECTRIS's detector_distance; beam_center_x/y in pixels or a length; x/y_pixel_size),
     None when it has none, a message when it has only part of it."""
-    det = f.get(NXMX_DETECTOR)
-    if not isinstance(det, h5py.Group):
+    det = nxmx.group(f, nxmx.DETECTOR)
+    if det is None:
         return None
-    distance = next((n for n in ("distance", "detector_distance")
-                     if isinstance(det.get(n), h5py.Dataset)), None)
-    names = {"distance": distance, "beam_center_x": "beam_center_x",
+    names = {"distance": nxmx.distance_name(det), "beam_center_x": "beam_center_x",
              "beam_center_y": "beam_center_y"}
-    there = {k: n for k, n in names.items() if n and isinstance(det.get(n), h5py.Dataset)}
+    there = {k: n for k, n in names.items() if n and nxmx.dataset(det, n) is not None}
     if not there:
         return None
     if len(there) < len(names):
         missing = [k if k != "distance" else "distance (or detector_distance)"
                    for k in names if k not in there]
-        return (f"{path}: {NXMX_DETECTOR} gives {', '.join(there.values())} but no "
+        return (f"{path}: {nxmx.DETECTOR} gives {', '.join(there.values())} but no "
                 f"{' and '.join(missing)}: its detector position is not complete")
-    pixel_size = None
-    if all(isinstance(det.get(n), h5py.Dataset) for n in ("y_pixel_size", "x_pixel_size")):
-        pixel_size = (_metres(det["y_pixel_size"], path), _metres(det["x_pixel_size"], path))
-    centre = []
-    for name, axis in (("beam_center_y", 0), ("beam_center_x", 1)):
-        dset = det[name]
-        units = _text(dset.attrs.get("units", "pixel"))
-        if units.lower() in _PIXELS:
-            centre.append(_first_number(dset, path))
-        elif units.lower() in _METRES and pixel_size:
-            centre.append(_metres(dset, path) / pixel_size[axis])
-        else:
-            raise RawDataError(f"{path}: {dset.name} is in {units!r}: expected pixels (or a "
-                               "length, with x_pixel_size and y_pixel_size)")
-    return DirectBeam(_metres(det[distance], path), centre[0], centre[1], pixel_size,
-                      f"{NXMX_DETECTOR}/{distance} and beam_center_x/y in the file")
+    pixel_size = nxmx.pixel_size(det, path)
+    row, col = nxmx.beam_centre(det, path)
+    distance, name = nxmx.detector_distance(det, path)
+    return DirectBeam(distance, row, col, pixel_size,
+                      f"{nxmx.DETECTOR}/{name} and beam_center_x/y in the file")
 
 
 def _beam_facts(f: h5py.File, path: str) -> dict:
@@ -351,10 +280,9 @@ def _eiger_facts(path: str, scan_axis: str, offset_names) -> dict:
     def read(f):
         facts = _goniometer_facts(f, path, scan_axis, offset_names, refresh=False)
         facts.update(_beam_facts(f, path))
-        specific = f.get(EIGER_DETECTOR_SPECIFIC)
-        if isinstance(specific, h5py.Group) and "nimages" in specific:
-            triggers = int(specific["ntrigger"][()]) if "ntrigger" in specific else 1
-            facts["nframes"] = int(specific["nimages"][()]) * max(1, triggers)
+        nframes = nxmx.eiger_frame_count(f, path)
+        if nframes is not None:
+            facts["nframes"] = nframes
         return facts
 
     return _hdf5_facts(path, read)
@@ -374,46 +302,27 @@ def _cbf_facts(path: str, first: str) -> dict:
     """phi_start and phi_step from a Pilatus CBF header (Start_angle, Angle_increment), and
     its direct beam (Detector_distance, Beam_xy, Pixel_size); first: the file's name in
     messages."""
-    header = b""
     try:
-        with open(path, "rb") as f:
-            while True:
-                block = f.read(_CBF_READ_BLOCK)
-                header += block
-                marker = header.find(growing.CBF_BINARY_MARKER)
-                if marker >= 0:
-                    break
-                if len(header) >= growing.CBF_HEADER_LIMIT:
-                    raise RawDataError(f"{path}: not a CBF frame file: no binary section "
-                                       f"marker in its first {growing.CBF_HEADER_LIMIT} bytes")
-                if not block:
-                    raise _NotYet  # the header is still being written
-    except FileNotFoundError:
-        raise _NotYet from None
-    text = header[:marker].decode("latin-1")
+        header = read_cbf_header(path)
+    except (FileNotFoundError, CbfHeaderUnfinished):
+        raise _NotYet from None  # the header is still being written
+    if header.data_start is None:
+        raise _NotYet  # (read once the binary section begins)
     facts = {}
-
-    def numbers(m, what):
-        try:
-            return [float(v) for v in m.groups()]
-        except ValueError:
-            raise RawDataError(f"{path}: header line {m.group(0)!r}: expected {what}") from None
-
-    for key, line in (("phi_start", _CBF_START_ANGLE), ("phi_step", _CBF_ANGLE_INCREMENT)):
-        m = line.search(text)
-        if m:
-            facts[key] = numbers(m, "a number of degrees")[0]
-    distance, beam_xy = _CBF_DISTANCE.search(text), _CBF_BEAM_XY.search(text)
+    for key, name in (("phi_start", "Start_angle"), ("phi_step", "Angle_increment")):
+        found = header.quantity(name)
+        if found:
+            facts[key] = found[0][0]
+    distance, beam_xy = header.quantity("Detector_distance"), header.quantity("Beam_xy")
     if distance and beam_xy:
-        size = _CBF_PIXEL_SIZE.search(text)
-        fast, slow = numbers(size, "pixel sizes in m") if size else (None, None)
-        col, row = numbers(beam_xy, "(fast, slow) in pixels")
-        facts["beam"] = DirectBeam(numbers(distance, "a distance in m")[0], row, col,
-                                   (slow, fast) if size else None,
+        size = header.quantity("Pixel_size")
+        col, row = beam_xy[0]  # (fast, slow)
+        facts["beam"] = DirectBeam(distance[0][0], row, col, size[0][::-1] if size else None,
                                    f"Detector_distance and Beam_xy in the header of {first}")
     elif distance or beam_xy:
-        facts["beam_error"] = (f"{first}: its header gives {'Detector_distance' if distance else 'Beam_xy'} "
-                               f"but no {'Beam_xy' if distance else 'Detector_distance'}: its "
+        given, lacking = (("Detector_distance", "Beam_xy") if distance
+                          else ("Beam_xy", "Detector_distance"))
+        facts["beam_error"] = (f"{first}: its header gives {given} but no {lacking}: its "
                                "detector position is not complete")
     return facts
 
@@ -718,7 +627,7 @@ def _row(expdir: Path, pattern: DiscoveryPattern, sid: str, data: str, files: li
             raise _NotYet
         read = _eiger_facts if pattern.layout == "eiger" else _stack_file_facts
         facts = read(str(path), scan_axis, offset_names)
-        where = f"{GONIOMETER}/{scan_axis} in the file"
+        where = f"{nxmx.GONIOMETER}/{scan_axis} in the file"
     row = {"sample": sample, "temperature": temperature, "entry": entry, "data": data}
     sources = dict.fromkeys(row, FROM_PATH)
     for column in DEFAULTED_COLUMNS:

@@ -11,12 +11,12 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError, FileFormatError, InputMismatchError
+from ..files.cbf_header import read_cbf_header
 from ..files.h5 import open_h5
 from ..files.nxrefine import DEFAULT_FRAME_TIME, WrapperEntry, write_nxrefine_wrapper
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.scan import read_scan_file
-from ..monitors import cbf_header_value
 from ..nxrefine import entry_parameters, sample_fields, transform_angles
 from ..provenance import provenance
 from ._run import StepParser, run_step
@@ -81,10 +81,14 @@ def frame_time(rec) -> tuple[float, str]:
         except (OSError, KeyError, TypeError, ValueError):  # unreadable, a broken link, no number
             pass
     else:
-        for name in ("Exposure_period", "Exposure_time"):
+        try:
+            header = read_cbf_header(first)
+        except (OSError, ValueError):  # no CBF (TIFF, EDF)
+            header = None
+        for name in ("Exposure_period", "Exposure_time") if header is not None else ():
             try:
-                value = cbf_header_value(first, name)
-            except (OSError, ValueError):  # no CBF (TIFF, EDF), or no number there
+                value = header.number(name)
+            except ValueError:  # no number there
                 break
             if value and value > 0:
                 return float(value), f"{first}: CBF header {name}"
