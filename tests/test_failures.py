@@ -212,6 +212,10 @@ def make_broken_experiment(tiny_experiment: Path, d: Path) -> None:
                 extra.append([*r[:col["temperature"]], new, *r[col["temperature"] + 1:]])
                 extra[-1][col["data"]] = str(dst.relative_to(d))
     rows += extra
+    # copies of other entries' files: deliberate repeats (the same data are refused otherwise)
+    repeats = [f"tiny/{r[col['temperature']]}K/{r[col['entry']]}" for r in extra]
+    edit_config(d, lambda c: c.setdefault("reduction", {}).setdefault("ingest", {})
+                .__setitem__("deliberate_repeats", repeats))
     for r in rows:
         if (r[col["temperature"]], r[col["entry"]]) == ("200", "f1"):
             r[col["nframes"]] = "61"
