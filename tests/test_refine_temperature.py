@@ -26,6 +26,15 @@ def run(root, parent, out="refined.nxs", png="refined.png", f2_scan=f"{D}/f2/sca
                                     "--out", str(out), "--png", str(png)])
 
 
+def refine_entries(root, parent, d, out="bad.nxs"):
+    """The step on entries f1 and f2 of the temperature folder d (relative to root)."""
+    return refine_temperature.main(["--settings", step_settings(root, "refine_temperature"),
+                                    "--parent", str(parent),
+                                    "--scans", f"{d}/f1/scan.nxs", f"{d}/f2/scan.nxs",
+                                    "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
+                                    "--out", out, "--png", out.replace(".nxs", ".png")])
+
+
 def test_the_parent_temperature_refined_from_its_own_parent(tiny_300k, tiny_truth, monkeypatch):
     """As the workflow does for the parent temperature: its orientation.nxs is refined from
     its parent_orientation.nxs; the parent file is only read."""
@@ -93,11 +102,7 @@ def test_a_temperature_whose_entries_are_all_blank_names_their_files(tiny_300k, 
     edit_config(tiny_copy, lambda c: c.setdefault("reduction", {}).setdefault(
         "merge", {}).__setitem__("unusable_entries", "leave_out"))
     monkeypatch.chdir(tiny_copy)
-    rc = refine_temperature.main(["--settings", step_settings(tiny_copy, "refine_temperature"),
-                                  "--parent", str(tiny_300k / D / "orientation.nxs"),
-                                  "--scans", f"{d}/f1/scan.nxs", f"{d}/f2/scan.nxs",
-                                  "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
-                                  "--out", "bad.nxs", "--png", "bad.png"])
+    rc = refine_entries(tiny_copy, tiny_300k / D / "orientation.nxs", d)
     assert rc == 1 and not (tiny_copy / "bad.nxs").exists()
     err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln][-1]
     raw = tiny_copy / "raw/tiny/100K"
@@ -118,11 +123,7 @@ def test_an_entry_with_its_phi_start_off_is_named(tiny_300k, tiny_copy, tiny_tru
     edit_table(tiny_copy, 4, "phi_start", "7")  # row 4: tiny/100K/f2
     d = searched_entries(tiny_copy, tiny_truth, "100K")
     monkeypatch.chdir(tiny_copy)
-    rc = refine_temperature.main(["--settings", step_settings(tiny_copy, "refine_temperature"),
-                                  "--parent", str(tiny_300k / D / "orientation.nxs"),
-                                  "--scans", f"{d}/f1/scan.nxs", f"{d}/f2/scan.nxs",
-                                  "--peaks", f"{d}/f1/peaks.nxs", f"{d}/f2/peaks.nxs",
-                                  "--out", "bad.nxs", "--png", "bad.png"])
+    rc = refine_entries(tiny_copy, tiny_300k / D / "orientation.nxs", d)
     assert rc == 1 and not (tiny_copy / "bad.nxs").exists()
     err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln][-1]
     assert re.search(r"refine_temperature failed: phi_start of tiny/100K/f2 looks off by about "
