@@ -21,8 +21,8 @@ from pathlib import Path
 from .crystal import Crystal, UnitCell
 from .errors import ConfigError
 from .geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
-from .jobs import (check_chunk_sizes, check_grid_index_range, check_grid_symmetry_of_samples,
-                   check_job_counts, check_pdf_holes)
+from .jobs import (check_chunk_sizes, check_deliberate_repeats, check_grid_index_range,
+                   check_grid_symmetry_of_samples, check_job_counts, check_pdf_holes)
 from .monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DATASET,
                        check_one_frame_header, monitor_kind, read_column_file)
 from .params import STEP_PARAMS, CalibrationParams, DetectorParams, schema, validator_with_defaults
@@ -849,6 +849,7 @@ def load_experiment(config_files, *, config: dict | None = None,
                      warnings=tuple(warnings))
     check_job_counts(exp)
     check_chunk_sizes(exp)
+    check_deliberate_repeats(exp)
     check_grid_index_range(exp)
     check_grid_symmetry_of_samples(exp)
     check_pdf_holes(exp)

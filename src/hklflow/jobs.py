@@ -90,6 +90,19 @@ def check_chunk_sizes(exp) -> None:
                 f"({MAX_CHUNK_BYTES / 2**30:g} GiB; a few tens of MB read as fast)")
 
 
+def check_deliberate_repeats(exp) -> None:
+    """ConfigError for an entry of reduction.ingest.deliberate_repeats that the scans table
+    does not have (a typo would let the same data be merged twice unnoticed elsewhere)."""
+    ids = {s.id for s in exp.scans}
+    for i, name in enumerate(exp.reduction["ingest"]["deliberate_repeats"]):
+        if name not in ids:
+            example = next(iter(sorted(ids)), "sample/300K/f1")
+            raise ConfigError(f"{' + '.join(exp.sources)}: field 'reduction.ingest."
+                              f"deliberate_repeats.{i}': {name!r} is not an entry of "
+                              f"{exp.scans_table}: expected sample/temperature/entry, e.g. "
+                              f"{example}")
+
+
 def check_grid_index_range(exp) -> None:
     """ConfigError when a grid given whole in the config does not fit the transform's voxel
     index (int32; both kinds from one pass index two parts of the grid): refused now, not
