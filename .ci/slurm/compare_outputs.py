@@ -17,7 +17,8 @@ each pair by content, ignoring only provenance, which differs by construction:
 
 Ignored everywhere (dataset, attribute or JSON key names): when and where it ran
 (file_name, file_time, file_update_time, date, time, created, host, user, platform,
-working_directory, argv) and wall times (seconds, *_seconds).  Digests ("sha256:...") of
+working_directory, argv), the raw files' place on the file system (raw_file_ctime_ns,
+raw_file_inode: a copied experiment's differ) and wall times (seconds, *_seconds).  Digests ("sha256:...") of
 files that embed those times differ too: differing digests are counted, not failed.
 Strings are compared after replacing the absolute paths of the two run directories by <RUN>,
 wall times quoted in free text ("..., 0.065 s") by <T>, and dropping the '#' lines of PONI
@@ -42,7 +43,10 @@ import numpy as np
 
 HDF5_SUFFIXES = (".nxs", ".h5", ".hdf5", ".nx5")
 IGNORED_NAMES = {"file_name", "file_time", "file_update_time", "date", "time", "created", "host",
-                 "user", "platform", "working_directory", "argv"}
+                 "user", "platform", "working_directory", "argv",
+                 # where the raw files sit on the file system (a copied experiment's differ;
+                 # their size, mtime and content hashes are compared)
+                 "raw_file_ctime_ns", "raw_file_inode"}
 DIGEST = re.compile(r"^sha256(\[[^\]]*\])?:[0-9a-f]{64}$")
 WALL_TIME = re.compile(r"\b\d+(\.\d+)?(e-?\d+)? ?(s|sec|seconds)\b")
 
