@@ -57,22 +57,21 @@ def text(value) -> str:
     return (value.decode() if isinstance(value, bytes) else str(value)).strip()
 
 
-def group(parent, name: str) -> h5py.Group | None:
-    """The group at name, or None (absent, another kind of object, a broken link)."""
+def _member(parent, name: str, kind):
+    """The object of that kind at name, or None (absent, another kind, a broken link)."""
     try:
         obj = parent.get(name)
     except (KeyError, ValueError):
         return None
-    return obj if isinstance(obj, h5py.Group) else None
+    return obj if isinstance(obj, kind) else None
+
+
+def group(parent, name: str) -> h5py.Group | None:
+    return _member(parent, name, h5py.Group)
 
 
 def dataset(parent, name: str) -> h5py.Dataset | None:
-    """The dataset at name, or None (absent, another kind of object, a broken link)."""
-    try:
-        obj = parent.get(name)
-    except (KeyError, ValueError):
-        return None
-    return obj if isinstance(obj, h5py.Dataset) else None
+    return _member(parent, name, h5py.Dataset)
 
 
 def numbers(dset: h5py.Dataset, path: str, count: int | None = None,
