@@ -118,6 +118,58 @@ def test_without_resource_evaluate_nothing_is_recorded_and_it_is_said_once(monke
 
 
 # --------------------------------------------------------------------------------------
+# format_shell_command_once_per_print
+# --------------------------------------------------------------------------------------
+def test_snakemake_jobs_have_what_the_shell_command_hook_replaces():
+    from snakemake.jobs import Job
+
+    assert isinstance(Job.__dict__["shellcmd"], property)
+    assert callable(Job.__dict__["log_info"])
+
+
+def test_a_printed_job_has_its_shell_command_formatted_once(monkeypatch):
+    """Stand-ins for Snakemake's Job.shellcmd (counts its calls) and Job.log_info (asks for
+    the command three times, as Snakemake's does); monkeypatch puts Snakemake's back."""
+    from snakemake.jobs import Job
+
+    formatted = []
+
+    def shellcmd(self):
+        formatted.append(1)
+        return f"command {len(formatted)}"
+
+    printed = []
+
+    def log_info(self, indent=False):
+        printed.extend([self.shellcmd, self.shellcmd, self.shellcmd])
+
+    monkeypatch.setattr(Job, "shellcmd", property(shellcmd))
+    monkeypatch.setattr(Job, "log_info", log_info)
+    assert compat.format_shell_command_once_per_print()
+    assert not compat.format_shell_command_once_per_print()  # already installed
+    job = Job.__new__(Job)
+    job.log_info()
+    assert printed == ["command 1"] * 3 and len(formatted) == 1
+    assert job.shellcmd == "command 2"  # not while printing: formatted as before
+    job.log_info()
+    assert printed[3:] == ["command 3"] * 3
+
+
+def test_a_job_whose_shell_command_is_no_property_is_left_alone_said_once(monkeypatch, capsys):
+    from snakemake.jobs import Job
+
+    def shellcmd(self):
+        return "command"
+
+    monkeypatch.setattr(Job, "shellcmd", shellcmd)
+    log_info = Job.log_info
+    assert not compat.format_shell_command_once_per_print()
+    assert not compat.format_shell_command_once_per_print()
+    assert Job.log_info is log_info and Job.shellcmd is shellcmd
+    assert _reports(capsys.readouterr().err, "format_shell_command_once_per_print") == 1
+
+
+# --------------------------------------------------------------------------------------
 # tune_gc_for_planning
 # --------------------------------------------------------------------------------------
 class _Workflow:
@@ -272,6 +324,7 @@ def test_hooks_switched_off_install_nothing_and_say_nothing(monkeypatch, capsys,
     assert not hasattr(f, "_overwrite_params")
     assert not compat.tune_gc_for_planning(_Workflow(True)) and gc.get_threshold() == before
     assert not compat.record_resource_evaluate_parameters()
+    assert not compat.format_shell_command_once_per_print()
     handler = signal.getsignal(signal.SIGTERM)
     assert not compat.defer_sigterm_handler() and signal.getsignal(signal.SIGTERM) is handler
     assert capsys.readouterr().err == ""
@@ -283,6 +336,12 @@ _LOOKUP_GONE = ("import sys, snakemake.common as c\n"
                 "c.FUNC_OVERWRITE_PARAMS_ATTR = '_renamed_by_a_test'\n"
                 "from snakemake.cli import main\n"
                 "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _shell_commands(output: str) -> list[str]:
+    commands = sorted(line for line in output.splitlines() if line.startswith("Shell command:"))
+    assert commands
+    return commands
 
 
 def test_the_workflow_plans_the_same_jobs_with_hooks_on_off_or_broken(tiny_copy):
@@ -302,6 +361,7 @@ def test_the_workflow_plans_the_same_jobs_with_hooks_on_off_or_broken(tiny_copy)
     assert off.returncode == 0, off.stderr[-3000:]
     assert "Snakemake hook" not in off.stdout + off.stderr
     assert planned_jobs(off.stdout + off.stderr) == expected
+    assert _shell_commands(off.stdout + off.stderr) == _shell_commands(on.stdout + on.stderr)
 
     broken = subprocess.run([sys.executable, "-c", _LOOKUP_GONE, "--snakefile",
                              str(REPO / "Snakefile"), "--directory", str(tiny_copy), "-n",

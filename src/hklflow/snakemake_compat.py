@@ -146,6 +146,60 @@ def record_resource_evaluate_parameters() -> bool:
 
 
 # --------------------------------------------------------------------------------------
+# One shell command per printed job
+# --------------------------------------------------------------------------------------
+def format_shell_command_once_per_print() -> bool:
+    """Each time Snakemake prints a job (Job.log_info: every job of a dry run, every job
+    it starts) it formats the job's shell command three times, the same command each time:
+    twice for the fields of the log record and once for its message.  Formatting copies
+    the Snakefile's globals and quotes every field, and a plan of 13,000 jobs spends about
+    a tenth of its time there (bench/dryrun.py, hooks on and off).  This hook formats it
+    once as log_info starts, and Job.shellcmd returns that command to the calls made for
+    that same job until log_info returns; every other call formats as before.
+
+    It touches Job.log_info and the property Job.shellcmd (snakemake.jobs).  If an upgrade
+    renames either or makes shellcmd other than a property, nothing is replaced, this is
+    reported once, and the command is formatted three times (slower, the same output).
+    True when installed (False as well when it already was)."""
+    if not hooks_enabled():
+        return False
+    try:
+        from snakemake.jobs import Job
+
+        stock_shellcmd = Job.__dict__["shellcmd"]
+        stock_log_info = Job.__dict__["log_info"]
+        if not isinstance(stock_shellcmd, property) or not callable(stock_log_info):
+            raise TypeError("Job.shellcmd is not a property or Job.log_info not a function")
+    except (ImportError, KeyError, TypeError) as exc:
+        report_once("format_shell_command_once_per_print",
+                    f"snakemake.jobs.Job is not what it was ({exc!r})",
+                    "each printed job's shell command is formatted three times: slower")
+        return False
+    if getattr(stock_log_info, "hklflow_hook", False):
+        return False
+    printing: dict[int, object] = {}  # id(job) -> its command, while log_info prints it
+    format_command = stock_shellcmd.fget
+
+    def shellcmd(self):
+        command = printing.get(id(self), _MISSING)
+        return format_command(self) if command is _MISSING else command
+
+    def log_info(self, *args, **kwargs):
+        printing[id(self)] = format_command(self)
+        try:
+            return stock_log_info(self, *args, **kwargs)
+        finally:
+            printing.pop(id(self), None)
+
+    shellcmd.__doc__ = stock_shellcmd.__doc__
+    log_info.hklflow_hook = True
+    log_info.__wrapped__ = stock_log_info
+    Job.shellcmd = property(shellcmd)
+    Job.log_info = log_info
+    return True
+
+
+# --------------------------------------------------------------------------------------
 # Garbage collection while planning
 # --------------------------------------------------------------------------------------
 # Full collections only after this many young collections (Python's default: 10)

@@ -19,6 +19,7 @@ from hklflow.rawfiles import RawChangeCheck, RawFileOwners, is_hdf5_path, matchi
 
 snakemake_compat.tune_gc_for_planning(workflow)
 snakemake_compat.record_resource_evaluate_parameters()
+snakemake_compat.format_shell_command_once_per_print()
 
 # the Snakefile's configfile first, then --configfile ones in order (later ones win), as
 # Snakemake merges them; workflow.configfiles lists the command-line ones first
