@@ -152,8 +152,8 @@ def format_shell_command_once_per_print() -> bool:
     """Each time Snakemake prints a job (Job.log_info: every job of a dry run, every job
     it starts) it formats the job's shell command three times, the same command each time:
     twice for the fields of the log record and once for its message.  Formatting copies
-    the Snakefile's globals and quotes every field, and a plan of 13,000 jobs spends about
-    a tenth of its time there (bench/dryrun.py, hooks on and off).  This hook formats it
+    the Snakefile's globals and quotes every field, and a large plan spends a good part of
+    its time there (bench/README.md, dryrun.py, hooks on and off).  This hook formats it
     once as log_info starts, and Job.shellcmd returns that command to the calls made for
     that same job until log_info returns; every other call formats as before.
 
