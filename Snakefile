@@ -12,7 +12,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 from snakemake.exceptions import WorkflowError
-from hklflow.config import ConfigError, check_yaml_syntax
+from hklflow.planning.config import ConfigError, check_yaml_syntax
 
 try:  # Snakemake's own message for a YAML syntax error names neither the line nor the column
     check_yaml_syntax(["config/config.yaml"])
@@ -41,7 +41,7 @@ snakemake_compat.record_rule_function_parameters(workflow.rules)
 
 onstart:
     # Snakemake's SIGTERM handler on a thread of its own (it deadlocked when the signal came
-    # while jobs were being scheduled: hklflow.snakemake_compat)
+    # while jobs were being scheduled: hklflow.planning.snakemake_compat)
     snakemake_compat.defer_sigterm_handler()
 
 

@@ -1,7 +1,7 @@
 """Build hook: a wheel carries the workflow (Snakefile, workflow/, profiles/, envs/) as
 package data in hklflow/workflow_files, so that a plain `pip install .` gives working
 `hklflow run EXPDIR` and `hklflow demo` without the source tree.  An editable install
-(`pip install -e .`) uses the checkout's own files (hklflow.demo.workflow_dir)."""
+(`pip install -e .`) uses the checkout's own files (hklflow.commands.run.workflow_dir)."""
 import shutil
 from pathlib import Path
 

@@ -103,7 +103,7 @@ def add_at_turns(tr, stack, scan, mask, frames: int, bragg: np.ndarray, starts,
     whether every chunk was added as stored."""
     import dataclasses
 
-    from hklflow.transform import BLOCK, pixel_blocks
+    from hklflow.algorithms.transform import BLOCK, pixel_blocks
 
     as_stored = True
     blocks = np.zeros((bragg.shape[0], pixel_blocks(bragg[0].size)), np.uint8)

@@ -61,7 +61,7 @@ def pack(out: Path, run: Path, frames: int) -> None:
     from importlib.metadata import version
 
     from hklflow.files.scan import read_scan_file
-    from hklflow.geometry import _facts_path
+    from hklflow.model.geometry import _facts_path
 
     temp = next((run / "results").glob("*/*/f2")).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def pack(out: Path, run: Path, frames: int) -> None:
     shutil.copy(facts, out / "cache" / facts.name)
     metadata = next(p for p in (run / ".snakemake" / "metadata").iterdir()
                     if '"rule": "find_peaks"' in p.read_text())
-    # params: the job's settings file (hklflow.jobs.SettingsFiles), relative to the run
+    # params: the job's settings file (hklflow.planning.jobs.SettingsFiles), relative to the run
     settings_file = shlex.split(json.loads(metadata.read_text())["params"][0])[0]
     settings = json.loads((run / settings_file).read_text())
     (out / "pack.json").write_text(json.dumps(
@@ -89,7 +89,7 @@ def pack(out: Path, run: Path, frames: int) -> None:
 
 def stand_ins(packed: dict, out: Path) -> list[str]:
     """hdf5plugin and pyFAI's version where they are not installed (see the docstring)."""
-    from hklflow.geometry import DETECTOR_CACHE_ENV  # (numpy alone)
+    from hklflow.model.geometry import DETECTOR_CACHE_ENV  # (numpy alone)
 
     os.environ[DETECTOR_CACHE_ENV] = str(out / "cache")
     made = []
@@ -114,10 +114,10 @@ def run(out: Path, rounds: int, turns: int) -> dict:
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
-    from hklflow.frames import open_frame_source
-    from hklflow.params import DetectorParams, PeakSearchParams, settings_part
-    from hklflow.spotfinding import search
-    from hklflow.transform import Transformer, pixel_table
+    from hklflow.raw.frames import open_frame_source
+    from hklflow.settings.params import DetectorParams, PeakSearchParams, settings_part
+    from hklflow.algorithms.peaks.spotfinding import search
+    from hklflow.algorithms.transform import Transformer, pixel_table
 
     with open("/proc/cpuinfo") as f:
         lines = f.read().splitlines()
@@ -229,7 +229,7 @@ def synthetic_volume(path: Path) -> None:
     """A 160 x 256 x 256 volume, two thirds of its chunks measured (the writer of the code
     that runs this)."""
     from hklflow.files.volume import VolumeWriter
-    from hklflow.grid import Axis, Grid
+    from hklflow.model.grid import Axis, Grid
 
     grid = Grid(Axis(0, 1, 256), Axis(0, 1, 256), Axis(0, 1, 160))
     rng = np.random.default_rng(4)
@@ -253,7 +253,7 @@ def codec_worker(path: Path, what: str, compiled: bool, passes: int) -> None:
         return r.ru_utime + r.ru_stime
 
     if what == "frames":
-        from hklflow.frames import open_frames
+        from hklflow.raw.frames import open_frames
 
         with open_frames(str(path)) as st:
             st.compiled_decompression = compiled

@@ -23,7 +23,7 @@ directory (or --workdir):
 
 Then it times `snakemake -s <repo>/Snakefile --directory DIR -n --cores 16` (`--repeats`
 times per size, each a new process; `--quiet` adds `--quiet rules`), with hklflow's
-Snakemake hooks on and off (`--hooks`: HKLFLOW_SNAKEMAKE_HOOKS=0, hklflow.snakemake_compat),
+Snakemake hooks on and off (`--hooks`: HKLFLOW_SNAKEMAKE_HOOKS=0, hklflow.planning.snakemake_compat),
 and prints the jobs per rule (from Snakemake's job table), the best and worst wall times,
 the CPU time of the best run (what the wall time is on an idle machine; the machine is
 shared, so the load average at start and end is printed too), and the time hklflow's own
@@ -34,7 +34,7 @@ Defaults: 3 x 30 x 3 = 270 scan entries and 10 x 60 x 3 = 1800 entries (the job 
 are printed; `--frames-per-job 640` makes six transform jobs per entry).
 
 `--raw-files N` plans nothing either: it times what the plan adds per raw file of an
-ingested entry (hklflow.rawfiles.RawChangeCheck) on N frame files of `--raw-file-kb` KB in
+ingested entry (hklflow.raw.rawfiles.RawChangeCheck) on N frame files of `--raw-file-kb` KB in
 entries of `--frames` files, against a bare os.stat of each (what Snakemake pays per input
 file anyway), in the three cases: the first plan after ingest, every later plan, and the
 plan after the files were copied (new inodes: each hashed again); and the SHA-256 of every
@@ -166,8 +166,8 @@ def parse_only(d: Path) -> float:
     load_experiment on the config and the scans table, and the job lists."""
     code = (
         "import time, sys; t0 = time.perf_counter()\n"
-        "from hklflow.config import load_experiment\n"
-        "from hklflow.jobs import transform_frame_ranges\n"
+        "from hklflow.planning.config import load_experiment\n"
+        "from hklflow.planning.jobs import transform_frame_ranges\n"
         "t1 = time.perf_counter()\n"
         f"exp = load_experiment({str(d / 'config' / 'config.yaml')!r}, base_dir={str(d)!r})\n"
         "n = sum(len(transform_frame_ranges(exp, s)) for s in exp.scans)\n"
@@ -209,8 +209,8 @@ def resource_table(d: Path, attempts=(1, 3)) -> list[dict]:
     """What workflow/rules/resources.smk asks for one job of every rule of the experiment
     in d (resources.smk is plain Python: run here with the experiment as EXP; its RESOURCES
     maps each rule to its threads and its mem_mb and runtime functions)."""
-    from hklflow.config import load_experiment
-    from hklflow.jobs import transform_frame_ranges
+    from hklflow.planning.config import load_experiment
+    from hklflow.planning.jobs import transform_frame_ranges
 
     exp = load_experiment(d / "config" / "config.yaml", base_dir=d)
     smk = REPO / "workflow" / "rules" / "resources.smk"
@@ -239,8 +239,8 @@ def resource_table(d: Path, attempts=(1, 3)) -> list[dict]:
 
 
 def print_resources(d: Path, args) -> int:
-    from hklflow.jobs import grid_voxels_bound
-    from hklflow.config import load_experiment
+    from hklflow.planning.jobs import grid_voxels_bound
+    from hklflow.planning.config import load_experiment
 
     exp = load_experiment(d / "config" / "config.yaml", base_dir=d)
     rows = resource_table(d)
@@ -298,7 +298,7 @@ def time_size(d: Path, size, args) -> dict:
 def time_raw_file_checks(root: Path, n: int, frames: int, file_kb: int, full_mb: int) -> int:
     """--raw-files: the plan's check of ingested entries' raw files, per file (module
     docstring)."""
-    from hklflow.rawfiles import RawChangeCheck, fingerprint
+    from hklflow.raw.rawfiles import RawChangeCheck, fingerprint
 
     rng = np.random.default_rng(0)
     entries = [[root / f"e{e}" / f"f_{i:05d}.cbf" for i in range(min(frames, n - e * frames))]

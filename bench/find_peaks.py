@@ -104,7 +104,7 @@ def machine_info() -> dict:
 def scan_spec(nframes: int, sample: str = "demo"):
     """A 0.1 deg-step rotation scan on a Pilatus CdTe 2M, beam near the middle, 0.3 m,
     of the demo's crystal (or another one, SAMPLES), at one temperature, one entry."""
-    from hklflow.geometry import pyfai_detector
+    from hklflow.model.geometry import pyfai_detector
     from hklflow.simulation.experiment import EntryModel, preset
 
     det = pyfai_detector(DETECTOR)
@@ -124,7 +124,7 @@ def scan_spec(nframes: int, sample: str = "demo"):
 
 
 def scan_geometry(spec):
-    from hklflow.geometry import ScanAngles
+    from hklflow.model.geometry import ScanAngles
 
     return spec.true_scan_geometry(spec.entries[0]), ScanAngles(spec.phi_start, spec.phi_step,
                                                                  spec.nframes)
@@ -284,7 +284,7 @@ def quiet_logger() -> logging.Logger:
 def detector_params():
     """The detector's parameters search() takes: no trusted maximum given (the frames'
     dtype maximum), no user mask."""
-    from hklflow.params import DetectorParams
+    from hklflow.settings.params import DetectorParams
 
     return DetectorParams.defaults(name=DETECTOR)
 
@@ -298,7 +298,7 @@ def _trusted_max(dtype) -> int:
 # 1. read + decompress
 # --------------------------------------------------------------------------------------
 def read_once(path: Path, chunk: int = 16) -> dict:
-    from hklflow.frames import open_frames
+    from hklflow.raw.frames import open_frames
 
     with open_frames(str(path)) as st:
         st.compiled_decompression = True  # as the step
@@ -312,8 +312,8 @@ def read_once(path: Path, chunk: int = 16) -> dict:
 # 2. hklflow: search end to end, and its parts
 # --------------------------------------------------------------------------------------
 def search_once(path: Path, geometry, angles, params):
-    from hklflow.frames import open_frames
-    from hklflow.spotfinding import search
+    from hklflow.raw.frames import open_frames
+    from hklflow.algorithms.peaks.spotfinding import search
 
     detector = detector_params()
     with open_frames(str(path)) as st:
@@ -325,8 +325,8 @@ def search_once(path: Path, geometry, angles, params):
 
 
 def search_masks(geometry, params):
-    from hklflow.masking import user_mask
-    from hklflow.spotfinding import annulus_map
+    from hklflow.algorithms.masking import user_mask
+    from hklflow.algorithms.peaks.spotfinding import annulus_map
 
     # as search(): detector gaps and the user mask (none here) are not usable
     usable = ~(geometry.detector_mask() | user_mask(detector_params(), geometry.shape))
@@ -344,7 +344,7 @@ class KernelCaller:
     """strong_pixels_frame with search()'s parameters and buffers (public kernel only)."""
 
     def __init__(self, shape, params, trusted_max, capacity=None):
-        from hklflow import spotfinding as sf
+        from hklflow.algorithms.peaks import spotfinding as sf
 
         ny, nx = shape
         self.sf, self.p, self.tmax = sf, params, int(trusted_max)
@@ -371,9 +371,9 @@ def parts_once(path: Path, geometry, params) -> dict:
     time; only the calls are timed, wall and thread CPU), and the hot-pixel probe that
     search() runs before its pass on the first 20 frames (read, their minimum, one kernel
     call; the pass reads them again)."""
-    from hklflow import spotfinding as sf
-    from hklflow.frames import open_frames
-    from hklflow.spotfinding import HOT_PROBE_FRAMES, frames_minimum, hot_pixels_in
+    from hklflow.algorithms.peaks import spotfinding as sf
+    from hklflow.raw.frames import open_frames
+    from hklflow.algorithms.peaks.spotfinding import HOT_PROBE_FRAMES, frames_minimum, hot_pixels_in
 
     usable, annulus = search_masks(geometry, params)
     flags = sf.pixel_flags(usable, annulus)
@@ -431,7 +431,7 @@ def numpy_peaks(frames: np.ndarray, first: int, valid: np.ndarray, params, trust
     weights (as the assembler), summed intensity; size filter as search()."""
     from scipy import ndimage
 
-    from hklflow import spotfinding as sf
+    from hklflow.algorithms.peaks import spotfinding as sf
 
     k = len(frames)
     strong = np.empty(frames.shape, dtype=bool)
@@ -459,7 +459,7 @@ def numpy_once(path: Path, geometry, params, nsub: int):
     """numpy version over the first nsub frames, reading included, labelled in blocks of
     chunk_frames frames (peaks crossing a block boundary are not joined; that join is not
     counted, so this is slightly optimistic for numpy)."""
-    from hklflow.frames import open_frames
+    from hklflow.raw.frames import open_frames
 
     usable, _ = search_masks(geometry, params)
     with open_frames(str(path)) as st:
@@ -477,8 +477,8 @@ def numpy_once(path: Path, geometry, params, nsub: int):
 def kernel_strong_count(path: Path, geometry, params, nsub: int) -> int:
     """Strong pixels of the compiled kernel on the numpy subset, same masks (they must
     decide alike)."""
-    from hklflow import spotfinding as sf
-    from hklflow.frames import open_frames
+    from hklflow.algorithms.peaks import spotfinding as sf
+    from hklflow.raw.frames import open_frames
 
     usable, annulus = search_masks(geometry, params)
     flags = sf.pixel_flags(usable, annulus)
@@ -526,7 +526,7 @@ def dials_version() -> str:
 
 def ensure_cbf(paths: dict, spec, geometry, nframes: int) -> float | None:
     """Write the scan as one Pilatus miniCBF per frame (not timed); reuse if complete."""
-    from hklflow.frames import open_frames
+    from hklflow.raw.frames import open_frames
     from hklflow.simulation.experiment import CbfFramesWriter
 
     folder = paths["cbf"]
@@ -627,9 +627,9 @@ def search_child(h5: str, nframes_spec: int, sample: str) -> None:
     getrusage's ru_maxrss: Linux carries the parent's high-water mark over fork + exec into
     the child's ru_maxrss (and into the parent's RUSAGE_CHILDREN), so those report the
     benchmark process's size, not the search's."""
-    from hklflow.frames import open_frames
-    from hklflow.params import PeakSearchParams
-    from hklflow.spotfinding import search
+    from hklflow.raw.frames import open_frames
+    from hklflow.settings.params import PeakSearchParams
+    from hklflow.algorithms.peaks.spotfinding import search
 
     spec = scan_spec(nframes_spec, sample)
     geometry, angles = scan_geometry(spec)
@@ -818,7 +818,7 @@ def main(argv=None) -> int:
     workdir = args.workdir.resolve()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("silx").setLevel(logging.ERROR)
-    from hklflow.params import PeakSearchParams
+    from hklflow.settings.params import PeakSearchParams
 
     r: dict = {"machine": machine_info(), "repeats": repeats}
     say(f"machine: {r['machine']['cpu_model']}, {r['machine']['cores_online']} cores; "

@@ -73,7 +73,7 @@ def rss_gb() -> float:
     return float("nan")
 
 
-SETTINGS_DIR = Path(".snakemake", "hklflow", "settings")  # (hklflow.jobs.SettingsFiles)
+SETTINGS_DIR = Path(".snakemake", "hklflow", "settings")  # (hklflow.planning.jobs.SettingsFiles)
 
 
 def workflow_commands(large: Path) -> dict[str, list[str]]:
@@ -105,7 +105,7 @@ def entry_f2(large: Path, points: int):
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
-    from hklflow.grid import Axis, Grid
+    from hklflow.model.grid import Axis, Grid
 
     if not (large / "results").is_dir():
         raise SystemExit(f"{large}/results is missing: run bench/pipeline.py first")
@@ -126,9 +126,9 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
     takes there under `subdivide: plan` (auto or auto_per_block); its two volumes written for
     f1, f2, f3."""
     from hklflow.files.volume import VolumeWriter, read_volume_header
-    from hklflow.frames import open_frame_source
+    from hklflow.raw.frames import open_frame_source
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.transform import SubSteps, Transformer, block_sub_steps, pixel_table
+    from hklflow.algorithms.transform import SubSteps, Transformer, block_sub_steps, pixel_table
 
     temp, rec, ori, scan, mask, grid = entry_f2(large, points)
     frames = min(frames, rec.nframes)

@@ -349,7 +349,7 @@ def run_driver(py: Path, spec: dict, work: Path, tag: str) -> tuple[dict, float]
 
 
 def make_grid(axes):
-    from hklflow.grid import Axis, Grid
+    from hklflow.model.grid import Axis, Grid
 
     return Grid(*(Axis(float(s), float(d), int(n)) for s, d, n in axes))
 
@@ -385,7 +385,7 @@ def synthetic_volume(grid, cell, seed: int = 14) -> np.ndarray:
 
 
 def real_volume(path: Path):
-    from hklflow.crystal import UnitCell
+    from hklflow.model.crystal import UnitCell
     from hklflow.files.volume import read_volume
 
     vol = read_volume(path)
@@ -394,7 +394,7 @@ def real_volume(path: Path):
 
 
 def pdf_cases(args):
-    from hklflow.crystal import UnitCell
+    from hklflow.model.crystal import UnitCell
 
     cell = UnitCell(3.78, 3.78, 13.23)
     grid = make_grid(((-3.0, 0.06, 101), (-3.0, 0.075, 81), (-9.0, 0.3, 61)))
@@ -417,8 +417,8 @@ def pdf_cases(args):
 
 
 def compare_pdf(cases, py, work, workers) -> tuple[list, dict]:
-    from hklflow.pdf.fft import pdf_fft
-    from hklflow.pdf.taper import tukey_taper
+    from hklflow.algorithms.pdf.fft import pdf_fft
+    from hklflow.algorithms.pdf.taper import tukey_taper
 
     spec = {"workdir": str(work), "pdf": []}
     hk = {}
@@ -482,7 +482,7 @@ def compare_pdf(cases, py, work, workers) -> tuple[list, dict]:
 
             p_hk, ax_hk, err, sec_hk = ours(ins["zeroed"], t_hk)
             if err:
-                raise SystemExit(f"hklflow.pdf.pdf_fft failed on a NaN-free volume: {err}")
+                raise SystemExit(f"hklflow.algorithms.pdf.pdf_fft failed on a NaN-free volume: {err}")
             p_nx_same = np.load(ffts["hk-taper"]["pdf"])
             p_nx_own = np.load(ffts["nx-taper"]["pdf"])
             scale = float(np.abs(p_nx_same).max())
@@ -562,7 +562,7 @@ def candidate_operators():
     """Every signed permutation (48) and the hexagonal 6/mmm operators (24)."""
     import itertools
 
-    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.model.crystal import Crystal, UnitCell
 
     mats = []
     for perm in itertools.permutations(range(3)):
@@ -579,7 +579,7 @@ def candidate_operators():
 
 
 def symm_cases(args):
-    from hklflow.crystal import Crystal, UnitCell
+    from hklflow.model.crystal import Crystal, UnitCell
 
     cases = []
     for i, (name, sg, cell, axes, g) in enumerate(SYMM_CASES):
@@ -600,7 +600,7 @@ def symm_cases(args):
 
 
 def compare_symm(cases, py, work) -> tuple[list, dict]:
-    from hklflow.symmetry import operator_hkl, symmetrize_arrays
+    from hklflow.algorithms.merge.symmetry import operator_hkl, symmetrize_arrays
 
     names = _nx_laue(py, [c["crystal"].space_group_symbol for c in cases])
     spec = {"workdir": str(work), "symm": []}
@@ -684,8 +684,8 @@ def compare_symm(cases, py, work) -> tuple[list, dict]:
 
 
 def conventions(py, work) -> tuple[list, float]:
-    from hklflow.crystal import Crystal, UnitCell
-    from hklflow.symmetry import operator_hkl
+    from hklflow.model.crystal import Crystal, UnitCell
+    from hklflow.algorithms.merge.symmetry import operator_hkl
 
     n, start, step = 25, -3.0, 0.25
     g = np.array([1.25, 0.5, 0.75])  # general for every Laue class, orbit inside the grid
@@ -737,7 +737,7 @@ def table(report) -> str:
              f"{m['scipy']}; NXRefine venv: {report.get('nx_versions', {})}")
     if "pdf" in report:
         L.append("")
-        L.append("1. Tukey taper and FFT: hklflow.pdf against NXMultiReduce.fft_taper / total_pdf "
+        L.append("1. Tukey taper and FFT: hklflow.algorithms.pdf against NXMultiReduce.fft_taper / total_pdf "
                  f"(tolerances: taper {TAPER_TOL:g}, PDF {PDF_TOL:g} of max|PDF|)")
         for r in report["pdf"]:
             L.append(f"  {r['name']}: {r['what']}, q_max {r['qmax']:.3f} 1/A (2 pi convention)")
@@ -772,7 +772,7 @@ def table(report) -> str:
     if "symm" in report:
         L.append("")
         L.append("2. Laue symmetrisation: NXSymmetry(...).symmetrize(entries=True) against "
-                 "hklflow.symmetry.symmetrize_arrays (tolerance "
+                 "hklflow.algorithms.merge.symmetry.symmetrize_arrays (tolerance "
                  f"{SYMM_TOL:g} relative per voxel)")
         L.append(f"  {'case':<21}{'space group':<14}{'NX laue':<8}{'NX function':<13}"
                  f"{'delta: hklflow':>15}{'NXRefine':>9}  {'same ops':>9}{'field':>9}"

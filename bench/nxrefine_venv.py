@@ -1,6 +1,6 @@
 """NXRefine 0.1.1 in a throw-away venv: the one helper of the harnesses that run NXRefine's
 own code (bench/nxrefine_compare.py, bench/nxrefine_pdf_compare.py and the cross-check in
-tests/test_nxrefine_wrapper.py).
+tests/steps/test_nxrefine_wrapper.py).
 
 NXRefine is not a dependency of hklflow.  `pip install nxrefine` (0.1.1, the only version on
 PyPI) pulls nexpy and nexusformat 2.1.0, which no longer defines `NXgoniometer`, so

@@ -99,7 +99,7 @@ def timed(fn, repeats: int):
 # The synthetic case
 # --------------------------------------------------------------------------------------
 def spec_and_truth(nframes: int = 1800):
-    from hklflow.geometry import pyfai_detector
+    from hklflow.model.geometry import pyfai_detector
     from hklflow.simulation.experiment import EntryModel, predict_scan_reflections, preset
 
     det = pyfai_detector(DETECTOR)
@@ -130,9 +130,9 @@ def make_peaks(st, scan, rng):
 
 
 def start_model(spec, st, rng):
-    from hklflow.crystal import UnitCell
-    from hklflow.geometry import axis_rotation
-    from hklflow.refinement import Model
+    from hklflow.model.crystal import UnitCell
+    from hklflow.model.geometry import axis_rotation
+    from hklflow.algorithms.orientation.refinement import Model
 
     axis = rng.normal(size=3)
     U0 = axis_rotation(axis / np.linalg.norm(axis), math.radians(START["rotation_deg"])) @ st.U
@@ -144,8 +144,8 @@ def start_model(spec, st, rng):
 
 def entries_for(scan, model, x, y, z, counts, idx):
     """One entry, measured with the model's detector as its calibration (no shift)."""
-    from hklflow.geometry import EntrySetup
-    from hklflow.refinement import EntryPeaks
+    from hklflow.model.geometry import EntrySetup
+    from hklflow.algorithms.orientation.refinement import EntryPeaks
 
     setup = EntrySetup("f1", model.detector, (0.0, 0.0, 0.0), scan.goniometer, scan.angles,
                        dict(scan.offsets))
@@ -193,10 +193,10 @@ def errors(crystal, UB, detector, st):
 # --------------------------------------------------------------------------------------
 def run_case(label, spec, st, scan, model0, x, y, z, counts, idx, repeats, log,
              with_index_parent=False):
-    from hklflow.indexing import index_from_scratch
-    from hklflow.orientation import sample_q
-    from hklflow.params import IndexingParams, RefinementParams
-    from hklflow.refinement import _residuals, assign, refine
+    from hklflow.algorithms.orientation.indexing import index_from_scratch
+    from hklflow.algorithms.orientation.orient import sample_q
+    from hklflow.settings.params import IndexingParams, RefinementParams
+    from hklflow.algorithms.orientation.refinement import _residuals, assign, refine
 
     entries = entries_for(scan, model0, x, y, z, counts, idx)
     params = RefinementParams.defaults()
@@ -226,7 +226,7 @@ def run_case(label, spec, st, scan, model0, x, y, z, counts, idx, repeats, log,
                          "cell": list(sol.cell.parameters), "setting": setting(sol.UB, st)}
     out = {}
     if with_index_parent:
-        from hklflow.orientation import index_parent
+        from hklflow.algorithms.orientation.orient import index_parent
 
         log.info("%s: index_parent (index_from_scratch + refine, best of %d)", label, repeats)
         quiet = logging.getLogger("bench.quiet")

@@ -1,10 +1,10 @@
-"""Benchmark of the 3D-DeltaPDF (hklflow.pdf): punch-and-fill, Tukey taper and FFT.
+"""Benchmark of the 3D-DeltaPDF (hklflow.algorithms.pdf): punch-and-fill, Tukey taper and FFT.
 
     python bench/pdf.py [--repeats 3] [--max-voxels 64481201] [--json FILE]
 
-The volume is synthetic, on the demo's grid: hklflow.grid.default_grid for the demo crystal
+The volume is synthetic, on the demo's grid: hklflow.model.grid.default_grid for the demo crystal
 (I 4/m m m, a = b = 3.7801, c = 13.2305 A) and the demo's detector (Pilatus CdTe 300k at
-125 mm, 30 keV, beam near the centre: q_max and q_pixel from hklflow.geometry for the
+125 mm, 30 keV, beam near the centre: q_max and q_pixel from hklflow.model.geometry for the
 calibration geometry of hklflow.simulation's 'demo' preset).  It holds a smooth diffuse
 signal, a Gaussian Bragg spike (sigma 0.8 voxel) at every allowed reflection, and NaN beyond
 the detector's reach.  Prints, measured in one run:
@@ -15,7 +15,7 @@ the detector's reach.  Prints, measured in one run:
   2. taper and FFT seconds with workers = 1 and 2, and the memory numpy allocates in the
      FFT (tracemalloc) next to NXRefine's plain fftn expression;
   3. peak memory (ru_maxrss) after each part;
-  4. the PDF's sigma (hklflow.pdf.sigma) against the PDF alone, alternating, even and not;
+  4. the PDF's sigma (hklflow.algorithms.pdf.sigma) against the PDF alone, alternating, even and not;
   5. scaling, measured on sub-grids (interior reflections only) and extrapolated by the
      reflection count: the demo crystal on 401^3 (checks the extrapolation against 1.) and
      801^3 grids, and a 20 A cubic cell (P m -3 m) at the same reach on 401^3 and 801^3
@@ -47,14 +47,14 @@ sys.path.insert(0, str(HERE))
 
 from common import emit, machine_info  # noqa: E402
 
-from hklflow.crystal import Crystal, UnitCell  # noqa: E402
-from hklflow.grid import Axis, Grid, default_grid  # noqa: E402
-from hklflow.pdf.fft import pdf_fft, pdf_spectrum  # noqa: E402
-from hklflow.pdf.fill import punch_and_fill, reflections_to_punch  # noqa: E402
-from hklflow.pdf.q_grid import q_metric  # noqa: E402
-from hklflow.pdf.sigma import pdf_sigma  # noqa: E402
-from hklflow.pdf.taper import tukey_taper  # noqa: E402
-from hklflow.symmetry import index_maps  # noqa: E402
+from hklflow.model.crystal import Crystal, UnitCell  # noqa: E402
+from hklflow.model.grid import Axis, Grid, default_grid  # noqa: E402
+from hklflow.algorithms.pdf.fft import pdf_fft, pdf_spectrum  # noqa: E402
+from hklflow.algorithms.pdf.fill import punch_and_fill, reflections_to_punch  # noqa: E402
+from hklflow.algorithms.pdf.q_grid import q_metric  # noqa: E402
+from hklflow.algorithms.pdf.sigma import pdf_sigma  # noqa: E402
+from hklflow.algorithms.pdf.taper import tukey_taper  # noqa: E402
+from hklflow.algorithms.merge.symmetry import index_maps  # noqa: E402
 
 DEMO = ("I 4/m m m", UnitCell(3.7801, 3.7801, 13.2305))
 LARGE = ("P m -3 m", UnitCell(20.0, 20.0, 20.0))
@@ -62,7 +62,7 @@ RADIUS = 0.2  # 1/Angstrom, NXRefine's default
 
 
 def demo_reach() -> tuple[float, float]:
-    """q_max and q_pixel (1/Angstrom, no 2 pi) of the demo's detector (hklflow.geometry)."""
+    """q_max and q_pixel (1/Angstrom, no 2 pi) of the demo's detector (hklflow.model.geometry)."""
     from hklflow.simulation.experiment import preset
 
     geometry = preset("demo").calibration()
@@ -215,7 +215,7 @@ def fft_section(vol, crystal, grid, q_reach, repeats) -> dict:
 
 
 def sigma_section(vol, crystal, grid, q_reach, repeats) -> dict:
-    """The PDF's sigma (hklflow.pdf.sigma) against the PDF itself, alternating, both whole
+    """The PDF's sigma (hklflow.algorithms.pdf.sigma) against the PDF itself, alternating, both whole
     (every voxel computed): the volume as its own variance (u), the demo's 4/mmm maps, the
     mean term; even (octants) and not."""
     note("sigma of the PDF")
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     q_max_nat, q_pixel = demo_reach()
-    q_reach = 2 * math.pi * q_max_nat  # 2 pi convention, as hklflow.pdf
+    q_reach = 2 * math.pi * q_max_nat  # 2 pi convention, as hklflow.algorithms.pdf
     crystal = Crystal(*DEMO)
     grid, _ = default_grid(crystal.cell, q_max_nat, q_pixel, args.max_voxels)
     report = {"machine": machine_info(), "q_max_detector_2pi": q_reach, "q_pixel_no_2pi": q_pixel,

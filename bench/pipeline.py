@@ -83,7 +83,7 @@ PDF_RULES = ("total_pdf", "delta_pdf", "pdf_temperature_series")
 def spec_of(nframes: int, detector: str = DETECTOR, phi_step: float = 0.1):
     """Three phi_step-deg entries on a Pilatus CdTe 2M at 0.3 m, beam near the middle, of
     the demo's crystal at one temperature; entries shifted and tilted as in the demo."""
-    from hklflow.geometry import pyfai_detector
+    from hklflow.model.geometry import pyfai_detector
     from hklflow.simulation.experiment import EntryModel, preset
 
     det = pyfai_detector(detector)
@@ -264,7 +264,7 @@ def bare_read(d: Path) -> dict:
     """CPU time of reading + decompressing every frame of the experiment's entries (one
     thread, chunks of 16 frames into one buffer, the compiled block loop: what the steps'
     readers do)."""
-    from hklflow.frames import open_frames
+    from hklflow.raw.frames import open_frames
 
     rows = list(csv.DictReader((d / "config" / "scans.tsv").open(), delimiter="\t"))
     with open_frames(str(d / rows[0]["data"])) as st:  # (loads the loop, numba: not timed)
@@ -457,8 +457,8 @@ def main(argv=None) -> int:
         p.error("--small-frames must be below --frames")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
-    from hklflow.geometry import detector_shape
-    from hklflow.params import schema_default
+    from hklflow.model.geometry import detector_shape
+    from hklflow.settings.params import schema_default
 
     rows, cols = detector_shape(args.detector)
     pixels = rows * cols

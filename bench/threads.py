@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     d = args.experiment.resolve()
-    from hklflow.frames import open_frames  # the frames into the page cache
+    from hklflow.raw.frames import open_frames  # the frames into the page cache
 
     with open_frames(str(d / "raw/lsco/300K/f1.h5")) as st:
         for _ in st.iter_chunks(16, reuse_buffer=True):

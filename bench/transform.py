@@ -52,10 +52,10 @@ WORKDIR = HERE / ".data"
 def setup(workdir: Path, nframes: int, max_voxels: int):
     """Geometry (with UB), pixel table and the default grid (from hklflow's own rules) of
     the simulated 2M scan."""
-    from hklflow.crystal import UnitCell
-    from hklflow.geometry import ScanGeometry
-    from hklflow.grid import default_grid
-    from hklflow.transform import pixel_table
+    from hklflow.model.crystal import UnitCell
+    from hklflow.model.geometry import ScanGeometry
+    from hklflow.model.grid import default_grid
+    from hklflow.algorithms.transform import pixel_table
 
     paths, spec, _ = ensure_scan(workdir, nframes, "demo")
     geom, angles = scan_geometry(spec)
@@ -122,10 +122,10 @@ def numpy_add_at_float32(frames, table, M, scale, trusted_max, grid):
 
 
 def kernel_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
-    from hklflow.frames import open_frames
+    from hklflow.raw.frames import open_frames
     from transform_reference import numpy_transform
 
-    from hklflow.transform import Transformer, frame_matrices
+    from hklflow.algorithms.transform import Transformer, frame_matrices
 
     with open_frames(str(path)) as st:
         frames = st.read(0, nframes)
@@ -171,8 +171,8 @@ def variance_section(path, scan, table, grid, nframes: int, repeats: int) -> dic
     """Both kinds from one pass (a Bragg mask of 1% of the pixels), without and with the
     variance, alternating: CPU seconds of add() (pages of the grid touched beforehand, as
     kernel_section) and the grid's bytes."""
-    from hklflow.frames import open_frames
-    from hklflow.transform import Transformer, bragg_block_summary, frame_matrices
+    from hklflow.raw.frames import open_frames
+    from hklflow.algorithms.transform import Transformer, bragg_block_summary, frame_matrices
 
     with open_frames(str(path)) as st:
         frames = st.read(0, nframes)
@@ -236,14 +236,14 @@ def _e2e_worker(args):
     path, workdir, a, b, nframes_total, max_voxels, cpu, conn = args
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
-    from hklflow.frames import open_frames
-    from hklflow.transform import Transformer, transform_frames
+    from hklflow.raw.frames import open_frames
+    from hklflow.algorithms.transform import Transformer, transform_frames
 
     _, scan, table, grid = setup(workdir, nframes_total, max_voxels)
     with open_frames(str(path)) as st:
         st.compiled_decompression = True  # as the step: frames added as stored where they can
         trusted = float(np.iinfo(st.dtype).max)
-        from hklflow.grid import Axis, Grid
+        from hklflow.model.grid import Axis, Grid
         small = Grid(Axis(0, 1, 8), Axis(0, 1, 8), Axis(0, 1, 8))  # compile on a small grid
         warm, stored = Transformer(small, table, trusted), st.read_compressed(a, a + 1)
         if stored is None or not warm.add_compressed(stored, np.zeros((1, 1, 3, 3)), np.ones(1)):
@@ -305,18 +305,18 @@ def e2e_section(path, workdir, nframes, max_voxels, repeats) -> dict:
 
 
 def memory_section(e2e: dict, grid) -> dict:
-    from hklflow.geometry import detector_shape
+    from hklflow.model.geometry import detector_shape
 
     rows, cols = detector_shape(DETECTOR)
     npix = rows * cols
     one = e2e["one_job"]
     fixed_mb = one["peak_rss_mb"] - one["grid_mb"]
     grid801 = 801 ** 3 * 8 / 1e6  # one kind; the job making both kinds holds two
-    from hklflow.params import schema_default
+    from hklflow.settings.params import schema_default
 
     per_job = schema_default("reduction.transform.pixel_frames_per_job")
     frames_per_job = max(1, int(per_job // npix))
-    jobs = math.ceil(3650 / frames_per_job)  # hklflow.jobs.transform_frame_ranges: equal parts
+    jobs = math.ceil(3650 / frames_per_job)  # hklflow.planning.jobs.transform_frame_ranges: equal parts
     frames_per_job = math.ceil(3650 / jobs)
     return {
         "measured_peak_rss_mb": one["peak_rss_mb"], "measured_grid_mb": one["grid_mb"],

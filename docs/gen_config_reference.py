@@ -1,7 +1,7 @@
 """The docs site's generated pages, and the mkdocs hook that adds them (mkdocs.yml, `hooks:`).
 
 - `reference/config.md` and `reference/scans.md`: every key of the JSON schemas
-  (src/hklflow/schemas/config.schema.yaml, scans.schema.yaml) with its type, default, allowed
+  (src/hklflow/settings/schemas/config.schema.yaml, scans.schema.yaml) with its type, default, allowed
   values and description; each section of the config (an object with keys of its own) is a
   heading.  Made from the schemas at every build, so they cannot fall behind.
 - `index.md`: the README, the user's guide.
@@ -35,7 +35,7 @@ REFERENCE_PAGES = {
 }
 # generated page -> the repository file it is made from (for its links)
 ORIGIN = {"index.md": "README.md",
-          **{page: f"src/hklflow/schemas/{schema}" for page, (schema, _) in REFERENCE_PAGES.items()}}
+          **{page: f"src/hklflow/settings/schemas/{schema}" for page, (schema, _) in REFERENCE_PAGES.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def reference_pages() -> dict[str, str]:
     pages = {}
     for page, (name, title) in REFERENCE_PAGES.items():
         schema = yaml.safe_load((SCHEMAS / name).read_text(encoding="utf-8"))
-        pages[page] = render(schema, title, f"src/hklflow/schemas/{name}",
+        pages[page] = render(schema, title, f"src/hklflow/settings/schemas/{name}",
                              columns=name == "scans.schema.yaml")
     return pages
 
@@ -250,7 +250,7 @@ def reference_pages() -> dict[str, str]:
 # Links: the repository's, made the site's
 
 _LINK = re.compile(r"(!?)\[((?:[^\[\]]|\[[^\]]*\])*)\]\(([^()\s]+)\)")
-_SCHEMA_PAGES = {f"src/hklflow/schemas/{schema}": page for page, (schema, _) in REFERENCE_PAGES.items()}
+_SCHEMA_PAGES = {f"src/hklflow/settings/schemas/{schema}": page for page, (schema, _) in REFERENCE_PAGES.items()}
 
 
 def site_links(markdown: str, page: str) -> str:

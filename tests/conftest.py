@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def detector_facts_cache(tmp_path_factory):
-    """The detector facts (hklflow.geometry.detector_facts) of this session's processes,
+    """The detector facts (hklflow.model.geometry.detector_facts) of this session's processes,
     steps and Snakemake runs included, in a folder of the session: the user's cache is
     neither read nor written."""
     folder = tmp_path_factory.mktemp("detector-facts")
@@ -132,9 +132,9 @@ def bench_venv_python(module: str, what: str) -> Path:
 
 def step_settings(experiment: Path, rule: str, *args, config: str = "config/config.yaml") -> str:
     """The settings JSON the Snakefile passes to a job of `rule` in an experiment directory
-    (hklflow.jobs.JobSettings; args: the job's wildcards)."""
-    from hklflow.config import load_experiment
-    from hklflow.jobs import JobSettings
+    (hklflow.planning.jobs.JobSettings; args: the job's wildcards)."""
+    from hklflow.planning.config import load_experiment
+    from hklflow.planning.jobs import JobSettings
 
     exp = load_experiment(experiment / config, base_dir=experiment)
     settings = JobSettings(exp)
@@ -182,7 +182,7 @@ def tiny_300k(tiny_experiment, tiny_truth, tmp_path_factory) -> Path:
     What the mask and transform steps start from."""
     from contextlib import chdir
 
-    from hklflow.geometry import DetectorGeometry
+    from hklflow.model.geometry import DetectorGeometry
     from hklflow.steps import find_peaks, index_parent
 
     root = tmp_path_factory.mktemp("tiny_300k") / "experiment"
@@ -205,7 +205,7 @@ def tiny_300k(tiny_experiment, tiny_truth, tmp_path_factory) -> Path:
 @pytest.fixture
 def titles(monkeypatch):
     """The title of every picture drawn, as drawn."""
-    from hklflow import pictures
+    from hklflow.pictures import plots as pictures
 
     drawn, save = [], pictures._save_tight
 

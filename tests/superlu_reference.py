@@ -1,5 +1,5 @@
 """SuperLU, scipy's sparse LU: the tests' independent check of the conjugate gradients that
-solve the fill's systems (hklflow.pdf.fill)."""
+solve the fill's systems (hklflow.algorithms.pdf.fill)."""
 from __future__ import annotations
 
 import numpy as np

@@ -113,7 +113,7 @@ def test_links_to_files_outside_docs_become_their_names_and_schemas_the_referenc
     assert fix("[b](bench/README.md)", "index.md") == "b (`bench/README.md`)"
     assert (fix("[`profiles/slurm/config.yaml`](../profiles/slurm/config.yaml)", "cluster.md")
             == "`profiles/slurm/config.yaml`")
-    assert (fix("[r](../src/hklflow/schemas/config.schema.yaml#live)", "live.md")
+    assert (fix("[r](../src/hklflow/settings/schemas/config.schema.yaml#live)", "live.md")
             == "[r](reference/config.md#live)")
     assert fix("[c](docs/conventions.md#detector)", "index.md") == "[c](conventions.md#detector)"
     assert fix("[m](../map.md)", "reference/config.md") == "[m](../map.md)"

@@ -63,7 +63,7 @@ def test_the_conda_environment_pins_a_python_the_package_allows():
 
 def test_hklflow_version_is_the_package_version(capsys):
     """`hklflow --version` prints pyproject.toml's version (hklflow.__version__ is kept with it)."""
-    from hklflow.cli import main
+    from hklflow.commands.cli import main
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert main(["--version"]) == 0

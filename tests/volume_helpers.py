@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hklflow.files.volume import Volume, write_volume
-from hklflow.grid import Axis, Grid
+from hklflow.model.grid import Axis, Grid
 
 HEX = (4.5, 4.5, 7.0, 90.0, 90.0, 120.0)
 TETRA = (3.8, 3.8, 13.4, 90.0, 90.0, 90.0)

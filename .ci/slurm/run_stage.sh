@@ -130,7 +130,7 @@ fi
 timed install "$t"
 
 # the profile and executor tests, now that the plugin is installed (they skip without it)
-step timeout -k 10 300 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/test_slurm_profile.py tests/test_slurm_executor.py
+step timeout -k 10 300 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/plugins/test_slurm_profile.py tests/plugins/test_slurm_executor.py
 
 # --- 2. cluster --------------------------------------------------------------------------------
 if [ -f "$CLUSTER/pids" ]; then

@@ -49,7 +49,7 @@ _NEEDS_PLUGIN = ("the executor hklflow-slurm needs the Snakemake SLURM plugin: p
 def allocated_cpus(job) -> int:
     """The CPUs a job's sbatch asks for (--cpus-per-task): its cpus_per_task resource where
     set, else its threads; at least 1.  This mirrors the stock plugin's rule, which is not
-    public: tests/test_slurm_executor.py compares the two on the sbatch line the stock plugin
+    public: tests/plugins/test_slurm_executor.py compares the two on the sbatch line the stock plugin
     builds (submit_string.get_submit_command), so a change there fails that test."""
     cpus = job.resources.get("cpus_per_task") or job.threads
     return max(1, int(cpus))

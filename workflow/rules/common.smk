@@ -2,7 +2,7 @@
 # job receives (params); the functions that map wildcards to files.  Parsing reads the two
 # small text files and lists the raw files, and nothing else, because every cluster job
 # parses the Snakefile again.  Snakemake's internals are reached through
-# hklflow.snakemake_compat only.
+# hklflow.planning.snakemake_compat only.
 import os
 import sys
 import sysconfig
@@ -12,10 +12,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import apply_wildcards
 
 import hklflow
-from hklflow import snakemake_compat
-from hklflow.config import ConfigError, landed_marker, load_experiment, read_config_files
-from hklflow.jobs import JobSettings, SettingsFiles, transform_frame_ranges
-from hklflow.rawfiles import RawChangeCheck, RawFileOwners, is_hdf5_path, matching_files
+from hklflow.planning import snakemake_compat
+from hklflow.planning.config import ConfigError, landed_marker, load_experiment, read_config_files
+from hklflow.planning.jobs import JobSettings, SettingsFiles, transform_frame_ranges
+from hklflow.raw.rawfiles import RawChangeCheck, RawFileOwners, is_hdf5_path, matching_files
 
 snakemake_compat.tune_gc_for_planning(workflow)
 snakemake_compat.record_resource_evaluate_parameters()
@@ -58,7 +58,7 @@ os.environ.setdefault("HKLFLOW_DIST", str(_SOURCE) if (_SOURCE / "pyproject.toml
 CONDA_ENV = "../../envs/hklflow.yaml"
 DETECTOR = EXP.instrument.detector
 # what each job receives through params: settings, the file of its settings text
-# (hklflow.jobs.JobSettings, SettingsFiles)
+# (hklflow.planning.jobs.JobSettings, SettingsFiles)
 SETTINGS = JobSettings(EXP)
 _SETTINGS_FILES = SettingsFiles()
 
@@ -136,7 +136,7 @@ _DELIBERATE_REPEATS = frozenset(EXP.reduction["ingest"]["deliberate_repeats"])
 def _recorded_raw_files(scan_file):
     """(files, fingerprints) ingest recorded; none from a scan file that cannot be read (its
     ingest is not complete: Snakemake runs it again, or the step that reads it says why)."""
-    from hklflow.errors import HklflowError
+    from hklflow.base.errors import HklflowError
     from hklflow.files.scan import read_scan_file  # h5py: only for a scan file new since
 
     try:
@@ -186,7 +186,7 @@ def _list_raw_files(scan):
 
 
 def raw_change(w):
-    """The marker of a change of the entry's raw data since ingest (hklflow.rawfiles), once
+    """The marker of a change of the entry's raw data since ingest (hklflow.raw.rawfiles), once
     there has been one: rewritten, so that ingest is planned again, when a raw file holds
     other content than ingest recorded although its size and modification time are the
     same (a replaced file, a frame overwritten in place: Snakemake sees neither)."""

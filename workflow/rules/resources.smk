@@ -31,13 +31,13 @@
 #     slower than measured on one core (a shared cluster node can be far slower).
 import math
 
-from hklflow.geometry import detector_shape
-from hklflow import memory
-from hklflow.jobs import grid_voxels_bound, scan_pixels, transform_jobs
-from hklflow.params import PeakSearchParams
-from hklflow.snakemake_compat import known_parameters
+from hklflow.model.geometry import detector_shape
+from hklflow.base import memory
+from hklflow.planning.jobs import grid_voxels_bound, scan_pixels, transform_jobs
+from hklflow.settings.params import PeakSearchParams
+from hklflow.planning.snakemake_compat import known_parameters
 
-# bytes per voxel of the big arrays: hklflow.memory, which the steps check their room with
+# bytes per voxel of the big arrays: hklflow.base.memory, which the steps check their room with
 BASE_MB = memory.BASE_MB
 _VARIANCE = bool(EXP.reduction["transform"]["variance"])
 _ARRAYS = 3 if _VARIANCE else 2  # float32 arrays of a volume: signal, weight (, variance)

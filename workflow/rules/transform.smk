@@ -1,4 +1,4 @@
-# The sample's grid, masks, transform to (H, K, L) in frame-range jobs (hklflow.jobs: a
+# The sample's grid, masks, transform to (H, K, L) in frame-range jobs (hklflow.planning.jobs: a
 # cluster spreads one scan over many nodes), sums of the frame chunks, merge of the entries,
 # symmetrisation and the temperature series.
 

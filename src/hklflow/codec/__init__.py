@@ -12,11 +12,10 @@
   as their chunks (stored_frames, CompressedFrames).
 
 Importing this package loads neither numba nor the compiled codec."""
-from .chunks import (ChunkReader, ChunkWriter, CompressedFrames, codec_for, read_chunk,
-                     stored_frames)
 from .choice import CODEC_ENV, CodecUnavailable, active_codec, library_codec
-from .framing import (BLOCKED_MULT, HEADER_BYTES, bitshuffle_lz4_only, block_count,
-                      blocks_fit, chunk_header, default_block_elements, read_header)
+from .chunks import ChunkReader, ChunkWriter, CompressedFrames, codec_for, read_chunk, stored_frames
+from .framing import (BLOCKED_MULT, HEADER_BYTES, bitshuffle_lz4_only, block_count, blocks_fit,
+                      chunk_header, default_block_elements, read_header)
 
 __all__ = ["BLOCKED_MULT", "CODEC_ENV", "HEADER_BYTES", "ChunkReader", "ChunkWriter",
            "CodecUnavailable", "CompressedFrames", "active_codec", "bitshuffle_lz4_only",

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 
-from ..errors import HklflowError
+from ..base.errors import HklflowError
 from .library import LibraryCodec
 
 CODEC_ENV = "HKLFLOW_CODEC"

@@ -28,7 +28,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..numba_target import target_features
+from ..base.numba_target import target_features
 from .framing import BLOCKED_MULT, block_count
 
 
@@ -244,7 +244,7 @@ def _untranspose(scratch, dst, n, itemsize):
 def _copy_bytes(dst, d0, src, s0, n):
     """dst[d0:d0 + n] = src[s0:s0 + n] as a loop: numba compiles a slice assignment's
     shape check with an f-string message, seconds of every cold process's compile time
-    (tests/test_codec.py checks that none is compiled)."""
+    (tests/codec/test_codec.py checks that none is compiled)."""
     for i in range(n):
         dst[d0 + i] = src[s0 + i]
 

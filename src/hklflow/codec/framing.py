@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 
-from ..errors import FileFormatError
+from ..base.errors import FileFormatError
 
 HEADER_BYTES = 12
 BLOCKED_MULT = 8  # bitshuffle's blocks hold a multiple of 8 elements

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CalibrationError, FileFormatError
-from ..geometry import DetectorGeometry
-from ..provenance import file_digest
-from ..atomic import write_json_atomically
+from ..base.errors import CalibrationError, FileFormatError
+from ..model.geometry import DetectorGeometry
+from .atomic import write_json_atomically
 from .h5 import detector_group, provenance_group, write_nexus_atomically
+from .provenance import file_digest
 
 OUTPUT_FILES = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
 INDEX = "index.json"

@@ -1,7 +1,7 @@
 """Headers of CBF frame files (Pilatus miniCBF): hklflow's one reader of them, for a monitor
-cbf:FIELD (hklflow.monitors), the NXRefine wrapper's frame time, the angles and direct beam
+cbf:FIELD (hklflow.raw.monitors), the NXRefine wrapper's frame time, the angles and direct beam
 of scans found by their files (hklflow.live.discover), `hklflow init` and the check that a
-frame file being written is whole (hklflow.growing).
+frame file being written is whole (hklflow.live.growing).
 
 A file is read up to its binary section only (plain, .gz or .bz2).  Its '#' lines are split
 as fabio's PilatusHeader splits them (its SPACE_LIKE characters ``()#:=,`` are spaces):
@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..errors import RawDataError
+from ..base.errors import RawDataError
 
 CBF_MAGIC = b"###CBF"  # the first bytes of every CBF file (CBFlib, Pilatus, fabio)
 CBF_MIME_BOUNDARY = b"--CIF-BINARY-FORMAT-SECTION--"

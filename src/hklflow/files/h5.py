@@ -7,7 +7,7 @@ and the provenance record.
 * Every output is written to a temporary file in its destination folder and renamed over
   the destination only when complete (:func:`atomic_path`): a failed or killed write leaves
   nothing that looks complete.
-* Every output carries its provenance record (:mod:`hklflow.provenance`) as JSON in an
+* Every output carries its provenance record (:mod:`hklflow.files.provenance`) as JSON in an
   NXnote of an NXprocess group ``process``.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/... with HDF5)
 import numpy as np
 
 from .. import __version__
-from ..atomic import atomic_path
-from ..errors import FileFormatError
-from ..geometry import DetectorGeometry
+from ..base.errors import FileFormatError
+from ..model.geometry import DetectorGeometry
+from .atomic import atomic_path
 
 
 # --------------------------------------------------------------------------------------

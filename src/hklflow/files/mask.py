@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError
-from ..masking import (DEAD_FALSE_POSITIVES, DEAD_WINDOW, MIN_RADIUS, REGION_COLUMNS,
-                       MaskResult, ScanMask)
+from ..algorithms.masking import (DEAD_FALSE_POSITIVES, DEAD_WINDOW, MIN_RADIUS, REGION_COLUMNS,
+                                  MaskResult, ScanMask)
+from ..base.errors import FileFormatError
 from .h5 import open_h5, provenance_group, read_collection, text, write_nexus_atomically
 from .peaks import parameter_collection
 

@@ -21,7 +21,7 @@ ValueError.
 rmc-discord (``write_rmc_discord``: ``STEM_rmc_discord.nxs``)
 -------------------------------------------------------------
 Source: rmc-discord 0.0.4 (PyPI's newest, 2022-08-05), ``disorder/diffuse/experimental.py``,
-functions ``data`` and ``mask`` (run on our file by tests/test_model_inputs.py). By its
+functions ``data`` and ``mask`` (run on our file by tests/steps/test_model_inputs.py). By its
 code, not run here, the layout also fits the h5py reader of its GitHub ``master``
 (zjmorgan/rmc-discord 095ff69, 2023-09-20), which reads ``MDHistoWorkspace/data`` too.
 The file is Mantid's SaveMD layout of an MDHistoWorkspace:
@@ -83,10 +83,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json_atomically, write_text_atomically
-from ..crystal import UnitCell
-from ..crystal import space_group as crystal_space_group
-from ..grid import Axis, Grid
+from ..model.crystal import UnitCell
+from ..model.crystal import space_group as crystal_space_group
+from ..model.grid import Axis, Grid
+from .atomic import atomic_path, write_json_atomically, write_text_atomically
 from .h5 import open_h5, write_provenance_h5
 from .volume import Volume
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ..errors import RawDataError
+from ..base.errors import RawDataError
 
 WAVELENGTH = "/entry/instrument/beam/incident_wavelength"
 GONIOMETER = "/entry/sample/goniometer"

@@ -9,7 +9,7 @@ external link, relative to this file's folder::
   /entry                         NXentry, @default = transform (else the first kind); title
      sample                      NXsample: name, temperature_label, temperature (K),
                                  unitcell_a..gamma, space_group, laue_group,
-                                 unit_cell_group, lattice_centring (hklflow.nxrefine.
+                                 unit_cell_group, lattice_centring (hklflow.model.nxrefine.
                                  sample_fields; the orientation's refined cell)
      transform, masked_transform NXdata: data -> KIND.nxs (merged) /entry/KIND/data, axes
                                  [Ql, Qk, Qh] (copied), @angles (gamma*, beta*, alpha*)
@@ -58,7 +58,7 @@ file.)  Where the file system has no symbolic links, data/data links the raw fil
 
 Pixel and frame coordinates (peaks, beam centre) are hklflow's continuous ones (centre of
 pixel or frame i at i + 0.5), with which NXRefine maps every peak to hklflow's (h, k, l)
-(hklflow.nxrefine).
+(hklflow.model.nxrefine).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..atomic import atomic_path
+from .atomic import atomic_path
 from .h5 import open_h5, write_provenance_h5
 from .volume import read_grid_of
 
@@ -88,7 +88,7 @@ class WrapperEntry:
     """One scan entry as the wrapper shows it."""
 
     name: str  # f1, f2, ...
-    parameters: dict  # hklflow.nxrefine.entry_parameters
+    parameters: dict  # hklflow.model.nxrefine.entry_parameters
     peaks: dict  # x, y, z, intensity, sigx, sigy, sigz, polar_angle (NXRefine's names)
     nframes: int
     frame_shape: tuple  # (rows, cols)

@@ -14,7 +14,7 @@ refine_temperature): ``results/SAMPLE/TLABEL/parent_orientation.nxs`` and ``orie
                                 indexing (JSON, parents only), notes, unusable_entries
                                 (JSON entry -> why; entries the merge leaves out), preview
                                 (JSON {"landed": [records], "provisional": true}; only when
-                                made from scans still being collected, hklflow.preview)
+                                made from scans still being collected, hklflow.pictures.preview)
      peaks                      NXreflections-style: entry_name, observed x/y/frame, hkl, used,
                                 residual_x/y/frame (NaN if unused)
      residuals                  NXdata, the entry's @default: the used peaks' residual on the
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import CELL_NAMES, Crystal, UnitCell
-from ..errors import FileFormatError
-from ..geometry import DetectorGeometry
-from .h5 import (detector_group, get, group, open_h5, provenance_group, read_detector_group,
-                 text, write_nexus_atomically)
+from ..base.errors import FileFormatError
+from ..model.crystal import CELL_NAMES, Crystal, UnitCell
+from ..model.geometry import DetectorGeometry
+from .h5 import (detector_group, get, group, open_h5, provenance_group, read_detector_group, text,
+                 write_nexus_atomically)
 
 STATISTICS = ("rms_px", "rms_frames", "rms_hkl", "fraction_indexed", "n_used", "seconds")
 
@@ -56,7 +56,7 @@ class OrientationRecord:
     statistics: dict
     parent: str  # SAMPLE/TLABEL of the parent it was refined from
     unusable_entries: dict = field(default_factory=dict)  # entry -> why: left out of the merge
-    # the scans in progress it was made from (its own or its parent's; hklflow.preview)
+    # the scans in progress it was made from (its own or its parent's; hklflow.pictures.preview)
     landed: tuple = ()
 
     @property
@@ -117,7 +117,7 @@ def write_orientation_file(path, *, sample: str, temperature_label: str, parent:
                            unusable_entries: dict | None = None,
                            landed: list | None = None) -> Path:
     """Write a refinement.RefinementResult (layout in the module docstring), atomically.
-    landed: the records (hklflow.preview.landed_record) of the scans in progress it was
+    landed: the records (hklflow.pictures.preview.landed_record) of the scans in progress it was
     made from; none: nothing about previews is written."""
     import nexusformat.nexus as nx
 

@@ -5,7 +5,7 @@ as their own::
   /entry                  NXentry, @default = pdf; title
      pdf                  NXdata, @signal = pdf, @axes = [z, y, x], @angles = (alpha, beta, gamma)
         pdf               float32 [z, y, x]: the PDF (arbitrary units; NXRefine's normalisation)
-        pdf_errors        float32 [z, y, x]: its sigma (hklflow.pdf.sigma), where the volume
+        pdf_errors        float32 [z, y, x]: its sigma (hklflow.algorithms.pdf.sigma), where the volume
                           has a variance
         x, y, z           float64 lattice coordinates (fractions of a, b, c), @scaling_factor =
                           a, b, c (Angstrom) so that NeXpy draws them to scale
@@ -30,12 +30,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..base.errors import FileFormatError
 from ..codec import ChunkWriter as _ChunkWriter
-from ..crystal import UnitCell
-from ..errors import FileFormatError
-from ..grid import Grid
-from ..nxrefine import transform_angles
-from ..atomic import atomic_path
+from ..model.crystal import UnitCell
+from ..model.grid import Grid
+from ..model.nxrefine import transform_angles
+from .atomic import atomic_path
 from .h5 import open_h5, text, write_provenance_h5
 from .volume import reciprocal_lengths, write_sample_group
 
@@ -52,7 +52,7 @@ class PDF:
     kind: str = "pdf"  # pdf (DeltaPDF) or total_pdf
     title: str = ""
     notes: dict = field(default_factory=dict)
-    errors: object = None  # sigma of values, like them (hklflow.pdf.sigma); None: unknown
+    errors: object = None  # sigma of values, like them (hklflow.algorithms.pdf.sigma); None: unknown
 
     def plane(self, axis: str, value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """The plane of the PDF nearest `axis` = value (axis x, y or z): (array [v, u] with u,
@@ -184,7 +184,7 @@ class PDFWriter:
 
     def write_volumes(self, grid: Grid, cell: UnitCell, filled, punched_at):
         """The 3D-DeltaPDF's filled volume and its punched one (filled with the voxels at
-        the sorted flat indices punched_at NaN: hklflow.pdf.fill.FillResult's region);
+        the sorted flat indices punched_at NaN: hklflow.algorithms.pdf.fill.FillResult's region);
         returns a function (l0, l1) -> planes [l0, l1) of the filled volume, read back from
         the file."""
         dataset = _volume_group(self.entry, "filled_data", filled.shape, grid, cell,

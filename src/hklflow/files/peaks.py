@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError
+from ..base.errors import FileFormatError
 from .h5 import entry_group, get, open_h5, provenance_group, text, write_nexus_atomically
 
 PEAK_UNITS = {"observed_px_x": "pixel", "observed_px_y": "pixel", "observed_frame": "frame",

@@ -37,7 +37,7 @@ entry's geometry together (geometry.EntrySetup)::
                                       frame order; raw_files_absolute the same, absolute
         frames_per_file               frames in each raw file
         raw_file_size, raw_file_mtime_ns, raw_file_ctime_ns, raw_file_inode,
-        raw_file_sampled_sha256       fingerprint of each raw file (hklflow.rawfiles);
+        raw_file_sampled_sha256       fingerprint of each raw file (hklflow.raw.rawfiles);
         raw_file_sha256               with reduction.ingest.fingerprint: full
         @raw_kind ("hdf5" | "files"), @raw_dataset, @frame_dtype
         @planned_frames               only while the scan is still being collected (hklflow
@@ -61,16 +61,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..config import temperature_label
-from ..errors import FileFormatError, InputMismatchError
-from ..geometry import EntrySetup, Goniometer, ScanAngles, ScanGeometry
-from ..rawfiles import DEFAULT_DATASET, FrameSource
-from .h5 import (detector_group, entry_group, get, group, open_h5, provenance_group,
-                 provenance_of, read_detector_group, string_field, strings, text, text_field,
+from ..base.errors import FileFormatError, InputMismatchError
+from ..model.geometry import EntrySetup, Goniometer, ScanAngles, ScanGeometry
+from ..planning.config import temperature_label
+from ..raw.rawfiles import DEFAULT_DATASET, FrameSource
+from .h5 import (detector_group, entry_group, get, group, open_h5, provenance_group, provenance_of,
+                 read_detector_group, string_field, strings, text, text_field,
                  write_nexus_atomically)
 
 SCAN_FILE_VERSION = 2
-# fingerprint keys (hklflow.rawfiles) -> fields of the data group, beside raw_file_size,
+# fingerprint keys (hklflow.raw.rawfiles) -> fields of the data group, beside raw_file_size,
 # raw_file_mtime_ns and raw_file_sampled_sha256
 OPTIONAL_FINGERPRINT_FIELDS = {"ctime_ns": "raw_file_ctime_ns", "inode": "raw_file_inode",
                                "sha256": "raw_file_sha256"}

@@ -26,7 +26,7 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
                                 chunk with nothing measured is not stored, HDF5 reads its
                                 fill value: NaN for data, 0 for the others)
      sample                     NXsample: name, temperature_label, space_group, unit_cell,
-                                ub_matrix (if known), and NXRefine's fields (hklflow.nxrefine.
+                                ub_matrix (if known), and NXRefine's fields (hklflow.model.nxrefine.
                                 sample_fields): unitcell_a..gamma, laue_group, unit_cell_group,
                                 lattice_centring, temperature (K)
      notes                      NXnote (JSON): what was summed (frames, entries, corrections)
@@ -53,12 +53,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..base.errors import FileFormatError, GridError
 from ..codec import ChunkReader, ChunkWriter
-from ..crystal import UnitCell
-from ..errors import FileFormatError, GridError
-from ..grid import AXES, Axis, Grid
-from ..nxrefine import sample_fields, transform_angles
-from ..atomic import atomic_path
+from ..model.crystal import UnitCell
+from ..model.grid import AXES, Axis, Grid
+from ..model.nxrefine import sample_fields, transform_angles
+from .atomic import atomic_path
 from .h5 import open_h5, text, write_provenance_h5
 
 
@@ -930,7 +930,7 @@ class VolumeWriter:
 
     def write_half_set(self, grid: Grid, signal: np.ndarray, weight: np.ndarray,
                        how: str) -> None:
-        """The half set A of this volume (for CC1/2: hklflow.statistics.with_half_sets) on
+        """The half set A of this volume (for CC1/2: hklflow.algorithms.statistics.with_half_sets) on
         its own grid: /entry/half_set_a (HALF_SET)."""
         write_half_set(self._f["entry"], grid, signal, weight, how)
 

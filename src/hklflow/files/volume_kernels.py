@@ -1,5 +1,5 @@
 """Compiled loops over the float32 slabs and chunks of volumes: what the volume files'
-reader and writer (hklflow.files.volume) and the sums of volumes (hklflow.merging) run.
+reader and writer (hklflow.files.volume) and the sums of volumes (hklflow.algorithms.merge.volumes) run.
 A module of its own so that numba (a noticeable part of a short step's time to import and
 compile) is loaded only by the steps that call one of them: the steps that only read
 headers or slices of volumes (pictures, temperature series, the NXRefine wrapper,

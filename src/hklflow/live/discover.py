@@ -6,7 +6,7 @@ The pattern is a path relative to the experiment directory with the fields {samp
 ``raw/{sample}/{temperature}K/{entry}/{entry}_master.h5`` or, for Pilatus CBF files (one
 per frame, ``*`` where the frame number goes),
 ``raw/{sample}/{temperature}K/{entry}/{entry}_*.cbf``.  What it names sets the layout
-(hklflow.growing.layout_of).  A scan found becomes a row shaped as
+(hklflow.live.growing.layout_of).  A scan found becomes a row shaped as
 hklflow.live.table.user_rows's rows, its values taken, field by field:
 
 * from the path: sample, temperature, entry and data (a CBF scan's data keeps the ``*``:
@@ -56,7 +56,7 @@ The master's pixel_mask is not read here: the scans table has no mask column, an
 mask reaches every scan through instrument.detector.mask_file/mask_dataset (a master and
 /entry/instrument/detector/pixel_mask there work: non-zero is masked).
 
-Raw files are only read: HDF5 files as SWMR readers (hklflow.growing), CBF files up to the
+Raw files are only read: HDF5 files as SWMR readers (hklflow.live.growing), CBF files up to the
 end of their header.
 """
 from __future__ import annotations
@@ -72,14 +72,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import growing
-from ..config import MAX_SCAN_TURNS, CalibrationSpec, _validate, temperature_label
-from ..errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
+from ..base.errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
 from ..files import nxmx
 from ..files.cbf_header import CbfHeaderUnfinished, read_cbf_header
-from ..geometry import BEAM_DIRECTION, DetectorGeometry
-from ..params import DetectorParams, schema, validator_with_defaults
-from ..rawfiles import natural_key
+from ..model.geometry import BEAM_DIRECTION, DetectorGeometry
+from ..planning.config import MAX_SCAN_TURNS, CalibrationSpec, _validate, temperature_label
+from ..raw.rawfiles import natural_key
+from ..settings.params import DetectorParams, schema, validator_with_defaults
+from . import growing
 
 __all__ = ["DirectBeam", "Discovery", "DiscoveryPattern", "FIELDS", "SHIFT_COLUMNS", "discover",
            "discovered_rows", "shifts_from_direct_beam"]

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic import write_json_atomically
+from ..files.atomic import write_json_atomically
 
 STATE_FILE = "live/state.json"
 HISTORY_FILE = "live/history.jsonl"  # one line per workflow run: what it reduced, its lags
@@ -33,7 +33,7 @@ class ScanState:
     finish: bool = False  # reduce as far as it went, as if complete (watch --finish, finish_stalled)
     problem: str | None = None  # the raw data changed under us: never merged while it stands
     error: str | None = None  # the last failed job of this scan: rule and log file
-    observation: dict | None = None  # hklflow.growing's, for the next look
+    observation: dict | None = None  # hklflow.live.growing's, for the next look
 
     @property
     def sample(self) -> str:

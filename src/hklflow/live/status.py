@@ -8,7 +8,7 @@ import html
 import time
 from pathlib import Path
 
-from ..atomic import write_text_atomically
+from ..files.atomic import write_text_atomically
 from .state import LiveState
 
 STATUS_HTML = "results/status.html"
@@ -120,7 +120,7 @@ def write_status(expdir: Path, state: LiveState, live: dict, table_error: str | 
 
 
 def main(argv=None) -> int:
-    from ..config import ConfigError, load_settings
+    from ..planning.config import ConfigError, load_settings
 
     p = argparse.ArgumentParser(prog="hklflow status",
                                 description="Where every scan of a watched experiment stands "

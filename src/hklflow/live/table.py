@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import write_text_atomically
-from ..config import (LIVE_CONFIG, LIVE_SCANS_TABLE, landed_marker, read_scans_table,
-                      temperature_label)
+from ..files.atomic import write_text_atomically
+from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, landed_marker, read_scans_table,
+                               temperature_label)
 
 # the columns of the live table, in order, before the goniometer's offset axes
 COLUMNS = ("sample", "temperature", "entry", "data", "dataset", "nframes", "planned_frames",

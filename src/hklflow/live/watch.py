@@ -1,7 +1,7 @@
 """`hklflow watch EXPDIR [-- SNAKEMAKE ARGS]`: reduce an experiment while it is collected.
 
 A thread looks at the raw files every ``live.poll_seconds`` and records how many complete
-frames each scan has (hklflow.growing) and when each count was first seen.  The main loop
+frames each scan has (hklflow.live.growing) and when each count was first seen.  The main loop
 turns that into the live scans table (hklflow.live.table: a scan enters once
 ``live.first_preview_degrees`` have landed, and is taken further every
 ``live.preview_every_degrees`` or ``live.preview_every_seconds``) and runs the workflow
@@ -22,9 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from .. import steplog
-from ..config import LIVE_CONFIG, ConfigError, load_settings
-from ..errors import HklflowError
+from ..base import steplog
+from ..base.errors import HklflowError
+from ..planning.config import LIVE_CONFIG, ConfigError, load_settings
 from .discover import DiscoveryPattern, discover
 from .state import LiveState, ScanState, append_history
 from .status import write_status
@@ -66,7 +66,7 @@ def _pid_in(path: Path) -> int | None:
 
 class Watcher:
     def __init__(self, expdir: Path, snakemake_args: list[str], log, *, cores: str = "all"):
-        from ..demo import workflow_dir
+        from ..commands.run import workflow_dir
 
         self.expdir = expdir.resolve()
         self.log = log
@@ -92,12 +92,12 @@ class Watcher:
     def look(self) -> None:
         """New rows of the scans table, and the complete frames of every scan."""
         # one look at a time: two handles on one growing HDF5 dataset in a process, one of
-        # them refreshed, corrupt HDF5's state (hklflow.growing)
+        # them refreshed, corrupt HDF5's state (hklflow.live.growing)
         with self.look_lock:
             self._look()
 
     def _look(self) -> None:
-        from .. import growing
+        from . import growing
 
         now = time.time()
         try:
@@ -467,7 +467,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ..demo import _split
+    from ..commands.run import _split
 
     argv, extra = _split(argv)
     args = parser().parse_args(argv)

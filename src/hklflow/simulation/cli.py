@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from .. import steplog
+from ..base import steplog
 from .experiment import FRAME_FORMATS, preset, simulate_experiment
 
 

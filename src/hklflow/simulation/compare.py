@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..crystal import Crystal, UnitCell
 from ..files.volume import read_volume
-from ..geometry import DetectorGeometry
-from ..grid import Axis
+from ..model.crystal import Crystal, UnitCell
+from ..model.geometry import DetectorGeometry
+from ..model.grid import Axis
 
 
 @dataclass
@@ -590,8 +590,9 @@ def volumes_against_truth(results, truth: dict, sample: str, temperature: str, *
     """Read results/SAMPLE/TEMPERATURE/{transform,masked_transform}.nxs and the entry volumes
     results/SAMPLE/TEMPERATURE/ENTRY/transform.nxs (entries from the truth's scans) and
     compare them with the truth (temperature: a label such as 100K)."""
-    import hdf5plugin  # noqa: F401  (registers the volumes' compression filter)
     from pathlib import Path
+
+    import hdf5plugin  # noqa: F401  (registers the volumes' compression filter)
 
     base = Path(results) / sample / temperature
     vol = read_volume(base / "transform.nxs")
@@ -726,11 +727,11 @@ def pdf_against_truth(results, truth: dict, sample: str, temperature: str,
     reach[1], |w| <= reach[2] against the satellites' analytic DeltaPDF."""
     from pathlib import Path
 
+    from ..algorithms.pdf.fft import fft_crop
+    from ..algorithms.pdf.taper import tukey_taper
     from ..files.h5 import open_h5
     from ..files.pdf import read_pdf
-    from ..grid import Grid
-    from ..pdf.fft import fft_crop
-    from ..pdf.taper import tukey_taper
+    from ..model.grid import Grid
 
     base = Path(results) / sample / temperature
     delta, total = read_pdf(base / "pdf.nxs"), read_pdf(base / "total_pdf.nxs")

@@ -34,11 +34,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import temperature_label
-from ..crystal import Crystal, UnitCell, random_rotation
-from ..geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
-                        pyfai_detector,
-                        lorentz_zeta, q_from_directions)
+from ..model.crystal import Crystal, UnitCell, random_rotation
+from ..model.geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
+                              lorentz_zeta, pyfai_detector, q_from_directions)
+from ..planning.config import temperature_label
 from . import frames_kernel
 from .powder import simulate_calibrant_image
 from .writers import RAW_DATASET, CbfFramesWriter, EigerScanWriter, Hdf5StackWriter

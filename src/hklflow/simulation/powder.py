@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..geometry import DetectorGeometry
+from ..model.geometry import DetectorGeometry
 
 GAP_VALUE = -1  # what a Pilatus writes in module gaps
 

@@ -13,7 +13,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from ..geometry import DetectorGeometry
+from ..model.geometry import DetectorGeometry
 
 RAW_DATASET = "/entry/data/data"
 BLOCKS_PER_SECOND = 10  # SWMR flushes per second of the hdf5 format

@@ -17,7 +17,7 @@
 turns SIGTERM (a batch system's time limit, Snakemake stopping) into SystemExit so that
 cleanup runs, calls ``run``, and on any failure removes the outputs declared with
 ``add_output`` (a stale or half-written file must not look complete).  An
-:class:`~hklflow.errors.HklflowError` or OSError ends with one line naming the file or
+:class:`~hklflow.base.errors.HklflowError` or OSError ends with one line naming the file or
 field and exit status 1; anything else is a bug and is logged with its traceback.  A step
 that succeeds ends its log with a `resources:` line (CPU, start, wall, peak memory).
 
@@ -28,7 +28,7 @@ idle threads spin, and cost a large volume's delta_pdf CPU time and wall time
 (bench/pipeline.py measures the steps; docs/internals.md, "Threads").
 
 A job's settings come as a file the workflow wrote (``--settings-file``, named by the
-digest of its text: hklflow.jobs.SettingsFiles), or inline as JSON (``--settings``: a
+digest of its text: hklflow.planning.jobs.SettingsFiles), or inline as JSON (``--settings``: a
 step run by hand or by a test).
 
 A step keeps the memory it frees for its next arrays (keep_freed_memory): a volume-sized
@@ -49,10 +49,10 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from .. import steplog
-from ..atomic import remove_stale_temporaries
-from ..errors import HklflowError
-from ..params import read_settings, read_settings_file
+from ..base import steplog
+from ..base.errors import HklflowError
+from ..files.atomic import remove_stale_temporaries
+from ..settings.params import read_settings, read_settings_file
 
 
 class StepParser(argparse.ArgumentParser):

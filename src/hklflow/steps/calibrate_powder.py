@@ -1,5 +1,5 @@
 """Step calibrate_powder: the detector geometry of one calibration, refined from a calibrant
-powder image or imported from a PONI file (hklflow.calibration), with its record, picture
+powder image or imported from a PONI file (hklflow.algorithms.calibration), with its record, picture
 and version (hklflow.files.calibration: every accepted calibration is archived; the same
 source and settings reuse their earlier version)."""
 from __future__ import annotations
@@ -8,14 +8,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import calibration as cal
+from ..algorithms import calibration as cal
+from ..base.errors import CalibrationError
 from ..files.calibration import (CalibrationArchive, version_key, write_calibration_file,
                                  write_version_file)
-from ..errors import CalibrationError
-from ..geometry import DetectorGeometry
-from ..params import CalibrationParams, settings_part
-from ..pictures import plot_calibration
-from ..provenance import file_digest, provenance
+from ..files.provenance import file_digest, provenance
+from ..model.geometry import DetectorGeometry
+from ..pictures.plots import plot_calibration
+from ..settings.params import CalibrationParams, settings_part
 from ._run import StepParser, run_step
 
 

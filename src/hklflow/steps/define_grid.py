@@ -1,5 +1,5 @@
 """Step define_grid: the (H, K, L) grid of a sample, one for every temperature and entry of
-the sample so that their volumes add and compare voxel by voxel (hklflow.grid).
+the sample so that their volumes add and compare voxel by voxel (hklflow.model.grid).
 
 Axes given in reduction.transform.grid are kept; the others are derived from the sample's
 cell (config) and the detector: limits from the largest Q any of the sample's scans reaches,
@@ -7,12 +7,12 @@ steps 1/m no larger than one pixel in Q, coarsened to stay within max_voxels.
 """
 from __future__ import annotations
 
-from ..crystal import UnitCell
 from ..files.grid import write_grid_file
-from ..geometry import DetectorGeometry
-from ..grid import default_grid, q_range
-from ..params import GridParams, settings_part
-from ..provenance import provenance
+from ..files.provenance import provenance
+from ..model.crystal import UnitCell
+from ..model.geometry import DetectorGeometry
+from ..model.grid import default_grid, q_range
+from ..settings.params import GridParams, settings_part
 from ._run import StepParser, run_step
 
 

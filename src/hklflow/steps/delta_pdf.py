@@ -1,20 +1,20 @@
 """Step delta_pdf: the 3D-DeltaPDF of a sample at one temperature - every allowed Bragg
 reflection of its symmetrised volume punched out and the hole filled by Laplace (or Matern)
-interpolation, then tapered and Fourier transformed (hklflow.pdf_volume.delta_pdf) - with
+interpolation, then tapered and Fourier transformed (hklflow.algorithms.pdf.volume.delta_pdf) - with
 the punched and filled volumes, the outcome of every reflection, and pictures of its planes."""
 from __future__ import annotations
 
-from ..crystal import Crystal, UnitCell
+from ..algorithms.pdf.fill import OUTCOMES
+from ..algorithms.pdf.volume import delta_pdf, even_along_axes, volume_noise
+from ..base.memory import check_room, pdf_bytes
 from ..files.pdf import PDFWriter
+from ..files.provenance import provenance
 from ..files.volume import read_volume_header
-from ..memory import check_room, pdf_bytes
-from ..params import PDFParams, settings_part
-from ..pdf.fill import OUTCOMES
-from ..pdf_volume import delta_pdf, even_along_axes, volume_noise
-from ..pictures import plot_pdf
-from ..preview import landed_notes, preview_label
-from ..provenance import provenance
-from ..slices import cell_of
+from ..model.crystal import Crystal, UnitCell
+from ..pictures.plots import plot_pdf
+from ..pictures.preview import landed_notes, preview_label
+from ..pictures.slices import cell_of
+from ..settings.params import PDFParams, settings_part
 from ._run import StepParser, run_step
 
 

@@ -1,15 +1,15 @@
 """Step find_peaks: one streamed pass over every frame of a scan entry - per-frame
-statistics and the 3D Bragg peaks (hklflow.spotfinding), with a picture."""
+statistics and the 3D Bragg peaks (hklflow.algorithms.peaks.spotfinding), with a picture."""
 from __future__ import annotations
 
+from ..algorithms.peaks.spotfinding import search
 from ..files.peaks import write_peaks_file
+from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..frames import open_frame_source
-from ..params import DetectorParams, PeakSearchParams, settings_part
-from ..pictures import plot_peaks
-from ..preview import preview_label
-from ..provenance import provenance
-from ..spotfinding import search
+from ..pictures.plots import plot_peaks
+from ..pictures.preview import preview_label
+from ..raw.frames import open_frame_source
+from ..settings.params import DetectorParams, PeakSearchParams, settings_part
 from ._run import StepParser, run_step
 
 

@@ -1,24 +1,20 @@
 """Step index_parent: the parent scan of a sample indexed from scratch (all its entries at
 the parent temperature) and refined - the orientation every other temperature of the
-sample starts from (hklflow.orientation.index_parent)."""
+sample starts from (hklflow.algorithms.orientation.orient.index_parent)."""
 from __future__ import annotations
 
-from ..crystal import Crystal, UnitCell
+from ..algorithms.orientation.indexing import MIN_VECTORS
+from ..algorithms.orientation.orient import (check_entries_have_peaks, check_entries_usable,
+                                             index_parent, misplaced_phi_starts,
+                                             temperature_entries)
 from ..files.orientation import write_orientation_file
 from ..files.peaks import read_peaks_file
+from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..indexing import MIN_VECTORS
-from ..orientation import (
-    check_entries_have_peaks,
-    check_entries_usable,
-    index_parent,
-    misplaced_phi_starts,
-    temperature_entries,
-)
-from ..params import IndexingParams, RefinementParams, settings_part
-from ..pictures import plot_residuals
-from ..preview import landed_record, merged_records, orientation_label
-from ..provenance import provenance
+from ..model.crystal import Crystal, UnitCell
+from ..pictures.plots import plot_residuals
+from ..pictures.preview import landed_record, merged_records, orientation_label
+from ..settings.params import IndexingParams, RefinementParams, settings_part
 from ._run import StepParser, run_step
 
 

@@ -4,7 +4,7 @@ Opens the raw frames read-only and checks them against the scans table and the d
 (frame count, frame shape, first and last frame readable - a cheap truncation check; every
 frame with ``--check-frames all``), reads the monitor if the scan has one (a dataset of the
 HDF5 files; for frame files a column file or a field of every frame's CBF header:
-hklflow.monitors), fingerprints every raw file, and writes the scan file linking (never
+hklflow.raw.monitors), fingerprints every raw file, and writes the scan file linking (never
 copying) the raw frames, with the accepted calibration (and its version) and the entry's
 detector shift.
 """
@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import ScanRow
 from ..files.calibration import read_version_file
+from ..files.provenance import file_digest, provenance
 from ..files.scan import write_scan_file
-from ..frames import inspect_raw_scan
-from ..geometry import DetectorGeometry, EntrySetup, Goniometer
-from ..provenance import file_digest, provenance
+from ..model.geometry import DetectorGeometry, EntrySetup, Goniometer
+from ..planning.config import ScanRow
+from ..raw.frames import inspect_raw_scan
 from ._run import StepParser, run_step
 
 

@@ -1,18 +1,18 @@
-"""Step mask_scan: the masks of a scan entry (hklflow.masking) - the pixel mask (module gaps,
+"""Step mask_scan: the masks of a scan entry (hklflow.algorithms.masking) - the pixel mask (module gaps,
 hot and dead pixels, the user mask) and the 3D Bragg mask (ellipsoids in row, col, frame
 around every found peak and every allowed reflection predicted with the refined
 orientation, as a table), with a picture."""
 from __future__ import annotations
 
+from ..algorithms.masking import build_mask
 from ..files.mask import write_mask_file
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
+from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..masking import build_mask
-from ..params import DetectorParams, MaskParams, settings_part
-from ..pictures import plot_mask
-from ..preview import preview_label, preview_notes
-from ..provenance import provenance
+from ..pictures.plots import plot_mask
+from ..pictures.preview import preview_label, preview_notes
+from ..settings.params import DetectorParams, MaskParams, settings_part
 from ._run import StepParser, run_step
 
 

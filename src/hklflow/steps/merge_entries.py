@@ -1,23 +1,23 @@
 """Step merge_entries: the volume of a sample at one temperature - signal and weight of the
-volumes of its entries summed voxel by voxel (hklflow.merging.sum_volumes), so the gaps of
+volumes of its entries summed voxel by voxel (hklflow.algorithms.merge.volumes.sum_volumes), so the gaps of
 one entry are filled by the others - with slice pictures.  Entries that the orientation
 step found without usable signal (reduction.merge.unusable_entries: leave_out) are left out,
 and the log, the volume's notes and the picture say so.  Whether its uncertainties hold
-(hklflow.statistics: I/sigma and chi^2/nu of symmetry-equivalent voxels in shells of |Q|)
+(hklflow.algorithms.statistics: I/sigma and chi^2/nu of symmetry-equivalent voxels in shells of |Q|)
 goes into its notes, the log and a picture of its own."""
 from __future__ import annotations
 
 import math
 
-from ..errors import ConfigError
+from ..algorithms.merge.volumes import entries_to_merge, sum_volumes
+from ..base.errors import ConfigError
 from ..files.orientation import read_orientation_file
+from ..files.provenance import provenance
 from ..files.volume import VolumeReader, read_half_set, update_notes
-from ..merging import entries_to_merge, sum_volumes
-from ..params import SliceParams, settings_part
-from ..pictures import plot_slices
-from ..preview import preview_label
-from ..provenance import provenance
-from ..slices import kept_planes
+from ..pictures.plots import plot_slices
+from ..pictures.preview import preview_label
+from ..pictures.slices import kept_planes
+from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -40,7 +40,8 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
     """The statistics of the merged volume `path` into its notes, the log and `png`;
     bragg_radius: |Q| about every node left out (1/A as 2 pi / d:
     reduction.merge.statistics_bragg_radius)."""
-    from ..statistics import binned_sums, plot_statistics, volume_statistics, with_half_sets
+    from ..algorithms.statistics import (binned_sums, plot_statistics, volume_statistics,
+                                         with_half_sets)
 
     half = read_half_set(path)
     with VolumeReader(path, compiled_decompression=True) as reader:

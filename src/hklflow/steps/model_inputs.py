@@ -4,11 +4,11 @@ weights it (hklflow.files.model_inputs: layouts, sources, and the floor of sigma
 voxel counted nothing)."""
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
+from ..base.memory import check_room, whole_volume_bytes
 from ..files.model_inputs import write_model_inputs
+from ..files.provenance import provenance
 from ..files.volume import has_variance, read_volume, read_volume_header
-from ..memory import check_room, whole_volume_bytes
-from ..provenance import provenance
 from ._run import StepParser, run_step
 
 

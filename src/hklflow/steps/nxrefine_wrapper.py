@@ -1,6 +1,6 @@
 """Step nxrefine_wrapper: the NXRefine wrapper file of a sample at one temperature
 (files.nxrefine), so that NeXpy and NXRefine open hklflow's results as their own: the
-sample, every scan entry's geometry in NXRefine's parameters (hklflow.nxrefine: refined
+sample, every scan entry's geometry in NXRefine's parameters (hklflow.model.nxrefine: refined
 cell, UB, detector and goniometer offsets of the orientation file), its peaks, pixel mask,
 monitor weights and frame time, and links to the raw frames (through NXReduce's scan
 directory) and to every volume (no large array is copied).  Made when the config says
@@ -10,15 +10,15 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from ..errors import ConfigError, FileFormatError, InputMismatchError
+from ..base.errors import ConfigError, FileFormatError, InputMismatchError
 from ..files.cbf_header import read_cbf_header
 from ..files.h5 import open_h5
 from ..files.nxrefine import DEFAULT_FRAME_TIME, WrapperEntry, write_nxrefine_wrapper
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
+from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..nxrefine import entry_parameters, sample_fields, transform_angles
-from ..provenance import provenance
+from ..model.nxrefine import entry_parameters, sample_fields, transform_angles
 from ._run import StepParser, run_step
 
 

@@ -2,10 +2,10 @@
 by side on one colour scale symmetric about 0 (the first of reduction.pdf.slices)."""
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..files.pdf import read_pdf_notes
-from ..pictures import plot_pdf_series
-from ..preview import preview_label
+from ..pictures.plots import plot_pdf_series
+from ..pictures.preview import preview_label
 from ._run import StepParser, run_step
 
 

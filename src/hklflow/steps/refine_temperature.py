@@ -1,25 +1,21 @@
 """Step refine_temperature: cell, orientation, detector and goniometer offsets of a sample
 at one temperature refined on the peaks of its entries, starting from its parent's
-orientation (read only; hklflow.orientation.refine_from_parent).  A temperature whose
+orientation (read only; hklflow.algorithms.orientation.orient.refine_from_parent).  A temperature whose
 peaks do not index from the parent (a phase transition, a wrong space group) fails with a
 message saying so rather than writing a bad orientation."""
 from __future__ import annotations
 
-from ..errors import InputMismatchError
+from ..algorithms.orientation.orient import (check_entries_have_peaks, check_entries_usable,
+                                             misplaced_phi_starts, refine_from_parent,
+                                             temperature_entries)
+from ..base.errors import InputMismatchError
 from ..files.orientation import read_orientation_file, write_orientation_file
 from ..files.peaks import read_peaks_file
+from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..orientation import (
-    check_entries_have_peaks,
-    check_entries_usable,
-    misplaced_phi_starts,
-    refine_from_parent,
-    temperature_entries,
-)
-from ..params import RefinementParams, settings_part
-from ..pictures import plot_residuals
-from ..preview import landed_record, merged_records, orientation_label
-from ..provenance import provenance
+from ..pictures.plots import plot_residuals
+from ..pictures.preview import landed_record, merged_records, orientation_label
+from ..settings.params import RefinementParams, settings_part
 from ._run import StepParser, run_step
 
 

@@ -1,15 +1,15 @@
 """Step sum_chunks: the volumes of one scan entry, each kind (transform, masked_transform)
-the sum of the volumes of its frame chunks (hklflow.merging.sum_volumes), with slice
+the sum of the volumes of its frame chunks (hklflow.algorithms.merge.volumes.sum_volumes), with slice
 pictures.  The chunks are temporary files of the transform: an entry transformed in one
 chunk has its volumes moved into place (a rename and a new header), not rewritten."""
 from __future__ import annotations
 
-from ..errors import InputMismatchError
-from ..merging import sum_volumes
-from ..params import SliceParams, settings_part
-from ..pictures import plot_slices
-from ..preview import preview_label
-from ..provenance import provenance
+from ..algorithms.merge.volumes import sum_volumes
+from ..base.errors import InputMismatchError
+from ..files.provenance import provenance
+from ..pictures.plots import plot_slices
+from ..pictures.preview import preview_label
+from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 
 

@@ -1,20 +1,20 @@
 """Step symmetrize: a merged volume symmetrised by the Laue group of the sample's space group
-(hklflow.merging.symmetrize_file) - signal and weight of every voxel summed over its
+(hklflow.algorithms.merge.volumes.symmetrize_file) - signal and weight of every voxel summed over its
 equivalents, then divided - with slice pictures.  The grid must be mapped onto itself by
 every operator (else an error names the config keys of the grid axes to change)."""
 from __future__ import annotations
 
 import time
 
-from ..crystal import Crystal, UnitCell
+from ..algorithms.merge.volumes import symmetrize_file
+from ..base.memory import check_room, whole_volume_bytes
+from ..files.provenance import provenance
 from ..files.volume import has_variance, read_volume_header
-from ..memory import check_room, whole_volume_bytes
-from ..merging import symmetrize_file
-from ..params import SliceParams, settings_part
-from ..pictures import plot_slices
-from ..preview import preview_label
-from ..provenance import provenance
-from ..slices import cell_of, kept_planes
+from ..model.crystal import Crystal, UnitCell
+from ..pictures.plots import plot_slices
+from ..pictures.preview import preview_label
+from ..pictures.slices import cell_of, kept_planes
+from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 
 

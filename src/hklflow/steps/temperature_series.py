@@ -3,13 +3,13 @@ by side on a common log intensity scale (reduction.merge.series_slice, read alon
 volume file)."""
 from __future__ import annotations
 
-from ..crystal import UnitCell
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from ..files.volume import read_volume_header
-from ..params import SeriesParams, settings_part
-from ..pictures import plot_series
-from ..preview import preview_label
-from ..slices import cell_of
+from ..model.crystal import UnitCell
+from ..pictures.plots import plot_series
+from ..pictures.preview import preview_label
+from ..pictures.slices import cell_of
+from ..settings.params import SeriesParams, settings_part
 from ._run import StepParser, run_step
 
 

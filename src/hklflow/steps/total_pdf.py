@@ -1,17 +1,17 @@
 """Step total_pdf: the total PDF of a sample at one temperature - the Fourier transform of
 its symmetrised volume as measured (Bragg peaks included), tapered by a spherical Tukey
-window in |Q| (hklflow.pdf_volume.total_pdf) - with pictures of its planes."""
+window in |Q| (hklflow.algorithms.pdf.volume.total_pdf) - with pictures of its planes."""
 from __future__ import annotations
 
-from ..crystal import UnitCell
+from ..algorithms.pdf.volume import even_along_axes, total_pdf, volume_noise
+from ..base.memory import check_room, pdf_bytes
 from ..files.pdf import write_pdf
+from ..files.provenance import provenance
 from ..files.volume import read_volume_header
-from ..memory import check_room, pdf_bytes
-from ..pdf_volume import even_along_axes, total_pdf, volume_noise
-from ..pictures import plot_pdf
-from ..preview import landed_notes, preview_label
-from ..provenance import provenance
-from ..slices import cell_of
+from ..model.crystal import UnitCell
+from ..pictures.plots import plot_pdf
+from ..pictures.preview import landed_notes, preview_label
+from ..pictures.slices import cell_of
 from ._run import StepParser, run_step
 
 

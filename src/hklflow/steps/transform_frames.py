@@ -1,6 +1,6 @@
 """Step transform_frames: frames [first, stop) of a scan entry mapped to the sample's
 (H, K, L) grid, corrected intensity and weight of every unmasked pixel summed per voxel
-(hklflow.transform.transform_scan), for every kind of volume in reduction.transform.kinds
+(hklflow.algorithms.transform.transform_scan), for every kind of volume in reduction.transform.kinds
 from one read of the frames.
 
 The refined geometry (orientation file: cell, U, detector, offset corrections) maps pixels
@@ -17,19 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..algorithms.transform import Transformer, transform_scan
+from ..algorithms.transform.driver import HALF_SET_HOW, half_set_grid
+from ..base.errors import ConfigError
+from ..base.memory import check_room, transform_grid_bytes
 from ..files.grid import read_grid_file
-from ..memory import check_room, transform_grid_bytes
 from ..files.mask import read_mask_file
 from ..files.orientation import read_orientation_file
+from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..files.volume import VolumeWriter, same_chunk, slab_planes
-from ..frames import open_frame_source
-from ..params import DetectorParams, TransformParams, settings_part
-from ..preview import preview_notes
-from ..provenance import provenance
-from ..transform import Transformer, transform_scan
-from ..transform.driver import HALF_SET_HOW, half_set_grid
+from ..pictures.preview import preview_notes
+from ..raw.frames import open_frame_source
+from ..settings.params import DetectorParams, TransformParams, settings_part
 from ._run import StepParser, run_step
 
 

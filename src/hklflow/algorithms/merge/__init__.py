@@ -1,0 +1,1 @@
+"""Volumes summed and symmetrised (the Laue group's operators on voxel indices)."""

@@ -1,0 +1,224 @@
+"""What the transform's kernels take per detector pixel and per frame: the pixels' lab Q and
+corrections (PixelTable), the frames' matrices and rotation sub-steps (SubSteps), the blocks
+of BLOCK pixels the kernels work through (which hold a usable pixel, which a Bragg-masked
+one) and the table of allowed reflections for the punch."""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...model.geometry import DetectorGeometry, ScanGeometry
+from ...model.grid import Grid
+
+BLOCK = 4096  # pixels per unit of the kernels' work
+
+
+@dataclass
+class PixelTable:
+    """Lab Q and correction of every detector pixel, one array per component over the whole
+    detector (the kernel streams them next to the frame: no gather); unusable pixels have
+    Q = NaN and correction 0.  ``index`` lists the usable pixels."""
+
+    qx: np.ndarray  # float32 (rows * cols,) lab Q, 1/Angstrom (no 2 pi); NaN = unusable
+    qy: np.ndarray
+    qz: np.ndarray
+    corr_all: np.ndarray  # float32 (rows * cols,) multiplier 1 / (solid angle x polarization)
+    index: np.ndarray  # int64 (n,) flat index (row * cols + col) of the usable pixels
+    shape: tuple
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def q(self) -> np.ndarray:
+        """float32 (n, 3) lab Q of the usable pixels."""
+        return np.stack([self.qx[self.index], self.qy[self.index], self.qz[self.index]], -1)
+
+    @property
+    def corr(self) -> np.ndarray:
+        """float32 (n,) correction of the usable pixels."""
+        return self.corr_all[self.index]
+
+    @property
+    def q_max(self) -> np.ndarray:
+        """float64 (3,) largest |Q| per component over the usable pixels."""
+        return np.array([float(np.abs(a[self.index]).max()) if len(self.index) else 0.0
+                         for a in (self.qx, self.qy, self.qz)])
+
+
+def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle: bool = True,
+                polarization: bool = True, polarization_fraction: float = 0.99,
+                threads: int = 1) -> PixelTable:
+    """Lab Q and correction of every pixel not excluded (bool (rows, cols), True = unused).
+    The corrections are pyFAI's formulas (DetectorGeometry.solid_angle, .polarization):
+    computed here without importing pyFAI's integrators, whose import is a large part of
+    a short job.  threads: blocks of rows computed side by side (numpy lets go of the GIL)."""
+    ny, nx = geometry.shape
+    usable = ~np.asarray(excluded, bool).ravel()
+    q = np.full((3, ny * nx), np.nan, dtype=np.float32)
+    corr_all = np.zeros(ny * nx, dtype=np.float32)
+    # blocks of rows, 64 at a time in all: temporaries stay small on large detectors
+    threads = max(1, min(int(threads), 8))  # (8 rows a block at least)
+    step = 64 // threads
+
+    def rows_from(r0):
+        r1 = min(r0 + step, ny)
+        sel = r0 * nx + np.flatnonzero(usable[r0 * nx:r1 * nx])
+        rows, cols = sel // nx + 0.5, sel % nx + 0.5
+        corr = np.ones(len(sel))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # each factor rounded to float32 first, as pyFAI's arrays are
+            if solid_angle:
+                corr /= geometry.solid_angle(rows, cols).astype(np.float32)
+            if polarization:
+                corr /= geometry.polarization(rows, cols, polarization_fraction).astype(np.float32)
+        good = np.isfinite(corr) & (corr > 0)
+        sel = sel[good]
+        corr_all[sel] = corr[good]
+        q[:, sel] = geometry.lab_q(rows[good], cols[good]).T
+
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="pixel_table") as pool:
+            list(pool.map(rows_from, range(0, ny, step)))
+    else:
+        for r0 in range(0, ny, step):
+            rows_from(r0)
+    index = np.flatnonzero(corr_all > 0).astype(np.int64)
+    return PixelTable(q[0], q[1], q[2], corr_all, index, geometry.shape)
+
+
+def frame_matrices(scan: ScanGeometry, first: int, stop: int, subdivide: int) -> np.ndarray:
+    """(stop-first, subdivide, 3, 3): (UB)^-1 R^-1 at the centre of each rotation sub-step
+    (frame f, sub-step j at continuous frame coordinate f + (j + 0.5) / subdivide)."""
+    z = (np.arange(first, stop)[:, None] + (np.arange(subdivide)[None, :] + 0.5) / subdivide)
+    R = scan.sample_rotation(z.ravel())  # (n, 3, 3) sample -> lab
+    M = np.einsum("ij,nkj->nik", np.linalg.inv(scan.UB), R)  # (UB)^-1 R^T
+    return np.ascontiguousarray(M.reshape(stop - first, subdivide, 3, 3))
+
+
+def block_sub_steps(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengths,
+                    max_subdivide: int = 16) -> tuple[np.ndarray, float]:
+    """Rotation sub-steps of each block of BLOCK pixels (int32 per block), so that none of
+    its pixels' (h, k, l) moves more than half a voxel between them, and the largest move
+    per frame in voxels.
+
+    A pixel's sample-frame Q moves by |Q_perp| dphi per frame (Q_perp: the part of lab Q
+    perpendicular to the rotation axis); index i = Q . a_i moves by at most |a_i| times that.
+    The blocks far from the axis need the most (at 801^3 over the pipeline benchmark's
+    limits, 33 of a 2M detector's 605 blocks need 2, the others 1)."""
+    axis = scan.axis_lab
+    n = table.qx.size
+    perp = np.zeros(pixel_blocks(n))  # the largest |Q_perp| of each block's usable pixels
+    # over the whole detector's components (unusable pixels NaN), a part at a time: no
+    # (n, 3) gather, which costs several times as much
+    part = 64 * BLOCK
+    for a in range(0, n, part):
+        qx, qy, qz = (c[a:a + part].astype(np.float64) for c in (table.qx, table.qy, table.qz))
+        along = qx * axis[0] + qy * axis[1] + qz * axis[2]
+        perp2 = qx * qx + qy * qy + qz * qz - along * along
+        blocks = pixel_blocks(perp2.size)
+        padded = np.zeros(blocks * BLOCK)
+        padded[:perp2.size] = np.where(np.isfinite(perp2), perp2, 0.0)
+        perp[a // BLOCK:a // BLOCK + blocks] = np.sqrt(
+            np.maximum(padded.reshape(blocks, BLOCK).max(axis=1), 0.0))
+    dphi = math.radians(abs(scan.angles.step))
+    move = perp * dphi * max(length / ax.step for length, ax in zip(cell_lengths, grid.axes))
+    steps = np.clip(np.ceil(move / 0.5 - 1e-9), 1, max_subdivide).astype(np.int32)
+    return steps, float(move.max(initial=0.0))
+
+
+def auto_subdivide(scan: ScanGeometry, table: PixelTable, grid: Grid, cell_lengths,
+                   max_subdivide: int = 16) -> tuple[int, float]:
+    """Sub-steps so that no pixel's (h, k, l) moves more than half a voxel between them, the
+    same for every pixel (block_sub_steps' largest), and the largest move per frame in
+    voxels."""
+    steps, move = block_sub_steps(scan, table, grid, cell_lengths, max_subdivide)
+    return int(steps.max(initial=1)), move
+
+
+@dataclass(frozen=True)
+class SubSteps:
+    """The rotation sub-steps of every block of BLOCK pixels: block b adds each frame at
+    the centres of sub_count[b] equal parts of the frame's rotation.  A call's matrices M
+    (nf, T, 3, 3) hold frame_matrices of each distinct count side by side (`matrices`);
+    the sub-steps of block b are M[:, sub_first[b]:sub_first[b] + sub_count[b]]."""
+
+    counts: tuple[int, ...]  # the distinct sub-step counts, in the order M holds them
+    sub_first: np.ndarray  # int32 per block
+    sub_count: np.ndarray  # int32 per block
+
+    @classmethod
+    def per_block(cls, steps) -> "SubSteps":
+        steps = np.asarray(steps, np.int32)
+        counts = tuple(int(c) for c in np.unique(steps))
+        offsets = np.cumsum((0,) + counts[:-1])
+        first = np.zeros_like(steps)
+        for c, o in zip(counts, offsets):
+            first[steps == c] = o
+        return cls(counts, first, steps)
+
+    @classmethod
+    def uniform(cls, nsub: int, blocks: int) -> "SubSteps":
+        return cls((int(nsub),), np.zeros(blocks, np.int32), np.full(blocks, nsub, np.int32))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def matrices(self, scan: ScanGeometry, first: int, stop: int) -> np.ndarray:
+        """(stop - first, T, 3, 3): frame_matrices of each count, side by side."""
+        return np.concatenate([frame_matrices(scan, first, stop, c) for c in self.counts],
+                              axis=1)
+
+    def describe(self) -> str:
+        """E.g. '1 for 572 and 2 for 33 of the 605 blocks of 4096 pixels'."""
+        if len(self.counts) == 1:
+            return f"{self.counts[0]} for every block of {BLOCK} pixels"
+        parts = [f"{c} for {int(np.count_nonzero(self.sub_count == c))}" for c in self.counts]
+        return (f"{', '.join(parts[:-1])} and {parts[-1]} of the {len(self.sub_count)} blocks "
+                f"of {BLOCK} pixels")
+
+
+def pixel_blocks(npix: int) -> int:
+    """Blocks of BLOCK pixels of a detector of npix pixels (the last one shorter)."""
+    return -(-int(npix) // BLOCK)
+
+
+def live_blocks(table: PixelTable) -> np.ndarray:
+    """uint8 per BLOCK of the detector's pixels: 0 where none of them is usable (the gaps
+    between a Pilatus's rows of modules hold whole blocks: 6% of a CdTe 2M's), which the
+    kernels skip."""
+    nblocks = pixel_blocks(table.corr_all.size)
+    usable = np.zeros(nblocks * BLOCK, bool)
+    usable[:table.corr_all.size] = table.corr_all > 0
+    return usable.reshape(nblocks, BLOCK).any(axis=1).astype(np.uint8)
+
+
+def bragg_block_summary(bragg: np.ndarray) -> np.ndarray:
+    """uint8 (frames, blocks of BLOCK pixels) of a Bragg mask (frames, pixels): 1 where the
+    block holds a masked pixel in that frame (the kernels compute the others without the
+    Bragg tests; masking.ScanMask.paint writes the same summary as it paints)."""
+    nf, npix = bragg.shape
+    nblocks = pixel_blocks(npix)
+    summary = np.zeros((nf, nblocks), np.uint8)
+    whole = npix // BLOCK
+    if whole:
+        summary[:, :whole] = bragg[:, :whole * BLOCK].reshape(nf, whole, BLOCK).any(axis=2)
+    if whole < nblocks:
+        summary[:, whole] = bragg[:, whole * BLOCK:].any(axis=1)
+    return summary
+
+
+def allowed_table(crystal, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 table over the integer nodes the grid covers: 1 where the reflection is allowed
+    (not systematically absent); and the hkl of its first element."""
+    lo = [math.floor(ax.start) - 1 for ax in grid.axes]
+    hi = [math.ceil(ax.stop) + 1 for ax in grid.axes]
+    hh, kk, ll = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij")
+    hkl = np.stack([hh, kk, ll], -1).reshape(-1, 3)
+    ok = ~crystal.is_absent(hkl)
+    return (np.ascontiguousarray(ok.reshape(hh.shape).astype(np.uint8)),
+            np.array(lo, dtype=np.int64))

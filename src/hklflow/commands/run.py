@@ -1,0 +1,225 @@
+"""Running the workflow from the command line, from a source checkout or an installed wheel:
+
+* ``hklflow run EXPDIR [-- SNAKEMAKE ARGS]``: reduce the experiment in EXPDIR (its
+  config/config.yaml) with the workflow that comes with this installation;
+* ``hklflow demo [--dir DIR]``: simulate the demo experiment if it is absent (~1 minute on
+  2 cores), then reduce it.  DIR defaults to the repository root in a source checkout
+  (whose config/ is the demo's), else ./hklflow-demo;
+* ``hklflow workflow-path``: print the Snakefile's path, for ``snakemake -s "$(hklflow
+  workflow-path)" ...``.
+
+A wheel carries the workflow (Snakefile, workflow/, profiles/, envs/, config/) as package
+data in hklflow/workflow_files (setup.py copies it at build time); a source checkout uses
+the files at the repository's top level.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..base import steplog
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the hklflow package
+REPO = PACKAGE.parents[1]
+
+
+def workflow_dir() -> Path:
+    """The folder holding the workflow's Snakefile: the checkout's top level when this
+    package is imported from a source checkout (src/hklflow), else the packaged copy."""
+    if PACKAGE.parent.name == "src" and (REPO / "Snakefile").is_file():
+        return REPO
+    packaged = PACKAGE / "workflow_files"
+    if (packaged / "Snakefile").is_file():
+        return packaged
+    raise FileNotFoundError(f"the workflow (Snakefile) is neither in a source checkout ({REPO}) "
+                            f"nor packaged with hklflow ({packaged}): reinstall hklflow")
+
+
+# Snakemake arguments that print something other than jobs running: shown as they are
+PASS_THROUGH = ("-n", "--dry-run", "--dryrun", "--dag", "--rulegraph", "--filegraph", "--list",
+                "-l", "--list-rules", "--summary", "-S", "--detailed-summary", "-D", "--unlock",
+                "--version", "-v", "--help", "-h", "--report", "--lint", "--cleanup-metadata",
+                "--list-changes", "--lc", "--delete-all-output", "--delete-temp-output")
+
+
+def snakemake(experiment: Path, args, log, again: str, verbose: bool = False) -> int:
+    """Run snakemake with this installation's workflow in an experiment directory; `again`
+    is the command that runs it again (for the advice on a locked directory).  Unless
+    verbose (or asked for a dry run, a graph, a list...), its output goes to a log file and
+    the console shows hklflow.commands.console's progress lines and summary."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_dir() / "Snakefile"),
+           "--directory", str(experiment), *args]
+    log.info("running: %s", " ".join(cmd))
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    if verbose or _passes_through(args):
+        rc = subprocess.call(cmd, env=env)
+    else:
+        rc = _compact(cmd, env, experiment, log)
+    if rc != 0 and locked(experiment):
+        log.error("the experiment directory %s is locked by another Snakemake run: let that run "
+                  "finish (or stop it), then run again.  If no other run is going on (one was "
+                  "killed, or the machine went down), remove the stale lock with `%s -- --unlock` "
+                  "and run again: it resumes where the killed run stopped.", experiment, again)
+    return rc
+
+
+def _passes_through(args) -> bool:
+    """Whether Snakemake is asked for something other than running jobs (a dry run, a
+    graph, a list: PASS_THROUGH, or -n among short options run together, as -np)."""
+    for a in args:
+        name = a.split("=")[0]
+        if name in PASS_THROUGH or (re.fullmatch(r"-[a-zA-Z]{2,}", name) and "n" in name):
+            return True
+    return False
+
+
+def _compact(cmd, env, experiment: Path, log) -> int:
+    """snakemake with its output in logs/hklflow/run-<time>.log, the console showing
+    hklflow.commands.console's lines."""
+    from . import console
+
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    run_log = experiment / "logs" / "hklflow" / f"run-{stamp}.log"
+    run_log.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Snakemake's output: %s (--verbose shows it here instead)",
+             run_log.relative_to(experiment))
+    cold = console.kernel_cache_cold()
+    if cold:
+        log.info(cold)
+    since, progress, tail = time.time(), console.Progress(), []
+    screen = console.LiveLine(experiment)
+    with open(run_log, "w") as out, subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace") as proc:
+        # read in a thread: Snakemake is silent while its jobs run, and meanwhile the
+        # console shows their progress from their logs
+        lines = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        polled = time.monotonic()
+        try:
+            while (line := _next_line(lines)) is not None:
+                if time.monotonic() - polled >= PROGRESS_POLL_S:
+                    screen.update(progress)
+                    polled = time.monotonic()
+                if not line:
+                    continue
+                out.write(line)
+                tail = (tail + [line.rstrip()])[-12:]
+                for shown in progress.feed(line):
+                    screen.show(shown)
+                if line.startswith("Nothing to be done"):
+                    screen.show(line.rstrip())
+        finally:
+            screen.close()  # (Ctrl-C too: no progress line left under the prompt)
+        rc = proc.wait()
+    if rc != 0:
+        lines = console.failure_lines(experiment, progress.failures)
+        # (no job failed: the plan itself, e.g. an invalid configuration)
+        for line in lines or [t for t in tail if t.strip()]:
+            print(line, flush=True)
+        print(f"Snakemake's output: {run_log}", flush=True)
+    for line in console.summary(experiment, since, progress if progress.total else None):
+        print(line, flush=True)
+    return rc
+
+
+PROGRESS_POLL_S = 2.0  # how often the running jobs' logs are read for their progress
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _next_line(lines: queue.Queue) -> str | None:
+    """Snakemake's next line; '' when it printed none for PROGRESS_POLL_S seconds, None at
+    its end."""
+    try:
+        return lines.get(timeout=PROGRESS_POLL_S)
+    except queue.Empty:
+        return ""
+
+
+def locked(exp: Path) -> bool:
+    """Whether a Snakemake run holds (or a killed one left) the lock of an experiment."""
+    locks = exp / ".snakemake" / "locks"
+    return locks.is_dir() and any(locks.iterdir())
+
+
+def _split(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def main(argv=None) -> int:
+    """hklflow demo"""
+    argv, extra = _split(argv)
+    in_checkout = PACKAGE.parent.name == "src" and (REPO / "Snakefile").is_file()
+    p = argparse.ArgumentParser(
+        prog="hklflow demo",
+        description="Simulate the demo experiment (if absent) and reduce it with Snakemake. "
+                    "Arguments after -- go to snakemake (e.g. -- -n for a dry run).")
+    p.add_argument("--dir", type=Path, default=REPO if in_checkout else Path("hklflow-demo"),
+                   help="experiment directory (default: the repository root in a source "
+                        "checkout, whose config/ is the demo's; else ./hklflow-demo)")
+    p.add_argument("--cores", default="all", help="cores for snakemake (default: all)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Snakemake's own output instead of the progress lines")
+    args = p.parse_args(argv)
+    log = steplog.setup("demo")
+    exp = args.dir.resolve()
+    if not (exp / "truth.json").is_file():
+        from ..simulation.experiment import preset, simulate_experiment  # only for the demo
+
+        log.info("simulating the demo experiment into %s (about a minute on 2 cores)", exp)
+        simulate_experiment(preset("demo"), exp)
+    return snakemake(exp, ["--cores", str(args.cores), *extra], log, f"hklflow demo --dir {exp}",
+                     args.verbose)
+
+
+def run_main(argv=None) -> int:
+    """hklflow run EXPDIR [-- snakemake args]"""
+    argv, extra = _split(argv)
+    p = argparse.ArgumentParser(
+        prog="hklflow run",
+        description="Reduce the experiment in EXPDIR (config/config.yaml and its scans table) "
+                    "with the workflow of this installation.  Arguments after -- go to "
+                    "snakemake (e.g. -- -n, -- --cores 16, -- --profile PROFILE).")
+    p.add_argument("experiment", type=Path, help="the experiment directory")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Snakemake's own output instead of the progress lines")
+    args = p.parse_args(argv)
+    log = steplog.setup("run")
+    if not (args.experiment / "config" / "config.yaml").is_file():
+        log.error("%s has no config/config.yaml: not an experiment directory",
+                  args.experiment)
+        return 2
+    exp = args.experiment.resolve()
+    from .set_aside import snakemake_arguments
+
+    # rows whose data do not exist yet: named and left out, so that the others reduce
+    extra, set_aside, status = snakemake_arguments(exp, extra)
+    for line in set_aside:
+        print(line, flush=True)
+    if status:
+        return status
+    return snakemake(exp, extra, log, f"hklflow run {exp}", args.verbose)
+
+
+def workflow_path_main(argv=None) -> int:
+    """hklflow workflow-path"""
+    argparse.ArgumentParser(prog="hklflow workflow-path",
+                            description="Print the path of the workflow's Snakefile.").parse_args(argv)
+    print(workflow_dir() / "Snakefile")
+    return 0

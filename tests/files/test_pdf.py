@@ -1,0 +1,101 @@
+"""PDF files (files.pdf): the PDF and the 3D-DeltaPDF's volumes written as raw chunks."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from hklflow.model.crystal import UnitCell
+from hklflow.files import pdf as pdf_files
+from hklflow.files.pdf import PDF, write_pdf
+from hklflow.model.grid import Axis, Grid
+
+
+def _stored(dset) -> dict:
+    return {dset.id.get_chunk_info(i).chunk_offset: dset.id.read_direct_chunk(
+        dset.id.get_chunk_info(i).chunk_offset)[1] for i in range(dset.id.get_num_chunks())}
+
+
+def test_pdf_volumes_are_stored_as_hdf5_would_without_the_chunks_of_their_fill(
+        tmp_path, monkeypatch):
+    """write_pdf stores each chunk of the PDF, filled and punched volumes as HDF5's
+    bitshuffle filter does, byte for byte, but not the chunks holding their fill value
+    alone (0 for the PDF; NaN, nothing measured, for the volumes); every value reads back
+    the same as through HDF5's filter (NaN bits too), edge chunks and a last slab of fewer
+    than 8 planes included."""
+    grid = Grid(Axis(-1, 0.1, 130), Axis(-1, 0.1, 70), Axis(-1, 0.1, 11))  # [l, k, h] 11x70x130
+    cell = UnitCell(3.8, 3.8, 13.2, 90, 90, 90)
+    rng = np.random.default_rng(7)
+    filled = rng.random(grid.shape).astype(np.float32)
+    filled[:, :64, :64] = np.nan  # two chunks with nothing measured
+    filled[8:, 64:, 64:128] = np.nan  # and an edge chunk
+    punched_at = np.sort(rng.choice(filled.size, 500, replace=False))
+    values = rng.normal(size=(11, 70, 130)).astype(np.float32)
+    values[:8, :64, 64:128] = 0.0  # a chunk of the PDF's fill value
+    values[0, 0, 0] = -0.0  # not the fill bit for bit: its chunk is stored
+    pdf = PDF(values, np.arange(130.0), np.arange(70.0), np.arange(11.0), cell)
+    from hklflow.codec import compiled
+
+    write_pdf(tmp_path / "fast.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
+              punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
+              outcome_names=["filled"])  # LZ4's acceleration WRITE_ACCELERATION
+    monkeypatch.setattr(compiled, "WRITE_ACCELERATION", 1)  # the filter's bytes
+    write_pdf(tmp_path / "raw.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
+              punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
+              outcome_names=["filled"])
+
+    class NoLibrary(pdf_files._ChunkWriter):
+        @property
+        def available(self):
+            return False
+    monkeypatch.setattr(pdf_files, "_ChunkWriter", NoLibrary)
+    write_pdf(tmp_path / "filter.nxs", pdf, {}, {"program": "test"}, grid=grid, filled=filled,
+              punched_at=punched_at, positions=np.zeros((1, 3)), outcome=[0],
+              outcome_names=["filled"])
+    with h5py.File(tmp_path / "raw.nxs") as x, h5py.File(tmp_path / "filter.nxs") as y, \
+            h5py.File(tmp_path / "fast.nxs") as z:
+        for name, left_out in (("pdf/pdf", 1), ("filled_data/data", 3), ("punched_data/data", 3)):
+            a, b = x["entry"][name], y["entry"][name]
+            assert np.array_equal(a[()].view(np.uint32), b[()].view(np.uint32))
+            assert np.array_equal(z["entry"][name][()].view(np.uint32), b[()].view(np.uint32))
+            assert sorted(_stored(z["entry"][name])) == sorted(_stored(a))
+            stored, every = _stored(a), _stored(b)
+            assert len(every) == 2 * 2 * 3 and len(stored) == len(every) - left_out
+            assert all(stored[offset] == every[offset] for offset in stored)
+        got = x["entry/punched_data/data"][()].reshape(-1)
+        assert np.isnan(got[punched_at]).all()
+        assert np.array_equal(x["entry/pdf/pdf"][()][0, 0, 0:1].view(np.uint32),
+                              np.float32([-0.0]).view(np.uint32))
+
+
+def test_filled_and_punched_volumes_written_in_one_pass_equal_two(tmp_path):
+    """write_volumes compresses a chunk of the filled volume without a punched voxel once
+    and stores it in both volumes; the files hold what two separate writes store, chunk for
+    chunk and byte for byte: chunks with holes, without, one punched whole (not stored in
+    the punched volume), one with nothing measured (in neither), edge chunks."""
+    from hklflow.files.pdf import PDFWriter, _write_by_planes
+
+    grid = Grid(Axis(-1, 0.1, 130), Axis(-1, 0.1, 70), Axis(-1, 0.1, 19))  # [l, k, h] 19x70x130
+    cell = UnitCell(3.8, 3.8, 13.2, 90, 90, 90)
+    rng = np.random.default_rng(11)
+    filled = rng.random(grid.shape).astype(np.float32)
+    filled[8:16, :64, :64] = np.nan  # a chunk with nothing measured
+    holes = np.zeros(grid.shape, bool)
+    holes[:8, :64, :64] = True  # a chunk punched whole
+    holes[3, 66, 129] = holes[17, 5, 70] = True  # in edge chunks
+    holes[10, 10:12, 70:90] = True  # inside one chunk
+    punched_at = np.flatnonzero(holes)
+    with PDFWriter(tmp_path / "one.nxs") as w:
+        w.write_volumes(grid, cell, filled, punched_at)
+    with PDFWriter(tmp_path / "two.nxs") as w:
+        w.write_volumes(grid, cell, np.full_like(filled, np.nan), punched_at[:0])
+        for name, nan_at in (("filled_data", None), ("punched_data", punched_at)):
+            _write_by_planes(w.entry[f"{name}/data"], filled, nan_at)
+    expect = filled.copy()
+    expect.reshape(-1)[punched_at] = np.nan
+    with h5py.File(tmp_path / "one.nxs") as x, h5py.File(tmp_path / "two.nxs") as y:
+        for name, want in (("filled_data", filled), ("punched_data", expect)):
+            a, b = x["entry"][f"{name}/data"], y["entry"][f"{name}/data"]
+            assert np.array_equal(a[()], want, equal_nan=True)
+            assert _stored(a) == _stored(b)
+        assert len(_stored(x["entry/filled_data/data"])) == 3 * 2 * 3 - 1
+        assert len(_stored(x["entry/punched_data/data"])) == 3 * 2 * 3 - 2

@@ -1,0 +1,290 @@
+"""hklflow watch and status (hklflow.live): which frames each run reduces, the live scans
+table the workflow runs on, the status screen; and end to end, a watched acquisition of
+the tiny experiment whose final results are the batch results."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import job_counts, run_snakemake
+from hklflow.planning.config import LIVE_SCANS_TABLE, load_experiment, load_settings
+from hklflow.live.state import LiveState, ScanState
+from hklflow.live.status import screen, stage
+from hklflow.live.table import live_table_text, user_rows, write_live_files
+from hklflow.live.watch import Watcher, failed_jobs
+
+LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30,
+        "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}
+
+
+class _Log:
+    def info(self, *a):
+        pass
+
+    warning = error = exception = info
+
+
+def _watcher(expdir: Path, **live) -> Watcher:
+    w = Watcher(expdir, [], _Log())
+    w.live = dict(LIVE, **live)
+    return w
+
+
+def _scan(sid="tiny/300K/f1", planned=60, step=1.0, **kw) -> ScanState:
+    s = ScanState(sid, {}, planned, step)
+    for k, v in kw.items():
+        setattr(s, k, v)
+    return s
+
+
+# --------------------------------------------------------------------------------------
+# What each run reduces
+# --------------------------------------------------------------------------------------
+def test_a_scan_enters_after_its_first_degrees_then_grows_by_blocks(tiny_experiment):
+    w = _watcher(tiny_experiment)
+    s = _scan(landed=19)
+    assert w.frames_to_reduce(s, now=100.0) == 0  # 19 deg < first_preview_degrees
+    s.landed = 20
+    assert w.frames_to_reduce(s, now=100.0) == 20
+    s.reduced, s.reduced_at = 20, 100.0
+    s.landed = 29  # less than a block (10 deg) more, and not yet 30 s
+    assert w.frames_to_reduce(s, now=110.0) == 20
+    assert w.frames_to_reduce(s, now=130.0) == 29  # ... but 30 s passed with new frames
+    s.landed = 30
+    assert w.frames_to_reduce(s, now=101.0) == 30
+    s.landed = 60
+    assert w.frames_to_reduce(s, now=101.0) == 60 and s.complete
+
+
+def test_a_scan_with_a_problem_or_an_aborted_one_is_held_until_finished(tiny_experiment):
+    w = _watcher(tiny_experiment)
+    assert w.frames_to_reduce(_scan(landed=40, problem="replaced"), now=0.0) == 0
+    stalled = _scan(landed=40, reduced=40, last_growth=0.0)
+    assert stalled.stalled(now=400.0, stall_seconds=300) and not stalled.complete
+    assert stage(stalled, 400.0, 300) == "stalled"
+    stalled.finish = True  # hklflow watch --finish: as far as it went
+    assert stalled.complete and stalled.frames_when_complete == 40
+    assert w.frames_to_reduce(stalled, now=400.0) == 40
+
+
+def test_landing_times_give_the_lag(tiny_experiment):
+    s = _scan()
+    s.saw(10, 100.0)
+    s.saw(10, 105.0)  # no growth: no new landing
+    s.saw(30, 110.0)
+    assert s.landings == [[100.0, 10], [110.0, 30]] and s.last_growth == 110.0
+    assert s.landed_at(10) == 100.0 and s.landed_at(11) == 110.0 and s.landed_at(31) is None
+
+
+def test_a_temperature_waits_for_its_parent(tiny_experiment):
+    w = _watcher(tiny_experiment)
+    rows = {r["entry"] + str(r["temperature"]): r for r in
+            user_rows(tiny_experiment, "config/scans.tsv", w.settings.offset_names)}
+    w.state = LiveState()
+    child = _scan("tiny/100K/f1", landed=60)
+    child.row = rows["f1100.0"]
+    w.state.scans[child.id] = child
+    assert w.live_rows(now=0.0)[0] == []  # the parent (300 K) has nothing yet
+    parent = _scan("tiny/300K/f1", landed=25)
+    parent.row = rows["f1300.0"]
+    w.state.scans[parent.id] = parent
+    got, markers = w.live_rows(now=0.0)
+    assert [(r["entry"], r["temperature"], r["nframes"], r["planned_frames"]) for r in got] == \
+        [("f1", 100.0, 60, 0), ("f1", 300.0, 25, 60)]
+    assert list(markers) == ["tiny/300K/f1"]  # only scans in progress have a marker
+
+
+# --------------------------------------------------------------------------------------
+# The live table
+# --------------------------------------------------------------------------------------
+def test_the_live_table_gives_complete_rows_the_batch_settings(tiny_copy):
+    settings = load_settings([str(tiny_copy / "config/config.yaml")])
+    rows = user_rows(tiny_copy, "config/scans.tsv", settings.offset_names)
+    live = [dict(rows[0], nframes=25, planned_frames=60)] + rows[1:]
+    assert write_live_files(tiny_copy, live, {"tiny/300K/f1": "{}\n"}, settings.offset_names)
+    assert not write_live_files(tiny_copy, live, {"tiny/300K/f1": "{}\n"}, settings.offset_names)
+    batch = load_experiment(tiny_copy / "config/config.yaml", base_dir=tiny_copy)
+    watched = load_experiment([tiny_copy / "config/config.yaml", tiny_copy / "live/config.yaml"],
+                              base_dir=tiny_copy)
+    assert watched.scans_table == LIVE_SCANS_TABLE
+    first, *others = watched.scans
+    assert first.in_progress and first.nframes == 25 and first.planned_frames == 60
+    assert first.settings()["planned_frames"] == 60
+    assert [s.settings() for s in others] == [s.settings() for s in batch.scans[1:]]
+    assert (tiny_copy / "live/landed/tiny/300K/f1.json").is_file()
+    # the scan completes: its marker goes, its row is the batch row
+    write_live_files(tiny_copy, rows, {}, settings.offset_names)
+    assert not (tiny_copy / "live/landed/tiny/300K/f1.json").exists()
+    assert "planned_frames" not in live_table_text(rows, settings.offset_names).split("\n")[2]
+
+
+def test_a_scan_in_progress_is_planned_on_its_marker_not_its_growing_file(tiny_copy):
+    """A dry run between two blocks plans nothing, however the raw file changed; a new
+    block (a rewritten marker) replans the scan's ingest and what follows."""
+    settings = load_settings([str(tiny_copy / "config/config.yaml")])
+    rows = user_rows(tiny_copy, "config/scans.tsv", settings.offset_names)
+    live = [dict(r, nframes=30, planned_frames=60) for r in rows if r["temperature"] == 300.0]
+    write_live_files(tiny_copy, live, {f"tiny/300K/{e}": f"{{\"frames\": 30, \"{e}\": 1}}\n"
+                                       for e in ("f1", "f2")}, settings.offset_names)
+    args = ["--configfile", str(tiny_copy / "config/config.yaml"), str(tiny_copy / "live/config.yaml")]
+    r = run_snakemake(tiny_copy, *args, "-n", "--cores", "1", "--until", "ingest_scan")
+    assert r.returncode == 0, r.stderr
+    assert job_counts(r.stdout).get("ingest_scan") == 2
+    assert "live/landed/tiny/300K/f1.json" in r.stdout
+    r = run_snakemake(tiny_copy, *args, "--cores", "1", "--until", "ingest_scan")
+    assert r.returncode == 0, r.stderr
+    from hklflow.files.scan import read_scan_file
+
+    rec = read_scan_file(tiny_copy / "results/tiny/300K/f1/scan.nxs")
+    assert rec.nframes == 30 and rec.planned_frames == 60 and rec.frames.growing
+    assert rec.frames.fingerprints == ()  # a growing file has none
+    raw = tiny_copy / "raw/tiny/300K/f1.h5"
+    os.utime(raw, (time.time() + 5, time.time() + 5))  # the detector wrote more
+    r = run_snakemake(tiny_copy, *args, "-n", "--cores", "1", "--until", "ingest_scan")
+    assert r.returncode == 0 and "ingest_scan" not in job_counts(r.stdout), r.stdout
+    # a new block: the scan's ingest again
+    (tiny_copy / "live/landed/tiny/300K/f1.json").write_text('{"frames": 40}\n')
+    r = run_snakemake(tiny_copy, *args, "-n", "--cores", "1", "--until", "ingest_scan")
+    assert job_counts(r.stdout).get("ingest_scan") == 1, r.stdout
+
+
+def test_failed_jobs_are_read_from_snakemake_s_log():
+    log = """
+Error in rule find_peaks:
+    message: None
+    jobid: 5
+    input: results/tiny/300K/f1/scan.nxs
+    output: results/tiny/300K/f1/peaks.nxs, results/tiny/300K/f1/peaks.png
+    log: logs/find_peaks/tiny/300K/f1.log (check log file(s) for error details)
+Error in rule index_parent:
+    jobid: 7
+    output: results/tiny/300K/parent_orientation.nxs, results/tiny/300K/parent_orientation.png
+    log: logs/index_parent/tiny/300K.log (check log file(s) for error details)
+Error in rule define_grid:
+    output: results/tiny/grid.json
+    log: logs/define_grid/tiny.log (check log file(s) for error details)
+"""
+    assert failed_jobs(log) == [
+        {"rule": "find_peaks", "scan": "tiny/300K/f1", "log": "logs/find_peaks/tiny/300K/f1.log"},
+        {"rule": "index_parent", "scan": "tiny/300K", "log": "logs/index_parent/tiny/300K.log"},
+        {"rule": "define_grid", "scan": "", "log": "logs/define_grid/tiny.log"}]
+
+
+def test_the_status_screen_names_every_scan_its_stage_and_its_error():
+    state = LiveState()
+    state.scans["tiny/300K/f1"] = _scan(landed=60, reduced=60, results=60)
+    state.scans["tiny/300K/f2"] = _scan("tiny/300K/f2", landed=40, reduced=30, results=30,
+                                        landings=[[0.0, 30], [50.0, 40]])
+    state.scans["tiny/100K/f1"] = _scan("tiny/100K/f1", landed=20, reduced=20,
+                                        error="find_peaks failed (log: logs/find_peaks/x.log)")
+    text = screen(state, LIVE, now=60.0)
+    lines = text.splitlines()
+    assert "final" in lines[1] and "tiny/300K/f1" in lines[1]
+    assert "preview" in lines[2] and "10 s" in lines[2]  # frame 31 landed at 50 s
+    assert "failed" in lines[3] and "logs/find_peaks/x.log" in lines[4]
+
+
+# --------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------
+def _hklflow(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "hklflow", *args], **kw)
+
+
+def _volume(path):
+    from hklflow.files.volume import read_volume
+
+    v = read_volume(path)
+    return {"signal": v.signal, "weight": v.weight}
+
+
+@pytest.mark.slow
+def test_a_watched_acquisition_ends_with_the_batch_results(tmp_path, tiny_run):
+    """The tiny experiment acquired at 4 frames/s (SWMR HDF5) with `hklflow watch` beside
+    it: previews of scans in progress, then final results that batch Snakemake (on the
+    experiment's own table) finds up to date and whose volumes equal a batch run's."""
+    exp = tmp_path / "acquired"
+    acquire = _hklflow("simulate", str(exp), "--preset", "tiny", "--acquire", "--fps", "4",
+                       "--pause", "1", stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    while not (exp / "config/config.yaml").exists():
+        assert acquire.poll() is None
+        time.sleep(0.2)
+    time.sleep(0.3)
+    cfg = yaml.safe_load((exp / "config/config.yaml").read_text())
+    cfg["live"] = {"first_preview_degrees": 15, "preview_every_degrees": 15, "poll_seconds": 0.5}
+    # (sort_keys=False: offset_axes are listed outermost first)
+    (exp / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    watch = subprocess.run([sys.executable, "-m", "hklflow", "watch", str(exp), "--cores", "2",
+                            "--exit-when-idle", "3"], capture_output=True, text=True, timeout=900)
+    assert acquire.wait(timeout=60) == 0
+    assert watch.returncode == 0, watch.stderr[-3000:]
+    history = [json.loads(x) for x in (exp / "live/history.jsonl").read_text().splitlines()]
+    assert all(h["rc"] == 0 for h in history)
+    previews = [h for h in history if any(n < 60 for n in h["frames"].values())]
+    assert previews, "no preview of a scan in progress was made"
+    assert any(h["final_lag_s"] for h in history)
+    status = subprocess.run([sys.executable, "-m", "hklflow", "status", str(exp)],
+                            capture_output=True, text=True)
+    assert status.stdout.count(" final") == 4, status.stdout
+    assert "<meta http-equiv=\"refresh\"" in (exp / "results/status.html").read_text()
+    # the batch workflow on the experiment's own table: nothing to do
+    r = run_snakemake(exp, "-n", "--cores", "1")
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]
+    batch_dir = tiny_run[0]
+    for rel in ("tiny/300K/transform.nxs", "tiny/100K/masked_transform_symmetrized.nxs"):
+        a, b = _volume(exp / "results" / rel), _volume(batch_dir / "results" / rel)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), rel
+
+
+@pytest.mark.slow
+def test_a_watcher_killed_mid_run_resumes_and_ends_with_the_batch_results(tmp_path, tiny_experiment):
+    exp = tmp_path / "experiment"
+    import shutil
+
+    shutil.copytree(tiny_experiment, exp)
+    watch = _hklflow("watch", str(exp), "--cores", "1", stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((exp / "results").glob("tiny/300K/f*/peaks.nxs")):  # mid-run
+        assert time.time() < deadline and watch.poll() is None
+        time.sleep(0.5)
+    os.killpg(watch.pid, signal.SIGKILL)  # the watcher and its Snakemake
+    watch.wait()
+    again = subprocess.run([sys.executable, "-m", "hklflow", "watch", str(exp), "--cores", "2",
+                            "--exit-when-idle", "2"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = LiveState.load(exp)
+    assert all(s.results == 60 for s in state.scans.values())
+    r = run_snakemake(exp, "-n", "--cores", "1")
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]
+
+
+def test_the_status_page_renders_in_a_browser(tmp_path):
+    """results/status.html as Chromium (headless, Debian's package) builds it: a row per
+    scan, the refresh, the error; skipped where Chromium is not installed."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from hklflow.live.status import write_status
+
+    state = LiveState()
+    state.scans["tiny/300K/f1"] = _scan(landed=60, reduced=60, results=60)
+    state.scans["tiny/300K/f2"] = _scan("tiny/300K/f2", landed=20, reduced=20, error="find_peaks "
+                                        "failed (log: logs/find_peaks/tiny/300K/f2.log)")
+    write_status(tmp_path, state, LIVE)
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (tmp_path / "results/status.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr") == 3 and 'http-equiv="refresh"' in dom
+    assert "tiny/300K/f2" in dom and "logs/find_peaks/tiny/300K/f2.log" in dom

@@ -1,0 +1,233 @@
+"""Step sum_chunks: the volume of a scan entry, the exact sum of its frame chunks
+(hklflow.algorithms.merge.volumes.sum_volumes, slab by slab); inputs that do not fit are refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hklflow.files.volume import read_volume, read_volume_header, write_volume
+
+from conftest import step_settings
+from volume_helpers import make_experiment, random_volume, run, sample, small_grid, write_inputs
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_experiment(tmp_path)
+
+
+def test_sum_is_exact_and_order_independent(tmp_path):
+    from hklflow.algorithms.merge.volumes import sum_volumes
+
+    grid = small_grid()
+    paths = write_inputs(tmp_path, grid, 4)
+    vols = [read_volume(p) for p in paths]
+    expect_s = np.sum([v.signal.astype(np.float64) for v in vols], axis=0)
+    expect_w = np.sum([v.weight.astype(np.float64) for v in vols], axis=0)
+    notes = sum_volumes(paths, tmp_path / "sum.nxs", "S/300K", {"program": "test"}, planes=8)
+    sum_volumes(paths[::-1], tmp_path / "rev.nxs", "S/300K", {"program": "test"}, planes=16)
+    s, r = read_volume(tmp_path / "sum.nxs"), read_volume(tmp_path / "rev.nxs")
+    assert s.signal.dtype == np.float32 and s.grid.same_as(grid)
+    np.testing.assert_allclose(s.signal, expect_s, rtol=1e-6)
+    np.testing.assert_allclose(s.weight, expect_w, rtol=1e-6)
+    np.testing.assert_array_equal(s.signal, r.signal)  # float64 sums: order does not matter
+    np.testing.assert_array_equal(s.weight, r.weight)
+    # the gaps of one input are filled by the others: intensity = summed signal / summed weight
+    gaps = vols[0].weight == 0
+    assert np.count_nonzero(gaps & (s.weight > 0)) > 0.9 * np.count_nonzero(gaps)
+    np.testing.assert_allclose(s.intensity()[s.weight > 0],
+                               (expect_s / np.where(expect_w > 0, expect_w, 1))[s.weight > 0],
+                               rtol=1e-5)
+    assert np.all(np.isnan(s.intensity()[s.weight == 0]))
+    assert s.title == "S/300K" and s.kind == "transform" and s.sample["name"] == "xtal"
+    assert read_volume_header(tmp_path / "sum.nxs").notes == s.notes
+    assert s.sample["space_group"] == "I 4/m m m"
+    assert [i["path"] for i in s.notes["inputs"]] == [str(p) for p in paths]
+    assert [i["title"] for i in s.notes["inputs"]] == ["part0", "part1", "part2", "part3"]
+    assert notes["measured_fraction"] == pytest.approx(np.mean(expect_w > 0))
+    assert notes["inputs"][0]["measured_fraction"] == pytest.approx(np.mean(~gaps))
+
+
+def test_sum_chunks_command(experiment):
+    grid = small_grid()
+    paths = write_inputs(experiment, grid, 3, sample_=sample())
+    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                            "tetra/300K/f1", "--inputs", *paths, "--out", "out/f1.nxs",
+                            "--png", "out/f1.png"])
+    assert rc == 0
+    assert (experiment / "out/f1.png").stat().st_size > 10_000
+    v = read_volume(experiment / "out/f1.nxs")
+    assert v.title == "tetra/300K/f1"
+    np.testing.assert_allclose(v.weight, sum(read_volume(p).weight.astype(float) for p in paths),
+                               rtol=1e-6)
+
+
+def test_every_kind_of_an_entry_in_one_command(experiment, capsys):
+    """The transform makes both kinds in one job; one sum_chunks job sums each kind's chunks
+    into its own file (inputs kind by kind, as many per output)."""
+    grid = small_grid()
+    kinds = ("transform", "masked_transform")
+    parts = {}
+    for j, kind in enumerate(kinds):
+        parts[kind] = []
+        for i in range(2):
+            p = experiment / f"{kind}_parts" / f"{i}.nxs"
+            p.parent.mkdir(exist_ok=True)
+            write_volume(p, random_volume(grid, 20 + 10 * j + i, kind=kind), {"program": "test"})
+            parts[kind].append(p)
+    settings = step_settings(experiment, "sum_chunks")
+    rc = run("sum_chunks", ["--settings", settings, "--title", "tetra/300K/f1",
+                            "--inputs", *parts["transform"], *parts["masked_transform"],
+                            "--out", "out/transform.nxs", "out/masked_transform.nxs",
+                            "--png", "out/transform.png", "out/masked_transform.png"])
+    assert rc == 0
+    for kind in kinds:
+        v = read_volume(experiment / "out" / f"{kind}.nxs")
+        assert v.kind == kind
+        np.testing.assert_allclose(v.weight, sum(read_volume(p).weight.astype(float)
+                                                 for p in parts[kind]), rtol=1e-6)
+        assert (experiment / "out" / f"{kind}.png").stat().st_size > 10_000
+    # inputs that cannot be shared out evenly are refused before anything is written
+    capsys.readouterr()
+    rc = run("sum_chunks", ["--settings", settings, "--title", "x",
+                            "--inputs", *parts["transform"], parts["masked_transform"][0],
+                            "--out", "bad/transform.nxs", "bad/masked_transform.nxs",
+                            "--png", "bad/transform.png", "bad/masked_transform.png"])
+    assert rc == 1
+    assert "3 inputs, 2 outputs" in capsys.readouterr().err
+    assert not (experiment / "bad").exists() or not any((experiment / "bad").iterdir())
+
+
+def test_sum_refuses_other_grid_kind_or_sample(experiment, capsys):
+    grid = small_grid()
+    good = write_inputs(experiment, grid, 2)
+    other = small_grid(step=(0.25, 0.2, 0.5))
+    write_volume(experiment / "odd.nxs", random_volume(other, 3), {})
+    write_volume(experiment / "masked.nxs", random_volume(grid, 4, kind="masked_transform"), {})
+    write_volume(experiment / "other.nxs", random_volume(grid, 5, sample_=sample(name="zz")), {})
+    cases = {"odd.nxs": "grid differs", "masked.nxs": "masked_transform volume cannot be added",
+             "other.nxs": "sample 'zz'"}
+    for bad, why in cases.items():
+        capsys.readouterr()
+        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                                "x", "--inputs", good[0], bad, good[1], "--out", "out/x.nxs",
+                                "--png", "out/x.png"])
+        assert rc == 1
+        msg = capsys.readouterr().err
+        assert f"{bad}:" in msg and why in msg, msg
+        assert not (experiment / "out/x.nxs").exists() and not (experiment / "out/x.png").exists()
+
+
+def test_sum_corrupt_or_missing_input_leaves_nothing(experiment, capsys):
+    grid = small_grid()
+    good = write_inputs(experiment, grid, 2)
+    raw = (experiment / "in0.nxs").read_bytes()
+    (experiment / "truncated.nxs").write_bytes(raw[: len(raw) // 2])
+    (experiment / "garbage.nxs").write_bytes(b"not hdf5" * 100)
+    # a file whose header is fine but whose data chunks are damaged: fails mid-way
+    damaged = bytearray(raw)
+    mid = len(raw) // 2
+    damaged[mid:mid + 4096] = b"\xff" * 4096
+    (experiment / "damaged.nxs").write_bytes(bytes(damaged))
+    for bad in ("missing.nxs", "truncated.nxs", "garbage.nxs", "damaged.nxs"):
+        (experiment / "out").mkdir(exist_ok=True)
+        (experiment / "out/y.png").write_text("stale")  # an old output must go too
+        capsys.readouterr()
+        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                                "x", "--inputs", good[0], bad, good[1], "--out", "out/y.nxs",
+                                "--png", "out/y.png"])
+        err = capsys.readouterr().err
+        assert rc == 1, (bad, err)
+        assert f"{bad}: cannot read" in err, err
+        assert sorted(p.name for p in (experiment / "out").iterdir()) == [], bad
+
+
+def _complete_part(folder, grid, name="part.nxs", intensity=True):
+    """A transform part as transform_frames writes it: its sums in its notes."""
+    from hklflow.files.volume import VolumeWriter
+
+    v = random_volume(grid, 21, title="f1 frames 0-60")
+    with VolumeWriter(folder / name, grid, v.kind, v.title, v.sample, {"scan": "f1"},
+                      {"program": "transform"}, intensity=intensity) as w:
+        w.write(0, v.signal, v.weight)
+        w.notes.update(measured_fraction=w.measured / grid.size, weight_sum=w.weight_sum,
+                       signal_sum=w.signal_sum)
+    return folder / name, v
+
+
+def test_one_complete_chunk_is_moved_not_rewritten(experiment):
+    grid = small_grid()
+    part, v = _complete_part(experiment, grid)
+    inode = part.stat().st_ino
+    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                            "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
+                            "--png", "out/f1.png"])
+    assert rc == 0
+    out = experiment / "out/f1.nxs"
+    assert not part.exists() and out.stat().st_ino == inode  # a rename
+    got = read_volume(out)
+    assert np.array_equal(got.signal, v.signal) and np.array_equal(got.weight, v.weight)
+    assert got.title == "tetra/300K/f1" and got.notes["adopted"] is True
+    assert got.notes["inputs"][0]["notes"]["scan"] == "f1"
+    assert got.notes["weight_sum"] == pytest.approx(float(v.weight.sum(dtype=np.float64)))
+    assert got.notes["measured_fraction"] == pytest.approx(np.mean(v.weight > 0))
+    assert (experiment / "out/f1.png").stat().st_size > 10_000
+
+
+def test_a_failed_move_gives_the_part_back(experiment, monkeypatch):
+    from hklflow.files import volume
+
+    grid = small_grid()
+    part, v = _complete_part(experiment, grid)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(volume, "write_provenance_h5", broken)
+    with pytest.raises(OSError, match="disk full"):
+        volume.adopt_volume(part, experiment / "out/f1.nxs", "t", {}, {})
+    assert part.exists() and not (experiment / "out/f1.nxs").exists()
+    assert np.array_equal(read_volume(part).signal, v.signal)  # summed again on the next run
+    assert list((experiment / "out").iterdir()) == []
+
+
+def test_parts_without_intensity_are_summed(experiment):
+    """Parts of a multi-chunk entry carry no intensity array (only sums read them); one
+    such part is summed into a complete volume, not moved."""
+    grid = small_grid()
+    part, v = _complete_part(experiment, grid, intensity=False)
+    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+                            "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
+                            "--png", "out/f1.png"])
+    assert rc == 0 and part.exists()
+    got = read_volume(experiment / "out/f1.nxs")
+    assert np.array_equal(got.weight, v.weight) and "adopted" not in got.notes
+    np.testing.assert_array_equal(got.intensity()[v.weight > 0],
+                                  (v.signal / np.where(v.weight > 0, v.weight, 1))[v.weight > 0])
+
+
+def test_a_preview_says_how_much_of_its_scan_it_holds(experiment, titles):
+    """Parts of a scan in progress (their notes as transform_frames writes them): the sum's
+    notes keep their record and its picture's title says what fraction it holds; parts of
+    a complete scan add nothing to either."""
+    import json
+
+    grid = small_grid()
+    landed = {"scan": "tetra/300K/f1", "frames": 30, "planned": 90}
+    for name, extra in (("preview", {"landed": landed}), ("complete", {})):
+        paths = []
+        for i in range(2):
+            v = random_volume(grid, 40 + i, sample_=sample())
+            v.notes = {"scan": "tetra/300K/f1", **extra}
+            paths.append(experiment / f"{name}{i}.nxs")
+            write_volume(paths[-1], v, {"program": "test"})
+        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"),
+                                "--title", "tetra/300K/f1", "--inputs", *paths,
+                                "--out", f"out/{name}.nxs", "--png", f"out/{name}.png"])
+        assert rc == 0
+    preview, complete = (read_volume_header(experiment / f"out/{n}.nxs").notes
+                         for n in ("preview", "complete"))
+    assert [i["notes"]["landed"] for i in preview["inputs"]] == [landed, landed]
+    assert titles == ["tetra/300K/f1 (2 volumes summed)\nPREVIEW: f1 33% of its frames",
+                      "tetra/300K/f1 (2 volumes summed)"]
+    assert "landed" not in json.dumps(complete) and "PREVIEW" not in titles[1]
