@@ -111,6 +111,7 @@ def run(out: Path, rounds: int, turns: int) -> dict:
 
     from hklflow.codec import compiled
     from hklflow.files.grid import read_grid_file
+    from hklflow.algorithms.masks.masking import ScanMask
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
@@ -162,7 +163,7 @@ def run(out: Path, rounds: int, turns: int) -> dict:
     # 2. the transform, both kinds
     ori = read_orientation_file(out / "orientation.nxs")
     scan = rec.geometry(ori)
-    mask = read_mask_file(out / "mask.nxs")
+    mask = ScanMask.of(read_mask_file(out / "mask.nxs"))
     grid = read_grid_file(out / "grid.json")
     tr = Transformer(grid, pixel_table(scan.detector, mask.pixels), 1e9,
                      kinds=("transform", "masked_transform"), crystal=ori.crystal(),

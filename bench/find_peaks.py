@@ -325,7 +325,7 @@ def search_once(path: Path, geometry, angles, params):
 
 
 def search_masks(geometry, params):
-    from hklflow.algorithms.masking import user_mask
+    from hklflow.raw.images import user_mask
     from hklflow.algorithms.peaks.spotfinding import annulus_map
 
     # as search(): detector gaps and the user mask (none here) are not usable

@@ -102,6 +102,7 @@ def entry_f2(large: Path, points: int):
     scan record, orientation, scan geometry, mask) and a points^3 grid with the run's
     limits."""
     from hklflow.files.grid import read_grid_file
+    from hklflow.algorithms.masks.masking import ScanMask
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
@@ -112,7 +113,7 @@ def entry_f2(large: Path, points: int):
     temp = next((large / "results").glob("*/*/f2")).parent
     rec = read_scan_file(temp / "f2" / "scan.nxs")
     ori = read_orientation_file(temp / "orientation.nxs")
-    mask = read_mask_file(temp / "f2" / "mask.nxs")
+    mask = ScanMask.of(read_mask_file(temp / "f2" / "mask.nxs"))
     coarse = read_grid_file(next((large / "results").glob("*/grid.json")))
     grid = Grid(*(Axis(ax.start, (ax.stop - ax.start) / (points - 1), points)
                   for ax in coarse.axes))

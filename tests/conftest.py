@@ -207,10 +207,10 @@ def titles(monkeypatch):
     """The title of every picture drawn, as drawn."""
     from hklflow.pictures import plots as pictures
 
-    drawn, save = [], pictures._save_tight
+    drawn, save = [], pictures.save_tight
 
     def recording(fig, path, *a, **k):
         drawn.append(fig._suptitle.get_text())
         return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "_save_tight", recording)
+    monkeypatch.setattr(pictures, "save_tight", recording)
     return drawn

@@ -1,4 +1,4 @@
-"""hklflow.algorithms.statistics: chi^2/nu of symmetry equivalents, I/sigma, CC1/2 and voxel counts in
+"""hklflow.algorithms.statistics.shells: chi^2/nu of symmetry equivalents, I/sigma, CC1/2 and voxel counts in
 shells of |Q| of a merged volume, on small synthetic volumes (no Snakemake).
 
 The orbits are checked against a direct definition (every voxel's images h R as a set of
@@ -14,8 +14,8 @@ import pytest
 
 from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.grid import Axis, Grid
-from hklflow.algorithms.statistics import (array_reader, plot_statistics, statistics_of_arrays,
-                                           volume_statistics)
+from hklflow.algorithms.statistics.shells import array_reader, statistics_of_arrays, volume_statistics
+from hklflow.pictures.volumes import plot_statistics
 
 TETRA = Crystal("P 4/m m m", UnitCell(4.0, 4.0, 6.0))
 
@@ -392,7 +392,7 @@ def test_cc_half_of_half_sets_on_their_own_grid():
     grid: CC1/2 = var(truth) / (var(truth) + var(noise)) in a shell, for pairs measured in
     both; voxels measured in one half only are left out."""
     from hklflow.model.crystal import Crystal, UnitCell
-    from hklflow.algorithms.statistics import statistics_of_arrays, with_half_sets
+    from hklflow.algorithms.statistics.shells import statistics_of_arrays, with_half_sets
 
     crystal = Crystal("P m m m", UnitCell(5.0, 6.0, 7.0, 90, 90, 90))
     fine = Grid(Axis(-3.0, 0.25, 25), Axis(-3.0, 0.25, 25), Axis(-3.0, 0.25, 25))

@@ -448,11 +448,11 @@ IMPORT_ALL = """
 import importlib, pkgutil, sys
 import hklflow
 for m in pkgutil.walk_packages(hklflow.__path__, "hklflow."):
-    fast_path = m.name in ("hklflow.codec.compiled", "hklflow.algorithms.transform.stream")
+    fast_path = m.name in ("hklflow.codec.compiled", "hklflow.algorithms.transform.stream_kernels")
     if not fast_path and not m.name.endswith("__main__"):
         importlib.import_module(m.name)
 assert "hklflow.codec.compiled" not in sys.modules, "imported at module level"
-assert "hklflow.algorithms.transform.stream" not in sys.modules, "imported at module level"
+assert "hklflow.algorithms.transform.stream_kernels" not in sys.modules, "imported at module level"
 print("no private symbols")
 """
 
@@ -460,7 +460,7 @@ print("no private symbols")
 def test_importing_hklflow_never_loads_the_compiled_codec():
     """Every module of hklflow (the transform and the steps included) imports without the
     compiled codec: only the chooser loads it, on first use (and the fused kernel's module,
-    transform.stream, which the transform imports at the first frames given as stored)."""
+    transform.stream_kernels, which the transform imports at the first frames given as stored)."""
     run = subprocess.run([sys.executable, "-c", IMPORT_ALL], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -16,10 +16,9 @@ import pytest
 from hklflow.planning.config import load_settings
 from hklflow.base.errors import ConfigError
 from hklflow.files.calibration import write_version_file
-from hklflow.model.geometry import DetectorGeometry
+from hklflow.live.discover import SHIFT_COLUMNS, DiscoveryPattern, discover, discovered_rows
 from hklflow.live.growing import CBF_BINARY_MARKER
-from hklflow.live.discover import (SHIFT_COLUMNS, DiscoveryPattern, discover, discovered_rows,
-                                   shifts_from_direct_beam)
+from hklflow.model.geometry import DetectorGeometry, shifts_from_direct_beam
 from hklflow.live.table import row_id, user_rows
 from hklflow.simulation.experiment import preset, simulate_experiment
 

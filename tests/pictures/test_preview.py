@@ -7,9 +7,9 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
-from hklflow.planning.config import ScanRow
+from hklflow.model.scan import ScanRow
 from hklflow.files.scan import read_scan_file, write_scan_file
-from hklflow.pictures.plots import _with_preview
+from hklflow.pictures.figure import with_preview
 from hklflow.pictures.preview import (landed_in, landed_notes, landed_record, merged_records,
                                       orientation_label, preview_label, preview_notes)
 
@@ -99,8 +99,8 @@ def test_nothing_in_progress_says_nothing():
         assert preview_label(notes) == ""
         assert landed_notes(notes) == {}
     assert orientation_label([]) == "" and merged_records(None, []) == []
-    assert _with_preview("title", "") == "title"
-    assert _with_preview("title", "PREVIEW: x") == "title\nPREVIEW: x"
+    assert with_preview("title", "") == "title"
+    assert with_preview("title", "PREVIEW: x") == "title\nPREVIEW: x"
 
 
 def test_orientation_label_and_records_of_a_parent():

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from hklflow.base.errors import RawDataError
-from hklflow.raw.frames import FrameSource, check_readable, open_frame_source, open_frames
+from hklflow.model.scan import FrameSource
+from hklflow.raw.frames import check_readable, open_frame_source, open_frames
 from hklflow.raw.rawfiles import natural_key
 
 SHAPE = (31, 23)

@@ -12,6 +12,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
+from hklflow.algorithms.peaks import kernels as pk
 from hklflow.algorithms.peaks import spotfinding as sf
 from hklflow.base.errors import ConfigError, RawDataError
 from hklflow.files.peaks import read_peaks_file
@@ -108,7 +109,7 @@ def test_frame_statistics_stay_exact_on_rows_longer_than_a_sum_segment():
     segments) holding the largest values it may take, low halves 0xFFFF (one column more
     per segment and the low sum would wrap), the frame's sum, trimmed sum and counts equal
     the exact int64 ones."""
-    ny, nx = 10, 2 * sf.SUM_SEGMENT + 4465
+    ny, nx = 10, 2 * pk.SUM_SEGMENT + 4465
     largest = np.int32(0x7FFEFFFF)  # below trusted_max 2^31 - 1, low 16 bits all set
     rng = np.random.default_rng(11)
     frame = rng.integers(0, largest, (ny, nx)).astype(np.int32)
@@ -240,7 +241,8 @@ def test_search_compiles_the_kernel_in_one_form(tiny_experiment, tiny_truth, sea
         "p = PeakSearchParams.defaults()\n"
         "with open_frames(sys.argv[1]) as stack:\n"
         "    sf.search(stack, g, a, p, DetectorParams.defaults(name=g.detector))\n"
-        "print(len(sf._kernel_for_width(p.window[1] // 2).signatures))\n")
+        "from hklflow.algorithms.peaks.kernels import _kernel_for_width\n"
+        "print(len(_kernel_for_width(p.window[1] // 2).signatures))\n")
     run = subprocess.run([sys.executable, "-c", script, str(raw_path(tiny_experiment, sid)),
                           json.dumps(t)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -328,6 +330,7 @@ KERNEL_FORMS_SCRIPT = """
 import hashlib, sys
 import numpy as np
 from hklflow.algorithms.peaks import spotfinding as sf
+from hklflow.algorithms.peaks.kernels import ONE_ROW_LOOP
 rng = np.random.default_rng(11)
 h = hashlib.sha256()
 for k in range(6):
@@ -346,7 +349,7 @@ for k in range(6):
         for a in out + [stats, maxproj]:
             h.update(np.ascontiguousarray(a[:n] if a.ndim == 1 and a.size == cap else a).tobytes())
         assert n > 0
-print(sf.ONE_ROW_LOOP, h.hexdigest())
+print(ONE_ROW_LOOP, h.hexdigest())
 """
 
 
@@ -368,7 +371,7 @@ def test_kernel_forms_for_avx512_and_avx2_decide_alike(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         runs.append(run.stdout.split())
     here, avx2 = runs
-    assert avx2[0] == "False" and here[0] == str(sf.ONE_ROW_LOOP)
+    assert avx2[0] == "False" and here[0] == str(pk.ONE_ROW_LOOP)
     assert here[0] == str(has_avx512())
     assert here[1] == avx2[1]
 
@@ -429,8 +432,8 @@ def test_pixel_flags_are_one_isolated_byte_per_pixel():
     annulus = rng.random((60, 80)) > 0.5
     flags = sf.pixel_flags(usable, annulus)
     assert flags.dtype == np.uint8 and flags.flags.c_contiguous and flags.max() <= 3
-    assert np.array_equal((flags & sf.USABLE) != 0, usable)
-    assert np.array_equal((flags & sf.IN_ANNULUS) != 0, annulus)
+    assert np.array_equal((flags & pk.USABLE) != 0, usable)
+    assert np.array_equal((flags & pk.IN_ANNULUS) != 0, annulus)
     assert np.array_equal(sf.pixel_flags(usable.astype(np.uint8)), usable.astype(np.uint8))
     for a in (flags, sf.isolated_empty((7, 5), np.int32)):
         owner = a
@@ -563,7 +566,7 @@ def test_assembly_joins_across_frames_and_neighbours():
     asm.add_frame(2, np.array([3], np.int32), np.array([4], np.int32), 5 * one, one)  # diagonal: no
     asm.add_frame(3, np.array([7], np.int32), np.array([7], np.int32), 5 * one, one)
     t = asm.finish()
-    npix = sorted(t.acc[:, sf.A_N].tolist())
+    npix = sorted(t.acc[:, pk.A_N].tolist())
     assert npix == [1.0, 1.0, 3.0]  # frame 2's pixel is not at a pixel of frame 1
 
 
@@ -647,7 +650,7 @@ def test_a_mask_file_leaving_no_pixel_is_refused_naming_it(tiny_copy, tiny_truth
     from test_config import edit_config
 
     from hklflow.base.errors import ImageReadError
-    from hklflow.algorithms.masking import user_mask
+    from hklflow.raw.images import user_mask
 
     g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
     fabio.tifimage.TifImage(data=np.full(g.shape, np.nan, np.float32)).write(

@@ -16,12 +16,12 @@ import h5py
 import numpy as np
 import pytest
 
-from hklflow.algorithms import masking
+from hklflow.algorithms.masks import masking
 from hklflow.files.mask import read_mask_details, read_mask_file, write_mask_file
 from hklflow.files.orientation import read_orientation_file
 from hklflow.files.peaks import read_peaks_file
 from hklflow.files.scan import read_scan_file
-from hklflow.algorithms.masking import (DEAD, FOUND, GAP, HOT, MIN_RADIUS, PREDICTED, USER,
+from hklflow.algorithms.masks.masking import (DEAD, FOUND, GAP, HOT, MIN_RADIUS, PREDICTED, USER,
                                         ScanMask, build_mask, found_regions)
 from hklflow.settings.params import DetectorParams, MaskParams
 from hklflow.steps import mask_scan
@@ -123,7 +123,7 @@ def test_pixel_mask_has_gaps_hot_and_dead_pixels_and_little_else(reduced, tiny_t
 
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_every_strong_reflection_is_masked_and_little_else(reduced, tiny_truth, entry):
-    mask = read_mask_file(entry_dir(reduced, entry) / "mask.nxs")
+    mask = ScanMask.of(read_mask_file(entry_dir(reduced, entry) / "mask.nxs"))
     vol = painted(mask)
     refl = tiny_truth["scans"][f"tiny/{T}/{entry}"]["reflections"]
     r, c, z = (np.asarray(refl[k]) for k in ("row", "col", "frame"))

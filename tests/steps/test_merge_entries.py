@@ -92,7 +92,7 @@ def test_sums_by_chunks_store_the_chunks_the_slab_sums_store(tmp_path, monkeypat
 
 
 def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_path, caplog):
-    """merge_entries's statistics (hklflow.algorithms.statistics) of a merged volume with variance: in
+    """merge_entries's statistics (hklflow.algorithms.statistics.shells) of a merged volume with variance: in
     its notes, the log and a picture; a sigma understated twice over is flagged; the
     Bragg nodes left out within reduction.merge.statistics_bragg_radius."""
     import logging
@@ -100,7 +100,7 @@ def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_pat
 
     from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.files.volume import Volume, write_volume
-    from hklflow.algorithms.statistics import statistics_of_arrays
+    from hklflow.algorithms.statistics.shells import statistics_of_arrays
     from hklflow.steps.merge_entries import write_statistics
     from volume_helpers import TETRA
 

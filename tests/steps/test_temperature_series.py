@@ -1,4 +1,4 @@
-"""Step temperature_series and the slice pictures of volumes (hklflow.pictures.plots,
+"""Step temperature_series and the slice pictures of volumes (hklflow.pictures.volumes,
 hklflow.pictures.slices)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from hklflow.model.crystal import UnitCell
 from hklflow.files.volume import write_volume
-from hklflow.pictures.plots import plot_slices
+from hklflow.pictures.volumes import plot_slices
 from hklflow.pictures.slices import plane_matrix, read_slice
 
 from conftest import step_settings
@@ -74,7 +74,7 @@ def test_temperature_series(experiment, capsys):
 
 @pytest.mark.parametrize("note_at", [0.5, 0.98])
 def test_pictures_cropped_from_one_draw_match_savefigs_tight_box(tmp_path, note_at):
-    """_save_tight cuts the image drawn once to the box savefig(bbox_inches="tight") draws
+    """save_tight cuts the image drawn once to the box savefig(bbox_inches="tight") draws
     again into: the same size to a pixel on each side (rounded out), the content in the
     same place; a note drawn beyond the figure's right edge (0.98) makes it savefig's own
     picture, canvas grown."""
@@ -84,7 +84,7 @@ def test_pictures_cropped_from_one_draw_match_savefigs_tight_box(tmp_path, note_
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from hklflow.pictures.plots import _save_tight
+    from hklflow.pictures.figure import save_tight
 
     fig = plt.figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
@@ -93,7 +93,7 @@ def test_pictures_cropped_from_one_draw_match_savefigs_tight_box(tmp_path, note_
     fig.suptitle("a suptitle")
     fig.text(note_at, 0.02, "a note near the bottom", ha="left")
     fig.savefig(tmp_path / "two_draws.png", dpi=100, bbox_inches="tight")
-    _save_tight(fig, tmp_path / "one_draw.png", 100)
+    save_tight(fig, tmp_path / "one_draw.png", 100)
     plt.close(fig)
     want = np.asarray(Image.open(tmp_path / "two_draws.png").convert("RGB")).astype(int)
     got = np.asarray(Image.open(tmp_path / "one_draw.png").convert("RGB")).astype(int)

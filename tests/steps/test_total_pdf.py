@@ -128,12 +128,12 @@ def test_pdf_temperature_series(experiment, monkeypatch):
     volume is a preview (a scan in progress) makes its PDF and the series say so."""
     from hklflow.pictures import plots as pictures
 
-    titles, save = [], pictures._save_tight
+    titles, save = [], pictures.save_tight
 
     def recording(fig, path, *a, **k):
         titles.append(fig._suptitle.get_text())
         return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "_save_tight", recording)
+    monkeypatch.setattr(pictures, "save_tight", recording)
     landed = {"scan": "tetra/200K/f1", "frames": 10, "planned": 40}
     grid = small_grid(n=(41, 41, 21), step=(0.2, 0.2, 0.4))
     paths = []

@@ -279,12 +279,12 @@ def test_parts_of_a_scan_in_progress_say_so_and_complete_ones_say_nothing(tiny_3
 
     from test_preview import in_progress
 
-    titles, save = [], pictures._save_tight
+    titles, save = [], pictures.save_tight
 
     def recording(fig, path, *a, **k):
         titles.append(fig._suptitle.get_text())
         return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "_save_tight", recording)
+    monkeypatch.setattr(pictures, "save_tight", recording)
     monkeypatch.chdir(tiny_300k)
     d = tiny_300k / "results/tiny/300K"
     n = read_scan_file(d / "f2/scan.nxs").nframes

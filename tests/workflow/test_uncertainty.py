@@ -139,6 +139,7 @@ def _merged_as_the_workflow_does(exp, truth, reduced, folder) -> dict:
 
     from hklflow.planning.config import load_experiment
     from hklflow.files.grid import read_grid_file
+    from hklflow.algorithms.masks.masking import ScanMask
     from hklflow.files.mask import read_mask_file
     from hklflow.settings.params import DetectorParams, TransformParams
     from hklflow.algorithms.transform import transform_scan
@@ -149,7 +150,7 @@ def _merged_as_the_workflow_does(exp, truth, reduced, folder) -> dict:
     parts = {}
     for scan_id in ENTRIES:
         scan, _, crystal = truth_scan(truth, scan_id)
-        mask = read_mask_file(reduced / "results" / scan_id / "mask.nxs")
+        mask = ScanMask.of(read_mask_file(reduced / "results" / scan_id / "mask.nxs"))
         with open_frames(str(raw(exp, scan_id))) as st:
             tr, _ = transform_scan(st, scan, grid, mask, KINDS, 0, st.nframes, params,
                                    detector.trusted_max_for(st.dtype), crystal,

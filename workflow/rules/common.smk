@@ -15,6 +15,7 @@ import hklflow
 from hklflow.planning import snakemake_compat
 from hklflow.planning.config import ConfigError, landed_marker, load_experiment, read_config_files
 from hklflow.planning.jobs import JobSettings, SettingsFiles, transform_frame_ranges
+from hklflow.raw.monitors import monitor_file
 from hklflow.raw.rawfiles import RawChangeCheck, RawFileOwners, is_hdf5_path, matching_files
 
 snakemake_compat.tune_gc_for_planning(workflow)
@@ -203,10 +204,10 @@ def raw_change(w):
     return marker
 
 
-def monitor_file(w):
+def monitor_column_file(w):
     """The entry's monitor column file, where its monitor is one (rows of frame files): an
     input of its ingest, so that the entry is ingested again when the file changes."""
-    path = scan_of(w).monitor_file
+    path = monitor_file(scan_of(w))
     return [path] if path else []
 
 

@@ -6,7 +6,7 @@ rule ingest_scan:
     input:
         raw=raw_files,
         raw_change=raw_change,
-        monitor=monitor_file,
+        monitor=monitor_column_file,
         poni=lambda w: scan_calibration(w, "geometry.poni"),
         version=lambda w: scan_calibration(w, "version.json"),
     output:

@@ -122,10 +122,10 @@ class ChunkReader:
 
 @functools.cache
 def _empty_chunks():
-    """codec.empty_chunks, imported at the writer's first slab (it loads numba)."""
-    from . import empty_chunks
+    """codec.empty_chunk_kernels, imported at the writer's first slab (it loads numba)."""
+    from . import empty_chunk_kernels
 
-    return empty_chunks
+    return empty_chunk_kernels
 
 
 class ChunkWriter:

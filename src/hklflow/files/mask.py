@@ -21,22 +21,44 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..algorithms.masking import (DEAD_FALSE_POSITIVES, DEAD_WINDOW, MIN_RADIUS, REGION_COLUMNS,
-                                  MaskResult, ScanMask)
 from ..base.errors import FileFormatError
 from .h5 import open_h5, provenance_group, read_collection, text, write_nexus_atomically
 from .peaks import parameter_collection
 
 MASK_FILE_VERSION = 1
 
+# NeXus NXdetector pixel_mask bits
+GAP = 1  # bit 0: gap, no sensor
+DEAD = 2  # bit 1: dead
+HOT = 8  # bit 3: over-responding
+USER = 256  # bit 8: user defined mask
+REASONS = {"gap": GAP, "dead": DEAD, "hot": HOT, "user": USER}
 
-def write_mask_file(path, result: MaskResult, *, entry: str, title: str, parameters: dict,
+FOUND = 1  # bragg_regions/source
+PREDICTED = 2
+
+REGION_COLUMNS = ("row", "col", "frame", "radius_row", "radius_col", "radius_frame")
+
+
+@dataclass(eq=False)
+class MaskRecord:
+    """What the transform needs of a mask file (masking.ScanMask.of makes the masks)."""
+
+    pixels: np.ndarray  # bool (rows, cols): True = pixel not used in any frame
+    regions: np.ndarray  # float64 (n, 6): REGION_COLUMNS (ellipsoids, continuous coords)
+    hkl_radius: float  # r.l.u.; 0 = off
+    nframes: int
+
+
+def write_mask_file(path, result, *, entry: str, title: str, parameters: dict,
                     provenance: dict, sources: dict | None = None) -> Path:
-    """Write the masks of one scan entry (layout in the module docstring), atomically."""
+    """Write the masks of one scan entry (layout in the module docstring), atomically: result
+    is masking.MaskResult; parameters, the settings and the algorithm's constants."""
     import nexusformat.nexus as nx
 
     m = result.mask
@@ -69,9 +91,7 @@ def write_mask_file(path, result: MaskResult, *, entry: str, title: str, paramet
             nx.NXfield(np.asarray(result.masked_per_frame, dtype=np.int64), name="pixels"),
             nx.NXfield(np.arange(m.nframes), name="frame_number"),
             title="usable pixels inside a Bragg region, per frame")
-    ent["parameters"] = parameter_collection(
-        {**parameters, "min_radius": MIN_RADIUS, "dead_window": DEAD_WINDOW,
-         "dead_false_positives": DEAD_FALSE_POSITIVES})
+    ent["parameters"] = parameter_collection(parameters)
     st = nx.NXcollection()
     for k, v in result.statistics.items():
         st[k] = nx.NXfield(v)
@@ -99,15 +119,16 @@ def _mask_entry(f, path):
     return f[name]
 
 
-def read_mask_file(path) -> ScanMask:
-    """The ScanMask of a mask file: what the transform needs."""
+def read_mask_file(path) -> MaskRecord:
+    """What the transform needs of a mask file."""
     with open_h5(path) as f:
         ent = _mask_entry(f, path)
         reasons = ent["instrument/detector/pixel_mask"][()]
         g = ent["bragg_regions"]
         regions = np.column_stack([g[c][()] for c in REGION_COLUMNS]) if len(g["row"]) \
             else np.zeros((0, 6))
-        return ScanMask(reasons != 0, regions, float(g.attrs["hkl_radius"]), int(g.attrs["nframes"]))
+        return MaskRecord(reasons != 0, regions, float(g.attrs["hkl_radius"]),
+                          int(g.attrs["nframes"]))
 
 
 def read_mask_details(path) -> dict:

@@ -63,8 +63,7 @@ import numpy as np
 
 from ..base.errors import FileFormatError, InputMismatchError
 from ..model.geometry import EntrySetup, Goniometer, ScanAngles, ScanGeometry
-from ..planning.config import temperature_label
-from ..raw.rawfiles import DEFAULT_DATASET, FrameSource
+from ..model.scan import DEFAULT_DATASET, FrameSource, ScanSpan
 from .h5 import (detector_group, entry_group, get, group, open_h5, provenance_group, provenance_of,
                  read_detector_group, string_field, strings, text, text_field,
                  write_nexus_atomically)
@@ -78,7 +77,7 @@ _RESERVED_GONIO = {"scan_axis", "scan_sense", "phi_start", "phi_step", "offset_a
 
 
 @dataclass(frozen=True)
-class ScanRecord:
+class ScanRecord(ScanSpan):
     """What a scan file says about its scan entry."""
 
     path: str
@@ -93,15 +92,6 @@ class ScanRecord:
     planned_frames: int = 0  # frames of the whole scan while it is being collected; 0: complete
 
     @property
-    def in_progress(self) -> bool:
-        return self.planned_frames > self.nframes
-
-    @property
-    def landed_fraction(self) -> float:
-        """The part of the scan these frames are (1 once it is complete)."""
-        return self.nframes / self.planned_frames if self.in_progress else 1.0
-
-    @property
     def entry(self) -> str:
         return self.setup.name
 
@@ -112,10 +102,6 @@ class ScanRecord:
     @property
     def angles(self) -> ScanAngles:
         return self.setup.angles
-
-    @property
-    def temperature_label(self) -> str:
-        return temperature_label(self.temperature)
 
     @property
     def detector_shape(self) -> tuple[int, int]:
@@ -241,7 +227,7 @@ def write_scan_file(path, row, setup: EntrySetup, calibration: dict, source: Fra
                     provenance: dict, *, monitor=None, maximum=None, frames_read=()) -> Path:
     """Write the scan file of one scan entry (layout in the module docstring), atomically.
 
-    row: config.ScanRow; setup: the entry as measured (unshifted calibration, shift, ...);
+    row: model.scan.ScanRow; setup: the entry as measured (unshifted calibration, shift, ...);
     calibration: {"name", "version", "file", "digest", "poni"}; source: the raw frames
     (with fingerprints) - linked, never copied; monitor: per-frame values or None;
     maximum: the pixel-wise maximum of the frames frames_read, the file's default picture

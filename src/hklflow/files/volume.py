@@ -930,7 +930,7 @@ class VolumeWriter:
 
     def write_half_set(self, grid: Grid, signal: np.ndarray, weight: np.ndarray,
                        how: str) -> None:
-        """The half set A of this volume (for CC1/2: hklflow.algorithms.statistics.with_half_sets) on
+        """The half set A of this volume (for CC1/2: hklflow.algorithms.statistics.shells.with_half_sets) on
         its own grid: /entry/half_set_a (HALF_SET)."""
         write_half_set(self._f["entry"], grid, signal, weight, how)
 

@@ -31,7 +31,7 @@ The detector shifts (det_ddist, det_dponi1, det_dponi2) take the other precedenc
    (NXmx: "distance from the sample to the beam center"; imgCIF: "along the beam"), not
    the PONI and its distance: with a tilted detector they differ.  The shifts are that
    position minus the calibration's, at the calibration's tilts
-   (:func:`shifts_from_direct_beam`: pyFAI's Fit2D conversion, dist = directDist cos(tilt),
+   (:func:`hklflow.model.geometry.shifts_from_direct_beam`: pyFAI's Fit2D conversion, dist = directDist cos(tilt),
    poni = centre - directDist sin(tilt) (sin, cos)(tilt plane rotation)), measured from
    the geometry the row's calibration accepted (results/calibration/NAME/geometry.poni,
    NAME the row's calibration: live.scan_defaults.calibration, else the last calibration
@@ -75,14 +75,15 @@ import numpy as np
 from ..base.errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
 from ..files import nxmx
 from ..files.cbf_header import CbfHeaderUnfinished, read_cbf_header
-from ..model.geometry import BEAM_DIRECTION, DetectorGeometry
-from ..planning.config import MAX_SCAN_TURNS, CalibrationSpec, _validate, temperature_label
+from ..model.geometry import DetectorGeometry, shifts_from_direct_beam
+from ..model.scan import temperature_label
+from ..planning.config import MAX_SCAN_TURNS, CalibrationSpec, _validate
 from ..raw.rawfiles import natural_key
 from ..settings.params import DetectorParams, schema, validator_with_defaults
 from . import growing
 
 __all__ = ["DirectBeam", "Discovery", "DiscoveryPattern", "FIELDS", "SHIFT_COLUMNS", "discover",
-           "discovered_rows", "shifts_from_direct_beam"]
+           "discovered_rows"]
 
 FIELDS = ("sample", "temperature", "entry")
 # where each value of a discovered row came from (Discovery.sources)
@@ -325,28 +326,6 @@ def _cbf_facts(path: str, first: str) -> dict:
         facts["beam_error"] = (f"{first}: its header gives {given} but no {lacking}: its "
                                "detector position is not complete")
     return facts
-
-
-# --------------------------------------------------------------------------------------
-# The detector shifts from a file's direct beam
-# --------------------------------------------------------------------------------------
-def shifts_from_direct_beam(calibration: DetectorGeometry, distance: float, row: float,
-                            col: float) -> tuple[float, float, float]:
-    """(det_ddist, det_dponi1, det_dponi2), m: the shifts that move the `calibration`'s
-    detector to where the direct beam hits continuous pixel (row, col) of the frames (the
-    orientation applied) at `distance` from the sample, its tilts kept.
-
-    pyFAI's Fit2D conversion at the calibration's tilts (pyFAI.geometry.fit2d.
-    convert_from_Fit2d: dist = directDist cos(tilt), poni1 = centerY pixel1 - directDist
-    sin(tilt) sin(tpr), poni2 = centerX pixel2 - directDist sin(tilt) cos(tpr)), with
-    (sin(tilt) sin(tpr), sin(tilt) cos(tpr), cos(tilt)) = the beam direction in the
-    detector's axes, M^T (0, 0, 1); the inverse of DetectorGeometry.direct_beam_pixel and
-    of the distance |lab position| of that pixel."""
-    b = calibration.tilt_matrix.T @ BEAM_DIRECTION
-    p1, p2 = calibration.plane_coordinates(row, col)
-    return (distance * float(b[2]) - calibration.dist,
-            float(p1) - distance * float(b[0]) - calibration.poni1,
-            float(p2) - distance * float(b[1]) - calibration.poni2)
 
 
 class _Waiting(Exception):

@@ -55,7 +55,8 @@ from ..base.errors import RawDataError
 from ..files import nxmx
 from ..files.cbf_header import CBF_BINARY_MARKER, CbfHeaderUnfinished, NotCbfError, read_cbf_header
 from ..files.h5 import open_h5
-from ..raw.rawfiles import DEFAULT_DATASET, is_hdf5_path, matching_files, natural_key
+from ..model.scan import DEFAULT_DATASET
+from ..raw.rawfiles import is_hdf5_path, matching_files, natural_key
 
 __all__ = ["CBF_BINARY_MARKER", "LAYOUTS", "Observation", "TRANSIENT_HDF5_ERRORS",
            "is_transient_hdf5_error", "layout_of", "observe", "open_hdf5_for_reading"]

@@ -798,3 +798,28 @@ class EntrySetup:
             offsets[axis] = offsets.get(axis, 0.0) + float(v)
         return ScanGeometry(orientation.detector.shifted(*self.shift), self.goniometer,
                             self.angles, offsets, np.asarray(orientation.UB, dtype=float))
+
+
+# --------------------------------------------------------------------------------------
+# The detector shifts from a file's direct beam
+# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
+# The detector shifts from a file's direct beam (hklflow watch, hklflow init)
+# --------------------------------------------------------------------------------------
+def shifts_from_direct_beam(calibration: DetectorGeometry, distance: float, row: float,
+                            col: float) -> tuple[float, float, float]:
+    """(det_ddist, det_dponi1, det_dponi2), m: the shifts that move the `calibration`'s
+    detector to where the direct beam hits continuous pixel (row, col) of the frames (the
+    orientation applied) at `distance` from the sample, its tilts kept.
+
+    pyFAI's Fit2D conversion at the calibration's tilts (pyFAI.geometry.fit2d.
+    convert_from_Fit2d: dist = directDist cos(tilt), poni1 = centerY pixel1 - directDist
+    sin(tilt) sin(tpr), poni2 = centerX pixel2 - directDist sin(tilt) cos(tpr)), with
+    (sin(tilt) sin(tpr), sin(tilt) cos(tpr), cos(tilt)) = the beam direction in the
+    detector's axes, M^T (0, 0, 1); the inverse of DetectorGeometry.direct_beam_pixel and
+    of the distance |lab position| of that pixel."""
+    b = calibration.tilt_matrix.T @ BEAM_DIRECTION
+    p1, p2 = calibration.plane_coordinates(row, col)
+    return (distance * float(b[2]) - calibration.dist,
+            float(p1) - distance * float(b[0]) - calibration.poni1,
+            float(p2) - distance * float(b[1]) - calibration.poni2)

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..base.errors import ConfigError
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
+from ..model.scan import ScanRow, temperature_label
 from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DATASET,
                             check_one_frame_header, monitor_kind, read_column_file)
 from ..settings.params import (STEP_PARAMS, CalibrationParams, DetectorParams, schema,
@@ -59,11 +60,6 @@ def landed_marker(scan_id: str) -> str:
     ENTRY) have landed: the input of its ingest job in place of the raw files, which change
     with every frame."""
     return f"live/landed/{scan_id}.json"
-
-
-def temperature_label(t: float) -> str:
-    """The label of a temperature in file names and wildcards, e.g. 300 -> '300K'."""
-    return f"{float(t):g}K"
 
 
 # --------------------------------------------------------------------------------------
@@ -115,73 +111,6 @@ class SampleSpec:
         """What the orientation and grid jobs use of the sample: space group and cell."""
         return {"name": self.name, "space_group": self.crystal.hm,
                 "cell": list(self.crystal.cell.parameters)}
-
-
-@dataclass(frozen=True)
-class ScanRow:
-    """One row of the scans table: one rotation scan entry of a sample at a temperature."""
-
-    sample: str
-    temperature: float
-    entry: str
-    data: str
-    dataset: str
-    nframes: int
-    angles: ScanAngles
-    offsets: dict
-    detector_shift: tuple[float, float, float]  # (d_dist, d_poni1, d_poni2) in m
-    monitor: str
-    calibration: str
-    row: int = 0  # 1-based data row in the scans table (messages only; not a setting)
-    # frames of the whole scan while it is still being collected and only its first nframes
-    # are reduced (hklflow watch); 0: complete
-    planned_frames: int = 0
-
-    @property
-    def in_progress(self) -> bool:
-        return self.planned_frames > self.nframes
-
-    @property
-    def landed_fraction(self) -> float:
-        return self.nframes / self.planned_frames if self.in_progress else 1.0
-
-    @property
-    def temperature_label(self) -> str:
-        return temperature_label(self.temperature)
-
-    @property
-    def monitor_file(self) -> str | None:
-        """The column file the monitor is read from (an input of ingest), if it is one."""
-        return self.monitor if monitor_kind(self.data, self.monitor) == COLUMN_FILE else None
-
-    @property
-    def id(self) -> str:
-        return f"{self.sample}/{self.temperature_label}/{self.entry}"
-
-    def settings(self) -> dict:
-        """The row as a job receives it (ingest_scan): every field but the row number."""
-        return {"sample": self.sample, "temperature": self.temperature, "entry": self.entry,
-                "data": self.data, "dataset": self.dataset, "nframes": self.nframes,
-                "phi_start": self.angles.start, "phi_step": self.angles.step,
-                "offsets": dict(self.offsets), "detector_shift": list(self.detector_shift),
-                "monitor": self.monitor, "calibration": self.calibration,
-                # only while in progress, so that a completed scan's jobs receive exactly what
-                # a batch run's do
-                **({"planned_frames": self.planned_frames} if self.in_progress else {})}
-
-    @classmethod
-    def from_settings(cls, s: dict) -> "ScanRow":
-        try:
-            return cls(sample=s["sample"], temperature=float(s["temperature"]), entry=s["entry"],
-                       data=s["data"], dataset=s["dataset"], nframes=int(s["nframes"]),
-                       angles=ScanAngles(float(s["phi_start"]), float(s["phi_step"]),
-                                         int(s["nframes"])),
-                       offsets={k: float(v) for k, v in s["offsets"].items()},
-                       detector_shift=tuple(float(v) for v in s["detector_shift"]),
-                       monitor=s["monitor"], calibration=s["calibration"],
-                       planned_frames=int(s.get("planned_frames", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"--settings scan: not a scans-table row: {exc!r}") from None
 
 
 @dataclass(frozen=True)

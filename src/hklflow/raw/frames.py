@@ -60,10 +60,10 @@ import numpy as np
 
 from ..base.errors import RawDataError
 from ..codec import CompressedFrames, bitshuffle_lz4_only, codec_for, read_chunk, stored_frames
+from ..model.scan import DEFAULT_DATASET, FrameSource
 from .images import open_hdf5, read_fabio, read_image
 from .monitors import CBF_HEADER, header_field, header_monitor, monitor_kind, read_column_file
-from .rawfiles import (DEFAULT_DATASET, FrameSource, changed_files, fingerprint, is_eiger_master,
-                       is_hdf5_path, matching_files)
+from .rawfiles import changed_files, fingerprint, is_eiger_master, is_hdf5_path, matching_files
 
 __all__ = ["DEFAULT_DATASET", "CompressedFrames", "FrameSource", "FrameStack", "RawScan",
            "check_readable", "frame_reader", "inspect_raw_scan", "open_frame_source",

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..base.errors import ImageReadError, RawDataError
 from ..files.h5 import open_h5
-from .rawfiles import DEFAULT_DATASET, is_hdf5_path
+from ..model.scan import DEFAULT_DATASET
+from ..settings.params import DetectorParams
+from .rawfiles import is_hdf5_path
 
 
 def open_hdf5(path: str, error=RawDataError, *, swmr: bool = False) -> h5py.File:
@@ -144,3 +146,26 @@ def read_image(path, dataset: str = DEFAULT_DATASET, frame: int = 0) -> np.ndarr
         return _read_hdf5_image(p, dataset, int(frame))
     data, _ = read_fabio(str(p), int(frame), error=ImageReadError)
     return _as_image(data, f"{p} frame {frame}")
+
+
+# --------------------------------------------------------------------------------------
+# Pixel mask
+# --------------------------------------------------------------------------------------
+def user_mask(detector: DetectorParams, shape) -> np.ndarray:
+    """bool (rows, cols), True = not used: the user's mask file (instrument.detector.
+    mask_file: any image fabio reads, or HDF5/NeXus; non-zero = masked), all False
+    without one."""
+    if not detector.mask_file:
+        return np.zeros(tuple(shape), dtype=bool)
+    image = np.asarray(read_image(detector.mask_file, dataset=detector.mask_dataset))
+    m = image != 0
+    if m.shape != tuple(shape):
+        raise ImageReadError(f"{detector.mask_file}: mask shape {m.shape} differs from the "
+                             f"detector's {tuple(shape)} (instrument.detector.mask_file)")
+    if m.all():  # nothing could ever be measured: stop before every scan reads as empty
+        values = ("NaN everywhere" if np.issubdtype(image.dtype, np.floating)
+                  and np.isnan(image).all() else "no pixel is 0")
+        raise ImageReadError(f"{detector.mask_file}: the mask leaves no pixel ({values}; "
+                             "non-zero = masked): expected 0 at the pixels to use "
+                             "(instrument.detector.mask_file)")
+    return m

@@ -45,6 +45,12 @@ def monitor_kind(data: str, monitor: str) -> str:
     return CBF_HEADER if monitor.lower().startswith(CBF_HEADER_PREFIX) else COLUMN_FILE
 
 
+def monitor_file(row) -> str | None:
+    """The column file a row's monitor is read from (an input of its ingest), if it is one
+    (row: model.scan.ScanRow)."""
+    return row.monitor if monitor_kind(row.data, row.monitor) == COLUMN_FILE else None
+
+
 def a_frame_file(data: str, base_dir=".") -> str | None:
     """One frame file of a row's data (a path or glob pattern, relative to base_dir), the
     first the directory listing gives (any frame's header has the fields of all), without

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..files.atomic import write_text_atomically
@@ -36,40 +35,6 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hdf", ".nx5", ".nx")  # the one list 
 FINGERPRINT_BLOCKS = 8
 FINGERPRINT_BLOCK = 4096
 FINGERPRINT_REACHES = ("sampled", "full")
-DEFAULT_DATASET = "/entry/data/data"  # where a raw HDF5 file holds its frames
-
-
-@dataclass(frozen=True)
-class FrameSource:
-    """Where the frames of one scan live: what an ingested NeXus scan file records.
-
-    kind is "hdf5" (each file holds a (n, rows, cols) stack at `dataset`) or "files"
-    (one frame per file, in the listed order).  files are absolute paths.  fingerprints:
-    one hklflow.raw.rawfiles.fingerprint per file as ingest saw it (empty: not recorded).
-    growing: the first frames of a scan still being collected (hklflow watch): the files
-    may hold more frames than frames_per_file says, and only those are read.
-    """
-
-    kind: str
-    files: tuple[str, ...]
-    dataset: str | None
-    frames_per_file: tuple[int, ...]
-    frame_shape: tuple[int, int]
-    dtype: str
-    fingerprints: tuple = ()
-    growing: bool = False
-
-    def __post_init__(self):
-        if self.kind not in ("hdf5", "files"):
-            raise ValueError(f"FrameSource kind must be 'hdf5' or 'files', got {self.kind!r}")
-        if len(self.files) != len(self.frames_per_file):
-            raise ValueError("FrameSource: one frame count per file is needed")
-        if self.fingerprints and len(self.fingerprints) != len(self.files):
-            raise ValueError("FrameSource: one fingerprint per file is needed")
-
-    @property
-    def nframes(self) -> int:
-        return int(sum(self.frames_per_file))
 
 
 def is_hdf5_path(path) -> bool:

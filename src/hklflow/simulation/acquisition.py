@@ -34,7 +34,7 @@ from pathlib import Path
 import h5py
 
 from ..model.geometry import DetectorGeometry
-from ..planning.config import temperature_label
+from ..model.scan import temperature_label
 from .experiment import (EntryModel, SampleModel, SimulationSpec, detector_defects,
                          scans_table_line, scans_table_rows, simulate_experiment)
 from .writers import (DEFAULT_FRAMES_PER_FILE, RAW_DATASET, CbfFramesWriter, CbfInPlaceWriter,

@@ -37,7 +37,7 @@ import yaml
 from ..model.crystal import Crystal, UnitCell, random_rotation
 from ..model.geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
                               lorentz_zeta, pyfai_detector, q_from_directions)
-from ..planning.config import temperature_label
+from ..model.scan import temperature_label
 from . import frames_kernel
 from .powder import simulate_calibrant_image
 from .writers import RAW_DATASET, CbfFramesWriter, EigerScanWriter, Hdf5StackWriter

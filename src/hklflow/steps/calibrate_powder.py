@@ -14,7 +14,7 @@ from ..files.calibration import (CalibrationArchive, version_key, write_calibrat
                                  write_version_file)
 from ..files.provenance import file_digest, provenance
 from ..model.geometry import DetectorGeometry
-from ..pictures.plots import plot_calibration
+from ..pictures.detector import plot_calibration
 from ..settings.params import CalibrationParams, settings_part
 from ._run import StepParser, run_step
 

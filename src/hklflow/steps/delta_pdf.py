@@ -11,7 +11,7 @@ from ..files.pdf import PDFWriter
 from ..files.provenance import provenance
 from ..files.volume import read_volume_header
 from ..model.crystal import Crystal, UnitCell
-from ..pictures.plots import plot_pdf
+from ..pictures.pdf import plot_pdf
 from ..pictures.preview import landed_notes, preview_label
 from ..pictures.slices import cell_of
 from ..settings.params import PDFParams, settings_part

@@ -6,7 +6,7 @@ from ..algorithms.peaks.spotfinding import search
 from ..files.peaks import write_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..pictures.plots import plot_peaks
+from ..pictures.detector import plot_peaks
 from ..pictures.preview import preview_label
 from ..raw.frames import open_frame_source
 from ..settings.params import DetectorParams, PeakSearchParams, settings_part

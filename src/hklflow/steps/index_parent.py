@@ -12,7 +12,7 @@ from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..model.crystal import Crystal, UnitCell
-from ..pictures.plots import plot_residuals
+from ..pictures.detector import plot_residuals
 from ..pictures.preview import landed_record, merged_records, orientation_label
 from ..settings.params import IndexingParams, RefinementParams, settings_part
 from ._run import StepParser, run_step

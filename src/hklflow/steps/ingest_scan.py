@@ -17,8 +17,9 @@ from ..files.calibration import read_version_file
 from ..files.provenance import file_digest, provenance
 from ..files.scan import write_scan_file
 from ..model.geometry import DetectorGeometry, EntrySetup, Goniometer
-from ..planning.config import ScanRow
+from ..model.scan import ScanRow
 from ..raw.frames import inspect_raw_scan
+from ..raw.monitors import monitor_file
 from ._run import StepParser, run_step
 
 
@@ -65,7 +66,7 @@ def run(args, log) -> None:
     src = raw.source
     prov = provenance("hklflow ingest_scan", args.settings,
                       inputs=[args.poni, args.version, *src.files[:8],
-                              *([row.monitor_file] if row.monitor_file else [])])
+                              *([monitor_file(row)] if monitor_file(row) else [])])
     write_scan_file(args.out, row, setup, record, src, prov, monitor=raw.monitor,
                     maximum=raw.maximum, frames_read=raw.frames_read)
     log.info("wrote %s (frames linked from %s%s; calibration %s %s)", args.out, src.files[0],

@@ -1,16 +1,16 @@
-"""Step mask_scan: the masks of a scan entry (hklflow.algorithms.masking) - the pixel mask (module gaps,
+"""Step mask_scan: the masks of a scan entry (hklflow.algorithms.masks.masking) - the pixel mask (module gaps,
 hot and dead pixels, the user mask) and the 3D Bragg mask (ellipsoids in row, col, frame
 around every found peak and every allowed reflection predicted with the refined
 orientation, as a table), with a picture."""
 from __future__ import annotations
 
-from ..algorithms.masking import build_mask
+from ..algorithms.masks.masking import CONSTANTS, build_mask
 from ..files.mask import write_mask_file
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..pictures.plots import plot_mask
+from ..pictures.detector import plot_mask
 from ..pictures.preview import preview_label, preview_notes
 from ..settings.params import DetectorParams, MaskParams, settings_part
 from ._run import StepParser, run_step
@@ -39,7 +39,7 @@ def run(args, log) -> None:
     inputs = [args.scan, args.peaks, args.orientation] + \
         ([detector.mask_file] if detector.mask_file else [])
     write_mask_file(args.out, result, entry=rec.entry, title=rec.scan_id,
-                    parameters=args.settings,
+                    parameters={**args.settings, **CONSTANTS},
                     provenance=provenance("hklflow mask_scan", args.settings, inputs=inputs),
                     sources={"scan_file": args.scan, "peaks_file": args.peaks,
                              "orientation_file": args.orientation})

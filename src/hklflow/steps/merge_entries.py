@@ -3,7 +3,7 @@ volumes of its entries summed voxel by voxel (hklflow.algorithms.merge.volumes.s
 one entry are filled by the others - with slice pictures.  Entries that the orientation
 step found without usable signal (reduction.merge.unusable_entries: leave_out) are left out,
 and the log, the volume's notes and the picture say so.  Whether its uncertainties hold
-(hklflow.algorithms.statistics: I/sigma and chi^2/nu of symmetry-equivalent voxels in shells of |Q|)
+(hklflow.algorithms.statistics.shells: I/sigma and chi^2/nu of symmetry-equivalent voxels in shells of |Q|)
 goes into its notes, the log and a picture of its own."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from ..base.errors import ConfigError
 from ..files.orientation import read_orientation_file
 from ..files.provenance import provenance
 from ..files.volume import VolumeReader, read_half_set, update_notes
-from ..pictures.plots import plot_slices
 from ..pictures.preview import preview_label
 from ..pictures.slices import kept_planes
+from ..pictures.volumes import plot_slices
 from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 
@@ -40,8 +40,8 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
     """The statistics of the merged volume `path` into its notes, the log and `png`;
     bragg_radius: |Q| about every node left out (1/A as 2 pi / d:
     reduction.merge.statistics_bragg_radius)."""
-    from ..algorithms.statistics import (binned_sums, plot_statistics, volume_statistics,
-                                         with_half_sets)
+    from ..algorithms.statistics.shells import binned_sums, volume_statistics, with_half_sets
+    from ..pictures.volumes import plot_statistics
 
     half = read_half_set(path)
     with VolumeReader(path, compiled_decompression=True) as reader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..base.errors import ConfigError
 from ..files.pdf import read_pdf_notes
-from ..pictures.plots import plot_pdf_series
+from ..pictures.pdf import plot_pdf_series
 from ..pictures.preview import preview_label
 from ._run import StepParser, run_step
 

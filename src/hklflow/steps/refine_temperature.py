@@ -13,7 +13,7 @@ from ..files.orientation import read_orientation_file, write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..pictures.plots import plot_residuals
+from ..pictures.detector import plot_residuals
 from ..pictures.preview import landed_record, merged_records, orientation_label
 from ..settings.params import RefinementParams, settings_part
 from ._run import StepParser, run_step

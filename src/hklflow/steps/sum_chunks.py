@@ -7,8 +7,8 @@ from __future__ import annotations
 from ..algorithms.merge.volumes import sum_volumes
 from ..base.errors import InputMismatchError
 from ..files.provenance import provenance
-from ..pictures.plots import plot_slices
 from ..pictures.preview import preview_label
+from ..pictures.volumes import plot_slices
 from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 

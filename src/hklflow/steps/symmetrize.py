@@ -11,9 +11,9 @@ from ..base.memory import check_room, whole_volume_bytes
 from ..files.provenance import provenance
 from ..files.volume import has_variance, read_volume_header
 from ..model.crystal import Crystal, UnitCell
-from ..pictures.plots import plot_slices
 from ..pictures.preview import preview_label
 from ..pictures.slices import cell_of, kept_planes
+from ..pictures.volumes import plot_slices
 from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 

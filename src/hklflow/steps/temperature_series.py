@@ -6,9 +6,9 @@ from __future__ import annotations
 from ..base.errors import ConfigError
 from ..files.volume import read_volume_header
 from ..model.crystal import UnitCell
-from ..pictures.plots import plot_series
 from ..pictures.preview import preview_label
 from ..pictures.slices import cell_of
+from ..pictures.volumes import plot_series
 from ..settings.params import SeriesParams, settings_part
 from ._run import StepParser, run_step
 

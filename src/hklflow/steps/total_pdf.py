@@ -9,7 +9,7 @@ from ..files.pdf import write_pdf
 from ..files.provenance import provenance
 from ..files.volume import read_volume_header
 from ..model.crystal import UnitCell
-from ..pictures.plots import plot_pdf
+from ..pictures.pdf import plot_pdf
 from ..pictures.preview import landed_notes, preview_label
 from ..pictures.slices import cell_of
 from ._run import StepParser, run_step

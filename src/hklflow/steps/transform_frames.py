@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..algorithms.masks.masking import ScanMask
 from ..algorithms.transform import Transformer, transform_scan
 from ..algorithms.transform.driver import HALF_SET_HOW, half_set_grid
 from ..base.errors import ConfigError
@@ -134,7 +135,7 @@ def run(args, log) -> None:
                log)
     with open_frame_source(rec.frames, read_threads=args.threads,
                            compiled_decompression=True) as stack:
-        tr, notes = transform_scan(stack, scan, grid, read_mask_file(args.mask), kinds, first,
+        tr, notes = transform_scan(stack, scan, grid, ScanMask.of(read_mask_file(args.mask)), kinds, first,
                                    stop, params, detector.trusted_max_for(stack.dtype), crystal,
                                    rec.monitor, log, threads=args.threads)
     # the scan file's temperature (K) reaches every sum and symmetrisation through this

@@ -23,8 +23,8 @@ from hklflow.algorithms.pdf.fill import (OUTCOMES, _batch_system, _components, _
                                          _solve_iteratively, punch_and_fill, reflections_to_punch,
                                          region_bits)
 from hklflow.algorithms.pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start
-from hklflow.algorithms.pdf.taper import (TAPER_SURE, _taper_above_zero, taper_bounds, taper_of,
-                                          taper_statistics, tapered_mean, tukey_taper)
+from hklflow.algorithms.pdf.kernels import TAPER_SURE, _taper_above_zero, taper_of
+from hklflow.algorithms.pdf.taper import taper_bounds, taper_statistics, tapered_mean, tukey_taper
 from numba_helpers import compiled_in_fresh_process, slice_assignment_checks
 from superlu_reference import superlu_solve
 
@@ -330,7 +330,7 @@ def test_pair_arrays_grow_keeping_their_pairs_without_a_slice_assignment_check(t
     message, 2.5 CPU-s of the first delta_pdf job after an install."""
     compiled = compiled_in_fresh_process("""
         import numpy as np
-        from hklflow.algorithms.pdf.fill import _grown
+        from hklflow.algorithms.pdf.fill_kernels import _grown
         grown = _grown(np.arange(5, dtype=np.int64) + 7, 3)
         assert grown.size == 10 and grown.dtype == np.int64 and list(grown[:3]) == [7, 8, 9]
     """, tmp_path)

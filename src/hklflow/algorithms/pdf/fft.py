@@ -5,13 +5,13 @@ volume even along each axis, from its octant by cosine transforms, and held as a
 values are computed where they are read."""
 from __future__ import annotations
 
-import numba
 import numpy as np
 import scipy.fft
 
 from ...base.errors import GridError
-from .q_grid import q2_row, q_metric
-from .taper import check_q_max, taper_bounds, taper_of
+from .kernels import _fold_planes, _shifted_copy, _tapered_shifted_copy, _unfold_box, _unfold_octant
+from .q_grid import q_metric
+from .taper import check_q_max, taper_bounds
 
 
 def fft_crop(grid) -> list[slice]:
@@ -30,76 +30,6 @@ def fft_crop(grid) -> list[slice]:
                             f"axis ({ax.start:g} .. {ax.stop:g}) ends at 0")
         out.append(slice(i0 - m, i0 + m))
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _shifted_copy(src, out, a0):
-    """out = fftshift(src) as float32, NaN as 0, in one pass (each row in two runs, no
-    modulo in the inner loop); src: planes a0.. of the volume out has room for (its rows
-    may be longer: the first nx are written)."""
-    ny, nx = src.shape[1], src.shape[2]
-    nz = out.shape[0]
-    sx = nx // 2
-    for a in range(src.shape[0]):
-        za = (a0 + a + nz // 2) % nz
-        for b in range(ny):
-            row = out[za, (b + ny // 2) % ny]
-            for c in range(nx - sx):
-                v = np.float32(src[a, b, c])
-                row[c + sx] = v if v == v else np.float32(0.0)
-            for c in range(nx - sx, nx):
-                v = np.float32(src[a, b, c])
-                row[c - (nx - sx)] = v if v == v else np.float32(0.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _tapered_shifted_copy(src, out, a0, g, h, k, ll, q_max, lo, hi, mean):
-    """_shifted_copy of (src - mean) * tukey_taper (float32: the difference rounded, then
-    the product, as numpy's in-place subtract and multiply would); h, k, ll: the voxel
-    coordinates of src.  The volume itself is left as it is (no tapered copy of it)."""
-    ny, nx = src.shape[1], src.shape[2]
-    nz = out.shape[0]
-    sx = nx // 2
-    q2 = np.empty(nx)
-    t = np.empty(nx, np.float32)
-    for a in range(src.shape[0]):
-        za = (a0 + a + nz // 2) % nz
-        for b in range(ny):
-            row = out[za, (b + ny // 2) % ny]
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(nx):
-                t[c] = np.float32(taper_of(q2[c], lo, hi, q_max))
-            for c in range(nx - sx):
-                v = (src[a, b, c] - mean) * t[c]
-                row[c + sx] = v if v == v else np.float32(0.0)
-            for c in range(nx - sx, nx):
-                v = (src[a, b, c] - mean) * t[c]
-                row[c - (nx - sx)] = v if v == v else np.float32(0.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _unfold_box(half, nx, scale, z0, y0, x0, out):
-    """out[a, b, c] = the PDF at (z0 + a, y0 + b, x0 + c): fftshift of the real part of the
-    full transform whose x >= 0 half is `half` (rfftn's output, of a real input nx long in
-    x), times scale.  Frequency (z, y, x) of the PDF is (z - nz/2, y - ny/2, x - nx/2); the
-    negative x are the mirror image (-z, -y, -x) of the positive ones."""
-    nz, ny = half.shape[0], half.shape[1]
-    cx = nx // 2
-    w = out.shape[2]
-    split = min(max(cx - x0, 0), w)  # out[..., :split] has x < cx
-    for a in range(out.shape[0]):
-        z = z0 + a
-        zp = (z - nz // 2) % nz
-        zn = (nz // 2 - z) % nz
-        for b in range(out.shape[1]):
-            y = y0 + b
-            row = out[a, b]
-            negative = half[zn, (ny // 2 - y) % ny]
-            positive = half[zp, (y - ny // 2) % ny]
-            for c in range(split):
-                row[c] = negative[cx - x0 - c].real * scale
-            for c in range(split, w):
-                row[c] = positive[x0 + c - cx].real * scale
 
 
 SPECTRUM_PLANES = 8  # z planes per call of the first (real-to-complex) transform
@@ -178,68 +108,6 @@ class CosinePDF(_ComputedPDF):
     def _compute(self, z0, y0, x0, out):
         _unfold_octant(self.octant, self.scale, z0 - self.shape[0] // 2,
                        y0 - self.shape[1] // 2, x0 - self.shape[2] // 2, out)
-
-
-@numba.njit(cache=True, nogil=True)
-def _unfold_octant(octant, scale, z0, y0, x0, out):
-    """out[a, b, c] = octant[|z0 + a|, |y0 + b|, |x0 + c|] * scale (z0, y0, x0: frequencies)."""
-    for a in range(out.shape[0]):
-        plane = octant[abs(z0 + a)]
-        for b in range(out.shape[1]):
-            row = plane[abs(y0 + b)]
-            for c in range(out.shape[2]):
-                out[a, b, c] = row[abs(x0 + c)] * scale
-
-
-@numba.njit(inline="always")
-def _images(o, m, i0):
-    """The voxel indices along an axis whose offsets from 0 are +-o and which the crop
-    keeps (-m <= d < m): (first, second, how many)."""
-    if o == 0:
-        return i0, i0, 1
-    if o == m:
-        return i0 - m, i0 - m, 1
-    return i0 + o, i0 - o, 2
-
-
-@numba.njit(cache=True, nogil=True)
-def _fold_planes(up, down, o0, i0, m, g, h, k, ll, q_max, lo, hi, mean, tapered, octant):
-    """octant[oz, oy, ox] for oz in [o0, o0 + len(up)): the mean of the volume's voxels at
-    offsets (+-oz, +-oy, +-ox) from Q = 0 that the crop keeps (_images), each as the FFT's
-    copy makes it (float32 (v - mean) * taper when tapered, NaN as 0), summed in float64.
-    up[j]: the plane at offset +(o0 + j) (at -m for oz = m), down[j]: the plane at -(o0 + j);
-    i0: the voxel at 0 along (l, k, h); ll: the l of the planes up.  The metric of a volume
-    even along each axis is orthogonal: one taper value serves all the images."""
-    mz, my, mx = m[0], m[1], m[2]
-    q2 = np.empty(mx + 1)
-    t = np.ones(mx + 1, np.float32)
-    hp = h[i0[2]:i0[2] + mx + 1]
-    for a in range(up.shape[0]):
-        oz = o0 + a
-        nz = 2 if 0 < oz < mz else 1
-        for oy in range(my + 1):
-            y1, y2, ny = _images(oy, my, i0[1])
-            if tapered:
-                q2_row(g, hp, k[y1], ll[a], q2)
-                for ox in range(mx + 1):
-                    t[ox] = np.float32(taper_of(q2[ox], lo, hi, q_max))
-            out = octant[oz, oy]
-            for ox in range(mx + 1):
-                if tapered and t[ox] == 0:
-                    out[ox] = 0.0
-                    continue
-                x1, x2, nx = _images(ox, mx, i0[2])
-                total = 0.0
-                for iz in range(nz):
-                    plane = up[a] if iz == 0 else down[a]
-                    for iy in range(ny):
-                        row = plane[y1 if iy == 0 else y2]
-                        for ix in range(nx):
-                            w = row[x1 if ix == 0 else x2]
-                            v = (w - mean) * t[ox] if tapered else np.float32(w)
-                            if v == v:
-                                total += v
-                out[ox] = total / (nz * ny * nx)
 
 
 def _cosine_octant(values, grid, crop, workers, taper):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 UNITS = ("inverse_angstrom", "rlu")
@@ -19,20 +18,6 @@ def q_metric(cell, units: str = "inverse_angstrom") -> np.ndarray:
     if units == "rlu":
         return np.eye(3)
     raise ValueError(f"radius units must be one of {UNITS}, got {units!r}")
-
-
-@numba.njit(inline="always")
-def q2_row(g, h, k, ll, out):
-    """|Q|^2 (metric g: q_metric) of the voxels of one row along h at (k, l): g00 h h + g11 k k
-    + g22 l l + 2 (g01 h k + g02 h l + g12 k l), summed in that order (no FMA), with the terms
-    that do not depend on h taken out of the loop (a loop simple enough to vectorise)."""
-    kk = g[1, 1] * k * k
-    l2 = g[2, 2] * ll * ll
-    kl = g[1, 2] * k * ll
-    g00, g01, g02 = g[0, 0], g[0, 1], g[0, 2]
-    for c in range(h.size):
-        hc = h[c]
-        out[c] = g00 * hc * hc + kk + l2 + 2 * (g01 * hc * k + g02 * hc * ll + kl)
 
 
 SLAB_PLANES = 8  # L planes per call of a volume given as a function (the chunks' height)

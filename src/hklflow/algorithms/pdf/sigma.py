@@ -23,63 +23,16 @@ PDFs", gives the share this leaves out, measured by Monte Carlo through the step
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from .fft import CosinePDF, _ComputedPDF, _unfold_octant, fft_crop, pdf_spectrum
+from .fft import CosinePDF, _ComputedPDF, fft_crop, pdf_spectrum
+from .kernels import _sigma_values, _unfold_octant
 from .taper import tukey_taper
 
 
 class IncompatibleGrid(ValueError):
     """The transform's axes that an operator mixes have different lengths: the closed form
     needs the operators to map the FFT's frequencies onto each other."""
-
-
-@numba.njit(inline="always")
-def _wrap(q, half, n):
-    """q as a frequency in [-half, n - half) (q is a few periods away at most: no
-    division, which cost most of the time)."""
-    while q < -half:
-        q += n
-    while q >= n - half:
-        q -= n
-    return q
-
-
-@numba.njit(cache=True, nogil=True)
-def _sigma_values(w, w_octant, w_scale, maps, n, inv_n, k0, t, c, nb, v, out):
-    """out[a, b, d] = sigma at the frequency (x, y, z) = (k0[2] + d, k0[1] + b, k0[0] + a)
-    (h, k, l order; the PDF's voxel at frequency + n / 2).  w: W [z, y, x] fftshifted
-    (w_octant False) or its octant of |frequencies| (True), times w_scale; maps (g, 3, 3)
-    int64 acting on frequency columns; t, c: T and C on out's voxels (None without the mean
-    term)."""
-    nx, ny, nz = n[0], n[1], n[2]
-    hx, hy, hz = nx // 2, ny // 2, nz // 2
-    for a in range(out.shape[0]):
-        kz = k0[0] + a
-        for b in range(out.shape[1]):
-            ky = k0[1] + b
-            for d in range(out.shape[2]):
-                kx = k0[2] + d
-                total = 0.0
-                for o in range(maps.shape[0]):
-                    m = maps[o]
-                    mx = m[0, 0] * kx + m[0, 1] * ky + m[0, 2] * kz
-                    my = m[1, 0] * kx + m[1, 1] * ky + m[1, 2] * kz
-                    mz = m[2, 0] * kx + m[2, 1] * ky + m[2, 2] * kz
-                    for sign in (-1, 1):
-                        qx = _wrap(kx + sign * mx, hx, nx)
-                        qy = _wrap(ky + sign * my, hy, ny)
-                        qz = _wrap(kz + sign * mz, hz, nz)
-                        if w_octant:
-                            total += w[abs(qz), abs(qy), abs(qx)]
-                        else:
-                            total += w[qz + hz, qy + hy, qx + hx]
-                var = 0.5 * total * w_scale * inv_n
-                if t is not None:
-                    tk = np.float64(t[a, b, d])
-                    var += tk * (tk * v / nb - 2.0 * np.float64(c[a, b, d])) / nb
-                out[a, b, d] = np.float32(np.sqrt(var)) if var > 0 else np.float32(0.0)
 
 
 class SigmaPDF(_ComputedPDF):

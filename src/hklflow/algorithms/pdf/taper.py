@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
-from .q_grid import octant_boxes, octant_start, q2_row, q_metric, slab_by_slab
+from .kernels import _taper_statistics, _taper_volume
+from .q_grid import octant_boxes, octant_start, q_metric, slab_by_slab
 
 
 def check_q_max(q_max):
@@ -16,83 +16,8 @@ def check_q_max(q_max):
         raise ValueError(f"q_max must be a positive number (1/Angstrom), got {q_max}")
 
 
-@numba.njit(inline="always")
-def taper_of(q2, lo, hi, q_max):
-    """The Tukey taper (float64) at |Q|^2 = q2: R = 2|Q|/q_max.  Well inside R = 1 (q2 < lo)
-    or beyond R = 2 (q2 > hi) it is known without the square root."""
-    if q2 < lo:
-        return 1.0
-    if q2 > hi:
-        return 0.0
-    r = 2.0 * math.sqrt(max(q2, 0.0)) / q_max
-    if r <= 1.0:
-        return 1.0
-    if r < 2.0:
-        return 0.5 * (1.0 - math.cos(math.pi * r))
-    return 0.0
-
-
 def taper_bounds(q_max):
     return 0.25 * q_max * q_max * (1.0 - 1e-9), q_max * q_max * (1.0 + 1e-9)
-
-
-@numba.njit(cache=True, nogil=True)
-def _taper_volume(g, h, k, ll, q_max, lo, hi, out):
-    q2 = np.empty(h.size)
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                out[a, b, c] = np.float32(taper_of(q2[c], lo, hi, q_max))
-
-
-# below R = 2 - TAPER_SURE the float32 taper is certainly above 0 (0.5 (1 - cos pi R) >=
-# 2.4e-6 there): its cosine is computed only in the last sliver before R = 2
-TAPER_SURE = 1e-3
-
-
-@numba.njit(inline="always")
-def _taper_above_zero(q2, lo, hi, q_max):
-    """np.float32(taper_of(q2, ...)) > 0, without the cosine but next to R = 2 (the cosine
-    was most of _taper_statistics' time; bench/full_rotation.py measures the PDF steps)."""
-    if q2 < lo:
-        return True
-    if q2 > hi:
-        return False
-    r = 2.0 * math.sqrt(max(q2, 0.0)) / q_max
-    if r < 2.0 - TAPER_SURE:
-        return True
-    return np.float32(taper_of(q2, lo, hi, q_max)) > 0
-
-
-@numba.njit(cache=True, nogil=True)
-def _taper_statistics(g, h, k, ll, q_max, lo, hi, q2_sphere, values, sums, counts):
-    """In one pass over |Q|, added to what sums and counts hold (so that a volume may come
-    slab by slab, in the order of one pass, with the same float64 sum): sums[0] the sum of
-    the finite voxels where the float32 taper is above 0, counts[0] their number, counts[1]
-    the voxels with |Q|^2 <= q2_sphere and counts[2] those of them not measured (not
-    finite).  (One pass over the volume, not two: each pass costs as much.)"""
-    q2 = np.empty(h.size)
-    total = sums[0]
-    count = counts[0]
-    inside = counts[1]
-    unmeasured = counts[2]
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                v = values[a, b, c]
-                finite = math.isfinite(v)
-                if q2[c] <= q2_sphere:
-                    inside += 1
-                    unmeasured += not finite
-                if finite and _taper_above_zero(q2[c], lo, hi, q_max):
-                    total += v
-                    count += 1
-    sums[0] = total
-    counts[0] = count
-    counts[1] = inside
-    counts[2] = unmeasured
 
 
 def tukey_taper(grid, cell, q_max: float) -> np.ndarray:

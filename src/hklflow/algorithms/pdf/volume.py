@@ -11,7 +11,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ...base.errors import ConfigError, GridError
@@ -22,7 +21,8 @@ from ...model.grid import Grid
 from ..merge.symmetry import index_maps, operator_of_hkl, stabilizer_counts
 from .fft import pdf_spectrum
 from .fill import punch_and_fill, reflections_to_punch
-from .q_grid import SLAB_PLANES, octant_boxes, octant_start, q2_row, q_metric, slab_by_slab
+from .kernels import _largest_measured_q2, _shell_counts
+from .q_grid import SLAB_PLANES, octant_boxes, octant_start, q_metric, slab_by_slab
 from .sigma import IncompatibleGrid, pdf_sigma
 from .taper import taper_statistics
 
@@ -35,40 +35,6 @@ def q_squared_planes(grid: Grid, cell, l0: int, l1: int) -> np.ndarray:
     ll = grid.l.values[l0:l1, None, None]
     return (g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * ll * ll
             + 2 * (g[0, 1] * h * k + g[0, 2] * h * ll + g[1, 2] * k * ll))
-
-
-@numba.njit(cache=True, nogil=True)
-def _shell_counts(g, h, k, ll, width, values, total, seen):
-    """Voxels per shell of |Q| (width wide; the last shell takes all beyond) and the measured
-    (finite) ones, in one pass: numpy's planes of |Q|^2, sqrt and two bincounts, and a bool
-    array of the measured voxels, cost several times more (bench/full_rotation.py measures
-    the PDF steps)."""
-    last = total.size - 1
-    q = np.empty(h.size)
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q)
-            for c in range(h.size):
-                q[c] = math.sqrt(max(q[c], 0.0))
-            for c in range(h.size):
-                shell = min(int(q[c] / width), last)
-                total[shell] += 1
-                if math.isfinite(values[a, b, c]):
-                    seen[shell] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _largest_measured_q2(g, h, k, ll, values):
-    """The largest |Q|^2 of a measured (finite) voxel, -1 when none is."""
-    largest = -1.0
-    q2 = np.empty(h.size)
-    for a in range(ll.size):
-        for b in range(k.size):
-            q2_row(g, h, k[b], ll[a], q2)
-            for c in range(h.size):
-                if math.isfinite(values[a, b, c]) and q2[c] > largest:
-                    largest = q2[c]
-    return largest
 
 
 COMPLETE_SHELL = 0.9  # a shell of |Q| at least this measured counts as covered

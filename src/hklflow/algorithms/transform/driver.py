@@ -27,11 +27,11 @@ from .shares import ThreadShares
 
 @functools.cache
 def _stream():
-    """transform.stream, the kernel fused with the compiled codec: imported at the first
-    frames given as stored, which only the compiled codec gives (codec.choice)."""
-    from . import stream
+    """transform.stream_kernels, the kernel fused with the compiled codec: imported at the
+    first frames given as stored, which only the compiled codec gives (codec.choice)."""
+    from . import stream_kernels
 
-    return stream
+    return stream_kernels
 
 KINDS = ("transform", "masked_transform")
 # half set A, for CC1/2: the frames of the blocks of HALF_SET_FRAMES with an even number,

@@ -2,94 +2,14 @@
 order of one thread, so that the sums do not depend on the number of threads."""
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from .bricks import BrickedGrid
+from .kernels import _lab_values, _share_runs
 from .pixels import BLOCK, PixelTable, pixel_blocks
 
 RANKING_PIXELS = 1 << 18  # ThreadShares ranks its quantities on about this many pixels
-
-
 LAB_VALUES = ("|Q|", "Q.axis", "|Q x axis|")  # the quantities ThreadShares may share by
-
-
-@numba.njit(inline="always")
-def _lab_value_at(qx, qy, qz, which, a0, a1, a2):
-    """LAB_VALUES[which] of the lab Q (qx, qy, qz) (float32) in float64 (unit axis a)."""
-    x = np.float64(qx)
-    y = np.float64(qy)
-    z = np.float64(qz)
-    along = x * a0 + y * a1 + z * a2
-    if which == 1:
-        return along
-    q2 = x * x + y * y + z * z
-    d = q2 if which == 0 else q2 - along * along
-    return 0.0 if d < 0.0 else np.sqrt(d)
-
-
-@numba.njit(nogil=True, cache=True)
-def _lab_values(qx, qy, qz, which, a0, a1, a2, out):
-    """out[i] = _lab_value_at of pixel i."""
-    for i in range(qx.size):
-        out[i] = _lab_value_at(qx[i], qy[i], qz[i], which, a0, a1, a2)
-
-
-@numba.njit(nogil=True, cache=True)
-def _share_runs(qx, qy, qz, corr, which, a0, a1, a2, low, high, sure_low, sure_high,
-                block_runs, starts, stops, shared):
-    """One thread's share of the detector's pixels (ThreadShares): a usable pixel (corr > 0)
-    is its own when its value (_lab_value_at) lies in [low, high), surely its own (its voxel
-    the thread's) in [sure_low, sure_high).  Writes, block by block of BLOCK pixels, its runs
-    (block b's are block_runs[b]:block_runs[b + 1], pixels [starts[r], stops[r]) of the
-    block: the runs of its own pixels and the unusable pixels between them, those holding
-    one of its own at least) and shared[b] = 1 where some usable pixel of the block is not
-    surely its own.  Returns (its own pixels, blocks holding one, those of them shared)."""
-    npix = qx.size
-    nruns = 0
-    own = 0
-    touched = 0
-    touched_shared = 0
-    for b in range(block_runs.size - 1):
-        block_runs[b] = nruns
-        p0 = b * BLOCK
-        n = min(BLOCK, npix - p0)
-        shared[b] = 0
-        start = -1  # the run being followed (its first pixel), -1: none
-        holds_own = False
-        own_before = own
-        for i in range(n):
-            p = p0 + i
-            mine = False
-            if corr[p] > 0:
-                v = _lab_value_at(qx[p], qy[p], qz[p], which, a0, a1, a2)
-                mine = (v >= low) & (v < high)
-                if not ((v >= sure_low) & (v < sure_high)):
-                    shared[b] = 1
-                taken = mine
-            else:
-                taken = True
-            if mine:
-                own += 1
-                holds_own = True
-            if taken and start < 0:
-                start = i
-                holds_own = mine
-            elif not taken and start >= 0:
-                if holds_own:
-                    starts[nruns] = start
-                    stops[nruns] = i
-                    nruns += 1
-                start = -1
-        if start >= 0 and holds_own:
-            starts[nruns] = start
-            stops[nruns] = n
-            nruns += 1
-        if own > own_before:
-            touched += 1
-            touched_shared += shared[b]
-    block_runs[block_runs.size - 1] = nruns
-    return own, touched, touched_shared
 
 
 class ThreadShares:

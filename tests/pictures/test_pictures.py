@@ -1,4 +1,4 @@
-"""hklflow.pictures.plots: the detector images of the peak and mask pictures, reduced by blocks;
+"""hklflow.pictures: the detector images of the peak and mask pictures, reduced by blocks;
 every detector drawn one way, colour bars for every colour, titles of what is drawn."""
 import math
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hklflow.pictures.plots import _reduced_image
+from hklflow.pictures.detector import _reduced_image
 
 
 def test_a_2m_image_is_reduced_by_its_block_maxima_and_keeps_its_extent():
@@ -34,12 +34,12 @@ def test_a_small_image_is_drawn_pixel_for_pixel():
 
 
 def test_artists_take_their_properties_without_the_set_docstrings():
-    """hklflow.pictures.plots leaves out the docstrings matplotlib makes for every Artist's `set`
+    """hklflow.pictures.figure leaves out the docstrings matplotlib makes for every Artist's `set`
     as its class is defined (~0.25 CPU-s of each drawing job): help text only; `set` still
     takes every property, and pictures draw (the other tests)."""
     import matplotlib.artist
 
-    import hklflow.pictures.plots  # noqa: F401
+    import hklflow.pictures.figure  # noqa: F401
     from matplotlib.lines import Line2D
 
     assert matplotlib.artist.kwdoc(Line2D) == ""
@@ -70,16 +70,16 @@ def test_pictures_are_written_at_the_fast_zlib_level(tmp_path):
     drawn beyond the figure's edges); the PNGs read back as drawn, at the dpi asked."""
     from PIL import Image
 
-    from hklflow.pictures.plots import _new_figure, _save_tight
+    from hklflow.pictures.figure import new_figure, save_tight
 
     for beyond in (False, True):
-        fig = _new_figure((3, 2))
+        fig = new_figure((3, 2))
         ax = fig.add_subplot()
         ax.imshow(np.arange(64.0).reshape(8, 8))
         if beyond:
             ax.text(5.0, 0.5, "beyond the right edge", transform=ax.transAxes)
         path = tmp_path / f"beyond_{beyond}.png"
-        _save_tight(fig, path, 90)
+        save_tight(fig, path, 90)
         assert _zlib_levels(path) == [0]
         with Image.open(path) as im:
             assert round(im.info["dpi"][0]) == 90
@@ -92,12 +92,13 @@ def test_pdf_planes_are_drawn_to_scale_on_a_skewed_cell(tmp_path):
     land where the matrix puts them in Angstrom (a hexagonal cell: x and y at 120 degrees),
     the axes span the skewed plane's corners, and the values are the plane's."""
     from hklflow.model.crystal import UnitCell
-    from hklflow.pictures.plots import _draw_pdf_plane, _new_figure, _real_plane_matrix, _save_tight
+    from hklflow.pictures.figure import new_figure, save_tight
+    from hklflow.pictures.pdf import _draw_pdf_plane, _real_plane_matrix
 
     cell = UnitCell(4.0, 4.0, 6.5, 90, 90, 120)
     uu, vv = np.linspace(-5, 5, 41), np.linspace(-4, 4, 33)
     plane = np.cos(np.add.outer(vv, uu))
-    fig = _new_figure((6, 5))
+    fig = new_figure((6, 5))
     ax, im = _draw_pdf_plane(fig, (1, 1, 1), plane, uu, vv, "x", "y", cell, 1.0, "hex")
     M = _real_plane_matrix(cell, "x", "y")
     assert M[0, 1] < 0  # (the skew)
@@ -110,7 +111,7 @@ def test_pdf_planes_are_drawn_to_scale_on_a_skewed_cell(tmp_path):
     np.testing.assert_allclose(ax.get_xlim(), (corners[:, 0].min(), corners[:, 0].max()))
     np.testing.assert_allclose(ax.get_ylim(), (corners[:, 1].min(), corners[:, 1].max()))
     assert np.array_equal(im.get_array(), plane) and im.get_clim() == (-1.0, 1.0)
-    _save_tight(fig, tmp_path / "hex.png", 80)
+    save_tight(fig, tmp_path / "hex.png", 80)
     assert (tmp_path / "hex.png").stat().st_size > 1000
 
 
@@ -120,14 +121,15 @@ def test_pdf_planes_are_drawn_to_scale_on_a_skewed_cell(tmp_path):
 @pytest.fixture
 def figures(monkeypatch):
     """Every figure a picture saves, as saved."""
-    from hklflow.pictures import plots as pictures
+    from hklflow.pictures import detector, figure, pdf, volumes
 
-    drawn, save = [], pictures._save_tight
+    drawn, save = [], figure.save_tight
 
     def recording(fig, path, *args, **kwargs):
         drawn.append(fig)
         return save(fig, path, *args, **kwargs)
-    monkeypatch.setattr(pictures, "_save_tight", recording)
+    for module in (detector, pdf, volumes):  # (each drawing module's own name of it)
+        monkeypatch.setattr(module, "save_tight", recording)
     return drawn
 
 
@@ -146,7 +148,7 @@ def _draw_calibration(path, image=True, control_points=True, beam_on_detector=Tr
     """plot_calibration of a Pilatus 100k (195 x 487) with CeO2 rings, its direct beam at the
     PONI (no tilts): on the detector or 113 columns beyond its right edge."""
     from hklflow.model.geometry import DetectorGeometry
-    from hklflow.pictures.plots import plot_calibration
+    from hklflow.pictures.detector import plot_calibration
 
     px = 172e-6
     g = DetectorGeometry("Pilatus100k", dist=0.05, poni1=97.5 * px,
@@ -163,7 +165,7 @@ def _draw_calibration(path, image=True, control_points=True, beam_on_detector=Tr
 
 
 def _draw_peaks(path):
-    from hklflow.pictures.plots import plot_peaks
+    from hklflow.pictures.detector import plot_peaks
 
     n, frames = 5, 10
     peaks = {"observed_px_x": np.linspace(3, 60, n), "observed_px_y": np.linspace(2, 45, n),
@@ -175,7 +177,7 @@ def _draw_peaks(path):
 
 
 def _draw_residuals(path):
-    from hklflow.pictures.plots import plot_residuals
+    from hklflow.pictures.detector import plot_residuals
 
     rng = np.random.default_rng(2)
     entries, residuals, used = [], [], []
@@ -193,8 +195,8 @@ def _draw_residuals(path):
 
 
 def _draw_mask(path, scan_maximum=True, max_ellipses=3000):
-    from hklflow.algorithms.masking import DEAD, FOUND, GAP, HOT, PREDICTED
-    from hklflow.pictures.plots import plot_mask
+    from hklflow.algorithms.masks.masking import DEAD, FOUND, GAP, HOT, PREDICTED
+    from hklflow.pictures.detector import plot_mask
 
     frames = 10
     reasons = np.zeros(SHAPE, np.int32)
@@ -219,7 +221,7 @@ def _draw_mask(path, scan_maximum=True, max_ellipses=3000):
 def _draw_slices(path):
     from hklflow.files.volume import Volume
     from hklflow.model.grid import Axis, Grid
-    from hklflow.pictures.plots import plot_slices
+    from hklflow.pictures.volumes import plot_slices
 
     grid = Grid(Axis(-2, 0.25, 17), Axis(-2, 0.25, 17), Axis(-1, 0.5, 5))
     rng = np.random.default_rng(3)
@@ -231,7 +233,7 @@ def _draw_slices(path):
 
 def _draw_pdf(path):
     from hklflow.model.crystal import UnitCell
-    from hklflow.pictures.plots import plot_pdf
+    from hklflow.pictures.pdf import plot_pdf
 
     uu, vv = np.linspace(-5, 5, 21), np.linspace(-4, 4, 17)
     plane = np.cos(np.add.outer(vv, uu))
@@ -289,13 +291,13 @@ def _labelled_ticks(colorbar) -> list[float]:
 def test_log_colour_bars_label_at_least_3_ticks_over_any_range(low, high, tmp_path):
     from matplotlib.colors import LogNorm
 
-    from hklflow.pictures.plots import _log_colorbar, _new_figure, _save_tight
+    from hklflow.pictures.figure import log_colorbar, new_figure, save_tight
 
-    fig = _new_figure((4, 3))
+    fig = new_figure((4, 3))
     ax = fig.add_subplot()
     image = ax.imshow(np.geomspace(low, high, 12).reshape(3, 4), norm=LogNorm(low, high))
-    colorbar = _log_colorbar(fig, image, ax=ax, label="counts")
-    _save_tight(fig, tmp_path / "bar.png", 80)
+    colorbar = log_colorbar(fig, image, ax=ax, label="counts")
+    save_tight(fig, tmp_path / "bar.png", 80)
     ticks = _labelled_ticks(colorbar)
     assert len(ticks) >= 3 and ticks == sorted(set(ticks))
     assert low <= ticks[0] and ticks[-1] <= high
