@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hklflow.planning.config import load_experiment
-from hklflow.model.geometry import DetectorGeometry
 from hklflow.files.orientation import read_orientation_file
 from hklflow.files.peaks import read_peaks_file
+from hklflow.model.geometry import DetectorGeometry
+from hklflow.planning.config import load_experiment
 from hklflow.simulation.compare import (match_peaks, orientation_error, pdf_against_truth,
                                         volumes_against_truth)
 

@@ -109,16 +109,16 @@ def run(out: Path, rounds: int, turns: int) -> dict:
     made = stand_ins(packed, out)
     import numba
 
+    from hklflow.algorithms.masks.masking import ScanMask
+    from hklflow.algorithms.peaks.spotfinding import search
+    from hklflow.algorithms.transform import Transformer, pixel_table
     from hklflow.codec import compiled
     from hklflow.files.grid import read_grid_file
-    from hklflow.algorithms.masks.masking import ScanMask
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
     from hklflow.raw.frames import open_frame_source
     from hklflow.settings.params import DetectorParams, PeakSearchParams, settings_part
-    from hklflow.algorithms.peaks.spotfinding import search
-    from hklflow.algorithms.transform import Transformer, pixel_table
 
     with open("/proc/cpuinfo") as f:
         lines = f.read().splitlines()

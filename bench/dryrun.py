@@ -239,8 +239,8 @@ def resource_table(d: Path, attempts=(1, 3)) -> list[dict]:
 
 
 def print_resources(d: Path, args) -> int:
-    from hklflow.planning.jobs import grid_voxels_bound
     from hklflow.planning.config import load_experiment
+    from hklflow.planning.jobs import grid_voxels_bound
 
     exp = load_experiment(d / "config" / "config.yaml", base_dir=d)
     rows = resource_table(d)

@@ -91,7 +91,6 @@ def say(msg: str) -> None:
 def machine_info() -> dict:
     import h5py
     import numba
-
     from common import machine_info as base
 
     return base(numba=numba.__version__, h5py=h5py.__version__,
@@ -312,8 +311,8 @@ def read_once(path: Path, chunk: int = 16) -> dict:
 # 2. hklflow: search end to end, and its parts
 # --------------------------------------------------------------------------------------
 def search_once(path: Path, geometry, angles, params):
-    from hklflow.raw.frames import open_frames
     from hklflow.algorithms.peaks.spotfinding import search
+    from hklflow.raw.frames import open_frames
 
     detector = detector_params()
     with open_frames(str(path)) as st:
@@ -325,8 +324,8 @@ def search_once(path: Path, geometry, angles, params):
 
 
 def search_masks(geometry, params):
-    from hklflow.raw.images import user_mask
     from hklflow.algorithms.peaks.spotfinding import annulus_map
+    from hklflow.raw.images import user_mask
 
     # as search(): detector gaps and the user mask (none here) are not usable
     usable = ~(geometry.detector_mask() | user_mask(detector_params(), geometry.shape))
@@ -372,8 +371,8 @@ def parts_once(path: Path, geometry, params) -> dict:
     search() runs before its pass on the first 20 frames (read, their minimum, one kernel
     call; the pass reads them again)."""
     from hklflow.algorithms.peaks import spotfinding as sf
-    from hklflow.raw.frames import open_frames
     from hklflow.algorithms.peaks.spotfinding import HOT_PROBE_FRAMES, frames_minimum, hot_pixels_in
+    from hklflow.raw.frames import open_frames
 
     usable, annulus = search_masks(geometry, params)
     flags = sf.pixel_flags(usable, annulus)
@@ -627,9 +626,9 @@ def search_child(h5: str, nframes_spec: int, sample: str) -> None:
     getrusage's ru_maxrss: Linux carries the parent's high-water mark over fork + exec into
     the child's ru_maxrss (and into the parent's RUSAGE_CHILDREN), so those report the
     benchmark process's size, not the search's."""
+    from hklflow.algorithms.peaks.spotfinding import search
     from hklflow.raw.frames import open_frames
     from hklflow.settings.params import PeakSearchParams
-    from hklflow.algorithms.peaks.spotfinding import search
 
     spec = scan_spec(nframes_spec, sample)
     geometry, angles = scan_geometry(spec)

@@ -53,9 +53,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import (CHUNK_FRAMES, FULL_FRAMES, PLANS, RESOURCES_LINE,  # noqa: E402
-                    add_at_turns, byte_compile_hklflow, cpu, emit, machine_info, say,
-                    system_cpu_s)
+from common import (CHUNK_FRAMES, FULL_FRAMES, PLANS, RESOURCES_LINE, add_at_turns,  # noqa: E402
+                    byte_compile_hklflow, cpu, emit, machine_info, say, system_cpu_s)
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
 ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
@@ -101,8 +100,8 @@ def entry_f2(large: Path, points: int):
     """Entry f2 of the large run of bench/pipeline.py: (its temperature's results folder,
     scan record, orientation, scan geometry, mask) and a points^3 grid with the run's
     limits."""
-    from hklflow.files.grid import read_grid_file
     from hklflow.algorithms.masks.masking import ScanMask
+    from hklflow.files.grid import read_grid_file
     from hklflow.files.mask import read_mask_file
     from hklflow.files.orientation import read_orientation_file
     from hklflow.files.scan import read_scan_file
@@ -126,10 +125,10 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
     points^3 grid with the large run's limits, with the rotation sub-steps transform_frames
     takes there under `subdivide: plan` (auto or auto_per_block); its two volumes written for
     f1, f2, f3."""
+    from hklflow.algorithms.transform import SubSteps, Transformer, block_sub_steps, pixel_table
     from hklflow.files.volume import VolumeWriter, read_volume_header
     from hklflow.raw.frames import open_frame_source
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.algorithms.transform import SubSteps, Transformer, block_sub_steps, pixel_table
 
     temp, rec, ori, scan, mask, grid = entry_f2(large, points)
     frames = min(frames, rec.nframes)

@@ -226,7 +226,8 @@ from dataclasses import replace  # noqa: E402
 # hklflow's geometry in NXRefine's parameters: one mapping, shared with the wrapper files
 # (rule nxrefine_wrapper); imported here, after the driver, which runs without hklflow
 from hklflow.model.nxrefine import T_NX  # noqa: E402
-from hklflow.model.nxrefine import bimat as nx_bimat  # noqa: E402  (checked against the real one in b_table)
+from hklflow.model.nxrefine import \
+    bimat as nx_bimat  # noqa: E402  (checked against the real one in b_table)
 from hklflow.model.nxrefine import detector_parameters as nx_geometry  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -252,10 +253,10 @@ def experiment(name: str, workdir: Path):
     sid = next(iter(truth["scans"]))
     t = truth["scans"][sid]
     if not peaks_file.exists():
-        from hklflow.raw.frames import open_frames
-        from hklflow.model.geometry import DetectorGeometry, ScanAngles
-        from hklflow.settings.params import DetectorParams, PeakSearchParams
         from hklflow.algorithms.peaks.spotfinding import search
+        from hklflow.model.geometry import DetectorGeometry, ScanAngles
+        from hklflow.raw.frames import open_frames
+        from hklflow.settings.params import DetectorParams, PeakSearchParams
 
         sample, tl, entry = sid.split("/")
         angles = ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
@@ -269,10 +270,10 @@ def experiment(name: str, workdir: Path):
 
 def build(spec, truth, sid, p):
     """EntryPeaks of f1 with the start geometry; truth objects."""
-    from hklflow.model.crystal import Crystal, UnitCell
-    from hklflow.model.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
     from hklflow.algorithms.orientation.orient import centroid_sigmas
     from hklflow.algorithms.orientation.refinement import EntryPeaks
+    from hklflow.model.crystal import Crystal, UnitCell
+    from hklflow.model.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
     from hklflow.simulation.experiment import experiment_config
 
     t = truth["scans"][sid]
@@ -394,10 +395,10 @@ def with_detector(entry, det, **changes):
 
 def run_preset(name, workdir, repeats, py, tmp, detector_run=False, diagnostics=False,
                smoke=False):
-    from hklflow.model.geometry import axis_rotation as _axrot
     from hklflow.algorithms.orientation.orient import index_parent, sample_q
-    from hklflow.settings.params import IndexingParams, RefinementParams
     from hklflow.algorithms.orientation.refinement import Model, refine
+    from hklflow.model.geometry import axis_rotation as _axrot
+    from hklflow.settings.params import IndexingParams, RefinementParams
 
     spec, truth, sid, p = experiment(name, workdir)
     entry, cal, approx, true_crystal, U_true, true_geom, t = build(spec, truth, sid, p)
@@ -546,9 +547,10 @@ def structural_fit(true_crystal, start_cell, h, path):
     its goniometer angles.  path "UB": Umat = UB_start Bimat(start), fixed (the auto-indexing
     hand-over), UB = R Umat Bimat(cell)^-1; path "U": Umat a rotation (its two-reflection
     orientation), UB = R Bimat(cell)^-1.  Returns the fitted cell and the rms |dQ| left."""
+    from scipy.optimize import least_squares
+
     from hklflow.model.crystal import UnitCell
     from hklflow.model.geometry import axis_rotation
-    from scipy.optimize import least_squares
 
     system = true_crystal.sg.crystal_system_str().lower()  # as NXRefine's sg setter
     if system not in NX_FREE:

@@ -385,8 +385,8 @@ def synthetic_volume(grid, cell, seed: int = 14) -> np.ndarray:
 
 
 def real_volume(path: Path):
-    from hklflow.model.crystal import UnitCell
     from hklflow.files.volume import read_volume
+    from hklflow.model.crystal import UnitCell
 
     vol = read_volume(path)
     cell = UnitCell(*[float(x) for x in vol.sample["unit_cell"]])
@@ -684,8 +684,8 @@ def compare_symm(cases, py, work) -> tuple[list, dict]:
 
 
 def conventions(py, work) -> tuple[list, float]:
-    from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.algorithms.merge.symmetry import operator_hkl
+    from hklflow.model.crystal import Crystal, UnitCell
 
     n, start, step = 25, -3.0, 0.25
     g = np.array([1.25, 0.5, 0.75])  # general for every Laue class, orbit inside the grid

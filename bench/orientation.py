@@ -130,9 +130,9 @@ def make_peaks(st, scan, rng):
 
 
 def start_model(spec, st, rng):
+    from hklflow.algorithms.orientation.refinement import Model
     from hklflow.model.crystal import UnitCell
     from hklflow.model.geometry import axis_rotation
-    from hklflow.algorithms.orientation.refinement import Model
 
     axis = rng.normal(size=3)
     U0 = axis_rotation(axis / np.linalg.norm(axis), math.radians(START["rotation_deg"])) @ st.U
@@ -144,8 +144,8 @@ def start_model(spec, st, rng):
 
 def entries_for(scan, model, x, y, z, counts, idx):
     """One entry, measured with the model's detector as its calibration (no shift)."""
-    from hklflow.model.geometry import EntrySetup
     from hklflow.algorithms.orientation.refinement import EntryPeaks
+    from hklflow.model.geometry import EntrySetup
 
     setup = EntrySetup("f1", model.detector, (0.0, 0.0, 0.0), scan.goniometer, scan.angles,
                        dict(scan.offsets))
@@ -195,8 +195,8 @@ def run_case(label, spec, st, scan, model0, x, y, z, counts, idx, repeats, log,
              with_index_parent=False):
     from hklflow.algorithms.orientation.indexing import index_from_scratch
     from hklflow.algorithms.orientation.orient import sample_q
-    from hklflow.settings.params import IndexingParams, RefinementParams
     from hklflow.algorithms.orientation.refinement import _residuals, assign, refine
+    from hklflow.settings.params import IndexingParams, RefinementParams
 
     entries = entries_for(scan, model0, x, y, z, counts, idx)
     params = RefinementParams.defaults()

@@ -47,14 +47,14 @@ sys.path.insert(0, str(HERE))
 
 from common import emit, machine_info  # noqa: E402
 
-from hklflow.model.crystal import Crystal, UnitCell  # noqa: E402
-from hklflow.model.grid import Axis, Grid, default_grid  # noqa: E402
+from hklflow.algorithms.merge.symmetry import index_maps  # noqa: E402
 from hklflow.algorithms.pdf.fft import pdf_fft, pdf_spectrum  # noqa: E402
 from hklflow.algorithms.pdf.fill import punch_and_fill, reflections_to_punch  # noqa: E402
 from hklflow.algorithms.pdf.q_grid import q_metric  # noqa: E402
 from hklflow.algorithms.pdf.sigma import pdf_sigma  # noqa: E402
 from hklflow.algorithms.pdf.taper import tukey_taper  # noqa: E402
-from hklflow.algorithms.merge.symmetry import index_maps  # noqa: E402
+from hklflow.model.crystal import Crystal, UnitCell  # noqa: E402
+from hklflow.model.grid import Axis, Grid, default_grid  # noqa: E402
 
 DEMO = ("I 4/m m m", UnitCell(3.7801, 3.7801, 13.2305))
 LARGE = ("P m -3 m", UnitCell(20.0, 20.0, 20.0))

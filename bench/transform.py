@@ -52,10 +52,10 @@ WORKDIR = HERE / ".data"
 def setup(workdir: Path, nframes: int, max_voxels: int):
     """Geometry (with UB), pixel table and the default grid (from hklflow's own rules) of
     the simulated 2M scan."""
+    from hklflow.algorithms.transform import pixel_table
     from hklflow.model.crystal import UnitCell
     from hklflow.model.geometry import ScanGeometry
     from hklflow.model.grid import default_grid
-    from hklflow.algorithms.transform import pixel_table
 
     paths, spec, _ = ensure_scan(workdir, nframes, "demo")
     geom, angles = scan_geometry(spec)
@@ -122,10 +122,10 @@ def numpy_add_at_float32(frames, table, M, scale, trusted_max, grid):
 
 
 def kernel_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
-    from hklflow.raw.frames import open_frames
-    from transform_reference import numpy_transform
-
     from hklflow.algorithms.transform import Transformer, frame_matrices
+    from hklflow.raw.frames import open_frames
+
+    from transform_reference import numpy_transform
 
     with open_frames(str(path)) as st:
         frames = st.read(0, nframes)
@@ -171,8 +171,8 @@ def variance_section(path, scan, table, grid, nframes: int, repeats: int) -> dic
     """Both kinds from one pass (a Bragg mask of 1% of the pixels), without and with the
     variance, alternating: CPU seconds of add() (pages of the grid touched beforehand, as
     kernel_section) and the grid's bytes."""
-    from hklflow.raw.frames import open_frames
     from hklflow.algorithms.transform import Transformer, bragg_block_summary, frame_matrices
+    from hklflow.raw.frames import open_frames
 
     with open_frames(str(path)) as st:
         frames = st.read(0, nframes)
@@ -236,8 +236,8 @@ def _e2e_worker(args):
     path, workdir, a, b, nframes_total, max_voxels, cpu, conn = args
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
-    from hklflow.raw.frames import open_frames
     from hklflow.algorithms.transform import Transformer, transform_frames
+    from hklflow.raw.frames import open_frames
 
     _, scan, table, grid = setup(workdir, nframes_total, max_voxels)
     with open_frames(str(path)) as st:

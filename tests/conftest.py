@@ -202,15 +202,23 @@ def tiny_300k(tiny_experiment, tiny_truth, tmp_path_factory) -> Path:
     return root
 
 
+def record_pictures(monkeypatch, record) -> None:
+    """record(fig) for every picture saved from now on (by each drawing module of
+    hklflow.pictures), before it is saved as usual."""
+    from hklflow.pictures import detector, figure, pdf, volumes
+
+    save = figure.save_tight
+
+    def recording(fig, path, *a, **k):
+        record(fig)
+        return save(fig, path, *a, **k)
+    for module in (detector, pdf, volumes):
+        monkeypatch.setattr(module, "save_tight", recording)
+
+
 @pytest.fixture
 def titles(monkeypatch):
     """The title of every picture drawn, as drawn."""
-    from hklflow.pictures import plots as pictures
-
-    drawn, save = [], pictures.save_tight
-
-    def recording(fig, path, *a, **k):
-        drawn.append(fig._suptitle.get_text())
-        return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "save_tight", recording)
+    drawn = []
+    record_pictures(monkeypatch, lambda fig: drawn.append(fig._suptitle.get_text()))
     return drawn

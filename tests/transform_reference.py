@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hklflow.model.grid import Grid
 from hklflow.algorithms.transform import PixelTable, bragg_block_summary
+from hklflow.model.grid import Grid
 
 
 def numpy_transform(frames, table: PixelTable, M, scale, trusted_max, grid: Grid,

@@ -2,13 +2,19 @@
 temperature_series, files.volume): random volumes on small grids, a minimal experiment."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hklflow.files.volume import Volume, write_volume
+from hklflow.model.crystal import UnitCell
 from hklflow.model.grid import Axis, Grid
 
 HEX = (4.5, 4.5, 7.0, 90.0, 90.0, 120.0)
 TETRA = (3.8, 3.8, 13.4, 90.0, 90.0, 90.0)
+# the Gaussian peaks of lattice_volume: width (r.l.u.) and amplitude
+SIGMA = 0.15
+AMP = 50.0
 # symbol (same for gemmi and cctbx) -> a compatible cell
 GROUPS = {
     "P 6/m m m": HEX,
@@ -90,3 +96,19 @@ def run(step, args):
     import importlib
 
     return importlib.import_module(f"hklflow.steps.{step}").main([str(a) for a in args])
+
+
+def lattice_volume(grid, title="tetra/100K", missing_beyond=None):
+    """Gaussians of amplitude AMP and width SIGMA at every integer (h, k, l) plus 3 of
+    background; unmeasured (weight 0) beyond |Q| = missing_beyond (1/A, 2 pi convention)."""
+    h, k, ll = np.meshgrid(grid.h.values, grid.k.values, grid.l.values, indexing="xy")
+    h, k, ll = (np.moveaxis(a, 2, 0) for a in (h, k, ll))  # [l, k, h]
+    d2 = (h - np.rint(h)) ** 2 + (k - np.rint(k)) ** 2 + (ll - np.rint(ll)) ** 2
+    inten = (3.0 + AMP * np.exp(-0.5 * d2 / SIGMA ** 2)).astype(np.float32)
+    weight = np.ones(grid.shape, np.float32)
+    if missing_beyond is not None:
+        g = (2 * math.pi) ** 2 * UnitCell(*TETRA).reciprocal_metric
+        q2 = g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * ll * ll
+        weight[q2 > missing_beyond ** 2] = 0.0
+    return Volume(grid, inten * weight, weight, "transform", title,
+                  sample("I 4/m m m", TETRA, "tetra") | {"temperature_label": title.split("/")[1]})

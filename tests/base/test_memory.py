@@ -13,7 +13,7 @@ from hklflow.base import memory
 from hklflow.files.volume import write_volume
 
 from conftest import REPO, step_settings
-from test_config import edit_config
+from experiment_helpers import edit_config
 from volume_helpers import make_experiment, random_volume, small_grid
 
 LIMIT = 3 * 10**9

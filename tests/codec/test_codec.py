@@ -16,6 +16,7 @@ import pytest
 from hklflow.codec import framing
 from hklflow.codec.compiled import OWN_UNTRANSPOSE, compress, decompress
 from hklflow.codec.library import LibraryCodec
+
 from numba_helpers import compiled_in_fresh_process, slice_assignment_checks
 
 
@@ -349,9 +350,9 @@ def test_a_damaged_chunk_is_an_error_naming_file_and_chunk(tmp_path, codec):
     import h5py
     import hdf5plugin
 
+    from hklflow.base.errors import FileFormatError
     from hklflow.codec import active_codec, read_chunk
     from hklflow.codec.choice import _chosen
-    from hklflow.base.errors import FileFormatError
 
     _chosen.cache_clear()
     os.environ["HKLFLOW_CODEC"] = codec

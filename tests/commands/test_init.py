@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from hklflow.commands import cli
-from hklflow.planning.config import load_experiment
 from hklflow.base.errors import ConfigError
+from hklflow.commands import cli
 from hklflow.commands.init import PLACEHOLDER
+from hklflow.planning.config import load_experiment
 from hklflow.settings.params import schema
 
 GIVEN = ["--sample", "lab6", "--space-group", "P m -3 m", "--cell", "4.157", "4.157", "4.157",

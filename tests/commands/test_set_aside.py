@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
-from conftest import job_counts, planned_jobs
-
-from hklflow.planning.config import load_experiment
 from hklflow.commands.set_aside import configfile_arguments, find_set_aside, snakemake_arguments
+from hklflow.planning.config import load_experiment
+
+from conftest import job_counts, planned_jobs
 
 
 def _point_row_at(experiment, row: int, data: str) -> None:
@@ -54,7 +54,7 @@ def test_the_config_without_the_rows_set_aside_loads_with_the_same_settings(tiny
     assert args[0] == "--configfile" and args[-2:] == ["--cores", "2"]
     own, override = args[1:3]
     assert own == str(tiny_copy / "config/config.yaml")
-    assert override.startswith(str(tiny_copy / ".snakemake/hklflow/commands/set_aside/"))
+    assert override.startswith(str(tiny_copy / ".snakemake/hklflow/set_aside/"))
     kept = load_experiment([own, override], base_dir=tiny_copy)
     assert [s.id for s in kept.scans] == ["tiny/300K/f1", "tiny/100K/f1", "tiny/100K/f2"]
     before = {s.id: s.settings() for s in full.scans}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from hklflow.model.crystal import UnitCell
 from hklflow.files import pdf as pdf_files
 from hklflow.files.pdf import PDF, write_pdf
+from hklflow.model.crystal import UnitCell
 from hklflow.model.grid import Axis, Grid
 
 

@@ -147,8 +147,8 @@ def _hex_grid():
 def test_every_writer_path_makes_a_volume_nexpy_plots(tmp_path):
     """write_volume, a transform part without intensity, a sum of volumes (merge_entries), a
     single complete volume adopted (sum_chunks of one chunk) and a symmetrisation."""
-    from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.algorithms.merge.volumes import sum_volumes, symmetrize_file
+    from hklflow.model.crystal import Crystal, UnitCell
 
     grid = _hex_grid()
     vol = random_volume(grid, 3, title="hexa/123K/f1", sample_=_hex_sample())
@@ -180,8 +180,8 @@ def test_every_writer_path_makes_a_volume_nexpy_plots(tmp_path):
 def test_volumes_written_before_the_nxrefine_fields_still_read_and_sum(tmp_path):
     import h5py
 
-    from hklflow.files.volume import read_volume
     from hklflow.algorithms.merge.volumes import sum_volumes
+    from hklflow.files.volume import read_volume
 
     grid = _hex_grid()
     vol = random_volume(grid, 5, sample_=sample("P 6/m m m", HEX, name="hexa"))

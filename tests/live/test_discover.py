@@ -13,13 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
-from hklflow.planning.config import load_settings
 from hklflow.base.errors import ConfigError
 from hklflow.files.calibration import write_version_file
 from hklflow.live.discover import SHIFT_COLUMNS, DiscoveryPattern, discover, discovered_rows
 from hklflow.live.growing import CBF_BINARY_MARKER
-from hklflow.model.geometry import DetectorGeometry, shifts_from_direct_beam
 from hklflow.live.table import row_id, user_rows
+from hklflow.model.geometry import DetectorGeometry, shifts_from_direct_beam
+from hklflow.planning.config import load_settings
 from hklflow.simulation.experiment import preset, simulate_experiment
 
 # the tiny experiment with fewer frames: the files' metadata is the same, made in seconds
@@ -480,10 +480,10 @@ def test_tiny_s_discovered_moved_entry_indexes_with_the_parent(tmp_path):
     live.scan_defaults, all 0, it did not: a cell 5% off, 77% indexed, rms 4.7 px)."""
     from contextlib import chdir
 
-    from hklflow.planning.config import load_experiment
     from hklflow.files.orientation import read_orientation_file
-    from hklflow.planning.jobs import JobSettings
     from hklflow.live.table import write_live_files
+    from hklflow.planning.config import load_experiment
+    from hklflow.planning.jobs import JobSettings
     from hklflow.steps import find_peaks, index_parent, ingest_scan
 
     spec = preset("tiny")

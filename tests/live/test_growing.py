@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from hklflow.live import growing
 from hklflow.base.errors import RawDataError
+from hklflow.live import growing
 from hklflow.live.growing import Observation, layout_of, observe, open_hdf5_for_reading
 
 ROWS, COLS = 32, 40

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import job_counts, run_snakemake
-from hklflow.planning.config import LIVE_SCANS_TABLE, load_experiment, load_settings
 from hklflow.live.state import LiveState, ScanState
 from hklflow.live.status import screen, stage
 from hklflow.live.table import live_table_text, user_rows, write_live_files
 from hklflow.live.watch import Watcher, failed_jobs
+from hklflow.planning.config import LIVE_SCANS_TABLE, load_experiment, load_settings
+
+from conftest import job_counts, run_snakemake
 
 LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30,
         "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}

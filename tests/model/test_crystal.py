@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from hklflow.model.crystal import CELL_NAMES, CellConstraints, Crystal, UnitCell
+
 from reference_helpers import cctbx_answer
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from hklflow.files.scan import read_scan_file
 from hklflow.files.volume import read_volume
 from hklflow.model.geometry import BEAM_DIRECTION, DetectorGeometry
 from hklflow.settings.params import CalibrationParams
-from hklflow.simulation.experiment import preset, predict_scan_reflections, simulate_experiment
+from hklflow.simulation.experiment import predict_scan_reflections, preset, simulate_experiment
 from hklflow.simulation.powder import simulate_calibrant_image
 
 from conftest import run_snakemake

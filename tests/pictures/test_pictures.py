@@ -38,9 +38,9 @@ def test_artists_take_their_properties_without_the_set_docstrings():
     as its class is defined (~0.25 CPU-s of each drawing job): help text only; `set` still
     takes every property, and pictures draw (the other tests)."""
     import matplotlib.artist
+    from matplotlib.lines import Line2D
 
     import hklflow.pictures.figure  # noqa: F401
-    from matplotlib.lines import Line2D
 
     assert matplotlib.artist.kwdoc(Line2D) == ""
     line = Line2D([0, 1], [0, 1])

@@ -3,30 +3,11 @@ notes as the steps nest them, and the label of its pictures; nothing at all once
 scan is complete."""
 from __future__ import annotations
 
-import dataclasses
-import json
 from types import SimpleNamespace
 
-from hklflow.model.scan import ScanRow
-from hklflow.files.scan import read_scan_file, write_scan_file
 from hklflow.pictures.figure import with_preview
 from hklflow.pictures.preview import (landed_in, landed_notes, landed_record, merged_records,
                                       orientation_label, preview_label, preview_notes)
-
-from conftest import step_settings
-
-
-def in_progress(root, scan_file, out, planned):
-    """A copy of an ingested scan file as ingest_scan writes it while the scan is still being
-    collected (hklflow watch): its frames so far of `planned` (for the other step tests)."""
-    rec = read_scan_file(scan_file)
-    settings = json.loads(step_settings(root, "ingest_scan", *rec.scan_id.split("/")))
-    row = ScanRow.from_settings({**settings["scan"], "planned_frames": planned})
-    write_scan_file(out, row, rec.setup, rec.calibration,
-                    dataclasses.replace(rec.frames, growing=True, fingerprints=()),
-                    rec.provenance, monitor=rec.monitor)
-    assert read_scan_file(out).in_progress
-    return out
 
 
 def scan(scan_id, nframes, planned=0):

@@ -5,11 +5,12 @@ import copy
 
 import numpy as np
 import pytest
-import yaml
 
 from hklflow.planning.config import ConfigError, load_experiment
 from hklflow.settings.params import CalibrationParams, DetectorParams
 from hklflow.simulation.experiment import config_texts, preset
+
+from experiment_helpers import edit_config, edit_table
 
 
 @pytest.fixture
@@ -22,23 +23,6 @@ def experiment_dir(tmp_path):
 
 def load(d):
     return load_experiment(d / "config" / "config.yaml", base_dir=d)
-
-
-def edit_config(d, change):
-    p = d / "config" / "config.yaml"
-    cfg = yaml.safe_load(p.read_text())
-    change(cfg)
-    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-
-def edit_table(d, row, column, value):
-    p = d / "config" / "scans.tsv"
-    lines = p.read_text().splitlines()
-    header = lines[0].split("\t")
-    cells = lines[row].split("\t")
-    cells[header.index(column)] = value
-    lines[row] = "\t".join(cells)
-    p.write_text("\n".join(lines) + "\n")
 
 
 def test_valid_config_resolves_with_defaults(experiment_dir):

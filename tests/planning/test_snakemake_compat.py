@@ -16,8 +16,9 @@ import types
 import pytest
 import snakemake.api  # noqa: F401 - imports snakemake.workflow, registers its exit functions
 
-from conftest import REPO, planned_jobs, run_snakemake
 from hklflow.planning import snakemake_compat as compat
+
+from conftest import REPO, planned_jobs, run_snakemake
 
 
 @pytest.fixture(autouse=True)

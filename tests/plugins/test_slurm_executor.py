@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("snakemake_executor_plugin_slurm",
                     reason="snakemake-executor-plugin-slurm not installed (pip install -e '.[slurm]')")
 
-import snakemake_executor_plugin_slurm as stock  # noqa: E402
 import snakemake_executor_plugin_hklflow_slurm as hk  # noqa: E402
+import snakemake_executor_plugin_slurm as stock  # noqa: E402
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_interface_common.exceptions import WorkflowError  # noqa: E402
 from snakemake_interface_executor_plugins.executors import remote as remote_executor  # noqa: E402

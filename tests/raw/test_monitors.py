@@ -18,8 +18,8 @@ import yaml
 from hklflow.base.errors import RawDataError
 from hklflow.files.calibration import write_version_file
 from hklflow.files.scan import read_scan_file
-from hklflow.raw.frames import open_frames
 from hklflow.model.geometry import DetectorGeometry
+from hklflow.raw.frames import open_frames
 from hklflow.raw.monitors import cbf_header_value, read_column_file
 from hklflow.steps import ingest_scan
 

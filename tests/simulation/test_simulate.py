@@ -11,10 +11,10 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle filter)
 import numpy as np
 import pytest
 
-from hklflow.planning.config import load_experiment
 from hklflow.model.crystal import Crystal, UnitCell, rotation_angle_deg
-from hklflow.raw.frames import open_frames
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+from hklflow.planning.config import load_experiment
+from hklflow.raw.frames import open_frames
 from hklflow.raw.rawfiles import is_hdf5_path
 from hklflow.simulation import cli
 from hklflow.simulation.experiment import preset, simulate_experiment, structure_intensity

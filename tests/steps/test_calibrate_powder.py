@@ -14,14 +14,14 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from hklflow.files import provenance
 from hklflow.algorithms.calibration import refine_geometry, ring_two_theta
-from hklflow.planning.config import load_experiment
 from hklflow.base.errors import CalibrationError, ConfigError, ImageReadError
+from hklflow.files import provenance
 from hklflow.files.h5 import read_provenance
-from hklflow.raw.frames import read_image
 from hklflow.model.geometry import DetectorGeometry
+from hklflow.planning.config import load_experiment
 from hklflow.planning.jobs import JobSettings
+from hklflow.raw.frames import read_image
 from hklflow.settings.params import CalibrationParams
 from hklflow.simulation.powder import simulate_calibrant_image
 from hklflow.steps import calibrate_powder as cp
@@ -231,8 +231,8 @@ def test_refinement_accuracy_from_a_rough_start(image_1m, record_property):
 # the command line: outputs and versions
 # --------------------------------------------------------------------------------------
 def test_main_refines_writes_outputs_and_versions(tmp_path, image_300k):
-    from nexusformat.nexus import nxload
     import pyFAI
+    from nexusformat.nexus import nxload
 
     image = write_h5(tmp_path / "ceo2.h5", [np.zeros_like(image_300k), image_300k])
     calibrations = {

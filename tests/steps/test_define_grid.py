@@ -9,8 +9,8 @@ import math
 import numpy as np
 import yaml
 
-from hklflow.model.crystal import UnitCell
 from hklflow.files.grid import read_grid_file
+from hklflow.model.crystal import UnitCell
 from hklflow.model.geometry import DetectorGeometry
 from hklflow.steps import define_grid
 

@@ -16,9 +16,9 @@ import json
 import numpy as np
 import pytest
 
+from hklflow.algorithms.pdf.fill import OUTCOMES
 from hklflow.files.pdf import read_pdf
 from hklflow.files.volume import write_volume
-from hklflow.algorithms.pdf.fill import OUTCOMES
 from hklflow.simulation.compare import pdf_against_truth
 
 from conftest import step_settings
@@ -136,13 +136,13 @@ def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_p
     would be two)."""
     import tracemalloc
 
-    from hklflow.model.crystal import Crystal, UnitCell
+    from hklflow.algorithms.pdf.volume import delta_pdf
     from hklflow.files.pdf import PDFWriter
     from hklflow.files.volume import read_intensity
+    from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.settings.params import PDFParams
-    from hklflow.algorithms.pdf.volume import delta_pdf
 
-    from test_total_pdf import lattice_volume
+    from volume_helpers import lattice_volume
 
     grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
     write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
@@ -189,11 +189,11 @@ def test_an_even_volume_takes_the_same_delta_pdf_from_its_octant():
     """delta_pdf(even=True): the fill regions outside the octant take their mirror images'
     values, and the transform is the octant's cosine transform: the same PDF and fill as
     with every region solved and the whole volume transformed, to float32 rounding."""
+    from hklflow.algorithms.pdf.volume import delta_pdf
     from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.settings.params import PDFParams
-    from hklflow.algorithms.pdf.volume import delta_pdf
 
-    from test_total_pdf import lattice_volume
+    from volume_helpers import lattice_volume
 
     grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
     intensity = lattice_volume(grid, missing_beyond=12.0).intensity()

@@ -14,14 +14,14 @@ import pytest
 
 from hklflow.algorithms.peaks import kernels as pk
 from hklflow.algorithms.peaks import spotfinding as sf
+from hklflow.algorithms.peaks.spotfinding import search
 from hklflow.base.errors import ConfigError, RawDataError
-from hklflow.files.peaks import read_peaks_file
-from hklflow.raw.frames import open_frames
-from hklflow.model.geometry import DetectorGeometry, ScanAngles
 from hklflow.base.numba_target import has_avx512
+from hklflow.files.peaks import read_peaks_file
+from hklflow.model.geometry import DetectorGeometry, ScanAngles
+from hklflow.raw.frames import open_frames
 from hklflow.settings.params import DetectorParams, PeakSearchParams, largest_trusted_value
 from hklflow.simulation.compare import match_peaks
-from hklflow.algorithms.peaks.spotfinding import search
 from hklflow.steps.find_peaks import main
 
 from conftest import ingest_with, step_settings
@@ -647,10 +647,11 @@ def test_a_mask_file_leaving_no_pixel_is_refused_naming_it(tiny_copy, tiny_truth
     and no word of the mask (issue 71): find_peaks stops on one line naming the mask file,
     as does every step reading it (masking.user_mask)."""
     import fabio.tifimage
-    from test_config import edit_config
 
     from hklflow.base.errors import ImageReadError
     from hklflow.raw.images import user_mask
+
+    from experiment_helpers import edit_config
 
     g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
     fabio.tifimage.TifImage(data=np.full(g.shape, np.nan, np.float32)).write(

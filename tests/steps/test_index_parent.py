@@ -12,7 +12,8 @@ from hklflow.files.h5 import read_provenance
 from hklflow.files.orientation import read_orientation_file
 from hklflow.steps import index_parent
 
-from conftest import ingest_with, step_settings
+from conftest import step_settings
+from experiment_helpers import blank_entries
 
 D = "results/tiny/300K"
 
@@ -45,38 +46,6 @@ def test_inputs_that_do_not_belong_together_are_refused(tiny_300k, capsys, monke
     err = capsys.readouterr().err
     assert "index_parent failed: " in err and "holds peaks of tiny/300K/f2, not of tiny/300K/f1" in err
     assert not (tiny_300k / "bad.nxs").exists() and not (tiny_300k / "bad.png").exists()
-
-
-def searched_entries(root, truth, temperature: str) -> str:
-    """The entries f1, f2 of `temperature` (e.g. "300K") in the experiment `root` ingested
-    (with the true calibration) and searched by find_peaks, as the workflow would; their
-    folder."""
-    from contextlib import chdir
-
-    from hklflow.model.geometry import DetectorGeometry
-    from hklflow.steps import find_peaks
-
-    d = f"results/tiny/{temperature}"
-    true = DetectorGeometry(**truth["scans"][f"tiny/{temperature}/f1"]["geometry"])  # unshifted
-    for e in ("f1", "f2"):
-        ingest_with(root, f"tiny/{temperature}/{e}", true, root / d / e / "scan.nxs")
-        with chdir(root):
-            assert find_peaks.main(["--settings", step_settings(root, "find_peaks"),
-                                    "--scan", f"{d}/{e}/scan.nxs", "--out", f"{d}/{e}/peaks.nxs",
-                                    "--png", f"{d}/{e}/peaks.png"]) == 0
-    return d
-
-
-def blank_entries(root, truth, temperature: str) -> str:
-    """searched_entries with f1's frames all zero (a closed shutter) and f2's flat (counts,
-    no peak)."""
-    import hdf5plugin  # noqa: F401
-
-    for e, blank in (("f1", 0), ("f2", 1)):
-        with h5py.File(root / f"raw/tiny/{temperature}/{e}.h5", "r+") as f:
-            frames = f["/entry/data/data"]
-            frames[...] = np.where(frames[()] < 0, frames[()], blank)  # the gaps (-1) kept
-    return searched_entries(root, truth, temperature)
 
 
 def test_a_parent_whose_entries_are_all_blank_names_their_files(tiny_copy, tiny_truth, capsys,

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from hklflow.planning.config import load_experiment
 from hklflow.base.errors import RawDataError
 from hklflow.files.calibration import write_version_file
 from hklflow.files.h5 import read_provenance
 from hklflow.files.scan import read_scan_file
-from hklflow.raw.frames import open_frame_source, open_frames
 from hklflow.model.geometry import DetectorGeometry
+from hklflow.planning.config import load_experiment
+from hklflow.raw.frames import open_frame_source, open_frames
 from hklflow.raw.rawfiles import fingerprint
 from hklflow.steps import ingest_scan as step
 

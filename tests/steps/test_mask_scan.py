@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from hklflow.algorithms.masks import masking
+from hklflow.algorithms.masks.masking import (DEAD, FOUND, GAP, HOT, MIN_RADIUS, PREDICTED, USER,
+                                              ScanMask, build_mask, found_regions)
 from hklflow.files.mask import read_mask_details, read_mask_file, write_mask_file
 from hklflow.files.orientation import read_orientation_file
 from hklflow.files.peaks import read_peaks_file
 from hklflow.files.scan import read_scan_file
-from hklflow.algorithms.masks.masking import (DEAD, FOUND, GAP, HOT, MIN_RADIUS, PREDICTED, USER,
-                                        ScanMask, build_mask, found_regions)
 from hklflow.settings.params import DetectorParams, MaskParams
 from hklflow.steps import mask_scan
 
@@ -365,7 +365,7 @@ def test_mask_file_round_trip(tmp_path):
         np.testing.assert_array_equal(back.pixels, reasons != 0)
         np.testing.assert_array_equal(back.regions, regs)
         assert back.hkl_radius == 0.15 and back.nframes == nframes
-        np.testing.assert_array_equal(painted(back), painted(mask))
+        np.testing.assert_array_equal(painted(ScanMask.of(back)), painted(mask))
         det = read_mask_details(tmp_path / "m.nxs")
         np.testing.assert_array_equal(det["pixel_mask"], reasons)
         assert len(det["regions"]["source"]) == len(regs)

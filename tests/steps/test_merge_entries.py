@@ -46,9 +46,9 @@ def test_sums_by_chunks_store_the_chunks_the_slab_sums_store(tmp_path, monkeypat
     sums, a chunk that no input stores, a chunk stored by one input alone, edge chunks."""
     import h5py
 
+    from hklflow.algorithms.merge.volumes import sum_volumes
     from hklflow.files.volume import VolumeReader, VolumeWriter
     from hklflow.model.grid import Axis, Grid
-    from hklflow.algorithms.merge.volumes import sum_volumes
 
     grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))  # 3 x 2 x 3 chunks
     rng = np.random.default_rng(4)
@@ -98,10 +98,11 @@ def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_pat
     import logging
     import math
 
-    from hklflow.model.crystal import Crystal, UnitCell
-    from hklflow.files.volume import Volume, write_volume
     from hklflow.algorithms.statistics.shells import statistics_of_arrays
+    from hklflow.files.volume import Volume, write_volume
+    from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.steps.merge_entries import write_statistics
+
     from volume_helpers import TETRA
 
     crystal = Crystal("I 4/m m m", UnitCell(*TETRA))

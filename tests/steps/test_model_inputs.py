@@ -9,11 +9,12 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, bench_venv_python
 
 from hklflow.files import model_inputs as mi
 from hklflow.files.volume import Volume
 from hklflow.model.grid import Axis, Grid
+
+from conftest import REPO, bench_venv_python
 
 HEX = (4.5, 4.5, 7.0, 90.0, 90.0, 120.0)
 

@@ -13,7 +13,7 @@ from hklflow.files.scan import read_scan_file
 from hklflow.steps import refine_temperature
 
 from conftest import step_settings
-from test_preview import in_progress
+from experiment_helpers import in_progress
 
 D = "results/tiny/300K"
 
@@ -95,8 +95,7 @@ def test_a_temperature_whose_entries_are_all_blank_names_their_files(tiny_300k, 
     """Every entry of 100 K blank, with unusable_entries: leave_out (which leaves out some
     blank entries, not all): it used to be "does not refine from its parent ... no peaks to
     refine against", pointing at the parent (issue 71); the step names the empty files."""
-    from test_config import edit_config
-    from test_index_parent import blank_entries
+    from experiment_helpers import blank_entries, edit_config
 
     d = blank_entries(tiny_copy, tiny_truth, "100K")
     edit_config(tiny_copy, lambda c: c.setdefault("reduction", {}).setdefault(
@@ -117,8 +116,7 @@ def test_an_entry_with_its_phi_start_off_is_named(tiny_300k, tiny_copy, tiny_tru
     """100 K f2's phi_start 7 deg off in the scans table: it used to be "no usable signal ...
     a background-only scan? another crystal?; set ... leave_out", advice that drops a good
     entry (issue 71); the step says which phi_start looks off, and by how much."""
-    from test_config import edit_table
-    from test_index_parent import searched_entries
+    from experiment_helpers import edit_table, searched_entries
 
     edit_table(tiny_copy, 4, "phi_start", "7")  # row 4: tiny/100K/f2
     d = searched_entries(tiny_copy, tiny_truth, "100K")

@@ -11,14 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell
-from hklflow.files.volume import read_volume, write_volume
-from hklflow.model.grid import Axis, Grid
 from hklflow.algorithms.merge.symmetry import GridSymmetryError, index_maps, symmetrize_arrays
+from hklflow.files.volume import read_volume, write_volume
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.grid import Axis, Grid
 
 from conftest import step_settings
 from reference_helpers import cctbx_answer
-from volume_helpers import GROUPS, HEX, TETRA, make_experiment, random_volume, run, sample, small_grid
+from volume_helpers import (GROUPS, HEX, TETRA, make_experiment, random_volume, run, sample,
+                            small_grid)
 
 
 @pytest.fixture
@@ -180,8 +181,8 @@ def test_file_symmetrised_slab_by_slab_equals_the_whole(tmp_path, symbol, grid):
     bit, as the whole-array kernel, whatever the slab size (grids not symmetric in L
     included: mirrors outside the grid add nothing; an even number of L planes too, whose
     mirror slabs are written out of step with the file's L chunks)."""
-    from hklflow.algorithms.merge.volumes import symmetrize_file
     from hklflow.algorithms.merge.symmetry import index_maps, l_separable
+    from hklflow.algorithms.merge.volumes import symmetrize_file
 
     crystal = Crystal(symbol, UnitCell(*GROUPS[symbol]))
     separable = l_separable(index_maps(grid, crystal.laue_operators))

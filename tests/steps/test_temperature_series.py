@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import UnitCell
 from hklflow.files.volume import write_volume
-from hklflow.pictures.volumes import plot_slices
+from hklflow.model.crystal import UnitCell
 from hklflow.pictures.slices import plane_matrix, read_slice
+from hklflow.pictures.volumes import plot_slices
 
 from conftest import step_settings
 from volume_helpers import HEX, make_experiment, random_volume, run, sample, small_grid

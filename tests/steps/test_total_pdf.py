@@ -8,34 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import UnitCell
-from hklflow.files.pdf import PDF, read_pdf, read_pdf_plane, write_pdf
-from hklflow.files.volume import Volume, write_volume
 from hklflow.algorithms.pdf.fft import fft_crop
 from hklflow.algorithms.pdf.taper import tukey_taper
+from hklflow.files.pdf import PDF, read_pdf, read_pdf_plane, write_pdf
+from hklflow.files.volume import write_volume
+from hklflow.model.crystal import UnitCell
 from hklflow.simulation.compare import pdf_peak
 
-from conftest import step_settings
-from volume_helpers import TETRA, make_experiment, run, sample, small_grid
-
-SIGMA = 0.15  # r.l.u.: the Gaussian peaks of the synthetic volume
-AMP = 50.0
-
-
-def lattice_volume(grid, title="tetra/100K", missing_beyond=None):
-    """Gaussians of amplitude AMP and width SIGMA at every integer (h, k, l) plus 3 of
-    background; unmeasured (weight 0) beyond |Q| = missing_beyond (1/A, 2 pi convention)."""
-    h, k, ll = np.meshgrid(grid.h.values, grid.k.values, grid.l.values, indexing="xy")
-    h, k, ll = (np.moveaxis(a, 2, 0) for a in (h, k, ll))  # [l, k, h]
-    d2 = (h - np.rint(h)) ** 2 + (k - np.rint(k)) ** 2 + (ll - np.rint(ll)) ** 2
-    inten = (3.0 + AMP * np.exp(-0.5 * d2 / SIGMA ** 2)).astype(np.float32)
-    weight = np.ones(grid.shape, np.float32)
-    if missing_beyond is not None:
-        g = (2 * math.pi) ** 2 * UnitCell(*TETRA).reciprocal_metric
-        q2 = g[0, 0] * h * h + g[1, 1] * k * k + g[2, 2] * ll * ll
-        weight[q2 > missing_beyond ** 2] = 0.0
-    return Volume(grid, inten * weight, weight, "transform", title,
-                  sample("I 4/m m m", TETRA, "tetra") | {"temperature_label": title.split("/")[1]})
+from conftest import record_pictures, step_settings
+from volume_helpers import AMP, SIGMA, TETRA, lattice_volume, make_experiment, run, small_grid
 
 
 @pytest.fixture
@@ -126,14 +107,8 @@ def test_a_q_max_too_small_stops_the_step_and_one_beyond_the_grid_is_a_warning(e
 def test_pdf_temperature_series(experiment, monkeypatch):
     """One plane of the DeltaPDF of every temperature on one picture; a temperature whose
     volume is a preview (a scan in progress) makes its PDF and the series say so."""
-    from hklflow.pictures import plots as pictures
-
-    titles, save = [], pictures.save_tight
-
-    def recording(fig, path, *a, **k):
-        titles.append(fig._suptitle.get_text())
-        return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "save_tight", recording)
+    titles = []
+    record_pictures(monkeypatch, lambda fig: titles.append(fig._suptitle.get_text()))
     landed = {"scan": "tetra/200K/f1", "frames": 10, "planned": 40}
     grid = small_grid(n=(41, 41, 21), step=(0.2, 0.2, 0.4))
     paths = []
@@ -188,8 +163,8 @@ def test_total_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_p
     at its peak (the spectrum's; the array and the spectrum together would be two)."""
     import tracemalloc
 
-    from hklflow.files.volume import read_intensity
     from hklflow.algorithms.pdf.volume import total_pdf
+    from hklflow.files.volume import read_intensity
 
     grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
     vol = lattice_volume(grid, missing_beyond=12.0)
@@ -215,8 +190,8 @@ def test_an_even_volume_s_total_pdf_is_read_slab_by_slab_and_equals_the_fft_s(tm
     equals that of the array bit for bit and the FFT's to float32 rounding."""
     import tracemalloc
 
-    from hklflow.files.volume import read_intensity
     from hklflow.algorithms.pdf.volume import total_pdf
+    from hklflow.files.volume import read_intensity
 
     grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
     write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})

@@ -10,10 +10,10 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from hklflow.algorithms.transform import frame_scale
 from hklflow.base.errors import ConfigError, RawDataError
 from hklflow.files.volume import read_volume
 from hklflow.steps.transform_frames import parse_frames
-from hklflow.algorithms.transform import frame_scale
 
 from conftest import run_step, step_settings
 
@@ -133,10 +133,10 @@ def test_volumes_go_from_the_bricks_into_the_chunks_as_slabs_would_write_them(
     chunks, byte for byte, and the same totals."""
     import types
 
+    from hklflow.algorithms.transform import KINDS, BrickedGrid
     from hklflow.files.volume import VolumeWriter
     from hklflow.model.grid import Axis, Grid
     from hklflow.steps.transform_frames import write_volumes
-    from hklflow.algorithms.transform import KINDS, BrickedGrid
 
     grid = Grid(Axis(0, 1, 150), Axis(0, 1, 70), Axis(0, 1, 21))  # chunks 8 x 64 x 64
     kinds = KINDS[:nkinds]
@@ -270,21 +270,17 @@ def test_parts_of_a_scan_in_progress_say_so_and_complete_ones_say_nothing(tiny_3
     """The parts of a scan still being collected record in their notes what part of it they
     hold (hklflow.pictures.preview), and the mask's picture says it; a complete scan's parts
     record nothing about previews."""
-    from hklflow.pictures import plots as pictures
     from hklflow.files.grid import write_grid_file
     from hklflow.files.scan import read_scan_file
     from hklflow.files.volume import read_volume_header
     from hklflow.model.grid import Axis, Grid
     from hklflow.steps import mask_scan, transform_frames
 
-    from test_preview import in_progress
+    from conftest import record_pictures
+    from experiment_helpers import in_progress
 
-    titles, save = [], pictures.save_tight
-
-    def recording(fig, path, *a, **k):
-        titles.append(fig._suptitle.get_text())
-        return save(fig, path, *a, **k)
-    monkeypatch.setattr(pictures, "save_tight", recording)
+    titles = []
+    record_pictures(monkeypatch, lambda fig: titles.append(fig._suptitle.get_text()))
     monkeypatch.chdir(tiny_300k)
     d = tiny_300k / "results/tiny/300K"
     n = read_scan_file(d / "f2/scan.nxs").nframes

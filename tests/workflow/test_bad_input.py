@@ -21,7 +21,8 @@ from hklflow.raw.rawfiles import RawFileOwners
 from hklflow.simulation.experiment import config_texts, preset
 
 from conftest import REPO, run_snakemake
-from test_config import edit_config, edit_table as edit_cell
+from experiment_helpers import edit_config
+from experiment_helpers import edit_table as edit_cell
 
 DOCS_TABLE = REPO / "docs" / "bad-inputs.md"
 
@@ -463,8 +464,9 @@ def test_hklflow_run_names_the_yaml_syntax_error_before_snakemake_starts(
 # An entry without usable signal (a closed shutter, a background-only scan)
 # --------------------------------------------------------------------------------------
 def _peaks_record(n_valid, total, n_peaks):
-    import numpy as np
     from types import SimpleNamespace
+
+    import numpy as np
 
     return SimpleNamespace(frame_stats={"n_valid": np.full(4, n_valid), "sum": np.full(4, total)},
                            peaks={"observed_px_x": np.zeros(n_peaks)})
@@ -476,8 +478,8 @@ def test_entries_without_usable_signal_are_named():
 
     import numpy as np
 
-    from hklflow.base.errors import RawDataError
     from hklflow.algorithms.orientation.orient import check_entries_usable, unusable_entries
+    from hklflow.base.errors import RawDataError
     from hklflow.settings.params import RefinementParams
 
     names = ["f1", "f2", "f3", "f4"]

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake as snakemake
+from conftest import REPO
+from conftest import run_snakemake as snakemake
 
 SNAKEFILE = REPO / "Snakefile"
 ENV = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")

@@ -11,14 +11,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell
-from hklflow.files.volume import Volume, read_volume, write_volume
-from hklflow.raw.frames import open_frames
-from hklflow.model.grid import Axis, Grid
 from hklflow.algorithms.merge.volumes import sum_volumes, symmetrize_file
 from hklflow.algorithms.transform import (Transformer, bragg_block_summary, frame_matrices,
                                           pixel_table)
-from test_transform import raw, truth_scan
+from hklflow.files.volume import Volume, read_volume, write_volume
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.grid import Axis, Grid
+from hklflow.raw.frames import open_frames
+
+from experiment_helpers import raw, truth_scan
 
 ENTRIES = ("tiny/300K/f1", "tiny/300K/f2")
 KINDS = ("transform", "masked_transform")
@@ -137,12 +138,12 @@ def _merged_as_the_workflow_does(exp, truth, reduced, folder) -> dict:
     kind -> merged volume file."""
     import logging
 
-    from hklflow.planning.config import load_experiment
-    from hklflow.files.grid import read_grid_file
     from hklflow.algorithms.masks.masking import ScanMask
-    from hklflow.files.mask import read_mask_file
-    from hklflow.settings.params import DetectorParams, TransformParams
     from hklflow.algorithms.transform import transform_scan
+    from hklflow.files.grid import read_grid_file
+    from hklflow.files.mask import read_mask_file
+    from hklflow.planning.config import load_experiment
+    from hklflow.settings.params import DetectorParams, TransformParams
 
     cfg = load_experiment(reduced / "config/config.yaml", base_dir=reduced).raw
     params, detector = TransformParams.from_config(cfg), DetectorParams.from_config(cfg)
@@ -227,9 +228,9 @@ def test_sigma_of_the_delta_pdf_matches_the_scatter_between_two_seeds(tiny_run, 
     PDF has a few dozen distinct lattice vectors)."""
     from scipy.ndimage import binary_dilation
 
+    from hklflow.algorithms.pdf.volume import delta_pdf, even_along_axes, volume_noise
     from hklflow.planning.config import load_experiment
     from hklflow.settings.params import PDFParams
-    from hklflow.algorithms.pdf.volume import delta_pdf, even_along_axes, volume_noise
 
     params = PDFParams.from_config(load_experiment(tiny_run[0] / "config/config.yaml",
                                                    base_dir=tiny_run[0]).raw)

@@ -23,10 +23,10 @@ import math
 import numpy as np
 import pytest
 
+from hklflow.files.volume import Volume
 from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.grid import Axis, Grid
 from hklflow.simulation import compare as C
-from hklflow.files.volume import Volume
 
 SAMPLE = "tiny"
 TEMPERATURES = ("300K", "100K")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, job_counts, run_snakemake as snakemake
+from conftest import REPO, job_counts
+from conftest import run_snakemake as snakemake
 
 
 def test_dry_run_plans_calibration_and_every_scan_entry(tiny_copy):

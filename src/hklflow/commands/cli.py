@@ -8,6 +8,8 @@ import os
 import shlex
 import sys
 
+from .. import __version__
+
 # command -> (module:function(argv), what it does).  The workflow's rules run the step
 # commands; a rule, its command, its module hklflow/steps/<name>.py and its test
 # tests/test_<name>.py share one name (docs/map.md).
@@ -117,6 +119,7 @@ def _run_arguments_problem(name: str, args: list[str]) -> tuple[str, int] | None
                 files.append(a.split("=", 1)[1])
         elif taking:
             files.append(a)
+    # (here: every step job starts in this module; the config is read by run and demo only)
     from ..planning.config import ConfigError, check_yaml_syntax
 
     try:
@@ -149,7 +152,6 @@ def main(argv=None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from .. import __version__
 
         print(f"hklflow {__version__}")
         return 0

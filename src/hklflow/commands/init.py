@@ -24,8 +24,14 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..base.errors import ConfigError, HklflowError
+from ..base.errors import ConfigError, HklflowError, RawDataError
+from ..files import nxmx
+from ..files.atomic import write_text_atomically
 from ..files.cbf_header import CbfHeaderError, read_cbf_header
+from ..model.crystal import Crystal, UnitCell
+from ..model.geometry import DetectorGeometry, detector_shape, known_calibrants, pyfai_tables
+from ..raw.rawfiles import matching_files
+from ..settings.params import schema
 
 PLACEHOLDER = "FILL_IN"
 CONFIG_FILE = "config/config.yaml"
@@ -83,8 +89,6 @@ def _lab_vector(nexus_vector) -> tuple[float, float, float]:
 def _read_goniometer(f, path: str, wanted: str | None, facts: ScanFacts) -> None:
     """The scan angles of the goniometer axis that turns (or of `wanted`), its lab vector
     and the frame count its angles give."""
-    from ..files import nxmx
-
     if nxmx.group(f, nxmx.GONIOMETER) is None:
         if wanted:
             raise ConfigError(f"{path}: no {nxmx.GONIOMETER}: no axis {wanted!r} to read")
@@ -114,9 +118,6 @@ def _read_goniometer(f, path: str, wanted: str | None, facts: ScanFacts) -> None
 
 def _read_detector(f, path: str, facts: ScanFacts) -> None:
     """Distance and beam centre, description, frame shape, DECTRIS's frame count."""
-    from ..base.errors import RawDataError
-    from ..files import nxmx
-
     det = nxmx.group(f, nxmx.DETECTOR)
     if det is None:
         return
@@ -144,9 +145,6 @@ def read_nxmx(path: str, scan_axis_name: str | None = None) -> ScanFacts:
     axis of /entry/sample/goniometer that turns), frame count, detector distance and beam
     centre, temperature."""
     import h5py
-
-    from ..base.errors import RawDataError
-    from ..files import nxmx
 
     facts = ScanFacts(source=path, data=path)
     try:
@@ -180,8 +178,6 @@ def read_nxmx(path: str, scan_axis_name: str | None = None) -> ScanFacts:
 def cbf_frame_files(path: str) -> tuple[str, list[str]]:
     """The glob of a CBF scan's frame files (the last number of the file's name a `*`) and
     the files it matches, in frame order."""
-    from ..raw.rawfiles import matching_files
-
     folder, name = os.path.split(path)
     number = re.search(r"[0-9]+(?=[^0-9]*$)", name)
     if number is None:
@@ -279,8 +275,6 @@ def resolve_detector(name: str) -> str:
 def check_frame_shape(detector: str, facts: ScanFacts) -> None:
     """ConfigError when the file's frames are not the detector's shape, naming pyFAI's
     detectors of the file's shape."""
-    from ..model.geometry import detector_shape, pyfai_tables
-
     shape = detector_shape(detector)
     if facts.frame_shape is None or tuple(facts.frame_shape) == shape:
         return
@@ -294,7 +288,6 @@ def check_frame_shape(detector: str, facts: ScanFacts) -> None:
 
 
 def list_detectors() -> str:
-    from ..model.geometry import detector_shape
 
     lines = []
     for cls in sorted(set(pyfai_detector_names().values()), key=str.lower):
@@ -316,7 +309,6 @@ def start_geometry(detector: str | None, facts: ScanFacts | None) -> dict:
         return start
     start["dist"] = facts.distance
     if facts.beam_centre is not None and detector is not None:
-        from ..model.geometry import DetectorGeometry
 
         plane = DetectorGeometry(detector=detector, dist=facts.distance, poni1=0.0, poni2=0.0)
         poni1, poni2 = plane.plane_coordinates(*facts.beam_centre)
@@ -431,7 +423,6 @@ def path_in_experiment(path: str, directory: str) -> str:
 
 
 def _checked_name(value: str, option: str, column: str) -> str:
-    from ..settings.params import schema
 
     pattern = schema("scans.schema.yaml")["properties"][column]["pattern"]
     if not re.fullmatch(pattern, value):
@@ -441,7 +432,6 @@ def _checked_name(value: str, option: str, column: str) -> str:
 
 
 def _calibration(request: InitRequest, detector: str | None, facts: ScanFacts | None) -> dict:
-    from ..model.geometry import known_calibrants
 
     if request.calibrant is not None and request.calibrant not in known_calibrants(
             request.calibrant):
@@ -460,7 +450,6 @@ def _calibration(request: InitRequest, detector: str | None, facts: ScanFacts | 
 def _sample(request: InitRequest, temperature) -> dict:
     space_group, cell = request.space_group, request.cell
     if space_group is not None and cell is not None:
-        from ..model.crystal import Crystal, UnitCell
 
         try:
             Crystal(str(space_group), UnitCell.from_list(list(cell)))
@@ -480,8 +469,6 @@ def config_and_notes(request: InitRequest, detector: str | None,
                      facts: ScanFacts | None) -> tuple[dict, dict]:
     """The config (defaults filled, placeholders where nothing says) and the notes of the
     values read from the raw file (dotted key -> where)."""
-    from ..settings.params import schema
-
     def known(given, fact: str, key: str, hint: str):
         if given is not None:
             return given
@@ -540,7 +527,6 @@ PLACEHOLDER_HEADER = """\
 
 
 def config_text(config: dict, notes: dict, source: str | None) -> str:
-    from ..settings.params import schema
 
     lines = [CONFIG_HEADER.format(name=config["experiment"],
                                   source=f" from {source}" if source else "").rstrip("\n")]
@@ -572,8 +558,6 @@ def scans_table_row(request: InitRequest, facts: ScanFacts | None, temperature) 
 def scans_table_text(row: dict) -> str:
     """The scans table: comment lines (each column's description from the scans schema),
     the header and the row."""
-    from ..settings.params import schema
-
     properties = schema("scans.schema.yaml")["properties"]
     lines = _comment("hklflow scans table, written by `hklflow init`: one row per rotation scan "
                      "entry, its cells separated by tabs. The columns (all of them: "
@@ -601,8 +585,6 @@ class InitResult:
 def init_experiment(request: InitRequest, force: bool = False) -> InitResult:
     """Write DIR/config/config.yaml and DIR/config/scans.tsv; FileExistsError naming an
     existing one unless force, ConfigError for what cannot be right."""
-    from ..files.atomic import write_text_atomically
-
     top = Path(request.directory)
     files = (top / CONFIG_FILE, top / SCANS_TABLE)
     existing = [str(f) for f in files if f.exists()]

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..base import steplog
+from . import console
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the hklflow package
 REPO = PACKAGE.parents[1]
@@ -83,8 +84,6 @@ def _passes_through(args) -> bool:
 def _compact(cmd, env, experiment: Path, log) -> int:
     """snakemake with its output in logs/hklflow/run-<time>.log, the console showing
     hklflow.commands.console's lines."""
-    from . import console
-
     stamp = time.strftime("%Y%m%dT%H%M%S")
     run_log = experiment / "logs" / "hklflow" / f"run-{stamp}.log"
     run_log.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +179,8 @@ def main(argv=None) -> int:
     log = steplog.setup("demo")
     exp = args.dir.resolve()
     if not (exp / "truth.json").is_file():
-        from ..simulation.experiment import preset, simulate_experiment  # only for the demo
+        # (here: the simulation loads numba, and only the demo simulates)
+        from ..simulation.experiment import preset, simulate_experiment
 
         log.info("simulating the demo experiment into %s (about a minute on 2 cores)", exp)
         simulate_experiment(preset("demo"), exp)
@@ -206,6 +206,7 @@ def run_main(argv=None) -> int:
                   args.experiment)
         return 2
     exp = args.experiment.resolve()
+    # (here: `hklflow workflow-path`, in many a shell command, needs no config reader)
     from .set_aside import snakemake_arguments
 
     # rows whose data do not exist yet: named and left out, so that the others reduce

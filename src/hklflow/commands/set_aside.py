@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files.atomic import write_text_atomically
 from ..planning.config import (SET_ASIDE_DIR, ConfigError, load_settings, read_scans_table,
                                scans_table_lines, temperature_label)
 from ..raw.rawfiles import is_hdf5_path, matching_files
@@ -146,8 +147,6 @@ def write_set_aside(experiment: Path, found: SetAside) -> Path:
     in a folder named by their content (never rewritten while a run may read them); returns
     the override config's path."""
     import yaml
-
-    from ..files.atomic import write_text_atomically
 
     table_text = (f"# written by hklflow run: {found.table} without the rows whose data do "
                   f"not exist yet (rows {', '.join(str(r.row) for r in found.rows)})\n"

@@ -70,6 +70,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .. import __version__
 from .atomic import atomic_path
 from .h5 import open_h5, write_provenance_h5
 from .volume import read_grid_of
@@ -159,8 +160,6 @@ def _hkl_data(parent, name, volume, links: dict, angles, base: Path):
 def _task_record(parent, task: str, sequence_index: int, what: str) -> None:
     """An NXprocess named after an NXReduce task, as NXReduce.record writes it: NXReduce
     counts the task done when the group is there."""
-    from .. import __version__
-
     proc = _nxgroup(parent, task, "NXprocess")
     proc["program"] = task
     proc["sequence_index"] = sequence_index

@@ -74,6 +74,7 @@ import numpy as np
 
 from ..base.errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
 from ..files import nxmx
+from ..files.calibration import read_version_file
 from ..files.cbf_header import CbfHeaderUnfinished, read_cbf_header
 from ..model.geometry import DetectorGeometry, shifts_from_direct_beam
 from ..model.scan import temperature_label
@@ -368,7 +369,6 @@ class _Calibrations:
         """(accepted geometry, version) of calibration `name`; None while calibrate_powder
         has not made it (or is making it again)."""
         if name not in self.read:
-            from ..files.calibration import read_version_file
 
             folder = self.expdir / CALIBRATION_FILES.format(name=name)
             poni, version = folder / "geometry.poni", folder / "version.json"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..files.atomic import write_text_atomically
+from ..planning.config import ConfigError, load_settings
 from .state import LiveState
 
 STATUS_HTML = "results/status.html"
@@ -120,7 +121,6 @@ def write_status(expdir: Path, state: LiveState, live: dict, table_error: str | 
 
 
 def main(argv=None) -> int:
-    from ..planning.config import ConfigError, load_settings
 
     p = argparse.ArgumentParser(prog="hklflow status",
                                 description="Where every scan of a watched experiment stands "

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from ..base import steplog
 from ..base.errors import HklflowError
+from ..commands.run import _split, workflow_dir
 from ..planning.config import LIVE_CONFIG, ConfigError, load_settings
+from . import growing
 from .discover import DiscoveryPattern, discover
 from .state import LiveState, ScanState, append_history
 from .status import write_status
@@ -66,7 +68,6 @@ def _pid_in(path: Path) -> int | None:
 
 class Watcher:
     def __init__(self, expdir: Path, snakemake_args: list[str], log, *, cores: str = "all"):
-        from ..commands.run import workflow_dir
 
         self.expdir = expdir.resolve()
         self.log = log
@@ -97,7 +98,6 @@ class Watcher:
             self._look()
 
     def _look(self) -> None:
-        from . import growing
 
         now = time.time()
         try:
@@ -467,7 +467,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ..commands.run import _split
 
     argv, extra = _split(argv)
     args = parser().parse_args(argv)

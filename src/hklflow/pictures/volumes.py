@@ -7,14 +7,17 @@ import contextlib
 import math
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..algorithms.statistics.shells import VolumeStatistics
 from ..base.errors import GridError
 from ..files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
 from .figure import log_colorbar, margins, new_figure, save_tight, volume_cmap, with_preview
 from .slices import cell_of, color_limits, plane_matrix, read_slice
+
+if TYPE_CHECKING:  # (the statistics load numba; a picture needs only their fields)
+    from ..algorithms.statistics.shells import VolumeStatistics
 
 
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..base import steplog
+from .acquisition import DEFAULT_PAUSE_S, AcquisitionError, acquire_experiment
 from .experiment import FRAME_FORMATS, preset, simulate_experiment
 
 
@@ -90,7 +91,6 @@ def main(argv=None) -> int:
             spec = replace(spec, detector_orientation=args.detector_orientation)
         spec = replace(spec, noise_seed=args.seed, gain=args.gain)
         if args.acquire:
-            from .acquisition import DEFAULT_PAUSE_S, AcquisitionError, acquire_experiment
 
             try:
                 acquire_experiment(spec, args.outdir, args.frame_format, fps=args.fps,

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..algorithms.pdf.fft import fft_crop
+from ..algorithms.pdf.taper import tukey_taper
+from ..files.h5 import open_h5
+from ..files.pdf import read_pdf
 from ..files.volume import read_volume
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import DetectorGeometry
-from ..model.grid import Axis
+from ..model.grid import Axis, Grid
 
 
 @dataclass
@@ -590,8 +595,6 @@ def volumes_against_truth(results, truth: dict, sample: str, temperature: str, *
     """Read results/SAMPLE/TEMPERATURE/{transform,masked_transform}.nxs and the entry volumes
     results/SAMPLE/TEMPERATURE/ENTRY/transform.nxs (entries from the truth's scans) and
     compare them with the truth (temperature: a label such as 100K)."""
-    from pathlib import Path
-
     import hdf5plugin  # noqa: F401  (registers the volumes' compression filter)
 
     base = Path(results) / sample / temperature
@@ -725,14 +728,6 @@ def pdf_against_truth(results, truth: dict, sample: str, temperature: str,
                       reach=(3, 3, 1)) -> PDFTruth:
     """results/SAMPLE/T/pdf.nxs and total_pdf.nxs at the lattice vectors |u|, |v| <= reach[0],
     reach[1], |w| <= reach[2] against the satellites' analytic DeltaPDF."""
-    from pathlib import Path
-
-    from ..algorithms.pdf.fft import fft_crop
-    from ..algorithms.pdf.taper import tukey_taper
-    from ..files.h5 import open_h5
-    from ..files.pdf import read_pdf
-    from ..model.grid import Grid
-
     base = Path(results) / sample / temperature
     delta, total = read_pdf(base / "pdf.nxs"), read_pdf(base / "total_pdf.nxs")
     with open_h5(base / "pdf.nxs") as f:

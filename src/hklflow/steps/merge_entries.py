@@ -16,7 +16,7 @@ from ..files.provenance import provenance
 from ..files.volume import VolumeReader, read_half_set, update_notes
 from ..pictures.preview import preview_label
 from ..pictures.slices import kept_planes
-from ..pictures.volumes import plot_slices
+from ..pictures.volumes import plot_slices, plot_statistics
 from ..settings.params import SliceParams, settings_part
 from ._run import StepParser, run_step
 
@@ -40,8 +40,8 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
     """The statistics of the merged volume `path` into its notes, the log and `png`;
     bragg_radius: |Q| about every node left out (1/A as 2 pi / d:
     reduction.merge.statistics_bragg_radius)."""
+    # (here: the statistics load numba, which a merge loads only at its first compiled call)
     from ..algorithms.statistics.shells import binned_sums, volume_statistics, with_half_sets
-    from ..pictures.volumes import plot_statistics
 
     half = read_half_set(path)
     with VolumeReader(path, compiled_decompression=True) as reader:

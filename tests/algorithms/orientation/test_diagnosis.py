@@ -15,16 +15,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.algorithms.orientation.diagnosis import (calibrated_with_orientation,
                                                       diagnose_indexing_failure)
-from hklflow.base.errors import IndexingError, RefinementError
-from hklflow.files.orientation import OrientationRecord
-from hklflow.model.geometry import EntrySetup
 from hklflow.algorithms.orientation.indexing import NO_FIT_HINT
 from hklflow.algorithms.orientation.orient import index_parent, refine_from_parent
-from hklflow.settings.params import IndexingParams, RefinementParams
 from hklflow.algorithms.orientation.refinement import EntryPeaks
+from hklflow.base.errors import IndexingError, RefinementError
+from hklflow.files.orientation import OrientationRecord
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.geometry import EntrySetup
+from hklflow.settings.params import IndexingParams, RefinementParams
 from hklflow.simulation.experiment import predict_scan_reflections, preset
 
 log = logging.getLogger("test")
@@ -224,8 +224,8 @@ def test_a_child_entry_with_its_phi_start_off_is_named_not_left_out(off):
     """The second entry's phi_start off by `off`: its peaks index with phi_start moved back
     (found by a search over the whole turn), and the message says so, without advising
     leave_out; with leave_out the entry is left out with the same reason."""
-    from hklflow.base.errors import RawDataError
     from hklflow.algorithms.orientation.orient import check_entries_usable, misplaced_phi_starts
+    from hklflow.base.errors import RawDataError
 
     entries = peaks()
     entries[1] = phi_start_off(entries[1], off)
@@ -250,8 +250,8 @@ def test_a_child_entry_with_its_phi_start_off_is_named_not_left_out(off):
 
 def test_a_parent_entry_with_its_phi_start_off_names_both_entries():
     """In the parent, indexed from its own two entries, either phi_start may be the one off."""
-    from hklflow.base.errors import RawDataError
     from hklflow.algorithms.orientation.orient import check_entries_usable, misplaced_phi_starts
+    from hklflow.base.errors import RawDataError
 
     entries = peaks()
     entries[1] = phi_start_off(entries[1], 8.0)

@@ -22,10 +22,10 @@ import time
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell, random_rotation, rotation_angle_deg
-from hklflow.base.errors import ConfigError, IndexingError
 from hklflow.algorithms.orientation.indexing import (IndexingSolution, index_from_scratch,
                                                      setting_group)
+from hklflow.base.errors import ConfigError, IndexingError
+from hklflow.model.crystal import Crystal, UnitCell, random_rotation, rotation_angle_deg
 from hklflow.settings.params import IndexingParams
 
 LAMBDA = 0.4

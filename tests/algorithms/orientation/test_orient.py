@@ -11,18 +11,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hklflow.planning.config import load_experiment
-from hklflow.model.crystal import UnitCell
+from hklflow.algorithms.orientation.orient import entry_peaks, index_parent, refine_from_parent
+from hklflow.algorithms.orientation.refinement import EntryPeaks
+from hklflow.algorithms.peaks.spotfinding import search
 from hklflow.base.errors import RefinementError
 from hklflow.files.orientation import OrientationRecord
-from hklflow.raw.frames import open_frames
+from hklflow.model.crystal import UnitCell
 from hklflow.model.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
-from hklflow.algorithms.orientation.orient import entry_peaks, index_parent, refine_from_parent
+from hklflow.planning.config import load_experiment
+from hklflow.raw.frames import open_frames
 from hklflow.settings.params import (DetectorParams, IndexingParams, PeakSearchParams,
                                      RefinementParams)
-from hklflow.algorithms.orientation.refinement import EntryPeaks
 from hklflow.simulation.compare import orientation_error
-from hklflow.algorithms.peaks.spotfinding import search
 
 log = logging.getLogger("test")
 

@@ -137,11 +137,11 @@ def parent_only(spec):
 def cbf_entries(out, truth, sample, tl):
     """hklflow's peak search on each entry's CBF frames -> EntryPeaks (as test_orientation's
     entries_at does on the HDF5 frames), the common detector start and search seconds."""
-    from hklflow.raw.frames import open_frames
-    from hklflow.model.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
     from hklflow.algorithms.orientation.orient import entry_peaks
-    from hklflow.settings.params import DetectorParams, PeakSearchParams
     from hklflow.algorithms.peaks.spotfinding import search
+    from hklflow.model.geometry import DetectorGeometry, EntrySetup, Goniometer, ScanAngles
+    from hklflow.raw.frames import open_frames
+    from hklflow.settings.params import DetectorParams, PeakSearchParams
 
     gon = truth["goniometer"]
     G = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"], tuple(gon["offset_axes"].items()))

@@ -16,15 +16,16 @@ import pytest
 import scipy.fft
 from scipy import ndimage
 
-from hklflow.model.crystal import Crystal, UnitCell
-from hklflow.model.grid import Axis, Grid
 from hklflow.algorithms.pdf.fft import CosinePDF, fft_crop, pdf_fft, pdf_spectrum
 from hklflow.algorithms.pdf.fill import (OUTCOMES, _batch_system, _components, _find, _neighbours,
                                          _solve_iteratively, punch_and_fill, reflections_to_punch,
                                          region_bits)
-from hklflow.algorithms.pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start
 from hklflow.algorithms.pdf.kernels import TAPER_SURE, _taper_above_zero, taper_of
+from hklflow.algorithms.pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start
 from hklflow.algorithms.pdf.taper import taper_bounds, taper_statistics, tapered_mean, tukey_taper
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.grid import Axis, Grid
+
 from numba_helpers import compiled_in_fresh_process, slice_assignment_checks
 from superlu_reference import superlu_solve
 
@@ -749,8 +750,8 @@ def test_the_pdf_of_a_volume_even_along_each_axis_is_the_cosine_transform_of_its
 
 
 def test_only_a_volume_symmetrised_with_the_three_axis_mirrors_counts_as_even():
-    from hklflow.algorithms.pdf.volume import even_along_axes
     from hklflow.algorithms.merge.symmetry import symmetry_notes
+    from hklflow.algorithms.pdf.volume import even_along_axes
 
     def notes(space_group, cell):
         return {"symmetrized": symmetry_notes(Crystal(space_group, UnitCell.from_list(cell)))}

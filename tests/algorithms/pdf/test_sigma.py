@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell
-from hklflow.files.volume import Volume, read_volume_header, write_volume
-from hklflow.model.grid import Axis, Grid
+from hklflow.algorithms.merge.symmetry import index_maps, symmetrize_arrays
 from hklflow.algorithms.merge.volumes import symmetrize_file
 from hklflow.algorithms.pdf.sigma import IncompatibleGrid, check_maps, pdf_sigma
 from hklflow.algorithms.pdf.volume import even_along_axes, total_pdf, volume_noise
-from hklflow.algorithms.merge.symmetry import index_maps, symmetrize_arrays
+from hklflow.files.volume import Volume, read_volume_header, write_volume
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.grid import Axis, Grid
 
 DRAWS = 300
 
@@ -110,6 +110,7 @@ def test_the_pdf_steps_write_sigma_beside_the_pdf_and_leave_it_out_when_told(tmp
     import yaml
 
     from hklflow.files.pdf import read_pdf
+
     from conftest import step_settings
     from volume_helpers import make_experiment, run, sample, small_grid
 

@@ -26,12 +26,12 @@ if _why:
 
 pytestmark = pytest.mark.dials
 
-from hklflow.raw.frames import open_frames  # noqa: E402
+from hklflow.algorithms.peaks.spotfinding import search  # noqa: E402
 from hklflow.model.geometry import DetectorGeometry, ScanAngles  # noqa: E402
+from hklflow.raw.frames import open_frames  # noqa: E402
+from hklflow.settings.params import DetectorParams, PeakSearchParams  # noqa: E402
 from hklflow.simulation.compare import match_peaks  # noqa: E402
 from hklflow.simulation.experiment import CbfFramesWriter, preset, simulate_experiment  # noqa: E402
-from hklflow.settings.params import DetectorParams, PeakSearchParams  # noqa: E402
-from hklflow.algorithms.peaks.spotfinding import search  # noqa: E402
 
 STRONG = 1000.0  # counts: "strong" peaks for the one-to-one comparison
 ALGORITHMS = {"dispersion_extended (DIALS default)": (),

@@ -10,8 +10,8 @@ import pytest
 from hklflow.algorithms.transform import Transformer
 from hklflow.algorithms.transform import transform_frames as add_frames
 from hklflow.algorithms.transform.driver import HALF_SET_FRAMES, half_set_frames, half_set_grid
+
 from transform_reference import PaintedMask
-from test_transform import setup  # noqa: F401  (the module's fixture: tiny's f2 frames)
 
 KINDS = ("transform", "masked_transform")
 

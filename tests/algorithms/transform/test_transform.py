@@ -9,46 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell
-from hklflow.raw.frames import open_frames
-from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
-from hklflow.model.grid import Axis, Grid, default_grid
 from hklflow.algorithms.transform import (BLOCK, SubSteps, Transformer, allowed_table,
                                           auto_subdivide, block_sub_steps, bragg_block_summary,
                                           frame_matrices, live_blocks, pixel_table,
                                           transform_frames)
+from hklflow.model.crystal import UnitCell
+from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+from hklflow.model.grid import Axis, Grid, default_grid
+from hklflow.raw.frames import open_frames
+
+from experiment_helpers import raw
 from transform_reference import numpy_transform
 
 SCAN = "tiny/100K/f2"
-
-
-def truth_scan(truth, scan_id=SCAN):
-    t = truth["scans"][scan_id]
-    s, tl, _ = scan_id.split("/")
-    samp = truth["samples"][s]["temperatures"][tl]
-    gon = truth["goniometer"]
-    goniometer = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"],
-                            tuple((k, tuple(v)) for k, v in gon["offset_axes"].items()))
-    scan = ScanGeometry(DetectorGeometry(**t["geometry"]), goniometer,
-                        ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), dict(t["offsets"]),
-                        np.array(samp["UB"]))
-    crystal = Crystal(truth["samples"][s]["space_group"], UnitCell(*samp["cell"]))
-    return scan, np.array(samp["UB"]), crystal
-
-
-def raw(exp, scan_id=SCAN):
-    s, t, e = scan_id.split("/")
-    return exp / "raw" / s / t / f"{e}.h5"
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_experiment, tiny_truth):
-    scan, UB, crystal = truth_scan(tiny_truth)
-    table = pixel_table(scan.detector, scan.detector.detector_mask(), polarization_fraction=0.99)
-    grid = Grid(Axis(-4, 0.05, 161), Axis(-4, 0.05, 161), Axis(-6, 0.1, 121))
-    with open_frames(str(raw(tiny_experiment))) as st:
-        frames = st.read(0, st.nframes)
-    return scan, UB, crystal, table, grid, frames
 
 
 # ---- grid --------------------------------------------------------------------------------
@@ -237,8 +210,8 @@ def test_thread_shares_cover_every_pixel_and_split_the_work_evenly(setup, thread
     pixels, as on a large detector) and those within `reach` of it; the runs lie inside
     their blocks; the blocks a thread adds unchecked hold none of another thread's
     voxels."""
-    from hklflow.algorithms.transform import (BLOCK, BrickedGrid, ThreadShares,
-                                              shares as transform_shares)
+    from hklflow.algorithms.transform import BLOCK, BrickedGrid, ThreadShares
+    from hklflow.algorithms.transform import shares as transform_shares
 
     scan, UB, crystal, table, grid, frames = setup
     if sampled:  # (ranked on 1 pixel in 20)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hklflow.files.volume import VolumeWriter, errors_of, read_volume
-from hklflow.model.grid import Axis, Grid
 from hklflow.algorithms.transform import BrickedGrid, Transformer, frame_matrices
 from hklflow.algorithms.transform import transform_frames as add_frames
+from hklflow.files.volume import VolumeWriter, errors_of, read_volume
+from hklflow.model.grid import Axis, Grid
+
 from transform_reference import PaintedMask, numpy_transform
-from test_transform import setup  # noqa: F401  (the module's fixture: tiny's f2 frames)
 
 GAIN = 2.5
 
@@ -152,8 +152,9 @@ def _with_variance(vol, seed):
 def test_sums_add_the_variances_and_drop_them_when_an_input_has_none(tmp_path, caplog):
     import logging
 
-    from hklflow.files.volume import write_volume
     from hklflow.algorithms.merge.volumes import sum_volumes
+    from hklflow.files.volume import write_volume
+
     from volume_helpers import random_volume, small_grid
 
     grid = small_grid()
@@ -181,12 +182,12 @@ def test_symmetrised_variance_counts_each_distinct_equivalent_by_its_multiplicit
     or an axis meets some equivalents several times (the same counts), so its variance is
     sum over distinct equivalents y of m(i, y)^2 var(y): brute force over the operators,
     for the flips (tetragonal, orthorhombic) and the gather kernel (hexagonal, cubic)."""
-    from volume_helpers import GROUPS, random_volume, sample
-
-    from hklflow.model.crystal import Crystal, UnitCell
-    from hklflow.files.volume import write_volume
-    from hklflow.algorithms.merge.volumes import symmetrize_file
     from hklflow.algorithms.merge.symmetry import index_maps, stabilizer_counts
+    from hklflow.algorithms.merge.volumes import symmetrize_file
+    from hklflow.files.volume import write_volume
+    from hklflow.model.crystal import Crystal, UnitCell
+
+    from volume_helpers import GROUPS, random_volume, sample
 
     grid = Grid(Axis(-1.0, 0.25, 9), Axis(-1.0, 0.25, 9), Axis(-1.0, 0.25, 9))
     crystal = Crystal(symbol, UnitCell(*GROUPS[symbol]))

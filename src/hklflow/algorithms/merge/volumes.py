@@ -15,6 +15,7 @@ group but the cubic and rhombohedral ones, which hold the input whole (8 bytes p
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -22,6 +23,22 @@ from ...base import steplog
 from ...base.errors import FileFormatError, InputMismatchError
 from ...files.volume import (VolumeReader, VolumeWriter, adopt_volume, has_intensity, has_variance,
                              read_half_set, read_volume, read_volume_header, slab_planes)
+
+
+# Imported at first use: both load numba, which a sum of one volume (moved into place) and
+# a merge without symmetrisation never need.
+@functools.cache
+def _volume_kernels():
+    from ...files import volume_kernels
+
+    return volume_kernels
+
+
+@functools.cache
+def _symmetry():
+    from . import symmetry
+
+    return symmetry
 
 
 def check_inputs(paths) -> tuple:
@@ -174,8 +191,7 @@ def _read_error(reader, where: str, exc) -> InputMismatchError:
 def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progress) -> None:
     """The inputs' sum into w, slab by slab: float64 sums rounded once; counted: (measured,
     weight, signal) per input, added to where not known."""
-    from ...files import volume_kernels  # (numba: not for a single volume moved into place)
-
+    volume_kernels = _volume_kernels()
     nl = w.grid.l.n
     slab = (min(planes, nl),) + w.grid.shape[1:]
     part = tuple(np.empty(slab, np.float32) for _ in range(3 if w.variance else 2))
@@ -203,8 +219,7 @@ def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) 
     """_sum_by_slabs chunk by chunk, only the chunks some input stores (the others hold
     nothing in any input: most of a temperature's grid), each read, added and stored whole
     (the same float64 sums in the same order: the same chunks stored)."""
-    from ...files import volume_kernels
-
+    volume_kernels = _volume_kernels()
     shape = w.chunks
     part = tuple(np.empty(shape, np.float32) for _ in range(3 if w.variance else 2))
     acc_s, acc_w = np.empty(shape), np.empty(shape)
@@ -256,8 +271,7 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     Slab by slab when the Laue group maps L planes onto L planes (symmetry.l_separable):
     each output slab reads only the input planes it needs; otherwise the input is read
     whole.  keep: files.volume.KeptPlanes the writer fills."""
-    from . import symmetry  # (its kernels: loaded when a volume is symmetrised)
-
+    symmetry = _symmetry()
     try:
         head = read_volume_header(path)
     except (OSError, KeyError, ValueError) as exc:
@@ -336,8 +350,7 @@ def _times_stabilizers(arrays: tuple, maps, l0: int, shape) -> tuple:
     equivalents) multiplied by each voxel's stabiliser count (symmetry.stabilizer_counts)."""
     if len(arrays) < 3:
         return arrays
-    from . import symmetry
-
+    symmetry = _symmetry()
     counts = symmetry.stabilizer_counts(maps, l0, l0 + arrays[2].shape[0], shape)
     special = counts > 1
     arrays[2][special] *= counts[special]
@@ -348,8 +361,7 @@ def _flip_slab(reader, buffers, plan, n_ops, l0, l1, nl):
     """Planes [l0, l1) symmetrised by flips and transposes of the slab and its mirror
     (symmetry.FlipPlan), read into `buffers` (two or three float32 slabs each): (signal,
     weight[, variance]), equivalents inside the grid, measured input voxels."""
-    from . import symmetry
-
+    symmetry = _symmetry()
     n = 3 if reader.variance else 2
     try:
         here = reader.read(l0, l1, out=buffers[:n])
@@ -381,8 +393,7 @@ def _flip_pair(reader, buffers, plan, n_ops, l0, l1, m0, m1):
     """Planes [l0, l1) and their mirror planes [m0, m1) symmetrised together
     (symmetry.symmetrize_flip_pair): both outputs, equivalents inside the grid, measured
     input voxels of both."""
-    from . import symmetry
-
+    symmetry = _symmetry()
     n = 3 if reader.variance else 2
     try:
         here = reader.read(l0, l1, out=buffers[:n])
@@ -400,8 +411,7 @@ def _gather_slab(path, whole, maps, identity, l0, l1, nl, variance: bool = False
     """Planes [l0, l1) symmetrised by the gather kernel, from the input planes they need
     (or the whole input): (signal, weight[, variance]), equivalents inside the grid,
     measured input voxels."""
-    from . import symmetry
-
+    symmetry = _symmetry()
     if whole is None:
         spans = symmetry.source_planes(maps, l0, l1, nl)
         parts = [_read(path, (slice(a, b), slice(None), slice(None))) for a, b in spans]

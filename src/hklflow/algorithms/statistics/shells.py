@@ -87,6 +87,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ...model.grid import Grid
+from ..merge import symmetry
 from .kernels import (_CCA, _CCAA, _CCAB, _CCB, _CCBB, _CCN, _CHI2, _EXCL, _IOS, _MEAS, _NACC, _NCC,
                       _NIOS, _NU, _OBS, _ORB, _VOX, _ZERO, _cc_kernel, _window_kernel)
 
@@ -259,8 +260,6 @@ def volume_statistics(grid: Grid, crystal, read: Reader, halves=None, *, shells:
     nu >= flag_min_nu, outside [1/flag_shell, flag_shell].
     Raises symmetry.GridSymmetryError when the Laue operators do not map the grid's voxel
     centres onto voxel centres."""
-    from ..merge import symmetry
-
     if shells < 1 or planes < 1 or min_voxels < 0:
         raise ValueError(f"shells ({shells}) and planes ({planes}) must be >= 1, min_voxels >= 0")
     if not (flag_overall > 1 and flag_shell > 1):

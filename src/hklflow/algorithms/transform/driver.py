@@ -15,7 +15,7 @@ from ...base import steplog
 from ...base.errors import InputMismatchError, RawDataError
 from ...codec import CompressedFrames, block_count, codec_for
 from ...model.geometry import ScanGeometry
-from ...model.grid import Grid
+from ...model.grid import Axis, Grid
 from ...raw.frames import READ_AHEAD_THREADS, frame_reader
 from ...settings.params import TransformParams, largest_trusted_value
 from .bricks import BRICK_BITS, BrickedGrid, unbrick
@@ -50,8 +50,6 @@ def half_set_frames(frame_numbers: np.ndarray) -> np.ndarray:
 def half_set_grid(grid: Grid) -> Grid:
     """The grid of the half sets: 2 x 2 x 2 voxels binned into one (each axis ceil(n / 2)
     voxels, the first centred between the grid's first two, one step twice the grid's)."""
-    from ...model.grid import Axis
-
     return Grid(*(Axis(ax.start + 0.5 * ax.step, 2 * ax.step, -(-ax.n // 2))
                   for ax in grid.axes))
 

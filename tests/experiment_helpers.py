@@ -1,0 +1,101 @@
+"""What several test modules do to an experiment: edit its config or scans table, ingest and
+search its entries, make a scan file of a scan in progress, and read the tiny experiment's
+true geometry and raw files."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import h5py
+import numpy as np
+import yaml
+
+from hklflow.files.scan import read_scan_file, write_scan_file
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
+from hklflow.model.scan import ScanRow
+
+from conftest import ingest_with, step_settings
+
+SCAN = "tiny/100K/f2"  # the entry truth_scan and raw take by default
+
+
+def edit_config(d, change):
+    p = d / "config" / "config.yaml"
+    cfg = yaml.safe_load(p.read_text())
+    change(cfg)
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def edit_table(d, row, column, value):
+    p = d / "config" / "scans.tsv"
+    lines = p.read_text().splitlines()
+    header = lines[0].split("\t")
+    cells = lines[row].split("\t")
+    cells[header.index(column)] = value
+    lines[row] = "\t".join(cells)
+    p.write_text("\n".join(lines) + "\n")
+
+
+def in_progress(root, scan_file, out, planned):
+    """A copy of an ingested scan file as ingest_scan writes it while the scan is still being
+    collected (hklflow watch): its frames so far of `planned` (for the other step tests)."""
+    rec = read_scan_file(scan_file)
+    settings = json.loads(step_settings(root, "ingest_scan", *rec.scan_id.split("/")))
+    row = ScanRow.from_settings({**settings["scan"], "planned_frames": planned})
+    write_scan_file(out, row, rec.setup, rec.calibration,
+                    dataclasses.replace(rec.frames, growing=True, fingerprints=()),
+                    rec.provenance, monitor=rec.monitor)
+    assert read_scan_file(out).in_progress
+    return out
+
+
+def searched_entries(root, truth, temperature: str) -> str:
+    """The entries f1, f2 of `temperature` (e.g. "300K") in the experiment `root` ingested
+    (with the true calibration) and searched by find_peaks, as the workflow would; their
+    folder."""
+    from contextlib import chdir
+
+    from hklflow.model.geometry import DetectorGeometry
+    from hklflow.steps import find_peaks
+
+    d = f"results/tiny/{temperature}"
+    true = DetectorGeometry(**truth["scans"][f"tiny/{temperature}/f1"]["geometry"])  # unshifted
+    for e in ("f1", "f2"):
+        ingest_with(root, f"tiny/{temperature}/{e}", true, root / d / e / "scan.nxs")
+        with chdir(root):
+            assert find_peaks.main(["--settings", step_settings(root, "find_peaks"),
+                                    "--scan", f"{d}/{e}/scan.nxs", "--out", f"{d}/{e}/peaks.nxs",
+                                    "--png", f"{d}/{e}/peaks.png"]) == 0
+    return d
+
+
+def blank_entries(root, truth, temperature: str) -> str:
+    """searched_entries with f1's frames all zero (a closed shutter) and f2's flat (counts,
+    no peak)."""
+    import hdf5plugin  # noqa: F401
+
+    for e, blank in (("f1", 0), ("f2", 1)):
+        with h5py.File(root / f"raw/tiny/{temperature}/{e}.h5", "r+") as f:
+            frames = f["/entry/data/data"]
+            frames[...] = np.where(frames[()] < 0, frames[()], blank)  # the gaps (-1) kept
+    return searched_entries(root, truth, temperature)
+
+
+def truth_scan(truth, scan_id=SCAN):
+    t = truth["scans"][scan_id]
+    s, tl, _ = scan_id.split("/")
+    samp = truth["samples"][s]["temperatures"][tl]
+    gon = truth["goniometer"]
+    goniometer = Goniometer(tuple(gon["scan_axis"]), gon["scan_sense"],
+                            tuple((k, tuple(v)) for k, v in gon["offset_axes"].items()))
+    scan = ScanGeometry(DetectorGeometry(**t["geometry"]), goniometer,
+                        ScanAngles(t["phi_start"], t["phi_step"], t["nframes"]), dict(t["offsets"]),
+                        np.array(samp["UB"]))
+    crystal = Crystal(truth["samples"][s]["space_group"], UnitCell(*samp["cell"]))
+    return scan, np.array(samp["UB"]), crystal
+
+
+def raw(exp, scan_id=SCAN):
+    s, t, e = scan_id.split("/")
+    return exp / "raw" / s / t / f"{e}.h5"
