@@ -165,11 +165,12 @@ def copy_chunks(src: Path, dst: Path, nframes_out: int) -> None:
     """A stack of nframes_out frames made of src's compressed chunks, cycled (no
     decompression): one frame per chunk, bitshuffle-LZ4 like Hdf5StackWriter; the filter
     pipeline is checked equal to src's."""
-    import h5py
     import hdf5plugin
 
-    tmp = dst.with_name(dst.name + ".part")
-    with h5py.File(src, "r") as fi, h5py.File(tmp, "w") as fo:
+    from hklflow.base.atomic import atomic_path
+    from hklflow.files.h5 import open_h5
+
+    with atomic_path(dst) as tmp, open_h5(src) as fi, open_h5(tmp, "w") as fo:
         d = fi["/entry/data/data"]
         n, ny, nx = d.shape
         if d.chunks != (1, ny, nx):
@@ -184,4 +185,3 @@ def copy_chunks(src: Path, dst: Path, nframes_out: int) -> None:
             out.id.write_direct_chunk((i, 0, 0), chunk, mask)
         if not np.array_equal(out[nframes_out - 1], d[(nframes_out - 1) % n]):
             raise RuntimeError(f"{dst}: copied chunks do not decompress to the source frames")
-    os.replace(tmp, dst)

@@ -127,8 +127,8 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
     f1, f2, f3."""
     from hklflow.algorithms.transform import SubSteps, Transformer, block_sub_steps, pixel_table
     from hklflow.files.volume import VolumeWriter, read_volume_header
+    from hklflow.files.volume_bricks import write_volumes
     from hklflow.raw.frames import open_frame_source
-    from hklflow.steps.transform_frames import write_volumes
 
     temp, rec, ori, scan, mask, grid = entry_f2(large, points)
     frames = min(frames, rec.nframes)
@@ -177,7 +177,7 @@ def full_rotation_volumes(large: Path, out: Path, frames: int, points: int,
         writers = [files.enter_context(VolumeWriter(
             out / rel / "f1" / f"{k}.nxs", grid, k, heads[k].title, dict(heads[k].sample),
             dict(heads[k].notes), {"program": "bench/full_rotation.py"})) for k in kinds]
-        write_volumes(tr, writers)  # the step's own write
+        write_volumes(tr, writers)  # as transform_frames writes them
     write_cpu, write_system = cpu() - c, system() - sys0
     for entry in ("f2", "f3"):
         (out / rel / entry).mkdir(exist_ok=True)

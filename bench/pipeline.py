@@ -458,7 +458,7 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     from hklflow.model.geometry import detector_shape
-    from hklflow.settings.params import schema_default
+    from hklflow.settings.schema import schema_default
 
     rows, cols = detector_shape(args.detector)
     pixels = rows * cols

@@ -1,4 +1,4 @@
-"""rmc-discord 0.0.4 in a throw-away venv, for tests/steps/test_model_inputs.py, which runs
+"""rmc-discord 0.0.4 in a throw-away venv, for tests/files/test_model_inputs.py, which runs
 rmc-discord's own reader (disorder.diffuse.experimental.data and mask) on the file that
 hklflow.files.model_inputs writes.
 

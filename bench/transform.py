@@ -312,7 +312,7 @@ def memory_section(e2e: dict, grid) -> dict:
     one = e2e["one_job"]
     fixed_mb = one["peak_rss_mb"] - one["grid_mb"]
     grid801 = 801 ** 3 * 8 / 1e6  # one kind; the job making both kinds holds two
-    from hklflow.settings.params import schema_default
+    from hklflow.settings.schema import schema_default
 
     per_job = schema_default("reduction.transform.pixel_frames_per_job")
     frames_per_job = max(1, int(per_job // npix))

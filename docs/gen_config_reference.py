@@ -26,7 +26,7 @@ import yaml
 
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
-SCHEMAS = REPO / "src" / "hklflow" / "schemas"
+SCHEMAS = REPO / "src" / "hklflow" / "settings" / "schemas"
 
 # generated page -> (the schema it is made from, its title)
 REFERENCE_PAGES = {

@@ -99,3 +99,10 @@ def truth_scan(truth, scan_id=SCAN):
 def raw(exp, scan_id=SCAN):
     s, t, e = scan_id.split("/")
     return exp / "raw" / s / t / f"{e}.h5"
+
+
+def rotation_angle_deg(R1, R2) -> float:
+    """Angle (deg) of the rotation R1 R2^T taking R2 to R1."""
+    M = np.asarray(R1) @ np.asarray(R2).T
+    c = (np.trace(M) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))

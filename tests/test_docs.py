@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO
 
-SCHEMAS = REPO / "src" / "hklflow" / "schemas"
+SCHEMAS = REPO / "src" / "hklflow" / "settings" / "schemas"
 
 
 def _generator():

@@ -74,3 +74,16 @@ def test_the_license_file_is_the_one_pyproject_names():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["license"]["text"] == "BSD-3-Clause"
     assert (REPO / "LICENSE").read_text().startswith("BSD 3-Clause License")
+
+
+def test_the_wheel_carries_both_snakemake_plugins():
+    """Snakemake finds its plugins by their top-level module names (snakemake_executor_plugin_*,
+    snakemake_logger_plugin_*): both are packages of their own beside hklflow, which the
+    wheel's package search (pyproject's [tool.setuptools.packages.find]) picks up.  (The
+    whole wheel, installed, runs `hklflow run`: test_workflow.py's installed-wheel test.)"""
+    from setuptools import find_packages
+
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = set(find_packages(where=str(REPO / found["find"]["where"][0])))
+    assert {"hklflow", "snakemake_executor_plugin_hklflow_slurm",
+            "snakemake_logger_plugin_hklflow"} <= packages

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from hklflow.algorithms.statistics.shells import VolumeStatistics, array_reader, volume_statistics
 from hklflow.files.volume import Volume, write_volume
 from hklflow.model.crystal import UnitCell
 from hklflow.model.grid import Axis, Grid
@@ -112,3 +113,16 @@ def lattice_volume(grid, title="tetra/100K", missing_beyond=None):
         weight[q2 > missing_beyond ** 2] = 0.0
     return Volume(grid, inten * weight, weight, "transform", title,
                   sample("I 4/m m m", TETRA, "tetra") | {"temperature_label": title.split("/")[1]})
+
+
+def statistics_of_arrays(grid: Grid, crystal, signal, weight, variance=None, half_a=None,
+                         half_b=None, **kw) -> VolumeStatistics:
+    """volume_statistics of arrays held in memory; half_a, half_b: (signal, weight) of the
+    two halves, or None."""
+    halves = None
+    if half_a is not None or half_b is not None:
+        if half_a is None or half_b is None:
+            raise ValueError("give both halves (half_b = total - half_a) or neither")
+        halves = (array_reader(*half_a[:2]), array_reader(*half_b[:2]))
+    return volume_statistics(grid, crystal, array_reader(signal, weight, variance), halves,
+                             **kw)

@@ -12,11 +12,12 @@ import math
 import numpy as np
 import pytest
 
-from hklflow.algorithms.statistics.shells import (array_reader, statistics_of_arrays,
-                                                  volume_statistics)
+from hklflow.algorithms.statistics.shells import array_reader, volume_statistics
 from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.grid import Axis, Grid
 from hklflow.pictures.volumes import plot_statistics
+
+from volume_helpers import statistics_of_arrays
 
 TETRA = Crystal("P 4/m m m", UnitCell(4.0, 4.0, 6.0))
 
@@ -392,7 +393,7 @@ def test_cc_half_of_half_sets_on_their_own_grid():
     """with_half_sets: two halves = truth + independent noise of known size, on the binned
     grid: CC1/2 = var(truth) / (var(truth) + var(noise)) in a shell, for pairs measured in
     both; voxels measured in one half only are left out."""
-    from hklflow.algorithms.statistics.shells import statistics_of_arrays, with_half_sets
+    from hklflow.algorithms.statistics.shells import with_half_sets
     from hklflow.model.crystal import Crystal, UnitCell
 
     crystal = Crystal("P m m m", UnitCell(5.0, 6.0, 7.0, 90, 90, 90))

@@ -1,7 +1,8 @@
-"""What `hklflow run` shows (hklflow.commands.console): Snakemake's output read line by line into a
-line per finished rule, a failed job's own message with its log, and the closing summary.
-The tiny experiment's whole console is checked in test_workflow.py (conftest.tiny_run runs
-`hklflow run`)."""
+"""What `hklflow run` shows (hklflow.commands.console): the run's job events (hklflow's logger
+plugin, hklflow.planning.job_events) taken one by one into a line per finished rule, a
+failed job's own message with its log, and the closing summary.  The tiny experiment's
+whole console is checked in test_workflow.py (conftest.tiny_run runs `hklflow run`); a
+real Snakemake's events read by the console in tests/plugins/test_logger_plugin.py."""
 from __future__ import annotations
 
 import os
@@ -10,46 +11,47 @@ import time
 from hklflow.commands import console
 from hklflow.commands.run import _passes_through
 
-SNAKEMAKE_OUTPUT = """\
-Building DAG of jobs...
-Job stats:
-job                count
----------------  -------
-ingest_scan            2
-find_peaks             2
-all                    1
-total                  5
 
-Select jobs to execute...
-localrule ingest_scan:
-    jobid: 2
-Finished jobid: 2 (Rule: ingest_scan)
-1 of 5 steps (20%) done
-Finished jobid: 3 (Rule: ingest_scan)
-2 of 5 steps (40%) done
-Finished jobid: 4 (Rule: find_peaks)
-3 of 5 steps (60%) done
-[Sat Nov 28 16:27:51 2026]
-Error in rule find_peaks:
-    message: None
-    jobid: 5
-    input: results/s/300K/f2/scan.nxs
-    output: results/s/300K/f2/peaks.nxs
-    log: logs/find_peaks/s/300K/f2.log (check log file(s) for error details)
-    shell:
-        hklflow find_peaks ...
-"""
+def _job(event: str, jobid: int, rule: str, log: str | None = None, **more) -> dict:
+    return {"event": event, "jobid": jobid, "rule": rule, "wildcards": more.pop("wildcards", {}),
+            "log": [log] if log else [], "output": more.pop("output", []), **more}
+
+
+# a run as the logger plugin writes it: ingest_scan complete, find_peaks half done and failed
+EVENTS = [
+    {"event": "opened", "schema": 1, "dryrun": False},
+    {"event": "planned", "jobs": {"ingest_scan": 2, "find_peaks": 2, "all": 1}, "total": 5},
+    _job("started", 2, "ingest_scan", "logs/ingest_scan/s/300K/f1.log"),
+    _job("finished", 2, "ingest_scan", "logs/ingest_scan/s/300K/f1.log"),
+    {"event": "progress", "done": 1, "total": 5},
+    _job("started", 3, "ingest_scan", "logs/ingest_scan/s/300K/f2.log"),
+    _job("finished", 3, "ingest_scan", "logs/ingest_scan/s/300K/f2.log"),
+    _job("started", 4, "find_peaks", "logs/find_peaks/s/300K/f1.log"),
+    _job("finished", 4, "find_peaks", "logs/find_peaks/s/300K/f1.log"),
+    _job("started", 5, "find_peaks", "logs/find_peaks/s/300K/f2.log"),
+    _job("failed", 5, "find_peaks", "logs/find_peaks/s/300K/f2.log", message=None,
+         output=["results/s/300K/f2/peaks.nxs"]),
+]
 
 
 def test_progress_shows_a_line_per_finished_rule_and_remembers_failures():
     progress = console.Progress()
-    shown = [line for text in SNAKEMAKE_OUTPUT.splitlines(keepends=True)
-             for line in progress.feed(text)]
+    shown = [line for event in EVENTS for line in progress.feed(event)]
     assert progress.planned == {"ingest_scan": 2, "find_peaks": 2, "all": 1}
     assert shown[0] == "4 jobs of 2 rules to run"
     assert len(shown) == 2  # ingest_scan complete; find_peaks only half
     assert "ingest_scan" in shown[1] and " 2/2 " in shown[1] and "(2 of 4 jobs, about" in shown[1]
     assert progress.failures == [("find_peaks", "logs/find_peaks/s/300K/f2.log")]
+    assert progress.running == {} and not progress.nothing_to_do
+
+
+def test_a_run_with_nothing_to_do_plans_no_job():
+    progress = console.Progress()
+    progress.feed({"event": "opened", "schema": 1, "dryrun": False})
+    assert progress.nothing_to_do
+    progress.feed({"event": "error", "exception": "LockException", "message": "..."})
+    assert not progress.nothing_to_do  # (refused: nothing was planned, nothing is up to date)
+    assert not console.Progress().nothing_to_do  # (no event: Snakemake stopped before its loggers)
 
 
 def test_a_failure_shows_the_steps_own_message_and_its_log(tmp_path):
@@ -109,34 +111,19 @@ def test_a_steps_last_progress_line_becomes_the_consoles_text():
     assert console.job_progress_text("2026-11-28 16:53:10 hklflow.find_peaks INFO: reading\n") == ""
 
 
-RUNNING = """\
-Job stats:
-job                  count
------------------  -------
-transform_frames         2
-all                      1
-total                    3
-
-[Sat Nov 28 16:38:08 2026]
-localrule transform_frames:
-    input: results/s/300K/f1/scan.nxs
-    output: results/s/300K/f1/transform_parts/00000-00059.nxs
-    log: logs/transform_frames/s/300K/f1/00000-00059.log
-    jobid: 7
-    wildcards: sample=s, temperature=300K, entry=f1, frames=00000-00059
-Shell command: hklflow transform_frames ...
-
-[Sat Nov 28 16:38:08 2026]
-localrule transform_frames:
-    log: logs/transform_frames/s/300K/f2/00000-00059.log
-    jobid: 8
-"""
+RUNNING = [
+    {"event": "planned", "jobs": {"transform_frames": 2, "all": 1}, "total": 3},
+    _job("started", 7, "transform_frames", "logs/transform_frames/s/300K/f1/00000-00059.log",
+         wildcards={"sample": "s", "temperature": "300K", "entry": "f1", "frames": "00000-00059"},
+         output=["results/s/300K/f1/transform_parts/00000-00059.nxs"]),
+    _job("started", 8, "transform_frames", "logs/transform_frames/s/300K/f2/00000-00059.log"),
+]
 
 
 def _running(tmp_path):
     progress = console.Progress()
-    for text in RUNNING.splitlines(keepends=True):
-        progress.feed(text)
+    for event in RUNNING:
+        progress.feed(event)
     log = tmp_path / "logs/transform_frames/s/300K/f2/00000-00059.log"
     log.parent.mkdir(parents=True)
     log.write_text("2026-11-28 16:38:20 hklflow.transform_frames INFO: frames transformed: "
@@ -150,8 +137,8 @@ def test_a_running_jobs_progress_rewrites_its_rules_line_on_a_terminal(tmp_path,
     monkeypatch.setenv("COLUMNS", "200")  # (the line is cut to the terminal's width)
     progress = _running(tmp_path)
     assert {k: (j.rule, j.name) for k, j in progress.running.items()} == {
-        "7": ("transform_frames", "s/300K/f1/00000-00059"),
-        "8": ("transform_frames", "s/300K/f2/00000-00059")}
+        7: ("transform_frames", "s/300K/f1/00000-00059"),
+        8: ("transform_frames", "s/300K/f2/00000-00059")}
     out = io.StringIO()
     screen = console.LiveLine(tmp_path, out, terminal=True)
     screen.update(progress)
@@ -165,9 +152,8 @@ def test_a_running_jobs_progress_rewrites_its_rules_line_on_a_terminal(tmp_path,
                                            "frames transf\x1b[K")  # 59 characters
     screen.show("a finished rule's line")  # clears the progress line first
     assert out.getvalue().endswith("\r\x1b[Ka finished rule's line\n")
-    progress.feed("Finished jobid: 8 (Rule: transform_frames)\n")
-    progress.feed("Error in rule transform_frames:\n")
-    progress.feed("    jobid: 7\n")
+    progress.feed(_job("finished", 8, "transform_frames"))
+    progress.feed(_job("failed", 7, "transform_frames", message=None))
     assert progress.running == {}
 
 

@@ -14,7 +14,7 @@ from hklflow.base.errors import ConfigError
 from hklflow.commands import cli
 from hklflow.commands.init import PLACEHOLDER
 from hklflow.planning.config import load_experiment
-from hklflow.settings.params import schema
+from hklflow.settings.schema import schema
 
 GIVEN = ["--sample", "lab6", "--space-group", "P m -3 m", "--cell", "4.157", "4.157", "4.157",
           "90", "90", "90", "--temperature", "300", "--calibrant", "CeO2"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 
 from hklflow.files import pdf as pdf_files
 from hklflow.files.pdf import PDF, write_pdf
@@ -99,3 +100,33 @@ def test_filled_and_punched_volumes_written_in_one_pass_equal_two(tmp_path):
             assert _stored(a) == _stored(b)
         assert len(_stored(x["entry/filled_data/data"])) == 3 * 2 * 3 - 1
         assert len(_stored(x["entry/punched_data/data"])) == 3 * 2 * 3 - 2
+
+
+def test_pdf_file_round_trip_and_names(tmp_path):
+    """A total PDF and a 3D-DeltaPDF (with its filled volume), written where the rules name
+    them, read back: values, axes, cell, notes, kind; one plane read alone."""
+    from hklflow.files import outputs
+    from hklflow.files.pdf import read_pdf, read_pdf_notes, read_pdf_plane
+
+    at = dict(sample="tiny", temperature="300K")
+    total = tmp_path / outputs.fill(outputs.TOTAL_PDF, **at)
+    delta = tmp_path / outputs.fill(outputs.DELTA_PDF, pdf="pdf", **at)
+    assert (total.name, delta.name) == ("total_pdf.nxs", "pdf.nxs")
+    cell = UnitCell(3.8, 3.8, 13.2, 90, 90, 90)
+    rng = np.random.default_rng(3)
+    x, y, z = (np.linspace(-2, 2, n) for n in (9, 7, 5))
+    values = rng.standard_normal((5, 7, 9)).astype(np.float32)
+    grid = Grid(Axis(-1, 0.5, 9), Axis(-1, 0.5, 7), Axis(-1, 0.5, 5))
+    write_pdf(total, PDF(values, x, y, z, cell, "total_pdf", "t", {"q_max": 5.0}), {"name": "s"},
+              {"program": "t"})
+    write_pdf(delta, PDF(values, x, y, z, cell, "pdf", "d", {"q_max": 4.0}), {"name": "s"},
+              {"program": "t"}, grid=grid, filled=rng.random(grid.shape).astype(np.float32),
+              punched_at=np.array([3, 4]))
+    for path, kind, q_max in ((total, "total_pdf", 5.0), (delta, "pdf", 4.0)):
+        back = read_pdf(path)
+        assert back.kind == kind and np.array_equal(back.values, values)
+        assert all(np.array_equal(a, b) for a, b in ((back.x, x), (back.y, y), (back.z, z)))
+        assert back.cell.parameters == pytest.approx(cell.parameters)
+        assert read_pdf_notes(path)["q_max"] == q_max
+        _, (plane, *_) = read_pdf_plane(path, "z", z[2])
+        assert np.array_equal(plane, values[2])

@@ -487,3 +487,35 @@ def test_reading_headers_and_slices_loads_no_numba(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["21", "True", "False", "True"]
+
+
+def test_volume_names_and_a_part_adopted_whole(tmp_path, monkeypatch):
+    """An entry's volume, named as sum_chunks's output, made from its one part (a rename,
+    the arrays not copied: adopt_volume) reads back the same, with its new title, notes and
+    provenance; a failure moves the part back."""
+    from hklflow.files import outputs
+    from hklflow.files import volume as volume_files
+    from hklflow.files.h5 import read_provenance
+    from hklflow.files.volume import adopt_volume
+
+    at = dict(sample="tiny", temperature="300K", entry="f1", kind="transform")
+    part = tmp_path / outputs.fill(outputs.VOLUME_PART, frames=outputs.part_frames(0, 60), **at)
+    out = tmp_path / outputs.fill(outputs.ENTRY_VOLUME, **at)
+    assert str(part.relative_to(tmp_path)) == "results/tiny/300K/f1/transform_parts/00000-00060.nxs"
+    assert str(out.relative_to(tmp_path)) == "results/tiny/300K/f1/transform.nxs"
+    vol = random_volume(small_grid(), 4)
+    write_volume(part, vol, {"program": "part"})
+    def broken(*args):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(volume_files, "write_provenance_h5", broken)
+        with pytest.raises(OSError, match="disk full"):
+            adopt_volume(part, out, "tiny/300K/f1", {"n": 1}, {"program": "sum"})
+    assert part.exists() and not out.exists()  # the part moved back, nothing half made
+    adopt_volume(part, out, "tiny/300K/f1", {"n": 1}, {"program": "sum"})
+    assert not part.exists() and not list(part.parent.iterdir())  # no temporary left
+    back = read_volume(out)
+    assert np.array_equal(back.signal, vol.signal) and np.array_equal(back.weight, vol.weight)
+    assert (back.title, back.notes) == ("tiny/300K/f1", {"n": 1})
+    assert read_provenance(out)["program"] == "sum"

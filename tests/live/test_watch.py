@@ -158,26 +158,63 @@ def test_a_scan_in_progress_is_planned_on_its_marker_not_its_growing_file(tiny_c
     assert job_counts(r.stdout).get("ingest_scan") == 1, r.stdout
 
 
-def test_failed_jobs_are_read_from_snakemake_s_log():
-    log = """
-Error in rule find_peaks:
-    message: None
-    jobid: 5
-    input: results/tiny/300K/f1/scan.nxs
-    output: results/tiny/300K/f1/peaks.nxs, results/tiny/300K/f1/peaks.png
-    log: logs/find_peaks/tiny/300K/f1.log (check log file(s) for error details)
-Error in rule index_parent:
-    jobid: 7
-    output: results/tiny/300K/parent_orientation.nxs, results/tiny/300K/parent_orientation.png
-    log: logs/index_parent/tiny/300K.log (check log file(s) for error details)
-Error in rule define_grid:
-    output: results/tiny/grid.json
-    log: logs/define_grid/tiny.log (check log file(s) for error details)
-"""
-    assert failed_jobs(log) == [
+def test_failed_jobs_are_read_from_the_runs_job_events():
+    """Each failed job of a run (its `failed` event from hklflow's logger plugin): its rule,
+    the scan or temperature it belongs to (its wildcards: a sample-wide job belongs to every
+    scan) and its log."""
+    def failed(jobid, rule, wildcards, log):
+        return {"event": "failed", "jobid": jobid, "rule": rule, "wildcards": wildcards,
+                "log": [log], "output": [], "message": None}
+
+    events = [
+        {"event": "opened", "schema": 1, "dryrun": False},
+        {"event": "started", "jobid": 4, "rule": "ingest_scan", "wildcards": {}, "log": [],
+         "output": []},
+        failed(5, "find_peaks", {"sample": "tiny", "temperature": "300K", "entry": "f1"},
+               "logs/find_peaks/tiny/300K/f1.log"),
+        failed(7, "index_parent", {"sample": "tiny", "temperature": "300K"},
+               "logs/index_parent/tiny/300K.log"),
+        failed(9, "define_grid", {"sample": "tiny"}, "logs/define_grid/tiny.log"),
+        {"event": "error", "exception": "WorkflowError", "message": "At least one job did not "
+         "complete successfully."}]
+    assert failed_jobs(events) == [
         {"rule": "find_peaks", "scan": "tiny/300K/f1", "log": "logs/find_peaks/tiny/300K/f1.log"},
         {"rule": "index_parent", "scan": "tiny/300K", "log": "logs/index_parent/tiny/300K.log"},
         {"rule": "define_grid", "scan": "", "log": "logs/define_grid/tiny.log"}]
+
+
+def test_the_watchers_runs_carry_the_logger_and_a_lock_refusal_is_read_from_their_events(
+        tiny_experiment, tmp_path, monkeypatch):
+    import hklflow.live.watch as watch
+
+    w = _watcher(tiny_experiment)
+    w.expdir = tmp_path
+    started = []
+
+    class _Snakemake:
+        pid = 12345
+
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(watch.subprocess, "Popen", _Snakemake)
+    (tmp_path / "live/logs").mkdir(parents=True)
+    events = tmp_path / "live/logs/run-0001.events.jsonl"
+    assert w.run_snakemake(["--cores", "1"], events=events) == 1
+    assert started[0][3:7] == ["--logger", "hklflow", "--logger-hklflow-file", str(events)]
+    assert w.run_snakemake(["--unlock"]) == 1 and "--logger" not in started[1]
+    assert not w.lock_refused()  # (no run yet)
+    w.state.last_run = {"number": 1, "events": "live/logs/run-0001.events.jsonl"}
+    lines = ['{"event": "opened", "schema": 1, "dryrun": false}',
+             '{"event": "error", "exception": "WorkflowError", "message": "..."}']
+    events.write_text("\n".join(lines) + "\n")
+    assert not w.lock_refused()
+    events.write_text('{"event": "opened"}\n{"event": "error", "exception": "LockException", '
+                      '"message": "..."}\n')
+    assert w.lock_refused()
 
 
 def test_the_status_screen_names_every_scan_its_stage_and_its_error():

@@ -27,6 +27,7 @@ def fresh_compat(monkeypatch):
     monkeypatch.delenv("HKLFLOW_SNAKEMAKE_HOOKS", raising=False)
     monkeypatch.setattr(compat, "_reported", set())
     monkeypatch.setattr(compat, "_lookup_honoured", None)
+    monkeypatch.setattr(compat, "_locks_in_folder", None)
 
 
 def _reports(err: str, hook: str) -> int:
@@ -309,6 +310,32 @@ def test_cluster_groups_are_read_from_snakemakes_settings(capsys):
     for _ in range(2):
         assert compat.cluster_groups(types.SimpleNamespace()) == {}
     assert _reports(capsys.readouterr().err, "cluster_groups") == 1
+
+
+def test_a_lock_left_is_seen_where_snakemake_writes_it(tmp_path, capsys):
+    """Snakemake's own file persistence locks a folder; the look-up sees its lock, and none
+    once it is gone (a real run's lock and --unlock: tests/plugins/test_logger_plugin.py)."""
+    from snakemake.persistence.file import FilePersistence
+
+    assert not compat.lock_left(tmp_path)  # (no .snakemake at all)
+    store = FilePersistence(path=tmp_path / ".snakemake")
+    assert not compat.lock_left(tmp_path)
+    store._write_locks("output", ["results/s/grid.json"])
+    assert compat.lock_left(tmp_path)
+    store._delete_locks()
+    assert not compat.lock_left(tmp_path)
+    assert "Snakemake hook" not in capsys.readouterr().err
+
+
+def test_locks_kept_elsewhere_are_not_looked_for_said_once(tmp_path, monkeypatch, capsys):
+    from snakemake.persistence.file import FilePersistence
+
+    monkeypatch.setattr(FilePersistence, "_write_locks", lambda self, kind, keys: None)
+    (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "locks" / "0.output.lock").write_text("x\n")
+    for _ in range(2):
+        assert not compat.lock_left(tmp_path)  # (the watcher unlocks after a refused run)
+    assert _reports(capsys.readouterr().err, "lock_left") == 1
 
 
 # --------------------------------------------------------------------------------------

@@ -11,13 +11,15 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle filter)
 import numpy as np
 import pytest
 
-from hklflow.model.crystal import Crystal, UnitCell, rotation_angle_deg
+from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.planning.config import load_experiment
 from hklflow.raw.frames import open_frames
 from hklflow.raw.rawfiles import is_hdf5_path
 from hklflow.simulation import cli
 from hklflow.simulation.experiment import preset, simulate_experiment, structure_intensity
+
+from experiment_helpers import rotation_angle_deg
 
 
 def frames_of(exp, scan_id):

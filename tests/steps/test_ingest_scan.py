@@ -264,7 +264,7 @@ def test_usage_errors(experiment_dir, capsys):
     assert "--settings: not valid JSON" in capsys.readouterr().err
     rc, out = run(root, "f1", out="results/usage/scan.nxs", settings='{"scan": {"sample": "s1"}}')
     assert rc == 1 and not out.exists()
-    assert "--settings scan: not a scans-table row" in capsys.readouterr().err
+    assert "--settings scan: missing setting(s) ['calibration', 'data'" in capsys.readouterr().err
     rc, out = run(root, "f1", out="results/usage/scan.nxs",
                   extra=["--poni", "config/missing.poni"])
     assert rc == 1 and not out.exists()

@@ -98,12 +98,11 @@ def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_pat
     import logging
     import math
 
-    from hklflow.algorithms.statistics.shells import statistics_of_arrays
     from hklflow.files.volume import Volume, write_volume
     from hklflow.model.crystal import Crystal, UnitCell
     from hklflow.steps.merge_entries import write_statistics
 
-    from volume_helpers import TETRA
+    from volume_helpers import TETRA, statistics_of_arrays
 
     crystal = Crystal("I 4/m m m", UnitCell(*TETRA))
     grid = small_grid()

@@ -115,12 +115,12 @@ def test_the_next_run_of_a_step_removes_what_a_killed_one_left(tmp_path, capsys)
     import subprocess
     import sys
 
-    from hklflow.files.atomic import HOST, atomic_path
+    from hklflow.base.atomic import HOST, atomic_path
 
     out = tmp_path / "volume.nxs"
     killed = subprocess.run([sys.executable, "-c", f"""
 import os, signal
-from hklflow.files.atomic import atomic_path
+from hklflow.base.atomic import atomic_path
 with atomic_path({str(out)!r}) as tmp:
     tmp.write_bytes(b"half")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -7,11 +7,11 @@ rule calibrate_powder:
     input:
         calibration_sources,
     output:
-        poni="results/calibration/{calibration}/geometry.poni",
-        nexus="results/calibration/{calibration}/calibration.nxs",
-        png=report("results/calibration/{calibration}/calibration.png", category="Calibration",
+        poni=outputs.GEOMETRY_PONI,
+        nexus=outputs.CALIBRATION_NEXUS,
+        png=report(outputs.CALIBRATION_PNG, category="Calibration",
                    caption="../report/calibration.rst"),
-        version="results/calibration/{calibration}/version.json",
+        version=outputs.CALIBRATION_VERSION,
     params:
         settings=lambda w: settings_file(SETTINGS.calibrate_powder(w.calibration)),
     log:

@@ -12,6 +12,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import apply_wildcards
 
 import hklflow
+from hklflow.files import model_inputs, outputs
+from hklflow.files.outputs import fill
 from hklflow.planning import snakemake_compat
 from hklflow.planning.config import ConfigError, landed_marker, load_experiment, read_config_files
 from hklflow.planning.jobs import JobSettings, SettingsFiles, transform_frame_ranges
@@ -102,17 +104,19 @@ def scan_of(w):
     return EXP.scan(w.sample, w.temperature, w.entry)
 
 
-def scan_path(scan, name):
-    return f"results/{scan.sample}/{scan.temperature_label}/{scan.entry}/{name}"
+def scan_path(scan, pattern, **more):
+    """An output of a scan entry (hklflow.files.outputs: SCAN, PEAKS, ...), named."""
+    return fill(pattern, sample=scan.sample, temperature=scan.temperature_label,
+                entry=scan.entry, **more)
 
 
-def calibration_path(name, file):
-    return f"results/calibration/{name}/{file}"
+def calibration_path(name, pattern):
+    return fill(pattern, calibration=name)
 
 
-def entries_files(w, name):
-    """A file of every entry of the wildcards' sample and temperature."""
-    return [scan_path(s, name) for s in EXP.scans_of(w.sample, w.temperature)]
+def entries_files(w, pattern, **more):
+    """An output of every entry of the wildcards' sample and temperature."""
+    return [scan_path(s, pattern, **more) for s in EXP.scans_of(w.sample, w.temperature)]
 
 
 # --------------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ def raw_change(w):
     scan = scan_of(w)
     if scan.in_progress:
         return []
-    marker, changed = _RAW_CHANGES.marker_input(scan.id, scan_path(scan, "scan.nxs"),
+    marker, changed = _RAW_CHANGES.marker_input(scan.id, scan_path(scan, outputs.SCAN),
                                                 raw_files(w))
     if changed:
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
@@ -211,8 +215,8 @@ def monitor_column_file(w):
     return [path] if path else []
 
 
-def scan_calibration(w, file):
-    return calibration_path(scan_of(w).calibration, file)
+def scan_calibration(w, pattern):
+    return calibration_path(scan_of(w).calibration, pattern)
 
 
 def user_mask(w):
@@ -220,7 +224,7 @@ def user_mask(w):
 
 
 def calibration_poni(name):
-    return calibration_path(name, "geometry.poni")
+    return calibration_path(name, outputs.GEOMETRY_PONI)
 
 
 def parent_temperature(w):
@@ -230,7 +234,7 @@ def parent_temperature(w):
 
 
 def parent_orientation(w):
-    return f"results/{w.sample}/{parent_temperature(w)}/parent_orientation.nxs"
+    return fill(outputs.PARENT_ORIENTATION, sample=w.sample, temperature=parent_temperature(w))
 
 
 @snakemake_compat.known_parameters  # a group function: not among the rules' input and params
@@ -253,19 +257,21 @@ def sample_ponis(w):
 def transform_parts(w):
     """The transform jobs' volumes of a scan entry, every kind's chunks in a row."""
     ranges = transform_frame_ranges(EXP, scan_of(w))
-    return [f"results/{w.sample}/{w.temperature}/{w.entry}/{kind}_parts/{a:05d}-{b:05d}.nxs"
+    return [fill(outputs.VOLUME_PART, sample=w.sample, temperature=w.temperature,
+                 entry=w.entry, kind=kind, frames=outputs.part_frames(a, b))
             for kind in TRANSFORM_KINDS for a, b in ranges]
 
 
 def merged_volumes(w):
-    return [f"results/{w.sample}/{t}/{w.kind}.nxs" for t in EXP.temperatures_of(w.sample)]
+    return [fill(outputs.MERGED_VOLUME, sample=w.sample, temperature=t, kind=w.kind)
+            for t in EXP.temperatures_of(w.sample)]
 
 
 def pdf_input(kind):
     """The volume a PDF is made from: the symmetrised one (the merged one without
     symmetrisation) of a kind."""
     name = f"{kind}_symmetrized" if SYMMETRIZE else kind
-    return f"results/{{sample}}/{{temperature}}/{name}.nxs"
+    return fill(outputs.VOLUME, volume=name)
 
 
 def _pdf_name(kind, what):
@@ -278,60 +284,60 @@ def nxrefine_pdf_links(w):
     reduction.pdf makes (pdf.smk), none when it is off."""
     if not PDF_ENABLED or w.temperature not in EXP.pdf_temperatures_of(w.sample):
         return {}
-    base = f"results/{w.sample}/{w.temperature}"
-    links = {_pdf_name(TOTAL_PDF_KIND, "total_pdf"): f"{base}/total_pdf.nxs"}
-    links.update({_pdf_name(kind, "pdf"): f"{base}/{name}.nxs"
+    at = dict(sample=w.sample, temperature=w.temperature)
+    links = {_pdf_name(TOTAL_PDF_KIND, "total_pdf"): fill(outputs.TOTAL_PDF, **at)}
+    links.update({_pdf_name(kind, "pdf"): fill(outputs.DELTA_PDF, pdf=name, **at)
                   for name, kind in PDF_FILE_KIND.items()})
     return links
 
 
 def entry_volumes(w):
     """Every entry's volumes at the wildcards' temperature: per entry, every kind."""
-    return [scan_path(s, f"{kind}.nxs") for s in EXP.scans_of(w.sample, w.temperature)
-            for kind in TRANSFORM_KINDS]
+    return [scan_path(s, outputs.ENTRY_VOLUME, kind=kind)
+            for s in EXP.scans_of(w.sample, w.temperature) for kind in TRANSFORM_KINDS]
 
 
 # --------------------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------------------
 def all_targets():
-    targets = [calibration_path(c, "geometry.poni") for c in EXP.calibrations]
+    targets = [calibration_path(c, outputs.GEOMETRY_PONI) for c in EXP.calibrations]
     for s in EXP.scans:
-        targets += [scan_path(s, "scan.nxs"), scan_path(s, "peaks.nxs")]
+        targets += [scan_path(s, outputs.SCAN), scan_path(s, outputs.PEAKS)]
     for name in EXP.samples:
         temperatures = EXP.temperatures_of(name)
         if not temperatures:
             continue  # hklflow watch: the sample's scans have not begun
-        targets += [f"results/{name}/{t}/orientation.nxs" for t in temperatures]
+        targets += [fill(outputs.ORIENTATION, sample=name, temperature=t) for t in temperatures]
         for kind in TRANSFORM_KINDS:
             for t in temperatures:
-                targets.append(f"results/{name}/{t}/{kind}.nxs")
-                targets.append(f"results/{name}/{t}/{kind}_statistics.png")
+                at = dict(sample=name, temperature=t, kind=kind)
+                targets.append(fill(outputs.MERGED_VOLUME, **at))
+                targets.append(fill(outputs.STATISTICS_PNG, **at))
                 if SYMMETRIZE:
-                    targets.append(f"results/{name}/{t}/{kind}_symmetrized.nxs")
-            targets.append(f"results/{name}/{kind}_temperature_series.png")
+                    targets.append(fill(outputs.SYMMETRIZED_VOLUME, **at))
+            targets.append(fill(outputs.TEMPERATURE_SERIES_PNG, sample=name, kind=kind))
         pdf_temperatures = EXP.pdf_temperatures_of(name)  # (previews: live.preview_pdf)
         if PDF_ENABLED and pdf_temperatures:
             for t in pdf_temperatures:
-                targets += [f"results/{name}/{t}/total_pdf.nxs"]
-                targets += [f"results/{name}/{t}/{f}.nxs" for f in PDF_FILE_KIND]
-            targets.append(f"results/{name}/pdf_temperature_series.png")
+                targets += [fill(outputs.TOTAL_PDF, sample=name, temperature=t)]
+                targets += [fill(outputs.DELTA_PDF, sample=name, temperature=t, pdf=f)
+                            for f in PDF_FILE_KIND]
+            targets.append(fill(outputs.PDF_SERIES_PNG, sample=name))
         if NXREFINE_WRAPPER:
-            targets += [f"results/{name}/nxrefine/{name}_{t}.nxs" for t in temperatures]
+            targets += [fill(outputs.NXREFINE_WRAPPER, sample=name, temperature=t)
+                        for t in temperatures]
         if MODEL_INPUTS:
             for t in temperatures:
                 for kind in TRANSFORM_KINDS:
                     for volume in (kind, f"{kind}_symmetrized") if SYMMETRIZE else (kind,):
-                        targets += model_input_outputs(
-                            f"results/{name}/{t}/model_inputs/{volume}")
+                        targets += [fill(f, sample=name, temperature=t, volume=volume)
+                                    for f in model_input_outputs()]
     return targets
 
 
-def model_input_outputs(stem: str) -> list:
-    """The files rule model_inputs writes for output.model_inputs, named from `stem`
-    (hklflow.files.model_inputs)."""
-    files = {"rmc_discord": [f"{stem}_rmc_discord.nxs"],
-             "yell": [f"{stem}_yell/{name}" for name in (
-                 "experiment.h5", "weights.h5", "reciprocal_space_multiplier.h5",
-                 "model_grid.txt", "provenance.json")]}
-    return [f for program in MODEL_INPUTS for f in files[program]]
+def model_input_outputs() -> list:
+    """The files rule model_inputs writes for output.model_inputs, each program's as its
+    module names them (hklflow.files.model_inputs), in the volume's model_inputs folder."""
+    return [f"{outputs.MODEL_INPUTS}/{f}" for program in MODEL_INPUTS
+            for f in model_inputs.file_names(program, "{volume}")]

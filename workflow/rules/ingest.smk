@@ -7,10 +7,10 @@ rule ingest_scan:
         raw=raw_files,
         raw_change=raw_change,
         monitor=monitor_column_file,
-        poni=lambda w: scan_calibration(w, "geometry.poni"),
-        version=lambda w: scan_calibration(w, "version.json"),
+        poni=lambda w: scan_calibration(w, outputs.GEOMETRY_PONI),
+        version=lambda w: scan_calibration(w, outputs.CALIBRATION_VERSION),
     output:
-        scan="results/{sample}/{temperature}/{entry}/scan.nxs",
+        scan=outputs.SCAN,
     params:
         settings=lambda w: settings_file(SETTINGS.ingest_scan(w.sample, w.temperature, w.entry)),
     log:

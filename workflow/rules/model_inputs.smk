@@ -1,18 +1,19 @@
 # The files modelling programs read of every merged and symmetrised volume
-# (output.model_inputs): results/SAMPLE/TLABEL/model_inputs/VOLUME_rmc_discord.nxs and
-# VOLUME_yell/ (hklflow.files.model_inputs).
+# (output.model_inputs), in results/SAMPLE/TLABEL/model_inputs/, each program's named by its
+# module: hklflow.files.model_inputs.rmc_discord (VOLUME_rmc_discord.nxs), .yell
+# (VOLUME_yell/).
 
 
 rule model_inputs:
     """The files Yell and rmc-discord read of one volume: intensity, its uncertainty (their
     weights) and the grid, in each program's own layout."""
     input:
-        volume="results/{sample}/{temperature}/{volume}.nxs",
+        volume=outputs.VOLUME,
     output:
-        model_input_outputs("results/{sample}/{temperature}/model_inputs/{volume}"),
+        model_input_outputs(),
     params:
         settings=settings_file(SETTINGS.model_inputs()),
-        out_dir="results/{sample}/{temperature}/model_inputs",
+        out_dir=outputs.MODEL_INPUTS,
     log:
         "logs/model_inputs/{sample}/{temperature}/{volume}.log",
     benchmark:

@@ -12,18 +12,18 @@ rule nxrefine_wrapper:
     and the PDFs, so NeXpy and NXRefine open hklflow's results as their own."""
     input:
         orientation=rules.refine_temperature.output.orientation,
-        scans=lambda w: entries_files(w, "scan.nxs"),
-        peaks=lambda w: entries_files(w, "peaks.nxs"),
-        masks=lambda w: entries_files(w, "mask.nxs"),
+        scans=lambda w: entries_files(w, outputs.SCAN),
+        peaks=lambda w: entries_files(w, outputs.PEAKS),
+        masks=lambda w: entries_files(w, outputs.MASK),
         entry_volumes=entry_volumes,
-        merged=expand("results/{{sample}}/{{temperature}}/{kind}.nxs", kind=TRANSFORM_KINDS),
-        symmetrized=expand("results/{{sample}}/{{temperature}}/{kind}_symmetrized.nxs",
-                           kind=TRANSFORM_KINDS) if SYMMETRIZE else [],
+        merged=[fill(outputs.MERGED_VOLUME, kind=kind) for kind in TRANSFORM_KINDS],
+        symmetrized=([fill(outputs.SYMMETRIZED_VOLUME, kind=kind) for kind in TRANSFORM_KINDS]
+                     if SYMMETRIZE else []),
         pdf=lambda w: list(nxrefine_pdf_links(w).values()),
     output:
-        wrapper="results/{sample}/nxrefine/{sample}_{temperature}.nxs",
+        wrapper=outputs.NXREFINE_WRAPPER,
         # (files.nxrefine.scan_directory: the wrapper's stem less 'SAMPLE_')
-        scan_directory=directory("results/{sample}/nxrefine/{temperature}"),
+        scan_directory=directory(outputs.NXREFINE_SCAN_DIRECTORY),
     params:
         settings=lambda w: settings_file(SETTINGS.nxrefine_wrapper(w.sample)),
         pdf=lambda w: [f"{n}={p}" for n, p in nxrefine_pdf_links(w).items()],

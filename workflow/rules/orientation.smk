@@ -2,11 +2,11 @@ rule index_parent:
     """Index the parent scan of a sample from scratch (all its entries) and refine it: the
     orientation every other temperature of the sample starts from."""
     input:
-        scans=lambda w: entries_files(w, "scan.nxs"),
-        peaks=lambda w: entries_files(w, "peaks.nxs"),
+        scans=lambda w: entries_files(w, outputs.SCAN),
+        peaks=lambda w: entries_files(w, outputs.PEAKS),
     output:
-        orientation="results/{sample}/{temperature}/parent_orientation.nxs",
-        png=report("results/{sample}/{temperature}/parent_orientation.png", category="Orientation",
+        orientation=outputs.PARENT_ORIENTATION,
+        png=report(outputs.PARENT_ORIENTATION_PNG, category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
     params:
         settings=lambda w: settings_file(SETTINGS.index_parent(w.sample)),
@@ -30,11 +30,11 @@ rule refine_temperature:
     from its parent's orientation (read-only)."""
     input:
         parent=parent_orientation,
-        scans=lambda w: entries_files(w, "scan.nxs"),
-        peaks=lambda w: entries_files(w, "peaks.nxs"),
+        scans=lambda w: entries_files(w, outputs.SCAN),
+        peaks=lambda w: entries_files(w, outputs.PEAKS),
     output:
-        orientation="results/{sample}/{temperature}/orientation.nxs",
-        png=report("results/{sample}/{temperature}/orientation.png", category="Orientation",
+        orientation=outputs.ORIENTATION,
+        png=report(outputs.ORIENTATION_PNG, category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
     params:
         settings=settings_file(SETTINGS.refine_temperature()),

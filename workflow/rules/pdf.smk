@@ -8,8 +8,8 @@ rule total_pdf:
     input:
         volume=pdf_input(TOTAL_PDF_KIND),
     output:
-        pdf="results/{sample}/{temperature}/total_pdf.nxs",
-        png=report("results/{sample}/{temperature}/total_pdf.png", category="PDF",
+        pdf=outputs.TOTAL_PDF,
+        png=report(outputs.TOTAL_PDF_PNG, category="PDF",
                    subcategory="{sample}", caption="../report/pdf.rst"),
     params:
         settings=lambda w: settings_file(SETTINGS.total_pdf(w.sample)),
@@ -34,8 +34,8 @@ rule delta_pdf:
     input:
         volume=lambda w: pdf_input(PDF_FILE_KIND[w.pdf]),
     output:
-        pdf="results/{sample}/{temperature}/{pdf}.nxs",
-        png=report("results/{sample}/{temperature}/{pdf}.png", category="PDF",
+        pdf=outputs.DELTA_PDF,
+        png=report(outputs.DELTA_PDF_PNG, category="PDF",
                    subcategory="{sample}", caption="../report/pdf.rst"),
     wildcard_constraints:
         pdf="pdf|transform_pdf",
@@ -62,9 +62,10 @@ rule pdf_temperature_series:
     # a cluster, as temperature_series
     localrule: True
     input:
-        lambda w: [f"results/{w.sample}/{t}/pdf.nxs" for t in EXP.pdf_temperatures_of(w.sample)],
+        lambda w: [fill(outputs.DELTA_PDF, sample=w.sample, temperature=t, pdf="pdf")
+                   for t in EXP.pdf_temperatures_of(w.sample)],
     output:
-        png=report("results/{sample}/pdf_temperature_series.png", category="PDF",
+        png=report(outputs.PDF_SERIES_PNG, category="PDF",
                    caption="../report/pdf_temperature_series.rst"),
     params:
         settings=lambda w: settings_file(SETTINGS.pdf_temperature_series(w.sample)),

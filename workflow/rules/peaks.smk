@@ -7,8 +7,8 @@ rule find_peaks:
         scan=rules.ingest_scan.output.scan,
         user_mask=user_mask,
     output:
-        peaks="results/{sample}/{temperature}/{entry}/peaks.nxs",
-        png=report("results/{sample}/{temperature}/{entry}/peaks.png", category="Peak search",
+        peaks=outputs.PEAKS,
+        png=report(outputs.PEAKS_PNG, category="Peak search",
                    subcategory="{sample} {temperature}", caption="../report/peaks.rst"),
     params:
         settings=settings_file(SETTINGS.find_peaks()),

@@ -11,7 +11,7 @@ rule define_grid:
     input:
         sample_ponis,
     output:
-        grid="results/{sample}/grid.json",
+        grid=outputs.GRID,
     params:
         settings=lambda w: settings_file(SETTINGS.define_grid(w.sample, calibration_poni)),
     log:
@@ -38,8 +38,8 @@ rule mask_scan:
         orientation=rules.refine_temperature.output.orientation,
         user_mask=user_mask,
     output:
-        mask="results/{sample}/{temperature}/{entry}/mask.nxs",
-        png=report("results/{sample}/{temperature}/{entry}/mask.png", category="Masks",
+        mask=outputs.MASK,
+        png=report(outputs.MASK_PNG, category="Masks",
                    subcategory="{sample} {temperature}", caption="../report/mask.rst"),
     params:
         settings=settings_file(SETTINGS.mask_scan()),
@@ -69,8 +69,7 @@ rule transform_frames:
         grid=rules.define_grid.output.grid,
         mask=rules.mask_scan.output.mask,
     output:
-        volumes=temp(expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}_parts/"
-                            "{{frames}}.nxs", kind=TRANSFORM_KINDS)),
+        volumes=temp([fill(outputs.VOLUME_PART, kind=kind) for kind in TRANSFORM_KINDS]),
     params:
         settings=settings_file(SETTINGS.transform_frames()),
     log:
@@ -96,10 +95,8 @@ rule sum_chunks:
     input:
         transform_parts,
     output:
-        volumes=expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}.nxs",
-                       kind=TRANSFORM_KINDS),
-        pngs=report(expand("results/{{sample}}/{{temperature}}/{{entry}}/{kind}.png",
-                           kind=TRANSFORM_KINDS),
+        volumes=[fill(outputs.ENTRY_VOLUME, kind=kind) for kind in TRANSFORM_KINDS],
+        pngs=report([fill(outputs.ENTRY_VOLUME_PNG, kind=kind) for kind in TRANSFORM_KINDS],
                     category="Volumes", subcategory="{sample} {temperature}",
                     caption="../report/volume.rst"),
     params:
@@ -125,13 +122,13 @@ rule merge_entries:
     then divided, so the gaps of one entry are filled by the others (entries without usable
     signal left out when the orientation step says so)."""
     input:
-        volumes=lambda w: entries_files(w, f"{w.kind}.nxs"),
-        orientation="results/{sample}/{temperature}/orientation.nxs",
+        volumes=lambda w: entries_files(w, outputs.ENTRY_VOLUME, kind=w.kind),
+        orientation=outputs.ORIENTATION,
     output:
-        volume="results/{sample}/{temperature}/{kind}.nxs",
-        png=report("results/{sample}/{temperature}/{kind}.png", category="Merged volumes",
+        volume=outputs.MERGED_VOLUME,
+        png=report(outputs.MERGED_VOLUME_PNG, category="Merged volumes",
                    subcategory="{sample}", caption="../report/volume.rst"),
-        statistics=report("results/{sample}/{temperature}/{kind}_statistics.png",
+        statistics=report(outputs.STATISTICS_PNG,
                           category="Merged volumes", subcategory="{sample}",
                           caption="../report/statistics.rst"),
     params:
@@ -160,8 +157,8 @@ rule symmetrize:
     input:
         volume=rules.merge_entries.output.volume,
     output:
-        volume="results/{sample}/{temperature}/{kind}_symmetrized.nxs",
-        png=report("results/{sample}/{temperature}/{kind}_symmetrized.png",
+        volume=outputs.SYMMETRIZED_VOLUME,
+        png=report(outputs.SYMMETRIZED_VOLUME_PNG,
                    category="Merged volumes", subcategory="{sample}",
                    caption="../report/volume.rst"),
     params:
@@ -189,7 +186,7 @@ rule temperature_series:
     input:
         merged_volumes,
     output:
-        png=report("results/{sample}/{kind}_temperature_series.png",
+        png=report(outputs.TEMPERATURE_SERIES_PNG,
                    category="Temperature series", caption="../report/temperature_series.rst"),
     params:
         settings=lambda w: settings_file(SETTINGS.temperature_series(w.sample)),

@@ -3,8 +3,9 @@ jobs finish (done/total, the elapsed time, an estimate of the time left), a fail
 own one-line message with its log, and at the end a summary that fits on one screen (what
 was made, the pictures to open first, every warning the jobs logged).  While a job runs,
 its rule's line shows the job's own progress (frames done), read from its log
-(LiveLine).  Snakemake's own output goes whole to a log file (`--verbose` shows it
-instead); plain `snakemake` keeps its usual output."""
+(LiveLine).  The jobs are followed through the events hklflow's logger plugin writes
+(hklflow.planning.job_events), not Snakemake's wording.  Snakemake's own output goes whole
+to a log file (`--verbose` shows it instead); plain `snakemake` keeps its usual output."""
 from __future__ import annotations
 
 import re
@@ -14,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_JOB_STATS = re.compile(r"^(\w+)\s+(\d+)$")
-_FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
-_JOB_START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
-_ERROR = re.compile(r"^Error in rule (\w+):")
-_BLOCK_FIELD = re.compile(r"^\s+(log|jobid): (.+?)(?: \(check log file.*)?$")
+from ..files import outputs
+from ..files.outputs import glob_of
+from ..planning import job_events
+
+# the lines of hklflow's own step logs (hklflow.base.steplog), not Snakemake's
 _WARNING = re.compile(r"^\S+ \S+ hklflow\.(\w+) WARNING: (.*)$")
 # the line hklflow.base.steplog.Progress writes into a step's log (find_peaks, transform_frames,
 # merge_entries, symmetrize): "<date> <time> hklflow.<step> INFO: <what>: <done>/<total>
@@ -32,10 +33,9 @@ PROGRESS_EVERY_S_WITHOUT_TERMINAL = 300.0
 MOST_LOGS_READ = 64  # running jobs whose logs are looked at (a cluster runs hundreds)
 
 # the pictures a user opens first, in this order (relative to the experiment directory)
-FIRST_PICTURES = ("results/calibration/*/calibration.png", "results/*/*/orientation.png",
-                  "results/*/*/masked_transform_symmetrized.png",
-                  "results/*/*/masked_transform_statistics.png", "results/*/pdf_series*.png",
-                  "results/*/*/pdf.png")
+FIRST_PICTURES = tuple(glob_of(pattern, kind="masked_transform", pdf="pdf") for pattern in (
+    outputs.CALIBRATION_PNG, outputs.ORIENTATION_PNG, outputs.SYMMETRIZED_VOLUME_PNG,
+    outputs.STATISTICS_PNG, outputs.PDF_SERIES_PNG, outputs.DELTA_PDF_PNG))
 MOST_WARNINGS = 8
 # what the one-off compilation costs (bench/README.md, "First run": the tiny experiment)
 COMPILE_NOTE = "about 2 minutes of CPU, the first run about 2 minutes longer on 2 cores"
@@ -82,72 +82,51 @@ class RunningJob:
 
 @dataclass
 class Progress:
-    """Snakemake's output, read line by line: jobs per rule, done per rule, the jobs running
-    (with their logs), failures."""
+    """The run's job events (hklflow.planning.job_events), taken one by one: jobs per rule,
+    done per rule, the jobs running (with their logs), failures."""
 
     start: float = field(default_factory=time.monotonic)
     planned: dict = field(default_factory=dict)  # rule -> jobs
     done: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)  # (rule, log path or None)
     running: dict = field(default_factory=dict)  # jobid -> RunningJob
-    _in_stats: bool = False
-    _block: tuple | None = None  # ("start" | "error", rule, log) of the job block being read
+    opened: bool = False  # the plugin wrote its first event (Snakemake's loggers started)
+    errors: list = field(default_factory=list)  # the run's own error events
 
     @property
     def total(self) -> int:
         return sum(n for rule, n in self.planned.items() if rule != "all")
 
-    def feed(self, line: str) -> list[str]:
-        """Take one line of Snakemake's output; returns the lines to show for it."""
-        text = line.rstrip("\n")
-        if text.startswith("Job stats:"):
-            self._in_stats, self.planned = True, {}
-            return []
-        if self._in_stats:
-            found = _JOB_STATS.match(text.strip())
-            if found and found.group(1) != "total":
-                self.planned[found.group(1)] = int(found.group(2))
-            elif text.strip().startswith("total"):
-                self._in_stats = False
-                return [f"{self.total} jobs of {len(self.planned) - ('all' in self.planned)} "
-                        "rules to run"]
-            return []
-        found = _BLOCK_FIELD.match(text)
-        if found and self._block:
-            self._block_field(*found.groups())
-            return []
-        if text[:1].isspace():
-            return []  # the block's other fields (input, output, wildcards, ...)
-        self._block = None
-        found = _JOB_START.match(text)
-        if found:
-            self._block = ("start", found.group(1), None)
-            return []
-        found = _FINISHED.match(text)
-        if found:
-            self.running.pop(found.group(1), None)
-            rule = found.group(2)
+    def feed(self, event: dict) -> list[str]:
+        """Take one job event; returns the lines to show for it."""
+        kind = event.get("event")
+        if kind == job_events.OPENED:
+            self.opened = True
+        elif kind == job_events.PLANNED:
+            self.planned = dict(event.get("jobs") or {})
+            return [f"{self.total} jobs of {len(self.planned) - ('all' in self.planned)} "
+                    "rules to run"]
+        elif kind == job_events.STARTED:
+            self.running[event["jobid"]] = RunningJob(event["rule"], job_events.first_log(event),
+                                                      time.monotonic())
+        elif kind == job_events.FINISHED:
+            self.running.pop(event["jobid"], None)
+            rule = event.get("rule")
             self.done[rule] = self.done.get(rule, 0) + 1
-            if rule == "all" or self.done[rule] < self.planned.get(rule, 0):
+            if rule is None or rule == "all" or self.done[rule] < self.planned.get(rule, 0):
                 return []
             return [self.rule_line(rule)]
-        found = _ERROR.match(text)
-        if found:
-            self._block = ("error", found.group(1), None)
-            self.failures.append((found.group(1), None))
+        elif kind == job_events.FAILED:
+            self.running.pop(event["jobid"], None)
+            self.failures.append((event["rule"], job_events.first_log(event)))
+        elif kind == job_events.ERROR:
+            self.errors.append(event)
         return []
 
-    def _block_field(self, name: str, value: str) -> None:
-        kind, rule, log = self._block
-        if name == "log" and log is None:
-            log = value.split(", ")[0]
-            self._block = (kind, rule, log)
-            if kind == "error":
-                self.failures[-1] = (rule, log)
-        elif name == "jobid" and kind == "start":
-            self.running[value] = RunningJob(rule, log, time.monotonic())
-        elif name == "jobid":
-            self.running.pop(value, None)
+    @property
+    def nothing_to_do(self) -> bool:
+        """Snakemake's loggers started and it planned no job (everything up to date)."""
+        return self.opened and not self.planned and not self.failures and not self.errors
 
     def _overall(self) -> tuple[float, int, str]:
         """(elapsed seconds, jobs finished, ', about H:MM:SS left' or '')."""

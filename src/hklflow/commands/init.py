@@ -24,14 +24,15 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base.atomic import write_text_atomically
 from ..base.errors import ConfigError, HklflowError, RawDataError
 from ..files import nxmx
-from ..files.atomic import write_text_atomically
 from ..files.cbf_header import CbfHeaderError, read_cbf_header
+from ..files.h5 import open_h5
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import DetectorGeometry, detector_shape, known_calibrants, pyfai_tables
 from ..raw.rawfiles import matching_files
-from ..settings.params import schema
+from ..settings.schema import schema
 
 PLACEHOLDER = "FILL_IN"
 CONFIG_FILE = "config/config.yaml"
@@ -144,11 +145,9 @@ def read_nxmx(path: str, scan_axis_name: str | None = None) -> ScanFacts:
     (hklflow.files.nxmx): wavelength, the scan axis's angles (--scan-axis-name, else the one
     axis of /entry/sample/goniometer that turns), frame count, detector distance and beam
     centre, temperature."""
-    import h5py
-
     facts = ScanFacts(source=path, data=path)
     try:
-        f = h5py.File(path, "r")
+        f = open_h5(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read as an HDF5 file: {exc}") from None
     try:

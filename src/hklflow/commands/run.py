@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
 from ..base import steplog
+from ..planning import job_events
 from . import console
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the hklflow package
@@ -54,16 +54,25 @@ def snakemake(experiment: Path, args, log, again: str, verbose: bool = False) ->
     """Run snakemake with this installation's workflow in an experiment directory; `again`
     is the command that runs it again (for the advice on a locked directory).  Unless
     verbose (or asked for a dry run, a graph, a list...), its output goes to a log file and
-    the console shows hklflow.commands.console's progress lines and summary."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_dir() / "Snakefile"),
-           "--directory", str(experiment), *args]
-    log.info("running: %s", " ".join(cmd))
+    the console shows hklflow.commands.console's progress lines and summary, from the job
+    events of hklflow's logger plugin (logs/hklflow/run-<time>.events.jsonl)."""
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
-    if verbose or _passes_through(args):
-        rc = subprocess.call(cmd, env=env)
-    else:
-        rc = _compact(cmd, env, experiment, log)
-    if rc != 0 and locked(experiment):
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    shown = verbose or _passes_through(args)
+    with tempfile.TemporaryDirectory(prefix="hklflow-events-") as scratch:
+        # Snakemake's output shown as it is: its events only say whether a lock refused it
+        events = (Path(scratch) / "events.jsonl" if shown
+                  else experiment / "logs" / "hklflow" / f"run-{stamp}.events.jsonl")
+        ours, theirs = job_events.logger_arguments(events, args)
+        cmd = [sys.executable, "-m", "snakemake", *ours, "--snakefile",
+               str(workflow_dir() / "Snakefile"), "--directory", str(experiment), *theirs]
+        log.info("running: %s", " ".join(cmd))
+        if shown:
+            rc = subprocess.call(cmd, env=env)
+        else:
+            rc = _compact(cmd, env, experiment, log, stamp, events)
+        refused = rc != 0 and job_events.lock_refused(job_events.read(events))
+    if refused:
         log.error("the experiment directory %s is locked by another Snakemake run: let that run "
                   "finish (or stop it), then run again.  If no other run is going on (one was "
                   "killed, or the machine went down), remove the stale lock with `%s -- --unlock` "
@@ -81,10 +90,9 @@ def _passes_through(args) -> bool:
     return False
 
 
-def _compact(cmd, env, experiment: Path, log) -> int:
-    """snakemake with its output in logs/hklflow/run-<time>.log, the console showing
-    hklflow.commands.console's lines."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path) -> int:
+    """snakemake with its output in logs/hklflow/run-<stamp>.log, the console showing
+    hklflow.commands.console's lines for the job events it writes to `events`."""
     run_log = experiment / "logs" / "hklflow" / f"run-{stamp}.log"
     run_log.parent.mkdir(parents=True, exist_ok=True)
     log.info("Snakemake's output: %s (--verbose shows it here instead)",
@@ -92,36 +100,35 @@ def _compact(cmd, env, experiment: Path, log) -> int:
     cold = console.kernel_cache_cold()
     if cold:
         log.info(cold)
-    since, progress, tail = time.time(), console.Progress(), []
+    since, progress = time.time(), console.Progress()
     screen = console.LiveLine(experiment)
+    follower = job_events.Follower(events)
     with open(run_log, "w") as out, subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            errors="replace") as proc:
-        # read in a thread: Snakemake is silent while its jobs run, and meanwhile the
-        # console shows their progress from their logs
-        lines = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT) as proc:
+        # Snakemake is silent while its jobs run, and meanwhile the console shows their
+        # progress from their logs
         polled = time.monotonic()
         try:
-            while (line := _next_line(lines)) is not None:
+            while True:
+                ended = proc.poll() is not None
+                for event in follower.new():  # (after the end too: the last events)
+                    for shown in progress.feed(event):
+                        screen.show(shown)
+                if ended:
+                    break
                 if time.monotonic() - polled >= PROGRESS_POLL_S:
                     screen.update(progress)
                     polled = time.monotonic()
-                if not line:
-                    continue
-                out.write(line)
-                tail = (tail + [line.rstrip()])[-12:]
-                for shown in progress.feed(line):
-                    screen.show(shown)
-                if line.startswith("Nothing to be done"):
-                    screen.show(line.rstrip())
+                time.sleep(EVENTS_POLL_S)
         finally:
             screen.close()  # (Ctrl-C too: no progress line left under the prompt)
         rc = proc.wait()
+    if rc == 0 and progress.nothing_to_do:
+        print("nothing to be done: every result asked for is up to date", flush=True)
     if rc != 0:
         lines = console.failure_lines(experiment, progress.failures)
         # (no job failed: the plan itself, e.g. an invalid configuration)
-        for line in lines or [t for t in tail if t.strip()]:
+        for line in lines or _last_lines(run_log):
             print(line, flush=True)
         print(f"Snakemake's output: {run_log}", flush=True)
     for line in console.summary(experiment, since, progress if progress.total else None):
@@ -130,27 +137,16 @@ def _compact(cmd, env, experiment: Path, log) -> int:
 
 
 PROGRESS_POLL_S = 2.0  # how often the running jobs' logs are read for their progress
+EVENTS_POLL_S = 0.25  # how often the job events are looked for (a stat and a short read)
 
 
-def _pump(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def _next_line(lines: queue.Queue) -> str | None:
-    """Snakemake's next line; '' when it printed none for PROGRESS_POLL_S seconds, None at
-    its end."""
+def _last_lines(path: Path, count: int = 12) -> list[str]:
+    """The last non-empty lines of Snakemake's output, shown as they are."""
     try:
-        return lines.get(timeout=PROGRESS_POLL_S)
-    except queue.Empty:
-        return ""
-
-
-def locked(exp: Path) -> bool:
-    """Whether a Snakemake run holds (or a killed one left) the lock of an experiment."""
-    locks = exp / ".snakemake" / "locks"
-    return locks.is_dir() and any(locks.iterdir())
+        lines = path.read_text(errors="replace").splitlines()[-count:]
+    except OSError:
+        return []
+    return [line.rstrip() for line in lines if line.strip()]
 
 
 def _split(argv):

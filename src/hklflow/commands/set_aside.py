@@ -19,7 +19,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files.atomic import write_text_atomically
+from ..base.atomic import write_text_atomically
 from ..planning.config import (SET_ASIDE_DIR, ConfigError, load_settings, read_scans_table,
                                scans_table_lines, temperature_label)
 from ..raw.rawfiles import is_hdf5_path, matching_files

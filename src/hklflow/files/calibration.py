@@ -25,21 +25,25 @@
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
-import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from ..base.atomic import atomic_folder, copy_atomically, write_json_atomically
 from ..base.errors import CalibrationError, FileFormatError
 from ..model.geometry import DetectorGeometry
-from .atomic import write_json_atomically
 from .h5 import detector_group, provenance_group, write_nexus_atomically
+from .outputs import CALIBRATION_FILES
 from .provenance import file_digest
 
-OUTPUT_FILES = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
+# {role: file name} of what a version archives: all of CALIBRATION_FILES but version.json,
+# which says which version is the current one
+ARCHIVED_FILES = {role: name for role, name in CALIBRATION_FILES.items() if role != "version"}
 INDEX = "index.json"
 UNITS = {"dist": "m", "poni1": "m", "poni2": "m", "rot1": "rad", "rot2": "rad", "rot3": "rad",
          "wavelength": "angstrom"}
@@ -164,7 +168,14 @@ def version_key(source: dict, settings: dict) -> str:
 
 
 class CalibrationArchive:
-    """versions/vNNN/ and index.json in a calibration's output folder."""
+    """versions/vNNN/ and index.json in a calibration's output folder::
+
+        archive = CalibrationArchive(folder, name)
+        found = archive.find(key)   # the same source and settings: that version again
+        with archive.new_version(record) as (version, files):
+            ...  # write files["poni"], files["nexus"], files["png"]
+        archive.publish(version, {"poni": ..., "nexus": ..., "png": ..., "version": ...})
+    """
 
     def __init__(self, out_dir, name: str):
         self.out_dir, self.name = Path(out_dir), name
@@ -184,7 +195,7 @@ class CalibrationArchive:
         """The archived version made from the same source and settings (all files present)."""
         return next((v for v in self.index["versions"] if v.get("key") == key
                      and all((self.versions_dir / v["version"] / f).is_file()
-                             for f in OUTPUT_FILES[:3])), None)
+                             for f in ARCHIVED_FILES.values())), None)
 
     def files_of(self, version: str) -> Path:
         return self.versions_dir / version
@@ -198,19 +209,32 @@ class CalibrationArchive:
             n += 1
         return f"v{n:03d}"
 
-    def add(self, version: str, files: dict, record: dict) -> dict:
-        """Archive files {name: path} as `version` with its index record."""
-        tmp = self.versions_dir / f".{version}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        digests = {}
-        for name, p in files.items():
-            shutil.copy2(p, tmp / name)
-            digests[name] = file_digest(p)
-        tmp.rename(self.versions_dir / version)
-        entry = {"version": version, "created": _utc_now(), **record, "files": digests}
-        self.index["versions"].append(entry)
-        return entry
+    @contextlib.contextmanager
+    def new_version(self, record: dict) -> Iterator[tuple[str, dict[str, Path]]]:
+        """A new version: its name and {role: path} of its ARCHIVED_FILES in a temporary
+        folder, for the caller to write; on a clean exit the folder becomes versions/vNNN
+        (whole or not at all) and the index gets its record (`record`, the time, the
+        files' sha256).  On an exception nothing is archived."""
+        version = self.next_version()
+        with atomic_folder(self.files_of(version)) as tmp:
+            yield version, {role: tmp / name for role, name in ARCHIVED_FILES.items()}
+            missing = [name for name in ARCHIVED_FILES.values() if not (tmp / name).is_file()]
+            if missing:
+                raise CalibrationError(f"calibration {self.name} version {version}: "
+                                       f"{', '.join(missing)} not written")
+        folder = self.files_of(version)
+        digests = {name: file_digest(folder / name) for name in ARCHIVED_FILES.values()}
+        self.index["versions"].append({"version": version, "created": _utc_now(), **record,
+                                       "files": digests})
+
+    def publish(self, version: str, outputs: dict) -> None:
+        """The rule's outputs ({role of CALIBRATION_FILES: path}) of `version`: its archived
+        files copied, each whole or not at all, and its version.json; the index then says
+        it is the current one."""
+        for role, name in ARCHIVED_FILES.items():
+            copy_atomically(self.files_of(version) / name, outputs[role])
+        write_version_file(outputs["version"], self.name, version, outputs["poni"])
+        self.set_current(version)
 
     def set_current(self, version: str) -> None:
         self.index["calibration"] = self.name

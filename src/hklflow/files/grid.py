@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..base.atomic import write_json_atomically
 from ..base.errors import FileFormatError
 from ..model.grid import Grid
-from .atomic import write_json_atomically
 
 
 def write_grid_file(path, grid: Grid, info: dict) -> Path:

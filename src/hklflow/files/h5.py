@@ -1,12 +1,13 @@
 """What every hklflow file writer and reader shares: opening HDF5 files, writing atomically,
 and the provenance record.
 
-* HDF5 files are opened with file locking off (it fails on NFS; no two hklflow jobs ever
-  write one file) and with hdf5plugin's compression filters registered (detector data,
-  volumes).
+* HDF5 files are opened here alone (open_h5): file locking off (it fails on NFS; no two
+  hklflow jobs ever write one file) and hdf5plugin's compression filters registered
+  (detector data, volumes); a reader of raw data passes its own options through it (SWMR:
+  hklflow.raw.images, hklflow.live.growing).
 * Every output is written to a temporary file in its destination folder and renamed over
-  the destination only when complete (:func:`atomic_path`): a failed or killed write leaves
-  nothing that looks complete.
+  the destination only when complete (:func:`hklflow.base.atomic.atomic_path`): a failed or
+  killed write leaves nothing that looks complete.
 * Every output carries its provenance record (:mod:`hklflow.files.provenance`) as JSON in an
   NXnote of an NXprocess group ``process``.
 """
@@ -23,9 +24,9 @@ import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/... with HDF5)
 import numpy as np
 
 from .. import __version__
+from ..base.atomic import atomic_path
 from ..base.errors import FileFormatError
 from ..model.geometry import DetectorGeometry
-from .atomic import atomic_path
 
 
 # --------------------------------------------------------------------------------------

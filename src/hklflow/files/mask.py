@@ -131,6 +131,17 @@ def read_mask_file(path) -> MaskRecord:
                           int(g.attrs["nframes"]))
 
 
+def read_pixel_mask(path, entry: str) -> np.ndarray:
+    """The pixel mask of the mask file of scan entry `entry`: True = pixel not used (any
+    bit: gap, dead, hot, user mask); FileFormatError when the file is another entry's."""
+    with open_h5(path) as f:
+        where = f"{entry}/instrument/detector/pixel_mask"
+        if where not in f:
+            raise FileFormatError(f"{path}: no /{where}: not the mask file of entry {entry} "
+                                  "(give the masks in the order of the scans)")
+        return f[where][()] != 0
+
+
 def read_mask_details(path) -> dict:
     """Everything else in a mask file: pixel_mask bits, region columns, statistics."""
     with open_h5(path) as f:

@@ -71,7 +71,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from .atomic import atomic_path
+from ..base.atomic import atomic_path
 from .h5 import open_h5, write_provenance_h5
 from .volume import read_grid_of
 

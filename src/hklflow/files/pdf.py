@@ -30,12 +30,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..base.atomic import atomic_path
 from ..base.errors import FileFormatError
 from ..codec import ChunkWriter as _ChunkWriter
 from ..model.crystal import UnitCell
 from ..model.grid import Grid
 from ..model.nxrefine import transform_angles
-from .atomic import atomic_path
 from .h5 import open_h5, text, write_provenance_h5
 from .volume import reciprocal_lengths, write_sample_group
 

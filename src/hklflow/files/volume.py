@@ -53,12 +53,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..base.atomic import atomic_path
 from ..base.errors import FileFormatError, GridError
 from ..codec import ChunkReader, ChunkWriter
 from ..model.crystal import UnitCell
 from ..model.grid import AXES, Axis, Grid
 from ..model.nxrefine import sample_fields, transform_angles
-from .atomic import atomic_path
 from .h5 import open_h5, text, write_provenance_h5
 
 
@@ -456,7 +456,7 @@ def _write_notes(entry, notes: dict) -> None:
 def update_notes(path, extra: dict) -> None:
     """Add `extra` to a complete volume file's notes (figures made from the file itself, after
     it was written: merge_entries's statistics)."""
-    with h5py.File(path, "r+") as f:
+    with open_h5(path, "r+") as f:
         ent = _entry(f, path)
         notes = json.loads(text(ent["notes/data"][()])) if "notes" in ent else {}
         _write_notes(ent, {**notes, **extra})
@@ -520,23 +520,15 @@ def adopt_volume(src, out, title: str, notes: dict, provenance: dict) -> Path:
     if not has_intensity(src):
         raise FileFormatError(f"{src}: a part without its intensity array cannot become a "
                               "complete volume (sum it instead)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.adopt.tmp"
-    os.replace(src, tmp)
-    try:
-        with h5py.File(tmp, "r+") as f:
-            f.attrs["file_name"] = str(out.resolve())
-            ent = f["entry"]
-            del ent["title"]
-            ent["title"] = title
-            _write_notes(ent, notes)
-            if "process" in ent:
-                del ent["process"]
-            write_provenance_h5(ent, provenance)
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(tmp, src)
-        raise
+    with atomic_path(out, moved_from=src) as tmp, open_h5(tmp, "r+") as f:
+        f.attrs["file_name"] = str(out.resolve())
+        ent = f["entry"]
+        del ent["title"]
+        ent["title"] = title
+        _write_notes(ent, notes)
+        if "process" in ent:
+            del ent["process"]
+        write_provenance_h5(ent, provenance)
     return out
 
 

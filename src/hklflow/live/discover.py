@@ -73,14 +73,15 @@ import h5py
 import numpy as np
 
 from ..base.errors import ConfigError, FileFormatError, InputMismatchError, RawDataError
-from ..files import nxmx
+from ..files import nxmx, outputs
 from ..files.calibration import read_version_file
 from ..files.cbf_header import CbfHeaderUnfinished, read_cbf_header
 from ..model.geometry import DetectorGeometry, shifts_from_direct_beam
 from ..model.scan import temperature_label
 from ..planning.config import MAX_SCAN_TURNS, CalibrationSpec, _validate
 from ..raw.rawfiles import natural_key
-from ..settings.params import DetectorParams, schema, validator_with_defaults
+from ..settings.params import DetectorParams
+from ..settings.schema import schema, validator_with_defaults
 from . import growing
 
 __all__ = ["DirectBeam", "Discovery", "DiscoveryPattern", "FIELDS", "SHIFT_COLUMNS", "discover",
@@ -98,7 +99,6 @@ NEEDED_COLUMNS = ("nframes", "phi_start", "phi_step")
 SHIFT_COLUMNS = ("det_ddist", "det_dponi1", "det_dponi2")
 # calibrate_powder's accepted geometry and its version file (files/calibration.py; the
 # workflow's calibration_path)
-CALIBRATION_FILES = "results/calibration/{name}/"
 SHIFT_DECIMALS = 9  # shifts found from a file are rounded to 1 nm
 PIXEL_SIZE_TOLERANCE = 1e-3  # relative: a file's pixel size must be the detector's
 
@@ -369,9 +369,8 @@ class _Calibrations:
         """(accepted geometry, version) of calibration `name`; None while calibrate_powder
         has not made it (or is making it again)."""
         if name not in self.read:
-
-            folder = self.expdir / CALIBRATION_FILES.format(name=name)
-            poni, version = folder / "geometry.poni", folder / "version.json"
+            poni, version = (self.expdir / outputs.fill(pattern, calibration=name) for pattern in
+                             (outputs.GEOMETRY_PONI, outputs.CALIBRATION_VERSION))
             got = None
             try:
                 if poni.is_file() and version.is_file():

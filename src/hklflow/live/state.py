@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..files.atomic import write_json_atomically
+from ..base.atomic import write_json_atomically
 
 STATE_FILE = "live/state.json"
 HISTORY_FILE = "live/history.jsonl"  # one line per workflow run: what it reduced, its lags
@@ -109,8 +109,3 @@ def append_history(expdir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_history(expdir: Path) -> list[dict]:
-    path = expdir / HISTORY_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

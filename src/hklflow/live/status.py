@@ -8,11 +8,12 @@ import html
 import time
 from pathlib import Path
 
-from ..files.atomic import write_text_atomically
+from ..base.atomic import write_text_atomically
+from ..files import outputs
 from ..planning.config import ConfigError, load_settings
 from .state import LiveState
 
-STATUS_HTML = "results/status.html"
+STATUS_HTML = outputs.STATUS_HTML
 REFRESH_SECONDS = 5
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files.atomic import write_text_atomically
+from ..base.atomic import write_text_atomically
 from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, landed_marker, read_scans_table,
                                temperature_label)
 

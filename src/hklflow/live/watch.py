@@ -7,14 +7,15 @@ turns that into the live scans table (hklflow.live.table: a scan enters once
 ``live.preview_every_degrees`` or ``live.preview_every_seconds``) and runs the workflow
 whenever the table changed.  Blocks that land during a run are taken together by the next
 one.  Every scan's frames, stage, lag and last error go to live/state.json,
-results/status.html and `hklflow status`.
+results/status.html and `hklflow status`.  Which jobs of a run failed, and whether a lock
+refused it, come from the run's job events (hklflow's logger plugin,
+live/logs/run-NNNN.events.jsonl: hklflow.planning.job_events).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from pathlib import Path
 from ..base import steplog
 from ..base.errors import HklflowError
 from ..commands.run import _split, workflow_dir
+from ..files import outputs
+from ..planning import job_events, snakemake_compat
 from ..planning.config import LIVE_CONFIG, ConfigError, load_settings
 from . import growing
 from .discover import DiscoveryPattern, discover
@@ -249,22 +252,26 @@ class Watcher:
         return rows, markers
 
     # ---- running the workflow ------------------------------------------------------------
-    def unlock_if_stale(self) -> None:
-        """Remove the lock a killed run left; wait first for a run that goes on (one the
-        previous watcher started)."""
-        locks = self.expdir / ".snakemake" / "locks"
+    def unlock_if_stale(self, refused: bool = False) -> None:
+        """Remove the lock a killed run left (`refused`: the last run was refused for it);
+        wait first for a run that goes on (one the previous watcher started)."""
         running = _pid_in(self.expdir / SNAKEMAKE_PID_FILE)
         if running:
             self.log.info("waiting for the workflow run the previous watcher started (pid %d)",
                           running)
             while _alive(running):
                 time.sleep(1)
-        if locks.is_dir() and any(locks.iterdir()):
+        # (at the start: no first run planned only to be refused)
+        if refused or snakemake_compat.lock_left(self.expdir):
             self.log.info("removing the lock a killed run left")
             self.run_snakemake(["--unlock"])
 
-    def run_snakemake(self, args: list[str], *, log_file: Path | None = None) -> int:
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(self.snakefile),
+    def run_snakemake(self, args: list[str], *, log_file: Path | None = None,
+                      events: Path | None = None) -> int:
+        """Snakemake on the live table; its output to log_file, its job events (hklflow's
+        logger plugin) to `events`."""
+        ours, args = job_events.logger_arguments(events, args) if events else ([], args)
+        cmd = [sys.executable, "-m", "snakemake", *ours, "--snakefile", str(self.snakefile),
                "--directory", str(self.expdir), "--configfile", str(self.config_file),
                str(self.expdir / LIVE_CONFIG), *args]
         out = open(log_file, "w") if log_file else subprocess.DEVNULL
@@ -295,16 +302,19 @@ class Watcher:
             was_final = {key for key, scans in self._temperatures().items() if self._final(scans)}
             first = self.final_targets(was_final)
         log_file = self.expdir / "live" / "logs" / f"run-{number:04d}.log"
+        events = log_file.with_name(f"run-{number:04d}.events.jsonl")
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.write_status()
         # the final results of a temperature just completed before the previews of the next
         prioritize = ["--prioritize", *first] if first else []
         rc = self.run_snakemake(["--cores", str(self.cores), "--rerun-incomplete", "--keep-going",
-                                 *prioritize, *self.snakemake_args], log_file=log_file)
+                                 *prioritize, *self.snakemake_args], log_file=log_file,
+                                events=events)
         end = time.time()
-        failed = failed_jobs(log_file.read_text(errors="replace"))
+        failed = failed_jobs(job_events.read(events))
         with self.lock:
-            self.state.last_run.update(end=end, rc=rc, log=str(log_file.relative_to(self.expdir)))
+            self.state.last_run.update(end=end, rc=rc, log=str(log_file.relative_to(self.expdir)),
+                                       events=str(events.relative_to(self.expdir)))
             lags, finals = {}, {}
             for sid, n in included.items():
                 scan = self.state.scans[sid]
@@ -333,8 +343,9 @@ class Watcher:
         return rc
 
     def lock_refused(self) -> bool:
-        log = self.expdir / str(self.state.last_run.get("log", ""))
-        return log.is_file() and "Directory cannot be locked" in log.read_text(errors="replace")
+        """Whether Snakemake refused the last run for the directory's lock (its events)."""
+        events = self.state.last_run.get("events")
+        return bool(events) and job_events.lock_refused(job_events.read(self.expdir / events))
 
     @staticmethod
     def _final(scans) -> bool:
@@ -345,8 +356,8 @@ class Watcher:
         """The merged (and symmetrised) volumes of the temperatures whose scans are all
         complete and not yet final."""
         cfg = self.settings.raw["reduction"]
-        suffix = "_symmetrized" if cfg["merge"]["symmetrize"] else ""
-        return [f"results/{sample}/{label}/{kind}{suffix}.nxs"
+        volume = outputs.SYMMETRIZED_VOLUME if cfg["merge"]["symmetrize"] else outputs.MERGED_VOLUME
+        return [outputs.fill(volume, sample=sample, temperature=label, kind=kind)
                 for (sample, label), scans in self._temperatures().items()
                 if (sample, label) not in was_final and all(s.complete for s in scans)
                 for kind in cfg["transform"]["kinds"]]
@@ -394,7 +405,7 @@ class Watcher:
                     last_rc = self.run_workflow(rows)
                     pending = False
                     if last_rc and self.lock_refused():
-                        self.unlock_if_stale()  # a killed run's lock: at once again
+                        self.unlock_if_stale(refused=True)  # a killed run's lock: at once again
                         pending = True
                     elif last_rc:  # again later (a file still being copied, a full disk ...)
                         retry_at, backoff = time.time() + backoff, min(2 * backoff, MAX_RETRY_SECONDS)
@@ -419,29 +430,19 @@ class Watcher:
                 self.state.save(self.expdir)
 
 
-_ERROR = re.compile(r"^Error in rule (\S+):")
-_OUTPUT = re.compile(r"^\s*output:\s*results/([^/,\s]+)/([0-9.]+K)/(?:([^/,\s]+)/)?[^/,\s]+[,\s]")
-_LOG = re.compile(r"^\s*log:\s*(\S+)")
-
-
-def failed_jobs(text: str) -> list[dict]:
-    """The failed jobs a Snakemake log reports: rule, what they belong to (SAMPLE/TLABEL/
-    ENTRY, SAMPLE/TLABEL or "", from their first output under results/) and their log."""
-    found, current = [], None
-    for line in text.splitlines():
-        m = _ERROR.match(line)
-        if m:
-            current = {"rule": m.group(1), "scan": "", "log": ""}
-            found.append(current)
+def failed_jobs(events) -> list[dict]:
+    """The failed jobs of a run's job events (hklflow.planning.job_events): rule, what they
+    belong to (SAMPLE/TLABEL/ENTRY, SAMPLE/TLABEL or "", from their wildcards: a job of a
+    whole sample, such as its grid, belongs to every scan) and their log."""
+    found = []
+    for event in events:
+        if event["event"] != job_events.FAILED:
             continue
-        if current is None:
-            continue
-        m = _OUTPUT.match(line + " ")
-        if m and not current["scan"]:
-            current["scan"] = "/".join(g for g in m.groups() if g)
-        m = _LOG.match(line)
-        if m and not current["log"]:
-            current["log"] = m.group(1)
+        w = event.get("wildcards") or {}
+        scan = ("/".join(w[k] for k in ("sample", "temperature", "entry") if w.get(k))
+                if w.get("sample") and w.get("temperature") else "")
+        found.append({"rule": event["rule"], "scan": scan,
+                      "log": job_events.first_log(event) or ""})
     return found
 
 

@@ -306,8 +306,3 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     ])
 
 
-def rotation_angle_deg(R1, R2) -> float:
-    """Angle (deg) of the rotation R1 R2^T taking R2 to R1."""
-    M = np.asarray(R1) @ np.asarray(R2).T
-    c = (np.trace(M) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))

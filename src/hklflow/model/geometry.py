@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..base.atomic import atomic_path
 from ..base.errors import FileFormatError, InputMismatchError
 
 BEAM_DIRECTION = np.array([0.0, 0.0, 1.0])  # L3: unit vector of the incident beam
@@ -188,24 +189,15 @@ def _read_facts(path: str, name: str, orientation: int) -> "DetectorFacts | None
 
 
 def _write_facts(path: str, facts: DetectorFacts) -> None:
-    """Written to a temporary file and renamed (jobs may make the same facts at once); a
-    cache that cannot be written is left alone (the facts are made again next time)."""
-    import tempfile
-
+    """Written atomically (jobs may make the same facts at once); a cache that cannot be
+    written is left alone (the facts are made again next time)."""
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, name=facts.name, orientation=facts.orientation,
-                         shape=np.array(facts.shape), pixel1=facts.pixel1, pixel2=facts.pixel2,
-                         has_mask=facts.mask is not None, regular=facts.regular,
-                         mask_bits=np.packbits(facts.mask.ravel()) if facts.mask is not None
-                         else np.zeros(0, np.uint8))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, name=facts.name, orientation=facts.orientation,
+                     shape=np.array(facts.shape), pixel1=facts.pixel1, pixel2=facts.pixel2,
+                     has_mask=facts.mask is not None, regular=facts.regular,
+                     mask_bits=np.packbits(facts.mask.ravel()) if facts.mask is not None
+                     else np.zeros(0, np.uint8))
     except OSError:
         pass
 
@@ -362,7 +354,7 @@ class DetectorGeometry:
         its Detector_config records the orientation."""
         from pyFAI.io.ponifile import PoniFile
 
-        with open(path, "w") as f:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             PoniFile(self.to_pyfai()).write(f)
 
     def shifted(self, d_dist=0.0, d_poni1=0.0, d_poni2=0.0) -> "DetectorGeometry":
@@ -598,17 +590,6 @@ class Goniometer:
     def as_dict(self) -> dict:
         return {"scan_axis": list(self.scan_axis), "scan_sense": self.scan_sense,
                 "offset_axes": {n: list(a) for n, a in self.offset_axes}}
-
-    def settings(self) -> dict:
-        """As a job receives it: the offset axes as an ordered list of [name, axis] (a JSON
-        object with sorted keys would lose their order, outermost first)."""
-        return {"scan_axis": list(self.scan_axis), "scan_sense": self.scan_sense,
-                "offset_axes": [[n, list(a)] for n, a in self.offset_axes]}
-
-    @classmethod
-    def from_settings(cls, d: dict) -> "Goniometer":
-        return cls(scan_axis=tuple(d["scan_axis"]), scan_sense=int(d["scan_sense"]),
-                   offset_axes=tuple((n, tuple(a)) for n, a in d["offset_axes"]))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import math
 import matplotlib.artist
 import numpy as np
 
+from ..base.atomic import atomic_path
+
 # Each Artist class of matplotlib makes the docstring of its `set` method from the
 # docstrings of all its setters as it is defined (kwdoc): about half the time of
 # importing matplotlib's figures, for help text that no step shows.  kwdoc makes only that
@@ -45,11 +47,13 @@ def save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     width, height = canvas.get_width_height()
     x0, x1 = math.floor(box.x0 * dpi), math.ceil(box.x1 * dpi)
     y0, y1 = math.floor(box.y0 * dpi), math.ceil(box.y1 * dpi)
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=pad_inches, pil_kwargs=PNG)
-        return
-    image = np.asarray(canvas.buffer_rgba())[height - y1:height - y0, x0:x1]
-    matplotlib.image.imsave(path, image, format="png", dpi=dpi, pil_kwargs=PNG)
+    with atomic_path(path) as tmp:  # whole or not at all, as every output
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=pad_inches,
+                        pil_kwargs=PNG)
+            return
+        image = np.asarray(canvas.buffer_rgba())[height - y1:height - y0, x0:x1]
+        matplotlib.image.imsave(tmp, image, format="png", dpi=dpi, pil_kwargs=PNG)
 
 
 def with_preview(title: str, preview: str) -> str:

@@ -24,8 +24,8 @@ from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calib
 from ..model.scan import ScanRow, temperature_label
 from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DATASET,
                             check_one_frame_header, monitor_kind, read_column_file)
-from ..settings.params import (STEP_PARAMS, CalibrationParams, DetectorParams, schema,
-                               validator_with_defaults)
+from ..settings.params import STEP_PARAMS, CalibrationParams, DetectorParams, SampleParams
+from ..settings.schema import schema, validator_with_defaults
 from .jobs import (check_chunk_sizes, check_deliberate_repeats, check_grid_index_range,
                    check_grid_symmetry_of_samples, check_job_counts, check_pdf_holes)
 
@@ -107,10 +107,10 @@ class SampleSpec:
                 return temperature_label(t)
         return self.parent_label
 
-    def settings(self) -> dict:
-        """What the orientation and grid jobs use of the sample: space group and cell."""
-        return {"name": self.name, "space_group": self.crystal.hm,
-                "cell": list(self.crystal.cell.parameters)}
+    @property
+    def params(self) -> SampleParams:
+        """What the jobs of the sample receive of it: name, space group and cell."""
+        return SampleParams(self.name, self.crystal.hm, tuple(self.crystal.cell.parameters))
 
 
 @dataclass(frozen=True)

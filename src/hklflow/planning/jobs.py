@@ -9,14 +9,18 @@ import math
 import os
 from pathlib import Path
 
+from ..base.atomic import write_text_atomically
 from ..base.errors import ConfigError
-from ..files.atomic import write_text_atomically
 from ..model.geometry import detector_shape
 from ..model.grid import (AXES, MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_KINDS,
                           TRANSFORM_BRICK, Axis, Grid, GridSymmetryError, check_grid_symmetry)
-from ..settings.params import (CalibrationParams, GridParams, IndexingParams, MaskParams, PDFParams,
-                               PeakSearchParams, RefinementParams, SeriesParams, SliceParams,
-                               TransformParams, config_value, settings_digest, settings_json)
+from ..settings.params import (CalibrationParams, DetectorPosition, DetectorPositionsParams,
+                               GoniometerParams, GridParams, IndexingParams, IngestParams,
+                               MaskParams, ModelInputsParams, NXRefineWrapperParams, PDFParams,
+                               PDFSeriesParams, PeakSearchParams, RefinementParams, SampleParams,
+                               ScanParams, SeriesParams, SliceParams, StatisticsParams,
+                               TemperaturesParams, TotalPDFParams, TransformParams, settings_digest,
+                               settings_json)
 
 
 def scan_pixels(exp) -> int:
@@ -199,6 +203,8 @@ class JobSettings:
         self._texts = {}  # (method, args) -> text (_made_once)
         cfg = exp.raw
         self.detector = exp.instrument.detector
+        self._ingest = IngestParams.from_config(cfg)
+        self._goniometer = GoniometerParams.of(exp.instrument.goniometer)
         self._peaks = PeakSearchParams.from_config(cfg)
         self._indexing = IndexingParams.from_config(cfg)
         self._refinement = RefinementParams.from_config(cfg)
@@ -206,104 +212,89 @@ class JobSettings:
         self._grid = GridParams.from_config(cfg)
         self._transform = TransformParams.from_config(cfg)
         self._pictures = SliceParams.from_config(cfg)
+        self._statistics = StatisticsParams.from_config(cfg)
         self._series = SeriesParams.from_config(cfg)
+        self._model_inputs = ModelInputsParams.from_config(cfg)
+        self._wrapper = NXRefineWrapperParams.from_config(cfg)
         self._pdf = PDFParams.from_config(cfg)
+        self._total_pdf = TotalPDFParams.from_config(cfg)
+        self._pdf_series = PDFSeriesParams(dict(self._pdf.slices[0]))
+
+    def _sample(self, sample: str) -> SampleParams:
+        return self.exp.samples[sample].params
 
     @_made_once
     def calibrate_powder(self, calibration: str) -> str:
-        return settings_json({"calibration": CalibrationParams.for_calibration(self.exp.raw,
-                                                                               calibration)})
+        return settings_json(CalibrationParams.for_calibration(self.exp.raw, calibration))
 
     def ingest_scan(self, sample: str, temperature_label: str, entry: str) -> str:
         scan = self.exp.scan(sample, temperature_label, entry)
-        reach = self.exp.reduction["ingest"]["fingerprint"]
-        return settings_json({"scan": scan.settings(), "detector_name": self.detector.name,
-                              "detector_orientation": self.detector.orientation,
-                              "goniometer": self.exp.instrument.goniometer.settings(),
-                              # only when not the default, so that results made before the
-                              # setting existed are not made again
-                              **({"fingerprint": reach} if reach != "sampled" else {})})
+        return settings_json(ScanParams.of(scan), self._goniometer, self._ingest)
 
     def find_peaks(self) -> str:
-        return settings_json({"find_peaks": self._peaks, "detector": self.detector})
+        return settings_json(self._peaks, self.detector)
 
     @_made_once
     def index_parent(self, sample: str) -> str:
-        return settings_json({"indexing": self._indexing, "refinement": self._refinement,
-                              "sample": self.exp.samples[sample].settings()})
+        return settings_json(self._indexing, self._refinement, self._sample(sample))
 
     def refine_temperature(self) -> str:
-        return settings_json({"refinement": self._refinement})
+        return settings_json(self._refinement)
 
     @_made_once
     def define_grid(self, sample: str, poni_of) -> str:
         """poni_of(calibration name) -> its geometry.poni.  The sample's cell and every
         detector position of its scans (a calibration and a shift) decide the grid."""
         positions = sorted({(s.calibration, s.detector_shift) for s in self.exp.scans_of(sample)})
-        return settings_json({"grid": self._grid, "sample": self.exp.samples[sample].settings(),
-                              "detector": self.detector.name,
-                              "detector_orientation": self.detector.orientation,
-                              "detectors": [{"poni": poni_of(c), "shift": list(shift)}
-                                            for c, shift in positions]})
+        return settings_json(self._grid, self._sample(sample), self.detector,
+                             DetectorPositionsParams(tuple(DetectorPosition(poni_of(c), shift)
+                                                           for c, shift in positions)))
 
     def mask_scan(self) -> str:
-        return settings_json({"mask": self._mask, "detector": self.detector})
+        return settings_json(self._mask, self.detector)
 
     def transform_frames(self) -> str:
-        return settings_json({"transform": self._transform, "detector": self.detector})
+        return settings_json(self._transform, self.detector)
 
     def sum_chunks(self) -> str:
         # the frame chunks are temporary: once they are gone, the transform jobs' settings
         # can only be checked through the job that sums them
-        return settings_json({"pictures": self._pictures, "transform": self._transform,
-                              "detector": self.detector})
+        return settings_json(self._pictures, self._transform, self.detector)
 
     def merge_entries(self, kind: str) -> str:
         # the statistics leave out the transform's Bragg nodes (the masked kind has none)
-        radius = (config_value(self.exp.raw, "reduction.merge.statistics_bragg_radius")
-                  if kind == "transform" else 0.0)
-        return settings_json({"pictures": self._pictures,
-                              "statistics": {"bragg_radius": float(radius)}})
+        return settings_json(self._pictures, self._statistics if kind == "transform"
+                             else StatisticsParams(0.0))
 
     @_made_once
     def symmetrize(self, sample: str) -> str:
-        return settings_json({"pictures": self._pictures,
-                              "sample": self.exp.samples[sample].settings()})
+        return settings_json(self._pictures, self._sample(sample))
 
     @_made_once
     def temperature_series(self, sample: str) -> str:
-        return settings_json({"series": self._series, "sample": self.exp.samples[sample].settings(),
-                              "temperatures": self.exp.temperatures_of(sample)})
+        return settings_json(self._series, self._sample(sample),
+                             TemperaturesParams(tuple(self.exp.temperatures_of(sample))))
 
     @_made_once
     def model_inputs(self) -> str:
-        return settings_json({"programs": list(self.exp.raw["output"]["model_inputs"])})
+        return settings_json(self._model_inputs)
 
     @_made_once
     def nxrefine_wrapper(self, sample: str) -> str:
-        # the kinds say which volume is which among the job's inputs; the monitor reference
-        # is the norm of NXRefine's monitor weights
-        return settings_json({"sample": self.exp.samples[sample].settings(),
-                              "kinds": list(self._transform.kinds),
-                              "monitor_reference": self._transform.monitor_reference})
+        return settings_json(self._sample(sample), self._wrapper)
 
     @_made_once
     def total_pdf(self, sample: str) -> str:
-        # only what the total PDF uses: a changed hole radius leaves it alone
-        return settings_json({"q_max": self._pdf.q_max, "subtract_mean": self._pdf.subtract_mean,
-                              "errors": self._pdf.errors,
-                              "slices": self._pdf.settings()["slices"],
-                              "sample": self.exp.samples[sample].settings()})
+        return settings_json(self._total_pdf, self._sample(sample))
 
     @_made_once
     def delta_pdf(self, sample: str) -> str:
-        return settings_json({"pdf": self._pdf, "sample": self.exp.samples[sample].settings()})
+        return settings_json(self._pdf, self._sample(sample))
 
     @_made_once
     def pdf_temperature_series(self, sample: str) -> str:
-        return settings_json({"slice": self._pdf.settings()["slices"][0],
-                              "sample": self.exp.samples[sample].settings(),
-                              "temperatures": self.exp.pdf_temperatures_of(sample)})
+        return settings_json(self._pdf_series, self._sample(sample),
+                             TemperaturesParams(tuple(self.exp.pdf_temperatures_of(sample))))
 
 
 # where the workflow writes each job's settings, relative to the experiment directory (beside

@@ -10,6 +10,10 @@ other jobs or other results.
 
 HKLFLOW_SNAKEMAKE_HOOKS=0 installs none of the hooks; the look-ups still work.
 bench/dryrun.py times planning with the hooks on and off.
+
+What a run did (jobs started, finished, failed; a lock refusal) comes through Snakemake's
+public logger plugin interface instead (src/snakemake_logger_plugin_hklflow, read by
+hklflow.planning.job_events), never from its wording.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ import inspect
 import os
 import signal
 import sys
+import tempfile
 import threading
 import types
+from pathlib import Path
 
 # the attribute snakemake.common.get_function_params reads before it asks inspect.signature
 _PARAMETERS_ATTRIBUTE = "_overwrite_params"
@@ -317,3 +323,48 @@ def cluster_groups(workflow) -> dict:
                     "ingest_scan and find_peaks jobs join no group")
         return {}
     return groups
+
+
+# --------------------------------------------------------------------------------------
+# The lock a killed run left (a look-up: always on)
+# --------------------------------------------------------------------------------------
+_locks_in_folder: bool | None = None
+
+
+def _locks_kept_in_folder() -> bool:
+    """Whether this Snakemake's file persistence (its default) writes a run's locks into the
+    `locks` folder of its `.snakemake` (tried once, in a folder of our own)."""
+    global _locks_in_folder
+    if _locks_in_folder is None:
+        try:
+            # (in the try, as every hook's: an upgrade may have moved it)
+            from snakemake.persistence.file import FilePersistence
+
+            with tempfile.TemporaryDirectory() as folder:
+                FilePersistence(path=Path(folder))._write_locks("output", ["probe"])
+                locks = Path(folder) / "locks"
+                _locks_in_folder = locks.is_dir() and any(locks.iterdir())
+        except Exception:  # noqa: BLE001 - any change of the persistence turns the look-up off
+            _locks_in_folder = False
+    return _locks_in_folder
+
+
+def lock_left(directory) -> bool:
+    """Whether Snakemake's lock folder in `directory` (`.snakemake/locks`) holds a lock: a
+    run goes on there, or a killed one left it.
+
+    Why: `hklflow watch` removes a killed run's lock before its first run, instead of
+    starting a run that plans everything only to be refused.  A refused run says so in its
+    job events (hklflow.planning.job_events.lock_refused), and the watcher unlocks then, so
+    this look-up saves that one refused run and nothing else depends on it.
+
+    If an upgrade keeps the locks elsewhere (snakemake.persistence.file, tried once), or the
+    run uses another persistence backend, the answer is False (the first reported once): the
+    first run is refused and the watcher unlocks then (slower, the same results)."""
+    if not _locks_kept_in_folder():
+        report_once("lock_left", "Snakemake's file persistence no longer writes its locks to "
+                    ".snakemake/locks", "hklflow watch learns of a killed run's lock from its "
+                    "first run, refused, and unlocks then")
+        return False
+    locks = Path(directory) / ".snakemake" / "locks"
+    return locks.is_dir() and bool(os.listdir(locks))

@@ -29,7 +29,7 @@ import re
 import time
 from pathlib import Path
 
-from ..files.atomic import write_text_atomically
+from ..base.atomic import write_text_atomically
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hdf", ".nx5", ".nx")  # the one list of them
 FINGERPRINT_BLOCKS = 8

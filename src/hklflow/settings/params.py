@@ -1,18 +1,22 @@
 """The settings of every step, each declared once: a frozen dataclass per step whose fields
 say which config keys the step uses.
 
-The config schema (``schemas/config.schema.yaml``) is the one source of defaults and
-documentation of every user setting.  A parameters class lists the config keys it reads
-(a field named like a key of its ``SECTION``, or with ``metadata={"config": "dotted.path"}``
-for a key elsewhere) and adds the algorithm's own knobs, which are not user settings, as
-fields with ``metadata={"knob": True}`` and a default.
+The config schema (``schemas/config.schema.yaml``; :mod:`hklflow.settings.schema`) is the
+one source of defaults and documentation of every user setting.  A parameters class lists
+the config keys it reads (a field named like a key of its ``SECTION``, or with
+``metadata={"config": "dotted.path"}`` for a key elsewhere), what the planning gives a job
+beside them (:func:`planned`), and the algorithm's own knobs, which are not user settings,
+as fields with ``metadata={"knob": True}`` and a default.
 
 The same declaration serves three places, so they cannot drift apart:
 
 * the Snakefile builds each job's ``params:`` from it (:func:`settings_json`): a job
   receives exactly the settings it uses, and Snakemake reruns it when one of them changes;
 * the step command reads them back (:func:`read_settings`, :func:`read_settings_file`) into
-  typed, validated objects;
+  typed objects, one per part (:func:`settings_part`): a step never indexes the settings
+  itself.  Values are checked against the schema when the config is read and when settings
+  are typed by hand (``--settings``), so no class checks the schema's enums a second time;
+  a class checks what the schema cannot say, and bounds of objects made without it;
 * tests and benchmarks take the schema's defaults with ``Cls.defaults(**overrides)``.
 
 This module is imported when the Snakefile is parsed (every cluster job parses it): it
@@ -20,122 +24,21 @@ must stay light (no numba, pyFAI or scipy).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ..base.errors import ConfigError
-
-
-# --------------------------------------------------------------------------------------
-# The schema
-# --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def schema(name: str = "config.schema.yaml") -> dict:
-    import yaml  # (here: a step's process never reads the schema: 25 ms of its start)
-
-    return yaml.safe_load(resources.files("hklflow.settings.schemas").joinpath(name).read_text())
-
-
-def validator_with_defaults(schema_: dict):
-    """A Draft 2020-12 validator that also fills in `default` values (as Snakemake's
-    validate(set_default=True) does)."""
-    import jsonschema  # (here: ~90 ms to import, and a step's process validates nothing)
-
-    base = jsonschema.Draft202012Validator
-    validate_props = base.VALIDATORS["properties"]
-    validate_items = base.VALIDATORS["items"]
-
-    def set_defaults(validator, properties, instance, sub_schema):
-        if isinstance(instance, dict):
-            for prop, sub in properties.items():
-                if "default" in sub and prop not in instance:
-                    instance[prop] = copy.deepcopy(sub["default"])
-        yield from validate_props(validator, properties, instance, sub_schema)
-        if isinstance(instance, dict):
-            for prop, sub in properties.items():
-                if prop in instance:
-                    instance[prop] = canonical_number(instance[prop], sub)
-
-    def canonical_items(validator, items, instance, sub_schema):
-        yield from validate_items(validator, items, instance, sub_schema)
-        if isinstance(instance, list) and isinstance(items, dict):
-            instance[:] = [canonical_number(v, items) for v in instance]
-
-    return jsonschema.validators.extend(
-        base, {"properties": set_defaults, "items": canonical_items})(schema_)
-
-
-def canonical_number(value, sub_schema: dict):
-    """A number as its schema's type has it, so that one value has one form in the settings
-    that reach the jobs (3 and 3.0 must not rerun anything): an integer where the schema says
-    number becomes a float, a float with no fraction where it says integer an int, and a
-    member of an enum the enum's own form."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    for member in sub_schema.get("enum", ()):  # (the enum's own form: 3 for 3.0)
-        if isinstance(member, (int, float)) and not isinstance(member, bool) \
-                and member == value:
-            return member
-    types = sub_schema.get("type")
-    types = set(types) if isinstance(types, list) else {types}
-    if isinstance(value, int) and "number" in types and "integer" not in types:
-        return float(value)
-    if isinstance(value, float) and "integer" in types and "number" not in types \
-            and value.is_integer():
-        return int(value)
-    return value
-
-
-def schema_node(path: str) -> dict:
-    """The sub-schema of a dotted config path (e.g. 'reduction.find_peaks.window')."""
-    node = schema()
-    for part in path.split("."):
-        props = node.get("properties", {})
-        if part in props:
-            node = props[part]
-        elif isinstance(node.get("additionalProperties"), dict):
-            node = node["additionalProperties"]
-        else:
-            raise KeyError(f"no config key {path!r} in the schema")
-    return node
-
-
-_NO_DEFAULT = object()
-
-
-def schema_default(path: str):
-    """The schema's default of a config key (objects: their members' defaults filled in)."""
-    node = schema_node(path)
-    if "default" in node:
-        value = copy.deepcopy(node["default"])
-    elif node.get("type") == "object":
-        value = {}
-    else:
-        return _NO_DEFAULT
-    if isinstance(value, dict) and node.get("type") == "object":
-        value = copy.deepcopy(value)
-        for _ in validator_with_defaults(node).iter_errors(value):
-            pass  # only the defaults are wanted here
-    return value
-
-
-def config_value(cfg: dict, path: str):
-    node = cfg
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(path)
-        node = node[part]
-    return node
+from ..model.crystal import Crystal, UnitCell
+from ..model.geometry import Goniometer
+from ..model.scan import ScanRow
+from .schema import NO_DEFAULT, config_value, schema_default, schema_node, schema_problem
 
 
 # --------------------------------------------------------------------------------------
@@ -156,28 +59,56 @@ def _as_field_value(v):
     return v
 
 
+# the JSON types a field of a job's settings may hold, by the name its annotation gives
+# (JSON's lists arrive as lists; the fields hold them as tuples)
+_JSON_TYPES = {"str": ((str,), "text"), "int": ((int,), "an integer"),
+               "float": ((int, float), "a number"), "bool": ((bool,), "true or false"),
+               "tuple": ((list, tuple), "a list"), "dict": ((dict,), "a mapping"),
+               "None": ((type(None),), "null")}
+
+
+def _json_types(annotation) -> list[str] | None:
+    """The type names of a field's annotation ('int | None' -> ['int', 'None']); None when
+    it names another type (a part with its own conversion)."""
+    names = [n.strip() for n in str(annotation).split("|")]
+    return names if all(n in _JSON_TYPES for n in names) else None
+
+
+def _fits(names: list[str], value) -> bool:
+    # (True is an int to Python, not to JSON)
+    return any(isinstance(value, _JSON_TYPES[n][0]) and (n == "bool") == isinstance(value, bool)
+               for n in names)
+
+
 @dataclass(frozen=True)
 class Params:
     """Base of the step parameter classes (see the module docstring)."""
 
     SECTION: ClassVar[str] = ""  # dotted config path of the section most fields come from
-    NAME: ClassVar[str] = ""  # key of this part in a job's settings JSON
+    # key of this part in a job's settings JSON; "": its fields are keys of the settings
+    # themselves (parts that were loose keys before they were typed: their jobs' texts stay)
+    NAME: ClassVar[str] = ""
+    SCHEMA: ClassVar[str] = "config.schema.yaml"  # the schema the config paths are in
 
     @classmethod
     def config_fields(cls) -> list[dataclasses.Field]:
+        """The fields a job receives: the config keys and what the planning gives."""
         return [f for f in dataclasses.fields(cls) if not f.metadata.get("knob")]
 
     @classmethod
     def config_path(cls, f: dataclasses.Field) -> str:
-        return f.metadata.get("config") or f"{cls.SECTION}.{f.name}"
+        return f.metadata.get("config") or (f"{cls.SECTION}.{f.name}" if cls.SECTION else f.name)
 
     @classmethod
     def from_config(cls, cfg: dict, **extra):
-        """From the validated config (defaults filled in, as config.load_experiment makes it)."""
+        """From the validated config (defaults filled in, as config.load_experiment makes it);
+        extra: the fields the planning gives."""
         values = {}
         for f in cls.config_fields():
             if f.name in extra:
                 continue
+            if f.metadata.get("planned"):
+                raise TypeError(f"{cls.__name__}.from_config(): give {f.name} (no config key)")
             try:
                 values[f.name] = _as_field_value(config_value(cfg, cls.config_path(f)))
             except KeyError:
@@ -185,30 +116,54 @@ class Params:
         return cls(**values, **extra)
 
     @classmethod
-    def from_settings(cls, values: dict, where: str = "--settings"):
-        """From the settings a job received: exactly the config fields, no more, no less."""
+    def from_settings(cls, values: dict, where: str | None = None, against_schema: bool = False):
+        """From the settings a job received: exactly the config fields, no more, no less (a
+        field left out when it has its default may be absent), each of its field's type.
+        where: how messages name the part (default --settings NAME); against_schema: each
+        value checked against the schema's node of its config key too (settings typed by
+        hand; the workflow's come from the validated config)."""
+        label = f"{where or ('--settings ' + cls.NAME).strip()}: "
         if not isinstance(values, dict):
-            raise ConfigError(f"{where}: {cls.NAME or cls.__name__}: expected a mapping, "
-                              f"got {type(values).__name__}")
+            raise ConfigError(f"{label}expected a mapping, got {type(values).__name__}")
         names = {f.name for f in cls.config_fields()}
         unknown = sorted(set(values) - names)
-        missing = sorted(names - set(values))
+        missing = sorted(f.name for f in cls.config_fields()
+                         if f.name not in values and not f.metadata.get("omit_default"))
         if unknown or missing:
-            raise ConfigError(f"{where}: {cls.NAME or cls.__name__}: "
-                              + (f"unknown setting(s) {unknown}" if unknown else "")
+            raise ConfigError(label + (f"unknown setting(s) {unknown}" if unknown else "")
                               + ("; " if unknown and missing else "")
                               + (f"missing setting(s) {missing}" if missing else ""))
+        for f in cls.config_fields():
+            if f.name not in values:
+                continue
+            value, types = values[f.name], _json_types(f.type)
+            key = "" if f.metadata.get("planned") else f" ({cls.config_path(f)})"
+            if types is not None and not _fits(types, value):
+                raise ConfigError(f"{label}{f.name!r}{key}: expected "
+                                  f"{' or '.join(_JSON_TYPES[n][1] for n in types)}, got {value!r}")
+            if against_schema and key and not (value is None and "None" in (types or ())):
+                problem = cls._schema_problem(f, value)  # (None: a key the config left out)
+                if problem:
+                    raise ConfigError(f"{label}{f.name!r}{key}: {problem}")
         return cls(**{k: _as_field_value(v) for k, v in values.items()})
+
+    @classmethod
+    def _schema_problem(cls, f: dataclasses.Field, value) -> str | None:
+        try:
+            node = schema_node(cls.config_path(f), cls.SCHEMA)
+        except KeyError:  # (a fact the config does not hold as such: a calibration's name)
+            return None
+        return schema_problem(node, value)
 
     @classmethod
     def defaults(cls, **overrides):
         """The schema's defaults (and the knobs' own), with overrides (tests, benchmarks)."""
         values = {}
         for f in cls.config_fields():
-            if f.name in overrides:
+            if f.name in overrides or f.metadata.get("planned"):
                 continue
             d = schema_default(cls.config_path(f))
-            if d is _NO_DEFAULT:
+            if d is NO_DEFAULT:
                 raise TypeError(f"{cls.__name__}.defaults(): {f.name} "
                                 f"({cls.config_path(f)}) has no default: give it")
             values[f.name] = _as_field_value(d)
@@ -216,12 +171,15 @@ class Params:
 
     def settings(self) -> dict:
         """The config fields as JSON-able data (what a job receives)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in self.config_fields()}
+        return {f.name: _jsonable(getattr(self, f.name)) for f in self.config_fields()
+                if not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
 
     def where(self, name: str) -> str:
-        """The config key of a field (a knob: ClassName.field)."""
+        """The config key of a field (a knob or a field the planning gives: ClassName.field)."""
         f = next(f for f in dataclasses.fields(self) if f.name == name)
-        return f"{type(self).__name__}.{name}" if f.metadata.get("knob") else self.config_path(f)
+        if f.metadata.get("knob") or f.metadata.get("planned"):
+            return f"{type(self).__name__}.{name}"
+        return self.config_path(f)
 
     def check(self, ok: bool, name: str, expected: str) -> None:
         """ConfigError naming the config key when not ok."""
@@ -240,13 +198,33 @@ def from_config_at(path: str, **kw):
     return field(metadata={"config": path}, **kw)
 
 
+def planned(**kw):
+    """A field the planning gives a job (a sample's temperatures, its canonical space group),
+    not a config key as written: typed, not checked against the schema."""
+    return field(metadata={"planned": True}, **kw)
+
+
+def left_out_as_default(default, path: str | None = None):
+    """A field left out of a job's settings while it has its default, so that the jobs made
+    before it existed keep their settings (and are not made again)."""
+    return field(default=default, metadata={"omit_default": True,
+                                            **({"config": path} if path else {})})
+
+
 # --------------------------------------------------------------------------------------
 # Job settings: what the Snakefile passes and the step reads back
 # --------------------------------------------------------------------------------------
-def settings_json(parts: dict[str, Any]) -> str:
+def settings_json(*parts: Params) -> str:
     """The settings of a job as one JSON text (sorted keys: Snakemake compares it with the
-    text its outputs were made with).  parts: name -> Params object or JSON-able data."""
-    data = {k: (v.settings() if isinstance(v, Params) else _jsonable(v)) for k, v in parts.items()}
+    text its outputs were made with): each part under its NAME (a part without one: its
+    fields as keys of the text itself)."""
+    data = {}
+    for part in parts:
+        values = part.settings()
+        for key, value in (values.items() if not part.NAME else [(part.NAME, values)]):
+            if key in data:
+                raise ValueError(f"two parts of a job's settings give {key!r}")
+            data[key] = value
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
@@ -256,7 +234,14 @@ def settings_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def read_settings(text: str, where: str = "--settings") -> dict:
+class HandTypedSettings(dict):
+    """Settings given inline (--settings: typed by hand, or by a test), not written by the
+    workflow from the validated config: settings_part checks each part against the schema
+    as well.  (A job's settings file is not checked so: reading the schema and loading
+    jsonschema would slow the start of every job.)"""
+
+
+def read_settings(text: str, where: str = "--settings") -> HandTypedSettings:
     """The JSON of --settings (a step's command line)."""
     try:
         data = json.loads(text)
@@ -264,7 +249,7 @@ def read_settings(text: str, where: str = "--settings") -> dict:
         raise ConfigError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object of settings")
-    return data
+    return HandTypedSettings(data)
 
 
 def read_settings_file(path) -> dict:
@@ -284,14 +269,22 @@ def read_settings_file(path) -> dict:
         raise ConfigError(f"{where}: its text does not match its name (its digest is {digest}): "
                           "the file was changed after the workflow wrote it; delete it and run "
                           "Snakemake again, which writes it anew")
-    return read_settings(text, where)
+    return dict(read_settings(text, where))  # (the workflow's: made from the validated config)
 
 
 def settings_part(settings: dict, cls):
-    """The typed object of one part of a job's settings."""
+    """The typed object of one part of a job's settings (a part without NAME: the keys of
+    the settings named after its fields), checked against the schema too when typed by hand
+    (HandTypedSettings)."""
+    by_hand = isinstance(settings, HandTypedSettings)
+    if not cls.NAME:
+        names = {f.name for f in cls.config_fields()}
+        return cls.from_settings({k: v for k, v in settings.items() if k in names},
+                                 where="--settings", against_schema=by_hand)
     if cls.NAME not in settings:
         raise ConfigError(f"--settings: no {cls.NAME!r} part (has {sorted(settings)})")
-    return cls.from_settings(settings[cls.NAME], where=f"--settings {cls.NAME}")
+    return cls.from_settings(settings[cls.NAME], where=f"--settings {cls.NAME}",
+                             against_schema=by_hand)
 
 
 # --------------------------------------------------------------------------------------
@@ -317,7 +310,12 @@ def largest_trusted_value(trusted_max: float, dtype):
 
 @dataclass(frozen=True)
 class DetectorParams(Params):
-    """Facts of the detector every step that reads frames uses (instrument.detector)."""
+    """The detector (instrument.detector): what `detector` means in the jobs' settings, the part
+    given to the steps that read frames or map pixels (find_peaks, mask_scan,
+    transform_frames, sum_chunks, define_grid).  A calibration keeps the detector's name
+    inside its own part, and an ingest job the name and orientation under keys of their own
+    (IngestParams): as a `detector` part they would change the settings of every calibration
+    and ingest job made before, and so make every experiment again from its first job."""
 
     SECTION: ClassVar[str] = "instrument.detector"
     NAME: ClassVar[str] = "detector"
@@ -329,16 +327,144 @@ class DetectorParams(Params):
     # pyFAI's 1..4 (docs/conventions.md); a field so that a change reruns the jobs given it
     orientation: int = 3
 
-    def __post_init__(self):
-        self.check(self.orientation in (1, 2, 3, 4) and not isinstance(self.orientation, bool),
-                   "orientation", "pyFAI's detector orientation 1, 2, 3 or 4")
-
     def trusted_max_for(self, dtype) -> int:
         """Values at or above this are overloaded: the config's, else the frames' dtype
         maximum (float frames: no limit but 2^62)."""
         if self.trusted_max is not None:
             return int(self.trusted_max)
         return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 2 ** 62
+
+
+@dataclass(frozen=True)
+class IngestParams(Params):
+    """What an ingest job uses beside its scan row and the goniometer (rule ingest_scan):
+    the detector's name and orientation, with which it reads the calibration's PONI file
+    (keys of their own, not the `detector` part: DetectorParams says why), and what the raw
+    files' fingerprints hash."""
+
+    detector_name: str = from_config_at("instrument.detector.name")
+    detector_orientation: int = from_config_at("instrument.detector.orientation")
+    fingerprint: str = left_out_as_default("sampled", "reduction.ingest.fingerprint")
+
+
+@dataclass(frozen=True)
+class ScanParams(Params):
+    """One row of the scans table as its ingest job receives it (model.scan.ScanRow): the
+    columns of scans.schema.yaml, the offset angles by axis name, the detector shift and the
+    calibration chosen for it."""
+
+    NAME: ClassVar[str] = "scan"
+    SCHEMA: ClassVar[str] = "scans.schema.yaml"
+
+    sample: str
+    temperature: float
+    entry: str
+    data: str
+    dataset: str
+    nframes: int
+    phi_start: float
+    phi_step: float
+    offsets: dict = planned()  # offset axis name -> angle (deg)
+    detector_shift: tuple = planned()  # (det_ddist, det_dponi1, det_dponi2) in m
+    monitor: str
+    calibration: str
+    planned_frames: int = left_out_as_default(0)  # only while the scan is being collected
+
+    @classmethod
+    def of(cls, row: ScanRow) -> "ScanParams":
+        return cls(**{k: _as_field_value(v) for k, v in row.settings().items()})
+
+    def row(self) -> ScanRow:
+        return ScanRow.from_settings(self.settings())
+
+
+@dataclass(frozen=True)
+class GoniometerParams(Params):
+    """instrument.goniometer as the ingest jobs receive it (model.geometry.Goniometer): axes
+    as unit vectors, the offset axes as [name, axis] pairs outermost first (a JSON object,
+    its keys sorted, would lose their order)."""
+
+    SECTION: ClassVar[str] = "instrument.goniometer"
+    NAME: ClassVar[str] = "goniometer"
+
+    scan_axis: tuple
+    scan_sense: int
+    offset_axes: tuple = planned()  # ((name, (a1, a2, a3)), ...)
+
+    @classmethod
+    def of(cls, goniometer: Goniometer) -> "GoniometerParams":
+        return cls(goniometer.scan_axis, goniometer.scan_sense, goniometer.offset_axes)
+
+    def goniometer(self) -> Goniometer:
+        try:
+            return Goniometer(tuple(self.scan_axis), self.scan_sense,
+                              tuple((name, tuple(axis)) for name, axis in self.offset_axes))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"--settings goniometer: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SampleParams(Params):
+    """What the orientation, grid, symmetry, series and PDF jobs use of a sample
+    (samples.NAME): its name, its space group as the crystal names it (the canonical
+    Hermann-Mauguin symbol of the one given: 'I 4/m m m' for 139) and its cell."""
+
+    SECTION: ClassVar[str] = "samples.NAME"
+    NAME: ClassVar[str] = "sample"
+
+    name: str = planned()
+    space_group: str = planned()
+    cell: tuple  # a, b, c (Angstrom), alpha, beta, gamma (deg)
+
+    def where(self, name: str) -> str:
+        return super().where(name).replace(".NAME.", f".{self.name}.")
+
+    def unit_cell(self) -> UnitCell:
+        try:
+            return UnitCell.from_list(self.cell)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.where('cell')}: {exc}") from None
+
+    def crystal(self, cell: UnitCell | None = None) -> Crystal:
+        """The sample's crystal, with its cell from the config or the one given (a volume's
+        refined cell)."""
+        try:
+            return Crystal(self.space_group, cell or self.unit_cell())
+        except ValueError as exc:
+            raise ConfigError(f"samples.{self.name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DetectorPosition:
+    """Where the detector stood: a calibration's geometry and a detector shift."""
+
+    poni: str  # the calibration's geometry.poni
+    shift: tuple  # (d_dist, d_poni1, d_poni2) in m, as a scans-table row gives it
+
+
+@dataclass(frozen=True)
+class DetectorPositionsParams(Params):
+    """Every place the detector stood for a sample's scans (rule define_grid): each
+    calibration they use with each detector shift, as {poni, shift}."""
+
+    detector_positions: tuple = planned()
+
+    def __post_init__(self):
+        try:
+            positions = tuple(
+                p if isinstance(p, DetectorPosition) else
+                DetectorPosition(p["poni"], tuple(float(v) for v in p["shift"]))
+                for p in self.detector_positions)
+            ok = all(isinstance(p.poni, str) and len(p.shift) == 3 for p in positions)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        self.check(ok, "detector_positions",
+                   "a list of {poni: file, shift: [d_dist, d_poni1, d_poni2]}")
+        object.__setattr__(self, "detector_positions", positions)
+
+    def settings(self) -> dict:
+        return {"detector_positions": [{"poni": p.poni, "shift": list(p.shift)}
+                                       for p in self.detector_positions]}
 
 
 # find_peaks' chunk_frames 'auto': frames decompressed just before they are searched are
@@ -370,7 +496,6 @@ class PeakSearchParams(Params):
     gain: float = from_config_at("instrument.detector.gain")
 
     def __post_init__(self):
-        self.check(self.method in ("dispersion", "absolute"), "method", "'dispersion' or 'absolute'")
         if self.method == "absolute":
             self.check(self.absolute_threshold is not None, "absolute_threshold",
                        "a number of counts with method 'absolute'")
@@ -457,8 +582,6 @@ class RefinementParams(Params):
     def __post_init__(self):
         self.check(0 < self.hkl_tolerance < 0.5, "hkl_tolerance", "a number in (0, 0.5)")
         self.check(self.cycles >= 1, "cycles", "an integer >= 1")
-        self.check(self.unusable_entries in ("fail", "leave_out"), "unusable_entries",
-                   "'fail' or 'leave_out'")
 
 
 @dataclass(frozen=True)
@@ -551,11 +674,6 @@ class TransformParams(Params):
                    or (isinstance(self.subdivide, int) and 1 <= self.subdivide <= 64),
                    "subdivide", "'auto', 'auto_per_block' or an integer in [1, 64]")
         self.check(int(self.chunk_frames) >= 1, "chunk_frames", "an integer >= 1")
-        self.check(self.bad_monitor_frames in ("fail", "leave_out"), "bad_monitor_frames",
-                   "'fail' or 'leave_out'")
-        self.check(len(self.kinds) >= 1 and set(self.kinds) <= {"transform", "masked_transform"}
-                   and len(set(self.kinds)) == len(self.kinds), "kinds",
-                   "a list of transform and/or masked_transform")
 
 
 @dataclass(frozen=True)
@@ -583,6 +701,47 @@ class SeriesParams(Params):
 
 
 @dataclass(frozen=True)
+class TemperaturesParams(Params):
+    """The temperatures of a sample's series (rules temperature_series,
+    pdf_temperature_series): their labels (300K), coldest first, the order of the job's
+    inputs."""
+
+    temperatures: tuple = planned()
+
+
+@dataclass(frozen=True)
+class StatisticsParams(Params):
+    """What the statistics of a merged volume leave out (rule merge_entries): the |Q| about
+    every integer (h, k, l), 1/Angstrom as 2 pi / d.  The transform's is
+    reduction.merge.statistics_bragg_radius; the masked transform has no Bragg peaks: 0."""
+
+    NAME: ClassVar[str] = "statistics"
+
+    bragg_radius: float = from_config_at("reduction.merge.statistics_bragg_radius")
+
+    def __post_init__(self):
+        object.__setattr__(self, "bragg_radius", float(self.bragg_radius))
+
+
+@dataclass(frozen=True)
+class ModelInputsParams(Params):
+    """The modelling programs whose files are made of each volume (output.model_inputs;
+    rule model_inputs)."""
+
+    programs: tuple = from_config_at("output.model_inputs")
+
+
+@dataclass(frozen=True)
+class NXRefineWrapperParams(Params):
+    """What NXRefine's wrapper file takes of reduction.transform (rule nxrefine_wrapper): the
+    kinds, which say which volume is which among the job's inputs, and the monitor
+    reference, the norm of NXRefine's monitor weights."""
+
+    kinds: tuple = from_config_at("reduction.transform.kinds")
+    monitor_reference: float | None = from_config_at("reduction.transform.monitor_reference")
+
+
+@dataclass(frozen=True)
 class PDFParams(Params):
     """What the PDF steps use of reduction.pdf (rules total_pdf, delta_pdf,
     pdf_temperature_series)."""
@@ -602,8 +761,6 @@ class PDFParams(Params):
 
     def __post_init__(self):
         self.check(_finite(self.radius) and self.radius > 0, "radius", "a number > 0")
-        self.check(self.radius_units in ("inverse_angstrom", "rlu"), "radius_units",
-                   "'inverse_angstrom' or 'rlu'")
         self.check(isinstance(self.fill_order, int) and 1 <= self.fill_order <= 3, "fill_order",
                    "1, 2 or 3")
         self.check(_finite(self.fill_eps) and self.fill_eps >= 0, "fill_eps", "a number >= 0")
@@ -631,6 +788,27 @@ class PDFParams(Params):
 
 
 @dataclass(frozen=True)
+class TotalPDFParams(Params):
+    """What the total PDF uses of reduction.pdf (rule total_pdf): a changed hole radius
+    leaves it alone."""
+
+    SECTION: ClassVar[str] = "reduction.pdf"
+
+    q_max: float | None
+    subtract_mean: bool
+    errors: bool
+    slices: tuple  # ({x|y|z: value}, ...)
+
+
+@dataclass(frozen=True)
+class PDFSeriesParams(Params):
+    """The plane of the PDF temperature series (rule pdf_temperature_series): the first of
+    reduction.pdf.slices."""
+
+    slice: dict = planned()  # {x|y|z: value}
+
+
+@dataclass(frozen=True)
 class CalibrationParams(Params):
     """One calibration (calibrations.NAME of the config; rule calibrate_powder) and the
     algorithm's knobs (defaults suit Pilatus-class detectors):
@@ -654,10 +832,6 @@ class CalibrationParams(Params):
     # point uniform over a unit pixel has variance 1/12 along any direction.  Worse than
     # that, the rings do not fit one geometry (schema: calibrations.NAME.max_rms_px).
     DEFAULT_MAX_RMS_PX: ClassVar[float] = 1.0 / math.sqrt(12.0)
-    # what poni_mismatch may say per fact (the orientation is how the frames are laid out:
-    # the same for every scan, so only the config's can win)
-    PONI_MISMATCH: ClassVar[dict] = {"wavelength": ("use_poni", "use_config"),
-                                     "orientation": ("use_config",)}
 
     name: str
     calibrant: str
@@ -722,17 +896,10 @@ class CalibrationParams(Params):
             self.check(_finite(self.start.get("dist")) and self.start["dist"] > 0, "start",
                        "a start distance > 0 m")
             self.check(bool(self.free), "refine", "at least one parameter powder rings can see")
-        bad = [p for p in self.refine if p not in self.REFINABLE]
-        self.check(not bad, "refine", f"a list of {list(self.REFINABLE)}")
         self.check(self.max_rings is None or self.max_rings >= 1, "max_rings", "an integer >= 1")
         self.check(self.frame >= 0, "frame", "an integer >= 0")
-        self.check(self.orientation in (1, 2, 3, 4) and not isinstance(self.orientation, bool),
-                   "orientation", "pyFAI's detector orientation 1, 2, 3 or 4")
         self.check(self.max_rms_px is None or (_finite(self.max_rms_px) and self.max_rms_px > 0),
                    "max_rms_px", "an RMS residual > 0 (pixels), or null for the default")
-        self.check(isinstance(self.poni_mismatch, dict) and all(
-            v in self.PONI_MISMATCH.get(k, ()) for k, v in self.poni_mismatch.items()),
-            "poni_mismatch", f"a mapping of {self.PONI_MISMATCH}")
 
     @property
     def rms_bound_px(self) -> float:
@@ -750,5 +917,6 @@ class CalibrationParams(Params):
 
 
 # the parameters built from the config as a whole (CalibrationParams: one per calibration)
-STEP_PARAMS = (DetectorParams, PeakSearchParams, IndexingParams, RefinementParams, MaskParams,
-               GridParams, TransformParams, SliceParams, SeriesParams, PDFParams)
+STEP_PARAMS = (DetectorParams, IngestParams, PeakSearchParams, IndexingParams, RefinementParams,
+               MaskParams, GridParams, TransformParams, SliceParams, StatisticsParams,
+               SeriesParams, ModelInputsParams, NXRefineWrapperParams, PDFParams, TotalPDFParams)

@@ -31,8 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-
+from ..files.h5 import open_h5
 from ..model.geometry import DetectorGeometry
 from ..model.scan import temperature_label
 from .experiment import (EntryModel, SampleModel, SimulationSpec, detector_defects,
@@ -135,7 +134,7 @@ class CachedScan:
         if cache.encoded_files:
             self.folder, self.stem = cache.folder / key, stem
         else:
-            self.file = h5py.File(cache.folder / f"{key}.h5", "r")
+            self.file = open_h5(cache.folder / f"{key}.h5")
             self.dset = self.file[RAW_DATASET]
 
     def frame(self, i: int) -> bytes:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..base.atomic import write_text_atomically
 from ..model.crystal import Crystal, UnitCell, random_rotation
 from ..model.geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
                               lorentz_zeta, pyfai_detector, q_from_directions)
@@ -524,7 +524,7 @@ def write_config(spec: SimulationSpec, outdir: Path, frame_format: str, overwrit
                                       "simulate into another directory (or overwrite with --force)")
     cfgdir.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
-        (cfgdir / name).write_text(text)
+        write_text_atomically(cfgdir / name, text)
 
 
 def _jsonable(x):
@@ -641,8 +641,7 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
                     "det_shift": list(entry.det_shift),
                     "phi_start": spec.phi_start, "phi_step": spec.phi_step, "nframes": spec.nframes,
                     "reflections": _jsonable(st.reflections)}
-    tmp = outdir / "truth.json.part"
-    tmp.write_text(json.dumps(truth, indent=None, separators=(",", ":")))
-    os.replace(tmp, outdir / "truth.json")
+    write_text_atomically(outdir / "truth.json", json.dumps(truth, indent=None,
+                                                            separators=(",", ":")))
     log.info("simulation %s written to %s in %.1f s", spec.name, outdir, time.monotonic() - t0)
     return truth

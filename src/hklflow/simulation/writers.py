@@ -5,7 +5,6 @@ real-time acquisition (acquisition.py).  `spec` is an experiment.SimulationSpec 
 an experiment.EntryModel (not imported: experiment.py imports this module)."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ..base.atomic import atomic_path
+from ..files.h5 import open_h5
 from ..model.geometry import DetectorGeometry
 
 RAW_DATASET = "/entry/data/data"
@@ -52,15 +53,15 @@ def direct_beam(geom: DetectorGeometry) -> tuple[float, float, float]:
 # Writers
 # --------------------------------------------------------------------------------------
 class Hdf5StackWriter:
-    """int32 (frames, rows, cols), one frame per chunk, bitshuffle-LZ4: as detectors write."""
+    """int32 (frames, rows, cols), one frame per chunk, bitshuffle-LZ4: as detectors write.
+    The file appears whole (the plain simulation's, not a detector's way: the one atomic
+    writer)."""
 
     def __init__(self, path: Path, nframes: int, shape: tuple[int, int]):
-        import h5py
-        import hdf5plugin
-
-        self.tmp = path.with_name(path.name + ".part")
         self.path = path
-        self.f = h5py.File(self.tmp, "w")
+        self._atomic = atomic_path(path)
+        self.tmp = self._atomic.__enter__()
+        self.f = open_h5(self.tmp, "w")
         grp = self.f.require_group("entry/data")
         self.f["entry"].attrs["NX_class"] = "NXentry"
         grp.attrs["NX_class"] = "NXdata"
@@ -74,7 +75,7 @@ class Hdf5StackWriter:
 
     def close(self):
         self.f.close()
-        os.replace(self.tmp, self.path)
+        self._atomic.__exit__(None, None, None)  # renamed into place
 
 
 class CbfFramesWriter:
@@ -164,6 +165,8 @@ class SwmrStackWriter:
         self.spec = spec
         self.block_frames = max(1, round(fps / BLOCKS_PER_SECOND))
         path.parent.mkdir(parents=True, exist_ok=True)
+        # the detector's own writer simulated (HDF5's defaults, file locking too), not
+        # files.h5.open_h5: in place, SWMR
         self.f = h5py.File(path, "w", libver="latest")
         data = _group(_group(self.f, "entry", "NXentry"), "data", "NXdata")
         data.attrs["signal"] = "data"
@@ -196,7 +199,8 @@ class EigerScanWriter:
     the writer is made; a data file is created when its first frame comes and closed when
     its last one is in.  Frames come as arrays (__call__, the plain mode) or as compressed
     chunks (write, the acquisition mode).  atomic: data files and master are written under
-    a .part name and renamed when complete (the plain mode); else in place as a detector does.
+    a temporary name and renamed when complete (the plain mode); else in place as a
+    detector does.
     """
 
     block_frames = 1
@@ -212,6 +216,7 @@ class EigerScanWriter:
         self.per_file, self.atomic = int(frames_per_file), atomic
         self.nfiles = -(-spec.nframes // self.per_file)
         self.current = None  # (file index, h5py.File, dataset, path written)
+        self._unfinished = {}  # temporary path -> its atomic_path (atomic)
         self.written = 0
         self.folder.mkdir(parents=True, exist_ok=True)
         # data files of an earlier run (another frames_per_file) would join the scan's glob
@@ -223,12 +228,17 @@ class EigerScanWriter:
         return f"{self.stem}_data_{k + 1:06d}.h5"
 
     def _open_path(self, path: Path) -> tuple[Path, h5py.File]:
-        target = path.with_name(path.name + ".part") if self.atomic else path
-        return target, h5py.File(target, "w")
+        if not self.atomic:  # the detector's own writer simulated: in place, HDF5's defaults
+            return path, h5py.File(path, "w")
+        whole = atomic_path(path)  # the plain simulation's: the one atomic writer
+        target = whole.__enter__()
+        self._unfinished[target] = whole
+        return target, open_h5(target, "w")
 
     def _finish(self, target: Path, final: Path) -> None:
-        if target != final:
-            os.replace(target, final)
+        whole = self._unfinished.pop(target, None)
+        if whole is not None:
+            whole.__exit__(None, None, None)  # renamed to `final`
 
     def _write_master(self, entry, frame_time: float, defects: np.ndarray) -> None:
         s, g, n = self.spec, self.geom, self.spec.nframes

@@ -50,8 +50,8 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from ..base import steplog
+from ..base.atomic import remove_stale_temporaries
 from ..base.errors import HklflowError
-from ..files.atomic import remove_stale_temporaries
 from ..settings.params import read_settings, read_settings_file
 
 

@@ -4,14 +4,11 @@ and version (hklflow.files.calibration: every accepted calibration is archived; 
 source and settings reuse their earlier version)."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..algorithms import calibration as cal
 from ..base.errors import CalibrationError
-from ..files.calibration import (CalibrationArchive, version_key, write_calibration_file,
-                                 write_version_file)
+from ..files.calibration import CalibrationArchive, version_key, write_calibration_file
 from ..files.provenance import file_digest, provenance
 from ..model.geometry import DetectorGeometry
 from ..pictures.detector import plot_calibration
@@ -47,15 +44,11 @@ def run(args, log) -> None:
             raise CalibrationError(f"calibrations.{params.name}: {f} not found")
     source = source_record(params)
     key = version_key(source, params.settings())
-    args.poni.parent.mkdir(parents=True, exist_ok=True)
     archive = CalibrationArchive(args.poni.parent, params.name)
-    outputs = {"geometry.poni": args.poni, "calibration.nxs": args.nexus, "calibration.png": args.png}
     reuse = archive.find(key)
     if reuse is not None:
         version = reuse["version"]
         log.info("same source (%s) and settings as %s: reusing it", source["sha256"], version)
-        for name, out in outputs.items():
-            shutil.copyfile(archive.files_of(version) / name, out)
     else:
         log.info("calibration %s: %s", params.name, f"import {params.poni}" if params.poni
                  else f"refine {','.join(params.refine)} from {params.image}")
@@ -67,22 +60,17 @@ def run(args, log) -> None:
             pattern = cal.integrate_pattern(image, result.geometry, bad, params.polarization_fraction)
         record = provenance("hklflow calibrate_powder", {"calibration": params.as_dict()},
                             inputs=[p for p in (params.image, params.poni) if p and Path(p).is_file()])
-        with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=args.poni.parent) as tmp:
-            made = {name: Path(tmp) / name for name in outputs}
-            result.geometry.write_poni(made["geometry.poni"])
-            write_calibration_file(made["calibration.nxs"], result, params, source=source,
+        with archive.new_version({"key": key, "source": source, "settings": params.as_dict(),
+                                  **result.summary()}) as (version, made):
+            result.geometry.write_poni(made["poni"])
+            write_calibration_file(made["nexus"], result, params, source=source,
                                    pattern=pattern, provenance=record)
-            plot_calibration(made["calibration.png"], result, params, image, pattern,
+            plot_calibration(made["png"], result, params, image, pattern,
                              title=f"calibration {params.name}: {result.method} from "
                                    f"{source.get('poni') or source.get('image')}")
-            version = archive.next_version()
-            archive.add(version, made, {"key": key, "source": source, "settings": params.as_dict(),
-                                        **result.summary()})
-            for name, out in outputs.items():
-                shutil.copyfile(made[name], out)
         log.info("new calibration version %s", version)
-    write_version_file(args.version, params.name, version, args.poni)
-    archive.set_current(version)
+    archive.publish(version, {"poni": args.poni, "nexus": args.nexus, "png": args.png,
+                              "version": args.version})
     g = DetectorGeometry.from_poni_file(args.poni, params.detector, params.orientation)
     log.info("%s: version %s (%s)", params.name, version, cal.describe(g))
 

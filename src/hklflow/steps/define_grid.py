@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from ..files.grid import write_grid_file
 from ..files.provenance import provenance
-from ..model.crystal import UnitCell
 from ..model.geometry import DetectorGeometry
 from ..model.grid import default_grid, q_range
-from ..settings.params import GridParams, settings_part
+from ..settings.params import (DetectorParams, DetectorPositionsParams, GridParams, SampleParams,
+                               settings_part)
 from ._run import StepParser, run_step
 
 
@@ -26,17 +26,20 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     s = args.settings
     params = settings_part(s, GridParams)
-    cell = UnitCell.from_list(s["sample"]["cell"])
-    detectors = [DetectorGeometry.from_poni_file(d["poni"], s["detector"],
-                                                 s["detector_orientation"]).shifted(*d["shift"])
-                 for d in s["detectors"]]
+    sample = settings_part(s, SampleParams)
+    detector = settings_part(s, DetectorParams)
+    positions = settings_part(s, DetectorPositionsParams).detector_positions
+    cell = sample.unit_cell()
+    detectors = [DetectorGeometry.from_poni_file(p.poni, detector.name,
+                                                 detector.orientation).shifted(*p.shift)
+                 for p in positions]
     q_max, q_pixel = q_range(detectors)
     grid, how = default_grid(cell, q_max, q_pixel, params.max_voxels, params.grid)
     write_grid_file(args.out, grid, {
-        "sample": s["sample"]["name"], "cell": list(cell.parameters), "q_max": q_max,
+        "sample": sample.name, "cell": list(cell.parameters), "q_max": q_max,
         "q_pixel": q_pixel, "how": how,
-        "provenance": provenance("hklflow define_grid", s, inputs=[d["poni"] for d in s["detectors"]])})
-    log.info("%s: %s", s["sample"]["name"], grid.describe())
+        "provenance": provenance("hklflow define_grid", s, inputs=[p.poni for p in positions])})
+    log.info("%s: %s", sample.name, grid.describe())
     for axis, text in how.items():
         log.info("  %s: %s", axis, text)
     log.info("memory of a transform job: %.2f GB for signal and weight (float32)", grid.size * 8 / 1e9)

@@ -10,11 +10,10 @@ from ..base.memory import check_room, pdf_bytes
 from ..files.pdf import PDFWriter
 from ..files.provenance import provenance
 from ..files.volume import read_volume_header
-from ..model.crystal import Crystal, UnitCell
 from ..pictures.pdf import plot_pdf
 from ..pictures.preview import landed_notes, preview_label
 from ..pictures.slices import cell_of
-from ..settings.params import PDFParams, settings_part
+from ..settings.params import PDFParams, SampleParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -31,9 +30,10 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     s = args.settings
     params = settings_part(s, PDFParams)
+    sample = settings_part(s, SampleParams)
     volume = read_volume_header(args.input)
-    cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
-    crystal = Crystal(s["sample"]["space_group"], cell)
+    cell = cell_of(volume) or sample.unit_cell()
+    crystal = sample.crystal(cell)
     title = f"{volume.title}: 3D-DeltaPDF"
     check_room(pdf_bytes(volume.grid.size, delta=True, sigma=params.errors),
                f"the 3D-DeltaPDF of {volume.grid.size:,} voxels",

@@ -11,10 +11,9 @@ from ..files.orientation import write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..model.crystal import Crystal, UnitCell
 from ..pictures.detector import plot_residuals
 from ..pictures.preview import landed_record, merged_records, orientation_label
-from ..settings.params import IndexingParams, RefinementParams, settings_part
+from ..settings.params import IndexingParams, RefinementParams, SampleParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -26,8 +25,7 @@ def parser() -> StepParser:
 
 
 def run(args, log) -> None:
-    sample = args.settings["sample"]
-    crystal = Crystal(sample["space_group"], UnitCell.from_list(sample["cell"]))
+    crystal = settings_part(args.settings, SampleParams).crystal()
     scans = [read_scan_file(f) for f in args.scans]
     peaks = [read_peaks_file(f) for f in args.peaks]
     entries = temperature_entries(scans, peaks)

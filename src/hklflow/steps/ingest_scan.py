@@ -16,10 +16,10 @@ from pathlib import Path
 from ..files.calibration import read_version_file
 from ..files.provenance import file_digest, provenance
 from ..files.scan import write_scan_file
-from ..model.geometry import DetectorGeometry, EntrySetup, Goniometer
-from ..model.scan import ScanRow
+from ..model.geometry import DetectorGeometry, EntrySetup
 from ..raw.frames import inspect_raw_scan
 from ..raw.monitors import monitor_file
+from ..settings.params import GoniometerParams, IngestParams, ScanParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -45,10 +45,11 @@ def parser() -> StepParser:
 
 
 def run(args, log) -> None:
-    row = ScanRow.from_settings(args.settings.get("scan"))
-    goniometer = Goniometer.from_settings(args.settings["goniometer"])
-    calibration = DetectorGeometry.from_poni_file(args.poni, args.settings["detector_name"],
-                                                  args.settings["detector_orientation"])
+    row = settings_part(args.settings, ScanParams).row()
+    goniometer = settings_part(args.settings, GoniometerParams).goniometer()
+    ingest = settings_part(args.settings, IngestParams)
+    calibration = DetectorGeometry.from_poni_file(args.poni, ingest.detector_name,
+                                                  ingest.detector_orientation)
     log.info("scan %s: %s, %d frames, phi %g + %g/frame, detector shift %s m", row.id,
              row.data, row.nframes, row.angles.start, row.angles.step, row.detector_shift)
     if row.in_progress:
@@ -57,7 +58,7 @@ def run(args, log) -> None:
     raw = inspect_raw_scan(row.data, row.dataset, row.nframes, calibration.shape,
                            monitor=row.monitor, check_frames=args.check_frames,
                            in_progress=row.in_progress,
-                           fingerprint_reach=args.settings.get("fingerprint", "sampled"), log=log)
+                           fingerprint_reach=ingest.fingerprint, log=log)
     setup = EntrySetup(row.entry, calibration, row.detector_shift, goniometer, row.angles,
                        row.offsets)
     record = {"name": row.calibration, "version": read_version_file(args.version, args.poni),

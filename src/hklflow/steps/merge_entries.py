@@ -17,7 +17,7 @@ from ..files.volume import VolumeReader, read_half_set, update_notes
 from ..pictures.preview import preview_label
 from ..pictures.slices import kept_planes
 from ..pictures.volumes import plot_slices, plot_statistics
-from ..settings.params import SliceParams, settings_part
+from ..settings.params import SliceParams, StatisticsParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -83,7 +83,7 @@ def run(args, log) -> None:
         if orientation is None:
             raise ConfigError("--statistics-png needs --orientation (the crystal)")
         write_statistics(args.out, orientation.crystal(),
-                         args.settings["statistics"]["bragg_radius"],
+                         settings_part(args.settings, StatisticsParams).bragg_radius,
                          args.statistics_png, args.title,
                          preview_label(notes), log)
 

@@ -9,6 +9,7 @@ from ..base.memory import check_room, whole_volume_bytes
 from ..files.model_inputs import write_model_inputs
 from ..files.provenance import provenance
 from ..files.volume import has_variance, read_volume, read_volume_header
+from ..settings.params import ModelInputsParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -22,7 +23,7 @@ def parser() -> StepParser:
 
 
 def run(args, log) -> None:
-    programs = args.settings["programs"]
+    programs = settings_part(args.settings, ModelInputsParams).programs
     size = read_volume_header(args.volume).grid.size
     check_room(whole_volume_bytes(size, has_variance(args.volume)),
                f"the model inputs of {size:,} voxels (the volume read whole)",

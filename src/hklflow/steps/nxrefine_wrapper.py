@@ -10,15 +10,17 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from ..base.errors import ConfigError, FileFormatError, InputMismatchError
+from ..base.errors import ConfigError, InputMismatchError
 from ..files.cbf_header import read_cbf_header
 from ..files.h5 import open_h5
+from ..files.mask import read_pixel_mask
 from ..files.nxrefine import DEFAULT_FRAME_TIME, WrapperEntry, write_nxrefine_wrapper
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..model.nxrefine import entry_parameters, sample_fields, transform_angles
+from ..settings.params import NXRefineWrapperParams, SampleParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -111,20 +113,10 @@ def monitor_weights(monitor, reference, nframes: int) -> tuple[np.ndarray | None
     return np.where(good, monitor / norm, 0.0), norm
 
 
-def pixel_mask(path, entry: str) -> np.ndarray:
-    """The pixel mask of a mask file (rule mask_scan) of `entry`: True = pixel not used (any
-    bit: gap, dead, hot, user mask).  Read here, not by files.mask, which brings numba."""
-    with open_h5(path) as f:
-        where = f"{entry}/instrument/detector/pixel_mask"
-        if where not in f:
-            raise FileFormatError(f"{path}: no /{where}: not the mask file of entry {entry} "
-                                  "(give the masks in the order of the scans)")
-        return f[where][()] != 0
-
-
 def run(args, log) -> None:
-    kinds = list(args.settings["kinds"])
-    name = args.settings["sample"]["name"]
+    wrapper = settings_part(args.settings, NXRefineWrapperParams)
+    kinds = list(wrapper.kinds)
+    name = settings_part(args.settings, SampleParams).name
     ori = read_orientation_file(args.orientation)
     scans = [read_scan_file(p) for p in args.scans]
     peaks = [read_peaks_file(p) for p in args.peaks]
@@ -157,13 +149,13 @@ def run(args, log) -> None:
         if pk.entry != rec.entry:
             raise InputMismatchError(f"{args.peaks[i]} holds entry {pk.entry}, but "
                                      f"{args.scans[i]} is entry {rec.entry}: give them in one order")
-        mask = pixel_mask(args.masks[i], rec.entry)
+        mask = read_pixel_mask(args.masks[i], rec.entry)
         if mask.shape != tuple(rec.frames.frame_shape):
             raise InputMismatchError(f"{args.masks[i]}: pixel mask {mask.shape}, but the frames "
                                      f"of {args.scans[i]} are {rec.frames.frame_shape}: give "
                                      "the masks in the order of the scans")
         params = entry_parameters(rec.geometry(ori), crystal.cell)
-        weight, norm = monitor_weights(rec.monitor, args.settings.get("monitor_reference"),
+        weight, norm = monitor_weights(rec.monitor, wrapper.monitor_reference,
                                        rec.nframes)
         norms.append(norm)
         seconds, source = frame_time(rec)

@@ -6,6 +6,7 @@ from ..base.errors import ConfigError
 from ..files.pdf import read_pdf_notes
 from ..pictures.pdf import plot_pdf_series
 from ..pictures.preview import preview_label
+from ..settings.params import PDFSeriesParams, SampleParams, TemperaturesParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -20,14 +21,16 @@ def parser() -> StepParser:
 
 def run(args, log) -> None:
     s = args.settings
-    labels = list(s["temperatures"])
+    labels = settings_part(s, TemperaturesParams).temperatures
     if len(labels) != len(args.inputs):
         raise ConfigError(f"--settings temperatures: {len(labels)} labels for "
                           f"{len(args.inputs)} PDF files")
-    drawn = plot_pdf_series(list(zip(labels, args.inputs)), s["slice"],
-                            args.png, f"{s['sample']['name']} 3D-DeltaPDF", log=log,
+    plane = settings_part(s, PDFSeriesParams).slice
+    name = settings_part(s, SampleParams).name
+    drawn = plot_pdf_series(list(zip(labels, args.inputs)), plane,
+                            args.png, f"{name} 3D-DeltaPDF", log=log,
                             preview=preview_label([read_pdf_notes(p) for p in args.inputs], full_ids=True))
-    log.info("%s: plane %s at %d temperatures (%s) -> %s", s["sample"]["name"], s["slice"],
+    log.info("%s: plane %s at %d temperatures (%s) -> %s", name, plane,
              len(drawn), ", ".join(drawn), args.png)
 
 

@@ -10,11 +10,10 @@ from ..algorithms.merge.volumes import symmetrize_file
 from ..base.memory import check_room, whole_volume_bytes
 from ..files.provenance import provenance
 from ..files.volume import has_variance, read_volume_header
-from ..model.crystal import Crystal, UnitCell
 from ..pictures.preview import preview_label
 from ..pictures.slices import cell_of, kept_planes
 from ..pictures.volumes import plot_slices
-from ..settings.params import SliceParams, settings_part
+from ..settings.params import SampleParams, SliceParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -28,8 +27,7 @@ def parser() -> StepParser:
 
 
 def run(args, log) -> None:
-    sample = args.settings["sample"]
-    crystal = Crystal(sample["space_group"], UnitCell.from_list(sample["cell"]))
+    crystal = settings_part(args.settings, SampleParams).crystal()
     slices = settings_part(args.settings, SliceParams).slices
     # the pictures' planes kept as they are written (not read back from the file)
     planes = kept_planes(slices)

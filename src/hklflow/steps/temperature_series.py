@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from ..base.errors import ConfigError
 from ..files.volume import read_volume_header
-from ..model.crystal import UnitCell
 from ..pictures.preview import preview_label
 from ..pictures.slices import cell_of
 from ..pictures.volumes import plot_series
-from ..settings.params import SeriesParams, settings_part
+from ..settings.params import SampleParams, SeriesParams, TemperaturesParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -24,16 +23,17 @@ def parser() -> StepParser:
 
 def run(args, log) -> None:
     s = args.settings
-    labels = list(s["temperatures"])
+    labels = settings_part(s, TemperaturesParams).temperatures
     if len(labels) != len(args.inputs):
         raise ConfigError(f"--settings temperatures: {len(labels)} labels for "
                           f"{len(args.inputs)} input volumes")
     spec = settings_part(s, SeriesParams).series_slice
-    cell = cell_of(args.inputs[0]) or UnitCell.from_list(s["sample"]["cell"])
+    sample = settings_part(s, SampleParams)
+    cell = cell_of(args.inputs[0]) or sample.unit_cell()
     preview = preview_label([read_volume_header(p).notes for p in args.inputs], full_ids=True)
-    drawn = plot_series(list(zip(labels, args.inputs)), spec, args.png, s["sample"]["name"],
+    drawn = plot_series(list(zip(labels, args.inputs)), spec, args.png, sample.name,
                         cell=cell, log=log, preview=preview)
-    log.info("%s: slice %s at %d temperatures (%s) -> %s", s["sample"]["name"], spec,
+    log.info("%s: slice %s at %d temperatures (%s) -> %s", sample.name, spec,
              len(drawn), ", ".join(drawn), args.png)
 
 

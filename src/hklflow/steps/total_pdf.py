@@ -8,10 +8,10 @@ from ..base.memory import check_room, pdf_bytes
 from ..files.pdf import write_pdf
 from ..files.provenance import provenance
 from ..files.volume import read_volume_header
-from ..model.crystal import UnitCell
 from ..pictures.pdf import plot_pdf
 from ..pictures.preview import landed_notes, preview_label
 from ..pictures.slices import cell_of
+from ..settings.params import SampleParams, TotalPDFParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -27,15 +27,16 @@ def parser() -> StepParser:
 
 def run(args, log) -> None:
     s = args.settings
+    params = settings_part(s, TotalPDFParams)
     volume = read_volume_header(args.input)
-    cell = cell_of(volume) or UnitCell.from_list(s["sample"]["cell"])
+    cell = cell_of(volume) or settings_part(s, SampleParams).unit_cell()
     title = f"{volume.title}: total PDF"
-    check_room(pdf_bytes(volume.grid.size, delta=False, sigma=bool(s["errors"])),
+    check_room(pdf_bytes(volume.grid.size, delta=False, sigma=params.errors),
                f"the total PDF of {volume.grid.size:,} voxels",
                "reduction.pdf.errors: false (no sigma), or a coarser grid", log)
-    pdf = total_pdf(args.input, volume.grid, cell, s["q_max"], title, workers=args.threads,
-                    subtract_mean=bool(s["subtract_mean"]), even=even_along_axes(volume.notes),
-                    noise=volume_noise(args.input, volume.grid, volume.notes) if s["errors"]
+    pdf = total_pdf(args.input, volume.grid, cell, params.q_max, title, workers=args.threads,
+                    subtract_mean=params.subtract_mean, even=even_along_axes(volume.notes),
+                    noise=volume_noise(args.input, volume.grid, volume.notes) if params.errors
                     else None, log=log)
     pdf.notes["input"] = str(args.input)
     pdf.notes.update(landed_notes(volume.notes))  # a preview's: for the PDF series
@@ -48,7 +49,7 @@ def run(args, log) -> None:
         log.warning("%s", warning)
     write_pdf(args.out, pdf, dict(volume.sample),
               provenance("hklflow total_pdf", s, inputs=[args.input]))
-    plot_pdf(pdf, s["slices"], args.png,
+    plot_pdf(pdf, params.slices, args.png,
              f"{title} (taper flat to {pdf.notes['q_max'] / 2:.2f}, zero at "
              f"{pdf.notes['q_max']:.2f} 1/A)", log=log, preview=preview_label(pdf.notes))
 

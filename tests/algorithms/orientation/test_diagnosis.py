@@ -267,6 +267,22 @@ def test_a_parent_entry_with_its_phi_start_off_names_both_entries():
                     r"cannot tell which\): check the scans table$", msg), msg
 
 
+def test_a_parent_whose_first_entry_does_not_index_keeps_its_lab_frame():
+    """Only f2 indexes (f2's phi_start off: the orientation comes from it): f2's offsets then
+    fix the lab frame with the detector.  Refined, its chi correction (chi is about the
+    beam) and the detector's rot3 would drift together by degrees along a null direction of
+    the fit, and f1's peaks would index only in part at any phi_start (no diagnosis)."""
+    entries = peaks()
+    entries[1] = phi_start_off(entries[1], 8.0)
+    result, _ = index_parent(entries, crystal(), RefinementParams.defaults(),
+                             IndexingParams.defaults(), log)
+    assert [int(np.count_nonzero(u)) > 600 for u in result.used] == [False, True]
+    assert "offset.f2.chi" not in result.parameters
+    assert result.model.offset_corrections.get("f2", {}) == {}
+    drift = np.degrees(result.model.detector.rot3 - entries[0].setup.calibration.rot3)
+    assert abs(drift) < 0.05, drift
+
+
 def test_a_child_with_every_phi_start_off_names_them():
     """Every entry of a temperature off alike: the refinement from the parent fails, and
     (from scratch the peaks would index as they are) the message names the phi_starts."""

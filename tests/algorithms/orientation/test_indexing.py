@@ -25,8 +25,10 @@ import pytest
 from hklflow.algorithms.orientation.indexing import (IndexingSolution, index_from_scratch,
                                                      setting_group)
 from hklflow.base.errors import ConfigError, IndexingError
-from hklflow.model.crystal import Crystal, UnitCell, random_rotation, rotation_angle_deg
+from hklflow.model.crystal import Crystal, UnitCell, random_rotation
 from hklflow.settings.params import IndexingParams
+
+from experiment_helpers import rotation_angle_deg
 
 LAMBDA = 0.4
 

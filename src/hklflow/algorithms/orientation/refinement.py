@@ -10,7 +10,11 @@ residuals (pixels and frames) are minimised by scipy's least_squares over:
 * a rotation vector applied to U (so U stays a rotation);
 * detector corrections common to all entries: distance, poni1, poni2, rot1, rot2, rot3
   (rot3, a rotation about the beam, cannot be calibrated from powder rings; it shows here);
-* per entry except the first: corrections to its goniometer offset angles.
+* per entry except a reference one: corrections to its goniometer offset angles.  The
+  reference entry's offsets and the detector fix the lab frame (turning the goniometer and
+  the detector together about the beam moves no peak); it is the first entry that indexes,
+  which is not always the first entry (a wrong phi_start, a blank scan), and an entry
+  without peaks in the fit has nothing to refine its corrections on (offset_entries).
 
 Residuals are weighted by each peak's centroid uncertainty (spot variance over counts, with a
 floor for what the model leaves out), so strong peaks count for more than faint ones.
@@ -128,10 +132,24 @@ def assign(entry: EntryPeaks, model: Model, tolerance: float):
 # --------------------------------------------------------------------------------------
 # Parameter vector
 # --------------------------------------------------------------------------------------
+def offset_entries(entries, masks, min_peaks: int) -> list:
+    """The entries whose offset corrections are refined: those with peaks in the fit (masks)
+    except the reference, the first with min_peaks of them (else the first with any).  With
+    no entry fixed, a rotation of the goniometer about the beam (through the offset
+    corrections) and of the detector (rot3 and the PONI) is a null direction of the fit,
+    along which least squares drifts by degrees when the first entry does not index."""
+    fitted = [(e, int(m.sum())) for e, m in zip(entries, masks) if m.any()]
+    if not fitted:
+        return []
+    reference = next((e for e, n in fitted if n >= min_peaks), fitted[0][0])
+    return [e for e, _ in fitted if e is not reference]
+
+
 class _Packer:
     """Maps the model to and from the least-squares parameter vector."""
 
-    def __init__(self, model: Model, entries, params: RefinementParams, n_peaks: int):
+    def __init__(self, model: Model, entries, params: RefinementParams, masks):
+        n_peaks = int(sum(m.sum() for m in masks))
         self.model0 = model
         self.constraints = model.crystal.constraints
         self.names: list[str] = []
@@ -146,7 +164,7 @@ class _Packer:
             self.names += [f"detector.{n}" for n in DETECTOR_PARAMETERS]
         self.offset_names = []
         if params.refine_offsets:
-            for e in entries[1:]:
+            for e in offset_entries(entries, masks, params.min_peaks_per_entry):
                 for ax in e.setup.offsets:
                     self.offset_names.append((e.name, ax))
                     self.names.append(f"offset.{e.name}.{ax}")
@@ -230,7 +248,7 @@ def refine(entries, model: Model, params: RefinementParams | None = None,
     for cycle in range(params.cycles):
         hkls, masks, n_ok = _assign_all(entries, model, params, n_total)
         _reject_outliers(model, entries, hkls, masks, params)
-        packer = _Packer(model, entries, params, int(sum(m.sum() for m in masks)))
+        packer = _Packer(model, entries, params, masks)
         fun = lambda x: _residuals(packer.model(x), entries, hkls, masks, params.frame_weight)  # noqa: E731
         sol = least_squares(fun, packer.x0(), method="lm" if len(packer.x0()) < 3 * n_ok else "trf",
                             x_scale=1.0, max_nfev=200)

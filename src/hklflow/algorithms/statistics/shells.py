@@ -227,19 +227,6 @@ def array_reader(*arrays) -> Reader:
     return lambda l0, l1: tuple(None if a is None else a[l0:l1] for a in arrays)
 
 
-def statistics_of_arrays(grid: Grid, crystal, signal, weight, variance=None, half_a=None,
-                         half_b=None, **kw) -> VolumeStatistics:
-    """volume_statistics of arrays held in memory; half_a, half_b: (signal, weight) of the
-    two halves, or None."""
-    halves = None
-    if half_a is not None or half_b is not None:
-        if half_a is None or half_b is None:
-            raise ValueError("give both halves (half_b = total - half_a) or neither")
-        halves = (array_reader(*half_a[:2]), array_reader(*half_b[:2]))
-    return volume_statistics(grid, crystal, array_reader(signal, weight, variance), halves,
-                             **kw)
-
-
 def volume_statistics(grid: Grid, crystal, read: Reader, halves=None, *, shells: int = 10,
                       q_max: float | None = None, min_voxels: int = 100, planes: int = 8,
                       max_sample_voxels: int = 32_000_000, sample_stride: int | None = None,

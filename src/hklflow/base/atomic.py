@@ -1,12 +1,16 @@
-"""Writing a file so that it is there whole or not at all: every output of hklflow (files.h5
-for the HDF5 ones) and the workflow's settings files (jobs.SettingsFiles).  Light on
-purpose: the Snakefile imports it when it plans, and every cluster job plans again."""
+"""The one atomic writer: a file (or a folder) is there whole or not at all.  Every
+rename into place in hklflow goes through here: every output (files/, the HDF5 ones through
+files.h5), the workflow's settings files (planning.jobs.SettingsFiles), the detector facts
+cached by the model, the watcher's state.  Here, below the model, so that every floor may
+use it; light on purpose: the Snakefile imports it when it plans, and every cluster job
+plans again."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -17,21 +21,57 @@ HOST = socket.gethostname()
 STALE_SECONDS = 7 * 24 * 3600  # a temporary file of another machine untouched this long
 
 
+def _temporary(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f".{path.name}.{os.getpid()}@{HOST}.{uuid.uuid4().hex[:12]}.tmp"
+
+
 @contextlib.contextmanager
-def atomic_path(path) -> Iterator[Path]:
+def atomic_path(path, *, moved_from=None) -> Iterator[Path]:
     """Yield a temporary path in the folder of `path`; on a clean exit it is renamed over
     `path`, on any exception (SIGTERM included, as steps turn it into SystemExit) it is
     removed and `path` is left as it was.  Its name holds the writer's process and machine,
-    so that a later run can tell one a SIGKILL left behind (remove_stale_temporaries)."""
+    so that a later run can tell one a SIGKILL left behind (remove_stale_temporaries).
+
+    moved_from: a complete file (on the same file system) moved to the temporary path
+    first, to be changed there and renamed over `path` (a file adopted without copying);
+    on an exception it is moved back, so nothing is lost."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}@{HOST}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = _temporary(path)
+    if moved_from is not None:
+        os.replace(moved_from, tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if moved_from is not None:
+            os.replace(tmp, moved_from)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside `path` (a folder that must not exist yet);
+    on a clean exit it is renamed to `path`, on any exception it is removed with what it
+    holds."""
+    path = Path(path)
+    tmp = _temporary(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_atomically(source, path) -> Path:
+    """A copy of the file `source` at `path`, whole or not at all."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)
 
 
 def write_text_atomically(path, text: str) -> Path:
