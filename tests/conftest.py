@@ -3,6 +3,8 @@ end to end by Snakemake once (`tiny_run`); step tests run one step command on it
 with the settings the Snakefile would pass (`step_settings`)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -92,25 +94,62 @@ def planned_jobs(output: str) -> set[tuple[str, str]]:
     return jobs
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (made if absent) for the block."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def made_once(tmp_path_factory, name: str, make):
+    """The JSON-able result of make(folder) for a folder `name` of this test session, made
+    once whatever the number of pytest-xdist workers (the first worker to ask makes it while
+    the others wait on its lock, then read it)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # (the session's folder, above every worker's own)
+    folder, record = root / name, root / f"{name}.json"
+    with _locked(root / f"{name}.lock"):
+        if not record.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # (a worker killed while making it)
+            folder.mkdir(parents=True)
+            record.write_text(json.dumps(make(folder)))
+    return folder, json.loads(record.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_experiment, tmp_path_factory):
     """The tiny experiment reduced end to end once per session (every rule), by `hklflow
-    run`: (experiment directory, completed process, raw-file hashes before, after)."""
+    run`, whatever the number of test workers: (experiment directory, completed process,
+    raw-file hashes before, after).  Read-only for tests: copy before changing."""
     import hashlib
 
-    dst = tmp_path_factory.mktemp("tiny_run") / "experiment"
-    shutil.copytree(tiny_experiment, dst)
-    raw = sorted(p for p in (dst / "raw").rglob("*") if p.is_file())
+    def make(folder):
+        dst = folder / "experiment"
+        shutil.copytree(tiny_experiment, dst)
+        raw = sorted(p for p in (dst / "raw").rglob("*") if p.is_file())
 
-    def hashes():
-        return {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in raw}
+        def hashes():
+            return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+                    for p in raw}
 
-    before = hashes()
-    # as a user runs it: hklflow run's console (Snakemake's own output in logs/hklflow/)
-    r = subprocess.run([sys.executable, "-m", "hklflow", "run", str(dst), "--", "--cores", "2"],
-                       capture_output=True, text=True, timeout=900,
-                       env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
-    return dst, r, before, hashes()
+        before = hashes()
+        # as a user runs it: hklflow run's console (Snakemake's own output in logs/hklflow/)
+        r = subprocess.run([sys.executable, "-m", "hklflow", "run", str(dst), "--", "--cores",
+                            "2"], capture_output=True, text=True, timeout=900,
+                           env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
+        return {"args": r.args, "returncode": r.returncode, "stdout": r.stdout,
+                "stderr": r.stderr, "before": before, "after": hashes()}
+
+    folder, made = made_once(tmp_path_factory, "tiny_run", make)
+    r = subprocess.CompletedProcess(made["args"], made["returncode"], made["stdout"],
+                                    made["stderr"])
+    before, after = ({Path(k): tuple(v) for k, v in made[w].items()} for w in ("before", "after"))
+    return folder / "experiment", r, before, after
 
 
 def bench_venv_python(module: str, what: str) -> Path:

@@ -69,7 +69,8 @@ def test_the_summary_names_the_results_the_pictures_and_every_new_warning(tmp_pa
     since = time.time()
     for path in ("results/calibration/ceo2/calibration.png", "results/s/300K/orientation.png",
                  "results/s/300K/transform.nxs", "results/s/300K/masked_transform.nxs",
-                 "results/s/300K/masked_transform_symmetrized.png", "results/s/pdf_series_z0.png"):
+                 "results/s/300K/masked_transform_symmetrized.png",
+                 "results/s/pdf_temperature_series.png"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_bytes(b"x")
     old = tmp_path / "logs/merge_entries/s/100K.log"
@@ -85,7 +86,7 @@ def test_the_summary_names_the_results_the_pictures_and_every_new_warning(tmp_pa
     assert lines[2:6] == ["  results/calibration/ceo2/calibration.png",
                           "  results/s/300K/orientation.png",
                           "  results/s/300K/masked_transform_symmetrized.png",
-                          "  results/s/pdf_series_z0.png"]
+                          "  results/s/pdf_temperature_series.png"]
     assert lines[6:] == ["warnings (1, from the jobs' logs):",
                          "  merge_entries: left out of the merge: s/300K/f2"]
 
