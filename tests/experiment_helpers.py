@@ -14,6 +14,7 @@ from hklflow.files.scan import read_scan_file, write_scan_file
 from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.model.scan import ScanRow
+from hklflow.settings.params import DetectorParams
 
 from conftest import ingest_with, step_settings
 
@@ -101,8 +102,37 @@ def raw(exp, scan_id=SCAN):
     return exp / "raw" / s / t / f"{e}.h5"
 
 
+def scan_setup(truth, scan_id):
+    """The true detector geometry and scan angles of a scan entry of the simulation."""
+    t = truth["scans"][scan_id]
+    return DetectorGeometry(**t["geometry"]), ScanAngles(t["phi_start"], t["phi_step"], t["nframes"])
+
+
+def detector(g: DetectorGeometry, **kw) -> DetectorParams:
+    """The detector settings (instrument.detector) of a geometry's detector."""
+    return DetectorParams.defaults(name=g.detector, **kw)
+
+
 def rotation_angle_deg(R1, R2) -> float:
     """Angle (deg) of the rotation R1 R2^T taking R2 to R1."""
     M = np.asarray(R1) @ np.asarray(R2).T
     c = (np.trace(M) - 1.0) / 2.0
     return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def painted(mask) -> np.ndarray:
+    """A scan's Bragg mask (hklflow.algorithms.masks.masking.ScanMask) painted into every
+    pixel of every frame: (frames, rows, cols)."""
+    rows, cols = mask.shape
+    out = np.zeros((mask.nframes, rows * cols), np.uint8)
+    mask.paint(0, mask.nframes, out)
+    return out.reshape(mask.nframes, rows, cols)
+
+
+def random_regions(rng, n, shape, nframes):
+    """n random Bragg regions (centre row, col, frame and half-axes) of a detector of that
+    shape over nframes, some beyond its edges."""
+    rows, cols = shape
+    return np.column_stack([rng.uniform(-4, rows + 4, n), rng.uniform(-4, cols + 4, n),
+                            rng.uniform(-3, nframes + 3, n), rng.uniform(0.2, 6, n),
+                            rng.uniform(0.2, 6, n), rng.uniform(0.1, 4, n)])

@@ -208,3 +208,21 @@ def test_the_sample_part_makes_its_crystal_and_names_a_bad_cell():
     assert sample.crystal().laue_group == "4/mmm"
     with pytest.raises(ConfigError, match=r"samples\.s1: cell .* not compatible"):
         SampleParams("s1", "I 4/m m m", (3.8, 3.9, 13.2, 90.0, 90.0, 90.0)).crystal()
+
+
+def test_chunk_frames_auto_holds_about_24_mb_of_frames():
+    """'auto' (the default): whole frames of about 24 MB, at least one, at least the threads;
+    a number is taken as it is (at least the threads)."""
+    auto = PeakSearchParams.defaults()
+    assert auto.chunk_frames == "auto"
+    int32 = 4
+    assert auto.frames_per_chunk(1679 * 1475 * int32) == 2  # Pilatus 2M
+    assert auto.frames_per_chunk(2527 * 2463 * int32) == 1  # Pilatus 6M
+    assert auto.frames_per_chunk(619 * 487 * int32) == 19  # Pilatus 300k
+    assert auto.frames_per_chunk(4371 * 4150 * int32) == 1  # Eiger 16M: more than 24 MB
+    assert auto.frames_per_chunk(1679 * 1475 * int32, threads=4) == 4
+    assert PeakSearchParams.defaults(chunk_frames=16).frames_per_chunk(10**9) == 16
+    assert PeakSearchParams.defaults(chunk_frames=3).frames_per_chunk(1, threads=8) == 8
+    for bad in (0, "16", 2.5, "Auto"):
+        with pytest.raises(ConfigError, match="chunk_frames: expected 'auto' or an integer >= 1"):
+            PeakSearchParams.defaults(chunk_frames=bad)

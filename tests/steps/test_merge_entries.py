@@ -38,59 +38,6 @@ def test_merge_entries_command_fills_the_gaps_of_one_entry_with_the_others(exper
     assert (experiment / "out/merged.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("intensity", [True, False])
-def test_sums_by_chunks_store_the_chunks_the_slab_sums_store(tmp_path, monkeypatch, intensity):
-    """sum_volumes reads, adds and stores only the chunks some input holds: the same chunks,
-    byte for byte, and the same counts as the slab by slab sum (what it does when the
-    inputs cannot be read by chunks); inputs with and without their intensity and counted
-    sums, a chunk that no input stores, a chunk stored by one input alone, edge chunks."""
-    import h5py
-
-    from hklflow.algorithms.merge.volumes import sum_volumes
-    from hklflow.files.volume import VolumeReader, VolumeWriter
-    from hklflow.model.grid import Axis, Grid
-
-    grid = Grid(Axis(0, 1, 140), Axis(0, 1, 70), Axis(0, 1, 21))  # 3 x 2 x 3 chunks
-    rng = np.random.default_rng(4)
-    paths = []
-    for i, region in enumerate([np.s_[:, 5:60, 70:], np.s_[3:19, 10:70, 70:130],
-                                np.s_[17:, 64:, 0:20]]):  # the last alone at one corner
-        signal = np.zeros(grid.shape, np.float32)
-        weight = np.zeros(grid.shape, np.float32)
-        weight[region] = rng.integers(0, 3, weight[region].shape)
-        signal[region] = weight[region] * rng.random(weight[region].shape) * 100
-        paths.append(tmp_path / f"e{i}.nxs")
-        with VolumeWriter(paths[-1], grid, intensity=intensity or i != 1) as w:
-            w.write(0, signal, weight)
-            if i == 2:  # the sums not counted in its notes
-                w.notes = {}
-    import hklflow.algorithms.merge.volumes as merging
-    by_chunks, real = [], merging._sum_by_chunks
-    monkeypatch.setattr(merging, "_sum_by_chunks", lambda *a: by_chunks.append(1) or real(*a))
-    notes = {}
-    for way in ("chunks", "slabs"):
-        if way == "slabs":
-            monkeypatch.setattr(VolumeReader, "stored_chunks", lambda self: None)
-        notes[way] = sum_volumes(paths, tmp_path / f"{way}.nxs", "t/300K", {"program": "test"})
-    a, b = notes["chunks"], notes["slabs"]
-    assert by_chunks == [1]
-    assert a["measured_fraction"] == b["measured_fraction"] > 0
-    assert a["weight_sum"] == b["weight_sum"]
-    assert a["signal_sum"] == pytest.approx(b["signal_sum"], rel=1e-12)
-    for x, y in zip(a["inputs"], b["inputs"]):
-        assert x["measured_fraction"] == y["measured_fraction"]
-        assert x["weight_sum"] == y["weight_sum"]
-    with h5py.File(tmp_path / "chunks.nxs") as x, h5py.File(tmp_path / "slabs.nxs") as y:
-        for name in ("signal_sum", "weight_sum", "data"):
-            p, q = x[f"entry/transform/{name}"], y[f"entry/transform/{name}"]
-            corners = [p.id.get_chunk_info(i).chunk_offset for i in range(p.id.get_num_chunks())]
-            assert sorted(corners) == sorted(q.id.get_chunk_info(i).chunk_offset
-                                             for i in range(q.id.get_num_chunks()))
-            assert 0 < len(corners) < 18 and (16, 64, 0) in corners  # the third's alone
-            for corner in corners:
-                assert p.id.read_direct_chunk(corner) == q.id.read_direct_chunk(corner)
-
-
 def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_path, caplog):
     """merge_entries's statistics (hklflow.algorithms.statistics.shells) of a merged volume with variance: in
     its notes, the log and a picture; a sigma understated twice over is flagged; the

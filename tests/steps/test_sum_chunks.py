@@ -17,38 +17,6 @@ def experiment(tmp_path, monkeypatch):
     return make_experiment(tmp_path)
 
 
-def test_sum_is_exact_and_order_independent(tmp_path):
-    from hklflow.algorithms.merge.volumes import sum_volumes
-
-    grid = small_grid()
-    paths = write_inputs(tmp_path, grid, 4)
-    vols = [read_volume(p) for p in paths]
-    expect_s = np.sum([v.signal.astype(np.float64) for v in vols], axis=0)
-    expect_w = np.sum([v.weight.astype(np.float64) for v in vols], axis=0)
-    notes = sum_volumes(paths, tmp_path / "sum.nxs", "S/300K", {"program": "test"}, planes=8)
-    sum_volumes(paths[::-1], tmp_path / "rev.nxs", "S/300K", {"program": "test"}, planes=16)
-    s, r = read_volume(tmp_path / "sum.nxs"), read_volume(tmp_path / "rev.nxs")
-    assert s.signal.dtype == np.float32 and s.grid.same_as(grid)
-    np.testing.assert_allclose(s.signal, expect_s, rtol=1e-6)
-    np.testing.assert_allclose(s.weight, expect_w, rtol=1e-6)
-    np.testing.assert_array_equal(s.signal, r.signal)  # float64 sums: order does not matter
-    np.testing.assert_array_equal(s.weight, r.weight)
-    # the gaps of one input are filled by the others: intensity = summed signal / summed weight
-    gaps = vols[0].weight == 0
-    assert np.count_nonzero(gaps & (s.weight > 0)) > 0.9 * np.count_nonzero(gaps)
-    np.testing.assert_allclose(s.intensity()[s.weight > 0],
-                               (expect_s / np.where(expect_w > 0, expect_w, 1))[s.weight > 0],
-                               rtol=1e-5)
-    assert np.all(np.isnan(s.intensity()[s.weight == 0]))
-    assert s.title == "S/300K" and s.kind == "transform" and s.sample["name"] == "xtal"
-    assert read_volume_header(tmp_path / "sum.nxs").notes == s.notes
-    assert s.sample["space_group"] == "I 4/m m m"
-    assert [i["path"] for i in s.notes["inputs"]] == [str(p) for p in paths]
-    assert [i["title"] for i in s.notes["inputs"]] == ["part0", "part1", "part2", "part3"]
-    assert notes["measured_fraction"] == pytest.approx(np.mean(expect_w > 0))
-    assert notes["inputs"][0]["measured_fraction"] == pytest.approx(np.mean(~gaps))
-
-
 def test_sum_chunks_command(experiment):
     grid = small_grid()
     paths = write_inputs(experiment, grid, 3, sample_=sample())
@@ -173,22 +141,6 @@ def test_one_complete_chunk_is_moved_not_rewritten(experiment):
     assert got.notes["weight_sum"] == pytest.approx(float(v.weight.sum(dtype=np.float64)))
     assert got.notes["measured_fraction"] == pytest.approx(np.mean(v.weight > 0))
     assert (experiment / "out/f1.png").stat().st_size > 10_000
-
-
-def test_a_failed_move_gives_the_part_back(experiment, monkeypatch):
-    from hklflow.files import volume
-
-    grid = small_grid()
-    part, v = _complete_part(experiment, grid)
-
-    def broken(*a, **k):
-        raise OSError("disk full")
-    monkeypatch.setattr(volume, "write_provenance_h5", broken)
-    with pytest.raises(OSError, match="disk full"):
-        volume.adopt_volume(part, experiment / "out/f1.nxs", "t", {}, {})
-    assert part.exists() and not (experiment / "out/f1.nxs").exists()
-    assert np.array_equal(read_volume(part).signal, v.signal)  # summed again on the next run
-    assert list((experiment / "out").iterdir()) == []
 
 
 def test_parts_without_intensity_are_summed(experiment):

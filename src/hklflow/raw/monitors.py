@@ -45,6 +45,16 @@ def monitor_kind(data: str, monitor: str) -> str:
     return CBF_HEADER if monitor.lower().startswith(CBF_HEADER_PREFIX) else COLUMN_FILE
 
 
+def monitor_norm(monitor, reference) -> tuple[np.ndarray, float]:
+    """Which frames a monitor can scale (finite and > 0), and the norm they are scaled to
+    (frame scale = norm / monitor): reduction.transform.monitor_reference, else the median
+    of the good frames' monitor.  The one rule of the transform and of NXRefine's monitor
+    weights."""
+    monitor = np.asarray(monitor, dtype=np.float64)
+    good = np.isfinite(monitor) & (monitor > 0)
+    return good, (float(reference) if reference else float(np.median(monitor[good])))
+
+
 def monitor_file(row) -> str | None:
     """The column file a row's monitor is read from (an input of its ingest), if it is one
     (row: model.scan.ScanRow)."""

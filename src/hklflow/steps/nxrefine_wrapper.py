@@ -7,14 +7,13 @@ directory) and to every volume (no large array is copied).  Made when the config
 output.nxrefine_wrapper: true."""
 from __future__ import annotations
 
-import h5py
 import numpy as np
 
 from ..base.errors import ConfigError, InputMismatchError
-from ..files.cbf_header import read_cbf_header
-from ..files.h5 import open_h5
 from ..files.mask import read_pixel_mask
-from ..files.nxrefine import DEFAULT_FRAME_TIME, WrapperEntry, write_nxrefine_wrapper
+from ..raw.exposure import frame_time
+from ..raw.monitors import monitor_norm
+from ..files.nxrefine import WrapperEntry, write_nxrefine_wrapper
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
@@ -66,37 +65,6 @@ def _raw_link(rec, notes: dict):
     return rec.path, f"/{rec.entry}/data/data"  # the scan file's virtual dataset of the stacks
 
 
-def frame_time(rec) -> tuple[float, str]:
-    """Seconds per frame of a scan entry and where they come from: the raw HDF5 file's NXmx
-    frame_time (else count_time) in the entry of its frames, or the first frame file's CBF
-    header Exposure_period (else Exposure_time); else NXRefine's default 0.1 s."""
-    src = rec.frames
-    first = src.files[0]
-    if src.kind == "hdf5":
-        top = (src.dataset or "/entry/data/data").strip("/").split("/")[0]
-        try:
-            with open_h5(first) as f:
-                for name in ("frame_time", "count_time"):
-                    d = f.get(f"{top}/instrument/detector/{name}")
-                    if isinstance(d, h5py.Dataset) and d.size == 1 and float(d[()]) > 0:
-                        return float(d[()]), f"{first}: /{top}/instrument/detector/{name}"
-        except (OSError, KeyError, TypeError, ValueError):  # unreadable, a broken link, no number
-            pass
-    else:
-        try:
-            header = read_cbf_header(first)
-        except (OSError, ValueError):  # no CBF (TIFF, EDF)
-            header = None
-        for name in ("Exposure_period", "Exposure_time") if header is not None else ():
-            try:
-                value = header.number(name)
-            except ValueError:  # no number there
-                break
-            if value and value > 0:
-                return float(value), f"{first}: CBF header {name}"
-    return DEFAULT_FRAME_TIME, "NXRefine's default: the raw data record no frame time"
-
-
 def monitor_weights(monitor, reference, nframes: int) -> tuple[np.ndarray | None, float | None]:
     """NXRefine's monitor_weight of an entry (CCTW adds it to the weights of every pixel of a
     frame): monitor / norm, with hklflow's norm (reduction.transform.monitor_reference, else
@@ -105,11 +73,8 @@ def monitor_weights(monitor, reference, nframes: int) -> tuple[np.ndarray | None
     monitor: every frame weighs 1."""
     if monitor is None:
         return None, None
-    # (transform.driver.frame_scale's rule, not imported: it would bring numba into this
-    # light step)
     monitor = np.asarray(monitor, dtype=np.float64)[:nframes]
-    good = np.isfinite(monitor) & (monitor > 0)
-    norm = float(reference) if reference else float(np.median(monitor[good]))
+    good, norm = monitor_norm(monitor, reference)
     return np.where(good, monitor / norm, 0.0), norm
 
 

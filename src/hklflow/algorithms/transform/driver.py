@@ -17,6 +17,7 @@ from ...codec import CompressedFrames, block_count, codec_for
 from ...model.geometry import ScanGeometry
 from ...model.grid import Axis, Grid
 from ...raw.frames import READ_AHEAD_THREADS, frame_reader
+from ...raw.monitors import monitor_norm
 from ...settings.params import TransformParams, largest_trusted_value
 from .bricks import BRICK_BITS, BrickedGrid, unbrick
 from .kernels import _accumulate
@@ -461,11 +462,10 @@ def frame_scale(monitor, reference, first: int, stop: int, bad_frames: str = "fa
     if monitor is None:
         return np.ones(stop - first), None
     monitor = np.asarray(monitor, dtype=np.float64)
-    good = np.isfinite(monitor) & (monitor > 0)
-    if not good.any():
+    if not (np.isfinite(monitor) & (monitor > 0)).any():
         raise RawDataError(f"{file_of(0) if file_of else 'the scan'}: the monitor is <= 0 or "
                            "not finite on every frame")
-    ref = float(reference) if reference else float(np.median(monitor[good]))
+    good, ref = monitor_norm(monitor, reference)
     part = monitor[first:stop]
     bad = np.flatnonzero(~good[first:stop]) + first
     if bad.size and bad_frames != "leave_out":
