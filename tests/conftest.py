@@ -56,6 +56,19 @@ def tiny_copy(tiny_experiment, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="module")
+def image_300k():
+    """A simulated CeO2 image of a Pilatus 300k (experiment_helpers.TRUE_300K), once per
+    module (0.1 s)."""
+    import numpy as np
+
+    from hklflow.simulation.powder import simulate_calibrant_image
+
+    from experiment_helpers import TRUE_300K
+
+    return simulate_calibrant_image(TRUE_300K, "CeO2", np.random.default_rng(3))
+
+
 def run_snakemake(workdir: Path, *args, timeout=900):
     """snakemake on an experiment directory with the repository's Snakefile."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import h5py
+import hdf5plugin
 import numpy as np
 import yaml
 
@@ -14,11 +16,22 @@ from hklflow.files.scan import read_scan_file, write_scan_file
 from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.model.scan import ScanRow
-from hklflow.settings.params import DetectorParams
+from hklflow.settings.params import CalibrationParams, DetectorParams
 
 from conftest import ingest_with, step_settings
 
 SCAN = "tiny/100K/f2"  # the entry truth_scan and raw take by default
+
+# Calibrant images (powder calibration): a Pilatus 300k, CeO2 at 0.6 A, the small and fast
+# case of the calibration's tests and of calibrate_powder's command line
+PX = 172e-6  # Pilatus pixel (m)
+TRUE_300K = DetectorGeometry("Pilatus300k", dist=0.15, poni1=300.3 * PX, poni2=240.7 * PX,
+                             rot1=math.radians(0.3), rot2=math.radians(-0.25),
+                             rot3=math.radians(0.4), wavelength=0.6)
+# The issue's accuracy bounds (start 3 % off in distance, 10 px off in beam centre, tilts 0)
+MAX_DIST_REL = 1e-3
+MAX_CENTRE_PX = 0.2
+MAX_TILT_DEG = 0.05
 
 
 def edit_config(d, change):
@@ -136,3 +149,30 @@ def random_regions(rng, n, shape, nframes):
     return np.column_stack([rng.uniform(-4, rows + 4, n), rng.uniform(-4, cols + 4, n),
                             rng.uniform(-3, nframes + 3, n), rng.uniform(0.2, 6, n),
                             rng.uniform(0.2, 6, n), rng.uniform(0.1, 4, n)])
+
+
+def off_start(true: DetectorGeometry) -> DetectorGeometry:
+    """The issue's rough start: 3 % off in distance, 10 px off in beam centre, no tilts."""
+    return DetectorGeometry(true.detector, true.dist * 1.03, true.poni1 + 10 * PX,
+                            true.poni2 - 10 * PX, 0.0, 0.0, 0.0, true.wavelength)
+
+
+def calibration_params(**kw) -> CalibrationParams:
+    """CalibrationParams of a Pilatus 300k CeO2 calibration at 0.6 A (kw: any field; start
+    may be a DetectorGeometry)."""
+    if isinstance(kw.get("start"), DetectorGeometry):
+        g = kw["start"]
+        kw["start"] = {k: getattr(g, k) for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")}
+    base = dict(name="c", calibrant="CeO2", image="x.cbf", dataset="/entry/data/data", frame=0,
+                poni=None, start=None, refine=("dist", "poni1", "poni2", "rot1", "rot2", "rot3"),
+                max_rings=None, detector="Pilatus300k", wavelength=0.6, polarization_fraction=0.99)
+    return CalibrationParams(**{**base, **kw})
+
+
+def write_h5(path, frames, dataset="/entry/data/data"):
+    """An HDF5 stack of frames (bitshuffle-LZ4, a frame per chunk), as a detector writes one."""
+    frames = np.asarray(frames)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(dataset, data=frames, chunks=(1,) + frames.shape[-2:],
+                         **hdf5plugin.Bitshuffle())
+    return path

@@ -1,5 +1,6 @@
 """Shared helpers of the volume tests (sum_chunks, merge_entries, symmetrize,
-temperature_series, files.volume): random volumes on small grids, a minimal experiment."""
+temperature_series, files.volume, algorithms.merge): random volumes on small grids, a
+transform's part as transform_frames writes it, a minimal experiment."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import math
 import numpy as np
 
 from hklflow.algorithms.statistics.shells import VolumeStatistics, array_reader, volume_statistics
-from hklflow.files.volume import Volume, write_volume
+from hklflow.files.volume import Volume, VolumeWriter, write_volume
 from hklflow.model.crystal import UnitCell
 from hklflow.model.grid import Axis, Grid
 
@@ -47,6 +48,17 @@ def random_volume(grid, seed, kind="transform", title="t", sample_=None, gap=0.3
 def small_grid(n=(13, 11, 21), step=(0.25, 0.25, 0.5)):
     """h, k, l axes symmetric about 0 (n odd), array shape (nl, nk, nh)."""
     return Grid(*(Axis(-(m - 1) / 2 * s, s, m) for m, s in zip(n, step)))
+
+
+def complete_part(folder, grid, name="part.nxs", intensity=True):
+    """A transform part as transform_frames writes it: its sums in its notes."""
+    v = random_volume(grid, 21, title="f1 frames 0-60")
+    with VolumeWriter(folder / name, grid, v.kind, v.title, v.sample, {"scan": "f1"},
+                      {"program": "transform"}, intensity=intensity) as w:
+        w.write(0, v.signal, v.weight)
+        w.notes.update(measured_fraction=w.measured / grid.size, weight_sum=w.weight_sum,
+                       signal_sum=w.signal_sum)
+    return folder / name, v
 
 
 def write_inputs(folder, grid, n, **kw):

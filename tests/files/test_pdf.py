@@ -1,4 +1,5 @@
-"""PDF files (files.pdf): the PDF and the 3D-DeltaPDF's volumes written as raw chunks."""
+"""PDF files (files.pdf): the PDF and the 3D-DeltaPDF's volumes written as raw chunks; a
+plane read alone (what the temperature series reads) is the plane of the whole."""
 from __future__ import annotations
 
 import h5py
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from hklflow.files import pdf as pdf_files
-from hklflow.files.pdf import PDF, write_pdf
+from hklflow.files.pdf import PDF, read_pdf, read_pdf_plane, write_pdf
 from hklflow.model.crystal import UnitCell
 from hklflow.model.grid import Axis, Grid
 
@@ -130,3 +131,23 @@ def test_pdf_file_round_trip_and_names(tmp_path):
         assert read_pdf_notes(path)["q_max"] == q_max
         _, (plane, *_) = read_pdf_plane(path, "z", z[2])
         assert np.array_equal(plane, values[2])
+
+
+def test_pdf_plane_read_alone_is_the_plane_of_the_whole(tmp_path):
+    """read_pdf_plane (what the series reads) gives PDF.plane of the whole file, every axis;
+    a plane outside the PDF is refused the same way."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(9, 12, 14)).astype(np.float32)
+    x, y, z = np.linspace(-3, 3, 14), np.linspace(-2, 2, 12), np.linspace(-4, 4, 9)
+    pdf = PDF(values, x, y, z, UnitCell(3.8, 3.8, 13.2, 90, 90, 90))
+    write_pdf(tmp_path / "p.nxs", pdf, {"name": "tetra"}, {"program": "test"})
+    whole = read_pdf(tmp_path / "p.nxs")
+    for axis, value in (("x", 0.9), ("y", -2.0), ("z", 4.0), ("z", -1.1)):
+        cell, plane = read_pdf_plane(tmp_path / "p.nxs", axis, value)
+        expect = whole.plane(axis, value)
+        assert cell.parameters == whole.cell.parameters
+        assert plane[3] == expect[3]
+        for got, want in zip(plane[:3], expect[:3]):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="outside the PDF"):
+        read_pdf_plane(tmp_path / "p.nxs", "z", 5.0)

@@ -1,4 +1,5 @@
-"""hklflow.files.volume: volume files written whole or slab by slab, atomically."""
+"""hklflow.files.volume: volume files written whole or slab by slab, atomically; a complete
+part adopted by a rename (adopt_volume), given back where that fails."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from hklflow.files.volume import (VolumeReader, VolumeWriter, read_intensity, read_volume,
                                   write_volume)
 
-from volume_helpers import HEX, random_volume, sample, small_grid
+from volume_helpers import HEX, complete_part, random_volume, sample, small_grid
 
 
 def test_volume_writer_same_file_as_write_volume(tmp_path):
@@ -519,3 +520,20 @@ def test_volume_names_and_a_part_adopted_whole(tmp_path, monkeypatch):
     assert np.array_equal(back.signal, vol.signal) and np.array_equal(back.weight, vol.weight)
     assert (back.title, back.notes) == ("tiny/300K/f1", {"n": 1})
     assert read_provenance(out)["program"] == "sum"
+
+
+def test_a_failed_move_gives_the_part_back(tmp_path, monkeypatch):
+    from hklflow.files import volume
+
+    experiment = tmp_path  # (a folder: the part and the output's)
+    grid = small_grid()
+    part, v = complete_part(experiment, grid)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(volume, "write_provenance_h5", broken)
+    with pytest.raises(OSError, match="disk full"):
+        volume.adopt_volume(part, experiment / "out/f1.nxs", "t", {}, {})
+    assert part.exists() and not (experiment / "out/f1.nxs").exists()
+    assert np.array_equal(read_volume(part).signal, v.signal)  # summed again on the next run
+    assert list((experiment / "out").iterdir()) == []

@@ -122,3 +122,30 @@ def test_the_q_range_of_a_detector_is_pyfais_largest_two_theta():
     assert q_centres <= q_max <= q_centres + 2 * q_pixel
     assert q_pixel == pytest.approx(min(geometry.pixel_size) / (0.3 * geometry.wavelength))
     assert math.isclose(q_max, 2 * math.sin(geometry.max_two_theta() / 2) / geometry.wavelength)
+
+
+def test_default_grid_puts_integers_on_voxel_centres_and_respects_the_bound():
+    cell = UnitCell(5.52, 5.52, 8.83, 90, 90, 120)
+    grid, how = default_grid(cell, q_max=1.2, q_pixel=0.004, max_voxels=201 ** 3)
+    assert grid.size <= 201 ** 3
+    for ax, length in zip(grid.axes, cell.parameters[:3]):
+        assert ax.start == -ax.stop and ax.start == -math.ceil(1.2 * length)
+        m = round(1 / ax.step)
+        assert abs(1 / ax.step - m) < 1e-9  # step 1/m: integer hkl are voxel centres
+        assert ax.values[ax.index(1.0)] == pytest.approx(1.0)
+    assert grid.h == grid.k  # a = b: the hexagonal operators map the grid onto itself
+    assert "coarsened" in how
+    fine, how = default_grid(cell, q_max=0.3, q_pixel=0.004, max_voxels=10 ** 9)
+    assert "coarsened" not in how
+    assert fine.h.step <= 0.004 * 5.52 + 1e-12  # no coarser than one pixel
+    kept, _ = default_grid(cell, 1.2, 0.004, 10 ** 6, given={"l": [-2, 2, 0.5]})
+    assert (kept.l.start, kept.l.stop, kept.l.step, kept.l.n) == (-2, 2, 0.5, 9)
+
+
+def test_grid_index_and_slices():
+    g = Grid(Axis(-1, 0.25, 9), Axis(0, 0.5, 3), Axis(-2, 1, 5))
+    assert g.shape == (5, 3, 9)
+    assert g.index([[0.1, 0.4, -2.4]]).tolist() == [[4, 1, 0]]
+    assert g.slice_index("l", 0) == 2
+    with pytest.raises(ValueError, match="outside the grid"):
+        g.slice_index("h", 3)

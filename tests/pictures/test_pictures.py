@@ -1,12 +1,21 @@
 """hklflow.pictures: the detector images of the peak and mask pictures, reduced by blocks;
-every detector drawn one way, colour bars for every colour, titles of what is drawn."""
+every detector drawn one way, colour bars for every colour, titles of what is drawn; the
+slices of volumes (pictures.volumes, pictures.slices: planes read from the file, drawn to
+scale); a picture drawn once and cropped as savefig's tight box (pictures.figure)."""
+import logging
 import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from hklflow.files.volume import write_volume
+from hklflow.model.crystal import UnitCell
 from hklflow.pictures.detector import _reduced_image
+from hklflow.pictures.slices import plane_matrix, read_slice
+from hklflow.pictures.volumes import plot_slices
+
+from volume_helpers import HEX, random_volume, sample, small_grid
 
 
 def test_a_2m_image_is_reduced_by_its_block_maxima_and_keeps_its_extent():
@@ -34,7 +43,7 @@ def test_a_small_image_is_drawn_pixel_for_pixel():
 
 
 def test_artists_take_their_properties_without_the_set_docstrings():
-    """hklflow.pictures.figure leaves out the docstrings matplotlib makes for every Artist's `set`
+    """hklflow.pictures (its __init__) leaves out the docstrings matplotlib makes for every Artist's `set`
     as its class is defined (~0.25 CPU-s of each drawing job): help text only; `set` still
     takes every property, and pictures draw (the other tests)."""
     import matplotlib.artist
@@ -373,3 +382,63 @@ def test_the_mask_title_names_the_scan_maximum_only_when_drawn(figures, tmp_path
     _draw_mask(tmp_path / "crowded.png", max_ellipses=1)
     assert _title_of(figures) == "pixel mask over the scan maximum (log); 2 regions: see middle"
     assert "found peak" not in _legend_of(figures)
+
+
+def test_plot_slices(tmp_path, caplog):
+    grid = small_grid(n=(25, 25, 9))
+    vol = random_volume(grid, 2, sample_=sample("P 6/m m m", HEX))
+    write_volume(tmp_path / "v.nxs", vol, {})
+    log = logging.getLogger("test")
+    with caplog.at_level(logging.WARNING):
+        drawn = plot_slices(tmp_path / "v.nxs", [{"l": 0}, {"k": 0.5}, {"h": -1}, {"l": 5}],
+                            tmp_path / "v.png", "test", log=log)
+    assert drawn == ["l = 0", "k = 0.5", "h = -1"]
+    assert "l = 5.0 is outside the grid" in caplog.text
+    assert (tmp_path / "v.png").stat().st_size > 10_000
+    # the plane read from the file is the volume's plane
+    sl = read_slice(tmp_path / "v.nxs", {"k": 0.5})
+    np.testing.assert_allclose(sl.data, vol.intensity()[:, grid.slice_index("k", 0.5), :],
+                               rtol=1e-6, equal_nan=True)
+    assert (sl.u, sl.v) == ("h", "l")
+    # hexagonal HK0 drawn with the 60 deg between a* and b*, to scale
+    M = plane_matrix(UnitCell(*HEX), "h", "k")
+    assert np.degrees(np.arctan2(M[1, 1], M[0, 1])) == pytest.approx(60.0)
+    assert np.hypot(*M[:, 1]) == pytest.approx(M[0, 0]) == pytest.approx(1 / (4.5 * np.sin(np.pi / 3)))
+    # an in-memory volume works too
+    assert plot_slices(vol, [{"h": 0}], tmp_path / "m.png", "mem") == ["h = 0"]
+
+
+@pytest.mark.parametrize("note_at", [0.5, 0.98])
+def test_pictures_cropped_from_one_draw_match_savefigs_tight_box(tmp_path, note_at):
+    """save_tight cuts the image drawn once to the box savefig(bbox_inches="tight") draws
+    again into: the same size to a pixel on each side (rounded out), the content in the
+    same place; a note drawn beyond the figure's right edge (0.98) makes it savefig's own
+    picture, canvas grown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from hklflow.pictures.figure import save_tight
+
+    fig = plt.figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(np.arange(400.0).reshape(20, 20))
+    ax.set_title("a title")
+    fig.suptitle("a suptitle")
+    fig.text(note_at, 0.02, "a note near the bottom", ha="left")
+    fig.savefig(tmp_path / "two_draws.png", dpi=100, bbox_inches="tight")
+    save_tight(fig, tmp_path / "one_draw.png", 100)
+    plt.close(fig)
+    want = np.asarray(Image.open(tmp_path / "two_draws.png").convert("RGB")).astype(int)
+    got = np.asarray(Image.open(tmp_path / "one_draw.png").convert("RGB")).astype(int)
+    if note_at > 0.9:
+        assert want.shape[1] > 600 and np.array_equal(got, want)  # grown beyond 6 in
+        return
+    assert 0 <= got.shape[0] - want.shape[0] <= 2 and 0 <= got.shape[1] - want.shape[1] <= 2
+
+    def content(a):  # the box of what is not white
+        rows, cols = np.nonzero((a < 250).any(-1))
+        return rows.max() - rows.min(), cols.max() - cols.min()
+    assert np.abs(np.subtract(content(got), content(want))).max() <= 1

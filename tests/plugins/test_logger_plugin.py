@@ -2,7 +2,8 @@
 its option; given the log records Snakemake emits it writes the job events, one JSON line
 each; a real `snakemake --logger hklflow` run writes started, finished and failed events
 (and a lock refusal) that `hklflow run`'s console and `hklflow watch` read
-(hklflow.planning.job_events); plain Snakemake works without it."""
+(hklflow.planning.job_events, its reading and arguments: tests/planning/test_job_events.py);
+plain Snakemake works without it."""
 from __future__ import annotations
 
 import json
@@ -132,28 +133,6 @@ def test_a_dry_run_starts_no_job_and_an_unknown_job_still_finishes(tmp_path):
     log.handlers[0].close()
     assert _lines(tmp_path / "run.jsonl")[1] == dict(
         _lines(tmp_path / "run.jsonl")[1], event="finished", jobid=9, rule=None, log=[])
-
-
-def test_the_events_of_a_running_snakemake_are_read_as_their_lines_complete(tmp_path):
-    path = tmp_path / "events.jsonl"
-    follow = job_events.Follower(path)
-    assert follow.new() == [] and job_events.read(path) == []  # (not written yet)
-    path.write_text('{"event": "opened", "schema": 1}\n{"event": "plan')
-    assert follow.new() == [{"event": "opened", "schema": 1}]
-    with open(path, "a") as f:
-        f.write('ned", "jobs": {}, "total": 0}\n')
-    assert follow.new() == [{"event": "planned", "jobs": {}, "total": 0}] and follow.new() == []
-    assert len(job_events.read(path)) == 2
-
-
-def test_the_plugin_joins_the_users_own_loggers():
-    events = Path("logs/hklflow/run.events.jsonl")
-    assert job_events.logger_arguments(events, ["--cores", "2"]) == (
-        ["--logger", "hklflow", "--logger-hklflow-file", str(events)], ["--cores", "2"])
-    assert job_events.logger_arguments(events, ["--logger", "rich", "-k"]) == (
-        ["--logger-hklflow-file", str(events)], ["--logger", "hklflow", "rich", "-k"])
-    assert job_events.logger_arguments(events, ["--logger=rich"]) == (
-        ["--logger-hklflow-file", str(events)], ["--logger", "rich", "hklflow"])
 
 
 # --------------------------------------------------------------------------------------

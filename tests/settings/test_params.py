@@ -1,12 +1,14 @@
 """The typed parts of the jobs' settings (hklflow.settings.params): every key of every rule's
 settings is read through a Params class, each part round-trips through its text, refuses a
 value of the wrong type naming the field, and settings typed by hand are checked against the
-schema (whose enums no class checks a second time)."""
+schema (whose enums no class checks a second time); what a part checks itself (a
+calibration's settings and its RMS bound, the peak search's chunks of frames)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from hklflow.base.errors import ConfigError
@@ -23,7 +25,7 @@ from hklflow.settings.params import (CalibrationParams, DetectorParams, Detector
                                      settings_json, settings_part)
 from hklflow.simulation.experiment import config_texts, preset
 
-from experiment_helpers import edit_config
+from experiment_helpers import TRUE_300K, calibration_params, edit_config, off_start
 
 # the parts of every rule's settings, in the order the step reads them
 RULE_PARTS = {
@@ -226,3 +228,30 @@ def test_chunk_frames_auto_holds_about_24_mb_of_frames():
     for bad in (0, "16", 2.5, "Auto"):
         with pytest.raises(ConfigError, match="chunk_frames: expected 'auto' or an integer >= 1"):
             PeakSearchParams.defaults(chunk_frames=bad)
+
+
+def test_params_are_validated():
+    """What the schema cannot say of a calibration (the schema's enums - refine, orientation,
+    poni_mismatch - are its own to check: settings typed by hand, above)."""
+    calibration_params(start=off_start(TRUE_300K))
+    for bad, match in [({"start": None}, r"calibrations\.c\.start: expected a rough starting geometry"),
+                       ({"image": None}, "give an image"),
+                       ({"max_rings": 0}, r"calibrations\.c\.max_rings"),
+                       ({"wavelength": -1.0}, r"instrument\.wavelength"),
+                       ({"refine": ("rot3",)}, "at least one parameter powder rings can see"),
+                       ({"max_rms_px": 0.0}, r"calibrations\.c\.max_rms_px: expected an RMS")]:
+        with pytest.raises(ConfigError, match=match):
+            calibration_params(**{"start": off_start(TRUE_300K), **bad})
+
+
+def test_rms_bound_is_a_fraction_of_a_pixel():
+    # the RMS radial error of points known only to their pixel: uniform over a unit square,
+    # projected on any direction (checked by sampling, not by the formula under test)
+    pts = np.random.default_rng(0).uniform(-0.5, 0.5, (200_000, 2))
+    angle = np.random.default_rng(1).uniform(0, 2 * np.pi, 200_000)
+    radial = pts[:, 0] * np.cos(angle) + pts[:, 1] * np.sin(angle)
+    assert CalibrationParams.DEFAULT_MAX_RMS_PX == pytest.approx(np.sqrt(np.mean(radial ** 2)),
+                                                                 rel=0.01)
+    assert (calibration_params(start=off_start(TRUE_300K)).rms_bound_px
+            == CalibrationParams.DEFAULT_MAX_RMS_PX)
+    assert calibration_params(start=off_start(TRUE_300K), max_rms_px=0.7).rms_bound_px == 0.7

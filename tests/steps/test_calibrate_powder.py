@@ -1,76 +1,38 @@
-"""Powder calibration: simulated calibrant images, image reading, the calibrate_powder step."""
+"""Step calibrate_powder: a calibrant image refined (or a PONI file imported) by the step
+command with the settings the config gives: its four files and the archive of its versions,
+reruns and new images; failures naming the image with no output left; PONI files that
+disagree with the config.  The refinement itself: tests/algorithms/test_calibration.py; the
+simulated calibrant images: tests/simulation/test_powder.py; reading one image:
+tests/raw/test_images.py."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-import time
 from pathlib import Path
 
-import fabio
-import h5py
-import hdf5plugin
 import numpy as np
 import pytest
 
-from hklflow.algorithms.calibration import refine_geometry, ring_two_theta
-from hklflow.base.errors import CalibrationError, ConfigError, ImageReadError
+from hklflow.algorithms.calibration import refine_geometry
+from hklflow.base.errors import CalibrationError, ConfigError
 from hklflow.files import provenance
 from hklflow.files.h5 import read_provenance
 from hklflow.model.geometry import DetectorGeometry
 from hklflow.planning.config import load_experiment
 from hklflow.planning.jobs import JobSettings
-from hklflow.raw.frames import read_image
-from hklflow.settings.params import CalibrationParams
 from hklflow.simulation.powder import simulate_calibrant_image
 from hklflow.steps import calibrate_powder as cp
 
-PX = 172e-6  # Pilatus pixel (m)
+from experiment_helpers import (MAX_DIST_REL, TRUE_300K, calibration_params, off_start,
+                                write_h5)
+
 OUTPUTS = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
-
-# The issue's accuracy bounds (start 3 % off in distance, 10 px off in beam centre, tilts 0)
-MAX_DIST_REL = 1e-3
-MAX_CENTRE_PX = 0.2
-MAX_TILT_DEG = 0.05
-
-# Accuracy case: Pilatus 1M, CeO2 at 0.55 A, all three tilts a few tenths of a degree
-TRUE_1M = DetectorGeometry("Pilatus1M", dist=0.2, poni1=520.3 * PX, poni2=470.6 * PX,
-                           rot1=math.radians(0.35), rot2=math.radians(-0.25),
-                           rot3=math.radians(0.4), wavelength=0.55)
-# Small and fast case for the command-line tests: Pilatus 300k
-TRUE_300K = DetectorGeometry("Pilatus300k", dist=0.15, poni1=300.3 * PX, poni2=240.7 * PX,
-                             rot1=math.radians(0.3), rot2=math.radians(-0.25),
-                             rot3=math.radians(0.4), wavelength=0.6)
-
-
-def off_start(true: DetectorGeometry) -> DetectorGeometry:
-    """The issue's rough start: 3 % off in distance, 10 px off in beam centre, no tilts."""
-    return DetectorGeometry(true.detector, true.dist * 1.03, true.poni1 + 10 * PX,
-                            true.poni2 - 10 * PX, 0.0, 0.0, 0.0, true.wavelength)
-
-
-@pytest.fixture(scope="module")
-def image_1m():
-    return simulate_calibrant_image(TRUE_1M, "CeO2", np.random.default_rng(42))
-
-
-@pytest.fixture(scope="module")
-def image_300k():
-    return simulate_calibrant_image(TRUE_300K, "CeO2", np.random.default_rng(3))
 
 
 # --------------------------------------------------------------------------------------
 # helpers: a tiny experiment
 # --------------------------------------------------------------------------------------
-def write_h5(path, frames, dataset="/entry/data/data"):
-    frames = np.asarray(frames)
-    with h5py.File(path, "w") as f:
-        f.create_dataset(dataset, data=frames, chunks=(1,) + frames.shape[-2:],
-                         **hdf5plugin.Bitshuffle())
-    return path
-
-
 def write_experiment(tmp_path: Path, calibrations: dict, *, detector="Pilatus300k",
                      wavelength=0.6) -> Path:
     """config.yaml + scans.tsv (3 scans; S1 at 300 K is the parent) in tmp_path."""
@@ -96,18 +58,6 @@ def start_dict(g: DetectorGeometry) -> dict:
     return {"dist": g.dist, "poni1": g.poni1, "poni2": g.poni2}
 
 
-def params(**kw) -> CalibrationParams:
-    """CalibrationParams of a Pilatus 300k CeO2 calibration at 0.6 A (kw: any field; start
-    may be a DetectorGeometry)."""
-    if isinstance(kw.get("start"), DetectorGeometry):
-        g = kw["start"]
-        kw["start"] = {k: getattr(g, k) for k in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")}
-    base = dict(name="c", calibrant="CeO2", image="x.cbf", dataset="/entry/data/data", frame=0,
-                poni=None, start=None, refine=("dist", "poni1", "poni2", "rot1", "rot2", "rot3"),
-                max_rings=None, detector="Pilatus300k", wavelength=0.6, polarization_fraction=0.99)
-    return CalibrationParams(**{**base, **kw})
-
-
 def run_main(config, name, out_dir):
     """The step as the rule runs it: settings from the config, the four outputs in out_dir."""
     exp = load_experiment(config)
@@ -122,109 +72,6 @@ def assert_no_top_level_outputs(out_dir: Path):
     left = [f for f in OUTPUTS if (out_dir / f).exists()]
     assert not left, f"a failed calibration left {left} in {out_dir}"
     assert not list(out_dir.glob(".calibrate-*")), "temporary files left behind"
-
-
-# --------------------------------------------------------------------------------------
-# simulation
-# --------------------------------------------------------------------------------------
-def test_simulated_image_rings_gaps_hot_pixels_and_determinism(image_300k):
-    img = image_300k
-    assert img.dtype == np.int32 and img.shape == TRUE_300K.shape
-    gaps = TRUE_300K.detector_mask()
-    assert gaps.any() and (img[gaps] == -1).all() and (img[~gaps] >= 0).all()
-    assert (img >= 100_000).sum() == 8  # the default handful of hot pixels
-    again = simulate_calibrant_image(TRUE_300K, "CeO2", np.random.default_rng(3))
-    other = simulate_calibrant_image(TRUE_300K, "CeO2", np.random.default_rng(4))
-    assert np.array_equal(img, again) and not np.array_equal(img, other)
-    # the rings sit where pyFAI puts the calibrant's rings for this geometry
-    ai = TRUE_300K.to_pyfai()
-    res = ai.integrate1d(img.astype(np.float32), 3000, unit="2th_deg",
-                         mask=(img < 0) | (img >= 100_000), method=("no", "histogram", "cython"))
-    x, y = np.asarray(res.radial), np.asarray(res.intensity)
-    rings = np.degrees(ring_two_theta("CeO2", 0.6))
-    rings = rings[(rings > x.min() + 0.2) & (rings < x.max() - 0.2)]
-    assert len(rings) >= 4
-    for t in rings:
-        near = np.abs(x - t) < 0.15
-        assert abs(x[near][np.argmax(y[near])] - t) < 0.02, f"ring at {t:.3f} deg misplaced"
-        assert y[near].max() > 3 * np.median(y), f"ring at {t:.3f} deg not above background"
-
-
-def test_simulation_of_a_2m_detector():
-    """The 2M detector's image: its module gaps -1 where pyFAI's detector mask has them,
-    counts elsewhere.  (Its time is printed, not asserted: speed is the benchmarks' to
-    measure; ~1.5 s here, and over 5 s beside a running demo.)"""
-    g = DetectorGeometry("PilatusCdTe2M", 0.25, 850 * PX, 740 * PX, 0.003, -0.004, 0.005, 0.5)
-    t0 = time.perf_counter()
-    img = simulate_calibrant_image(g, "CeO2", np.random.default_rng(0))
-    print(f"\nsimulate_calibrant_image PilatusCdTe2M {img.shape}: "
-          f"{time.perf_counter() - t0:.2f} s")
-    assert img.shape == (1679, 1475)
-    gaps = g.detector_mask()
-    assert gaps.sum() > 100_000 and (img[gaps] == -1).all() and (img[~gaps] >= 0).all()
-
-
-def test_rot3_does_not_change_two_theta():
-    """Why rot3 is never refined from powder rings (and not compared with truth below)."""
-    a = TRUE_300K.to_pyfai().center_array(TRUE_300K.shape, unit="2th_rad", scale=False)
-    g0 = DetectorGeometry(**{**TRUE_300K.as_dict(), "rot3": 0.0})
-    b = g0.to_pyfai().center_array(g0.shape, unit="2th_rad", scale=False)
-    assert np.max(np.abs(a - b)) < 1e-12
-    assert TRUE_300K.beam_centre()["direct_beam_row"] == pytest.approx(
-        g0.beam_centre()["direct_beam_row"], abs=1e-9)
-
-
-# --------------------------------------------------------------------------------------
-# accuracy
-# --------------------------------------------------------------------------------------
-def test_refinement_accuracy_from_a_rough_start(image_1m, record_property):
-    start = off_start(TRUE_1M)
-    t0 = time.perf_counter()
-    res = refine_geometry(image_1m, params(name="acc", detector="Pilatus1M", image="simulated",
-                                           wavelength=TRUE_1M.wavelength, start=start))
-    dt = time.perf_counter() - t0
-    g, t = res.geometry, TRUE_1M
-    p1, p2 = g.pixel_size
-    bc_g, bc_t, bc_s = g.beam_centre(), t.beam_centre(), start.beam_centre()
-    f_g, f_t = g.fit2d(), t.fit2d()
-    err = {
-        "dist_rel": (g.dist - t.dist) / t.dist,
-        "poni1_px": (g.poni1 - t.poni1) / p1,
-        "poni2_px": (g.poni2 - t.poni2) / p2,
-        "beam_row_px": bc_g["direct_beam_row"] - bc_t["direct_beam_row"],
-        "beam_col_px": bc_g["direct_beam_col"] - bc_t["direct_beam_col"],
-        "fit2d_x_px": f_g["centerX"] - f_t["centerX"],
-        "fit2d_y_px": f_g["centerY"] - f_t["centerY"],
-        "rot1_deg": math.degrees(g.rot1 - t.rot1),
-        "rot2_deg": math.degrees(g.rot2 - t.rot2),
-    }
-    tth_g = g.to_pyfai().center_array(g.shape, unit="2th_deg", scale=True)
-    tth_t = t.to_pyfai().center_array(t.shape, unit="2th_deg", scale=True)
-    err["max_2theta_deg"] = float(np.max(np.abs(tth_g - tth_t)))
-    start_err = (abs(start.dist / t.dist - 1), bc_s["direct_beam_row"] - bc_t["direct_beam_row"],
-                 bc_s["direct_beam_col"] - bc_t["direct_beam_col"])
-    print(f"\nstart errors: dist {start_err[0]:.1%}, beam centre ({start_err[1]:.1f}, "
-          f"{start_err[2]:.1f}) px; refined in {dt:.1f} s, {res.n_points} points on "
-          f"{len(res.rings)} rings, rms {res.rms_px:.3f} px ({res.rms_tth_deg:.5f} deg)")
-    print("refined - true: " + ", ".join(f"{k} {v:+.2e}" if k == "dist_rel" else f"{k} {v:+.4f}"
-                                          for k, v in err.items()))
-    for k, v in err.items():
-        record_property(k, v)
-    record_property("runtime_s", dt)
-
-    assert abs(err["dist_rel"]) < MAX_DIST_REL
-    for k in ("poni1_px", "poni2_px", "beam_row_px", "beam_col_px", "fit2d_x_px", "fit2d_y_px"):
-        assert abs(err[k]) < MAX_CENTRE_PX, k
-    assert abs(err["rot1_deg"]) < MAX_TILT_DEG and abs(err["rot2_deg"]) < MAX_TILT_DEG
-    # rot3 is blind to powder rings: it stays at the start value, said in the notes
-    assert g.rot3 == start.rot3 and "rot3" not in res.refined
-    assert any("rot3" in n for n in res.notes)
-    assert err["max_2theta_deg"] < 0.002
-    assert res.rms_px < 0.2 and len(res.rings) >= 10
-    assert res.rms_px < CalibrationParams.DEFAULT_MAX_RMS_PX / 2  # well inside the bound
-    assert set(res.uncertainties) == {"dist", "poni1", "poni2", "rot1", "rot2"}
-    # the error is consistent with the reported uncertainty (5 sigma, generous)
-    assert abs(g.dist - t.dist) < 5 * res.uncertainties["dist"] + 1e-6
 
 
 # --------------------------------------------------------------------------------------
@@ -390,122 +237,18 @@ def test_failures_name_the_image_and_leave_no_outputs(tmp_path, image_300k, caps
     assert json.loads((out / "ok" / "index.json").read_text())["current"] == "v001"
 
 
-def test_image_without_rings_fails_clearly(tmp_path):
-    noise = np.random.default_rng(1).poisson(20, TRUE_300K.shape).astype(np.int32)
-    noise[TRUE_300K.detector_mask()] = -1
-    with pytest.raises(CalibrationError, match="noise.h5"):
-        refine_geometry(noise, params(name="noise", image="noise.h5", start=off_start(TRUE_300K),
-                                      max_passes=4), source="noise.h5")
-
-
-def test_params_are_validated():
-    """What the schema cannot say (the schema's enums - refine, orientation, poni_mismatch -
-    are its own to check: tests/settings/test_params.py)."""
-    params(start=off_start(TRUE_300K))
-    for bad, match in [({"start": None}, r"calibrations\.c\.start: expected a rough starting geometry"),
-                       ({"image": None}, "give an image"),
-                       ({"max_rings": 0}, r"calibrations\.c\.max_rings"),
-                       ({"wavelength": -1.0}, r"instrument\.wavelength"),
-                       ({"refine": ("rot3",)}, "at least one parameter powder rings can see"),
-                       ({"max_rms_px": 0.0}, r"calibrations\.c\.max_rms_px: expected an RMS")]:
-        with pytest.raises(ConfigError, match=match):
-            params(**{"start": off_start(TRUE_300K), **bad})
-
-
-def test_fixed_parameters_stay_fixed(image_300k):
-    # the distance is right and fixed; the beam centre and tilts are refined
-    start = DetectorGeometry("Pilatus300k", TRUE_300K.dist, TRUE_300K.poni1 + 5 * PX,
-                             TRUE_300K.poni2 - 5 * PX, 0.0, 0.0, 0.0, 0.6)
-    res = refine_geometry(image_300k, params(name="fix", image="x", start=start,
-                                             refine=("poni1", "poni2", "rot1", "rot2")))
-    assert res.geometry.dist == start.dist and res.geometry.wavelength == 0.6
-    assert res.refined == ("poni1", "poni2", "rot1", "rot2")
-    assert abs(res.geometry.poni1 - TRUE_300K.poni1) < 0.5 * PX
-    assert abs(res.geometry.rot1 - TRUE_300K.rot1) < math.radians(0.1)
-
-
 # --------------------------------------------------------------------------------------
-# reading one image
+# issue 13: PONI files that disagree with the config, empty images
 # --------------------------------------------------------------------------------------
-def test_read_image_formats(tmp_path):
-    img = (np.arange(12 * 10, dtype=np.int32).reshape(12, 10) - 5)
-    fabio.cbfimage.CbfImage(data=img).write(str(tmp_path / "a.cbf"))
-    fabio.edfimage.EdfImage(data=img).write(str(tmp_path / "a.edf"))
-    fabio.tifimage.TifImage(data=img).write(str(tmp_path / "a.tif"))
-    for name in ("a.cbf", "a.edf", "a.tif"):
-        assert np.array_equal(read_image(tmp_path / name), img), name
-    stack = np.stack([img, img + 1, img + 2])
-    write_h5(tmp_path / "s.h5", stack)  # bitshuffle-LZ4 compressed
-    (tmp_path / "s.h5").chmod(0o444)  # read-only: reading must not need write access
-    assert np.array_equal(read_image(tmp_path / "s.h5", frame=2), img + 2)
-    with h5py.File(tmp_path / "two.nxs", "w") as f:
-        f["entry/img"] = img
-        f["entry/line"] = np.arange(5)
-        f["entry/cube"] = np.zeros((2, 2, 2, 2))
-    assert np.array_equal(read_image(tmp_path / "two.nxs", "/entry/img"), img)
-
-    errors = [
-        ((tmp_path / "none.h5",), r"none\.h5: no such image file"),
-        ((tmp_path / "s.h5", "/entry/nothing"), r"s\.h5: no dataset '/entry/nothing'"),
-        ((tmp_path / "s.h5", "/entry/data/data", 3), r"s\.h5::/entry/data/data: frame 3 out "
-                                                    r"of range: the stack has 3 frame"),
-        ((tmp_path / "two.nxs", "/entry/img", 1), r"two\.nxs::/entry/img: frame 1 out of range"),
-        ((tmp_path / "two.nxs", "/entry/line"), r"two\.nxs::/entry/line: expected a 2D image"),
-        ((tmp_path / "two.nxs", "/entry/cube"), r"two\.nxs::/entry/cube: expected a 2D image"),
-        ((tmp_path / "two.nxs", "/entry"), r"two\.nxs::/entry: is a group"),
-        ((tmp_path / "a.cbf", "/x", 1), r"a\.cbf: frame 1 out of range"),
-        ((tmp_path,), r"not a regular file"),
-    ]
-    for args, pattern in errors:
-        with pytest.raises(ImageReadError, match=pattern):
-            read_image(*args)
-    bad = tmp_path / "bad.edf"
-    bad.write_bytes(b"\x00\x01garbage" * 100)
-    with pytest.raises(ImageReadError, match=r"bad\.edf: not a readable image file"):
-        read_image(bad)
-    assert issubclass(ImageReadError, ValueError)
-
-
-# --------------------------------------------------------------------------------------
-# issue 13: a wrong wavelength, PONI files that disagree with the config, empty images
-# --------------------------------------------------------------------------------------
-def test_rms_bound_is_a_fraction_of_a_pixel():
-    # the RMS radial error of points known only to their pixel: uniform over a unit square,
-    # projected on any direction (checked by sampling, not by the formula under test)
-    pts = np.random.default_rng(0).uniform(-0.5, 0.5, (200_000, 2))
-    angle = np.random.default_rng(1).uniform(0, 2 * np.pi, 200_000)
-    radial = pts[:, 0] * np.cos(angle) + pts[:, 1] * np.sin(angle)
-    assert CalibrationParams.DEFAULT_MAX_RMS_PX == pytest.approx(np.sqrt(np.mean(radial ** 2)),
-                                                                 rel=0.01)
-    assert params(start=off_start(TRUE_300K)).rms_bound_px == CalibrationParams.DEFAULT_MAX_RMS_PX
-    assert params(start=off_start(TRUE_300K), max_rms_px=0.7).rms_bound_px == 0.7
-
-
-def test_a_wrong_wavelength_is_refused(image_300k):
-    """10 % off: the refinement absorbs most of it into the distance (135 mm for 150 mm),
-    but the rings no longer fit one geometry; the default bound refuses it, naming the image."""
-    wrong = params(name="ceo2", image="ceo2_300k.h5", wavelength=TRUE_300K.wavelength * 1.1,
-                   start=off_start(TRUE_300K))
-    with pytest.raises(CalibrationError) as err:
-        refine_geometry(image_300k, wrong, source="ceo2_300k.h5")
-    msg = str(err.value)
-    assert msg.startswith("calibrations.ceo2 from ceo2_300k.h5: RMS residual of the control points")
-    assert "exceeds 0.289 px (calibrations.ceo2.max_rms_px;" in msg
-    assert msg.endswith("wrong wavelength, distance or detector?")
-    # what the bound stops: with it raised (calibrations.NAME.max_rms_px) the same image is
-    # accepted with a distance several % off
-    res = refine_geometry(image_300k, dataclasses.replace(wrong, max_rms_px=1.0))
-    assert CalibrationParams.DEFAULT_MAX_RMS_PX < res.rms_px < 1.0
-    assert res.geometry.dist < 0.95 * TRUE_300K.dist
-
-
+# (refine_geometry's refusal and the step's line in one test: it runs main, so it is here)
 @pytest.mark.parametrize("fill,message", [(np.nan, "no finite pixel values"), (0, "no counts")])
 def test_images_without_counts_fail_clearly(tmp_path, capsys, fill, message):
     image = np.full(TRUE_300K.shape, fill, dtype=np.float32)
     image[TRUE_300K.detector_mask()] = -1  # the gaps as a Pilatus writes them
     with pytest.raises(CalibrationError, match=rf"calibrations\.c from empty\.h5: {message} in "
                                                r"the image"):
-        refine_geometry(image, params(image="empty.h5", start=off_start(TRUE_300K)),
+        refine_geometry(image, calibration_params(image="empty.h5",
+                                                  start=off_start(TRUE_300K)),
                         source="empty.h5")
     # the step: one line naming the image, no outputs
     path = write_h5(tmp_path / "empty.h5", [image])

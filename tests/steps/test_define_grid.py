@@ -1,6 +1,6 @@
 """Step define_grid: the (H, K, L) grid of a sample from the cell and the Q range its
 detector positions reach (or the axes the config gives), by the step command with the
-settings the Snakefile passes; grid.default_grid itself: tests/algorithms/transform/test_transform.py."""
+settings the Snakefile passes; model.grid.default_grid itself: tests/model/test_grid.py."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,9 @@
-"""Step delta_pdf and hklflow.algorithms.pdf.volume: the 3D-DeltaPDF of the tiny experiment against the
-one its simulated diffuse model gives analytically (hklflow.simulation.compare.
-satellite_delta_pdf), the file NeXpy opens, and the step's errors.  The punch-and-fill and
-FFT algorithms themselves: tests/algorithms/pdf/test_pdf.py.
+"""Step delta_pdf: the 3D-DeltaPDF of the tiny experiment (reduced end to end once per
+session, conftest.tiny_run) against the one its simulated diffuse model gives analytically
+(hklflow.simulation.compare.satellite_delta_pdf), the file NeXpy opens, and the step's
+errors.  The punch-and-fill and FFT algorithms, and hklflow.algorithms.pdf.volume's PDFs of
+a file: tests/algorithms/pdf/test_pdf.py; the settings the step receives:
+tests/planning/test_jobs.py.
 
 Truth: below 150 K the simulation puts Gaussian satellites at (h + 1/2, k + 1/2, l); their
 DeltaPDF is nonzero only at lattice vectors (u, v, w), with sign (-1)^(u+v) and amplitude
@@ -10,8 +12,6 @@ binning and the taper's mean.  At 300 K there are none: the DeltaPDF must stay n
 there while the total PDF shows the lattice (Patterson) peaks.
 """
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -114,100 +114,3 @@ def test_a_grid_without_q_zero_is_refused_naming_the_file(tmp_path, monkeypatch)
     assert rc == 1
     assert not (tmp_path / "out" / "pdf.nxs").exists()
     assert not (tmp_path / "out" / "pdf.png").exists()
-
-
-def test_settings_carry_what_the_step_uses(tmp_path, monkeypatch):
-    """delta_pdf receives every reduction.pdf setting it uses; total_pdf only the taper and
-    the pictures (a changed hole radius must not rerun it)."""
-    monkeypatch.chdir(tmp_path)
-    exp = make_experiment(tmp_path)
-    delta = json.loads(step_settings(exp, "delta_pdf", "tetra"))
-    assert set(delta["pdf"]) == {"radius", "radius_units", "extra_positions", "fill_order",
-                                 "fill_eps", "q_max", "subtract_mean", "errors", "slices"}
-    total = json.loads(step_settings(exp, "total_pdf", "tetra"))
-    assert set(total) == {"q_max", "subtract_mean", "errors", "slices", "sample"}
-
-
-def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_path):
-    """Given the volume file and a place to store the filled volume (the step's output),
-    delta_pdf drops the filled volume and reads it back into the spectrum's memory: the same
-    PDF, notes and filled and punched volumes as from the array, bit for bit, with about one
-    volume's memory at its peak once filled (the filled volume and the spectrum together
-    would be two)."""
-    import tracemalloc
-
-    from hklflow.algorithms.pdf.volume import delta_pdf
-    from hklflow.files.pdf import PDFWriter
-    from hklflow.files.volume import read_intensity
-    from hklflow.model.crystal import Crystal, UnitCell
-    from hklflow.settings.params import PDFParams
-
-    from volume_helpers import lattice_volume
-
-    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
-    write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
-    crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
-    params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
-                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, errors=True,
-                       slices=())
-    _, intensity = read_intensity(tmp_path / "in.nxs")
-    want, want_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
-
-    def run_from_file(name):
-        def store(fill):  # the memory from here on: the filled volume, then the FFT's
-            planes = out.write_volumes(grid, crystal.cell, fill.filled, fill.region)
-            tracemalloc.reset_peak()
-            return planes
-
-        with PDFWriter(tmp_path / name) as out:
-            pdf, fill = delta_pdf(tmp_path / "in.nxs", grid, crystal, params, "t",
-                                  store_filled=store)
-            out.write_pdf(pdf, {}, {"program": "test"})
-        return pdf, fill
-
-    run_from_file("warm.nxs")  # compiled kernels loaded (what compiling leaves is not counted)
-    tracemalloc.start()
-    got, fill = run_from_file("pdf.nxs")
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert fill.filled is None
-    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
-    assert {k: v for k, v in got.notes.items() if not k.endswith("seconds")} == \
-        {k: v for k, v in want.notes.items() if not k.endswith("seconds")}
-    stored = read_pdf(tmp_path / "pdf.nxs")
-    assert np.array_equal(stored.values, np.asarray(want.values))
-    import h5py
-    with h5py.File(tmp_path / "pdf.nxs") as f:
-        assert np.array_equal(f["entry/filled_data/data"][()], want_fill.filled, equal_nan=True)
-        assert np.array_equal(f["entry/punched_data/data"][()], want_fill.punched, equal_nan=True)
-    # the volume (or the spectrum), a few planes (10% each here) and the hole indices: 1.4x
-    # measured; the volume and the spectrum together would be over 2x
-    assert peak < 1.6 * intensity.nbytes + fill.region.nbytes + fill.holes.nbytes
-
-
-def test_an_even_volume_takes_the_same_delta_pdf_from_its_octant():
-    """delta_pdf(even=True): the fill regions outside the octant take their mirror images'
-    values, and the transform is the octant's cosine transform: the same PDF and fill as
-    with every region solved and the whole volume transformed, to float32 rounding."""
-    from hklflow.algorithms.pdf.volume import delta_pdf
-    from hklflow.model.crystal import Crystal, UnitCell
-    from hklflow.settings.params import PDFParams
-
-    from volume_helpers import lattice_volume
-
-    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
-    intensity = lattice_volume(grid, missing_beyond=12.0).intensity()
-    crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
-    params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
-                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, errors=True,
-                       slices=())
-    whole, whole_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
-    octant, octant_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t", even=True)
-    assert whole_fill.mirrored == 0 < 4 * octant_fill.unknowns < octant_fill.mirrored
-    assert octant_fill.unknowns + octant_fill.mirrored == whole_fill.unknowns
-    assert np.array_equal(octant_fill.outcome, whole_fill.outcome)
-    assert octant_fill.counts["filled"] > 100
-    np.testing.assert_allclose(octant_fill.filled, whole_fill.filled, rtol=1e-6)
-    want, got = np.asarray(whole.values), np.asarray(octant.values)
-    assert got.shape == want.shape
-    assert np.abs(got - want).max() < 1e-6 * np.abs(want).max()

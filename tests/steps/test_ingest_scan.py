@@ -337,6 +337,7 @@ def test_the_full_fingerprint_hashes_every_byte_and_the_default_changes_no_setti
     assert recorded == fingerprint(raw, "full")  # ctime and inode too
 
 
+# (raw.frames.open_frames on a row of the scans table: here, where experiment_dir is made)
 def test_open_frames_of_table_row_matches_ingest(experiment_dir):
     root, data = experiment_dir
     exp = load_experiment([root / "config/config.yaml"], base_dir=root)

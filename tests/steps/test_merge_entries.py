@@ -1,6 +1,8 @@
 """Step merge_entries: the volume of a sample at one temperature, its entries' volumes
-merged (signal and weight added voxel by voxel: the gaps of one entry are filled by the
-others, overlaps are weighted means)."""
+merged by the step command (signal and weight added voxel by voxel: the gaps of one entry
+are filled by the others, overlaps are weighted means), and the statistics it writes into
+the merged volume's notes, log and picture.  The sum by chunks or slabs itself:
+tests/algorithms/merge/test_volumes.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,13 +11,7 @@ import pytest
 from hklflow.files.volume import read_volume, read_volume_header
 
 from conftest import step_settings
-from volume_helpers import make_experiment, run, sample, small_grid, write_inputs
-
-
-@pytest.fixture
-def experiment(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return make_experiment(tmp_path)
+from volume_helpers import run, sample, small_grid, write_inputs
 
 
 def test_merge_entries_command_fills_the_gaps_of_one_entry_with_the_others(experiment):

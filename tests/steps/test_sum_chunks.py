@@ -1,5 +1,9 @@
-"""Step sum_chunks: the volume of a scan entry, the exact sum of its frame chunks
-(hklflow.algorithms.merge.volumes.sum_volumes, slab by slab); inputs that do not fit are refused."""
+"""Step sum_chunks: the volume of a scan entry, the sum of its frame chunks, by the step
+command with the settings the Snakefile passes: every kind of an entry in one job, one
+complete chunk moved not rewritten, parts without intensity summed, a preview's title;
+inputs that do not fit, or cannot be read, refused with nothing left.  The sum itself
+(hklflow.algorithms.merge.volumes.sum_volumes): tests/algorithms/merge/test_volumes.py; a
+part adopted by a rename (files.volume.adopt_volume): tests/files/test_volume.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +12,7 @@ import pytest
 from hklflow.files.volume import read_volume, read_volume_header, write_volume
 
 from conftest import step_settings
-from volume_helpers import make_experiment, random_volume, run, sample, small_grid, write_inputs
-
-
-@pytest.fixture
-def experiment(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return make_experiment(tmp_path)
+from volume_helpers import complete_part, random_volume, run, sample, small_grid, write_inputs
 
 
 def test_sum_chunks_command(experiment):
@@ -111,22 +109,9 @@ def test_sum_corrupt_or_missing_input_leaves_nothing(experiment, capsys):
         assert sorted(p.name for p in (experiment / "out").iterdir()) == [], bad
 
 
-def _complete_part(folder, grid, name="part.nxs", intensity=True):
-    """A transform part as transform_frames writes it: its sums in its notes."""
-    from hklflow.files.volume import VolumeWriter
-
-    v = random_volume(grid, 21, title="f1 frames 0-60")
-    with VolumeWriter(folder / name, grid, v.kind, v.title, v.sample, {"scan": "f1"},
-                      {"program": "transform"}, intensity=intensity) as w:
-        w.write(0, v.signal, v.weight)
-        w.notes.update(measured_fraction=w.measured / grid.size, weight_sum=w.weight_sum,
-                       signal_sum=w.signal_sum)
-    return folder / name, v
-
-
 def test_one_complete_chunk_is_moved_not_rewritten(experiment):
     grid = small_grid()
-    part, v = _complete_part(experiment, grid)
+    part, v = complete_part(experiment, grid)
     inode = part.stat().st_ino
     rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
                             "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
@@ -147,7 +132,7 @@ def test_parts_without_intensity_are_summed(experiment):
     """Parts of a multi-chunk entry carry no intensity array (only sums read them); one
     such part is summed into a complete volume, not moved."""
     grid = small_grid()
-    part, v = _complete_part(experiment, grid, intensity=False)
+    part, v = complete_part(experiment, grid, intensity=False)
     rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
                             "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
                             "--png", "out/f1.png"])

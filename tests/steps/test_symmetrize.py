@@ -1,31 +1,19 @@
-"""Step symmetrize and hklflow.algorithms.merge.symmetry: volumes symmetrised by the Laue group.
-
-The symmetrisation is checked against cctbx (run in a subprocess, tests/reference_helpers):
-a delta at a general position, symmetrised, must land on exactly the Laue-equivalent
-positions cctbx's derived Laue group gives, for hexagonal, trigonal (hexagonal and
-rhombohedral axes), tetragonal, monoclinic and cubic groups; and against a direct numpy
-gather (hkl R -> nearest voxel) on grids whose limits are not symmetric.
-"""
+"""Step symmetrize: a merged volume symmetrised by its sample's Laue group by the step
+command, with the settings the Snakefile passes (the title, notes and picture; the same
+arrays as hklflow.algorithms.merge.symmetry gives), and refused on a grid the group does
+not map onto itself or a missing input.  The symmetrisation itself (against cctbx and a
+direct numpy gather): tests/algorithms/merge/test_symmetry.py; slab by slab from a file:
+test_volumes.py."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from hklflow.algorithms.merge.symmetry import GridSymmetryError, index_maps, symmetrize_arrays
+from hklflow.algorithms.merge.symmetry import symmetrize_arrays
 from hklflow.files.volume import read_volume, write_volume
 from hklflow.model.crystal import Crystal, UnitCell
-from hklflow.model.grid import Axis, Grid
 
 from conftest import step_settings
-from reference_helpers import cctbx_answer
-from volume_helpers import (GROUPS, HEX, TETRA, make_experiment, random_volume, run, sample,
-                            small_grid)
-
-
-@pytest.fixture
-def experiment(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return make_experiment(tmp_path)
+from volume_helpers import HEX, random_volume, run, sample, small_grid
 
 
 def test_symmetrize_command(experiment, capsys):

@@ -18,6 +18,7 @@ from hklflow.steps.transform_frames import parse_frames
 from conftest import run_step, step_settings
 
 
+# (transform.driver.frame_scale and the step's parse_frames in one test: left whole here)
 def test_monitor_normalisation_and_frame_ranges():
     mon = np.array([100.0, 200.0, 50.0, 100.0])
     s, ref = frame_scale(mon, None, 1, 4)

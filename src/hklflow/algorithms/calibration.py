@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import math
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ def find_bad_pixels(image: np.ndarray, detector_mask: np.ndarray,
     """Mask of pixels not to use: the detector model's gaps, negative values (a Pilatus
     writes -1/-2 in gaps and dead pixels), non-finite values, and hot pixels (brighter than
     factor x the brightest of their 8 neighbours + 100).  Returns (mask, number of hot)."""
+    # (here: scipy.ndimage loads slowly, and the pictures import this module for its ring helpers)
     from scipy import ndimage
 
     img = np.asarray(image, dtype=np.float64)
@@ -147,6 +149,7 @@ def _ring_two_theta(calibrant: str, wavelength: float) -> tuple:
 
 
 def _calibrant(name: str, wavelength: float):
+    # (here: pyFAI's import takes most of a second, and the pictures import this module too)
     from pyFAI.calibrant import CALIBRANT_FACTORY
 
     cal = CALIBRANT_FACTORY(name)
@@ -157,6 +160,7 @@ def _calibrant(name: str, wavelength: float):
 @functools.lru_cache(maxsize=8)
 def _pyfai_geometry(detector: str, orientation: int):
     """A bare pyFAI Geometry of the detector, for tth(d1, d2, param) (no integrator set-up)."""
+    # (here: pyFAI's import takes most of a second, and the pictures import this module too)
     from pyFAI.geometry import Geometry
 
     return Geometry(detector=pyfai_detector(detector, orientation))
@@ -246,6 +250,7 @@ def coarse_align(image: np.ndarray, bad: np.ndarray, g: DetectorGeometry, calibr
     matches the profiles best (|s - 1| <= search_dist); the shifts (|t| <= search_px) then
     give the beam centre by least squares.  Returns (geometry, info dict).
     """
+    # (here: scipy.ndimage loads slowly, and the pictures import this module for its ring helpers)
     from scipy import ndimage
 
     ai = g.to_pyfai()
@@ -390,8 +395,6 @@ def _gc_skips_objects_made_so_far():
     every object of the modules imported so far, a large part of a calibration's time.
     Those objects are moved out of its way for the block (gc.freeze) and back after
     (gc.unfreeze); what the block makes is collected as before."""
-    import gc
-
     gc.freeze()
     try:
         yield
@@ -408,7 +411,9 @@ def refine_geometry(image: np.ndarray, params: CalibrationParams, *,
     failure (an image without finite values or counts, too few control points, divergence,
     an RMS residual above params.rms_bound_px).
     """
-    import pyFAI.detectors  # noqa: F401 - pyFAI's modules imported before the freeze
+    # (here: pyFAI's import takes most of a second, and the pictures import this module too;
+    # its modules imported before the freeze)
+    import pyFAI.detectors  # noqa: F401
     import pyFAI.goniometer  # noqa: F401
 
     with _gc_skips_objects_made_so_far():
@@ -450,6 +455,7 @@ def _prepared_image(image, params: CalibrationParams, start: DetectorGeometry, w
     """(image, the image with its bad pixels at 0 (float32), the bad pixels, how many are
     hot, a private pyFAI detector whose mask they are), after checking the image's shape
     and that it holds counts."""
+    # (here: pyFAI's import takes most of a second, and the pictures import this module too)
     import pyFAI.detectors
 
     image = np.asarray(image)
@@ -544,6 +550,7 @@ def _refinement_pass(clean, det, g: DetectorGeometry, start: DetectorGeometry, n
     """One pass: control points picked on the first n_rings rings (pyFAI's SingleGeometry
     with g), the free parameters refined, outliers dropped and refined again; (the new
     geometry, its points, their rings, how many outliers were dropped)."""
+    # (here: pyFAI's import takes most of a second, and the pictures import this module too)
     from pyFAI.goniometer import SingleGeometry
 
     fixed = [p for p in PARAMETERS if p not in free]
@@ -621,6 +628,7 @@ def import_poni(params: CalibrationParams) -> CalibrationResult:
     (shape and pixels), the wavelength and the detector orientation.  A wavelength or
     orientation that disagrees is a CalibrationError naming both values, unless
     params.poni_mismatch says which wins (calibrations.NAME.poni_mismatch)."""
+    # (here: pyFAI's import takes most of a second, and the pictures import this module too)
     import pyFAI
 
     path = Path(params.poni)

@@ -7,6 +7,7 @@ from __future__ import annotations
 def target_features(context=None) -> set[str]:
     """The CPU features numba compiles for (the host's, or NUMBA_CPU_FEATURES)."""
     if context is None:
+        # (here: numba only when asked)
         from numba.core.registry import cpu_target
         context = cpu_target.target_context
     features = getattr(context.codegen(), "_tm_features", "") or ""

@@ -34,6 +34,7 @@ from .framing import BLOCKED_MULT, block_count
 
 def _bitshuffle_library():
     """The bitshuffle package's compiled module as a C library (where its symbols are)."""
+    # (here: the compiled library only where the compiled codec is chosen)
     import bitshuffle.ext
 
     return ctypes.CDLL(bitshuffle.ext.__file__)

@@ -8,6 +8,7 @@ its rule's line shows the job's own progress (frames done), read from its log
 to a log file (`--verbose` shows it instead); plain `snakemake` keeps its usual output."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -45,8 +46,6 @@ def kernel_cache_cold() -> str | None:
     """A line announcing the one-off compilation of hklflow's kernels when numba's cache
     holds none of them yet (this installation's first run; NUMBA_CACHE_DIR moves the
     cache), else None."""
-    import os
-
     package = Path(__file__).resolve().parents[1]
     places = [package / "algorithms" / "transform" / "__pycache__"]
     if os.environ.get("NUMBA_CACHE_DIR"):

@@ -24,6 +24,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ..base.atomic import write_text_atomically
 from ..base.errors import ConfigError, HklflowError, RawDataError
 from ..files import nxmx
@@ -228,6 +230,7 @@ def read_cbf(path: str) -> ScanFacts:
 def pyfai_detector_names() -> dict[str, str]:
     """pyFAI's detector names as its registry keys them (lower case, aliases included) ->
     the detector's class name."""
+    # (here: pyFAI's import takes most of a second; only a named detector needs it)
     import pyFAI.detectors
 
     return {key: cls.__name__ for key, cls in pyFAI.detectors.ALL_DETECTORS.items()
@@ -256,6 +259,7 @@ def resolve_detector(name: str) -> str:
     """The class name of the pyFAI detector `name` (as pyFAI's detector_factory finds it:
     a class name, or a registry name or alias in any case); ConfigError listing close
     names when pyFAI knows none."""
+    # (here: pyFAI's import takes most of a second; only a named detector needs it)
     import pyFAI.detectors
 
     names = pyfai_detector_names()
@@ -337,8 +341,6 @@ def with_defaults(values: dict, node: dict) -> dict:
 
 def flow_yaml(value) -> str:
     """A value on one line of YAML."""
-    import yaml
-
     text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, allow_unicode=True,
                           sort_keys=False)
     return text.rstrip("\n").removesuffix("\n...").strip()

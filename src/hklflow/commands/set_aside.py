@@ -19,6 +19,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ..base.atomic import write_text_atomically
 from ..planning.config import (SET_ASIDE_DIR, ConfigError, load_settings, read_scans_table,
                                scans_table_lines, temperature_label)
@@ -146,8 +148,6 @@ def write_set_aside(experiment: Path, found: SetAside) -> Path:
     """Write the scans table without the rows set aside and the override config naming it,
     in a folder named by their content (never rewritten while a run may read them); returns
     the override config's path."""
-    import yaml
-
     table_text = (f"# written by hklflow run: {found.table} without the rows whose data do "
                   f"not exist yet (rows {', '.join(str(r.row) for r in found.rows)})\n"
                   + "\n".join(found.kept_lines) + "\n")

@@ -57,6 +57,7 @@ def _utc_now() -> str:
 # calibration.nxs
 # --------------------------------------------------------------------------------------
 def _parameters(geom: DetectorGeometry):
+    # (here: nexusformat only where a file is written: a reading job's start stays short)
     from nexusformat.nexus import NXfield, NXparameters
 
     grp = NXparameters()
@@ -69,6 +70,7 @@ def _parameters(geom: DetectorGeometry):
 def write_calibration_file(path, result, params, *, source: dict, pattern, provenance: dict) -> Path:
     """calibration.nxs (layout in the module docstring) of a calibration.CalibrationResult
     made with params.CalibrationParams `params`."""
+    # (here: nexusformat only where a file is written: a reading job's start stays short)
     from nexusformat.nexus import (NXcollection, NXdata, NXentry, NXfield, NXinstrument,
                                    NXmonochromator, NXnote, NXparameters, NXroot)
 

@@ -38,9 +38,18 @@ def open_h5(path, mode: str = "r", **kwargs) -> h5py.File:
     return h5py.File(os.fspath(path), mode, locking=False, **kwargs)
 
 
+@functools.cache
+def nexus():
+    """nexusformat.nexus, imported where a file is written: a job that only reads (with
+    h5py) starts without it."""
+    import nexusformat.nexus as nx
+
+    return nx
+
+
 @functools.lru_cache(maxsize=1)
 def _nxfile_class():
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     class _NXFileNoLocking(nx.NXFile):
         """nexusformat's NXFile, opening the HDF5 file with locking=False every time."""
@@ -80,7 +89,7 @@ def write_nexus_atomically(root, path, finish: Callable | None = None) -> Path:
 def provenance_group(record: dict):
     """An NXprocess (nexusformat) holding program, version, date and the provenance record
     (provenance.provenance(...)) as JSON in an NXnote."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     proc = nx.NXprocess()
     proc["program"] = nx.NXfield(str(record.get("program", "hklflow")))
@@ -141,14 +150,14 @@ def strings(values) -> list[str]:
 
 def string_field(values):
     """A nexusformat field of variable-length strings (a list)."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     return nx.NXfield([str(v) for v in values], dtype=h5py.string_dtype())
 
 
 def text_field(value):
     """A scalar string field kept exactly (nexusformat strips plain str values)."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     return nx.NXfield(str(value), dtype=h5py.string_dtype())
 
@@ -193,7 +202,7 @@ def detector_group(geometry):
     pixel sizes (mm), beam_center_y/x (where the direct beam hits, continuous pixels),
     dist/poni1/poni2 (m), rot1..3 (rad), shape, orientation (pyFAI's 1..4, as pyFAI's own
     NeXus detector group writes it)."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     p1, p2 = geometry.pixel_size
     bc = geometry.beam_centre()

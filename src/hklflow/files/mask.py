@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FileFormatError
-from .h5 import open_h5, provenance_group, read_collection, text, write_nexus_atomically
+from .h5 import nexus, open_h5, provenance_group, read_collection, text, write_nexus_atomically
 from .peaks import parameter_collection
 
 MASK_FILE_VERSION = 1
@@ -59,7 +59,7 @@ def write_mask_file(path, result, *, entry: str, title: str, parameters: dict,
                     provenance: dict, sources: dict | None = None) -> Path:
     """Write the masks of one scan entry (layout in the module docstring), atomically: result
     is masking.MaskResult; parameters, the settings and the algorithm's constants."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     m = result.mask
     ent = nx.NXentry()

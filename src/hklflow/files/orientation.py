@@ -35,8 +35,8 @@ import numpy as np
 from ..base.errors import FileFormatError
 from ..model.crystal import CELL_NAMES, Crystal, UnitCell
 from ..model.geometry import DetectorGeometry
-from .h5 import (detector_group, get, group, open_h5, provenance_group, read_detector_group, text,
-                 write_nexus_atomically)
+from .h5 import (detector_group, get, group, nexus, open_h5, provenance_group, read_detector_group,
+                 text, write_nexus_atomically)
 
 STATISTICS = ("rms_px", "rms_frames", "rms_hkl", "fraction_indexed", "n_used", "seconds")
 
@@ -68,7 +68,7 @@ class OrientationRecord:
 
 
 def _peaks_group(result):
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     names, x, y, z, hkl, used, res = [], [], [], [], [], [], []
     for e, h, u, r in zip(result.entries, result.hkl, result.used, result.residuals):
@@ -97,7 +97,7 @@ def _peaks_group(result):
 def _residuals_data(peaks):
     """NXdata of the used peaks' residuals on the detector (pixels) against their frame,
     in frame order: the file's plottable default."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     dx, dy = peaks["residual_x"].nxvalue, peaks["residual_y"].nxvalue
     frame = peaks["observed_frame"].nxvalue
@@ -119,7 +119,7 @@ def write_orientation_file(path, *, sample: str, temperature_label: str, parent:
     """Write a refinement.RefinementResult (layout in the module docstring), atomically.
     landed: the records (hklflow.pictures.preview.landed_record) of the scans in progress it was
     made from; none: nothing about previews is written."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     m = result.model
     ent = nx.NXentry()

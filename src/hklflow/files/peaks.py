@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import FileFormatError
-from .h5 import entry_group, get, open_h5, provenance_group, text, write_nexus_atomically
+from .h5 import entry_group, get, nexus, open_h5, provenance_group, text, write_nexus_atomically
 
 PEAK_UNITS = {"observed_px_x": "pixel", "observed_px_y": "pixel", "observed_frame": "frame",
               "observed_phi": "degree", "observed_px_x_var": "pixel^2",
@@ -47,7 +47,7 @@ class PeaksRecord:
 
 def parameter_collection(parameters: dict):
     """An NXcollection of flat settings (None stored as 'none', lists as arrays)."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     par = nx.NXcollection()
     for k, v in parameters.items():
@@ -62,7 +62,7 @@ def parameter_collection(parameters: dict):
 def write_peaks_file(path, scan, result, parameters: dict, provenance: dict) -> Path:
     """Write a peak search (spotfinding.PeakSearchResult) of one scan entry (scan: its
     files.scan.ScanRecord), atomically."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     ent = nx.NXentry()
     ent["title"] = nx.NXfield(scan.scan_id)

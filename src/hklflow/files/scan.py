@@ -64,8 +64,8 @@ import numpy as np
 from ..base.errors import FileFormatError, InputMismatchError
 from ..model.geometry import EntrySetup, Goniometer, ScanAngles, ScanGeometry
 from ..model.scan import DEFAULT_DATASET, FrameSource, ScanSpan
-from .h5 import (detector_group, entry_group, get, group, open_h5, provenance_group, provenance_of,
-                 read_detector_group, string_field, strings, text, text_field,
+from .h5 import (detector_group, entry_group, get, group, nexus, open_h5, provenance_group,
+                 provenance_of, read_detector_group, string_field, strings, text, text_field,
                  write_nexus_atomically)
 
 SCAN_FILE_VERSION = 2
@@ -129,7 +129,7 @@ def _relpath(target: str, start: Path) -> str:
 
 
 def _instrument(row, setup: EntrySetup, calibration: dict):
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     angles = setup.angles
     det = detector_group(setup.calibration)
@@ -164,7 +164,7 @@ def _instrument(row, setup: EntrySetup, calibration: dict):
 
 
 def _data(row, source: FrameSource, monitor, base: Path):
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     n = row.nframes
     rows, cols = source.frame_shape
@@ -232,7 +232,7 @@ def write_scan_file(path, row, setup: EntrySetup, calibration: dict, source: Fra
     (with fingerprints) - linked, never copied; monitor: per-frame values or None;
     maximum: the pixel-wise maximum of the frames frames_read, the file's default picture
     where the frames cannot be linked (frame files)."""
-    import nexusformat.nexus as nx
+    nx = nexus()
 
     path = Path(path)
     base = path.resolve().parent

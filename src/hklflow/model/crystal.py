@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import gemmi
 import numpy as np
 
 CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
@@ -160,8 +161,6 @@ _FREE = {
 # --------------------------------------------------------------------------------------
 def space_group(symbol: str):
     """gemmi.SpaceGroup from a Hermann-Mauguin symbol, number, or Hall symbol."""
-    import gemmi
-
     s = str(symbol).strip()
     try:
         if s.isdigit():
@@ -184,7 +183,6 @@ class Crystal:
 
     def __post_init__(self):
         sg = space_group(self.space_group_symbol)
-        import gemmi
 
         gcell = gemmi.UnitCell(*self.cell.parameters)
         if not gcell.is_compatible_with_spacegroup(sg, 1e-3):

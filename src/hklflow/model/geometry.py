@@ -28,6 +28,8 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, replace
+from importlib import resources
+from importlib.metadata import version
 
 import numpy as np
 
@@ -94,6 +96,7 @@ def pyfai_detector(name: str, orientation: int = DEFAULT_ORIENTATION):
 
 @functools.lru_cache(maxsize=32)
 def _pyfai_detector(name: str, orientation: int):
+    # (here: pyFAI's import takes most of a second; most jobs need only this module's own geometry)
     import pyFAI.detectors
 
     try:
@@ -167,7 +170,6 @@ def _cache_dir() -> str:
 
 
 def _facts_path(name: str, orientation: int) -> str:
-    from importlib.metadata import version
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     # pyFAI's version in the name: another pyFAI makes its own facts
@@ -224,9 +226,6 @@ def pyfai_tables() -> dict:
     """Detector shapes and calibrant names made from pyFAI (data/detector_shapes.json, checked
     against pyFAI by the tests), so that parsing the Snakefile (every cluster job does)
     need not import pyFAI (a second or more)."""
-    import json
-    from importlib import resources
-
     return json.loads(resources.files("hklflow").joinpath("data/detector_shapes.json").read_text())
 
 
@@ -234,6 +233,7 @@ def known_calibrants(name: str | None = None) -> set:
     """pyFAI's calibrant names (from the table; pyFAI itself when `name` is not in it)."""
     names = set(pyfai_tables()["calibrants"])
     if name is not None and name not in names:
+        # (here: pyFAI's import takes most of a second; most jobs need only this module's own geometry)
         from pyFAI.calibrant import CALIBRANT_FACTORY
 
         names = set(CALIBRANT_FACTORY.all)
@@ -328,6 +328,7 @@ class DetectorGeometry:
         if written is not None:  # as pyFAI wrote it: read without importing pyFAI (slow)
             g = cls(detector=detector_name, **written)
         else:
+            # (here: pyFAI's import takes most of a second; most jobs need only this module's own geometry)
             import pyFAI
 
             ai = pyFAI.load(str(path))
@@ -342,6 +343,7 @@ class DetectorGeometry:
 
     def to_pyfai(self):
         """An AzimuthalIntegrator with this geometry (for calibration, checks and plots)."""
+        # (here: pyFAI's import takes most of a second; most jobs need only this module's own geometry)
         from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
         return AzimuthalIntegrator(dist=self.dist, poni1=self.poni1, poni2=self.poni2,
@@ -352,6 +354,7 @@ class DetectorGeometry:
     def write_poni(self, path) -> None:
         """Write a PONI file (a fresh file: pyFAI's Geometry.write appends to an existing one);
         its Detector_config records the orientation."""
+        # (here: pyFAI's import takes most of a second; most jobs need only this module's own geometry)
         from pyFAI.io.ponifile import PoniFile
 
         with atomic_path(path) as tmp, open(tmp, "w") as f:

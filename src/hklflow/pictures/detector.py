@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib.collections import EllipseCollection
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Patch
 
 from ..algorithms.calibration import describe, ring_two_theta
 from ..files.mask import DEAD, FOUND, GAP, HOT, PREDICTED, REASONS, USER
@@ -47,7 +50,6 @@ def _detector_axes(ax, shape) -> None:
 # --------------------------------------------------------------------------------------
 def plot_calibration(path, result, params, image,
                      pattern, *, title: str) -> None:
-    from matplotlib.colors import LogNorm
 
     g = result.geometry
     ai = g.to_pyfai()
@@ -210,8 +212,6 @@ def _reduced_image(image) -> tuple[np.ndarray, tuple]:
 def _draw_scan_maximum(fig, ax, max_projection) -> None:
     """A scan's maximum over frames of every pixel, in greys on a log scale with its colour
     bar (nothing where no pixel counts)."""
-    from matplotlib.colors import LogNorm
-
     image, extent = _reduced_image(max_projection)
     if np.isfinite(image).any():
         shown = _detector_image(ax, image, extent, cmap="gray_r", norm=LogNorm())
@@ -224,10 +224,6 @@ def plot_mask(result, title: str, path, max_ellipses: int = 3000, preview: str =
     with the Bragg regions projected on the detector as ellipses (when there are at most
     max_ellipses of them); middle: the Bragg mask seen along the frames (in how many frames
     each pixel is inside a region); right: the usable pixels inside a region per frame."""
-    from matplotlib.collections import EllipseCollection
-    from matplotlib.colors import LogNorm
-    from matplotlib.patches import Patch
-
     REASON_COLOURS = {GAP: (0.55, 0.55, 0.55), DEAD: (0.1, 0.3, 1.0), HOT: (1.0, 0.1, 0.1),
                       USER: (1.0, 0.7, 0.0)}
     m, st = result.mask, result.statistics

@@ -1,28 +1,23 @@
 """What every picture shares: a figure outside pyplot (Agg, no screen), the PNG written from
 one draw, the margins, a preview's label in the title, log colour bars with at least three
-labelled ticks, the colour map of intensities.  Matplotlib's figures are imported when a
-picture is drawn; only the steps that draw import the pictures."""
+labelled ticks, the colour map of intensities.  Only the steps that draw import the
+pictures, and with them matplotlib (without pyplot)."""
 from __future__ import annotations
 
 import math
 
-import matplotlib.artist
+import matplotlib
+import matplotlib.image
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..base.atomic import atomic_path
-
-# Each Artist class of matplotlib makes the docstring of its `set` method from the
-# docstrings of all its setters as it is defined (kwdoc): about half the time of
-# importing matplotlib's figures, for help text that no step shows.  kwdoc makes only that
-# text (and the property tables interpolated into other docstrings); drawing never calls it.
-matplotlib.artist.kwdoc = lambda artist: ""
-
 
 def new_figure(figsize):
     """A matplotlib figure of its own, outside pyplot: no screen, nothing to close, and no
     pyplot import (a part of every drawing job's start)."""
-    from matplotlib.figure import Figure
-
     return Figure(figsize=figsize)
 
 
@@ -37,9 +32,6 @@ def save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
     whole figure once to find the box and again inside it; here the image drawn once is
     cut to the box, rounded out to whole pixels).  When
     something is drawn beyond the figure's edges, savefig, which grows the canvas for it."""
-    import matplotlib.image
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
@@ -76,8 +68,6 @@ def log_colorbar(fig, mappable, **colorbar_args):
     (matplotlib labels only decades, often a single one): decades where 3 fit, else steps of
     1-2-5, else of 1-9, else linear steps.  Labels are plain numbers: 10^n labels go
     through mathtext, whose parser costs a third of a second per picture."""
-    from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullFormatter
-
     low, high = mappable.norm.vmin, mappable.norm.vmax
     for locator in (LogLocator(), LogLocator(subs=(1, 2, 5)), LogLocator(subs=range(1, 10)),
                     MaxNLocator()):
@@ -94,8 +84,6 @@ def log_colorbar(fig, mappable, **colorbar_args):
 
 def volume_cmap():
     """The colour map of intensities: grey where nothing was measured."""
-    import matplotlib
-
     cmap = matplotlib.colormaps["viridis"]
     # grey: unmeasured; zero or negative intensity: the lowest colour, not grey
     return cmap.with_extremes(bad="0.6", under=cmap(0.0))

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from matplotlib.transforms import Affine2D
 
 from ..files.pdf import read_pdf_plane
 from .figure import new_figure, save_tight, with_preview
@@ -38,8 +39,6 @@ def _draw_pdf_plane(fig, spec, plane, uu, vv, u, v, cell, vmax, title):
     spec, to scale in Angstrom: an image mapped by the plane's matrix (skewed for
     non-orthogonal cells), each voxel a cell of its colour (a mesh of quads drew the same
     many times slower)."""
-    from matplotlib.transforms import Affine2D
-
     M = _real_plane_matrix(cell, u, v)
     du, dv = (uu[1] - uu[0]) / 2, (vv[1] - vv[0]) / 2
     ue, ve = (uu[0] - du, uu[-1] + du), (vv[0] - dv, vv[-1] + dv)

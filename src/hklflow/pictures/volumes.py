@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.transforms import Affine2D
+from mpl_toolkits.axisartist import Axes as AAAxes
+from mpl_toolkits.axisartist.grid_finder import FormatterPrettyPrint, MaxNLocator
+from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinear
 
 from ..base.errors import GridError
 from ..files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
@@ -26,11 +31,6 @@ if TYPE_CHECKING:  # (the statistics load numba; a picture needs only their fiel
 def draw_slice(fig, spec, sl, cell, norm, title: str | None = None):
     """Draw a Slice in the subplot position spec (e.g. (2, 2, 1)) of fig, to scale in
     Cartesian reciprocal space with grid lines along its r.l.u. axes; returns (ax, image)."""
-    from matplotlib.transforms import Affine2D
-    from mpl_toolkits.axisartist import Axes as AAAxes
-    from mpl_toolkits.axisartist.grid_finder import FormatterPrettyPrint, MaxNLocator
-    from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinear
-
     M = plane_matrix(cell, sl.u, sl.v)
     aff = Affine2D(np.array([[M[0, 0], M[0, 1], 0.0], [M[1, 0], M[1, 1], 0.0], [0, 0, 1]]))
     # tick labels as plain text: axisartist's default ones go through mathtext, whose parser
@@ -73,8 +73,6 @@ def plot_slices(volume_or_path, slices, path, title: str, cell=None, log=None,
     """PNG of the slices (list of {h|k|l: value}) of a Volume, KeptPlanes or volume file
     (opened once for all of them).  Slices outside the grid are left out with a warning;
     returns the labels of the slices drawn."""
-    from matplotlib.colors import LogNorm
-
     cell = cell_of(volume_or_path, cell)
     drawn = []
     with contextlib.ExitStack() as stack:
@@ -117,8 +115,6 @@ def plot_series(volumes, spec, png, title: str, cell=None, log=None,
     """PNG of the slice `spec` ({h|k|l: value}) of every volume file, side by side on one
     colour scale; volumes: [(temperature label, path)] in the order drawn.  Returns the
     labels drawn."""
-    from matplotlib.colors import LogNorm
-
     panels, kinds = [], []
     for label, p in volumes:
         head = read_volume_header(p)

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ..base.errors import ConfigError
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
@@ -313,8 +315,6 @@ def check_yaml_syntax(paths) -> None:
     """ConfigError naming the file, line and column of the first YAML syntax error in these
     config files (those that exist; a missing one is left to whoever reads it).  For the
     commands that start Snakemake, whose own message for it names neither."""
-    import yaml
-
     for p in paths:
         try:
             text = Path(p).read_text()
@@ -334,8 +334,6 @@ def _keys_as_written_loader():
     """A YAML loader whose mapping keys are the text the user wrote: `007:` is the name
     '007' (safe_load reads 7, and '0x1A' as 26, '1.50' as 1.5).  Values are read as
     safe_load reads them."""
-    import yaml
-
     class KeysAsWrittenLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
@@ -354,8 +352,6 @@ def read_config_files(paths, *, keys_as_written: bool = True) -> tuple[dict, tup
     """The config files merged in order.  Mapping keys are the text written (`007:` is
     '007'); keys_as_written=False reads them as Snakemake does (`007:` is 7), for comparing
     with Snakemake's own `config`."""
-    import yaml  # (here: the steps import this module for its small helpers, not YAML)
-
     loader = _keys_as_written_loader() if keys_as_written else yaml.SafeLoader
     merged: dict = {}
     for p in paths:

@@ -50,6 +50,7 @@ def read_fabio(path: str, frame: int = 0, where: str | None = None,
                 error=RawDataError) -> tuple[np.ndarray, int]:
     """(frame `frame` of a fabio image file, the file's frame count); `error` (naming the
     file, or `where`) on failure, also when fabio only logs the problem."""
+    # (here: fabio only for images that are not HDF5)
     import fabio
 
     where = where or str(path)

@@ -16,7 +16,7 @@ from importlib import resources
 
 @functools.lru_cache(maxsize=4)
 def schema(name: str = "config.schema.yaml") -> dict:
-    import yaml  # (here: a step's process never reads the schema: 25 ms of its start)
+    import yaml  # (here: a step's process never reads the schema)
 
     return yaml.safe_load(resources.files("hklflow.settings.schemas").joinpath(name).read_text())
 
@@ -24,7 +24,7 @@ def schema(name: str = "config.schema.yaml") -> dict:
 def validator_with_defaults(schema_: dict):
     """A Draft 2020-12 validator that also fills in `default` values (as Snakemake's
     validate(set_default=True) does)."""
-    import jsonschema  # (here: ~90 ms to import, and a step's process validates nothing)
+    import jsonschema  # (here: slow to import, and a step's process validates nothing)
 
     base = jsonschema.Draft202012Validator
     validate_props = base.VALIDATORS["properties"]

@@ -14,7 +14,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import hdf5plugin
 import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from scipy.stats import norm
 
 from ..algorithms.pdf.fft import fft_crop
 from ..algorithms.pdf.taper import tukey_taper
@@ -57,7 +61,6 @@ class PeakMatch:
 
 def match_peaks(peaks: dict, truth_scan: dict, *, min_i_over_sigma=10.0, edge_px=3.0,
                 tol_px=2.0, tol_frames=2.0) -> PeakMatch:
-    from scipy.spatial import cKDTree
 
     r = {k: np.asarray(v) for k, v in truth_scan["reflections"].items()}
     nf = truth_scan["nframes"]
@@ -275,8 +278,6 @@ def bragg_positions(volume, hkl, *, box: int = 2, min_z: float = 5.0,
     and is 0 when the spot's counts fall symmetrically about the node's voxel.  Also counted:
     whether the most significant voxel of the whole cube (largest z; the largest intensity
     would pick noisy voxels of tiny weight at the cube's edge) is the node's or a neighbour."""
-    from scipy import ndimage
-
     hkl = np.asarray(hkl, dtype=int).reshape(-1, 3)
     grid = volume.grid
     inten = volume.intensity()
@@ -436,8 +437,6 @@ def satellite_model(truth: dict, sample: str, temperature: float, grid) -> float
     intensity: amplitude x min(1, max(0, (Tc - T) / (Tc / 2))) (the render_scan formula; the
     counts it adds are amplitude x solid angle x polarization, which the transform divides
     out) x the Gaussian averaged over the voxel centred nearest (1/2, 1/2, 0)."""
-    from scipy.stats import norm
-
     sim = truth["simulation"]
     tc = truth["diffuse_model"]["satellites"]["present_below_K"][sample]
     amp = sim["satellite_amplitude"] * min(1.0, max(0.0, (tc - temperature) / (0.5 * tc)))
@@ -595,8 +594,6 @@ def volumes_against_truth(results, truth: dict, sample: str, temperature: str, *
     """Read results/SAMPLE/TEMPERATURE/{transform,masked_transform}.nxs and the entry volumes
     results/SAMPLE/TEMPERATURE/ENTRY/transform.nxs (entries from the truth's scans) and
     compare them with the truth (temperature: a label such as 100K)."""
-    import hdf5plugin  # noqa: F401  (registers the volumes' compression filter)
-
     base = Path(results) / sample / temperature
     vol = read_volume(base / "transform.nxs")
     t = truth["samples"][sample]["temperatures"][temperature]

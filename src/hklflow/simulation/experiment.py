@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy.ndimage import distance_transform_edt
 
 from ..base.atomic import write_text_atomically
 from ..model.crystal import Crystal, UnitCell, random_rotation
@@ -290,7 +291,6 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
     footprint = (4 * spec.spot_sigma_px) ** 2 * np.maximum(1.0, 4 * sigma_z)
     i_over_sigma = counts / np.sqrt(counts + bg * footprint)
     # distance (pixels) to the nearest gap or detector edge: spots closer are cut
-    from scipy.ndimage import distance_transform_edt
 
     edge = np.pad(~gaps, 1, constant_values=False)
     dist_bad = distance_transform_edt(edge)[1:-1, 1:-1]

@@ -25,6 +25,7 @@ def calibrant_rings(calibrant: str, wavelength: float, tth_max_deg: float | None
 
     Reflections beyond 2theta = 180 deg are dropped, and beyond tth_max_deg if given.
     """
+    # (here: pyFAI's import takes most of a second; only the calibrant image needs it)
     from pyFAI.calibrant import CALIBRANT_FACTORY
 
     if calibrant not in CALIBRANT_FACTORY.all:

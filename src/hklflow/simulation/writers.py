@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import fabio.cbfimage
 import h5py
 import hdf5plugin
 import numpy as np
@@ -112,7 +113,6 @@ class CbfFramesWriter:
         ])
 
     def __call__(self, start: int, frames: np.ndarray):
-        import fabio.cbfimage
 
         for i, fr in enumerate(frames):
             n = start + i

@@ -11,14 +11,14 @@ import numpy as np
 
 from ..base.errors import ConfigError, InputMismatchError
 from ..files.mask import read_pixel_mask
-from ..raw.exposure import frame_time
-from ..raw.monitors import monitor_norm
 from ..files.nxrefine import WrapperEntry, write_nxrefine_wrapper
 from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..model.nxrefine import entry_parameters, sample_fields, transform_angles
+from ..raw.exposure import frame_time
+from ..raw.monitors import monitor_norm
 from ..settings.params import NXRefineWrapperParams, SampleParams, settings_part
 from ._run import StepParser, run_step
 

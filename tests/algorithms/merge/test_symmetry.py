@@ -1,3 +1,28 @@
+"""hklflow.algorithms.merge.symmetry: volumes symmetrised by the Laue group.
+
+The symmetrisation is checked against cctbx (run in a subprocess, tests/reference_helpers):
+a delta at a general position, symmetrised, must land on exactly the Laue-equivalent
+positions cctbx's derived Laue group gives, for hexagonal, trigonal (hexagonal and
+rhombohedral axes), tetragonal, monoclinic and cubic groups; and against a direct numpy
+gather (hkl R -> nearest voxel) on grids whose limits are not symmetric.  A Laue-invariant
+intensity comes out unchanged with its gaps filled; a grid the group does not map onto
+itself is refused naming the config keys; the chain of transversals gives every operator
+once; the symmetrisation by flips (array views, on the box of the values) equals the gather
+kernel's (merge.kernels).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hklflow.algorithms.merge.symmetry import GridSymmetryError, index_maps, symmetrize_arrays
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.grid import Axis, Grid
+
+from reference_helpers import cctbx_answer
+from volume_helpers import GROUPS, HEX, TETRA, random_volume
+
+
 @pytest.fixture(scope="module")
 def cctbx_laue():
     """cctbx's derived Laue group rotations (h' = h R) for GROUPS."""

@@ -1,3 +1,20 @@
+"""hklflow.algorithms.merge.volumes: volume files summed (sum_volumes: exact and in any
+order, slab by slab or chunk by chunk, the same chunks stored either way) and symmetrised
+slab by slab (symmetrize_file: bit for bit the whole array's symmetrisation), on small
+random volumes (tests/volume_helpers.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hklflow.algorithms.merge.symmetry import symmetrize_arrays
+from hklflow.files.volume import read_volume, read_volume_header, write_volume
+from hklflow.model.crystal import Crystal, UnitCell
+from hklflow.model.grid import Axis, Grid
+
+from volume_helpers import GROUPS, random_volume, sample, small_grid, write_inputs
+
+
 @pytest.mark.parametrize("symbol,grid", [
     ("P 6/m m m", Grid(Axis(-3.0, 0.25, 25), Axis(-3.0, 0.25, 25), Axis(-2.5, 0.25, 19))),
     ("I 4/m m m", Grid(Axis(-2.0, 0.25, 17), Axis(-2.0, 0.25, 17), Axis(-3.0, 0.25, 21))),

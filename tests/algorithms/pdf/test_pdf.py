@@ -5,6 +5,9 @@ Laplace fill) and against dense solves the tests build voxel by voxel, its conju
 gradients against SuperLU on the same systems (superlu_reference.py); the punch against
 brute-force |Q| of every voxel (with the Busing-Levy B, a code path apart from the metric);
 the FFT against an analytic transform and against NXRefine's own expression (plain fftn).
+A volume's PDFs (hklflow.algorithms.pdf.volume: total_pdf, delta_pdf) from its file equal
+those of its array, bit for bit, in about one volume's memory; an even volume's from its
+octant equal the whole volume's.
 """
 from __future__ import annotations
 
@@ -23,11 +26,14 @@ from hklflow.algorithms.pdf.fill import (OUTCOMES, _batch_system, _components, _
 from hklflow.algorithms.pdf.kernels import TAPER_SURE, _taper_above_zero, taper_of
 from hklflow.algorithms.pdf.q_grid import SLAB_PLANES, octant_boxes, octant_start
 from hklflow.algorithms.pdf.taper import taper_bounds, taper_statistics, tapered_mean, tukey_taper
+from hklflow.files.pdf import read_pdf
+from hklflow.files.volume import write_volume
 from hklflow.model.crystal import Crystal, UnitCell
 from hklflow.model.grid import Axis, Grid
 
 from numba_helpers import compiled_in_fresh_process, slice_assignment_checks
 from superlu_reference import superlu_solve
+from volume_helpers import TETRA, lattice_volume, small_grid
 
 FACES = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 
@@ -856,3 +862,154 @@ def test_components_equal_scipys_connected_components(shape, fraction):
         want_count, want = connected_components(adjacency, directed=False)
         assert count == want_count and np.array_equal(labels, want)
     assert _components(np.zeros(0, np.int64), shape)[0] == 0
+
+
+def test_delta_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_path):
+    """Given the volume file and a place to store the filled volume (the step's output),
+    delta_pdf drops the filled volume and reads it back into the spectrum's memory: the same
+    PDF, notes and filled and punched volumes as from the array, bit for bit, with about one
+    volume's memory at its peak once filled (the filled volume and the spectrum together
+    would be two)."""
+    import tracemalloc
+
+    from hklflow.algorithms.pdf.volume import delta_pdf
+    from hklflow.files.pdf import PDFWriter
+    from hklflow.files.volume import read_intensity
+    from hklflow.model.crystal import Crystal, UnitCell
+    from hklflow.settings.params import PDFParams
+
+    from volume_helpers import lattice_volume
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
+    crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
+    params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
+                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, errors=True,
+                       slices=())
+    _, intensity = read_intensity(tmp_path / "in.nxs")
+    want, want_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
+
+    def run_from_file(name):
+        def store(fill):  # the memory from here on: the filled volume, then the FFT's
+            planes = out.write_volumes(grid, crystal.cell, fill.filled, fill.region)
+            tracemalloc.reset_peak()
+            return planes
+
+        with PDFWriter(tmp_path / name) as out:
+            pdf, fill = delta_pdf(tmp_path / "in.nxs", grid, crystal, params, "t",
+                                  store_filled=store)
+            out.write_pdf(pdf, {}, {"program": "test"})
+        return pdf, fill
+
+    run_from_file("warm.nxs")  # compiled kernels loaded (what compiling leaves is not counted)
+    tracemalloc.start()
+    got, fill = run_from_file("pdf.nxs")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fill.filled is None
+    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    assert {k: v for k, v in got.notes.items() if not k.endswith("seconds")} == \
+        {k: v for k, v in want.notes.items() if not k.endswith("seconds")}
+    stored = read_pdf(tmp_path / "pdf.nxs")
+    assert np.array_equal(stored.values, np.asarray(want.values))
+    import h5py
+    with h5py.File(tmp_path / "pdf.nxs") as f:
+        assert np.array_equal(f["entry/filled_data/data"][()], want_fill.filled, equal_nan=True)
+        assert np.array_equal(f["entry/punched_data/data"][()], want_fill.punched, equal_nan=True)
+    # the volume (or the spectrum), a few planes (10% each here) and the hole indices: 1.4x
+    # measured; the volume and the spectrum together would be over 2x
+    assert peak < 1.6 * intensity.nbytes + fill.region.nbytes + fill.holes.nbytes
+
+
+def test_an_even_volume_takes_the_same_delta_pdf_from_its_octant():
+    """delta_pdf(even=True): the fill regions outside the octant take their mirror images'
+    values, and the transform is the octant's cosine transform: the same PDF and fill as
+    with every region solved and the whole volume transformed, to float32 rounding."""
+    from hklflow.algorithms.pdf.volume import delta_pdf
+    from hklflow.model.crystal import Crystal, UnitCell
+    from hklflow.settings.params import PDFParams
+
+    from volume_helpers import lattice_volume
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    intensity = lattice_volume(grid, missing_beyond=12.0).intensity()
+    crystal = Crystal("I 4/m m m", UnitCell(3.9, 3.9, 12.5, 90, 90, 90))
+    params = PDFParams(radius=0.15, radius_units="inverse_angstrom", extra_positions=(),
+                       fill_order=1, fill_eps=0.0, q_max=None, subtract_mean=True, errors=True,
+                       slices=())
+    whole, whole_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t")
+    octant, octant_fill = delta_pdf(intensity.copy(), grid, crystal, params, "t", even=True)
+    assert whole_fill.mirrored == 0 < 4 * octant_fill.unknowns < octant_fill.mirrored
+    assert octant_fill.unknowns + octant_fill.mirrored == whole_fill.unknowns
+    assert np.array_equal(octant_fill.outcome, whole_fill.outcome)
+    assert octant_fill.counts["filled"] > 100
+    np.testing.assert_allclose(octant_fill.filled, whole_fill.filled, rtol=1e-6)
+    want, got = np.asarray(whole.values), np.asarray(octant.values)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-6 * np.abs(want).max()
+
+
+def test_total_pdf_of_a_file_equals_that_of_its_array_and_holds_one_volume(tmp_path):
+    """Given the volume file, total_pdf reads it slab by slab for the shells' coverage and
+    the taper's statistics, then plane by plane into the spectrum's memory, never whole:
+    the same PDF and notes as from the array, bit for bit, with about one volume's memory
+    at its peak (the spectrum's; the array and the spectrum together would be two)."""
+    import tracemalloc
+
+    from hklflow.algorithms.pdf.volume import total_pdf
+    from hklflow.files.volume import read_intensity
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    vol = lattice_volume(grid, missing_beyond=12.0)
+    write_volume(tmp_path / "in.nxs", vol, {})
+    cell = UnitCell(*TETRA)
+    _, intensity = read_intensity(tmp_path / "in.nxs")
+    want = total_pdf(intensity, grid, cell, None, "t")
+    total_pdf(tmp_path / "in.nxs", grid, cell, None, "t")  # compiled kernels loaded
+    tracemalloc.start()
+    got = total_pdf(tmp_path / "in.nxs", grid, cell, None, "t")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    assert {k: v for k, v in got.notes.items() if k != "fft_seconds"} == \
+        {k: v for k, v in want.notes.items() if k != "fft_seconds"}
+    assert peak < 1.5 * intensity.nbytes  # the volume and its measured mask
+
+
+def test_an_even_volume_s_total_pdf_is_read_slab_by_slab_and_equals_the_fft_s(tmp_path):
+    """A volume even along each axis (a tetragonal lattice of peaks on a grid symmetric
+    about 0): its total PDF from the octant's cosine transforms, from the file read slab by
+    slab (never whole: the octant, an eighth of the volume, and a few slabs at the peak),
+    equals that of the array bit for bit and the FFT's to float32 rounding."""
+    import tracemalloc
+
+    from hklflow.algorithms.pdf.volume import total_pdf
+    from hklflow.files.volume import read_intensity
+
+    grid = small_grid(n=(65, 49, 81), step=(0.125, 0.125, 0.25))
+    write_volume(tmp_path / "in.nxs", lattice_volume(grid, missing_beyond=12.0), {})
+    cell = UnitCell(*TETRA)
+    _, intensity = read_intensity(tmp_path / "in.nxs")
+    assert np.array_equal(intensity, intensity[::-1, ::-1, ::-1], equal_nan=True)
+    fft = total_pdf(intensity, grid, cell, None, "t")
+    want = total_pdf(intensity, grid, cell, None, "t", even=True)
+    total_pdf(tmp_path / "in.nxs", grid, cell, None, "t", even=True)  # compiled kernels loaded
+    tracemalloc.start()
+    got = total_pdf(tmp_path / "in.nxs", grid, cell, None, "t", even=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got.notes["fft"].startswith("cosine") and fft.notes["fft"].endswith("FFT")
+    assert np.array_equal(np.asarray(got.values), np.asarray(want.values))
+    seconds = ("fft_seconds", "fft", "fft_shape")
+    assert {k: v for k, v in got.notes.items() if k not in seconds} == \
+        {k: v for k, v in want.notes.items() if k not in seconds}
+    # its statistics counted in the octant (each voxel for its mirror images too): the
+    # coverage and q_max the whole volume's, the mean to rounding
+    for key in ("q_max", "q_reach", "q_complete", "unmeasured_within_q_max"):
+        assert got.notes[key] == fft.notes[key]
+    assert got.notes["mean_subtracted"] == pytest.approx(fft.notes["mean_subtracted"], rel=1e-12)
+    values, expected = np.asarray(got.values), np.asarray(fft.values)
+    assert np.abs(values - expected).max() < 2e-7 * np.abs(expected).max()
+    # the octant and slabs of 8 of the 81 planes: 0.66 measured (the whole job at 801^3:
+    # 0.55 GB resident, the volume 2.05 GB); the volume read whole made it 1.25
+    assert peak < 0.8 * intensity.nbytes

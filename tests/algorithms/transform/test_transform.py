@@ -1,6 +1,7 @@
-"""The (H, K, L) transform: grid rules, the compiled kernel against plain numpy and against
+"""The (H, K, L) transform: the compiled kernel against plain numpy and against
 the geometry's own pixel -> hkl mapping (pinned to pyFAI and cctbx in test_geometry), total
-intensity conservation, independence of the frame chunking, the punch, sub-steps."""
+intensity conservation, independence of the frame chunking, the punch, sub-steps.  The
+grid itself (hklflow.model.grid): tests/model/test_grid.py."""
 from __future__ import annotations
 
 import math
@@ -13,43 +14,14 @@ from hklflow.algorithms.transform import (BLOCK, SubSteps, Transformer, allowed_
                                           auto_subdivide, block_sub_steps, bragg_block_summary,
                                           frame_matrices, live_blocks, pixel_table,
                                           transform_frames)
-from hklflow.model.crystal import UnitCell
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
-from hklflow.model.grid import Axis, Grid, default_grid
+from hklflow.model.grid import Axis, Grid
 from hklflow.raw.frames import open_frames
 
 from experiment_helpers import raw
 from transform_reference import numpy_transform
 
 SCAN = "tiny/100K/f2"
-
-
-# ---- grid --------------------------------------------------------------------------------
-def test_default_grid_puts_integers_on_voxel_centres_and_respects_the_bound():
-    cell = UnitCell(5.52, 5.52, 8.83, 90, 90, 120)
-    grid, how = default_grid(cell, q_max=1.2, q_pixel=0.004, max_voxels=201 ** 3)
-    assert grid.size <= 201 ** 3
-    for ax, length in zip(grid.axes, cell.parameters[:3]):
-        assert ax.start == -ax.stop and ax.start == -math.ceil(1.2 * length)
-        m = round(1 / ax.step)
-        assert abs(1 / ax.step - m) < 1e-9  # step 1/m: integer hkl are voxel centres
-        assert ax.values[ax.index(1.0)] == pytest.approx(1.0)
-    assert grid.h == grid.k  # a = b: the hexagonal operators map the grid onto itself
-    assert "coarsened" in how
-    fine, how = default_grid(cell, q_max=0.3, q_pixel=0.004, max_voxels=10 ** 9)
-    assert "coarsened" not in how
-    assert fine.h.step <= 0.004 * 5.52 + 1e-12  # no coarser than one pixel
-    kept, _ = default_grid(cell, 1.2, 0.004, 10 ** 6, given={"l": [-2, 2, 0.5]})
-    assert (kept.l.start, kept.l.stop, kept.l.step, kept.l.n) == (-2, 2, 0.5, 9)
-
-
-def test_grid_index_and_slices():
-    g = Grid(Axis(-1, 0.25, 9), Axis(0, 0.5, 3), Axis(-2, 1, 5))
-    assert g.shape == (5, 3, 9)
-    assert g.index([[0.1, 0.4, -2.4]]).tolist() == [[4, 1, 0]]
-    assert g.slice_index("l", 0) == 2
-    with pytest.raises(ValueError, match="outside the grid"):
-        g.slice_index("h", 3)
 
 
 # ---- kernel --------------------------------------------------------------------------------

@@ -74,7 +74,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import gemmi
 import numpy as np
+from scipy.optimize import least_squares
 
 from ...base.errors import IndexingError
 from ...model.crystal import CellConstraints, Crystal, UnitCell
@@ -174,8 +176,6 @@ def setting_group(crystal: Crystal) -> np.ndarray:
 def _centring_basis(crystal: Crystal) -> np.ndarray:
     """Integer 3x3 matrix P whose columns are a short basis of the lattice of hkl allowed by
     the centring (h . t integer for every centring vector t); the identity for P lattices."""
-    import gemmi
-
     cen = np.array([list(t) for t in crystal.ops.cen_ops], dtype=np.int64)
     n_cen = len(cen)
     if n_cen == 1:
@@ -390,7 +390,7 @@ def _refine_linear(q_all, search, UB, allowed, allowed_all, params, cons, cell0)
 
 
 def _refine_constrained(q, hkl, U0, cell0: UnitCell, cons: CellConstraints):
-    from scipy.optimize import least_squares
+    # (here: scipy.spatial loads slowly; only indexing from scratch needs it)
     from scipy.spatial.transform import Rotation
 
     x0 = np.r_[np.zeros(3), cons.free_values(cell0)]

@@ -5,6 +5,7 @@ test rests on it."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 # a background whose variance / mean departs from the config's gain by more than this
 # factor is reported: the dispersion test then finds noise (gain too low) or misses peaks
@@ -18,8 +19,6 @@ def background_dispersion(frame: np.ndarray, usable: np.ndarray, half_r: int, ha
     the background is Poisson photons (dials.estimate_gain's estimate); a few Bragg peaks
     and slow diffuse gradients do not move the median.  None with fewer than min_windows
     windows (too few counts)."""
-    from scipy.ndimage import uniform_filter
-
     x = np.where(usable, frame, 0).astype(np.float64)
     size = (2 * half_r + 1, 2 * half_c + 1)
     npix = size[0] * size[1]

@@ -39,6 +39,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import gemmi
 import numpy as np
 
 from ...base.atomic import write_json_atomically, write_text_atomically
@@ -123,8 +124,6 @@ def yell_laue_symmetry(space_group: str) -> str | None:
     """Yell's name of a space group's Laue class (its model grammar: `2/m` has the unique
     axis c, `-3m:H` the 2-folds of -3m1, (h, k, l) -> (k, h, -l)), None where Yell has none
     (unique axis a; -31m)."""
-    import gemmi
-
     sg = crystal_space_group(space_group)
     laue = sg.laue_str()
     if laue in ("m-3m", "m-3", "6/mmm", "6/m", "4/mmm", "4/m", "mmm", "-1"):
