@@ -63,6 +63,7 @@ def _parameter_lookup_honoured() -> bool:
     global _lookup_honoured
     if _lookup_honoured is None:
         try:
+            # (here, guarded: an upgrade of Snakemake may have moved it)
             from snakemake.common import get_function_params
 
             def probe(wildcards):
@@ -137,6 +138,7 @@ def record_resource_evaluate_parameters() -> bool:
     if not _parameters_can_be_recorded():
         return False
     try:
+        # (here, guarded: an upgrade of Snakemake may have moved it)
         from snakemake.resources import Resource
 
         evaluate = Resource.evaluate
@@ -170,6 +172,7 @@ def format_shell_command_once_per_print() -> bool:
     if not hooks_enabled():
         return False
     try:
+        # (here, guarded: an upgrade of Snakemake may have moved it)
         from snakemake.jobs import Job
 
         stock_shellcmd = Job.__dict__["shellcmd"]
