@@ -1,6 +1,8 @@
 """What several test modules do to an experiment: edit its config or scans table, ingest and
 search its entries, make a scan file of a scan in progress, and read the tiny experiment's
-true geometry and raw files."""
+true geometry, detector settings and raw files; paint a scan's Bragg mask and draw random
+Bragg regions; a calibrant's true geometry (TRUE_300K), the issue's rough start and bounds,
+the settings of its calibration, and an HDF5 stack of frames."""
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +89,6 @@ def searched_entries(root, truth, temperature: str) -> str:
 def blank_entries(root, truth, temperature: str) -> str:
     """searched_entries with f1's frames all zero (a closed shutter) and f2's flat (counts,
     no peak)."""
-    import hdf5plugin  # noqa: F401
-
     for e, blank in (("f1", 0), ("f2", 1)):
         with h5py.File(root / f"raw/tiny/{temperature}/{e}.h5", "r+") as f:
             frames = f["/entry/data/data"]

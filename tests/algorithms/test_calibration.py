@@ -20,7 +20,6 @@ from hklflow.simulation.powder import simulate_calibrant_image
 from experiment_helpers import (MAX_CENTRE_PX, MAX_DIST_REL, MAX_TILT_DEG, PX, TRUE_300K,
                                 calibration_params, off_start)
 
-
 # Accuracy case: Pilatus 1M, CeO2 at 0.55 A, all three tilts a few tenths of a degree
 TRUE_1M = DetectorGeometry("Pilatus1M", dist=0.2, poni1=520.3 * PX, poni2=470.6 * PX,
                            rot1=math.radians(0.35), rot2=math.radians(-0.25),

@@ -24,8 +24,7 @@ from hklflow.planning.jobs import JobSettings
 from hklflow.simulation.powder import simulate_calibrant_image
 from hklflow.steps import calibrate_powder as cp
 
-from experiment_helpers import (MAX_DIST_REL, TRUE_300K, calibration_params, off_start,
-                                write_h5)
+from experiment_helpers import MAX_DIST_REL, TRUE_300K, calibration_params, off_start, write_h5
 
 OUTPUTS = ("geometry.poni", "calibration.nxs", "calibration.png", "version.json")
 

@@ -16,7 +16,9 @@ from hklflow.files.peaks import read_peaks_file
 from hklflow.steps.find_peaks import main
 
 from conftest import ingest_with, step_settings
-from experiment_helpers import detector, raw as raw_path, scan_setup
+from experiment_helpers import detector
+from experiment_helpers import raw as raw_path
+from experiment_helpers import scan_setup
 
 
 def test_command_line_writes_nexus_and_png(tiny_copy, tiny_truth, monkeypatch):

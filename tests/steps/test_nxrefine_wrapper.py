@@ -1,11 +1,12 @@
-"""Step nxrefine_wrapper: NXRefine's wrapper file of the tiny
-experiment (reduced end to end once per session, conftest.tiny_run), opened the way NeXpy
-opens it (nexusformat's plottable_data) and by NXRefine itself, in the throw-away venv of
-bench/nxrefine_venv.py, made here when missing: its NXRefine class must read hklflow's cell,
-wavelength, detector and UB and map hklflow's peaks to hklflow's (h, k, l); its NXReduce (Qt
-offscreen) must find the raw frames, pixel mask, monitor weights, frame times, orientation
-and volumes.  hklflow's geometry in NXRefine's parameters (hklflow.model.nxrefine), without
-NXRefine: tests/model/test_nxrefine.py."""
+"""Step nxrefine_wrapper: NXRefine's wrapper file of the tiny experiment (reduced end to end
+once per session, conftest.tiny_run), opened the way NeXpy opens it (nexusformat's
+plottable_data) and by NXRefine itself, in the throw-away venv of bench/nxrefine_venv.py,
+made here when missing: its NXRefine class must read hklflow's cell, wavelength, detector
+and UB and map hklflow's peaks to hklflow's (h, k, l); its NXReduce (Qt offscreen) must find
+the raw frames, pixel mask, monitor weights, frame times, orientation and volumes.
+hklflow's geometry in NXRefine's parameters (hklflow.model.nxrefine), without NXRefine:
+tests/model/test_nxrefine.py; a frame's exposure time (hklflow.raw.exposure):
+tests/raw/test_exposure.py."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ def nx_python():
 
 
 # --------------------------------------------------------------------------------------
-# The monitor weights and frame times, without NXRefine
+# The monitor weights, without NXRefine
 # --------------------------------------------------------------------------------------
 def test_monitor_weights_are_the_monitor_over_hklflows_norm():
     """NXRefine's monitor_weight (CCTW adds it to the weight of every pixel of its frame) is
@@ -50,37 +50,6 @@ def test_monitor_weights_are_the_monitor_over_hklflows_norm():
     weights, norm = monitor_weights(monitor, 50.0, 5)
     assert norm == 50.0 and weights.tolist() == [2.0, 4.0, 0.0, 8.0, 0.0]
     assert monitor_weights(None, None, 5) == (None, None)  # every frame weighs 1
-
-
-def test_frame_time_is_read_from_the_raw_data_where_recorded(tmp_path):
-    """NXmx frame_time (else count_time) beside an HDF5 stack, a Pilatus CBF header's
-    Exposure_period (else Exposure_time), else NXRefine's default 0.1 s, each saying so."""
-    import h5py
-
-    from hklflow.steps.nxrefine_wrapper import frame_time
-
-    def rec(kind, path, dataset=None):
-        return SimpleNamespace(frames=SimpleNamespace(kind=kind, files=(str(path),),
-                                                      dataset=dataset))
-
-    with h5py.File(tmp_path / "nxmx.h5", "w") as f:
-        f["entry/data/data"] = np.zeros((2, 3, 4))
-        f["entry/instrument/detector/count_time"] = 0.0495
-        f["entry/instrument/detector/frame_time"] = 0.05
-    assert frame_time(rec("hdf5", tmp_path / "nxmx.h5", "/entry/data/data")) == (
-        0.05, f"{tmp_path / 'nxmx.h5'}: /entry/instrument/detector/frame_time")
-    with h5py.File(tmp_path / "bare.h5", "w") as f:
-        f["entry/data/data"] = np.zeros((2, 3, 4))
-    seconds, source = frame_time(rec("hdf5", tmp_path / "bare.h5", "/entry/data/data"))
-    assert seconds == 0.1 and "NXRefine's default" in source
-    cbf = tmp_path / "x_00001.cbf"
-    cbf.write_bytes(b"###CBF: VERSION 1.5\r\n# Exposure_time 0.0990000 s\r\n"
-                    b"# Exposure_period 0.1000000 s\r\n# Flux 2.5e+11\r\n"
-                    b"--CIF-BINARY-FORMAT-SECTION--\r\n")
-    assert frame_time(rec("files", cbf)) == (0.1, f"{cbf}: CBF header Exposure_period")
-    tif = tmp_path / "x_00001.tif"
-    tif.write_bytes(b"II*\x00")
-    assert frame_time(rec("files", tif))[0] == 0.1
 
 
 @pytest.mark.slow

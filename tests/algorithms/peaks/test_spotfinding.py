@@ -24,8 +24,9 @@ from hklflow.raw.frames import open_frames
 from hklflow.settings.params import PeakSearchParams
 from hklflow.simulation.compare import match_peaks
 
-from experiment_helpers import detector, raw as raw_path, scan_setup
-
+from experiment_helpers import detector
+from experiment_helpers import raw as raw_path
+from experiment_helpers import scan_setup
 
 SCANS = ("tiny/300K/f1", "tiny/300K/f2", "tiny/100K/f1", "tiny/100K/f2")
 
