@@ -5,7 +5,6 @@ bench/cpu_kernels.py codec).  bitshuffle's decoder trusts the block sizes, so a 
 framing is checked first (framing.blocks_fit): a damaged chunk is refused, never read past."""
 from __future__ import annotations
 
-import bitshuffle
 import numpy as np
 
 from .framing import blocks_fit
@@ -19,6 +18,9 @@ class LibraryCodec:
     fused = False  # no block-by-block decoding inside compiled kernels (CompiledCodec's)
 
     def __init__(self):
+        # (here: without the bitshuffle package this codec cannot be made, and frames are
+        # read through HDF5's filter instead: codec.choice)
+        import bitshuffle
 
         self._decompress, self._compress = bitshuffle.decompress_lz4, bitshuffle.compress_lz4
 
