@@ -11,13 +11,13 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-from snakemake.exceptions import WorkflowError
+from hklflow.planning import snakemake_compat
 from hklflow.planning.config import ConfigError, check_yaml_syntax
 
 try:  # Snakemake's own message for a YAML syntax error names neither the line nor the column
     check_yaml_syntax(["config/config.yaml"])
 except ConfigError as exc:
-    raise WorkflowError(f"invalid configuration: {exc}") from None
+    snakemake_compat.stop_plan(f"invalid configuration: {exc}")
 
 
 configfile: "config/config.yaml"
@@ -40,6 +40,9 @@ snakemake_compat.record_rule_function_parameters(workflow.rules)
 
 
 onstart:
+    # results that would not fit stop the run here, before its first job (a dry run, which
+    # never comes here, only says so: common.smk)
+    refuse_results_that_do_not_fit()
     # Snakemake's SIGTERM handler on a thread of its own (it deadlocked when the signal came
     # while jobs were being scheduled: hklflow.planning.snakemake_compat)
     snakemake_compat.defer_sigterm_handler()

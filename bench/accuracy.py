@@ -6,7 +6,11 @@ Run after the workflow (e.g. `hklflow demo`).  Prints, for the outputs the workf
 calibration errors (distance, direct-beam position, tilts), peak search recall / unmatched
 peaks / centroid errors per scan (simulation/compare.py), and orientation errors per
 temperature (cell, angles, orientation up to the Laue group, detector distance, beam
-centre, fraction indexed, RMS residuals); and the reciprocal-space volumes per temperature
+centre, fraction indexed, RMS residuals, and how far the refined geometry of each entry puts
+the truth's strong reflections from where they diffract); the detector every temperature
+shares (where it comes from, its distance against the truth) and the thermal expansion
+between every two temperatures (the difference of their cells against the truth's, in units
+of its esd: model.shared_detector.difference_covariance); and the reciprocal-space volumes per temperature
 (simulation/compare.py, volumes_against_truth): the strong truth reflections (I/sigma > 10)
 found at their integer (H, K, L) in the merged volume (fraction within half a voxel, RMS and
 worst offsets), the significance of the systematically absent nodes, the satellite contrast
@@ -24,12 +28,79 @@ from pathlib import Path
 
 import numpy as np
 
+from hklflow.algorithms.orientation.refinement import predict
 from hklflow.files.orientation import read_orientation_file
 from hklflow.files.peaks import read_peaks_file
+from hklflow.files.scan import read_scan_file
+from hklflow.model.crystal import CELL_NAMES
 from hklflow.model.geometry import DetectorGeometry
+from hklflow.model.shared_detector import difference_covariance
 from hklflow.planning.config import load_experiment
 from hklflow.simulation.compare import (match_peaks, orientation_error, pdf_against_truth,
                                         volumes_against_truth)
+
+
+def truth_predicted(res, exp, truth, rec) -> str:
+    """RMS (pixels, frames) between where the refined geometry of each entry of a
+    temperature predicts the truth's strong reflections (I/sigma > 10) and where they are."""
+    d2, dz2 = [], []
+    for s in exp.scans_of(rec.sample, rec.temperature_label):
+        scan = res / s.sample / s.temperature_label / s.entry / "scan.nxs"
+        t = truth["scans"].get(s.id)
+        if t is None or not scan.exists():
+            continue
+        sg = read_scan_file(scan).geometry(rec)
+        r = {k: np.asarray(v) for k, v in t["reflections"].items()}
+        ok = r["i_over_sigma"] > 10
+        hkl = np.stack([r["h"], r["k"], r["l"]], 1)[ok]
+        best = None
+        for R in rec.crystal().laue_operators:  # (the refined setting: up to the Laue group)
+            cx, cy, cz = predict(hkl @ np.asarray(R), sg, sg.angles.angle(r["frame"][ok]))
+            dxy = (cx - r["col"][ok]) ** 2 + (cy - r["row"][ok]) ** 2
+            if best is None or np.nanmean(dxy) < np.nanmean(best[0]):
+                best = (dxy, (cz - r["frame"][ok]) ** 2)
+        d2.append(best[0])
+        dz2.append(best[1])
+    if not d2:
+        return "- (no truth)"
+    return (f"{np.sqrt(np.nanmean(np.concatenate(d2))):.4f} px "
+            f"{np.sqrt(np.nanmean(np.concatenate(dz2))):.4f} frames")
+
+
+def shared_and_expansion(name, records, truth) -> None:
+    """The detector the sample's temperatures share, and the thermal expansion between
+    every two of them against the truth."""
+    if not records:
+        return
+    first = next(iter(records.values()))
+    shared = first.shared_detector
+    if shared is not None:
+        t = DetectorGeometry(**next(v["geometry"] for k, v in truth["scans"].items()
+                                    if k.startswith(f"{name}/") and not any(v["det_shift"])))
+        esd = shared.esd()
+        print(f"shared detector {name}: {shared.source}, from {len(shared.scans)} scans "
+              f"({shared.n_peaks} peaks), distance {shared.detector.dist / t.dist - 1:+.1e} rel "
+              f"(esd {esd['dist'] / t.dist:.1e}), rot3 "
+              f"{np.degrees(shared.detector.rot3 - t.rot3):+.4f} deg")
+    labels = list(records)
+    temps = truth["samples"][name]["temperatures"]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            ra, rb = records[a], records[b]
+            if ra.cell_covariance is None or rb.cell_covariance is None:
+                continue
+            together = ra.shared_detector == rb.shared_detector
+            cov = difference_covariance(ra.cell_covariance, rb.cell_covariance, together)
+            parts = []
+            for k, n in enumerate(ra.cell_covariance.names):
+                j = CELL_NAMES.index(n)
+                scale = ra.cell[j] if j < 3 else 1.0
+                found = (ra.cell[j] - rb.cell[j]) / scale
+                err = found - (temps[a]["cell"][j] - temps[b]["cell"][j]) / scale
+                sd = float(np.sqrt(cov[k, k])) / scale
+                parts.append(f"{n} {found:+.3e} error {err:+.1e} (esd {sd:.1e}, {err / sd:+.1f} esd)")
+            print(f"expansion {name}/{a}-{b} ({'one detector' if together else 'two detectors'}): "
+                  + "; ".join(parts))
 
 
 def main(argv=None) -> int:
@@ -69,11 +140,12 @@ def main(argv=None) -> int:
               f"median |d| per scan <= {max(dxy):.3f} px, {max(dz):.3f} frames")
 
     for name in exp.samples:
+        records = {}
         for tl in exp.temperatures_of(name):
             f = res / name / tl / "orientation.nxs"
             if not f.exists():
                 continue
-            r = read_orientation_file(f)
+            r = records[tl] = read_orientation_file(f)
             t = truth["samples"][name]["temperatures"][tl]
             cell, tc = np.array(r.cell), np.array(t["cell"])
             geom = DetectorGeometry(**next(v["geometry"] for k, v in truth["scans"].items()
@@ -86,7 +158,9 @@ def main(argv=None) -> int:
                   f"{r.detector.dist / geom.dist - 1:+.1e} rel, beam centre {np.hypot(*bc):.3f} px, rot3 "
                   f"{np.degrees(r.detector.rot3 - geom.rot3):+.4f} deg, indexed {st['fraction_indexed']:.1%}, "
                   f"rms {st['rms_px']:.3f} px {st['rms_frames']:.3f} frames {st['rms_hkl']:.4f} hkl, "
-                  f"{int(st['n_used'])} peaks, {st['seconds']:.1f} s")
+                  f"{int(st['n_used'])} peaks, truth predicted within "
+                  f"{truth_predicted(res, exp, truth, r)}, {st['seconds']:.1f} s")
+        shared_and_expansion(name, records, truth)
 
     for name in exp.samples:
         for tl in exp.temperatures_of(name):

@@ -17,9 +17,11 @@ BENCH = REPO / "bench"
 # bench scripts retired with a README line (bench/README.md, "Retired")
 RETIRED = {"sub_steps.py", "sub_steps_accuracy.py", "transform_split.py"}
 HELPERS = {"common.py", "nxrefine_venv.py", "rmc_discord_venv.py"}  # imported, not run alone
-SMOKED = {"accuracy.py", "cpu_kernels.py", "dryrun.py", "find_peaks.py", "full_rotation.py",
+SMOKED = {"accuracy.py", "cpu_kernels.py", "disk.py", "dryrun.py", "find_peaks.py",
+          "full_rotation.py",
           "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
-          "pdf.py", "pipeline.py", "threads.py", "transform.py"}
+          "pdf.py", "pipeline.py", "shared_detector.py", "threads.py", "transform.py",
+          "thick_sensor.py"}
 
 
 def bench(*args, timeout=900, check_json=None) -> subprocess.CompletedProcess:
@@ -95,6 +97,14 @@ def test_transform(tmp_path):
 
 
 @pytest.mark.slow
+def test_thick_sensor(tmp_path):
+    """One calibration, the thick_sensor simulation (40 frames) reduced with and without the
+    sensor, the pixel table on a 300k."""
+    bench(BENCH / "thick_sensor.py", "--quick", "--frames", 40, "--repeats", 1, "--workdir",
+          tmp_path, "--json", tmp_path / "r.json", check_json=tmp_path / "r.json")
+
+
+@pytest.mark.slow
 def test_dryrun(tmp_path):
     """(bench/dryrun.py's own options: the smallest experiment it makes.)"""
     bench(BENCH / "dryrun.py", "--sizes", "1x2x1", "--repeats", 1, "--workdir", tmp_path)
@@ -115,6 +125,24 @@ def test_accuracy(tiny_run):
     d, r, _, _ = tiny_run
     assert r.returncode == 0
     bench(BENCH / "accuracy.py", d)
+
+
+@pytest.mark.slow
+def test_shared_detector(tiny_run, tmp_path):
+    """bench/shared_detector.py sigma on the tiny experiment reduced by conftest.tiny_run
+    (its orientations made again with detector_from parent and all) and one synthetic 2M case."""
+    d, r, _, _ = tiny_run
+    assert r.returncode == 0
+    bench(BENCH / "shared_detector.py", "sigma", "--demo", d, "--presets", "", "--synthetic", 1,
+          "--workdir", tmp_path, "--json", tmp_path / "r.json", check_json=tmp_path / "r.json")
+
+
+@pytest.mark.slow
+def test_disk(tiny_run, tmp_path):
+    """bench/disk.py on the tiny experiment reduced by conftest.tiny_run."""
+    d, r, _, _ = tiny_run
+    assert r.returncode == 0
+    bench(BENCH / "disk.py", d, "--json", tmp_path / "r.json", check_json=tmp_path / "r.json")
 
 
 @pytest.fixture(scope="module")

@@ -167,3 +167,14 @@ def test_a_broken_link_or_a_page_missing_from_the_nav_fails_the_build(tmp_path, 
     assert r.returncode != 0, f"the strict build passed with a broken {breakage}"
     assert {"link": "no-such-page.md", "anchor": "no-such-section",
             "page not in the nav": "orphan.md"}[breakage] in r.stderr
+
+
+def test_the_readme_lists_the_pictures_to_open_first_as_the_console_does():
+    """The numbered list of the README's "The results and the pictures" is the console's
+    FIRST_PICTURES, in its order."""
+    from hklflow.commands.console import FIRST_PICTURES
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The results and the pictures"):]
+    listed = re.findall(r"^\d+\. `([^`]+)`", section, flags=re.M)
+    assert tuple(listed) == FIRST_PICTURES

@@ -55,6 +55,9 @@ def ignored_name(name: str) -> bool:
     return name in IGNORED_NAMES or name == "seconds" or name.endswith("_seconds")
 
 
+PROVENANCE_LINE = "# provenance: "  # a text table's provenance (files.orientation)
+
+
 @dataclass
 class Stats:
     files: dict = field(default_factory=dict)      # kind -> count
@@ -280,6 +283,19 @@ class Comparer:
             self.st.ignored += sum(1 for x in la if x.lstrip().startswith("#"))
             la = [x for x in la if not x.lstrip().startswith("#")]
             lb = [x for x in lb if not x.lstrip().startswith("#")]
+        # a table's provenance comment ('# provenance: {JSON}'): compared like the JSON note
+        pa_, pb_ = ([x for x in lines if x.startswith(PROVENANCE_LINE)] for lines in (la, lb))
+        if pa_ or pb_:
+            if len(pa_) != len(pb_):
+                self.diff("provenance", f"{len(pa_)} / {len(pb_)} provenance lines")
+            for x, y in zip(pa_, pb_):
+                try:
+                    self.json("provenance", json.loads(x[len(PROVENANCE_LINE):]),
+                              json.loads(y[len(PROVENANCE_LINE):]))
+                except ValueError as exc:
+                    self.diff("provenance", f"not JSON: {exc}")
+            la = [x for x in la if not x.startswith(PROVENANCE_LINE)]
+            lb = [x for x in lb if not x.startswith(PROVENANCE_LINE)]
         self.st.values += 1
         la = [self.norm_str(x) for x in la]
         lb = [self.norm_str(x) for x in lb]

@@ -10,6 +10,7 @@ import time
 
 from hklflow.commands import console
 from hklflow.commands.run import _passes_through
+from hklflow.planning.snakemake_compat import STOPPED_PLAN
 
 
 def _job(event: str, jobid: int, rule: str, log: str | None = None, **more) -> dict:
@@ -83,10 +84,10 @@ def test_the_summary_names_the_results_the_pictures_and_every_new_warning(tmp_pa
     lines = console.summary(tmp_path, since)
     assert lines[0] == "results/s/: 300K: masked_transform.nxs, transform.nxs"
     assert lines[1] == "open first:"
-    assert lines[2:6] == ["  results/calibration/ceo2/calibration.png",
-                          "  results/s/300K/orientation.png",
+    assert lines[2:6] == ["  results/s/pdf_temperature_series.png",  # the physics first
                           "  results/s/300K/masked_transform_symmetrized.png",
-                          "  results/s/pdf_temperature_series.png"]
+                          "  results/s/300K/orientation.png",
+                          "  results/calibration/ceo2/calibration.png"]
     assert lines[6:] == ["warnings (1, from the jobs' logs):",
                          "  merge_entries: left out of the merge: s/300K/f2"]
 
@@ -171,3 +172,89 @@ def test_without_a_terminal_progress_is_a_new_line_at_most_every_few_minutes(tmp
     assert out.getvalue().count("\n") == 1 and "\r" not in out.getvalue()
     assert out.getvalue() == ("  transform_frames 0/2: s/300K/f2/00000-00059 frames transformed "
                               "1200/3650, ~0:01:01 left  [0:00:00, 0 of 2 jobs]\n")
+
+
+def test_a_failed_run_ends_with_failed_and_its_reason_not_with_earlier_results(tmp_path):
+    """Results and pictures of an earlier run are in the experiment: a failed run's last
+    lines are still FAILED with the job's message and log, then Snakemake's output; a plan
+    stopped by hklflow ends with its problem; a lock with the advice."""
+    for path in ("results/s/300K/transform.nxs", "results/s/300K/orientation.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"x")
+    log = tmp_path / "logs/find_peaks/s/300K/f1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-11-29 10:00:00 hklflow.find_peaks ERROR: find_peaks failed: raw/f1.h5: "
+                   "frame 7 cannot be read\n")
+    progress = console.Progress()
+    for event in ({"event": "planned", "jobs": {"find_peaks": 2}, "total": 2},
+                  {"event": "failed", "jobs": 1, "rule": "find_peaks", "jobid": 3,
+                   "log": ["logs/find_peaks/s/300K/f1.log"], "wildcards": {}, "output": []}):
+        progress.feed(event)
+    run_log = tmp_path / "logs/hklflow/run-1.log"
+    lines = console.failed(tmp_path, time.time() - 10, progress, run_log, [])
+    assert lines[-3:] == ["FAILED find_peaks: find_peaks failed: raw/f1.h5: frame 7 cannot be read",
+                          "  log: logs/find_peaks/s/300K/f1.log",
+                          "Snakemake's output: logs/hklflow/run-1.log"]
+    assert not any("open first" in line or "no warnings" in line or "results/" in line
+                   for line in lines)
+    stopped = ["Building DAG of jobs...", "hklflow: invalid configuration: c.yaml: 2 problems:",
+               "  field 'a': still FILL_IN", "  field 'b': unknown key 'x'", STOPPED_PLAN]
+    lines = console.failed(tmp_path, time.time(), console.Progress(), run_log, stopped)
+    assert lines == ["FAILED: invalid configuration: c.yaml: 2 problems:",
+                     "  field 'a': still FILL_IN", "  field 'b': unknown key 'x'",
+                     "Snakemake's output: logs/hklflow/run-1.log"]
+    lines = console.failed(tmp_path, time.time(), console.Progress(), run_log, ["x"],
+                           locked="the experiment directory is locked")
+    assert lines[-2:] == ["FAILED: the experiment directory is locked",
+                          "Snakemake's output: logs/hklflow/run-1.log"]
+    other = ["Building DAG of jobs...", "SomethingError: what Snakemake says"]
+    lines = console.failed(tmp_path, time.time(), console.Progress(), run_log, other)
+    assert lines[0] == "FAILED: Snakemake stopped; the last lines of its output:"
+    assert lines[1:3] == ["  Building DAG of jobs...", "  SomethingError: what Snakemake says"]
+
+
+def test_the_first_run_note_looks_where_numba_caches_the_kernel_a_run_compiles(tmp_path,
+                                                                               monkeypatch):
+    """kernel_cache_cold's note ("first run of this installation") goes once numba has cached
+    the transform's kernel in either form, wherever numba's locators put it: the package's
+    __pycache__, NUMBA_CACHE_DIR, the user's cache folder (issue 85: it looked for
+    `_accumulate` alone, which runs of bitshuffle-LZ4 frames never compile, so a wheel
+    install said so on every run).  The places and file names are numba's own."""
+    import fnmatch
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hklflow.algorithms.transform import kernels, stream_kernels
+
+    for kernel in (kernels._accumulate, stream_kernels.accumulate_stream):
+        index = kernel._cache._cache_file._index_name
+        assert any(fnmatch.fnmatch(index, m) for m in console.KERNEL_CACHE_MARKERS), index
+    # numba's own cache folders for NUMBA_CACHE_DIR and for the user's cache folder
+    code = ("import inspect\nfrom numba.core.caching import UserProvidedCacheLocator, "
+            "UserWideCacheLocator\nfrom hklflow.algorithms.transform.stream_kernels import "
+            "accumulate_stream as k\nf = inspect.getfile(k.py_func)\n"
+            "print(UserProvidedCacheLocator(k.py_func, f).get_cache_path())\n"
+            "print(UserWideCacheLocator(k.py_func, f).get_cache_path())\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-dir"),
+               XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    numba_places = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                  text=True, check=True).stdout.split()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", env["NUMBA_CACHE_DIR"])
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    places = [str(p) for p in console.kernel_cache_places()]
+    assert places[0] == numba_places[0] and numba_places[1] in places
+    assert places[1] == str(Path(kernels.__file__).parent / "__pycache__")
+    # an installation whose kernels were never compiled, then compiled in each place
+    fake = tmp_path / "site-packages" / "hklflow"
+    monkeypatch.setattr(console, "__file__", str(fake / "commands" / "console.py"))
+    assert "first run of this installation" in console.kernel_cache_cold()
+    for place, name in zip(console.kernel_cache_places(),
+                           ("stream_kernels.accumulate_stream-18.py311.nbi",
+                            "kernels._accumulate-485.py311.nbi",
+                            "stream_kernels.accumulate_stream-18.py311.nbi")):
+        place.mkdir(parents=True)
+        (place / name).touch()
+        assert console.kernel_cache_cold() is None, place
+        (place / name).unlink()
+        assert console.kernel_cache_cold() is not None

@@ -4,6 +4,8 @@ load_experiment refuses by name; an existing config kept."""
 from __future__ import annotations
 
 import csv
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -168,7 +170,7 @@ def test_what_init_cannot_know_is_a_placeholder_that_load_experiment_refuses_by_
     with pytest.raises(ConfigError) as refused:
         load_experiment(expdir / "config/config.yaml", base_dir=expdir)
     for column in ("nframes", "phi_start", "phi_step", "temperature"):
-        assert f"field '{column}': '{PLACEHOLDER}'" in str(refused.value)
+        assert f"field '{column}': still {PLACEHOLDER}" in str(refused.value)
 
 
 def test_a_cbf_header_gives_wavelength_angles_distance_and_the_scans_frames(tmp_path):
@@ -221,3 +223,170 @@ def test_an_existing_config_is_never_overwritten_unless_forced(tmp_path, capsys)
     assert not (expdir / "config/scans.tsv").exists()
     assert cli.main(["init", str(expdir), "--detector", "Pilatus300k", "--force"]) == 0
     assert config_of(expdir)["experiment"] == "exp"
+
+
+# --------------------------------------------------------------------------------------
+# A whole experiment: several scans, named by their paths
+# --------------------------------------------------------------------------------------
+COLUMNS = ("sample", "temperature", "entry", "data", "nframes", "phi_start", "phi_step")
+
+
+def _simulated(tmp_path, frame_format: str):
+    """The tiny experiment's raw files (`hklflow simulate --preset tiny --format ...`) and
+    its own scans table's rows, without its config: what init must find again."""
+    from hklflow.simulation.experiment import preset, simulate_experiment
+
+    expdir = tmp_path / "exp"
+    simulate_experiment(preset("tiny"), expdir, frame_format=frame_format)
+    truth = table_rows(expdir)
+    shutil.rmtree(expdir / "config")
+    return expdir, sorted(({c: row[c] for c in COLUMNS} for row in truth),
+                          key=lambda r: (r["sample"], float(r["temperature"]), r["entry"]))
+
+
+def _same_rows(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert {c: g[c] for c in ("sample", "entry")} == {c: e[c] for c in ("sample", "entry")}
+        for c in ("temperature", "nframes", "phi_start", "phi_step"):
+            assert float(g[c]) == float(e[c]), (c, g, e)
+
+
+def _filled_in(expdir, **values):
+    """The config with its FILL_INs replaced (dotted key -> value)."""
+    config = config_of(expdir)
+    for dotted, value in values.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        assert node[key] == {PLACEHOLDER: node[key][PLACEHOLDER]}, dotted  # (a FILL_IN)
+        node[key] = value
+    (expdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_init_of_a_directory_of_eiger_scans_writes_a_row_per_scan_named_by_its_path(
+        tmp_path, capsys, monkeypatch):
+    """Every master a glob finds is a row (its data files left out), its sample, temperature
+    and entry from its path (SAMPLE/TK/ENTRY/ENTRY_master.h5, a layout init knows), the rest
+    from the master; the masters' pixel mask is the experiment's mask; once the FILL_INs
+    (nothing says them) are filled, load_experiment takes the config, mask and all."""
+    from hklflow.raw.images import user_mask
+
+    expdir, expected = _simulated(tmp_path, "eiger")
+    status = cli.main(["init", str(expdir), "--detector", "Pilatus300k", "--master",
+                       str(expdir / "raw/*/*/*/*.h5")])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "4 scans, named by their paths ({sample}/{temperature}K/{entry}/{entry}_master.h5)" \
+        in out
+    # f2's offsets are said, not written: their axes' directions and order are not in the file
+    assert "chi (1.5 deg in f2_master.h5)" in out and "omega (-1 deg in f2_master.h5)" in out
+    rows = table_rows(expdir)
+    _same_rows(rows, expected)
+    assert [r["data"] for r in rows] == [f"raw/tiny/{t}/{e}/{e}_master.h5"
+                                         for t in ("100K", "300K") for e in ("f1", "f2")]
+    config = config_of(expdir)
+    detector = config["instrument"]["detector"]
+    assert detector["mask_file"] == "raw/tiny/100K/f1/f1_master.h5"
+    assert detector["mask_dataset"] == "/entry/instrument/detector/pixel_mask"
+    assert config["live"]["discover"] == "raw/{sample}/{temperature}K/{entry}/{entry}_master.h5"
+    parent = config["samples"]["tiny"]["parent"]["temperature"]
+    assert "one of 100, 300" in parent[PLACEHOLDER]  # two temperatures: asked for
+    for key in ("instrument.goniometer.scan_axis", "samples.tiny.space_group",
+                "samples.tiny.parent.temperature", "calibrations.powder.image"):
+        assert key in out
+    with pytest.raises(ConfigError, match="samples.tiny.parent.temperature"):
+        load_experiment(expdir / "config/config.yaml", base_dir=expdir)
+    _filled_in(expdir, **{"instrument.goniometer.scan_axis": [0.0, 1.0, 0.0],
+                          "calibrations.powder.image": "raw/calibration/CeO2.h5",
+                          "calibrations.powder.calibrant": "CeO2",
+                          "samples.tiny.space_group": "I 41/a m d",
+                          "samples.tiny.cell": [5.171, 5.171, 7.504, 90, 90, 90],
+                          "samples.tiny.parent.temperature": 300.0})
+    exp = load_experiment(expdir / "config/config.yaml", base_dir=expdir)
+    assert sorted((s.sample, s.temperature, s.entry) for s in exp.scans) == [
+        ("tiny", t, e) for t in (100.0, 300.0) for e in ("f1", "f2")]
+    monkeypatch.chdir(expdir)  # (the workflow's working directory)
+    mask = user_mask(exp.instrument.detector, (619, 487))
+    with h5py.File(expdir / "raw/tiny/300K/f2/f2_master.h5", "r") as f:
+        dead = f["entry/instrument/detector/pixel_mask"][()] != 0
+    assert dead.any() and np.array_equal(mask, dead)
+
+
+def test_init_of_cbf_scans_takes_any_of_their_frames_and_the_names_given(tmp_path, capsys):
+    """A CBF scan is its frame files, however many of them are named (each scan once); with
+    --sample and --temperature and no pattern, the entries are numbered."""
+    expdir, expected = _simulated(tmp_path, "cbf")
+    assert cli.main(["init", str(expdir), "--detector", "Pilatus300k", "--cbf",
+                     str(expdir / "raw/**/*.cbf"), "--parent-temperature", "300"]) == 0
+    rows = table_rows(expdir)
+    _same_rows(rows, expected)
+    assert rows[0]["data"] == "raw/tiny/100K/f1/f1_*.cbf"
+    config = config_of(expdir)
+    assert config["instrument"]["detector"]["mask_file"] is None  # (no mask in a CBF header)
+    assert config["samples"]["tiny"]["parent"]["temperature"] == 300
+    assert config["live"]["discover"] == "raw/{sample}/{temperature}K/{entry}/{entry}_*.cbf"
+    firsts = sorted(str(p) for p in expdir.glob("raw/tiny/*/*/*_00001.cbf"))
+    assert cli.main(["init", str(expdir), "--force", "--cbf", *firsts, "--sample", "s1",
+                     "--temperature", "20"]) == 0
+    capsys.readouterr()
+    rows = table_rows(expdir)
+    assert [(r["sample"], r["temperature"], r["entry"]) for r in rows] == [
+        ("s1", "20", f"f{i}") for i in (1, 2, 3, 4)]
+    assert [r["data"] for r in rows] == [f"raw/tiny/{t}/{e}/{e}_*.cbf"
+                                         for t in ("100K", "300K") for e in ("f1", "f2")]
+    assert config_of(expdir)["samples"]["s1"]["parent"]["temperature"] == 20
+    assert config_of(expdir)["live"]["discover"] is None
+
+
+def test_a_path_pattern_names_the_scans_or_is_refused_naming_a_file_it_does_not_match(
+        tmp_path, capsys):
+    from hklflow.commands.init import InitRequest, init_experiment
+
+    folder = tmp_path / "beamtime"
+    for sample, t, entry in (("lab6", "80", "a1"), ("lab6", "80", "a2"), ("si", "295.5", "a1")):
+        (folder / sample / f"T{t}").mkdir(parents=True, exist_ok=True)
+        write_nxmx_master(folder / sample / f"T{t}" / f"{sample}_{entry}_master.h5", nframes=10)
+    pattern = "{sample}/T{temperature}/{sample}_{entry}_master.h5"
+    expdir = tmp_path / "exp"  # (the raw data outside it: absolute paths, no live.discover)
+    result = init_experiment(InitRequest(directory=str(expdir), detector="Pilatus300k",
+                                         master=(str(folder / "*/*/*_master.h5"),),
+                                         pattern=pattern))
+    assert result.pattern == pattern
+    rows = table_rows(expdir)
+    assert [(r["sample"], r["temperature"], r["entry"]) for r in rows] == [
+        ("lab6", "80", "a1"), ("lab6", "80", "a2"), ("si", "295.5", "a1")]
+    assert rows[2]["data"] == str(folder / "si/T295.5/si_a1_master.h5")
+    config = config_of(expdir)
+    assert config["samples"]["lab6"]["parent"]["temperature"] == 80
+    assert config["samples"]["si"]["parent"]["temperature"] == 295.5
+    assert config["live"]["discover"] is None
+    write_nxmx_master(folder / "si/other_master.h5", nframes=10)
+    with pytest.raises(ConfigError, match=r"other_master.h5 does not match it"):
+        init_experiment(InitRequest(directory=str(expdir), detector="Pilatus300k",
+                                    master=(str(folder / "*/*/*_master.h5"),
+                                            str(folder / "si/other_master.h5")),
+                                    pattern=pattern), force=True)
+    with pytest.raises(ConfigError, match="not --sample as well"):
+        init_experiment(InitRequest(directory=str(expdir), sample="x", pattern=pattern,
+                                    master=(str(folder / "*/*/*_master.h5"),)), force=True)
+    assert cli.main(["init", str(expdir), "--force", "--master",
+                     str(folder / "lab6/T80/*_master.h5"), "--entry", "f1"]) == 1
+    assert "--entry f1 names one scan's entry" in capsys.readouterr().err
+
+
+def test_init_suggests_the_common_scan_axes_and_names_the_installed_schema(tmp_path):
+    from hklflow.commands.init import InitRequest, init_experiment
+    from hklflow.settings.schema import schema_path
+
+    init_experiment(InitRequest(directory=str(tmp_path / "exp"), detector="Pilatus300k"))
+    text = (tmp_path / "exp/config/config.yaml").read_text()
+    lines = text.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("scan_axis:"))
+    above = "\n".join(lines[at - 10:at])
+    for axis in ("[0, 1, 0]: horizontal, across the beam", "[1, 0, 0]: vertical"):
+        assert axis in above
+    assert Path(schema_path()).is_file() and f"#   {schema_path()}" in lines[:6]
+    table = (tmp_path / "exp/config/scans.tsv").read_text()
+    assert schema_path("scans.schema.yaml") in table and "EIGER master" in table

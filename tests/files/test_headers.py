@@ -210,3 +210,34 @@ def test_nxmx_units_not_known_are_errors_naming_the_dataset(tmp_path):
     with h5py.File(path, "r") as f, pytest.raises(RawDataError, match="omega_increment: "
                                                                       "expected a finite number"):
         nxmx.goniometer_axes(f, "m.h5")
+
+
+# --------------------------------------------------------------------------------------
+# The sensor a raw file names (issue 80)
+# --------------------------------------------------------------------------------------
+def test_a_pilatus_header_names_its_sensor(tmp_path):
+    header = read_cbf_header(write_pilatus_cbf(tmp_path / "si.cbf"))
+    assert header.sensor() == ("Silicon", pytest.approx(320e-6))
+    cdte = [line if "sensor" not in line else "# CdTe sensor, thickness 0.001000 m"
+            for line in PILATUS_LINES]
+    assert read_cbf_header(write_pilatus_cbf(tmp_path / "cdte.cbf", cdte)).sensor() == (
+        "CdTe", pytest.approx(1e-3))
+    none = [line for line in PILATUS_LINES if "sensor" not in line]
+    assert read_cbf_header(write_pilatus_cbf(tmp_path / "none.cbf", none)).sensor() is None
+    other_unit = [line if "sensor" not in line else "# Silicon sensor, thickness 450 um"
+                  for line in PILATUS_LINES]
+    assert read_cbf_header(write_pilatus_cbf(tmp_path / "um.cbf", other_unit)).sensor() is None
+
+
+def test_an_nxmx_master_names_its_sensor_in_its_units(tmp_path):
+    path = write_master(tmp_path / "m.h5", sensor_thickness=(450.0, "um"))
+    with h5py.File(path, "a") as f:
+        assert nxmx.sensor(f, "m.h5") is None  # (no material)
+        f[nxmx.DETECTOR]["sensor_material"] = "Si"
+    with h5py.File(path, "r") as f:
+        assert nxmx.sensor(f, "m.h5") == ("Si", pytest.approx(450e-6))
+    bad = write_master(tmp_path / "bad.h5", sensor_thickness=(1.0, "furlong"))
+    with h5py.File(bad, "a") as f:
+        f[nxmx.DETECTOR]["sensor_material"] = "CdTe"
+        with pytest.raises(RawDataError, match="sensor_thickness is in 'furlong'"):
+            nxmx.sensor(f, "bad.h5")

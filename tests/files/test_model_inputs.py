@@ -166,8 +166,8 @@ def test_yell_arrays_are_what_its_manual_asks(vol, written):
             assert f.attrs["filetype"] in (b"Yell 1.0", "Yell 1.0")
             assert list(f) == ["data"]  # "Yell only expects one dataset per file"
             d = f["data"]
-            assert d.dtype == np.float64 and d.shape == (nh - 1, nk - 1, nl - 1)
-            arrays[p.name] = d[()]
+            assert d.shape == (nh - 1, nk - 1, nl - 1)
+            arrays[p.name] = _as_yell_reads(d)
     kept = (slice(0, nl - 1), slice(0, nk - 1), slice(0, nh - 1))
     m = em[kept].transpose(2, 1, 0)  # ours [l, k, h] -> Yell's [h, k, l]
     exp, wts, mult = (arrays[yell.FILES[role].split("/")[-1]] for role in yell.ARRAYS)
@@ -185,6 +185,45 @@ def test_yell_arrays_are_what_its_manual_asks(vol, written):
         assert exp[ih, ik, il] == pytest.approx(float(vol.signal[il, ik, ih]) / w, rel=1e-6)
     else:
         assert exp[ih, ik, il] == 0 and wts[ih, ik, il] == 0 and mult[ih, ik, il] == 0
+
+
+def _as_yell_reads(dataset) -> np.ndarray:
+    """The array as Yell's ReadHDF5 gets it: H5Dread into doubles (PredType::NATIVE_DOUBLE),
+    HDF5 converting the stored type (h5py's read_direct asks HDF5 for the buffer's type)."""
+    out = np.empty(dataset.shape, np.float64)
+    dataset.read_direct(out)
+    return out
+
+
+def test_yell_files_are_compact_and_readable_by_any_hdf5(vol, written, tmp_path):
+    """float32 arrays and a uint8 mask (the volume's precision: Yell reads doubles, HDF5
+    converts), no filter (Yell's own HDF5 build has none), and the chunks with nothing
+    measured not stored: they read as 0, as written in full."""
+    grid = Grid(Axis(-8.0, 0.25, 65), Axis(-8.0, 0.25, 65), Axis(-4.0, 0.25, 33))
+    big = _volume(grid)
+    # measured where h < 0 and k < 0: a quarter of Yell's chunks holds any
+    L, K, H = np.meshgrid(grid.l.values, grid.k.values, grid.h.values, indexing="ij")
+    big.weight[(H >= 0) | (K >= 0)] = 0
+    paths = yell.write(big, tmp_path, "v")
+    for role, p in zip(yell.ARRAYS, paths):
+        with h5py.File(p) as f:
+            d = f["data"]
+            assert d.dtype == yell.DTYPES[role] and d.compression is None
+            assert d.id.get_create_plist().get_nfilters() == 0
+            stored, every = d.id.get_num_chunks(), np.prod([-(-n // c) for n, c in
+                                                           zip(d.shape, d.chunks)])
+            assert stored * 4 == every and every >= 4, (stored, every)
+            values = _as_yell_reads(d)
+            assert values.dtype == np.float64
+    _, _, m, _ = _expected(big)
+    ei = np.where(m, np.asarray(big.signal, float) / np.where(m, big.weight, 1), 0.0)
+    with h5py.File(paths[0]) as f:
+        got = _as_yell_reads(f["data"])
+    kept = (slice(0, 32), slice(0, 64), slice(0, 64))  # (the last planes: Yell's FFT rule)
+    want = ei[kept].transpose(2, 1, 0)
+    assert np.allclose(got, want, rtol=2e-7, atol=0) and (got[~m[kept].T] == 0).all()
+    # float32: the volume's own precision, no more lost
+    assert np.array_equal(got, want.astype(np.float32).astype(np.float64))
 
 
 def _grid_line(text):
@@ -246,6 +285,23 @@ def test_rmc_discord_file_is_a_mantid_md_histo_workspace(vol, written):
             assert np.allclose((edges[1:] + edges[:-1]) / 2, ax.values, atol=1e-12)
         assert json.loads(f["MDHistoWorkspace/notes/data"][()])["sigma_floor"]["floored_voxels"] \
             == int((em & (np.asarray(vol.variance) == 0)).sum())
+
+
+def test_rmc_discord_arrays_are_float64_of_float32_values_compressed(vol, written):
+    """float64 as its reader needs, holding the volume's float32 precision, through the
+    byte shuffle and deflate that nexusformat and h5py read everywhere: the float64
+    mantissa's unused bytes cost almost nothing."""
+    out, paths = written
+    ei, es, em, _ = _expected(vol)
+    with h5py.File(paths["rmc_discord"][0]) as f:
+        d = f["MDHistoWorkspace/data"]
+        for name, want in (("signal", ei), ("errors_squared", es ** 2)):
+            a = d[name]
+            assert a.dtype == np.float64 and a.compression == "gzip" and a.shuffle
+            got = a[()]
+            assert np.array_equal(got, want.astype(np.float32).astype(np.float64),
+                                  equal_nan=True), name
+            assert a.id.get_storage_size() < 0.6 * a.size * 8, name
 
 
 READER = """

@@ -55,3 +55,35 @@ def test_wrapper_round_trip_through_its_links(tmp_path):
         assert f["entry/nxreduce/norm"][()] == 20.0
         assert isinstance(f["entry"].get("transform/data", getlink=True), h5py.ExternalLink)
     assert read_provenance(wrapper)["program"] == "t"
+
+
+def test_the_wrapper_names_the_sensor_as_nxmx_does(tmp_path):
+    """The sensor of the entry's detector (model.nxrefine.detector_parameters) in its
+    instrument/detector group: NXmx's sensor_material and sensor_thickness (m)."""
+    from hklflow.model.geometry import DetectorGeometry
+    from hklflow.model.nxrefine import detector_parameters
+
+    g = DetectorGeometry("Pilatus300k", 0.2, 0.05, 0.04, 0.01, -0.02, 0.0, wavelength=0.14,
+                         sensor={"material": "CdTe", "thickness": 0.001})
+    params = detector_parameters(g)
+    plain = detector_parameters(g.with_sensor(None))
+    # NXRefine's frame is the detector's plane: the same distance, centre and tilts
+    assert {k: v for k, v in params.items() if not k.startswith("sensor_")} == plain
+    assert (params["sensor_material"], params["sensor_thickness"]) == ("CdTe", 0.001)
+    grid = small_grid()
+    merged = tmp_path / "merged.nxs"
+    write_volume(merged, random_volume(grid, 1), {})
+    params = {**params, "wavelength": 0.14, "orientation_matrix": np.eye(3), "phi": 0.0,
+              "phi_step": 1.0, "chi": 0.0, "omega": 0.0, "theta": 0.0}
+    peaks = {k: np.array([1.0]) for k in ("x", "y", "z", "intensity", "sigx", "sigy", "sigz",
+                                          "polar_angle")}
+    wrapper = tmp_path / "tiny" / "nxrefine" / "tiny_300K.nxs"
+    entry = WrapperEntry("f1", params, peaks, 2, g.shape, None, {})
+    write_nxrefine_wrapper(wrapper, title="tiny/300K", sample={"name": "tiny"},
+                           angles=(90.0, 90.0, 90.0), entries=[entry],
+                           merged={"transform": str(merged)}, symmetrized={}, pdf={},
+                           notes={}, provenance={"program": "t"}, monitor_norm=None)
+    with h5py.File(wrapper, "r") as f:
+        det = f["f1/instrument/detector"]
+        assert det["sensor_material"][()].decode() == "CdTe"
+        assert det["sensor_thickness"][()] == 0.001 and det["sensor_thickness"].attrs["units"] == "m"

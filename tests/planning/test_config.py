@@ -335,3 +335,47 @@ def test_a_value_written_another_way_or_as_its_default_changes_no_setting(experi
     before, after = JobSettings(plain), JobSettings(again)
     for rule in ("delta_pdf", "total_pdf"):
         assert getattr(before, rule)("tiny") == getattr(after, rule)("tiny")
+
+
+def test_a_placeholder_is_still_fill_in_and_a_typo_gets_its_close_key(experiment_dir):
+    """What `hklflow init` leaves to fill is 'still FILL_IN (what to give)', not jsonschema's
+    words on a mapping; a key one letter off says which key it meant; and the scans table's
+    placeholders are named in the same pass as the config's."""
+    edit_config(experiment_dir, lambda c: c["samples"]["tiny"].update(
+        cell={"FILL_IN": "a, b, c (Angstrom), alpha, beta, gamma (deg)"}))
+    edit_config(experiment_dir, lambda c: c["reduction"].update(tranform={}))
+    edit_table(experiment_dir, 2, "phi_step", "FILL_IN")
+    with pytest.raises(ConfigError) as refused:
+        load_experiment(experiment_dir / "config/config.yaml", base_dir=experiment_dir)
+    lines = str(refused.value).replace(f"{experiment_dir}/", "").splitlines()
+    assert lines[0] == "config/config.yaml: 2 problems:"
+    assert ("  field 'reduction': unknown key 'tranform' (did you mean 'transform'?); allowed "
+            "here: ") in lines[1]
+    assert lines[2] == ("  field 'samples.tiny.cell': still FILL_IN (a, b, c (Angstrom), alpha, "
+                        "beta, gamma (deg))")
+    assert lines[3:] == ["config/scans.tsv: row 2 (tiny/300.0/f2): field 'phi_step': still "
+                         "FILL_IN"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_a_config_file_not_in_utf8_is_named_with_its_problem(experiment_dir, encoding):
+    """An editor's "Unicode" (UTF-16) or "Latin-1" save: the file and what to do, no
+    traceback, from the config check, the syntax check and plain snakemake alike."""
+    from hklflow.planning.config import check_yaml_syntax
+
+    from conftest import run_snakemake
+
+    path = experiment_dir / "config/config.yaml"
+    text = path.read_text().replace("experiment:", "# café\nexperiment:", 1)
+    path.write_bytes(text.encode(encoding))
+    expected = ("the file is UTF-16 text (it starts with a byte-order mark): save it as UTF-8"
+                if encoding == "utf-16" else "is not UTF-8 text: save the file as UTF-8")
+    for check in (lambda: load_experiment(path, base_dir=experiment_dir),
+                  lambda: check_yaml_syntax([path])):
+        with pytest.raises(ConfigError) as refused:
+            check()
+        assert str(refused.value).startswith(f"{path}: ") and expected in str(refused.value)
+    r = run_snakemake(experiment_dir, "-n")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and expected in out and "Traceback" not in out, out[-2000:]
+    assert "hklflow: invalid configuration: config/config.yaml: " in out

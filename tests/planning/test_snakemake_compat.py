@@ -397,3 +397,28 @@ def test_the_workflow_plans_the_same_jobs_with_hooks_on_off_or_broken(tiny_copy)
     assert broken.returncode == 0, broken.stderr[-3000:]
     assert _reports(broken.stdout + broken.stderr, "known_parameters") == 1
     assert planned_jobs(broken.stdout + broken.stderr) == expected
+
+
+@pytest.mark.parametrize("where", ["parse", "input function"])
+def test_a_plan_stopped_by_hklflow_shows_its_message_and_nothing_of_snakemakes(tmp_path, where):
+    """stop_plan: Snakemake ends on its SystemExit with status 1 and adds no frame of its
+    own (a WorkflowError would come as 'WorkflowError in file ..., line ...' or an
+    InputFunctionException with a traceback)."""
+    stop = ("snakemake_compat.stop_plan('config/scans.tsv: row 3 (s/1K/f1): field \\'data\\': "
+            "no file matches')")
+    parse, function = (stop, "[]") if where == "parse" else ("", stop)
+    (tmp_path / "Snakefile").write_text(
+        "from hklflow.planning import snakemake_compat\n"
+        f"{parse}\n"
+        f"def inputs(w):\n    return {function}\n"
+        "rule all:\n    input: 'a.txt'\n"
+        "rule a:\n    input: inputs\n    output: 'a.txt'\n    shell: 'touch {output}'\n")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[-2:] == ["hklflow: config/scans.tsv: row 3 (s/1K/f1): field 'data': no file "
+                          "matches", compat.STOPPED_PLAN], out
+    for frame in ("WorkflowError", "Traceback", "InputFunctionException"):
+        assert frame not in out, out

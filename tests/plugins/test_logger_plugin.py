@@ -256,9 +256,13 @@ def test_hklflow_runs_console_follows_a_real_run(workflow, monkeypatch, capsys):
     locks = workflow / ".snakemake" / "locks"
     locks.mkdir(parents=True)
     (locks / "0.output.lock").write_text("results/s/grid.txt\n")
+    capsys.readouterr()
     assert run_command.snakemake(workflow, ["--cores", "1"], log, "hklflow run X") != 0
-    assert "locked by another Snakemake run" in log.errors[0]
-    assert "`hklflow run X -- --unlock`" in log.errors[0]
+    # the console's last lines: FAILED with the reason, then where Snakemake's output is
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("FAILED: ") and "locked by another Snakemake run" in out[-2], out
+    assert "`hklflow run X -- --unlock`" in out[-2]
+    assert out[-1].startswith("Snakemake's output: logs/hklflow/run-"), out
     # a dry run shows Snakemake's output as it is; the lock is not in its way
     log.errors.clear()
     assert run_command.snakemake(workflow, ["-n"], log, "hklflow run X") == 0

@@ -338,3 +338,47 @@ def test_poni_orientation_disagreeing_with_the_config(tmp_path, capsys):
                                                  "poni_mismatch": {"orientation": "use_poni"}}})
     with pytest.raises(ConfigError, match=r"calibrations\.imp\.poni_mismatch\.orientation"):
         load_experiment(config)
+
+
+def test_poni_sensor_disagreeing_with_the_config(tmp_path, capsys):
+    """instrument.detector.sensor set, an imported PONI that corrects no parallax (or
+    another sensor's): refused, naming both, unless poni_mismatch says the config's wins;
+    a PONI that corrects the config's sensor is imported as it is, and says so."""
+    from nexusformat.nexus import nxload
+
+    cdte = {"material": "CdTe", "thickness": 0.001}
+    plain = tmp_path / "plain.poni"
+    TRUE_300K.write_poni(plain)
+    detector = {"name": "Pilatus300k", "sensor": cdte}
+    config = write_experiment(tmp_path, {"imp": {"poni": str(plain), "calibrant": "CeO2"}},
+                              detector=detector)
+    (tmp_path / "out").mkdir()
+    assert run_main(config, "imp", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert (f"calibrations.imp: PONI file {plain} disagrees with the config: the PONI file's "
+            "geometry corrects the parallax of no sensor, instrument.detector.sensor is CdTe "
+            "1000 um; set instrument.detector.sensor to the PONI's") in err
+    assert "calibrations.imp.poni_mismatch: {sensor: use_config}" in err
+    assert_no_top_level_outputs(tmp_path / "out")
+    # the config's sensor said to win: the PONI's place, the config's sensor, in every file
+    config = write_experiment(tmp_path, {"imp": {"poni": str(plain), "calibrant": "CeO2",
+                                                 "poni_mismatch": {"sensor": "use_config"}}},
+                              detector=detector)
+    out = tmp_path / "wins"
+    assert run_main(config, "imp", out) == 0
+    g = DetectorGeometry.from_poni_file(out / "geometry.poni", "Pilatus300k")
+    assert g == TRUE_300K.with_sensor(cdte)
+    assert "Parallax: True" in (out / "geometry.poni").read_text()
+    det = nxload(str(out / "calibration.nxs"))["calibration/instrument/detector"]
+    assert str(det["sensor_material"]) == "CdTe" and float(det["sensor_thickness"]) == 0.001
+    # a PONI made with the sensor: no mismatch
+    config = write_experiment(tmp_path, {"imp": {"poni": str(out / "geometry.poni"),
+                                                 "calibrant": "CeO2"}}, detector=detector)
+    assert run_main(config, "imp", tmp_path / "again") == 0
+    # ... and the same PONI with no sensor in the config: refused the other way round
+    config = write_experiment(tmp_path, {"imp": {"poni": str(out / "geometry.poni"),
+                                                 "calibrant": "CeO2"}})
+    capsys.readouterr()
+    assert run_main(config, "imp", tmp_path / "none") == 1
+    assert ("the PONI file's geometry corrects the parallax of CdTe 1000 um, "
+            "instrument.detector.sensor is not set") in capsys.readouterr().err

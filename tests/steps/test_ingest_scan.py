@@ -360,3 +360,84 @@ def test_ingest_several_hdf5_files_as_virtual_dataset(experiment_dir, monkeypatc
         np.testing.assert_array_equal(f["f8/data/data"][6:10], data[6:10])
     with open_frame_source(rec.frames) as st:
         np.testing.assert_array_equal(st.read(0, 20), data)
+
+
+# --------------------------------------------------------------------------------------
+# The sensor (issue 80): recorded from the config, compared with the raw files'
+# --------------------------------------------------------------------------------------
+CDTE = {"material": "CdTe", "thickness": 0.001}
+
+
+def sensor_experiment(root: Path, config_sensor, poni_sensor, header_line: str | None):
+    """Two CBF frames whose headers may name a sensor, a PONI (with or without one) and a
+    config (with or without instrument.detector.sensor)."""
+    (root / "config").mkdir(parents=True)
+    (root / "raw").mkdir()
+    lines = ["# Detector: PILATUS3 300K, S/N 3-0001", "# Pixel_size 172e-6 m x 172e-6 m",
+             *([header_line] if header_line else []), "# Wavelength 0.71000 A"]
+    frames = np.random.default_rng(1).poisson(2.0, (2,) + SHAPE).astype(np.int32)
+    for i, fr in enumerate(frames):
+        fabio.cbfimage.CbfImage(data=fr, header={
+            "_array_data.header_convention": "PILATUS_1.2",
+            "_array_data.header_contents": "\r\n".join(lines)}).write(str(root / f"raw/s_{i + 1}.cbf"))
+    CALIBRATION.with_sensor(poni_sensor).write_poni(root / "config/geometry.poni")
+    write_version_file(root / "config/version.json", "cal1", "v1", root / "config/geometry.poni")
+    detector = {"name": DET, **({"sensor": config_sensor} if config_sensor else {})}
+    cfg = {"experiment": "sensor-test", "scans_table": "config/scans.tsv",
+           "instrument": {"detector": detector, "wavelength": 0.71,
+                          "goniometer": {"scan_axis": [0, 1, 0]}},
+           "calibrations": {"cal1": {"calibrant": "CeO2", "poni": "config/geometry.poni"}},
+           "samples": {"s1": {"space_group": "P 21/c", "cell": [5.1, 6.2, 7.3, 90, 101.5, 90],
+                              "parent": {"temperature": 300}}}}
+    (root / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (root / "config/scans.tsv").write_text(
+        "sample\ttemperature\tentry\tdata\tnframes\tphi_start\tphi_step\n"
+        "s1\t300\tf1\traw/s_*.cbf\t2\t0\t0.5\n")
+    return root
+
+
+def test_a_sensor_the_raw_files_name_and_the_config_does_not_is_a_warning(tmp_path, capsys):
+    root = sensor_experiment(tmp_path / "a", None, None, "# CdTe sensor, thickness 0.001000 m")
+    rc, out = run(root, "f1")
+    assert rc == 0 and read_scan_file(out).setup.calibration.sensor is None
+    err = capsys.readouterr().err
+    assert "WARNING" in err
+    assert ("the raw files name the sensor CdTe, 1000 um thick (" in err
+            and "s_1.cbf: CBF header), and instrument.detector.sensor is not set: its "
+                "parallax is not corrected (it moves spots by up to" in err)
+    assert "set instrument.detector.sensor (material, thickness) to correct it" in err
+
+
+def test_the_configs_sensor_is_recorded_and_agrees_with_the_raw_files(tmp_path, capsys):
+    root = sensor_experiment(tmp_path / "b", CDTE, CDTE, "# CdTe sensor, thickness 0.001000 m")
+    settings = step_settings(root, "ingest_scan", "s1", "300K", "f1")
+    assert '"detector_sensor":{"material":"CdTe","thickness":0.001}' in settings
+    rc, out = run(root, "f1")
+    assert rc == 0 and "WARNING" not in capsys.readouterr().err
+    rec = read_scan_file(out)
+    assert rec.setup.calibration.sensor.as_dict() == CDTE
+    assert rec.geometry().detector.sensor.as_dict() == CDTE  # every consumer gets it
+    with h5py.File(out, "r") as f:
+        det = f["f1/instrument/detector"]
+        assert det["sensor_material"][()].decode() == "CdTe"
+        assert det["sensor_thickness"][()] == 0.001
+        assert det["sensor_thickness"].attrs["units"] == "m"
+    # another sensor in the files than in the config: the config's, with a warning
+    root = sensor_experiment(tmp_path / "c", CDTE, CDTE,
+                             "# Silicon sensor, thickness 0.000450 m")
+    rc, _ = run(root, "f1")
+    err = capsys.readouterr().err
+    assert rc == 0 and "the raw files name the sensor Silicon, 450 um thick" in err
+    assert "instrument.detector.sensor says CdTe 1000 um: the config's is used" in err
+
+
+def test_a_calibration_made_with_another_sensor_is_refused(tmp_path, capsys):
+    """The config's sensor changed after calibrate_powder (its geometry.poni corrects
+    none): the scan would mix two sensors, so ingest stops."""
+    root = sensor_experiment(tmp_path / "d", CDTE, None, None)
+    rc, out = run(root, "f1")
+    assert rc != 0 and not out.exists()
+    err = capsys.readouterr().err
+    assert ("config/geometry.poni: the calibration corrects the parallax of no sensor, "
+            "instrument.detector.sensor is CdTe 1000 um: run calibrate_powder again (or "
+            "correct the config)") in err

@@ -89,6 +89,24 @@ CONFIG_CASES = {
                           ["scans.tsv: row 2", "field 'nframes'", "not of type 'integer'"]),
     "config-nan": (lambda d: edit_config(d, lambda c: c["instrument"].__setitem__("wavelength", float("nan"))),
                    ["config.yaml", "field 'instrument.wavelength'", "nan is not a finite number"]),
+    # what `hklflow init` leaves to fill in, and typos
+    "config-fill-in": (lambda d: edit_config(d, lambda c: c["samples"]["tiny"].__setitem__(
+                           "space_group", {"FILL_IN": "space group symbol or number"})),
+                       ["config.yaml", "field 'samples.tiny.space_group'",
+                        "still FILL_IN (space group symbol or number)"]),
+    "table-fill-in": (lambda d: edit_cell(d, 2, "nframes", "FILL_IN"),
+                      ["scans.tsv: row 2", "field 'nframes'", "still FILL_IN"]),
+    "config-typo": (lambda d: edit_config(d, lambda c: c["reduction"].__setitem__("tranform", {})),
+                    ["config.yaml", "field 'reduction'",
+                     "unknown key 'tranform' (did you mean 'transform'?)"]),
+    # an editor's encodings
+    "config-utf16": (lambda d: (d / "config/config.yaml").write_bytes(
+                         (d / "config/config.yaml").read_text().encode("utf-16")),
+                     ["config.yaml", "the file is UTF-16 text", "save it as UTF-8"]),
+    "config-latin1": (lambda d: (d / "config/config.yaml").write_bytes(
+                          ("# d\xe9tecteur\n" + (d / "config/config.yaml").read_text()).encode("latin-1")),
+                      ["config.yaml", "line 1, column 4: byte 0xe9 is not UTF-8 text",
+                       "save the file as UTF-8"]),
     # temperatures name folders
     "temperature-tiny": (lambda d: edit_cell(d, 3, "temperature", "1e-5"),
                          ["scans.tsv: row 3", "field 'temperature'", "less than the minimum of 0.001"]),
@@ -364,6 +382,44 @@ def test_snakemake_refuses_before_any_job(tiny_copy):
     assert not (tiny_copy / "results").exists()
 
 
+def test_results_that_would_not_fit_stop_the_run_before_any_job(tiny_copy):
+    """A grid bound whose results no disk holds (max_voxels 10^12): the plan says so in its
+    line, a run stops before its first job with the figures (plain snakemake and `hklflow
+    run`'s console alike, the lock released), a dry run only says so, and
+    output.disk_check: false runs anyway."""
+    import subprocess
+    import sys
+
+    from hklflow.planning.snakemake_compat import STOPPED_PLAN
+
+    edit_config(tiny_copy, lambda c: c["reduction"]["transform"].__setitem__("max_voxels",
+                                                                           10 ** 12))
+    r = run_snakemake(tiny_copy, "--cores", "1")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and lines[-1] == STOPPED_PLAN, r.stderr[-3000:]
+    assert lines[-2].startswith("hklflow: the results would not fit: about "), lines[-2]
+    assert "free on the device of " in lines[-2] and "output.disk_check: false" in lines[-2]
+    assert not (tiny_copy / "results").exists() and not (tiny_copy / "logs").exists()
+    dry = run_snakemake(tiny_copy, "-n", "--cores", "1")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    said = [line for line in dry.stderr.splitlines() if line.startswith("hklflow: results: ")]
+    assert len(said) == 1 and said[0].endswith(
+        "they would not fit: a run stops before any job (output.disk_check: false runs "
+        "anyway)"), said
+    console = subprocess.run([sys.executable, "-m", "hklflow", "run", str(tiny_copy), "--",
+                              "--cores", "1"], capture_output=True, text=True, timeout=600)
+    shown = (console.stdout + console.stderr).splitlines()
+    assert console.returncode == 1
+    assert any(line.startswith("results: about ") for line in shown), shown
+    assert any(line.startswith("FAILED: the results would not fit: about ") for line in shown), \
+        shown
+    edit_config(tiny_copy, lambda c: c.setdefault("output", {}).__setitem__("disk_check", False))
+    r = run_snakemake(tiny_copy, "--cores", "1", "results/calibration/ceo2/geometry.poni")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "running anyway (output.disk_check: false)" in r.stderr
+    assert (tiny_copy / "results/calibration/ceo2/geometry.poni").is_file()
+
+
 def test_every_case_is_in_the_docs_table():
     """docs/bad-inputs.md has a row per case of this file (its id in the first column) with
     the words the test asserts, so the table says what the user really sees."""
@@ -402,10 +458,10 @@ def test_snakemake_arguments_before_the_double_dash_are_shown_where_they_go(
     said = "hklflow {}: unrecognized argument(s) {}: Snakemake's arguments go after --, as in: {}"
     for argv, theirs, again in [
             (["run", d, "-n"], "-n", ["run", d, "--", "-n"]),
-            (["run", d, "-n", "--cores", "2"], "-n --cores 2",
-             ["run", d, "--", "-n", "--cores", "2"]),
+            # --cores is hklflow run's own (as demo's and watch's), kept before the --
+            (["run", d, "-n", "--cores", "2"], "-n", ["run", d, "--cores", "2", "--", "-n"]),
             (["run", d, "-n", "--", "--cores", "2"], "-n", ["run", d, "--", "-n", "--cores", "2"]),
-            (["run", "--cores", "2", d], "--cores 2", ["run", d, "--", "--cores", "2"]),
+            (["run", "--cores", "2", d, "-p"], "-p", ["run", "--cores", "2", d, "--", "-p"]),
             (["run", d, "results/tiny/300K/transform.nxs"], "results/tiny/300K/transform.nxs",
              ["run", d, "--", "results/tiny/300K/transform.nxs"]),
             (["run", "-n"], "-n", ["run", "EXPDIR", "--", "-n"]),

@@ -421,8 +421,13 @@ def test_second_invocation_is_refused_while_one_runs(tiny_copy, tmp_path):
                            env=ENV, timeout=600)
         assert first.poll() is None, "the first run ended too early for this test"
         assert r.returncode != 0
-        assert "locked by another Snakemake run" in r.stderr, r.stderr[-2000:]
-        assert f"hklflow demo --dir {tiny_copy} -- --unlock" in r.stderr
+        # the console ends with FAILED and the reason, not with earlier results
+        out = r.stdout.splitlines()  # (stderr: the log's lines, Snakemake's own)
+        assert out[-2].startswith("FAILED: the experiment directory") \
+            and "locked by another Snakemake run" in out[-2], out[-5:]
+        assert f"hklflow demo --dir {tiny_copy} -- --unlock" in out[-2]
+        assert out[-1].startswith("Snakemake's output: logs/hklflow/run-")
+        assert "open first:" not in out and "no warnings" not in out
     finally:
         kill_group(first, signal.SIGTERM)
         try:

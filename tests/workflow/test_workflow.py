@@ -94,7 +94,13 @@ def test_tiny_experiment_end_to_end(tiny_run, tiny_truth):
     assert len(console) <= 40, "\n".join(console)
     assert "open first:" in console, "\n".join(console)
     assert any(line == "no warnings" or line.startswith("warnings (") for line in console)
-    assert "40 of 40 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
+    assert "41 of 41 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
+    # the pictures to open first: every pattern names pictures the run made, in that order
+    from hklflow.commands.console import FIRST_PICTURES
+
+    assert all(list(tiny_copy.glob(pattern)) for pattern in FIRST_PICTURES), FIRST_PICTURES
+    first = console[console.index("open first:") + 1]
+    assert tiny_copy.joinpath(first.strip()).match(FIRST_PICTURES[0]), first
     assert len(list((tiny_copy / "logs/hklflow").glob("run-*.log"))) == 1
     # raw data are opened read-only and never modified
     assert after == before and len(before) >= 5
@@ -226,6 +232,8 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
         jobs.add(("index_parent", w(sample="tiny", temperature="300K")))
     if grid:
         jobs.add(("define_grid", w(sample="tiny")))
+    if temperatures and (parent or ingest or peaks):  # (the table of every temperature)
+        jobs.add(("orientation_table", w(sample="tiny")))
     for t in temperatures:
         if parent or ingest or peaks:
             jobs.add(("refine_temperature", w(sample="tiny", temperature=t)))
@@ -544,3 +552,29 @@ def test_every_merged_volume_has_cc_half_from_its_half_sets(tiny_run):
             grid, signal, weight, how = read_half_set(path)
             assert weight.sum() > 0 and grid.shape == tuple(-(-n // 2) for n in
                                                             read_volume_header(path).grid.shape)
+
+
+@pytest.mark.slow
+def test_the_disk_foreseen_is_near_what_the_tiny_run_wrote(tiny_run, monkeypatch):
+    """The plan's estimate (hklflow.planning.disk, from the config alone) against the
+    results the run wrote: every file of a megabyte or more is named by it, and its whole
+    is within the bounds bench/README.md reports ("Disk use foreseen"); `hklflow run`'s
+    console showed its line before the jobs'."""
+    from hklflow.planning import disk
+    from hklflow.planning.config import load_experiment
+
+    d, r, _, _ = tiny_run
+    console = (r.stderr + r.stdout).splitlines()
+    shown = [i for i, line in enumerate(console) if line.startswith(disk.LINE_START)]
+    jobs = [i for i, line in enumerate(console) if re.match(r"^\d+ jobs of \d+ rules", line)]
+    assert len(shown) == 1 and jobs and shown[0] < jobs[0], console
+    monkeypatch.chdir(d)
+    foreseen = disk.foresee(load_experiment("config/config.yaml"), free=0.0,
+                            size_of=lambda path: None)
+    named = {f.path for f in foreseen.files}
+    written = {str(p.relative_to(d)): p.stat().st_size for p in (d / "results").rglob("*")
+               if p.is_file()}
+    large = {p for p, size in written.items() if size >= 1e6}
+    assert large and large <= named, large - named
+    real = sum(written.values())
+    assert 0.8 < foreseen.total / real < 2.0, (foreseen.total, real)

@@ -8,15 +8,15 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
 from snakemake.io import apply_wildcards
 
 import hklflow
 from hklflow.files import model_inputs, outputs
 from hklflow.files.outputs import fill
-from hklflow.planning import snakemake_compat
+from hklflow.planning import disk, snakemake_compat
 from hklflow.planning.config import ConfigError, landed_marker, load_experiment, read_config_files
-from hklflow.planning.jobs import JobSettings, SettingsFiles, transform_frame_ranges
+from hklflow.planning.jobs import (JobSettings, SettingsFiles, delta_pdf_files,
+                                   model_input_volumes, transform_frame_ranges)
 from hklflow.raw.monitors import monitor_file
 from hklflow.raw.rawfiles import RawChangeCheck, RawFileOwners, is_hdf5_path, matching_files
 
@@ -34,13 +34,13 @@ try:
     # name '007') for the experiment
     _as_snakemake_reads, _ = read_config_files(CONFIG_FILES, keys_as_written=False)
     if _as_snakemake_reads != config:
-        raise WorkflowError(
+        snakemake_compat.stop_plan(
             "hklflow reads its settings from the config files only, so that every job sees the "
             "same ones: put the values given with --config into a YAML file and pass it with "
             "--configfile instead")
     EXP = load_experiment(CONFIG_FILES)
 except ConfigError as exc:
-    raise WorkflowError(f"invalid configuration: {exc}") from None
+    snakemake_compat.stop_plan(f"invalid configuration: {exc}")
 for _warning in EXP.warnings:
     print(f"hklflow: {_warning}", file=sys.stderr)
 
@@ -71,18 +71,32 @@ def settings_file(text):
     rules' `params: settings`, which changes exactly when the settings do."""
     return _SETTINGS_FILES.path(text)
 
+
+# The disk the results will take, said before any job runs (hklflow.planning.disk): by the
+# Snakemake the user started, not by each job's, which parses this file again.  Results that
+# would not fit stop the run in the Snakefile's onstart, which a dry run never reaches.
+DISK = disk.foresee(EXP) if snakemake_compat.is_main_process(workflow) else None
+if DISK is not None:
+    print(f"hklflow: {DISK.line()}", file=sys.stderr)
+
+
+def refuse_results_that_do_not_fit():
+    """Stop the run before its first job when the results would not fit (onstart)."""
+    why = DISK.refusal() if DISK is not None else None
+    if why:
+        snakemake_compat.stop_plan(why)
+
+
 TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
 SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
 NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
 MODEL_INPUTS = list(EXP.raw["output"]["model_inputs"])
+MODEL_INPUT_VOLUMES = model_input_volumes(EXP)  # (output.model_input_volumes)
 _PDF = EXP.reduction["pdf"]
 PDF_ENABLED = bool(_PDF["enabled"])
 # pdf.nxs: the DeltaPDF of masked_transform (of transform when that is the only kind);
 # transform_pdf.nxs: the unmasked transform's own, when listed as well
-PDF_FILE_KIND = {"pdf": "masked_transform" if "masked_transform" in _PDF["delta_pdf_of"]
-                 else "transform"}
-if PDF_FILE_KIND["pdf"] == "masked_transform" and "transform" in _PDF["delta_pdf_of"]:
-    PDF_FILE_KIND["transform_pdf"] = "transform"
+PDF_FILE_KIND = delta_pdf_files(EXP)
 # the total PDF: the volume with its Bragg peaks (transform) when it is made
 TOTAL_PDF_KIND = "transform" if "transform" in TRANSFORM_KINDS else "masked_transform"
 
@@ -128,9 +142,9 @@ def calibration_sources(w):
     spec = EXP.calibrations[w.calibration]
     for key, path in (("poni", spec.poni), ("image", spec.image)):
         if path and not os.path.exists(path):
-            raise WorkflowError(f"{' + '.join(EXP.sources)}: field 'calibrations."
-                                f"{w.calibration}.{key}': {path} does not exist (relative to the "
-                                f"experiment directory {os.getcwd()})")
+            snakemake_compat.stop_plan(f"{' + '.join(EXP.sources)}: field 'calibrations."
+                                       f"{w.calibration}.{key}': {path} does not exist (relative "
+                                       f"to the experiment directory {os.getcwd()})")
     return [p for p in (spec.poni, spec.image) if p]
 
 
@@ -175,18 +189,18 @@ def _list_raw_files(scan):
     files = matching_files(scan.data)
     where = f"{EXP.scans_table}: row {scan.row} ({scan.id}): field 'data'"
     if not files:
-        raise WorkflowError(f"{where}: no file matches {scan.data!r} (relative to the experiment "
-                            f"directory {os.getcwd()})")
+        snakemake_compat.stop_plan(f"{where}: no file matches {scan.data!r} (relative to the "
+                                   f"experiment directory {os.getcwd()})")
     hdf5 = is_hdf5_path(files[0])
     if not hdf5 and len(files) < scan.nframes:
-        raise WorkflowError(f"{where}: {scan.data!r} matches {len(files)} frame files, the row's "
-                            f"nframes says {scan.nframes}")
+        snakemake_compat.stop_plan(f"{where}: {scan.data!r} matches {len(files)} frame files, "
+                                   f"the row's nframes says {scan.nframes}")
     try:
         _RAW_FILE_OWNERS.claim(scan.id, files, scan.dataset if hdf5 else "")
         _RAW_FILE_OWNERS.claim_content(scan.id, files, scan.dataset if hdf5 else "",
                                        _DELIBERATE_REPEATS)
     except ValueError as exc:
-        raise WorkflowError(f"{where}: {exc}") from None
+        snakemake_compat.stop_plan(f"{where}: {exc}")
     return files
 
 
@@ -235,6 +249,36 @@ def parent_temperature(w):
 
 def parent_orientation(w):
     return fill(outputs.PARENT_ORIENTATION, sample=w.sample, temperature=parent_temperature(w))
+
+
+# reduction.refinement.detector_from: all makes one detector of every temperature of a
+# sample (rule refine_detector), which every temperature's refinement waits for
+DETECTOR_FROM_ALL = EXP.reduction["refinement"]["detector_from"] == "all"
+
+
+def shared_detector(w):
+    """The sample's shared detector file for a temperature's refinement (detector_from all);
+    none otherwise (the parent's orientation carries it)."""
+    return [fill(outputs.SHARED_DETECTOR, sample=w.sample)] if DETECTOR_FROM_ALL else []
+
+
+def sample_parent_orientations(w):
+    """The orientation file of every parent of the sample (its temperatures' parents)."""
+    spec = EXP.samples[w.sample]
+    labels = sorted({spec.parent_for(EXP.scans_of(w.sample, t)[0].temperature)
+                     for t in EXP.temperatures_of(w.sample)})
+    return [fill(outputs.PARENT_ORIENTATION, sample=w.sample, temperature=t) for t in labels]
+
+
+def sample_entries_files(w, pattern):
+    """An output of every entry of the wildcards' sample, temperature by temperature."""
+    return [scan_path(s, pattern) for t in EXP.temperatures_of(w.sample)
+            for s in EXP.scans_of(w.sample, t)]
+
+
+def sample_orientations(w):
+    return [fill(outputs.ORIENTATION, sample=w.sample, temperature=t)
+            for t in EXP.temperatures_of(w.sample)]
 
 
 @snakemake_compat.known_parameters  # a group function: not among the rules' input and params
@@ -309,6 +353,8 @@ def all_targets():
         if not temperatures:
             continue  # hklflow watch: the sample's scans have not begun
         targets += [fill(outputs.ORIENTATION, sample=name, temperature=t) for t in temperatures]
+        targets += [fill(outputs.ORIENTATION_TABLE, sample=name),
+                    fill(outputs.ORIENTATION_TABLE_PNG, sample=name)]
         for kind in TRANSFORM_KINDS:
             for t in temperatures:
                 at = dict(sample=name, temperature=t, kind=kind)
@@ -327,12 +373,10 @@ def all_targets():
         if NXREFINE_WRAPPER:
             targets += [fill(outputs.NXREFINE_WRAPPER, sample=name, temperature=t)
                         for t in temperatures]
-        if MODEL_INPUTS:
-            for t in temperatures:
-                for kind in TRANSFORM_KINDS:
-                    for volume in (kind, f"{kind}_symmetrized") if SYMMETRIZE else (kind,):
-                        targets += [fill(f, sample=name, temperature=t, volume=volume)
-                                    for f in model_input_outputs()]
+        for t in temperatures:
+            for volume in MODEL_INPUT_VOLUMES:
+                targets += [fill(f, sample=name, temperature=t, volume=volume)
+                            for f in model_input_outputs()]
     return targets
 
 

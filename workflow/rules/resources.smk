@@ -145,6 +145,11 @@ RESOURCES = {
     # peak tables, least squares, figures
     "index_parent": RuleResources(lambda w: BASE_MB + 1400, lambda w: _FIXED_MINUTES + 20),
     "refine_temperature": RuleResources(lambda w: BASE_MB + 1400, lambda w: _FIXED_MINUTES + 10),
+    # every temperature's peak tables at once; a fit of each temperature's size, per temperature
+    "refine_detector": RuleResources(lambda w: BASE_MB + 1400 + 200 * len(_TEMPERATURES.get(w.sample, ())),
+                                     lambda w: _FIXED_MINUTES + 10 * len(_TEMPERATURES.get(w.sample, ()))),
+    # every temperature's orientation record (no peaks), a figure
+    "orientation_table": RuleResources(lambda w: BASE_MB + 400, lambda w: _FIXED_MINUTES),
     "define_grid": RuleResources(lambda w: BASE_MB + 200 + 25 * _FRAME_MB, lambda w: _FIXED_MINUTES),
     # per-pixel maps and the Bragg region table; predicted peaks and painting per frame
     "mask_scan": RuleResources(lambda w: BASE_MB + 200 + 30 * _FRAME_MB,

@@ -25,12 +25,21 @@ Refinement (no GUI), from the config's rough start geometry:
 Module gaps (negative pixels, the detector model's mask) and hot pixels are masked; an
 image without a finite value or without a count outside the gaps is refused.
 
-The accepted geometry must put the rings where the control points are: an RMS radial
-residual above `params.rms_bound_px` (calibrations.NAME.max_rms_px; by default
-1/sqrt(12) px, the RMS error of knowing each point only to the pixel it lies in) is a
-failure: one geometry does not fit the rings (a wrong wavelength, distance or detector).
-The pixels are laid out with the detector orientation of the config
+The accepted geometry must put the rings where the control points are (`ring_misfit`, the
+rule): each ring's points averaged in azimuthal sectors, the points' own picking scatter
+taken out, must lie within b = min(1/sqrt(12) px, s/8) of the predicted ring, s the distance
+from the ring to the nearest other one (px, the ring density): the error of knowing a
+position only to its pixel, and half the quarter-spacing window the point picking searches.
+Failing it, one geometry does not fit the rings (a wrong wavelength, distance or detector).
+calibrations.NAME.max_rms_px, given, bounds the points' RMS radial residual instead.  The
+pixels are laid out with the detector orientation of the config
 (instrument.detector.orientation, pyFAI's convention).
+
+With a sensor (instrument.detector.sensor) pyFAI's parallax correction is on in the point
+picking and the least squares (Geometry.enable_parallax, evaluated at each pass's starting
+geometry: the passes converge on it), and residuals are computed with hklflow's own model
+(model/sensor.py, the same): the distance refined is the distance to the sensor's front
+surface.
 
 rot3 (pyFAI's rotation about the incident beam, applied last) leaves every pixel's 2theta
 unchanged, so powder rings cannot determine it: it stays at its start value even when
@@ -52,7 +61,8 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import CalibrationError, ImageReadError
-from ..model.geometry import DetectorGeometry, pyfai_detector
+from ..model.geometry import DetectorGeometry, enable_pyfai_parallax, pyfai_detector
+from ..model.sensor import Sensor
 from ..raw.images import read_image
 from ..settings.params import CalibrationParams
 
@@ -63,11 +73,12 @@ log = logging.getLogger("hklflow.calibration")
 
 
 def start_geometry(params: CalibrationParams) -> DetectorGeometry:
-    """The rough start geometry of the config (rot1..3 default 0)."""
+    """The rough start geometry of the config (rot1..3 default 0), with the detector's
+    sensor."""
     s = params.start
     return DetectorGeometry(params.detector, s["dist"], s["poni1"], s["poni2"], s.get("rot1", 0.0),
                             s.get("rot2", 0.0), s.get("rot3", 0.0), params.wavelength,
-                            orientation=params.orientation)
+                            orientation=params.orientation, sensor=params.sensor)
 
 
 def describe(g: DetectorGeometry) -> str:
@@ -97,6 +108,7 @@ class CalibrationResult:
     bad_pixels: np.ndarray | None = None  # masked pixels (gaps, negative, hot)
     n_hot: int = 0
     notes: list = field(default_factory=list)
+    misfit: "RingMisfit | None" = None  # the acceptance test's figures (ring_misfit)
 
     def summary(self) -> dict:
         """JSON-able digest: geometry, beam centre, uncertainties, residuals."""
@@ -111,7 +123,8 @@ class CalibrationResult:
             "uncertainties": dict(self.uncertainties),
             "residuals": {"rms_px": self.rms_px, "rms_2theta_deg": self.rms_tth_deg,
                           "n_points": self.n_points, "n_rings": len(self.rings),
-                          "rings": [int(r) for r in self.rings]},
+                          "rings": [int(r) for r in self.rings],
+                          **({"ring_misfit": self.misfit.as_dict()} if self.misfit else {})},
             "n_hot_pixels": self.n_hot,
             "notes": list(self.notes),
         }
@@ -177,13 +190,22 @@ def _rings_on_detector(g: DetectorGeometry, calibrant: str, bad: np.ndarray) -> 
 
 def _tth_at(g: DetectorGeometry, points: np.ndarray):
     """2theta (rad) at control points (d1, d2, ring) and its radial gradient (rad / px)."""
-    geo = _pyfai_geometry(g.detector, g.orientation)
-    param = [g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3]
     d1, d2 = points[:, 0], points[:, 1]
     h = 0.5
-    g1 = (geo.tth(d1 + h, d2, param) - geo.tth(d1 - h, d2, param)) / (2 * h)
-    g2 = (geo.tth(d1, d2 + h, param) - geo.tth(d1, d2 - h, param)) / (2 * h)
-    return geo.tth(d1, d2, param), np.hypot(g1, g2)
+    if g.sensor is not None:
+        # hklflow's own parallax (model.sensor): pyFAI's tth(d1, d2, param) evaluates its
+        # parallax at the Geometry's own distance and PONI, not at param's
+        def tth(a, b):
+            return g.two_theta_chi(a + 0.5, b + 0.5)[0]  # (pyFAI's d1 = row - 0.5)
+    else:
+        geo = _pyfai_geometry(g.detector, g.orientation)
+        param = [g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3]
+
+        def tth(a, b):
+            return geo.tth(a, b, param)
+    g1 = (tth(d1 + h, d2) - tth(d1 - h, d2)) / (2 * h)
+    g2 = (tth(d1, d2 + h) - tth(d1, d2 - h)) / (2 * h)
+    return tth(d1, d2), np.hypot(g1, g2)
 
 
 def _residuals(g: DetectorGeometry, calibrant: str, points: np.ndarray):
@@ -434,7 +456,7 @@ def _refine_geometry(image: np.ndarray, params: CalibrationParams, source: str
     if any(p in params.refine for p in POWDER_BLIND):
         msg = ("rot3 (rotation about the beam) does not change 2theta, so powder rings "
                f"cannot determine it: kept at its start value {start.rot3:g} rad")
-        log.warning(msg)
+        log.info(msg)  # (expected on every calibration: in the notes, not among the warnings)
         notes.append(msg)
     on_det = _rings_on_detector(start, params.calibrant, bad)
     if not on_det:
@@ -555,8 +577,13 @@ def _refinement_pass(clean, det, g: DetectorGeometry, start: DetectorGeometry, n
 
     fixed = [p for p in PARAMETERS if p not in free]
     cal = _calibrant(params.calibrant, g.wavelength)
+    # (pyFAI's SingleGeometry cannot take a geometry whose parallax is on: turned on after)
     sg = SingleGeometry(f"{params.name}-pass{npass}", clean, calibrant=cal, detector=det,
-                        geometry=g.to_pyfai())
+                        geometry=g.to_pyfai(parallax=False))
+    if g.sensor is not None:
+        # seeds on the rings where parallax puts them, and refine3's 2theta corrected
+        # (evaluated at this pass's geometry g: the next pass evaluates it at the new one)
+        enable_pyfai_parallax(sg.geometry_refinement, g.sensor)
     with _seeded_global_numpy(params.seed + npass):
         sg.extract_cp(max_rings=n_rings, pts_per_deg=params.pts_per_deg)
     gr = sg.geometry_refinement
@@ -573,7 +600,7 @@ def _refinement_pass(clean, det, g: DetectorGeometry, start: DetectorGeometry, n
     def refine_once(data):
         gr.data = np.ascontiguousarray(data, dtype=np.float64)
         gr.refine3(fix=fixed)
-        return DetectorGeometry.from_pyfai(gr, params.detector)
+        return DetectorGeometry.from_pyfai(gr, params.detector).with_sensor(g.sensor)
 
     new = refine_once(pts)
     _, r_px = _residuals(new, params.calibrant, pts)
@@ -587,6 +614,92 @@ def _refinement_pass(clean, det, g: DetectorGeometry, start: DetectorGeometry, n
     return new, pts, rings, int((~keep).sum())
 
 
+MISFIT_SECTOR_DEG = 10.0  # the azimuthal sectors a ring's points are averaged in
+MISFIT_MIN_POINTS = 3  # fewer points in a sector tell nothing of its scatter
+
+
+@dataclass(frozen=True)
+class RingMisfit:
+    """How far the predicted rings lie from the rings the control points find (see
+    ring_misfit): misfit_px, the bound it is held to (bound_px) and their ratio (the
+    geometry is accepted when ratio <= 1), over n_groups (ring, sector) groups of n_points
+    points; the rings' spacing where their points are (px): the smallest, the median."""
+
+    misfit_px: float
+    bound_px: float
+    ratio: float
+    n_groups: int
+    n_points: int
+    min_spacing_px: float
+    median_spacing_px: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def ring_spacing_px(g: DetectorGeometry, calibrant: str, points: np.ndarray) -> np.ndarray:
+    """Per control point (d1, d2, ring): the radial distance (px) at the point from its
+    ring to the nearest other ring of the calibrant (rings at one 2theta count as one), the
+    ring density there: pyFAI's point picking looks for a ring's points within a quarter of
+    it."""
+    tth = ring_two_theta(calibrant, g.wavelength)
+    distinct = np.unique(tth)
+    ring = points[:, 2].astype(int)
+    k = np.searchsorted(distinct, tth[ring])
+    below = np.where(k > 0, tth[ring] - distinct[np.maximum(k - 1, 0)], np.inf)
+    above = np.where(k < distinct.size - 1,
+                     distinct[np.minimum(k + 1, distinct.size - 1)] - tth[ring], np.inf)
+    _, grad = _tth_at(g, points)
+    return np.minimum(below, above) / grad
+
+
+def ring_misfit(g: DetectorGeometry, calibrant: str, points: np.ndarray) -> RingMisfit:
+    """The acceptance test of a refined geometry: do the predicted rings lie where the
+    control points put them?
+
+    A control point's radial residual r (px) is the ring's misfit there plus the error of
+    picking that one point, which grows with the ring's width and its noise (0.4-0.6 px on
+    broad noisy rings at 87 keV, with the right geometry) and tells nothing of the geometry.
+    So the points of each ring are averaged in azimuthal sectors of MISFIT_SECTOR_DEG: a
+    group g of n points with mean m and variance v estimates its squared misfit by
+    m^2 - v / n (the picking error's share of m^2 taken out), and the misfit is the
+    point-weighted root mean of these over the groups (0 when noise dominates).
+
+    The rule: each group is held to b = min(1/sqrt(12) px, s / 8), s the distance (px) from
+    its ring to the nearest other one there (ring_spacing_px, the ring density) - a ring
+    must lie within the error of knowing a position only to its pixel (1/sqrt(12) px: the
+    pixel size), and within half of the quarter-spacing window pyFAI's point picking
+    searches (s / 4): a ring further off than that window has its points picked on its
+    neighbour's flank or not at all, so no residual can show the misfit any more.  The
+    geometry is accepted when sqrt(sum n (m^2 - v/n) / b^2 / sum n) <= 1; bound_px is the
+    misfit that ratio would allow (the point-weighted b where nothing is misfit)."""
+    points = np.asarray(points, dtype=float)
+    _, r_px = _residuals(g, calibrant, points)
+    spacing = ring_spacing_px(g, calibrant, points)
+    chi = g.two_theta_chi(points[:, 0] + 0.5, points[:, 1] + 0.5)[1]
+    nsec = int(round(360.0 / MISFIT_SECTOR_DEG))
+    sector = np.floor((np.degrees(chi) + 180.0) / MISFIT_SECTOR_DEG).astype(np.int64) % nsec
+    key = points[:, 2].astype(np.int64) * nsec + sector
+    groups, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    n = counts.astype(float)
+    mean = np.bincount(inverse, weights=r_px) / n
+    var = np.bincount(inverse, weights=(r_px - mean[inverse]) ** 2) / np.maximum(n - 1, 1)
+    bound = np.minimum(CalibrationParams.DEFAULT_MAX_RMS_PX,
+                       np.bincount(inverse, weights=spacing) / n / 8.0)
+    use = n >= MISFIT_MIN_POINTS
+    if not use.any():  # (a few points only: each one a group, its picking error kept)
+        use = n > 0
+        var = np.zeros_like(var)
+    w = n[use]
+    square = mean[use] ** 2 - var[use] / w
+    misfit2 = max(float(np.sum(w * square) / w.sum()), 0.0)
+    ratio2 = max(float(np.sum(w * square / bound[use] ** 2) / w.sum()), 0.0)
+    typical = float(np.sqrt(np.sum(w * bound[use] ** 2) / w.sum()))
+    misfit, ratio = math.sqrt(misfit2), math.sqrt(ratio2)
+    return RingMisfit(misfit, misfit / ratio if ratio > 0 else typical, ratio, int(use.sum()),
+                      int(w.sum()), float(spacing.min()), float(np.median(spacing)))
+
+
 def _refined_result(g: DetectorGeometry, start: DetectorGeometry, points, params, where: str,
                     passes: list, bad, n_hot: int, notes: list) -> CalibrationResult:
     """The result of the passes: refused when its residuals exceed the bound, else with
@@ -595,22 +708,36 @@ def _refined_result(g: DetectorGeometry, start: DetectorGeometry, points, params
     rms_px = float(np.sqrt(np.mean(r_px ** 2)))
     rms_tth = float(np.degrees(np.sqrt(np.mean(r_tth ** 2))))
     rings = tuple(sorted({int(r) for r in points[:, 2]}))
-    bound = params.rms_bound_px
-    if not rms_px <= bound:
+    misfit = ring_misfit(g, params.calibrant, points)
+    if params.max_rms_px is not None:  # the user's bound on the points' RMS residual
+        bound = params.rms_bound_px
+        if not rms_px <= bound:
+            raise CalibrationError(
+                f"{where}: RMS residual of the control points {rms_px:.3f} px exceeds "
+                f"{bound:.3f} px ({params.where('max_rms_px')}; {len(points)} points on rings "
+                f"{list(rings)}; {describe(g)}): the {params.calibrant} rings do not fit one "
+                "geometry: wrong wavelength, distance or detector?")
+    elif not misfit.ratio <= 1.0:
         raise CalibrationError(
-            f"{where}: RMS residual of the control points {rms_px:.3f} px exceeds "
-            f"{bound:.3f} px ({params.where('max_rms_px')}; {len(points)} points on rings "
-            f"{list(rings)}; {describe(g)}): the {params.calibrant} rings do not fit one "
-            "geometry: wrong wavelength, distance or detector?")
+            f"{where}: the predicted rings lie {misfit.misfit_px:.3f} px (RMS over "
+            f"{misfit.n_groups} sectors of {len(rings)} rings) from where the control points "
+            f"put them, more than {misfit.bound_px:.3f} px (the pixel's 1/sqrt(12), or an "
+            f"eighth of the rings' spacing, down to {misfit.min_spacing_px:.1f} px here; "
+            f"{params.where('max_rms_px')} bounds the points' RMS residual, "
+            f"{rms_px:.3f} px, instead; {len(points)} points on rings {list(rings)}; "
+            f"{describe(g)}): the {params.calibrant} rings do not fit one geometry: wrong "
+            "wavelength, distance or detector?")
     free_all = params.free
     unc = _uncertainties(g, params.calibrant, points, free_all)
-    log.info("refined: %s; rms %.4f px = %.6f deg 2theta, %d points on %d rings; "
-             "uncertainties %s", describe(g), rms_px, rms_tth, len(points), len(rings),
+    log.info("refined: %s; rms %.4f px = %.6f deg 2theta, %d points on %d rings; rings "
+             "%.4f px from the points (bound %.3f px); uncertainties %s", describe(g), rms_px,
+             rms_tth, len(points), len(rings), misfit.misfit_px, misfit.bound_px,
              {k: f"{v:.3g}" for k, v in unc.items()})
     return CalibrationResult(method="refined", geometry=g, start=start, refined=tuple(free_all),
                              uncertainties=unc, rms_px=rms_px, rms_tth_deg=rms_tth,
                              n_points=int(len(points)), rings=rings, control_points=points,
-                             passes=passes, bad_pixels=bad, n_hot=n_hot, notes=notes)
+                             passes=passes, bad_pixels=bad, n_hot=n_hot, notes=notes,
+                             misfit=misfit)
 
 
 WAVELENGTH_RTOL = 1e-4  # a PONI wavelength further than this from the config's disagrees
@@ -681,6 +808,19 @@ def import_poni(params: CalibrationParams) -> CalibrationResult:
                 f"{choice}: {{orientation: use_config}}")
         g = dataclasses.replace(g, orientation=params.orientation)  # dist, PONI: physical
         notes.append(f"{values}: the config's is used ({choice}.orientation: {rule})")
+    sensor = Sensor.of(params.sensor)
+    if g.sensor != sensor:
+        rule = params.poni_mismatch.get("sensor")
+        values = (f"the PONI file's geometry corrects the parallax of "
+                  f"{g.sensor.describe() if g.sensor else 'no sensor'}, "
+                  f"instrument.detector.sensor is {sensor.describe() if sensor else 'not set'}")
+        if rule is None:
+            raise CalibrationError(
+                f"{where} disagrees with the config: {values}; set instrument.detector.sensor "
+                "to the PONI's, or, if the PONI's distance and centre are right for the "
+                f"config's sensor, say so with {choice}: {{sensor: use_config}}")
+        g = g.with_sensor(sensor)
+        notes.append(f"{values}: the config's is used ({choice}.sensor: {rule})")
     for note in notes:
         log.warning("%s: %s", path, note)
     log.info("imported %s: %s", path, describe(g))

@@ -18,7 +18,9 @@ COMMANDS = {
     "ingest_scan": ("hklflow.steps.ingest_scan:main", "build the NeXus file of one scan entry, linking its raw frames"),
     "find_peaks": ("hklflow.steps.find_peaks:main", "one streamed pass over a scan: frame statistics and 3D Bragg peaks"),
     "index_parent": ("hklflow.steps.index_parent:main", "index a sample's parent scan from scratch and refine it"),
+    "refine_detector": ("hklflow.steps.refine_detector:main", "refine the detector a sample's temperatures share on all of them together"),
     "refine_temperature": ("hklflow.steps.refine_temperature:main", "refine a sample at one temperature, starting from its parent"),
+    "orientation_table": ("hklflow.steps.orientation_table:main", "every temperature's cell, esd and residuals beside the shared detector"),
     "define_grid": ("hklflow.steps.define_grid:main", "the (H, K, L) grid of a sample, from the config or the cell and Q range"),
     "mask_scan": ("hklflow.steps.mask_scan:main", "pixel mask and 3D Bragg-peak mask of a scan entry"),
     "transform_frames": ("hklflow.steps.transform_frames:main", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
@@ -49,7 +51,7 @@ STEPS = frozenset(name for name, (target, _) in COMMANDS.items()
 
 # the options of the commands that start snakemake (hklflow.commands.run): name -> whether it takes
 # a value.  Snakemake's own arguments go after `--`.
-_OWN_OPTIONS = {"run": {"-h": False, "--help": False},
+_OWN_OPTIONS = {"run": {"-h": False, "--help": False, "--cores": True},
                 "demo": {"-h": False, "--help": False, "--dir": True, "--cores": True}}
 
 
@@ -129,11 +131,19 @@ def _run_arguments_problem(name: str, args: list[str]) -> tuple[str, int] | None
     return None
 
 
+# the commands a user types, in the order of a first hour; the steps are the workflow's
+USER_COMMANDS = ("demo", "init", "run", "watch", "status", "simulate", "workflow-path")
+
+
 def usage() -> str:
     lines = ["usage: hklflow COMMAND [ARGS...]   (hklflow COMMAND --help for its arguments;",
              "                                     hklflow --version)", "",
              "commands:"]
-    lines += [f"  {name:<18} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<22} {COMMANDS[name][1]}" for name in USER_COMMANDS]
+    lines += ["", "the workflow's steps (each rule of the Snakefile runs one; run them by hand "
+              "only to debug):"]
+    lines += [f"  {name:<22} {doc}" for name, (_, doc) in COMMANDS.items()
+              if name not in USER_COMMANDS]
     return "\n".join(lines)
 
 
@@ -152,7 +162,6 @@ def main(argv=None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-
         print(f"hklflow {__version__}")
         return 0
     name = argv[0] if argv[0] in COMMANDS else argv[0].replace("-", "_")

@@ -8,6 +8,7 @@ its rule's line shows the job's own progress (frames done), read from its log
 to a log file (`--verbose` shows it instead); plain `snakemake` keeps its usual output."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 from ..files import outputs
 from ..files.outputs import glob_of
 from ..planning import job_events
+from ..planning.disk import LINE_START as DISK_LINE_START
+from ..planning.snakemake_compat import STOPPED_PLAN
 
 # the lines of hklflow's own step logs (hklflow.base.steplog), not Snakemake's
 _WARNING = re.compile(r"^\S+ \S+ hklflow\.(\w+) WARNING: (.*)$")
@@ -33,26 +36,47 @@ LOG_TAIL_BYTES = 8192  # a step logs progress every 10 s: its last line is near 
 PROGRESS_EVERY_S_WITHOUT_TERMINAL = 300.0
 MOST_LOGS_READ = 64  # running jobs whose logs are looked at (a cluster runs hundreds)
 
-# the pictures a user opens first, in this order (relative to the experiment directory)
+# the pictures a user opens first, in this order (relative to the experiment directory): the
+# physics (the temperature series of the diffuse volumes and of their 3D-DeltaPDF), then the
+# checks (a symmetrised volume, its statistics, the orientation, the calibration); the
+# README's list is this one (tests/test_docs.py)
 FIRST_PICTURES = tuple(glob_of(pattern, kind="masked_transform", pdf="pdf") for pattern in (
-    outputs.CALIBRATION_PNG, outputs.ORIENTATION_PNG, outputs.SYMMETRIZED_VOLUME_PNG,
-    outputs.STATISTICS_PNG, outputs.PDF_SERIES_PNG, outputs.DELTA_PDF_PNG))
+    outputs.TEMPERATURE_SERIES_PNG, outputs.PDF_SERIES_PNG, outputs.SYMMETRIZED_VOLUME_PNG,
+    outputs.STATISTICS_PNG, outputs.ORIENTATION_PNG, outputs.CALIBRATION_PNG))
 MOST_WARNINGS = 8
+STOPPED_LINES = 12  # Snakemake's last lines shown when it stopped for a reason hklflow did not name
 # what the one-off compilation costs (bench/README.md, "First run": the tiny experiment)
 COMPILE_NOTE = "about 2 minutes of CPU, the first run about 2 minutes longer on 2 cores"
+# numba's cache index of the transform's kernel, in its two forms: frames read whole (CBF,
+# uncompressed HDF5) and bitshuffle-LZ4 frames decompressed in the kernel
+KERNEL_CACHE_MARKERS = ("kernels._accumulate-*.nbi", "stream_kernels.accumulate_stream-*.nbi")
+
+
+def kernel_cache_places() -> list[Path]:
+    """Where numba's cache locators put the transform's kernels, in their order:
+    NUMBA_CACHE_DIR, the package's __pycache__ (where writable), the user's cache folder
+    ($XDG_CACHE_HOME/numba, ~/.cache/numba); in the first and last, a folder named after the
+    source folder and the SHA-1 of its path (numba.core.caching.get_suitable_cache_subpath)."""
+    # (abspath, not resolve: numba names the folder by the path the module was imported from)
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "algorithms", "transform")
+    mirrored = f"transform_{hashlib.sha1(folder.encode()).hexdigest()}"
+    user = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "numba")
+    places = [os.path.join(folder, "__pycache__"), os.path.join(user, mirrored)]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        places.insert(0, os.path.join(os.environ["NUMBA_CACHE_DIR"], mirrored))
+    return [Path(p) for p in places]
 
 
 def kernel_cache_cold() -> str | None:
     """A line announcing the one-off compilation of hklflow's kernels when numba's cache
-    holds none of them yet (this installation's first run; NUMBA_CACHE_DIR moves the
-    cache), else None."""
-    package = Path(__file__).resolve().parents[1]
-    places = [package / "algorithms" / "transform" / "__pycache__"]
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        places = [Path(os.environ["NUMBA_CACHE_DIR"])]
-    places.append(Path.home() / ".cache" / "numba")  # (numba's own where the package is read-only)
-    for place in places:
-        if place.is_dir() and next(place.rglob("kernels._accumulate*.nbi"), None):
+    holds none of them yet (this installation's first run), else None.  The marker is the
+    transform's kernel, in whichever of its two forms the runs so far used
+    (KERNEL_CACHE_MARKERS: runs of bitshuffle-LZ4 frames, the usual ones, never compile
+    `_accumulate`, which the note looked for alone, so it came back on every run)."""
+    for place in kernel_cache_places():
+        if any(next(place.glob(marker), None) for marker in KERNEL_CACHE_MARKERS):
             return None
     return (f"first run of this installation: hklflow's compiled kernels are built once now "
             f"({COMPILE_NOTE}); numba caches them for every later run")
@@ -287,6 +311,74 @@ def job_warnings(experiment: Path, since: float) -> list[str]:
             if found:
                 seen.setdefault(f"{found.group(1)}: {found.group(2)}", path)
     return list(seen)
+
+
+def plan_problem(output: list[str]) -> list[str]:
+    """What hklflow said when it stopped the plan (planning.snakemake_compat.stop_plan: its
+    message, prefixed `hklflow: `, is the last thing Snakemake's output holds), without the
+    prefix; [] when the plan did not stop so (a line `hklflow stopped the plan` follows)."""
+    lines = [line.rstrip() for line in output if line.strip()]
+    if not lines or lines[-1] != STOPPED_PLAN:
+        return []
+    starts = [i for i, line in enumerate(lines[:-1]) if line.startswith("hklflow: ")]
+    if not starts:
+        return []
+    first, *rest = lines[starts[-1]:-1]
+    return [first.removeprefix("hklflow: "), *rest]
+
+
+# the plan's lines come first in Snakemake's output, before it builds the DAG
+PLAN_HEAD_BYTES = 65536
+
+
+def disk_line(run_log: Path) -> str | None:
+    """The plan's line on the disk its results will take (planning.disk, `hklflow: results:
+    ...`), without `hklflow: `, from the head of Snakemake's output; None while it is not
+    there."""
+    try:
+        with open(run_log, "rb") as f:
+            head = f.read(PLAN_HEAD_BYTES).decode(errors="replace")
+    except OSError:
+        return None
+    for line in head.splitlines():
+        if line.startswith(f"hklflow: {DISK_LINE_START}"):
+            return line.removeprefix("hklflow: ")
+    return None
+
+
+def failed(experiment: Path, since: float, progress: Progress, run_log: Path,
+           output: list[str], locked: str | None = None) -> list[str]:
+    """The lines a failed run ends with: how far it got and this run's warnings, then
+    FAILED with the reason (each failed job's own message and log; the lock; the problem
+    that stopped the plan; else Snakemake's last lines) and the log to read.  Never the
+    results and pictures of earlier runs."""
+    out = []
+    if progress.total:
+        done = sum(n for r, n in progress.done.items() if r != "all")
+        out.append(f"{done} of {progress.total} jobs done in "
+                   f"{_clock(time.monotonic() - progress.start)}")
+    warnings = job_warnings(experiment, since)
+    if warnings:
+        out.append(f"warnings ({len(warnings)}, from the jobs' logs):")
+        out += [f"  {w}" for w in warnings[:MOST_WARNINGS]]
+    if progress.failures:
+        out += failure_lines(experiment, progress.failures)
+    elif locked:
+        out.append(f"FAILED: {locked}")
+    else:
+        problem = plan_problem(output)
+        if problem:
+            out += [f"FAILED: {problem[0]}", *problem[1:]]
+        else:
+            tail = [line.rstrip() for line in output if line.strip()][-STOPPED_LINES:]
+            out += ["FAILED: Snakemake stopped; the last lines of its output:",
+                    *(f"  {line}" for line in tail)]
+    try:
+        shown = run_log.relative_to(experiment)
+    except ValueError:
+        shown = run_log
+    out.append(f"Snakemake's output: {shown}")
+    return out
 
 
 def summary(experiment: Path, since: float, progress: Progress | None = None) -> list[str]:

@@ -1,13 +1,23 @@
 """`hklflow init DIR`: config/config.yaml and config/scans.tsv of a new experiment.
 
 The config gets every key of the config schema, each under its schema description as a
-comment, with the values known: those given on the command line, those read from a raw
-file (an NXmx master file or a Pilatus CBF header: hklflow.files.nxmx, files.cbf_header),
-the schema's defaults for the rest.  What nothing says (the sample's space group and cell,
-the calibration, ...) is written as a placeholder ``{FILL_IN: what}``: a mapping where the
-schema wants a number, a text or a list, so that load_experiment refuses the config and
-names every field still to fill in.  The scans table gets a row for the raw file's scan;
-its unknown cells are ``FILL_IN``, which the scans schema refuses as well.
+comment (the schema's path in this installation named at the top; the common values of
+a few keys suggested: HINTS), with the values known: those given on the command line,
+those read from the raw files (NXmx master files or Pilatus CBF headers: hklflow.files.nxmx,
+files.cbf_header), the schema's defaults for the rest.  What nothing says (the sample's
+space group and cell, the calibration, ...) is written as a placeholder ``{FILL_IN: what}``:
+a mapping where the schema wants a number, a text or a list, so that load_experiment
+refuses the config and names every field still to fill in.  An EIGER master's pixel mask
+becomes the experiment's mask (instrument.detector.mask_file and mask_dataset), and the
+sensor a file names (NXmx sensor_material/sensor_thickness, a CBF header's sensor line) its
+instrument.detector.sensor, which corrects the parallax.
+
+The scans table gets one row per scan: each master, each CBF scan (its frame files, any of
+them given), globs of either expanded.  A row's sample, temperature and entry come from the
+file's path where a path pattern (live.discover's: hklflow.live.discover.DiscoveryPattern,
+given with --pattern or one of DEFAULT_PATTERNS that every path matches) says them, else
+from the command line, else (a temperature) from the file; its unknown cells are
+``FILL_IN``, which the scans schema refuses as well.
 
 An existing config or scans table is never overwritten without --force.
 """
@@ -16,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import glob
 import math
 import os
 import re
@@ -31,12 +42,15 @@ from ..base.errors import ConfigError, HklflowError, RawDataError
 from ..files import nxmx
 from ..files.cbf_header import CbfHeaderError, read_cbf_header
 from ..files.h5 import open_h5
+from ..live.discover import DiscoveryPattern
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import DetectorGeometry, detector_shape, known_calibrants, pyfai_tables
-from ..raw.rawfiles import matching_files
-from ..settings.schema import schema
+from ..model.scan import temperature_label
+from ..model.sensor import material_name
+from ..planning.config import PLACEHOLDER
+from ..raw.rawfiles import eiger_data_files, is_eiger_master, matching_files, natural_key
+from ..settings.schema import schema, schema_path
 
-PLACEHOLDER = "FILL_IN"
 CONFIG_FILE = "config/config.yaml"
 SCANS_TABLE = "config/scans.tsv"
 LINE_WIDTH = 100
@@ -78,6 +92,9 @@ class ScanFacts:
     scan_axis: tuple[float, float, float] | None = None  # its lab vector
     temperature: float | None = None  # K
     detector_description: str | None = None
+    pixel_mask: str | None = None  # the HDF5 path of the detector's pixel mask in the file
+    sensor: tuple[str, float] | None = None  # (material as written, thickness in m)
+    offsets: dict = field(default_factory=dict)  # other goniometer axes not at 0: name -> deg
     where: dict = field(default_factory=dict)  # fact -> where in the file it was read
 
 
@@ -109,6 +126,9 @@ def _read_goniometer(f, path: str, wanted: str | None, facts: ScanFacts) -> None
     axis = axes[turning[0]]
     where = f"{nxmx.GONIOMETER}/{axis.name}"
     facts.scan_axis_name = axis.name
+    # (init writes no offset axes: which way each turns and their order are not its to guess)
+    facts.offsets = {n: rounded(a.angles[0]) for n, a in axes.items()
+                     if n != axis.name and a.angles[0] != 0}
     facts.phi_start, facts.phi_step = rounded(axis.angles[0]), rounded(axis.step or 0.0)
     facts.where.update(phi_start=where,
                        phi_step=where + ("_increment" if axis.from_increment else ""))
@@ -135,6 +155,10 @@ def _read_detector(f, path: str, facts: ScanFacts) -> None:
     if facts.beam_centre is not None:
         facts.where["beam_centre"] = f"{nxmx.DETECTOR}/beam_center_x/y"
     facts.detector_description = nxmx.detector_description(f)
+    facts.pixel_mask = nxmx.pixel_mask(f)
+    facts.sensor = nxmx.sensor(f, path)
+    if facts.sensor is not None:
+        facts.where["sensor"] = f"{nxmx.DETECTOR}/sensor_material, sensor_thickness"
     facts.frame_shape = nxmx.eiger_frame_shape(f, path)
     nframes = nxmx.eiger_frame_count(f, path)
     if nframes is not None:
@@ -176,14 +200,22 @@ def read_nxmx(path: str, scan_axis_name: str | None = None) -> ScanFacts:
     return facts
 
 
-def cbf_frame_files(path: str) -> tuple[str, list[str]]:
-    """The glob of a CBF scan's frame files (the last number of the file's name a `*`) and
-    the files it matches, in frame order."""
+def cbf_frame_glob(path: str) -> str:
+    """The glob of a CBF scan's frame files: the last number of the file's name a `*` (the
+    path itself when its name has none)."""
     folder, name = os.path.split(path)
     number = re.search(r"[0-9]+(?=[^0-9]*$)", name)
     if number is None:
+        return path
+    return os.path.join(folder, name[:number.start()] + "*" + name[number.end():])
+
+
+def cbf_frame_files(path: str) -> tuple[str, list[str]]:
+    """The glob of a CBF scan's frame files (cbf_frame_glob) and the files it matches, in
+    frame order."""
+    pattern = cbf_frame_glob(path)
+    if pattern == path:
         return path, [path]
-    pattern = os.path.join(folder, name[:number.start()] + "*" + name[number.end():])
     return pattern, matching_files(pattern) or [path]
 
 
@@ -202,9 +234,9 @@ def read_cbf(path: str) -> ScanFacts:
     facts = ScanFacts(source=first, data=pattern, nframes=len(files))
     facts.where["nframes"] = f"the files {os.path.basename(pattern)}"
     try:
-        for name, field in (("wavelength", "Wavelength"), ("phi_start", "Start_angle"),
-                            ("phi_step", "Angle_increment"), ("distance", "Detector_distance")):
-            found = header.quantity(field)
+        for name, key in (("wavelength", "Wavelength"), ("phi_start", "Start_angle"),
+                          ("phi_step", "Angle_increment"), ("distance", "Detector_distance")):
+            found = header.quantity(key)
             if found:
                 (value,), as_written = found
                 setattr(facts, name, rounded(value))
@@ -216,6 +248,9 @@ def read_cbf(path: str) -> ScanFacts:
         col, row = beam[0]  # (fast, slow)
         facts.beam_centre, facts.where["beam_centre"] = (row, col), "the header's Beam_xy"
     facts.detector_description = header.text_after("Detector")
+    facts.sensor = header.sensor()
+    if facts.sensor is not None:
+        facts.where["sensor"] = "the header's sensor line"
     try:
         facts.frame_shape = (int(header.binary["x-binary-size-second-dimension"]),
                              int(header.binary["x-binary-size-fastest-dimension"]))
@@ -322,6 +357,34 @@ def start_geometry(detector: str | None, facts: ScanFacts | None) -> dict:
 # --------------------------------------------------------------------------------------
 # The config: the values known, the schema's defaults, the placeholders
 # --------------------------------------------------------------------------------------
+# keys whose common values a new user would otherwise look up: dotted key -> comment lines
+# written under its description (an item of a list indented)
+HINTS = {
+    "instrument.goniometer.scan_axis": [
+        "Common values (docs/conventions.md, Lab frame):",
+        "- [0, 1, 0]: horizontal, across the beam - the omega or phi axis of a horizontal "
+        "goniometer, as at most beamlines",
+        "- [0, -1, 0]: the same axis with the angle increasing the other way (or keep "
+        "[0, 1, 0] and set scan_sense: -1)",
+        "- [1, 0, 0]: vertical, up - a vertical-axis goniometer",
+        "- [-1, 0, 0]: vertical, the angle increasing the other way",
+        "An NXmx master gives the axis as its @vector in NeXus's frame (x horizontal, y up, "
+        "z along the beam): a NeXus vector (x, y, z) is [y, -x, z] here, so omega's usual "
+        "[-1, 0, 0] is [0, 1, 0].",
+    ],
+}
+
+
+def _hint(lines: list[str], indent: int) -> list[str]:
+    out = []
+    for line in lines:
+        prefix = f"{' ' * indent}# " + ("  " if line.startswith("- ") else "")
+        out += textwrap.wrap(line, width=LINE_WIDTH, initial_indent=prefix,
+                             subsequent_indent=prefix + ("  " if line.startswith("- ") else ""),
+                             break_on_hyphens=False, break_long_words=False)
+    return out
+
+
 def with_defaults(values: dict, node: dict) -> dict:
     """values with the schema's defaults of the keys not given, in nested objects too."""
     out = dict(values)
@@ -356,9 +419,9 @@ def _comment(text: str, indent: int = 0, margin: int = 0) -> list[str]:
 
 def commented_yaml(values: dict, node: dict, notes: dict, indent: int = 0,
                    path: str = "") -> list[str]:
-    """The lines of a YAML mapping: each key under its schema description as a comment,
-    nested objects as blocks, every other value on its key's line (with its note: where it
-    was read)."""
+    """The lines of a YAML mapping: each key under its schema description as a comment
+    (and its HINTS), nested objects as blocks, every other value on its key's line (with its
+    note: where it was read)."""
     properties = node.get("properties", {})
     named = node.get("additionalProperties")
     lines = []
@@ -372,6 +435,7 @@ def commented_yaml(values: dict, node: dict, notes: dict, indent: int = 0,
         if (block or indent == 0) and lines:
             lines.append("")
         lines += _comment(sub["description"], indent) if sub.get("description") else []
+        lines += _hint(HINTS[dotted], indent) if dotted in HINTS else []
         if block:
             lines.append(f"{' ' * indent}{key}:")
             lines += commented_yaml(value, sub, notes, indent + 2, dotted)
@@ -399,21 +463,158 @@ class InitRequest:
     name: str | None = None
     detector: str | None = None
     wavelength: float | None = None
-    master: str | None = None  # an NXmx master file (HDF5)
-    cbf: str | None = None  # a CBF frame file of the scan
+    master: tuple[str, ...] = ()  # NXmx master (or HDF5 stack) files, or globs of them
+    cbf: tuple[str, ...] = ()  # CBF frame files (any frame names its scan), or globs
+    pattern: str | None = None  # the raw files' path pattern (live.discover's fields)
     scan_axis_name: str | None = None
     scan_axis: tuple | None = None
-    sample: str = DEFAULT_SAMPLE
+    sample: str | None = None  # every scan's, where no pattern says (default: DEFAULT_SAMPLE)
     space_group: str | None = None
     cell: tuple | None = None
-    temperature: float | None = None
-    entry: str = DEFAULT_ENTRY
+    temperature: float | None = None  # every scan's, where no pattern says
+    parent_temperature: float | None = None
+    entry: str | None = None  # the one scan's (default: DEFAULT_ENTRY)
     nframes: int | None = None
     phi_start: float | None = None
     phi_step: float | None = None
     calibrant: str | None = None
     calibration_image: str | None = None
     poni: str | None = None
+
+    def __post_init__(self):
+        for name in ("master", "cbf"):  # (one file given as a string)
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str)
+                               else tuple(value or ()))
+
+
+# --------------------------------------------------------------------------------------
+# The scans: one per master or CBF scan, named by their paths or the command line
+# --------------------------------------------------------------------------------------
+# layouts tried, in order, when neither --pattern nor a scan's names are given: the first
+# that every path matches names them (live.discover's examples)
+DEFAULT_PATTERNS = (
+    "{sample}/{temperature}K/{entry}/{entry}_master.h5",
+    "{sample}/{temperature}K/{entry}_master.h5",
+    "{sample}/{temperature}K/{entry}.h5",
+    "{sample}/{temperature}K/{entry}/{entry}_*.cbf",
+    "{sample}/{temperature}K/{entry}_*.cbf",
+)
+
+
+@dataclass
+class Scan:
+    """A row of the scans table: its names, what its raw file says, and where its sample,
+    temperature and entry came from (a note; None: the command line)."""
+
+    facts: ScanFacts | None  # None: no raw file given
+    sample: str
+    temperature: float | None  # None: not known (FILL_IN)
+    entry: str
+    named_by: str | None = None
+
+
+def _expanded(given: tuple[str, ...], option: str) -> list[str]:
+    """The files an option names: each path as given, each glob's matches in natural
+    order; ConfigError naming a path or glob that names none."""
+    files = []
+    for item in given:
+        if glob.has_magic(item):
+            found = sorted((f for f in glob.glob(item, recursive=True) if os.path.isfile(f)),
+                           key=natural_key)
+            if not found:
+                raise ConfigError(f"{option} {item!r}: no file matches")
+            files += found
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise ConfigError(f"{option} {item}: no such file")
+    return list(dict.fromkeys(files))  # (each once, in order)
+
+
+def raw_scans(request: InitRequest) -> list[ScanFacts]:
+    """What each scan's raw file says: one per master (a glob's DECTRIS data files left
+    out: their master is the scan), one per CBF scan (its frame files: any of them named)."""
+    masters = _expanded(request.master, "--master")
+    data_files = {os.path.abspath(d) for m in masters if is_eiger_master(m)
+                  for d in eiger_data_files(m)}
+    masters = [m for m in masters if os.path.abspath(m) not in data_files]
+    scans = [read_nxmx(m, request.scan_axis_name) for m in masters]
+    frames_of = {}  # a CBF scan's frame glob -> the first of its files named
+    for frame in _expanded(request.cbf, "--cbf"):
+        frames_of.setdefault(cbf_frame_glob(frame), frame)
+    return scans + [read_cbf(frame) for frame in frames_of.values()]
+
+
+def fields_of(pattern: DiscoveryPattern, path: str) -> dict | None:
+    """The pattern's fields in a raw file's path, matched against as many of the path's last
+    components as the pattern has (it need not say where the raw data lie); None when it
+    does not match."""
+    parts = Path(os.path.abspath(path)).parts
+    depth = pattern.text.count("/") + 1
+    return pattern.match("/".join(parts[-depth:])) if len(parts) > depth else None
+
+
+def path_pattern(request: InitRequest, scans: list[ScanFacts]) -> DiscoveryPattern | None:
+    """The pattern that names the scans: --pattern (ConfigError naming a path it does not
+    match), else the first of DEFAULT_PATTERNS that every path matches when the command
+    line names none of them, else None."""
+    if request.pattern is not None:
+        pattern = DiscoveryPattern.parse(request.pattern)
+        given = [o for o, v in (("--sample", request.sample), ("--temperature",
+                 request.temperature), ("--entry", request.entry)) if v is not None]
+        if given:
+            raise ConfigError(f"--pattern {request.pattern} gives every scan's sample, "
+                              f"temperature and entry: not {' and '.join(given)} as well")
+        unmatched = [s.source for s in scans if fields_of(pattern, s.source) is None]
+        if unmatched:
+            raise ConfigError(f"--pattern {request.pattern}: {', '.join(unmatched[:3])}"
+                              f"{' and more' if len(unmatched) > 3 else ''} "
+                              f"{'does' if len(unmatched) == 1 else 'do'} not match it "
+                              "(matched against the last components of each path)")
+        return pattern
+    if not scans or any(v is not None for v in (request.sample, request.temperature,
+                                                 request.entry)):
+        return None
+    for text in DEFAULT_PATTERNS:
+        pattern = DiscoveryPattern.parse(text)
+        if all(fields_of(pattern, s.source) is not None for s in scans):
+            return pattern
+    return None
+
+
+def named_scans(request: InitRequest, scans: list[ScanFacts],
+                pattern: DiscoveryPattern | None) -> list[Scan]:
+    """Each scan with its sample, temperature and entry: from the path pattern, else the
+    command line (the temperature: else the file's; several scans' entries: f1, f2, ...);
+    ConfigError for two scans of one name."""
+    if request.entry is not None and len(scans) > 1:
+        raise ConfigError(f"--entry {request.entry} names one scan's entry: for {len(scans)} "
+                          "scans the entries come from their paths (--pattern) or are "
+                          "numbered f1, f2, ...")
+    named = []
+    for i, facts in enumerate(scans or [None], 1):
+        if pattern is not None:
+            fields = fields_of(pattern, facts.source)
+            named.append(Scan(facts, fields["sample"], float(fields["temperature"]),
+                              fields["entry"], f"the path, as {pattern.text}"))
+            continue
+        temperature = request.temperature
+        if temperature is None and facts is not None and facts.temperature is not None:
+            temperature = facts.temperature
+        entry = request.entry or (DEFAULT_ENTRY if len(scans) <= 1 else f"f{i}")
+        named.append(Scan(facts, request.sample or DEFAULT_SAMPLE, temperature, entry))
+    seen = {}
+    for scan in named:
+        key = (scan.sample, None if scan.temperature is None
+               else temperature_label(scan.temperature), scan.entry)
+        if key in seen:
+            label = key[1] or PLACEHOLDER
+            raise ConfigError(f"{seen[key].facts.source} and {scan.facts.source} are both scan "
+                              f"{scan.sample}/{label}/{scan.entry}: give each scan a name of "
+                              "its own (their paths, or --pattern)")
+        seen[key] = scan
+    return named
 
 
 def path_in_experiment(path: str, directory: str) -> str:
@@ -466,10 +667,73 @@ def _sample(request: InitRequest, temperature) -> dict:
             "parent": {"temperature": temperature}}
 
 
-def config_and_notes(request: InitRequest, detector: str | None,
-                     facts: ScanFacts | None) -> tuple[dict, dict]:
+def _parent_temperature(request: InitRequest, sample: str, scans: list[Scan], notes: dict):
+    """The sample's parent temperature: --parent-temperature (one of its scans'), else its
+    scans' one temperature, else a placeholder (naming its temperatures)."""
+    own = [s for s in scans if s.sample == sample]
+    temperatures = sorted({s.temperature for s in own if s.temperature is not None})
+    listed = ", ".join(f"{t:g}" for t in temperatures)
+    if request.parent_temperature is not None:
+        label = temperature_label(request.parent_temperature)
+        if temperatures and label not in {temperature_label(t) for t in temperatures}:
+            raise ConfigError(f"--parent-temperature {request.parent_temperature:g}: sample "
+                              f"{sample} has no scan at it (its scans: {listed} K)")
+        return request.parent_temperature
+    if len(temperatures) == 1 and all(s.temperature is not None for s in own):
+        first = own[0]
+        key = f"samples.{sample}.parent.temperature"
+        if first.named_by:
+            notes[key] = f"from {first.named_by}"
+        elif request.temperature is None and first.facts is not None:
+            notes[key] = (f"from {os.path.basename(first.facts.source)}: "
+                          f"{first.facts.where['temperature']}")
+        return temperatures[0]
+    return placeholder("K, the temperature of the parent scan" + (
+        f": one of {listed}" if len(temperatures) > 1 else ""))
+
+
+def check_one_instrument(request: InitRequest, scans: list[Scan]) -> None:
+    """ConfigError when the scans' files disagree on what a config holds once: the
+    wavelength (by more than 0.1%, unless --wavelength says it) and the axis that turns."""
+    read = [s.facts for s in scans if s.facts is not None]
+    checks = [("scan_axis_name", "turn different axes", "--scan-axis-name",
+               lambda a, b: a == b)]
+    if request.wavelength is None:
+        checks.append(("wavelength", "have different wavelengths", "--wavelength",
+                       lambda a, b: abs(a - b) <= 1e-3 * abs(a)))
+    for fact, differ, option, same in checks:
+        given = [(f, getattr(f, fact)) for f in read if getattr(f, fact) is not None]
+        other = next(((f, v) for f, v in given if not same(given[0][1], v)), None)
+        if other is not None:
+            (f1, v1), (f2, v2) = given[0], other
+            raise ConfigError(f"{f1.source} and {f2.source} {differ} ({v1} and {v2}): one "
+                              f"config has one: give {option}, or init them as experiments "
+                              "of their own")
+
+
+def discover_pattern(request: InitRequest, scans: list[Scan],
+                     pattern: DiscoveryPattern | None) -> str | None:
+    """live.discover for `hklflow watch`: the path pattern relative to the experiment
+    directory, when every scan's file is in it, under the same folder; else None."""
+    if pattern is None or any(s.facts is None for s in scans):
+        return None
+    depth = pattern.text.count("/") + 1
+    folders = set()
+    for scan in scans:
+        path = path_in_experiment(scan.facts.source, request.directory)
+        if os.path.isabs(path):
+            return None
+        folders.add(tuple(path.split("/")[:-depth]))
+    return "/".join([*folders.pop(), pattern.text]) if len(folders) == 1 else None
+
+
+def config_and_notes(request: InitRequest, detector: str | None, scans: list[Scan],
+                     pattern: DiscoveryPattern | None = None) -> tuple[dict, dict]:
     """The config (defaults filled, placeholders where nothing says) and the notes of the
-    values read from the raw file (dotted key -> where)."""
+    values read from the raw files (dotted key -> where): the instrument's from the first
+    scan's file, the pixel mask from the first master that has one."""
+    facts = scans[0].facts
+
     def known(given, fact: str, key: str, hint: str):
         if given is not None:
             return given
@@ -482,16 +746,34 @@ def config_and_notes(request: InitRequest, detector: str | None,
     notes = {}
     calibration_name = (request.calibrant or DEFAULT_CALIBRATION).lower()
     calibration = _calibration(request, detector, facts)
-    temperature = known(request.temperature, "temperature", f"samples.{request.sample}.parent."
-                        "temperature", "K, the temperature of the parent scan")
+    samples = {}
+    for scan in scans:
+        if scan.sample not in samples:
+            samples[scan.sample] = _sample(request, _parent_temperature(request, scan.sample,
+                                                                        scans, notes))
+    detector_config = {"name": detector or placeholder(
+        "pyFAI detector name, see hklflow init --list-detectors" + (
+            f" (the file says {facts.detector_description!r})"
+            if facts is not None and facts.detector_description else ""))}
+    named = facts.sensor if facts is not None else None
+    if named is not None and material_name(named[0]) is not None:  # (else left out: no parallax)
+        detector_config["sensor"] = {"material": material_name(named[0]),
+                                     "thickness": float(f"{named[1]:.6g}")}
+        notes["instrument.detector.sensor"] = (f"from {os.path.basename(facts.source)}: "
+                                               f"{facts.where['sensor']}")
+    masked = next((s.facts for s in scans if s.facts is not None and s.facts.pixel_mask), None)
+    if masked is not None:
+        detector_config.update(mask_file=path_in_experiment(masked.source, request.directory),
+                               mask_dataset=masked.pixel_mask)
+        notes["instrument.detector.mask_file"] = (
+            "the detector's own pixel mask, in this master (non-zero: gaps, dead and noisy "
+            "pixels, not used)")
+        notes["instrument.detector.mask_dataset"] = f"from {os.path.basename(masked.source)}"
     config = {
         "experiment": request.name or Path(os.path.abspath(request.directory)).name,
         "scans_table": SCANS_TABLE,
         "instrument": {
-            "detector": {"name": detector or placeholder(
-                "pyFAI detector name, see hklflow init --list-detectors" + (
-                    f" (the file says {facts.detector_description!r})"
-                    if facts is not None and facts.detector_description else ""))},
+            "detector": detector_config,
             "wavelength": known(request.wavelength, "wavelength", "instrument.wavelength",
                                 "Angstrom"),
             "goniometer": {"scan_axis": known(list(request.scan_axis) if request.scan_axis
@@ -500,25 +782,29 @@ def config_and_notes(request: InitRequest, detector: str | None,
                                               "the rotation axis as a lab vector [L1, L2, L3]")},
         },
         "calibrations": {calibration_name: calibration},
-        "samples": {request.sample: _sample(request, temperature)},
+        "samples": samples,
     }
     start = calibration.get("start", {})
     for key, fact in (("dist", "distance"), ("poni1", "beam_centre"), ("poni2", "beam_centre")):
         if key in start and not is_placeholder(start[key]):
             notes[f"calibrations.{calibration_name}.start.{key}"] = (
                 f"from {os.path.basename(facts.source)}: {facts.where[fact]}")
+    live = {}
     if facts is not None and facts.scan_axis_name:
-        config["live"] = {"scan_axis_name": facts.scan_axis_name}
+        live["scan_axis_name"] = facts.scan_axis_name
         notes["live.scan_axis_name"] = f"from {os.path.basename(facts.source)}: the axis that turns"
+    discover = discover_pattern(request, scans, pattern)
+    if discover:
+        live["discover"] = discover
+        notes["live.discover"] = "the scans' path pattern: hklflow watch finds new scans by it"
+    if live:
+        config["live"] = live
     return with_defaults(config, schema()), notes
 
 
-CONFIG_HEADER = """\
-# hklflow experiment configuration: {name}
-# Written by `hklflow init`{source}.  Paths are relative to the experiment
-# directory.  Every key is described above it (hklflow's config schema,
-# config.schema.yaml); keys not given are at the schema's defaults.
-"""
+CONFIG_HEADER = ("Written by `hklflow init`{source}. Paths are relative to the experiment "
+                 "directory. Every key is described above it; keys not given are at the "
+                 "schema's defaults. hklflow's config schema, in this installation:")
 
 PLACEHOLDER_HEADER = """\
 #
@@ -529,8 +815,9 @@ PLACEHOLDER_HEADER = """\
 
 def config_text(config: dict, notes: dict, source: str | None) -> str:
 
-    lines = [CONFIG_HEADER.format(name=config["experiment"],
-                                  source=f" from {source}" if source else "").rstrip("\n")]
+    lines = [f"# hklflow experiment configuration: {config['experiment']}",
+             *_comment(CONFIG_HEADER.format(source=f" from {source}" if source else "")),
+             f"#   {schema_path()}"]
     missing = placeholders_in(config)
     if missing:
         lines.append(PLACEHOLDER_HEADER.format(marker=PLACEHOLDER).rstrip("\n"))
@@ -540,8 +827,10 @@ def config_text(config: dict, notes: dict, source: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def scans_table_row(request: InitRequest, facts: ScanFacts | None, temperature) -> dict:
-    """The scans table's row of the raw file's scan (FILL_IN where nothing says)."""
+def scans_table_row(request: InitRequest, scan: Scan) -> dict:
+    """The scans table's row of a scan (FILL_IN where nothing says)."""
+    facts = scan.facts
+
     def cell(given, fact: str) -> str:
         value = given if given is not None else getattr(facts, fact, None)
         if value is None or is_placeholder(value):
@@ -550,25 +839,28 @@ def scans_table_row(request: InitRequest, facts: ScanFacts | None, temperature) 
 
     data = (path_in_experiment(facts.data, request.directory) if facts is not None
             else PLACEHOLDER)
-    return {"sample": request.sample, "temperature": cell(temperature, "temperature"),
-            "entry": request.entry, "data": data, "nframes": cell(request.nframes, "nframes"),
+    return {"sample": scan.sample, "temperature": cell(scan.temperature, "temperature"),
+            "entry": scan.entry, "data": data, "nframes": cell(request.nframes, "nframes"),
             "phi_start": cell(request.phi_start, "phi_start"),
             "phi_step": cell(request.phi_step, "phi_step")}
 
 
-def scans_table_text(row: dict) -> str:
+def scans_table_text(rows: list[dict]) -> str:
     """The scans table: comment lines (each column's description from the scans schema),
-    the header and the row."""
+    the header and the rows."""
     properties = schema("scans.schema.yaml")["properties"]
     lines = _comment("hklflow scans table, written by `hklflow init`: one row per rotation scan "
-                     "entry, its cells separated by tabs. The columns (all of them: "
-                     "scans.schema.yaml):")
-    for column in row:
+                     "entry, its cells separated by tabs. Every column, these and the others, "
+                     "is described in hklflow's scans schema, in this installation:")
+    lines.append(f"#   {schema_path('scans.schema.yaml')}")
+    lines.append("# The columns here:")
+    for column in rows[0]:
         lines += _comment(f"{column} - {properties[column]['description']}", margin=2)
-    if PLACEHOLDER in row.values():
+    if any(PLACEHOLDER in row.values() for row in rows):
         lines.append(f"# Cells marked {PLACEHOLDER} are not known yet: replace each with its "
                      "value.")
-    lines += ["\t".join(row), "\t".join(str(v) for v in row.values())]
+    lines.append("\t".join(rows[0]))
+    lines += ["\t".join(str(v) for v in row.values()) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -580,7 +872,9 @@ class InitResult:
     config_file: Path
     scans_table: Path
     to_fill_in: tuple[str, ...]  # the placeholders: config keys, then table columns
-    facts: ScanFacts | None
+    facts: ScanFacts | None  # the first scan's
+    scans: tuple[Scan, ...] = ()
+    pattern: str | None = None  # the path pattern that named the scans
 
 
 def init_experiment(request: InitRequest, force: bool = False) -> InitResult:
@@ -593,30 +887,41 @@ def init_experiment(request: InitRequest, force: bool = False) -> InitResult:
         raise FileExistsError(f"{' and '.join(existing)} already "
                               f"{'exists' if len(existing) == 1 else 'exist'}: hklflow init "
                               "never overwrites a config (--force replaces it)")
-    _checked_name(request.sample, "--sample", "sample")
-    _checked_name(request.entry, "--entry", "entry")
+    for value, option, column in ((request.sample, "--sample", "sample"),
+                                  (request.entry, "--entry", "entry")):
+        if value is not None:
+            _checked_name(value, option, column)
     detector = resolve_detector(request.detector) if request.detector else None
-    for option, path in (("--master", request.master), ("--cbf", request.cbf),
-                         ("--calibration-image", request.calibration_image),
+    for option, path in (("--calibration-image", request.calibration_image),
                          ("--poni", request.poni)):
         if path and not os.path.isfile(path):
             raise ConfigError(f"{option} {path}: no such file")
     if request.master and request.cbf:
-        raise ConfigError("give --master or --cbf, not both: the scan of one raw file")
+        raise ConfigError("give --master or --cbf, not both: the scans of one detector's files")
     if request.scan_axis_name and not request.master:
         raise ConfigError("--scan-axis-name names an axis of an NXmx master (--master)")
-    facts = (read_nxmx(request.master, request.scan_axis_name) if request.master
-             else read_cbf(request.cbf) if request.cbf else None)
-    if facts is not None and detector:
-        check_frame_shape(detector, facts)
-    config, notes = config_and_notes(request, detector, facts)
-    temperature = config["samples"][request.sample]["parent"]["temperature"]
-    row = scans_table_row(request, facts, temperature)
+    if request.pattern is not None and not (request.master or request.cbf):
+        raise ConfigError("--pattern names the scans of the raw files given (--master or --cbf)")
+    read = raw_scans(request)
+    pattern = path_pattern(request, read)
+    scans = named_scans(request, read, pattern)
+    check_one_instrument(request, scans)
+    if detector:
+        for facts in read:
+            check_frame_shape(detector, facts)
+    config, notes = config_and_notes(request, detector, scans, pattern)
+    rows = [scans_table_row(request, scan) for scan in scans]
+    facts = scans[0].facts
+    source = facts and (facts.source if len(read) == 1 else
+                        f"{facts.source} and {len(read) - 1} more scan"
+                        f"{'s' if len(read) > 2 else ''}")
     files[0].parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(files[0], config_text(config, notes, facts and facts.source))
-    write_text_atomically(files[1], scans_table_text(row))
-    table_cells = tuple(f"{SCANS_TABLE}: {c}" for c, v in row.items() if v == PLACEHOLDER)
-    return InitResult(files[0], files[1], tuple(placeholders_in(config)) + table_cells, facts)
+    write_text_atomically(files[0], config_text(config, notes, source))
+    write_text_atomically(files[1], scans_table_text(rows))
+    table_cells = tuple(dict.fromkeys(f"{SCANS_TABLE}: {c}" for row in rows
+                                      for c, v in row.items() if v == PLACEHOLDER))
+    return InitResult(files[0], files[1], tuple(placeholders_in(config)) + table_cells, facts,
+                      tuple(scans), pattern and pattern.text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -624,17 +929,23 @@ def parser() -> argparse.ArgumentParser:
         prog="hklflow init",
         description="Write DIR/config/config.yaml (every key commented, from the config "
                     "schema; the schema's defaults where nothing else is given) and "
-                    "DIR/config/scans.tsv for a real experiment.  Wavelength, scan angles, "
-                    "frame count and detector distance are read from an NXmx master file "
-                    "or a CBF header when given; values nothing gives are written as "
+                    "DIR/config/scans.tsv for a real experiment: one row per scan of the "
+                    "NXmx masters or CBF scans given.  Wavelength, scan angles, frame count, "
+                    "detector distance and an EIGER master's pixel mask are read from the "
+                    "files; each scan's sample, temperature and entry from its path (--pattern, "
+                    "or a common layout such as SAMPLE/300K/f1/f1_master.h5) or the command "
+                    "line.  Values nothing gives are written as "
                     f"{PLACEHOLDER} placeholders, which hklflow refuses, naming them, until "
                     "they are filled in.  An existing config is never overwritten (--force).",
-        epilog="example: hklflow init exp --detector Eiger2_4M --master raw/f1_master.h5 "
+        epilog="examples: hklflow init exp --detector Eiger2_4M --master raw/f1_master.h5 "
                "--sample s1 --space-group 'F m -3 m' --cell 5.4 5.4 5.4 90 90 90 "
                "--temperature 300 --calibrant CeO2 --calibration-image raw/ceo2.cbf; "
-               "then: hklflow run exp -- -n")
+               "hklflow init exp --detector Eiger2_4M --master 'raw/*/*K/*/*_master.h5' "
+               "--pattern '{sample}/{temperature}K/{entry}/{entry}_master.h5' "
+               "--parent-temperature 300; then: hklflow run exp -- -n")
     p.add_argument("directory", metavar="DIR", nargs="?",
-                   help="the experiment directory (made if absent)")
+                   help="the experiment directory (made if absent); give it first: --master "
+                        "and --cbf take every path that follows them")
     p.add_argument("--list-detectors", action="store_true",
                    help="print pyFAI's detector names and shapes, and stop")
     p.add_argument("--name", help="the experiment's name (default: DIR's name)")
@@ -642,31 +953,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wavelength", type=float, metavar="A",
                    help="X-ray wavelength (Angstrom); default: the raw file's")
     raw = p.add_mutually_exclusive_group()
-    raw.add_argument("--master", metavar="FILE.h5",
-                     help="an NXmx master file of a scan: wavelength, angles, frame count, "
-                          "detector distance and beam centre")
-    raw.add_argument("--cbf", metavar="FILE.cbf",
-                     help="a CBF frame file of a scan: the same from its header (the frames: "
-                          "the files named like it, its number a *)")
+    raw.add_argument("--master", metavar="FILE.h5", nargs="+", default=(),
+                     help="NXmx master files (or globs, quoted), one per scan: wavelength, "
+                          "angles, frame count, detector distance, beam centre and the "
+                          "detector's pixel mask (a glob's DECTRIS data files are left out)")
+    raw.add_argument("--cbf", metavar="FILE.cbf", nargs="+", default=(),
+                     help="CBF frame files (or globs, quoted): the same from their headers; "
+                          "a scan is the files named like one of them, its number a *, and "
+                          "any of its frames names it")
+    p.add_argument("--pattern", metavar="PATTERN",
+                   help="the raw files' paths with the fields {sample}, {temperature} and "
+                        "{entry}, as live.discover takes them, e.g. "
+                        "'{sample}/{temperature}K/{entry}/{entry}_master.h5' (matched against "
+                        "the paths' last parts; default: the first of a few common layouts "
+                        "that every path matches, unless --sample, --temperature or --entry "
+                        "is given)")
     p.add_argument("--scan-axis-name", metavar="NAME",
                    help="the master's goniometer axis that is scanned (default: the one that "
                         "turns)")
     p.add_argument("--scan-axis", type=float, nargs=3, metavar=("L1", "L2", "L3"),
                    help="the rotation axis as a lab vector (default: the master's axis vector)")
-    p.add_argument("--sample", default=DEFAULT_SAMPLE, help="the sample's name (default: "
+    p.add_argument("--sample", help="the scans' sample (default: from the paths, else "
                    f"{DEFAULT_SAMPLE})")
     p.add_argument("--space-group", metavar="SG", help="e.g. 'F m -3 m' or 225")
     p.add_argument("--cell", type=float, nargs=6, metavar=("a", "b", "c", "al", "be", "ga"),
                    help="approximate cell (Angstrom, deg)")
     p.add_argument("--temperature", type=float, metavar="K",
-                   help="the scan's temperature (default: the master's, if it has one)")
-    p.add_argument("--entry", default=DEFAULT_ENTRY,
-                   help=f"the scan's entry name (default: {DEFAULT_ENTRY})")
-    p.add_argument("--nframes", type=int, help="frame count (default: the raw file's)")
+                   help="the scans' temperature (default: from the paths, else the master's "
+                        "if it has one)")
+    p.add_argument("--parent-temperature", type=float, metavar="K",
+                   help="the temperature of each sample's parent scan, whose orientation "
+                        "seeds the others (default: the sample's one temperature)")
+    p.add_argument("--entry", help="the scan's entry name (default: from the paths, else "
+                   f"{DEFAULT_ENTRY}; several scans: f1, f2, ...)")
+    p.add_argument("--nframes", type=int,
+                   help="every scan's frame count (default: the raw files')")
     p.add_argument("--phi-start", type=float, metavar="DEG",
-                   help="scan angle at the start of the first frame (default: the raw file's)")
+                   help="every scan's angle at the start of its first frame (default: the raw "
+                        "files')")
     p.add_argument("--phi-step", type=float, metavar="DEG",
-                   help="scan angle increment per frame (default: the raw file's)")
+                   help="every scan's angle increment per frame (default: the raw files')")
     p.add_argument("--calibrant", metavar="NAME", help="pyFAI calibrant name, e.g. CeO2")
     calibration = p.add_mutually_exclusive_group()
     calibration.add_argument("--calibration-image", metavar="FILE",
@@ -709,11 +1035,12 @@ def main(argv=None) -> int:
         p.error("the experiment directory DIR is required")
     request = InitRequest(
         directory=args.directory, name=args.name, detector=args.detector,
-        wavelength=args.wavelength, master=args.master, cbf=args.cbf,
-        scan_axis_name=args.scan_axis_name,
+        wavelength=args.wavelength, master=tuple(args.master), cbf=tuple(args.cbf),
+        pattern=args.pattern, scan_axis_name=args.scan_axis_name,
         scan_axis=tuple(args.scan_axis) if args.scan_axis else None, sample=args.sample,
         space_group=args.space_group, cell=tuple(args.cell) if args.cell else None,
-        temperature=args.temperature, entry=args.entry, nframes=args.nframes,
+        temperature=args.temperature, parent_temperature=args.parent_temperature,
+        entry=args.entry, nframes=args.nframes,
         phi_start=args.phi_start, phi_step=args.phi_step, calibrant=args.calibrant,
         calibration_image=args.calibration_image, poni=args.poni)
     try:
@@ -724,6 +1051,22 @@ def main(argv=None) -> int:
     print(f"hklflow init: wrote {result.config_file} and {result.scans_table}")
     if result.facts is not None:
         print(f"  read from {result.facts.source}: {facts_summary(result.facts)}")
+    if len(result.scans) > 1 or result.pattern:
+        names = ["/".join((s.sample, PLACEHOLDER if s.temperature is None
+                           else temperature_label(s.temperature), s.entry))
+                 for s in result.scans]
+        print(f"  {len(names)} scan{'s' if len(names) > 1 else ''}"
+              + (f", named by their paths ({result.pattern})" if result.pattern else "")
+              + f": {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+    turned = {}  # goniometer axes away from 0 in some scan: name -> (file, angle), the first
+    for scan in result.scans:
+        for name, angle in (scan.facts.offsets if scan.facts is not None else {}).items():
+            turned.setdefault(name, (os.path.basename(scan.facts.source), angle))
+    if turned:
+        print("  not written: the goniometer axes " + ", ".join(
+            f"{n} ({a:g} deg in {f})" for n, (f, a) in turned.items()) + " stand away from 0: "
+            "give each, outermost first, its lab vector in instrument.goniometer.offset_axes "
+            "and its angles in a scans-table column of its name")
     if result.to_fill_in:
         print(f"  still to fill in (marked {PLACEHOLDER}): {', '.join(result.to_fill_in)}")
     print(f"  then: hklflow run {args.directory} -- -n   (a dry run: what would be made)")

@@ -70,14 +70,18 @@ def snakemake(experiment: Path, args, log, again: str, verbose: bool = False) ->
         if shown:
             rc = subprocess.call(cmd, env=env)
         else:
-            rc = _compact(cmd, env, experiment, log, stamp, events)
+            rc = _compact(cmd, env, experiment, log, stamp, events, again)
         refused = rc != 0 and job_events.lock_refused(job_events.read(events))
-    if refused:
-        log.error("the experiment directory %s is locked by another Snakemake run: let that run "
-                  "finish (or stop it), then run again.  If no other run is going on (one was "
-                  "killed, or the machine went down), remove the stale lock with `%s -- --unlock` "
-                  "and run again: it resumes where the killed run stopped.", experiment, again)
+    if refused and shown:  # (the compact console says it in its FAILED lines)
+        log.error("%s", locked_advice(experiment, again))
     return rc
+
+
+def locked_advice(experiment: Path, again: str) -> str:
+    return (f"the experiment directory {experiment} is locked by another Snakemake run: let "
+            "that run finish (or stop it), then run again.  If no other run is going on (one "
+            "was killed, or the machine went down), remove the stale lock with "
+            f"`{again} -- --unlock` and run again: it resumes where the killed run stopped.")
 
 
 def _passes_through(args) -> bool:
@@ -90,7 +94,7 @@ def _passes_through(args) -> bool:
     return False
 
 
-def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path) -> int:
+def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path, again: str) -> int:
     """snakemake with its output in logs/hklflow/run-<stamp>.log, the console showing
     hklflow.commands.console's lines for the job events it writes to `events`."""
     run_log = experiment / "logs" / "hklflow" / f"run-{stamp}.log"
@@ -108,9 +112,16 @@ def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path) -> int:
         # Snakemake is silent while its jobs run, and meanwhile the console shows their
         # progress from their logs
         polled = time.monotonic()
+        disk_to_show = True  # the plan's line on the disk, shown before the jobs' lines
         try:
             while True:
                 ended = proc.poll() is not None
+                if disk_to_show:
+                    disk = console.disk_line(run_log)
+                    if disk:
+                        screen.show(disk)
+                    # (the plan writes it before any job event, or not at all)
+                    disk_to_show = not (disk or ended or progress.total)
                 for event in follower.new():  # (after the end too: the last events)
                     for shown in progress.feed(event):
                         screen.show(shown)
@@ -125,13 +136,13 @@ def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path) -> int:
         rc = proc.wait()
     if rc == 0 and progress.nothing_to_do:
         print("nothing to be done: every result asked for is up to date", flush=True)
-    if rc != 0:
-        lines = console.failure_lines(experiment, progress.failures)
-        # (no job failed: the plan itself, e.g. an invalid configuration)
-        for line in lines or _last_lines(run_log):
-            print(line, flush=True)
-        print(f"Snakemake's output: {run_log}", flush=True)
-    for line in console.summary(experiment, since, progress if progress.total else None):
+    if rc == 0:
+        ending = console.summary(experiment, since, progress if progress.total else None)
+    else:
+        locked = job_events.lock_refused(job_events.read(events))
+        ending = console.failed(experiment, since, progress, run_log, _output_lines(run_log),
+                                locked_advice(experiment, again) if locked else None)
+    for line in ending:
         print(line, flush=True)
     return rc
 
@@ -140,13 +151,12 @@ PROGRESS_POLL_S = 2.0  # how often the running jobs' logs are read for their pro
 EVENTS_POLL_S = 0.25  # how often the job events are looked for (a stat and a short read)
 
 
-def _last_lines(path: Path, count: int = 12) -> list[str]:
-    """The last non-empty lines of Snakemake's output, shown as they are."""
+def _output_lines(path: Path) -> list[str]:
+    """Snakemake's output (the run's log), line by line."""
     try:
-        lines = path.read_text(errors="replace").splitlines()[-count:]
+        return path.read_text(errors="replace").splitlines()
     except OSError:
         return []
-    return [line.rstrip() for line in lines if line.strip()]
 
 
 def _split(argv):
@@ -193,10 +203,14 @@ def run_main(argv=None) -> int:
                     "with the workflow of this installation.  Arguments after -- go to "
                     "snakemake (e.g. -- -n, -- --cores 16, -- --profile PROFILE).")
     p.add_argument("experiment", type=Path, help="the experiment directory")
+    p.add_argument("--cores", default=None,
+                   help="cores for snakemake (default: all, the workflow's profile)")
     p.add_argument("--verbose", action="store_true",
                    help="show Snakemake's own output instead of the progress lines")
     args = p.parse_args(argv)
     log = steplog.setup("run")
+    if args.cores is not None:
+        extra = ["--cores", str(args.cores), *extra]
     if not (args.experiment / "config" / "config.yaml").is_file():
         log.error("%s has no config/config.yaml: not an experiment directory",
                   args.experiment)

@@ -18,7 +18,8 @@
      instrument/monochromator   wavelength (angstrom)
      process                NXprocess: provenance, plus refined, start, uncertainty
                             (NXparameters), refined_parameters, residuals (rms in px and 2theta,
-                            points, rings), control_points (NXdata), beam_centre (direct beam and
+                            points, rings; the rings' misfit, its bound and the rings' smallest
+                            spacing in px), control_points (NXdata), beam_centre (direct beam and
                             PONI, px), fit2d, source (path, sha256), parameters (JSON),
                             passes (JSON), notes
      data                   NXdata: the integrated pattern (two_theta in deg)
@@ -99,6 +100,11 @@ def write_calibration_file(path, result, params, *, source: dict, pattern, prove
     if result.rings:
         res["rings"] = NXfield(np.asarray(result.rings, dtype=np.int32))
     res["n_hot_pixels"] = NXfield(int(result.n_hot))
+    misfit = getattr(result, "misfit", None)  # the acceptance test (calibration.ring_misfit)
+    if misfit is not None:
+        res["ring_misfit_px"] = NXfield(misfit.misfit_px, units="pixel")
+        res["ring_misfit_bound_px"] = NXfield(misfit.bound_px, units="pixel")
+        res["ring_spacing_min_px"] = NXfield(misfit.min_spacing_px, units="pixel")
     proc["residuals"] = res
     if len(result.control_points):
         cp = result.control_points

@@ -1,7 +1,8 @@
 """Headers of CBF frame files (Pilatus miniCBF): hklflow's one reader of them, for a monitor
 cbf:FIELD (hklflow.raw.monitors), the NXRefine wrapper's frame time, the angles and direct beam
-of scans found by their files (hklflow.live.discover), `hklflow init` and the check that a
-frame file being written is whole (hklflow.live.growing).
+of scans found by their files (hklflow.live.discover), `hklflow init`, the sensor ingest
+compares with the config's, and the check that a frame file being written is whole
+(hklflow.live.growing).
 
 A file is read up to its binary section only (plain, .gz or .bz2).  Its '#' lines are split
 as fabio's PilatusHeader splits them (its SPACE_LIKE characters ``()#:=,`` are spaces):
@@ -130,6 +131,20 @@ class CbfHeader:
         # (the separators became spaces one for one: the name is at the same place in text)
         end = text.translate(_AS_SPACES).index(name) + len(name)
         return text[end:].lstrip(_PILATUS_SEPARATORS + " \t").rstrip()
+
+    def sensor(self) -> tuple[str, float] | None:
+        """The sensor a Pilatus header names ('# Silicon sensor, thickness 0.000450 m',
+        '# CdTe sensor, thickness 0.001000 m'): (its material as written, thickness in m),
+        None without such a line (or with one in another unit or without a number)."""
+        for words in self.lines:
+            if (len(words) >= 5 and words[1].lower() == "sensor"
+                    and words[2].lower() == "thickness" and words[4].lower() == "m"):
+                try:
+                    thickness = float(words[3])
+                except ValueError:
+                    return None
+                return (words[0], thickness) if math.isfinite(thickness) else None
+        return None
 
     def quantity(self, field: str) -> tuple[tuple[float, ...], str] | None:
         """(numbers, the field's name as written) of a PILATUS_QUANTITIES line whose units

@@ -27,6 +27,7 @@ from .. import __version__
 from ..base.atomic import atomic_path
 from ..base.errors import FileFormatError
 from ..model.geometry import DetectorGeometry
+from ..model.sensor import Sensor
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +202,9 @@ def detector_group(geometry):
     """NXdetector of a geometry.DetectorGeometry: description (pyFAI name), distance and
     pixel sizes (mm), beam_center_y/x (where the direct beam hits, continuous pixels),
     dist/poni1/poni2 (m), rot1..3 (rad), shape, orientation (pyFAI's 1..4, as pyFAI's own
-    NeXus detector group writes it)."""
+    NeXus detector group writes it); with a sensor, NXmx's sensor_material (pyFAI's name)
+    and sensor_thickness (m), which NeXpy and NXRefine show and read_detector_group reads
+    back (the geometry's pixels look where its parallax puts them)."""
     nx = nexus()
 
     p1, p2 = geometry.pixel_size
@@ -221,6 +224,11 @@ def detector_group(geometry):
         "value": ORIENTATION_NAMES[geometry.orientation],
         "doc": "pyFAI detector orientation 1..4: where pixel (0, 0) lies (hklflow "
                "docs/conventions.md)"})
+    if geometry.sensor is not None:
+        det["sensor_material"] = nx.NXfield(geometry.sensor.material)
+        det["sensor_thickness"] = nx.NXfield(geometry.sensor.thickness, units="m", attrs={
+            "doc": "the geometry's pixels are corrected for this sensor's parallax (hklflow "
+                   "docs/conventions.md)"})
     return det
 
 
@@ -230,13 +238,19 @@ ORIENTATION_NAMES = {1: "TopLeft", 2: "TopRight", 3: "BottomRight", 4: "BottomLe
 
 def read_detector_group(det: h5py.Group, wavelength: float, path):
     """The DetectorGeometry of a group written by detector_group (and a wavelength); a group
-    without an orientation (written before hklflow recorded it) has pyFAI's default 3."""
+    without an orientation (written before hklflow recorded it) has pyFAI's default 3, one
+    without sensor_material and sensor_thickness no sensor."""
     orientation = int(det["orientation"][()]) if "orientation" in det else 3
     try:
+        sensor = None
+        if "sensor_material" in det and "sensor_thickness" in det:
+            sensor = Sensor(text(det["sensor_material"][()]),
+                            float(det["sensor_thickness"][()]))
         return DetectorGeometry(text(get(det, "description", path)),
                                 *(float(get(det, k, path)) for k in PONI_FIELDS),
-                                wavelength=float(wavelength), orientation=orientation)
-    except ValueError as exc:  # an orientation pyFAI does not know
+                                wavelength=float(wavelength), orientation=orientation,
+                                sensor=sensor)
+    except ValueError as exc:  # an orientation pyFAI does not know, a sensor hklflow does not
         raise FileFormatError(f"{path}: {det.name}: {exc}") from None
 
 

@@ -4,10 +4,11 @@ file is being written: its caller opens it as an SWMR reader) and `hklflow init`
 
 Read from a file the caller opened: the wavelength, the goniometer's axes (first angles,
 step per frame, vector), the detector's distance and the direct beam's pixel, DECTRIS's
-frame count and shape (detectorSpecific), the sample's temperature.  Values are converted
-from the units their `units` attribute names (a dataset without one: the unit DECTRIS
-writes); a unit not known, or no number where one is expected, is a RawDataError naming the
-file and the dataset.  OSError (a file being written) is left to the caller.
+frame count and shape (detectorSpecific), where the detector's pixel mask is, its sensor
+(material and thickness), the sample's temperature.  Values are converted from the units their `units` attribute names (a dataset
+without one: the unit DECTRIS writes); a unit not known, or no number where one is
+expected, is a RawDataError naming the file and the dataset.  OSError (a file being
+written) is left to the caller.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ GONIOMETER = "/entry/sample/goniometer"
 DETECTOR = "/entry/instrument/detector"
 DETECTOR_SPECIFIC = "/entry/instrument/detector/detectorSpecific"  # DECTRIS's
 FRAMES = "/entry/data/data"
+# the detector's own pixel mask (non-zero = not to be used): NXmx's place, then DECTRIS's
+PIXEL_MASKS = (f"{DETECTOR}/pixel_mask", f"{DETECTOR_SPECIFIC}/pixel_mask")
 TEMPERATURE = "/entry/sample/temperature"
 # the detector's distance to the direct beam: NXmx's name, then DECTRIS's
 DISTANCE_NAMES = ("distance", "detector_distance")
@@ -233,6 +236,21 @@ def detector_description(f: h5py.File) -> str | None:
     return None if dset is None else text(dset[()])
 
 
+def sensor(f: h5py.File, path: str) -> tuple[str, float] | None:
+    """The detector's sensor as NXmx gives it: (sensor_material as written, sensor_thickness
+    in m), None where the file gives neither (or no thickness); a thickness in no length
+    unit or not a number is a RawDataError."""
+    det = group(f, DETECTOR)
+    material = None if det is None else dataset(det, "sensor_material")
+    thickness = None if det is None else dataset(det, "sensor_thickness")
+    if material is None or thickness is None:
+        return None
+    raw = material[()]
+    if isinstance(raw, np.ndarray):
+        raw = raw.ravel()[0] if raw.size else ""
+    return text(raw), first_in(thickness, METRES, path)
+
+
 def eiger_frame_count(f: h5py.File, path: str) -> int | None:
     """DECTRIS's planned frame count: detectorSpecific nimages x ntrigger (None without)."""
     specific = group(f, DETECTOR_SPECIFIC)
@@ -242,6 +260,16 @@ def eiger_frame_count(f: h5py.File, path: str) -> int | None:
     triggers = dataset(specific, "ntrigger")
     return int(first_number(images, path)) * (
         max(1, int(first_number(triggers, path))) if triggers is not None else 1)
+
+
+def pixel_mask(f: h5py.File) -> str | None:
+    """The path of the detector's pixel mask in the file (PIXEL_MASKS: the first that is a
+    2D dataset), None without one."""
+    for name in PIXEL_MASKS:
+        dset = dataset(f, name)
+        if dset is not None and dset.ndim == 2:
+            return name
+    return None
 
 
 def eiger_frame_shape(f: h5py.File, path: str) -> tuple[int, int] | None:

@@ -32,6 +32,7 @@ external link, relative to this file's folder::
      instrument/monochromator    wavelength (angstrom)
      instrument/detector         distance (mm), pixel_size (mm), shape, beam_center_x/y,
                                  yaw, pitch, roll (deg), detector_orientation,
+                                 sensor_material and sensor_thickness (m; with a sensor),
                                  orientation_matrix (NXRefine's Umat), frame_time (s, per
                                  frame, @source), pixel_mask (int8, 1 = pixel not used: the
                                  entry's mask.nxs pixel mask), pixel_mask_applied (false)
@@ -222,6 +223,9 @@ def _scan_entry(f, e: WrapperEntry, smp, angles, base: Path, raw) -> None:
     _field(det, "beam_center_y", float(p["yc"]))
     _field(det, "shape", np.asarray(p["shape"], dtype=np.int64))
     _field(det, "detector_orientation", p["detector_orientation"])
+    if "sensor_material" in p:  # NXmx's names (NXRefine itself corrects no parallax)
+        _field(det, "sensor_material", p["sensor_material"])
+        _field(det, "sensor_thickness", float(p["sensor_thickness"]), units="m")
     _field(det, "orientation_matrix", np.asarray(p["orientation_matrix"], dtype=float))
     _field(det, "frame_time", float(e.frame_time), units="s", source=e.frame_time_source)
     if e.pixel_mask is not None:  # NXRefine's convention, CCTW's --mask: nonzero = not used

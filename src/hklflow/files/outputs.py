@@ -40,6 +40,13 @@ PARENT_ORIENTATION = f"{TEMPERATURE}/parent_orientation.nxs"
 PARENT_ORIENTATION_PNG = f"{TEMPERATURE}/parent_orientation.png"
 ORIENTATION = f"{TEMPERATURE}/orientation.nxs"
 ORIENTATION_PNG = f"{TEMPERATURE}/orientation.png"
+# refine_detector (reduction.refinement.detector_from all): the detector a sample's
+# temperatures share, refined on all of them; orientation_table: every temperature's
+# orientation beside the shared detector (files.orientation)
+SHARED_DETECTOR = f"{SAMPLE}/shared_detector.nxs"
+SHARED_DETECTOR_PNG = f"{SAMPLE}/shared_detector.png"
+ORIENTATION_TABLE = f"{SAMPLE}/orientation_table.tsv"
+ORIENTATION_TABLE_PNG = f"{SAMPLE}/orientation_table.png"
 
 # define_grid (files.grid): one grid per sample
 GRID = f"{SAMPLE}/grid.json"

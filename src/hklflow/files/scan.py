@@ -14,7 +14,8 @@ entry's geometry together (geometry.EntrySetup)::
                                       detector_group): description (pyFAI name), distance
                                       (mm), beam_center_y/x (direct beam, continuous pixels),
                                       pixel sizes (mm), dist, poni1, poni2 (m), rot1..3 (rad),
-                                      shape [rows, cols]
+                                      shape [rows, cols]; with instrument.detector.sensor,
+                                      NXmx's sensor_material and sensor_thickness (m)
            translation                [d_dist, d_poni1, d_poni2] (m): this entry's detector is
                                       the calibration moved by it
            frame_start                scan angle at the start of frame 0 (deg)

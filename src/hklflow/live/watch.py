@@ -48,6 +48,20 @@ RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 600.0
 
 
+def refuse_joint_detector(cfg: dict, where) -> None:
+    """ConfigError for reduction.refinement.detector_from all: one detector refined on the
+    peaks of every temperature would be refined again by every block of frames that lands,
+    and every temperature already reduced reduced again after it, preview after preview."""
+    if cfg["reduction"]["refinement"]["detector_from"] == "all":
+        raise ConfigError(
+            f"{where}: field 'reduction.refinement.detector_from': all refines one detector on "
+            "every temperature's peaks, so every block of frames that lands would refine it "
+            "again and reduce every temperature already reduced anew: hklflow watch refuses it. "
+            "Watch with parent (the default: each temperature waits for its parent only), and "
+            "once the series is collected set all and run `hklflow run` (every temperature is "
+            "refined and reduced once more)")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,6 +93,7 @@ class Watcher:
         self.snakefile = workflow_dir() / "Snakefile"
         self.config_file = self.expdir / "config" / "config.yaml"
         self.settings = load_settings([str(self.config_file)])
+        refuse_joint_detector(self.settings.raw, self.config_file)
         self.live = self.settings.raw["live"]
         self.discover_notes: set[str] = set()
         # calibrations whose result discovered scans wait for (their shifts are measured

@@ -14,6 +14,9 @@ Conventions (docs/conventions.md is the long version; nothing else re-derives th
   [i, i+1) x [j, j+1): the centre of pixel (i, j) is (i + 0.5, j + 0.5) (as in DIALS).
   pyFAI's index d1 of a pixel centre is row - 0.5.
 * 2theta and chi are pyFAI's: chi = atan2(L1, L2) of the scattered direction.
+* A thick sensor (DetectorGeometry.sensor, model/sensor.py) moves where a pixel looks
+  (parallax): every pixel <-> direction mapping here applies it, as pyFAI's
+  Geometry.enable_parallax does; dist is then the distance to the sensor's front surface.
 * Q = k_f - k_i with |k| = 1/lambda (no 2 pi), in 1/Angstrom; |Q| = 1/d.
 * Goniometer: Q_lab = R_off . R_scan(phi) . U . B . h, with R_scan a right-handed rotation
   by (sense * phi) about the scan axis (a lab vector at zero offsets) and R_off the product
@@ -23,6 +26,7 @@ Conventions (docs/conventions.md is the long version; nothing else re-derives th
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -34,7 +38,9 @@ from importlib.metadata import version
 import numpy as np
 
 from ..base.atomic import atomic_path
+from ..base.cache import CACHE_ENV, cache_dir
 from ..base.errors import FileFormatError, InputMismatchError
+from .sensor import Sensor
 
 BEAM_DIRECTION = np.array([0.0, 0.0, 1.0])  # L3: unit vector of the incident beam
 
@@ -157,16 +163,8 @@ class DetectorFacts:
         return rows * self.pixel1, cols * self.pixel2
 
 
-DETECTOR_CACHE_ENV = "HKLFLOW_CACHE_DIR"
-
-
-def _cache_dir() -> str:
-    """Where made detector facts are kept: $HKLFLOW_CACHE_DIR, else $XDG_CACHE_HOME/hklflow,
-    else ~/.cache/hklflow."""
-    if os.environ.get(DETECTOR_CACHE_ENV):
-        return os.environ[DETECTOR_CACHE_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "hklflow")
+DETECTOR_CACHE_ENV = CACHE_ENV
+_cache_dir = cache_dir  # where made detector facts are kept (base.cache)
 
 
 def _facts_path(name: str, orientation: int) -> str:
@@ -247,9 +245,10 @@ _PONI_NUMBERS = {"distance": "dist", "poni1": "poni1", "poni2": "poni2", "rot1":
 def _written_poni(path) -> dict | None:
     """DetectorGeometry fields (all but the detector name) of a PONI file in the form
     pyFAI's PoniFile writes (what calibrate_powder writes): poni_version 2 or 2.1, each key
-    once, a Detector_config of at most pixel sizes and orientation, a wavelength.  None for
-    any other file, which pyFAI.load then reads (older versions, splines, repeated entries,
-    custom detectors)."""
+    once, a Detector_config of at most pixel sizes and orientation, a wavelength; or
+    poni_version 3 with a Parallax key and a Detector_config that may name the sensor (a
+    sensor is the geometry's when Parallax is True).  None for any other file, which
+    pyFAI.load then reads (older versions, splines, repeated entries, custom detectors)."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = [ln.strip() for ln in f]
@@ -264,20 +263,63 @@ def _written_poni(path) -> dict | None:
         if not sep or key in fields:
             return None
         fields[key] = value.strip()
-    if fields.get("poni_version") not in ("2", "2.1") \
-            or set(fields) != {"poni_version", "detector", "detector_config", *_PONI_NUMBERS}:
+    keys = {"poni_version", "detector", "detector_config", *_PONI_NUMBERS}
+    v3 = fields.get("poni_version") == "3"
+    if not (fields.get("poni_version") in ("2", "2.1") and set(fields) == keys
+            or v3 and set(fields) == keys | {"parallax"}
+            and fields["parallax"] in ("True", "False")):
         return None
     try:
         config = json.loads(fields["detector_config"])
         numbers = {ours: float(fields[key]) for key, ours in _PONI_NUMBERS.items()}
     except ValueError:
         return None
-    if not isinstance(config, dict) or not set(config) <= {"pixel1", "pixel2", "orientation"} \
+    allowed = {"pixel1", "pixel2", "orientation"} | ({"sensor"} if v3 else set())
+    if not isinstance(config, dict) or not set(config) <= allowed \
             or not numbers["wavelength"] > 0:
         return None
     numbers["wavelength"] *= 1e10  # m -> Angstrom
     numbers["orientation"] = int(config.get("orientation") or DEFAULT_ORIENTATION)
+    if v3 and fields["parallax"] == "True":
+        try:
+            numbers["sensor"] = Sensor.of(config.get("sensor"))
+        except ValueError:  # (a sensor without thickness, a material hklflow does not know)
+            return None
+        if numbers["sensor"] is None:
+            return None
     return numbers
+
+
+def enable_pyfai_parallax(geometry, sensor: Sensor) -> None:
+    """Turn on pyFAI's parallax correction of a pyFAI Geometry (its public
+    Geometry.enable_parallax, which sets its detector's sensor: give it a detector of its
+    own) for the sensor, at the geometry's wavelength."""
+    geometry.enable_parallax(True, sensor_material=sensor.material,
+                             sensor_thickness=sensor.thickness)
+    if geometry.parallax is None:  # (pyFAI logs why and carries on without)
+        raise ValueError(f"pyFAI could not turn on its parallax correction for the sensor "
+                         f"{sensor.describe()} at {geometry.wavelength * 1e10:.5f} A")
+
+
+def _pyfai_sensor(geometry) -> Sensor | None:
+    """The sensor of a pyFAI Geometry whose parallax correction is on, else None."""
+    config = getattr(geometry.detector, "sensor", None)
+    if getattr(geometry, "parallax", None) is None or config is None or not config.thickness:
+        return None
+    material = getattr(config.material, "name", config.material)
+    return Sensor(material, float(config.thickness))
+
+
+def _two_theta_chi(pos):
+    """pyFAI's 2theta and chi (rad) of lab positions (..., 3)."""
+    t1, t2, t3 = pos[..., 0], pos[..., 1], pos[..., 2]
+    return np.arctan2(np.hypot(t1, t2), t3), np.arctan2(t1, t2)
+
+
+def _polarization(tth, chi, fraction: float):
+    """pyFAI's polarization factor at 2theta and chi (rad) for a polarization fraction."""
+    cos2 = np.cos(tth) ** 2
+    return 0.5 * (1.0 + cos2 - fraction * np.cos(2.0 * chi) * (1.0 - cos2))
 
 
 def detector_shape(name: str) -> tuple[int, int]:
@@ -303,9 +345,12 @@ class DetectorGeometry:
     # pyFAI's detector orientation 1..4: how array rows/columns lie in the detector plane
     # (docs/conventions.md); dist, poni and tilts are physical, whatever the orientation
     orientation: int = DEFAULT_ORIENTATION
+    # a thick sensor (model/sensor.py): pixels look where parallax puts them; None: none
+    sensor: Sensor | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "orientation", check_orientation(self.orientation))
+        object.__setattr__(self, "sensor", Sensor.of(self.sensor))
 
     # ---- construction / pyFAI boundary -------------------------------------------
     @classmethod
@@ -315,7 +360,8 @@ class DetectorGeometry:
         return cls(detector=name, dist=float(ai.dist), poni1=float(ai.poni1), poni2=float(ai.poni2),
                    rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
                    wavelength=float(ai.wavelength) * 1e10,
-                   orientation=int(ai.detector.orientation or DEFAULT_ORIENTATION))
+                   orientation=int(ai.detector.orientation or DEFAULT_ORIENTATION),
+                   sensor=_pyfai_sensor(ai))
 
     @classmethod
     def from_poni_file(cls, path, detector_name: str | None = None,
@@ -341,15 +387,22 @@ class DetectorGeometry:
                              "calibrate_powder again (or correct the config)")
         return g
 
-    def to_pyfai(self):
-        """An AzimuthalIntegrator with this geometry (for calibration, checks and plots)."""
+    def to_pyfai(self, parallax: bool = True):
+        """An AzimuthalIntegrator with this geometry (for calibration, checks and plots); with
+        a sensor, pyFAI's parallax correction enabled (Geometry.enable_parallax) unless
+        `parallax` is False."""
         # (here: pyFAI's import takes most of a second; most jobs need only this module's own geometry)
         from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-        return AzimuthalIntegrator(dist=self.dist, poni1=self.poni1, poni2=self.poni2,
-                                   rot1=self.rot1, rot2=self.rot2, rot3=self.rot3,
-                                   detector=self.pyfai_detector(),
-                                   wavelength=self.wavelength * 1e-10)
+        det = self.pyfai_detector()
+        if self.sensor is not None and parallax:
+            det = copy.deepcopy(det)  # (enable_parallax sets the detector's sensor: not the cached one)
+        ai = AzimuthalIntegrator(dist=self.dist, poni1=self.poni1, poni2=self.poni2,
+                                 rot1=self.rot1, rot2=self.rot2, rot3=self.rot3,
+                                 detector=det, wavelength=self.wavelength * 1e-10)
+        if self.sensor is not None and parallax:
+            enable_pyfai_parallax(ai, self.sensor)
+        return ai
 
     def write_poni(self, path) -> None:
         """Write a PONI file (a fresh file: pyFAI's Geometry.write appends to an existing one);
@@ -366,9 +419,17 @@ class DetectorGeometry:
                        poni2=self.poni2 + d_poni2)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in
-                ("detector", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength",
-                 "orientation")}
+        """The fields (the sensor only when there is one: {material, thickness})."""
+        d = {k: getattr(self, k) for k in
+             ("detector", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength",
+              "orientation")}
+        if self.sensor is not None:
+            d["sensor"] = self.sensor.as_dict()
+        return d
+
+    def with_sensor(self, sensor) -> "DetectorGeometry":
+        """The same placement with another sensor (a Sensor, {material, thickness} or None)."""
+        return replace(self, sensor=Sensor.of(sensor))
 
     # ---- detector facts ------------------------------------------------------------
     def pyfai_detector(self):
@@ -416,9 +477,14 @@ class DetectorGeometry:
         return np.asarray(p1, dtype=float), np.asarray(p2, dtype=float)
 
     def lab_positions(self, rows, cols) -> np.ndarray:
-        """Lab position (m) of continuous pixel coordinates, shape (..., 3)."""
+        """Lab position (m) of continuous pixel coordinates, shape (..., 3): where the rays
+        the pixel records entered the sensor (with a sensor, moved towards the PONI by the
+        parallax: model/sensor.py), so its direction from the sample is where it looks."""
         p1, p2 = self.plane_coordinates(rows, cols)
-        det = np.stack([p1 - self.poni1, p2 - self.poni2, np.full_like(p1, self.dist)], axis=-1)
+        d1, d2 = p1 - self.poni1, p2 - self.poni2
+        if self.sensor is not None:
+            d1, d2 = self.sensor.entry_offsets(d1, d2, self.dist, self.wavelength)
+        det = np.stack([d1, d2, np.full_like(p1, self.dist)], axis=-1)
         return det @ self.tilt_matrix.T
 
     def pixel_grid(self):
@@ -441,24 +507,43 @@ class DetectorGeometry:
     def solid_angle(self, rows, cols) -> np.ndarray:
         """Solid angle of pixels relative to one at the PONI, cos^3 of the incidence angle:
         pyFAI's solidAngleArray (absolute=False) of a flat detector, whose normal is the
-        tilted L3 axis at the distance dist, so cos(incidence) = dist / |sample -> pixel|."""
+        tilted L3 axis at the distance dist, so cos(incidence) = dist / |sample -> pixel|
+        (the pixel's own place: a sensor's parallax does not change a pixel's area)."""
         p1, p2 = self.plane_coordinates(rows, cols)
         cos_incidence = self.dist / np.sqrt((p1 - self.poni1) ** 2 + (p2 - self.poni2) ** 2
                                             + self.dist ** 2)
         return cos_incidence ** 3
 
+    def sensor_efficiency(self, rows, cols) -> np.ndarray:
+        """The fraction of the photons the sensor stops, 1 - exp(-mu t / cos(alpha)), alpha
+        the angle between the rays a pixel records and the detector's normal; 1 without a
+        sensor."""
+        if self.sensor is None:
+            return np.ones(np.broadcast(np.asarray(rows), np.asarray(cols)).shape)
+        pos = self.lab_positions(rows, cols)
+        cos_alpha = self.dist / np.linalg.norm(pos, axis=-1)
+        return self.sensor.efficiency(cos_alpha, self.wavelength)
+
     def polarization(self, rows, cols, fraction: float) -> np.ndarray:
         """pyFAI's polarization factor (AzimuthalIntegrator.polarization, axis offset 0) for
         a polarization fraction (Ih - Iv) / (Ih + Iv), from pyFAI's 2theta and chi."""
-        tth, chi = self.two_theta_chi(rows, cols)
-        cos2 = np.cos(tth) ** 2
-        return 0.5 * (1.0 + cos2 - fraction * np.cos(2.0 * chi) * (1.0 - cos2))
+        return _polarization(*self.two_theta_chi(rows, cols), fraction)
 
     def two_theta_chi(self, rows, cols):
         """pyFAI's 2theta and chi (rad) at continuous pixel coordinates."""
+        return _two_theta_chi(self.lab_positions(rows, cols))
+
+    def looking(self, rows, cols, fraction: float):
+        """(lab Q, polarization factor, sensor efficiency) of continuous pixel coordinates,
+        each as lab_q, polarization and sensor_efficiency give it, from one evaluation of
+        where the pixels look (a sensor's parallax is solved once, not three times: the
+        transform's pixel tables)."""
         pos = self.lab_positions(rows, cols)
-        t1, t2, t3 = pos[..., 0], pos[..., 1], pos[..., 2]
-        return np.arctan2(np.hypot(t1, t2), t3), np.arctan2(t1, t2)
+        q = q_from_directions(pos / np.linalg.norm(pos, axis=-1, keepdims=True), self.wavelength)
+        efficiency = (np.ones(pos.shape[:-1]) if self.sensor is None else
+                      self.sensor.efficiency(self.dist / np.linalg.norm(pos, axis=-1),
+                                             self.wavelength))
+        return q, _polarization(*_two_theta_chi(pos), fraction), efficiency
 
     # ---- lab -> pixel ----------------------------------------------------------------
     def _plane_to_pixel(self, p1, p2):
@@ -484,6 +569,10 @@ class DetectorGeometry:
         local = d @ self.tilt_matrix  # = (M^T d) row-wise
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.where(local[..., 2] > 0, self.dist / local[..., 2], np.nan)
+        if self.sensor is not None:  # recorded further out than where the ray enters
+            d1, d2 = self.sensor.recorded_offsets(local[..., 0] * scale, local[..., 1] * scale,
+                                                  self.dist, self.wavelength)
+            return self._plane_to_pixel(d1 + self.poni1, d2 + self.poni2)
         p1 = local[..., 0] * scale + self.poni1
         p2 = local[..., 1] * scale + self.poni2
         return self._plane_to_pixel(p1, p2)
@@ -772,16 +861,20 @@ class EntrySetup:
 
         With an orientation (an orientation record, or the refinement's model: anything
         with ``detector``, ``offset_corrections`` {entry: {axis: deg}} and ``UB``), its
-        refined common detector replaces the calibration, its offset corrections of this
-        entry are added, and its UB orients the crystal."""
+        refined common detector replaces the calibration's place (the sensor stays the
+        calibration's: a fact of the detector, which no refinement changes), its offset
+        corrections of this entry are added, and its UB orients the crystal."""
         if orientation is None:
             return ScanGeometry(self.calibration.shifted(*self.shift), self.goniometer,
                                 self.angles, dict(self.offsets))
         offsets = dict(self.offsets)
         for axis, v in orientation.offset_corrections.get(self.name, {}).items():
             offsets[axis] = offsets.get(axis, 0.0) + float(v)
-        return ScanGeometry(orientation.detector.shifted(*self.shift), self.goniometer,
-                            self.angles, offsets, np.asarray(orientation.UB, dtype=float))
+        detector = orientation.detector.shifted(*self.shift)
+        if detector.sensor != self.calibration.sensor:
+            detector = detector.with_sensor(self.calibration.sensor)
+        return ScanGeometry(detector, self.goniometer, self.angles, offsets,
+                            np.asarray(orientation.UB, dtype=float))
 
 
 # --------------------------------------------------------------------------------------

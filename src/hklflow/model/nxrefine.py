@@ -94,7 +94,11 @@ def transform_angles(cell) -> tuple[float, float, float]:
 def detector_parameters(det: DetectorGeometry) -> dict:
     """NXRefine's detector parameters reproducing a flat hklflow detector (x = column,
     y = row, continuous): distance (mm, sample to the beam's intercept), beam centre xc/yc
-    (pixels), yaw/pitch/roll (deg), detector_orientation, pixel_size (mm), shape."""
+    (pixels), yaw/pitch/roll (deg), detector_orientation, pixel_size (mm), shape; with a
+    sensor, its sensor_material and sensor_thickness (m), as NXmx names them (NXRefine itself
+    knows no parallax: its frame is the detector's plane, not where the pixels look)."""
+    sensor = det.sensor
+    det = det.with_sensor(None)  # the pixels' own plane
     P0 = det.lab_positions(0.0, 0.0) * 1e3  # mm
     ec = det.lab_positions(0.0, 1.0) * 1e3 - P0
     er = det.lab_positions(1.0, 0.0) * 1e3 - P0
@@ -116,9 +120,12 @@ def detector_parameters(det: DetectorGeometry) -> dict:
     # beam intercept: (distance, 0, 0) = T P0 + xc T ec + yc T er
     M = np.stack([np.array([1.0, 0, 0]), -T_NX @ ec, -T_NX @ er], axis=1)
     dist, xc, yc = np.linalg.solve(M, T_NX @ P0)
-    return {"distance": float(dist), "xc": float(xc), "yc": float(yc), "yaw": yaw,
-            "pitch": pitch, "roll": roll, "detector_orientation": orient, "pixel_size": ps,
-            "shape": [int(n) for n in det.shape]}
+    out = {"distance": float(dist), "xc": float(xc), "yc": float(yc), "yaw": yaw,
+           "pitch": pitch, "roll": roll, "detector_orientation": orient, "pixel_size": ps,
+           "shape": [int(n) for n in det.shape]}
+    if sensor is not None:
+        out.update(sensor_material=sensor.material, sensor_thickness=sensor.thickness)
+    return out
 
 
 def _yzx_angles(G: np.ndarray) -> tuple[float, float, float]:

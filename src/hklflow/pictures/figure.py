@@ -15,6 +15,7 @@ from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullFormatt
 
 from ..base.atomic import atomic_path
 
+
 def new_figure(figsize):
     """A matplotlib figure of its own, outside pyplot: no screen, nothing to close, and no
     pyplot import (a part of every drawing job's start)."""

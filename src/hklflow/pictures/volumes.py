@@ -16,6 +16,7 @@ from mpl_toolkits.axisartist import Axes as AAAxes
 from mpl_toolkits.axisartist.grid_finder import FormatterPrettyPrint, MaxNLocator
 from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinear
 
+from ..algorithms.statistics import MEANING
 from ..base.errors import GridError
 from ..files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
 from .figure import log_colorbar, margins, new_figure, save_tight, volume_cmap, with_preview
@@ -236,6 +237,8 @@ def plot_statistics(stats: VolumeStatistics, path, title: str, preview: str = ""
             ax[3].annotate("*", ((r.q_min + r.q_max) / 2, max(r.measured, 1)), color="tab:red")
     fig.suptitle(with_preview(f"{title}: uncertainty statistics in {len(rows)} shells of |Q|",
                                preview))
+    fig.text(0.5, 0.005, "\n".join(_wrap(MEANING[k], 150) for k in ("chi2_nu", "cc_half")),
+             ha="center", va="bottom", fontsize=8, color="0.25")
     margins(fig, wspace=0.25, hspace=0.35)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DAT
 from ..settings.params import STEP_PARAMS, CalibrationParams, DetectorParams, SampleParams
 from ..settings.schema import schema, validator_with_defaults
 from .jobs import (check_chunk_sizes, check_deliberate_repeats, check_grid_index_range,
-                   check_grid_symmetry_of_samples, check_job_counts, check_pdf_holes)
+                   check_grid_symmetry_of_samples, check_job_counts, check_model_input_volumes,
+                   check_pdf_holes)
 
 # old place -> new place (dotted config paths)
 MOVED_KEYS = {
@@ -194,8 +196,47 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else f"{text[:30]}... ({len(str(value))} characters)"
 
 
+# what `hklflow init` writes where nothing says (the config: {FILL_IN: what to give}; the
+# scans table: a cell FILL_IN)
+PLACEHOLDER = "FILL_IN"
+
+
+def is_placeholder(value) -> bool:
+    return value == PLACEHOLDER or (isinstance(value, dict) and set(value) == {PLACEHOLDER})
+
+
+def placeholder_problem(value) -> str:
+    hint = value.get(PLACEHOLDER) if isinstance(value, dict) else None
+    return f"still {PLACEHOLDER}" + (f" ({hint})" if hint else "")
+
+
+def _unknown_keys(err) -> str | None:
+    """'unknown key 'tranform' (did you mean 'transform'?)' for keys the schema does not
+    allow where it lists the allowed ones; None for other errors."""
+    if err.validator != "additionalProperties" or not isinstance(err.instance, dict):
+        return None
+    known = list(err.schema.get("properties", {}))
+    patterns = [re.compile(p) for p in err.schema.get("patternProperties", {})]
+    unknown = [k for k in err.instance if k not in known
+               and not any(p.search(str(k)) for p in patterns)]
+    if not unknown or not known:
+        return None
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        parts.append(f"unknown key {str(key)!r}" + (f" (did you mean {close[0]!r}?)" if close
+                                                     else ""))
+    return "; ".join(parts) + f"; allowed here: {', '.join(known)}"
+
+
 def _message(err) -> str:
-    """jsonschema's message, in the user's terms where it would quote a regular expression."""
+    """jsonschema's message, in the user's terms where it would quote a regular expression,
+    name a placeholder or miss a typo."""
+    if is_placeholder(err.instance):
+        return placeholder_problem(err.instance)
+    unknown = _unknown_keys(err)
+    if unknown:
+        return unknown
     pattern = err.schema.get("pattern") if isinstance(err.schema, dict) else None
     what = "the name" if "propertyNames" in err.schema_path else "value"
     if err.validator == "pattern" and pattern in NAME_PATTERNS:
@@ -311,13 +352,35 @@ def yaml_problem(exc) -> str:
     return text
 
 
+def _undecodable(data: bytes, exc: UnicodeDecodeError) -> str:
+    line = data[:exc.start].count(b"\n") + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 text"
+
+
+def config_text(path) -> str:
+    """A config file's text, which must be UTF-8 as Snakemake reads it too: ConfigError naming
+    the problem of a UTF-16 file (an editor's "Unicode") or of a byte that is not UTF-8 (an
+    editor's "Latin-1" or "Windows" encoding)."""
+    data = Path(path).read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: the file is UTF-16 text (it starts with a byte-order "
+                          "mark): save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {_undecodable(data, exc)}: save the file as UTF-8 (an "
+                          "editor's \"Latin-1\" or \"Windows\" encoding?)") from None
+
+
 def check_yaml_syntax(paths) -> None:
     """ConfigError naming the file, line and column of the first YAML syntax error in these
-    config files (those that exist; a missing one is left to whoever reads it).  For the
-    commands that start Snakemake, whose own message for it names neither."""
+    config files (those that exist; a missing one is left to whoever reads it), or the
+    encoding problem of a file that is not UTF-8.  For the commands that start Snakemake,
+    whose own message for either names neither."""
     for p in paths:
         try:
-            text = Path(p).read_text()
+            text = config_text(p)
         except OSError:
             continue
         try:
@@ -357,7 +420,7 @@ def read_config_files(paths, *, keys_as_written: bool = True) -> tuple[dict, tup
     for p in paths:
         p = Path(p)
         try:
-            text = p.read_text()
+            text = config_text(p)
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
         try:
@@ -430,11 +493,8 @@ def _table_text(data: bytes, path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} "
-                          "is not UTF-8 text: save the table as UTF-8 (a spreadsheet's "
-                          "\"Latin-1\" or \"Windows\" encoding?)") from None
+        raise ConfigError(f"{path}: {_undecodable(data, exc)}: save the table as UTF-8 (a "
+                          "spreadsheet's \"Latin-1\" or \"Windows\" encoding?)") from None
 
 
 def scans_table_lines(path: str, where_base: Path | None = None) -> list[str]:
@@ -446,6 +506,32 @@ def scans_table_lines(path: str, where_base: Path | None = None) -> list[str]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the scans table: {exc.strerror}") from None
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def table_placeholders(path, where_base: Path | None = None) -> list[str]:
+    """'row I (SCAN): field 'COLUMN': still FILL_IN' for every placeholder cell of the scans
+    table (`hklflow init` writes them), read as read_scans_table numbers rows; none when the
+    table cannot be read (read_scans_table then says why)."""
+    try:
+        lines = scans_table_lines(path, where_base)
+    except ConfigError:
+        return []
+    if not lines or "\t" not in lines[0]:
+        return []
+    found = []
+    for i, row in enumerate(csv.DictReader(lines, delimiter="\t"), start=1):
+        if not isinstance(row, dict) or None in row:
+            continue
+        cells = [str(row.get(k) or "?").strip() for k in ("sample", "temperature", "entry")]
+        try:  # (as read_scans_table names a row: the temperature as a number)
+            cells[1] = str(float(cells[1]))
+        except ValueError:
+            pass
+        scan = "/".join(cells)
+        found += [f"row {i} ({scan}): field '{column}': {placeholder_problem(PLACEHOLDER)}"
+                  for column, value in row.items()
+                  if column and value is not None and value.strip() == PLACEHOLDER]
+    return found
 
 
 def read_scans_table(path: str, offset_names, where_base: Path | None = None) -> list[dict]:
@@ -758,7 +844,13 @@ def load_experiment(config_files, *, config: dict | None = None,
         sources = tuple(str(p) for p in config_files)
     where = " + ".join(sources) or "config"
     config, warnings = migrate(config, where)
-    cfg = _validate(_names_as_text(config), schema(), where)
+    cfg, problems = _check(_names_as_text(config), schema())
+    if problems:  # with every placeholder the scans table still holds: one pass for all
+        table = config.get("scans_table")
+        unfilled = table_placeholders(table, Path(base_dir) if base_dir else None) \
+            if isinstance(table, str) and table.strip() else []
+        raise ConfigError("\n".join([problems_report(where, problems)]
+                                    + ([problems_report(table, unfilled)] if unfilled else [])))
     instrument = _instrument(cfg, where)
     calibrations = _calibrations(cfg, where)
     samples = _samples(cfg, where)
@@ -779,5 +871,6 @@ def load_experiment(config_files, *, config: dict | None = None,
     check_grid_index_range(exp)
     check_grid_symmetry_of_samples(exp)
     check_pdf_holes(exp)
+    check_model_input_volumes(exp)
     check_names_snakemake_takes(exp)
     return exp

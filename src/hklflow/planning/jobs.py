@@ -16,11 +16,11 @@ from ..model.grid import (AXES, MAX_TRANSFORM_VOXELS, MAX_TRANSFORM_VOXELS_BOTH_
                           TRANSFORM_BRICK, Axis, Grid, GridSymmetryError, check_grid_symmetry)
 from ..settings.params import (CalibrationParams, DetectorPosition, DetectorPositionsParams,
                                GoniometerParams, GridParams, IndexingParams, IngestParams,
-                               MaskParams, ModelInputsParams, NXRefineWrapperParams, PDFParams,
-                               PDFSeriesParams, PeakSearchParams, RefinementParams, SampleParams,
-                               ScanParams, SeriesParams, SliceParams, StatisticsParams,
-                               TemperaturesParams, TotalPDFParams, TransformParams, settings_digest,
-                               settings_json)
+                               MaskParams, ModelInputsParams, NXRefineWrapperParams, ParentsParams,
+                               PDFParams, PDFSeriesParams, PeakSearchParams, RefinementParams,
+                               SampleParams, ScanParams, SeriesParams, SliceParams,
+                               StatisticsParams, TemperaturesParams, TotalPDFParams,
+                               TransformParams, settings_digest, settings_json)
 
 
 def scan_pixels(exp) -> int:
@@ -175,6 +175,54 @@ def grid_voxels_bound(exp) -> int:
     return int(grid.max_voxels)
 
 
+def made_volumes(exp) -> list[str]:
+    """The merged and symmetrised volumes the config makes at every temperature, by name
+    (files.outputs.VOLUME's {volume})."""
+    symmetrize = exp.reduction["merge"]["symmetrize"]
+    return [name for kind in exp.reduction["transform"]["kinds"]
+            for name in ((kind, f"{kind}_symmetrized") if symmetrize else (kind,))]
+
+
+def delta_pdf_files(exp) -> dict[str, str]:
+    """The 3D-DeltaPDF files of a temperature (files.outputs.DELTA_PDF's {pdf}) -> the kind
+    each is made of: pdf.nxs of masked_transform (of transform when that is the only kind
+    listed in reduction.pdf.delta_pdf_of); transform_pdf.nxs the unmasked transform's own,
+    when both are listed."""
+    of = exp.reduction["pdf"]["delta_pdf_of"]
+    files = {"pdf": "masked_transform" if "masked_transform" in of else "transform"}
+    if files["pdf"] == "masked_transform" and "transform" in of:
+        files["transform_pdf"] = "transform"
+    return files
+
+
+def model_input_volumes(exp) -> list[str]:
+    """The volumes whose model inputs are written (output.model_input_volumes; [] without
+    output.model_inputs).  Its default (null): the symmetrised masked_transform, the
+    diffuse scattering a model is refined against, or the nearest volume the config makes."""
+    output = exp.raw["output"]
+    if not output["model_inputs"]:
+        return []
+    if output["model_input_volumes"] is not None:
+        return list(output["model_input_volumes"])
+    kinds = exp.reduction["transform"]["kinds"]
+    kind = "masked_transform" if "masked_transform" in kinds else kinds[0]
+    return [f"{kind}_symmetrized" if exp.reduction["merge"]["symmetrize"] else kind]
+
+
+def check_model_input_volumes(exp) -> None:
+    """ConfigError naming a volume of output.model_input_volumes that the config does not
+    make (its model inputs would wait for a file no rule writes)."""
+    made = made_volumes(exp)
+    for i, name in enumerate(model_input_volumes(exp)):
+        if name not in made:
+            why = ("reduction.merge.symmetrize is false" if name.endswith("_symmetrized")
+                   and name.removesuffix("_symmetrized") in exp.reduction["transform"]["kinds"]
+                   else f"{name.removesuffix('_symmetrized')} is not among "
+                        "reduction.transform.kinds")
+            raise ConfigError(f"{' + '.join(exp.sources)}: field 'output.model_input_volumes."
+                              f"{i}': {name} is not made ({why}): expected one of {made}")
+
+
 def _made_once(method):
     """A JobSettings method whose text is made once per arguments (a sample's, a
     calibration's) and then reused: a plan asks for it once per job, thousands of times, and
@@ -240,6 +288,18 @@ class JobSettings:
 
     def refine_temperature(self) -> str:
         return settings_json(self._refinement)
+
+    @_made_once
+    def refine_detector(self, sample: str) -> str:
+        spec = self.exp.samples[sample]
+        parents = {t: spec.parent_for(self.exp.scans_of(sample, t)[0].temperature)
+                   for t in self.exp.temperatures_of(sample)}
+        return settings_json(self._refinement, ParentsParams(parents))
+
+    @_made_once
+    def orientation_table(self, sample: str) -> str:
+        return settings_json(self._sample(sample),
+                             TemperaturesParams(tuple(self.exp.temperatures_of(sample))))
 
     @_made_once
     def define_grid(self, sample: str, poni_of) -> str:

@@ -328,6 +328,22 @@ def cluster_groups(workflow) -> dict:
     return groups
 
 
+def is_main_process(workflow) -> bool:
+    """Whether this is the Snakemake the user started, not one that runs a job (a cluster
+    job, or a local one Snakemake starts as a subprocess, parses the Snakefile again):
+    `workflow.is_main_process`, from its --mode.
+
+    True (reported once) when Snakemake no longer says: every parse then does what only the
+    user's should (the disk foreseen: one more line and a look at results/ in each job's
+    log)."""
+    main = getattr(workflow, "is_main_process", _MISSING)
+    if not isinstance(main, bool):
+        report_once("is_main_process", "Snakemake's workflow has no is_main_process",
+                    "every job's parse foresees the disk as well")
+        return True
+    return main
+
+
 # --------------------------------------------------------------------------------------
 # The lock a killed run left (a look-up: always on)
 # --------------------------------------------------------------------------------------
@@ -371,3 +387,19 @@ def lock_left(directory) -> bool:
         return False
     locks = Path(directory) / ".snakemake" / "locks"
     return locks.is_dir() and bool(os.listdir(locks))
+
+
+def stop_plan(message: str):
+    """Stop the plan with `message` on stderr, as `hklflow: MESSAGE`, and status 1: a
+    WorkflowError raised while the Snakefile is read or an input function runs would reach
+    the user framed by Snakemake's own lines ("WorkflowError in file .../common.smk, line
+    40:", "InputFunctionException in rule ...") around the one line that matters.  Snakemake
+    ends on the SystemExit with the status it carries and adds nothing (tests/planning/
+    test_snakemake_compat.py checks that it still does)."""
+    print(f"hklflow: {message}\n{STOPPED_PLAN}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+# the line that ends stop_plan's message: how `hklflow run`'s console tells the problem that
+# stopped a plan from Snakemake's own output (commands.console.plan_problem)
+STOPPED_PLAN = "hklflow stopped the plan"

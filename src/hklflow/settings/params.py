@@ -326,6 +326,9 @@ class DetectorParams(Params):
     mask_dataset: str
     # pyFAI's 1..4 (docs/conventions.md); a field so that a change reruns the jobs given it
     orientation: int = 3
+    # {material, thickness} (model.sensor.Sensor) or None: left out of the jobs' settings
+    # while None, so that the jobs made before it existed keep theirs
+    sensor: dict | None = left_out_as_default(None)
 
     def trusted_max_for(self, dtype) -> int:
         """Values at or above this are overloaded: the config's, else the frames' dtype
@@ -345,6 +348,8 @@ class IngestParams(Params):
     detector_name: str = from_config_at("instrument.detector.name")
     detector_orientation: int = from_config_at("instrument.detector.orientation")
     fingerprint: str = left_out_as_default("sampled", "reduction.ingest.fingerprint")
+    # recorded in scan.nxs, and compared with the sensor the raw files name
+    detector_sensor: dict | None = left_out_as_default(None, "instrument.detector.sensor")
 
 
 @dataclass(frozen=True)
@@ -561,7 +566,8 @@ class IndexingParams(Params):
 
 @dataclass(frozen=True)
 class RefinementParams(Params):
-    """reduction.refinement (rules index_parent, refine_temperature) and the fit's knobs."""
+    """reduction.refinement (rules index_parent, refine_detector, refine_temperature) and
+    the fit's knobs."""
 
     SECTION: ClassVar[str] = "reduction.refinement"
     NAME: ClassVar[str] = "refinement"
@@ -575,6 +581,9 @@ class RefinementParams(Params):
     min_fraction: float  # fail when fewer of the peaks can be indexed
     min_peaks_per_entry: int  # an entry with fewer indexed peaks has no usable signal
     unusable_entries: str = from_config_at("reduction.merge.unusable_entries")  # fail | leave_out
+    # which scans refine the shared detector (model.shared_detector): left out of the jobs'
+    # settings at its default, so that the jobs made before it keep theirs
+    detector_from: str = left_out_as_default("parent")
     refine_cell: bool = knob(True)
     refine_orientation: bool = knob(True)
     frame_weight: float = knob(1.0)  # residual weight of one frame relative to one pixel
@@ -707,6 +716,14 @@ class TemperaturesParams(Params):
     inputs."""
 
     temperatures: tuple = planned()
+
+
+@dataclass(frozen=True)
+class ParentsParams(Params):
+    """Each temperature's parent (rule refine_detector): temperature label -> the label of
+    the parent temperature whose orientation it starts from."""
+
+    parents: dict = planned()
 
 
 @dataclass(frozen=True)
@@ -849,6 +866,8 @@ class CalibrationParams(Params):
     # which wins where an imported PONI disagrees with the config: {fact: use_poni|use_config}
     poni_mismatch: dict = field(default_factory=dict)
     max_rms_px: float | None = None  # None: DEFAULT_MAX_RMS_PX
+    # the detector's sensor {material, thickness}: its parallax corrected (model.sensor)
+    sensor: dict | None = left_out_as_default(None, "instrument.detector.sensor")
     first_rings: int = knob(3)
     pts_per_deg: float = knob(1.0)
     max_passes: int = knob(12)
@@ -912,8 +931,10 @@ class CalibrationParams(Params):
         return tuple(p for p in self.REFINABLE if p in self.refine and p not in self.POWDER_BLIND)
 
     def as_dict(self) -> dict:
-        """Every field (knobs included), JSON-able: recorded in calibration.nxs."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Every field (knobs included; one left out of the settings at its default, left out
+        here too), JSON-able: recorded in calibration.nxs."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
 
 
 # the parameters built from the config as a whole (CalibrationParams: one per calibration)

@@ -21,6 +21,12 @@ def schema(name: str = "config.schema.yaml") -> dict:
     return yaml.safe_load(resources.files("hklflow.settings.schemas").joinpath(name).read_text())
 
 
+def schema_path(name: str = "config.schema.yaml") -> str:
+    """Where the schema file is in this installation (the source tree's in an editable
+    install, site-packages' from a wheel): what a user can open."""
+    return str(resources.files("hklflow.settings.schemas").joinpath(name))
+
+
 def validator_with_defaults(schema_: dict):
     """A Draft 2020-12 validator that also fills in `default` values (as Snakemake's
     validate(set_default=True) does)."""

@@ -17,7 +17,8 @@ def parser() -> argparse.ArgumentParser:
         description="Write a simulated experiment: config/config.yaml, config/scans.tsv, raw/ "
                     "(calibrant image and rotation scans) and truth.json (every true parameter).")
     p.add_argument("outdir", type=Path, help="experiment directory to write")
-    p.add_argument("--preset", default="demo", choices=["demo", "tiny", "tiny_hexagonal", "tiny_monoclinic"],
+    p.add_argument("--preset", default="demo", choices=["demo", "tiny", "tiny_hexagonal", "tiny_monoclinic",
+                                                  "thick_sensor"],
                    help="which simulation (default: demo, the README's demo experiment)")
     p.add_argument("--format", dest="frame_format", default="hdf5", choices=list(FRAME_FORMATS),
                    help="raw frames as compressed HDF5 stacks (default), Dectris Eiger-style "

@@ -13,7 +13,13 @@ pyFAI and cctbx; so the truth here is truth in those conventions.  What is simul
   Bragg nodes); background; Poisson noise times the detector's gain (counts per photon, 1
   by default); module gaps (-1), hot and dead pixels;
 * the scans' true detector geometry differs slightly from the calibration (`scan_drift`),
-  the cell changes with temperature and the orientation drifts slightly on cooling.
+  the cell changes with temperature and the orientation drifts slightly on cooling;
+* with a `sensor` (a thick one), its parallax and efficiency, in the calibrant image and
+  the scans: every spot is recorded where hklflow's parallax model puts it (model/sensor.py:
+  its mean absorption depth; rendered as a Gaussian there, the depth profile's tail left
+  out), every pixel's diffuse and background intensity is that of the direction it looks
+  along, and everything is counted with the efficiency 1 - exp(-mu t / cos alpha);
+  truth.json gives the sensor, each reflection's displacement (px) and efficiency.
 
 Two seeds: `seed` fixes everything structural (structure factors, defects, the calibrant
 image) and, while `noise_seed` is None, the scans' Poisson noise too (the frames every
@@ -39,6 +45,7 @@ from ..model.crystal import Crystal, UnitCell, random_rotation
 from ..model.geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeometry, axis_rotation,
                               lorentz_zeta, pyfai_detector, q_from_directions)
 from ..model.scan import temperature_label
+from ..model.sensor import HC_KEV_ANGSTROM
 from . import frames_kernel
 from .powder import simulate_calibrant_image
 from .writers import RAW_DATASET, CbfFramesWriter, EigerScanWriter, Hdf5StackWriter
@@ -130,10 +137,14 @@ class SimulationSpec:
     gain: float = 1.0
     # a quick-look grid bound written into the experiment's config (None: the default 401^3)
     transform_max_voxels: int | None = None
+    # a thick sensor {material, thickness} (model.sensor.Sensor): simulated, and written to the
+    # config's instrument.detector.sensor and the raw files' headers; None: none (and no key
+    # in truth.json's simulation, as before it existed)
+    sensor: dict | None = None
 
     def calibration(self) -> DetectorGeometry:
         return DetectorGeometry(self.detector, *self.calibration_geometry, wavelength=self.wavelength,
-                                orientation=self.detector_orientation)
+                                orientation=self.detector_orientation, sensor=self.sensor)
 
     def goniometer(self) -> Goniometer:
         return Goniometer(tuple(self.scan_axis), self.scan_sense, tuple(self.offset_axes.items()))
@@ -153,7 +164,8 @@ def _px(detector: str, rows: float, cols: float) -> tuple[float, float]:
 
 
 def preset(name: str) -> SimulationSpec:
-    """Named simulations: 'demo' (the README's demo experiment) and 'tiny' (tests)."""
+    """Named simulations: 'demo' (the README's demo experiment), 'tiny' and its hexagonal
+    and monoclinic variants (tests), 'thick_sensor' (a 1 mm CdTe sensor at 87 keV)."""
     if name == "demo":
         det = "PilatusCdTe300k"
         p1, p2 = _px(det, 305.3, 232.8)
@@ -207,8 +219,31 @@ def preset(name: str) -> SimulationSpec:
         }
         # 180 degrees of rotation, as a parent scan covers: cell, distance and tilts separate
         return replace(preset("tiny"), name=name, samples=(samples[name],), nframes=180)
+    if name == "thick_sensor":
+        # a 1 mm CdTe sensor at 87 keV (6-ID-D): spots out to 2theta = 20 deg in the corners,
+        # recorded up to 0.8 px further out than where they hit the sensor; the beam near the
+        # centre, 0.185 m away; two entries.  The detector does not move after its
+        # calibration (no scan drift) and is not turned about the beam (rot3 0, which powder
+        # rings cannot see): the calibration's detector can be held fixed
+        det = "PilatusCdTe300k"
+        p1, p2 = _px(det, 310.3, 243.6)
+        pix = _px(det, 1.0, 1.0)[0]
+        return SimulationSpec(
+            name="thick_sensor", detector=det, wavelength=HC_KEV_ANGSTROM / 87.0,
+            calibration_geometry=(0.185, p1, p2, 0.002, -0.0015, 0.0),
+            rough_start=(0.182, p1 + 3 * pix, p2 - 3 * pix),
+            scan_drift=(0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+            scan_axis=(0.0, 1.0, 0.0), scan_sense=1,
+            offset_axes={"omega": (1.0, 0.0, 0.0), "chi": (0.0, 0.0, 1.0)},
+            samples=(SampleModel("lsco", "I 4/m m m", (3.7801, 3.7801, 13.2305, 90, 90, 90),
+                                 temperatures=(300.0,), orientation_seed=7),),
+            entries=(EntryModel("f1"),
+                     EntryModel("f2", det_shift=(0.0, 9 * pix, 7 * pix),
+                                offsets={"omega": -1.0, "chi": 1.5})),
+            nframes=180, phi_start=0.0, phi_step=1.0, mosaicity_deg=0.3,
+            sensor={"material": "CdTe", "thickness": 1e-3}, transform_max_voxels=121 ** 3)
     raise ValueError(f"unknown simulation preset {name!r} "
-                     "(known: demo, tiny, tiny_hexagonal, tiny_monoclinic)")
+                     "(known: demo, tiny, tiny_hexagonal, tiny_monoclinic, thick_sensor)")
 
 
 # --------------------------------------------------------------------------------------
@@ -278,6 +313,14 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
     inten = structure_intensity(crystal, hh.astype(int), spec)
     counts = spec.bragg_scale * inten * polarization_factor(tth, chi, spec.polarization_fraction) \
         / np.abs(zeta)
+    sensor = {}
+    if geom.sensor is not None:  # counted with the efficiency, recorded further out
+        efficiency = geom.sensor_efficiency(rows, cols)
+        counts = counts * efficiency
+        rows0, cols0 = geom.with_sensor(None).pixel_from_direction(geom.lab_positions(rows, cols))
+        sensor = {"parallax_px": np.hypot(rows - rows0, cols - cols0),
+                  "row_without_parallax": rows0, "col_without_parallax": cols0,
+                  "efficiency": efficiency}
     gaps = geom.detector_mask()
     ri = np.clip(rows.astype(int), 0, ny - 1)
     ci = np.clip(cols.astype(int), 0, nx - 1)
@@ -288,6 +331,8 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
     solid = (dirs @ geom.tilt_matrix)[:, 2] ** 3  # pyFAI's solid angle, 1 at normal incidence
     bg = (spec.background * polarization_factor(tth, chi, spec.polarization_fraction) * solid
           + spec.air_scatter * np.exp(-tth / 0.15) * solid)
+    if geom.sensor is not None:
+        bg = bg * sensor["efficiency"]
     footprint = (4 * spec.spot_sigma_px) ** 2 * np.maximum(1.0, 4 * sigma_z)
     i_over_sigma = counts / np.sqrt(counts + bg * footprint)
     # distance (pixels) to the nearest gap or detector edge: spots closer are cut
@@ -300,7 +345,7 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
         "sigma_row": np.full(len(z), spec.spot_sigma_px), "sigma_col": np.full(len(z), spec.spot_sigma_px),
         "sigma_frame": sigma_z, "counts": counts, "zeta": zeta, "two_theta_deg": np.degrees(tth),
         "in_gap": gaps[ri, ci], "gap_distance_px": dist_bad[ri, ci],
-        "background": bg, "i_over_sigma": i_over_sigma,
+        "background": bg, "i_over_sigma": i_over_sigma, **sensor,
     }
     return ScanTruth(geom, crystal, U, refl), scan
 
@@ -353,13 +398,20 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
     ny, nx = geom.shape
     dirs = geom.pixel_directions()
     q_pix = np.ascontiguousarray(q_from_directions(dirs, spec.wavelength))
-    ai = geom.to_pyfai()
+    ai = geom.to_pyfai(parallax=False)  # (the pixels' solid angles: their own places)
     solid = np.asarray(ai.solidAngleArray(), dtype=np.float64)
-    pol = np.asarray(ai.polarization(factor=spec.polarization_fraction), dtype=np.float64)
+    efficiency = 1.0
+    if geom.sensor is None:
+        pol = np.asarray(ai.polarization(factor=spec.polarization_fraction), dtype=np.float64)
+    else:  # where each pixel looks, times the sensor's efficiency there
+        rows, cols = geom.pixel_grid()
+        efficiency = geom.sensor_efficiency(rows, cols)
+        pol = geom.polarization(rows, cols, spec.polarization_fraction) * efficiency
     tth = np.arccos(np.clip(dirs[..., 2], -1, 1))
     pixel_scale = np.ascontiguousarray(solid * pol)
     background = np.ascontiguousarray(spec.background * pixel_scale
-                                      + spec.air_scatter * np.exp(-tth / 0.15) * solid)
+                                      + spec.air_scatter * np.exp(-tth / 0.15) * solid
+                                      * efficiency)
     UB = truth.U @ truth.crystal.B
     UBinv = np.linalg.inv(UB)
     R = scan.sample_rotation(np.arange(spec.nframes) + 0.5)
@@ -402,6 +454,24 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
         write_chunk(start, out)
 
 
+def sensor_truth(geom: DetectorGeometry) -> dict:
+    """What truth.json says of a simulated sensor: material, thickness, mu at the scans'
+    wavelength, the model, and the displacement (px) and efficiency at a few 2theta."""
+    sensor, lam = geom.sensor, geom.wavelength
+    tth = np.radians([0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0])
+    px = min(geom.pixel_size)
+    return {**sensor.as_dict(), "mu_per_m": sensor.mu(lam), "wavelength": lam,
+            "model": "hklflow model/sensor.py (pyFAI's ThinSensor mean depth): a ray at alpha to "
+                     "the normal is recorded sin(alpha)/mu (1 - (1 + x) exp(-x)) / (1 - exp(-x)) "
+                     "further from the PONI, x = mu t / cos(alpha); efficiency "
+                     "1 - exp(-mu t / cos(alpha)); reflections' parallax_px, efficiency, "
+                     "row/col_without_parallax per scan",
+            "at_two_theta_deg": np.degrees(tth).tolist(),
+            "displacement_px_at_normal_detector": (sensor.displacement(
+                geom.dist * np.tan(tth), geom.dist, lam) / px).tolist(),
+            "efficiency": sensor.efficiency(np.cos(tth), lam).tolist()}
+
+
 def detector_defects(spec: SimulationSpec, geom: DetectorGeometry) -> tuple[np.ndarray, dict]:
     """uint8 map: 1 module gap, 2 hot pixel, 3 dead pixel (same pixels in every scan)."""
     rng = np.random.default_rng(spec.seed + 17)
@@ -426,8 +496,10 @@ def experiment_config(spec: SimulationSpec) -> dict:
                            "cell": [round(v, 3) for v in approx.parameters],
                            "parent": {"temperature": float(s.temperatures[0])}}
     d, p1, p2 = spec.rough_start
-    detector = spec.detector if spec.detector_orientation == 3 else {
-        "name": spec.detector, "orientation": spec.detector_orientation}
+    detector = spec.detector if spec.detector_orientation == 3 and spec.sensor is None else {
+        "name": spec.detector,
+        **({"orientation": spec.detector_orientation} if spec.detector_orientation != 3 else {}),
+        **({"sensor": dict(spec.sensor)} if spec.sensor is not None else {})}
     return {
         "experiment": spec.name,
         "scans_table": "config/scans.tsv",
@@ -589,7 +661,8 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
                  "default" if spec.noise_seed is None else spec.noise_seed, spec.gain)
     defects, defect_truth = detector_defects(spec, cal)
     # the same truth whatever the noise seed: it is not a fact of the experiment
-    simulation = {k: v for k, v in asdict(spec).items() if k != "noise_seed"}
+    simulation = {k: v for k, v in asdict(spec).items()
+                  if k != "noise_seed" and not (k == "sensor" and v is None)}
     truth = {
         "simulation": _jsonable(simulation),
         "conventions": "hklflow docs/conventions.md (Q without 2 pi; Busing-Levy B; lab = pyFAI)",
@@ -615,6 +688,8 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
         "samples": {},
         "scans": {},
     }
+    if cal.sensor is not None:
+        truth["sensor"] = sensor_truth(cal)
     nscan = len(spec.samples) * len(spec.entries) * max(len(s.temperatures) for s in spec.samples)
     done = 0
     for sample in spec.samples:

@@ -7,7 +7,9 @@ The image is a sum of Gaussian Debye-Scherrer rings in 2theta placed with the ge
 times the pixel solid angle and the polarization factor, with Poisson noise; pixels in the
 detector model's gaps are -1 (as a Pilatus writes them) and a few hot pixels are added.
 Ring strengths follow a powder pattern: multiplicity x Lorentz factor x Debye-Waller factor
-(B = `b_factor`), spread over the Debye-Scherrer cone.
+(B = `b_factor`), spread over the Debye-Scherrer cone.  A geometry with a sensor (a thick
+one: model/sensor.py) puts each pixel's 2theta where hklflow's parallax model says it looks
+and multiplies the counts by the sensor's efficiency 1 - exp(-mu t / cos alpha).
 """
 from __future__ import annotations
 
@@ -68,10 +70,13 @@ def simulate_calibrant_image(geometry: DetectorGeometry, calibrant: str,
         raise ValueError(f"ring_fwhm_deg must be > 0, got {ring_fwhm_deg}")
     if hot_pixels < 0:
         raise ValueError(f"hot_pixels must be >= 0, got {hot_pixels}")
-    ai = geometry.to_pyfai()
+    ai = geometry.to_pyfai(parallax=False)
     shape = geometry.shape
-    # 2theta of the pixel centres, exactly as pyFAI predicts rings
-    tth = np.asarray(ai.center_array(shape, unit="2th_deg", scale=True), dtype=float)
+    if geometry.sensor is None:
+        # 2theta of the pixel centres, exactly as pyFAI predicts rings
+        tth = np.asarray(ai.center_array(shape, unit="2th_deg", scale=True), dtype=float)
+    else:  # where each pixel looks (hklflow's parallax; the calibration corrects with pyFAI's)
+        tth = np.degrees(geometry.two_theta_chi(*geometry.pixel_grid())[0])
     tth_lo, tth_hi = float(tth.min()), float(tth.max())
 
     rings_tth, d, mult = calibrant_rings(calibrant, geometry.wavelength,
@@ -109,7 +114,12 @@ def simulate_calibrant_image(geometry: DetectorGeometry, calibrant: str,
     signal /= len(offsets) ** 2
     # solid angle relative to normal incidence at the PONI, and polarization
     signal *= ai.solidAngleArray(shape, absolute=False)
-    signal *= ai.polarization(shape, factor=polarization_fraction)
+    if geometry.sensor is None:
+        signal *= ai.polarization(shape, factor=polarization_fraction)
+    else:
+        rows, cols = geometry.pixel_grid()
+        signal *= geometry.polarization(rows, cols, polarization_fraction)
+        signal *= geometry.sensor_efficiency(rows, cols)
     image = rng.poisson(np.clip(signal, 0, None)).astype(np.int32)
 
     gaps = geometry.detector_mask()

@@ -31,10 +31,22 @@ def beamline_geometry(spec, geom: DetectorGeometry) -> DetectorGeometry:
     """The detector geometry a beamline's metadata records for a scan whose true geometry is
     `geom`: the calibration moved by the entry's detector shift (what the motors say), i.e.
     `geom` less spec.scan_drift, the small difference between the two that only the
-    refinement finds (a header that knew it would need no refinement)."""
+    refinement finds (a header that knew it would need no refinement).  The motors know
+    no parallax: the detector's plane, without its sensor."""
     d = spec.scan_drift
     return replace(geom, dist=geom.dist - d[0], poni1=geom.poni1 - d[1], poni2=geom.poni2 - d[2],
-                   rot1=geom.rot1 - d[3], rot2=geom.rot2 - d[4], rot3=geom.rot3 - d[5])
+                   rot1=geom.rot1 - d[3], rot2=geom.rot2 - d[4], rot3=geom.rot3 - d[5],
+                   sensor=None)
+
+
+def pilatus_sensor_line(geom: DetectorGeometry) -> list[str]:
+    """A Pilatus header's sensor line ("# Silicon sensor, thickness 0.000450 m"), none
+    without a sensor."""
+    sensor = geom.sensor
+    if sensor is None:
+        return []
+    name = "Silicon" if sensor.material == "Si" else sensor.material
+    return [f"# {name} sensor, thickness {sensor.thickness:.6f} m"]
 
 
 def direct_beam(geom: DetectorGeometry) -> tuple[float, float, float]:
@@ -110,6 +122,7 @@ class CbfFramesWriter:
             f"# Beam_xy ({beam_fast:.4f}, {beam_slow:.4f}) pixels",
             f"# Start_angle {s.phi_start + index * s.phi_step:.4f} deg.",
             f"# Angle_increment {s.phi_step:.4f} deg.",
+            *pilatus_sensor_line(g),
         ])
 
     def __call__(self, start: int, frames: np.ndarray):
@@ -265,6 +278,9 @@ class EigerScanWriter:
             _field(det, "y_pixel_size", p1, "m")
             _field(det, "count_time", frame_time, "s")
             _field(det, "frame_time", frame_time, "s")
+            if g.sensor is not None:  # as DECTRIS writes them
+                _field(det, "sensor_material", g.sensor.material)
+                _field(det, "sensor_thickness", g.sensor.thickness, "m")
             specific = _group(det, "detectorSpecific", "NXcollection")
             _field(specific, "nimages", n)
             _field(specific, "ntrigger", 1)

@@ -55,10 +55,14 @@ def run(args, log) -> None:
                  ", ".join(f"{k} {v}" for k, v in counts.items()), fill.unknowns,
                  fill.batches, f" ({fill.mirrored} more from their mirror images: the volume "
                  "is even)" if fill.mirrored else "", fill.seconds)
-        for name in ("no_data", "solver_failed"):
-            if counts.get(name):
-                log.warning("%d reflections %s: their holes stay empty (0 in the transform)",
-                            counts[name], name.replace("_", " "))
+        # (a fact the user expects at the edge of what was measured: in the log and the
+        # file's notes, not among the run's warnings; a failed solve is worth one)
+        if counts.get("no_data"):
+            log.info("%d reflections no data (nothing measured around them): their holes stay "
+                     "empty (0 in the transform)", counts["no_data"])
+        if counts.get("solver_failed"):
+            log.warning("%d reflections solver failed: their holes stay empty (0 in the "
+                        "transform)", counts["solver_failed"])
         log.info("taper to q_max %.3f 1/A (%s; reach %.3f, inside the grid %.3f); %.1f%% of "
                  "the voxels inside q_max unmeasured after the fill (0 in the transform); "
                  "%s in %.1f s", pdf.notes["q_max"], pdf.notes["q_max_source"],

@@ -1,11 +1,13 @@
 """Step index_parent: the parent scan of a sample indexed from scratch (all its entries at
 the parent temperature) and refined - the orientation every other temperature of the
-sample starts from (hklflow.algorithms.orientation.orient.index_parent)."""
+sample starts from (hklflow.algorithms.orientation.orient.index_parent), and the detector
+they share (reduction.refinement.detector_from parent: refined here; none: the
+calibration's; all: refined here as the start of rule refine_detector)."""
 from __future__ import annotations
 
 from ..algorithms.orientation.indexing import MIN_VECTORS
 from ..algorithms.orientation.orient import (check_entries_have_peaks, check_entries_usable,
-                                             index_parent, misplaced_phi_starts,
+                                             index_parent, misplaced_phi_starts, parent_detector,
                                              temperature_entries)
 from ..files.orientation import write_orientation_file
 from ..files.peaks import read_peaks_file
@@ -37,10 +39,12 @@ def run(args, log) -> None:
     misplaced = misplaced_phi_starts(result, refinement, indexed_from_these=True)
     unusable = check_entries_usable(scans, peaks, result, refinement, log, misplaced)
     landed = merged_records([landed_record(s) for s in scans])  # none: a batch run's file
+    shared = parent_detector(result, [s.scan_id for s in scans],
+                             "none" if refinement.detector_from == "none" else "parent")
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=label,
                            result=result, indexing=summary, unusable_entries=unusable,
-                           landed=landed,
+                           landed=landed, shared_detector=shared,
                            provenance=provenance("hklflow index_parent", args.settings,
                                                  inputs=[*args.scans, *args.peaks]))
     plot_residuals(result, f"{label} (parent, indexed from scratch)", args.png,

@@ -5,20 +5,26 @@ Opens the raw frames read-only and checks them against the scans table and the d
 frame with ``--check-frames all``), reads the monitor if the scan has one (a dataset of the
 HDF5 files; for frame files a column file or a field of every frame's CBF header:
 hklflow.raw.monitors), fingerprints every raw file, and writes the scan file linking (never
-copying) the raw frames, with the accepted calibration (and its version) and the entry's
-detector shift.
+copying) the raw frames, with the accepted calibration (and its version, and the sensor of
+instrument.detector.sensor) and the entry's detector shift.  A sensor that the raw files
+name (NXmx sensor_material/sensor_thickness, a Pilatus CBF header's sensor line) and the
+config does not is a warning: its parallax is then not corrected.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from ..base.errors import InputMismatchError, RawDataError
 from ..files.calibration import read_version_file
 from ..files.provenance import file_digest, provenance
 from ..files.scan import write_scan_file
 from ..model.geometry import DetectorGeometry, EntrySetup
+from ..model.sensor import Sensor
 from ..raw.frames import inspect_raw_scan
 from ..raw.monitors import monitor_file
+from ..raw.sensor import named_sensor
 from ..settings.params import GoniometerParams, IngestParams, ScanParams, settings_part
 from ._run import StepParser, run_step
 
@@ -50,6 +56,13 @@ def run(args, log) -> None:
     ingest = settings_part(args.settings, IngestParams)
     calibration = DetectorGeometry.from_poni_file(args.poni, ingest.detector_name,
                                                   ingest.detector_orientation)
+    sensor = Sensor.of(ingest.detector_sensor)
+    if calibration.sensor != sensor:
+        raise InputMismatchError(
+            f"{args.poni}: the calibration corrects the parallax of "
+            f"{calibration.sensor.describe() if calibration.sensor else 'no sensor'}, "
+            f"instrument.detector.sensor is {sensor.describe() if sensor else 'not set'}: run "
+            "calibrate_powder again (or correct the config)")
     log.info("scan %s: %s, %d frames, phi %g + %g/frame, detector shift %s m", row.id,
              row.data, row.nframes, row.angles.start, row.angles.step, row.detector_shift)
     if row.in_progress:
@@ -59,6 +72,7 @@ def run(args, log) -> None:
                            monitor=row.monitor, check_frames=args.check_frames,
                            in_progress=row.in_progress,
                            fingerprint_reach=ingest.fingerprint, log=log)
+    check_named_sensor(row.data, sensor, calibration, log)
     setup = EntrySetup(row.entry, calibration, row.detector_shift, goniometer, row.angles,
                        row.offsets)
     record = {"name": row.calibration, "version": read_version_file(args.version, args.poni),
@@ -73,6 +87,37 @@ def run(args, log) -> None:
     log.info("wrote %s (frames linked from %s%s; calibration %s %s)", args.out, src.files[0],
              f" and {len(src.files) - 1} more files" if len(src.files) > 1 else "",
              row.calibration, record["version"])
+
+
+def check_named_sensor(data: str, sensor: Sensor | None, calibration: DetectorGeometry,
+                       log) -> None:
+    """Warn where the raw files name a sensor (raw.sensor) that instrument.detector.sensor
+    does not: none, or another one.  The config's is used either way."""
+    try:
+        named = named_sensor(data)
+    except (OSError, RawDataError) as exc:
+        log.info("the raw files' sensor could not be read: %s", exc)
+        return
+    if named is None:
+        return
+    found = named.sensor
+    if found is not None and sensor is not None and found.material == sensor.material \
+            and abs(found.thickness - sensor.thickness) <= 1e-6:
+        log.info("sensor %s, as the raw files say (%s)", sensor.describe(), named.where)
+        return
+    if sensor is None:
+        shift = ""
+        if found is not None:  # how far parallax moves a spot at the detector's edge
+            edge = calibration.dist * math.tan(calibration.max_two_theta())
+            moved = float(found.displacement(edge, calibration.dist, calibration.wavelength))
+            shift = (f" (it moves spots by up to {moved / min(calibration.pixel_size):.2f} px "
+                     "at the detector's edge)")
+        log.warning("the raw files name the sensor %s, and instrument.detector.sensor is not "
+                    "set: its parallax is not corrected%s; set instrument.detector.sensor "
+                    "(material, thickness) to correct it", named.describe(), shift)
+    else:
+        log.warning("the raw files name the sensor %s, instrument.detector.sensor says %s: "
+                    "the config's is used", named.describe(), sensor.describe())
 
 
 def main(argv=None) -> int:

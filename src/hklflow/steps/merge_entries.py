@@ -35,6 +35,10 @@ def parser() -> StepParser:
     return p
 
 
+KIND_MEANING = {"transform": "every pixel: Bragg peaks and diffuse scattering",
+                "masked_transform": "Bragg peaks masked: diffuse scattering"}
+
+
 def write_statistics(path, crystal, bragg_radius: float, png, title: str, preview: str,
                      log) -> None:
     """The statistics of the merged volume `path` into its notes, the log and `png`;
@@ -45,6 +49,7 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
 
     half = read_half_set(path)
     with VolumeReader(path, compiled_decompression=True) as reader:
+        kind = reader.kind
         stats = volume_statistics(reader.grid, crystal, reader.read,
                                   bragg_exclusion=float(bragg_radius) / (2 * math.pi))
         if half is not None:  # CC1/2: half set B is the rest of the volume, binned alike
@@ -59,7 +64,8 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
         log.info("%s", line)
     if stats.flag:
         log.warning("%s: %s", path, stats.flag_reason)
-    plot_statistics(stats, png, title, preview)
+    # (the two kinds' pictures look alike: the title says which one this is)
+    plot_statistics(stats, png, f"{title} {kind} ({KIND_MEANING.get(kind, kind)})", preview)
 
 
 def run(args, log) -> None:

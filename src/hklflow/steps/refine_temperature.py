@@ -1,15 +1,18 @@
-"""Step refine_temperature: cell, orientation, detector and goniometer offsets of a sample
-at one temperature refined on the peaks of its entries, starting from its parent's
-orientation (read only; hklflow.algorithms.orientation.orient.refine_from_parent).  A temperature whose
-peaks do not index from the parent (a phase transition, a wrong space group) fails with a
-message saying so rather than writing a bad orientation."""
+"""Step refine_temperature: cell, orientation and goniometer offsets of a sample at one
+temperature refined on the peaks of its entries, starting from its parent's orientation
+(read only; hklflow.algorithms.orientation.orient.refine_from_parent), with the detector the
+sample's temperatures share held fixed: the parent's (reduction.refinement.detector_from
+parent or none) or the one refined on every temperature (all: --detector, rule
+refine_detector).  A temperature whose peaks do not index from the parent (a phase
+transition, a wrong space group) fails with a message saying so rather than writing a bad
+orientation."""
 from __future__ import annotations
 
 from ..algorithms.orientation.orient import (check_entries_have_peaks, check_entries_usable,
-                                             misplaced_phi_starts, refine_from_parent,
+                                             detector_of, misplaced_phi_starts, refine_from_parent,
                                              temperature_entries)
 from ..base.errors import InputMismatchError
-from ..files.orientation import read_orientation_file, write_orientation_file
+from ..files.orientation import read_orientation_file, read_shared_detector, write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
@@ -23,6 +26,8 @@ def parser() -> StepParser:
     p = StepParser("refine_temperature", __doc__)
     p.add_settings()
     p.add_input("--parent", "the parent's orientation file (index_parent; read only)")
+    p.add_input("--detector", "the sample's shared detector (refine_detector's "
+                "shared_detector.nxs; default: the parent's)", required=False)
     p.add_temperature_entries()
     return p
 
@@ -40,7 +45,14 @@ def run(args, log) -> None:
              sum(len(e.x) for e in entries), len(entries), parent.parent)
     check_entries_have_peaks(scans, peaks, entries, label, 1, "refine against")
     params = settings_part(args.settings, RefinementParams)
-    result = refine_from_parent(entries, parent, params, log, label)
+    shared = None
+    if args.detector:
+        sample, shared, _ = read_shared_detector(args.detector)
+        if sample != scans[0].sample:
+            raise InputMismatchError(f"{args.detector} is the detector of sample {sample!r}, "
+                                     f"not of {scans[0].sample!r} ({args.scans[0]})")
+    result = refine_from_parent(entries, parent, params, log, label, shared)
+    shared = shared or detector_of(parent, entries)
     misplaced = misplaced_phi_starts(result, params)
     unusable = check_entries_usable(scans, peaks, result, params, log, misplaced)
     # refined from a provisional parent: provisional too (none: a batch run's file)
@@ -48,9 +60,11 @@ def run(args, log) -> None:
     write_orientation_file(args.out, sample=scans[0].sample,
                            temperature_label=scans[0].temperature_label, parent=parent.parent,
                            result=result, indexing=None, unusable_entries=unusable,
-                           landed=landed,
+                           landed=landed, shared_detector=shared,
                            provenance=provenance("hklflow refine_temperature", args.settings,
-                                                 inputs=[args.parent, *args.scans, *args.peaks]))
+                                                 inputs=[args.parent, *([args.detector] if
+                                                                        args.detector else []),
+                                                         *args.scans, *args.peaks]))
     plot_residuals(result, f"{label} (refined from {parent.parent})", args.png,
                    preview=orientation_label(landed, of=label))
     log.info("%s: rms %.3f px, %.3f frames, %.1f%% indexed, cell %s", label, result.rms_px,

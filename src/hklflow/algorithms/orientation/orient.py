@@ -1,6 +1,8 @@
-"""Orientation of a sample at one temperature (rules index_parent and refine_temperature):
-the peaks of its entries as refinement input, the parent indexed from scratch, a child
-refined from its parent.  No file I/O here: the steps read the records and pass them in."""
+"""Orientation of a sample at one temperature (rules index_parent, refine_temperature and
+refine_detector): the peaks of its entries as refinement input, the parent indexed from
+scratch, the detector the temperatures share (model.shared_detector), a temperature refined
+from its parent with that detector held.  No file I/O here: the steps read the records and
+pass them in."""
 from __future__ import annotations
 
 import logging
@@ -9,29 +11,63 @@ from dataclasses import replace
 import numpy as np
 
 from ...base.errors import IndexingError, InputMismatchError, RawDataError, RefinementError
+from ...model.shared_detector import SharedDetector
 from ...settings.params import IndexingParams, RefinementParams
 from .diagnosis import (FIT_FRACTION, diagnose_indexing_failure, explain_indexing_failure,
                         indexed_share, phi_start_offset)
 from .indexing import index_from_scratch
-from .refinement import EntryPeaks, Model, RefinementResult, refine
+from .refinement import (EntryPeaks, Model, RefinementResult, SharedDetectorResult, refine,
+                         refine_shared_detector)
 
-CENTROID_FLOOR = 0.02  # pixels / frames: centroid error not explained by counting statistics
+# what a centroid's counting statistics leave out (pixels, frames): strong spots' centroids
+# are cut by the strong-pixel threshold of the search (bench/README.md, shared detector)
+CENTROID_FLOOR = 0.02
+CENTROID_FLOOR_FRAMES = 0.01
 MIN_I_OVER_SIGMA = 5.0  # weaker peaks are left out of indexing and refinement
+TYPICAL_I_OVER_SIGMA = 20.0  # peaks this strong show a spot's whole width
 
 
 def centroid_sigmas(peaks: dict):
-    """Centroid uncertainties (pixels, frames) of peaks: sqrt(variance / counts) with the
-    pixel/frame quantisation (1/12) in the variance and a floor."""
-    counts = np.maximum(peaks["int_sum"], 1.0)
-    vxy = 0.5 * (peaks["observed_px_x_var"] + peaks["observed_px_y_var"]) + 1.0 / 12
-    vz = peaks["observed_frame_var"] + 1.0 / 12
-    return (np.sqrt(vxy / counts + CENTROID_FLOOR ** 2), np.sqrt(vz / counts + CENTROID_FLOOR ** 2))
+    """Centroid uncertainties (pixels, frames) of peaks (find_peaks columns).  A centroid's
+    variance is the spot's spread times the photons that make it (signal and background,
+    the raw counts summed) over the signal squared; the spread is the larger of the peak's
+    own second moment and the median one of the strong peaks (a faint spot's few strong
+    pixels understate its width), with the pixel/frame quantisation (1/12); and a floor."""
+    signal = np.maximum(peaks["int_sum"], 1.0)
+    counts = np.maximum(peaks["int_sum_var"], signal)
+    strong = signal > TYPICAL_I_OVER_SIGMA * np.sqrt(counts)
+
+    def spread(v):
+        v = np.asarray(v, dtype=float)
+        return np.maximum(v, np.median(v[strong]) if strong.any() else 0.0) + 1.0 / 12
+
+    per_photon = counts / signal ** 2
+    vxy = 0.5 * (spread(peaks["observed_px_x_var"]) + spread(peaks["observed_px_y_var"]))
+    return (np.sqrt(vxy * per_photon + CENTROID_FLOOR ** 2),
+            np.sqrt(spread(peaks["observed_frame_var"]) * per_photon + CENTROID_FLOOR_FRAMES ** 2))
+
+
+def cut_peaks(setup, peaks: dict) -> np.ndarray:
+    """Peaks whose pixels touch a module gap or the detector's edge, or the first or last
+    frame of the scan: the cut spot's centroid is pulled away from where it diffracts by up
+    to its width, far beyond its counting error."""
+    if "bounding_box" not in peaks or not len(peaks["bounding_box"]):
+        return np.zeros(len(peaks["int_sum"]), dtype=bool)
+    bad = np.pad(setup.calibration.detector_mask(), 1, constant_values=True)
+    # a pixel's count of bad pixels in the padded mask: a box's sum of them, dilated by one
+    summed = np.pad(np.cumsum(np.cumsum(bad, 0), 1), ((1, 0), (1, 0)))
+    bb = np.asarray(peaks["bounding_box"], dtype=np.int64)
+    r0, r1, c0, c1 = bb[:, 0], bb[:, 1] + 2, bb[:, 2], bb[:, 3] + 2  # padded, dilated
+    touching = (summed[r1, c1] - summed[r0, c1] - summed[r1, c0] + summed[r0, c0]) > 0
+    return touching | (bb[:, 4] <= 0) | (bb[:, 5] >= setup.angles.nframes)
 
 
 def entry_peaks(setup, peaks: dict, min_i_over_sigma: float = MIN_I_OVER_SIGMA) -> EntryPeaks:
     """EntryPeaks of one entry (geometry.EntrySetup) from its peak table (find_peaks
-    columns): the peaks above min_i_over_sigma with centroid uncertainties and intensities."""
+    columns): the peaks above min_i_over_sigma and not cut (cut_peaks), with centroid
+    uncertainties and intensities."""
     strong = peaks["int_sum"] > min_i_over_sigma * np.sqrt(np.maximum(peaks["int_sum_var"], 1.0))
+    strong &= ~cut_peaks(setup, peaks)
     sxy, sz = centroid_sigmas(peaks)
     return EntryPeaks(setup, peaks["observed_px_x"][strong], peaks["observed_px_y"][strong],
                       peaks["observed_frame"][strong], sxy[strong], sz[strong],
@@ -103,7 +139,9 @@ def index_parent(entries, crystal, refine_params: RefinementParams,
             raise explain_indexing_failure(exc, entries, crystal, index_params, log) from None
         model = Model(crystal.with_cell(crystal.constraints.symmetrize(sol.cell)), sol.U,
                       model_det, offsets)
-        result = refine(entries, model, refine_params, log)
+        # detector_from none: the calibration's detector, as every temperature will have it
+        result = refine(entries, model, refine_params, log,
+                        detector="fixed" if refine_params.detector_from == "none" else "refine")
         passes.append({"pass": npass, "indexing_fraction": float(sol.fraction),
                        "rms_hkl": float(sol.rms_hkl), "rms_q": float(sol.rms_q),
                        "seconds": float(sol.seconds), "cell": list(sol.cell.parameters),
@@ -124,15 +162,40 @@ def index_parent(entries, crystal, refine_params: RefinementParams,
     return result, dict(summary, kept_pass=kept, passes=passes)
 
 
+def parent_detector(result: RefinementResult, scan_ids, source: str) -> SharedDetector:
+    """The detector index_parent leaves to the temperatures (detector_from parent or none):
+    the parent's calibration corrected by its refinement (none: not corrected)."""
+    calibration = result.entries[0].setup.calibration
+    if not result.detector_refined:
+        return SharedDetector(calibration, result.model.detector, None, source)
+    used = [sid for sid, u in zip(scan_ids, result.used) if np.count_nonzero(u)]
+    return SharedDetector(calibration, result.model.detector, result.cell_covariance.detector,
+                          source, tuple(used), int(result.n_used))
+
+
+def detector_of(parent, entries) -> SharedDetector:
+    """The shared detector an orientation record (the parent's) hands on; one written before
+    hklflow recorded it: the record's detector as it is, for these entries' calibration
+    (what every temperature was refined from then), its uncertainty unknown."""
+    shared = getattr(parent, "shared_detector", None)
+    if shared is not None:
+        return shared
+    return SharedDetector(entries[0].setup.calibration, parent.detector, None, "parent")
+
+
 def refine_from_parent(entries, parent, params: RefinementParams, log=None,
-                       label: str = "this temperature") -> RefinementResult:
+                       label: str = "this temperature",
+                       shared: SharedDetector | None = None) -> RefinementResult:
     """Refine a temperature's entries (`label`, e.g. SAMPLE/100K) starting from its
-    parent's orientation record (read only): cell, U, detector and offset corrections
-    start from the parent's."""
-    model = Model(parent.crystal(), parent.U, parent.detector,
+    parent's orientation record (read only): cell, U and offset corrections start from the
+    parent's, and the detector is the shared one (default: the parent's, detector_of) for
+    these entries' calibration, held fixed; its uncertainty goes into the cell's."""
+    shared = shared or detector_of(parent, entries)
+    model = Model(parent.crystal(), parent.U, shared.for_calibration(entries[0].setup.calibration),
                   {e: dict(a) for e, a in parent.offset_corrections.items()})
     try:
-        return refine(entries, model, params, log)
+        return refine(entries, model, params, log, detector="fixed",
+                      detector_covariance=shared.covariance)
     except RefinementError as exc:
         misplaced = _phi_starts_against(entries, model, params, label)
         # first: from scratch, entries all turned alike index as they are (and a small cell
@@ -148,6 +211,32 @@ def refine_from_parent(entries, parent, params: RefinementParams, log=None,
                      "temperature's rows of the scans table]" if verdict else "")
         raise RefinementError(f"{label} does not refine from its parent {parent.parent} "
                               f"({parent.path}): {exc}{found}") from None
+
+
+def refine_sample_detector(temperatures, params: RefinementParams, log=None
+                           ) -> tuple[SharedDetectorResult, SharedDetector]:
+    """One detector refined on the peaks of every temperature of a sample (detector_from
+    all).  temperatures: [(label, entries, parent record, scan ids)], each temperature
+    starting from its parent's cell, U and offsets, the detector from the first's parent's
+    (detector_of) for each temperature's calibration.  A temperature whose peaks do not
+    index from its parent is left out (its own refine_temperature then says why)."""
+    start = detector_of(temperatures[0][2], temperatures[0][1])
+    crystals = [(entries, Model(parent.crystal(), parent.U,
+                                start.for_calibration(entries[0].setup.calibration),
+                                {e: dict(a) for e, a in parent.offset_corrections.items()}))
+                for _, entries, parent, _ in temperatures]
+    joint = refine_shared_detector(crystals, params, log, [t[0] for t in temperatures])
+    ids = {t[0]: t[3] for t in temperatures}
+    used = tuple(sid for label, r in zip(joint.labels, joint.results)
+                 for sid, u in zip(ids[label], r.used) if np.count_nonzero(u))
+    first = joint.results[0]
+    calibration = first.entries[0].setup.calibration
+    shared = SharedDetector(calibration, first.model.detector, joint.covariance,
+                            "all" if joint.covariance is not None else start.source,
+                            used if joint.covariance is not None else start.scans,
+                            int(sum(r.n_used for r in joint.results))
+                            if joint.covariance is not None else start.n_peaks)
+    return joint, shared
 
 
 def _phi_start_found(phi_start: float, off) -> str:

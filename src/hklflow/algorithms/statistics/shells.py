@@ -88,6 +88,7 @@ import numpy as np
 
 from ...model.grid import Grid
 from ..merge import symmetry
+from . import MEANING
 from .kernels import (_CCA, _CCAA, _CCAB, _CCB, _CCBB, _CCN, _CHI2, _EXCL, _IOS, _MEAS, _NACC, _NCC,
                       _NIOS, _NU, _OBS, _ORB, _VOX, _ZERO, _cc_kernel, _window_kernel)
 
@@ -165,6 +166,7 @@ class VolumeStatistics:
                 "overall": [round(1 / self.flag_overall, 4), self.flag_overall],
                 "shell": [round(1 / self.flag_shell, 4), self.flag_shell],
                 "shell_min_nu": self.flag_min_nu},
+            "meaning": MEANING,
             "how": {
                 "measured": "weight > 0, signal and variance finite; I = signal/weight, "
                             "sigma = sqrt(variance)/weight; sigma == 0 voxels (zero_sigma) "

@@ -55,7 +55,10 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
     """Lab Q and correction of every pixel not excluded (bool (rows, cols), True = unused).
     The corrections are pyFAI's formulas (DetectorGeometry.solid_angle, .polarization):
     computed here without importing pyFAI's integrators, whose import is a large part of
-    a short job.  threads: blocks of rows computed side by side (numpy lets go of the GIL)."""
+    a short job.  With a sensor, Q is where each pixel looks (its parallax) and the
+    correction also divides by the sensor's efficiency relative to normal incidence
+    (DetectorGeometry.sensor_efficiency).  threads: blocks of rows computed side by side
+    (numpy lets go of the GIL)."""
     ny, nx = geometry.shape
     usable = ~np.asarray(excluded, bool).ravel()
     q = np.full((3, ny * nx), np.nan, dtype=np.float32)
@@ -63,22 +66,30 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
     # blocks of rows, 64 at a time in all: temporaries stay small on large detectors
     threads = max(1, min(int(threads), 8))  # (8 rows a block at least)
     step = 64 // threads
+    if geometry.sensor is not None:  # the efficiency at normal incidence
+        normal = float(geometry.sensor.efficiency(1.0, geometry.wavelength))
 
     def rows_from(r0):
         r1 = min(r0 + step, ny)
         sel = r0 * nx + np.flatnonzero(usable[r0 * nx:r1 * nx])
         rows, cols = sel // nx + 0.5, sel % nx + 0.5
         corr = np.ones(len(sel))
+        if geometry.sensor is not None:  # where the pixels look, solved once
+            q_lab, pol, efficiency = geometry.looking(rows, cols, polarization_fraction)
         with np.errstate(divide="ignore", invalid="ignore"):
             # each factor rounded to float32 first, as pyFAI's arrays are
             if solid_angle:
                 corr /= geometry.solid_angle(rows, cols).astype(np.float32)
             if polarization:
-                corr /= geometry.polarization(rows, cols, polarization_fraction).astype(np.float32)
+                corr /= (geometry.polarization(rows, cols, polarization_fraction)
+                         if geometry.sensor is None else pol).astype(np.float32)
+            if geometry.sensor is not None:
+                corr /= (efficiency / normal).astype(np.float32)
         good = np.isfinite(corr) & (corr > 0)
         sel = sel[good]
         corr_all[sel] = corr[good]
-        q[:, sel] = geometry.lab_q(rows[good], cols[good]).T
+        q[:, sel] = (geometry.lab_q(rows[good], cols[good]) if geometry.sensor is None
+                     else q_lab[good]).T
 
     if threads > 1:
         with ThreadPoolExecutor(threads, thread_name_prefix="pixel_table") as pool:

@@ -8,8 +8,13 @@ The file is Mantid's SaveMD layout of an MDHistoWorkspace:
 
 * ``/MDHistoWorkspace/data/signal`` and ``errors_squared``: float64 arrays of shape
   (nl, nk, nh), i.e. [l, k, h] as stored here. The reader transposes them (``.T``) to
-  [h, k, l]. They must be float64 because its Cython filters take ``double[:, :, ::1]``.
-  signal = I; errors_squared = sigma^2 of I (floored: hklflow.files.model_inputs).
+  [h, k, l]. They must be float64 because its Cython filters take ``double[:, :, ::1]``
+  and it keeps the type it reads. signal = I; errors_squared = sigma^2 of I (floored:
+  hklflow.files.model_inputs).
+* Size: the reader loads them through nexusformat and h5py, which read HDF5's deflate
+  (gzip) filter wherever they run, so both are compressed with it, after HDF5's byte
+  shuffle. Their values are rounded to float32, the precision of the volume's sums they
+  come from: the mantissa bits float64 adds are then 0 and cost almost nothing compressed.
 * The axes ``[H,0,0]``, ``[0,K,0]`` and ``[0,0,L]`` (0.0.4 accepts these or ``Q1..Q3``) are
   **bin edges** in r.l.u. (n + 1 values, centre -/+ step / 2). The reader takes
   n = len(axis) - 1 and the range [min + step / 2, max - step / 2], rounded to 4 decimals:
@@ -35,6 +40,12 @@ if TYPE_CHECKING:  # (files.volume loads h5py: not at the Snakefile's parse)
     from ..volume import Volume
 
 FILES = {"volume": "{stem}_rmc_discord.nxs"}
+# the arrays' filters (module docstring); deflate levels compared: bench/README.md, "Disk
+# use foreseen"
+COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True)
+# what its file takes per measured voxel (hklflow.planning.disk): two float64 arrays,
+# compressed (bench/README.md, "Disk use foreseen")
+BYTES_PER_MEASURED_VOXEL = 2 * 8 * 0.3
 RMC_AXES = ("[H,0,0]", "[0,K,0]", "[0,0,L]")  # h, k, l: Mantid's HKL dimension names
 
 
@@ -65,23 +76,27 @@ def write(volume: Volume, out_dir, stem: str, *, provenance: dict | None = None,
             ds = d.create_dataset(name, data=rmc_discord_edges(ax))
             ds.attrs.update({"long_name": name, "units": "r.l.u.", "frame": "HKL",
                              "description": f"bin edges of {a} (voxel centres +/- step/2)"})
-        sig = d.create_dataset("signal", grid.shape, np.float64)
+        chunks = tuple(min(n, c) for n, c in zip(grid.shape, (8, 64, 64)))
+        sig = d.create_dataset("signal", grid.shape, np.float64, chunks=chunks,
+                               fillvalue=np.nan, **COMPRESSION)
         sig.attrs["signal"] = np.int32(1)  # Mantid's SaveMD also marks it the old way
         sig.attrs["axes"] = ":".join(RMC_AXES[::-1])
-        err = d.create_dataset("errors_squared", grid.shape, np.float64)
+        err = d.create_dataset("errors_squared", grid.shape, np.float64, chunks=chunks,
+                               fillvalue=np.nan, **COMPRESSION)
         err.attrs["description"] = "sigma^2 of signal; NaN where nothing was measured"
         nl, nk, nh = grid.shape
         for l0, l1 in slabs(nl, nk * nh):
             i, s, _ = voxel_arrays(volume, floor, (slice(l0, l1), slice(None), slice(None)))
-            sig[l0:l1] = i
-            err[l0:l1] = s * s
+            sig[l0:l1] = i.astype(np.float32)
+            err[l0:l1] = (s * s).astype(np.float32)
         note = ent.create_group("notes")
         note.attrs["NX_class"] = "NXnote"
         note["type"] = "application/json"
         note["data"] = json.dumps(notes_of(volume, floor, layout=(
             "Mantid MDHistoWorkspace as rmc-discord 0.0.4 reads it (disorder.diffuse."
             "experimental.data): signal = intensity, errors_squared = sigma^2, [l, k, h], "
-            "axes = bin edges (r.l.u.), NaN where nothing was measured")), indent=1)
+            "axes = bin edges (r.l.u.), NaN where nothing was measured; float64 holding "
+            "float32 values, gzip")), indent=1)
         if provenance is not None:
             write_provenance(ent, provenance)
     return [path]

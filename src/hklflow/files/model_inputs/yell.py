@@ -9,9 +9,17 @@ Source: Yell's manual, ``documentation/reference.md`` of github:YellProgram/Yell
   ``filetype = 'Yell 1.0'``. Arrays are row-major with x = h first: the manual's
   ``write4yell`` permutes MATLAB's (h, k, l) array so that HDF5 sees dims (nh, nk, nl), and
   ``Grid::s_at`` maps index (i, j, k) to lower_limits + steps * (i, j, k). So the array is
-  [h, k, l], the transpose of ours. The values are float64: the manual writes ``double``
-  and the reader reads ``NATIVE_DOUBLE``. ``ReadHDF5`` opens ``data`` only and never checks
+  [h, k, l], the transpose of ours. ``ReadHDF5`` opens ``data`` only and never checks
   ``filetype``; it is written because the manual asks for it.
+* Precision and size: the reader reads ``data`` into doubles (``dataset.read(...,
+  PredType::NATIVE_DOUBLE)``), so HDF5 converts whatever type the file stores, as it does
+  for any reader that asks for doubles (the manual's MATLAB writes doubles). We store
+  intensity and weights as float32, the precision of the volume they come from, and the mask
+  as uint8. The files use no compression filter: where no HDF5 is installed, Yell's build
+  makes its own (``cmake/hdf5.cmake``: 1.12.0 from source, static, with no option for zlib),
+  and whether that one has even the deflate filter is left to HDF5's defaults. They are
+  chunked instead, and a chunk with nothing measured is not stored: HDF5 reads it as the fill
+  value, 0, which is what every array holds there.
 * ``experiment.h5`` holds I, and 0 where nothing was measured. It must be finite there,
   because Yell minimises weights * (I_exp - I_model) and 0 * NaN is NaN.
 * ``weights.h5`` holds 1 / sigma (floored: hklflow.files.model_inputs), and 0 where nothing was measured.
@@ -55,6 +63,11 @@ FILES = {"experiment": "{stem}_yell/experiment.h5", "weights": "{stem}_yell/weig
          "multiplier": "{stem}_yell/reciprocal_space_multiplier.h5",
          "model_grid": "{stem}_yell/model_grid.txt", "provenance": "{stem}_yell/provenance.json"}
 ARRAYS = ("experiment", "weights", "multiplier")  # FILES that hold the arrays
+DTYPES = {"experiment": np.float32, "weights": np.float32, "multiplier": np.uint8}
+CHUNK = 16  # voxels along each axis of a stored chunk: finer ones store less of the unmeasured
+# what its files take per measured voxel (hklflow.planning.disk): the arrays' bytes, stored
+# only where something was measured
+BYTES_PER_MEASURED_VOXEL = sum(np.dtype(t).itemsize for t in DTYPES.values())
 YELL_EPSILON = 1e-10  # Yell's almost_equal (src/diffuser_core.h)
 
 
@@ -93,7 +106,8 @@ def _yell_text(volume: Volume, axes, cropped, floor: SigmaFloor) -> str:
     lines = [f"# Yell input written by hklflow from {volume.title or '?'} ({volume.kind}).",
              "# experiment.h5: intensity, 0 where nothing was measured; weights.h5: 1/sigma,",
              "# 0 where nothing was measured; reciprocal_space_multiplier.h5: 1 where measured,",
-             "# 0 elsewhere. Arrays [h, k, l] (h slowest), float64."]
+             "# 0 elsewhere. Arrays [h, k, l] (h slowest): float32, the mask uint8 (Yell reads",
+             "# each as double)."]
     lines += textwrap.wrap(f"{floor.measured} voxels measured; {floor.floored} of them with "
                            f"sigma 0 (no counts): {FLOOR_RULE}.", 88,
                            initial_indent="# ", subsequent_indent="# ")
@@ -144,6 +158,17 @@ def yell_laue_symmetry(space_group: str) -> str | None:
     return None
 
 
+def _slabs(n: int, per_plane: int, chunk: int) -> list[tuple[int, int]]:
+    """The h slabs written at a time (model_inputs.slabs), whole chunks where a slab holds
+    several (no chunk then written twice)."""
+    parts = slabs(n, per_plane)
+    step = parts[0][1] - parts[0][0]
+    if step <= chunk:
+        return parts
+    step -= step % chunk
+    return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def write(volume: Volume, out_dir, stem: str, *, fft_grid: bool = True,
           provenance: dict | None = None, floor: SigmaFloor | None = None) -> list[Path]:
     """Folder STEM_yell/ in out_dir with experiment.h5, weights.h5,
@@ -157,20 +182,37 @@ def write(volume: Volume, out_dir, stem: str, *, fft_grid: bool = True,
     nh, nk, nl = (ax.n for ax in axes)
     named = file_paths(FILES, out_dir, stem)
     paths = [named[role] for role in ARRAYS]
+    shape = (nh, nk, nl)
+    # about CHUNK voxels along each axis, as many whole chunks as the axis needs: HDF5 stores
+    # an edge chunk whole
+    chunks = tuple(-(-n // -(-n // CHUNK)) for n in shape)
     with contextlib.ExitStack() as stack:
         files = []
-        for p in paths:
+        for role, p in zip(ARRAYS, paths):
             f = stack.enter_context(new_h5_file(p))
             f.attrs["filetype"] = np.bytes_(b"Yell 1.0")  # fixed-length, as MATLAB's h5writeatt
-            files.append(f.create_dataset("data", (nh, nk, nl), np.float64))
-        experiment, weights, multiplier = files
-        for h0, h1 in slabs(nh, nk * nl):
+            files.append(f.create_dataset("data", shape, DTYPES[role], chunks=chunks,
+                                          fillvalue=0))
+        for h0, h1 in _slabs(nh, nk * nl, chunks[0]):
             i, s, m = voxel_arrays(volume, floor, (slice(0, nl), slice(0, nk), slice(h0, h1)))
             with np.errstate(divide="ignore"):
                 w = np.where(m, 1.0 / s, 0.0)
-            experiment[h0:h1] = np.where(m, i, 0.0).transpose(2, 1, 0)
-            weights[h0:h1] = w.transpose(2, 1, 0)
-            multiplier[h0:h1] = m.astype(np.float64).transpose(2, 1, 0)
+            arrays = (np.where(m, i, 0.0), w, m)
+            arrays = [a.transpose(2, 1, 0).astype(DTYPES[role])
+                      for role, a in zip(ARRAYS, arrays)]
+            measured = arrays[2]
+            # only the blocks (a chunk's share of the slab) holding a measured voxel: a
+            # chunk none of whose blocks is written is not stored, and reads as the 0 it
+            # would hold
+            for a0 in range(h0 - h0 % chunks[0], h1, chunks[0]):
+                hs = slice(max(a0, h0) - h0, min(a0 + chunks[0], h1) - h0)
+                for k0 in range(0, nk, chunks[1]):
+                    for l0 in range(0, nl, chunks[2]):
+                        block = (hs, slice(k0, k0 + chunks[1]), slice(l0, l0 + chunks[2]))
+                        if measured[block].any():
+                            at = (slice(hs.start + h0, hs.stop + h0),) + block[1:]
+                            for dataset, a in zip(files, arrays):
+                                dataset[at] = a[block]
     paths.append(write_text_atomically(named["model_grid"],
                                        _yell_text(volume, axes, cropped, floor)))
     if provenance is not None:
