@@ -33,6 +33,7 @@ include: "workflow/rules/transform.smk"
 include: "workflow/rules/pdf.smk"
 include: "workflow/rules/nxrefine.smk"
 include: "workflow/rules/model_inputs.smk"
+include: "workflow/rules/cuts.smk"
 
 
 # Snakemake asks for the parameters of these functions for every job it plans

@@ -202,6 +202,8 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
     "delta_pdf": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "pdf": "pdf"},
     "pdf_temperature_series": lambda s, r: {"sample": s.sample},
     "nxrefine_wrapper": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "cut": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "cut": "hhl"},
+    "cut_temperature_series": lambda s, r: {"sample": s.sample, "cut": "rod"},
 }
 
 

@@ -159,7 +159,14 @@ def _is_section(schema: dict) -> bool:
     a list of such objects."""
     extra, items = schema.get("additionalProperties"), schema.get("items")
     return (_has_keys(schema) or (isinstance(extra, dict) and _has_keys(extra))
-            or (isinstance(items, dict) and _has_keys(items)))
+            or (isinstance(items, dict) and _has_keys(items)) or _map_of_lists(schema))
+
+
+def _map_of_lists(schema: dict) -> bool:
+    """A map name -> a list of objects with keys of their own (output.cuts)."""
+    extra = schema.get("additionalProperties")
+    return isinstance(extra, dict) and isinstance(extra.get("items"), dict) \
+        and _has_keys(extra["items"])
 
 
 def _section(out: list[str], path: str, schema: dict, level: int, required: bool) -> None:
@@ -186,6 +193,9 @@ def _section(out: list[str], path: str, schema: dict, level: int, required: bool
     elif isinstance(schema.get("items"), dict) and _has_keys(schema["items"]):
         out.append("Each item is an object with the keys below.\n")
         _keys(out, path, schema["items"], level)
+    elif _map_of_lists(schema):
+        out.append(f"Each `{path}.NAME` is a list of objects with the keys below.\n")
+        _keys(out, f"{path}.NAME", schema["additionalProperties"]["items"], level)
     else:  # a map: name -> object
         out.append(f"Each `{path}.NAME` is an object with the keys below.\n")
         _keys(out, f"{path}.NAME", schema["additionalProperties"], level)

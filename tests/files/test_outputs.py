@@ -17,7 +17,8 @@ PATTERNS = {name: value for name, value in vars(outputs).items()
 
 
 def test_every_name_is_a_path_under_results_with_known_wildcards():
-    known = {"calibration", "sample", "temperature", "entry", "kind", "frames", "volume", "pdf"}
+    known = {"calibration", "sample", "temperature", "entry", "kind", "frames", "volume", "pdf",
+             "cut"}
     for name, pattern in PATTERNS.items():
         assert pattern.startswith("results/"), name
         assert set(outputs.wildcards(pattern)) <= known, name
@@ -73,7 +74,8 @@ def test_the_rules_name_no_output_of_their_own():
     ("temperature_series", ["TEMPERATURE_SERIES_PNG"]),
     ("total_pdf", ["TOTAL_PDF", "TOTAL_PDF_PNG"]), ("delta_pdf", ["DELTA_PDF", "DELTA_PDF_PNG"]),
     ("pdf_temperature_series", ["PDF_SERIES_PNG"]),
-    ("nxrefine_wrapper", ["NXREFINE_WRAPPER", "NXREFINE_SCAN_DIRECTORY"])])
+    ("nxrefine_wrapper", ["NXREFINE_WRAPPER", "NXREFINE_SCAN_DIRECTORY"]),
+    ("cut", ["CUT", "CUT_PNG"]), ("cut_temperature_series", ["CUT_SERIES_PNG"])])
 def test_each_rule_takes_its_outputs_from_here(rule, names):
     text = "\n".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     body = re.search(rf"^rule {rule}:\n(.*?)(?=^rule |\Z)", text, re.M | re.S).group(1)

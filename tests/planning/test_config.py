@@ -119,6 +119,34 @@ def test_missing_files_are_named(tmp_path):
         load_experiment(tmp_path / "c.yaml")
 
 
+@pytest.mark.parametrize("written, field, shown", [
+    ("1e-3", "wavelength", "write 1.0e-3"),  # YAML 1.1: text without a dot
+    ("1.0e3", "wavelength", "write 1.0e+3"),  # ... or without the exponent's sign
+    ("-2E2", "polarization_fraction", "write -2.0e+2"),
+    ("'0.5'", "polarization_fraction", "(quoted, or not in a form YAML reads as a number): "
+                                       "write 0.5"),
+    ("1e6", "detector: {name: Pilatus300k, trusted_max", "write 1000000"),  # an integer field
+])
+def test_a_number_yaml_reads_as_text_says_how_to_write_it(experiment_dir, written, field, shown):
+    """Every number field: the value named as text read, and the form YAML 1.1 reads as a
+    number; 'nan' and words stay jsonschema's "is not of type"."""
+    p = experiment_dir / "config" / "config.yaml"
+    text = p.read_text()
+    if field.startswith("detector"):
+        text = text.replace("detector: Pilatus300k", f"{field}: {written}}}")
+    else:
+        text = "\n".join(f"  {field}: {written}" if ln.startswith(f"  {field}:") else ln
+                         for ln in text.splitlines()) + "\n"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(experiment_dir)
+    assert "was read as text, not a number" in str(e.value) and shown in str(e.value), str(e.value)
+    for word in ("nan", "high"):
+        p.write_text(text.replace(f"{field}: {written}", f"{field}: {word}"))
+        with pytest.raises(ConfigError, match=f"'{word}' is not of type"):
+            load(experiment_dir)
+
+
 def test_yaml_syntax_error_names_file_line_and_column(experiment_dir):
     """Snakemake's own message for it is "Config file is not valid JSON or YAML": no line, no
     column.  Ours: the file, and line and column counted from 1 as an editor does."""

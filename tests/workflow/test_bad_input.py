@@ -140,7 +140,16 @@ CONFIG_CASES = {
         ["config.yaml", "field 'reduction.transform.grid'", "not compatible with the Laue group "
          "4/mmm (space group I 41/a m d:1) of sample tiny", "maps H onto K, but their steps "
          "differ (0.1 and 0.05): give reduction.transform.grid.h and reduction.transform.grid.k "
-         "the same step", "or set reduction.merge.symmetrize: false"]),
+         "the same step", "(every merge would refuse this grid: its statistics compare "
+         "symmetry-equivalent voxels)"]),
+    # the merge's statistics need the same (it used to advise symmetrize: false, and the
+    # merges failed after every transform)
+    "grid-not-mergeable": (lambda d: edit_config(d, lambda c: (
+        set_reduction("transform", "grid", {"h": [-3, 3, 0.1], "k": [-3, 3, 0.05],
+                                            "l": [-3, 3, 0.1]})(c),
+        set_reduction("merge", "symmetrize", False)(c))),
+        ["config.yaml", "field 'reduction.transform.grid'", "maps H onto K, but their steps "
+         "differ (0.1 and 0.05)", "every merge would refuse this grid"]),
     # names become folders and command-line arguments
     "sample-dotdot": (lambda d: rename_sample(d, ".."),
                       ["config.yaml", "field 'samples'", "the name '..' is not valid",
@@ -189,6 +198,27 @@ CONFIG_CASES = {
                        ["config.yaml", "field 'reduction.pdf.radius'", "holes of 2 1/A reach past"]),
     "window-even": (lambda d: edit_config(d, set_reduction("find_peaks", "window", [4, 4])),
                     ["config.yaml", "field 'reduction.find_peaks.window'", "two odd integers"]),
+    # contradictions that used to surface only after the transforms, sums and merges ran
+    "model-inputs-no-variance": (lambda d: edit_config(d, lambda c: (
+        c.setdefault("output", {}).__setitem__("model_inputs", ["yell"]),
+        set_reduction("transform", "variance", False)(c))),
+        ["config.yaml", "field 'output.model_inputs'", "weight by 1/sigma, but "
+         "reduction.transform.variance is false", "expected reduction.transform.variance: "
+         "true, or output.model_inputs: []"]),
+    # numbers YAML 1.1 reads as text (no dot, no signed exponent), in every number field
+    "number-as-text": (lambda d: replace_text(d / "config/config.yaml", "detector: Pilatus300k",
+                                              "detector: {name: Pilatus300k, gain: 1e-3}"),
+        ["config.yaml", "field 'instrument.detector.gain'", "'1e-3' was read as text, not a "
+         "number", "write 1.0e-3"]),
+    "integer-as-text": (lambda d: replace_text(d / "config/config.yaml", "max_voxels: 1771561",
+                                               "max_voxels: 2e6"),
+        ["config.yaml", "field 'reduction.transform.max_voxels'", "'2e6' was read as text",
+         "write 2000000"]),
+    # a gain past physics: the dispersion test would take the noise for peaks
+    "gain-tiny": (lambda d: edit_config(d, lambda c: c["instrument"].__setitem__(
+        "detector", {"name": c["instrument"]["detector"], "gain": 1e-300})),
+        ["config.yaml", "field 'instrument.detector.gain'", "1e-300 is less than the minimum "
+         "of 0.001"]),
     # what the file's text gets wrong: named as such, with every problem and where it is
     "table-spaces": (lambda d: (d / "config/scans.tsv").write_text(
         (d / "config/scans.tsv").read_text().replace("\t", "    ")),
@@ -256,6 +286,13 @@ CONFIG_CASES = {
                               "expected cbf:FIELD with a field of the header (Exposure_time, "
                               "Start_angle)"]),
 }
+
+
+def replace_text(p: Path, old: str, new: str) -> None:
+    """The file's text OLD (there once) replaced by NEW, as the user would type it."""
+    text = p.read_text()
+    assert text.count(old) == 1, (p, old)
+    p.write_text(text.replace(old, new))
 
 
 def replace_line(p: Path, index: int, change) -> None:

@@ -15,6 +15,7 @@ from hklflow.files import model_inputs, outputs
 from hklflow.files.outputs import fill
 from hklflow.planning import disk, snakemake_compat
 from hklflow.planning.config import ConfigError, landed_marker, load_experiment, read_config_files
+from hklflow.planning.cuts import cuts_of, is_line
 from hklflow.planning.jobs import (JobSettings, SettingsFiles, delta_pdf_files,
                                    model_input_volumes, transform_frame_ranges)
 from hklflow.raw.monitors import monitor_file
@@ -92,6 +93,7 @@ SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
 NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
 MODEL_INPUTS = list(EXP.raw["output"]["model_inputs"])
 MODEL_INPUT_VOLUMES = model_input_volumes(EXP)  # (output.model_input_volumes)
+CUTS = cuts_of(EXP)  # sample -> its cuts (output.cuts)
 _PDF = EXP.reduction["pdf"]
 PDF_ENABLED = bool(_PDF["enabled"])
 # pdf.nxs: the DeltaPDF of masked_transform (of transform when that is the only kind);
@@ -377,6 +379,11 @@ def all_targets():
             for volume in MODEL_INPUT_VOLUMES:
                 targets += [fill(f, sample=name, temperature=t, volume=volume)
                             for f in model_input_outputs()]
+        for spec in CUTS.get(name, []):  # (output.cuts)
+            targets += [fill(f, sample=name, temperature=t, cut=spec["name"])
+                        for t in temperatures for f in (outputs.CUT, outputs.CUT_PNG)]
+            if is_line(spec):
+                targets.append(fill(outputs.CUT_SERIES_PNG, sample=name, cut=spec["name"]))
     return targets
 
 

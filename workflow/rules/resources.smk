@@ -202,4 +202,10 @@ RESOURCES = {
     # the volume read whole (signal, weight, variance), float64 slabs of the files written
     "model_inputs": RuleResources(lambda w: BASE_MB + 200 + _GRID_MB + 6 * _SLAB_MB,
                                   lambda w: _FIXED_MINUTES + 4 * _VOXELS / RATE_VOLUME / 60),
+    # the part of the volume a cut reaches (the whole of it at most: signal, weight,
+    # variance), float64 coordinates of 16 L planes at a time when binned over a width
+    "cut": RuleResources(lambda w: BASE_MB + 600 + _GRID_MB + 6 * _SLAB_MB,
+                         lambda w: _FIXED_MINUTES + 2 * _VOXELS / RATE_VOLUME / 60),
+    # a line's cut file of every temperature, a figure
+    "cut_temperature_series": RuleResources(lambda w: BASE_MB + 200, lambda w: _FIXED_MINUTES),
 }

@@ -33,6 +33,7 @@ COMMANDS = {
     "total_pdf": ("hklflow.steps.total_pdf:main", "the total PDF of a sample at one temperature (tapered FFT of its volume)"),
     "delta_pdf": ("hklflow.steps.delta_pdf:main", "the 3D-DeltaPDF: reflections punched and filled, then tapered FFT"),
     "pdf_temperature_series": ("hklflow.steps.pdf_temperature_series:main", "one plane of a sample's DeltaPDF at every temperature"),
+    "cut_temperature_series": ("hklflow.steps.cut_temperature_series:main", "a line cut of a sample (output.cuts) at every temperature in one picture"),
     # not rules:
     "init": ("hklflow.commands.init:main", "a commented config and scans table for a new experiment"),
     "simulate": ("hklflow.simulation.cli:main", "write a simulated experiment (config, scans table, raw data, truth)"),
@@ -41,6 +42,7 @@ COMMANDS = {
     "workflow-path": ("hklflow.commands.run:workflow_path_main", "print the path of the installed workflow's Snakefile"),
     "watch": ("hklflow.live.watch:main", "reduce an experiment while its scans are being collected (previews, then final results)"),
     "status": ("hklflow.live.status:main", "where every scan of a watched experiment stands (frames, stage, lag, errors)"),
+    "cut": ("hklflow.steps.cut:main", "a line or plane through a volume at any angle, in r.l.u.: NeXus NXdata and a PNG"),
 }
 
 
@@ -132,7 +134,7 @@ def _run_arguments_problem(name: str, args: list[str]) -> tuple[str, int] | None
 
 
 # the commands a user types, in the order of a first hour; the steps are the workflow's
-USER_COMMANDS = ("demo", "init", "run", "watch", "status", "simulate", "workflow-path")
+USER_COMMANDS = ("demo", "init", "run", "watch", "status", "cut", "simulate", "workflow-path")
 
 
 def usage() -> str:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ..base import steplog
-from ..planning import job_events
+from ..planning import job_events, snakemake_processes
 from . import console
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the hklflow package
@@ -82,6 +82,20 @@ def locked_advice(experiment: Path, again: str) -> str:
             "that run finish (or stop it), then run again.  If no other run is going on (one "
             "was killed, or the machine went down), remove the stale lock with "
             f"`{again} -- --unlock` and run again: it resumes where the killed run stopped.")
+
+
+def unlock_refused(experiment: Path, args, log) -> bool:
+    """Whether `--unlock` is asked while a Snakemake on this machine works in the
+    experiment directory: its lock is that run's, not a killed one's (said, and refused)."""
+    if "--unlock" not in args:
+        return False
+    found = snakemake_processes.holders(experiment)
+    if not found:  # (None: the processes cannot be listed; the user's word is taken)
+        return False
+    log.error("--unlock refused: the lock of %s belongs to a Snakemake run that goes on (%s): "
+              "let it finish or stop it; a run that ends removes its lock itself",
+              experiment, "; ".join(map(str, found)))
+    return True
 
 
 def _passes_through(args) -> bool:
@@ -190,6 +204,8 @@ def main(argv=None) -> int:
 
         log.info("simulating the demo experiment into %s (about a minute on 2 cores)", exp)
         simulate_experiment(preset("demo"), exp)
+    if unlock_refused(exp, extra, log):
+        return 1
     return snakemake(exp, ["--cores", str(args.cores), *extra], log, f"hklflow demo --dir {exp}",
                      args.verbose)
 
@@ -216,6 +232,8 @@ def run_main(argv=None) -> int:
                   args.experiment)
         return 2
     exp = args.experiment.resolve()
+    if unlock_refused(exp, extra, log):
+        return 1
     # (here: `hklflow workflow-path`, in many a shell command, needs no config reader)
     from .set_aside import snakemake_arguments
 

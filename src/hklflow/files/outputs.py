@@ -80,6 +80,12 @@ NXREFINE_SCAN_DIRECTORY = f"{SAMPLE}/nxrefine/{{temperature}}"
 # ({volume}), named by the program's module (files.model_inputs.file_names)
 MODEL_INPUTS = f"{TEMPERATURE}/model_inputs"
 
+# cut (files.cut; output.cuts): a line or plane of a volume at every temperature ({cut}: its
+# name), and cut_temperature_series: a line's temperatures in one picture
+CUT = f"{TEMPERATURE}/cuts/{{cut}}.nxs"
+CUT_PNG = f"{TEMPERATURE}/cuts/{{cut}}.png"
+CUT_SERIES_PNG = f"{SAMPLE}/cuts/{{cut}}_temperature_series.png"
+
 # hklflow watch: where every scan stands (live.status), a page that refreshes itself
 STATUS_HTML = f"{RESULTS}/status.html"
 

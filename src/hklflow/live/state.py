@@ -80,16 +80,18 @@ class LiveState:
     runs: int = 0  # workflow runs so far
     last_run: dict = field(default_factory=dict)  # start, end, rc, log of the latest run
     started: float = field(default_factory=time.time)
+    waiting_for_lock: str = ""  # the other Snakemake run(s) whose lock the watcher waits for
 
     def to_dict(self) -> dict:
         return {"scans": [asdict(s) for s in self.scans.values()], "runs": self.runs,
-                "last_run": self.last_run, "started": self.started}
+                "last_run": self.last_run, "started": self.started,
+                "waiting_for_lock": self.waiting_for_lock}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LiveState":
         scans = {s["id"]: ScanState(**s) for s in d.get("scans", [])}
         return cls(scans, int(d.get("runs", 0)), dict(d.get("last_run", {})),
-                   float(d.get("started", time.time())))
+                   float(d.get("started", time.time())), str(d.get("waiting_for_lock", "")))
 
     def save(self, expdir: Path) -> None:
         write_json_atomically(expdir / STATE_FILE, self.to_dict())

@@ -15,6 +15,7 @@ from .state import LiveState
 
 STATUS_HTML = outputs.STATUS_HTML
 REFRESH_SECONDS = 5
+WAITING_FOR_LOCK = "waiting for another Snakemake run to end (it holds the lock): "
 
 
 def stage(scan, now: float, stall_seconds: float) -> str:
@@ -74,6 +75,8 @@ def screen(state: LiveState, live: dict, table_error: str | None = None,
                          f"(log: {run.get('log', '')})")
         else:
             lines.append(f"run {run['number']}: running for {now - run['start']:.0f} s")
+    if state.waiting_for_lock:
+        lines.append(f"{WAITING_FOR_LOCK}{state.waiting_for_lock}")
     if table_error:
         lines.append(f"scans table: {table_error}")
     if not state.scans:
@@ -100,12 +103,14 @@ def html_page(state: LiveState, live: dict, table_error: str | None = None) -> s
             f"log {html.escape(str(run.get('log', '')))}" if run.get("end")
             else f"running for {now - run['start']:.0f} s"))
     note = f"<p class='bad'>scans table: {html.escape(table_error)}</p>" if table_error else ""
+    if state.waiting_for_lock:
+        note += f"<p class='warn'>{html.escape(WAITING_FOR_LOCK + state.waiting_for_lock)}</p>"
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <title>hklflow watch</title>
 <style>body{{font-family:sans-serif}} td,th{{padding:2px 10px;text-align:left}}
 td:not(:last-child){{white-space:nowrap}}
-tr.ok td{{color:#060}} tr.bad td,p.bad{{color:#b00}} tr.warn td{{color:#a60}}</style></head>
+tr.ok td{{color:#060}} tr.bad td,p.bad{{color:#b00}} tr.warn td,p.warn{{color:#a60}}</style></head>
 <body><h1>hklflow watch</h1>
 <p>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} &middot; {html.escape(run_line)}</p>
 {note}<table><tr><th>scan</th><th>frames landed</th><th>reduced</th><th>in results</th>

@@ -14,6 +14,7 @@ live/logs/run-NNNN.events.jsonl: hklflow.planning.job_events).
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import signal
@@ -25,9 +26,9 @@ from pathlib import Path
 
 from ..base import steplog
 from ..base.errors import HklflowError
-from ..commands.run import _split, workflow_dir
+from ..commands.run import _passes_through, _split, workflow_dir
 from ..files import outputs
-from ..planning import job_events, snakemake_compat
+from ..planning import job_events, snakemake_compat, snakemake_processes
 from ..planning.config import LIVE_CONFIG, ConfigError, load_settings
 from . import growing
 from .discover import DiscoveryPattern, discover
@@ -46,6 +47,10 @@ HOLD_SECONDS = 10.0
 # MAX_RETRY_SECONDS (sooner when new frames land)
 RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 600.0
+# Snakemake's --touch marks results up to date without making them: the watcher would
+# take them for reduced
+TOUCH = ("--touch", "-t")
+LOCK_POLL_SECONDS = 2.0  # how often a Snakemake that holds the lock is looked for
 
 
 def refuse_joint_detector(cfg: dict, where) -> None:
@@ -277,9 +282,50 @@ class Watcher:
             while _alive(running):
                 time.sleep(1)
         # (at the start: no first run planned only to be refused)
-        if refused or snakemake_compat.lock_left(self.expdir):
-            self.log.info("removing the lock a killed run left")
+        if not (refused or snakemake_compat.lock_left(self.expdir)):
+            return
+        waited = self.wait_for_lock_holders()
+        # a run that ends takes its lock away; only a killed one leaves it (and a refusal
+        # with no Snakemake here tells even where the lock folder cannot be read)
+        if snakemake_compat.lock_left(self.expdir) or (refused and not waited):
+            self.log.info("removing the lock a killed run left (no Snakemake on this machine "
+                          "works in %s)", self.expdir)
             self.run_snakemake(["--unlock"])
+
+    def wait_for_lock_holders(self) -> bool:
+        """Wait while a Snakemake on this machine works in the experiment directory (the lock
+        is that run's: never removed under it), saying for whom; True when one did."""
+        waited, said = False, None
+        while not self.stop.is_set():
+            found = snakemake_processes.holders(self.expdir)
+            if found == []:
+                break
+            if found is None:  # (no /proc) wait for the lock itself to go
+                if not snakemake_compat.lock_left(self.expdir):
+                    break
+                text = ("this machine's processes cannot be listed (no /proc), so a killed "
+                        "run's lock cannot be told from a running one's: remove it with "
+                        f"`hklflow run {self.expdir} -- --unlock` once no Snakemake runs there")
+            else:
+                text = "; ".join(map(str, found))
+            waited = True
+            if text != said:
+                said = text
+                self.log.warning("the experiment directory is locked by another Snakemake "
+                                 "run: waiting for it to end (%s)", text)
+                self._show_lock_wait(text)
+            time.sleep(LOCK_POLL_SECONDS)
+        if waited:
+            self.log.info("the other Snakemake run ended: going on")
+            self._show_lock_wait("")
+        return waited
+
+    def _show_lock_wait(self, text: str) -> None:
+        """`hklflow status` and the status page say for whom the watcher waits ("": none)."""
+        with self.lock:
+            self.state.waiting_for_lock = text
+            self.state.save(self.expdir)
+        self.write_status()
 
     def run_snakemake(self, args: list[str], *, log_file: Path | None = None,
                       events: Path | None = None) -> int:
@@ -320,10 +366,12 @@ class Watcher:
         events = log_file.with_name(f"run-{number:04d}.events.jsonl")
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.write_status()
-        # the final results of a temperature just completed before the previews of the next
+        # the final results of a temperature just completed before the previews of the next;
+        # last: --prioritize takes every word after it, so a target of the user's (-- TARGET)
+        # after it would be prioritised, not targeted
         prioritize = ["--prioritize", *first] if first else []
         rc = self.run_snakemake(["--cores", str(self.cores), "--rerun-incomplete", "--keep-going",
-                                 *prioritize, *self.snakemake_args], log_file=log_file,
+                                 *self.snakemake_args, *prioritize], log_file=log_file,
                                 events=events)
         end = time.time()
         failed = failed_jobs(job_events.read(events))
@@ -461,6 +509,47 @@ def failed_jobs(events) -> list[dict]:
     return found
 
 
+def unknown_scans(expdir: Path, asked: list[str]) -> str | None:
+    """Why `--finish` refuses scan ids that are neither rows of the scans table nor scans
+    the watcher has seen (a later scan of that id would count as finished from its first
+    look); None when it knows them all."""
+    known = set(LiveState.load(expdir).scans)
+    table, problem = "the scans table", ""
+    try:
+        settings = load_settings([str(expdir / "config" / "config.yaml")])
+        table = settings.raw["scans_table"]
+        known |= {row_id(r) for r in user_rows(expdir, table, settings.offset_names)}
+    except ConfigError as exc:  # (a row being typed) the scans the watcher saw still count
+        problem = f" ({table} cannot be read now: {exc})"
+    unknown = [sid for sid in asked if sid not in known]
+    if not unknown:
+        return None
+    # (the closest first)
+    close = list(dict.fromkeys(c for sid in unknown
+                               for c in difflib.get_close_matches(sid, sorted(known), n=3)))
+    shown = sorted(known)
+    return (f"--finish {' '.join(unknown)}: not a scan of {expdir} (neither a row of {table} "
+            f"nor a scan the watcher has seen){problem}: expected SAMPLE/TLABEL/ENTRY, " +
+            (f"close ones: {', '.join(close)}" if close else
+             f"known: {', '.join(shown[:10])}{' ...' if len(shown) > 10 else ''}"
+             if shown else "and no scan is known yet"))
+
+
+def cores_argument(text: str) -> str:
+    """--cores as Snakemake takes it: a whole number >= 1, or all (refused here, not by
+    every run of the watcher's Snakemake)."""
+    if text == "all":
+        return text
+    try:
+        cores = int(text)
+    except ValueError:
+        cores = 0
+    if cores < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of cores >= 1, or all; "
+                                         f"got {text!r}")
+    return str(cores)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hklflow watch",
@@ -470,7 +559,8 @@ def parser() -> argparse.ArgumentParser:
                     "workflow again on every block of complete frames (config: live). "
                     "Arguments after -- go to snakemake (e.g. -- --profile profiles/slurm).")
     p.add_argument("expdir", type=Path, help="experiment directory (with config/config.yaml)")
-    p.add_argument("--cores", default="all", help="cores for snakemake (default: all)")
+    p.add_argument("--cores", default="all", type=cores_argument,
+                   help="cores for snakemake: a whole number >= 1, or all (the default)")
     p.add_argument("--finish", nargs="+", metavar="SCAN", default=[],
                    help="reduce these scans (SAMPLE/TLABEL/ENTRY, e.g. lsco/200K/f2) as far as "
                         "they went, as if complete (an aborted scan); works while another "
@@ -491,7 +581,18 @@ def main(argv=None) -> int:
     if not (expdir / "config" / "config.yaml").is_file():
         log.error("%s: no config/config.yaml: not an experiment directory", expdir)
         return 2
+    not_running = [a for a in extra if _passes_through([a]) or a.split("=")[0] in TOUCH]
+    if not_running:
+        log.error("%s: hklflow watch does not take %s: it would make nothing, yet record "
+                  "every scan as reduced; expected Snakemake arguments that run jobs (e.g. -- "
+                  "--profile PROFILE). For a dry run: hklflow run %s -- -n", expdir,
+                  " ".join(not_running), args.expdir)
+        return 2
     if args.finish:
+        unknown = unknown_scans(expdir, args.finish)
+        if unknown:
+            log.error("%s", unknown)
+            return 2
         path = expdir / FINISH_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:

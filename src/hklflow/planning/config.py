@@ -29,9 +29,10 @@ from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DAT
                             check_one_frame_header, monitor_kind, read_column_file)
 from ..settings.params import STEP_PARAMS, CalibrationParams, DetectorParams, SampleParams
 from ..settings.schema import schema, validator_with_defaults
+from .cuts import check_cuts
 from .jobs import (check_chunk_sizes, check_deliberate_repeats, check_grid_index_range,
                    check_grid_symmetry_of_samples, check_job_counts, check_model_input_volumes,
-                   check_pdf_holes)
+                   check_pdf_holes, made_volumes)
 
 # old place -> new place (dotted config paths)
 MOVED_KEYS = {
@@ -229,11 +230,44 @@ def _unknown_keys(err) -> str | None:
     return "; ".join(parts) + f"; allowed here: {', '.join(known)}"
 
 
+def _number_as_text(err) -> str | None:
+    """For a number the YAML read as text, what to write instead; None for other errors.
+    YAML 1.1 (PyYAML, Snakemake) reads a float only with a dot and a signed exponent:
+    `1e-3` and `1.0e3` are text, `1.0e-3` and `1.0e+3` numbers."""
+    types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+    if err.validator != "type" or not isinstance(err.instance, str) \
+            or not {"number", "integer"} & set(types):
+        return None
+    text = err.instance.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):  # ('nan', 'inf': no number meant)
+        return None
+    mantissa, exp, power = text.lower().partition("e")
+    if "number" not in types:  # an integer field
+        if not value.is_integer():
+            return None
+        written = str(int(value))
+    elif exp:
+        written = (mantissa if "." in mantissa else f"{mantissa}.0") \
+            + f"e{power if power[:1] in '+-' else '+' + power}"
+    else:
+        written = text
+    why = ("YAML 1.1 reads a number with an exponent as text unless it has a dot and a "
+           "signed exponent" if exp else "quoted, or not in a form YAML reads as a number")
+    return f"{err.instance!r} was read as text, not a number ({why}): write {written}"
+
+
 def _message(err) -> str:
     """jsonschema's message, in the user's terms where it would quote a regular expression,
-    name a placeholder or miss a typo."""
+    name a placeholder, miss a typo or see text where a number was meant."""
     if is_placeholder(err.instance):
         return placeholder_problem(err.instance)
+    as_text = _number_as_text(err)
+    if as_text:
+        return as_text
     unknown = _unknown_keys(err)
     if unknown:
         return unknown
@@ -872,5 +906,6 @@ def load_experiment(config_files, *, config: dict | None = None,
     check_grid_symmetry_of_samples(exp)
     check_pdf_holes(exp)
     check_model_input_volumes(exp)
+    check_cuts(exp, made_volumes(exp))
     check_names_snakemake_takes(exp)
     return exp

@@ -127,12 +127,13 @@ def check_grid_index_range(exp) -> None:
 
 
 def check_grid_symmetry_of_samples(exp) -> None:
-    """ConfigError when the symmetrize step would refuse the grid given in the config (some
-    sample's Laue operators do not map voxel centres onto voxel centres): refused now by the
-    step's own check (grid.check_grid_symmetry), not after every transform and merge.  Axes
-    that define_grid derives from the data are left to the step."""
+    """ConfigError when the merge and symmetrize steps would refuse the grid given in the
+    config (some sample's Laue operators do not map voxel centres onto voxel centres):
+    refused now by their own check (grid.check_grid_symmetry), not after every transform.
+    The merge's statistics need it too, so reduction.merge.symmetrize: false does not help.
+    Axes that define_grid derives from the data are left to define_grid."""
     given = GridParams.from_config(exp.raw).grid
-    if not exp.reduction["merge"]["symmetrize"] or not given:
+    if not given:
         return
     unknown = Axis(-1.0, 1.0, 3)  # (stands in for a derived axis: never checked)
     grid = Grid(*(Axis.from_limits(*given[a]) if a in given else unknown for a in AXES))
@@ -143,8 +144,8 @@ def check_grid_symmetry_of_samples(exp) -> None:
                                 f"group {crystal.hm}) of sample {name}", known="".join(given))
         except GridSymmetryError as exc:
             raise ConfigError(f"{' + '.join(exp.sources)}: field 'reduction.transform.grid': "
-                              f"{exc}; or set reduction.merge.symmetrize: false (no "
-                              "symmetrised volumes)") from None
+                              f"{exc} (every merge would refuse this grid: its statistics "
+                              "compare symmetry-equivalent voxels)") from None
 
 
 def check_pdf_holes(exp) -> None:
@@ -211,7 +212,15 @@ def model_input_volumes(exp) -> list[str]:
 
 def check_model_input_volumes(exp) -> None:
     """ConfigError naming a volume of output.model_input_volumes that the config does not
-    make (its model inputs would wait for a file no rule writes)."""
+    make (its model inputs would wait for a file no rule writes), or model inputs asked of
+    volumes without their variance (the programs weight by 1/sigma: every export would fail
+    after the transforms, sums and merges ran)."""
+    programs = exp.raw["output"]["model_inputs"]
+    if programs and not exp.reduction["transform"]["variance"]:
+        raise ConfigError(f"{' + '.join(exp.sources)}: field 'output.model_inputs': "
+                          f"{list(programs)} weight by 1/sigma, but reduction.transform."
+                          "variance is false (no volume has a variance): expected "
+                          "reduction.transform.variance: true, or output.model_inputs: []")
     made = made_volumes(exp)
     for i, name in enumerate(model_input_volumes(exp)):
         if name not in made:
