@@ -34,6 +34,7 @@ include: "workflow/rules/pdf.smk"
 include: "workflow/rules/nxrefine.smk"
 include: "workflow/rules/model_inputs.smk"
 include: "workflow/rules/cuts.smk"
+include: "workflow/rules/experiment_page.smk"
 
 
 # Snakemake asks for the parameters of these functions for every job it plans

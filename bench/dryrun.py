@@ -188,6 +188,8 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
     "find_peaks": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
     "index_parent": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
     "refine_temperature": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "refine_detector": lambda s, r: {"sample": s.sample},
+    "orientation_table": lambda s, r: {"sample": s.sample},
     "define_grid": lambda s, r: {"sample": s.sample},
     "mask_scan": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "entry": s.entry},
     "transform_frames": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
@@ -202,8 +204,11 @@ RULE_WILDCARDS = {  # rule -> how one of its jobs is named (the first scan entry
     "delta_pdf": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "pdf": "pdf"},
     "pdf_temperature_series": lambda s, r: {"sample": s.sample},
     "nxrefine_wrapper": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label},
+    "model_inputs": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label,
+                                  "volume": "masked_transform_symmetrized"},
     "cut": lambda s, r: {"sample": s.sample, "temperature": s.temperature_label, "cut": "hhl"},
     "cut_temperature_series": lambda s, r: {"sample": s.sample, "cut": "rod"},
+    "experiment_page": lambda s, r: {},
 }
 
 

@@ -275,15 +275,15 @@ def sigma_report(args) -> dict:
 
 
 def sigma_table(report) -> str:
-    lines = [f"{'case':<26}{'mode':<8}{'temperature':<16}{'param':<7}{'peaks':>6}"
+    lines = [f"{'case':<36}{'mode':<8}{'temperature':<16}{'param':<7}{'peaks':>6}"
              f"{'error':>11}{'esd':>10}{'z':>7}"]
     for r in report["rows"]:
-        lines.append(f"{r['case']:<26}{r['mode']:<8}{r['temperature']:<16}{r['param']:<7}"
+        lines.append(f"{r['case']:<36}{r['mode']:<8}{r['temperature']:<16}{r['param']:<7}"
                      f"{r['n_used']:>6}{r['error']:>+11.2e}{r['esd']:>10.2e}{r['z']:>+7.2f}")
-    lines += ["", f"{'case':<26}{'mode':<8}{'difference':<22}{'param':<7}{'found':>11}"
+    lines += ["", f"{'case':<36}{'mode':<8}{'difference':<22}{'param':<7}{'found':>11}"
               f"{'error':>11}{'esd':>10}{'z':>7}"]
     for p in report["pairs"]:
-        lines.append(f"{p['case']:<26}{p['mode']:<8}{p['pair']:<22}{p['param']:<7}"
+        lines.append(f"{p['case']:<36}{p['mode']:<8}{p['pair']:<22}{p['param']:<7}"
                      f"{p['found']:>+11.3e}{p['error']:>+11.2e}{p['esd']:>10.2e}{p['z']:>+7.2f}")
     lines.append("")
     for mode, s in report["summary"].items():

@@ -101,7 +101,8 @@ def planned_jobs(output: str) -> set[tuple[str, str]]:
         if m and rule:
             jobs.add((rule, m.group(1)))
             rule = None
-        elif line.strip().startswith("jobid:") and rule == "all":
+        elif line.strip().startswith("jobid:") and rule in ("all", "experiment_page"):
+            # (the rules without wildcards)
             jobs.add((rule, ""))
             rule = None
     return jobs

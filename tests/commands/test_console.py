@@ -92,6 +92,14 @@ def test_the_summary_names_the_results_the_pictures_and_every_new_warning(tmp_pa
                          "  merge_entries: left out of the merge: s/300K/f2"]
 
 
+def test_the_summary_names_the_experiment_page_when_there_is_one(tmp_path):
+    (tmp_path / "results/s/300K").mkdir(parents=True)
+    assert not any("report.html" in line for line in console.summary(tmp_path, time.time()))
+    (tmp_path / "results/report.html").write_text("<html></html>")
+    assert "the experiment on one page: results/report.html" in console.summary(tmp_path,
+                                                                                 time.time())
+
+
 def test_dry_runs_and_graphs_show_snakemakes_own_output():
     for args in (["-n"], ["--cores", "2", "-np"], ["--dag"], ["--unlock"], ["--dry-run"]):
         assert _passes_through(args), args

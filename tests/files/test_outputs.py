@@ -75,7 +75,8 @@ def test_the_rules_name_no_output_of_their_own():
     ("total_pdf", ["TOTAL_PDF", "TOTAL_PDF_PNG"]), ("delta_pdf", ["DELTA_PDF", "DELTA_PDF_PNG"]),
     ("pdf_temperature_series", ["PDF_SERIES_PNG"]),
     ("nxrefine_wrapper", ["NXREFINE_WRAPPER", "NXREFINE_SCAN_DIRECTORY"]),
-    ("cut", ["CUT", "CUT_PNG"]), ("cut_temperature_series", ["CUT_SERIES_PNG"])])
+    ("cut", ["CUT", "CUT_PNG"]), ("cut_temperature_series", ["CUT_SERIES_PNG"]),
+    ("experiment_page", ["EXPERIMENT_PAGE"])])
 def test_each_rule_takes_its_outputs_from_here(rule, names):
     text = "\n".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     body = re.search(rf"^rule {rule}:\n(.*?)(?=^rule |\Z)", text, re.M | re.S).group(1)

@@ -67,15 +67,16 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature",
             "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
             "delta_pdf", "temperature_series", "pdf_temperature_series"} <= rules
-    # the calibration, the grid and the pictures of a sample's temperature series run in
-    # this Snakemake, nothing else does (what the CI's check of a SLURM run allows to run
-    # outside SLURM)
+    # the calibration, the grid, the pictures of a sample's temperature series and the
+    # experiment's page run in this Snakemake, nothing else does (what the CI's check of a
+    # SLURM run allows to run outside SLURM)
     spec = importlib.util.spec_from_file_location("check_slurm_jobs",
                                                   REPO / ".ci" / "slurm" / "check_slurm_jobs.py")
     checker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(checker)
     assert checker.declared_local_rules() == {"calibrate_powder", "define_grid",
-                                              "temperature_series", "pdf_temperature_series"}
+                                              "temperature_series", "pdf_temperature_series",
+                                              "experiment_page", "cut_temperature_series"}
     # the jobs that follow each other ride in one SLURM job (profiles/slurm: groups, and the
     # workflow's peaks_group): the parent temperature's (300K) entries' peak searches with
     # index_parent (1); per temperature (2) its refinement and volumes, with the peak

@@ -4,6 +4,7 @@ fingerprint's reach is a setting with a documented blind spot, and no two entrie
 same data."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -14,7 +15,7 @@ from hklflow.raw import rawfiles
 from hklflow.raw.rawfiles import (FINGERPRINT_BLOCK, RawChangeCheck, RawFileOwners, fingerprint,
                                   same_content)
 
-from conftest import job_counts, run_snakemake
+from conftest import REPO, job_counts, run_snakemake
 
 SIZE = 64 * FINGERPRINT_BLOCK  # 8 sampled blocks of 64: most of the file is between them
 
@@ -112,6 +113,28 @@ def test_the_sampled_fingerprint_is_blind_between_its_blocks_and_full_is_not(ing
     assert "sha256" in fingerprint(files[0], "full") and "sha256" not in fingerprint(files[0])
     with pytest.raises(ValueError, match="reach must be one of"):
         fingerprint(files[0], "every")
+
+
+def test_switching_to_the_full_fingerprint_is_planning_s_check_alone(ingested, tmp_path):
+    """reduction.ingest.fingerprint: full on entries ingested with the sampled one (issue 86):
+    the first plan hashes every byte and keeps it (no ingest again); from then on a same-size
+    change between the sampled blocks is seen."""
+    files, scan_file, make_check = ingested
+    sampled = make_check("sampled")
+    assert sampled.changed("s/300K/f1", scan_file, files) == []
+    full = RawChangeCheck(sampled.read_recorded, folder=tmp_path / "state", reach="full")
+    assert full.changed("s/300K/f1", scan_file, files) == []
+    kept = json.loads((tmp_path / "state/s/300K/f1.json").read_text())["sha256"]
+    assert kept == [fingerprint(f, "full")["sha256"] for f in files]
+    overwrite_in_place(files[0], SIZE // 14)  # the sampled blind spot
+    assert full.changed("s/300K/f1", scan_file, files) == [files[0]]
+    with pytest.raises(ValueError, match="reach must be one of"):
+        RawChangeCheck(sampled.read_recorded, reach="every")
+    # its row of docs/bad-inputs.md (test_workflow.py's rerun matrix: no job planned)
+    row = next(ln for ln in (REPO / "docs/bad-inputs.md").read_text().splitlines()
+               if ln.startswith("| `reduction.ingest.fingerprint` switched"))
+    assert "| the plan | nothing: `Nothing to be done`" in row
+    assert "reruns_exactly_what_it_changes[reduction.ingest.fingerprint full]" in row
 
 
 def test_the_change_marker_is_newer_than_the_scan_file_exactly_while_a_file_differs(

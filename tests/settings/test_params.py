@@ -147,7 +147,6 @@ def test_true_is_not_a_number_and_a_missing_or_unknown_key_is_named(texts):
     ("transform_frames", "transform", "bad_monitor_frames", "skip", "'skip' is not one of"),
     ("index_parent", "refinement", "unusable_entries", "drop", "'drop' is not one of"),
     ("delta_pdf", "pdf", "radius_units", "nm", "'nm' is not one of"),
-    ("ingest_scan", "", "fingerprint", "most", "'most' is not one of ['sampled', 'full']"),
     ("ingest_scan", "", "detector_orientation", 7, "7 is not one of"),
     ("ingest_scan", "goniometer", "scan_sense", 2, "2 is not one of [1, -1]"),
     ("ingest_scan", "scan", "nframes", 0, "0 is less than the minimum of 1"),
@@ -181,10 +180,13 @@ def test_only_settings_typed_by_hand_are_checked_against_the_schema(texts, tmp_p
 
 def test_a_part_left_out_as_its_default_keeps_the_texts_made_before_it(texts):
     ingest = IngestParams("Pilatus300k", 3)
-    assert ingest.fingerprint == "sampled" and "fingerprint" not in ingest.settings()
+    assert ingest.detector_sensor is None and "detector_sensor" not in ingest.settings()
     assert settings_part({"detector_name": "Pilatus300k", "detector_orientation": 3},
                          IngestParams) == ingest
-    assert IngestParams("Pilatus300k", 3, "full").settings()["fingerprint"] == "full"
+    sensor = {"material": "Si", "thickness": 0.00045}
+    assert IngestParams("Pilatus300k", 3, sensor).settings()["detector_sensor"] == sensor
+    # reduction.ingest.fingerprint is planning's check's, never ingest's (issue 86)
+    assert "fingerprint" not in texts["ingest_scan"]
 
 
 def test_two_parts_giving_one_key_are_refused():
@@ -196,12 +198,12 @@ def test_a_step_refuses_a_bad_enum_typed_by_hand(texts, tmp_path, capsys):
     from hklflow.steps import ingest_scan
 
     settings = json.loads(texts["ingest_scan"])
-    settings["fingerprint"] = "most"
+    settings["detector_orientation"] = 7
     out = tmp_path / "scan.nxs"
     assert ingest_scan.main(["--settings", json.dumps(settings), "--poni", "x.poni", "--version",
                              "version.json", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "'fingerprint' (reduction.ingest.fingerprint): 'most' is not one of" in err, err
+    assert "'detector_orientation' (instrument.detector.orientation): 7 is not one of" in err, err
     assert not out.exists()
 
 

@@ -71,3 +71,39 @@ def test_statistics_of_a_merged_volume_go_into_its_notes_log_and_picture(tmp_pat
     stats = read_volume(path).notes["statistics"]
     assert stats["bragg_exclusion_inverse_angstrom"] == pytest.approx(0.05)
     assert stats["overall"]["excluded"] > 0
+
+
+def test_the_rows_set_aside_at_its_temperature_go_into_the_merged_volumes_notes(experiment):
+    """hklflow run's rows set aside at the volume's temperature (its settings' set_aside):
+    the volume made without them says so (issue 86)."""
+    import json
+
+    entries = write_inputs(experiment, small_grid(), 2, sample_=sample(name="tetra"))
+    line = "set aside: config/scans.tsv row 3 (tetra/300K/f3): no file matches 'raw/f3.h5' yet"
+    settings = json.loads(step_settings(experiment, "merge_entries", "transform"))
+    rc = run("merge_entries", ["--settings", json.dumps({**settings, "set_aside": [line]}),
+                               "--title", "tetra/300K", "--inputs", *entries,
+                               "--out", "out/merged.nxs", "--png", "out/merged.png"])
+    assert rc == 0
+    assert read_volume_header(experiment / "out/merged.nxs").notes["set_aside"] == [line]
+
+
+def test_scans_the_watcher_waits_for_make_the_merged_volume_a_preview(experiment):
+    """hklflow watch's scans planned at the volume's temperature but not yet included (its
+    settings' waiting): the volume's notes and its picture's title say it is a preview
+    (issue 86)."""
+    import json
+
+    from hklflow.pictures.preview import preview_label
+
+    entries = write_inputs(experiment, small_grid(), 1, sample_=sample(name="tetra"))
+    waiting = [{"scan": "tetra/300K/f2", "frames": 0, "planned": 60}]
+    settings = json.loads(step_settings(experiment, "merge_entries", "transform"))
+    assert "waiting" not in settings  # (a batch run's settings: as before)
+    rc = run("merge_entries", ["--settings", json.dumps({**settings, "waiting": waiting}),
+                               "--title", "tetra/300K", "--inputs", *entries,
+                               "--out", "out/merged.nxs", "--png", "out/merged.png"])
+    assert rc == 0
+    notes = read_volume_header(experiment / "out/merged.nxs").notes
+    assert notes["waiting"] == {"landed": waiting}
+    assert preview_label(notes) == "PREVIEW: f2 0% of its frames"

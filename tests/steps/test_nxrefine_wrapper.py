@@ -333,7 +333,9 @@ def test_the_rule_makes_the_wrapper_when_the_config_asks(tiny_run, tmp_path):
     cfg.write_text(cfg.read_text() + "\noutput: {nxrefine_wrapper: true}\n")
     p = run_snakemake(exp, "--cores", "2")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    assert job_counts(p.stdout + p.stderr) == {"nxrefine_wrapper": 2, "all": 1, "total": 3}
+    # (the experiment's page: its inputs are every target, the wrappers now among them)
+    assert job_counts(p.stdout + p.stderr) == {"nxrefine_wrapper": 2, "experiment_page": 1,
+                                               "all": 1, "total": 4}
     pdf_on = load_experiment(cfg, base_dir=exp).reduction["pdf"]["enabled"]
     for t in ("100K", "300K"):
         w = exp / "results" / SAMPLE / "nxrefine" / f"{SAMPLE}_{t}.nxs"

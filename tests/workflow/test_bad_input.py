@@ -499,6 +499,8 @@ def test_snakemake_arguments_before_the_double_dash_are_shown_where_they_go(
             (["run", d, "-n", "--cores", "2"], "-n", ["run", d, "--cores", "2", "--", "-n"]),
             (["run", d, "-n", "--", "--cores", "2"], "-n", ["run", d, "--", "-n", "--cores", "2"]),
             (["run", "--cores", "2", d, "-p"], "-p", ["run", "--cores", "2", d, "--", "-p"]),
+            (["run", d, "--verbose", "-n"], "-n", ["run", d, "--verbose", "--", "-n"]),
+            (["demo", "--verbose", "-n"], "-n", ["demo", "--verbose", "--", "-n"]),
             (["run", d, "results/tiny/300K/transform.nxs"], "results/tiny/300K/transform.nxs",
              ["run", d, "--", "results/tiny/300K/transform.nxs"]),
             (["run", "-n"], "-n", ["run", "EXPDIR", "--", "-n"]),

@@ -94,7 +94,7 @@ def test_tiny_experiment_end_to_end(tiny_run, tiny_truth):
     assert len(console) <= 40, "\n".join(console)
     assert "open first:" in console, "\n".join(console)
     assert any(line == "no warnings" or line.startswith("warnings (") for line in console)
-    assert "41 of 41 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
+    assert "42 of 42 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
     # the pictures to open first: every pattern names pictures the run made, in that order
     from hklflow.commands.console import FIRST_PICTURES
 
@@ -219,8 +219,9 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
                ingest=(), peaks=()):
     """The (rule, wildcards) set of the tiny experiment's jobs downstream of a change:
     every job of the listed temperatures from the masks on (one transform chunk per
-    entry making both kinds), the temperature series, and the listed earlier jobs."""
-    jobs = {("all", "")}
+    entry making both kinds), the temperature series, the experiment's page, and the listed
+    earlier jobs."""
+    jobs = {("all", ""), ("experiment_page", "")}
     w = lambda **kw: ", ".join(f"{k}={v}" for k, v in kw.items())  # noqa: E731
     if calibration:
         jobs.add(("calibrate_powder", w(calibration="ceo2")))
@@ -261,7 +262,9 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
 def _pdf_jobs(total=True, delta=True):
     """The PDF jobs of the tiny experiment (a change to reduction.pdf)."""
     w = lambda **kw: ", ".join(f"{k}={v}" for k, v in kw.items())  # noqa: E731
-    jobs = {("all", ""), ("pdf_temperature_series", w(sample="tiny"))} if delta else {("all", "")}
+    jobs = {("all", ""), ("experiment_page", "")}
+    if delta:
+        jobs.add(("pdf_temperature_series", w(sample="tiny")))
     for t in ("300K", "100K"):
         if total:
             jobs.add(("total_pdf", w(sample="tiny", temperature=t)))
@@ -351,6 +354,11 @@ RERUN_CASES = {
         lambda d: _edit_yaml(d, lambda c: c.setdefault("reduction", {}).setdefault(
             "pdf", {}).update(q_max=5.0)),
         _pdf_jobs()),
+    # how raw files are checked: planning's check alone (issue 86), no job while no file changed
+    "reduction.ingest.fingerprint full": (
+        lambda d: _edit_yaml(d, lambda c: c.setdefault("reduction", {}).setdefault(
+            "ingest", {}).update(fingerprint="full")),
+        set()),
     # a calibration's start geometry: the calibration, hence everything
     "calibrations.ceo2.start": (
         lambda d: _edit_yaml(d, lambda c: c["calibrations"]["ceo2"]["start"].update(dist=0.119)),

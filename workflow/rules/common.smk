@@ -4,6 +4,7 @@
 # parses the Snakefile again.  Snakemake's internals are reached through
 # hklflow.planning.snakemake_compat only.
 import os
+import shlex
 import sys
 import sysconfig
 from pathlib import Path
@@ -14,8 +15,9 @@ import hklflow
 from hklflow.files import model_inputs, outputs
 from hklflow.files.outputs import fill
 from hklflow.planning import disk, snakemake_compat
-from hklflow.planning.config import ConfigError, landed_marker, load_experiment, read_config_files
-from hklflow.planning.cuts import cuts_of, is_line
+from hklflow.planning.config import (ConfigError, landed_marker, load_experiment, read_config_files,
+                                     set_aside_rows)
+from hklflow.planning.cuts import cut_arguments, cut_spec, cuts_of, is_line
 from hklflow.planning.jobs import (JobSettings, SettingsFiles, delta_pdf_files,
                                    model_input_volumes, transform_frame_ranges)
 from hklflow.raw.monitors import monitor_file
@@ -63,7 +65,8 @@ CONDA_ENV = "../../envs/hklflow.yaml"
 DETECTOR = EXP.instrument.detector
 # what each job receives through params: settings, the file of its settings text
 # (hklflow.planning.jobs.JobSettings, SettingsFiles)
-SETTINGS = JobSettings(EXP)
+# (the rows hklflow run set aside: named in the notes of the results made without them)
+SETTINGS = JobSettings(EXP, set_aside_rows(EXP.scans_table))
 _SETTINGS_FILES = SettingsFiles()
 
 
@@ -167,7 +170,8 @@ def _recorded_raw_files(scan_file):
     return frames.files, frames.fingerprints
 
 
-_RAW_CHANGES = RawChangeCheck(_recorded_raw_files)
+# (reduction.ingest.fingerprint is this check's, not ingest's: switching it reruns no ingest)
+_RAW_CHANGES = RawChangeCheck(_recorded_raw_files, reach=EXP.reduction["ingest"]["fingerprint"])
 
 
 _RAW_FILES = {}  # scan id -> its raw files: listed, claimed and hashed once per process
@@ -384,7 +388,40 @@ def all_targets():
                         for t in temperatures for f in (outputs.CUT, outputs.CUT_PNG)]
             if is_line(spec):
                 targets.append(fill(outputs.CUT_SERIES_PNG, sample=name, cut=spec["name"]))
+    # last: its job reads what every other one made (experiment_page.smk)
+    targets.append(outputs.EXPERIMENT_PAGE)
     return targets
+
+
+# the experiment's page (experiment_page.smk)
+def page_files(w):
+    """The files the page reads, by what they are (the step's options)."""
+    files = {"calibrations": [calibration_path(c, outputs.CALIBRATION_NEXUS)
+                              for c in EXP.calibrations],
+             "peaks": [scan_path(s, outputs.PEAKS) for s in EXP.scans],
+             "orientations": [], "tables": [], "volumes": [], "pdfs": []}
+    for name in EXP.samples:
+        temperatures = EXP.temperatures_of(name)
+        if not temperatures:
+            continue  # hklflow watch: the sample's scans have not begun
+        files["orientations"] += [fill(outputs.ORIENTATION, sample=name, temperature=t)
+                                  for t in temperatures]
+        files["tables"].append(fill(outputs.ORIENTATION_TABLE, sample=name))
+        for t in temperatures:
+            for kind in TRANSFORM_KINDS:
+                at = dict(sample=name, temperature=t, kind=kind)
+                files["volumes"].append(fill(outputs.MERGED_VOLUME, **at))
+                if SYMMETRIZE:
+                    files["volumes"].append(fill(outputs.SYMMETRIZED_VOLUME, **at))
+        if PDF_ENABLED:
+            files["pdfs"] += [fill(outputs.DELTA_PDF, sample=name, temperature=t, pdf=f)
+                              for t in EXP.pdf_temperatures_of(name) for f in PDF_FILE_KIND]
+    return files
+
+
+def page_targets(w):
+    """Every other target: the page runs after every job."""
+    return [t for t in all_targets() if t != outputs.EXPERIMENT_PAGE]
 
 
 def model_input_outputs() -> list:
@@ -392,3 +429,16 @@ def model_input_outputs() -> list:
     module names them (hklflow.files.model_inputs), in the volume's model_inputs folder."""
     return [f"{outputs.MODEL_INPUTS}/{f}" for program in MODEL_INPUTS
             for f in model_inputs.file_names(program, "{volume}")]
+
+
+# output.cuts (rules cut and cut_temperature_series, cuts.smk)
+def cut_volume(w):
+    """The volume a cut is made of, at the wildcards' temperature."""
+    spec = cut_spec(EXP, w.sample, w.cut)
+    return fill(outputs.VOLUME, sample=w.sample, temperature=w.temperature, volume=spec["volume"])
+
+
+def cut_series_inputs(w):
+    """A line cut at every temperature of its sample."""
+    return [fill(outputs.CUT, sample=w.sample, temperature=t, cut=w.cut)
+            for t in EXP.temperatures_of(w.sample)]

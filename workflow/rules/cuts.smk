@@ -1,20 +1,7 @@
 # Cuts of a sample's volume at every temperature (output.cuts: hklflow.planning.cuts), in
 # results/SAMPLE/TLABEL/cuts/NAME.nxs and .png, and a line's temperatures in one picture,
 # results/SAMPLE/cuts/NAME_temperature_series.png (docs/cuts.md).
-import shlex
-
-from hklflow.planning.cuts import cut_arguments, cut_spec
-
-
-def cut_volume(w):
-    spec = cut_spec(EXP, w.sample, w.cut)
-    return fill(outputs.VOLUME, sample=w.sample, temperature=w.temperature, volume=spec["volume"])
-
-
-def cut_series_inputs(w):
-    return [fill(outputs.CUT, sample=w.sample, temperature=t, cut=w.cut)
-            for t in EXP.temperatures_of(w.sample)]
-
+# (their input functions: common.smk)
 
 rule cut:
     """A line or plane of one volume at one temperature (hklflow cut, as by hand)."""

@@ -9,7 +9,7 @@ rule index_parent:
         png=report(outputs.PARENT_ORIENTATION_PNG, category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
     params:
-        settings=lambda w: settings_file(SETTINGS.index_parent(w.sample)),
+        settings=lambda w: settings_file(SETTINGS.index_parent(w.sample, w.temperature)),
     log:
         "logs/index_parent/{sample}/{temperature}.log",
     benchmark:
@@ -69,7 +69,7 @@ rule refine_temperature:
         png=report(outputs.ORIENTATION_PNG, category="Orientation",
                    subcategory="{sample}", caption="../report/orientation.rst"),
     params:
-        settings=settings_file(SETTINGS.refine_temperature()),
+        settings=lambda w: settings_file(SETTINGS.refine_temperature(w.sample, w.temperature)),
     log:
         "logs/refine_temperature/{sample}/{temperature}.log",
     benchmark:

@@ -208,4 +208,6 @@ RESOURCES = {
                          lambda w: _FIXED_MINUTES + 2 * _VOXELS / RATE_VOLUME / 60),
     # a line's cut file of every temperature, a figure
     "cut_temperature_series": RuleResources(lambda w: BASE_MB + 200, lambda w: _FIXED_MINUTES),
+    # notes and small tables of every file (no volume's arrays), the logs' text
+    "experiment_page": RuleResources(lambda w: BASE_MB + 200, lambda w: _FIXED_MINUTES),
 }

@@ -132,7 +132,7 @@ rule merge_entries:
                           category="Merged volumes", subcategory="{sample}",
                           caption="../report/statistics.rst"),
     params:
-        settings=lambda w: settings_file(SETTINGS.merge_entries(w.kind)),
+        settings=lambda w: settings_file(SETTINGS.merge_entries(w.kind, w.sample, w.temperature)),
         title="{sample}/{temperature}",
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",

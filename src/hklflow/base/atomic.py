@@ -43,12 +43,18 @@ def atomic_path(path, *, moved_from=None) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if moved_from is not None:
             os.replace(tmp, moved_from)
         else:
             tmp.unlink(missing_ok=True)
+        # the file the error cut short, for a message (steps._run: a full disk), once
+        if not any(n.startswith(WRITING) for n in getattr(exc, "__notes__", ())):
+            exc.add_note(f"{WRITING}{path}")
         raise
+
+
+WRITING = "while writing "  # (the note atomic_path adds to an error, the file after it)
 
 
 @contextlib.contextmanager

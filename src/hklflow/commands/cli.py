@@ -21,6 +21,7 @@ COMMANDS = {
     "refine_detector": ("hklflow.steps.refine_detector:main", "refine the detector a sample's temperatures share on all of them together"),
     "refine_temperature": ("hklflow.steps.refine_temperature:main", "refine a sample at one temperature, starting from its parent"),
     "orientation_table": ("hklflow.steps.orientation_table:main", "every temperature's cell, esd and residuals beside the shared detector"),
+    "experiment_page": ("hklflow.steps.experiment_page:main", "the whole experiment on one page, results/report.html"),
     "define_grid": ("hklflow.steps.define_grid:main", "the (H, K, L) grid of a sample, from the config or the cell and Q range"),
     "mask_scan": ("hklflow.steps.mask_scan:main", "pixel mask and 3D Bragg-peak mask of a scan entry"),
     "transform_frames": ("hklflow.steps.transform_frames:main", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
@@ -53,8 +54,10 @@ STEPS = frozenset(name for name, (target, _) in COMMANDS.items()
 
 # the options of the commands that start snakemake (hklflow.commands.run): name -> whether it takes
 # a value.  Snakemake's own arguments go after `--`.
-_OWN_OPTIONS = {"run": {"-h": False, "--help": False, "--cores": True},
-                "demo": {"-h": False, "--help": False, "--dir": True, "--cores": True}}
+_OWN_OPTIONS = {"run": {"-h": False, "--help": False, "--cores": True, "--verbose": False,
+                        "--set-aside-gone": False},
+                "demo": {"-h": False, "--help": False, "--dir": True, "--cores": True,
+                         "--verbose": False}}
 
 
 def _own_option(name: str, arg: str) -> str | None:
@@ -183,11 +186,18 @@ def main(argv=None) -> int:
             print(f"hklflow {name}: {problem[0]}", file=sys.stderr)
             return problem[1]
     module, function = COMMANDS[name][0].split(":")
-    command = getattr(importlib.import_module(module), function)
-    if own_process:
-        gc.freeze()
-        gc.enable()
-    status = int(command(argv[1:]) or 0)
+    try:
+        command = getattr(importlib.import_module(module), function)
+        if own_process:
+            gc.freeze()
+            gc.enable()
+        status = int(command(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a run (and its jobs) is stopped, not a failure: one line, not a
+        # traceback (a step has removed its outputs: steps._run.run_step)
+        print("interrupted; run again to resume" if name in ("run", "demo")
+              else f"hklflow {name}: interrupted", file=sys.stderr, flush=True)
+        return 130
     if own_process and name in STEPS:
         exit_without_teardown(status)
     return status
@@ -197,13 +207,15 @@ def exit_without_teardown(status: int) -> None:
     """End a step's process now, its outputs written and closed: the interpreter's teardown
     (every module and object freed one by one, the libraries' exit handlers) costs every
     job CPU time and writes nothing.  Returns instead (the normal exit) while an HDF5 file,
-    group, dataset or attribute is still open, which that exit closes, and under a profiler
-    or tracer (cProfile, coverage), which writes its data at exit."""
+    group, dataset or attribute is still open, which that exit closes (not after a step
+    ended on a full disk: its outputs are gone, and closing what h5py left open crashed),
+    and under a profiler or tracer (cProfile, coverage), which writes its data at exit."""
     if sys.getprofile() is not None or sys.gettrace() is not None:
         return
     h5f = getattr(sys.modules.get("h5py"), "h5f", None)
-    if h5f is not None and h5f.get_obj_ids(types=h5f.OBJ_FILE | h5f.OBJ_DATASET
-                                           | h5f.OBJ_GROUP | h5f.OBJ_ATTR):
+    full = getattr(sys.modules.get("hklflow.steps._run"), "ENDED_ON_FULL_DISK", False)
+    if not full and h5f is not None and h5f.get_obj_ids(
+            types=h5f.OBJ_FILE | h5f.OBJ_DATASET | h5f.OBJ_GROUP | h5f.OBJ_ATTR):
         return
     logging.shutdown()  # the step's log
     try:

@@ -399,6 +399,8 @@ def summary(experiment: Path, since: float, progress: Progress | None = None) ->
                               for p in (results / sample / t).glob("*.nxs")})
             if volumes:
                 out.append(f"results/{sample}/: {', '.join(temperatures)}: {', '.join(volumes)}")
+        if (experiment / outputs.EXPERIMENT_PAGE).is_file():  # (rule experiment_page)
+            out.append(f"the experiment on one page: {outputs.EXPERIMENT_PAGE}")
         pictures = []
         for pattern in FIRST_PICTURES:
             pictures += sorted(str(p.relative_to(experiment))

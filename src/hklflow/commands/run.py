@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,8 @@ def snakemake(experiment: Path, args, log, again: str, verbose: bool = False) ->
                str(workflow_dir() / "Snakefile"), "--directory", str(experiment), *theirs]
         log.info("running: %s", " ".join(cmd))
         if shown:
-            rc = subprocess.call(cmd, env=env)
+            with subprocess.Popen(cmd, env=env) as proc:
+                rc = wait_stopping_on_interrupt(proc)
         else:
             rc = _compact(cmd, env, experiment, log, stamp, events, again)
         refused = rc != 0 and job_events.lock_refused(job_events.read(events))
@@ -145,6 +147,9 @@ def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path, again: s
                     screen.update(progress)
                     polled = time.monotonic()
                 time.sleep(EVENTS_POLL_S)
+        except KeyboardInterrupt:
+            wait_stopping_on_interrupt(proc, interrupted=True)
+            raise
         finally:
             screen.close()  # (Ctrl-C too: no progress line left under the prompt)
         rc = proc.wait()
@@ -161,6 +166,25 @@ def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path, again: s
     return rc
 
 
+def wait_stopping_on_interrupt(proc, interrupted: bool = False) -> int:
+    """Snakemake's exit status.  On Ctrl-C (KeyboardInterrupt raised: the caller's own, or
+    one here), Snakemake, which the terminal interrupted too, is let stop its jobs and remove
+    its lock, so that running again resumes at once; told so itself when the interrupt was
+    this process's alone (kill -INT); a second Ctrl-C stops waiting."""
+    if not interrupted:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            pass
+    try:
+        proc.wait(timeout=INTERRUPT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    raise KeyboardInterrupt
+
+
+INTERRUPT_GRACE_S = 10.0  # how long Snakemake may take to stop on the terminal's Ctrl-C itself
 PROGRESS_POLL_S = 2.0  # how often the running jobs' logs are read for their progress
 EVENTS_POLL_S = 0.25  # how often the job events are looked for (a stat and a short read)
 
@@ -223,6 +247,10 @@ def run_main(argv=None) -> int:
                    help="cores for snakemake (default: all, the workflow's profile)")
     p.add_argument("--verbose", action="store_true",
                    help="show Snakemake's own output instead of the progress lines")
+    p.add_argument("--set-aside-gone", action="store_true",
+                   help="go on when rows reduced before have no data now (a file moved away, "
+                        "a typo in 'data'): their temperatures' results are made again "
+                        "without them (by default nothing runs)")
     args = p.parse_args(argv)
     log = steplog.setup("run")
     if args.cores is not None:
@@ -238,12 +266,15 @@ def run_main(argv=None) -> int:
     from .set_aside import snakemake_arguments
 
     # rows whose data do not exist yet: named and left out, so that the others reduce
-    extra, set_aside, status = snakemake_arguments(exp, extra)
+    extra, set_aside, status = snakemake_arguments(exp, extra, args.set_aside_gone)
     for line in set_aside:
         print(line, flush=True)
     if status:
         return status
-    return snakemake(exp, extra, log, f"hklflow run {exp}", args.verbose)
+    rc = snakemake(exp, extra, log, f"hklflow run {exp}", args.verbose)
+    for line in set_aside:  # (again at the end: the start has scrolled away)
+        print(line, flush=True)
+    return rc
 
 
 def workflow_path_main(argv=None) -> int:

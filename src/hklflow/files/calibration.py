@@ -143,6 +143,25 @@ def write_calibration_file(path, result, params, *, source: dict, pattern, prove
                                   finish=lambda h5: h5.attrs.__setitem__("file_name", Path(path).name))
 
 
+def read_calibration_summary(path) -> dict:
+    """What calibration.nxs says of its fit (rule experiment_page): title, calibrant, method,
+    the refined parameters and the residuals (NXcollection process/residuals as written)."""
+    from .h5 import get, group, open_h5, read_collection, text
+
+    with open_h5(path) as f:
+        if "calibration" not in f:
+            raise FileFormatError(f"{path}: no /calibration entry: not a calibration file")
+        ent = f["calibration"]
+        proc = group(ent, "process", path)
+        residuals = {k: v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v
+                     for k, v in read_collection(group(proc, "residuals", path)).items()}
+        return {"title": text(get(ent, "title", path)),
+                "calibrant": text(get(ent, "calibrant", path)),
+                "method": text(get(ent, "method", path)),
+                "refined_parameters": text(get(proc, "refined_parameters", path)),
+                "residuals": residuals}
+
+
 # --------------------------------------------------------------------------------------
 # version.json
 # --------------------------------------------------------------------------------------

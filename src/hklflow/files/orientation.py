@@ -399,6 +399,20 @@ def _read_row(ref, path, label: str) -> dict:
             "entries": json.loads(text(get(ref, "entries/data", path)))}
 
 
+def read_refined_peaks(path) -> dict:
+    """The refinement's peaks of an orientation file (its `peaks` group): entry_name (str),
+    observed_px_x (column), observed_px_y (row), observed_frame, used (bool) and
+    residual_x/y/frame (NaN where not used), as arrays."""
+    with open_h5(path) as f:
+        pk = group(f, "orientation/peaks", path)
+        out = {k: np.asarray(pk[k][()]) for k in ("observed_px_x", "observed_px_y",
+                                                   "observed_frame", "residual_x", "residual_y",
+                                                   "residual_frame") if k in pk}
+        out["entry_name"] = np.asarray(strings(get(pk, "entry_name", path)))
+        out["used"] = np.asarray(get(pk, "used", path), dtype=bool)
+    return out
+
+
 def orientation_row(rec: OrientationRecord) -> dict:
     """The orientation table's row of an orientation record (temperature_row's, from the file)."""
     row = dict(rec.row) or {"temperature": rec.temperature_label, "entries": [],

@@ -89,6 +89,9 @@ CUT_SERIES_PNG = f"{SAMPLE}/cuts/{{cut}}_temperature_series.png"
 # hklflow watch: where every scan stands (live.status), a page that refreshes itself
 STATUS_HTML = f"{RESULTS}/status.html"
 
+# experiment_page (files.experiment_page): the whole experiment on one page, made last
+EXPERIMENT_PAGE = f"{RESULTS}/report.html"
+
 _WILDCARD = re.compile(r"\{(\w+)\}")
 
 

@@ -39,7 +39,9 @@ entry's geometry together (geometry.EntrySetup)::
         frames_per_file               frames in each raw file
         raw_file_size, raw_file_mtime_ns, raw_file_ctime_ns, raw_file_inode,
         raw_file_sampled_sha256       fingerprint of each raw file (hklflow.raw.rawfiles);
-        raw_file_sha256               with reduction.ingest.fingerprint: full
+        raw_file_sha256               only in scan files ingested when ingest hashed every
+                                      byte (reduction.ingest.fingerprint: full, now the
+                                      plan's: hklflow.raw.rawfiles.RawChangeCheck)
         @raw_kind ("hdf5" | "files"), @raw_dataset, @frame_dtype
         @planned_frames               only while the scan is still being collected (hklflow
                                       watch): the frames it will have; the file records its

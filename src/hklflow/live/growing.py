@@ -34,9 +34,11 @@ yet" (Observation.waiting says why); any other failure is a RawDataError naming 
 Observation.to_dict/from_dict, so that a watcher keeps it across restarts): a counted file
 replaced (another inode or device), shrunk, gone, or a complete-frame count that went down
 is reported in Observation.problem (not raised: the watcher reports it and does not merge
-the scan).  Frames found complete before in the same, unshrunk file are not checked again,
-so a long scan costs only its new frames (and a file that is unreadable for a moment keeps
-its count).
+the scan).  So are an HDF5 stack's counted frames whose chunks now lie past the file's end
+or in a hole of it (SEEK_HOLE): a file cut short and written on past the cut, whose size
+never shrank between two looks.  Frames found complete before in the same, unshrunk file
+are not checked again, so a long scan costs only its new frames (and a file that is
+unreadable for a moment keeps its count).
 
 Raw files are only read: HDF5 files opened read-only (locking off, as everywhere in
 hklflow), CBF files opened for reading their header.
@@ -221,6 +223,7 @@ class _Count:
     identity: list
     planned: int | None = None
     waiting: str | None = None
+    problem: str | None = None  # (found by the look itself: hklflow.live.growing._cut_chunks)
 
     def add(self, path: str, frames: int, identity) -> None:
         self.files.append(path)
@@ -275,7 +278,7 @@ def observe(layout: str, path_or_pattern: str, dataset: str | None = DEFAULT_DAT
     known_files = previous.counted() if previous is not None else {}
     if layout == "hdf5":
         count = _observe_stack(source, dataset, known_files, base_dir, frame_shape, attempts,
-                               retry_delay)
+                               retry_delay, previous)
     elif layout == "eiger":
         count = _observe_eiger(source, known_files, base_dir, frame_shape, attempts, retry_delay)
     elif layout == "cbf":
@@ -292,7 +295,7 @@ def observe(layout: str, path_or_pattern: str, dataset: str | None = DEFAULT_DAT
                        files=tuple(count.files), frames_per_file=tuple(count.frames),
                        identity=tuple(count.identity),
                        problem=_problem(source, previous, complete,
-                                        dict(zip(count.files, count.identity))),
+                                        dict(zip(count.files, count.identity))) or count.problem,
                        waiting=count.waiting)
 
 
@@ -349,9 +352,10 @@ def _stack(f: h5py.File, path: str, dataset: str, frame_shape, missing_ok: bool 
     return dset
 
 
-def _stored_frames(dset, start: int = 0) -> int:
+def _stored_frames(dset, start: int = 0, places: dict | None = None) -> int:
     """Frames 0.. of `dset` whose chunks are all stored, counting from `start` (the frames
-    before it known complete)."""
+    before it known complete).  places: filled with {first frame of a chunk: [(byte
+    offset, size)] of its stored tiles}, of every chunk (where h5py can list them)."""
     nframes = int(dset.shape[0])
     plist = dset.id.get_create_plist()
     if dset.chunks is None or plist.get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY:
@@ -367,6 +371,9 @@ def _stored_frames(dset, start: int = 0) -> int:
         stored = set()
 
         def note(info):
+            if info.size > 0 and places is not None:
+                places.setdefault(int(info.chunk_offset[0]), []).append(
+                    (int(info.byte_offset), int(info.size)))
             if info.size > 0 and info.chunk_offset[0] >= first_chunk:
                 stored.add(tuple(info.chunk_offset))
 
@@ -385,7 +392,49 @@ def _stored_frames(dset, start: int = 0) -> int:
     return frame
 
 
-def _observe_stack(source, dataset, known_files, base_dir, frame_shape, attempts, retry_delay):
+def _holes(path: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """The file's size now (None: gone) and its holes, [(start, end)] byte ranges that were
+    never written ([] where the file system cannot tell)."""
+    holes = []
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None, []
+    try:
+        size, pos = os.fstat(fd).st_size, 0
+        if not hasattr(os, "SEEK_HOLE"):
+            return size, []
+        while pos < size:
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            if hole >= size:
+                break
+            try:
+                pos = os.lseek(fd, hole, os.SEEK_DATA)
+            except OSError:  # (ENXIO) a hole up to the end
+                pos = size
+            holes.append((hole, pos))
+    except OSError:  # (EINVAL) not supported here
+        return size, []
+    finally:
+        os.close(fd)
+    return size, holes
+
+
+def _cut_chunks(path: str, places: dict, frames: int) -> list[int]:
+    """The first frames of the chunks among the first `frames` whose stored bytes lie past
+    the file's end or in a hole: a file cut short (truncated) while it was written, and
+    written on past the cut, reads zeros (or fails to decompress) there."""
+    # (the size after the chunks were listed: the writer goes on meanwhile)
+    size, holes = _holes(path)
+    if size is None:
+        return []
+    return sorted(first for first, tiles in places.items() if first < frames and any(
+        offset + n > size or any(offset < end and start < offset + n for start, end in holes)
+        for offset, n in tiles))
+
+
+def _observe_stack(source, dataset, known_files, base_dir, frame_shape, attempts, retry_delay,
+                   previous=None):
     path = os.path.normpath(os.path.join(os.fspath(base_dir), source))
     if glob.has_magic(source):
         raise RawDataError(f"{source}: a scan followed while it is collected is one HDF5 "
@@ -397,11 +446,25 @@ def _observe_stack(source, dataset, known_files, base_dir, frame_shape, attempts
         return count
     known = known_files.get(path)
     start = known[1] if known is not None and _same_file(known[0], identity) else 0
+    places = {}
     frames, why = _read_hdf5(
-        path, lambda f: _stored_frames(_stack(f, path, dataset, frame_shape), start),
+        # (places.clear(): a failed attempt's are not kept)
+        path, lambda f: places.clear() or _stored_frames(_stack(f, path, dataset, frame_shape),
+                                                         start, places),
         attempts, retry_delay)
     if frames is None:  # unreadable for now: what was complete in this file still is
         frames, count.waiting = start, why
+    cut = _cut_chunks(path, places, frames)
+    if cut:
+        text = (f"{path}: frame indices {cut[0]} to {cut[-1]} of {dataset} lie where the "
+                "file holds no data (a hole, or past its end): it was cut short (truncated) "
+                "during acquisition and written on; it is not merged")
+        # a chunk counted before, or one cut at the last look too (a writer without SWMR
+        # may flush a chunk's index before its data: a new chunk is given one more look)
+        if cut[0] < start or (previous is not None and previous.waiting == text):
+            count.problem = text
+        else:
+            frames, count.waiting = cut[0], text
     if frames > 0:
         count.add(path, frames, identity)
     return count

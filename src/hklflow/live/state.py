@@ -33,6 +33,10 @@ class ScanState:
     finish: bool = False  # reduce as far as it went, as if complete (watch --finish, finish_stalled)
     problem: str | None = None  # the raw data changed under us: never merged while it stands
     error: str | None = None  # the last failed job of this scan: rule and log file
+    # why its row stopped the workflow's plan (hklflow watch sets it aside: the others go on),
+    # and the digest of the scans' rows then (any change of them: tried again)
+    set_aside: str | None = None
+    set_aside_rows: str = ""
     observation: dict | None = None  # hklflow.live.growing's, for the next look
 
     @property
@@ -81,17 +85,20 @@ class LiveState:
     last_run: dict = field(default_factory=dict)  # start, end, rc, log of the latest run
     started: float = field(default_factory=time.time)
     waiting_for_lock: str = ""  # the other Snakemake run(s) whose lock the watcher waits for
+    # why scans may be missing: the scans table cannot be read, discovery's notes ("": none)
+    table_error: str = ""
 
     def to_dict(self) -> dict:
         return {"scans": [asdict(s) for s in self.scans.values()], "runs": self.runs,
                 "last_run": self.last_run, "started": self.started,
-                "waiting_for_lock": self.waiting_for_lock}
+                "waiting_for_lock": self.waiting_for_lock, "table_error": self.table_error}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LiveState":
         scans = {s["id"]: ScanState(**s) for s in d.get("scans", [])}
         return cls(scans, int(d.get("runs", 0)), dict(d.get("last_run", {})),
-                   float(d.get("started", time.time())), str(d.get("waiting_for_lock", "")))
+                   float(d.get("started", time.time())), str(d.get("waiting_for_lock", "")),
+                   str(d.get("table_error", "")))
 
     def save(self, expdir: Path) -> None:
         write_json_atomically(expdir / STATE_FILE, self.to_dict())

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..base.atomic import write_text_atomically
 from ..files import outputs
 from ..planning.config import ConfigError, load_settings
-from .state import LiveState
+from .state import STATE_FILE, LiveState
 
 STATUS_HTML = outputs.STATUS_HTML
 REFRESH_SECONDS = 5
@@ -21,6 +21,8 @@ WAITING_FOR_LOCK = "waiting for another Snakemake run to end (it holds the lock)
 def stage(scan, now: float, stall_seconds: float) -> str:
     if scan.problem:
         return "problem"
+    if scan.set_aside:
+        return "set aside"
     if scan.error:
         return "failed"
     if scan.complete and scan.results == scan.frames_when_complete:
@@ -53,7 +55,7 @@ def rows(state: LiveState, live: dict, now: float) -> list[dict]:
     stall = float(live.get("stall_seconds", 300))
     return [{"scan": s.id, "landed": s.landed, "planned": s.planned, "reduced": s.reduced,
              "results": s.results, "stage": stage(s, now, stall),
-             "lag": lag_seconds(s, now), "message": s.problem or s.error or ""}
+             "lag": lag_seconds(s, now), "message": s.problem or s.set_aside or s.error or ""}
             for s in state.scans.values()]
 
 
@@ -80,7 +82,8 @@ def screen(state: LiveState, live: dict, table_error: str | None = None,
     if table_error:
         lines.append(f"scans table: {table_error}")
     if not state.scans:
-        lines.append("no scan yet: waiting for rows in the scans table")
+        lines.append("no scan yet: " + ("see above" if table_error else
+                                        "waiting for rows in the scans table"))
     return "\n".join(lines)
 
 
@@ -88,7 +91,8 @@ def html_page(state: LiveState, live: dict, table_error: str | None = None) -> s
     now = time.time()
     body = []
     for r in rows(state, live, now):
-        cls = {"final": "ok", "problem": "bad", "failed": "bad", "stalled": "warn"}.get(
+        cls = {"final": "ok", "problem": "bad", "failed": "bad", "set": "bad",
+               "stalled": "warn"}.get(
             r["stage"].split(" ")[0], "")
         body.append(
             f"<tr class='{cls}'><td>{html.escape(r['scan'])}</td><td>{r['landed']} / "
@@ -140,9 +144,21 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"hklflow status: {exc}")
         return 2
+    # (not "waiting for rows" where nothing watches)
+    never = (f"hklflow status: {args.expdir} was never watched (no {STATE_FILE}): `hklflow "
+             f"status` shows where the scans of `hklflow watch {args.expdir}` stand. A batch "
+             f"run (`hklflow run {args.expdir}`) writes its progress to "
+             f"{args.expdir / 'logs' / 'hklflow'}/run-*.log and its results to "
+             f"{args.expdir / 'results'}/")
+    if not args.follow and not (args.expdir / STATE_FILE).is_file():
+        print(never)
+        return 1
     try:
         while True:
-            text = screen(LiveState.load(args.expdir), live)
+            state = LiveState.load(args.expdir)
+            # (what the watcher shows on results/status.html, from live/state.json)
+            text = (screen(state, live, state.table_error or None)
+                    if (args.expdir / STATE_FILE).is_file() else never)
             if args.follow:
                 print("\033[H\033[2J" + text, flush=True)
                 time.sleep(2)

@@ -4,11 +4,12 @@ rewritten only when its text changes, so that Snakemake sees a new input exactly
 block of frames is to be reduced (``snakemake -n`` between two blocks plans nothing)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..base.atomic import write_text_atomically
-from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, landed_marker, read_scans_table,
-                               temperature_label)
+from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, LIVE_WAITING, landed_marker,
+                               read_scans_table, temperature_label)
 
 # the columns of the live table, in order, before the goniometer's offset axes
 COLUMNS = ("sample", "temperature", "entry", "data", "dataset", "nframes", "planned_frames",
@@ -52,14 +53,22 @@ def live_table_text(rows: list[dict], offset_names) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names) -> bool:
+def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names,
+                     waiting: list[dict] = ()) -> bool:
     """Write live/config.yaml, live/scans.tsv and the landed markers (id -> text) of the
-    scans in progress; remove the markers of scans no longer in progress.  True when
-    anything changed."""
+    scans in progress; remove the markers of scans no longer in progress.  waiting: the
+    scans planned but not yet in the table (live/waiting.json, only while there are any).
+    True when anything changed."""
     changed = write_if_changed(expdir / LIVE_CONFIG,
                                "# written by hklflow watch: the workflow on the scans landed so far\n"
                                f"scans_table: {LIVE_SCANS_TABLE}\n")
     changed |= write_if_changed(expdir / LIVE_SCANS_TABLE, live_table_text(rows, offset_names))
+    if waiting:
+        changed |= write_if_changed(expdir / LIVE_WAITING,
+                                    json.dumps(list(waiting), sort_keys=True, indent=1) + "\n")
+    elif (expdir / LIVE_WAITING).is_file():
+        (expdir / LIVE_WAITING).unlink()
+        changed = True
     wanted = set()
     for r in rows:
         if r.get("planned_frames"):

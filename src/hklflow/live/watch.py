@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
+import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,10 +29,11 @@ from pathlib import Path
 
 from ..base import steplog
 from ..base.errors import HklflowError
+from ..commands.console import plan_problem
 from ..commands.run import _passes_through, _split, workflow_dir
 from ..files import outputs
 from ..planning import job_events, snakemake_compat, snakemake_processes
-from ..planning.config import LIVE_CONFIG, ConfigError, load_settings
+from ..planning.config import LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings
 from . import growing
 from .discover import DiscoveryPattern, discover
 from .state import LiveState, ScanState, append_history
@@ -111,6 +115,8 @@ class Watcher:
         self.look_lock = threading.Lock()
         self.stop = threading.Event()
         self.table_error: str | None = None
+        self.user_row_numbers: dict[str, int] = {}  # scan id -> its row of the user's table
+        self.row_set_aside = False  # the last run's plan stopped on a row, now set aside
 
     # ---- looking at the raw files (the observer thread) ----------------------------------
     def look(self) -> None:
@@ -129,6 +135,8 @@ class Watcher:
             self.table_error = None
         except ConfigError as exc:  # a row being typed, or a wrong one: shown, retried
             rows, self.table_error = None, str(exc)
+        if rows is not None:
+            self.user_row_numbers = {row_id(r): i for i, r in enumerate(rows, start=1)}
         with self.lock:
             for r in rows or ():
                 sid = row_id(r)
@@ -139,6 +147,12 @@ class Watcher:
                 scan.row, scan.planned, scan.phi_step = r, int(r["nframes"]), float(r["phi_step"])
         if self.live.get("discover") and rows is not None:
             self._discover()
+        with self.lock:
+            digest = self.rows_digest()
+            for scan in self.state.scans.values():
+                if scan.set_aside and scan.set_aside_rows != digest:  # (corrected? tried again)
+                    self.log.info("%s: the scans changed: its row is tried again", scan.id)
+                    scan.set_aside, scan.set_aside_rows = None, ""
         for scan in list(self.state.scans.values()):
             if scan.problem or scan.landed >= scan.planned:
                 continue
@@ -215,7 +229,7 @@ class Watcher:
 
     def frames_to_reduce(self, scan: ScanState, now: float) -> int:
         """How many of a scan's frames the next run reduces (0: it stays out for now)."""
-        if scan.problem:
+        if scan.problem or scan.set_aside:
             return 0
         if scan.complete:
             return scan.frames_when_complete
@@ -270,6 +284,18 @@ class Watcher:
                 markers[scan.id] = (f'{{"scan": "{scan.id}", "frames": {n}, "planned": '
                                     f'{scan.planned}}}\n')
         return rows, markers
+
+    def waiting_records(self, rows: list[dict]) -> list[dict]:
+        """The scans planned (the user's table, live.discover) at a temperature of the live
+        table's rows but not among them: the workflow takes that temperature as a preview
+        and its PDFs wait (planning.config.waiting_scans).  A scan with a problem or set aside
+        is not waited for: it is shown with its own message."""
+        included = {row_id(r) for r in rows}
+        places = {sid.rpartition("/")[0] for sid in included}
+        return [{"scan": s.id, "frames": 0, "planned": int(s.planned)}
+                for s in self.state.scans.values()
+                if s.id not in included and s.id.rpartition("/")[0] in places
+                and not s.problem and not s.set_aside]
 
     # ---- running the workflow ------------------------------------------------------------
     def unlock_if_stale(self, refused: bool = False) -> None:
@@ -378,8 +404,10 @@ class Watcher:
         with self.lock:
             self.state.last_run.update(end=end, rc=rc, log=str(log_file.relative_to(self.expdir)),
                                        events=str(events.relative_to(self.expdir)))
+            # a plan stopped on one row is that row's problem, not every scan's
+            self.row_set_aside = bool(rc) and not failed and self.set_aside_row(rows, log_file)
             lags, finals = {}, {}
-            for sid, n in included.items():
+            for sid, n in (included.items() if not self.row_set_aside else ()):
                 scan = self.state.scans[sid]
                 # a failure that names no scan or temperature (e.g. a sample's grid) is every
                 # scan's
@@ -404,6 +432,38 @@ class Watcher:
                       ", ".join(f"{sid} {n}" for sid, n in included.items()), end - start, rc,
                       "".join(f"; {f['rule']} of {f['scan']} failed: {f['log']}" for f in failed))
         return rc
+
+    def rows_digest(self) -> str:
+        """Of every scan's row (the user's table and discovery's): a set-aside row is tried
+        again once they change."""
+        text = json.dumps([s.row for s in self.state.scans.values()], sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def set_aside_row(self, rows: list[dict], log_file: Path) -> bool:
+        """Set aside the scan whose row of the live table stopped the run's plan (hklflow's
+        message on the last lines of its log names `live/scans.tsv: row N`), with that
+        message naming the user's table and row; False when the plan stopped otherwise."""
+        try:
+            problem = plan_problem(log_file.read_text(errors="replace").splitlines())
+        except OSError:
+            return False
+        found = re.search(rf"{re.escape(LIVE_SCANS_TABLE)}: row (\d+)", problem[0]) \
+            if problem else None
+        if not found or not 1 <= int(found.group(1)) <= len(rows):
+            return False
+        sid = row_id(rows[int(found.group(1)) - 1])
+        scan = self.state.scans.get(sid)
+        if scan is None:
+            return False
+        number = self.user_row_numbers.get(sid)
+        where = (f"{self.settings.raw['scans_table']}: row {number}" if number
+                 else f"the scan found by live.discover ({scan.row.get('data')})")
+        text = " ".join(problem).replace(found.group(0), where, 1)
+        scan.set_aside = (f"{text} (set aside: the other scans go on; correct the row, and it "
+                          "is tried again)")
+        scan.set_aside_rows = self.rows_digest()
+        self.log.error("%s: set aside: %s", sid, text)
+        return True
 
     def lock_refused(self) -> bool:
         """Whether Snakemake refused the last run for the directory's lock (its events)."""
@@ -433,6 +493,9 @@ class Watcher:
 
     def write_status(self) -> None:
         with self.lock:
+            if self.state.table_error != (self.table_error or ""):  # (hklflow status shows it)
+                self.state.table_error = self.table_error or ""
+                self.state.save(self.expdir)
             write_status(self.expdir, self.state, self.live, self.table_error)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -440,7 +503,8 @@ class Watcher:
         """Every scan known is complete (or has a problem) and in the latest results."""
         scans = list(self.state.scans.values())
         return bool(scans) and all(
-            s.problem or (s.complete and s.results == s.frames_when_complete) for s in scans)
+            s.problem or s.set_aside or (s.complete and s.results == s.frames_when_complete)
+            for s in scans)
 
     def loop(self, *, once: bool = False, exit_when_idle: float | None = None) -> int:
         observer = threading.Thread(target=self.observe_forever, name="observer", daemon=True)
@@ -461,7 +525,8 @@ class Watcher:
                     # a run on the empty live table makes the calibrations
                     calibrating = not rows and bool(self.waiting_calibrations)
                     changed = write_live_files(self.expdir, rows, markers,
-                                               self.settings.offset_names) \
+                                               self.settings.offset_names,
+                                               self.waiting_records(rows)) \
                         if rows or calibrating else False
                     self.state.save(self.expdir)
                 if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
@@ -469,6 +534,8 @@ class Watcher:
                     pending = False
                     if last_rc and self.lock_refused():
                         self.unlock_if_stale(refused=True)  # a killed run's lock: at once again
+                        pending = True
+                    elif last_rc and self.row_set_aside:  # the others at once, without it
                         pending = True
                     elif last_rc:  # again later (a file still being copied, a full disk ...)
                         retry_at, backoff = time.time() + backoff, min(2 * backoff, MAX_RETRY_SECONDS)

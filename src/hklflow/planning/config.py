@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import difflib
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -57,7 +58,41 @@ LIVE_SCANS_TABLE = "live/scans.tsv"
 # the scans tables hklflow run writes without the rows whose data do not exist yet
 # (hklflow.commands.set_aside), relative to the experiment directory
 SET_ASIDE_DIR = ".snakemake/hklflow/set_aside"
+# beside such a table: the rows left out, each with its line (hklflow run's), as JSON
+SET_ASIDE_ROWS = "set_aside.json"
 LIVE_CONFIG = "live/config.yaml"
+# beside the live table, while there are any: the scans the watcher knows are planned (the
+# user's table, live.discover) but not yet in it, [{"scan": ID, "frames": 0, "planned": N}]:
+# their temperatures are previews and their PDFs wait
+LIVE_WAITING = "live/waiting.json"
+
+
+def waiting_scans(scans_table: str, base_dir: str | Path = ".") -> tuple[dict, ...]:
+    """The scans planned but not yet in the live table (LIVE_WAITING); none for any other
+    table (a batch run) or when there are none."""
+    if Path(scans_table).as_posix() != LIVE_SCANS_TABLE:
+        return ()
+    try:
+        records = json.loads((Path(base_dir) / LIVE_WAITING).read_text())
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{LIVE_WAITING}: cannot be read ({exc}): hklflow watch writes it") \
+            from None
+    return tuple(dict(r) for r in records)
+
+
+def set_aside_rows(scans_table: str, base_dir: str | Path = ".") -> tuple[dict, ...]:
+    """The rows `hklflow run` left out of the scans table the config names (SET_ASIDE_ROWS:
+    sample, temperature label and line each), for the notes of the results made without
+    them; none for any other table."""
+    if not Path(scans_table).as_posix().startswith(SET_ASIDE_DIR):
+        return ()
+    try:
+        rows = json.loads((Path(base_dir) / scans_table).with_name(SET_ASIDE_ROWS).read_text())
+    except (OSError, ValueError):
+        return ()  # (written before the rows were listed: results without notes of them)
+    return tuple(rows)
 
 
 def landed_marker(scan_id: str) -> str:
@@ -138,6 +173,8 @@ class Experiment:
     reduction: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False)  # the validated config, defaults filled
     warnings: tuple = ()
+    # the scans planned but not yet in a live table (waiting_scans): previews, PDFs wait
+    waiting: tuple = ()
 
     def __post_init__(self):
         # the lookups below by sample, temperature label and entry, indexed once: planning
@@ -181,7 +218,13 @@ class Experiment:
         if self.raw.get("live", {}).get("preview_pdf", False):
             return self.temperatures_of(sample)
         return [t for t in self.temperatures_of(sample)
-                if not any(s.in_progress for s in self.scans_of(sample, t))]
+                if not any(s.in_progress for s in self.scans_of(sample, t))
+                and not self.waiting_of(sample, t)]
+
+    def waiting_of(self, sample: str, temperature_label: str) -> tuple[dict, ...]:
+        """The records of this temperature's scans planned but not yet in the live table."""
+        return tuple(r for r in self.waiting
+                     if r["scan"].rpartition("/")[0] == f"{sample}/{temperature_label}")
 
 
 # --------------------------------------------------------------------------------------
@@ -898,7 +941,7 @@ def load_experiment(config_files, *, config: dict | None = None,
     exp = Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
                      instrument=instrument, calibrations=calibrations, samples=samples,
                      scans=scans, reduction=cfg["reduction"], raw=cfg,
-                     warnings=tuple(warnings))
+                     warnings=tuple(warnings), waiting=waiting_scans(table, base_dir or "."))
     check_job_counts(exp)
     check_chunk_sizes(exp)
     check_deliberate_repeats(exp)

@@ -18,9 +18,9 @@ from ..settings.params import (CalibrationParams, DetectorPosition, DetectorPosi
                                GoniometerParams, GridParams, IndexingParams, IngestParams,
                                MaskParams, ModelInputsParams, NXRefineWrapperParams, ParentsParams,
                                PDFParams, PDFSeriesParams, PeakSearchParams, RefinementParams,
-                               SampleParams, ScanParams, SeriesParams, SliceParams,
+                               SampleParams, ScanParams, SeriesParams, SetAsideParams, SliceParams,
                                StatisticsParams, TemperaturesParams, TotalPDFParams,
-                               TransformParams, settings_digest, settings_json)
+                               TransformParams, WaitingParams, settings_digest, settings_json)
 
 
 def scan_pixels(exp) -> int:
@@ -253,10 +253,15 @@ class JobSettings:
     each step uses (hklflow.settings.params declares which config keys), as one JSON text per job
     (the workflow passes it as a file: SettingsFiles).  A setting that changes changes the
     text of exactly the jobs that use it, and Snakemake reruns them and what depends on
-    them.  The Snakefile and the tests use this one map."""
+    them.  The Snakefile and the tests use this one map.  set_aside: the rows `hklflow run`
+    left out (hklflow.planning.config.set_aside_rows), named in the settings of the jobs at
+    their temperature only."""
 
-    def __init__(self, exp):
+    def __init__(self, exp, set_aside=()):
         self.exp = exp
+        self._set_aside = {}
+        for r in set_aside:
+            self._set_aside.setdefault((r["sample"], r["temperature"]), []).append(r["line"])
         self._texts = {}  # (method, args) -> text (_made_once)
         cfg = exp.raw
         self.detector = exp.instrument.detector
@@ -280,6 +285,9 @@ class JobSettings:
     def _sample(self, sample: str) -> SampleParams:
         return self.exp.samples[sample].params
 
+    def _left_out(self, sample: str, temperature_label: str) -> SetAsideParams:
+        return SetAsideParams(tuple(self._set_aside.get((sample, temperature_label), ())))
+
     @_made_once
     def calibrate_powder(self, calibration: str) -> str:
         return settings_json(CalibrationParams.for_calibration(self.exp.raw, calibration))
@@ -292,11 +300,12 @@ class JobSettings:
         return settings_json(self._peaks, self.detector)
 
     @_made_once
-    def index_parent(self, sample: str) -> str:
-        return settings_json(self._indexing, self._refinement, self._sample(sample))
+    def index_parent(self, sample: str, temperature_label: str = "") -> str:
+        return settings_json(self._indexing, self._refinement, self._sample(sample),
+                             self._left_out(sample, temperature_label))
 
-    def refine_temperature(self) -> str:
-        return settings_json(self._refinement)
+    def refine_temperature(self, sample: str = "", temperature_label: str = "") -> str:
+        return settings_json(self._refinement, self._left_out(sample, temperature_label))
 
     @_made_once
     def refine_detector(self, sample: str) -> str:
@@ -330,10 +339,12 @@ class JobSettings:
         # can only be checked through the job that sums them
         return settings_json(self._pictures, self._transform, self.detector)
 
-    def merge_entries(self, kind: str) -> str:
+    def merge_entries(self, kind: str, sample: str = "", temperature_label: str = "") -> str:
         # the statistics leave out the transform's Bragg nodes (the masked kind has none)
         return settings_json(self._pictures, self._statistics if kind == "transform"
-                             else StatisticsParams(0.0))
+                             else StatisticsParams(0.0), self._left_out(sample, temperature_label),
+                             # (scans hklflow watch has not included yet: a preview)
+                             WaitingParams(self.exp.waiting_of(sample, temperature_label)))
 
     @_made_once
     def symmetrize(self, sample: str) -> str:

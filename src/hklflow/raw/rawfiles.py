@@ -6,18 +6,21 @@ every scan as an input of its ingest job.
 A raw file's fingerprint is its identity as the file system tells it (size, mtime, ctime,
 inode) and the sha256 of FINGERPRINT_BLOCKS blocks of FINGERPRINT_BLOCK bytes spread evenly
 over it (first and last included; the whole file when it is smaller); with the reach
-``full`` (``reduction.ingest.fingerprint``) also the sha256 of every byte.  Ingest records it.
+``full`` also the sha256 of every byte.  Ingest records it (sampled).
 
 * Planning (:class:`RawChangeCheck`): a file whose identity is the recorded one is unchanged
   (a stat, no read).  Any write changes the ctime, which nobody can set back, so a file
   replaced or overwritten with its old mtime kept (``rsync -a``, ``cp -p``, ``touch -r``) is
   hashed again and compared: a different content plans its ingest again.  The same content
   (a copied or moved experiment, a chmod) is not a change.
+  With ``reduction.ingest.fingerprint: full`` planning also keeps the sha256 of every byte,
+  taken at the first plan that checks the entry so (the setting is planning's, not ingest's:
+  switching it makes no scan file again), and compares it whenever a file's identity changes.
 * Every step that reads frames checks size and sampled hash again (:func:`changed_files`).
 
 The blind spot of the default reach: a change of the same size that misses every sampled
 block (one frame overwritten in place in an uncompressed file).  ``full`` sees it, at the
-cost of reading every byte once at ingest and again when a file's identity changes.
+cost of reading every byte once at the first plan and again when a file's identity changes.
 """
 from __future__ import annotations
 
@@ -188,11 +191,16 @@ class RawChangeCheck:
     docstring).  Per entry it keeps, in `folder`, each file's identity as last found with the
     recorded content, so that a plan stats the files and reads none unless one was written
     to since; the record is read from the scan file (read_recorded: scan file -> (files,
-    fingerprints), hklflow.files.scan) only when that file is new."""
+    fingerprints), hklflow.files.scan) only when that file is new.  reach "full": the sha256
+    of every byte kept too (from ingest's record where it has one, an earlier hklflow's)."""
 
-    def __init__(self, read_recorded, folder=RAW_RECORDS_FOLDER):
+    def __init__(self, read_recorded, folder=RAW_RECORDS_FOLDER, reach: str = "sampled"):
+        if reach not in FINGERPRINT_REACHES:
+            raise ValueError(f"fingerprint reach must be one of {FINGERPRINT_REACHES}, "
+                             f"got {reach!r}")
         self.read_recorded = read_recorded
         self.folder = Path(folder)
+        self.full = reach == "full"
 
     def changed(self, scan_id: str, scan_file, files) -> list[str]:
         """The raw files (as given) whose content is not what ingest recorded in scan_file;
@@ -222,6 +230,12 @@ class RawChangeCheck:
             dirty = True
         else:
             dirty = False
+        sums = state.get("sha256") if self.full else None
+        if self.full and (sums is None or len(sums) != len(files)):
+            if recorded is None:
+                recorded = self.read_recorded(scan_file)[1]
+            sums = state["sha256"] = [p.get("sha256") for p in recorded]
+            dirty = True
         changed = []
         for i, path in enumerate(files):
             try:
@@ -229,14 +243,16 @@ class RawChangeCheck:
             except OSError:
                 changed.append(path)
                 continue
-            if identity == state["identity"][i]:
+            if identity == state["identity"][i] and not (self.full and sums[i] is None):
                 continue
             if recorded is None:  # (only the identities are kept between plans)
                 recorded = self.read_recorded(scan_file)[1]
-            then = recorded[i]
-            now = fingerprint(path, "full" if "sha256" in then else "sampled")
+            then = dict(recorded[i], **({"sha256": sums[i]} if self.full and sums[i] else {}))
+            now = fingerprint(path, "full" if self.full or "sha256" in then else "sampled")
             if same_content(now, then):
                 state["identity"][i] = identity
+                if self.full:  # (the first full check: every byte hashed now, kept)
+                    sums[i] = now["sha256"]
                 dirty = True
             else:
                 changed.append(path)

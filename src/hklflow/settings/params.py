@@ -342,12 +342,12 @@ class DetectorParams(Params):
 class IngestParams(Params):
     """What an ingest job uses beside its scan row and the goniometer (rule ingest_scan):
     the detector's name and orientation, with which it reads the calibration's PONI file
-    (keys of their own, not the `detector` part: DetectorParams says why), and what the raw
-    files' fingerprints hash."""
+    (keys of their own, not the `detector` part: DetectorParams says why).  Not
+    reduction.ingest.fingerprint: planning's check of the raw files uses it (raw.rawfiles),
+    so that changing it makes no scan file again."""
 
     detector_name: str = from_config_at("instrument.detector.name")
     detector_orientation: int = from_config_at("instrument.detector.orientation")
-    fingerprint: str = left_out_as_default("sampled", "reduction.ingest.fingerprint")
     # recorded in scan.nxs, and compared with the sensor the raw files name
     detector_sensor: dict | None = left_out_as_default(None, "instrument.detector.sensor")
 
@@ -724,6 +724,26 @@ class ParentsParams(Params):
     the parent temperature whose orientation it starts from."""
 
     parents: dict = planned()
+
+
+@dataclass(frozen=True)
+class SetAsideParams(Params):
+    """The scans-table rows `hklflow run` set aside at the job's temperature (rules
+    index_parent, refine_temperature, merge_entries), each as its line says: the notes of
+    the result made without them.  Left out when there are none, so that no other job's
+    settings change."""
+
+    set_aside: tuple = field(default=(), metadata={"planned": True, "omit_default": True})
+
+
+@dataclass(frozen=True)
+class WaitingParams(Params):
+    """The scans of the job's temperature that hklflow watch knows are planned but has not
+    yet included (rule merge_entries; planning.config.waiting_scans), each as a landed
+    record with 0 frames: the merged volume is a preview.  Left out when there are none, so
+    that a batch run's settings stay as they were."""
+
+    waiting: tuple = field(default=(), metadata={"planned": True, "omit_default": True})
 
 
 @dataclass(frozen=True)

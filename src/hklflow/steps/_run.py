@@ -40,9 +40,11 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import io
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,7 +52,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from ..base import steplog
-from ..base.atomic import remove_stale_temporaries
+from ..base.atomic import WRITING, remove_stale_temporaries
 from ..base.errors import HklflowError
 from ..settings.params import read_settings, read_settings_file
 
@@ -115,16 +117,59 @@ def _outputs(parser: StepParser, args) -> list[Path]:
 
 
 def _disk_full(exc: BaseException, outputs) -> str | None:
-    """'no space left on the device holding <folder>' when exc (or what caused it: HDF5
-    and numpy wrap the OS's error) is a full disk; else None."""
-    seen = set()
+    """'no space left on the device holding <folder> (writing <file>; <free> free now)...'
+    when exc (or what caused it: HDF5 and numpy wrap the OS's error) is a full disk; else
+    None.  The file is the one base.atomic.atomic_path was writing (its note)."""
+    seen, writing = set(), None
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        writing = writing or next((n[len(WRITING):] for n in getattr(exc, "__notes__", ())
+                                   if n.startswith(WRITING)), None)
         if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
             where = os.path.dirname(os.path.abspath(outputs[0])) if outputs else os.getcwd()
-            return f"no space left on the device holding {where}"
+            try:
+                free = f"{shutil.disk_usage(where).free / 1e6:,.1f} MB free now"
+            except OSError:
+                free = "free space unknown"
+            return (f"no space left on the device holding {where} (writing "
+                    f"{writing or 'the outputs'}; {free}): expected room for the step's "
+                    "outputs: free some space, then run again (what is done is kept)")
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+ENDED_ON_FULL_DISK = False
+
+
+class IgnoredErrors:
+    """What the interpreter prints as `Exception ignored in: ...` (with Cython's traceback
+    before it, through sys.excepthook) while a step runs: kept, and shown when it ends, or
+    never when it ended on a full disk: h5py's objects, each failing to flush as it is
+    freed, printed dozens of tracebacks before the one line that says so (issue 86).  Those
+    of the rest of the process (freed at its exit) too."""
+
+    def __enter__(self):
+        self.kept = []
+        self.hooks = sys.unraisablehook, sys.excepthook
+        # formatted at once: an object being freed must not be kept (nor resurrected)
+        sys.unraisablehook = lambda u: self._keep(self.hooks[0], u)
+        sys.excepthook = lambda *a: self._keep(self.hooks[1], *a)
+        return self
+
+    def _keep(self, hook, *args) -> None:
+        text = io.StringIO()
+        with contextlib.redirect_stderr(text):
+            hook(*args)
+        self.kept.append(text.getvalue())
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is not None and _disk_full(exc, ()):
+            global ENDED_ON_FULL_DISK
+            ENDED_ON_FULL_DISK = True  # (commands.cli: the process ends without teardown)
+            sys.unraisablehook = sys.excepthook = lambda *a: None
+            return
+        sys.unraisablehook, sys.excepthook = self.hooks
+        sys.stderr.write("".join(self.kept))
 
 
 def _remove(paths, log: logging.Logger) -> None:
@@ -206,7 +251,7 @@ def run_step(parser: StepParser, run, argv=None) -> int:
         for output in _outputs(parser, args):
             for tmp in remove_stale_temporaries(output):
                 log.info("removed %s (left by a run that was killed)", tmp)
-        with threads_limited(getattr(args, "threads", 1)):
+        with threads_limited(getattr(args, "threads", 1)), IgnoredErrors():
             run(args, log)
         log_resources(log, cpu_at_start, t0)
     except (HklflowError, OSError) as exc:

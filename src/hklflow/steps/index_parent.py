@@ -15,7 +15,8 @@ from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..pictures.detector import plot_residuals
 from ..pictures.preview import landed_record, merged_records, orientation_label
-from ..settings.params import IndexingParams, RefinementParams, SampleParams, settings_part
+from ..settings.params import (IndexingParams, RefinementParams, SampleParams, SetAsideParams,
+                               settings_part)
 from ._run import StepParser, run_step
 
 
@@ -39,6 +40,9 @@ def run(args, log) -> None:
     misplaced = misplaced_phi_starts(result, refinement, indexed_from_these=True)
     unusable = check_entries_usable(scans, peaks, result, refinement, log, misplaced)
     landed = merged_records([landed_record(s) for s in scans])  # none: a batch run's file
+    # (rows hklflow run set aside at this temperature: the orientation says it lacks them)
+    result.notes.extend(f"made without {line}"
+                        for line in settings_part(args.settings, SetAsideParams).set_aside)
     shared = parent_detector(result, [s.scan_id for s in scans],
                              "none" if refinement.detector_from == "none" else "parent")
     write_orientation_file(args.out, sample=scans[0].sample,

@@ -70,8 +70,7 @@ def run(args, log) -> None:
                  row.nframes, row.planned_frames, 100 * row.landed_fraction)
     raw = inspect_raw_scan(row.data, row.dataset, row.nframes, calibration.shape,
                            monitor=row.monitor, check_frames=args.check_frames,
-                           in_progress=row.in_progress,
-                           fingerprint_reach=ingest.fingerprint, log=log)
+                           in_progress=row.in_progress, log=log)
     check_named_sensor(row.data, sensor, calibration, log)
     setup = EntrySetup(row.entry, calibration, row.detector_shift, goniometer, row.angles,
                        row.offsets)

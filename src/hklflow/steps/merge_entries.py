@@ -17,7 +17,8 @@ from ..files.volume import VolumeReader, read_half_set, update_notes
 from ..pictures.preview import preview_label
 from ..pictures.slices import kept_planes
 from ..pictures.volumes import plot_slices, plot_statistics
-from ..settings.params import SliceParams, StatisticsParams, settings_part
+from ..settings.params import (SetAsideParams, SliceParams, StatisticsParams, WaitingParams,
+                               settings_part)
 from ._run import StepParser, run_step
 
 
@@ -79,7 +80,19 @@ def run(args, log) -> None:
     planes = kept_planes(slices)
     notes = sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out,
                         keep=planes)
+    set_aside = settings_part(args.settings, SetAsideParams).set_aside
+    if set_aside:  # (hklflow run left rows of this temperature out: the volume says so)
+        update_notes(args.out, {"set_aside": list(set_aside)})
+        for line in set_aside:
+            log.info("made without a row: %s", line)
+    waiting = settings_part(args.settings, WaitingParams).waiting
+    if waiting:  # (scans planned, not yet landed enough to be included: a preview)
+        notes["waiting"] = {"landed": [dict(r) for r in waiting]}
+        update_notes(args.out, {"waiting": notes["waiting"]})
+        log.info("a preview: not yet included: %s", ", ".join(r["scan"] for r in waiting))
     what = f"{len(inputs)} volumes summed"
+    if waiting:
+        what += "; waiting for " + ", ".join(r["scan"].rpartition("/")[2] for r in waiting)
     if left_out:
         what += "; left out: " + ", ".join(f"{e} ({why.split(' (')[0]})"
                                            for e, why in left_out.items())

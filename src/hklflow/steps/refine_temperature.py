@@ -18,7 +18,7 @@ from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..pictures.detector import plot_residuals
 from ..pictures.preview import landed_record, merged_records, orientation_label
-from ..settings.params import RefinementParams, settings_part
+from ..settings.params import RefinementParams, SetAsideParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -55,6 +55,9 @@ def run(args, log) -> None:
     shared = shared or detector_of(parent, entries)
     misplaced = misplaced_phi_starts(result, params)
     unusable = check_entries_usable(scans, peaks, result, params, log, misplaced)
+    # (rows hklflow run set aside at this temperature: the orientation says it lacks them)
+    result.notes.extend(f"made without {line}"
+                        for line in settings_part(args.settings, SetAsideParams).set_aside)
     # refined from a provisional parent: provisional too (none: a batch run's file)
     landed = merged_records([landed_record(s) for s in scans], parent.landed)
     write_orientation_file(args.out, sample=scans[0].sample,

@@ -1,0 +1,137 @@
+"""Issue 86: a watched temperature is final only when all its planned scans are complete.  A
+scan the watcher knows of (the user's table, live.discover) but has not yet included
+(fewer than live.first_preview_degrees landed) makes its temperature a preview: its merge
+says so and its PDFs wait (live/waiting.json, planning.config.waiting_scans)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hklflow.live.state import LiveState, ScanState
+from hklflow.live.table import user_rows, write_live_files
+from hklflow.live.watch import Watcher
+from hklflow.pictures.preview import preview_label
+from hklflow.planning.config import LIVE_WAITING, load_experiment, waiting_scans
+from hklflow.planning.jobs import JobSettings
+
+from conftest import REPO
+
+LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30,
+        "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}
+
+
+class _Log:
+    def info(self, *a):
+        pass
+
+    warning = error = exception = info
+
+
+def _watched(expdir: Path, landed_f2: int):
+    """A watcher of the tiny experiment: 300K f1 complete, f2 with landed_f2 frames."""
+    w = Watcher(expdir, [], _Log())
+    w.live = dict(LIVE)
+    rows = {row_id: r for r in user_rows(expdir, "config/scans.tsv", w.settings.offset_names)
+            for row_id in [f"tiny/{int(r['temperature'])}K/{r['entry']}"]}
+    w.state = LiveState()
+    for sid, landed in (("tiny/300K/f1", 60), ("tiny/300K/f2", landed_f2)):
+        scan = ScanState(sid, rows[sid], int(rows[sid]["nframes"]), float(rows[sid]["phi_step"]))
+        scan.landed = min(landed, scan.planned)
+        w.state.scans[sid] = scan
+    return w
+
+
+def _live_experiment(expdir: Path):
+    return load_experiment([expdir / "config/config.yaml", expdir / "live/config.yaml"],
+                           base_dir=expdir)
+
+
+def test_a_temperature_with_a_scan_not_yet_included_is_a_preview_and_its_pdfs_wait(tiny_copy):
+    w = _watched(tiny_copy, landed_f2=5)  # f2: 5 deg < first_preview_degrees
+    rows, markers = w.live_rows(now=0.0)
+    assert [(r["entry"], r["planned_frames"]) for r in rows] == [("f1", 0)]  # f1 complete
+    waiting = w.waiting_records(rows)
+    assert waiting == [{"scan": "tiny/300K/f2", "frames": 0, "planned": 60}]
+    assert write_live_files(tiny_copy, rows, markers, w.settings.offset_names, waiting)
+    exp = _live_experiment(tiny_copy)
+    assert exp.waiting_of("tiny", "300K") == tuple(waiting)
+    assert "300K" in exp.temperatures_of("tiny") and exp.pdf_temperatures_of("tiny") == []
+    merge = json.loads(JobSettings(exp).merge_entries("transform", "tiny", "300K"))
+    assert merge["waiting"] == waiting
+    # what merge_entries adds to the volume's notes (symmetrize copies them): a preview
+    assert preview_label({"waiting": {"landed": merge["waiting"]}}) == \
+        "PREVIEW: f2 0% of its frames"
+    row = next(ln for ln in (REPO / "docs/bad-inputs.md").read_text().splitlines()
+               if "test_a_temperature_with_a_scan_not_yet_included" in ln)
+    assert all(words in row for words in ("live/waiting.json", "PREVIEW: f2 0% of its frames",
+                                          "waiting for f2", "its PDFs are not planned"))
+
+    # f2 included: nothing waits, the file goes, and the settings are the batch ones
+    w = _watched(tiny_copy, landed_f2=60)
+    rows, markers = w.live_rows(now=0.0)
+    assert w.waiting_records(rows) == []
+    assert write_live_files(tiny_copy, rows, markers, w.settings.offset_names,
+                            w.waiting_records(rows))
+    assert not (tiny_copy / LIVE_WAITING).exists()
+    exp = _live_experiment(tiny_copy)
+    assert exp.waiting == () and "300K" in exp.pdf_temperatures_of("tiny")
+    batch = load_experiment(tiny_copy / "config/config.yaml", base_dir=tiny_copy)
+    assert JobSettings(exp).merge_entries("transform", "tiny", "300K") == \
+        JobSettings(batch).merge_entries("transform", "tiny", "300K")
+
+
+def test_a_batch_table_never_reads_the_waiting_file(tiny_copy):
+    (tiny_copy / "live").mkdir()
+    (tiny_copy / LIVE_WAITING).write_text('[{"scan": "tiny/300K/f2", "frames": 0, "planned": 60}]')
+    assert waiting_scans("config/scans.tsv", tiny_copy) == ()
+    exp = load_experiment(tiny_copy / "config/config.yaml", base_dir=tiny_copy)
+    assert exp.waiting == () and "waiting" not in JobSettings(exp).merge_entries("transform")
+
+
+def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy):
+    """snakemake -n tells the truth: with f2 waiting, 300K's merge is planned (a preview)
+    and none of its PDFs; the same table with nothing waiting plans them."""
+    from conftest import job_counts, run_snakemake
+
+    w = _watched(tiny_copy, landed_f2=5)
+    rows, markers = w.live_rows(now=0.0)
+    args = ["--configfile", str(tiny_copy / "config/config.yaml"),
+            str(tiny_copy / "live/config.yaml"), "-n", "--cores", "1"]
+    counts = {}
+    for waiting in (w.waiting_records(rows), []):
+        write_live_files(tiny_copy, rows, markers, w.settings.offset_names, waiting)
+        r = run_snakemake(tiny_copy, *args)
+        assert r.returncode == 0, r.stderr
+        counts[bool(waiting)] = job_counts(r.stdout)
+    assert counts[True].get("merge_entries") and counts[False].get("merge_entries")
+    pdf_rules = {rule for rule in counts[False] if "pdf" in rule}
+    assert pdf_rules and not pdf_rules & set(counts[True])
+
+
+@pytest.mark.slow
+def test_a_watched_temperature_whose_f2_has_not_started_is_a_preview_without_pdfs(tiny_copy):
+    """Through the watcher: 300K's f1 complete, its f2 a row of the table whose file is not
+    there yet.  The merged and symmetrised volumes say PREVIEW; no PDF is made."""
+    import subprocess
+    import sys
+
+    from hklflow.files.volume import read_volume_header
+
+    table = tiny_copy / "config/scans.tsv"
+    table.write_text("".join(ln for ln in table.read_text().splitlines(keepends=True)
+                             if "\t100\t" not in ln))
+    (tiny_copy / "raw/tiny/300K/f2.h5").rename(tiny_copy / "f2.h5.later")
+    r = subprocess.run([sys.executable, "-m", "hklflow", "watch", str(tiny_copy), "--once",
+                        "--cores", "2"], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tiny_copy / LIVE_WAITING).read_text()) == \
+        [{"scan": "tiny/300K/f2", "frames": 0, "planned": 60}]
+    volumes = sorted((tiny_copy / "results/tiny/300K").glob("*.nxs"))
+    made = [p for p in volumes if "symmetrized" in p.name or p.stem in ("transform",
+                                                                         "masked_transform")]
+    assert made, volumes
+    for path in made:
+        assert preview_label(read_volume_header(path).notes) == "PREVIEW: f2 0% of its frames"
+    assert not [p for p in (tiny_copy / "results").rglob("*pdf*") if p.is_file()]
