@@ -218,6 +218,67 @@ def variance_section(path, scan, table, grid, nframes: int, repeats: int) -> dic
             "grid_ratio_half_sets": nbytes[both] / nbytes[none]}
 
 
+def corrections_section(path, scan, table, grid, nframes: int, repeats: int) -> dict:
+    """The corrections of issue 81 (model.corrections), alternating: CPU of adding the frames
+    in chunks of 16 as transform_frames does, with today's pixel table (solid angle,
+    polarization), with every per-pixel correction (+ air; made once per job, the same
+    kernel), and with a plate's absorption per pixel and frame (mu t = 0.8, normal c*:
+    PixelFrames' tables of each chunk's parts); and the one-off CPU of making each table."""
+    from hklflow.algorithms.transform import Transformer, frame_matrices
+    from hklflow.algorithms.transform.pixels import PixelFrames, pixel_table
+    from hklflow.model.corrections import SampleShape, corrections_for
+    from hklflow.raw.frames import open_frames
+
+    with open_frames(str(path)) as st:
+        frames = st.read(0, nframes)
+        trusted = float(np.iinfo(frames.dtype).max)
+    geom = scan.detector
+    excluded = geom.detector_mask()
+    shape = SampleShape.of({"kind": "plate", "normal": [0, 0, 1], "thickness": 1e-4,
+                            "mu": 8000.0})
+    made = {}
+    for key, kw in (("today", None), ("pixel", {}), ("plate", {"shape": shape})):
+        c = time.process_time()
+        corr = None if kw is None else corrections_for(
+            geom, polarization_fraction=0.99, scan=scan, **kw)
+        t = pixel_table(geom, excluded, corr) if corr is not None else table
+        made[key] = (t, corr, time.process_time() - c)
+    chunk = 16
+    M = frame_matrices(scan, 0, nframes, 1)
+    ones = np.ones(nframes)
+
+    def run(key):
+        t, corr, _ = made[key]
+        tr = Transformer(grid, t, trusted)
+        for cells in tr.acc.cells:
+            cells.fill(0.0)
+        pf = PixelFrames(t, corr.pixel_frame[0], geom.wavelength) \
+            if corr is not None and corr.pixel_frame else None
+        c = time.process_time()
+        parts = 0
+        for a in range(0, nframes, chunk):
+            b = min(a + chunk, nframes)
+            for pa, pb, pt in ([(a, b, None)] if pf is None else pf.parts(a, b)):
+                tr.add(frames[pa:pb], M[pa:pb], ones[pa:pb], pixels=pt)
+                parts += 1
+        return time.process_time() - c, parts
+    for key in made:
+        run(key)  # (compiled, pages mapped)
+    times = {k: [] for k in made}
+    parts = {}
+    for _ in range(repeats):
+        for key in made:
+            dt, parts[key] = run(key)
+            times[key].append(dt)
+    per_frame = {k: min(v) / nframes * 1e3 for k, v in times.items()}
+    return {"frames": nframes, "chunk_frames": chunk,
+            "cpu_ms_per_frame": per_frame, "parts": parts,
+            "ratio_pixel": per_frame["pixel"] / per_frame["today"],
+            "ratio_plate": per_frame["plate"] / per_frame["today"],
+            "ratios_plate_by_repeat": [b / a for a, b in zip(times["today"], times["plate"])],
+            "table_cpu_s": {k: v[2] for k, v in made.items()}}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process since it started its program (VmHWM: unlike
     getrusage's ru_maxrss it does not carry over the parent's pages from before exec)."""
@@ -333,6 +394,22 @@ def memory_section(e2e: dict, grid) -> dict:
     }
 
 
+def correction_report(report, path, scan, table, grid, args) -> list[str]:
+    c = report["corrections"] = corrections_section(path, scan, table, grid,
+                                                    args.kernel_frames, args.repeats)
+    cm = c["cpu_ms_per_frame"]
+    return [
+        f"corrections ({c['frames']} frames in chunks of {c['chunk_frames']}, best of "
+        f"{args.repeats}, alternating):",
+        f"  CPU per frame: today's table {cm['today']:.2f} ms, every per-pixel correction "
+        f"{cm['pixel']:.2f} ms ({c['ratio_pixel']:.3f}x), a plate's absorption "
+        f"{cm['plate']:.2f} ms ({c['ratio_plate']:.3f}x; by repeat "
+        + ", ".join(f"{r:.2f}" for r in c["ratios_plate_by_repeat"])
+        + f"; {c['parts']['plate']} parts for {c['parts']['today']} chunks; goal <= 1.15)",
+        "  one-off table CPU: " + ", ".join(f"{k} {v:.2f} s"
+                                            for k, v in c["table_cpu_s"].items())]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=200, help="frames of the simulated scan")
@@ -345,12 +422,18 @@ def main(argv=None) -> int:
                    help="where the simulated scan lives (default bench/.data, shared with "
                         "bench/find_peaks.py)")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--only", choices=["variance"], default=None,
+    p.add_argument("--only", choices=["variance", "corrections"], default=None,
                    help="run one section alone")
     args = p.parse_args(argv)
     workdir = args.workdir.resolve()
     path, scan, table, grid = setup(workdir, args.frames, args.max_voxels)
     report = {"machine": machine_info()}
+    correction_lines = []
+    if args.only in (None, "corrections"):
+        correction_lines = correction_report(report, path, scan, table, grid, args)
+    if args.only == "corrections":
+        emit(report, "\n".join(correction_lines), args.json)
+        return 0
     v = report["variance"] = variance_section(path, scan, table, grid, args.kernel_frames,
                                               args.repeats)
     variance_lines = [
@@ -396,7 +479,7 @@ def main(argv=None) -> int:
         f"{m['full_scan']['job_peak_mb_estimate']:.0f} MB (both kinds in one pass: "
         f"~{m['full_scan']['job_peak_mb_estimate_both_kinds']:.0f} MB); default split: "
         f"{m['full_scan']['default_jobs']} jobs of {m['full_scan']['default_frames_per_job']} frames",
-    ] + variance_lines
+    ] + variance_lines + correction_lines
     emit(report, "\n".join(lines), args.json)
     return 0
 

@@ -21,7 +21,9 @@ SMOKED = {"accuracy.py", "cpu_kernels.py", "disk.py", "dryrun.py", "find_peaks.p
           "full_rotation.py",
           "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
           "pdf.py", "pipeline.py", "shared_detector.py", "threads.py", "transform.py",
-          "thick_sensor.py"}
+          "thick_sensor.py",
+          # (on the experiment of tests/workflow/test_beamline_corrections.py: --reduced)
+          "beamline.py"}
 
 
 def bench(*args, timeout=900, check_json=None) -> subprocess.CompletedProcess:

@@ -100,7 +100,7 @@ def test_a_transform_whose_grid_would_not_fit_stops_before_it_reads_a_frame(tiny
     monkeypatch.setattr(memory, "memory_room", lambda: (10**5, "the machine's available memory"))
     out = [str(tmp_path / f"{kind}.nxs") for kind in ("transform", "masked")]
     capsys.readouterr()
-    rc = transform_frames.main(["--settings", step_settings(tiny_300k, "transform_frames"),
+    rc = transform_frames.main(["--settings", step_settings(tiny_300k, "transform_frames", "tiny"),
                                 *inputs, "--grid", str(tmp_path / "grid.json"), "--mask",
                                 str(tmp_path / "m.nxs"), "--frames", "0-4", "--out", *out])
     err = capsys.readouterr().err

@@ -144,7 +144,7 @@ def test_the_config_key_reaches_every_job_that_maps_pixels(tmp_path):
                 "define_grid": json.loads(jobs.define_grid("tiny", lambda c: f"{c}.poni")),
                 "find_peaks": json.loads(jobs.find_peaks()),
                 "mask_scan": json.loads(jobs.mask_scan()),
-                "transform_frames": json.loads(jobs.transform_frames())}
+                "transform_frames": json.loads(jobs.transform_frames("tiny"))}
 
     o3, o2 = settings(3), settings(2)
     assert o2["calibrate_powder"]["calibration"]["orientation"] == 2

@@ -79,7 +79,7 @@ def test_the_sensor_reaches_the_jobs_that_map_pixels_and_changes_nothing_unset(t
         return {"calibrate_powder": s.calibrate_powder("ceo2"),
                 "ingest_scan": s.ingest_scan("tiny", "300K", "f1"),
                 "find_peaks": s.find_peaks(), "mask_scan": s.mask_scan(),
-                "transform_frames": s.transform_frames(), "sum_chunks": s.sum_chunks(),
+                "transform_frames": s.transform_frames("tiny"), "sum_chunks": s.sum_chunks("tiny"),
                 "define_grid": s.define_grid("tiny", lambda c: f"{c}.poni"),
                 "refine_temperature": s.refine_temperature()}
 

@@ -246,3 +246,20 @@ def test_the_page_flags_a_displaced_detector_module(experiment):
     rms_y = np.sqrt(np.mean(p["residual_y"][on] ** 2))
     assert f"<td>{int(on.sum())}</td><td>{np.sqrt(np.mean(p['residual_x'][on] ** 2)):.3f}</td>" \
            f"<td>{rms_y:.3f}</td>" in page
+
+
+def test_a_volume_says_what_its_entries_were_corrected_for_and_which_background_they_lost():
+    from hklflow.steps.experiment_page import corrections_lines
+
+    part = {"corrections": {"applied": {"solid_angle": {}, "air": {}},
+                            "not_applied": {"absorption": "the sample has no shape"}}}
+    with_bg = {"operation": "sum", "inputs": [{"title": "s/300K/f1 frames 0-60",
+                                               "notes": part}],
+               "background": {"scan": "s/300K/empty", "scale": 2.0, "voxels_left_out": 3}}
+    without = {**part, "background": "none: the scans table names no background"}
+    merged = {"inputs": [{"title": "s/300K/f1", "notes": with_bg},
+                         {"title": "s/300K/f2", "notes": without}]}
+    assert corrections_lines(merged) == [
+        "corrections: solid_angle, air (not applied - absorption: the sample has no shape)",
+        "s/300K/f1: s/300K/empty subtracted (scale 2, 3 voxels left out)",
+        "s/300K/f2: no background"]

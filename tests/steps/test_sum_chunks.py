@@ -15,10 +15,14 @@ from conftest import step_settings
 from volume_helpers import complete_part, random_volume, run, sample, small_grid, write_inputs
 
 
+def sum_settings(experiment):
+    return step_settings(experiment, "sum_chunks", "tetra")
+
+
 def test_sum_chunks_command(experiment):
     grid = small_grid()
     paths = write_inputs(experiment, grid, 3, sample_=sample())
-    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+    rc = run("sum_chunks", ["--settings", sum_settings(experiment), "--title",
                             "tetra/300K/f1", "--inputs", *paths, "--out", "out/f1.nxs",
                             "--png", "out/f1.png"])
     assert rc == 0
@@ -42,7 +46,7 @@ def test_every_kind_of_an_entry_in_one_command(experiment, capsys):
             p.parent.mkdir(exist_ok=True)
             write_volume(p, random_volume(grid, 20 + 10 * j + i, kind=kind), {"program": "test"})
             parts[kind].append(p)
-    settings = step_settings(experiment, "sum_chunks")
+    settings = step_settings(experiment, "sum_chunks", "tetra")
     rc = run("sum_chunks", ["--settings", settings, "--title", "tetra/300K/f1",
                             "--inputs", *parts["transform"], *parts["masked_transform"],
                             "--out", "out/transform.nxs", "out/masked_transform.nxs",
@@ -76,7 +80,7 @@ def test_sum_refuses_other_grid_kind_or_sample(experiment, capsys):
              "other.nxs": "sample 'zz'"}
     for bad, why in cases.items():
         capsys.readouterr()
-        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+        rc = run("sum_chunks", ["--settings", sum_settings(experiment), "--title",
                                 "x", "--inputs", good[0], bad, good[1], "--out", "out/x.nxs",
                                 "--png", "out/x.png"])
         assert rc == 1
@@ -100,7 +104,7 @@ def test_sum_corrupt_or_missing_input_leaves_nothing(experiment, capsys):
         (experiment / "out").mkdir(exist_ok=True)
         (experiment / "out/y.png").write_text("stale")  # an old output must go too
         capsys.readouterr()
-        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+        rc = run("sum_chunks", ["--settings", sum_settings(experiment), "--title",
                                 "x", "--inputs", good[0], bad, good[1], "--out", "out/y.nxs",
                                 "--png", "out/y.png"])
         err = capsys.readouterr().err
@@ -113,7 +117,7 @@ def test_one_complete_chunk_is_moved_not_rewritten(experiment):
     grid = small_grid()
     part, v = complete_part(experiment, grid)
     inode = part.stat().st_ino
-    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+    rc = run("sum_chunks", ["--settings", sum_settings(experiment), "--title",
                             "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
                             "--png", "out/f1.png"])
     assert rc == 0
@@ -133,7 +137,7 @@ def test_parts_without_intensity_are_summed(experiment):
     such part is summed into a complete volume, not moved."""
     grid = small_grid()
     part, v = complete_part(experiment, grid, intensity=False)
-    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"), "--title",
+    rc = run("sum_chunks", ["--settings", sum_settings(experiment), "--title",
                             "tetra/300K/f1", "--inputs", part, "--out", "out/f1.nxs",
                             "--png", "out/f1.png"])
     assert rc == 0 and part.exists()
@@ -158,7 +162,7 @@ def test_a_preview_says_how_much_of_its_scan_it_holds(experiment, titles):
             v.notes = {"scan": "tetra/300K/f1", **extra}
             paths.append(experiment / f"{name}{i}.nxs")
             write_volume(paths[-1], v, {"program": "test"})
-        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks"),
+        rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks", "tetra"),
                                 "--title", "tetra/300K/f1", "--inputs", *paths,
                                 "--out", f"out/{name}.nxs", "--png", f"out/{name}.png"])
         assert rc == 0

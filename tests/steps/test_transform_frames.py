@@ -76,7 +76,7 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
                      "--poni", res / "calibration/ceo2/geometry.poni",
                      "--version", res / "calibration/ceo2/version.json", "--out", f"{name}.nxs")
         assert r.returncode == 0, r.stderr[-2000:]
-        settings = json.loads(step_settings(exp, "transform_frames"))
+        settings = json.loads(step_settings(exp, "transform_frames", "tiny"))
         settings["transform"]["kinds"] = ["transform"]  # one kind: one --out
         settings = json.dumps(settings)
         r = run_step(exp, "transform_frames", "--settings", settings,
@@ -92,7 +92,7 @@ def test_monitor_normalisation_through_ingest_and_transform(tiny_run, tmp_path):
     assert b.notes["monitor_reference"] == 1.5 and p.notes["monitor_reference"] == 1.0
     np.testing.assert_allclose(b.signal, 1.5 * p.signal, rtol=1e-5, atol=1e-3)
     # both kinds, listed in the other order than the grid holds them: each file its own kind
-    settings = json.loads(step_settings(exp, "transform_frames"))
+    settings = json.loads(step_settings(exp, "transform_frames", "tiny"))
     settings["transform"]["kinds"] = ["masked_transform", "transform"]
     r = run_step(exp, "transform_frames", "--settings", json.dumps(settings),
                  "--scan", "plain.nxs", "--orientation", res / "tiny/300K/orientation.nxs",
@@ -150,7 +150,8 @@ def test_parts_of_a_scan_in_progress_say_so_and_complete_ones_say_nothing(tiny_3
                                "--peaks", str(d / "f2/peaks.nxs"), "--out", mask,
                                "--png", str(tmp_path / f"{name}_mask.png")]) == 0
         out = [str(tmp_path / f"{name}_{kind}.nxs") for kind in ("transform", "masked")]
-        assert transform_frames.main(["--settings", step_settings(tiny_300k, "transform_frames"),
+        settings = step_settings(tiny_300k, "transform_frames", "tiny")
+        assert transform_frames.main(["--settings", settings,
                                       *inputs, "--grid", str(tmp_path / "grid.json"),
                                       "--mask", mask, "--frames", "0-4", "--out", *out]) == 0
         notes[name] = [read_volume_header(p).notes for p in out]

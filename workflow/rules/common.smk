@@ -312,6 +312,20 @@ def transform_parts(w):
             for kind in TRANSFORM_KINDS for a, b in ranges]
 
 
+def background_scan(w):
+    """scan.nxs of the background row the entry names."""
+    return scan_path(EXP.background_of(scan_of(w)), outputs.SCAN)
+
+
+def background_parts(w):
+    """transform_background's volumes of the entry, every kind's (none without a
+    background)."""
+    if EXP.background_of(scan_of(w)) is None:
+        return []
+    return [fill(outputs.BACKGROUND_PART, sample=w.sample, temperature=w.temperature,
+                 entry=w.entry, kind=kind) for kind in TRANSFORM_KINDS]
+
+
 def merged_volumes(w):
     return [fill(outputs.MERGED_VOLUME, sample=w.sample, temperature=t, kind=w.kind)
             for t in EXP.temperatures_of(w.sample)]

@@ -71,7 +71,7 @@ rule transform_frames:
     output:
         volumes=temp([fill(outputs.VOLUME_PART, kind=kind) for kind in TRANSFORM_KINDS]),
     params:
-        settings=settings_file(SETTINGS.transform_frames()),
+        settings=lambda w: settings_file(SETTINGS.transform_frames(w.sample)),
     log:
         "logs/transform_frames/{sample}/{temperature}/{entry}/{frames}.log",
     benchmark:
@@ -89,19 +89,54 @@ rule transform_frames:
         " --frames {wildcards.frames:q} --out {output.volumes:q} > {log:q} 2>&1"
 
 
+rule transform_background:
+    """The background a scan entry names (scans table: background) transformed like the
+    entry, on its grid with its orientation, mask and corrections, in the entry's units
+    (monitor, else frame time): what sum_chunks subtracts."""
+    input:
+        scan=rules.ingest_scan.output.scan,
+        background=background_scan,
+        orientation=rules.refine_temperature.output.orientation,
+        grid=rules.define_grid.output.grid,
+        mask=rules.mask_scan.output.mask,
+    output:
+        volumes=temp([fill(outputs.BACKGROUND_PART, kind=kind) for kind in TRANSFORM_KINDS]),
+    params:
+        settings=lambda w: settings_file(SETTINGS.transform_background(w.sample)),
+    log:
+        "logs/transform_background/{sample}/{temperature}/{entry}.log",
+    benchmark:
+        "benchmarks/transform_background/{sample}/{temperature}/{entry}.tsv"
+    threads: RESOURCES["transform_frames"].threads
+    resources:
+        mem_mb=RESOURCES["transform_frames"].mem_mb,
+        runtime=RESOURCES["transform_frames"].runtime,
+    conda:
+        CONDA_ENV
+    shell:
+        "hklflow transform_background --settings-file {params.settings:q} --threads {threads}"
+        " --scan {input.scan:q} --background {input.background:q}"
+        " --orientation {input.orientation:q} --grid {input.grid:q} --mask {input.mask:q}"
+        " --out {output.volumes:q} > {log:q} 2>&1"
+
+
 rule sum_chunks:
     """The volumes of one scan entry (every kind): the sum of its frame chunks, with slice
     pictures."""
     input:
-        transform_parts,
+        parts=transform_parts,
+        background=background_parts,
     output:
         volumes=[fill(outputs.ENTRY_VOLUME, kind=kind) for kind in TRANSFORM_KINDS],
         pngs=report([fill(outputs.ENTRY_VOLUME_PNG, kind=kind) for kind in TRANSFORM_KINDS],
                     category="Volumes", subcategory="{sample} {temperature}",
                     caption="../report/volume.rst"),
     params:
-        settings=settings_file(SETTINGS.sum_chunks()),
+        settings=lambda w: settings_file(SETTINGS.sum_chunks(w.sample)),
         title="{sample}/{temperature}/{entry}",
+        background=lambda w, input: (" --background " + " ".join(shlex.quote(p) for p in
+                                                                  input.background)
+                                     if input.background else ""),
     log:
         "logs/sum_chunks/{sample}/{temperature}/{entry}.log",
     benchmark:
@@ -114,7 +149,8 @@ rule sum_chunks:
         CONDA_ENV
     shell:
         "hklflow sum_chunks --settings-file {params.settings:q} --title {params.title:q}"
-        " --inputs {input:q} --out {output.volumes:q} --png {output.pngs:q} > {log:q} 2>&1"
+        " --inputs {input.parts:q}{params.background} --out {output.volumes:q}"
+        " --png {output.pngs:q} > {log:q} 2>&1"
 
 
 rule merge_entries:

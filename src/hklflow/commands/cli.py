@@ -25,6 +25,7 @@ COMMANDS = {
     "define_grid": ("hklflow.steps.define_grid:main", "the (H, K, L) grid of a sample, from the config or the cell and Q range"),
     "mask_scan": ("hklflow.steps.mask_scan:main", "pixel mask and 3D Bragg-peak mask of a scan entry"),
     "transform_frames": ("hklflow.steps.transform_frames:main", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
+    "transform_background": ("hklflow.steps.transform_background:main", "transform the background a scan entry names on its grid, in its units"),
     "sum_chunks": ("hklflow.steps.sum_chunks:main", "the volume of a scan entry: the sum of its frame chunks"),
     "merge_entries": ("hklflow.steps.merge_entries:main", "the volume of a sample at one temperature: its entries merged"),
     "symmetrize": ("hklflow.steps.symmetrize:main", "symmetrise a merged volume by the Laue group"),

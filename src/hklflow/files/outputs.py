@@ -54,6 +54,8 @@ GRID = f"{SAMPLE}/grid.json"
 # the volumes (files.volume): transform_frames's temporary parts ({frames}: part_frames),
 # sum_chunks's of an entry, merge_entries's of a temperature and its symmetrisation's
 VOLUME_PART = f"{ENTRY}/{{kind}}_parts/{{frames}}.nxs"
+# transform_background's (temporary) of the background an entry names (scans table)
+BACKGROUND_PART = f"{ENTRY}/{{kind}}_parts/background.nxs"
 ENTRY_VOLUME = f"{ENTRY}/{{kind}}.nxs"
 ENTRY_VOLUME_PNG = f"{ENTRY}/{{kind}}.png"
 MERGED_VOLUME = f"{TEMPERATURE}/{{kind}}.nxs"

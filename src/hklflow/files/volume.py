@@ -21,6 +21,13 @@ look at is their ratio.  File layout (NeXus, readable by NeXpy/nexusformat)::
         variance_sum            float32: the summed variance of signal_sum (additive like
                                 it; data_errors and variance_sum only where the transform
                                 summed variances: reduction.transform.variance)
+        variance_per_intensity_sum  float32, in the temporary parts of a transform alone
+                                (reduction.transform.variance_from expected), in place of
+                                variance_sum: gain x the sum of each pixel-frame's factor a
+                                (corrections x scale), the variance of signal_sum per unit
+                                corrected intensity; the sum of the parts (rule sum_chunks)
+                                turns it into variance_sum with a local estimate of the
+                                intensity (algorithms.merge.expected_variance)
         Qh, Qk, Ql              float64 voxel centres (r.l.u.), @scaling_factor = |a*| etc. (1/A)
                                 (the three arrays: chunks of 8 x 64 x 64, bitshuffle-LZ4; a
                                 chunk with nothing measured is not stored, HDF5 reads its
@@ -54,12 +61,13 @@ import hdf5plugin
 import numpy as np
 
 from ..base.atomic import atomic_path
-from ..base.errors import FileFormatError, GridError
+from ..base.errors import FileFormatError
 from ..codec import ChunkReader, ChunkWriter
 from ..model.crystal import UnitCell
 from ..model.grid import AXES, Axis, Grid
 from ..model.nxrefine import sample_fields, transform_angles
 from .h5 import open_h5, text, write_provenance_h5
+from .volume_planes import KeptPlanes
 
 
 @functools.cache
@@ -72,6 +80,10 @@ def _kernels():
 
 
 WEIGHT_SUM = "weight_sum"
+VARIANCE_SUM = "variance_sum"
+# a transform's part with the variance from the expected counts: the variance per unit
+# intensity (VolumeWriter.carry_variance_per_intensity), never the variance itself
+VARIANCE_PER_INTENSITY = "variance_per_intensity_sum"
 OLD_WEIGHT_SUM = "data_weights"  # hklflow's name before it (NeXpy divided `data` by it)
 
 
@@ -242,8 +254,11 @@ class VolumeReader:
     where the file lacks it is an error.
     """
 
-    def __init__(self, path, compiled_decompression: bool = False, variance: bool | None = None):
+    def __init__(self, path, compiled_decompression: bool = False, variance: bool | None = None,
+                 per_intensity: bool = False):
         self.path = os.fspath(path)
+        # per_intensity: the third array is variance_per_intensity_sum (a transform's part)
+        self._variance_name = VARIANCE_PER_INTENSITY if per_intensity else VARIANCE_SUM
         # raw chunks decoded by the active codec (HKLFLOW_CODEC; else the library codec):
         # for the steps that read whole volumes and run compiled kernels anyway
         self.compiled_decompression = compiled_decompression
@@ -253,13 +268,13 @@ class VolumeReader:
             d = _entry(self._f, self.path)[self.kind]
             self._signal, self._weight = d["signal_sum"], _weight_sum(d)
             self._intensity = d["data"] if "data" in d else None
-            self.has_variance = "variance_sum" in d
+            self.has_variance = self._variance_name in d
             if variance and not self.has_variance:
-                raise FileFormatError(f"{self.path}: no variance_sum (made with "
+                raise FileFormatError(f"{self.path}: no {self._variance_name} (made with "
                                       "reduction.transform.variance false, or by an older "
                                       "hklflow)")
             self.variance = self.has_variance if variance is None else bool(variance)
-            self._arrays = (self._signal, self._weight) + ((d["variance_sum"],)
+            self._arrays = (self._signal, self._weight) + ((d[self._variance_name],)
                                                            if self.variance else ())
         except BaseException:
             self._f.close()
@@ -315,7 +330,8 @@ class VolumeReader:
         PDFs' sigma); only where the file has a variance."""
         if not self.has_variance:
             raise FileFormatError(f"{self.path}: no variance_sum")
-        variance = self._arrays[2] if self.variance else self._weight.parent["variance_sum"]
+        variance = (self._arrays[2] if self.variance
+                    else self._weight.parent[self._variance_name])
         out = []
         for dset in (self._weight, variance):
             a = np.empty(self.grid.shape, np.float32)
@@ -512,6 +528,18 @@ def has_variance(path) -> bool:
         return "variance_sum" in ent[_find_kind(ent, path)]
 
 
+def variance_kind(path) -> str | None:
+    """What a volume file carries of its signal's variance: 'variance' (variance_sum),
+    'per_intensity' (variance_per_intensity_sum: a transform's part with the variance from
+    the expected counts, reduction.transform.variance_from) or None."""
+    with open_h5(path) as f:
+        ent = _entry(f, path)
+        d = ent[_find_kind(ent, path)]
+        if VARIANCE_PER_INTENSITY in d:
+            return "per_intensity"
+        return "variance" if VARIANCE_SUM in d else None
+
+
 def adopt_volume(src, out, title: str, notes: dict, provenance: dict) -> Path:
     """Make the complete volume file `src` the volume `out` without copying its arrays: it
     is moved (a rename: both on one file system), its title, notes and provenance replaced,
@@ -556,54 +584,6 @@ def same_chunk(a: tuple, b: tuple) -> bool:
         x is y or (x is not None and y is not None and x.shape == y.shape
                    and same_bits(x.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32)))
         for x, y in zip(a, b))
-
-
-class KeptPlanes:
-    """Planes of a volume's intensity kept as a VolumeWriter stores its slabs and chunks:
-    the slices its pictures draw, without reading them back from the file it wrote (an H or
-    K plane runs through a whole layer of chunks).  planes:
-    (axis, value) pairs, axis 'h', 'k' or 'l' (slices.parse_slice); the writer keeps the
-    voxel plane nearest each value inside its grid (bind), as the array [l, k, h] without
-    that axis, NaN where nothing was stored: what VolumeReader.read_plane returns.
-    `complete` once the writer ended with every L plane written (else read the file)."""
-
-    def __init__(self, planes):
-        self.specs = [(str(axis), float(value)) for axis, value in planes]
-        self.grid: Grid | None = None
-        self.sample: dict = {}  # the writer's (its unit cell draws the pictures to scale)
-        self.complete = False
-        self._planes: dict[tuple[str, int], np.ndarray] = {}
-
-    def bind(self, grid: Grid) -> None:
-        """The planes of `grid` nearest the values (those outside it are not kept)."""
-        self.grid, self.complete, self._planes = grid, False, {}
-        for axis, value in self.specs:
-            try:
-                index = grid.slice_index(axis, value)
-            except GridError:
-                continue
-            j = 2 - AXES.index(axis)
-            shape = tuple(n for a, n in enumerate(grid.shape) if a != j)
-            self._planes[(axis, index)] = np.full(shape, np.nan, np.float32)
-
-    def plane(self, axis: str, index: int) -> np.ndarray:
-        try:
-            return self._planes[(axis, int(index))]
-        except KeyError:
-            raise KeyError(f"{axis} plane {index} was not kept (kept: "
-                           f"{sorted(self._planes)})") from None
-
-    def take(self, l0: int, k0: int, h0: int, block: np.ndarray) -> None:
-        """The intensity block [l, k, h] whose first voxel is (l0, k0, h0), cut to the grid."""
-        nl, nk, nh = (min(b, n - c) for b, n, c in zip(block.shape, self.grid.shape,
-                                                       (l0, k0, h0)))
-        for (axis, i), plane in self._planes.items():
-            if axis == "l" and l0 <= i < l0 + nl:
-                plane[k0:k0 + nk, h0:h0 + nh] = block[i - l0, :nk, :nh]
-            elif axis == "k" and k0 <= i < k0 + nk:
-                plane[l0:l0 + nl, h0:h0 + nh] = block[:nl, i - k0, :nh]
-            elif axis == "h" and h0 <= i < h0 + nh:
-                plane[l0:l0 + nl, k0:k0 + nk] = block[:nl, :nk, i - h0]
 
 
 class VolumeWriter:
@@ -651,6 +631,7 @@ class VolumeWriter:
         self.provenance = dict(provenance or {})
         self.intensity = bool(intensity)
         self.variance = bool(variance)
+        self._variance_name = VARIANCE_SUM  # (carry_variance_per_intensity: the other)
         self.measured = 0
         self.weight_sum = 0.0
         self.signal_sum = 0.0
@@ -724,6 +705,38 @@ class VolumeWriter:
             raise
         return self
 
+    @property
+    def per_intensity(self) -> bool:
+        """Whether the third array is the variance per unit intensity
+        (carry_variance_per_intensity), not the variance."""
+        return self._variance_name == VARIANCE_PER_INTENSITY
+
+    def carry_variance_per_intensity(self) -> None:
+        """The variance given is the signal's variance per unit corrected intensity (a
+        transform's part with reduction.transform.variance_from expected: gain x the sum of
+        the pixel-frames' factors a), not its variance: stored as
+        variance_per_intensity_sum, without data_errors; only a sum of the parts reads it
+        (and turns it into variance_sum: algorithms.merge.expected_variance).  Inside the
+        `with` block, before any write."""
+        if not self.variance or self._f is None:
+            raise ValueError(f"{self.path}: a writer with a variance, opened, carries it per "
+                             "unit intensity")
+        if self._written.any() or self.measured:
+            raise ValueError(f"{self.path}: the variance's meaning is set before any write")
+        if self.per_intensity:
+            return
+        d = self._f["entry"][self.kind]
+        d.move(VARIANCE_SUM, VARIANCE_PER_INTENSITY)
+        d[VARIANCE_PER_INTENSITY].attrs["long_name"] = (
+            "summed variance of signal_sum per unit corrected intensity (gain x sum of the "
+            "pixel-frames' factors a; the variance where the parts are summed)")
+        self._data.pop(VARIANCE_SUM, None)
+        self._data[VARIANCE_PER_INTENSITY] = d[VARIANCE_PER_INTENSITY]
+        if "data_errors" in d:
+            del d["data_errors"]
+        self._data.pop("data_errors", None)
+        self._variance_name = VARIANCE_PER_INTENSITY
+
     def _check_variance(self, variance, shape, where: str) -> None:
         if (variance is not None) != self.variance or (variance is not None
                                                         and variance.shape != shape):
@@ -759,8 +772,8 @@ class VolumeWriter:
         if self.variance:
             v32 = self._buffer("variance", signal.shape)
             v32[...] = variance
-            arrays.append(("variance_sum", v32, 0.0))
-            if self.intensity:
+            arrays.append((self._variance_name, v32, 0.0))
+            if self.intensity and not self.per_intensity:
                 arrays.append(("data_errors",
                                errors_of(v32, w32, self._buffer("errors", signal.shape)), np.nan))
         if self.keep is not None:
@@ -804,7 +817,8 @@ class VolumeWriter:
         corner = (l0, k0, h0)
         if twin is not None and (twin is self or twin.grid.shape != self.grid.shape
                                  or twin.intensity != self.intensity
-                                 or twin.variance != self.variance):
+                                 or twin.variance != self.variance
+                                 or twin.per_intensity != self.per_intensity):
             raise ValueError(f"{twin.path}: a twin of {self.path} must be another file of the "
                              f"same arrays on the same grid {self.grid.shape}")
         given = ([signal, weight] + ([intensity] if self.intensity else [])
@@ -827,8 +841,8 @@ class VolumeWriter:
         if self.variance:
             if variance.reshape(-1).view(np.uint32).any():
                 stored |= 8
-            arrays.append(("variance_sum", variance, 8))
-            if self.intensity and stored & 4:
+            arrays.append((self._variance_name, variance, 8))
+            if self.intensity and stored & 4 and not self.per_intensity:
                 arrays.append(("data_errors", errors_of(variance, weight), 4))
         for name, chunk, bit in arrays:
             if stored & bit:

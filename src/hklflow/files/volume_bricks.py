@@ -30,6 +30,16 @@ def write_volumes(tr, writers: list[VolumeWriter], threads: int = 1) -> None:
     if sorted(by_kind) != sorted(tr.kinds):
         raise ValueError(f"writers of {sorted(by_kind)} for a transform of {list(tr.kinds)}")
     writers = [by_kind[kind] for kind in tr.kinds]  # the grid's order, not the config's
+    if tr.acc.variance:  # (issue 81) what the variance cells hold: variance_from
+        variance_from = getattr(tr, "variance_from", "observed")
+        for w in writers:
+            w.notes["variance_from"] = variance_from
+        if variance_from == "expected":  # the cells: gain x sum of a, per unit intensity
+            if all(w.intensity for w in writers):  # complete volumes: their variance here
+                _write_expected(tr, writers)
+                return
+            for w in writers:  # a part: summed with the others, then made the variance
+                w.carry_variance_per_intensity()
     if all(w.writes_raw_chunks for w in writers):
         cl = writers[0].chunks[0]
         rows = list(range(0, grid.l.n, cl))
@@ -68,3 +78,26 @@ def write_volumes(tr, writers: list[VolumeWriter], threads: int = 1) -> None:
     for l0 in range(0, grid.l.n, step):
         for w, arrays in zip(writers, tr.slabs(l0, min(l0 + step, grid.l.n), out=slabs)):
             w.write(l0, *arrays)
+
+
+def _write_expected(tr, writers: list[VolumeWriter]) -> None:
+    """Complete volumes of a transform whose variance cells hold gain x sum of a
+    (reduction.transform.variance_from expected, a whole entry or a background in one
+    job): slab by slab with the planes next to it, each voxel's variance formed from the
+    expected counts (volume_kernels.variance_of_slab), what sum_chunks does for parts."""
+    from .volume_kernels import EXPECTED_VARIANCE_HOW, variance_of_slab
+
+    grid = tr.acc.grid
+    nl = grid.l.n
+    step = slab_planes(grid, multiple=tr.acc.brick)
+    for w in writers:
+        w.notes["variance_how"] = EXPECTED_VARIANCE_HOW
+    out = np.empty((min(step, nl),) + grid.shape[1:], np.float32)
+    for l0 in range(0, nl, step):
+        l1 = min(l0 + step, nl)
+        a, b = max(0, l0 - 1), min(nl, l1 + 1)  # (with the neighbouring planes)
+        for w, (signal, weight, per_intensity) in zip(writers, tr.slabs(a, b)):
+            v = variance_of_slab(signal, weight, per_intensity, first=l0 - a, n=l1 - l0,
+                                 out=out[:l1 - l0])
+            j = l0 - a
+            w.write(l0, signal[j:j + l1 - l0], weight[j:j + l1 - l0], v)

@@ -14,7 +14,7 @@ from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, LIVE_WAITING, land
 # the columns of the live table, in order, before the goniometer's offset axes
 COLUMNS = ("sample", "temperature", "entry", "data", "dataset", "nframes", "planned_frames",
            "phi_start", "phi_step", "det_ddist", "det_dponi1", "det_dponi2", "monitor",
-           "calibration")
+           "calibration", "role", "background")
 
 
 def user_rows(expdir: Path, table: str, offset_names) -> list[dict]:

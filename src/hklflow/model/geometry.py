@@ -322,6 +322,11 @@ def _polarization(tth, chi, fraction: float):
     return 0.5 * (1.0 + cos2 - fraction * np.cos(2.0 * chi) * (1.0 - cos2))
 
 
+def polarization_at(positions, fraction: float):
+    """pyFAI's polarization factor of lab positions (..., 3) seen from the sample."""
+    return _polarization(*_two_theta_chi(positions), fraction)
+
+
 def detector_shape(name: str) -> tuple[int, int]:
     """(rows, cols) of a pyFAI detector (from the table; pyFAI itself for other names)."""
     shape = pyfai_tables()["shapes"].get(name.lower())

@@ -93,10 +93,24 @@ class ScanRow(ScanSpan):
     # frames of the whole scan while it is still being collected and only its first nframes
     # are reduced (hklflow watch); 0: complete
     planned_frames: int = 0
+    role: str = "sample"  # sample | background (the scans table's role column)
+    background: str = ""  # a sample row's background: ENTRY or LABEL/ENTRY (same sample)
 
     @property
     def id(self) -> str:
         return scan_id(self.sample, self.temperature, self.entry)
+
+    @property
+    def is_background(self) -> bool:
+        return self.role == "background"
+
+    @property
+    def background_key(self) -> tuple[str, str, str] | None:
+        """(sample, temperature label, entry) of the background this sample row names."""
+        if not self.background:
+            return None
+        label, _, entry = self.background.rpartition("/")
+        return self.sample, label or self.temperature_label, entry
 
     def settings(self) -> dict:
         """The row as a job receives it (ingest_scan): every field but the row number."""
@@ -107,7 +121,9 @@ class ScanRow(ScanSpan):
                 "monitor": self.monitor, "calibration": self.calibration,
                 # only while in progress, so that a completed scan's jobs receive exactly what
                 # a batch run's do
-                **({"planned_frames": self.planned_frames} if self.in_progress else {})}
+                **({"planned_frames": self.planned_frames} if self.in_progress else {}),
+                # (a background row's role only: a sample row's settings stay as they were)
+                **({"role": self.role} if self.is_background else {})}
 
     @classmethod
     def from_settings(cls, s: dict) -> "ScanRow":
@@ -119,6 +135,7 @@ class ScanRow(ScanSpan):
                        offsets={k: float(v) for k, v in s["offsets"].items()},
                        detector_shift=tuple(float(v) for v in s["detector_shift"]),
                        monitor=s["monitor"], calibration=s["calibration"],
-                       planned_frames=int(s.get("planned_frames", 0)))
+                       planned_frames=int(s.get("planned_frames", 0)),
+                       role=str(s.get("role", "sample")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--settings scan: not a scans-table row: {exc!r}") from None

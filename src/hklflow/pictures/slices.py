@@ -11,7 +11,7 @@ cell the axes are orthogonal with 1 r.l.u. the same length on both, and the pict
 
 Only the plane is read from a volume file (files.volume.VolumeReader.read_plane: its stored
 intensity, through the chunks that hold the plane); the steps that write a volume keep the
-planes of their pictures as the writer stores them (kept_planes: files.volume.KeptPlanes)
+planes of their pictures as the writer stores them (kept_planes: files.volume_planes.KeptPlanes)
 and draw from those.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..base.errors import ConfigError
-from ..files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
+from ..files.volume import Volume, VolumeReader, read_volume_header
+from ..files.volume_planes import KeptPlanes
 from ..model.crystal import UnitCell
 from ..model.grid import AXES, Grid
 

@@ -18,7 +18,8 @@ from mpl_toolkits.axisartist.grid_helper_curvelinear import GridHelperCurveLinea
 
 from ..algorithms.statistics import MEANING
 from ..base.errors import GridError
-from ..files.volume import KeptPlanes, Volume, VolumeReader, read_volume_header
+from ..files.volume import Volume, VolumeReader, read_volume_header
+from ..files.volume_planes import KeptPlanes
 from .figure import log_colorbar, margins, new_figure, save_tight, volume_cmap, with_preview
 from .slices import cell_of, color_limits, plane_matrix, read_slice
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..base.errors import ConfigError
+from ..model.corrections.absorption import SampleShape
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
 from ..model.scan import ScanRow, temperature_label
@@ -134,6 +135,7 @@ class SampleSpec:
     crystal: Crystal
     parent_temperature: float
     other_parents: tuple = ()  # ((parent temperature, (low, high)), ...)
+    shape: dict | None = None  # samples.NAME.shape (model.corrections.SampleShape)
 
     @property
     def parent_label(self) -> str:
@@ -175,12 +177,17 @@ class Experiment:
     warnings: tuple = ()
     # the scans planned but not yet in a live table (waiting_scans): previews, PDFs wait
     waiting: tuple = ()
+    # the rows of role background: ingested and transformed for the sample rows naming
+    # them, nothing else (not among `scans`, which every other step plans from)
+    backgrounds: tuple = ()
 
     def __post_init__(self):
         # the lookups below by sample, temperature label and entry, indexed once: planning
         # asks them for every job (thousands), and a scan over the table each time made the
         # plan quadratic in the number of scan entries
         by_id, of_sample, of_temperature = {}, {}, {}
+        for s in self.backgrounds:
+            by_id.setdefault((s.sample, s.temperature_label, s.entry), s)
         for s in self.scans:
             label = s.temperature_label
             by_id.setdefault((s.sample, label, s.entry), s)
@@ -203,6 +210,11 @@ class Experiment:
         except KeyError:
             raise KeyError(f"no scan {sample}/{temperature_label}/{entry} in "
                            f"{self.scans_table}") from None
+
+    def background_of(self, scan: ScanRow) -> ScanRow | None:
+        """The background row a sample row names (None: none)."""
+        key = scan.background_key
+        return None if key is None else self._scan_index[key]
 
     def scans_of(self, sample: str, temperature_label: str | None = None) -> list:
         if temperature_label is None:
@@ -730,7 +742,14 @@ def _samples(cfg: dict, where: str) -> dict:
         others = tuple((float(o["temperature"]), (float(o["for_temperatures"][0]),
                                                    float(o["for_temperatures"][1])))
                        for o in s["other_parents"])
-        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]), others)
+        shape = s.get("shape")
+        if shape is not None:
+            try:  # (complete and consistent; a formula xraydb knows)
+                SampleShape.of(shape).mu_at(float(cfg["instrument"]["wavelength"]))
+            except ValueError as exc:
+                raise ConfigError(f"{where}: field 'samples.{name}.shape': {exc}") from None
+        samples[name] = SampleSpec(name, crystal, float(s["parent"]["temperature"]), others,
+                                   shape)
     return samples
 
 
@@ -798,7 +817,11 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
             offsets={n: float(r[n]) for n in offset_names},
             detector_shift=(float(r["det_ddist"]), float(r["det_dponi1"]), float(r["det_dponi2"])),
             monitor=r["monitor"], calibration="", row=i,
-            planned_frames=int(r["planned_frames"]))
+            planned_frames=int(r["planned_frames"]), role=r["role"],
+            background=r["background"])
+        if scan.is_background and scan.background:
+            raise ConfigError(f"{label}: field 'background': {scan.background!r} on a background "
+                              "row: expected it empty (a background has no background)")
         if scan.planned_frames and scan.planned_frames < scan.nframes:
             raise ConfigError(f"{label}: field 'planned_frames': {scan.planned_frames}, fewer "
                               f"than the {scan.nframes} frames of nframes: expected the frames "
@@ -813,6 +836,15 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
             raise ConfigError(f"{label}: no calibration is valid for scan {scan.id}: widen a "
                               "calibration's valid_for or name one in the 'calibration' column")
         scans.append(ScanRow(**{**scan.__dict__, "calibration": chosen}))
+    backgrounds = {(s.sample, s.temperature_label, s.entry): s for s in scans
+                   if s.is_background}
+    for s in scans:
+        key = s.background_key
+        if key is not None and key not in backgrounds:
+            known = sorted(f"{t}/{e}" for (smp, t, e) in backgrounds if smp == s.sample)
+            raise ConfigError(f"{table}: row {s.row} ({s.id}): field 'background': "
+                              f"{s.background!r} is not a background row of sample {s.sample} "
+                              f"(role background; known: {known or 'none'})")
     return tuple(scans)
 
 
@@ -842,7 +874,7 @@ def names_in_the_plan(exp) -> dict[str, str]:
     names = {n: f"{where}: field 'samples'" for n in exp.samples}
     for n in exp.calibrations:
         names.setdefault(n, f"{where}: field 'calibrations'")
-    for s in exp.scans:
+    for s in exp.scans + exp.backgrounds:
         names.setdefault(s.entry, f"{exp.scans_table}: row {s.row} ({s.id}): field 'entry'")
     return names
 
@@ -936,12 +968,15 @@ def load_experiment(config_files, *, config: dict | None = None,
     rows = read_scans_table(table, offset_names, Path(base_dir) if base_dir else None)
     scans = _scans(rows, table, samples, calibrations, offset_names,
                    Path(base_dir) if base_dir else Path("."))
+    backgrounds = tuple(s for s in scans if s.is_background)
+    scans = tuple(s for s in scans if not s.is_background)
     _check_parents(samples, scans, table, where)
     _check_step_settings(cfg, where)
     exp = Experiment(name=cfg["experiment"], sources=sources, scans_table=table,
                      instrument=instrument, calibrations=calibrations, samples=samples,
                      scans=scans, reduction=cfg["reduction"], raw=cfg,
-                     warnings=tuple(warnings), waiting=waiting_scans(table, base_dir or "."))
+                     warnings=tuple(warnings), waiting=waiting_scans(table, base_dir or "."),
+                     backgrounds=backgrounds)
     check_job_counts(exp)
     check_chunk_sizes(exp)
     check_deliberate_repeats(exp)

@@ -18,9 +18,10 @@ from ..settings.params import (CalibrationParams, DetectorPosition, DetectorPosi
                                GoniometerParams, GridParams, IndexingParams, IngestParams,
                                MaskParams, ModelInputsParams, NXRefineWrapperParams, ParentsParams,
                                PDFParams, PDFSeriesParams, PeakSearchParams, RefinementParams,
-                               SampleParams, ScanParams, SeriesParams, SetAsideParams, SliceParams,
-                               StatisticsParams, TemperaturesParams, TotalPDFParams,
-                               TransformParams, WaitingParams, settings_digest, settings_json)
+                               SampleParams, SampleShapeParams, ScanParams, SeriesParams,
+                               SetAsideParams, SliceParams, StatisticsParams, TemperaturesParams,
+                               TotalPDFParams, TransformParams, WaitingParams, settings_digest,
+                               settings_json)
 
 
 def scan_pixels(exp) -> int:
@@ -331,13 +332,23 @@ class JobSettings:
     def mask_scan(self) -> str:
         return settings_json(self._mask, self.detector)
 
-    def transform_frames(self) -> str:
-        return settings_json(self._transform, self.detector)
+    def _shape(self, sample: str) -> tuple:
+        """The sample's shape as a part of the transforms' settings; none without one (the
+        settings of the jobs made before shapes existed stay as they were)."""
+        shape = self.exp.samples[sample].shape
+        return () if shape is None else (SampleShapeParams(shape),)
 
-    def sum_chunks(self) -> str:
+    def transform_frames(self, sample: str) -> str:
+        return settings_json(self._transform, self.detector, *self._shape(sample))
+
+    def transform_background(self, sample: str) -> str:
+        return self.transform_frames(sample)  # (transformed like the entry itself)
+
+    def sum_chunks(self, sample: str) -> str:
         # the frame chunks are temporary: once they are gone, the transform jobs' settings
         # can only be checked through the job that sums them
-        return settings_json(self._pictures, self._transform, self.detector)
+        return settings_json(self._pictures, self._transform, self.detector,
+                             *self._shape(sample))
 
     def merge_entries(self, kind: str, sample: str = "", temperature_label: str = "") -> str:
         # the statistics leave out the transform's Bragg nodes (the masked kind has none)

@@ -374,6 +374,7 @@ class ScanParams(Params):
     monitor: str
     calibration: str
     planned_frames: int = left_out_as_default(0)  # only while the scan is being collected
+    role: str = left_out_as_default("sample")  # (a background row's only)
 
     @classmethod
     def of(cls, row: ScanRow) -> "ScanParams":
@@ -437,6 +438,26 @@ class SampleParams(Params):
             return Crystal(self.space_group, cell or self.unit_cell())
         except ValueError as exc:
             raise ConfigError(f"samples.{self.name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SampleShapeParams(Params):
+    """The sample's shape (samples.NAME.shape) for the transform's absorption correction
+    (rules transform_frames, sum_chunks); None: not given."""
+
+    SECTION: ClassVar[str] = "samples.NAME"
+    NAME: ClassVar[str] = "sample_shape"
+
+    shape: dict | None = field(default=None, metadata={"planned": True, "omit_default": True})
+
+    def sample_shape(self):
+        """The model's SampleShape (None without one)."""
+        from ..model.corrections.absorption import SampleShape
+
+        try:
+            return SampleShape.of(self.shape)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"samples.NAME.shape: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -672,6 +693,16 @@ class TransformParams(Params):
     polarization_fraction: float = from_config_at("instrument.polarization_fraction")
     # (here, not in DetectorParams: it changes the transforms alone, not every step)
     gain: float = from_config_at("instrument.detector.gain")
+    # the corrections of model.corrections (air changes every transform: in every job's
+    # settings; the others as they were before they existed, left out at their defaults)
+    air: bool = True
+    air_path: float | None = left_out_as_default(None, "instrument.air_path")
+    efficiency: bool = left_out_as_default(True)
+    absorption: bool = left_out_as_default(True)
+    min_transmission: float = left_out_as_default(0.1)
+    background_smooth: int = left_out_as_default(0)  # (sum_chunks: algorithms.merge.background)
+    # the variance from each pixel-frame's expected count or its own (issue 81)
+    variance_from: str = left_out_as_default("expected")
 
     @property
     def variance_gain(self) -> float | None:

@@ -232,6 +232,9 @@ def acquire_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5",
         raise AcquisitionError(f"--pause must be zero or positive, got {pause_s}")
     if frames_per_file < 1:
         raise AcquisitionError(f"--frames-per-file must be at least 1, got {frames_per_file}")
+    if spec.beam is not None and spec.beam.get("monitor", False):
+        raise AcquisitionError("a beam monitor (beam.monitor) is not written by --acquire: "
+                               "simulate without --acquire, or set beam.monitor false")
     outdir = Path(outdir)
     plan = acquisition_plan(spec, frame_format, abort_after)  # settings checked before work
     cache = FrameCache(outdir / CACHE_FOLDER, spec, frame_format)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..base import steplog
 from .acquisition import DEFAULT_PAUSE_S, AcquisitionError, acquire_experiment
-from .experiment import FRAME_FORMATS, preset, simulate_experiment
+from .experiment import FRAME_FORMATS, PRESETS, preset, simulate_experiment
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,8 +17,7 @@ def parser() -> argparse.ArgumentParser:
         description="Write a simulated experiment: config/config.yaml, config/scans.tsv, raw/ "
                     "(calibrant image and rotation scans) and truth.json (every true parameter).")
     p.add_argument("outdir", type=Path, help="experiment directory to write")
-    p.add_argument("--preset", default="demo", choices=["demo", "tiny", "tiny_hexagonal", "tiny_monoclinic",
-                                                  "thick_sensor"],
+    p.add_argument("--preset", default="demo", choices=list(PRESETS),
                    help="which simulation (default: demo, the README's demo experiment)")
     p.add_argument("--format", dest="frame_format", default="hdf5", choices=list(FRAME_FORMATS),
                    help="raw frames as compressed HDF5 stacks (default), Dectris Eiger-style "

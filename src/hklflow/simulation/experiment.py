@@ -19,7 +19,13 @@ pyFAI and cctbx; so the truth here is truth in those conventions.  What is simul
   its mean absorption depth; rendered as a Gaussian there, the depth profile's tail left
   out), every pixel's diffuse and background intensity is that of the direction it looks
   along, and everything is counted with the efficiency 1 - exp(-mu t / cos alpha);
-  truth.json gives the sensor, each reflection's displacement (px) and efficiency.
+  truth.json gives the sensor, each reflection's displacement (px) and efficiency;
+* the beamline's effects, each off by default (beamline.py): air attenuation (`air`), a
+  plate crystal's absorption (`plate`, also written to the config's samples.NAME.shape
+  unless `plate_in_config` is false), the beam's decay and ripple with an optional monitor
+  (`beam`), a holder ring with an empty-holder scan beside every sample scan (`holder`).
+  Their frames are drawn with independent noise streams for every frame (see
+  frame_noise_states), and truth.json records each effect that is on.
 
 Two seeds: `seed` fixes everything structural (structure factors, defects, the calibrant
 image) and, while `noise_seed` is None, the scans' Poisson noise too (the frames every
@@ -46,7 +52,7 @@ from ..model.geometry import (DetectorGeometry, Goniometer, ScanAngles, ScanGeom
                               lorentz_zeta, pyfai_detector, q_from_directions)
 from ..model.scan import temperature_label
 from ..model.sensor import HC_KEV_ANGSTROM
-from . import frames_kernel
+from . import beamline, frames_kernel
 from .powder import simulate_calibrant_image
 from .writers import RAW_DATASET, CbfFramesWriter, EigerScanWriter, Hdf5StackWriter
 
@@ -141,6 +147,19 @@ class SimulationSpec:
     # config's instrument.detector.sensor and the raw files' headers; None: none (and no key
     # in truth.json's simulation, as before it existed)
     sensor: dict | None = None
+    # Beamline effects (beamline.py; each off by default, the default frames as before it
+    # existed, and recorded in truth.json only when on):
+    # air between sample and pixel: every photon reaching a pixel times exp(-mu_air |r_pixel|)
+    air: bool = False
+    # a plate crystal's absorption {normal: [h, k, l] of its face, thickness: m, mu: 1/m}
+    plate: dict | None = None
+    # write the plate as the config's samples.NAME.shape (False: the workflow is not told)
+    plate_in_config: bool = True
+    # the incident flux per frame {decay, ripple, ripple_period_frames, monitor: bool}
+    beam: dict | None = None
+    # an amorphous holder ring {amplitude: photons/pixel/frame, ring_q: 1/A, ring_width: 1/A,
+    # flat: fraction (default 0.25)}, and an empty-holder scan beside every sample scan
+    holder: dict | None = None
 
     def calibration(self) -> DetectorGeometry:
         return DetectorGeometry(self.detector, *self.calibration_geometry, wavelength=self.wavelength,
@@ -165,7 +184,8 @@ def _px(detector: str, rows: float, cols: float) -> tuple[float, float]:
 
 def preset(name: str) -> SimulationSpec:
     """Named simulations: 'demo' (the README's demo experiment), 'tiny' and its hexagonal
-    and monoclinic variants (tests), 'thick_sensor' (a 1 mm CdTe sensor at 87 keV)."""
+    and monoclinic variants (tests), 'thick_sensor' (a 1 mm CdTe sensor at 87 keV),
+    'absorbing_plate' (tiny with the beamline's effects: sensor, air, plate, beam, holder)."""
     if name == "demo":
         det = "PilatusCdTe300k"
         p1, p2 = _px(det, 305.3, 232.8)
@@ -242,8 +262,24 @@ def preset(name: str) -> SimulationSpec:
                                 offsets={"omega": -1.0, "chi": 1.5})),
             nframes=180, phi_start=0.0, phi_step=1.0, mosaicity_deg=0.3,
             sensor={"material": "CdTe", "thickness": 1e-3}, transform_max_voxels=121 ** 3)
-    raise ValueError(f"unknown simulation preset {name!r} "
-                     "(known: demo, tiny, tiny_hexagonal, tiny_monoclinic, thick_sensor)")
+    if name == "absorbing_plate":
+        # tiny's experiment with the beamline's effects (beamline.py): a 1 mm CdTe sensor (as
+        # thick_sensor), air, a plate crystal of mu t = 0.8 with its face (010) (its normal
+        # within 60 deg of the beam in every frame), the beam decaying by 10% with a 2%
+        # ripple (no monitor), a holder ring with its empty-holder scans; the diffuse
+        # satellites strong against a weak background
+        base = preset("tiny")
+        return replace(base, name="absorbing_plate", detector="PilatusCdTe300k",
+                       sensor={"material": "CdTe", "thickness": 1e-3},
+                       satellite_amplitude=40.0, background=1.0, air=True,
+                       plate={"normal": [0, 1, 0], "thickness": 1.0e-4, "mu": 8000.0},
+                       beam={"decay": 0.10, "ripple": 0.02, "ripple_period_frames": 37.0,
+                             "monitor": False},
+                       holder={"amplitude": 3.0, "ring_q": 0.22, "ring_width": 0.03})
+    raise ValueError(f"unknown simulation preset {name!r} (known: {', '.join(PRESETS)})")
+
+
+PRESETS = ("demo", "tiny", "tiny_hexagonal", "tiny_monoclinic", "thick_sensor", "absorbing_plate")
 
 
 # --------------------------------------------------------------------------------------
@@ -347,6 +383,23 @@ def predict_scan_reflections(spec: SimulationSpec, sample: SampleModel, temperat
         "in_gap": gaps[ri, ci], "gap_distance_px": dist_bad[ri, ci],
         "background": bg, "i_over_sigma": i_over_sigma, **sensor,
     }
+    if spec.air or spec.plate is not None or spec.beam is not None:
+        # what the beamline's effects make of `counts` at the reflection's centre (counts,
+        # background and i_over_sigma are without them)
+        pos = geom.lab_positions(rows, cols)
+        if spec.air:
+            refl["air_transmission"] = beamline.air_transmission(spec, pos)
+        if spec.plate is not None:
+            normals = beamline.plate_normals(spec.plate, UB, scan.sample_rotation(z))
+            c_out = np.einsum("ni,ni->n", dirs, normals)
+            x, w = beamline._rule()
+            refl["plate_transmission"] = np.array([
+                frames_kernel._plate_transmission_one(float(n[2]), float(c), spec.plate["mu"],
+                                                      spec.plate["thickness"], x, w)
+                for n, c in zip(normals, c_out)])
+        if spec.beam is not None:
+            flux = beamline.beam_flux(spec.beam, spec.nframes)
+            refl["flux"] = flux[np.clip(np.floor(z).astype(int), 0, spec.nframes - 1)]
     return ScanTruth(geom, crystal, U, refl), scan
 
 
@@ -389,8 +442,17 @@ def check_noise_settings(spec: SimulationSpec) -> None:
 
 
 def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, entry: EntryModel,
-                truth: ScanTruth, scan: ScanGeometry, write_chunk, defects, chunk_frames=16):
+                truth: ScanTruth, scan: ScanGeometry, write_chunk, defects, chunk_frames=16,
+                *, empty: bool = False, expected=None) -> dict:
     """Render all frames of a scan, passing (start, int32 array) chunks to write_chunk.
+
+    With any of the spec's beamline effects (beamline.py) the frames are rendered by
+    frames_kernel.render_frames_effects; empty: the scan's empty-holder scan (holder and air
+    scatter, no crystal, its own noise); expected: a callable (start, float64 array) given
+    every chunk's expected photons per pixel (then the effects' kernel is used whatever the
+    effects: the same law as the plain kernel, not its frames bit for bit).  Returns
+    {"plate_transmission_range": (min, max) over the scan's good pixels and frames} with a
+    plate (else {}).
 
     OverflowError if the gain puts a count at or above 2^31 - 1 (int32 frames cannot hold it,
     and hklflow's default trusted_max takes that value for an overload)."""
@@ -435,6 +497,12 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
     f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
     buf = np.empty((chunk_frames, ny, nx), dtype=np.int32)
     frame_max = np.zeros(chunk_frames, dtype=np.float64)
+    if empty or expected is not None or beamline.any_effect(spec):
+        return _render_with_effects(
+            spec, sample, T, entry, truth, scan, write_chunk, defects, chunk_frames, empty,
+            dirs=dirs, q_pix=q_pix, solid=solid, efficiency=efficiency, tth=tth,
+            pixel_scale=pixel_scale, R=R, M_frames=M_frames, diffuse=diffuse, table=table,
+            tbl_off=tbl_off, ptr=ptr, index=index, expected=expected)
     states = frame_noise_states(spec, sample, T, entry)
     for start in range(0, spec.nframes, chunk_frames):
         n = min(chunk_frames, spec.nframes - start)
@@ -452,6 +520,79 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
                 f"gain {spec.gain:g} makes a pixel {frame_max[j]:.4g} counts, more than the "
                 f"int32 raw frames hold (below {frames_kernel.INT32_MAX}); use a smaller gain")
         write_chunk(start, out)
+    return {}
+
+
+def _render_with_effects(spec, sample, T, entry, truth, scan, write_chunk, defects, chunk_frames,
+                         empty, *, dirs, q_pix, solid, efficiency, tth, pixel_scale, R, M_frames,
+                         diffuse, table, tbl_off, ptr, index, expected=None) -> dict:
+    """render_scan's frames with the beamline's effects (beamline.py), or the empty-holder
+    scan (empty): frame_flux * (crystal_scale * (crystal + its background) + other_bg).
+    expected: a callable (start, float64 array) given every chunk's expected photons."""
+    geom = truth.geometry
+    ny, nx = geom.shape
+    air = beamline.air_transmission(spec, geom.lab_positions(*geom.pixel_grid()))
+    crystal_bg = np.ascontiguousarray(spec.background * pixel_scale)
+    other = spec.air_scatter * np.exp(-tth / 0.15) * solid * efficiency
+    if spec.holder is not None:
+        other = other + beamline.holder_intensity(spec.holder, np.linalg.norm(q_pix, axis=-1),
+                                                  pixel_scale)
+    other_bg = np.ascontiguousarray(other * air)
+    flux = np.ascontiguousarray(beamline.beam_flux(spec.beam, spec.nframes))
+    plate = spec.plate if not empty else None
+    normals = None
+    if plate is not None:
+        normals = beamline.plate_normals(plate, truth.U @ truth.crystal.B, R)
+    good = defects == 0
+    tr = [np.inf, -np.inf]
+    r = truth.reflections
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    # frames of their own (not bit for bit those of before): independent streams for every
+    # frame (frame_noise_states' noise_seed ones; of `seed` while noise_seed is None)
+    noisy = spec if spec.noise_seed is not None else replace(spec, noise_seed=spec.seed % 2 ** 64)
+    if empty:  # no crystal: no diffuse, no spots, its own noise
+        diffuse = np.zeros_like(diffuse)
+        ptr = np.zeros(spec.nframes + 1, dtype=np.int64)
+        index = np.zeros(0, dtype=np.int64)
+        r = {c: np.zeros(0) for c in ("row", "col", "frame", "sigma_row", "sigma_col",
+                                      "sigma_frame", "counts")}
+        states = frame_noise_states(noisy, sample, T,
+                                    replace(entry, name=entry.name + beamline.EMPTY_SUFFIX))
+    else:
+        states = frame_noise_states(noisy, sample, T, entry)
+    buf = np.empty((chunk_frames, ny, nx), dtype=np.int32)
+    scale = np.empty((chunk_frames, ny, nx), dtype=np.float64)
+    frame_max = np.zeros(chunk_frames, dtype=np.float64)
+    lam = np.empty((chunk_frames if expected is not None else 0, ny, nx), dtype=np.float64)
+    B = np.ascontiguousarray(truth.crystal.B)
+    for start in range(0, spec.nframes, chunk_frames):
+        n = min(chunk_frames, spec.nframes - start)
+        out = buf[:n]
+        for j in range(n):
+            if empty:
+                scale[j] = 0.0
+            elif plate is not None:
+                A = beamline.plate_transmission_at(plate, normals[start + j], dirs)
+                tr = [min(tr[0], float(A[good].min())), max(tr[1], float(A[good].max()))]
+                scale[j] = A * air
+            else:
+                scale[j] = air
+        frames_kernel.render_frames_effects(
+            start, n, q_pix, pixel_scale, crystal_bg, other_bg, scale[:n], flux, defects,
+            spec.hot_value, M_frames, B, diffuse, table, tbl_off, ptr, index,
+            f64(r["row"]), f64(r["col"]), f64(r["frame"]), f64(r["sigma_row"]),
+            f64(r["sigma_col"]), f64(r["sigma_frame"]), f64(r["counts"]), states,
+            float(spec.gain), out, frame_max[:n], lam[:n])
+        if frame_max[:n].max() >= frames_kernel.INT32_MAX:
+            j = int(np.argmax(frame_max[:n]))
+            raise OverflowError(
+                f"scan {sample.name}/{temperature_label(T)}/{entry.name}, frame {start + j}: "
+                f"gain {spec.gain:g} makes a pixel {frame_max[j]:.4g} counts, more than the "
+                f"int32 raw frames hold (below {frames_kernel.INT32_MAX}); use a smaller gain")
+        if expected is not None:
+            expected(start, lam[:n])
+        write_chunk(start, out)
+    return {"plate_transmission_range": tuple(tr)} if plate is not None else {}
 
 
 def sensor_truth(geom: DetectorGeometry) -> dict:
@@ -495,6 +636,11 @@ def experiment_config(spec: SimulationSpec) -> dict:
         samples[s.name] = {"space_group": s.space_group,
                            "cell": [round(v, 3) for v in approx.parameters],
                            "parent": {"temperature": float(s.temperatures[0])}}
+        if spec.plate is not None and spec.plate_in_config:
+            p = spec.plate
+            samples[s.name]["shape"] = {"kind": "plate", "normal": [int(v) if float(v).is_integer() else float(v)
+                                                   for v in p["normal"]],
+                                        "thickness": float(p["thickness"]), "mu": float(p["mu"])}
     d, p1, p2 = spec.rough_start
     detector = spec.detector if spec.detector_orientation == 3 and spec.sensor is None else {
         "name": spec.detector,
@@ -507,6 +653,8 @@ def experiment_config(spec: SimulationSpec) -> dict:
             "detector": detector,
             "wavelength": spec.wavelength,
             "polarization_fraction": spec.polarization_fraction,
+            # (a simulation without air is one in vacuum: the workflow corrects none)
+            **({} if spec.air else {"air_path": 0.0}),
             "goniometer": {"scan_axis": list(spec.scan_axis), "scan_sense": spec.scan_sense,
                            "offset_axes": {k: list(v) for k, v in spec.offset_axes.items()}},
         },
@@ -526,6 +674,10 @@ def experiment_config(spec: SimulationSpec) -> dict:
 
 
 FRAME_FORMATS = ("hdf5", "eiger", "cbf")
+# the beamline effects' fields and their defaults: left out of truth.json's simulation when
+# at the default (truth.json as before they existed)
+BEAMLINE_FIELDS = {"air": False, "plate": None, "plate_in_config": True, "beam": None,
+                   "holder": None}
 
 
 def scan_data_path(sample: str, temperature_folder: str, entry: str, frame_format: str) -> str:
@@ -541,6 +693,7 @@ def scan_data_path(sample: str, temperature_folder: str, entry: str, frame_forma
 
 def scans_table_rows(spec: SimulationSpec, frame_format: str) -> list[dict]:
     rows = []
+    monitor = beamline.monitor_column(spec, frame_format)  # None: no monitor column
     for s in spec.samples:
         for T in s.temperatures:
             for e in spec.entries:
@@ -553,7 +706,18 @@ def scans_table_rows(spec: SimulationSpec, frame_format: str) -> list[dict]:
                        "det_dponi2": f"{e.det_shift[2]:.6g}"}
                 for name in spec.offset_axes:
                     row[name] = f"{e.offsets.get(name, 0.0):g}"
-                rows.append(row)
+                if monitor is not None:
+                    row["monitor"] = monitor
+                if spec.holder is None:
+                    rows.append(row)
+                    continue
+                # with a holder: its empty scan, a background row the sample row names
+                empty = f"{e.name}{beamline.EMPTY_SUFFIX}"
+                rows.append({**row, "role": "sample", "background": empty})
+                rows.append({**row, "entry": empty, "role": "background", "background": "",
+                             "data": beamline.empty_scan_path(s.name, tl, e.name),
+                             **({"monitor": beamline.HDF5_MONITOR_DATASET}
+                                if monitor is not None else {})})
     return rows
 
 
@@ -615,15 +779,21 @@ def scan_frames_writer(spec: SimulationSpec, outdir: Path, frame_format: str,
                        frames_per_file: int = 100):
     """The writer factory (sample, temperature, entry, true geometry) -> writer that puts a
     scan's frames where the scans table says, all at once."""
+    monitor = beamline.monitor_values(spec)  # None: none written (beamline.py)
+
     def make(sample: SampleModel, T: float, entry: EntryModel, geom: DetectorGeometry):
         folder = outdir / "raw" / sample.name / temperature_label(T)
         if frame_format == "hdf5":
             folder.mkdir(parents=True, exist_ok=True)
-            return Hdf5StackWriter(folder / f"{entry.name}.h5", spec.nframes, geom.shape)
+            return Hdf5StackWriter(folder / f"{entry.name}.h5", spec.nframes, geom.shape,
+                                   monitor=monitor, monitor_dataset=beamline.HDF5_MONITOR_DATASET)
         if frame_format == "eiger":
+            if monitor is not None:
+                raise ValueError("beam: a monitor is written with the hdf5 and cbf frame "
+                                 "formats only, not eiger (set beam.monitor false)")
             return EigerScanWriter(folder / entry.name, entry.name, spec, entry, geom,
                                    detector_defects(spec, geom)[0], frames_per_file, atomic=True)
-        return CbfFramesWriter(folder / entry.name, entry.name, spec, geom)
+        return CbfFramesWriter(folder / entry.name, entry.name, spec, geom, monitor=monitor)
     return make
 
 
@@ -641,6 +811,7 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
         raise ValueError(f"frame_format must be one of {', '.join(FRAME_FORMATS)}; "
                          f"got {frame_format!r}")
     check_noise_settings(spec)
+    beamline.check_effects(spec, frame_format)
     outdir = Path(outdir)
     t0 = time.monotonic()
     write_config(spec, outdir, frame_format, overwrite, table_rows)
@@ -662,7 +833,8 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
     defects, defect_truth = detector_defects(spec, cal)
     # the same truth whatever the noise seed: it is not a fact of the experiment
     simulation = {k: v for k, v in asdict(spec).items()
-                  if k != "noise_seed" and not (k == "sensor" and v is None)}
+                  if k != "noise_seed" and not (k == "sensor" and v is None)
+                  and not (k in BEAMLINE_FIELDS and v == BEAMLINE_FIELDS[k])}
     truth = {
         "simulation": _jsonable(simulation),
         "conventions": "hklflow docs/conventions.md (Q without 2 pi; Busing-Levy B; lab = pyFAI)",
@@ -690,6 +862,8 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
     }
     if cal.sensor is not None:
         truth["sensor"] = sensor_truth(cal)
+    truth.update(beamline.truth_sections(spec))
+    plate_range = None
     nscan = len(spec.samples) * len(spec.entries) * max(len(s.temperatures) for s in spec.samples)
     done = 0
     for sample in spec.samples:
@@ -705,8 +879,21 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
                 st, scan = predict_scan_reflections(spec, sample, T, entry)
                 tl = temperature_label(T)
                 writer = frames_writer(sample, T, entry, st.geometry)
-                render_scan(spec, sample, T, entry, st, scan, writer, defects)
+                stats = render_scan(spec, sample, T, entry, st, scan, writer, defects)
                 writer.close()
+                if plate_range is None and "plate_transmission_range" in stats:
+                    plate_range = stats["plate_transmission_range"]
+                empty = {}
+                if spec.holder is not None:  # its empty-holder scan (always HDF5)
+                    rel = beamline.empty_scan_path(sample.name, tl, entry.name)
+                    (outdir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    monitor = beamline.monitor_values(spec)  # (the beam's: the same decay)
+                    ew = Hdf5StackWriter(outdir / rel, spec.nframes, st.geometry.shape,
+                                         monitor=monitor,
+                                         monitor_dataset=beamline.HDF5_MONITOR_DATASET)
+                    render_scan(spec, sample, T, entry, st, scan, ew, defects, empty=True)
+                    ew.close()
+                    empty = {"empty_scan": rel, "empty_scan_dataset": RAW_DATASET}
                 done += 1
                 log.info("scan %s/%s/%s: %d reflections, %d frames (%d/%d, %.1f s)", sample.name,
                          tl, entry.name, len(st.reflections["h"]), spec.nframes, done, nscan,
@@ -715,8 +902,35 @@ def simulate_experiment(spec: SimulationSpec, outdir, frame_format: str = "hdf5"
                     "geometry": st.geometry.as_dict(), "offsets": dict(entry.offsets),
                     "det_shift": list(entry.det_shift),
                     "phi_start": spec.phi_start, "phi_step": spec.phi_step, "nframes": spec.nframes,
-                    "reflections": _jsonable(st.reflections)}
+                    "reflections": _jsonable(st.reflections), **empty}
+    if spec.plate is not None:
+        truth["plate"] = beamline.plate_truth(spec, plate_range)
     write_text_atomically(outdir / "truth.json", json.dumps(truth, indent=None,
                                                             separators=(",", ":")))
     log.info("simulation %s written to %s in %.1f s", spec.name, outdir, time.monotonic() - t0)
     return truth
+
+
+def expected_scan(spec: SimulationSpec, sample: SampleModel, temperature: float,
+                  entry: EntryModel, *, empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(expected photons, frames) of one scan of the spec, float64 and int32 (nframes, ny,
+    nx): what render_scan's frames are drawn from (with the effects' kernel, whatever the
+    effects), the scan's empty-holder scan with empty.  For tests and checks: the whole scan
+    is held in memory."""
+    check_noise_settings(spec)
+    beamline.check_effects(spec)
+    st, scan = predict_scan_reflections(spec, sample, temperature, entry)
+    ny, nx = st.geometry.shape
+    lam = np.empty((spec.nframes, ny, nx), dtype=np.float64)
+    frames = np.empty((spec.nframes, ny, nx), dtype=np.int32)
+
+    def keep_expected(start, chunk):
+        lam[start:start + len(chunk)] = chunk
+
+    def keep_frames(start, chunk):
+        frames[start:start + len(chunk)] = chunk
+
+    render_scan(spec, sample, temperature, entry, st, scan, keep_frames,
+                detector_defects(spec, spec.calibration())[0], empty=empty,
+                expected=keep_expected)
+    return lam, frames

@@ -209,3 +209,150 @@ def frame_spot_lists(nframes_total: int, z: np.ndarray, sz: np.ndarray, reach: f
     ptr[1:] = np.cumsum([len(x) for x in lists])
     index = np.array([s for x in lists for s in x], dtype=np.int64)
     return ptr, index
+
+
+# --------------------------------------------------------------------------------------
+# Beamline effects (experiment.SimulationSpec's air, plate, beam, holder): their own kernel,
+# so that the plain one above (every default frame) is untouched
+# --------------------------------------------------------------------------------------
+@numba.njit(parallel=True, cache=True)
+def render_frames_effects(first_frame, nframes, q_pix, pixel_scale, crystal_bg, other_bg,
+                          crystal_scale, frame_flux, gap_mask, hot_value, M_frames, B,
+                          diffuse_params, bragg_table, tbl_off, spot_frame_ptr, spot_index,
+                          spot_row, spot_col, spot_z, spot_sr, spot_sc, spot_sz, spot_counts,
+                          frame_states, gain, out, frame_max, expected_out):
+    """render_frames with the beamline's effects: expected photons of pixel (r, c) in frame f
+
+        frame_flux[f] * (crystal_scale[j, r, c] * (crystal_bg + diffuse * pixel_scale + Bragg)
+                         + other_bg)
+
+    crystal_scale (nframes, ny, nx): what reaches the pixel of the crystal's scattering (the
+    plate's absorption times the air's); crystal_bg (ny, nx): the crystal's own background;
+    other_bg (ny, nx): what does not come from the crystal (air scatter, holder), its air
+    attenuation included; frame_flux (nframes_total,): the incident flux of every frame;
+    expected_out: (nframes, ny, nx) float64 to receive the expected photons of every pixel
+    (gaps and defects too), or an array of no frames (not wanted).  The rest as render_frames.
+    """
+    ny, nx = crystal_bg.shape
+    sat_amp, sat_hk, sat_l = diffuse_params[0], diffuse_params[1], diffuse_params[2]
+    tds_amp, tds_k2, tds_reach = diffuse_params[3], diffuse_params[4], diffuse_params[5]
+    for j in numba.prange(nframes):
+        f = first_frame + j
+        state = frame_states[f]
+        vmax = 0.0
+        lam = np.empty((ny, nx), dtype=np.float64)
+        M = M_frames[f]
+        for r in range(ny):
+            for c in range(nx):
+                d = 0.0
+                if sat_amp > 0.0 or tds_amp > 0.0:
+                    q0 = q_pix[r, c, 0]
+                    q1 = q_pix[r, c, 1]
+                    q2 = q_pix[r, c, 2]
+                    h = M[0, 0] * q0 + M[0, 1] * q1 + M[0, 2] * q2
+                    k = M[1, 0] * q0 + M[1, 1] * q1 + M[1, 2] * q2
+                    l = M[2, 0] * q0 + M[2, 1] * q1 + M[2, 2] * q2
+                    d = _diffuse_at(h, k, l, B, sat_amp, sat_hk, sat_l, tds_amp, tds_k2,
+                                    tds_reach, bragg_table, tbl_off)
+                lam[r, c] = crystal_bg[r, c] + d * pixel_scale[r, c]
+        for p in range(spot_frame_ptr[f], spot_frame_ptr[f + 1]):
+            s = spot_index[p]
+            zc, sz = spot_z[s], spot_sz[s]
+            frac = _phi((f + 1 - zc) / sz) - _phi((f - zc) / sz)
+            if frac <= 0.0:
+                continue
+            amp = spot_counts[s] * frac
+            rc, cc, sr, sc = spot_row[s], spot_col[s], spot_sr[s], spot_sc[s]
+            r0 = max(int(math.floor(rc - 5.0 * sr)), 0)
+            r1 = min(int(math.ceil(rc + 5.0 * sr)), ny)
+            c0 = max(int(math.floor(cc - 5.0 * sc)), 0)
+            c1 = min(int(math.ceil(cc + 5.0 * sc)), nx)
+            for r in range(r0, r1):
+                fr = _phi((r + 1 - rc) / sr) - _phi((r - rc) / sr)
+                if fr <= 0.0:
+                    continue
+                for c in range(c0, c1):
+                    fc = _phi((c + 1 - cc) / sc) - _phi((c - cc) / sc)
+                    lam[r, c] += amp * fr * fc
+        flux = frame_flux[f]
+        keep = expected_out.shape[0] > 0
+        for r in range(ny):
+            for c in range(nx):
+                v = flux * (crystal_scale[j, r, c] * lam[r, c] + other_bg[r, c])
+                if keep:
+                    expected_out[j, r, c] = v
+                g = gap_mask[r, c]
+                if g == 1:
+                    out[j, r, c] = -1
+                elif g == 2:
+                    out[j, r, c] = hot_value
+                elif g == 3:
+                    out[j, r, c] = 0
+                else:
+                    if v > 0.0:
+                        state, n = _poisson(state, v)
+                        counts = n * gain
+                        if gain != 1.0:
+                            counts = math.floor(counts + 0.5)
+                        vmax = max(vmax, counts)
+                        out[j, r, c] = int(counts) if counts < INT32_MAX else INT32_MAX
+                    else:
+                        out[j, r, c] = 0
+        frame_max[j] = vmax
+
+
+QUADRATURE_WINDOW = 60.0  # the plate's depth integral is taken where mu*path < min + this
+
+
+@numba.njit(cache=True)
+def _plate_transmission_one(c_in, c_out, mu, t, nodes, weights):
+    """(1/t) * integral over the depth z in [0, t] of exp(-mu (path_in(z) + path_out(z))),
+    by Gauss-Legendre quadrature (nodes, weights on [-1, 1]).
+
+    c_in > 0: cosine of the incident beam with the plate's normal n, n oriented into the
+    plate from the face the beam enters (depth z grows along n); c_out: cosine of the
+    outgoing direction with n (> 0: it leaves through the back face, z = t; < 0: through the
+    entry face, z = 0).  The paths are computed point by point: path_in = z / c_in,
+    path_out = (t - z) / c_out or z / |c_out|.  The integrand falls exponentially away from
+    one end: the rule is laid over the part of [0, t] where mu * (path_in + path_out) is
+    within QUADRATURE_WINDOW of its smallest value (the rest adds < exp(-60) of it), so
+    rays near the plate's plane (huge paths) stay resolved.  Edge-on rays give ~0, no NaN.
+    """
+    tiny = 1e-12
+    ci = max(c_in, tiny)
+    co = c_out
+    if abs(co) < tiny:
+        co = tiny if co >= 0.0 else -tiny
+    # mu * (path_in + path_out) at both ends (linear in z in between)
+    if co > 0.0:
+        g0 = mu * t / co  # z = 0: no path in, the whole thickness out
+        g1 = mu * t / ci  # z = t
+    else:
+        g0 = 0.0
+        g1 = mu * t * (1.0 / ci + 1.0 / (-co))
+    gmin = min(g0, g1)
+    slope = (g1 - g0) / t if t > 0.0 else 0.0
+    a, b = 0.0, t
+    if slope > 0.0 and g1 - gmin > QUADRATURE_WINDOW:
+        b = QUADRATURE_WINDOW / slope
+    elif slope < 0.0 and g0 - gmin > QUADRATURE_WINDOW:
+        a = t - QUADRATURE_WINDOW / (-slope)
+    half = 0.5 * (b - a)
+    mid = 0.5 * (b + a)
+    total = 0.0
+    for i in range(nodes.shape[0]):
+        z = mid + half * nodes[i]
+        path_in = z / ci
+        path_out = (t - z) / co if co > 0.0 else z / (-co)
+        total += weights[i] * math.exp(-mu * (path_in + path_out))
+    return total * half / t if t > 0.0 else 1.0
+
+
+@numba.njit(parallel=True, cache=True)
+def plate_transmission(c_in, c_out, mu, t, nodes, weights):
+    """_plate_transmission_one for every c_out (1-d array; c_in a number)."""
+    n = c_out.shape[0]
+    res = np.empty(n, dtype=np.float64)
+    for i in numba.prange(n):
+        res[i] = _plate_transmission_one(c_in, c_out[i], mu, t, nodes, weights)
+    return res

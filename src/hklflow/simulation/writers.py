@@ -68,9 +68,11 @@ def direct_beam(geom: DetectorGeometry) -> tuple[float, float, float]:
 class Hdf5StackWriter:
     """int32 (frames, rows, cols), one frame per chunk, bitshuffle-LZ4: as detectors write.
     The file appears whole (the plain simulation's, not a detector's way: the one atomic
-    writer)."""
+    writer).  monitor: per-frame values (float64) written to the dataset monitor_dataset
+    (an NXmonitor's data) beside the frames."""
 
-    def __init__(self, path: Path, nframes: int, shape: tuple[int, int]):
+    def __init__(self, path: Path, nframes: int, shape: tuple[int, int], monitor=None,
+                 monitor_dataset: str | None = None):
         self.path = path
         self._atomic = atomic_path(path)
         self.tmp = self._atomic.__enter__()
@@ -82,6 +84,12 @@ class Hdf5StackWriter:
         self.dset = grp.create_dataset("data", shape=(nframes,) + tuple(shape), dtype=np.int32,
                                        chunks=(1,) + tuple(shape),
                                        **hdf5plugin.Bitshuffle(cname="lz4"))
+        if monitor is not None:
+            group_path, _, name = monitor_dataset.strip("/").rpartition("/")
+            mon = self.f.require_group(group_path)
+            if group_path.endswith("monitor"):
+                mon.attrs["NX_class"] = "NXmonitor"
+            mon.create_dataset(name, data=np.asarray(monitor, dtype=np.float64))
 
     def __call__(self, start: int, frames: np.ndarray):
         self.dset[start:start + len(frames)] = frames
@@ -94,8 +102,10 @@ class Hdf5StackWriter:
 class CbfFramesWriter:
     """One Pilatus miniCBF per frame, with the header lines DIALS's dxtbx needs."""
 
-    def __init__(self, folder: Path, stem: str, spec, geom: DetectorGeometry):
+    def __init__(self, folder: Path, stem: str, spec, geom: DetectorGeometry, monitor=None):
+        """monitor: per-frame values, written as each header's '# Flux' line."""
         self.folder, self.stem, self.spec, self.geom = folder, stem, spec, geom
+        self.monitor = monitor
         # the beamline's geometry (beamline_geometry) as a Pilatus header gives it: Beam_xy
         # (fast, slow) where the direct beam hits the frame as stored, Detector_distance to
         # that point (direct_beam).  dxtbx reads frames of orientation 2 as they are laid
@@ -123,6 +133,7 @@ class CbfFramesWriter:
             f"# Start_angle {s.phi_start + index * s.phi_step:.4f} deg.",
             f"# Angle_increment {s.phi_step:.4f} deg.",
             *pilatus_sensor_line(g),
+            *([] if self.monitor is None else [f"# Flux {float(self.monitor[index]):.10e}"]),
         ])
 
     def __call__(self, start: int, frames: np.ndarray):

@@ -196,6 +196,47 @@ def _bragg_note(stats: dict) -> str:
     return "none left out by the statistics (a masked_transform's Bragg regions are masked)"
 
 
+def _entry_notes(notes: dict, title: str = "", depth: int = 0):
+    """(title, notes) of the entry volumes a volume was made from (its notes' inputs, down
+    through sums and merges): the notes that say what was corrected and subtracted."""
+    if "background" in notes or depth > 4:
+        yield title or notes.get("scan", ""), notes
+        return
+    for item in notes.get("inputs", []):
+        if isinstance(item, dict):
+            yield from _entry_notes(item.get("notes", {}), item.get("title", ""), depth + 1)
+
+
+def _corrections_of(notes: dict) -> dict | None:
+    """The corrections a transform recorded, in an entry's notes or its parts'."""
+    if "corrections" in notes:
+        return notes["corrections"]
+    for item in notes.get("inputs", []):
+        found = _corrections_of(item.get("notes", {})) if isinstance(item, dict) else None
+        if found:
+            return found
+    return None
+
+
+def corrections_lines(notes: dict) -> list[str]:
+    """What a volume's entries were corrected for and which background each lost."""
+    lines, applied = [], None
+    for scan, entry in _entry_notes(notes):
+        corrections = _corrections_of(entry)
+        if corrections and applied is None:
+            applied = corrections
+        bg = entry.get("background")
+        what = (f"{bg.get('scan')} subtracted (scale {_num(bg.get('scale'))}, "
+                f"{bg.get('voxels_left_out', 0)} voxels left out)" if isinstance(bg, dict)
+                else "no background")
+        lines.append(f"{scan or '?'}: {what}")
+    if applied is not None:
+        off = "; ".join(f"{k}: {v}" for k, v in applied.get("not_applied", {}).items())
+        lines.insert(0, "corrections: " + (", ".join(applied.get("applied", {})) or "none")
+                     + (f" (not applied - {off})" if off else ""))
+    return lines
+
+
 def volumes_section(paths) -> Section:
     blocks = []
     for path in paths:
@@ -208,6 +249,7 @@ def volumes_section(paths) -> Section:
             before = notes["measured_fraction_before"]
             lines.append(f"before symmetrisation: {_num(100 * before, '.2f')} %")
         blocks_of = [Text("; ".join(lines))]
+        blocks_of += [Text(line, "note") for line in corrections_lines(notes)]
         stats = notes.get("statistics")
         if stats:
             rows = []

@@ -1,16 +1,26 @@
 """Step sum_chunks: the volumes of one scan entry, each kind (transform, masked_transform)
 the sum of the volumes of its frame chunks (hklflow.algorithms.merge.volumes.sum_volumes), with slice
 pictures.  The chunks are temporary files of the transform: an entry transformed in one
-chunk has its volumes moved into place (a rename and a new header), not rewritten."""
+chunk has its volumes moved into place (a rename and a new header), not rewritten.  With
+the background the scans table names for the entry (transform_background's volumes), the
+sum minus that background (hklflow.algorithms.merge.background); the volume's notes say
+which background was subtracted, or that none was."""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+from ..algorithms.merge.background import subtract_background
 from ..algorithms.merge.volumes import sum_volumes
 from ..base.errors import InputMismatchError
 from ..files.provenance import provenance
+from ..files.volume import update_notes
 from ..pictures.preview import preview_label
 from ..pictures.volumes import plot_slices
-from ..settings.params import SliceParams, settings_part
+from ..settings.params import SliceParams, TransformParams, settings_part
 from ._run import StepParser, run_step
+
+NO_BACKGROUND = "none: the scans table names no background for this entry"
 
 
 def parser() -> StepParser:
@@ -19,6 +29,8 @@ def parser() -> StepParser:
     p.add_argument("--title", required=True, help="title of the sum, e.g. SAMPLE/300K/f1")
     p.add_input("--inputs", "volumes to add, the chunks of the first output's kind first, "
                 "then those of the next (as many per output)", nargs="+")
+    p.add_input("--background", "the background's volume to subtract, one per output "
+                "(transform_background)", nargs="+", required=False)
     p.add_output("--out", "volume file to write, one per kind", nargs="+")
     p.add_output("--png", "slice picture to write, one per output", nargs="+")
     return p
@@ -31,11 +43,28 @@ def run(args, log) -> None:
                                  f"{len(args.png)} pictures: expected as many inputs per "
                                  "output and one picture per output")
     slices = settings_part(args.settings, SliceParams).slices
+    backgrounds = args.background or []
+    if backgrounds and len(backgrounds) != len(args.out):
+        raise InputMismatchError(f"{len(backgrounds)} backgrounds for {len(args.out)} outputs: "
+                                 "expected one per output")
+    smooth = settings_part(args.settings, TransformParams).background_smooth
     for i, (out, png) in enumerate(zip(args.out, args.png)):
         inputs = args.inputs[i * n:(i + 1) * n]
-        prov = provenance("hklflow sum_chunks", args.settings, inputs=inputs)
-        notes = sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
-        plot_slices(out, slices, png, f"{args.title} ({n} volumes summed)", log=log,
+        prov = provenance("hklflow sum_chunks", args.settings,
+                          inputs=inputs + backgrounds[i:i + 1])
+        if not backgrounds:
+            notes = sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
+            update_notes(out, {"background": NO_BACKGROUND})
+        else:  # (the sum and the background's own, made whole, beside the output)
+            with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".sum_chunks") as tmp:
+                summed, bg = Path(tmp) / "sum.nxs", Path(tmp) / "background.nxs"
+                notes = sum_volumes(inputs, summed, args.title, prov, log=log,
+                                    move_single=True)
+                sum_volumes([backgrounds[i]], bg, f"background of {args.title}", prov, log=log)
+                notes["background"] = subtract_background(summed, bg, out, args.title, prov,
+                                                          smooth, log)
+        plot_slices(out, slices, png, f"{args.title} ({n} volumes summed"
+                    f"{', background subtracted' if backgrounds else ''})", log=log,
                     preview=preview_label(notes))
 
 

@@ -30,7 +30,7 @@ from ..files.volume import VolumeWriter
 from ..files.volume_bricks import write_volumes
 from ..pictures.preview import preview_notes
 from ..raw.frames import open_frame_source
-from ..settings.params import DetectorParams, TransformParams, settings_part
+from ..settings.params import DetectorParams, SampleShapeParams, TransformParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -65,6 +65,8 @@ def parser() -> StepParser:
 def run(args, log) -> None:
     t0 = time.monotonic()
     params = settings_part(args.settings, TransformParams)
+    shape = (settings_part(args.settings, SampleShapeParams).sample_shape()
+             if SampleShapeParams.NAME in args.settings else None)
     detector = settings_part(args.settings, DetectorParams)
     rec = read_scan_file(args.scan)
     ori = read_orientation_file(args.orientation)
@@ -85,24 +87,36 @@ def run(args, log) -> None:
                            compiled_decompression=True) as stack:
         tr, notes = transform_scan(stack, scan, grid, ScanMask.of(read_mask_file(args.mask)), kinds, first,
                                    stop, params, detector.trusted_max_for(stack.dtype), crystal,
-                                   rec.monitor, log, threads=args.threads)
+                                   rec.monitor, log, threads=args.threads, shape=shape)
+    prov = provenance("hklflow transform_frames", args.settings,
+                      inputs=[args.scan, args.orientation, args.grid, args.mask])
+    write_transformed(tr, notes, args.out, grid, params, rec, ori, scan, prov,
+                      time.monotonic() - t0, whole=(first, stop) == (0, rec.nframes),
+                      title=f"{rec.scan_id} frames {first}-{stop}", threads=args.threads,
+                      log=log)
+
+
+def write_transformed(tr, notes: dict, outs, grid, params: TransformParams, rec, ori, scan,
+                      prov: dict, seconds: float, whole: bool, title: str, threads: int,
+                      log, extra_notes: dict | None = None) -> None:
+    """The transformer's volumes, one file per kind (outs in the order of params.kinds), with
+    their half sets and the sums counted as they were written.  whole: the entry's frames
+    all there (the volume as it is: with its intensity)."""
+    crystal = ori.crystal()
     # the scan file's temperature (K) reaches every sum and symmetrisation through this
     # sample group: NXRefine and NeXpy read /entry/sample/temperature
     sample = {"name": rec.sample, "temperature_label": ori.temperature_label,
               "temperature": rec.temperature, "space_group": crystal.hm,
               "unit_cell": np.asarray(crystal.cell.parameters), "ub_matrix": np.asarray(scan.UB)}
-    prov = provenance("hklflow transform_frames", args.settings,
-                      inputs=[args.scan, args.orientation, args.grid, args.mask])
-    seconds = time.monotonic() - t0
-    whole = (first, stop) == (0, rec.nframes)  # the entry's volume as it is: complete
+    kinds = tuple(params.kinds)  # (the order of outs; the transformer holds its own)
     with contextlib.ExitStack() as files:
         writers = [files.enter_context(
-            VolumeWriter(out, grid, kind, f"{rec.scan_id} frames {first}-{stop}", sample,
+            VolumeWriter(out, grid, kind, title, sample,
                          {"scan": rec.scan_id, **notes[kind], "seconds": seconds,
-                          **preview_notes(rec, ori)}, prov,
+                          **preview_notes(rec, ori), **(extra_notes or {})}, prov,
                          intensity=whole, variance=tr.acc.variance))
-            for kind, out in zip(kinds, args.out)]
-        write_volumes(tr, writers, args.threads)
+            for kind, out in zip(kinds, outs)]
+        write_volumes(tr, writers, threads)
         if params.half_sets:
             for kind, w in zip(kinds, writers):
                 w.write_half_set(half_set_grid(grid), *tr.half_set(kind), HALF_SET_HOW)
@@ -111,7 +125,7 @@ def run(args, log) -> None:
             w.notes.update(measured_voxels=w.measured, measured_fraction=w.measured / grid.size,
                            weight_sum=w.weight_sum, signal_sum=w.signal_sum,
                            pixel_frames_added=int(round(w.weight_sum)))
-    for kind, out, w in zip(kinds, args.out, writers):
+    for kind, out, w in zip(kinds, outs, writers):
         log.info("wrote %s (%s): %d pixel-frames of %d usable on the grid, %d measured voxels",
                  out, kind, int(round(w.weight_sum)), notes[kind]["pixel_frames_usable"],
                  w.measured)

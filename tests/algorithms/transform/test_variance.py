@@ -27,7 +27,7 @@ def test_variance_equals_the_numpy_reference_and_changes_nothing_else(setup):  #
     kinds = ("transform", "masked_transform")
     plain = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds)
     plain.add(fr, M, scale, bragg)
-    tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, gain=GAIN)
+    tr = Transformer(grid, table, 2 ** 31 - 1, kinds=kinds, gain=GAIN, variance_from="observed")
     tr.add(fr, M, scale, bragg)
     assert tr.acc.stride == 3 and plain.acc.stride == 2
     for kind in (0, 1):
@@ -43,7 +43,9 @@ def test_variance_equals_the_numpy_reference_and_changes_nothing_else(setup):  #
         Transformer(grid, table, 2 ** 31 - 1, gain=0.0)
 
 
-def test_variance_is_the_same_on_threads_and_from_frames_as_stored(setup, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("variance_from", ["observed", "expected"])
+def test_variance_is_the_same_on_threads_and_from_frames_as_stored(setup, tmp_path,  # noqa: F811
+                                                                   variance_from):
     import h5py
     import hdf5plugin
 
@@ -61,7 +63,8 @@ def test_variance_is_the_same_on_threads_and_from_frames_as_stored(setup, tmp_pa
         with open_frames(str(path)) as st:
             st.compiled_decompression = stored
             tr = Transformer(grid, table, 2 ** 31 - 1, kinds=("transform", "masked_transform"),
-                             crystal=crystal, hkl_radius=0.1, threads=threads, gain=GAIN)
+                             crystal=crystal, hkl_radius=0.1, threads=threads, gain=GAIN,
+                             variance_from=variance_from)
             add_frames(st, scan, tr, 0, 16, 2, np.linspace(1, 2, 16), chunk_frames=8,
                        mask=PaintedMask(bragg_all))
             tr.close()

@@ -22,7 +22,8 @@ import numpy as np
 from ...base import steplog
 from ...base.errors import FileFormatError, InputMismatchError
 from ...files.volume import (VolumeReader, VolumeWriter, adopt_volume, has_intensity, has_variance,
-                             read_half_set, read_volume, read_volume_header, slab_planes)
+                             read_half_set, read_volume, read_volume_header, slab_planes,
+                             variance_kind)
 
 
 # Imported at first use: both load numba, which a sum of one volume (moved into place) and
@@ -93,7 +94,7 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     """Write the sum of the volume files `paths` to `out` (atomically); returns its notes.
     move_single: a single complete input (a temporary file nobody else reads) is moved to
     `out` with a new header instead of being rewritten.  left_out: entries not summed and
-    why (recorded in the notes).  keep: files.volume.KeptPlanes the writer fills (left
+    why (recorded in the notes).  keep: files.volume_planes.KeptPlanes the writer fills (left
     incomplete when the input is moved)."""
     paths = [str(p) for p in paths]
     grid, kind, headers = check_inputs(paths)
@@ -111,11 +112,26 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     if left_out:
         notes["left_out"] = dict(left_out)
     sums = ("measured_fraction", "weight_sum", "signal_sum")
+    # (issue 81) parts of a transform with the variance from the expected counts carry the
+    # variance per unit intensity: summed, then turned into the variance (never mixed with
+    # parts that carry the variance itself)
+    kinds = [variance_kind(p) for p in paths]
+    per_intensity = "per_intensity" in kinds
+    if per_intensity and any(k != "per_intensity" for k in kinds):
+        other = next(p for p, k in zip(paths, kinds) if k != "per_intensity")
+        raise InputMismatchError(
+            f"{other}: {'a variance_sum' if kinds[paths.index(other)] else 'no variance'}, but "
+            f"{paths[kinds.index('per_intensity')]} carries variance_per_intensity_sum "
+            "(reduction.transform.variance_from expected): parts of a transform made with "
+            "different reduction.transform.variance or variance_from settings cannot be "
+            "summed (make them again)")
     if move_single and len(paths) == 1 and all(k in headers[0].notes for k in sums) \
-            and has_intensity(paths[0]):
+            and has_intensity(paths[0]) and not per_intensity:
         # the sum of one complete volume is that volume: renamed, not rewritten
         notes["inputs"][0].update({k: headers[0].notes[k] for k in sums})
         notes.update({k: headers[0].notes[k] for k in sums}, adopted=True)
+        notes.update({k: headers[0].notes[k] for k in ("variance_from", "variance_how")
+                      if k in headers[0].notes})
         adopt_volume(paths[0], out, title, notes, provenance)
         if log:
             log.info("%s: one complete volume, moved to %s (nothing to add)", paths[0], out)
@@ -126,18 +142,32 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     sample = dict(headers[0].sample)
     counted = (measured, total_w, total_s)
     # variances add like the signal (independent counts): summed where every input has one
-    variance = [has_variance(p) for p in paths]
+    variance = [k is not None for k in kinds]
     if any(variance) and not all(variance) and log:
         log.warning("%s: no variance_sum (made with reduction.transform.variance false?): "
                     "the sum carries no uncertainty", paths[variance.index(False)])
     variance = all(variance)
     notes["variance"] = variance
+    if per_intensity:
+        from .expected_variance import HOW
+        notes["variance_from"] = "expected"
+        notes["variance_how"] = HOW
+    elif variance:  # (entries' volumes: what their sums recorded)
+        made = sorted({h.notes["variance_from"] for h in headers if "variance_from" in h.notes})
+        if made:
+            notes["variance_from"] = made[0] if len(made) == 1 else made
+        how = {h.notes["variance_how"] for h in headers if "variance_how" in h.notes}
+        if len(how) == 1 and made == ["expected"]:
+            notes["variance_how"] = how.pop()
     with VolumeWriter(out, grid, kind, title, sample, notes, provenance, keep=keep,
                       variance=variance) as w, contextlib.ExitStack() as stack:
-        readers = [stack.enter_context(_reader(p, variance=variance)) for p in paths]
+        readers = [stack.enter_context(_reader(p, variance=variance,
+                                               per_intensity=per_intensity)) for p in paths]
         corners = [r.stored_chunks() for r in readers]
-        if w.writes_raw_chunks and all(c is not None and r.chunks == w.chunks
-                                       for r, c in zip(readers, corners)):
+        if per_intensity:  # (slabs with their neighbouring planes: the local intensity)
+            _sum_expected_by_slabs(readers, w, planes, known, counted, progress)
+        elif w.writes_raw_chunks and all(c is not None and r.chunks == w.chunks
+                                         for r, c in zip(readers, corners)):
             _sum_by_chunks(readers, w, sorted(set().union(*corners)), known, counted, progress)
         else:
             _sum_by_slabs(readers, w, planes, known, counted, progress)
@@ -248,19 +278,64 @@ def _sum_by_chunks(readers, w: VolumeWriter, corners, known, counted, progress) 
             progress.update(min(l0 + cl, nl))
 
 
-def _add_variance(acc, arrays, n: int, first: bool) -> None:
+def _sum_expected_by_slabs(readers, w: VolumeWriter, planes: int, known, counted,
+                           progress) -> None:
+    """_sum_by_slabs of parts that carry the variance per unit intensity (gain x sum of a):
+    each slab read with its neighbouring L planes, summed in float64, and its variance
+    formed from the sums (expected_variance.variance_of_slab) before it is written."""
+    from .expected_variance import variance_of_slab
+
+    volume_kernels = _volume_kernels()
+    nl = w.grid.l.n
+    m = min(planes, nl)
+    shape = (m + 2,) + w.grid.shape[1:]
+    part = tuple(np.empty(shape, np.float32) for _ in range(3))
+    acc = tuple(np.zeros(shape) for _ in range(3))  # float64 S, W, U; plane 0: l0 - 1
+    for l0 in range(0, nl, planes):
+        l1 = min(nl, l0 + planes)
+        n = l1 - l0
+        a, b = max(0, l0 - 1), min(nl, l1 + 1)
+        for i, r in enumerate(readers):
+            try:
+                arrays = r.read(a, b, out=part)
+            except (OSError, KeyError, ValueError) as exc:
+                raise _read_error(r, f"L planes {a}..{b - 1}", exc) from None
+            j = l0 - a  # (the slab's first plane in arrays)
+            counts = volume_kernels.add_slab(acc[0][1:n + 1], acc[1][1:n + 1], arrays[0][j:j + n],
+                                             arrays[1][j:j + n], i == 0, not known[i])
+            _add_variance(acc[2][1:n + 1], (arrays[2][j:j + n],), n, i == 0, at=0)
+            for total, c in zip(counted, counts):
+                total[i] += c
+            for src, dst in ((j - 1, 0), (j + n, n + 1)):  # the neighbouring planes
+                for x, y in zip(acc, arrays):
+                    if not 0 <= src < b - a:
+                        x[dst] = 0.0
+                    elif i == 0:
+                        x[dst] = y[src]
+                    else:
+                        x[dst] += y[src]
+        out = part[2][:n]  # (the float32 read buffer, free until the next slab)
+        variance_of_slab(acc[0][:n + 2], acc[1][:n + 2], acc[2][:n + 2], first=1, n=n, out=out)
+        w.write(l0, acc[0][1:n + 1], acc[1][1:n + 1], out)
+        if progress:
+            progress.update(l1)
+
+
+def _add_variance(acc, arrays, n: int, first: bool, at: int = 2) -> None:
     """acc[:n] (float64) = or += the variance read (arrays' third), where there is one."""
     if acc is None:
         return
     if first:
-        acc[:n] = arrays[2]
+        acc[:n] = arrays[at][:n]
     else:
-        acc[:n] += arrays[2]
+        acc[:n] += arrays[at][:n]
 
 
-def _reader(path, error=InputMismatchError, variance: bool | None = None) -> VolumeReader:
+def _reader(path, error=InputMismatchError, variance: bool | None = None,
+            per_intensity: bool = False) -> VolumeReader:
     try:  # (compiled decompression: kernels compiled anyway)
-        return VolumeReader(path, compiled_decompression=True, variance=variance)
+        return VolumeReader(path, compiled_decompression=True, variance=variance,
+                            per_intensity=per_intensity)
     except (OSError, KeyError, ValueError) as exc:
         raise error(f"{path}: cannot read this volume: {exc}") from None
 
@@ -270,7 +345,7 @@ def symmetrize_file(path, out, crystal, provenance: dict, planes: int | None = N
     """Write the symmetrised volume of the volume file `path` to `out`; returns its notes.
     Slab by slab when the Laue group maps L planes onto L planes (symmetry.l_separable):
     each output slab reads only the input planes it needs; otherwise the input is read
-    whole.  keep: files.volume.KeptPlanes the writer fills."""
+    whole.  keep: files.volume_planes.KeptPlanes the writer fills."""
     symmetry = _symmetry()
     try:
         head = read_volume_header(path)

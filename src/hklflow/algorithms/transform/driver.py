@@ -4,6 +4,7 @@ pass over the frames in chunks (transform_frames) and the step's domain call
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import time
@@ -14,6 +15,7 @@ import numpy as np
 from ...base import steplog
 from ...base.errors import InputMismatchError, RawDataError
 from ...codec import CompressedFrames, block_count, codec_for
+from ...model.corrections import SampleShape, corrections_for
 from ...model.geometry import ScanGeometry
 from ...model.grid import Axis, Grid
 from ...raw.frames import READ_AHEAD_THREADS, frame_reader
@@ -21,7 +23,7 @@ from ...raw.monitors import monitor_norm
 from ...settings.params import TransformParams, largest_trusted_value
 from .bricks import BRICK_BITS, BrickedGrid, unbrick
 from .kernels import _accumulate
-from .pixels import (BLOCK, PixelTable, SubSteps, allowed_table, block_sub_steps,
+from .pixels import (BLOCK, PixelFrames, PixelTable, SubSteps, allowed_table, block_sub_steps,
                      bragg_block_summary, frame_matrices, live_blocks, pixel_blocks, pixel_table)
 from .shares import ThreadShares
 
@@ -64,12 +66,15 @@ class Transformer:
     are the same bit for bit whatever the number of threads.  gain (counts per photon, > 0)
     makes each voxel sum the variance of its signal too, from Poisson statistics of the raw
     values (BrickedGrid's variance); None leaves it out (signal and weight are the same
-    either way, bit for bit)."""
+    either way, bit for bit).  variance_from (reduction.transform.variance_from): 'observed'
+    sums the variance of each pixel-frame's own count; 'expected' (the default) sums gain x
+    a per pixel-frame instead, the variance per unit intensity (kernels.kernel_gain)."""
 
     def __init__(self, grid: Grid, table: PixelTable, trusted_max: float, *,
                  kinds=("transform",), crystal=None, hkl_radius: float = 0.0,
                  threads: int = 1, scan_axis=None, sub_steps: SubSteps | None = None,
-                 gain: float | None = None, half_sets: bool = False):
+                 gain: float | None = None, half_sets: bool = False,
+                 variance_from: str = "expected"):
         if not trusted_max > 0:
             raise ValueError(f"the trusted maximum must be > 0, got {trusted_max}")
         self.kinds = tuple(k for k in KINDS if k in kinds)
@@ -81,6 +86,13 @@ class Transformer:
         if gain is not None and not (np.isfinite(gain) and gain > 0):
             raise ValueError(f"the detector gain must be a finite number > 0, got {gain}")
         self.gain = None if gain is None else float(gain)
+        # --- issue 81: the variance from each pixel-frame's expected count (the voxels' third
+        # cell sums gain x a, turned into the variance where the chunks are summed) or from
+        # its observed count (the variance itself, as before): kernels.kernel_gain
+        from .kernels import kernel_gain
+        self.variance_from = str(variance_from)
+        self._kernel_gain = kernel_gain(1.0 if gain is None else self.gain, self.variance_from)
+        # --- end issue 81
         # both kinds from one pass: each pixel added once, to one part (BrickedGrid paired)
         self.acc = BrickedGrid(grid, len(self.kinds), paired=len(self.kinds) == 2,
                                shared=int(threads) > 1, variance=gain is not None)
@@ -150,7 +162,7 @@ class Transformer:
         without the variance."""
         if self.gain is None:
             return 0.0, None
-        return self.gain, np.empty(BLOCK, np.float32)
+        return self._kernel_gain, np.empty(BLOCK, np.float32)  # (< 0: expected: kernel_gain)
 
     def _half_args(self, frame_numbers, nf: int) -> tuple:
         """A function share -> the kernel's (half, half_frames) for frames of the scan
@@ -230,18 +242,20 @@ class Transformer:
 
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
             bragg: np.ndarray | None = None, bragg_blocks: np.ndarray | None = None,
-            frame_numbers=None) -> None:
+            frame_numbers=None, pixels: PixelTable | None = None) -> None:
         """Add frames (nf, rows, cols) with their matrices M (nf, nsub, 3, 3), per-frame
         scale and the Bragg mask (nf, rows * cols) uint8 (for the masked transform) with its
         block summary (bragg_block_summary; made here when not given); frame_numbers: the
-        frames' numbers in the scan (for the half sets)."""
+        frames' numbers in the scan (for the half sets); pixels: the pixel table of these
+        frames (a correction per pixel and frame: PixelFrames), else the transformer's."""
         nf = frames.shape[0]
         flat = frames.reshape(nf, -1)
         if flat.shape[1] != self.table.qx.shape[0]:
             raise ValueError(f"frames of {frames.shape[1:]} pixels do not match the pixel table "
                              f"of the detector {self.table.shape}")
         acc = self.acc
-        args = (flat, self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+        table = pixels if pixels is not None else self.table
+        args = (flat, table.qx, table.qy, table.qz, table.corr_all, M,
                 np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
                 *self._bragg_args(bragg, bragg_blocks, nf), self.allowed, self.allowed_off,
                 self.hkl_r2, acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max,
@@ -253,14 +267,16 @@ class Transformer:
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                        bragg: np.ndarray | None = None,
-                       bragg_blocks: np.ndarray | None = None, frame_numbers=None) -> bool:
+                       bragg_blocks: np.ndarray | None = None, frame_numbers=None,
+                       pixels: PixelTable | None = None) -> bool:
         """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
         each block of pixels decompressed just before it is added: the same sums, without
         writing the frames to memory whole and reading them back (on several threads, each
         decompresses the parts of blocks it computes).  False (nothing added) where it
         does not apply: a compression block that does not divide the kernel's blocks, no
         compiled untranspose for the type; then add() the frames read."""
-        pending = self.submit_compressed(frames, M, scale, bragg, bragg_blocks, frame_numbers)
+        pending = self.submit_compressed(frames, M, scale, bragg, bragg_blocks, frame_numbers,
+                                         pixels)
         if pending is False:
             return False
         self._finish(pending)
@@ -269,7 +285,8 @@ class Transformer:
     def submit_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                           bragg: np.ndarray | None = None,
                           bragg_blocks: np.ndarray | None = None,
-                          frame_numbers=None) -> list[Future] | bool:
+                          frame_numbers=None, pixels: PixelTable | None = None
+                          ) -> list[Future] | bool:
         """add_compressed() without waiting for the threads' shares (threads > 1): returns
         their futures (the frames' buffer and the Bragg mask must stay as they are until
         they are done), or False where it does not apply (nothing added)."""
@@ -296,7 +313,8 @@ class Transformer:
         acc = self.acc
         stored = (frames.stream, positions, frames.elements, frames.block,
                   stream.OWN_UNTRANSPOSE)
-        args = (self.table.qx, self.table.qy, self.table.qz, self.table.corr_all, M,
+        table = pixels if pixels is not None else self.table
+        args = (table.qx, table.qy, table.qz, table.corr_all, M,
                 np.asarray(scale, np.float64),
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 *bragg_args, self.allowed, self.allowed_off, self.hkl_r2,
@@ -361,14 +379,16 @@ class _ChunkSlot:
 
 def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first: int,
                      stop: int, subdivide: int, scale, chunk_frames: int = 16, mask=None,
-                     progress=None) -> float:
+                     progress=None, pixel_frames: PixelFrames | None = None) -> float:
     """Read frames [first, stop) of a FrameStack in chunks and add them: as stored where the
     stack gives them so (Transformer.add_compressed, each chunk read by this thread; with
     threads, up to IN_FLIGHT chunks added at once while this thread reads and paints the
     next), else decompressed, the next chunk read ahead as frames.frame_reader does for the
     transformer's threads; the masked transform leaves out the Bragg regions of mask
-    (masking.ScanMask).  scale: per-frame multipliers for frames first..stop.  Returns the
-    seconds spent in the kernel (and mask painting; with threads, the pass's)."""
+    (masking.ScanMask).  scale: per-frame multipliers for frames first..stop; pixel_frames:
+    a correction per pixel and frame, each chunk added in the parts of frames it gives.
+    Returns the seconds spent in the kernel (and mask painting; with threads, the
+    pass's)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
     npix = int(np.prod(stack.frame_shape))
     if transformer.masked and mask is None:
@@ -425,24 +445,35 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                 mask.paint(a, b, slot.bragg[:b - a], blocks=slot.blocks[:b - a], block=BLOCK)
                 slot.painted = (a, b)
                 bragg, blocks = slot.bragg[:b - a], slot.blocks[:b - a]
-            s = scale[a - first:b - first]
-            added = False
-            if isinstance(frames, CompressedFrames):
-                if not np.isnan(s).any():
-                    added = transformer.submit_compressed(frames, M, s, bragg, blocks,
-                                                          np.arange(a, b))
-                if added is False:  # (frames left out, blocks the kernel cannot take)
-                    frames = stack.read(a, b, out=bufs[0][:b - a])
-                else:
-                    slot.pending, slot.done = added, b - first
-            if added is False:  # from the frames read
-                keep = ~np.isnan(s)  # (frames left out: a bad monitor)
-                if keep.all():
-                    transformer.add(frames, M, s, bragg, blocks, np.arange(a, b))
-                elif keep.any():
-                    transformer.add(frames[keep], M[keep], s[keep],
-                                    *((bragg[keep], blocks[keep]) if mask is not None
-                                      else (None, None)), np.arange(a, b)[keep])
+            parts = [(a, b, None)] if pixel_frames is None else pixel_frames.parts(a, b)
+            pending_parts, read_back = [], None
+            for pa, pb, table in parts:
+                p0, p1 = pa - a, pb - a
+                s = scale[pa - first:pb - first]
+                bragg_part = (bragg[p0:p1], blocks[p0:p1]) if mask is not None else (None, None)
+                added = False
+                if isinstance(frames, CompressedFrames) and read_back is None:
+                    if not np.isnan(s).any():
+                        added = transformer.submit_compressed(
+                            _frames_part(frames, p0, p1), M[p0:p1], s, *bragg_part,
+                            np.arange(pa, pb), table)
+                    if added is False:  # (frames left out, blocks the kernel cannot take)
+                        read_back = stack.read(a, b, out=bufs[0][:b - a])
+                    else:
+                        pending_parts += added
+                if added is False:  # from the frames read
+                    part = (read_back if read_back is not None else frames)[p0:p1]
+                    keep = ~np.isnan(s)  # (frames left out: a bad monitor)
+                    if keep.all():
+                        transformer.add(part, M[p0:p1], s, *bragg_part, np.arange(pa, pb),
+                                        table)
+                    elif keep.any():
+                        transformer.add(part[keep], M[p0:p1][keep], s[keep],
+                                        *((bragg_part[0][keep], bragg_part[1][keep])
+                                          if mask is not None else (None, None)),
+                                        np.arange(pa, pb)[keep], table)
+            if pending_parts:
+                slot.pending, slot.done = pending_parts, b - first
             t_kernel += time.perf_counter() - t
             if slot.done is None and progress is not None:
                 progress(b - first)
@@ -451,6 +482,14 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
     if transformer.threads > 1:
         return time.perf_counter() - t_pass
     return t_kernel
+
+
+def _frames_part(frames: CompressedFrames, i: int, j: int) -> CompressedFrames:
+    """Frames [i, j) of stored frames (the same stream)."""
+    if (i, j) == (0, len(frames)):
+        return frames
+    return dataclasses.replace(frames, starts=frames.starts[i:j], stops=frames.stops[i:j],
+                               first=frames.first + i, files=frames.files[i:j])
 
 
 def frame_scale(monitor, reference, first: int, stop: int, bad_frames: str = "fail",
@@ -480,20 +519,30 @@ def frame_scale(monitor, reference, first: int, stop: int, bad_frames: str = "fa
 
 def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: int,
                    stop: int, params: TransformParams, trusted_max: float, crystal, monitor=None,
-                   log=None, threads: int = 1) -> tuple[Transformer, dict]:
+                   log=None, threads: int = 1, shape: SampleShape | None = None,
+                   units: float = 1.0) -> tuple[Transformer, dict]:
     """Transform frames [first, stop) of a scan entry (rule transform_frames) into the kinds
     of volume asked, all from one read of the frames: its refined geometry (with UB), the
     sample's grid, its masks (masking.ScanMask: the pixel mask for every kind, the Bragg
     regions and the hkl punch for the masked_transform).  Returns the filled Transformer and
     notes on what was added, per kind.  threads: the kernel's threads (the sums do not
-    depend on them)."""
+    depend on them); shape: the sample's (its absorption, model.corrections); units: a factor
+    of every frame's scale (a background put in its sample entry's units)."""
     log = log or logging.getLogger("hklflow.transform")
     if mask.pixels.shape != scan.detector.shape:
         raise InputMismatchError(f"the pixel mask {mask.pixels.shape} does not match the "
                                  f"detector {scan.detector.shape}")
-    table = pixel_table(scan.detector, mask.pixels, solid_angle=params.solid_angle,
-                        polarization=params.polarization,
-                        polarization_fraction=params.polarization_fraction, threads=threads)
+    corrections = corrections_for(
+        scan.detector, solid_angle=params.solid_angle, polarization=params.polarization,
+        polarization_fraction=params.polarization_fraction, efficiency=params.efficiency,
+        air=params.air, air_path=params.air_path, absorption=params.absorption, shape=shape,
+        scan=scan, min_transmission=params.min_transmission)
+    log.info("corrections: %s", ", ".join(corrections.names) or "none")
+    for name, why in corrections.left_out.items():
+        log.info("  not applied: %s (%s)", name, why)
+    table = pixel_table(scan.detector, mask.pixels, corrections, threads=threads)
+    frame_tables = (PixelFrames(table, corrections.pixel_frame[0], scan.detector.wavelength)
+                    if corrections.pixel_frame else None)
     steps, move = block_sub_steps(scan, table, grid, crystal.cell.parameters[:3])
     sub_steps, how = None, "config"
     if params.subdivide == "auto_per_block":  # each block the sub-steps its pixels need
@@ -510,6 +559,7 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
              nsub, how, move)
     scale, monitor_ref = frame_scale(monitor, params.monitor_reference, first, stop,
                                      params.bad_monitor_frames, lambda i: stack.locate(i)[0])
+    scale = scale * float(units)
     left_out = (np.flatnonzero(np.isnan(scale)) + first).tolist()
     if left_out:
         log.warning("%d frame(s) left out, their monitor is <= 0 or not finite: %s",
@@ -518,7 +568,7 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     tr = Transformer(grid, table, trusted_max, kinds=kinds, crystal=crystal,
                      hkl_radius=hkl_radius, threads=threads, scan_axis=scan.axis_lab,
                      sub_steps=sub_steps, gain=params.variance_gain,
-                     half_sets=params.half_sets)
+                     half_sets=params.half_sets, variance_from=params.variance_from)
     log.info("grid in memory: %.2f GB (signal + weight%s of %d kind(s), float32)",
              tr.acc.nbytes / 1e9, " + variance" if tr.acc.variance else "", len(tr.kinds))
     progress = steplog.Progress(log, "frames transformed", stop - first)
@@ -530,7 +580,7 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
     t0 = time.monotonic()
     try:
         t_kernel = transform_frames(stack, scan, tr, first, stop, nsub, scale,
-                                    params.chunk_frames, mask, progress.update)
+                                    params.chunk_frames, mask, progress.update, frame_tables)
     finally:
         tr.close()
     pixel_frames = (stop - first) * len(table)
@@ -548,7 +598,10 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                        "monitor_reference": monitor_ref, "frames_left_out": left_out,
                        "hkl_radius": hkl_radius if kind == "masked_transform" else 0.0,
                        "kinds_in_one_pass": list(tr.kinds), "kernel_seconds": t_kernel,
-                       "variance": tr.gain is not None, "gain": params.gain}
+                       "variance": tr.gain is not None, "gain": params.gain,
+                       "corrections": corrections.notes(),
+                       "pixel_frames_left_out_by_absorption":
+                           frame_tables.left_out if frame_tables is not None else 0}
     log.info("%d frames in %.2f s (kernel %.2f s on %d thread(s): %.1f Mpixel/s for %d "
              "kind(s))", stop - first, time.monotonic() - t0, t_kernel, tr.threads,
              pixel_frames * mean_steps / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))

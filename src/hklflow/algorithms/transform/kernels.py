@@ -17,6 +17,20 @@ from .pixels import BLOCK
 
 FIXUP_CHUNK = 64  # pass 2 looks into a chunk only when it holds a flagged pixel
 UNIT_ROUNDOFF32 = 2.0 ** -24
+# reduction.transform.variance_from: what a voxel's third cell sums (with the variance)
+VARIANCE_FROM = ("expected", "observed")
+
+
+def kernel_gain(gain: float, variance_from: str) -> float:
+    """The kernels' `gain` argument: gain (> 0, counts per photon) for the variance from
+    each pixel-frame's observed count (observed: gain v a^2 per pixel-frame of raw value v
+    and factor a = corr x scale: the variance of the sum itself); -gain for the variance
+    from its expected count (expected: gain a per pixel-frame, the sum's variance per unit
+    corrected intensity, times a local estimate of the intensity where the chunks are
+    summed: algorithms.merge.expected_variance)."""
+    if variance_from not in VARIANCE_FROM:
+        raise ValueError(f"variance_from must be one of {VARIANCE_FROM}, got {variance_from!r}")
+    return float(gain) if variance_from == "observed" else -float(gain)
 
 
 # The kernel works through the detector in blocks of BLOCK pixels, in three passes per block:
@@ -127,14 +141,17 @@ def half_set_index(k):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_max, dims,
-                   nbricks, shift, dump, idx, val, var, g32):
+                   nbricks, shift, dump, idx, val, var, g32, expected):
     """Pass 1 of _compute_values on pixels [p0, p0 + n) of frame f (values vb): each pixel's
     bricked voxel index (+ shift for a Bragg-masked pixel with shift > 0; the dump when
     unusable, off the grid or, shift 0, Bragg-masked), -1 when a coordinate lies within the
     rounding bound of a voxel face (t: 1/2 - the bound per axis), and its value, from the
     float32 matrix B (row by row) and offset c; with var (not None) the value's variance
     too, g32 = s32 x gain: a raw value v of gain x photons counts has variance gain x v, so
-    value = v a (a = corr s32) has gain v a^2 = value x corr x g32.  Multiplies and adds may fuse (`contract`:
+    value = v a (a = corr s32) has gain v a^2 = value x corr x g32; expected (the
+    variance from the expected count, kernel_gain): var = corr x g32, g32 = s32 x gain /
+    steps here, the variance per unit intensity (I / a expected of v: gain a / steps^2 per
+    sub-step, times I where the chunks are summed).  Multiplies and adds may fuse (`contract`:
     fewer roundings, so the bound holds; less time with AVX2): the integer arithmetic of
     the brick stays exact, and the float64 decisions (pass 2, the punch) are in functions
     of their own, without it."""
@@ -157,7 +174,9 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
         bb = bragg[f, p0:p0 + n]
     for i in range(n):
         v = vb[i]
-        use = (v >= 0) & (v <= value_max)
+        # (a correction of 0: a pixel left out of these frames, e.g. a ray a plate absorbs
+        # beyond reduction.transform.min_transmission; the scan's unusable pixels have it too)
+        use = (v >= 0) & (v <= value_max) & (cb[i] > zero)
         if bragg is not None:
             use = use & ((bb[i] == 0) | paired)
         q0 = xb[i]
@@ -187,7 +206,10 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
         idx[i] = -1 if use & near else k
         val[i] = np.float32(v) * cb[i] * s32
         if var is not None:
-            var[i] = val[i] * cb[i] * g32
+            if expected:  # (loop-invariant: unswitched; observed's arithmetic unchanged)
+                var[i] = cb[i] * g32
+            else:
+                var[i] = val[i] * cb[i] * g32
 
 
 @numba.njit(nogil=True, cache=True)
@@ -227,7 +249,11 @@ def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_ma
     first: the block's first sub-step of the frame (state reset)."""
     var, gain, state, first = variance
     s32 = np.float32(scale[f] / steps)
-    g32 = np.float32(scale[f] / steps * gain)
+    expected = gain < 0  # (kernel_gain: the variance from the expected count)
+    if expected:
+        g32 = np.float32(scale[f] / steps / steps * -gain)
+    else:
+        g32 = np.float32(scale[f] / steps * gain)
     nbk, nbh = nbricks[1], nbricks[2]
     shift = np.int32(second)  # (< 2^31: BrickedGrid)
     paired = second > 0
@@ -262,10 +288,12 @@ def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_ma
     B = (b00, b01, b02, b10, b11, b12, b20, b21, b22)
     if _holds_bragg(bragg, bragg_blocks, f, p0 // BLOCK):
         _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, (c0, c1, c2), (t0, t1, t2),
-                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32)
+                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32,
+                       expected)
     else:
         _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, None, B, (c0, c1, c2), (t0, t1, t2),
-                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32)
+                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32,
+                       expected)
     # pass 2: float64 decisions for the flagged pixels (~0.2%)
     for r0 in range(0, n, FIXUP_CHUNK):
         r1 = min(r0 + FIXUP_CHUNK, n)
@@ -313,7 +341,9 @@ def _one_observation(idx, var, state, first, n):
     one voxel give it (m a / n)^2 g v, not m (a / n)^2 g v.  The k-th of a run of sub-steps
     in a voxel adds (2 k - 1) (a / n)^2 g v (the sum over k: m^2); a pixel moves on through
     the voxels as the crystal turns, so its sub-steps in a voxel are a run.  state: the
-    pixels' last voxel and run (reset on the block's first sub-step of a frame)."""
+    pixels' last voxel and run (reset on the block's first sub-step of a frame).  The
+    expected count's (kernel_gain < 0) alike: (m / n)^2 a g per unit intensity, each
+    sub-step's a g / n^2 times (2 k - 1)."""
     if var is None:
         return
     last, run = state[0], state[1]
@@ -506,7 +536,8 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
     the block is skipped, its pixels would all go to the dump).  var: None, or a float32
     buffer of BLOCK (the calling thread's own): each voxel's third cell then sums the
     variance of its signal (cells of 3 floats a voxel), from gain (counts per photon) and
-    Poisson statistics of the raw values (_voxel_indices).  half: None, or the cells of
+    Poisson statistics of the raw values (_voxel_indices; gain < 0: of their expected
+    values, the variance per unit intensity: kernel_gain).  half: None, or the cells of
     the half set (its signal and weight on the grid binned 2 x 2 x 2: half_set_index; the
     calling thread's own) that the frames f with half_frames[f] != 0 add to as well.
     share: one thread's part of the work (ThreadShares.shares[thread]), or None for all."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...model.corrections import Corrections, PixelRays, corrections_for
 from ...model.geometry import DetectorGeometry, ScanGeometry
 from ...model.grid import Grid
 
@@ -49,16 +50,23 @@ class PixelTable:
                          for a in (self.qx, self.qy, self.qz)])
 
 
-def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle: bool = True,
+def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray,
+                corrections: Corrections | None = None, *, solid_angle: bool = True,
                 polarization: bool = True, polarization_fraction: float = 0.99,
                 threads: int = 1) -> PixelTable:
-    """Lab Q and correction of every pixel not excluded (bool (rows, cols), True = unused).
-    The corrections are pyFAI's formulas (DetectorGeometry.solid_angle, .polarization):
-    computed here without importing pyFAI's integrators, whose import is a large part of
-    a short job.  With a sensor, Q is where each pixel looks (its parallax) and the
-    correction also divides by the sensor's efficiency relative to normal incidence
-    (DetectorGeometry.sensor_efficiency).  threads: blocks of rows computed side by side
-    (numpy lets go of the GIL)."""
+    """Lab Q and correction of every pixel not excluded (bool (rows, cols), True = unused):
+    1 / the product of the per-pixel factors of `corrections` (model.corrections; without
+    it, solid angle, polarization as the switches say and a thick sensor's efficiency
+    relative to normal incidence: the table of before the corrections of issue 81).  Q
+    is where each pixel looks (with a thick sensor, its parallax: solved once per pixel);
+    a pixel whose factor is 0 (a ray a sample's shape absorbs beyond its minimum
+    transmission) is left out.  threads: blocks of rows computed side by side (numpy lets
+    go of the GIL)."""
+    if corrections is None:
+        corrections = corrections_for(geometry, solid_angle=solid_angle,
+                                      polarization=polarization,
+                                      polarization_fraction=polarization_fraction, air=False,
+                                      absorption=False, efficiency_relative=True)
     ny, nx = geometry.shape
     usable = ~np.asarray(excluded, bool).ravel()
     q = np.full((3, ny * nx), np.nan, dtype=np.float32)
@@ -66,30 +74,15 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
     # blocks of rows, 64 at a time in all: temporaries stay small on large detectors
     threads = max(1, min(int(threads), 8))  # (8 rows a block at least)
     step = 64 // threads
-    if geometry.sensor is not None:  # the efficiency at normal incidence
-        normal = float(geometry.sensor.efficiency(1.0, geometry.wavelength))
 
     def rows_from(r0):
         r1 = min(r0 + step, ny)
         sel = r0 * nx + np.flatnonzero(usable[r0 * nx:r1 * nx])
-        rows, cols = sel // nx + 0.5, sel % nx + 0.5
-        corr = np.ones(len(sel))
-        if geometry.sensor is not None:  # where the pixels look, solved once
-            q_lab, pol, efficiency = geometry.looking(rows, cols, polarization_fraction)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # each factor rounded to float32 first, as pyFAI's arrays are
-            if solid_angle:
-                corr /= geometry.solid_angle(rows, cols).astype(np.float32)
-            if polarization:
-                corr /= (geometry.polarization(rows, cols, polarization_fraction)
-                         if geometry.sensor is None else pol).astype(np.float32)
-            if geometry.sensor is not None:
-                corr /= (efficiency / normal).astype(np.float32)
+        rays = PixelRays(geometry, sel // nx + 0.5, sel % nx + 0.5)
+        corr = corrections.pixel_factor(rays)
         good = np.isfinite(corr) & (corr > 0)
-        sel = sel[good]
-        corr_all[sel] = corr[good]
-        q[:, sel] = (geometry.lab_q(rows[good], cols[good]) if geometry.sensor is None
-                     else q_lab[good]).T
+        corr_all[sel[good]] = corr[good]
+        q[:, sel[good]] = rays.q[good].T
 
     if threads > 1:
         with ThreadPoolExecutor(threads, thread_name_prefix="pixel_table") as pool:
@@ -99,6 +92,91 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray, *, solid_angle
             rows_from(r0)
     index = np.flatnonzero(corr_all > 0).astype(np.int64)
     return PixelTable(q[0], q[1], q[2], corr_all, index, geometry.shape)
+
+
+class PixelFrames:
+    """The pixel tables of parts of a scan's frames where a correction depends on pixel and
+    frame (a plate's absorption, model.corrections): the table's correction divided by the
+    factor of the part's frames (the mean of its ends), the pixels whose factor is below
+    the correction's minimum left out (correction 0, which the kernels skip); parts as long
+    as the ends of each differ by at most FRAME_TOLERANCE.  compiled: the factors looked up
+    in the correction's tables (pixel_frame_kernels: one pass per part tried); False: its
+    numpy closed form (over_frames, halving), the reference the compiled path is tested
+    against."""
+
+    def __init__(self, table: PixelTable, correction, wavelength: float,
+                 compiled: bool = True):
+        self.table = table
+        self.correction = correction
+        self.compiled = bool(compiled)
+        q = table.q.astype(np.float64)  # where the usable pixels look: s1 = lambda Q + s0
+        s1 = wavelength * q
+        s1[:, 2] += 1.0
+        self.directions = s1 / np.linalg.norm(s1, axis=1, keepdims=True)
+        self._d32 = [np.ascontiguousarray(self.directions[:, i]) for i in range(3)]
+        self._ends: dict = {}  # frame coordinate -> factor or table (the next part's start)
+        self._length = 1 << 30  # frames of the next part tried (compiled)
+        self.left_out = 0  # pixel-frames left out (factor 0)
+        self.parts_made = 0
+
+    def _part(self, a: int, b: int, corr: np.ndarray) -> tuple[float, int]:
+        """corr filled for frames [a, b): (largest change between the ends, pixels gone)."""
+        from .pixel_frame_kernels import part_corrections
+
+        for z in (a, b):
+            if z not in self._ends:
+                self._ends[z] = self.correction.table_at(z)
+        (n_a, t_a), (n_b, t_b) = self._ends[a], self._ends[b]
+        step = 2.0 / (len(t_a) - 1)
+        return part_corrections(*self._d32, self.table.index, self.table.corr_all, n_a, t_a,
+                                n_b, t_b, -1.0, 1.0 / step,
+                                self.correction.min_transmission, corr)
+
+    def _compiled_parts(self, first: int, stop: int) -> list[tuple[int, int, np.ndarray, int]]:
+        from ...model.corrections.absorption import FRAME_TOLERANCE
+
+        # parts as long as the last one that held (doubled while they hold): a pass over the
+        # pixels per part tried, and where the factor changes fast few are tried twice
+        out, a = [], first
+        while a < stop:
+            b = min(stop, a + self._length)
+            corr = np.zeros_like(self.table.corr_all)
+            worst, gone = self._part(a, b, corr)
+            if b - a > 1 and worst > FRAME_TOLERANCE:
+                self._length = max(1, (b - a) // 2)
+                continue
+            out.append((a, b, corr, gone))
+            self.parts_made += 1
+            a = b
+            if worst < 0.5 * FRAME_TOLERANCE:
+                self._length *= 2
+        return out
+
+    def _numpy_parts(self, first: int, stop: int) -> list[tuple[int, int, np.ndarray, int]]:
+        t = self.table
+        out = []
+        for a, b, factor in self.correction.over_frames(self.directions, first, stop,
+                                                        self._ends):
+            corr = np.zeros_like(t.corr_all)
+            keep = factor > 0
+            with np.errstate(divide="ignore"):
+                corr[t.index] = np.where(keep, t.corr_all[t.index] / factor, 0.0)
+            out.append((a, b, corr, int(np.count_nonzero(~keep))))
+        return out
+
+    def parts(self, first: int, stop: int) -> list[tuple[int, int, PixelTable]]:
+        """[(a, b, the pixel table of frames [a, b))] covering frames [first, stop): the
+        scan's Q, and a correction of 0 for the pixels left out (which the kernels skip; its
+        index is the scan's)."""
+        for z in [z for z in self._ends if z < first]:
+            del self._ends[z]
+        t = self.table
+        made = (self._compiled_parts if self.compiled else self._numpy_parts)(first, stop)
+        out = []
+        for a, b, corr, gone in made:
+            self.left_out += gone * (b - a)
+            out.append((a, b, PixelTable(t.qx, t.qy, t.qz, corr, t.index, t.shape)))
+        return out
 
 
 def frame_matrices(scan: ScanGeometry, first: int, stop: int, subdivide: int) -> np.ndarray:

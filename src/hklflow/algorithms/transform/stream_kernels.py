@@ -1,7 +1,8 @@
 """The kernel fused with the compiled bitshuffle-LZ4 decoder: frames added from their stored
 chunks, each block of pixels decompressed just before it is added.  Imported only where the
 compiled codec is in use (it imports codec.compiled: the driver imports this module at the
-first frames given as stored)."""
+first frames given as stored).  Its compiled code holds kernels.py's inlined: numba's cache
+of this file is keyed on this file alone, so a change there must touch this docstring."""
 from __future__ import annotations
 
 import numba
@@ -29,7 +30,9 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
     the block that holds its runs).  The same sums as _accumulate on the frames
     decompressed (a block of no usable pixel is not decompressed either).  Returns 0, or
     -1 - f when a block of chunk f is damaged (nothing added from it on).  half,
-    half_frames: _accumulate's."""
+    half_frames, gain, var: _accumulate's (gain < 0: the variance from the expected counts,
+    kernels.kernel_gain).  (Numba's cache of this function holds kernels' inlined
+    _compute_values but is keyed on this file alone: a change there needs one here.)"""
     nf = positions.shape[0]
     nsub = M.shape[1]
     dump = _dump_slots(size, share)
