@@ -441,6 +441,17 @@ def check_noise_settings(spec: SimulationSpec) -> None:
         raise ValueError(f"the noise seed must be a whole number from 0 to 2^64 - 1; got {n!r}")
 
 
+def _check_int32(frame_max, spec, sample, T, entry, start: int) -> None:
+    """OverflowError if a frame's largest count (frame_max, from frame `start` on) does not
+    fit the int32 raw frames."""
+    if frame_max.max() >= frames_kernel.INT32_MAX:
+        j = int(np.argmax(frame_max))
+        raise OverflowError(
+            f"scan {sample.name}/{temperature_label(T)}/{entry.name}, frame {start + j}: "
+            f"gain {spec.gain:g} makes a pixel {frame_max[j]:.4g} counts, more than the "
+            f"int32 raw frames hold (below {frames_kernel.INT32_MAX}); use a smaller gain")
+
+
 def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, entry: EntryModel,
                 truth: ScanTruth, scan: ScanGeometry, write_chunk, defects, chunk_frames=16,
                 *, empty: bool = False, expected=None) -> dict:
@@ -513,12 +524,7 @@ def render_scan(spec: SimulationSpec, sample: SampleModel, temperature: float, e
             f64(r["row"]), f64(r["col"]), f64(r["frame"]), f64(r["sigma_row"]),
             f64(r["sigma_col"]), f64(r["sigma_frame"]), f64(r["counts"]), states,
             float(spec.gain), out, frame_max[:n])
-        if frame_max[:n].max() >= frames_kernel.INT32_MAX:
-            j = int(np.argmax(frame_max[:n]))
-            raise OverflowError(
-                f"scan {sample.name}/{temperature_label(T)}/{entry.name}, frame {start + j}: "
-                f"gain {spec.gain:g} makes a pixel {frame_max[j]:.4g} counts, more than the "
-                f"int32 raw frames hold (below {frames_kernel.INT32_MAX}); use a smaller gain")
+        _check_int32(frame_max[:n], spec, sample, T, entry, start)
         write_chunk(start, out)
     return {}
 
@@ -583,12 +589,7 @@ def _render_with_effects(spec, sample, T, entry, truth, scan, write_chunk, defec
             f64(r["row"]), f64(r["col"]), f64(r["frame"]), f64(r["sigma_row"]),
             f64(r["sigma_col"]), f64(r["sigma_frame"]), f64(r["counts"]), states,
             float(spec.gain), out, frame_max[:n], lam[:n])
-        if frame_max[:n].max() >= frames_kernel.INT32_MAX:
-            j = int(np.argmax(frame_max[:n]))
-            raise OverflowError(
-                f"scan {sample.name}/{temperature_label(T)}/{entry.name}, frame {start + j}: "
-                f"gain {spec.gain:g} makes a pixel {frame_max[j]:.4g} counts, more than the "
-                f"int32 raw frames hold (below {frames_kernel.INT32_MAX}); use a smaller gain")
+        _check_int32(frame_max[:n], spec, sample, T, entry, start)
         if expected is not None:
             expected(start, lam[:n])
         write_chunk(start, out)

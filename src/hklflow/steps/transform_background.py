@@ -24,7 +24,6 @@ import time
 from ..algorithms.masks.masking import ScanMask
 from ..algorithms.transform import transform_scan
 from ..base.errors import ConfigError
-from ..base.memory import check_room, transform_grid_bytes
 from ..files.grid import read_grid_file
 from ..files.mask import read_mask_file
 from ..files.orientation import read_orientation_file
@@ -33,9 +32,9 @@ from ..files.scan import read_scan_file
 from ..raw.exposure import frame_time
 from ..raw.frames import open_frame_source
 from ..raw.monitors import monitor_norm
-from ..settings.params import DetectorParams, SampleShapeParams, TransformParams, settings_part
+from ..settings.params import TransformParams
 from ._run import StepParser, run_step
-from .transform_frames import write_transformed
+from .transform_frames import check_grid_room, transform_settings, write_transformed
 
 
 def parser() -> StepParser:
@@ -71,28 +70,18 @@ def background_scale(entry, background, params: TransformParams) -> tuple[float,
 
 def run(args, log) -> None:
     t0 = time.monotonic()
-    params = settings_part(args.settings, TransformParams)
-    shape = (settings_part(args.settings, SampleShapeParams).sample_shape()
-             if SampleShapeParams.NAME in args.settings else None)
-    detector = settings_part(args.settings, DetectorParams)
+    params, shape, detector, kinds = transform_settings(args)
     entry = read_scan_file(args.scan)
     bg = read_scan_file(args.background)
     ori = read_orientation_file(args.orientation)
     grid = read_grid_file(args.grid)
-    kinds = tuple(params.kinds)
-    if len(args.out) != len(kinds):
-        raise ConfigError(f"--out: {len(args.out)} file(s) given for the {len(kinds)} kinds "
-                          f"of volume of the settings ({', '.join(kinds)})")
     entry.geometry(ori)  # (the orientation is the entry's sample and temperature)
     # the background's own angles and shift, the entry's refined offsets and UB
     scan = dataclasses.replace(bg.setup, name=entry.setup.name).geometry(ori)
     factor, how = background_scale(entry, bg, params)
     log.info("background of %s: %s (%d frames), scaled by %.6g (%s)", entry.scan_id, bg.scan_id,
              bg.nframes, factor, how["by"])
-    check_room(transform_grid_bytes(grid.shape, len(kinds), params.variance, params.half_sets),
-               f"the grid of {grid.size:,} voxels ({len(kinds)} kind(s))",
-               "coarser reduction.transform.grid steps (or reduction.transform.variance: false)",
-               log)
+    check_grid_room(grid, params, log)
     with open_frame_source(bg.frames, read_threads=args.threads,
                            compiled_decompression=True) as stack:
         tr, notes = transform_scan(stack, scan, grid, ScanMask.of(read_mask_file(args.mask)),

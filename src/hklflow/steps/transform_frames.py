@@ -62,12 +62,31 @@ def parser() -> StepParser:
     return p
 
 
-def run(args, log) -> None:
-    t0 = time.monotonic()
+def transform_settings(args) -> tuple:
+    """(TransformParams, the sample's shape or None, DetectorParams, kinds) of a transform
+    job's settings, its --out checked against the kinds (transform_background's too)."""
     params = settings_part(args.settings, TransformParams)
     shape = (settings_part(args.settings, SampleShapeParams).sample_shape()
              if SampleShapeParams.NAME in args.settings else None)
-    detector = settings_part(args.settings, DetectorParams)
+    kinds = tuple(params.kinds)
+    if len(args.out) != len(kinds):
+        raise ConfigError(f"--out: {len(args.out)} file(s) given for the {len(kinds)} kinds "
+                          f"of volume of the settings ({', '.join(kinds)})")
+    return params, shape, settings_part(args.settings, DetectorParams), kinds
+
+
+def check_grid_room(grid, params: TransformParams, log) -> None:
+    """Memory for the grid of every kind (base.memory.check_room)."""
+    kinds = len(params.kinds)
+    check_room(transform_grid_bytes(grid.shape, kinds, params.variance, params.half_sets),
+               f"the grid of {grid.size:,} voxels ({kinds} kind(s))",
+               "coarser reduction.transform.grid steps (or reduction.transform.variance: false)",
+               log)
+
+
+def run(args, log) -> None:
+    t0 = time.monotonic()
+    params, shape, detector, kinds = transform_settings(args)
     rec = read_scan_file(args.scan)
     ori = read_orientation_file(args.orientation)
     scan = rec.geometry(ori)
@@ -75,14 +94,7 @@ def run(args, log) -> None:
     first, stop = parse_frames(args.frames, rec.nframes)
     crystal = ori.crystal()
     log.info("%s: %s", rec.scan_id, params)
-    kinds = tuple(params.kinds)
-    if len(args.out) != len(kinds):
-        raise ConfigError(f"--out: {len(args.out)} file(s) given for the {len(kinds)} kinds "
-                          f"of volume of the settings ({', '.join(kinds)})")
-    check_room(transform_grid_bytes(grid.shape, len(kinds), params.variance, params.half_sets),
-               f"the grid of {grid.size:,} voxels ({len(kinds)} kind(s))",
-               "coarser reduction.transform.grid steps (or reduction.transform.variance: false)",
-               log)
+    check_grid_room(grid, params, log)
     with open_frame_source(rec.frames, read_threads=args.threads,
                            compiled_decompression=True) as stack:
         tr, notes = transform_scan(stack, scan, grid, ScanMask.of(read_mask_file(args.mask)), kinds, first,
