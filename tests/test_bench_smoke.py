@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,8 +23,9 @@ SMOKED = {"accuracy.py", "cpu_kernels.py", "disk.py", "dryrun.py", "find_peaks.p
           "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
           "pdf.py", "pipeline.py", "shared_detector.py", "threads.py", "transform.py",
           "thick_sensor.py",
-          # (on the experiment of tests/workflow/test_beamline_corrections.py: --reduced)
-          "beamline.py"}
+          # (on the experiments of tests/workflow/test_beamline_corrections.py and
+          # test_scaling.py: --reduced)
+          "beamline.py", "scaling.py"}
 
 
 def bench(*args, timeout=900, check_json=None) -> subprocess.CompletedProcess:
@@ -157,7 +159,9 @@ def small_pipeline(tmp_path_factory):
           "--small-frames", 12, "--fine-voxels", 2_000_000, "--repeats", 1,
           "--no-full-rotation", "--workdir", work, "--json", work / "r.json",
           check_json=work / "r.json")
-    return work / "pipeline_Pilatus300k_24f_step5"
+    yield work / "pipeline_Pilatus300k_24f_step5"
+    # (several GB: gone once this file's tests are done, not at the session's end)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.mark.slow

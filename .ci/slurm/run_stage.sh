@@ -16,7 +16,7 @@
 # The cluster is stopped by its recorded PIDs from a trap, whatever happens; every step is
 # bounded by a timeout.  Settings (environment):
 #   HKLFLOW_SLURM_PRESET   simulation preset (default demo, the README's demo experiment:
-#                          73 jobs, ~3 min for the stage on 2 cores; `tiny`: 41 jobs,
+#                          76 jobs, ~3 min for the stage on 2 cores; `tiny`: 43 jobs,
 #                          ~75 s)
 #   HKLFLOW_SLURM_WORK     scratch folder (default /tmp/hklflow-slurm-ci; emptied first,
 #                          removed after a success unless HKLFLOW_SLURM_KEEP=1)

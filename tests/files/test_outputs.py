@@ -69,6 +69,7 @@ def test_the_rules_name_no_output_of_their_own():
     ("refine_temperature", ["ORIENTATION", "ORIENTATION_PNG"]), ("define_grid", ["GRID"]),
     ("mask_scan", ["MASK", "MASK_PNG"]), ("transform_frames", ["VOLUME_PART"]),
     ("sum_chunks", ["ENTRY_VOLUME", "ENTRY_VOLUME_PNG"]),
+    ("scale_entries", ["SCALES", "SCALES_PNG"]),
     ("merge_entries", ["MERGED_VOLUME", "MERGED_VOLUME_PNG", "STATISTICS_PNG"]),
     ("symmetrize", ["SYMMETRIZED_VOLUME", "SYMMETRIZED_VOLUME_PNG"]),
     ("temperature_series", ["TEMPERATURE_SERIES_PNG"]),

@@ -23,6 +23,7 @@ from hklflow.settings.params import (CalibrationParams, DetectorParams, Detector
                                      StatisticsParams, TemperaturesParams, TotalPDFParams,
                                      TransformParams, read_settings, read_settings_file,
                                      settings_digest, settings_json, settings_part)
+from hklflow.settings.scaling import ScalingParams
 from hklflow.simulation.experiment import config_texts, preset
 
 from experiment_helpers import TRUE_300K, calibration_params, edit_config, off_start
@@ -38,6 +39,7 @@ RULE_PARTS = {
     "mask_scan": (MaskParams, DetectorParams),
     "transform_frames": (TransformParams, DetectorParams, SampleShapeParams),
     "sum_chunks": (SliceParams, TransformParams, DetectorParams, SampleShapeParams),
+    "scale_entries": (ScalingParams,),
     "merge_entries": (SliceParams, StatisticsParams),
     "symmetrize": (SliceParams, SampleParams),
     "temperature_series": (SeriesParams, SampleParams, TemperaturesParams),

@@ -263,3 +263,14 @@ def test_a_volume_says_what_its_entries_were_corrected_for_and_which_background_
         "corrections: solid_angle, air (not applied - absorption: the sample has no shape)",
         "s/300K/f1: s/300K/empty subtracted (scale 2, 3 voxels left out)",
         "s/300K/f2: no background"]
+
+
+def test_a_merged_volume_says_how_its_entries_were_scaled():
+    from hklflow.steps.experiment_page import corrections_lines
+
+    merged = {"inputs": [], "scaling": {
+        "scales": "results/s/300K/scales.json", "terms": {"absorption": "off"},
+        "chi2_nu": {"before": 1.8, "after": 1.02}, "cc_half": {"before": 0.94, "after": 0.97}}}
+    assert corrections_lines(merged) == [
+        "scaled between entries (results/s/300K/scales.json): chi²/ν of equivalents 1.800 → "
+        "1.020, CC½ 0.9400 → 0.9700 (absorption off)"]

@@ -93,6 +93,11 @@ def refuse_results_that_do_not_fit():
 
 TRANSFORM_KINDS = list(EXP.reduction["transform"]["kinds"])
 SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
+# scale_entries fits on the masked transform (no Bragg peaks) where there is one; merge_entries
+# applies its scales unless reduction.scaling.apply is false (the unscaled merge)
+SCALING = bool(EXP.reduction["scaling"]["enabled"])
+SCALING_APPLIED = SCALING and bool(EXP.reduction["scaling"]["apply"])
+SCALING_KIND = "masked_transform" if "masked_transform" in TRANSFORM_KINDS else "transform"
 NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
 MODEL_INPUTS = list(EXP.raw["output"]["model_inputs"])
 MODEL_INPUT_VOLUMES = model_input_volumes(EXP)  # (output.model_input_volumes)
@@ -131,6 +136,11 @@ def scan_path(scan, pattern, **more):
 
 def calibration_path(name, pattern):
     return fill(pattern, calibration=name)
+
+
+def option(flag, paths):
+    """A command line's option with its paths quoted (" --flag 'a' 'b'"), none without paths."""
+    return f" {flag} {' '.join(shlex.quote(str(p)) for p in paths)}" if paths else ""
 
 
 def entries_files(w, pattern, **more):
@@ -383,6 +393,8 @@ def all_targets():
                 if SYMMETRIZE:
                     targets.append(fill(outputs.SYMMETRIZED_VOLUME, **at))
             targets.append(fill(outputs.TEMPERATURE_SERIES_PNG, sample=name, kind=kind))
+        if SCALING:  # (reduction.scaling.apply false: fitted and reported, not applied)
+            targets += [fill(outputs.SCALES, sample=name, temperature=t) for t in temperatures]
         pdf_temperatures = EXP.pdf_temperatures_of(name)  # (previews: live.preview_pdf)
         if PDF_ENABLED and pdf_temperatures:
             for t in pdf_temperatures:

@@ -165,6 +165,14 @@ RESOURCES = {
         lambda w: BASE_MB + 200 + 3 * _ARRAYS * _SLAB_MB,
         lambda w: _FIXED_MINUTES + _TRANSFORM_KINDS
         * (_CHUNKS[(w.sample, w.temperature, w.entry)] + 1) * _VOXELS / RATE_VOLUME / 60),
+    # orbits drawn while every entry's volume is read slab by slab (as a merge), then the
+    # fit on at most max_orbits orbits of observations (~1 kB per voxel of an orbit: its
+    # values, crossings and harmonics)
+    "scale_entries": RuleResources(
+        lambda w: BASE_MB + 400 + 3 * _ARRAYS * _SLAB_MB
+        + 1e-3 * EXP.reduction["scaling"]["max_orbits"] * MAX_LAUE_OPERATORS,
+        lambda w: _FIXED_MINUTES + 2 * (_ENTRIES[(w.sample, w.temperature)] + 1)
+        * _VOXELS / RATE_VOLUME / 60),
     "merge_entries": RuleResources(
         lambda w: BASE_MB + 200 + 3 * _ARRAYS * _SLAB_MB,
         lambda w: _FIXED_MINUTES + (_ENTRIES[(w.sample, w.temperature)] + 1)

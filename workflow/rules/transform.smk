@@ -153,6 +153,43 @@ rule sum_chunks:
         " --png {output.pngs:q} > {log:q} 2>&1"
 
 
+rule scale_entries:
+    """The scales of a sample's entries at one temperature (a smooth scale per entry in phi,
+    and the absorption surface, detector response and offset reduction.scaling asks for),
+    fitted on Laue-equivalent voxels away from the Bragg nodes; chi^2/nu and CC1/2 before
+    and after in its file, log and picture."""
+    input:
+        volumes=lambda w: entries_files(w, outputs.ENTRY_VOLUME, kind=SCALING_KIND),
+        bragg_volumes=lambda w: (entries_files(w, outputs.ENTRY_VOLUME, kind="transform")
+                                 if SCALING_KIND != "transform" and "transform" in TRANSFORM_KINDS
+                                 else []),
+        scans=lambda w: entries_files(w, outputs.SCAN),
+        masks=lambda w: entries_files(w, outputs.MASK),
+        orientation=outputs.ORIENTATION,
+    output:
+        scales=outputs.SCALES,
+        png=report(outputs.SCALES_PNG, category="Merged volumes", subcategory="{sample}",
+                   caption="../report/scales.rst"),
+    params:
+        settings=lambda w: settings_file(SETTINGS.scale_entries(w.sample, w.temperature)),
+        bragg=lambda w, input: option("--bragg-volumes", input.bragg_volumes),
+    log:
+        "logs/scale_entries/{sample}/{temperature}.log",
+    benchmark:
+        "benchmarks/scale_entries/{sample}/{temperature}.tsv"
+    threads: RESOURCES["scale_entries"].threads
+    resources:
+        mem_mb=RESOURCES["scale_entries"].mem_mb,
+        runtime=RESOURCES["scale_entries"].runtime,
+    conda:
+        CONDA_ENV
+    shell:
+        "hklflow scale_entries --settings-file {params.settings:q} --volumes {input.volumes:q}"
+        "{params.bragg} --scans {input.scans:q} --masks {input.masks:q}"
+        " --orientation {input.orientation:q} --out {output.scales:q} --png {output.png:q}"
+        " > {log:q} 2>&1"
+
+
 rule merge_entries:
     """The volume of a sample at one temperature: signal and weight of its entries summed,
     then divided, so the gaps of one entry are filled by the others (entries without usable
@@ -160,6 +197,10 @@ rule merge_entries:
     input:
         volumes=lambda w: entries_files(w, outputs.ENTRY_VOLUME, kind=w.kind),
         orientation=outputs.ORIENTATION,
+        scales=lambda w: [outputs.SCALES] if SCALING_APPLIED else [],
+        # (the scales apply at each voxel's crossings: the entries' geometry and pixel masks)
+        scans=lambda w: entries_files(w, outputs.SCAN) if SCALING_APPLIED else [],
+        masks=lambda w: entries_files(w, outputs.MASK) if SCALING_APPLIED else [],
     output:
         volume=outputs.MERGED_VOLUME,
         png=report(outputs.MERGED_VOLUME_PNG, category="Merged volumes",
@@ -170,6 +211,9 @@ rule merge_entries:
     params:
         settings=lambda w: settings_file(SETTINGS.merge_entries(w.kind, w.sample, w.temperature)),
         title="{sample}/{temperature}",
+        scales=lambda w, input: (option("--scales", input.scales)
+                                 + option("--scans", input.scans)
+                                 + option("--masks", input.masks)),
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
     benchmark:
@@ -182,7 +226,7 @@ rule merge_entries:
         CONDA_ENV
     shell:
         "hklflow merge_entries --settings-file {params.settings:q} --title {params.title:q}"
-        " --inputs {input.volumes:q} --orientation {input.orientation:q}"
+        " --inputs {input.volumes:q} --orientation {input.orientation:q}{params.scales}"
         " --out {output.volume:q} --png {output.png:q}"
         " --statistics-png {output.statistics:q} > {log:q} 2>&1"
 

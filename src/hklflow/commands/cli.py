@@ -27,6 +27,7 @@ COMMANDS = {
     "transform_frames": ("hklflow.steps.transform_frames:main", "map frames of a scan entry to (H, K, L) and accumulate them on the grid"),
     "transform_background": ("hklflow.steps.transform_background:main", "transform the background a scan entry names on its grid, in its units"),
     "sum_chunks": ("hklflow.steps.sum_chunks:main", "the volume of a scan entry: the sum of its frame chunks"),
+    "scale_entries": ("hklflow.steps.scale_entries:main", "the scales of a temperature's entries, fitted on Laue-equivalent voxels"),
     "merge_entries": ("hklflow.steps.merge_entries:main", "the volume of a sample at one temperature: its entries merged"),
     "symmetrize": ("hklflow.steps.symmetrize:main", "symmetrise a merged volume by the Laue group"),
     "temperature_series": ("hklflow.steps.temperature_series:main", "one slice of a sample's volume at every temperature"),

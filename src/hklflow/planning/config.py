@@ -30,6 +30,7 @@ from ..model.scan import ScanRow, temperature_label
 from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DATASET,
                             check_one_frame_header, monitor_kind, read_column_file)
 from ..settings.params import STEP_PARAMS, CalibrationParams, DetectorParams, SampleParams
+from ..settings.scaling import ScalingParams
 from ..settings.schema import schema, validator_with_defaults
 from .cuts import check_cuts
 from .jobs import (check_chunk_sizes, check_deliberate_repeats, check_grid_index_range,
@@ -901,7 +902,7 @@ def _check_step_settings(cfg: dict, where: str) -> None:
     """Every step's settings built once now, so that what a step would refuse (an even
     peak-search window, a reversed grid) stops the run before any job."""
     try:
-        for cls in STEP_PARAMS:
+        for cls in STEP_PARAMS + (ScalingParams,):
             cls.from_config(cfg)
         for name in cfg["calibrations"]:
             CalibrationParams.for_calibration(cfg, name)

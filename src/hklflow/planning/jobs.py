@@ -22,6 +22,7 @@ from ..settings.params import (CalibrationParams, DetectorPosition, DetectorPosi
                                SetAsideParams, SliceParams, StatisticsParams, TemperaturesParams,
                                TotalPDFParams, TransformParams, WaitingParams, settings_digest,
                                settings_json)
+from ..settings.scaling import ScalingParams
 
 
 def scan_pixels(exp) -> int:
@@ -349,6 +350,10 @@ class JobSettings:
         # can only be checked through the job that sums them
         return settings_json(self._pictures, self._transform, self.detector,
                              *self._shape(sample))
+
+    def scale_entries(self, sample: str = "", temperature_label: str = "") -> str:
+        return settings_json(ScalingParams.from_config(self.exp.raw),
+                             self._left_out(sample, temperature_label))
 
     def merge_entries(self, kind: str, sample: str = "", temperature_label: str = "") -> str:
         # the statistics leave out the transform's Bragg nodes (the masked kind has none)

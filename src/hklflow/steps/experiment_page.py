@@ -234,6 +234,14 @@ def corrections_lines(notes: dict) -> list[str]:
         off = "; ".join(f"{k}: {v}" for k, v in applied.get("not_applied", {}).items())
         lines.insert(0, "corrections: " + (", ".join(applied.get("applied", {})) or "none")
                      + (f" (not applied - {off})" if off else ""))
+    scaling = notes.get("scaling")
+    if isinstance(scaling, dict):  # (merge_entries: the scales it applied)
+        chi, cc = scaling.get("chi2_nu", {}), scaling.get("cc_half", {})
+        terms = "; ".join(f"{k} {v}" for k, v in scaling.get("terms", {}).items())
+        lines.append(f"scaled between entries ({scaling.get('scales', '?')}): chi²/ν of "
+                     f"equivalents {_num(chi.get('before'), '.3f')} → "
+                     f"{_num(chi.get('after'), '.3f')}, CC½ {_num(cc.get('before'), '.4f')} → "
+                     f"{_num(cc.get('after'), '.4f')} ({terms})")
     return lines
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..algorithms.merge.volumes import entries_to_merge, sum_volumes
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, InputMismatchError
 from ..files.orientation import read_orientation_file
 from ..files.provenance import provenance
 from ..files.volume import VolumeReader, read_half_set, update_notes
@@ -29,6 +29,12 @@ def parser() -> StepParser:
     p.add_input("--inputs", "volumes to add", nargs="+")
     p.add_input("--orientation", "orientation.nxs of the temperature: its unusable entries are "
                                  "left out", required=False)
+    p.add_input("--scales", "scales.json of the temperature (scale_entries): applied to every "
+                            "input's signal and sigma", required=False)
+    p.add_input("--scans", "the inputs' scan.nxs, in their order (with --scales)", nargs="+",
+                required=False)
+    p.add_input("--masks", "the inputs' mask.nxs, in their order (with --scales)", nargs="+",
+                required=False)
     p.add_output("--out", "volume file to write")
     p.add_output("--png", "slice picture to write")
     p.add_output("--statistics-png", "picture of the uncertainties' statistics (needs "
@@ -69,6 +75,35 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
     plot_statistics(stats, png, f"{title} {kind} ({KIND_MEANING.get(kind, kind)})", preview)
 
 
+def scalers_of(args, inputs, orientation, log) -> tuple[list, dict]:
+    """The scales of every input (algorithms.scaling.apply) and what the notes say of them."""
+    from ..algorithms.scaling.apply import EntryScaler
+    from ..files.mask import read_pixel_mask
+    from ..files.scales import read_scales
+    from ..files.scan import read_scan_file
+
+    if orientation is None or not args.scans or not args.masks \
+            or not len(args.scans) == len(args.masks) == len(args.inputs):
+        raise ConfigError("--scales needs --orientation and one --scans and --masks file per "
+                          "input, in their order")
+    model, content = read_scales(args.scales)
+    scalers = []
+    for path in inputs:
+        i = [str(p) for p in args.inputs].index(str(path))
+        rec = read_scan_file(args.scans[i])
+        if rec.entry not in model.entries:
+            raise InputMismatchError(f"{args.scales}: no scales of entry {rec.entry} "
+                                     f"({path}); it has {', '.join(model.entries)}")
+        scalers.append(EntryScaler(model, rec.entry, rec.geometry(orientation),
+                                   read_pixel_mask(args.masks[i], rec.entry)))
+    away = content["statistics"]["away_from_nodes"]
+    log.info("scaled by %s: chi^2/nu of equivalents %.3f -> %.3f", args.scales,
+             away["before"]["chi2_nu"], away["after"]["chi2_nu"])
+    return scalers, {"scales": str(args.scales), "terms": content["terms"],
+                     "chi2_nu": {k: away[k]["chi2_nu"] for k in ("before", "after")},
+                     "cc_half": {k: away[k]["cc_half"] for k in ("before", "after")}}
+
+
 def run(args, log) -> None:
     orientation = read_orientation_file(args.orientation) if args.orientation else None
     unusable = orientation.unusable_entries if orientation else {}
@@ -78,8 +113,11 @@ def run(args, log) -> None:
     slices = settings_part(args.settings, SliceParams).slices
     # the pictures' planes kept as they are written (not read back from the file)
     planes = kept_planes(slices)
+    scalers, scaling = scalers_of(args, inputs, orientation, log) if args.scales else (None, None)
     notes = sum_volumes(inputs, args.out, args.title, prov, log=log, left_out=left_out,
-                        keep=planes)
+                        keep=planes, scalers=scalers)
+    if scaling:
+        update_notes(args.out, {"scaling": scaling})
     set_aside = settings_part(args.settings, SetAsideParams).set_aside
     if set_aside:  # (hklflow run left rows of this temperature out: the volume says so)
         update_notes(args.out, {"set_aside": list(set_aside)})

@@ -90,14 +90,18 @@ def entries_to_merge(paths, unusable: dict, log=None) -> tuple[list, dict]:
 
 def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = None,
                 log=None, move_single: bool = False, left_out: dict | None = None,
-                keep=None) -> dict:
+                keep=None, scalers=None) -> dict:
     """Write the sum of the volume files `paths` to `out` (atomically); returns its notes.
     move_single: a single complete input (a temporary file nobody else reads) is moved to
     `out` with a new header instead of being rewritten.  left_out: entries not summed and
     why (recorded in the notes).  keep: files.volume_planes.KeptPlanes the writer fills (left
-    incomplete when the input is moved)."""
+    incomplete when the input is moved).  scalers: per path, the
+    algorithms.scaling.apply.EntryScaler its slabs and half set go through before they are
+    summed."""
     paths = [str(p) for p in paths]
     grid, kind, headers = check_inputs(paths)
+    if scalers is not None and len(scalers) != len(paths):
+        raise ValueError(f"{len(scalers)} scalers for {len(paths)} volumes")
     planes = planes or slab_planes(grid)
     nl = grid.l.n
     measured = np.zeros(len(paths), dtype=np.int64)
@@ -125,7 +129,11 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
             "(reduction.transform.variance_from expected): parts of a transform made with "
             "different reduction.transform.variance or variance_from settings cannot be "
             "summed (make them again)")
-    if move_single and len(paths) == 1 and all(k in headers[0].notes for k in sums) \
+    if per_intensity and scalers:
+        raise InputMismatchError(f"{paths[0]}: the parts of a transform are summed before "
+                                 "they are scaled")
+    if move_single and not scalers and len(paths) == 1 \
+            and all(k in headers[0].notes for k in sums) \
             and has_intensity(paths[0]) and not per_intensity:
         # the sum of one complete volume is that volume: renamed, not rewritten
         notes["inputs"][0].update({k: headers[0].notes[k] for k in sums})
@@ -138,7 +146,8 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
             log.info("%s: %.1f%% of the grid measured", title, 100 * notes["measured_fraction"])
         return notes
     # an input whose notes hold its sums (what VolumeWriter counted) is not counted again
-    known = [all(k in h.notes for k in sums) for h in headers]
+    # (scaled inputs: their sums counted again)
+    known = [all(k in h.notes for k in sums) and not scalers for h in headers]
     sample = dict(headers[0].sample)
     counted = (measured, total_w, total_s)
     # variances add like the signal (independent counts): summed where every input has one
@@ -166,11 +175,11 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
         corners = [r.stored_chunks() for r in readers]
         if per_intensity:  # (slabs with their neighbouring planes: the local intensity)
             _sum_expected_by_slabs(readers, w, planes, known, counted, progress)
-        elif w.writes_raw_chunks and all(c is not None and r.chunks == w.chunks
-                                         for r, c in zip(readers, corners)):
+        elif not scalers and w.writes_raw_chunks and all(
+                c is not None and r.chunks == w.chunks for r, c in zip(readers, corners)):
             _sum_by_chunks(readers, w, sorted(set().union(*corners)), known, counted, progress)
         else:
-            _sum_by_slabs(readers, w, planes, known, counted, progress)
+            _sum_by_slabs(readers, w, planes, known, counted, progress, scalers)
         for i, item in enumerate(notes["inputs"]):
             if known[i]:
                 total_w[i], total_s[i] = headers[i].notes["weight_sum"], headers[i].notes["signal_sum"]
@@ -181,7 +190,7 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
         notes["measured_fraction"] = w.measured / grid.size
         notes["weight_sum"] = float(total_w.sum())
         notes["signal_sum"] = float(total_s.sum())
-        notes["half_set"] = _sum_half_sets(paths, w, log)
+        notes["half_set"] = _sum_half_sets(paths, w, log, scalers)
         w.notes = notes
     if log:
         for item in notes["inputs"]:
@@ -192,10 +201,14 @@ def sum_volumes(paths, out, title: str, provenance: dict, planes: int | None = N
     return notes
 
 
-def _sum_half_sets(paths, w: VolumeWriter, log) -> bool:
+def _sum_half_sets(paths, w: VolumeWriter, log, scalers=None) -> bool:
     """The inputs' half sets A (for CC1/2) summed into w's, where every input has one on the
-    same grid; whether it did."""
+    same grid (each through its scaler); whether it did."""
     halves = [read_half_set(p) for p in paths]
+    if scalers and all(h is not None for h in halves):
+        for h, scaler in zip(halves, scalers):
+            if scaler is not None:
+                scaler.scale(h[0], 0, (h[1], h[2]))
     if any(h is None for h in halves):
         if log and any(h is not None for h in halves):
             log.warning("%s: no half set (made with reduction.transform.half_sets false?): "
@@ -218,9 +231,11 @@ def _read_error(reader, where: str, exc) -> InputMismatchError:
     return InputMismatchError(f"{reader.path}: cannot read {where}: {exc}")
 
 
-def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progress) -> None:
+def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progress,
+                  scalers=None) -> None:
     """The inputs' sum into w, slab by slab: float64 sums rounded once; counted: (measured,
-    weight, signal) per input, added to where not known."""
+    weight, signal) per input, added to where not known; scalers: per input, what scales its
+    slabs first (or None)."""
     volume_kernels = _volume_kernels()
     nl = w.grid.l.n
     slab = (min(planes, nl),) + w.grid.shape[1:]
@@ -234,6 +249,8 @@ def _sum_by_slabs(readers, w: VolumeWriter, planes: int, known, counted, progres
                 arrays = r.read(l0, l1, out=part)
             except (OSError, KeyError, ValueError) as exc:
                 raise _read_error(r, f"L planes {l0}..{l1 - 1}", exc) from None
+            if scalers and scalers[i] is not None:
+                scalers[i].scale(w.grid, l0, arrays)
             counts = volume_kernels.add_slab(acc_s[:l1 - l0], acc_w[:l1 - l0], *arrays[:2],
                                              i == 0, not known[i])
             _add_variance(acc_v, arrays, l1 - l0, i == 0)
