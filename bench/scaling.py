@@ -4,8 +4,8 @@ without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ri
     python bench/scaling.py [--workdir bench/.data/scaling] [--variants effects,free,analytic]
                             [--reduced DIR:VARIANT ...] [--json FILE]
 
-Variants (each simulated and reduced through Snakemake with the workflow's defaults, the
-masked and plain transforms of both temperatures):
+Variants (each simulated and reduced through Snakemake with the workflow's defaults and
+reduction.scaling.apply, the masked and plain transforms of both temperatures):
   effects  - the plate's shape not in the config, no monitor: the scaling's absorption
              surface and smooth scale are all there is;
   free     - the same crystal without the plate and the decay (sensor, air, holder kept);
@@ -52,8 +52,11 @@ def simulate(where: Path, variant: str) -> None:
     if where.exists():
         shutil.rmtree(where)
     simulate_experiment(spec, where)
-    cfg = yaml.safe_load((where / "config/config.yaml").read_text())
+    path = where / "config/config.yaml"
+    cfg = yaml.safe_load(path.read_text())
     assert "scaling" not in cfg.get("reduction", {}), "the workflow's defaults are measured"
+    cfg.setdefault("reduction", {})["scaling"] = {"apply": True}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def reduce(where: Path) -> float:
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
     runs = ([(Path(r.rpartition(":")[0]), r.rpartition(":")[2]) for r in args.reduced]
             if args.reduced else [(args.workdir / v, v) for v in args.variants.split(",")])
     lines = ["absorbing_plate without a monitor (mu t 0.8, 10% decay + 2% ripple), scaled with "
-             "the defaults:"]
+             "the defaults, applied:"]
     for where, variant in runs:
         seconds = 0.0
         if not args.reduced:

@@ -274,3 +274,21 @@ def test_a_merged_volume_says_how_its_entries_were_scaled():
     assert corrections_lines(merged) == [
         "scaled between entries (results/s/300K/scales.json): chi²/ν of equivalents 1.800 → "
         "1.020, CC½ 0.9400 → 0.9700 (absorption off)"]
+
+
+def test_a_merged_volume_says_what_scales_it_was_not_given(tmp_path):
+    """reduction.scaling.apply false: the page says what the fitted scales would do."""
+    from hklflow.files.scales import write_scales
+    from hklflow.model.scales import EntryScale, ScaleModel
+    from hklflow.steps.experiment_page import fitted_scales_line
+
+    model = ScaleModel({"f1": EntryScale("f1", np.array([0.0, 10.0]), np.ones(2))})
+    away = {"before": {"chi2_nu": 1.8, "cc_half": 0.94}, "after": {"chi2_nu": 1.02,
+                                                                   "cc_half": 0.97}}
+    write_scales(tmp_path / "scales.json", model, terms={}, entries={}, left_out={},
+                 statistics={"away_from_nodes": away}, provenance={})
+    volume = tmp_path / "transform.nxs"
+    assert fitted_scales_line(volume, {"inputs": []}) == (
+        "scales fitted, not applied (reduction.scaling.apply: true applies them): chi²/ν of "
+        "equivalents 1.800 → 1.020, CC½ 0.9400 → 0.9700")
+    assert fitted_scales_line(volume, {"inputs": [], "scaling": {}}) is None

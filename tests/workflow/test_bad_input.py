@@ -201,10 +201,14 @@ CONFIG_CASES = {
     # contradictions that used to surface only after the transforms, sums and merges ran
     "model-inputs-no-variance": (lambda d: edit_config(d, lambda c: (
         c.setdefault("output", {}).__setitem__("model_inputs", ["yell"]),
+        set_reduction("scaling", "enabled", False)(c),
         set_reduction("transform", "variance", False)(c))),
         ["config.yaml", "field 'output.model_inputs'", "weight by 1/sigma, but "
          "reduction.transform.variance is false", "expected reduction.transform.variance: "
          "true, or output.model_inputs: []"]),
+    "scaling-no-variance": (lambda d: edit_config(d, set_reduction("transform", "variance", False)),
+        ["config.yaml", "field 'reduction.scaling.enabled'", "weighs equivalents by their sigma",
+         "expected reduction.transform.variance: true, or reduction.scaling.enabled: false"]),
     # numbers YAML 1.1 reads as text (no dot, no signed exponent), in every number field
     "number-as-text": (lambda d: replace_text(d / "config/config.yaml", "detector: Pilatus300k",
                                               "detector: {name: Pilatus300k, gain: 1e-3}"),

@@ -1,8 +1,8 @@
 """Scaling between entries from equivalents, end to end (issue 81): simulate's
 absorbing_plate without a monitor and without the plate's shape in the config (a plate of
 mu t = 0.8, the beam decaying by 10% with a 2% ripple), reduced with the workflow's
-defaults: scale_entries fits each entry's smooth scale and an absorption surface, and
-merge_entries applies them."""
+defaults and reduction.scaling.apply: scale_entries fits each entry's smooth scale and an
+absorption surface, and merge_entries applies them."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +26,8 @@ def scaled_run(tmp_path_factory):
     spec = preset("absorbing_plate")
     spec = dataclasses.replace(spec, beam={**spec.beam, "monitor": False}, plate_in_config=False)
     simulate_experiment(spec, d)
+    edit_config(d, lambda c: c.setdefault("reduction", {}).setdefault("scaling", {}).update(
+        apply=True))
     r = run_snakemake(d, "-c2", TARGET, "results/tiny/100K/transform.nxs", timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return d
@@ -105,8 +107,9 @@ def test_bench_scaling_on_this_experiment(scaled_run, tmp_path):
 
 @pytest.mark.slow
 def test_the_unscaled_merge_is_one_setting_away(scaled_run, tmp_path):
-    """reduction.scaling.apply: false reruns the merges and what follows them, nothing
-    before; their volumes are the entries summed as they are, the scales still reported."""
+    """reduction.scaling.apply: false (the default) reruns the merges and what follows them,
+    nothing before; their volumes are the entries summed as they are, the scales still
+    reported."""
     import shutil
 
     d = tmp_path / "experiment"

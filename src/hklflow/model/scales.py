@@ -21,10 +21,10 @@ model fitted on a sample of voxels applies to every voxel of the entry.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import sph_harm_y
 
 
 def hat_weights(x, knots) -> tuple[np.ndarray, np.ndarray]:
@@ -40,22 +40,42 @@ def hat_weights(x, knots) -> tuple[np.ndarray, np.ndarray]:
 
 
 def real_harmonics(vectors, lmax: int) -> np.ndarray:
-    """Real spherical harmonics of degree 1..lmax of unit vectors (..., 3) -> (..., n)
-    with n = (lmax + 1)^2 - 1, orthonormal over the sphere."""
+    """Real spherical harmonics of degree 1..lmax of unit vectors (..., 3) -> (..., n),
+    n = (lmax + 1)^2 - 1, orthonormal over the sphere, in the order (l, m) = (1, -1), (1, 0),
+    (1, 1), (2, -2), ...: sqrt(2) N P_l^|m|(z) sin^|m|(theta) times cos(m phi) (m > 0) or
+    sin(|m| phi) (m < 0), N P_l^0 for m = 0 (N = sqrt((2l + 1)/(4 pi) (l - m)!/(l + m)!);
+    P with the Condon-Shortley phase).  From the Cartesian components by recurrences, with
+    no angle taken: (x + i y)^m = sin^m(theta) e^(i m phi), and Q_l^m = P_l^m / sin^m(theta)
+    by Q_m^m = (-1)^m (2m - 1)!!, Q_(m+1)^m = (2m + 1) z Q_m^m,
+    (l - m) Q_l^m = (2l - 1) z Q_(l-1)^m - (l + m - 1) Q_(l-2)^m."""
     v = np.asarray(vectors, dtype=float)
-    polar = np.arccos(np.clip(v[..., 2], -1.0, 1.0))
-    azimuth = np.arctan2(v[..., 1], v[..., 0])
-    out = []
-    for degree in range(1, lmax + 1):
-        for order in range(-degree, degree + 1):
-            y = sph_harm_y(degree, abs(order), polar, azimuth)
-            if order < 0:
-                out.append(np.sqrt(2.0) * (-1) ** order * y.imag)
-            elif order == 0:
-                out.append(y.real)
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    out = np.empty(((lmax + 1) ** 2 - 1,) + v.shape[:-1])  # (one function per row: contiguous)
+    if lmax < 1:
+        return np.moveaxis(out, 0, -1)
+    # cos and sin parts of (x + i y)^m, m = 0..lmax
+    re, im = [np.ones_like(x)], [np.zeros_like(x)]
+    for _ in range(lmax):
+        re.append(re[-1] * x - im[-1] * y)
+        im.append(re[-2] * y + im[-1] * x)
+    for m in range(lmax + 1):
+        q_mm = (-1.0) ** m * math.prod(range(1, 2 * m, 2))
+        q = {m: np.full_like(z, q_mm)}
+        if m + 1 <= lmax:
+            q[m + 1] = (2 * m + 1) * z * q_mm
+        for degree in range(m + 2, lmax + 1):
+            q[degree] = ((2 * degree - 1) * z * q[degree - 1]
+                         - (degree + m - 1) * q[degree - 2]) / (degree - m)
+        for degree in range(max(m, 1), lmax + 1):
+            norm = math.sqrt((2 * degree + 1) / (4 * math.pi)
+                             * math.factorial(degree - m) / math.factorial(degree + m))
+            at = degree * degree - 1 + degree  # the column of (degree, 0)
+            if m == 0:
+                out[at] = norm * q[degree]
             else:
-                out.append(np.sqrt(2.0) * (-1) ** order * y.real)
-    return np.stack(out, axis=-1) if out else np.zeros(v.shape[:-1] + (0,))
+                out[at + m] = math.sqrt(2.0) * norm * q[degree] * re[m]
+                out[at - m] = math.sqrt(2.0) * norm * q[degree] * im[m]
+    return np.moveaxis(out, 0, -1)
 
 
 @dataclass

@@ -906,6 +906,11 @@ def _check_step_settings(cfg: dict, where: str) -> None:
             cls.from_config(cfg)
         for name in cfg["calibrations"]:
             CalibrationParams.for_calibration(cfg, name)
+        if cfg["reduction"]["scaling"]["enabled"] and not cfg["reduction"]["transform"]["variance"]:
+            raise ConfigError("reduction.scaling.enabled: scaling weighs equivalents by their "
+                              "sigma, but reduction.transform.variance is false (no volume has "
+                              "a variance): expected reduction.transform.variance: true, or "
+                              "reduction.scaling.enabled: false")
         kinds = cfg["reduction"]["transform"]["kinds"]
         missing = [k for k in cfg["reduction"]["pdf"]["delta_pdf_of"] if k not in kinds]
         if missing and cfg["reduction"]["pdf"]["enabled"]:

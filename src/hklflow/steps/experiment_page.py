@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import FileFormatError
 from ..files.calibration import read_calibration_summary
 from ..files.experiment_page import Link, Pictures, Section, Table, Text, write_experiment_page
 from ..files.orientation import orientation_row, read_orientation_file, read_refined_peaks
 from ..files.pdf import read_pdf_notes
 from ..files.peaks import read_peaks_file
+from ..files.scales import read_scales
 from ..files.volume import read_volume_header
 from ..model.detector_modules import (FLAG_MIN_PEAKS, FLAG_STANDARD_ERRORS, ModuleLayout,
                                       module_residuals)
@@ -245,6 +247,22 @@ def corrections_lines(notes: dict) -> list[str]:
     return lines
 
 
+def fitted_scales_line(path, notes: dict) -> str | None:
+    """What the temperature's scales (scales.json beside a merged volume) would do, where
+    the merge did not apply them (reduction.scaling.apply false)."""
+    scales = Path(path).parent / "scales.json"
+    if "scaling" in notes or "inputs" not in notes or not scales.is_file():
+        return None
+    try:
+        away = read_scales(scales)[1]["statistics"]["away_from_nodes"]
+    except (FileFormatError, KeyError):
+        return None
+    return (f"scales fitted, not applied (reduction.scaling.apply: true applies them): chi²/ν "
+            f"of equivalents {_num(away['before']['chi2_nu'], '.3f')} → "
+            f"{_num(away['after']['chi2_nu'], '.3f')}, CC½ "
+            f"{_num(away['before']['cc_half'], '.4f')} → {_num(away['after']['cc_half'], '.4f')}")
+
+
 def volumes_section(paths) -> Section:
     blocks = []
     for path in paths:
@@ -258,6 +276,9 @@ def volumes_section(paths) -> Section:
             lines.append(f"before symmetrisation: {_num(100 * before, '.2f')} %")
         blocks_of = [Text("; ".join(lines))]
         blocks_of += [Text(line, "note") for line in corrections_lines(notes)]
+        unapplied = fitted_scales_line(path, notes)
+        if unapplied:
+            blocks_of.append(Text(unapplied, "note"))
         stats = notes.get("statistics")
         if stats:
             rows = []

@@ -97,7 +97,7 @@ def scalers_of(args, inputs, orientation, log) -> tuple[list, dict]:
         scalers.append(EntryScaler(model, rec.entry, rec.geometry(orientation),
                                    read_pixel_mask(args.masks[i], rec.entry)))
     away = content["statistics"]["away_from_nodes"]
-    log.info("scaled by %s: chi^2/nu of equivalents %.3f -> %.3f", args.scales,
+    log.info("scaled by %s: chi^2/nu of equivalents %s -> %s", args.scales,
              away["before"]["chi2_nu"], away["after"]["chi2_nu"])
     return scalers, {"scales": str(args.scales), "terms": content["terms"],
                      "chi2_nu": {k: away[k]["chi2_nu"] for k in ("before", "after")},

@@ -169,11 +169,12 @@ def run(args, log) -> None:
             "after": equivalents_statistics(bragg, *model_at(model, bragg, names), names)}
     for where, pair in statistics.items():
         b, a = pair["before"], pair["after"]
-        log.info("%s: chi^2/nu of equivalents %.3f -> %.3f, CC1/2 %s -> %s", where,
-                 b["chi2_nu"], a["chi2_nu"], _f(b["cc_half"]), _f(a["cc_half"]))
+        log.info("%s: chi^2/nu of equivalents %s -> %s, CC1/2 %s -> %s", where,
+                 _f(b["chi2_nu"], ".3f"), _f(a["chi2_nu"], ".3f"), _f(b["cc_half"]),
+                 _f(a["cc_half"]))
         for name in names:
-            log.info("  %s: chi^2/nu %.3f -> %.3f", name, b["entries"][name]["chi2_nu"],
-                     a["entries"][name]["chi2_nu"])
+            log.info("  %s: chi^2/nu %s -> %s", name, _f(b["entries"][name]["chi2_nu"], ".3f"),
+                     _f(a["entries"][name]["chi2_nu"], ".3f"))
     terms = {"smooth scale": f"on: knots every {params.scale_interval:g} deg",
              "absorption": why,
              "detector response": (f"on: {params.detector_bins} bins a side"
@@ -188,8 +189,9 @@ def run(args, log) -> None:
                 f"{ori.sample}/{ori.temperature_label}: scales of {len(names)} entries")
 
 
-def _f(v) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+def _f(v, spec: str = ".4f") -> str:
+    """A statistic, or n/a (too few orbits of two observations or more)."""
+    return "n/a" if v is None else format(v, spec)
 
 
 def main(argv=None) -> int:

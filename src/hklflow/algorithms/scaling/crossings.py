@@ -68,10 +68,15 @@ def crossings(scan: ScanGeometry, pixel_mask: np.ndarray | None, hkl) -> Crossin
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(ok, share / np.concatenate([total, total]), 0.0)
     phi = np.where(ok, phi, 0.0)
-    # the sample frame: R(phi)^-1 of the lab's incident beam and of the scattered direction
-    R = scan.goniometer.rotation(phi, scan.offsets)  # (2n, 3, 3)
+    # the sample frame: R(phi)^-1 = R_scan(phi)^-1 R_off^-1 of the lab's incident beam
+    # (Rodrigues' formula on the vector: no matrix per crossing), and the scattered direction
+    gon = scan.goniometer
+    p0 = gon.offset_rotation(scan.offsets).T @ BEAM_DIRECTION
+    e = gon.axis
+    angle = -gon.scan_sense * np.radians(phi)[:, None]
+    incident = (p0 * np.cos(angle) + np.cross(e, p0) * np.sin(angle)
+                + e * (e @ p0) * (1.0 - np.cos(angle)))
     q_sample = np.concatenate([hkl, hkl]) @ np.asarray(scan.UB, dtype=float).T
-    incident = np.einsum("nji,j->ni", R, BEAM_DIRECTION)
     scattered = incident + q_sample * det.wavelength
     scattered /= np.linalg.norm(scattered, axis=1, keepdims=True)
 

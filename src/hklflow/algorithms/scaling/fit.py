@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crossings import Crossings
 from ...model.scales import EntryScale, ScaleModel, hat_weights
+from .crossings import Crossings
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def fit_scales(obs: Observations, model: ScaleModel, settings: FitSettings, log=
         m = f.multiplier()
         if log:
             chi = equivalents_chi2(obs, m, o, f.inlier)
-            log.info("scaling cycle %d: chi^2/nu of equivalents %.3f, %d outliers left out",
+            log.info("scaling cycle %d: chi^2/nu of equivalents %.4g, %d outliers left out",
                      cycle + 1, chi, int((~f.inlier).sum()))
     return f.inlier
 
