@@ -92,7 +92,8 @@ def test_volumes_scale_with_the_grid_and_the_rotation_swept(tmp_path, monkeypatc
     for path in (fill(outputs.SYMMETRIZED_VOLUME, **at), fill(outputs.TOTAL_PDF, **at)):
         assert size8[path] == pytest.approx(8 * size[path], rel=0.05)
     bare = experiment(tmp_path, monkeypatch, **{"reduction.transform.variance": False,
-                                                "reduction.transform.half_sets": False})
+                                                "reduction.transform.half_sets": False,
+                                                "reduction.scaling.enabled": False})
     size_bare = {f.path: f.size for f in disk.foresee(bare, free=0, size_of=nothing_there).files}
     path = fill(outputs.MERGED_VOLUME, **at)
     assert size_bare[path] < 0.6 * size[path]  # three arrays of five, no half set

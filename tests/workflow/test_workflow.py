@@ -94,7 +94,7 @@ def test_tiny_experiment_end_to_end(tiny_run, tiny_truth):
     assert len(console) <= 40, "\n".join(console)
     assert "open first:" in console, "\n".join(console)
     assert any(line == "no warnings" or line.startswith("warnings (") for line in console)
-    assert "42 of 42 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
+    assert "44 of 44 jobs done in" in r.stdout, r.stdout  # (the rule `all` not counted)
     # the pictures to open first: every pattern names pictures the run made, in that order
     from hklflow.commands.console import FIRST_PICTURES
 
@@ -219,8 +219,8 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
                ingest=(), peaks=()):
     """The (rule, wildcards) set of the tiny experiment's jobs downstream of a change:
     every job of the listed temperatures from the masks on (one transform chunk per
-    entry making both kinds), the temperature series, the experiment's page, and the listed
-    earlier jobs."""
+    entry making both kinds, the scales of its entries), the temperature series, the
+    experiment's page, and the listed earlier jobs."""
     jobs = {("all", ""), ("experiment_page", "")}
     w = lambda **kw: ", ".join(f"{k}={v}" for k, v in kw.items())  # noqa: E731
     if calibration:
@@ -238,6 +238,7 @@ def _jobs_from(temperatures, entries=ENTRIES, grid=False, parent=False, calibrat
     for t in temperatures:
         if parent or ingest or peaks:
             jobs.add(("refine_temperature", w(sample="tiny", temperature=t)))
+        jobs.add(("scale_entries", w(sample="tiny", temperature=t)))
         for kind in KINDS:
             jobs.add(("merge_entries", w(sample="tiny", temperature=t, kind=kind)))
             jobs.add(("symmetrize", w(sample="tiny", temperature=t, kind=kind)))

@@ -160,9 +160,11 @@ def run(args, log) -> None:
     fit_scales(obs, model, settings, log)
     after = equivalents_statistics(obs, *model_at(model, obs, names), names)
     statistics = {"away_from_nodes": {"before": before, "after": after}}
-    if args.bragg_volumes:
+    if args.bragg_volumes:  # (orbits of their own: drawn where the masked volumes have none)
         bragg_kept = [args.bragg_volumes[i] for i in at]
-        bragg = gather(bragg_kept, members, group, grid, geometries, pixel_masks, ori.UB, 0.0)
+        bragg = gather(bragg_kept, *draw_orbits(grid, crystal.laue_operators, bragg_kept,
+                                                params.max_orbits, seed=1),
+                       grid, geometries, pixel_masks, ori.UB, 0.0)
         statistics["with_nodes"] = {
             "before": equivalents_statistics(bragg, np.ones(len(bragg.y)),
                                              np.zeros(len(bragg.y)), names),

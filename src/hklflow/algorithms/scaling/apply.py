@@ -27,6 +27,8 @@ class EntryScaler:
     def scale(self, grid, l0: int, arrays) -> None:
         """arrays (signal, weight[, variance]) of planes l0.. of `grid`, scaled in place."""
         signal, weight = arrays[0], arrays[1]
+        if not all(a.flags.c_contiguous for a in arrays if a is not None):
+            raise ValueError("scaled in place: the arrays must be C-contiguous")
         flat = np.flatnonzero(weight.reshape(-1) > 0)
         if not len(flat):
             return
