@@ -26,9 +26,7 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +35,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import emit, machine_info  # noqa: E402
-
-REPO = HERE.parent
+from common import emit, machine_info, reduce_targets  # noqa: E402
 
 
 def simulate(where: Path, variant: str) -> None:
@@ -73,14 +69,7 @@ def simulate(where: Path, variant: str) -> None:
 
 
 def reduce(where: Path) -> float:
-    targets = [f"results/tiny/{t}/masked_transform.nxs" for t in ("300K", "100K")]
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                        "--directory", str(where), *targets, "-c2", "--quiet", "rules"],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"{where}: snakemake failed:\n{r.stderr[-3000:]}")
-    return time.monotonic() - t0
+    return reduce_targets(where, [f"results/tiny/{t}/masked_transform.nxs" for t in ("300K", "100K")])
 
 
 def figures(where: Path) -> dict:

@@ -185,3 +185,19 @@ def copy_chunks(src: Path, dst: Path, nframes_out: int) -> None:
             out.id.write_direct_chunk((i, 0, 0), chunk, mask)
         if not np.array_equal(out[nframes_out - 1], d[(nframes_out - 1) % n]):
             raise RuntimeError(f"{dst}: copied chunks do not decompress to the source frames")
+
+
+def reduce_targets(where: Path, targets) -> float:
+    """Snakemake on the experiment `where` for `targets` (2 cores, quiet); the seconds it
+    took; SystemExit with its error's tail when it fails."""
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parent.parent
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+                        "--directory", str(where), *targets, "-c2", "--quiet", "rules"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{where}: snakemake failed:\n{r.stderr[-3000:]}")
+    return time.monotonic() - t0

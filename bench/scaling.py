@@ -24,9 +24,7 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +33,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import emit, machine_info  # noqa: E402
+from common import emit, machine_info, reduce_targets  # noqa: E402
 
-REPO = HERE.parent
 TEMPERATURES = ("300K", "100K")
 
 
@@ -60,15 +57,8 @@ def simulate(where: Path, variant: str) -> None:
 
 
 def reduce(where: Path) -> float:
-    targets = [f"results/tiny/{t}/{k}.nxs" for t in TEMPERATURES
-               for k in ("masked_transform", "transform")]
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                        "--directory", str(where), *targets, "-c2", "--quiet", "rules"],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"{where}: snakemake failed:\n{r.stderr[-3000:]}")
-    return time.monotonic() - t0
+    return reduce_targets(where, [f"results/tiny/{t}/{k}.nxs" for t in TEMPERATURES
+               for k in ("masked_transform", "transform")])
 
 
 def satellite_voxels(grid) -> np.ndarray:
