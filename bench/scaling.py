@@ -1,22 +1,31 @@
 """Scaling between entries from equivalents (issue 81), on simulate's absorbing_plate
-without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ripple.
+without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ripple; and
+what scaling costs on a reduced experiment.
 
     python bench/scaling.py [--workdir bench/.data/scaling] [--variants effects,free,analytic]
                             [--reduced DIR:VARIANT ...] [--json FILE]
+    python bench/scaling.py --cost EXPERIMENT [--temperature 100K] [--repeats 2]
 
-Variants (each simulated and reduced through Snakemake with the workflow's defaults and
-reduction.scaling.apply, the masked and plain transforms of both temperatures):
+Variants (each simulated and reduced through Snakemake with the workflow's defaults,
+reduction.scaling.apply auto included, the masked and plain transforms of both
+temperatures):
   effects  - the plate's shape not in the config, no monitor: the scaling's absorption
              surface and smooth scale are all there is;
   free     - the same crystal without the plate and the decay (sensor, air, holder kept);
   analytic - as effects, with the plate's shape given to the transform's analytic
              correction (the scaling's smooth scale takes the decay, its absorption is off).
-Prints per variant and temperature: chi^2/nu of equivalents away from the nodes before and
-after scaling (scales.json) and of the merged volume (its statistics), CC1/2 per shell
-(merged volume, half sets), the ratio of Laue-equivalent satellites measured early and late
-in the rotation (orbits of the model's satellite voxels: mean over orbits of the scaled
-intensity measured at phi < 30 deg over that at phi >= 30 deg), and at 100 K the satellites'
-contrast against the simulation's model (1 is absolute truth).
+Prints per variant and temperature: the verdict (whether the scales matter, and so were
+applied), chi^2/nu of equivalents away from the nodes before and after scaling (scales.json)
+and of the merged volume (its statistics), CC1/2 per shell (merged volume, half sets), the
+ratio of Laue-equivalent satellites measured early and late in the rotation (orbits of the
+model's satellite voxels: mean over orbits of the scaled intensity measured at phi < 30 deg
+over that at phi >= 30 deg), and at 100 K the satellites' contrast against the simulation's
+model (1 is absolute truth).
+
+--cost: on an experiment reduced already (the demo: `hklflow demo`), the temperature's
+scale_entries job and its merges with the scales applied and without, alternating, each
+run as Snakemake would run it (its own command line) into a scratch folder; their CPU
+against the CPU of the temperature's transform_frames jobs (their logs).
 """
 from __future__ import annotations
 
@@ -52,8 +61,6 @@ def simulate(where: Path, variant: str) -> None:
     path = where / "config/config.yaml"
     cfg = yaml.safe_load(path.read_text())
     assert "scaling" not in cfg.get("reduction", {}), "the workflow's defaults are measured"
-    cfg.setdefault("reduction", {})["scaling"] = {"apply": True}
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def reduce(where: Path) -> float:
@@ -122,7 +129,9 @@ def figures(where: Path, temperatures=TEMPERATURES) -> dict:
         scales = json.loads((t / "scales.json").read_text())
         away = scales["statistics"]["away_from_nodes"]
         stats = read_volume_header(t / "masked_transform.nxs").notes["statistics"]
-        f = {"terms": scales["terms"],
+        f = {"terms": scales["terms"], "verdict": scales["verdict"],
+             "applied": read_volume_header(t / "masked_transform.nxs").notes.get(
+                 "scaling", {}).get("applied", False),
              "chi2_nu_before": away["before"]["chi2_nu"], "chi2_nu_after": away["after"]["chi2_nu"],
              "cc_half_before": away["before"]["cc_half"], "cc_half_after": away["after"]["cc_half"],
              "merged_chi2_nu": stats["overall"]["chi2_nu"],
@@ -138,8 +147,103 @@ def figures(where: Path, temperatures=TEMPERATURES) -> dict:
     return out
 
 
+def _command(where: Path, target: str) -> str:
+    """The shell command Snakemake would run to make `target` (a dry run, forced)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+                        "--directory", str(where), "-n", "-p", "-f", target],
+                       capture_output=True, text=True)
+    lines = [x for x in (r.stdout + r.stderr).splitlines() if x.startswith("Shell command: ")]
+    if r.returncode or not lines:
+        raise SystemExit(f"{where}: no command for {target}:\n{r.stderr[-2000:]}")
+    return lines[0][len("Shell command: "):].split(" > ")[0]
+
+
+def _cpu(where: Path, command: str, scratch: Path, swap: dict) -> float:
+    """The CPU seconds of the step `command` (its log's resources line), its outputs moved
+    to `scratch` (swap: option -> new value, or None to drop the option and its values)."""
+    import re
+    import shlex
+    import subprocess
+
+    words, out = shlex.split(command), []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in swap:
+            j = i + 1
+            while j < len(words) and not words[j].startswith("--"):
+                j += 1
+            if swap[w] is not None:
+                out += [w, *swap[w]]
+            i = j
+            continue
+        out.append(w)
+        i += 1
+    if out and out[0] == "hklflow":  # (the one beside this interpreter: no venv on PATH)
+        out[0] = str(Path(sys.executable).parent / "hklflow")
+    log = scratch / "step.log"
+    with open(log, "w") as f:
+        r = subprocess.run(out, cwd=where, stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    if r.returncode:
+        raise SystemExit(f"{' '.join(out)} failed:\n{text[-2000:]}")
+    return float(re.findall(r"resources: cpu_s=([0-9.]+)", text)[-1])
+
+
+def cost(where: Path, temperature: str, repeats: int) -> dict:
+    """What scaling costs at one temperature of a reduced experiment: scale_entries, and
+    each merge with the scales applied (--apply true) and without, alternating."""
+    import re
+    import tempfile
+
+    sample = next(p.name for p in (where / "results").iterdir()
+                  if (p / temperature / "scales.json").is_file())
+    t = f"results/{sample}/{temperature}"
+    scratch = Path(tempfile.mkdtemp(prefix="scaling-cost-"))
+    try:
+        fit_cmd = _command(where, f"{t}/scales.json")
+        fit = min(_cpu(where, fit_cmd, scratch, {"--out": [str(scratch / "scales.json")],
+                                                 "--png": [str(scratch / "scales.png")]})
+                  for _ in range(repeats))
+        merges = {}
+        for kind in ("transform", "masked_transform"):
+            cmd = _command(where, f"{t}/{kind}.nxs")
+            if "--scales" not in cmd:
+                raise SystemExit(f"{where}: its merges are not given the scales "
+                                 "(reduction.scaling.apply: false)")
+            outs = {"--out": [str(scratch / "m.nxs")], "--png": [str(scratch / "m.png")],
+                    "--statistics-png": [str(scratch / "s.png")]}
+            plain = {**outs, "--scales": None, "--scans": None, "--masks": None,
+                     "--apply": None}
+            scaled = {**outs, "--apply": ["true"]}
+            runs = {"unscaled": [], "scaled": []}
+            for _ in range(repeats):
+                runs["unscaled"].append(_cpu(where, cmd, scratch, plain))
+                runs["scaled"].append(_cpu(where, cmd, scratch, scaled))
+            merges[kind] = {k: min(v) for k, v in runs.items()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    transform = 0.0
+    for log in (where / "logs/transform_frames" / sample / temperature).rglob("*.log"):
+        found = re.findall(r"resources: cpu_s=([0-9.]+)", log.read_text())
+        transform += float(found[-1]) if found else 0.0
+    applying = sum(m["scaled"] - m["unscaled"] for m in merges.values())
+    return {"experiment": str(where), "temperature": temperature, "fit_cpu_s": fit,
+            "merges_cpu_s": merges, "applying_cpu_s": applying,
+            "transform_frames_cpu_s": transform,
+            "fit_over_transform": fit / transform if transform else None,
+            "applying_over_transform": applying / transform if transform else None}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cost", type=Path, default=None, metavar="EXPERIMENT",
+                   help="what scaling costs on this reduced experiment (nothing simulated)")
+    p.add_argument("--temperature", default="100K", help="with --cost: the temperature")
+    p.add_argument("--repeats", type=int, default=2, help="with --cost: runs of each, the least")
     p.add_argument("--workdir", type=Path, default=HERE / ".data" / "scaling")
     p.add_argument("--variants", default="effects,free,analytic")
     p.add_argument("--reduced", nargs="*", default=None, metavar="DIR:VARIANT",
@@ -148,12 +252,25 @@ def main(argv=None) -> int:
                    help="the temperatures to give figures of (with --reduced: those reduced)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.cost:
+        c = cost(args.cost.resolve(), args.temperature, args.repeats)
+        m = c["merges_cpu_s"]
+        emit({"machine": machine_info(), "cost": c}, "\n".join([
+            f"scaling's cost at {c['temperature']} of {c['experiment']} (CPU-s, least of "
+            f"{args.repeats}):",
+            f"  scale_entries {c['fit_cpu_s']:.2f}; transform_frames of the temperature "
+            f"{c['transform_frames_cpu_s']:.2f}: {c['fit_over_transform']:.2f}x",
+            *(f"  merge_entries {k}: {v['unscaled']:.2f} unscaled, {v['scaled']:.2f} scaled"
+              for k, v in m.items()),
+            f"  applying: {c['applying_cpu_s']:.2f} ({c['applying_over_transform']:.2f}x the "
+            f"transform)"]), args.json)
+        return 0
     temperatures = tuple(args.temperatures.split(","))
     report = {"machine": machine_info(), "variants": {}}
     runs = ([(Path(r.rpartition(":")[0]), r.rpartition(":")[2]) for r in args.reduced]
             if args.reduced else [(args.workdir / v, v) for v in args.variants.split(",")])
     lines = ["absorbing_plate without a monitor (mu t 0.8, 10% decay + 2% ripple), scaled with "
-             "the defaults, applied:"]
+             "the defaults:"]
     for where, variant in runs:
         seconds = 0.0
         if not args.reduced:
@@ -164,6 +281,9 @@ def main(argv=None) -> int:
             g = f[temperature]
             s = g["satellites_early_over_late"]
             shells = " ".join("-" if c is None else f"{c:.3f}" for c in g["merged_cc_half_shells"])
+            lines.append(
+                f"  {variant:8s} {temperature}: {'applied' if g['applied'] else 'not applied'}"
+                f" ({g['verdict']['why']})")
             lines.append(
                 f"  {variant:8s} {temperature}: chi2/nu {g['chi2_nu_before']:.3f} -> "
                 f"{g['chi2_nu_after']:.3f} (merged {g['merged_chi2_nu']:.3f}); satellites "

@@ -369,6 +369,20 @@ def _gonio():
                       offset_axes=(("kappa", (0.3, 0.2, 0.9)), ("omega", (0.0, 1.0, 0.0))))
 
 
+def test_goniometer_rotates_vectors_as_its_matrices_do():
+    """Goniometer.rotate (Rodrigues' formula on the vectors) is rotation(phi) v, and with
+    inverse=True its transpose: scipy's rotations pin rotation() itself (next test)."""
+    g = _gonio()
+    rng = np.random.default_rng(5)
+    v, phi = rng.normal(size=(50, 3)), rng.uniform(-400.0, 400.0, 50)
+    offs = {"kappa": 23.0, "omega": -41.0}
+    R = g.rotation(phi, offs)
+    np.testing.assert_allclose(g.rotate(v, phi, offs), np.einsum("nij,nj->ni", R, v),
+                               atol=1e-13)
+    np.testing.assert_allclose(g.rotate(v, phi, offs, inverse=True),
+                               np.einsum("nji,nj->ni", R, v), atol=1e-13)
+
+
 def test_goniometer_composes_offsets_outermost_first():
     g = _gonio()
     e_s = np.array([0.1, 0.97, -0.2]) / np.linalg.norm([0.1, 0.97, -0.2])

@@ -274,10 +274,18 @@ def test_a_merged_volume_says_how_its_entries_were_scaled():
     assert corrections_lines(merged) == [
         "scaled between entries (results/s/300K/scales.json): chi²/ν of equivalents 1.800 → "
         "1.020, CC½ 0.9400 → 0.9700 (absorption off)"]
+    merged["scaling"].update(applied=False, verdict="chi^2/nu of equivalents 1.437 -> 1.434, "
+                                                    "within the 0.017 chance and 111 "
+                                                    "parameters account for")
+    assert corrections_lines(merged) == [
+        "scales fitted, not applied: they do not matter (chi^2/nu of equivalents 1.437 -> "
+        "1.434, within the 0.017 chance and 111 parameters account for; "
+        "reduction.scaling.apply: true applies them)"]
 
 
 def test_a_merged_volume_says_what_scales_it_was_not_given(tmp_path):
-    """reduction.scaling.apply false: the page says what the fitted scales would do."""
+    """reduction.scaling.apply false: the page says what the fitted scales would do, and
+    that they matter."""
     from hklflow.files.scales import write_scales
     from hklflow.model.scales import EntryScale, ScaleModel
     from hklflow.steps.experiment_page import fitted_scales_line
@@ -286,9 +294,10 @@ def test_a_merged_volume_says_what_scales_it_was_not_given(tmp_path):
     away = {"before": {"chi2_nu": 1.8, "cc_half": 0.94}, "after": {"chi2_nu": 1.02,
                                                                    "cc_half": 0.97}}
     write_scales(tmp_path / "scales.json", model, terms={}, entries={}, left_out={},
-                 statistics={"away_from_nodes": away}, provenance={})
+                 statistics={"away_from_nodes": away}, verdict={"matter": True, "why": ""},
+                 provenance={})
     volume = tmp_path / "transform.nxs"
     assert fitted_scales_line(volume, {"inputs": []}) == (
-        "scales fitted, not applied (reduction.scaling.apply: true applies them): chi²/ν of "
+        "scales fitted, not applied (reduction.scaling.apply: false) - they matter: chi²/ν of "
         "equivalents 1.800 → 1.020, CC½ 0.9400 → 0.9700")
     assert fitted_scales_line(volume, {"inputs": [], "scaling": {}}) is None

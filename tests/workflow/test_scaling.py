@@ -1,8 +1,8 @@
 """Scaling between entries from equivalents, end to end (issue 81): simulate's
 absorbing_plate without a monitor and without the plate's shape in the config (a plate of
 mu t = 0.8, the beam decaying by 10% with a 2% ripple), reduced with the workflow's
-defaults and reduction.scaling.apply: scale_entries fits each entry's smooth scale and an
-absorption surface, and merge_entries applies them."""
+defaults: scale_entries fits each entry's smooth scale and an absorption surface, finds that
+they matter, and merge_entries applies them (reduction.scaling.apply: auto)."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +26,6 @@ def scaled_run(tmp_path_factory):
     spec = preset("absorbing_plate")
     spec = dataclasses.replace(spec, beam={**spec.beam, "monitor": False}, plate_in_config=False)
     simulate_experiment(spec, d)
-    edit_config(d, lambda c: c.setdefault("reduction", {}).setdefault("scaling", {}).update(
-        apply=True))
     r = run_snakemake(d, "-c2", TARGET, "results/tiny/100K/transform.nxs", timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return d
@@ -45,7 +43,9 @@ def test_scaling_brings_equivalents_within_their_sigma(scaled_run):
         assert entry["chi2_nu"] < 1.2, name
     assert away["after"]["cc_half"] > away["before"]["cc_half"]
     assert scales["terms"]["absorption"].startswith("on")  # (no shape: the auto rule)
+    assert scales["verdict"]["matter"] is True, scales["verdict"]
     notes = read_volume_header(scaled_run / TARGET).notes
+    assert notes["scaling"]["applied"] is True
     assert notes["scaling"]["chi2_nu"]["after"] == away["after"]["chi2_nu"]
 
 
@@ -107,7 +107,7 @@ def test_bench_scaling_on_this_experiment(scaled_run, tmp_path):
 
 @pytest.mark.slow
 def test_the_unscaled_merge_is_one_setting_away(scaled_run, tmp_path):
-    """reduction.scaling.apply: false (the default) reruns the merges and what follows them,
+    """reduction.scaling.apply: false reruns the merges and what follows them,
     nothing before; their volumes are the entries summed as they are, the scales still
     reported."""
     import shutil

@@ -564,6 +564,26 @@ def test_every_merged_volume_has_cc_half_from_its_half_sets(tiny_run):
 
 
 @pytest.mark.slow
+def test_scales_that_do_not_matter_are_not_applied(tiny_run):
+    """reduction.scaling.apply: auto (the default) on a simulation without decay or
+    absorption: scale_entries finds that its scales do not matter, the merges read them and
+    merge the entries as they are, and their notes and the experiment's page say why."""
+    import json
+
+    from hklflow.files.volume import read_volume_header
+
+    d, _, _, _ = tiny_run
+    for t in ("100K", "300K"):
+        verdict = json.loads((d / "results/tiny" / t / "scales.json").read_text())["verdict"]
+        assert verdict["matter"] is False and "RMS" in verdict["why"], verdict
+        for kind in ("transform", "masked_transform"):
+            scaling = read_volume_header(d / "results/tiny" / t / f"{kind}.nxs").notes["scaling"]
+            assert scaling["applied"] is False and scaling["verdict"] == verdict["why"]
+    assert "scales fitted, not applied: they do not matter" in \
+        (d / "results/report.html").read_text()
+
+
+@pytest.mark.slow
 def test_the_disk_foreseen_is_near_what_the_tiny_run_wrote(tiny_run, monkeypatch):
     """The plan's estimate (hklflow.planning.disk, from the config alone) against the
     results the run wrote: every file of a megabyte or more is named by it, and its whole

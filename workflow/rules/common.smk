@@ -96,7 +96,10 @@ SYMMETRIZE = bool(EXP.reduction["merge"]["symmetrize"])
 # scale_entries fits on the masked transform (no Bragg peaks) where there is one; merge_entries
 # applies its scales unless reduction.scaling.apply is false (the unscaled merge)
 SCALING = bool(EXP.reduction["scaling"]["enabled"])
-SCALING_APPLIED = SCALING and bool(EXP.reduction["scaling"]["apply"])
+# reduction.scaling.apply: true, false or auto (the merges read the scales and apply them
+# where scale_entries found that they matter)
+SCALING_APPLY = EXP.reduction["scaling"]["apply"]
+SCALING_APPLIED = SCALING and SCALING_APPLY is not False
 SCALING_KIND = "masked_transform" if "masked_transform" in TRANSFORM_KINDS else "transform"
 NXREFINE_WRAPPER = bool(EXP.raw["output"]["nxrefine_wrapper"])
 MODEL_INPUTS = list(EXP.raw["output"]["model_inputs"])

@@ -213,7 +213,9 @@ rule merge_entries:
         title="{sample}/{temperature}",
         scales=lambda w, input: (option("--scales", input.scales)
                                  + option("--scans", input.scans)
-                                 + option("--masks", input.masks)),
+                                 + option("--masks", input.masks)
+                                 + (" --apply auto" if SCALING_APPLIED and SCALING_APPLY == "auto"
+                                    else "")),
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
     benchmark:

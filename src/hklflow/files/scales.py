@@ -6,7 +6,9 @@ terms it holds and why, the statistics of equivalents before and after, and prov
              "entries": {ENTRY: {"knots_deg", "scale", "absorption",
                                  "offset_knots_per_A", "offset"}}},
    "terms": {term: text}, "entries": {ENTRY: volume},
-   "left_out": {ENTRY: why}, "statistics": {...}, "provenance": {...}}
+   "left_out": {ENTRY: why}, "statistics": {...},
+   "verdict": {"matter": whether the scales change the equivalents beyond chance, "why"},
+   "provenance": {...}}
 """
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ from ..base.atomic import write_json_atomically
 from ..base.errors import FileFormatError
 
 
-def write_scales(path, model: ScaleModel, *, terms: dict, statistics: dict, entries: dict,
-                 left_out: dict, provenance: dict) -> Path:
+def write_scales(path, model: ScaleModel, *, terms: dict, statistics: dict, verdict: dict,
+                 entries: dict, left_out: dict, provenance: dict) -> Path:
     return write_json_atomically(path, {
         "model": model.as_dict(), "terms": terms,
         "entries": {k: str(v) for k, v in entries.items()}, "left_out": dict(left_out),
-        "statistics": statistics, "provenance": provenance})
+        "statistics": statistics, "verdict": dict(verdict), "provenance": provenance})
 
 
 def read_scales(path) -> tuple[ScaleModel, dict]:

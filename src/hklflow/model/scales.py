@@ -164,15 +164,23 @@ class ScaleModel:
         basis = self.harmonics(c) if basis is None else basis
         return np.exp(basis @ p)
 
-    def multiplier(self, entry: str, c) -> np.ndarray:
-        """(n,) m of each voxel (1 where no crossing is measured: left as it is)."""
-        e = self.entries[entry]
-        per = c.share * e.b(c.phi) * self.absorption_of(entry, c) * self.response(c)
+    def multiplier(self, entry: str, c, absorption=None) -> np.ndarray:
+        """(n,) m of each voxel (1 where no crossing is measured: left as it is); absorption:
+        A at each crossing (2, n) when computed already (the compiled form)."""
+        if absorption is None:
+            absorption = self.absorption_of(entry, c)
+        per = c.share * self.entries[entry].b(c.phi) * absorption * self.response(c)
         m = per.sum(axis=0)
         return np.where(c.measured, m, 1.0)
 
     def offset(self, entry: str, q) -> np.ndarray:
         return self.entries[entry].o(q)
+
+    @property
+    def parameters(self) -> int:
+        """How many parameters the fit adjusts (every term of every entry, the response)."""
+        n = sum(len(e.scale) + len(e.absorption) + len(e.offset) for e in self.entries.values())
+        return n + (self.detector.size if self.detector.size > 1 else 0)
 
     def as_dict(self) -> dict:
         return {"absorption_lmax": self.lmax, "detector_response": self.detector.tolist(),
@@ -184,3 +192,33 @@ class ScaleModel:
         return cls({k: EntryScale.from_dict(k, v) for k, v in d["entries"].items()},
                    int(d["absorption_lmax"]), np.asarray(d["detector_response"], float),
                    tuple(d["detector_shape"]))
+
+
+# The scales matter when both hold:
+# * they are real: chi^2 of equivalents falls by more than fitting the model's p parameters
+#   to noise alone lowers it (a chi-squared of p degrees of freedom: p on average, standard
+#   deviation sqrt(2 p)) by SIGNIFICANCE of its standard deviations;
+# * they are large enough to see: they move the observations by more than MAGNITUDE (RMS of
+#   m - 1), below the sigma of a voxel of diffuse scattering, and above what a fit to noise
+#   alone moves them by (bench/README.md, scaling.py: up to 0.45% on the demo).
+SIGNIFICANCE = 3.0
+MAGNITUDE = 0.01
+
+
+def scales_matter(before: float | None, after: float | None, nu: float | None,
+                  parameters: int, rms_change: float) -> tuple[bool, str]:
+    """Whether the scales change the equivalents beyond chance and visibly, and why:
+    chi^2/nu of equivalents went from `before` to `after` (nu degrees of freedom) with
+    `parameters` fitted, and the scales move the observations by rms_change (RMS of m - 1).
+    The fall of chi^2 is in units of `before` (the scatter the sigmas do not explain)."""
+    if before is None or after is None or not nu:
+        return False, "too few equivalents to judge them"
+    fall = (before - after) * nu / before
+    chance = parameters + SIGNIFICANCE * math.sqrt(2.0 * parameters)
+    real, large = fall > chance, rms_change > MAGNITUDE
+    why = (f"chi^2/nu of equivalents {before:.4f} -> {after:.4f}: chi^2 down by {fall:.0f}, "
+           f"{'beyond' if real else 'within'} the {chance:.0f} that fitting {parameters} "
+           f"parameters to noise could explain; the observations moved by "
+           f"{100 * rms_change:.2f}% RMS ({'more' if large else 'less'} than "
+           f"{100 * MAGNITUDE:g}%)")
+    return real and large, why

@@ -11,8 +11,8 @@ from .params import Params, from_config_at
 @dataclass(frozen=True)
 class ScalingParams(Params):
     """What scale_entries uses of reduction.scaling, and the statistics' Bragg radius
-    (enabled and apply are the workflow's: whether the step runs and whether the merges
-    read its scales; the fit is the same either way)."""
+    (enabled and apply are the workflow's and the merges': whether the step runs and
+    whether the merges apply its scales; the fit is the same either way)."""
 
     SECTION: ClassVar[str] = "reduction.scaling"
     NAME: ClassVar[str] = "scaling"

@@ -237,27 +237,37 @@ def corrections_lines(notes: dict) -> list[str]:
         lines.insert(0, "corrections: " + (", ".join(applied.get("applied", {})) or "none")
                      + (f" (not applied - {off})" if off else ""))
     scaling = notes.get("scaling")
-    if isinstance(scaling, dict):  # (merge_entries: the scales it applied)
+    if isinstance(scaling, dict):  # (merge_entries: the scales it was given)
         chi, cc = scaling.get("chi2_nu", {}), scaling.get("cc_half", {})
         terms = "; ".join(f"{k} {v}" for k, v in scaling.get("terms", {}).items())
-        lines.append(f"scaled between entries ({scaling.get('scales', '?')}): chi²/ν of "
-                     f"equivalents {_num(chi.get('before'), '.3f')} → "
-                     f"{_num(chi.get('after'), '.3f')}, CC½ {_num(cc.get('before'), '.4f')} → "
-                     f"{_num(cc.get('after'), '.4f')} ({terms})")
+        if scaling.get("applied", True):
+            lines.append(f"scaled between entries ({scaling.get('scales', '?')}): chi²/ν of "
+                         f"equivalents {_num(chi.get('before'), '.3f')} → "
+                         f"{_num(chi.get('after'), '.3f')}, CC½ "
+                         f"{_num(cc.get('before'), '.4f')} → {_num(cc.get('after'), '.4f')} "
+                         f"({terms})")
+        else:
+            lines.append(f"scales fitted, not applied: they do not matter "
+                         f"({scaling.get('verdict', '?')}; reduction.scaling.apply: true "
+                         f"applies them)")
     return lines
 
 
 def fitted_scales_line(path, notes: dict) -> str | None:
     """What the temperature's scales (scales.json beside a merged volume) would do, where
-    the merge did not apply them (reduction.scaling.apply false)."""
+    the merge was not given them (reduction.scaling.apply false), and whether they matter."""
     scales = Path(path).parent / "scales.json"
     if "scaling" in notes or "inputs" not in notes or not scales.is_file():
         return None
     try:
-        away = read_scales(scales)[1]["statistics"]["away_from_nodes"]
+        content = read_scales(scales)[1]
+        away = content["statistics"]["away_from_nodes"]
     except (FileFormatError, KeyError):
         return None
-    return (f"scales fitted, not applied (reduction.scaling.apply: true applies them): chi²/ν "
+    verdict = content.get("verdict", {})
+    matter = (" - they matter" if verdict.get("matter") else
+              " - they do not matter" if "matter" in verdict else "")
+    return (f"scales fitted, not applied (reduction.scaling.apply: false){matter}: chi²/ν "
             f"of equivalents {_num(away['before']['chi2_nu'], '.3f')} → "
             f"{_num(away['after']['chi2_nu'], '.3f')}, CC½ "
             f"{_num(away['before']['cc_half'], '.4f')} → {_num(away['after']['cc_half'], '.4f')}")

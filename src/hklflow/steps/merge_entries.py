@@ -35,6 +35,9 @@ def parser() -> StepParser:
                 required=False)
     p.add_input("--masks", "the inputs' mask.nxs, in their order (with --scales)", nargs="+",
                 required=False)
+    p.add_argument("--apply", choices=("auto", "true"), default="true",
+                   help="with --scales: true applies them; auto only where they matter (the "
+                        "verdict of scale_entries: reduction.scaling.apply)")
     p.add_output("--out", "volume file to write")
     p.add_output("--png", "slice picture to write")
     p.add_output("--statistics-png", "picture of the uncertainties' statistics (needs "
@@ -75,33 +78,48 @@ def write_statistics(path, crystal, bragg_radius: float, png, title: str, previe
     plot_statistics(stats, png, f"{title} {kind} ({KIND_MEANING.get(kind, kind)})", preview)
 
 
-def scalers_of(args, inputs, orientation, log) -> tuple[list, dict]:
-    """The scales of every input (algorithms.scaling.apply) and what the notes say of them."""
-    from ..algorithms.scaling.apply import EntryScaler
-    from ..files.mask import read_pixel_mask
+def scalers_of(args, inputs, orientation, log) -> tuple[list | None, dict]:
+    """The scales of every input (algorithms.scaling.apply; None: not applied, --apply auto
+    where they do not matter) and what the notes say of them."""
     from ..files.scales import read_scales
-    from ..files.scan import read_scan_file
 
     if orientation is None or not args.scans or not args.masks \
             or not len(args.scans) == len(args.masks) == len(args.inputs):
         raise ConfigError("--scales needs --orientation and one --scans and --masks file per "
                           "input, in their order")
     model, content = read_scales(args.scales)
+    away = content["statistics"]["away_from_nodes"]
+    verdict = content.get("verdict") or {"matter": False, "why": "no verdict in the file"}
+    notes = {"scales": str(args.scales), "terms": content["terms"],
+             "chi2_nu": {k: away[k]["chi2_nu"] for k in ("before", "after")},
+             "cc_half": {k: away[k]["cc_half"] for k in ("before", "after")},
+             "applied": args.apply == "true" or bool(verdict["matter"]),
+             "verdict": verdict["why"]}
+    if not notes["applied"]:
+        log.info("%s not applied (reduction.scaling.apply: auto): the scales do not matter: %s",
+                 args.scales, verdict["why"])
+        return None, notes
     scalers = []
     for path in inputs:
         i = [str(p) for p in args.inputs].index(str(path))
-        rec = read_scan_file(args.scans[i])
-        if rec.entry not in model.entries:
-            raise InputMismatchError(f"{args.scales}: no scales of entry {rec.entry} "
-                                     f"({path}); it has {', '.join(model.entries)}")
-        scalers.append(EntryScaler(model, rec.entry, rec.geometry(orientation),
-                                   read_pixel_mask(args.masks[i], rec.entry)))
-    away = content["statistics"]["away_from_nodes"]
-    log.info("scaled by %s: chi^2/nu of equivalents %s -> %s", args.scales,
-             away["before"]["chi2_nu"], away["after"]["chi2_nu"])
-    return scalers, {"scales": str(args.scales), "terms": content["terms"],
-                     "chi2_nu": {k: away[k]["chi2_nu"] for k in ("before", "after")},
-                     "cc_half": {k: away[k]["cc_half"] for k in ("before", "after")}}
+        scalers.append(_scaler(model, args, i, orientation, path))
+    log.info("scaled by %s: chi^2/nu of equivalents %s -> %s (%s)", args.scales,
+             away["before"]["chi2_nu"], away["after"]["chi2_nu"], verdict["why"])
+    return scalers, notes
+
+
+def _scaler(model, args, i: int, orientation, path):
+    """The scales of input i (its scan.nxs and mask.nxs are --scans[i] and --masks[i])."""
+    from ..algorithms.scaling.apply import EntryScaler
+    from ..files.mask import read_pixel_mask
+    from ..files.scan import read_scan_file
+
+    rec = read_scan_file(args.scans[i])
+    if rec.entry not in model.entries:
+        raise InputMismatchError(f"{args.scales}: no scales of entry {rec.entry} ({path}); it "
+                                 f"has {', '.join(model.entries)}")
+    return EntryScaler(model, rec.entry, rec.geometry(orientation),
+                       read_pixel_mask(args.masks[i], rec.entry))
 
 
 def run(args, log) -> None:

@@ -22,6 +22,7 @@ from ..files.provenance import provenance
 from ..files.scales import write_scales
 from ..files.scan import read_scan_file
 from ..files.volume import read_volume_header
+from ..model.scales import scales_matter
 from ..pictures.scaling import plot_scales
 from ..settings.params import settings_part
 from ..settings.scaling import ScalingParams
@@ -158,7 +159,8 @@ def run(args, log) -> None:
     model = initial_model(spans, settings, geometries[0].detector.shape, q_range)
     before = equivalents_statistics(obs, np.ones(len(obs.y)), np.zeros(len(obs.y)), names)
     fit_scales(obs, model, settings, log)
-    after = equivalents_statistics(obs, *model_at(model, obs, names), names)
+    m, o = model_at(model, obs, names)
+    after = equivalents_statistics(obs, m, o, names)
     statistics = {"away_from_nodes": {"before": before, "after": after}}
     if args.bragg_volumes:  # (orbits of their own: drawn where the masked volumes have none)
         bragg_kept = [args.bragg_volumes[i] for i in at]
@@ -182,10 +184,16 @@ def run(args, log) -> None:
              "detector response": (f"on: {params.detector_bins} bins a side"
                                    if params.detector_response else "off"),
              "offset": f"on: {params.offset_knots} knots in |Q|" if params.offset else "off"}
+    away = statistics["away_from_nodes"]
+    matter, because = scales_matter(away["before"]["chi2_nu"], away["after"]["chi2_nu"],
+                                    away["before"]["nu"], model.parameters,
+                                    float(np.sqrt(np.mean((m - 1) ** 2))) if len(m) else 0.0)
+    log.info("the scales %s: %s", "matter" if matter else "do not matter", because)
     prov = provenance("hklflow scale_entries", args.settings,
                       inputs=list(args.volumes) + list(args.bragg_volumes or [])
                       + list(args.scans) + list(args.masks) + [args.orientation])
     write_scales(args.out, model, terms=terms, statistics=statistics,
+                 verdict={"matter": matter, "why": because},
                  entries=dict(zip(names, kept)), left_out=left_out, provenance=prov)
     plot_scales(model, statistics, terms, args.png,
                 f"{ori.sample}/{ori.temperature_label}: scales of {len(names)} entries")

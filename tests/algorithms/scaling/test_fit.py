@@ -148,3 +148,32 @@ def test_an_additive_offset_is_found():
     q = np.linspace(0.1, 1.0, 5)
     difference = model.offset("f2", q) - model.offset("f1", q)
     assert difference == pytest.approx(np.full(5, 0.5), abs=0.02)
+
+
+def test_the_scales_matter_beyond_chance_and_visibly_only():
+    """The verdict that reduction.scaling.apply: auto follows: chi^2 down by more than
+    fitting the parameters to noise explains (p + 3 sqrt(2 p)), and the observations moved
+    by more than 1% RMS."""
+    from hklflow.model.scales import MAGNITUDE, SIGNIFICANCE, scales_matter
+
+    nu, p = 150_000, 111
+    chance = (p + SIGNIFICANCE * np.sqrt(2 * p)) / nu
+    assert scales_matter(1.4, 1.4 * (1 - 1.2 * chance), nu, p, 0.02)[0]
+    assert not scales_matter(1.4, 1.4 * (1 - 0.8 * chance), nu, p, 0.02)[0]
+    assert not scales_matter(1.4, 1.0, nu, p, 0.8 * MAGNITUDE)[0]  # real, too small to see
+    assert scales_matter(1.718, 1.012, 38_000, 74, 0.08)[0]  # (a decaying beam and a plate)
+    assert scales_matter(1.025, 1.016, 38_000, 10, 0.03)[0]  # (the decay alone)
+    assert not scales_matter(None, 1.0, nu, p, 0.1)[0] and not scales_matter(1.2, 1.0, 0, p, 0.1)[0]
+    assert "within the" in scales_matter(1.4, 1.4, nu, p, 0.0)[1]
+    # pure noise fitted with a model of 32 parameters: chance explains what it removes
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        obs = synthetic(rng, lambda e, phi: 1.0, groups=2000, per_group=4)
+        model = _fit(obs, FitSettings(absorption_lmax=2))
+        names = ["f1", "f2"]
+        before = equivalents_statistics(obs, np.ones(len(obs.y)), np.zeros(len(obs.y)), names)
+        m = np.concatenate([model.multiplier(n, c) for n, c in zip(names, obs.crossings)])
+        after = equivalents_statistics(obs, m, np.zeros(len(obs.y)), names)
+        assert after["chi2_nu"] < before["chi2_nu"]
+        assert not scales_matter(before["chi2_nu"], after["chi2_nu"], before["nu"],
+                                 model.parameters, 1.0)[0], seed

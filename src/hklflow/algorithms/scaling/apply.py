@@ -5,24 +5,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from .crossings import crossings
 from ...model.scales import ScaleModel
+from .crossings import crossings
+from .kernels import absorption_exponents, harmonic_constants
+
+# Voxels per evaluation: the crossings' and the scales' temporaries of a block stay in the
+# cache; a million at once took 3-4x the time per voxel (bench/README.md, scaling.py).
+BLOCK_VOXELS = 8192
 
 
 class EntryScaler:
-    """The scales of one entry: model, entry name, its ScanGeometry (with UB) and pixel mask."""
+    """The scales of one entry: model, entry name, its ScanGeometry (with UB) and pixel mask;
+    compiled: the crossings and absorption from the compiled kernels (else the numpy forms,
+    their reference)."""
 
-    def __init__(self, model: ScaleModel, name: str, geometry, pixel_mask):
+    def __init__(self, model: ScaleModel, name: str, geometry, pixel_mask, compiled=True):
         if name not in model.entries:
             raise KeyError(name)
         self.model, self.name, self.geometry, self.pixel_mask = model, name, geometry, pixel_mask
+        self.compiled = compiled
+        self._constants = harmonic_constants(model.lmax)
+
+    def absorption(self, c) -> np.ndarray | None:
+        """A at each crossing (2, n) from the compiled kernel; None: the model's own form."""
+        p = self.model.entries[self.name].absorption
+        if not self.compiled or not len(p):
+            return None
+        out = np.empty(c.share.size)
+        absorption_exponents(c.incident.reshape(-1, 3), c.scattered.reshape(-1, 3),
+                             c.share.reshape(-1), np.ascontiguousarray(p, dtype=float),
+                             self.model.lmax, *self._constants, out)
+        return np.exp(out).reshape(c.share.shape)
 
     def factors(self, hkl) -> tuple[np.ndarray, np.ndarray]:
-        """(m, o) at voxel centres hkl (n, 3)."""
-        c = crossings(self.geometry, self.pixel_mask, hkl)
-        q = np.linalg.norm(np.asarray(hkl) @ np.asarray(self.geometry.UB).T, axis=1)
-        o = np.where(c.measured, self.model.offset(self.name, q), 0.0)
-        return self.model.multiplier(self.name, c), o
+        """(m, o) at voxel centres hkl (n, 3), BLOCK_VOXELS at a time."""
+        hkl = np.asarray(hkl, dtype=float).reshape(-1, 3)
+        m, o = np.empty(len(hkl)), np.zeros(len(hkl))
+        UB = np.asarray(self.geometry.UB, dtype=float)
+        offset = len(self.model.entries[self.name].offset) > 0
+        for s in range(0, len(hkl), BLOCK_VOXELS):
+            block = hkl[s:s + BLOCK_VOXELS]
+            c = crossings(self.geometry, self.pixel_mask, block, self.compiled)
+            m[s:s + len(block)] = self.model.multiplier(self.name, c, self.absorption(c))
+            if offset:
+                q = np.linalg.norm(block @ UB.T, axis=1)
+                o[s:s + len(block)] = np.where(c.measured, self.model.offset(self.name, q), 0.0)
+        return m, o
 
     def scale(self, grid, l0: int, arrays) -> None:
         """arrays (signal, weight[, variance]) of planes l0.. of `grid`, scaled in place."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...model.geometry import BEAM_DIRECTION, ScanGeometry
+from .kernels import ewald_crossings, sample_directions
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,31 @@ class Crossings:
         return self.share.sum(axis=0) > 0
 
 
-def crossings(scan: ScanGeometry, pixel_mask: np.ndarray | None, hkl) -> Crossings:
-    """The crossings of voxel centres hkl (n, 3) in the entry `scan` (with its UB);
-    pixel_mask: True where a pixel is not used (files.mask.read_pixel_mask), or None."""
-    hkl = np.asarray(hkl, dtype=float).reshape(-1, 3)
+def _predicted(scan: ScanGeometry, hkl, compiled: bool):
+    """(rows, cols, z, phi), each (2n,), of both solutions: ScanGeometry.predict, or the
+    same from the compiled kernel (the directions' pixels from the detector's own mapping)."""
+    if not compiled:
+        return scan.predict(hkl)[1:]
     n = len(hkl)
-    _, rows, cols, z, phi = scan.predict(hkl)
+    phi, lab = np.empty((2, n)), np.empty((2, n, 3))
+    gon = scan.goniometer
+    ewald_crossings(hkl, np.asarray(scan.UB, dtype=float), gon.axis, float(gon.scan_sense),
+                    gon.offset_rotation(scan.offsets), scan.detector.wavelength,
+                    min(scan.angles.start, scan.angles.end), phi, lab)
+    rows, cols = scan.detector.pixel_from_direction(lab.reshape(-1, 3))
+    phi = phi.reshape(-1)
+    return rows, cols, scan.angles.frame(phi), phi
+
+
+def crossings(scan: ScanGeometry, pixel_mask: np.ndarray | None, hkl,
+              compiled: bool = True) -> Crossings:
+    """The crossings of voxel centres hkl (n, 3) in the entry `scan` (with its UB);
+    pixel_mask: True where a pixel is not used (files.mask.read_pixel_mask), or None;
+    compiled: the Ewald crossings and sample-frame directions from the compiled kernels
+    (else from the geometry's numpy forms, their reference)."""
+    hkl = np.ascontiguousarray(hkl, dtype=float).reshape(-1, 3)
+    n = len(hkl)
+    rows, cols, z, phi = _predicted(scan, hkl, compiled)
     det = scan.detector
     in_frames = np.isfinite(rows) & np.isfinite(cols) & np.isfinite(z)
     in_frames &= (z >= 0) & (z < scan.angles.nframes)
@@ -68,20 +88,28 @@ def crossings(scan: ScanGeometry, pixel_mask: np.ndarray | None, hkl) -> Crossin
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(ok, share / np.concatenate([total, total]), 0.0)
     phi = np.where(ok, phi, 0.0)
-    # the sample frame: R(phi)^-1 = R_scan(phi)^-1 R_off^-1 of the lab's incident beam
-    # (Rodrigues' formula on the vector: no matrix per crossing), and the scattered direction
-    gon = scan.goniometer
-    p0 = gon.offset_rotation(scan.offsets).T @ BEAM_DIRECTION
-    e = gon.axis
-    angle = -gon.scan_sense * np.radians(phi)[:, None]
-    incident = (p0 * np.cos(angle) + np.cross(e, p0) * np.sin(angle)
-                + e * (e @ p0) * (1.0 - np.cos(angle)))
-    q_sample = np.concatenate([hkl, hkl]) @ np.asarray(scan.UB, dtype=float).T
-    scattered = incident + q_sample * det.wavelength
-    scattered /= np.linalg.norm(scattered, axis=1, keepdims=True)
+    incident, scattered = _sample_directions(scan, hkl, phi, compiled)
 
     def pair(a):
         return a.reshape((2, n) + a.shape[1:])
 
     return Crossings(pair(phi), pair(share), pair(rows), pair(cols), pair(incident),
                      pair(scattered), exact)
+
+
+def _sample_directions(scan: ScanGeometry, hkl, phi, compiled: bool):
+    """The incident and scattered directions (2n, 3) in the sample frame of voxel centres
+    hkl (n, 3) at the scan angles phi (2n,) of both crossings: R(phi)^-1 of the lab's
+    incident beam, and that plus lambda UB h, normalised."""
+    gon, n, wavelength = scan.goniometer, len(hkl), scan.detector.wavelength
+    if compiled:
+        incident, scattered = np.empty((2, n, 3)), np.empty((2, n, 3))
+        sample_directions(hkl, np.asarray(scan.UB, dtype=float), gon.axis,
+                          float(gon.scan_sense), gon.offset_rotation(scan.offsets),
+                          wavelength, phi.reshape(2, n), incident, scattered)
+        return incident.reshape(-1, 3), scattered.reshape(-1, 3)
+    incident = gon.rotate(np.broadcast_to(BEAM_DIRECTION, (2 * n, 3)), phi, scan.offsets,
+                          inverse=True)
+    q_sample = np.concatenate([hkl, hkl]) @ np.asarray(scan.UB, dtype=float).T
+    scattered = incident + q_sample * wavelength
+    return incident, scattered / np.linalg.norm(scattered, axis=1, keepdims=True)
