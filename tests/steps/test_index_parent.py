@@ -61,7 +61,48 @@ def test_a_parent_whose_entries_are_all_blank_names_their_files(tiny_copy, tiny_
     assert rc == 1 and not (tiny_copy / "bad.nxs").exists()
     err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln][-1]
     raw = tiny_copy / "raw/tiny/300K"
-    assert err.endswith(
-        f"index_parent failed: tiny/300K has no peaks to index the parent from: {raw}/f1.h5 "
-        f"(tiny/300K/f1): no counts in any frame (shutter closed? beam off?); {raw}/f2.h5 "
-        "(tiny/300K/f2): no peaks in its frames (a background-only scan?)"), err
+    assert (f"index_parent failed: tiny/300K has no peaks to index the parent from: {raw}/f1.h5 "
+            f"(tiny/300K/f1): no counts in any frame (shutter closed? beam off?); {raw}/f2.h5 "
+            "(tiny/300K/f2): no peaks in its frames (a background-only scan?)") in err, err
+    # (f2's background, a constant without noise, did not look like photons to find_peaks)
+    assert err.endswith("instrument.detector.gain is 1: for a detector that does not count "
+                        "photons set the gain (counts per photon); otherwise the peak search "
+                        "finds noise (gain too low) or misses peaks, and every volume's "
+                        "uncertainty is off"), err
+
+
+def test_a_failure_names_what_the_peak_search_warned_of(tiny_copy, tiny_300k, capsys,
+                                                        monkeypatch):
+    """Issue 86: find_peaks's warning of a gain that does not fit the frames is kept in
+    peaks.nxs, and index_parent's failure on those peaks names it as a possible cause
+    (here: one weak peak left in each entry, too few to index)."""
+    import shutil
+
+    from hklflow.files.peaks import read_peaks_file
+
+    monkeypatch.chdir(tiny_copy)
+    warning = ("the frames' background has a variance of 31.20 x its mean (frame 30), but "
+               "instrument.detector.gain is 0.001: ...")
+    for e in ("f1", "f2"):
+        path = tiny_copy / "bad" / e / "peaks.nxs"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_300k / D / e / "peaks.nxs", path)
+        with h5py.File(path, "r+") as f:
+            peaks = f[f"{e}/peaks"]
+            for name in list(peaks):
+                keep = peaks[name][:1]
+                del peaks[name]
+                peaks[name] = keep
+            if e == "f1":
+                f[e]["warnings"] = warning
+    assert read_peaks_file(tiny_copy / "bad/f1/peaks.nxs").warnings == (warning,)
+    assert read_peaks_file(tiny_copy / "bad/f2/peaks.nxs").warnings == ()
+    rc = index_parent.main(["--settings", step_settings(tiny_300k, "index_parent", "tiny"),
+                            "--scans", *(str(tiny_300k / D / e / "scan.nxs") for e in ("f1", "f2")),
+                            "--peaks", "bad/f1/peaks.nxs", "bad/f2/peaks.nxs",
+                            "--out", "bad.nxs", "--png", "bad.png"])
+    assert rc == 1 and not (tiny_copy / "bad.nxs").exists()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " ERROR: " in ln][-1]
+    assert "tiny/300K has no peaks to index the parent from" in err, err
+    assert err.endswith("; and find_peaks warned, which may be why: tiny/300K/f1: "
+                        + warning), err

@@ -14,6 +14,8 @@
      max_projection             [rows, cols] maximum of every pixel over the scan (-1: not used)
      parameters                 NXcollection: the settings of the search
      scan_file                  the scan.nxs this was made from
+     warnings                   what the search warned of, a line each (only if it did: a gain
+                                that does not fit the frames' background)
      process                    NXprocess: provenance
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ class PeaksRecord:
     hot_pixels: np.ndarray
     scan_max: float
     max_projection: np.ndarray
+    warnings: tuple = ()  # what the peak search warned of (a gain that does not fit the data)
 
 
 def parameter_collection(parameters: dict):
@@ -90,6 +93,8 @@ def write_peaks_file(path, scan, result, parameters: dict, provenance: dict) -> 
                                        compression="gzip", units="counts")
     ent["parameters"] = parameter_collection(parameters)
     ent["scan_file"] = nx.NXfield(str(Path(scan.path).resolve()))
+    if result.notes:  # (the steps that fail on these peaks name them: a wrong gain, ...)
+        ent["warnings"] = nx.NXfield("\n".join(result.notes))
     ent["process"] = provenance_group(provenance)
     root = nx.NXroot()
     root[scan.entry] = ent
@@ -108,4 +113,6 @@ def read_peaks_file(path, entry: str | None = None) -> PeaksRecord:
         return PeaksRecord(str(path), ent.name.strip("/"), text(get(ent, "title", path)),
                            {k: refl[k][()] for k in refl}, {k: st[k][()] for k in st},
                            get(ent, "hot_pixels", path), float(st.attrs["scan_max"]),
-                           get(ent, "max_projection", path))
+                           get(ent, "max_projection", path),
+                           tuple(text(ent["warnings"][()]).split("\n")) if "warnings" in ent
+                           else ())

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..algorithms.orientation.indexing import MIN_VECTORS
 from ..algorithms.orientation.orient import (check_entries_have_peaks, check_entries_usable,
-                                             index_parent, misplaced_phi_starts, parent_detector,
+                                             index_parent, misplaced_phi_starts,
+                                             naming_peak_warnings, parent_detector,
                                              temperature_entries)
 from ..files.orientation import write_orientation_file
 from ..files.peaks import read_peaks_file
@@ -33,12 +34,14 @@ def run(args, log) -> None:
     peaks = [read_peaks_file(f) for f in args.peaks]
     entries = temperature_entries(scans, peaks)
     label = f"{scans[0].sample}/{scans[0].temperature_label}"
-    check_entries_have_peaks(scans, peaks, entries, label, MIN_VECTORS, "index the parent from")
     refinement = settings_part(args.settings, RefinementParams)
-    result, summary = index_parent(entries, crystal, refinement,
-                                   settings_part(args.settings, IndexingParams), log)
-    misplaced = misplaced_phi_starts(result, refinement, indexed_from_these=True)
-    unusable = check_entries_usable(scans, peaks, result, refinement, log, misplaced)
+    with naming_peak_warnings(peaks):
+        check_entries_have_peaks(scans, peaks, entries, label, MIN_VECTORS,
+                                 "index the parent from")
+        result, summary = index_parent(entries, crystal, refinement,
+                                       settings_part(args.settings, IndexingParams), log)
+        misplaced = misplaced_phi_starts(result, refinement, indexed_from_these=True)
+        unusable = check_entries_usable(scans, peaks, result, refinement, log, misplaced)
     landed = merged_records([landed_record(s) for s in scans])  # none: a batch run's file
     # (rows hklflow run set aside at this temperature: the orientation says it lacks them)
     result.notes.extend(f"made without {line}"

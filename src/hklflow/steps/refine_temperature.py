@@ -9,7 +9,8 @@ orientation."""
 from __future__ import annotations
 
 from ..algorithms.orientation.orient import (check_entries_have_peaks, check_entries_usable,
-                                             detector_of, misplaced_phi_starts, refine_from_parent,
+                                             detector_of, misplaced_phi_starts,
+                                             naming_peak_warnings, refine_from_parent,
                                              temperature_entries)
 from ..base.errors import InputMismatchError
 from ..files.orientation import read_orientation_file, read_shared_detector, write_orientation_file
@@ -43,7 +44,6 @@ def run(args, log) -> None:
                                  f"not of {scans[0].sample!r} ({args.scans[0]})")
     log.info("%s: %d peaks in %d entries, starting from the parent %s", label,
              sum(len(e.x) for e in entries), len(entries), parent.parent)
-    check_entries_have_peaks(scans, peaks, entries, label, 1, "refine against")
     params = settings_part(args.settings, RefinementParams)
     shared = None
     if args.detector:
@@ -51,10 +51,12 @@ def run(args, log) -> None:
         if sample != scans[0].sample:
             raise InputMismatchError(f"{args.detector} is the detector of sample {sample!r}, "
                                      f"not of {scans[0].sample!r} ({args.scans[0]})")
-    result = refine_from_parent(entries, parent, params, log, label, shared)
+    with naming_peak_warnings(peaks):
+        check_entries_have_peaks(scans, peaks, entries, label, 1, "refine against")
+        result = refine_from_parent(entries, parent, params, log, label, shared)
+        misplaced = misplaced_phi_starts(result, params)
+        unusable = check_entries_usable(scans, peaks, result, params, log, misplaced)
     shared = shared or detector_of(parent, entries)
-    misplaced = misplaced_phi_starts(result, params)
-    unusable = check_entries_usable(scans, peaks, result, params, log, misplaced)
     # (rows hklflow run set aside at this temperature: the orientation says it lacks them)
     result.notes.extend(f"made without {line}"
                         for line in settings_part(args.settings, SetAsideParams).set_aside)

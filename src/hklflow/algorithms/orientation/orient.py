@@ -6,6 +6,7 @@ pass them in."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -281,6 +282,22 @@ def _few_peaks(pk, entry: EntryPeaks) -> str:
         return "no peaks in its frames (a background-only scan?)"
     return (f"{len(entry.x)} of its {found} peaks above I/sigma {MIN_I_OVER_SIGMA:g}"
             + (" (a background-only scan?)" if len(entry.x) == 0 else ""))
+
+
+@contextmanager
+def naming_peak_warnings(peaks):
+    """Indexing or refinement failures (IndexingError, RawDataError, RefinementError) with
+    what the peak search warned of in these peaks (files.peaks.PeaksRecord.warnings)
+    appended: a gain that does not fit the frames finds noise or misses peaks, and the
+    failure may be its consequence."""
+    try:
+        yield
+    except (IndexingError, RawDataError, RefinementError) as exc:
+        warned = [f"{pk.scan_id}: {w}" for pk in peaks for w in pk.warnings]
+        if not warned:
+            raise
+        raise type(exc)(f"{exc}; and find_peaks warned, which may be why: "
+                        + "; ".join(warned)) from None
 
 
 def check_entries_have_peaks(scans, peaks, entries, label: str, needed: int,
