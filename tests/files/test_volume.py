@@ -72,8 +72,11 @@ def test_reader_fills_the_callers_buffers_with_the_stored_planes(tmp_path):
             assert s.base is buf[0] and w.base is buf[1] and len(s) == l1 - l0
             assert np.array_equal(s, vol.signal[l0:l1].astype(np.float32))
             assert np.array_equal(w, vol.weight[l0:l1].astype(np.float32))
+            assert np.array_equal(r.read_weight(l0, l1), w)  # (the weight alone)
         with pytest.raises(ValueError, match="outside"):
             r.read(20, 22)
+        with pytest.raises(ValueError, match="outside"):
+            r.read_weight(20, 22)
 
 
 @pytest.mark.parametrize("stored", [True, False])

@@ -358,6 +358,16 @@ class VolumeReader:
                 self._read(dset, l0, l1, view)
         return views
 
+    def read_weight(self, l0: int, l1: int) -> np.ndarray:
+        """weight_sum float32 of planes [l0, l1) alone (where a voxel was measured)."""
+        if not 0 <= l0 <= l1 <= self.grid.l.n:
+            raise ValueError(f"{self.path}: L planes [{l0}, {l1}) are outside the grid's "
+                             f"{self.grid.l.n}")
+        out = np.empty((l1 - l0,) + self.grid.shape[1:], np.float32)
+        if l1 > l0:
+            self._read(self._weight, l0, l1, out)
+        return out
+
     @property
     def stores_intensity(self) -> bool:
         """Whether the file holds the intensity `data` (a transform's parts do not)."""

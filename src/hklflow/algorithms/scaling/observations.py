@@ -43,7 +43,7 @@ def draw_orbits(grid, operators, paths, max_orbits: int, seed: int = 0):
             l1 = min(grid.l.n, l0 + planes)
             any_w = None
             for r in readers:
-                w = r.read(l0, l1)[1] > 0
+                w = r.read_weight(l0, l1) > 0
                 any_w = w if any_w is None else (any_w | w)
             flat = np.flatnonzero(any_w)
             drawn.append(flat[rng.random(len(flat)) < p] + l0 * shape[1] * shape[2])
