@@ -227,8 +227,12 @@ def test_the_status_screen_names_every_scan_its_stage_and_its_error():
     text = screen(state, LIVE, now=60.0)
     lines = text.splitlines()
     assert "final" in lines[1] and "tiny/300K/f1" in lines[1]
+    # (final, but its temperature's volumes stay previews until f2 is final too: issue 86)
+    assert lines[1].endswith("final; tiny/300K waits for f2"), lines[1]
     assert "preview" in lines[2] and "10 s" in lines[2]  # frame 31 landed at 50 s
     assert "failed" in lines[3] and "logs/find_peaks/x.log" in lines[4]
+    state.scans["tiny/300K/f2"].set_aside = "config/scans.tsv: row 2 ..."
+    assert screen(state, LIVE, now=60.0).splitlines()[1].endswith("final")
 
 
 # --------------------------------------------------------------------------------------

@@ -51,12 +51,26 @@ def shown_lag(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+# the stages after which a scan holds up its temperature no more (merged, or never merged)
+SETTLED = ("final", "final (finished short)", "problem", "set aside")
+
+
 def rows(state: LiveState, live: dict, now: float) -> list[dict]:
+    """A row per scan; a final scan whose temperature still waits for others (its merged
+    volumes and PDFs are previews until they are final) says for which."""
     stall = float(live.get("stall_seconds", 300))
-    return [{"scan": s.id, "landed": s.landed, "planned": s.planned, "reduced": s.reduced,
-             "results": s.results, "stage": stage(s, now, stall),
-             "lag": lag_seconds(s, now), "message": s.problem or s.set_aside or s.error or ""}
-            for s in state.scans.values()]
+    out = [{"scan": s.id, "landed": s.landed, "planned": s.planned, "reduced": s.reduced,
+            "results": s.results, "stage": stage(s, now, stall),
+            "lag": lag_seconds(s, now), "message": s.problem or s.set_aside or s.error or ""}
+           for s in state.scans.values()]
+    for r in out:
+        if r["stage"].startswith("final"):
+            temperature = r["scan"].rpartition("/")[0]
+            waits = [o["scan"].rpartition("/")[2] for o in out
+                     if o["scan"].rpartition("/")[0] == temperature and o["stage"] not in SETTLED]
+            if waits:
+                r["stage"] += f"; {temperature} waits for {', '.join(waits)}"
+    return out
 
 
 def screen(state: LiveState, live: dict, table_error: str | None = None,
@@ -93,7 +107,7 @@ def html_page(state: LiveState, live: dict, table_error: str | None = None) -> s
     for r in rows(state, live, now):
         cls = {"final": "ok", "problem": "bad", "failed": "bad", "set": "bad",
                "stalled": "warn"}.get(
-            r["stage"].split(" ")[0], "")
+            r["stage"].split(" ")[0].rstrip(";"), "")
         body.append(
             f"<tr class='{cls}'><td>{html.escape(r['scan'])}</td><td>{r['landed']} / "
             f"{r['planned']}</td><td>{r['reduced']}</td><td>{r['results']}</td>"
