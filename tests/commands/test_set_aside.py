@@ -201,6 +201,9 @@ def test_the_jobs_at_a_set_aside_rows_temperature_name_it_in_their_settings(tiny
     for text in (jobs.refine_temperature("tiny", "100K"), jobs.merge_entries("masked_transform",
                                                                            "tiny", "100K")):
         assert json.loads(text)["set_aside"] == [lines[0]]
+    # the detector refined on every temperature of the sample lacks it too
+    assert json.loads(jobs.refine_detector("tiny"))["set_aside"] == [lines[0]]
+    assert "set_aside" not in json.loads(full.refine_detector("tiny"))
     assert jobs.refine_temperature("tiny", "300K") == full.refine_temperature()
     assert jobs.index_parent("tiny", "300K") == full.index_parent("tiny")
     assert jobs.merge_entries("transform", "tiny", "300K") == full.merge_entries("transform")

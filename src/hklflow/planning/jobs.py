@@ -314,7 +314,10 @@ class JobSettings:
         spec = self.exp.samples[sample]
         parents = {t: spec.parent_for(self.exp.scans_of(sample, t)[0].temperature)
                    for t in self.exp.temperatures_of(sample)}
-        return settings_json(self._refinement, ParentsParams(parents))
+        # (refined on every temperature: made without the rows set aside at any of them)
+        left_out = tuple(line for (s, _), lines in self._set_aside.items() if s == sample
+                         for line in lines)
+        return settings_json(self._refinement, ParentsParams(parents), SetAsideParams(left_out))
 
     @_made_once
     def orientation_table(self, sample: str) -> str:

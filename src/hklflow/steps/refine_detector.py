@@ -13,7 +13,7 @@ from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
 from ..pictures.orientation import plot_orientation_table
-from ..settings.params import ParentsParams, RefinementParams, settings_part
+from ..settings.params import ParentsParams, RefinementParams, SetAsideParams, settings_part
 from ._run import StepParser, run_step
 
 
@@ -58,6 +58,9 @@ def run(args, log) -> None:
     log.info("%s: one detector from %d temperatures, %d entries, %d peaks", sample,
              len(temperatures), len(scans), sum(len(e.x) for t in temperatures for e in t[1]))
     joint, shared = refine_sample_detector(temperatures, params, log)
+    # (rows hklflow run set aside at any temperature: the shared detector says it lacks them)
+    joint.notes.extend(f"made without {line}"
+                       for line in settings_part(args.settings, SetAsideParams).set_aside)
     rows = [temperature_row(label.split("/", 1)[1], r) for label, r in zip(joint.labels, joint.results)]
     write_shared_detector_file(args.out, sample=sample, shared=shared, rows=rows,
                                left_out=joint.left_out, notes=joint.notes, seconds=joint.seconds,
