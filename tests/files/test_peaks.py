@@ -22,7 +22,8 @@ def test_peaks_file_round_trip(tmp_path):
     result = types.SimpleNamespace(
         peaks=peaks, nframes=6, frame_stats={"trimmed_sum": rng.random(6)}, scan_max=41.0,
         q_annulus=(0.1, 2.0), hot_pixels=[(1, 2), (3, 4)],
-        max_projection=rng.random((5, 7)).astype(np.float32))
+        max_projection=rng.random((5, 7)).astype(np.float32),
+        notes=["the frames' background has a variance of 31.20 x its mean", "a second one"])
     path = tmp_path / outputs.fill(outputs.PEAKS, sample="tiny", temperature="300K", entry="f1")
     assert str(path.relative_to(tmp_path)) == "results/tiny/300K/f1/peaks.nxs"
     write_peaks_file(path, scan, result, {"threshold": 3.0, "mask": None},
@@ -35,7 +36,11 @@ def test_peaks_file_round_trip(tmp_path):
     assert np.array_equal(rec.frame_stats["rotation_angle"], scan.angles.frame_centres())
     assert rec.hot_pixels.tolist() == [[1, 2], [3, 4]]
     assert np.array_equal(rec.max_projection, result.max_projection)
+    assert rec.warnings == tuple(result.notes)
     assert read_provenance(path)["program"] == "test"
+    result.notes = []  # (a search that warned of nothing: no field, no warnings)
+    write_peaks_file(path, scan, result, {}, {"program": "test", "time": "now"})
+    assert read_peaks_file(path).warnings == ()
 
 
 def test_a_file_without_peaks_is_refused(tmp_path):
