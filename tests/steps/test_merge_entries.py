@@ -107,3 +107,31 @@ def test_scans_the_watcher_waits_for_make_the_merged_volume_a_preview(experiment
     notes = read_volume_header(experiment / "out/merged.nxs").notes
     assert notes["waiting"] == {"landed": waiting}
     assert preview_label(notes) == "PREVIEW: f2 0% of its frames"
+
+
+def test_scales_that_are_not_finite_are_refused_where_they_would_apply(tmp_path):
+    """A fit gone wrong (NaN scales: too few equivalents) is never applied: with --apply
+    true the merge stops naming the file; with auto its verdict keeps them out."""
+    import logging
+    import types
+
+    from hklflow.base.errors import InputMismatchError
+    from hklflow.files.scales import write_scales
+    from hklflow.model.scales import EntryScale, ScaleModel
+    from hklflow.steps.merge_entries import scalers_of
+
+    model = ScaleModel({"f1": EntryScale("f1", np.array([0.0, 10.0]), np.array([1.0, np.nan]))})
+    away = {k: {"chi2_nu": None, "cc_half": None} for k in ("before", "after")}
+    path = tmp_path / "scales.json"
+    write_scales(path, model, terms={}, entries={}, left_out={},
+                 statistics={"away_from_nodes": away},
+                 verdict={"matter": False, "why": "too few equivalents to judge them"},
+                 provenance={})
+    args = types.SimpleNamespace(scales=path, scans=["s.nxs"], masks=["m.nxs"],
+                                 inputs=["v.nxs"], apply="true")
+    log = logging.getLogger("test")
+    with pytest.raises(InputMismatchError, match="its scales are not finite numbers"):
+        scalers_of(args, ["v.nxs"], object(), log)
+    args.apply = "auto"
+    scalers, notes = scalers_of(args, ["v.nxs"], object(), log)
+    assert scalers is None and notes["applied"] is False

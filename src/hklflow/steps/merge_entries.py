@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..algorithms.merge.volumes import entries_to_merge, sum_volumes
 from ..base.errors import ConfigError, InputMismatchError
 from ..files.orientation import read_orientation_file
@@ -99,6 +101,12 @@ def scalers_of(args, inputs, orientation, log) -> tuple[list | None, dict]:
         log.info("%s not applied (reduction.scaling.apply: auto): the scales do not matter: %s",
                  args.scales, verdict["why"])
         return None, notes
+    values = np.concatenate([model.detector.ravel()] + [np.concatenate(
+        [e.scale, e.absorption, e.offset]) for e in model.entries.values()])
+    if not np.isfinite(values).all():
+        raise InputMismatchError(f"{args.scales}: its scales are not finite numbers (a fit on "
+                                 f"too few equivalents? {verdict['why']}): set "
+                                 "reduction.scaling.apply to auto or false")
     scalers = []
     for path in inputs:
         i = [str(p) for p in args.inputs].index(str(path))
