@@ -1,9 +1,13 @@
-"""The compiled absorption exponent of the scale model at many crossings: the sum of the
-coefficients times the real spherical harmonics of the paths in and out
-(model.scales.ScaleModel.harmonics and absorption_of), without the (crossings x
-coefficients) basis the numpy form builds: the merge evaluates it at every measured voxel of
-every entry, where that basis cost most of the scales' time (bench/README.md, scaling.py).
-The numpy form is the reference it is tested against (tests/algorithms/scaling)."""
+"""The compiled loops of the scales at many voxels (the merge evaluates them at every
+measured voxel of every entry): where each voxel centre crosses the Ewald sphere and the
+scattered beam's lab direction there (ewald_crossings: model.geometry.ewald_angles and
+ScanGeometry.predict), the incident and scattered directions in the sample frame
+(sample_directions), and the absorption's exponent, the sum of the coefficients times the
+real spherical harmonics of the paths in and out (absorption_exponents:
+model.scales.ScaleModel.harmonics and absorption_of, without the (crossings x coefficients)
+basis the numpy form builds).  Done on arrays of millions by numpy they cost ~4 CPU-us per
+voxel (bench/README.md, scaling.py).  The numpy forms are the reference they are tested
+against (tests/algorithms/scaling/test_crossings.py)."""
 from __future__ import annotations
 
 import math
