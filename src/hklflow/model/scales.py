@@ -200,7 +200,8 @@ class ScaleModel:
 #   deviation sqrt(2 p)) by SIGNIFICANCE of its standard deviations;
 # * they are large enough to see: they move the observations by more than MAGNITUDE (RMS of
 #   m - 1), below the sigma of a voxel of diffuse scattering, and above what a fit to noise
-#   alone moves them by (bench/README.md, scaling.py: up to 0.45% on the demo).
+#   alone moves them by (bench/README.md, scaling.py: up to 0.82% in its free variant,
+#   0.45% on the demo).
 SIGNIFICANCE = 3.0
 MAGNITUDE = 0.01
 
