@@ -238,6 +238,9 @@ def test_going_on_without_a_gone_row_says_so_in_the_summary_and_the_results(tiny
     with h5py.File(exp / "results/tiny/300K/parent_orientation.nxs", "r") as f:
         notes = f["orientation/refinement/notes"][()].decode()
     assert f"made without {line}" in notes.splitlines()
+    # the sample's orientation table repeats it for that temperature
+    table = (exp / "results/tiny/orientation_table.tsv").read_text().splitlines()
+    assert f"# 300K: made without {line}" in table, table[:12]
     symmetrized = exp / "results/tiny/300K/transform_symmetrized.nxs"
     if symmetrized.is_file():  # (its notes nest the merged volume's)
         assert read_volume_header(symmetrized).notes["input_notes"]["set_aside"] == [line]

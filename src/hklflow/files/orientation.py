@@ -90,6 +90,7 @@ class OrientationRecord:
     shared_detector: SharedDetector | None = None  # None: a file written before it was recorded
     cell_covariance: CellCovariance | None = None
     row: dict = field(default_factory=dict)  # its row of the orientation table (temperature_row)
+    notes: tuple = ()  # the refinement's notes (pseudo-symmetry, rows it was made without, ...)
 
     @property
     def provisional(self) -> bool:
@@ -385,7 +386,8 @@ def read_orientation_file(path) -> OrientationRecord:
             json.loads(text(get(ref, "unusable_entries/data", path)))
             if "unusable_entries" in ref else {},
             tuple(json.loads(text(get(ref, "preview/data", path)))["landed"])
-            if "preview" in ref else (), shared, cc, row)
+            if "preview" in ref else (), shared, cc, row,
+            tuple(text(ref["notes"][()]).split("\n")) if "notes" in ref else ())
 
 
 def _read_row(ref, path, label: str) -> dict:
@@ -471,14 +473,16 @@ def read_shared_detector(path) -> tuple[str, SharedDetector, list[dict]]:
 
 
 def write_orientation_table(path, sample: str, shared: list, rows: list[dict],
-                            provenance: dict) -> Path:
+                            provenance: dict, notes: tuple = ()) -> Path:
     """The orientation table (rule orientation_table) as tab-separated text, atomically:
-    comment lines (#) with the shared detector(s) and the provenance, a header line, then
+    comment lines (#) with the shared detector(s), `notes` (e.g. the rows a temperature was
+    made without) and the provenance, a header line, then
     per temperature a row (entry "all", the cell's free parameters with their esd, esd with
     the detector held, correlation with the distance) and one per entry (peaks used and RMS
     residuals)."""
     names = rows[0]["names"] if rows else []
     lines = [f"# {line}" for s in shared for line in shared_detector_text(s).splitlines()]
+    lines += [f"# {note}" for note in notes]
     lines.append("# provenance: " + json.dumps(provenance, sort_keys=True, default=str))
     cols = ["sample", "temperature", "entry", "n_used", "rms_x_px", "rms_y_px", "rms_frames",
             "rms_deg"] + [f"{n}{suffix}" for n in names

@@ -40,9 +40,14 @@ def run(args, log) -> None:
     for rec in records:
         if rec.shared_detector is not None and rec.shared_detector not in shared:
             shared.append(rec.shared_detector)
+    # (rows hklflow run set aside: each temperature made without one says so; so does the table)
+    without = tuple(f"{rec.temperature_label}: {note}" for rec in records for note in rec.notes
+                    if note.startswith("made without "))
+    for line in without:
+        log.info("%s", line)
     write_orientation_table(args.out, name, shared, rows,
                             provenance("hklflow orientation_table", args.settings,
-                                       inputs=list(args.orientations)))
+                                       inputs=list(args.orientations)), notes=without)
     preview = preview_label([{"landed": list(r.landed), "provisional_orientation": True}
                              for r in records if r.landed], full_ids=True)
     plot_orientation_table(args.png, f"{name}: orientation of every temperature", shared, rows,
