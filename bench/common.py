@@ -201,3 +201,20 @@ def reduce_targets(where: Path, targets) -> float:
     if r.returncode:
         raise SystemExit(f"{where}: snakemake failed:\n{r.stderr[-3000:]}")
     return time.monotonic() - t0
+
+
+def swap_options(words: list, swap: dict) -> list:
+    """A command line's words (shlex.split) with each option of `swap` and its values
+    replaced by the option and its new values (a list), or dropped (None)."""
+    out, i = [], 0
+    while i < len(words):
+        j = i + 1
+        if words[i] in swap:
+            while j < len(words) and not words[j].startswith("--"):
+                j += 1
+            if swap[words[i]] is not None:
+                out += [words[i], *swap[words[i]]]
+        else:
+            out.append(words[i])
+        i = j
+    return out

@@ -54,7 +54,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import (CHUNK_FRAMES, FULL_FRAMES, PLANS, RESOURCES_LINE, add_at_turns,  # noqa: E402
-                    byte_compile_hklflow, cpu, emit, machine_info, say, system_cpu_s)
+                    byte_compile_hklflow, cpu, emit, machine_info, say, swap_options,
+                    system_cpu_s)
 
 TEMPERATURE_RULES = ("merge_entries", "symmetrize", "total_pdf", "delta_pdf")
 ENTRY_RULES = ("sum_chunks",)  # run for entry f1: its volumes moved into place, pictures
@@ -102,7 +103,10 @@ def unscaled(command: str) -> str:
     """A merge_entries command without the scales (--scales, --scans, --masks, --apply):
     the full volumes made here have none (scale_entries is not run on them); what scaling
     costs, the fit and the scaled merge: bench/scaling.py --cost."""
-    return re.sub(r" --(scales|scans|masks|apply)( (?!--)[^ >]+)*", "", command)
+    line, _, redirect = command.partition(" > ")
+    words = swap_options(shlex.split(line), dict.fromkeys(("--scales", "--scans", "--masks",
+                                                            "--apply")))
+    return shlex.join(words) + (f" > {redirect}" if redirect else "")
 
 
 def entry_f2(large: Path, points: int):

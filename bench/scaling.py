@@ -42,7 +42,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import emit, machine_info, reduce_targets  # noqa: E402
+from common import emit, machine_info, reduce_targets, swap_options  # noqa: E402
 
 TEMPERATURES = ("300K", "100K")
 
@@ -168,20 +168,7 @@ def _cpu(where: Path, command: str, scratch: Path, swap: dict) -> float:
     import shlex
     import subprocess
 
-    words, out = shlex.split(command), []
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w in swap:
-            j = i + 1
-            while j < len(words) and not words[j].startswith("--"):
-                j += 1
-            if swap[w] is not None:
-                out += [w, *swap[w]]
-            i = j
-            continue
-        out.append(w)
-        i += 1
+    out = swap_options(shlex.split(command), swap)
     if out and out[0] == "hklflow":  # (the one beside this interpreter: no venv on PATH)
         out[0] = str(Path(sys.executable).parent / "hklflow")
     log = scratch / "step.log"

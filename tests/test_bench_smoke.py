@@ -142,6 +142,22 @@ def test_shared_detector(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_scaling_cost(tiny_run, tmp_path):
+    """bench/scaling.py --cost on a copy of the tiny experiment reduced by conftest.tiny_run:
+    its scale_entries job and both merges with the scales and without, as the workflow runs
+    them."""
+    d = tmp_path / "experiment"
+    shutil.copytree(tiny_run[0], d, symlinks=True)
+    bench(BENCH / "scaling.py", "--cost", d, "--temperature", "100K", "--repeats", 1,
+          "--json", tmp_path / "r.json", check_json=tmp_path / "r.json")
+    cost = json.loads((tmp_path / "r.json").read_text())["cost"]
+    merges = cost["merges_cpu_s"]
+    assert cost["fit_cpu_s"] > 0 and cost["transform_frames_cpu_s"] > 0
+    assert set(merges) == {"transform", "masked_transform"}
+    assert all(m["scaled"] > 0 and m["unscaled"] > 0 for m in merges.values())
+
+
+@pytest.mark.slow
 def test_disk(tiny_run, tmp_path):
     """bench/disk.py on the tiny experiment reduced by conftest.tiny_run."""
     d, r, _, _ = tiny_run

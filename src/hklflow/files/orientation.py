@@ -472,6 +472,15 @@ def read_shared_detector(path) -> tuple[str, SharedDetector, list[dict]]:
                 json.loads(text(get(ref, "temperatures/data", path))))
 
 
+# the note of an orientation or shared detector made without rows `hklflow run` set aside
+MADE_WITHOUT = "made without "
+
+
+def made_without(set_aside) -> list[str]:
+    """The notes of a result made without the rows `set_aside` (their lines)."""
+    return [MADE_WITHOUT + line for line in set_aside]
+
+
 def write_orientation_table(path, sample: str, shared: list, rows: list[dict],
                             provenance: dict, notes: tuple = ()) -> Path:
     """The orientation table (rule orientation_table) as tab-separated text, atomically:

@@ -760,9 +760,9 @@ class ParentsParams(Params):
 @dataclass(frozen=True)
 class SetAsideParams(Params):
     """The scans-table rows `hklflow run` set aside at the job's temperature (rules
-    index_parent, refine_temperature, merge_entries), each as its line says: the notes of
-    the result made without them.  Left out when there are none, so that no other job's
-    settings change."""
+    index_parent, refine_temperature, merge_entries; refine_detector: at any of the sample's),
+    each as its line says: the notes of the result made without them.  Left out when there
+    are none, so that no other job's settings change."""
 
     set_aside: tuple = field(default=(), metadata={"planned": True, "omit_default": True})
 

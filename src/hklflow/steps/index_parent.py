@@ -10,7 +10,7 @@ from ..algorithms.orientation.orient import (check_entries_have_peaks, check_ent
                                              index_parent, misplaced_phi_starts,
                                              naming_peak_warnings, parent_detector,
                                              temperature_entries)
-from ..files.orientation import write_orientation_file
+from ..files.orientation import made_without, write_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
@@ -44,8 +44,7 @@ def run(args, log) -> None:
         unusable = check_entries_usable(scans, peaks, result, refinement, log, misplaced)
     landed = merged_records([landed_record(s) for s in scans])  # none: a batch run's file
     # (rows hklflow run set aside at this temperature: the orientation says it lacks them)
-    result.notes.extend(f"made without {line}"
-                        for line in settings_part(args.settings, SetAsideParams).set_aside)
+    result.notes.extend(made_without(settings_part(args.settings, SetAsideParams).set_aside))
     shared = parent_detector(result, [s.scan_id for s in scans],
                              "none" if refinement.detector_from == "none" else "parent")
     write_orientation_file(args.out, sample=scans[0].sample,

@@ -6,7 +6,8 @@ tab-separated table and a picture of the cell against temperature."""
 from __future__ import annotations
 
 from ..base.errors import ConfigError, InputMismatchError
-from ..files.orientation import orientation_row, read_orientation_file, write_orientation_table
+from ..files.orientation import (MADE_WITHOUT, orientation_row, read_orientation_file,
+                                 write_orientation_table)
 from ..files.provenance import provenance
 from ..pictures.orientation import plot_orientation_table
 from ..pictures.preview import preview_label
@@ -42,7 +43,7 @@ def run(args, log) -> None:
             shared.append(rec.shared_detector)
     # (rows hklflow run set aside: each temperature made without one says so; so does the table)
     without = tuple(f"{rec.temperature_label}: {note}" for rec in records for note in rec.notes
-                    if note.startswith("made without "))
+                    if note.startswith(MADE_WITHOUT))
     for line in without:
         log.info("%s", line)
     write_orientation_table(args.out, name, shared, rows,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..algorithms.orientation.orient import refine_sample_detector, temperature_entries
 from ..base.errors import InputMismatchError
-from ..files.orientation import read_orientation_file, temperature_row, write_shared_detector_file
+from ..files.orientation import (made_without, read_orientation_file, temperature_row,
+                                 write_shared_detector_file)
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
@@ -59,8 +60,7 @@ def run(args, log) -> None:
              len(temperatures), len(scans), sum(len(e.x) for t in temperatures for e in t[1]))
     joint, shared = refine_sample_detector(temperatures, params, log)
     # (rows hklflow run set aside at any temperature: the shared detector says it lacks them)
-    joint.notes.extend(f"made without {line}"
-                       for line in settings_part(args.settings, SetAsideParams).set_aside)
+    joint.notes.extend(made_without(settings_part(args.settings, SetAsideParams).set_aside))
     rows = [temperature_row(label.split("/", 1)[1], r) for label, r in zip(joint.labels, joint.results)]
     write_shared_detector_file(args.out, sample=sample, shared=shared, rows=rows,
                                left_out=joint.left_out, notes=joint.notes, seconds=joint.seconds,

@@ -13,7 +13,8 @@ from ..algorithms.orientation.orient import (check_entries_have_peaks, check_ent
                                              naming_peak_warnings, refine_from_parent,
                                              temperature_entries)
 from ..base.errors import InputMismatchError
-from ..files.orientation import read_orientation_file, read_shared_detector, write_orientation_file
+from ..files.orientation import (made_without, read_orientation_file, read_shared_detector,
+                                 write_orientation_file)
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
@@ -58,8 +59,7 @@ def run(args, log) -> None:
         unusable = check_entries_usable(scans, peaks, result, params, log, misplaced)
     shared = shared or detector_of(parent, entries)
     # (rows hklflow run set aside at this temperature: the orientation says it lacks them)
-    result.notes.extend(f"made without {line}"
-                        for line in settings_part(args.settings, SetAsideParams).set_aside)
+    result.notes.extend(made_without(settings_part(args.settings, SetAsideParams).set_aside))
     # refined from a provisional parent: provisional too (none: a batch run's file)
     landed = merged_records([landed_record(s) for s in scans], parent.landed)
     write_orientation_file(args.out, sample=scans[0].sample,
