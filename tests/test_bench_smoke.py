@@ -19,7 +19,7 @@ BENCH = REPO / "bench"
 RETIRED = {"sub_steps.py", "sub_steps_accuracy.py", "transform_split.py"}
 HELPERS = {"common.py", "nxrefine_venv.py", "rmc_discord_venv.py"}  # imported, not run alone
 SMOKED = {"accuracy.py", "cpu_kernels.py", "disk.py", "dryrun.py", "find_peaks.py",
-          "full_rotation.py",
+          "full_rotation.py", "nxrefine_experiment.py",
           "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
           "pdf.py", "pipeline.py", "shared_detector.py", "threads.py", "transform.py",
           "thick_sensor.py",
@@ -230,3 +230,15 @@ def nx_venv(tmp_path):
         ensure_venv()
     except VenvError as e:
         pytest.skip(f"NXRefine's venv could not be made: {e}")
+
+
+@pytest.mark.slow
+def test_nxrefine_experiment(tmp_path):
+    """The importer's proof on one layout (the tests run every layout: tests/commands/
+    test_import_nxrefine.py); needs NXRefine's venv."""
+    nx_venv(tmp_path)
+    sim = tmp_path / "tiny"
+    subprocess.run([sys.executable, "-m", "hklflow", "simulate", "--preset", "tiny", str(sim)],
+                   check=True, capture_output=True, timeout=600)
+    r = bench(BENCH / "nxrefine_experiment.py", sim, tmp_path / "out", "--layout", "link")
+    assert "NXRefine's place against hklflow's" in r.stdout

@@ -51,6 +51,7 @@ def test_valid_config_resolves_with_defaults(experiment_dir):
     (lambda c: c["samples"]["tiny"]["parent"].__setitem__("temperature", 42), "samples.tiny.parent.temperature", "42K"),
     (lambda c: c["calibrations"]["ceo2"].__setitem__("calibrant", "Unobtainium"), "calibrations.ceo2.calibrant", "Unobtainium"),
     (lambda c: c["calibrations"]["ceo2"].pop("start"), "calibrations.ceo2.start", "starting geometry"),
+    (lambda c: c["calibrations"]["ceo2"].pop("calibrant"), "calibrations.ceo2.calibrant", "calibrant name is needed to refine"),
     (lambda c: c["calibrations"]["ceo2"].__setitem__("refine", ["dist", "tilt"]), "calibrations.ceo2.refine.1", "tilt"),
     (lambda c: c.__setitem__("colour", "blue"), "(top level)", "colour"),
 ])

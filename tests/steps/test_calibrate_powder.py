@@ -184,6 +184,22 @@ def test_poni_import(tmp_path, image_300k):
     assert pyFAI.load(str(out / "geometry.poni")).dist == pytest.approx(TRUE_300K.dist + 0.001)
 
 
+def test_a_poni_imported_without_a_calibrant(tmp_path):
+    """An imported PONI needs no calibrant (hklflow import nxrefine writes none where nothing
+    named one): imported, its record's calibrant empty, its picture without rings."""
+    from hklflow.files.calibration import read_calibration_summary
+
+    poni = tmp_path / "given.poni"
+    TRUE_300K.write_poni(poni)
+    config = write_experiment(tmp_path, {"imp": {"poni": str(poni)}})
+    out = tmp_path / "out"
+    assert run_main(config, "imp", out) == 0
+    assert DetectorGeometry.from_poni_file(out / "geometry.poni", "Pilatus300k").dist == \
+        pytest.approx(TRUE_300K.dist, abs=1e-12)
+    assert read_calibration_summary(out / "calibration.nxs")["calibrant"] == ""
+    assert (out / "calibration.png").stat().st_size > 0
+
+
 def test_poni_for_another_detector_is_refused(tmp_path, capsys):
     poni = tmp_path / "other.poni"
     DetectorGeometry("Pilatus1M", 0.2, 0.05, 0.05, wavelength=0.6).write_poni(poni)

@@ -610,7 +610,7 @@ def config_and_notes(request: InitRequest, detector: str | None, scans: list[Sca
     return with_defaults(config, schema()), notes
 
 
-CONFIG_HEADER = ("Written by `hklflow init`{source}. Paths are relative to the experiment "
+CONFIG_HEADER = ("Written by `{by}`{source}. Paths are relative to the experiment "
                  "directory. Every key is described above it; keys not given are at the "
                  "schema's defaults. hklflow's config schema, in this installation:")
 
@@ -621,10 +621,10 @@ PLACEHOLDER_HEADER = """\
 """
 
 
-def config_text(config: dict, notes: dict, source: str | None) -> str:
+def config_text(config: dict, notes: dict, source: str | None, by: str = "hklflow init") -> str:
 
     lines = [f"# hklflow experiment configuration: {config['experiment']}",
-             *_comment(CONFIG_HEADER.format(source=f" from {source}" if source else "")),
+             *_comment(CONFIG_HEADER.format(by=by, source=f" from {source}" if source else "")),
              f"#   {schema_path()}"]
     missing = placeholders_in(config)
     if missing:
@@ -653,22 +653,30 @@ def scans_table_row(request: InitRequest, scan: Scan) -> dict:
             "phi_step": cell(request.phi_step, "phi_step")}
 
 
-def scans_table_text(rows: list[dict]) -> str:
+def scans_table_text(rows: list[dict], by: str = "hklflow init",
+                     row_notes: dict | None = None) -> str:
     """The scans table: comment lines (each column's description from the scans schema),
-    the header and the rows."""
+    the header and the rows (each after the comment lines row_notes gives it: row index ->
+    text)."""
     properties = schema("scans.schema.yaml")["properties"]
-    lines = _comment("hklflow scans table, written by `hklflow init`: one row per rotation scan "
+    lines = _comment(f"hklflow scans table, written by `{by}`: one row per rotation scan "
                      "entry, its cells separated by tabs. Every column, these and the others, "
                      "is described in hklflow's scans schema, in this installation:")
     lines.append(f"#   {schema_path('scans.schema.yaml')}")
     lines.append("# The columns here:")
     for column in rows[0]:
-        lines += _comment(f"{column} - {properties[column]['description']}", margin=2)
+        described = (properties[column]["description"] if column in properties else
+                     f"the angle (deg) of the goniometer's offset axis {column} "
+                     "(instrument.goniometer.offset_axes)")
+        lines += _comment(f"{column} - {described}", margin=2)
     if any(PLACEHOLDER in row.values() for row in rows):
         lines.append(f"# Cells marked {PLACEHOLDER} are not known yet: replace each with its "
                      "value.")
     lines.append("\t".join(rows[0]))
-    lines += ["\t".join(str(v) for v in row.values()) for row in rows]
+    for i, row in enumerate(rows):
+        if row_notes and i in row_notes:
+            lines += _comment(row_notes[i])
+        lines.append("\t".join(str(v) for v in row.values()))
     return "\n".join(lines) + "\n"
 
 

@@ -78,7 +78,7 @@ def write_calibration_file(path, result, params, *, source: dict, pattern, prove
     g = result.geometry
     entry = NXentry()
     entry["title"] = NXfield(f"powder calibration {params.name}")
-    entry["calibrant"] = NXfield(params.calibrant)
+    entry["calibrant"] = NXfield(params.calibrant or "")  # "": an imported PONI, none named
     entry["method"] = NXfield(result.method)
     entry["instrument"] = NXinstrument(detector=detector_group(g), monochromator=NXmonochromator(
         wavelength=NXfield(g.wavelength, units="angstrom")))

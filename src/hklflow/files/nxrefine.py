@@ -73,6 +73,7 @@ import numpy as np
 
 from .. import __version__
 from ..base.atomic import atomic_path
+from ..base.errors import FileFormatError
 from .h5 import open_h5, write_provenance_h5
 from .volume import read_grid_of
 
@@ -308,3 +309,208 @@ def _nxreduce_parameters(ent, nframes: int, monitor_norm: float | None) -> None:
     if monitor_norm is not None:
         par["monitor"] = "monitor1"
         par["norm"] = float(monitor_norm)
+
+
+# ---- reading NXRefine's files (hklflow import nxrefine) ----------------------------------
+# Field names as NXRefine reads them (nxrefine.py read_parameters, nexpy/nxrefine 8876a8b):
+# the sample from /entry/sample, the rest from each entry fN; theta also under its older
+# names; phi a start with @step, or an array of frame angles.
+THETA_NAMES = ("theta", "goniometer_pitch", "gonpitch")
+_LENGTH_TO_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "m": 1e3, "meter": 1e3,
+                 "meters": 1e3, "um": 1e-3, "micron": 1e-3, "microns": 1e-3}
+_WAVELENGTH_TO_A = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "nm": 10.0, "m": 1e10}
+
+
+@dataclass(frozen=True)
+class NXRefineEntry:
+    """One rotation fN of an NXRefine scan file, in NXRefine's own terms and units (mm,
+    degrees, pixels, Angstrom); None where the file has no such field.  `where` says, per
+    value, the field it was read from."""
+
+    name: str
+    raw_file: Path | None  # the external link's target file (resolved), None without a link
+    raw_dataset: str | None
+    raw_missing: bool  # the link's file does not exist
+    nframes: int | None
+    frame_shape: tuple | None
+    wavelength: float | None
+    detector: dict  # distance, xc, yc, yaw, pitch, roll, detector_orientation, pixel_size, shape
+    goniometer: dict  # phi, phi_step, chi, omega, theta
+    orientation_matrix: np.ndarray | None  # NXRefine's Umat
+    calibration: dict | None  # pyFAI's refined parameters (calibration/refinement/parameters)
+    monitor: np.ndarray | None  # per frame, the NXmonitor's signal
+    where: dict
+
+
+@dataclass(frozen=True)
+class NXRefineScan:
+    """An NXRefine scan ("wrapper") file: /entry/sample and its rotations."""
+
+    path: Path
+    sample: dict  # unitcell_*, space_group, laue_group, temperature (K)
+    entries: tuple  # NXRefineEntry
+    grid: dict | None  # Qh, Qk, Ql (r.l.u. arrays) of /entry/nxscans/transform or fN/transform
+    parent_name: str | None  # /entry/nxscans/parent
+    where: dict
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _text(value[()])
+    return str(value)
+
+
+def _value(grp, name, where: dict, key: str, units: dict | None = None):
+    """A field's value (scalars as float, strings as str), scaled to our units by its
+    @units; None when absent."""
+    if grp is None or name not in grp or not isinstance(grp[name], h5py.Dataset):
+        return None
+    ds = grp[name]
+    v = ds[()]
+    where[key] = f"{ds.name}"
+    if ds.dtype.kind in "SUO":
+        return _text(v)
+    v = np.asarray(v, dtype=float)
+    if units is not None:
+        u = _text(ds.attrs.get("units", "")).strip().lower()
+        if u:
+            if u not in units:
+                raise FileFormatError(f"{ds.file.filename}:{ds.name}: units {u!r}, expected one "
+                                      f"of {sorted(units)}")
+            v = v * units[u]
+    return float(v) if v.shape == () or v.size == 1 and key != "phi" else v
+
+
+def _group(f, path):
+    g = f.get(path)
+    return g if isinstance(g, h5py.Group) else None
+
+
+def _raw_link(f, entry: str, base: Path):
+    link = f.get(f"{entry}/data/data", getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        target = Path(link.filename)
+        target = target if target.is_absolute() else base / target
+        return target, link.path, not target.is_file()
+    if isinstance(link, (h5py.HardLink, h5py.SoftLink)) and isinstance(
+            f.get(f"{entry}/data/data"), h5py.Dataset):  # frames inside the scan file itself
+        return Path(f.filename), f[f"{entry}/data/data"].name, False
+    return None, None, False
+
+
+def _entry(f, name: str, base: Path) -> NXRefineEntry:
+    where: dict = {}
+    det = _group(f, f"{name}/instrument/detector")
+    gon = _group(f, f"{name}/instrument/goniometer")
+    mm = _LENGTH_TO_MM
+    detector = {"distance": _value(det, "distance", where, "distance", mm),
+                "xc": _value(det, "beam_center_x", where, "xc"),
+                "yc": _value(det, "beam_center_y", where, "yc"),
+                "pixel_size": _value(det, "pixel_size", where, "pixel_size", mm),
+                "detector_orientation": _value(det, "detector_orientation", where,
+                                               "detector_orientation"),
+                "shape": _value(det, "shape", where, "shape"),
+                "description": _value(det, "description", where, "description")}
+    for k in ("yaw", "pitch", "roll"):
+        detector[k] = _value(det, k, where, k)
+    goniometer = {k: _value(gon, k, where, k) for k in ("chi", "omega")}
+    goniometer["theta"] = next((v for v in (_value(gon, n, where, "theta") for n in THETA_NAMES)
+                                if v is not None), None)
+    phi = _value(gon, "phi", where, "phi")
+    if phi is not None and np.ndim(phi) and np.size(phi) > 1:  # the frames' angles
+        goniometer["phi"], goniometer["phi_step"] = float(phi[0]), float(phi[1] - phi[0])
+    elif phi is not None:
+        goniometer["phi"] = float(np.ravel(phi)[0])
+        step = gon["phi"].attrs.get("step")
+        goniometer["phi_step"] = None if step is None else float(np.ravel(step)[0])
+        if step is not None:
+            where["phi_step"] = f"{gon['phi'].name}@step"
+    else:
+        goniometer["phi"] = goniometer["phi_step"] = None
+    wavelength = _value(_group(f, f"{name}/instrument/monochromator"), "wavelength", where,
+                        "wavelength", _WAVELENGTH_TO_A)
+    umat = _value(det, "orientation_matrix", where, "orientation_matrix")
+    cal = _group(f, f"{name}/instrument/calibration/refinement/parameters")
+    calibration = None
+    if cal is not None:
+        calibration = {k: (_text(cal[k][()]) if cal[k].dtype.kind in "SUO" else float(cal[k][()]))
+                       for k in cal if isinstance(cal[k], h5py.Dataset)}
+        where["calibration"] = cal.name
+    monitor = None
+    for mname in ("monitor", "monitor1"):  # NXRefine's (8876a8b) and 0.1.1's
+        mon = _group(f, f"{name}/{mname}")
+        if mon is not None:
+            signal = _text(mon.attrs.get("signal", "data"))
+            if signal in mon and isinstance(mon[signal], h5py.Dataset):
+                monitor = np.asarray(mon[signal][()], dtype=float)
+                where["monitor"] = mon[signal].name
+                break
+    raw_file, raw_dataset, missing = _raw_link(f, name, base)
+    nframes = frame_shape = None
+    if raw_file is not None and not missing:
+        try:
+            ds = f[f"{name}/data/data"]
+            nframes, frame_shape = int(ds.shape[0]), tuple(int(n) for n in ds.shape[1:])
+        except (KeyError, OSError):
+            missing = True
+    if nframes is None and _group(f, f"{name}/data") is not None and "frame_number" in f[f"{name}/data"]:
+        nframes = int(f[f"{name}/data/frame_number"].shape[0])
+        where["nframes"] = f[f"{name}/data/frame_number"].name
+    return NXRefineEntry(name, raw_file, raw_dataset, missing, nframes, frame_shape, wavelength,
+                         detector, goniometer, None if umat is None else np.asarray(umat),
+                         calibration, monitor, where)
+
+
+def _grid(f, entries, where: dict) -> dict | None:
+    """Qh, Qk, Ql of the parent's /entry/nxscans/transform (2026), else of an entry's
+    transform (NXReduce.get_transform_grid)."""
+    for gpath in ("entry/nxscans/transform", *(f"{k}/transform" for k in entries),
+                  *(f"{k}/masked_transform" for k in entries)):
+        g = _group(f, gpath)
+        if g is not None and all(a in g for a in ("Qh", "Qk", "Ql")):
+            where["grid"] = g.name
+            return {a: np.asarray(g[a][()], dtype=float) for a in ("Qh", "Qk", "Ql")}
+    return None
+
+
+def read_nxrefine_grid(path) -> tuple[dict, str] | None:
+    """(Qh/Qk/Ql, the group's path) of NXRefine's grid in a parent or scan file, or None."""
+    where: dict = {}
+    with open_h5(path) as f:
+        grid = _grid(f, [k for k in f if k[-1:].isdigit()], where)
+    return None if grid is None else (grid, where["grid"])
+
+
+def read_nxrefine_scan(path) -> NXRefineScan:
+    """An NXRefine scan file (its sample and every rotation fN, NXReduce's entries: root
+    entries whose names end in a digit), read-only; FileFormatError when it is none."""
+    path = Path(path)
+    base = path.parent
+    where: dict = {}
+    try:
+        f = open_h5(path)
+    except OSError as exc:
+        raise FileFormatError(f"{path}: not an HDF5 file NXRefine wrote ({exc})") from None
+    with f:
+        smp = _group(f, "entry/sample")
+        if smp is None:
+            raise FileFormatError(f"{path}: no /entry/sample: not an NXRefine scan file")
+        sample = {}
+        for k in ("unitcell_a", "unitcell_b", "unitcell_c", "unitcell_alpha", "unitcell_beta",
+                  "unitcell_gamma", "space_group", "laue_group", "temperature"):
+            v = _value(smp, k, where, k)
+            if v is not None:
+                sample[k] = v
+        for k, names in (("unit_cell", ("unitcell_a", "unitcell_b", "unitcell_c", "unitcell_alpha",
+                                        "unitcell_beta", "unitcell_gamma")),):
+            v = _value(smp, k, where, k)  # NXRefine's other spellings of the cell
+            if v is not None and "unitcell_a" not in sample:
+                sample.update(zip(names, (float(x) for x in np.ravel(v))))
+        names = sorted((k for k in f if k[-1:].isdigit() and isinstance(f[k], h5py.Group)),
+                       key=lambda k: (len(k), k))
+        entries = tuple(_entry(f, k, base) for k in names)
+        grid = _grid(f, names, where)
+        parent = _value(_group(f, "entry/nxscans"), "parent", where, "parent")
+    return NXRefineScan(path, sample, entries, grid, parent, where)

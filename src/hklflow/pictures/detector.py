@@ -53,7 +53,8 @@ def plot_calibration(path, result, params, image,
 
     g = result.geometry
     ai = g.to_pyfai()
-    rings_deg = np.degrees(ring_two_theta(params.calibrant, g.wavelength))
+    rings_deg = (np.degrees(ring_two_theta(params.calibrant, g.wavelength)) if params.calibrant
+                 else np.array([]))
     fig = new_figure((14, 6.5))
     ax0, ax1 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.25]})
     ny, nx = g.shape
@@ -112,7 +113,8 @@ def plot_calibration(path, result, params, image,
     for t in rings_deg[(rings_deg >= lo) & (rings_deg <= hi)]:
         ax1.axvline(t, color="red", lw=0.6, alpha=0.6, zorder=0)
     ax1.set_xlabel("2theta / deg")
-    ax1.set_title(f"{params.calibrant} rings (red) at {g.wavelength:.5f} A")
+    ax1.set_title(f"{params.calibrant} rings (red) at {g.wavelength:.5f} A" if params.calibrant
+                  else f"no calibrant named: no rings ({g.wavelength:.5f} A)")
     ax1.set_ylim(bottom=0, top=1.05 * ymax)
     res = (f"rms {result.rms_px:.3f} px, {result.n_points} points on {len(result.rings)} rings"
            if result.rms_px is not None else "imported PONI")

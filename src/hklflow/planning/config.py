@@ -720,7 +720,10 @@ def _calibrations(cfg: dict, where: str) -> dict:
         if lo_hi and lo_hi[0] > lo_hi[1]:
             raise ConfigError(f"{fld}.valid_for.temperatures': {lo_hi}: expected [low, high] "
                               "with low <= high (K)")
-        if c["calibrant"] not in known_calibrants(c["calibrant"]):
+        if c.get("image") and not c.get("poni") and not c.get("calibrant"):
+            raise ConfigError(f"{fld}.calibrant': a pyFAI calibrant name is needed to refine "
+                              "from the image (CeO2, LaB6, Si, ...)")
+        if c.get("calibrant") and c["calibrant"] not in known_calibrants(c["calibrant"]):
             raise ConfigError(f"{fld}.calibrant': unknown pyFAI calibrant {c['calibrant']!r}; "
                               f"known: {sorted(known_calibrants())}")
         calibrations[name] = CalibrationSpec(name, c.get("image"), c.get("poni"), c["valid_for"])

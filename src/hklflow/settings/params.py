@@ -902,7 +902,7 @@ class CalibrationParams(Params):
     DEFAULT_MAX_RMS_PX: ClassVar[float] = 1.0 / math.sqrt(12.0)
 
     name: str
-    calibrant: str
+    calibrant: str | None  # None: an imported PONI whose calibrant nobody named
     image: str | None
     dataset: str
     frame: int
@@ -960,6 +960,8 @@ class CalibrationParams(Params):
             raise ConfigError(f"calibrations.{self.name}: give an image (to refine) or a poni "
                               "file (to import)")
         if not self.poni:
+            self.check(bool(self.calibrant), "calibrant",
+                       "a pyFAI calibrant name to refine from the image (CeO2, LaB6, Si, ...)")
             self.check(self.start is not None, "start",
                        "a rough starting geometry to refine from the image (dist, poni1, poni2 "
                        "in m; rot1..3 in rad)")

@@ -68,7 +68,7 @@ def calibration_section(paths) -> Section:
         r = c["residuals"]
         misfit = (f"{_num(r['ring_misfit_px'], '.3f')} (bound "
                   f"{_num(r['ring_misfit_bound_px'], '.3f')})" if "ring_misfit_px" in r else "–")
-        rows.append([Path(path).parent.name, c["calibrant"], c["method"],
+        rows.append([Path(path).parent.name, c["calibrant"] or "(none named)", c["method"],
                      c["refined_parameters"], _num(r.get("rms_residual_px"), ".4f"),
                      _num(r.get("rms_residual_2theta"), ".5f"), r.get("n_points", "–"),
                      r.get("n_rings", "–"), misfit, r.get("n_hot_pixels", "–")])

@@ -1,0 +1,460 @@
+"""`hklflow import nxrefine SOURCE DEST`: an hklflow experiment (DEST/config/config.yaml,
+DEST/config/scans.tsv and the detector's PONI) made from an NXRefine experiment, whose raw
+data stay where they are, referenced relative to DEST and never opened for writing.
+
+What is read (docs/nexpy-nxrefine.md, "Importing"): every label folder SOURCE/SAMPLE/LABEL/
+(or SOURCE itself when it is one) with its scan files SAMPLE_SCAN.nxs and its parent, in any
+of NXRefine's layouts: SAMPLE_scans.nxs (2026: the parent's lattice, U and grid, the scans
+it lists), SAMPLE_parent.nxs (up to 2025: a symbolic link to the parent scan's file) or
+SAMPLE.nxs (0.1.1).  Per scan file: the cell and space group, the temperature (or the scan's
+name, 300K, m5K, 1p5K), and per rotation fN the raw frames' external link, wavelength,
+detector (distance, beam centre, yaw/pitch/roll, detector_orientation, pixel size), phi
+start and step, chi, omega and theta.  The geometry is translated by
+hklflow.model.nxrefine (lab_frame, detector_lab_map, detector_geometry): one detector for
+the experiment (the parent's first rotation), each rotation's own position as a detector
+translation, NXRefine's goniometer as hklflow's offset axes theta, omega and chi.
+
+What cannot be taken as it is is named in the report, never guessed: a raw file that is
+missing, a listed scan without a file, a wavelength or detector orientation that differs
+between rotations, a tilt that differs from the reference's (hklflow refines one detector),
+monitors (read from the scan file, which hklflow does not read them from).
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..base.atomic import write_text_atomically
+from ..base.errors import ConfigError, FileFormatError, HklflowError
+from ..files.nxrefine import NXRefineScan, read_nxrefine_grid, read_nxrefine_scan
+from ..model import nxrefine as nx
+from ..model.crystal import space_group
+from ..model.geometry import detector_facts, pyfai_tables
+from ..model.scan import temperature_label
+from ..settings.schema import schema
+from .init import (CONFIG_FILE, SCANS_TABLE, config_text, pyfai_detector_names, resolve_detector,
+                   scans_table_text, with_defaults)
+
+BY = "hklflow import nxrefine"
+CALIBRATION = "nxrefine"  # the imported calibration's name
+PONI_FILE = "calibration/nxrefine.poni"
+DEFAULT_ORIENTATION_STRING = "-y +z -x"  # NXRefine's default (nxsettings: detector_orientation)
+# NXParent.get_scan_directory: [prefix][m]VALUE[UNITS], '.' written 'p', m for < 0
+SCAN_NAME = re.compile(r"^(?P<minus>m)?(?P<value>\d+(?:p\d+)?)(?P<units>[A-Za-z]*)$")
+# tilts that differ by more than this from the reference's are named (hklflow refines one
+# detector for the experiment from the reference's; a pixel at 200 mm from the beam moves
+# 0.35 mm per 0.1 deg, about 2 pixels of 172 um)
+TILT_NOTE_DEG = 0.01
+WAVELENGTH_RTOL = 1e-5
+
+
+@dataclass
+class LabelFolder:
+    """One SAMPLE/LABEL folder of an NXRefine experiment."""
+
+    sample: str
+    label: str
+    folder: Path
+    parent_file: Path | None = None
+    layout: str = "no parent file"
+    scans: list = field(default_factory=list)  # NXRefineScan
+    listed: list = field(default_factory=list)  # stems the scans file lists
+    skipped: list = field(default_factory=list)  # (file, why)
+
+
+def _is_parent_name(path: Path, sample: str) -> bool:
+    return path.stem.endswith("_scans") or path.name in (f"{sample}_parent.nxs", f"{sample}.nxs")
+
+
+def label_folders(source: Path) -> list[LabelFolder]:
+    """The label folders under SOURCE (SOURCE/SAMPLE/LABEL with NXRefine files, or SOURCE
+    itself), each with its parent file, layout and scan files, in natural order."""
+    from ..raw.rawfiles import natural_key
+
+    folders = ([source] if any(source.glob("*.nxs")) else
+               sorted({p.parent for p in source.glob("*/*/*.nxs")}, key=lambda p: natural_key(str(p))))
+    out = []
+    for folder in folders:
+        sample, label = folder.parent.name, folder.name
+        lf = LabelFolder(sample, label, folder)
+        scans_files = sorted(folder.glob("*_scans.nxs"))
+        if scans_files:
+            lf.parent_file, lf.layout = scans_files[0], "scans file (NXRefine 2026)"
+            lf.listed = _listed_scans(scans_files[0])
+        elif (folder / f"{sample}_parent.nxs").is_symlink():
+            lf.parent_file = (folder / f"{sample}_parent.nxs").resolve()
+            lf.layout = "parent link (NXRefine up to 2025)"
+        elif (folder / f"{sample}.nxs").is_file():
+            lf.parent_file, lf.layout = folder / f"{sample}.nxs", "parent file (NXRefine 0.1.1)"
+        for path in sorted(folder.glob(f"{sample}_*.nxs"), key=lambda p: natural_key(p.name)):
+            if _is_parent_name(path, sample):
+                continue
+            try:
+                scan = read_nxrefine_scan(path)
+            except FileFormatError as exc:
+                lf.skipped.append((path, str(exc)))
+                continue
+            if not scan.entries:
+                lf.skipped.append((path, "no rotation entries f1, f2, ..."))
+                continue
+            lf.scans.append(scan)
+        if lf.scans:
+            out.append(lf)
+    return out
+
+
+def _listed_scans(path: Path) -> list[str]:
+    from ..files.h5 import open_h5
+
+    with open_h5(path) as f:
+        scans = f.get("entry/nxscans/scans")
+        if scans is None:
+            return []
+        return [s.decode() if isinstance(s, bytes) else str(s) for s in scans[()]]
+
+
+def scan_temperature(scan: NXRefineScan, sample: str) -> tuple[float, str]:
+    """(K, where it was read): /entry/sample/temperature, else the scan's name."""
+    if "temperature" in scan.sample:
+        return float(scan.sample["temperature"]), f"{scan.path.name} {scan.where['temperature']}"
+    name = scan.path.stem[len(sample) + 1:]
+    m = SCAN_NAME.match(name)
+    if m and m["units"] in ("K", ""):
+        value = float(m["value"].replace("p", ".")) * (-1 if m["minus"] else 1)
+        return value, f"the scan's name {name!r}"
+    raise ConfigError(f"{scan.path}: no /entry/sample/temperature and the scan's name {name!r} "
+                      "says no temperature (such as 300K)")
+
+
+def parent_scan(lf: LabelFolder, notes: list[str]) -> NXRefineScan:
+    """The scan whose orientation seeds the others: the parent link's target; of a scans or
+    0.1.1 parent file, the scan whose rotations hold the parent's U (NXRefine copies it to
+    each scan before refining), else the first scan it lists; without a parent file, the
+    first scan."""
+    by_path = {s.path.resolve(): s for s in lf.scans}
+    if lf.layout.startswith("parent link") and lf.parent_file.resolve() in by_path:
+        return by_path[lf.parent_file.resolve()]
+    if lf.parent_file is not None:
+        try:
+            parent = read_nxrefine_scan(lf.parent_file)
+            umats = [e.orientation_matrix for e in parent.entries]
+            for s in lf.scans:
+                own = [e.orientation_matrix for e in s.entries]
+                if umats and all(u is not None for u in umats) and len(own) == len(umats) and all(
+                        o is not None and np.allclose(o, u, atol=1e-9) for o, u in zip(own, umats)):
+                    notes.append(f"{lf.sample}/{lf.label}: parent scan {s.path.name}: it holds "
+                                 f"the U of {lf.parent_file.name}")
+                    return s
+        except FileFormatError:
+            pass
+        for stem in lf.listed:
+            for s in lf.scans:
+                if s.path.stem == stem:
+                    notes.append(f"{lf.sample}/{lf.label}: parent scan {s.path.name}: the first "
+                                 f"{lf.parent_file.name} lists (no scan holds its U)")
+                    return s
+    notes.append(f"{lf.sample}/{lf.label}: parent scan {lf.scans[0].path.name}: the first scan "
+                 f"({lf.layout})")
+    return lf.scans[0]
+
+
+def _detector_name(given: str | None, entry, notes: list[str]) -> str:
+    if given:
+        return resolve_detector(given)
+    for described, where in (((entry.calibration or {}).get("Detector"),
+                              f"{entry.where.get('calibration')}/Detector"),
+                             (entry.detector.get("description"), entry.where.get("description"))):
+        if described:  # pyFAI's name, as NXRefine's configurations and calibrations write it
+            try:
+                name = resolve_detector(str(described))
+                notes.append(f"detector {name}: from {where}")
+                return name
+            except ConfigError:
+                notes.append(f"{where} {described!r}: no pyFAI detector of that name")
+    shape = entry.detector.get("shape")
+    if shape is None:  # (NXRefine writes the shape into configurations, not scan files)
+        shape = entry.frame_shape
+    size = entry.detector.get("pixel_size")
+    if shape is None or size is None:
+        raise ConfigError(f"{entry.name}: no detector shape (instrument/detector/shape or the "
+                          "raw frames) or pixel_size to know the detector by: give --detector "
+                          "NAME (a pyFAI name)")
+    names = pyfai_detector_names()
+    same = sorted({names[k] for k, s in pyfai_tables()["shapes"].items()
+                   if k in names and tuple(s) == tuple(int(n) for n in np.ravel(shape))})
+    fits = [n for n in same if abs(detector_facts(n).pixel1 * 1e3 - size) < 1e-6 * size]
+    if len(fits) != 1:
+        raise ConfigError(f"the detector is {int(shape[0])} x {int(shape[1])} pixels of "
+                          f"{size:g} mm: pyFAI detectors that fit: {', '.join(fits) or 'none'}; "
+                          "give --detector NAME")
+    notes.append(f"detector {fits[0]}: the one pyFAI detector of shape {list(np.ravel(shape))} "
+                 f"and pixel {size:g} mm")
+    return fits[0]
+
+
+def _lab_map(entry, T):
+    d = entry.detector
+    missing = [k for k in ("distance", "xc", "yc", "pixel_size") if d.get(k) is None]
+    if missing:
+        raise ConfigError(f"{entry.name}: no {', '.join(missing)} in instrument/detector")
+    return nx.detector_lab_map(d["distance"], d["xc"], d["yc"], d.get("yaw") or 0.0,
+                               d.get("pitch") or 0.0, d.get("roll") or 0.0,
+                               d.get("detector_orientation") or DEFAULT_ORIENTATION_STRING,
+                               d["pixel_size"], T)
+
+
+@dataclass
+class Imported:
+    config: dict
+    config_notes: dict
+    rows: list
+    row_notes: dict
+    reference: object  # DetectorGeometry
+    report: list  # lines: what was translated, what is named
+    missing_raw: list
+
+
+def import_experiment(source, dest, detector: str | None = None) -> Imported:
+    """The config, scans table rows and reference detector of an NXRefine experiment (no
+    file written)."""
+    source, dest = Path(source), Path(dest)
+    folders = label_folders(source)
+    if not folders:
+        raise ConfigError(f"{source}: no NXRefine scan files (SAMPLE/LABEL/SAMPLE_SCAN.nxs with "
+                          "/entry/sample and rotations f1, f2, ...)")
+    report, missing_raw = [], []
+    samples_per_name = {}
+    for lf in folders:
+        samples_per_name.setdefault(lf.sample, []).append(lf)
+    parents = {id(lf): parent_scan(lf, report) for lf in folders}
+    ref_scan = parents[id(folders[0])]
+    ref = ref_scan.entries[0]
+    orient = ref.detector.get("detector_orientation") or DEFAULT_ORIENTATION_STRING
+    if not ref.detector.get("detector_orientation"):
+        report.append(f"{ref_scan.path.name} {ref.name}: no detector_orientation: NXRefine's "
+                      f"default {DEFAULT_ORIENTATION_STRING!r}")
+    T, orientation = nx.lab_frame(orient)
+    name = _detector_name(detector, ref, report)
+    facts = detector_facts(name, orientation)
+    wavelength = ref.wavelength
+    if wavelength is None:
+        raise ConfigError(f"{ref_scan.path}: {ref.name}/instrument/monochromator/wavelength is "
+                          "missing")
+    reference = nx.detector_geometry(_lab_map(ref, T), name, wavelength, facts, orientation)
+    where_ref = f"{ref_scan.path.name} /{ref.name}/instrument/detector"
+    config_notes = {
+        "instrument.wavelength": f"from {ref_scan.path.name} {ref.where['wavelength']}",
+        "instrument.detector": f"{name}: {report[-1] if report and 'detector' in report[-1] else 'given'}",
+        "instrument.goniometer": "NXRefine's: phi about its z; theta, omega, chi as its Gmat",
+        f"calibrations.{CALIBRATION}": f"from {where_ref} (distance, beam centre, yaw/pitch/roll, "
+                                       f"detector_orientation {orient!r})",
+    }
+    rows, row_notes, samples = [], {}, {}
+    for lf in folders:
+        hk_sample = lf.sample if len(samples_per_name[lf.sample]) == 1 else f"{lf.sample}_{lf.label}"
+        for path, why in lf.skipped:
+            report.append(f"{path}: skipped: {why}")
+        have = {s.path.stem for s in lf.scans}
+        for stem in lf.listed:
+            if stem not in have:
+                report.append(f"{lf.parent_file.name} lists {stem}: no file {stem}.nxs")
+        parent = parents[id(lf)]
+        temps = {}
+        for scan in lf.scans:
+            t, t_where = scan_temperature(scan, lf.sample)
+            label = temperature_label(t)
+            if label in temps:
+                raise ConfigError(f"{scan.path} and {temps[label].path}: both at {label}; hklflow "
+                                  "takes one scan file per sample and temperature")
+            temps[label] = scan
+            row_notes[len(rows)] = f"{hk_sample} at {label}: from {scan.path} (temperature: {t_where})"
+            for e in scan.entries:
+                rows.append(_row(hk_sample, t, scan, e, reference, T, facts, wavelength, dest,
+                                 report, missing_raw))
+        sg, cell = _crystal(parent, report)
+        samples[hk_sample] = {"space_group": sg, "cell": cell, "parent": {
+            "temperature": scan_temperature(parent, lf.sample)[0]}}
+        config_notes[f"samples.{hk_sample}.parent.temperature"] = f"of {parent.path.name}"
+    gon = nx.goniometer(T).as_dict()
+    config = {"experiment": dest.resolve().name, "scans_table": SCANS_TABLE,
+              "instrument": {"detector": {"name": name, "orientation": orientation},
+                             "wavelength": wavelength,
+                             "polarization_fraction": _polarization(source, report),
+                             "goniometer": gon},
+              "calibrations": {CALIBRATION: {"poni": PONI_FILE}},
+              "samples": samples}
+    grid = _grid(folders[0], parents[id(folders[0])], report)
+    if grid:
+        config["reduction"] = {"transform": grid[0]}
+        config_notes["reduction.transform"] = f"NXRefine's grid, {grid[1]}"
+    return Imported(with_defaults(config, schema()), config_notes, rows, row_notes, reference,
+                    report, missing_raw)
+
+
+def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, report,
+         missing_raw) -> dict:
+    where = f"{scan.path.name} {e.name}"
+    if e.wavelength is not None and abs(e.wavelength - wavelength) > WAVELENGTH_RTOL * wavelength:
+        raise ConfigError(f"{where}: wavelength {e.wavelength:g} A, the reference's "
+                          f"{wavelength:g} A: hklflow takes one wavelength per experiment")
+    if e.raw_file is None:
+        raise ConfigError(f"{where}: data/data is no link to raw frames")
+    if e.raw_missing:
+        missing_raw.append(f"{where}: raw file {e.raw_file} is missing")
+    elif e.frame_shape is not None and tuple(e.frame_shape) != tuple(facts.shape):
+        raise ConfigError(f"{where}: frames of {e.frame_shape[0]} x {e.frame_shape[1]} pixels in "
+                          f"{e.raw_file}, but {facts.name}'s are {facts.shape[0]} x "
+                          f"{facts.shape[1]}: give --detector NAME")
+    g = e.goniometer
+    if g.get("phi") is None or not g.get("phi_step"):
+        raise ConfigError(f"{where}: instrument/goniometer/phi (with @step, or the frames' angles) "
+                          "is missing")
+    if e.nframes is None:
+        raise ConfigError(f"{where}: the number of frames is unknown (raw file missing and no "
+                          "data/frame_number)")
+    lab_map = _lab_map(e, T)
+    tilt = nx.tilt_difference(reference, lab_map, facts)
+    if tilt > TILT_NOTE_DEG:
+        report.append(f"{where}: its detector tilts differ from the reference's by {tilt:.3g} deg "
+                      "(hklflow refines one detector; the position is kept as a translation)")
+    d = nx.translation(reference, lab_map, facts)
+    row = {"sample": sample, "temperature": f"{temperature:.6g}", "entry": e.name,
+           "data": os.path.relpath(e.raw_file, dest.resolve()), "dataset": e.raw_dataset,
+           "nframes": str(e.nframes), "phi_start": f"{g['phi']:.10g}",
+           "phi_step": f"{g['phi_step']:.10g}"}
+    # (to 0.1 nm: a translation smaller is the arithmetic's rounding, not the detector's)
+    row.update({k: f"{round(v, 10) + 0.0:.10g}"
+                for k, v in zip(("det_ddist", "det_dponi1", "det_dponi2"), d)})
+    for k in ("theta", "omega", "chi"):
+        row[k] = f"{(g.get(k) or 0.0):.10g}"
+    if e.monitor is not None:
+        report.append(f"{where}: monitor {e.where['monitor']} not imported (hklflow reads a "
+                      "monitor from the raw HDF5 file or a column file)")
+    return row
+
+
+def _crystal(scan: NXRefineScan, report: list):
+    s = scan.sample
+    keys = ("unitcell_a", "unitcell_b", "unitcell_c", "unitcell_alpha", "unitcell_beta",
+            "unitcell_gamma")
+    if not all(k in s for k in keys):
+        raise ConfigError(f"{scan.path}: /entry/sample has no cell (unitcell_a ... unitcell_gamma)")
+    cell = [float(s[k]) for k in keys]
+    symbol = s.get("space_group")
+    if not symbol:
+        raise ConfigError(f"{scan.path}: /entry/sample/space_group is missing")
+    try:
+        sg = space_group(str(symbol)).xhm()
+    except ValueError as exc:
+        raise ConfigError(f"{scan.path}: /entry/sample/space_group {symbol!r}: {exc}") from None
+    return sg, cell
+
+
+def _grid(lf: LabelFolder, parent: NXRefineScan, report: list) -> tuple[dict, str] | None:
+    """reduction.transform's grid (and max_voxels) of NXRefine's: the parent file's, else
+    the parent scan's; with where it was read."""
+    found = read_nxrefine_grid(lf.parent_file) if lf.parent_file is not None else None
+    if found is not None:
+        found = (found[0], f"{lf.parent_file.name} {found[1]}")
+    elif parent.grid is not None:
+        found = (parent.grid, f"{parent.path.name} {parent.where['grid']}")
+    if found is None:
+        return None
+    grid, voxels = {}, 1
+    for axis, q in zip("hkl", ("Qh", "Qk", "Ql")):
+        v = found[0][q]
+        if v.size < 2 or not np.allclose(np.diff(v), v[1] - v[0], rtol=1e-6):
+            report.append(f"{found[1]}/{q}: not an even grid: not imported")
+            return None
+        grid[axis] = [float(v[0]), float(v[-1]), float(round((v[-1] - v[0]) / (v.size - 1), 12))]
+        voxels *= v.size
+    out = {"grid": grid}
+    default = schema()["properties"]["reduction"]["properties"]["transform"]["properties"][
+        "max_voxels"]["default"]
+    if voxels > default:
+        out["max_voxels"] = int(voxels)
+        report.append(f"NXRefine's grid has {voxels:.3g} voxels: max_voxels raised to it "
+                      f"(a transform job holds about {8 * voxels / 1e9:.1f} GB)")
+    return out, found[1]
+
+
+def _polarization(source: Path, report: list) -> float:
+    ini = source / "tasks" / "settings.ini"
+    default = schema()["properties"]["instrument"]["properties"]["polarization_fraction"]["default"]
+    if ini.is_file():
+        cp = configparser.ConfigParser()
+        cp.read(ini)
+        value = cp.get("nxreduce", "polarization", fallback=None)
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                report.append(f"{ini} [nxreduce] polarization {value!r}: not a number; "
+                              f"hklflow's default {default}")
+    return default
+
+
+def write_experiment(imported: Imported, source, dest, force: bool = False) -> list[Path]:
+    """Write DEST/config/config.yaml, DEST/config/scans.tsv and the PONI; FileExistsError
+    unless force."""
+    dest = Path(dest)
+    files = [dest / CONFIG_FILE, dest / SCANS_TABLE, dest / PONI_FILE]
+    existing = [str(f) for f in files[:2] if f.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{' and '.join(existing)} already exist(s): hklflow import never "
+                              "overwrites a config (--force replaces it)")
+    files[2].parent.mkdir(parents=True, exist_ok=True)
+    files[0].parent.mkdir(parents=True, exist_ok=True)
+    imported.reference.write_poni(files[2])
+    write_text_atomically(files[0], config_text(imported.config, imported.config_notes,
+                                                f"the NXRefine experiment {Path(source).resolve()}",
+                                                by=BY))
+    write_text_atomically(files[1], scans_table_text(imported.rows, by=BY,
+                                                     row_notes=imported.row_notes))
+    return files
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hklflow import",
+        description="Make an hklflow experiment from another program's: `nxrefine SOURCE DEST` "
+                    "reads an NXRefine experiment (its scan files, parents and the raw frames "
+                    "they link) and writes DEST/config/config.yaml, DEST/config/scans.tsv and "
+                    "DEST/calibration/nxrefine.poni; the raw data are referenced, never copied "
+                    "or changed.",
+        epilog="example: hklflow import nxrefine /data/exp/nxrefine ~/hkl/exp; then: "
+               "hklflow run ~/hkl/exp -- -n")
+    sub = p.add_subparsers(dest="kind", required=True)
+    n = sub.add_parser("nxrefine", help="an NXRefine experiment directory (or one label folder)")
+    n.add_argument("source", metavar="SOURCE", help="the NXRefine experiment directory")
+    n.add_argument("dest", metavar="DEST", help="the hklflow experiment directory to write")
+    n.add_argument("--detector", metavar="NAME",
+                   help="pyFAI detector name (default: the calibration's, else the one of the "
+                        "files' shape and pixel size)")
+    n.add_argument("--force", action="store_true", help="overwrite an existing config")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        imported = import_experiment(args.source, args.dest, args.detector)
+        files = write_experiment(imported, args.source, args.dest, args.force)
+    except (HklflowError, FileExistsError, OSError, ValueError) as exc:
+        print(f"hklflow import: {exc}", file=sys.stderr)
+        return 1
+    print(f"hklflow import: wrote {files[0]}, {files[1]} and {files[2]} "
+          f"({len(imported.rows)} rows)")
+    for line in imported.report:
+        print(f"  {line}")
+    for line in imported.missing_raw:
+        print(f"  {line}: hklflow run sets its row aside until it exists")
+    print(f"  then: hklflow run {args.dest} -- -n   (a dry run: what would be made)")
+    return 0
