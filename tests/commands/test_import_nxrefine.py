@@ -40,7 +40,7 @@ def _raw(path: Path, nframes=2):
 
 
 def write_scan(folder: Path, sample: str, scan: str, entries: dict, temperature=None,
-               raw=True, parent_name=None) -> Path:
+               raw=True, parent_name=None, monitors: dict | None = None) -> Path:
     """A scan file as NXRefine writes one (write_parameters' fields), its raw stacks in the
     scan folder beside it (linked relative to the scan file, as NXReduce.link_data)."""
     path = folder / f"{sample}_{scan}.nxs"
@@ -73,6 +73,11 @@ def write_scan(folder: Path, sample: str, scan: str, entries: dict, temperature=
             g["phi"].attrs["step"] = p["phi_step"]
             for k in ("chi", "omega", "theta"):
                 g[k] = p[k]
+            if monitors and name in monitors:  # NXRefine's (fN/monitor) or 0.1.1's (monitor1)
+                group, values = monitors[name]
+                m = e.create_group(group)
+                m["MCS1"] = values
+                m.attrs["signal"] = "MCS1"
     return path
 
 
@@ -162,7 +167,10 @@ def test_the_command_writes_an_experiment_hklflow_plans(tmp_path):
     config without --force; and Snakemake plans the experiment (a dry run)."""
     folder = tmp_path / "exp" / "s" / "a"
     write_scan(folder, "s", "300K", {"f1": _params(), "f2": _params(d_poni1=0.001)},
-               temperature=300.0)
+               temperature=300.0, monitors={"f1": ("monitor", [9e4, 1e5]),
+                                            "f2": ("monitor1", [8e4, 7e4])})
+    with h5py.File(folder / "s_300K.nxs", "a") as f:
+        f["entry/nxreduce/norm"] = 5e4
     dest = tmp_path / "hkl"
     assert main(["nxrefine", str(tmp_path / "exp"), str(dest)]) == 0
     config = (dest / "config" / "config.yaml").read_text()
@@ -171,6 +179,12 @@ def test_the_command_writes_an_experiment_hklflow_plans(tmp_path):
     assert "# s at 300K: from" in table and str(folder / "s_300K.nxs") in table
     assert "../exp/s/a/300K/f1.h5" in table  # relative to DEST: a campaign moved whole works
     assert (dest / "calibration" / "nxrefine.poni").is_file()
+    # the monitors as column files, NXRefine's norm the reference the frames are scaled to
+    from hklflow.raw.monitors import read_column_file
+
+    assert read_column_file(dest / "monitors" / "s_300K_f2.txt", 2).tolist() == [8e4, 7e4]
+    assert "monitors/s_300K_f1.txt" in table
+    assert "monitor_reference: 50000.0  # NXRefine's norm, s_300K.nxs /entry/nxreduce/norm" in config
     assert main(["nxrefine", str(tmp_path / "exp"), str(dest)]) == 1  # never over a config
     r = subprocess.run([sys.executable, "-m", "hklflow", "run", str(dest), "--", "-n"],
                        capture_output=True, text=True, timeout=300)

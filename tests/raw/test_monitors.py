@@ -228,3 +228,24 @@ def test_a_changed_monitor_file_ingests_its_entry_again(experiment, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert job_counts(r.stdout) == {"ingest_scan": 1, "total": 1}, r.stdout[-3000:]
     assert "Updated input files: monitors/f1.txt" in r.stdout, r.stdout[-3000:]
+
+
+def test_an_hdf5_scan_reads_a_column_file_monitor(tmp_path):
+    """On a row of HDF5 data, a monitor whose name ends in .txt/.dat/.csv/.tsv is a column
+    file (hklflow import nxrefine writes NXRefine's so); any other name a dataset of the
+    data file, as before."""
+    from hklflow.raw.monitors import COLUMN_FILE, HDF5_DATASET, monitor_kind
+
+    with h5py.File(tmp_path / "f1.h5", "w") as f:
+        f["entry/data/data"] = np.zeros((FRAMES, 4, 5), np.uint16)
+        f["entry/monitor"] = COLUMN[::-1]
+    (tmp_path / "mon.dat").write_text("# frame value\n" + "".join(
+        f"{i} {v}\n" for i, v in enumerate(COLUMN)))
+    assert monitor_kind("f1.h5", "mon.dat") == COLUMN_FILE
+    assert monitor_kind("f1.h5", "/entry/monitor") == HDF5_DATASET
+    with open_frames("f1.h5", base_dir=tmp_path, expected_frames=FRAMES) as stack:
+        np.testing.assert_array_equal(stack.read_monitor("mon.dat", tmp_path), COLUMN)
+        np.testing.assert_array_equal(stack.read_monitor("/entry/monitor", tmp_path),
+                                      COLUMN[::-1])
+        with pytest.raises(RawDataError, match="gone.txt"):
+            stack.read_monitor("gone.txt", tmp_path)

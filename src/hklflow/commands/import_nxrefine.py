@@ -12,12 +12,14 @@ detector (distance, beam centre, yaw/pitch/roll, detector_orientation, pixel siz
 start and step, chi, omega and theta.  The geometry is translated by
 hklflow.model.nxrefine (lab_frame, detector_lab_map, detector_geometry): one detector for
 the experiment (the parent's first rotation), each rotation's own position as a detector
-translation, NXRefine's goniometer as hklflow's offset axes theta, omega and chi.
+translation, NXRefine's goniometer as hklflow's offset axes theta, omega and chi.  A
+rotation's monitor becomes a column file (monitors/), NXRefine's norm the frames' reference.
 
-What cannot be taken as it is is named in the report, never guessed: a raw file that is
-missing, a listed scan without a file, a wavelength or detector orientation that differs
-between rotations, a tilt that differs from the reference's (hklflow refines one detector),
-monitors (read from the scan file, which hklflow does not read them from).
+What cannot be taken as it is is named, never guessed: refused, a wavelength that differs
+between rotations, a detector nothing names, frames not the detector's shape; in the report,
+a raw file that is missing (hklflow run sets its row aside), a listed scan without a file,
+a rotation whose detector tilts differ from the reference's (hklflow refines one detector:
+a different detector_orientation shows here too).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from .init import (CONFIG_FILE, SCANS_TABLE, config_text, pyfai_detector_names, 
 BY = "hklflow import nxrefine"
 CALIBRATION = "nxrefine"  # the imported calibration's name
 PONI_FILE = "calibration/nxrefine.poni"
+MONITOR_FOLDER = "monitors"  # NXRefine's per-frame monitors, one column file per entry
 DEFAULT_ORIENTATION_STRING = "-y +z -x"  # NXRefine's default (nxsettings: detector_orientation)
 # NXParent.get_scan_directory: [prefix][m]VALUE[UNITS], '.' written 'p', m for < 0
 SCAN_NAME = re.compile(r"^(?P<minus>m)?(?P<value>\d+(?:p\d+)?)(?P<units>[A-Za-z]*)$")
@@ -219,6 +222,7 @@ class Imported:
     reference: object  # DetectorGeometry
     report: list  # lines: what was translated, what is named
     missing_raw: list
+    monitors: dict = field(default_factory=dict)  # column file -> (values, where they were)
 
 
 def import_experiment(source, dest, detector: str | None = None) -> Imported:
@@ -256,7 +260,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
         f"calibrations.{CALIBRATION}": f"from {where_ref} (distance, beam centre, yaw/pitch/roll, "
                                        f"detector_orientation {orient!r})",
     }
-    rows, row_notes, samples = [], {}, {}
+    rows, row_notes, samples, monitors = [], {}, {}, {}
     for lf in folders:
         hk_sample = lf.sample if len(samples_per_name[lf.sample]) == 1 else f"{lf.sample}_{lf.label}"
         for path, why in lf.skipped:
@@ -277,7 +281,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
             row_notes[len(rows)] = f"{hk_sample} at {label}: from {scan.path} (temperature: {t_where})"
             for e in scan.entries:
                 rows.append(_row(hk_sample, t, scan, e, reference, T, facts, wavelength, dest,
-                                 report, missing_raw))
+                                 report, missing_raw, monitors))
         sg, cell = _crystal(parent, report)
         samples[hk_sample] = {"space_group": sg, "cell": cell, "parent": {
             "temperature": scan_temperature(parent, lf.sample)[0]}}
@@ -290,16 +294,26 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
                              "goniometer": gon},
               "calibrations": {CALIBRATION: {"poni": PONI_FILE}},
               "samples": samples}
+    transform = {}
     grid = _grid(folders[0], parents[id(folders[0])], report)
     if grid:
-        config["reduction"] = {"transform": grid[0]}
-        config_notes["reduction.transform"] = f"NXRefine's grid, {grid[1]}"
+        transform.update(grid[0])
+        config_notes["reduction.transform.grid"] = f"NXRefine's grid, {grid[1]}"
+    if monitors:
+        norm = _norm(source, folders[0])
+        if norm is not None:
+            transform["monitor_reference"] = norm[0]
+            config_notes["reduction.transform.monitor_reference"] = f"NXRefine's norm, {norm[1]}"
+        for r in rows:  # (the column is the table's: every row has a cell)
+            r.setdefault("monitor", "")
+    if transform:
+        config["reduction"] = {"transform": transform}
     return Imported(with_defaults(config, schema()), config_notes, rows, row_notes, reference,
-                    report, missing_raw)
+                    report, missing_raw, monitors)
 
 
 def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, report,
-         missing_raw) -> dict:
+         missing_raw, monitors) -> dict:
     where = f"{scan.path.name} {e.name}"
     if e.wavelength is not None and abs(e.wavelength - wavelength) > WAVELENGTH_RTOL * wavelength:
         raise ConfigError(f"{where}: wavelength {e.wavelength:g} A, the reference's "
@@ -334,9 +348,13 @@ def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, re
                 for k, v in zip(("det_ddist", "det_dponi1", "det_dponi2"), d)})
     for k in ("theta", "omega", "chi"):
         row[k] = f"{(g.get(k) or 0.0):.10g}"
-    if e.monitor is not None:
-        report.append(f"{where}: monitor {e.where['monitor']} not imported (hklflow reads a "
-                      "monitor from the raw HDF5 file or a column file)")
+    if e.monitor is not None and e.monitor.size == e.nframes:
+        name = f"{MONITOR_FOLDER}/{sample}_{temperature_label(temperature)}_{e.name}.txt"
+        monitors[name] = (e.monitor, f"{scan.path} {e.where['monitor']}")
+        row["monitor"] = name
+    elif e.monitor is not None:
+        report.append(f"{where}: monitor {e.where['monitor']} has {e.monitor.size} values for "
+                      f"{e.nframes} frames: not imported")
     return row
 
 
@@ -385,6 +403,31 @@ def _grid(lf: LabelFolder, parent: NXRefineScan, report: list) -> tuple[dict, st
     return out, found[1]
 
 
+def _norm(source: Path, lf: LabelFolder) -> tuple[float, str] | None:
+    """NXRefine's monitor norm (NXReduce.get_parameter: the parent's nxscans/settings, else
+    a scan file's /entry/nxreduce, else tasks/settings.ini [nxreduce]) and where it was."""
+    from ..files.h5 import open_h5
+
+    places = ([(lf.parent_file, "entry/nxscans/settings/norm")] if lf.parent_file else [])
+    places += [(s.path, "entry/nxreduce/norm") for s in lf.scans]
+    for path, field_ in places:
+        with open_h5(path) as f:
+            if field_ in f:
+                try:
+                    return float(f[field_][()]), f"{path.name} /{field_}"
+                except (TypeError, ValueError):
+                    continue
+    ini = source / "tasks" / "settings.ini"
+    if ini.is_file():
+        cp = configparser.ConfigParser()
+        cp.read(ini)
+        try:
+            return float(cp.get("nxreduce", "norm")), f"{ini} [nxreduce] norm"
+        except (configparser.Error, ValueError):
+            return None
+    return None
+
+
 def _polarization(source: Path, report: list) -> float:
     ini = source / "tasks" / "settings.ini"
     default = schema()["properties"]["instrument"]["properties"]["polarization_fraction"]["default"]
@@ -413,6 +456,11 @@ def write_experiment(imported: Imported, source, dest, force: bool = False) -> l
     files[2].parent.mkdir(parents=True, exist_ok=True)
     files[0].parent.mkdir(parents=True, exist_ok=True)
     imported.reference.write_poni(files[2])
+    for name, (values, where) in imported.monitors.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(dest / name, f"# NXRefine's monitor, from {where}\n# frame value\n"
+                              + "".join(f"{i} {v:.10g}\n" for i, v in enumerate(values)))
+        files.append(dest / name)
     write_text_atomically(files[0], config_text(imported.config, imported.config_notes,
                                                 f"the NXRefine experiment {Path(source).resolve()}",
                                                 by=BY))

@@ -27,8 +27,10 @@ from ..model.corrections.absorption import SampleShape
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
 from ..model.scan import ScanRow, temperature_label
-from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, HDF5_DATASET,
-                            check_one_frame_header, monitor_kind, read_column_file)
+from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, COLUMN_FILE_SUFFIXES,
+                            HDF5_DATASET, check_one_frame_header, monitor_kind,
+                            read_column_file)
+from ..raw.rawfiles import is_hdf5_path
 from ..settings.params import STEP_PARAMS, CalibrationParams, DetectorParams, SampleParams
 from ..settings.scaling import ScalingParams
 from ..settings.schema import schema, validator_with_defaults
@@ -770,15 +772,17 @@ def _check_monitor(scan: ScanRow, label: str, base_dir: Path) -> None:
                           "in the data file, with one value per frame")
     if kind == HDF5_DATASET and (base_dir / given).is_file():
         raise ConfigError(f"{where}: {given} is a file: on a row of HDF5 data the monitor is "
-                          "the path of a dataset in the data file (column files are for rows "
-                          "of frame files: CBF/TIFF/EDF)")
+                          "the path of a dataset in the data file, or a column file whose name "
+                          f"ends in {', '.join(COLUMN_FILE_SUFFIXES)}")
     if kind == COLUMN_FILE and not (base_dir / given).exists():
         relative = "" if Path(given).is_absolute() else (
             f" (relative to the experiment directory {base_dir.resolve()})")
-        raise ConfigError(f"{where}: {given} does not exist{relative}: on a row of frame files "
-                          "(CBF/TIFF/EDF) expected a text file of one value per frame, or "
-                          "cbf:FIELD for a field of the frames' CBF headers, e.g. cbf:Flux (a "
-                          "dataset path is the monitor of rows whose data are HDF5 files)")
+        raise ConfigError(f"{where}: {given} does not exist{relative}: expected a text file "
+                          "of one value per frame" + (
+                              "" if is_hdf5_path(scan.data) else
+                              ", or cbf:FIELD for a field of the frames' CBF headers, e.g. "
+                              "cbf:Flux (a dataset path is the monitor of rows whose data are "
+                              "HDF5 files)"))
     try:
         if kind == COLUMN_FILE:
             read_column_file(base_dir / given, scan.nframes, more_allowed=scan.in_progress,

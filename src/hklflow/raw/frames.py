@@ -62,7 +62,8 @@ from ..base.errors import RawDataError
 from ..codec import CompressedFrames, bitshuffle_lz4_only, codec_for, read_chunk, stored_frames
 from ..model.scan import DEFAULT_DATASET, FrameSource
 from .images import open_hdf5, read_fabio, read_image
-from .monitors import CBF_HEADER, header_field, header_monitor, monitor_kind, read_column_file
+from .monitors import (CBF_HEADER, COLUMN_FILE, header_field, header_monitor, monitor_kind,
+                       read_column_file)
 from .rawfiles import changed_files, fingerprint, is_eiger_master, is_hdf5_path, matching_files
 
 __all__ = ["DEFAULT_DATASET", "CompressedFrames", "FrameSource", "FrameStack", "RawScan",
@@ -399,7 +400,9 @@ class _HDF5Stack(FrameStack):
         return stored
 
     def read_monitor(self, monitor: str, base_dir=".") -> np.ndarray:
-        path = monitor  # a dataset of the files (base_dir: for frame files' column files)
+        if monitor_kind(self.files[0], monitor) == COLUMN_FILE:
+            return _column_monitor(monitor, base_dir, self.nframes, self.source.growing)
+        path = monitor  # a dataset of the files
         parts = []
         for (f, _), name, n in zip(self._handles, self.files, self.source.frames_per_file):
             try:
@@ -426,6 +429,18 @@ class _HDF5Stack(FrameStack):
             i = int(np.flatnonzero(~np.isfinite(values))[0])
             raise RawDataError(f"{self.locate(i)[0]}: monitor {path} is not finite at frame {i}")
         return values
+
+
+def _column_monitor(monitor: str, base_dir, nframes: int, growing: bool) -> np.ndarray:
+    """The values of a monitor column file (relative to base_dir), RawDataError naming it."""
+    try:
+        return read_column_file(os.path.join(os.fspath(base_dir), monitor), nframes,
+                                more_allowed=growing, shown=monitor)
+    except ValueError as exc:
+        raise RawDataError(str(exc)) from None
+    except OSError as exc:
+        raise RawDataError(f"{exc.filename or monitor}: the monitor cannot be read: "
+                           f"{exc.strerror or exc}") from None
 
 
 class _FileStack(FrameStack):
@@ -456,13 +471,12 @@ class _FileStack(FrameStack):
         try:
             if monitor_kind(self.files[0], monitor) == CBF_HEADER:
                 return header_monitor(self.files, header_field(monitor))
-            return read_column_file(os.path.join(os.fspath(base_dir), monitor), self.nframes,
-                                    more_allowed=self.source.growing, shown=monitor)
         except ValueError as exc:
             raise RawDataError(str(exc)) from None
         except OSError as exc:
             raise RawDataError(f"{exc.filename or monitor}: the monitor cannot be read: "
                                f"{exc.strerror or exc}") from None
+        return _column_monitor(monitor, base_dir, self.nframes, self.source.growing)
 
     def _read_piece(self, k, a, b, out, offset):
         with self._one_at_a_time:  # (threads of a step may read frames side by side)

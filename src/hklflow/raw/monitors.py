@@ -1,5 +1,7 @@
-"""Per-frame monitors of scans of single-frame files (CBF/TIFF/EDF), which have no HDF5 file
-to hold one.  On such a row of the scans table, ``monitor`` names either
+"""Per-frame monitors kept outside the frames' HDF5 files: of scans of single-frame files
+(CBF/TIFF/EDF), which have no HDF5 file to hold one, and of HDF5 scans whose monitor another
+program recorded (hklflow import nxrefine writes NXRefine's as column files).  On a row of
+frame files, ``monitor`` names either
 
 * a column file: text, relative to the experiment directory, one value per frame in frame
   order, or two columns, the frame number and the value, the frame numbers consecutive
@@ -7,6 +9,9 @@ to hold one.  On such a row of the scans table, ``monitor`` names either
   spaces, tabs or a comma; ``#`` starts a comment; blank lines are skipped; or
 * ``cbf:FIELD``: the FIELD line of each frame's Pilatus CBF header, e.g. ``cbf:Flux`` for
   ``# Flux 2.35e+11`` (the lines fabio's PilatusHeader reads, split as it splits them).
+
+On a row of HDF5 data it is the path of a dataset in the data file, or a column file whose
+name ends in one of COLUMN_FILE_SUFFIXES.
 
 Values are counts or fluxes: finite and >= 0.  The scans table is checked when it is read
 (hklflow.planning.config): the column file whole, the header of one frame file; ingest reads every
@@ -26,6 +31,9 @@ from ..files.cbf_header import CbfHeader, CbfHeaderTooLong, NotCbfError, read_cb
 from .rawfiles import is_hdf5_path
 
 CBF_HEADER_PREFIX = "cbf:"
+# a monitor of an HDF5 row naming a file with one of these endings is a column file (no
+# dataset path ends so)
+COLUMN_FILE_SUFFIXES = (".txt", ".dat", ".csv", ".tsv")
 # what a row's monitor is (monitor_kind)
 NO_MONITOR, HDF5_DATASET, CBF_HEADER, COLUMN_FILE = "", "dataset", "cbf header", "column file"
 
@@ -37,11 +45,12 @@ _COLUMN_SEPARATORS = re.compile(r"[\s,]+")
 
 def monitor_kind(data: str, monitor: str) -> str:
     """What a row's monitor names: NO_MONITOR, an HDF5_DATASET of its HDF5 data, a
-    CBF_HEADER field or a COLUMN_FILE (rows of frame files)."""
+    CBF_HEADER field (rows of frame files) or a COLUMN_FILE (rows of frame files; rows of HDF5
+    data where its name ends in one of COLUMN_FILE_SUFFIXES)."""
     if not monitor:
         return NO_MONITOR
     if is_hdf5_path(data):
-        return HDF5_DATASET
+        return COLUMN_FILE if monitor.lower().endswith(COLUMN_FILE_SUFFIXES) else HDF5_DATASET
     return CBF_HEADER if monitor.lower().startswith(CBF_HEADER_PREFIX) else COLUMN_FILE
 
 
