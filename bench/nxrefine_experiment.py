@@ -351,7 +351,7 @@ def main(argv=None) -> int:
                         "the truth (bench/accuracy.py)")
     args = p.parse_args(argv)
     nx_python = ensure_venv()
-    from hklflow.commands.import_nxrefine import main as import_main
+    from hklflow.commands.importing import main as import_main
 
     grid = None
     if args.reduce:  # the simulation reduced as it is: its grid becomes NXRefine's

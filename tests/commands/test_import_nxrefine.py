@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from hklflow.base.errors import ConfigError
-from hklflow.commands.import_nxrefine import import_experiment, label_folders, main
+from hklflow.commands.import_nxrefine import import_experiment, label_folders
+from hklflow.commands.importing import main
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.model.nxrefine import entry_parameters, lab_frame
 

@@ -39,7 +39,7 @@ COMMANDS = {
     "cut_temperature_series": ("hklflow.steps.cut_temperature_series:main", "a line cut of a sample (output.cuts) at every temperature in one picture"),
     # not rules:
     "init": ("hklflow.commands.init:main", "a commented config and scans table for a new experiment"),
-    "import": ("hklflow.commands.import_nxrefine:main", "an experiment from NXRefine's files (import nxrefine SOURCE DEST), its raw data referenced"),
+    "import": ("hklflow.commands.importing:main", "an experiment from another program's records (import nxrefine SOURCE DEST, import spec SPECFILE DEST ...), its raw data referenced"),
     "simulate": ("hklflow.simulation.cli:main", "write a simulated experiment (config, scans table, raw data, truth)"),
     "demo": ("hklflow.commands.run:main", "simulate the demo experiment if absent, then reduce it"),
     "run": ("hklflow.commands.run:run_main", "reduce an experiment directory with the installed workflow (snakemake)"),

@@ -23,18 +23,16 @@ a different detector_orientation shows here too).
 """
 from __future__ import annotations
 
-import argparse
 import configparser
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..base.atomic import write_text_atomically
-from ..base.errors import ConfigError, FileFormatError, HklflowError
+from ..base.errors import ConfigError, FileFormatError
 from ..files.nxrefine import NXRefineScan, read_nxrefine_grid, read_nxrefine_scan
 from ..model import nxrefine as nx
 from ..model.crystal import space_group
@@ -130,10 +128,14 @@ def scan_temperature(scan: NXRefineScan, sample: str) -> tuple[float, str]:
     name = scan.path.stem[len(sample) + 1:]
     m = SCAN_NAME.match(name)
     if m and m["units"] in ("K", ""):
-        value = float(m["value"].replace("p", ".")) * (-1 if m["minus"] else 1)
-        return value, f"the scan's name {name!r}"
+        return scan_temperature_from_name(m), f"the scan's name {name!r}"
     raise ConfigError(f"{scan.path}: no /entry/sample/temperature and the scan's name {name!r} "
                       "says no temperature (such as 300K)")
+
+
+def scan_temperature_from_name(m: re.Match) -> float:
+    """K of a SCAN_NAME match (m5K: -5, 1p5K: 1.5)."""
+    return float(m["value"].replace("p", ".")) * (-1 if m["minus"] else 1)
 
 
 def parent_scan(lf: LabelFolder, notes: list[str]) -> NXRefineScan:
@@ -444,11 +446,13 @@ def _polarization(source: Path, report: list) -> float:
     return default
 
 
-def write_experiment(imported: Imported, source, dest, force: bool = False) -> list[Path]:
-    """Write DEST/config/config.yaml, DEST/config/scans.tsv and the PONI; FileExistsError
+def write_experiment(imported: Imported, source: str, dest, force: bool = False,
+                     by: str = BY, poni_file: str = PONI_FILE) -> list[Path]:
+    """Write DEST/config/config.yaml, DEST/config/scans.tsv, the PONI and the monitors'
+    column files (source: what the experiment was made from, in words); FileExistsError
     unless force."""
     dest = Path(dest)
-    files = [dest / CONFIG_FILE, dest / SCANS_TABLE, dest / PONI_FILE]
+    files = [dest / CONFIG_FILE, dest / SCANS_TABLE, dest / poni_file]
     existing = [str(f) for f in files[:2] if f.exists()]
     if existing and not force:
         raise FileExistsError(f"{' and '.join(existing)} already exist(s): hklflow import never "
@@ -461,48 +465,8 @@ def write_experiment(imported: Imported, source, dest, force: bool = False) -> l
         write_text_atomically(dest / name, f"# NXRefine's monitor, from {where}\n# frame value\n"
                               + "".join(f"{i} {v:.10g}\n" for i, v in enumerate(values)))
         files.append(dest / name)
-    write_text_atomically(files[0], config_text(imported.config, imported.config_notes,
-                                                f"the NXRefine experiment {Path(source).resolve()}",
-                                                by=BY))
-    write_text_atomically(files[1], scans_table_text(imported.rows, by=BY,
+    write_text_atomically(files[0], config_text(imported.config, imported.config_notes, source,
+                                                by=by))
+    write_text_atomically(files[1], scans_table_text(imported.rows, by=by,
                                                      row_notes=imported.row_notes))
     return files
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hklflow import",
-        description="Make an hklflow experiment from another program's: `nxrefine SOURCE DEST` "
-                    "reads an NXRefine experiment (its scan files, parents and the raw frames "
-                    "they link) and writes DEST/config/config.yaml, DEST/config/scans.tsv and "
-                    "DEST/calibration/nxrefine.poni; the raw data are referenced, never copied "
-                    "or changed.",
-        epilog="example: hklflow import nxrefine /data/exp/nxrefine ~/hkl/exp; then: "
-               "hklflow run ~/hkl/exp -- -n")
-    sub = p.add_subparsers(dest="kind", required=True)
-    n = sub.add_parser("nxrefine", help="an NXRefine experiment directory (or one label folder)")
-    n.add_argument("source", metavar="SOURCE", help="the NXRefine experiment directory")
-    n.add_argument("dest", metavar="DEST", help="the hklflow experiment directory to write")
-    n.add_argument("--detector", metavar="NAME",
-                   help="pyFAI detector name (default: the calibration's, else the one of the "
-                        "files' shape and pixel size)")
-    n.add_argument("--force", action="store_true", help="overwrite an existing config")
-    return p
-
-
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        imported = import_experiment(args.source, args.dest, args.detector)
-        files = write_experiment(imported, args.source, args.dest, args.force)
-    except (HklflowError, FileExistsError, OSError, ValueError) as exc:
-        print(f"hklflow import: {exc}", file=sys.stderr)
-        return 1
-    print(f"hklflow import: wrote {files[0]}, {files[1]} and {files[2]} "
-          f"({len(imported.rows)} rows)")
-    for line in imported.report:
-        print(f"  {line}")
-    for line in imported.missing_raw:
-        print(f"  {line}: hklflow run sets its row aside until it exists")
-    print(f"  then: hklflow run {args.dest} -- -n   (a dry run: what would be made)")
-    return 0
