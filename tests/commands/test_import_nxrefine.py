@@ -41,7 +41,8 @@ def _raw(path: Path, nframes=2):
 
 
 def write_scan(folder: Path, sample: str, scan: str, entries: dict, temperature=None,
-               raw=True, parent_name=None, monitors: dict | None = None) -> Path:
+               raw=True, parent_name=None, monitors: dict | None = None,
+               nframes: int = 2) -> Path:
     """A scan file as NXRefine writes one (write_parameters' fields), its raw stacks in the
     scan folder beside it (linked relative to the scan file, as NXReduce.link_data)."""
     path = folder / f"{sample}_{scan}.nxs"
@@ -59,9 +60,9 @@ def write_scan(folder: Path, sample: str, scan: str, entries: dict, temperature=
         for name, p in entries.items():
             e = f.create_group(name)
             if raw:
-                _raw(folder / scan / f"{name}.h5")
+                _raw(folder / scan / f"{name}.h5", nframes)
             e["data/data"] = h5py.ExternalLink(f"{scan}/{name}.h5", "/entry/data/data")
-            e["data/frame_number"] = np.arange(2)
+            e["data/frame_number"] = np.arange(nframes)
             e["instrument/monochromator/wavelength"] = p["wavelength"]
             d = e.create_group("instrument/detector")
             for k in ("distance", "yaw", "pitch", "roll", "pixel_size", "detector_orientation"):
@@ -191,6 +192,38 @@ def test_the_command_writes_an_experiment_hklflow_plans(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "ingest_scan" in r.stdout + r.stderr
+
+
+def test_monitors_with_their_transmissions_and_6idd_logs(tmp_path):
+    """The photons on the sample, as NXRefine weighs frames: a scan file's monitor times its
+    attenuator and filter transmissions; a scan file without one takes 6-ID-D's logs beside
+    the raw frames (fN_meta.txt's column of NXRefine's monitor setting, its first and last
+    frames' partial counts replaced as NXRefine does, times fN_head.txt's
+    Calculated_filter_transmission)."""
+    folder = tmp_path / "exp" / "s" / "a"
+    write_scan(folder, "s", "300K", {"f1": _params(), "f2": _params(d_poni1=0.001)},
+               temperature=300.0, monitors={"f1": ("monitor", [9e4, 1e5, 1.1e5, 1.2e5])},
+               nframes=4)
+    with h5py.File(folder / "s_300K.nxs", "a") as f:
+        f["f1/instrument/attenuator/attenuator_transmission"] = 0.25
+        filt = f.create_group("f1/instrument/filter/transmission")
+        filt["data"] = [1.0, 1.0, 0.0, 1.0]  # the shutter closed on frame 2
+        filt.attrs["signal"] = "data"
+    (folder / "300K" / "f2_head.txt").write_text(
+        "Storage_Ring_Current, 102.1\nCalculated_filter_transmission, 0.5\nMode, top-up\n")
+    (folder / "300K" / "f2_meta.txt").write_text(
+        "MCS1,MCS2,Shutter\n10,5,0\n200,6,0\n210,7,0\n20,8,0\n")
+    imp = import_experiment(tmp_path / "exp", tmp_path / "d")
+    f1 = imp.monitors["monitors/s_300K_f1.txt"][0]
+    assert f1.tolist() == [2.25e4, 2.5e4, 0.0, 3e4]
+    assert imp.config["reduction"]["transform"]["bad_monitor_frames"] == "leave_out"
+    f2, where = imp.monitors["monitors/s_300K_f2.txt"]
+    assert f2.tolist() == [100.0, 100.0, 105.0, 105.0]
+    assert "f2_meta.txt column MCS1 (6-ID-D) x Calculated_filter_transmission 0.5" in where
+    with h5py.File(folder / "s_300K.nxs", "a") as f:
+        f["entry/nxreduce/monitor"] = "MCS2"  # NXRefine's monitor setting
+    f2 = import_experiment(tmp_path / "exp", tmp_path / "d").monitors["monitors/s_300K_f2.txt"][0]
+    assert f2.tolist() == [3.0, 3.0, 3.5, 3.5]
 
 
 # --------------------------------------------------------------------------------------

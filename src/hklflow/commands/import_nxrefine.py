@@ -29,11 +29,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..base.atomic import write_text_atomically
 from ..base.errors import ConfigError, FileFormatError
-from ..files.nxrefine import NXRefineScan, read_nxrefine_grid, read_nxrefine_scan
+from ..files.nxrefine import (NXRefineScan, read_6idd_logs, read_nxrefine_grid,
+                              read_nxrefine_scan, scan_directory)
 from ..model import nxrefine as nx
 from ..model.crystal import space_group
 from ..model.geometry import detector_facts, pyfai_tables
@@ -46,6 +48,7 @@ BY = "hklflow import nxrefine"
 CALIBRATION = "nxrefine"  # the imported calibration's name
 PONI_FILE = "calibration/nxrefine.poni"
 MONITOR_FOLDER = "monitors"  # NXRefine's per-frame monitors, one column file per entry
+DEFAULT_MONITOR = "MCS1"  # NXRefine's monitor setting's default (nxsettings.py 8876a8b)
 DEFAULT_ORIENTATION_STRING = "-y +z -x"  # NXRefine's default (nxsettings: detector_orientation)
 # NXParent.get_scan_directory: [prefix][m]VALUE[UNITS], '.' written 'p', m for < 0
 SCAN_NAME = re.compile(r"^(?P<minus>m)?(?P<value>\d+(?:p\d+)?)(?P<units>[A-Za-z]*)$")
@@ -263,6 +266,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
                                        f"detector_orientation {orient!r})",
     }
     rows, row_notes, samples, monitors = [], {}, {}, {}
+    monitor_name = _setting(source, folders[0], "monitor") or DEFAULT_MONITOR
     for lf in folders:
         hk_sample = lf.sample if len(samples_per_name[lf.sample]) == 1 else f"{lf.sample}_{lf.label}"
         for path, why in lf.skipped:
@@ -283,7 +287,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
             row_notes[len(rows)] = f"{hk_sample} at {label}: from {scan.path} (temperature: {t_where})"
             for e in scan.entries:
                 rows.append(_row(hk_sample, t, scan, e, reference, T, facts, wavelength, dest,
-                                 report, missing_raw, monitors))
+                                 report, missing_raw, monitors, monitor_name))
         sg, cell = _crystal(parent, report)
         samples[hk_sample] = {"space_group": sg, "cell": cell, "parent": {
             "temperature": scan_temperature(parent, lf.sample)[0]}}
@@ -308,6 +312,11 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
             config_notes["reduction.transform.monitor_reference"] = f"NXRefine's norm, {norm[1]}"
         for r in rows:  # (the column is the table's: every row has a cell)
             r.setdefault("monitor", "")
+        dark = sum(int(np.sum(v <= 0)) for v, _ in monitors.values())
+        if dark:  # (a closed shutter, a beam dump: NXRefine weighs these frames 0)
+            transform["bad_monitor_frames"] = "leave_out"
+            config_notes["reduction.transform.bad_monitor_frames"] = (
+                f"{dark} frames with no beam (monitor x transmission 0), as NXRefine's weight 0")
     if transform:
         config["reduction"] = {"transform": transform}
     return Imported(with_defaults(config, schema()), config_notes, rows, row_notes, reference,
@@ -315,7 +324,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
 
 
 def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, report,
-         missing_raw, monitors) -> dict:
+         missing_raw, monitors, monitor_name) -> dict:
     where = f"{scan.path.name} {e.name}"
     if e.wavelength is not None and abs(e.wavelength - wavelength) > WAVELENGTH_RTOL * wavelength:
         raise ConfigError(f"{where}: wavelength {e.wavelength:g} A, the reference's "
@@ -350,14 +359,43 @@ def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, re
                 for k, v in zip(("det_ddist", "det_dponi1", "det_dponi2"), d)})
     for k in ("theta", "omega", "chi"):
         row[k] = f"{(g.get(k) or 0.0):.10g}"
-    if e.monitor is not None and e.monitor.size == e.nframes:
+    monitor, transmission, source = e.monitor, e.transmission, e.where.get("monitor")
+    if monitor is None:  # 6-ID-D's logs beside the raw frames (a scan file not yet read them)
+        monitor, transmission, source = _6idd_monitor(scan, e, monitor_name, report)
+    if monitor is not None and monitor.size == e.nframes:
         name = f"{MONITOR_FOLDER}/{sample}_{temperature_label(temperature)}_{e.name}.txt"
-        monitors[name] = (e.monitor, f"{scan.path} {e.where['monitor']}")
+        # (NXRefine weighs each frame by monitor x transmissions: the photons on the sample)
+        monitors[name] = (monitor * transmission, f"{source}" + (
+            "" if np.all(np.asarray(transmission) == 1.0) else " x its transmissions"))
         row["monitor"] = name
-    elif e.monitor is not None:
-        report.append(f"{where}: monitor {e.where['monitor']} has {e.monitor.size} values for "
+    elif monitor is not None:
+        report.append(f"{where}: monitor {source} has {monitor.size} values for "
                       f"{e.nframes} frames: not imported")
     return row
+
+
+def _6idd_monitor(scan: NXRefineScan, e, monitor_name: str, report: list):
+    """(monitor, transmission, where) from 6-ID-D's ENTRY_meta.txt column `monitor_name` and
+    ENTRY_head.txt's Calculated_filter_transmission (NXRefine's attenuator transmission) in
+    the scan's folder; (None, 1, None) without them."""
+    sample = scan.path.parent.parent.name
+    folder = scan_directory(scan.path, sample)
+    logs = read_6idd_logs(folder, e.name)
+    if logs is None:
+        return None, 1.0, None
+    head, meta = logs
+    if monitor_name not in meta:
+        report.append(f"{folder / (e.name + '_meta.txt')}: no column {monitor_name!r} (NXRefine's "
+                      f"monitor setting; columns: {', '.join(meta)}): no monitor imported")
+        return None, 1.0, None
+    values = meta[monitor_name].copy()
+    values[0], values[-1] = values[1], values[-2]  # (as NXRefine: the first and last frames'
+    # counts are partial)
+    transmission = float(head.get("Calculated_filter_transmission", 1.0))
+    where = f"{folder / (e.name + '_meta.txt')} column {monitor_name} (6-ID-D)"
+    if "Calculated_filter_transmission" in head:
+        where += f" x Calculated_filter_transmission {transmission:g}"
+    return values, transmission, where
 
 
 def _crystal(scan: NXRefineScan, report: list):
@@ -405,29 +443,37 @@ def _grid(lf: LabelFolder, parent: NXRefineScan, report: list) -> tuple[dict, st
     return out, found[1]
 
 
-def _norm(source: Path, lf: LabelFolder) -> tuple[float, str] | None:
-    """NXRefine's monitor norm (NXReduce.get_parameter: the parent's nxscans/settings, else
-    a scan file's /entry/nxreduce, else tasks/settings.ini [nxreduce]) and where it was."""
+def _setting(source: Path, lf: LabelFolder, name: str, with_where: bool = False):
+    """An [nxreduce] setting as NXReduce.get_parameter finds it: the parent's
+    nxscans/settings, else a scan file's /entry/nxreduce, else tasks/settings.ini; (value,
+    where) with with_where; None where none says."""
     from ..files.h5 import open_h5
 
-    places = ([(lf.parent_file, "entry/nxscans/settings/norm")] if lf.parent_file else [])
-    places += [(s.path, "entry/nxreduce/norm") for s in lf.scans]
+    places = ([(lf.parent_file, f"entry/nxscans/settings/{name}")] if lf.parent_file else [])
+    places += [(s.path, f"entry/nxreduce/{name}") for s in lf.scans]
     for path, field_ in places:
         with open_h5(path) as f:
-            if field_ in f:
-                try:
-                    return float(f[field_][()]), f"{path.name} /{field_}"
-                except (TypeError, ValueError):
-                    continue
+            if field_ in f and isinstance(f[field_], h5py.Dataset):
+                v = f[field_][()]
+                v = v.decode() if isinstance(v, bytes) else v
+                return (v, f"{path.name} /{field_}") if with_where else v
     ini = source / "tasks" / "settings.ini"
     if ini.is_file():
         cp = configparser.ConfigParser()
         cp.read(ini)
-        try:
-            return float(cp.get("nxreduce", "norm")), f"{ini} [nxreduce] norm"
-        except (configparser.Error, ValueError):
-            return None
+        v = cp.get("nxreduce", name, fallback=None)
+        if v is not None:
+            return (v, f"{ini} [nxreduce] {name}") if with_where else v
     return None
+
+
+def _norm(source: Path, lf: LabelFolder) -> tuple[float, str] | None:
+    """NXRefine's monitor norm and where it was (_setting)."""
+    found = _setting(source, lf, "norm", with_where=True)
+    try:
+        return (float(found[0]), found[1]) if found is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _polarization(source: Path, report: list) -> float:

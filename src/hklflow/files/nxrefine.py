@@ -340,6 +340,9 @@ class NXRefineEntry:
     calibration: dict | None  # pyFAI's refined parameters (calibration/refinement/parameters)
     monitor: np.ndarray | None  # per frame, the NXmonitor's signal
     where: dict
+    # what NXRefine multiplies the monitor by (NXReduce.get_normalization): the attenuator's
+    # transmission (a number) and the filter's (per frame: 1 - the shutter's log), or 1
+    transmission: np.ndarray | float = 1.0
 
 
 @dataclass(frozen=True)
@@ -447,6 +450,17 @@ def _entry(f, name: str, base: Path) -> NXRefineEntry:
                 monitor = np.asarray(mon[signal][()], dtype=float)
                 where["monitor"] = mon[signal].name
                 break
+    transmission = 1.0
+    att = _value(_group(f, f"{name}/instrument/attenuator"), "attenuator_transmission", where,
+                 "attenuator_transmission")
+    if att is not None:
+        transmission = float(np.ravel(att)[0])
+    filt = _group(f, f"{name}/instrument/filter/transmission")  # NXdata (read_logs)
+    if filt is not None:
+        signal = _text(filt.attrs.get("signal", "data"))
+        if signal in filt:
+            transmission = transmission * np.asarray(filt[signal][()], dtype=float)
+            where["filter_transmission"] = filt[signal].name
     raw_file, raw_dataset, missing = _raw_link(f, name, base)
     nframes = frame_shape = None
     if raw_file is not None and not missing:
@@ -460,7 +474,7 @@ def _entry(f, name: str, base: Path) -> NXRefineEntry:
         where["nframes"] = f[f"{name}/data/frame_number"].name
     return NXRefineEntry(name, raw_file, raw_dataset, missing, nframes, frame_shape, wavelength,
                          detector, goniometer, None if umat is None else np.asarray(umat),
-                         calibration, monitor, where)
+                         calibration, monitor, where, transmission)
 
 
 def _grid(f, entries, where: dict) -> dict | None:
@@ -481,6 +495,34 @@ def read_nxrefine_grid(path) -> tuple[dict, str] | None:
     with open_h5(path) as f:
         grid = _grid(f, [k for k in f if k[-1:].isdigit()], where)
     return None if grid is None else (grid, where["grid"])
+
+
+def read_6idd_logs(scan_directory, entry: str) -> tuple[dict, dict] | None:
+    """APS 6-ID-D's logs of one rotation beside its raw frames, as NXRefine's Sector6
+    beamline reads them (nxbeamline.py 8876a8b get_logs): ENTRY_head.txt, lines 'key, value'
+    (numbers where they are), and ENTRY_meta.txt, a CSV with a header row, one value per
+    frame per column; (head, meta columns) or None where either file is missing."""
+    folder = Path(scan_directory)
+    head_file, meta_file = folder / f"{entry}_head.txt", folder / f"{entry}_meta.txt"
+    if not (head_file.is_file() and meta_file.is_file()):
+        return None
+    head = {}
+    for i, line in enumerate(head_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(", ")
+        if not sep:
+            raise FileFormatError(f"{head_file}: line {i}: expected 'key, value', got {line!r}")
+        try:
+            head[key.strip()] = float(value)
+        except ValueError:
+            head[key.strip()] = value.strip()
+    try:
+        table = np.genfromtxt(meta_file, delimiter=",", names=True)
+    except ValueError as exc:
+        raise FileFormatError(f"{meta_file}: not a CSV with a header row ({exc})") from None
+    meta = {n: np.atleast_1d(table[n]).astype(float) for n in (table.dtype.names or ())}
+    return head, meta
 
 
 def read_nxrefine_scan(path) -> NXRefineScan:
