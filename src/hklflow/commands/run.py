@@ -15,9 +15,11 @@ the files at the repository's top level.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,13 +72,83 @@ def snakemake(experiment: Path, args, log, again: str, verbose: bool = False) ->
         log.info("running: %s", " ".join(cmd))
         if shown:
             with subprocess.Popen(cmd, env=env) as proc:
-                rc = wait_stopping_on_interrupt(proc)
+                with run_owner(experiment, proc.pid):
+                    rc = wait_stopping_on_interrupt(proc)
         else:
             rc = _compact(cmd, env, experiment, log, stamp, events, again)
         refused = rc != 0 and job_events.lock_refused(job_events.read(events))
     if refused and shown:  # (the compact console says it in its FAILED lines)
         log.error("%s", locked_advice(experiment, again))
     return rc
+
+
+# who runs Snakemake in an experiment directory through hklflow: "HOST PID" while it runs
+OWNER_FILE = ".snakemake/hklflow/run-owner"
+
+
+@contextlib.contextmanager
+def run_owner(experiment: Path, pid: int):
+    """OWNER_FILE says this machine's Snakemake `pid` runs in the experiment while the block
+    runs (removed after it: a killed run leaves it, with its lock)."""
+    path = experiment / OWNER_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{socket.gethostname()} {pid}\n")
+    except OSError:  # (a read-only experiment: no lock of ours to judge later either)
+        pass
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text().split()[1:2] == [str(pid)]:
+                path.unlink()
+        except (OSError, IndexError):
+            pass
+
+
+def unlock_if_killed(experiment: Path, log) -> bool:
+    """Remove the lock a killed run of hklflow left, so that the run resumes: only when
+    OWNER_FILE names a Snakemake of this machine that is gone and no Snakemake on this
+    machine works in the directory (a run from another machine of a shared disk, or one
+    without hklflow, is never judged: its lock stays, and the refusal says what to do).
+    True when it was removed."""
+    from ..planning import snakemake_compat
+
+    path = experiment / OWNER_FILE
+    try:
+        host, pid = path.read_text().split()[:2]
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname() or _alive(pid) or not snakemake_compat.lock_left(experiment):
+        return False
+    if snakemake_processes.holders(experiment) != []:  # (None: processes cannot be listed)
+        return False
+    log.info("removing the lock of a killed run (Snakemake pid %d on this machine, gone; no "
+             "Snakemake works in %s): this run resumes where it stopped", pid, experiment)
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
+                        str(workflow_dir() / "Snakefile"), "--directory", str(experiment),
+                        "--unlock"], capture_output=True, text=True,
+                       env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
+    if r.returncode:
+        log.warning("the lock could not be removed: %s", (r.stdout + r.stderr).strip()[-500:])
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def locked_advice(experiment: Path, again: str) -> str:
@@ -124,7 +196,8 @@ def _compact(cmd, env, experiment: Path, log, stamp: str, events: Path, again: s
     screen = console.LiveLine(experiment)
     follower = job_events.Follower(events)
     with open(run_log, "w") as out, subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT) as proc:
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT) as proc, \
+            run_owner(experiment, proc.pid):
         # Snakemake is silent while its jobs run, and meanwhile the console shows their
         # progress from their logs
         polled = time.monotonic()
@@ -230,6 +303,7 @@ def main(argv=None) -> int:
         simulate_experiment(preset("demo"), exp)
     if unlock_refused(exp, extra, log):
         return 1
+    unlock_if_killed(exp, log)
     return snakemake(exp, ["--cores", str(args.cores), *extra], log, f"hklflow demo --dir {exp}",
                      args.verbose)
 
@@ -262,6 +336,7 @@ def run_main(argv=None) -> int:
     exp = args.experiment.resolve()
     if unlock_refused(exp, extra, log):
         return 1
+    unlock_if_killed(exp, log)
     # (here: `hklflow workflow-path`, in many a shell command, needs no config reader)
     from .set_aside import snakemake_arguments
 
