@@ -163,6 +163,41 @@ print(json.dumps([[float(v) for v in r.get_hkl(x, y, z)] for x, y, z in json.loa
 """
 
 
+# Runs in NXRefine's venv: argv[1] a scan file, argv[2] an entry: what NXRefine reads of it
+READ_PARAMETERS = r"""
+import json, sys
+import numpy as np
+from nexusformat.nexus import nxload
+from nxrefine.nxrefine import NXRefine
+root = nxload(sys.argv[1])
+r = NXRefine(root[sys.argv[2]])
+out = {k: float(getattr(r, k)) for k in ("distance", "xc", "yc", "yaw", "pitch", "roll", "phi",
+                                         "phi_step", "chi", "omega", "theta", "wavelength")}
+out["detector_orientation"] = str(r.detector_orientation)
+out["Umat"] = np.asarray(r.Umat).tolist()
+out["cell"] = [float(v) for v in r.lattice_parameters]
+print(json.dumps(out))
+"""
+# the fields compared (NXRefine's names) and their units
+FIELDS = {"distance": "mm", "xc": "px", "yc": "px", "yaw": "deg", "pitch": "deg", "roll": "deg",
+          "phi": "deg", "phi_step": "deg", "chi": "deg", "omega": "deg", "theta": "deg",
+          "wavelength": "A", "Umat": "", "cell": "A, deg"}
+
+
+def field_round_trip(geo, cell, T, nx_python, scan_file, entry) -> dict:
+    """|NXRefine's own reading of each field - the same field of the imported geometry
+    taken back to NXRefine's terms (entry_parameters)|, per field (FIELDS)."""
+    from hklflow.model.nxrefine import entry_parameters
+
+    theirs = _nx_run(nx_python, READ_PARAMETERS, scan_file, entry)
+    ours = entry_parameters(geo, cell, T)
+    ours = {**ours, "Umat": ours["orientation_matrix"], "cell": list(cell)}
+    out = {k: float(np.max(np.abs(np.asarray(ours[k], float) - np.asarray(theirs[k], float))))
+           for k in FIELDS}
+    out["detector_orientation"] = ours["detector_orientation"] == theirs["detector_orientation"]
+    return out
+
+
 def _nx_run(nx_python, script: str, *args):
     p = subprocess.run([str(nx_python), "-c", script, *map(str, args)], capture_output=True,
                        text=True, timeout=600)
@@ -240,8 +275,9 @@ def build_spec(simulated: Path, out: Path, layout: str, sample: str,
 def build(simulated: Path, out: Path, layout: str, nx_python, sample: str = "tiny",
           grid: dict | None = None) -> dict:
     """Write the NXRefine experiment OUT with NXRefine's code (its grid: Qh, Qk, Ql);
-    {scan name: scan file}."""
-    out.mkdir(parents=True, exist_ok=True)
+    {scan name: scan file}.  OUT is made afresh."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     spec_file = out / f"spec_{layout}.json"
     spec_file.write_text(json.dumps(build_spec(simulated, out, layout, sample, grid)))
     r = subprocess.run([str(nx_python), "-c", BUILDER, str(spec_file)], capture_output=True,
@@ -289,6 +325,9 @@ def compare(simulated: Path, dest: Path, nx_scans: dict, nx_python, sample: str 
     hklflow's predict on the imported geometry (px, deg)."""
     from dataclasses import replace
 
+    from hklflow.files.nxrefine import read_nxrefine_scan
+    from hklflow.model.nxrefine import lab_frame
+
     truth = truth_scans(simulated)
     rows = []
     for (smp, tlabel, entry), (geo, UB) in imported_geometries(dest, nx_scans).items():
@@ -310,7 +349,11 @@ def compare(simulated: Path, dest: Path, nx_scans: dict, nx_python, sample: str 
             _, rr, cc, _, _ = geo.predict([[h, k, l]])
             near = np.nanmin(np.hypot(rr - y, cc - x)) if np.any(np.isfinite(rr)) else np.nan
             approx = max(approx, near) if np.isfinite(near) else approx
-        rows.append({"entry": f"{smp}/{tlabel}/{entry}", "max_dhkl": float(dhkl),
+        nx_scan = read_nxrefine_scan(nx_scans[tlabel])
+        cell = [nx_scan.sample[f"unitcell_{n}"] for n in ("a", "b", "c", "alpha", "beta", "gamma")]
+        T, _ = lab_frame(DEFAULT_STRING)
+        fields = field_round_trip(geo, cell, T, nx_python, nx_scans[tlabel], entry)
+        rows.append({"entry": f"{smp}/{tlabel}/{entry}", "max_dhkl": float(dhkl), "fields": fields,
                      "reflections": int(len(ours)), "max_dpx": float(d[:, :2].max()),
                      "max_ddeg": float(d[:, 2].max() * abs(geo.angles.step)),
                      "get_xyz_px": float(approx)})
@@ -375,6 +418,9 @@ def main(argv=None) -> int:
                   f"{row['reflections']} reflections, NXRefine's place against hklflow's: max "
                   f"{row['max_dpx']:.1e} px, {row['max_ddeg']:.1e} deg (its approximate get_xyz: "
                   f"{row['get_xyz_px']:.2f} px)")
+            print("       fields NXRefine reads against the import's, back in its terms: " + ", ".join(
+                f"{k} {v:.0e}" if not isinstance(v, bool) else f"{k} {'same' if v else 'DIFFERS'}"
+                for k, v in row["fields"].items()))
     if args.reduce:
         dest = args.out / f"hklflow_{args.layout[0]}"
         truth_in_import_frame(args.simulated, dest)

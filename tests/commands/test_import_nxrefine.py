@@ -259,7 +259,16 @@ def test_an_experiment_nxrefine_wrote_is_imported_exactly(tiny_experiment, nx_py
         for r in rows:
             print(f"\n{layout} {r['entry']}: (h, k, l) {r['max_dhkl']:.1e}, {r['reflections']} "
                   f"reflections {r['max_dpx']:.1e} px {r['max_ddeg']:.1e} deg", end="")
+            print(f"\n  fields: " + ", ".join(f"{k} {v:.0e}" for k, v in r["fields"].items()
+                                          if not isinstance(v, bool)), end="")
     assert len(rows) == 4
     for r in rows:
         assert r["max_dhkl"] < 1e-9 and r["reflections"] >= 20
         assert r["max_dpx"] < 0.01 and r["max_ddeg"] < 0.01
+        # every field NXRefine reads, taken back from the import (mm, px, deg, A, U, cell)
+        assert r["fields"].pop("detector_orientation") is True
+        assert max(r["fields"].values()) < 1e-9, r["fields"]
+    import yaml
+
+    grid = yaml.safe_load((dest / "config" / "config.yaml").read_text())["reduction"]["transform"]
+    assert grid["grid"] == {a: [-3.0, 3.0, 0.1] for a in "hkl"}  # NXRefine's, as the builder's
