@@ -319,7 +319,7 @@ def row_geometry(exp, row, poni):
 
 
 def compare(simulated: Path, dest: Path, nx_scans: dict, nx_python, sample: str = "tiny",
-            n_reflections: int = 40) -> list[dict]:
+            n_reflections: int = 40, get_xyz: bool = True) -> list[dict]:
     """Per entry: the largest (h, k, l) difference between the imported geometry and the
     truth over a grid of pixels and every frame; NXRefine's get_xyz of reflections against
     hklflow's predict on the imported geometry (px, deg)."""
@@ -342,8 +342,9 @@ def compare(simulated: Path, dest: Path, nx_scans: dict, nx_python, sample: str 
         ours, theirs = where_nxrefine_puts(geo, nx_python, nx_scans[tlabel], entry, hkl)
         d = np.abs(ours - theirs)
         # NXRefine's own inverse, get_xyz (approximate on a tilted detector), for the record
-        xyz = np.array(_nx_run(nx_python, GET_XYZ, nx_scans[tlabel], entry,
-                               json.dumps(hkl[:10].tolist())) or np.zeros((0, 6)))
+        xyz = np.array((_nx_run(nx_python, GET_XYZ, nx_scans[tlabel], entry,
+                                json.dumps(hkl[:10].tolist())) if get_xyz else None)
+                       or np.zeros((0, 6)))
         approx = 0.0
         for h, k, l, x, y, zz in xyz:
             _, rr, cc, _, _ = geo.predict([[h, k, l]])
