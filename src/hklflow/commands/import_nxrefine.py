@@ -173,17 +173,18 @@ def parent_scan(lf: LabelFolder, notes: list[str]) -> NXRefineScan:
     return lf.scans[0]
 
 
-def _detector_name(given: str | None, entry, notes: list[str]) -> str:
+def _detector_name(given: str | None, entry, notes: list[str]) -> tuple[str, str]:
+    """(pyFAI's name of the detector, where it came from): --detector, the calibration's
+    Detector, the configuration's description, else the one pyFAI detector of the shape and
+    pixel size; ConfigError naming the candidates where that is not one."""
     if given:
-        return resolve_detector(given)
+        return resolve_detector(given), "--detector"
     for described, where in (((entry.calibration or {}).get("Detector"),
                               f"{entry.where.get('calibration')}/Detector"),
                              (entry.detector.get("description"), entry.where.get("description"))):
         if described:  # pyFAI's name, as NXRefine's configurations and calibrations write it
             try:
-                name = resolve_detector(str(described))
-                notes.append(f"detector {name}: from {where}")
-                return name
+                return resolve_detector(str(described)), f"from {where}"
             except ConfigError:
                 notes.append(f"{where} {described!r}: no pyFAI detector of that name")
     shape = entry.detector.get("shape")
@@ -202,9 +203,8 @@ def _detector_name(given: str | None, entry, notes: list[str]) -> str:
         raise ConfigError(f"the detector is {int(shape[0])} x {int(shape[1])} pixels of "
                           f"{size:g} mm: pyFAI detectors that fit: {', '.join(fits) or 'none'}; "
                           "give --detector NAME")
-    notes.append(f"detector {fits[0]}: the one pyFAI detector of shape {list(np.ravel(shape))} "
-                 f"and pixel {size:g} mm")
-    return fits[0]
+    return fits[0], (f"the one pyFAI detector of shape {list(np.ravel(shape))} and pixel "
+                     f"{size:g} mm")
 
 
 def _lab_map(entry, T):
@@ -250,7 +250,8 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
         report.append(f"{ref_scan.path.name} {ref.name}: no detector_orientation: NXRefine's "
                       f"default {DEFAULT_ORIENTATION_STRING!r}")
     T, orientation = nx.lab_frame(orient)
-    name = _detector_name(detector, ref, report)
+    name, named_by = _detector_name(detector, ref, report)
+    report.append(f"detector {name}: {named_by}")
     facts = detector_facts(name, orientation)
     wavelength = ref.wavelength
     if wavelength is None:
@@ -260,10 +261,12 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
     where_ref = f"{ref_scan.path.name} /{ref.name}/instrument/detector"
     config_notes = {
         "instrument.wavelength": f"from {ref_scan.path.name} {ref.where['wavelength']}",
-        "instrument.detector": f"{name}: {report[-1] if report and 'detector' in report[-1] else 'given'}",
-        "instrument.goniometer": "NXRefine's: phi about its z; theta, omega, chi as its Gmat",
-        f"calibrations.{CALIBRATION}": f"from {where_ref} (distance, beam centre, yaw/pitch/roll, "
-                                       f"detector_orientation {orient!r})",
+        "instrument.detector.name": named_by,
+        "instrument.detector.orientation": f"pyFAI's that NXRefine's {orient!r} is at zero tilts",
+        "instrument.goniometer.scan_axis": "NXRefine's phi axis (its z)",
+        "instrument.goniometer.offset_axes.chi": "NXRefine's Gmat = R2(theta) R3(omega) R1(chi)",
+        f"calibrations.{CALIBRATION}.poni": f"from {where_ref} (distance, beam centre, "
+                                            f"yaw/pitch/roll, detector_orientation {orient!r})",
     }
     rows, row_notes, samples, monitors = [], {}, {}, {}
     monitor_name = _setting(source, folders[0], "monitor") or DEFAULT_MONITOR
@@ -288,7 +291,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
             for e in scan.entries:
                 rows.append(_row(hk_sample, t, scan, e, reference, T, facts, wavelength, dest,
                                  report, missing_raw, monitors, monitor_name))
-        sg, cell = _crystal(parent, report)
+        sg, cell = _crystal(parent)
         samples[hk_sample] = {"space_group": sg, "cell": cell, "parent": {
             "temperature": scan_temperature(parent, lf.sample)[0]}}
         config_notes[f"samples.{hk_sample}.parent.temperature"] = f"of {parent.path.name}"
@@ -304,7 +307,8 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
     grid = _grid(folders[0], parents[id(folders[0])], report)
     if grid:
         transform.update(grid[0])
-        config_notes["reduction.transform.grid"] = f"NXRefine's grid, {grid[1]}"
+        for a in "hkl":
+            config_notes[f"reduction.transform.grid.{a}"] = f"NXRefine's grid, {grid[1]}"
     if monitors:
         norm = _norm(source, folders[0])
         if norm is not None:
@@ -398,7 +402,7 @@ def _6idd_monitor(scan: NXRefineScan, e, monitor_name: str, report: list):
     return values, transmission, where
 
 
-def _crystal(scan: NXRefineScan, report: list):
+def _crystal(scan: NXRefineScan):
     s = scan.sample
     keys = ("unitcell_a", "unitcell_b", "unitcell_c", "unitcell_alpha", "unitcell_beta",
             "unitcell_gamma")
