@@ -42,7 +42,7 @@ def _raw(path: Path, nframes=2):
 
 def write_scan(folder: Path, sample: str, scan: str, entries: dict, temperature=None,
                raw=True, parent_name=None, monitors: dict | None = None,
-               nframes: int = 2) -> Path:
+               nframes: int = 2, masks: dict | None = None) -> Path:
     """A scan file as NXRefine writes one (write_parameters' fields), its raw stacks in the
     scan folder beside it (linked relative to the scan file, as NXReduce.link_data)."""
     path = folder / f"{sample}_{scan}.nxs"
@@ -70,6 +70,8 @@ def write_scan(folder: Path, sample: str, scan: str, entries: dict, temperature=
             d["beam_center_x"], d["beam_center_y"] = p["xc"], p["yc"]
             d["orientation_matrix"] = p["orientation_matrix"]
             d["description"] = "Pilatus 300k"
+            if masks and name in masks:
+                d["pixel_mask"] = masks[name].astype(np.int8)
             g = e.create_group("instrument/goniometer")
             g["phi"] = p["phi"]
             g["phi"].attrs["step"] = p["phi_step"]
@@ -192,6 +194,33 @@ def test_the_command_writes_an_experiment_hklflow_plans(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "ingest_scan" in r.stdout + r.stderr
+
+
+def test_pixel_masks_become_the_experiments_mask(tmp_path):
+    """NXRefine's pixel masks (nonzero = not used, as hklflow's mask_file): one for all
+    rotations is referenced in the scan file itself; masks that differ give their union, in
+    a file of the new experiment, and the report says so; hklflow plans with it."""
+    folder = tmp_path / "exp" / "s" / "a"
+    one = np.zeros((619, 487), bool)
+    one[10:20, 30:40] = True
+    write_scan(folder, "s", "300K", {"f1": _params(), "f2": _params(d_poni1=0.001)},
+               temperature=300.0, masks={"f1": one, "f2": one})
+    imp = import_experiment(tmp_path / "exp", tmp_path / "d")
+    det = imp.config["instrument"]["detector"]
+    assert (det["mask_file"], det["mask_dataset"]) == ("../exp/s/a/s_300K.nxs",
+                                                       "/f1/instrument/detector/pixel_mask")
+    assert imp.mask is None
+    other = one.copy()
+    other[600:, :] = True
+    write_scan(folder, "s", "300K", {"f1": _params(), "f2": _params(d_poni1=0.001)},
+               temperature=300.0, masks={"f1": one, "f2": other})
+    dest = tmp_path / "hkl"
+    assert main(["nxrefine", str(tmp_path / "exp"), str(dest)]) == 0
+    with h5py.File(dest / "calibration" / "nxrefine_mask.h5", "r") as f:
+        assert np.array_equal(f["entry/mask"][()] != 0, one | other)
+    r = subprocess.run([sys.executable, "-m", "hklflow", "run", str(dest), "--", "-n"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 
 def test_monitors_with_their_transmissions_and_6idd_logs(tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..base.atomic import write_text_atomically
+from ..base.atomic import atomic_path, write_text_atomically
 from ..base.errors import ConfigError, FileFormatError
 from ..files.nxrefine import (NXRefineScan, read_6idd_logs, read_nxrefine_grid,
                               read_nxrefine_scan, scan_directory)
@@ -48,6 +48,7 @@ BY = "hklflow import nxrefine"
 CALIBRATION = "nxrefine"  # the imported calibration's name
 PONI_FILE = "calibration/nxrefine.poni"
 MONITOR_FOLDER = "monitors"  # NXRefine's per-frame monitors, one column file per entry
+MASK_FILE = "calibration/nxrefine_mask.h5"  # the union of its pixel masks, where they differ
 DEFAULT_MONITOR = "MCS1"  # NXRefine's monitor setting's default (nxsettings.py 8876a8b)
 DEFAULT_ORIENTATION_STRING = "-y +z -x"  # NXRefine's default (nxsettings: detector_orientation)
 # NXParent.get_scan_directory: [prefix][m]VALUE[UNITS], '.' written 'p', m for < 0
@@ -228,6 +229,7 @@ class Imported:
     report: list  # lines: what was translated, what is named
     missing_raw: list
     monitors: dict = field(default_factory=dict)  # column file -> (values, where they were)
+    mask: np.ndarray | None = None  # a pixel mask to write to MASK_FILE (None: none, or linked)
 
 
 def import_experiment(source, dest, detector: str | None = None) -> Imported:
@@ -323,8 +325,13 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
                 f"{dark} frames with no beam (monitor x transmission 0), as NXRefine's weight 0")
     if transform:
         config["reduction"] = {"transform": transform}
+    mask = _pixel_mask([e for lf in folders for s in lf.scans for e in s.entries], facts, dest,
+                       report)
+    if mask is not None:
+        config["instrument"]["detector"].update(mask_file=mask[0], mask_dataset=mask[1])
+        config_notes["instrument.detector.mask_file"] = mask[2]
     return Imported(with_defaults(config, schema()), config_notes, rows, row_notes, reference,
-                    report, missing_raw, monitors)
+                    report, missing_raw, monitors, mask[3] if mask else None)
 
 
 def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, report,
@@ -447,6 +454,30 @@ def _grid(lf: LabelFolder, parent: NXRefineScan, report: list) -> tuple[dict, st
     return out, found[1]
 
 
+def _pixel_mask(entries, facts, dest: Path, report: list):
+    """instrument.detector's user mask from NXRefine's pixel masks (nonzero = not used, as
+    hklflow's): (mask_file, mask_dataset, note, array to write or None), or None where no
+    rotation masks a pixel.  One mask for all: the scan file's own dataset; masks that
+    differ: their union, written to MASK_FILE (hklflow takes one user mask), and said."""
+    masked = [e for e in entries if e.pixel_mask is not None and e.pixel_mask.any()]
+    if not masked:
+        return None
+    for e in masked:
+        if e.pixel_mask.shape != tuple(facts.shape):
+            raise ConfigError(f"{e.where['pixel_mask']}: a pixel mask of {e.pixel_mask.shape}, "
+                              f"not {facts.name}'s {tuple(facts.shape)}")
+    first = masked[0]
+    if len(masked) == len(entries) and all(np.array_equal(e.pixel_mask, first.pixel_mask)
+                                           for e in masked):
+        return (os.path.relpath(first.where["pixel_mask_file"], dest.resolve()),
+                first.where["pixel_mask"], f"NXRefine's pixel mask, the same for every rotation "
+                f"({int(first.pixel_mask.sum())} pixels)", None)
+    union = np.logical_or.reduce([e.pixel_mask for e in masked])
+    report.append(f"NXRefine's pixel masks differ between rotations: their union "
+                  f"({int(union.sum())} pixels) is the experiment's mask, {MASK_FILE}")
+    return MASK_FILE, "/entry/mask", "the union of NXRefine's pixel masks", union
+
+
 def _setting(source: Path, lf: LabelFolder, name: str, with_where: bool = False):
     """An [nxreduce] setting as NXReduce.get_parameter finds it: the parent's
     nxscans/settings, else a scan file's /entry/nxreduce, else tasks/settings.ini; (value,
@@ -510,6 +541,10 @@ def write_experiment(imported: Imported, source: str, dest, force: bool = False,
     files[2].parent.mkdir(parents=True, exist_ok=True)
     files[0].parent.mkdir(parents=True, exist_ok=True)
     imported.reference.write_poni(files[2])
+    if imported.mask is not None:
+        with atomic_path(dest / MASK_FILE) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("entry/mask", data=imported.mask.astype(np.int8), compression="gzip")
+        files.append(dest / MASK_FILE)
     for name, (values, where) in imported.monitors.items():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(dest / name, f"# NXRefine's monitor, from {where}\n# frame value\n"

@@ -343,6 +343,7 @@ class NXRefineEntry:
     # what NXRefine multiplies the monitor by (NXReduce.get_normalization): the attenuator's
     # transmission (a number) and the filter's (per frame: 1 - the shutter's log), or 1
     transmission: np.ndarray | float = 1.0
+    pixel_mask: np.ndarray | None = None  # bool (rows, cols), True = not used; None: none
 
 
 @dataclass(frozen=True)
@@ -461,6 +462,12 @@ def _entry(f, name: str, base: Path) -> NXRefineEntry:
         if signal in filt:
             transmission = transmission * np.asarray(filt[signal][()], dtype=float)
             where["filter_transmission"] = filt[signal].name
+    pixel_mask = None
+    if det is not None and isinstance(det.get("pixel_mask"), h5py.Dataset) and \
+            det["pixel_mask"].ndim == 2:
+        pixel_mask = np.asarray(det["pixel_mask"][()]) != 0  # (CCTW's --mask: nonzero = out)
+        where["pixel_mask"] = det["pixel_mask"].name
+        where["pixel_mask_file"] = det.file.filename
     raw_file, raw_dataset, missing = _raw_link(f, name, base)
     nframes = frame_shape = None
     if raw_file is not None and not missing:
@@ -474,7 +481,7 @@ def _entry(f, name: str, base: Path) -> NXRefineEntry:
         where["nframes"] = f[f"{name}/data/frame_number"].name
     return NXRefineEntry(name, raw_file, raw_dataset, missing, nframes, frame_shape, wavelength,
                          detector, goniometer, None if umat is None else np.asarray(umat),
-                         calibration, monitor, where, transmission)
+                         calibration, monitor, where, transmission, pixel_mask)
 
 
 def _grid(f, entries, where: dict) -> dict | None:
