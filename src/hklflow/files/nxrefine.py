@@ -60,6 +60,11 @@ file.)  Where the file system has no symbolic links, data/data links the raw fil
 Pixel and frame coordinates (peaks, beam centre) are hklflow's continuous ones (centre of
 pixel or frame i at i + 0.5), with which NXRefine maps every peak to hklflow's (h, k, l)
 (hklflow.model.nxrefine).
+
+The reader (read_nxrefine_scan, read_nxrefine_grid, read_6idd_logs: `hklflow import
+nxrefine`) takes NXRefine's own files as NXRefine reads them, read-only: the sample, each
+rotation's geometry, raw link, monitor, transmissions and pixel mask, the grid, and 6-ID-D's
+logs beside the raw frames.
 """
 from __future__ import annotations
 

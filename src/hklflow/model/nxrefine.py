@@ -1,9 +1,12 @@
 """hklflow's geometry and crystal in NXRefine's parameters (nexpy/nxrefine 0.1.1,
 ``nxrefine/nxrefine.py``, class NXRefine): the adapter at the edge, as pyFAI's fit2d
 module is for FIT2D.  Used by the NXRefine wrapper file (rule nxrefine_wrapper), the
-volume files' NXRefine sample fields, and bench/nxrefine_compare.py.
+volume files' NXRefine sample fields, bench/nxrefine_compare.py and, the other way
+(lab_frame, detector_lab_map, detector_geometry, goniometer, hklflow_ub), `hklflow import
+nxrefine`.
 
-NXRefine's frame (its ``Gvec``): x along the beam, z the phi axis; a pixel (x = column,
+NXRefine's frame (its ``Gvec``): x along the beam, z the phi axis (v_nx = T v from hklflow's
+lab: T_NX for the exporter, lab_frame's for an NXRefine experiment); a pixel (x = column,
 y = row) is at ``inv(Dmat) ps inv(Omat) (x - xc, y - yc, 0) + (distance, 0, 0)`` (mm), with
 ``inv(Dmat) = R1(roll) R2(pitch) R3(yaw)`` and Omat the signed permutation of its
 ``detector_orientation`` string; Q = (k_f - k_i) (1/Angstrom, no 2 pi, as hklflow's) is
