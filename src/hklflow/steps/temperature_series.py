@@ -3,6 +3,8 @@ by side on a common log intensity scale (reduction.merge.series_slice, read alon
 volume file)."""
 from __future__ import annotations
 
+import re
+
 from ..base.errors import ConfigError
 from ..files.volume import read_volume_header
 from ..pictures.preview import preview_label
@@ -30,11 +32,25 @@ def run(args, log) -> None:
     spec = settings_part(s, SeriesParams).series_slice
     sample = settings_part(s, SampleParams)
     cell = cell_of(args.inputs[0]) or sample.unit_cell()
-    preview = preview_label([read_volume_header(p).notes for p in args.inputs], full_ids=True)
+    notes = [read_volume_header(p).notes for p in args.inputs]
+    preview = preview_label(notes, full_ids=True)
+    # (rows hklflow run set aside: a volume made without them says so, and so does the picture)
+    aside = [line for n in notes for line in n.get("set_aside", [])]
+    for line in aside:
+        log.warning("made without the row %s", line)
+    without = made_without_line(aside)
     drawn = plot_series(list(zip(labels, args.inputs)), spec, args.png, sample.name,
-                        cell=cell, log=log, preview=preview)
+                        cell=cell, log=log, preview="\n".join(filter(None, (preview, without))))
     log.info("%s: slice %s at %d temperatures (%s) -> %s", sample.name, spec,
              len(drawn), ", ".join(drawn), args.png)
+
+
+def made_without_line(set_aside: list[str]) -> str:
+    """'made without tiny/300K/f2, ...' of hklflow run's set-aside lines (their scan ids,
+    in parentheses; the line itself where it has none); '' without any."""
+    ids = [m.group(1) if (m := re.search(r"\(([^()]+/[^()]+)\)", line)) else line
+           for line in set_aside]
+    return f"made without {', '.join(dict.fromkeys(ids))} (set aside)" if ids else ""
 
 
 def main(argv=None) -> int:
