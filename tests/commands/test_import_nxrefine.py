@@ -223,6 +223,32 @@ def test_pixel_masks_become_the_experiments_mask(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 
+def test_a_detector_its_own_calibration_disagrees_with_is_named(tmp_path):
+    """NXRefine's powder calibration (calibration/refinement/parameters, pyFAI's) beside its
+    detector fields: the same placement says nothing; NXRefine's own copy (yaw/pitch/roll =
+    degrees(rot1..3), which its formula reads as other rotations) is named, in pixels."""
+    import math
+
+    folder = tmp_path / "exp" / "s" / "a"
+    write_scan(folder, "s", "300K", {"f1": _params()}, temperature=300.0)
+    imp = import_experiment(tmp_path / "exp", tmp_path / "d")
+    ref = imp.reference
+    with h5py.File(folder / "s_300K.nxs", "a") as f:
+        par = f.create_group("f1/instrument/calibration/refinement/parameters")
+        for k, v in (("Distance", ref.dist), ("Poni1", ref.poni1), ("Poni2", ref.poni2),
+                     ("Rot1", ref.rot1), ("Rot2", ref.rot2), ("Rot3", ref.rot3)):
+            par[k] = v
+        par["Detector"] = "Pilatus300k"
+    assert not any("pyFAI calibration" in line
+                   for line in import_experiment(tmp_path / "exp", tmp_path / "d").report)
+    with h5py.File(folder / "s_300K.nxs", "a") as f:  # as NXRefine's calibration writes them
+        for k, rot in (("yaw", ref.rot1), ("pitch", ref.rot2), ("roll", ref.rot3)):
+            f[f"f1/instrument/detector/{k}"][()] = math.degrees(rot)
+    (line,) = [line for line in import_experiment(tmp_path / "exp", tmp_path / "d").report
+               if "pyFAI calibration" in line]
+    assert line.startswith("s_300K.nxs f1: its detector fields place pixels up to ")
+
+
 def test_monitors_with_their_transmissions_and_6idd_logs(tmp_path):
     """The photons on the sample, as NXRefine weighs frames: a scan file's monitor times its
     attenuator and filter transmissions; a scan file without one takes 6-ID-D's logs beside

@@ -38,7 +38,7 @@ from ..files.nxrefine import (NXRefineScan, read_6idd_logs, read_nxrefine_grid,
                               read_nxrefine_scan, scan_directory)
 from ..model import nxrefine as nx
 from ..model.crystal import space_group
-from ..model.geometry import detector_facts, pyfai_tables
+from ..model.geometry import DetectorGeometry, detector_facts, pyfai_tables
 from ..model.scan import temperature_label
 from ..settings.schema import schema
 from .init import (CONFIG_FILE, SCANS_TABLE, config_text, pyfai_detector_names, resolve_detector,
@@ -260,6 +260,7 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
         raise ConfigError(f"{ref_scan.path}: {ref.name}/instrument/monochromator/wavelength is "
                           "missing")
     reference = nx.detector_geometry(_lab_map(ref, T), name, wavelength, facts, orientation)
+    _against_calibration(reference, ref, ref_scan, report)
     where_ref = f"{ref_scan.path.name} /{ref.name}/instrument/detector"
     config_notes = {
         "instrument.wavelength": f"from {ref_scan.path.name} {ref.where['wavelength']}",
@@ -332,6 +333,32 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
         config_notes["instrument.detector.mask_file"] = mask[2]
     return Imported(with_defaults(config, schema()), config_notes, rows, row_notes, reference,
                     report, missing_raw, monitors, mask[3] if mask else None)
+
+
+def _against_calibration(reference, entry, scan: NXRefineScan, report: list) -> None:
+    """Where NXRefine's detector fields put the pixels against its own pyFAI calibration
+    (calibration/refinement/parameters), said when they differ by more than a tenth of a
+    pixel: its powder calibration copies pyFAI's rot1..3 as yaw/pitch/roll, which its own
+    formula reads as other rotations, and its refinement may have moved the detector since.
+    The detector fields are imported (what NXRefine's transforms used)."""
+    cal = entry.calibration or {}
+    keys = ("Distance", "Poni1", "Poni2", "Rot1", "Rot2", "Rot3")
+    if not all(isinstance(cal.get(k), float) for k in keys):
+        return
+    powder = DetectorGeometry(reference.detector, *(cal[k] for k in keys),
+                              wavelength=reference.wavelength)  # (pyFAI's orientation then: 3)
+    ny, nx_ = reference.shape
+    rows, cols = np.meshgrid(np.linspace(0.5, ny - 0.5, 5), np.linspace(0.5, nx_ - 0.5, 5),
+                             indexing="ij")
+    pos = reference.lab_positions(rows, cols)
+    r2, c2 = powder.pixel_from_direction(pos / np.linalg.norm(pos, axis=-1, keepdims=True))
+    off = float(np.nanmax(np.hypot(r2 - rows, c2 - cols)))
+    if off > 0.1:
+        report.append(f"{scan.path.name} {entry.name}: its detector fields place pixels up to "
+                      f"{off:.3g} px from its own pyFAI calibration ({entry.where['calibration']}; "
+                      "NXRefine copies pyFAI's rot1..3 as yaw/pitch/roll, and may have refined "
+                      "the detector since): the detector fields are imported, and hklflow "
+                      "refines the detector")
 
 
 def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, report,
