@@ -346,3 +346,15 @@ def test_an_experiment_nxrefine_wrote_is_imported_exactly(three_by_three, nx_pyt
 
     grid = yaml.safe_load((dest / "config" / "config.yaml").read_text())["reduction"]["transform"]
     assert grid["grid"] == {a: [-3.0, 3.0, 0.1] for a in "hkl"}  # NXRefine's, as the builder's
+
+
+def test_folder_names_become_hklflow_names():
+    """NXRefine's sample folders may hold what hklflow's names cannot (spaces, =): replaced
+    by _, and said."""
+    from hklflow.commands.import_nxrefine import _name
+
+    report = []
+    assert _name("Cr3Te4", report) == "Cr3Te4" and report == []
+    assert _name("LSCO x=0.12", report) == "LSCO_x_0.12"
+    assert report == ["sample 'LSCO x=0.12' is named 'LSCO_x_0.12' (hklflow's names: letters, "
+                      "digits, _, . and -)"]

@@ -274,7 +274,8 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
     rows, row_notes, samples, monitors = [], {}, {}, {}
     monitor_name = _setting(source, folders[0], "monitor") or DEFAULT_MONITOR
     for lf in folders:
-        hk_sample = lf.sample if len(samples_per_name[lf.sample]) == 1 else f"{lf.sample}_{lf.label}"
+        hk_sample = _name(lf.sample if len(samples_per_name[lf.sample]) == 1
+                          else f"{lf.sample}_{lf.label}", report)
         for path, why in lf.skipped:
             report.append(f"{path}: skipped: {why}")
         have = {s.path.stem for s in lf.scans}
@@ -359,6 +360,16 @@ def _against_calibration(reference, entry, scan: NXRefineScan, report: list) -> 
                       "NXRefine copies pyFAI's rot1..3 as yaw/pitch/roll, and may have refined "
                       "the detector since): the detector fields are imported, and hklflow "
                       "refines the detector")
+
+
+def _name(folder_name: str, report: list) -> str:
+    """An hklflow sample name of NXRefine's folder names (letters, digits, _, . and -, at most
+    64, starting with a letter or digit: docs/configuration.md), what else they hold as _."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", folder_name).lstrip("_.-")[:64] or "sample"
+    if name != folder_name:
+        report.append(f"sample {folder_name!r} is named {name!r} (hklflow's names: letters, "
+                      "digits, _, . and -)")
+    return name
 
 
 def _row(sample, temperature, scan, e, reference, T, facts, wavelength, dest, report,
