@@ -17,7 +17,6 @@ placeholder unless given, as `hklflow init` writes it.
 from __future__ import annotations
 
 import glob
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,6 +208,6 @@ def parse_numbers(text: str) -> list[int]:
         except ValueError:
             raise ConfigError(f"--scans {text!r}: expected numbers such as 12,13,20-22") from None
         out += list(range(a, b + 1))
-    if not out or len(set(out)) != len(out) or any(n < 0 or not math.isfinite(n) for n in out):
+    if not out or len(set(out)) != len(out) or any(n < 0 for n in out):
         raise ConfigError(f"--scans {text!r}: expected distinct scan numbers such as 12,13,20-22")
     return out
