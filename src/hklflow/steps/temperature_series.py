@@ -37,7 +37,7 @@ def run(args, log) -> None:
     # (rows hklflow run set aside: a volume made without them says so, and so does the picture)
     aside = [line for n in notes for line in n.get("set_aside", [])]
     for line in aside:
-        log.warning("made without the row %s", line)
+        log.info("made without the row %s", line)
     without = made_without_line(aside)
     drawn = plot_series(list(zip(labels, args.inputs)), spec, args.png, sample.name,
                         cell=cell, log=log, preview="\n".join(filter(None, (preview, without))))
