@@ -438,8 +438,8 @@ def _6idd_monitor(scan: NXRefineScan, e, monitor_name: str, report: list):
                       f"monitor setting; columns: {', '.join(meta)}): no monitor imported")
         return None, 1.0, None
     values = meta[monitor_name].copy()
-    values[0], values[-1] = values[1], values[-2]  # (as NXRefine: the first and last frames'
-    # counts are partial)
+    if values.size >= 3:  # (as NXRefine: the first and last frames' counts are partial)
+        values[0], values[-1] = values[1], values[-2]
     transmission = float(head.get("Calculated_filter_transmission", 1.0))
     where = f"{folder / (e.name + '_meta.txt')} column {monitor_name} (6-ID-D)"
     if "Calculated_filter_transmission" in head:
