@@ -109,7 +109,7 @@ def remove_stale_temporaries(path) -> list[Path]:
         pid, host = int(found.group(1)), found.group(2)
         try:
             if host == HOST:
-                if _process_alive(pid):
+                if process_alive(pid):
                     continue
             elif time.time() - tmp.stat().st_mtime < STALE_SECONDS:
                 continue
@@ -120,11 +120,16 @@ def remove_stale_temporaries(path) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one killed that nobody has reaped yet, a
+    zombie, does not; another user's does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

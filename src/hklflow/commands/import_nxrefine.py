@@ -84,7 +84,8 @@ def label_folders(source: Path) -> list[LabelFolder]:
     from ..raw.rawfiles import natural_key
 
     folders = ([source] if any(source.glob("*.nxs")) else
-               sorted({p.parent for p in source.glob("*/*/*.nxs")}, key=lambda p: natural_key(str(p))))
+               sorted({p.parent for p in source.glob("*/*/*.nxs")},
+                      key=lambda p: natural_key(str(p))))
     out = []
     for folder in folders:
         sample, label = folder.parent.name, folder.name
@@ -291,7 +292,8 @@ def import_experiment(source, dest, detector: str | None = None) -> Imported:
                 raise ConfigError(f"{scan.path} and {temps[label].path}: both at {label}; hklflow "
                                   "takes one scan file per sample and temperature")
             temps[label] = scan
-            row_notes[len(rows)] = f"{hk_sample} at {label}: from {scan.path} (temperature: {t_where})"
+            row_notes[len(rows)] = (f"{hk_sample} at {label}: from {scan.path} "
+                                    f"(temperature: {t_where})")
             for e in scan.entries:
                 rows.append(_row(hk_sample, t, scan, e, reference, T, facts, wavelength, dest,
                                  report, missing_raw, monitors, monitor_name))

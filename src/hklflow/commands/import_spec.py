@@ -171,8 +171,9 @@ def import_spec(spec_file, dest, numbers, frames: str, poni, sample: str,
                       "a, b, c (Angstrom), alpha, beta, gamma (deg)"),
                   "parent": {"temperature": float(parent[:-1])}}}}
     notes = {"instrument.wavelength": f"the PONI's ({poni})",
-             "instrument.goniometer.offset_axes.chi": "NXRefine's, as its QM2 beamline takes SPEC's "
-                                                  "angles: chi = 90 - SPEC's chi, theta = th",
+             "instrument.goniometer.offset_axes.chi": "NXRefine's, as its QM2 beamline takes "
+                                                      "SPEC's angles: chi = 90 - SPEC's chi, "
+                                                      "theta = th",
              f"calibrations.{CALIBRATION}.poni": f"imported from {poni}",
              f"samples.{sample}.parent.temperature": "the warmest temperature (give another "
                                                      "if the parent is not)"}

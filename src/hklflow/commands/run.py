@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..base import steplog
+from ..base.atomic import process_alive
 from ..planning import job_events, snakemake_processes
 from . import console
 
@@ -120,7 +121,8 @@ def unlock_if_killed(experiment: Path, log) -> bool:
         pid = int(pid)
     except (OSError, ValueError):
         return False
-    if host != socket.gethostname() or _alive(pid) or not snakemake_compat.lock_left(experiment):
+    if (host != socket.gethostname() or process_alive(pid)
+            or not snakemake_compat.lock_left(experiment)):
         return False
     if snakemake_processes.holders(experiment) != []:  # (None: processes cannot be listed)
         return False
@@ -135,20 +137,6 @@ def unlock_if_killed(experiment: Path, log) -> bool:
         return False
     path.unlink(missing_ok=True)
     return True
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, killed and not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def locked_advice(experiment: Path, again: str) -> str:

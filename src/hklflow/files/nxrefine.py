@@ -481,9 +481,10 @@ def _entry(f, name: str, base: Path) -> NXRefineEntry:
             nframes, frame_shape = int(ds.shape[0]), tuple(int(n) for n in ds.shape[1:])
         except (KeyError, OSError):
             missing = True
-    if nframes is None and _group(f, f"{name}/data") is not None and "frame_number" in f[f"{name}/data"]:
-        nframes = int(f[f"{name}/data/frame_number"].shape[0])
-        where["nframes"] = f[f"{name}/data/frame_number"].name
+    data = _group(f, f"{name}/data")
+    if nframes is None and data is not None and "frame_number" in data:
+        nframes = int(data["frame_number"].shape[0])
+        where["nframes"] = data["frame_number"].name
     return NXRefineEntry(name, raw_file, raw_dataset, missing, nframes, frame_shape, wavelength,
                          detector, goniometer, None if umat is None else np.asarray(umat),
                          calibration, monitor, where, transmission, pixel_mask)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..base import steplog
+from ..base.atomic import process_alive
 from ..base.errors import HklflowError
 from ..commands.console import plan_problem
 from ..commands.run import _passes_through, _split, workflow_dir
@@ -71,25 +72,12 @@ def refuse_joint_detector(cfg: dict, where) -> None:
             "refined and reduced once more)")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process that nobody has reaped yet is dead too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _pid_in(path: Path) -> int | None:
     try:
         pid = int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if _alive(pid) else None
+    return pid if process_alive(pid) else None
 
 
 class Watcher:
@@ -305,7 +293,7 @@ class Watcher:
         if running:
             self.log.info("waiting for the workflow run the previous watcher started (pid %d)",
                           running)
-            while _alive(running):
+            while process_alive(running):
                 time.sleep(1)
         # (at the start: no first run planned only to be refused)
         if not (refused or snakemake_compat.lock_left(self.expdir)):

@@ -27,10 +27,7 @@ from ..model.corrections.absorption import SampleShape
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
 from ..model.scan import ScanRow, temperature_label
-from ..raw.monitors import (CBF_HEADER, CBF_HEADER_PREFIX, COLUMN_FILE, COLUMN_FILE_SUFFIXES,
-                            HDF5_DATASET, check_one_frame_header, monitor_kind,
-                            read_column_file)
-from ..raw.rawfiles import is_hdf5_path
+from ..raw.monitors import check_row_monitor
 from ..settings.params import STEP_PARAMS, CalibrationParams, DetectorParams, SampleParams
 from ..settings.scaling import ScalingParams
 from ..settings.schema import schema, validator_with_defaults
@@ -759,43 +756,6 @@ def _samples(cfg: dict, where: str) -> dict:
     return samples
 
 
-def _check_monitor(scan: ScanRow, label: str, base_dir: Path) -> None:
-    """A row's monitor, as far as reading the table may check it: its kind fits the row's
-    data, a column file is read whole, the CBF header of one frame file has the field (ingest
-    reads every frame's: millions of files are not read while planning)."""
-    kind = monitor_kind(scan.data, scan.monitor)
-    where = f"{label} ({scan.id}): field 'monitor'"
-    given = scan.monitor
-    if kind == HDF5_DATASET and given.lower().startswith(CBF_HEADER_PREFIX):
-        raise ConfigError(f"{where}: {given!r} reads the header of CBF frame files, but the "
-                          f"row's data {scan.data} are HDF5: expected the path of a dataset "
-                          "in the data file, with one value per frame")
-    if kind == HDF5_DATASET and (base_dir / given).is_file():
-        raise ConfigError(f"{where}: {given} is a file: on a row of HDF5 data the monitor is "
-                          "the path of a dataset in the data file, or a column file whose name "
-                          f"ends in {', '.join(COLUMN_FILE_SUFFIXES)}")
-    if kind == COLUMN_FILE and not (base_dir / given).exists():
-        relative = "" if Path(given).is_absolute() else (
-            f" (relative to the experiment directory {base_dir.resolve()})")
-        raise ConfigError(f"{where}: {given} does not exist{relative}: expected a text file "
-                          "of one value per frame" + (
-                              "" if is_hdf5_path(scan.data) else
-                              ", or cbf:FIELD for a field of the frames' CBF headers, e.g. "
-                              "cbf:Flux (a dataset path is the monitor of rows whose data are "
-                              "HDF5 files)"))
-    try:
-        if kind == COLUMN_FILE:
-            read_column_file(base_dir / given, scan.nframes, more_allowed=scan.in_progress,
-                             shown=given)
-        elif kind == CBF_HEADER:
-            check_one_frame_header(scan.data, given, base_dir)
-    except OSError as exc:
-        raise ConfigError(f"{where}: {exc.filename or given}: cannot be read: "
-                          f"{exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
 def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
            offset_names: list[str], base_dir: Path = Path(".")) -> tuple:
     scans, seen = [], {}
@@ -834,7 +794,7 @@ def _scans(rows: list[dict], table: str, samples: dict, calibrations: dict,
             raise ConfigError(f"{label}: field 'planned_frames': {scan.planned_frames}, fewer "
                               f"than the {scan.nframes} frames of nframes: expected the frames "
                               "the whole scan will have (0 or empty when it is complete)")
-        _check_monitor(scan, label, base_dir)
+        check_row_monitor(scan, label, base_dir)
         if scan.id in seen:
             raise ConfigError(f"{label}: scan {scan.id} repeats row {seen[scan.id]}")
         seen[scan.id] = i

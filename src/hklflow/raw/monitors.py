@@ -14,9 +14,9 @@ On a row of HDF5 data it is the path of a dataset in the data file, or a column 
 name ends in one of COLUMN_FILE_SUFFIXES.
 
 Values are counts or fluxes: finite and >= 0.  The scans table is checked when it is read
-(hklflow.planning.config): the column file whole, the header of one frame file; ingest reads every
-frame's header (it opens every frame file to fingerprint it anyway) and stores the values
-in scan.nxs as it stores an HDF5 monitor's.
+(check_row_monitor, from hklflow.planning.config): the column file whole, the header of one
+frame file; ingest reads every frame's header (it opens every frame file to fingerprint it
+anyway) and stores the values in scan.nxs as it stores an HDF5 monitor's.
 """
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ import glob
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import ConfigError
 from ..files.cbf_header import CbfHeader, CbfHeaderTooLong, NotCbfError, read_cbf_header
 from .rawfiles import is_hdf5_path
 
@@ -232,3 +234,41 @@ def header_monitor(files, field: str) -> np.ndarray:
                          "0 then): expected the monitor from a column file (scans table, "
                          "field 'monitor'), or none")
     return values
+
+
+def check_row_monitor(scan, label: str, base_dir: Path) -> None:
+    """A scans-table row's monitor (scan: model.scan.ScanRow; label: 'TABLE: row N'), as far
+    as reading the table may check it, ConfigError naming the row and field: its kind fits
+    the row's data, a column file is read whole, the CBF header of one frame file has the
+    field (ingest reads every frame's: millions of files are not read while planning)."""
+    kind = monitor_kind(scan.data, scan.monitor)
+    where = f"{label} ({scan.id}): field 'monitor'"
+    given = scan.monitor
+    if kind == HDF5_DATASET and given.lower().startswith(CBF_HEADER_PREFIX):
+        raise ConfigError(f"{where}: {given!r} reads the header of CBF frame files, but the "
+                          f"row's data {scan.data} are HDF5: expected the path of a dataset "
+                          "in the data file, with one value per frame")
+    if kind == HDF5_DATASET and (base_dir / given).is_file():
+        raise ConfigError(f"{where}: {given} is a file: on a row of HDF5 data the monitor is "
+                          "the path of a dataset in the data file, or a column file whose name "
+                          f"ends in {', '.join(COLUMN_FILE_SUFFIXES)}")
+    if kind == COLUMN_FILE and not (base_dir / given).exists():
+        relative = "" if Path(given).is_absolute() else (
+            f" (relative to the experiment directory {base_dir.resolve()})")
+        raise ConfigError(f"{where}: {given} does not exist{relative}: expected a text file "
+                          "of one value per frame" + (
+                              "" if is_hdf5_path(scan.data) else
+                              ", or cbf:FIELD for a field of the frames' CBF headers, e.g. "
+                              "cbf:Flux (a dataset path is the monitor of rows whose data are "
+                              "HDF5 files)"))
+    try:
+        if kind == COLUMN_FILE:
+            read_column_file(base_dir / given, scan.nframes, more_allowed=scan.in_progress,
+                             shown=given)
+        elif kind == CBF_HEADER:
+            check_one_frame_header(scan.data, given, base_dir)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.filename or given}: cannot be read: "
+                          f"{exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
