@@ -512,8 +512,8 @@ def test_cbf_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
     before = observe("cbf", pattern)
     (tmp_path / "f_3.cbf").write_bytes(content)
     read = []
-    real = growing._cbf_complete
-    monkeypatch.setattr(growing, "_cbf_complete",
+    real = growing._cbf_binary_end
+    monkeypatch.setattr(growing, "_cbf_binary_end",
                         lambda path, *a: read.append(os.path.basename(path)) or real(path, *a))
     assert observe("cbf", pattern, None, before).complete_frames == 3
     assert read == ["f_3.cbf"]

@@ -179,6 +179,60 @@ def test_frames_cut_between_two_looks_are_a_problem_at_the_next(tmp_path, cuttin
     assert "cut short (truncated) during acquisition" in twice.problem
 
 
+def _cbf_frame(tmp_path) -> bytes:
+    """A CBF frame of several file-system blocks (a hole is whole blocks)."""
+    import fabio.cbfimage
+    import numpy as np
+
+    scratch = tmp_path / "scratch.cbf"
+    data = np.random.default_rng(1).integers(0, 1 << 20, (128, 160)).astype(np.int32)
+    fabio.cbfimage.CbfImage(data=data).write(str(scratch))
+    content = scratch.read_bytes()
+    scratch.unlink()
+    assert len(content) > 16 * 4096
+    return content
+
+
+def _write_cut(path: Path, content: bytes, cut_at: int, written: int) -> None:
+    """Write `content` as a writer does whose file is cut to `cut_at` bytes after it wrote
+    `written`, and which writes on at its own offset (leaving a hole)."""
+    with open(path, "wb") as f:
+        f.write(content[:written])
+        f.flush()
+        os.truncate(path, cut_at)
+        f.write(content[written:])
+
+
+def test_a_cbf_frame_cut_short_and_written_on_is_a_problem(tmp_path):
+    if not _sparse_files_here(tmp_path):
+        pytest.skip("this file system does not report holes (SEEK_HOLE)")
+    content = _cbf_frame(tmp_path)
+    pattern = str(tmp_path / "f_*.cbf")
+    for k in (1, 2):
+        (tmp_path / f"f_{k}.cbf").write_bytes(content)
+    cut = tmp_path / "f_3.cbf"
+    _write_cut(cut, content, 4096, 12 * 4096)
+    assert os.path.getsize(cut) == len(content)  # complete by its size alone
+    once = observe("cbf", pattern)
+    assert once.problem is None and once.complete_frames == 2
+    assert "f_3.cbf: bytes" in once.waiting and "hold no data (a hole)" in once.waiting
+    twice = observe("cbf", pattern, previous=once)
+    assert twice.complete_frames == 2
+    assert twice.problem.startswith(f"{cut}: bytes ")
+    assert "cut short (truncated) during acquisition and written on; it is not merged" in (
+        twice.problem)
+    # a frame counted whole, then cut and written on past its old end, is a problem at once
+    (tmp_path / "f_3.cbf").write_bytes(content)
+    whole = observe("cbf", pattern)
+    assert whole.complete_frames == 3 and whole.problem is None
+    with open(tmp_path / "f_2.cbf", "r+b") as f:
+        f.seek(12 * 4096)
+        os.truncate(f.name, 4096)
+        f.write(content[12 * 4096:] + b"\n")  # (the file grows past its old size)
+    now = observe("cbf", pattern, previous=whole)
+    assert now.problem.startswith(f"{tmp_path / 'f_2.cbf'}: bytes ")
+
+
 def test_the_watcher_shows_a_file_cut_short_as_a_problem_and_merges_it_nowhere(
         tmp_path, cutting_writer):
     """`hklflow watch` on a file truncated while it is acquired: shown as a problem in

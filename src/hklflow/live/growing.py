@@ -23,8 +23,9 @@ counts (frames are used in order: frame k is rotation angle k).  Three layouts
 ``cbf``
     One Pilatus CBF file per frame (a glob pattern, natural order).  A file counts when its
     binary section is all there: X-Binary-Size bytes after the binary marker, read from
-    the header and the file size only (no decoding: cheap for thousands of files).  A gap
-    in the files' frame numbers stops the count (a file not written yet, or lost).
+    the header and the file size only (no decoding: cheap for thousands of files), with no
+    hole before its end (SEEK_HOLE).  A gap in the files' frame numbers stops the count (a
+    file not written yet, or lost).
 
 While a file is being written, HDF5 may fail to open or read it in ways that pass
 (TRANSIENT_HDF5_ERRORS): those are retried a few times and then taken as "not complete
@@ -35,8 +36,8 @@ Observation.to_dict/from_dict, so that a watcher keeps it across restarts): a co
 replaced (another inode or device), shrunk, gone, or a complete-frame count that went down
 is reported in Observation.problem (not raised: the watcher reports it and does not merge
 the scan).  So are an HDF5 stack's counted frames whose chunks now lie past the file's end
-or in a hole of it (SEEK_HOLE): a file cut short and written on past the cut, whose size
-never shrank between two looks.  Frames found complete before in the same, unshrunk file
+or in a hole of it (SEEK_HOLE), and a CBF file with a hole in its frame: a file cut short
+and written on past the cut, whose size never shrank between two looks.  Frames found complete before in the same, unshrunk file
 are not checked again, so a long scan costs only its new frames (and a file that is
 unreadable for a moment keeps its count).
 
@@ -223,7 +224,7 @@ class _Count:
     identity: list
     planned: int | None = None
     waiting: str | None = None
-    problem: str | None = None  # (found by the look itself: hklflow.live.growing._cut_chunks)
+    problem: str | None = None  # (found by the look itself: _cut_chunks, _cbf_hole)
 
     def add(self, path: str, frames: int, identity) -> None:
         self.files.append(path)
@@ -282,7 +283,7 @@ def observe(layout: str, path_or_pattern: str, dataset: str | None = DEFAULT_DAT
     elif layout == "eiger":
         count = _observe_eiger(source, known_files, base_dir, frame_shape, attempts, retry_delay)
     elif layout == "cbf":
-        count = _observe_cbf(source, known_files, base_dir, frame_shape)
+        count = _observe_cbf(source, known_files, base_dir, frame_shape, previous)
     elif layout == "files":
         raise RawDataError(f"{source}: cannot tell when these frame files are complete: "
                            "a scan followed while it is collected must be CBF files, an "
@@ -295,18 +296,19 @@ def observe(layout: str, path_or_pattern: str, dataset: str | None = DEFAULT_DAT
                        files=tuple(count.files), frames_per_file=tuple(count.frames),
                        identity=tuple(count.identity),
                        problem=_problem(source, previous, complete,
-                                        dict(zip(count.files, count.identity))) or count.problem,
+                                        dict(zip(count.files, count.identity)), count.problem),
                        waiting=count.waiting)
 
 
 def _problem(source: str, previous: Observation | None, complete: int,
-             seen: dict) -> str | None:
+             seen: dict, found: str | None) -> str | None:
     """What changed under the watcher since `previous` (None: nothing); seen: the
-    identities of the files just counted (the others are looked at again)."""
-    if previous is None:
-        return None
-    if previous.problem:
+    identities of the files just counted (the others are looked at again); found: what
+    this look found wrong itself (a hole), the more precise."""
+    if previous is not None and previous.problem:
         return previous.problem
+    if previous is None or found:
+        return found
     for path, then in zip(previous.files, previous.identity):
         now = seen[path] if path in seen else _identity(path)
         if now is None:
@@ -550,14 +552,15 @@ def _frame_number(path: str) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def _cbf_complete(path: str, size: int, frame_shape) -> bool:
-    """Whether the CBF file `path` (of `size` bytes) holds its whole binary section."""
+def _cbf_binary_end(path: str, size: int, frame_shape) -> int | None:
+    """Where the binary section of the CBF file `path` (of `size` bytes) ends, None while it
+    is not all there."""
     try:
         header = read_cbf_header(path)
     except (NotCbfError, CbfHeaderUnfinished):  # (no ###CBF yet, or the header being written)
-        return False
+        return None
     if header.data_start is None:  # (its binary section's MIME header being written)
-        return False
+        return None
     values = header.binary
     try:
         binary_size = int(values["x-binary-size"])
@@ -570,10 +573,19 @@ def _cbf_complete(path: str, size: int, frame_shape) -> bool:
         if shape != tuple(frame_shape):
             raise RawDataError(f"{path}: frame of {shape[0]} x {shape[1]} pixels (rows x "
                                f"columns); expected {frame_shape[0]} x {frame_shape[1]}")
-    return size >= header.data_start + binary_size
+    end = header.data_start + binary_size
+    return end if size >= end else None
 
 
-def _observe_cbf(source, known_files, base_dir, frame_shape):
+def _cbf_hole(path: str, end: int) -> tuple[int, int] | None:
+    """The first hole (start, end bytes) before `end` in `path`: a file cut short
+    (truncated) while it was written, and written on past the cut, reads zeros there,
+    which the byte-offset code decodes without complaint."""
+    _size, holes = _holes(path)
+    return next(((a, min(b, end)) for a, b in holes if a < end), None)
+
+
+def _observe_cbf(source, known_files, base_dir, frame_shape, previous=None):
     count = _Count([], [], [])
     files = matching_files(source, base_dir)
     number_before = None
@@ -588,10 +600,23 @@ def _observe_cbf(source, known_files, base_dir, frame_shape):
             count.waiting = f"{path}: does not exist (any more)"
             break
         known = known_files.get(path)
-        if not (known is not None and tuple(known[0]) == identity
-                or _cbf_complete(path, identity[2], frame_shape)):
-            count.waiting = f"{path}: binary section not complete yet (being written?)"
-            break
+        if not (known is not None and tuple(known[0]) == identity):
+            end = _cbf_binary_end(path, identity[2], frame_shape)
+            if end is None:
+                count.waiting = f"{path}: binary section not complete yet (being written?)"
+                break
+            hole = _cbf_hole(path, end)
+            if hole is not None:
+                text = (f"{path}: bytes {hole[0]} to {hole[1]} of its frame hold no data (a "
+                        "hole): it was cut short (truncated) during acquisition and written "
+                        "on; it is not merged")
+                # a file counted before, or holed at the last look too (a writer may leave
+                # a hole for a moment: a new file is given one more look)
+                if known is not None or (previous is not None and previous.waiting == text):
+                    count.problem = text
+                else:
+                    count.waiting = text
+                break
         count.add(path, 1, identity)
         number_before = number
     if not files:
