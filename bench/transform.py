@@ -222,8 +222,9 @@ def corrections_section(path, scan, table, grid, nframes: int, repeats: int) -> 
     """The corrections of issue 81 (model.corrections), alternating: CPU of adding the frames
     in chunks of 16 as transform_frames does, with today's pixel table (solid angle,
     polarization), with every per-pixel correction (+ air; made once per job, the same
-    kernel), and with a plate's absorption per pixel and frame (mu t = 0.8, normal c*:
-    PixelFrames' tables of each chunk's parts); and the one-off CPU of making each table."""
+    kernel), and with a plate's absorption per pixel and frame (mu t = 0.8, normal c*,
+    evaluated in the kernel from each frame's table: PixelFrames); and the one-off CPU of
+    making each table."""
     from hklflow.algorithms.transform import Transformer, frame_matrices
     from hklflow.algorithms.transform.pixels import PixelFrames, pixel_table
     from hklflow.model.corrections import SampleShape, corrections_for
@@ -255,24 +256,20 @@ def corrections_section(path, scan, table, grid, nframes: int, repeats: int) -> 
         pf = PixelFrames(t, corr.pixel_frame[0], geom.wavelength) \
             if corr is not None and corr.pixel_frame else None
         c = time.process_time()
-        parts = 0
         for a in range(0, nframes, chunk):
             b = min(a + chunk, nframes)
-            for pa, pb, pt in ([(a, b, None)] if pf is None else pf.parts(a, b)):
-                tr.add(frames[pa:pb], M[pa:pb], ones[pa:pb], pixels=pt)
-                parts += 1
-        return time.process_time() - c, parts
+            tr.add(frames[a:b], M[a:b], ones[a:b], frame_numbers=np.arange(a, b),
+                   pixel_frames=pf)
+        return time.process_time() - c
     for key in made:
         run(key)  # (compiled, pages mapped)
     times = {k: [] for k in made}
-    parts = {}
     for _ in range(repeats):
         for key in made:
-            dt, parts[key] = run(key)
-            times[key].append(dt)
+            times[key].append(run(key))
     per_frame = {k: min(v) / nframes * 1e3 for k, v in times.items()}
     return {"frames": nframes, "chunk_frames": chunk,
-            "cpu_ms_per_frame": per_frame, "parts": parts,
+            "cpu_ms_per_frame": per_frame,
             "ratio_pixel": per_frame["pixel"] / per_frame["today"],
             "ratio_plate": per_frame["plate"] / per_frame["today"],
             "ratios_plate_by_repeat": [b / a for a, b in zip(times["today"], times["plate"])],
@@ -405,7 +402,7 @@ def correction_report(report, path, scan, table, grid, args) -> list[str]:
         f"{cm['pixel']:.2f} ms ({c['ratio_pixel']:.3f}x), a plate's absorption "
         f"{cm['plate']:.2f} ms ({c['ratio_plate']:.3f}x; by repeat "
         + ", ".join(f"{r:.2f}" for r in c["ratios_plate_by_repeat"])
-        + f"; {c['parts']['plate']} parts for {c['parts']['today']} chunks; goal <= 1.15)",
+        + "; goal <= 1.15)",
         "  one-off table CPU: " + ", ".join(f"{k} {v:.2f} s"
                                             for k, v in c["table_cpu_s"].items())]
 

@@ -11,8 +11,8 @@ import pytest
 
 from hklflow.algorithms.transform.pixels import PixelFrames, pixel_table
 from hklflow.model.corrections import PixelRays, SampleShape, corrections_for
-from hklflow.model.corrections.absorption import (FRAME_TOLERANCE, PlateAbsorption,
-                                                  cylinder_transmission, plate_transmission)
+from hklflow.model.corrections.absorption import (PlateAbsorption, cylinder_transmission,
+                                                  plate_transmission)
 from hklflow.model.corrections.attenuation import linear_attenuation
 from hklflow.model.geometry import DetectorGeometry, Goniometer, ScanAngles, ScanGeometry
 from hklflow.model.sensor import HC_KEV_ANGSTROM
@@ -144,7 +144,7 @@ def plate_scan(mu_t=0.8):
     return g, scan, shape
 
 
-def test_the_plate_turns_with_the_crystal_and_frames_split_where_it_changes():
+def test_the_plate_turns_with_the_crystal_and_its_frame_tables_are_the_closed_form():
     g, scan, shape = plate_scan()
     plate = PlateAbsorption(shape, g.wavelength, scan, 0.1)
     rays = PixelRays(g, *(a.ravel() for a in g.pixel_grid()))
@@ -154,20 +154,19 @@ def test_the_plate_turns_with_the_crystal_and_frames_split_where_it_changes():
     assert np.allclose(plate.factor(d, 0.0), plate_transmission(1.0, d @ n0, 0.8))
     # 90 degrees on (frame 180), edge-on: every ray left out
     assert not plate.factor(d, 180.0).any()
-    parts = plate.over_frames(d, 100, 116)
-    assert parts[0][0] == 100 and parts[-1][1] == 116
-    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
-    assert len(parts) > 1  # (near edge-on it changes fast)
-    for a, b, f in parts:
-        fa, fb = plate.factor(d, a), plate.factor(d, b)
-        both = (fa > 0) & (fb > 0)
-        assert b - a == 1 or np.max(np.abs(fa - fb)[both] / fb[both]) <= FRAME_TOLERANCE
-    table = pixel_table(g, g.detector_mask(), corrections_for(g, air=False))
-    pf = PixelFrames(table, plate, g.wavelength)
-    for a, b, t in pf.parts(0, 16):
-        f = plate.factor(pf.directions, 0.5 * (a + b))
-        assert np.allclose(table.corr_all[table.index] / t.corr_all[table.index], f,
-                           rtol=2 * FRAME_TOLERANCE)
+    # what the kernels look up: frame f's table at its centre, a ray's cosine from its Q
+    frames = np.array([0, 100, 130, 140, 179])
+    tables, normals, c_in = plate.frame_tables(frames)
+    q = rays.q
+    for f, table, n, c in zip(frames, tables, normals, c_in):
+        assert c == pytest.approx(float(n @ n0)) and c >= 0
+        cosine = g.wavelength * (q @ n) + c
+        assert np.allclose(cosine, d @ n, atol=1e-12)
+        looked_up = np.interp(cosine, np.linspace(-1, 1, table.size), table)
+        want = plate.factor(d, f + 0.5)
+        kept = want > 0
+        assert kept.any() == (f != 179)
+        np.testing.assert_allclose(looked_up[kept], want[kept], rtol=2e-5, atol=1e-6)
 
 
 def test_a_shape_is_checked_and_mu_comes_from_its_formula():
@@ -187,20 +186,48 @@ def test_a_shape_is_checked_and_mu_comes_from_its_formula():
                         "density": 1.0}).mu_at(lam)
 
 
-def test_the_compiled_plate_tables_are_the_closed_forms():
-    """PixelFrames' compiled path (the factor looked up in tables over the cosine) against
-    its numpy path (the closed form at every pixel): the same parts, the same corrections
-    within the tables' interpolation."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kernels_plate_is_the_closed_form_at_each_frames_centre(threads):
+    """The plate's factor evaluated in the transform's kernel (PixelFrames compiled: each
+    pixel's cosine from its Q, looked up in the frame's table) against its numpy reference
+    (the closed form at every pixel and frame's centre, a pixel table per frame): the same
+    sums within float32, the same pixel-frames left out; face-on, nearing and near
+    edge-on, one thread and two."""
+    from hklflow.algorithms.transform import Transformer, frame_matrices
+    from hklflow.model.grid import Axis, Grid
+
     g, scan, shape = plate_scan()
     plate = PlateAbsorption(shape, g.wavelength, scan, 0.1)
     table = pixel_table(g, g.detector_mask(), corrections_for(g, air=False))
-    for first, stop in ((0, 16), (150, 166), (172, 188)):  # face-on, nearing and near edge-on
-        fast = PixelFrames(table, plate, g.wavelength).parts(first, stop)
-        slow = PixelFrames(table, plate, g.wavelength, compiled=False).parts(first, stop)
-        assert [(a, b) for a, b, _ in fast] == [(a, b) for a, b, _ in slow]
-        for (_, _, f), (_, _, s) in zip(fast, slow):
-            assert np.array_equal(f.corr_all > 0, s.corr_all > 0)
-            np.testing.assert_allclose(f.corr_all, s.corr_all, rtol=2e-5)
+    grid = Grid(Axis(-3, 0.05, 121), Axis(-3, 0.05, 121), Axis(-3, 0.05, 121))
+    rng = np.random.default_rng(2)
+    for first, stop in ((0, 6), (126, 132), (138, 144)):
+        frames = rng.poisson(50, (stop - first,) + g.shape).astype(np.int32)
+        M = frame_matrices(scan, first, stop, 1)
+        numbers = np.arange(first, stop)
+        fast = PixelFrames(table, plate, g.wavelength)
+        slow = PixelFrames(table, plate, g.wavelength, compiled=False)
+        kernel, reference = (Transformer(grid, table, 1e9, threads=threads),
+                             Transformer(grid, table, 1e9))
+        try:
+            assert fast.parts(first, stop) == [(first, stop, None)]
+            kernel.add(frames, M, np.ones(stop - first), frame_numbers=numbers,
+                       pixel_frames=fast)
+            for a, b, t in slow.parts(first, stop):
+                reference.add(frames[a - first:b - first], M[a - first:b - first],
+                              np.ones(b - a), frame_numbers=numbers[a - first:b - first],
+                              pixels=t)
+        finally:
+            kernel.close()
+            reference.close()
+        s_k, w_k = kernel.acc.arrays()[:2]
+        s_r, w_r = reference.acc.arrays()[:2]
+        assert (slow.left_out > 0) == (first > 0)
+        assert fast.left_out == pytest.approx(slow.left_out, rel=0.05, abs=50)
+        assert np.count_nonzero(w_k != w_r) <= 1e-4 * np.count_nonzero(w_r)
+        same = (w_k == w_r) & (w_r > 0)
+        np.testing.assert_allclose(s_k[same], s_r[same], rtol=1e-4)
+        assert s_k[w_k > 0].sum() == pytest.approx(s_r[w_r > 0].sum(), rel=1e-4)
 
 
 def test_the_kernels_skip_a_pixel_whose_correction_is_0():

@@ -242,12 +242,14 @@ class Transformer:
 
     def add(self, frames: np.ndarray, M: np.ndarray, scale: np.ndarray,
             bragg: np.ndarray | None = None, bragg_blocks: np.ndarray | None = None,
-            frame_numbers=None, pixels: PixelTable | None = None) -> None:
+            frame_numbers=None, pixels: PixelTable | None = None,
+            pixel_frames: PixelFrames | None = None) -> None:
         """Add frames (nf, rows, cols) with their matrices M (nf, nsub, 3, 3), per-frame
         scale and the Bragg mask (nf, rows * cols) uint8 (for the masked transform) with its
         block summary (bragg_block_summary; made here when not given); frame_numbers: the
-        frames' numbers in the scan (for the half sets); pixels: the pixel table of these
-        frames (a correction per pixel and frame: PixelFrames), else the transformer's."""
+        frames' numbers in the scan (for the half sets, and pixel_frames); pixels: the
+        pixel table of these frames, else the transformer's; pixel_frames: a correction per
+        pixel and frame the kernels evaluate (PixelFrames, compiled)."""
         nf = frames.shape[0]
         flat = frames.reshape(nf, -1)
         if flat.shape[1] != self.table.qx.shape[0]:
@@ -255,20 +257,34 @@ class Transformer:
                              f"of the detector {self.table.shape}")
         acc = self.acc
         table = pixels if pixels is not None else self.table
-        args = (flat, table.qx, table.qy, table.qz, table.corr_all, M,
-                np.asarray(scale, np.float64), largest_trusted_value(self.trusted_max, flat.dtype),
+        corr = self._corr_args(table, pixel_frames, frame_numbers, nf)
+        args = (M, np.asarray(scale, np.float64),
+                largest_trusted_value(self.trusted_max, flat.dtype),
                 *self._bragg_args(bragg, bragg_blocks, nf), self.allowed, self.allowed_off,
                 self.hkl_r2, acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max,
                 acc.size, acc.kernel_cells, acc.second, self.live, *self._sub_step_plan(M))
         half = self._half_args(frame_numbers, nf)
         self._finish(self._submit(
-            lambda share: _accumulate(*args, *self._variance_args(), *half(share), share),
+            lambda share: _accumulate(flat, table.qx, table.qy, table.qz, corr, *args,
+                                      *self._variance_args(), *half(share), share),
             self._shares_for(M)))
+
+    @staticmethod
+    def _corr_args(table: PixelTable, pixel_frames, frame_numbers, nf: int) -> tuple:
+        """The kernels' corr: (the table's corrections, None), or with pixel_frames (...,
+        the plate's factor of frames frame_numbers)."""
+        if pixel_frames is None:
+            return table.corr_all, None
+        if frame_numbers is None or len(frame_numbers) != nf:
+            raise ValueError(f"a correction per pixel and frame needs the scan's numbers of "
+                             f"the {nf} frames added")
+        return table.corr_all, pixel_frames.kernel_plate(frame_numbers)
 
     def add_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                        bragg: np.ndarray | None = None,
                        bragg_blocks: np.ndarray | None = None, frame_numbers=None,
-                       pixels: PixelTable | None = None) -> bool:
+                       pixels: PixelTable | None = None,
+                       pixel_frames: PixelFrames | None = None) -> bool:
         """add() of frames given as their bitshuffle-LZ4 chunks (FrameStack.read_compressed),
         each block of pixels decompressed just before it is added: the same sums, without
         writing the frames to memory whole and reading them back (on several threads, each
@@ -276,7 +292,7 @@ class Transformer:
         does not apply: a compression block that does not divide the kernel's blocks, no
         compiled untranspose for the type; then add() the frames read."""
         pending = self.submit_compressed(frames, M, scale, bragg, bragg_blocks, frame_numbers,
-                                         pixels)
+                                         pixels, pixel_frames)
         if pending is False:
             return False
         self._finish(pending)
@@ -285,8 +301,8 @@ class Transformer:
     def submit_compressed(self, frames: CompressedFrames, M: np.ndarray, scale: np.ndarray,
                           bragg: np.ndarray | None = None,
                           bragg_blocks: np.ndarray | None = None,
-                          frame_numbers=None, pixels: PixelTable | None = None
-                          ) -> list[Future] | bool:
+                          frame_numbers=None, pixels: PixelTable | None = None,
+                          pixel_frames: PixelFrames | None = None) -> list[Future] | bool:
         """add_compressed() without waiting for the threads' shares (threads > 1): returns
         their futures (the frames' buffer and the Bragg mask must stay as they are until
         they are done), or False where it does not apply (nothing added)."""
@@ -314,8 +330,8 @@ class Transformer:
         stored = (frames.stream, positions, frames.elements, frames.block,
                   stream.OWN_UNTRANSPOSE)
         table = pixels if pixels is not None else self.table
-        args = (table.qx, table.qy, table.qz, table.corr_all, M,
-                np.asarray(scale, np.float64),
+        corr = self._corr_args(table, pixel_frames, frame_numbers, len(frames))
+        args = (M, np.asarray(scale, np.float64),
                 largest_trusted_value(self.trusted_max, frames.dtype),
                 *bragg_args, self.allowed, self.allowed_off, self.hkl_r2,
                 acc.origin, acc.inv_step, acc.dims, acc.nbricks, self.q_max, acc.size,
@@ -326,8 +342,8 @@ class Transformer:
         def kernel(share):  # (each thread a block of values and of decompressed bytes)
             status = stream.accumulate_stream(*stored, np.empty(BLOCK, frames.dtype),
                                               np.empty(frames.block * itemsize, np.uint8),
-                                              *args, *self._variance_args(), *half(share),
-                                              share)
+                                              table.qx, table.qy, table.qz, corr, *args,
+                                              *self._variance_args(), *half(share), share)
             if status < 0:
                 raise damaged(status)
         return self._submit(kernel, self._shares_for(M))
@@ -386,7 +402,8 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
     next), else decompressed, the next chunk read ahead as frames.frame_reader does for the
     transformer's threads; the masked transform leaves out the Bragg regions of mask
     (masking.ScanMask).  scale: per-frame multipliers for frames first..stop; pixel_frames:
-    a correction per pixel and frame, each chunk added in the parts of frames it gives.
+    a correction per pixel and frame (PixelFrames: the kernels evaluate it, or, its numpy
+    reference, each chunk added in the parts of frames it gives).
     Returns the seconds spent in the kernel (and mask painting; with threads, the
     pass's)."""
     chunk = max(1, min(int(chunk_frames), stop - first))
@@ -446,6 +463,8 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                 slot.painted = (a, b)
                 bragg, blocks = slot.bragg[:b - a], slot.blocks[:b - a]
             parts = [(a, b, None)] if pixel_frames is None else pixel_frames.parts(a, b)
+            in_kernel = pixel_frames if pixel_frames is not None and pixel_frames.compiled \
+                else None
             pending_parts, read_back = [], None
             for pa, pb, table in parts:
                 p0, p1 = pa - a, pb - a
@@ -456,7 +475,7 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                     if not np.isnan(s).any():
                         added = transformer.submit_compressed(
                             _frames_part(frames, p0, p1), M[p0:p1], s, *bragg_part,
-                            np.arange(pa, pb), table)
+                            np.arange(pa, pb), table, in_kernel)
                     if added is False:  # (frames left out, blocks the kernel cannot take)
                         read_back = stack.read(a, b, out=bufs[0][:b - a])
                     else:
@@ -466,12 +485,12 @@ def transform_frames(stack, scan: ScanGeometry, transformer: Transformer, first:
                     keep = ~np.isnan(s)  # (frames left out: a bad monitor)
                     if keep.all():
                         transformer.add(part, M[p0:p1], s, *bragg_part, np.arange(pa, pb),
-                                        table)
+                                        table, in_kernel)
                     elif keep.any():
                         transformer.add(part[keep], M[p0:p1][keep], s[keep],
                                         *((bragg_part[0][keep], bragg_part[1][keep])
                                           if mask is not None else (None, None)),
-                                        np.arange(pa, pb)[keep], table)
+                                        np.arange(pa, pb)[keep], table, in_kernel)
             if pending_parts:
                 slot.pending, slot.done = pending_parts, b - first
             t_kernel += time.perf_counter() - t
@@ -601,7 +620,9 @@ def transform_scan(stack, scan: ScanGeometry, grid: Grid, mask, kinds, first: in
                        "variance": tr.gain is not None, "gain": params.gain,
                        "corrections": corrections.notes(),
                        "pixel_frames_left_out_by_absorption":
-                           frame_tables.left_out if frame_tables is not None else 0}
+                           frame_tables.left_out if frame_tables is not None else 0,
+                       "pixel_frames_left_out_by_absorption_from":
+                           frame_tables.left_out_from if frame_tables is not None else ""}
     log.info("%d frames in %.2f s (kernel %.2f s on %d thread(s): %.1f Mpixel/s for %d "
              "kind(s))", stop - first, time.monotonic() - t0, t_kernel, tr.threads,
              pixel_frames * mean_steps / max(t_kernel, 1e-9) / 1e6, len(tr.kinds))

@@ -141,7 +141,7 @@ def half_set_index(k):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_max, dims,
-                   nbricks, shift, dump, idx, val, var, g32, expected):
+                   nbricks, shift, dump, idx, val, var, g32, expected, plate=None):
     """Pass 1 of _compute_values on pixels [p0, p0 + n) of frame f (values vb): each pixel's
     bricked voxel index (+ shift for a Bragg-masked pixel with shift > 0; the dump when
     unusable, off the grid or, shift 0, Bragg-masked), -1 when a coordinate lies within the
@@ -154,7 +154,8 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
     sub-step, times I where the chunks are summed).  Multiplies and adds may fuse (`contract`:
     fewer roundings, so the bound holds; less time with AVX2): the integer arithmetic of
     the brick stays exact, and the float64 decisions (pass 2, the punch) are in functions
-    of their own, without it."""
+    of their own, without it.  plate: a factor per pixel and frame that divides corr
+    (_plate_corrections; None: none)."""
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = B
     c0, c1, c2 = c
     t0, t1, t2 = t
@@ -172,11 +173,14 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
     cb = corr[p0:p0 + n]
     if bragg is not None:
         bb = bragg[f, p0:p0 + n]
+    if plate is not None:  # (a loop of its own: the main one stays vectorised)
+        cb = _plate_corrections(f, cb, xb, yb, zb, plate)
     for i in range(n):
         v = vb[i]
+        ci = cb[i]
         # (a correction of 0: a pixel left out of these frames, e.g. a ray a plate absorbs
         # beyond reduction.transform.min_transmission; the scan's unusable pixels have it too)
-        use = (v >= 0) & (v <= value_max) & (cb[i] > zero)
+        use = (v >= 0) & (v <= value_max) & (ci > zero)
         if bragg is not None:
             use = use & ((bb[i] == 0) | paired)
         q0 = xb[i]
@@ -204,12 +208,43 @@ def _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, c, t, s32, value_ma
             k = k + shift if bb[i] != 0 else k
         k = k if use & inside else dump[i]
         idx[i] = -1 if use & near else k
-        val[i] = np.float32(v) * cb[i] * s32
+        val[i] = np.float32(v) * ci * s32
         if var is not None:
             if expected:  # (loop-invariant: unswitched; observed's arithmetic unchanged)
-                var[i] = cb[i] * g32
+                var[i] = ci * g32
             else:
-                var[i] = val[i] * cb[i] * g32
+                var[i] = val[i] * ci * g32
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _plate_corrections(f, cb, xb, yb, zb, plate):
+    """cb divided by the plate's factor at frame f of each pixel (lab Q xb, yb, zb), 0 where
+    the factor is below the minimum (a new array): its cosine with the normal, looked up
+    linearly in the frame's table (nodes -1 + k / inv_node).  Three loops: the first and
+    the last are vectorised, which the table's look-up (a gather) would prevent."""
+    tables, lam_normals, c_in, inv_node, min_factor = plate
+    tb = tables[f]
+    n0, n1, n2 = lam_normals[f, 0], lam_normals[f, 1], lam_normals[f, 2]
+    c_f = c_in[f]
+    top = np.float32(tb.shape[0] - 2)  # (the last interval's start: k + 1 in the table)
+    n = cb.shape[0]
+    node = np.empty(n, np.uint32)  # (unsigned: an index with no wrap-around test)
+    factor = np.empty(n, np.float32)
+    for i in range(n):
+        x = (xb[i] * n0 + yb[i] * n1 + zb[i] * n2 + c_f + np.float32(1.0)) * inv_node
+        x = x if x >= np.float32(0.0) else np.float32(0.0)  # (NaN too: no Q, corr 0)
+        x = x if x <= top else top
+        k = np.uint32(x)
+        node[i] = k
+        factor[i] = x - np.float32(k)
+    for i in range(n):
+        k = node[i]
+        low = tb[k]
+        factor[i] = low + factor[i] * (tb[k + np.uint32(1)] - low)
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        out[i] = cb[i] / factor[i] if factor[i] >= min_factor else np.float32(0.0)
+    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -286,14 +321,15 @@ def _compute_values(f, j, steps, p0, n, vb, qx, qy, qz, corr, M, scale, value_ma
     # pass 1 (vectorised): no branches, no gathers; without the Bragg tests where the block
     # holds no Bragg pixel in this frame (most: the regions are small)
     B = (b00, b01, b02, b10, b11, b12, b20, b21, b22)
+    corr_all, plate = corr
     if _holds_bragg(bragg, bragg_blocks, f, p0 // BLOCK):
-        _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, bragg, B, (c0, c1, c2), (t0, t1, t2),
-                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32,
-                       expected)
+        _voxel_indices(f, p0, n, vb, qx, qy, qz, corr_all, bragg, B, (c0, c1, c2),
+                       (t0, t1, t2), s32, value_max, dims, nbricks, shift, dump, idx, val, var,
+                       g32, expected, plate)
     else:
-        _voxel_indices(f, p0, n, vb, qx, qy, qz, corr, None, B, (c0, c1, c2), (t0, t1, t2),
-                       s32, value_max, dims, nbricks, shift, dump, idx, val, var, g32,
-                       expected)
+        _voxel_indices(f, p0, n, vb, qx, qy, qz, corr_all, None, B, (c0, c1, c2),
+                       (t0, t1, t2), s32, value_max, dims, nbricks, shift, dump, idx, val, var,
+                       g32, expected, plate)
     # pass 2: float64 decisions for the flagged pixels (~0.2%)
     for r0 in range(0, n, FIXUP_CHUNK):
         r1 = min(r0 + FIXUP_CHUNK, n)
@@ -516,8 +552,11 @@ def _share_of_block(share, b):
 def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_blocks, allowed,
                 allowed_off, hkl_r2, origin, inv_step, dims, nbricks, q_max, size, cells, second,
                 live, sub_first, sub_count, gain, var, half, half_frames, share=None):
-    """frames (nf, rows * cols) any numeric dtype; qx, qy, qz, corr per detector pixel
-    (PixelTable); M (nf, T, 3, 3): the matrices of every rotation sub-step of each frame,
+    """frames (nf, rows * cols) any numeric dtype; qx, qy, qz per detector pixel
+    (PixelTable); corr: (the PixelTable's corr_all, plate): plate None, or a factor per pixel
+    and frame that divides it (a plate's absorption: pixels.PixelFrames.kernel_plate), the
+    factor found at each frame's centre from the pixel's cosine with the plate's normal,
+    (wavelength Q) . n + s0 . n, in a table of the frame; M (nf, T, 3, 3): the matrices of every rotation sub-step of each frame,
     block b of pixels taking the sub_count[b] of them from sub_first[b] on (int32 per
     block: SubSteps); scale (nf,); value_max: the largest trusted value in
     the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)

@@ -15,6 +15,9 @@ from ...model.geometry import DetectorGeometry, ScanGeometry
 from ...model.grid import Grid
 
 BLOCK = 4096  # pixels per unit of the kernels' work
+# pixels on which a plate's left-out pixel-frames are counted (PixelFrames): a note's
+# count, at a cost per frame small against the kernel's (bench/README.md, transform.py)
+LEFT_OUT_SAMPLE = 4096
 
 
 @dataclass
@@ -95,87 +98,84 @@ def pixel_table(geometry: DetectorGeometry, excluded: np.ndarray,
 
 
 class PixelFrames:
-    """The pixel tables of parts of a scan's frames where a correction depends on pixel and
-    frame (a plate's absorption, model.corrections): the table's correction divided by the
-    factor of the part's frames (the mean of its ends), the pixels whose factor is below
-    the correction's minimum left out (correction 0, which the kernels skip); parts as long
-    as the ends of each differ by at most FRAME_TOLERANCE.  compiled: the factors looked up
-    in the correction's tables (pixel_frame_kernels: one pass per part tried); False: its
-    numpy closed form (over_frames, halving), the reference the compiled path is tested
-    against."""
+    """A correction per pixel and frame (a plate's absorption, model.corrections), taken at
+    each frame's centre; pixels whose factor is below the correction's minimum are left
+    out (correction 0).  compiled: the kernels evaluate it per pixel from the pixel's lab Q
+    in the model's table of the frame (kernel_plate; the physics stays in the model, the
+    kernels only look it up); False: the model's numpy closed form, a pixel table per frame
+    (parts), the reference the compiled path is tested against.
+
+    left_out: the pixel-frames left out so far (factor below the minimum), counted on every
+    pixel by the reference, and by the compiled path on a sample of the pixels at every
+    frame (left_out_from says which), looked up as the kernels do: counting in the kernels
+    would count twice the pixels that two threads compute (ThreadShares' margins)."""
 
     def __init__(self, table: PixelTable, correction, wavelength: float,
                  compiled: bool = True):
         self.table = table
         self.correction = correction
+        self.wavelength = float(wavelength)
         self.compiled = bool(compiled)
-        q = table.q.astype(np.float64)  # where the usable pixels look: s1 = lambda Q + s0
-        s1 = wavelength * q
+        self._stride = max(1, -(-len(table) // LEFT_OUT_SAMPLE)) if self.compiled else 1
+        self._sample = self.directions[::self._stride]
+        self._left_out = 0
+
+    @property
+    def left_out(self) -> int:
+        return int(self._left_out)
+
+    @property
+    def left_out_from(self) -> str:
+        if self._stride == 1:
+            return "every usable pixel at every frame"
+        return (f"every {self._stride}th usable pixel at every frame ({len(self._sample)} of "
+                f"{len(self.table)}), times {self._stride}")
+
+    @property
+    def directions(self) -> np.ndarray:
+        """float64 (n, 3) unit lab directions of the usable pixels' rays: s1 = lambda Q + s0."""
+        s1 = self.wavelength * self.table.q.astype(np.float64)
         s1[:, 2] += 1.0
-        self.directions = s1 / np.linalg.norm(s1, axis=1, keepdims=True)
-        self._d32 = [np.ascontiguousarray(self.directions[:, i]) for i in range(3)]
-        self._ends: dict = {}  # frame coordinate -> factor or table (the next part's start)
-        self._length = 1 << 30  # frames of the next part tried (compiled)
-        self.left_out = 0  # pixel-frames left out (factor 0)
-        self.parts_made = 0
+        return s1 / np.linalg.norm(s1, axis=1, keepdims=True)
 
-    def _part(self, a: int, b: int, corr: np.ndarray) -> tuple[float, int]:
-        """corr filled for frames [a, b): (largest change between the ends, pixels gone)."""
-        from .pixel_frame_kernels import part_corrections
+    def kernel_plate(self, frame_numbers):
+        """The kernels' plate for the frames numbered frame_numbers (kernels._voxel_indices):
+        the factor's table at each frame's centre, lambda times the normal and its cosine
+        with the beam (a ray's cosine with the normal is then (lambda Q) . n + s0 . n), the
+        nodes per unit cosine, the minimum factor."""
+        tables, normals, c_in = self.correction.frame_tables(frame_numbers)
+        inv_node = 0.5 * (tables.shape[1] - 1)
+        if self._stride > 1:  # (the kernels' look-up, on the sample: cosines of every frame)
+            x = np.clip((self._sample @ normals.T.astype(np.float64) + 1.0) * inv_node, 0.0,
+                        tables.shape[1] - 2.0)
+            k = x.astype(np.int64)
+            rows = np.arange(len(tables))
+            low = tables[rows, k]
+            factor = low + (x - k) * (tables[rows, k + 1] - low)
+            self._left_out += self._stride * int(np.count_nonzero(
+                factor < self.correction.min_transmission))
+        return (tables, (self.wavelength * normals).astype(np.float32),
+                c_in.astype(np.float32), np.float32(inv_node),
+                np.float32(self.correction.min_transmission))
 
-        for z in (a, b):
-            if z not in self._ends:
-                self._ends[z] = self.correction.table_at(z)
-        (n_a, t_a), (n_b, t_b) = self._ends[a], self._ends[b]
-        step = 2.0 / (len(t_a) - 1)
-        return part_corrections(*self._d32, self.table.index, self.table.corr_all, n_a, t_a,
-                                n_b, t_b, -1.0, 1.0 / step,
-                                self.correction.min_transmission, corr)
-
-    def _compiled_parts(self, first: int, stop: int) -> list[tuple[int, int, np.ndarray, int]]:
-        from ...model.corrections.absorption import FRAME_TOLERANCE
-
-        # parts as long as the last one that held (doubled while they hold): a pass over the
-        # pixels per part tried, and where the factor changes fast few are tried twice
-        out, a = [], first
-        while a < stop:
-            b = min(stop, a + self._length)
-            corr = np.zeros_like(self.table.corr_all)
-            worst, gone = self._part(a, b, corr)
-            if b - a > 1 and worst > FRAME_TOLERANCE:
-                self._length = max(1, (b - a) // 2)
-                continue
-            out.append((a, b, corr, gone))
-            self.parts_made += 1
-            a = b
-            if worst < 0.5 * FRAME_TOLERANCE:
-                self._length *= 2
-        return out
-
-    def _numpy_parts(self, first: int, stop: int) -> list[tuple[int, int, np.ndarray, int]]:
+    def parts(self, first: int, stop: int) -> list[tuple[int, int, PixelTable | None]]:
+        """[(a, b, the pixel table of frames [a, b))] covering frames [first, stop):
+        compiled, one part and no table (the kernels apply the factor: kernel_plate); else
+        a part per frame, its table's correction divided by the factor at the frame's
+        centre, 0 for the pixels left out (which the kernels skip; its Q and index are the
+        scan's)."""
+        if self.compiled:
+            return [(first, stop, None)]
         t = self.table
+        directions = self.directions
         out = []
-        for a, b, factor in self.correction.over_frames(self.directions, first, stop,
-                                                        self._ends):
+        for f in range(first, stop):
+            factor = self.correction.factor(directions, f + 0.5)
             corr = np.zeros_like(t.corr_all)
             keep = factor > 0
-            with np.errstate(divide="ignore"):
-                corr[t.index] = np.where(keep, t.corr_all[t.index] / factor, 0.0)
-            out.append((a, b, corr, int(np.count_nonzero(~keep))))
-        return out
-
-    def parts(self, first: int, stop: int) -> list[tuple[int, int, PixelTable]]:
-        """[(a, b, the pixel table of frames [a, b))] covering frames [first, stop): the
-        scan's Q, and a correction of 0 for the pixels left out (which the kernels skip; its
-        index is the scan's)."""
-        for z in [z for z in self._ends if z < first]:
-            del self._ends[z]
-        t = self.table
-        made = (self._compiled_parts if self.compiled else self._numpy_parts)(first, stop)
-        out = []
-        for a, b, corr, gone in made:
-            self.left_out += gone * (b - a)
-            out.append((a, b, PixelTable(t.qx, t.qy, t.qz, corr, t.index, t.shape)))
+            corr[t.index[keep]] = t.corr_all[t.index[keep]] / factor[keep]
+            self._left_out += int(np.count_nonzero(~keep))
+            out.append((f, f + 1, PixelTable(t.qx, t.qy, t.qz, corr, t.index, t.shape)))
         return out
 
 

@@ -9,7 +9,7 @@ volume (the crystal fully bathed by a uniform beam).
     leaving through the far face (c_out > 0), y = mu t / c_out:  A = exp(-y) g(x - y)
     leaving through the face it entered (c_out < 0), y = mu t / |c_out|:  A = g(x + y)
   with g(d) = (1 - exp(-d)) / d.  The plate turns with the crystal: a factor per pixel and
-  frame.
+  frame: its value at the frame's centre.
 * cylinder: a needle or capillary-held crystal of diameter D along the rotation axis; the
   same at every frame, a factor per pixel: the transmission averaged over the disk (polar
   Gauss-Legendre quadrature), tabulated over the angle between the rays' projections on the
@@ -28,10 +28,6 @@ from ..geometry import BEAM_DIRECTION
 from .attenuation import linear_attenuation
 
 SHAPES = ("plate", "cylinder")
-# the largest change of a plate's transmission between the two ends of the frames added at
-# a time before they are split (the mean of the ends stands for every frame between: each
-# frame's factor off by at most half of it, the part's mean by far less)
-FRAME_TOLERANCE = 0.005
 # nodes of the table of a plate's transmission over the cosine between ray and normal,
 # in [-1, 1] (linear interpolation off by < 1e-6 where the transmission is above 0.01)
 TABLE_POINTS = 8193
@@ -137,43 +133,36 @@ class PlateAbsorption:
     def table_at(self, z: float) -> tuple[np.ndarray, np.ndarray]:
         """(lab normal, the transmission at TABLE_POINTS cosines from -1 to 1 between a ray
         and that normal) at frame coordinate z: what the transform's compiled path looks up
-        (algorithms.transform.pixel_frame_kernels)."""
+        (algorithms.transform.kernels, frame_tables)."""
         n, c_in = self.normal_at(z)
         c = np.linspace(-1.0, 1.0, TABLE_POINTS)
         if c_in < 1e-9:
             return n, np.zeros(TABLE_POINTS)
         return n, plate_transmission(c_in, c, self.mu_t)
 
-    def over_frames(self, directions: np.ndarray, first: int, stop: int, at=None):
-        """[(a, b, factor)] for frames [first, stop): the mean of the factors at the ends
-        of each part, the frames split in halves until the ends of every part differ by
-        at most FRAME_TOLERANCE.  at: a dict z -> factor that keeps the ends computed
-        (the next call starts where this one stopped)."""
-        at = {} if at is None else at
-
-        def ends(z):
-            if z not in at:
-                at[z] = self.factor(directions, z)
-            return at[z]
-        parts, todo = [], [(first, stop)]
-        while todo:
-            a, b = todo.pop()
-            fa, fb = ends(a), ends(b)
-            both = (fa > 0) & (fb > 0)
-            change = np.abs(fa - fb)[both] / np.maximum(fa, fb)[both]
-            if b - a > 1 and change.size and change.max() > FRAME_TOLERANCE:
-                m = (a + b) // 2
-                todo += [(m, b), (a, m)]
-            else:  # (a ray left out at either end is left out of the part)
-                parts.append((a, b, np.where(both, 0.5 * (fa + fb), 0.0)))
-        return sorted(parts, key=lambda p: p[0])
+    def frame_tables(self, frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the transform's kernels evaluate the factor from at the centre (z = f + 1/2)
+        of each frame f of `frames`: (table float32 (n, TABLE_POINTS), the transmission at
+        cosines -1..1 between ray and normal as table_at's; lab normal float32 (n, 3);
+        its cosine with the beam, float64 (n,)).  A ray along the unit direction
+        d = wavelength Q + s0 (on the Ewald sphere) has the cosine
+        (wavelength Q) . n + s0 . n with the normal (algorithms.transform.kernels)."""
+        frames = np.asarray(frames, dtype=np.float64).ravel()
+        tables = np.empty((frames.size, TABLE_POINTS), np.float32)
+        normals = np.empty((frames.size, 3), np.float32)
+        c_in = np.empty(frames.size)
+        for i, f in enumerate(frames):
+            n, tables[i] = self.table_at(f + 0.5)
+            normals[i] = n
+            c_in[i] = n @ BEAM_DIRECTION
+        return tables, normals, c_in
 
     def notes(self) -> dict:
         return {"model": "plate bathed by the beam, closed form (model/corrections/absorption"
-                         ".py); mean of the ends of parts of frames", **self.shape.as_dict(),
-                "mu_per_m": self.mu, "mu_t": self.mu_t,
-                "min_transmission": self.min_transmission,
-                "frame_tolerance": FRAME_TOLERANCE}
+                         ".py) at each frame's centre, interpolated in a table over the "
+                         f"cosine of ray and normal ({TABLE_POINTS} nodes)",
+                **self.shape.as_dict(), "mu_per_m": self.mu, "mu_t": self.mu_t,
+                "min_transmission": self.min_transmission}
 
 
 def cylinder_transmission(psi, tilt_cos, in_cos, mu_r, points: int = 48):
