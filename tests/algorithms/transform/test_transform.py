@@ -670,7 +670,8 @@ def test_blocks_with_their_own_sub_steps_add_what_each_count_adds(setup, tmp_pat
     s, w = out[0][1]  # masked_transform: the reference's Bragg mask
     assert np.array_equal(w, w_ref) and np.count_nonzero(w) > 1000
     assert set(np.unique(w[w > 0] % 0.25)) == {0.0}  # quarters: the 4-step blocks' weights
-    np.testing.assert_allclose(s, s_ref, rtol=2e-6, atol=1e-4)
+    # (float32 cells against a float64 reference: a few float32 roundings of the sum)
+    np.testing.assert_allclose(s, s_ref, rtol=4e-6, atol=1e-4)
 
 
 def test_subdivision_conserves_intensity_and_spreads_it(setup):
