@@ -230,6 +230,28 @@ def test_the_kernels_plate_is_the_closed_form_at_each_frames_centre(threads):
         assert s_k[w_k > 0].sum() == pytest.approx(s_r[w_r > 0].sum(), rel=1e-4)
 
 
+def test_the_left_out_pixel_frames_are_counted_as_the_kernels_look_up(monkeypatch):
+    """PixelFrames' count of left-out pixel-frames: on every pixel where the sample holds
+    them all, the reference's count exactly; on a sample, within its sampling."""
+    from hklflow.algorithms.transform import pixels
+
+    g, scan, shape = plate_scan()
+    plate = PlateAbsorption(shape, g.wavelength, scan, 0.1)
+    table = pixel_table(g, g.detector_mask(), corrections_for(g, air=False))
+    reference = PixelFrames(table, plate, g.wavelength, compiled=False)
+    reference.parts(130, 140)
+    assert reference.left_out_from == "every usable pixel at every frame"
+    sampled = PixelFrames(table, plate, g.wavelength)
+    sampled.kernel_plate(np.arange(130, 140))
+    assert sampled.left_out_from.startswith("every 24th usable pixel")
+    assert sampled.left_out == pytest.approx(reference.left_out, rel=0.02)
+    monkeypatch.setattr(pixels, "LEFT_OUT_SAMPLE", len(table))
+    whole = PixelFrames(table, plate, g.wavelength)
+    whole.kernel_plate(np.arange(130, 140))
+    assert whole.left_out_from == "every usable pixel at every frame"
+    assert whole.left_out == reference.left_out > 0
+
+
 def test_the_kernels_skip_a_pixel_whose_correction_is_0():
     """How a part's table leaves a pixel out (PixelFrames): its correction 0, its Q kept;
     in memory and from stored frames alike."""

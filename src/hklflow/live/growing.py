@@ -37,9 +37,9 @@ replaced (another inode or device), shrunk, gone, or a complete-frame count that
 is reported in Observation.problem (not raised: the watcher reports it and does not merge
 the scan).  So are an HDF5 stack's counted frames whose chunks now lie past the file's end
 or in a hole of it (SEEK_HOLE), and a CBF file with a hole in its frame: a file cut short
-and written on past the cut, whose size never shrank between two looks.  Frames found complete before in the same, unshrunk file
-are not checked again, so a long scan costs only its new frames (and a file that is
-unreadable for a moment keeps its count).
+and written on past the cut, whose size never shrank between two looks.  Frames found
+complete before in the same, unshrunk file are not checked again, so a long scan costs
+only its new frames (and a file that is unreadable for a moment keeps its count).
 
 Raw files are only read: HDF5 files opened read-only (locking off, as everywhere in
 hklflow), CBF files opened for reading their header.

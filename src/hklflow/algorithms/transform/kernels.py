@@ -556,10 +556,11 @@ def _accumulate(frames, qx, qy, qz, corr, M, scale, value_max, bragg, bragg_bloc
     (PixelTable); corr: (the PixelTable's corr_all, plate): plate None, or a factor per pixel
     and frame that divides it (a plate's absorption: pixels.PixelFrames.kernel_plate), the
     factor found at each frame's centre from the pixel's cosine with the plate's normal,
-    (wavelength Q) . n + s0 . n, in a table of the frame; M (nf, T, 3, 3): the matrices of every rotation sub-step of each frame,
-    block b of pixels taking the sub_count[b] of them from sub_first[b] on (int32 per
-    block: SubSteps); scale (nf,); value_max: the largest trusted value in
-    the frames' own type (values v with 0 <= v <= value_max are used); bragg (nf, rows * cols)
+    (wavelength Q) . n + s0 . n, in a table of the frame; M (nf, T, 3, 3): the matrices of
+    every rotation sub-step of each frame, block b of pixels taking the sub_count[b] of them
+    from sub_first[b] on (int32 per block: SubSteps); scale (nf,); value_max: the largest
+    trusted value in the frames' own type (values v with 0 <= v <= value_max are used);
+    bragg (nf, rows * cols)
     uint8 (1 = masked) or None; bragg_blocks (nf, blocks of BLOCK pixels) uint8, 0 where the
     block has no masked pixel in that frame (its pixels computed without the Bragg tests:
     bragg_block_summary), or None with bragg; allowed (a, b, c) uint8 table of allowed nodes from

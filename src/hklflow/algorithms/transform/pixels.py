@@ -117,7 +117,7 @@ class PixelFrames:
         self.wavelength = float(wavelength)
         self.compiled = bool(compiled)
         self._stride = max(1, -(-len(table) // LEFT_OUT_SAMPLE)) if self.compiled else 1
-        self._sample = self.directions[::self._stride]
+        self._sample = self.directions[::self._stride] if self.compiled else None
         self._left_out = 0
 
     @property
@@ -145,7 +145,7 @@ class PixelFrames:
         nodes per unit cosine, the minimum factor."""
         tables, normals, c_in = self.correction.frame_tables(frame_numbers)
         inv_node = 0.5 * (tables.shape[1] - 1)
-        if self._stride > 1:  # (the kernels' look-up, on the sample: cosines of every frame)
+        if self.compiled:  # (the kernels' look-up, on the sample: cosines of every frame)
             x = np.clip((self._sample @ normals.T.astype(np.float64) + 1.0) * inv_node, 0.0,
                         tables.shape[1] - 2.0)
             k = x.astype(np.int64)

@@ -31,8 +31,9 @@ def accumulate_stream(stream, positions, elements, block, own_untranspose, value
     decompressed (a block of no usable pixel is not decompressed either).  Returns 0, or
     -1 - f when a block of chunk f is damaged (nothing added from it on).  half,
     half_frames, gain, var, corr: _accumulate's (gain < 0: the variance from the expected
-    counts, kernels.kernel_gain; corr with a plate's factor per pixel and frame).  (Numba's cache of this function holds kernels' inlined
-    _compute_values but is keyed on this file alone: a change there needs one here.)"""
+    counts, kernels.kernel_gain; corr with a plate's factor per pixel and frame).  (Numba's
+    cache of this function holds kernels' inlined _compute_values but is keyed on this file
+    alone: a change there needs one here.)"""
     nf = positions.shape[0]
     nsub = M.shape[1]
     dump = _dump_slots(size, share)
