@@ -21,17 +21,24 @@ def docs_row(words: str) -> str:
     return next(ln for ln in text.splitlines() if ln.startswith(f"| {words}"))
 
 
+def as_a_terminal_starts_it():
+    """Ctrl-C's default action in the child: a full run's worker may hand it on ignored
+    (then neither hklflow nor Snakemake sees the interrupt, and the run goes to its end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
-# (not strict: in two fresh clones' full runs, 2026-11-29, the interrupt sent 1 s after the
-# first job's log left the run going to its end; alone, under CPU load, with a cold numba
-# cache, after tests/commands or tests/live/test_watch.py it passes: something a full run's
-# worker leaves behind, to find)
+# (not strict: in fresh clones' full runs, 2026-11-29/30, the interrupt sent 1 s after the
+# first job's log left the run going to its end, rc 0: neither hklflow nor Snakemake saw it,
+# as when SIGINT is inherited ignored; alone, under CPU load, with a cold numba cache, after
+# tests/commands or tests/live/test_watch.py it passed.  The child now starts with SIGINT's
+# default action: strict once a full run passes with it)
 @pytest.mark.xfail(strict=False, reason="the interrupt is sometimes not seen (fresh clone)")
 @pytest.mark.parametrize("to", ["the terminal's process group", "hklflow alone"])
 def test_ctrl_c_of_hklflow_run_is_one_line(tiny_copy, to):
     p = subprocess.Popen([sys.executable, "-m", "hklflow", "run", str(tiny_copy), "--",
                           "--cores", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True,
+                         text=True, start_new_session=True, preexec_fn=as_a_terminal_starts_it,
                          env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
     try:
         deadline = time.monotonic() + 120
