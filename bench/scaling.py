@@ -2,7 +2,7 @@
 without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ripple; and
 what scaling costs on a reduced experiment.
 
-    python bench/scaling.py [--workdir bench/.data/scaling] [--variants effects,free,analytic]
+    python bench/scaling.py [--workdir bench/.data/scaling] [--variants effects,free,analytic,matched]
                             [--reduced DIR:VARIANT ...] [--json FILE]
     python bench/scaling.py --cost EXPERIMENT [--temperature 100K] [--repeats 2]
 
@@ -13,10 +13,17 @@ temperatures):
              surface and smooth scale are all there is;
   free     - the same crystal without the plate and the decay (sensor, air, holder kept);
   analytic - as effects, with the plate's shape given to the transform's analytic
-             correction (the scaling's smooth scale takes the decay, its absorption is off).
+             correction (the scaling's smooth scale takes the decay, its absorption is off);
+  matched  - free with effects' photons: what the crystal scatters scaled by the mean of
+             effects' plate transmission over its reflections (its truth.json) and of its
+             beam, the holder and air scatter by the beam's mean. CC1/2 depends on the
+             photons counted, so this is the reference effects' CC1/2 after scaling is held
+             to (its absolute level is the photons', not the model's). Needs effects
+             simulated first (in the same run or in --workdir).
 Prints per variant and temperature: the verdict (whether the scales matter, and so were
 applied), chi^2/nu of equivalents away from the nodes before and after scaling (scales.json)
-and of the merged volume (its statistics), CC1/2 per shell (merged volume, half sets), the
+and of the merged volume (its statistics), CC1/2 per shell (merged volume, half sets; and
+of every orbit measured away from the nodes, before and after scaling), the
 ratio of Laue-equivalent satellites measured early and late in the rotation (orbits of the
 model's satellite voxels: mean over orbits of the scaled intensity measured at phi < 30 deg
 over that at phi >= 30 deg), and at 100 K the satellites' contrast against the simulation's
@@ -47,13 +54,33 @@ from common import emit, machine_info, reduce_targets, swap_options  # noqa: E40
 TEMPERATURES = ("300K", "100K")
 
 
+def matched_photons(effects: Path, spec) -> tuple[float, float]:
+    """(crystal's, holder's and air's) factors that give the effects variant's photons
+    without its plate and decay: the mean plate transmission of its reflections times the
+    beam's mean, and the beam's mean."""
+    from hklflow.simulation.beamline import beam_flux
+
+    truth = json.loads((effects / "truth.json").read_text())
+    plate = [t for scan in truth["scans"].values()
+             for t in scan["reflections"]["plate_transmission"]]
+    beam = float(np.mean(beam_flux(spec.beam, spec.nframes)))
+    return float(np.mean(plate)) * beam, beam
+
+
 def simulate(where: Path, variant: str) -> None:
     from hklflow.simulation.experiment import preset, simulate_experiment
 
     spec = preset("absorbing_plate")
     spec = dataclasses.replace(spec, beam={**spec.beam, "monitor": False},
                                plate_in_config=variant == "analytic")
-    if variant == "free":
+    if variant == "matched":
+        crystal, beam = matched_photons(where.parent / "effects", spec)
+        spec = dataclasses.replace(
+            spec, bragg_scale=spec.bragg_scale * crystal, background=spec.background * crystal,
+            satellite_amplitude=spec.satellite_amplitude * crystal,
+            tds_amplitude=spec.tds_amplitude * crystal, air_scatter=spec.air_scatter * beam,
+            holder={**spec.holder, "amplitude": spec.holder["amplitude"] * beam})
+    if variant in ("free", "matched"):
         spec = dataclasses.replace(spec, beam=None, plate=None)
     if where.exists():
         shutil.rmtree(where)
@@ -118,6 +145,40 @@ def satellite_ratio(where: Path, temperature: str) -> dict:
     return out
 
 
+def every_orbit(where: Path, temperature: str, bragg_radius: float = 0.2) -> dict:
+    """CC1/2 of equivalents away from the nodes (0.2 1/A: the workflow's default), overall
+    and per |Q| shell, before and after scaling, of every orbit the masked volumes measured
+    (the scaling's own statistics hold the 5,000 it drew: their shells vary by ~0.02
+    between two reductions of the same frames)."""
+    from hklflow.algorithms.scaling.fit import equivalents_statistics
+    from hklflow.algorithms.scaling.observations import draw_orbits
+    from hklflow.files.mask import read_pixel_mask
+    from hklflow.files.orientation import read_orientation_file
+    from hklflow.files.scales import read_scales
+    from hklflow.files.scan import read_scan_file
+    from hklflow.files.volume import read_grid_of
+    from hklflow.steps.scale_entries import gather, model_at
+
+    t = where / "results/tiny" / temperature
+    model, _ = read_scales(t / "scales.json")
+    ori = read_orientation_file(t / "orientation.nxs")
+    names = list(model.entries)
+    volumes = [t / n / "masked_transform.nxs" for n in names]
+    records = [read_scan_file(t / n / "scan.nxs") for n in names]
+    masks = [read_pixel_mask(t / n / "mask.nxs", n) for n in names]
+    grid = read_grid_of(volumes[0])[0]
+    members, group = draw_orbits(grid, ori.crystal().laue_operators, volumes, 10 ** 9)
+    obs = gather(volumes, members, group, grid, [r.geometry(ori) for r in records], masks,
+                 ori.UB, bragg_radius)
+    ones, zeros = np.ones(len(obs.y)), np.zeros(len(obs.y))
+    out = {}
+    for key, (m, o) in (("before", (ones, zeros)), ("after", model_at(model, obs, names))):
+        st = equivalents_statistics(obs, m, o, names)
+        out[key] = {"cc_half": st["cc_half"], "orbits": st["orbits"],
+                    "shells": [r["cc_half"] for r in st["shells"]]}
+    return out
+
+
 def figures(where: Path, temperatures=TEMPERATURES) -> dict:
     from hklflow.files.volume import read_volume, read_volume_header
     from hklflow.simulation.compare import diffuse_contrast, satellite_model
@@ -137,7 +198,8 @@ def figures(where: Path, temperatures=TEMPERATURES) -> dict:
              "merged_chi2_nu": stats["overall"]["chi2_nu"],
              "merged_cc_half": stats["overall"].get("cc_half"),
              "merged_cc_half_shells": [r.get("cc_half") for r in stats["shells"]],
-             "satellites_early_over_late": satellite_ratio(where, temperature)}
+             "satellites_early_over_late": satellite_ratio(where, temperature),
+             "every_orbit": every_orbit(where, temperature)}
         if temperature == "100K":
             v = read_volume(t / "masked_transform.nxs")
             c = diffuse_contrast(v, satellite_model(truth, "tiny", 100.0, v.grid))
@@ -232,7 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", default="100K", help="with --cost: the temperature")
     p.add_argument("--repeats", type=int, default=2, help="with --cost: runs of each, the least")
     p.add_argument("--workdir", type=Path, default=HERE / ".data" / "scaling")
-    p.add_argument("--variants", default="effects,free,analytic")
+    p.add_argument("--variants", default="effects,free,analytic,matched")
     p.add_argument("--reduced", nargs="*", default=None, metavar="DIR:VARIANT",
                    help="figures of experiments reduced already (nothing simulated or run)")
     p.add_argument("--temperatures", default=",".join(TEMPERATURES),
@@ -278,6 +340,11 @@ def main(argv=None) -> int:
                 f"merged CC1/2 per shell {shells}"
                 + (f"; satellites / model {g['satellite_ratio_to_model']:.3f} +- "
                    f"{g['satellite_stderr']:.3f}" if "satellite_ratio_to_model" in g else ""))
+            e = g["every_orbit"]
+            lines.append(
+                f"  {variant:8s} {temperature}: CC1/2 of every orbit ({e['after']['orbits']}) "
+                f"{e['before']['cc_half']:.3f} -> {e['after']['cc_half']:.3f}, per shell "
+                + " ".join(f"{c:.3f}" for c in e["after"]["shells"]))
         lines.append(f"           absorption surface {f[temperatures[0]]['terms']['absorption']}; "
                      f"{seconds:.0f} s")
     emit(report, "\n".join(lines), args.json)
