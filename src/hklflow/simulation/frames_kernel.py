@@ -115,6 +115,74 @@ def _poisson(state, lam):
             return state, int(k)
 
 
+@numba.njit(cache=True)
+def _crystal_expected(lam, M, q_pix, pixel_scale, background, B, diffuse_params, bragg_table,
+                      tbl_off):
+    """lam (ny, nx) = background + the diffuse intensity at each pixel's (h, k, l) (M: the
+    frame's (UB)^-1 R^-1) times pixel_scale."""
+    ny, nx = background.shape
+    sat_amp, sat_hk, sat_l = diffuse_params[0], diffuse_params[1], diffuse_params[2]
+    tds_amp, tds_k2, tds_reach = diffuse_params[3], diffuse_params[4], diffuse_params[5]
+    for r in range(ny):
+        for c in range(nx):
+            d = 0.0
+            if sat_amp > 0.0 or tds_amp > 0.0:  # (else 0 exactly: _diffuse_at adds nothing)
+                q0 = q_pix[r, c, 0]
+                q1 = q_pix[r, c, 1]
+                q2 = q_pix[r, c, 2]
+                h = M[0, 0] * q0 + M[0, 1] * q1 + M[0, 2] * q2
+                k = M[1, 0] * q0 + M[1, 1] * q1 + M[1, 2] * q2
+                l = M[2, 0] * q0 + M[2, 1] * q1 + M[2, 2] * q2
+                d = _diffuse_at(h, k, l, B, sat_amp, sat_hk, sat_l, tds_amp, tds_k2,
+                                tds_reach, bragg_table, tbl_off)
+            lam[r, c] = background[r, c] + d * pixel_scale[r, c]
+
+
+@numba.njit(cache=True)
+def _add_spots(lam, f, spot_frame_ptr, spot_index, spot_row, spot_col, spot_z, spot_sr,
+               spot_sc, spot_sz, spot_counts):
+    """Adds to lam (ny, nx) the Bragg spots touching frame f: each spot's counts times the
+    share of its Gaussian profile in the frame and in each pixel."""
+    ny, nx = lam.shape
+    for p in range(spot_frame_ptr[f], spot_frame_ptr[f + 1]):
+        s = spot_index[p]
+        zc, sz = spot_z[s], spot_sz[s]
+        frac = _phi((f + 1 - zc) / sz) - _phi((f - zc) / sz)
+        if frac <= 0.0:
+            continue
+        amp = spot_counts[s] * frac
+        rc, cc, sr, sc = spot_row[s], spot_col[s], spot_sr[s], spot_sc[s]
+        r0 = max(int(math.floor(rc - 5.0 * sr)), 0)
+        r1 = min(int(math.ceil(rc + 5.0 * sr)), ny)
+        c0 = max(int(math.floor(cc - 5.0 * sc)), 0)
+        c1 = min(int(math.ceil(cc + 5.0 * sc)), nx)
+        for r in range(r0, r1):
+            fr = _phi((r + 1 - rc) / sr) - _phi((r - rc) / sr)
+            if fr <= 0.0:
+                continue
+            for c in range(c0, c1):
+                fc = _phi((c + 1 - cc) / sc) - _phi((c - cc) / sc)
+                lam[r, c] += amp * fr * fc
+
+
+@numba.njit(cache=True)
+def _pixel_value(state, v, g, hot_value, gain):
+    """(state, value, counts) of a pixel of expected photons v and gap_mask value g: -1 in a
+    gap, hot_value if hot, 0 if dead, else round(gain * Poisson(v)) (INT32_MAX where int32
+    cannot hold it); counts: gain * photons (0 for a gap or defect)."""
+    if g == 1:
+        return state, -1, 0.0
+    if g == 2:
+        return state, hot_value, 0.0
+    if g == 3 or not v > 0.0:
+        return state, 0, 0.0
+    state, n = _poisson(state, v)
+    counts = n * gain
+    if gain != 1.0:
+        counts = math.floor(counts + 0.5)
+    return state, (int(counts) if counts < INT32_MAX else INT32_MAX), counts
+
+
 @numba.njit(parallel=True, cache=True)
 def render_frames(first_frame, nframes, q_pix, pixel_scale, background, gap_mask,
                   hot_value, M_frames, B, diffuse_params, bragg_table, tbl_off,
@@ -134,65 +202,20 @@ def render_frames(first_frame, nframes, q_pix, pixel_scale, background, gap_mask
     frame_max and refuses such frames.
     """
     ny, nx = background.shape
-    sat_amp, sat_hk, sat_l = diffuse_params[0], diffuse_params[1], diffuse_params[2]
-    tds_amp, tds_k2, tds_reach = diffuse_params[3], diffuse_params[4], diffuse_params[5]
     for j in numba.prange(nframes):
         f = first_frame + j
         state = frame_states[f]
         vmax = 0.0
         lam = np.empty((ny, nx), dtype=np.float64)
-        M = M_frames[f]
+        _crystal_expected(lam, M_frames[f], q_pix, pixel_scale, background, B, diffuse_params,
+                          bragg_table, tbl_off)
+        _add_spots(lam, f, spot_frame_ptr, spot_index, spot_row, spot_col, spot_z, spot_sr,
+                   spot_sc, spot_sz, spot_counts)
         for r in range(ny):
             for c in range(nx):
-                q0 = q_pix[r, c, 0]
-                q1 = q_pix[r, c, 1]
-                q2 = q_pix[r, c, 2]
-                h = M[0, 0] * q0 + M[0, 1] * q1 + M[0, 2] * q2
-                k = M[1, 0] * q0 + M[1, 1] * q1 + M[1, 2] * q2
-                l = M[2, 0] * q0 + M[2, 1] * q1 + M[2, 2] * q2
-                d = _diffuse_at(h, k, l, B, sat_amp, sat_hk, sat_l, tds_amp, tds_k2,
-                                tds_reach, bragg_table, tbl_off)
-                lam[r, c] = background[r, c] + d * pixel_scale[r, c]
-        # Bragg spots touching this frame
-        for p in range(spot_frame_ptr[f], spot_frame_ptr[f + 1]):
-            s = spot_index[p]
-            zc, sz = spot_z[s], spot_sz[s]
-            frac = _phi((f + 1 - zc) / sz) - _phi((f - zc) / sz)
-            if frac <= 0.0:
-                continue
-            amp = spot_counts[s] * frac
-            rc, cc, sr, sc = spot_row[s], spot_col[s], spot_sr[s], spot_sc[s]
-            r0 = max(int(math.floor(rc - 5.0 * sr)), 0)
-            r1 = min(int(math.ceil(rc + 5.0 * sr)), ny)
-            c0 = max(int(math.floor(cc - 5.0 * sc)), 0)
-            c1 = min(int(math.ceil(cc + 5.0 * sc)), nx)
-            for r in range(r0, r1):
-                fr = _phi((r + 1 - rc) / sr) - _phi((r - rc) / sr)
-                if fr <= 0.0:
-                    continue
-                for c in range(c0, c1):
-                    fc = _phi((c + 1 - cc) / sc) - _phi((c - cc) / sc)
-                    lam[r, c] += amp * fr * fc
-        for r in range(ny):
-            for c in range(nx):
-                g = gap_mask[r, c]
-                if g == 1:
-                    out[j, r, c] = -1
-                elif g == 2:
-                    out[j, r, c] = hot_value
-                elif g == 3:
-                    out[j, r, c] = 0
-                else:
-                    v = lam[r, c]
-                    if v > 0.0:
-                        state, n = _poisson(state, v)
-                        counts = n * gain
-                        if gain != 1.0:
-                            counts = math.floor(counts + 0.5)
-                        vmax = max(vmax, counts)
-                        out[j, r, c] = int(counts) if counts < INT32_MAX else INT32_MAX
-                    else:
-                        out[j, r, c] = 0
+                state, out[j, r, c], counts = _pixel_value(state, lam[r, c], gap_mask[r, c],
+                                                           hot_value, gain)
+                vmax = max(vmax, counts)
         frame_max[j] = vmax
 
 
@@ -212,8 +235,9 @@ def frame_spot_lists(nframes_total: int, z: np.ndarray, sz: np.ndarray, reach: f
 
 
 # --------------------------------------------------------------------------------------
-# Beamline effects (experiment.SimulationSpec's air, plate, beam, holder): their own kernel,
-# so that the plain one above (every default frame) is untouched
+# Beamline effects (experiment.SimulationSpec's air, plate, beam, holder): a kernel of their
+# own from the same parts, so that the plain one's arithmetic (every default frame) is
+# untouched
 # --------------------------------------------------------------------------------------
 @numba.njit(parallel=True, cache=True)
 def render_frames_effects(first_frame, nframes, q_pix, pixel_scale, crystal_bg, other_bg,
@@ -234,46 +258,15 @@ def render_frames_effects(first_frame, nframes, q_pix, pixel_scale, crystal_bg, 
     (gaps and defects too), or an array of no frames (not wanted).  The rest as render_frames.
     """
     ny, nx = crystal_bg.shape
-    sat_amp, sat_hk, sat_l = diffuse_params[0], diffuse_params[1], diffuse_params[2]
-    tds_amp, tds_k2, tds_reach = diffuse_params[3], diffuse_params[4], diffuse_params[5]
     for j in numba.prange(nframes):
         f = first_frame + j
         state = frame_states[f]
         vmax = 0.0
         lam = np.empty((ny, nx), dtype=np.float64)
-        M = M_frames[f]
-        for r in range(ny):
-            for c in range(nx):
-                d = 0.0
-                if sat_amp > 0.0 or tds_amp > 0.0:
-                    q0 = q_pix[r, c, 0]
-                    q1 = q_pix[r, c, 1]
-                    q2 = q_pix[r, c, 2]
-                    h = M[0, 0] * q0 + M[0, 1] * q1 + M[0, 2] * q2
-                    k = M[1, 0] * q0 + M[1, 1] * q1 + M[1, 2] * q2
-                    l = M[2, 0] * q0 + M[2, 1] * q1 + M[2, 2] * q2
-                    d = _diffuse_at(h, k, l, B, sat_amp, sat_hk, sat_l, tds_amp, tds_k2,
-                                    tds_reach, bragg_table, tbl_off)
-                lam[r, c] = crystal_bg[r, c] + d * pixel_scale[r, c]
-        for p in range(spot_frame_ptr[f], spot_frame_ptr[f + 1]):
-            s = spot_index[p]
-            zc, sz = spot_z[s], spot_sz[s]
-            frac = _phi((f + 1 - zc) / sz) - _phi((f - zc) / sz)
-            if frac <= 0.0:
-                continue
-            amp = spot_counts[s] * frac
-            rc, cc, sr, sc = spot_row[s], spot_col[s], spot_sr[s], spot_sc[s]
-            r0 = max(int(math.floor(rc - 5.0 * sr)), 0)
-            r1 = min(int(math.ceil(rc + 5.0 * sr)), ny)
-            c0 = max(int(math.floor(cc - 5.0 * sc)), 0)
-            c1 = min(int(math.ceil(cc + 5.0 * sc)), nx)
-            for r in range(r0, r1):
-                fr = _phi((r + 1 - rc) / sr) - _phi((r - rc) / sr)
-                if fr <= 0.0:
-                    continue
-                for c in range(c0, c1):
-                    fc = _phi((c + 1 - cc) / sc) - _phi((c - cc) / sc)
-                    lam[r, c] += amp * fr * fc
+        _crystal_expected(lam, M_frames[f], q_pix, pixel_scale, crystal_bg, B, diffuse_params,
+                          bragg_table, tbl_off)
+        _add_spots(lam, f, spot_frame_ptr, spot_index, spot_row, spot_col, spot_z, spot_sr,
+                   spot_sc, spot_sz, spot_counts)
         flux = frame_flux[f]
         keep = expected_out.shape[0] > 0
         for r in range(ny):
@@ -281,23 +274,9 @@ def render_frames_effects(first_frame, nframes, q_pix, pixel_scale, crystal_bg, 
                 v = flux * (crystal_scale[j, r, c] * lam[r, c] + other_bg[r, c])
                 if keep:
                     expected_out[j, r, c] = v
-                g = gap_mask[r, c]
-                if g == 1:
-                    out[j, r, c] = -1
-                elif g == 2:
-                    out[j, r, c] = hot_value
-                elif g == 3:
-                    out[j, r, c] = 0
-                else:
-                    if v > 0.0:
-                        state, n = _poisson(state, v)
-                        counts = n * gain
-                        if gain != 1.0:
-                            counts = math.floor(counts + 0.5)
-                        vmax = max(vmax, counts)
-                        out[j, r, c] = int(counts) if counts < INT32_MAX else INT32_MAX
-                    else:
-                        out[j, r, c] = 0
+                state, out[j, r, c], counts = _pixel_value(state, v, gap_mask[r, c],
+                                                           hot_value, gain)
+                vmax = max(vmax, counts)
         frame_max[j] = vmax
 
 
