@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,6 +234,81 @@ def test_the_status_screen_names_every_scan_its_stage_and_its_error():
     assert "failed" in lines[3] and "logs/find_peaks/x.log" in lines[4]
     state.scans["tiny/300K/f2"].set_aside = "config/scans.tsv: row 2 ..."
     assert screen(state, LIVE, now=60.0).splitlines()[1].endswith("final")
+
+
+def test_while_a_run_goes_the_stages_say_what_it_makes_of_each_scan():
+    """Issue 82: the status names the run going's work on each scan (its first block, a
+    preview, the final run) and the jobs of the scan or its temperature running now."""
+    state = LiveState()
+    state.scans["tiny/300K/f1"] = _scan(landed=60, reduced=60, results=40)
+    state.scans["tiny/300K/f2"] = _scan("tiny/300K/f2", landed=50, reduced=50, results=30)
+    state.scans["tiny/100K/f1"] = _scan("tiny/100K/f1", landed=20, reduced=20)
+    state.scans["tiny/100K/f2"] = _scan("tiny/100K/f2", landed=10)  # (not in this run)
+    state.last_run = {"number": 3, "start": 0.0, "end": None,
+                      "frames": {"tiny/300K/f1": 60, "tiny/300K/f2": 50, "tiny/100K/f1": 20},
+                      "jobs": [["transform_frames", "tiny/300K/f1"],
+                               ["merge_entries", "tiny/300K"], ["find_peaks", "tiny/100K/f1"]]}
+    lines = screen(state, LIVE, now=60.0).splitlines()
+    assert lines[1].endswith("final run going: merge_entries, transform_frames"), lines[1]
+    assert lines[2].endswith("preview run going (50 frames): merge_entries"), lines[2]
+    assert lines[3].endswith("reducing its first block: find_peaks"), lines[3]
+    assert lines[4].endswith("waiting for its first block"), lines[4]
+    assert "running for 60 s" in lines[-1]
+    state.last_run.update(end=70.0, rc=0, jobs=[])  # (over: the stages of the results)
+    lines = screen(state, LIVE, now=80.0).splitlines()
+    assert "final run pending" in lines[1] and lines[2].endswith("preview"), lines[1:3]
+
+
+def test_the_observer_shows_the_jobs_of_the_run_going(tiny_experiment, tmp_path):
+    """The observer thread's pass writes live/state.json and results/status.html with the
+    jobs running now, from the run's job events as they are appended."""
+    from hklflow.planning.job_events import Follower
+
+    w = _watcher(tiny_experiment)
+    w.expdir = tmp_path
+    (tmp_path / "results").mkdir()
+    w.state.scans["tiny/300K/f1"] = _scan(landed=30, reduced=30)
+    events = tmp_path / "run-0001.events.jsonl"
+    w.state.last_run = {"number": 1, "start": time.time(), "end": None,
+                        "frames": {"tiny/300K/f1": 30}, "jobs": []}
+    w.run_events = Follower(events)
+    job = {"rule": "find_peaks", "wildcards": {"sample": "tiny", "temperature": "300K",
+                                                "entry": "f1"}}
+    events.write_text(json.dumps({"event": "started", "jobid": 7, **job}) + "\n")
+    w.follow_run()
+    w.write_status(save=True)
+    shown = LiveState.load(tmp_path)
+    assert shown.last_run["jobs"] == [["find_peaks", "tiny/300K/f1"]]
+    assert "reducing its first block: find_peaks" in (tmp_path / "results/status.html").read_text()
+    with open(events, "a") as f:
+        f.write(json.dumps({"event": "finished", "jobid": 7, **job}) + "\n")
+    w.follow_run()
+    w.write_status(save=True)
+    assert LiveState.load(tmp_path).last_run["jobs"] == []
+
+
+def test_a_watcher_started_before_the_acquisition_waits_for_its_config(tiny_experiment,
+                                                                      tmp_path):
+    """Issue 82: `hklflow watch` on a directory an acquisition has not written yet says what
+    it waits for, and watches once the config is there (here: a scans table with no row
+    yet; --once)."""
+    where = tmp_path / "later"
+    proc = subprocess.Popen([sys.executable, "-m", "hklflow", "watch", str(where), "--once"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None  # (waiting)
+        (where / "config").mkdir(parents=True)
+        shutil.copy(tiny_experiment / "config/config.yaml", where / "config/config.yaml")
+        header = (tiny_experiment / "config/scans.tsv").read_text().splitlines()[0]
+        (where / "config/scans.tsv").write_text(header + "\n")
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert f"waiting for {where / 'config/config.yaml'}" in out, out
+    assert "written: watching" in out, out
+    assert (where / "results/status.html").is_file()
 
 
 # --------------------------------------------------------------------------------------

@@ -18,11 +18,25 @@ REFRESH_SECONDS = 5
 WAITING_FOR_LOCK = "waiting for another Snakemake run to end (it holds the lock): "
 
 
-def stage(scan, now: float, stall_seconds: float) -> str:
+def stage(scan, now: float, stall_seconds: float, run: dict | None = None) -> str:
+    """What a scan's results are, or what is being made of it while the run `run` (the
+    state's last_run) goes: its frames, and the jobs running now of the scan or its
+    temperature."""
     if scan.problem:
         return "problem"
     if scan.set_aside:
         return "set aside"
+    n = (run or {}).get("frames", {}).get(scan.id) if run and not run.get("end") else None
+    if n:
+        if scan.complete and n == scan.frames_when_complete:
+            going = "final run going"
+        elif not scan.results:
+            going = "reducing its first block"
+        else:
+            going = f"preview run going ({n} frames)"
+        temperature = scan.id.rpartition("/")[0]
+        rules = sorted({rule for rule, of in run.get("jobs", []) if of in (scan.id, temperature)})
+        return going + (f": {', '.join(rules)}" if rules else "")
     if scan.error:
         return "failed"
     if scan.complete and scan.results == scan.frames_when_complete:
@@ -60,11 +74,11 @@ def rows(state: LiveState, live: dict, now: float) -> list[dict]:
     volumes and PDFs are previews until they are final) says for which."""
     stall = float(live.get("stall_seconds", 300))
     out = [{"scan": s.id, "landed": s.landed, "planned": s.planned, "reduced": s.reduced,
-            "results": s.results, "stage": stage(s, now, stall),
+            "results": s.results, "stage": stage(s, now, stall, state.last_run),
             "lag": lag_seconds(s, now), "message": s.problem or s.set_aside or s.error or ""}
            for s in state.scans.values()]
     for r in out:
-        if r["stage"].startswith("final"):
+        if r["stage"] in ("final", "final (finished short)"):
             temperature = r["scan"].rpartition("/")[0]
             waits = [o["scan"].rpartition("/")[2] for o in out
                      if o["scan"].rpartition("/")[0] == temperature and o["stage"] not in SETTLED]
@@ -105,8 +119,8 @@ def html_page(state: LiveState, live: dict, table_error: str | None = None) -> s
     now = time.time()
     body = []
     for r in rows(state, live, now):
-        cls = {"final": "ok", "problem": "bad", "failed": "bad", "set": "bad",
-               "stalled": "warn"}.get(
+        cls = "" if "going" in r["stage"] else {
+            "final": "ok", "problem": "bad", "failed": "bad", "set": "bad", "stalled": "warn"}.get(
             r["stage"].split(" ")[0].rstrip(";"), "")
         body.append(
             f"<tr class='{cls}'><td>{html.escape(r['scan'])}</td><td>{r['landed']} / "

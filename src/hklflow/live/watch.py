@@ -52,6 +52,10 @@ HOLD_SECONDS = 10.0
 # MAX_RETRY_SECONDS (sooner when new frames land)
 RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 600.0
+# a config that appears is read once it has not changed for this long (being written); the
+# wait for it is told again after CONFIG_REMIND_SECONDS
+CONFIG_POLL_SECONDS = 1.0
+CONFIG_REMIND_SECONDS = 600.0
 # Snakemake's --touch marks results up to date without making them: the watcher would
 # take them for reduced
 TOUCH = ("--touch", "-t")
@@ -105,6 +109,8 @@ class Watcher:
         self.table_error: str | None = None
         self.user_row_numbers: dict[str, int] = {}  # scan id -> its row of the user's table
         self.row_set_aside = False  # the last run's plan stopped on a row, now set aside
+        self.run_events: job_events.Follower | None = None  # the run going's job events
+        self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
 
     # ---- looking at the raw files (the observer thread) ----------------------------------
     def look(self) -> None:
@@ -196,9 +202,25 @@ class Watcher:
         while not self.stop.is_set():
             try:
                 self.look()
+                self.follow_run()
+                self.write_status(save=True)  # (while a run goes too: frames, stages, lags)
             except Exception as exc:  # noqa: BLE001 - keep looking; the main loop reports
                 self.log.exception("looking at the raw files failed: %s", exc)
             self.stop.wait(float(self.live["poll_seconds"]))
+
+    def follow_run(self) -> None:
+        """The jobs running now in the run going (its job events): [rule, what it belongs
+        to (as failed_jobs)] in the state's last_run, for the status's stages."""
+        with self.lock:
+            if self.run_events is None:
+                return
+            for event in self.run_events.new():
+                if event["event"] == job_events.STARTED:
+                    self.running_jobs[event.get("jobid")] = [event.get("rule") or "",
+                                                             _belongs_to(event)]
+                elif event["event"] in (job_events.FINISHED, job_events.FAILED):
+                    self.running_jobs.pop(event.get("jobid"), None)
+            self.state.last_run["jobs"] = list(self.running_jobs.values())
 
     # ---- what to reduce ----------------------------------------------------------------
     def _finish_requests(self) -> None:
@@ -370,14 +392,20 @@ class Watcher:
             self.state.runs += 1
             number = self.state.runs
             start = time.time()
-            self.state.last_run = {"number": number, "start": start, "end": None, "rc": None}
-            self.state.save(self.expdir)  # (a watcher killed now: the next one numbers on)
             included = {row_id(r): int(r["nframes"]) for r in rows}
+            log_file = self.expdir / "live" / "logs" / f"run-{number:04d}.log"
+            events = log_file.with_name(f"run-{number:04d}.events.jsonl")
+            # (frames: what the run reduces of each scan; jobs: those running now, which the
+            # observer follows in the run's events: the status's stages while it goes)
+            self.state.last_run = {"number": number, "start": start, "end": None, "rc": None,
+                                   "frames": included, "jobs": [],
+                                   "events": str(events.relative_to(self.expdir))}
+            self.state.save(self.expdir)  # (a watcher killed now: the next one numbers on)
+            self.run_events = job_events.Follower(events)
+            self.running_jobs = {}
             before = {sid: s.results for sid, s in self.state.scans.items()}
             was_final = {key for key, scans in self._temperatures().items() if self._final(scans)}
             first = self.final_targets(was_final)
-        log_file = self.expdir / "live" / "logs" / f"run-{number:04d}.log"
-        events = log_file.with_name(f"run-{number:04d}.events.jsonl")
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.write_status()
         # the final results of a temperature just completed before the previews of the next;
@@ -390,8 +418,9 @@ class Watcher:
         end = time.time()
         failed = failed_jobs(job_events.read(events))
         with self.lock:
+            self.run_events = None
             self.state.last_run.update(end=end, rc=rc, log=str(log_file.relative_to(self.expdir)),
-                                       events=str(events.relative_to(self.expdir)))
+                                       jobs=[])
             # a plan stopped on one row is that row's problem, not every scan's
             self.row_set_aside = bool(rc) and not failed and self.set_aside_row(rows, log_file)
             lags, finals = {}, {}
@@ -479,10 +508,14 @@ class Watcher:
             by.setdefault((s.sample, s.temperature_label), []).append(s)
         return by
 
-    def write_status(self) -> None:
+    def write_status(self, save: bool = False) -> None:
+        """results/status.html, and live/state.json (which `hklflow status` shows) where
+        `save` or the table's error changed."""
         with self.lock:
             if self.state.table_error != (self.table_error or ""):  # (hklflow status shows it)
                 self.state.table_error = self.table_error or ""
+                save = True
+            if save:
                 self.state.save(self.expdir)
             write_status(self.expdir, self.state, self.live, self.table_error)
 
@@ -548,20 +581,20 @@ class Watcher:
                 self.state.save(self.expdir)
 
 
+def _belongs_to(event: dict) -> str:
+    """What a job event's job belongs to: SAMPLE/TLABEL/ENTRY, SAMPLE/TLABEL or "" (from
+    its wildcards: a job of a whole sample, such as its grid, belongs to every scan)."""
+    w = event.get("wildcards") or {}
+    return ("/".join(w[k] for k in ("sample", "temperature", "entry") if w.get(k))
+            if w.get("sample") and w.get("temperature") else "")
+
+
 def failed_jobs(events) -> list[dict]:
     """The failed jobs of a run's job events (hklflow.planning.job_events): rule, what they
-    belong to (SAMPLE/TLABEL/ENTRY, SAMPLE/TLABEL or "", from their wildcards: a job of a
-    whole sample, such as its grid, belongs to every scan) and their log."""
-    found = []
-    for event in events:
-        if event["event"] != job_events.FAILED:
-            continue
-        w = event.get("wildcards") or {}
-        scan = ("/".join(w[k] for k in ("sample", "temperature", "entry") if w.get(k))
-                if w.get("sample") and w.get("temperature") else "")
-        found.append({"rule": event["rule"], "scan": scan,
-                      "log": job_events.first_log(event) or ""})
-    return found
+    belong to (_belongs_to) and their log."""
+    return [{"rule": event["rule"], "scan": _belongs_to(event),
+             "log": job_events.first_log(event) or ""}
+            for event in events if event["event"] == job_events.FAILED]
 
 
 def unknown_scans(expdir: Path, asked: list[str]) -> str | None:
@@ -588,6 +621,31 @@ def unknown_scans(expdir: Path, asked: list[str]) -> str | None:
             (f"close ones: {', '.join(close)}" if close else
              f"known: {', '.join(shown[:10])}{' ...' if len(shown) > 10 else ''}"
              if shown else "and no scan is known yet"))
+
+
+def wait_for_config(expdir: Path, log, poll: float = CONFIG_POLL_SECONDS) -> None:
+    """Returns once EXPDIR/config/config.yaml exists and has not changed for `poll`
+    seconds (an acquisition writes it first: a watcher may be started before); says what it
+    waits for at once, and again every CONFIG_REMIND_SECONDS."""
+    path = expdir / "config" / "config.yaml"
+    seen, said = None, None
+    while True:
+        try:
+            st = path.stat()
+            now_seen = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            now_seen = None
+        if now_seen is not None and now_seen == seen:
+            if said is not None:
+                log.info("%s written: watching %s", path, expdir)
+            return
+        seen = now_seen
+        if now_seen is None and (said is None or time.time() - said >= CONFIG_REMIND_SECONDS):
+            log.info("waiting for %s: an acquisition writes it first (hklflow simulate "
+                     "--acquire, or the beamline's own); a wrong EXPDIR waits forever "
+                     "(Ctrl-C to stop)", path)
+            said = time.time()
+        time.sleep(poll)
 
 
 def cores_argument(text: str) -> str:
@@ -633,9 +691,14 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     log = steplog.setup("watch")
     expdir = args.expdir.resolve()
-    if not (expdir / "config" / "config.yaml").is_file():
+    if args.finish and not (expdir / "config" / "config.yaml").is_file():
         log.error("%s: no config/config.yaml: not an experiment directory", expdir)
         return 2
+    try:
+        wait_for_config(expdir, log)
+    except KeyboardInterrupt:
+        log.info("stopped while waiting for %s", expdir / "config" / "config.yaml")
+        return 130
     not_running = [a for a in extra if _passes_through([a]) or a.split("=")[0] in TOUCH]
     if not_running:
         log.error("%s: hklflow watch does not take %s: it would make nothing, yet record "
