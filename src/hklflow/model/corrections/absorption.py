@@ -92,9 +92,46 @@ def plate_transmission(c_in, c_out, mu_t):
     with np.errstate(divide="ignore"):
         x = mu_t / c_in
         y = mu_t / np.abs(c_out)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         through = np.exp(-y) * _g(x - y)
+        # (a ray near the plate's plane: exp(-y) underflows, g(x - y) overflows; the same as
+        # a difference, free of cancellation there)
+        through = np.where(np.isfinite(through), through, (np.exp(-y) - np.exp(-x)) / (x - y))
     return np.where(c_out > 0, np.where(np.isfinite(through), through, 0.0), _g(x + y))
+
+
+class PlateTables:
+    """plate_transmission(c_in, c, mu_t) at the TABLE_POINTS cosines c from -1 to 1, for
+    many c_in: the nodes' own terms (mu t / |c|, exp of its negative) computed once, each
+    table is then a few operations a node and no exponential of them (the closed form:
+    exp(-y) g(x - y) = (exp(-y) - exp(-x)) / (x - y) leaving through the back face,
+    g(x + y) = (1 - exp(-x) exp(-y)) / (x + y) through the entry face; x = mu t / c_in,
+    y = mu t / |c|; the closed form itself where x -/+ y is within SERIES of 0)."""
+
+    SERIES = 1e-6
+
+    def __init__(self, mu_t: float):
+        self.mu_t = float(mu_t)
+        self.c = np.linspace(-1.0, 1.0, TABLE_POINTS)
+        self.back = self.c > 0
+        with np.errstate(divide="ignore"):
+            self.y = self.mu_t / np.abs(self.c)
+        self.exp_y = np.exp(-self.y)
+
+    def at(self, c_in) -> np.ndarray:
+        """float64 (len(c_in), TABLE_POINTS): the tables of the cosines c_in (> 0)."""
+        x = (self.mu_t / np.asarray(c_in, dtype=np.float64).reshape(-1, 1))
+        exp_x = np.exp(-x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(self.back, x - self.y, x + self.y)
+            out = np.where(self.back, self.exp_y - exp_x, 1.0 - exp_x * self.exp_y) / d
+            out[np.isinf(d)] = 0.0  # (c = 0: an edge-on ray)
+        near = np.abs(d) < self.SERIES
+        if near.any():  # (the closed form, free of the difference's cancellation)
+            rows, cols = np.nonzero(near)
+            cin = np.asarray(c_in, dtype=np.float64).reshape(-1)[rows]
+            out[rows, cols] = plate_transmission(cin, self.c[cols], self.mu_t)
+        return out
 
 
 class PlateAbsorption:
@@ -113,6 +150,7 @@ class PlateAbsorption:
         self.normal_sample = n / np.linalg.norm(n)
         self.scan = scan
         self.min_transmission = float(min_transmission)
+        self._tables = None  # (PlateTables, made on first use)
 
     def factor(self, directions: np.ndarray, z: float) -> np.ndarray:
         """Transmission of rays along unit lab directions (n, 3) at frame coordinate z (0
@@ -148,13 +186,16 @@ class PlateAbsorption:
         d = wavelength Q + s0 (on the Ewald sphere) has the cosine
         (wavelength Q) . n + s0 . n with the normal (algorithms.transform.kernels)."""
         frames = np.asarray(frames, dtype=np.float64).ravel()
-        tables = np.empty((frames.size, TABLE_POINTS), np.float32)
         normals = np.empty((frames.size, 3), np.float32)
         c_in = np.empty(frames.size)
         for i, f in enumerate(frames):
-            n, tables[i] = self.table_at(f + 0.5)
-            normals[i] = n
-            c_in[i] = n @ BEAM_DIRECTION
+            normals[i], c_in[i] = self.normal_at(f + 0.5)
+        if self._tables is None:
+            self._tables = PlateTables(self.mu_t)
+        tables = np.zeros((frames.size, TABLE_POINTS), np.float32)  # (edge-on: all 0)
+        lit = c_in >= 1e-9
+        if lit.any():
+            tables[lit] = self._tables.at(c_in[lit])
         return tables, normals, c_in
 
     def notes(self) -> dict:
