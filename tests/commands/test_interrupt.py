@@ -28,12 +28,6 @@ def as_a_terminal_starts_it():
 
 
 @pytest.mark.slow
-# (not strict: in fresh clones' full runs, 2026-11-29/30, the interrupt sent 1 s after the
-# first job's log left the run going to its end, rc 0: neither hklflow nor Snakemake saw it,
-# as when SIGINT is inherited ignored; alone, under CPU load, with a cold numba cache, after
-# tests/commands or tests/live/test_watch.py it passed.  The child now starts with SIGINT's
-# default action: strict once a full run passes with it)
-@pytest.mark.xfail(strict=False, reason="the interrupt is sometimes not seen (fresh clone)")
 @pytest.mark.parametrize("to", ["the terminal's process group", "hklflow alone"])
 def test_ctrl_c_of_hklflow_run_is_one_line(tiny_copy, to):
     p = subprocess.Popen([sys.executable, "-m", "hklflow", "run", str(tiny_copy), "--",
