@@ -21,8 +21,8 @@ HELPERS = {"common.py", "nxrefine_venv.py", "rmc_discord_venv.py"}  # imported, 
 SMOKED = {"accuracy.py", "cpu_kernels.py", "disk.py", "dryrun.py", "find_peaks.py",
           "full_rotation.py", "nxrefine_experiment.py",
           "live.py", "nxrefine_compare.py", "nxrefine_pdf_compare.py", "orientation.py",
-          "pdf.py", "pipeline.py", "shared_detector.py", "threads.py", "transform.py",
-          "thick_sensor.py",
+          "pdf.py", "pipeline.py", "shared_detector.py", "startup.py", "threads.py",
+          "transform.py", "thick_sensor.py",
           # (on the experiments of tests/workflow/test_beamline_corrections.py and
           # test_scaling.py: --reduced)
           "beamline.py", "scaling.py"}
@@ -72,6 +72,13 @@ def test_no_import_cycle_between_bench_scripts():
         return seen
 
     assert [m for m in graph if m in reach(m)] == []
+
+
+def test_startup(tmp_path):
+    """One light step, this checkout against itself as the baseline (a few processes)."""
+    p = bench(BENCH / "startup.py", "--steps", "define_grid", "--repeats", 1, "--baseline",
+              REPO / "src", "--json", tmp_path / "r.json", check_json=tmp_path / "r.json")
+    assert "define_grid" in p.stdout
 
 
 @pytest.mark.slow

@@ -57,6 +57,23 @@ def test_artists_take_their_properties_without_the_set_docstrings():
     assert (line.get_color(), line.get_linewidth(), line.get_alpha()) == ("r", 2.5, 0.5)
 
 
+def test_artists_lose_the_set_docstrings_when_matplotlib_loads_after_the_pictures():
+    """hklflow.pictures imports no matplotlib (a step that only labels previews draws
+    nothing); matplotlib loaded later has kwdoc replaced all the same, before its Artist
+    classes are made: their `set` docstrings have no property tables."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import hklflow.pictures.preview\n"
+            "assert 'matplotlib' not in sys.modules\n"
+            "import matplotlib.artist\n"
+            "from matplotlib.lines import Line2D\n"
+            "assert matplotlib.artist.kwdoc(Line2D) == ''\n"
+            "assert 'dash_capstyle' not in Line2D.set.__doc__, Line2D.set.__doc__\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 def _zlib_levels(path) -> list[int]:
     """FLEVEL of the zlib stream of each IDAT chunk start: 0 for zlib level 1, 2 for the
     default 6 (the PNG's IDAT chunks are one zlib stream: its header is in the first)."""

@@ -474,3 +474,20 @@ def test_a_step_imports_no_library_it_does_not_use():
         seen[group] = r.stdout.split()
     assert seen[light] == ["False", "False", "False"]
     assert seen[heavy][0] == "False" and seen[heavy][2] == "True"
+
+
+@pytest.mark.parametrize("step, deferred", [
+    ("sum_chunks", ("scipy.ndimage", "hklflow.algorithms.merge.background")),  # a background's
+    ("total_pdf", ("scipy.sparse", "hklflow.algorithms.pdf.fill")),  # the DeltaPDF's fill
+    ("transform_frames", ("matplotlib",)),  # draws nothing; labels previews only
+    ("calibrate_powder", ("matplotlib",)),  # a calibration reused draws nothing
+])
+def test_a_step_imports_what_only_some_of_its_runs_use_when_they_use_it(step, deferred):
+    """What only a branch of a step uses is imported in that branch, not with the step:
+    every job of the step would pay for it at its start (bench/startup.py)."""
+    code = (f"import sys, hklflow.commands.cli, hklflow.steps.{step}\n"
+            f"print(*(m in sys.modules for m in {deferred!r}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False"] * len(deferred)

@@ -11,7 +11,6 @@ from ..base.errors import CalibrationError
 from ..files.calibration import CalibrationArchive, version_key, write_calibration_file
 from ..files.provenance import file_digest, provenance
 from ..model.geometry import DetectorGeometry
-from ..pictures.detector import plot_calibration
 from ..settings.params import CalibrationParams, settings_part
 from ._run import StepParser, run_step
 
@@ -50,6 +49,9 @@ def run(args, log) -> None:
         version = reuse["version"]
         log.info("same source (%s) and settings as %s: reusing it", source["sha256"], version)
     else:
+        # (here: a calibration reused draws nothing, and the picture loads matplotlib)
+        from ..pictures.detector import plot_calibration
+
         log.info("calibration %s: %s", params.name, f"import {params.poni}" if params.poni
                  else f"refine {','.join(params.refine)} from {params.image}")
         result, image = cal.calibrate(params)

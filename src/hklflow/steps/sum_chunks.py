@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..algorithms.merge.background import subtract_background
 from ..algorithms.merge.volumes import sum_volumes
 from ..base.errors import InputMismatchError
 from ..files.provenance import provenance
@@ -56,6 +55,9 @@ def run(args, log) -> None:
             notes = sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
             update_notes(out, {"background": NO_BACKGROUND})
         else:  # (the sum and the background's own, made whole, beside the output)
+            # (here: most entries have no background, and its smoothing loads scipy.ndimage)
+            from ..algorithms.merge.background import subtract_background
+
             with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".sum_chunks") as tmp:
                 summed, bg = Path(tmp) / "sum.nxs", Path(tmp) / "background.nxs"
                 notes = sum_volumes(inputs, summed, args.title, prov, log=log,

@@ -20,7 +20,6 @@ from ...model.crystal import Crystal
 from ...model.grid import Grid
 from ..merge.symmetry import index_maps, operator_of_hkl, stabilizer_counts
 from .fft import pdf_spectrum
-from .fill import punch_and_fill, reflections_to_punch
 from .kernels import _largest_measured_q2, _shell_counts
 from .q_grid import SLAB_PLANES, octant_boxes, octant_start, q_metric, slab_by_slab
 from .sigma import IncompatibleGrid, pdf_sigma
@@ -311,6 +310,8 @@ def _total_pdf(values, grid: Grid, cell, q_max, title, workers, subtract_mean, e
 def punch_positions(crystal: Crystal, grid: Grid, q_reach: float, extra=()) -> np.ndarray:
     """Every allowed reflection within the measured reach and the grid, then the extra
     positions with all their Laue-equivalent positions (n, 3) float."""
+    from .fill import reflections_to_punch  # (here: as in delta_pdf)
+
     refl = reflections_to_punch(crystal, grid, q_reach).astype(np.float64)
     if len(extra):
         ops = crystal.laue_operators
@@ -336,6 +337,9 @@ def delta_pdf(volume, grid: Grid, crystal: Crystal, params, title: str, workers:
     coverage and taper statistics are counted in the octant, its transform's octant is an
     eighth of it, and the filled volume stays in memory for it.  noise: the volume's
     (volume_noise): then the PDF's errors are its sigma, the filled voxels noise-free."""
+    # (here: the fill loads scipy.sparse and its kernels, which a total PDF does not use)
+    from .fill import punch_and_fill
+
     from_file = not isinstance(volume, np.ndarray)
     intensity = read_intensity(volume, compiled_decompression=True)[1] if from_file else volume
     cell = crystal.cell
