@@ -18,7 +18,9 @@ runs beside it on the same machine.  From the watcher's live/history.jsonl it pr
   the end of the acquisition.
 
 Then it checks that the watched results are the batch results: `snakemake -n` with the
-experiment's own scans table plans nothing.  --png draws the lag over time (one line per
+experiment's own scans table plans nothing; and it runs the batch workflow on a copy of the
+acquired experiment (config and raw files) with the same cores: the CPU of the watcher with
+every job it ran (its process tree, os.wait4) against the batch run's.  --png draws the lag over time (one line per
 frame rate).  --config sets live.* keys of the experiment's config (e.g.
 live.preview_every_seconds=20).
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,6 +66,33 @@ def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.5)
 
 
+def wait_with_cpu(proc: subprocess.Popen) -> tuple[int, float]:
+    """(exit code, CPU seconds of the process and every descendant it waited for)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def batch_run(exp: Path, workdir: Path, cores: str) -> tuple[int, float, float]:
+    """The batch workflow on a copy of the acquired experiment (its config and raw files):
+    (exit code, CPU seconds of Snakemake and its jobs, wall seconds)."""
+    copy = workdir / f"{exp.name}_batch"
+    if copy.exists():
+        shutil.rmtree(copy)
+    copy.mkdir()
+    for part in ("config", "raw"):
+        shutil.copytree(exp / part, copy / part)
+    t0 = time.time()
+    with open(workdir / f"{exp.name}.batch.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                                 "-d", str(copy), "--cores", str(cores)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        rc, cpu = wait_with_cpu(proc)
+    seconds = time.time() - t0
+    shutil.rmtree(copy, ignore_errors=True)
+    return rc, cpu, seconds
+
+
 def run_one(args, fps: float, workdir: Path) -> dict:
     exp = workdir / f"{args.preset}_{args.format}_{fps:g}fps"
     if exp.exists():
@@ -83,7 +113,7 @@ def run_one(args, fps: float, workdir: Path) -> dict:
                              stdout=watch_log, stderr=subprocess.STDOUT)
     rc_acquire = acquire.wait()
     acquired = time.time()
-    rc_watch = watch.wait()
+    rc_watch, cpu_watch = wait_with_cpu(watch)
     done = time.time()
     history = [json.loads(x) for x in (exp / "live" / "history.jsonl").read_text().splitlines()]
     state = json.loads((exp / "live" / "state.json").read_text())
@@ -101,13 +131,17 @@ def run_one(args, fps: float, workdir: Path) -> dict:
                             "-d", str(exp), "-n", "--cores", "1", "--quiet", "rules"],
                            capture_output=True, text=True)
     batch_equal = batch.returncode == 0 and "Nothing to be done" in (batch.stdout + batch.stderr)
+    rc_batch, cpu_batch, batch_s = batch_run(exp, workdir, args.cores)
     result = {"fps": fps, "rc_acquire": rc_acquire, "rc_watch": rc_watch,
               "acquisition_s": round(last_landing - first_landing, 1),
               "backlog_after_acquisition_s": round(done - acquired, 1),
               "runs": runs, "final_lag_s": finals,
               "max_preview_lag_s": max((r["lag_s"] for r in runs), default=None),
               "max_final_lag_s": max(finals.values(), default=None),
-              "batch_plans_nothing": batch_equal}
+              "batch_plans_nothing": batch_equal, "rc_batch": rc_batch,
+              "watcher_cpu_s": round(cpu_watch, 1), "batch_cpu_s": round(cpu_batch, 1),
+              "batch_s": round(batch_s, 1),
+              "watcher_over_batch_cpu": round(cpu_watch / cpu_batch, 2) if cpu_batch else None}
     if not args.keep:
         shutil.rmtree(exp, ignore_errors=True)
     return result
@@ -165,6 +199,9 @@ def main(argv=None) -> int:
         print(f"most preview lag {r['max_preview_lag_s']} s, most final lag "
               f"{r['max_final_lag_s']} s (goal {GOAL_S:g} s each); batch plans nothing after "
               f"the watcher: {r['batch_plans_nothing']}")
+        print(f"CPU: the watcher and its jobs {r['watcher_cpu_s']} s, the batch run of the same "
+              f"data {r['batch_cpu_s']} s ({r['batch_s']} s on {args.cores} cores): "
+              f"{r['watcher_over_batch_cpu']}x (goal <= 2x)")
     out = {"machine": info, "preset": args.preset, "format": args.format,
            "config": args.config, "results": results}
     if args.png:
@@ -175,7 +212,7 @@ def main(argv=None) -> int:
     else:
         print(text)
     ok = all(r["rc_acquire"] == 0 and r["rc_watch"] == 0 and r["batch_plans_nothing"]
-             for r in results)
+             and r["rc_batch"] == 0 for r in results)
     return 0 if ok else 1
 
 
