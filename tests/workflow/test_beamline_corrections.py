@@ -78,6 +78,9 @@ def test_the_volumes_say_what_was_corrected_and_subtracted(plate_run):
     background = v.notes["background"]
     assert background["scan"] == "tiny/100K/f1_empty" and background["voxels_left_out"] == 0
     assert background["scale_how"]["by"] == "monitor"
+    # (the workflow's file, not sum_chunks' scratch copy of it)
+    assert background["subtracted"].endswith("f1/masked_transform_parts/background.nxs"), \
+        background
     part = v.notes["inputs"][0]["notes"] if "inputs" in v.notes else v.notes
     applied = part["corrections"]["applied"]
     assert set(applied) == {"solid_angle", "polarization", "efficiency", "air", "absorption"}

@@ -64,7 +64,7 @@ def run(args, log) -> None:
                                     move_single=True)
                 sum_volumes([backgrounds[i]], bg, f"background of {args.title}", prov, log=log)
                 notes["background"] = subtract_background(summed, bg, out, args.title, prov,
-                                                          smooth, log)
+                                                          smooth, log, named=backgrounds[i])
         plot_slices(out, slices, png, f"{args.title} ({n} volumes summed"
                     f"{', background subtracted' if backgrounds else ''})", log=log,
                     preview=preview_label(notes))

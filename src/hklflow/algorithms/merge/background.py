@@ -55,9 +55,10 @@ def _transform_notes(notes: dict) -> dict:
 
 
 def subtract_background(entry_path, background_path, out, title: str, provenance: dict,
-                        smooth: int = 0, log=None) -> dict:
+                        smooth: int = 0, log=None, named=None) -> dict:
     """Write entry - background (module docstring) to `out`; returns what was done (also in
-    the volume's notes, `background`)."""
+    the volume's notes, `background`; `named`: the background's file as the notes name it,
+    where background_path is a scratch copy of it)."""
     head, bg_head = read_volume_header(entry_path), read_volume_header(background_path)
     grid = head.grid
     if not bg_head.grid.same_as(grid) or bg_head.kind != head.kind:
@@ -99,7 +100,7 @@ def subtract_background(entry_path, background_path, out, title: str, provenance
                     v = np.where(gone, 0.0, v[0] + wt ** 2 * var_m)
                 w.write(l0, s, np.where(gone, 0.0, wt), v if variance else None)
             made = _transform_notes(bg_head.notes)
-            done = {"subtracted": str(background_path), "title": bg_head.title,
+            done = {"subtracted": str(named or background_path), "title": bg_head.title,
                     "scan": made.get("background"),
                     "scale": made.get("background_scale"),
                     "scale_how": made.get("background_scale_how"),
