@@ -635,7 +635,8 @@ def wait_for_config(expdir: Path, log, poll: float = CONFIG_POLL_SECONDS) -> Non
             now_seen = (st.st_size, st.st_mtime_ns)
         except OSError:
             now_seen = None
-        if now_seen is not None and now_seen == seen:
+        settled = now_seen is not None and time.time() - st.st_mtime >= poll
+        if now_seen is not None and (now_seen == seen or (seen is None and settled)):
             if said is not None:
                 log.info("%s written: watching %s", path, expdir)
             return
