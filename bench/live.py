@@ -20,9 +20,9 @@ runs beside it on the same machine.  From the watcher's live/history.jsonl it pr
 Then it checks that the watched results are the batch results: `snakemake -n` with the
 experiment's own scans table plans nothing; and it runs the batch workflow on a copy of the
 acquired experiment (config and raw files) with the same cores: the CPU of the watcher with
-every job it ran (its process tree, os.wait4) against the batch run's.  --png draws the lag over time (one line per
-frame rate).  --config sets live.* keys of the experiment's config (e.g.
-live.preview_every_seconds=20).
+every job it ran (its process tree, os.wait4) against the batch run's.  --png draws the lag
+over time (one line per frame rate).  --config sets live.* keys of the experiment's config
+(e.g. live.preview_every_seconds=20).
 """
 from __future__ import annotations
 
