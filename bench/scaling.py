@@ -2,7 +2,8 @@
 without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ripple; and
 what scaling costs on a reduced experiment.
 
-    python bench/scaling.py [--workdir bench/.data/scaling] [--variants effects,free,analytic,matched]
+    python bench/scaling.py [--workdir bench/.data/scaling]
+                            [--variants effects,free,analytic,matched]
                             [--reduced DIR:VARIANT ...] [--json FILE]
     python bench/scaling.py --cost EXPERIMENT [--temperature 100K] [--repeats 2]
 
