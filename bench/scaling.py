@@ -107,27 +107,45 @@ def satellite_voxels(grid) -> np.ndarray:
     return ((L * nk + K) * nh + H).ravel()
 
 
+class Reduced:
+    """A reduced temperature of a variant: its scales, orientation, entries' masked volumes,
+    scans and pixel masks, the grid; observations(orbits, bragg_radius) as scale_entries
+    gathers them."""
+
+    def __init__(self, where: Path, temperature: str):
+        from hklflow.files.mask import read_pixel_mask
+        from hklflow.files.orientation import read_orientation_file
+        from hklflow.files.scales import read_scales
+        from hklflow.files.scan import read_scan_file
+        from hklflow.files.volume import read_grid_of
+
+        t = where / "results/tiny" / temperature
+        self.model = read_scales(t / "scales.json")[0]
+        self.orientation = read_orientation_file(t / "orientation.nxs")
+        self.laue_operators = self.orientation.crystal().laue_operators
+        self.names = list(self.model.entries)
+        self.volumes = [t / n / "masked_transform.nxs" for n in self.names]
+        self.records = [read_scan_file(t / n / "scan.nxs") for n in self.names]
+        self.masks = [read_pixel_mask(t / n / "mask.nxs", n) for n in self.names]
+        self.grid = read_grid_of(self.volumes[0])[0]
+
+    def observations(self, orbits, bragg_radius: float):
+        from hklflow.steps.scale_entries import gather
+
+        members, group = orbits
+        ori = self.orientation
+        return gather(self.volumes, members, group, self.grid,
+                      [r.geometry(ori) for r in self.records], self.masks, ori.UB, bragg_radius)
+
+
 def satellite_ratio(where: Path, temperature: str) -> dict:
     """Equivalent satellites early and late in the rotation, before and after scaling."""
     from hklflow.algorithms.scaling.observations import orbits_of
-    from hklflow.files.mask import read_pixel_mask
-    from hklflow.files.orientation import read_orientation_file
-    from hklflow.files.scales import read_scales
-    from hklflow.files.scan import read_scan_file
-    from hklflow.files.volume import read_grid_of
-    from hklflow.steps.scale_entries import gather, model_at
+    from hklflow.steps.scale_entries import model_at
 
-    t = where / "results/tiny" / temperature
-    model, content = read_scales(t / "scales.json")
-    ori = read_orientation_file(t / "orientation.nxs")
-    names = list(model.entries)
-    volumes = [t / n / "masked_transform.nxs" for n in names]
-    records = [read_scan_file(t / n / "scan.nxs") for n in names]
-    masks = [read_pixel_mask(t / n / "mask.nxs", n) for n in names]
-    grid = read_grid_of(volumes[0])[0]
-    members, group = orbits_of(satellite_voxels(grid), grid, ori.crystal().laue_operators)
-    obs = gather(volumes, members, group, grid, [r.geometry(ori) for r in records], masks,
-                 ori.UB, 0.0)
+    r = Reduced(where, temperature)
+    obs = r.observations(orbits_of(satellite_voxels(r.grid), r.grid, r.laue_operators), 0.0)
+    names, model = r.names, r.model
     phi = np.concatenate([(c.share * c.phi).sum(axis=0) for c in obs.crossings])
     order = np.concatenate([obs.of(e) for e in range(len(names))])
     phi_of = np.empty(len(obs.y))
@@ -153,28 +171,15 @@ def every_orbit(where: Path, temperature: str, bragg_radius: float = 0.2) -> dic
     between two reductions of the same frames)."""
     from hklflow.algorithms.scaling.fit import equivalents_statistics
     from hklflow.algorithms.scaling.observations import draw_orbits
-    from hklflow.files.mask import read_pixel_mask
-    from hklflow.files.orientation import read_orientation_file
-    from hklflow.files.scales import read_scales
-    from hklflow.files.scan import read_scan_file
-    from hklflow.files.volume import read_grid_of
-    from hklflow.steps.scale_entries import gather, model_at
+    from hklflow.steps.scale_entries import model_at
 
-    t = where / "results/tiny" / temperature
-    model, _ = read_scales(t / "scales.json")
-    ori = read_orientation_file(t / "orientation.nxs")
-    names = list(model.entries)
-    volumes = [t / n / "masked_transform.nxs" for n in names]
-    records = [read_scan_file(t / n / "scan.nxs") for n in names]
-    masks = [read_pixel_mask(t / n / "mask.nxs", n) for n in names]
-    grid = read_grid_of(volumes[0])[0]
-    members, group = draw_orbits(grid, ori.crystal().laue_operators, volumes, 10 ** 9)
-    obs = gather(volumes, members, group, grid, [r.geometry(ori) for r in records], masks,
-                 ori.UB, bragg_radius)
+    r = Reduced(where, temperature)
+    obs = r.observations(draw_orbits(r.grid, r.laue_operators, r.volumes, 10 ** 9),
+                         bragg_radius)
     ones, zeros = np.ones(len(obs.y)), np.zeros(len(obs.y))
     out = {}
-    for key, (m, o) in (("before", (ones, zeros)), ("after", model_at(model, obs, names))):
-        st = equivalents_statistics(obs, m, o, names)
+    for key, (m, o) in (("before", (ones, zeros)), ("after", model_at(r.model, obs, r.names))):
+        st = equivalents_statistics(obs, m, o, r.names)
         out[key] = {"cc_half": st["cc_half"], "orbits": st["orbits"],
                     "shells": [r["cc_half"] for r in st["shells"]]}
     return out
