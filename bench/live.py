@@ -12,7 +12,8 @@ runs beside it on the same machine.  From the watcher's live/history.jsonl it pr
 
 * per workflow run: when it ended (s after the first frame landed), its length, the frames
   of every scan it reduced, and its preview lag: how long before the run's end the newest
-  frame it included had landed (the most over its scans);
+  frame it included had landed (the most over its scans); its CPU (Snakemake and its jobs),
+  and the temperatures it handed a new provisional orientation (hklflow.live.orientation);
 * per temperature: the final lag, from its last frame landing to its final results;
 * the most preview lag and final lag, against the goal (60 s each), and the backlog at
   the end of the acquisition.
@@ -20,9 +21,10 @@ runs beside it on the same machine.  From the watcher's live/history.jsonl it pr
 Then it checks that the watched results are the batch results: `snakemake -n` with the
 experiment's own scans table plans nothing; and it runs the batch workflow on a copy of the
 acquired experiment (config and raw files) with the same cores: the CPU of the watcher with
-every job it ran (its process tree, os.wait4) against the batch run's.  --png draws the lag
-over time (one line per frame rate).  --config sets live.* keys of the experiment's config
-(e.g. live.preview_every_seconds=20).
+every job it ran (its process tree, os.wait4) against the batch run's, and how much of it
+is the watcher's own process (its looks at the raw files and its status pages).  --png
+draws the lag over time (one line per frame rate).  --config sets live.* keys of the
+experiment's config (e.g. live.preview_every_seconds=20).
 """
 from __future__ import annotations
 
@@ -122,7 +124,9 @@ def run_one(args, fps: float, workdir: Path) -> dict:
     runs = [{"run": h["run"], "end_s": round(h["end"] - first_landing, 1),
              "seconds": round(h["end"] - h["start"], 1), "rc": h["rc"],
              "frames": h["frames"], "lag_s": max(h["lag_s"].values(), default=0.0),
-             "final_lag_s": h["final_lag_s"]} for h in history]
+             "final_lag_s": h["final_lag_s"], "cpu_s": h["cpu_s"],
+             "reoriented": sorted(t for t, o in h["orientations"].items() if o["handed"])}
+            for h in history]
     finals = {}
     for h in history:
         for t, lag in h["final_lag_s"].items():
@@ -140,6 +144,9 @@ def run_one(args, fps: float, workdir: Path) -> dict:
               "max_final_lag_s": max(finals.values(), default=None),
               "batch_plans_nothing": batch_equal, "rc_batch": rc_batch,
               "watcher_cpu_s": round(cpu_watch, 1), "batch_cpu_s": round(cpu_batch, 1),
+              # (the watcher's own: its looks at the raw files, status pages, decisions)
+              "runs_cpu_s": round(sum(x["cpu_s"] for x in runs), 1),
+              "watcher_own_cpu_s": round(cpu_watch - sum(x["cpu_s"] for x in runs), 1),
               "batch_s": round(batch_s, 1),
               "watcher_over_batch_cpu": round(cpu_watch / cpu_batch, 2) if cpu_batch else None}
     if not args.keep:
@@ -189,11 +196,12 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"\n== {args.preset} ({args.format}) at {fps:g} frames/s: acquisition "
               f"{r['acquisition_s']} s, watcher done {r['backlog_after_acquisition_s']} s after it")
-        print(f"{'run':>4} {'end s':>7} {'length s':>9} {'lag s':>6}  frames")
+        print(f"{'run':>4} {'end s':>7} {'length s':>9} {'lag s':>6} {'CPU s':>6}  frames")
         for x in r["runs"]:
             frames = ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in x["frames"].items())
-            print(f"{x['run']:>4} {x['end_s']:>7} {x['seconds']:>9} {x['lag_s']:>6}  {frames}"
-                  + ("" if x["rc"] == 0 else "  (FAILED)"))
+            print(f"{x['run']:>4} {x['end_s']:>7} {x['seconds']:>9} {x['lag_s']:>6} "
+                  f"{x['cpu_s']:>6}  {frames}" + ("" if x["rc"] == 0 else "  (FAILED)")
+                  + "".join(f"; {t}: new orientation" for t in x["reoriented"]))
         for t, lag in r["final_lag_s"].items():
             print(f"final {t}: {lag} s after its last frame")
         print(f"most preview lag {r['max_preview_lag_s']} s, most final lag "
@@ -201,7 +209,8 @@ def main(argv=None) -> int:
               f"the watcher: {r['batch_plans_nothing']}")
         print(f"CPU: the watcher and its jobs {r['watcher_cpu_s']} s, the batch run of the same "
               f"data {r['batch_cpu_s']} s ({r['batch_s']} s on {args.cores} cores): "
-              f"{r['watcher_over_batch_cpu']}x (goal <= 2x)")
+              f"{r['watcher_over_batch_cpu']}x (goal <= 2x); of the watcher's: its runs "
+              f"{r['runs_cpu_s']} s, its own looks and pages {r['watcher_own_cpu_s']} s")
     out = {"machine": info, "preset": args.preset, "format": args.format,
            "config": args.config, "results": results}
     if args.png:

@@ -24,7 +24,7 @@ from hklflow.planning.config import LIVE_SCANS_TABLE, load_experiment, load_sett
 
 from conftest import job_counts, run_snakemake
 
-LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30,
+LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30, "reorient_voxels": 0.25,
         "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}
 
 
@@ -254,6 +254,11 @@ def test_while_a_run_goes_the_stages_say_what_it_makes_of_each_scan():
     assert lines[3].endswith("reducing its first block: find_peaks"), lines[3]
     assert lines[4].endswith("waiting for its first block"), lines[4]
     assert "running for 60 s" in lines[-1]
+    # a preview temperature with no provisional orientation yet: this run makes it
+    state.last_run["orienting"] = ["tiny/100K"]
+    lines = screen(state, LIVE, now=60.0).splitlines()
+    assert lines[3].endswith("orienting its temperature's previews: find_peaks"), lines[3]
+    assert lines[1].endswith("final run going: merge_entries, transform_frames"), lines[1]
     state.last_run.update(end=70.0, rc=0, jobs=[])  # (over: the stages of the results)
     lines = screen(state, LIVE, now=80.0).splitlines()
     assert "final run pending" in lines[1] and lines[2].endswith("preview"), lines[1:3]
@@ -350,6 +355,14 @@ def test_a_watched_acquisition_ends_with_the_batch_results(tmp_path, tiny_run):
     previews = [h for h in history if any(n < 60 for n in h["frames"].values())]
     assert previews, "no preview of a scan in progress was made"
     assert any(h["final_lag_s"] for h in history)
+    # each temperature's previews got a provisional orientation (the first: nothing to
+    # compare with), replaced only past live.reorient_voxels; gone once final
+    compared = [o for h in history for o in h["orientations"].values()]
+    assert compared and compared[0] == {"moved_voxels": None, "handed": True}
+    assert all(o["handed"] == (o["moved_voxels"] is None or o["moved_voxels"] > 0.25)
+               for o in compared)
+    assert not list((exp / "live/orientation").rglob("*.nxs"))
+    assert all(h["cpu_s"] > 0 for h in history)
     status = subprocess.run([sys.executable, "-m", "hklflow", "status", str(exp)],
                             capture_output=True, text=True)
     assert status.stdout.count(" final") == 4, status.stdout

@@ -13,12 +13,13 @@ from hklflow.live.state import LiveState, ScanState
 from hklflow.live.table import user_rows, write_live_files
 from hklflow.live.watch import Watcher
 from hklflow.pictures.preview import preview_label
-from hklflow.planning.config import LIVE_WAITING, load_experiment, waiting_scans
+from hklflow.planning.config import (LIVE_WAITING, load_experiment, provisional_orientation,
+                                     waiting_scans)
 from hklflow.planning.jobs import JobSettings
 
 from conftest import REPO
 
-LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30,
+LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30, "reorient_voxels": 0.25,
         "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}
 
 
@@ -91,23 +92,35 @@ def test_a_batch_table_never_reads_the_waiting_file(tiny_copy):
 
 
 def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy):
-    """snakemake -n tells the truth: with f2 waiting, 300K's merge is planned (a preview)
-    and none of its PDFs; the same table with nothing waiting plans them."""
+    """snakemake -n tells the truth: with f2 waiting, 300K is a preview.  Its orientation is
+    planned, and its volumes once the watcher has handed it a provisional orientation: made
+    with that one, and none of its PDFs.  The same table with nothing waiting plans them
+    all, with the refined orientation."""
     from conftest import job_counts, run_snakemake
 
     w = _watched(tiny_copy, landed_f2=5)
     rows, markers = w.live_rows(now=0.0)
     args = ["--configfile", str(tiny_copy / "config/config.yaml"),
-            str(tiny_copy / "live/config.yaml"), "-n", "--cores", "1"]
-    counts = {}
-    for waiting in (w.waiting_records(rows), []):
+            str(tiny_copy / "live/config.yaml"), "-n", "-p", "--cores", "1"]
+    provisional = tiny_copy / provisional_orientation("tiny", "300K")
+    counts, commands = {}, {}
+    for waiting, handed in ((w.waiting_records(rows), False), (w.waiting_records(rows), True),
+                            ([], False)):
+        provisional.parent.mkdir(parents=True, exist_ok=True)
+        provisional.write_bytes(b"") if handed else provisional.unlink(missing_ok=True)
         write_live_files(tiny_copy, rows, markers, w.settings.offset_names, waiting)
         r = run_snakemake(tiny_copy, *args)
         assert r.returncode == 0, r.stderr
-        counts[bool(waiting)] = job_counts(r.stdout)
-    assert counts[True].get("merge_entries") and counts[False].get("merge_entries")
-    pdf_rules = {rule for rule in counts[False] if "pdf" in rule}
-    assert pdf_rules and not pdf_rules & set(counts[True])
+        counts[bool(waiting), handed] = job_counts(r.stdout)
+        commands[bool(waiting), handed] = r.stdout
+    orienting, preview, final = counts[True, False], counts[True, True], counts[False, False]
+    assert orienting.get("refine_temperature") and not orienting.get("transform_frames")
+    assert not orienting.get("merge_entries")
+    assert preview.get("merge_entries") and final.get("merge_entries")
+    assert "--orientation live/orientation/tiny/300K.nxs" in commands[True, True]
+    assert "live/orientation" not in commands[False, False]
+    pdf_rules = {rule for rule in final if "pdf" in rule}
+    assert pdf_rules and not pdf_rules & set(preview)
 
 
 @pytest.mark.slow

@@ -99,3 +99,18 @@ def test_orientation_label_and_records_of_a_parent():
     assert orientation_label(merged_records([], [{"scan": "s/100K/f1", "frames": 1,
                                                   "planned": 2}, *own])) == \
         "provisional orientation (from s/100K/f1 50%, s/300K/f1 50% of their frames)"
+
+
+def test_a_preview_made_with_an_earlier_orientation_says_from_which_frames():
+    """The previews of a temperature keep the provisional orientation the watcher handed
+    them (hklflow.live.orientation) while newer ones move by less than a fraction of a
+    voxel: their notes and titles say which frames it was made from."""
+    earlier = SimpleNamespace(provisional=True,
+                              landed=({"scan": "s/300K/f1", "frames": 20, "planned": 100},))
+    notes = preview_notes(scan("s/300K/f1", 50, 100), earlier)
+    assert notes["orientation_landed"] == [{"scan": "s/300K/f1", "frames": 20, "planned": 100}]
+    merged = summed(summed(notes), summed(part("s/300K/f2", 30, 100)))
+    label = ("PREVIEW: f1 50%, f2 30% of their frames; provisional orientation (from f1 20% "
+             "of its frames)")
+    assert preview_label(merged) == label
+    assert preview_label({"q_max": 5.0, **landed_notes(merged)}) == label  # (a PDF's)

@@ -35,7 +35,7 @@ rule mask_scan:
     input:
         scan=rules.ingest_scan.output.scan,
         peaks=rules.find_peaks.output.peaks,
-        orientation=rules.refine_temperature.output.orientation,
+        orientation=volumes_orientation,
         user_mask=user_mask,
     output:
         mask=outputs.MASK,
@@ -65,7 +65,7 @@ rule transform_frames:
     from one read of the frames."""
     input:
         scan=rules.ingest_scan.output.scan,
-        orientation=rules.refine_temperature.output.orientation,
+        orientation=volumes_orientation,
         grid=rules.define_grid.output.grid,
         mask=rules.mask_scan.output.mask,
     output:
@@ -96,7 +96,7 @@ rule transform_background:
     input:
         scan=rules.ingest_scan.output.scan,
         background=background_scan,
-        orientation=rules.refine_temperature.output.orientation,
+        orientation=volumes_orientation,
         grid=rules.define_grid.output.grid,
         mask=rules.mask_scan.output.mask,
     output:
@@ -165,7 +165,7 @@ rule scale_entries:
                                  else []),
         scans=lambda w: entries_files(w, outputs.SCAN),
         masks=lambda w: entries_files(w, outputs.MASK),
-        orientation=outputs.ORIENTATION,
+        orientation=volumes_orientation,
     output:
         scales=outputs.SCALES,
         png=report(outputs.SCALES_PNG, category="Merged volumes", subcategory="{sample}",
@@ -196,7 +196,7 @@ rule merge_entries:
     signal left out when the orientation step says so)."""
     input:
         volumes=lambda w: entries_files(w, outputs.ENTRY_VOLUME, kind=w.kind),
-        orientation=outputs.ORIENTATION,
+        orientation=volumes_orientation,
         scales=lambda w: [outputs.SCALES] if SCALING_APPLIED else [],
         # (the scales apply at each voxel's crossings: the entries' geometry and pixel masks)
         scans=lambda w: entries_files(w, outputs.SCAN) if SCALING_APPLIED else [],
@@ -271,7 +271,8 @@ rule temperature_series:
         png=report(outputs.TEMPERATURE_SERIES_PNG,
                    category="Temperature series", caption="../report/temperature_series.rst"),
     params:
-        settings=lambda w: settings_file(SETTINGS.temperature_series(w.sample)),
+        settings=lambda w: settings_file(SETTINGS.temperature_series(
+            w.sample, tuple(volume_temperatures(w.sample)))),
     log:
         "logs/temperature_series/{sample}/{kind}.log",
     benchmark:

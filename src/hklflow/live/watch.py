@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -34,9 +35,11 @@ from ..commands.console import plan_problem
 from ..commands.run import _passes_through, _split, workflow_dir
 from ..files import outputs
 from ..planning import job_events, snakemake_compat, snakemake_processes
-from ..planning.config import LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings
+from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings,
+                               provisional_orientation, temperature_label)
 from . import growing
 from .discover import DiscoveryPattern, discover
+from .orientation import hand_over, orientation_move, refined_version
 from .state import LiveState, ScanState, append_history
 from .status import write_status
 from .table import row_id, user_rows, write_live_files
@@ -111,6 +114,7 @@ class Watcher:
         self.row_set_aside = False  # the last run's plan stopped on a row, now set aside
         self.run_events: job_events.Follower | None = None  # the run going's job events
         self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
+        self.reoriented = False  # the last run handed a preview a new orientation: run again
 
     # ---- looking at the raw files (the observer thread) ----------------------------------
     def look(self) -> None:
@@ -395,10 +399,14 @@ class Watcher:
             included = {row_id(r): int(r["nframes"]) for r in rows}
             log_file = self.expdir / "live" / "logs" / f"run-{number:04d}.log"
             events = log_file.with_name(f"run-{number:04d}.events.jsonl")
+            # previews without an orientation to be made with: this run makes it, the next
+            # their volumes (their frames are not in the results before that)
+            orienting = {f"{sample}/{label}" for sample, label in self.preview_temperatures(rows)
+                         if not (self.expdir / provisional_orientation(sample, label)).is_file()}
             # (frames: what the run reduces of each scan; jobs: those running now, which the
             # observer follows in the run's events: the status's stages while it goes)
             self.state.last_run = {"number": number, "start": start, "end": None, "rc": None,
-                                   "frames": included, "jobs": [],
+                                   "frames": included, "orienting": sorted(orienting), "jobs": [],
                                    "events": str(events.relative_to(self.expdir))}
             self.state.save(self.expdir)  # (a watcher killed now: the next one numbers on)
             self.run_events = job_events.Follower(events)
@@ -412,6 +420,7 @@ class Watcher:
         # last: --prioritize takes every word after it, so a target of the user's (-- TARGET)
         # after it would be prioritised, not targeted
         prioritize = ["--prioritize", *first] if first else []
+        cpu_before = _children_cpu()
         rc = self.run_snakemake(["--cores", str(self.cores), "--rerun-incomplete", "--keep-going",
                                  *self.snakemake_args, *prioritize], log_file=log_file,
                                 events=events)
@@ -432,23 +441,87 @@ class Watcher:
                 scan.error = ("; ".join(f"{f['rule']} failed (log: {f['log']})" for f in errors)
                               or (f"the workflow failed (log: {log_file.relative_to(self.expdir)})"
                                   if rc and not failed else None))
-                if not scan.error:
+                if not scan.error and sid.rpartition("/")[0] not in orienting:
                     scan.results = n
                 landed = scan.landed_at(n)
-                if landed is not None and n > before.get(sid, 0):  # new frames in this run
+                # new frames in this run's results
+                if landed is not None and scan.results == n > before.get(sid, 0):
                     lags[sid] = round(end - landed, 2)
             for key, scans in self._temperatures().items():
                 if key not in was_final and self._final(scans):
                     last = max(s.landed_at(s.frames_when_complete) or start for s in scans)
                     finals["/".join(key)] = round(end - last, 2)
+            previews = self.preview_temperatures(rows)
             self.state.save(self.expdir)
+        # (the scan files link the raw files the observer looks at: one look at a time)
+        with self.look_lock:
+            orientations = self.hand_orientations(previews)
+        self.reoriented = any(o["handed"] for o in orientations.values())
         append_history(self.expdir, {"run": number, "start": start, "end": end, "rc": rc,
+                                     "cpu_s": round(_children_cpu() - cpu_before, 2),
+                                     "watcher_cpu_s": round(_own_cpu(), 2),
                                      "frames": included, "lag_s": lags, "final_lag_s": finals,
-                                     "failed": failed})
+                                     "orientations": orientations, "failed": failed})
         self.log.info("run %d: %s in %.1f s (rc %d)%s", number,
                       ", ".join(f"{sid} {n}" for sid, n in included.items()), end - start, rc,
                       "".join(f"; {f['rule']} of {f['scan']} failed: {f['log']}" for f in failed))
         return rc
+
+    # ---- the previews' provisional orientations (hklflow.live.orientation) -----------------
+    def preview_temperatures(self, rows: list[dict]) -> dict:
+        """(sample, label) -> the ids of the live table's scans there, of every temperature
+        whose results are previews: a scan of it in progress, or one waited for."""
+        by, previews = {}, {tuple(w["scan"].split("/")[:2]) for w in self.waiting_records(rows)}
+        for r in rows:
+            key = (r["sample"], temperature_label(r["temperature"]))
+            by.setdefault(key, []).append(row_id(r))
+            if r.get("planned_frames"):
+                previews.add(key)
+        return {key: ids for key, ids in by.items() if key in previews}
+
+    def hand_orientations(self, previews: dict) -> dict:
+        """After a run (holding look_lock, not lock): hand each preview temperature its newest
+        refined orientation where it has no provisional one yet, or where that moved some
+        pixel's (H, K, L) by more than live.reorient_voxels (its previews are then made again
+        with it).  What was compared: SAMPLE/TLABEL -> {"moved_voxels" (None: no provisional
+        one before), "handed"}."""
+        compared = {}
+        for (sample, label), ids in previews.items():
+            key = f"{sample}/{label}"
+            version = refined_version(self.expdir, sample, label)
+            if version is None or self.state.orientations.get(key, {}).get("version") == version:
+                continue
+            provisional = self.expdir / provisional_orientation(sample, label)
+            refined = self.expdir / outputs.fill(outputs.ORIENTATION, sample=sample,
+                                                 temperature=label)
+            move = orientation_move(self.expdir, ids, provisional, refined) \
+                if provisional.is_file() else None
+            tolerance = float(self.live["reorient_voxels"])
+            handed = move is None or move > tolerance
+            if handed:
+                hand_over(self.expdir, sample, label)
+            moved = None if move is None or math.isinf(move) else round(move, 4)
+            with self.lock:
+                self.state.orientations[key] = {"version": version, "moved_voxels": moved}
+                self.state.save(self.expdir)
+            compared[key] = {"moved_voxels": moved, "handed": handed}
+            self.log.info("%s: %s", key,
+                          "its previews are made with its first orientation" if move is None
+                          else f"the orientation moved by {move:.3g} voxel (> {tolerance:g}, "
+                               "live.reorient_voxels): its previews are made again with it"
+                          if handed else
+                          f"the orientation moved by {move:.3g} voxel (<= {tolerance:g}): its "
+                          "previews keep their provisional one")
+        return compared
+
+    def drop_final_orientations(self, previews: dict) -> None:
+        """Remove the provisional orientations of temperatures that are no longer previews:
+        their final results are made with their refined orientation, as batch."""
+        root = self.expdir / "live" / "orientation"
+        for path in sorted(root.glob("*/*.nxs")) if root.is_dir() else ():
+            if (path.parent.name, path.stem) not in previews:
+                path.unlink()
+                self.state.orientations.pop(f"{path.parent.name}/{path.stem}", None)
 
     def rows_digest(self) -> str:
         """Of every scan's row (the user's table and discovery's): a set-aside row is tried
@@ -549,10 +622,11 @@ class Watcher:
                                                self.settings.offset_names,
                                                self.waiting_records(rows)) \
                         if rows or calibrating else False
+                    self.drop_final_orientations(self.preview_temperatures(rows))
                     self.state.save(self.expdir)
                 if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
                     last_rc = self.run_workflow(rows)
-                    pending = False
+                    pending = self.reoriented  # (its previews: made again at once)
                     if last_rc and self.lock_refused():
                         self.unlock_if_stale(refused=True)  # a killed run's lock: at once again
                         pending = True
@@ -579,6 +653,18 @@ class Watcher:
             observer.join(timeout=10)
             with self.lock:
                 self.state.save(self.expdir)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the runs (Snakemake and its jobs) the watcher has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _own_cpu() -> float:
+    """CPU seconds of the watcher's own process (its looks, status pages, decisions)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _belongs_to(event: dict) -> str:

@@ -4,7 +4,9 @@ watch), from the first frames of those scans.
 A result records the scans in progress it includes in its notes, and only then: the notes
 of a complete run stay exactly a batch run's.  A volume part's notes hold
 ``"landed": {"scan": "SAMPLE/TLABEL/ENTRY", "frames": n, "planned": N}`` and, when its
-orientation was made from such scans, ``"provisional_orientation": true``; sums,
+orientation was made from such scans, ``"provisional_orientation": true`` with
+``"orientation_landed"``, the records of the frames that orientation was made from (an
+earlier preview's, hklflow.live.orientation); sums,
 symmetrised volumes and PDFs nest or copy those notes (``inputs[i].notes``,
 ``input_notes``), which :func:`landed_in` walks.  An orientation file keeps the records
 of the scans it was made from (its parent's too) in refinement/preview (files.orientation).
@@ -16,9 +18,14 @@ import re
 
 class Landed(dict):
     """scan id -> (frames included, frames planned) of every scan in progress found;
-    ``provisional``: an orientation made from such scans was used."""
+    ``provisional``: an orientation made from such scans was used; ``orientation_from``:
+    scan id -> (frames, planned) it was made from, where the notes say."""
 
     provisional = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.orientation_from = {}
 
 
 def landed_record(rec) -> dict | None:
@@ -37,6 +44,9 @@ def preview_notes(rec=None, orientation=None) -> dict:
         notes["landed"] = landed
     if orientation is not None and getattr(orientation, "provisional", False):
         notes["provisional_orientation"] = True
+        made_from = [dict(r) for r in getattr(orientation, "landed", ())]
+        if made_from:
+            notes["orientation_landed"] = made_from
     return notes
 
 
@@ -57,6 +67,10 @@ def landed_in(notes) -> Landed:
                     add(record)
             if item.get("provisional_orientation") is True:
                 found.provisional = True
+            for record in item.get("orientation_landed") or ():
+                if isinstance(record, dict):
+                    found.orientation_from.setdefault(
+                        record["scan"], (int(record["frames"]), int(record["planned"])))
             for value in item.values():
                 walk(value)
         elif isinstance(item, (list, tuple)):
@@ -86,6 +100,10 @@ def landed_notes(notes) -> dict:
                          for scan, (frames, planned) in landed.items()]
     if landed.provisional:
         out["provisional_orientation"] = True
+    if landed.orientation_from:
+        out["orientation_landed"] = [{"scan": scan, "frames": frames, "planned": planned}
+                                     for scan, (frames, planned) in
+                                     landed.orientation_from.items()]
     return out
 
 
@@ -106,11 +124,14 @@ def _fractions(landed: dict, full_ids: bool = False) -> str:
 
 def preview_label(notes_or_records, full_ids: bool = False) -> str:
     """"" when nothing is in progress; else e.g. "PREVIEW: f1 50%, f2 33% of their frames;
-    provisional orientation".  full_ids: scans named SAMPLE/TLABEL/ENTRY even when they
-    share a temperature (a picture of several temperatures)."""
+    provisional orientation (from f1 20% of its frames)" (where the notes say which frames
+    it was made from).  full_ids: scans named SAMPLE/TLABEL/ENTRY even when they share a
+    temperature (a picture of several temperatures)."""
     landed = landed_in(notes_or_records)
+    made_from = (f" (from {_fractions(landed.orientation_from, full_ids)})"
+                 if landed.orientation_from else "")
     what = ([_fractions(landed, full_ids)] if landed else []) + \
-        (["provisional orientation"] if landed.provisional else [])
+        ([f"provisional orientation{made_from}"] if landed.provisional else [])
     return f"PREVIEW: {'; '.join(what)}" if what else ""
 
 

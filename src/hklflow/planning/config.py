@@ -103,6 +103,13 @@ def landed_marker(scan_id: str) -> str:
     return f"live/landed/{scan_id}.json"
 
 
+def provisional_orientation(sample: str, temperature_label: str) -> str:
+    """The orientation hklflow watch hands the previews of a temperature in progress
+    (hklflow.live.orientation): the input of their masks, transforms and merges in place of
+    the temperature's refined orientation, which moves a little at every preview run."""
+    return f"live/orientation/{sample}/{temperature_label}.nxs"
+
+
 # --------------------------------------------------------------------------------------
 # Resolved objects
 # --------------------------------------------------------------------------------------
@@ -229,9 +236,13 @@ class Experiment:
         watched (hklflow watch) only those whose scans are complete (live.preview_pdf: all)."""
         if self.raw.get("live", {}).get("preview_pdf", False):
             return self.temperatures_of(sample)
-        return [t for t in self.temperatures_of(sample)
-                if not any(s.in_progress for s in self.scans_of(sample, t))
-                and not self.waiting_of(sample, t)]
+        return [t for t in self.temperatures_of(sample) if not self.is_preview(sample, t)]
+
+    def is_preview(self, sample: str, temperature_label: str) -> bool:
+        """Whether a temperature's results are previews (hklflow watch): a scan of it is in
+        progress, or planned and not yet in the live table."""
+        return (any(s.in_progress for s in self.scans_of(sample, temperature_label))
+                or bool(self.waiting_of(sample, temperature_label)))
 
     def waiting_of(self, sample: str, temperature_label: str) -> tuple[dict, ...]:
         """The records of this temperature's scans planned but not yet in the live table."""
