@@ -24,7 +24,7 @@ from hklflow.planning.config import LIVE_SCANS_TABLE, load_experiment, load_sett
 
 from conftest import job_counts, run_snakemake
 
-LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30, "reorient_voxels": 0.25,
+LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30, "reorient_voxels": 0.25, "preview_share": 0.5,
         "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}
 
 
@@ -65,6 +65,19 @@ def test_a_scan_enters_after_its_first_degrees_then_grows_by_blocks(tiny_experim
     assert w.frames_to_reduce(s, now=101.0) == 30
     s.landed = 60
     assert w.frames_to_reduce(s, now=101.0) == 60 and s.complete
+
+
+def test_previews_rest_as_long_as_the_last_took_and_finals_never_wait(tiny_experiment):
+    """live.preview_share 0.5: after a preview run of 20 s, no new preview for 20 s; a scan
+    whose last frame landed goes to its final run at once."""
+    w = _watcher(tiny_experiment)
+    w.previews_rest_until = 120.0  # (a preview run from 80 s to 100 s)
+    s = _scan(landed=45, reduced=20, reduced_at=90.0)
+    assert w.frames_to_reduce(s, now=110.0) == 20
+    assert w.frames_to_reduce(_scan(landed=30), now=110.0) == 0  # (a new scan waits too)
+    assert w.frames_to_reduce(s, now=120.0) == 45
+    s.landed = 60
+    assert w.frames_to_reduce(s, now=110.0) == 60 and s.complete
 
 
 def test_a_scan_with_a_problem_or_an_aborted_one_is_held_until_finished(tiny_experiment):

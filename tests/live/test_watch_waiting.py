@@ -19,7 +19,7 @@ from hklflow.planning.jobs import JobSettings
 
 from conftest import REPO
 
-LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30, "reorient_voxels": 0.25,
+LIVE = {"first_preview_degrees": 20, "preview_every_degrees": 10, "preview_every_seconds": 30, "reorient_voxels": 0.25, "preview_share": 0.5,
         "poll_seconds": 2, "stall_seconds": 300, "finish_stalled": False, "preview_pdf": False}
 
 

@@ -115,6 +115,7 @@ class Watcher:
         self.run_events: job_events.Follower | None = None  # the run going's job events
         self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
         self.reoriented = False  # the last run handed a preview a new orientation: run again
+        self.previews_rest_until = 0.0  # no new preview before (live.preview_share)
 
     # ---- looking at the raw files (the observer thread) ----------------------------------
     def look(self) -> None:
@@ -249,8 +250,8 @@ class Watcher:
             return scan.frames_when_complete
         step = abs(scan.phi_step)
         first = min(scan.planned, math.ceil(float(self.live["first_preview_degrees"]) / step - 1e-9))
-        if scan.landed < max(1, first):
-            return 0
+        if scan.landed < max(1, first) or now < self.previews_rest_until:
+            return scan.reduced
         block = max(1, math.ceil(float(self.live["preview_every_degrees"]) / step - 1e-9))
         new = scan.landed - scan.reduced
         if (scan.reduced == 0 or new >= block
@@ -447,6 +448,9 @@ class Watcher:
                 # new frames in this run's results
                 if landed is not None and scan.results == n > before.get(sid, 0):
                     lags[sid] = round(end - landed, 2)
+            if any(r.get("planned_frames") for r in rows):  # a preview run: the next rests
+                share = float(self.live["preview_share"])
+                self.previews_rest_until = end + (end - start) * (1 / share - 1)
             for key, scans in self._temperatures().items():
                 if key not in was_final and self._final(scans):
                     last = max(s.landed_at(s.frames_when_complete) or start for s in scans)
