@@ -246,15 +246,11 @@ class Watcher:
         """How many of a scan's frames the next run reduces (0: it stays out for now)."""
         if scan.problem or scan.set_aside:
             return 0
-        resting = now < self.previews_rest_until  # (live.preview_share)
         if scan.complete:
-            # while its temperature goes on, its results are a part of that one's preview
-            if resting and not self.temperature_complete(scan):
-                return scan.reduced
             return scan.frames_when_complete
         step = abs(scan.phi_step)
         first = min(scan.planned, math.ceil(float(self.live["first_preview_degrees"]) / step - 1e-9))
-        if scan.landed < max(1, first) or resting:
+        if scan.landed < max(1, first) or now < self.previews_rest_until:  # (live.preview_share)
             return scan.reduced
         block = max(1, math.ceil(float(self.live["preview_every_degrees"]) / step - 1e-9))
         new = scan.landed - scan.reduced
@@ -262,11 +258,6 @@ class Watcher:
                 or (new > 0 and now - scan.reduced_at >= float(self.live["preview_every_seconds"]))):
             return scan.landed
         return scan.reduced
-
-    def temperature_complete(self, scan: ScanState) -> bool:
-        """Whether every scan known at the scan's temperature is complete (or left out)."""
-        return all(s.complete or s.problem or s.set_aside for s in self.state.scans.values()
-                   if (s.sample, s.temperature_label) == (scan.sample, scan.temperature_label))
 
     def completes_soon(self, now: float) -> bool:
         """Whether a scan in progress will be complete within HOLD_SECONDS at the pace its
