@@ -268,11 +268,6 @@ def test_while_a_run_goes_the_stages_say_what_it_makes_of_each_scan():
     assert lines[3].endswith("reducing its first block: find_peaks"), lines[3]
     assert lines[4].endswith("waiting for its first block"), lines[4]
     assert "running for 60 s" in lines[-1]
-    # a preview temperature with no provisional orientation yet: this run makes it
-    state.last_run["orienting"] = ["tiny/100K"]
-    lines = screen(state, LIVE, now=60.0).splitlines()
-    assert lines[3].endswith("orienting its temperature's previews: find_peaks"), lines[3]
-    assert lines[1].endswith("final run going: merge_entries, transform_frames"), lines[1]
     state.last_run.update(end=70.0, rc=0, jobs=[])  # (over: the stages of the results)
     lines = screen(state, LIVE, now=80.0).splitlines()
     assert "final run pending" in lines[1] and lines[2].endswith("preview"), lines[1:3]

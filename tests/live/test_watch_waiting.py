@@ -92,10 +92,10 @@ def test_a_batch_table_never_reads_the_waiting_file(tiny_copy):
 
 
 def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy):
-    """snakemake -n tells the truth: with f2 waiting, 300K is a preview.  Its orientation is
-    planned, and its volumes once the watcher has handed it a provisional orientation: made
-    with that one, and none of its PDFs.  The same table with nothing waiting plans them
-    all, with the refined orientation."""
+    """snakemake -n tells the truth: with f2 waiting, 300K is a preview: its merge is planned
+    and none of its PDFs, its volumes made with its refined orientation until the watcher
+    hands it a provisional one (live/orientation/tiny/300K.nxs), then with that one.  The
+    same table with nothing waiting plans the PDFs, with the refined orientation."""
     from conftest import job_counts, run_snakemake
 
     w = _watched(tiny_copy, landed_f2=5)
@@ -105,7 +105,7 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     provisional = tiny_copy / provisional_orientation("tiny", "300K")
     counts, commands = {}, {}
     for waiting, handed in ((w.waiting_records(rows), False), (w.waiting_records(rows), True),
-                            ([], False)):
+                            ([], True)):
         provisional.parent.mkdir(parents=True, exist_ok=True)
         provisional.write_bytes(b"") if handed else provisional.unlink(missing_ok=True)
         write_live_files(tiny_copy, rows, markers, w.settings.offset_names, waiting)
@@ -113,14 +113,15 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
         assert r.returncode == 0, r.stderr
         counts[bool(waiting), handed] = job_counts(r.stdout)
         commands[bool(waiting), handed] = r.stdout
-    orienting, preview, final = counts[True, False], counts[True, True], counts[False, False]
-    assert orienting.get("refine_temperature") and not orienting.get("transform_frames")
-    assert not orienting.get("merge_entries")
-    assert preview.get("merge_entries") and final.get("merge_entries")
-    assert "--orientation live/orientation/tiny/300K.nxs" in commands[True, True]
-    assert "live/orientation" not in commands[False, False]
-    pdf_rules = {rule for rule in final if "pdf" in rule}
-    assert pdf_rules and not pdf_rules & set(preview)
+    for key in counts:
+        assert counts[key].get("merge_entries") and counts[key].get("transform_frames"), key
+    refined = "--orientation results/tiny/300K/orientation.nxs --grid"
+    assert refined in commands[True, False] and "live/orientation" not in commands[True, False]
+    assert "--orientation live/orientation/tiny/300K.nxs --grid" in commands[True, True]
+    # complete: the refined orientation, whatever the watcher left
+    assert refined in commands[False, True] and "live/orientation" not in commands[False, True]
+    pdf_rules = {rule for rule in counts[False, True] if "pdf" in rule}
+    assert pdf_rules and not pdf_rules & set(counts[True, True])
 
 
 @pytest.mark.slow

@@ -364,8 +364,7 @@ def test_a_row_that_stops_the_plan_is_set_aside_and_the_others_go_on(tmp_path, c
     w.loop(once=True)  # at once, without it
     assert runs == [["f1@300.0", "f2@300.0", "f1@100.0", "f3@300.0"],
                     ["f1@300.0", "f2@300.0", "f1@100.0"]]
-    # (100K waits for f2: a preview, whose run made its orientation only, none handed here)
-    assert [s.results for s in w.state.scans.values()] == [60, 60, 0, 0, 0]
+    assert [s.results for s in w.state.scans.values()] == [60, 60, 60, 0, 0]
     rc, out = _status(exp, capsys)
     assert "set aside" in out and "config/scans.tsv: row 5 (tiny/300K/f3)" in out
     assert "the workflow failed" not in out

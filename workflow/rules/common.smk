@@ -315,26 +315,14 @@ def peaks_group(w):
 
 def volumes_orientation(w):
     """The orientation a temperature's masks, transforms and merges are made with: its refined
-    one; a preview's, the provisional one hklflow watch hands it (hklflow.live.orientation),
-    which stays put while the refined one moves by less than live.reorient_voxels."""
+    one; a preview's, once hklflow watch has handed it one, the provisional orientation
+    (hklflow.live.orientation), which stays put while the refined one moves by less than
+    live.reorient_voxels."""
     if EXP.is_preview(w.sample, w.temperature):
-        return provisional_orientation(w.sample, w.temperature)
+        provisional = provisional_orientation(w.sample, w.temperature)
+        if os.path.exists(provisional):
+            return provisional
     return fill(outputs.ORIENTATION, sample=w.sample, temperature=w.temperature)
-
-
-def volume_temperatures(sample):
-    """The sample's temperatures whose volumes are made: every one, but a preview only once
-    hklflow watch has handed it a provisional orientation (until then its run makes the
-    orientation, from which the watcher hands it one)."""
-    return [t for t in EXP.temperatures_of(sample)
-            if not EXP.is_preview(sample, t) or os.path.exists(provisional_orientation(sample, t))]
-
-
-def pdf_temperatures(sample):
-    """The temperatures whose PDFs are made (planning.config: previews wait) of those whose
-    volumes are."""
-    volumes = volume_temperatures(sample)
-    return [t for t in EXP.pdf_temperatures_of(sample) if t in volumes]
 
 
 def sample_ponis(w):
@@ -365,7 +353,7 @@ def background_parts(w):
 
 def merged_volumes(w):
     return [fill(outputs.MERGED_VOLUME, sample=w.sample, temperature=t, kind=w.kind)
-            for t in volume_temperatures(w.sample)]
+            for t in EXP.temperatures_of(w.sample)]
 
 
 def pdf_input(kind):
@@ -383,7 +371,7 @@ def _pdf_name(kind, what):
 def nxrefine_pdf_links(w):
     """NXRefine's name -> the PDF file of the wildcards' sample and temperature: the files
     reduction.pdf makes (pdf.smk), none when it is off."""
-    if not PDF_ENABLED or w.temperature not in pdf_temperatures(w.sample):
+    if not PDF_ENABLED or w.temperature not in EXP.pdf_temperatures_of(w.sample):
         return {}
     at = dict(sample=w.sample, temperature=w.temperature)
     links = {_pdf_name(TOTAL_PDF_KIND, "total_pdf"): fill(outputs.TOTAL_PDF, **at)}
@@ -412,9 +400,6 @@ def all_targets():
         targets += [fill(outputs.ORIENTATION, sample=name, temperature=t) for t in temperatures]
         targets += [fill(outputs.ORIENTATION_TABLE, sample=name),
                     fill(outputs.ORIENTATION_TABLE_PNG, sample=name)]
-        temperatures = volume_temperatures(name)  # (a preview's: once it has an orientation)
-        if not temperatures:
-            continue
         for kind in TRANSFORM_KINDS:
             for t in temperatures:
                 at = dict(sample=name, temperature=t, kind=kind)
@@ -425,9 +410,9 @@ def all_targets():
             targets.append(fill(outputs.TEMPERATURE_SERIES_PNG, sample=name, kind=kind))
         if SCALING:  # (reduction.scaling.apply false: fitted and reported, not applied)
             targets += [fill(outputs.SCALES, sample=name, temperature=t) for t in temperatures]
-        pdf_labels = pdf_temperatures(name)  # (previews: live.preview_pdf)
-        if PDF_ENABLED and pdf_labels:
-            for t in pdf_labels:
+        pdf_temperatures = EXP.pdf_temperatures_of(name)  # (previews: live.preview_pdf)
+        if PDF_ENABLED and pdf_temperatures:
+            for t in pdf_temperatures:
                 targets += [fill(outputs.TOTAL_PDF, sample=name, temperature=t)]
                 targets += [fill(outputs.DELTA_PDF, sample=name, temperature=t, pdf=f)
                             for f in PDF_FILE_KIND]
@@ -463,7 +448,7 @@ def page_files(w):
         files["orientations"] += [fill(outputs.ORIENTATION, sample=name, temperature=t)
                                   for t in temperatures]
         files["tables"].append(fill(outputs.ORIENTATION_TABLE, sample=name))
-        for t in volume_temperatures(name):
+        for t in temperatures:
             for kind in TRANSFORM_KINDS:
                 at = dict(sample=name, temperature=t, kind=kind)
                 files["volumes"].append(fill(outputs.MERGED_VOLUME, **at))
@@ -471,7 +456,7 @@ def page_files(w):
                     files["volumes"].append(fill(outputs.SYMMETRIZED_VOLUME, **at))
         if PDF_ENABLED:
             files["pdfs"] += [fill(outputs.DELTA_PDF, sample=name, temperature=t, pdf=f)
-                              for t in pdf_temperatures(name) for f in PDF_FILE_KIND]
+                              for t in EXP.pdf_temperatures_of(name) for f in PDF_FILE_KIND]
     return files
 
 
@@ -497,4 +482,4 @@ def cut_volume(w):
 def cut_series_inputs(w):
     """A line cut at every temperature of its sample."""
     return [fill(outputs.CUT, sample=w.sample, temperature=t, cut=w.cut)
-            for t in volume_temperatures(w.sample)]
+            for t in EXP.temperatures_of(w.sample)]

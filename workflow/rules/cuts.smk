@@ -39,7 +39,7 @@ rule cut_temperature_series:
     output:
         png=outputs.CUT_SERIES_PNG,
     params:
-        labels=lambda w: shlex.join(volume_temperatures(w.sample)),
+        labels=lambda w: shlex.join(EXP.temperatures_of(w.sample)),
         title=lambda w: f"{w.sample}: cut {w.cut} at every temperature",
     wildcard_constraints:
         cut="[A-Za-z0-9][A-Za-z0-9_.-]*",

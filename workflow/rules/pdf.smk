@@ -63,13 +63,12 @@ rule pdf_temperature_series:
     localrule: True
     input:
         lambda w: [fill(outputs.DELTA_PDF, sample=w.sample, temperature=t, pdf="pdf")
-                   for t in pdf_temperatures(w.sample)],
+                   for t in EXP.pdf_temperatures_of(w.sample)],
     output:
         png=report(outputs.PDF_SERIES_PNG, category="PDF",
                    caption="../report/pdf_temperature_series.rst"),
     params:
-        settings=lambda w: settings_file(SETTINGS.pdf_temperature_series(
-            w.sample, tuple(pdf_temperatures(w.sample)))),
+        settings=lambda w: settings_file(SETTINGS.pdf_temperature_series(w.sample)),
     log:
         "logs/pdf_temperature_series/{sample}.log",
     benchmark:

@@ -271,8 +271,7 @@ rule temperature_series:
         png=report(outputs.TEMPERATURE_SERIES_PNG,
                    category="Temperature series", caption="../report/temperature_series.rst"),
     params:
-        settings=lambda w: settings_file(SETTINGS.temperature_series(
-            w.sample, tuple(volume_temperatures(w.sample)))),
+        settings=lambda w: settings_file(SETTINGS.temperature_series(w.sample)),
     log:
         "logs/temperature_series/{sample}/{kind}.log",
     benchmark:

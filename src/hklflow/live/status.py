@@ -28,16 +28,13 @@ def stage(scan, now: float, stall_seconds: float, run: dict | None = None) -> st
         return "set aside"
     n = (run or {}).get("frames", {}).get(scan.id) if run and not run.get("end") else None
     if n:
-        temperature = scan.id.rpartition("/")[0]
-        if scan.complete and n == scan.frames_when_complete and \
-                temperature not in run.get("orienting", ()):
+        if scan.complete and n == scan.frames_when_complete:
             going = "final run going"
-        elif temperature in run.get("orienting", ()):  # (hklflow.live.orientation)
-            going = "orienting its temperature's previews"
         elif not scan.results:
             going = "reducing its first block"
         else:
             going = f"preview run going ({n} frames)"
+        temperature = scan.id.rpartition("/")[0]
         rules = sorted({rule for rule, of in run.get("jobs", []) if of in (scan.id, temperature)})
         return going + (f": {', '.join(rules)}" if rules else "")
     if scan.error:

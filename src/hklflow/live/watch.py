@@ -114,7 +114,6 @@ class Watcher:
         self.row_set_aside = False  # the last run's plan stopped on a row, now set aside
         self.run_events: job_events.Follower | None = None  # the run going's job events
         self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
-        self.reoriented = False  # the last run handed a preview a new orientation: run again
         self.previews_rest_until = 0.0  # no new preview before (live.preview_share)
 
     # ---- looking at the raw files (the observer thread) ----------------------------------
@@ -400,14 +399,10 @@ class Watcher:
             included = {row_id(r): int(r["nframes"]) for r in rows}
             log_file = self.expdir / "live" / "logs" / f"run-{number:04d}.log"
             events = log_file.with_name(f"run-{number:04d}.events.jsonl")
-            # previews without an orientation to be made with: this run makes it, the next
-            # their volumes (their frames are not in the results before that)
-            orienting = {f"{sample}/{label}" for sample, label in self.preview_temperatures(rows)
-                         if not (self.expdir / provisional_orientation(sample, label)).is_file()}
             # (frames: what the run reduces of each scan; jobs: those running now, which the
             # observer follows in the run's events: the status's stages while it goes)
             self.state.last_run = {"number": number, "start": start, "end": None, "rc": None,
-                                   "frames": included, "orienting": sorted(orienting), "jobs": [],
+                                   "frames": included, "jobs": [],
                                    "events": str(events.relative_to(self.expdir))}
             self.state.save(self.expdir)  # (a watcher killed now: the next one numbers on)
             self.run_events = job_events.Follower(events)
@@ -442,7 +437,7 @@ class Watcher:
                 scan.error = ("; ".join(f"{f['rule']} failed (log: {f['log']})" for f in errors)
                               or (f"the workflow failed (log: {log_file.relative_to(self.expdir)})"
                                   if rc and not failed else None))
-                if not scan.error and sid.rpartition("/")[0] not in orienting:
+                if not scan.error:
                     scan.results = n
                 landed = scan.landed_at(n)
                 # new frames in this run's results
@@ -460,7 +455,6 @@ class Watcher:
         # (the scan files link the raw files the observer looks at: one look at a time)
         with self.look_lock:
             orientations = self.hand_orientations(previews)
-        self.reoriented = any(o["handed"] for o in orientations.values())
         append_history(self.expdir, {"run": number, "start": start, "end": end, "rc": rc,
                                      "cpu_s": round(_children_cpu() - cpu_before, 2),
                                      "watcher_cpu_s": round(_own_cpu(), 2),
@@ -485,10 +479,11 @@ class Watcher:
 
     def hand_orientations(self, previews: dict) -> dict:
         """After a run (holding look_lock, not lock): hand each preview temperature its newest
-        refined orientation where it has no provisional one yet, or where that moved some
-        pixel's (H, K, L) by more than live.reorient_voxels (its previews are then made again
-        with it).  What was compared: SAMPLE/TLABEL -> {"moved_voxels" (None: no provisional
-        one before), "handed"}."""
+        refined orientation where it has no provisional one yet (its previews were made with
+        that one), or where that moved some pixel's (H, K, L) by more than
+        live.reorient_voxels (the next run makes its previews again with it).  What was
+        compared: SAMPLE/TLABEL -> {"moved_voxels" (None: no provisional one before),
+        "handed"}."""
         compared = {}
         for (sample, label), ids in previews.items():
             key = f"{sample}/{label}"
@@ -510,9 +505,10 @@ class Watcher:
                 self.state.save(self.expdir)
             compared[key] = {"moved_voxels": moved, "handed": handed}
             self.log.info("%s: %s", key,
-                          "its previews are made with its first orientation" if move is None
+                          "its previews keep the orientation they were made with" if move is None
                           else f"the orientation moved by {move:.3g} voxel (> {tolerance:g}, "
-                               "live.reorient_voxels): its previews are made again with it"
+                               "live.reorient_voxels): the next run makes its previews again "
+                               "with it"
                           if handed else
                           f"the orientation moved by {move:.3g} voxel (<= {tolerance:g}): its "
                           "previews keep their provisional one")
@@ -630,7 +626,7 @@ class Watcher:
                     self.state.save(self.expdir)
                 if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
                     last_rc = self.run_workflow(rows)
-                    pending = self.reoriented  # (its previews: made again at once)
+                    pending = False
                     if last_rc and self.lock_refused():
                         self.unlock_if_stale(refused=True)  # a killed run's lock: at once again
                         pending = True
@@ -641,7 +637,7 @@ class Watcher:
                     else:
                         backoff = RETRY_SECONDS
                 self.write_status()
-                if once and not self.reoriented:  # (a preview's first orientation: its volumes)
+                if once:
                     return last_rc
                 if exit_when_idle is not None:
                     if self.idle():

@@ -370,11 +370,9 @@ class JobSettings:
         return settings_json(self._pictures, self._sample(sample))
 
     @_made_once
-    def temperature_series(self, sample: str, labels: tuple | None = None) -> str:
-        """labels: the temperatures whose volumes are made (hklflow watch: a preview's
-        once it has a provisional orientation), every one by default."""
-        return settings_json(self._series, self._sample(sample), TemperaturesParams(
-            tuple(self.exp.temperatures_of(sample) if labels is None else labels)))
+    def temperature_series(self, sample: str) -> str:
+        return settings_json(self._series, self._sample(sample),
+                             TemperaturesParams(tuple(self.exp.temperatures_of(sample))))
 
     @_made_once
     def model_inputs(self) -> str:
@@ -393,10 +391,9 @@ class JobSettings:
         return settings_json(self._pdf, self._sample(sample))
 
     @_made_once
-    def pdf_temperature_series(self, sample: str, labels: tuple | None = None) -> str:
-        """labels: as temperature_series's, of the PDFs."""
-        return settings_json(self._pdf_series, self._sample(sample), TemperaturesParams(
-            tuple(self.exp.pdf_temperatures_of(sample) if labels is None else labels)))
+    def pdf_temperature_series(self, sample: str) -> str:
+        return settings_json(self._pdf_series, self._sample(sample),
+                             TemperaturesParams(tuple(self.exp.pdf_temperatures_of(sample))))
 
 
 # where the workflow writes each job's settings, relative to the experiment directory (beside
