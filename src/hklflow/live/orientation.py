@@ -56,13 +56,17 @@ def orientation_move(expdir: Path, scan_ids, old: Path, new: Path) -> float:
         return math.inf
 
 
+def refined_orientation(expdir: Path, sample: str, label: str) -> Path:
+    """The temperature's orientation as its latest run refined it."""
+    return expdir / outputs.fill(outputs.ORIENTATION, sample=sample, temperature=label)
+
+
 def hand_over(expdir: Path, sample: str, label: str) -> None:
     """Copy the temperature's refined orientation to its provisional one, atomically."""
     target = expdir / provisional_orientation(sample, label)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.part")
-    shutil.copyfile(expdir / outputs.fill(outputs.ORIENTATION, sample=sample, temperature=label),
-                    part)
+    shutil.copyfile(refined_orientation(expdir, sample, label), part)
     os.replace(part, target)
 
 
@@ -70,7 +74,7 @@ def refined_version(expdir: Path, sample: str, label: str) -> str | None:
     """What tells one refined orientation of the temperature from the next (its size and
     modification time); None while there is none."""
     try:
-        st = (expdir / outputs.fill(outputs.ORIENTATION, sample=sample, temperature=label)).stat()
+        st = refined_orientation(expdir, sample, label).stat()
     except OSError:
         return None
     return f"{st.st_size}:{st.st_mtime_ns}"

@@ -39,7 +39,7 @@ from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_
                                provisional_orientation, temperature_label)
 from . import growing
 from .discover import DiscoveryPattern, discover
-from .orientation import hand_over, orientation_move, refined_version
+from .orientation import hand_over, orientation_move, refined_orientation, refined_version
 from .state import LiveState, ScanState, append_history
 from .status import write_status
 from .table import row_id, user_rows, write_live_files
@@ -491,9 +491,8 @@ class Watcher:
             if version is None or self.state.orientations.get(key, {}).get("version") == version:
                 continue
             provisional = self.expdir / provisional_orientation(sample, label)
-            refined = self.expdir / outputs.fill(outputs.ORIENTATION, sample=sample,
-                                                 temperature=label)
-            move = orientation_move(self.expdir, ids, provisional, refined) \
+            move = orientation_move(self.expdir, ids, provisional,
+                                    refined_orientation(self.expdir, sample, label)) \
                 if provisional.is_file() else None
             tolerance = float(self.live["reorient_voxels"])
             handed = move is None or move > tolerance
@@ -504,14 +503,16 @@ class Watcher:
                 self.state.orientations[key] = {"version": version, "moved_voxels": moved}
                 self.state.save(self.expdir)
             compared[key] = {"moved_voxels": moved, "handed": handed}
+            moved_by = ("cannot be compared (a file unreadable)" if moved is None
+                        else f"moved by {move:.3g} voxel")
             self.log.info("%s: %s", key,
                           "its previews keep the orientation they were made with" if move is None
-                          else f"the orientation moved by {move:.3g} voxel (> {tolerance:g}, "
+                          else f"the orientation {moved_by} (> {tolerance:g}, "
                                "live.reorient_voxels): the next run makes its previews again "
                                "with it"
                           if handed else
-                          f"the orientation moved by {move:.3g} voxel (<= {tolerance:g}): its "
-                          "previews keep their provisional one")
+                          f"the orientation {moved_by} (<= {tolerance:g}): its previews keep "
+                          "their provisional one")
         return compared
 
     def drop_final_orientations(self, previews: dict) -> None:
