@@ -173,6 +173,61 @@ def test_a_scan_in_progress_is_planned_on_its_marker_not_its_growing_file(tiny_c
     assert job_counts(r.stdout).get("ingest_scan") == 1, r.stdout
 
 
+def test_a_preview_searches_only_the_block_that_landed_since_the_last_one(tiny_copy):
+    """Issue 82: each block of frames of a scan in progress is searched once (find_peaks_block,
+    its marker written once by the watcher), and the entry's peaks are its blocks' put
+    together: after a preview of frames 0-30, the next (0-45) plans the search of 30-45 only,
+    and a dry run between two previews plans nothing.  Complete, the scan is searched whole
+    and its blocks' markers go."""
+    from hklflow.files.peaks import read_peaks_file
+
+    settings = load_settings([str(tiny_copy / "config/config.yaml")])
+    rows = [r for r in user_rows(tiny_copy, "config/scans.tsv", settings.offset_names)
+            if r["temperature"] == 300.0]
+
+    def preview(frames):
+        live = [dict(r, nframes=frames, planned_frames=60) for r in rows]
+        write_live_files(tiny_copy, live, {f"tiny/300K/{r['entry']}": f'{{"frames": {frames}}}\n'
+                                           for r in rows}, settings.offset_names)
+
+    args = ["--configfile", str(tiny_copy / "config/config.yaml"),
+            str(tiny_copy / "live/config.yaml"), "--cores", "2", "--until", "find_peaks"]
+    preview(30)
+    assert sorted(p.name for p in (tiny_copy / "live/landed/tiny/300K/f1").iterdir()) == \
+        ["00000-00030.json"]
+    r = run_snakemake(tiny_copy, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_snakemake(tiny_copy, *args, "-n").stdout.count("rule ") == 0
+    preview(45)
+    assert sorted(p.name for p in (tiny_copy / "live/landed/tiny/300K/f1").iterdir()) == \
+        ["00000-00030.json", "00030-00045.json"]
+    r = run_snakemake(tiny_copy, *args, "-n", "-p")
+    counts = job_counts(r.stdout)
+    assert counts.get("find_peaks_block") == 2 and counts.get("find_peaks") == 2, r.stdout
+    assert "--frames 00030-00045" in r.stdout and "--frames 00000-00030" not in r.stdout
+    r = run_snakemake(tiny_copy, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    peaks = read_peaks_file(tiny_copy / "results/tiny/300K/f1/peaks.nxs")
+    assert list(peaks.frame_stats["frame_number"]) == list(range(45))
+    assert "2 blocks of 45 frames put together" in \
+        (tiny_copy / "logs/find_peaks/tiny/300K/f1.log").read_text()
+    # f1 complete while f2 is not: f1 stays in blocks (the temperature's final run is its only
+    # full pass), and only its last block is new
+    live = [dict(rows[0], nframes=60, planned_frames=0), dict(rows[1], nframes=45,
+                                                            planned_frames=60)]
+    write_live_files(tiny_copy, live, {"tiny/300K/f2": '{"frames": 45}\n'}, settings.offset_names)
+    r = run_snakemake(tiny_copy, *args, "-n", "-p")
+    counts = job_counts(r.stdout)
+    assert counts.get("find_peaks_block") == 1 and "--frames 00045-00060" in r.stdout, r.stdout
+    assert counts.get("find_peaks") == 1 and "tiny/300K/f2" not in r.stdout, r.stdout
+    # the temperature complete: every scan searched whole, as batch; the blocks' markers go
+    write_live_files(tiny_copy, rows, {}, settings.offset_names)
+    assert not list((tiny_copy / "live/landed").rglob("*.json"))
+    r = run_snakemake(tiny_copy, *args, "-n", "-p")
+    assert job_counts(r.stdout).get("find_peaks") == 2 and "find_peaks_block" not in r.stdout
+    assert "--blocks" not in r.stdout
+
+
 def test_failed_jobs_are_read_from_the_runs_job_events():
     """Each failed job of a run (its `failed` event from hklflow's logger plugin): its rule,
     the scan or temperature it belongs to (its wildcards: a sample-wide job belongs to every
@@ -372,6 +427,15 @@ def test_a_watched_acquisition_ends_with_the_batch_results(tmp_path, tiny_run):
                for o in compared)
     assert not list((exp / "live/orientation").rglob("*.nxs"))
     assert all(h["cpu_s"] > 0 for h in history)
+    # each block of frames of a scan in progress was searched once; none is left
+    events = [json.loads(x) for f in sorted((exp / "live/logs").glob("*.events.jsonl"))
+              for x in f.read_text().splitlines()]
+    searched = [tuple(sorted(e["wildcards"].items())) for e in events
+                if e.get("event") == "finished" and e.get("rule") == "find_peaks_block"]
+    assert searched and len(searched) == len(set(searched)), searched
+    assert any(e.get("rule") == "transform_block" for e in events)
+    assert not list((exp / "results").rglob("blocks")) and not list(
+        (exp / "live/landed").rglob("*.json"))
     status = subprocess.run([sys.executable, "-m", "hklflow", "status", str(exp)],
                             capture_output=True, text=True)
     assert status.stdout.count(" final") == 4, status.stdout

@@ -114,7 +114,10 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
         counts[bool(waiting), handed] = job_counts(r.stdout)
         commands[bool(waiting), handed] = r.stdout
     for key in counts:
-        assert counts[key].get("merge_entries") and counts[key].get("transform_frames"), key
+        assert counts[key].get("merge_entries"), key
+    # a preview: f1, complete, transformed in blocks; the temperature complete: whole, as batch
+    assert counts[True, True].get("transform_block") and "transform_frames" not in counts[True, True]
+    assert counts[False, True].get("transform_frames") and "transform_block" not in counts[False, True]
     refined = "--orientation results/tiny/300K/orientation.nxs --grid"
     assert refined in commands[True, False] and "live/orientation" not in commands[True, False]
     assert "--orientation live/orientation/tiny/300K.nxs --grid" in commands[True, True]

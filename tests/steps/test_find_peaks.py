@@ -93,3 +93,48 @@ def test_a_mask_file_leaving_no_pixel_is_refused_naming_it(tiny_copy, tiny_truth
     assert err[-1].endswith(
         "find_peaks failed: nan_mask.tif: the mask leaves no pixel (NaN everywhere; non-zero = "
         "masked): expected 0 at the pixels to use (instrument.detector.mask_file)"), err
+
+
+def test_blocks_searched_apart_and_put_together_give_the_whole_search(tiny_copy, tiny_truth,
+                                                                      monkeypatch):
+    """Issue 82: a scan in progress is searched a block of new frames at a time (--frames,
+    in the scan's frame numbers and angles) and its peaks are its blocks' put together
+    (--blocks): the same frame statistics as one search of every frame, and the same peaks
+    except those crossing the blocks' edge, which are found as two."""
+    monkeypatch.chdir(tiny_copy)
+    g, _ = scan_setup(tiny_truth, "tiny/300K/f1")
+    ingest_with(tiny_copy, "tiny/300K/f1", g, tiny_copy / "scan.nxs")
+    settings = step_settings(tiny_copy, "find_peaks")
+    assert main(["--settings", settings, "--scan", "scan.nxs", "--out", "whole.nxs",
+                 "--png", "whole.png"]) == 0
+    for frames in ("0-25", "25-60"):
+        assert main(["--settings", settings, "--scan", "scan.nxs", "--frames", frames,
+                     "--out", f"{frames}.nxs"]) == 0
+    second = read_peaks_file(tiny_copy / "25-60.nxs")
+    assert list(second.frame_stats["frame_number"]) == list(range(25, 60))
+    assert second.frames_searched == 35 and second.peaks["observed_frame"].min() >= 25
+    assert main(["--settings", settings, "--scan", "scan.nxs", "--blocks", "25-60.nxs",
+                 "0-25.nxs", "--out", "joined.nxs", "--png", "joined.png"]) == 0
+    whole, joined = (read_peaks_file(tiny_copy / f) for f in ("whole.nxs", "joined.nxs"))
+    for name in ("frame_number", "rotation_angle", "sum", "max", "n_valid"):
+        np.testing.assert_allclose(joined.frame_stats[name], whole.frame_stats[name],
+                                   err_msg=name)
+    assert (tiny_copy / "joined.png").stat().st_size > 10000
+
+    def apart(rec):
+        """Peaks that neither cross nor touch the blocks' edge (frame 25), by their box."""
+        box = rec.peaks["bounding_box"]
+        keep = (box[:, 5] < 25) | (box[:, 4] > 25)
+        order = np.lexsort((rec.peaks["observed_px_x"][keep], rec.peaks["observed_frame"][keep]))
+        return {k: np.asarray(v)[keep][order] for k, v in rec.peaks.items()}
+
+    a, b = apart(whole), apart(joined)
+    assert len(a["n_pixels"]) > 30 and len(a["n_pixels"]) == len(b["n_pixels"])
+    assert len(joined.peaks["n_pixels"]) > len(whole.peaks["n_pixels"])  # (the halves)
+    for name in ("observed_px_x", "observed_px_y", "observed_frame", "observed_phi", "int_sum",
+                 "bounding_box"):
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-9, err_msg=name)
+    # blocks that leave a gap are refused, naming the block
+    assert main(["--settings", settings, "--scan", "scan.nxs", "--blocks", "25-60.nxs",
+                 "--out", "gap.nxs"]) == 1
+    assert not (tiny_copy / "gap.nxs").exists()

@@ -15,8 +15,9 @@ import hklflow
 from hklflow.files import model_inputs, outputs
 from hklflow.files.outputs import fill
 from hklflow.planning import disk, snakemake_compat
-from hklflow.planning.config import (ConfigError, landed_marker, load_experiment,
-                                     provisional_orientation, read_config_files, set_aside_rows)
+from hklflow.planning.config import (ConfigError, landed_block_marker, landed_blocks,
+                                     landed_marker, load_experiment, provisional_orientation,
+                                     read_config_files, set_aside_rows)
 from hklflow.planning.cuts import cut_arguments, cut_spec, cuts_of, is_line
 from hklflow.planning.jobs import (JobSettings, SettingsFiles, delta_pdf_files,
                                    model_input_volumes, transform_frame_ranges)
@@ -330,11 +331,56 @@ def sample_ponis(w):
 
 
 def transform_parts(w):
-    """The transform jobs' volumes of a scan entry, every kind's chunks in a row."""
-    ranges = transform_frame_ranges(EXP, scan_of(w))
+    """The transform jobs' volumes of a scan entry, every kind's chunks in a row; of a scan
+    in progress, its blocks' (blocks.smk)."""
+    scan = scan_of(w)
+    blocks = entry_blocks(scan)
+    if blocks:
+        return [scan_path(scan, outputs.BLOCK_VOLUME, kind=kind, frames=frames)
+                for kind in TRANSFORM_KINDS for frames in blocks]
+    ranges = transform_frame_ranges(EXP, scan)
     return [fill(outputs.VOLUME_PART, sample=w.sample, temperature=w.temperature,
                  entry=w.entry, kind=kind, frames=outputs.part_frames(a, b))
             for kind in TRANSFORM_KINDS for a, b in ranges]
+
+
+_BLOCKS = {}  # scan id -> the {frames} of its blocks: listed once per process
+
+
+def entry_blocks(scan):
+    """The {frames} of the blocks hklflow watch marked for a scan of a preview temperature
+    (in progress, or complete while another is not), in frame order: they cover its frames to
+    reduce, from frame 0.  None once the temperature is complete: its final run reduces every
+    scan whole, as batch."""
+    if not EXP.is_preview(scan.sample, scan.temperature_label):
+        return []
+    if scan.id not in _BLOCKS:
+        blocks = landed_blocks(scan.id)
+        if not blocks or blocks[-1][1] != scan.nframes:
+            blocks = []  # (not marked by hklflow watch: the scan reduced whole)
+        _BLOCKS[scan.id] = [outputs.part_frames(a, b) for a, b in blocks]
+    return _BLOCKS[scan.id]
+
+
+def block_marker(w):
+    """The marker of a block's frames, written once when they landed."""
+    first, stop = (int(v) for v in w.frames.split("-"))
+    return landed_block_marker(scan_of(w).id, first, stop)
+
+
+def block_row_settings(w):
+    """The settings of a block's row: its ingest's when the block's last frame had landed
+    (the row's own, with the frames up to that one): a change of the row reruns its blocks,
+    a later frame landing does not."""
+    stop = int(w.frames.split("-")[1])
+    return settings_file(SETTINGS.scan_block(w.sample, w.temperature, w.entry, stop))
+
+
+def block_peaks(w):
+    """The peaks of a scan's blocks, which find_peaks puts together (none outside a preview:
+    the scan is searched whole)."""
+    scan = scan_of(w)
+    return [scan_path(scan, outputs.BLOCK_PEAKS, frames=frames) for frames in entry_blocks(scan)]
 
 
 def background_scan(w):

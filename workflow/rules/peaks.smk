@@ -6,12 +6,15 @@ rule find_peaks:
     input:
         scan=rules.ingest_scan.output.scan,
         user_mask=user_mask,
+        # a scan in progress: its blocks' peaks put together, not searched again (blocks.smk)
+        blocks=block_peaks,
     output:
         peaks=outputs.PEAKS,
         png=report(outputs.PEAKS_PNG, category="Peak search",
                    subcategory="{sample} {temperature}", caption="../report/peaks.rst"),
     params:
         settings=settings_file(SETTINGS.find_peaks()),
+        blocks=lambda w, input: option("--blocks", input.blocks),
     log:
         "logs/find_peaks/{sample}/{temperature}/{entry}.log",
     benchmark:
@@ -24,5 +27,5 @@ rule find_peaks:
         CONDA_ENV
     shell:
         "hklflow find_peaks --settings-file {params.settings:q} --threads {threads}"
-        " --scan {input.scan:q}"
+        " --scan {input.scan:q}{params.blocks}"
         " --out {output.peaks:q} --png {output.png:q} > {log:q} 2>&1"

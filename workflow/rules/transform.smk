@@ -137,6 +137,8 @@ rule sum_chunks:
         background=lambda w, input: (" --background " + " ".join(shlex.quote(p) for p in
                                                                   input.background)
                                      if input.background else ""),
+        # (a scan in progress: its blocks' volumes, which the next preview sums again)
+        keep=lambda w: " --keep-inputs" if entry_blocks(scan_of(w)) else "",
     log:
         "logs/sum_chunks/{sample}/{temperature}/{entry}.log",
     benchmark:
@@ -149,7 +151,7 @@ rule sum_chunks:
         CONDA_ENV
     shell:
         "hklflow sum_chunks --settings-file {params.settings:q} --title {params.title:q}"
-        " --inputs {input.parts:q}{params.background} --out {output.volumes:q}"
+        " --inputs {input.parts:q}{params.background}{params.keep} --out {output.volumes:q}"
         " --png {output.pngs:q} > {log:q} 2>&1"
 
 

@@ -58,6 +58,13 @@ VOLUME_PART = f"{ENTRY}/{{kind}}_parts/{{frames}}.nxs"
 BACKGROUND_PART = f"{ENTRY}/{{kind}}_parts/background.nxs"
 ENTRY_VOLUME = f"{ENTRY}/{{kind}}.nxs"
 ENTRY_VOLUME_PNG = f"{ENTRY}/{{kind}}.png"
+# a scan in progress (hklflow watch) is searched, masked and transformed a block of frames at a
+# time, each block once: its peaks, mask and volumes stay until the scan is complete
+ENTRY_BLOCKS = f"{ENTRY}/blocks"
+BLOCK = f"{ENTRY_BLOCKS}/{{frames}}"
+BLOCK_PEAKS = f"{BLOCK}/peaks.nxs"
+BLOCK_MASK = f"{BLOCK}/mask.nxs"
+BLOCK_VOLUME = f"{BLOCK}/{{kind}}.nxs"
 # scale_entries (files.scales): the scales of a temperature's entries, which merge_entries applies
 SCALES = f"{TEMPERATURE}/scales.json"
 SCALES_PNG = f"{TEMPERATURE}/scales.png"

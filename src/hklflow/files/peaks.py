@@ -10,6 +10,8 @@
                                 azimuthal_angle (chi)
      frame_statistics           NXdata: sum, max, trimmed_sum, n_valid, n_strong, n_annulus
                                 vs frame_number and rotation_angle; @scan_max, @q_annulus
+                                (a block of a scan in progress: its frames, numbered as in
+                                the scan, rule find_peaks_block)
      hot_pixels                 [n, 2] rows, cols of pixels found hot
      max_projection             [rows, cols] maximum of every pixel over the scan (-1: not used)
      parameters                 NXcollection: the settings of the search
@@ -46,6 +48,12 @@ class PeaksRecord:
     scan_max: float
     max_projection: np.ndarray
     warnings: tuple = ()  # what the peak search warned of (a gain that does not fit the data)
+    q_annulus: tuple = ()  # (low, high) 1/Angstrom of the frame statistics' annulus
+
+    @property
+    def frames_searched(self) -> int:
+        """The frames the search went over (a block of a scan in progress: its own)."""
+        return len(self.frame_stats.get("frame_number", ()))
 
 
 def parameter_collection(parameters: dict):
@@ -78,8 +86,10 @@ def write_peaks_file(path, scan, result, parameters: dict, provenance: dict) -> 
                                  "coordinates continuous, centre of pixel i at i + 0.5")
     ent["peaks"] = refl
     st = nx.NXdata()
-    st["frame_number"] = nx.NXfield(np.arange(result.nframes))
-    st["rotation_angle"] = nx.NXfield(scan.angles.frame_centres(), units="degree")
+    first = int(getattr(result, "first_frame", 0))  # (a block of a scan in progress)
+    st["frame_number"] = nx.NXfield(np.arange(first, first + result.nframes))
+    st["rotation_angle"] = nx.NXfield(scan.angles.frame_centres()[first:first + result.nframes],
+                                      units="degree")
     for name, values in result.frame_stats.items():
         st[name] = nx.NXfield(np.asarray(values))
     st.attrs["signal"] = "trimmed_sum"
@@ -115,4 +125,4 @@ def read_peaks_file(path, entry: str | None = None) -> PeaksRecord:
                            get(ent, "hot_pixels", path), float(st.attrs["scan_max"]),
                            get(ent, "max_projection", path),
                            tuple(text(ent["warnings"][()]).split("\n")) if "warnings" in ent
-                           else ())
+                           else (), tuple(np.asarray(st.attrs.get("q_annulus", ()), float)))

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from ..base.atomic import write_text_atomically
-from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, LIVE_WAITING, landed_marker,
-                               read_scans_table, temperature_label)
+from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, LIVE_WAITING, landed_block_marker,
+                               landed_blocks, landed_marker, read_scans_table,
+                               temperature_label)
 
 # the columns of the live table, in order, before the goniometer's offset axes
 COLUMNS = ("sample", "temperature", "entry", "data", "dataset", "nframes", "planned_frames",
@@ -55,10 +56,10 @@ def live_table_text(rows: list[dict], offset_names) -> str:
 
 def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names,
                      waiting: list[dict] = ()) -> bool:
-    """Write live/config.yaml, live/scans.tsv and the landed markers (id -> text) of the
-    scans in progress; remove the markers of scans no longer in progress.  waiting: the
-    scans planned but not yet in the table (live/waiting.json, only while there are any).
-    True when anything changed."""
+    """Write live/config.yaml, live/scans.tsv, the landed markers (id -> text) of the
+    scans in progress and the block markers of every scan of a preview temperature; remove
+    the markers no longer wanted.  waiting: the scans planned but not yet in the table
+    (live/waiting.json, only while there are any).  True when anything changed."""
     changed = write_if_changed(expdir / LIVE_CONFIG,
                                "# written by hklflow watch: the workflow on the scans landed so far\n"
                                f"scans_table: {LIVE_SCANS_TABLE}\n")
@@ -70,11 +71,23 @@ def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names
         (expdir / LIVE_WAITING).unlink()
         changed = True
     wanted = set()
+    previews = preview_keys(rows, waiting)
     for r in rows:
         if r.get("planned_frames"):
             path = expdir / landed_marker(row_id(r))
             wanted.add(path)
             changed |= write_if_changed(path, markers[row_id(r)])
+        # (a scan complete while its temperature is a preview stays in blocks until the
+        # temperature's final run, its only full pass)
+        if row_key(r) in previews:
+            for first, stop in scan_blocks(expdir, row_id(r), int(r["nframes"])):
+                path = expdir / landed_block_marker(row_id(r), first, stop)
+                wanted.add(path)
+                if not path.is_file():
+                    write_text_atomically(path, json.dumps(
+                        {"scan": row_id(r), "frames": [first, stop],
+                         "planned": int(r.get("planned_frames") or r["nframes"])}) + "\n")
+                    changed = True
     landed_dir = expdir / "live" / "landed"
     if landed_dir.is_dir():
         for old in landed_dir.rglob("*.json"):
@@ -82,6 +95,31 @@ def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names
                 old.unlink()
                 changed = True
     return changed
+
+
+def scan_blocks(expdir: Path, scan_id: str, nframes: int) -> list[tuple[int, int]]:
+    """The blocks of a scan in progress whose first `nframes` frames go to the next run: those
+    marked before that follow each other from frame 0 within them, and the frames after the
+    last as a new block.  A preview then searches and transforms only its new block."""
+    blocks, stop = [], 0
+    for first, end in landed_blocks(scan_id, expdir):
+        if first == stop and end <= nframes:
+            blocks.append((first, end))
+            stop = end
+    if stop < nframes:
+        blocks.append((stop, nframes))
+    return blocks
+
+
+def preview_keys(rows: list[dict], waiting=()) -> set:
+    """(sample, label) of every temperature whose results are previews: a scan of it in
+    progress, or one waited for (planning.config.Experiment.is_preview)."""
+    keys = {row_key(r) for r in rows if r.get("planned_frames")}
+    return keys | {tuple(w["scan"].split("/")[:2]) for w in waiting}
+
+
+def row_key(r: dict) -> tuple:
+    return r["sample"], temperature_label(r["temperature"])
 
 
 def row_id(r: dict) -> str:

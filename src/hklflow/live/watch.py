@@ -21,6 +21,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from .discover import DiscoveryPattern, discover
 from .orientation import hand_over, orientation_move, refined_orientation, refined_version
 from .state import LiveState, ScanState, append_history
 from .status import write_status
-from .table import row_id, user_rows, write_live_files
+from .table import preview_keys, row_id, row_key, user_rows, write_live_files
 
 READING = "reading the raw files: "  # an error of the watcher's own look (not of a job)
 PID_FILE = "live/watch.pid"
@@ -524,6 +525,18 @@ class Watcher:
                 path.unlink()
                 self.state.orientations.pop(f"{path.parent.name}/{path.stem}", None)
 
+    def drop_final_blocks(self, rows: list[dict], waiting) -> None:
+        """Remove the blocks' results (results/S/T/E/blocks) of the scans whose temperature
+        is no longer a preview: its final results are made from the whole scans, as batch."""
+        previews = preview_keys(rows, waiting)
+        for r in rows:
+            if row_key(r) not in previews:
+                sample, temperature, entry = row_id(r).split("/")
+                blocks = self.expdir / outputs.fill(outputs.ENTRY_BLOCKS, sample=sample,
+                                                    temperature=temperature, entry=entry)
+                if blocks.is_dir():
+                    shutil.rmtree(blocks, ignore_errors=True)
+
     def rows_digest(self) -> str:
         """Of every scan's row (the user's table and discovery's): a set-aside row is tried
         again once they change."""
@@ -624,6 +637,7 @@ class Watcher:
                                                self.waiting_records(rows)) \
                         if rows or calibrating else False
                     self.drop_final_orientations(self.preview_temperatures(rows))
+                    self.drop_final_blocks(rows, self.waiting_records(rows))
                     self.state.save(self.expdir)
                 if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
                     last_rc = self.run_workflow(rows)

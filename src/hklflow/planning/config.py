@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..base.errors import ConfigError
+from ..files.outputs import part_frames
 from ..model.corrections.absorption import SampleShape
 from ..model.crystal import Crystal, UnitCell
 from ..model.geometry import Goniometer, ScanAngles, detector_shape, known_calibrants
@@ -101,6 +102,27 @@ def landed_marker(scan_id: str) -> str:
     ENTRY) have landed: the input of its ingest job in place of the raw files, which change
     with every frame."""
     return f"live/landed/{scan_id}.json"
+
+
+def landed_block_marker(scan_id: str, first: int, stop: int) -> str:
+    """The file hklflow watch writes once when frames [first, stop) of a scan in progress
+    have landed and go to a preview: the input of that block's peak search, mask and
+    transform (rules find_peaks_block, mask_block, transform_block), which never run again
+    for it unless a setting they use changes."""
+    return f"live/landed/{scan_id}/{part_frames(first, stop)}.json"
+
+
+_BLOCK_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.json$")
+
+
+def landed_blocks(scan_id: str, base_dir=".") -> list[tuple[int, int]]:
+    """The blocks (first, stop) of a scan in progress whose markers hklflow watch wrote, in
+    frame order."""
+    folder = Path(base_dir) / f"live/landed/{scan_id}"
+    if not folder.is_dir():
+        return []
+    found = (_BLOCK_NAME.match(p.name) for p in folder.iterdir())
+    return sorted((int(m[1]), int(m[2])) for m in found if m)
 
 
 def provisional_orientation(sample: str, temperature_label: str) -> str:

@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from ..base.atomic import write_text_atomically
@@ -296,6 +297,14 @@ class JobSettings:
 
     def ingest_scan(self, sample: str, temperature_label: str, entry: str) -> str:
         scan = self.exp.scan(sample, temperature_label, entry)
+        return settings_json(ScanParams.of(scan), self._goniometer, self._ingest)
+
+    def scan_block(self, sample: str, temperature_label: str, entry: str, stop: int) -> str:
+        """The ingest settings of a scan of hklflow watch when its first `stop` frames had
+        landed: what a block ending there depends on (rules find_peaks_block, mask_block,
+        transform_block), the same while the scan is in progress and once it is complete."""
+        scan = self.exp.scan(sample, temperature_label, entry)
+        scan = replace(scan, nframes=stop, planned_frames=max(scan.planned_frames, scan.nframes))
         return settings_json(ScanParams.of(scan), self._goniometer, self._ingest)
 
     def find_peaks(self) -> str:

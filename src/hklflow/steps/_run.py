@@ -53,7 +53,7 @@ from threadpoolctl import threadpool_limits
 
 from ..base import steplog
 from ..base.atomic import WRITING, remove_stale_temporaries
-from ..base.errors import HklflowError
+from ..base.errors import ConfigError, HklflowError
 from ..settings.params import read_settings, read_settings_file
 
 
@@ -235,6 +235,19 @@ def threads_limited(threads: int):
             yield
         finally:
             numba.set_num_threads(before)
+
+
+def parse_frames(text: str | None, nframes: int) -> tuple[int, int]:
+    """FIRST-STOP (or FIRST:STOP, stop excluded) within the scan's frames; all by default."""
+    if text is None:
+        return 0, nframes
+    try:
+        a, b = (int(v) for v in text.replace("-", ":").split(":"))
+    except ValueError:
+        raise ConfigError(f"--frames must be FIRST:STOP (or FIRST-STOP), got {text!r}") from None
+    if not 0 <= a < b <= nframes:
+        raise ConfigError(f"--frames {text} is outside the scan's {nframes} frames")
+    return a, b
 
 
 def run_step(parser: StepParser, run, argv=None) -> int:

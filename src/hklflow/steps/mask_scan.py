@@ -23,7 +23,8 @@ def parser() -> StepParser:
     p.add_input("--peaks", "its peaks.nxs (find_peaks)")
     p.add_input("--orientation", "orientation.nxs of its sample and temperature (refine_temperature)")
     p.add_output("--out", "mask file to write")
-    p.add_output("--png", "picture to write")
+    p.add_output("--png", "picture to write (none for a block of a scan in progress)",
+                 required=False)
     return p
 
 
@@ -43,9 +44,10 @@ def run(args, log) -> None:
                     provenance=provenance("hklflow mask_scan", args.settings, inputs=inputs),
                     sources={"scan_file": args.scan, "peaks_file": args.peaks,
                              "orientation_file": args.orientation})
-    plot_mask(result, f"{rec.scan_id}: masks", args.png,
-              preview=preview_label(preview_notes(rec, orientation)))
-    log.info("wrote %s and %s", args.out, args.png)
+    if args.png:
+        plot_mask(result, f"{rec.scan_id}: masks", args.png,
+                  preview=preview_label(preview_notes(rec, orientation)))
+    log.info("wrote %s%s", args.out, f" and {args.png}" if args.png else "")
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,8 @@
 """Step sum_chunks: the volumes of one scan entry, each kind (transform, masked_transform)
 the sum of the volumes of its frame chunks (hklflow.algorithms.merge.volumes.sum_volumes), with slice
 pictures.  The chunks are temporary files of the transform: an entry transformed in one
-chunk has its volumes moved into place (a rename and a new header), not rewritten.  With
+chunk has its volumes moved into place (a rename and a new header), not rewritten.  A scan in
+progress (hklflow watch) sums its blocks' volumes, which are kept (``--keep-inputs``).  With
 the background the scans table names for the entry (transform_background's volumes), the
 sum minus that background (hklflow.algorithms.merge.background); the volume's notes say
 which background was subtracted, or that none was."""
@@ -30,6 +31,9 @@ def parser() -> StepParser:
                 "then those of the next (as many per output)", nargs="+")
     p.add_input("--background", "the background's volume to subtract, one per output "
                 "(transform_background)", nargs="+", required=False)
+    p.add_argument("--keep-inputs", action="store_true",
+                   help="the inputs are kept (the blocks of a scan in progress, which the next "
+                        "preview sums again): one input is copied, not moved into place")
     p.add_output("--out", "volume file to write, one per kind", nargs="+")
     p.add_output("--png", "slice picture to write, one per output", nargs="+")
     return p
@@ -52,7 +56,8 @@ def run(args, log) -> None:
         prov = provenance("hklflow sum_chunks", args.settings,
                           inputs=inputs + backgrounds[i:i + 1])
         if not backgrounds:
-            notes = sum_volumes(inputs, out, args.title, prov, log=log, move_single=True)
+            notes = sum_volumes(inputs, out, args.title, prov, log=log,
+                                move_single=not args.keep_inputs)
             update_notes(out, {"background": NO_BACKGROUND})
         else:  # (the sum and the background's own, made whole, beside the output)
             # (here: most entries have no background, and its smoothing loads scipy.ndimage)
@@ -61,7 +66,7 @@ def run(args, log) -> None:
             with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".sum_chunks") as tmp:
                 summed, bg = Path(tmp) / "sum.nxs", Path(tmp) / "background.nxs"
                 notes = sum_volumes(inputs, summed, args.title, prov, log=log,
-                                    move_single=True)
+                                    move_single=not args.keep_inputs)
                 sum_volumes([backgrounds[i]], bg, f"background of {args.title}", prov, log=log)
                 notes["background"] = subtract_background(summed, bg, out, args.title, prov,
                                                           smooth, log, named=backgrounds[i])

@@ -31,20 +31,7 @@ from ..files.volume_bricks import write_volumes
 from ..pictures.preview import preview_notes
 from ..raw.frames import open_frame_source
 from ..settings.params import DetectorParams, SampleShapeParams, TransformParams, settings_part
-from ._run import StepParser, run_step
-
-
-def parse_frames(text: str | None, nframes: int) -> tuple[int, int]:
-    """FIRST-STOP (or FIRST:STOP, stop excluded) within the scan's frames; all by default."""
-    if text is None:
-        return 0, nframes
-    try:
-        a, b = (int(v) for v in text.replace("-", ":").split(":"))
-    except ValueError:
-        raise ConfigError(f"--frames must be FIRST:STOP (or FIRST-STOP), got {text!r}") from None
-    if not 0 <= a < b <= nframes:
-        raise ConfigError(f"--frames {text} is outside the scan's {nframes} frames")
-    return a, b
+from ._run import StepParser, parse_frames, run_step  # noqa: F401 (parse_frames: tests)
 
 
 def parser() -> StepParser:
@@ -103,7 +90,9 @@ def run(args, log) -> None:
     prov = provenance("hklflow transform_frames", args.settings,
                       inputs=[args.scan, args.orientation, args.grid, args.mask])
     write_transformed(tr, notes, args.out, grid, params, rec, ori, scan, prov,
-                      time.monotonic() - t0, whole=(first, stop) == (0, rec.nframes),
+                      time.monotonic() - t0,
+                      # (a scan in progress: a block, whatever frames it has, is a part)
+                      whole=(first, stop) == (0, rec.nframes) and not rec.planned_frames,
                       title=f"{rec.scan_id} frames {first}-{stop}", threads=args.threads,
                       log=log)
 

@@ -330,7 +330,9 @@ def build_mask(scan_record, peaks_record, orientation_record, params: MaskParams
     nframes = rec.nframes
     gaps = rec.setup.calibration.detector_mask()
     user = user_mask(detector, shape)
-    reasons, dead_details = pixel_reasons(gaps, pk.hot_pixels, pk.max_projection, user, nframes,
+    # (the frames the maximum was taken over: a block's own, hklflow watch)
+    searched = getattr(pk, "frames_searched", 0) or nframes
+    reasons, dead_details = pixel_reasons(gaps, pk.hot_pixels, pk.max_projection, user, searched,
                                           params.dead_pixels)
     stats = {f"pixels_{name}": int(np.count_nonzero(reasons & bit)) for name, bit in REASONS.items()}
     stats["pixels_masked"] = int(np.count_nonzero(reasons))

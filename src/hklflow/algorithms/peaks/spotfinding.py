@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...base import steplog
+from ...base.errors import InputMismatchError
 from ...model.geometry import DetectorGeometry, ScanAngles
 from ...raw.images import user_mask
 from ...settings.params import DetectorParams, PeakSearchParams, largest_trusted_value
@@ -264,10 +265,73 @@ class PeakSearchResult:
     seconds: float
     strong_pixels: int = 0
     notes: list = field(default_factory=list)
+    first_frame: int = 0  # the scan's frame the search began at (a block: frames[first, ...))
 
     @property
     def scan_max(self) -> float:
         return float(self.frame_stats["max"].max()) if self.nframes else 0.0
+
+
+class FrameWindow:
+    """Frames [first, stop) of a frame stack, numbered from 0: what the search reads of a
+    block of a scan in progress (hklflow watch)."""
+
+    def __init__(self, stack, first: int, stop: int):
+        if not 0 <= first < stop <= stack.nframes:
+            raise ValueError(f"frames {first}-{stop} are outside the scan's {stack.nframes}")
+        self.stack, self.first, self.nframes = stack, first, stop - first
+        self.frame_shape, self.dtype = stack.frame_shape, stack.dtype
+
+    def read(self, start: int, stop: int, out=None):
+        return self.stack.read(self.first + start, self.first + stop, out=out)
+
+
+def search_frames(stack, first: int, stop: int, geometry: DetectorGeometry,
+                  angles: ScanAngles, params: PeakSearchParams, detector: DetectorParams,
+                  log=None, threads: int = 1) -> PeakSearchResult:
+    """The search of frames [first, stop) of `stack` alone, in the scan's frame numbers and
+    angles: a block's peaks, which join_blocks puts together with the other blocks'.  A peak
+    that crosses the block's edge is found as two, one in each block."""
+    window = FrameWindow(stack, first, stop)
+    shifted = ScanAngles(float(angles.angle(first)), angles.step, stop - first)
+    result = search(window, geometry, shifted, params, detector, log, threads)
+    if first:
+        result.peaks["observed_frame"] = result.peaks["observed_frame"] + first
+        result.peaks["bounding_box"][:, 4:6] += first
+        result.first_frame = first
+    return result
+
+
+def join_blocks(blocks: list) -> PeakSearchResult:
+    """The search of a scan as its blocks' (files.peaks.PeaksRecord of search_frames results,
+    which must follow each other from frame 0) put together: peaks and frame statistics in
+    frame order, the hot pixels of any block, the maximum of every pixel over all."""
+    blocks = sorted(blocks, key=lambda b: int(b.frame_stats["frame_number"][0])
+                    if len(b.frame_stats["frame_number"]) else 0)
+    stop = 0
+    for b in blocks:
+        frames = np.asarray(b.frame_stats["frame_number"])
+        if not len(frames) or int(frames[0]) != stop:
+            raise InputMismatchError(f"{b.path}: its frames begin at "
+                                     f"{int(frames[0]) if len(frames) else '?'}, the blocks "
+                                     f"before it end at {stop}: expected blocks that follow "
+                                     "each other from frame 0")
+        if b.scan_id != blocks[0].scan_id:
+            raise InputMismatchError(f"{b.path} holds peaks of {b.scan_id}, "
+                                     f"{blocks[0].path} of {blocks[0].scan_id}")
+        stop = int(frames[-1]) + 1
+    names = [k for k in blocks[0].frame_stats if k not in ("frame_number", "rotation_angle")]
+    peaks = {k: np.concatenate([np.asarray(b.peaks[k]) for b in blocks])
+             for k in blocks[0].peaks}
+    hot = np.unique(np.concatenate([np.asarray(b.hot_pixels).reshape(-1, 2)
+                                    for b in blocks]), axis=0)
+    maxproj = np.asarray(blocks[0].max_projection, dtype=np.float64)
+    for b in blocks[1:]:
+        maxproj = np.fmax(maxproj, np.asarray(b.max_projection, dtype=np.float64))
+    notes = list(dict.fromkeys(n for b in blocks for n in b.warnings))
+    return PeakSearchResult(peaks, {k: np.concatenate([b.frame_stats[k] for b in blocks])
+                                    for k in names},
+                            hot, maxproj, tuple(blocks[0].q_annulus), stop, 0.0, notes=notes)
 
 
 def annulus_map(geometry: DetectorGeometry, usable: np.ndarray, q_annulus) -> tuple[np.ndarray, tuple]:
