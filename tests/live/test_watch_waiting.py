@@ -93,9 +93,10 @@ def test_a_batch_table_never_reads_the_waiting_file(tiny_copy):
 
 def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy):
     """snakemake -n tells the truth: with f2 waiting, 300K is a preview: its merge is planned
-    and none of its PDFs, its volumes made with its refined orientation until the watcher
-    hands it a provisional one (live/orientation/tiny/300K.nxs), then with that one.  The
-    same table with nothing waiting plans the PDFs, with the refined orientation."""
+    (unscaled, not symmetrised) and none of its PDFs, its volumes made with its refined
+    orientation until the watcher hands it a provisional one (live/orientation/tiny/300K.nxs),
+    then with that one.  The same table with nothing waiting plans the PDFs, with the refined
+    orientation."""
     from conftest import job_counts, run_snakemake
 
     w = _watched(tiny_copy, landed_f2=5)
@@ -125,12 +126,20 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     assert refined in commands[False, True] and "live/orientation" not in commands[False, True]
     pdf_rules = {rule for rule in counts[False, True] if "pdf" in rule}
     assert pdf_rules and not pdf_rules & set(counts[True, True])
+    # a preview leaves out the scale fit (its merges unscaled, and say so) and the
+    # symmetrisation, which only the final results need; the final results have both
+    for handed in (False, True):
+        assert not {"scale_entries", "symmetrize"} & set(counts[True, handed])
+        assert "--unscaled-preview" in commands[True, handed]
+    assert counts[False, True].get("scale_entries") and counts[False, True].get("symmetrize")
+    assert "--unscaled-preview" not in commands[False, True]
 
 
 @pytest.mark.slow
 def test_a_watched_temperature_whose_f2_has_not_started_is_a_preview_without_pdfs(tiny_copy):
     """Through the watcher: 300K's f1 complete, its f2 a row of the table whose file is not
-    there yet.  The merged and symmetrised volumes say PREVIEW; no PDF is made."""
+    there yet.  The merged volumes say PREVIEW and unscaled; neither a symmetrised volume nor
+    a PDF is made (only the final results need them)."""
     import subprocess
     import sys
 
@@ -149,6 +158,9 @@ def test_a_watched_temperature_whose_f2_has_not_started_is_a_preview_without_pdf
     made = [p for p in volumes if "symmetrized" in p.name or p.stem in ("transform",
                                                                          "masked_transform")]
     assert made, volumes
+    assert not [p for p in volumes if "symmetrized" in p.name]
     for path in made:
-        assert preview_label(read_volume_header(path).notes) == "PREVIEW: f2 0% of its frames"
+        notes = read_volume_header(path).notes
+        assert preview_label(notes) == "PREVIEW: f2 0% of its frames"
+        assert notes["scaling"].startswith("left out of previews")
     assert not [p for p in (tiny_copy / "results").rglob("*pdf*") if p.is_file()]

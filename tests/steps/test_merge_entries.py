@@ -107,6 +107,17 @@ def test_scans_the_watcher_waits_for_make_the_merged_volume_a_preview(experiment
     notes = read_volume_header(experiment / "out/merged.nxs").notes
     assert notes["waiting"] == {"landed": waiting}
     assert preview_label(notes) == "PREVIEW: f2 0% of its frames"
+    # a preview's merge leaves the scales out (issue 82): its notes and the page say so
+    from hklflow.steps.experiment_page import corrections_lines
+
+    rc = run("merge_entries", ["--settings", json.dumps({**settings, "waiting": waiting}),
+                               "--title", "tetra/300K", "--inputs", *entries,
+                               "--unscaled-preview", "--out", "out/unscaled.nxs",
+                               "--png", "out/unscaled.png"])
+    assert rc == 0
+    notes = read_volume_header(experiment / "out/unscaled.nxs").notes
+    assert notes["scaling"].startswith("left out of previews (hklflow watch)")
+    assert any(line.startswith("scaling: left out of previews") for line in corrections_lines(notes))
 
 
 def test_scales_that_are_not_finite_are_refused_where_they_would_apply(tmp_path):

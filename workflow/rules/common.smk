@@ -314,6 +314,18 @@ def peaks_group(w):
     return apply_wildcards(group, w) if group else None
 
 
+def final_only(sample, temperature):
+    """Whether a temperature's results are final, not previews (hklflow watch): previews
+    leave out what only the final results need, the scale fit (their merges are unscaled)
+    and the symmetrisation (docs/live.md)."""
+    return not EXP.is_preview(sample, temperature)
+
+
+def scaled_merge(w):
+    """Whether the wildcards' merge applies the scales (reduction.scaling; never a preview's)."""
+    return SCALING_APPLIED and final_only(w.sample, w.temperature)
+
+
 def volumes_orientation(w):
     """The orientation a temperature's masks, transforms and merges are made with: its refined
     one; a preview's, once hklflow watch has handed it one, the provisional orientation
@@ -451,11 +463,12 @@ def all_targets():
                 at = dict(sample=name, temperature=t, kind=kind)
                 targets.append(fill(outputs.MERGED_VOLUME, **at))
                 targets.append(fill(outputs.STATISTICS_PNG, **at))
-                if SYMMETRIZE:
+                if SYMMETRIZE and final_only(name, t):
                     targets.append(fill(outputs.SYMMETRIZED_VOLUME, **at))
             targets.append(fill(outputs.TEMPERATURE_SERIES_PNG, sample=name, kind=kind))
         if SCALING:  # (reduction.scaling.apply false: fitted and reported, not applied)
-            targets += [fill(outputs.SCALES, sample=name, temperature=t) for t in temperatures]
+            targets += [fill(outputs.SCALES, sample=name, temperature=t) for t in temperatures
+                        if final_only(name, t)]
         pdf_temperatures = EXP.pdf_temperatures_of(name)  # (previews: live.preview_pdf)
         if PDF_ENABLED and pdf_temperatures:
             for t in pdf_temperatures:
@@ -498,7 +511,7 @@ def page_files(w):
             for kind in TRANSFORM_KINDS:
                 at = dict(sample=name, temperature=t, kind=kind)
                 files["volumes"].append(fill(outputs.MERGED_VOLUME, **at))
-                if SYMMETRIZE:
+                if SYMMETRIZE and final_only(name, t):
                     files["volumes"].append(fill(outputs.SYMMETRIZED_VOLUME, **at))
         if PDF_ENABLED:
             files["pdfs"] += [fill(outputs.DELTA_PDF, sample=name, temperature=t, pdf=f)

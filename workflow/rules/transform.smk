@@ -199,10 +199,11 @@ rule merge_entries:
     input:
         volumes=lambda w: entries_files(w, outputs.ENTRY_VOLUME, kind=w.kind),
         orientation=volumes_orientation,
-        scales=lambda w: [outputs.SCALES] if SCALING_APPLIED else [],
+        # (a preview's merge is unscaled: common.smk's final_only)
+        scales=lambda w: [outputs.SCALES] if scaled_merge(w) else [],
         # (the scales apply at each voxel's crossings: the entries' geometry and pixel masks)
-        scans=lambda w: entries_files(w, outputs.SCAN) if SCALING_APPLIED else [],
-        masks=lambda w: entries_files(w, outputs.MASK) if SCALING_APPLIED else [],
+        scans=lambda w: entries_files(w, outputs.SCAN) if scaled_merge(w) else [],
+        masks=lambda w: entries_files(w, outputs.MASK) if scaled_merge(w) else [],
     output:
         volume=outputs.MERGED_VOLUME,
         png=report(outputs.MERGED_VOLUME_PNG, category="Merged volumes",
@@ -216,8 +217,10 @@ rule merge_entries:
         scales=lambda w, input: (option("--scales", input.scales)
                                  + option("--scans", input.scans)
                                  + option("--masks", input.masks)
-                                 + (" --apply auto" if SCALING_APPLIED and SCALING_APPLY == "auto"
-                                    else "")),
+                                 + (" --apply auto" if scaled_merge(w) and SCALING_APPLY == "auto"
+                                    else "")
+                                 + (" --unscaled-preview" if SCALING_APPLIED
+                                    and not scaled_merge(w) else "")),
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
     benchmark:

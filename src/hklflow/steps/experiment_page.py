@@ -250,6 +250,8 @@ def corrections_lines(notes: dict) -> list[str]:
             lines.append(f"scales fitted, not applied: they do not matter "
                          f"({scaling.get('verdict', '?')}; reduction.scaling.apply: true "
                          f"applies them)")
+    elif isinstance(scaling, str):  # (a preview's merge: merge_entries --unscaled-preview)
+        lines.append(f"scaling: {scaling}")
     return lines
 
 

@@ -10,7 +10,6 @@ from ..algorithms.peaks.spotfinding import join_blocks, search, search_frames
 from ..files.peaks import read_peaks_file, write_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..pictures.detector import plot_peaks
 from ..pictures.preview import preview_label
 from ..raw.frames import open_frame_source
 from ..settings.params import DetectorParams, PeakSearchParams, settings_part
@@ -60,7 +59,9 @@ def run(args, log) -> None:
                                        detector, log, threads=args.threads)
     write_peaks_file(args.out, rec, result, args.settings,
                      provenance("hklflow find_peaks", args.settings, inputs=inputs))
-    if args.png:
+    if args.png:  # (a block's job draws nothing, and loads no matplotlib)
+        from ..pictures.detector import plot_peaks
+
         plot_peaks(result, f"{rec.scan_id}: peak search", args.png, preview=preview_label(rec))
     log.info("wrote %s%s", args.out, f" and {args.png}" if args.png else "")
 

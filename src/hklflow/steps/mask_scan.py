@@ -10,7 +10,6 @@ from ..files.orientation import read_orientation_file
 from ..files.peaks import read_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
-from ..pictures.detector import plot_mask
 from ..pictures.preview import preview_label, preview_notes
 from ..settings.params import DetectorParams, MaskParams, settings_part
 from ._run import StepParser, run_step
@@ -44,7 +43,9 @@ def run(args, log) -> None:
                     provenance=provenance("hklflow mask_scan", args.settings, inputs=inputs),
                     sources={"scan_file": args.scan, "peaks_file": args.peaks,
                              "orientation_file": args.orientation})
-    if args.png:
+    if args.png:  # (a block's job draws nothing, and loads no matplotlib)
+        from ..pictures.detector import plot_mask
+
         plot_mask(result, f"{rec.scan_id}: masks", args.png,
                   preview=preview_label(preview_notes(rec, orientation)))
     log.info("wrote %s%s", args.out, f" and {args.png}" if args.png else "")

@@ -40,12 +40,18 @@ def parser() -> StepParser:
     p.add_argument("--apply", choices=("auto", "true"), default="true",
                    help="with --scales: true applies them; auto only where they matter (the "
                         "verdict of scale_entries: reduction.scaling.apply)")
+    p.add_argument("--unscaled-preview", action="store_true",
+                   help="a preview of hklflow watch, whose merges leave the scales out (the "
+                        "final results apply them): the notes and the title say so")
     p.add_output("--out", "volume file to write")
     p.add_output("--png", "slice picture to write")
     p.add_output("--statistics-png", "picture of the uncertainties' statistics (needs "
                                      "--orientation: the crystal)", required=False)
     return p
 
+
+UNSCALED_PREVIEW = ("left out of previews (hklflow watch): the scales are fitted and applied "
+                    "for the final results")
 
 KIND_MEANING = {"transform": "every pixel: Bragg peaks and diffuse scattering",
                 "masked_transform": "Bragg peaks masked: diffuse scattering"}
@@ -144,6 +150,8 @@ def run(args, log) -> None:
                         keep=planes, scalers=scalers)
     if scaling:
         update_notes(args.out, {"scaling": scaling})
+    elif args.unscaled_preview:
+        update_notes(args.out, {"scaling": UNSCALED_PREVIEW})
     set_aside = settings_part(args.settings, SetAsideParams).set_aside
     if set_aside:  # (hklflow run left rows of this temperature out: the volume says so)
         update_notes(args.out, {"set_aside": list(set_aside)})
@@ -154,7 +162,7 @@ def run(args, log) -> None:
         notes["waiting"] = {"landed": [dict(r) for r in waiting]}
         update_notes(args.out, {"waiting": notes["waiting"]})
         log.info("a preview: not yet included: %s", ", ".join(r["scan"] for r in waiting))
-    what = f"{len(inputs)} volumes summed"
+    what = f"{len(inputs)} volumes summed" + ("; unscaled" if args.unscaled_preview else "")
     if waiting:
         what += "; waiting for " + ", ".join(r["scan"].rpartition("/")[2] for r in waiting)
     if left_out:
