@@ -278,6 +278,21 @@ def test_committed_demo_config_is_what_the_simulator_writes():
         assert (repo / "config" / name).read_text() == text, f"config/{name} is stale: regenerate it"
 
 
+def test_the_2m_preset_is_an_experiment_of_three_600_frame_scans_on_a_2m_detector(tmp_path):
+    """bench/live.py's 2M-class acquisition (issue 82): its config and table load as any
+    experiment's; the demo's crystal, one temperature, three scans of 600 frames."""
+    from hklflow.model.geometry import detector_shape
+
+    (tmp_path / "config").mkdir()
+    for name, text in config_texts(preset("pilatus2m"), "hdf5").items():
+        (tmp_path / "config" / name).write_text(text)
+    exp = load_experiment(tmp_path / "config/config.yaml", base_dir=tmp_path)
+    assert detector_shape(exp.instrument.detector.name) == (1679, 1475)
+    assert [(s.entry, s.nframes, s.angles.step) for s in exp.scans] == \
+        [("f1", 600, 0.1), ("f2", 600, 0.1), ("f3", 600, 0.1)]
+    assert exp.temperatures_of("lsco") == ["300K"]
+
+
 def test_other_parents_by_temperature_range(experiment_dir):
     edit_config(experiment_dir, lambda c: c["samples"]["tiny"].__setitem__(
         "other_parents", [{"temperature": 100, "for_temperatures": [0, 150]}]))

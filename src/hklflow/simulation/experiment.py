@@ -277,27 +277,19 @@ def preset(name: str) -> SimulationSpec:
                              "monitor": False},
                        holder={"amplitude": 3.0, "ring_q": 0.22, "ring_width": 0.03})
     if name == "pilatus2m":
-        # a 2M-class acquisition (bench/live.py: live reduction beside a large detector): one
-        # temperature of three 60 deg scans of 600 frames of 0.1 deg on a Pilatus CdTe 2M
-        # (2.5 Mpixel a frame), the demo's crystal, the beam near the detector's centre
+        # a 2M-class acquisition (bench/live.py: live reduction beside a large detector): the
+        # demo's crystal and entries at one temperature, three 60 deg scans of 600 frames of
+        # 0.1 deg on a Pilatus CdTe 2M (2.5 Mpixel a frame, the same pixels), the beam near
+        # its centre, 0.3 m away
         det = "PilatusCdTe2M"
         p1, p2 = _px(det, 842.3, 731.6)
         pix = _px(det, 1.0, 1.0)[0]
-        return SimulationSpec(
-            name="pilatus2m", detector=det, wavelength=0.41328,  # 30 keV
-            calibration_geometry=(0.3, p1, p2, 0.0042, -0.0031, 0.011),
-            rough_start=(0.297, p1 + 4 * pix, p2 - 4 * pix),
-            scan_drift=(2.0e-4, 0.3 * pix, -0.25 * pix, 0.0, 0.0, 0.0),
-            scan_axis=(0.0, 1.0, 0.0), scan_sense=1,
-            offset_axes={"omega": (1.0, 0.0, 0.0), "chi": (0.0, 0.0, 1.0)},
-            samples=(SampleModel("lsco", "I 4/m m m", (3.7801, 3.7801, 13.2305, 90, 90, 90),
-                                 temperatures=(300.0,), orientation_seed=7),),
-            entries=(EntryModel("f1"),
-                     EntryModel("f2", det_shift=(0.0, 10 * pix, 8 * pix)),
-                     EntryModel("f3", det_shift=(0.0, -9 * pix, -10 * pix),
-                                offsets={"omega": -1.5, "chi": 2.0})),
-            nframes=600, phi_start=-90.0, phi_step=0.1, mosaicity_deg=0.1,
-            transform_max_voxels=201 ** 3)
+        demo = preset("demo")
+        return replace(demo, name="pilatus2m", detector=det,
+                       calibration_geometry=(0.3, p1, p2) + demo.calibration_geometry[3:],
+                       rough_start=(0.297, p1 + 4 * pix, p2 - 4 * pix),
+                       samples=(replace(demo.samples[0], temperatures=(300.0,)),),
+                       nframes=600, phi_step=0.1, mosaicity_deg=0.1)
     raise ValueError(f"unknown simulation preset {name!r} (known: {', '.join(PRESETS)})")
 
 
