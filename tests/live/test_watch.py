@@ -365,13 +365,16 @@ def test_a_watcher_started_before_the_acquisition_waits_for_its_config(tiny_expe
     proc = subprocess.Popen([sys.executable, "-m", "hklflow", "watch", str(where), "--once"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(3)
-        assert proc.poll() is None  # (waiting)
+        seen = ""  # (however long the watcher takes to start: the config comes after it waits)
+        while "waiting for" not in seen and proc.poll() is None:
+            seen += proc.stdout.readline()
+        assert proc.poll() is None, seen  # (waiting)
         (where / "config").mkdir(parents=True)
         shutil.copy(tiny_experiment / "config/config.yaml", where / "config/config.yaml")
         header = (tiny_experiment / "config/scans.tsv").read_text().splitlines()[0]
         (where / "config/scans.tsv").write_text(header + "\n")
         out, _ = proc.communicate(timeout=120)
+        out = seen + out
     finally:
         proc.kill()
     assert proc.returncode == 0, out

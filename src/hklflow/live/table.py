@@ -98,9 +98,10 @@ def write_live_files(expdir: Path, rows: list[dict], markers: dict, offset_names
 
 
 def scan_blocks(expdir: Path, scan_id: str, nframes: int) -> list[tuple[int, int]]:
-    """The blocks of a scan in progress whose first `nframes` frames go to the next run: those
-    marked before that follow each other from frame 0 within them, and the frames after the
-    last as a new block.  A preview then searches and transforms only its new block."""
+    """The blocks of a scan of a preview temperature whose first `nframes` frames go to the
+    next run: those marked before that follow each other from frame 0 within them, and the
+    frames after the last as a new block.  A preview then searches and transforms only its
+    new block."""
     blocks, stop = [], 0
     for first, end in landed_blocks(scan_id, expdir):
         if first == stop and end <= nframes:

@@ -37,7 +37,7 @@ from ..commands.run import _passes_through, _split, workflow_dir
 from ..files import outputs
 from ..planning import job_events, snakemake_compat, snakemake_processes
 from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings,
-                               provisional_orientation, temperature_label)
+                               provisional_orientation)
 from . import growing
 from .discover import DiscoveryPattern, discover
 from .orientation import hand_over, orientation_move, refined_orientation, refined_version
@@ -470,12 +470,9 @@ class Watcher:
     def preview_temperatures(self, rows: list[dict]) -> dict:
         """(sample, label) -> the ids of the live table's scans there, of every temperature
         whose results are previews: a scan of it in progress, or one waited for."""
-        by, previews = {}, {tuple(w["scan"].split("/")[:2]) for w in self.waiting_records(rows)}
+        by, previews = {}, preview_keys(rows, self.waiting_records(rows))
         for r in rows:
-            key = (r["sample"], temperature_label(r["temperature"]))
-            by.setdefault(key, []).append(row_id(r))
-            if r.get("planned_frames"):
-                previews.add(key)
+            by.setdefault(row_key(r), []).append(row_id(r))
         return {key: ids for key, ids in by.items() if key in previews}
 
     def hand_orientations(self, previews: dict) -> dict:
@@ -525,10 +522,10 @@ class Watcher:
                 path.unlink()
                 self.state.orientations.pop(f"{path.parent.name}/{path.stem}", None)
 
-    def drop_final_blocks(self, rows: list[dict], waiting) -> None:
+    def drop_final_blocks(self, rows: list[dict], previews: dict) -> None:
         """Remove the blocks' results (results/S/T/E/blocks) of the scans whose temperature
-        is no longer a preview: its final results are made from the whole scans, as batch."""
-        previews = preview_keys(rows, waiting)
+        is no longer a preview (previews: preview_temperatures): its final results are made
+        from the whole scans, as batch."""
         for r in rows:
             if row_key(r) not in previews:
                 sample, temperature, entry = row_id(r).split("/")
@@ -636,8 +633,9 @@ class Watcher:
                                                self.settings.offset_names,
                                                self.waiting_records(rows)) \
                         if rows or calibrating else False
-                    self.drop_final_orientations(self.preview_temperatures(rows))
-                    self.drop_final_blocks(rows, self.waiting_records(rows))
+                    previews = self.preview_temperatures(rows)
+                    self.drop_final_orientations(previews)
+                    self.drop_final_blocks(rows, previews)
                     self.state.save(self.expdir)
                 if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
                     last_rc = self.run_workflow(rows)

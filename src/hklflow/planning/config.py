@@ -105,10 +105,10 @@ def landed_marker(scan_id: str) -> str:
 
 
 def landed_block_marker(scan_id: str, first: int, stop: int) -> str:
-    """The file hklflow watch writes once when frames [first, stop) of a scan in progress
-    have landed and go to a preview: the input of that block's peak search, mask and
-    transform (rules find_peaks_block, mask_block, transform_block), which never run again
-    for it unless a setting they use changes."""
+    """The file hklflow watch writes once when frames [first, stop) of a scan of a preview
+    temperature (in progress, or complete while another is not) go to a preview: the input of
+    that block's peak search, mask and transform (rules find_peaks_block, mask_block,
+    transform_block), which never run again for it unless a setting they use changes."""
     return f"live/landed/{scan_id}/{part_frames(first, stop)}.json"
 
 
@@ -116,8 +116,8 @@ _BLOCK_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.json$")
 
 
 def landed_blocks(scan_id: str, base_dir=".") -> list[tuple[int, int]]:
-    """The blocks (first, stop) of a scan in progress whose markers hklflow watch wrote, in
-    frame order."""
+    """The blocks (first, stop) of a scan whose markers hklflow watch wrote, in frame
+    order."""
     folder = Path(base_dir) / f"live/landed/{scan_id}"
     if not folder.is_dir():
         return []
