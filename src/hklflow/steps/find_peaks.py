@@ -6,7 +6,8 @@ no picture: rule find_peaks_block), and its peaks are those of its blocks put to
 (``--blocks``), so that a preview searches only the frames landed since the one before."""
 from __future__ import annotations
 
-from ..algorithms.peaks.spotfinding import join_blocks, search, search_frames
+from ..algorithms.peaks.spotfinding import join_blocks, search_frames
+from ..base.errors import InputMismatchError
 from ..files.peaks import read_peaks_file, write_peaks_file
 from ..files.provenance import provenance
 from ..files.scan import read_scan_file
@@ -41,7 +42,9 @@ def run(args, log) -> None:
     if args.blocks:
         result = join_blocks([read_peaks_file(f) for f in args.blocks])
         if result.nframes != rec.nframes:
-            raise_blocks_short(args, result.nframes, rec.nframes)
+            raise InputMismatchError(f"{args.blocks[-1]}: the blocks end at frame "
+                                     f"{result.nframes}, the scan {args.scan} has {rec.nframes} "
+                                     "frames: expected blocks that cover it")
         inputs += list(args.blocks)
         log.info("scan %s: the peaks of %d blocks of %d frames put together: %d peaks",
                  rec.scan_id, len(args.blocks), result.nframes, len(result.peaks["n_pixels"]))
@@ -51,12 +54,8 @@ def run(args, log) -> None:
                  rec.nframes, geometry.shape, params)
         with open_frame_source(rec.frames, read_threads=args.threads,
                                compiled_decompression=True) as stack:
-            if (first, stop) == (0, rec.nframes):
-                result = search(stack, geometry, rec.angles, params, detector, log,
-                                threads=args.threads)
-            else:
-                result = search_frames(stack, first, stop, geometry, rec.angles, params,
-                                       detector, log, threads=args.threads)
+            result = search_frames(stack, first, stop, geometry, rec.angles, params, detector,
+                                   log, threads=args.threads)
     write_peaks_file(args.out, rec, result, args.settings,
                      provenance("hklflow find_peaks", args.settings, inputs=inputs))
     if args.png:  # (a block's job draws nothing, and loads no matplotlib)
@@ -64,13 +63,6 @@ def run(args, log) -> None:
 
         plot_peaks(result, f"{rec.scan_id}: peak search", args.png, preview=preview_label(rec))
     log.info("wrote %s%s", args.out, f" and {args.png}" if args.png else "")
-
-
-def raise_blocks_short(args, frames: int, nframes: int) -> None:
-    from ..base.errors import InputMismatchError
-
-    raise InputMismatchError(f"{args.blocks[-1]}: the blocks end at frame {frames}, the scan "
-                             f"{args.scan} has {nframes} frames: expected blocks that cover it")
 
 
 def main(argv=None) -> int:
