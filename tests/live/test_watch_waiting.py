@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hklflow.live.state import LiveState, ScanState
 from hklflow.live.table import user_rows, write_live_files
@@ -133,6 +134,13 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
         assert "--unscaled-preview" in commands[True, handed]
     assert counts[False, True].get("scale_entries") and counts[False, True].get("symmetrize")
     assert "--unscaled-preview" not in commands[False, True]
+    # the SLURM profile's job groups hold a preview's blocks too: snakemake refuses to plan a
+    # group that depends on itself through a rule outside it ("Error in group ...")
+    groups = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["groups"]
+    write_live_files(tiny_copy, rows, markers, w.settings.offset_names, w.waiting_records(rows))
+    r = run_snakemake(tiny_copy, *args, "--groups", *groups)
+    assert r.returncode == 0 and counts[True, True] == job_counts(r.stdout), \
+        r.stdout[-3000:] + r.stderr[-3000:]
 
 
 @pytest.mark.slow

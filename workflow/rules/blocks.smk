@@ -11,6 +11,7 @@
 rule find_peaks_block:
     """The peak search of one block of frames of a scan in progress (no picture: the
     entry's peaks, its blocks' put together, have one)."""
+    group: peaks_group
     input:
         scan=ancient(outputs.SCAN),
         block=block_marker,
