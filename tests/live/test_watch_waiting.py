@@ -94,10 +94,10 @@ def test_a_batch_table_never_reads_the_waiting_file(tiny_copy):
 
 def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy):
     """snakemake -n tells the truth: with f2 waiting, 300K is a preview: its merge is planned
-    (unscaled, not symmetrised) and none of its PDFs, its volumes made with its refined
-    orientation until the watcher hands it a provisional one (live/orientation/tiny/300K.nxs),
-    then with that one.  The same table with nothing waiting plans the PDFs, with the refined
-    orientation."""
+    (unscaled, not symmetrised) and none of its PDFs, its volumes made with its provisional
+    orientation (live/orientation/tiny/300K.nxs: a copy of the refined one the first preview
+    makes, then the one the watcher hands it).  The same table with nothing waiting plans the
+    PDFs, with the refined orientation."""
     from conftest import job_counts, run_snakemake
 
     w = _watched(tiny_copy, landed_f2=5)
@@ -121,8 +121,10 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     assert counts[True, True].get("transform_block") and "transform_frames" not in counts[True, True]
     assert counts[False, True].get("transform_frames") and "transform_block" not in counts[False, True]
     refined = "--orientation results/tiny/300K/orientation.nxs --grid"
-    assert refined in commands[True, False] and "live/orientation" not in commands[True, False]
-    assert "--orientation live/orientation/tiny/300K.nxs --grid" in commands[True, True]
+    for handed in (False, True):
+        assert refined not in commands[True, handed]
+        assert "--orientation live/orientation/tiny/300K.nxs --grid" in commands[True, handed]
+    assert counts[True, False].get("provisional_orientation") == 1
     # complete: the refined orientation, whatever the watcher left
     assert refined in commands[False, True] and "live/orientation" not in commands[False, True]
     pdf_rules = {rule for rule in counts[False, True] if "pdf" in rule}
@@ -132,8 +134,10 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     for handed in (False, True):
         assert not {"scale_entries", "symmetrize"} & set(counts[True, handed])
         assert "--unscaled-preview" in commands[True, handed]
+        assert " --preview" in commands[True, handed]  # (no statistics of equivalents)
     assert counts[False, True].get("scale_entries") and counts[False, True].get("symmetrize")
     assert "--unscaled-preview" not in commands[False, True]
+    assert " --preview" not in commands[False, True]
     # the SLURM profile's job groups hold a preview's blocks too: snakemake refuses to plan a
     # group that depends on itself through a rule outside it ("Error in group ...")
     groups = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["groups"]

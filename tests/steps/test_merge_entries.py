@@ -118,6 +118,16 @@ def test_scans_the_watcher_waits_for_make_the_merged_volume_a_preview(experiment
     notes = read_volume_header(experiment / "out/unscaled.nxs").notes
     assert notes["scaling"].startswith("left out of previews (hklflow watch)")
     assert any(line.startswith("scaling: left out of previews") for line in corrections_lines(notes))
+    # ... and the statistics of equivalents, which only the final results have: a picture
+    # says so where theirs would be (no orientation needed: no crystal)
+    rc = run("merge_entries", ["--settings", json.dumps({**settings, "waiting": waiting}),
+                               "--title", "tetra/300K", "--inputs", *entries, "--preview",
+                               "--out", "out/preview.nxs", "--png", "out/preview.png",
+                               "--statistics-png", "out/preview_statistics.png"])
+    assert rc == 0
+    notes = read_volume_header(experiment / "out/preview.nxs").notes
+    assert notes["statistics"].startswith("left out of previews (hklflow watch)")
+    assert (experiment / "out/preview_statistics.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_scales_that_are_not_finite_are_refused_where_they_would_apply(tmp_path):

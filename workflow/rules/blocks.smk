@@ -8,6 +8,24 @@
 # through the batch rules, once, and hklflow watch removes its blocks.
 
 
+rule provisional_orientation:
+    """The orientation of a preview temperature's masks, transforms and merges: its refined
+    orientation as its first preview refined it, kept (an ancient input) while every later
+    preview refines it again; hklflow watch replaces it once the refined one has moved some
+    pixel's (H, K, L) by more than live.reorient_voxels (hklflow.live.orientation), and the
+    final results use the refined one."""
+    input:
+        orientation=ancient(outputs.ORIENTATION),
+    output:
+        orientation=provisional_orientation("{sample}", "{temperature}"),
+    log:
+        "logs/provisional_orientation/{sample}/{temperature}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "cp {input.orientation:q} {output.orientation:q} > {log:q} 2>&1"
+
+
 rule find_peaks_block:
     """The peak search of one block of frames of a scan in progress (no picture: the
     entry's peaks, its blocks' put together, have one)."""

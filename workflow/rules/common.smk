@@ -328,13 +328,11 @@ def scaled_merge(w):
 
 def volumes_orientation(w):
     """The orientation a temperature's masks, transforms and merges are made with: its refined
-    one; a preview's, once hklflow watch has handed it one, the provisional orientation
-    (hklflow.live.orientation), which stays put while the refined one moves by less than
+    one; a preview's, its provisional orientation (rule provisional_orientation, then
+    hklflow.live.orientation), which stays put while the refined one moves by less than
     live.reorient_voxels."""
     if EXP.is_preview(w.sample, w.temperature):
-        provisional = provisional_orientation(w.sample, w.temperature)
-        if os.path.exists(provisional):
-            return provisional
+        return provisional_orientation(w.sample, w.temperature)
     return fill(outputs.ORIENTATION, sample=w.sample, temperature=w.temperature)
 
 

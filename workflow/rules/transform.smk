@@ -220,7 +220,8 @@ rule merge_entries:
                                  + (" --apply auto" if scaled_merge(w) and SCALING_APPLY == "auto"
                                     else "")
                                  + (" --unscaled-preview" if SCALING_APPLIED
-                                    and not scaled_merge(w) else "")),
+                                    and not scaled_merge(w) else "")
+                                 + ("" if final_only(w.sample, w.temperature) else " --preview")),
     log:
         "logs/merge_entries/{sample}/{temperature}/{kind}.log",
     benchmark:

@@ -183,6 +183,12 @@ def main(argv=None) -> int:
         # before numpy loads, OpenBLAS (and MKL) start none.
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
+        if os.environ.get("HKLFLOW_WARM_STARTS"):  # (hklflow watch's runs: a warm start)
+            from .warm_client import run_warm
+
+            status = run_warm(sys.argv)
+            if status is not None:
+                return status
     if name in _OWN_OPTIONS:
         problem = _run_arguments_problem(name, argv[1:])
         if problem:

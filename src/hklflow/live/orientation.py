@@ -2,8 +2,9 @@
 
 Every preview run refines the temperature's orientation again from the peaks landed so
 far, and it moves a little each time.  Masks and transforms made with it would all be made
-again at every run, so the watcher hands the previews a copy of it
-(planning.config.provisional_orientation) and replaces that copy only when the newest
+again at every run, so the previews are made with a copy of it
+(planning.config.provisional_orientation: the workflow's rule provisional_orientation makes
+it at the temperature's first preview) and the watcher replaces that copy only when the newest
 refined orientation has moved some pixel's (H, K, L) by more than ``live.reorient_voxels``
 of a voxel of the sample's grid: then the temperature's previews are made again with it.
 Once the temperature is complete its final results use its refined orientation, as batch.

@@ -34,6 +34,8 @@ from ..base.atomic import process_alive
 from ..base.errors import HklflowError
 from ..commands.console import plan_problem
 from ..commands.run import _passes_through, _split, workflow_dir
+from ..commands.warm_client import WARM_STARTS_ENV
+from ..commands.warm_starts import WarmStartServer
 from ..files import outputs
 from ..planning import job_events, snakemake_compat, snakemake_processes
 from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings,
@@ -116,6 +118,8 @@ class Watcher:
         self.run_events: job_events.Follower | None = None  # the run going's job events
         self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
         self.previews_rest_until = 0.0  # no new preview before (live.preview_share)
+        self.warm: WarmStartServer | None = None  # (live.warm_starts: started at the first run)
+        self.warm_refused = False
 
     # ---- looking at the raw files (the observer thread) ----------------------------------
     def look(self) -> None:
@@ -377,9 +381,11 @@ class Watcher:
                "--directory", str(self.expdir), "--configfile", str(self.config_file),
                str(self.expdir / LIVE_CONFIG), *args]
         out = open(log_file, "w") if log_file else subprocess.DEVNULL
+        warm = self.warm_starts()
         try:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE"))
+                                    env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE",
+                                             **({WARM_STARTS_ENV: warm.path} if warm else {})))
             (self.expdir / SNAKEMAKE_PID_FILE).write_text(f"{proc.pid}\n")
             try:
                 return proc.wait()
@@ -391,6 +397,33 @@ class Watcher:
             if log_file:
                 out.close()
             (self.expdir / SNAKEMAKE_PID_FILE).unlink(missing_ok=True)
+
+    def warm_starts(self) -> WarmStartServer | None:
+        """The warm-start server of this watcher's jobs (hklflow.commands.warm_starts),
+        started at the first run: where live.warm_starts is on and the jobs run on this
+        machine (no --profile, --executor or cluster given to Snakemake: a cluster's jobs
+        do their work in their own allocation)."""
+        if self.warm is None and not self.warm_refused:
+            self.warm_refused = True
+            if not self.live.get("warm_starts", True) or not local_jobs(self.snakemake_args):
+                return None
+            try:
+                log_file = self.expdir / "live" / "logs" / "warm-starts.log"
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                self.warm = WarmStartServer(log_file)
+                self.warm_refused = False
+            except OSError as exc:
+                self.log.warning("every job starts anew: %s", exc)
+        return self.warm
+
+    def stop_warm_starts(self) -> None:
+        if self.warm is not None:
+            self.warm.stop()
+            self.warm = None
+
+    def _jobs_cpu(self) -> float:
+        """CPU seconds of the runs and of the jobs the warm-start server forked, so far."""
+        return _children_cpu() + (self.warm.cpu_seconds() if self.warm else 0.0)
 
     def run_workflow(self, rows: list[dict]) -> int:
         with self.lock:
@@ -417,7 +450,7 @@ class Watcher:
         # last: --prioritize takes every word after it, so a target of the user's (-- TARGET)
         # after it would be prioritised, not targeted
         prioritize = ["--prioritize", *first] if first else []
-        cpu_before = _children_cpu()
+        cpu_before = self._jobs_cpu()
         rc = self.run_snakemake(["--cores", str(self.cores), "--rerun-incomplete", "--keep-going",
                                  *self.snakemake_args, *prioritize], log_file=log_file,
                                 events=events)
@@ -457,7 +490,7 @@ class Watcher:
         with self.look_lock:
             orientations = self.hand_orientations(previews)
         append_history(self.expdir, {"run": number, "start": start, "end": end, "rc": rc,
-                                     "cpu_s": round(_children_cpu() - cpu_before, 2),
+                                     "cpu_s": round(self._jobs_cpu() - cpu_before, 2),
                                      "watcher_cpu_s": round(_own_cpu(), 2),
                                      "frames": included, "lag_s": lags, "final_lag_s": finals,
                                      "orientations": orientations, "failed": failed})
@@ -477,9 +510,10 @@ class Watcher:
 
     def hand_orientations(self, previews: dict) -> dict:
         """After a run (holding look_lock, not lock): hand each preview temperature its newest
-        refined orientation where it has no provisional one yet (its previews were made with
-        that one), or where that moved some pixel's (H, K, L) by more than
-        live.reorient_voxels (the next run makes its previews again with it).  What was
+        refined orientation where it has no provisional one (the workflow copies it at the
+        first preview: rule provisional_orientation), or where that moved some pixel's
+        (H, K, L) by more than live.reorient_voxels (the next run makes its previews again
+        with it).  What was
         compared: SAMPLE/TLABEL -> {"moved_voxels" (None: no provisional one before),
         "handed"}."""
         compared = {}
@@ -663,9 +697,18 @@ class Watcher:
                 time.sleep(min(1.0, float(self.live["poll_seconds"])))
         finally:
             self.stop.set()
+            self.stop_warm_starts()
             observer.join(timeout=10)
             with self.lock:
                 self.state.save(self.expdir)
+
+
+def local_jobs(snakemake_args: list[str]) -> bool:
+    """Whether Snakemake runs the jobs on this machine: no profile (the workflow's own,
+    profiles/default, is local), executor or cluster submission given."""
+    remote = ("--profile", "--executor", "-e", "--cluster", "--slurm", "--kubernetes")
+    return not os.environ.get("SNAKEMAKE_PROFILE") and not any(
+        a == flag or a.startswith(flag + "=") for a in snakemake_args for flag in remote)
 
 
 def _children_cpu() -> float:

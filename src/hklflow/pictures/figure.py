@@ -5,6 +5,7 @@ pictures, and with them matplotlib (without pyplot)."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 import matplotlib.image
@@ -47,6 +48,15 @@ def save_tight(fig, path, dpi: float, pad_inches: float = 0.1) -> None:
             return
         image = np.asarray(canvas.buffer_rgba())[height - y1:height - y0, x0:x1]
         matplotlib.image.imsave(tmp, image, format="png", dpi=dpi, pil_kwargs=PNG)
+
+
+def plot_left_out(path, title: str, why: str, preview: str = "") -> None:
+    """A picture that stands where one was left out: its title and why (e.g. a preview's
+    statistics, which only the final results have)."""
+    fig = new_figure((8, 1.6))
+    fig.suptitle(with_preview(title, preview))
+    fig.text(0.5, 0.3, "\n".join(textwrap.wrap(why, 90)), ha="center", va="center")
+    save_tight(fig, path, 90)
 
 
 def with_preview(title: str, preview: str) -> str:

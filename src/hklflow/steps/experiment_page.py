@@ -292,7 +292,9 @@ def volumes_section(paths) -> Section:
         if unapplied:
             blocks_of.append(Text(unapplied, "note"))
         stats = notes.get("statistics")
-        if stats:
+        if isinstance(stats, str):  # (a preview's merge: merge_entries --preview)
+            blocks_of.append(Text(f"statistics: {stats}", "note"))
+        elif stats:
             rows = []
             for r in stats.get("shells", []) + [dict(stats["overall"], overall=True)]:
                 label = ("overall" if r.get("overall") else

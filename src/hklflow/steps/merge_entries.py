@@ -18,6 +18,7 @@ from ..files.provenance import provenance
 from ..files.volume import VolumeReader, read_half_set, update_notes
 from ..pictures.preview import preview_label
 from ..pictures.slices import kept_planes
+from ..pictures.figure import plot_left_out
 from ..pictures.volumes import plot_slices, plot_statistics
 from ..settings.params import (SetAsideParams, SliceParams, StatisticsParams, WaitingParams,
                                settings_part)
@@ -43,6 +44,10 @@ def parser() -> StepParser:
     p.add_argument("--unscaled-preview", action="store_true",
                    help="a preview of hklflow watch, whose merges leave the scales out (the "
                         "final results apply them): the notes and the title say so")
+    p.add_argument("--preview", action="store_true",
+                   help="a preview of hklflow watch: the statistics of equivalents are left "
+                        "out (the final results have them); the notes and --statistics-png "
+                        "say so")
     p.add_output("--out", "volume file to write")
     p.add_output("--png", "slice picture to write")
     p.add_output("--statistics-png", "picture of the uncertainties' statistics (needs "
@@ -52,6 +57,8 @@ def parser() -> StepParser:
 
 UNSCALED_PREVIEW = ("left out of previews (hklflow watch): the scales are fitted and applied "
                     "for the final results")
+STATISTICS_LEFT_OUT = ("left out of previews (hklflow watch): I/sigma, chi^2/nu and CC1/2 of "
+                       "symmetry equivalents are computed for the final results")
 
 KIND_MEANING = {"transform": "every pixel: Bragg peaks and diffuse scattering",
                 "masked_transform": "Bragg peaks masked: diffuse scattering"}
@@ -170,7 +177,12 @@ def run(args, log) -> None:
                                            for e, why in left_out.items())
     plot_slices(planes if planes.complete else args.out, slices, args.png,
                 f"{args.title} ({what})", log=log, preview=preview_label(notes))
-    if args.statistics_png:
+    if args.statistics_png and args.preview:
+        update_notes(args.out, {"statistics": STATISTICS_LEFT_OUT})
+        log.info("statistics: %s", STATISTICS_LEFT_OUT)
+        plot_left_out(args.statistics_png, f"{args.title}: uncertainty statistics",
+                      STATISTICS_LEFT_OUT, preview_label(notes))
+    elif args.statistics_png:
         if orientation is None:
             raise ConfigError("--statistics-png needs --orientation (the crystal)")
         write_statistics(args.out, orientation.crystal(),

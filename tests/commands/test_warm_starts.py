@@ -1,0 +1,124 @@
+"""Warm starts (hklflow.commands.warm_starts): a step run by `hklflow STEP ...` through the
+server writes what a new process writes and exits with its status; a stopped command stops
+its fork, which leaves no output; without a server, or inside a batch system's job, the
+command runs the step itself.  hklflow watch's runs use it (tests/live/test_watch.py: the
+watched results are the batch results, value by value)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hklflow.commands.warm_client import WARM_STARTS_ENV, run_warm
+from hklflow.commands.warm_starts import WarmStartServer
+from hklflow.files.volume import read_volume
+from hklflow.live.watch import local_jobs
+
+from conftest import step_settings
+from volume_helpers import make_experiment, sample, small_grid, write_inputs
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    """A minimal experiment (tests/volume_helpers.make_experiment), the current directory."""
+    monkeypatch.chdir(tmp_path)
+    return make_experiment(tmp_path)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = WarmStartServer(tmp_path / "warm-starts.log")
+    yield s
+    s.stop()
+
+
+def _hklflow(args, cwd, warm=None, **kwargs):
+    env = {k: v for k, v in os.environ.items() if k != WARM_STARTS_ENV}
+    if warm:
+        env[WARM_STARTS_ENV] = warm
+    return subprocess.Popen([sys.executable, "-m", "hklflow", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_a_step_started_warm_writes_what_a_new_process_writes(experiment, server):
+    entries = write_inputs(experiment, small_grid(), 3, sample_=sample(name="tetra"))
+    settings = step_settings(experiment, "merge_entries", "transform")
+    outs = {}
+    for how, warm in (("cold", None), ("warm", server.path)):
+        proc = _hklflow(["merge_entries", "--settings", settings, "--title", "tetra/300K",
+                         "--inputs", *entries, "--out", f"out/{how}.nxs",
+                         "--png", f"out/{how}.png"], experiment, warm)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "resources: cpu_s=" in err  # (the fork's log reaches the command's stderr)
+        outs[how] = read_volume(experiment / f"out/{how}.nxs")
+    for name in ("signal", "weight"):
+        assert np.array_equal(getattr(outs["cold"], name), getattr(outs["warm"], name))
+    assert server.cpu_seconds() > 0  # (the fork's CPU counts among the server's children)
+    # a failure: its status and its one line, as from a new process
+    proc = _hklflow(["merge_entries", "--settings", settings, "--title", "x", "--inputs",
+                     "missing.nxs", "--out", "out/x.nxs", "--png", "out/x.png"],
+                    experiment, server.path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "missing.nxs" in err
+
+
+def test_a_stopped_command_stops_its_fork_which_leaves_no_output(experiment, server):
+    entries = write_inputs(experiment, small_grid(), 3, sample_=sample(name="tetra"))
+    settings = step_settings(experiment, "merge_entries", "transform")
+    # (a step that waits: its input a FIFO nobody writes, so it is surely running when stopped)
+    fifo = experiment / "stuck.nxs"
+    os.mkfifo(fifo)
+    proc = _hklflow(["merge_entries", "--settings", settings, "--title", "tetra/300K",
+                     "--inputs", fifo, *entries, "--out", "out/stopped.nxs",
+                     "--png", "out/stopped.png"], experiment, server.path)
+    forks = []
+    for _ in range(200):
+        forks = _forks_of(server.proc.pid)
+        if forks:
+            break
+        time.sleep(0.05)
+    assert forks, "no fork of the server ran the step"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    for _ in range(200):
+        if not _forks_of(server.proc.pid):
+            break
+        time.sleep(0.05)
+    assert not _forks_of(server.proc.pid), "the fork outlived its command"
+    assert not list((experiment / "out").glob("stopped*")) if (experiment / "out").is_dir() else True
+
+
+def _forks_of(pid: int) -> list[int]:
+    try:
+        text = open(f"/proc/{pid}/task/{pid}/children").read()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def test_without_a_server_or_inside_a_batch_job_the_command_runs_the_step(tmp_path, server,
+                                                                           monkeypatch):
+    monkeypatch.setenv(WARM_STARTS_ENV, str(tmp_path / "no-server"))
+    assert run_warm(["hklflow", "merge_entries", "--help"]) is None
+    monkeypatch.setenv(WARM_STARTS_ENV, server.path)
+    monkeypatch.setenv("SLURM_JOB_ID", "17")  # (a cluster's job does its own work)
+    assert run_warm(["hklflow", "merge_entries", "--help"]) is None
+    monkeypatch.delenv(WARM_STARTS_ENV)
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert run_warm(["hklflow", "merge_entries", "--help"]) is None
+
+
+def test_the_watcher_starts_warm_only_where_the_jobs_run_on_this_machine(monkeypatch):
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    assert local_jobs([]) and local_jobs(["--cores", "2", "--keep-going"])
+    for args in (["--profile", "profiles/slurm"], ["--executor=slurm"], ["-e", "slurm"],
+                 ["--cluster", "qsub"]):
+        assert not local_jobs(args), args
+    monkeypatch.setenv("SNAKEMAKE_PROFILE", "slurm")
+    assert not local_jobs([])
