@@ -19,6 +19,10 @@ import of every step first), as in a job, whatever PYTHONDONTWRITEBYTECODE says 
 change) in the same runs, alternating with this one's, and prints both, the difference of
 the least and of the medians (on a loaded machine the least of a few runs moves by ~0.1
 CPU-s, the median less), and the sums weighted by the demo's jobs per rule (DEMO_JOBS).
+
+`--warm` measures instead what a whole `hklflow STEP --help` costs, started anew and started
+warm (hklflow.commands.warm_starts, as hklflow watch's jobs: the command's process and the
+server's fork that runs it), alternating, and the server's own start.
 """
 from __future__ import annotations
 
@@ -94,6 +98,62 @@ def start_cpu(src: Path, step: str) -> float:
     return float(cpu)
 
 
+def help_cpu(src: Path, step: str, server=None) -> float:
+    """CPU seconds of `hklflow STEP --help` (SRC's hklflow): its process, and with a
+    warm-start server the fork that ran it (the server's CPU before and after)."""
+    from hklflow.commands.warm_client import WARM_STARTS_ENV
+
+    env = {k: v for k, v in child_env(src).items() if k != WARM_STARTS_ENV}
+    if server is not None:
+        env[WARM_STARTS_ENV] = server.path
+        before = server.cpu_seconds()
+    proc = subprocess.Popen([sys.executable, "-m", "hklflow", step, "--help"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"hklflow {step} --help: exit status {status}")
+    return usage.ru_utime + usage.ru_stime + (server.cpu_seconds() - before if server else 0.0)
+
+
+def warm_starts(src: Path, steps: list[str], repeats: int, json_file) -> int:
+    """--warm: each step's `--help` started anew and warm, alternating; the least of
+    `repeats` and the sums weighted by the demo's jobs."""
+    import tempfile
+
+    from hklflow.commands.warm_starts import WarmStartServer
+
+    os.environ.update(child_env(src))  # (the server: SRC's hklflow)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = WarmStartServer(Path(tmp) / "warm-starts.log")
+        server_start = server.cpu_seconds()
+        runs = {how: {s: [] for s in steps} for how in ("anew", "warm")}
+        try:
+            for i in range(repeats):
+                say(f"round {i + 1}/{repeats}")
+                for step in steps:
+                    for how in (("anew", "warm") if i % 2 == 0 else ("warm", "anew")):
+                        runs[how][step].append(
+                            help_cpu(src, step, server if how == "warm" else None))
+        finally:
+            server.stop()
+    best = {how: {s: min(v) for s, v in r.items()} for how, r in runs.items()}
+    lines = [machine_line(machine_info()),
+             f"CPU-s of `hklflow STEP --help`: least of {repeats}, started anew and warm "
+             f"(the command + the server's fork); the server's own start: {server_start:.2f}",
+             "", "| step | demo jobs | anew | warm | saved |", "|---|---|---|---|---|"]
+    for step in steps:
+        a, w = best["anew"][step], best["warm"][step]
+        lines.append(f"| {step} | {DEMO_JOBS.get(step, '')} | {a:.2f} | {w:.2f} | {a - w:.2f} |")
+    jobs = sum(n for s, n in DEMO_JOBS.items() if s in steps)
+    if jobs:
+        lines += ["", f"the demo's {jobs} jobs of these steps: anew {weighted(best['anew']):.1f}"
+                      f" CPU-s, warm {weighted(best['warm']):.1f} CPU-s"]
+    emit({"machine": machine_info(), "repeats": repeats, "server_start_cpu_s": server_start,
+          "best_cpu_s": best, "runs_cpu_s": runs, "demo_jobs": DEMO_JOBS},
+         "\n".join(lines), json_file)
+    return 0
+
+
 def weighted(best: dict) -> float:
     """The start CPU of the demo's jobs, summed (its rules' jobs times their step's)."""
     return sum(n * best[step] for step, n in DEMO_JOBS.items() if step in best)
@@ -107,7 +167,13 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", type=Path, default=None, metavar="SRC_DIR",
                    help="another checkout's src, measured alternating with --src")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--warm", action="store_true",
+                   help="each step's --help started anew and warm (hklflow watch's jobs)")
     args = p.parse_args(argv)
+    if args.warm:
+        steps = args.steps.split(",") if args.steps else steps_of(args.src)
+        warm_up(args.src, steps)
+        return warm_starts(args.src, steps, args.repeats, args.json)
 
     trees = {"after": args.src} | ({"before": args.baseline} if args.baseline else {})
     steps = args.steps.split(",") if args.steps else steps_of(args.src)

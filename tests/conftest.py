@@ -265,7 +265,7 @@ def record_pictures(monkeypatch, record) -> None:
     def recording(fig, path, *a, **k):
         record(fig)
         return save(fig, path, *a, **k)
-    for module in (detector, pdf, volumes):
+    for module in (detector, figure, pdf, volumes):  # (figure: plot_left_out)
         monkeypatch.setattr(module, "save_tight", recording)
 
 

@@ -172,3 +172,27 @@ def test_a_preview_says_how_much_of_its_scan_it_holds(experiment, titles):
     assert titles == ["tetra/300K/f1 (2 volumes summed)\nPREVIEW: f1 33% of its frames",
                       "tetra/300K/f1 (2 volumes summed)"]
     assert "landed" not in json.dumps(complete) and "PREVIEW" not in titles[1]
+
+
+def test_a_previews_entry_pictures_say_they_come_with_the_final_results(experiment, titles):
+    """hklflow watch's previews (--preview): the entry's volumes are summed as ever, its
+    pictures name the merged volume's as the preview's (drawing an entry's slices at every
+    preview is left to the final results)."""
+    grid = small_grid()
+    paths = []
+    for i in range(2):
+        v = random_volume(grid, 50 + i, sample_=sample())
+        v.notes = {"scan": "tetra/300K/f1", "landed": {"scan": "tetra/300K/f1", "frames": 30,
+                                                       "planned": 90}}
+        paths.append(experiment / f"block{i}.nxs")
+        write_volume(paths[-1], v, {"program": "test"})
+    rc = run("sum_chunks", ["--settings", step_settings(experiment, "sum_chunks", "tetra"),
+                            "--title", "tetra/300K/f1", "--inputs", *paths, "--keep-inputs",
+                            "--preview", "--out", "out/transform.nxs",
+                            "--png", "out/transform.png"])
+    assert rc == 0 and all(p.exists() for p in paths)
+    summed = read_volume(experiment / "out/transform.nxs")
+    parts = [read_volume(p) for p in paths]
+    np.testing.assert_allclose(summed.weight, parts[0].weight + parts[1].weight, rtol=1e-6)
+    assert titles == ["tetra/300K/f1 (2 volumes summed)\nPREVIEW: f1 33% of its frames"]
+    assert (experiment / "out/transform.png").read_bytes()[:4] == b"\x89PNG"

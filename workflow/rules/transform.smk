@@ -137,8 +137,9 @@ rule sum_chunks:
         background=lambda w, input: (" --background " + " ".join(shlex.quote(p) for p in
                                                                   input.background)
                                      if input.background else ""),
-        # (a scan in progress: its blocks' volumes, which the next preview sums again)
-        keep=lambda w: " --keep-inputs" if entry_blocks(scan_of(w)) else "",
+        # (a preview's entry: its blocks' volumes, which the next preview sums again, and its
+        # pictures are its merged volume's)
+        keep=lambda w: " --keep-inputs --preview" if entry_blocks(scan_of(w)) else "",
     log:
         "logs/sum_chunks/{sample}/{temperature}/{entry}.log",
     benchmark:

@@ -15,6 +15,7 @@ from ..algorithms.merge.volumes import sum_volumes
 from ..base.errors import InputMismatchError
 from ..files.provenance import provenance
 from ..files.volume import update_notes
+from ..pictures.figure import plot_left_out
 from ..pictures.preview import preview_label
 from ..pictures.volumes import plot_slices
 from ..settings.params import SliceParams, TransformParams, settings_part
@@ -34,9 +35,18 @@ def parser() -> StepParser:
     p.add_argument("--keep-inputs", action="store_true",
                    help="the inputs are kept (the blocks of a scan in progress, which the next "
                         "preview sums again): one input is copied, not moved into place")
+    p.add_argument("--preview", action="store_true",
+                   help="a preview of hklflow watch: the pictures say that the entry's own "
+                        "slices come with the final results (the preview's are the merged "
+                        "volume's)")
     p.add_output("--out", "volume file to write, one per kind", nargs="+")
     p.add_output("--png", "slice picture to write, one per output", nargs="+")
     return p
+
+
+ENTRY_PICTURE_LEFT_OUT = ("left out of previews (hklflow watch): an entry's own slices are "
+                          "drawn with the final results; a preview's are those of the "
+                          "temperature's merged volume ({kind}.png beside the entries)")
 
 
 def run(args, log) -> None:
@@ -70,9 +80,14 @@ def run(args, log) -> None:
                 sum_volumes([backgrounds[i]], bg, f"background of {args.title}", prov, log=log)
                 notes["background"] = subtract_background(summed, bg, out, args.title, prov,
                                                           smooth, log, named=backgrounds[i])
-        plot_slices(out, slices, png, f"{args.title} ({n} volumes summed"
-                    f"{', background subtracted' if backgrounds else ''})", log=log,
-                    preview=preview_label(notes))
+        title = (f"{args.title} ({n} volumes summed"
+                 f"{', background subtracted' if backgrounds else ''})")
+        if args.preview:
+            kind = Path(out).stem
+            plot_left_out(png, title, ENTRY_PICTURE_LEFT_OUT.format(kind=kind),
+                          preview_label(notes))
+        else:
+            plot_slices(out, slices, png, title, log=log, preview=preview_label(notes))
 
 
 def main(argv=None) -> int:
