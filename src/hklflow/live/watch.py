@@ -513,9 +513,8 @@ class Watcher:
         refined orientation where it has no provisional one (the workflow copies it at the
         first preview: rule provisional_orientation), or where that moved some pixel's
         (H, K, L) by more than live.reorient_voxels (the next run makes its previews again
-        with it).  What was
-        compared: SAMPLE/TLABEL -> {"moved_voxels" (None: no provisional one before),
-        "handed"}."""
+        with it).  What was compared: SAMPLE/TLABEL -> {"moved_voxels" (None: no
+        provisional one before), "handed"}."""
         compared = {}
         for (sample, label), ids in previews.items():
             key = f"{sample}/{label}"
