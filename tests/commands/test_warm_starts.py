@@ -94,6 +94,17 @@ def test_a_stopped_command_stops_its_fork_which_leaves_no_output(experiment, ser
     assert not list((experiment / "out").glob("stopped*")) if (experiment / "out").is_dir() else True
 
 
+def test_ctrl_c_stops_the_jobs_not_the_server(tmp_path, server):
+    """Ctrl-C reaches the terminal's whole process group, the server too: the forks stop
+    themselves; the server goes on until the watcher ends it (SIGTERM)."""
+    server.proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert server.proc.poll() is None
+    proc = _hklflow(["merge_entries", "--help"], tmp_path, server.path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "--statistics-png" in out, err
+
+
 def _forks_of(pid: int) -> list[int]:
     try:
         text = open(f"/proc/{pid}/task/{pid}/children").read()

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 from .warm_client import LENGTH, STATUS, WARM_STARTS_ENV, receive
 
@@ -139,6 +140,9 @@ class Server:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # (wakes the loop: a fork ended)
         signal.signal(signal.SIGTERM, self._stop)
+        # (Ctrl-C reaches the whole process group: the forks stop themselves, and the
+        # watcher stops the server with SIGTERM once its run has ended)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
@@ -232,7 +236,8 @@ class Server:
             os.environ.pop(WARM_STARTS_ENV, None)  # (this process runs the step: no other)
             sys.argv = list(request["argv"])
             # the command gone (stopped): this job stops as it would (SIGTERM)
-            threading.Thread(target=_end_with, args=(conn,), daemon=True).start()
+            threading.Thread(target=_end_with, args=(conn, threading.get_ident()),
+                             daemon=True).start()
             status = self.step_command()
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
@@ -269,13 +274,23 @@ class Server:
                 pass  # (its command is gone)
 
 
-def _end_with(conn: socket.socket) -> None:
+# how long a fork whose command is gone may take to stop (remove its outputs) before it is
+# ended without (s)
+STOP_GRACE_SECONDS = 60
+
+
+def _end_with(conn: socket.socket, main_thread: int) -> None:
+    """In a fork: once its command's connection closes, SIGTERM to the thread that runs the
+    step (a signal to the process may reach this thread instead, and leave the step blocked
+    in a system call), then the end after STOP_GRACE_SECONDS."""
     try:
         while conn.recv(1):
             pass
     except OSError:
         pass
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_kill(main_thread, signal.SIGTERM)
+    time.sleep(STOP_GRACE_SECONDS)
+    os._exit(128 + signal.SIGTERM)
 
 
 def main(argv=None) -> int:
