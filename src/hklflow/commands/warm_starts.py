@@ -221,6 +221,8 @@ class Server:
         try:
             self.selector.close()
             self.listener.close()
+            for other in self.forks.values():  # (the other jobs' connections are theirs)
+                other.close()
             signal.set_wakeup_fd(-1)
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -239,8 +241,10 @@ class Server:
             threading.Thread(target=_end_with, args=(conn, threading.get_ident()),
                              daemon=True).start()
             status = self.step_command()
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
+        except SystemExit as exc:  # (sys.exit(): 0; a message: printed, 1, as Python does)
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+            status = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # noqa: BLE001 - a fork never returns into the server
             import traceback
 
