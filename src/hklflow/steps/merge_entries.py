@@ -16,9 +16,9 @@ from ..base.errors import ConfigError, InputMismatchError
 from ..files.orientation import read_orientation_file
 from ..files.provenance import provenance
 from ..files.volume import VolumeReader, read_half_set, update_notes
+from ..pictures.figure import plot_left_out
 from ..pictures.preview import preview_label
 from ..pictures.slices import kept_planes
-from ..pictures.figure import plot_left_out
 from ..pictures.volumes import plot_slices, plot_statistics
 from ..settings.params import (SetAsideParams, SliceParams, StatisticsParams, WaitingParams,
                                settings_part)
