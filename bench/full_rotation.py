@@ -13,19 +13,21 @@ large run of bench/pipeline.py (its scan, orientation, mask and settings):
 
 1. --frames frames of entry f2 are read into memory and added to a grid of --points^3
    voxels (the pipeline bench's grid limits, finer steps), both kinds at once, at start
-   angles 360/N degrees apart so that the frames cover a whole turn (a simulated 3650-frame
-   scan would take an hour to render), as transform_frames adds them (their compressed
-   chunks, from the page cache, decompressed block by block as they are added; the rotation
-   sub-steps per frame it takes on this grid with --subdivide: its default 'auto' 2 for
-   every block of pixels at 801^3, 'auto_per_block' 1 or 2 per block); CPU per frame,
-   the grid's resident memory, and a bare read + decompress of the frames;
+   angles 360/N degrees apart so that the frames cover a whole turn (200 frames of 0.1 deg:
+   18 start angles; a simulated 3650-frame scan would take an hour to render), as
+   transform_frames adds them (their compressed chunks, from the page cache, decompressed
+   block by block as they are added; the rotation sub-steps per frame it takes on this
+   grid with --subdivide: its default 'auto' 2 for every block of pixels at 801^3,
+   'auto_per_block' 1 or 2 per block); CPU per frame, the grid's resident memory, and a
+   bare read + decompress of the frames;
 2. the two volumes are written as the transform step writes them (CPU), copied as the
    volumes of entries f1, f2, f3;
 3. the workflow's own commands (read from `snakemake -n -p` in the large run) run on
    them: sum_chunks of entry f1 (its two volumes, copied as the parts of a one-job
-   transform, moved into place, and their pictures drawn), merge_entries (both kinds),
-   symmetrize (both kinds), total_pdf and delta_pdf: each job's CPU, its system share
-   and peak memory from its log.
+   transform, moved into place, and their pictures drawn), merge_entries (both kinds;
+   without scales: none are fitted on these volumes, and scaling's own cost is
+   bench/scaling.py --cost's), symmetrize (both kinds), total_pdf and delta_pdf: each
+   job's CPU, its system share and peak memory from its log.
 
 It prints the table and what one entry costs at 3650 frames from these figures (the frame
 work of the transform at the measured CPU per frame, reading included, the write,

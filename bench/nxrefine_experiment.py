@@ -24,9 +24,9 @@ on the imported geometry (columns, rows, frames).
 
 prints one line per layout and entry: the largest (h, k, l) difference, the largest pixel
 and angle differences of the reflections.  --reduce: the simulation reduced as it is
-(OUT/native), its grid given to NXRefine's parent, the first layout's import reduced, and
-bench/accuracy.py's orientation, volume and PDF lines of both (the truth's orientations
-taken to the import's sample frame: truth_in_import_frame).
+(OUT/native), its grid given to NXRefine's parent (CCTW does not install here), the first
+layout's import reduced, and bench/accuracy.py's orientation, volume and PDF lines of both
+(the truth's orientations taken to the import's sample frame: truth_in_import_frame).
 """
 from __future__ import annotations
 

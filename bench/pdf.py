@@ -15,7 +15,9 @@ the detector's reach.  Prints, measured in one run:
   2. taper and FFT seconds with workers = 1 and 2, and the memory numpy allocates in the
      FFT (tracemalloc) next to NXRefine's plain fftn expression;
   3. peak memory (ru_maxrss) after each part;
-  4. the PDF's sigma (hklflow.algorithms.pdf.sigma) against the PDF alone, alternating, even and not;
+  4. the PDF's sigma (hklflow.algorithms.pdf.sigma) against the PDF alone, alternating, even
+     and not (on the whole transform the gathers W((I -+ M) k) of 3-, 4- and 6-fold
+     operators miss the cache);
   5. scaling, measured on sub-grids (interior reflections only) and extrapolated by the
      reflection count: the demo crystal on 401^3 (checks the extrapolation against 1.) and
      801^3 grids, and a 20 A cubic cell (P m -3 m) at the same reach on 401^3 and 801^3

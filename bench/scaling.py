@@ -1,6 +1,6 @@
 """Scaling between entries from equivalents (issue 81), on simulate's absorbing_plate
-without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ripple; and
-what scaling costs on a reduced experiment.
+without a monitor: a plate of mu t = 0.8 and a beam decaying by 10% with a 2% ripple, two
+entries of 60 deg; and what scaling costs on a reduced experiment.
 
     python bench/scaling.py [--workdir bench/.data/scaling]
                             [--variants effects,free,analytic,matched]
@@ -28,12 +28,16 @@ of every orbit measured away from the nodes, before and after scaling), the
 ratio of Laue-equivalent satellites measured early and late in the rotation (orbits of the
 model's satellite voxels: mean over orbits of the scaled intensity measured at phi < 30 deg
 over that at phi >= 30 deg), and at 100 K the satellites' contrast against the simulation's
-model (1 is absolute truth).
+model (1 is absolute truth).  A fit to noise can move the observations visibly, and a real
+fall of chi^2 can move them little: the verdict needs both its tests
+(model.scales.scales_matter).
 
 --cost: on an experiment reduced already (the demo: `hklflow demo`), the temperature's
 scale_entries job and its merges with the scales applied and without, alternating, each
 run as Snakemake would run it (its own command line) into a scratch folder; their CPU
-against the CPU of the temperature's transform_frames jobs (their logs).
+against the CPU of the temperature's transform_frames jobs (their logs).  The fit is
+bounded by max_orbits, not by frames or pixels; applying works in blocks of voxels that
+keep its temporaries in the cache.
 """
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ CPU-s, the median less), and the sums weighted by the demo's jobs per rule (DEMO
 
 `--warm` measures instead what a whole `hklflow STEP --help` costs, started anew and started
 warm (hklflow.commands.warm_starts, as hklflow watch's jobs: the command's process and the
-server's fork that runs it), alternating, and the server's own start.
+server's fork that runs it), alternating, and the server's own start.  A real job saves more
+where it draws or reads volumes: matplotlib and the compiled codec are loaded in the server.
 """
 from __future__ import annotations
 

@@ -15,7 +15,10 @@ Prints, measured in one run on this machine:
   4. the variance (issue 69, reduction.transform.variance) and the half sets for CC1/2
      (reduction.transform.half_sets): the kernel's CPU per frame and
      the grid's memory with it against without, both kinds in one pass as the step runs
-     them, alternating in one run (--only variance: this section alone).
+     them, alternating in one run (--only variance: this section alone);
+  5. the corrections of issue 81 (--only corrections), alternating: today's pixel table,
+     every per-pixel correction, a plate's absorption evaluated in the kernel at each
+     frame's centre (its table look-up per pixel is a scalar loop: LLVM makes no gather).
 The scan (200 frames, ~0.5 GB) is simulated once into bench/.data, or --workdir (shared with
 bench/find_peaks.py).
 """

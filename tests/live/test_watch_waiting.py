@@ -14,8 +14,8 @@ from hklflow.live.state import LiveState, ScanState
 from hklflow.live.table import user_rows, write_live_files
 from hklflow.live.watch import Watcher
 from hklflow.pictures.preview import preview_label
-from hklflow.planning.config import (LIVE_WAITING, load_experiment, provisional_orientation,
-                                     waiting_scans)
+from hklflow.planning.config import (LIVE_WAITING, load_experiment, provisional_grid,
+                                     provisional_orientation, waiting_scans)
 from hklflow.planning.jobs import JobSettings
 
 from conftest import REPO
@@ -96,8 +96,9 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     """snakemake -n tells the truth: with f2 waiting, 300K is a preview: its merge is planned
     (unscaled, not symmetrised) and none of its PDFs, its volumes made with its provisional
     orientation (live/orientation/tiny/300K.nxs: a copy of the refined one the first preview
-    makes, then the one the watcher hands it).  The same table with nothing waiting plans the
-    PDFs, with the refined orientation."""
+    makes, then the one the watcher hands it) on its provisional grid (live/grid/tiny.json,
+    likewise).  The same table with nothing waiting plans the PDFs, with the refined
+    orientation, on the sample's grid."""
     from conftest import job_counts, run_snakemake
 
     w = _watched(tiny_copy, landed_f2=5)
@@ -105,11 +106,14 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     args = ["--configfile", str(tiny_copy / "config/config.yaml"),
             str(tiny_copy / "live/config.yaml"), "-n", "-p", "--cores", "1"]
     provisional = tiny_copy / provisional_orientation("tiny", "300K")
+    grid = tiny_copy / provisional_grid("tiny")
     counts, commands = {}, {}
     for waiting, handed in ((w.waiting_records(rows), False), (w.waiting_records(rows), True),
                             ([], True)):
         provisional.parent.mkdir(parents=True, exist_ok=True)
         provisional.write_bytes(b"") if handed else provisional.unlink(missing_ok=True)
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        grid.write_bytes(b"") if handed else grid.unlink(missing_ok=True)
         write_live_files(tiny_copy, rows, markers, w.settings.offset_names, waiting)
         r = run_snakemake(tiny_copy, *args)
         assert r.returncode == 0, r.stderr
@@ -120,13 +124,18 @@ def test_a_dry_run_plans_no_pdf_of_a_temperature_that_waits_for_a_scan(tiny_copy
     # a preview: f1, complete, transformed in blocks; the temperature complete: whole, as batch
     assert counts[True, True].get("transform_block") and "transform_frames" not in counts[True, True]
     assert counts[False, True].get("transform_frames") and "transform_block" not in counts[False, True]
-    refined = "--orientation results/tiny/300K/orientation.nxs --grid"
+    refined = "--orientation results/tiny/300K/orientation.nxs --grid results/tiny/grid.json"
     for handed in (False, True):
-        assert refined not in commands[True, handed]
-        assert "--orientation live/orientation/tiny/300K.nxs --grid" in commands[True, handed]
+        assert "results/tiny/300K/orientation.nxs --grid" not in commands[True, handed]
+        assert "--grid results/tiny/grid.json" not in commands[True, handed]
+        assert ("--orientation live/orientation/tiny/300K.nxs --grid live/grid/tiny.json"
+                in commands[True, handed])
     assert counts[True, False].get("provisional_orientation") == 1
-    # complete: the refined orientation, whatever the watcher left
-    assert refined in commands[False, True] and "live/orientation" not in commands[False, True]
+    assert counts[True, False].get("provisional_grid") == 1
+    # complete: the refined orientation and the sample's grid, whatever the watcher left
+    assert refined in commands[False, True]
+    assert "live/orientation" not in commands[False, True]
+    assert "live/grid" not in commands[False, True]
     pdf_rules = {rule for rule in counts[False, True] if "pdf" in rule}
     assert pdf_rules and not pdf_rules & set(counts[True, True])
     # a preview leaves out the scale fit (its merges unscaled, and say so) and the
@@ -176,3 +185,66 @@ def test_a_watched_temperature_whose_f2_has_not_started_is_a_preview_without_pdf
         assert preview_label(notes) == "PREVIEW: f2 0% of its frames"
         assert notes["scaling"].startswith("left out of previews")
     assert not [p for p in (tiny_copy / "results").rglob("*pdf*") if p.is_file()]
+
+
+@pytest.mark.slow
+def test_previews_are_made_again_with_a_new_provisional_orientation_or_grid(tiny_copy,
+                                                                            monkeypatch):
+    """Two previews of tiny/300K (f1 in two blocks), then a new provisional orientation handed
+    over: the next run makes f1's blocks' masks and volumes again (Snakemake alone would not:
+    the provisional file is an ancient input, and the blocks are downstream of the refinement,
+    which runs anyway, so it does not check them).  Then a new grid: their volumes again.
+    Then a changed setting of the blocks' rules: every block made again."""
+    from conftest import job_counts, run_snakemake
+
+    from hklflow.files.grid import read_grid_file, write_grid_file
+    from hklflow.model.grid import Axis, Grid
+
+    w = _watched(tiny_copy, landed_f2=0)
+    args = ["--configfile", str(tiny_copy / "config/config.yaml"),
+            str(tiny_copy / "live/config.yaml"), "--cores", "2", "results/tiny/300K/transform.nxs"]
+
+    def preview(f1, f2, *more):
+        for sid, n in (("tiny/300K/f1", f1), ("tiny/300K/f2", f2)):
+            w.state.scans[sid].landed = n
+        rows, markers = w.live_rows(now=0.0)
+        write_live_files(tiny_copy, rows, markers, w.settings.offset_names, w.waiting_records(rows))
+        r = run_snakemake(tiny_copy, *args, *more)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout + r.stderr, w.preview_temperatures(rows)
+
+    preview(25, 0)
+    _, previews = preview(60, 0)
+    f1_blocks = sorted(p.name for p in (tiny_copy / "results/tiny/300K/f1/blocks").iterdir())
+    assert len(f1_blocks) == 2
+    monkeypatch.setattr("hklflow.live.watch.orientation_move", lambda *a: 1.0)
+    assert w.hand_orientations(previews) == {"tiny/300K": {"moved_voxels": 1.0, "handed": True}}
+    out, _ = preview(60, 25, "-n", "-p")
+    counts = job_counts(out)
+    # f1's two blocks and f2's first
+    assert counts["mask_block"] == counts["transform_block"] == 3, counts
+    assert all(f"results/tiny/300K/f1/blocks/{b}/transform.nxs" in out for b in f1_blocks)
+    # define_grid makes another grid: handed over, the volumes made again on it
+    preview(60, 25)
+    grid = read_grid_file(tiny_copy / "results/tiny/grid.json")
+    write_grid_file(tiny_copy / "results/tiny/grid.json",
+                    Grid(Axis(grid.h.start - 1, grid.h.step, grid.h.n + round(2 / grid.h.step)),
+                         grid.k, grid.l), {})
+    assert w.hand_grids(previews) == ["tiny"]
+    counts = job_counts(preview(60, 25, "-n")[0])
+    assert counts["transform_block"] == 3 and counts["sum_chunks"] == 2, counts
+    # a setting of the blocks' rules changed (reduction.mask.radius_px): every preview of the
+    # temperature made again, its blocks' peak search too; a change of live: none
+    _, previews = preview(60, 25)
+    assert w.forget_changed_previews(previews) == []  # (what they were made from)
+    config = tiny_copy / "config/config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["live"] = {"poll_seconds": 3}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert w.forget_changed_previews(previews) == []
+    radius = w.settings.raw["reduction"]["mask"]["radius_px"]
+    cfg.setdefault("reduction", {}).setdefault("mask", {})["radius_px"] = radius + 1
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert w.forget_changed_previews(previews) == ["tiny/300K/f1", "tiny/300K/f2"]
+    counts = job_counts(preview(60, 25, "-n")[0])
+    assert counts["find_peaks_block"] == counts["mask_block"] == counts["transform_block"] == 3

@@ -26,6 +26,26 @@ rule provisional_orientation:
         "cp {input.orientation:q} {output.orientation:q} > {log:q} 2>&1"
 
 
+rule provisional_grid:
+    """The grid of the transforms of a sample's previews: its grid as define_grid made it at
+    the sample's first preview, kept (an ancient input) while define_grid writes its file
+    again for every scan at a new detector position; hklflow watch replaces it only when
+    that file's grid differs (hklflow.live.grid), and the final results use the sample's
+    grid."""
+    # (a copy: no SLURM job, like define_grid)
+    localrule: True
+    input:
+        grid=ancient(outputs.GRID),
+    output:
+        grid=provisional_grid("{sample}"),
+    log:
+        "logs/provisional_grid/{sample}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "cp {input.grid:q} {output.grid:q} > {log:q} 2>&1"
+
+
 rule find_peaks_block:
     """The peak search of one block of frames of a scan in progress (no picture: the
     entry's peaks, its blocks' put together, have one)."""
@@ -95,7 +115,7 @@ rule transform_block:
         block=block_marker,
         calibration=lambda w: scan_calibration(w, outputs.GEOMETRY_PONI),
         orientation=volumes_orientation,
-        grid=rules.define_grid.output.grid,
+        grid=volumes_grid,
         mask=rules.mask_block.output.mask,
     output:
         volumes=[fill(outputs.BLOCK_VOLUME, kind=kind) for kind in TRANSFORM_KINDS],

@@ -16,8 +16,9 @@ from hklflow.files import model_inputs, outputs
 from hklflow.files.outputs import fill
 from hklflow.planning import disk, snakemake_compat
 from hklflow.planning.config import (ConfigError, landed_block_marker, landed_blocks,
-                                     landed_marker, load_experiment, provisional_orientation,
-                                     read_config_files, set_aside_rows)
+                                     landed_marker, load_experiment, provisional_grid,
+                                     provisional_orientation, read_config_files,
+                                     set_aside_rows)
 from hklflow.planning.cuts import cut_arguments, cut_spec, cuts_of, is_line
 from hklflow.planning.jobs import (JobSettings, SettingsFiles, delta_pdf_files,
                                    model_input_volumes, transform_frame_ranges)
@@ -334,6 +335,15 @@ def volumes_orientation(w):
     if EXP.is_preview(w.sample, w.temperature):
         return provisional_orientation(w.sample, w.temperature)
     return fill(outputs.ORIENTATION, sample=w.sample, temperature=w.temperature)
+
+
+def volumes_grid(w):
+    """The grid a temperature's transforms are made on: the sample's; a preview's, its
+    provisional grid (rule provisional_grid, then hklflow.live.grid), which stays put while
+    define_grid, made again for every new detector position, gives the same grid."""
+    if EXP.is_preview(w.sample, w.temperature):
+        return provisional_grid(w.sample)
+    return fill(outputs.GRID, sample=w.sample)
 
 
 def sample_ponis(w):

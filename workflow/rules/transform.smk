@@ -66,7 +66,7 @@ rule transform_frames:
     input:
         scan=rules.ingest_scan.output.scan,
         orientation=volumes_orientation,
-        grid=rules.define_grid.output.grid,
+        grid=volumes_grid,
         mask=rules.mask_scan.output.mask,
     output:
         volumes=temp([fill(outputs.VOLUME_PART, kind=kind) for kind in TRANSFORM_KINDS]),
@@ -97,7 +97,7 @@ rule transform_background:
         scan=rules.ingest_scan.output.scan,
         background=background_scan,
         orientation=volumes_orientation,
-        grid=rules.define_grid.output.grid,
+        grid=volumes_grid,
         mask=rules.mask_scan.output.mask,
     output:
         volumes=temp([fill(outputs.BACKGROUND_PART, kind=kind) for kind in TRANSFORM_KINDS]),

@@ -71,6 +71,39 @@ def hand_over(expdir: Path, sample: str, label: str) -> None:
     os.replace(part, target)
 
 
+def remove_previews(expdir: Path, scan_ids, kinds, *, peaks: bool = False) -> int:
+    """Remove what the previews of these scans (SAMPLE/TLABEL/ENTRY) were made with a
+    provisional orientation or grid: their blocks' masks and volumes (of a scan previewed
+    whole, its mask), their entries' volumes of every kind and their temperatures' merged
+    volumes, so that the next run makes them again with the newer one.  Snakemake alone would
+    not (snakemake issue 4166): the provisional files and the growing scan file reach the
+    blocks through ancient inputs, and a job downstream of one that runs anyway (the
+    refinement, define_grid, the scan's ingest) is taken to run because of it, then not
+    checked itself; missing files it finds from the jobs that need them, down from the
+    merged volumes.  The blocks' peaks stay unless `peaks` (a setting changed).  How many
+    files were removed."""
+    doomed = []
+    for sid in scan_ids:
+        at = dict(zip(("sample", "temperature", "entry"), sid.split("/")))
+        blocks = expdir / outputs.fill(outputs.ENTRY_BLOCKS, **at)
+        if blocks.is_dir():
+            doomed += [f for f in sorted(blocks.glob("*/*.nxs"))
+                       if peaks or f.name != "peaks.nxs"]
+        else:
+            doomed.append(expdir / outputs.fill(outputs.MASK, **at))
+        for kind in kinds:
+            doomed += [expdir / outputs.fill(outputs.ENTRY_VOLUME, kind=kind, **at),
+                       expdir / outputs.fill(outputs.MERGED_VOLUME, kind=kind, **at)]
+    removed = 0
+    for path in dict.fromkeys(doomed):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def refined_version(expdir: Path, sample: str, label: str) -> str | None:
     """What tells one refined orientation of the temperature from the next (its size and
     modification time); None while there is none."""

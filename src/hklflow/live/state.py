@@ -90,19 +90,23 @@ class LiveState:
     # SAMPLE/TLABEL of a preview -> the refined orientation last compared with the provisional
     # one its previews are made with (hklflow.live.orientation): {"version", "moved_voxels"}
     orientations: dict = field(default_factory=dict)
+    # what the previews in the results were made from: {"config": digest of the config file,
+    # "rows": {scan id: digest of its row}} (Watcher.forget_changed_previews)
+    preview_inputs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"scans": [asdict(s) for s in self.scans.values()], "runs": self.runs,
                 "last_run": self.last_run, "started": self.started,
                 "waiting_for_lock": self.waiting_for_lock, "table_error": self.table_error,
-                "orientations": self.orientations}
+                "orientations": self.orientations, "preview_inputs": self.preview_inputs}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LiveState":
         scans = {s["id"]: ScanState(**s) for s in d.get("scans", [])}
         return cls(scans, int(d.get("runs", 0)), dict(d.get("last_run", {})),
                    float(d.get("started", time.time())), str(d.get("waiting_for_lock", "")),
-                   str(d.get("table_error", "")), dict(d.get("orientations", {})))
+                   str(d.get("table_error", "")), dict(d.get("orientations", {})),
+                   dict(d.get("preview_inputs", {})))
 
     def save(self, expdir: Path) -> None:
         write_json_atomically(expdir / STATE_FILE, self.to_dict())

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from ..base import steplog
 from ..base.atomic import process_alive
 from ..base.errors import HklflowError
@@ -42,7 +44,9 @@ from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_
                                provisional_orientation)
 from . import growing
 from .discover import DiscoveryPattern, discover
-from .orientation import hand_over, orientation_move, refined_orientation, refined_version
+from .grid import grid_changed, hand_over_grid
+from .orientation import (hand_over, orientation_move, refined_orientation, refined_version,
+                          remove_previews)
 from .state import LiveState, ScanState, append_history
 from .status import write_status
 from .table import preview_keys, row_id, row_key, user_rows, write_live_files
@@ -102,6 +106,7 @@ class Watcher:
         self.settings = load_settings([str(self.config_file)])
         refuse_joint_detector(self.settings.raw, self.config_file)
         self.live = self.settings.raw["live"]
+        self.kinds = tuple(self.settings.raw["reduction"]["transform"]["kinds"])
         self.discover_notes: set[str] = set()
         # calibrations whose result discovered scans wait for (their shifts are measured
         # from it): a run makes them even while no scan is in the live table
@@ -489,11 +494,13 @@ class Watcher:
         # (the scan files link the raw files the observer looks at: one look at a time)
         with self.look_lock:
             orientations = self.hand_orientations(previews)
+        grids = self.hand_grids(previews)
         append_history(self.expdir, {"run": number, "start": start, "end": end, "rc": rc,
                                      "cpu_s": round(self._jobs_cpu() - cpu_before, 2),
                                      "watcher_cpu_s": round(_own_cpu(), 2),
                                      "frames": included, "lag_s": lags, "final_lag_s": finals,
-                                     "orientations": orientations, "failed": failed})
+                                     "orientations": orientations, "grids": grids,
+                                     "failed": failed})
         self.log.info("run %d: %s in %.1f s (rc %d)%s", number,
                       ", ".join(f"{sid} {n}" for sid, n in included.items()), end - start, rc,
                       "".join(f"; {f['rule']} of {f['scan']} failed: {f['log']}" for f in failed))
@@ -529,6 +536,8 @@ class Watcher:
             handed = move is None or move > tolerance
             if handed:
                 hand_over(self.expdir, sample, label)
+                if move is not None:  # (made with the one before: made again)
+                    remove_previews(self.expdir, ids, self.kinds)
             moved = None if move is None or math.isinf(move) else round(move, 4)
             with self.lock:
                 self.state.orientations[key] = {"version": version, "moved_voxels": moved}
@@ -545,6 +554,65 @@ class Watcher:
                           f"the orientation {moved_by} (<= {tolerance:g}): its previews keep "
                           "their provisional one")
         return compared
+
+    # ---- the previews' provisional grids (hklflow.live.grid) ------------------------------
+    def hand_grids(self, previews: dict) -> list[str]:
+        """After a run: hand each sample with a preview temperature the grid define_grid
+        made where it differs from the provisional one (the workflow copies it at the
+        sample's first preview: rule provisional_grid); the next run makes its previews
+        again on it.  The samples handed a new grid."""
+        handed = []
+        for sample in sorted({sample for sample, _ in previews}):
+            if grid_changed(self.expdir, sample):
+                hand_over_grid(self.expdir, sample)
+                remove_previews(self.expdir, [sid for (s, _), ids in previews.items()
+                                              if s == sample for sid in ids], self.kinds)
+                handed.append(sample)
+                self.log.info("%s: define_grid made another grid (a scan at a new detector "
+                              "position): the next run makes its previews again on it", sample)
+        return handed
+
+    def forget_changed_previews(self, previews: dict) -> list[str]:
+        """Before a run (holding lock): remove the previews (blocks' peaks, masks and volumes
+        included: hklflow.live.orientation.remove_previews) of the scans whose row of the
+        scans table changed since their previews were made, and of every preview scan when
+        the config did, so that the run makes them again with the new settings: Snakemake
+        would not check their jobs' settings against what made them while the jobs before
+        them run (their temperature's refinement, the scan's ingest).  The scans removed."""
+        config = self._config_digest()
+        rows = {sid: hashlib.sha1(json.dumps(self.state.scans[sid].row, sort_keys=True,
+                                             default=str).encode()).hexdigest()
+                for ids in previews.values() for sid in ids if sid in self.state.scans}
+        before = self.state.preview_inputs
+        changed = [sid for sid in rows if sid in before.get("rows", {})
+                   and (before["rows"][sid] != rows[sid] or before.get("config") != config)]
+        if changed:
+            removed = remove_previews(self.expdir, changed, self.kinds, peaks=True)
+            self.log.info("%s: %s changed since their previews were made: %d files of "
+                          "them removed, the next run makes them again", ", ".join(changed),
+                          "the config" if before.get("config") != config else "their rows",
+                          removed)
+        self.state.preview_inputs = {"config": config, "rows": rows}
+        return changed
+
+    def _config_digest(self) -> str:
+        """Of the config's settings but its live section (the watcher's own: no job's)."""
+        try:
+            config = yaml.safe_load(self.config_file.read_text())
+            config = {k: v for k, v in config.items() if k != "live"}
+            text = json.dumps(config, sort_keys=True, default=str)
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            text = ""
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def drop_final_grids(self, previews: dict) -> None:
+        """Remove the provisional grids of samples with no preview temperature left: their
+        final results are made on the sample's grid, as batch."""
+        root = self.expdir / "live" / "grid"
+        samples = {sample for sample, _ in previews}
+        for path in sorted(root.glob("*.json")) if root.is_dir() else ():
+            if path.stem not in samples:
+                path.unlink()
 
     def drop_final_orientations(self, previews: dict) -> None:
         """Remove the provisional orientations of temperatures that are no longer previews:
@@ -668,6 +736,8 @@ class Watcher:
                         if rows or calibrating else False
                     previews = self.preview_temperatures(rows)
                     self.drop_final_orientations(previews)
+                    self.drop_final_grids(previews)
+                    self.forget_changed_previews(previews)
                     self.drop_final_blocks(rows, previews)
                     self.state.save(self.expdir)
                 if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):

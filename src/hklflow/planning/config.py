@@ -132,6 +132,13 @@ def provisional_orientation(sample: str, temperature_label: str) -> str:
     return f"live/orientation/{sample}/{temperature_label}.nxs"
 
 
+def provisional_grid(sample: str) -> str:
+    """The grid hklflow watch hands the previews of a sample's temperatures in progress
+    (hklflow.live.grid): the input of their transforms in place of the sample's grid, whose
+    file define_grid writes again whenever a scan at a new detector position appears."""
+    return f"live/grid/{sample}.json"
+
+
 # --------------------------------------------------------------------------------------
 # Resolved objects
 # --------------------------------------------------------------------------------------
