@@ -107,6 +107,7 @@ class Watcher:
         refuse_joint_detector(self.settings.raw, self.config_file)
         self.live = self.settings.raw["live"]
         self.kinds = tuple(self.settings.raw["reduction"]["transform"]["kinds"])
+        self._config_version, self._config_sha1 = None, ""  # (_config_digest)
         self.discover_notes: set[str] = set()
         # calibrations whose result discovered scans wait for (their shifts are measured
         # from it): a run makes them even while no scan is in the live table
@@ -123,6 +124,9 @@ class Watcher:
         self.run_events: job_events.Follower | None = None  # the run going's job events
         self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
         self.previews_rest_until = 0.0  # no new preview before (live.preview_share)
+        # previews removed to be made again (remove_previews): a run once the rest is over,
+        # even if no frame lands meanwhile
+        self.previews_removed = False
         self.warm: WarmStartServer | None = None  # (live.warm_starts: started at the first run)
         self.warm_refused = False
 
@@ -538,6 +542,7 @@ class Watcher:
                 hand_over(self.expdir, sample, label)
                 if move is not None:  # (made with the one before: made again)
                     remove_previews(self.expdir, ids, self.kinds)
+                    self.previews_removed = True
             moved = None if move is None or math.isinf(move) else round(move, 4)
             with self.lock:
                 self.state.orientations[key] = {"version": version, "moved_voxels": moved}
@@ -567,6 +572,7 @@ class Watcher:
                 hand_over_grid(self.expdir, sample)
                 remove_previews(self.expdir, [sid for (s, _), ids in previews.items()
                                               if s == sample for sid in ids], self.kinds)
+                self.previews_removed = True
                 handed.append(sample)
                 self.log.info("%s: define_grid made another grid (a scan at a new detector "
                               "position): the next run makes its previews again on it", sample)
@@ -588,6 +594,7 @@ class Watcher:
                    and (before["rows"][sid] != rows[sid] or before.get("config") != config)]
         if changed:
             removed = remove_previews(self.expdir, changed, self.kinds, peaks=True)
+            self.previews_removed = True
             self.log.info("%s: %s changed since their previews were made: %d files of "
                           "them removed, the next run makes them again", ", ".join(changed),
                           "the config" if before.get("config") != config else "their rows",
@@ -596,14 +603,23 @@ class Watcher:
         return changed
 
     def _config_digest(self) -> str:
-        """Of the config's settings but its live section (the watcher's own: no job's)."""
+        """Of the config's settings but its live section (the watcher's own: no job's); read
+        again only when the file's size or modification time changed."""
         try:
-            config = yaml.safe_load(self.config_file.read_text())
-            config = {k: v for k, v in config.items() if k != "live"}
-            text = json.dumps(config, sort_keys=True, default=str)
-        except (OSError, ValueError, AttributeError, yaml.YAMLError):
-            text = ""
-        return hashlib.sha1(text.encode()).hexdigest()
+            st = self.config_file.stat()
+            version = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            version = None
+        if version is None or version != self._config_version:
+            try:
+                config = yaml.safe_load(self.config_file.read_text())
+                config = {k: v for k, v in config.items() if k != "live"}
+                text = json.dumps(config, sort_keys=True, default=str)
+            except (OSError, ValueError, AttributeError, yaml.YAMLError):
+                text = ""
+            self._config_version = version
+            self._config_sha1 = hashlib.sha1(text.encode()).hexdigest()
+        return self._config_sha1
 
     def drop_final_grids(self, previews: dict) -> None:
         """Remove the provisional grids of samples with no preview temperature left: their
@@ -740,7 +756,10 @@ class Watcher:
                     self.forget_changed_previews(previews)
                     self.drop_final_blocks(rows, previews)
                     self.state.save(self.expdir)
-                if (rows or calibrating) and (changed or pending or (last_rc and now >= retry_at)):
+                remake = self.previews_removed and now >= self.previews_rest_until
+                if (rows or calibrating) and (changed or pending or remake
+                                              or (last_rc and now >= retry_at)):
+                    self.previews_removed = False
                     last_rc = self.run_workflow(rows)
                     pending = False
                     if last_rc and self.lock_refused():
