@@ -67,14 +67,15 @@ def test_dry_run_plans_every_job_with_slurm_resources(tiny_copy):
     assert {"calibrate_powder", "ingest_scan", "find_peaks", "index_parent", "refine_temperature",
             "mask_scan", "transform_frames", "sum_chunks", "merge_entries", "symmetrize",
             "delta_pdf", "temperature_series", "pdf_temperature_series"} <= rules
-    # the calibration, the grid, the pictures of a sample's temperature series and the
-    # experiment's page run in this Snakemake, nothing else does (what the CI's check of a
-    # SLURM run allows to run outside SLURM)
+    # the calibration, the grid (and its copy for hklflow watch's previews), the pictures of a
+    # sample's temperature series and the experiment's page run in this Snakemake, nothing
+    # else does (what the CI's check of a SLURM run allows to run outside SLURM)
     spec = importlib.util.spec_from_file_location("check_slurm_jobs",
                                                   REPO / ".ci" / "slurm" / "check_slurm_jobs.py")
     checker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(checker)
     assert checker.declared_local_rules() == {"calibrate_powder", "define_grid",
+                                              "provisional_grid",
                                               "temperature_series", "pdf_temperature_series",
                                               "experiment_page", "cut_temperature_series"}
     # the jobs that follow each other ride in one SLURM job (profiles/slurm: groups, and the
