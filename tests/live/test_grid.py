@@ -10,7 +10,7 @@ from hklflow.files.grid import read_grid_file, write_grid_file
 from hklflow.live.grid import grid_changed
 from hklflow.live.watch import Watcher
 from hklflow.model.grid import Axis, Grid
-from hklflow.planning.config import provisional_grid
+from hklflow.planning.live_files import provisional_grid
 
 GRID = Grid(*(Axis(-3.0, 0.25, 25),) * 3)
 WIDER = Grid(Axis(-4.0, 0.25, 33), *(Axis(-3.0, 0.25, 25),) * 2)

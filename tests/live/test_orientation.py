@@ -17,7 +17,7 @@ from hklflow.live import orientation as live_orientation
 from hklflow.live.orientation import orientation_move
 from hklflow.live.watch import Watcher
 from hklflow.model.grid import Axis, Grid
-from hklflow.planning.config import provisional_orientation
+from hklflow.planning.live_files import provisional_orientation
 
 STEP = 0.05  # r.l.u., the grid's step along h, k and l
 SCANS = ["tiny/300K/f1", "tiny/300K/f2"]

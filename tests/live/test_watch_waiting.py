@@ -14,8 +14,8 @@ from hklflow.live.state import LiveState, ScanState
 from hklflow.live.table import user_rows, write_live_files
 from hklflow.live.watch import Watcher
 from hklflow.pictures.preview import preview_label
-from hklflow.planning.config import (LIVE_WAITING, load_experiment, provisional_grid,
-                                     provisional_orientation, waiting_scans)
+from hklflow.planning.config import LIVE_WAITING, load_experiment, waiting_scans
+from hklflow.planning.live_files import provisional_grid, provisional_orientation
 from hklflow.planning.jobs import JobSettings
 
 from conftest import REPO

@@ -1,5 +1,5 @@
 # Previews of a scan in progress (hklflow watch): each block of frames that landed between
-# two previews is searched, masked and transformed once (hklflow.planning.config.
+# two previews is searched, masked and transformed once (hklflow.planning.live_files.
 # landed_block_marker stands for its frames); the entry's peaks are its blocks' put together
 # (find_peaks --blocks) and its volumes their sum (sum_chunks --keep-inputs).  The scan file
 # grows with every preview, and a block reads only its own frames of it: it is an ancient

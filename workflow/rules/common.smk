@@ -15,10 +15,10 @@ import hklflow
 from hklflow.files import model_inputs, outputs
 from hklflow.files.outputs import fill
 from hklflow.planning import disk, snakemake_compat
-from hklflow.planning.config import (ConfigError, landed_block_marker, landed_blocks,
-                                     landed_marker, load_experiment, provisional_grid,
-                                     provisional_orientation, read_config_files,
+from hklflow.planning.config import (ConfigError, load_experiment, read_config_files,
                                      set_aside_rows)
+from hklflow.planning.live_files import (landed_block_marker, landed_blocks, landed_marker,
+                                         provisional_grid, provisional_orientation)
 from hklflow.planning.cuts import cut_arguments, cut_spec, cuts_of, is_line
 from hklflow.planning.jobs import (JobSettings, SettingsFiles, delta_pdf_files,
                                    model_input_volumes, transform_frame_ranges)

@@ -5,20 +5,19 @@ whenever a scan at a new position enters the live table, and its file is new eve
 grid is the same (its limits are whole reciprocal-lattice units, its steps whole fractions
 of one: a shift of a few pixels rarely moves them).  Every transform made on that file
 would then be made again, every block of every scan in progress included.  The previews are
-therefore made on a copy of it (planning.config.provisional_grid: the workflow's rule
+therefore made on a copy of it (planning.live_files.provisional_grid: the workflow's rule
 provisional_grid makes it at the sample's first preview), which the watcher replaces only
 when define_grid's grid differs from it: then the previews are made again on it.  Once a
 temperature is complete its final results are made on the sample's grid, as batch.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
+from ..base.atomic import copy_atomically
 from ..base.errors import HklflowError
 from ..files import outputs
-from ..planning.config import provisional_grid
+from ..planning.live_files import provisional_grid
 
 
 def sample_grid(expdir: Path, sample: str) -> Path:
@@ -43,8 +42,4 @@ def grid_changed(expdir: Path, sample: str) -> bool | None:
 
 def hand_over_grid(expdir: Path, sample: str) -> None:
     """Copy the sample's grid to its provisional one, atomically."""
-    target = expdir / provisional_grid(sample)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
-    shutil.copyfile(sample_grid(expdir, sample), part)
-    os.replace(part, target)
+    copy_atomically(sample_grid(expdir, sample), expdir / provisional_grid(sample))

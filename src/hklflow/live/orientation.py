@@ -3,7 +3,7 @@
 Every preview run refines the temperature's orientation again from the peaks landed so
 far, and it moves a little each time.  Masks and transforms made with it would all be made
 again at every run, so the previews are made with a copy of it
-(planning.config.provisional_orientation: the workflow's rule provisional_orientation makes
+(planning.live_files.provisional_orientation: the workflow's rule provisional_orientation makes
 it at the temperature's first preview) and the watcher replaces that copy only when the newest
 refined orientation has moved some pixel's (H, K, L) by more than ``live.reorient_voxels``
 of a voxel of the sample's grid: then the temperature's previews are made again with it.
@@ -12,15 +12,14 @@ Once the temperature is complete its final results use its refined orientation, 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ..base.atomic import copy_atomically
 from ..base.errors import HklflowError
 from ..files import outputs
-from ..planning.config import provisional_orientation
+from ..planning.live_files import provisional_orientation
 
 # where the move is measured on the detector: its corners, edge centres and centre, as
 # fractions of its rows and columns (the farthest pixels move most under a rotation)
@@ -64,11 +63,8 @@ def refined_orientation(expdir: Path, sample: str, label: str) -> Path:
 
 def hand_over(expdir: Path, sample: str, label: str) -> None:
     """Copy the temperature's refined orientation to its provisional one, atomically."""
-    target = expdir / provisional_orientation(sample, label)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
-    shutil.copyfile(refined_orientation(expdir, sample, label), part)
-    os.replace(part, target)
+    copy_atomically(refined_orientation(expdir, sample, label),
+                    expdir / provisional_orientation(sample, label))
 
 
 def remove_previews(expdir: Path, scan_ids, kinds, *, peaks: bool = False) -> int:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from ..base.atomic import write_text_atomically
-from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, LIVE_WAITING, landed_block_marker,
-                               landed_blocks, landed_marker, read_scans_table,
+from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, LIVE_WAITING, read_scans_table,
                                temperature_label)
+from ..planning.live_files import landed_block_marker, landed_blocks, landed_marker
 
 # the columns of the live table, in order, before the goniometer's offset axes
 COLUMNS = ("sample", "temperature", "entry", "data", "dataset", "nframes", "planned_frames",

@@ -40,8 +40,8 @@ from ..commands.warm_client import WARM_STARTS_ENV
 from ..commands.warm_starts import WarmStartServer
 from ..files import outputs
 from ..planning import job_events, snakemake_compat, snakemake_processes
-from ..planning.config import (LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings,
-                               provisional_orientation)
+from ..planning.config import LIVE_CONFIG, LIVE_SCANS_TABLE, ConfigError, load_settings
+from ..planning.live_files import provisional_orientation
 from . import growing
 from .discover import DiscoveryPattern, discover
 from .grid import grid_changed, hand_over_grid
