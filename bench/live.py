@@ -22,7 +22,9 @@ Then it checks that the watched results are the batch results: `snakemake -n` wi
 experiment's own scans table plans nothing; and it runs the batch workflow on a copy of the
 acquired experiment (config and raw files) with the same cores: the CPU of the watcher with
 every job it ran (its process tree, os.wait4) against the batch run's, and how much of it
-is the watcher's own process (its looks at the raw files and its status pages).  --png
+is the watcher's own process (its looks at the raw files and its status pages); the CPU of
+its jobs per rule, from the warm-start server's log (a line a job), and of it in the runs
+that made a final.  --png
 draws the lag over time (one line per frame rate).  --config sets live.* keys of the
 experiment's config (e.g. live.preview_every_seconds=20).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,19 +88,36 @@ def transform_seconds(expdir: Path) -> dict:
     return out
 
 
-def rule_seconds(expdir: Path) -> dict:
-    """rule -> [jobs, wall seconds] of every run of the watcher (its job events)."""
-    started, out = {}, {}
-    for events in sorted((expdir / "live" / "logs").glob("run-*.events.jsonl")):
-        for line in events.read_text().splitlines():
-            e = json.loads(line)
-            key = (events.name, e.get("jobid"))
-            if e.get("event") == "started":
-                started[key] = e["time"]
-            elif e.get("event") == "finished" and key in started:
-                jobs, wall = out.get(e["rule"], (0, 0.0))
-                out[e["rule"]] = (jobs + 1, round(wall + e["time"] - started[key], 1))
-    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+JOB_LINE = re.compile(r"^(\S+ \S+) job (\S+): rc (-?\d+), cpu ([\d.]+) s, wall ([\d.]+) s$")
+
+
+def rule_cpu(expdir: Path, history: list[dict]) -> dict:
+    """rule -> {"jobs", "cpu_s", "final_cpu_s"}: the CPU of the watcher's jobs per rule
+    (the warm-start server's log, a line a job), and of it in the runs that made a final;
+    "(snakemake and the rest)": the runs' CPU less their jobs'."""
+    log = expdir / "live" / "logs" / "warm-starts.log"
+    final_runs = [(h["start"], h["end"] + 2) for h in history if h["final_lag_s"]]
+    out = {}
+    for line in (log.read_text().splitlines() if log.exists() else ()):
+        m = JOB_LINE.match(line)
+        if not m:
+            continue
+        when = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S"))
+        parts = Path(m[2]).parts
+        rule = parts[1] if parts[0] == "logs" and len(parts) > 1 else m[2]
+        row = out.setdefault(rule, {"jobs": 0, "cpu_s": 0.0, "final_cpu_s": 0.0})
+        row["jobs"] += 1
+        row["cpu_s"] += float(m[4])
+        if any(a <= when <= b for a, b in final_runs):
+            row["final_cpu_s"] += float(m[4])
+    jobs = sum(r["cpu_s"] for r in out.values())
+    final_jobs = sum(r["final_cpu_s"] for r in out.values())
+    out["(snakemake and the rest)"] = {
+        "jobs": len(history), "cpu_s": sum(h["cpu_s"] for h in history) - jobs,
+        "final_cpu_s": sum(h["cpu_s"] for h in history if h["final_lag_s"]) - final_jobs}
+    for row in out.values():
+        row["cpu_s"], row["final_cpu_s"] = round(row["cpu_s"], 1), round(row["final_cpu_s"], 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_s"]))
 
 
 def batch_run(exp: Path, workdir: Path, cores: str) -> tuple[int, float, float, dict]:
@@ -176,7 +196,7 @@ def run_one(args, fps: float, workdir: Path) -> dict:
               "batch_s": round(batch_s, 1),
               # SAMPLE/TLABEL -> wall seconds of its transform jobs in the batch run
               "batch_transform_s": batch_transforms,
-              "rules": rule_seconds(exp),
+              "rules": rule_cpu(exp, history),
               "watcher_over_batch_cpu": round(cpu_watch / cpu_batch, 2) if cpu_batch else None}
     if not args.keep:
         shutil.rmtree(exp, ignore_errors=True)
@@ -243,8 +263,9 @@ def main(argv=None) -> int:
               f"data {r['batch_cpu_s']} s ({r['batch_s']} s on {args.cores} cores): "
               f"{r['watcher_over_batch_cpu']}x (goal <= 2x); of the watcher's: its runs "
               f"{r['runs_cpu_s']} s, its own looks and pages {r['watcher_own_cpu_s']} s")
-        print("the watcher's jobs, wall s summed per rule: " + ", ".join(
-            f"{rule} {jobs}x {wall}" for rule, (jobs, wall) in r["rules"].items() if wall >= 1))
+        print("the watcher's CPU s per rule (jobs; of it in the runs that made a final): "
+              + ", ".join(f"{rule} {x['jobs']}x {x['cpu_s']} ({x['final_cpu_s']})"
+                          for rule, x in r["rules"].items() if x["cpu_s"] >= 0.5))
     out = {"machine": info, "preset": args.preset, "format": args.format,
            "config": args.config, "results": results}
     if args.png:

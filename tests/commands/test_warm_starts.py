@@ -6,6 +6,7 @@ watched results are the batch results, value by value)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from hklflow.commands.warm_client import WARM_STARTS_ENV, run_warm
 from hklflow.commands.warm_starts import WarmStartServer
 from hklflow.files.volume import read_volume
 from hklflow.live.watch import local_jobs
+from hklflow.planning import snakemake_processes
 
 from conftest import step_settings
 from volume_helpers import make_experiment, sample, small_grid, write_inputs
@@ -60,6 +62,9 @@ def test_a_step_started_warm_writes_what_a_new_process_writes(experiment, server
     for name in ("signal", "weight"):
         assert np.array_equal(getattr(outs["cold"], name), getattr(outs["warm"], name))
     assert server.cpu_seconds() > 0  # (the fork's CPU counts among the server's children)
+    # the server's log: a line a job, with its CPU (bench/live.py sums them per rule)
+    log = (experiment / "warm-starts.log").read_text()
+    assert re.search(r"job step merge_entries: rc 0, cpu [\d.]+ s, wall [\d.]+ s", log), log
     # a failure: its status and its one line, as from a new process
     proc = _hklflow(["merge_entries", "--settings", settings, "--title", "x", "--inputs",
                      "missing.nxs", "--out", "out/x.nxs", "--png", "out/x.png"],
@@ -111,6 +116,45 @@ def test_ctrl_c_stops_the_jobs_not_the_server(tmp_path, server):
     proc = _hklflow(["merge_entries", "--help"], tmp_path, server.path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "--statistics-png" in out, err
+
+
+def test_a_snakemake_run_started_warm_runs_its_jobs_and_stops_as_on_ctrl_c(tmp_path, server):
+    """hklflow watch's runs: `python -m hklflow.commands.warm_client snakemake ...` runs
+    Snakemake in a fork of the server, which imported it; SIGINT to the command reaches
+    Snakemake, which stops as it does on Ctrl-C; a Snakemake process for the experiment's
+    lock (snakemake_processes)."""
+    (tmp_path / "Snakefile").write_text(
+        'rule a:\n    output: "{name}.txt"\n    shell: "sleep {config[sleep]}; echo {wildcards.name} > {output}"\n')
+    env = {k: v for k, v in os.environ.items() if k != WARM_STARTS_ENV}
+    env[WARM_STARTS_ENV] = server.path
+    command = [sys.executable, "-m", "hklflow.commands.warm_client", "snakemake", "-d",
+               str(tmp_path), "-s", str(tmp_path / "Snakefile"), "--cores", "1"]
+    done = subprocess.run([*command, "--config", "sleep=0", "--", "one.txt"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (tmp_path / "one.txt").read_text() == "one\n", done.stderr
+    assert "job snakemake: rc 0" in (tmp_path / "warm-starts.log").read_text()
+    assert snakemake_processes._is_snakemake(command)
+    proc = subprocess.Popen([*command, "--config", "sleep=3", "--", "two.txt"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(600):  # (its job started)
+        if _running("echo two"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Terminating processes on user request" in out, out
+    assert not list((tmp_path / ".snakemake" / "locks").glob("*"))
+
+
+def _running(text: str) -> bool:
+    """Whether a process of this machine has `text` in its command line."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text in open(f"/proc/{pid}/cmdline").read():
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def _forks_of(pid: int) -> list[int]:

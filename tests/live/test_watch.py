@@ -80,6 +80,22 @@ def test_previews_rest_as_long_as_the_last_took_and_finals_never_wait(tiny_exper
     assert w.frames_to_reduce(s, now=110.0) == 60 and s.complete
 
 
+def test_removed_previews_wait_for_the_next_block_while_frames_land(tiny_experiment):
+    """Previews removed at 100 s (a new provisional orientation) and a rest until 110 s:
+    while a scan's frames land, its next block's run makes them again, and a run of their
+    own comes only live.preview_every_seconds (30 s) after the removal; with no frame
+    landing, it comes once the rest is over."""
+    w = _watcher(tiny_experiment)
+    w.previews_rest_until, w.previews_removed_at = 110.0, 100.0
+    w.state.scans["tiny/300K/f1"] = _scan(landed=60, reduced=60)  # (complete)
+    assert not w.remake_due(105.0)  # (resting)
+    assert w.remake_due(111.0)  # (nothing landing)
+    w.state.scans["tiny/300K/f2"] = _scan("tiny/300K/f2", landed=12, last_growth=110.5)
+    assert not w.remake_due(111.0) and not w.remake_due(129.0)
+    assert w.remake_due(130.0)
+    w.previews_removed_at = None
+    assert not w.remake_due(200.0)
+
 
 def test_a_scan_with_a_problem_or_an_aborted_one_is_held_until_finished(tiny_experiment):
     w = _watcher(tiny_experiment)

@@ -11,10 +11,15 @@ process would (cli.main, with the same arguments and environment) and the comman
 with its status.  The command runs the step itself where the server cannot be reached, and
 inside a batch system's job (its job must do its own work, in its own allocation).
 
+The watcher's Snakemake runs start the same way (`python -m hklflow.commands.warm_client
+snakemake ...`: the server has imported Snakemake too, ~0.9 CPU-s of each run's start).
+
 A fork ends with its command: when the command is stopped (Snakemake stopping a job, Ctrl-C)
-its connection closes and the fork gets SIGTERM, which makes a step remove its outputs.
+its connection closes and the fork gets SIGTERM, which makes a step remove its outputs; a
+Snakemake run's command passes SIGINT on, and its fork stops its jobs as on Ctrl-C.
 The server reaps every fork, so their CPU time counts among its children's
-(`hklflow watch` adds it to each run's; bench/live.py measures the whole tree).
+(`hklflow watch` adds it to each run's; bench/live.py measures the whole tree), and logs a
+line for each with its CPU.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import tempfile
 import threading
 import time
 
-from .warm_client import LENGTH, STATUS, WARM_STARTS_ENV, receive
+from .warm_client import INTERRUPT, LENGTH, STATUS, WARM_STARTS_ENV, receive
 
 # the packages whose modules the server imports: what the steps import, at once or lazily
 PRELOAD = ("hklflow.codec", "hklflow.steps", "hklflow.pictures", "hklflow.algorithms",
@@ -112,6 +117,10 @@ def preload() -> None:
             except ImportError:  # (an optional dependency missing: its step imports it)
                 pass
     importlib.import_module("matplotlib.backends.backend_agg")
+    try:  # (hklflow watch's Snakemake runs: warm_client.run_snakemake)
+        importlib.import_module("snakemake.cli")
+    except ImportError:
+        pass
     try:
         importlib.import_module("hklflow.codec").active_codec()
     except Exception:  # noqa: BLE001 - (a job that needs it says why, as without a server)
@@ -131,6 +140,7 @@ class Server:
         # step_command(): cli.main, which reads the step and its arguments from sys.argv
         self.path, self.step_command, self.parent = path, step_command, parent
         self.forks: dict[int, socket.socket] = {}  # pid -> its command's connection
+        self.jobs: dict[int, tuple[str, float]] = {}  # pid -> (what it is, when it began)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
@@ -175,8 +185,8 @@ class Server:
                 except ProcessLookupError:
                     pass
             while self.forks:
-                pid, status = os.waitpid(-1, 0)
-                self._answer(pid, status)
+                pid, status, usage = os.wait4(-1, 0)
+                self._answer(pid, status, usage)
             self.listener.close()
             try:
                 os.unlink(self.path)
@@ -207,6 +217,7 @@ class Server:
                 os.close(fd)
             conn.close()
             return
+        what = _job_name(request, fds[1])
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -215,6 +226,7 @@ class Server:
         for fd in fds:
             os.close(fd)
         self.forks[pid] = conn
+        self.jobs[pid] = (what, time.time())
 
     def _become_job(self, conn, fds, request) -> None:
         status = 1
@@ -235,11 +247,17 @@ class Server:
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])
-            os.environ.pop(WARM_STARTS_ENV, None)  # (this process runs the step: no other)
+            snakemake = request.get("program") == "snakemake"
+            if not snakemake:  # (a step runs no other; a Snakemake run's jobs start warm)
+                os.environ.pop(WARM_STARTS_ENV, None)
             sys.argv = list(request["argv"])
             # the command gone (stopped): this job stops as it would (SIGTERM)
             threading.Thread(target=_end_with, args=(conn, threading.get_ident()),
                              daemon=True).start()
+            if snakemake:
+                from snakemake.cli import main as snakemake_main
+
+                snakemake_main(sys.argv[1:])  # (it ends with sys.exit)
             status = self.step_command()
         except SystemExit as exc:  # (sys.exit(): 0; a message: printed, 1, as Python does)
             if exc.code is not None and not isinstance(exc.code, int):
@@ -260,22 +278,43 @@ class Server:
     def _reap(self) -> None:
         while self.forks:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            self._answer(pid, status)
+            self._answer(pid, status, usage)
 
-    def _answer(self, pid: int, status: int) -> None:
+    def _answer(self, pid: int, status: int, usage) -> None:
         conn = self.forks.pop(pid, None)
         if conn is None:
             return
+        what, began = self.jobs.pop(pid)
+        # (one line a job: what each costs, which bench/live.py sums per rule)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {what}: rc "
+              f"{os.waitstatus_to_exitcode(status)}, cpu "
+              f"{usage.ru_utime + usage.ru_stime:.2f} s, wall {time.time() - began:.2f} s",
+              file=sys.stderr, flush=True)
         with conn:
             try:
                 conn.sendall(STATUS.pack(os.waitstatus_to_exitcode(status)))
             except OSError:
                 pass  # (its command is gone)
+
+
+def _job_name(request: dict, stdout_fd: int) -> str:
+    """A job's name in the log: where its output goes (a Snakemake job's log,
+    logs/RULE/...), or its step; "snakemake": a Snakemake run."""
+    if request.get("program") == "snakemake":
+        return "snakemake"
+    try:
+        target = os.readlink(f"/proc/self/fd/{stdout_fd}")
+    except OSError:  # (no /proc)
+        target = ""
+    if target.startswith(request.get("cwd", "") + os.sep):
+        return os.path.relpath(target, request["cwd"])
+    argv = request.get("argv") or []
+    return f"step {argv[1] if len(argv) > 1 else '?'}"
 
 
 # how long a fork whose command is gone may take to stop (remove its outputs) before it is
@@ -286,10 +325,12 @@ STOP_GRACE_SECONDS = 60
 def _end_with(conn: socket.socket, main_thread: int) -> None:
     """In a fork: once its command's connection closes, SIGTERM to the thread that runs the
     step (a signal to the process may reach this thread instead, and leave the step blocked
-    in a system call), then the end after STOP_GRACE_SECONDS."""
+    in a system call), then the end after STOP_GRACE_SECONDS; SIGINT each time the command
+    tells of one (a Snakemake run's: warm_client.run_warm)."""
     try:
-        while conn.recv(1):
-            pass
+        while (told := conn.recv(1)):
+            if told == INTERRUPT:
+                signal.pthread_kill(main_thread, signal.SIGINT)
     except OSError:
         pass
     signal.pthread_kill(main_thread, signal.SIGTERM)

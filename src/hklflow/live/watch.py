@@ -124,9 +124,9 @@ class Watcher:
         self.run_events: job_events.Follower | None = None  # the run going's job events
         self.running_jobs: dict = {}  # its jobs running now: jobid -> [rule, belongs to]
         self.previews_rest_until = 0.0  # no new preview before (live.preview_share)
-        # previews removed to be made again (remove_previews): a run once the rest is over,
-        # even if no frame lands meanwhile
-        self.previews_removed = False
+        # when previews were removed to be made again (remove_previews; None: none are): a
+        # run once the rest is over, soon even if no frame lands (Watcher.remake_due)
+        self.previews_removed_at: float | None = None
         self.warm: WarmStartServer | None = None  # (live.warm_starts: started at the first run)
         self.warm_refused = False
 
@@ -272,6 +272,19 @@ class Watcher:
             return scan.landed
         return scan.reduced
 
+    def remake_due(self, now: float) -> bool:
+        """Whether previews removed to be made again (a new provisional orientation or grid,
+        a changed setting) call for a run of their own now: once the previews' rest is over,
+        and, while frames of a scan are landing, only if its next block has not brought a
+        run within live.preview_every_seconds of the removal (a run for removed previews
+        alone costs as much as a preview)."""
+        if self.previews_removed_at is None or now < self.previews_rest_until:
+            return False
+        every = float(self.live["preview_every_seconds"])
+        landing = any(not s.complete and not s.problem and now - s.last_growth < every
+                      for s in self.state.scans.values())
+        return not landing or now - self.previews_removed_at >= every
+
     def completes_soon(self, now: float) -> bool:
         """Whether a scan in progress will be complete within HOLD_SECONDS at the pace its
         frames land: a run started now would make a preview that delays the final results
@@ -386,11 +399,14 @@ class Watcher:
         """Snakemake on the live table; its output to log_file, its job events (hklflow's
         logger plugin) to `events`."""
         ours, args = job_events.logger_arguments(events, args) if events else ([], args)
-        cmd = [sys.executable, "-m", "snakemake", *ours, "--snakefile", str(self.snakefile),
+        warm = self.warm_starts()
+        # (with warm starts, Snakemake too runs in a fork of the server, which has imported
+        # it: warm_client.run_snakemake)
+        program = ["hklflow.commands.warm_client", "snakemake"] if warm else ["snakemake"]
+        cmd = [sys.executable, "-m", *program, *ours, "--snakefile", str(self.snakefile),
                "--directory", str(self.expdir), "--configfile", str(self.config_file),
                str(self.expdir / LIVE_CONFIG), *args]
         out = open(log_file, "w") if log_file else subprocess.DEVNULL
-        warm = self.warm_starts()
         try:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     env=dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE",
@@ -542,7 +558,7 @@ class Watcher:
                 hand_over(self.expdir, sample, label)
                 if move is not None:  # (made with the one before: made again)
                     remove_previews(self.expdir, ids, self.kinds)
-                    self.previews_removed = True
+                    self.previews_removed_at = self.previews_removed_at or time.time()
             moved = None if move is None or math.isinf(move) else round(move, 4)
             with self.lock:
                 self.state.orientations[key] = {"version": version, "moved_voxels": moved}
@@ -572,7 +588,7 @@ class Watcher:
                 hand_over_grid(self.expdir, sample)
                 remove_previews(self.expdir, [sid for (s, _), ids in previews.items()
                                               if s == sample for sid in ids], self.kinds)
-                self.previews_removed = True
+                self.previews_removed_at = self.previews_removed_at or time.time()
                 handed.append(sample)
                 self.log.info("%s: define_grid made another grid (a scan at a new detector "
                               "position): the next run makes its previews again on it", sample)
@@ -594,7 +610,7 @@ class Watcher:
                    and (before["rows"][sid] != rows[sid] or before.get("config") != config)]
         if changed:
             removed = remove_previews(self.expdir, changed, self.kinds, peaks=True)
-            self.previews_removed = True
+            self.previews_removed_at = self.previews_removed_at or time.time()
             self.log.info("%s: %s changed since their previews were made: %d files of "
                           "them removed, the next run makes them again", ", ".join(changed),
                           "the config" if before.get("config") != config else "their rows",
@@ -756,10 +772,10 @@ class Watcher:
                     self.forget_changed_previews(previews)
                     self.drop_final_blocks(rows, previews)
                     self.state.save(self.expdir)
-                remake = self.previews_removed and now >= self.previews_rest_until
+                remake = self.remake_due(now)
                 if (rows or calibrating) and (changed or pending or remake
                                               or (last_rc and now >= retry_at)):
-                    self.previews_removed = False
+                    self.previews_removed_at = None
                     last_rc = self.run_workflow(rows)
                     pending = False
                     if last_rc and self.lock_refused():
