@@ -12,7 +12,8 @@ with its status.  The command runs the step itself where the server cannot be re
 inside a batch system's job (its job must do its own work, in its own allocation).
 
 The watcher's Snakemake runs start the same way (`python -m hklflow.commands.warm_client
-snakemake ...`: the server has imported Snakemake too, ~0.9 CPU-s of each run's start).
+snakemake ...`: the server has imported Snakemake too, most of a small run's own start;
+bench/README.md, live.py).
 
 A fork ends with its command: when the command is stopped (Snakemake stopping a job, Ctrl-C)
 its connection closes and the fork gets SIGTERM, which makes a step remove its outputs; a
