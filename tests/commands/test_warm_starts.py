@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,17 @@ def test_a_snakemake_run_started_warm_runs_its_jobs_and_stops_as_on_ctrl_c(tmp_p
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Terminating processes on user request" in out, out
     assert not list((tmp_path / ".snakemake" / "locks").glob("*"))
+
+
+def test_a_server_ended_without_its_watcher_leaves_no_folder(tmp_path):
+    """A watcher that ends without stopping its server (killed): the server ends (SIGTERM
+    here; --parent gone in a few seconds) and removes its socket and its folder."""
+    s = WarmStartServer(tmp_path / "warm-starts.log")
+    folder = Path(s.dir)
+    s.proc.send_signal(signal.SIGTERM)
+    s.proc.wait(timeout=60)
+    assert not folder.exists()
+    s.stop()
 
 
 def _running(text: str) -> bool:

@@ -49,13 +49,16 @@ PRELOAD = ("hklflow.codec", "hklflow.steps", "hklflow.pictures", "hklflow.algori
            "hklflow.files", "hklflow.model")
 
 
+SOCKET_FOLDER = "hklflow-warm-"  # (the prefix of the server's folder in the temporary one)
+
+
 # ---- the watcher's side ----------------------------------------------------------------------
 class WarmStartServer:
     """A server for the runs of this process (hklflow watch): started and ready, its
     socket (`path`, for HKLFLOW_WARM_STARTS), its CPU so far, stopped."""
 
     def __init__(self, log_file):
-        self.dir = tempfile.mkdtemp(prefix="hklflow-warm-")  # (a socket's path: short)
+        self.dir = tempfile.mkdtemp(prefix=SOCKET_FOLDER)  # (a socket's path: short)
         self.path = os.path.join(self.dir, "socket")
         with open(log_file, "a") as log:
             self.proc = subprocess.Popen(
@@ -191,6 +194,10 @@ class Server:
             self.listener.close()
             try:
                 os.unlink(self.path)
+                # (its folder from WarmStartServer: gone too when the watcher ended without
+                # stopping it)
+                if os.path.basename(os.path.dirname(self.path)).startswith(SOCKET_FOLDER):
+                    os.rmdir(os.path.dirname(self.path))
             except OSError:
                 pass
 
