@@ -285,6 +285,11 @@ class Watcher:
                       for s in self.state.scans.values())
         return not landing or now - self.previews_removed_at >= every
 
+    def _removed_previews(self) -> None:
+        """Previews were removed to be made again (remove_previews): from the first such
+        removal since the last run, remake_due counts."""
+        self.previews_removed_at = self.previews_removed_at or time.time()
+
     def completes_soon(self, now: float) -> bool:
         """Whether a scan in progress will be complete within HOLD_SECONDS at the pace its
         frames land: a run started now would make a preview that delays the final results
@@ -558,7 +563,7 @@ class Watcher:
                 hand_over(self.expdir, sample, label)
                 if move is not None:  # (made with the one before: made again)
                     remove_previews(self.expdir, ids, self.kinds)
-                    self.previews_removed_at = self.previews_removed_at or time.time()
+                    self._removed_previews()
             moved = None if move is None or math.isinf(move) else round(move, 4)
             with self.lock:
                 self.state.orientations[key] = {"version": version, "moved_voxels": moved}
@@ -588,7 +593,7 @@ class Watcher:
                 hand_over_grid(self.expdir, sample)
                 remove_previews(self.expdir, [sid for (s, _), ids in previews.items()
                                               if s == sample for sid in ids], self.kinds)
-                self.previews_removed_at = self.previews_removed_at or time.time()
+                self._removed_previews()
                 handed.append(sample)
                 self.log.info("%s: define_grid made another grid (a scan at a new detector "
                               "position): the next run makes its previews again on it", sample)
@@ -610,7 +615,7 @@ class Watcher:
                    and (before["rows"][sid] != rows[sid] or before.get("config") != config)]
         if changed:
             removed = remove_previews(self.expdir, changed, self.kinds, peaks=True)
-            self.previews_removed_at = self.previews_removed_at or time.time()
+            self._removed_previews()
             self.log.info("%s: %s changed since their previews were made: %d files of "
                           "them removed, the next run makes them again", ", ".join(changed),
                           "the config" if before.get("config") != config else "their rows",
